@@ -1,0 +1,64 @@
+# FineTune Operator: every developer and CI entry point.
+#   make quickstart   set up, then fine-tune a tiny model locally on CPU
+#   make test         set up, then lint and run the whole test suite (what CI runs)
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+# Tools and builds are cached outside the clone, keyed by version, so a fresh clone on the
+# same machine (CI) reuses them.
+CACHE ?= $(HOME)/.cache/finetune-operator
+UV_VERSION := 0.13.9
+UV := $(CACHE)/uv-$(UV_VERSION)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := hardlink
+
+CRD := crds/finetune.dev_finetunejobs.yaml
+API_REFERENCE := docs/api-reference.md
+
+.PHONY: help install lint fmt crds test unit quickstart clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(CACHE)/uv-$(UV_VERSION)
+	$(CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject.toml trainer-image/pyproject.toml | $(UV)
+	$(UV) sync --locked --all-packages
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)
+
+lint: install ## ruff (lint + format check) and mypy on the API package
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+crds: install ## regenerate crds/ and the API reference from the pydantic models
+	$(BIN)/finetune-crd -o $(CRD)
+	$(BIN)/python -m ftapi.reference -o $(API_REFERENCE)
+
+unit: install ## unit tests only (no cluster)
+	$(BIN)/pytest tests/unit
+
+test: install lint ## lint + the whole test suite
+	$(BIN)/pytest
+
+quickstart: install ## fine-tune a tiny model locally on CPU
+	@echo "not yet: 'finetune run' arrives with the trainer (issue 4). Until then:" >&2
+	@echo "  $(BIN)/finetune validate examples/lora-gpu.yaml" >&2
+	@exit 1
+
+clean: ## remove the virtualenv and caches inside the clone
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,15 @@
+"""Names that identify the API; imported by the CRD generator, the operator and tests."""
+
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ("ftj",)
+CATEGORIES = ("finetune",)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+# Child Job/Service/pod hostnames embed the job name plus attempt and index suffixes, and a
+# Service name must be a DNS-1035 label (max 63), so FineTuneJob names are kept shorter.
+MAX_NAME_LENGTH = 42
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"

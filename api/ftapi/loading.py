@@ -1,0 +1,117 @@
+"""Reading FineTuneJob manifests, with errors that name the offending field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .constants import API_VERSION, KIND
+from .v1alpha1 import FineTuneJob
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem, located by its dotted path in the manifest (spec.method.lora.r)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InvalidSpecError(ValueError):
+    """The manifest is not a valid FineTuneJob. `errors` lists every problem found."""
+
+    def __init__(self, errors: list[FieldError], source: str = "") -> None:
+        self.errors = errors
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}invalid FineTuneJob\n" + "\n".join(f"  {e}" for e in errors))
+
+
+def parse_job(manifest: Any, source: str = "") -> FineTuneJob:
+    """Validate a manifest (a dict as read from YAML/JSON or from the API server)."""
+    if not isinstance(manifest, dict):
+        raise InvalidSpecError([FieldError("", "a manifest must be a mapping")], source)
+    if manifest.get("kind", KIND) != KIND or manifest.get("apiVersion", API_VERSION) != API_VERSION:
+        found = f"{manifest.get('apiVersion')}/{manifest.get('kind')}"
+        raise InvalidSpecError(
+            [FieldError("kind", f"expected {API_VERSION} {KIND}, found {found}")], source
+        )
+    try:
+        return FineTuneJob.model_validate(manifest)
+    except ValidationError as exc:
+        raise InvalidSpecError(field_errors(exc), source) from None
+
+
+def load_job(path: str | Path) -> FineTuneJob:
+    """Read one FineTuneJob from a YAML (or JSON) file."""
+    path = Path(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidSpecError([FieldError("", f"not valid YAML: {exc}")], str(path)) from None
+    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind", KIND) == KIND]
+    if len(jobs) != 1:
+        message = f"expected exactly one {KIND} document, found {len(jobs)}"
+        raise InvalidSpecError([FieldError("", message)], str(path))
+    return parse_job(jobs[0], str(path))
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """pydantic's errors as dotted manifest paths; cross-field rules name their own field."""
+    result: list[FieldError] = []
+    for error in exc.errors():
+        base = _dotted(error["loc"])
+        ctx = error.get("ctx") or {}
+        if error["type"] == "cross_field":
+            for field, message in ctx["violations"]:
+                result.append(FieldError(".".join(p for p in (base, field) if p), message))
+        else:
+            result.append(FieldError(base, _message(error["type"], error["msg"], ctx, error)))
+    return result
+
+
+# pydantic's wording for the common cases, in the terms `kubectl` users know.
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_long": "must have at most {max_length} items",
+    "too_short": "must have at least {min_length} items",
+}
+
+
+def _message(kind: str, default: str, ctx: dict[str, Any], error: Any) -> str:
+    template = _MESSAGES.get(kind)
+    if template is None:
+        return default.removeprefix("Value error, ")
+    message = template.format(**ctx)
+    if kind not in ("extra_forbidden", "missing"):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(
+            ("function-", "union[", "json-or-python", "int", "str", "constrained")
+        ):
+            continue  # pydantic's names for union branches, not manifest keys
+        else:
+            path += f".{part}" if path else part
+    return path

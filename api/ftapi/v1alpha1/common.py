@@ -1,0 +1,101 @@
+"""Small types shared by several sections of the spec."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
+
+from ._base import ApiModel, Rule, is_set
+
+# Kubernetes resource.Quantity ("8", "500m", "32Gi"): YAML gives an int for `cpu: 8`, so the
+# schema is int-or-string, as in core/v1.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+# Lower-case RFC 1123 names for Secrets, ConfigMaps, PriorityClasses...
+ObjectName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+]
+# Environment variable names as the kubelet accepts them.
+EnvName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+]
+# Free text and identifiers; every string carries a bound so CEL cost estimates stay finite.
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+Text = Annotated[str, StringConstraints(max_length=4096)]
+LongText = Annotated[str, StringConstraints(max_length=65536)]
+# Where data lives: a local path, s3://bucket/key, or hf://org/name.
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the FineTuneJob's namespace. Secret values never enter the spec."""
+
+    name: ObjectName
+    """Name of the Secret."""
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """Key inside the Secret whose value is used."""
+
+
+class EnvVar(ApiModel):
+    """An extra environment variable for the trainer container.
+
+    Values come from literals or from Secret keys; torchrun's own variables (PET_*, RANK,
+    WORLD_SIZE, MASTER_ADDR...) are set by the operator and refused here.
+    """
+
+    name: EnvName
+    """Variable name."""
+    value: Text | None = None
+    """Literal value. Never put credentials here: use `secretKeyRef`."""
+    secret_key_ref: SecretKeyRef | None = None
+    """Take the value from a Secret key instead of a literal."""
+
+    rules = (
+        Rule(
+            cel="!(has(self.value) && has(self.secretKeyRef))",
+            message="set either value or secretKeyRef, not both",
+            check=lambda e: not (is_set(e.value) and is_set(e.secret_key_ref)),
+            field=".secretKeyRef",
+        ),
+    )
+
+
+class Toleration(ApiModel):
+    """A core/v1 Toleration, so trainer pods may land on tainted (GPU, spot) nodes."""
+
+    key: ShortText | None = None
+    """Taint key to tolerate; empty with operator Exists tolerates every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists matches any value; Equal matches `value`."""
+    value: ShortText | None = None
+    """Taint value to match when operator is Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: Annotated[int, Field(ge=0)] | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""

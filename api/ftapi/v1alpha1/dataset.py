@@ -1,0 +1,208 @@
+"""spec.dataset: where the data is, what shape it has, and how it becomes token sequences."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ._base import ApiModel, Rule, cel_list, is_set
+from .common import LongText, ShortText, Text, Uri
+
+DatasetFormat = Literal[
+    "plain_text",
+    "instruction",
+    "mcq",
+    "qa",
+    "sharegpt",
+    "messages",
+    "oasst",
+    "preference",
+    "prompt_only",
+]
+# Formats that have a prompt and a response, so "train on responses only" means something.
+FORMATS_WITH_RESPONSES = ("instruction", "mcq", "qa", "sharegpt", "messages", "oasst")
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+Column = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class DataSource(ApiModel):
+    """One data file (or hub dataset)."""
+
+    uri: Uri
+    """Local path, s3://bucket/key or hf://org/name. Files: .jsonl .json .csv .parquet .txt
+    (the extension picks the reader)."""
+    split: ShortText | None = None
+    """For hf:// sources: the split to read (default train)."""
+
+
+class Split(ApiModel):
+    """Ratios that carve validation/test sets out of the train source."""
+
+    train: Ratio
+    """Fraction kept for training."""
+    validation: Ratio = 0.0
+    """Fraction held out for evaluation during training."""
+    test: Ratio = 0.0
+    """Fraction held out for the final test metrics."""
+    seed: Annotated[int, Field(ge=0)] = 42
+    """Shuffle seed, so the same rows land in the same split on every run."""
+
+    rules = (
+        Rule(
+            cel="self.train + self.validation + self.test >= 0.999999"
+            " && self.train + self.validation + self.test <= 1.000001",
+            message="train + validation + test must sum to 1",
+            check=lambda s: abs(s.train + s.validation + s.test - 1.0) <= 1e-6,
+        ),
+        Rule(
+            cel="self.train > 0.0",
+            message="train must be greater than 0",
+            check=lambda s: s.train > 0.0,
+            field=".train",
+        ),
+    )
+
+
+class Columns(ApiModel):
+    """Column names in your files, when they differ from the format's defaults (shown in
+    brackets). Only the columns the format uses are read."""
+
+    text: Column | None = None
+    """plain_text: the text column [text]."""
+    instruction: Column | None = None
+    """instruction: the instruction [instruction]."""
+    input: Column | None = None
+    """instruction: the optional input/context [input]."""
+    output: Column | None = None
+    """instruction: the expected output [output]."""
+    question: Column | None = None
+    """qa, mcq: the question [question]."""
+    choices: Column | None = None
+    """mcq: the list (or A/B/C/D mapping) of options [choices]."""
+    answer: Column | None = None
+    """qa, mcq: the ground-truth answer; for mcq a letter or an index [answer]."""
+    system: Column | None = None
+    """Any format: a per-row system prompt [system]."""
+    messages: Column | None = None
+    """messages: OpenAI-style role/content list [messages]; sharegpt: from/value list
+    [conversations]; oasst: the message tree [messages]."""
+    prompt: Column | None = None
+    """preference, prompt_only: the prompt [prompt]."""
+    chosen: Column | None = None
+    """preference: the preferred completion [chosen]."""
+    rejected: Column | None = None
+    """preference: the dispreferred completion [rejected]."""
+
+
+class ResponseMarkers(ApiModel):
+    """Literal strings that open a user turn and an assistant turn in the rendered text,
+    for chat templates the trainer cannot split into turns by itself."""
+
+    instruction: Text
+    """Text that starts a user turn, e.g. `<|im_start|>user`."""
+    response: Text
+    """Text that starts an assistant turn, e.g. `<|im_start|>assistant`."""
+
+
+class Cleaning(ApiModel):
+    """What the data check does besides reporting (it always reports counts)."""
+
+    deduplicate: bool = False
+    """Drop exact duplicate rows (they are always counted)."""
+    drop_empty: bool = True
+    """Drop rows whose response/text is empty (they are always counted)."""
+    pii: Literal["off", "report", "drop", "fail"] = "report"
+    """Scan for e-mail addresses, phone numbers and card numbers: report hits, drop those
+    rows, or fail the run."""
+
+
+class DatasetSpec(ApiModel):
+    """Training data and its preparation."""
+
+    train: DataSource
+    """The training data (and the source of validation/test rows when `split` is set)."""
+    validation: DataSource | None = None
+    """Separate validation data. Without it and without `split`, 10% of train is held out."""
+    test: DataSource | None = None
+    """Separate test data, scored once after training."""
+    format: DatasetFormat = "instruction"
+    """Row shape: plain_text (one sample per line/row), instruction (alpaca:
+    instruction/input/output), mcq (question/choices/answer), qa (question/answer columns),
+    sharegpt (conversations from/value), messages (OpenAI roles), oasst (message trees,
+    flattened to conversations), preference (prompt/chosen/rejected, for DPO), prompt_only
+    (prompt plus extra columns passed to rewards, for GRPO)."""
+    columns: Columns | None = None
+    """Column names, when they differ from the format's defaults."""
+    split: Split | None = None
+    """Carve validation/test out of train by ratio and seed."""
+    system_prompt: LongText | None = None
+    """System prompt applied to every sample (see systemPromptMode)."""
+    system_prompt_mode: Literal["override", "fallback"] = "override"
+    """override: systemPrompt replaces rows' own system prompts; fallback: used only for rows
+    without one."""
+    max_seq_length: Annotated[int, Field(ge=16, le=1048576)] = 1024
+    """Longest token sequence fed to the model; see `overlong` for longer samples."""
+    overlong: Literal["truncate", "drop", "fail"] = "truncate"
+    """What to do with samples longer than maxSeqLength. Counts are always reported."""
+    packing: bool = False
+    """Pack several short samples into one maxSeqLength sequence (faster; no
+    cross-contamination with padding-free attention)."""
+    train_on_responses_only: bool | None = None
+    """Compute the loss on assistant/response tokens only. Unset: on for formats with
+    responses, off for plain_text. A batch with no trainable tokens fails the run."""
+    response_markers: ResponseMarkers | None = None
+    """Turn markers for trainOnResponsesOnly when the chat template has no generation
+    markers."""
+    use_chat_template: bool | None = None
+    """Render conversations with a chat template. Unset: yes when the tokenizer has one
+    (else a built-in ChatML-style template) for chat-shaped formats."""
+    chat_template: LongText | None = None
+    """A Jinja chat template that replaces the tokenizer's."""
+    add_bos: bool | None = None
+    """Prepend BOS to each sample. Unset: whatever the tokenizer/template does."""
+    add_eos: bool | None = None
+    """Append EOS to each sample, so the model learns to stop. Unset: yes for plain_text."""
+    num_proc: Annotated[int, Field(ge=1, le=256)] | None = None
+    """Worker processes for tokenization. Unset: number of CPUs, at most 8."""
+    cleaning: Cleaning = Cleaning()
+    """Data cleaning; a data report is always produced."""
+
+    rules = (
+        Rule(
+            cel="!(has(self.validation) && has(self.split) && self.split.validation > 0.0)",
+            message="split.validation must be 0 when a separate validation source is given",
+            check=lambda d: not (is_set(d.validation) and d.split and d.split.validation > 0),
+            field=".split.validation",
+        ),
+        Rule(
+            cel="!(has(self.test) && has(self.split) && self.split.test > 0.0)",
+            message="split.test must be 0 when a separate test source is given",
+            check=lambda d: not (is_set(d.test) and d.split and d.split.test > 0),
+            field=".split.test",
+        ),
+        Rule(
+            cel="!(has(self.trainOnResponsesOnly) && self.trainOnResponsesOnly)"
+            f" || self.format in {cel_list(FORMATS_WITH_RESPONSES)}",
+            message="trainOnResponsesOnly needs a format with responses "
+            "(plain_text, preference and prompt_only have none)",
+            check=lambda d: not d.train_on_responses_only or d.format in FORMATS_WITH_RESPONSES,
+            field=".trainOnResponsesOnly",
+        ),
+        Rule(
+            cel="!has(self.responseMarkers) || !has(self.trainOnResponsesOnly)"
+            " || self.trainOnResponsesOnly",
+            message="responseMarkers are only used with trainOnResponsesOnly",
+            check=lambda d: d.response_markers is None or d.train_on_responses_only is not False,
+            field=".responseMarkers",
+        ),
+    )
+
+    def effective_split(self) -> Split:
+        """The split the trainer applies to the train source: the explicit one; none when a
+        validation file is given; else 10% held out for validation."""
+        if self.split is not None:
+            return self.split
+        if self.validation is not None:
+            return Split(train=1.0)
+        return Split(train=0.9, validation=0.1)

@@ -1,0 +1,181 @@
+"""spec.method: which weights are trained (full, LoRA family, Spectrum, prefix/prompt)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ._base import ApiModel, Rule, cel_list, is_set, only_for
+from .common import ShortText, Uri
+
+MethodType = Literal["full", "lora", "qlora", "dora", "adapter", "spectrum", "prefix", "prompt"]
+# Methods that train LoRA matrices (adapter = continue training existing LoRA weights).
+LORA_METHODS = ("lora", "qlora", "dora", "adapter")
+# Methods whose base weights stay frozen, so the base may be loaded quantized.
+FROZEN_BASE_METHODS = (*LORA_METHODS, "prefix", "prompt")
+ModuleName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class LoftQ(ApiModel):
+    """LoftQ initialisation: LoRA matrices start from the quantization error of the base."""
+
+    bits: Literal[2, 4, 8] = 4
+    """Bits LoftQ quantizes the base weights to while initialising."""
+    iterations: Annotated[int, Field(ge=1, le=16)] = 1
+    """Alternating optimisation steps."""
+
+
+class LoraSpec(ApiModel):
+    """LoRA hyperparameters (also used by qlora, dora and adapter)."""
+
+    r: Annotated[int, Field(ge=1, le=4096)] = 16
+    """Rank of the update matrices."""
+    alpha: Annotated[int, Field(ge=1, le=65536)] = 32
+    """Scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rslora)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=64)] = ["all-linear"]
+    """Module names (or regex suffixes) to adapt. `all-linear` (the CLI's `auto`) adapts
+    every linear layer of the architecture except the output head."""
+    modules_to_save: Annotated[list[ModuleName], Field(max_length=64)] = []
+    """Modules trained in full and saved with the adapter (e.g. lm_head, embed_tokens when
+    new tokens were added)."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases to train."""
+    rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha/sqrt(r), which keeps large ranks stable."""
+    loftq: LoftQ | None = None
+    """Initialise with LoftQ (use instead of, not with, a 4-bit quantized base)."""
+
+
+class QuantizationSpec(ApiModel):
+    """bitsandbytes quantization of the frozen base weights (QLoRA = 4-bit + LoRA)."""
+
+    bits: Literal[4, 8] = 4
+    """4 (NF4/FP4, QLoRA) or 8 (LLM.int8)."""
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type; nf4 suits normally distributed weights (the QLoRA paper's choice)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """dtype the dequantized weights are computed in."""
+    double_quant: bool = True
+    """Also quantize the quantization constants (saves ~0.4 bits per parameter)."""
+
+
+class AdapterSpec(ApiModel):
+    """Existing adapter weights to continue from."""
+
+    uri: Uri
+    """Directory (local, s3:// or hub id) with adapter_config.json and adapter weights."""
+
+
+class SpectrumSpec(ApiModel):
+    """Spectrum: train only the weight matrices with the highest signal-to-noise ratio.
+
+    The SNR of each matrix comes from its singular values against a Marchenko-Pastur noise
+    bound; within each module type (q_proj, mlp.down_proj, ...) the top fraction is
+    unfrozen, everything else stays frozen."""
+
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
+    """Fraction of matrices of each module type to unfreeze, by SNR rank."""
+    snr_threshold: Annotated[float, Field(ge=0.0)] | None = None
+    """Unfreeze every matrix whose SNR exceeds this instead of a top fraction."""
+    target_parameters: Annotated[list[ModuleName], Field(max_length=1024)] = []
+    """Explicit parameter-name regexes to unfreeze (e.g. from an earlier Spectrum scan);
+    when set, no scan runs."""
+
+
+class PrefixSpec(ApiModel):
+    """Prefix tuning: trained key/value prefixes in every layer."""
+
+    num_virtual_tokens: Annotated[int, Field(ge=1, le=1024)] = 20
+    """Prefix length."""
+    projection: bool = False
+    """Reparameterise the prefix through an MLP (more stable, more memory)."""
+
+
+class PromptTuningSpec(ApiModel):
+    """Prompt tuning: trained soft-prompt embeddings prepended to the input."""
+
+    num_virtual_tokens: Annotated[int, Field(ge=1, le=1024)] = 20
+    """Soft-prompt length."""
+    init_text: ShortText | None = None
+    """Initialise the soft prompt from this text's embeddings (else random)."""
+
+
+class MethodSpec(ApiModel):
+    """What to train. LoRA-family blocks are only accepted with a matching type."""
+
+    type: MethodType = "lora"
+    """full: every weight; lora; qlora (4-bit base + LoRA); dora (weight-decomposed LoRA);
+    adapter (continue existing LoRA weights); spectrum (highest-SNR layers in full);
+    prefix (prefix tuning); prompt (prompt tuning)."""
+    lora: LoraSpec | None = None
+    """LoRA hyperparameters for lora, qlora, dora and adapter (defaults when omitted)."""
+    quantization: QuantizationSpec | None = None
+    """Load the frozen base quantized. Required shape for qlora is 4-bit (the default when
+    omitted); 8-bit works with lora/dora/adapter/prefix/prompt."""
+    adapter: AdapterSpec | None = None
+    """Adapter to continue from (type adapter)."""
+    spectrum: SpectrumSpec | None = None
+    """Spectrum layer selection (type spectrum; defaults when omitted)."""
+    prefix: PrefixSpec | None = None
+    """Prefix-tuning settings (type prefix; defaults when omitted)."""
+    prompt: PromptTuningSpec | None = None
+    """Prompt-tuning settings (type prompt; defaults when omitted)."""
+
+    rules = (
+        Rule(
+            cel="self.type != 'qlora' || !has(self.quantization) || self.quantization.bits == 4",
+            message="qlora needs 4-bit quantization (use type lora for an 8-bit base)",
+            check=lambda m: m.type != "qlora" or m.quantization is None or m.quantization.bits == 4,
+            field=".quantization.bits",
+        ),
+        Rule(
+            cel=f"!has(self.quantization) || self.type in {cel_list(FROZEN_BASE_METHODS)}",
+            message="quantization needs a frozen base: it cannot be used with type full "
+            "or spectrum",
+            check=lambda m: m.quantization is None or m.type in FROZEN_BASE_METHODS,
+            field=".quantization",
+        ),
+        only_for("lora", "type", LORA_METHODS),
+        Rule(
+            cel="!has(self.lora) || !has(self.lora.loftq)"
+            " || (self.type != 'qlora' && !has(self.quantization))",
+            message="lora.loftq replaces quantizing the base: drop quantization "
+            "(and use type lora, not qlora)",
+            check=lambda m: (
+                m.lora is None
+                or m.lora.loftq is None
+                or (m.type != "qlora" and m.quantization is None)
+            ),
+            field=".lora.loftq",
+        ),
+        Rule(
+            cel="(self.type == 'adapter') == has(self.adapter)",
+            message="type adapter needs adapter.uri, and adapter is only used by type adapter",
+            check=lambda m: (m.type == "adapter") == is_set(m.adapter),
+            field=".adapter",
+        ),
+        only_for("spectrum", "type", ("spectrum",)),
+        only_for("prefix", "type", ("prefix",)),
+        only_for("prompt", "type", ("prompt",)),
+    )
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.type in LORA_METHODS
+
+    @property
+    def is_peft(self) -> bool:
+        """Trains a PEFT adapter (saved separately from the base; can be merged only if LoRA)."""
+        return self.type in (*LORA_METHODS, "prefix", "prompt")
+
+    def effective_lora(self) -> LoraSpec:
+        return self.lora or LoraSpec()
+
+    def effective_quantization(self) -> QuantizationSpec | None:
+        """qlora without an explicit block means the QLoRA paper's 4-bit NF4 double-quant."""
+        if self.quantization is None and self.type == "qlora":
+            return QuantizationSpec()
+        return self.quantization

@@ -1,0 +1,33 @@
+"""spec.model: which base model (and tokenizer) to fine-tune and how to load it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ._base import ApiModel
+from .common import Dtype, SecretKeyRef, ShortText, Uri
+
+Attention = Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3"]
+
+
+class ModelSpec(ApiModel):
+    """The base model. Loaded with transformers' Auto classes; nothing is executed from the
+    model repository unless `trustRemoteCode` is explicitly turned on."""
+
+    name: Uri
+    """Hub id (org/name), local directory, or s3://bucket/prefix holding a saved model."""
+    tokenizer: Uri | None = None
+    """Tokenizer to use when it differs from the model (hub id, path or s3:// URI)."""
+    revision: ShortText | None = None
+    """Hub branch, tag or commit to pin the model to. Pin it for reproducible runs."""
+    dtype: Dtype = "auto"
+    """Weight dtype to load in: auto picks bfloat16 on GPUs that support it, else float32."""
+    attention: Attention = "auto"
+    """Attention kernel: auto uses flash_attention_2 when installed on a supported GPU,
+    else sdpa."""
+    trust_remote_code: bool = False
+    """Run Python code shipped in the model repository. Off by default: it executes
+    arbitrary code inside the trainer pod."""
+    hf_token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding a Hugging Face token, for gated or private models (and for
+    output.pushToHub unless it names its own)."""

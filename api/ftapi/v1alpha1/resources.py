@@ -1,0 +1,95 @@
+"""spec.resources: the pods' shape, and where they may run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+
+from ._base import ApiModel, Rule
+from .common import EnvVar, ObjectName, Quantity, ShortText, Text, Toleration
+
+# Set by the operator for torchrun; a user value would silently break the rendezvous.
+RESERVED_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+)
+RESERVED_ENV_PREFIXES = ("PET_", "TORCHELASTIC_", "FINETUNE_")
+ResourceName = Annotated[
+    str,
+    StringConstraints(
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+    ),
+]
+
+
+def _env_allowed(name: str) -> bool:
+    return name not in RESERVED_ENV and not name.startswith(RESERVED_ENV_PREFIXES)
+
+
+_RESERVED_CEL = (
+    "self.env.all(e, !(e.name in ["
+    + ", ".join(f"'{n}'" for n in RESERVED_ENV)
+    + "])"
+    + "".join(f" && !e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+    + ")"
+)
+
+
+class ResourcesSpec(ApiModel):
+    """Pods: how many, how big, which nodes. One pod per node runs torchrun with
+    gpusPerNode processes."""
+
+    nodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Pods (one per node) in the job."""
+    gpus_per_node: Annotated[int, Field(ge=0, le=64)] = 1
+    """GPUs each pod requests (and torchrun processes it starts). 0: one CPU process."""
+    gpu_resource_name: ResourceName = "nvidia.com/gpu"
+    """Extended resource name of the GPUs (e.g. amd.com/gpu, or a MIG profile)."""
+    cpu: Quantity | None = None
+    """CPU request (and limit) per pod, e.g. 8 or 7500m."""
+    memory: Quantity | None = None
+    """Memory request (and limit) per pod, e.g. 64Gi."""
+    shared_memory: Quantity = "16Gi"
+    """Size of the memory-backed /dev/shm (data loader workers and NCCL need it)."""
+    node_selector: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
+    """Node labels the pods require, e.g. a GPU pool or accelerator type."""
+    tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
+    """Taints the pods tolerate (GPU, spot pools)."""
+    affinity: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """A core/v1 Affinity, passed to the pods as is."""
+    priority_class_name: ObjectName | None = None
+    """PriorityClass of the pods (preemption order)."""
+    image: Text | None = None
+    """Trainer image; unset: the operator's default."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    """Image pull policy; unset: the Kubernetes default."""
+    service_account_name: ObjectName | None = None
+    """Run the pods as this existing ServiceAccount (e.g. one bound to an IAM role for S3)
+    instead of the per-job one the operator creates."""
+    env: Annotated[list[EnvVar], Field(max_length=64)] = []
+    """Extra environment for the trainer. torchrun's variables and FINETUNE_* are refused."""
+    labels: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
+    """Extra labels on the pods (cost allocation, policies)."""
+    annotations: Annotated[dict[str, Text], Field(max_length=64)] = {}
+    """Extra annotations on the pods."""
+
+    rules = (
+        Rule(
+            cel=_RESERVED_CEL,
+            message="env may not set torchrun's variables (PET_*, TORCHELASTIC_*, RANK, "
+            "WORLD_SIZE, MASTER_ADDR, ...) or FINETUNE_*: the operator sets them",
+            check=lambda r: all(_env_allowed(e.name) for e in r.env),
+            field=".env",
+        ),
+    )

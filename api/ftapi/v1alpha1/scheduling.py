@@ -1,0 +1,33 @@
+"""spec.scheduling and spec.runPolicy: queueing, suspension, restarts, deadlines, cleanup."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from ._base import ApiModel
+from .common import ObjectName
+
+
+class SchedulingSpec(ApiModel):
+    """Admission. Mutable on a live job."""
+
+    queue_name: ObjectName | None = None
+    """Kueue LocalQueue: the Job is created suspended with kueue.x-k8s.io/queue-name and
+    starts when Kueue admits it."""
+    suspend: bool = False
+    """Stop the job's pods (checkpoint progress is kept) until set back to false."""
+
+
+class RunPolicy(ApiModel):
+    """Failure handling and cleanup. maxRestarts and ttlSecondsAfterFinished may change on a
+    live job."""
+
+    max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3
+    """Whole-job restarts after a pod failure, preemption or node loss. Each restart resumes
+    from the newest complete checkpoint."""
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    """Fail the job when it has been running this long, restarts included."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    """Delete the FineTuneJob this long after it finished (output data stays)."""

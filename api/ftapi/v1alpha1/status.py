@@ -1,0 +1,122 @@
+"""status: what the operator reports back. Written by the operator only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ._base import ApiModel
+from .common import ShortText, Text, Uri
+
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A metav1.Condition: one aspect of the job's state, with why it is so."""
+
+    type: ShortText
+    """Validated, ResourcesCreated, Running, Succeeded, Failed, Suspended, ..."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: ShortText
+    """CamelCase machine-readable cause, e.g. OOMKilled, Unschedulable, InvalidSpec."""
+    message: Text = ""
+    """Human-readable details."""
+    last_transition_time: datetime
+    """When status last changed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The spec generation this condition was computed from."""
+
+
+class Progress(ApiModel):
+    """Training progress as last reported by the trainer."""
+
+    step: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps done."""
+    total_steps: Annotated[int, Field(ge=0)] | None = None
+    """Optimizer steps planned."""
+    epoch: Annotated[float, Field(ge=0.0)] | None = None
+    """Fractional epoch reached."""
+    percent: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    """step / totalSteps in percent."""
+    eta_seconds: Annotated[int, Field(ge=0)] | None = None
+    """Estimated seconds until training ends."""
+    tokens_per_second: Annotated[float, Field(ge=0.0)] | None = None
+    """Training throughput across all processes."""
+    summary: ShortText | None = None
+    """Printable progress, e.g. "120/1000 (12%)" (the PROGRESS column)."""
+    eta: ShortText | None = None
+    """Printable ETA, e.g. "1h12m" (the ETA column)."""
+    updated_at: datetime | None = None
+    """When the trainer last reported."""
+
+
+class Metrics(ApiModel):
+    """Latest metrics."""
+
+    train_loss: float | None = None
+    """Training loss at the last logged step."""
+    eval_loss: float | None = None
+    """Validation loss at the last evaluation."""
+    eval_accuracy: float | None = None
+    """Validation accuracy (mcq/qa data) at the last evaluation."""
+    eval_perplexity: float | None = None
+    """exp(eval_loss)."""
+    learning_rate: float | None = None
+    """Learning rate at the last logged step."""
+    grad_norm: float | None = None
+    """Gradient norm at the last logged step."""
+    reward: float | None = None
+    """Mean total reward (GRPO)."""
+    additional: Annotated[dict[str, float], Field(max_length=64)] = {}
+    """Other scalar metrics (test set, benchmarks, per-reward means)."""
+
+
+class CheckpointStatus(ApiModel):
+    """Checkpoints written so far (complete ones only)."""
+
+    latest: Uri | None = None
+    """URI of the newest complete checkpoint (the one a restart resumes from)."""
+    step: Annotated[int, Field(ge=0)] | None = None
+    """Optimizer step of that checkpoint."""
+    count: Annotated[int, Field(ge=0)] = 0
+    """Complete checkpoints currently kept."""
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state. `phase` is the one-word answer; conditions say why."""
+
+    phase: Phase = "Pending"
+    """Pending, Queued, Running, Restarting, Succeeded, Failed or Suspended."""
+    conditions: Annotated[list[Condition], Field(max_length=32)] = Field(
+        default=[],
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Latest observations, one per type."""
+    message: Text | None = None
+    """The most useful sentence about the current state."""
+    progress: Progress | None = None
+    """Training progress."""
+    metrics: Metrics | None = None
+    """Latest metrics."""
+    checkpoint: CheckpointStatus | None = None
+    """Checkpoints written."""
+    model_uri: Uri | None = None
+    """Where the final model/adapter is (set when training succeeded)."""
+    restarts: Annotated[int, Field(ge=0)] = 0
+    """Whole-job restarts so far."""
+    attempt: Annotated[int, Field(ge=0)] = 0
+    """Index of the current attempt (its Job is named after it)."""
+    start_time: datetime | None = None
+    """When the first attempt started running."""
+    completion_time: datetime | None = None
+    """When the job reached Succeeded or Failed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The spec generation the status reflects."""
+    failure_reason: ShortText | None = None
+    """Why the job failed: OOMKilled, ExitCode, ImagePullBackOff, Unschedulable,
+    DeadlineExceeded, InvalidSpec, BackoffLimitExceeded, ..."""

@@ -1,0 +1,124 @@
+"""spec.trainer: the training objective (TRL's SFT, DPO or GRPO)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ._base import ApiModel, Rule, is_set, only_for, required_for
+from .common import ShortText, Text, Uri
+
+TrainerType = Literal["sft", "dpo", "grpo"]
+RewardType = Literal["regex", "exact_match", "contains", "length", "json", "python"]
+Length = Annotated[int, Field(ge=1, le=1048576)]
+
+
+class DpoSpec(ApiModel):
+    """Direct Preference Optimization settings."""
+
+    beta: Annotated[float, Field(gt=0.0)] = 0.1
+    """Strength of the pull towards the reference model (higher = stay closer)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair"] = (
+        "sigmoid"
+    )
+    """DPO loss variant (sigmoid is the original paper's)."""
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
+    """Assumed fraction of flipped preference labels (conservative/robust DPO)."""
+    max_prompt_length: Length | None = None
+    """Truncate prompts to this many tokens (left side kept)."""
+    max_completion_length: Length | None = None
+    """Truncate chosen/rejected completions to this many tokens."""
+    reference_model: Uri | None = None
+    """Reference model; unset: the base model (with LoRA, the adapter switched off)."""
+
+
+class Reward(ApiModel):
+    """One GRPO reward function; rewards are summed with their weights.
+
+    regex: `pattern` matches the completion (e.g. `^<think>.*?</think>` for a format reward);
+    exact_match: the extracted answer equals the row's `column`;
+    contains: the completion contains `text` (or the row's `column` value);
+    length: penalty growing past `maxLength` characters;
+    json: the completion parses as JSON;
+    python: your function `module.path:name` or `path/to/file.py:name` with TRL's reward
+    signature (prompts, completions, **columns) -> list[float]."""
+
+    type: RewardType
+    """Which built-in (or python) reward."""
+    name: ShortText | None = None
+    """Label in logs and metrics (default: the type)."""
+    weight: float = 1.0
+    """Multiplier for this reward in the sum."""
+    pattern: Text | None = None
+    """regex: the regular expression (Python syntax, DOTALL)."""
+    column: ShortText | None = None
+    """exact_match, contains: the dataset column holding the ground truth."""
+    text: Text | None = None
+    """contains: the literal text to look for."""
+    max_length: Annotated[int, Field(ge=1)] | None = None
+    """length: completions up to this many characters score 0, longer ones less."""
+    function: ShortText | None = None
+    """python: `package.module:function` or `file.py:function`."""
+
+    rules = (
+        required_for("pattern", "type", "regex", "a regex reward needs pattern"),
+        required_for(
+            "column",
+            "type",
+            "exact_match",
+            "an exact_match reward needs column (the ground-truth column)",
+        ),
+        Rule(
+            cel="self.type != 'contains' || has(self.text) != has(self.column)",
+            message="a contains reward needs exactly one of text or column",
+            check=lambda r: r.type != "contains" or is_set(r.text) != is_set(r.column),
+            field=".text",
+        ),
+        required_for("maxLength", "type", "length", "a length reward needs maxLength"),
+        required_for(
+            "function",
+            "type",
+            "python",
+            "a python reward needs function (module:name or file.py:name)",
+        ),
+    )
+
+
+class GrpoSpec(ApiModel):
+    """Group Relative Policy Optimization settings."""
+
+    rewards: Annotated[list[Reward], Field(min_length=1, max_length=16)]
+    """Reward functions scoring each completion."""
+    num_generations: Annotated[int, Field(ge=2, le=256)] = 8
+    """Completions sampled per prompt (the group). The global batch must be a multiple."""
+    max_prompt_length: Length | None = None
+    """Truncate prompts to this many tokens."""
+    max_completion_length: Length = 256
+    """Tokens generated per completion."""
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    """Sampling temperature for the generations."""
+    beta: Annotated[float, Field(ge=0.0)] = 0.0
+    """KL penalty towards the reference model (0 skips loading a reference)."""
+
+
+class TrainerSpec(ApiModel):
+    """The objective. sft needs supervised rows, dpo preference rows, grpo prompts and
+    rewards (checked against dataset.format)."""
+
+    type: TrainerType = "sft"
+    """sft (supervised fine-tuning), dpo (preference pairs), grpo (reward-driven RL)."""
+    dpo: DpoSpec | None = None
+    """DPO settings (type dpo; defaults when omitted)."""
+    grpo: GrpoSpec | None = None
+    """GRPO settings (type grpo; required, it names the rewards)."""
+
+    rules = (
+        only_for("dpo", "type", ("dpo",)),
+        Rule(
+            cel="(self.type == 'grpo') == has(self.grpo)",
+            message="type grpo needs grpo.rewards, and grpo is only used by type grpo",
+            check=lambda t: (t.type == "grpo") == is_set(t.grpo),
+            field=".grpo",
+        ),
+    )

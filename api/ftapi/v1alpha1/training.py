@@ -1,0 +1,98 @@
+"""spec.training: the optimisation loop's hyperparameters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ._base import ApiModel, Rule, is_set
+
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+]
+# transformers' OptimizerNames; the 8-bit and paged ones come from bitsandbytes.
+Optimizer = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+    "lion_8bit",
+    "paged_lion_8bit",
+    "rmsprop",
+]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+class EarlyStopping(ApiModel):
+    """Stop when the evaluation metric stops improving (needs evaluation)."""
+
+    patience: Annotated[int, Field(ge=1, le=1000)] = 3
+    """Evaluations without improvement before stopping."""
+    threshold: Annotated[float, Field(ge=0.0)] = 0.0
+    """Minimum improvement that counts."""
+    metric: Literal["eval_loss", "eval_accuracy"] = "eval_loss"
+    """Metric watched (loss: lower is better; accuracy: higher is better)."""
+
+
+class TrainingSpec(ApiModel):
+    """Hyperparameters. Batch sizes are per device: the global batch is
+    batchSize x gradientAccumulationSteps x nodes x gpusPerNode."""
+
+    epochs: Annotated[float, Field(gt=0.0, le=1000.0)] = 1.0
+    """Passes over the training data (fractions allowed)."""
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    """Stop after this many optimizer steps; overrides epochs."""
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 4
+    """Samples per device per forward pass (micro batch)."""
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=65536)] = 1
+    """Micro batches accumulated per optimizer step."""
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-4
+    """Peak learning rate. 2e-4 suits LoRA; full fine-tuning usually wants 1e-5 to 5e-5."""
+    scheduler: Scheduler = "linear"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    """Fraction of total steps spent warming up (or use warmupSteps)."""
+    warmup_steps: Annotated[int, Field(ge=0)] | None = None
+    """Steps spent warming up (or use warmupRatio)."""
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    optimizer: Optimizer = "adamw_torch"
+    """Optimizer; adamw_torch_fused is faster on GPUs, the 8-bit/paged ones save memory."""
+    seed: Annotated[int, Field(ge=0)] = 42
+    """Seed for initialisation, dropout and data order."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward to save memory. Unset: on for GPU runs (off for
+    prefix tuning, which it breaks)."""
+    precision: Precision = "auto"
+    """Mixed precision: auto picks bf16 where supported, else fp16 on GPUs, fp32 on CPU."""
+    device: Device = "auto"
+    """Where local runs compute; in a cluster the operator's pod has the GPUs it asked for."""
+    liger_kernels: bool = False
+    """Use Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy) when
+    installed."""
+    early_stopping: EarlyStopping | None = None
+    """Stop early on a plateauing evaluation metric."""
+
+    rules = (
+        Rule(
+            cel="!(has(self.warmupRatio) && has(self.warmupSteps))",
+            message="set warmupRatio or warmupSteps, not both",
+            check=lambda t: not (is_set(t.warmup_ratio) and is_set(t.warmup_steps)),
+            field=".warmupSteps",
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The FineTuneJob operator (kopf). Not implemented yet: it follows the API and trainer."""

@@ -1,0 +1,177 @@
+"""The committed CRD is what the models generate, and it is a valid structural schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ftapi import API_VERSION, KIND, FineTuneJob
+from ftapi.crd import CRD_FILE, build_crd, build_openapi_schema, main, render_crd
+from ftapi.reference import render_reference
+from ftapi.v1alpha1 import TrainingSpec
+from tests.builders import make_job
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return build_openapi_schema()
+
+
+def test_committed_crd_is_up_to_date(repo: Path) -> None:
+    committed = (repo / "crds" / CRD_FILE).read_text()
+    assert committed == render_crd(), "crds/ is stale: run `make crds` and commit the result"
+
+
+def test_check_mode_fails_on_a_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / "crd.yaml"
+    stale.write_text(render_crd().replace("ftj", "ftx"))
+    assert main(["--check", str(stale)]) == 1
+    stale.write_text(render_crd())
+    assert main(["--check", str(stale)]) == 0
+
+
+def test_crd_identity() -> None:
+    crd = build_crd()
+    names = crd["spec"]["names"]
+    assert crd["metadata"]["name"] == "finetunejobs.finetune.dev"
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "FineTuneJob",
+        "finetunejobs",
+        ["ftj"],
+    )
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["storage"] and version["served"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_schema_is_structural(schema: dict[str, Any]) -> None:
+    """The API server's structural-schema rules, checked up front for fast feedback."""
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "allOf" not in node and "oneOf" not in node, path
+        assert "title" not in node and "const" not in node and "uniqueItems" not in node, path
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string"), f"{path}: anyOf only for int-or-string"
+        else:
+            assert node.get("type") in {
+                "object",
+                "array",
+                "string",
+                "integer",
+                "number",
+                "boolean",
+            }, path
+        if "properties" in node:
+            assert "additionalProperties" not in node, path
+        if isinstance(node.get("exclusiveMinimum"), (int, float)) and not isinstance(
+            node.get("exclusiveMinimum"), bool
+        ):
+            pytest.fail(f"{path}: exclusiveMinimum must be a boolean in OpenAPI v3.0")
+        if node.get("type") == "object" and "default" in node and "properties" in node:
+            assert node["default"] == {}, f"{path}: object defaults must be {{}}"
+
+
+def test_every_field_is_described_for_kubectl_explain(schema: dict[str, Any]) -> None:
+    undocumented = [
+        path
+        for path, node in _walk(schema["properties"]["spec"], "spec")
+        if not path.endswith(("[]", "{}")) and not node.get("description")
+    ]
+    assert undocumented == []
+
+
+def test_printer_columns_point_at_real_fields(schema: dict[str, Any]) -> None:
+    columns = build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Phase", "Model", "Method", "Progress", "Loss", "ETA", "Age",
+    ]  # fmt: skip
+    assert [c["name"] for c in columns if c.get("priority") == 1] == ["Nodes", "GPUs", "Restarts"]
+    for column in columns:
+        if column["jsonPath"].startswith(".metadata."):
+            continue
+        node = _lookup(schema, column["jsonPath"])
+        expected = {"string": "string", "number": "number", "integer": "integer"}[column["type"]]
+        assert node["type"] == expected, column
+
+
+def test_rule_field_paths_exist(schema: dict[str, Any]) -> None:
+    checked = 0
+    for _, node in _walk(schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            if "fieldPath" in rule:
+                _lookup(node, rule["fieldPath"])
+                checked += 1
+    assert checked > 30
+
+
+def test_lists_and_strings_used_by_cel_are_bounded(schema: dict[str, Any]) -> None:
+    """The API server refuses CEL rules whose cost it cannot bound."""
+    spec = schema["properties"]["spec"]
+    for path, node in _walk(spec, "spec"):
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path}: unbounded list"
+
+
+def test_scalar_defaults_match_the_models(schema: dict[str, Any]) -> None:
+    training = schema["properties"]["spec"]["properties"]["training"]["properties"]
+    for name, field in TrainingSpec.model_fields.items():
+        alias = field.alias or name
+        if field.default is not None and not isinstance(field.default, (dict, list)):
+            assert training[alias]["default"] == field.default, alias
+    assert schema["properties"]["spec"]["properties"]["method"]["default"] == {}
+    assert _lookup(schema, ".spec.model.trustRemoteCode")["default"] is False
+
+
+def test_crd_file_is_valid_yaml_with_header(repo: Path) -> None:
+    text = (repo / "crds" / CRD_FILE).read_text()
+    assert text.startswith("# Generated by `make crds`")
+    assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"
+
+
+def test_status_round_trips_through_the_model() -> None:
+    manifest = {
+        "metadata": {"name": "x"},
+        "spec": make_job().obj()["spec"],
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Running", "status": "True", "reason": "PodsRunning",
+                            "lastTransitionTime": "2026-11-21T10:00:00Z", "observedGeneration": 1}],
+            "progress": {"step": 120, "totalSteps": 1000, "summary": "120/1000 (12%)", "eta": "1h"},
+            "metrics": {"trainLoss": 1.25, "additional": {"test_accuracy": 0.5}},
+        },
+    }  # fmt: skip
+    status = FineTuneJob.model_validate(manifest).status
+    assert status is not None
+    dumped = status.to_dict()
+    assert dumped["conditions"][0]["lastTransitionTime"] == "2026-11-21T10:00:00Z"
+    assert dumped["progress"]["totalSteps"] == 1000
+    assert dumped["metrics"]["additional"] == {"test_accuracy": 0.5}
+
+
+def _walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{name}" if path else name)
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def _lookup(node: dict[str, Any], json_path: str) -> dict[str, Any]:
+    for part in json_path.strip(".").split("."):
+        node = node["properties"][part]
+    return node
+
+
+def test_api_reference_is_up_to_date(repo: Path) -> None:
+    committed = (repo / "docs" / "api-reference.md").read_text()
+    assert committed == render_reference(), "docs/api-reference.md is stale: run `make crds`"
+
+
+def test_api_identity_constants_match_the_model() -> None:
+    job = FineTuneJob.model_validate(make_job().obj())
+    assert (job.api_version, job.kind) == (API_VERSION, KIND)

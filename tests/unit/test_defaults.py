@@ -1,0 +1,63 @@
+"""A minimal manifest gets the documented defaults."""
+
+from __future__ import annotations
+
+from ftapi import parse_job
+from ftapi.v1alpha1 import Split
+from tests.builders import make_job
+
+
+def test_minimal_manifest_fills_in_defaults() -> None:
+    spec = parse_job(make_job().obj()).spec
+    assert (spec.method.type, spec.trainer.type) == ("lora", "sft")
+    assert spec.model.trust_remote_code is False
+    assert (spec.model.dtype, spec.model.attention) == ("auto", "auto")
+    assert (spec.training.epochs, spec.training.learning_rate, spec.training.batch_size) == (
+        1.0,
+        2e-4,
+        4,
+    )
+    assert spec.training.gradient_checkpointing is None  # auto
+    assert (spec.resources.nodes, spec.resources.gpus_per_node) == (1, 1)
+    assert spec.resources.gpu_resource_name == "nvidia.com/gpu"
+    assert spec.resources.shared_memory == "16Gi"
+    assert (spec.output.save_steps, spec.output.save_total_limit) == (500, 2)
+    assert (spec.run_policy.max_restarts, spec.scheduling.suspend) == (3, False)
+    assert spec.evaluation.strategy == "epoch"
+    assert spec.dataset.overlong == "truncate"
+
+
+def test_defaults_appear_in_the_manifest_form() -> None:
+    dumped = parse_job(make_job().obj()).to_dict()["spec"]
+    assert dumped["method"] == {"type": "lora"}
+    assert dumped["training"]["learningRate"] == 2e-4
+    assert "quantization" not in dumped["method"]
+
+
+def test_lora_block_defaults_when_omitted() -> None:
+    lora = parse_job(make_job().set("method", {"type": "dora"}).obj()).spec.method.effective_lora()
+    assert (lora.r, lora.alpha, lora.target_modules, lora.bias) == (16, 32, ["all-linear"], "none")
+
+
+def test_qlora_without_quantization_means_4bit_nf4() -> None:
+    method = parse_job(make_job().set("method.type", "qlora").obj()).spec.method
+    quant = method.effective_quantization()
+    assert quant is not None
+    assert (quant.bits, quant.type, quant.double_quant) == (4, "nf4", True)
+    lora_method = parse_job(make_job().obj()).spec.method
+    assert lora_method.effective_quantization() is None
+
+
+def test_partial_blocks_keep_their_other_defaults() -> None:
+    spec = parse_job(make_job().set("method.lora", {"r": 64}).obj()).spec
+    assert spec.method.lora is not None
+    assert (spec.method.lora.r, spec.method.lora.alpha) == (64, 32)
+
+
+def test_effective_split() -> None:
+    holdout = parse_job(make_job().obj()).spec.dataset.effective_split()
+    assert (holdout.train, holdout.validation, holdout.test) == (0.9, 0.1, 0.0)
+    with_file = make_job().set("dataset.validation", {"uri": "v.jsonl"}).obj()
+    assert parse_job(with_file).spec.dataset.effective_split() == Split(train=1.0)
+    explicit = make_job().set("dataset.split", {"train": 0.7, "validation": 0.2, "test": 0.1})
+    assert parse_job(explicit.obj()).spec.dataset.effective_split().test == 0.1

@@ -1,0 +1,1 @@
+"""The FineTuneJob trainer and the `finetune` CLI."""
