@@ -2,7 +2,7 @@
 
 The models are the single source of truth: this module turns their JSON Schema into a
 Kubernetes *structural* schema (no $ref, no nullable unions, OpenAPI v3.0 numeric bounds,
-`{}` for object defaults so the API server applies nested defaults itself) and adds what
+object defaults written out in full) and adds what
 only the CRD has: printer columns, the status subresource, short names and categories.
 
     finetune-crd                  # print the CRD
@@ -201,10 +201,15 @@ def _resolve(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
 
 
 def _structural_default(value: Any, schema: dict[str, Any]) -> Any:
-    # An object default of {} lets the API server fill the object's own field defaults, so
-    # each default lives in exactly one place (the field that declares it).
-    if isinstance(value, dict) and "properties" in schema:
-        return {}
+    """The default as the API server should store it: unset (None) fields left out.
+
+    Object defaults are written out in full rather than as `{}`: the API server checks a
+    default against the object's CEL rules *before* filling the nested defaults, so a `{}`
+    default fails rules that read those fields."""
+    if isinstance(value, dict):
+        return {k: _structural_default(v, {}) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_structural_default(v, {}) for v in value]
     return value
 
 

@@ -66,12 +66,14 @@ def test_schema_is_structural(schema: dict[str, Any]) -> None:
             }, path
         if "properties" in node:
             assert "additionalProperties" not in node, path
-        if isinstance(node.get("exclusiveMinimum"), (int, float)) and not isinstance(
-            node.get("exclusiveMinimum"), bool
-        ):
-            pytest.fail(f"{path}: exclusiveMinimum must be a boolean in OpenAPI v3.0")
-        if node.get("type") == "object" and "default" in node and "properties" in node:
-            assert node["default"] == {}, f"{path}: object defaults must be {{}}"
+        for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if exclusive in node:
+                assert node[exclusive] is True, f"{path}: {exclusive} must be a boolean (v3.0)"
+                # kube-apiserver 1.36 compares integer-valued defaults (0.0 arrives as 0) with
+                # a truncated fractional exclusive bound and rejects the CRD.
+                assert float(node[bound]).is_integer(), f"{path}: fractional exclusive bound"
+        if "default" in node:
+            assert None not in _values(node["default"]), f"{path}: null inside a default"
 
 
 def test_every_field_is_described_for_kubectl_explain(schema: dict[str, Any]) -> None:
@@ -121,7 +123,9 @@ def test_scalar_defaults_match_the_models(schema: dict[str, Any]) -> None:
         alias = field.alias or name
         if field.default is not None and not isinstance(field.default, (dict, list)):
             assert training[alias]["default"] == field.default, alias
-    assert schema["properties"]["spec"]["properties"]["method"]["default"] == {}
+    assert schema["properties"]["spec"]["properties"]["method"]["default"] == {"type": "lora"}
+    resources = schema["properties"]["spec"]["properties"]["resources"]["default"]
+    assert resources["gpusPerNode"] == 1 and resources["env"] == []
     assert _lookup(schema, ".spec.model.trustRemoteCode")["default"] is False
 
 
@@ -149,6 +153,14 @@ def test_status_round_trips_through_the_model() -> None:
     assert dumped["conditions"][0]["lastTransitionTime"] == "2026-11-21T10:00:00Z"
     assert dumped["progress"]["totalSteps"] == 1000
     assert dumped["metrics"]["additional"] == {"test_accuracy": 0.5}
+
+
+def _values(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in [v, *_values(v)]]
+    if isinstance(value, list):
+        return [x for v in value for x in [v, *_values(v)]]
+    return []
 
 
 def _walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -23,7 +23,7 @@ class DpoSpec(ApiModel):
         "sigmoid"
     )
     """DPO loss variant (sigmoid is the original paper's)."""
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.49)] = 0.0
     """Assumed fraction of flipped preference labels (conservative/robust DPO)."""
     max_prompt_length: Length | None = None
     """Truncate prompts to this many tokens (left side kept)."""
