@@ -115,10 +115,13 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         "spec.output.s3", "s3:// uri"),
     "mlflow without settings": (
         make_job().set("logging.reportTo", ["mlflow"]).obj(),
-        "spec.logging.mlflow", "mlflow.trackingUri"),
+        "spec.logging.mlflow", "go together"),
+    "mlflow settings without reportTo": (
+        make_job().set("logging.mlflow", {"trackingUri": "http://mlflow"}).obj(),
+        "spec.logging.mlflow", "go together"),
     "wandb without settings": (
         make_job().set("logging.reportTo", ["wandb"]).obj(),
-        "spec.logging.wandb", "wandb.project"),
+        "spec.logging.wandb", "go together"),
     "torchrun variable in env": (
         make_job().set("resources.env", [{"name": "PET_NNODES", "value": "4"}]).obj(),
         "spec.resources.env", "torchrun"),
@@ -149,6 +152,78 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "push to hub without token": (
         make_job().set("output.pushToHub", {"repoId": "org/name"}).obj(),
         "spec.output.pushToHub", "needs a token"),
+    "all-linear mixed with names": (
+        make_job().set("method.lora", {"targetModules": ["all-linear", "q_proj"]}).obj(),
+        "spec.method.lora.targetModules", "list it alone"),
+    "lora settings on an adapter": (
+        make_job().set("method", {"type": "adapter", "adapter": {"uri": "s3://a/b"},
+                                  "lora": {"r": 8}}).obj(),
+        "spec.method.lora", "only used by type lora, qlora or dora"),
+    "two spectrum selections": (
+        make_job().set("method", {"type": "spectrum", "spectrum": {
+            "topFraction": 0.5, "snrThreshold": 1.0}}).obj(),
+        "spec.method.spectrum.snrThreshold", "choose one"),
+    "prompt init text without text": (
+        make_job().set("method", {"type": "prompt", "prompt": {"init": "text"}}).obj(),
+        "spec.method.prompt.initText", "needs initText"),
+    "dpo weights do not match losses": (
+        make_job().set("trainer", {"type": "dpo", "dpo": {"lossType": ["sigmoid", "sft"],
+                                   "lossWeights": [1.0]}})
+        .set("dataset.format", "preference").obj(),
+        "spec.trainer.dpo.lossWeights", "one weight per entry"),
+    "optimizer offload without zero": (
+        make_job().set("distributed", {"strategy": "deepspeed", "deepspeed": {
+            "zeroStage": 0, "offloadOptimizer": "cpu"}}).obj(),
+        "spec.distributed.deepspeed.offloadOptimizer", "zeroStage 1"),
+    "split of a file": (
+        make_job().set("dataset.train", {"uri": "data.jsonl", "split": "train"}).obj(),
+        "spec.dataset.train.split", "hf://"),
+    "toleration Exists with a value": (
+        make_job().set("resources.tolerations", [{"key": "k", "operator": "Exists",
+                                                   "value": "v"}]).obj(),
+        "spec.resources.tolerations[0].value", "takes no value"),
+    "toleration without key must be Exists": (
+        make_job().set("resources.tolerations", [{"operator": "Equal", "value": "v"}]).obj(),
+        "spec.resources.tolerations[0].operator", "needs operator Exists"),
+    "grpo group does not divide the batch": (
+        make_job().set("trainer", {"type": "grpo", "grpo": {**GRPO, "numGenerations": 8}})
+        .set("dataset.format", "prompt_only").set("training.batchSize", 4).obj(),
+        "spec.trainer.grpo.numGenerations", "multiple of trainer.grpo.numGenerations"),
+    "grpo eval batch does not fit": (
+        make_job().set("trainer", {"type": "grpo", "grpo": {**GRPO, "numGenerations": 4}})
+        .set("dataset.format", "prompt_only").set("training.batchSize", 2)
+        .set("training.gradientAccumulationSteps", 2).obj(),
+        "spec.trainer.grpo.numGenerations", "evaluation batch"),
+    "evaluation without validation data": (
+        make_job().set("dataset.split", {"train": 1.0}).obj(),
+        "spec.evaluation.strategy", "needs validation data"),
+    "accuracy on plain text": (
+        make_job().set("dataset.format", "plain_text")
+        .set("evaluation.metrics", ["loss", "accuracy"]).obj(),
+        "spec.evaluation.metrics", "mcq or qa"),
+    "early stopping on an unmeasured accuracy": (
+        make_job().set("training.earlyStopping", {"metric": "eval_accuracy"})
+        .set("dataset.format", "mcq").obj(),
+        "spec.training.earlyStopping.metric", "accuracy in evaluation.metrics"),
+    "packing with dpo": (
+        make_job().set("trainer.type", "dpo").set("dataset.format", "preference")
+        .set("dataset.packing", True).obj(),
+        "spec.dataset.packing", "only used by trainer.type sft"),
+    "fp16 full fine-tune of fp16 weights": (
+        make_job().set("method.type", "full").set("model.dtype", "float16")
+        .set("training.precision", "fp16").obj(),
+        "spec.model.dtype", "float32 master weights"),
+    "bf16 compute under fp16": (
+        make_job().set("method", {"type": "qlora", "quantization": {"computeDtype": "bfloat16"}})
+        .set("training.precision", "fp16").obj(),
+        "spec.method.quantization.computeDtype", "conflicts"),
+    "two kinds of activation checkpointing": (
+        make_job().set("training.gradientCheckpointing", True)
+        .set("distributed", {"strategy": "fsdp", "fsdp": {"activationCheckpointing": True}}).obj(),
+        "spec.training.gradientCheckpointing", "not both"),
+    "best model without evaluation": (
+        make_job().set("output.finalModel", "best").set("evaluation.strategy", "no").obj(),
+        "spec.output.finalModel", "needs evaluation"),
     "name too long": (
         make_job("a" * 43).obj(), "", "at most 42 characters"),
     "name not a DNS label": (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic.alias_generators import to_camel
 
 from .constants import (
     CATEGORIES,
@@ -30,7 +31,7 @@ from .constants import (
     SINGULAR,
     VERSION,
 )
-from .v1alpha1 import FineTuneJob
+from .v1alpha1 import FineTuneJob, FineTuneJobSpec
 from .v1alpha1._base import CEL_RULES_KEY
 
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
@@ -126,6 +127,16 @@ def build_openapi_schema() -> dict[str, Any]:
     props["apiVersion"] = _bare(props["apiVersion"])
     props["kind"] = _bare(props["kind"])
     schema["required"] = ["spec"]
+    spec = schema["properties"]["spec"]["properties"]
+    for name in FineTuneJobSpec.immutable:
+        field = spec[to_camel(name)]
+        rule = {
+            "rule": "self == oldSelf",
+            "message": f"spec.{to_camel(name)} cannot change once the job exists: "
+            "create a new FineTuneJob (scheduling and runPolicy may change)",
+        }
+        field[CEL_RULES_KEY] = [*field.get(CEL_RULES_KEY, []), rule]
+        spec[to_camel(name)] = _ordered(field)
     return schema
 
 

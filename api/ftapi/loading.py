@@ -90,6 +90,9 @@ _MESSAGES = {
     "string_too_long": "must be at most {max_length} characters",
     "too_long": "must have at most {max_length} items",
     "too_short": "must have at least {min_length} items",
+    "model_type": "must be an object (a mapping)",
+    "dict_type": "must be an object (a mapping)",
+    "list_type": "must be a list",
 }
 
 
@@ -98,7 +101,7 @@ def _message(kind: str, default: str, ctx: dict[str, Any], error: Any) -> str:
     if template is None:
         return default.removeprefix("Value error, ")
     message = template.format(**ctx)
-    if kind not in ("extra_forbidden", "missing"):
+    if kind not in ("extra_forbidden", "missing", "model_type", "dict_type", "list_type"):
         message += f" (got {error['input']!r})"
     return message
 

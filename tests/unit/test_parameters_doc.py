@@ -42,7 +42,7 @@ evaluation.eval_strategy evaluation.eval_steps evaluation.benchmarks"""
 HYDRA = """dataset_format=standard dataset_format=conversational dataset_format=preference
 trainer=sft trainer=dpo trainer=grpo strategy=fsdp strategy=ddp optim max_completion_length
 max_seq_length save_steps report_to"""
-PEFT = "prefix_tuning prompt_tuning prefix_projection prompt_tuning_init_text"
+PEFT = "prefix_tuning prompt_tuning prefix_projection prompt_tuning_init prompt_tuning_init_text"
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
 

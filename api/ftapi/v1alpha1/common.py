@@ -53,6 +53,14 @@ Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
+class SecretRef(ApiModel):
+    """A Secret in the FineTuneJob's namespace, used whole (its keys are documented where
+    it is referenced). Secret values never enter the spec."""
+
+    name: ObjectName
+    """Name of the Secret."""
+
+
 class SecretKeyRef(ApiModel):
     """A key in a Secret in the FineTuneJob's namespace. Secret values never enter the spec."""
 
@@ -99,3 +107,18 @@ class Toleration(ApiModel):
     """Taint effect to match; empty matches all effects."""
     toleration_seconds: Annotated[int, Field(ge=0)] | None = None
     """For NoExecute: how long the pod stays bound after the taint appears."""
+
+    rules = (
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value)",
+            message="operator Exists takes no value",
+            check=lambda t: t.operator != "Exists" or t.value is None,
+            field=".value",
+        ),
+        Rule(
+            cel="has(self.key) || self.operator == 'Exists'",
+            message="an empty key (every taint) needs operator Exists",
+            check=lambda t: t.key is not None or t.operator == "Exists",
+            field=".operator",
+        ),
+    )

@@ -35,6 +35,15 @@ class DataSource(ApiModel):
     split: ShortText | None = None
     """For hf:// sources: the split to read (default train)."""
 
+    rules = (
+        Rule(
+            cel="!has(self.split) || self.uri.startsWith('hf://')",
+            message="split selects a split of an hf:// dataset; files have none",
+            check=lambda d: d.split is None or d.uri.startswith("hf://"),
+            field=".split",
+        ),
+    )
+
 
 class Split(ApiModel):
     """Ratios that carve validation/test sets out of the train source."""
@@ -123,7 +132,8 @@ class DatasetSpec(ApiModel):
     train: DataSource
     """The training data (and the source of validation/test rows when `split` is set)."""
     validation: DataSource | None = None
-    """Separate validation data. Without it and without `split`, 10% of train is held out."""
+    """Separate validation data. Without it and without `split`, 10% of train is held out
+    (when evaluation is on)."""
     test: DataSource | None = None
     """Separate test data, scored once after training."""
     format: DatasetFormat = "instruction"
@@ -197,12 +207,3 @@ class DatasetSpec(ApiModel):
             field=".responseMarkers",
         ),
     )
-
-    def effective_split(self) -> Split:
-        """The split the trainer applies to the train source: the explicit one; none when a
-        validation file is given; else 10% held out for validation."""
-        if self.split is not None:
-            return self.split
-        if self.validation is not None:
-            return Split(train=1.0)
-        return Split(train=0.9, validation=0.1)

@@ -12,9 +12,9 @@ from ._base import ApiModel, Rule, only_for
 class FsdpSpec(ApiModel):
     """PyTorch Fully Sharded Data Parallel."""
 
-    sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = "full_shard"
-    """What is sharded: full_shard (params, grads, optimizer), shard_grad_op (grads and
-    optimizer), hybrid_shard (full within a node, replicated across nodes)."""
+    reshard_after_forward: bool = True
+    """FSDP2: free gathered parameters after forward (ZeRO-3-like, least memory); false
+    keeps them until backward (ZeRO-2-like, less communication)."""
     cpu_offload: bool = False
     """Offload parameters and gradients to CPU memory."""
     activation_checkpointing: bool = False
@@ -26,10 +26,10 @@ class DeepSpeedSpec(ApiModel):
 
     zero_stage: Literal[0, 1, 2, 3] = 2
     """0: plain DDP; 1: shard optimizer states; 2: + gradients; 3: + parameters."""
-    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
-    """Where optimizer states live (ZeRO-Offload / ZeRO-Infinity)."""
-    offload_parameters: Literal["none", "cpu", "nvme"] = "none"
-    """Where parameters live (ZeRO-3 only)."""
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    """Keep optimizer states in CPU memory (ZeRO-Offload; needs zeroStage 1 or more)."""
+    offload_parameters: Literal["none", "cpu"] = "none"
+    """Keep parameters in CPU memory (ZeRO-3 only)."""
     config: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
@@ -37,6 +37,12 @@ class DeepSpeedSpec(ApiModel):
     not modelled here. "auto" values are filled in from the spec."""
 
     rules = (
+        Rule(
+            cel="self.offloadOptimizer == 'none' || self.zeroStage >= 1",
+            message="offloadOptimizer needs zeroStage 1, 2 or 3",
+            check=lambda d: d.offload_optimizer == "none" or d.zero_stage >= 1,
+            field=".offloadOptimizer",
+        ),
         Rule(
             cel="self.offloadParameters == 'none' || self.zeroStage == 3",
             message="offloadParameters needs zeroStage 3",

@@ -33,7 +33,9 @@ class EvaluationSpec(ApiModel):
     """Evaluate every N optimizer steps (strategy steps)."""
     batch_size: Annotated[int, Field(ge=1, le=65536)] | None = None
     """Per-device evaluation batch size (default: training.batchSize)."""
-    metrics: Annotated[list[Metric], Field(max_length=8)] = ["loss"]
+    metrics: Annotated[
+        list[Metric], Field(max_length=8, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = ["loss"]
     """Metrics computed at each evaluation. accuracy/exact_match apply to mcq/qa data."""
     prompts: Annotated[list[Text], Field(max_length=256)] = []
     """Prompts answered by the base and the fine-tuned model after training

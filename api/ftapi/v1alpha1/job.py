@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict
 
 from ftapi.constants import MAX_NAME_LENGTH, NAME_PATTERN
 
 from ._base import ApiModel, Rule, cel_list, is_set
-from .dataset import FORMATS_WITH_RESPONSES, DatasetSpec
+from .dataset import FORMATS_WITH_RESPONSES, DatasetSpec, Split
 from .distributed import DistributedSpec
 from .evaluation import EvaluationSpec
-from .method import LORA_METHODS, MethodSpec
+from .method import FULL_WEIGHT_METHODS, LORA_METHODS, MethodSpec
 from .model import ModelSpec
 from .output import OutputSpec
 from .reporting import LoggingSpec
@@ -25,6 +25,47 @@ from .training import TrainingSpec
 
 # dataset.format values SFT accepts: every format with a response, and plain text.
 SFT_FORMATS = ("plain_text", *FORMATS_WITH_RESPONSES)
+SCORED_FORMATS = ("mcq", "qa")  # formats with a ground truth to score accuracy against
+# Processes in the job: torchrun starts one per GPU, or a single one on CPU nodes.
+_CEL_PROCESSES = (
+    "self.resources.nodes * (self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1)"
+)
+_CEL_GRPO_BATCHES_FIT = (
+    "self.trainer.type != 'grpo' || !has(self.trainer.grpo) || ("
+    f"self.training.batchSize * self.training.gradientAccumulationSteps * {_CEL_PROCESSES}"
+    " % self.trainer.grpo.numGenerations == 0"
+    " && (self.evaluation.strategy == 'no' || (has(self.evaluation.batchSize)"
+    " ? self.evaluation.batchSize : self.training.batchSize)"
+    f" * {_CEL_PROCESSES} % self.trainer.grpo.numGenerations == 0))"
+)
+
+
+def _processes(spec: FineTuneJobSpec) -> int:
+    return spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
+
+
+def _grpo_batches_fit(spec: FineTuneJobSpec) -> bool:
+    if spec.trainer.type != "grpo" or spec.trainer.grpo is None:
+        return True
+    group = spec.trainer.grpo.num_generations
+    train = spec.training.batch_size * spec.training.gradient_accumulation_steps
+    evaluation = spec.evaluation.batch_size or spec.training.batch_size
+    return (train * _processes(spec)) % group == 0 and (
+        spec.evaluation.strategy == "no" or (evaluation * _processes(spec)) % group == 0
+    )
+
+
+# Learning rates that suit each objective and kind of method when none is given.
+_DEFAULT_LEARNING_RATES = {
+    ("sft", "full"): 2e-5,
+    ("sft", "peft"): 2e-4,
+    ("sft", "prefix"): 1e-2,
+    ("sft", "prompt"): 3e-2,
+    ("dpo", "full"): 5e-7,
+    ("dpo", "peft"): 5e-6,
+    ("grpo", "full"): 1e-6,
+    ("grpo", "peft"): 1e-5,
+}
 
 
 def _name_ok(name: str | None) -> bool:
@@ -60,6 +101,13 @@ class FineTuneJobSpec(ApiModel):
     """Queueing and suspension."""
     run_policy: RunPolicy = RunPolicy()
     """Restarts, deadline, cleanup."""
+
+    # What a running job may not change: a restart resumes checkpoints written under the old
+    # values. scheduling and runPolicy stay mutable (suspend, maxRestarts, ttl, deadline).
+    immutable: ClassVar[tuple[str, ...]] = (
+        "model", "dataset", "method", "trainer", "training", "distributed", "evaluation",
+        "output", "logging", "resources",
+    )  # fmt: skip
 
     rules = (
         Rule(
@@ -102,6 +150,105 @@ class FineTuneJobSpec(ApiModel):
             field=".training.gradientCheckpointing",
         ),
         Rule(
+            cel=_CEL_GRPO_BATCHES_FIT,
+            message="grpo: batchSize x gradientAccumulationSteps x processes (nodes x "
+            "gpusPerNode) must be a multiple of trainer.grpo.numGenerations, and so must the "
+            "evaluation batch x processes",
+            check=_grpo_batches_fit,
+            field=".trainer.grpo.numGenerations",
+        ),
+        Rule(
+            cel="self.evaluation.strategy == 'no' || has(self.dataset.validation)"
+            " || !has(self.dataset.split) || self.dataset.split.validation > 0.0",
+            message="evaluation needs validation data: dataset.validation, "
+            "dataset.split.validation > 0, or evaluation.strategy no",
+            check=lambda s: (
+                s.evaluation.strategy == "no"
+                or s.dataset.validation is not None
+                or s.dataset.split is None
+                or s.dataset.split.validation > 0
+            ),
+            field=".evaluation.strategy",
+        ),
+        Rule(
+            cel="!self.evaluation.metrics.exists(m, m == 'accuracy' || m == 'exact_match')"
+            f" || self.dataset.format in {cel_list(SCORED_FORMATS)}",
+            message="evaluation.metrics accuracy and exact_match need dataset.format mcq or qa",
+            check=lambda s: (
+                not ({"accuracy", "exact_match"} & set(s.evaluation.metrics))
+                or s.dataset.format in SCORED_FORMATS
+            ),
+            field=".evaluation.metrics",
+        ),
+        Rule(
+            cel="!has(self.training.earlyStopping)"
+            " || self.training.earlyStopping.metric != 'eval_accuracy'"
+            " || 'accuracy' in self.evaluation.metrics",
+            message="training.earlyStopping.metric eval_accuracy needs accuracy in "
+            "evaluation.metrics",
+            check=lambda s: (
+                s.training.early_stopping is None
+                or s.training.early_stopping.metric != "eval_accuracy"
+                or "accuracy" in s.evaluation.metrics
+            ),
+            field=".training.earlyStopping.metric",
+        ),
+        Rule(
+            cel="!self.dataset.packing || self.trainer.type == 'sft'",
+            message="dataset.packing is only used by trainer.type sft",
+            check=lambda s: not s.dataset.packing or s.trainer.type == "sft",
+            field=".dataset.packing",
+        ),
+        Rule(
+            cel="!(self.model.dtype == 'float16' && self.training.precision == 'fp16'"
+            f" && self.method.type in {cel_list(FULL_WEIGHT_METHODS)})",
+            message="training.precision fp16 cannot update float16 weights (fp16 mixed "
+            "precision needs float32 master weights): use model.dtype float32/auto or bf16",
+            check=lambda s: (
+                not (
+                    s.model.dtype == "float16"
+                    and s.training.precision == "fp16"
+                    and s.method.type in FULL_WEIGHT_METHODS
+                )
+            ),
+            field=".model.dtype",
+        ),
+        Rule(
+            cel="!(has(self.method.quantization)"
+            " && self.method.quantization.computeDtype == 'bfloat16'"
+            " && self.training.precision == 'fp16')",
+            message="method.quantization.computeDtype bfloat16 conflicts with "
+            "training.precision fp16 (use computeDtype auto or float16)",
+            check=lambda s: (
+                not (
+                    s.method.quantization is not None
+                    and s.method.quantization.compute_dtype == "bfloat16"
+                    and s.training.precision == "fp16"
+                )
+            ),
+            field=".method.quantization.computeDtype",
+        ),
+        Rule(
+            cel="!(has(self.training.gradientCheckpointing) && self.training.gradientCheckpointing"
+            " && has(self.distributed.fsdp) && self.distributed.fsdp.activationCheckpointing)",
+            message="use distributed.fsdp.activationCheckpointing or "
+            "training.gradientCheckpointing, not both (FSDP's own avoids an extra all-gather)",
+            check=lambda s: (
+                not (
+                    s.training.gradient_checkpointing
+                    and s.distributed.fsdp is not None
+                    and s.distributed.fsdp.activation_checkpointing
+                )
+            ),
+            field=".training.gradientCheckpointing",
+        ),
+        Rule(
+            cel="self.output.finalModel != 'best' || self.evaluation.strategy != 'no'",
+            message="output.finalModel best needs evaluation (evaluation.strategy steps or epoch)",
+            check=lambda s: s.output.final_model != "best" or s.evaluation.strategy != "no",
+            field=".output.finalModel",
+        ),
+        Rule(
             cel="!has(self.output.pushToHub) || has(self.output.pushToHub.tokenSecretRef)"
             " || has(self.model.hfTokenSecretRef)",
             message="output.pushToHub needs a token: pushToHub.tokenSecretRef or "
@@ -114,6 +261,27 @@ class FineTuneJobSpec(ApiModel):
             field=".output.pushToHub",
         ),
     )
+
+    def effective_split(self) -> Split:
+        """The split applied to the train source: the explicit one; none when a validation
+        file is given or nothing is evaluated; else 10% held out for validation."""
+        if self.dataset.split is not None:
+            return self.dataset.split
+        if self.dataset.validation is not None or self.evaluation.strategy == "no":
+            return Split(train=1.0)
+        return Split(train=0.9, validation=0.1)
+
+    def effective_learning_rate(self) -> float:
+        """training.learningRate, or the documented default for this objective and method."""
+        if self.training.learning_rate is not None:
+            return self.training.learning_rate
+        method = self.method.type
+        kind = (
+            "full" if method in FULL_WEIGHT_METHODS
+            else method if method in ("prefix", "prompt") and self.trainer.type == "sft"
+            else "peft"
+        )  # fmt: skip
+        return _DEFAULT_LEARNING_RATES[(self.trainer.type, kind)]
 
 
 class ObjectMeta(ApiModel):

@@ -12,15 +12,22 @@ from .common import ShortText, Uri
 MethodType = Literal["full", "lora", "qlora", "dora", "adapter", "spectrum", "prefix", "prompt"]
 # Methods that train LoRA matrices (adapter = continue training existing LoRA weights).
 LORA_METHODS = ("lora", "qlora", "dora", "adapter")
+# Methods whose LoRA shape comes from `method.lora` (an adapter brings its own config).
+LORA_SETTINGS_METHODS = ("lora", "qlora", "dora")
+# Methods that update base weights themselves (no adapter).
+FULL_WEIGHT_METHODS = ("full", "spectrum")
 # Methods whose base weights stay frozen, so the base may be loaded quantized.
 FROZEN_BASE_METHODS = (*LORA_METHODS, "prefix", "prompt")
 ModuleName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class LoftQ(ApiModel):
-    """LoftQ initialisation: LoRA matrices start from the quantization error of the base."""
+    """LoftQ initialisation: LoRA matrices start from the quantization error of the base.
 
-    bits: Literal[2, 4, 8] = 4
+    Needs a CUDA GPU. The base is then trained dequantized (full precision): LoftQ improves
+    the starting point, it does not save memory like qlora does."""
+
+    bits: Literal[4, 8] = 4
     """Bits LoftQ quantizes the base weights to while initialising."""
     iterations: Annotated[int, Field(ge=1, le=16)] = 1
     """Alternating optimisation steps."""
@@ -36,7 +43,8 @@ class LoraSpec(ApiModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Dropout on the LoRA input."""
     target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=64)] = ["all-linear"]
-    """Module names (or regex suffixes) to adapt. `all-linear` (the CLI's `auto`) adapts
+    """Module names to adapt, matched exactly or as a dotted-name suffix (q_proj matches
+    model.layers.0.self_attn.q_proj). `all-linear` on its own (the CLI's `auto`) adapts
     every linear layer of the architecture except the output head."""
     modules_to_save: Annotated[list[ModuleName], Field(max_length=64)] = []
     """Modules trained in full and saved with the adapter (e.g. lm_head, embed_tokens when
@@ -48,6 +56,17 @@ class LoraSpec(ApiModel):
     loftq: LoftQ | None = None
     """Initialise with LoftQ (use instead of, not with, a 4-bit quantized base)."""
 
+    rules = (
+        Rule(
+            cel="!('all-linear' in self.targetModules) || size(self.targetModules) == 1",
+            message="all-linear already names every linear layer: list it alone",
+            check=lambda lora: (
+                "all-linear" not in lora.target_modules or len(lora.target_modules) == 1
+            ),
+            field=".targetModules",
+        ),
+    )
+
 
 class QuantizationSpec(ApiModel):
     """bitsandbytes quantization of the frozen base weights (QLoRA = 4-bit + LoRA)."""
@@ -56,10 +75,13 @@ class QuantizationSpec(ApiModel):
     """4 (NF4/FP4, QLoRA) or 8 (LLM.int8)."""
     type: Literal["nf4", "fp4"] = "nf4"
     """4-bit data type; nf4 suits normally distributed weights (the QLoRA paper's choice)."""
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """dtype the dequantized weights are computed in."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """dtype the dequantized weights are computed in; auto follows training.precision."""
     double_quant: bool = True
-    """Also quantize the quantization constants (saves ~0.4 bits per parameter)."""
+    """4-bit only: also quantize the quantization constants (~0.4 bits per parameter)."""
+    quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = "auto"
+    """4-bit only: the dtype packed weights are stored in. auto: the compute dtype under
+    FSDP or ZeRO-3 (so the quantized base is sharded, not replicated), else uint8."""
 
 
 class AdapterSpec(ApiModel):
@@ -76,13 +98,39 @@ class SpectrumSpec(ApiModel):
     bound; within each module type (q_proj, mlp.down_proj, ...) the top fraction is
     unfrozen, everything else stays frozen."""
 
-    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
-    """Fraction of matrices of each module type to unfreeze, by SNR rank."""
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Fraction of matrices of each module type to unfreeze, by SNR rank. The default
+    (0.25) when none of topFraction, snrThreshold, targetParameters is set."""
     snr_threshold: Annotated[float, Field(ge=0.0)] | None = None
-    """Unfreeze every matrix whose SNR exceeds this instead of a top fraction."""
+    """Unfreeze every matrix whose SNR exceeds this (instead of topFraction)."""
     target_parameters: Annotated[list[ModuleName], Field(max_length=1024)] = []
     """Explicit parameter-name regexes to unfreeze (e.g. from an earlier Spectrum scan);
     when set, no scan runs."""
+
+    rules = (
+        Rule(
+            cel="(has(self.topFraction) ? 1 : 0) + (has(self.snrThreshold) ? 1 : 0)"
+            " + (size(self.targetParameters) > 0 ? 1 : 0) <= 1",
+            message="choose one of topFraction, snrThreshold or targetParameters",
+            check=lambda s: (
+                sum(
+                    [
+                        s.top_fraction is not None,
+                        s.snr_threshold is not None,
+                        bool(s.target_parameters),
+                    ]
+                )
+                <= 1
+            ),
+            field=".snrThreshold",
+        ),
+    )
+
+    def effective_top_fraction(self) -> float | None:
+        """The fraction to unfreeze, or None when a threshold or explicit list decides."""
+        if self.snr_threshold is not None or self.target_parameters:
+            return None
+        return self.top_fraction if self.top_fraction is not None else 0.25
 
 
 class PrefixSpec(ApiModel):
@@ -98,9 +146,21 @@ class PromptTuningSpec(ApiModel):
     """Prompt tuning: trained soft-prompt embeddings prepended to the input."""
 
     num_virtual_tokens: Annotated[int, Field(ge=1, le=1024)] = 20
-    """Soft-prompt length."""
+    """Soft-prompt length (counts against the model's maximum sequence length)."""
+    init: Literal["sample_vocab", "random", "text"] = "sample_vocab"
+    """Initial soft prompt: embeddings of random vocabulary tokens (stays on the embedding
+    manifold), random vectors, or the embeddings of initText."""
     init_text: ShortText | None = None
-    """Initialise the soft prompt from this text's embeddings (else random)."""
+    """Text whose embeddings initialise the soft prompt (init text)."""
+
+    rules = (
+        Rule(
+            cel="(self.init == 'text') == has(self.initText)",
+            message="init text needs initText, and initText is only used by init text",
+            check=lambda p: (p.init == "text") == (p.init_text is not None),
+            field=".initText",
+        ),
+    )
 
 
 class MethodSpec(ApiModel):
@@ -111,7 +171,8 @@ class MethodSpec(ApiModel):
     adapter (continue existing LoRA weights); spectrum (highest-SNR layers in full);
     prefix (prefix tuning); prompt (prompt tuning)."""
     lora: LoraSpec | None = None
-    """LoRA hyperparameters for lora, qlora, dora and adapter (defaults when omitted)."""
+    """LoRA hyperparameters for lora, qlora and dora (defaults when omitted). An adapter
+    keeps the shape it was trained with."""
     quantization: QuantizationSpec | None = None
     """Load the frozen base quantized. Required shape for qlora is 4-bit (the default when
     omitted); 8-bit works with lora/dora/adapter/prefix/prompt."""
@@ -138,7 +199,7 @@ class MethodSpec(ApiModel):
             check=lambda m: m.quantization is None or m.type in FROZEN_BASE_METHODS,
             field=".quantization",
         ),
-        only_for("lora", "type", LORA_METHODS),
+        only_for("lora", "type", LORA_SETTINGS_METHODS),
         Rule(
             cel="!has(self.lora) || !has(self.lora.loftq)"
             " || (self.type != 'qlora' && !has(self.quantization))",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from ._base import ApiModel, Rule
-from .common import ObjectName, SecretKeyRef, ShortText, Text, Uri
+from .common import SecretKeyRef, SecretRef, ShortText, Text, Uri
 
 
 class S3Spec(ApiModel):
@@ -20,7 +20,7 @@ class S3Spec(ApiModel):
     """Region; unset: the SDK's default chain."""
     force_path_style: bool = False
     """Path-style addressing (bucket in the path), needed by most self-hosted stores."""
-    credentials_secret_ref: ObjectName | None = None
+    credentials_secret_ref: SecretRef | None = None
     """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional AWS_SESSION_TOKEN)
     keys; unset: the pod's identity or the standard AWS environment."""
 
@@ -47,6 +47,9 @@ class OutputSpec(ApiModel):
     """Write a checkpoint every N optimizer steps. A restart loses at most this much work."""
     save_total_limit: Annotated[int, Field(ge=1, le=1000)] = 2
     """Complete checkpoints kept; older ones are deleted (never the newest)."""
+    final_model: Literal["last", "best"] = "last"
+    """Which weights become the final model: after the last step, or the checkpoint with
+    the best evaluation loss (needs evaluation)."""
     merge_adapter: bool = False
     """Also save the base model with the LoRA adapter merged in (LoRA methods only)."""
     push_to_hub: PushToHub | None = None

@@ -48,7 +48,9 @@ class LoggingSpec(ApiModel):
     """Log every N optimizer steps."""
     first_step: bool = True
     """Also log the very first step (catches a broken setup early)."""
-    report_to: Annotated[list[Tracker], Field(max_length=3)] = []
+    report_to: Annotated[
+        list[Tracker], Field(max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = []
     """Experiment trackers to send metrics to."""
     mlflow: MlflowSpec | None = None
     """MLflow settings (needed when reportTo has mlflow)."""
@@ -57,15 +59,15 @@ class LoggingSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="!('mlflow' in self.reportTo) || has(self.mlflow)",
-            message="reportTo mlflow needs mlflow.trackingUri",
-            check=lambda lg: "mlflow" not in lg.report_to or lg.mlflow is not None,
+            cel="('mlflow' in self.reportTo) == has(self.mlflow)",
+            message="reportTo mlflow and the mlflow settings (trackingUri) go together",
+            check=lambda lg: ("mlflow" in lg.report_to) == (lg.mlflow is not None),
             field=".mlflow",
         ),
         Rule(
-            cel="!('wandb' in self.reportTo) || has(self.wandb)",
-            message="reportTo wandb needs wandb.project",
-            check=lambda lg: "wandb" not in lg.report_to or lg.wandb is not None,
+            cel="('wandb' in self.reportTo) == has(self.wandb)",
+            message="reportTo wandb and the wandb settings (project) go together",
+            check=lambda lg: ("wandb" in lg.report_to) == (lg.wandb is not None),
             field=".wandb",
         ),
     )

@@ -55,11 +55,13 @@ class ResourcesSpec(ApiModel):
     gpu_resource_name: ResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPUs (e.g. amd.com/gpu, or a MIG profile)."""
     cpu: Quantity | None = None
-    """CPU request (and limit) per pod, e.g. 8 or 7500m."""
+    """CPU request per pod, e.g. 8 or 7500m. No CPU limit is set: it would throttle data
+    loading and tokenization."""
     memory: Quantity | None = None
-    """Memory request (and limit) per pod, e.g. 64Gi."""
+    """Memory request and limit per pod, e.g. 64Gi."""
     shared_memory: Quantity = "16Gi"
-    """Size of the memory-backed /dev/shm (data loader workers and NCCL need it)."""
+    """Size of the memory-backed /dev/shm (data loader workers and NCCL need it). Pages
+    written there count towards the pod's memory: keep it well below `memory`."""
     node_selector: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
     """Node labels the pods require, e.g. a GPU pool or accelerator type."""
     tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
@@ -74,10 +76,21 @@ class ResourcesSpec(ApiModel):
     """Trainer image; unset: the operator's default."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     """Image pull policy; unset: the Kubernetes default."""
+    image_pull_secrets: Annotated[list[ObjectName], Field(max_length=16)] = []
+    """Secrets (type dockerconfigjson) for pulling a private trainer image."""
     service_account_name: ObjectName | None = None
     """Run the pods as this existing ServiceAccount (e.g. one bound to an IAM role for S3)
     instead of the per-job one the operator creates."""
-    env: Annotated[list[EnvVar], Field(max_length=64)] = []
+    env: Annotated[
+        list[EnvVar],
+        Field(
+            max_length=64,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ] = []
     """Extra environment for the trainer. torchrun's variables and FINETUNE_* are refused."""
     labels: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
     """Extra labels on the pods (cost allocation, policies)."""

@@ -18,13 +18,16 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(ApiModel):
     """A metav1.Condition: one aspect of the job's state, with why it is so."""
 
-    type: ShortText
+    type: Annotated[str, Field(min_length=1, max_length=316)]
     """Validated, ResourcesCreated, Running, Succeeded, Failed, Suspended, ..."""
     status: ConditionStatus
     """True, False or Unknown."""
-    reason: ShortText
+    reason: Annotated[
+        str,
+        Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+    ]
     """CamelCase machine-readable cause, e.g. OOMKilled, Unschedulable, InvalidSpec."""
-    message: Text = ""
+    message: Annotated[str, Field(max_length=32768)] = ""
     """Human-readable details."""
     last_transition_time: datetime
     """When status last changed."""

@@ -10,27 +10,44 @@ from ._base import ApiModel, Rule, is_set, only_for, required_for
 from .common import ShortText, Text, Uri
 
 TrainerType = Literal["sft", "dpo", "grpo"]
+# trl 1.16 DPOConfig.loss_type values.
+DpoLoss = Literal[
+    "sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+    "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
+]  # fmt: skip
+GrpoLoss = Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"]
 RewardType = Literal["regex", "exact_match", "contains", "length", "json", "python"]
 Length = Annotated[int, Field(ge=1, le=1048576)]
 
 
 class DpoSpec(ApiModel):
-    """Direct Preference Optimization settings."""
+    """Direct Preference Optimization settings. Sequences (prompt + completion) are capped at
+    dataset.maxSeqLength, keeping their start."""
 
     beta: Annotated[float, Field(gt=0.0)] = 0.1
     """Strength of the pull towards the reference model (higher = stay closer)."""
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair"] = (
-        "sigmoid"
-    )
-    """DPO loss variant (sigmoid is the original paper's)."""
+    loss_type: Annotated[list[DpoLoss], Field(min_length=1, max_length=4)] = ["sigmoid"]
+    """DPO loss(es); several are summed with lossWeights (e.g. [sigmoid, sft] is RPO).
+    sigmoid is the original paper's."""
+    loss_weights: Annotated[list[float], Field(min_length=1, max_length=4)] | None = None
+    """Weights of the losses in lossType (default: 1 each)."""
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.49)] = 0.0
     """Assumed fraction of flipped preference labels (conservative/robust DPO)."""
-    max_prompt_length: Length | None = None
-    """Truncate prompts to this many tokens (left side kept)."""
-    max_completion_length: Length | None = None
-    """Truncate chosen/rejected completions to this many tokens."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference model's log-probabilities once before training, so the
+    reference need not stay in memory (worth it for full fine-tuning)."""
     reference_model: Uri | None = None
-    """Reference model; unset: the base model (with LoRA, the adapter switched off)."""
+    """Reference model; unset: the starting point (the base model, or the adapter being
+    continued, frozen)."""
+
+    rules = (
+        Rule(
+            cel="!has(self.lossWeights) || size(self.lossWeights) == size(self.lossType)",
+            message="lossWeights needs one weight per entry of lossType",
+            check=lambda d: d.loss_weights is None or len(d.loss_weights) == len(d.loss_type),
+            field=".lossWeights",
+        ),
+    )
 
 
 class Reward(ApiModel):
@@ -86,20 +103,36 @@ class Reward(ApiModel):
 
 
 class GrpoSpec(ApiModel):
-    """Group Relative Policy Optimization settings."""
+    """Group Relative Policy Optimization settings. Prompts are capped at
+    dataset.maxSeqLength."""
 
     rewards: Annotated[list[Reward], Field(min_length=1, max_length=16)]
     """Reward functions scoring each completion."""
-    num_generations: Annotated[int, Field(ge=2, le=256)] = 8
-    """Completions sampled per prompt (the group). The global batch must be a multiple."""
-    max_prompt_length: Length | None = None
-    """Truncate prompts to this many tokens."""
+    num_generations: Annotated[int, Field(ge=2, le=256)] = 4
+    """Completions sampled per prompt (the group). batchSize x gradientAccumulationSteps x
+    processes must be a multiple of it (and so must the evaluation batch)."""
     max_completion_length: Length = 256
     """Tokens generated per completion."""
     temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     """Sampling temperature for the generations."""
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Nucleus sampling for the generations."""
+    top_k: Annotated[int, Field(ge=0)] = 0
+    """Top-k sampling for the generations (0: off)."""
     beta: Annotated[float, Field(ge=0.0)] = 0.0
     """KL penalty towards the reference model (0 skips loading a reference)."""
+    loss_type: GrpoLoss = "dapo"
+    """Loss normalisation: dapo (TRL's default; token-level over the global batch), grpo
+    (the paper's per-sequence mean), dr_grpo, bnpo, cispo, sapo."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the reward standard deviation of the group, of the batch, or not
+    at all (Dr. GRPO)."""
+    epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    """Clipping range of the policy ratio."""
+    num_iterations: Annotated[int, Field(ge=1, le=64)] = 1
+    """Optimisation passes over each batch of generations."""
+    mask_truncated_completions: bool = False
+    """Leave completions cut off at maxCompletionLength out of the loss."""
 
 
 class TrainerSpec(ApiModel):

@@ -12,12 +12,10 @@ Scheduler = Literal[
     "linear",
     "cosine",
     "cosine_with_restarts",
-    "cosine_with_min_lr",
     "polynomial",
     "constant",
     "constant_with_warmup",
     "inverse_sqrt",
-    "warmup_stable_decay",
 ]
 # transformers' OptimizerNames; the 8-bit and paged ones come from bitsandbytes.
 Optimizer = Literal[
@@ -59,8 +57,10 @@ class TrainingSpec(ApiModel):
     """Samples per device per forward pass (micro batch)."""
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=65536)] = 1
     """Micro batches accumulated per optimizer step."""
-    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-4
-    """Peak learning rate. 2e-4 suits LoRA; full fine-tuning usually wants 1e-5 to 5e-5."""
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Peak learning rate. Unset: chosen by method and objective: sft 2e-4 with LoRA-family
+    methods, 2e-5 for full/spectrum, 1e-2 prefix, 3e-2 prompt tuning; dpo 5e-6 (LoRA) or
+    5e-7 (full); grpo 1e-5 (LoRA) or 1e-6 (full). The value used is logged and recorded."""
     scheduler: Scheduler = "linear"
     """Learning-rate schedule after warmup."""
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
