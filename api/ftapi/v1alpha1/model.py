@@ -21,7 +21,9 @@ class ModelSpec(ApiModel):
     revision: ShortText | None = None
     """Hub branch, tag or commit to pin the model to. Pin it for reproducible runs."""
     dtype: Dtype = "auto"
-    """Weight dtype to load in: auto picks bfloat16 on GPUs that support it, else float32."""
+    """Weight dtype to load in. auto: float32 for full/spectrum unless DeepSpeed or FSDP keeps
+    float32 master weights (bf16 updates would be lost to rounding), else bfloat16 on GPUs
+    that support it, float32 on CPU."""
     attention: Attention = "auto"
     """Attention kernel: auto uses flash_attention_2 when installed on a supported GPU,
     else sdpa."""
