@@ -1,0 +1,121 @@
+"""Tiny random-weight models of real architectures, with a tokenizer trained on the spot.
+
+No model hub is needed: the quick start and the tests fine-tune these. They are real
+transformers models (Llama, GPT-2, Qwen2), so every code path (PEFT target modules, chat
+templates, quantization config, saving) is the one a 7B model takes, just ~100k parameters.
+
+    python -m fttrainer.tiny --arch llama --output .quickstart/tiny-llama
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURES = ("llama", "gpt2", "qwen2")
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# ChatML with generation markers, so TRL can mask everything but assistant turns.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+    "{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+DEFAULT_CORPUS = (
+    "Fine-tuning adapts a pretrained language model to a task with a small dataset.",
+    "The quick brown fox jumps over the lazy dog. Answer: A, B, C or D.",
+    "Question: what is the capital of France? Answer: Paris.",
+    "<think>Let me work it out step by step.</think> The answer is 42.",
+    '{"name": "value", "list": [1, 2, 3]} user assistant system',
+)
+
+
+def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer with distinct pad/bos/eos (pad == eos would stop the model
+    from learning to stop) and a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(list(corpus) * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(
+    arch: str, tokenizer: Any, *, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> Any:
+    """A randomly initialised causal LM of the given architecture, sized for a CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config: Any
+    if arch == "llama":
+        config = LlamaConfig(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **ids,
+        )  # fmt: skip
+    elif arch == "qwen2":
+        config = Qwen2Config(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, **ids,
+        )  # fmt: skip
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=1024, **ids)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}: choose from {ARCHITECTURES}")
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def save_tiny_model(arch: str, output: Path, *, corpus: Iterable[str] = DEFAULT_CORPUS) -> Path:
+    """Write model + tokenizer to `output` (a directory `model.name` can point at)."""
+    tokenizer = build_tokenizer(corpus)
+    model = build_model(arch, tokenizer)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fttrainer.tiny", description="Write a tiny random-weight model."
+    )
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="llama")
+    parser.add_argument("--output", type=Path, required=True, help="directory to write")
+    args = parser.parse_args(argv)
+    print(save_tiny_model(args.arch, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
