@@ -21,7 +21,7 @@ export UV_LINK_MODE := hardlink
 CRD := crds/finetune.dev_finetunejobs.yaml
 API_REFERENCE := docs/api-reference.md
 
-.PHONY: help install lint fmt crds test unit quickstart clean
+.PHONY: help install lint fmt crds test unit integration quickstart tools cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,8 +52,20 @@ crds: install ## regenerate crds/ and the API reference from the pydantic models
 unit: install ## unit tests only (no cluster)
 	$(BIN)/pytest tests/unit
 
-test: install lint ## lint + the whole test suite
+integration: install tools ## tests against the local control plane and S3 server
+	$(BIN)/pytest tests/integration
+
+test: install lint tools ## lint + the whole test suite (unit, then integration on a local cluster)
 	$(BIN)/pytest
+
+tools: ## build etcd, Kubernetes, kwok, helm and MinIO from their Go modules (cached, pinned)
+	hack/build.sh
+
+cluster-up: tools ## start the local control plane, fake GPU nodes and S3 on 127.0.0.1
+	hack/cluster-up.sh
+
+cluster-down: ## stop everything cluster-up started
+	hack/cluster-down.sh
 
 quickstart: install ## fine-tune a tiny model locally on CPU
 	@echo "not yet: 'finetune run' arrives with the trainer (issue 4). Until then:" >&2

@@ -1,0 +1,576 @@
+#!/usr/bin/env bash
+# Start a real Kubernetes control plane + kwok fake GPU nodes + an S3 server on 127.0.0.1,
+# for integration tests. Idempotent: components that are already running and healthy are
+# reused, missing or dead ones are (re)started.
+#
+# Usage:
+#   hack/cluster-up.sh                    build what is missing, start, wait until ready
+#   hack/cluster-up.sh restart-apiserver  stop kube-apiserver and start it again (state kept in etcd)
+#   hack/cluster-up.sh restart-apiserver --with-clients
+#                                         ... and then restart controller-manager, scheduler, kwok
+#   hack/cluster-up.sh status             show what runs (exit 1 if something is down)
+#
+# Environment:
+#   FTO_STATE       state dir (default ${FTO_CACHE:-~/.cache/finetune-operator}/cluster)
+#   FTO_CACHE       build cache (see hack/build.sh)
+#   FTO_UP_TIMEOUT  seconds to wait for each readiness step (default 120)
+#   FTO_CPU_NODES / FTO_A100_NODES / FTO_H100_NODES   fake node counts (default 2 / 4 / 2)
+#   FTO_KWOK_LOG_LEVEL  kwok log level (DEBUG, INFO, WARN, ERROR; default WARN; INFO logs
+#                       every stage transition and lease renewal)
+#
+# Afterwards:  source "$FTO_STATE/env"   (KUBECONFIG, FTO_S3_ENDPOINT, AWS_* ...)
+# shellcheck disable=SC1091  # state files (ports.env, ...) exist only at run time
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+require_cmds openssl curl ss setsid flock base64 awk
+STATE="$FTO_STATE"
+TIMEOUT="${FTO_UP_TIMEOUT:-120}"
+PKI="$STATE/pki"
+LOGS="$STATE/logs"
+PIDS="$STATE/pids"
+KCFGS="$STATE/kubeconfigs"
+SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SVC_IP=10.96.0.1
+S3_REGION=us-east-1
+
+K_APISERVER="$(fto_bin kube-apiserver)"
+K_KCM="$(fto_bin kube-controller-manager)"
+K_SCHED="$(fto_bin kube-scheduler)"
+KUBECTL="$(fto_bin kubectl)"
+ETCD="$(fto_bin etcd)"
+KWOK="$(fto_bin kwok)"
+MINIO="$(fto_bin minio)"
+
+# ---------------------------------------------------------------- processes
+
+pid_of() { # name -> pid if running (and really our binary), else nothing
+  local f="$PIDS/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  # guard against PID reuse: the process must run the binary we started
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(cat "$PIDS/$1.bin" 2>/dev/null || echo /nonexistent)" || return 1
+  echo "$pid"
+}
+
+start_proc() { # name binary args... (env vars for the process must already be exported)
+  local name="$1" bin="$2"; shift 2
+  if pid_of "$name" >/dev/null; then
+    log "$name: already running (pid $(pid_of "$name"))"
+    return 0
+  fi
+  mkdir -p "$LOGS" "$PIDS"
+  [[ -f "$LOGS/$name.log" ]] && mv -f "$LOGS/$name.log" "$LOGS/$name.log.prev"
+  # setsid: own session, so the caller's Ctrl-C / process-group kill does not take it down;
+  # all fds redirected, so callers that capture our output do not hang on the daemon.
+  # 8>&-: the daemon must not inherit the lock fd, or it would hold the lock forever.
+  setsid "$bin" "$@" </dev/null >"$LOGS/$name.log" 2>&1 8>&- &
+  local pid=$!
+  echo "$pid" >"$PIDS/$name.pid"
+  echo "$bin" >"$PIDS/$name.bin"
+  log "$name: started (pid $pid, log $LOGS/$name.log)"
+  STARTED+=("$name")
+}
+
+stop_proc() { # name [timeout]
+  local name="$1" t="${2:-30}" pid i
+  pid="$(pid_of "$name")" || { rm -f "$PIDS/$name.pid"; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < t * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: still alive after ${t}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+fail_with_log() { # name message
+  log "ERROR: $2"
+  if [[ -f "$LOGS/$1.log" ]]; then
+    echo "----- last 40 lines of $LOGS/$1.log -----" >&2
+    tail -n 40 "$LOGS/$1.log" >&2
+    echo "-----" >&2
+  fi
+  exit 1
+}
+
+wait_until() { # name description timeout command...
+  local name="$1" what="$2" t="$3"; shift 3
+  local deadline=$((SECONDS + t))
+  until "$@" >/dev/null 2>&1; do
+    if [[ "$name" != - ]] && ! pid_of "$name" >/dev/null; then
+      fail_with_log "$name" "$name exited while waiting for: $what"
+    fi
+    if ((SECONDS >= deadline)); then
+      fail_with_log "$name" "timed out after ${t}s waiting for: $what"
+    fi
+    sleep 0.5
+  done
+}
+
+# ---------------------------------------------------------------- ports
+
+port_free() { ! ss -Hltn "( sport = :$1 )" 2>/dev/null | grep -q .; }
+
+pick_port() { # VAR: set VAR to a free port below the ephemeral range (32768+), so outgoing
+  # connections never take it; never one already picked for another component
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 10000))
+    if port_free "$p" && [[ " ${PICKED[*]:-} " != *" $p "* ]]; then
+      PICKED+=("$p")
+      printf -v "$1" '%s' "$p"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+setup_ports() {
+  local names=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT S3_PORT S3_CONSOLE_PORT) n changed=0
+  PICKED=()
+  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+  for n in "${names[@]}"; do [[ -n "${!n:-}" ]] && PICKED+=("${!n}"); done
+  for n in "${names[@]}"; do
+    if [[ -z "${!n:-}" ]]; then
+      pick_port "$n"; changed=1
+    fi
+  done
+  # A port taken by someone else while we were down: pick another one (the kubeconfig and
+  # env file are rewritten below, so callers must re-source them after a cluster-down).
+  local owner
+  for n in "${names[@]}"; do
+    owner="$(port_owner_component "$n")"
+    if ! pid_of "$owner" >/dev/null && ! port_free "${!n}"; then
+      log "port ${!n} ($n) is in use by another process; picking a new one"
+      pick_port "$n"; changed=1
+    fi
+  done
+  if [[ $changed == 1 || ! -f "$STATE/ports.env" ]]; then
+    for n in "${names[@]}"; do echo "$n=${!n}"; done >"$STATE/ports.env"
+  fi
+}
+
+port_owner_component() {
+  case "$1" in
+    ETCD_PORT | ETCD_PEER_PORT) echo etcd ;;
+    APISERVER_PORT) echo kube-apiserver ;;
+    KCM_PORT) echo kube-controller-manager ;;
+    SCHED_PORT) echo kube-scheduler ;;
+    S3_PORT | S3_CONSOLE_PORT) echo minio ;;
+  esac
+}
+
+# ---------------------------------------------------------------- certificates, kubeconfigs
+
+gen_ca() { # name CN
+  [[ -f "$PKI/$1.crt" ]] && return 0
+  openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$PKI/$1.key" -days 3650 \
+    -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$PKI/$1.crt" 2>/dev/null
+}
+
+gen_client_cert() { # name CN O [ca-name]
+  local n="$1" cn="$2" o="$3" ca="${4:-ca}" subj="/CN=$2"
+  [[ -n "$o" ]] && subj="/O=$o/CN=$cn"
+  [[ -f "$PKI/$n.crt" ]] && return 0
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$n.key" -subj "$subj" -out "$PKI/$n.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/$n.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial -days 3650 \
+    -extfile <(printf 'keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n') \
+    -out "$PKI/$n.crt" 2>/dev/null
+  rm -f "$PKI/$n.csr"
+}
+
+setup_pki() {
+  mkdir -p "$PKI"; chmod 700 "$PKI"
+  [[ -f "$PKI/ca.crt" ]] || log "generating certificates and keys in $PKI"
+  gen_ca ca finetune-operator-test-ca
+  # front proxy (request-header authentication for aggregated API servers); also stops
+  # kube-controller-manager/kube-scheduler from logging a missing requestheader CA forever
+  gen_ca front-proxy-ca finetune-operator-test-front-proxy-ca
+  gen_client_cert front-proxy-client front-proxy-client "" front-proxy-ca
+  if [[ ! -f "$PKI/apiserver.crt" ]]; then
+    openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/apiserver.key" -subj "/CN=kube-apiserver" -out "$PKI/apiserver.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
+      -extfile <(printf '%s\n' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+        "subjectAltName=IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local") \
+      -out "$PKI/apiserver.crt" 2>/dev/null
+    rm -f "$PKI/apiserver.csr"
+  fi
+  # client identities; system:masters = cluster-admin without any RBAC objects
+  gen_client_cert admin fto-admin system:masters
+  gen_client_cert kube-controller-manager system:kube-controller-manager ""
+  gen_client_cert kube-scheduler system:kube-scheduler ""
+  gen_client_cert kwok kwok-controller system:masters
+  if [[ ! -f "$PKI/sa.key" ]]; then
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  fi
+  chmod 600 "$PKI"/*.key
+}
+
+write_kubeconfig() { # file user-cert-name
+  local f="$1" n="$2"
+  umask 077
+  cat >"$f.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fto
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
+users:
+- name: $n
+  user:
+    client-certificate-data: $(base64 -w0 <"$PKI/$n.crt")
+    client-key-data: $(base64 -w0 <"$PKI/$n.key")
+contexts:
+- name: fto
+  context:
+    cluster: fto
+    user: $n
+current-context: fto
+EOF
+  mv -f "$f.tmp" "$f"
+  umask 022
+}
+
+setup_kubeconfigs() {
+  mkdir -p "$KCFGS"
+  write_kubeconfig "$STATE/kubeconfig" admin
+  local n
+  for n in kube-controller-manager kube-scheduler kwok; do write_kubeconfig "$KCFGS/$n" "$n"; done
+}
+
+setup_s3_credentials() {
+  if [[ ! -f "$STATE/s3-credentials.env" ]]; then
+    umask 077
+    {
+      echo "S3_ACCESS_KEY=fto$(openssl rand -hex 8)"
+      echo "S3_SECRET_KEY=$(openssl rand -hex 24)"
+    } >"$STATE/s3-credentials.env"
+    umask 022
+  fi
+  source "$STATE/s3-credentials.env"
+}
+
+# ---------------------------------------------------------------- health checks
+
+etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+apiserver_ready() {
+  curl -fsS --max-time 3 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz" | grep -q '^ok$'
+}
+kcm_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" | grep -q '^ok$'; }
+sched_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$SCHED_PORT/healthz" | grep -q '^ok$'; }
+s3_ready() { curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$S3_PORT/minio/health/ready"; }
+kc() { "$KUBECTL" --kubeconfig "$STATE/kubeconfig" --request-timeout=10s "$@"; }
+default_sa_exists() { kc get serviceaccount default -n default -o name; }
+nodes_ready() {
+  # every fake node Ready=True, without node.kubernetes.io/{not-ready,unreachable} taints, and
+  # with a Lease renewed since the running kwok started (a restarted cluster has stale Ready
+  # conditions in etcd, so Ready alone proves nothing)
+  local want got since
+  want="$(node_names | wc -l)"
+  got="$(kc get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}/{.spec.taints[*].key}{"\n"}{end}' |
+    grep '^True/' | grep -vc 'node.kubernetes.io/')" || true
+  [[ "$got" -ge "$want" ]] || return 1
+  since="$(date -u -r "$PIDS/kwok.pid" +%Y-%m-%dT%H:%M:%S)"
+  got="$(kc get leases -n kube-node-lease -o jsonpath='{range .items[*]}{.spec.renewTime}{"\n"}{end}' |
+    awk -v s="$since" 'substr($0,1,19) >= s' | wc -l)"
+  [[ "$got" -ge "$want" ]]
+}
+
+# ---------------------------------------------------------------- components
+
+start_etcd() {
+  mkdir -p "$STATE/etcd"; chmod 700 "$STATE/etcd"
+  start_proc etcd "$ETCD" \
+    --name fto --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "fto=http://127.0.0.1:$ETCD_PEER_PORT" --initial-cluster-state new \
+    --unsafe-no-fsync --quota-backend-bytes=2147483648 --log-level=warn
+}
+
+start_apiserver() {
+  start_proc kube-apiserver "$K_APISERVER" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --endpoint-reconciler-type=none \
+    --shutdown-watch-termination-grace-period=3s \
+    --allow-privileged=true --profiling=false
+}
+
+start_controllers() {
+  start_proc kube-controller-manager "$K_KCM" \
+    --kubeconfig="$KCFGS/kube-controller-manager" \
+    --authentication-kubeconfig="$KCFGS/kube-controller-manager" \
+    --authorization-kubeconfig="$KCFGS/kube-controller-manager" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --use-service-account-credentials=true \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --leader-elect=false --profiling=false
+  start_proc kube-scheduler "$K_SCHED" \
+    --kubeconfig="$KCFGS/kube-scheduler" \
+    --authentication-kubeconfig="$KCFGS/kube-scheduler" \
+    --authorization-kubeconfig="$KCFGS/kube-scheduler" \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
+    --leader-elect=false --profiling=false
+  mkdir -p "$STATE/kwok"
+  if ! pid_of kwok >/dev/null; then
+    # Node Leases left by a previous kwok carry its (random) holder identity; a new kwok waits
+    # for them to expire (up to 40 s) before it renews them. The old kwok is gone: drop them.
+    local -a leases
+    mapfile -t leases < <(node_names)
+    kc delete lease -n kube-node-lease --ignore-not-found "${leases[@]}" >/dev/null 2>&1 || true
+  fi
+  # KWOK_WORKDIR keeps kwok from also loading a user's ~/.kwok/kwok.yaml
+  KWOK_WORKDIR="$STATE/kwok" start_proc kwok "$KWOK" \
+    --kubeconfig="$KCFGS/kwok" --v="${FTO_KWOK_LOG_LEVEL:-WARN}" \
+    --config="$HACK_DIR/kwok/kwok.yaml" \
+    --config="$HACK_DIR/kwok/node-stages.yaml" \
+    --config="$HACK_DIR/kwok/pod-stages.yaml"
+}
+
+start_minio() {
+  mkdir -p "$STATE/s3"
+  MINIO_ROOT_USER="$S3_ACCESS_KEY" MINIO_ROOT_PASSWORD="$S3_SECRET_KEY" \
+    MINIO_BROWSER=off MINIO_UPDATE=off MINIO_SITE_REGION="$S3_REGION" \
+    MINIO_CI_CD=1 \
+    start_proc minio "$MINIO" server "$STATE/s3" \
+    --address "127.0.0.1:$S3_PORT" --console-address "127.0.0.1:$S3_CONSOLE_PORT" --quiet --anonymous
+}
+
+# ---------------------------------------------------------------- fake nodes
+
+node_names() {
+  local i
+  for ((i = 0; i < ${FTO_CPU_NODES:-2}; i++)); do echo "fto-cpu-$i"; done
+  for ((i = 0; i < ${FTO_A100_NODES:-4}; i++)); do echo "fto-a100-$i"; done
+  for ((i = 0; i < ${FTO_H100_NODES:-2}; i++)); do echo "fto-h100-$i"; done
+}
+
+node_yaml() { # name pool instance-type cpu memory gpus accelerator product gpu-mem-MiB zone
+  local name="$1" pool="$2" itype="$3" cpu="$4" mem="$5" gpus="$6" accel="$7" product="$8" gpumem="$9" zone="${10}"
+  local alloc_cpu alloc_mem
+  # allocatable = capacity minus a GKE-like system reservation
+  alloc_cpu="$((cpu * 1000 - 60 - cpu * 10))m"
+  alloc_mem="$((mem * 1024 * 94 / 100))Mi"
+  cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: $name
+    node.kubernetes.io/instance-type: $itype
+    topology.kubernetes.io/region: us-central1
+    topology.kubernetes.io/zone: $zone
+    cloud.google.com/gke-nodepool: $pool
+    cloud.google.com/machine-family: ${itype%%-*}
+    finetune.dev/pool: ${pool%-pool}
+EOF
+  if [[ "$gpus" -gt 0 ]]; then
+    cat <<EOF
+    cloud.google.com/gke-accelerator: $accel
+    cloud.google.com/gke-gpu: "true"
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.count: "$gpus"
+    nvidia.com/gpu.product: $product
+    nvidia.com/gpu.memory: "$gpumem"
+spec:
+  taints:
+  - key: nvidia.com/gpu
+    value: present
+    effect: NoSchedule
+status:
+  capacity:
+    cpu: "$cpu"
+    memory: ${mem}Gi
+    ephemeral-storage: 2000Gi
+    pods: "110"
+    nvidia.com/gpu: "$gpus"
+  allocatable:
+    cpu: $alloc_cpu
+    memory: $alloc_mem
+    ephemeral-storage: 1800Gi
+    pods: "110"
+    nvidia.com/gpu: "$gpus"
+EOF
+  else
+    cat <<EOF
+spec: {}
+status:
+  capacity:
+    cpu: "$cpu"
+    memory: ${mem}Gi
+    ephemeral-storage: 100Gi
+    pods: "110"
+  allocatable:
+    cpu: $alloc_cpu
+    memory: $alloc_mem
+    ephemeral-storage: 90Gi
+    pods: "110"
+EOF
+  fi
+}
+
+nodes_manifest() {
+  local i zones=(us-central1-a us-central1-b us-central1-c)
+  for ((i = 0; i < ${FTO_CPU_NODES:-2}; i++)); do
+    node_yaml "fto-cpu-$i" cpu-pool e2-standard-8 8 32 0 "" "" "" "${zones[i % 3]}"
+  done
+  for ((i = 0; i < ${FTO_A100_NODES:-4}; i++)); do
+    node_yaml "fto-a100-$i" a100-pool a2-highgpu-8g 96 680 8 nvidia-tesla-a100 NVIDIA-A100-SXM4-40GB 40960 us-central1-a
+  done
+  for ((i = 0; i < ${FTO_H100_NODES:-2}; i++)); do
+    node_yaml "fto-h100-$i" h100-pool a3-highgpu-8g 208 1872 8 nvidia-h100-80gb NVIDIA-H100-80GB-HBM3 81559 us-central1-c
+  done
+}
+
+create_nodes() {
+  local existing missing=() n
+  existing=" $(kc get nodes -l type=kwok -o jsonpath='{.items[*].metadata.name}') "
+  while read -r n; do [[ "$existing" == *" $n "* ]] || missing+=("$n"); done < <(node_names)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "creating fake nodes: ${missing[*]}"
+    # create (not apply): status (capacity, allocatable) is only accepted on create
+    nodes_manifest | kc create -f - 2>&1 | grep -v AlreadyExists >&2 || true
+  fi
+}
+
+# ---------------------------------------------------------------- env file
+
+write_env() {
+  local bins
+  bins="$(component_bin_dir kubernetes):$(component_bin_dir helm):$(component_bin_dir kwok):$(component_bin_dir etcd):$(component_bin_dir minio)"
+  umask 077
+  cat >"$STATE/env.tmp" <<EOF
+# Written by hack/cluster-up.sh; source it: . "$STATE/env"
+export FTO_STATE="$STATE"
+export KUBECONFIG="$STATE/kubeconfig"
+export FTO_APISERVER="https://127.0.0.1:$APISERVER_PORT"
+export FTO_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
+export AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY"
+export AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
+export AWS_REGION="$S3_REGION"
+export AWS_DEFAULT_REGION="$S3_REGION"
+export FTO_BIN_PATH="$bins"
+case ":\$PATH:" in *":$(component_bin_dir kubernetes):"*) ;; *) export PATH="$bins:\$PATH" ;; esac
+EOF
+  mv -f "$STATE/env.tmp" "$STATE/env"
+  umask 022
+}
+
+# ---------------------------------------------------------------- main
+
+up() {
+  local t0=$SECONDS
+  "$HACK_DIR/build.sh" etcd kubernetes kwok minio helm
+  mkdir -p "$STATE" "$LOGS" "$PIDS"
+  exec 8>"$STATE/.up.lock"
+  flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
+  STARTED=()
+  setup_ports
+  setup_pki
+  setup_kubeconfigs
+  setup_s3_credentials
+
+  start_minio
+  start_etcd
+  wait_until etcd "etcd /health on 127.0.0.1:$ETCD_PORT" "$TIMEOUT" etcd_healthy
+  start_apiserver
+  wait_until kube-apiserver "kube-apiserver /readyz on 127.0.0.1:$APISERVER_PORT" "$TIMEOUT" apiserver_ready
+  start_controllers
+  create_nodes
+  wait_until kube-controller-manager "kube-controller-manager /healthz on 127.0.0.1:$KCM_PORT" "$TIMEOUT" kcm_healthy
+  wait_until kube-scheduler "kube-scheduler /healthz on 127.0.0.1:$SCHED_PORT" "$TIMEOUT" sched_healthy
+  wait_until kwok "all $(node_names | wc -l) fake nodes Ready" "$TIMEOUT" nodes_ready
+  wait_until kube-controller-manager "ServiceAccount default/default (token + serviceaccount controllers)" "$TIMEOUT" default_sa_exists
+  wait_until minio "S3 /minio/health/ready on 127.0.0.1:$S3_PORT" "$TIMEOUT" s3_ready
+  write_env
+  log "cluster ready in $((SECONDS - t0))s (started: ${STARTED[*]:-nothing, all were running})"
+  cat <<EOF
+
+  Kubernetes $KUBERNETES_VERSION API:  https://127.0.0.1:$APISERVER_PORT   (admin kubeconfig: $STATE/kubeconfig)
+  S3 (MinIO):                 http://127.0.0.1:$S3_PORT       (credentials in $STATE/env)
+  Logs:                       $LOGS/<component>.log
+
+  source $STATE/env      # KUBECONFIG, FTO_S3_ENDPOINT, AWS_*, PATH with kubectl/helm
+  kubectl get nodes -L cloud.google.com/gke-nodepool
+  hack/cluster-down.sh   # stop (add --purge to delete the state)
+EOF
+}
+
+restart_apiserver() {
+  [[ -f "$STATE/ports.env" ]] || die "no cluster state in $STATE (run hack/cluster-up.sh first)"
+  source "$STATE/ports.env"
+  exec 8>"$STATE/.up.lock"
+  flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
+  STARTED=()
+  etcd_healthy || die "etcd is not running; run hack/cluster-up.sh"
+  local t0=$SECONDS
+  log "stopping kube-apiserver"
+  stop_proc kube-apiserver 30
+  wait_until - "port $APISERVER_PORT released" 30 port_free "$APISERVER_PORT"
+  start_apiserver
+  wait_until kube-apiserver "kube-apiserver /readyz on 127.0.0.1:$APISERVER_PORT" "$TIMEOUT" apiserver_ready
+  log "kube-apiserver restarted in $((SECONDS - t0))s"
+  if [[ "${1:-}" == --with-clients ]]; then
+    # kube-controller-manager, kube-scheduler and kwok reconnect by themselves, but their
+    # informers can take 20-40 s to catch up after a restart; restarting them is faster.
+    log "restarting kube-controller-manager, kube-scheduler and kwok too"
+    stop_proc kwok 30; stop_proc kube-scheduler 30; stop_proc kube-controller-manager 30
+    start_controllers
+    wait_until kube-controller-manager "kube-controller-manager /healthz" "$TIMEOUT" kcm_healthy
+    wait_until kube-scheduler "kube-scheduler /healthz" "$TIMEOUT" sched_healthy
+    wait_until kwok "all fake nodes Ready" "$TIMEOUT" nodes_ready
+    log "control plane restarted in $((SECONDS - t0))s"
+  fi
+}
+
+status() {
+  local n rc=0 pid
+  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio; do
+    if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
+  done
+  return $rc
+}
+
+case "${1:-up}" in
+  up) up ;;
+  restart-apiserver) restart_apiserver "${2:-}" ;;
+  status) status ;;
+  -h | --help | help) sed -n '2,20p' "$0" ;;
+  *) die "unknown command: $1 (use: up | restart-apiserver | status)" ;;
+esac

@@ -1,0 +1,76 @@
+# shellcheck shell=bash
+# Shared helpers for hack/*.sh. Source it; it defines variables and functions only.
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HACK_DIR/versions.env"
+
+FTO_CACHE="${FTO_CACHE:-$HOME/.cache/finetune-operator}"
+FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
+
+FTO_COMPONENTS=(etcd kubernetes kwok helm minio)
+
+component_version() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    kubernetes) echo "$KUBERNETES_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    minio) echo "$MINIO_VERSION" ;;
+    *) echo "unknown component: $1" >&2; return 2 ;;
+  esac
+}
+
+component_module() {
+  case "$1" in
+    etcd) echo go.etcd.io/etcd/server/v3 ;;
+    kubernetes) echo k8s.io/kubernetes ;;
+    kwok) echo sigs.k8s.io/kwok ;;
+    helm) echo helm.sh/helm/v3 ;;
+    minio) echo github.com/minio/minio ;;
+    *) return 2 ;;
+  esac
+}
+
+component_binaries() {
+  case "$1" in
+    etcd) echo etcd ;;
+    kubernetes) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
+    kwok) echo kwok ;;
+    helm) echo helm ;;
+    minio) echo minio ;;
+    *) return 2 ;;
+  esac
+}
+
+# <cache>/<component>-<version>
+component_dir() { echo "$FTO_CACHE/$1-$(component_version "$1")"; }
+component_bin_dir() { echo "$(component_dir "$1")/bin"; }
+
+component_built() {
+  local c="$1" b dir
+  dir="$(component_bin_dir "$c")"
+  for b in $(component_binaries "$c"); do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+# Absolute path of a built binary, e.g. `fto_bin kubectl`.
+fto_bin() {
+  local c
+  for c in "${FTO_COMPONENTS[@]}"; do
+    if [[ " $(component_binaries "$c") " == *" $1 "* ]]; then
+      echo "$(component_bin_dir "$c")/$1"
+      return 0
+    fi
+  done
+  echo "no component builds $1" >&2
+  return 2
+}
+
+require_cmds() { # cmd... : fail early with a clear message
+  local c missing=()
+  for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+  [[ ${#missing[@]} -eq 0 ]] || { echo "missing commands: ${missing[*]} (install them first)" >&2; exit 1; }
+}
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }

@@ -1,0 +1,126 @@
+"""The real local control plane and S3 server (hack/cluster-up.sh), shared by a test session.
+
+The session fixture reuses a running cluster or starts one (building the binaries on the
+first run), and stops it again at the end only if it started it (FTO_KEEP_CLUSTER=1 keeps
+it). Every test gets its own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+REPO = Path(__file__).resolve().parents[2]
+HACK = REPO / "hack"
+CRD_PATH = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """How to reach the local cluster: the env file's variables and ready-made clients."""
+
+    env: dict[str, str]
+    api: client.ApiClient
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.env["KUBECONFIG"]
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        result = subprocess.run(
+            ["kubectl", *args],
+            env={**os.environ, **self.env, "PATH": self.path},
+            capture_output=True,
+            text=True,
+            input=input,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result.stdout + result.stderr
+
+    @property
+    def path(self) -> str:
+        return f"{self.env['FTO_BIN_PATH']}:{os.environ['PATH']}"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`export NAME="value"` lines of the env file written by hack/cluster-up.sh."""
+    found = re.findall(r'^export (\w+)="([^"$]*)"$', path.read_text(), flags=re.MULTILINE)
+    return dict(found)
+
+
+def _hack(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(HACK / args[0]), *args[1:]], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    already_running = _hack("cluster-up.sh", "status").returncode == 0
+    up = _hack("cluster-up.sh")
+    if up.returncode != 0:
+        pytest.fail(f"hack/cluster-up.sh failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}")
+    state = Path(os.environ.get("FTO_STATE", Path.home() / ".cache/finetune-operator/cluster"))
+    env = read_env_file(state / "env")
+    api = config.new_client_from_config(config_file=env["KUBECONFIG"])
+    yield Cluster(env=env, api=api)
+    api.close()
+    if not already_running and not os.environ.get("FTO_KEEP_CLUSTER"):
+        down = _hack("cluster-down.sh")
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> dict[str, Any]:
+    """The FineTuneJob CRD, applied from crds/ and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/finetunejobs.finetune.dev",
+    )  # fmt: skip
+    return dict(yaml.safe_load(CRD_PATH.read_text()))
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods cannot be created before the namespace's default ServiceAccount exists.
+    eventually(
+        lambda: (
+            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
+        ),
+        what="the default ServiceAccount",
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def eventually(
+    probe: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.5, what: str = ""
+) -> T:
+    """Poll `probe` until it returns something truthy (level-based tests, no sleeps)."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last={last!r}")
