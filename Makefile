@@ -67,10 +67,10 @@ cluster-up: tools ## start the local control plane, fake GPU nodes and S3 on 127
 cluster-down: ## stop everything cluster-up started
 	hack/cluster-down.sh
 
-quickstart: install ## fine-tune a tiny model locally on CPU
-	@echo "not yet: 'finetune run' arrives with the trainer (issue 4). Until then:" >&2
-	@echo "  $(BIN)/finetune validate examples/lora-gpu.yaml" >&2
-	@exit 1
+quickstart: install ## fine-tune a tiny model locally on CPU (about a minute)
+	@test -f .quickstart/tiny-llama/config.json || $(BIN)/python -m fttrainer.tiny --arch llama --output .quickstart/tiny-llama
+	$(BIN)/finetune validate examples/quickstart-cpu.yaml
+	$(BIN)/finetune run examples/quickstart-cpu.yaml --output results/quickstart
 
 clean: ## remove the virtualenv and caches inside the clone
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

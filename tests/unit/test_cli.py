@@ -19,7 +19,7 @@ def _finetune(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["validate"]])
+@pytest.mark.parametrize("command", [[], ["validate"], ["run"]])
 def test_help(command: list[str]) -> None:
     result = _finetune(*command, "--help")
     assert result.returncode == 0

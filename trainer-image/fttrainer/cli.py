@@ -1,6 +1,8 @@
 """The `finetune` command line.
 
-    finetune validate examples/lora-gpu.yaml     # check a manifest, exit 1 on errors
+    finetune validate examples/lora-gpu.yaml     # check a manifest and local data; 1 on errors
+    finetune run examples/quickstart-cpu.yaml    # fine-tune locally
+    finetune run job.yaml --set training.epochs=2 --output results/try
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
 `finetune validate` and `--help` stay fast.
@@ -12,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +29,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a FineTuneJob manifest; print every problem with its field path.",
     )
     validate.add_argument("file", type=Path, help="FineTuneJob YAML file")
+    _add_overrides(validate)
+    validate.add_argument(
+        "--spec-only", action="store_true", help="check the manifest but do not read the data"
+    )
     validate.set_defaults(handler=_validate)
+
+    run = commands.add_parser(
+        "run",
+        help="fine-tune locally, exactly as the manifest says",
+        description="Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
+    )
+    run.add_argument("file", type=Path, help="FineTuneJob YAML file")
+    _add_overrides(run)
+    run.add_argument(
+        "--output", type=Path, help="where results go (default results/<name>/<timestamp>)"
+    )
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field, e.g. --set training.epochs=2 (repeatable; spec. is implied)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,22 +66,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(handler(args))
 
 
-def _validate(args: argparse.Namespace) -> int:
-    from ftapi import InvalidSpecError, load_job
+def _load(args: argparse.Namespace) -> Any:
+    """The manifest with --set applied, validated; prints errors and returns None."""
+    import yaml
+
+    from ftapi import InvalidSpecError, parse_job
+
+    from .overrides import OverrideError, apply_overrides
 
     try:
-        job = load_job(args.file)
-    except InvalidSpecError as exc:
+        documents = [d for d in yaml.safe_load_all(args.file.read_text()) if d]
+        jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+        if len(jobs) != 1:
+            print(f"{args.file}: expected exactly one FineTuneJob", file=sys.stderr)
+            return None
+        return parse_job(apply_overrides(jobs[0], args.overrides), str(args.file))
+    except (InvalidSpecError, OverrideError, yaml.YAMLError) as exc:
         print(exc, file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+    return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    job = _load(args)
+    if job is None:
         return 1
     spec = job.spec
     print(
         f"{args.file}: valid FineTuneJob {job.name!r} "
         f"({spec.trainer.type} + {spec.method.type} on {spec.model.name})"
     )
+    sources = [s for s in (spec.dataset.train, spec.dataset.validation, spec.dataset.test) if s]
+    remote = [s.uri for s in sources if "://" in s.uri]
+    if args.spec_only or remote:
+        if remote:
+            print(f"data not checked (remote: {', '.join(remote)})")
+        return 0
+    from .data.prepare import DataError, prepare_data
+
+    try:
+        prepared = prepare_data(spec)
+    except DataError as exc:
+        if exc.report is not None:
+            print(exc.report.render())
+        print(exc, file=sys.stderr)
+        return 1
+    print(prepared.report.render())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    job = _load(args)
+    if job is None:
+        return 1
+    from .data.prepare import DataError
+    from .recipe import Recipe
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output = args.output or Path("results") / job.name / time.strftime("%Y%m%d-%H%M%S")
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        recipe = Recipe(job, output)
+        recipe.setup()
+    except (DataError, NotImplementedError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    result = recipe.train()
+    final_dir = recipe.save(result)
+    print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
     return 0
 
 

@@ -235,6 +235,12 @@ class MethodSpec(ApiModel):
     def effective_lora(self) -> LoraSpec:
         return self.lora or LoraSpec()
 
+    def effective_prefix(self) -> PrefixSpec:
+        return self.prefix or PrefixSpec()
+
+    def effective_prompt(self) -> PromptTuningSpec:
+        return self.prompt or PromptTuningSpec()
+
     def effective_quantization(self) -> QuantizationSpec | None:
         """qlora without an explicit block means the QLoRA paper's 4-bit NF4 double-quant."""
         if self.quantization is None and self.type == "qlora":

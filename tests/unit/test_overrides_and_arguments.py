@@ -1,0 +1,69 @@
+"""--set overrides, and how a spec becomes TRL/PEFT arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftapi import parse_job
+from fttrainer.arguments import peft_config_kwargs, resolve_precision, sft_config_kwargs
+from fttrainer.overrides import OverrideError, apply_overrides
+from tests.builders import make_job
+
+
+def test_overrides_parse_yaml_values_and_imply_spec() -> None:
+    manifest = apply_overrides(
+        make_job().obj(),
+        ["training.epochs=2", "method.lora.targetModules=[q_proj, v_proj]", "metadata.name=x"],
+    )
+    assert manifest["spec"]["training"]["epochs"] == 2
+    assert manifest["spec"]["method"]["lora"]["targetModules"] == ["q_proj", "v_proj"]
+    assert manifest["metadata"]["name"] == "x"
+
+
+@pytest.mark.parametrize("bad", ["training.epochs", "=3", "model.name.x=1"])
+def test_bad_override(bad: str) -> None:
+    with pytest.raises(OverrideError):
+        apply_overrides(make_job().obj(), [bad])
+
+
+def _sft(**changes: object) -> dict[str, object]:
+    job = make_job()
+    for path, value in changes.items():
+        job.set(path.replace("__", "."), value)
+    spec = parse_job(job.obj()).spec
+    return sft_config_kwargs(spec, output_dir="/tmp/x", cuda=False, bf16_supported=False)
+
+
+def test_cpu_run_turns_off_what_trl_enables_by_default() -> None:
+    kwargs = _sft()
+    assert (kwargs["bf16"], kwargs["fp16"], kwargs["use_cpu"]) == (False, False, True)
+    assert kwargs["activation_checkpointing"] is False
+    assert kwargs["learning_rate"] == 2e-4
+    assert kwargs["assistant_only_loss"] is True  # instruction data: responses only
+
+
+def test_hyperparameters_map_onto_trl_names() -> None:
+    kwargs = _sft(training__maxSteps=7, training__warmupRatio=0.1, evaluation__strategy="steps",
+                  evaluation__steps=5, dataset__maxSeqLength=256)  # fmt: skip
+    assert (kwargs["max_steps"], kwargs["warmup_steps"], kwargs["eval_steps"]) == (7, 0.1, 5)
+    assert kwargs["max_length"] == 256
+
+
+def test_precision_auto() -> None:
+    spec = parse_job(make_job().obj()).spec
+    assert resolve_precision(spec, cuda=True, bf16_supported=True) == "bf16"
+    assert resolve_precision(spec, cuda=True, bf16_supported=False) == "fp16"
+    assert resolve_precision(spec, cuda=False, bf16_supported=False) == "fp32"
+
+
+def test_peft_configs() -> None:
+    lora = peft_config_kwargs(parse_job(make_job().set("method.type", "dora").obj()).spec)
+    assert lora is not None
+    assert lora[0] == "LoraConfig" and lora[1]["use_dora"] is True
+    assert lora[1]["target_modules"] == "all-linear"  # PEFT expands only the plain string
+    prompt = parse_job(make_job().set("method", {"type": "prompt", "prompt": {
+        "init": "text", "initText": "Classify:"}}).obj()).spec  # fmt: skip
+    assert peft_config_kwargs(prompt) == ("PromptTuningConfig", {
+        "num_virtual_tokens": 20, "prompt_tuning_init": "TEXT",
+        "prompt_tuning_init_text": "Classify:", "task_type": "CAUSAL_LM"})  # fmt: skip
+    assert peft_config_kwargs(parse_job(make_job().set("method.type", "full").obj()).spec) is None

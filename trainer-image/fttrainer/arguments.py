@@ -1,0 +1,120 @@
+"""FineTuneJob spec → keyword arguments for TRL's configs and PEFT's. Pure: no torch.
+
+Kept apart from the recipe so the mapping (the part users argue about) is unit-tested
+without training anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftapi.v1alpha1 import FineTuneJobSpec
+
+
+def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool) -> str:
+    """auto → bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    precision = spec.training.precision
+    if precision != "auto":
+        return precision
+    if not cuda:
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
+def resolve_gradient_checkpointing(spec: FineTuneJobSpec, *, cuda: bool) -> bool:
+    if spec.training.gradient_checkpointing is not None:
+        return spec.training.gradient_checkpointing
+    return cuda and spec.method.type != "prefix"
+
+
+def sft_config_kwargs(
+    spec: FineTuneJobSpec, *, output_dir: str, cuda: bool, bf16_supported: bool
+) -> dict[str, Any]:
+    """Keyword arguments for trl.SFTConfig."""
+    training = spec.training
+    precision = resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported)
+    evaluation = spec.evaluation
+    kwargs: dict[str, Any] = {
+        "output_dir": output_dir,
+        "num_train_epochs": training.epochs,
+        "max_steps": training.max_steps or -1,
+        "per_device_train_batch_size": training.batch_size,
+        "per_device_eval_batch_size": evaluation.batch_size or training.batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "learning_rate": spec.effective_learning_rate(),
+        "lr_scheduler_type": training.scheduler,
+        "weight_decay": training.weight_decay,
+        "max_grad_norm": training.max_grad_norm,
+        "optim": training.optimizer,
+        "seed": training.seed,
+        "data_seed": training.seed,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "use_cpu": not cuda,
+        "activation_checkpointing": resolve_gradient_checkpointing(spec, cuda=cuda),
+        "logging_steps": spec.logging.steps,
+        "logging_first_step": spec.logging.first_step,
+        "report_to": list(spec.logging.report_to),
+        "eval_strategy": evaluation.strategy,
+        "save_strategy": "no",  # checkpoints are written by our own protocol
+        "max_length": spec.dataset.max_seq_length,
+        "packing": spec.dataset.packing,
+        "disable_tqdm": True,
+    }
+    if evaluation.strategy == "steps":
+        kwargs["eval_steps"] = evaluation.steps
+    warmup = training.warmup_steps if training.warmup_steps is not None else training.warmup_ratio
+    if warmup:
+        # transformers 5 has one knob: an int counts steps, a float < 1 is a ratio.
+        kwargs["warmup_steps"] = warmup
+    if spec.trainer.type == "sft":
+        kwargs["assistant_only_loss"] = _responses_only(spec)
+    return kwargs
+
+
+def _responses_only(spec: FineTuneJobSpec) -> bool:
+    dataset = spec.dataset
+    if dataset.train_on_responses_only is not None:
+        return dataset.train_on_responses_only
+    return dataset.format != "plain_text"
+
+
+def peft_config_kwargs(spec: FineTuneJobSpec) -> tuple[str, dict[str, Any]] | None:
+    """(PEFT config class name, its kwargs), or None when no adapter is trained."""
+    method = spec.method
+    if method.type in ("lora", "qlora", "dora"):
+        lora = method.effective_lora()
+        targets: str | list[str] = (
+            "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+        )
+        kwargs: dict[str, Any] = {
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": targets,
+            "bias": lora.bias,
+            "use_rslora": lora.rslora,
+            "use_dora": method.type == "dora",
+            "task_type": "CAUSAL_LM",
+        }
+        if lora.modules_to_save:
+            kwargs["modules_to_save"] = list(lora.modules_to_save)
+        return "LoraConfig", kwargs
+    if method.type == "prefix":
+        prefix = method.effective_prefix()
+        return "PrefixTuningConfig", {
+            "num_virtual_tokens": prefix.num_virtual_tokens,
+            "prefix_projection": prefix.projection,
+            "task_type": "CAUSAL_LM",
+        }
+    if method.type == "prompt":
+        prompt = method.effective_prompt()
+        kwargs = {
+            "num_virtual_tokens": prompt.num_virtual_tokens,
+            "prompt_tuning_init": prompt.init.upper(),
+            "task_type": "CAUSAL_LM",
+        }
+        if prompt.init == "text":
+            kwargs["prompt_tuning_init_text"] = prompt.init_text
+        return "PromptTuningConfig", kwargs
+    return None

@@ -1,0 +1,98 @@
+"""Data checks: what is wrong with the samples, counted and located. Pure functions.
+
+The report always counts; `dataset.cleaning` decides what is dropped (duplicates, empty
+responses, rows with PII) and whether PII fails the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+PHONE = re.compile(
+    r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}(?![\w.])"
+)
+CARD = re.compile(r"(?<!\d)(?:\d[ -]?){13,19}(?!\d)")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+@dataclass
+class Findings:
+    """Per-check lists of the origins (file:line) where something was found."""
+
+    duplicates: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    encoding: list[str] = field(default_factory=list)
+    pii: dict[str, list[str]] = field(default_factory=dict)  # kind -> origins
+    labels: Counter[str] = field(default_factory=Counter)
+
+
+def sample_text(sample: dict[str, Any]) -> str:
+    """All the text of a sample, for scanning."""
+    parts: list[str] = []
+    for key in ("text", "messages", "prompt", "chosen", "rejected"):
+        value = sample.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    return "\n".join(parts)
+
+
+def response_text(sample: dict[str, Any]) -> str | None:
+    """What the model learns to produce; None for prompt-only samples."""
+    if "text" in sample:
+        return str(sample["text"])
+    if "messages" in sample:
+        replies = [m["content"] for m in sample["messages"] if m["role"] == "assistant"]
+        return replies[-1] if replies else ""
+    if "chosen" in sample:
+        return " ".join(str(m.get("content", "")) for m in sample["chosen"])
+    return None
+
+
+def pii_kinds(text: str) -> list[str]:
+    kinds = []
+    if EMAIL.search(text):
+        kinds.append("email")
+    if PHONE.search(CARD.sub(" ", text)):  # a card number is not also a phone number
+        kinds.append("phone")
+    if any(_luhn(re.sub(r"\D", "", m.group())) for m in CARD.finditer(text)):
+        kinds.append("card")
+    return kinds
+
+
+def inspect(samples: list[tuple[dict[str, Any], str]]) -> Findings:
+    """Check (sample, origin) pairs; returns where each problem was seen."""
+    findings = Findings()
+    seen: set[str] = set()
+    for sample, origin in samples:
+        key = json.dumps(sample, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            findings.duplicates.append(origin)
+        seen.add(key)
+        response = response_text(sample)
+        if response is not None and not response.strip():
+            findings.empty.append(origin)
+        text = sample_text(sample)
+        if "\ufffd" in text or CONTROL.search(text):
+            findings.encoding.append(origin)
+        for kind in pii_kinds(text):
+            findings.pii.setdefault(kind, []).append(origin)
+        if "answer_letter" in sample:
+            findings.labels[str(sample["answer_letter"])] += 1
+    return findings
+
+
+def _luhn(digits: str) -> bool:
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if i % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0

@@ -1,0 +1,151 @@
+"""Load → convert → check → clean → split: the data a trainer gets, and the report of it.
+
+prepared = prepare_data(spec)           # raises DataError listing every bad row
+prepared.report.render()                # what `finetune validate` prints
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftapi.v1alpha1 import FineTuneJobSpec
+
+from .cleaning import Findings, inspect
+from .formats import FormatContext, RowError, Sample, convert_row
+from .sources import DataSourceError, Problem, read_source
+
+MAX_LISTED = 20  # origins shown per finding in the report
+
+
+class DataError(RuntimeError):
+    """The data cannot be used as declared; `problems` says where (file:line) and why."""
+
+    def __init__(self, problems: list[Problem], report: DataReport | None = None) -> None:
+        self.problems = problems
+        self.report = report
+        shown = "\n".join(f"  {p}" for p in problems[:MAX_LISTED])
+        more = (
+            f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        )
+        super().__init__(f"{len(problems)} bad row(s) in the data:\n{shown}{more}")
+
+
+@dataclass
+class DataReport:
+    sources: dict[str, int] = field(default_factory=dict)  # uri -> rows read
+    samples: int = 0
+    findings: Findings = field(default_factory=Findings)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> samples dropped
+    splits: dict[str, int] = field(default_factory=dict)  # train/validation/test -> samples
+
+    def render(self) -> str:
+        lines = ["data report:"]
+        for uri, count in self.sources.items():
+            lines.append(f"  {uri}: {count} rows")
+        lines.append(f"  samples after conversion: {self.samples}")
+        f = self.findings
+        for name, origins in (
+            ("exact duplicates", f.duplicates),
+            ("empty responses", f.empty),
+            ("encoding problems (U+FFFD or control characters)", f.encoding),
+            *((f"PII ({kind})", origins) for kind, origins in sorted(f.pii.items())),
+        ):
+            if origins:
+                listed = ", ".join(origins[:5]) + (" ..." if len(origins) > 5 else "")
+                lines.append(f"  {name}: {len(origins)} ({listed})")
+        if f.labels:
+            balance = ", ".join(f"{k}: {v}" for k, v in sorted(f.labels.items()))
+            lines.append(f"  answer balance: {balance}")
+        for reason, count in self.dropped.items():
+            lines.append(f"  dropped ({reason}): {count}")
+        lines.append("  split: " + ", ".join(f"{k} {v}" for k, v in self.splits.items()))
+        return "\n".join(lines)
+
+
+@dataclass
+class PreparedData:
+    train: list[Sample]
+    validation: list[Sample]
+    test: list[Sample]
+    report: DataReport
+
+
+def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedData:
+    dataset = spec.dataset
+    context = FormatContext.from_spec(dataset)
+    report = DataReport()
+    problems: list[Problem] = []
+    parts: dict[str, list[tuple[Sample, str]]] = {}
+    for part, source in (("train", dataset.train), ("validation", dataset.validation),
+                         ("test", dataset.test)):  # fmt: skip
+        if source is None:
+            continue
+        try:
+            raw = read_source(source.uri, split=source.split, s3_client=s3_client)
+        except DataSourceError as exc:
+            problems.append(Problem(source.uri, str(exc).removeprefix(f"{source.uri}: ")))
+            continue
+        report.sources[source.uri] = len(raw.rows) + len(raw.problems)
+        problems.extend(raw.problems)
+        converted = []
+        for row in raw.rows:
+            try:
+                converted.extend(
+                    (s, row.origin) for s in convert_row(dataset.format, row.data, context)
+                )
+            except RowError as exc:
+                problems.append(Problem(row.origin, str(exc)))
+        parts[part] = converted
+    all_samples = [pair for pairs in parts.values() for pair in pairs]
+    report.samples = len(all_samples)
+    report.findings = inspect(all_samples)
+    if problems:
+        raise DataError(problems, report)
+    if dataset.cleaning.pii == "fail" and report.findings.pii:
+        located = [
+            Problem(o, f"contains {kind}") for kind, os in report.findings.pii.items() for o in os
+        ]
+        raise DataError(located, report)
+    drop = _drop_set(report, spec)
+    kept = {part: [s for s, origin in pairs if origin not in drop] for part, pairs in parts.items()}
+    train, validation, test = split_samples(kept.get("train", []), spec)
+    validation += kept.get("validation", [])
+    test += kept.get("test", [])
+    if not train:
+        raise DataError([Problem(dataset.train.uri, "no training samples left")], report)
+    report.splits = {"train": len(train), "validation": len(validation), "test": len(test)}
+    return PreparedData(train, validation, test, report)
+
+
+def split_samples(
+    samples: list[Sample], spec: FineTuneJobSpec
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Deterministic split by ratio and seed: the same rows land in the same part each run."""
+    split = spec.effective_split()
+    order = list(range(len(samples)))
+    random.Random(split.seed).shuffle(order)
+    n_validation = round(len(samples) * split.validation)
+    n_test = round(len(samples) * split.test)
+    if split.validation > 0 and n_validation == 0 and len(samples) > 1:
+        n_validation = 1
+    validation = [samples[i] for i in order[:n_validation]]
+    test = [samples[i] for i in order[n_validation : n_validation + n_test]]
+    train = [samples[i] for i in sorted(order[n_validation + n_test :])]
+    return train, validation, test
+
+
+def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
+    cleaning = spec.dataset.cleaning
+    findings = report.findings
+    drop: set[str] = set()
+    for reason, wanted, origins in (
+        ("duplicate", cleaning.deduplicate, findings.duplicates),
+        ("empty response", cleaning.drop_empty, findings.empty),
+        ("PII", cleaning.pii == "drop", [o for os in findings.pii.values() for o in os]),
+    ):
+        if wanted and origins:
+            report.dropped[reason] = len(set(origins) - drop)
+            drop.update(origins)
+    return drop

@@ -1,0 +1,172 @@
+"""Reading raw rows from local files, s3:// objects and hf:// datasets.
+
+Every row remembers where it came from (`file.jsonl:12`), so a bad row is reported with its
+file and line instead of a stack trace. Unparseable lines do not stop the read: they are
+collected as `Problem`s and the caller decides (the data report lists them all).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+class DataSourceError(RuntimeError):
+    """The source as a whole cannot be read (missing file, unknown type, unreachable hub)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    data: dict[str, Any]
+    origin: str  # "path:line" (or "path:row N" for columnar files)
+
+
+@dataclass(frozen=True)
+class Problem:
+    origin: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.message}"
+
+
+@dataclass
+class RawData:
+    rows: list[Row]
+    problems: list[Problem]
+
+
+def read_source(uri: str, *, split: str | None = None, s3_client: Any = None) -> RawData:
+    """All rows of one source; `s3_client` is a boto3 client for s3:// URIs."""
+    if uri.startswith("hf://"):
+        return _read_hub(uri.removeprefix("hf://"), split or "train")
+    if uri.startswith("s3://"):
+        return _read_s3(uri, s3_client)
+    return read_file(Path(uri), label=uri)
+
+
+def read_file(path: Path, *, label: str | None = None) -> RawData:
+    label = label or str(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataSourceError(f"{label}: unsupported file type {suffix!r} (use {SUFFIXES})")
+    if not path.is_file():
+        raise DataSourceError(f"{label}: no such file")
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".csv": _read_csv,
+        ".parquet": _read_parquet,
+        ".txt": _read_txt,
+    }
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    for item in readers[suffix](path, label):
+        (rows if isinstance(item, Row) else problems).append(item)
+    return RawData(rows, problems)
+
+
+def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            origin = f"{label}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Problem(origin, f"not UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Problem(origin, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            if not isinstance(value, dict):
+                yield Problem(origin, f"expected a JSON object, got {type(value).__name__}")
+                continue
+            yield Row(value, origin)
+
+
+def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f"{label}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else label
+        raise DataSourceError(f"{where}: not valid UTF-8 JSON: {exc}") from None
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    if not isinstance(value, list):
+        raise DataSourceError(f"{label}: expected a list of objects (or {{'data': [...]}})")
+    for index, item in enumerate(value):
+        origin = f"{label}:item {index}"
+        if isinstance(item, dict):
+            yield Row(item, origin)
+        else:
+            yield Problem(origin, f"expected an object, got {type(item).__name__}")
+
+
+def _read_csv(path: Path, label: str) -> Iterator[Row | Problem]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for record in reader:
+                origin = f"{label}:{reader.line_num}"
+                if None in record:
+                    yield Problem(origin, "more fields than the header has")
+                    continue
+                yield Row(dict(record), origin)
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(f"{label}: not UTF-8 ({exc.reason})") from None
+
+
+def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
+    import pyarrow.parquet as pq
+
+    for index, record in enumerate(pq.read_table(path).to_pylist()):
+        yield Row(record, f"{label}:row {index}")
+
+
+def _read_txt(path: Path, label: str) -> Iterator[Row | Problem]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield Problem(f"{label}:{number}", f"not UTF-8 ({exc.reason})")
+                continue
+            if line.strip():
+                yield Row({"text": line}, f"{label}:{number}")
+
+
+def _read_s3(uri: str, s3_client: Any) -> RawData:
+    if s3_client is None:
+        raise DataSourceError(f"{uri}: no S3 client configured")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / Path(key).name
+        try:
+            s3_client.download_file(bucket, key, str(local))
+        except Exception as exc:  # botocore's errors carry the useful text
+            raise DataSourceError(f"{uri}: cannot download: {exc}") from None
+        return read_file(local, label=uri)
+
+
+def _read_hub(name: str, split: str) -> RawData:
+    try:
+        import datasets
+
+        table = datasets.load_dataset(name, split=split)
+    except Exception as exc:
+        raise DataSourceError(
+            f"hf://{name}: cannot load split {split!r} from the Hugging Face Hub ({exc}). "
+            "Without network access to the Hub, copy the data to s3:// or a local file."
+        ) from None
+    return RawData([Row(dict(r), f"hf://{name}[{split}]:row {i}") for i, r in enumerate(table)], [])

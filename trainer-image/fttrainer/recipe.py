@@ -1,0 +1,170 @@
+"""The fine-tuning recipe: one FineTuneJob spec in, a trained adapter (or model) out.
+
+Reads top to bottom, in dependency order:
+
+    recipe = Recipe(job, output_dir)
+    recipe.setup()     # data → tokenizer → model → trainer (each step says why it is where it is)
+    recipe.train()
+    recipe.save()      # adapter/model, tokenizer, metrics files, result.json
+
+Methods implemented so far: lora, dora, full, prefix, prompt with SFT. The others (qlora,
+adapter, spectrum; dpo, grpo) raise NotImplementedError naming what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftapi.v1alpha1 import FineTuneJob
+
+from .arguments import peft_config_kwargs, sft_config_kwargs
+from .data.prepare import PreparedData, prepare_data
+
+log = logging.getLogger("fttrainer")
+IMPLEMENTED_METHODS = ("lora", "dora", "full", "prefix", "prompt")
+IMPLEMENTED_TRAINERS = ("sft",)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_metrics: dict[str, Any]
+    step_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Recipe:
+    def __init__(self, job: FineTuneJob, output_dir: Path) -> None:
+        spec = job.spec
+        if spec.method.type not in IMPLEMENTED_METHODS:
+            raise NotImplementedError(f"method.type {spec.method.type} is not implemented yet")
+        if spec.trainer.type not in IMPLEMENTED_TRAINERS:
+            raise NotImplementedError(f"trainer.type {spec.trainer.type} is not implemented yet")
+        self.job = job
+        self.spec = spec
+        self.output_dir = output_dir
+        self.data: PreparedData | None = None
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.trainer: Any = None
+
+    def setup(self) -> None:
+        # Data first: a bad row should fail the run before minutes go into loading a model.
+        self.data = prepare_data(self.spec)
+        log.info("%s", self.data.report.render())
+        # The tokenizer decides how conversations render; pad must differ from eos.
+        self.tokenizer = self._setup_tokenizer()
+        self.model = self._setup_model()
+        self.trainer = self._setup_trainer()
+
+    def _setup_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        model = self.spec.model
+        tokenizer = AutoTokenizer.from_pretrained(
+            model.tokenizer or model.name,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+        )
+        if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            # pad == eos masks every eos out of the loss: the model never learns to stop.
+            tokenizer.add_special_tokens({"pad_token": "<|finetune_pad|>"})
+        if self.spec.dataset.chat_template:
+            tokenizer.chat_template = self.spec.dataset.chat_template
+        return tokenizer
+
+    def _setup_model(self) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model_spec = self.spec.model
+        dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "float32": torch.float32}[model_spec.dtype]  # fmt: skip
+        if model_spec.dtype == "auto" and (
+            not torch.cuda.is_available() or self.spec.method.type in ("full", "spectrum")
+        ):
+            dtype = torch.float32  # CPU, or full weights without fp32 master copies
+        kwargs: dict[str, Any] = {
+            "revision": model_spec.revision,
+            "trust_remote_code": model_spec.trust_remote_code,
+            "dtype": dtype,
+        }
+        if model_spec.attention != "auto":
+            kwargs["attn_implementation"] = model_spec.attention
+        model = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
+        if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(self.tokenizer))
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        return model
+
+    def _setup_trainer(self) -> Any:
+        import peft
+        import torch
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        assert self.data is not None
+        cuda = torch.cuda.is_available()
+        config = SFTConfig(
+            **sft_config_kwargs(
+                self.spec,
+                output_dir=str(self.output_dir / "trainer"),
+                cuda=cuda,
+                bf16_supported=cuda and torch.cuda.is_bf16_supported(),
+            )
+        )
+        peft_kwargs = peft_config_kwargs(self.spec)
+        peft_config = getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None
+        validation = Dataset.from_list(self.data.validation) if self.data.validation else None
+        return SFTTrainer(
+            model=self.model,
+            args=config,
+            train_dataset=Dataset.from_list(self.data.train),
+            eval_dataset=validation,
+            processing_class=self.tokenizer,
+            peft_config=peft_config,
+        )
+
+    def train(self) -> RunResult:
+        started = time.monotonic()
+        outcome = self.trainer.train()
+        history = list(self.trainer.state.log_history)
+        step_metrics = [h for h in history if "loss" in h]
+        final = {
+            "train_loss": outcome.training_loss,
+            "global_step": outcome.global_step,
+            "train_runtime_seconds": round(time.monotonic() - started, 3),
+        }
+        if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
+            final.update(self.trainer.evaluate())
+        return RunResult(self.output_dir, final, step_metrics)
+
+    def save(self, result: RunResult) -> Path:
+        """Final weights (the adapter for PEFT methods), tokenizer and metrics files."""
+        final_dir = self.output_dir / "final"
+        self.trainer.save_model(str(final_dir))
+        self.tokenizer.save_pretrained(str(final_dir))
+        history = self.trainer.state.log_history
+        epoch_metrics = [h for h in history if "eval_loss" in h]
+        files = {
+            "step_metrics.json": result.step_metrics,
+            "epoch_metrics.json": epoch_metrics,
+            "final_metrics.json": result.final_metrics,
+        }
+        for name, content in files.items():
+            (self.output_dir / name).write_text(json.dumps(content, indent=2))
+        assert self.data is not None
+        result_file = {
+            "name": self.job.name,
+            "model": str(final_dir),
+            "method": self.spec.method.type,
+            "trainer": self.spec.trainer.type,
+            "metrics": result.final_metrics,
+            "data": self.data.report.splits,
+        }
+        (self.output_dir / "result.json").write_text(json.dumps(result_file, indent=2))
+        return final_dir
