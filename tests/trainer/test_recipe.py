@@ -121,3 +121,47 @@ def test_bad_rows_stop_the_run_before_the_model_loads(tiny_llama: Path, tmp_path
     )  # fmt: skip
     assert result.returncode == 1
     assert f"{data}:2: column 'answer' is missing" in result.stderr
+
+
+def test_dpo_with_lora_trains_on_preference_pairs(tiny_llama: Path, tmp_path: Path) -> None:
+    data = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(16)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, result = _run(
+        tiny_llama, data, tmp_path / "out",
+        dataset={"train": {"uri": str(data)}, "format": "preference", "maxSeqLength": 64},
+        trainer={"type": "dpo", "dpo": {"beta": 0.1}}, training__maxSteps=4, training__batchSize=4,
+    )  # fmt: skip
+    assert result.final_metrics["global_step"] == 4
+    steps = json.loads((tmp_path / "out" / "step_metrics.json").read_text())
+    assert any("rewards/margins" in step for step in steps)
+    assert (tmp_path / "out" / "final" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_grpo_with_builtin_and_python_rewards(tiny_llama: Path, tmp_path: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"What is 2+{i}?", "answer": str(2 + i)} for i in range(16)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rewards_file = tmp_path / "my_rewards.py"
+    rewards_file.write_text(
+        "def brevity(completions, **kw):\n    return [0.1] * len(completions)\n"
+    )
+    grpo = {
+        "numGenerations": 4, "maxCompletionLength": 8,
+        "rewards": [
+            {"type": "exact_match", "column": "answer"},
+            {"type": "regex", "name": "has_digit", "pattern": r"\d", "weight": 0.5},
+            {"type": "python", "function": f"{rewards_file}:brevity"},
+        ],
+    }  # fmt: skip
+    _, result = _run(
+        tiny_llama, data, tmp_path / "out",
+        dataset={"train": {"uri": str(data)}, "format": "prompt_only", "maxSeqLength": 64},
+        trainer={"type": "grpo", "grpo": grpo}, training__maxSteps=2, training__batchSize=4,
+    )  # fmt: skip
+    assert result.final_metrics["global_step"] == 2
+    logged = json.loads((tmp_path / "out" / "step_metrics.json").read_text())[0]
+    assert {"rewards/exact_match/mean", "rewards/has_digit/mean", "rewards/brevity/mean"} <= set(
+        logged
+    )
+    assert logged["rewards/brevity/mean"] == pytest.approx(0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftapi import parse_job
-from fttrainer.arguments import peft_config_kwargs, resolve_precision, sft_config_kwargs
+from fttrainer.arguments import peft_config_kwargs, resolve_precision, trainer_config_kwargs
 from fttrainer.overrides import OverrideError, apply_overrides
 from tests.builders import make_job
 
@@ -31,7 +31,7 @@ def _sft(**changes: object) -> dict[str, object]:
     for path, value in changes.items():
         job.set(path.replace("__", "."), value)
     spec = parse_job(job.obj()).spec
-    return sft_config_kwargs(spec, output_dir="/tmp/x", cuda=False, bf16_supported=False)
+    return trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=False, bf16_supported=False)
 
 
 def test_cpu_run_turns_off_what_trl_enables_by_default() -> None:

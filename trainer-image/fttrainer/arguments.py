@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftapi.v1alpha1 import FineTuneJobSpec
+from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
 
 
 def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool) -> str:
@@ -27,10 +27,50 @@ def resolve_gradient_checkpointing(spec: FineTuneJobSpec, *, cuda: bool) -> bool
     return cuda and spec.method.type != "prefix"
 
 
-def sft_config_kwargs(
+def trainer_config_kwargs(
     spec: FineTuneJobSpec, *, output_dir: str, cuda: bool, bf16_supported: bool
 ) -> dict[str, Any]:
-    """Keyword arguments for trl.SFTConfig."""
+    """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig)."""
+    kwargs = _common_kwargs(spec, output_dir=output_dir, cuda=cuda, bf16_supported=bf16_supported)
+    trainer = spec.trainer
+    if trainer.type == "sft":
+        kwargs["packing"] = spec.dataset.packing
+        kwargs["assistant_only_loss"] = _responses_only(spec)
+    elif trainer.type == "dpo":
+        dpo = trainer.dpo or DpoSpec()
+        kwargs.update(
+            beta=dpo.beta,
+            loss_type=list(dpo.loss_type),
+            label_smoothing=dpo.label_smoothing,
+            precompute_ref_log_probs=dpo.precompute_ref_log_probs,
+        )
+        if dpo.loss_weights:
+            kwargs["loss_weights"] = list(dpo.loss_weights)
+    elif trainer.type == "grpo":
+        grpo = trainer.grpo
+        assert grpo is not None  # the API requires it for type grpo
+        kwargs.pop("max_length")  # prompts are truncated by the trainer, not the config
+        kwargs.update(
+            num_generations=grpo.num_generations,
+            max_completion_length=grpo.max_completion_length,
+            temperature=grpo.temperature,
+            top_p=grpo.top_p,
+            top_k=grpo.top_k,
+            beta=grpo.beta,
+            loss_type=grpo.loss_type,
+            scale_rewards=grpo.scale_rewards,
+            epsilon=grpo.epsilon,
+            num_iterations=grpo.num_iterations,
+            mask_truncated_completions=grpo.mask_truncated_completions,
+            reward_weights=[reward.weight for reward in grpo.rewards],
+        )
+    return kwargs
+
+
+def _common_kwargs(
+    spec: FineTuneJobSpec, *, output_dir: str, cuda: bool, bf16_supported: bool
+) -> dict[str, Any]:
+    """The TrainingArguments every TRL config shares."""
     training = spec.training
     precision = resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported)
     evaluation = spec.evaluation
@@ -58,7 +98,6 @@ def sft_config_kwargs(
         "eval_strategy": evaluation.strategy,
         "save_strategy": "no",  # checkpoints are written by our own protocol
         "max_length": spec.dataset.max_seq_length,
-        "packing": spec.dataset.packing,
         "disable_tqdm": True,
     }
     if evaluation.strategy == "steps":
@@ -67,8 +106,6 @@ def sft_config_kwargs(
     if warmup:
         # transformers 5 has one knob: an int counts steps, a float < 1 is a ratio.
         kwargs["warmup_steps"] = warmup
-    if spec.trainer.type == "sft":
-        kwargs["assistant_only_loss"] = _responses_only(spec)
     return kwargs
 
 

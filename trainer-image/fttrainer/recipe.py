@@ -7,8 +7,8 @@ Reads top to bottom, in dependency order:
     recipe.train()
     recipe.save()      # adapter/model, tokenizer, metrics files, result.json
 
-Methods implemented so far: lora, dora, full, prefix, prompt with SFT. The others (qlora,
-adapter, spectrum; dpo, grpo) raise NotImplementedError naming what is missing.
+Methods implemented so far: lora, dora, full, prefix, prompt, with SFT, DPO or GRPO. The
+others (qlora, adapter, spectrum) raise NotImplementedError naming what is missing.
 """
 
 from __future__ import annotations
@@ -22,12 +22,18 @@ from typing import Any
 
 from ftapi.v1alpha1 import FineTuneJob
 
-from .arguments import peft_config_kwargs, sft_config_kwargs
+from .arguments import peft_config_kwargs, trainer_config_kwargs
 from .data.prepare import PreparedData, prepare_data
+from .rewards import build_rewards
 
 log = logging.getLogger("fttrainer")
 IMPLEMENTED_METHODS = ("lora", "dora", "full", "prefix", "prompt")
-IMPLEMENTED_TRAINERS = ("sft",)
+# trainer.type -> (TRL config class, TRL trainer class)
+TRAINERS = {
+    "sft": ("SFTConfig", "SFTTrainer"),
+    "dpo": ("DPOConfig", "DPOTrainer"),
+    "grpo": ("GRPOConfig", "GRPOTrainer"),
+}
 
 
 @dataclass
@@ -42,8 +48,6 @@ class Recipe:
         spec = job.spec
         if spec.method.type not in IMPLEMENTED_METHODS:
             raise NotImplementedError(f"method.type {spec.method.type} is not implemented yet")
-        if spec.trainer.type not in IMPLEMENTED_TRAINERS:
-            raise NotImplementedError(f"trainer.type {spec.trainer.type} is not implemented yet")
         self.job = job
         self.spec = spec
         self.output_dir = output_dir
@@ -104,29 +108,32 @@ class Recipe:
     def _setup_trainer(self) -> Any:
         import peft
         import torch
+        import trl
         from datasets import Dataset
-        from trl import SFTConfig, SFTTrainer
 
         assert self.data is not None
         cuda = torch.cuda.is_available()
-        config = SFTConfig(
-            **sft_config_kwargs(
-                self.spec,
-                output_dir=str(self.output_dir / "trainer"),
-                cuda=cuda,
-                bf16_supported=cuda and torch.cuda.is_bf16_supported(),
-            )
+        kwargs = trainer_config_kwargs(
+            self.spec,
+            output_dir=str(self.output_dir / "trainer"),
+            cuda=cuda,
+            bf16_supported=cuda and torch.cuda.is_bf16_supported(),
         )
+        config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         peft_kwargs = peft_config_kwargs(self.spec)
-        peft_config = getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None
+        extra: dict[str, Any] = {}
+        if self.spec.trainer.type == "grpo":
+            assert self.spec.trainer.grpo is not None
+            extra["reward_funcs"], _ = build_rewards(self.spec.trainer.grpo.rewards)
         validation = Dataset.from_list(self.data.validation) if self.data.validation else None
-        return SFTTrainer(
+        return getattr(trl, trainer_class)(
             model=self.model,
-            args=config,
+            args=getattr(trl, config_class)(**kwargs),
             train_dataset=Dataset.from_list(self.data.train),
-            eval_dataset=validation,
+            eval_dataset=validation if self.spec.evaluation.strategy != "no" else None,
             processing_class=self.tokenizer,
-            peft_config=peft_config,
+            peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None,
+            **extra,
         )
 
     def train(self) -> RunResult:

@@ -1,0 +1,83 @@
+"""GRPO rewards: built-ins score strings as documented; python rewards load from a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftapi.v1alpha1 import Reward
+from fttrainer.rewards import answers_match, build_rewards, load_function
+
+
+def _score(reward: dict[str, Any], completions: list[Any], **columns: Any) -> list[float]:
+    (func,), _ = build_rewards([Reward.model_validate(reward)])
+    return func(prompts=[None] * len(completions), completions=completions, **columns)
+
+
+def _chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def test_regex_format_reward_on_chat_completions() -> None:
+    reward = {"type": "regex", "pattern": r"^<think>.*?</think>\s*\S"}
+    assert _score(reward, [_chat("<think>a\nb</think> 4"), _chat("4")]) == [1.0, 0.0]
+
+
+def test_exact_match_uses_the_answer_after_thinking() -> None:
+    reward = {"type": "exact_match", "column": "answer"}
+    completions = ["<think>2+2</think>The answer is 4.", "five", "<think>4</think> 5"]
+    assert _score(reward, completions, answer=["4", "Five", "4"]) == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "truth", "match"),
+    [("42", 42, True), ("It is 42.0", "42", True), ("Paris!", "paris", True), ("41", "42", False)],
+)
+def test_answers_match(answer: str, truth: Any, match: bool) -> None:
+    assert answers_match(answer, truth) is match
+
+
+def test_contains_length_and_json() -> None:
+    assert _score({"type": "contains", "text": "Paris"}, ["in paris", "rome"]) == [1.0, 0.0]
+    assert _score(
+        {"type": "contains", "column": "city"}, ["rome!", "x"], city=["Rome", "Oslo"]
+    ) == [
+        1.0,
+        0.0,
+    ]
+    assert _score({"type": "length", "maxLength": 10}, ["short", "x" * 15, "x" * 40]) == [
+        -0.0,
+        -0.5,
+        -1.0,
+    ]
+    assert _score({"type": "json"}, ['{"a": 1}', "<think>..</think> [1, 2]", "{oops"]) == [
+        1.0,
+        1.0,
+        0.0,
+    ]
+
+
+def test_weights_and_names() -> None:
+    funcs, weights = build_rewards(
+        [Reward(type="json", name="valid_json", weight=0.5), Reward(type="regex", pattern="x")]
+    )
+    assert [f.__name__ for f in funcs] == ["valid_json", "regex"]
+    assert weights == [0.5, 1.0]
+
+
+def test_python_reward_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "my_rewards.py"
+    path.write_text("def shorter(completions, **kw):\n    return [-len(c) for c in completions]\n")
+    assert _score({"type": "python", "function": f"{path}:shorter"}, ["ab", "abcd"]) == [-2, -4]
+
+
+@pytest.mark.parametrize(
+    ("reference", "error"),
+    [("nocolon", "expected module:name"), ("/no/such.py:f", "no such file"),
+     ("json:not_a_function_here", "is not a function")],
+)  # fmt: skip
+def test_python_reward_errors(reference: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        load_function(reference)
