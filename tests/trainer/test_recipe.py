@@ -165,3 +165,49 @@ def test_grpo_with_builtin_and_python_rewards(tiny_llama: Path, tmp_path: Path) 
         logged
     )
     assert logged["rewards/brevity/mean"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("overlong", "outcome"),
+    [("truncate", "3 over maxSeqLength (truncated)"), ("drop", "3 over maxSeqLength (dropped)"),
+     ("fail", "longer than maxSeqLength 48 tokens")],
+)  # fmt: skip
+def test_overlong_policy(tiny_llama: Path, tmp_path: Path, overlong: str, outcome: str) -> None:
+    from fttrainer.data.prepare import DataError
+
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": f"q{i}", "answer": "a"} for i in range(10)]
+    rows += [{"question": f"x{i}", "answer": "word " * 60} for i in range(3)]  # lines 11-13
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 48,
+               "overlong": overlong}  # fmt: skip
+    job = parse_job(
+        make_job().set("model.name", str(tiny_llama)).set("dataset", dataset)
+        .set("evaluation.strategy", "no").obj()
+    )  # fmt: skip
+    recipe = Recipe(job, tmp_path / "out")
+    if overlong == "fail":
+        with pytest.raises(DataError, match=outcome) as caught:
+            recipe.setup()
+        assert caught.value.problems[0].origin == f"{data}:11"
+        return
+    recipe.setup()
+    assert recipe.token_report is not None
+    assert outcome in recipe.token_report.render()
+    kept = len(recipe.trainer.train_dataset)
+    assert kept == (13 if overlong == "truncate" else 10)
+
+
+def test_a_cut_off_answer_fails_loudly(tiny_llama: Path, tmp_path: Path) -> None:
+    from fttrainer.data.prepare import DataError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "long " * 80, "answer": "the answer"}) + "\n")
+    job = parse_job(
+        make_job().set("model.name", str(tiny_llama))
+        .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 32})
+        .set("evaluation.strategy", "no").obj()
+    )  # fmt: skip
+    with pytest.raises(DataError, match="no trainable tokens within maxSeqLength 32") as caught:
+        Recipe(job, tmp_path / "out").setup()
+    assert caught.value.problems[0].origin == f"{data}:1"

@@ -35,7 +35,7 @@ def trainer_config_kwargs(
     trainer = spec.trainer
     if trainer.type == "sft":
         kwargs["packing"] = spec.dataset.packing
-        kwargs["assistant_only_loss"] = _responses_only(spec)
+        kwargs["assistant_only_loss"] = responses_only(spec)
     elif trainer.type == "dpo":
         dpo = trainer.dpo or DpoSpec()
         kwargs.update(
@@ -109,7 +109,8 @@ def _common_kwargs(
     return kwargs
 
 
-def _responses_only(spec: FineTuneJobSpec) -> bool:
+def responses_only(spec: FineTuneJobSpec) -> bool:
+    """SFT loss on assistant tokens only: explicit, else on for every format with replies."""
     dataset = spec.dataset
     if dataset.train_on_responses_only is not None:
         return dataset.train_on_responses_only

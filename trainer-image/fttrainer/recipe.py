@@ -22,8 +22,9 @@ from typing import Any
 
 from ftapi.v1alpha1 import FineTuneJob
 
-from .arguments import peft_config_kwargs, trainer_config_kwargs
+from .arguments import peft_config_kwargs, responses_only, trainer_config_kwargs
 from .data.prepare import PreparedData, prepare_data
+from .data.tokens import TokenReport, check_tokens
 from .rewards import build_rewards
 
 log = logging.getLogger("fttrainer")
@@ -55,6 +56,7 @@ class Recipe:
         self.tokenizer: Any = None
         self.model: Any = None
         self.trainer: Any = None
+        self.token_report: TokenReport | None = None
 
     def setup(self) -> None:
         # Data first: a bad row should fail the run before minutes go into loading a model.
@@ -62,6 +64,14 @@ class Recipe:
         log.info("%s", self.data.report.render())
         # The tokenizer decides how conversations render; pad must differ from eos.
         self.tokenizer = self._setup_tokenizer()
+        # Token checks need the tokenizer but not the model: still cheap to fail here.
+        self.token_report = check_tokens(
+            self.data,
+            self.spec,
+            self.tokenizer,
+            responses_only=self.spec.trainer.type == "sft" and responses_only(self.spec),
+        )
+        log.info("%s", self.token_report.render())
         self.model = self._setup_model()
         self.trainer = self._setup_trainer()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ftapi.v1alpha1 import FineTuneJobSpec
 
@@ -17,6 +17,7 @@ from .formats import FormatContext, RowError, Sample, convert_row
 from .sources import DataSourceError, Problem, read_source
 
 MAX_LISTED = 20  # origins shown per finding in the report
+T = TypeVar("T")
 
 
 class DataError(RuntimeError):
@@ -64,12 +65,25 @@ class DataReport:
         return "\n".join(lines)
 
 
+Located = tuple[Sample, str]  # a sample and where it came from (file:line)
+
+
 @dataclass
 class PreparedData:
-    train: list[Sample]
-    validation: list[Sample]
-    test: list[Sample]
+    parts: dict[str, list[Located]]  # train / validation / test
     report: DataReport
+
+    @property
+    def train(self) -> list[Sample]:
+        return [sample for sample, _ in self.parts["train"]]
+
+    @property
+    def validation(self) -> list[Sample]:
+        return [sample for sample, _ in self.parts["validation"]]
+
+    @property
+    def test(self) -> list[Sample]:
+        return [sample for sample, _ in self.parts["test"]]
 
 
 def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedData:
@@ -109,19 +123,17 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
         ]
         raise DataError(located, report)
     drop = _drop_set(report, spec)
-    kept = {part: [s for s, origin in pairs if origin not in drop] for part, pairs in parts.items()}
+    kept = {part: [p for p in pairs if p[1] not in drop] for part, pairs in parts.items()}
     train, validation, test = split_samples(kept.get("train", []), spec)
     validation += kept.get("validation", [])
     test += kept.get("test", [])
     if not train:
         raise DataError([Problem(dataset.train.uri, "no training samples left")], report)
     report.splits = {"train": len(train), "validation": len(validation), "test": len(test)}
-    return PreparedData(train, validation, test, report)
+    return PreparedData({"train": train, "validation": validation, "test": test}, report)
 
 
-def split_samples(
-    samples: list[Sample], spec: FineTuneJobSpec
-) -> tuple[list[Sample], list[Sample], list[Sample]]:
+def split_samples(samples: list[T], spec: FineTuneJobSpec) -> tuple[list[T], list[T], list[T]]:
     """Deterministic split by ratio and seed: the same rows land in the same part each run."""
     split = spec.effective_split()
     order = list(range(len(samples)))
