@@ -211,3 +211,45 @@ def test_a_cut_off_answer_fails_loudly(tiny_llama: Path, tmp_path: Path) -> None
     with pytest.raises(DataError, match="no trainable tokens within maxSeqLength 32") as caught:
         Recipe(job, tmp_path / "out").setup()
     assert caught.value.problems[0].origin == f"{data}:1"
+
+
+def test_qlora_loads_the_base_in_4bit(tiny_llama: Path, qa_data: Path, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    recipe, result = _run(tiny_llama, qa_data, tmp_path, method={"type": "qlora"},
+                          training__maxSteps=2)  # fmt: skip
+    four_bit = [m for m in recipe.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit, "no 4-bit layers: the base was not quantized"
+    assert result.final_metrics["global_step"] == 2
+    assert (tmp_path / "final" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_spectrum_trains_only_the_selected_matrices(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    spectrum = {"type": "spectrum", "spectrum": {"topFraction": 0.5}}
+    recipe, _ = _run(tiny_llama, qa_data, tmp_path, training__maxSteps=3, method=spectrum)
+    trainable = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
+    # 2 layers: half of each module type's 2 matrices = one per type (7 types in Llama).
+    assert len(trainable) == 7
+    before = load_file(tiny_llama / "model.safetensors")
+    after = load_file(tmp_path / "final" / "model.safetensors")
+    changed = {n for n in before if n in after and not before[n].equal(after[n])}
+    assert changed == trainable
+
+
+def test_adapter_continues_from_existing_weights(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    _run(tiny_llama, qa_data, tmp_path / "first", training__maxSteps=3)
+    first = tmp_path / "first" / "final"
+    _run(tiny_llama, qa_data, tmp_path / "second", training__maxSteps=3,
+         method={"type": "adapter", "adapter": {"uri": str(first)}})  # fmt: skip
+    start = load_file(first / "adapter_model.safetensors")
+    end = load_file(tmp_path / "second" / "final" / "adapter_model.safetensors")
+    assert start.keys() == end.keys()  # same adapter shape (r, targets) as the first run
+    assert any(not start[k].equal(end[k]) for k in start)

@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         recipe = Recipe(job, output)
         recipe.setup()
-    except (DataError, NotImplementedError) as exc:
+    except (DataError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
     result = recipe.train()

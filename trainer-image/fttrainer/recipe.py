@@ -7,8 +7,8 @@ Reads top to bottom, in dependency order:
     recipe.train()
     recipe.save()      # adapter/model, tokenizer, metrics files, result.json
 
-Methods implemented so far: lora, dora, full, prefix, prompt, with SFT, DPO or GRPO. The
-others (qlora, adapter, spectrum) raise NotImplementedError naming what is missing.
+Every method.type (full, lora, qlora, dora, adapter, spectrum, prefix, prompt) with SFT,
+DPO or GRPO.
 """
 
 from __future__ import annotations
@@ -20,15 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftapi.v1alpha1 import FineTuneJob
+from ftapi.v1alpha1 import FineTuneJob, SpectrumSpec
 
-from .arguments import peft_config_kwargs, responses_only, trainer_config_kwargs
+from .arguments import (
+    peft_config_kwargs,
+    resolve_precision,
+    responses_only,
+    trainer_config_kwargs,
+)
 from .data.prepare import PreparedData, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .rewards import build_rewards
+from .spectrum import apply_spectrum
 
 log = logging.getLogger("fttrainer")
-IMPLEMENTED_METHODS = ("lora", "dora", "full", "prefix", "prompt")
 # trainer.type -> (TRL config class, TRL trainer class)
 TRAINERS = {
     "sft": ("SFTConfig", "SFTTrainer"),
@@ -47,8 +52,6 @@ class RunResult:
 class Recipe:
     def __init__(self, job: FineTuneJob, output_dir: Path) -> None:
         spec = job.spec
-        if spec.method.type not in IMPLEMENTED_METHODS:
-            raise NotImplementedError(f"method.type {spec.method.type} is not implemented yet")
         self.job = job
         self.spec = spec
         self.output_dir = output_dir
@@ -109,11 +112,66 @@ class Recipe:
         }
         if model_spec.attention != "auto":
             kwargs["attn_implementation"] = model_spec.attention
+        quantization = self.spec.method.effective_quantization()
+        if quantization is not None:
+            kwargs["quantization_config"] = self._quantization_config(quantization)
         model = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
         model.config.pad_token_id = self.tokenizer.pad_token_id
+        # Methods that are not a fresh PEFT config act on the loaded model here.
+        method = self.spec.method
+        if quantization is not None:
+            import peft
+
+            model = peft.prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(self.spec.training.gradient_checkpointing)
+            )
+        if method.type == "spectrum":
+            trainable = apply_spectrum(model, method.spectrum or SpectrumSpec())
+            log.info(
+                "spectrum: training %d matrices:\n  %s", len(trainable), "\n  ".join(trainable)
+            )
+        elif method.type == "adapter":
+            import peft
+
+            assert method.adapter is not None
+            model = peft.PeftModel.from_pretrained(model, method.adapter.uri, is_trainable=True)
         return model
+
+    def _quantization_config(self, quantization: Any) -> Any:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        cuda = torch.cuda.is_available()
+        precision = resolve_precision(
+            self.spec, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
+        )
+        dtypes = {
+            "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+            "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+        }  # fmt: skip
+        compute = dtypes[
+            precision if quantization.compute_dtype == "auto" else quantization.compute_dtype
+        ]
+        if quantization.bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        sharded = self.spec.distributed.strategy == "fsdp" or (
+            self.spec.distributed.deepspeed is not None
+            and self.spec.distributed.deepspeed.zero_stage == 3
+        )
+        storage = quantization.quant_storage
+        if storage == "auto":
+            storage_dtype = compute if sharded else torch.uint8
+        else:
+            storage_dtype = {"uint8": torch.uint8, **dtypes}[storage]
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization.type,
+            bnb_4bit_use_double_quant=quantization.double_quant,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=storage_dtype,
+        )
 
     def _setup_trainer(self) -> Any:
         import peft
