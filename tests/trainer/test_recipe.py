@@ -253,3 +253,39 @@ def test_adapter_continues_from_existing_weights(
     end = load_file(tmp_path / "second" / "final" / "adapter_model.safetensors")
     assert start.keys() == end.keys()  # same adapter shape (r, targets) as the first run
     assert any(not start[k].equal(end[k]) for k in start)
+
+
+def test_artefacts_loss_curve_comparison_and_merged_model(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    evaluation = {"strategy": "no", "prompts": ["What is 3 plus 3?"], "maxNewTokens": 5}
+    output = {"uri": str(tmp_path), "mergeAdapter": True}
+    _run(tiny_llama, qa_data, tmp_path, output=output, evaluation=evaluation)
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    (row,) = json.loads((tmp_path / "model_comparison.json").read_text())
+    assert row["prompt"] == "What is 3 plus 3?" and set(row) == {"prompt", "base", "fine_tuned"}
+    result = json.loads((tmp_path / "result.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(result["merged_model"])
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), str(tmp_path / "final")
+    )
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
+
+
+def test_early_stopping_stops_on_a_plateau(tiny_llama: Path, qa_data: Path, tmp_path: Path) -> None:
+    _, result = _run(
+        tiny_llama, qa_data, tmp_path,
+        dataset={"train": {"uri": str(qa_data)}, "format": "qa", "maxSeqLength": 64,
+                 "split": {"train": 0.8, "validation": 0.2}},
+        evaluation={"strategy": "steps", "steps": 1},
+        training={"maxSteps": 12, "batchSize": 8, "learningRate": 1e-2, "device": "cpu",
+                  "earlyStopping": {"patience": 2, "threshold": 100.0}},
+    )  # fmt: skip
+    # threshold 100: no evaluation after the first counts as better, so it stops at step 3.
+    assert result.final_metrics["global_step"] == 3

@@ -28,10 +28,16 @@ def resolve_gradient_checkpointing(spec: FineTuneJobSpec, *, cuda: bool) -> bool
 
 
 def trainer_config_kwargs(
-    spec: FineTuneJobSpec, *, output_dir: str, cuda: bool, bf16_supported: bool
+    spec: FineTuneJobSpec,
+    *,
+    output_dir: str,
+    cuda: bool,
+    bf16_supported: bool,
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig)."""
     kwargs = _common_kwargs(spec, output_dir=output_dir, cuda=cuda, bf16_supported=bf16_supported)
+    kwargs["disable_tqdm"] = not progress_bar
     trainer = spec.trainer
     if trainer.type == "sft":
         kwargs["packing"] = spec.dataset.packing
@@ -98,7 +104,7 @@ def _common_kwargs(
         "eval_strategy": evaluation.strategy,
         "save_strategy": "no",  # checkpoints are written by our own protocol
         "max_length": spec.dataset.max_seq_length,
-        "disable_tqdm": True,
+        "use_liger_kernel": training.liger_kernels,
     }
     if evaluation.strategy == "steps":
         kwargs["eval_steps"] = evaluation.steps

@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output or Path("results") / job.name / time.strftime("%Y%m%d-%H%M%S")
     output.mkdir(parents=True, exist_ok=True)
     try:
-        recipe = Recipe(job, output)
+        recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
         recipe.setup()
     except (DataError, ValueError) as exc:
         print(exc, file=sys.stderr)

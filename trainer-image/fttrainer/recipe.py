@@ -28,6 +28,8 @@ from .arguments import (
     responses_only,
     trainer_config_kwargs,
 )
+from .artefacts import answer_prompts, plot_loss_curve, read_prompts
+from .callbacks import EarlyStopping
 from .data.prepare import PreparedData, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .rewards import build_rewards
@@ -50,16 +52,19 @@ class RunResult:
 
 
 class Recipe:
-    def __init__(self, job: FineTuneJob, output_dir: Path) -> None:
+    def __init__(self, job: FineTuneJob, output_dir: Path, *, progress_bar: bool = False) -> None:
         spec = job.spec
         self.job = job
         self.spec = spec
         self.output_dir = output_dir
+        self.progress_bar = progress_bar
         self.data: PreparedData | None = None
         self.tokenizer: Any = None
         self.model: Any = None
         self.trainer: Any = None
         self.token_report: TokenReport | None = None
+        self.prompts: list[str] = []
+        self.base_answers: list[str] = []
 
     def setup(self) -> None:
         # Data first: a bad row should fail the run before minutes go into loading a model.
@@ -76,7 +81,22 @@ class Recipe:
         )
         log.info("%s", self.token_report.render())
         self.model = self._setup_model()
+        # Answer the evaluation prompts before training: the "base" side of the comparison.
+        self.prompts = self._evaluation_prompts()
+        if self.prompts:
+            self.base_answers = self._answer(self.model)
         self.trainer = self._setup_trainer()
+
+    def _answer(self, model: Any) -> list[str]:
+        max_new_tokens = self.spec.evaluation.max_new_tokens
+        return answer_prompts(model, self.tokenizer, self.prompts, max_new_tokens=max_new_tokens)
+
+    def _evaluation_prompts(self) -> list[str]:
+        evaluation = self.spec.evaluation
+        prompts = list(evaluation.prompts)
+        if evaluation.prompts_uri:
+            prompts += read_prompts(evaluation.prompts_uri)
+        return prompts
 
     def _setup_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -186,6 +206,7 @@ class Recipe:
             output_dir=str(self.output_dir / "trainer"),
             cuda=cuda,
             bf16_supported=cuda and torch.cuda.is_bf16_supported(),
+            progress_bar=self.progress_bar,
         )
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         peft_kwargs = peft_config_kwargs(self.spec)
@@ -194,6 +215,9 @@ class Recipe:
             assert self.spec.trainer.grpo is not None
             extra["reward_funcs"], _ = build_rewards(self.spec.trainer.grpo.rewards)
         validation = Dataset.from_list(self.data.validation) if self.data.validation else None
+        early = self.spec.training.early_stopping
+        if early is not None:
+            extra["callbacks"] = [EarlyStopping(early.metric, early.patience, early.threshold)]
         return getattr(trl, trainer_class)(
             model=self.model,
             args=getattr(trl, config_class)(**kwargs),
@@ -241,5 +265,40 @@ class Recipe:
             "metrics": result.final_metrics,
             "data": self.data.report.splits,
         }
+        curve = plot_loss_curve(
+            result.step_metrics, epoch_metrics, self.output_dir / "loss_curve.png"
+        )
+        if self.prompts:
+            tuned = self._answer(self.trainer.model)
+            comparison = [
+                {"prompt": p, "base": b, "fine_tuned": t}
+                for p, b, t in zip(self.prompts, self.base_answers, tuned, strict=True)
+            ]
+            (self.output_dir / "model_comparison.json").write_text(json.dumps(comparison, indent=2))
+        if self.spec.output.merge_adapter:
+            result_file["merged_model"] = str(self._save_merged(final_dir))
+        if curve is not None:
+            result_file["loss_curve"] = str(curve)
         (self.output_dir / "result.json").write_text(json.dumps(result_file, indent=2))
         return final_dir
+
+    def _save_merged(self, adapter_dir: Path) -> Path:
+        """Base + adapter merged into plain weights. The base is reloaded unquantized, so a
+        QLoRA adapter merges into full-precision weights rather than into 4-bit ones."""
+        import peft
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model_spec = self.spec.model
+        dtype = torch.float32 if model_spec.dtype == "auto" else getattr(torch, model_spec.dtype)
+        base = AutoModelForCausalLM.from_pretrained(
+            model_spec.name, revision=model_spec.revision, dtype=dtype,
+            trust_remote_code=model_spec.trust_remote_code,
+        )  # fmt: skip
+        if len(self.tokenizer) > base.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(len(self.tokenizer))
+        merged = peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        merged_dir = self.output_dir / "merged"
+        merged.save_pretrained(str(merged_dir))
+        self.tokenizer.save_pretrained(str(merged_dir))
+        return merged_dir
