@@ -3,6 +3,7 @@
     finetune validate examples/lora-gpu.yaml     # check a manifest and local data; 1 on errors
     finetune run examples/quickstart-cpu.yaml    # fine-tune locally
     finetune run job.yaml --set training.epochs=2 --output results/try
+    finetune plan examples/qlora-7b-16gb.yaml --gpu-memory 16
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
 `finetune validate` and `--help` stay fast.
@@ -46,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="where results go (default results/<name>/<timestamp>)"
     )
     run.set_defaults(handler=_run)
+
+    plan = commands.add_parser(
+        "plan",
+        help="show the resolved config, the data statistics and GPU memory per device",
+        description="Resolve defaults, check the data, and estimate GPU memory per device "
+        "(suggesting settings that fit --gpu-memory).",
+    )
+    plan.add_argument("file", type=Path, help="FineTuneJob YAML file")
+    _add_overrides(plan)
+    plan.add_argument(
+        "--gpu-memory", type=float, default=80.0, metavar="GIB",
+        help="GPU memory to fit, in GiB (default 80: an A100/H100 80GB)",
+    )  # fmt: skip
+    plan.set_defaults(handler=_plan)
     return parser
 
 
@@ -97,23 +112,9 @@ def _validate(args: argparse.Namespace) -> int:
         f"{args.file}: valid FineTuneJob {job.name!r} "
         f"({spec.trainer.type} + {spec.method.type} on {spec.model.name})"
     )
-    sources = [s for s in (spec.dataset.train, spec.dataset.validation, spec.dataset.test) if s]
-    remote = [s.uri for s in sources if "://" in s.uri]
-    if args.spec_only or remote:
-        if remote:
-            print(f"data not checked (remote: {', '.join(remote)})")
+    if args.spec_only:
         return 0
-    from .data.prepare import DataError, prepare_data
-
-    try:
-        prepared = prepare_data(spec)
-    except DataError as exc:
-        if exc.report is not None:
-            print(exc.report.render())
-        print(exc, file=sys.stderr)
-        return 1
-    print(prepared.report.render())
-    return 0
+    return _validate_data(spec)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -138,6 +139,65 @@ def _run(args: argparse.Namespace) -> int:
     result = recipe.train()
     final_dir = recipe.save(result)
     print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import yaml
+
+    job = _load(args)
+    if job is None:
+        return 1
+    spec = job.spec
+    split = spec.effective_split()
+    resolved = {
+        **job.to_dict()["spec"],
+        "resolved": {
+            "learningRate": spec.effective_learning_rate(),
+            "split": {"train": split.train, "validation": split.validation, "test": split.test},
+            "processes": spec.resources.nodes * max(spec.resources.gpus_per_node, 1),
+        },
+    }
+    print("resolved spec:")
+    print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
+    _validate_data(spec)
+    from .plan import GIB, ModelShape, estimate_memory, suggest
+
+    try:
+        shape = ModelShape.from_pretrained(
+            spec.model.name, trust_remote_code=spec.model.trust_remote_code
+        )
+    except Exception as exc:  # hub unreachable, unknown architecture...
+        print(f"memory estimate skipped: cannot read the config of {spec.model.name} ({exc})")
+        return 0
+    estimate = estimate_memory(shape, spec)
+    print(estimate.render())
+    budget = args.gpu_memory * GIB
+    if estimate.total > budget:
+        print(f"does not fit {args.gpu_memory:g} GiB; try, in this order:")
+        for change in suggest(shape, spec, budget):
+            print(f"  --set {change}")
+    else:
+        print(f"fits {args.gpu_memory:g} GiB per device")
+    return 0
+
+
+def _validate_data(spec: Any) -> int:
+    sources = [s for s in (spec.dataset.train, spec.dataset.validation, spec.dataset.test) if s]
+    remote = [s.uri for s in sources if "://" in s.uri]
+    if remote:
+        print(f"data not checked (remote: {', '.join(remote)})")
+        return 0
+    from .data.prepare import DataError, prepare_data
+
+    try:
+        prepared = prepare_data(spec)
+    except DataError as exc:
+        if exc.report is not None:
+            print(exc.report.render())
+        print(exc, file=sys.stderr)
+        return 1
+    print(prepared.report.render())
     return 0
 
 

@@ -1,0 +1,199 @@
+"""GPU memory per device for a spec, and what to change when it does not fit.
+
+The estimate is a sum of parts, each shown so users can see what dominates:
+weights + trainable-parameter gradients + optimizer states (+ fp32 master copies) +
+activations + logits + a fixed CUDA/framework overhead, with ZeRO/FSDP dividing the shardable
+parts by the number of processes. Activations follow Korthikanti et al. (2022) for a
+transformer layer with flash/SDPA attention (no s^2 term): ~34·s·b·h bytes per layer in
+16-bit without checkpointing, ~2·s·b·h per layer plus one layer's worth with it.
+
+It is an estimate (within ~20% on the architectures we tried), meant for planning, not a
+guarantee: allocator fragmentation and framework buffers vary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftapi.v1alpha1 import DeepSpeedSpec, FineTuneJobSpec
+
+GIB = 1024**3
+OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs to know about a model, read from its config."""
+
+    parameters: int
+    layers: int
+    hidden: int
+    vocab: int
+    linears: tuple[tuple[str, int, int], ...]  # (name, in, out) of every Linear in the blocks
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, trust_remote_code: bool = False) -> ModelShape:
+        """Instantiate on the meta device: exact shapes, no memory, no weights read."""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        linears = tuple(
+            (n, m.in_features, m.out_features)
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+        )
+        hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+        layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+        return cls(
+            parameters=sum(p.numel() for p in model.parameters()),
+            layers=layers,
+            hidden=hidden,
+            vocab=int(config.vocab_size),
+            linears=linears,
+        )
+
+
+@dataclass
+class MemoryEstimate:
+    parts: dict[str, float]  # bytes per device, by part
+    processes: int
+    trainable: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def render(self) -> str:
+        lines = [f"GPU memory per device (estimate, {self.processes} process(es)):"]
+        for name, size in self.parts.items():
+            lines.append(f"  {name:<28} {size / GIB:8.2f} GiB")
+        lines.append(f"  {'total':<28} {self.total / GIB:8.2f} GiB")
+        lines.append(f"  trainable parameters: {self.trainable:,}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
+    method = spec.method
+    training = spec.training
+    processes = spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
+    quantization = method.effective_quantization()
+    weight_bytes = 2.0 if spec.model.dtype in ("auto", "bfloat16", "float16") else 4.0
+    if quantization is not None:
+        weight_bytes = 0.55 if quantization.bits == 4 else 1.05  # + quantization constants
+    full_weights = method.type in ("full", "spectrum")
+    zero = _zero_stage(spec)
+    if full_weights and spec.model.dtype == "auto" and zero == 0:
+        weight_bytes = 4.0  # the recipe keeps fp32 weights when nothing holds master copies
+    trainable = _trainable_parameters(shape, spec)
+    optimizer_bytes = 2.0 if "8bit" in training.optimizer else 8.0  # Adam: two states
+    if training.optimizer == "sgd":
+        optimizer_bytes = 4.0
+    shard = {stage: (processes if zero >= stage else 1) for stage in (1, 2, 3)}
+    parts = {
+        "weights": shape.parameters * weight_bytes / shard[3],
+        "gradients": trainable * (4.0 if full_weights else 2.0) / shard[2],
+        "optimizer states": trainable * optimizer_bytes / shard[1],
+    }
+    if full_weights and weight_bytes == 2.0 and zero > 0:
+        parts["fp32 master weights"] = trainable * 4.0 / shard[1]
+    tokens = training.batch_size * spec.dataset.max_seq_length
+    checkpointing = (
+        training.gradient_checkpointing
+        if training.gradient_checkpointing is not None
+        else method.type != "prefix"
+    )
+    per_layer = 34 * tokens * shape.hidden
+    parts["activations"] = (
+        (2 * tokens * shape.hidden * shape.layers + per_layer)
+        if checkpointing
+        else per_layer * shape.layers
+    )
+    parts["logits"] = tokens * shape.vocab * 4.0 * 2  # fp32 logits and their gradient
+    parts["CUDA and framework"] = OVERHEAD_BYTES
+    notes = []
+    if checkpointing:
+        notes.append("activation checkpointing on (the default for GPU runs)")
+    return MemoryEstimate(parts, processes, trainable, notes)
+
+
+def suggest(shape: ModelShape, spec: FineTuneJobSpec, budget_bytes: float) -> list[str]:
+    """Changes, cheapest first and cumulative, until the estimate fits the budget."""
+    suggestions: list[str] = []
+    current = spec
+
+    def fits() -> bool:
+        return estimate_memory(shape, current).total <= budget_bytes
+
+    if not fits() and current.training.gradient_checkpointing is False:
+        current = _set(current, "training", gradient_checkpointing=True)
+        suggestions.append("training.gradientCheckpointing=true")
+    if not fits() and current.resources.nodes * current.resources.gpus_per_node > 1:
+        current = _set(current, "distributed", strategy="deepspeed",
+                       deepspeed=DeepSpeedSpec(zero_stage=3))  # fmt: skip
+        suggestions.append("distributed.strategy=deepspeed distributed.deepspeed.zeroStage=3")
+    while not fits() and current.training.batch_size > 1:
+        batch = current.training.batch_size // 2
+        accumulation = current.training.gradient_accumulation_steps * 2
+        current = _set(
+            current, "training", batch_size=batch, gradient_accumulation_steps=accumulation
+        )
+        suggestions.append(
+            f"training.batchSize={batch} training.gradientAccumulationSteps={accumulation} "
+            "(same global batch)"
+        )
+    if not fits() and "8bit" not in current.training.optimizer:
+        current = _set(current, "training", optimizer="paged_adamw_8bit")
+        suggestions.append("training.optimizer=paged_adamw_8bit")
+    if not fits() and current.method.type in ("lora", "dora"):
+        current = _set(current, "method", type="qlora", quantization=None)
+        suggestions.append("method.type=qlora (4-bit base)")
+    if not fits():
+        needed = math.ceil(estimate_memory(shape, current).total / GIB)
+        suggestions.append(f"still about {needed} GiB per device: use larger GPUs or more of them")
+    return suggestions
+
+
+def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
+    method = spec.method
+    if method.type == "full":
+        return shape.parameters
+    if method.type == "spectrum":
+        fraction = (method.spectrum.effective_top_fraction() if method.spectrum else 0.25) or 0.25
+        return int(sum(i * o for _, i, o in shape.linears) * fraction)
+    if method.type in ("prefix", "prompt"):
+        tokens = (
+            method.effective_prefix().num_virtual_tokens
+            if method.type == "prefix"
+            else method.effective_prompt().num_virtual_tokens
+        )
+        per_token = 2 * shape.layers * shape.hidden if method.type == "prefix" else shape.hidden
+        return tokens * per_token
+    lora = method.effective_lora()
+    names = lora.target_modules
+    targets = [
+        (i, o)
+        for name, i, o in shape.linears
+        if names == ["all-linear"] or any(name == t or name.endswith(f".{t}") for t in names)
+    ]
+    return sum(lora.r * (i + o) for i, o in targets)
+
+
+def _zero_stage(spec: FineTuneJobSpec) -> int:
+    distributed = spec.distributed
+    if distributed.strategy == "deepspeed":
+        return distributed.deepspeed.zero_stage if distributed.deepspeed else 2
+    if distributed.strategy == "fsdp":
+        return 3
+    return 0
+
+
+def _set(spec: FineTuneJobSpec, section: str, **changes: Any) -> FineTuneJobSpec:
+    """A copy of the spec with some fields of one section changed (for what-if estimates)."""
+    return spec.model_copy(update={section: getattr(spec, section).model_copy(update=changes)})
