@@ -106,14 +106,16 @@ def _message(kind: str, default: str, ctx: dict[str, Any], error: Any) -> str:
     return message
 
 
+_BRANCH_TAGS = {"int", "str", "float", "bool", "list", "dict"}
+_BRANCH_PREFIXES = ("function-", "union[", "json-or-python[", "constrained-", "lax-or-strict[")
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith(
-            ("function-", "union[", "json-or-python", "int", "str", "constrained")
-        ):
+        elif part in _BRANCH_TAGS or part.startswith(_BRANCH_PREFIXES):
             continue  # pydantic's names for union branches, not manifest keys
         else:
             path += f".{part}" if path else part

@@ -289,3 +289,20 @@ def test_early_stopping_stops_on_a_plateau(tiny_llama: Path, qa_data: Path, tmp_
     )  # fmt: skip
     # threshold 100: no evaluation after the first counts as better, so it stops at step 3.
     assert result.final_metrics["global_step"] == 3
+
+
+def test_finetune_run_from_an_env_file_and_flat_flags(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    env = tmp_path / "run.env"
+    env.write_text(f"MODEL_NAME={tiny_llama}\nDATA_PATH={qa_data}\nTECHNIQUE=lora\nLORA_R=4\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "fttrainer.cli", "run", str(env), "--dataset_type", "qa",
+         "--epochs", "1", "--batch_size", "8", "--set", "evaluation.strategy=no",
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((tmp_path / "out" / "final" / "adapter_config.json").read_text())
+    assert saved["r"] == 4
+    assert json.loads((tmp_path / "out" / "final_metrics.json").read_text())["global_step"] == 5

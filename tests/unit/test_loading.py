@@ -57,3 +57,9 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(InvalidSpecError) as caught:
         parse_job(manifest)
     assert {e.path for e in caught.value.errors} == {"spec.training.epochs", "spec.method.type"}
+
+
+def test_paths_keep_fields_that_look_like_pydantic_tags() -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(make_job().set("evaluation.strategy", "sometimes").obj())
+    assert [e.path for e in caught.value.errors] == ["spec.evaluation.strategy"]

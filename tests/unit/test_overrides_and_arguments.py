@@ -67,3 +67,12 @@ def test_peft_configs() -> None:
         "num_virtual_tokens": 20, "prompt_tuning_init": "TEXT",
         "prompt_tuning_init_text": "Classify:", "task_type": "CAUSAL_LM"})  # fmt: skip
     assert peft_config_kwargs(parse_job(make_job().set("method.type", "full").obj()).spec) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("no", "no"), ("off", "off"), ("true", True), ("False", False), ("3", 3), ("1e-4", 1e-4)],
+)
+def test_override_values_use_yaml_1_2_booleans(raw: str, value: object) -> None:
+    manifest = apply_overrides(make_job().obj(), [f"evaluation.strategy={raw}"])
+    assert manifest["spec"]["evaluation"]["strategy"] == value

@@ -4,6 +4,8 @@
     finetune run examples/quickstart-cpu.yaml    # fine-tune locally
     finetune run job.yaml --set training.epochs=2 --output results/try
     finetune plan examples/qlora-7b-16gb.yaml --gpu-memory 16
+    finetune run --model_name ./my-model --data_path d.jsonl --dataset_type instruction_jsonl \
+        --technique lora --epochs 1          # the flat style; or a .env file of MODEL_NAME=...
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
 `finetune validate` and `--help` stay fast.
@@ -12,10 +14,16 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+FILE_HELP = (
+    "FineTuneJob YAML, or a .env file of KEY=value settings (MODEL_NAME=...); flat flags "
+    "such as --model_name, --data_path, --technique may be given instead of or on top of it"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a FineTuneJob manifest against the API (same rules as the API server)",
         description="Check a FineTuneJob manifest; print every problem with its field path.",
     )
-    validate.add_argument("file", type=Path, help="FineTuneJob YAML file")
+    validate.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
     _add_overrides(validate)
     validate.add_argument(
         "--spec-only", action="store_true", help="check the manifest but do not read the data"
@@ -41,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune locally, exactly as the manifest says",
         description="Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
     )
-    run.add_argument("file", type=Path, help="FineTuneJob YAML file")
+    run.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
     _add_overrides(run)
     run.add_argument(
         "--output", type=Path, help="where results go (default results/<name>/<timestamp>)"
@@ -54,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resolve defaults, check the data, and estimate GPU memory per device "
         "(suggesting settings that fit --gpu-memory).",
     )
-    plan.add_argument("file", type=Path, help="FineTuneJob YAML file")
+    plan.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
     _add_overrides(plan)
     plan.add_argument(
         "--gpu-memory", type=float, default=80.0, metavar="GIB",
@@ -76,9 +84,39 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = args.handler
-    return int(handler(args))
+    parser = build_parser()
+    try:
+        rest, flat = split_flat_flags(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(rest)
+    args.flat = flat
+    if args.file is None and not flat:
+        parser.error("give a FineTuneJob file, a .env file, or flat flags (--model_name ...)")
+    return int(args.handler(args))
+
+
+def split_flat_flags(tokens: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Take the flat style's `--name value` / `--name=value` out of the arguments."""
+    from .legacy import FLAGS, SECRET_FLAGS
+
+    rest: list[str] = []
+    flat: dict[str, str] = {}
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        name, sep, value = token[2:].partition("=")
+        if token.startswith("--") and (name in FLAGS or name in SECRET_FLAGS):
+            if not sep:
+                if index + 1 >= len(tokens):
+                    raise ValueError(f"--{name} needs a value")
+                index += 1
+                value = tokens[index]
+            flat[name] = value
+        else:
+            rest.append(token)
+        index += 1
+    return rest, flat
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -87,16 +125,27 @@ def _load(args: argparse.Namespace) -> Any:
 
     from ftapi import InvalidSpecError, parse_job
 
+    from . import legacy
     from .overrides import OverrideError, apply_overrides
 
     try:
-        documents = [d for d in yaml.safe_load_all(args.file.read_text()) if d]
-        jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
-        if len(jobs) != 1:
-            print(f"{args.file}: expected exactly one FineTuneJob", file=sys.stderr)
-            return None
-        return parse_job(apply_overrides(jobs[0], args.overrides), str(args.file))
-    except (InvalidSpecError, OverrideError, yaml.YAMLError) as exc:
+        flat = dict(args.flat)
+        if (args.file is not None and args.file.suffix == ".env") or args.file is None:
+            if args.file is not None:
+                flat = {**legacy.read_env_file(args.file), **flat}
+            os.environ.update(legacy.secrets_to_environment(flat))
+            manifest = legacy.build_manifest(flat)
+        else:
+            documents = [d for d in yaml.safe_load_all(args.file.read_text()) if d]
+            jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+            if len(jobs) != 1:
+                print(f"{args.file}: expected exactly one FineTuneJob", file=sys.stderr)
+                return None
+            os.environ.update(legacy.secrets_to_environment(flat))
+            manifest = apply_overrides(jobs[0], legacy.to_assignments(flat))
+        source = str(args.file or "command line")
+        return parse_job(apply_overrides(manifest, args.overrides), source)
+    except (InvalidSpecError, OverrideError, yaml.YAMLError, ValueError) as exc:
         print(exc, file=sys.stderr)
     except OSError as exc:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)

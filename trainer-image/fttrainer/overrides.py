@@ -7,6 +7,7 @@ Values are parsed as YAML scalars/collections, so `--set training.epochs=2` give
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import yaml
@@ -31,5 +32,31 @@ def apply_overrides(manifest: dict[str, Any], assignments: list[str]) -> dict[st
             if not isinstance(child, dict):
                 raise OverrideError(f"--set {path}: {part} is not a mapping")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = parse_value(raw)
     return result
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (`--set evaluation.strategy=no` stays
+    "no"; YAML 1.1 turns no/yes/on/off into booleans) and 1e-4 is a float."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+# YAML 1.2 floats: 1e-4 (no dot) is a number too.
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(raw: str) -> Any:
+    return yaml.load(raw, Loader=_Yaml12Loader) if raw.strip() else ""
