@@ -306,3 +306,27 @@ def test_finetune_run_from_an_env_file_and_flat_flags(
     saved = json.loads((tmp_path / "out" / "final" / "adapter_config.json").read_text())
     assert saved["r"] == 4
     assert json.loads((tmp_path / "out" / "final_metrics.json").read_text())["global_step"] == 5
+
+
+def test_tokenizer_without_chat_template_gets_chatml(qa_data: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    model = save_tiny_model("gpt2", tmp_path / "gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    assert not AutoTokenizer.from_pretrained(model).chat_template
+    recipe, result = _run(model, qa_data, tmp_path / "out", training__maxSteps=2)
+    assert "<|im_start|>assistant" in recipe.tokenizer.chat_template
+    assert result.final_metrics["global_step"] == 2
+
+
+def test_test_split_is_scored_after_training(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    dataset = {"train": {"uri": str(qa_data)}, "format": "qa", "maxSeqLength": 64,
+               "split": {"train": 0.75, "test": 0.25}}  # fmt: skip
+    _, result = _run(tiny_llama, qa_data, tmp_path, dataset=dataset, training__maxSteps=2)
+    assert result.final_metrics["test_loss"] > 0
+    assert json.loads((tmp_path / "result.json").read_text())["data"]["test"] == 10

@@ -34,6 +34,7 @@ from .data.prepare import PreparedData, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .rewards import build_rewards
 from .spectrum import apply_spectrum
+from .tiny import CHAT_TEMPLATE
 
 log = logging.getLogger("fttrainer")
 # trainer.type -> (TRL config class, TRL trainer class)
@@ -112,6 +113,11 @@ class Recipe:
             tokenizer.add_special_tokens({"pad_token": "<|finetune_pad|>"})
         if self.spec.dataset.chat_template:
             tokenizer.chat_template = self.spec.dataset.chat_template
+        elif not tokenizer.chat_template and self.spec.dataset.use_chat_template is not False:
+            # Base-model tokenizers (GPT-2, Llama base) have none: use ChatML, whose
+            # generation markers let the loss cover only the assistant's turns.
+            tokenizer.chat_template = CHAT_TEMPLATE
+            log.info("the tokenizer has no chat template: using ChatML")
         return tokenizer
 
     def _setup_model(self) -> Any:
@@ -240,6 +246,11 @@ class Recipe:
         }
         if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
             final.update(self.trainer.evaluate())
+        if self.data and self.data.test and self.spec.trainer.type == "sft":
+            from datasets import Dataset
+
+            test = Dataset.from_list(self.data.test)
+            final.update(self.trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
         return RunResult(self.output_dir, final, step_metrics)
 
     def save(self, result: RunResult) -> Path:

@@ -88,6 +88,9 @@ class PreparedData:
 
 def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedData:
     dataset = spec.dataset
+    sources = [s for s in (dataset.train, dataset.validation, dataset.test) if s]
+    if s3_client is None and any(s.uri.startswith("s3://") for s in sources):
+        s3_client = default_s3_client(spec)
     context = FormatContext.from_spec(dataset)
     report = DataReport()
     problems: list[Problem] = []
@@ -161,3 +164,21 @@ def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
             report.dropped[reason] = len(set(origins) - drop)
             drop.update(origins)
     return drop
+
+
+def default_s3_client(spec: FineTuneJobSpec) -> Any:
+    """boto3's standard chain (AWS_* variables, pod identity, AWS_ENDPOINT_URL_S3), with the
+    endpoint, region and addressing of spec.output.s3 when given."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = spec.output.s3
+    kwargs: dict[str, Any] = {}
+    if s3 is not None:
+        if s3.endpoint:
+            kwargs["endpoint_url"] = s3.endpoint
+        if s3.region:
+            kwargs["region_name"] = s3.region
+        if s3.force_path_style:
+            kwargs["config"] = Config(s3={"addressing_style": "path"})
+    return boto3.client("s3", **kwargs)

@@ -1,0 +1,43 @@
+"""The trainer reads datasets from the real S3 server, with file:line locations intact."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from ftapi import parse_job
+from fttrainer.data.prepare import DataError, prepare_data
+from tests.builders import make_job
+from tests.integration.conftest import Cluster
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_dataset_is_read_with_locations(cluster: Cluster, monkeypatch: Any) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(name, cluster.env[name])
+    endpoint = cluster.env["FTO_S3_ENDPOINT"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+    bucket = f"data-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    good = "".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(8))
+    s3.put_object(Bucket=bucket, Key="qa/train.jsonl", Body=good.encode())
+    s3.put_object(Bucket=bucket, Key="qa/bad.jsonl", Body=(good + "{broken\n").encode())
+    output = {"uri": f"s3://{bucket}/out", "s3": {"endpoint": endpoint, "forcePathStyle": True}}
+
+    def spec(key: str) -> Any:
+        job = make_job().set("dataset", {"train": {"uri": f"s3://{bucket}/{key}"}, "format": "qa"})
+        return parse_job(job.set("output", output).obj()).spec
+
+    prepared = prepare_data(spec("qa/train.jsonl"))
+    assert prepared.report.sources == {f"s3://{bucket}/qa/train.jsonl": 8}
+    with pytest.raises(DataError) as caught:
+        prepare_data(spec("qa/bad.jsonl"))
+    assert caught.value.problems[0].origin == f"s3://{bucket}/qa/bad.jsonl:9"
+    with pytest.raises(DataError, match="cannot download"):
+        prepare_data(spec("qa/missing.jsonl"))
