@@ -26,15 +26,6 @@ if [[ ! -d "$STATE" ]]; then
   exit 0
 fi
 
-pid_of() {
-  local f="$PIDS/$1.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid="$(cat "$f" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(cat "$PIDS/$1.bin" 2>/dev/null || echo /nonexistent)" || return 1
-  echo "$pid"
-}
 
 # Reverse start order: clients first, etcd last. All get SIGTERM together per group.
 groups=("kwok kube-scheduler kube-controller-manager" "kube-apiserver" "etcd minio")

@@ -44,16 +44,6 @@ MINIO="$(fto_bin minio)"
 
 # ---------------------------------------------------------------- processes
 
-pid_of() { # name -> pid if running (and really our binary), else nothing
-  local f="$PIDS/$1.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid="$(cat "$f" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  # guard against PID reuse: the process must run the binary we started
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(cat "$PIDS/$1.bin" 2>/dev/null || echo /nonexistent)" || return 1
-  echo "$pid"
-}
 
 start_proc() { # name binary args... (env vars for the process must already be exported)
   local name="$1" bin="$2"; shift 2

@@ -74,3 +74,15 @@ require_cmds() { # cmd... : fail early with a clear message
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# PID of a component started by cluster-up.sh if it is running (and really runs the binary
+# we started: guards against PID reuse), else nothing. Needs $PIDS (the state's pids dir).
+pid_of() {
+  local f="$PIDS/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(cat "$PIDS/$1.bin" 2>/dev/null || echo /nonexistent)" || return 1
+  echo "$pid"
+}

@@ -32,48 +32,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune LLMs from FineTuneJob manifests (finetune.dev/v1alpha1).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    validate = commands.add_parser(
-        "validate",
-        help="check a FineTuneJob manifest against the API (same rules as the API server)",
-        description="Check a FineTuneJob manifest; print every problem with its field path.",
-    )
-    validate.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
-    _add_overrides(validate)
+    validate = _command(
+        commands, "validate", _validate,
+        "check a FineTuneJob manifest against the API (same rules as the API server)",
+        "Check a FineTuneJob manifest; print every problem with its field path.",
+    )  # fmt: skip
     validate.add_argument(
         "--spec-only", action="store_true", help="check the manifest but do not read the data"
     )
-    validate.set_defaults(handler=_validate)
-
-    run = commands.add_parser(
-        "run",
-        help="fine-tune locally, exactly as the manifest says",
-        description="Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
-    )
-    run.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
-    _add_overrides(run)
+    run = _command(
+        commands, "run", _run, "fine-tune locally, exactly as the manifest says",
+        "Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
+    )  # fmt: skip
     run.add_argument(
         "--output", type=Path, help="where results go (default results/<name>/<timestamp>)"
     )
-    run.set_defaults(handler=_run)
-
-    plan = commands.add_parser(
-        "plan",
-        help="show the resolved config, the data statistics and GPU memory per device",
-        description="Resolve defaults, check the data, and estimate GPU memory per device "
+    plan = _command(
+        commands, "plan", _plan,
+        "show the resolved config, the data statistics and GPU memory per device",
+        "Resolve defaults, check the data, and estimate GPU memory per device "
         "(suggesting settings that fit --gpu-memory).",
-    )
-    plan.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
-    _add_overrides(plan)
+    )  # fmt: skip
     plan.add_argument(
         "--gpu-memory", type=float, default=80.0, metavar="GIB",
         help="GPU memory to fit, in GiB (default 80: an A100/H100 80GB)",
     )  # fmt: skip
-    plan.set_defaults(handler=_plan)
     return parser
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _command(
+    commands: Any, name: str, handler: Any, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand taking a manifest (or .env file, or flat flags) and --set overrides."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=description
+    )
+    command.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
+    command.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -81,6 +76,8 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="PATH=VALUE",
         help="override a field, e.g. --set training.epochs=2 (repeatable; spec. is implied)",
     )
+    command.set_defaults(handler=handler)
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
