@@ -330,3 +330,38 @@ def test_test_split_is_scored_after_training(
     _, result = _run(tiny_llama, qa_data, tmp_path, dataset=dataset, training__maxSteps=2)
     assert result.final_metrics["test_loss"] > 0
     assert json.loads((tmp_path / "result.json").read_text())["data"]["test"] == 10
+
+
+def test_mcq_accuracy_and_benchmarks_before_and_after(tiny_llama: Path, tmp_path: Path) -> None:
+    row = {"question": "Pick one.", "choices": ["red", "green", "blue", "black"], "answer": "C"}
+    data, same, other = tmp_path / "mcq.jsonl", tmp_path / "same.jsonl", tmp_path / "other.jsonl"
+    data.write_text(
+        "".join(json.dumps({**row, "question": f"Q{i}: pick."}) + "\n" for i in range(40))
+    )
+    same.write_text("".join(json.dumps({**row, "question": f"B{i}?"}) + "\n" for i in range(8)))
+    other.write_text(
+        "".join(json.dumps({**row, "question": f"B{i}?", "answer": "A"}) + "\n" for i in range(8))
+    )
+    dataset = {"train": {"uri": str(data)}, "format": "mcq", "maxSeqLength": 64,
+               "split": {"train": 0.8, "validation": 0.2}}  # fmt: skip
+    benchmarks = [{"name": "same", "uri": str(same)}, {"name": "other", "uri": str(other)}]
+    evaluation = {"strategy": "epoch", "metrics": ["loss", "accuracy"], "benchmarks": benchmarks}
+    _, result = _run(tiny_llama, data, tmp_path / "out", dataset=dataset, evaluation=evaluation,
+                     training__maxSteps=30)  # fmt: skip
+    metrics = result.final_metrics
+    assert metrics["eval_accuracy"] == 1.0  # the answer is always C: trained, it says C
+    assert (metrics["benchmark/same"], metrics["benchmark/other"]) == (1.0, 0.0)
+    assert 0.0 <= metrics["benchmark/same/base"] <= 1.0
+    assert metrics["benchmark/same/base"] + metrics["benchmark/other/base"] <= 1.0
+
+
+def test_qa_exact_match_after_training(tiny_llama: Path, tmp_path: Path) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Is {i} a number?", "answer": "yes"}) + "\n"
+                            for i in range(40)))  # fmt: skip
+    dataset = {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64,
+               "split": {"train": 0.8, "validation": 0.2}}  # fmt: skip
+    evaluation = {"strategy": "epoch", "metrics": ["loss", "exact_match"], "maxNewTokens": 4}
+    _, result = _run(tiny_llama, data, tmp_path / "out", dataset=dataset, evaluation=evaluation,
+                     training__maxSteps=40)  # fmt: skip
+    assert result.final_metrics["eval_exact_match"] == 1.0

@@ -42,11 +42,12 @@ GOOD: dict[str, tuple[str, dict[str, Any], FormatContext, list[dict[str, Any]]]]
         [{"messages": _msgs(("system", "spec"), (USER, "q"), (BOT, "a"))}]),
     "mcq with a letter": (
         "mcq", {"question": "Pick", "choices": ["x", "y"], "answer": "b"}, CTX,
-        [{"messages": _msgs((USER, "Pick\nA) x\nB) y"), (BOT, "B")), "answer_letter": "B"}]),
+        [{"messages": _msgs((USER, "Pick\nA) x\nB) y"), (BOT, "B")), "answer_letter": "B",
+          "n_choices": 2}]),
     "mcq with an index and a mapping of options": (
         "mcq", {"question": "Pick", "choices": {"A": "x", "B": "y", "C": "z"}, "answer": 2}, CTX,
         [{"messages": _msgs((USER, "Pick\nA) x\nB) y\nC) z"), (BOT, "C")),
-          "answer_letter": "C"}]),
+          "answer_letter": "C", "n_choices": 3}]),
     "sharegpt": (
         "sharegpt", {"conversations": [{"from": "system", "value": "S"},
                                        {"from": "human", "value": "hi"},

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftapi.v1alpha1 import FineTuneJob, SpectrumSpec
+from ftapi.v1alpha1 import Columns, FineTuneJob, SpectrumSpec
 
 from .arguments import (
     peft_config_kwargs,
@@ -30,9 +30,12 @@ from .arguments import (
 )
 from .artefacts import answer_prompts, plot_loss_curve, read_prompts
 from .callbacks import EarlyStopping
+from .data.formats import FormatContext, convert_row
 from .data.prepare import PreparedData, prepare_data
+from .data.sources import read_source
 from .data.tokens import TokenReport, check_tokens
 from .rewards import build_rewards
+from .scoring import mcq_accuracy, qa_exact_match
 from .spectrum import apply_spectrum
 from .tiny import CHAT_TEMPLATE
 
@@ -66,6 +69,7 @@ class Recipe:
         self.token_report: TokenReport | None = None
         self.prompts: list[str] = []
         self.base_answers: list[str] = []
+        self.benchmark_base: dict[str, float] = {}
 
     def setup(self) -> None:
         # Data first: a bad row should fail the run before minutes go into loading a model.
@@ -86,7 +90,26 @@ class Recipe:
         self.prompts = self._evaluation_prompts()
         if self.prompts:
             self.base_answers = self._answer(self.model)
+        # Benchmarks are scored on the base model too, for the before/after comparison.
+        self.benchmark_base = self._score_benchmarks(self.model)
         self.trainer = self._setup_trainer()
+
+    def _score_benchmarks(self, model: Any) -> dict[str, float]:
+        scores = {}
+        for benchmark in self.spec.evaluation.benchmarks:
+            raw = read_source(benchmark.uri)
+            context = FormatContext(Columns(), self.spec.dataset.system_prompt)
+            samples = [
+                s for row in raw.rows for s in convert_row(benchmark.format, row.data, context)
+            ]
+            scores[benchmark.name] = self._score(model, benchmark.format, samples)
+        return scores
+
+    def _score(self, model: Any, fmt: str, samples: list[Any]) -> float:
+        if fmt == "mcq":
+            return mcq_accuracy(model, self.tokenizer, samples)
+        max_new_tokens = self.spec.evaluation.max_new_tokens
+        return qa_exact_match(model, self.tokenizer, samples, max_new_tokens=max_new_tokens)
 
     def _answer(self, model: Any) -> list[str]:
         max_new_tokens = self.spec.evaluation.max_new_tokens
@@ -246,12 +269,29 @@ class Recipe:
         }
         if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
             final.update(self.trainer.evaluate())
+        final.update(self._task_scores())
         if self.data and self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
 
             test = Dataset.from_list(self.data.test)
             final.update(self.trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
         return RunResult(self.output_dir, final, step_metrics)
+
+    def _task_scores(self) -> dict[str, float]:
+        """accuracy / exact_match on the validation split, and the benchmarks."""
+        assert self.data is not None
+        evaluation, fmt = self.spec.evaluation, self.spec.dataset.format
+        model = self.trainer.model
+        scores: dict[str, float] = {}
+        if self.data.validation and evaluation.strategy != "no":
+            if "accuracy" in evaluation.metrics and fmt == "mcq":
+                scores["eval_accuracy"] = mcq_accuracy(model, self.tokenizer, self.data.validation)
+            if "exact_match" in evaluation.metrics and fmt in ("qa", "mcq"):
+                scores["eval_exact_match"] = self._score(model, "qa", self.data.validation)
+        for name, tuned in self._score_benchmarks(model).items():
+            scores[f"benchmark/{name}"] = tuned
+            scores[f"benchmark/{name}/base"] = self.benchmark_base[name]
+        return scores
 
     def save(self, result: RunResult) -> Path:
         """Final weights (the adapter for PEFT methods), tokenizer and metrics files."""

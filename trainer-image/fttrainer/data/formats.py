@@ -98,6 +98,7 @@ def _mcq(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     options = "\n".join(f"{LETTERS[i]}) {choice}" for i, choice in enumerate(choices))
     sample = _conversation(row, ctx, f"{question}\n{options}", letter)
     sample["answer_letter"] = letter
+    sample["n_choices"] = len(choices)
     return [sample]
 
 
