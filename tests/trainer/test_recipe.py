@@ -365,3 +365,14 @@ def test_qa_exact_match_after_training(tiny_llama: Path, tmp_path: Path) -> None
     _, result = _run(tiny_llama, data, tmp_path / "out", dataset=dataset, evaluation=evaluation,
                      training__maxSteps=40)  # fmt: skip
     assert result.final_metrics["eval_exact_match"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("output.finalModel", "best"), ("distributed", {"strategy": "deepspeed"}),
+     ("dataset.addEos", True)],
+)  # fmt: skip
+def test_unimplemented_fields_are_refused_not_ignored(path: str, value: Any) -> None:
+    job = parse_job(make_job().set(path, value).obj())
+    with pytest.raises(ValueError, match="not implemented yet in the trainer"):
+        Recipe(job, Path("/nonexistent"))
