@@ -105,7 +105,12 @@ def _common_kwargs(
         "save_strategy": "no",  # checkpoints are written by our own protocol
         "max_length": spec.dataset.max_seq_length,
         "use_liger_kernel": training.liger_kernels,
+        # One process per GPU under torchrun (DDP); the timeout covers slow rank-0 work.
+        "ddp_timeout": spec.distributed.nccl_timeout_seconds,
     }
+    if spec.method.type not in ("prefix", "prompt"):
+        # Every trainable parameter takes part in each step: skip DDP's unused-parameter scan.
+        kwargs["ddp_find_unused_parameters"] = False
     if evaluation.strategy == "steps":
         kwargs["eval_steps"] = evaluation.steps
     warmup = training.warmup_steps if training.warmup_steps is not None else training.warmup_ratio

@@ -184,7 +184,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     result = recipe.train()
     final_dir = recipe.save(result)
-    print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
+    if recipe.is_main_process:
+        print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
     return 0
 
 

@@ -312,10 +312,20 @@ class Recipe:
             scores[f"benchmark/{name}/base"] = self.benchmark_base[name]
         return scores
 
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0 of the job: the one process that writes shared files."""
+        return bool(self.trainer.is_world_process_zero())
+
     def save(self, result: RunResult) -> Path:
-        """Final weights (the adapter for PEFT methods), tokenizer and metrics files."""
+        """Final weights (the adapter for PEFT methods), tokenizer and metrics files.
+
+        Every rank calls save_model (sharded strategies gather through it); only rank 0
+        writes the rest."""
         final_dir = self.output_dir / "final"
         self.trainer.save_model(str(final_dir))
+        if not self.is_main_process:
+            return final_dir
         self.tokenizer.save_pretrained(str(final_dir))
         history = self.trainer.state.log_history
         epoch_metrics = [h for h in history if "eval_loss" in h]
