@@ -376,3 +376,23 @@ def test_unimplemented_fields_are_refused_not_ignored(path: str, value: Any) -> 
     job = parse_job(make_job().set(path, value).obj())
     with pytest.raises(ValueError, match="not implemented yet in the trainer"):
         Recipe(job, Path("/nonexistent"))
+
+
+@pytest.mark.parametrize("responses_only", [True, False])
+def test_the_trainer_gets_our_tokens_with_the_loss_on_answers_only(
+    tiny_llama: Path, tmp_path: Path, responses_only: bool
+) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "What colour is the sky?", "answer": "Blue."}) + "\n")
+    dataset = {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64,
+               "trainOnResponsesOnly": responses_only}  # fmt: skip
+    job = parse_job(make_job().set("model.name", str(tiny_llama)).set("dataset", dataset)
+                    .set("evaluation.strategy", "no").obj())  # fmt: skip
+    recipe = Recipe(job, tmp_path / "out")
+    recipe.setup()
+    (example,) = recipe.trainer.train_dataset
+    trained = [t for t in example["labels"] if t != -100]
+    if responses_only:
+        assert recipe.tokenizer.decode(trained) == "Blue.<|im_end|>"
+    else:
+        assert trained == example["input_ids"]

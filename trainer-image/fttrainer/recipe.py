@@ -245,7 +245,6 @@ class Recipe:
         import peft
         import torch
         import trl
-        from datasets import Dataset
 
         assert self.data is not None
         cuda = torch.cuda.is_available()
@@ -262,18 +261,47 @@ class Recipe:
         if self.spec.trainer.type == "grpo":
             assert self.spec.trainer.grpo is not None
             extra["reward_funcs"], _ = build_rewards(self.spec.trainer.grpo.rewards)
-        validation = Dataset.from_list(self.data.validation) if self.data.validation else None
+        train, validation = self._datasets()
+        if self._pretokenized:
+            # Our labels already carry the responses-only mask and the truncation.
+            kwargs["dataset_kwargs"] = {"skip_prepare_dataset": True}
+            kwargs["assistant_only_loss"] = False
         early = self.spec.training.early_stopping
         if early is not None:
             extra["callbacks"] = [EarlyStopping(early.metric, early.patience, early.threshold)]
         return getattr(trl, trainer_class)(
             model=self.model,
             args=getattr(trl, config_class)(**kwargs),
-            train_dataset=Dataset.from_list(self.data.train),
+            train_dataset=train,
             eval_dataset=validation if self.spec.evaluation.strategy != "no" else None,
             processing_class=self.tokenizer,
             peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None,
             **extra,
+        )
+
+    @property
+    def _pretokenized(self) -> bool:
+        """SFT without packing trains on our own tokenization (see data/tokens.py)."""
+        report = self.token_report
+        return (
+            self.spec.trainer.type == "sft"
+            and not self.spec.dataset.packing
+            and report is not None
+            and "train" in report.encoded
+        )
+
+    def _datasets(self) -> tuple[Any, Any]:
+        from datasets import Dataset
+
+        assert self.data is not None and self.token_report is not None
+        if self._pretokenized:
+            encoded = self.token_report.encoded
+            train = Dataset.from_list(encoded["train"])
+            validation = encoded.get("validation") or None
+            return train, Dataset.from_list(validation) if validation else None
+        validation = self.data.validation
+        return Dataset.from_list(self.data.train), (
+            Dataset.from_list(validation) if validation else None
         )
 
     def train(self) -> RunResult:
@@ -292,7 +320,8 @@ class Recipe:
         if self.data and self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
 
-            test = Dataset.from_list(self.data.test)
+            rows = self.token_report.encoded.get("test") if self._pretokenized else None
+            test = Dataset.from_list(rows or self.data.test)
             final.update(self.trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
         return RunResult(self.output_dir, final, step_metrics)
 

@@ -18,6 +18,8 @@ from ftapi.v1alpha1 import FineTuneJobSpec
 from .prepare import DataError, Located, PreparedData
 from .sources import Problem
 
+Encoded = dict[str, list[int]]  # input_ids and labels (-100 where the loss is off)
+
 
 @dataclass
 class TokenReport:
@@ -25,6 +27,9 @@ class TokenReport:
     mean: float = 0.0
     overlong: dict[str, list[str]] = field(default_factory=dict)  # part -> origins
     action: str = "truncate"
+    # For SFT: each kept sample as the trainer consumes it (truncated, labels masked), so
+    # TRL need not tokenize again behind a main-process-first barrier.
+    encoded: dict[str, list[Encoded]] = field(default_factory=dict)
 
     def render(self) -> str:
         count = sum(len(v) for v in self.overlong.values())
@@ -45,8 +50,11 @@ def check_tokens(
     untrainable: list[Problem] = []
     for part, located in data.parts.items():
         kept: list[Located] = []
+        encoded: list[Encoded] = []
         for sample, origin in located:
-            length, trainable = _measure(sample, tokenizer, limit, responses_only=responses_only)
+            ids, labels = _encode(sample, tokenizer, responses_only=responses_only)
+            length = len(ids)
+            trainable = None if labels is None else sum(1 for x in labels[:limit] if x != -100)
             lengths.append(length)
             if length > limit:
                 report.overlong.setdefault(part, []).append(origin)
@@ -60,7 +68,11 @@ def check_tokens(
                 )
                 untrainable.append(Problem(origin, why))
             kept.append((sample, origin))
+            if labels is not None:
+                encoded.append({"input_ids": ids[:limit], "labels": labels[:limit]})
         data.parts[part] = kept
+        if len(encoded) == len(kept):
+            report.encoded[part] = encoded
     report.longest = max(lengths, default=0)
     report.mean = sum(lengths) / len(lengths) if lengths else 0.0
     if spec.dataset.overlong == "fail" and report.overlong:
@@ -77,10 +89,12 @@ def check_tokens(
     return report
 
 
-def _measure(
-    sample: dict[str, Any], tokenizer: Any, limit: int, *, responses_only: bool
-) -> tuple[int, int | None]:
-    """(token length, trainable tokens within the limit or None when not applicable)."""
+def _encode(
+    sample: dict[str, Any], tokenizer: Any, *, responses_only: bool
+) -> tuple[list[int], list[int] | None]:
+    """(input_ids, labels) for SFT-shaped samples; labels None for the other shapes (only
+    measured). Mirrors TRL's SFT tokenization: the chat template with assistant masks for
+    conversations, text + eos for language modelling."""
     if "messages" in sample:
         encoded = tokenizer.apply_chat_template(
             sample["messages"],
@@ -88,14 +102,18 @@ def _measure(
             return_dict=True,
             return_assistant_tokens_mask=responses_only,
         )
-        ids = encoded["input_ids"]
+        ids = list(encoded["input_ids"])
         if not responses_only:
-            return len(ids), None
-        return len(ids), sum(encoded["assistant_masks"][:limit])
+            return ids, list(ids)
+        masks = encoded["assistant_masks"]
+        return ids, [t if m else -100 for t, m in zip(ids, masks, strict=True)]
     if "text" in sample:
-        return len(tokenizer(sample["text"])["input_ids"]) + 1, None  # + eos
+        ids = list(tokenizer(sample["text"])["input_ids"])
+        if not ids or ids[-1] != tokenizer.eos_token_id:
+            ids.append(tokenizer.eos_token_id)
+        return ids, list(ids)
     messages = list(sample.get("prompt", [])) + list(sample.get("chosen", []))
     if messages and isinstance(messages[0], dict):
         encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
-        return len(encoded["input_ids"]), None
-    return 0, None
+        return list(encoded["input_ids"]), None
+    return [], None
