@@ -31,7 +31,8 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         [str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(_free_port()), "-m", "fttrainer.cli", "run",
          str(REPO / "examples/quickstart-cpu.yaml"), "--set", f"model.name={model}",
-         "--set", "training.maxSteps=4", "--set", "evaluation.strategy=no", "--output", str(out)],
+         "--set", "training.maxSteps=4", "--set", "evaluation.strategy=no",
+         "--set", f"output.uri={tmp_path / 'published'}", "--output", str(out)],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -102,12 +102,15 @@ def test_finetune_run_cli_on_the_quickstart_example(tiny_llama: Path, tmp_path: 
     result = subprocess.run(
         [sys.executable, "-m", "fttrainer.cli", "run", str(REPO / "examples/quickstart-cpu.yaml"),
          "--set", f"model.name={tiny_llama}", "--set", "training.maxSteps=3",
-         "--output", str(tmp_path)],
+         "--set", f"output.uri={tmp_path / 'published'}", "--output", str(tmp_path / "run")],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done:" in result.stdout
-    assert json.loads((tmp_path / "result.json").read_text())["method"] == "lora"
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["method"] == "lora"
+    published = tmp_path / "published"
+    assert (published / "final" / "adapter_model.safetensors").is_file()
+    assert (published / "result.json").is_file() and not (published / "trainer").exists()
 
 
 def test_bad_rows_stop_the_run_before_the_model_loads(tiny_llama: Path, tmp_path: Path) -> None:
@@ -299,7 +302,7 @@ def test_finetune_run_from_an_env_file_and_flat_flags(
     result = subprocess.run(
         [sys.executable, "-m", "fttrainer.cli", "run", str(env), "--dataset_type", "qa",
          "--epochs", "1", "--batch_size", "8", "--set", "evaluation.strategy=no",
-         "--output", str(tmp_path / "out")],
+         "--save_path", str(tmp_path / "published"), "--output", str(tmp_path / "out")],
         capture_output=True, text=True, check=False, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

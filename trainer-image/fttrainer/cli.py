@@ -184,6 +184,16 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     result = recipe.train()
     final_dir = recipe.save(result)
+    from .storage import StorageError
+
+    try:
+        published = recipe.publish()
+    except StorageError as exc:
+        print(f"training finished but the results could not be published: {exc}", file=sys.stderr)
+        print(f"they are still in {output}", file=sys.stderr)
+        return 1
+    if published and recipe.is_main_process:
+        print(f"published {len(published)} files to {job.spec.output.uri}")
     if recipe.is_main_process:
         print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
     return 0

@@ -37,6 +37,7 @@ from .data.tokens import TokenReport, check_tokens
 from .rewards import build_rewards
 from .scoring import mcq_accuracy, qa_exact_match
 from .spectrum import apply_spectrum
+from .storage import open_store, upload_tree
 from .tiny import CHAT_TEMPLATE
 
 log = logging.getLogger("fttrainer")
@@ -390,6 +391,14 @@ class Recipe:
             result_file["loss_curve"] = str(curve)
         (self.output_dir / "result.json").write_text(json.dumps(result_file, indent=2))
         return final_dir
+
+    def publish(self) -> list[str]:
+        """Copy the run's results to output.uri (rank 0; the trainer's scratch stays)."""
+        if not self.is_main_process:
+            return []
+        output = self.spec.output
+        store = open_store(output.uri, s3=output.s3)
+        return upload_tree(store, self.output_dir, "", skip=("trainer",))
 
     def _save_merged(self, adapter_dir: Path) -> Path:
         """Base + adapter merged into plain weights. The base is reloaded unquantized, so a

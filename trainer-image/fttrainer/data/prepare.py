@@ -167,18 +167,8 @@ def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
 
 
 def default_s3_client(spec: FineTuneJobSpec) -> Any:
-    """boto3's standard chain (AWS_* variables, pod identity, AWS_ENDPOINT_URL_S3), with the
-    endpoint, region and addressing of spec.output.s3 when given."""
-    import boto3
-    from botocore.config import Config
+    """The storage layer's client: the standard AWS chain plus spec.output.s3's endpoint,
+    region and addressing."""
+    from fttrainer.storage import s3_client
 
-    s3 = spec.output.s3
-    kwargs: dict[str, Any] = {}
-    if s3 is not None:
-        if s3.endpoint:
-            kwargs["endpoint_url"] = s3.endpoint
-        if s3.region:
-            kwargs["region_name"] = s3.region
-        if s3.force_path_style:
-            kwargs["config"] = Config(s3={"addressing_style": "path"})
-    return boto3.client("s3", **kwargs)
+    return s3_client(spec.output.s3)
