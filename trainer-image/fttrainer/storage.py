@@ -32,6 +32,7 @@ class Store(Protocol):
     def upload_file(self, source: Path, key: str) -> None: ...
     def upload_dir(self, source: Path, prefix: str) -> list[str]: ...
     def download_dir(self, prefix: str, target: Path) -> list[Path]: ...
+    def download_file(self, key: str, destination: Path) -> None: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, keys: list[str]) -> None: ...
 
@@ -78,13 +79,10 @@ class LocalStore:
         return upload_tree(self, source, prefix)
 
     def download_dir(self, prefix: str, target: Path) -> list[Path]:
-        files = []
-        for key in self.list(prefix):
-            destination = target / key[len(prefix) :].lstrip("/")
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(self.root / key, destination)
-            files.append(destination)
-        return files
+        return download_tree(self, prefix, target)
+
+    def download_file(self, key: str, destination: Path) -> None:
+        shutil.copy2(self.root / key, destination)
 
     def list(self, prefix: str = "") -> list[str]:
         if not self.root.exists():
@@ -120,14 +118,11 @@ class S3Store:
         return upload_tree(self, source, prefix)
 
     def download_dir(self, prefix: str, target: Path) -> list[Path]:
-        files = []
-        for key in self.list(prefix):
-            destination = target / key[len(prefix) :].lstrip("/")
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with _explained(f"download {self._uri(key)}"):
-                self.client.download_file(self.bucket, self._key(key), str(destination))
-            files.append(destination)
-        return files
+        return download_tree(self, prefix, target)
+
+    def download_file(self, key: str, destination: Path) -> None:
+        with _explained(f"download {self._uri(key)}"):
+            self.client.download_file(self.bucket, self._key(key), str(destination))
 
     def list(self, prefix: str = "") -> list[str]:
         keys = []
@@ -164,6 +159,17 @@ def upload_tree(
         store.upload_file(path, key)
         keys.append(key)
     return keys
+
+
+def download_tree(store: Store, prefix: str, target: Path) -> list[Path]:
+    """Every key under `prefix` into `target`, paths relative to the prefix."""
+    files = []
+    for key in store.list(prefix):
+        destination = target / key[len(prefix) :].lstrip("/")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        store.download_file(key, destination)
+        files.append(destination)
+    return files
 
 
 def _join(prefix: str, key: str) -> str:
