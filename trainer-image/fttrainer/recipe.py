@@ -3,9 +3,10 @@
 Reads top to bottom, in dependency order:
 
     recipe = Recipe(job, output_dir)
-    recipe.setup()     # data → tokenizer → model → trainer (each step says why it is where it is)
-    recipe.train()
-    recipe.save()      # adapter/model, tokenizer, metrics files, result.json
+    recipe.setup()              # data → tokenizer → token checks → model → trainer
+    result = recipe.train()     # + evaluation, task scores, test split, benchmarks
+    recipe.save(result)         # weights, tokenizer, metrics, comparison, loss curve, result.json
+    recipe.publish()            # copy the results to output.uri (rank 0)
 
 Every method.type (full, lora, qlora, dora, adapter, spectrum, prefix, prompt) with SFT,
 DPO or GRPO.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftapi.v1alpha1 import Columns, FineTuneJob, SpectrumSpec
+from ftapi.v1alpha1 import Columns, FineTuneJob, FineTuneJobSpec, SpectrumSpec
 
 from .arguments import (
     peft_config_kwargs,
@@ -56,7 +57,7 @@ class RunResult:
     step_metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def not_implemented(spec: Any) -> list[str]:
+def not_implemented(spec: FineTuneJobSpec) -> list[str]:
     """Fields this trainer accepts in the API but cannot honour yet (refused, not ignored)."""
     found = []
     if spec.output.final_model == "best":
