@@ -97,8 +97,10 @@ def crd(cluster: Cluster) -> dict[str, Any]:
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
+    # Readable prefix, and enough randomness that names never repeat: etcd keeps the
+    # namespaces of earlier sessions (still terminating) between runs.
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:36].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:12]}"
     core = client.CoreV1Api(cluster.api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods cannot be created before the namespace's default ServiceAccount exists.
