@@ -2,7 +2,7 @@
 the trainer, from which the CRD is generated. Imports nothing heavier than pydantic."""
 
 from .constants import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from .loading import FieldError, InvalidSpecError, load_job, parse_job
+from .loading import FieldError, InvalidSpecError, load_job, parse_job, read_manifest
 from .v1alpha1 import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "InvalidSpecError",
     "load_job",
     "parse_job",
+    "read_manifest",
 ]

@@ -176,7 +176,7 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         out.pop("type", None)
     if "default" in node and node["default"] is not None:
-        out["default"] = _structural_default(node["default"], out)
+        out["default"] = _structural_default(node["default"])
     return _ordered(out)
 
 
@@ -211,16 +211,16 @@ def _resolve(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
     return node
 
 
-def _structural_default(value: Any, schema: dict[str, Any]) -> Any:
+def _structural_default(value: Any) -> Any:
     """The default as the API server should store it: unset (None) fields left out.
 
     Object defaults are written out in full rather than as `{}`: the API server checks a
     default against the object's CEL rules *before* filling the nested defaults, so a `{}`
     default fails rules that read those fields."""
     if isinstance(value, dict):
-        return {k: _structural_default(v, {}) for k, v in value.items() if v is not None}
+        return {k: _structural_default(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_structural_default(v, {}) for v in value]
+        return [_structural_default(v) for v in value]
     return value
 
 

@@ -51,6 +51,12 @@ def parse_job(manifest: Any, source: str = "") -> FineTuneJob:
 
 def load_job(path: str | Path) -> FineTuneJob:
     """Read one FineTuneJob from a YAML (or JSON) file."""
+    return parse_job(read_manifest(path), str(path))
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The one FineTuneJob document of a YAML/JSON file, unvalidated (other kinds ignored),
+    for callers that change it before validation (`finetune --set`)."""
     path = Path(path)
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -60,7 +66,7 @@ def load_job(path: str | Path) -> FineTuneJob:
     if len(jobs) != 1:
         message = f"expected exactly one {KIND} document, found {len(jobs)}"
         raise InvalidSpecError([FieldError("", message)], str(path))
-    return parse_job(jobs[0], str(path))
+    return dict(jobs[0])
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:

@@ -7,9 +7,12 @@ loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from .data.prepare import DataError
+from .data.sources import read_source
+from .generation import generate_answer, inference
 
 
 def plot_loss_curve(step_metrics: list[dict[str, Any]], eval_metrics: list[dict[str, Any]],
@@ -40,39 +43,22 @@ def plot_loss_curve(step_metrics: list[dict[str, Any]], eval_metrics: list[dict[
 
 def answer_prompts(model: Any, tokenizer: Any, prompts: list[str], *,
                    max_new_tokens: int) -> list[str]:  # fmt: skip
-    """Greedy answers to each prompt (eval mode, so dropout does not change them)."""
-    import torch
+    """Greedy answers to each prompt, asked as a user turn."""
+    with inference(model):
+        return [
+            generate_answer(model, tokenizer, _as_user(prompt), max_new_tokens=max_new_tokens)
+            for prompt in prompts
+        ]
 
-    was_training = model.training
-    model.eval()
-    answers = []
-    for prompt in prompts:
-        inputs = tokenizer(_render(tokenizer, prompt), return_tensors="pt",
-                           add_special_tokens=False).to(model.device)  # fmt: skip
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        new_tokens = output[0][inputs["input_ids"].shape[1] :]
-        answers.append(str(tokenizer.decode(new_tokens, skip_special_tokens=True)))
-    model.train(was_training)
-    return answers
+
+def _as_user(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
 
 
 def read_prompts(uri: str) -> list[str]:
-    """A .txt file (one prompt per line) or .jsonl with a `prompt` field."""
-    path = Path(uri)
-    if path.suffix == ".jsonl":
-        return [
-            json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()
-        ]
-    return [line for line in path.read_text().splitlines() if line.strip()]
-
-
-def _render(tokenizer: Any, prompt: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-        )
-    return prompt
+    """Prompts from a file: .txt one per line, or rows with a `prompt` (or `text`) field;
+    local or s3://, read like the datasets (bad lines reported with file:line)."""
+    raw = read_source(uri)
+    if raw.problems:
+        raise DataError(raw.problems)
+    return [str(row.data.get("prompt", row.data.get("text", ""))) for row in raw.rows]

@@ -117,32 +117,25 @@ def split_flat_flags(tokens: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    """The manifest with --set applied, validated; prints errors and returns None."""
-    import yaml
-
-    from ftapi import InvalidSpecError, parse_job
+    """The manifest (a YAML file, or a .env file and/or flat flags) with the flat flags and
+    --set applied, validated; prints the errors and returns None when it is not valid."""
+    from ftapi import InvalidSpecError, parse_job, read_manifest
 
     from . import legacy
     from .overrides import OverrideError, apply_overrides
 
     try:
         flat = dict(args.flat)
-        if (args.file is not None and args.file.suffix == ".env") or args.file is None:
+        if args.file is None or args.file.suffix == ".env":
             if args.file is not None:
                 flat = {**legacy.read_env_file(args.file), **flat}
-            os.environ.update(legacy.secrets_to_environment(flat))
             manifest = legacy.build_manifest(flat)
         else:
-            documents = [d for d in yaml.safe_load_all(args.file.read_text()) if d]
-            jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
-            if len(jobs) != 1:
-                print(f"{args.file}: expected exactly one FineTuneJob", file=sys.stderr)
-                return None
-            os.environ.update(legacy.secrets_to_environment(flat))
-            manifest = apply_overrides(jobs[0], legacy.to_assignments(flat))
+            manifest = apply_overrides(read_manifest(args.file), legacy.to_assignments(flat))
+        os.environ.update(legacy.secrets_to_environment(flat))
         source = str(args.file or "command line")
         return parse_job(apply_overrides(manifest, args.overrides), source)
-    except (InvalidSpecError, OverrideError, yaml.YAMLError, ValueError) as exc:
+    except (InvalidSpecError, OverrideError, ValueError) as exc:
         print(exc, file=sys.stderr)
     except OSError as exc:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
@@ -212,7 +205,7 @@ def _plan(args: argparse.Namespace) -> int:
         "resolved": {
             "learningRate": spec.effective_learning_rate(),
             "split": {"train": split.train, "validation": split.validation, "test": split.test},
-            "processes": spec.resources.nodes * max(spec.resources.gpus_per_node, 1),
+            "processes": spec.processes(),
         },
     }
     print("resolved spec:")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftapi.v1alpha1 import DeepSpeedSpec, FineTuneJobSpec
+from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
@@ -82,12 +83,12 @@ class MemoryEstimate:
 def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
     method = spec.method
     training = spec.training
-    processes = spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
+    processes = spec.processes()
     quantization = method.effective_quantization()
     weight_bytes = 2.0 if spec.model.dtype in ("auto", "bfloat16", "float16") else 4.0
     if quantization is not None:
         weight_bytes = 0.55 if quantization.bits == 4 else 1.05  # + quantization constants
-    full_weights = method.type in ("full", "spectrum")
+    full_weights = method.type in FULL_WEIGHT_METHODS
     zero = _zero_stage(spec)
     if full_weights and spec.model.dtype == "auto" and zero == 0:
         weight_bytes = 4.0  # the recipe keeps fp32 weights when nothing holds master copies
@@ -134,7 +135,7 @@ def suggest(shape: ModelShape, spec: FineTuneJobSpec, budget_bytes: float) -> li
     if not fits() and current.training.gradient_checkpointing is False:
         current = _set(current, "training", gradient_checkpointing=True)
         suggestions.append("training.gradientCheckpointing=true")
-    if not fits() and current.resources.nodes * current.resources.gpus_per_node > 1:
+    if not fits() and current.resources.gpus_per_node > 0 and current.processes() > 1:
         current = _set(current, "distributed", strategy="deepspeed",
                        deepspeed=DeepSpeedSpec(zero_stage=3))  # fmt: skip
         suggestions.append("distributed.strategy=deepspeed distributed.deepspeed.zeroStage=3")

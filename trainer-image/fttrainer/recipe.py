@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ftapi.v1alpha1 import Columns, FineTuneJob, FineTuneJobSpec, SpectrumSpec
+from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 from .arguments import (
     peft_config_kwargs,
@@ -39,9 +40,22 @@ from .rewards import build_rewards
 from .scoring import mcq_accuracy, qa_exact_match
 from .spectrum import apply_spectrum
 from .storage import open_store, upload_tree
-from .tiny import CHAT_TEMPLATE
+from .templates import CHAT_TEMPLATE
 
 log = logging.getLogger("fttrainer")
+# Spec dtype and precision names -> torch dtype attribute names.
+TORCH_DTYPES = {
+    "bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "uint8": "uint8",
+    "bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
+}  # fmt: skip
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name])
+
+
 # trainer.type -> (TRL config class, TRL trainer class)
 TRAINERS = {
     "sft": ("SFTConfig", "SFTTrainer"),
@@ -90,6 +104,7 @@ class Recipe:
         self.token_report: TokenReport | None = None
         self.prompts: list[str] = []
         self.base_answers: list[str] = []
+        self.benchmarks: dict[str, tuple[str, list[Any]]] = {}
         self.benchmark_base: dict[str, float] = {}
 
     def setup(self) -> None:
@@ -112,19 +127,25 @@ class Recipe:
         if self.prompts:
             self.base_answers = self._answer(self.model)
         # Benchmarks are scored on the base model too, for the before/after comparison.
+        self.benchmarks = self._load_benchmarks()
         self.benchmark_base = self._score_benchmarks(self.model)
         self.trainer = self._setup_trainer()
 
-    def _score_benchmarks(self, model: Any) -> dict[str, float]:
-        scores = {}
+    def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
+        """name -> (format, samples), read once for the before and after scores."""
+        context = FormatContext(Columns(), self.spec.dataset.system_prompt)
+        benchmarks = {}
         for benchmark in self.spec.evaluation.benchmarks:
-            raw = read_source(benchmark.uri)
-            context = FormatContext(Columns(), self.spec.dataset.system_prompt)
-            samples = [
-                s for row in raw.rows for s in convert_row(benchmark.format, row.data, context)
-            ]
-            scores[benchmark.name] = self._score(model, benchmark.format, samples)
-        return scores
+            rows = read_source(benchmark.uri).rows
+            samples = [s for row in rows for s in convert_row(benchmark.format, row.data, context)]
+            benchmarks[benchmark.name] = (benchmark.format, samples)
+        return benchmarks
+
+    def _score_benchmarks(self, model: Any) -> dict[str, float]:
+        return {
+            name: self._score(model, fmt, samples)
+            for name, (fmt, samples) in self.benchmarks.items()
+        }
 
     def _score(self, model: Any, fmt: str, samples: list[Any]) -> float:
         if fmt == "mcq":
@@ -169,10 +190,9 @@ class Recipe:
         from transformers import AutoModelForCausalLM
 
         model_spec = self.spec.model
-        dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
-                 "float32": torch.float32}[model_spec.dtype]  # fmt: skip
+        dtype: Any = "auto" if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
         if model_spec.dtype == "auto" and (
-            not torch.cuda.is_available() or self.spec.method.type in ("full", "spectrum")
+            not torch.cuda.is_available() or self.spec.method.type in FULL_WEIGHT_METHODS
         ):
             dtype = torch.float32  # CPU, or full weights without fp32 master copies
         kwargs: dict[str, Any] = {
@@ -213,17 +233,10 @@ class Recipe:
         import torch
         from transformers import BitsAndBytesConfig
 
-        cuda = torch.cuda.is_available()
-        precision = resolve_precision(
-            self.spec, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
-        )
-        dtypes = {
-            "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-            "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-        }  # fmt: skip
-        compute = dtypes[
+        precision = resolve_precision(self.spec, **self._hardware())
+        compute = torch_dtype(
             precision if quantization.compute_dtype == "auto" else quantization.compute_dtype
-        ]
+        )
         if quantization.bits == 8:
             return BitsAndBytesConfig(load_in_8bit=True)
         sharded = self.spec.distributed.strategy == "fsdp" or (
@@ -234,7 +247,7 @@ class Recipe:
         if storage == "auto":
             storage_dtype = compute if sharded else torch.uint8
         else:
-            storage_dtype = {"uint8": torch.uint8, **dtypes}[storage]
+            storage_dtype = torch_dtype(storage)
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=quantization.type,
@@ -245,17 +258,14 @@ class Recipe:
 
     def _setup_trainer(self) -> Any:
         import peft
-        import torch
         import trl
 
         assert self.data is not None
-        cuda = torch.cuda.is_available()
         kwargs = trainer_config_kwargs(
             self.spec,
             output_dir=str(self.output_dir / "trainer"),
-            cuda=cuda,
-            bf16_supported=cuda and torch.cuda.is_bf16_supported(),
             progress_bar=self.progress_bar,
+            **self._hardware(),
         )
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         peft_kwargs = peft_config_kwargs(self.spec)
@@ -280,6 +290,14 @@ class Recipe:
             peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None,
             **extra,
         )
+
+    @staticmethod
+    def _hardware() -> dict[str, bool]:
+        """What the precision choice depends on: a CUDA device, and bf16 support on it."""
+        import torch
+
+        cuda = torch.cuda.is_available()
+        return {"cuda": cuda, "bf16_supported": cuda and torch.cuda.is_bf16_supported()}
 
     @property
     def _pretokenized(self) -> bool:
@@ -317,7 +335,7 @@ class Recipe:
             "train_runtime_seconds": round(time.monotonic() - started, 3),
         }
         if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
-            final.update(self.trainer.evaluate())
+            final.update(self._final_evaluation(history, outcome.global_step))
         final.update(self._task_scores())
         if self.data and self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
@@ -326,6 +344,14 @@ class Recipe:
             test = Dataset.from_list(rows or self.data.test)
             final.update(self.trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
         return RunResult(self.output_dir, final, step_metrics)
+
+    def _final_evaluation(self, history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        """Validation metrics of the final weights: the trainer's own evaluation when it ran
+        at the last step (strategy epoch usually does), else one more pass."""
+        last = next((h for h in reversed(history) if "eval_loss" in h), None)
+        if last is not None and last.get("step") == step:
+            return {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
+        return dict(self.trainer.evaluate())
 
     def _task_scores(self) -> dict[str, float]:
         """accuracy / exact_match on the validation split, and the benchmarks."""
@@ -409,7 +435,7 @@ class Recipe:
         from transformers import AutoModelForCausalLM
 
         model_spec = self.spec.model
-        dtype = torch.float32 if model_spec.dtype == "auto" else getattr(torch, model_spec.dtype)
+        dtype = torch.float32 if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
         base = AutoModelForCausalLM.from_pretrained(
             model_spec.name, revision=model_spec.revision, dtype=dtype,
             trust_remote_code=model_spec.trust_remote_code,

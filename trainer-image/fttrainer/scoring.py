@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .data.formats import LETTERS, Sample
+from .generation import encode_prompt, generate_answer, inference
 from .rewards import answers_match, final_answer
 
 
@@ -28,44 +29,26 @@ def reference_answer(sample: Sample) -> str:
 
 
 def mcq_accuracy(model: Any, tokenizer: Any, samples: list[Sample]) -> float:
-    import torch
-
     letter_ids = [_letter_token(tokenizer, letter) for letter in LETTERS]
     correct = 0
-    was_training = model.training
-    model.eval()
-    for sample in samples:
-        n_choices = int(sample.get("n_choices") or 4)
-        ids = _render(tokenizer, prompt_messages(sample)).to(model.device)
-        with torch.no_grad():
-            logits = model(**ids).logits[0, -1]
-        scores = logits[letter_ids[:n_choices]]
-        correct += LETTERS[int(scores.argmax())] == sample["answer_letter"]
-    model.train(was_training)
+    with inference(model):
+        for sample in samples:
+            n_choices = int(sample.get("n_choices") or 4)
+            inputs = encode_prompt(tokenizer, prompt_messages(sample)).to(model.device)
+            scores = model(**inputs).logits[0, -1][letter_ids[:n_choices]]
+            correct += LETTERS[int(scores.argmax())] == sample["answer_letter"]
     return correct / len(samples) if samples else 0.0
 
 
 def qa_exact_match(model: Any, tokenizer: Any, samples: list[Sample], *,
                    max_new_tokens: int) -> float:  # fmt: skip
-    import torch
-
     hits = 0
-    was_training = model.training
-    model.eval()
-    for sample in samples:
-        ids = _render(tokenizer, prompt_messages(sample)).to(model.device)
-        with torch.no_grad():
-            output = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        text = tokenizer.decode(output[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        hits += answers_match(final_answer(text), reference_answer(sample))
-    model.train(was_training)
+    with inference(model):
+        for sample in samples:
+            answer = generate_answer(model, tokenizer, prompt_messages(sample),
+                                     max_new_tokens=max_new_tokens)  # fmt: skip
+            hits += answers_match(final_answer(answer), reference_answer(sample))
     return hits / len(samples) if samples else 0.0
-
-
-def _render(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
 
 def _letter_token(tokenizer: Any, letter: str) -> int:

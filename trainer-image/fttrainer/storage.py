@@ -13,6 +13,8 @@ retried with backoff by botocore's "standard" retry mode.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -176,34 +178,23 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
 
 
-class _explained:
+@contextmanager
+def _explained(action: str) -> Iterator[None]:
     """Turn botocore's errors into StorageError with the cause in words."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-    def __init__(self, action: str) -> None:
-        self.action = action
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, error: Any, _traceback: Any) -> bool:
-        if error is None:
-            return False
-        from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import (
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-        )
-
-        if isinstance(error, NoCredentialsError):
-            reason = "no S3 credentials (set a credentialsSecretRef or AWS_* variables)"
-        elif isinstance(error, EndpointConnectionError):
-            reason = f"cannot reach the S3 endpoint {error.kwargs.get('endpoint_url', '')}"
-        elif isinstance(error, (ClientError, S3UploadFailedError)):
-            reason = _client_reason(error)
-        else:
-            return False
-        raise StorageError(f"cannot {self.action}: {reason}") from None
+    try:
+        yield
+    except NoCredentialsError:
+        reason = "no S3 credentials (set a credentialsSecretRef or AWS_* variables)"
+    except EndpointConnectionError as error:
+        reason = f"cannot reach the S3 endpoint {error.kwargs.get('endpoint_url', '')}"
+    except (ClientError, S3UploadFailedError) as error:
+        reason = _client_reason(error)
+    else:
+        return
+    raise StorageError(f"cannot {action}: {reason}") from None
 
 
 def _client_reason(error: Any) -> str:

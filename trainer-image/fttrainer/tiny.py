@@ -14,21 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .templates import CHAT_TEMPLATE
+
 ARCHITECTURES = ("llama", "gpt2", "qwen2")
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-# ChatML with generation markers, so TRL can mask everything but assistant turns.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
-    "{% endgeneration %}{{ '\\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 DEFAULT_CORPUS = (
     "Fine-tuning adapts a pretrained language model to a task with a small dataset.",
     "The quick brown fox jumps over the lazy dog. Answer: A, B, C or D.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict
 
@@ -40,18 +40,14 @@ _CEL_GRPO_BATCHES_FIT = (
 )
 
 
-def _processes(spec: FineTuneJobSpec) -> int:
-    return spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
-
-
 def _grpo_batches_fit(spec: FineTuneJobSpec) -> bool:
     if spec.trainer.type != "grpo" or spec.trainer.grpo is None:
         return True
     group = spec.trainer.grpo.num_generations
     train = spec.training.batch_size * spec.training.gradient_accumulation_steps
     evaluation = spec.evaluation.batch_size or spec.training.batch_size
-    return (train * _processes(spec)) % group == 0 and (
-        spec.evaluation.strategy == "no" or (evaluation * _processes(spec)) % group == 0
+    return (train * spec.processes()) % group == 0 and (
+        spec.evaluation.strategy == "no" or (evaluation * spec.processes()) % group == 0
     )
 
 
@@ -262,6 +258,10 @@ class FineTuneJobSpec(ApiModel):
         ),
     )
 
+    def processes(self) -> int:
+        """Training processes in the job: torchrun starts one per GPU, one per CPU-only node."""
+        return self.resources.nodes * max(self.resources.gpus_per_node, 1)
+
     def effective_split(self) -> Split:
         """The split applied to the train source: the explicit one; none when a validation
         file is given or nothing is evaluated; else 10% held out for validation."""
@@ -329,7 +329,3 @@ class FineTuneJob(ApiModel):
     @property
     def name(self) -> str:
         return self.metadata.name or "finetune"
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> FineTuneJob:
-        return cls.model_validate(manifest)

@@ -223,15 +223,6 @@ class MethodSpec(ApiModel):
         only_for("prompt", "type", ("prompt",)),
     )
 
-    @property
-    def uses_lora(self) -> bool:
-        return self.type in LORA_METHODS
-
-    @property
-    def is_peft(self) -> bool:
-        """Trains a PEFT adapter (saved separately from the base; can be merged only if LoRA)."""
-        return self.type in (*LORA_METHODS, "prefix", "prompt")
-
     def effective_lora(self) -> LoraSpec:
         return self.lora or LoraSpec()
 

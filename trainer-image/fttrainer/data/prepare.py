@@ -90,7 +90,9 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
     dataset = spec.dataset
     sources = [s for s in (dataset.train, dataset.validation, dataset.test) if s]
     if s3_client is None and any(s.uri.startswith("s3://") for s in sources):
-        s3_client = default_s3_client(spec)
+        from fttrainer.storage import s3_client as storage_client
+
+        s3_client = storage_client(spec.output.s3)
     context = FormatContext.from_spec(dataset)
     report = DataReport()
     problems: list[Problem] = []
@@ -164,11 +166,3 @@ def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
             report.dropped[reason] = len(set(origins) - drop)
             drop.update(origins)
     return drop
-
-
-def default_s3_client(spec: FineTuneJobSpec) -> Any:
-    """The storage layer's client: the standard AWS chain plus spec.output.s3's endpoint,
-    region and addressing."""
-    from fttrainer.storage import s3_client
-
-    return s3_client(spec.output.s3)
