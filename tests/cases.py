@@ -201,6 +201,14 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("dataset.format", "plain_text")
         .set("evaluation.metrics", ["loss", "accuracy"]).obj(),
         "spec.evaluation.metrics", "mcq or qa"),
+    "bleu without reference answers": (
+        make_job().set("dataset.format", "plain_text")
+        .set("evaluation.metrics", ["loss", "bleu"]).obj(),
+        "spec.evaluation.metrics", "need reference answers"),
+    "perplexity of a dpo loss": (
+        make_job().set("trainer.type", "dpo").set("dataset.format", "preference")
+        .set("evaluation.metrics", ["loss", "perplexity"]).obj(),
+        "spec.evaluation.metrics", "perplexity needs trainer.type sft"),
     "early stopping on an unmeasured accuracy": (
         make_job().set("training.earlyStopping", {"metric": "eval_accuracy"})
         .set("dataset.format", "mcq").obj(),

@@ -13,3 +13,8 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # Service name must be a DNS-1035 label (max 63), so FineTuneJob names are kept shorter.
 MAX_NAME_LENGTH = 42
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+# Environment variables the operator fills from Secret references and the trainer reads.
+# Tokens travel only this way: never in the spec, the ConfigMap, logs or status.
+ENV_HF_TOKEN = "HF_TOKEN"  # model.hfTokenSecretRef (downloads; huggingface_hub reads it)
+ENV_HUB_PUSH_TOKEN = "FINETUNE_HUB_PUSH_TOKEN"  # output.pushToHub.tokenSecretRef

@@ -40,6 +40,7 @@ def _run(model: Path, data: Path, out: Path, **changes: Any) -> tuple[Recipe, An
         .set("evaluation.strategy", "no")
         .set("logging.steps", 2)
         .set("resources.gpusPerNode", 0)
+        .set("output.uri", str(out / "published"))
     )
     for path, value in changes.items():
         job.set(path.replace("__", "."), value)
@@ -372,11 +373,14 @@ def test_qa_exact_match_after_training(tiny_llama: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("path", "value"),
-    [("output.finalModel", "best"), ("distributed", {"strategy": "deepspeed"}),
-     ("dataset.addEos", True)],
+    [("output.finalModel", "best"),
+     ("dataset", {"train": {"uri": "d.jsonl"}, "format": "preference", "addEos": True})],
 )  # fmt: skip
 def test_unimplemented_fields_are_refused_not_ignored(path: str, value: Any) -> None:
-    job = parse_job(make_job().set(path, value).obj())
+    manifest = make_job().set(path, value)
+    if path == "dataset":
+        manifest.set("trainer.type", "dpo")
+    job = parse_job(manifest.obj())
     with pytest.raises(ValueError, match="not implemented yet in the trainer"):
         Recipe(job, Path("/nonexistent"))
 

@@ -76,3 +76,22 @@ def test_peft_configs() -> None:
 def test_override_values_use_yaml_1_2_booleans(raw: str, value: object) -> None:
     manifest = apply_overrides(make_job().obj(), [f"evaluation.strategy={raw}"])
     assert manifest["spec"]["evaluation"]["strategy"] == value
+
+
+@pytest.mark.parametrize(
+    ("attention", "cuda", "flash_attn", "expected"),
+    [
+        ("auto", True, True, "flash_attention_2"),
+        ("auto", True, False, None),  # transformers picks SDPA
+        ("auto", False, True, None),  # flash-attn needs a GPU
+        ("sdpa", True, True, "sdpa"),
+        ("eager", False, False, "eager"),
+    ],
+)
+def test_attention_auto_prefers_flash_attention_on_a_gpu(
+    attention: str, cuda: bool, flash_attn: bool, expected: str | None
+) -> None:
+    from fttrainer.arguments import resolve_attention
+
+    spec = parse_job(make_job().set("model.attention", attention).obj()).spec
+    assert resolve_attention(spec, cuda=cuda, flash_attn=flash_attn) == expected

@@ -6,9 +6,12 @@ without training anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
+
+from .distributed import strategy_kwargs
 
 
 def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool) -> str:
@@ -19,6 +22,15 @@ def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool
     if not cuda:
         return "fp32"
     return "bf16" if bf16_supported else "fp16"
+
+
+def resolve_attention(spec: FineTuneJobSpec, *, cuda: bool, flash_attn: bool) -> str | None:
+    """auto → flash_attention_2 on a GPU where the flash-attn package is installed, else
+    None (transformers' own choice: SDPA where the architecture supports it)."""
+    attention = spec.model.attention
+    if attention != "auto":
+        return attention
+    return "flash_attention_2" if cuda and flash_attn else None
 
 
 def resolve_gradient_checkpointing(spec: FineTuneJobSpec, *, cuda: bool) -> bool:
@@ -34,9 +46,19 @@ def trainer_config_kwargs(
     cuda: bool,
     bf16_supported: bool,
     progress_bar: bool = False,
+    layer_classes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig)."""
-    kwargs = _common_kwargs(spec, output_dir=output_dir, cuda=cuda, bf16_supported=bf16_supported)
+    """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig).
+
+    `layer_classes`: the model's decoder layer classes (`_no_split_modules`), the units
+    FSDP shards and checkpoints."""
+    kwargs = _common_kwargs(
+        spec,
+        output_dir=output_dir,
+        cuda=cuda,
+        bf16_supported=bf16_supported,
+        layer_classes=layer_classes,
+    )
     kwargs["disable_tqdm"] = not progress_bar
     trainer = spec.trainer
     if trainer.type == "sft":
@@ -74,11 +96,17 @@ def trainer_config_kwargs(
 
 
 def _common_kwargs(
-    spec: FineTuneJobSpec, *, output_dir: str, cuda: bool, bf16_supported: bool
+    spec: FineTuneJobSpec,
+    *,
+    output_dir: str,
+    cuda: bool,
+    bf16_supported: bool,
+    layer_classes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The TrainingArguments every TRL config shares."""
     training = spec.training
     precision = resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported)
+    checkpointing = resolve_gradient_checkpointing(spec, cuda=cuda)
     evaluation = spec.evaluation
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
@@ -97,12 +125,17 @@ def _common_kwargs(
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "use_cpu": not cuda,
-        "activation_checkpointing": resolve_gradient_checkpointing(spec, cuda=cuda),
+        "activation_checkpointing": checkpointing,
         "logging_steps": spec.logging.steps,
         "logging_first_step": spec.logging.first_step,
         "report_to": list(spec.logging.report_to),
         "eval_strategy": evaluation.strategy,
-        "save_strategy": "no",  # checkpoints are written by our own protocol
+        # The Trainer writes checkpoint-<step>/ locally (weights, optimizer, scheduler, RNG,
+        # trainer state); resume.CheckpointUpload then publishes it with a manifest. One
+        # local copy is enough: the output location keeps saveTotalLimit of them.
+        "save_strategy": "steps",
+        "save_steps": spec.output.save_steps,
+        "save_total_limit": 1,
         "max_length": spec.dataset.max_seq_length,
         "use_liger_kernel": training.liger_kernels,
         # One process per GPU under torchrun (DDP); the timeout covers slow rank-0 work.
@@ -117,6 +150,17 @@ def _common_kwargs(
     if warmup:
         # transformers 5 has one knob: an int counts steps, a float < 1 is a ratio.
         kwargs["warmup_steps"] = warmup
+    # FSDP/DeepSpeed: their config, and the flags they take over (checkpointing, use_cpu).
+    kwargs.update(
+        strategy_kwargs(
+            spec.distributed,
+            precision=precision,
+            checkpointing=checkpointing,
+            optimizer=training.optimizer,
+            cuda=cuda,
+            layer_classes=layer_classes,
+        )
+    )
     return kwargs
 
 

@@ -34,9 +34,34 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
 
 def generate_answer(model: Any, tokenizer: Any, messages: list[dict[str, str]], *,
                     max_new_tokens: int) -> str:  # fmt: skip
-    """Greedy answer; call inside `inference(model)`."""
+    """Greedy answer, up to the end of the assistant's turn; call inside `inference(model)`."""
     inputs = encode_prompt(tokenizer, messages).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                            pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=stop_token_ids(model, tokenizer))  # fmt: skip
     new_tokens = output[0][inputs["input_ids"].shape[1] :]
     return str(tokenizer.decode(new_tokens, skip_special_tokens=True))
+
+
+# End-of-turn tokens of common chat templates (ChatML, Llama 3, Gemma, Phi-3).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The model's eos ids plus its chat template's end-of-turn token. A base model given
+    our ChatML template ends its turns with <|im_end|> but only stops at its eos: without
+    this its answers run on past the turn (and BLEU/ROUGE score the run-on)."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    template = getattr(tokenizer, "chat_template", None) or ""
+    for token in END_OF_TURN_TOKENS:
+        if token not in template:
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        known = isinstance(token_id, int) and token_id != tokenizer.unk_token_id
+        if known and token_id not in ids:
+            ids.append(token_id)
+    return ids

@@ -4,7 +4,7 @@ Reads top to bottom, in dependency order:
 
     recipe = Recipe(job, output_dir)
     recipe.setup()              # data → tokenizer → token checks → model → trainer
-    result = recipe.train()     # + evaluation, task scores, test split, benchmarks
+    result = recipe.train()     # + evaluation, task scores, test split, benchmarks, harness
     recipe.save(result)         # weights, tokenizer, metrics, comparison, loss curve, result.json
     recipe.publish()            # copy the results to output.uri (rank 0)
 
@@ -14,8 +14,10 @@ DPO or GRPO.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,21 +28,38 @@ from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 from .arguments import (
     peft_config_kwargs,
+    resolve_attention,
     resolve_precision,
     responses_only,
     trainer_config_kwargs,
 )
 from .artefacts import answer_prompts, plot_loss_curve, read_prompts
 from .callbacks import EarlyStopping
+from .checkpoint_store import CheckpointStore
+from .checkpoints import job_identity, parse_step
 from .data.formats import FormatContext, convert_row
 from .data.prepare import PreparedData, prepare_data
 from .data.sources import read_source
 from .data.tokens import TokenReport, check_tokens
+from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
+from .harness import fetch_task_dir, run_harness
+from .hub import push_to_hub, push_token
+from .metrics import bleu, rouge_l, with_perplexity
+from .resume import CheckpointUpload, restore
 from .rewards import build_rewards
-from .scoring import mcq_accuracy, qa_exact_match
+from .scoring import (
+    exact_match,
+    generate_answers,
+    mcq_accuracy,
+    mcq_scores,
+    prompt_messages,
+    qa_exact_match,
+    reference_answer,
+)
 from .spectrum import apply_spectrum
 from .storage import open_store, upload_tree
 from .templates import CHAT_TEMPLATE
+from .tracking import TrackerRuns, environment, tracker_env
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -76,14 +95,11 @@ def not_implemented(spec: FineTuneJobSpec) -> list[str]:
     found = []
     if spec.output.final_model == "best":
         found.append("output.finalModel: best (needs the checkpoint protocol)")
-    if spec.output.push_to_hub is not None:
-        found.append("output.pushToHub")
-    if spec.distributed.strategy in ("fsdp", "deepspeed"):
-        found.append(f"distributed.strategy: {spec.distributed.strategy}")
-    if spec.dataset.add_bos is not None or spec.dataset.add_eos is not None:
-        found.append("dataset.addBos / dataset.addEos")
-    if spec.dataset.response_markers is not None:
-        found.append("dataset.responseMarkers")
+    dataset = spec.dataset
+    tokens_are_ours = dataset.add_bos, dataset.add_eos, dataset.response_markers
+    if spec.trainer.type != "sft" and any(v is not None for v in tokens_are_ours):
+        # DPO and GRPO tokenize inside TRL, which follows the tokenizer and template.
+        found.append(f"dataset.addBos/addEos/responseMarkers with trainer {spec.trainer.type}")
     return found
 
 
@@ -93,6 +109,8 @@ class Recipe:
         missing = not_implemented(spec)
         if missing:
             raise ValueError("not implemented yet in the trainer: " + "; ".join(missing))
+        if spec.output.push_to_hub is not None:
+            push_token()  # no token: fail now, not after hours of training
         self.job = job
         self.spec = spec
         self.output_dir = output_dir
@@ -105,7 +123,17 @@ class Recipe:
         self.prompts: list[str] = []
         self.base_answers: list[str] = []
         self.benchmarks: dict[str, tuple[str, list[Any]]] = {}
-        self.benchmark_base: dict[str, float] = {}
+        self.harness_tasks: Path | None = None
+        self.base_scores: dict[str, float] = {}
+        # split -> base / fine_tuned -> MCQ confusion, generated answers
+        self.evaluation_details: dict[str, dict[str, Any]] = {}
+        # What the trackers in logging.reportTo read; no credentials (those come from Secrets).
+        self.tracker_env = tracker_env(
+            spec.logging, job_name=job.name, output_dir=output_dir.absolute()
+        )
+        output = spec.output
+        self.checkpoints = CheckpointStore(open_store(output.uri, s3=output.s3), job_identity(job))
+        self.resumed_from: Path | None = None
 
     def setup(self) -> None:
         # Data first: a bad row should fail the run before minutes go into loading a model.
@@ -126,10 +154,17 @@ class Recipe:
         self.prompts = self._evaluation_prompts()
         if self.prompts:
             self.base_answers = self._answer(self.model)
-        # Benchmarks are scored on the base model too, for the before/after comparison.
+        # Task scores (validation/test samples, benchmarks, harness) of the base model: the
+        # "before" of the comparison, measured while the weights are still the base's.
         self.benchmarks = self._load_benchmarks()
-        self.benchmark_base = self._score_benchmarks(self.model)
-        self.trainer = self._setup_trainer()
+        self.harness_tasks = self._fetch_harness_tasks()
+        if self.spec.evaluation.compare_base:
+            self.base_scores = self._task_scores(self.model, side="base")
+        # The trackers' callbacks read their settings from the environment (TensorBoard
+        # when the trainer creates it, MLflow and W&B when training starts).
+        with environment(self.tracker_env):
+            self.trainer = self._setup_trainer()
+        log.info("distributed: %s", confirm_strategy(self.trainer, self.spec.distributed))
 
     def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
         """name -> (format, samples), read once for the before and after scores."""
@@ -141,11 +176,14 @@ class Recipe:
             benchmarks[benchmark.name] = (benchmark.format, samples)
         return benchmarks
 
-    def _score_benchmarks(self, model: Any) -> dict[str, float]:
-        return {
-            name: self._score(model, fmt, samples)
-            for name, (fmt, samples) in self.benchmarks.items()
-        }
+    def _fetch_harness_tasks(self) -> Path | None:
+        """The harness's task directory on local disk (downloaded when it is on S3)."""
+        harness = self.spec.evaluation.harness
+        if harness is None or harness.include_path is None:
+            return None
+        # One copy per process: ranks on one node must not write the same files at once.
+        scratch = self.output_dir / "trainer" / f"rank-{os.environ.get('RANK', '0')}"
+        return fetch_task_dir(harness.include_path, scratch, s3=self.spec.output.s3)
 
     def _score(self, model: Any, fmt: str, samples: list[Any]) -> float:
         if fmt == "mcq":
@@ -200,8 +238,13 @@ class Recipe:
             "trust_remote_code": model_spec.trust_remote_code,
             "dtype": dtype,
         }
-        if model_spec.attention != "auto":
-            kwargs["attn_implementation"] = model_spec.attention
+        attention = resolve_attention(
+            self.spec,
+            cuda=torch.cuda.is_available(),
+            flash_attn=importlib.util.find_spec("flash_attn") is not None,
+        )
+        if attention is not None:
+            kwargs["attn_implementation"] = attention
         quantization = self.spec.method.effective_quantization()
         if quantization is not None:
             kwargs["quantization_config"] = self._quantization_config(quantization)
@@ -265,6 +308,7 @@ class Recipe:
             self.spec,
             output_dir=str(self.output_dir / "trainer"),
             progress_bar=self.progress_bar,
+            layer_classes=getattr(self.model, "_no_split_modules", None) or (),
             **self._hardware(),
         )
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
@@ -275,13 +319,26 @@ class Recipe:
             extra["reward_funcs"], _ = build_rewards(self.spec.trainer.grpo.rewards)
         train, validation = self._datasets()
         if self._pretokenized:
-            # Our labels already carry the responses-only mask and the truncation.
-            kwargs["dataset_kwargs"] = {"skip_prepare_dataset": True}
+            # Our labels already carry the responses-only mask and the truncation; TRL
+            # only packs them (it keeps a "labels" column as it is).
+            if not self.spec.dataset.packing:
+                kwargs["dataset_kwargs"] = {"skip_prepare_dataset": True}
             kwargs["assistant_only_loss"] = False
+        callbacks: list[Any] = [
+            CheckpointUpload(
+                self.checkpoints,
+                self.spec.output.save_total_limit,
+                keep_best=self.spec.output.final_model == "best",
+            )
+        ]
         early = self.spec.training.early_stopping
         if early is not None:
-            extra["callbacks"] = [EarlyStopping(early.metric, early.patience, early.threshold)]
-        return getattr(trl, trainer_class)(
+            callbacks.append(EarlyStopping(early.metric, early.patience, early.threshold))
+        extra["callbacks"] = callbacks
+        trainer_type = getattr(trl, trainer_class)
+        if "perplexity" in self.spec.evaluation.metrics and self.spec.trainer.type == "sft":
+            trainer_type = with_perplexity(trainer_type)  # eval_perplexity next to eval_loss
+        return trainer_type(
             model=self.model,
             args=getattr(trl, config_class)(**kwargs),
             train_dataset=train,
@@ -301,14 +358,9 @@ class Recipe:
 
     @property
     def _pretokenized(self) -> bool:
-        """SFT without packing trains on our own tokenization (see data/tokens.py)."""
+        """SFT trains on our own tokenization (see data/tokens.py)."""
         report = self.token_report
-        return (
-            self.spec.trainer.type == "sft"
-            and not self.spec.dataset.packing
-            and report is not None
-            and "train" in report.encoded
-        )
+        return self.spec.trainer.type == "sft" and report is not None and "train" in report.encoded
 
     def _datasets(self) -> tuple[Any, Any]:
         from datasets import Dataset
@@ -325,8 +377,36 @@ class Recipe:
         )
 
     def train(self) -> RunResult:
+        """Train, evaluate, score; the tracker runs (rank 0) cover all of it and end with
+        the final metrics."""
+        runs = TrackerRuns(self.spec.logging, job_name=self.job.name, env=self.tracker_env)
+        main = self.is_main_process
+        with environment(self.tracker_env):
+            if main:
+                runs.start()
+            try:
+                result = self._train()
+            except BaseException:
+                if main:
+                    try:  # mark the runs failed; never hide the error that failed the run
+                        runs.finish({}, step=self.trainer.state.global_step, failed=True)
+                    except Exception:
+                        log.exception("could not mark the tracker runs failed")
+                raise
+            if main:
+                runs.finish(result.final_metrics, step=self.trainer.state.global_step)
+        return result
+
+    def _train(self) -> RunResult:
         started = time.monotonic()
-        outcome = self.trainer.train()
+        # The newest complete checkpoint of this job, if a previous attempt left one.
+        self.resumed_from = restore(
+            self.checkpoints,
+            Path(self.trainer.args.output_dir),
+            main=self.is_main_process,
+            local_main=bool(self.trainer.is_local_process_zero()),
+        )
+        outcome = self.trainer.train(resume_from_checkpoint=self.resumed_from)
         history = list(self.trainer.state.log_history)
         step_metrics = [h for h in history if "loss" in h]
         final = {
@@ -336,7 +416,8 @@ class Recipe:
         }
         if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
             final.update(self._final_evaluation(history, outcome.global_step))
-        final.update(self._task_scores())
+        final.update(self._task_scores(self.trainer.model, side="fine_tuned"))
+        final.update({f"{name}/base": score for name, score in self.base_scores.items()})
         if self.data and self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
 
@@ -353,21 +434,68 @@ class Recipe:
             return {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
         return dict(self.trainer.evaluate())
 
-    def _task_scores(self) -> dict[str, float]:
-        """accuracy / exact_match on the validation split, and the benchmarks."""
-        assert self.data is not None
-        evaluation, fmt = self.spec.evaluation, self.spec.dataset.format
-        model = self.trainer.model
+    def _task_scores(self, model: Any, *, side: str) -> dict[str, float]:
+        """Scores of `model` beyond the loss: the evaluation.metrics asked for on the
+        validation (eval_*) and test (test_*) samples, the benchmarks and the harness tasks.
+        `side` (base or fine_tuned) files the details under evaluation_details.json."""
         scores: dict[str, float] = {}
-        if self.data.validation and evaluation.strategy != "no":
-            if "accuracy" in evaluation.metrics and fmt == "mcq":
-                scores["eval_accuracy"] = mcq_accuracy(model, self.tokenizer, self.data.validation)
-            if "exact_match" in evaluation.metrics and fmt in ("qa", "mcq"):
-                scores["eval_exact_match"] = self._score(model, "qa", self.data.validation)
-        for name, tuned in self._score_benchmarks(model).items():
-            scores[f"benchmark/{name}"] = tuned
-            scores[f"benchmark/{name}/base"] = self.benchmark_base[name]
+        for prefix, samples in self._scored_splits():
+            split_scores, details = self._sample_scores(model, prefix, samples)
+            scores.update(split_scores)
+            if details:
+                self.evaluation_details.setdefault(prefix, {})[side] = details
+        for name, (fmt, samples) in self.benchmarks.items():
+            scores[f"benchmark/{name}"] = self._score(model, fmt, samples)
+        harness = self.spec.evaluation.harness
+        if harness is not None:
+            batch_size = self.spec.evaluation.batch_size or self.spec.training.batch_size
+            scores.update(
+                run_harness(model, self.tokenizer, harness, task_dir=self.harness_tasks,
+                            batch_size=batch_size, seed=self.spec.training.seed)
+            )  # fmt: skip
         return scores
+
+    def _scored_splits(self) -> list[tuple[str, list[Any]]]:
+        """(metric prefix, samples): validation when evaluating, test when there is one."""
+        assert self.data is not None
+        splits = []
+        if self.data.validation and self.spec.evaluation.strategy != "no":
+            splits.append(("eval", self.data.validation))
+        if self.data.test and self.spec.trainer.type == "sft":
+            splits.append(("test", self.data.test))
+        return splits
+
+    def _sample_scores(self, model: Any, prefix: str,
+                       samples: list[Any]) -> tuple[dict[str, float], dict[str, Any]]:  # fmt: skip
+        """The task metrics of one split, and what they were computed from."""
+        evaluation, fmt = self.spec.evaluation, self.spec.dataset.format
+        metrics = set(evaluation.metrics)
+        scores: dict[str, float] = {}
+        details: dict[str, Any] = {}
+        if "accuracy" in metrics and fmt == "mcq":
+            mcq = mcq_scores(model, self.tokenizer, samples)
+            scores.update(mcq.metrics(prefix))
+            details["mcq"] = mcq.details()
+        wanted = {"bleu", "rouge_l"} | ({"exact_match"} if fmt in ("qa", "mcq") else set())
+        generated = metrics & wanted
+        if generated:
+            # Generation is the slow part: at most generationLimit samples, the same ones
+            # for the base and the tuned model.
+            subset = samples[: evaluation.generation_limit]
+            answers = generate_answers(model, self.tokenizer, subset,
+                                       max_new_tokens=evaluation.max_new_tokens)  # fmt: skip
+            references = [reference_answer(sample) for sample in subset]
+            if "exact_match" in generated:
+                scores[f"{prefix}_exact_match"] = exact_match(answers, references)
+            if "bleu" in generated:
+                scores[f"{prefix}_bleu"] = bleu(answers, references)
+            if "rouge_l" in generated:
+                scores[f"{prefix}_rouge_l"] = rouge_l(answers, references)
+            details["answers"] = [
+                {"prompt": prompt_messages(sample)[-1]["content"], "reference": ref, "answer": a}
+                for sample, ref, a in zip(subset, references, answers, strict=True)
+            ]
+        return scores, details
 
     @property
     def is_main_process(self) -> bool:
@@ -381,8 +509,11 @@ class Recipe:
         writes the rest."""
         final_dir = self.output_dir / "final"
         self.trainer.save_model(str(final_dir))
+        # Every rank answers: under ZeRO-3 and FSDP each forward gathers weights from all.
+        tuned = self._answer(self.trainer.model) if self.prompts else []
         if not self.is_main_process:
             return final_dir
+        check_saved_weights(final_dir)  # ZeRO-3 can save an adapter of empty tensors
         self.tokenizer.save_pretrained(str(final_dir))
         history = self.trainer.state.log_history
         epoch_metrics = [h for h in history if "eval_loss" in h]
@@ -391,12 +522,21 @@ class Recipe:
             "epoch_metrics.json": epoch_metrics,
             "final_metrics.json": result.final_metrics,
         }
+        if self.evaluation_details:
+            files["evaluation_details.json"] = self.evaluation_details
         for name, content in files.items():
             (self.output_dir / name).write_text(json.dumps(content, indent=2))
         assert self.data is not None
         result_file = {
             "name": self.job.name,
-            "model": str(final_dir),
+            # Where the results are once published (the output location, not this scratch).
+            "model": self._published(final_dir),
+            "checkpoints": self.checkpoints.uri,
+            "resumed_from_step": _step_of(self.resumed_from),
+            "files": {
+                name: self._published(self.output_dir / name)
+                for name in ("step_metrics.json", "epoch_metrics.json", "final_metrics.json")
+            },
             "method": self.spec.method.type,
             "trainer": self.spec.trainer.type,
             "metrics": result.final_metrics,
@@ -406,18 +546,26 @@ class Recipe:
             result.step_metrics, epoch_metrics, self.output_dir / "loss_curve.png"
         )
         if self.prompts:
-            tuned = self._answer(self.trainer.model)
             comparison = [
                 {"prompt": p, "base": b, "fine_tuned": t}
                 for p, b, t in zip(self.prompts, self.base_answers, tuned, strict=True)
             ]
             (self.output_dir / "model_comparison.json").write_text(json.dumps(comparison, indent=2))
         if self.spec.output.merge_adapter:
-            result_file["merged_model"] = str(self._save_merged(final_dir))
+            with unsharded_loading(self.trainer.args):  # rank 0 alone: no ZeRO-3 zero.Init
+                result_file["merged_model"] = self._published(self._save_merged(final_dir))
         if curve is not None:
-            result_file["loss_curve"] = str(curve)
+            result_file["loss_curve"] = self._published(curve)
+        if self.prompts:
+            result_file["model_comparison"] = self._published(
+                self.output_dir / "model_comparison.json"
+            )
         (self.output_dir / "result.json").write_text(json.dumps(result_file, indent=2))
         return final_dir
+
+    def _published(self, path: Path) -> str:
+        relative = path.relative_to(self.output_dir).as_posix()
+        return f"{self.spec.output.uri.rstrip('/')}/{relative}"
 
     def publish(self) -> list[str]:
         """Copy the run's results to output.uri (rank 0; the trainer's scratch stays)."""
@@ -425,7 +573,17 @@ class Recipe:
             return []
         output = self.spec.output
         store = open_store(output.uri, s3=output.s3)
-        return upload_tree(store, self.output_dir, "", skip=("trainer",))
+        uploaded = upload_tree(store, self.output_dir, "", skip=("trainer",))
+        # Results are out: the same job started again is a new run, not a resume.
+        self.checkpoints.mark_done(self.trainer.state.global_step)
+        if output.push_to_hub is not None:
+            push_to_hub(
+                output.push_to_hub,
+                self.output_dir / "final",
+                commit_message=f"FineTuneJob {self.job.name}: {self.spec.method.type} "
+                f"{self.spec.trainer.type} fine-tune of {self.spec.model.name}",
+            )
+        return uploaded
 
     def _save_merged(self, adapter_dir: Path) -> Path:
         """Base + adapter merged into plain weights. The base is reloaded unquantized, so a
@@ -447,3 +605,7 @@ class Recipe:
         merged.save_pretrained(str(merged_dir))
         self.tokenizer.save_pretrained(str(merged_dir))
         return merged_dir
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    return None if checkpoint is None else parse_step(checkpoint.name)

@@ -1,10 +1,13 @@
-"""Task scores beyond the loss: MCQ accuracy and QA exact match.
+"""Task scores beyond the loss: MCQ classification scores, and answers generated for exact
+match, BLEU and ROUGE-L.
 
 MCQ is scored the way MMLU-style harnesses do: after the question and its options, the
-model's next-token logits for the option letters are compared and the largest wins (robust
-even when the model would not produce a clean letter by generation). QA is scored by
-greedy generation and the exact-match rule of the GRPO rewards (case, trailing
-punctuation, numbers compared as numbers).
+model's log-likelihood of each option letter as the answer's first token is compared and
+the most likely letter is the prediction (robust even when the model would not produce a
+clean letter by generation: no output is parsed). Accuracy, macro precision/recall/F1 and
+the confusion of letters all come from these predictions. Generated answers are greedy;
+exact match follows the GRPO rewards' rule (case, trailing punctuation, numbers compared as
+numbers).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from .data.formats import LETTERS, Sample
 from .generation import encode_prompt, generate_answer, inference
+from .metrics import ClassificationScores, classification_scores
 from .rewards import answers_match, final_answer
 
 
@@ -28,27 +32,52 @@ def reference_answer(sample: Sample) -> str:
     return str(sample["messages"][-1]["content"])
 
 
-def mcq_accuracy(model: Any, tokenizer: Any, samples: list[Sample]) -> float:
+def mcq_predictions(model: Any, tokenizer: Any, samples: list[Sample]) -> list[str]:
+    """Per sample, the option letter the model finds most likely to start its answer."""
+    import torch
+
     letter_ids = [_letter_token(tokenizer, letter) for letter in LETTERS]
-    correct = 0
+    predictions = []
     with inference(model):
         for sample in samples:
             n_choices = int(sample.get("n_choices") or 4)
             inputs = encode_prompt(tokenizer, prompt_messages(sample)).to(model.device)
-            scores = model(**inputs).logits[0, -1][letter_ids[:n_choices]]
-            correct += LETTERS[int(scores.argmax())] == sample["answer_letter"]
-    return correct / len(samples) if samples else 0.0
+            log_probs = torch.log_softmax(model(**inputs).logits[0, -1].float(), dim=-1)
+            predictions.append(LETTERS[int(log_probs[letter_ids[:n_choices]].argmax())])
+    return predictions
+
+
+def mcq_scores(model: Any, tokenizer: Any, samples: list[Sample]) -> ClassificationScores:
+    references = [str(sample["answer_letter"]) for sample in samples]
+    return classification_scores(references, mcq_predictions(model, tokenizer, samples))
+
+
+def mcq_accuracy(model: Any, tokenizer: Any, samples: list[Sample]) -> float:
+    return mcq_scores(model, tokenizer, samples).accuracy
+
+
+def generate_answers(model: Any, tokenizer: Any, samples: list[Sample], *,
+                     max_new_tokens: int) -> list[str]:  # fmt: skip
+    """Greedy answers to each sample's conversation (its final answer left out)."""
+    with inference(model):
+        return [
+            generate_answer(model, tokenizer, prompt_messages(s), max_new_tokens=max_new_tokens)
+            for s in samples
+        ]
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    hits = sum(
+        answers_match(final_answer(prediction), reference)
+        for prediction, reference in zip(predictions, references, strict=True)
+    )
+    return hits / len(references) if references else 0.0
 
 
 def qa_exact_match(model: Any, tokenizer: Any, samples: list[Sample], *,
                    max_new_tokens: int) -> float:  # fmt: skip
-    hits = 0
-    with inference(model):
-        for sample in samples:
-            answer = generate_answer(model, tokenizer, prompt_messages(sample),
-                                     max_new_tokens=max_new_tokens)  # fmt: skip
-            hits += answers_match(final_answer(answer), reference_answer(sample))
-    return hits / len(samples) if samples else 0.0
+    answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens)
+    return exact_match(answers, [reference_answer(sample) for sample in samples])
 
 
 def _letter_token(tokenizer: Any, letter: str) -> int:

@@ -1,45 +1,147 @@
 """Where outputs go: a local directory or s3://bucket/prefix, behind one small interface.
 
     store = open_store("s3://models/run-1", s3=spec.output.s3)
-    store.upload_dir(Path("results/run-1"), "")       # every file, multipart where large
-    store.list("checkpoint-")                          # keys under the prefix
+    files = store.upload_dir(Path("out/checkpoint-500"), "checkpoint-500", checksum=True)
+    store.write_bytes("checkpoint-500/manifest.json", manifest)  # small, atomic, written last
+    store.list("checkpoint-")                                    # [ObjectInfo(key, size), ...]
+    store.delete([o.key for o in store.list("checkpoint-100/")])  # batched
 
-S3 uses boto3's standard credential chain (AWS_* variables, the pod's identity, a Secret's
-keys injected as environment variables); credentials are never logged or put in errors.
-Large files go up as concurrent multipart uploads; throttling and connection errors are
-retried with backoff by botocore's "standard" retry mode.
+Both stores make every object appear whole or not at all: S3 shows a multipart upload only
+once it is completed (a failed one is aborted, never completed), and the local store writes
+a temporary file, fsyncs it and renames it into place. That is what a checkpoint protocol
+needs to be able to write its manifest last and trust it.
+
+S3 credentials come from boto3's standard chain (AWS_* variables, which is how a
+`credentialsSecretRef` reaches the trainer; the pod's web identity; a profile) and never
+appear in messages or logs: errors are explained in our own words from the error code.
+
+Uploads: one bounded pool of request threads per call, shared by the parts of large files
+(multipart) and by whole small files, fed in order by the calling thread, which reads each
+file once (hashing it with SHA-256 on the way when asked). Failures are retried twice over:
+botocore's "standard" mode absorbs short blips, and around it every request is retried with
+exponential backoff and jitter for as long as `retry_deadline` while the endpoint keeps
+failing, so a multipart upload survives a store outage of minutes by re-sending only the
+parts that failed, under the same upload id. An endpoint that has never answered in this
+process gets only `unreachable_deadline`: a wrong endpoint fails fast.
 """
 
 from __future__ import annotations
 
+import base64
+import builtins
+import hashlib
+import logging
+import os
+import random
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from ftapi.v1alpha1 import S3Spec
 
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
-PART_SIZE = 64 * 1024 * 1024
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+PART_SIZE = 32 * MiB
+"""Multipart part size; also the largest file sent in one PUT. Memory held by an upload is
+about (concurrency + 1) x PART_SIZE."""
+MULTIPART_THRESHOLD = PART_SIZE
 MAX_CONCURRENCY = 8
+"""Requests in flight per upload or download call (parts and whole files together)."""
+RETRY_DEADLINE = 300.0
+"""Seconds a failing request is retried once the endpoint has answered in this process."""
+UNREACHABLE_DEADLINE = 10.0
+"""Seconds a request is retried while the endpoint has never answered (wrong endpoint?)."""
+MAX_PARTS = 10_000  # S3's limit; larger files get larger parts
+DELETE_BATCH = 1000  # S3's DeleteObjects limit
+_TMP_MARK = ".fto-tmp-"  # in the names of the local store's not-yet-renamed files
+
+# Error codes worth retrying: throttling, server-side trouble, a body damaged on the way.
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+    "RequestLimitExceeded", "RequestTimeout", "RequestTimeoutException", "InternalError",
+    "ServiceUnavailable", "BadDigest", "XAmzContentChecksumMismatch", "IncompleteBody",
+    "XMinioServerNotInitialized", "XMinioReadQuorum", "XMinioWriteQuorum",
+})  # fmt: skip
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+DENIED = {
+    "AccessDenied": "access denied (the credentials lack permission for this bucket or key)",
+    "AllAccessDisabled": "access denied (all access to this bucket has been disabled)",
+    "403": "access denied (HTTP 403)",
+    "InvalidAccessKeyId": "access denied: the access key is not known to this S3 endpoint "
+    "(check the credentials Secret / AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "access denied: the secret key does not match the access key "
+    "(check the credentials Secret / AWS_SECRET_ACCESS_KEY)",
+    "InvalidToken": "access denied: the session token is not valid",
+    "ExpiredToken": "access denied: the session token has expired",
+}
+WRONG_REGION = frozenset({
+    "AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException",
+    "InvalidRegion", "301",
+})  # fmt: skip
+# Endpoints that have answered at least once in this process: from then on, connection
+# errors mean an outage (retry for a long time), not a wrong address (fail fast).
+_ANSWERED: set[str] = set()
 
 
 class StorageError(RuntimeError):
     """An output location that cannot be used, said in words (no credentials inside)."""
 
 
+class NotFoundError(StorageError):
+    """The object (or local file) does not exist."""
+
+
+class _UploadLost(StorageError):
+    """The multipart upload id is gone (aborted elsewhere): the file must start over."""
+
+
+class _Cancelled(Exception):
+    """Another request of the same call failed; this one stops."""
+
+
+@dataclass(frozen=True, order=True)
+class ObjectInfo:
+    """An object in a store: its key relative to the store's prefix, size in bytes and,
+    when it was just uploaded with `checksum=True` (or written with write_bytes), the hex
+    SHA-256 of its content."""
+
+    key: str
+    size: int
+    sha256: str | None = None
+
+
 class Store(Protocol):
-    def upload_file(self, source: Path, key: str) -> None: ...
-    def upload_dir(self, source: Path, prefix: str) -> list[str]: ...
-    def download_dir(self, prefix: str, target: Path) -> list[Path]: ...
+    """What the trainer needs from an output location. Keys are relative to the store's root
+    and use "/"; a prefix given to list/download_dir is a plain string prefix ("checkpoint-"
+    matches "checkpoint-500/..."), except that download_dir treats it as a folder."""
+
+    @property
+    def uri(self) -> str: ...
+    def upload_file(self, source: Path, key: str, *, checksum: bool = False) -> ObjectInfo: ...
+    def upload_dir(
+        self, source: Path, prefix: str = "", *, skip: Collection[str] = (), checksum: bool = False
+    ) -> list[ObjectInfo]: ...
     def download_file(self, key: str, destination: Path) -> None: ...
-    def list(self, prefix: str = "") -> list[str]: ...
-    def delete(self, keys: list[str]) -> None: ...
+    def download_dir(self, prefix: str, target: Path) -> list[Path]: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
+    def stat(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]: ...
+    def delete(self, keys: Iterable[str]) -> None: ...
 
 
 def open_store(uri: str, *, s3: S3Spec | None = None, client: Any = None) -> Store:
+    """The store for an output URI: s3://bucket[/prefix] or a local directory."""
     if uri.startswith("s3://"):
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
@@ -50,11 +152,18 @@ def open_store(uri: str, *, s3: S3Spec | None = None, client: Any = None) -> Sto
     return LocalStore(Path(uri))
 
 
-def s3_client(s3: S3Spec | None) -> Any:
+def s3_client(s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY) -> Any:
+    """A boto3 S3 client for the spec's endpoint, region and addressing style; credentials
+    and anything unset come from the standard AWS environment (AWS_ENDPOINT_URL_S3 too)."""
     import boto3
     from botocore.config import Config
 
-    config: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 10}}
+    s3_options: dict[str, Any] = {
+        # Over plain http botocore would hash every byte with SHA-256 to sign it (and the
+        # server would hash it again to check). Integrity comes from the CRC32 checksum
+        # header instead, which is signed, as botocore already does over https.
+        "payload_signing_enabled": False,
+    }
     kwargs: dict[str, Any] = {}
     if s3 is not None:
         if s3.endpoint:
@@ -62,84 +171,372 @@ def s3_client(s3: S3Spec | None) -> Any:
         if s3.region:
             kwargs["region_name"] = s3.region
         if s3.force_path_style:
-            config["s3"] = {"addressing_style": "path"}
+            s3_options["addressing_style"] = "path"
+    config = Config(
+        # Short blips are botocore's; the long outages are ours (S3Store._retrying).
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,
+        tcp_keepalive=True,
+        max_pool_connections=concurrency + 4,
+        s3=s3_options,
+    )
     # A fresh session: boto3's default one caches the first credentials it resolves.
-    return boto3.session.Session().client("s3", config=Config(**config), **kwargs)
+    return boto3.session.Session().client("s3", config=config, **kwargs)
+
+
+# ---------------------------------------------------------------------------- local
 
 
 @dataclass
 class LocalStore:
+    """A directory. Writes go to a hidden temporary file that is fsynced and renamed into
+    place, so a reader never sees half a file."""
+
     root: Path
 
-    def upload_file(self, source: Path, key: str) -> None:
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def upload_file(self, source: Path, key: str, *, checksum: bool = False) -> ObjectInfo:
         target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.resolve() != target.resolve():
-            shutil.copy2(source, target)
+        with _local(f"copy {source} to {target}"):
+            if target.exists() and os.path.samefile(source, target):
+                digest = _sha256_file(source) if checksum else None
+                return ObjectInfo(key, source.stat().st_size, digest)
+            size, digest = _copy_atomic(source, target, checksum=checksum)
+        return ObjectInfo(key, size, digest)
 
-    def upload_dir(self, source: Path, prefix: str) -> list[str]:
-        return upload_tree(self, source, prefix)
-
-    def download_dir(self, prefix: str, target: Path) -> list[Path]:
-        return download_tree(self, prefix, target)
+    def upload_dir(
+        self, source: Path, prefix: str = "", *, skip: Collection[str] = (), checksum: bool = False
+    ) -> list[ObjectInfo]:
+        return [self.upload_file(p, k, checksum=checksum) for p, k in _walk(source, prefix, skip)]
 
     def download_file(self, key: str, destination: Path) -> None:
-        shutil.copy2(self.root / key, destination)
+        with _local(f"copy {self.root / key} to {destination}"):
+            _copy_atomic(self.root / key, destination, checksum=False)
 
-    def list(self, prefix: str = "") -> list[str]:
-        if not self.root.exists():
+    def download_dir(self, prefix: str, target: Path) -> list[Path]:
+        folder = _folder(prefix)
+        files = []
+        for info in self.list(folder):
+            destination = target / info.key[len(folder) :]
+            self.download_file(info.key, destination)
+            files.append(destination)
+        return files
+
+    def read_bytes(self, key: str) -> bytes:
+        with _local(f"read {self.root / key}"):
+            return (self.root / key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        with _local(f"write {self.root / key}"):
+            _write_atomic(self.root / key, data)
+        return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self.root / key
+        return ObjectInfo(key, path.stat().st_size) if path.is_file() else None
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        if not self.root.is_dir():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix))
+        found = []
+        for path in self.root.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and _TMP_MARK not in path.name and path.is_file():
+                found.append(ObjectInfo(key, path.stat().st_size))
+        return sorted(found)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
-            (self.root / key).unlink(missing_ok=True)
+            path = self.root / key
+            with _local(f"delete {path}"):
+                path.unlink(missing_ok=True)
+                # Empty folders left behind (checkpoint-100/) go too, up to the root.
+                parent = path.parent
+                while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+
+
+def _copy_atomic(source: Path, target: Path, *, checksum: bool) -> tuple[int, str | None]:
+    """Copy via a temporary file in the target's folder; (size, sha256 hex or None)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+    hasher = hashlib.sha256() if checksum else None
+    try:
+        with open(source, "rb") as reader, open(temporary, "wb") as writer:
+            if hasher is None:
+                shutil.copyfileobj(reader, writer, 8 * MiB)
+            else:
+                while chunk := reader.read(8 * MiB):
+                    hasher.update(chunk)
+                    writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+            size = writer.tell()
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return size, hasher.hexdigest() if hasher else None
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temporary, "wb") as writer:
+            writer.write(data)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (a no-op where directories cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+@contextmanager
+def _local(action: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as error:
+        raise NotFoundError(f"cannot {action}: {error.filename} does not exist") from None
+    except OSError as error:
+        raise StorageError(f"cannot {action}: {error.strerror or error}") from None
+
+
+# ---------------------------------------------------------------------------- S3
 
 
 @dataclass
 class S3Store:
+    """s3://bucket/prefix. See the module docstring for concurrency, retries and errors."""
+
     bucket: str
     prefix: str
-    client: Any
+    client: Any = field(repr=False)
     part_size: int = PART_SIZE
     multipart_threshold: int = MULTIPART_THRESHOLD
+    concurrency: int = MAX_CONCURRENCY
+    retry_deadline: float = RETRY_DEADLINE
+    unreachable_deadline: float = UNREACHABLE_DEADLINE
 
-    def upload_file(self, source: Path, key: str) -> None:
-        from boto3.s3.transfer import TransferConfig
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
-        transfer = TransferConfig(
-            multipart_threshold=self.multipart_threshold,
-            multipart_chunksize=self.part_size,
-            max_concurrency=MAX_CONCURRENCY,
-        )
-        with _explained(f"upload to {self._uri(key)}"):
-            self.client.upload_file(str(source), self.bucket, self._key(key), Config=transfer)
+    def upload_file(self, source: Path, key: str, *, checksum: bool = False) -> ObjectInfo:
+        """Upload one file (multipart above `multipart_threshold`); size checked after."""
+        [info] = _Uploads(self, checksum=checksum).run([(source, key)])
+        found = self.stat(key)
+        self._check_sizes([info], {key: found.size} if found else {})
+        return info
 
-    def upload_dir(self, source: Path, prefix: str) -> list[str]:
-        return upload_tree(self, source, prefix)
-
-    def download_dir(self, prefix: str, target: Path) -> list[Path]:
-        return download_tree(self, prefix, target)
+    def upload_dir(
+        self, source: Path, prefix: str = "", *, skip: Collection[str] = (), checksum: bool = False
+    ) -> list[ObjectInfo]:
+        """Every file under `source` (top-level folders in `skip` left out) to prefix/...,
+        concurrently; sizes checked after with one listing."""
+        files = _walk(source, prefix, skip)
+        started = time.monotonic()
+        infos = _Uploads(self, checksum=checksum).run(files)
+        listed = {o.key: o.size for o in self.list(_folder(prefix))}
+        self._check_sizes(infos, listed)
+        seconds = time.monotonic() - started
+        total = sum(i.size for i in infos)
+        log.info(
+            "uploaded %d files (%.1f MB) to %s in %.1f s (%.0f MB/s)", len(infos), total / 1e6,
+            self._uri(prefix), seconds, total / 1e6 / max(seconds, 1e-9),
+        )  # fmt: skip
+        return sorted(infos)
 
     def download_file(self, key: str, destination: Path) -> None:
-        with _explained(f"download {self._uri(key)}"):
-            self.client.download_file(self.bucket, self._key(key), str(destination))
+        self._download([(key, destination, None)], f"download {self._uri(key)}")
 
-    def list(self, prefix: str = "") -> list[str]:
-        keys = []
-        paginator = self.client.get_paginator("list_objects_v2")
+    def download_dir(self, prefix: str, target: Path) -> list[Path]:
+        """Every object under the folder `prefix` into `target` (paths relative to it)."""
+        folder = _folder(prefix)
+        items: list[tuple[str, Path, int | None]] = [
+            (o.key, target / o.key[len(folder) :], o.size)
+            for o in self.list(folder)
+            if not o.key.endswith("/")  # folder markers some tools create
+        ]
+        self._download(items, f"download {self._uri(folder)}")
+        return [destination for _, destination, _ in items]
+
+    def read_bytes(self, key: str) -> bytes:
+        def read() -> bytes:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            return bytes(body.read())
+
+        return self._retrying(f"read {self._uri(key)}", read)
+
+    def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """One PUT (visible whole or not at all), checked by S3 against our SHA-256."""
+        digest = hashlib.sha256(data).digest()
+        self._call(
+            f"write {self._uri(key)}", "put_object", Bucket=self.bucket, Key=self._key(key),
+            Body=data, ChecksumSHA256=base64.b64encode(digest).decode(),
+        )  # fmt: skip
+        return ObjectInfo(key, len(data), digest.hex())
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self._call(
+                f"look up {self._uri(key)}", "head_object", Bucket=self.bucket, Key=self._key(key)
+            )
+        except NotFoundError:
+            return None
+        return ObjectInfo(key, int(head["ContentLength"]))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._key("")
-        with _explained(f"list {self._uri(prefix)}"):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-                keys += [o["Key"][len(base) :].lstrip("/") for o in page.get("Contents", [])]
-        return sorted(keys)
+        found: list[ObjectInfo] = []
 
-    def delete(self, keys: list[str]) -> None:
-        for start in range(0, len(keys), 1000):
-            chunk = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
-            with _explained(f"delete under {self._uri('')}"):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
+        def fetch() -> None:
+            found.clear()
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                found.extend(
+                    ObjectInfo(o["Key"][len(base) :], int(o["Size"]))
+                    for o in page.get("Contents", [])
+                )
+
+        self._retrying(f"list {self._uri(prefix)}", fetch)
+        return sorted(found)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Batched DeleteObjects (1000 keys a request); missing keys are fine."""
+        keys = builtins.list(keys)
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            response = self._call(
+                f"delete {len(batch)} objects under {self.uri}", "delete_objects",
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True},
+            )  # fmt: skip
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise StorageError(
+                    f"cannot delete {len(errors)} of {len(batch)} objects under {self.uri}: "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".strip()
+                )
+
+    # -- requests, retries, errors
+
+    def _call(
+        self, action: str, operation: str, cancel: threading.Event | None = None, **params: Any
+    ) -> Any:
+        return self._retrying(action, lambda: getattr(self.client, operation)(**params), cancel)
+
+    def _retrying(
+        self, action: str, attempt: Callable[[], T], cancel: threading.Event | None = None
+    ) -> T:
+        """`attempt()`, retried on transient failures with exponential backoff and jitter until
+        the deadline; any other failure, or the deadline, raises StorageError."""
+        endpoint = str(self.client.meta.endpoint_url)
+        failing_since = 0.0
+        tries = 0
+        while True:
+            try:
+                result = attempt()
+            except _Cancelled:
+                raise
+            except Exception as error:
+                if _answered(error):
+                    _ANSWERED.add(endpoint)
+                if not _is_transient(error):
+                    raise _explain(action, error, self) from None
+                now = time.monotonic()
+                failing_since = failing_since or now
+                answered = endpoint in _ANSWERED
+                limit = self.retry_deadline if answered else self.unreachable_deadline
+                waited = now - failing_since
+                if waited >= limit:
+                    raise _explain(action, error, self, waited=waited) from None
+                delay = min(limit - waited, min(10.0, 0.5 * 2**tries) * random.uniform(0.5, 1.0))
+                tries += 1
+                level = logging.WARNING if tries == 1 else logging.DEBUG
+                log.log(level, "%s: %s; retrying for up to %.0f s more", action,
+                        _describe(error), limit - waited)  # fmt: skip
+                if cancel is None:
+                    time.sleep(delay)
+                elif cancel.wait(delay):
+                    raise _Cancelled() from None
+            else:
+                _ANSWERED.add(endpoint)
+                if tries:
+                    log.info("%s: succeeded after %.0f s of failures", action,
+                             time.monotonic() - failing_since)  # fmt: skip
+                return result
+
+    def _download(self, items: builtins.list[tuple[str, Path, int | None]], action: str) -> None:
+        """Objects to files through one s3transfer manager (ranged GETs for large ones, files
+        written under a temporary name and renamed); failed files are retried as a batch."""
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=self.part_size,
+            max_concurrency=self.concurrency,
+        )  # fmt: skip
+        remaining = items
+
+        def attempt() -> None:
+            nonlocal remaining
+            failed, first = [], None
+            with create_transfer_manager(self.client, config) as manager:
+                futures = []
+                for key, destination, size in remaining:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    futures.append(manager.download(
+                        self.bucket, self._key(key), str(destination),
+                        subscribers=[_KnownSize(size)] if size is not None else [],
+                    ))  # fmt: skip
+                for item, future in zip(remaining, futures, strict=True):
+                    try:
+                        future.result()
+                    except Exception as error:
+                        failed.append(item)
+                        first = first or error
+            remaining = failed
+            if first is not None:
+                raise first
+
+        self._retrying(action, attempt)
+        for key, destination, size in items:
+            if size is not None and destination.stat().st_size != size:
+                raise StorageError(
+                    f"cannot {action}: {destination} has {destination.stat().st_size} bytes, "
+                    f"{self._uri(key)} has {size}"
+                )
+
+    def _check_sizes(self, infos: Iterable[ObjectInfo], listed: dict[str, int]) -> None:
+        for info in infos:
+            if listed.get(info.key) != info.size:
+                found = listed.get(info.key, "no")
+                raise StorageError(
+                    f"upload to {self._uri(info.key)} did not stick: {found} bytes there, "
+                    f"{info.size} sent"
+                )
 
     def _key(self, key: str) -> str:
         return _join(self.prefix, key)
@@ -148,65 +545,346 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
 
+@dataclass
+class _Pending:
+    """A file whose requests are in the pool."""
+
+    path: Path
+    key: str
+    size: int
+    futures: list[Future[Any]]
+    upload_id: str | None = None  # multipart only
+    sha256: str | None = None
+    restarts: int = 0
+
+
+class _Uploads:
+    """One upload call. The calling thread reads the files in order, once (hashing as it
+    reads), and hands requests to a bounded pool: parts of large files and whole small
+    files share it, so many small files and one huge one both keep it busy. At most
+    concurrency + 1 buffers are read and not yet sent, which bounds memory. The first
+    failure that is not retried cancels the rest and aborts the open multipart uploads."""
+
+    def __init__(self, store: S3Store, *, checksum: bool) -> None:
+        self.store = store
+        self.checksum = checksum
+        self.pool = ThreadPoolExecutor(store.concurrency, thread_name_prefix="s3-upload")
+        self.buffers = threading.Semaphore(store.concurrency + 1)
+        self.cancel = threading.Event()
+        self.failure: BaseException | None = None
+        self.open: dict[str, str] = {}  # key -> id of multipart uploads not completed
+
+    def run(self, files: Iterable[tuple[Path, str]]) -> list[ObjectInfo]:
+        try:
+            pending = [self._start(path, key) for path, key in files]
+            return [self._finish(p) for p in pending]
+        except BaseException:
+            self.cancel.set()
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self._abort_open()
+
+    def _start(self, path: Path, key: str, restarts: int = 0) -> _Pending:
+        store, uri = self.store, self.store._uri(key)
+        try:
+            size = path.stat().st_size
+            if size < store.multipart_threshold:
+                self._take_buffer()
+                try:
+                    data = path.read_bytes()
+                except BaseException:
+                    self.buffers.release()
+                    raise
+                digest = hashlib.sha256(data).digest() if self.checksum else None
+                future = self._submit(self._put, key, data, digest)
+                hexdigest = digest.hex() if digest else None
+                return _Pending(path, key, len(data), [future], sha256=hexdigest)
+            upload_id = store._call(
+                f"start uploading {path} to {uri}", "create_multipart_upload", self.cancel,
+                Bucket=store.bucket, Key=store._key(key), ChecksumAlgorithm="CRC32",
+            )["UploadId"]  # fmt: skip
+            self.open[key] = upload_id
+            part_size = max(store.part_size, -(-size // MAX_PARTS // MiB) * MiB)
+            hasher = hashlib.sha256() if self.checksum else None
+            futures: list[Future[Any]] = []
+            sent = 0
+            with open(path, "rb") as reader:
+                for number in range(1, MAX_PARTS + 1):
+                    self._take_buffer()
+                    data = reader.read(part_size)
+                    if not data:
+                        self.buffers.release()
+                        break
+                    if hasher is not None:
+                        hasher.update(data)
+                    futures.append(self._submit(self._put_part, key, upload_id, number, data))
+                    sent += len(data)
+        except OSError as error:
+            raise StorageError(f"cannot upload {path}: {error.strerror or error}") from None
+        if sent != size:
+            raise StorageError(f"cannot upload {path}: it changed while being uploaded")
+        digest_hex = hasher.hexdigest() if hasher else None
+        return _Pending(path, key, sent, futures, upload_id, digest_hex, restarts)
+
+    def _finish(self, pending: _Pending) -> ObjectInfo:
+        store, key = self.store, pending.key
+        info = ObjectInfo(key, pending.size, pending.sha256)
+        try:
+            parts = [f.result() for f in pending.futures]
+            if pending.upload_id is None:
+                return info
+            action = f"complete the upload of {pending.path} to {store._uri(key)}"
+            try:
+                store._call(
+                    action, "complete_multipart_upload", self.cancel, Bucket=store.bucket,
+                    Key=store._key(key), UploadId=pending.upload_id,
+                    MultipartUpload={"Parts": parts},
+                )  # fmt: skip
+            except _UploadLost:
+                # A retried completion whose first try succeeded finds no upload: fine if
+                # the object is exactly the one we assembled.
+                if not self._completed(key, parts, pending.size):
+                    raise
+            self.open.pop(key, None)
+            return info
+        except _UploadLost:
+            self.open.pop(key, None)
+            if pending.restarts >= 2:
+                raise
+            log.warning("%s: the multipart upload was lost; starting the file again",
+                        store._uri(key))  # fmt: skip
+            return self._finish(self._start(pending.path, key, pending.restarts + 1))
+        except (_Cancelled, CancelledError):
+            raise self.failure or StorageError("upload cancelled") from None
+
+    def _put(self, key: str, data: bytes, digest: bytes | None) -> None:
+        store = self.store
+        extra = {"ChecksumSHA256": base64.b64encode(digest).decode()} if digest else {}
+        store._call(
+            f"upload to {store._uri(key)}", "put_object", self.cancel, Bucket=store.bucket,
+            Key=store._key(key), Body=data, **extra,
+        )  # fmt: skip
+
+    def _put_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        store = self.store
+        response = store._call(
+            f"upload part {number} of {store._uri(key)}", "upload_part", self.cancel,
+            Bucket=store.bucket, Key=store._key(key), UploadId=upload_id, PartNumber=number,
+            Body=data, ChecksumAlgorithm="CRC32",
+        )  # fmt: skip
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        if "ChecksumCRC32" in response:
+            part["ChecksumCRC32"] = response["ChecksumCRC32"]
+        return part
+
+    def _completed(self, key: str, parts: list[dict[str, Any]], size: int) -> bool:
+        """Is the object the one these parts make (size, and S3's multipart ETag)?"""
+        store = self.store
+        try:
+            head = store._call(f"look up {store._uri(key)}", "head_object", self.cancel,
+                               Bucket=store.bucket, Key=store._key(key))  # fmt: skip
+        except NotFoundError:
+            return False
+        md5s = b"".join(bytes.fromhex(p["ETag"].strip('"')) for p in parts)
+        etag = f'"{hashlib.md5(md5s).hexdigest()}-{len(parts)}"'
+        return int(head["ContentLength"]) == size and head.get("ETag") == etag
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        self.buffers.release()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None and not isinstance(error, _Cancelled | _UploadLost):
+            self.failure = self.failure or error
+            self.cancel.set()
+
+    def _take_buffer(self) -> None:
+        while not self.buffers.acquire(timeout=0.2):
+            self._raise_if_failed()
+        if self.cancel.is_set():
+            self.buffers.release()
+            self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.cancel.is_set():
+            raise self.failure or StorageError("upload cancelled")
+
+    def _abort_open(self) -> None:
+        """Abort what was started and not completed: its parts never become an object."""
+        for key, upload_id in self.open.items():
+            store = self.store
+            try:
+                store.client.abort_multipart_upload(
+                    Bucket=store.bucket, Key=store._key(key), UploadId=upload_id
+                )
+            except Exception as error:
+                log.warning(
+                    "could not abort the unfinished multipart upload of %s (%s); it is not "
+                    "visible, and a lifecycle rule (AbortIncompleteMultipartUpload) removes it",
+                    store._uri(key), _describe(error),
+                )  # fmt: skip
+
+
+class _KnownSize:
+    """s3transfer subscriber: the size is known from the listing, so no HEAD per file."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def on_queued(self, future: Any, **_: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+
+    def on_progress(self, **_: Any) -> None:
+        pass
+
+    def on_done(self, **_: Any) -> None:
+        pass
+
+
+def _is_transient(error: BaseException) -> bool:
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+    )
+    from s3transfer.exceptions import RetriesExceededError
+
+    if isinstance(error, ClientError):
+        code, status = _code(error)
+        return code in TRANSIENT_CODES or status in TRANSIENT_STATUS
+    return isinstance(
+        error, ConnectionError | HTTPClientError | IncompleteReadError | RetriesExceededError
+    )
+
+
+def _answered(error: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(error, ClientError)
+
+
+def _code(error: Any) -> tuple[str, int]:
+    response = getattr(error, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def _explain(action: str, error: BaseException, store: S3Store, *, waited: float = 0) -> Exception:
+    """StorageError (NotFoundError, _UploadLost) for a botocore error, in our own words."""
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    endpoint = _redact(str(store.client.meta.endpoint_url))
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        reason = ("no S3 credentials found (set output.s3.credentialsSecretRef, or "
+                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")  # fmt: skip
+    elif isinstance(error, ClientError):
+        code, status = _code(error)
+        details = error.response.get("Error", {})
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return NotFoundError(f"cannot {action}: no such object")
+        if code == "NoSuchUpload":
+            return _UploadLost(f"cannot {action}: the multipart upload no longer exists")
+        if code == "NoSuchBucket":
+            reason = f"the bucket {store.bucket!r} does not exist at {endpoint}"
+        elif code in DENIED:
+            reason = DENIED[code]
+        elif code in WRONG_REGION:
+            headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            actual = details.get("Region") or headers.get("x-amz-bucket-region")
+            where = f" (it is in {actual})" if actual else ""
+            reason = (f"the bucket {store.bucket!r} is not in region "
+                      f"{store.client.meta.region_name}{where}: set output.s3.region")  # fmt: skip
+        elif waited:
+            reason = f"{endpoint} kept failing for {waited:.0f} s ({code}, HTTP {status})"
+        else:
+            reason = f"{code or status}: {details.get('Message', '')}".rstrip(": ")
+    elif waited and endpoint in _ANSWERED:
+        reason = f"the S3 endpoint {endpoint} kept failing for {waited:.0f} s ({_describe(error)})"
+    elif _is_transient(error):
+        reason = (f"cannot reach the S3 endpoint {endpoint} ({_describe(error)}); "
+                  "check output.s3.endpoint")  # fmt: skip
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    return StorageError(f"cannot {action}: {reason}")
+
+
+def _describe(error: BaseException) -> str:
+    """A few words for a failure, never its full text (which can carry request details)."""
+    from botocore import exceptions as e
+    from s3transfer.exceptions import RetriesExceededError
+
+    if isinstance(error, RetriesExceededError) and error.last_exception is not None:
+        return _describe(error.last_exception)
+    if isinstance(error, e.ClientError):
+        code, status = _code(error)
+        return f"{code or 'error'} (HTTP {status})"
+    inner = str(getattr(error, "kwargs", {}).get("error", ""))
+    if isinstance(error, e.ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(error, e.SSLError):
+        return "TLS handshake failed (http vs https?)"
+    if isinstance(error, e.EndpointConnectionError):
+        if "refused" in inner.lower():
+            return "connection refused"
+        if "resolve" in inner.lower() or "name or service" in inner.lower():
+            return "host name not found"
+        return "cannot connect"
+    if isinstance(error, e.ReadTimeoutError):
+        return "no answer within the read timeout"
+    if isinstance(error, e.ConnectionClosedError):
+        return "connection closed"
+    return type(error).__name__
+
+
+def _redact(url: str) -> str:
+    """The endpoint without any user:password@ it might carry."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+# ---------------------------------------------------------------------------- shared
+
+
 def upload_tree(
     store: Store, source: Path, prefix: str, *, skip: tuple[str, ...] = ()
-) -> list[str]:
-    """Every file under `source` (but top-level folders in `skip`), keys relative to it."""
-    keys = []
+) -> builtins.list[str]:
+    """Every file under `source` (but top-level folders in `skip`); the keys written."""
+    return [info.key for info in store.upload_dir(source, prefix, skip=skip)]
+
+
+def _walk(source: Path, prefix: str, skip: Collection[str]) -> list[tuple[Path, str]]:
+    if not source.is_dir():
+        raise StorageError(f"cannot upload {source}: not a directory")
+    files = []
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         relative = path.relative_to(source)
-        if relative.parts[0] in skip:
-            continue
-        key = _join(prefix, relative.as_posix())
-        store.upload_file(path, key)
-        keys.append(key)
-    return keys
-
-
-def download_tree(store: Store, prefix: str, target: Path) -> list[Path]:
-    """Every key under `prefix` into `target`, paths relative to the prefix."""
-    files = []
-    for key in store.list(prefix):
-        destination = target / key[len(prefix) :].lstrip("/")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        store.download_file(key, destination)
-        files.append(destination)
+        if relative.parts[0] not in skip:
+            files.append((path, _join(prefix, relative.as_posix())))
     return files
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as reader:
+        while chunk := reader.read(8 * MiB):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
 
 
-@contextmanager
-def _explained(action: str) -> Iterator[None]:
-    """Turn botocore's errors into StorageError with the cause in words."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    try:
-        yield
-    except NoCredentialsError:
-        reason = "no S3 credentials (set a credentialsSecretRef or AWS_* variables)"
-    except EndpointConnectionError as error:
-        reason = f"cannot reach the S3 endpoint {error.kwargs.get('endpoint_url', '')}"
-    except (ClientError, S3UploadFailedError) as error:
-        reason = _client_reason(error)
-    else:
-        return
-    raise StorageError(f"cannot {action}: {reason}") from None
-
-
-def _client_reason(error: Any) -> str:
-    text = str(error)
-    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-    known = {
-        "NoSuchBucket": "the bucket does not exist",
-        "AccessDenied": "access denied (check the credentials' permissions)",
-        "InvalidAccessKeyId": "the access key is not known to this S3 endpoint",
-        "SignatureDoesNotMatch": "the secret key does not match the access key",
-    }
-    for name, reason in known.items():
-        if name in (code, text) or name in text:
-            return reason
-    return code or text.split(":")[-1].strip()
+def _folder(prefix: str) -> str:
+    """A prefix as a folder: "checkpoint-5" must not match "checkpoint-50/..."."""
+    return f"{prefix.rstrip('/')}/" if prefix.strip("/") else ""

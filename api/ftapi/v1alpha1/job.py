@@ -177,6 +177,24 @@ class FineTuneJobSpec(ApiModel):
             field=".evaluation.metrics",
         ),
         Rule(
+            cel="!self.evaluation.metrics.exists(m, m == 'bleu' || m == 'rouge_l')"
+            f" || self.dataset.format in {cel_list(FORMATS_WITH_RESPONSES)}",
+            message="evaluation.metrics bleu and rouge_l need reference answers: a "
+            "dataset.format with responses (not plain_text, preference or prompt_only)",
+            check=lambda s: (
+                not ({"bleu", "rouge_l"} & set(s.evaluation.metrics))
+                or s.dataset.format in FORMATS_WITH_RESPONSES
+            ),
+            field=".evaluation.metrics",
+        ),
+        Rule(
+            cel="!('perplexity' in self.evaluation.metrics) || self.trainer.type == 'sft'",
+            message="evaluation.metrics perplexity needs trainer.type sft (exp of a DPO or "
+            "GRPO loss is not a perplexity)",
+            check=lambda s: "perplexity" not in s.evaluation.metrics or s.trainer.type == "sft",
+            field=".evaluation.metrics",
+        ),
+        Rule(
             cel="!has(self.training.earlyStopping)"
             " || self.training.earlyStopping.metric != 'eval_accuracy'"
             " || 'accuracy' in self.evaluation.metrics",

@@ -10,6 +10,10 @@ from ._base import ApiModel, Rule
 from .common import SecretKeyRef, ShortText, Text
 
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
+# Environment variables the trackers' clients read their credentials from: the operator
+# fills them from the referenced Secret keys, so no credential enters a file or the spec.
+MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
+WANDB_KEY_ENV = "WANDB_API_KEY"
 
 
 class MlflowSpec(ApiModel):
@@ -18,13 +22,15 @@ class MlflowSpec(ApiModel):
     tracking_uri: Text
     """Tracking server URL (or file:/ path)."""
     experiment: ShortText = "finetune"
-    """Experiment name."""
+    """Experiment name (created when missing)."""
     run_name: ShortText | None = None
     """Run name; unset: the FineTuneJob name."""
     run_name_prefix: ShortText = ""
     """Prepended to the run name."""
     run_name_suffix: ShortText = ""
     """Appended to the run name."""
+    tags: Annotated[dict[ShortText, Text], Field(max_length=64)] = {}
+    """Tags set on the run."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret key with MLFLOW_TRACKING_TOKEN, for servers that need one."""
 
@@ -36,6 +42,15 @@ class WandbSpec(ApiModel):
     """Project name."""
     entity: ShortText | None = None
     """Team or user."""
+    run_name: ShortText | None = None
+    """Run name; unset: the FineTuneJob name."""
+    group: ShortText | None = None
+    """Run group (compare several jobs of one experiment)."""
+    tags: Annotated[list[ShortText], Field(max_length=64)] = []
+    """Tags set on the run."""
+    mode: Literal["online", "offline"] | None = None
+    """offline: write the run under the output (wandb/offline-run-*) for a later
+    `wandb sync`, for clusters without access to W&B; unset: W&B's default (online)."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key with the W&B API key."""
 
@@ -51,7 +66,8 @@ class LoggingSpec(ApiModel):
     report_to: Annotated[
         list[Tracker], Field(max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
     ] = []
-    """Experiment trackers to send metrics to."""
+    """Experiment trackers to send metrics to (training and evaluation metrics as they are
+    logged, then the final metrics). tensorboard writes under the output (tensorboard/)."""
     mlflow: MlflowSpec | None = None
     """MLflow settings (needed when reportTo has mlflow)."""
     wandb: WandbSpec | None = None
@@ -71,3 +87,14 @@ class LoggingSpec(ApiModel):
             field=".wandb",
         ),
     )
+
+    def secret_env(self) -> dict[str, SecretKeyRef]:
+        """Environment variable -> Secret key, for the trackers' credentials: the trainer
+        container gets these as `valueFrom.secretKeyRef`, and the tracker clients read them
+        from the environment."""
+        refs: dict[str, SecretKeyRef] = {}
+        if self.mlflow is not None and self.mlflow.token_secret_ref is not None:
+            refs[MLFLOW_TOKEN_ENV] = self.mlflow.token_secret_ref
+        if self.wandb is not None and self.wandb.api_key_secret_ref is not None:
+            refs[WANDB_KEY_ENV] = self.wandb.api_key_secret_ref
+        return refs

@@ -13,12 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftapi.v1alpha1 import FineTuneJobSpec
+from ftapi.v1alpha1 import DatasetSpec, FineTuneJobSpec, ResponseMarkers
 
 from .prepare import DataError, Located, PreparedData
 from .sources import Problem
 
 Encoded = dict[str, list[int]]  # input_ids and labels (-100 where the loss is off)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How SFT samples become (input_ids, labels): the dataset's token-level settings."""
+
+    responses_only: bool
+    add_bos: bool | None = None
+    add_eos: bool | None = None
+    markers: ResponseMarkers | None = None
+
+    @classmethod
+    def of(cls, dataset: DatasetSpec, *, responses_only: bool) -> Encoding:
+        return cls(responses_only, dataset.add_bos, dataset.add_eos, dataset.response_markers)
 
 
 @dataclass
@@ -46,13 +61,15 @@ def check_tokens(
     """Measure every sample; apply the overlong policy in place; fail on untrainable ones."""
     limit = spec.dataset.max_seq_length
     report = TokenReport(action=spec.dataset.overlong)
+    encoding = Encoding.of(spec.dataset, responses_only=responses_only)
+    _check_special_tokens(encoding, tokenizer)
     lengths: list[int] = []
     untrainable: list[Problem] = []
     for part, located in data.parts.items():
         kept: list[Located] = []
         encoded: list[Encoded] = []
         for sample, origin in located:
-            ids, labels = _encode(sample, tokenizer, responses_only=responses_only)
+            ids, labels = encode(sample, tokenizer, encoding)
             length = len(ids)
             trainable = None if labels is None else sum(1 for x in labels[:limit] if x != -100)
             lengths.append(length)
@@ -65,6 +82,7 @@ def check_tokens(
                     f"no trainable tokens within maxSeqLength {limit} (the answer is cut off)"
                     if length > limit
                     else "no trainable tokens: the chat template marks no assistant turn"
+                    " (give dataset.responseMarkers, or a chat template with generation markers)"
                 )
                 untrainable.append(Problem(origin, why))
             kept.append((sample, origin))
@@ -89,31 +107,102 @@ def check_tokens(
     return report
 
 
-def _encode(
-    sample: dict[str, Any], tokenizer: Any, *, responses_only: bool
+def _check_special_tokens(encoding: Encoding, tokenizer: Any) -> None:
+    for wanted, token in ((encoding.add_bos, "bos"), (encoding.add_eos, "eos")):
+        if wanted and getattr(tokenizer, f"{token}_token_id") is None:
+            raise ValueError(f"dataset.add{token.title()}: the tokenizer has no {token} token")
+
+
+def encode(
+    sample: dict[str, Any], tokenizer: Any, encoding: Encoding
 ) -> tuple[list[int], list[int] | None]:
     """(input_ids, labels) for SFT-shaped samples; labels None for the other shapes (only
-    measured). Mirrors TRL's SFT tokenization: the chat template with assistant masks for
-    conversations, text + eos for language modelling."""
+    measured). Mirrors TRL's SFT tokenization (the chat template with assistant masks for
+    conversations, text + eos for language modelling), then applies addBos/addEos."""
     if "messages" in sample:
-        encoded = tokenizer.apply_chat_template(
-            sample["messages"],
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=responses_only,
-        )
-        ids = list(encoded["input_ids"])
-        if not responses_only:
-            return ids, list(ids)
-        masks = encoded["assistant_masks"]
-        return ids, [t if m else -100 for t, m in zip(ids, masks, strict=True)]
-    if "text" in sample:
+        ids, labels = _encode_conversation(sample["messages"], tokenizer, encoding)
+        answer_last = sample["messages"][-1].get("role") == "assistant"
+        train_eos = answer_last or not encoding.responses_only
+    elif "text" in sample:
+        train_eos = True
         ids = list(tokenizer(sample["text"])["input_ids"])
-        if not ids or ids[-1] != tokenizer.eos_token_id:
-            ids.append(tokenizer.eos_token_id)
+        labels = list(ids)
+        if encoding.add_eos is None:  # language modelling: the model must learn to stop
+            encoding = Encoding(encoding.responses_only, encoding.add_bos, True)
+    else:
+        messages = list(sample.get("prompt", [])) + list(sample.get("chosen", []))
+        if messages and isinstance(messages[0], dict):
+            encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+            return list(encoded["input_ids"]), None
+        return [], None
+    return _bos_eos(ids, labels, tokenizer, encoding, train_eos=train_eos)
+
+
+def _encode_conversation(
+    messages: list[dict[str, Any]], tokenizer: Any, encoding: Encoding
+) -> tuple[list[int], list[int]]:
+    if encoding.responses_only and encoding.markers is not None:
+        return _mask_by_markers(messages, tokenizer, encoding.markers)
+    encoded = tokenizer.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=encoding.responses_only,
+    )
+    ids = list(encoded["input_ids"])
+    if not encoding.responses_only:
         return ids, list(ids)
-    messages = list(sample.get("prompt", [])) + list(sample.get("chosen", []))
-    if messages and isinstance(messages[0], dict):
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
-        return list(encoded["input_ids"]), None
-    return [], None
+    masks = encoded["assistant_masks"]
+    return ids, [t if m else IGNORE for t, m in zip(ids, masks, strict=True)]
+
+
+def _mask_by_markers(
+    messages: list[dict[str, Any]], tokenizer: Any, markers: ResponseMarkers
+) -> tuple[list[int], list[int]]:
+    """Loss on the text after each response marker up to the next instruction marker: for
+    chat templates without generation markers (the old completion-only collator's rule,
+    applied to characters so a marker need not tokenize the same in context)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = response_spans(text, markers)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("dataset.responseMarkers needs a fast tokenizer (character offsets)")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [
+        token if any(start <= begin and end <= stop for start, stop in spans) and end > begin
+        else IGNORE
+        for token, (begin, end) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]  # fmt: skip
+    return ids, labels
+
+
+def response_spans(text: str, markers: ResponseMarkers) -> list[tuple[int, int]]:
+    """Character ranges of the responses: after each response marker, up to the next
+    instruction marker (or the end of the text)."""
+    spans = []
+    position = text.find(markers.response)
+    while position != -1:
+        start = position + len(markers.response)
+        stop = text.find(markers.instruction, start)
+        stop = len(text) if stop == -1 else stop
+        spans.append((start, stop))
+        position = text.find(markers.response, stop)
+    return spans
+
+
+def _bos_eos(
+    ids: list[int], labels: list[int], tokenizer: Any, encoding: Encoding, *, train_eos: bool
+) -> tuple[list[int], list[int]]:
+    """addBos/addEos: true adds the token where it is missing, false removes it where the
+    tokenizer or template put it. An added eos is trained when the sample ends with the
+    answer: that is what teaches the model to stop."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if encoding.add_bos and (not ids or ids[0] != bos):
+        ids, labels = [bos, *ids], [IGNORE, *labels]
+    elif encoding.add_bos is False and ids and ids[0] == bos:
+        ids, labels = ids[1:], labels[1:]
+    if encoding.add_eos and (not ids or ids[-1] != eos):
+        ids, labels = [*ids, eos], [*labels, eos if train_eos else IGNORE]
+    elif encoding.add_eos is False and ids and ids[-1] == eos:
+        ids, labels = ids[:-1], labels[:-1]
+    return ids, labels

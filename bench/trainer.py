@@ -1,0 +1,627 @@
+"""Our trainer against a plain TRL SFTTrainer script: same model, data and hardware, one run.
+
+    make bench-trainer                         # CPU: tiny Llama, 2-4 minutes on 2 idle cores
+    .venv/bin/python bench/trainer.py --steps 400 --repeats 5 --json bench.json
+    .venv/bin/python bench/trainer.py --model-shape llama3-8b --seq-len 2048 --steps 40  # GPU
+
+Two sides, each LoRA SFT (or `--method full`) of the same random-weight model on the same
+synthetic conversations (`messages` rows of varied length, so padding is real):
+
+  ours      fttrainer.recipe.Recipe, exactly what `finetune run` does (setup, then train)
+  baseline  the TRL quick-start script: SFTTrainer(model=<path>, train_dataset=..., peft_config=...)
+            with SFTConfig defaults, except the workload (steps, batch size, max_length, lr,
+            seed), save_strategy "no", and on CPU what CPU needs (use_cpu, bf16=False)
+
+Every run is its own subprocess, and the repetitions alternate ABBA (ours, baseline,
+baseline, ours, ...) so that drift on a shared machine hits both sides alike. Per run:
+
+  tokens/s     non-padding tokens fed to the model (attention_mask sum, or every token of a
+               padding-free batch) per second, over the steps after --warmup-steps
+  loss tok/s   tokens that carry loss (labels != -100): ours trains on answers only by default
+  peak memory  GPU: torch.cuda.max_memory_allocated over training; CPU: the subprocess's
+               peak RSS (ru_maxrss from wait4), imports included
+  MFU          GPU only: tokens/s x 4N (LoRA) or 6N (full) / the device's peak dense bf16
+               FLOP/s, N = base parameters without the input embedding (a lookup, no FLOPs)
+
+The table shows medians over --repeats and the ratios ours/baseline, then PASS/FAIL against
+the targets (CPU: tokens/s ratio >= 1.0; GPU: >= 1.5, MFU >= 40%, peak memory <= 0.7x). The
+exit status is 0 either way: this measures, CI decides. docs/benchmarks.md has more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROCESS_START = time.monotonic()  # a worker's setup time counts its imports
+REPO = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "BENCH_RESULT "
+SIDES = ("ours", "baseline")
+# Peak dense bf16 tensor FLOP/s (no sparsity) by device-name substring, most specific first.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200", 989.4),
+    ("H100", 989.4),
+    ("H800", 989.4),
+    ("GB200", 2500.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+)
+SHAPES: dict[str, dict[str, Any]] = {
+    # fttrainer.tiny's Llama: 2 layers, 64 wide. Measures the framework's per-step overhead.
+    "tiny": {"seq_len": 128, "batch_size": 8, "steps": 200},
+    # Llama 3 8B's architecture, random weights (bf16, built on the GPU).
+    "llama3-8b": {
+        "seq_len": 2048, "batch_size": 4, "steps": 40,
+        "config": {
+            "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+            "max_position_embeddings": 8192, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+        },
+    },
+}  # fmt: skip
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+SEED = 42
+
+
+@dataclass
+class Targets:
+    tokens_ratio: float
+    mfu: float | None = None
+    memory_ratio: float | None = None
+
+
+CPU_TARGETS = Targets(tokens_ratio=1.0)
+GPU_TARGETS = Targets(tokens_ratio=1.5, mfu=0.40, memory_ratio=0.7)
+
+
+@dataclass
+class Run:
+    side: str
+    repeat: int
+    tokens_per_s: float
+    cpu_tokens_per_s: float | None  # per second of the process's CPU time (CPU runs)
+    loss_tokens_per_s: float
+    peak_memory_mib: float
+    setup_s: float  # process start (imports included) to the first training step
+    process_s: float
+    tokens_per_step: float
+    final_loss: float | None
+    mfu: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# The orchestrator: stdlib only, so the subprocesses it starts inherit nothing heavy.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/trainer.py",
+        description="Our trainer vs a plain TRL SFTTrainer: tokens/s, peak memory, MFU.",
+    )
+    add = parser.add_argument
+    add(
+        "--model-shape",
+        choices=tuple(SHAPES),
+        default=None,
+        help="random-weight Llama built locally (default: tiny on CPU, llama3-8b on a GPU)",
+    )
+    add(
+        "--method",
+        choices=("lora", "full"),
+        default="lora",
+        help="LoRA (r 16, alpha 32, all linear layers) or full fine-tuning",
+    )
+    add(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="maxSeqLength / max_length (default: 128 tiny, 2048 llama3-8b)",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="per-device batch (default: 8 tiny, 4 llama3-8b)",
+    )
+    add(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps per run (default: 200 tiny, 40 llama3-8b)",
+    )
+    add(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="steps left untimed at the start of each run (default: 10%% of --steps)",
+    )
+    add("--repeats", type=int, default=3, help="runs per side (default: 3)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run, the same for both sides (default: 1 for the tiny model, "
+        "whose matrices are too small to split, which also keeps a shared machine's noise "
+        "down; torch's default otherwise)",
+    )
+    add(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak dense bf16 TFLOP/s, for MFU (default: from its name)",
+    )
+    add(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="model, data and logs (default: a temporary directory, removed afterwards)",
+    )
+    add("--json", type=Path, default=None, help="also write the results to this file")
+    add("--keep", action="store_true", help="keep the work directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["_prepare"], ["_run"]):
+        return _worker(argv[0], json.loads(argv[1]))
+    args = build_parser().parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ftbench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _bench(args, workdir)
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, workdir: Path) -> int:
+    started = time.monotonic()
+    print(f"preparing model and data in {workdir} ...", flush=True)
+    prepare = {
+        "workdir": str(workdir),
+        "device": args.device,
+        "model_shape": args.model_shape,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "threads": args.threads,
+    }
+    info, _, _ = _spawn("_prepare", prepare, workdir / "prepare.log")
+    config = {
+        **info,
+        "workdir": str(workdir),
+        "repeats": args.repeats,
+        "method": args.method,
+        "warmup_steps": args.warmup_steps
+        if args.warmup_steps is not None
+        else max(1, info["steps"] // 10),
+        "peak_tflops": args.peak_tflops or _peak_tflops(info["device_name"]),
+    }
+    if not 1 <= config["warmup_steps"] < config["steps"]:
+        raise SystemExit("--warmup-steps must be at least 1 and smaller than --steps")
+    print(_describe(config), flush=True)
+    runs: list[Run] = []
+    for repeat in range(args.repeats):
+        order = SIDES if repeat % 2 == 0 else SIDES[::-1]  # ABBA: drift hits both sides
+        for side in order:
+            log = workdir / f"{side}-{repeat}.log"
+            result, rusage_kib, seconds = _spawn("_run", {**config, "side": side}, log)
+            peak = result["cuda_peak_mib"] if config["cuda"] else rusage_kib / 1024
+            run = Run(
+                side=side, repeat=repeat, tokens_per_s=result["tokens_per_s"],
+                cpu_tokens_per_s=None if config["cuda"] else result["cpu_tokens_per_s"],
+                loss_tokens_per_s=result["loss_tokens_per_s"], peak_memory_mib=peak,
+                setup_s=result["setup_s"], process_s=seconds,
+                tokens_per_step=result["tokens_per_step"], final_loss=result["final_loss"],
+                mfu=_mfu(config, result["tokens_per_s"]),
+                extra={"rss_mib": rusage_kib / 1024, "train_s": result["train_s"]},
+            )  # fmt: skip
+            runs.append(run)
+            print(
+                f"  {side:<8} #{repeat}: {run.tokens_per_s:9.0f} tokens/s "
+                f"({run.tokens_per_step:.0f} per step), peak {run.peak_memory_mib:.0f} MiB, "
+                f"setup {run.setup_s:.1f} s, process {run.process_s:.1f} s",
+                flush=True,
+            )
+    summary = _summarize(config, runs)
+    print(_render(config, summary))
+    if args.json:
+        document = {"config": config, "runs": [asdict(r) for r in runs], "summary": summary}
+        args.json.write_text(json.dumps(document, indent=2))
+    print(f"total {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def _spawn(mode: str, payload: dict[str, Any], log: Path) -> tuple[dict[str, Any], int, float]:
+    """Run one worker; return its result, its peak RSS (KiB) and its wall time."""
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO / "trainer-image"), str(REPO / "api"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    if payload.get("threads"):
+        env["OMP_NUM_THREADS"] = str(payload["threads"])
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(payload)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+        )  # fmt: skip
+        # wait4, not wait: the rusage of this child alone (RUSAGE_CHILDREN would be the
+        # maximum over every run so far).
+        _, status, rusage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - started
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(text[-4000:])
+        raise SystemExit(f"{mode} {payload.get('side', '')} failed ({proc.returncode}); log {log}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :]), rusage.ru_maxrss, seconds
+
+
+def _peak_tflops(device_name: str | None) -> float | None:
+    if not device_name:
+        return None
+    return next((t for name, t in PEAK_BF16_TFLOPS if name in device_name), None)
+
+
+def _mfu(config: dict[str, Any], tokens_per_s: float) -> float | None:
+    if not config["cuda"] or not config["peak_tflops"]:
+        return None
+    per_token = (4 if config["method"] == "lora" else 6) * config["params_matmul"]
+    return float(tokens_per_s * per_token / (config["peak_tflops"] * 1e12))
+
+
+def _describe(config: dict[str, Any]) -> str:
+    device = config["device_name"] or "CPU"
+    threads = f", {config['threads']} threads" if not config["cuda"] else ""
+    return (
+        f"model {config['model_shape']} ({config['params_total'] / 1e6:.2f}M params, "
+        f"N={config['params_matmul'] / 1e6:.2f}M without the input embedding), "
+        f"{config['method']}, seq-len {config['seq_len']}, batch {config['batch_size']}, "
+        f"{config['steps']} steps ({config['warmup_steps']} untimed), "
+        f"{config['rows']} rows of {config['mean_tokens']:.0f} tokens on average; "
+        f"{device}{threads}"
+    )
+
+
+# (title, Run field, format, scale) of the summary table.
+COLUMNS = (
+    ("tokens/s", "tokens_per_s", ".0f", 1),
+    ("tok/CPU-s", "cpu_tokens_per_s", ".0f", 1),
+    ("loss tok/s", "loss_tokens_per_s", ".0f", 1),
+    ("peak MiB", "peak_memory_mib", ".0f", 1),
+    ("setup s", "setup_s", ".1f", 1),
+    ("process s", "process_s", ".1f", 1),
+    ("MFU %", "mfu", ".1f", 100),
+)
+
+
+def _summarize(config: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
+    def median(side: str, key: str) -> float | None:
+        values = [getattr(r, key) for r in runs if r.side == side and getattr(r, key) is not None]
+        return statistics.median(values) if values else None
+
+    keys = [key for _, key, _, _ in COLUMNS]
+    sides = {side: {key: median(side, key) for key in keys} for side in SIDES}
+    spread = {
+        side: [min(values), max(values)]
+        for side in SIDES
+        for values in [[r.tokens_per_s for r in runs if r.side == side]]
+    }
+    ratio = {
+        key: (ours / base) if ours and base else None
+        for key in keys
+        for ours, base in [(sides["ours"][key], sides["baseline"][key])]
+    }
+    targets = GPU_TARGETS if config["cuda"] else CPU_TARGETS
+    checks = [("tokens/s ours/baseline", ratio["tokens_per_s"], ">=", targets.tokens_ratio)]
+    if targets.mfu is not None:
+        checks.append(("MFU ours", sides["ours"]["mfu"], ">=", targets.mfu))
+    if targets.memory_ratio is not None:
+        checks.append(
+            ("peak memory ours/baseline", ratio["peak_memory_mib"], "<=", targets.memory_ratio)
+        )
+    verdicts = [
+        {
+            "check": name, "value": value, "target": f"{op} {target:g}",
+            "pass": value is not None and (value >= target if op == ">=" else value <= target),
+        }
+        for name, value, op, target in checks
+    ]  # fmt: skip
+    return {"sides": sides, "spread": spread, "ratio": ratio, "checks": verdicts}
+
+
+def _render(config: dict[str, Any], summary: dict[str, Any]) -> str:
+    def cell(value: float | None, fmt: str, width: int = 12) -> str:
+        return format("-" if value is None else format(value, fmt), f">{width}")
+
+    lines = [
+        "",
+        f"medians of {config['repeats']} runs per side "
+        f"(peak MiB: {'GPU memory allocated' if config['cuda'] else 'process RSS'})",
+        f"{'':<21}{'(min..max)':>16}" + "".join(f"{title:>12}" for title, *_ in COLUMNS),
+    ]
+    for side in SIDES:
+        low, high = summary["spread"][side]
+        values = summary["sides"][side]
+        lines.append(
+            f"{side:<21}{f'{low:.0f}..{high:.0f}':>16}"
+            + "".join(
+                cell(None if values[key] is None else values[key] * scale, fmt)
+                for _, key, fmt, scale in COLUMNS
+            )
+        )
+    ratio = summary["ratio"]
+    lines.append(
+        f"{'ratio ours/baseline':<21}{'':>16}"
+        + "".join(cell(ratio[key], ".2f") for _, key, _, _ in COLUMNS)
+    )
+    lines.append("")
+    for check in summary["checks"]:
+        verdict = "PASS" if check["pass"] else "FAIL"
+        shown = "-" if check["value"] is None else f"{check['value']:.3g}"
+        lines.append(f"{verdict}  {check['check']}: {shown} (target {check['target']})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The workers: one subprocess per run. Heavy imports live here.
+
+
+def _worker(mode: str, config: dict[str, Any]) -> int:
+    result = _prepare(config) if mode == "_prepare" else _run(config)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def _prepare(config: dict[str, Any]) -> dict[str, Any]:
+    """Build the model and the tokenizer, write the data; describe them and the device."""
+    import torch
+
+    from fttrainer.tiny import build_model, build_tokenizer
+
+    cuda = config["device"] != "cpu" and torch.cuda.is_available()
+    if config["device"] == "cuda" and not cuda:
+        raise SystemExit("--device cuda: no CUDA device")
+    shape_name = config["model_shape"] or ("llama3-8b" if cuda else "tiny")
+    threads = config["threads"] or (1 if shape_name == "tiny" and not cuda else None)
+    shape = SHAPES[shape_name]
+    seq_len = config["seq_len"] or shape["seq_len"]
+    batch_size = config["batch_size"] or shape["batch_size"]
+    steps = config["steps"] or shape["steps"]
+    workdir = Path(config["workdir"])
+    model_dir = workdir / f"model-{shape_name}"
+    tokenizer = build_tokenizer()
+    if shape_name == "tiny":
+        model = build_model("llama", tokenizer)
+    else:
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        llama = LlamaConfig(
+            **shape["config"],
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(SEED)
+        with torch.device("cuda" if cuda else "cpu"):
+            model = AutoModelForCausalLM.from_config(llama, dtype=torch.bfloat16)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight.data_ptr() == embedding.data_ptr()
+    matmul = total if tied else total - embedding.numel()
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = steps * batch_size
+    data = workdir / "train.jsonl"
+    lengths = _write_conversations(data, tokenizer, rows=rows, seq_len=seq_len)
+    return {
+        "model_shape": shape_name, "model_dir": str(model_dir), "data": str(data),
+        "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "rows": rows,
+        "mean_tokens": sum(lengths) / len(lengths), "params_total": total,
+        "params_matmul": matmul, "cuda": cuda,
+        "threads": threads or torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name(0) if cuda else None,
+    }  # fmt: skip
+
+
+def _write_conversations(path: Path, tokenizer: Any, *, rows: int, seq_len: int) -> list[int]:
+    """`messages` rows: a question of 3-20 words and an answer whose rendered length is
+    spread between 1/8 and 1 x seq_len, so batches carry real padding."""
+    import random
+
+    from fttrainer.tiny import DEFAULT_CORPUS
+
+    rng = random.Random(SEED)
+    words = sorted({word for line in DEFAULT_CORPUS for word in line.split()})
+    sample = " ".join(rng.choice(words) for _ in range(2000))
+    tokens_per_word = len(tokenizer(sample)["input_ids"]) / 2000
+    lengths = []
+    with path.open("w") as out:
+        for _ in range(rows):
+            question = " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))
+            target = rng.randint(max(4, seq_len // 8), seq_len)
+            answer_words = max(1, int((target - 24) / tokens_per_word))
+            answer = " ".join(rng.choice(words) for _ in range(answer_words))
+            messages = [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+            lengths.append(min(len(ids["input_ids"]), seq_len))
+            out.write(json.dumps({"messages": messages}) + "\n")
+    return lengths
+
+
+def _run(config: dict[str, Any]) -> dict[str, Any]:
+    """Train one side; time the steps after the warm-up and count the tokens they saw."""
+    import torch
+
+    if not config["cuda"]:
+        torch.set_num_threads(config["threads"])
+    output = Path(tempfile.mkdtemp(prefix=f"{config['side']}-", dir=config["workdir"]))
+    trainer = _ours(config, output) if config["side"] == "ours" else _baseline(config, output)
+    meter = _meter(config["warmup_steps"], config["steps"], cuda=config["cuda"])
+    trainer.add_callback(meter)
+    trainer.model.register_forward_pre_hook(meter.count, with_kwargs=True)
+    if config["cuda"]:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    setup_s = time.monotonic() - PROCESS_START
+    outcome = trainer.train()
+    elapsed = meter.stop - meter.start
+    cpu_elapsed = meter.cpu_stop - meter.cpu_start
+    tokens, loss_tokens = int(meter.tokens), int(meter.loss_tokens)
+    shutil.rmtree(output, ignore_errors=True)
+    return {
+        "tokens_per_s": tokens / elapsed,
+        "cpu_tokens_per_s": tokens / cpu_elapsed if cpu_elapsed > 0 else None,
+        "tokens_per_step": tokens / max(meter.steps, 1),
+        "loss_tokens_per_s": loss_tokens / elapsed,
+        "train_s": elapsed,
+        "setup_s": setup_s,
+        "steps_measured": meter.steps,
+        "final_loss": outcome.training_loss,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if config["cuda"] else None,
+    }
+
+
+def _ours(config: dict[str, Any], output: Path) -> Any:
+    """fttrainer's Recipe, set up the way `finetune run` sets it up."""
+    from ftapi import parse_job
+    from fttrainer.recipe import Recipe
+
+    training: dict[str, Any] = {
+        "maxSteps": config["steps"], "batchSize": config["batch_size"],
+        "learningRate": 2.0e-4, "seed": SEED,
+    }  # fmt: skip
+    if not config["cuda"]:
+        training["device"] = "cpu"
+    method: dict[str, Any] = {"type": config["method"]}
+    if config["method"] == "lora":
+        method["lora"] = {**LORA, "targetModules": ["all-linear"]}
+    manifest = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "model": {"name": config["model_dir"]},
+            "dataset": {
+                "train": {"uri": config["data"]},
+                "format": "messages",
+                "maxSeqLength": config["seq_len"],
+            },
+            "method": method,
+            "training": training,
+            "evaluation": {"strategy": "no"},
+            "logging": {"steps": 10},
+            # One checkpoint, after the last (timed) step: the baseline saves none.
+            "output": {"uri": str(output / "published"), "saveSteps": config["steps"]},
+            "resources": {"gpusPerNode": 1 if config["cuda"] else 0},
+        },
+    }
+    recipe = Recipe(parse_job(manifest, "bench"), output)
+    recipe.setup()
+    return recipe.trainer
+
+
+def _baseline(config: dict[str, Any], output: Path) -> Any:
+    """The plain TRL script: a model path, a dataset, a LoRA config, SFTConfig defaults."""
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    cpu = {} if config["cuda"] else {"use_cpu": True, "bf16": False}
+    args = SFTConfig(
+        output_dir=str(output),
+        max_steps=config["steps"],
+        per_device_train_batch_size=config["batch_size"],
+        max_length=config["seq_len"],
+        learning_rate=2.0e-4,
+        seed=SEED,
+        save_strategy="no",
+        **cpu,
+    )
+    peft_config = None
+    if config["method"] == "lora":
+        peft_config = LoraConfig(
+            r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+            target_modules="all-linear", task_type="CAUSAL_LM",
+        )  # fmt: skip
+    dataset = load_dataset("json", data_files=config["data"], split="train")
+    return SFTTrainer(
+        model=config["model_dir"], args=args, train_dataset=dataset, peft_config=peft_config
+    )
+
+
+def _meter(warmup: int, steps: int, *, cuda: bool) -> Any:
+    """A TrainerCallback that times the steps after the warm-up, and a forward pre-hook
+    (`count`) that counts the tokens of their micro-batches: the same meter on both sides."""
+    import torch
+    from transformers import TrainerCallback
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    class Meter(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = self.stop = self.cpu_start = self.cpu_stop = 0.0
+            self.steps = 0
+            self.measuring = False
+            # Counted where the batch lives and read once at the end: no sync per step.
+            self.tokens: Any = 0
+            self.loss_tokens: Any = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == warmup:
+                self.start, self.cpu_start, self.measuring = now(), time.process_time(), True
+            elif self.measuring:
+                self.steps += 1
+                if state.global_step >= steps:
+                    self.stop, self.cpu_stop, self.measuring = now(), time.process_time(), False
+
+        def count(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not self.measuring or not module.training:
+                return
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            mask = kwargs.get("attention_mask")
+            labels = kwargs.get("labels")
+            # Padded batches: the attention mask's ones; padding-free ones: every token.
+            self.tokens += mask.sum() if mask is not None else ids.numel()
+            if labels is not None:
+                self.loss_tokens += (labels[..., 1:] != -100).sum()
+
+    return Meter()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

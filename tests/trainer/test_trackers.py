@@ -1,0 +1,247 @@
+"""logging.reportTo on real tiny-model runs: TensorBoard event files, a W&B offline run, and a
+run on a real local `mlflow server` read back through MLflow's client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftapi import parse_job
+from fttrainer.recipe import Recipe
+from fttrainer.tiny import save_tiny_model
+from tests.builders import make_job
+
+# What the trackers create by default: mlflow's ./mlflow.db and ./mlruns, ./wandb, and
+# TensorBoard's <output_dir>/runs.
+TRACKER_FILES = ("mlflow.db", "mlruns", "wandb", "runs", "tensorboard")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def qa_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run(model: Path, data: Path, out: Path, logging: dict[str, Any]) -> dict[str, Any]:
+    """8 steps logged every 2, a test split scored after training, results published to
+    out/published; the final metrics."""
+    job = (
+        make_job("tracked")
+        .set("model.name", str(model))
+        .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64,
+                         "split": {"train": 0.8, "test": 0.2}})
+        .set("training", {"maxSteps": 8, "batchSize": 8, "learningRate": 1e-2})
+        .set("evaluation", {"strategy": "no", "metrics": ["loss", "perplexity"]})
+        .set("logging", {"steps": 2, "firstStep": False, **logging})
+        .set("output.uri", str(out / "published"))
+        .set("resources.gpusPerNode", 0)
+    )  # fmt: skip
+    recipe = Recipe(parse_job(job.obj()), out)
+    recipe.setup()
+    result = recipe.train()
+    recipe.save(result)
+    recipe.publish()
+    return result.final_metrics
+
+
+def _logged_losses(out: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in json.loads((out / "step_metrics.json").read_text())}
+
+
+def test_no_report_to_creates_no_tracker_files(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # mlflow and wandb default to ./mlruns and ./wandb
+    _run(tiny_llama, qa_data, tmp_path / "out", {})
+    found = [p for p in tmp_path.rglob("*") if p.name in TRACKER_FILES]
+    assert found == []
+
+
+def test_tensorboard_event_files_under_the_output(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    final = _run(tiny_llama, qa_data, out, {"reportTo": ["tensorboard"]})
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    losses = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert losses == pytest.approx(_logged_losses(out))
+    assert sorted(losses) == [2, 4, 6, 8]
+    # Scored after training: the test set and the final metrics, at the last step.
+    (test_loss,) = events.Scalars("test/loss")
+    assert test_loss.value == pytest.approx(final["test_loss"], rel=1e-5)
+    (perplexity,) = events.Scalars("final/test_perplexity")
+    assert (perplexity.step, perplexity.value) == (8, pytest.approx(final["test_perplexity"]))
+    published = out / "published" / "tensorboard"
+    assert any(p.name.startswith("events.out.tfevents") for p in published.iterdir())
+
+
+def test_wandb_offline_run_in_the_output(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "out"
+    wandb = {"project": "ft-tests", "mode": "offline", "group": "g", "tags": ["tiny", "ci"]}
+    final = _run(tiny_llama, qa_data, out, {"reportTo": ["wandb"], "wandb": wandb})
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    records = list(_wandb_records(run_file))
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.display_name, run.run_group) == ("ft-tests", "tracked", "g")
+    assert list(run.tags) == ["tiny", "ci"]
+    history = [_items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
+    losses = {h["train/global_step"]: h["train/loss"] for h in history if "train/loss" in h}
+    assert losses == pytest.approx(_logged_losses(out))
+    summary: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "summary":
+            summary.update(_items(record.summary.update))
+    assert summary["test_perplexity"] == pytest.approx(final["test_perplexity"])
+    assert any(r.WhichOneof("record_type") == "exit" for r in records)  # the run was finished
+    assert not (tmp_path / "wandb").exists()  # nothing outside the output
+
+
+def test_mlflow_run_on_a_real_server(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    mlflow = {"trackingUri": mlflow_server, "experiment": "ft-tests",
+              "runNamePrefix": "pre-", "tags": {"team": "nlp"}}  # fmt: skip
+    out = tmp_path / "out"
+    final = _run(tiny_llama, qa_data, out, {"reportTo": ["mlflow"], "mlflow": mlflow})
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("ft-tests")
+    assert experiment is not None
+    # One run: the test-set evaluation after training did not open a second one.
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "pre-tracked" and run.info.status == "FINISHED"
+    assert run.data.tags["team"] == "nlp"
+    assert run.data.params["learning_rate"] == "0.01"
+    assert run.data.params["max_steps"] == "8"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert {m.step: m.value for m in history} == pytest.approx(_logged_losses(out))
+    assert run.data.metrics["test_loss"] == pytest.approx(final["test_loss"])
+    assert run.data.metrics["test_perplexity"] == pytest.approx(final["test_perplexity"])
+    assert run.data.metrics["global_step"] == 8
+
+
+@dataclass
+class _Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_process(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[_Server | None]:
+    """`mlflow server` on a free loopback port (SQLite store, local artifact directory),
+    started with the module's first test when an MLflow test is selected: its imports take
+    a while, so it boots while the other trackers' tests train."""
+    selected = [item for item in request.session.items if item.module is request.module]
+    if not any("mlflow_server" in item.fixturenames for item in selected):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = root / "server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts")],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
+        )  # fmt: skip
+    try:
+        yield _Server(f"http://127.0.0.1:{port}", process, log)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # uvicorn's worker is in the same group
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(_mlflow_process: _Server | None) -> str:
+    """The server's URL, once /health answers."""
+    assert _mlflow_process is not None
+    _wait_healthy(_mlflow_process)
+    return _mlflow_process.url
+
+
+def _wait_healthy(server: _Server) -> None:
+    deadline = time.monotonic() + 300  # a loaded 2-core machine needs minutes for imports
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            log = server.log.read_text()[-3000:]
+            pytest.fail(f"mlflow server exited {server.process.returncode}:\n{log}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow server not healthy after 300 s:\n{server.log.read_text()[-3000:]}")
+
+
+# W&B writes an offline run as a LevelDB-style log of protobuf records (the format
+# `wandb sync` uploads); wandb 0.31 no longer ships a Python reader, so here is one.
+_BLOCK, _HEADER = 32768, 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _wandb_records(path: Path) -> Iterator[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    position, pending = _HEADER, b""
+    while position + _HEADER <= len(data):
+        room = _BLOCK - position % _BLOCK
+        if room < _HEADER:  # a block's tail too short for a header is padding
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + _HEADER])
+        chunk = data[position + _HEADER : position + _HEADER + length]
+        position += _HEADER + length
+        if kind in (_FIRST, _MIDDLE):
+            pending = chunk if kind == _FIRST else pending + chunk
+            continue
+        if kind not in (_FULL, _LAST):
+            continue  # zero padding
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending + chunk if kind == _LAST else chunk)
+        pending = b""
+        yield record
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}

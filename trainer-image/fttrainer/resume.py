@@ -1,0 +1,131 @@
+"""Checkpoints in the training loop: upload each one the Trainer writes, and resume from the
+newest complete one when a run starts again (after a kill, a preemption, a node loss).
+
+What a resume restores is what transformers' Trainer saves in checkpoint-<step>/: the
+weights (the adapter for PEFT methods), optimizer and scheduler state, the RNG states of
+every process, and trainer_state.json (global step, epoch, log history, and so where in
+the epoch the data loader stands: the Trainer skips the batches already seen, in the same
+seeded order).
+
+Across nodes: each node's first process uploads the files its node wrote (ZeRO shards,
+RNG states), the ranks exchange what they uploaded, and rank 0 writes the manifest last.
+Every node's first process downloads the whole checkpoint before training resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .checkpoint_store import CheckpointStore
+from .checkpoints import best, checkpoint_name
+from .storage import ObjectInfo
+
+log = logging.getLogger("fttrainer")
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _barrier() -> None:
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _from_rank_zero(value: Any) -> Any:
+    """Rank 0's value on every rank: all ranks must take the same decision."""
+    if not _distributed():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gathered(infos: list[ObjectInfo]) -> list[ObjectInfo]:
+    if not _distributed():
+        return infos
+    import torch.distributed as dist
+
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, infos)
+    merged: dict[str, ObjectInfo] = {}
+    for part in reversed(everyone):  # rank 0's copy of a shared name wins
+        for info in part or []:
+            merged[info.key] = info
+    return sorted(merged.values())
+
+
+def restore(
+    checkpoints: CheckpointStore, local_dir: Path, *, main: bool, local_main: bool
+) -> Path | None:
+    """Where the Trainer resumes from (a local checkpoint folder), or None to start afresh.
+
+    A run that finished before (DONE) is a new run of the same job: its checkpoints are
+    removed first so they are never mistaken for this run's."""
+    step = None
+    if main:
+        if checkpoints.done():
+            log.info("the previous run of this job finished: starting a new run")
+            checkpoints.clear()
+        else:
+            newest = checkpoints.newest()
+            step = newest.step if newest else None
+    step = _from_rank_zero(step)
+    if step is None:
+        return None
+    folder = local_dir / checkpoint_name(step)
+    if local_main:
+        manifest = next(m for m in checkpoints.complete() if m.step == step)
+        checkpoints.download(manifest, local_dir)
+        log.info("resuming from %s/%s (step %d)", checkpoints.uri, folder.name, step)
+    _barrier()
+    return folder
+
+
+class CheckpointUpload(TrainerCallback):  # type: ignore[misc]
+    """After the Trainer writes checkpoint-<step>/ locally: upload, manifest, retention."""
+
+    def __init__(self, checkpoints: CheckpointStore, keep: int, *, keep_best: bool) -> None:
+        self.checkpoints = checkpoints
+        self.keep = keep
+        self.keep_best = keep_best  # output.finalModel best: retention spares the best one
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        step = state.global_step
+        folder = Path(args.output_dir) / checkpoint_name(step)
+        uploaded = []
+        if state.is_local_process_zero:
+            log.info("uploading %s", folder.name)
+            uploaded = self.checkpoints.upload_files(step, folder)
+        uploaded = _gathered(uploaded)
+        if state.is_world_process_zero:
+            self.checkpoints.save(
+                step, folder, metrics=_metrics_at(state.log_history, step), epoch=state.epoch,
+                uploaded=uploaded,
+            )  # fmt: skip
+            protect = best(self.checkpoints.complete()) if self.keep_best else None
+            self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
+        _barrier()  # no rank runs ahead into a step whose checkpoint is not committed
+
+
+def _metrics_at(history: list[dict[str, Any]], step: int) -> dict[str, float]:
+    """The latest training loss, and the evaluation loss when it was measured at this very
+    step (the Trainer evaluates before it saves): only those make a checkpoint "best"."""
+    metrics = {}
+    trained = next((h for h in reversed(history) if "loss" in h), None)
+    if trained is not None:
+        metrics["loss"] = float(trained["loss"])
+    evaluated = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if evaluated is not None and evaluated.get("step") == step:
+        metrics["eval_loss"] = float(evaluated["eval_loss"])
+    return metrics

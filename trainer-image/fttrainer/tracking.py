@@ -1,0 +1,170 @@
+"""Experiment trackers (spec.logging.reportTo): MLflow, Weights & Biases, TensorBoard.
+
+transformers' own callbacks do the logging during training (`report_to`); this module
+decides what they see and owns the runs' lifetime:
+
+- `tracker_env` maps spec.logging to the environment variables those callbacks and the
+  tracker clients read (pure, unit-tested). Credentials are not in it: MLFLOW_TRACKING_TOKEN
+  and WANDB_API_KEY reach the container from Secrets (`LoggingSpec.secret_env`) and the
+  clients read them from there; nothing here writes them anywhere.
+- `TrackerRuns` opens the MLflow and W&B runs before training and closes them after the
+  final metrics are logged. transformers' MLflow callback ends its run when training ends,
+  so the test-set evaluation and the scores computed after training would otherwise be lost
+  (or, with MLflow, land in a stray run that the next log call opens implicitly).
+
+Without `reportTo` nothing here runs and no tracker directory (mlruns/, wandb/, runs/) is
+created: transformers 5 defaults `report_to` to "none".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ftapi.v1alpha1 import LoggingSpec
+
+log = logging.getLogger("fttrainer")
+TENSORBOARD_DIR = "tensorboard"  # under the run's output directory, published with it
+FINAL_PREFIX = "final/"  # TensorBoard tag prefix of the final metrics
+
+
+def mlflow_run_name(logging_spec: LoggingSpec, job_name: str) -> str:
+    mlflow = logging_spec.mlflow
+    if mlflow is None:
+        return job_name
+    return f"{mlflow.run_name_prefix}{mlflow.run_name or job_name}{mlflow.run_name_suffix}"
+
+
+def tracker_env(logging_spec: LoggingSpec, *, job_name: str, output_dir: Path) -> dict[str, str]:
+    """Environment for the trackers in reportTo, as transformers' integrations and the
+    tracker clients read it."""
+    env: dict[str, str] = {}
+    report_to = logging_spec.report_to
+    if "tensorboard" in report_to:
+        env["TENSORBOARD_LOGGING_DIR"] = str(output_dir / TENSORBOARD_DIR)
+    mlflow = logging_spec.mlflow
+    if "mlflow" in report_to and mlflow is not None:
+        env["MLFLOW_TRACKING_URI"] = mlflow.tracking_uri
+        env["MLFLOW_EXPERIMENT_NAME"] = mlflow.experiment
+        if mlflow.tags:
+            env["MLFLOW_TAGS"] = json.dumps(mlflow.tags, sort_keys=True)
+        # Flattened parameters (lora_r, not one JSON blob); checkpoints go to output.uri.
+        env["MLFLOW_FLATTEN_PARAMS"] = "true"
+        env["HF_MLFLOW_LOG_ARTIFACTS"] = "false"
+    wandb = logging_spec.wandb
+    if "wandb" in report_to and wandb is not None:
+        env["WANDB_PROJECT"] = wandb.project
+        env["WANDB_NAME"] = wandb.run_name or job_name
+        env["WANDB_DIR"] = str(output_dir)  # runs go to <output>/wandb/
+        if wandb.entity:
+            env["WANDB_ENTITY"] = wandb.entity
+        if wandb.group:
+            env["WANDB_RUN_GROUP"] = wandb.group
+        if wandb.tags:
+            env["WANDB_TAGS"] = ",".join(wandb.tags)
+        if wandb.mode:
+            env["WANDB_MODE"] = wandb.mode
+        # The model goes to output.uri, not to W&B artifacts; no gradient hooks.
+        env["WANDB_LOG_MODEL"] = "false"
+        env["WANDB_WATCH"] = "false"
+    return env
+
+
+@contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """`env` set in os.environ for the block, the previous values restored after it (tests
+    run several jobs in one process; a pod runs one, where this changes nothing)."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class TrackerRuns:
+    """The tracker runs of one job: opened before training, so every log call of the
+    trainer (training, evaluation, the test set after training) lands in them, and closed
+    with the final metrics. Rank 0 only; call inside `environment(tracker_env(...))`."""
+
+    def __init__(self, logging_spec: LoggingSpec, *, job_name: str, env: Mapping[str, str]) -> None:
+        self.report_to = set(logging_spec.report_to)
+        self.logging_spec = logging_spec
+        self.job_name = job_name
+        self.env = dict(env)
+        self.mlflow_run_id: str | None = None
+
+    def start(self) -> None:
+        mlflow_spec = self.logging_spec.mlflow
+        if "mlflow" in self.report_to and mlflow_spec is not None:
+            import mlflow
+
+            # Explicit rather than from the environment: mlflow keeps a process-wide URI
+            # once any code has set one.
+            mlflow.set_tracking_uri(mlflow_spec.tracking_uri)
+            mlflow.set_experiment(mlflow_spec.experiment)
+            run = mlflow.start_run(
+                run_name=mlflow_run_name(self.logging_spec, self.job_name),
+                tags=dict(mlflow_spec.tags),
+            )
+            self.mlflow_run_id = run.info.run_id
+            log.info("mlflow: run %s in experiment %s", run.info.run_id, mlflow_spec.experiment)
+        if "wandb" in self.report_to:
+            import wandb
+
+            run = wandb.init()  # project, name, entity, group, tags, dir, mode: from env
+            log.info("wandb: run %s (%s)", run.id, run.settings.mode)
+
+    def finish(self, metrics: Mapping[str, Any], *, step: int, failed: bool = False) -> None:
+        """Log the final metrics and close the runs (marked failed when training failed)."""
+        scalars = final_scalars(metrics)
+        if "mlflow" in self.report_to and self.mlflow_run_id is not None:
+            import mlflow
+
+            if scalars:
+                mlflow.log_metrics(
+                    {mlflow_metric_name(k): v for k, v in scalars.items()},
+                    step=step,
+                    run_id=self.mlflow_run_id,
+                )
+            mlflow.end_run(status="FAILED" if failed else "FINISHED")
+            self.mlflow_run_id = None
+        if "wandb" in self.report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.summary.update(scalars)
+                wandb.finish(exit_code=1 if failed else 0)
+        log_dir = self.env.get("TENSORBOARD_LOGGING_DIR")
+        if "tensorboard" in self.report_to and log_dir and scalars:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=log_dir)
+            for name, value in scalars.items():
+                writer.add_scalar(FINAL_PREFIX + name, value, step)
+            writer.close()
+
+
+def final_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers among the final metrics (trackers take nothing else)."""
+    return {
+        name: float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow's allowed characters (transformers' callback replaces the same way)."""
+    return re.sub(r"[^0-9A-Za-z_\-\.\ :/]", "_", name)
