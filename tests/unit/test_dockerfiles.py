@@ -228,7 +228,8 @@ def test_the_rendered_torchrun_command_starts_the_trainer(tmp_path: Path) -> Non
     command = entrypoint.torchrun_command(
         nnodes=1, nproc_per_node=1, node_rank="0", master_addr="127.0.0.1", master_port=_free_port()
     )
-    assert command[-3:] == [entrypoint.TRAINER_MODULE, "run", entrypoint.JOB_CONFIG_PATH]
+    assert command[-5:] == [entrypoint.TRAINER_MODULE, "run", entrypoint.JOB_CONFIG_PATH,
+                            "--output", f"{entrypoint.WORKSPACE}/run"]  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "fttrainer.entrypoint", *command, "--help"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,

@@ -26,9 +26,8 @@ Why this shape:
   would not exist and tempfile would fall back to the read-only /tmp.
 - torchrun's `-m fttrainer.cli run <config>` runs the same `finetune run` as a laptop does.
 
-Importable without torch (the operator's tests and this package's check it against the
-Dockerfile). The operator image does not install this package, so the operator keeps its own
-copy of these constants; a test asserts the two agree.
+The constants and the command renderer live in ftapi.contract, which the operator imports
+too (its image has no torch and no fttrainer); tests check the Dockerfile against them.
 """
 
 from __future__ import annotations
@@ -37,54 +36,17 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-TORCHRUN = "torchrun"
-# torchrun -m <TRAINER_MODULE> <TRAINER_COMMAND> <config>: `finetune run` as a module.
-TRAINER_MODULE = "fttrainer.cli"
-TRAINER_COMMAND = "run"
-# Where the operator mounts the resolved FineTuneJob (a ConfigMap key).
-JOB_CONFIG_PATH = "/etc/finetune/job.yaml"
-MASTER_PORT = 29500
-# The one writable directory the image needs (an emptyDir when the root fs is read-only).
-WORKSPACE = "/workspace"
-# Environment variables naming directories that must exist before training starts; the
-# Dockerfile sets each of them under WORKSPACE (a test checks that they agree).
-WRITABLE_DIRECTORIES = (
-    "HOME",
-    "TMPDIR",
-    "XDG_CACHE_HOME",
-    "HF_HOME",
-    "TRITON_CACHE_DIR",
-    "TORCHINDUCTOR_CACHE_DIR",
-    "TORCH_EXTENSIONS_DIR",
-    "MPLCONFIGDIR",
-    "WANDB_DIR",
+from ftapi.contract import (  # noqa: F401  (re-exported: the image's contract)
+    DEFAULT_COMMAND,
+    JOB_CONFIG_PATH,
+    MASTER_PORT,
+    TORCHRUN,
+    TRAINER_COMMAND,
+    TRAINER_MODULE,
+    WORKSPACE,
+    WRITABLE_DIRECTORIES,
+    torchrun_command,
 )
-# The image's default arguments: one node, every visible GPU (torchrun counts them).
-DEFAULT_COMMAND = (
-    TORCHRUN, "--nproc-per-node", "gpu", "-m", TRAINER_MODULE, TRAINER_COMMAND, JOB_CONFIG_PATH,
-)  # fmt: skip
-
-
-def torchrun_command(
-    *,
-    nnodes: int,
-    nproc_per_node: int,
-    node_rank: str,
-    master_addr: str,
-    master_port: int = MASTER_PORT,
-    config: str = JOB_CONFIG_PATH,
-) -> list[str]:
-    """The container args of one trainer pod. node_rank is a string so that the operator
-    can pass "$(JOB_COMPLETION_INDEX)" for the kubelet to expand."""
-    return [
-        TORCHRUN,
-        "--nnodes", str(nnodes),
-        "--nproc-per-node", str(nproc_per_node),
-        "--node-rank", node_rank,
-        "--master-addr", master_addr,
-        "--master-port", str(master_port),
-        "-m", TRAINER_MODULE, TRAINER_COMMAND, config,
-    ]  # fmt: skip
 
 
 def prepare_directories(environ: Mapping[str, str]) -> list[str]:

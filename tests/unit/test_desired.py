@@ -1,0 +1,190 @@
+"""desired(): the objects one FineTuneJob attempt needs, read without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from ftapi import contract, parse_job
+from ftoperator.desired import (
+    KUEUE_QUEUE_LABEL,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    Settings,
+    desired,
+)
+from tests.builders import make_job
+
+SETTINGS = Settings(default_image="registry.example/trainer:1")
+UID = "6f1c2a8e-0000-4000-8000-000000000001"
+
+
+def _children(attempt: int = 0, **changes: Any) -> Any:
+    job = make_job("llama").set("metadata.namespace", "team-a").set("metadata.uid", UID)
+    for path, value in changes.items():
+        job.set(path.replace("__", "."), value)
+    return desired(parse_job(job.obj()), attempt=attempt, settings=SETTINGS)
+
+
+def _pod(children: Any) -> dict[str, Any]:
+    return children.job["spec"]["template"]["spec"]
+
+
+def _env(children: Any) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in _pod(children)["containers"][0]["env"]
+    }
+
+
+def test_every_child_is_owned_labelled_and_namespaced() -> None:
+    children = _children()
+    kinds = [o["kind"] for o in children.all()]
+    assert kinds == ["ConfigMap", "ConfigMap", "Service", "ServiceAccount", "Role",
+                     "RoleBinding", "Job"]  # fmt: skip
+    for obj in children.all():
+        meta = obj["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["labels"][LABEL_JOB] == "llama"
+        (owner,) = meta["ownerReferences"]
+        assert (owner["uid"], owner["controller"], owner["kind"]) == (UID, True, "FineTuneJob")
+
+
+@pytest.mark.parametrize(("nodes", "gpus", "nproc"), [(1, 1, 1), (2, 8, 8), (4, 0, 1)])
+def test_indexed_job_runs_torchrun_across_the_nodes(nodes: int, gpus: int, nproc: int) -> None:
+    children = _children(attempt=3, resources__nodes=nodes, resources__gpusPerNode=gpus)
+    job = children.job
+    assert job["metadata"]["name"] == "llama-3"
+    assert job["metadata"]["labels"][LABEL_ATTEMPT] == "3"
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == (
+        "Indexed", nodes, nodes,
+    )  # fmt: skip
+    assert spec["backoffLimit"] == 0
+    pod = _pod(children)
+    assert pod["subdomain"] == children.service["metadata"]["name"] == "llama"
+    assert pod["restartPolicy"] == "Never"
+    args = pod["containers"][0]["args"]
+    assert args == contract.torchrun_command(
+        nnodes=nodes, nproc_per_node=nproc, node_rank="$(JOB_COMPLETION_INDEX)",
+        master_addr="llama-3-0.llama",
+    )  # fmt: skip
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu") == (gpus or None)
+
+
+def test_resources_and_placement_come_from_the_spec() -> None:
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}}  # fmt: skip
+    children = _children(
+        resources={
+            "gpusPerNode": 4, "gpuResourceName": "amd.com/gpu", "cpu": "7500m",
+            "memory": "64Gi", "sharedMemory": "8Gi",
+            "nodeSelector": {"pool": "gpu"}, "tolerations": [toleration], "affinity": affinity,
+            "priorityClassName": "training", "image": "my/trainer:2",
+            "imagePullSecrets": ["regcred"], "labels": {"team": "a"},
+        }
+    )  # fmt: skip
+    pod = _pod(children)
+    container = pod["containers"][0]
+    assert container["image"] == "my/trainer:2"
+    assert container["resources"] == {
+        "requests": {"amd.com/gpu": 4, "cpu": "7500m", "memory": "64Gi"},
+        "limits": {"amd.com/gpu": 4, "memory": "64Gi"},
+    }
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [toleration]
+    assert pod["affinity"] == affinity
+    assert pod["priorityClassName"] == "training"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert children.job["spec"]["template"]["metadata"]["labels"]["team"] == "a"
+
+
+def test_default_image_and_a_locked_down_pod() -> None:
+    pod = _pod(_children())
+    container = pod["containers"][0]
+    assert container["image"] == SETTINGS.default_image
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }  # fmt: skip
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {contract.WORKSPACE, "/dev/shm", contract.JOB_CONFIG_DIR} <= mounts
+
+
+def test_credentials_are_secret_references_only() -> None:
+    children = _children(
+        model__hfTokenSecretRef={"name": "hf", "key": "token"},
+        output={"uri": "s3://b/p", "s3": {"credentialsSecretRef": {"name": "s3-creds"}}},
+        logging={"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://mlflow:5000",
+                 "tokenSecretRef": {"name": "ml", "key": "t"}}},
+        resources__env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
+    )  # fmt: skip
+    env = _env(children)
+    assert env["AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert env["AWS_SESSION_TOKEN"]["secretKeyRef"]["optional"] is True
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "ml", "key": "t"}}
+    assert env["NCCL_DEBUG"] == "INFO"
+    assert env["FINETUNE_PROGRESS_CONFIGMAP"] == "llama-progress"
+    # The resolved config holds references, never values.
+    config = yaml.safe_load(children.config["data"]["job.yaml"])
+    assert config["spec"]["output"]["s3"]["credentialsSecretRef"] == {"name": "s3-creds"}
+    assert config["metadata"]["uid"] == UID
+
+
+def test_resolved_config_is_the_full_spec_the_trainer_parses() -> None:
+    children = _children(training__epochs=2)
+    config = yaml.safe_load(children.config["data"]["job.yaml"])
+    job = parse_job(config)
+    assert job.spec.training.epochs == 2
+    assert job.spec.output.save_steps == 500  # defaults filled in
+    assert job.metadata.uid == UID
+
+
+def test_trainer_may_only_update_its_own_progress() -> None:
+    children = _children()
+    (rule,) = children.role["rules"]
+    assert rule == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["llama-progress"],
+        "verbs": ["get", "patch", "update"],
+    }
+    assert children.role_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "llama-trainer", "namespace": "team-a"}
+    ]
+    assert _pod(children)["serviceAccountName"] == "llama-trainer"
+    own = _children(resources__serviceAccountName="irsa-trainer")
+    assert own.service_account is None
+    assert _pod(own)["serviceAccountName"] == "irsa-trainer"
+    assert own.role_binding["subjects"][0]["name"] == "irsa-trainer"
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "suspended", "queue"),
+    [({}, False, None), ({"suspend": True}, True, None), ({"queueName": "gpus"}, True, "gpus")],
+)
+def test_kueue_and_suspend_create_the_job_suspended(
+    scheduling: dict[str, Any], suspended: bool, queue: str | None
+) -> None:
+    job = _children(scheduling=scheduling).job
+    assert job["spec"]["suspend"] is suspended
+    assert job["metadata"]["labels"].get(KUEUE_QUEUE_LABEL) == queue
+
+
+def test_service_is_headless_and_resolves_unready_pods() -> None:
+    service = _children().service
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {LABEL_JOB: "llama"}
