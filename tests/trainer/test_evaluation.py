@@ -12,13 +12,7 @@ import pytest
 
 from ftapi import parse_job
 from fttrainer.recipe import Recipe
-from fttrainer.tiny import save_tiny_model
 from tests.builders import make_job
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:

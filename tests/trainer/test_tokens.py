@@ -13,7 +13,6 @@ from ftapi.v1alpha1 import ResponseMarkers
 from fttrainer.data.tokens import IGNORE, Encoding, encode, response_spans
 from fttrainer.recipe import Recipe
 from fttrainer.templates import CHAT_TEMPLATE
-from fttrainer.tiny import save_tiny_model
 from tests.builders import make_job
 
 # ChatML as older templates write it: no {% generation %} markers, so the tokenizer cannot
@@ -29,15 +28,10 @@ CONVERSATION = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> Any:
+def tokenizer(tiny_llama: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(tiny_llama)
 
 
 def _trained(tokenizer: Any, ids: list[int], labels: list[int] | None) -> str:
@@ -134,10 +128,10 @@ def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_markers_reach_the_trainer_and_it_trains(
-    model_dir: Path, qa_file: Path, tmp_path: Path
+    tiny_llama: Path, qa_file: Path, tmp_path: Path
 ) -> None:
     job = _qa_job(
-        model_dir, qa_file, chatTemplate=PLAIN_CHATML, addEos=True,
+        tiny_llama, qa_file, chatTemplate=PLAIN_CHATML, addEos=True,
         responseMarkers={"instruction": MARKERS.instruction, "response": MARKERS.response},
     )  # fmt: skip
     recipe = Recipe(job, tmp_path)
@@ -150,9 +144,9 @@ def test_markers_reach_the_trainer_and_it_trains(
 
 
 def test_packing_keeps_the_responses_only_labels(
-    model_dir: Path, qa_file: Path, tmp_path: Path
+    tiny_llama: Path, qa_file: Path, tmp_path: Path
 ) -> None:
-    recipe = Recipe(_qa_job(model_dir, qa_file, packing=True), tmp_path)
+    recipe = Recipe(_qa_job(tiny_llama, qa_file, packing=True), tmp_path)
     recipe.setup()
     packed = recipe.trainer.train_dataset
     assert len(packed) < 12  # several samples share a row

@@ -21,25 +21,11 @@ import pytest
 
 from ftapi import parse_job
 from fttrainer.recipe import Recipe
-from fttrainer.tiny import save_tiny_model
 from tests.builders import make_job
 
 # What the trackers create by default: mlflow's ./mlflow.db and ./mlruns, ./wandb, and
 # TensorBoard's <output_dir>/runs.
 TRACKER_FILES = ("mlflow.db", "mlruns", "wandb", "runs", "tensorboard")
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def qa_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(40)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _run(model: Path, data: Path, out: Path, logging: dict[str, Any]) -> dict[str, Any]:

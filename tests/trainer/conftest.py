@@ -1,0 +1,24 @@
+"""Shared fixtures of the trainer tier: a tiny random-weight Llama and a learnable QA set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fttrainer.tiny import save_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def qa_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 rows of "What is i plus i?" -> "It is 2i.": a task a tiny model learns."""
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
