@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,14 @@ def test_finetune_run_cli_on_the_quickstart_example(tiny_llama: Path, tmp_path: 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done:" in result.stdout
     assert json.loads((tmp_path / "run" / "result.json").read_text())["method"] == "lora"
+    # The untrained model's validation loss is measured first and printed next to the
+    # fine-tuned one: training on the quick start's data lowers it.
+    before, after = map(
+        float, re.search(r"eval_loss: ([\d.]+) before, ([\d.]+) after", result.stdout).groups()
+    )  # type: ignore[union-attr]
+    assert after < before
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["eval_loss/base"] == pytest.approx(before, abs=1e-4)
     published = tmp_path / "published"
     assert (published / "final" / "adapter_model.safetensors").is_file()
     assert (published / "result.json").is_file() and not (published / "trainer").exists()

@@ -188,8 +188,22 @@ def _run(args: argparse.Namespace) -> int:
     if published and recipe.is_main_process:
         print(f"published {len(published)} files to {job.spec.output.uri}")
     if recipe.is_main_process:
+        for line in before_after(result.final_metrics):
+            print(line)
         print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
     return 0
+
+
+def before_after(metrics: dict[str, Any]) -> list[str]:
+    """'eval_loss: 5.64 before, 5.51 after' for every metric measured on both the base and
+    the fine-tuned weights."""
+    lines = []
+    for key, before in metrics.items():
+        name = key.removesuffix("/base")
+        after = metrics.get(name)
+        if name != key and isinstance(before, (int, float)) and isinstance(after, (int, float)):
+            lines.append(f"{name}: {before:.4f} before, {after:.4f} after")
+    return lines
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -331,10 +331,7 @@ class Recipe:
                 keep_best=self.spec.output.final_model == "best",
             )
         ]
-        early = self.spec.training.early_stopping
-        if early is not None:
-            callbacks.append(EarlyStopping(early.metric, early.patience, early.threshold))
-        extra["callbacks"] = callbacks
+        extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
         if "perplexity" in self.spec.evaluation.metrics and self.spec.trainer.type == "sft":
             trainer_type = with_perplexity(trainer_type)  # eval_perplexity next to eval_loss
@@ -406,6 +403,10 @@ class Recipe:
             main=self.is_main_process,
             local_main=bool(self.trainer.is_local_process_zero()),
         )
+        before = self._base_evaluation()
+        early = self.spec.training.early_stopping
+        if early is not None:  # watches the evaluations of training only
+            self.trainer.add_callback(EarlyStopping(early.metric, early.patience, early.threshold))
         outcome = self.trainer.train(resume_from_checkpoint=self.resumed_from)
         history = list(self.trainer.state.log_history)
         step_metrics = [h for h in history if "loss" in h]
@@ -418,6 +419,7 @@ class Recipe:
             final.update(self._final_evaluation(history, outcome.global_step))
         final.update(self._task_scores(self.trainer.model, side="fine_tuned"))
         final.update({f"{name}/base": score for name, score in self.base_scores.items()})
+        final.update({f"{name}/base": value for name, value in before.items()})
         if self.data and self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
 
@@ -433,6 +435,23 @@ class Recipe:
         if last is not None and last.get("step") == step:
             return {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
         return dict(self.trainer.evaluate())
+
+    def _base_evaluation(self) -> dict[str, float]:
+        """Validation loss and token accuracy of the untrained weights (SFT): the "before"
+        that `finetune run` prints next to the "after" (final_metrics: <name>/base)."""
+        evaluation = self.spec.evaluation
+        if not (
+            evaluation.compare_base
+            and evaluation.strategy != "no"
+            and self.data is not None
+            and self.data.validation
+            and self.spec.trainer.type == "sft"
+            and self.spec.distributed.strategy not in ("deepspeed", "fsdp")
+        ):
+            return {}
+        metrics = self.trainer.evaluate()
+        wanted = ("eval_loss", "eval_mean_token_accuracy", "eval_perplexity")
+        return {k: float(v) for k, v in metrics.items() if k in wanted}
 
     def _task_scores(self, model: Any, *, side: str) -> dict[str, float]:
         """Scores of `model` beyond the loss: the evaluation.metrics asked for on the
