@@ -23,7 +23,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from ftapi.v1alpha1 import FineTuneJob
 
@@ -166,8 +165,3 @@ def best(manifests: list[Manifest], metric: str = "eval_loss") -> Manifest | Non
     """The checkpoint with the lowest `metric` among those evaluated at their step."""
     scored = [m for m in manifests if metric in m.metrics]
     return min(scored, key=lambda m: (m.metrics[metric], -m.step)) if scored else None
-
-
-def describe(manifest: Manifest) -> dict[str, Any]:
-    """What status and result.json say about a checkpoint."""
-    return {"step": manifest.step, "files": len(manifest.files), "bytes": manifest.size}

@@ -591,8 +591,8 @@ class Recipe:
         if not self.is_main_process:
             return []
         output = self.spec.output
-        store = open_store(output.uri, s3=output.s3)
-        uploaded = upload_tree(store, self.output_dir, "", skip=("trainer",))
+        # The same store (and S3 client) the checkpoints go to: output.uri.
+        uploaded = upload_tree(self.checkpoints.store, self.output_dir, "", skip=("trainer",))
         # Results are out: the same job started again is a new run, not a resume.
         self.checkpoints.mark_done(self.trainer.state.global_step)
         if output.push_to_hub is not None:

@@ -41,7 +41,7 @@ def _barrier() -> None:
 
 
 def _from_rank_zero(value: Any) -> Any:
-    """Rank 0's value on every rank: all ranks must take the same decision."""
+    """Rank 0's value (any picklable object) on every rank: all ranks take one decision."""
     if not _distributed():
         return value
     import torch.distributed as dist
@@ -72,22 +72,21 @@ def restore(
 
     A run that finished before (DONE) is a new run of the same job: its checkpoints are
     removed first so they are never mistaken for this run's."""
-    step = None
+    newest = None
     if main:
         if checkpoints.done():
             log.info("the previous run of this job finished: starting a new run")
             checkpoints.clear()
         else:
             newest = checkpoints.newest()
-            step = newest.step if newest else None
-    step = _from_rank_zero(step)
-    if step is None:
+    # Rank 0's manifest itself: the other nodes download exactly it, without listing again.
+    newest = _from_rank_zero(newest)
+    if newest is None:
         return None
-    folder = local_dir / checkpoint_name(step)
+    folder = local_dir / checkpoint_name(newest.step)
     if local_main:
-        manifest = next(m for m in checkpoints.complete() if m.step == step)
-        checkpoints.download(manifest, local_dir)
-        log.info("resuming from %s/%s (step %d)", checkpoints.uri, folder.name, step)
+        checkpoints.download(newest, local_dir)
+        log.info("resuming from %s/%s (step %d)", checkpoints.uri, folder.name, newest.step)
     _barrier()
     return folder
 
