@@ -20,6 +20,9 @@ import yaml
 
 from ftapi import contract
 from ftapi.constants import API_VERSION, ENV_HF_TOKEN, ENV_HUB_PUSH_TOKEN, KIND
+
+# Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
+from ftapi.progress import ENV_ATTEMPT, ENV_NAMESPACE, ENV_PROGRESS_CONFIGMAP
 from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
 
 MANAGED_BY = "finetune-operator"
@@ -28,11 +31,6 @@ LABEL_ATTEMPT = "finetune.dev/attempt"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_KEY = "job.yaml"
-PROGRESS_KEY = "progress.json"
-# Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
-ENV_PROGRESS_CONFIGMAP = "FINETUNE_PROGRESS_CONFIGMAP"
-ENV_NAMESPACE = "FINETUNE_NAMESPACE"
-ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)
 RUN_AS_USER = 1000  # the trainer image's user (trainer-image/Dockerfile)

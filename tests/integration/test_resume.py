@@ -124,6 +124,7 @@ class Attempt:
         )  # fmt: skip
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
+        self.ended = False  # the output reached its end (read once from the queue)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -136,17 +137,20 @@ class Attempt:
         """True when the count-th line containing text arrived; False if the run ended."""
         deadline = time.monotonic() + timeout
         seen = 0
-        while time.monotonic() < deadline:
+        while not self.ended and time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=1)
             except queue.Empty:
                 continue
             if line is None:
+                self.ended = True
                 return False
             self.log.append(line)
             seen += text in line
             if seen >= count:
                 return True
+        if self.ended:
+            return False
         raise AssertionError(f"no {text!r} within {timeout} s:\n{''.join(self.log[-40:])}")
 
     def kill(self) -> None:

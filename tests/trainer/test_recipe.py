@@ -399,3 +399,27 @@ def test_the_trainer_gets_our_tokens_with_the_loss_on_answers_only(
         assert recipe.tokenizer.decode(trained) == "Blue.<|im_end|>"
     else:
         assert trained == example["input_ids"]
+
+
+def test_a_restart_after_the_final_checkpoint_trains_no_further(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """Killed after the last checkpoint but before publishing: the restart resumes from it
+    and trains nothing more (transformers alone would run step max_steps+1 each time)."""
+    from safetensors.torch import load_file
+
+    published = {"output.uri": str(tmp_path / "published"), "output.saveSteps": 2}
+    _run(tiny_llama, qa_data, tmp_path / "first", training__maxSteps=4, **published)
+    recipe, _ = _run(tiny_llama, qa_data, tmp_path / "again", training__maxSteps=4, **published)
+    assert recipe.resumed_from is not None and recipe.resumed_from.name == "checkpoint-4"
+
+    def steps(run: str) -> list[int]:
+        return [m["step"] for m in json.loads((tmp_path / run / "step_metrics.json").read_text())]
+
+    assert steps("again") == steps("first") and steps("again")[-1] == 4
+    final = json.loads((tmp_path / "again" / "final_metrics.json").read_text())
+    assert final["global_step"] == 4 and final["train_loss"] > 0
+    first = load_file(tmp_path / "first" / "final" / "adapter_model.safetensors")
+    again = load_file(tmp_path / "again" / "final" / "adapter_model.safetensors")
+    assert first.keys() == again.keys()
+    assert all(first[name].equal(again[name]) for name in first)

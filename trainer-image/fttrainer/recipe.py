@@ -45,7 +45,7 @@ from .distributed import check_saved_weights, confirm_strategy, unsharded_loadin
 from .harness import fetch_task_dir, run_harness
 from .hub import push_to_hub, push_token
 from .metrics import bleu, rouge_l, with_perplexity
-from .resume import CheckpointUpload, restore
+from .resume import CheckpointUpload, restore, stop_at_max_steps
 from .rewards import build_rewards
 from .scoring import (
     exact_match,
@@ -407,11 +407,16 @@ class Recipe:
         early = self.spec.training.early_stopping
         if early is not None:  # watches the evaluations of training only
             self.trainer.add_callback(EarlyStopping(early.metric, early.patience, early.threshold))
+        stop_at_max_steps(self.trainer)
         outcome = self.trainer.train(resume_from_checkpoint=self.resumed_from)
         history = list(self.trainer.state.log_history)
         step_metrics = [h for h in history if "loss" in h]
+        train_loss = outcome.training_loss
+        if outcome.global_step == _step_of(self.resumed_from) and step_metrics:
+            # Resumed from the final checkpoint: no step ran now, the run's losses are history.
+            train_loss = sum(h["loss"] for h in step_metrics) / len(step_metrics)
         final = {
-            "train_loss": outcome.training_loss,
+            "train_loss": train_loss,
             "global_step": outcome.global_step,
             "train_runtime_seconds": round(time.monotonic() - started, 3),
         }

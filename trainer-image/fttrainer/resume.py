@@ -91,6 +91,25 @@ def restore(
     return folder
 
 
+def stop_at_max_steps(trainer: Any) -> None:
+    """Make a resume from the final checkpoint train nothing.
+
+    transformers 5.23's loop runs at least one step of the resumed epoch before it checks
+    max_steps, so a run killed after its last checkpoint but before it published would train
+    (and checkpoint) step max_steps+1 on restart, and again on every further restart. The
+    guard sits on the epoch loop itself so that it holds for every strategy (DeepSpeed and
+    FSDP load their checkpoints inside train(), before the loop)."""
+    run_epoch = trainer._run_epoch
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps:
+            trainer.control.should_training_stop = True
+            return None
+        return run_epoch(*args, **kwargs)
+
+    trainer._run_epoch = guarded
+
+
 class CheckpointUpload(TrainerCallback):  # type: ignore[misc]
     """After the Trainer writes checkpoint-<step>/ locally: upload, manifest, retention."""
 

@@ -1,0 +1,59 @@
+"""The progress channel between a trainer pod and the operator.
+
+Rank 0 of the trainer writes one JSON document, `ProgressReport`, under the key
+`progress.json` of the job's progress ConfigMap (`<job>-progress`). Its per-job Role lets
+it get/patch that one ConfigMap by resourceName and nothing else; the operator reads it from
+its watch and copies it into `FineTuneJob.status`. Neither side needs the other's
+credentials: the operator never sees S3 keys, the trainer never writes the FineTuneJob.
+
+The environment the operator gives the pod says where to write:
+FINETUNE_PROGRESS_CONFIGMAP (the ConfigMap's name), FINETUNE_NAMESPACE, FINETUNE_ATTEMPT.
+A report carries its attempt, so a late write from a torn-down attempt is recognisable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .v1alpha1._base import ApiModel
+
+PROGRESS_KEY = "progress.json"
+ENV_PROGRESS_CONFIGMAP = "FINETUNE_PROGRESS_CONFIGMAP"
+ENV_NAMESPACE = "FINETUNE_NAMESPACE"
+ENV_ATTEMPT = "FINETUNE_ATTEMPT"
+# How often the trainer reports at most (plus at each checkpoint and at the end): the
+# status lags the trainer by about this much.
+REPORT_INTERVAL_SECONDS = 15.0
+
+Stage = Literal["starting", "training", "evaluating", "saving", "publishing", "done"]
+
+
+class CheckpointReport(ApiModel):
+    latest: str | None = None
+    """URI of the newest complete checkpoint."""
+    step: Annotated[int, Field(ge=0)] | None = None
+    count: Annotated[int, Field(ge=0)] = 0
+    """Complete checkpoints kept after retention."""
+
+
+class ProgressReport(ApiModel):
+    """What the trainer knows and the operator shows. Unknown values are left out."""
+
+    attempt: Annotated[int, Field(ge=0)] = 0
+    stage: Stage = "starting"
+    step: Annotated[int, Field(ge=0)] = 0
+    total_steps: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[float, Field(ge=0.0)] | None = None
+    tokens_per_second: Annotated[float, Field(ge=0.0)] | None = None
+    eta_seconds: Annotated[int, Field(ge=0)] | None = None
+    """From this attempt's pace: (total - step) x seconds per step so far."""
+    metrics: dict[str, float] = {}
+    """Latest scalars by the trainer's names: train_loss, eval_loss, eval_accuracy,
+    learning_rate, grad_norm, reward, ..."""
+    checkpoint: CheckpointReport | None = None
+    model_uri: str | None = None
+    """Set once the final model is published."""
+    updated_at: datetime
