@@ -42,6 +42,10 @@ class Settings:
 
     default_image: str = "ghcr.io/finetune-operator/trainer:0.1.0"
     scratch_size: str = "100Gi"  # the pod's writable /workspace (local checkpoints, caches)
+    gpu_tolerations: tuple[dict[str, Any], ...] = ()
+    """Added to pods that request GPUs (e.g. a spot pool's taint), besides the toleration
+    of the GPU resource's own taint, which is always added: GPU pools are usually tainted
+    with it so that only GPU workloads land there (GKE, the NVIDIA GPU operator)."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +251,8 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     if gpus:
-        requests[resources.gpu_resource_name] = gpus
-        limits[resources.gpu_resource_name] = gpus
+        requests[resources.gpu_resource_name] = str(gpus)  # a quantity
+        limits[resources.gpu_resource_name] = str(gpus)
     if resources.cpu is not None:
         requests["cpu"] = resources.cpu
     if resources.memory is not None:
@@ -302,11 +306,14 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
     }
     if resources.node_selector:
         pod["nodeSelector"] = dict(resources.node_selector)
-    if resources.tolerations:
-        pod["tolerations"] = [
-            t.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for t in resources.tolerations
-        ]
+    tolerations = [
+        t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
+    ]
+    if gpus:
+        own = {"key": resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+        tolerations += [dict(t) for t in (own, *settings.gpu_tolerations) if t not in tolerations]
+    if tolerations:
+        pod["tolerations"] = tolerations
     if resources.affinity:
         pod["affinity"] = resources.affinity
     if resources.priority_class_name:

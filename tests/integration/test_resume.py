@@ -184,7 +184,7 @@ def test_kills_at_random_moments_lose_nothing(
     cluster: Cluster, model: Path, bucket: str, tmp_path: Path
 ) -> None:
     env = _env(cluster)
-    steps = 40
+    steps = 64  # long enough to outlast the 12 kills
     reference = _run_uninterrupted(
         _job(tmp_path, model, cluster, f"s3://{bucket}/reference", steps=steps, variant="lora"),
         tmp_path / "reference", env,

@@ -72,7 +72,7 @@ def test_indexed_job_runs_torchrun_across_the_nodes(nodes: int, gpus: int, nproc
         master_addr="llama-3-0.llama",
     )  # fmt: skip
     limits = pod["containers"][0]["resources"]["limits"]
-    assert limits.get("nvidia.com/gpu") == (gpus or None)
+    assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)  # a quantity string
 
 
 def test_resources_and_placement_come_from_the_spec() -> None:
@@ -93,11 +93,12 @@ def test_resources_and_placement_come_from_the_spec() -> None:
     container = pod["containers"][0]
     assert container["image"] == "my/trainer:2"
     assert container["resources"] == {
-        "requests": {"amd.com/gpu": 4, "cpu": "7500m", "memory": "64Gi"},
-        "limits": {"amd.com/gpu": 4, "memory": "64Gi"},
+        "requests": {"amd.com/gpu": "4", "cpu": "7500m", "memory": "64Gi"},
+        "limits": {"amd.com/gpu": "4", "memory": "64Gi"},
     }
     assert pod["nodeSelector"] == {"pool": "gpu"}
-    assert pod["tolerations"] == [toleration]
+    # The user's toleration, then the GPU resource's own taint (always tolerated).
+    assert pod["tolerations"] == [toleration, {**toleration, "key": "amd.com/gpu"}]
     assert pod["affinity"] == affinity
     assert pod["priorityClassName"] == "training"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -188,3 +189,18 @@ def test_service_is_headless_and_resolves_unready_pods() -> None:
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == {LABEL_JOB: "llama"}
+
+
+def test_gpu_pods_tolerate_the_gpu_taint_and_the_operators_pool_tolerations() -> None:
+    spot = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
+            "effect": "NoSchedule"}  # fmt: skip
+    settings = Settings(gpu_tolerations=(spot,))
+    gpu = desired(parse_job(make_job("g").set("resources.gpusPerNode", 8).obj()), attempt=0,
+                  settings=settings)  # fmt: skip
+    assert _pod(gpu)["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        spot,
+    ]
+    cpu = desired(parse_job(make_job("c").set("resources.gpusPerNode", 0).obj()), attempt=0,
+                  settings=settings)  # fmt: skip
+    assert "tolerations" not in _pod(cpu)

@@ -1,0 +1,147 @@
+"""What the operator has seen, and what it must look at again.
+
+`Cache` is an informer cache fed by kopf's watch events: FineTuneJobs by (namespace, name),
+their Jobs, pods and progress ConfigMaps grouped by owning FineTuneJob, and the nodes that
+are not ready. Reconciling reads only from here, so one pass costs no API reads.
+
+`WorkQueue` has client-go's workqueue semantics: a key is queued at most once, never
+processed by two workers at a time, and a key added while it is being processed is
+processed once more afterwards (nothing is lost, nothing runs twice concurrently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("ftoperator")
+
+Key = tuple[str, str]  # (namespace, FineTuneJob name)
+
+
+@dataclass
+class Cache:
+    jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """FineTuneJobs (whole objects)."""
+    batch_jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    progress: dict[Key, str] = field(default_factory=dict)
+    """The progress ConfigMap's report text."""
+    lost_nodes: set[str] = field(default_factory=set)
+
+    def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
+        if body is None:
+            self.jobs.pop(key, None)
+        else:
+            self.jobs[key] = body
+
+    def observe_child(self, kind: str, key: Key, name: str, body: dict[str, Any] | None) -> None:
+        """A Job or pod labelled with its FineTuneJob; body None when it was deleted."""
+        group = self.batch_jobs if kind == "Job" else self.pods
+        children = group.setdefault(key, {})
+        if body is None:
+            children.pop(name, None)
+            if not children:
+                group.pop(key, None)
+        else:
+            children[name] = body
+
+    def observe_progress(self, key: Key, report: str | None) -> None:
+        if report is None:
+            self.progress.pop(key, None)
+        else:
+            self.progress[key] = report
+
+    def observe_node(self, name: str, ready: bool) -> None:
+        if ready:
+            self.lost_nodes.discard(name)
+        else:
+            self.lost_nodes.add(name)
+
+    def keys_on_nodes(self, nodes: set[str]) -> list[Key]:
+        """FineTuneJobs with a pod on one of these nodes (to look at when a node changes)."""
+        return [
+            key
+            for key, pods in self.pods.items()
+            if any(p.get("spec", {}).get("nodeName") in nodes for p in pods.values())
+        ]
+
+
+def node_ready(node: dict[str, Any]) -> bool:
+    for condition in node.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class WorkQueue:
+    """Keys to reconcile, processed by a fixed number of workers."""
+
+    def __init__(self, handler: Handler, *, workers: int = 16) -> None:
+        self.handler = handler
+        self.workers = workers
+        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
+        self._queued: set[Hashable] = set()
+        self._processing: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+
+    def add(self, key: Hashable) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: Hashable, seconds: float) -> None:
+        """Look at key again later (TTL, deadlines); an earlier pending timer wins."""
+        loop = asyncio.get_running_loop()
+        existing = self._timers.get(key)
+        due = loop.time() + max(0.0, seconds)
+        if existing is not None and existing.when() <= due:
+            return
+        if existing is not None:
+            existing.cancel()
+        self._timers[key] = loop.call_at(due, self._fire, key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._processing.add(key)
+            try:
+                await self.handler(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one key's error never stops the worker; it is retried
+                log.exception("reconciling %s failed; retrying in 5 s", key)
+                self.add_after(key, 5.0)
+            finally:
+                self._processing.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.add(key)

@@ -1,0 +1,93 @@
+"""kopf's part: watch streams in, cache updates and queued keys out. No decisions here.
+
+Each watched kind feeds the controller's cache and queues the FineTuneJob it belongs to;
+the controller's workers do the rest (controller.py). kopf writes nothing to the objects
+(no finalizers, no annotations): only event handlers are registered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import kopf
+
+from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.progress import PROGRESS_KEY
+
+from .cache import node_ready
+from .controller import Controller
+from .desired import LABEL_COMPONENT, LABEL_JOB
+
+log = logging.getLogger("ftoperator")
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    cache, queue = controller.cache, controller.queue
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster ServiceAccount or KUBECONFIG, as the kubernetes client finds them.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING  # our own Events say what happened
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+        settings.networking.request_timeout = 60
+        controller.queue.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(**_: Any) -> None:
+        await controller.queue.stop()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+        key = (namespace or "", name)
+        deleted = event.get("type") == "DELETED"
+        cache.observe_job(key, None if deleted else _body(event))
+        if not deleted:
+            queue.add(key)
+
+    def child(kind: str) -> Callable[..., None]:
+        def observe(
+            event: kopf.RawEvent, namespace: str | None, name: str, labels: Mapping[str, str],
+            **_: Any,
+        ) -> None:  # fmt: skip
+            key = (namespace or "", labels[LABEL_JOB])
+            deleted = event.get("type") == "DELETED"
+            cache.observe_child(kind, key, name, None if deleted else _body(event))
+            queue.add(key)
+
+        return observe
+
+    selector = {LABEL_JOB: kopf.PRESENT}
+    kopf.on.event("batch", "v1", "jobs", labels=selector, registry=registry)(child("Job"))
+    kopf.on.event("", "v1", "pods", labels=selector, registry=registry)(child("Pod"))
+
+    @kopf.on.event(
+        "", "v1", "configmaps", labels={**selector, LABEL_COMPONENT: "progress"}, registry=registry
+    )
+    def progress(
+        event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        key = (namespace or "", labels[LABEL_JOB])
+        deleted = event.get("type") == "DELETED"
+        data = _body(event).get("data") or {}
+        cache.observe_progress(key, None if deleted else data.get(PROGRESS_KEY))
+        queue.add(key)
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node(event: kopf.RawEvent, name: str, **_: Any) -> None:
+        ready = event.get("type") != "DELETED" and node_ready(_body(event))
+        was_lost = name in cache.lost_nodes
+        cache.observe_node(name, ready)
+        if was_lost == ready:  # readiness changed: the jobs with pods there must look again
+            for key in cache.keys_on_nodes({name}):
+                queue.add(key)
+
+
+def _body(event: kopf.RawEvent) -> dict[str, Any]:
+    return cast(dict[str, Any], event["object"])

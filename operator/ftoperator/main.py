@@ -1,0 +1,240 @@
+"""`python -m ftoperator` / `finetune-operator`: settings, logging, leader election, kopf.
+
+    finetune-operator --namespace team-a --namespace team-b   # or 'team-*', or none: all
+    finetune-operator --default-image registry/trainer:0.1.0 --log-format json
+
+Every flag has an environment variable (FTO_*), which is how the Helm chart sets them.
+Only the replica holding the Lease reconciles; the others wait, ready to take over. SIGTERM
+stops the watches, lets running passes finish and releases the Lease at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from .controller import Controller
+from .desired import Settings
+from .handlers import register
+from .kube import Kube
+from .leader import LeaderElector
+from .observability import METRICS, serve
+
+log = logging.getLogger("ftoperator")
+
+
+@dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...]
+    default_image: str
+    scratch_size: str
+    workers: int
+    resync_seconds: float
+    log_format: str
+    log_level: str
+    metrics_bind: str
+    metrics_port: int
+    leader_election: bool
+    lease_name: str
+    lease_namespace: str
+    identity: str
+
+
+def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Options:
+    env = dict(os.environ if env is None else env)
+    defaults = Settings()
+
+    def get(name: str, default: str) -> str:
+        return env.get(f"FTO_{name}", default)
+
+    parser = argparse.ArgumentParser(
+        prog="finetune-operator", description="Runs FineTuneJobs as torchrun batch Jobs."
+    )
+    parser.add_argument(
+        "--namespace", action="append", dest="namespaces", default=None,
+        help="namespace (or glob like 'team-*') to watch; repeat for several; none: all "
+             "[FTO_NAMESPACES, comma-separated]",
+    )  # fmt: skip
+    flags: list[tuple[str, str, type, str]] = [
+        ("--default-image", "DEFAULT_IMAGE", str, "trainer image for jobs that name none"),
+        ("--scratch-size", "SCRATCH_SIZE", str, "size limit of each pod's /workspace"),
+        ("--workers", "WORKERS", int, "FineTuneJobs reconciled concurrently"),
+        ("--resync-seconds", "RESYNC_SECONDS", float, "look at every job at least this often"),
+        ("--log-level", "LOG_LEVEL", str, "DEBUG, INFO, WARNING"),
+        ("--metrics-bind", "METRICS_BIND", str, "address of /metrics, /healthz, /readyz"),
+        ("--metrics-port", "METRICS_PORT", int, "port of /metrics, /healthz, /readyz; 0: none"),
+    ]
+    defaults_by_flag = {
+        "DEFAULT_IMAGE": defaults.default_image, "SCRATCH_SIZE": defaults.scratch_size,
+        "WORKERS": "16", "RESYNC_SECONDS": "60", "LOG_LEVEL": "INFO",
+        "METRICS_BIND": "0.0.0.0", "METRICS_PORT": "8080",
+    }  # fmt: skip
+    for flag, name, kind, text in flags:
+        parser.add_argument(
+            flag, type=kind, default=kind(get(name, defaults_by_flag[name])),
+            help=f"{text} [FTO_{name}]",
+        )  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=("json", "text"), default=get("LOG_FORMAT", "text"),
+        help="[FTO_LOG_FORMAT]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--leader-election", action=argparse.BooleanOptionalAction,
+        default=get("LEADER_ELECTION", "true").lower() == "true",
+        help="hold a Lease so that only one replica reconciles [FTO_LEADER_ELECTION]",
+    )  # fmt: skip
+    parser.add_argument("--lease-name", default=get("LEASE_NAME", "finetune-operator-leader"))
+    parser.add_argument(
+        "--lease-namespace", default=get("LEASE_NAMESPACE", env.get("POD_NAMESPACE", "default")),
+        help="[FTO_LEASE_NAMESPACE, else POD_NAMESPACE]",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    namespaces = args.namespaces
+    if namespaces is None:
+        namespaces = [n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()]
+    pod = env.get("POD_NAME") or socket.gethostname()
+    return Options(
+        namespaces=tuple(namespaces),
+        default_image=args.default_image,
+        scratch_size=args.scratch_size,
+        workers=args.workers,
+        resync_seconds=args.resync_seconds,
+        log_format=args.log_format,
+        log_level=args.log_level.upper(),
+        metrics_bind=args.metrics_bind,
+        metrics_port=args.metrics_port,
+        leader_election=args.leader_election,
+        lease_name=args.lease_name,
+        lease_namespace=args.lease_namespace,
+        identity=f"{pod}_{uuid.uuid4().hex[:8]}",
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log collectors parse without rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(options: Options) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if options.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(options.log_level)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if root.level > logging.DEBUG:  # kopf logs every handled watch event at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+def api_client() -> client.ApiClient:
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+async def run(options: Options) -> int:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=max(8, options.workers * 2)))
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    api = api_client()
+    controller = Controller(
+        Kube(api, options.identity),
+        Settings(default_image=options.default_image, scratch_size=options.scratch_size),
+        workers=options.workers,
+    )  # fmt: skip
+    controller.resync_seconds = options.resync_seconds
+    registry = kopf.OperatorRegistry()
+    register(registry, controller)
+    server = None
+    if options.metrics_port:
+        # Ready once started: a standby replica is ready too (readiness gates rollouts only).
+        server = await serve(options.metrics_bind, options.metrics_port, ready=lambda: True)
+    elector = None
+    tasks: list[asyncio.Task[Any]] = []
+    log.info(
+        "finetune-operator starting: namespaces %s, default image %s",
+        ", ".join(options.namespaces) or "all", options.default_image,
+    )  # fmt: skip
+    try:
+        if options.leader_election:
+            elector = LeaderElector(
+                api, options.lease_namespace, options.lease_name, options.identity,
+                on_change=METRICS.set_leader,
+            )  # fmt: skip
+            if not await _first(elector.acquire(), stop.wait()):
+                return 0  # stopped while standing by
+            tasks.append(asyncio.create_task(elector.renew_until_lost()))
+            tasks.append(asyncio.create_task(_set_when(elector.lost, stop)))
+        else:
+            METRICS.set_leader(True)
+        await kopf.operator(
+            registry=registry,
+            standalone=True,  # leader election is ours (a Lease), not kopf's peering CRDs
+            clusterwide=not options.namespaces,
+            namespaces=options.namespaces,
+            stop_flag=stop,
+        )
+        return 1 if elector is not None and elector.lost.is_set() else 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if elector is not None and elector.is_leader:
+            await elector.release()
+        if server is not None:
+            await server.stop()
+        api.close()  # type: ignore[no-untyped-call]
+
+
+async def _first(wanted: Awaitable[None], stopped: Awaitable[Any]) -> bool:
+    """True when `wanted` finished first, False when `stopped` did (wanted is cancelled)."""
+    goal, halt = asyncio.ensure_future(wanted), asyncio.ensure_future(stopped)
+    done, pending = await asyncio.wait({goal, halt}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return goal in done
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    log.error("leadership lost: stopping (the pod restarts and stands by)")
+    target.set()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(argv)
+    configure_logging(options)
+    sys.exit(asyncio.run(run(options)))

@@ -1,0 +1,617 @@
+"""reconcile(job, observed) -> Plan: the FineTuneJob's next status and what to do. Pure.
+
+    plan = reconcile(job, Observed(status=..., batch_job=..., pods=[...], now=...))
+    plan.status      # FineTuneJobStatus to write (phase, conditions, progress, restarts...)
+    plan.actions     # CreateAttempt / DeleteJob / SuspendJob / DeleteSelf, in order
+    plan.events      # one Event per transition
+
+Level-triggered: the same observation always gives the same plan, so a handler may run it
+any number of times, and an operator killed halfway through a plan finds, on restart, the
+status it wrote first and finishes the work (names are deterministic: no duplicate Jobs).
+
+The lifecycle: an attempt is one Indexed Job. When any of its pods fails (exit code,
+OOMKilled, preemption, eviction, a lost node) the whole attempt is torn down and the next
+one created, up to runPolicy.maxRestarts; the trainer resumes from its newest checkpoint.
+A terminal job (Succeeded, Failed) never gets children again; only its TTL acts on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from ftapi.progress import ProgressReport
+from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from ftapi.v1alpha1.status import (
+    TERMINAL_PHASES,
+    CheckpointStatus,
+    Condition,
+    ConditionStatus,
+    Metrics,
+    Phase,
+    Progress,
+)
+
+from .desired import Names
+
+log = logging.getLogger("ftoperator")
+
+# Condition types, each kept once in status.conditions.
+VALIDATED = "Validated"
+RESOURCES_CREATED = "ResourcesCreated"
+RUNNING = "Running"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+
+# Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
+STOPPED_EXIT_CODES = {143, 137}
+# Pod statuses that need the user's action before the pods can start.
+CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+MAX_MESSAGE = 4096  # the CRD's limit on status.message
+MAX_DETAIL = 1000  # of a container's termination message, its end is kept
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+# Pod DisruptionTarget reasons -> what the user reads.
+DISRUPTION_REASONS = {
+    "PreemptionByScheduler": "Preempted",
+    "PreemptionByKubeScheduler": "Preempted",
+    "EvictionByEvictionAPI": "Evicted",
+    "TerminationByKubelet": "Evicted",
+    "DeletionByTaintManager": "NodeLost",
+    "DeletionByPodGC": "NodeLost",
+}
+METRIC_FIELDS = {
+    "train_loss": "train_loss",
+    "loss": "train_loss",
+    "eval_loss": "eval_loss",
+    "eval_accuracy": "eval_accuracy",
+    "eval_perplexity": "eval_perplexity",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "reward": "reward",
+}
+MAX_ADDITIONAL_METRICS = 64
+MAX_URI = 2048
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator sees of one FineTuneJob's world, read from its watches."""
+
+    status: FineTuneJobStatus
+    now: datetime
+    batch_job: dict[str, Any] | None = None
+    """The current attempt's Job (named Names(job, status.attempt).batch_job), if any."""
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    """The current attempt's pods."""
+    other_jobs: list[str] = field(default_factory=list)
+    """Names of this FineTuneJob's Jobs from other attempts that still exist."""
+    progress: ProgressReport | None = None
+    lost_nodes: frozenset[str] = frozenset()
+    """Nodes that are NotReady or gone: their pods will not finish."""
+
+
+@dataclass(frozen=True)
+class CreateAttempt:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class SuspendJob:
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class DeleteSelf:
+    """ttlSecondsAfterFinished has passed."""
+
+
+Action = CreateAttempt | DeleteJob | SuspendJob | DeleteSelf
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: FineTuneJobStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Look again after this many seconds even if nothing changes (TTL, deadline)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed."""
+
+    reason: str
+    message: str
+
+
+def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
+    previous = observed.status
+    plan = Plan(status=previous.model_copy(deep=True))
+    status = plan.status
+    generation = job.metadata.generation
+    now = observed.now
+    names = Names(job.name, status.attempt)
+
+    if previous.phase in TERMINAL_PHASES:
+        batch_job = observed.batch_job
+        if (
+            previous.phase == "Failed"
+            and batch_job is not None
+            and not _finished(batch_job)
+            and not batch_job.get("spec", {}).get("suspend")
+        ):  # failed, but its pods were not stopped yet (an operator restart in between)
+            plan.actions.append(SuspendJob(names.batch_job, True))
+        # A late report still says where it stopped; a success keeps its 100 %.
+        _copy_progress(status, observed.progress, counts=previous.phase == "Failed")
+        _ttl(job, plan, now)
+        return _finish(plan, previous, generation)
+
+    _condition(status, VALIDATED, "True", "Valid", "the spec is valid", generation, now)
+    _copy_progress(status, observed.progress)
+    plan.actions += [DeleteJob(name) for name in observed.other_jobs]
+
+    batch_job = observed.batch_job
+    if batch_job is not None and _job_condition(batch_job, "Complete"):
+        _succeed(plan, job, observed.progress, generation, now)
+        return _finish(plan, previous, generation)
+
+    deadline = job.spec.run_policy.active_deadline_seconds
+    if deadline is not None and status.start_time is not None:
+        remaining = (status.start_time + timedelta(seconds=deadline) - now).total_seconds()
+        if remaining <= 0:
+            message = f"the job ran longer than activeDeadlineSeconds ({deadline} s)"
+            _fail(plan, Failure("DeadlineExceeded", message), generation, now)
+            if observed.batch_job is not None:
+                plan.actions.append(DeleteJob(names.batch_job))
+            return _finish(plan, previous, generation)
+        plan.requeue_after = remaining
+
+    scheduling = job.spec.scheduling
+    if batch_job is None:
+        plan.actions.append(CreateAttempt(status.attempt))
+        message = f"created attempt {status.attempt} (Job {names.batch_job})"
+        _condition(status, RESOURCES_CREATED, "True", "Created", message, generation, now)
+        plan.events.append(Event("Normal", "Created", message))
+        if status.phase != "Restarting":
+            _waiting(status, job, generation, now)
+        return _finish(plan, previous, generation)
+
+    job_suspended = bool(batch_job.get("spec", {}).get("suspend"))
+    # Pods a suspension stops (exit 143) are not failures: only the Job's verdict counts then.
+    pods = [] if job_suspended else observed.pods
+    failure = attempt_failure(batch_job, pods, observed.lost_nodes)
+    if failure is not None:
+        _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
+        return _finish(plan, previous, generation)
+
+    if _job_condition(batch_job, "SuccessCriteriaMet"):
+        _succeed(plan, job, observed.progress, generation, now)
+        return _finish(plan, previous, generation)
+
+    if scheduling.suspend:
+        if not job_suspended:
+            plan.actions.append(SuspendJob(names.batch_job, True))
+        _set_suspended(status, True, generation, now)
+        status.phase = "Suspended"
+        status.message = "suspended (spec.scheduling.suspend): the pods are stopped"
+        _condition(status, RUNNING, "False", "Suspended", status.message, generation, now)
+        return _finish(plan, previous, generation)
+    _set_suspended(status, False, generation, now)
+    if job_suspended:
+        if scheduling.queue_name:  # Kueue admits the Job by unsuspending it
+            _waiting(status, job, generation, now)
+        else:  # the user resumed a suspended job
+            plan.actions.append(SuspendJob(names.batch_job, False))
+            status.phase = "Pending"
+            status.message = "resuming"
+        return _finish(plan, previous, generation)
+
+    _active(status, job, observed.pods, generation, now)
+    return _finish(plan, previous, generation)
+
+
+def attempt_failure(
+    batch_job: dict[str, Any], pods: list[dict[str, Any]], lost_nodes: frozenset[str] = frozenset()
+) -> Failure | None:
+    """The most telling reason the attempt cannot succeed, or None while it still can.
+
+    When one rank dies the others follow (torchrun's peers exit, the Job controller stops
+    the rest with SIGTERM), so the root cause is the disruption or OOM if there is one,
+    then a real exit code before the 143/137 of ranks that were stopped, then the earliest."""
+    found = []
+    for pod in pods:
+        failure = pod_failure(pod, lost_nodes)
+        if failure is not None:
+            found.append((_rank(failure, pod), _finished_at(pod), _pod_name(pod), failure))
+    if found:
+        return min(found, key=lambda f: f[:3])[3]
+    failed = _job_condition(batch_job, "Failed") or _job_condition(batch_job, "FailureTarget")
+    if failed is not None:
+        reason = failed.get("reason") or "BackoffLimitExceeded"
+        return Failure(reason, failed.get("message") or "the Job failed")
+    return None
+
+
+def _rank(failure: Failure, pod: dict[str, Any]) -> int:
+    if failure.reason in ("NodeLost", "Preempted", "Evicted"):
+        return 0
+    if failure.reason == "OOMKilled":
+        return 1
+    codes = {
+        (c.get("state", {}).get("terminated") or {}).get("exitCode")
+        for c in pod.get("status", {}).get("containerStatuses", [])
+    }
+    if pod.get("metadata", {}).get("deletionTimestamp") or codes & STOPPED_EXIT_CODES:
+        return 3
+    return 2
+
+
+def _finished_at(pod: dict[str, Any]) -> str:
+    times = [
+        str((c.get("state", {}).get("terminated") or {}).get("finishedAt") or "~")
+        for c in pod.get("status", {}).get("containerStatuses", [])
+    ]
+    return min(times, default="~")
+
+
+def _pod_name(pod: dict[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", ""))
+
+
+def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -> Failure | None:
+    name = pod.get("metadata", {}).get("name", "?")
+    pod_status = pod.get("status", {})
+    phase = pod_status.get("phase")
+    node = pod.get("spec", {}).get("nodeName")
+    if phase not in ("Succeeded", "Failed") and node and node in lost_nodes:
+        return Failure("NodeLost", f"pod {name}: node {node} is not ready")
+    if phase != "Failed":
+        return None
+    for condition in pod_status.get("conditions", []):
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = DISRUPTION_REASONS.get(condition.get("reason", ""), "Preempted")
+            detail = condition.get("message") or condition.get("reason", "")
+            where = f" on {node}" if node else ""
+            return Failure(reason, f"pod {name}{where}: {detail}".rstrip(": "))
+    for container in pod_status.get("containerStatuses", []):
+        terminated = container.get("state", {}).get("terminated")
+        if not terminated or terminated.get("exitCode", 0) == 0:
+            continue
+        code = terminated.get("exitCode")
+        detail = (terminated.get("message") or "").strip().splitlines()
+        tail = f": {detail[-1][-MAX_DETAIL:]}" if detail else ""
+        if terminated.get("reason") == "OOMKilled":
+            return Failure(
+                "OOMKilled",
+                f"pod {name}: container {container.get('name')} ran out of memory "
+                f"(exit code {code}); lower the batch size or sequence length, or ask for "
+                f"more memory{tail}",
+            )
+        return Failure("ExitCode", f"pod {name}: container {container.get('name')} exited "
+                                   f"with code {code}{tail}")  # fmt: skip
+    reason = pod_status.get("reason") or "PodFailed"
+    return Failure(reason, f"pod {name} failed: {pod_status.get('message') or reason}")
+
+
+def rejected(
+    previous: FineTuneJobStatus, message: str, generation: int | None, now: datetime
+) -> Plan:
+    """A spec the CRD schema let through but the full validation refuses (the API server
+    cannot check everything): Failed with reason InvalidSpec, and no children, ever."""
+    plan = Plan(status=previous.model_copy(deep=True))
+    if previous.phase in TERMINAL_PHASES:
+        return _finish(plan, previous, generation)
+    _condition(plan.status, VALIDATED, "False", "InvalidSpec", message, generation, now)
+    _fail(plan, Failure("InvalidSpec", message), generation, now)
+    return _finish(plan, previous, generation)
+
+
+# --- transitions ------------------------------------------------------------------------
+
+
+def _attempt_failed(
+    plan: Plan, job: FineTuneJob, failure: Failure, names: Names, generation: int | None,
+    now: datetime, *, stop: bool,
+) -> None:  # fmt: skip
+    status = plan.status
+    limit = job.spec.run_policy.max_restarts
+    what = f"attempt {status.attempt} failed ({failure.reason}): {failure.message}"
+    if status.restarts < limit:
+        status.restarts += 1
+        status.attempt += 1
+        status.phase = "Restarting"
+        status.message = (
+            f"{what}; restart {status.restarts} of {limit} resumes from the newest checkpoint"
+        )
+        _condition(status, RUNNING, "False", failure.reason, status.message, generation, now)
+        plan.actions += [DeleteJob(names.batch_job), CreateAttempt(status.attempt)]
+        plan.events.append(Event("Warning", "Restarting", status.message))
+        return
+    reason = failure.reason
+    message = f"{what}; no restarts left (maxRestarts {limit})" if limit else what
+    _fail(plan, Failure(reason, message), generation, now)
+    if stop:  # the attempt's other pods; the Job and its failed pods stay for their logs
+        plan.actions.append(SuspendJob(names.batch_job, True))
+
+
+def _fail(plan: Plan, failure: Failure, generation: int | None, now: datetime) -> None:
+    status = plan.status
+    status.phase = "Failed"
+    status.failure_reason = failure.reason
+    status.message = failure.message
+    status.completion_time = now
+    _condition(status, FAILED, "True", failure.reason, failure.message, generation, now)
+    _condition(status, RUNNING, "False", failure.reason, failure.message, generation, now)
+    _condition(status, SUCCEEDED, "False", failure.reason, failure.message, generation, now)
+
+
+def _succeed(
+    plan: Plan, job: FineTuneJob, progress: ProgressReport | None, generation: int | None,
+    now: datetime,
+) -> None:  # fmt: skip
+    status = plan.status
+    status.phase = "Succeeded"
+    status.completion_time = now
+    status.model_uri = (progress.model_uri if progress else None) or _final_uri(job)
+    status.message = f"training finished; model at {status.model_uri}"
+    if status.progress is not None and status.progress.total_steps:
+        status.progress.step = status.progress.total_steps
+        _summarise(status.progress)
+        status.progress.eta_seconds, status.progress.eta = 0, "0s"
+    _condition(status, SUCCEEDED, "True", "Completed", status.message, generation, now)
+    _condition(status, RUNNING, "False", "Completed", status.message, generation, now)
+    _condition(status, FAILED, "False", "Completed", status.message, generation, now)
+
+
+def _waiting(
+    status: FineTuneJobStatus, job: FineTuneJob, generation: int | None, now: datetime
+) -> None:
+    scheduling = job.spec.scheduling
+    if scheduling.suspend:
+        status.phase, status.message = "Suspended", "suspended (spec.scheduling.suspend)"
+        _set_suspended(status, True, generation, now)
+    elif scheduling.queue_name:
+        status.phase = "Queued"
+        status.message = f"waiting for Kueue to admit it (queue {scheduling.queue_name})"
+    else:
+        status.phase, status.message = "Pending", "waiting for the pods to start"
+    reason = {"Suspended": "Suspended", "Queued": "Queued"}.get(status.phase, "Pending")
+    _condition(status, RUNNING, "False", reason, status.message, generation, now)
+
+
+def _active(
+    status: FineTuneJobStatus, job: FineTuneJob, pods: list[dict[str, Any]],
+    generation: int | None, now: datetime,
+) -> None:  # fmt: skip
+    nodes = job.spec.resources.nodes
+    running = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
+    if len(running) >= nodes:
+        if status.start_time is None:
+            status.start_time = now
+        status.phase = "Running"
+        status.message = f"training on {nodes} node(s), attempt {status.attempt}"
+        _condition(status, RUNNING, "True", "PodsRunning", status.message, generation, now)
+        return
+    blocked = _pending_reason(pods)
+    if status.phase != "Restarting" or blocked is not None:
+        status.phase = "Pending"
+    if blocked is not None:
+        status.message = blocked.message
+        _condition(status, RUNNING, "False", blocked.reason, blocked.message, generation, now)
+    else:
+        status.message = f"{len(running)} of {nodes} pod(s) running"
+        reason = "Restarting" if status.phase == "Restarting" else "Pending"
+        _condition(status, RUNNING, "False", reason, status.message, generation, now)
+
+
+def _pending_reason(pods: list[dict[str, Any]]) -> Failure | None:
+    """Why pods are not running yet, when it is something the user must act on."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        name = pod.get("metadata", {}).get("name", "?")
+        pod_status = pod.get("status", {})
+        for container in pod_status.get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            detail = waiting.get("message") or reason
+            if reason in IMAGE_PULL_REASONS:
+                return Failure("ImagePullBackOff", f"pod {name} cannot pull its image: {detail}")
+            if reason in CONFIG_REASONS:  # e.g. a Secret or key that a secretKeyRef names
+                return Failure(reason, f"pod {name} cannot start its container: {detail}")
+        for condition in pod_status.get("conditions", []):
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                detail = condition.get("message") or "no node fits"
+                return Failure("Unschedulable", f"pod {name} cannot be scheduled: {detail}")
+    return None
+
+
+def _ttl(job: FineTuneJob, plan: Plan, now: datetime) -> None:
+    ttl = job.spec.run_policy.ttl_seconds_after_finished
+    finished = plan.status.completion_time
+    if ttl is None or finished is None:
+        return
+    remaining = (finished + timedelta(seconds=ttl) - now).total_seconds()
+    if remaining <= 0:
+        plan.actions.append(DeleteSelf())
+    else:
+        plan.requeue_after = remaining
+
+
+# --- status pieces ----------------------------------------------------------------------
+
+
+def _copy_progress(
+    status: FineTuneJobStatus, report: ProgressReport | None, *, counts: bool = True
+) -> None:
+    """The trainer's report into status. A report from an older attempt still carries valid
+    checkpoint facts; its step counts are kept until the new attempt reports."""
+    if report is None:
+        return
+    if report.checkpoint is not None and report.checkpoint.latest:
+        try:
+            status.checkpoint = CheckpointStatus(
+                latest=report.checkpoint.latest, step=report.checkpoint.step,
+                count=report.checkpoint.count,
+            )  # fmt: skip
+        except ValidationError:
+            log.warning("ignoring a checkpoint URI the status cannot hold")
+    if report.attempt != status.attempt:
+        return
+    if report.model_uri and len(report.model_uri) <= MAX_URI:
+        status.model_uri = report.model_uri
+    if not counts:
+        return
+    progress = Progress(
+        step=report.step, total_steps=report.total_steps, epoch=report.epoch,
+        tokens_per_second=report.tokens_per_second, eta_seconds=report.eta_seconds,
+        updated_at=report.updated_at,
+    )  # fmt: skip
+    _summarise(progress)
+    status.progress = progress
+    if report.metrics:
+        status.metrics = metrics_from(report.metrics)
+
+
+def metrics_from(values: dict[str, float]) -> Metrics:
+    known: dict[str, float] = {}
+    additional: dict[str, float] = {}
+    for name, value in sorted(values.items()):
+        if not math.isfinite(value):  # NaN/inf cannot be written to status (JSON)
+            continue
+        if name in METRIC_FIELDS:
+            known.setdefault(METRIC_FIELDS[name], value)
+        elif len(additional) < MAX_ADDITIONAL_METRICS:
+            additional[name] = value
+    return Metrics(**known, additional=additional)
+
+
+def _summarise(progress: Progress) -> None:
+    total = progress.total_steps
+    if total:
+        # Rounded down: 9996/10000 is 99.9%, not a premature 100%.
+        progress.percent = min(100.0, math.floor(1000.0 * progress.step / total) / 10.0)
+        progress.summary = f"{progress.step}/{total} ({progress.percent:g}%)"
+    else:
+        progress.summary = str(progress.step)
+    if progress.eta_seconds is not None:
+        progress.eta = human_duration(progress.eta_seconds)
+
+
+def human_duration(seconds: int) -> str:
+    """1h12m, 3m20s, 45s: what the ETA column shows."""
+    hours, rest = divmod(max(0, int(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _set_suspended(
+    status: FineTuneJobStatus, suspended: bool, generation: int | None, now: datetime
+) -> None:
+    if suspended:
+        _condition(status, SUSPENDED, "True", "Suspended", "spec.scheduling.suspend is true",
+                   generation, now)  # fmt: skip
+    elif _find(status, SUSPENDED) is not None:
+        _condition(status, SUSPENDED, "False", "Resumed", "spec.scheduling.suspend is false",
+                   generation, now)  # fmt: skip
+
+
+def _condition(
+    status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str,
+    generation: int | None, now: datetime,
+) -> None:  # fmt: skip
+    """Set one condition; its lastTransitionTime moves only when its status changes."""
+    existing = _find(status, type_)
+    transition = now
+    if existing is not None and existing.status == value:
+        transition = existing.last_transition_time
+    condition = Condition(
+        type=type_, status=value, reason=reason, message=message[:32768],
+        last_transition_time=transition, observed_generation=generation,
+    )  # fmt: skip
+    status.conditions = [c for c in status.conditions if c.type != type_] + [condition]
+    status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
+
+
+_CONDITION_ORDER = {t: i for i, t in enumerate(
+    (VALIDATED, RESOURCES_CREATED, SUSPENDED, RUNNING, SUCCEEDED, FAILED))}  # fmt: skip
+
+
+def _find(status: FineTuneJobStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def _finished(batch_job: dict[str, Any]) -> bool:
+    return bool(_job_condition(batch_job, "Failed") or _job_condition(batch_job, "Complete"))
+
+
+def _job_condition(batch_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for condition in batch_job.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _final_uri(job: FineTuneJob) -> str:
+    return f"{job.spec.output.uri.rstrip('/')}/final"
+
+
+def _finish(plan: Plan, previous: FineTuneJobStatus, generation: int | None) -> Plan:
+    """observedGeneration, and an Event for a phase change not already explained."""
+    status = plan.status
+    status.observed_generation = generation
+    if status.message is not None and len(status.message) > MAX_MESSAGE:
+        status.message = status.message[: MAX_MESSAGE - 3] + "..."
+    if status.phase != previous.phase and not any(e.reason == "Restarting" for e in plan.events):
+        kind = "Warning" if status.phase == "Failed" else "Normal"
+        reason = status.failure_reason if status.phase == "Failed" else status.phase
+        plan.events.append(Event(kind, reason or status.phase, status.message or status.phase))
+    for event in _new_blockers(previous, status):
+        plan.events.append(event)
+    return plan
+
+
+BLOCKERS = ("Unschedulable", "ImagePullBackOff", *CONFIG_REASONS)
+
+
+def _new_blockers(previous: FineTuneJobStatus, status: FineTuneJobStatus) -> list[Event]:
+    """A Warning when the Running condition starts to name a problem (once, not per look)."""
+    now_running = _find(status, RUNNING)
+    before = _find(previous, RUNNING)
+    if now_running is None or now_running.reason not in BLOCKERS:
+        return []
+    if before is not None and before.reason == now_running.reason:
+        return []
+    return [Event("Warning", now_running.reason, now_running.message)]
+
+
+def phase_of(status: dict[str, Any] | None) -> Phase:
+    return FineTuneJobStatus.model_validate(status or {}).phase

@@ -1,0 +1,407 @@
+"""The operator (`python -m ftoperator`, a real process) against the real control plane:
+FineTuneJobs become Indexed Jobs on the kwok GPU pool, kwok runs the pods to success or to
+an injected failure, and the FineTuneJob's status, conditions and Events follow.
+
+kwok failure injection (hack/kwok/pod-stages.yaml): `finetune.dev/kwok-fail` on the pod
+template fails every attempt; annotating one running pod fails only that attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ftapi import contract, parse_job
+from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.progress import PROGRESS_KEY, ProgressReport
+from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
+from tests.builders import make_job
+from tests.integration.conftest import REPO, Cluster, eventually
+
+pytestmark = pytest.mark.integration
+NAMESPACE_PREFIX = "op-"
+GPU_POOLS = {"a100-pool", "h100-pool"}
+
+
+class Operator:
+    """The operator process, watching every namespace named op-*."""
+
+    def __init__(self, cluster: Cluster, log: Path, *extra: str) -> None:
+        self.cluster = cluster
+        self.log_path = log
+        self.port = _free_port()
+        env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ftoperator", "--namespace", f"{NAMESPACE_PREFIX}*",
+             "--no-leader-election", "--metrics-bind", "127.0.0.1",
+             "--metrics-port", str(self.port), "--resync-seconds", "10", *extra],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    running = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    yield running
+    running.stop()
+    print(running.log()[-3000:])
+
+
+@pytest.fixture
+def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
+    name = f"{NAMESPACE_PREFIX}{slug}-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    eventually(
+        lambda: (
+            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
+        ),
+        what="the default ServiceAccount",
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _manifest(name: str, **changes: Any) -> dict[str, Any]:
+    job = make_job(name).set("resources", {"gpusPerNode": 8, "nodes": 2})
+    for path, value in changes.items():
+        job.set(path.replace("__", "."), value)
+    return job.obj()
+
+
+def _apply(cluster: Cluster, ns: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    api = client.CustomObjectsApi(cluster.api)
+    created: dict[str, Any] = api.create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, manifest
+    )
+    return created
+
+
+def _ftj(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    api = client.CustomObjectsApi(cluster.api)
+    found: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    return found
+
+
+def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return _ftj(cluster, ns, name).get("status") or {}
+
+
+def _wait_phase(
+    cluster: Cluster, ns: str, name: str, phase: str, operator: Operator, timeout: float = 90
+) -> dict[str, Any]:
+    try:
+        return eventually(
+            lambda: (s := _status(cluster, ns, name)).get("phase") == phase and s,
+            timeout=timeout, what=f"{name} {phase}",
+        )  # fmt: skip
+    except AssertionError as error:
+        status = _status(cluster, ns, name)
+        raise AssertionError(f"{error}\nstatus: {status}\n{operator.log()}") from None
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+def _pods(cluster: Cluster, ns: str, name: str, attempt: int | None = None) -> list[Any]:
+    selector = f"{LABEL_JOB}={name}"
+    if attempt is not None:
+        selector += f",{LABEL_ATTEMPT}={attempt}"
+    return list(
+        client.CoreV1Api(cluster.api).list_namespaced_pod(ns, label_selector=selector).items
+    )
+
+
+def _events(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+    events = client.CoreV1Api(cluster.api).list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
+    )
+    return [(e.type, e.reason) for e in events.items]
+
+
+def test_a_job_becomes_an_indexed_torchrun_job_on_the_gpu_pool_and_succeeds(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "llama-lora"
+    created = _apply(cluster, ns, _manifest(name))
+    batch = client.BatchV1Api(cluster.api)
+    job = eventually(lambda: _read_job(batch, ns, f"{name}-0"), what="the attempt's Job")
+    # The Job's shape: Indexed, one pod per node, torchrun with the rendezvous on pod 0.
+    assert job.spec.completion_mode == "Indexed"
+    assert job.spec.completions == job.spec.parallelism == 2
+    assert job.spec.backoff_limit == 0
+    owner = job.metadata.owner_references[0]
+    assert (owner.kind, owner.uid, owner.controller) == (
+        "FineTuneJob",
+        created["metadata"]["uid"],
+        True,
+    )
+    container = job.spec.template.spec.containers[0]
+    assert container.args == contract.torchrun_command(
+        nnodes=2, nproc_per_node=8, node_rank="$(JOB_COMPLETION_INDEX)",
+        master_addr=f"{name}-0-0.{name}",
+    )  # fmt: skip
+    assert container.resources.limits["nvidia.com/gpu"] == "8"
+    # The resolved config the pods mount is this very job, parsed back.
+    config = client.CoreV1Api(cluster.api).read_namespaced_config_map(f"{name}-config", ns)
+    resolved = parse_job(yaml.safe_load(config.data["job.yaml"]))
+    assert resolved.metadata.uid == created["metadata"]["uid"]
+    assert resolved.spec.resources.nodes == 2
+    service = client.CoreV1Api(cluster.api).read_namespaced_service(name, ns)
+    assert service.spec.cluster_ip == "None"
+    # Scheduled on the GPU pools only (the GPU taint is tolerated, the CPU pool has no GPUs).
+    pods = eventually(
+        lambda: [p for p in _pods(cluster, ns, name) if p.spec.node_name] or None,
+        what="scheduled pods",
+    )  # fmt: skip
+    nodes = client.CoreV1Api(cluster.api)
+    for pod in pods:
+        node = nodes.read_node(pod.spec.node_name)
+        assert node.metadata.labels["cloud.google.com/gke-nodepool"] in GPU_POOLS
+    status = _wait_phase(cluster, ns, name, "Succeeded", operator)
+    assert status["modelUri"] == "s3://models/tiny/final"
+    assert _condition(status, "Succeeded")["status"] == "True"
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    assert status["startTime"] <= status["completionTime"]
+    # kubectl wait works on the condition, and the Events tell the story.
+    out = cluster.kubectl("wait", "-n", ns, f"ftj/{name}", "--for=condition=Succeeded",
+                          "--timeout=5s")  # fmt: skip
+    assert "condition met" in out
+
+    def reasons() -> set[str]:
+        return {reason for _, reason in _events(cluster, ns, name)}
+
+    assert eventually(lambda: reasons() >= {"Created", "Running", "Succeeded"}, what="events")
+
+
+def _read_job(batch: client.BatchV1Api, ns: str, name: str) -> Any:
+    try:
+        return batch.read_namespaced_job(name, ns)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def test_a_failed_pod_restarts_the_whole_attempt_which_then_succeeds(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "flaky"
+    _apply(cluster, ns, _manifest(name, resources__annotations={
+        "finetune.dev/kwok-run-duration": "6s"}))  # fmt: skip
+    pods = eventually(
+        lambda: [p for p in _pods(cluster, ns, name, 0) if p.status.phase == "Running"] or None,
+        what="attempt 0 running",
+    )  # fmt: skip
+    # One pod of the gang exits 1: the whole attempt goes, attempt 1 resumes and succeeds.
+    fail = {"metadata": {"annotations": {"finetune.dev/kwok-fail": "exit:1"}}}
+    client.CoreV1Api(cluster.api).patch_namespaced_pod(pods[0].metadata.name, ns, fail)
+    status = _wait_phase(cluster, ns, name, "Succeeded", operator, timeout=120)
+    assert status["restarts"] == 1 and status["attempt"] == 1
+    batch = client.BatchV1Api(cluster.api)
+    eventually(lambda: _read_job(batch, ns, f"{name}-0") is None, what="attempt 0 torn down")
+    assert _read_job(batch, ns, f"{name}-1") is not None
+    events = _events(cluster, ns, name)
+    assert ("Warning", "Restarting") in events
+
+
+@pytest.mark.parametrize(
+    ("fail", "reason", "detail"),
+    [("exit:3", "ExitCode", "exited with code 3"), ("oom", "OOMKilled", "ran out of memory")],
+    ids=["exit-code", "oom"],
+)
+def test_repeated_failure_fails_with_the_reason(
+    cluster: Cluster, operator: Operator, ns: str, fail: str, reason: str, detail: str
+) -> None:
+    name = "broken"
+    annotations = {"finetune.dev/kwok-fail": fail}
+    manifest = _manifest(name, runPolicy={"maxRestarts": 1}, resources__annotations=annotations)
+    _apply(cluster, ns, manifest)
+    status = _wait_phase(cluster, ns, name, "Failed", operator, timeout=120)
+    assert status["failureReason"] == reason
+    assert detail in status["message"]
+    assert status["restarts"] == 1
+    failed = _condition(status, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", reason)
+    assert ("Warning", reason) in _events(cluster, ns, name)
+    # Terminal: never resurrected, even when its last Job is deleted.
+    client.BatchV1Api(cluster.api).delete_namespaced_job(
+        f"{name}-1", ns, propagation_policy="Background"
+    )
+    time.sleep(12)  # more than one resync
+    assert _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-2") is None
+    assert _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-1") is None
+    assert _status(cluster, ns, name)["phase"] == "Failed"
+
+
+def test_a_job_no_node_can_hold_says_unschedulable(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "too-big"
+    _apply(cluster, ns, _manifest(name, resources={"gpusPerNode": 16, "nodes": 1}))
+
+    def blocked() -> dict[str, Any] | None:
+        status = _status(cluster, ns, name)
+        running = next((c for c in status.get("conditions", []) if c["type"] == "Running"), None)
+        return status if running and running["reason"] == "Unschedulable" else None
+
+    status = eventually(blocked, timeout=60, what="Unschedulable")
+    assert status["phase"] == "Pending"
+    assert "nvidia.com/gpu" in _condition(status, "Running")["message"]
+    assert ("Warning", "Unschedulable") in _events(cluster, ns, name)
+
+
+def test_suspend_stops_the_pods_and_resume_finishes(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "paused"
+    _apply(cluster, ns, _manifest(name, scheduling={"suspend": True}))
+    status = _wait_phase(cluster, ns, name, "Suspended", operator)
+    assert _condition(status, "Suspended")["status"] == "True"
+    job = eventually(lambda: _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-0"), what="Job")
+    assert job.spec.suspend is True
+    assert not _pods(cluster, ns, name)
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"spec": {"scheduling": {"suspend": False}}}
+    )
+    status = _wait_phase(cluster, ns, name, "Succeeded", operator)
+    assert _condition(status, "Suspended")["status"] == "False"
+
+
+def test_a_kueue_queued_job_waits_for_admission(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "queued"
+    _apply(cluster, ns, _manifest(name, scheduling={"queueName": "team-a"}))
+    status = _wait_phase(cluster, ns, name, "Queued", operator)
+    batch = client.BatchV1Api(cluster.api)
+    job = eventually(lambda: _read_job(batch, ns, f"{name}-0"), what="Job")
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job.spec.suspend is True
+    assert "team-a" in status["message"]
+    # What Kueue does on admission: unsuspend the Job.
+    batch.patch_namespaced_job(f"{name}-0", ns, {"spec": {"suspend": False}})
+    _wait_phase(cluster, ns, name, "Succeeded", operator)
+
+
+def test_deadline_fails_the_job_and_stops_its_pods(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "slow"
+    annotations = {"finetune.dev/kwok-run-duration": "120s"}
+    manifest = _manifest(name, runPolicy={"activeDeadlineSeconds": 3},
+                         resources__annotations=annotations)  # fmt: skip
+    _apply(cluster, ns, manifest)
+    status = _wait_phase(cluster, ns, name, "Failed", operator, timeout=60)
+    assert status["failureReason"] == "DeadlineExceeded"
+    eventually(lambda: _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-0") is None,
+               what="the Job deleted")  # fmt: skip
+
+
+def test_ttl_deletes_a_finished_job_and_its_children(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "short-lived"
+    _apply(cluster, ns, _manifest(name, runPolicy={"ttlSecondsAfterFinished": 2}))
+    _wait_phase(cluster, ns, name, "Succeeded", operator)
+    api = client.CustomObjectsApi(cluster.api)
+
+    def gone() -> bool:
+        try:
+            api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    eventually(gone, timeout=30, what="the FineTuneJob deleted by its TTL")
+    # Garbage collection follows the owner references.
+    core = client.CoreV1Api(cluster.api)
+    selector = f"{LABEL_JOB}={name}"
+    eventually(lambda: not core.list_namespaced_config_map(ns, label_selector=selector).items,
+               timeout=60, what="children collected")  # fmt: skip
+
+
+def test_trainer_progress_reaches_status_and_the_printer_columns(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "reporting"
+    _apply(cluster, ns, _manifest(name, resources__annotations={
+        "finetune.dev/kwok-run-duration": "60s"}))  # fmt: skip
+    _wait_phase(cluster, ns, name, "Running", operator)
+    report = ProgressReport(
+        attempt=0, stage="training", step=120, total_steps=1000, epoch=0.4,
+        tokens_per_second=5321.0, eta_seconds=4320,
+        metrics={"train_loss": 1.25, "eval_loss": 1.5, "learning_rate": 2e-4, "reward": 0.5,
+                 "eval_bleu": 31.0},
+        checkpoint={"latest": "s3://models/tiny/checkpoints/x/checkpoint-100", "step": 100,
+                    "count": 2},
+        updated_at="2026-11-21T12:00:00Z",
+    )  # fmt: skip
+    client.CoreV1Api(cluster.api).patch_namespaced_config_map(
+        f"{name}-progress", ns, {"data": {PROGRESS_KEY: report.model_dump_json(exclude_none=True)}}
+    )
+    status = eventually(
+        lambda: (s := _status(cluster, ns, name)).get("progress", {}).get("step") == 120 and s,
+        timeout=30, what="progress in status",
+    )  # fmt: skip
+    assert status["progress"]["summary"] == "120/1000 (12%)"
+    assert status["progress"]["eta"] == "1h12m"
+    assert status["metrics"]["trainLoss"] == 1.25
+    assert status["metrics"]["additional"] == {"eval_bleu": 31.0}
+    assert status["checkpoint"] == {"latest": "s3://models/tiny/checkpoints/x/checkpoint-100",
+                                    "step": 100, "count": 2}  # fmt: skip
+    table = cluster.kubectl("get", "ftj", name, "-n", ns)
+    header, row = table.strip().splitlines()[:2]
+    assert re.split(r"\s{2,}", header)[:6] == [
+        "NAME",
+        "PHASE",
+        "MODEL",
+        "METHOD",
+        "PROGRESS",
+        "LOSS",
+    ]
+    assert "Running" in row and "120/1000 (12%)" in row and "1.25" in row and "1h12m" in row
+
+
+def test_metrics_and_health_endpoints(operator: Operator) -> None:
+    import urllib.request
+
+    base = f"http://127.0.0.1:{operator.port}"
+    assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    created = re.search(r"^finetune_jobs_created_total (\S+)$", text, flags=re.MULTILINE)
+    assert created is not None and float(created.group(1)) >= 1, text[:2000]
+    assert "finetune_reconcile_duration_seconds_count" in text
