@@ -126,3 +126,37 @@ def eventually(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last={last!r}")
+
+
+# --- the operator as a process, and the namespaces it watches ------------------------
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """`python -m ftoperator` watching the namespaces op-* (see operator_process.py)."""
+    from tests.integration.operator_process import Operator
+
+    running = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    yield running
+    running.stop()
+    print(running.log()[-3000:])
+
+
+@pytest.fixture
+def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    from tests.integration.operator_process import NAMESPACE_PREFIX
+
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
+    name = f"{NAMESPACE_PREFIX}{slug}-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    eventually(
+        lambda: (
+            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
+        ),
+        what="the default ServiceAccount",
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

@@ -8,15 +8,8 @@ template fails every attempt; annotating one running pod fails only that attempt
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,69 +22,11 @@ from ftapi.constants import GROUP, PLURAL, VERSION
 from ftapi.progress import PROGRESS_KEY, ProgressReport
 from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
-from tests.integration.conftest import REPO, Cluster, eventually
+from tests.integration.conftest import Cluster, eventually
+from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
-NAMESPACE_PREFIX = "op-"
 GPU_POOLS = {"a100-pool", "h100-pool"}
-
-
-class Operator:
-    """The operator process, watching every namespace named op-*."""
-
-    def __init__(self, cluster: Cluster, log: Path, *extra: str) -> None:
-        self.cluster = cluster
-        self.log_path = log
-        self.port = _free_port()
-        env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ftoperator", "--namespace", f"{NAMESPACE_PREFIX}*",
-             "--no-leader-election", "--metrics-bind", "127.0.0.1",
-             "--metrics-port", str(self.port), "--resync-seconds", "10", *extra],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    running = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    yield running
-    running.stop()
-    print(running.log()[-3000:])
-
-
-@pytest.fixture
-def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
-    name = f"{NAMESPACE_PREFIX}{slug}-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(
-        lambda: (
-            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
-        ),
-        what="the default ServiceAccount",
-    )
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _manifest(name: str, **changes: Any) -> dict[str, Any]:

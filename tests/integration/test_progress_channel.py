@@ -1,0 +1,183 @@
+"""The progress channel on the real API server: the trainer pod's own credentials (the
+ServiceAccount, Role and RoleBinding that desired() renders) let it write its progress
+ConfigMap, and nothing else.
+
+There is no kubelet here: the test plays the pod, with a token from the TokenRequest API
+(what the kubelet mounts) and the environment the operator gives the trainer container.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from kubernetes import client, utils
+
+from ftapi import parse_job
+from ftapi.progress import ENV_NAMESPACE, PROGRESS_KEY, ProgressReport
+from ftoperator.desired import Children, Settings, desired
+from fttrainer.progress import ConfigMapSink, KubeError, KubeTarget, ProgressReporter
+from tests.builders import make_job
+from tests.integration.conftest import Cluster, eventually
+
+pytestmark = pytest.mark.integration
+ATTEMPT = 2
+
+
+@dataclass(frozen=True)
+class Pod:
+    """What a trainer pod of the job has: its environment and its service account files."""
+
+    children: Children
+    environ: dict[str, str]
+    account_dir: Path
+
+    @property
+    def progress(self) -> str:
+        """The progress ConfigMap's name."""
+        return str(self.children.progress["metadata"]["name"])
+
+    @property
+    def target(self) -> KubeTarget:
+        return KubeTarget.from_cluster(self.environ, self.account_dir)
+
+
+def _container_env(children: Children, namespace: str) -> dict[str, str]:
+    """The trainer container's plain env values as the operator renders them (the
+    namespace is a fieldRef, resolved by the kubelet in a real pod)."""
+    (container,) = children.job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env[ENV_NAMESPACE] = namespace
+    return env
+
+
+@pytest.fixture
+def pod(cluster: Cluster, namespace: str, tmp_path: Path) -> Pod:
+    job = parse_job(make_job("chat-tune").set("metadata.namespace", namespace).obj())
+    children = desired(job, attempt=ATTEMPT, settings=Settings())
+    assert children.service_account is not None
+    for obj in (
+        children.progress, children.service_account, children.role, children.role_binding,
+    ):  # fmt: skip
+        utils.create_from_dict(cluster.api, obj)
+    account = children.service_account["metadata"]["name"]
+    token = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
+        account,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    )
+    # What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount.
+    kubeconfig = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    ca = base64.b64decode(kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"])
+    (tmp_path / "token").write_text(token.status.token)
+    (tmp_path / "ca.crt").write_bytes(ca)
+    server = urlsplit(cluster.api.configuration.host)
+    environ = {
+        **_container_env(children, namespace),
+        "KUBERNETES_SERVICE_HOST": str(server.hostname),
+        "KUBERNETES_SERVICE_PORT": str(server.port),
+    }
+    pod = Pod(children, environ, tmp_path)
+    # RBAC is enforced from the authorizer's cache: wait until the binding is seen.
+    eventually(lambda: _allowed(pod.target, "GET", _configmap(pod)), what="the trainer's Role")
+    return pod
+
+
+def _configmap(pod: Pod, name: str | None = None) -> str:
+    return f"/api/v1/namespaces/{pod.environ[ENV_NAMESPACE]}/configmaps/{name or pod.progress}"
+
+
+def _allowed(target: KubeTarget, method: str, path: str, body: Any = None) -> bool:
+    try:
+        target.request(method, path, body)
+    except KubeError as error:
+        if error.status != 403:
+            raise
+        return False
+    return True
+
+
+def _read_progress(cluster: Cluster, namespace: str, name: str) -> ProgressReport:
+    configmap = client.CoreV1Api(cluster.api).read_namespaced_config_map(name, namespace)
+    return ProgressReport.model_validate_json(configmap.data[PROGRESS_KEY])
+
+
+def test_the_trainer_reports_to_its_own_configmap_with_its_own_token(
+    cluster: Cluster, namespace: str, pod: Pod
+) -> None:
+    # The reporter configures itself as in a pod: the operator's env + the mounted files.
+    reporter = ProgressReporter.from_env({**pod.environ, "RANK": "0"}, account_dir=pod.account_dir)
+    assert reporter.enabled and reporter.attempt == ATTEMPT
+    name = pod.progress
+
+    reporter.training_started(step=0, total_steps=100, epoch=0.0)
+    assert reporter.flush(10)
+    started = _read_progress(cluster, namespace, name)
+    assert (started.stage, started.step, started.total_steps, started.attempt) == (
+        "training", 0, 100, ATTEMPT,
+    )  # fmt: skip
+
+    reporter.logged({"loss": 1.25, "learning_rate": 1e-4}, step=40, epoch=0.4)
+    reporter.checkpointed(uri="s3://models/chat-tune/checkpoints/u/checkpoint-40", step=40, count=1)
+    reporter.report_stage("saving")
+    reporter.finish(model_uri="s3://models/chat-tune/final")
+    assert reporter.failures == 0, "a report was refused"
+    done = _read_progress(cluster, namespace, name)
+    assert (done.stage, done.step, done.model_uri) == ("done", 40, "s3://models/chat-tune/final")
+    assert done.metrics == {"train_loss": 1.25, "learning_rate": 1e-4}
+    assert done.checkpoint is not None and done.checkpoint.step == 40
+    # The merge patch touched only its key: labels and ownership stay the operator's.
+    configmap = client.CoreV1Api(cluster.api).read_namespaced_config_map(name, namespace)
+    assert set(configmap.data) == {PROGRESS_KEY}
+    assert configmap.metadata.labels == pod.children.progress["metadata"]["labels"]
+
+
+def test_the_trainers_token_can_do_nothing_else(cluster: Cluster, namespace: str, pod: Pod) -> None:
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "other"}, "data": {"keep": "me"}}
+    )
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "s3-credentials"}, "stringData": {"key": "v"}}
+    )
+    target, ns = pod.target, namespace
+    own = _configmap(pod)
+    report = ProgressReporter(None).report()
+
+    # Its own ConfigMap: the token authenticates, and patching it is allowed.
+    ConfigMapSink(target, ns, pod.progress).send(report)
+
+    # Another ConfigMap of the same namespace: refused by the server (403), left unchanged.
+    with pytest.raises(KubeError) as refused:
+        ConfigMapSink(target, ns, "other").send(report)
+    assert refused.value.status == 403
+    assert core.read_namespaced_config_map("other", ns).data == {"keep": "me"}
+
+    denied = {
+        "read a Secret": ("GET", f"/api/v1/namespaces/{ns}/secrets/s3-credentials"),
+        "list Secrets": ("GET", f"/api/v1/namespaces/{ns}/secrets"),
+        "list ConfigMaps": ("GET", f"/api/v1/namespaces/{ns}/configmaps"),
+        "read another ConfigMap": ("GET", _configmap(pod, "other")),
+        "delete its own ConfigMap": ("DELETE", own),
+        "create a ConfigMap": ("POST", f"/api/v1/namespaces/{ns}/configmaps"),
+        "list pods": ("GET", f"/api/v1/namespaces/{ns}/pods"),
+        "read FineTuneJobs": ("GET", f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs"),
+    }
+    body = {"metadata": {"name": "new"}}
+    allowed = [
+        what
+        for what, (method, path) in denied.items()
+        if _allowed(target, method, path, body if method == "POST" else None)
+    ]
+    assert allowed == []
+    assert json.loads(core.read_namespaced_config_map(
+        pod.progress, ns
+    ).data[PROGRESS_KEY])["stage"] == "starting"  # fmt: skip
