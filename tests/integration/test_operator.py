@@ -80,11 +80,15 @@ def _pods(cluster: Cluster, ns: str, name: str, attempt: int | None = None) -> l
     )
 
 
-def _events(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+def _event_objects(cluster: Cluster, ns: str, name: str) -> list[Any]:
     events = client.CoreV1Api(cluster.api).list_namespaced_event(
         ns, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
     )
-    return [(e.type, e.reason) for e in events.items]
+    return list(events.items)
+
+
+def _events(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+    return [(e.type, e.reason) for e in _event_objects(cluster, ns, name)]
 
 
 def test_a_job_becomes_an_indexed_torchrun_job_on_the_gpu_pool_and_succeeds(
@@ -151,26 +155,72 @@ def _read_job(batch: client.BatchV1Api, ns: str, name: str) -> Any:
         raise
 
 
+@pytest.mark.parametrize(
+    ("annotation", "reason"),
+    [
+        ({"finetune.dev/kwok-fail": "exit:1"}, "ExitCode"),
+        ({"finetune.dev/kwok-disrupt": "preempt"}, "Preempted"),
+        ({"finetune.dev/kwok-disrupt": "evict"}, "Evicted"),
+    ],
+    ids=["exit-1", "preempted", "evicted"],
+)
 def test_a_failed_pod_restarts_the_whole_attempt_which_then_succeeds(
-    cluster: Cluster, operator: Operator, ns: str
+    cluster: Cluster, operator: Operator, ns: str, annotation: dict[str, str], reason: str
 ) -> None:
     name = "flaky"
-    _apply(cluster, ns, _manifest(name, resources__annotations={
-        "finetune.dev/kwok-run-duration": "6s"}))  # fmt: skip
+    # maxRestarts starts at 0 and is raised on the live job: the change takes effect.
+    _apply(cluster, ns, _manifest(name, runPolicy={"maxRestarts": 0}, resources={
+        "gpusPerNode": 8, "nodes": 2,
+        "annotations": {"finetune.dev/kwok-run-duration": "8s"}}))  # fmt: skip
     pods = eventually(
         lambda: [p for p in _pods(cluster, ns, name, 0) if p.status.phase == "Running"] or None,
         what="attempt 0 running",
     )  # fmt: skip
-    # One pod of the gang exits 1: the whole attempt goes, attempt 1 resumes and succeeds.
-    fail = {"metadata": {"annotations": {"finetune.dev/kwok-fail": "exit:1"}}}
-    client.CoreV1Api(cluster.api).patch_namespaced_pod(pods[0].metadata.name, ns, fail)
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"spec": {"runPolicy": {"maxRestarts": 1}}}
+    )
+    # One pod of the gang fails: the whole attempt goes, attempt 1 resumes and succeeds.
+    client.CoreV1Api(cluster.api).patch_namespaced_pod(
+        pods[0].metadata.name, ns, {"metadata": {"annotations": annotation}}
+    )
     status = _wait_phase(cluster, ns, name, "Succeeded", operator, timeout=120)
     assert status["restarts"] == 1 and status["attempt"] == 1
     batch = client.BatchV1Api(cluster.api)
     eventually(lambda: _read_job(batch, ns, f"{name}-0") is None, what="attempt 0 torn down")
     assert _read_job(batch, ns, f"{name}-1") is not None
-    events = _events(cluster, ns, name)
-    assert ("Warning", "Restarting") in events
+    restarting = [e for e in _event_objects(cluster, ns, name) if e.reason == "Restarting"]
+    assert len(restarting) == 1 and f"({reason})" in restarting[0].message
+
+
+def test_deleting_a_running_job_removes_its_children(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "unwanted"
+    _apply(cluster, ns, _manifest(name, resources__annotations={
+        "finetune.dev/kwok-run-duration": "300s"}))  # fmt: skip
+    _wait_phase(cluster, ns, name, "Running", operator)
+    client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name
+    )
+    core, batch = client.CoreV1Api(cluster.api), client.BatchV1Api(cluster.api)
+    selector = f"{LABEL_JOB}={name}"
+
+    def children() -> list[str]:
+        found = [
+            j.metadata.name for j in batch.list_namespaced_job(ns, label_selector=selector).items
+        ]
+        found += [
+            c.metadata.name
+            for c in core.list_namespaced_config_map(ns, label_selector=selector).items
+        ]
+        found += [
+            p.metadata.name for p in core.list_namespaced_pod(ns, label_selector=selector).items
+        ]
+        return found
+
+    eventually(lambda: not children(), timeout=90, what="children garbage-collected")
+    time.sleep(3)  # and the operator does not recreate anything for a deleted job
+    assert not children()
 
 
 @pytest.mark.parametrize(
