@@ -254,10 +254,9 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
         requests[resources.gpu_resource_name] = str(gpus)  # a quantity
         limits[resources.gpu_resource_name] = str(gpus)
     if resources.cpu is not None:
-        requests["cpu"] = resources.cpu
+        requests["cpu"] = str(resources.cpu)  # quantities are strings in the Kubernetes API
     if resources.memory is not None:
-        requests["memory"] = resources.memory
-        limits["memory"] = resources.memory
+        requests["memory"] = limits["memory"] = str(resources.memory)
     container = {
         "name": "trainer",
         "image": resources.image or settings.default_image,
@@ -299,7 +298,7 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
             {"name": "config", "configMap": {"name": names.config}},
             {
                 "name": "dshm",
-                "emptyDir": {"medium": "Memory", "sizeLimit": resources.shared_memory},
+                "emptyDir": {"medium": "Memory", "sizeLimit": str(resources.shared_memory)},
             },
             {"name": "workspace", "emptyDir": {"sizeLimit": settings.scratch_size}},
         ],

@@ -204,3 +204,13 @@ def test_gpu_pods_tolerate_the_gpu_taint_and_the_operators_pool_tolerations() ->
     cpu = desired(parse_job(make_job("c").set("resources.gpusPerNode", 0).obj()), attempt=0,
                   settings=settings)  # fmt: skip
     assert "tolerations" not in _pod(cpu)
+
+
+def test_integer_quantities_are_rendered_as_strings() -> None:
+    """The API's quantities are strings (the typed client refuses ints): cpu: 64 -> "64"."""
+    pod = _pod(_children(resources={"gpusPerNode": 8, "cpu": 64, "memory": 1073741824,
+                                    "sharedMemory": 2147483648}))  # fmt: skip
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"] == {"nvidia.com/gpu": "8", "cpu": "64", "memory": "1073741824"}
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["sizeLimit"] == "2147483648"
