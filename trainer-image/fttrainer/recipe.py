@@ -8,6 +8,8 @@ Reads top to bottom, in dependency order:
     recipe.save(result)         # weights, tokenizer, metrics, comparison, loss curve, result.json
     recipe.publish()            # copy the results to output.uri (rank 0)
 
+In a cluster, rank 0 reports its progress to the operator all along (fttrainer/progress.py).
+
 Every method.type (full, lora, qlora, dora, adapter, spectrum, prefix, prompt) with SFT,
 DPO or GRPO.
 """
@@ -45,6 +47,7 @@ from .distributed import check_saved_weights, confirm_strategy, unsharded_loadin
 from .harness import fetch_task_dir, run_harness
 from .hub import push_to_hub, push_token
 from .metrics import bleu, rouge_l, with_perplexity
+from .progress import ProgressCallback, ProgressReporter
 from .resume import CheckpointUpload, restore, stop_at_max_steps
 from .rewards import build_rewards
 from .scoring import (
@@ -104,7 +107,14 @@ def not_implemented(spec: FineTuneJobSpec) -> list[str]:
 
 
 class Recipe:
-    def __init__(self, job: FineTuneJob, output_dir: Path, *, progress_bar: bool = False) -> None:
+    def __init__(
+        self,
+        job: FineTuneJob,
+        output_dir: Path,
+        *,
+        progress_bar: bool = False,
+        progress: ProgressReporter | None = None,
+    ) -> None:
         spec = job.spec
         missing = not_implemented(spec)
         if missing:
@@ -134,8 +144,11 @@ class Recipe:
         output = spec.output
         self.checkpoints = CheckpointStore(open_store(output.uri, s3=output.s3), job_identity(job))
         self.resumed_from: Path | None = None
+        # To the operator's progress ConfigMap (rank 0 in a cluster); else a no-op.
+        self.progress = progress if progress is not None else ProgressReporter.from_env()
 
     def setup(self) -> None:
+        self.progress.report_stage("starting")  # the pod is up: setup may take minutes
         # Data first: a bad row should fail the run before minutes go into loading a model.
         self.data = prepare_data(self.spec)
         log.info("%s", self.data.report.render())
@@ -324,13 +337,13 @@ class Recipe:
             if not self.spec.dataset.packing:
                 kwargs["dataset_kwargs"] = {"skip_prepare_dataset": True}
             kwargs["assistant_only_loss"] = False
-        callbacks: list[Any] = [
-            CheckpointUpload(
-                self.checkpoints,
-                self.spec.output.save_total_limit,
-                keep_best=self.spec.output.final_model == "best",
-            )
-        ]
+        upload = CheckpointUpload(
+            self.checkpoints,
+            self.spec.output.save_total_limit,
+            keep_best=self.spec.output.final_model == "best",
+        )
+        # Progress after the upload: a checkpoint is reported once its manifest is written.
+        callbacks: list[Any] = [upload, ProgressCallback(self.progress, upload)]
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
         if "perplexity" in self.spec.evaluation.metrics and self.spec.trainer.type == "sft":
@@ -409,6 +422,7 @@ class Recipe:
             self.trainer.add_callback(EarlyStopping(early.metric, early.patience, early.threshold))
         stop_at_max_steps(self.trainer)
         outcome = self.trainer.train(resume_from_checkpoint=self.resumed_from)
+        self.progress.report_stage("evaluating")  # final evaluation and task scores
         history = list(self.trainer.state.log_history)
         step_metrics = [h for h in history if "loss" in h]
         train_loss = outcome.training_loss
@@ -531,6 +545,7 @@ class Recipe:
 
         Every rank calls save_model (sharded strategies gather through it); only rank 0
         writes the rest."""
+        self.progress.report_stage("saving", result.final_metrics)
         final_dir = self.output_dir / "final"
         self.trainer.save_model(str(final_dir))
         # Every rank answers: under ZeRO-3 and FSDP each forward gathers weights from all.
@@ -595,6 +610,7 @@ class Recipe:
         """Copy the run's results to output.uri (rank 0; the trainer's scratch stays)."""
         if not self.is_main_process:
             return []
+        self.progress.report_stage("publishing")
         output = self.spec.output
         # The same store (and S3 client) the checkpoints go to: output.uri.
         uploaded = upload_tree(self.checkpoints.store, self.output_dir, "", skip=("trainer",))
@@ -607,6 +623,7 @@ class Recipe:
                 commit_message=f"FineTuneJob {self.job.name}: {self.spec.method.type} "
                 f"{self.spec.trainer.type} fine-tune of {self.spec.model.name}",
             )
+        self.progress.finish(model_uri=self._published(self.output_dir / "final"))
         return uploaded
 
     def _save_merged(self, adapter_dir: Path) -> Path:

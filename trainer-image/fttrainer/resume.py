@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .checkpoint_store import CheckpointStore
-from .checkpoints import best, checkpoint_name
+from .checkpoints import Manifest, best, checkpoint_name
 from .storage import ObjectInfo
 
 log = logging.getLogger("fttrainer")
@@ -117,6 +117,10 @@ class CheckpointUpload(TrainerCallback):  # type: ignore[misc]
         self.checkpoints = checkpoints
         self.keep = keep
         self.keep_best = keep_best  # output.finalModel best: retention spares the best one
+        # Rank 0, for the progress report: the newest committed checkpoint, and how many
+        # complete ones retention kept.
+        self.latest: Manifest | None = None
+        self.kept = 0
 
     def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         step = state.global_step
@@ -127,12 +131,14 @@ class CheckpointUpload(TrainerCallback):  # type: ignore[misc]
             uploaded = self.checkpoints.upload_files(step, folder)
         uploaded = _gathered(uploaded)
         if state.is_world_process_zero:
-            self.checkpoints.save(
+            self.latest = self.checkpoints.save(
                 step, folder, metrics=_metrics_at(state.log_history, step), epoch=state.epoch,
                 uploaded=uploaded,
             )  # fmt: skip
-            protect = best(self.checkpoints.complete()) if self.keep_best else None
-            self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
+            complete = self.checkpoints.complete()
+            protect = best(complete) if self.keep_best else None
+            doomed = self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
+            self.kept = sum(1 for manifest in complete if manifest.step not in doomed)
         _barrier()  # no rank runs ahead into a step whose checkpoint is not committed
 
 
