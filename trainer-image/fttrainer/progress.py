@@ -60,6 +60,9 @@ log = logging.getLogger("fttrainer")
 P = ParamSpec("P")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Where the token and CA are when not at the kubelet's path (a pod's command run outside a
+# pod, as tests/integration/test_rendered_pod.py does).
+ENV_SERVICE_ACCOUNT_DIR = "FINETUNE_SERVICE_ACCOUNT_DIR"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT_SECONDS = 5.0
 # How long finish() waits for the last report to go out before the process exits: one
@@ -317,7 +320,7 @@ class ProgressReporter:
     def from_env(
         cls,
         environ: Mapping[str, str] = os.environ,
-        account_dir: Path = SERVICE_ACCOUNT_DIR,
+        account_dir: Path | None = None,
         **kwargs: Any,
     ) -> ProgressReporter:
         """A reporter to the ConfigMap the operator named, or a no-op: for local runs (no
@@ -329,6 +332,8 @@ class ProgressReporter:
         try:
             if not namespace:
                 raise KubeError(None, f"{ENV_NAMESPACE} is unset")
+            if account_dir is None:
+                account_dir = Path(environ.get(ENV_SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR)
             target = KubeTarget.from_cluster(environ, account_dir)
         except KubeError as error:
             log.warning("progress reporting off: %s", error)
