@@ -28,7 +28,7 @@ from ftapi.progress import ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 
 from .cache import Cache, Key, WorkQueue
-from .desired import LABEL_ATTEMPT, LABEL_JOB, Names, Settings, desired
+from .desired import LABEL_ATTEMPT, LABEL_JOB, Names, Settings, desired, policy_violation
 from .kube import Kube
 from .observability import METRICS, Metrics
 from .status import (
@@ -122,9 +122,12 @@ class Controller:
             progress=_report(self.cache.progress.get(key)),
             lost_nodes=frozenset(self.cache.lost_nodes),
         )
+        generation = body.get("metadata", {}).get("generation")
         if job is None:
-            generation = body.get("metadata", {}).get("generation")
             return rejected(status, invalid or "invalid spec", generation, now)
+        refused = policy_violation(job, self.settings)
+        if refused is not None and status.attempt == 0 and batch_jobs == {}:
+            return rejected(status, refused, generation, now, reason="ImageNotAllowed")
         return reconcile(job, observed)
 
     async def _execute(self, key: Key, body: dict[str, Any], plan: Plan) -> None:

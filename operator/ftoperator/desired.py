@@ -42,10 +42,32 @@ class Settings:
 
     default_image: str = "ghcr.io/finetune-operator/trainer:0.1.0"
     scratch_size: str = "100Gi"  # the pod's writable /workspace (local checkpoints, caches)
+    default_s3_endpoint: str | None = None
+    """S3 endpoint for jobs whose spec names none (a MinIO or Ceph service in the cluster):
+    given to the pods as AWS_ENDPOINT_URL_S3, which boto3 reads."""
+    allowed_registries: tuple[str, ...] = ()
+    """Image prefixes jobs may use (e.g. "registry.internal/ml/"); empty: any image."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
     """Added to pods that request GPUs (e.g. a spot pool's taint), besides the toleration
     of the GPU resource's own taint, which is always added: GPU pools are usually tainted
     with it so that only GPU workloads land there (GKE, the NVIDIA GPU operator)."""
+
+
+def image_of(job: FineTuneJob, settings: Settings) -> str:
+    return job.spec.resources.image or settings.default_image
+
+
+def policy_violation(job: FineTuneJob, settings: Settings) -> str | None:
+    """Why the operator's policy refuses this job, or None. (The CRD cannot know a cluster's
+    policy: this is checked when the job is reconciled and reported in its status.)"""
+    image = image_of(job, settings)
+    allowed = settings.allowed_registries
+    if allowed and not any(image.startswith(prefix) for prefix in allowed):
+        return (
+            f"image {image} is not from an allowed registry ({', '.join(allowed)}): "
+            "set spec.resources.image to one, or ask your platform team"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -259,14 +281,14 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
         requests["memory"] = limits["memory"] = str(resources.memory)
     container = {
         "name": "trainer",
-        "image": resources.image or settings.default_image,
+        "image": image_of(job, settings),
         "args": contract.torchrun_command(
             nnodes=resources.nodes,
             nproc_per_node=max(gpus, 1),
             node_rank="$(JOB_COMPLETION_INDEX)",
             master_addr=names.master_addr,
         ),
-        "env": _env(job, names),
+        "env": _env(job, names, settings),
         "resources": {"requests": requests, "limits": limits},
         "ports": [{"name": "torchrun", "containerPort": contract.MASTER_PORT}],
         "volumeMounts": [
@@ -322,7 +344,7 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
     return pod
 
 
-def _env(job: FineTuneJob, names: Names) -> list[dict[str, Any]]:
+def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, Any]]:
     """Operator-set variables first, then Secret references, then the user's own."""
     spec = job.spec
     env: list[dict[str, Any]] = [
@@ -331,6 +353,8 @@ def _env(job: FineTuneJob, names: Names) -> list[dict[str, Any]]:
         {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     s3 = spec.output.s3
+    if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.default_s3_endpoint})
     if s3 is not None and s3.credentials_secret_ref is not None:
         secret = s3.credentials_secret_ref.name
         env += [_secret_env(key, secret, key) for key in S3_SECRET_KEYS]

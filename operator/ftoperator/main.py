@@ -40,8 +40,7 @@ log = logging.getLogger("ftoperator")
 @dataclass(frozen=True)
 class Options:
     namespaces: tuple[str, ...]
-    default_image: str
-    scratch_size: str
+    settings: Settings
     workers: int
     resync_seconds: float
     log_format: str
@@ -89,6 +88,20 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
             help=f"{text} [FTO_{name}]",
         )  # fmt: skip
     parser.add_argument(
+        "--allowed-registries", default=get("ALLOWED_REGISTRIES", ""),
+        help="comma-separated image prefixes jobs may use; empty: any [FTO_ALLOWED_REGISTRIES]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--default-s3-endpoint", default=get("DEFAULT_S3_ENDPOINT", ""),
+        help="S3 endpoint for jobs that name none [FTO_DEFAULT_S3_ENDPOINT]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpu-tolerations",
+        default=get("GPU_TOLERATIONS", "[]"),
+        help="JSON list of tolerations added to GPU pods, e.g. a spot pool's taint "
+        "[FTO_GPU_TOLERATIONS]",
+    )
+    parser.add_argument(
         "--log-format", choices=("json", "text"), default=get("LOG_FORMAT", "text"),
         help="[FTO_LOG_FORMAT]",
     )  # fmt: skip
@@ -103,14 +116,28 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         help="[FTO_LEASE_NAMESPACE, else POD_NAMESPACE]",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    try:
+        tolerations = json.loads(args.gpu_tolerations)
+        if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+            raise ValueError("not a list of objects")
+    except ValueError as error:
+        parser.error(f"--gpu-tolerations must be a JSON list of tolerations: {error}")
     namespaces = args.namespaces
     if namespaces is None:
         namespaces = [n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()]
     pod = env.get("POD_NAME") or socket.gethostname()
-    return Options(
-        namespaces=tuple(namespaces),
+    settings = Settings(
         default_image=args.default_image,
         scratch_size=args.scratch_size,
+        default_s3_endpoint=args.default_s3_endpoint or None,
+        allowed_registries=tuple(
+            r.strip() for r in args.allowed_registries.split(",") if r.strip()
+        ),
+        gpu_tolerations=tuple(tolerations),
+    )
+    return Options(
+        namespaces=tuple(namespaces),
+        settings=settings,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
         log_format=args.log_format,
@@ -169,11 +196,7 @@ async def run(options: Options) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     api = api_client()
-    controller = Controller(
-        Kube(api, options.identity),
-        Settings(default_image=options.default_image, scratch_size=options.scratch_size),
-        workers=options.workers,
-    )  # fmt: skip
+    controller = Controller(Kube(api, options.identity), options.settings, workers=options.workers)
     controller.resync_seconds = options.resync_seconds
     registry = kopf.OperatorRegistry()
     register(registry, controller)
@@ -185,7 +208,7 @@ async def run(options: Options) -> int:
     tasks: list[asyncio.Task[Any]] = []
     log.info(
         "finetune-operator starting: namespaces %s, default image %s",
-        ", ".join(options.namespaces) or "all", options.default_image,
+        ", ".join(options.namespaces) or "all", options.settings.default_image,
     )  # fmt: skip
     try:
         if options.leader_election:

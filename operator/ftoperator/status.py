@@ -314,15 +314,16 @@ def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -
 
 
 def rejected(
-    previous: FineTuneJobStatus, message: str, generation: int | None, now: datetime
-) -> Plan:
-    """A spec the CRD schema let through but the full validation refuses (the API server
-    cannot check everything): Failed with reason InvalidSpec, and no children, ever."""
+    previous: FineTuneJobStatus, message: str, generation: int | None, now: datetime,
+    reason: str = "InvalidSpec",
+) -> Plan:  # fmt: skip
+    """A spec the CRD schema let through but the full validation (InvalidSpec) or the
+    operator's policy (e.g. ImageNotAllowed) refuses: Failed, and no children, ever."""
     plan = Plan(status=previous.model_copy(deep=True))
     if previous.phase in TERMINAL_PHASES:
         return _finish(plan, previous, generation)
-    _condition(plan.status, VALIDATED, "False", "InvalidSpec", message, generation, now)
-    _fail(plan, Failure("InvalidSpec", message), generation, now)
+    _condition(plan.status, VALIDATED, "False", reason, message, generation, now)
+    _fail(plan, Failure(reason, message), generation, now)
     return _finish(plan, previous, generation)
 
 

@@ -390,3 +390,35 @@ def test_metrics_and_health_endpoints(operator: Operator) -> None:
     created = re.search(r"^finetune_jobs_created_total (\S+)$", text, flags=re.MULTILINE)
     assert created is not None and float(created.group(1)) >= 1, text[:2000]
     assert "finetune_reconcile_duration_seconds_count" in text
+
+
+def test_a_lost_node_restarts_the_attempt_elsewhere(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    """The node under a running pod goes NotReady (its kubelet stops answering): the attempt
+    is given up at once, NodeLost, and the next one runs on another node."""
+    name = "stranded"
+    run_for = {"finetune.dev/kwok-run-duration": "20s"}
+    _apply(cluster, ns, _manifest(name, resources={"gpusPerNode": 8, "annotations": run_for}))
+    pod = eventually(
+        lambda: [p for p in _pods(cluster, ns, name, 0) if p.status.phase == "Running"] or None,
+        what="attempt 0 running",
+    )[0]  # fmt: skip
+    core = client.CoreV1Api(cluster.api)
+    lost = pod.spec.node_name
+    core.patch_node(lost, {"metadata": {"annotations": {"finetune.dev/kwok-node": "not-ready"}}})
+    try:
+        status = _wait_phase(cluster, ns, name, "Succeeded", operator, timeout=120)
+    finally:
+        core.patch_node(lost, {"metadata": {"annotations": {"finetune.dev/kwok-node": None}}})
+    assert status["restarts"] == 1
+    restarting = [e for e in _event_objects(cluster, ns, name) if e.reason == "Restarting"]
+    assert "(NodeLost)" in restarting[0].message and lost in restarting[0].message
+    (second,) = _pods(cluster, ns, name, 1)
+    assert second.spec.node_name != lost
+    eventually(lambda: _node_ready(core, lost), what=f"{lost} Ready again")
+
+
+def _node_ready(core: client.CoreV1Api, name: str) -> bool:
+    node = core.read_node(name)
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
