@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,11 @@ def test_local_data_files_exist(path: Path) -> None:
     for source in filter(None, sources):
         if "://" not in source.uri:
             assert (path.parent.parent / source.uri).is_file(), source.uri
+
+
+def test_every_example_has_a_readme_section_saying_when_to_use_it() -> None:
+    readme = (EXAMPLES[0].parent / "README.md").read_text()
+    sections = dict(re.findall(r"^## \[([\w.-]+)\]\([\w.-]+\)\n\n(.+)$", readme, re.MULTILINE))
+    assert set(sections) == {path.name for path in EXAMPLES}
+    for name, paragraph in sections.items():
+        assert "**Use it when**" in paragraph, name
