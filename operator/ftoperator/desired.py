@@ -47,6 +47,8 @@ class Settings:
     given to the pods as AWS_ENDPOINT_URL_S3, which boto3 reads."""
     allowed_registries: tuple[str, ...] = ()
     """Image prefixes jobs may use (e.g. "registry.internal/ml/"); empty: any image."""
+    gpu_resource_name: str = "nvidia.com/gpu"
+    """For jobs whose spec names none (an AMD cluster: amd.com/gpu)."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
     """Added to pods that request GPUs (e.g. a spot pool's taint), besides the toleration
     of the GPU resource's own taint, which is always added: GPU pools are usually tainted
@@ -55,6 +57,10 @@ class Settings:
 
 def image_of(job: FineTuneJob, settings: Settings) -> str:
     return job.spec.resources.image or settings.default_image
+
+
+def gpu_resource_of(job: FineTuneJob, settings: Settings) -> str:
+    return job.spec.resources.gpu_resource_name or settings.gpu_resource_name
 
 
 def policy_violation(job: FineTuneJob, settings: Settings) -> str | None:
@@ -270,11 +276,11 @@ def _batch_job(
 def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) -> dict[str, Any]:
     resources = job.spec.resources
     gpus = resources.gpus_per_node
+    gpu_resource = gpu_resource_of(job, settings)
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     if gpus:
-        requests[resources.gpu_resource_name] = str(gpus)  # a quantity
-        limits[resources.gpu_resource_name] = str(gpus)
+        requests[gpu_resource] = limits[gpu_resource] = str(gpus)  # a quantity
     if resources.cpu is not None:
         requests["cpu"] = str(resources.cpu)  # quantities are strings in the Kubernetes API
     if resources.memory is not None:
@@ -331,7 +337,7 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
         t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
     ]
     if gpus:
-        own = {"key": resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"}
+        own = {"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
         tolerations += [dict(t) for t in (own, *settings.gpu_tolerations) if t not in tolerations]
     if tolerations:
         pod["tolerations"] = tolerations

@@ -96,6 +96,10 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         help="S3 endpoint for jobs that name none [FTO_DEFAULT_S3_ENDPOINT]",
     )  # fmt: skip
     parser.add_argument(
+        "--gpu-resource-name", default=get("GPU_RESOURCE_NAME", defaults.gpu_resource_name),
+        help="GPU resource for jobs that name none, e.g. amd.com/gpu [FTO_GPU_RESOURCE_NAME]",
+    )  # fmt: skip
+    parser.add_argument(
         "--gpu-tolerations",
         default=get("GPU_TOLERATIONS", "[]"),
         help="JSON list of tolerations added to GPU pods, e.g. a spot pool's taint "
@@ -133,6 +137,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_registries=tuple(
             r.strip() for r in args.allowed_registries.split(",") if r.strip()
         ),
+        gpu_resource_name=args.gpu_resource_name,
         gpu_tolerations=tuple(tolerations),
     )
     return Options(

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
-from ftoperator.desired import LABEL_JOB
+from ftoperator.desired import LABEL_JOB, Settings, gpu_resource_of
 from tests.integration.conftest import REPO, Cluster, eventually
 from tests.integration.operator_process import Operator
 
@@ -101,7 +101,7 @@ def test_example_runs_on_the_cluster(
     for pod in pods:
         node = core.read_node(pod.spec.node_name)
         labels = node.metadata.labels
-        gpus = int((node.status.allocatable or {}).get(resources.gpu_resource_name, "0"))
+        gpus = int((node.status.allocatable or {}).get(gpu_resource_of(job, Settings()), "0"))
         if resources.gpus_per_node:
             assert gpus >= resources.gpus_per_node, f"{pod.spec.node_name} has {gpus} GPUs"
         else:

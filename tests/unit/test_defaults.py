@@ -18,7 +18,7 @@ def test_minimal_manifest_fills_in_defaults() -> None:
     assert spec.training.learning_rate is None  # resolved per method: effective_learning_rate
     assert spec.training.gradient_checkpointing is None  # auto
     assert (spec.resources.nodes, spec.resources.gpus_per_node) == (1, 1)
-    assert spec.resources.gpu_resource_name == "nvidia.com/gpu"
+    assert spec.resources.gpu_resource_name is None  # the operator's default applies
     assert spec.resources.shared_memory == "16Gi"
     assert (spec.output.save_steps, spec.output.save_total_limit) == (500, 2)
     assert (spec.run_policy.max_restarts, spec.scheduling.suspend) == (3, False)

@@ -34,6 +34,7 @@ def test_environment_sets_what_flags_set_and_flags_win() -> None:
         "FTO_ALLOWED_REGISTRIES": "registry.internal/ml/,ghcr.io/acme/",
         "FTO_DEFAULT_S3_ENDPOINT": "http://minio.storage:9000",
         "FTO_GPU_TOLERATIONS": json.dumps([SPOT]),
+        "FTO_GPU_RESOURCE_NAME": "amd.com/gpu",
         "FTO_LEADER_ELECTION": "false",
         "FTO_WORKERS": "4",
         "POD_NAMESPACE": "finetune-system",
@@ -45,6 +46,7 @@ def test_environment_sets_what_flags_set_and_flags_win() -> None:
     assert options.settings.allowed_registries == ("registry.internal/ml/", "ghcr.io/acme/")
     assert options.settings.default_s3_endpoint == "http://minio.storage:9000"
     assert options.settings.gpu_tolerations == (SPOT,)
+    assert options.settings.gpu_resource_name == "amd.com/gpu"
     assert options.leader_election is False and options.workers == 4
     assert options.lease_namespace == "finetune-system"
     assert options.identity.startswith("finetune-operator-abc_")
@@ -95,3 +97,17 @@ def test_json_logs_are_one_object_per_line() -> None:
                                ("a", "Running"), None)  # fmt: skip
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "job a: Running" and entry["level"] == "INFO"
+
+
+def test_the_operators_gpu_resource_applies_when_the_job_names_none() -> None:
+    amd = Settings(gpu_resource_name="amd.com/gpu")
+
+    def limits(job: dict[str, object]) -> dict[str, str]:
+        children = desired(parse_job(job), attempt=0, settings=amd)
+        container = children.job["spec"]["template"]["spec"]["containers"][0]
+        return dict(container["resources"]["limits"])
+
+    assert limits(make_job("a").set("resources.gpusPerNode", 2).obj()) == {"amd.com/gpu": "2"}
+    mig = make_job("b").set("resources", {"gpusPerNode": 1,
+                                          "gpuResourceName": "nvidia.com/mig-3g.40gb"})  # fmt: skip
+    assert limits(mig.obj()) == {"nvidia.com/mig-3g.40gb": "1"}

@@ -52,8 +52,10 @@ class ResourcesSpec(ApiModel):
     """Pods (one per node) in the job."""
     gpus_per_node: Annotated[int, Field(ge=0, le=64)] = 1
     """GPUs each pod requests (and torchrun processes it starts). 0: one CPU process."""
-    gpu_resource_name: ResourceName = "nvidia.com/gpu"
-    """Extended resource name of the GPUs (e.g. amd.com/gpu, or a MIG profile)."""
+    gpu_resource_name: ResourceName | None = None
+    """Extended resource name of the GPUs (e.g. amd.com/gpu, or a MIG profile such as
+    nvidia.com/mig-3g.40gb); unset: the operator's default (nvidia.com/gpu unless the
+    platform team set another)."""
     cpu: Quantity | None = None
     """CPU request per pod, e.g. 8 or 7500m. No CPU limit is set: it would throttle data
     loading and tokenization."""
