@@ -26,6 +26,7 @@ from ftapi import parse_job
 from ftapi.loading import InvalidSpecError
 from ftapi.progress import ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from ftapi.v1alpha1.status import TERMINAL_PHASES
 
 from .cache import Cache, Key, WorkQueue
 from .desired import LABEL_ATTEMPT, LABEL_JOB, Names, Settings, desired, policy_violation
@@ -85,7 +86,10 @@ class Controller:
         """The current attempt's Job is not in the cache: it may not exist yet, or its watch
         event has not arrived (just after a start). Ask the API server, so a pass never
         reports a running attempt as pending nor plans from a half-filled cache."""
-        attempt = (body.get("status") or {}).get("attempt", 0)
+        status = body.get("status") or {}
+        if status.get("phase") in TERMINAL_PHASES:
+            return  # nothing will be created for it again: the cache is enough
+        attempt = status.get("attempt", 0)
         name = Names(key[1], attempt).batch_job
         if name in self.cache.batch_jobs.get(key, {}):
             return
