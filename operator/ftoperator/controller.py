@@ -83,23 +83,39 @@ class Controller:
         self.queue.add_after(key, delay)
 
     async def _read_through(self, key: Key, body: dict[str, Any]) -> None:
-        """The current attempt's Job is not in the cache: it may not exist yet, or its watch
-        event has not arrived (just after a start). Ask the API server, so a pass never
-        reports a running attempt as pending nor plans from a half-filled cache."""
+        """Ask the API server when the cache is behind: the current attempt's Job is not in
+        it (not created yet, or its watch event has not arrived), or the Job counts more
+        pods than the cache holds, or says it failed while no cached pod did (pod events
+        lag Job events, most of all right after the operator starts). Without this, a pass
+        could report a running attempt as pending, or a failure without its real reason."""
         status = body.get("status") or {}
         if status.get("phase") in TERMINAL_PHASES:
             return  # nothing will be created for it again: the cache is enough
         attempt = status.get("attempt", 0)
         name = Names(key[1], attempt).batch_job
-        if name in self.cache.batch_jobs.get(key, {}):
+        job = self.cache.batch_jobs.get(key, {}).get(name)
+        if job is None:
+            job = await asyncio.to_thread(self.kube.get_job, key[0], name)
+            if job is None:
+                return
+            self.cache.observe_child("Job", key, name, job)
+        elif not pods_behind(job, self._attempt_pods(key, attempt)):
             return
-        found = await asyncio.to_thread(self.kube.get_job, key[0], name)
-        if found is None:
-            return
-        self.cache.observe_child("Job", key, name, found)
         selector = f"{LABEL_JOB}={key[1]},{LABEL_ATTEMPT}={attempt}"
-        for pod in await asyncio.to_thread(self.kube.list_pods, key[0], selector):
+        listed = await asyncio.to_thread(self.kube.list_pods, key[0], selector)
+        names = {pod["metadata"]["name"] for pod in listed}
+        for cached in self._attempt_pods(key, attempt):
+            if cached["metadata"]["name"] not in names:  # gone: its DELETED event is late
+                self.cache.observe_child("Pod", key, cached["metadata"]["name"], None)
+        for pod in listed:
             self.cache.observe_child("Pod", key, pod["metadata"]["name"], pod)
+
+    def _attempt_pods(self, key: Key, attempt: int) -> list[dict[str, Any]]:
+        return [
+            pod
+            for pod in self.cache.pods.get(key, {}).values()
+            if pod.get("metadata", {}).get("labels", {}).get(LABEL_ATTEMPT) == str(attempt)
+        ]
 
     def plan(self, key: Key, body: dict[str, Any]) -> Plan:
         status = FineTuneJobStatus.model_validate(body.get("status") or {})
@@ -107,11 +123,7 @@ class Controller:
         job, invalid = _parse(body)
         names = Names(key[1], status.attempt)
         batch_jobs = self.cache.batch_jobs.get(key, {})
-        attempt_pods = [
-            pod
-            for pod in self.cache.pods.get(key, {}).values()
-            if pod.get("metadata", {}).get("labels", {}).get(LABEL_ATTEMPT) == str(status.attempt)
-        ]
+        attempt_pods = self._attempt_pods(key, status.attempt)
         others = [
             name
             for name, child in batch_jobs.items()
@@ -194,6 +206,21 @@ class Controller:
             phase = status.get("phase", "Pending")
             counts[phase] = counts.get(phase, 0) + 1
         return counts
+
+
+def pods_behind(job: dict[str, Any], cached: list[dict[str, Any]]) -> bool:
+    """Whether the Job knows of more pods, or of a failed one, than the cache holds."""
+    counts = job.get("status") or {}
+    uncounted = counts.get("uncountedTerminatedPods") or {}
+    known = sum(int(counts.get(k) or 0) for k in ("active", "succeeded", "failed"))
+    known += len(uncounted.get("succeeded") or []) + len(uncounted.get("failed") or [])
+    if known > len(cached):
+        return True
+    failed = any(
+        c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
+        for c in counts.get("conditions") or []
+    )
+    return failed and not any(p.get("status", {}).get("phase") == "Failed" for p in cached)
 
 
 def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:

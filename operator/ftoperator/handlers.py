@@ -1,5 +1,8 @@
 """kopf's part: watch streams in, cache updates and queued keys out. No decisions here.
 
+The handlers are coroutines on purpose: kopf runs plain functions in worker threads, and
+the cache and the queue belong to the event loop (no locks, no races with the passes).
+
 Each watched kind feeds the controller's cache and queues the FineTuneJob it belongs to;
 the controller's workers do the rest (controller.py). kopf writes nothing to the objects
 (no finalizers, no annotations): only event handlers are registered.
@@ -8,7 +11,7 @@ the controller's workers do the rest (controller.py). kopf writes nothing to the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -44,15 +47,15 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         await controller.queue.stop()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+    async def finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "", name)
         deleted = event.get("type") == "DELETED"
         cache.observe_job(key, None if deleted else _body(event))
         if not deleted:
             queue.add(key)
 
-    def child(kind: str) -> Callable[..., None]:
-        def observe(
+    def child(kind: str) -> Callable[..., Awaitable[None]]:
+        async def observe(
             event: kopf.RawEvent, namespace: str | None, name: str, labels: Mapping[str, str],
             **_: Any,
         ) -> None:  # fmt: skip
@@ -70,7 +73,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.event(
         "", "v1", "configmaps", labels={**selector, LABEL_COMPONENT: "progress"}, registry=registry
     )
-    def progress(
+    async def progress(
         event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> None:
         key = (namespace or "", labels[LABEL_JOB])
@@ -80,7 +83,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         queue.add(key)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node(event: kopf.RawEvent, name: str, **_: Any) -> None:
+    async def node(event: kopf.RawEvent, name: str, **_: Any) -> None:
         ready = event.get("type") != "DELETED" and node_ready(_body(event))
         was_lost = name in cache.lost_nodes
         cache.observe_node(name, ready)

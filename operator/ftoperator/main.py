@@ -186,21 +186,25 @@ def configure_logging(options: Options) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-def api_client() -> client.ApiClient:
+def api_client(connections: int) -> client.ApiClient:
+    configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # One connection per worker thread: fewer makes urllib3 drop and reopen connections.
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 async def run(options: Options) -> int:
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=max(8, options.workers * 2)))
+    threads = max(8, options.workers * 2)
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=threads))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    api = api_client()
+    api = api_client(threads)
     controller = Controller(Kube(api, options.identity), options.settings, workers=options.workers)
     controller.resync_seconds = options.resync_seconds
     registry = kopf.OperatorRegistry()
