@@ -36,11 +36,13 @@ $(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)
 
-lint: install ## ruff (lint + format check), mypy on the API package, hadolint
+lint: install ## ruff (lint + format check), mypy (API and operator), hadolint, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(MAKE) lint-docker
+	hack/build.sh helm >/dev/null
+	"$$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator
 
 fmt: install ## format and autofix
 	$(BIN)/ruff format .
@@ -48,10 +50,11 @@ fmt: install ## format and autofix
 
 crds: install ## regenerate crds/ and the API reference from the pydantic models
 	$(BIN)/finetune-crd -o $(CRD)
+	cp $(CRD) helm/finetune-operator/crds/finetune.dev_finetunejobs.yaml
 	$(BIN)/python -m ftapi.reference -o $(API_REFERENCE)
 
-unit: install ## unit tests only (no cluster)
-	$(BIN)/pytest tests/unit
+unit: install ## unit tests only (no cluster), the Helm chart's included
+	$(BIN)/pytest tests/unit tests/helm
 
 integration: install tools ## tests against the local control plane and S3 server
 	$(BIN)/pytest tests/integration
@@ -86,7 +89,7 @@ DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
 DOCKERFILES := trainer-image/Dockerfile operator/Dockerfile
 
-.PHONY: lint-docker images bench bench-trainer bench-storage
+.PHONY: lint-docker images bench bench-trainer bench-storage bench-operator
 
 lint-docker: install ## hadolint both Dockerfiles (rules and their exceptions: .hadolint.yaml)
 	$(BIN)/hadolint --config .hadolint.yaml $(DOCKERFILES)
@@ -105,9 +108,10 @@ images: ## docker build the trainer and operator images (needs a Docker engine)
 # --- benchmarks ---------------------------------------------------------------------------
 # `make bench` runs every benchmark in BENCH_TARGETS one after another (never in parallel:
 # they measure throughput). Add a bench-<thing> target below and append it here.
-BENCH_TARGETS := bench-trainer bench-storage
+BENCH_TARGETS := bench-trainer bench-storage bench-operator
 BENCH_TRAINER_ARGS ?=
 BENCH_STORAGE_ARGS ?=
+BENCH_OPERATOR_ARGS ?=
 
 bench: ## run every benchmark (BENCH_TARGETS), one at a time
 	@for target in $(BENCH_TARGETS); do $(MAKE) $$target; done
@@ -118,3 +122,7 @@ bench-trainer: install ## our trainer vs plain TRL SFTTrainer: tokens/s, peak me
 bench-storage: install tools ## checkpoint upload: our storage layer vs a plain boto3 loop vs a raw copy (docs/storage.md)
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/storage.py $(BENCH_STORAGE_ARGS)
+
+bench-operator: install tools ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client (docs/benchmarks.md)
+	hack/cluster-up.sh >/dev/null
+	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/operator.py $(BENCH_OPERATOR_ARGS)

@@ -297,6 +297,9 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
         "env": _env(job, names, settings),
         "resources": {"requests": requests, "limits": limits},
         "ports": [{"name": "torchrun", "containerPort": contract.MASTER_PORT}],
+        # A crash's last log lines become the termination message, so the status and the
+        # Event say why (a Python traceback, an NCCL error) without anyone reading logs.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "config", "mountPath": contract.JOB_CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},

@@ -107,6 +107,11 @@ def test_resources_and_placement_come_from_the_spec() -> None:
     assert children.job["spec"]["template"]["metadata"]["labels"]["team"] == "a"
 
 
+def test_a_crash_leaves_its_log_tail_as_the_termination_message() -> None:
+    container = _pod(_children())["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
 def test_default_image_and_a_locked_down_pod() -> None:
     pod = _pod(_children())
     container = pod["containers"][0]

@@ -1,0 +1,117 @@
+{{/*
+Names and labels, in the usual Helm shape.
+*/}}
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: finetune-operator
+{{- end }}
+
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.leaseName" -}}
+{{- default (printf "%s-leader" (include "finetune-operator.fullname" .)) .Values.operator.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+RBAC rules: the table "RBAC the operator needs" in docs/operator.md, split by where they
+apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact verbs x resources.
+*/}}
+
+{{/* In every watched namespace (or cluster-wide through the ClusterRole). */}}
+{{- define "finetune-operator.namespacedRules" -}}
+# Watch FineTuneJobs; delete them after spec.runPolicy.ttlSecondsAfterFinished.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs]
+  verbs: [get, list, watch, delete]
+# Write status.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs/status]
+  verbs: [get, patch, update]
+# One Indexed Job per attempt; suspend/resume; tear down a failed attempt.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete, patch]
+# Failure reasons and readiness of the training pods.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# The resolved-config and progress ConfigMaps. patch/update: a Role may only grant what its
+# creator holds, and the trainer's Role grants get/patch/update on its progress ConfigMap.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, update]
+# The rendezvous (headless) Service and the training pods' ServiceAccount.
+- apiGroups: [""]
+  resources: [services, serviceaccounts]
+  verbs: [create]
+# The training pods' Role (progress ConfigMap only, by resourceName) and its binding.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create]
+# Events on FineTuneJobs.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
+
+{{/* Cluster-scoped reads, needed in both modes. */}}
+{{- define "finetune-operator.clusterRules" -}}
+# Node loss: a node turning NotReady fails the pods on it.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list, watch]
+# kopf's resource discovery notices the CRD being (re)installed.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
+
+{{/*
+Watch-namespaces mode only: kopf lists and watches namespaces to learn which of the named ones
+exist (and when one is created or deleted). Cluster-wide, kopf never reads namespaces.
+*/}}
+{{- define "finetune-operator.namespaceDiscoveryRules" -}}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}

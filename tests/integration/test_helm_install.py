@@ -1,0 +1,484 @@
+"""The Helm chart on the real control plane: install, run, upgrade, uninstall.
+
+There is no container runtime: kwok fakes the operator's pod (its image is never pulled), so
+the operator itself runs here as a process, configured exactly as the chart configures the
+container: the env of the installed Deployment (FTO_* values, POD_NAME, POD_NAMESPACE) and the
+chart's ServiceAccount (a TokenRequest token in a kubeconfig with the cluster's CA and server).
+Only the metrics address differs (127.0.0.1 and a free port instead of 0.0.0.0:8080). So a
+permission the chart forgot shows up as a 403 in the operator's log and a job that never
+finishes; the test asserts neither happens.
+
+The namespaces are named fth-* so that the op-* operators of other test modules leave them
+alone. The CRD is shared with every other test and is never deleted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ftapi.constants import GROUP, PLURAL, VERSION
+from ftoperator.desired import LABEL_JOB
+from tests.helm.chart import CHART, helm
+from tests.integration.conftest import REPO, Cluster, eventually
+
+pytestmark = pytest.mark.integration
+CRD_NAME = "finetunejobs.finetune.dev"
+EXAMPLE = REPO / "examples" / "quickstart-cpu.yaml"
+PERMISSION_PROBLEM = re.compile(r"forbidden|unauthorized|not enough permissions|\(40[13]\)", re.I)
+
+
+class Release:
+    """One Helm release of the chart, the namespaces it lives in and watches, and its values."""
+
+    def __init__(self, cluster: Cluster, tmp: Path) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        self.cluster = cluster
+        self.tmp = tmp
+        self.name = f"fto-{suffix}"
+        self.namespace = f"fth-system-{suffix}"  # the release (operator, SA, Lease)
+        self.watched = f"fth-jobs-{suffix}"  # where FineTuneJobs run
+        self.fullname = f"{self.name}-finetune-operator"
+        self.values: dict[str, Any] = {
+            "watchNamespaces": [self.watched],
+            # Never pulled: kwok fakes the pod.
+            "image": {"repository": "registry.invalid/finetune-operator", "tag": "test"},
+            "operator": {
+                "defaultImage": "registry.invalid/ml/trainer:1.0",
+                "allowedRegistries": ["registry.invalid/ml/"],
+                "logFormat": "json",
+                "resyncSeconds": 10,
+            },
+        }
+        self.installed = False
+
+    def helm(self, *args: str, values: dict[str, Any] | None = None, check: bool = True) -> str:
+        env = {**os.environ, **self.cluster.env, "PATH": self.cluster.path}
+        return helm(*args, "--namespace", self.namespace, values=values, env=env, check=check)
+
+    def install_or_upgrade(self, command: str, wait: bool = True) -> str:
+        waiting = ["--wait", "--timeout", "180s"] if wait else []
+        out = self.helm(command, self.name, str(CHART), *waiting, values=self.values)
+        self.installed = True
+        return out
+
+    def uninstall(self) -> str:
+        out = self.helm("uninstall", self.name, "--wait", "--timeout", "120s")
+        self.installed = False
+        return out
+
+    def deployment(self) -> Any:
+        return client.AppsV1Api(self.cluster.api).read_namespaced_deployment(
+            self.fullname, self.namespace
+        )
+
+    def operator_env(self) -> dict[str, str]:
+        """The installed Deployment's container env, the downward API resolved as the kubelet
+        would for the Deployment's (kwok) pod."""
+        deployment = self.deployment()
+        pods = eventually(
+            lambda: client.CoreV1Api(self.cluster.api).list_namespaced_pod(
+                self.namespace, label_selector=f"app.kubernetes.io/instance={self.name}"
+            ).items,
+            what="the operator's (kwok) pod",
+        )  # fmt: skip
+        pod = max(pods, key=lambda p: p.metadata.creation_timestamp)  # the newest
+        fields = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace}
+        env: dict[str, str] = {}
+        for var in deployment.spec.template.spec.containers[0].env:
+            if var.value_from is not None:
+                env[var.name] = fields[var.value_from.field_ref.field_path]
+            else:
+                env[var.name] = var.value or ""
+        return env
+
+    def service_account_kubeconfig(self) -> Path:
+        """A kubeconfig holding a token of the chart's ServiceAccount (TokenRequest API)."""
+        deployment = self.deployment()
+        account = deployment.spec.template.spec.service_account_name
+        token = client.CoreV1Api(self.cluster.api).create_namespaced_service_account_token(
+            account, self.namespace, {"spec": {"expirationSeconds": 3600}}
+        )
+        admin = yaml.safe_load(Path(self.cluster.kubeconfig).read_text())
+        ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+        path = self.tmp / "operator-kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.cluster.env["FTO_APISERVER"],
+                "certificate-authority-data": ca}}],
+            "users": [{"name": account, "user": {"token": token.status.token}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": account}}],
+        }))  # fmt: skip
+        return path
+
+
+class LocalOperator:
+    """`python -m ftoperator` with nothing but the chart's env and ServiceAccount: no flags."""
+
+    def __init__(self, release: Release, kubeconfig: Path) -> None:
+        self.release = release
+        self.kubeconfig = kubeconfig
+        self.log_path = release.tmp / "operator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.chart_env: dict[str, str] = {}
+
+    def start(self) -> None:
+        self.chart_env = self.release.operator_env()
+        self.port = _free_port()
+        inherited = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("FTO_", "KUBE", "POD_"))}  # fmt: skip
+        env = {
+            **inherited, **self.chart_env,
+            "FTO_METRICS_BIND": "127.0.0.1", "FTO_METRICS_PORT": str(self.port),
+            "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
+        }  # fmt: skip
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ftoperator"],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )  # fmt: skip
+        eventually(self._ready, timeout=60, what=f"/readyz of the operator\n{self.log()}")
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, self.log()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM, as a rollout stops the old pod: passes finish, the Lease is released."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log(self, since_start: bool = False) -> str:
+        if not self.log_path.exists():
+            return ""
+        text = self.log_path.read_bytes()[self.offset if since_start else 0 :]
+        return text.decode(errors="replace")
+
+    def permission_problems(self) -> list[str]:
+        return [line for line in self.log().splitlines() if PERMISSION_PROBLEM.search(line)]
+
+
+def _release(cluster: Cluster, tmp: Path) -> Iterator[Release]:
+    made = Release(cluster, tmp)
+    core = client.CoreV1Api(cluster.api)
+    for namespace in (made.namespace, made.watched):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        eventually(
+            lambda n=namespace: core.list_namespaced_service_account(
+                n, field_selector="metadata.name=default"
+            ).items,
+            what=f"the default ServiceAccount of {namespace}",
+        )  # fmt: skip
+    yield made
+    if made.installed:
+        made.helm("uninstall", made.name, check=False)
+    for namespace in (made.namespace, made.watched):
+        core.delete_namespace(namespace, propagation_policy="Background")
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    yield from _release(cluster, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture
+def cluster_wide(cluster: Cluster, tmp_path: Path) -> Iterator[Release]:
+    """A second release, with the defaults: every namespace (nothing runs it: see below)."""
+    for made in _release(cluster, tmp_path):
+        made.values["watchNamespaces"] = []
+        yield made
+
+
+@pytest.fixture(scope="module")
+def local_operator(release: Release) -> Iterator[LocalOperator]:
+    if not release.installed:
+        release.install_or_upgrade("install")
+    running = LocalOperator(release, release.service_account_kubeconfig())
+    running.start()
+    yield running
+    running.stop()
+    print(running.log()[-4000:])
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _example(name: str, run_duration: str | None = None) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    manifest["metadata"]["name"] = name
+    if run_duration:
+        resources = manifest["spec"].setdefault("resources", {})
+        resources["annotations"] = {"finetune.dev/kwok-run-duration": run_duration}
+    return manifest
+
+
+def _create(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    created: dict[str, Any] = client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, manifest
+    )
+    return created
+
+
+def _ftj(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def _wait_phase(
+    cluster: Cluster, namespace: str, name: str, phase: str, operator: LocalOperator,
+    timeout: float = 300,
+) -> dict[str, Any]:  # fmt: skip
+    def status() -> dict[str, Any]:
+        return (_ftj(cluster, namespace, name) or {}).get("status") or {}
+
+    try:
+        return eventually(
+            lambda: (s := status()).get("phase") == phase and s, timeout=timeout,
+            what=f"{name} {phase}",
+        )  # fmt: skip
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nstatus: {status()}\n{operator.log()[-4000:]}") from None
+
+
+def _job_image(cluster: Cluster, namespace: str, name: str) -> str:
+    jobs = (
+        client.BatchV1Api(cluster.api)
+        .list_namespaced_job(namespace, label_selector=f"{LABEL_JOB}={name}")
+        .items
+    )
+    assert len(jobs) == 1, [j.metadata.name for j in jobs]
+    return str(jobs[0].spec.template.spec.containers[0].image)
+
+
+def plain_env(deployment: Any) -> dict[str, str]:
+    return {e.name: e.value or "" for e in deployment.spec.template.spec.containers[0].env
+            if e.value_from is None}  # fmt: skip
+
+
+def _can_i(cluster: Cluster, account: str, *args: str) -> bool:
+    out = cluster.kubectl("auth", "can-i", *args, "--as", account, check=False)
+    return out.strip().splitlines()[0] == "yes"
+
+
+# --- the tests, in the order a platform team lives them -----------------------------------
+
+
+def test_install_creates_the_operator_its_account_and_least_privilege_rbac(
+    cluster: Cluster, release: Release
+) -> None:
+    out = release.install_or_upgrade("install")
+    # NOTES.txt: what to do next.
+    assert "kubectl -n " + release.watched + " get ftj -w" in out, out
+    assert "docs/install.md" in out
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    deployment = release.deployment()
+    assert deployment.status.available_replicas == 1  # (a kwok pod)
+    account = deployment.spec.template.spec.service_account_name
+    client.CoreV1Api(cluster.api).read_namespaced_service_account(account, release.namespace)
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    rbac.read_namespaced_role(release.fullname, release.watched)
+    rbac.read_namespaced_role_binding(release.fullname, release.watched)
+    rbac.read_namespaced_role(f"{release.fullname}-leader-election", release.namespace)
+    rbac.read_cluster_role(release.fullname)
+    rbac.read_cluster_role_binding(release.fullname)
+    # What the API server's authorizer makes of it, for the chart's ServiceAccount.
+    sa = f"system:serviceaccount:{release.namespace}:{account}"
+    watched, home = ("-n", release.watched), ("-n", release.namespace)
+    lease = f"leases.coordination.k8s.io/{release.fullname}-leader"
+    allowed = [
+        ("create", "jobs.batch", *watched),
+        ("patch", "finetunejobs.finetune.dev", "--subresource=status", *watched),
+        ("create", "roles.rbac.authorization.k8s.io", *watched), ("watch", "pods", *watched),
+        ("list", "nodes"), ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("list", "namespaces"), ("update", lease, *home), ("create", "leases", *home),
+    ]  # fmt: skip
+    denied = [
+        ("get", "secrets", *watched), ("list", "secrets", *home), ("list", "secrets", "-A"),
+        ("create", "jobs.batch", *home), ("list", "pods", "-n", "default"),
+        ("list", "finetunejobs.finetune.dev", "-A"), ("get", "namespaces"),
+        ("update", "leases.coordination.k8s.io/someone-else", *home), ("delete", "nodes"),
+        ("escalate", "roles.rbac.authorization.k8s.io", *watched),
+        ("bind", "roles.rbac.authorization.k8s.io", *watched),
+        ("create", "pods", *watched), ("delete", "configmaps", *watched),
+    ]  # fmt: skip
+    assert [a for a in allowed if not _can_i(cluster, sa, *a)] == []
+    assert [d for d in denied if _can_i(cluster, sa, *d)] == []
+
+
+def test_the_operator_runs_with_the_charts_account_and_env_and_a_job_succeeds(
+    cluster: Cluster, release: Release, local_operator: LocalOperator
+) -> None:
+    env = local_operator.chart_env
+    assert env["FTO_NAMESPACES"] == release.watched and env["POD_NAMESPACE"] == release.namespace
+    # It leads through the chart's Lease (get/create/update by the leader-election Role).
+    lease = eventually(
+        lambda: _lease_holder(cluster, release), what=f"the Lease\n{local_operator.log()}"
+    )
+    assert lease.startswith(env["POD_NAME"] + "_")
+    # The example, as a user applies it, into the watched namespace.
+    _create(cluster, release.watched, _example("quickstart"))
+    status = _wait_phase(cluster, release.watched, "quickstart", "Succeeded", local_operator)
+    assert status["modelUri"].startswith("results/quickstart")
+    # The chart's default trainer image (an allowed registry) reached the job's pods, and the
+    # pods' progress-only Role could be created (RBAC escalation check passed).
+    assert _job_image(cluster, release.watched, "quickstart") == "registry.invalid/ml/trainer:1.0"
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    rbac.read_namespaced_role("quickstart-trainer", release.watched)
+    # JSON logs, as the chart asks, and not one permission problem.
+    lines = [line for line in local_operator.log().splitlines() if line.startswith("{")]
+    assert lines and all(json.loads(line)["level"] for line in lines)
+    assert local_operator.permission_problems() == [], local_operator.log()
+
+
+def _lease_holder(cluster: Cluster, release: Release) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease(
+            f"{release.fullname}-leader", release.namespace
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return lease.spec.holder_identity or None
+
+
+def test_upgrade_while_a_job_runs_keeps_the_job_and_applies_the_new_values(
+    cluster: Cluster, release: Release, local_operator: LocalOperator
+) -> None:
+    name = "long-run"
+    created = _create(cluster, release.watched, _example(name, run_duration="45s"))
+    _wait_phase(cluster, release.watched, name, "Running", local_operator)
+    batch = client.BatchV1Api(cluster.api)
+    before = batch.read_namespaced_job(f"{name}-0", release.watched)
+    release.values["operator"] |= {"defaultImage": "registry.invalid/ml/trainer:2.0",
+                                   "logFormat": "text"}  # fmt: skip
+    # No --wait: on a busy cluster the new (kwok) pod may take a while, and the job must
+    # still be running when the new operator takes over.
+    release.install_or_upgrade("upgrade", wait=False)
+    # The rollout, done by hand: the old process stops (SIGTERM), a new one starts with the
+    # upgraded Deployment's env.
+    local_operator.stop()
+    local_operator.start()
+    assert local_operator.chart_env["FTO_DEFAULT_IMAGE"] == "registry.invalid/ml/trainer:2.0"
+    assert local_operator.chart_env["FTO_LOG_FORMAT"] == "text"
+    # The new operator took over a job whose pod was still running.
+    running = batch.read_namespaced_job(f"{name}-0", release.watched).status
+    assert running.active == 1 and not running.succeeded, (
+        "the job finished before the new operator started: the test proves nothing"
+    )
+    status = _wait_phase(cluster, release.watched, name, "Succeeded", local_operator)
+    # The same FineTuneJob, the same attempt's Job, no restart, the image it started with.
+    found = _ftj(cluster, release.watched, name)
+    assert found is not None and found["metadata"]["uid"] == created["metadata"]["uid"]
+    assert (status.get("restarts", 0), status.get("attempt", 0)) == (0, 0)
+    assert batch.read_namespaced_job(f"{name}-0", release.watched).metadata.uid == (
+        before.metadata.uid
+    )
+    assert _job_image(cluster, release.watched, name) == "registry.invalid/ml/trainer:1.0"
+    # New jobs get the new default image; the new process logs text.
+    _create(cluster, release.watched, _example("after-upgrade"))
+    _wait_phase(cluster, release.watched, "after-upgrade", "Succeeded", local_operator)
+    assert _job_image(cluster, release.watched, "after-upgrade") == (
+        "registry.invalid/ml/trainer:2.0"
+    )
+    new_lines = local_operator.log(since_start=True).splitlines()
+    assert new_lines and not any(line.startswith("{") for line in new_lines)
+    assert local_operator.permission_problems() == [], local_operator.log()
+
+
+def test_uninstall_keeps_the_crd_and_the_finetunejobs(
+    cluster: Cluster, release: Release, local_operator: LocalOperator
+) -> None:
+    _create(cluster, release.watched, _example("kept"))
+    _wait_phase(cluster, release.watched, "kept", "Succeeded", local_operator)
+    before = client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
+        GROUP, VERSION, release.watched, PLURAL
+    )["items"]
+    local_operator.stop()  # the rollout's end: the pod goes with the Deployment
+    out = release.uninstall()
+    assert f'release "{release.name}" uninstalled' in out
+    # The release's objects are gone...
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    for read in (
+        lambda: release.deployment(),
+        lambda: rbac.read_cluster_role(release.fullname),
+        lambda: rbac.read_cluster_role_binding(release.fullname),
+        lambda: rbac.read_namespaced_role(release.fullname, release.watched),
+        lambda: client.CoreV1Api(cluster.api).read_namespaced_service_account(
+            release.fullname, release.namespace
+        ),
+    ):
+        with pytest.raises(ApiException) as gone:
+            read()
+        assert gone.value.status == 404
+    # ...the CRD and every FineTuneJob (with its status) are not.
+    crd = client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(CRD_NAME)
+    assert crd.metadata.deletion_timestamp is None
+    after = client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
+        GROUP, VERSION, release.watched, PLURAL
+    )["items"]
+    assert {j["metadata"]["uid"] for j in after} == {j["metadata"]["uid"] for j in before}
+    assert {j["metadata"]["name"] for j in after} >= {"kept"}
+    assert all(j["status"]["phase"] == "Succeeded" for j in after)
+
+
+def test_cluster_wide_install_grants_the_same_everywhere_and_still_no_secrets(
+    cluster: Cluster, cluster_wide: Release
+) -> None:
+    # Not run as an operator here: on the shared cluster it would reconcile every other
+    # test's jobs. tests/helm proves its ClusterRole is the watched-namespace Role plus the
+    # cluster reads that the runs above proved sufficient; this proves the binding works.
+    cluster_wide.install_or_upgrade("install")
+    account = cluster_wide.deployment().spec.template.spec.service_account_name
+    sa = f"system:serviceaccount:{cluster_wide.namespace}:{account}"
+    assert plain_env(cluster_wide.deployment())["FTO_NAMESPACES"] == ""
+    for scope in (("-A",), ("-n", cluster_wide.watched), ("-n", "default")):
+        assert _can_i(cluster, sa, "watch", "finetunejobs.finetune.dev", *scope)
+        assert _can_i(cluster, sa, "create", "jobs.batch", *scope)
+        assert _can_i(cluster, sa, "create", "roles.rbac.authorization.k8s.io", *scope)
+        assert not _can_i(cluster, sa, "get", "secrets", *scope)
+        assert not _can_i(cluster, sa, "create", "pods", *scope)
+    # Cluster-wide, kopf never lists namespaces, so the chart does not grant it.
+    assert not _can_i(cluster, sa, "list", "namespaces")
+    assert _can_i(cluster, sa, "watch", "nodes")
+    cluster_wide.uninstall()
+    with pytest.raises(ApiException):
+        client.RbacAuthorizationV1Api(cluster.api).read_cluster_role(cluster_wide.fullname)
