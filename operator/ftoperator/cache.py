@@ -36,7 +36,7 @@ class Cache:
         if body is None:
             self.jobs.pop(key, None)
         else:
-            self.jobs[key] = body
+            self.jobs[key] = slim(body)
 
     def observe_child(self, kind: str, key: Key, name: str, body: dict[str, Any] | None) -> None:
         """A Job or pod labelled with its FineTuneJob; body None when it was deleted."""
@@ -47,7 +47,7 @@ class Cache:
             if not children:
                 group.pop(key, None)
         else:
-            children[name] = body
+            children[name] = slim(body)
 
     def observe_progress(self, key: Key, report: str | None) -> None:
         if report is None:
@@ -68,6 +68,15 @@ class Cache:
             for key, pods in self.pods.items()
             if any(p.get("spec", {}).get("nodeName") in nodes for p in pods.values())
         ]
+
+
+def slim(body: dict[str, Any]) -> dict[str, Any]:
+    """The object without metadata.managedFields: nearly half of a cached object's size,
+    never read here (1000 jobs' cache: 20 MB of JSON, 9 MB of it managedFields)."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict) or "managedFields" not in metadata:
+        return body
+    return {**body, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
 
 
 def node_ready(node: dict[str, Any]) -> bool:

@@ -48,7 +48,7 @@ log = logging.getLogger("ftoperator")
 
 class Controller:
     def __init__(
-        self, kube: Kube, settings: Settings, *, workers: int = 16, metrics: Metrics = METRICS
+        self, kube: Kube, settings: Settings, *, workers: int = 64, metrics: Metrics = METRICS
     ) -> None:
         self.kube = kube
         self.metrics = metrics
@@ -89,8 +89,10 @@ class Controller:
         lag Job events, most of all right after the operator starts). Without this, a pass
         could report a running attempt as pending, or a failure without its real reason."""
         status = body.get("status") or {}
-        if status.get("phase") in TERMINAL_PHASES:
-            return  # nothing will be created for it again: the cache is enough
+        if not status or status.get("phase") in TERMINAL_PHASES:
+            # No status yet: no child either (the status is written before any child).
+            # Terminal: nothing will be created for it again, the cache is enough.
+            return
         attempt = status.get("attempt", 0)
         name = Names(key[1], attempt).batch_job
         job = self.cache.batch_jobs.get(key, {}).get(name)
@@ -171,12 +173,16 @@ class Controller:
             if job is None:
                 return
             children = desired(job, attempt=action.attempt, settings=self.settings)
-            for child in children.all():
-                created = await asyncio.to_thread(self.kube.create, namespace, child)
-                if created and child["kind"] == "Job":
-                    self.metrics.count_job_created()
-                    if action.attempt > 0:
-                        self.metrics.count_restart()
+            # What the pods reference first, all at once (they do not depend on each other;
+            # a RoleBinding may name a ServiceAccount that does not exist yet), then the Job.
+            *prerequisites, batch_job = children.all()
+            await asyncio.gather(
+                *(asyncio.to_thread(self.kube.create, namespace, c) for c in prerequisites)
+            )
+            if await asyncio.to_thread(self.kube.create, namespace, batch_job):
+                self.metrics.count_job_created()
+                if action.attempt > 0:
+                    self.metrics.count_restart()
         elif isinstance(action, DeleteJob):
             await asyncio.to_thread(self.kube.delete_job, namespace, action.name)
         elif isinstance(action, SuspendJob):

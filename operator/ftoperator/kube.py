@@ -17,18 +17,23 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, PLURAL, VERSION
 
+from .observability import METRICS, Metrics
+
 log = logging.getLogger("ftoperator")
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, identity: str = "finetune-operator") -> None:
+    def __init__(
+        self, api: client.ApiClient, identity: str = "finetune-operator", metrics: Metrics = METRICS
+    ) -> None:
         self.api = api
         self.identity = identity
+        self.metrics = metrics
         self.core = client.CoreV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.requests = 0  # API calls made (the operator benchmark reads it)
+        self.requests = 0  # API calls made by this client (also finetune_api_requests_total)
 
     def create(self, namespace: str, body: dict[str, Any]) -> bool:
         """Create one child; False when it already existed."""
@@ -41,7 +46,7 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
         }
         create = creators[body["kind"]]
-        self.requests += 1
+        self._count("create")
         try:
             create(namespace, body)
         except ApiException as error:
@@ -51,7 +56,7 @@ class Kube:
         return True
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.requests += 1
+        self._count("get")
         try:
             job = self.batch.read_namespaced_job(name, namespace)
         except ApiException as error:
@@ -61,9 +66,13 @@ class Kube:
         return self._plain(job)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        self.requests += 1
+        self._count("list")
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return [self._plain(pod) for pod in pods]
+
+    def _count(self, verb: str) -> None:
+        self.requests += 1
+        self.metrics.count_api_request(verb)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         """A client model as the JSON the watch streams deliver (camelCase dicts)."""
@@ -72,7 +81,7 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete an attempt's Job and, in the background, its pods."""
-        self.requests += 1
+        self._count("delete")
         try:
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as error:
@@ -80,7 +89,7 @@ class Kube:
                 raise
 
     def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
-        self.requests += 1
+        self._count("patch")
         try:
             self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
         except ApiException as error:
@@ -92,7 +101,7 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Replace what status holds by merging; the object as stored after the write (None
         when the FineTuneJob is gone)."""
-        self.requests += 1
+        self._count("patch")
         try:
             result = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": status}
@@ -121,7 +130,7 @@ class Kube:
             "source": {"component": "finetune-operator"},
             "reportingComponent": "finetune.dev/operator", "reportingInstance": self.identity,
         }  # fmt: skip
-        self.requests += 1
+        self._count("create")
         try:
             # The client validates a plain dict like its CoreV1Event model.
             self.core.create_namespaced_event(meta.get("namespace"), event)  # type: ignore[arg-type]
@@ -129,7 +138,7 @@ class Kube:
             log.warning("could not record the event %s: %s", reason, error.reason)
 
     def delete_finetunejob(self, namespace: str, name: str) -> None:
-        self.requests += 1
+        self._count("delete")
         try:
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"

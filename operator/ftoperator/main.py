@@ -79,7 +79,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
     ]
     defaults_by_flag = {
         "DEFAULT_IMAGE": defaults.default_image, "SCRATCH_SIZE": defaults.scratch_size,
-        "WORKERS": "16", "RESYNC_SECONDS": "60", "LOG_LEVEL": "INFO",
+        "WORKERS": "64", "RESYNC_SECONDS": "60", "LOG_LEVEL": "INFO",
         "METRICS_BIND": "0.0.0.0", "METRICS_PORT": "8080",
     }  # fmt: skip
     for flag, name, kind, text in flags:

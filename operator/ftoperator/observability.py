@@ -7,6 +7,7 @@
     METRICS.count_restart()                                   # finetune_restarts_total
     METRICS.count_job_created()                               # finetune_jobs_created_total
     METRICS.set_leader(True)                                  # finetune_operator_leader
+    METRICS.count_api_request("create")                       # finetune_api_requests_total
 
     server = await serve("0.0.0.0", 8080, health=lambda: True, ready=lambda: ready.is_set())
     server.port                                               # the bound port (useful with 0)
@@ -78,6 +79,13 @@ class Metrics:
         self.leader = Gauge(
             "finetune_operator_leader", "1 while this replica holds the leader Lease.", registry=r
         )
+        self.api_requests = Counter(
+            "finetune_api_requests",
+            "Requests the operator's client made to the API server, by verb (kopf's watch "
+            "streams and the leader Lease are not counted).",
+            ["verb"],
+            registry=r,
+        )
         self._phases_seen: set[str] = set(PHASES)
         self.set_job_counts({})
 
@@ -108,6 +116,11 @@ class Metrics:
 
     def set_leader(self, leading: bool) -> None:
         self.leader.set(1 if leading else 0)
+
+    def count_api_request(self, verb: str) -> None:
+        """One request to the API server; `verb` is Kubernetes' (create, get, list, patch,
+        delete)."""
+        self.api_requests.labels(verb=verb).inc()
 
 
 METRICS = Metrics()

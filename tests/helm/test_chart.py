@@ -125,7 +125,7 @@ def test_defaults_run_the_operator_cluster_wide_with_json_logs_and_leader_electi
         "finetune-operator-leader", RELEASE_NS
     )  # fmt: skip
     assert (options.metrics_bind, options.metrics_port) == ("0.0.0.0", 8080)
-    assert (options.workers, options.resync_seconds) == (16, 60.0)
+    assert (options.workers, options.resync_seconds) == (64, 60.0)
     env = {e["name"]: e for e in container(objects)["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}

@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert options.namespaces == ()  # every namespace
     assert options.settings == Settings()
     assert options.leader_election is True
-    assert (options.metrics_port, options.workers, options.resync_seconds) == (8080, 16, 60.0)
+    assert (options.metrics_port, options.workers, options.resync_seconds) == (8080, 64, 60.0)
 
 
 def test_environment_sets_what_flags_set_and_flags_win() -> None:

@@ -1,0 +1,961 @@
+"""The operator at scale: FineTuneJobs applied -> batch Jobs created, against a plain client.
+
+    make bench-operator                                   # 1000 jobs at 10/s, 128 extra GPU nodes
+    .venv/bin/python bench/operator.py --jobs 100 --nodes 16 --rate 10   # quick (about 1 min)
+    .venv/bin/python bench/operator.py --jobs 1000 --rate 0 --json op.json   # unpaced burst
+
+Runs on the local cluster (hack/cluster-up.sh; started when KUBECONFIG is not set). Adds
+--nodes kwok GPU nodes (bench-gpu-NNN, 8 GPUs each, tainted so that only the benchmark's pods
+land there), then two phases, one after the other, each in a fresh namespace:
+
+  raw API   the baseline: a plain client loop (threads, the kubernetes client through
+            ftoperator.kube.Kube) creates for each job exactly the objects the operator would
+            (ftoperator.desired: 2 ConfigMaps, Service, ServiceAccount, Role, RoleBinding, then
+            the Job), pre-rendered, at the same rate. What the API server costs by itself.
+  operator  `python -m ftoperator` as a subprocess (default settings, one namespace); the loop
+            creates FineTuneJobs at the same rate and the operator does the rest.
+
+Every job asks for 1 node x 1 GPU; its pod keeps running (--run-duration), so the cluster ends
+with every job in flight, as after a real burst of submissions. Measured per phase:
+
+  latency    the Job's ADDED event on a watch this script holds, minus the return of the job's
+             first create call (operator: the FineTuneJob; raw: its first child): p50/p90/p99/max
+  all Jobs   first create call started -> the last Job's ADDED event; jobs / that = throughput
+  requests   operator: its finetune_api_requests_total (/metrics) over the phase, per job, when
+             every Job exists and again once it is quiet; raw: 7 creates per job
+  CPU, RSS   the operator process: CPU seconds (utime+stime) and peak RSS (VmHWM) from /proc,
+             sampled every 0.5 s; the API server's CPU seconds per job in both phases
+
+Targets, printed as PASS/FAIL (exit status 0 either way unless --strict): every Job exists
+within 120 s of the first apply, p99 latency < 5 s, operator peak RSS < 300 MB. The ratios
+operator/raw are what to compare across machines: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file shares its name with the standard library's `operator`, and Python puts a script's
+# own folder first on sys.path: without this, `import collections` would import this file.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import fcntl
+import json
+import math
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from ftapi import parse_job
+from ftapi.constants import GROUP, PLURAL, VERSION
+from ftoperator.desired import LABEL_JOB, Settings, desired
+from ftoperator.kube import Kube
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
+STATE = Path(os.environ.get("FTO_STATE", Path.home() / ".cache/finetune-operator/cluster"))
+BENCH_LABEL = "finetune.dev/bench"  # on the namespaces and nodes this script creates
+POOL = "bench"  # finetune.dev/pool of the benchmark's nodes (the jobs select it)
+GPUS_PER_NODE = 8
+TARGET_ALL_S = 120.0
+TARGET_P99_S = 5.0
+TARGET_RSS_MB = 300.0
+WARMUP = "warmup"
+
+
+# --------------------------------------------------------------------------------------------
+# What the cluster gets
+
+
+def bench_node(name: str, zone: str) -> dict[str, Any]:
+    """A kwok GPU node like hack/cluster-up.sh's, in its own pool with its own taint."""
+    cpu, memory = 96, 680
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok", BENCH_LABEL: "true", "kubernetes.io/arch": "amd64",
+                "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
+                "node.kubernetes.io/instance-type": "a2-highgpu-8g",
+                "topology.kubernetes.io/region": "us-central1",
+                "topology.kubernetes.io/zone": zone,
+                "cloud.google.com/gke-nodepool": f"{POOL}-pool",
+                "cloud.google.com/machine-family": "a2", "finetune.dev/pool": POOL,
+                "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+                "cloud.google.com/gke-gpu": "true", "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.count": str(GPUS_PER_NODE),
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB",
+                "nvidia.com/gpu.memory": "40960",
+            },
+        },
+        "spec": {
+            "taints": [
+                {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                # Keeps other pods (integration tests sharing the cluster) off these nodes.
+                {"key": BENCH_LABEL, "value": "true", "effect": "NoSchedule"},
+            ]
+        },
+        "status": {
+            "capacity": {"cpu": str(cpu), "memory": f"{memory}Gi", "pods": "110",
+                         "ephemeral-storage": "2000Gi", "nvidia.com/gpu": str(GPUS_PER_NODE)},
+            "allocatable": {"cpu": f"{cpu * 990 - 60}m", "memory": f"{memory * 1024 * 94 // 100}Mi",
+                            "pods": "110", "ephemeral-storage": "1800Gi",
+                            "nvidia.com/gpu": str(GPUS_PER_NODE)},
+        },
+    }  # fmt: skip
+
+
+def manifest(name: str, namespace: str, run_duration: str) -> dict[str, Any]:
+    """The smallest FineTuneJob (tests/builders.py), 1 node x 1 GPU on the benchmark's nodes."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": "org/base-model"},
+            "dataset": {"train": {"uri": "s3://data/train.jsonl"}},
+            "output": {"uri": f"s3://models/{name}"},
+            "resources": {
+                "nodes": 1,
+                "gpusPerNode": 1,
+                "nodeSelector": {"finetune.dev/pool": POOL},
+                "tolerations": [{"key": BENCH_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+                "annotations": {"finetune.dev/kwok-run-duration": run_duration},
+            },
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of a process so far (Linux /proc)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) of a process in KiB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, flags=re.MULTILINE))
+    if len(values) < 2:
+        return None
+    return int(values["VmRSS"]), int(values["VmHWM"])
+
+
+def cluster_pid(component: str) -> int | None:
+    try:
+        return int((STATE / "pids" / f"{component}.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Sampler:
+    """Samples a process's RSS and CPU time every `interval` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, int, int, float]] = []  # time, rss, hwm (KiB), cpu s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self.interval = interval
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        memory, cpu = memory_kib(self.pid), cpu_seconds(self.pid)
+        if memory is not None and cpu is not None:
+            self.samples.append((time.monotonic(), *memory, cpu))
+
+    def stop(self) -> None:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+
+    def peak_rss_mb(self) -> float | None:
+        return max((s[2] for s in self.samples), default=0) * 1024 / 1e6 or None
+
+    def max_cpu_percent(self, since: float, until: float, window: float = 5.0) -> float | None:
+        """The busiest `window` seconds between since and until, in % of one core."""
+        points = [(t, cpu) for t, _, _, cpu in self.samples if since <= t <= until]
+        best = None
+        for i, (t0, c0) in enumerate(points):
+            for t1, c1 in points[i + 1 :]:
+                if t1 - t0 >= window:
+                    best = max(best or 0.0, (c1 - c0) / (t1 - t0) * 100)
+                    break
+        return best
+
+
+class JobWatch:
+    """Holds a watch on the namespace's Jobs (those with the finetune.dev/job-name label) and
+    records when each one's ADDED event arrived, by that label's value."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.batch = client.BatchV1Api(api)
+        self.namespace = namespace
+        self.added: dict[str, float] = {}
+        self.relisted = 0  # Jobs seen by a re-list after the watch broke (time is approximate)
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        listed = self.batch.list_namespaced_job(namespace, label_selector=LABEL_JOB)
+        self._version = listed.metadata.resource_version
+        self._thread = threading.Thread(target=self._run, name="job-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                events = watch.Watch().stream(
+                    self.batch.list_namespaced_job, self.namespace, label_selector=LABEL_JOB,
+                    resource_version=self._version, allow_watch_bookmarks=True,
+                    timeout_seconds=10, deserialize=False,
+                )  # fmt: skip
+                for event in events:
+                    arrived = time.monotonic()
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(obj.get("message", "watch error"))
+                    self._version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "ADDED":
+                        self._record(obj["metadata"]["labels"][LABEL_JOB], arrived)
+            except Exception as error:  # expired (410) or broken: list again, then watch on
+                if self._stop.is_set():
+                    return
+                print(f"  (job watch: {error}; listing again)", flush=True)
+                time.sleep(0.5)
+                with suppress(Exception):
+                    listed = self.batch.list_namespaced_job(
+                        self.namespace, label_selector=LABEL_JOB, _preload_content=False
+                    )
+                    body = json.loads(listed.data)
+                    for job in body["items"]:
+                        if job["metadata"]["labels"][LABEL_JOB] not in self.added:
+                            self.relisted += 1
+                            self._record(job["metadata"]["labels"][LABEL_JOB], time.monotonic())
+                    self._version = body["metadata"]["resourceVersion"]
+
+    def _record(self, name: str, arrived: float) -> None:
+        with self._changed:
+            self.added.setdefault(name, arrived)
+            self._changed.notify_all()
+
+    def wait_for(self, names: set[str], deadline: float) -> bool:
+        with self._changed:
+            while not names <= self.added.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 1.0))
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class Timing:
+    started: float  # the job's first create call started
+    applied: float  # ... and returned: the moment the job "exists" for its submitter
+    job_created: float | None = None  # raw: the Job's own create call returned
+
+
+@dataclass
+class Phase:
+    name: str
+    jobs: int
+    timings: dict[str, Timing] = field(default_factory=dict)
+    added: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    requests: dict[str, float] = field(default_factory=dict)  # verb -> count, at all-created
+    requests_settled: dict[str, float] = field(default_factory=dict)
+    settled_after_s: float | None = None
+    apiserver_cpu_s: float | None = None
+    bench_cpu_s: float | None = None
+    load: tuple[float, float] = (0.0, 0.0)
+    operator_cpu_s: float | None = None
+    operator_cpu_settled_s: float | None = None
+    operator_peak_rss_mb: float | None = None
+    operator_max_cpu_percent: float | None = None
+    reconcile_mean_ms: float | None = None
+    phases: dict[str, int] = field(default_factory=dict)  # FineTuneJob phases at the end
+    pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
+    relisted: int = 0
+    cleanup_s: float | None = None
+
+    def latencies(self) -> list[float]:
+        return [self.added[n] - t.applied for n, t in self.timings.items() if n in self.added]
+
+    def watch_delivery(self) -> list[float]:
+        return [
+            self.added[n] - t.job_created
+            for n, t in self.timings.items()
+            if n in self.added and t.job_created is not None
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies()
+        starts = [t.started for t in self.timings.values()]
+        applied = [t.applied for t in self.timings.values()]
+        calls = [(t.applied - t.started) * 1000 for t in self.timings.values()]
+        missing = self.jobs - len(lat)
+        all_s = max(self.added[n] for n in self.timings) - min(starts) if not missing else None
+        apply_s = max(applied) - min(starts) if applied else None
+        total_requests = sum(self.requests.values())
+        settled = sum(self.requests_settled.values())
+        delivery = self.watch_delivery()
+        return {
+            "jobs": self.jobs, "created": len(lat), "missing": missing, "errors": len(self.errors),
+            "apply_rate": len(applied) / apply_s if apply_s else None,
+            "call_p50_ms": percentile(calls, 50), "call_p99_ms": percentile(calls, 99),
+            "p50_s": percentile(lat, 50), "p90_s": percentile(lat, 90),
+            "p99_s": percentile(lat, 99), "max_s": max(lat, default=None),
+            "delivery_p50_ms": _ms(percentile(delivery, 50)),
+            "delivery_p99_ms": _ms(percentile(delivery, 99)),
+            "all_s": all_s, "throughput": self.jobs / all_s if all_s else None,
+            "requests_per_job": total_requests / self.jobs if total_requests else None,
+            "requests_settled_per_job": settled / self.jobs if settled else None,
+            "apiserver_cpu_ms_per_job": _ms(self.apiserver_cpu_s / self.jobs)
+            if self.apiserver_cpu_s is not None else None,
+            "bench_cpu_s": self.bench_cpu_s,
+            "operator_cpu_s": self.operator_cpu_s,
+            "operator_cpu_percent": self.operator_cpu_s / all_s * 100
+            if self.operator_cpu_s is not None and all_s else None,
+            "operator_max_cpu_percent": self.operator_max_cpu_percent,
+            "operator_peak_rss_mb": self.operator_peak_rss_mb,
+        }  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/operator.py",
+        description="FineTuneJob apply -> Job created at scale: the operator vs a plain client.",
+    )
+    add = parser.add_argument
+    add("--jobs", type=int, default=1000, help="FineTuneJobs (and raw jobs) to create (1000)")
+    add("--rate", type=float, default=10.0, help="creates per second; 0: as fast as possible")
+    add("--nodes", type=int, default=128, help="extra kwok GPU nodes, 8 GPUs each (128)")
+    add("--threads", type=int, default=16, help="client threads that make the creates (16)")
+    add("--workers", type=int, default=None, help="the operator's --workers (its default: 16)")
+    add(
+        "--operator-command",
+        default=f"{sys.executable} -m ftoperator",
+        help="how to start the operator (to compare a variant); the namespace, metrics and "
+        "leader-election flags are appended (default: this Python's -m ftoperator)",
+    )
+    add("--run-duration", default="1h", help="how long each pod runs (kwok; Go duration)")
+    add(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds to wait for the Jobs after the last apply",
+    )
+    add("--settle", type=float, default=120, help="seconds to let the operator go quiet after")
+    add("--skip-raw", action="store_true", help="only the operator phase (no baseline)")
+    add("--json", type=Path, default=None, help="also write the results to this file")
+    add("--keep-log", action="store_true", help="keep the operator's log (else removed on success)")
+    add("--strict", action="store_true", help="exit 1 when a target is missed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1 or args.nodes < 1 or args.rate < 0:
+        raise SystemExit("--jobs and --nodes must be >= 1, --rate >= 0")
+    if args.nodes * GPUS_PER_NODE < args.jobs + 1:
+        print(f"note: {args.nodes} nodes hold {args.nodes * GPUS_PER_NODE} one-GPU pods: the "
+              "rest stay Pending (their Jobs are still created)", flush=True)  # fmt: skip
+    api = connect(args.threads)
+    # One run per cluster at a time: a second one would share (and delete) the bench nodes.
+    lock = (STATE / ".bench-operator.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another bench/operator.py runs on this cluster ({lock.name})") from None
+    signal.signal(signal.SIGTERM, _interrupt)
+    run_id = uuid.uuid4().hex[:6]
+    namespaces: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix="ftbench-operator-"))
+    ok = False
+    started = time.monotonic()
+    try:
+        prepare(api, args.nodes)
+        print(f"{os.cpu_count()} CPUs, load average {_load()}; {args.jobs} jobs at "
+              f"{args.rate or 'max'}/s, {args.threads} client threads, {args.nodes} extra "
+              f"GPU nodes, pods run {args.run_duration}", flush=True)  # fmt: skip
+        phases: list[Phase] = []
+        if not args.skip_raw:
+            namespace = f"ftbench-raw-{run_id}"
+            namespaces.append(namespace)
+            raw = run_raw(api, namespace, args)
+            phases.append(raw)
+            raw.cleanup_s = delete_namespace(api, namespace, wait=900)
+            print(f"  deleted {namespace} in {raw.cleanup_s:.0f} s", flush=True)
+            namespaces.remove(namespace)
+        namespace = f"ftbench-op-{run_id}"
+        namespaces.append(namespace)
+        phases.append(run_operator(api, namespace, args, workdir))
+        print(render(phases, args))
+        if args.json:
+            document = {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "phases": {p.name: {"summary": p.summary(), **_details(p)} for p in phases},
+            }
+            args.json.write_text(json.dumps(document, indent=2))
+        ok = True
+        checks = verdicts(phases[-1].summary())
+        return 1 if args.strict and not all(passed for _, passed in checks) else 0
+    except KeyboardInterrupt:
+        print("interrupted: cleaning up", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        cleanup(api, namespaces, args)
+        if ok and not args.keep_log:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"operator log kept in {workdir}", file=sys.stderr)
+        print(f"total {time.monotonic() - started:.0f} s, load average {_load()}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _details(phase: Phase) -> dict[str, Any]:
+    """Everything but the per-job times, which become wall-clock [applied, Job ADDED] pairs
+    (to line up with the operator's log)."""
+    details = asdict(phase)
+    for key in ("timings", "added"):
+        details.pop(key)
+    offset = time.time() - time.monotonic()
+    details["jobs_wall"] = {
+        name: [t.applied + offset, phase.added[name] + offset if name in phase.added else None]
+        for name, t in sorted(phase.timings.items())
+    }
+    return details
+
+
+def connect(threads: int) -> client.ApiClient:
+    """The cluster's admin client; starts the cluster first when KUBECONFIG is not set."""
+    if not os.environ.get("KUBECONFIG"):
+        subprocess.run([str(REPO / "hack/cluster-up.sh")], check=True, stdout=subprocess.DEVNULL)
+        for line in (STATE / "env").read_text().splitlines():
+            found = re.match(r'^export (\w+)="?([^"]*)"?$', line.strip())
+            if found and "$" not in found.group(2):
+                os.environ[found.group(1)] = found.group(2)
+    config.load_kube_config()  # type: ignore[no-untyped-call]
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = threads + 4
+    return client.ApiClient(configuration)
+
+
+def kubectl(*args: str) -> str:
+    path = os.pathsep.join([os.environ.get("FTO_BIN_PATH", ""), os.environ.get("PATH", "")])
+    binary = shutil.which("kubectl", path=path)
+    if binary is None:
+        raise SystemExit("kubectl not found (source the cluster's env file)")
+    return subprocess.run(
+        [binary, *args], check=True, capture_output=True, text=True
+    ).stdout  # fmt: skip
+
+
+def prepare(api: client.ApiClient, nodes: int) -> None:
+    """The CRD, the benchmark's nodes (Ready), and no leftovers of an interrupted run."""
+    core = client.CoreV1Api(api)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl("wait", "--for", "condition=Established", "--timeout=60s",
+            "crd/finetunejobs.finetune.dev")  # fmt: skip
+    for leftover in core.list_namespace(label_selector=BENCH_LABEL).items:
+        print(f"deleting the namespace {leftover.metadata.name} of an earlier run", flush=True)
+        delete_namespace(api, leftover.metadata.name, wait=0)
+    names = [f"bench-gpu-{i:03d}" for i in range(nodes)]
+    existing = {n.metadata.name for n in core.list_node(label_selector=BENCH_LABEL).items}
+    for extra in sorted(existing - set(names)):
+        core.delete_node(extra)
+    zones = ("us-central1-a", "us-central1-b", "us-central1-c")
+    started = time.monotonic()
+    for i, name in enumerate(names):
+        if name not in existing:
+            core.create_node(bench_node(name, zones[i % 3]))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 180
+    while True:
+        listed = core.list_node(label_selector=BENCH_LABEL).items
+        ready = [n for n in listed if _node_ready(n)]
+        if len(ready) == nodes:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(ready)} of {nodes} benchmark nodes became Ready")
+        time.sleep(1)
+    print(f"{nodes} GPU nodes Ready in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _node_ready(node: Any) -> bool:
+    conditions = node.status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def create_namespace(api: client.ApiClient, name: str) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name, "labels": {BENCH_LABEL: "true"}}})  # type: ignore[arg-type]
+    # Pods can be created once the namespace's default ServiceAccount exists (hack/README.md).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            time.sleep(0.2)
+
+
+def delete_namespace(api: client.ApiClient, name: str, wait: float) -> float:
+    """Delete a namespace (its objects go with it); wait up to `wait` s for it to be gone."""
+    core = client.CoreV1Api(api)
+    started = time.monotonic()
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    while time.monotonic() - started < wait:
+        try:
+            core.read_namespace(name)
+        except ApiException as error:
+            if error.status == 404:
+                break
+            raise
+        time.sleep(1)
+    return time.monotonic() - started
+
+
+def cleanup(api: client.ApiClient, namespaces: list[str], args: argparse.Namespace) -> None:
+    """Delete what this run created: its namespaces (waiting, so that the pods are gone before
+    their nodes), then its nodes."""
+    core = client.CoreV1Api(api)
+    for name in namespaces:
+        try:
+            seconds = delete_namespace(api, name, wait=600)
+            print(f"  deleted {name} ({seconds:.0f} s)", flush=True)
+        except (ApiException, KeyboardInterrupt) as error:
+            print(f"could not delete {name} ({error!r}); delete it by hand", file=sys.stderr)
+    try:
+        core.delete_collection_node(label_selector=BENCH_LABEL)
+        print(f"  deleted the {args.nodes} benchmark nodes", flush=True)
+    except (ApiException, KeyboardInterrupt) as error:
+        print(f"could not delete the benchmark nodes ({error!r}): kubectl delete node -l "
+              f"{BENCH_LABEL}", file=sys.stderr)  # fmt: skip
+
+
+def paced(jobs: list[str], rate: float, threads: int, work: Callable[[str], Timing],
+          phase: Phase) -> None:  # fmt: skip
+    """Call work(name) for every job at `rate` per second (0: at once) from `threads` threads;
+    record the timings and errors in the phase."""
+    start = time.monotonic() + 0.5
+    lock = threading.Lock()
+    progress = max(1, len(jobs) // 10)
+
+    stop = threading.Event()  # set on Ctrl-C: the jobs not started yet are skipped
+
+    def one(index: int, name: str) -> None:
+        due = start + (index / rate if rate else 0.0)
+        if stop.wait(max(0.0, due - time.monotonic())):
+            return
+        try:
+            timing = work(name)
+        except Exception as error:
+            with lock:
+                phase.errors.append(f"{name}: {error!r}"[:500])
+            return
+        with lock:
+            phase.timings[name] = timing
+            done = len(phase.timings)
+        if done % progress == 0:
+            lag = time.monotonic() - due
+            print(f"  {done:5d} applied, {time.monotonic() - start:5.1f} s, "
+                  f"{lag:5.2f} s behind schedule, load {_load()}", flush=True)  # fmt: skip
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
+    try:
+        for future in [pool.submit(one, i, n) for i, n in enumerate(jobs)]:
+            future.result()
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def job_names(count: int) -> list[str]:
+    return [f"bench-{i:04d}" for i in range(count)]
+
+
+@contextmanager
+def measured(phase: Phase) -> Iterator[None]:
+    apiserver = cluster_pid("kube-apiserver")
+    cpu_before, bench_before, load_before = cpu_seconds(apiserver), os.times(), os.getloadavg()[0]
+    yield
+    cpu_after, bench_after = cpu_seconds(apiserver), os.times()
+    if cpu_before is not None and cpu_after is not None:
+        phase.apiserver_cpu_s = cpu_after - cpu_before
+    phase.bench_cpu_s = (bench_after.user + bench_after.system) - (
+        bench_before.user + bench_before.system
+    )
+    phase.load = (load_before, os.getloadavg()[0])
+
+
+def wait_created(watcher: JobWatch, phase: Phase, timeout: float) -> None:
+    names = set(phase.timings)
+    if not watcher.wait_for(names, time.monotonic() + timeout):
+        print(f"  timed out: {len(names - watcher.added.keys())} Jobs missing", flush=True)
+    phase.added = dict(watcher.added)
+    phase.relisted = watcher.relisted
+
+
+def run_raw(api: client.ApiClient, namespace: str, args: argparse.Namespace) -> Phase:
+    print(f"raw API: a client loop creates each job's objects itself, in {namespace}", flush=True)
+    create_namespace(api, namespace)
+    kube = Kube(api, "bench")
+    settings = Settings()
+    names = job_names(args.jobs)
+    children = {
+        name: desired(parse_job(manifest(name, namespace, args.run_duration)), attempt=0,
+                      settings=settings).all()
+        for name in names
+    }  # fmt: skip
+    phase = Phase("raw API", args.jobs)
+
+    def create_all(name: str) -> Timing:
+        started = time.monotonic()
+        timing = None
+        for body in children[name]:
+            kube.create(namespace, body)
+            if timing is None:
+                timing = Timing(started=started, applied=time.monotonic())
+        assert timing is not None
+        timing.job_created = time.monotonic()
+        return timing
+
+    watcher = JobWatch(api, namespace)
+    try:
+        with measured(phase):
+            paced(names, args.rate, args.threads, create_all, phase)
+            wait_created(watcher, phase, args.timeout)
+    finally:
+        watcher.stop()
+    phase.requests = {"create": float(kube.requests)}
+    phase.pods = pod_phases(api, namespace)
+    print(f"  {len(phase.added)} Jobs; pods: {_counts(phase.pods)}", flush=True)
+    return phase
+
+
+def run_operator(
+    api: client.ApiClient, namespace: str, args: argparse.Namespace, workdir: Path
+) -> Phase:
+    print(f"operator: FineTuneJobs in {namespace}, python -m ftoperator", flush=True)
+    create_namespace(api, namespace)
+    custom = client.CustomObjectsApi(api)
+    phase = Phase("operator", args.jobs)
+    port = _free_port()
+    # As the operator image sets it (operator/Dockerfile): two malloc arenas, not one per thread.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
+    command = [
+        *shlex.split(args.operator_command), "--namespace", namespace, "--no-leader-election",
+        "--metrics-bind", "127.0.0.1", "--metrics-port", str(port),
+    ]  # fmt: skip
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    log = workdir / "operator.log"
+    with log.open("wb") as out:
+        operator = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
+    sampler = Sampler(operator.pid)
+    watcher = JobWatch(api, namespace)
+
+    def create(name: str) -> Timing:
+        body = manifest(name, namespace, args.run_duration)
+        started = time.monotonic()
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        return Timing(started=started, applied=time.monotonic())
+
+    try:
+        # Ready, then one job end to end: kopf's watches are up before the clock starts.
+        _wait_http(f"http://127.0.0.1:{port}/readyz", operator, log, timeout=60)
+        warm = time.monotonic()
+        create(WARMUP)
+        if not watcher.wait_for({WARMUP}, time.monotonic() + 120):
+            raise SystemExit(f"the operator created no Job for {WARMUP} in 120 s; log {log}")
+        rss = sampler.samples[-1][1] / 1024 if sampler.samples else float("nan")
+        print(f"  operator up (RSS {rss:.0f} MiB), first Job in {time.monotonic() - warm:.1f} s",
+              flush=True)  # fmt: skip
+        before, cpu_before = scrape(port), cpu_seconds(operator.pid)
+        reconcile_before = _reconcile(before)
+        names = job_names(args.jobs)
+        with measured(phase):
+            first = time.monotonic()
+            paced(names, args.rate, args.threads, create, phase)
+            wait_created(watcher, phase, args.timeout)
+        done = time.monotonic()
+        at_created, cpu_created = scrape(port), cpu_seconds(operator.pid)
+        phase.requests = _requests(at_created, before)
+        if cpu_before is not None and cpu_created is not None:
+            phase.operator_cpu_s = cpu_created - cpu_before
+        phase.operator_max_cpu_percent = sampler.max_cpu_percent(first, done)
+        # Then until it is quiet: the pods start, the statuses follow.
+        settled, settle_started = at_created, time.monotonic()
+        quiet_since = time.monotonic()
+        while time.monotonic() - settle_started < args.settle:
+            time.sleep(2)
+            now = scrape(port)
+            if _total(now) != _total(settled):
+                quiet_since, settled = time.monotonic(), now
+            elif time.monotonic() - quiet_since >= 10:
+                break
+        phase.settled_after_s = quiet_since - done
+        phase.requests_settled = _requests(settled, before)
+        cpu_settled = cpu_seconds(operator.pid)
+        if cpu_before is not None and cpu_settled is not None:
+            phase.operator_cpu_settled_s = cpu_settled - cpu_before
+        count, total = _reconcile(settled)
+        if count > reconcile_before[0]:
+            phase.reconcile_mean_ms = (
+                (total - reconcile_before[1]) / (count - reconcile_before[0]) * 1000
+            )
+        phase.phases = ftj_phases(api, namespace)
+        phase.pods = pod_phases(api, namespace)
+        print(f"  quiet {phase.settled_after_s:.0f} s after the last Job; FineTuneJobs: "
+              f"{_counts(phase.phases)}; pods: {_counts(phase.pods)}", flush=True)  # fmt: skip
+    finally:
+        watcher.stop()
+        sampler.stop()
+        operator.terminate()
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+    phase.operator_peak_rss_mb = sampler.peak_rss_mb()
+    return phase
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.stderr.write(log.read_text(errors="replace")[-4000:])
+            raise SystemExit(f"the operator exited ({process.returncode}); log {log}")
+        with suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer in {timeout:.0f} s; log {log}")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The operator's /metrics as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with suppress(ValueError):
+                values[name] = float(value)
+    return values
+
+
+def _requests(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    prefix = "finetune_api_requests_total{"
+    return {
+        re.sub(r'.*verb="([^"]*)".*', r"\1", key): value - before.get(key, 0.0)
+        for key, value in now.items()
+        if key.startswith(prefix)
+    }
+
+
+def _total(metrics: dict[str, float]) -> float:
+    return sum(_requests(metrics, {}).values())
+
+
+def _reconcile(metrics: dict[str, float]) -> tuple[float, float]:
+    return (
+        metrics.get("finetune_reconcile_duration_seconds_count", 0.0),
+        metrics.get("finetune_reconcile_duration_seconds_sum", 0.0),
+    )
+
+
+def _list_raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """A list call's items as plain JSON (no client models: 1000 pods deserialize slowly)."""
+    response = call(*args, _preload_content=False, **kwargs)
+    return list(json.loads(response.data)["items"])
+
+
+def ftj_phases(api: client.ApiClient, namespace: str) -> dict[str, int]:
+    items = _list_raw(
+        client.CustomObjectsApi(api).list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+    )
+    return dict(Counter((i.get("status") or {}).get("phase", "(none)") for i in items))
+
+
+def pod_phases(api: client.ApiClient, namespace: str) -> dict[str, int]:
+    items = _list_raw(client.CoreV1Api(api).list_namespaced_pod, namespace)
+    return dict(Counter(i["status"].get("phase", "?") for i in items))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+# (title, summary key, format)
+ROWS = (
+    ("apply rate achieved (/s)", "apply_rate", ".2f"),
+    ("first create call p50 (ms)", "call_p50_ms", ".0f"),
+    ("first create call p99 (ms)", "call_p99_ms", ".0f"),
+    ("apply -> Job p50 (s)", "p50_s", ".3f"),
+    ("apply -> Job p90 (s)", "p90_s", ".3f"),
+    ("apply -> Job p99 (s)", "p99_s", ".3f"),
+    ("apply -> Job max (s)", "max_s", ".3f"),
+    ("every Job exists after (s)", "all_s", ".1f"),
+    ("Jobs created per s", "throughput", ".2f"),
+    ("API requests per job", "requests_per_job", ".2f"),
+    ("  ... once quiet", "requests_settled_per_job", ".2f"),
+    ("API server CPU ms per job", "apiserver_cpu_ms_per_job", ".1f"),
+    ("this script's CPU s", "bench_cpu_s", ".1f"),
+    ("operator CPU s", "operator_cpu_s", ".1f"),
+    ("operator CPU % (mean)", "operator_cpu_percent", ".0f"),
+    ("operator CPU % (max 5 s)", "operator_max_cpu_percent", ".0f"),
+    ("operator peak RSS (MB)", "operator_peak_rss_mb", ".0f"),
+)
+
+
+def verdicts(summary: dict[str, Any]) -> list[tuple[str, bool]]:
+    def check(title: str, value: float | None, target: float, unit: str) -> tuple[str, bool]:
+        ok = value is not None and value < target
+        shown = "n/a" if value is None else f"{value:.3g} {unit}"
+        return f"{'PASS' if ok else 'FAIL'}  {title}: {shown} (target < {target:g} {unit})", ok
+
+    missing = f" ({summary['missing']} Jobs never appeared)" if summary["missing"] else ""
+    return [
+        check(f"every Job exists after{missing}", summary["all_s"], TARGET_ALL_S, "s"),
+        check("p99 apply -> Job", summary["p99_s"], TARGET_P99_S, "s"),
+        check("operator peak RSS", summary["operator_peak_rss_mb"], TARGET_RSS_MB, "MB"),
+    ]
+
+
+def render(phases: list[Phase], args: argparse.Namespace) -> str:
+    summaries = {p.name: p.summary() for p in phases}
+    raw, ours = summaries.get("raw API"), summaries["operator"]
+
+    def cell(value: Any, fmt: str) -> str:
+        return f"{'-' if value is None else format(value, fmt):>12}"
+
+    lines = ["", f"{args.jobs} jobs at {args.rate or 'max'}/s; load average now {_load()}",
+             f"{'':<28}{'raw API':>12}{'operator':>12}{'op/raw':>12}"]  # fmt: skip
+    for title, key, fmt in ROWS:
+        base, value = (raw or {}).get(key), ours.get(key)
+        ratio = value / base if isinstance(value, float) and base else None
+        lines.append(f"{title:<28}{cell(base, fmt)}{cell(value, fmt)}{cell(ratio, '.2f')}")
+    if raw:
+        lines.append(
+            f"raw: Job create returned -> ADDED on the watch p50 {raw['delivery_p50_ms']:.0f} "
+            f"ms, p99 {raw['delivery_p99_ms']:.0f} ms"
+        )
+    for phase in phases:
+        note = f"load {phase.load[0]:.1f} -> {phase.load[1]:.1f}"
+        if phase.errors:
+            note += f"; {len(phase.errors)} failed creates, first: {phase.errors[0]}"
+        if phase.relisted:
+            note += f"; {phase.relisted} Jobs seen by a re-list (watch broke)"
+        if phase.reconcile_mean_ms is not None:
+            note += f"; mean reconcile {phase.reconcile_mean_ms:.0f} ms"
+        if phase.requests_settled:
+            verbs = ", ".join(
+                f"{v} {n / phase.jobs:.2f}" for v, n in sorted(phase.requests_settled.items())
+            )
+            note += f"; requests per job by verb: {verbs}"
+        lines.append(f"{phase.name}: {note}")
+    lines.append("")
+    if raw and raw["throughput"] and ours["throughput"]:
+        paced_note = f" (both paced at {args.rate:g}/s: 100% = kept up)" if args.rate else ""
+        lines.append(f"operator creation throughput = {ours['throughput'] / raw['throughput']:.0%} "
+                     f"of the raw API's{paced_note}")  # fmt: skip
+    if raw and raw["p50_s"] and ours["p50_s"]:
+        lines.append(f"operator p50 latency = {ours['p50_s'] / raw['p50_s']:.1f}x the raw "
+                     f"API's; p99 {ours['p99_s'] / raw['p99_s']:.1f}x")  # fmt: skip
+    lines.extend(text for text, _ in verdicts(ours))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
