@@ -216,6 +216,19 @@ def test_trainer_entrypoint_matches_the_contract_module() -> None:
     assert env["PATH"].startswith("/opt/venv/bin:")
 
 
+def test_operator_image_runs_the_operator_the_chart_deploys() -> None:
+    """The chart's Deployment sets no command: the image's ENTRYPOINT is what runs, and it
+    must be the operator's module (with its __main__)."""
+    from tests.helm.chart import container, render
+
+    stage = final_stage(OPERATOR)
+    entry = [json.loads(rest) for keyword, rest in stage if keyword == "ENTRYPOINT"]
+    assert entry == [["python", "-m", "ftoperator"]]
+    assert find_spec("ftoperator.__main__") is not None
+    deployed = container(render())
+    assert "command" not in deployed and "args" not in deployed
+
+
 def test_the_rendered_torchrun_command_starts_the_trainer(tmp_path: Path) -> None:
     """What a pod runs, on this machine: entrypoint -> torchrun -> `fttrainer.cli run`, with
     HOME/TMPDIR/caches pointing into an empty directory (the emptyDir of a read-only pod).
