@@ -241,7 +241,8 @@ def test_repeated_failure_fails_with_the_reason(
     assert status["restarts"] == 1
     failed = _condition(status, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", reason)
-    assert ("Warning", reason) in _events(cluster, ns, name)
+    # The Event follows the status write (status first, then actions, then Events).
+    eventually(lambda: ("Warning", reason) in _events(cluster, ns, name), what="the Event")
     # Terminal: never resurrected, even when its last Job is deleted.
     client.BatchV1Api(cluster.api).delete_namespaced_job(
         f"{name}-1", ns, propagation_policy="Background"
@@ -266,7 +267,7 @@ def test_a_job_no_node_can_hold_says_unschedulable(
     status = eventually(blocked, timeout=60, what="Unschedulable")
     assert status["phase"] == "Pending"
     assert "nvidia.com/gpu" in _condition(status, "Running")["message"]
-    assert ("Warning", "Unschedulable") in _events(cluster, ns, name)
+    eventually(lambda: ("Warning", "Unschedulable") in _events(cluster, ns, name), what="Event")
 
 
 def test_suspend_stops_the_pods_and_resume_finishes(
