@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,18 @@ class Cluster:
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result.stdout + result.stderr
+
+    def s3(self) -> Any:
+        """A boto3 client of the local S3 server, with the cluster's credentials."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.env["FTO_S3_ENDPOINT"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_REGION"], config=Config(s3={"addressing_style": "path"}),
+        )  # fmt: skip
 
     @property
     def path(self) -> str:
@@ -97,10 +110,19 @@ def crd(cluster: Cluster) -> dict[str, Any]:
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    # Readable prefix, and enough randomness that names never repeat: etcd keeps the
-    # namespaces of earlier sessions (still terminating) between runs.
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:36].strip("-")
-    name = f"t-{slug}-{uuid.uuid4().hex[:12]}"
+    with fresh_namespace(cluster, f"t-{_slug(request, 36)}-{uuid.uuid4().hex[:12]}") as name:
+        yield name
+
+
+def _slug(request: pytest.FixtureRequest, length: int) -> str:
+    """The test's name, readable in a namespace name."""
+    return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:length].strip("-")
+
+
+@contextmanager
+def fresh_namespace(cluster: Cluster, name: str) -> Iterator[str]:
+    """A new namespace, ready for pods, deleted afterwards. Names must never repeat (a random
+    suffix): etcd keeps earlier sessions' namespaces, still terminating, between runs."""
     core = client.CoreV1Api(cluster.api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods cannot be created before the namespace's default ServiceAccount exists.
@@ -110,8 +132,20 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         ),
         what="the default ServiceAccount",
     )
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+def read_job(cluster: Cluster, namespace: str, name: str) -> Any:
+    """The batch/v1 Job, or None when it does not exist."""
+    try:
+        return client.BatchV1Api(cluster.api).read_namespaced_job(name, namespace)
+    except client.exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
 
 
 def eventually(
@@ -146,17 +180,9 @@ def operator(
 
 @pytest.fixture
 def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace that the `operator` fixture watches (op-*)."""
     from tests.integration.operator_process import NAMESPACE_PREFIX
 
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
-    name = f"{NAMESPACE_PREFIX}{slug}-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(
-        lambda: (
-            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
-        ),
-        what="the default ServiceAccount",
-    )
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    name = f"{NAMESPACE_PREFIX}{_slug(request, 30)}-{uuid.uuid4().hex[:8]}"
+    with fresh_namespace(cluster, name):
+        yield name

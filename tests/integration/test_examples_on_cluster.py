@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.desired import LABEL_JOB, Settings, gpu_resource_of
-from tests.integration.conftest import REPO, Cluster, eventually
+from tests.integration.conftest import REPO, Cluster, eventually, read_job
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def test_example_runs_on_the_cluster(
         GROUP, VERSION, ns, PLURAL, manifest
     )
     batch, core = client.BatchV1Api(cluster.api), client.CoreV1Api(cluster.api)
-    created = eventually(lambda: _job(batch, ns, f"{name}-0"), what=f"{name}'s Job")
+    created = eventually(lambda: read_job(cluster, ns, f"{name}-0"), what=f"{name}'s Job")
     assert created.spec.completions == resources.nodes
     if job.spec.scheduling.queue_name:  # what Kueue does when it admits the workload
         assert created.spec.suspend is True
@@ -114,15 +114,6 @@ def test_example_runs_on_the_cluster(
     )  # fmt: skip
     assert status["phase"] == "Succeeded", (status, operator.log())
     assert status["modelUri"].startswith(job.spec.output.uri.rstrip("/"))
-
-
-def _job(batch: client.BatchV1Api, ns: str, name: str) -> Any:
-    try:
-        return batch.read_namespaced_job(name, ns)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
 
 
 def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:

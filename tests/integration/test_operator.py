@@ -22,7 +22,7 @@ from ftapi.constants import GROUP, PLURAL, VERSION
 from ftapi.progress import PROGRESS_KEY, ProgressReport
 from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually
+from tests.integration.conftest import Cluster, eventually, read_job
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -96,8 +96,7 @@ def test_a_job_becomes_an_indexed_torchrun_job_on_the_gpu_pool_and_succeeds(
 ) -> None:
     name = "llama-lora"
     created = _apply(cluster, ns, _manifest(name))
-    batch = client.BatchV1Api(cluster.api)
-    job = eventually(lambda: _read_job(batch, ns, f"{name}-0"), what="the attempt's Job")
+    job = eventually(lambda: read_job(cluster, ns, f"{name}-0"), what="the attempt's Job")
     # The Job's shape: Indexed, one pod per node, torchrun with the rendezvous on pod 0.
     assert job.spec.completion_mode == "Indexed"
     assert job.spec.completions == job.spec.parallelism == 2
@@ -146,15 +145,6 @@ def test_a_job_becomes_an_indexed_torchrun_job_on_the_gpu_pool_and_succeeds(
     assert eventually(lambda: reasons() >= {"Created", "Running", "Succeeded"}, what="events")
 
 
-def _read_job(batch: client.BatchV1Api, ns: str, name: str) -> Any:
-    try:
-        return batch.read_namespaced_job(name, ns)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
 @pytest.mark.parametrize(
     ("annotation", "reason"),
     [
@@ -185,9 +175,8 @@ def test_a_failed_pod_restarts_the_whole_attempt_which_then_succeeds(
     )
     status = _wait_phase(cluster, ns, name, "Succeeded", operator, timeout=120)
     assert status["restarts"] == 1 and status["attempt"] == 1
-    batch = client.BatchV1Api(cluster.api)
-    eventually(lambda: _read_job(batch, ns, f"{name}-0") is None, what="attempt 0 torn down")
-    assert _read_job(batch, ns, f"{name}-1") is not None
+    eventually(lambda: read_job(cluster, ns, f"{name}-0") is None, what="attempt 0 torn down")
+    assert read_job(cluster, ns, f"{name}-1") is not None
     restarting = [e for e in _event_objects(cluster, ns, name) if e.reason == "Restarting"]
     assert len(restarting) == 1 and f"({reason})" in restarting[0].message
 
@@ -248,8 +237,8 @@ def test_repeated_failure_fails_with_the_reason(
         f"{name}-1", ns, propagation_policy="Background"
     )
     time.sleep(12)  # more than one resync
-    assert _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-2") is None
-    assert _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-1") is None
+    assert read_job(cluster, ns, f"{name}-2") is None
+    assert read_job(cluster, ns, f"{name}-1") is None
     assert _status(cluster, ns, name)["phase"] == "Failed"
 
 
@@ -277,7 +266,7 @@ def test_suspend_stops_the_pods_and_resume_finishes(
     _apply(cluster, ns, _manifest(name, scheduling={"suspend": True}))
     status = _wait_phase(cluster, ns, name, "Suspended", operator)
     assert _condition(status, "Suspended")["status"] == "True"
-    job = eventually(lambda: _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-0"), what="Job")
+    job = eventually(lambda: read_job(cluster, ns, f"{name}-0"), what="Job")
     assert job.spec.suspend is True
     assert not _pods(cluster, ns, name)
     client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
@@ -293,13 +282,14 @@ def test_a_kueue_queued_job_waits_for_admission(
     name = "queued"
     _apply(cluster, ns, _manifest(name, scheduling={"queueName": "team-a"}))
     status = _wait_phase(cluster, ns, name, "Queued", operator)
-    batch = client.BatchV1Api(cluster.api)
-    job = eventually(lambda: _read_job(batch, ns, f"{name}-0"), what="Job")
+    job = eventually(lambda: read_job(cluster, ns, f"{name}-0"), what="Job")
     assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
     assert job.spec.suspend is True
     assert "team-a" in status["message"]
     # What Kueue does on admission: unsuspend the Job.
-    batch.patch_namespaced_job(f"{name}-0", ns, {"spec": {"suspend": False}})
+    client.BatchV1Api(cluster.api).patch_namespaced_job(
+        f"{name}-0", ns, {"spec": {"suspend": False}}
+    )
     _wait_phase(cluster, ns, name, "Succeeded", operator)
 
 
@@ -313,7 +303,7 @@ def test_deadline_fails_the_job_and_stops_its_pods(
     _apply(cluster, ns, manifest)
     status = _wait_phase(cluster, ns, name, "Failed", operator, timeout=60)
     assert status["failureReason"] == "DeadlineExceeded"
-    eventually(lambda: _read_job(client.BatchV1Api(cluster.api), ns, f"{name}-0") is None,
+    eventually(lambda: read_job(cluster, ns, f"{name}-0") is None,
                what="the Job deleted")  # fmt: skip
 
 

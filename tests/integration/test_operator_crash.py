@@ -39,7 +39,7 @@ from kubernetes.client.exceptions import ApiException
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually
+from tests.integration.conftest import Cluster, eventually, fresh_namespace
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -245,17 +245,8 @@ def _grep(log_text: str, names: Iterable[str], limit: int = 100) -> str:
 
 @pytest.fixture
 def crash_ns(cluster: Cluster, crd: dict[str, Any]) -> Iterator[str]:
-    name = f"crash-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(
-        lambda: (
-            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
-        ),
-        what="the default ServiceAccount",
-    )
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    with fresh_namespace(cluster, f"crash-{uuid.uuid4().hex[:10]}") as name:
+        yield name
 
 
 class Scenario:

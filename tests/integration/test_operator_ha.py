@@ -16,7 +16,7 @@ from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, VERSION
 from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually
+from tests.integration.conftest import Cluster, eventually, fresh_namespace
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -25,11 +25,8 @@ LEASE = "ha-test-leader"
 
 @pytest.fixture
 def ha_ns(cluster: Cluster, crd: dict[str, Any]) -> Iterator[str]:
-    name = f"ha-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    with fresh_namespace(cluster, f"ha-{uuid.uuid4().hex[:10]}") as name:
+        yield name
 
 
 def _leads(operator: Operator) -> bool:

@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import boto3
 import pytest
 import yaml
-from botocore.config import Config
 from kubernetes import client
 
 from ftapi import contract
@@ -49,15 +47,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _s3(cluster: Cluster) -> Any:
-    return boto3.client(
-        "s3", endpoint_url=cluster.env["FTO_S3_ENDPOINT"],
-        aws_access_key_id=cluster.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=cluster.env["AWS_SECRET_ACCESS_KEY"],
-        region_name=cluster.env["AWS_REGION"], config=Config(s3={"addressing_style": "path"}),
-    )  # fmt: skip
 
 
 def _env(container: Any, ns: str, core: client.CoreV1Api) -> dict[str, str]:
@@ -84,7 +73,7 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     cluster: Cluster, operator: Operator, ns: str, tmp_path: Path
 ) -> None:
     core = client.CoreV1Api(cluster.api)
-    s3 = _s3(cluster)
+    s3 = cluster.s3()
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
     rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(32)]

@@ -22,10 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
-from botocore.config import Config
 
 from ftapi import load_job
 from fttrainer.checkpoint_store import CheckpointStore
@@ -47,17 +45,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bucket(cluster: Cluster) -> str:
     name = f"resume-{uuid.uuid4().hex[:10]}"
-    _client(cluster).create_bucket(Bucket=name)
+    cluster.s3().create_bucket(Bucket=name)
     return name
-
-
-def _client(cluster: Cluster) -> Any:
-    return boto3.client(
-        "s3", endpoint_url=cluster.env["FTO_S3_ENDPOINT"],
-        aws_access_key_id=cluster.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=cluster.env["AWS_SECRET_ACCESS_KEY"],
-        region_name=cluster.env["AWS_REGION"], config=Config(s3={"addressing_style": "path"}),
-    )  # fmt: skip
 
 
 def _env(cluster: Cluster) -> dict[str, str]:
@@ -223,7 +212,7 @@ def test_kills_at_random_moments_lose_nothing(
     assert final["global_step"] == steps
     _assert_same_curve(_losses(output), reference)
     # What is left in S3: complete checkpoints only, at most saveTotalLimit of them.
-    store = CheckpointStore(open_store(uri, client=_client(cluster)), job_identity(load_job(job)))
+    store = CheckpointStore(open_store(uri, client=cluster.s3()), job_identity(load_job(job)))
     complete = store.complete()
     assert 1 <= len(complete) <= 2 and complete[0].step == steps
     print(f"\nkills by phase: {kills}; attempts: {attempt_number}")
