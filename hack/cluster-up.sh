@@ -328,6 +328,14 @@ start_controllers() {
     --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
     --leader-elect=false --profiling=false
   mkdir -p "$STATE/kwok"
+  # kwok reads its Stages once: a running kwok whose configuration changed since it started
+  # (a new failure-injection Stage, say) is restarted, so a reused cluster runs the new one.
+  local kwok_config
+  kwok_config="$(cat "$HACK_DIR"/kwok/*.yaml | sha256sum | cut -d' ' -f1)"
+  if pid_of kwok >/dev/null && [[ "$(cat "$STATE/kwok/config.sha256" 2>/dev/null)" != "$kwok_config" ]]; then
+    log "kwok's configuration changed since it started: restarting kwok"
+    stop_proc kwok 30
+  fi
   if ! pid_of kwok >/dev/null; then
     # Node Leases left by a previous kwok carry its (random) holder identity; a new kwok waits
     # for them to expire (up to 40 s) before it renews them. The old kwok is gone: drop them.
@@ -341,6 +349,7 @@ start_controllers() {
     --config="$HACK_DIR/kwok/kwok.yaml" \
     --config="$HACK_DIR/kwok/node-stages.yaml" \
     --config="$HACK_DIR/kwok/pod-stages.yaml"
+  echo "$kwok_config" >"$STATE/kwok/config.sha256"
 }
 
 start_minio() {

@@ -242,21 +242,32 @@ def test_repeated_failure_fails_with_the_reason(
     assert _status(cluster, ns, name)["phase"] == "Failed"
 
 
-def test_a_job_no_node_can_hold_says_unschedulable(
-    cluster: Cluster, operator: Operator, ns: str
-) -> None:
-    name = "too-big"
-    _apply(cluster, ns, _manifest(name, resources={"gpusPerNode": 16, "nodes": 1}))
+@pytest.mark.parametrize(
+    ("resources", "reason", "detail"),
+    [
+        ({"gpusPerNode": 16}, "Unschedulable", "nvidia.com/gpu"),
+        ({"gpusPerNode": 1, "image": "registry.example/missing:1",
+          "annotations": {"finetune.dev/kwok-image": "pull-backoff"}},
+         "ImagePullBackOff", "registry.example/missing:1"),
+    ],
+    ids=["no-node-fits", "image-cannot-be-pulled"],
+)  # fmt: skip
+def test_a_job_that_cannot_start_says_why(
+    cluster: Cluster, operator: Operator, ns: str, resources: dict[str, Any], reason: str,
+    detail: str,
+) -> None:  # fmt: skip
+    name = "stuck"
+    _apply(cluster, ns, _manifest(name, resources=resources))
 
     def blocked() -> dict[str, Any] | None:
         status = _status(cluster, ns, name)
         running = next((c for c in status.get("conditions", []) if c["type"] == "Running"), None)
-        return status if running and running["reason"] == "Unschedulable" else None
+        return status if running and running["reason"] == reason else None
 
-    status = eventually(blocked, timeout=60, what="Unschedulable")
+    status = eventually(blocked, timeout=60, what=reason)
     assert status["phase"] == "Pending"
-    assert "nvidia.com/gpu" in _condition(status, "Running")["message"]
-    eventually(lambda: ("Warning", "Unschedulable") in _events(cluster, ns, name), what="Event")
+    assert detail in _condition(status, "Running")["message"]
+    eventually(lambda: ("Warning", reason) in _events(cluster, ns, name), what="the Event")
 
 
 def test_suspend_stops_the_pods_and_resume_finishes(
