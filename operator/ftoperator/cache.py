@@ -17,6 +17,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from ftapi.progress import ProgressReport
+
 log = logging.getLogger("ftoperator")
 
 Key = tuple[str, str]  # (namespace, FineTuneJob name)
@@ -28,8 +32,8 @@ class Cache:
     """FineTuneJobs (whole objects)."""
     batch_jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    progress: dict[Key, str] = field(default_factory=dict)
-    """The progress ConfigMap's report text."""
+    progress: dict[Key, ProgressReport] = field(default_factory=dict)
+    """The trainer's last report (parsed once, when its ConfigMap changes)."""
     lost_nodes: set[str] = field(default_factory=set)
 
     def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
@@ -49,7 +53,13 @@ class Cache:
         else:
             children[name] = slim(body)
 
-    def observe_progress(self, key: Key, report: str | None) -> None:
+    def observe_progress(self, key: Key, text: str | None) -> None:
+        report = None
+        if text:
+            try:
+                report = ProgressReport.model_validate_json(text)
+            except ValidationError:
+                log.warning("ignoring a malformed progress report for %s/%s", *key)
         if report is None:
             self.progress.pop(key, None)
         else:

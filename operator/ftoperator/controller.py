@@ -14,7 +14,6 @@ so a pass never plans from a status older than one it wrote itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -24,7 +23,6 @@ from pydantic import ValidationError
 
 from ftapi import parse_job
 from ftapi.loading import InvalidSpecError
-from ftapi.progress import ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
@@ -70,8 +68,8 @@ class Controller:
         started = time.monotonic()
         try:
             await self._read_through(key, body)
-            plan = self.plan(key, body)
-            await self._execute(key, body, plan)
+            job, plan = self.plan(key, body)
+            await self._execute(key, body, job, plan)
         except Exception as error:
             self.metrics.count_reconcile_error(type(error).__name__)
             raise
@@ -119,7 +117,8 @@ class Controller:
             if pod.get("metadata", {}).get("labels", {}).get(LABEL_ATTEMPT) == str(attempt)
         ]
 
-    def plan(self, key: Key, body: dict[str, Any]) -> Plan:
+    def plan(self, key: Key, body: dict[str, Any]) -> tuple[FineTuneJob | None, Plan]:
+        """The parsed spec (None when it does not parse) and the plan for it."""
         status = FineTuneJobStatus.model_validate(body.get("status") or {})
         now = datetime.now(UTC)
         job, invalid = _parse(body)
@@ -137,18 +136,20 @@ class Controller:
             batch_job=batch_jobs.get(names.batch_job),
             pods=attempt_pods,
             other_jobs=sorted(others),
-            progress=_report(self.cache.progress.get(key)),
+            progress=self.cache.progress.get(key),
             lost_nodes=frozenset(self.cache.lost_nodes),
         )
         generation = body.get("metadata", {}).get("generation")
         if job is None:
-            return rejected(status, invalid or "invalid spec", generation, now)
+            return None, rejected(status, invalid or "invalid spec", generation, now)
         refused = policy_violation(job, self.settings)
         if refused is not None and status.attempt == 0 and batch_jobs == {}:
-            return rejected(status, refused, generation, now, reason="ImageNotAllowed")
-        return reconcile(job, observed)
+            return job, rejected(status, refused, generation, now, reason="ImageNotAllowed")
+        return job, reconcile(job, observed)
 
-    async def _execute(self, key: Key, body: dict[str, Any], plan: Plan) -> None:
+    async def _execute(
+        self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
+    ) -> None:
         namespace, name = key
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -158,7 +159,7 @@ class Controller:
                 return
             self._written[key] = stored
         for action in plan.actions:
-            await self._act(key, body, action)
+            await self._act(key, job, action)
         for event in plan.events:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
                                     event.message)  # fmt: skip
@@ -166,11 +167,10 @@ class Controller:
         if plan.status.phase != (before.get("phase") or "Pending") or not before:
             self.metrics.set_job_counts(self.phase_counts())
 
-    async def _act(self, key: Key, body: dict[str, Any], action: Any) -> None:
+    async def _act(self, key: Key, job: FineTuneJob | None, action: Any) -> None:
         namespace, name = key
         if isinstance(action, CreateAttempt):
-            job, _ = _parse(body)
-            if job is None:
+            if job is None:  # never planned for an unparsable spec
                 return
             children = desired(job, attempt=action.attempt, settings=self.settings)
             # What the pods reference first, all at once (they do not depend on each other;
@@ -235,16 +235,6 @@ def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
         return parse_job(manifest), None
     except (InvalidSpecError, ValidationError, ValueError) as error:
         return None, str(error)[:2000]
-
-
-def _report(text: str | None) -> ProgressReport | None:
-    if not text:
-        return None
-    try:
-        return ProgressReport.model_validate_json(text)
-    except ValidationError:
-        log.warning("ignoring a malformed progress report: %s", json.dumps(text[:200]))
-        return None
 
 
 def _version(body: dict[str, Any]) -> int:

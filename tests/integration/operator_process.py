@@ -5,13 +5,13 @@ The operator watches every namespace named op-*; `ns` gives each test a fresh on
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tests.integration.conftest import REPO, Cluster
+from tests.ports import free_port
 
 NAMESPACE_PREFIX = "op-"
 
@@ -25,7 +25,7 @@ class Operator:
     ) -> None:  # fmt: skip
         self.cluster = cluster
         self.log_path = log
-        self.port = _free_port()
+        self.port = free_port()
         self.extra = extra
         self.namespaces = tuple(namespaces)
         self.starts = 0
@@ -62,7 +62,7 @@ class Operator:
         restart would; the old one is SIGKILLed first if it still runs."""
         if self.running():
             self.kill()
-        self.port = _free_port()  # the old port may still linger (TIME_WAIT)
+        self.port = free_port()  # the old port may still linger (TIME_WAIT)
         self.process = self._spawn()
 
     def stop(self) -> None:
@@ -71,9 +71,3 @@ class Operator:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -35,6 +34,7 @@ from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.desired import LABEL_JOB
 from tests.helm.chart import CHART, helm
 from tests.integration.conftest import REPO, Cluster, eventually
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 CRD_NAME = "finetunejobs.finetune.dev"
@@ -140,7 +140,7 @@ class LocalOperator:
 
     def start(self) -> None:
         self.chart_env = self.release.operator_env()
-        self.port = _free_port()
+        self.port = free_port()
         inherited = {k: v for k, v in os.environ.items()
                      if not k.startswith(("FTO_", "KUBE", "POD_"))}  # fmt: skip
         env = {
@@ -226,12 +226,6 @@ def local_operator(release: Release) -> Iterator[LocalOperator]:
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _example(name: str, run_duration: str | None = None) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -38,15 +37,10 @@ from ftapi.constants import GROUP, PLURAL, VERSION
 from fttrainer.tiny import save_tiny_model
 from tests.integration.conftest import Cluster, eventually
 from tests.integration.operator_process import Operator
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 STEPS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(container: Any, ns: str, core: client.CoreV1Api) -> dict[str, str]:
@@ -124,7 +118,7 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     for key, text in config.items():
         (etc / key).write_text(text)
     workspace = tmp_path / "workspace"
-    port = str(_free_port())
+    port = str(free_port())
     mapped = {
         "$(JOB_COMPLETION_INDEX)": "0",
         contract.JOB_CONFIG_PATH: str(etc / Path(contract.JOB_CONFIG_PATH).name),

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,16 +33,11 @@ from botocore.exceptions import ClientError
 from ftapi.v1alpha1 import S3Spec
 from fttrainer.storage import S3Store, StorageError, open_store, s3_client
 from tests.integration.conftest import HACK
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 OUTAGE_SECONDS = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class MinioServer:
@@ -51,7 +45,7 @@ class MinioServer:
 
     def __init__(self, data: Path, log: Path) -> None:
         self.data, self.log = data, log
-        self.port, self.console_port = _free_port(), _free_port()
+        self.port, self.console_port = free_port(), free_port()
         self.user = "fto-test-" + uuid.uuid4().hex[:8]
         self.password = secrets.token_hex(16)
         self.region = "eu-central-1"  # not the client's default, to exercise redirects

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,9 @@ from pathlib import Path
 import pytest
 
 from fttrainer.tiny import save_tiny_model
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_process_ddp_run(tmp_path: Path) -> None:
@@ -29,7 +23,7 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
         [str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(_free_port()), "-m", "fttrainer.cli", "run",
+         "--master-port", str(free_port()), "-m", "fttrainer.cli", "run",
          str(REPO / "examples/quickstart-cpu.yaml"), "--set", f"model.name={model}",
          "--set", "training.maxSteps=4", "--set", "evaluation.strategy=no",
          "--set", f"output.uri={tmp_path / 'published'}", "--output", str(out)],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +23,10 @@ from fttrainer.arguments import trainer_config_kwargs
 from fttrainer.distributed import unsharded_loading
 from fttrainer.tiny import build_model, build_tokenizer, save_tiny_model
 from tests.builders import make_job
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LORA_R = 8  # examples/quickstart-cpu.yaml
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _torchrun(tmp_path: Path, model: Path, *sets: str, processes: int = 2,
@@ -45,7 +39,7 @@ def _torchrun(tmp_path: Path, model: Path, *sets: str, processes: int = 2,
     ]  # fmt: skip
     return subprocess.run(
         [str(torchrun), "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
-         "--master-port", str(_free_port()), "-m", "fttrainer.cli", "run",
+         "--master-port", str(free_port()), "-m", "fttrainer.cli", "run",
          str(REPO / "examples/quickstart-cpu.yaml"), "--output", str(tmp_path / "out"),
          *[arg for override in overrides for arg in ("--set", override)]],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=400,

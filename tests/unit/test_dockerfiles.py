@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fttrainer import entrypoint
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER = REPO / "trainer-image" / "Dockerfile"
@@ -239,7 +240,7 @@ def test_the_rendered_torchrun_command_starts_the_trainer(tmp_path: Path) -> Non
     env.update({name: str(workspace / name.lower()) for name in entrypoint.WRITABLE_DIRECTORIES})
     env["HOME"] = str(workspace)
     command = entrypoint.torchrun_command(
-        nnodes=1, nproc_per_node=1, node_rank="0", master_addr="127.0.0.1", master_port=_free_port()
+        nnodes=1, nproc_per_node=1, node_rank="0", master_addr="127.0.0.1", master_port=free_port()
     )
     assert command[-5:] == [entrypoint.TRAINER_MODULE, "run", entrypoint.JOB_CONFIG_PATH,
                             "--output", f"{entrypoint.WORKSPACE}/run"]  # fmt: skip
@@ -282,11 +283,3 @@ def test_build_context_holds_what_the_dockerfiles_copy() -> None:
             for source in shlex.split(rest)[:-1]:
                 assert source.split("/")[0] in allowed, f"{dockerfile.name}: {source}"
                 assert (REPO / source).exists(), source
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
