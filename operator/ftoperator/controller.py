@@ -141,10 +141,12 @@ class Controller:
         )
         generation = body.get("metadata", {}).get("generation")
         if job is None:
-            return None, rejected(status, invalid or "invalid spec", generation, now)
+            ttl = _raw_ttl(body)
+            return None, rejected(status, invalid or "invalid spec", generation, now, ttl=ttl)
         refused = policy_violation(job, self.settings)
         if refused is not None and status.attempt == 0 and batch_jobs == {}:
-            return job, rejected(status, refused, generation, now, reason="ImageNotAllowed")
+            ttl = job.spec.run_policy.ttl_seconds_after_finished
+            return job, rejected(status, refused, generation, now, "ImageNotAllowed", ttl)
         return job, reconcile(job, observed)
 
     async def _execute(
@@ -235,6 +237,14 @@ def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
         return parse_job(manifest), None
     except (InvalidSpecError, ValidationError, ValueError) as error:
         return None, str(error)[:2000]
+
+
+def _raw_ttl(body: dict[str, Any]) -> int | None:
+    """ttlSecondsAfterFinished of a spec that does not parse as a whole (the CRD schema
+    still guarantees the field itself is a non-negative integer when present)."""
+    run_policy = (body.get("spec") or {}).get("runPolicy") or {}
+    value = run_policy.get("ttlSecondsAfterFinished")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _version(body: dict[str, Any]) -> int:

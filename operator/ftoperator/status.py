@@ -163,7 +163,7 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
             plan.actions.append(SuspendJob(names.batch_job, True))
         # A late report still says where it stopped; a success keeps its 100 %.
         _copy_progress(status, observed.progress, counts=previous.phase == "Failed")
-        _ttl(job, plan, now)
+        _ttl(job.spec.run_policy.ttl_seconds_after_finished, plan, now)
         return _finish(plan, previous, generation)
 
     _condition(status, VALIDATED, "True", "Valid", "the spec is valid", generation, now)
@@ -176,8 +176,12 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
         return _finish(plan, previous, generation)
 
     deadline = job.spec.run_policy.active_deadline_seconds
-    if deadline is not None and status.start_time is not None:
-        remaining = (status.start_time + timedelta(seconds=deadline) - now).total_seconds()
+    # From when the job first ran, or else from when its Job started its pods: a job stuck
+    # Pending (no GPU fits, an image that does not pull) reaches its deadline too; one that
+    # waits in a Kueue queue or suspended before it ever ran does not.
+    started = status.start_time or _job_start(batch_job)
+    if deadline is not None and started is not None:
+        remaining = (started + timedelta(seconds=deadline) - now).total_seconds()
         if remaining <= 0:
             message = f"the job ran longer than activeDeadlineSeconds ({deadline} s)"
             _fail(plan, Failure("DeadlineExceeded", message), generation, now)
@@ -315,15 +319,18 @@ def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -
 
 def rejected(
     previous: FineTuneJobStatus, message: str, generation: int | None, now: datetime,
-    reason: str = "InvalidSpec",
+    reason: str = "InvalidSpec", ttl: int | None = None,
 ) -> Plan:  # fmt: skip
     """A spec the CRD schema let through but the full validation (InvalidSpec) or the
-    operator's policy (e.g. ImageNotAllowed) refuses: Failed, and no children, ever."""
+    operator's policy (e.g. ImageNotAllowed) refuses: Failed, and no children, ever.
+
+    ttlSecondsAfterFinished applies as to any finished job (the caller reads it from the raw
+    manifest when the spec does not parse), so refused jobs do not pile up."""
     plan = Plan(status=previous.model_copy(deep=True))
-    if previous.phase in TERMINAL_PHASES:
-        return _finish(plan, previous, generation)
-    _condition(plan.status, VALIDATED, "False", reason, message, generation, now)
-    _fail(plan, Failure(reason, message), generation, now)
+    if previous.phase not in TERMINAL_PHASES:
+        _condition(plan.status, VALIDATED, "False", reason, message, generation, now)
+        _fail(plan, Failure(reason, message), generation, now)
+    _ttl(ttl, plan, now)
     return _finish(plan, previous, generation)
 
 
@@ -449,8 +456,7 @@ def _pending_reason(pods: list[dict[str, Any]]) -> Failure | None:
     return None
 
 
-def _ttl(job: FineTuneJob, plan: Plan, now: datetime) -> None:
-    ttl = job.spec.run_policy.ttl_seconds_after_finished
+def _ttl(ttl: int | None, plan: Plan, now: datetime) -> None:
     finished = plan.status.completion_time
     if ttl is None or finished is None:
         return
@@ -568,6 +574,19 @@ _CONDITION_ORDER = {t: i for i, t in enumerate(
 
 def _find(status: FineTuneJobStatus, type_: str) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_), None)
+
+
+def _job_start(batch_job: dict[str, Any] | None) -> datetime | None:
+    """When the Job controller started the Job's pods (it clears this on suspension)."""
+    if batch_job is None or batch_job.get("spec", {}).get("suspend"):
+        return None
+    stamp = batch_job.get("status", {}).get("startTime")
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _finished(batch_job: dict[str, Any]) -> bool:

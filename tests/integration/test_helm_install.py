@@ -362,6 +362,31 @@ def test_the_operator_runs_with_the_charts_account_and_env_and_a_job_succeeds(
     assert local_operator.permission_problems() == [], local_operator.log()
 
 
+def test_an_image_outside_the_allowed_registries_is_refused_and_its_ttl_still_applies(
+    cluster: Cluster, release: Release, local_operator: LocalOperator
+) -> None:
+    name = "foreign-image"
+    manifest = _example(name)
+    manifest["spec"].setdefault("resources", {})["image"] = "docker.io/someone/trainer:latest"
+    manifest["spec"].setdefault("runPolicy", {})["ttlSecondsAfterFinished"] = 8
+    _create(cluster, release.watched, manifest)
+    status = _wait_phase(cluster, release.watched, name, "Failed", local_operator, timeout=60)
+    assert status["failureReason"] == "ImageNotAllowed"
+    assert "registry.invalid/ml/" in status["message"]
+    # Refused before anything ran: no Job, no pod, not even the job's other children.
+    selector = f"{LABEL_JOB}={name}"
+    batch, core = client.BatchV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    assert batch.list_namespaced_job(release.watched, label_selector=selector).items == []
+    assert core.list_namespaced_config_map(release.watched, label_selector=selector).items == []
+    events = core.list_namespaced_event(
+        release.watched, field_selector=f"involvedObject.name={name}"
+    )
+    assert [(e.type, e.reason) for e in events.items] == [("Warning", "ImageNotAllowed")]
+    # A refused job is a finished one: its TTL deletes it as it would a failed run.
+    eventually(lambda: _ftj(cluster, release.watched, name) is None, timeout=60,
+               what="the refused FineTuneJob deleted by its TTL")  # fmt: skip
+
+
 def _lease_holder(cluster: Cluster, release: Release) -> str | None:
     try:
         lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease(

@@ -318,6 +318,20 @@ def test_deadline_fails_the_job_and_stops_its_pods(
                what="the Job deleted")  # fmt: skip
 
 
+def test_a_job_stuck_pending_still_reaches_its_deadline(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "never-fits"
+    manifest = _manifest(name, resources={"gpusPerNode": 16},  # more than any node has
+                         runPolicy={"activeDeadlineSeconds": 5})  # fmt: skip
+    _apply(cluster, ns, manifest)
+    status = _wait_phase(cluster, ns, name, "Failed", operator, timeout=60)
+    assert status["failureReason"] == "DeadlineExceeded"
+    assert "startTime" not in status  # it never ran
+    eventually(lambda: read_job(cluster, ns, f"{name}-0") is None,
+               what="the Job deleted")  # fmt: skip
+
+
 def test_ttl_deletes_a_finished_job_and_its_children(
     cluster: Cluster, operator: Operator, ns: str
 ) -> None:

@@ -1,14 +1,19 @@
-"""When the controller distrusts its cache and asks the API server (pods_behind): the
-operator restarted and the Job's watch event arrived before its pods' (a crash test found
-failures reported as BackoffLimitExceeded instead of their exit code that way)."""
+"""The controller's own decisions, apart from the pure reconcile(): when it distrusts its
+cache and asks the API server (pods_behind: the operator restarted and the Job's watch event
+arrived before its pods'; a crash test found failures reported as BackoffLimitExceeded
+instead of their exit code that way), and how it refuses jobs before reconciling them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from ftoperator.controller import pods_behind
+from ftoperator.controller import Controller, pods_behind
+from ftoperator.desired import Settings
+from ftoperator.kube import Kube
+from ftoperator.status import DeleteSelf
+from tests.builders import make_job
 
 
 def _job(active: int = 0, succeeded: int = 0, failed: int = 0, *, condition: str | None = None,
@@ -45,3 +50,37 @@ def _pod(phase: str) -> dict[str, Any]:
 )  # fmt: skip
 def test_pods_behind(job: dict[str, Any], cached: list[dict[str, Any]], behind: bool) -> None:
     assert pods_behind(job, cached) is behind
+
+
+# --- refused jobs: the controller reads their TTL (found in review: they were never deleted) --
+
+
+def _controller(**settings: Any) -> Controller:
+    return Controller(cast(Kube, None), Settings(**settings))  # plan() never calls the API
+
+
+def _body(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {**manifest, "metadata": {**manifest["metadata"], "namespace": "ns", "generation": 1}}
+
+
+@pytest.mark.parametrize("ttl", [None, 0, 600])
+def test_a_spec_that_does_not_parse_is_refused_and_its_raw_ttl_applies(ttl: int | None) -> None:
+    job = make_job("odd").set("method.lora.notAField", 1)  # the CRD would prune it; an old one
+    if ttl is not None:
+        job.set("runPolicy.ttlSecondsAfterFinished", ttl)
+    parsed, plan = _controller().plan(("ns", "odd"), _body(job.obj()))
+    assert parsed is None
+    assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "InvalidSpec")
+    assert "notAField" in (plan.status.message or "")
+    assert plan.actions == ([DeleteSelf()] if ttl == 0 else [])
+    assert plan.requeue_after == (pytest.approx(600, abs=5) if ttl == 600 else None)
+
+
+def test_an_image_the_policy_refuses_fails_without_children_and_its_ttl_applies() -> None:
+    job = make_job("foreign").set("resources.image", "docker.io/x/trainer:1")
+    job.set("runPolicy.ttlSecondsAfterFinished", 0)
+    controller = _controller(allowed_registries=("registry.internal/ml/",))
+    parsed, plan = controller.plan(("ns", "foreign"), _body(job.obj()))
+    assert parsed is not None
+    assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "ImageNotAllowed")
+    assert plan.actions == [DeleteSelf()]  # and no CreateAttempt

@@ -1196,17 +1196,19 @@ def test_terminal_pass_still_copies_the_final_report() -> None:
 # === TTL ================================================================================
 
 
-@pytest.mark.parametrize(
-    ("ttl", "elapsed", "delete", "requeue"),
-    [
-        pytest.param(None, 10**7, False, None, id="no-ttl"),
-        pytest.param(3600, 600, False, 3000.0, id="before"),
-        pytest.param(3600, 3599.5, False, 0.5, id="just-before"),
-        pytest.param(3600, 3600, True, None, id="due"),
-        pytest.param(3600, 90000, True, None, id="long-after"),
-        pytest.param(0, 0, True, None, id="zero"),
-    ],
-)
+# ttl, seconds since the job finished, deleted, requeued after
+TTL_CASES = [
+    pytest.param(None, 10**7, False, None, id="no-ttl"),
+    pytest.param(3600, 0, False, 3600.0, id="just-finished"),
+    pytest.param(3600, 600, False, 3000.0, id="before"),
+    pytest.param(3600, 3599.5, False, 0.5, id="just-before"),
+    pytest.param(3600, 3600, True, None, id="due"),
+    pytest.param(3600, 90000, True, None, id="long-after"),
+    pytest.param(0, 0, True, None, id="zero"),
+]
+
+
+@pytest.mark.parametrize(("ttl", "elapsed", "delete", "requeue"), TTL_CASES)
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_ttl_after_finished(
     ttl: int | None, elapsed: float, delete: bool, requeue: float | None, phase: str
@@ -1217,10 +1219,7 @@ def test_ttl_after_finished(
     )
     plan = observe(make(**changes), previous, at(elapsed))
     assert plan.actions == ([DeleteSelf()] if delete else [])
-    if requeue is None:
-        assert plan.requeue_after is None
-    else:
-        assert plan.requeue_after == pytest.approx(requeue)
+    assert plan.requeue_after == (None if requeue is None else pytest.approx(requeue))
 
 
 def test_ttl_does_not_apply_to_a_live_job() -> None:
@@ -1292,6 +1291,22 @@ def test_deadline_counts_restarts_and_needs_no_job_to_fail() -> None:
     assert plan.status.phase == "Failed"
     assert plan.status.failure_reason == "DeadlineExceeded"
     assert plan.actions == [DeleteJob(job_name(0))]  # the old attempt only; nothing created
+
+
+@pytest.mark.parametrize(("elapsed", "failed"), [(50, False), (100, True)])
+def test_a_job_stuck_pending_reaches_its_deadline_from_when_its_pods_were_created(
+    elapsed: int, failed: bool
+) -> None:
+    job = make(runPolicy__activeDeadlineSeconds=100)
+    stuck = [pod(0, phase="Pending", node=None, conditions=[unschedulable("0/3 nodes")])]
+    plan = observe(job, status(phase="Pending"), at(elapsed), batch_job=batch_job(), pods=stuck)
+    assert plan.status.start_time is None  # it never ran
+    if failed:
+        assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "DeadlineExceeded")
+        assert plan.actions == [DeleteJob(job_name(0))]
+    else:
+        assert plan.status.phase == "Pending"
+        assert plan.requeue_after == pytest.approx(50)
 
 
 def test_deadline_does_not_run_before_the_job_started() -> None:
@@ -1769,6 +1784,18 @@ def test_rejected_on_a_terminal_status_changes_nothing(phase: str) -> None:
     plan = rejected(previous, "other reason", GENERATION, at(50))
     assert plan.status == previous
     assert (plan.actions, plan.events) == ([], [])
+
+
+@pytest.mark.parametrize(("ttl", "elapsed", "delete", "requeue"), TTL_CASES)
+@pytest.mark.parametrize("reason", ["InvalidSpec", "ImageNotAllowed"])
+def test_a_refused_job_is_deleted_by_its_ttl_like_any_finished_job(
+    ttl: int | None, elapsed: float, delete: bool, requeue: float | None, reason: str
+) -> None:
+    refused = rejected(status(), "bad", GENERATION, T0, reason, ttl).status  # the first pass
+    plan = rejected(refused, "bad", GENERATION, at(elapsed), reason, ttl)  # a later one
+    assert plan.actions == ([DeleteSelf()] if delete else [])
+    assert plan.requeue_after == (None if requeue is None else pytest.approx(requeue))
+    assert plan.status.phase == "Failed" and plan.status.completion_time == T0
 
 
 def test_valid_again_after_invalid_live_edit_is_not_resurrected() -> None:

@@ -28,6 +28,9 @@ class RunPolicy(ApiModel):
     """Whole-job restarts after a pod failure, preemption or node loss. Each restart resumes
     from the newest complete checkpoint."""
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
-    """Fail the job when it has been running this long, restarts included."""
+    """Fail the job when it has been active this long, restarts included: counted from when
+    it first ran, or until then from when its attempt's pods were created, so time stuck
+    Pending (no node fits, an image that does not pull) counts; time queued (Kueue) or
+    suspended before it first ran does not."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     """Delete the FineTuneJob this long after it finished (output data stays)."""
