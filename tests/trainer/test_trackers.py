@@ -1,5 +1,6 @@
 """logging.reportTo on real tiny-model runs: TensorBoard event files, a W&B offline run, and a
-run on a real local `mlflow server` read back through MLflow's client."""
+run on a real local `mlflow server` read back through MLflow's client; an attempt that
+resumes from a checkpoint continues the same MLflow and W&B runs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from ftapi import parse_job
 from fttrainer.recipe import Recipe
@@ -28,10 +30,8 @@ from tests.builders import make_job
 TRACKER_FILES = ("mlflow.db", "mlruns", "wandb", "runs", "tensorboard")
 
 
-def _run(model: Path, data: Path, out: Path, logging: dict[str, Any]) -> dict[str, Any]:
-    """8 steps logged every 2, a test split scored after training, results published to
-    out/published; the final metrics."""
-    job = (
+def _job(model: Path, data: Path, out: Path, logging: dict[str, Any]) -> Any:
+    return (
         make_job("tracked")
         .set("model.name", str(model))
         .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64,
@@ -42,7 +42,12 @@ def _run(model: Path, data: Path, out: Path, logging: dict[str, Any]) -> dict[st
         .set("output.uri", str(out / "published"))
         .set("resources.gpusPerNode", 0)
     )  # fmt: skip
-    recipe = Recipe(parse_job(job.obj()), out)
+
+
+def _run(model: Path, data: Path, out: Path, logging: dict[str, Any]) -> dict[str, Any]:
+    """8 steps logged every 2, a test split scored after training, results published to
+    out/published; the final metrics."""
+    recipe = Recipe(parse_job(_job(model, data, out, logging).obj()), out)
     recipe.setup()
     result = recipe.train()
     recipe.save(result)
@@ -131,6 +136,71 @@ def test_mlflow_run_on_a_real_server(
     assert run.data.metrics["test_loss"] == pytest.approx(final["test_loss"])
     assert run.data.metrics["test_perplexity"] == pytest.approx(final["test_perplexity"])
     assert run.data.metrics["global_step"] == 8
+
+
+class _FailAt(TrainerCallback):  # type: ignore[misc]
+    """A rank that dies after `step` (the checkpoint before it is committed)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if state.global_step == self.step:
+            raise RuntimeError(f"injected failure after step {self.step}")
+
+
+def test_a_resumed_attempt_continues_the_same_mlflow_and_wandb_runs(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logging = {"reportTo": ["mlflow", "wandb"],
+               "mlflow": {"trackingUri": mlflow_server, "experiment": "ft-resume"},
+               "wandb": {"project": "ft-tests", "mode": "offline"}}  # fmt: skip
+    # Both attempts publish to (and resume from) the same place, as a pod's restarts do;
+    # their local output directories differ, as two local runs' do.
+    job = parse_job(_job(tiny_llama, qa_data, tmp_path, logging).set("output.saveSteps", 2).obj())
+    first = Recipe(job, tmp_path / "attempt-1")
+    first.setup()
+    first.trainer.add_callback(_FailAt(5))
+    with pytest.raises(RuntimeError, match="injected failure"):
+        first.train()
+    second = Recipe(job, tmp_path / "attempt-2")
+    second.setup()
+    result = second.train()
+    second.save(result)
+    assert second.resumed_from is not None and second.resumed_from.name == "checkpoint-4"
+    # Every committed checkpoint names the runs (the local copies are rotated away by now).
+    published = sorted((tmp_path / "published" / "checkpoints").glob("*/checkpoint-*"))
+    assert [p.name for p in published] == ["checkpoint-6", "checkpoint-8"]
+    recorded = json.loads((published[0] / "trackers.json").read_text())
+    assert recorded.keys() == {"mlflow", "wandb"}
+    assert recorded == first.tracker_runs.ids == second.tracker_runs.ids
+    # MLflow: one run, finished, with the parameters the first attempt logged and the whole
+    # loss curve (steps 2 and 4 from the first attempt, 6 and 8 from the second).
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("ft-resume")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == recorded["mlflow"] and run.info.status == "FINISHED"
+    assert run.data.params["max_steps"] == "8"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert {m.step: m.value for m in history} == pytest.approx(
+        _logged_losses(tmp_path / "attempt-2")
+    )
+    assert sorted({m.step for m in history}) == [2, 4, 6, 8]
+    assert run.data.metrics["test_loss"] == pytest.approx(result.final_metrics["test_loss"])
+    # W&B: each attempt's offline log is of the same run (wandb sync merges them).
+    ids = set()
+    for attempt in ("attempt-1", "attempt-2"):
+        (run_file,) = (tmp_path / attempt / "wandb").glob("offline-run-*/run-*.wandb")
+        (record,) = [
+            r.run for r in _wandb_records(run_file) if r.WhichOneof("record_type") == "run"
+        ]
+        ids.add(record.run_id)
+    assert ids == {recorded["wandb"]}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""spec.logging → what the tracker integrations read, and where credentials (do not) go."""
+"""spec.logging → what the tracker integrations read, and where credentials (do not) go;
+the tracker runs a checkpoint names (a resumed attempt continues them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import pytest
 
 from ftapi import parse_job
 from ftapi.v1alpha1 import LoggingSpec, SecretKeyRef
-from fttrainer.tracking import environment, final_scalars, mlflow_run_name, tracker_env
+from fttrainer.tracking import (
+    TRACKERS_FILE,
+    environment,
+    final_scalars,
+    mlflow_run_name,
+    read_tracker_ids,
+    tracker_env,
+    wandb_init_args,
+)
 from tests.builders import make_job
 
 OUT = Path("/results/job-1")
@@ -86,3 +95,36 @@ def test_environment_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_only_finite_numbers_reach_the_trackers() -> None:
     metrics = {"a": 1, "b": 0.5, "flag": True, "inf": float("inf"), "text": "x"}
     assert final_scalars(metrics) == {"a": 1.0, "b": 0.5}
+
+
+def test_wandb_is_given_every_setting_explicitly() -> None:
+    logging = _logging(
+        reportTo=["wandb"],
+        wandb={"project": "ft", "entity": "acme", "group": "sweep", "tags": ["a", "b"],
+               "mode": "offline"},
+    )  # fmt: skip
+    env = tracker_env(logging, job_name="job-1", output_dir=OUT)
+    assert wandb_init_args(env) == {
+        "project": "ft", "name": "job-1", "dir": "/results/job-1", "entity": "acme",
+        "group": "sweep", "mode": "offline", "tags": ["a", "b"],
+    }  # fmt: skip
+    assert wandb_init_args({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "ids"),
+    [
+        (None, {}),  # a checkpoint from before the trackers were recorded, or none at all
+        ('{"mlflow": "abc", "wandb": "x1"}', {"mlflow": "abc", "wandb": "x1"}),
+        ('{"mlflow": ""}', {}),
+        ('["abc"]', {}),
+        ("{not json", {}),
+    ],
+)
+def test_a_checkpoint_names_its_tracker_runs(
+    tmp_path: Path, content: str | None, ids: dict[str, str]
+) -> None:
+    if content is not None:
+        (tmp_path / TRACKERS_FILE).write_text(content)
+    assert read_tracker_ids(tmp_path) == ids
+    assert read_tracker_ids(None) == {}

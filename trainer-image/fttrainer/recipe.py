@@ -62,7 +62,7 @@ from .scoring import (
 from .spectrum import apply_spectrum
 from .storage import open_store, upload_tree
 from .templates import CHAT_TEMPLATE
-from .tracking import TrackerRuns, environment, tracker_env
+from .tracking import TrackerIds, TrackerRuns, environment, read_tracker_ids, tracker_env
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -141,6 +141,7 @@ class Recipe:
         self.tracker_env = tracker_env(
             spec.logging, job_name=job.name, output_dir=output_dir.absolute()
         )
+        self.tracker_runs = TrackerRuns(spec.logging, job_name=job.name, env=self.tracker_env)
         output = spec.output
         self.checkpoints = CheckpointStore(open_store(output.uri, s3=output.s3), job_identity(job))
         self.resumed_from: Path | None = None
@@ -342,8 +343,13 @@ class Recipe:
             self.spec.output.save_total_limit,
             keep_best=self.spec.output.final_model == "best",
         )
-        # Progress after the upload: a checkpoint is reported once its manifest is written.
-        callbacks: list[Any] = [upload, ProgressCallback(self.progress, upload)]
+        # The tracker run ids go into the checkpoint before it is uploaded. Progress after
+        # the upload: a checkpoint is reported once its manifest is written.
+        callbacks: list[Any] = [
+            TrackerIds(self.tracker_runs),
+            upload,
+            ProgressCallback(self.progress, upload),
+        ]
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
         if "perplexity" in self.spec.evaluation.metrics and self.spec.trainer.type == "sft":
@@ -388,14 +394,21 @@ class Recipe:
 
     def train(self) -> RunResult:
         """Train, evaluate, score; the tracker runs (rank 0) cover all of it and end with
-        the final metrics."""
-        runs = TrackerRuns(self.spec.logging, job_name=self.job.name, env=self.tracker_env)
+        the final metrics. A resumed attempt continues the runs its checkpoint names."""
+        runs = self.tracker_runs
         main = self.is_main_process
+        # The newest complete checkpoint of this job, if a previous attempt left one.
+        self.resumed_from = restore(
+            self.checkpoints,
+            Path(self.trainer.args.output_dir),
+            main=main,
+            local_main=bool(self.trainer.is_local_process_zero()),
+        )
         with environment(self.tracker_env):
-            if main:
-                runs.start()
+            callbacks_env = runs.start(read_tracker_ids(self.resumed_from)) if main else {}
             try:
-                result = self._train()
+                with environment(callbacks_env):
+                    result = self._train()
             except BaseException:
                 if main:
                     try:  # mark the runs failed; never hide the error that failed the run
@@ -409,13 +422,6 @@ class Recipe:
 
     def _train(self) -> RunResult:
         started = time.monotonic()
-        # The newest complete checkpoint of this job, if a previous attempt left one.
-        self.resumed_from = restore(
-            self.checkpoints,
-            Path(self.trainer.args.output_dir),
-            main=self.is_main_process,
-            local_main=bool(self.trainer.is_local_process_zero()),
-        )
         before = self._base_evaluation()
         early = self.spec.training.early_stopping
         if early is not None:  # watches the evaluations of training only

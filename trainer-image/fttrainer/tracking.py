@@ -11,6 +11,9 @@ decides what they see and owns the runs' lifetime:
   final metrics are logged. transformers' MLflow callback ends its run when training ends,
   so the test-set evaluation and the scores computed after training would otherwise be lost
   (or, with MLflow, land in a stray run that the next log call opens implicitly).
+- `TrackerIds` writes the runs' ids into every checkpoint (trackers.json), so an attempt
+  that resumes from a checkpoint continues the same MLflow and W&B runs (`read_tracker_ids`)
+  instead of starting a new run per restart.
 
 Without `reportTo` nothing here runs and no tracker directory (mlruns/, wandb/, runs/) is
 created: transformers 5 defaults `report_to` to "none".
@@ -28,9 +31,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from ftapi.v1alpha1 import LoggingSpec
 
+from .checkpoints import checkpoint_name
+
 log = logging.getLogger("fttrainer")
+TRACKERS_FILE = "trackers.json"  # in each checkpoint folder: the runs it belongs to
 TENSORBOARD_DIR = "tensorboard"  # under the run's output directory, published with it
 FINAL_PREFIX = "final/"  # TensorBoard tag prefix of the final metrics
 
@@ -103,9 +111,17 @@ class TrackerRuns:
         self.logging_spec = logging_spec
         self.job_name = job_name
         self.env = dict(env)
-        self.mlflow_run_id: str | None = None
+        self.ids: dict[str, str] = {}
+        """tracker -> run id, for the checkpoints (TrackerIds)."""
 
-    def start(self) -> None:
+    def start(self, resume: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Open the runs, or reopen those of `resume` (the ids a checkpoint recorded).
+
+        Returns the environment transformers' callbacks need on top of `tracker_env`: a
+        reopened MLflow run already has its parameters, and MLflow refuses a parameter
+        logged again with another value (a local run's output directory differs per attempt)."""
+        resume = resume or {}
+        extra: dict[str, str] = {}
         mlflow_spec = self.logging_spec.mlflow
         if "mlflow" in self.report_to and mlflow_spec is not None:
             import mlflow
@@ -114,32 +130,41 @@ class TrackerRuns:
             # once any code has set one.
             mlflow.set_tracking_uri(mlflow_spec.tracking_uri)
             mlflow.set_experiment(mlflow_spec.experiment)
-            run = mlflow.start_run(
-                run_name=mlflow_run_name(self.logging_spec, self.job_name),
-                tags=dict(mlflow_spec.tags),
-            )
-            self.mlflow_run_id = run.info.run_id
-            log.info("mlflow: run %s in experiment %s", run.info.run_id, mlflow_spec.experiment)
+            run = _reopen_mlflow_run(resume.get("mlflow"))
+            if run is None:
+                run = mlflow.start_run(
+                    run_name=mlflow_run_name(self.logging_spec, self.job_name),
+                    tags=dict(mlflow_spec.tags),
+                )
+                log.info("mlflow: run %s in experiment %s", run.info.run_id, mlflow_spec.experiment)
+            else:
+                extra["MLFLOW_MAX_LOG_PARAMS"] = "0"
+            self.ids["mlflow"] = run.info.run_id
         if "wandb" in self.report_to:
             import wandb
 
-            run = wandb.init()  # project, name, entity, group, tags, dir, mode: from env
-            log.info("wandb: run %s (%s)", run.id, run.settings.mode)
+            previous = resume.get("wandb")
+            resuming = {"id": previous, "resume": "allow"} if previous else {}
+            run = wandb.init(**wandb_init_args(self.env), **resuming)
+            self.ids["wandb"] = run.id
+            continued = "continuing run" if previous else "run"
+            log.info("wandb: %s %s (%s)", continued, run.id, run.settings.mode)
+        return extra
 
     def finish(self, metrics: Mapping[str, Any], *, step: int, failed: bool = False) -> None:
         """Log the final metrics and close the runs (marked failed when training failed)."""
         scalars = final_scalars(metrics)
-        if "mlflow" in self.report_to and self.mlflow_run_id is not None:
+        mlflow_run_id = self.ids.get("mlflow")
+        if "mlflow" in self.report_to and mlflow_run_id is not None:
             import mlflow
 
             if scalars:
                 mlflow.log_metrics(
                     {mlflow_metric_name(k): v for k, v in scalars.items()},
                     step=step,
-                    run_id=self.mlflow_run_id,
+                    run_id=mlflow_run_id,
                 )
             mlflow.end_run(status="FAILED" if failed else "FINISHED")
-            self.mlflow_run_id = None
         if "wandb" in self.report_to:
             import wandb
 
@@ -154,6 +179,63 @@ class TrackerRuns:
             for name, value in scalars.items():
                 writer.add_scalar(FINAL_PREFIX + name, value, step)
             writer.close()
+
+
+def wandb_init_args(env: Mapping[str, str]) -> dict[str, Any]:
+    """tracker_env's W&B settings as wandb.init arguments. Explicit, as with MLflow: wandb
+    reads its environment once per process, and a process may run several jobs (tests)."""
+    names = {
+        "WANDB_PROJECT": "project", "WANDB_NAME": "name", "WANDB_DIR": "dir",
+        "WANDB_ENTITY": "entity", "WANDB_RUN_GROUP": "group", "WANDB_MODE": "mode",
+    }  # fmt: skip
+    args: dict[str, Any] = {arg: env[name] for name, arg in names.items() if env.get(name)}
+    if env.get("WANDB_TAGS"):
+        args["tags"] = env["WANDB_TAGS"].split(",")
+    return args
+
+
+def _reopen_mlflow_run(run_id: str | None) -> Any:
+    """The run a checkpoint recorded, active again; None when there is none or it is gone
+    (deleted, or another server): training goes on in a new run rather than failing."""
+    if not run_id:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.start_run(run_id=run_id)
+    except MlflowException as error:
+        log.warning("mlflow: cannot continue run %s (%s): starting a new one", run_id, error)
+        return None
+    log.info("mlflow: continuing run %s", run_id)
+    return run
+
+
+class TrackerIds(TrainerCallback):  # type: ignore[misc]
+    """Records the tracker runs' ids in each checkpoint before CheckpointUpload uploads it
+    (so it must come before that callback)."""
+
+    def __init__(self, runs: TrackerRuns) -> None:
+        self.runs = runs
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if state.is_world_process_zero and self.runs.ids:
+            folder = Path(args.output_dir) / checkpoint_name(state.global_step)
+            (folder / TRACKERS_FILE).write_text(json.dumps(self.runs.ids, sort_keys=True))
+
+
+def read_tracker_ids(checkpoint: Path | None) -> dict[str, str]:
+    """The tracker runs a checkpoint belongs to ({} for a fresh start or an older checkpoint)."""
+    path = None if checkpoint is None else checkpoint / TRACKERS_FILE
+    if path is None or not path.is_file():
+        return {}
+    try:
+        ids = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    if not isinstance(ids, dict):
+        return {}
+    return {str(k): str(v) for k, v in ids.items() if isinstance(v, str) and v}
 
 
 def final_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
