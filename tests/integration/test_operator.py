@@ -304,30 +304,27 @@ def test_a_kueue_queued_job_waits_for_admission(
     _wait_phase(cluster, ns, name, "Succeeded", operator)
 
 
+@pytest.mark.parametrize(
+    ("resources", "deadline", "stuck"),
+    [
+        ({"annotations": {"finetune.dev/kwok-run-duration": "120s"}}, 3, False),
+        ({"gpusPerNode": 16}, 5, True),  # more than any node has: stuck Pending
+    ],
+    ids=["running", "stuck-pending"],
+)
 def test_deadline_fails_the_job_and_stops_its_pods(
-    cluster: Cluster, operator: Operator, ns: str
-) -> None:
+    cluster: Cluster, operator: Operator, ns: str, resources: dict[str, Any], deadline: int,
+    stuck: bool,
+) -> None:  # fmt: skip
     name = "slow"
-    annotations = {"finetune.dev/kwok-run-duration": "120s"}
-    manifest = _manifest(name, runPolicy={"activeDeadlineSeconds": 3},
-                         resources__annotations=annotations)  # fmt: skip
+    manifest = _manifest(name, runPolicy={"activeDeadlineSeconds": deadline})
+    for field, value in resources.items():
+        manifest["spec"]["resources"][field] = value
     _apply(cluster, ns, manifest)
     status = _wait_phase(cluster, ns, name, "Failed", operator, timeout=60)
     assert status["failureReason"] == "DeadlineExceeded"
-    eventually(lambda: read_job(cluster, ns, f"{name}-0") is None,
-               what="the Job deleted")  # fmt: skip
-
-
-def test_a_job_stuck_pending_still_reaches_its_deadline(
-    cluster: Cluster, operator: Operator, ns: str
-) -> None:
-    name = "never-fits"
-    manifest = _manifest(name, resources={"gpusPerNode": 16},  # more than any node has
-                         runPolicy={"activeDeadlineSeconds": 5})  # fmt: skip
-    _apply(cluster, ns, manifest)
-    status = _wait_phase(cluster, ns, name, "Failed", operator, timeout=60)
-    assert status["failureReason"] == "DeadlineExceeded"
-    assert "startTime" not in status  # it never ran
+    if stuck:
+        assert "startTime" not in status  # it never ran
     eventually(lambda: read_job(cluster, ns, f"{name}-0") is None,
                what="the Job deleted")  # fmt: skip
 

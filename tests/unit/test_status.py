@@ -807,6 +807,24 @@ FAILURES = [
 ]
 
 
+def _attempt_fails(
+    pods: list[dict[str, Any]], conditions: list[dict[str, Any]] | None, lost: frozenset[str],
+    *, attempt: int, max_restarts: int,
+) -> Plan:  # fmt: skip
+    """A running job (attempt == restarts so far) whose attempt shows one of FAILURES."""
+    nodes = max(len(pods), 1)
+    job = make(resources__nodes=nodes, runPolicy__maxRestarts=max_restarts)
+    previous = status(phase="Running", attempt=attempt, restarts=attempt, start_time=T0)
+    return observe(
+        job,
+        previous,
+        at(600),
+        batch_job=batch_job(attempt, conditions=conditions, nodes=nodes),
+        pods=[relabel(p, attempt) for p in pods],
+        lost_nodes=lost,
+    )
+
+
 @pytest.mark.parametrize(("pods", "conditions", "lost", "reason", "detail", "finished"), FAILURES)
 @pytest.mark.parametrize("attempt", [0, 2])
 def test_failed_attempt_with_restarts_left_restarts(
@@ -818,17 +836,7 @@ def test_failed_attempt_with_restarts_left_restarts(
     finished: bool,
     attempt: int,
 ) -> None:
-    job = make(resources__nodes=max(len(pods), 1), runPolicy__maxRestarts=3)
-    previous = status(phase="Running", attempt=attempt, restarts=attempt, start_time=T0)
-    pods = [relabel(p, attempt) for p in pods]
-    plan = observe(
-        job,
-        previous,
-        at(600),
-        batch_job=batch_job(attempt, conditions=conditions, nodes=max(len(pods), 1)),
-        pods=pods,
-        lost_nodes=lost,
-    )
+    plan = _attempt_fails(pods, conditions, lost, attempt=attempt, max_restarts=3)
     new = plan.status
     assert new.phase == "Restarting"
     assert (new.attempt, new.restarts) == (attempt + 1, attempt + 1)
@@ -857,17 +865,7 @@ def test_failed_attempt_without_restarts_left_fails(
     max_restarts: int,
     restarts: int,
 ) -> None:
-    job = make(runPolicy__maxRestarts=max_restarts, resources__nodes=max(len(pods), 1))
-    previous = status(phase="Running", attempt=restarts, restarts=restarts, start_time=T0)
-    pods = [relabel(p, restarts) for p in pods]
-    plan = observe(
-        job,
-        previous,
-        at(600),
-        batch_job=batch_job(restarts, conditions=conditions, nodes=max(len(pods), 1)),
-        pods=pods,
-        lost_nodes=lost,
-    )
+    plan = _attempt_fails(pods, conditions, lost, attempt=restarts, max_restarts=max_restarts)
     new = plan.status
     assert new.phase == "Failed"
     assert new.failure_reason == reason
