@@ -152,3 +152,23 @@ def test_training_fields_are_immutable_but_scheduling_is_not(
     patched = patch({"spec": {"scheduling": {"suspend": True}, "runPolicy": {"maxRestarts": 9}}})
     assert patched["spec"]["scheduling"]["suspend"] is True
     assert patched["spec"]["runPolicy"]["maxRestarts"] == 9
+
+
+def test_api_server_accepts_every_converted_seed_example(
+    cluster: Cluster, crd: dict[str, Any], namespace: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`finetune convert` of each example the tools' documents show gives a manifest that
+    `kubectl apply` would take (the server's own schema and CEL rules, strict fields)."""
+    from fttrainer.cli import main
+    from tests.seeds import seed_examples
+
+    examples = seed_examples(tmp_path, "org/tiny-model")
+    assert len(examples) >= 25
+    for example in examples:
+        monkeypatch.chdir(example.cwd)
+        target = tmp_path / f"{example.name.replace(' ', '-')}.yaml"
+        assert main(["convert", *example.args, "-o", str(target)]) == 0, example.name
+        manifest = yaml.safe_load(target.read_text())
+        created = _create(cluster, namespace, manifest)
+        assert created["spec"]["model"]["name"] == "org/tiny-model", example.name

@@ -1,11 +1,16 @@
 """The `finetune` command line.
 
-    finetune validate examples/lora-gpu.yaml     # check a manifest and local data; 1 on errors
+    finetune validate examples/lora-gpu.yaml     # check a config and its local data; 1 on errors
     finetune run examples/quickstart-cpu.yaml    # fine-tune locally
     finetune run job.yaml --set training.epochs=2 --output results/try
     finetune plan examples/qlora-7b-16gb.yaml --gpu-memory 16
-    finetune run --model_name ./my-model --data_path d.jsonl --dataset_type instruction_jsonl \
-        --technique lora --epochs 1          # the flat style; or a .env file of MODEL_NAME=...
+    finetune convert my_config.env -o job.yaml   # any config style -> a FineTuneJob manifest
+    finetune formats                             # the dataset formats, each with an example
+
+Every command reads any of the config styles users bring (fttrainer/configs): a FineTuneJob
+manifest, a .env file or the flat flags (`--model_name ./m --data_path d.jsonl ...`), a TOML
+file with [fine_tuner], a nested YAML config (`--training.learning_rate 1e-4` overrides it),
+or the Hydra-style flags (`--model ./m --dataset d.jsonl --trainer SFT ...`).
 
 Heavy libraries (torch, transformers) are imported inside the commands that need them, so
 `finetune validate` and `--help` stay fast.
@@ -14,38 +19,50 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 FILE_HELP = (
-    "FineTuneJob YAML, or a .env file of KEY=value settings (MODEL_NAME=...); flat flags "
-    "such as --model_name, --data_path, --technique may be given instead of or on top of it"
+    "the config: a FineTuneJob manifest, a .env file, a TOML [fine_tuner] file or a nested "
+    "YAML config (the style is detected); flat or Hydra-style flags may replace it"
 )
+FLAT_PREFIX, HYDRA_PREFIX = "flat:", "hydra:"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .configs import STYLES
+
     parser = argparse.ArgumentParser(
         prog="finetune",
-        description="Fine-tune LLMs from FineTuneJob manifests (finetune.dev/v1alpha1).",
+        description="Fine-tune LLMs from FineTuneJob manifests (finetune.dev/v1alpha1) or "
+        "the configs of the tools you come from.",
+        epilog="config styles read:\n"
+        + "\n".join(f"  {name}: {how}" for name, how in STYLES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate = _command(
         commands, "validate", _validate,
-        "check a FineTuneJob manifest against the API (same rules as the API server)",
-        "Check a FineTuneJob manifest; print every problem with its field path.",
+        "check a config against the API (same rules as the API server) and read its data",
+        "Check a config; print every problem with its field path (and the key you wrote).",
     )  # fmt: skip
     validate.add_argument(
-        "--spec-only", action="store_true", help="check the manifest but do not read the data"
+        "--spec-only", action="store_true", help="check the config but do not read the data"
     )
     run = _command(
-        commands, "run", _run, "fine-tune locally, exactly as the manifest says",
+        commands, "run", _run, "fine-tune locally, exactly as the config says",
         "Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
     )  # fmt: skip
     run.add_argument(
-        "--output", type=Path, help="where results go (default results/<name>/<timestamp>)"
+        "--output",
+        type=Path,
+        help="where the results go (default: the config's output, e.g. spec.output.uri)",
     )
     plan = _command(
         commands, "plan", _plan,
@@ -57,98 +74,215 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-memory", type=float, default=80.0, metavar="GIB",
         help="GPU memory to fit, in GiB (default 80: an A100/H100 80GB)",
     )  # fmt: skip
+    convert = _command(
+        commands, "convert", _convert,
+        "write the FineTuneJob manifest equivalent to a config (for kubectl apply)",
+        "Translate a config of any style into a FineTuneJob manifest; keys with no place "
+        "in a FineTuneJob become comments.",
+    )  # fmt: skip
+    convert.add_argument(
+        "-o", "--output", type=Path, help="write the manifest here (default: standard output)"
+    )
+    formats = commands.add_parser(
+        "formats", help="show each dataset format with a one-row example and its rendering",
+        description="Every dataset.format, with an example row and what it becomes.",
+    )  # fmt: skip
+    formats.set_defaults(handler=_formats)
     return parser
 
 
 def _command(
     commands: Any, name: str, handler: Any, summary: str, description: str
 ) -> argparse.ArgumentParser:
-    """A subcommand taking a manifest (or .env file, or flat flags) and --set overrides."""
+    """A subcommand taking a config (file and/or style flags) and --set overrides."""
+    from .configs import flat, hydra
+
     command: argparse.ArgumentParser = commands.add_parser(
-        name, help=summary, description=description
+        name, help=summary, description=description, allow_abbrev=False
     )
     command.add_argument("file", type=Path, nargs="?", help=FILE_HELP)
+    command.add_argument(
+        "--config", type=Path, metavar="FILE", help="the config file (instead of FILE)"
+    )
     command.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="PATH=VALUE",
-        help="override a field, e.g. --set training.epochs=2 (repeatable; spec. is implied)",
+        help="override a FineTuneJob field, e.g. --set training.epochs=2 (repeatable)",
+    )
+    group = command.add_argument_group(
+        "flat style (the CLI tool's flags; in a .env file: MODEL_NAME=...)"
+    )
+    for key, (_, text) in {**flat.KEYS, **flat.ENV_ONLY}.items():
+        if key != "config":
+            group.add_argument(
+                flat.flag(key), dest=FLAT_PREFIX + key, metavar="V", default=argparse.SUPPRESS,
+                help=text,
+            )  # fmt: skip
+    group = command.add_argument_group("Hydra-style flags (the TRL training script's)")
+    for key, (_, text) in hydra.KEYS.items():
+        group.add_argument(
+            hydra.flag(key), dest=HYDRA_PREFIX + key, metavar="V", default=argparse.SUPPRESS,
+            help=text,
+        )  # fmt: skip
+    command.add_argument_group(
+        "nested YAML style",
+        "--section.key VALUE overrides a key of the YAML config, e.g. "
+        "--training.learning_rate 1e-4",
     )
     command.set_defaults(handler=handler)
     return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        rest, flat = split_flat_flags(list(sys.argv[1:] if argv is None else argv))
-    except ValueError as exc:
-        parser.error(str(exc))
-    args = parser.parse_args(rest)
-    args.flat = flat
-    if args.file is None and not flat:
-        parser.error("give a FineTuneJob file, a .env file, or flat flags (--model_name ...)")
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     return int(args.handler(args))
 
 
-def split_flat_flags(tokens: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Take the flat style's `--name value` / `--name=value` out of the arguments."""
-    from .legacy import FLAGS, SECRET_FLAGS
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The command, FILE (or --config FILE), --set overrides and the style flags
+    (`args.flags`) of a command line; exits with usage on errors, as argparse does."""
+    from .configs import StyleFlags
 
+    parser = build_parser()
+    # The Hydra guide prints `---max-seq-length`: read it as the flag it means.
+    tokens = ["--" + token[3:] if token.startswith("---") else token for token in argv]
+    try:
+        tokens, dotted = split_dotted(tokens)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args, unknown = parser.parse_known_args(tokens)
+    if unknown:
+        parser.error(unknown_flags_message(parser, unknown))
+    values = vars(args)
+
+    def taken(prefix: str) -> dict[str, str]:
+        return {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+
+    args.flags = StyleFlags(flat=taken(FLAT_PREFIX), hydra=taken(HYDRA_PREFIX), dotted=dotted)
+    if getattr(args, "config", None) is not None:
+        if args.file is not None:
+            parser.error("give the config once: FILE or --config FILE")
+        args.file = args.config
+    return args
+
+
+def split_dotted(tokens: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Take the nested YAML style's `--section.key value` overrides out of the arguments."""
     rest: list[str] = []
-    flat: dict[str, str] = {}
+    dotted: dict[str, str] = {}
     index = 0
     while index < len(tokens):
         token = tokens[index]
         name, sep, value = token[2:].partition("=")
-        if token.startswith("--") and (name in FLAGS or name in SECRET_FLAGS):
+        if token.startswith("--") and "." in name and not name[:1].isdigit():
             if not sep:
                 if index + 1 >= len(tokens):
                     raise ValueError(f"--{name} needs a value")
                 index += 1
                 value = tokens[index]
-            flat[name] = value
+            dotted[name] = value
         else:
             rest.append(token)
         index += 1
-    return rest, flat
+    return rest, dotted
 
 
-def _load(args: argparse.Namespace) -> Any:
-    """The manifest (a YAML file, or a .env file and/or flat flags) with the flat flags and
-    --set applied, validated; prints the errors and returns None when it is not valid."""
-    from ftapi import InvalidSpecError, parse_job, read_manifest
+def unknown_flags_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """'unrecognized arguments: --lora_rank (did you mean --lora_r?)' over every style."""
+    known = sorted(_option_strings(parser))
+    parts = []
+    for token in unknown:
+        if not token.startswith("-"):
+            parts.append(token)
+            continue
+        name = token.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        parts.append(f"{name}{hint}")
+    return "unrecognized arguments: " + ", ".join(parts)
 
-    from . import legacy
-    from .overrides import OverrideError, apply_overrides
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    options: set[str] = set()
+    for action in parser._actions:
+        options.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options |= _option_strings(sub)
+    return options
+
+
+def _translate(args: argparse.Namespace) -> Any:
+    """The config read in its style, notes printed; None (after printing why) when it
+    cannot be read."""
+    from .configs import ConfigError, load_config
 
     try:
-        flat = dict(args.flat)
-        if args.file is None or args.file.suffix == ".env":
-            if args.file is not None:
-                flat = {**legacy.read_env_file(args.file), **flat}
-            manifest = legacy.build_manifest(flat)
-        else:
-            manifest = apply_overrides(read_manifest(args.file), legacy.to_assignments(flat))
-        os.environ.update(legacy.secrets_to_environment(flat))
-        source = str(args.file or "command line")
-        return parse_job(apply_overrides(manifest, args.overrides), source)
-    except (InvalidSpecError, OverrideError, ValueError) as exc:
+        translation = load_config(args.file, args.flags)
+    except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
     except OSError as exc:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
-    return None
+        return None
+    print(f"read {translation.source} as: {translation.style}", file=sys.stderr)
+    for note in translation.notes:
+        if note.level != "error":
+            print(f"  {note}", file=sys.stderr)
+    try:
+        translation.raise_errors()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    return translation
+
+
+class Loaded(NamedTuple):
+    job: Any  # ftapi.FineTuneJob
+    translation: Any  # configs.Translation
+
+
+def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
+    """The validated FineTuneJob of the config with --set applied (and, for `run`, its
+    output location); prints the errors, naming the user's own keys, and returns None when
+    it is not valid. `output(manifest, translation)` may move the output before validation."""
+    from ftapi import InvalidSpecError, parse_job
+
+    from .overrides import OverrideError, apply_overrides
+
+    translation = _translate(args)
+    if translation is None:
+        return None
+    try:
+        manifest = apply_overrides(translation.manifest, args.overrides)
+    except OverrideError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    if output is not None:
+        output(manifest, translation)
+    os.environ.update(translation.environment)
+    try:
+        job = parse_job(manifest, translation.source)
+    except InvalidSpecError as exc:
+        print(f"{translation.source}: invalid FineTuneJob", file=sys.stderr)
+        for error in exc.errors:
+            blamed = translation.blame(error.path.removeprefix("spec."))
+            print(f"  {error}" + (f" (from {blamed})" if blamed else ""), file=sys.stderr)
+        return None
+    return Loaded(job, translation)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    job = _load(args)
-    if job is None:
+    loaded = _load(args)
+    if loaded is None:
         return 1
+    job = loaded.job
     spec = job.spec
     print(
-        f"{args.file}: valid FineTuneJob {job.name!r} "
+        f"{loaded.translation.source}: valid FineTuneJob {job.name!r} "
         f"({spec.trainer.type} + {spec.method.type} on {spec.model.name})"
     )
     if args.spec_only:
@@ -158,16 +292,36 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import logging
-    import time
 
-    job = _load(args)
-    if job is None:
+    chosen: dict[str, Path] = {}
+
+    def place_output(manifest: dict[str, Any], translation: Any) -> None:
+        """One copy of the results: a local output.uri is the run directory itself (the
+        style's own layout, e.g. results/<project>/<model>/<time>, or --output); a remote
+        one gets a local scratch directory that is published to it."""
+        output = manifest.setdefault("spec", {}).setdefault("output", {})
+        uri = translation.run_directory or output.get("uri")
+        if args.output is not None and (uri is None or not is_remote(uri)):
+            uri = str(args.output)
+        if uri is not None:
+            output["uri"] = uri
+        name = manifest.get("metadata", {}).get("name", "finetune")
+        if uri is not None and not is_remote(uri):
+            chosen["dir"] = Path(uri)
+        else:
+            chosen["dir"] = args.output or Path("results") / name / time.strftime("%Y%m%d_%H%M%S")
+
+    loaded = _load(args, output=place_output)
+    if loaded is None:
         return 1
+    job = loaded.job
     from .data.prepare import DataError
     from .recipe import Recipe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output = args.output or Path("results") / job.name / time.strftime("%Y%m%d-%H%M%S")
+    if job.spec.distributed.strategy in ("deepspeed", "fsdp"):
+        os.environ.update(single_process_rendezvous(os.environ))
+    output = chosen["dir"]
     output.mkdir(parents=True, exist_ok=True)
     try:
         recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
@@ -194,6 +348,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def single_process_rendezvous(environ: Any) -> dict[str, str]:
+    """torch.distributed settings for a DeepSpeed/FSDP run started without torchrun (one
+    local process): without them DeepSpeed looks for MPI. Nothing when torchrun set them."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return {}
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
 def before_after(metrics: dict[str, Any]) -> list[str]:
     """'eval_loss: 5.64 before, 5.51 after' for every metric measured on both the base and
     the fine-tuned weights."""
@@ -209,9 +381,10 @@ def before_after(metrics: dict[str, Any]) -> list[str]:
 def _plan(args: argparse.Namespace) -> int:
     import yaml
 
-    job = _load(args)
-    if job is None:
+    loaded = _load(args)
+    if loaded is None:
         return 1
+    job = loaded.job
     spec = job.spec
     split = spec.effective_split()
     resolved = {
@@ -243,6 +416,33 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"  --set {change}")
     else:
         print(f"fits {args.gpu_memory:g} GiB per device")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """The manifest as the translation built it (not every default spelled out, so it stays
+    readable), checked against the API first; notes become comments."""
+    loaded = _load(args)
+    if loaded is None:
+        return 1
+    from .configs.render import render_manifest
+    from .overrides import apply_overrides
+
+    manifest = apply_overrides(loaded.translation.manifest, args.overrides)
+    text = render_manifest(manifest, loaded.translation)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        print(f"wrote {args.output}: kubectl apply -f {args.output}", file=sys.stderr)
+    return 0
+
+
+def _formats(args: argparse.Namespace) -> int:
+    from .data.catalog import render_formats
+
+    print(render_formats())
     return 0
 
 
