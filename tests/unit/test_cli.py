@@ -19,11 +19,60 @@ def _finetune(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["run"]])
+@pytest.mark.parametrize("command", [[], ["validate"], ["run"], ["plan"], ["convert"], ["formats"]])
 def test_help(command: list[str]) -> None:
     result = _finetune(*command, "--help")
     assert result.returncode == 0
     assert "usage: finetune" in result.stdout
+
+
+def test_run_help_lists_every_style_flag() -> None:
+    from fttrainer.configs import flat, hydra
+
+    shown = _finetune("run", "--help").stdout
+    for name in [*flat.FLAG_NAMES, *(f"{k}" for k in hydra.KEYS)]:
+        assert f"--{name} V" in shown, name
+    assert "--section.key VALUE" in shown
+    top = _finetune("--help").stdout
+    assert "TOML [fine_tuner] config" in top and "nested YAML config" in top
+
+
+def test_unknown_flags_get_suggestions_from_every_style() -> None:
+    result = _finetune("run", "--lora_rank", "8", "--per-device-batch-size", "2")
+    assert result.returncode == 2
+    assert "--lora_rank (did you mean --lora_r" in result.stderr
+    assert "--per-device-batch-size (did you mean --per-device-train-batch-size" in result.stderr
+
+
+def test_errors_name_the_users_own_key(tmp_path: Path) -> None:
+    result = _finetune(
+        "validate", "--spec-only", "--model_name", "./m", "--data_path", "d.jsonl",
+        "--dataset_type", "plain_text", "--train_ratio", "0.5", "--val_ratio", "0.6",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "read command line as: flat CLI flags / .env file" in result.stderr
+    assert "train + validation + test must sum to 1" in result.stderr
+    assert "--train_ratio" in result.stderr and "--val_ratio" in result.stderr
+
+
+def test_convert_writes_a_manifest_with_the_notes_as_comments(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {base_model: ./m, use_flash_attention: true}\n"
+        "dataset: {train_path: d.json, format: alpaca}\n"
+        "evaluation: {benchmarks: [human-eval]}\n"
+    )
+    target = tmp_path / "job.yaml"
+    result = _finetune("convert", str(config), "-o", str(target), "--set", "training.epochs=2")
+    assert result.returncode == 0, result.stderr
+    text = target.read_text()
+    assert "# Notes on the original keys:" in text
+    assert "evaluation.benchmarks: human-eval: not run" in text
+    job = yaml.safe_load(text)
+    assert job["kind"] == "FineTuneJob" and job["spec"]["training"]["epochs"] == 2
+    assert job["spec"]["model"]["attention"] == "auto"
+    again = _finetune("validate", str(target), "--spec-only")
+    assert again.returncode == 0 and "as: FineTuneJob manifest" in again.stderr
 
 
 def test_validate_accepts_an_example(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
