@@ -483,3 +483,81 @@ def test_project_and_model_names_become_valid_job_names(given: str, name: str) -
             },
         }
     )
+
+
+def _field_schema(path: str) -> dict[str, Any]:
+    from ftapi.crd import build_openapi_schema
+
+    node = build_openapi_schema()["properties"]["spec"]
+    for part in path.split("."):
+        node = node.get("items", node)["properties"][part]
+    return dict(node)
+
+
+def _sample(schema: dict[str, Any]) -> Any:
+    """A valid value of a field, as a flag/.env/TOML/YAML user would write it."""
+    if "enum" in schema:
+        return str(schema["enum"][-1])
+    kind = schema.get("type")
+    if kind == "integer":
+        return 3
+    if kind == "number":
+        return 0.25
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        items = schema.get("items", {})
+        return [str(items["enum"][0])] if "enum" in items else ["q_proj", "v_proj"]
+    return "somewhere/value.jsonl"
+
+
+DIRECT_KEYS = [
+    (style, key, mapping.path)
+    for style, table in (("flat", flat.TABLE), ("toml", toml_config.FINE_TUNER),
+                         ("yaml", yaml_config.KEYS), ("hydra", hydra.TABLE))
+    for key, mapping in table.items()
+    if isinstance(mapping, To)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("style", "key", "path"), DIRECT_KEYS, ids=[f"{s}:{k}" for s, k, _ in DIRECT_KEYS]
+)
+def test_every_direct_key_reaches_its_field(
+    style: str, key: str, path: str, tmp_path: Path
+) -> None:
+    value = _sample(_field_schema(path))
+    if style == "flat":
+        values = {"model_name": "./m", "dataset_type": "plain_text"}
+        if key != "train_data_path":
+            values["data_path"] = "d.jsonl"
+        values[key] = str(value) if not isinstance(value, list) else ",".join(value)
+        translation = load_config(None, StyleFlags(flat=values), now=NOW)
+    elif style == "hydra":
+        values = {"model": "./m", "dataset": "hf://o/d", "format": "standard"}
+        values[key] = str(value) if not isinstance(value, list) else ",".join(value)
+        translation = load_config(None, StyleFlags(hydra=values), now=NOW)
+    elif style == "toml":
+        import json
+
+        base = "".join(line + "\n" for line in BASE_TOML.splitlines() if not line.startswith(key))
+        translation = _toml(tmp_path, base + f"{key} = {json.dumps(value)}\n")
+    else:
+        import yaml
+
+        section, _, rest = key.partition(".")
+        document: dict[str, Any] = {
+            "model": {"base_model": "./m"},
+            "dataset": {"train_path": "d.json"},
+        }
+        node = document.setdefault(section, {})
+        *parents, leaf = rest.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+        translation = _yaml(tmp_path, yaml.safe_dump(document))
+    assert not translation.errors, translation.errors
+    got: Any = translation.manifest["spec"]
+    for part in path.split("."):
+        got = got[part]
+    assert got == value or str(got) == str(value), (key, got, value)
