@@ -42,7 +42,7 @@ class ModelShape:
 
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
         linears = tuple(
             (n, m.in_features, m.out_features)
             for n, m in model.named_modules()

@@ -110,7 +110,7 @@ def stop_at_max_steps(trainer: Any) -> None:
     trainer._run_epoch = guarded
 
 
-class CheckpointUpload(TrainerCallback):  # type: ignore[misc]
+class CheckpointUpload(TrainerCallback):
     """After the Trainer writes checkpoint-<step>/ locally: upload, manifest, retention."""
 
     def __init__(self, checkpoints: CheckpointStore, keep: int, *, keep_best: bool) -> None:

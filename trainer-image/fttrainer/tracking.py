@@ -144,7 +144,7 @@ class TrackerRuns:
             import wandb
 
             previous = resume.get("wandb")
-            resuming = {"id": previous, "resume": "allow"} if previous else {}
+            resuming: dict[str, Any] = {"id": previous, "resume": "allow"} if previous else {}
             run = wandb.init(**wandb_init_args(self.env), **resuming)
             self.ids["wandb"] = run.id
             continued = "continuing run" if previous else "run"
@@ -211,7 +211,7 @@ def _reopen_mlflow_run(run_id: str | None) -> Any:
     return run
 
 
-class TrackerIds(TrainerCallback):  # type: ignore[misc]
+class TrackerIds(TrainerCallback):
     """Records the tracker runs' ids in each checkpoint before CheckpointUpload uploads it
     (so it must come before that callback)."""
 

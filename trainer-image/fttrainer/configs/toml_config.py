@@ -11,6 +11,7 @@ after the start time, `<prefix>YYYYMMDD-HHMMSS<suffix>`, as that tool names it.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,7 @@ def translate(document: dict[str, Any], *, source: str, now: datetime) -> Transl
             builder.error(section, "expected a [section] of key = value lines")
             continue
         present = {k: v for k, v in values.items() if not is_null(v)}
-        builder.apply(TABLES[section], present, spell=lambda k, s=section: f"[{s}] {k}")
+        builder.apply(TABLES[section], present, spell=_speller(section))
     _finish(builder, now)
     model = str(builder.get("model.name", "model"))
     name = job_name(model_directory_name(model))
@@ -202,11 +203,17 @@ def translate(document: dict[str, Any], *, source: str, now: datetime) -> Transl
     return builder.translation(STYLE, source, run_directory=f"{root}/{timestamp(now)}")
 
 
+def _speller(section: str) -> Callable[[str], str]:
+    """Keys as the user wrote them: `[fine_tuner] rank`."""
+    return lambda key: f"[{section}] {key}"
+
+
 def _finish(builder: Builder, now: datetime) -> None:
     extra = builder.extra
 
     def take(name: str, default: Any = None) -> tuple[str, Any]:
-        return extra.get(name, (f"[fine_tuner] {name}", default))
+        pair: tuple[str, Any] = extra.get(name, (f"[fine_tuner] {name}", default))
+        return pair
 
     if not builder.has("model.name"):
         builder.error("[fine_tuner] base_model_id", "required: a model id or local path")

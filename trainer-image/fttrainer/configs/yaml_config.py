@@ -228,7 +228,7 @@ def flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def apply_overrides(document: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
     """`--training.learning_rate 1e-4` style overrides, values parsed as YAML scalars."""
-    result = json.loads(json.dumps(document))
+    result: dict[str, Any] = json.loads(json.dumps(document))
     for dotted, raw in overrides.items():
         node = result
         parts = dotted.split(".")
