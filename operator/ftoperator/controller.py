@@ -144,7 +144,9 @@ class Controller:
             ttl = _raw_ttl(body)
             return None, rejected(status, invalid or "invalid spec", generation, now, ttl=ttl)
         refused = policy_violation(job, self.settings)
-        if refused is not None and status.attempt == 0 and batch_jobs == {}:
+        # Checked before every attempt is created (a restart after the allow-list changed
+        # too), never against a Job that already runs.
+        if refused is not None and names.batch_job not in batch_jobs:
             ttl = job.spec.run_policy.ttl_seconds_after_finished
             return job, rejected(status, refused, generation, now, "ImageNotAllowed", ttl)
         return job, reconcile(job, observed)

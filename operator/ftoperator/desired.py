@@ -46,7 +46,8 @@ class Settings:
     """S3 endpoint for jobs whose spec names none (a MinIO or Ceph service in the cluster):
     given to the pods as AWS_ENDPOINT_URL_S3, which boto3 reads."""
     allowed_registries: tuple[str, ...] = ()
-    """Image prefixes jobs may use (e.g. "registry.internal/ml/"); empty: any image."""
+    """Registries or repository paths jobs' images must come from (e.g.
+    "registry.internal/ml"), matched at a path boundary; empty: any image."""
     gpu_resource_name: str = "nvidia.com/gpu"
     """For jobs whose spec names none (an AMD cluster: amd.com/gpu)."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
@@ -68,12 +69,23 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> str | None:
     policy: this is checked when the job is reconciled and reported in its status.)"""
     image = image_of(job, settings)
     allowed = settings.allowed_registries
-    if allowed and not any(image.startswith(prefix) for prefix in allowed):
+    if allowed and not any(image_allowed(image, prefix) for prefix in allowed):
         return (
             f"image {image} is not from an allowed registry ({', '.join(allowed)}): "
             "set spec.resources.image to one, or ask your platform team"
         )
     return None
+
+
+def image_allowed(image: str, prefix: str) -> bool:
+    """`image` comes from the registry or repository path `prefix`: the prefix ends at a
+    boundary of the image reference (/, : or @, or the end), so "registry.internal/ml"
+    admits registry.internal/ml/trainer:1 but not registry.internal/ml-sandbox/trainer."""
+    if not prefix:
+        return False
+    if prefix[-1] in "/:@":
+        return image.startswith(prefix)
+    return image == prefix or (image.startswith(prefix) and image[len(prefix)] in "/:@")
 
 
 @dataclass(frozen=True)

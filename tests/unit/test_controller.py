@@ -84,3 +84,15 @@ def test_an_image_the_policy_refuses_fails_without_children_and_its_ttl_applies(
     assert parsed is not None
     assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "ImageNotAllowed")
     assert plan.actions == [DeleteSelf()]  # and no CreateAttempt
+
+
+def test_the_image_policy_applies_to_every_attempt() -> None:
+    """A restart after the allow-list changed creates no new attempt from a refused image;
+    a Job that already runs is left alone."""
+    job = make_job("later").set("resources.image", "registry.internal/ml-sandbox/trainer:1")
+    controller = _controller(allowed_registries=("registry.internal/ml",))
+    body = _body(job.obj())
+    body["status"] = {"phase": "Restarting", "attempt": 1, "restarts": 1}
+    _, plan = controller.plan(("ns", "later"), body)
+    assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "ImageNotAllowed")
+    assert not any(type(a).__name__ == "CreateAttempt" for a in plan.actions)

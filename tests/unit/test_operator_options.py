@@ -111,3 +111,28 @@ def test_the_operators_gpu_resource_applies_when_the_job_names_none() -> None:
     mig = make_job("b").set("resources", {"gpusPerNode": 1,
                                           "gpuResourceName": "nvidia.com/mig-3g.40gb"})  # fmt: skip
     assert limits(mig.obj()) == {"nvidia.com/mig-3g.40gb": "1"}
+
+
+@pytest.mark.parametrize(
+    ("image", "prefix", "allowed"),
+    [
+        ("registry.internal/ml/trainer:1", "registry.internal/ml", True),
+        ("registry.internal/ml/trainer:1", "registry.internal/ml/", True),
+        ("registry.internal/ml:2", "registry.internal/ml", True),
+        ("registry.internal/ml@sha256:abc", "registry.internal/ml", True),
+        ("registry.internal/ml", "registry.internal/ml", True),
+        ("registry.internal/ml-sandbox/trainer:1", "registry.internal/ml", False),
+        ("registry.internal/mlx:1", "registry.internal/ml", False),
+        ("registry.internal.evil.com/ml/trainer", "registry.internal", False),
+        ("ghcr.io/acme/trainer:1", "ghcr.io/acme/trainer:", True),
+        ("ghcr.io/acme/trainer:1", "", False),
+    ],
+    ids=["repository", "trailing slash", "tag", "digest", "exact", "sibling repository",
+         "longer name", "longer host", "tag prefix", "empty prefix"],
+)  # fmt: skip
+def test_allowed_registries_match_at_a_path_boundary(
+    image: str, prefix: str, allowed: bool
+) -> None:
+    from ftoperator.desired import image_allowed
+
+    assert image_allowed(image, prefix) is allowed
