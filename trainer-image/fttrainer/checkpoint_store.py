@@ -25,7 +25,7 @@ from .checkpoints import (
     missing_files,
     retention,
 )
-from .storage import ObjectInfo, StorageError, Store
+from .storage import ObjectInfo, StorageError, Store, contained
 
 log = logging.getLogger("fttrainer")
 DONE = "DONE.json"
@@ -88,7 +88,14 @@ class CheckpointStore:
         manifest's sha256 (a mismatch is an error: the manifest promised these bytes)."""
         folder = target / checkpoint_name(manifest.step)
         for entry in manifest.files:
-            destination = folder / entry.path
+            try:
+                destination = contained(
+                    folder,
+                    entry.path,
+                    source=f"{self.uri}/{checkpoint_name(manifest.step)}/{MANIFEST}",
+                )
+            except StorageError as error:
+                raise CheckpointError(str(error)) from None
             self.store.download_file(self._key(manifest.step, entry.path), destination)
             if _sha256(destination) != entry.sha256:
                 raise CheckpointError(

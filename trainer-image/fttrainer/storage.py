@@ -221,7 +221,7 @@ class LocalStore:
         folder = _folder(prefix)
         files = []
         for info in self.list(folder):
-            destination = target / info.key[len(folder) :]
+            destination = contained(target, info.key[len(folder) :], source=str(self.root))
             self.download_file(info.key, destination)
             files.append(destination)
         return files
@@ -376,7 +376,7 @@ class S3Store:
         """Every object under the folder `prefix` into `target` (paths relative to it)."""
         folder = _folder(prefix)
         items: list[tuple[str, Path, int | None]] = [
-            (o.key, target / o.key[len(folder) :], o.size)
+            (o.key, contained(target, o.key[len(folder) :], source=self._uri(folder)), o.size)
             for o in self.list(folder)
             if not o.key.endswith("/")  # folder markers some tools create
         ]
@@ -883,6 +883,25 @@ def _sha256_file(path: Path) -> str:
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
+
+
+def contained(target: Path, relative: str, *, source: str) -> Path:
+    """`target / relative`, refused when the name would land outside `target`.
+
+    Object keys and manifest paths come from the store, which anyone with write access to
+    the bucket controls: AWS keeps `..` segments and a leading `/` in keys literally, so a
+    key `prefix/../../home/x` must not become a path outside the download folder."""
+    parts = relative.replace("\\", "/").split("/")
+    if (
+        relative.startswith("/")
+        or any(part in ("..", "") for part in parts[:-1])
+        or (parts[-1] in ("..", ".", ""))
+    ):
+        raise StorageError(f"{source}: refusing {relative!r}: it names a path outside {target}")
+    path = target / relative
+    if not path.resolve().is_relative_to(target.resolve()):
+        raise StorageError(f"{source}: refusing {relative!r}: it names a path outside {target}")
+    return path
 
 
 def _folder(prefix: str) -> str:
