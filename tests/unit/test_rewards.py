@@ -81,3 +81,33 @@ def test_python_reward_from_a_file(tmp_path: Path) -> None:
 def test_python_reward_errors(reference: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         load_function(reference)
+
+
+def test_a_pattern_that_does_not_compile_is_refused_with_the_job() -> None:
+    from ftapi import InvalidSpecError, parse_job
+    from tests.builders import make_job
+
+    job = (
+        make_job()
+        .set("dataset.format", "prompt_only")
+        .set(
+            "trainer", {"type": "grpo", "grpo": {"rewards": [{"type": "regex", "pattern": "(<a>"}]}}
+        )
+    )
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(job.obj())
+    assert "spec.trainer.grpo.rewards[0].pattern: not a valid regular expression" in str(
+        caught.value
+    )
+
+
+def test_catastrophic_backtracking_is_bounded_in_time() -> None:
+    import time
+
+    from fttrainer import rewards
+
+    (func,), _ = build_rewards([Reward(type="regex", pattern=r"^(a+)+$")])
+    started = time.monotonic()
+    scores = func(completions=["a" * 40 + "b", "aaaa"])
+    assert scores == [0.0, 1.0]
+    assert time.monotonic() - started < 4 * rewards.REGEX_TIMEOUT_SECONDS

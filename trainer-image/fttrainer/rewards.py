@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from ftapi.v1alpha1 import Reward
 
 RewardFunc = Callable[..., list[float]]
+log = logging.getLogger("fttrainer")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -69,11 +71,33 @@ def _build(reward: Reward) -> RewardFunc:
     return func
 
 
+# A completion gets this long to be matched: a pattern with catastrophic backtracking
+# (`(a+)+$`) on a long generation must not stall every rank of a GPU job.
+REGEX_TIMEOUT_SECONDS = 1.0
+
+
 def _regex(reward: Reward) -> RewardFunc:
-    pattern = re.compile(reward.pattern or "", re.DOTALL)
+    # The `regex` engine in its re-compatible mode (V0) is the one with a match timeout; the
+    # API checked the pattern with `re`, whose syntax V0 accepts.
+    import regex
+
+    pattern = regex.compile(reward.pattern or "", regex.DOTALL | regex.V0)
+    warned = False
+
+    def matches(text: str) -> float:
+        nonlocal warned
+        try:
+            return 1.0 if pattern.search(text, timeout=REGEX_TIMEOUT_SECONDS) else 0.0
+        except TimeoutError:
+            if not warned:
+                log.warning("reward %s: the pattern took over %.0f s on a completion of %d "
+                            "characters; such completions score 0", reward.name or "regex",
+                            REGEX_TIMEOUT_SECONDS, len(text))  # fmt: skip
+                warned = True
+            return 0.0
 
     def score(completions: list[Any], **_: Any) -> list[float]:
-        return [1.0 if pattern.search(completion_text(c)) else 0.0 for c in completions]
+        return [matches(completion_text(c)) for c in completions]
 
     return score
 

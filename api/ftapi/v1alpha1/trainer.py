@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ._base import ApiModel, Rule, is_set, only_for, required_for
 from .common import ShortText, Text, Uri
@@ -77,6 +78,18 @@ class Reward(ApiModel):
     """length: completions up to this many characters score 0, longer ones less."""
     function: ShortText | None = None
     """python: `package.module:function` or `file.py:function`."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str | None) -> str | None:
+        """A pattern that does not compile would fail the run only once GRPO starts, after
+        the model is loaded on GPUs: refuse it with the job instead."""
+        if pattern is not None:
+            try:
+                re.compile(pattern, re.DOTALL)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return pattern
 
     rules = (
         required_for("pattern", "type", "regex", "a regex reward needs pattern"),
