@@ -125,4 +125,4 @@ bench-storage: install tools ## checkpoint upload: our storage layer vs a plain 
 
 bench-operator: install tools ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client (docs/benchmarks.md)
 	hack/cluster-up.sh >/dev/null
-	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/operator.py $(BENCH_OPERATOR_ARGS)
+	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/operator_load.py $(BENCH_OPERATOR_ARGS)

@@ -1,8 +1,8 @@
 """The operator at scale: FineTuneJobs applied -> batch Jobs created, against a plain client.
 
     make bench-operator                                   # 1000 jobs at 10/s, 128 extra GPU nodes
-    .venv/bin/python bench/operator.py --jobs 100 --nodes 16 --rate 10   # quick (about 1 min)
-    .venv/bin/python bench/operator.py --jobs 1000 --rate 0 --json op.json   # unpaced burst
+    .venv/bin/python bench/operator_load.py --jobs 100 --nodes 16 --rate 10   # quick (about 1 min)
+    .venv/bin/python bench/operator_load.py --jobs 1000 --rate 0 --json op.json   # unpaced burst
 
 Runs on the local cluster (hack/cluster-up.sh; started when KUBECONFIG is not set). Adds
 --nodes kwok GPU nodes (bench-gpu-NNN, 8 GPUs each, tainted so that only the benchmark's pods
@@ -33,23 +33,17 @@ operator/raw are what to compare across machines: docs/benchmarks.md.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file shares its name with the standard library's `operator`, and Python puts a script's
-# own folder first on sys.path: without this, `import collections` would import this file.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
 import argparse
 import fcntl
 import json
 import math
+import os
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -381,7 +375,7 @@ def _ms(seconds: float | None) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bench/operator.py",
+        prog="bench/operator_load.py",
         description="FineTuneJob apply -> Job created at scale: the operator vs a plain client.",
     )
     add = parser.add_argument
@@ -424,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise SystemExit(f"another bench/operator.py runs on this cluster ({lock.name})") from None
+        raise SystemExit(
+            f"another bench/operator_load.py runs on this cluster ({lock.name})"
+        ) from None
     signal.signal(signal.SIGTERM, _interrupt)
     run_id = uuid.uuid4().hex[:6]
     namespaces: list[str] = []
