@@ -380,6 +380,7 @@ def test_yaml_unknown_keys_and_sections(tmp_path: Path) -> None:
     ("row", "trainer", "family", "fmt"),
     [
         ('{"text": "a b c"}', "SFT", "standard", "plain_text"),
+        ('{"prompt": "p", "completion": "c"}', "SFT", "standard", "prompt_completion"),
         ('{"messages": [{"role": "user", "content": "x"}]}', "sft", "conversational", "messages"),
         (
             '{"conversations": [{"from": "human", "value": "x"}]}',
@@ -390,7 +391,7 @@ def test_yaml_unknown_keys_and_sections(tmp_path: Path) -> None:
         ('{"prompt": "p", "chosen": "a", "rejected": "b"}', "DPO", "preference", "preference"),
         ('{"prompt": "p"}', "GRPO", "standard", "prompt_only"),
     ],
-    ids=["sft text", "sft messages", "sft sharegpt", "dpo", "grpo"],
+    ids=["sft text", "sft prompt-completion", "sft messages", "sft sharegpt", "dpo", "grpo"],
 )
 def test_hydra_format_families_pick_the_row_shape(
     tmp_path: Path, row: str, trainer: str, family: str, fmt: str

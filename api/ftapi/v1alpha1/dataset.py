@@ -19,9 +19,12 @@ DatasetFormat = Literal[
     "oasst",
     "preference",
     "prompt_only",
+    "prompt_completion",
 ]
 # Formats that have a prompt and a response, so "train on responses only" means something.
-FORMATS_WITH_RESPONSES = ("instruction", "mcq", "qa", "sharegpt", "messages", "oasst")
+FORMATS_WITH_RESPONSES = (
+    "instruction", "mcq", "qa", "sharegpt", "messages", "oasst", "prompt_completion",
+)  # fmt: skip
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 Column = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -95,9 +98,15 @@ class Columns(ApiModel):
     """Any format: a per-row system prompt [system]."""
     messages: Column | None = None
     """messages: OpenAI-style role/content list [messages]; sharegpt: from/value list
-    [conversations]; oasst: the message tree [messages]."""
+    [conversations]; oasst: the message tree [messages]; preference (ShareGPT layout): the
+    shared conversation [conversations]."""
+    tools: Column | None = None
+    """messages, sharegpt, preference, prompt_completion: the tool (function) definitions
+    the chat template shows the model, a list or a JSON string of one [tools]."""
     prompt: Column | None = None
-    """preference, prompt_only: the prompt [prompt]."""
+    """preference, prompt_only, prompt_completion: the prompt [prompt]."""
+    completion: Column | None = None
+    """prompt_completion: the completion the loss is computed on [completion]."""
     chosen: Column | None = None
     """preference: the preferred completion [chosen]."""
     rejected: Column | None = None
@@ -137,11 +146,16 @@ class DatasetSpec(ApiModel):
     test: DataSource | None = None
     """Separate test data, scored once after training."""
     format: DatasetFormat = "instruction"
-    """Row shape: plain_text (one sample per line/row), instruction (alpaca:
-    instruction/input/output), mcq (question/choices/answer), qa (question/answer columns),
-    sharegpt (conversations from/value), messages (OpenAI roles), oasst (message trees,
-    flattened to conversations), preference (prompt/chosen/rejected, for DPO), prompt_only
-    (prompt plus extra columns passed to rewards, for GRPO)."""
+    """Row shape: plain_text (one sample per line/row, or a text column), instruction
+    (alpaca: instruction/input/output), mcq (question/choices/answer), qa (question/answer
+    columns), sharegpt (conversations from/value; function_call/observation turns and a
+    tools column), messages (OpenAI roles; tool_calls, tool turns and a tools column),
+    oasst (message trees, flattened to conversations), preference (for DPO:
+    prompt/chosen/rejected, chosen/rejected conversations with an implicit shared prompt, or
+    ShareGPT conversations with chosen/rejected turns), prompt_only (prompt plus extra
+    columns passed to rewards, for GRPO), prompt_completion (TRL's prompt/completion rows,
+    strings or turns; loss on the completion). `finetune formats` shows an example of
+    each."""
     columns: Columns | None = None
     """Column names, when they differ from the format's defaults."""
     split: Split | None = None

@@ -39,19 +39,30 @@ def sample_text(sample: dict[str, Any]) -> str:
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, list):
-            parts.extend(str(m.get("content", "")) for m in value if isinstance(m, dict))
+            parts.extend(_turn_text(m) for m in value if isinstance(m, dict))
+    if isinstance(sample.get("completion"), str):
+        parts.append(sample["completion"])
     return "\n".join(parts)
+
+
+def _turn_text(turn: dict[str, Any]) -> str:
+    """A turn's text and its tool calls (what the model says either way)."""
+    calls = turn.get("tool_calls") or []
+    return " ".join([str(turn.get("content") or ""), *(json.dumps(c, default=str) for c in calls)])
 
 
 def response_text(sample: dict[str, Any]) -> str | None:
     """What the model learns to produce; None for prompt-only samples."""
     if "text" in sample:
         return str(sample["text"])
+    if isinstance(sample.get("completion"), str):
+        return str(sample["completion"])
     if "messages" in sample:
-        replies = [m["content"] for m in sample["messages"] if m["role"] == "assistant"]
+        # A tool-call-only answer is not empty: its calls are what the model learns.
+        replies = [_turn_text(m).strip() for m in sample["messages"] if m["role"] == "assistant"]
         return replies[-1] if replies else ""
     if "chosen" in sample:
-        return " ".join(str(m.get("content", "")) for m in sample["chosen"])
+        return " ".join(_turn_text(m) for m in sample["chosen"])
     return None
 
 

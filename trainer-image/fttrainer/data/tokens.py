@@ -63,6 +63,7 @@ def check_tokens(
     report = TokenReport(action=spec.dataset.overlong)
     encoding = Encoding.of(spec.dataset, responses_only=responses_only)
     _check_special_tokens(encoding, tokenizer)
+    check_tool_rendering(data, tokenizer, template_source(spec, tokenizer))
     lengths: list[int] = []
     untrainable: list[Problem] = []
     for part, located in data.parts.items():
@@ -107,6 +108,49 @@ def check_tokens(
     return report
 
 
+def template_source(spec: FineTuneJobSpec, tokenizer: Any) -> str:
+    """Which chat template renders the conversations, in words for error messages."""
+    from fttrainer.templates import CHAT_TEMPLATE
+
+    if spec.dataset.chat_template:
+        return "dataset.chatTemplate"
+    if tokenizer.chat_template == CHAT_TEMPLATE:
+        return "the built-in ChatML template (fttrainer/templates.py)"
+    return f"the chat template of {spec.model.tokenizer or spec.model.name}"
+
+
+def check_tool_rendering(data: PreparedData, tokenizer: Any, source: str) -> None:
+    """Tool definitions and tool calls must reach the rendered text: a template that ignores
+    them would train the model on answers without the calls (the silent loss this check
+    exists for). Checked on the first sample with tools and the first with tool calls."""
+    samples = [sample for located in data.parts.values() for sample, _ in located]
+    with_tools = next((s for s in samples if s.get("tools")), None)
+    with_calls = next((s for s in samples if _calls(s)), None)
+    for sample, what in ((with_tools, "tools"), (with_calls, "tool calls")):
+        if sample is None:
+            continue
+        messages = [*sample.get("messages", sample.get("prompt", [])), *sample.get("chosen", [])]
+        text = tokenizer.apply_chat_template(messages, tools=sample.get("tools"), tokenize=False)
+        names = (
+            [t.get("function", t)["name"] for t in sample["tools"]]
+            if what == "tools"
+            else [c["function"]["name"] for m in messages for c in m.get("tool_calls", [])]
+        )
+        missing = [name for name in names if name not in text]
+        if missing:
+            raise ValueError(
+                f"{source} does not render {what} (no trace of {', '.join(missing)} in the "
+                "rendered conversation): the model would train without them. Use a "
+                "tokenizer whose chat template supports tools, or set dataset.chatTemplate "
+                "(the built-in template of fttrainer/templates.py renders them)"
+            )
+
+
+def _calls(sample: dict[str, Any]) -> bool:
+    turns = [*sample.get("messages", []), *sample.get("chosen", []), *sample.get("rejected", [])]
+    return any(isinstance(m, dict) and m.get("tool_calls") for m in turns)
+
+
 def _check_special_tokens(encoding: Encoding, tokenizer: Any) -> None:
     for wanted, token in ((encoding.add_bos, "bos"), (encoding.add_eos, "eos")):
         if wanted and getattr(tokenizer, f"{token}_token_id") is None:
@@ -120,9 +164,20 @@ def encode(
     measured). Mirrors TRL's SFT tokenization (the chat template with assistant masks for
     conversations, text + eos for language modelling), then applies addBos/addEos."""
     if "messages" in sample:
-        ids, labels = _encode_conversation(sample["messages"], tokenizer, encoding)
+        ids, labels = _encode_conversation(
+            sample["messages"], tokenizer, encoding, tools=sample.get("tools")
+        )
         answer_last = sample["messages"][-1].get("role") == "assistant"
         train_eos = answer_last or not encoding.responses_only
+    elif isinstance(sample.get("completion"), str):
+        # TRL's standard prompt-completion rows: plain text, the loss on the completion.
+        train_eos = True
+        prompt = list(tokenizer(sample["prompt"])["input_ids"])
+        completion = list(tokenizer(sample["completion"], add_special_tokens=False)["input_ids"])
+        ids = prompt + completion
+        labels = [IGNORE if encoding.responses_only else t for t in prompt] + completion
+        if encoding.add_eos is None:  # the model must learn to stop after its answer
+            encoding = Encoding(encoding.responses_only, encoding.add_bos, True)
     elif "text" in sample:
         train_eos = True
         ids = list(tokenizer(sample["text"])["input_ids"])
@@ -132,19 +187,22 @@ def encode(
     else:
         messages = list(sample.get("prompt", [])) + list(sample.get("chosen", []))
         if messages and isinstance(messages[0], dict):
-            encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+            encoded = tokenizer.apply_chat_template(
+                messages, tools=sample.get("tools"), tokenize=True, return_dict=True
+            )
             return list(encoded["input_ids"]), None
         return [], None
     return _bos_eos(ids, labels, tokenizer, encoding, train_eos=train_eos)
 
 
 def _encode_conversation(
-    messages: list[dict[str, Any]], tokenizer: Any, encoding: Encoding
+    messages: list[dict[str, Any]], tokenizer: Any, encoding: Encoding, *, tools: Any = None
 ) -> tuple[list[int], list[int]]:
     if encoding.responses_only and encoding.markers is not None:
-        return _mask_by_markers(messages, tokenizer, encoding.markers)
+        return _mask_by_markers(messages, tokenizer, encoding.markers, tools=tools)
     encoded = tokenizer.apply_chat_template(
         messages,
+        tools=tools,
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=encoding.responses_only,
@@ -157,12 +215,12 @@ def _encode_conversation(
 
 
 def _mask_by_markers(
-    messages: list[dict[str, Any]], tokenizer: Any, markers: ResponseMarkers
+    messages: list[dict[str, Any]], tokenizer: Any, markers: ResponseMarkers, *, tools: Any = None
 ) -> tuple[list[int], list[int]]:
     """Loss on the text after each response marker up to the next instruction marker: for
     chat templates without generation markers (the old completion-only collator's rule,
     applied to characters so a marker need not tokenize the same in context)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     spans = response_spans(text, markers)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("dataset.responseMarkers needs a fast tokenizer (character offsets)")
