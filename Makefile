@@ -36,7 +36,7 @@ $(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)
 
-lint: install ## ruff (lint + format check), mypy (API and operator), hadolint, helm lint
+lint: install ## ruff (lint + format check), mypy --strict (API, operator, trainer), hadolint, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

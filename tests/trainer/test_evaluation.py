@@ -98,6 +98,58 @@ def test_mcq_scores_come_from_the_letters_likelihood(tiny_llama: Path, tmp_path:
     assert final["eval_accuracy/base"] < 1.0
 
 
+def test_mcq_scores_at_every_evaluation_without_opting_in(tiny_llama: Path, tmp_path: Path) -> None:
+    """MCQ data reports accuracy, macro F1, precision and recall at each evaluation (in
+    epoch_metrics.json and the progress report), the best of each run and the resolved
+    configuration in final_metrics.json, with evaluation.metrics left at its default."""
+    rows = [
+        {"question": f"Q{i}: pick {'red' if i % 2 else 'blue'}.",
+         "choices": ["red", "green", "blue"], "answer": "A" if i % 2 else "C"}
+        for i in range(32)
+    ]  # fmt: skip
+    data = _write(tmp_path / "mcq.jsonl", rows)
+    dataset = {"train": {"uri": str(data)}, "format": "mcq",
+               "split": {"train": 0.75, "validation": 0.25}}  # fmt: skip
+    out = tmp_path / "out"
+    job = (
+        make_job("mcq-every-eval")
+        .set("model.name", str(tiny_llama))
+        .set("dataset", {"maxSeqLength": 64, **dataset})
+        .set("method.type", "full")
+        .set("training", {"maxSteps": 6, "batchSize": 8, "learningRate": 1e-3})
+        .set("evaluation", {"strategy": "steps", "steps": 2})
+        .set("logging.steps", 2)
+        .set("output.uri", str(out / "published"))
+        .set("resources.gpusPerNode", 0)
+    )
+    from fttrainer.progress import ProgressReport, ProgressReporter
+
+    reports: list[ProgressReport] = []
+
+    class Recorder:  # the report as the operator would receive it
+        def send(self, report: ProgressReport) -> None:
+            reports.append(report)
+
+    reporter = ProgressReporter(Recorder(), attempt=1, interval=0.0, background=False)
+    recipe = Recipe(parse_job(job.obj()), out, progress=reporter)
+    recipe.setup()
+    recipe.save(recipe.train())
+    scores = ("eval_accuracy", "eval_macro_f1", "eval_macro_precision", "eval_macro_recall")
+    evaluations = json.loads((out / "epoch_metrics.json").read_text())
+    during = [e for e in evaluations if e.get("step", 0) > 0]
+    assert [e["step"] for e in during] == [2, 4, 6]
+    for entry in evaluations:
+        assert set(scores) <= set(entry), entry
+        assert all(0.0 <= entry[name] <= 1.0 for name in scores)
+    assert any(set(scores) <= set(r.metrics) for r in reports if r.stage == "training")
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["best_eval_accuracy"] == max(e["eval_accuracy"] for e in during)
+    assert final["best_eval_loss"] == min(e["eval_loss"] for e in during)
+    assert final["best_eval_accuracy_step"] in (2, 4, 6)
+    assert final["config"]["dataset"]["format"] == "mcq"
+    assert final["config"]["evaluation"]["metrics"] == ["loss"]  # nothing was opted into
+
+
 ANSWER = "The quick brown fox jumps over the lazy dog."  # 10 tokens of the tiny vocabulary
 
 

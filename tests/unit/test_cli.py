@@ -95,3 +95,25 @@ def test_validate_missing_file(tmp_path: Path) -> None:
     result = _finetune("validate", str(tmp_path / "nope.yaml"))
     assert result.returncode == 1
     assert "No such file" in result.stderr
+
+
+def test_formats_lists_every_format_with_an_example() -> None:
+    from typing import get_args
+
+    from ftapi.v1alpha1.dataset import DatasetFormat
+
+    result = _finetune("formats")
+    assert result.returncode == 0, result.stderr
+    for fmt in get_args(DatasetFormat):
+        assert f"\n{fmt}: " in result.stdout, fmt
+    assert "<tool_call>" in result.stdout and "row:" in result.stdout
+
+
+def test_set_wins_over_a_styles_default_but_not_over_the_users_own_key() -> None:
+    flags = ["--model_name", "./m", "--data_path", "s3://b/d.jsonl", "--dataset_type", "qa"]
+    dropped = _finetune("validate", *flags, "--set", "evaluation.strategy=no")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "evaluation.steps: the style's default dropped" in dropped.stderr
+    kept = _finetune("validate", *flags, "--eval_steps", "50", "--set", "evaluation.strategy=no")
+    assert kept.returncode == 1
+    assert "steps is only used with strategy steps" in kept.stderr and "--eval_steps" in kept.stderr

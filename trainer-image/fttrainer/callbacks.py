@@ -7,7 +7,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 
-class EarlyStopping(TrainerCallback):  # type: ignore[misc]
+class EarlyStopping(TrainerCallback):
     """Stop when the watched evaluation metric has not improved `patience` times in a row.
 
     transformers' EarlyStoppingCallback insists on load_best_model_at_end (and so on its own

@@ -265,7 +265,20 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
         output(manifest, translation)
     os.environ.update(translation.environment)
     try:
-        job = parse_job(manifest, translation.source)
+        try:
+            job = parse_job(manifest, translation.source)
+        except InvalidSpecError as exc:
+            # A style's own default (the flat style's evaluation every 100 steps) never
+            # blocks what the user set with --set (evaluation.strategy=no): drop it, retry.
+            overridden = {a.partition("=")[0].removeprefix("spec.") for a in args.overrides}
+            dropped = conflicting_defaults(translation.origin, exc.errors, overridden)
+            if not dropped:
+                raise
+            for path in dropped:
+                _remove(manifest["spec"], path)
+                print(f"  info: {path}: the style's default dropped (it conflicts with --set)",
+                      file=sys.stderr)  # fmt: skip
+            job = parse_job(manifest, translation.source)
     except InvalidSpecError as exc:
         print(f"{translation.source}: invalid FineTuneJob", file=sys.stderr)
         for error in exc.errors:
@@ -273,6 +286,32 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
             print(f"  {error}" + (f" (from {blamed})" if blamed else ""), file=sys.stderr)
         return None
     return Loaded(job, translation)
+
+
+def conflicting_defaults(
+    origin: dict[str, str], errors: Sequence[Any], overridden: set[str]
+) -> list[str]:
+    """Fields a config style filled in by default (not the user) that sit next to a field
+    an API error names, and that --set did not set."""
+    found = []
+    for error in errors:
+        path = str(error.path).removeprefix("spec.")
+        parent = path.rsplit(".", 1)[0]
+        for field_path, key in origin.items():
+            if not key.startswith("default") or field_path in overridden:
+                continue
+            if field_path.rsplit(".", 1)[0] == parent or field_path.startswith(path + "."):
+                found.append(field_path)
+    return sorted(set(found))
+
+
+def _remove(spec: dict[str, Any], path: str) -> None:
+    node: Any = spec
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+        node.pop(leaf, None)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,19 +34,60 @@ def add_perplexity(logs: dict[str, Any]) -> None:
             logs[f"{prefix}_perplexity"] = perplexity(float(loss))
 
 
-def with_perplexity(trainer_class: type) -> type:
-    """`trainer_class` whose logged evaluations also carry the perplexity.
+LogHook = Callable[[Any, dict[str, Any]], None]
+
+
+def perplexity_hook(trainer: Any, logs: dict[str, Any]) -> None:
+    add_perplexity(logs)
+
+
+def with_log_hooks(trainer_class: type, hooks: Sequence[LogHook]) -> type:
+    """`trainer_class` whose logged evaluations are completed by `hooks(trainer, logs)`
+    (perplexity, MCQ scores) before anything sees them.
 
     `Trainer.log` is the one hook every evaluation goes through before the history, the
-    trackers and the caller see it (its docstring invites overriding it), so the
-    perplexity is in all of them, computed once."""
+    trackers, the callbacks (the progress report) and the caller see it (its docstring
+    invites overriding it), so the extra metrics are in all of them, computed once. It runs
+    on every process, so a hook that runs the model works under ZeRO-3 and FSDP too (each
+    rank takes part in the forward passes)."""
 
     def log(self: Any, logs: dict[str, float], start_time: float | None = None) -> None:
-        add_perplexity(logs)
-        super(trainer, self).log(logs, start_time)
+        for hook in hooks:
+            hook(self, logs)
+        super(trainer, self).log(logs, start_time)  # type: ignore[arg-type]
 
     trainer: type = type(trainer_class.__name__, (trainer_class,), {"log": log})
     return trainer
+
+
+# Evaluation metrics where lower is better (the rest: higher is better).
+LOWER_IS_BETTER = ("loss", "perplexity")
+NOT_SCORES = ("_runtime", "_samples_per_second", "_steps_per_second", "_num_tokens",
+              "_model_preparation_time", "_entropy")  # fmt: skip
+
+
+def best_scores(history: Sequence[Mapping[str, Any]], prefix: str = "eval_") -> dict[str, float]:
+    """The best value of each evaluation metric over a run's evaluations, and its step:
+    best_eval_accuracy / best_eval_accuracy_step (lowest for losses and perplexities)."""
+    best: dict[str, tuple[float, Any]] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if not key.startswith(prefix) or key.endswith(NOT_SCORES):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):
+                continue
+            lower = key.endswith(LOWER_IS_BETTER)
+            current = best.get(key)
+            if current is None or (value < current[0] if lower else value > current[0]):
+                best[key] = (float(value), entry.get("step"))
+    found: dict[str, float] = {}
+    for key, (value, step) in sorted(best.items()):
+        found[f"best_{key}"] = value
+        if step is not None:
+            found[f"best_{key}_step"] = step
+    return found
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .harness import fetch_task_dir, run_harness
 from .hub import push_to_hub, push_token
-from .metrics import bleu, rouge_l, with_perplexity
+from .metrics import best_scores, bleu, perplexity_hook, rouge_l, with_log_hooks
 from .progress import ProgressCallback, ProgressReporter
 from .resume import CheckpointUpload, restore, stop_at_max_steps
 from .rewards import build_rewards
@@ -60,7 +60,7 @@ from .scoring import (
     reference_answer,
 )
 from .spectrum import apply_spectrum
-from .storage import open_store, upload_tree
+from .storage import LocalStore, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
 from .tracking import TrackerIds, TrackerRuns, environment, read_tracker_ids, tracker_env
 
@@ -183,7 +183,7 @@ class Recipe:
     def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
         """name -> (format, samples), read once for the before and after scores."""
         context = FormatContext(Columns(), self.spec.dataset.system_prompt)
-        benchmarks = {}
+        benchmarks: dict[str, tuple[str, list[Any]]] = {}
         for benchmark in self.spec.evaluation.benchmarks:
             rows = read_source(benchmark.uri).rows
             samples = [s for row in rows for s in convert_row(benchmark.format, row.data, context)]
@@ -262,7 +262,7 @@ class Recipe:
         quantization = self.spec.method.effective_quantization()
         if quantization is not None:
             kwargs["quantization_config"] = self._quantization_config(quantization)
-        model = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
         model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -271,7 +271,7 @@ class Recipe:
         if quantization is not None:
             import peft
 
-            model = peft.prepare_model_for_kbit_training(
+            model = peft.prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
                 model, use_gradient_checkpointing=bool(self.spec.training.gradient_checkpointing)
             )
         if method.type == "spectrum":
@@ -295,7 +295,7 @@ class Recipe:
             precision if quantization.compute_dtype == "auto" else quantization.compute_dtype
         )
         if quantization.bits == 8:
-            return BitsAndBytesConfig(load_in_8bit=True)
+            return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
         sharded = self.spec.distributed.strategy == "fsdp" or (
             self.spec.distributed.deepspeed is not None
             and self.spec.distributed.deepspeed.zero_stage == 3
@@ -305,7 +305,7 @@ class Recipe:
             storage_dtype = compute if sharded else torch.uint8
         else:
             storage_dtype = torch_dtype(storage)
-        return BitsAndBytesConfig(
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type=quantization.type,
             bnb_4bit_use_double_quant=quantization.double_quant,
@@ -352,8 +352,13 @@ class Recipe:
         ]
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
+        hooks = []
         if "perplexity" in self.spec.evaluation.metrics and self.spec.trainer.type == "sft":
-            trainer_type = with_perplexity(trainer_type)  # eval_perplexity next to eval_loss
+            hooks.append(perplexity_hook)  # eval_perplexity next to eval_loss
+        if self._mcq_during_training:
+            hooks.append(self._mcq_scores_hook)  # accuracy, F1, precision, recall
+        if hooks:
+            trainer_type = with_log_hooks(trainer_type, hooks)
         return trainer_type(
             model=self.model,
             args=getattr(trl, config_class)(**kwargs),
@@ -364,12 +369,34 @@ class Recipe:
             **extra,
         )
 
-    @staticmethod
-    def _hardware() -> dict[str, bool]:
-        """What the precision choice depends on: a CUDA device, and bf16 support on it."""
+    @property
+    def _mcq_during_training(self) -> bool:
+        """MCQ data scores accuracy, macro F1, precision and recall at every evaluation (the
+        CLI tools' users read them per epoch), whatever evaluation.metrics asks."""
+        return (
+            self.spec.dataset.format == "mcq"
+            and self.spec.trainer.type == "sft"
+            and self.spec.evaluation.strategy != "no"
+            and self.data is not None
+            and bool(self.data.validation)
+        )
+
+    def _mcq_scores_hook(self, trainer: Any, logs: dict[str, Any]) -> None:
+        if "eval_loss" not in logs or "eval_accuracy" in logs:
+            return
+        assert self.data is not None
+        logs.update(mcq_scores(trainer.model, self.tokenizer, self.data.validation).metrics("eval"))
+
+    def _hardware(self) -> dict[str, bool]:
+        """What the precision choice depends on: a CUDA device (unless training.device says
+        cpu), and bf16 support on it."""
         import torch
 
-        cuda = torch.cuda.is_available()
+        device = self.spec.training.device
+        available = torch.cuda.is_available()
+        if device in ("cuda", "mps") and not available:
+            log.warning("training.device %s: no such device here; training on CPU", device)
+        cuda = available and device != "cpu"
         return {"cuda": cuda, "bf16_supported": cuda and torch.cuda.is_bf16_supported()}
 
     @property
@@ -442,13 +469,17 @@ class Recipe:
         }
         if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
             final.update(self._final_evaluation(history, outcome.global_step))
+            # The best of each evaluation metric during training (not the base's "before").
+            final.update(best_scores([h for h in history if "eval_loss" in h and "step" in h
+                                      and h["step"] > 0]))  # fmt: skip
         final.update(self._task_scores(self.trainer.model, side="fine_tuned"))
         final.update({f"{name}/base": score for name, score in self.base_scores.items()})
         final.update({f"{name}/base": value for name, value in before.items()})
         if self.data and self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
 
-            rows = self.token_report.encoded.get("test") if self._pretokenized else None
+            report = self.token_report
+            rows = report.encoded.get("test") if report is not None and self._pretokenized else None
             test = Dataset.from_list(rows or self.data.test)
             final.update(self.trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
         return RunResult(self.output_dir, final, step_metrics)
@@ -475,7 +506,8 @@ class Recipe:
         ):
             return {}
         metrics = self.trainer.evaluate()
-        wanted = ("eval_loss", "eval_mean_token_accuracy", "eval_perplexity")
+        wanted = ("eval_loss", "eval_mean_token_accuracy", "eval_perplexity", "eval_accuracy",
+                  "eval_macro_f1", "eval_macro_precision", "eval_macro_recall")  # fmt: skip
         return {k: float(v) for k, v in metrics.items() if k in wanted}
 
     def _task_scores(self, model: Any, *, side: str) -> dict[str, float]:
@@ -565,7 +597,8 @@ class Recipe:
         files = {
             "step_metrics.json": result.step_metrics,
             "epoch_metrics.json": epoch_metrics,
-            "final_metrics.json": result.final_metrics,
+            # The metrics, then the configuration they came from (defaults resolved).
+            "final_metrics.json": {**result.final_metrics, "config": self.job.spec.to_dict()},
         }
         if self.evaluation_details:
             files["evaluation_details.json"] = self.evaluation_details
@@ -618,8 +651,12 @@ class Recipe:
             return []
         self.progress.report_stage("publishing")
         output = self.spec.output
-        # The same store (and S3 client) the checkpoints go to: output.uri.
-        uploaded = upload_tree(self.checkpoints.store, self.output_dir, "", skip=("trainer",))
+        store = self.checkpoints.store
+        if isinstance(store, LocalStore) and store.root.resolve() == self.output_dir.resolve():
+            uploaded: list[str] = []  # output.uri is the run directory: already there, once
+        else:
+            # The same store (and S3 client) the checkpoints go to: output.uri.
+            uploaded = upload_tree(store, self.output_dir, "", skip=("trainer",))
         # Results are out: the same job started again is a new run, not a resume.
         self.checkpoints.mark_done(self.trainer.state.global_step)
         if output.push_to_hub is not None:
@@ -645,7 +682,8 @@ class Recipe:
             model_spec.name, revision=model_spec.revision, dtype=dtype,
             trust_remote_code=model_spec.trust_remote_code,
         )  # fmt: skip
-        if len(self.tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        embeddings: Any = base.get_input_embeddings()
+        if len(self.tokenizer) > embeddings.weight.shape[0]:
             base.resize_token_embeddings(len(self.tokenizer))
         merged = peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         merged_dir = self.output_dir / "merged"

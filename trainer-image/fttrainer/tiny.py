@@ -43,7 +43,7 @@ def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 51
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(list(corpus) * 20, trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=EOS,
@@ -83,7 +83,7 @@ def build_model(
     else:
         raise ValueError(f"unknown architecture {arch!r}: choose from {ARCHITECTURES}")
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
 
 
 def save_tiny_model(arch: str, output: Path, *, corpus: Iterable[str] = DEFAULT_CORPUS) -> Path:

@@ -109,18 +109,26 @@ class Translation:
             raise ConfigError(f"{self.source} ({self.style}): cannot run as it is:\n{lines}")
 
     def blame(self, path: str) -> str | None:
-        """The user's key(s) behind an API error at `spec.<path>`."""
-        keys = sorted(
-            {
-                key
-                for field_path, key in self.origin.items()
-                if path == field_path
-                or path.startswith(field_path + ".")
-                or field_path.startswith(path + ".")
-            }
+        """The user's key(s) behind an API error at `spec.<path>`: the keys that set the
+        field (or fields below it), else the keys that set its neighbours (a cross-field
+        rule names one field of several)."""
+
+        def keys_where(match: Callable[[str], bool]) -> list[str]:
+            return sorted({key for field_path, key in self.origin.items() if match(field_path)})
+
+        own = keys_where(
+            lambda f: f == path or path.startswith(f + ".") or f.startswith(path + ".")
         )
-        keys = [key for key in keys if not key.startswith("default")] or keys
-        return ", ".join(keys) if keys else None
+        users = [key for key in own if not key.startswith("default")]
+        if not users:
+            parent = path.rsplit(".", 1)[0]
+            users = [
+                key
+                for key in keys_where(lambda f: f.rsplit(".", 1)[0] == parent)
+                if not key.startswith("default")
+            ]
+        shown = users or own
+        return ", ".join(shown) if shown else None
 
 
 class Builder:

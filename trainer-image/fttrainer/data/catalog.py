@@ -138,7 +138,7 @@ def rendered_text(sample: Sample) -> str | None:
 
     from fttrainer.templates import CHAT_TEMPLATE
 
-    rendered, _ = render_jinja_template(
+    result: Any = render_jinja_template(
         conversations=[messages], tools=sample.get("tools"), chat_template=CHAT_TEMPLATE
     )
-    return str(rendered[0])
+    return str(result[0][0])  # (rendered conversations, generation indices)

@@ -108,7 +108,7 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
             continue
         report.sources[source.uri] = len(raw.rows) + len(raw.problems)
         problems.extend(raw.problems)
-        converted = []
+        converted: list[Located] = []
         for row in raw.rows:
             try:
                 converted.extend(

@@ -69,7 +69,10 @@ def read_file(path: Path, *, label: str | None = None) -> RawData:
     rows: list[Row] = []
     problems: list[Problem] = []
     for item in readers[suffix](path, label):
-        (rows if isinstance(item, Row) else problems).append(item)
+        if isinstance(item, Row):
+            rows.append(item)
+        else:
+            problems.append(item)
     return RawData(rows, problems)
 
 

@@ -129,7 +129,8 @@ def check_tool_rendering(data: PreparedData, tokenizer: Any, source: str) -> Non
     for sample, what in ((with_tools, "tools"), (with_calls, "tool calls")):
         if sample is None:
             continue
-        messages = [*sample.get("messages", sample.get("prompt", [])), *sample.get("chosen", [])]
+        turns: Any = sample.get("messages", sample.get("prompt", []))
+        messages: list[dict[str, Any]] = [*turns, *sample.get("chosen", [])]
         text = tokenizer.apply_chat_template(messages, tools=sample.get("tools"), tokenize=False)
         names = (
             [t.get("function", t)["name"] for t in sample["tools"]]

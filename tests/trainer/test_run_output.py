@@ -1,0 +1,57 @@
+"""`finetune run` writes a run's results once, where the config says: a local output.uri is
+the run directory itself (no published second copy), and --output moves it there."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import yaml
+
+from fttrainer.cli import main
+from tests.builders import make_job
+
+
+def _job(tmp_path: Path, model: Path, data: Path, output: Path) -> Path:
+    job = (
+        make_job("once")
+        .set("model.name", str(model))
+        .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64})
+        .set("training", {"maxSteps": 2, "batchSize": 8, "device": "cpu"})
+        .set("evaluation.strategy", "no")
+        .set("resources.gpusPerNode", 0)
+        .set("output.uri", str(output))
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job.obj()))
+    return path
+
+
+def _run(*args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["run", *args]) == 0
+    return out.getvalue()
+
+
+def test_a_local_output_is_written_once(tiny_llama: Path, qa_data: Path, tmp_path: Path) -> None:
+    output = tmp_path / "results" / "once"
+    stdout = _run(str(_job(tmp_path, tiny_llama, qa_data, output)))
+    assert "published" not in stdout  # nothing copied onto itself or elsewhere
+    assert (output / "final" / "adapter_model.safetensors").is_file()
+    # The results exist once (the checkpoints/ protocol copy and the trainer's local
+    # checkpoint are for resuming, not results).
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("final_metrics.json")] == [
+        Path("results/once/final_metrics.json")
+    ]
+    assert len(list(tmp_path.rglob("final/adapter_model.safetensors"))) == 1
+
+
+def test_output_flag_moves_a_local_output(tiny_llama: Path, qa_data: Path, tmp_path: Path) -> None:
+    named = tmp_path / "named-in-spec"
+    moved = tmp_path / "moved"
+    _run(str(_job(tmp_path, tiny_llama, qa_data, named)), "--output", str(moved))
+    assert (moved / "final" / "adapter_model.safetensors").is_file()
+    assert not named.exists()
+    assert (moved / "result.json").read_text().count(str(moved)) >= 1
