@@ -167,3 +167,60 @@ def test_add_bos_without_a_bos_token_is_refused(tokenizer: Any) -> None:
             _check_special_tokens(Encoding(True, add_bos=True), tokenizer)
     finally:
         tokenizer.bos_token = bos
+
+
+# The built-in template before it learnt tools: plain ChatML with generation markers.
+CHATML_WITHOUT_TOOLS = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+    "{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_conversations_without_tools_render_as_plain_chatml(
+    tokenizer: Any, generation_prompt: bool
+) -> None:
+    conversation = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    with_tools_support = tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    plain = tokenizer.apply_chat_template(
+        conversation,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+        chat_template=CHATML_WITHOUT_TOOLS,
+    )
+    assert with_tools_support == plain
+
+
+def test_evaluation_prompts_carry_the_samples_tools(tiny_llama: Path, tokenizer: Any) -> None:
+    """Generated answers (BLEU, ROUGE-L) are asked with the tools the sample was trained
+    with, and plain-text prompt_completion samples are prompted as plain text."""
+    from transformers import AutoModelForCausalLM
+
+    from fttrainer.data.catalog import LAYOUTS
+    from fttrainer.evaluation.generation import encode_prompt
+    from fttrainer.evaluation.scoring import generate_answers, prompt_messages, reference_answer
+
+    tool_sample = next(x for x in LAYOUTS if x.name == "OpenAI chat with tool calls").sample()
+    plain = next(x for x in LAYOUTS if x.name == "TRL prompt / completion (strings)").sample()
+    inputs = encode_prompt(tokenizer, prompt_messages(tool_sample), tools=tool_sample["tools"])
+    text = tokenizer.decode(inputs["input_ids"][0])
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in text
+    assert text.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(encode_prompt(tokenizer, plain["prompt"])["input_ids"][0]) == (
+        "2 plus 3 is"
+    )
+    assert reference_answer(plain) == " 5." and prompt_messages(plain)[-1]["content"] == (
+        "2 plus 3 is"
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    answers = generate_answers(model, tokenizer, [tool_sample, plain], max_new_tokens=2)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from fttrainer.harness import flatten_results
-from fttrainer.metrics import add_perplexity, bleu, classification_scores, rouge_l
+from fttrainer.evaluation.harness import flatten_results
+from fttrainer.evaluation.metrics import add_perplexity, bleu, classification_scores, rouge_l
 
 
 def test_perplexity_is_added_next_to_eval_and_test_losses_only() -> None:
@@ -91,7 +91,7 @@ def test_harness_results_are_flattened_to_numbers() -> None:
 def test_generation_stops_at_the_chat_templates_end_of_turn() -> None:
     from types import SimpleNamespace
 
-    from fttrainer.generation import stop_token_ids
+    from fttrainer.evaluation.generation import stop_token_ids
     from fttrainer.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()  # ChatML: turns end with <|im_end|>, eos is <|eos|>

@@ -1,18 +1,9 @@
-"""What a run leaves behind besides the weights: a loss curve and base-vs-tuned answers.
-
-`model_comparison.json` holds each evaluation prompt answered by the model before training
-and after it: both come from the one model in memory, so no second copy of the base is
-loaded.
-"""
+"""What a run leaves behind besides the weights and metrics: the loss curve."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from .data.prepare import DataError
-from .data.sources import read_source
-from .generation import generate_answer, inference
 
 
 def plot_loss_curve(step_metrics: list[dict[str, Any]], eval_metrics: list[dict[str, Any]],
@@ -39,26 +30,3 @@ def plot_loss_curve(step_metrics: list[dict[str, Any]], eval_metrics: list[dict[
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
-
-
-def answer_prompts(model: Any, tokenizer: Any, prompts: list[str], *,
-                   max_new_tokens: int) -> list[str]:  # fmt: skip
-    """Greedy answers to each prompt, asked as a user turn."""
-    with inference(model):
-        return [
-            generate_answer(model, tokenizer, _as_user(prompt), max_new_tokens=max_new_tokens)
-            for prompt in prompts
-        ]
-
-
-def _as_user(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}]
-
-
-def read_prompts(uri: str) -> list[str]:
-    """Prompts from a file: .txt one per line, or rows with a `prompt` (or `text`) field;
-    local or s3://, read like the datasets (bad lines reported with file:line)."""
-    raw = read_source(uri)
-    if raw.problems:
-        raise DataError(raw.problems)
-    return [str(row.data.get("prompt", row.data.get("text", ""))) for row in raw.rows]

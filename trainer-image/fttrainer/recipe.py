@@ -19,13 +19,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftapi.v1alpha1 import Columns, FineTuneJob, FineTuneJobSpec, SpectrumSpec
+from ftapi.v1alpha1 import FineTuneJob, FineTuneJobSpec, SpectrumSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 from .arguments import (
@@ -35,30 +34,19 @@ from .arguments import (
     responses_only,
     trainer_config_kwargs,
 )
-from .artefacts import answer_prompts, plot_loss_curve, read_prompts
+from .artefacts import plot_loss_curve
 from .callbacks import EarlyStopping
 from .checkpoint_store import CheckpointStore
 from .checkpoints import job_identity, parse_step
-from .data.formats import FormatContext, convert_row
-from .data.prepare import PreparedData, prepare_data
-from .data.sources import read_source
+from .data.prepare import PreparedData, as_dataset, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
-from .harness import fetch_task_dir, run_harness
+from .evaluation import Evaluator
+from .evaluation.metrics import with_log_hooks
 from .hub import push_to_hub, push_token
-from .metrics import best_scores, bleu, perplexity_hook, rouge_l, with_log_hooks
 from .progress import ProgressCallback, ProgressReporter
 from .resume import CheckpointUpload, restore, stop_at_max_steps
 from .rewards import build_rewards
-from .scoring import (
-    exact_match,
-    generate_answers,
-    mcq_accuracy,
-    mcq_scores,
-    prompt_messages,
-    qa_exact_match,
-    reference_answer,
-)
 from .spectrum import apply_spectrum
 from .storage import LocalStore, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
@@ -130,13 +118,7 @@ class Recipe:
         self.model: Any = None
         self.trainer: Any = None
         self.token_report: TokenReport | None = None
-        self.prompts: list[str] = []
-        self.base_answers: list[str] = []
-        self.benchmarks: dict[str, tuple[str, list[Any]]] = {}
-        self.harness_tasks: Path | None = None
-        self.base_scores: dict[str, float] = {}
-        # split -> base / fine_tuned -> MCQ confusion, generated answers
-        self.evaluation_details: dict[str, dict[str, Any]] = {}
+        self.evaluator: Evaluator | None = None
         # What the trackers in logging.reportTo read; no credentials (those come from Secrets).
         self.tracker_env = tracker_env(
             spec.logging, job_name=job.name, output_dir=output_dir.absolute()
@@ -164,57 +146,15 @@ class Recipe:
         )
         log.info("%s", self.token_report.render())
         self.model = self._setup_model()
-        # Answer the evaluation prompts before training: the "base" side of the comparison.
-        self.prompts = self._evaluation_prompts()
-        if self.prompts:
-            self.base_answers = self._answer(self.model)
-        # Task scores (validation/test samples, benchmarks, harness) of the base model: the
-        # "before" of the comparison, measured while the weights are still the base's.
-        self.benchmarks = self._load_benchmarks()
-        self.harness_tasks = self._fetch_harness_tasks()
-        if self.spec.evaluation.compare_base:
-            self.base_scores = self._task_scores(self.model, side="base")
+        # Everything measured besides the loss, "before" first: the base model's answers to
+        # the evaluation prompts and its task scores, while the weights are still the base's.
+        self.evaluator = Evaluator(self.spec, self.tokenizer, self.data, self.output_dir)
+        self.evaluator.before_training(self.model)
         # The trackers' callbacks read their settings from the environment (TensorBoard
         # when the trainer creates it, MLflow and W&B when training starts).
         with environment(self.tracker_env):
             self.trainer = self._setup_trainer()
         log.info("distributed: %s", confirm_strategy(self.trainer, self.spec.distributed))
-
-    def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
-        """name -> (format, samples), read once for the before and after scores."""
-        context = FormatContext(Columns(), self.spec.dataset.system_prompt)
-        benchmarks: dict[str, tuple[str, list[Any]]] = {}
-        for benchmark in self.spec.evaluation.benchmarks:
-            rows = read_source(benchmark.uri).rows
-            samples = [s for row in rows for s in convert_row(benchmark.format, row.data, context)]
-            benchmarks[benchmark.name] = (benchmark.format, samples)
-        return benchmarks
-
-    def _fetch_harness_tasks(self) -> Path | None:
-        """The harness's task directory on local disk (downloaded when it is on S3)."""
-        harness = self.spec.evaluation.harness
-        if harness is None or harness.include_path is None:
-            return None
-        # One copy per process: ranks on one node must not write the same files at once.
-        scratch = self.output_dir / "trainer" / f"rank-{os.environ.get('RANK', '0')}"
-        return fetch_task_dir(harness.include_path, scratch, s3=self.spec.output.s3)
-
-    def _score(self, model: Any, fmt: str, samples: list[Any]) -> float:
-        if fmt == "mcq":
-            return mcq_accuracy(model, self.tokenizer, samples)
-        max_new_tokens = self.spec.evaluation.max_new_tokens
-        return qa_exact_match(model, self.tokenizer, samples, max_new_tokens=max_new_tokens)
-
-    def _answer(self, model: Any) -> list[str]:
-        max_new_tokens = self.spec.evaluation.max_new_tokens
-        return answer_prompts(model, self.tokenizer, self.prompts, max_new_tokens=max_new_tokens)
-
-    def _evaluation_prompts(self) -> list[str]:
-        evaluation = self.spec.evaluation
-        prompts = list(evaluation.prompts)
-        if evaluation.prompts_uri:
-            prompts += read_prompts(evaluation.prompts_uri)
-        return prompts
 
     def _setup_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -352,11 +292,8 @@ class Recipe:
         ]
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
-        hooks = []
-        if "perplexity" in self.spec.evaluation.metrics and self.spec.trainer.type == "sft":
-            hooks.append(perplexity_hook)  # eval_perplexity next to eval_loss
-        if self._mcq_during_training:
-            hooks.append(self._mcq_scores_hook)  # accuracy, F1, precision, recall
+        assert self.evaluator is not None
+        hooks = self.evaluator.log_hooks()  # perplexity, MCQ scores at every evaluation
         if hooks:
             trainer_type = with_log_hooks(trainer_type, hooks)
         return trainer_type(
@@ -368,24 +305,6 @@ class Recipe:
             peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None,
             **extra,
         )
-
-    @property
-    def _mcq_during_training(self) -> bool:
-        """MCQ data scores accuracy, macro F1, precision and recall at every evaluation (the
-        CLI tools' users read them per epoch), whatever evaluation.metrics asks."""
-        return (
-            self.spec.dataset.format == "mcq"
-            and self.spec.trainer.type == "sft"
-            and self.spec.evaluation.strategy != "no"
-            and self.data is not None
-            and bool(self.data.validation)
-        )
-
-    def _mcq_scores_hook(self, trainer: Any, logs: dict[str, Any]) -> None:
-        if "eval_loss" not in logs or "eval_accuracy" in logs:
-            return
-        assert self.data is not None
-        logs.update(mcq_scores(trainer.model, self.tokenizer, self.data.validation).metrics("eval"))
 
     def _hardware(self) -> dict[str, bool]:
         """What the precision choice depends on: a CUDA device (unless training.device says
@@ -414,10 +333,9 @@ class Recipe:
             train = Dataset.from_list(encoded["train"])
             validation = encoded.get("validation") or None
             return train, Dataset.from_list(validation) if validation else None
+        # DPO/GRPO rows keep their turns, tools and tool-call arguments exactly (as JSON).
         validation = self.data.validation
-        return Dataset.from_list(self.data.train), (
-            Dataset.from_list(validation) if validation else None
-        )
+        return as_dataset(self.data.train), as_dataset(validation) if validation else None
 
     def train(self) -> RunResult:
         """Train, evaluate, score; the tracker runs (rank 0) cover all of it and end with
@@ -449,7 +367,8 @@ class Recipe:
 
     def _train(self) -> RunResult:
         started = time.monotonic()
-        before = self._base_evaluation()
+        assert self.evaluator is not None
+        before = self.evaluator.base_evaluation(self.trainer)
         early = self.spec.training.early_stopping
         if early is not None:  # watches the evaluations of training only
             self.trainer.add_callback(EarlyStopping(early.metric, early.patience, early.threshold))
@@ -467,111 +386,14 @@ class Recipe:
             "global_step": outcome.global_step,
             "train_runtime_seconds": round(time.monotonic() - started, 3),
         }
-        if self.data and self.data.validation and self.spec.evaluation.strategy != "no":
-            final.update(self._final_evaluation(history, outcome.global_step))
-            # The best of each evaluation metric during training (not the base's "before").
-            final.update(best_scores([h for h in history if "eval_loss" in h and "step" in h
-                                      and h["step"] > 0]))  # fmt: skip
-        final.update(self._task_scores(self.trainer.model, side="fine_tuned"))
-        final.update({f"{name}/base": score for name, score in self.base_scores.items()})
-        final.update({f"{name}/base": value for name, value in before.items()})
-        if self.data and self.data.test and self.spec.trainer.type == "sft":
-            from datasets import Dataset
-
-            report = self.token_report
-            rows = report.encoded.get("test") if report is not None and self._pretokenized else None
-            test = Dataset.from_list(rows or self.data.test)
-            final.update(self.trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
+        report = self.token_report
+        encoded_test = report.encoded.get("test") if report and self._pretokenized else None
+        final.update(
+            self.evaluator.after_training(
+                self.trainer, history, outcome.global_step, before, encoded_test=encoded_test
+            )
+        )
         return RunResult(self.output_dir, final, step_metrics)
-
-    def _final_evaluation(self, history: list[dict[str, Any]], step: int) -> dict[str, Any]:
-        """Validation metrics of the final weights: the trainer's own evaluation when it ran
-        at the last step (strategy epoch usually does), else one more pass."""
-        last = next((h for h in reversed(history) if "eval_loss" in h), None)
-        if last is not None and last.get("step") == step:
-            return {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
-        return dict(self.trainer.evaluate())
-
-    def _base_evaluation(self) -> dict[str, float]:
-        """Validation loss and token accuracy of the untrained weights (SFT): the "before"
-        that `finetune run` prints next to the "after" (final_metrics: <name>/base)."""
-        evaluation = self.spec.evaluation
-        if not (
-            evaluation.compare_base
-            and evaluation.strategy != "no"
-            and self.data is not None
-            and self.data.validation
-            and self.spec.trainer.type == "sft"
-            and self.spec.distributed.strategy not in ("deepspeed", "fsdp")
-        ):
-            return {}
-        metrics = self.trainer.evaluate()
-        wanted = ("eval_loss", "eval_mean_token_accuracy", "eval_perplexity", "eval_accuracy",
-                  "eval_macro_f1", "eval_macro_precision", "eval_macro_recall")  # fmt: skip
-        return {k: float(v) for k, v in metrics.items() if k in wanted}
-
-    def _task_scores(self, model: Any, *, side: str) -> dict[str, float]:
-        """Scores of `model` beyond the loss: the evaluation.metrics asked for on the
-        validation (eval_*) and test (test_*) samples, the benchmarks and the harness tasks.
-        `side` (base or fine_tuned) files the details under evaluation_details.json."""
-        scores: dict[str, float] = {}
-        for prefix, samples in self._scored_splits():
-            split_scores, details = self._sample_scores(model, prefix, samples)
-            scores.update(split_scores)
-            if details:
-                self.evaluation_details.setdefault(prefix, {})[side] = details
-        for name, (fmt, samples) in self.benchmarks.items():
-            scores[f"benchmark/{name}"] = self._score(model, fmt, samples)
-        harness = self.spec.evaluation.harness
-        if harness is not None:
-            batch_size = self.spec.evaluation.batch_size or self.spec.training.batch_size
-            scores.update(
-                run_harness(model, self.tokenizer, harness, task_dir=self.harness_tasks,
-                            batch_size=batch_size, seed=self.spec.training.seed)
-            )  # fmt: skip
-        return scores
-
-    def _scored_splits(self) -> list[tuple[str, list[Any]]]:
-        """(metric prefix, samples): validation when evaluating, test when there is one."""
-        assert self.data is not None
-        splits = []
-        if self.data.validation and self.spec.evaluation.strategy != "no":
-            splits.append(("eval", self.data.validation))
-        if self.data.test and self.spec.trainer.type == "sft":
-            splits.append(("test", self.data.test))
-        return splits
-
-    def _sample_scores(self, model: Any, prefix: str,
-                       samples: list[Any]) -> tuple[dict[str, float], dict[str, Any]]:  # fmt: skip
-        """The task metrics of one split, and what they were computed from."""
-        evaluation, fmt = self.spec.evaluation, self.spec.dataset.format
-        metrics = set(evaluation.metrics)
-        scores: dict[str, float] = {}
-        details: dict[str, Any] = {}
-        if "accuracy" in metrics and fmt == "mcq":
-            mcq = mcq_scores(model, self.tokenizer, samples)
-            scores.update(mcq.metrics(prefix))
-            details["mcq"] = mcq.details()
-        wanted = {"bleu", "rouge_l"} | ({"exact_match"} if fmt in ("qa", "mcq") else set())
-        generated = metrics & wanted
-        if generated:
-            # Generation is the slow part: at most generationLimit samples, the same ones
-            # for the base and the tuned model.
-            subset = samples[: evaluation.generation_limit]
-            answers = generate_answers(model, self.tokenizer, subset,
-                                       max_new_tokens=evaluation.max_new_tokens)  # fmt: skip
-            references = [reference_answer(sample) for sample in subset]
-            if "exact_match" in generated:
-                scores[f"{prefix}_exact_match"] = exact_match(answers, references)
-            if "bleu" in generated:
-                scores[f"{prefix}_bleu"] = bleu(answers, references)
-            if "rouge_l" in generated:
-                scores[f"{prefix}_rouge_l"] = rouge_l(answers, references)
-            details["answers"] = [
-                {"prompt": prompt_messages(sample)[-1]["content"], "reference": ref, "answer": a}
-                for sample, ref, a in zip(subset, references, answers, strict=True)
-            ]
-        return scores, details
 
     @property
     def is_main_process(self) -> bool:
@@ -587,7 +409,9 @@ class Recipe:
         final_dir = self.output_dir / "final"
         self.trainer.save_model(str(final_dir))
         # Every rank answers: under ZeRO-3 and FSDP each forward gathers weights from all.
-        tuned = self._answer(self.trainer.model) if self.prompts else []
+        assert self.evaluator is not None
+        evaluator = self.evaluator
+        tuned = evaluator.answer_prompts(self.trainer.model)
         if not self.is_main_process:
             return final_dir
         check_saved_weights(final_dir)  # ZeRO-3 can save an adapter of empty tensors
@@ -600,8 +424,8 @@ class Recipe:
             # The metrics, then the configuration they came from (defaults resolved).
             "final_metrics.json": {**result.final_metrics, "config": self.job.spec.to_dict()},
         }
-        if self.evaluation_details:
-            files["evaluation_details.json"] = self.evaluation_details
+        if evaluator.details:
+            files["evaluation_details.json"] = evaluator.details
         for name, content in files.items():
             (self.output_dir / name).write_text(json.dumps(content, indent=2))
         assert self.data is not None
@@ -623,18 +447,15 @@ class Recipe:
         curve = plot_loss_curve(
             result.step_metrics, epoch_metrics, self.output_dir / "loss_curve.png"
         )
-        if self.prompts:
-            comparison = [
-                {"prompt": p, "base": b, "fine_tuned": t}
-                for p, b, t in zip(self.prompts, self.base_answers, tuned, strict=True)
-            ]
+        if evaluator.prompts:
+            comparison = evaluator.comparison(tuned)
             (self.output_dir / "model_comparison.json").write_text(json.dumps(comparison, indent=2))
         if self.spec.output.merge_adapter:
             with unsharded_loading(self.trainer.args):  # rank 0 alone: no ZeRO-3 zero.Init
                 result_file["merged_model"] = self._published(self._save_merged(final_dir))
         if curve is not None:
             result_file["loss_curve"] = self._published(curve)
-        if self.prompts:
+        if evaluator.prompts:
             result_file["model_comparison"] = self._published(
                 self.output_dir / "model_comparison.json"
             )

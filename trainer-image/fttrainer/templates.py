@@ -1,16 +1,22 @@
 """Chat templates the trainer supplies when a tokenizer has none.
 
 CHAT_TEMPLATE is ChatML with generation markers, so the loss can cover only what the
-assistant produces, and with tool use in the Hermes / Qwen2.5 convention:
+assistant produces, and with tool use in the Hermes / Qwen2.5 convention (what most open
+tool-calling models are trained on, so a model tuned with it is served by the usual
+Hermes tool parsers):
 
 - the row's `tools` are listed in the system turn, between <tools></tools>, one JSON object
   per line (after the row's own system prompt, when it has one);
 - an assistant turn's `tool_calls` follow its text as
   `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, inside the generation
-  markers: a tool-call-only answer carries loss like any other;
-- a `tool` turn (the result) is rendered as its own `<|im_start|>tool` turn.
+  markers: everything the assistant produces, text and calls, carries loss, so a
+  tool-call-only answer is trained like any other (arguments given as a JSON string are
+  written as they are);
+- `tool` turns (the results) are rendered as a user turn holding one
+  `<tool_response>\\n...\\n</tool_response>` block per result (consecutive results share
+  the turn), so they are context, never a target.
 
-A conversation without tools renders exactly as plain ChatML.
+A conversation without tools or tool calls renders byte for byte as plain ChatML.
 """
 
 TOOLS_PREAMBLE = (
@@ -40,12 +46,21 @@ CHAT_TEMPLATE = (
     "{% for call in message['tool_calls'] %}"
     "{% set function = call['function'] if call['function'] is defined else call %}"
     "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
-    "{{ '<tool_call>\\n' }}"
-    "{{ {'name': function['name'], 'arguments': function['arguments']} | tojson }}"
-    "{{ '\\n</tool_call>' }}"
+    "{{ '<tool_call>\\n{\"name\": ' }}{{ function['name'] | tojson }}"
+    "{{ ', \"arguments\": ' }}"
+    "{% set arguments = function['arguments'] if function['arguments'] is defined else {} %}"
+    "{% if arguments is string %}{{ arguments }}"
+    "{% else %}{{ arguments | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
     "{% endfor %}"
     "{% endif %}"
     "{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}"
+    "{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}"
+    "{{ '<|im_end|>\\n' }}{% endif %}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endif %}"

@@ -98,11 +98,14 @@ class Columns(ApiModel):
     """Any format: a per-row system prompt [system]."""
     messages: Column | None = None
     """messages: OpenAI-style role/content list [messages]; sharegpt: from/value list
-    [conversations]; oasst: the message tree [messages]; preference (ShareGPT layout): the
-    shared conversation [conversations]."""
+    [conversations]; oasst: the message tree [prompt, else messages, else the row itself];
+    preference (ShareGPT layout): the shared conversation [conversations]. A list, or a JSON
+    string of one (CSV cells)."""
     tools: Column | None = None
     """messages, sharegpt, preference, prompt_completion: the tool (function) definitions
-    the chat template shows the model, a list or a JSON string of one [tools]."""
+    the chat template shows the model, a list or a JSON string of one [tools]. Bare function
+    schemas (name/description/parameters) are wrapped as {type: function, function: ...}.
+    prompt_only rows keep it as a reward column (GRPO does not render per-row tools)."""
     prompt: Column | None = None
     """preference, prompt_only, prompt_completion: the prompt [prompt]."""
     completion: Column | None = None

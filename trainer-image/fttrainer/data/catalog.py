@@ -61,8 +61,9 @@ LAYOUTS: tuple[Layout, ...] = (
                {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
                {"role": "assistant", "content": "It is 22 C in Paris."}],
             "tools": json.dumps([WEATHER_TOOL])},
-           "tool calls and results are rendered by the chat template with tools=; a "
-           "tool-call-only answer carries loss"),
+           "content may be null or absent; arguments a JSON string or an object; tools a list "
+           "or a JSON string. Rendered by the chat template with tools=: the calls carry "
+           "loss, the tool results are context"),
     Layout("sharegpt", "ShareGPT (from/value; human|user, gpt|assistant, system)",
            {"conversations": [{"from": "human", "value": "What is 2 plus 3?"},
                               {"from": "gpt", "value": "5"}]}),
@@ -74,7 +75,9 @@ LAYOUTS: tuple[Layout, ...] = (
                {"from": "observation", "value": "22 C"},
                {"from": "gpt", "value": "It is 22 C in Paris."}],
             "tools": json.dumps([WEATHER_TOOL["function"]])},
-           "function_call becomes an assistant tool call, observation a tool turn"),
+           "function_call (one call, or a JSON list of parallel calls) becomes an assistant "
+           "tool call, observation a tool turn; bare function schemas in tools are wrapped as "
+           "{type: function, function: ...}"),
     Layout("oasst", "OpenAssistant message tree",
            {"prompt": {"role": "prompter", "text": "What is 2 plus 3?",
                        "replies": [{"role": "assistant", "text": "5"}]}},
@@ -83,8 +86,12 @@ LAYOUTS: tuple[Layout, ...] = (
            {"prompt": "2 plus 3 is", "completion": " 5."},
            "plain text, no chat template; loss on the completion"),
     Layout("prompt_completion", "TRL prompt / completion (turns)",
-           {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
-            "completion": [{"role": "assistant", "content": "5"}]}),
+           {"prompt": [{"role": "user", "content": "What is 2 plus 3?"},
+                       {"role": "assistant", "content": "5"},
+                       {"role": "user", "content": "And 2 plus 2?"}],
+            "completion": [{"role": "assistant", "content": "4"}]},
+           "rendered with the chat template; loss on the completion only (assistant turns in "
+           "the prompt are context)"),
     Layout("preference", "explicit prompt / chosen / rejected",
            {"prompt": "What is 2 plus 3?", "chosen": "5", "rejected": "6"}, "for DPO"),
     Layout("preference", "TRL conversational, implicit prompt",
@@ -92,7 +99,8 @@ LAYOUTS: tuple[Layout, ...] = (
                        {"role": "assistant", "content": "5"}],
             "rejected": [{"role": "user", "content": "What is 2 plus 3?"},
                          {"role": "assistant", "content": "6"}]},
-           "the turns both share are the prompt"),
+           "the turns both share are the prompt; they may differ only after the last user "
+           "turn"),
     Layout("preference", "ShareGPT conversations + chosen / rejected turns",
            {"conversations": [{"from": "human", "value": "What is 2 plus 3?"}],
             "chosen": {"from": "gpt", "value": "5"}, "rejected": {"from": "gpt", "value": "6"}}),
@@ -103,8 +111,9 @@ LAYOUTS: tuple[Layout, ...] = (
 
 
 def render_formats(*, rendered: bool = True) -> str:
-    """Each format and layout: the example row, the sample it becomes and, for
-    conversations, the text the built-in ChatML template renders."""
+    """Each format and layout: the example row, the sample it becomes and, with `rendered`,
+    the text the built-in ChatML template (fttrainer/templates.py) renders and the parts of
+    it the SFT loss is computed on."""
     lines = [
         "dataset.format values (columns can be renamed with dataset.columns):",
         "",
@@ -119,14 +128,17 @@ def render_formats(*, rendered: bool = True) -> str:
         if rendered:
             text = rendered_text(sample)
             if text is not None:
-                shown = text.rstrip("\n").replace("\n", "\n           ")
-                lines.append(f"  renders: {shown}")
+                lines.append("  renders: " + _indented(text.rstrip("\n")))
+            trained = trained_parts(sample)
+            if trained:
+                lines.append("  loss on: " + ", ".join(json.dumps(part) for part in trained))
         lines.append("")
     return "\n".join(lines)
 
 
 def rendered_text(sample: Sample) -> str | None:
-    """The training text of a sample under the built-in template (None: no text to show)."""
+    """The training text of a sample under the built-in template (None: no text to show);
+    a preference pair shows its prompt and chosen answer."""
     if isinstance(sample.get("completion"), str):
         return str(sample["prompt"]) + str(sample["completion"])
     if "text" in sample:
@@ -134,11 +146,42 @@ def rendered_text(sample: Sample) -> str | None:
     messages = sample.get("messages") or [*sample.get("prompt", []), *sample.get("chosen", [])]
     if not messages:
         return None
+    return _render(messages, sample.get("tools"))[0]
+
+
+def trained_parts(sample: Sample) -> list[str]:
+    """The pieces of the rendered text SFT computes the loss on with the defaults
+    (trainOnResponsesOnly on for formats with answers; EOS appended to plain text and
+    plain-text completions); none for preference and prompt-only samples, whose loss is
+    DPO's or GRPO's."""
+    if isinstance(sample.get("completion"), str):
+        return [str(sample["completion"]) + "<eos>"]
+    if "text" in sample:
+        return [str(sample["text"]) + "<eos>"]
+    if "messages" not in sample:
+        return []
+    messages, tools = sample["messages"], sample.get("tools")
+    text, spans = _render(messages, tools)
+    start = sample.get("completion_start") or 0
+    prompt_end = len(_render(messages[:start], tools)[0]) if start else 0
+    return [text[a:b] for a, b in spans if a >= prompt_end]
+
+
+def _render(messages: list[dict[str, Any]], tools: Any) -> tuple[str, list[tuple[int, int]]]:
+    """Text and generation spans (character ranges) under the built-in template."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     from fttrainer.templates import CHAT_TEMPLATE
 
     result: Any = render_jinja_template(
-        conversations=[messages], tools=sample.get("tools"), chat_template=CHAT_TEMPLATE
+        conversations=[messages],
+        tools=tools,
+        chat_template=CHAT_TEMPLATE,
+        return_assistant_tokens_mask=True,
     )
-    return str(result[0][0])  # (rendered conversations, generation indices)
+    rendered, spans = result  # (rendered conversations, their generation indices)
+    return str(rendered[0]), [(int(a), int(b)) for a, b in spans[0]]
+
+
+def _indented(text: str) -> str:
+    return text.replace("\n", "\n           ")

@@ -4,14 +4,19 @@ Every `dataset.format` is one function from a raw row (a dict from a file) to a 
 the shape TRL trainers consume:
 
 - language modelling:  {"text": str}
-- prompt-completion:   {"prompt": str, "completion": str} (loss on the completion)
-- conversational SFT:  {"messages": [{"role", "content"}, ...], "tools"?: [...]}
-- preference (DPO):    {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}
+- prompt-completion:   {"prompt": str, "completion": str} (plain text, loss on the completion)
+- conversational SFT:  {"messages": [{"role", "content"}, ...], "tools"?: [...],
+                        "completion_start"?: int (prompt_completion turns: the loss starts here)}
+- preference (DPO):    {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs], "tools"?: [...]}
 - prompt only (GRPO):  {"prompt": [msgs], **other columns (for rewards)}
 
 Tool use survives conversion: an assistant turn keeps its `tool_calls` (with or without
-text), a `tool` turn its `tool_call_id`/`name`, and a row's `tools` (a list, or a JSON
-string of one) travels with the sample so the chat template renders them (data/tokens.py).
+text; `content` null becomes ""), a `tool` turn its `tool_call_id`/`name`, and a row's
+`tools` travels with the sample so the chat template renders them (data/tokens.py). Both are
+normalised to what Hugging Face chat templates expect: a tool call's `arguments` is an
+object (a JSON string is parsed), and a tool definition is wrapped as
+`{"type": "function", "function": {...}}` when a row gives the bare function schema (the
+glaive / LLaMA-Factory layout).
 
 A row that cannot be converted raises `RowError` naming the field (`messages[2].role: ...`);
 the caller attaches the file and line. Values quoted in messages are cut to QUOTE
@@ -84,10 +89,21 @@ def register(name: str) -> Callable[[Converter], Converter]:
 
 
 def convert_row(fmt: str, row: Mapping[str, Any], context: FormatContext) -> list[Sample]:
-    """One raw row → its samples (oasst trees give several; every other format one)."""
+    """One raw row → its samples (oasst trees give several; every other format one).
+
+    Only RowError leaves: a value of a shape no converter foresaw still becomes a row error
+    (with the file and line the caller attaches) instead of a stack trace that stops the
+    whole data check."""
     if not isinstance(row, Mapping):
         raise RowError(f"expected an object, got {type(row).__name__}")
-    return FORMATS[fmt](row, context)
+    try:
+        return FORMATS[fmt](row, context)
+    except RowError:
+        raise
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as error:
+        raise RowError(
+            f"cannot read the row as {fmt} ({type(error).__name__}: {_cut(str(error))})"
+        ) from None
 
 
 @register("plain_text")
@@ -113,7 +129,8 @@ def _qa(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
 def _mcq(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     question = _text(row, ctx.column("question"))
     choices = _choices(row, ctx.column("choices"))
-    letter = answer_letter(row.get(ctx.column("answer")), len(choices))
+    name = ctx.column("answer")
+    letter = answer_letter(row.get(name), len(choices), name=name)
     options = "\n".join(f"{LETTERS[i]}) {choice}" for i, choice in enumerate(choices))
     sample = _conversation(row, ctx, f"{question}\n{options}", letter)
     sample["answer_letter"] = letter
@@ -124,13 +141,14 @@ def _mcq(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
 @register("sharegpt")
 def _sharegpt(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     name = ctx.column("messages", "conversations")
-    messages = sharegpt_turns(_list(row, name), name)
+    messages = sharegpt_turns(_turn_list(row, name), name)
     return [_with_tools({"messages": _with_system(_checked(messages, name), row, ctx)}, row, ctx)]
 
 
 def sharegpt_turns(turns: list[Any], name: str) -> list[Message]:
     """ShareGPT turns (`from`/`value`) as chat messages; a `function_call` turn becomes an
-    assistant turn with tool_calls, an `observation` a tool turn."""
+    assistant turn with tool_calls (its value: one call or a list of parallel calls, as
+    JSON), an `observation` a tool turn."""
     messages: list[Message] = []
     for i, turn in enumerate(turns):
         where = f"{name}[{i}]"
@@ -139,7 +157,13 @@ def sharegpt_turns(turns: list[Any], name: str) -> list[Message]:
                 f"{where}: expected an object with 'from' and 'value', got {_quote(turn)}"
             )
         if "value" not in turn or "from" not in turn:
-            raise RowError(f"{where}: needs 'from' and 'value' (has {sorted(turn)})")
+            hint = (
+                " (role/content turns are dataset.format messages; set columns.messages to "
+                f"{name!r} to read them)"
+                if "role" in turn
+                else ""
+            )
+            raise RowError(f"{where}: needs 'from' and 'value' (has {sorted(turn)}){hint}")
         speaker = str(turn["from"]).lower()
         role = SHAREGPT_ROLES.get(speaker)
         if role is None:
@@ -148,13 +172,8 @@ def sharegpt_turns(turns: list[Any], name: str) -> list[Message]:
                 f"(expected one of {', '.join(SHAREGPT_ROLES)})"
             )
         if speaker == "function_call":
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [_call_from_json(turn["value"], f"{where}.value")],
-                }
-            )
+            calls = _calls_from_json(turn["value"], f"{where}.value")
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
         else:
             messages.append({"role": role, "content": _content(turn["value"], f"{where}.value")})
     return _merge_calls(messages)
@@ -163,7 +182,7 @@ def sharegpt_turns(turns: list[Any], name: str) -> list[Message]:
 @register("messages")
 def _messages(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     name = ctx.column("messages")
-    messages = chat_turns(_list(row, name), name)
+    messages = chat_turns(_turn_list(row, name), name)
     return [_with_tools({"messages": _with_system(_checked(messages, name), row, ctx)}, row, ctx)]
 
 
@@ -175,6 +194,11 @@ def chat_turns(turns: list[Any], name: str) -> list[Message]:
         where = f"{name}[{i}]"
         if not isinstance(turn, Mapping):
             raise RowError(f"{where}: expected an object with role and content, got {_quote(turn)}")
+        if "role" not in turn and "from" in turn:
+            raise RowError(
+                f"{where}: a ShareGPT turn (from/value) where role/content turns are expected "
+                f"(got {_quote(dict(turn))})"
+            )
         role = turn.get("role")
         if role not in CHAT_ROLES:
             raise RowError(f"{where}.role: {_quote(role)} is not one of {', '.join(CHAT_ROLES)}")
@@ -202,82 +226,120 @@ def chat_turns(turns: list[Any], name: str) -> list[Message]:
 @register("oasst")
 def _oasst(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     """An OpenAssistant message tree: every path from the root to an assistant reply
-    becomes one conversation (a tree with three answers gives three samples)."""
-    root = row.get("prompt", row)
+    becomes one conversation (a tree with three answers gives three samples). The tree is
+    the `columns.messages` column, else a `prompt` or `messages` column, else the row."""
+    name = ctx.columns.messages or next((n for n in ("prompt", "messages") if n in row), None)
+    root = row if name is None else row.get(name)
+    if root is None:
+        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
     paths: list[list[Message]] = []
-    _walk_tree(root, [], paths)
+    _walk_tree(root, [], paths, name or "the row")
     if not paths:
-        raise RowError("the message tree has no assistant reply")
+        raise RowError(f"{name or 'the message tree'}: the tree has no assistant reply")
     return [{"messages": _with_system(path, row, ctx)} for path in paths]
+
+
+PREFERENCE_LAYOUTS = {
+    "explicit": "prompt/chosen/rejected, strings or role/content turns",
+    "implicit": "no prompt column: chosen/rejected are whole conversations that share the "
+    "prompt turns",
+    "sharegpt": "conversations (from/value turns) plus chosen/rejected turns",
+}
 
 
 @register("preference")
 def _preference(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
-    """Three layouts: an explicit prompt (`prompt`/`chosen`/`rejected`, strings or turns);
-    TRL's implicit prompt (`chosen`/`rejected` are whole conversations sharing their start);
-    ShareGPT style (`conversations` plus `chosen`/`rejected` turns `{from, value}`)."""
-    prompt_name, chosen_name = ctx.column("prompt"), ctx.column("chosen")
-    rejected_name = ctx.column("rejected")
-    conversation_name = ctx.column("messages", "conversations")
-    for needed in (chosen_name, rejected_name):
+    """Three layouts, told apart by their columns: an explicit prompt (`prompt` column);
+    ShareGPT style (a `conversations` column, `chosen`/`rejected` as `{from, value}` turns);
+    else TRL's implicit prompt (`chosen`/`rejected` are whole conversations sharing their
+    start). Every error says which layout the row was read as, and why."""
+    names = _PreferenceNames.of(ctx)
+    for needed in (names.chosen, names.rejected):
         if row.get(needed) is None:
             raise RowError(
-                f"column {needed!r} is missing ({_PREFERENCE_LAYOUTS}; the row has {sorted(row)})"
+                f"column {needed!r} is missing (the row has {sorted(row)}; preference rows "
+                f"have one of: {'; '.join(PREFERENCE_LAYOUTS.values())})"
             )
-    chosen, rejected = row[chosen_name], row[rejected_name]
-    if prompt_name in row and row[prompt_name] is not None:
-        prompt = _as_messages(row[prompt_name], "user", prompt_name)
-        pair = (
-            _as_messages(chosen, "assistant", chosen_name),
-            _as_messages(rejected, "assistant", rejected_name),
-        )
-    elif conversation_name in row:
-        prompt = sharegpt_turns(_list(row, conversation_name), conversation_name)
-        pair = (
-            sharegpt_turns(
-                [chosen] if isinstance(chosen, Mapping) else _seq(chosen, chosen_name), chosen_name
-            ),
-            sharegpt_turns(
-                [rejected] if isinstance(rejected, Mapping) else _seq(rejected, rejected_name),
-                rejected_name,
-            ),
-        )
-    elif isinstance(chosen, list) and isinstance(rejected, list):
-        prompt, pair = _implicit_prompt(
-            chat_turns(chosen, chosen_name),
-            chat_turns(rejected, rejected_name),
-            chosen_name,
-            rejected_name,
-        )
+    if row.get(names.prompt) is not None:
+        layout, why = "explicit", f"the row has a {names.prompt!r} column"
+    elif row.get(names.conversations) is not None:
+        layout, why = "sharegpt", f"the row has a {names.conversations!r} column"
     else:
+        layout, why = "implicit", f"the row has no {names.prompt!r} or {names.conversations!r}"
+    try:
+        prompt, chosen, rejected = _PREFERENCE_READERS[layout](row, names)
+        for name, completion in ((names.chosen, chosen), (names.rejected, rejected)):
+            if completion[0]["role"] != "assistant":
+                raise RowError(
+                    f"{name}: the completion must start with an assistant turn, "
+                    f"not {completion[0]['role']!r}"
+                )
+    except RowError as error:
         raise RowError(
-            f"column {prompt_name!r} is missing, and no {conversation_name!r} column or "
-            f"whole conversations in {chosen_name!r}/{rejected_name!r} give a prompt "
-            f"({_PREFERENCE_LAYOUTS})"
+            f"{error} [read as the {layout} layout ({PREFERENCE_LAYOUTS[layout]}) because {why}]"
+        ) from None
+    sample = {"prompt": _with_system(prompt, row, ctx), "chosen": chosen, "rejected": rejected}
+    return [_with_tools(sample, row, ctx)]
+
+
+@dataclass(frozen=True)
+class _PreferenceNames:
+    prompt: str
+    chosen: str
+    rejected: str
+    conversations: str
+
+    @classmethod
+    def of(cls, ctx: FormatContext) -> _PreferenceNames:
+        return cls(
+            ctx.column("prompt"),
+            ctx.column("chosen"),
+            ctx.column("rejected"),
+            ctx.column("messages", "conversations"),
         )
-    for name, completion in zip((chosen_name, rejected_name), pair, strict=True):
-        if not completion or completion[0]["role"] != "assistant":
-            raise RowError(f"{name}: the completion must start with an assistant turn")
-    return [
-        _with_tools(
-            {"prompt": _with_system(prompt, row, ctx), "chosen": pair[0], "rejected": pair[1]},
-            row,
-            ctx,
-        )
-    ]
 
 
-_PREFERENCE_LAYOUTS = (
-    "preference rows have prompt/chosen/rejected, or chosen/rejected conversations sharing "
-    "their prompt, or conversations plus chosen/rejected turns"
-)
+Triple = tuple[list[Message], list[Message], list[Message]]
 
 
-def _implicit_prompt(
-    chosen: list[Message], rejected: list[Message], chosen_name: str, rejected_name: str
-) -> tuple[list[Message], tuple[list[Message], list[Message]]]:
-    """TRL's implicit-prompt preference rows: the turns both conversations share are the
-    prompt, the rest are the two completions."""
+def _explicit_preference(row: Mapping[str, Any], names: _PreferenceNames) -> Triple:
+    return (
+        _as_messages(row[names.prompt], "user", names.prompt),
+        _as_messages(row[names.chosen], "assistant", names.chosen),
+        _as_messages(row[names.rejected], "assistant", names.rejected),
+    )
+
+
+def _sharegpt_preference(row: Mapping[str, Any], names: _PreferenceNames) -> Triple:
+    def completion(name: str) -> list[Message]:
+        value = row[name]
+        turns = [value] if isinstance(value, Mapping) else value
+        if not isinstance(turns, list) or not turns:
+            raise RowError(
+                f"{name}: expected a turn {{'from': 'gpt', 'value': ...}} (or a list of "
+                f"turns), got {_quote(value)}"
+            )
+        return sharegpt_turns(turns, name)
+
+    prompt = sharegpt_turns(_turn_list(row, names.conversations), names.conversations)
+    return prompt, completion(names.chosen), completion(names.rejected)
+
+
+def _implicit_preference(row: Mapping[str, Any], names: _PreferenceNames) -> Triple:
+    """TRL's implicit-prompt rows: the turns both conversations share are the prompt, the
+    rest the two completions. The prompt must reach the last user turn: conversations that
+    differ earlier are not two answers to one prompt."""
+    conversations = []
+    for name in (names.chosen, names.rejected):
+        value = row[name]
+        if not isinstance(value, list):
+            raise RowError(
+                f"{name}: a whole conversation (a list of turns) is needed without a "
+                f"{names.prompt!r} column, got {_quote(value)}"
+            )
+        reader = sharegpt_turns if value and _is_sharegpt_turn(value[0]) else chat_turns
+        conversations.append(reader(_turn_list(row, name), name))
+    chosen, rejected = conversations
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
@@ -285,16 +347,38 @@ def _implicit_prompt(
         shared -= 1  # the completions start at the first differing assistant turn
     if shared == 0:
         raise RowError(
-            f"{chosen_name} and {rejected_name} share no prompt turns: give a "
-            "'prompt' column, or conversations that start the same"
+            f"{names.chosen} and {names.rejected} share no prompt turns (they differ at turn "
+            f"0): give a {names.prompt!r} column, or conversations that start the same"
         )
-    return chosen[:shared], (chosen[shared:], rejected[shared:])
+    for name, conversation in ((names.chosen, chosen), (names.rejected, rejected)):
+        later_user = next(
+            (i for i in range(shared, len(conversation)) if conversation[i]["role"] == "user"),
+            None,
+        )
+        if later_user is not None:
+            raise RowError(
+                f"{names.chosen} and {names.rejected} differ before the last user turn "
+                f"({name}[{later_user}] is a user turn after they part at turn {shared}): "
+                "only what follows a shared prompt may differ"
+            )
+    if len(chosen) == shared or len(rejected) == shared:
+        short = names.chosen if len(chosen) == shared else names.rejected
+        raise RowError(f"{short}: the conversation ends with the shared prompt (no answer)")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+_PREFERENCE_READERS: dict[str, Callable[[Mapping[str, Any], _PreferenceNames], Triple]] = {
+    "explicit": _explicit_preference,
+    "sharegpt": _sharegpt_preference,
+    "implicit": _implicit_preference,
+}
 
 
 @register("prompt_completion")
 def _prompt_completion(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     """TRL's prompt-completion rows: strings are plain text (no chat template, loss on the
-    completion), lists of turns a conversation."""
+    completion), lists of turns a conversation whose loss starts at the completion
+    (`completion_start`: assistant turns inside the prompt are context, not targets)."""
     prompt_name, completion_name = ctx.column("prompt"), ctx.column("completion")
     for needed in (prompt_name, completion_name):
         if row.get(needed) is None:
@@ -303,41 +387,54 @@ def _prompt_completion(row: Mapping[str, Any], ctx: FormatContext) -> list[Sampl
     if isinstance(prompt, str) and isinstance(completion, str):
         system = _optional_text(row, ctx.column("system"))
         if system or ctx.system_prompt:
-            raise RowError("a system prompt needs conversational rows (lists of turns)")
+            raise RowError(
+                "a system prompt needs conversational rows (prompt and completion as lists "
+                "of turns); string rows are plain text without a chat template"
+            )
+        if not completion:
+            raise RowError(f"{completion_name}: empty")
         return [{"prompt": prompt, "completion": completion}]
-    messages = [
-        *_as_messages(prompt, "user", prompt_name),
-        *_as_messages(completion, "assistant", completion_name),
-    ]
-    return [
-        _with_tools(
-            {"messages": _with_system(_checked(messages, completion_name), row, ctx)}, row, ctx
+    prompt_turns = _as_messages(prompt, "user", prompt_name)
+    completion_turns = _as_messages(completion, "assistant", completion_name)
+    if completion_turns[0]["role"] != "assistant":
+        raise RowError(
+            f"{completion_name}: the completion must start with an assistant turn, "
+            f"not {completion_turns[0]['role']!r}"
         )
-    ]
+    messages = _with_system([*prompt_turns, *completion_turns], row, ctx)
+    sample: Sample = {
+        "messages": messages,
+        "completion_start": len(messages) - len(completion_turns),
+    }
+    return [_with_tools(sample, row, ctx)]
 
 
 @register("prompt_only")
 def _prompt_only(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     name = ctx.column("prompt")
-    prompt = _with_system(_as_messages(row.get(name), "user", name), row, ctx)
+    if row.get(name) is None:
+        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+    prompt = _with_system(_as_messages(row[name], "user", name), row, ctx)
     # Every other column travels along: GRPO rewards read ground truth from them.
     extra = {k: v for k, v in row.items() if k not in (name, ctx.column("system"))}
     return [{"prompt": prompt, **extra}]
 
 
-def answer_letter(answer: Any, n_choices: int) -> str:
+def answer_letter(answer: Any, n_choices: int, *, name: str = "answer") -> str:
     """An MCQ answer given as a letter ("c", "C)", "C. text") or an index (2 or "2") → "C"."""
     if isinstance(answer, bool) or answer is None:
-        raise RowError("answer is missing")
+        raise RowError(f"column {name!r} is missing" if answer is None else f"{name}: {answer}")
     if isinstance(answer, int) or (isinstance(answer, str) and answer.strip().isdigit()):
         index = int(answer)
         if not 0 <= index < n_choices:
-            raise RowError(f"answer index {index} is outside 0..{n_choices - 1}")
+            raise RowError(f"{name}: index {index} is outside 0..{n_choices - 1}")
         return LETTERS[index]
     text = str(answer).strip().upper()
     if text and text[0] in LETTERS[:n_choices] and (len(text) == 1 or not text[1].isalpha()):
         return text[0]
-    raise RowError(f"answer {answer!r} is not a letter A-{LETTERS[n_choices - 1]} or an index")
+    raise RowError(
+        f"{name}: {_quote(answer)} is not a letter A-{LETTERS[n_choices - 1]} or an index"
+    )
 
 
 def _conversation(row: Mapping[str, Any], ctx: FormatContext, user: str, reply: str) -> Sample:
@@ -365,37 +462,48 @@ def _checked(messages: list[Message], name: str = "messages") -> list[Message]:
     return messages
 
 
-def _walk_tree(node: Any, path: list[Message], paths: list[list[Message]]) -> None:
+def _walk_tree(node: Any, path: list[Message], paths: list[list[Message]], where: str) -> None:
     if not isinstance(node, Mapping) or "text" not in node:
-        raise RowError("every node of a message tree needs 'text' and 'role'")
+        raise RowError(f"{where}: a message tree node needs 'text' and 'role', got {_quote(node)}")
     role = OASST_ROLES.get(str(node.get("role", "")).lower())
     if role is None:
-        raise RowError(f"unknown role {node.get('role')!r} in the message tree")
-    here = [*path, {"role": role, "content": str(node["text"])}]
+        raise RowError(
+            f"{where}.role: unknown role {_quote(node.get('role'))} (expected prompter or "
+            "assistant)"
+        )
+    here = [*path, {"role": role, "content": _content(node["text"], f"{where}.text")}]
     replies = node.get("replies") or []
+    if not isinstance(replies, list):
+        raise RowError(f"{where}.replies: expected a list of nodes, got {_quote(replies)}")
     if role == "assistant" and not any(
         OASST_ROLES.get(str(r.get("role", "")).lower()) == "user"
         for r in replies
         if isinstance(r, Mapping)
     ):
         paths.append(here)
-    for reply in replies:
-        _walk_tree(reply, here, paths)
+    for i, reply in enumerate(replies):
+        _walk_tree(reply, here, paths, f"{where}.replies[{i}]")
 
 
 def _as_messages(value: Any, role: str, name: str) -> list[Message]:
     """A plain string, one turn object, or an already conversational list of turns."""
     if isinstance(value, str):
         if not value.strip():
-            raise RowError(f"{name} is empty")
+            raise RowError(f"{name}: empty")
         return [{"role": role, "content": value}]
     if isinstance(value, Mapping) and "role" in value:
         value = [value]
     if isinstance(value, list) and value:
         return chat_turns(value, name)
+    if _is_sharegpt_turn(value):
+        raise RowError(f"{name}: a ShareGPT turn (from/value), got {_quote(value)}")
     raise RowError(
         f"{name}: expected a string or a list of role/content turns, got {_quote(value)}"
     )
+
+
+def _is_sharegpt_turn(value: Any) -> bool:
+    return isinstance(value, Mapping) and "from" in value and "role" not in value
 
 
 def _with_tools(sample: Sample, row: Mapping[str, Any], ctx: FormatContext) -> Sample:
@@ -409,13 +517,31 @@ def _with_tools(sample: Sample, row: Mapping[str, Any], ctx: FormatContext) -> S
             value = json.loads(value)
         except ValueError as error:
             raise RowError(f"{name}: not a JSON list of tools ({error})") from None
-    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+    if isinstance(value, Mapping):
+        value = [value]  # one tool given on its own
+    if not isinstance(value, list):
         raise RowError(f"{name}: expected a list of tool definitions, got {_quote(value)}")
-    for i, tool in enumerate(value):
-        function = tool.get("function", tool)
+    tools = [_tool_definition(tool, f"{name}[{i}]") for i, tool in enumerate(value)]
+    return {**sample, "tools": tools} if tools else sample
+
+
+def _tool_definition(tool: Any, where: str) -> dict[str, Any]:
+    """OpenAI's {"type": "function", "function": {"name", ...}} as it is; a bare function
+    schema {"name", "description", "parameters"} (glaive, LLaMA-Factory) wrapped into it,
+    which is what transformers' chat templates and get_json_schema use."""
+    if not isinstance(tool, Mapping):
+        raise RowError(f"{where}: expected a tool definition object, got {_quote(tool)}")
+    if "function" in tool:
+        function = tool["function"]
         if not isinstance(function, Mapping) or not function.get("name"):
-            raise RowError(f"{name}[{i}]: a tool needs a name (or function.name)")
-    return {**sample, "tools": [dict(t) for t in value]}
+            raise RowError(f"{where}.function.name: missing (a tool needs a name)")
+        return {**tool, "type": tool.get("type") or "function", "function": dict(function)}
+    if not tool.get("name"):
+        raise RowError(
+            f"{where}.name: missing (a tool is {{'name', 'description', 'parameters'}} or "
+            f"{{'type': 'function', 'function': {{...}}}}, got {_quote(dict(tool))})"
+        )
+    return {"type": "function", "function": dict(tool)}
 
 
 def _tool_call(call: Any, where: str) -> dict[str, Any]:
@@ -426,23 +552,30 @@ def _tool_call(call: Any, where: str) -> dict[str, Any]:
     function = call.get("function", call)
     if not isinstance(function, Mapping) or not function.get("name"):
         raise RowError(f"{where}.function.name: missing")
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
+    arguments = function.get("arguments")
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        arguments = {}
+    elif isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
+            arguments = json.loads(arguments)
         except ValueError:
             raise RowError(f"{where}.function.arguments: not JSON: {_quote(arguments)}") from None
+    if not isinstance(arguments, Mapping):
+        raise RowError(
+            f"{where}.function.arguments: expected a JSON object, got {_quote(arguments)}"
+        )
     result: dict[str, Any] = {
         "type": "function",
-        "function": {"name": str(function["name"]), "arguments": arguments},
+        "function": {"name": str(function["name"]), "arguments": dict(arguments)},
     }
     if call.get("id") is not None:
         result["id"] = str(call["id"])
     return result
 
 
-def _call_from_json(value: Any, where: str) -> dict[str, Any]:
-    """A ShareGPT function_call value: a JSON string (or object) {"name", "arguments"}."""
+def _calls_from_json(value: Any, where: str) -> list[dict[str, Any]]:
+    """A ShareGPT function_call value: a JSON string (or object) {"name", "arguments"}, or
+    a list of them for parallel calls."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -451,7 +584,11 @@ def _call_from_json(value: Any, where: str) -> dict[str, Any]:
                 f'{where}: a function_call must be JSON {{"name": ..., "arguments": {{...}}}}, '
                 f"got {_quote(value)}"
             ) from None
-    return _tool_call(value, where)
+    if isinstance(value, list):
+        if not value:
+            raise RowError(f"{where}: an empty list of function calls")
+        return [_tool_call(call, f"{where}[{i}]") for i, call in enumerate(value)]
+    return [_tool_call(value, where)]
 
 
 def _merge_calls(messages: list[Message]) -> list[Message]:
@@ -491,36 +628,64 @@ def _seq(value: Any, where: str) -> list[Any]:
 
 def _quote(value: Any) -> str:
     """A value as an error message shows it: its repr, cut to QUOTE characters."""
-    text = repr(value)
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= QUOTE else text[: QUOTE - 3] + "..."
 
 
 def _choices(row: Mapping[str, Any], name: str) -> list[str]:
     value = row.get(name)
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+        value = _json_or_none(value)  # a CSV cell holding the options as JSON
     if isinstance(value, Mapping):  # {"A": "...", "B": "..."}
-        value = [value[k] for k in sorted(value)]
+        value = [value[k] for k in sorted(value, key=str)]
+    if value is None:
+        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
     if not isinstance(value, list) or len(value) < 2:
-        raise RowError(f"{name} must list at least two options")
+        raise RowError(f"{name}: must list at least two options, got {_quote(value)}")
     if len(value) > len(LETTERS):
-        raise RowError(f"{name} has more than {len(LETTERS)} options")
-    return [str(v) for v in value]
+        raise RowError(f"{name}: more than {len(LETTERS)} options ({len(value)})")
+    return [_content(v, f"{name}[{i}]") for i, v in enumerate(value)]
 
 
-def _list(row: Mapping[str, Any], name: str) -> list[Any]:
+def _turn_list(row: Mapping[str, Any], name: str) -> list[Any]:
+    """A column of turns: a list, or a JSON string of one (CSV cells, some exports)."""
     value = row.get(name)
     if value is None:
         raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        parsed = _json_or_none(value)
+        if parsed is None:
+            raise RowError(f"{name}: not a JSON list of turns: {_quote(value)}")
+        value = parsed
     if not isinstance(value, list) or not value:
         raise RowError(f"{name}: expected a non-empty list of turns, got {_quote(value)}")
     return value
 
 
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def _text(row: Mapping[str, Any], name: str) -> str:
     if name not in row or row[name] is None:
-        raise RowError(f"column {name!r} is missing")
-    return str(row[name])
+        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+    return _scalar_text(row[name], name)
 
 
 def _optional_text(row: Mapping[str, Any], name: str) -> str:
     value = row.get(name)
-    return "" if value is None else str(value)
+    return "" if value is None else _scalar_text(value, name)
+
+
+def _scalar_text(value: Any, name: str) -> str:
+    """Text, or a number/boolean written as text; a list or object is an error, not its
+    Python repr trained on."""
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    raise RowError(f"{name}: expected text, got {_quote(value)}")

@@ -166,3 +166,37 @@ def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
             report.dropped[reason] = len(set(origins) - drop)
             drop.update(origins)
     return drop
+
+
+def as_dataset(samples: list[Sample]) -> Any:
+    """A `datasets.Dataset` of samples, lossless. `Dataset.from_list` gives every row one
+    Arrow schema: turns gain each other's keys as nulls and, worse, tool-call arguments and
+    tool schemas of different functions are merged field by field (`{"city": "Paris"}`
+    next to `{"n": 3}` reads back as `{"city": "Paris", "n": None}`), which the chat
+    template then renders. Columns holding lists or objects (conversations, tools, nested
+    reward columns with objects) are stored as JSON instead and read back exactly as they
+    were."""
+    from datasets import Dataset, Features, Json, List
+
+    columns = list(dict.fromkeys(key for sample in samples for key in sample))
+    nested = {
+        key: List(Json()) if all(isinstance(s.get(key), list | None) for s in samples) else Json()
+        for key in columns
+        if any(_holds_objects(s.get(key)) for s in samples)
+    }
+    flat = [key for key in columns if key not in nested]
+    inferred = (
+        Dataset.from_list([{key: s.get(key) for key in flat} for s in samples]).features
+        if flat
+        else {}
+    )
+    features = Features({key: nested.get(key) or inferred[key] for key in columns})
+    return Dataset.from_list(samples, features=features)
+
+
+def _holds_objects(value: Any) -> bool:
+    """An object, or a list with one: what Arrow would merge into one struct type (lists of
+    plain values keep their Arrow type, so "5" stays a string)."""
+    return isinstance(value, dict) or (
+        isinstance(value, list) and any(isinstance(item, dict) for item in value)
+    )

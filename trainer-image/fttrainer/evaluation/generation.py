@@ -23,19 +23,27 @@ def inference(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
-def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
-    """The conversation so far, rendered to end where the assistant's answer starts."""
+def encode_prompt(
+    tokenizer: Any, messages: list[dict[str, Any]] | str, *, tools: list[Any] | None = None
+) -> Any:
+    """The conversation so far, rendered to end where the assistant's answer starts, with
+    the tool definitions it was trained with; a string is a plain-text prompt (TRL's
+    prompt-completion rows), tokenized as in training."""
+    if isinstance(messages, str):
+        return tokenizer(messages, return_tensors="pt")
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
     else:
         text = "\n".join(m["content"] for m in messages)
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
 
-def generate_answer(model: Any, tokenizer: Any, messages: list[dict[str, str]], *,
-                    max_new_tokens: int) -> str:  # fmt: skip
+def generate_answer(model: Any, tokenizer: Any, messages: list[dict[str, Any]] | str, *,
+                    max_new_tokens: int, tools: list[Any] | None = None) -> str:  # fmt: skip
     """Greedy answer, up to the end of the assistant's turn; call inside `inference(model)`."""
-    inputs = encode_prompt(tokenizer, messages).to(model.device)
+    inputs = encode_prompt(tokenizer, messages, tools=tools).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=stop_token_ids(model, tokenizer))  # fmt: skip

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .data.formats import LETTERS, Sample
+from fttrainer.data.formats import LETTERS, Sample
+from fttrainer.rewards import answers_match, final_answer
+
 from .generation import encode_prompt, generate_answer, inference
 from .metrics import ClassificationScores, classification_scores
-from .rewards import answers_match, final_answer
 
 
 def prompt_messages(sample: Sample) -> list[dict[str, str]]:
     """The conversation up to (not including) the final assistant answer."""
+    if _plain(sample):
+        return [{"role": "user", "content": sample["prompt"]}]
     messages = list(sample["messages"])
     while messages and messages[-1]["role"] == "assistant":
         messages.pop()
@@ -29,7 +32,14 @@ def prompt_messages(sample: Sample) -> list[dict[str, str]]:
 
 
 def reference_answer(sample: Sample) -> str:
+    if _plain(sample):
+        return str(sample["completion"])
     return str(sample["messages"][-1]["content"])
+
+
+def _plain(sample: Sample) -> bool:
+    """A plain-text prompt_completion sample: its prompt is text, not a conversation."""
+    return isinstance(sample.get("completion"), str)
 
 
 def mcq_predictions(model: Any, tokenizer: Any, samples: list[Sample]) -> list[str]:
@@ -61,7 +71,13 @@ def generate_answers(model: Any, tokenizer: Any, samples: list[Sample], *,
     """Greedy answers to each sample's conversation (its final answer left out)."""
     with inference(model):
         return [
-            generate_answer(model, tokenizer, prompt_messages(s), max_new_tokens=max_new_tokens)
+            generate_answer(
+                model,
+                tokenizer,
+                s["prompt"] if _plain(s) else prompt_messages(s),
+                max_new_tokens=max_new_tokens,
+                tools=s.get("tools"),
+            )
             for s in samples
         ]
 

@@ -84,7 +84,7 @@ def fetch_task_dir(include_path: str, scratch: Path, *, s3: Any = None) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"evaluation.harness.includePath {include_path}: no directory")
         return path.resolve()
-    from .storage import open_store
+    from fttrainer.storage import open_store
 
     target = scratch / "harness_tasks"
     files = open_store(include_path, s3=s3).download_dir("", target)
