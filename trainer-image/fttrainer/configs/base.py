@@ -393,3 +393,24 @@ def complete_trackers(builder: Builder, key: str) -> None:
         uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
         builder.set("logging.mlflow.trackingUri", uri, key)
         builder.info(key, f"MLflow tracking URI {uri} (MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
+def stored(name: str, convert: Any = None) -> Custom:
+    """A key read together with others after the table pass (method, columns, markers):
+    kept in `builder.extra` as (key as written, converted value)."""
+
+    def handler(builder: Builder, key: str, value: Any) -> None:
+        builder.extra[name] = (key, convert(value) if convert else value)
+
+    return Custom(handler)
+
+
+def flash_attention(builder: Builder, key: str, value: Any) -> None:
+    if boolean(value):
+        builder.set("model.attention", "auto", key)
+        builder.info(
+            key,
+            "model.attention auto: flash_attention_2 where installed on a GPU, else PyTorch SDPA",
+        )
+    else:
+        builder.set("model.attention", "sdpa", key)

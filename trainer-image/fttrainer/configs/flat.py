@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from ftapi.v1alpha1.dataset import DatasetFormat
+from ftapi.v1alpha1.method import MethodType
 
 from .base import (
     Builder,
@@ -40,22 +43,9 @@ DATASET_TYPES = {
     "mcq_jsonl": "mcq",
     "instruction_jsonl": "instruction",
     # Our own format names are accepted too (the reader follows the file extension).
-    **{
-        name: name
-        for name in (
-            "mcq",
-            "instruction",
-            "qa",
-            "sharegpt",
-            "messages",
-            "oasst",
-            "preference",
-            "prompt_only",
-            "prompt_completion",
-        )
-    },
+    **{name: name for name in get_args(DatasetFormat) if name != "plain_text"},
 }
-TECHNIQUES = ("lora", "qlora", "dora", "adapter", "full", "spectrum", "prefix", "prompt")
+TECHNIQUES = get_args(MethodType)
 LORA_TECHNIQUES = ("lora", "qlora", "dora")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_MODEL = "gpt2"

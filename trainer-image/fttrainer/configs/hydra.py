@@ -30,6 +30,7 @@ from .base import (
     model_directory_name,
     number,
     one_of,
+    stored,
     text,
     timestamp,
     trackers,
@@ -39,13 +40,6 @@ STYLE = "Hydra-style script flags (--model --dataset --format --trainer ...)"
 FAMILIES = ("standard", "conversational", "preference")
 TRAINERS = {"sft": "sft", "dpo": "dpo", "grpo": "grpo"}
 STRATEGIES = {"fsdp": "fsdp", "ddp": "ddp", "deepspeed": "deepspeed"}
-
-
-def _store(name: str, convert: Any = None) -> Custom:
-    def handler(builder: Builder, key: str, value: Any) -> None:
-        builder.extra[name] = (key, convert(value) if convert else value)
-
-    return Custom(handler)
 
 
 def _distributed(builder: Builder, key: str, value: Any) -> None:
@@ -65,10 +59,10 @@ KEYS: dict[str, tuple[Any, str]] = {
     "model": (To("model.name", text), "the model: hub id or local path"),
     "dataset": (To("dataset.train.uri", data_uri), "the dataset: hub id, local .json/.csv"),
     "format": (
-        _store("format", one_of({f: f for f in FAMILIES})),
+        stored("format", one_of({f: f for f in FAMILIES})),
         "standard, conversational or preference (TRL's dataset formats)",
     ),
-    "trainer": (_store("trainer", one_of(TRAINERS)), "SFT, DPO or GRPO"),
+    "trainer": (stored("trainer", one_of(TRAINERS)), "SFT, DPO or GRPO"),
     "distributed-training": (Custom(_distributed), "unsloth (ignored), fsdp, ddp, deepspeed"),
     "per-device-train-batch-size": (To("training.batchSize", integer), "batch size per device"),
     "gradient-acc-steps": (
@@ -81,7 +75,7 @@ KEYS: dict[str, tuple[Any, str]] = {
     "lr-scheduler-type": (To("training.scheduler", text), "learning-rate schedule"),
     "save-steps": (To("output.saveSteps", integer), "checkpoint every N steps"),
     "max-completion-length": (
-        _store("max_completion_length", integer),
+        stored("max_completion_length", integer),
         "tokens generated per completion (GRPO) or answer",
     ),
     "max-seq-length": (To("dataset.maxSeqLength", integer), "longest input in tokens"),

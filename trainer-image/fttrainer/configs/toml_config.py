@@ -26,12 +26,14 @@ from .base import (
     boolean,
     complete_trackers,
     data_uri,
+    flash_attention,
     integer,
     is_null,
     job_name,
     model_directory_name,
     number,
     one_of,
+    stored,
     target_modules,
     text,
     timestamp,
@@ -68,17 +70,6 @@ def _checkpointing(builder: Builder, key: str, value: Any) -> None:
         builder.set("training.gradientCheckpointing", boolean(value), key)
 
 
-def _flash_attention(builder: Builder, key: str, value: Any) -> None:
-    if boolean(value):
-        builder.set("model.attention", "auto", key)
-        builder.info(
-            key,
-            "model.attention auto: flash_attention_2 where installed on a GPU, else PyTorch SDPA",
-        )
-    else:
-        builder.set("model.attention", "sdpa", key)
-
-
 def _loftq(builder: Builder, key: str, value: Any) -> None:
     if not isinstance(value, dict):
         raise ValueError(
@@ -108,34 +99,25 @@ def _push_to_hub(builder: Builder, key: str, value: Any) -> None:
         )
 
 
-def _store(name: str, convert: Any = None) -> Custom:
-    """Keys read together with others in `_finish` (method, columns, markers)."""
-
-    def handler(builder: Builder, key: str, value: Any) -> None:
-        builder.extra[name] = (key, convert(value) if convert else value)
-
-    return Custom(handler)
-
-
 FINE_TUNER: KeyTable = {
     "base_model_id": To("model.name", text),
     "max_sequence_length": To("dataset.maxSeqLength", integer),
     "dtype": To("model.dtype", one_of(DTYPES)),
-    "load_in_4bit": _store("load_in_4bit", boolean),
-    "load_in_8bit": _store("load_in_8bit", boolean),
-    "full_finetuning": _store("full_finetuning", boolean),
-    "rank": _store("lora.r", integer),
-    "lora_alpha": _store("lora.alpha", integer),
-    "lora_dropout": _store("lora.dropout", number),
-    "target_modules": _store("lora.targetModules", target_modules),
-    "bias": _store("lora.bias", one_of({"none": "none", "all": "all", "lora_only": "lora_only"})),
-    "use_rslora": _store("lora.rslora", boolean),
+    "load_in_4bit": stored("load_in_4bit", boolean),
+    "load_in_8bit": stored("load_in_8bit", boolean),
+    "full_finetuning": stored("full_finetuning", boolean),
+    "rank": stored("lora.r", integer),
+    "lora_alpha": stored("lora.alpha", integer),
+    "lora_dropout": stored("lora.dropout", number),
+    "target_modules": stored("lora.targetModules", target_modules),
+    "bias": stored("lora.bias", one_of({"none": "none", "all": "all", "lora_only": "lora_only"})),
+    "use_rslora": stored("lora.rslora", boolean),
     "loftq_config": Custom(_loftq),
     "training_data_id": To("dataset.train.uri", data_uri),
     "validation_data_id": To("dataset.validation.uri", data_uri),
     "dataset_num_proc": To("dataset.numProc", integer),
-    "question_column": _store("question_column", text),
-    "ground_truth_column": _store("ground_truth_column", text),
+    "question_column": stored("question_column", text),
+    "ground_truth_column": stored("ground_truth_column", text),
     "system_prompt_column": To("dataset.columns.system", text),
     "system_prompt_override_text": To("dataset.systemPrompt", text),
     "epochs": To("training.epochs", number),
@@ -149,11 +131,11 @@ FINE_TUNER: KeyTable = {
     "weight_decay": To("training.weightDecay", number),
     "seed": To("training.seed", integer),
     "use_gradient_checkpointing": Custom(_checkpointing),
-    "use_flash_attention": Custom(_flash_attention),
+    "use_flash_attention": Custom(flash_attention),
     "packing": To("dataset.packing", boolean),
-    "train_on_responses_only": _store("train_on_responses_only", boolean),
-    "question_part": _store("question_part", text),
-    "answer_part": _store("answer_part", text),
+    "train_on_responses_only": stored("train_on_responses_only", boolean),
+    "question_part": stored("question_part", text),
+    "answer_part": stored("answer_part", text),
     "log_steps": To("logging.steps", integer),
     "log_first_step": To("logging.firstStep", boolean),
     "report_to": To("logging.reportTo", trackers),
@@ -162,11 +144,11 @@ FINE_TUNER: KeyTable = {
     "push_to_hub": Custom(_push_to_hub),
 }
 MLFLOW: KeyTable = {
-    "tracking_uri": _store("mlflow.trackingUri", text),
-    "experiment_name": _store("mlflow.experiment", text),
-    "run_name": _store("mlflow.runName", text),
-    "run_name_prefix": _store("mlflow.runNamePrefix", text),
-    "run_name_suffix": _store("mlflow.runNameSuffix", text),
+    "tracking_uri": stored("mlflow.trackingUri", text),
+    "experiment_name": stored("mlflow.experiment", text),
+    "run_name": stored("mlflow.runName", text),
+    "run_name_prefix": stored("mlflow.runNamePrefix", text),
+    "run_name_suffix": stored("mlflow.runNameSuffix", text),
 }
 TABLES = {"fine_tuner": FINE_TUNER, "mlflow": MLFLOW}
 

@@ -26,12 +26,14 @@ from .base import (
     Translation,
     boolean,
     data_uri,
+    flash_attention,
     integer,
     is_null,
     job_name,
     model_directory_name,
     number,
     one_of,
+    stored,
     target_modules,
     text,
     timestamp,
@@ -63,28 +65,10 @@ PRECISIONS = {"no": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 COMPUTE_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
-def _store(name: str, convert: Any = None) -> Custom:
-    def handler(builder: Builder, key: str, value: Any) -> None:
-        builder.extra[name] = (key, convert(value) if convert else value)
-
-    return Custom(handler)
-
-
 def _trust_remote_code(builder: Builder, key: str, value: Any) -> None:
     builder.set("model.trustRemoteCode", boolean(value), key)
     if boolean(value):
         builder.warn(key, "true: Python code from the model repository runs in the trainer")
-
-
-def _flash_attention(builder: Builder, key: str, value: Any) -> None:
-    if boolean(value):
-        builder.set("model.attention", "auto", key)
-        builder.info(
-            key,
-            "model.attention auto: flash_attention_2 where installed on a GPU, else PyTorch SDPA",
-        )
-    else:
-        builder.set("model.attention", "sdpa", key)
 
 
 def _task_type(builder: Builder, key: str, value: Any) -> None:
@@ -129,33 +113,33 @@ def _benchmarks(builder: Builder, key: str, value: Any) -> None:
 KEYS: KeyTable = {
     "model.base_model": To("model.name", text),
     "model.tokenizer": To("model.tokenizer", text),
-    "model.load_in_8bit": _store("load_in_8bit", boolean),
-    "model.load_in_4bit": _store("load_in_4bit", boolean),
+    "model.load_in_8bit": stored("load_in_8bit", boolean),
+    "model.load_in_4bit": stored("load_in_4bit", boolean),
     "model.trust_remote_code": Custom(_trust_remote_code),
-    "model.use_flash_attention": Custom(_flash_attention),
+    "model.use_flash_attention": Custom(flash_attention),
     "model.use_liger_kernels": To("training.ligerKernels", boolean),
     "fine_tuning.method": To(
         "method.type",
         one_of({m: m for m in ("full", "lora", "qlora", "spectrum", "dora", "prefix", "prompt")}),
     ),
-    "fine_tuning.lora.r": _store("lora.r", integer),
-    "fine_tuning.lora.alpha": _store("lora.alpha", integer),
-    "fine_tuning.lora.dropout": _store("lora.dropout", number),
-    "fine_tuning.lora.target_modules": _store("lora.targetModules", target_modules),
-    "fine_tuning.lora.bias": _store(
+    "fine_tuning.lora.r": stored("lora.r", integer),
+    "fine_tuning.lora.alpha": stored("lora.alpha", integer),
+    "fine_tuning.lora.dropout": stored("lora.dropout", number),
+    "fine_tuning.lora.target_modules": stored("lora.targetModules", target_modules),
+    "fine_tuning.lora.bias": stored(
         "lora.bias", one_of({"none": "none", "all": "all", "lora_only": "lora_only"})
     ),
     "fine_tuning.lora.task_type": Custom(_task_type),
-    "fine_tuning.spectrum.snr_threshold": _store("spectrum.snr_threshold", number),
-    "fine_tuning.spectrum.layers_to_finetune": _store("spectrum.layers", None),
-    "fine_tuning.quantization.bits": _store("quant.bits", one_of({"4": 4, "8": 8})),
-    "fine_tuning.quantization.bnb_4bit_compute_dtype": _store(
+    "fine_tuning.spectrum.snr_threshold": stored("spectrum.snr_threshold", number),
+    "fine_tuning.spectrum.layers_to_finetune": stored("spectrum.layers", None),
+    "fine_tuning.quantization.bits": stored("quant.bits", one_of({"4": 4, "8": 8})),
+    "fine_tuning.quantization.bnb_4bit_compute_dtype": stored(
         "quant.computeDtype", one_of(COMPUTE_DTYPES)
     ),
-    "fine_tuning.quantization.bnb_4bit_quant_type": _store(
+    "fine_tuning.quantization.bnb_4bit_quant_type": stored(
         "quant.type", one_of({"nf4": "nf4", "fp4": "fp4"})
     ),
-    "fine_tuning.quantization.bnb_4bit_use_double_quant": _store("quant.doubleQuant", boolean),
+    "fine_tuning.quantization.bnb_4bit_use_double_quant": stored("quant.doubleQuant", boolean),
     "training.epochs": To("training.epochs", number),
     "training.micro_batch_size": To("training.batchSize", integer),
     "training.gradient_accumulation_steps": To("training.gradientAccumulationSteps", integer),
@@ -174,22 +158,22 @@ KEYS: KeyTable = {
     "dataset.preprocessing.add_eos_token": To("dataset.addEos", boolean),
     "dataset.preprocessing.add_bos_token": To("dataset.addBos", boolean),
     "dataset.preprocessing.use_chat_template": To("dataset.useChatTemplate", boolean),
-    "distributed.use_deepspeed": _store("use_deepspeed", boolean),
-    "distributed.deepspeed_config": _store("deepspeed_config", text),
-    "distributed.zero_stage": _store("zero_stage", one_of({str(s): s for s in range(4)})),
+    "distributed.use_deepspeed": stored("use_deepspeed", boolean),
+    "distributed.deepspeed_config": stored("deepspeed_config", text),
+    "distributed.zero_stage": stored("zero_stage", one_of({str(s): s for s in range(4)})),
     "distributed.gradient_accumulation_steps": To(
         "training.gradientAccumulationSteps", integer, weak=True
     ),
-    "output.output_dir": _store("output_dir", text),
+    "output.output_dir": stored("output_dir", text),
     "output.logging_steps": To("logging.steps", integer),
     "output.eval_steps": To("evaluation.steps", integer, weak=True),
     "output.save_steps": To("output.saveSteps", integer),
     "output.save_total_limit": To("output.saveTotalLimit", integer),
-    "output.push_to_hub": _store("push_to_hub", boolean),
-    "output.hub_model_id": _store("hub_model_id", text),
+    "output.push_to_hub": stored("push_to_hub", boolean),
+    "output.hub_model_id": stored("hub_model_id", text),
     "evaluation.do_eval": Custom(_do_eval),
     "evaluation.eval_batch_size": To("evaluation.batchSize", integer),
-    "evaluation.eval_strategy": _store(
+    "evaluation.eval_strategy": stored(
         "eval_strategy", one_of({"no": "no", "steps": "steps", "epoch": "epoch"})
     ),
     "evaluation.eval_steps": To("evaluation.steps", integer),
