@@ -19,6 +19,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := hardlink
 
 CRD := crds/finetune.dev_finetunejobs.yaml
+PROGRESS_CRD := crds/finetune.dev_finetunejobprogresses.yaml
 API_REFERENCE := docs/api-reference.md
 
 .PHONY: help install lint fmt crds test unit integration quickstart tools cluster-up cluster-down clean
@@ -50,7 +51,8 @@ fmt: install ## format and autofix
 
 crds: install ## regenerate crds/ and the API reference from the pydantic models
 	$(BIN)/finetune-crd -o $(CRD)
-	cp $(CRD) helm/finetune-operator/crds/finetune.dev_finetunejobs.yaml
+	$(BIN)/finetune-crd --kind progress -o $(PROGRESS_CRD)
+	cp $(CRD) $(PROGRESS_CRD) helm/finetune-operator/crds/
 	$(BIN)/python -m ftapi.reference -o $(API_REFERENCE)
 
 unit: install ## unit tests only (no cluster), the Helm chart's included

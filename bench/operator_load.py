@@ -66,7 +66,10 @@ from ftoperator.desired import LABEL_JOB, Settings, desired
 from ftoperator.kube import Kube
 
 REPO = Path(__file__).resolve().parents[1]
-CRD = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
+CRDS = [
+    REPO / "crds" / f"finetune.dev_{plural}.yaml"
+    for plural in ("finetunejobs", "finetunejobprogresses")
+]
 STATE = Path(os.environ.get("FTO_STATE", Path.home() / ".cache/finetune-operator/cluster"))
 BENCH_LABEL = "finetune.dev/bench"  # on the namespaces and nodes this script creates
 POOL = "bench"  # finetune.dev/pool of the benchmark's nodes (the jobs select it)
@@ -515,9 +518,10 @@ def kubectl(*args: str) -> str:
 def prepare(api: client.ApiClient, nodes: int) -> None:
     """The CRD, the benchmark's nodes (Ready), and no leftovers of an interrupted run."""
     core = client.CoreV1Api(api)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    for crd in CRDS:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl("wait", "--for", "condition=Established", "--timeout=60s",
-            "crd/finetunejobs.finetune.dev")  # fmt: skip
+            "crd/finetunejobs.finetune.dev", "crd/finetunejobprogresses.finetune.dev")  # fmt: skip
     for leftover in core.list_namespace(label_selector=BENCH_LABEL).items:
         print(f"deleting the namespace {leftover.metadata.name} of an earlier run", flush=True)
         delete_namespace(api, leftover.metadata.name, wait=0)

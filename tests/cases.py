@@ -234,6 +234,10 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         "spec.output.finalModel", "needs evaluation"),
     "name too long": (
         make_job("a" * 43).obj(), "", "at most 42 characters"),
+    "tolerationSeconds without NoExecute": (
+        make_job().set("resources.tolerations", [{"key": "spot", "operator": "Exists",
+                       "effect": "NoSchedule", "tolerationSeconds": 30}]).obj(),
+        "spec.resources.tolerations[0].tolerationSeconds", "only to effect NoExecute"),
     "name not a DNS label": (
         make_job("9-Lives").obj(), "", "DNS-1035"),
 }  # fmt: skip
@@ -252,6 +256,12 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("resources.gpusPerNode", -1).obj(), "spec.resources.gpusPerNode", ">= 0"),
     "ratio above one": (
         make_job().set("dataset.split", {"train": 1.5}).obj(), "spec.dataset.split.train", "<= 1"),
+    "GPU resource without a domain": (
+        make_job().set("resources.gpuResourceName", "gpu").obj(),
+        "spec.resources.gpuResourceName", "must match"),
+    "queue name longer than a label value": (
+        make_job().set("scheduling.queueName", "q" * 64).obj(), "spec.scheduling.queueName",
+        "at most 63"),
     "bad secret name": (
         make_job().set("model.hfTokenSecretRef", {"name": "Bad_Name", "key": "t"}).obj(),
         "spec.model.hfTokenSecretRef.name", "must match"),

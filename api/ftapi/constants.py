@@ -9,6 +9,11 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ("ftj",)
 CATEGORIES = ("finetune",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
+# The trainer's progress channel (ftapi.progress): one object per FineTuneJob, owned by it.
+PROGRESS_KIND = "FineTuneJobProgress"
+PROGRESS_PLURAL = "finetunejobprogresses"
+PROGRESS_SINGULAR = "finetunejobprogress"
+PROGRESS_CRD_NAME = f"{PROGRESS_PLURAL}.{GROUP}"
 # Child Job/Service/pod hostnames embed the job name plus attempt and index suffixes, and a
 # Service name must be a DNS-1035 label (max 63), so FineTuneJob names are kept shorter.
 MAX_NAME_LENGTH = 42

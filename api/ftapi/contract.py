@@ -41,6 +41,15 @@ WRITABLE_DIRECTORIES = (
     "MPLCONFIGDIR",
     "WANDB_DIR",
 )
+# A failure that a restart would repeat (a data row, a config the trainer refuses): the
+# trainer writes INVALID_INPUT_MARKER and its message to the container's termination log,
+# which survives torchrun (whose own exit code is 1 whatever its worker's), and exits with
+# EXIT_INVALID_INPUT (sysexits' EX_DATAERR). The operator then fails the job at once
+# (reason InvalidInput) instead of spending restarts on fresh GPU nodes.
+TERMINATION_LOG = "/dev/termination-log"
+ENV_TERMINATION_LOG = "FINETUNE_TERMINATION_LOG"  # another path (tests; kubelet's default)
+INVALID_INPUT_MARKER = "finetune: invalid input:"
+EXIT_INVALID_INPUT = 65
 # The image's default arguments: one node, every visible GPU (torchrun counts them).
 DEFAULT_COMMAND = (
     TORCHRUN, "--nproc-per-node", "gpu", "-m", TRAINER_MODULE, TRAINER_COMMAND, JOB_CONFIG_PATH,

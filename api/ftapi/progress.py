@@ -1,13 +1,21 @@
 """The progress channel between a trainer pod and the operator.
 
-Rank 0 of the trainer writes one JSON document, `ProgressReport`, under the key
-`progress.json` of the job's progress ConfigMap (`<job>-progress`). Its per-job Role lets
-it get/patch that one ConfigMap by resourceName and nothing else; the operator reads it from
-its watch and copies it into `FineTuneJob.status`. Neither side needs the other's
-credentials: the operator never sees S3 keys, the trainer never writes the FineTuneJob.
+Rank 0 of the trainer writes one JSON document, `ProgressReport`, into the `report` field
+of the job's FineTuneJobProgress object (`<job>-progress`, a resource of this API group). Its
+per-job Role lets it get/patch that one object by resourceName and nothing else; the operator
+reads it from its watch and copies it into `FineTuneJob.status`. Neither side needs the
+other's credentials: the operator never sees S3 keys, the trainer never writes the
+FineTuneJob.
+
+Why a resource of our own rather than a ConfigMap: the operator must hold every right it
+grants in the trainer's Role, so a ConfigMap channel cost it write access to every ConfigMap
+of the cluster; and a namespace's `edit` users may write ConfigMaps but get no rights on
+this kind unless a cluster admin grants them. The operator takes a report only from the
+object named `<job>-progress` whose controller ownerReference carries the job's UID, so
+neither a labelled look-alike nor the orphan of a deleted job with the same name is read.
 
 The environment the operator gives the pod says where to write:
-FINETUNE_PROGRESS_CONFIGMAP (the ConfigMap's name), FINETUNE_NAMESPACE, FINETUNE_ATTEMPT.
+FINETUNE_PROGRESS_NAME (the object's name), FINETUNE_NAMESPACE, FINETUNE_ATTEMPT.
 A report carries its attempt, so a late write from a torn-down attempt is recognisable.
 """
 
@@ -20,8 +28,11 @@ from pydantic import Field
 
 from .v1alpha1._base import ApiModel
 
-PROGRESS_KEY = "progress.json"
-ENV_PROGRESS_CONFIGMAP = "FINETUNE_PROGRESS_CONFIGMAP"
+REPORT_FIELD = "report"
+"""The FineTuneJobProgress field holding the JSON of a ProgressReport."""
+MAX_REPORT_LENGTH = 65536
+"""Bound of that field (the CRD enforces it): a report is a few hundred bytes."""
+ENV_PROGRESS_NAME = "FINETUNE_PROGRESS_NAME"
 ENV_NAMESPACE = "FINETUNE_NAMESPACE"
 ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 # How often the trainer reports at most (plus at each checkpoint and at the end): the

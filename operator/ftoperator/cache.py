@@ -1,12 +1,15 @@
 """What the operator has seen, and what it must look at again.
 
 `Cache` is an informer cache fed by kopf's watch events: FineTuneJobs by (namespace, name),
-their Jobs, pods and progress ConfigMaps grouped by owning FineTuneJob, and the nodes that
+their Jobs, pods and progress reports grouped by owning FineTuneJob, and the nodes that
 are not ready. Reconciling reads only from here, so one pass costs no API reads.
 
 `WorkQueue` has client-go's workqueue semantics: a key is queued at most once, never
 processed by two workers at a time, and a key added while it is being processed is
-processed once more afterwards (nothing is lost, nothing runs twice concurrently).
+processed once more afterwards (nothing is lost, nothing runs twice concurrently). A key
+whose pass raised is retried after a per-key exponential backoff (client-go's default
+controller rate limiter: 5 ms doubling up to 1000 s, reset by a pass that succeeds), so a
+job that keeps failing costs ever fewer requests and log lines instead of a steady load.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ class Cache:
     """FineTuneJobs (whole objects)."""
     batch_jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    progress: dict[Key, ProgressReport] = field(default_factory=dict)
-    """The trainer's last report (parsed once, when its ConfigMap changes)."""
+    progress: dict[Key, tuple[str, ProgressReport]] = field(default_factory=dict)
+    """The trainer's last report (parsed once, when its FineTuneJobProgress changes), with
+    the UID of the FineTuneJob that owns the object it came from."""
     lost_nodes: set[str] = field(default_factory=set)
+    create_failures: dict[Key, str] = field(default_factory=dict)
+    """Why the Job controller cannot create a job's pods (its FailedCreate Events), read
+    only while a Job lacks pods."""
 
     def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
         if body is None:
@@ -53,7 +60,7 @@ class Cache:
         else:
             children[name] = slim(body)
 
-    def observe_progress(self, key: Key, text: str | None) -> None:
+    def observe_progress(self, key: Key, text: str | None, owner_uid: str = "") -> None:
         report = None
         if text:
             try:
@@ -63,7 +70,14 @@ class Cache:
         if report is None:
             self.progress.pop(key, None)
         else:
-            self.progress[key] = report
+            self.progress[key] = (owner_uid, report)
+
+    def progress_of(self, key: Key) -> ProgressReport | None:
+        """The last report of this FineTuneJob itself: from an object its UID owns (not
+        one left by a deleted job of the same name, nor one pointing at another job)."""
+        uid = (self.jobs.get(key) or {}).get("metadata", {}).get("uid")
+        owner_uid, report = self.progress.get(key, ("", None))
+        return report if uid and owner_uid == uid else None
 
     def observe_node(self, name: str, ready: bool) -> None:
         if ready:
@@ -98,6 +112,14 @@ def node_ready(node: dict[str, Any]) -> bool:
 
 Handler = Callable[[Any], Awaitable[None]]
 
+BACKOFF_BASE_SECONDS = 0.005
+BACKOFF_MAX_SECONDS = 1000.0
+
+
+def backoff(failures: int) -> float:
+    """Delay before the retry after the `failures`-th consecutive failure (1-based)."""
+    return float(min(BACKOFF_BASE_SECONDS * 2.0 ** min(failures - 1, 64), BACKOFF_MAX_SECONDS))
+
 
 class WorkQueue:
     """Keys to reconcile, processed by a fixed number of workers."""
@@ -111,6 +133,7 @@ class WorkQueue:
         self._dirty: set[Hashable] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._failures: dict[Hashable, int] = {}
 
     def add(self, key: Hashable) -> None:
         if key in self._processing:
@@ -157,8 +180,15 @@ class WorkQueue:
             except asyncio.CancelledError:
                 raise
             except Exception:  # one key's error never stops the worker; it is retried
-                log.exception("reconciling %s failed; retrying in 5 s", key)
-                self.add_after(key, 5.0)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = backoff(failures)
+                log.exception(
+                    "reconciling %s failed (%d in a row); retrying in %.3g s", key, failures, delay
+                )
+                self._dirty.discard(key)  # the retry waits for its backoff
+                self.add_after(key, delay)
+            else:
+                self._failures.pop(key, None)
             finally:
                 self._processing.discard(key)
                 if key in self._dirty:

@@ -27,8 +27,18 @@ from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
 from .cache import Cache, Key, WorkQueue
-from .desired import LABEL_ATTEMPT, LABEL_JOB, Names, Settings, desired, policy_violation
-from .kube import Kube
+from .desired import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    Names,
+    Settings,
+    desired,
+    policy_violation,
+    settings_used,
+    with_recorded,
+)
+from .kube import ChildError, Kube, owned_by
+from .merge_patch import merge_patch
 from .observability import METRICS, Metrics
 from .status import (
     CreateAttempt,
@@ -42,6 +52,8 @@ from .status import (
 )
 
 log = logging.getLogger("ftoperator")
+CREATE_FAILURE_POLL_SECONDS = 10.0
+CREATE_FAILURE_GRACE_SECONDS = 5.0
 
 
 class Controller:
@@ -68,6 +80,7 @@ class Controller:
         started = time.monotonic()
         try:
             await self._read_through(key, body)
+            await self._read_create_failure(key, body)
             job, plan = self.plan(key, body)
             await self._execute(key, body, job, plan)
         except Exception as error:
@@ -96,8 +109,8 @@ class Controller:
         job = self.cache.batch_jobs.get(key, {}).get(name)
         if job is None:
             job = await asyncio.to_thread(self.kube.get_job, key[0], name)
-            if job is None:
-                return
+            if job is None or not owned_by(job, body["metadata"].get("uid", "")):
+                return  # absent, or a stranger's (the create will say ChildConflict)
             self.cache.observe_child("Job", key, name, job)
         elif not pods_behind(job, self._attempt_pods(key, attempt)):
             return
@@ -110,6 +123,38 @@ class Controller:
         for pod in listed:
             self.cache.observe_child("Pod", key, pod["metadata"]["name"], pod)
 
+    async def _read_create_failure(self, key: Key, body: dict[str, Any]) -> None:
+        """While the current attempt's Job runs without all of its pods, ask why (the Job
+        controller's FailedCreate Events; nothing else records it) and look again soon:
+        otherwise a quota or a missing PriorityClass would read "0 of N running" forever."""
+        status = body.get("status") or {}
+        attempt = status.get("attempt", 0)
+        uid = body.get("metadata", {}).get("uid", "")
+        jobs, pods = self._owned(key, uid, attempt)
+        batch_job = jobs.get(Names(key[1], attempt).batch_job)
+        missing = (
+            status.get("phase") not in TERMINAL_PHASES
+            and batch_job is not None
+            and not (batch_job.get("spec") or {}).get("suspend")
+            and len(pods) < int((batch_job.get("spec") or {}).get("parallelism") or 1)
+        )
+        if not missing:
+            self.cache.create_failures.pop(key, None)
+            return
+        assert batch_job is not None
+        age = _age_seconds(batch_job)
+        if age < CREATE_FAILURE_GRACE_SECONDS:  # pods normally appear within a second
+            self.queue.add_after(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
+            return
+        failure = await asyncio.to_thread(
+            self.kube.pod_create_failure, key[0], Names(key[1], attempt).batch_job
+        )
+        if failure is None:
+            self.cache.create_failures.pop(key, None)
+        else:
+            self.cache.create_failures[key] = failure
+        self.queue.add_after(key, CREATE_FAILURE_POLL_SECONDS)
+
     def _attempt_pods(self, key: Key, attempt: int) -> list[dict[str, Any]]:
         return [
             pod
@@ -117,14 +162,34 @@ class Controller:
             if pod.get("metadata", {}).get("labels", {}).get(LABEL_ATTEMPT) == str(attempt)
         ]
 
+    def _owned(
+        self, key: Key, uid: str, attempt: int
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """This FineTuneJob's Jobs and the current attempt's pods, by ownership: labels are
+        only how the watches find candidates, and anyone who may create pods can set them.
+        A Job counts when its controller is this FineTuneJob's UID, a pod when its
+        controller is one of those Jobs."""
+        jobs = {
+            name: job
+            for name, job in self.cache.batch_jobs.get(key, {}).items()
+            if owned_by(job, uid)
+        }
+        job_uids = {job.get("metadata", {}).get("uid") for job in jobs.values()}
+        pods = [
+            pod
+            for pod in self._attempt_pods(key, attempt)
+            if any(owned_by(pod, job_uid) for job_uid in job_uids if job_uid)
+        ]
+        return jobs, pods
+
     def plan(self, key: Key, body: dict[str, Any]) -> tuple[FineTuneJob | None, Plan]:
         """The parsed spec (None when it does not parse) and the plan for it."""
         status = FineTuneJobStatus.model_validate(body.get("status") or {})
         now = datetime.now(UTC)
         job, invalid = _parse(body)
         names = Names(key[1], status.attempt)
-        batch_jobs = self.cache.batch_jobs.get(key, {})
-        attempt_pods = self._attempt_pods(key, status.attempt)
+        uid = body.get("metadata", {}).get("uid", "")
+        batch_jobs, attempt_pods = self._owned(key, uid, status.attempt)
         others = [
             name
             for name, child in batch_jobs.items()
@@ -136,20 +201,26 @@ class Controller:
             batch_job=batch_jobs.get(names.batch_job),
             pods=attempt_pods,
             other_jobs=sorted(others),
-            progress=self.cache.progress.get(key),
+            progress=self.cache.progress_of(key),
             lost_nodes=frozenset(self.cache.lost_nodes),
+            pod_create_failure=self.cache.create_failures.get(key),
         )
         generation = body.get("metadata", {}).get("generation")
         if job is None:
             ttl = _raw_ttl(body)
             return None, rejected(status, invalid or "invalid spec", generation, now, ttl=ttl)
-        refused = policy_violation(job, self.settings)
+        refused = policy_violation(job, with_recorded(self.settings, status.settings))
         # Checked before every attempt is created (a restart after the allow-list changed
         # too), never against a Job that already runs.
         if refused is not None and names.batch_job not in batch_jobs:
             ttl = job.spec.run_policy.ttl_seconds_after_finished
-            return job, rejected(status, refused, generation, now, "ImageNotAllowed", ttl)
-        return job, reconcile(job, observed)
+            reason, message = refused
+            return job, rejected(status, message, generation, now, reason, ttl)
+        plan = reconcile(job, observed)
+        if plan.status.settings is None and any(isinstance(a, CreateAttempt) for a in plan.actions):
+            # Written with the status, before the first child exists (docs/install.md).
+            plan.status.settings = settings_used(job, self.settings)
+        return job, plan
 
     async def _execute(
         self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
@@ -157,13 +228,24 @@ class Controller:
         namespace, name = key
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if after != before:
-            stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, after)
+        patch = merge_patch(before, after)
+        if patch:
+            stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
             if stored is None:
                 return
             self._written[key] = stored
-        for action in plan.actions:
-            await self._act(key, job, action)
+        try:
+            settings = with_recorded(self.settings, plan.status.settings)
+            for action in plan.actions:
+                await self._act(key, job, action, settings)
+        except ChildError as error:
+            # Retrying cannot help (an invalid child, a name held by a stranger): the job
+            # fails with the API server's or the owner check's words, once.
+            ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
+            failed = rejected(plan.status, error.message, body.get("metadata", {}).get(
+                "generation"), datetime.now(UTC), error.reason, ttl)  # fmt: skip
+            await self._execute(key, {**body, "status": after}, job, failed)
+            return
         for event in plan.events:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
                                     event.message)  # fmt: skip
@@ -171,19 +253,23 @@ class Controller:
         if plan.status.phase != (before.get("phase") or "Pending") or not before:
             self.metrics.set_job_counts(self.phase_counts())
 
-    async def _act(self, key: Key, job: FineTuneJob | None, action: Any) -> None:
+    async def _act(
+        self, key: Key, job: FineTuneJob | None, action: Any, settings: Settings
+    ) -> None:
         namespace, name = key
         if isinstance(action, CreateAttempt):
             if job is None:  # never planned for an unparsable spec
                 return
-            children = desired(job, attempt=action.attempt, settings=self.settings)
-            # What the pods reference first, all at once (they do not depend on each other;
-            # a RoleBinding may name a ServiceAccount that does not exist yet), then the Job.
-            *prerequisites, batch_job = children.all()
-            await asyncio.gather(
-                *(asyncio.to_thread(self.kube.create, namespace, c) for c in prerequisites)
-            )
-            if await asyncio.to_thread(self.kube.create, namespace, batch_job):
+            children = desired(job, attempt=action.attempt, settings=settings)
+            uid = job.metadata.uid
+            # Stage by stage (desired.Children.stages); within a stage, all at once. Every
+            # child is verified as this job's, on every attempt (a deleted one is re-created).
+            *prerequisites, (batch_job,) = children.stages()
+            for stage in prerequisites:
+                await _gather_all(
+                    asyncio.to_thread(self.kube.create, namespace, c, uid) for c in stage
+                )
+            if await asyncio.to_thread(self.kube.create, namespace, batch_job, uid):
                 self.metrics.count_job_created()
                 if action.attempt > 0:
                     self.metrics.count_restart()
@@ -218,6 +304,15 @@ class Controller:
         return counts
 
 
+async def _gather_all(calls: Any) -> None:
+    """Await every call even when one fails (no create left running unobserved), then raise
+    the first ChildError, else the first other error."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in sorted(errors, key=lambda e: not isinstance(e, ChildError)):
+        raise error
+
+
 def pods_behind(job: dict[str, Any], cached: list[dict[str, Any]]) -> bool:
     """Whether the Job knows of more pods, or of a failed one, than the cache holds."""
     counts = job.get("status") or {}
@@ -247,6 +342,15 @@ def _raw_ttl(body: dict[str, Any]) -> int | None:
     run_policy = (body.get("spec") or {}).get("runPolicy") or {}
     value = run_policy.get("ttlSecondsAfterFinished")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _age_seconds(obj: dict[str, Any]) -> float:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    try:
+        born = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")  # unknown: old enough
+    return (datetime.now(UTC) - born).total_seconds()
 
 
 def _version(body: dict[str, Any]) -> int:

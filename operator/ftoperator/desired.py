@@ -2,7 +2,9 @@
 
     children = desired(job, attempt=0, settings=Settings(default_image="..."))
     children.job          # the Indexed batch/v1 Job running torchrun, one pod per node
-    children.all()        # ConfigMaps, headless Service, ServiceAccount, Role, RoleBinding, Job
+    children.all()        # config ConfigMap, FineTuneJobProgress, headless Service,
+                          # ServiceAccount, Role, RoleBinding, Job
+    children.stages()     # the same, in the order the API server needs them created
 
 Everything a pod needs is decided here, so a unit test can read it without a cluster:
 torchrun's arguments, the GPU request, where the pods may run, which Secrets become which
@@ -13,17 +15,26 @@ The kopf handlers apply what this returns and never edit it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
 
 from ftapi import contract
-from ftapi.constants import API_VERSION, ENV_HF_TOKEN, ENV_HUB_PUSH_TOKEN, KIND
+from ftapi.constants import (
+    API_VERSION,
+    ENV_HF_TOKEN,
+    ENV_HUB_PUSH_TOKEN,
+    GROUP,
+    KIND,
+    PROGRESS_KIND,
+    PROGRESS_PLURAL,
+)
 
 # Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
-from ftapi.progress import ENV_ATTEMPT, ENV_NAMESPACE, ENV_PROGRESS_CONFIGMAP
+from ftapi.progress import ENV_ATTEMPT, ENV_NAMESPACE, ENV_PROGRESS_NAME
 from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
+from ftapi.v1alpha1.status import OperatorSettingsUsed
 
 MANAGED_BY = "finetune-operator"
 LABEL_JOB = "finetune.dev/job-name"
@@ -54,6 +65,38 @@ class Settings:
     """Added to pods that request GPUs (e.g. a spot pool's taint), besides the toleration
     of the GPU resource's own taint, which is always added: GPU pools are usually tainted
     with it so that only GPU workloads land there (GKE, the NVIDIA GPU operator)."""
+    default_cpu: str | None = None
+    """CPU request of pods whose spec names none."""
+    cpu_limits: bool = False
+    """Also set a CPU limit equal to the request (namespaces whose ResourceQuota counts
+    limits.cpu admit only pods with one); off by default: it throttles data loading."""
+    default_memory: str | None = None
+    """Memory request and limit of pods whose spec names none (a namespace whose
+    ResourceQuota counts memory admits only pods with both)."""
+    forbid_service_account_name: bool = False
+    """Refuse jobs that set resources.serviceAccountName (pods would run with that
+    account's rights instead of the per-job one's)."""
+    allowed_priority_classes: tuple[str, ...] = ()
+    """PriorityClasses jobs may name; empty: any."""
+    allowed_node_selector_keys: tuple[str, ...] = ()
+    """Node label keys jobs may select on (nodeSelector and node affinity); empty: any."""
+    network_policy: bool = False
+    """Give each job a NetworkPolicy admitting traffic to its pods only from its own pods
+    (the torchrun rendezvous and NCCL ports are closed to the rest of the cluster)."""
+
+
+def settings_used(job: FineTuneJob, settings: Settings) -> OperatorSettingsUsed:
+    """What a job's first attempt takes from the operator's settings (recorded in status)."""
+    return OperatorSettingsUsed(
+        image=image_of(job, settings), s3_endpoint=settings.default_s3_endpoint
+    )
+
+
+def with_recorded(settings: Settings, used: OperatorSettingsUsed | None) -> Settings:
+    """The settings for a later attempt: the recorded image and endpoint win over today's."""
+    if used is None:
+        return settings
+    return replace(settings, default_image=used.image, default_s3_endpoint=used.s3_endpoint)
 
 
 def image_of(job: FineTuneJob, settings: Settings) -> str:
@@ -64,17 +107,92 @@ def gpu_resource_of(job: FineTuneJob, settings: Settings) -> str:
     return job.spec.resources.gpu_resource_name or settings.gpu_resource_name
 
 
-def policy_violation(job: FineTuneJob, settings: Settings) -> str | None:
-    """Why the operator's policy refuses this job, or None. (The CRD cannot know a cluster's
-    policy: this is checked when the job is reconciled and reported in its status.)"""
+def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
+    """(reason, message) when the operator refuses to run this job, else None: its policy
+    settings, and what cannot work in any cluster (local paths). The CRD cannot know a
+    cluster's policy nor tell a hub id from a path: this is checked before every attempt
+    is created and reported in the job's status."""
+    resources = job.spec.resources
     image = image_of(job, settings)
     allowed = settings.allowed_registries
     if allowed and not any(image_allowed(image, prefix) for prefix in allowed):
-        return (
+        return "ImageNotAllowed", (
             f"image {image} is not from an allowed registry ({', '.join(allowed)}): "
             "set spec.resources.image to one, or ask your platform team"
         )
+    if settings.forbid_service_account_name and resources.service_account_name:
+        return "ServiceAccountNotAllowed", (
+            "spec.resources.serviceAccountName is not allowed by this operator's settings "
+            "(pods run under a per-job ServiceAccount): remove it, or ask your platform team"
+        )
+    classes = settings.allowed_priority_classes
+    if classes and resources.priority_class_name and resources.priority_class_name not in classes:
+        return "PriorityClassNotAllowed", (
+            f"priority class {resources.priority_class_name} is not allowed "
+            f"(allowed: {', '.join(classes)})"
+        )
+    local = local_paths(job)
+    if local:
+        return "LocalPath", (
+            f"{'; '.join(local)}: a pod cannot see this machine's files, and what it writes "
+            "locally is lost with it. Use s3:// (or hf:// for data, a hub id for models), or "
+            "an absolute path that exists in the trainer image; `finetune run` takes local "
+            "paths"
+        )
+    keys = settings.allowed_node_selector_keys
+    refused = sorted(set(node_selection_keys(job)) - set(keys)) if keys else []
+    if refused:
+        return "NodeSelectorNotAllowed", (
+            f"selecting nodes by {', '.join(refused)} is not allowed (allowed keys: "
+            f"{', '.join(keys)}): spec.resources.nodeSelector and node affinity may use only those"
+        )
     return None
+
+
+def local_paths(job: FineTuneJob) -> list[str]:
+    """Fields naming this machine's files, which no pod has: any local output (the model
+    would be written to the pod's scratch volume and lost), and relative paths for data,
+    prompts, benchmarks, the model or an adapter (an absolute one may be in the image)."""
+    spec = job.spec
+    found = []
+    if "://" not in spec.output.uri:
+        found.append(f"spec.output.uri {spec.output.uri!r} is a local directory")
+    data = [("train", spec.dataset.train), ("validation", spec.dataset.validation),
+            ("test", spec.dataset.test)]  # fmt: skip
+    named: list[tuple[str, str | None]] = [
+        (f"spec.dataset.{split}.uri", s.uri) for split, s in data if s is not None
+    ]
+    named += [("spec.evaluation.promptsUri", spec.evaluation.prompts_uri)]
+    named += [(f"spec.evaluation.benchmarks[{i}].uri", b.uri)
+              for i, b in enumerate(spec.evaluation.benchmarks)]  # fmt: skip
+    for where, uri in named:
+        if uri and "://" not in uri and not uri.startswith("/"):
+            found.append(f"{where} {uri!r} is a relative path")
+    # Hub ids look like relative paths ("org/name"): only an explicit ./ ../ ~ is local.
+    hub_named = [("spec.model.name", spec.model.name)]
+    if spec.method.adapter is not None:
+        hub_named.append(("spec.method.adapter.uri", spec.method.adapter.uri))
+    for where, uri in hub_named:
+        if uri.startswith(("./", "../", "~")) or uri in (".", ".."):
+            found.append(f"{where} {uri!r} is a relative path")
+    return found
+
+
+def node_selection_keys(job: FineTuneJob) -> list[str]:
+    """Every node label key the pods' placement names: nodeSelector and node affinity."""
+    resources = job.spec.resources
+    keys = list(resources.node_selector)
+    node_affinity = (resources.affinity or {}).get("nodeAffinity") or {}
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = list(required.get("nodeSelectorTerms") or [])
+    terms += [
+        p.get("preference") or {}
+        for p in node_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+    ]
+    for term in terms:
+        for part in ("matchExpressions", "matchFields"):
+            keys += [str(e.get("key")) for e in term.get(part) or [] if isinstance(e, dict)]
+    return keys
 
 
 def image_allowed(image: str, prefix: str) -> bool:
@@ -133,13 +251,20 @@ class Children:
     role_binding: dict[str, Any]
     job: dict[str, Any]
     extra: list[dict[str, Any]] = field(default_factory=list)
+    """Optional children (the NetworkPolicy), created with the RoleBinding."""
+
+    def stages(self) -> list[list[dict[str, Any]]]:
+        """Creation order, objects of one stage being independent of each other. The
+        RoleBinding waits for its Role: an operator without the `bind` verb may bind a Role
+        only by holding its rules, which the API server checks by reading the Role (a 404
+        while it does not exist yet). The Job comes last: what its pods reference exists."""
+        first = [self.config, self.progress, self.service]
+        if self.service_account is not None:
+            first.append(self.service_account)
+        return [[*first, self.role], [self.role_binding, *self.extra], [self.job]]
 
     def all(self) -> list[dict[str, Any]]:
-        """In creation order: what the pods reference exists before the Job does."""
-        objects = [self.config, self.progress, self.service]
-        if self.service_account is not None:
-            objects.append(self.service_account)
-        return [*objects, self.role, self.role_binding, *self.extra, self.job]
+        return [obj for stage in self.stages() for obj in stage]
 
 
 def desired(job: FineTuneJob, *, attempt: int, settings: Settings) -> Children:
@@ -162,18 +287,23 @@ def desired(job: FineTuneJob, *, attempt: int, settings: Settings) -> Children:
 
     spec = job.spec
     account = spec.resources.service_account_name or names.trainer
+    extra = [_network_policy(job, meta(names.trainer, "trainer"))] if (
+        settings.network_policy) else []  # fmt: skip
     return Children(
+        extra=extra,
         config={
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": meta(names.config, "config"),
+            # What an attempt trains cannot be edited under it (deleting it and creating
+            # a look-alike is caught by the owner check when the next attempt starts).
+            "immutable": True,
             "data": {CONFIG_KEY: resolved_config(job)},
         },
         progress={
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
+            "apiVersion": API_VERSION,
+            "kind": PROGRESS_KIND,
             "metadata": meta(names.progress, "progress"),
-            "data": {},
         },
         service={
             "apiVersion": "v1",
@@ -199,11 +329,11 @@ def desired(job: FineTuneJob, *, attempt: int, settings: Settings) -> Children:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": meta(names.trainer, "trainer"),
-            # The trainer's only right: update its own progress ConfigMap.
+            # The trainer's only right: update its own progress object.
             "rules": [
                 {
-                    "apiGroups": [""],
-                    "resources": ["configmaps"],
+                    "apiGroups": [GROUP],
+                    "resources": [PROGRESS_PLURAL],
                     "resourceNames": [names.progress],
                     "verbs": ["get", "patch", "update"],
                 }
@@ -293,10 +423,16 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
     limits: dict[str, Any] = {}
     if gpus:
         requests[gpu_resource] = limits[gpu_resource] = str(gpus)  # a quantity
-    if resources.cpu is not None:
-        requests["cpu"] = str(resources.cpu)  # quantities are strings in the Kubernetes API
-    if resources.memory is not None:
-        requests["memory"] = limits["memory"] = str(resources.memory)
+    # Quantities are strings in the Kubernetes API. The memory limit equals the request
+    # (a trainer's memory is not burstable); a CPU limit only where the operator asks.
+    cpu = str(resources.cpu) if resources.cpu is not None else settings.default_cpu
+    memory = str(resources.memory) if resources.memory is not None else settings.default_memory
+    if cpu:
+        requests["cpu"] = cpu
+        if settings.cpu_limits:
+            limits["cpu"] = cpu
+    if memory:
+        requests["memory"] = limits["memory"] = memory
     container = {
         "name": "trainer",
         "image": image_of(job, settings),
@@ -341,7 +477,7 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
             {"name": "config", "configMap": {"name": names.config}},
             {
                 "name": "dshm",
-                "emptyDir": {"medium": "Memory", "sizeLimit": str(resources.shared_memory)},
+                "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory(job, memory)},
             },
             {"name": "workspace", "emptyDir": {"sizeLimit": settings.scratch_size}},
         ],
@@ -365,11 +501,49 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
     return pod
 
 
+def shared_memory(job: FineTuneJob, memory_limit: str | None) -> str:
+    """/dev/shm's size, at most the memory limit: pages there count against it, so a larger
+    tmpfs only moves the failure from a clear ENOSPC to an OOM kill."""
+    wanted = str(job.spec.resources.shared_memory)
+    if memory_limit and quantity_bytes(memory_limit) < quantity_bytes(wanted):
+        return memory_limit
+    return wanted
+
+
+_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "m": 10**-3, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes memory quantity in bytes ("64Gi", "500M", "1e9", "1048576")."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * _SUFFIXES[suffix]
+    return float(quantity)
+
+
+def _network_policy(job: FineTuneJob, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Ingress to the job's pods only from its own pods (rendezvous, NCCL, any port)."""
+    own = {"matchLabels": {LABEL_JOB: job.name}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": own,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": own}]}],
+        },
+    }
+
+
 def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, Any]]:
     """Operator-set variables first, then Secret references, then the user's own."""
     spec = job.spec
     env: list[dict[str, Any]] = [
-        {"name": ENV_PROGRESS_CONFIGMAP, "value": names.progress},
+        {"name": ENV_PROGRESS_NAME, "value": names.progress},
         {"name": ENV_ATTEMPT, "value": str(names.attempt)},
         {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
@@ -388,7 +562,10 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
     for name, ref in spec.logging.secret_env().items():
         env.append(_secret_ref_env(name, ref))
     for variable in spec.resources.env:
-        env.append(variable.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if variable.secret_key_ref is not None:  # core/v1 nests it under valueFrom
+            env.append(_secret_ref_env(variable.name, variable.secret_key_ref))
+        else:
+            env.append({"name": variable.name, "value": variable.value or ""})
     return env
 
 

@@ -16,12 +16,12 @@ from typing import Any, cast
 
 import kopf
 
-from ftapi.constants import GROUP, PLURAL, VERSION
-from ftapi.progress import PROGRESS_KEY
+from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
+from ftapi.progress import REPORT_FIELD
 
 from .cache import node_ready
 from .controller import Controller
-from .desired import LABEL_COMPONENT, LABEL_JOB
+from .desired import LABEL_JOB, Names
 
 log = logging.getLogger("ftoperator")
 
@@ -70,16 +70,17 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     kopf.on.event("batch", "v1", "jobs", labels=selector, registry=registry)(child("Job"))
     kopf.on.event("", "v1", "pods", labels=selector, registry=registry)(child("Pod"))
 
-    @kopf.on.event(
-        "", "v1", "configmaps", labels={**selector, LABEL_COMPONENT: "progress"}, registry=registry
-    )
-    async def progress(
-        event: kopf.RawEvent, namespace: str | None, labels: Mapping[str, str], **_: Any
-    ) -> None:
-        key = (namespace or "", labels[LABEL_JOB])
+    @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, registry=registry)
+    async def progress(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+        # Tied to its job by the controller ownerReference and the name the operator gave
+        # it, never by labels; the controller also checks the owner's UID (cache.py).
+        body = _body(event)
+        owner = _controller(body)
+        if owner is None or name != Names(owner[0], 0).progress:
+            return
+        key = (namespace or "", owner[0])
         deleted = event.get("type") == "DELETED"
-        data = _body(event).get("data") or {}
-        cache.observe_progress(key, None if deleted else data.get(PROGRESS_KEY))
+        cache.observe_progress(key, None if deleted else body.get(REPORT_FIELD), owner[1])
         queue.add(key)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
@@ -94,3 +95,15 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
 def _body(event: kopf.RawEvent) -> dict[str, Any]:
     return cast(dict[str, Any], event["object"])
+
+
+def _controller(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, uid) of the FineTuneJob that controls this object, if one does."""
+    for reference in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            reference.get("controller")
+            and reference.get("kind") == KIND
+            and str(reference.get("apiVersion", "")).split("/")[0] == GROUP
+        ):
+            return str(reference.get("name")), str(reference.get("uid"))
+    return None

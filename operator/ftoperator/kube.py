@@ -1,12 +1,17 @@
 """The operator's writes to the API server: a thin adapter over the kubernetes client.
 
 Every write is idempotent, so a plan can be executed again after a crash: creating what
-exists (409) and deleting what is gone (404) are successes. The client is synchronous;
-callers run it in worker threads (asyncio.to_thread).
+exists (409) and deleting what is gone (404) are successes. Creating is create-or-verify: an
+object that already exists counts only when its controller ownerReference carries the
+FineTuneJob's UID; anything else is somebody else's (or a deleted job's) and is never
+adopted (ChildError "ChildConflict"). A create the API server refuses as invalid (400, 413,
+422) will be refused again: ChildError "ChildRejected", with the server's own message.
+The client is synchronous; callers run it in worker threads (asyncio.to_thread).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,11 +20,37 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 
 from .observability import METRICS, Metrics
 
 log = logging.getLogger("ftoperator")
+
+INVALID = (400, 413, 422)  # the API server will refuse the same object again
+
+
+class ChildError(Exception):
+    """A child of a FineTuneJob that cannot be created, whatever the number of retries."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether `obj`'s controller ownerReference is the FineTuneJob with this UID."""
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in references)
+
+
+def server_message(error: ApiException) -> str:
+    """The API server's own explanation (its Status message), else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or error.reason or error.status)
 
 
 class Kube:
@@ -33,10 +64,15 @@ class Kube:
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.networking = client.NetworkingV1Api(api)
         self.requests = 0  # API calls made by this client (also finetune_api_requests_total)
 
-    def create(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create one child; False when it already existed."""
+    def create(self, namespace: str, body: dict[str, Any], owner_uid: str | None = None) -> bool:
+        """Create one child; False when this FineTuneJob's own child already existed.
+
+        owner_uid: the FineTuneJob's UID, which an existing object must carry as its
+        controller (None: no check, for callers that create objects of their own)."""
+        kind, name = body["kind"], body["metadata"]["name"]
         creators: dict[str, Callable[..., Any]] = {
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
@@ -44,31 +80,78 @@ class Kube:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
             "Job": self.batch.create_namespaced_job,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
+            "FineTuneJobProgress": lambda ns, obj: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PROGRESS_PLURAL, obj
+            ),
         }
-        create = creators[body["kind"]]
         self._count("create")
         try:
-            create(namespace, body)
+            creators[kind](namespace, body)
         except ApiException as error:
-            if error.status == 409:
-                return False
-            raise
-        return True
+            if error.status in INVALID:
+                raise ChildError(
+                    "ChildRejected",
+                    f"the API server refused the {kind} {name}: {server_message(error)}",
+                ) from None
+            if error.status != 409:
+                raise
+        else:
+            return True
+        if owner_uid is None:
+            return False
+        existing = self.read(kind, namespace, name)
+        if existing is None:  # deleted since: the next pass creates it
+            raise RuntimeError(f"{kind} {namespace}/{name} vanished while being verified")
+        if not owned_by(existing, owner_uid):
+            raise ChildError(
+                "ChildConflict",
+                f"a {kind} named {name} already exists in {namespace} and does not belong to "
+                "this FineTuneJob (its controller ownerReference is another object): the "
+                "operator never adopts it. Delete it, or give the job another name",
+            )
+        return False
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One child by kind and name (JSON as the watch delivers it); None when absent."""
+        readers: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "Service": self.core.read_namespaced_service,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
+            "Job": self.batch.read_namespaced_job,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
+            "FineTuneJobProgress": lambda n, ns: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, ns, PROGRESS_PLURAL, n
+            ),
+        }
         self._count("get")
         try:
-            job = self.batch.read_namespaced_job(name, namespace)
+            return self._plain(readers[kind](name, namespace))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return self._plain(job)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.read("Job", namespace, name)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self._count("list")
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return [self._plain(pod) for pod in pods]
+
+    def pod_create_failure(self, namespace: str, job_name: str) -> str | None:
+        """The newest FailedCreate Event the Job controller recorded on this Job: why its
+        pods do not exist (a ResourceQuota, a missing PriorityClass, Pod Security)."""
+        self._count("list")
+        selector = f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate"
+        events = self.core.list_namespaced_event(namespace, field_selector=selector).items
+        if not events:
+            return None
+        newest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or ""))
+        return str(newest.message or "FailedCreate")
 
     def _count(self, verb: str) -> None:
         self.requests += 1
@@ -99,8 +182,8 @@ class Kube:
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Replace what status holds by merging; the object as stored after the write (None
-        when the FineTuneJob is gone)."""
+        """Apply a JSON merge patch to status (merge_patch.py: null deletes a field); the
+        object as stored after the write (None when the FineTuneJob is gone)."""
         self._count("patch")
         try:
             result = self.custom.patch_namespaced_custom_object_status(

@@ -106,6 +106,38 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         "[FTO_GPU_TOLERATIONS]",
     )
     parser.add_argument(
+        "--default-cpu", default=get("DEFAULT_CPU", ""),
+        help="CPU request of pods whose spec names none, e.g. 8 [FTO_DEFAULT_CPU]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--default-memory", default=get("DEFAULT_MEMORY", ""),
+        help="memory request and limit of pods whose spec names none, e.g. 64Gi "
+             "[FTO_DEFAULT_MEMORY]",
+    )  # fmt: skip
+    policy_switches = [
+        ("--cpu-limits", "CPU_LIMITS",
+         "also set a CPU limit equal to the request (for quotas on limits.cpu)"),
+        ("--forbid-service-account-name", "FORBID_SERVICE_ACCOUNT_NAME",
+         "refuse jobs that set resources.serviceAccountName"),
+        ("--network-policy", "NETWORK_POLICY",
+         "give each job a NetworkPolicy: its pods accept traffic only from each other"),
+    ]  # fmt: skip
+    for flag, name, text in policy_switches:
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction,
+            default=get(name, "false").lower() == "true", help=f"{text} [FTO_{name}]",
+        )  # fmt: skip
+    parser.add_argument(
+        "--allowed-priority-classes", default=get("ALLOWED_PRIORITY_CLASSES", ""),
+        help="comma-separated PriorityClasses jobs may name; empty: any "
+             "[FTO_ALLOWED_PRIORITY_CLASSES]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allowed-node-selector-keys", default=get("ALLOWED_NODE_SELECTOR_KEYS", ""),
+        help="comma-separated node label keys jobs may select on (nodeSelector, node "
+             "affinity); empty: any [FTO_ALLOWED_NODE_SELECTOR_KEYS]",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-format", choices=("json", "text"), default=get("LOG_FORMAT", "text"),
         help="[FTO_LOG_FORMAT]",
     )  # fmt: skip
@@ -134,11 +166,16 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         default_image=args.default_image,
         scratch_size=args.scratch_size,
         default_s3_endpoint=args.default_s3_endpoint or None,
-        allowed_registries=tuple(
-            r.strip() for r in args.allowed_registries.split(",") if r.strip()
-        ),
+        allowed_registries=_listed(args.allowed_registries),
         gpu_resource_name=args.gpu_resource_name,
         gpu_tolerations=tuple(tolerations),
+        default_cpu=args.default_cpu or None,
+        cpu_limits=args.cpu_limits,
+        default_memory=args.default_memory or None,
+        forbid_service_account_name=args.forbid_service_account_name,
+        allowed_priority_classes=_listed(args.allowed_priority_classes),
+        allowed_node_selector_keys=_listed(args.allowed_node_selector_keys),
+        network_policy=args.network_policy,
     )
     return Options(
         namespaces=tuple(namespaces),
@@ -154,6 +191,10 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         lease_namespace=args.lease_namespace,
         identity=f"{pod}_{uuid.uuid4().hex[:8]}",
     )
+
+
+def _listed(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ftapi.contract import INVALID_INPUT_MARKER
 from ftapi.progress import ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import (
@@ -51,6 +52,8 @@ FAILED = "Failed"
 
 # Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
 STOPPED_EXIT_CODES = {143, 137}
+# Reasons a restart would repeat: the job fails at once, whatever maxRestarts says.
+FINAL_REASONS = frozenset({"InvalidInput"})
 # Pod statuses that need the user's action before the pods can start.
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 MAX_MESSAGE = 4096  # the CRD's limit on status.message
@@ -94,6 +97,9 @@ class Observed:
     progress: ProgressReport | None = None
     lost_nodes: frozenset[str] = frozenset()
     """Nodes that are NotReady or gone: their pods will not finish."""
+    pod_create_failure: str | None = None
+    """Why the Job controller could not create the current attempt's pods (its latest
+    FailedCreate Event: a ResourceQuota, a missing PriorityClass, Pod Security), if any."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,7 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
             status.message = "resuming"
         return _finish(plan, previous, generation)
 
-    _active(status, job, observed.pods, generation, now)
+    _active(status, job, observed.pods, generation, now, observed.pod_create_failure)
     return _finish(plan, previous, generation)
 
 
@@ -302,7 +308,11 @@ def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -
         if not terminated or terminated.get("exitCode", 0) == 0:
             continue
         code = terminated.get("exitCode")
-        detail = (terminated.get("message") or "").strip().splitlines()
+        said = terminated.get("message") or ""
+        if said.startswith(INVALID_INPUT_MARKER):  # the trainer's own verdict (termination.py)
+            words = said.removeprefix(INVALID_INPUT_MARKER).strip()[:MAX_DETAIL]
+            return Failure("InvalidInput", f"pod {name}: the trainer refused its input: {words}")
+        detail = said.strip().splitlines()
         tail = f": {detail[-1][-MAX_DETAIL:]}" if detail else ""
         if terminated.get("reason") == "OOMKilled":
             return Failure(
@@ -344,7 +354,8 @@ def _attempt_failed(
     status = plan.status
     limit = job.spec.run_policy.max_restarts
     what = f"attempt {status.attempt} failed ({failure.reason}): {failure.message}"
-    if status.restarts < limit:
+    final = failure.reason in FINAL_REASONS
+    if status.restarts < limit and not final:
         status.restarts += 1
         status.attempt += 1
         status.phase = "Restarting"
@@ -357,13 +368,27 @@ def _attempt_failed(
         return
     reason = failure.reason
     message = f"{what}; no restarts left (maxRestarts {limit})" if limit else what
+    if final:
+        message = (f"{what}; not restarted: a restart would fail the same way (fix the "
+                   "input, then create the job again)")  # fmt: skip
     _fail(plan, Failure(reason, message), generation, now)
     if stop:  # the attempt's other pods; the Job and its failed pods stay for their logs
         plan.actions.append(SuspendJob(names.batch_job, True))
 
 
+def _settle(status: FineTuneJobStatus) -> None:
+    """A finished job shows no in-flight figures: pace, time left, the optimizer's step
+    size and gradient norm describe a run that is no longer happening."""
+    if status.progress is not None:
+        status.progress.tokens_per_second = None
+        status.progress.eta_seconds = status.progress.eta = None
+    if status.metrics is not None:
+        status.metrics.learning_rate = status.metrics.grad_norm = None
+
+
 def _fail(plan: Plan, failure: Failure, generation: int | None, now: datetime) -> None:
     status = plan.status
+    _settle(status)
     status.phase = "Failed"
     status.failure_reason = failure.reason
     status.message = failure.message
@@ -382,6 +407,7 @@ def _succeed(
     status.completion_time = now
     status.model_uri = (progress.model_uri if progress else None) or _final_uri(job)
     status.message = f"training finished; model at {status.model_uri}"
+    _settle(status)
     if status.progress is not None and status.progress.total_steps:
         status.progress.step = status.progress.total_steps
         _summarise(status.progress)
@@ -409,7 +435,7 @@ def _waiting(
 
 def _active(
     status: FineTuneJobStatus, job: FineTuneJob, pods: list[dict[str, Any]],
-    generation: int | None, now: datetime,
+    generation: int | None, now: datetime, create_failure: str | None = None,
 ) -> None:  # fmt: skip
     nodes = job.spec.resources.nodes
     running = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
@@ -421,6 +447,10 @@ def _active(
         _condition(status, RUNNING, "True", "PodsRunning", status.message, generation, now)
         return
     blocked = _pending_reason(pods)
+    if blocked is None and create_failure and len(pods) < nodes:
+        blocked = Failure(
+            "FailedCreate", f"the Job controller cannot create the pods: {create_failure}"
+        )
     if status.phase != "Restarting" or blocked is not None:
         status.phase = "Pending"
     if blocked is not None:
@@ -619,7 +649,7 @@ def _finish(plan: Plan, previous: FineTuneJobStatus, generation: int | None) -> 
     return plan
 
 
-BLOCKERS = ("Unschedulable", "ImagePullBackOff", *CONFIG_REASONS)
+BLOCKERS = ("Unschedulable", "ImagePullBackOff", "FailedCreate", *CONFIG_REASONS)
 
 
 def _new_blockers(previous: FineTuneJobStatus, status: FineTuneJobStatus) -> list[Event]:

@@ -70,13 +70,14 @@ def test_helm_lint_strict_passes(values: dict[str, Any]) -> None:
 
 
 def test_the_charts_crd_is_the_generated_one() -> None:
-    # Helm installs crds/ on first install; make crds copies the file there.
-    generated = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
-    chart_crd = CHART / "crds" / generated.name
-    assert chart_crd.read_bytes() == generated.read_bytes(), (
-        "helm/finetune-operator/crds/ differs from crds/: run `make crds`"
-    )
-    assert [p.name for p in (CHART / "crds").iterdir()] == ["finetune.dev_finetunejobs.yaml"]
+    # Helm installs crds/ on first install; make crds copies the files there.
+    names = ["finetune.dev_finetunejobprogresses.yaml", "finetune.dev_finetunejobs.yaml"]
+    for name in names:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            "helm/finetune-operator/crds/ differs from crds/: run `make crds`"
+        )
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == names
+    assert sorted(p.name for p in (REPO / "crds").iterdir()) == names
     # Never rendered as a template (Helm would then delete it on uninstall).
     assert not of_kind(render(), "CustomResourceDefinition")
 

@@ -1,6 +1,13 @@
 """The operator as a real process for integration tests, and namespaces it watches.
 
-The operator watches every namespace named op-*; `ns` gives each test a fresh one."""
+The operator watches every namespace named op-*; `ns` gives each test a fresh one.
+
+It runs with the rights the Helm chart gives it, never as cluster admin: its kubeconfig holds
+a token of a ServiceAccount bound to the ClusterRoles `helm template` renders from
+helm/finetune-operator (the cluster-wide mode's rules, plus the namespace discovery the
+watchNamespaces mode grants, which the op-* glob needs). A leader-electing replica also gets
+the chart's Lease Role, rendered for its lease namespace and name.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,18 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
+from kubernetes import client
+
+from tests.helm.chart import render
 from tests.integration.conftest import REPO, Cluster
 from tests.ports import free_port
 
 NAMESPACE_PREFIX = "op-"
+RELEASE = "fto-tests"
+RELEASE_NAMESPACE = "fto-operator-tests"
 
 
 class Operator:
@@ -29,10 +43,13 @@ class Operator:
         self.extra = extra
         self.namespaces = tuple(namespaces)
         self.starts = 0
+        self.kubeconfig = chart_kubeconfig(cluster)
+        if "--leader-election" in extra:
+            grant_lease(cluster, _flag(extra, "--lease-namespace"), _flag(extra, "--lease-name"))
         self.process = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         watched = [arg for namespace in self.namespaces for arg in ("--namespace", namespace)]
         self.starts += 1
         return subprocess.Popen(
@@ -71,3 +88,74 @@ class Operator:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def _flag(args: Sequence[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def _apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
+    text = yaml.safe_dump_all(objects)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
+
+
+_KUBECONFIGS: dict[str, Path] = {}
+
+
+def chart_kubeconfig(cluster: Cluster) -> Path:
+    """A kubeconfig with a token of a ServiceAccount holding exactly the chart's rights
+    (made once per test process and cluster)."""
+    if cluster.kubeconfig not in _KUBECONFIGS:
+        _KUBECONFIGS[cluster.kubeconfig] = _make_chart_kubeconfig(cluster)
+    return _KUBECONFIGS[cluster.kubeconfig]
+
+
+def _make_chart_kubeconfig(cluster: Cluster) -> Path:
+    cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    # networkPolicy: on, so that a test may run the operator with --network-policy (the
+    # chart then adds create/get on networkpolicies, unused by the other tests).
+    values: dict[str, Any] = {
+        "operator": {"leaderElection": {"enabled": False}, "networkPolicy": True}
+    }
+    cluster_wide = render(values, release=RELEASE, namespace=RELEASE_NAMESPACE)
+    with_discovery = render(
+        {**values, "watchNamespaces": ["unused"]}, release=RELEASE, namespace=RELEASE_NAMESPACE
+    )
+    wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    objects = [o for o in cluster_wide if o["kind"] in wanted]
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    for obj in with_discovery:  # the namespace discovery rules, under their own name
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            obj["metadata"]["name"] += "-discovery"
+            if obj["kind"] == "ClusterRoleBinding":
+                obj["roleRef"]["name"] += "-discovery"
+            objects.append(obj)
+    _apply(cluster, objects)
+    token = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
+        account, RELEASE_NAMESPACE, {"spec": {"expirationSeconds": 6 * 3600}}
+    )
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+    path = Path(cluster.kubeconfig).with_name(f"operator-{os.getpid()}.kubeconfig")
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": {
+            "server": cluster.env["FTO_APISERVER"], "certificate-authority-data": ca}}],
+        "users": [{"name": account, "user": {"token": token.status.token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": account}}],
+    }))  # fmt: skip
+    return path
+
+
+def grant_lease(cluster: Cluster, namespace: str | None, name: str | None) -> None:
+    """The chart's leader-election Role and binding, for a Lease in `namespace`."""
+    assert namespace, "a leader-electing test operator needs --lease-namespace"
+    # The operator's own default name when the test names none (main.py).
+    election = {"enabled": True, "leaseName": name or "finetune-operator-leader"}
+    rendered = render({"operator": {"leaderElection": election}}, release=RELEASE,
+                      namespace=namespace)  # fmt: skip
+    objects = [o for o in rendered if o["metadata"]["name"].endswith("-leader-election")]
+    for obj in objects:
+        for subject in obj.get("subjects", []):
+            subject["namespace"] = RELEASE_NAMESPACE
+    _apply(cluster, objects)

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
-from ftoperator.desired import LABEL_JOB, Settings, gpu_resource_of
+from ftoperator.desired import LABEL_JOB, Settings, gpu_resource_of, local_paths
 from tests.integration.conftest import REPO, Cluster, eventually, read_job
 from tests.integration.operator_process import Operator
 
@@ -87,6 +87,15 @@ def test_example_runs_on_the_cluster(
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, manifest
     )
+    if local_paths(job):  # a local-run example (quickstart-cpu): refused, nothing created
+        status = eventually(
+            lambda: (s := _status(cluster, ns, name)).get("phase") == "Failed" and s,
+            what=f"{name} refused",
+        )  # fmt: skip
+        assert status["failureReason"] == "LocalPath", status
+        assert "finetune run" in status["message"]
+        assert read_job(cluster, ns, f"{name}-0") is None
+        return
     batch, core = client.BatchV1Api(cluster.api), client.CoreV1Api(cluster.api)
     created = eventually(lambda: read_job(cluster, ns, f"{name}-0"), what=f"{name}'s Job")
     assert created.spec.completions == resources.nodes

@@ -231,6 +231,10 @@ def local_operator(release: Release) -> Iterator[LocalOperator]:
 def _example(name: str, run_duration: str | None = None) -> dict[str, Any]:
     manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     manifest["metadata"]["name"] = name
+    # The quickstart is a local run; in a cluster data and results live in S3 (the operator
+    # refuses local paths: LocalPath). kwok plays the pods, nothing is read or written.
+    manifest["spec"]["dataset"]["train"]["uri"] = "s3://data/quickstart.jsonl"
+    manifest["spec"]["output"]["uri"] = f"s3://models/{name}"
     if run_duration:
         resources = manifest["spec"].setdefault("resources", {})
         resources["annotations"] = {"finetune.dev/kwok-run-duration": run_duration}
@@ -323,6 +327,10 @@ def test_install_creates_the_operator_its_account_and_least_privilege_rbac(
         ("create", "roles.rbac.authorization.k8s.io", *watched), ("watch", "pods", *watched),
         ("list", "nodes"), ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
         ("list", "namespaces"), ("update", lease, *home), ("create", "leases", *home),
+        ("create", "finetunejobprogresses.finetune.dev", *watched),
+        ("update", "finetunejobs.finetune.dev", "--subresource=finalizers", *watched),
+        ("create", "configmaps", *watched), ("get", "rolebindings.rbac.authorization.k8s.io",
+                                             *watched),
     ]  # fmt: skip
     denied = [
         ("get", "secrets", *watched), ("list", "secrets", *home), ("list", "secrets", "-A"),
@@ -332,6 +340,10 @@ def test_install_creates_the_operator_its_account_and_least_privilege_rbac(
         ("escalate", "roles.rbac.authorization.k8s.io", *watched),
         ("bind", "roles.rbac.authorization.k8s.io", *watched),
         ("create", "pods", *watched), ("delete", "configmaps", *watched),
+        # No ConfigMap can be listed, watched or changed (only created, and read by name).
+        ("list", "configmaps", *watched), ("watch", "configmaps", "-A"),
+        ("update", "configmaps", *watched), ("patch", "configmaps", "-n", "kube-system"),
+        ("create", "configmaps", "-n", "kube-system"),
     ]  # fmt: skip
     assert [a for a in allowed if not _can_i(cluster, sa, *a)] == []
     assert [d for d in denied if _can_i(cluster, sa, *d)] == []
@@ -350,7 +362,7 @@ def test_the_operator_runs_with_the_charts_account_and_env_and_a_job_succeeds(
     # The example, as a user applies it, into the watched namespace.
     _create(cluster, release.watched, _example("quickstart"))
     status = _wait_phase(cluster, release.watched, "quickstart", "Succeeded", local_operator)
-    assert status["modelUri"].startswith("results/quickstart")
+    assert status["modelUri"].startswith("s3://models/quickstart")
     # The chart's default trainer image (an allowed registry) reached the job's pods, and the
     # pods' progress-only Role could be created (RBAC escalation check passed).
     assert _job_image(cluster, release.watched, "quickstart") == "registry.invalid/ml/trainer:1.0"

@@ -18,11 +18,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ftapi import contract, parse_job
-from ftapi.constants import GROUP, PLURAL, VERSION
-from ftapi.progress import PROGRESS_KEY, ProgressReport
+from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
+from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
+from tests.integration.finetunejobs import apply_job, read_ftj, status_of, wait_phase
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -36,35 +37,7 @@ def _manifest(name: str, **changes: Any) -> dict[str, Any]:
     return job.obj()
 
 
-def _apply(cluster: Cluster, ns: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    api = client.CustomObjectsApi(cluster.api)
-    created: dict[str, Any] = api.create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, manifest
-    )
-    return created
-
-
-def _ftj(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    api = client.CustomObjectsApi(cluster.api)
-    found: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    return found
-
-
-def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    return _ftj(cluster, ns, name).get("status") or {}
-
-
-def _wait_phase(
-    cluster: Cluster, ns: str, name: str, phase: str, operator: Operator, timeout: float = 90
-) -> dict[str, Any]:
-    try:
-        return eventually(
-            lambda: (s := _status(cluster, ns, name)).get("phase") == phase and s,
-            timeout=timeout, what=f"{name} {phase}",
-        )  # fmt: skip
-    except AssertionError as error:
-        status = _status(cluster, ns, name)
-        raise AssertionError(f"{error}\nstatus: {status}\n{operator.log()}") from None
+_apply, _ftj, _status, _wait_phase = apply_job, read_ftj, status_of, wait_phase
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -368,9 +341,10 @@ def test_trainer_progress_reaches_status_and_the_printer_columns(
                     "count": 2},
         updated_at="2026-11-21T12:00:00Z",
     )  # fmt: skip
-    client.CoreV1Api(cluster.api).patch_namespaced_config_map(
-        f"{name}-progress", ns, {"data": {PROGRESS_KEY: report.model_dump_json(exclude_none=True)}}
-    )
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{name}-progress",
+        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
+    )  # fmt: skip
     status = eventually(
         lambda: (s := _status(cluster, ns, name)).get("progress", {}).get("step") == 120 and s,
         timeout=30, what="progress in status",
@@ -435,3 +409,35 @@ def test_a_lost_node_restarts_the_attempt_elsewhere(
 def _node_ready(core: client.CoreV1Api, name: str) -> bool:
     node = core.read_node(name)
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def test_a_steady_job_writes_nothing_and_a_finished_one_drops_in_flight_figures(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "settling"
+    _apply(cluster, ns, _manifest(name, resources__annotations={
+        "finetune.dev/kwok-run-duration": "30s"}))  # fmt: skip
+    _wait_phase(cluster, ns, name, "Running", operator)
+    report = ProgressReport(
+        attempt=0, stage="training", step=40, total_steps=100, tokens_per_second=812.0,
+        eta_seconds=60, metrics={"train_loss": 1.5, "learning_rate": 1e-4, "grad_norm": 0.9},
+        updated_at="2026-11-22T12:00:00Z",
+    )  # fmt: skip
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{name}-progress",
+        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
+    )  # fmt: skip
+    eventually(
+        lambda: _status(cluster, ns, name).get("progress", {}).get("tokensPerSecond") == 812.0,
+        what="the report in status",
+    )
+    # Steady: resync passes (every 10 s here) find nothing to change and write nothing.
+    version = _ftj(cluster, ns, name)["metadata"]["resourceVersion"]
+    time.sleep(12)
+    steady = _ftj(cluster, ns, name)
+    assert steady["status"]["phase"] == "Running"
+    assert steady["metadata"]["resourceVersion"] == version, "a pass rewrote an unchanged status"
+    status = _wait_phase(cluster, ns, name, "Succeeded", operator)
+    assert "tokensPerSecond" not in status["progress"]
+    assert {"learningRate", "gradNorm"}.isdisjoint(status["metrics"])
+    assert status["metrics"]["trainLoss"] == 1.5

@@ -1,6 +1,6 @@
 """The progress channel on the real API server: the trainer pod's own credentials (the
-ServiceAccount, Role and RoleBinding that desired() renders) let it write its progress
-ConfigMap, and nothing else.
+ServiceAccount, Role and RoleBinding that desired() renders) let it write its
+FineTuneJobProgress object, and nothing else.
 
 There is no kubelet here: the test plays the pod, with a token from the TokenRequest API
 (what the kubelet mounts) and the environment the operator gives the trainer container.
@@ -20,9 +20,10 @@ import yaml
 from kubernetes import client, utils
 
 from ftapi import parse_job
-from ftapi.progress import ENV_NAMESPACE, PROGRESS_KEY, ProgressReport
+from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
+from ftapi.progress import ENV_NAMESPACE, REPORT_FIELD, ProgressReport
 from ftoperator.desired import Children, Settings, desired
-from fttrainer.progress import ConfigMapSink, KubeError, KubeTarget, ProgressReporter
+from fttrainer.progress import KubeError, KubeTarget, ProgressObjectSink, ProgressReporter
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually
 
@@ -40,7 +41,7 @@ class Pod:
 
     @property
     def progress(self) -> str:
-        """The progress ConfigMap's name."""
+        """The progress object's name."""
         return str(self.children.progress["metadata"]["name"])
 
     @property
@@ -58,13 +59,14 @@ def _container_env(children: Children, namespace: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def pod(cluster: Cluster, namespace: str, tmp_path: Path) -> Pod:
+def pod(cluster: Cluster, crd: Any, namespace: str, tmp_path: Path) -> Pod:
     job = parse_job(make_job("chat-tune").set("metadata.namespace", namespace).obj())
     children = desired(job, attempt=ATTEMPT, settings=Settings())
     assert children.service_account is not None
-    for obj in (
-        children.progress, children.service_account, children.role, children.role_binding,
-    ):  # fmt: skip
+    _custom(cluster).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PROGRESS_PLURAL, children.progress
+    )
+    for obj in (children.service_account, children.role, children.role_binding):
         utils.create_from_dict(cluster.api, obj)
     account = children.service_account["metadata"]["name"]
     token = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
@@ -87,12 +89,19 @@ def pod(cluster: Cluster, namespace: str, tmp_path: Path) -> Pod:
     }
     pod = Pod(children, environ, tmp_path)
     # RBAC is enforced from the authorizer's cache: wait until the binding is seen.
-    eventually(lambda: _allowed(pod.target, "GET", _configmap(pod)), what="the trainer's Role")
+    eventually(lambda: _allowed(pod.target, "GET", _object(pod)), what="the trainer's Role")
     return pod
 
 
-def _configmap(pod: Pod, name: str | None = None) -> str:
-    return f"/api/v1/namespaces/{pod.environ[ENV_NAMESPACE]}/configmaps/{name or pod.progress}"
+def _custom(cluster: Cluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api)
+
+
+def _object(pod: Pod, name: str | None = None) -> str:
+    namespace = pod.environ[ENV_NAMESPACE]
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PROGRESS_PLURAL}/" + (
+        name or pod.progress
+    )
 
 
 def _allowed(target: KubeTarget, method: str, path: str, body: Any = None) -> bool:
@@ -105,12 +114,18 @@ def _allowed(target: KubeTarget, method: str, path: str, body: Any = None) -> bo
     return True
 
 
+def _read(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = _custom(cluster).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PROGRESS_PLURAL, name
+    )
+    return found
+
+
 def _read_progress(cluster: Cluster, namespace: str, name: str) -> ProgressReport:
-    configmap = client.CoreV1Api(cluster.api).read_namespaced_config_map(name, namespace)
-    return ProgressReport.model_validate_json(configmap.data[PROGRESS_KEY])
+    return ProgressReport.model_validate_json(_read(cluster, namespace, name)[REPORT_FIELD])
 
 
-def test_the_trainer_reports_to_its_own_configmap_with_its_own_token(
+def test_the_trainer_reports_to_its_own_progress_object_with_its_own_token(
     cluster: Cluster, namespace: str, pod: Pod
 ) -> None:
     # The reporter configures itself as in a pod: the operator's env + the mounted files.
@@ -134,42 +149,50 @@ def test_the_trainer_reports_to_its_own_configmap_with_its_own_token(
     assert (done.stage, done.step, done.model_uri) == ("done", 40, "s3://models/chat-tune/final")
     assert done.metrics == {"train_loss": 1.25, "learning_rate": 1e-4}
     assert done.checkpoint is not None and done.checkpoint.step == 40
-    # The merge patch touched only its key: labels and ownership stay the operator's.
-    configmap = client.CoreV1Api(cluster.api).read_namespaced_config_map(name, namespace)
-    assert set(configmap.data) == {PROGRESS_KEY}
-    assert configmap.metadata.labels == pod.children.progress["metadata"]["labels"]
+    # The merge patch touched only its field: labels and ownership stay the operator's.
+    stored = _read(cluster, namespace, name)
+    assert set(stored) == {"apiVersion", "kind", "metadata", REPORT_FIELD}
+    assert stored["metadata"]["labels"] == pod.children.progress["metadata"]["labels"]
 
 
 def test_the_trainers_token_can_do_nothing_else(cluster: Cluster, namespace: str, pod: Pod) -> None:
     core = client.CoreV1Api(cluster.api)
+    other = {**pod.children.progress, "metadata": {"name": "other"}, REPORT_FIELD: "keep"}
+    _custom(cluster).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PROGRESS_PLURAL, other
+    )
     core.create_namespaced_config_map(
-        namespace, {"metadata": {"name": "other"}, "data": {"keep": "me"}}
+        namespace, {"metadata": {"name": "a-config"}, "data": {"keep": "me"}}
     )
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "s3-credentials"}, "stringData": {"key": "v"}}
     )
     target, ns = pod.target, namespace
-    own = _configmap(pod)
+    own = _object(pod)
     report = ProgressReporter(None).report()
 
-    # Its own ConfigMap: the token authenticates, and patching it is allowed.
-    ConfigMapSink(target, ns, pod.progress).send(report)
+    # Its own object: the token authenticates, and patching it is allowed.
+    ProgressObjectSink(target, ns, pod.progress).send(report)
 
-    # Another ConfigMap of the same namespace: refused by the server (403), left unchanged.
+    # Another progress object of the same namespace: refused by the server (403), unchanged.
     with pytest.raises(KubeError) as refused:
-        ConfigMapSink(target, ns, "other").send(report)
+        ProgressObjectSink(target, ns, "other").send(report)
     assert refused.value.status == 403
-    assert core.read_namespaced_config_map("other", ns).data == {"keep": "me"}
+    assert _read(cluster, ns, "other")[REPORT_FIELD] == "keep"
+    jobs = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}"
 
     denied = {
         "read a Secret": ("GET", f"/api/v1/namespaces/{ns}/secrets/s3-credentials"),
         "list Secrets": ("GET", f"/api/v1/namespaces/{ns}/secrets"),
         "list ConfigMaps": ("GET", f"/api/v1/namespaces/{ns}/configmaps"),
-        "read another ConfigMap": ("GET", _configmap(pod, "other")),
-        "delete its own ConfigMap": ("DELETE", own),
+        "read a ConfigMap": ("GET", f"/api/v1/namespaces/{ns}/configmaps/a-config"),
         "create a ConfigMap": ("POST", f"/api/v1/namespaces/{ns}/configmaps"),
+        "list progress objects": ("GET", f"{jobs}/{PROGRESS_PLURAL}"),
+        "read another progress object": ("GET", _object(pod, "other")),
+        "delete its own progress object": ("DELETE", own),
+        "create a progress object": ("POST", f"{jobs}/{PROGRESS_PLURAL}"),
         "list pods": ("GET", f"/api/v1/namespaces/{ns}/pods"),
-        "read FineTuneJobs": ("GET", f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs"),
+        "read FineTuneJobs": ("GET", f"{jobs}/finetunejobs"),
     }
     body = {"metadata": {"name": "new"}}
     allowed = [
@@ -178,6 +201,4 @@ def test_the_trainers_token_can_do_nothing_else(cluster: Cluster, namespace: str
         if _allowed(target, method, path, body if method == "POST" else None)
     ]
     assert allowed == []
-    assert json.loads(core.read_namespaced_config_map(
-        pod.progress, ns
-    ).data[PROGRESS_KEY])["stage"] == "starting"  # fmt: skip
+    assert json.loads(_read(cluster, ns, pod.progress)[REPORT_FIELD])["stage"] == "starting"

@@ -13,7 +13,7 @@ kwok has no containers, so this test plays the kubelet for pod 0 of the Job:
   API) and CA, in a folder named by FINETUNE_SERVICE_ACCOUNT_DIR;
 - the model is a tiny one on local disk (the image would have it, or fetch it from a hub).
 Everything else is the operator's: the torchrun line, the resolved config, the credentials'
-wiring, the progress ConfigMap and the Role that lets the pod write it.
+wiring, the progress object and the Role that lets the pod write it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -18,13 +19,20 @@ from tests.integration.conftest import Cluster
 pytestmark = pytest.mark.integration
 
 
-def test_s3_dataset_is_read_with_locations(cluster: Cluster, monkeypatch: Any) -> None:
+@pytest.fixture
+def s3_bucket(cluster: Cluster, monkeypatch: Any) -> tuple[Any, str, str]:
+    """(client, a new bucket, endpoint); the trainer's credentials in the environment."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
         monkeypatch.setenv(name, cluster.env[name])
     endpoint = cluster.env["FTO_S3_ENDPOINT"]
     s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
-    bucket = f"data-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=bucket)
+    name = f"data-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    return s3, name, endpoint
+
+
+def test_s3_dataset_is_read_with_locations(s3_bucket: tuple[Any, str, str]) -> None:
+    s3, bucket, endpoint = s3_bucket
     good = "".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(8))
     s3.put_object(Bucket=bucket, Key="qa/train.jsonl", Body=good.encode())
     s3.put_object(Bucket=bucket, Key="qa/bad.jsonl", Body=(good + "{broken\n").encode())
@@ -41,3 +49,25 @@ def test_s3_dataset_is_read_with_locations(cluster: Cluster, monkeypatch: Any) -
     assert caught.value.problems[0].origin == f"s3://{bucket}/qa/bad.jsonl:9"
     with pytest.raises(DataError, match="cannot download"):
         prepare_data(spec("qa/missing.jsonl"))
+
+
+def test_evaluation_prompts_and_benchmarks_come_from_s3_before_the_model_loads(
+    s3_bucket: tuple[Any, str, str],
+) -> None:
+    from fttrainer.evaluation.evaluator import Evaluator
+
+    s3, bucket, endpoint = s3_bucket
+    s3.put_object(Bucket=bucket, Key="prompts.txt", Body=b"What is LoRA?\nWhy QLoRA?\n")
+    mcq = {"question": "2+2?", "choices": {"A": "3", "B": "4"}, "answer": "B"}
+    s3.put_object(Bucket=bucket, Key="bench/mcq.jsonl", Body=(json.dumps(mcq) + "\n").encode())
+    job = make_job().set(
+        "output",
+        {"uri": f"s3://{bucket}/out", "s3": {"endpoint": endpoint, "forcePathStyle": True}},
+    )
+    job.set("evaluation", {"promptsUri": f"s3://{bucket}/prompts.txt", "benchmarks": [
+        {"name": "arith", "uri": f"s3://{bucket}/bench/mcq.jsonl", "format": "mcq"}]})  # fmt: skip
+    evaluator = Evaluator(parse_job(job.obj()).spec, None, None, Path("unused"))  # type: ignore[arg-type]
+    evaluator.load_inputs()  # no model, no tokenizer: inputs come first
+    assert evaluator.prompts == ["What is LoRA?", "Why QLoRA?"]
+    fmt, samples = evaluator.benchmarks["arith"]
+    assert fmt == "mcq" and len(samples) == 1

@@ -13,26 +13,28 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
-from ftapi.progress import PROGRESS_KEY, ProgressReport
-from fttrainer.progress import ConfigMapSink, KubeTarget, ProgressReporter
+from ftapi.progress import REPORT_FIELD, ProgressReport
+from fttrainer.progress import KubeTarget, ProgressObjectSink, ProgressReporter
 from fttrainer.recipe import Recipe
 from tests.builders import make_job
 
 STAGES = ["starting", "training", "evaluating", "saving", "publishing", "done"]
-CONFIGMAP = "/api/v1/namespaces/team-a/configmaps/recipe-progress"
+PROGRESS_OBJECT = (
+    "/apis/finetune.dev/v1alpha1/namespaces/team-a/finetunejobprogresses/recipe-progress"
+)
 
 
 @pytest.fixture
 def api_server() -> Iterator[tuple[str, list[ProgressReport]]]:
-    """A stand-in for the API server (plain HTTP): the reports patched into the ConfigMap."""
+    """A stand-in for the API server (plain HTTP): the reports patched into the progress object."""
     received: list[ProgressReport] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_PATCH(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            ok = self.path == CONFIGMAP and self.headers["Authorization"] == "Bearer t0ken"
+            ok = self.path == PROGRESS_OBJECT and self.headers["Authorization"] == "Bearer t0ken"
             if ok:
-                received.append(ProgressReport.model_validate_json(body["data"][PROGRESS_KEY]))
+                received.append(ProgressReport.model_validate_json(body[REPORT_FIELD]))
             self.send_response(200 if ok else 403)
             self.end_headers()
 
@@ -51,7 +53,7 @@ def test_a_tiny_run_reports_steps_checkpoints_and_done(
 ) -> None:
     url, received = api_server
     (tmp_path / "token").write_text("t0ken")
-    sink = ConfigMapSink(KubeTarget(url, tmp_path / "token"), "team-a", "recipe-progress")
+    sink = ProgressObjectSink(KubeTarget(url, tmp_path / "token"), "team-a", "recipe-progress")
     # Every step reported (no rate limit) and sent in line, so the order is exact.
     reporter = ProgressReporter(sink, attempt=1, interval=0.0, background=False)
     published = tmp_path / "published"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
+from ftapi.contract import ENV_TERMINATION_LOG, EXIT_INVALID_INPUT, INVALID_INPUT_MARKER
 from fttrainer.recipe import Recipe
 from fttrainer.tiny import save_tiny_model
 from tests.builders import make_job
@@ -113,14 +115,21 @@ def test_finetune_run_cli_on_the_quickstart_example(tiny_llama: Path, tmp_path: 
 def test_bad_rows_stop_the_run_before_the_model_loads(tiny_llama: Path, tmp_path: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
+    log = tmp_path / "termination-log"  # what the kubelet mounts at /dev/termination-log
+    log.touch()
     result = subprocess.run(
         [sys.executable, "-m", "fttrainer.cli", "run", str(REPO / "examples/quickstart-cpu.yaml"),
          "--set", f"model.name={tiny_llama}", "--set", f"dataset.train.uri={data}",
          "--set", "dataset.format=qa", "--output", str(tmp_path / "out")],
         cwd=REPO, capture_output=True, text=True, check=False,
+        env={**os.environ, ENV_TERMINATION_LOG: str(log)},
     )  # fmt: skip
-    assert result.returncode == 1
+    # A restart would fail the same way: the distinct exit code, and the reason where the
+    # operator reads it (the pod's termination message).
+    assert result.returncode == EXIT_INVALID_INPUT
     assert f"{data}:2: column 'answer' is missing" in result.stderr
+    assert log.read_text().startswith(INVALID_INPUT_MARKER)
+    assert f"{data}:2: column 'answer' is missing" in log.read_text()
 
 
 def test_dpo_with_lora_trains_on_preference_pairs(tiny_llama: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftapi.contract import ENV_TERMINATION_LOG, EXIT_INVALID_INPUT, INVALID_INPUT_MARKER
 from fttrainer.cli import main
 from tests.builders import make_job
 
@@ -117,3 +119,20 @@ def test_set_wins_over_a_styles_default_but_not_over_the_users_own_key() -> None
     kept = _finetune("validate", *flags, "--eval_steps", "50", "--set", "evaluation.strategy=no")
     assert kept.returncode == 1
     assert "steps is only used with strategy steps" in kept.stderr and "--eval_steps" in kept.stderr
+
+
+def test_run_with_an_invalid_config_says_so_where_the_operator_reads_it(tmp_path: Path) -> None:
+    bad = make_job("bad").set("training.epochs", -1)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad.obj()))
+    log = tmp_path / "termination-log"
+    log.touch()
+    result = subprocess.run(
+        [sys.executable, "-m", "fttrainer.cli", "run", str(path)], capture_output=True,
+        text=True, check=False, env={**os.environ, ENV_TERMINATION_LOG: str(log)},
+    )  # fmt: skip
+    assert result.returncode == EXIT_INVALID_INPUT
+    assert "spec.training.epochs: must be > 0.0 (got -1)" in result.stderr
+    message = log.read_text()
+    assert message.startswith(INVALID_INPUT_MARKER)
+    assert "spec.training.epochs: must be > 0.0 (got -1)" in message

@@ -9,10 +9,11 @@ from typing import Any, cast
 
 import pytest
 
+from ftapi import parse_job
 from ftoperator.controller import Controller, pods_behind
-from ftoperator.desired import Settings
+from ftoperator.desired import Settings, desired, with_recorded
 from ftoperator.kube import Kube
-from ftoperator.status import DeleteSelf
+from ftoperator.status import CreateAttempt, DeleteSelf
 from tests.builders import make_job
 
 
@@ -96,3 +97,30 @@ def test_the_image_policy_applies_to_every_attempt() -> None:
     _, plan = controller.plan(("ns", "later"), body)
     assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "ImageNotAllowed")
     assert not any(type(a).__name__ == "CreateAttempt" for a in plan.actions)
+
+
+def test_the_first_attempt_records_the_operator_settings_and_restarts_keep_them() -> None:
+    job = make_job("pinned")
+    first = _controller(default_image="registry.internal/ml/trainer:1.0",
+                        default_s3_endpoint="http://minio.storage:9000")  # fmt: skip
+    _, plan = first.plan(("ns", "pinned"), _body(job.obj()))
+    assert any(isinstance(a, CreateAttempt) for a in plan.actions)
+    recorded = plan.status.settings
+    assert recorded is not None
+    assert (recorded.image, recorded.s3_endpoint) == (
+        "registry.internal/ml/trainer:1.0", "http://minio.storage:9000",
+    )  # fmt: skip
+    # After an operator upgrade with new defaults, a restart runs what the job started with.
+    upgraded = _controller(default_image="registry.internal/ml/trainer:2.0",
+                           default_s3_endpoint="http://ceph.storage:7480")  # fmt: skip
+    used = with_recorded(upgraded.settings, recorded)
+    children = desired(parse_job(job.obj()), attempt=1, settings=used)
+    (container,) = children.job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.internal/ml/trainer:1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.storage:9000"
+    body = _body(job.obj())
+    body["status"] = {**plan.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+                      "phase": "Restarting", "attempt": 1, "restarts": 1}  # fmt: skip
+    _, restart = upgraded.plan(("ns", "pinned"), body)
+    assert restart.status.settings == recorded  # never overwritten

@@ -10,10 +10,20 @@ import pytest
 import yaml
 
 from ftapi import API_VERSION, KIND, FineTuneJob
-from ftapi.crd import CRD_FILE, build_crd, build_openapi_schema, main, render_crd
+from ftapi.crd import (
+    CRD_FILE,
+    PROGRESS_CRD_FILE,
+    build_crd,
+    build_openapi_schema,
+    main,
+    render_crd,
+)
+from ftapi.progress import MAX_REPORT_LENGTH
 from ftapi.reference import render_reference
 from ftapi.v1alpha1 import TrainingSpec
 from tests.builders import make_job
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +34,18 @@ def schema() -> dict[str, Any]:
 def test_committed_crd_is_up_to_date(repo: Path) -> None:
     committed = (repo / "crds" / CRD_FILE).read_text()
     assert committed == render_crd(), "crds/ is stale: run `make crds` and commit the result"
+    progress = (repo / "crds" / PROGRESS_CRD_FILE).read_text()
+    assert progress == render_crd("progress"), "crds/ is stale: run `make crds`"
+
+
+def test_the_progress_crd_bounds_its_one_field() -> None:
+    crd = yaml.safe_load(render_crd("progress"))
+    assert crd["metadata"]["name"] == "finetunejobprogresses.finetune.dev"
+    (version,) = crd["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    assert schema["properties"]["report"]["maxLength"] == MAX_REPORT_LENGTH
+    assert "x-kubernetes-preserve-unknown-fields" not in schema  # unknown fields are pruned
+    assert main(["--kind", "progress", "--check", str(REPO / "crds" / PROGRESS_CRD_FILE)]) == 0
 
 
 def test_check_mode_fails_on_a_stale_file(tmp_path: Path) -> None:

@@ -41,9 +41,12 @@ def _env(children: Any) -> dict[str, Any]:
 
 def test_every_child_is_owned_labelled_and_namespaced() -> None:
     children = _children()
-    kinds = [o["kind"] for o in children.all()]
-    assert kinds == ["ConfigMap", "ConfigMap", "Service", "ServiceAccount", "Role",
-                     "RoleBinding", "Job"]  # fmt: skip
+    stages = [[o["kind"] for o in stage] for stage in children.stages()]
+    # The RoleBinding only after its Role (the API server reads the Role to admit a binding
+    # by an operator without `bind`), the Job last.
+    assert stages == [["ConfigMap", "FineTuneJobProgress", "Service", "ServiceAccount", "Role"],
+                      ["RoleBinding"], ["Job"]]  # fmt: skip
+    assert children.config["immutable"] is True
     for obj in children.all():
         meta = obj["metadata"]
         assert meta["namespace"] == "team-a"
@@ -132,7 +135,8 @@ def test_credentials_are_secret_references_only() -> None:
         output={"uri": "s3://b/p", "s3": {"credentialsSecretRef": {"name": "s3-creds"}}},
         logging={"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://mlflow:5000",
                  "tokenSecretRef": {"name": "ml", "key": "t"}}},
-        resources__env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
+        resources__env=[{"name": "NCCL_DEBUG", "value": "INFO"},
+                        {"name": "WANDB_API_KEY", "secretKeyRef": {"name": "wb", "key": "k"}}],
     )  # fmt: skip
     env = _env(children)
     assert env["AWS_ACCESS_KEY_ID"] == {
@@ -142,7 +146,11 @@ def test_credentials_are_secret_references_only() -> None:
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert env["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "ml", "key": "t"}}
     assert env["NCCL_DEBUG"] == "INFO"
-    assert env["FINETUNE_PROGRESS_CONFIGMAP"] == "llama-progress"
+    # core/v1 EnvVar: a Secret key sits under valueFrom (a top-level secretKeyRef is refused).
+    assert env["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wb", "key": "k"}}
+    for variable in _pod(children)["containers"][0]["env"]:
+        assert set(variable) <= {"name", "value", "valueFrom"}, variable
+    assert env["FINETUNE_PROGRESS_NAME"] == "llama-progress"
     # The resolved config holds references, never values.
     config = yaml.safe_load(children.config["data"]["job.yaml"])
     assert config["spec"]["output"]["s3"]["credentialsSecretRef"] == {"name": "s3-creds"}
@@ -162,8 +170,8 @@ def test_trainer_may_only_update_its_own_progress() -> None:
     children = _children()
     (rule,) = children.role["rules"]
     assert rule == {
-        "apiGroups": [""],
-        "resources": ["configmaps"],
+        "apiGroups": ["finetune.dev"],
+        "resources": ["finetunejobprogresses"],
         "resourceNames": ["llama-progress"],
         "verbs": ["get", "patch", "update"],
     }
@@ -213,9 +221,9 @@ def test_gpu_pods_tolerate_the_gpu_taint_and_the_operators_pool_tolerations() ->
 
 def test_integer_quantities_are_rendered_as_strings() -> None:
     """The API's quantities are strings (the typed client refuses ints): cpu: 64 -> "64"."""
-    pod = _pod(_children(resources={"gpusPerNode": 8, "cpu": 64, "memory": 1073741824,
+    pod = _pod(_children(resources={"gpusPerNode": 8, "cpu": 64, "memory": 4294967296,
                                     "sharedMemory": 2147483648}))  # fmt: skip
     resources = pod["containers"][0]["resources"]
-    assert resources["requests"] == {"nvidia.com/gpu": "8", "cpu": "64", "memory": "1073741824"}
+    assert resources["requests"] == {"nvidia.com/gpu": "8", "cpu": "64", "memory": "4294967296"}
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["sizeLimit"] == "2147483648"

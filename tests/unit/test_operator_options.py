@@ -69,8 +69,10 @@ def test_allowed_registries_refuse_other_images() -> None:
     default = parse_job(make_job("a").obj())
     assert policy_violation(default, settings) is None
     own = parse_job(make_job("b").set("resources.image", "docker.io/someone/trainer:x").obj())
-    message = policy_violation(own, settings)
-    assert message is not None and "docker.io/someone/trainer:x" in message
+    refused = policy_violation(own, settings)
+    assert refused is not None and refused[0] == "ImageNotAllowed"
+    message = refused[1]
+    assert "docker.io/someone/trainer:x" in message
     assert policy_violation(own, Settings()) is None  # no list: any image
     plan = rejected(FineTuneJobStatus(), message, 1, datetime.now(UTC), reason="ImageNotAllowed")
     assert plan.status.phase == "Failed" and plan.status.failure_reason == "ImageNotAllowed"
@@ -136,3 +138,109 @@ def test_allowed_registries_match_at_a_path_boundary(
     from ftoperator.desired import image_allowed
 
     assert image_allowed(image, prefix) is allowed
+
+
+def test_platform_policy_settings_from_the_environment() -> None:
+    env = {
+        "FTO_DEFAULT_CPU": "8", "FTO_DEFAULT_MEMORY": "64Gi", "FTO_CPU_LIMITS": "true",
+        "FTO_FORBID_SERVICE_ACCOUNT_NAME": "true", "FTO_NETWORK_POLICY": "true",
+        "FTO_ALLOWED_PRIORITY_CLASSES": "training, batch-low",
+        "FTO_ALLOWED_NODE_SELECTOR_KEYS": "node.kubernetes.io/instance-type",
+    }  # fmt: skip
+    settings = parse_options([], env=env).settings
+    assert settings == Settings(
+        default_cpu="8", default_memory="64Gi", cpu_limits=True,
+        forbid_service_account_name=True, network_policy=True,
+        allowed_priority_classes=("training", "batch-low"),
+        allowed_node_selector_keys=("node.kubernetes.io/instance-type",),
+    )  # fmt: skip
+    assert parse_options(["--no-network-policy"], env=env).settings.network_policy is False
+
+
+POLICY = Settings(
+    forbid_service_account_name=True, allowed_priority_classes=("training",),
+    allowed_node_selector_keys=("node.kubernetes.io/instance-type",),
+)  # fmt: skip
+ZONE_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+    "nodeSelectorTerms": [{"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-7"]}]}]}}}  # fmt: skip
+REFUSALS = {
+    "a ServiceAccount of the user's choosing": (
+        {"resources.serviceAccountName": "ci-deployer"}, "ServiceAccountNotAllowed"),
+    "a priority class not on the list": (
+        {"resources.priorityClassName": "system-cluster-critical"}, "PriorityClassNotAllowed"),
+    "a node selector key not on the list": (
+        {"resources.nodeSelector": {"kubernetes.io/hostname": "gpu-7"}}, "NodeSelectorNotAllowed"),
+    "the same key through node affinity": (
+        {"resources.affinity": ZONE_AFFINITY}, "NodeSelectorNotAllowed"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_platform_policies_refuse_what_they_forbid(case: str) -> None:
+    changes, reason = REFUSALS[case]
+    job = make_job("j")
+    for path, value in changes.items():
+        job.set(path, value)
+    refused = policy_violation(parse_job(job.obj()), POLICY)
+    assert refused is not None and refused[0] == reason, refused
+    assert policy_violation(parse_job(job.obj()), Settings()) is None  # no policy: allowed
+
+
+def test_platform_policies_admit_what_they_allow() -> None:
+    job = make_job("j").set("resources.priorityClassName", "training")
+    job.set("resources.nodeSelector", {"node.kubernetes.io/instance-type": "p5.48xlarge"})
+    assert policy_violation(parse_job(job.obj()), POLICY) is None
+
+
+def test_default_resources_limits_shm_cap_and_network_policy() -> None:
+    settings = Settings(default_cpu="8", default_memory="32Gi", network_policy=True)
+    children = desired(parse_job(make_job("j").obj()), attempt=0, settings=settings)
+    pod = children.job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["requests"]["cpu"] == "8"
+    assert "cpu" not in container["resources"]["limits"]  # no throttling unless asked
+    assert container["resources"]["limits"]["memory"] == "32Gi"
+    limited = desired(parse_job(make_job("j").obj()), attempt=0,
+                      settings=Settings(default_cpu="8", cpu_limits=True))  # fmt: skip
+    assert limited.job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "cpu"] == "8"  # fmt: skip
+    # /dev/shm (16Gi by default) is capped at the memory limit: its pages count against it.
+    small = parse_job(make_job("j").set("resources.memory", "8Gi").obj())
+    shm = next(v for v in desired(small, attempt=0, settings=Settings()).job["spec"][
+        "template"]["spec"]["volumes"] if v["name"] == "dshm")  # fmt: skip
+    assert shm["emptyDir"]["sizeLimit"] == "8Gi"
+    (policy,) = children.extra
+    assert policy["kind"] == "NetworkPolicy"
+    own = {"matchLabels": {"finetune.dev/job-name": "j"}}
+    assert policy["spec"]["podSelector"] == own
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": own}]}]
+    assert [o["kind"] for o in children.stages()[1]] == ["RoleBinding", "NetworkPolicy"]
+
+
+LOCAL = {
+    "a local output directory": ({"output": {"uri": "results/x"}}, "spec.output.uri"),
+    "an absolute local output": ({"output": {"uri": "/workspace/out"}}, "spec.output.uri"),
+    "relative training data": ({"dataset": {"train": {"uri": "data/train.jsonl"}}},
+                               "spec.dataset.train.uri"),
+    "relative prompts": ({"evaluation": {"promptsUri": "prompts.txt"}},
+                         "spec.evaluation.promptsUri"),
+    "a model in the current folder": ({"model": {"name": "./my-model"}}, "spec.model.name"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(LOCAL))
+def test_local_paths_are_refused_in_a_cluster(case: str) -> None:
+    change, field = LOCAL[case]
+    manifest = make_job("j").obj()
+    for key, value in change.items():
+        manifest["spec"][key] = {**manifest["spec"].get(key, {}), **value}
+    refused = policy_violation(parse_job(manifest), Settings())
+    assert refused is not None and refused[0] == "LocalPath" and field in refused[1], refused
+
+
+def test_hub_ids_s3_and_paths_in_the_image_are_not_local() -> None:
+    manifest = make_job("j").obj()  # model org/base-model, s3:// data and output
+    manifest["spec"]["dataset"]["validation"] = {"uri": "hf://org/data"}
+    manifest["spec"]["evaluation"] = {"promptsUri": "/opt/prompts.txt"}  # baked into the image
+    assert policy_violation(parse_job(manifest), Settings()) is None

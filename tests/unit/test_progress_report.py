@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from ftapi.progress import PROGRESS_KEY, CheckpointReport, ProgressReport
+from ftapi.progress import REPORT_FIELD, CheckpointReport, ProgressReport
 from fttrainer.progress import (
     MERGE_PATCH,
-    ConfigMapSink,
     KubeError,
     KubeTarget,
     ProgressCallback,
+    ProgressObjectSink,
     ProgressReporter,
     metrics_from_logs,
 )
@@ -56,7 +56,7 @@ class Failing:
 
     def send(self, report: ProgressReport) -> None:
         self.calls += 1
-        raise KubeError(403, "configmaps is forbidden")
+        raise KubeError(403, "finetunejobprogresses is forbidden")
 
 
 def _reporter(sink: Any = None, **kwargs: Any) -> tuple[ProgressReporter, Collect, Clock]:
@@ -249,7 +249,7 @@ def _account(tmp_path: Path) -> Path:
 
 
 IN_CLUSTER = {
-    "FINETUNE_PROGRESS_CONFIGMAP": "job-progress",
+    "FINETUNE_PROGRESS_NAME": "job-progress",
     "FINETUNE_NAMESPACE": "team-a",
     "FINETUNE_ATTEMPT": "3",
     "KUBERNETES_SERVICE_HOST": "10.96.0.1",
@@ -275,8 +275,11 @@ def test_from_env(tmp_path: Path, environ: dict[str, str], attempt: int | None) 
     assert reporter.enabled and reporter.attempt == attempt
     assert reporter.report().attempt == attempt
     sink = reporter._sender.sink  # type: ignore[union-attr]
-    assert isinstance(sink, ConfigMapSink)
-    assert sink.path == "/api/v1/namespaces/team-a/configmaps/job-progress"
+    assert isinstance(sink, ProgressObjectSink)
+    assert (
+        sink.path
+        == "/apis/finetune.dev/v1alpha1/namespaces/team-a/finetunejobprogresses/job-progress"
+    )
     assert sink.target == KubeTarget(
         "https://10.96.0.1:443", tmp_path / "token", tmp_path / "ca.crt"
     )
@@ -361,7 +364,9 @@ class _Server:
             def do_PATCH(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append((self.command, self.path, dict(self.headers), body))
-                answer = json.dumps({"kind": "Status", "message": "configmaps is forbidden"})
+                answer = json.dumps(
+                    {"kind": "Status", "message": "finetunejobprogresses is forbidden"}
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -389,19 +394,24 @@ def server_factory() -> Iterator[Any]:
         server.httpd.server_close()
 
 
-def test_the_sink_sends_a_merge_patch_of_one_key(tmp_path: Path, server_factory: Any) -> None:
+def test_the_sink_sends_a_merge_patch_of_the_report_field(
+    tmp_path: Path, server_factory: Any
+) -> None:
     server = server_factory(200)
     target = KubeTarget(server.url, _account(tmp_path) / "token")
-    reporter, _, _ = _reporter(sink=ConfigMapSink(target, "team-a", "job-progress"))
+    reporter, _, _ = _reporter(sink=ProgressObjectSink(target, "team-a", "job-progress"))
     reporter.training_started(step=0, total_steps=10)
     assert reporter.failures == 0 and reporter.sent == 1
     ((method, path, headers, body),) = server.requests
-    assert (method, path) == ("PATCH", "/api/v1/namespaces/team-a/configmaps/job-progress")
+    assert (method, path) == (
+        "PATCH",
+        "/apis/finetune.dev/v1alpha1/namespaces/team-a/finetunejobprogresses/job-progress",
+    )
     assert headers["Content-Type"] == MERGE_PATCH
     assert headers["Authorization"] == f"Bearer {TOKEN}"
     patch = json.loads(body)
-    assert list(patch) == ["data"] and list(patch["data"]) == [PROGRESS_KEY]
-    report = ProgressReport.model_validate_json(patch["data"][PROGRESS_KEY])
+    assert list(patch) == [REPORT_FIELD]
+    report = ProgressReport.model_validate_json(patch[REPORT_FIELD])
     assert (report.stage, report.total_steps) == ("training", 10)
 
 
@@ -411,17 +421,17 @@ def test_a_refused_patch_is_a_warning_without_the_token(
     server = server_factory(403)
     target = KubeTarget(server.url, _account(tmp_path) / "token")
     with pytest.raises(KubeError) as refused:
-        ConfigMapSink(target, "ns", "cm").send(_reporter()[0].report())
+        ProgressObjectSink(target, "ns", "cm").send(_reporter()[0].report())
     assert refused.value.status == 403 and "forbidden" in str(refused.value)
-    reporter, _, _ = _reporter(sink=ConfigMapSink(target, "ns", "cm"))
+    reporter, _, _ = _reporter(sink=ProgressObjectSink(target, "ns", "cm"))
     reporter.training_started(step=0, total_steps=10)  # does not raise
     assert reporter.failures == 1
-    assert "403 configmaps is forbidden" in caplog.text and TOKEN not in caplog.text
+    assert "403 finetunejobprogresses is forbidden" in caplog.text and TOKEN not in caplog.text
 
 
 def test_an_unreachable_api_server_is_an_error_within_the_timeout(tmp_path: Path) -> None:
     target = KubeTarget("http://127.0.0.1:9", _account(tmp_path) / "token", timeout=1.0)
-    reporter, _, _ = _reporter(sink=ConfigMapSink(target, "ns", "cm"))
+    reporter, _, _ = _reporter(sink=ProgressObjectSink(target, "ns", "cm"))
     started = time.monotonic()
     reporter.training_started(step=0, total_steps=10)
     assert reporter.failures == 1 and time.monotonic() - started < 3.0

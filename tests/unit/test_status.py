@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
+from ftapi.contract import INVALID_INPUT_MARKER
 from ftapi.progress import CheckpointReport, ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import Condition
@@ -1891,3 +1892,61 @@ def test_succeeded_progress_stays_full_on_later_passes() -> None:
     assert first.status.progress is not None and first.status.progress.percent == 100.0
     second = world.step(at(160))
     assert second.status.progress == first.status.progress
+
+
+# --- a finished job shows no in-flight figures --------------------------------------------
+
+
+def _mid_run() -> FineTuneJobStatus:
+    """Running, after a report with every in-flight figure."""
+    metrics = {"train_loss": 1.25, "learning_rate": 2e-4, "grad_norm": 0.7}
+    plan = observe(make(), running_status(), at(10), batch_job=batch_job(), pods=running_pods(),
+                   progress=report(step=50, total_steps=100, tokens_per_second=5321.0,
+                                   eta_seconds=4320, metrics=metrics))  # fmt: skip
+    assert plan.status.progress is not None and plan.status.progress.tokens_per_second
+    assert plan.status.metrics is not None and plan.status.metrics.grad_norm == 0.7
+    return roundtrip(plan.status)
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_a_finished_job_keeps_its_results_but_no_in_flight_figures(phase: str) -> None:
+    ended = (
+        {"batch_job": batch_job(conditions=complete())}
+        if phase == "Succeeded"
+        else {"batch_job": batch_job(), "pods": [pod(phase="Failed", containers=[terminated(1)])]}
+    )
+    job = make(runPolicy__maxRestarts=0)
+    plan = observe(job, _mid_run(), at(20), **ended)
+    assert plan.status.phase == phase
+    dumped = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert "tokensPerSecond" not in dumped["progress"]
+    assert dumped["progress"].get("eta") == ("0s" if phase == "Succeeded" else None)
+    assert {"learningRate", "gradNorm"}.isdisjoint(dumped["metrics"])
+    assert dumped["metrics"]["trainLoss"] == 1.25  # results stay
+
+
+def test_input_the_trainer_refuses_fails_the_job_without_spending_restarts() -> None:
+    said = f"{INVALID_INPUT_MARKER} /data/train.jsonl:2: column 'answer' is missing"
+    failed_pod = pod(0, phase="Failed", containers=[terminated(1, "Error", said)])
+    plan = observe(make(), running_status(), at(30), batch_job=batch_job(), pods=[failed_pod])
+    assert plan.status.phase == "Failed"  # maxRestarts is 3: none is used
+    assert plan.status.failure_reason == "InvalidInput" and plan.status.restarts == 0
+    assert "/data/train.jsonl:2: column 'answer' is missing" in (plan.status.message or "")
+    assert "a restart would fail the same way" in (plan.status.message or "")
+    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    # Any other non-zero exit is still worth a restart.
+    other = pod(0, phase="Failed", containers=[terminated(1, "Error", "NCCL timeout")])
+    plan = observe(make(), running_status(), at(30), batch_job=batch_job(), pods=[other])
+    assert plan.status.phase == "Restarting"
+
+
+def test_pods_the_job_controller_cannot_create_are_a_named_blocker() -> None:
+    quota = (
+        'pods "llama-0-0-x" is forbidden: exceeded quota: team-quota, requested: nvidia.com/gpu=8'
+    )
+    plan = observe(make(), status(), at(30), batch_job=batch_job(), pods=[],
+                   pod_create_failure=quota)  # fmt: skip
+    assert plan.status.phase == "Pending"
+    running = next(c for c in plan.status.conditions if c.type == "Running")
+    assert running.reason == "FailedCreate" and "exceeded quota: team-quota" in running.message
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["FailedCreate"]

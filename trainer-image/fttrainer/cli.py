@@ -19,7 +19,9 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import io
 import os
 import sys
 import time
@@ -350,9 +352,13 @@ def _run(args: argparse.Namespace) -> int:
         else:
             chosen["dir"] = args.output or Path("results") / name / time.strftime("%Y%m%d_%H%M%S")
 
-    loaded = _load(args, output=place_output)
+    from .termination import invalid_input
+
+    complaints = _Tee(sys.stderr)
+    with contextlib.redirect_stderr(complaints):
+        loaded = _load(args, output=place_output)
     if loaded is None:
-        return 1
+        return invalid_input(complaints.getvalue())
     job = loaded.job
     from .data.prepare import DataError
     from .recipe import Recipe
@@ -367,7 +373,7 @@ def _run(args: argparse.Namespace) -> int:
         recipe.setup()
     except (DataError, ValueError) as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return invalid_input(str(exc))
     result = recipe.train()
     final_dir = recipe.save(result)
     from .storage import StorageError
@@ -385,6 +391,18 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
         print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
     return 0
+
+
+class _Tee(io.StringIO):
+    """Keeps what is written while passing it on (the errors `_load` prints)."""
+
+    def __init__(self, passthrough: Any) -> None:
+        super().__init__()
+        self.passthrough = passthrough
+
+    def write(self, text: str) -> int:
+        self.passthrough.write(text)
+        return super().write(text)
 
 
 def single_process_rendezvous(environ: Any) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The trainer's side of the progress channel (the contract is ftapi.progress).
 
-Rank 0 writes a `ProgressReport` under `progress.json` of the job's progress ConfigMap:
+Rank 0 writes a `ProgressReport` into the `report` field of the job's FineTuneJobProgress:
 at the start of training, at most every REPORT_INTERVAL_SECONDS while it trains, and at
 once at each committed checkpoint, each evaluation, each stage change (saving,
 publishing) and at the end ("done", with the published model's URI).
@@ -16,8 +16,8 @@ server delays the status, never a step); a failed send is logged once as a warni
 at debug level, and never raised.
 
 The Kubernetes client is a few lines of urllib: the trainer image needs no Kubernetes
-library to patch one ConfigMap, and the pod's Role allows nothing more than get/patch/update
-of that ConfigMap (by resourceName).
+library to patch one object, and the pod's Role allows nothing more than get/patch/update
+of that FineTuneJobProgress (by resourceName).
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ from urllib.parse import quote
 
 from transformers import TrainerCallback
 
+from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
 from ftapi.progress import (
     ENV_ATTEMPT,
     ENV_NAMESPACE,
-    ENV_PROGRESS_CONFIGMAP,
-    PROGRESS_KEY,
+    ENV_PROGRESS_NAME,
+    REPORT_FIELD,
     REPORT_INTERVAL_SECONDS,
     CheckpointReport,
     ProgressReport,
@@ -180,8 +181,8 @@ class Sink(Protocol):
 
 
 @dataclass(frozen=True)
-class ConfigMapSink:
-    """Writes a report as a JSON merge patch of one key of the progress ConfigMap."""
+class ProgressObjectSink:
+    """Writes a report as a JSON merge patch of the job's FineTuneJobProgress object."""
 
     target: KubeTarget
     namespace: str
@@ -189,15 +190,12 @@ class ConfigMapSink:
 
     @property
     def path(self) -> str:
-        return f"/api/v1/namespaces/{quote(self.namespace, safe='')}/configmaps/" + quote(
-            self.name, safe=""
-        )
+        namespace, name = quote(self.namespace, safe=""), quote(self.name, safe="")
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PROGRESS_PLURAL}/{name}"
 
     def send(self, report: ProgressReport) -> None:
         document = report.model_dump_json(by_alias=True, exclude_none=True)
-        self.target.request(
-            "PATCH", self.path, {"data": {PROGRESS_KEY: document}}, content_type=MERGE_PATCH
-        )
+        self.target.request("PATCH", self.path, {REPORT_FIELD: document}, content_type=MERGE_PATCH)
 
 
 class _Sender:
@@ -323,9 +321,9 @@ class ProgressReporter:
         account_dir: Path | None = None,
         **kwargs: Any,
     ) -> ProgressReporter:
-        """A reporter to the ConfigMap the operator named, or a no-op: for local runs (no
-        FINETUNE_PROGRESS_CONFIGMAP), on every rank but 0, and outside a cluster."""
-        name = environ.get(ENV_PROGRESS_CONFIGMAP)
+        """A reporter to the progress object the operator named, or a no-op: for local runs
+        (no FINETUNE_PROGRESS_NAME), on every rank but 0, and outside a cluster."""
+        name = environ.get(ENV_PROGRESS_NAME)
         if not name or environ.get("RANK", "0") != "0":
             return cls(None)
         namespace = environ.get(ENV_NAMESPACE)
@@ -342,7 +340,7 @@ class ProgressReporter:
             attempt = int(environ.get(ENV_ATTEMPT, "0"))
         except ValueError:
             attempt = 0
-        return cls(ConfigMapSink(target, namespace, name), attempt=max(attempt, 0), **kwargs)
+        return cls(ProgressObjectSink(target, namespace, name), attempt=max(attempt, 0), **kwargs)
 
     @property
     def enabled(self) -> bool:

@@ -127,7 +127,7 @@ class Recipe:
         output = spec.output
         self.checkpoints = CheckpointStore(open_store(output.uri, s3=output.s3), job_identity(job))
         self.resumed_from: Path | None = None
-        # To the operator's progress ConfigMap (rank 0 in a cluster); else a no-op.
+        # To the job's FineTuneJobProgress (rank 0 in a cluster); else a no-op.
         self.progress = progress if progress is not None else ProgressReporter.from_env()
 
     def setup(self) -> None:
@@ -145,10 +145,13 @@ class Recipe:
             responses_only=self.spec.trainer.type == "sft" and responses_only(self.spec),
         )
         log.info("%s", self.token_report.render())
+        # The evaluation's own inputs (prompts, benchmarks, harness tasks): read before the
+        # model loads, so that a bad one fails in seconds.
+        self.evaluator = Evaluator(self.spec, self.tokenizer, self.data, self.output_dir)
+        self.evaluator.load_inputs()
         self.model = self._setup_model()
         # Everything measured besides the loss, "before" first: the base model's answers to
         # the evaluation prompts and its task scores, while the weights are still the base's.
-        self.evaluator = Evaluator(self.spec, self.tokenizer, self.data, self.output_dir)
         self.evaluator.before_training(self.model)
         # The trackers' callbacks read their settings from the environment (TensorBoard
         # when the trainer creates it, MLflow and W&B when training starts).

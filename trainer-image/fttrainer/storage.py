@@ -43,9 +43,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from ftapi.v1alpha1 import S3Spec
+from fttrainer.redaction import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -846,10 +846,7 @@ def _describe(error: BaseException) -> str:
 
 def _redact(url: str) -> str:
     """The endpoint without any user:password@ it might carry."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return redact(url, limit=2048)
 
 
 # ---------------------------------------------------------------------------- shared

@@ -110,6 +110,12 @@ class Toleration(ApiModel):
 
     rules = (
         Rule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerationSeconds applies only to effect NoExecute",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+            field=".tolerationSeconds",
+        ),
+        Rule(
             cel="self.operator != 'Exists' || !has(self.value)",
             message="operator Exists takes no value",
             check=lambda t: t.operator != "Exists" or t.value is None,

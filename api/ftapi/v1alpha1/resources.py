@@ -22,11 +22,12 @@ RESERVED_ENV = (
     "TORCHELASTIC_RUN_ID",
 )
 RESERVED_ENV_PREFIXES = ("PET_", "TORCHELASTIC_", "FINETUNE_")
+# An extended resource (GPUs are one): always domain-prefixed, e.g. nvidia.com/gpu.
 ResourceName = Annotated[
     str,
     StringConstraints(
         max_length=253,
-        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
     ),
 ]
 
@@ -57,13 +58,15 @@ class ResourcesSpec(ApiModel):
     nvidia.com/mig-3g.40gb); unset: the operator's default (nvidia.com/gpu unless the
     platform team set another)."""
     cpu: Quantity | None = None
-    """CPU request per pod, e.g. 8 or 7500m. No CPU limit is set: it would throttle data
-    loading and tokenization."""
+    """CPU request per pod, e.g. 8 or 7500m; unset: the operator's default, if any. No CPU
+    limit is set (it would throttle data loading and tokenization) unless the operator is
+    configured to set one for quota-enforcing namespaces."""
     memory: Quantity | None = None
-    """Memory request and limit per pod, e.g. 64Gi."""
+    """Memory request and limit per pod, e.g. 64Gi; unset: the operator's default, if any."""
     shared_memory: Quantity = "16Gi"
-    """Size of the memory-backed /dev/shm (data loader workers and NCCL need it). Pages
-    written there count towards the pod's memory: keep it well below `memory`."""
+    """Size of the memory-backed /dev/shm (data loader workers and NCCL need it), capped at
+    the memory limit. Pages written there count towards the pod's memory: keep it well
+    below `memory`."""
     node_selector: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
     """Node labels the pods require, e.g. a GPU pool or accelerator type."""
     tolerations: Annotated[list[Toleration], Field(max_length=64)] = []

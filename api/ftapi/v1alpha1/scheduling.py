@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from ._base import ApiModel
-from .common import ObjectName
+
+# Kueue puts the queue's name in a label value: a DNS label of at most 63 characters.
+QueueName = Annotated[
+    str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+]
 
 
 class SchedulingSpec(ApiModel):
     """Admission. Mutable on a live job."""
 
-    queue_name: ObjectName | None = None
+    queue_name: QueueName | None = None
     """Kueue LocalQueue: the Job is created suspended with kueue.x-k8s.io/queue-name and
     starts when Kueue admits it."""
     suspend: bool = False

@@ -79,6 +79,17 @@ class Metrics(ApiModel):
     """Other scalar metrics (test set, benchmarks, per-reward means)."""
 
 
+class OperatorSettingsUsed(ApiModel):
+    """Operator-wide defaults resolved for this job (its spec may name its own)."""
+
+    image: Text
+    """The trainer image of every attempt (spec.resources.image, else the operator's
+    default image at the first attempt)."""
+    s3_endpoint: Text | None = None
+    """The S3 endpoint given to the pods when the spec names none (the operator's default
+    endpoint at the first attempt); absent when there is none."""
+
+
 class CheckpointStatus(ApiModel):
     """Checkpoints written so far (complete ones only)."""
 
@@ -120,6 +131,10 @@ class FineTuneJobStatus(ApiModel):
     """When the job reached Succeeded or Failed."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The spec generation the status reflects."""
+    settings: OperatorSettingsUsed | None = None
+    """The operator settings the job runs with, recorded when its first attempt is created
+    and kept for every restart: an operator upgrade or a changed default never changes
+    the code or the storage endpoint of a job that already started."""
     failure_reason: ShortText | None = None
     """Why the job failed: OOMKilled, ExitCode, ImagePullBackOff, Unschedulable,
     DeadlineExceeded, InvalidSpec, BackoffLimitExceeded, ..."""

@@ -67,6 +67,17 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
   verbs: [get, patch, update]
+# Children carry ownerReferences with blockOwnerDeletion; clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require this to set it.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs/finalizers]
+  verbs: [update]
+# The progress channel: one FineTuneJobProgress per job, created here, read from the watch.
+# patch/update only because a Role may grant only what its creator holds, and the trainer's
+# Role grants get/patch/update on its own progress object.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobprogresses]
+  verbs: [get, list, watch, create, patch, update]
 # One Indexed Job per attempt; suspend/resume; tear down a failed attempt.
 - apiGroups: [batch]
   resources: [jobs]
@@ -75,23 +86,27 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# The resolved-config and progress ConfigMaps. patch/update: a Role may only grant what its
-# creator holds, and the trainer's Role grants get/patch/update on its progress ConfigMap.
+# Each job's resolved-config ConfigMap (immutable), its rendezvous Service, the training pods'
+# ServiceAccount, Role and RoleBinding. get: an object that already exists is read once to
+# check that this job owns it (never adopted otherwise). No list/watch, update or delete:
+# no ConfigMap of the cluster can be read in bulk or changed.
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [get, list, watch, create, patch, update]
-# The rendezvous (headless) Service and the training pods' ServiceAccount.
-- apiGroups: [""]
-  resources: [services, serviceaccounts]
-  verbs: [create]
-# The training pods' Role (progress ConfigMap only, by resourceName) and its binding.
+  resources: [configmaps, services, serviceaccounts]
+  verbs: [create, get]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
-# Events on FineTuneJobs.
+  verbs: [create, get]
+# Events on FineTuneJobs; list: the Job controller's FailedCreate Events on a Job whose
+# pods do not appear (a quota, a missing PriorityClass), read into the job's status.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
+{{- if .Values.operator.networkPolicy }}
+# operator.networkPolicy: each job's NetworkPolicy (get: the ownership check, as above).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, get]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped reads, needed in both modes. */}}

@@ -515,7 +515,7 @@ def _with_tools(sample: Sample, row: Mapping[str, Any], ctx: FormatContext) -> S
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise RowError(f"{name}: not a JSON list of tools ({error})") from None
     if isinstance(value, Mapping):
         value = [value]  # one tool given on its own
@@ -558,7 +558,7 @@ def _tool_call(call: Any, where: str) -> dict[str, Any]:
     elif isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RowError(f"{where}.function.arguments: not JSON: {_quote(arguments)}") from None
     if not isinstance(arguments, Mapping):
         raise RowError(
@@ -579,7 +579,7 @@ def _calls_from_json(value: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RowError(
                 f'{where}: a function_call must be JSON {{"name": ..., "arguments": {{...}}}}, '
                 f"got {_quote(value)}"
@@ -668,7 +668,7 @@ def _turn_list(row: Mapping[str, Any], name: str) -> list[Any]:
 def _json_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -119,7 +119,7 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
         parts[part] = converted
     all_samples = [pair for pairs in parts.values() for pair in pairs]
     report.samples = len(all_samples)
-    report.findings = inspect(all_samples)
+    report.findings = inspect(all_samples, scan_pii=dataset.cleaning.pii != "off")
     if problems:
         raise DataError(problems, report)
     if dataset.cleaning.pii == "fail" and report.findings.pii:

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fttrainer.redaction import redact
+
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+# Bounds on what one file may make the trainer hold: a field far larger than any sample
+# (the csv module's own default, 128 KiB, refuses long documents), nesting deeper than any
+# chat (deeper JSON crashes recursive code later: RecursionError), and a parquet file's
+# uncompressed size (a few compressed MB can expand to many GB).
+MAX_FIELD_BYTES = 64 * 2**20
+MAX_DEPTH = 64
+MAX_PARQUET_BYTES = 8 * 2**30
+BOM = "\ufeff"
 
 
 class DataSourceError(RuntimeError):
@@ -85,6 +95,8 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
             except UnicodeDecodeError as exc:
                 yield Problem(origin, f"not UTF-8 ({exc.reason} at byte {exc.start})")
                 continue
+            if number == 1:
+                line = line.removeprefix(BOM)  # editors on Windows write one
             if not line.strip():
                 continue
             try:
@@ -92,35 +104,72 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
             except json.JSONDecodeError as exc:
                 yield Problem(origin, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
+            except RecursionError:
+                yield Problem(origin, f"JSON nested more than {MAX_DEPTH} levels deep")
+                continue
             if not isinstance(value, dict):
                 yield Problem(origin, f"expected a JSON object, got {type(value).__name__}")
+                continue
+            if too_deep(value):
+                yield Problem(origin, f"JSON nested more than {MAX_DEPTH} levels deep")
                 continue
             yield Row(value, origin)
 
 
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether containers nest deeper than `limit` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         where = f"{label}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else label
         raise DataSourceError(f"{where}: not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise DataSourceError(f"{label}: JSON nested too deeply") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
     if not isinstance(value, list):
         raise DataSourceError(f"{label}: expected a list of objects (or {{'data': [...]}})")
     for index, item in enumerate(value):
         origin = f"{label}:item {index}"
-        if isinstance(item, dict):
+        if isinstance(item, dict) and too_deep(item):
+            yield Problem(origin, f"JSON nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(item, dict):
             yield Row(item, origin)
         else:
             yield Problem(origin, f"expected an object, got {type(item).__name__}")
 
 
 def _read_csv(path: Path, label: str) -> Iterator[Row | Problem]:
+    csv.field_size_limit(MAX_FIELD_BYTES)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first header.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            for record in reader:
+            records = iter(reader)
+            while True:
+                try:
+                    record = next(records)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # a field over the limit, a NUL byte, ...
+                    # line_num counts the lines of complete records: the bad one is next.
+                    raise DataSourceError(f"{label}:{reader.line_num + 1}: {exc}") from None
                 origin = f"{label}:{reader.line_num}"
                 if None in record:
                     yield Problem(origin, "more fields than the header has")
@@ -131,10 +180,42 @@ def _read_csv(path: Path, label: str) -> Iterator[Row | Problem]:
 
 
 def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for index, record in enumerate(pq.read_table(path).to_pylist()):
-        yield Row(record, f"{label}:row {index}")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataSourceError(f"{label}: not a readable parquet file ({exc})") from None
+    metadata = parquet.metadata
+    expanded = 0
+    for group in range(metadata.num_row_groups):
+        expanded += metadata.row_group(group).total_byte_size
+        if expanded > MAX_PARQUET_BYTES:
+            raise DataSourceError(
+                f"{label}:row group {group}: the file expands to more than "
+                f"{MAX_PARQUET_BYTES / 2**30:g} GiB uncompressed; split it into several files"
+            )
+    # Decoded in batches, counting what they hold: dictionary-encoded columns look small in
+    # the metadata and expand only when decoded.
+    starts = [0]
+    for group in range(metadata.num_row_groups):
+        starts.append(starts[-1] + metadata.row_group(group).num_rows)
+    index, held = 0, 0
+    try:
+        for batch in parquet.iter_batches(batch_size=1024):
+            held += batch.nbytes
+            if held > MAX_PARQUET_BYTES:
+                group = max(g for g, start in enumerate(starts[:-1]) if start <= index)
+                raise DataSourceError(
+                    f"{label}:row group {group}: the file expands to more than "
+                    f"{MAX_PARQUET_BYTES / 2**30:g} GiB decoded; split it into several files"
+                )
+            for record in batch.to_pylist():
+                yield Row(record, f"{label}:row {index}")
+                index += 1
+    except (pa.ArrowException, OSError) as exc:
+        raise DataSourceError(f"{label}:row {index}: {exc}") from None
 
 
 def _read_txt(path: Path, label: str) -> Iterator[Row | Problem]:
@@ -158,7 +239,7 @@ def _read_s3(uri: str, s3_client: Any) -> RawData:
         try:
             s3_client.download_file(bucket, key, str(local))
         except Exception as exc:  # botocore's errors carry the useful text
-            raise DataSourceError(f"{uri}: cannot download: {exc}") from None
+            raise DataSourceError(f"{uri}: cannot download: {redact(str(exc))}") from None
         return read_file(local, label=uri)
 
 
@@ -169,7 +250,8 @@ def _read_hub(name: str, split: str) -> RawData:
         table = datasets.load_dataset(name, split=split)
     except Exception as exc:
         raise DataSourceError(
-            f"hf://{name}: cannot load split {split!r} from the Hugging Face Hub ({exc}). "
+            f"hf://{name}: cannot load split {split!r} from the Hugging Face Hub "
+            f"({redact(str(exc))}). "
             "Without network access to the Hub, copy the data to s3:// or a local file."
         ) from None
     return RawData([Row(dict(r), f"hf://{name}[{split}]:row {i}") for i, r in enumerate(table)], [])

@@ -28,10 +28,11 @@ def _as_user(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-def read_prompts(uri: str) -> list[str]:
+def read_prompts(uri: str, s3_client: Any = None) -> list[str]:
     """Prompts from a file: .txt one per line, or rows with a `prompt` (or `text`) field;
-    local or s3://, read like the datasets (bad lines reported with file:line)."""
-    raw = read_source(uri)
+    local or s3:// (with `s3_client`), read like the datasets (bad lines reported with
+    file:line)."""
+    raw = read_source(uri, s3_client=s3_client)
     if raw.problems:
         raise DataError(raw.problems)
     return [str(row.data.get("prompt", row.data.get("text", ""))) for row in raw.rows]

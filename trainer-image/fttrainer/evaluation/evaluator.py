@@ -55,16 +55,33 @@ class Evaluator:
         self.base_scores: dict[str, float] = {}
         # split -> base / fine_tuned -> MCQ confusion, generated answers
         self.details: dict[str, dict[str, Any]] = {}
+        self._s3_client: Any = None
+
+    def load_inputs(self) -> None:
+        """Read the evaluation prompts, benchmarks and harness tasks (local or s3://)
+        before the model is loaded: a missing or malformed file fails in seconds, not
+        after minutes of loading weights."""
+        self.prompts = self._evaluation_prompts()
+        self.benchmarks = self._load_benchmarks()
+        self.harness_tasks = self._fetch_harness_tasks()
+
+    def _client_for(self, uri: str) -> Any:
+        """The output's S3 client (its endpoint and credentials) for s3:// inputs."""
+        if not uri.startswith("s3://"):
+            return None
+        if self._s3_client is None:
+            from fttrainer.storage import s3_client
+
+            self._s3_client = s3_client(self.spec.output.s3)
+        return self._s3_client
 
     # -- before training ------------------------------------------------------------------
 
     def before_training(self, model: Any) -> None:
-        """The base side of every comparison, while the weights are still the base's."""
-        self.prompts = self._evaluation_prompts()
+        """The base side of every comparison, while the weights are still the base's
+        (load_inputs() has read what it compares on)."""
         if self.prompts:
             self.base_answers = self.answer_prompts(model)
-        self.benchmarks = self._load_benchmarks()
-        self.harness_tasks = self._fetch_harness_tasks()
         if self.spec.evaluation.compare_base:
             self.base_scores = self.task_scores(model, side="base")
 
@@ -239,7 +256,8 @@ class Evaluator:
         evaluation = self.spec.evaluation
         prompts = list(evaluation.prompts)
         if evaluation.prompts_uri:
-            prompts += read_prompts(evaluation.prompts_uri)
+            uri = evaluation.prompts_uri
+            prompts += read_prompts(uri, self._client_for(uri))
         return prompts
 
     def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
@@ -247,7 +265,7 @@ class Evaluator:
         context = FormatContext(Columns(), self.spec.dataset.system_prompt)
         benchmarks: dict[str, tuple[str, list[Any]]] = {}
         for benchmark in self.spec.evaluation.benchmarks:
-            rows = read_source(benchmark.uri).rows
+            rows = read_source(benchmark.uri, s3_client=self._client_for(benchmark.uri)).rows
             samples = [s for row in rows for s in convert_row(benchmark.format, row.data, context)]
             benchmarks[benchmark.name] = (benchmark.format, samples)
         return benchmarks
