@@ -22,10 +22,10 @@ CRD := crds/finetune.dev_finetunejobs.yaml
 PROGRESS_CRD := crds/finetune.dev_finetunejobprogresses.yaml
 API_REFERENCE := docs/api-reference.md
 
-.PHONY: help install lint fmt crds test unit integration quickstart tools cluster-up cluster-down clean
+.PHONY: help install lint fmt crds test unit integration quickstart run-operator tools cluster-up cluster-down clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv $(CACHE)/uv-$(UV_VERSION)
@@ -73,10 +73,16 @@ cluster-up: tools ## start the local control plane, fake GPU nodes and S3 on 127
 cluster-down: ## stop everything cluster-up started
 	hack/cluster-down.sh
 
+QUICKSTART_OUTPUT ?= results/quickstart
+RUN_OPERATOR_ARGS ?= --no-leader-election
+
 quickstart: install ## fine-tune a tiny model locally on CPU (about a minute)
 	@test -f .quickstart/tiny-llama/config.json || $(BIN)/python -m fttrainer.tiny --arch llama --output .quickstart/tiny-llama
 	$(BIN)/finetune validate examples/quickstart-cpu.yaml
-	$(BIN)/finetune run examples/quickstart-cpu.yaml --output results/quickstart
+	$(BIN)/finetune run examples/quickstart-cpu.yaml --output $(QUICKSTART_OUTPUT)
+
+run-operator: install ## the operator against your current kubeconfig (RUN_OPERATOR_ARGS, e.g. --namespace team-a)
+	$(BIN)/python -m ftoperator $(RUN_OPERATOR_ARGS)
 
 clean: ## remove the virtualenv and caches inside the clone
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -499,7 +499,9 @@ def connect(threads: int) -> client.ApiClient:
             found = re.match(r'^export (\w+)="?([^"]*)"?$', line.strip())
             if found and "$" not in found.group(2):
                 os.environ[found.group(1)] = found.group(2)
-    config.load_kube_config()  # type: ignore[no-untyped-call]
+    # Named explicitly: the client reads KUBECONFIG once, when it is imported (before the
+    # env file above was read), so `python bench/operator_load.py` alone found no config.
+    config.load_kube_config(config_file=os.environ["KUBECONFIG"])  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = threads + 4
     return client.ApiClient(configuration)

@@ -22,11 +22,13 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 
+from .drift import REPAIRABLE, drifted
 from .observability import METRICS, Metrics
 
 log = logging.getLogger("ftoperator")
 
 INVALID = (400, 413, 422)  # the API server will refuse the same object again
+FIELD_MANAGER = "finetune-operator"
 
 
 class ChildError(Exception):
@@ -42,6 +44,11 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
     """Whether `obj`'s controller ownerReference is the FineTuneJob with this UID."""
     references = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in references)
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """A create refused because its namespace is being deleted (403 NamespaceTerminating)."""
+    return error.status == 403 and "NamespaceTerminating" in str(error.body or "")
 
 
 def server_message(error: ApiException) -> str:
@@ -94,6 +101,10 @@ class Kube:
                     "ChildRejected",
                     f"the API server refused the {kind} {name}: {server_message(error)}",
                 ) from None
+            if namespace_terminating(error):
+                # The namespace, and with it the job, is being deleted: nothing to create.
+                log.info("%s/%s: not created, the namespace is being deleted", namespace, name)
+                return False
             if error.status != 409:
                 raise
         else:
@@ -110,7 +121,34 @@ class Kube:
                 "this FineTuneJob (its controller ownerReference is another object): the "
                 "operator never adopts it. Delete it, or give the job another name",
             )
+        if kind in REPAIRABLE and drifted(existing, body):
+            log.warning("%s %s/%s was edited: putting back what the operator renders",
+                        kind, namespace, name)  # fmt: skip
+            self.apply(namespace, body)
         return False
+
+    def apply(self, namespace: str, body: dict[str, Any]) -> None:
+        """Server-side apply of a child the job owns, as the one field manager that owns its
+        fields (force: an edit by another manager is taken back)."""
+        appliers: dict[str, Callable[..., Any]] = {
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
+        }
+        self._count("patch")
+        try:
+            appliers[body["kind"]](
+                body["metadata"]["name"], namespace, body, field_manager=FIELD_MANAGER,
+                force=True, _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status in INVALID:
+                raise ChildError(
+                    "ChildRejected",
+                    f"the API server refused the repaired {body['kind']} "
+                    f"{body['metadata']['name']}: {server_message(error)}",
+                ) from None
+            raise
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One child by kind and name (JSON as the watch delivers it); None when absent."""

@@ -38,7 +38,9 @@ from ftapi.v1alpha1.status import (
     Progress,
 )
 
+from . import failures
 from .desired import Names
+from .failures import BLOCKERS, DISRUPTIONS, FINAL
 
 log = logging.getLogger("ftoperator")
 
@@ -52,8 +54,6 @@ FAILED = "Failed"
 
 # Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
 STOPPED_EXIT_CODES = {143, 137}
-# Reasons a restart would repeat: the job fails at once, whatever maxRestarts says.
-FINAL_REASONS = frozenset({"InvalidInput"})
 # Pod statuses that need the user's action before the pods can start.
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 MAX_MESSAGE = 4096  # the CRD's limit on status.message
@@ -263,17 +263,17 @@ def attempt_failure(
 
 
 def _rank(failure: Failure, pod: dict[str, Any]) -> int:
-    if failure.reason in ("NodeLost", "Preempted", "Evicted"):
-        return 0
-    if failure.reason == "OOMKilled":
-        return 1
+    """failures.py's rank, but a rank stopped from outside (143/137, or being deleted) is a
+    consequence: after any real exit code."""
+    if failure.reason in DISRUPTIONS or failure.reason == "OOMKilled":
+        return failures.rank(failure.reason)
     codes = {
         (c.get("state", {}).get("terminated") or {}).get("exitCode")
         for c in pod.get("status", {}).get("containerStatuses", [])
     }
     if pod.get("metadata", {}).get("deletionTimestamp") or codes & STOPPED_EXIT_CODES:
-        return 3
-    return 2
+        return failures.rank("ExitCode") + 1
+    return failures.rank(failure.reason)
 
 
 def _finished_at(pod: dict[str, Any]) -> str:
@@ -354,7 +354,7 @@ def _attempt_failed(
     status = plan.status
     limit = job.spec.run_policy.max_restarts
     what = f"attempt {status.attempt} failed ({failure.reason}): {failure.message}"
-    final = failure.reason in FINAL_REASONS
+    final = failure.reason in FINAL  # a restart would fail the same way
     if status.restarts < limit and not final:
         status.restarts += 1
         status.attempt += 1
@@ -647,9 +647,6 @@ def _finish(plan: Plan, previous: FineTuneJobStatus, generation: int | None) -> 
     for event in _new_blockers(previous, status):
         plan.events.append(event)
     return plan
-
-
-BLOCKERS = ("Unschedulable", "ImagePullBackOff", "FailedCreate", *CONFIG_REASONS)
 
 
 def _new_blockers(previous: FineTuneJobStatus, status: FineTuneJobStatus) -> list[Event]:

@@ -384,3 +384,33 @@ def test_every_documented_pod_field_reaches_a_running_pod(
         assert pods[0].metadata.labels["team"] == "nlp"
     finally:
         scheduling.delete_priority_class(priority)
+
+
+def test_an_edited_role_and_binding_are_put_back_at_the_next_attempt(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    name = "guarded"
+    _apply(cluster, ns, _manifest(name, runPolicy={"maxRestarts": 1}))
+    _wait(cluster, ns, name, operator, "Running")
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    role_before = rbac.read_namespaced_role(f"{name}-trainer", ns).rules
+    wider = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]
+    rbac.patch_namespaced_role(f"{name}-trainer", ns, {"rules": wider})
+    binding = rbac.read_namespaced_role_binding(f"{name}-trainer", ns)
+    subjects = [client.ApiClient().sanitize_for_serialization(s) for s in binding.subjects]
+    rbac.patch_namespaced_role_binding(f"{name}-trainer", ns, {
+        "subjects": [*subjects, {"kind": "User", "name": "mallory",
+                                 "apiGroup": "rbac.authorization.k8s.io"}]})  # fmt: skip
+    # The pod is preempted: the restart creates attempt 1 and checks every child on the way.
+    (pod,) = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        ns, label_selector=f"{LABEL_JOB}={name}").items  # fmt: skip
+    client.CoreV1Api(cluster.api).patch_namespaced_pod(
+        pod.metadata.name,
+        ns,
+        {"metadata": {"annotations": {"finetune.dev/kwok-disrupt": "preempt"}}},
+    )
+    eventually(lambda: read_job(cluster, ns, f"{name}-1"), timeout=90, what="attempt 1")
+    assert rbac.read_namespaced_role(f"{name}-trainer", ns).rules == role_before
+    names = [s.name for s in rbac.read_namespaced_role_binding(f"{name}-trainer", ns).subjects]
+    assert "mallory" not in names
+    assert "was edited: putting back" in operator.log_path.read_text()

@@ -331,6 +331,7 @@ def test_install_creates_the_operator_its_account_and_least_privilege_rbac(
         ("update", "finetunejobs.finetune.dev", "--subresource=finalizers", *watched),
         ("create", "configmaps", *watched), ("get", "rolebindings.rbac.authorization.k8s.io",
                                              *watched),
+        ("patch", "roles.rbac.authorization.k8s.io", *watched), ("list", "events", *watched),
     ]  # fmt: skip
     denied = [
         ("get", "secrets", *watched), ("list", "secrets", *home), ("list", "secrets", "-A"),

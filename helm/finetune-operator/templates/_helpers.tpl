@@ -93,19 +93,21 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
 - apiGroups: [""]
   resources: [configmaps, services, serviceaccounts]
   verbs: [create, get]
+# patch: a job's own Role and RoleBinding, if edited, are put back at its next attempt
+# (server-side apply); a Role may only grant what the operator itself holds.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create, get]
+  verbs: [create, get, patch]
 # Events on FineTuneJobs; list: the Job controller's FailedCreate Events on a Job whose
 # pods do not appear (a quota, a missing PriorityClass), read into the job's status.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch, list]
 {{- if .Values.operator.networkPolicy }}
-# operator.networkPolicy: each job's NetworkPolicy (get: the ownership check, as above).
+# operator.networkPolicy: each job's NetworkPolicy (get, patch: as for Roles above).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [create, get]
+  verbs: [create, get, patch]
 {{- end }}
 {{- end }}
 

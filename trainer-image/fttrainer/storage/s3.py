@@ -1,28 +1,5 @@
-"""Where outputs go: a local directory or s3://bucket/prefix, behind one small interface.
-
-    store = open_store("s3://models/run-1", s3=spec.output.s3)
-    files = store.upload_dir(Path("out/checkpoint-500"), "checkpoint-500", checksum=True)
-    store.write_bytes("checkpoint-500/manifest.json", manifest)  # small, atomic, written last
-    store.list("checkpoint-")                                    # [ObjectInfo(key, size), ...]
-    store.delete([o.key for o in store.list("checkpoint-100/")])  # batched
-
-Both stores make every object appear whole or not at all: S3 shows a multipart upload only
-once it is completed (a failed one is aborted, never completed), and the local store writes
-a temporary file, fsyncs it and renames it into place. That is what a checkpoint protocol
-needs to be able to write its manifest last and trust it.
-
-S3 credentials come from boto3's standard chain (AWS_* variables, which is how a
-`credentialsSecretRef` reaches the trainer; the pod's web identity; a profile) and never
-appear in messages or logs: errors are explained in our own words from the error code.
-
-Uploads: one bounded pool of request threads per call, shared by the parts of large files
-(multipart) and by whole small files, fed in order by the calling thread, which reads each
-file once (hashing it with SHA-256 on the way when asked). Failures are retried twice over:
-botocore's "standard" mode absorbs short blips, and around it every request is retried with
-exponential backoff and jitter for as long as `retry_deadline` while the endpoint keeps
-failing, so a multipart upload survives a store outage of minutes by re-sending only the
-parts that failed, under the same upload id. An endpoint that has never answered in this
-process gets only `unreachable_deadline`: a wrong endpoint fails fast.
+"""The S3 store: multipart uploads with one bounded request pool, retries around
+botocore's for as long as an outage lasts, errors explained in words without credentials.
 """
 
 from __future__ import annotations
@@ -31,39 +8,35 @@ import base64
 import builtins
 import hashlib
 import logging
-import os
 import random
-import shutil
 import threading
 import time
-import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from ftapi.v1alpha1 import S3Spec
 from fttrainer.redaction import redact
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-MiB = 1024 * 1024
-PART_SIZE = 32 * MiB
-"""Multipart part size; also the largest file sent in one PUT. Memory held by an upload is
-about (concurrency + 1) x PART_SIZE."""
-MULTIPART_THRESHOLD = PART_SIZE
-MAX_CONCURRENCY = 8
-"""Requests in flight per upload or download call (parts and whole files together)."""
-RETRY_DEADLINE = 300.0
-"""Seconds a failing request is retried once the endpoint has answered in this process."""
-UNREACHABLE_DEADLINE = 10.0
-"""Seconds a request is retried while the endpoint has never answered (wrong endpoint?)."""
-MAX_PARTS = 10_000  # S3's limit; larger files get larger parts
-DELETE_BATCH = 1000  # S3's DeleteObjects limit
-_TMP_MARK = ".fto-tmp-"  # in the names of the local store's not-yet-renamed files
+from fttrainer.storage.base import (
+    DELETE_BATCH,
+    MAX_CONCURRENCY,
+    MAX_PARTS,
+    MULTIPART_THRESHOLD,
+    PART_SIZE,
+    RETRY_DEADLINE,
+    UNREACHABLE_DEADLINE,
+    MiB,
+    NotFoundError,
+    ObjectInfo,
+    StorageError,
+    T,
+    _Cancelled,
+    _UploadLost,
+    log,
+)
+from fttrainer.storage.paths import _folder, _join, _walk, contained
 
 # Error codes worth retrying: throttling, server-side trouble, a body damaged on the way.
 TRANSIENT_CODES = frozenset({
@@ -91,65 +64,6 @@ WRONG_REGION = frozenset({
 # Endpoints that have answered at least once in this process: from then on, connection
 # errors mean an outage (retry for a long time), not a wrong address (fail fast).
 _ANSWERED: set[str] = set()
-
-
-class StorageError(RuntimeError):
-    """An output location that cannot be used, said in words (no credentials inside)."""
-
-
-class NotFoundError(StorageError):
-    """The object (or local file) does not exist."""
-
-
-class _UploadLost(StorageError):
-    """The multipart upload id is gone (aborted elsewhere): the file must start over."""
-
-
-class _Cancelled(Exception):
-    """Another request of the same call failed; this one stops."""
-
-
-@dataclass(frozen=True, order=True)
-class ObjectInfo:
-    """An object in a store: its key relative to the store's prefix, size in bytes and,
-    when it was just uploaded with `checksum=True` (or written with write_bytes), the hex
-    SHA-256 of its content."""
-
-    key: str
-    size: int
-    sha256: str | None = None
-
-
-class Store(Protocol):
-    """What the trainer needs from an output location. Keys are relative to the store's root
-    and use "/"; a prefix given to list/download_dir is a plain string prefix ("checkpoint-"
-    matches "checkpoint-500/..."), except that download_dir treats it as a folder."""
-
-    @property
-    def uri(self) -> str: ...
-    def upload_file(self, source: Path, key: str, *, checksum: bool = False) -> ObjectInfo: ...
-    def upload_dir(
-        self, source: Path, prefix: str = "", *, skip: Collection[str] = (), checksum: bool = False
-    ) -> list[ObjectInfo]: ...
-    def download_file(self, key: str, destination: Path) -> None: ...
-    def download_dir(self, prefix: str, target: Path) -> list[Path]: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def write_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
-    def stat(self, key: str) -> ObjectInfo | None: ...
-    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]: ...
-    def delete(self, keys: Iterable[str]) -> None: ...
-
-
-def open_store(uri: str, *, s3: S3Spec | None = None, client: Any = None) -> Store:
-    """The store for an output URI: s3://bucket[/prefix] or a local directory."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise StorageError(f"{uri}: no bucket in the URI")
-        return S3Store(bucket, prefix.strip("/"), client or s3_client(s3))
-    if "://" in uri:
-        raise StorageError(f"{uri}: unsupported output URI (use s3:// or a local path)")
-    return LocalStore(Path(uri))
 
 
 def s3_client(s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY) -> Any:
@@ -183,148 +97,6 @@ def s3_client(s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY) -
     )
     # A fresh session: boto3's default one caches the first credentials it resolves.
     return boto3.session.Session().client("s3", config=config, **kwargs)
-
-
-# ---------------------------------------------------------------------------- local
-
-
-@dataclass
-class LocalStore:
-    """A directory. Writes go to a hidden temporary file that is fsynced and renamed into
-    place, so a reader never sees half a file."""
-
-    root: Path
-
-    @property
-    def uri(self) -> str:
-        return str(self.root)
-
-    def upload_file(self, source: Path, key: str, *, checksum: bool = False) -> ObjectInfo:
-        target = self.root / key
-        with _local(f"copy {source} to {target}"):
-            if target.exists() and os.path.samefile(source, target):
-                digest = _sha256_file(source) if checksum else None
-                return ObjectInfo(key, source.stat().st_size, digest)
-            size, digest = _copy_atomic(source, target, checksum=checksum)
-        return ObjectInfo(key, size, digest)
-
-    def upload_dir(
-        self, source: Path, prefix: str = "", *, skip: Collection[str] = (), checksum: bool = False
-    ) -> list[ObjectInfo]:
-        return [self.upload_file(p, k, checksum=checksum) for p, k in _walk(source, prefix, skip)]
-
-    def download_file(self, key: str, destination: Path) -> None:
-        with _local(f"copy {self.root / key} to {destination}"):
-            _copy_atomic(self.root / key, destination, checksum=False)
-
-    def download_dir(self, prefix: str, target: Path) -> list[Path]:
-        folder = _folder(prefix)
-        files = []
-        for info in self.list(folder):
-            destination = contained(target, info.key[len(folder) :], source=str(self.root))
-            self.download_file(info.key, destination)
-            files.append(destination)
-        return files
-
-    def read_bytes(self, key: str) -> bytes:
-        with _local(f"read {self.root / key}"):
-            return (self.root / key).read_bytes()
-
-    def write_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        with _local(f"write {self.root / key}"):
-            _write_atomic(self.root / key, data)
-        return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        path = self.root / key
-        return ObjectInfo(key, path.stat().st_size) if path.is_file() else None
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for path in self.root.rglob("*"):
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and _TMP_MARK not in path.name and path.is_file():
-                found.append(ObjectInfo(key, path.stat().st_size))
-        return sorted(found)
-
-    def delete(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            path = self.root / key
-            with _local(f"delete {path}"):
-                path.unlink(missing_ok=True)
-                # Empty folders left behind (checkpoint-100/) go too, up to the root.
-                parent = path.parent
-                while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-                    parent.rmdir()
-                    parent = parent.parent
-
-
-def _copy_atomic(source: Path, target: Path, *, checksum: bool) -> tuple[int, str | None]:
-    """Copy via a temporary file in the target's folder; (size, sha256 hex or None)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    hasher = hashlib.sha256() if checksum else None
-    try:
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
-            if hasher is None:
-                shutil.copyfileobj(reader, writer, 8 * MiB)
-            else:
-                while chunk := reader.read(8 * MiB):
-                    hasher.update(chunk)
-                    writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-            size = writer.tell()
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return size, hasher.hexdigest() if hasher else None
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temporary, "wb") as writer:
-            writer.write(data)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (a no-op where directories cannot be opened)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-@contextmanager
-def _local(action: str) -> Iterator[None]:
-    try:
-        yield
-    except FileNotFoundError as error:
-        raise NotFoundError(f"cannot {action}: {error.filename} does not exist") from None
-    except OSError as error:
-        raise StorageError(f"cannot {action}: {error.strerror or error}") from None
-
-
-# ---------------------------------------------------------------------------- S3
 
 
 @dataclass
@@ -847,60 +619,3 @@ def _describe(error: BaseException) -> str:
 def _redact(url: str) -> str:
     """The endpoint without any user:password@ it might carry."""
     return redact(url, limit=2048)
-
-
-# ---------------------------------------------------------------------------- shared
-
-
-def upload_tree(
-    store: Store, source: Path, prefix: str, *, skip: tuple[str, ...] = ()
-) -> builtins.list[str]:
-    """Every file under `source` (but top-level folders in `skip`); the keys written."""
-    return [info.key for info in store.upload_dir(source, prefix, skip=skip)]
-
-
-def _walk(source: Path, prefix: str, skip: Collection[str]) -> list[tuple[Path, str]]:
-    if not source.is_dir():
-        raise StorageError(f"cannot upload {source}: not a directory")
-    files = []
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        relative = path.relative_to(source)
-        if relative.parts[0] not in skip:
-            files.append((path, _join(prefix, relative.as_posix())))
-    return files
-
-
-def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while chunk := reader.read(8 * MiB):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix.rstrip('/')}/{key}" if prefix else key
-
-
-def contained(target: Path, relative: str, *, source: str) -> Path:
-    """`target / relative`, refused when the name would land outside `target`.
-
-    Object keys and manifest paths come from the store, which anyone with write access to
-    the bucket controls: AWS keeps `..` segments and a leading `/` in keys literally, so a
-    key `prefix/../../home/x` must not become a path outside the download folder."""
-    parts = relative.replace("\\", "/").split("/")
-    if (
-        relative.startswith("/")
-        or any(part in ("..", "") for part in parts[:-1])
-        or (parts[-1] in ("..", ".", ""))
-    ):
-        raise StorageError(f"{source}: refusing {relative!r}: it names a path outside {target}")
-    path = target / relative
-    if not path.resolve().is_relative_to(target.resolve()):
-        raise StorageError(f"{source}: refusing {relative!r}: it names a path outside {target}")
-    return path
-
-
-def _folder(prefix: str) -> str:
-    """A prefix as a folder: "checkpoint-5" must not match "checkpoint-50/..."."""
-    return f"{prefix.rstrip('/')}/" if prefix.strip("/") else ""

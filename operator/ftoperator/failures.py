@@ -1,0 +1,97 @@
+"""Every reason a FineTuneJob fails or waits, in one typed table.
+
+The names are what users read (`status.failureReason`, the reasons of the Running and Failed
+conditions, Warning Events) and what automation matches on, so they are an API: they live
+here once, with whether a restart can help and how telling each is when several pods of one
+attempt fail at once. docs/operator.md's tables are held to this one by a test.
+
+    attempt: ends the current attempt; a restart follows while maxRestarts allows and the
+             reason is retryable.
+    job:     fails the whole job at once, before or instead of an attempt.
+    blocker: the attempt's pods are not running yet, for a reason the user must act on
+             (the job stays Pending; runPolicy.activeDeadlineSeconds bounds the wait).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Scope = Literal["attempt", "job", "blocker"]
+
+
+@dataclass(frozen=True)
+class Reason:
+    name: str
+    scope: Scope
+    retryable: bool
+    """Whether a restart on fresh pods may succeed."""
+    rank: int
+    """Among one attempt's failed pods the lowest rank is the root cause: a disruption or an
+    OOM kill makes the other ranks exit, not the reverse."""
+    meaning: str
+
+
+REASONS: tuple[Reason, ...] = (
+    Reason("NodeLost", "attempt", True, 0, "the pod's node became NotReady or disappeared"),
+    Reason("Preempted", "attempt", True, 0,
+           "the pod's `DisruptionTarget` condition: scheduler preemption"),
+    Reason("Evicted", "attempt", True, 0,
+           "the pod's `DisruptionTarget` condition: eviction API or kubelet pressure"),
+    Reason("OOMKilled", "attempt", True, 1,
+           "a container exceeded its memory limit (the message suggests what to lower)"),
+    Reason("InvalidInput", "attempt", False, 2,
+           "the trainer refused its input (a bad data row, a config it cannot run): it wrote "
+           "its reason to the container's termination log and exited with 65; no restart is "
+           "spent, since every restart would fail the same way"),
+    Reason("ExitCode", "attempt", True, 2,
+           "a container exited non-zero; the message has the code and the last line of its "
+           "termination message"),
+    Reason("BackoffLimitExceeded", "attempt", True, 4,
+           "the Job failed and no pod said why (e.g. its pods were deleted)"),
+    Reason("DeadlineExceeded", "job", False, 9,
+           "`runPolicy.activeDeadlineSeconds` passed since the job first ran (restarts "
+           "included)"),
+    Reason("InvalidSpec", "job", False, 9,
+           "the spec passed the CRD schema but not the full validation (should not happen: "
+           "the CRD carries the same rules)"),
+    Reason("ImageNotAllowed", "job", False, 9,
+           "the image is not under one of the operator's `--allowed-registries`"),
+    Reason("ServiceAccountNotAllowed", "job", False, 9,
+           "`resources.serviceAccountName` is set and the operator forbids it"),
+    Reason("PriorityClassNotAllowed", "job", False, 9,
+           "the PriorityClass is not in the operator's `--allowed-priority-classes`"),
+    Reason("NodeSelectorNotAllowed", "job", False, 9,
+           "a nodeSelector or node-affinity key is not in `--allowed-node-selector-keys`"),
+    Reason("LocalPath", "job", False, 9,
+           "the output, data, model or prompts name this machine's files, which no pod has "
+           "(`finetune run` takes them)"),
+    Reason("ChildRejected", "job", False, 9,
+           "the API server refused one of the job's objects as invalid (400/413/422: e.g. a "
+           "label value or nodeSelector key it does not accept); the message is the server's "
+           "own, and retrying would not change it"),
+    Reason("ChildConflict", "job", False, 9,
+           "an object the job needs (`<job>-config`, `<job>-trainer`, `<job>-<attempt>`, ...) "
+           "already exists and is not this job's (its controller ownerReference names another "
+           "UID, or none): the operator never adopts it"),
+    Reason("Unschedulable", "blocker", True, 9, "no node fits a pod (the scheduler's words)"),
+    Reason("ImagePullBackOff", "blocker", True, 9, "a pod cannot pull its image"),
+    Reason("CreateContainerConfigError", "blocker", True, 9,
+           "a container cannot start, e.g. a Secret or key a `secretKeyRef` names is missing"),
+    Reason("CreateContainerError", "blocker", True, 9, "the runtime cannot create a container"),
+    Reason("FailedCreate", "blocker", True, 9,
+           "the Job controller cannot create the pods (a ResourceQuota, a missing "
+           "PriorityClass, Pod Security); the message is its own"),
+)  # fmt: skip
+
+BY_NAME = {reason.name: reason for reason in REASONS}
+FINAL = frozenset(r.name for r in REASONS if r.scope == "attempt" and not r.retryable)
+BLOCKERS = tuple(r.name for r in REASONS if r.scope == "blocker")
+DISRUPTIONS = frozenset(r.name for r in REASONS if r.scope == "attempt" and r.rank == 0)
+
+
+def rank(name: str) -> int:
+    """How telling a pod failure is (lower: more of a root cause); unknown reasons (a pod's
+    own status.reason) rank with exit codes."""
+    found = BY_NAME.get(name)
+    return found.rank if found is not None else BY_NAME["ExitCode"].rank
