@@ -262,6 +262,10 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "queue name longer than a label value": (
         make_job().set("scheduling.queueName", "q" * 64).obj(), "spec.scheduling.queueName",
         "at most 63"),
+    "registered model name with a slash": (
+        make_job().set("logging", {"reportTo": ["mlflow"], "mlflow": {
+            "trackingUri": "http://mlflow:5000", "registeredModel": "team/chat"}}).obj(),
+        "spec.logging.mlflow.registeredModel", "must match"),
     "bad secret name": (
         make_job().set("model.hfTokenSecretRef", {"name": "Bad_Name", "key": "t"}).obj(),
         "spec.model.hfTokenSecretRef.name", "must match"),

@@ -295,10 +295,15 @@ class Controller:
         self._written.pop(key, None)
         return watched
 
+    def jobs_now(self) -> list[dict[str, Any]]:
+        """Every FineTuneJob in the cache, with the status this operator last wrote when the
+        watch has not brought it back yet (what /metrics reports)."""
+        return [self._written.get(key) or body for key, body in self.cache.jobs.items()]
+
     def phase_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for key, body in self.cache.jobs.items():
-            status = (self._written.get(key) or body).get("status") or {}
+        for body in self.jobs_now():
+            status = body.get("status") or {}
             phase = status.get("phase", "Pending")
             counts[phase] = counts.get(phase, 0) + 1
         return counts

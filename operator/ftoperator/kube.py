@@ -46,9 +46,19 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(r.get("uid") == uid and r.get("controller") for r in references)
 
 
-def namespace_terminating(error: ApiException) -> bool:
-    """A create refused because its namespace is being deleted (403 NamespaceTerminating)."""
-    return error.status == 403 and "NamespaceTerminating" in str(error.body or "")
+def namespace_going(error: ApiException) -> bool:
+    """A create refused because its namespace is being deleted (403 NamespaceTerminating) or
+    already gone (404 whose details name the namespace, not the object)."""
+    body = str(error.body or "")
+    if error.status == 403:
+        return "NamespaceTerminating" in body
+    if error.status == 404:
+        try:
+            details = json.loads(body).get("details") or {}
+        except (ValueError, AttributeError):
+            return False
+        return details.get("kind") == "namespaces"
+    return False
 
 
 def server_message(error: ApiException) -> str:
@@ -101,7 +111,7 @@ class Kube:
                     "ChildRejected",
                     f"the API server refused the {kind} {name}: {server_message(error)}",
                 ) from None
-            if namespace_terminating(error):
+            if namespace_going(error):
                 # The namespace, and with it the job, is being deleted: nothing to create.
                 log.info("%s/%s: not created, the namespace is being deleted", namespace, name)
                 return False
@@ -148,6 +158,8 @@ class Kube:
                     f"the API server refused the repaired {body['kind']} "
                     f"{body['metadata']['name']}: {server_message(error)}",
                 ) from None
+            if namespace_going(error):
+                return
             raise
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

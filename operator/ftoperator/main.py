@@ -30,6 +30,7 @@ from kubernetes import client, config
 from .controller import Controller
 from .desired import Settings
 from .handlers import register
+from .job_metrics import JobSeries
 from .kube import Kube
 from .leader import LeaderElector
 from .observability import METRICS, serve
@@ -250,6 +251,8 @@ async def run(options: Options) -> int:
     controller.resync_seconds = options.resync_seconds
     registry = kopf.OperatorRegistry()
     register(registry, controller)
+    job_series = JobSeries(controller.jobs_now)
+    METRICS.registry.register(job_series)
     server = None
     if options.metrics_port:
         # Ready once started: a standby replica is ready too (readiness gates rollouts only).
@@ -288,6 +291,7 @@ async def run(options: Options) -> int:
             await elector.release()
         if server is not None:
             await server.stop()
+        METRICS.registry.unregister(job_series)
         api.close()  # type: ignore[no-untyped-call]
 
 

@@ -379,6 +379,82 @@ def test_metrics_and_health_endpoints(operator: Operator) -> None:
     assert "finetune_reconcile_duration_seconds_count" in text
 
 
+# Counted only when they happen: a healthy run has no failed pass to show.
+EVENT_ONLY = {"finetune_reconcile_errors_total"}
+
+
+def test_per_job_series_and_every_metric_the_dashboard_reads_are_in_a_real_scrape(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.dashboard import metric_names, queries
+
+    running, broken = "curve", "crashing"
+    _apply(cluster, ns, _manifest(running, resources__annotations={
+        "finetune.dev/kwok-run-duration": "60s"}))  # fmt: skip
+    failing = {"finetune.dev/kwok-fail": "exit:3"}
+    _apply(cluster, ns, _manifest(broken, runPolicy={"maxRestarts": 0},
+                                  resources__annotations=failing))  # fmt: skip
+    _wait_phase(cluster, ns, running, "Running", operator)
+    report = ProgressReport(
+        attempt=0, stage="training", step=30, total_steps=120, tokens_per_second=2048.0,
+        eta_seconds=600, metrics={"train_loss": 2.5, "eval_loss": 2.75, "eval_accuracy": 0.4},
+        updated_at="2026-11-22T12:00:00Z",
+    )  # fmt: skip
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{running}-progress",
+        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
+    )  # fmt: skip
+    _wait_phase(cluster, ns, broken, "Failed", operator, timeout=120)
+    eventually(lambda: _status(cluster, ns, running).get("progress", {}).get("step") == 30,
+               what="the report in status")  # fmt: skip
+
+    url = f"http://127.0.0.1:{operator.port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def value(name: str, job: str, **extra: str) -> float:
+        wanted = {"name": job, "namespace": ns, **extra}.items()
+        found = [s.value for s in samples if s.name == name and wanted <= s.labels.items()]
+        assert len(found) == 1, f"{name} of {job}: {found}"
+        return float(found[0])
+
+    assert value("finetune_job_phase", running, phase="Running") == 1
+    assert value("finetune_job_phase", running, phase="Pending") == 0
+    assert value("finetune_job_step", running) == 30
+    assert value("finetune_job_progress_ratio", running) == pytest.approx(0.25)
+    assert value("finetune_job_tokens_per_second", running) == 2048
+    assert value("finetune_job_eta_seconds", running) == 600
+    assert value("finetune_job_train_loss", running) == 2.5
+    assert value("finetune_job_eval_loss", running) == 2.75
+    assert value("finetune_job_metric", running, metric="eval_accuracy") == 0.4
+    assert value("finetune_job_gpus", running) == 16
+    assert value("finetune_job_gpu_seconds_total", running) > 0
+    assert value("finetune_job_failed", broken, reason="ExitCode") == 1
+    labels = next(s.labels for s in samples if s.name == "finetune_job_gpus"
+                  and s.labels.get("name") == running)  # fmt: skip
+    assert (labels["method"], labels["trainer"], labels["model"]) == ("lora", "sft",
+                                                                      "org/base-model")  # fmt: skip
+
+    sampled = {s.name for s in samples}
+    declared = set(re.findall(r"^# TYPE (\S+)", text, flags=re.MULTILINE))
+    read = {name for _, expr in queries() for name in metric_names(expr)}
+    # A labelled counter nothing has incremented yet is declared (HELP/TYPE) without samples.
+    missing = {n for n in read - sampled
+               if not (n in EVENT_ONLY and {n, n.removesuffix("_total")} & declared)}  # fmt: skip
+    assert not missing, f"the dashboard reads metrics this scrape lacks: {sorted(missing)}"
+
+    # Deleting a job removes its series at the next scrape.
+    client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, broken
+    )
+    eventually(lambda: f'name="{broken}"' not in urllib.request.urlopen(url, timeout=5).read()
+               .decode(), what="the deleted job's series gone")  # fmt: skip
+
+
 def test_a_lost_node_restarts_the_attempt_elsewhere(
     cluster: Cluster, operator: Operator, ns: str
 ) -> None:

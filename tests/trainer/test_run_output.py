@@ -55,3 +55,32 @@ def test_output_flag_moves_a_local_output(tiny_llama: Path, qa_data: Path, tmp_p
     assert (moved / "final" / "adapter_model.safetensors").is_file()
     assert not named.exists()
     assert (moved / "result.json").read_text().count(str(moved)) >= 1
+
+
+# Lines every run printed before fttrainer/quiet.py, none of them about the run.
+LIBRARY_NOISE = (
+    "kernels-community",  # bitsandbytes' optional CPU kernel
+    "Setting accelerator to CPU",  # DeepSpeed's accelerator detection
+    "is_gradient_checkpointing",  # a transformers deprecation inside TRL/PEFT
+    "Loading weights",  # a progress bar, into a file
+)
+
+
+def test_a_run_prints_what_it_does_and_no_library_noise(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """A fresh process, as a user runs it (the libraries print at import, once per process),
+    with its output going to a file as in a pod or CI log."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "results"
+    finetune = Path(sys.executable).parent / "finetune"
+    done = subprocess.run(
+        [str(finetune), "run", str(_job(tmp_path, tiny_llama, qa_data, output))],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:]
+    assert [noise for noise in LIBRARY_NOISE if noise in printed] == [], printed[:3000]
+    assert "data report:" in printed and f"done: {output / 'final'}" in printed

@@ -136,6 +136,67 @@ def test_mlflow_run_on_a_real_server(
     assert run.data.metrics["test_loss"] == pytest.approx(final["test_loss"])
     assert run.data.metrics["test_perplexity"] == pytest.approx(final["test_perplexity"])
     assert run.data.metrics["global_step"] == 8
+    # The final model is a registered version (name: the job's), linked to the run. The
+    # output is local, so it was logged to the run's artifacts: the registry holds it.
+    (version,) = client.search_model_versions("name='tracked'")
+    assert (version.version, version.run_id) == ("1", run.info.run_id)
+    assert version.tags["finetune.dev/model-uri"] == str(out / "published" / "final")
+    assert version.tags["finetune.dev/job"] == "tracked"
+    assert version.tags["finetune.dev/method"] == "lora"
+    assert float(version.tags["metric.test_loss"]) == pytest.approx(final["test_loss"])
+    import mlflow.artifacts
+
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/tracked/1", tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl")
+        )
+    )
+    assert (downloaded / "adapter_config.json").is_file()
+    assert (downloaded / "adapter_model.safetensors").is_file()
+
+
+def test_an_s3_model_is_registered_where_it_is_once_per_run(
+    mlflow_server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry step alone, against the real server: an S3 output is registered at its
+    URI (no copy), a second publish of the same run finds its version, the name comes from
+    the spec, and `registerModel: false` registers nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from ftapi.v1alpha1 import LoggingSpec
+    from fttrainer.tracking import TrackerRuns
+
+    def runs(**mlflow: Any) -> TrackerRuns:
+        spec = LoggingSpec.model_validate({"reportTo": ["mlflow"], "mlflow": {
+            "trackingUri": mlflow_server, "experiment": "ft-registry", **mlflow}})  # fmt: skip
+        tracker = TrackerRuns(spec, job_name="s3-job", env={})
+        tracker.start()
+        tracker.finish({"train_loss": 0.5}, step=3)
+        return tracker
+
+    uri = "s3://models/s3-job/final"
+    named = runs(registeredModel="team-a.chat-assistant")
+    first = named.register_model(tmp_path, uri, local=False, tags={"k": "v"})
+    again = named.register_model(tmp_path, uri, local=False, tags={"k": "v"})
+    assert first == again == ("team-a.chat-assistant", "1")
+    client = MlflowClient(tracking_uri=mlflow_server)
+    (version,) = client.search_model_versions("name='team-a.chat-assistant'")
+    assert (version.source, version.run_id) == (uri, named.ids["mlflow"])
+    assert version.tags == {"k": "v", "finetune.dev/model-uri": uri}
+    assert client.list_artifacts(named.ids["mlflow"]) == []  # nothing copied
+    # A new run of the same name is a new version.
+    second = runs(registeredModel="team-a.chat-assistant")
+    assert second.register_model(tmp_path, uri, local=False, tags={}) == (
+        "team-a.chat-assistant", "2")  # fmt: skip
+    # Off: nothing registered.
+    off = runs(registerModel=False)
+    assert off.register_model(tmp_path, uri, local=False, tags={}) is None
+    assert client.search_model_versions("name='s3-job'") == []
+    # The server refusing is a warning (the model is published already), not an exception.
+    refused = runs()
+    with caplog.at_level("WARNING", logger="fttrainer"):
+        assert refused.register_model(tmp_path, str(tmp_path), local=False, tags={}) is None
+    assert "could not register the model as 's3-job'" in caplog.text
 
 
 class _FailAt(TrainerCallback):  # type: ignore[misc]

@@ -6,13 +6,15 @@ import json
 
 from kubernetes.client.exceptions import ApiException
 
-from ftoperator.kube import namespace_terminating, owned_by, server_message
+from ftoperator.kube import namespace_going, owned_by, server_message
 
 
-def _refusal(status: int, message: str, reason: str = "") -> ApiException:
+def _refusal(status: int, message: str, reason: str = "", kind: str | None = None) -> ApiException:
     error = ApiException(status=status, reason="Forbidden" if status == 403 else "Invalid")
-    causes = [{"reason": reason}] if reason else []
-    error.body = json.dumps({"kind": "Status", "message": message, "details": {"causes": causes}})
+    details: dict[str, object] = {"causes": [{"reason": reason}] if reason else []}
+    if kind:
+        details["kind"] = kind
+    error.body = json.dumps({"kind": "Status", "message": message, "details": details})
     return error
 
 
@@ -25,11 +27,15 @@ def test_the_servers_own_words_are_quoted() -> None:
     assert server_message(bare) == "Internal Server Error"
 
 
-def test_a_terminating_namespace_is_told_apart_from_missing_rights() -> None:
+def test_a_terminating_or_deleted_namespace_is_told_apart_from_missing_rights() -> None:
     going = _refusal(403, "unable to create new content in namespace ns because it is being "
                      "terminated", reason="NamespaceTerminating")  # fmt: skip
-    assert namespace_terminating(going)
-    assert not namespace_terminating(_refusal(403, 'configmaps is forbidden: User "x" cannot'))
+    assert namespace_going(going)
+    assert not namespace_going(_refusal(403, 'configmaps is forbidden: User "x" cannot'))
+    # What a create into a namespace deleted a moment ago gets (seen in CI): 404 on the namespace.
+    gone = _refusal(404, 'namespaces "ns" not found', kind="namespaces")
+    assert namespace_going(gone)
+    assert not namespace_going(_refusal(404, 'roles "x" not found', kind="roles"))
 
 
 def test_ownership_is_the_controller_reference_uid() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from ftapi.redaction import redact
 from fttrainer.data.sources import DataSourceError, read_source
-from fttrainer.redaction import redact
 
 
 def test_userinfo_is_removed_and_long_text_bounded() -> None:

@@ -8,7 +8,8 @@ written by the previous pass, read back through the schema as the API server wou
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from ftapi.contract import INVALID_INPUT_MARKER
 from ftapi.progress import CheckpointReport, ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import Condition
-from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB, Names
+from ftoperator.desired import LABEL_ATTEMPT, Names
 from ftoperator.status import (
     FAILED,
     MAX_ADDITIONAL_METRICS,
@@ -42,19 +43,14 @@ from ftoperator.status import (
     reconcile,
     rejected,
 )
-from tests.builders import make_job
+from tests.builders import T0, BatchJobBuilder, make_batch_job, make_job, make_pod, stamp
 
 NAME = "llama"
 GENERATION = 3
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-def stamp(seconds: float = 0) -> str:
-    return at(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- the FineTuneJob and its status -----------------------------------------------------
@@ -99,197 +95,6 @@ def job_name(attempt: int) -> str:
     return name
 
 
-# --- batch/v1 Jobs ----------------------------------------------------------------------
-
-
-def job_condition(type_: str, reason: str, message: str, seconds: float = 0) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": "True",
-        "reason": reason,
-        "message": message,
-        "lastProbeTime": stamp(seconds),
-        "lastTransitionTime": stamp(seconds),
-    }
-
-
-def complete(seconds: float = 0) -> list[dict[str, Any]]:
-    return [
-        job_condition(
-            "SuccessCriteriaMet",
-            "CompletionsReached",
-            "Reached expected number of succeeded pods",
-            seconds,
-        ),
-        job_condition(
-            "Complete", "CompletionsReached", "Reached expected number of succeeded pods", seconds
-        ),
-    ]
-
-
-def failed(
-    reason: str = "BackoffLimitExceeded",
-    message: str = "Job has reached the specified backoff limit",
-) -> list[dict[str, Any]]:
-    return [
-        job_condition("FailureTarget", reason, message),
-        job_condition("Failed", reason, message),
-    ]
-
-
-def batch_job(
-    attempt: int = 0,
-    *,
-    suspend: bool = False,
-    conditions: list[dict[str, Any]] | None = None,
-    nodes: int = 1,
-    completion_time: str | None = None,
-) -> dict[str, Any]:
-    name = job_name(attempt)
-    job_status: dict[str, Any] = {}
-    if not suspend:
-        job_status["startTime"] = stamp()
-        job_status["active"] = nodes
-    if conditions:
-        job_status["conditions"] = conditions
-        job_status.pop("active", None)
-    if completion_time:
-        job_status["completionTime"] = completion_time
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": "team-a",
-            "uid": f"job-uid-{attempt}",
-            "labels": {LABEL_JOB: NAME, LABEL_ATTEMPT: str(attempt)},
-        },
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": nodes,
-            "parallelism": nodes,
-            "backoffLimit": 0,
-            "suspend": suspend,
-        },
-        "status": job_status,
-    }
-
-
-# --- pods -------------------------------------------------------------------------------
-
-
-def running_container() -> dict[str, Any]:
-    return {
-        "name": "trainer",
-        "ready": True,
-        "restartCount": 0,
-        "image": "registry.example/trainer:1",
-        "state": {"running": {"startedAt": stamp()}},
-    }
-
-
-def terminated(
-    code: int, reason: str = "Error", message: str | None = None, finished: float = 0
-) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "exitCode": code,
-        "reason": reason,
-        "startedAt": stamp(),
-        "finishedAt": stamp(finished),
-        "containerID": "containerd://abc",
-    }
-    if message is not None:
-        state["message"] = message
-    return {"name": "trainer", "ready": False, "restartCount": 0, "state": {"terminated": state}}
-
-
-def waiting(reason: str, message: str) -> dict[str, Any]:
-    return {
-        "name": "trainer",
-        "ready": False,
-        "restartCount": 0,
-        "image": "registry.example/trainer:1",
-        "state": {"waiting": {"reason": reason, "message": message}},
-    }
-
-
-def unschedulable(message: str) -> dict[str, Any]:
-    return {
-        "type": "PodScheduled",
-        "status": "False",
-        "reason": "Unschedulable",
-        "message": message,
-        "lastProbeTime": None,
-        "lastTransitionTime": stamp(),
-    }
-
-
-def disruption(reason: str, message: str) -> dict[str, Any]:
-    return {
-        "type": "DisruptionTarget",
-        "status": "True",
-        "reason": reason,
-        "message": message,
-        "lastProbeTime": None,
-        "lastTransitionTime": stamp(),
-    }
-
-
-def pod(
-    index: int = 0,
-    *,
-    attempt: int = 0,
-    phase: str = "Running",
-    node: str | None = "gpu-1",
-    containers: list[dict[str, Any]] | None = None,
-    conditions: list[dict[str, Any]] | None = None,
-    reason: str | None = None,
-    message: str | None = None,
-    deleting: bool = False,
-) -> dict[str, Any]:
-    """A trainer pod of `llama-<attempt>`, named as the Job controller names Indexed pods."""
-    owner = job_name(attempt)
-    metadata: dict[str, Any] = {
-        "name": f"{owner}-{index}-x{index}k9z",
-        "namespace": "team-a",
-        "labels": {
-            LABEL_JOB: NAME,
-            LABEL_ATTEMPT: str(attempt),
-            "batch.kubernetes.io/job-name": owner,
-            "job-name": owner,
-            "batch.kubernetes.io/job-completion-index": str(index),
-        },
-    }
-    if deleting:
-        metadata["deletionTimestamp"] = stamp()
-    if containers is None:
-        containers = [running_container()] if phase == "Running" else []
-    pod_conditions = list(conditions or [])
-    if phase == "Running":
-        pod_conditions.append({"type": "Ready", "status": "True"})
-    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [{"name": "trainer"}]}
-    if node:
-        spec["nodeName"] = node
-    pod_status: dict[str, Any] = {"phase": phase, "conditions": pod_conditions}
-    if containers:
-        pod_status["containerStatuses"] = containers
-    if reason:
-        pod_status["reason"] = reason
-    if message:
-        pod_status["message"] = message
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": spec,
-        "status": pod_status,
-    }
-
-
-def running_pods(nodes: int = 1, attempt: int = 0) -> list[dict[str, Any]]:
-    return [pod(i, attempt=attempt, node=f"gpu-{i + 1}") for i in range(nodes)]
-
-
 def report(attempt: int = 0, **fields: Any) -> ProgressReport:
     return ProgressReport(attempt=attempt, stage="training", updated_at=T0, **fields)
 
@@ -308,7 +113,11 @@ def running_status(attempt: int = 0, restarts: int = 0, started: float = 0) -> F
     job = make()
     previous = status(attempt=attempt, restarts=restarts)
     plan = observe(
-        job, previous, at(started), batch_job=batch_job(attempt), pods=running_pods(1, attempt)
+        job,
+        previous,
+        at(started),
+        batch_job=make_batch_job(attempt).obj(),
+        pods=[make_pod(0, attempt=attempt).obj()],
     )
     assert plan.status.phase == "Running"
     return roundtrip(plan.status)
@@ -356,7 +165,7 @@ class World:
             scheduling = self.job.spec.scheduling
             suspend = bool(scheduling.suspend or scheduling.queue_name)
             self.jobs.setdefault(
-                job_name(action.attempt), batch_job(action.attempt, suspend=suspend)
+                job_name(action.attempt), make_batch_job(action.attempt, suspend=suspend).obj()
             )
         elif isinstance(action, DeleteJob):
             self.jobs.pop(action.name, None)
@@ -368,10 +177,12 @@ class World:
 
     def run(self, attempt: int, nodes: int = 1) -> None:
         self.pods = [p for p in self.pods if p["metadata"]["labels"][LABEL_ATTEMPT] != str(attempt)]
-        self.pods += running_pods(nodes, attempt)
+        self.pods += [make_pod(i, attempt=attempt).on(f"gpu-{i + 1}").obj() for i in range(nodes)]
 
     def finish(self, attempt: int) -> None:
-        self.jobs[job_name(attempt)]["status"] = {"conditions": complete()}
+        """The attempt's Job completes: its status becomes the success conditions alone."""
+        done = make_batch_job(attempt).complete().obj()
+        self.jobs[job_name(attempt)]["status"] = {"conditions": done["status"]["conditions"]}
 
 
 # === no Job yet =========================================================================
@@ -447,8 +258,8 @@ def test_all_pods_running_is_running(nodes: int) -> None:
         job,
         status(phase="Pending"),
         at(30),
-        batch_job=batch_job(nodes=nodes),
-        pods=running_pods(nodes),
+        batch_job=make_batch_job(0, nodes=nodes).obj(),
+        pods=[make_pod(i).on(f"gpu-{i + 1}").obj() for i in range(nodes)],
     )
     new = plan.status
     assert new.phase == "Running"
@@ -466,16 +277,22 @@ def test_all_pods_running_is_running(nodes: int) -> None:
 
 def test_succeeded_pods_count_as_running() -> None:
     job = make(resources__nodes=2)
-    pods = [pod(0, phase="Succeeded", containers=[terminated(0, "Completed")]), pod(1)]
-    plan = observe(job, status(), T0, batch_job=batch_job(nodes=2), pods=pods)
+    pods = [make_pod(0).succeeded().obj(), make_pod(1).obj()]
+    plan = observe(job, status(), T0, batch_job=make_batch_job(0, nodes=2).obj(), pods=pods)
     assert plan.status.phase == "Running"
 
 
 def test_start_time_is_set_once_and_later_passes_change_nothing() -> None:
     job = make()
-    first = observe(job, status(), at(10), batch_job=batch_job(), pods=running_pods())
+    first = observe(
+        job, status(), at(10), batch_job=make_batch_job(0).obj(), pods=[make_pod(0).obj()]
+    )
     second = observe(
-        job, roundtrip(first.status), at(500), batch_job=batch_job(), pods=running_pods()
+        job,
+        roundtrip(first.status),
+        at(500),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
     )
     assert second.status.start_time == at(10)
     assert cond(second.status, RUNNING).last_transition_time == at(10)
@@ -490,8 +307,8 @@ def test_start_time_survives_restarts() -> None:
         job,
         status(**{**previous.model_dump(), "attempt": 1, "restarts": 1, "phase": "Restarting"}),
         at(900),
-        batch_job=batch_job(1),
-        pods=running_pods(1, 1),
+        batch_job=make_batch_job(1).obj(),
+        pods=[make_pod(0, attempt=1).obj()],
     )
     assert plan.status.phase == "Running"
     assert plan.status.start_time == at(10)
@@ -502,14 +319,14 @@ def test_start_time_survives_restarts() -> None:
     ("pods", "running"),
     [
         pytest.param([], 0, id="none-yet"),
-        pytest.param([pod(0, phase="Pending", node=None)], 0, id="one-pending"),
-        pytest.param([pod(0), pod(1, phase="Pending", node=None)], 1, id="one-of-two"),
+        pytest.param([make_pod(0).pending().unscheduled().obj()], 0, id="one-pending"),
+        pytest.param(
+            [make_pod(0).obj(), make_pod(1).pending().unscheduled().obj()], 1, id="one-of-two"
+        ),
         pytest.param(
             [
-                pod(0),
-                pod(
-                    1, phase="Pending", node="gpu-2", containers=[waiting("ContainerCreating", "")]
-                ),
+                make_pod(0).obj(),
+                make_pod(1).pending().on("gpu-2").waiting("ContainerCreating", "").obj(),
             ],
             1,
             id="container-creating",
@@ -518,7 +335,9 @@ def test_start_time_survives_restarts() -> None:
 )
 def test_some_pods_not_running_is_pending_k_of_n(pods: list[dict[str, Any]], running: int) -> None:
     job = make(resources__nodes=2)
-    plan = observe(job, status(phase="Queued"), T0, batch_job=batch_job(nodes=2), pods=pods)
+    plan = observe(
+        job, status(phase="Queued"), T0, batch_job=make_batch_job(0, nodes=2).obj(), pods=pods
+    )
     new = plan.status
     assert new.phase == "Pending"
     assert new.message == f"{running} of 2 pod(s) running"
@@ -531,7 +350,13 @@ def test_some_pods_not_running_is_pending_k_of_n(pods: list[dict[str, Any]], run
 def test_restarting_with_pods_starting_stays_restarting() -> None:
     job = make(resources__nodes=2)
     previous = status(attempt=1, restarts=1, phase="Restarting")
-    plan = observe(job, previous, T0, batch_job=batch_job(1, nodes=2), pods=[pod(0, attempt=1)])
+    plan = observe(
+        job,
+        previous,
+        T0,
+        batch_job=make_batch_job(1, nodes=2).obj(),
+        pods=[make_pod(0, attempt=1).obj()],
+    )
     assert plan.status.phase == "Restarting"
     assert plan.status.message == "1 of 2 pod(s) running"
     assert cond(plan.status, RUNNING).reason == "Restarting"
@@ -549,25 +374,25 @@ PULL_MESSAGE = 'Back-off pulling image "registry.example/trainer:nope"'
 
 BLOCKED = [
     pytest.param(
-        pod(0, phase="Pending", node=None, conditions=[unschedulable(SCHEDULER_MESSAGE)]),
+        make_pod(0).pending().unschedulable(SCHEDULER_MESSAGE).obj(),
         "Unschedulable",
         SCHEDULER_MESSAGE,
         id="unschedulable",
     ),
     pytest.param(
-        pod(0, phase="Pending", containers=[waiting("ImagePullBackOff", PULL_MESSAGE)]),
+        make_pod(0).pending().waiting("ImagePullBackOff", PULL_MESSAGE).obj(),
         "ImagePullBackOff",
         PULL_MESSAGE,
         id="image-pull-backoff",
     ),
     pytest.param(
-        pod(0, phase="Pending", containers=[waiting("ErrImagePull", "rpc error: not found")]),
+        make_pod(0).pending().waiting("ErrImagePull", "rpc error: not found").obj(),
         "ImagePullBackOff",
         "rpc error: not found",
         id="err-image-pull",
     ),
     pytest.param(
-        pod(0, phase="Pending", containers=[waiting("InvalidImageName", "")]),
+        make_pod(0).pending().waiting("InvalidImageName", "").obj(),
         "ImagePullBackOff",
         "InvalidImageName",
         id="invalid-image-name",
@@ -583,7 +408,7 @@ def test_blocked_pod_is_pending_with_reason_and_one_warning(
     job = make()
     world = World(job, status(phase=before, attempt=1 if before == "Restarting" else 0))
     attempt = world.status.attempt
-    world.jobs[job_name(attempt)] = batch_job(attempt)
+    world.jobs[job_name(attempt)] = make_batch_job(attempt).obj()
     blocked = {
         **blocked,
         "metadata": {
@@ -612,22 +437,22 @@ def test_blocked_pod_is_pending_with_reason_and_one_warning(
 def test_a_different_blocker_warns_again() -> None:
     job = make()
     world = World(job)
-    world.jobs[job_name(0)] = batch_job()
-    world.pods = [pod(0, phase="Pending", node=None, conditions=[unschedulable("no gpu")])]
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
+    world.pods = [make_pod(0).pending().unschedulable("no gpu").obj()]
     assert [e.reason for e in world.step(at(1)).events] == ["Unschedulable"]
-    world.pods = [pod(0, phase="Pending", containers=[waiting("ImagePullBackOff", "nope")])]
+    world.pods = [make_pod(0).pending().waiting("ImagePullBackOff", "nope").obj()]
     assert [e.reason for e in world.step(at(2)).events] == ["ImagePullBackOff"]
-    world.pods = running_pods()
+    world.pods = [make_pod(0).obj()]
     assert [e.reason for e in world.step(at(3)).events] == ["Running"]
 
 
 def test_scheduler_message_change_alone_does_not_warn_again() -> None:
     job = make()
     world = World(job)
-    world.jobs[job_name(0)] = batch_job()
-    world.pods = [pod(0, phase="Pending", node=None, conditions=[unschedulable("0/3 nodes")])]
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
+    world.pods = [make_pod(0).pending().unschedulable("0/3 nodes").obj()]
     assert len(world.step(at(1)).events) == 1
-    world.pods = [pod(0, phase="Pending", node=None, conditions=[unschedulable("0/4 nodes")])]
+    world.pods = [make_pod(0).pending().unschedulable("0/4 nodes").obj()]
     plan = world.step(at(2))
     assert plan.events == []
     assert "0/4 nodes" in cond(plan.status, RUNNING).message
@@ -635,10 +460,8 @@ def test_scheduler_message_change_alone_does_not_warn_again() -> None:
 
 def test_scheduled_pod_and_pod_scheduled_true_are_not_blockers() -> None:
     scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp()}
-    pending = pod(
-        0, phase="Pending", conditions=[scheduled], containers=[waiting("ContainerCreating", "")]
-    )
-    plan = observe(make(), status(), T0, batch_job=batch_job(), pods=[pending])
+    pending = make_pod(0).pending().waiting("ContainerCreating", "").condition(scheduled).obj()
+    plan = observe(make(), status(), T0, batch_job=make_batch_job(0).obj(), pods=[pending])
     assert cond(plan.status, RUNNING).reason == "Pending"
     assert plan.events == []
 
@@ -651,9 +474,12 @@ TRACEBACK = (
     "KeyError: 'text'\n"
 )
 
+# What the Job controller concluded, applied to the attempt's Job (None: nothing yet).
+Verdict = Callable[[BatchJobBuilder], BatchJobBuilder]
+
 FAILURES = [
     pytest.param(
-        [pod(0, phase="Failed", containers=[terminated(3, "Error", TRACEBACK)])],
+        [make_pod(0).failed(3, "Error", TRACEBACK).obj()],
         None,
         frozenset(),
         "ExitCode",
@@ -662,8 +488,8 @@ FAILURES = [
         id="exit-code-with-message-tail",
     ),
     pytest.param(
-        [pod(0, phase="Failed", containers=[terminated(1, "Error")])],
-        failed(),
+        [make_pod(0).failed(1, "Error").obj()],
+        BatchJobBuilder.failed,
         frozenset(),
         "ExitCode",
         "container trainer exited with code 1",
@@ -671,7 +497,7 @@ FAILURES = [
         id="exit-code-job-already-failed",
     ),
     pytest.param(
-        [pod(0, phase="Failed", containers=[terminated(137, "OOMKilled")])],
+        [make_pod(0).failed(137, "OOMKilled").obj()],
         None,
         frozenset(),
         "OOMKilled",
@@ -681,17 +507,13 @@ FAILURES = [
     ),
     pytest.param(
         [
-            pod(
-                0,
-                phase="Failed",
-                containers=[terminated(143, "Error")],
-                conditions=[
-                    disruption(
-                        "PreemptionByScheduler",
-                        "Kube-scheduler: preempting to accommodate a higher priority pod",
-                    )
-                ],
+            make_pod(0)
+            .failed(143, "Error")
+            .disrupted(
+                "PreemptionByScheduler",
+                "Kube-scheduler: preempting to accommodate a higher priority pod",
             )
+            .obj()
         ],
         None,
         frozenset(),
@@ -701,13 +523,7 @@ FAILURES = [
         id="preempted",
     ),
     pytest.param(
-        [
-            pod(
-                0,
-                phase="Failed",
-                conditions=[disruption("EvictionByEvictionAPI", "Eviction API: evicting")],
-            )
-        ],
+        [make_pod(0).disrupted("EvictionByEvictionAPI", "Eviction API: evicting").obj()],
         None,
         frozenset(),
         "Evicted",
@@ -717,15 +533,10 @@ FAILURES = [
     ),
     pytest.param(
         [
-            pod(
-                0,
-                phase="Failed",
-                reason="Evicted",
-                message="The node was low on resource: memory.",
-                conditions=[
-                    disruption("TerminationByKubelet", "The node was low on resource: memory.")
-                ],
-            )
+            make_pod(0)
+            .disrupted("TerminationByKubelet", "The node was low on resource: memory.")
+            .because("Evicted", "The node was low on resource: memory.")
+            .obj()
         ],
         None,
         frozenset(),
@@ -736,15 +547,9 @@ FAILURES = [
     ),
     pytest.param(
         [
-            pod(
-                0,
-                phase="Failed",
-                conditions=[
-                    disruption(
-                        "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint"
-                    )
-                ],
-            )
+            make_pod(0)
+            .disrupted("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+            .obj()
         ],
         None,
         frozenset(),
@@ -754,7 +559,7 @@ FAILURES = [
         id="taint-manager",
     ),
     pytest.param(
-        [pod(0, phase="Failed", conditions=[disruption("DeletionByPodGC", "PodGC: node gone")])],
+        [make_pod(0).disrupted("DeletionByPodGC", "PodGC: node gone").obj()],
         None,
         frozenset(),
         "NodeLost",
@@ -763,7 +568,7 @@ FAILURES = [
         id="pod-gc",
     ),
     pytest.param(
-        [pod(0, node="gpu-1"), pod(1, node="gpu-2")],
+        [make_pod(0).on("gpu-1").obj(), make_pod(1).on("gpu-2").obj()],
         None,
         frozenset({"gpu-2"}),
         "NodeLost",
@@ -773,7 +578,7 @@ FAILURES = [
     ),
     pytest.param(
         [],
-        failed(),
+        BatchJobBuilder.failed,
         frozenset(),
         "BackoffLimitExceeded",
         "Job has reached the specified backoff limit",
@@ -782,7 +587,7 @@ FAILURES = [
     ),
     pytest.param(
         [],
-        [job_condition("FailureTarget", "PodFailurePolicy", "Container trainer failed")],
+        lambda job: job.condition("FailureTarget", "PodFailurePolicy", "Container trainer failed"),
         frozenset(),
         "PodFailurePolicy",
         "Container trainer failed",
@@ -791,12 +596,12 @@ FAILURES = [
     ),
     pytest.param(
         [
-            pod(
-                0,
-                phase="Failed",
-                reason="UnexpectedAdmissionError",
-                message="Allocate failed due to no healthy devices present",
+            make_pod(0)
+            .failed()
+            .because(
+                "UnexpectedAdmissionError", "Allocate failed due to no healthy devices present"
             )
+            .obj()
         ],
         None,
         frozenset(),
@@ -809,35 +614,38 @@ FAILURES = [
 
 
 def _attempt_fails(
-    pods: list[dict[str, Any]], conditions: list[dict[str, Any]] | None, lost: frozenset[str],
+    pods: list[dict[str, Any]], verdict: Verdict | None, lost: frozenset[str],
     *, attempt: int, max_restarts: int,
 ) -> Plan:  # fmt: skip
     """A running job (attempt == restarts so far) whose attempt shows one of FAILURES."""
     nodes = max(len(pods), 1)
     job = make(resources__nodes=nodes, runPolicy__maxRestarts=max_restarts)
     previous = status(phase="Running", attempt=attempt, restarts=attempt, start_time=T0)
+    batch_job = make_batch_job(attempt, nodes=nodes)
+    if verdict is not None:
+        verdict(batch_job)
     return observe(
         job,
         previous,
         at(600),
-        batch_job=batch_job(attempt, conditions=conditions, nodes=nodes),
+        batch_job=batch_job.obj(),
         pods=[relabel(p, attempt) for p in pods],
         lost_nodes=lost,
     )
 
 
-@pytest.mark.parametrize(("pods", "conditions", "lost", "reason", "detail", "finished"), FAILURES)
+@pytest.mark.parametrize(("pods", "verdict", "lost", "reason", "detail", "finished"), FAILURES)
 @pytest.mark.parametrize("attempt", [0, 2])
 def test_failed_attempt_with_restarts_left_restarts(
     pods: list[dict[str, Any]],
-    conditions: list[dict[str, Any]] | None,
+    verdict: Verdict | None,
     lost: frozenset[str],
     reason: str,
     detail: str,
     finished: bool,
     attempt: int,
 ) -> None:
-    plan = _attempt_fails(pods, conditions, lost, attempt=attempt, max_restarts=3)
+    plan = _attempt_fails(pods, verdict, lost, attempt=attempt, max_restarts=3)
     new = plan.status
     assert new.phase == "Restarting"
     assert (new.attempt, new.restarts) == (attempt + 1, attempt + 1)
@@ -854,11 +662,11 @@ def test_failed_attempt_with_restarts_left_restarts(
     roundtrip(new)
 
 
-@pytest.mark.parametrize(("pods", "conditions", "lost", "reason", "detail", "finished"), FAILURES)
+@pytest.mark.parametrize(("pods", "verdict", "lost", "reason", "detail", "finished"), FAILURES)
 @pytest.mark.parametrize(("max_restarts", "restarts"), [(0, 0), (2, 2), (1, 3)])
 def test_failed_attempt_without_restarts_left_fails(
     pods: list[dict[str, Any]],
-    conditions: list[dict[str, Any]] | None,
+    verdict: Verdict | None,
     lost: frozenset[str],
     reason: str,
     detail: str,
@@ -866,7 +674,7 @@ def test_failed_attempt_without_restarts_left_fails(
     max_restarts: int,
     restarts: int,
 ) -> None:
-    plan = _attempt_fails(pods, conditions, lost, attempt=restarts, max_restarts=max_restarts)
+    plan = _attempt_fails(pods, verdict, lost, attempt=restarts, max_restarts=max_restarts)
     new = plan.status
     assert new.phase == "Failed"
     assert new.failure_reason == reason
@@ -904,53 +712,49 @@ def relabel(value: dict[str, Any], attempt: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("value", "lost", "expected"),
     [
-        pytest.param(pod(0), frozenset(), None, id="running"),
-        pytest.param(pod(0), frozenset({"gpu-9"}), None, id="running-other-node-lost"),
+        pytest.param(make_pod(0).obj(), frozenset(), None, id="running"),
+        pytest.param(make_pod(0).obj(), frozenset({"gpu-9"}), None, id="running-other-node-lost"),
         pytest.param(
-            pod(0, phase="Pending", node=None), frozenset({"gpu-1"}), None, id="unscheduled"
+            make_pod(0).pending().unscheduled().obj(), frozenset({"gpu-1"}), None, id="unscheduled"
         ),
         pytest.param(
-            pod(0, phase="Pending", node="gpu-1"),
+            make_pod(0).pending().on("gpu-1").obj(),
             frozenset({"gpu-1"}),
             "NodeLost",
             id="pending-on-lost-node",
         ),
         pytest.param(
-            pod(0, phase="Succeeded", containers=[terminated(0, "Completed")]),
+            make_pod(0).succeeded().obj(),
             frozenset({"gpu-1"}),
             None,
             id="succeeded-on-lost-node",
         ),
         pytest.param(
-            pod(0, phase="Failed", containers=[terminated(0, "Completed")]),
+            make_pod(0).failed(0, "Completed").obj(),
             frozenset(),
             "PodFailed",
             id="failed-without-reason",
         ),
         pytest.param(
-            pod(
-                0,
-                phase="Failed",
-                containers=[terminated(9, "OOMKilled")],
-                conditions=[disruption("PreemptionByScheduler", "preempted")],
-            ),
+            make_pod(0)
+            .failed(9, "OOMKilled")
+            .disrupted("PreemptionByScheduler", "preempted")
+            .obj(),
             frozenset(),
             "Preempted",
             id="disruption-wins-over-exit-code",
         ),
         pytest.param(
-            pod(0, phase="Failed", conditions=[disruption("SomethingNew", "")]),
+            make_pod(0).disrupted("SomethingNew", "").obj(),
             frozenset(),
             "Preempted",
             id="unknown-disruption-reason",
         ),
         pytest.param(
-            pod(
-                0,
-                phase="Failed",
-                containers=[terminated(1, "Error")],
-                conditions=[{**disruption("PreemptionByScheduler", "x"), "status": "False"}],
-            ),
+            make_pod(0)
+            .failed(1, "Error")
+            .disrupted("PreemptionByScheduler", "x", status="False")
+            .obj(),
             frozenset(),
             "ExitCode",
             id="disruption-false-ignored",
@@ -963,38 +767,32 @@ def test_pod_failure(value: dict[str, Any], lost: frozenset[str], expected: str 
 
 
 def test_exit_code_message_keeps_only_the_last_line_of_the_termination_message() -> None:
-    value = pod(
-        0,
-        phase="Failed",
-        containers=[terminated(2, "Error", "line one\nline two\n\nCUDA error: boom\n  ")],
-    )
+    value = make_pod(0).failed(2, "Error", "line one\nline two\n\nCUDA error: boom\n  ").obj()
     failure = pod_failure(value)
     assert failure == Failure(
         "ExitCode", "pod llama-0-0-x0k9z: container trainer exited with code 2: CUDA error: boom"
     )
-    bare = pod_failure(pod(0, phase="Failed", containers=[terminated(2, "Error")]))
+    bare = pod_failure(make_pod(0).failed(2, "Error").obj())
     assert bare is not None
     assert bare.message == "pod llama-0-0-x0k9z: container trainer exited with code 2"
 
 
 def test_attempt_failure_none_while_it_can_still_succeed() -> None:
-    pods = [pod(0), pod(1, phase="Pending", node=None, conditions=[unschedulable("x")])]
-    assert attempt_failure(batch_job(nodes=2), pods) is None
-    assert attempt_failure(batch_job(conditions=complete()), []) is None
-    assert attempt_failure(batch_job(suspend=True), []) is None
+    pods = [make_pod(0).obj(), make_pod(1).pending().unschedulable("x").obj()]
+    assert attempt_failure(make_batch_job(0, nodes=2).obj(), pods) is None
+    assert attempt_failure(make_batch_job(0).complete().obj(), []) is None
+    assert attempt_failure(make_batch_job(0, suspend=True).obj(), []) is None
 
 
 def test_a_pod_failure_is_preferred_over_the_jobs_generic_condition() -> None:
-    pods = [pod(0, phase="Failed", containers=[terminated(137, "OOMKilled")])]
-    failure = attempt_failure(batch_job(conditions=failed()), pods)
+    pods = [make_pod(0).failed(137, "OOMKilled").obj()]
+    failure = attempt_failure(make_batch_job(0).failed().obj(), pods)
     assert failure is not None and failure.reason == "OOMKilled"
 
 
 def test_failure_of_a_job_with_failed_condition_but_no_reason() -> None:
-    conditions = [{"type": "Failed", "status": "True"}]
-    assert attempt_failure(batch_job(conditions=conditions), []) == Failure(
-        "BackoffLimitExceeded", "the Job failed"
-    )
+    bare = make_batch_job(0).condition("Failed").obj()  # no reason, no message
+    assert attempt_failure(bare, []) == Failure("BackoffLimitExceeded", "the Job failed")
 
 
 def test_restart_after_restart_counts_up_to_max_then_fails() -> None:
@@ -1006,9 +804,7 @@ def test_restart_after_restart_counts_up_to_max_then_fails() -> None:
         assert job_name(attempt) in world.jobs
         world.run(attempt)
         assert world.step(at(attempt * 100 + 10)).status.phase == "Running"
-        world.pods = [
-            pod(0, attempt=attempt, phase="Failed", containers=[terminated(137, "OOMKilled")])
-        ]
+        world.pods = [make_pod(0, attempt=attempt).failed(137, "OOMKilled").obj()]
         plan = world.step(at(attempt * 100 + 50))
         reasons.append(plan.status.phase)
     assert reasons == ["Restarting", "Restarting", "Failed"]
@@ -1046,8 +842,8 @@ def test_complete_job_succeeds(
         job,
         previous,
         at(3600),
-        batch_job=batch_job(conditions=complete()),
-        pods=[pod(0, phase="Succeeded", containers=[terminated(0, "Completed")])],
+        batch_job=make_batch_job(0).complete().obj(),
+        pods=[make_pod(0).succeeded().obj()],
         progress=progress,
     )
     new = plan.status
@@ -1064,8 +860,10 @@ def test_complete_job_succeeds(
 
 
 def test_success_criteria_met_alone_is_success() -> None:
-    conditions = [complete()[0]]
-    plan = observe(make(), running_status(), T0, batch_job=batch_job(conditions=conditions))
+    met = make_batch_job(0).condition(
+        "SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"
+    )
+    plan = observe(make(), running_status(), T0, batch_job=met.obj())
     assert plan.status.phase == "Succeeded"
 
 
@@ -1080,7 +878,7 @@ def test_success_shows_full_progress_when_total_known(
         make(),
         running_status(),
         at(100),
-        batch_job=batch_job(conditions=complete()),
+        batch_job=make_batch_job(0).complete().obj(),
         progress=report(step=step, total_steps=total, eta_seconds=eta_seconds),
     )
     progress = plan.status.progress
@@ -1098,7 +896,7 @@ def test_success_without_total_leaves_progress_as_reported() -> None:
         make(),
         running_status(),
         at(100),
-        batch_job=batch_job(conditions=complete()),
+        batch_job=make_batch_job(0).complete().obj(),
         progress=report(step=57),
     )
     progress = plan.status.progress
@@ -1109,12 +907,12 @@ def test_success_without_total_leaves_progress_as_reported() -> None:
 def test_the_jobs_complete_verdict_wins_over_a_stray_failed_pod() -> None:
     """With backoffLimit 0 a Job whose pod failed cannot complete; when the Job controller
     says Complete, it counted every index done: training finished."""
-    pods = [pod(0, phase="Failed", containers=[terminated(1, "Error")])]
+    pods = [make_pod(0).failed(1, "Error").obj()]
     plan = observe(
         make(runPolicy__maxRestarts=0),
         running_status(),
         T0,
-        batch_job=batch_job(conditions=complete()),
+        batch_job=make_batch_job(0).complete().obj(),
         pods=pods,
     )
     assert plan.status.phase == "Succeeded"
@@ -1125,22 +923,22 @@ def test_the_jobs_complete_verdict_wins_over_a_stray_failed_pod() -> None:
 
 OBSERVATIONS = [
     pytest.param({}, id="nothing"),
-    pytest.param({"batch_job": batch_job()}, id="job-running"),
-    pytest.param({"batch_job": batch_job(suspend=True)}, id="job-suspended"),
+    pytest.param({"batch_job": make_batch_job(0).obj()}, id="job-running"),
+    pytest.param({"batch_job": make_batch_job(0, suspend=True).obj()}, id="job-suspended"),
     pytest.param(
         {
-            "batch_job": batch_job(conditions=failed()),
-            "pods": [pod(0, phase="Failed", containers=[terminated(1)])],
+            "batch_job": make_batch_job(0).failed().obj(),
+            "pods": [make_pod(0).failed(1).obj()],
         },
         id="job-failed",
     ),
     pytest.param(
-        {"pods": [pod(0, phase="Failed", containers=[terminated(137, "OOMKilled")])]},
+        {"pods": [make_pod(0).failed(137, "OOMKilled").obj()]},
         id="failed-pods-no-job",
     ),
-    pytest.param({"batch_job": batch_job(conditions=complete())}, id="job-complete"),
+    pytest.param({"batch_job": make_batch_job(0).complete().obj()}, id="job-complete"),
     pytest.param({"other_jobs": [job_name(1), job_name(7)]}, id="other-jobs"),
-    pytest.param({"pods": [pod(0)], "lost_nodes": frozenset({"gpu-1"})}, id="lost-node"),
+    pytest.param({"pods": [make_pod(0).obj()], "lost_nodes": frozenset({"gpu-1"})}, id="lost-node"),
 ]
 
 
@@ -1165,7 +963,7 @@ def test_terminal_job_gets_no_new_children(
     )
     plan = observe(make(**changes), previous, at(20), **observed)
     assert not any(isinstance(a, CreateAttempt | DeleteJob) for a in plan.actions)
-    running = observed.get("batch_job") == batch_job()
+    running = observed.get("batch_job") == make_batch_job(0).obj()
     # A Failed job whose Job still runs (the operator stopped between two writes) is stopped.
     stop = [SuspendJob(job_name(0), True)] if phase == "Failed" and running else []
     assert plan.actions == stop
@@ -1223,7 +1021,13 @@ def test_ttl_after_finished(
 
 def test_ttl_does_not_apply_to_a_live_job() -> None:
     job = make(runPolicy__ttlSecondsAfterFinished=0)
-    plan = observe(job, running_status(), at(10**6), batch_job=batch_job(), pods=running_pods())
+    plan = observe(
+        job,
+        running_status(),
+        at(10**6),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
+    )
     assert DeleteSelf() not in plan.actions
     assert plan.status.phase == "Running"
 
@@ -1234,9 +1038,7 @@ def test_full_lifecycle_ends_in_deletion_after_ttl() -> None:
     assert world.step(at(0)).actions == [CreateAttempt(0)]
     world.run(0)
     assert world.step(at(10)).status.phase == "Running"
-    world.pods = [
-        pod(0, phase="Failed", conditions=[disruption("PreemptionByScheduler", "preempting")])
-    ]
+    world.pods = [make_pod(0).disrupted("PreemptionByScheduler", "preempting").obj()]
     plan = world.step(at(20))
     assert plan.actions == [DeleteJob(job_name(0)), CreateAttempt(1)]
     assert list(world.jobs) == [job_name(1)] and world.pods == []
@@ -1260,7 +1062,11 @@ def test_full_lifecycle_ends_in_deletion_after_ttl() -> None:
 def test_deadline_not_reached_requeues_for_the_remaining_time() -> None:
     job = make(runPolicy__activeDeadlineSeconds=3600)
     plan = observe(
-        job, running_status(started=0), at(600), batch_job=batch_job(), pods=running_pods()
+        job,
+        running_status(started=0),
+        at(600),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
     )
     assert plan.status.phase == "Running"
     assert plan.requeue_after == pytest.approx(3000)
@@ -1271,7 +1077,11 @@ def test_deadline_not_reached_requeues_for_the_remaining_time() -> None:
 def test_running_past_the_deadline_fails_and_deletes_the_job(elapsed: int) -> None:
     job = make(runPolicy__activeDeadlineSeconds=3600)
     plan = observe(
-        job, running_status(started=0), at(elapsed), batch_job=batch_job(), pods=running_pods()
+        job,
+        running_status(started=0),
+        at(elapsed),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
     )
     new = plan.status
     assert new.phase == "Failed"
@@ -1297,8 +1107,10 @@ def test_a_job_stuck_pending_reaches_its_deadline_from_when_its_pods_were_create
     elapsed: int, failed: bool
 ) -> None:
     job = make(runPolicy__activeDeadlineSeconds=100)
-    stuck = [pod(0, phase="Pending", node=None, conditions=[unschedulable("0/3 nodes")])]
-    plan = observe(job, status(phase="Pending"), at(elapsed), batch_job=batch_job(), pods=stuck)
+    stuck = [make_pod(0).pending().unschedulable("0/3 nodes").obj()]
+    plan = observe(
+        job, status(phase="Pending"), at(elapsed), batch_job=make_batch_job(0).obj(), pods=stuck
+    )
     assert plan.status.start_time is None  # it never ran
     if failed:
         assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "DeadlineExceeded")
@@ -1310,7 +1122,9 @@ def test_a_job_stuck_pending_reaches_its_deadline_from_when_its_pods_were_create
 
 def test_deadline_does_not_run_before_the_job_started() -> None:
     job = make(runPolicy__activeDeadlineSeconds=10, scheduling__queueName="team-q")
-    plan = observe(job, status(phase="Queued"), at(10**6), batch_job=batch_job(suspend=True))
+    plan = observe(
+        job, status(phase="Queued"), at(10**6), batch_job=make_batch_job(0, suspend=True).obj()
+    )
     assert plan.status.phase == "Queued"
     assert plan.actions == []
     assert plan.requeue_after is None
@@ -1323,7 +1137,9 @@ def test_deadline_does_not_run_before_the_job_started() -> None:
 def test_suspending_a_running_job_suspends_its_job() -> None:
     job = make(scheduling__suspend=True)
     previous = running_status()
-    plan = observe(job, previous, at(60), batch_job=batch_job(), pods=running_pods())
+    plan = observe(
+        job, previous, at(60), batch_job=make_batch_job(0).obj(), pods=[make_pod(0).obj()]
+    )
     new = plan.status
     assert plan.actions == [SuspendJob(job_name(0), True)]
     assert new.phase == "Suspended"
@@ -1337,7 +1153,7 @@ def test_suspending_a_running_job_suspends_its_job() -> None:
 def test_suspended_job_already_suspended_needs_nothing() -> None:
     job = make(scheduling__suspend=True)
     world = World(job, running_status())
-    world.jobs[job_name(0)] = batch_job()
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
     first = world.step(at(60))
     assert first.actions == [SuspendJob(job_name(0), True)]
     world.pods = []
@@ -1349,9 +1165,14 @@ def test_suspended_job_already_suspended_needs_nothing() -> None:
 def test_resuming_without_a_queue_unsuspends_the_job() -> None:
     job = make()
     suspended = observe(
-        make(scheduling__suspend=True), running_status(), at(60), batch_job=batch_job(suspend=True)
+        make(scheduling__suspend=True),
+        running_status(),
+        at(60),
+        batch_job=make_batch_job(0, suspend=True).obj(),
     )
-    plan = observe(job, roundtrip(suspended.status), at(120), batch_job=batch_job(suspend=True))
+    plan = observe(
+        job, roundtrip(suspended.status), at(120), batch_job=make_batch_job(0, suspend=True).obj()
+    )
     assert plan.actions == [SuspendJob(job_name(0), False)]
     assert plan.status.phase == "Pending"
     resumed = cond(plan.status, SUSPENDED)
@@ -1379,13 +1200,15 @@ def test_queued_job_waits_for_kueue_to_unsuspend_it() -> None:
 
 def test_user_suspend_of_a_queued_job_wins() -> None:
     job = make(scheduling__queueName="team-q", scheduling__suspend=True)
-    plan = observe(job, status(phase="Queued"), T0, batch_job=batch_job(suspend=True))
+    plan = observe(job, status(phase="Queued"), T0, batch_job=make_batch_job(0, suspend=True).obj())
     assert plan.actions == []
     assert plan.status.phase == "Suspended"
 
 
 def test_suspended_condition_appears_only_once_a_job_was_suspended() -> None:
-    plan = observe(make(), status(), T0, batch_job=batch_job(), pods=running_pods())
+    plan = observe(
+        make(), status(), T0, batch_job=make_batch_job(0).obj(), pods=[make_pod(0).obj()]
+    )
     assert not has_cond(plan.status, SUSPENDED)
 
 
@@ -1400,7 +1223,12 @@ def test_suspended_condition_appears_only_once_a_job_was_suspended() -> None:
 def test_other_attempts_jobs_are_deleted_first(others: list[str]) -> None:
     previous = running_status(attempt=3, restarts=3)
     plan = observe(
-        make(), previous, T0, batch_job=batch_job(3), pods=running_pods(1, 3), other_jobs=others
+        make(),
+        previous,
+        T0,
+        batch_job=make_batch_job(3).obj(),
+        pods=[make_pod(0, attempt=3).obj()],
+        other_jobs=others,
     )
     assert plan.actions == [DeleteJob(name) for name in others]
     assert plan.status.phase == "Running"
@@ -1458,8 +1286,8 @@ def test_progress_is_copied_with_percent_and_summary(
         make(),
         running_status(),
         at(60),
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=progress,
     )
     copied = plan.status.progress
@@ -1480,8 +1308,8 @@ def test_progress_without_eta_has_no_eta_text() -> None:
         make(),
         running_status(),
         T0,
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=report(step=5, total_steps=10),
     )
     assert plan.status.progress is not None
@@ -1546,8 +1374,8 @@ def test_report_metrics_reach_the_status_and_a_report_without_metrics_keeps_them
         job,
         running_status(),
         T0,
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=report(step=10, metrics={"loss": 2.0, "eval_loss": 1.8}),
     )
     assert first.status.metrics is not None
@@ -1556,8 +1384,8 @@ def test_report_metrics_reach_the_status_and_a_report_without_metrics_keeps_them
         job,
         roundtrip(first.status),
         at(15),
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=report(step=11),
     )
     assert second.status.metrics == first.status.metrics
@@ -1570,8 +1398,8 @@ def test_report_of_an_older_attempt_updates_the_checkpoint_only() -> None:
         job,
         running_status(),
         T0,
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=report(step=300, total_steps=1000),
     )
     restarted = roundtrip(before.status).model_copy(update={"attempt": 1, "restarts": 1})
@@ -1584,7 +1412,12 @@ def test_report_of_an_older_attempt_updates_the_checkpoint_only() -> None:
         checkpoint=CheckpointReport(latest="s3://ckpt/step-350", step=350, count=3),
     )
     plan = observe(
-        job, restarted, at(60), batch_job=batch_job(1), pods=running_pods(1, 1), progress=late
+        job,
+        restarted,
+        at(60),
+        batch_job=make_batch_job(1).obj(),
+        pods=[make_pod(0, attempt=1).obj()],
+        progress=late,
     )
     new = plan.status
     assert new.checkpoint is not None
@@ -1604,8 +1437,8 @@ def test_report_without_a_checkpoint_keeps_the_known_one() -> None:
         job,
         running_status(),
         T0,
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=report(
             step=100, checkpoint=CheckpointReport(latest="s3://c/100", step=100, count=1)
         ),
@@ -1614,8 +1447,8 @@ def test_report_without_a_checkpoint_keeps_the_known_one() -> None:
         job,
         roundtrip(first.status),
         at(5),
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
         progress=report(step=101),
     )
     assert second.status.checkpoint == first.status.checkpoint
@@ -1628,7 +1461,9 @@ def test_report_without_a_checkpoint_keeps_the_known_one() -> None:
 
 def test_conditions_carry_the_generation_and_keep_a_stable_order() -> None:
     job = make(scheduling__suspend=True)
-    plan = observe(job, running_status(), T0, batch_job=batch_job(), pods=running_pods())
+    plan = observe(
+        job, running_status(), T0, batch_job=make_batch_job(0).obj(), pods=[make_pod(0).obj()]
+    )
     assert [c.type for c in plan.status.conditions] == [VALIDATED, SUSPENDED, RUNNING]
     first = observe(make(), status(), T0)
     assert [c.type for c in first.status.conditions] == [VALIDATED, RESOURCES_CREATED, RUNNING]
@@ -1638,10 +1473,16 @@ def test_conditions_carry_the_generation_and_keep_a_stable_order() -> None:
 
 
 def test_a_new_generation_updates_observed_generation_not_transition_times() -> None:
-    first = observe(make(), status(), T0, batch_job=batch_job(), pods=running_pods())
+    first = observe(
+        make(), status(), T0, batch_job=make_batch_job(0).obj(), pods=[make_pod(0).obj()]
+    )
     job = make(**{"metadata__generation": GENERATION + 1})
     second = observe(
-        job, roundtrip(first.status), at(300), batch_job=batch_job(), pods=running_pods()
+        job,
+        roundtrip(first.status),
+        at(300),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
     )
     assert second.status.observed_generation == GENERATION + 1
     for before, after in zip(first.status.conditions, second.status.conditions, strict=True):
@@ -1654,8 +1495,8 @@ def test_last_transition_time_moves_only_when_status_changes() -> None:
     job = make(runPolicy__maxRestarts=0)
     world = World(job)
     world.step(at(0))
-    world.jobs[job_name(0)] = batch_job()
-    world.pods = [pod(0, phase="Pending", node=None, conditions=[unschedulable("no gpu")])]
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
+    world.pods = [make_pod(0).pending().unschedulable("no gpu").obj()]
     world.step(at(10))  # Running: False Pending -> False Unschedulable (same status)
     assert cond(world.status, RUNNING).last_transition_time == at(0)
     assert cond(world.status, RUNNING).reason == "Unschedulable"
@@ -1664,7 +1505,7 @@ def test_last_transition_time_moves_only_when_status_changes() -> None:
     assert cond(world.status, RUNNING).last_transition_time == at(20)
     world.step(at(30))
     assert cond(world.status, RUNNING).last_transition_time == at(20)
-    world.pods = [pod(0, phase="Failed", containers=[terminated(1)])]
+    world.pods = [make_pod(0).failed(1).obj()]
     world.step(at(40))  # True -> False
     assert cond(world.status, RUNNING).last_transition_time == at(40)
     assert cond(world.status, VALIDATED).last_transition_time == at(0)
@@ -1679,18 +1520,22 @@ def test_last_transition_time_moves_only_when_status_changes() -> None:
     ("previous", "observed"),
     [
         pytest.param(status(), {}, id="no-job"),
-        pytest.param(status(), {"batch_job": batch_job(), "pods": running_pods()}, id="running"),
+        pytest.param(
+            status(),
+            {"batch_job": make_batch_job(0).obj(), "pods": [make_pod(0).obj()]},
+            id="running",
+        ),
         pytest.param(
             status(phase="Running", start_time=T0),
             {
-                "batch_job": batch_job(),
-                "pods": [pod(0, phase="Failed", containers=[terminated(1)])],
+                "batch_job": make_batch_job(0).obj(),
+                "pods": [make_pod(0).failed(1).obj()],
             },
             id="failed",
         ),
         pytest.param(
             status(phase="Running", start_time=T0),
-            {"batch_job": batch_job(conditions=complete())},
+            {"batch_job": make_batch_job(0).complete().obj()},
             id="complete",
         ),
     ],
@@ -1710,8 +1555,8 @@ def test_a_failed_attempt_is_restarted_once() -> None:
     """The pass after a restart sees the NEW attempt (no pods yet); the old attempt's failed
     pods are not its pods, so there is no second restart, only the same work re-issued."""
     world = World(make(runPolicy__maxRestarts=3), running_status())
-    world.jobs[job_name(0)] = batch_job()
-    world.pods = [pod(0, phase="Failed", containers=[terminated(137, "OOMKilled")])]
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
+    world.pods = [make_pod(0).failed(137, "OOMKilled").obj()]
     first = world.step(at(100), act=False)  # the operator stopped before acting
     assert first.actions == [DeleteJob(job_name(0)), CreateAttempt(1)]
     for later in (at(101), at(160)):
@@ -1730,8 +1575,8 @@ def test_a_failed_attempt_is_restarted_once() -> None:
 
 def test_a_final_failure_is_reported_once() -> None:
     world = World(make(runPolicy__maxRestarts=0), running_status())
-    world.jobs[job_name(0)] = batch_job()
-    world.pods = [pod(0, phase="Failed", containers=[terminated(1)])]
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
+    world.pods = [make_pod(0).failed(1).obj()]
     first = world.step(at(100))
     assert first.actions == [SuspendJob(job_name(0), True)]
     assert [e.reason for e in first.events] == ["ExitCode"]
@@ -1742,7 +1587,7 @@ def test_a_final_failure_is_reported_once() -> None:
 
 def test_success_is_reported_once() -> None:
     world = World(make(), running_status())
-    world.jobs[job_name(0)] = batch_job(conditions=complete())
+    world.jobs[job_name(0)] = make_batch_job(0).complete().obj()
     first = world.step(at(100))
     assert [e.reason for e in first.events] == ["Succeeded"]
     second = world.step(at(200))
@@ -1814,8 +1659,8 @@ def test_long_termination_message_still_gives_a_writable_status() -> None:
         make(),
         running_status(),
         T0,
-        batch_job=batch_job(),
-        pods=[pod(0, phase="Failed", containers=[terminated(1, "Error", message)])],
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).failed(1, "Error", message).obj()],
     )
     assert plan.status.phase == "Restarting"
     roundtrip(plan.status)
@@ -1823,20 +1668,18 @@ def test_long_termination_message_still_gives_a_writable_status() -> None:
 
 def test_multi_node_failure_reports_the_root_cause() -> None:
     pods = [
-        pod(
-            0,
-            phase="Failed",
-            node="gpu-1",
-            deleting=True,
-            containers=[terminated(143, "Error", "torch.distributed: SIGTERM", finished=5)],
-        ),
-        pod(1, phase="Failed", node="gpu-2", containers=[terminated(137, "OOMKilled", finished=0)]),
+        make_pod(0)
+        .on("gpu-1")
+        .failed(143, "Error", "torch.distributed: SIGTERM", finished=5)
+        .deleting()
+        .obj(),
+        make_pod(1).on("gpu-2").failed(137, "OOMKilled", finished=0).obj(),
     ]
     plan = observe(
         make(resources__nodes=2, runPolicy__maxRestarts=0),
         running_status(),
         at(10),
-        batch_job=batch_job(nodes=2, conditions=failed()),
+        batch_job=make_batch_job(0, nodes=2).failed().obj(),
         pods=pods,
     )
     assert plan.status.failure_reason == "OOMKilled"
@@ -1850,12 +1693,13 @@ def test_multi_node_failure_reports_the_root_cause() -> None:
     ],
 )
 def test_pods_stopped_by_suspension_are_not_a_failure(changes: dict[str, Any], phase: str) -> None:
-    suspended = batch_job(suspend=True)
-    suspended["status"]["conditions"] = [
-        job_condition("Suspended", "JobSuspended", "Job suspended")
-    ]
-    stopping = pod(0, phase="Failed", deleting=True, containers=[terminated(143, "Error")])
-    plan = observe(make(**changes), running_status(), at(60), batch_job=suspended, pods=[stopping])
+    suspended = make_batch_job(0, suspend=True).condition(
+        "Suspended", "JobSuspended", "Job suspended"
+    )
+    stopping = make_pod(0).failed(143, "Error").deleting().obj()
+    plan = observe(
+        make(**changes), running_status(), at(60), batch_job=suspended.obj(), pods=[stopping]
+    )
     assert plan.status.phase == phase
     assert (plan.status.attempt, plan.status.restarts) == (0, 0)
     assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
@@ -1869,15 +1713,15 @@ def test_failed_status_with_a_job_still_running_stops_it() -> None:
         make(runPolicy__activeDeadlineSeconds=3600),
         previous,
         at(30),
-        batch_job=batch_job(),
-        pods=running_pods(),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
     )
     assert any(a in (DeleteJob(job_name(0)), SuspendJob(job_name(0), True)) for a in plan.actions)
 
 
 def test_job_completed_before_the_deadline_succeeds_when_seen_after_it() -> None:
     job = make(runPolicy__activeDeadlineSeconds=3600)
-    done = batch_job(conditions=complete(3500), completion_time=stamp(3500))
+    done = make_batch_job(0).complete(3500).finished_at(3500).obj()
     plan = observe(job, running_status(started=0), at(3700), batch_job=done)
     assert plan.status.phase == "Succeeded"
     assert DeleteJob(job_name(0)) not in plan.actions
@@ -1886,7 +1730,7 @@ def test_job_completed_before_the_deadline_succeeds_when_seen_after_it() -> None
 def test_succeeded_progress_stays_full_on_later_passes() -> None:
     last = report(step=990, total_steps=1000, eta_seconds=30)
     world = World(make(), running_status())
-    world.jobs[job_name(0)] = batch_job(conditions=complete())
+    world.jobs[job_name(0)] = make_batch_job(0).complete().obj()
     world.progress = last
     first = world.step(at(100))
     assert first.status.progress is not None and first.status.progress.percent == 100.0
@@ -1900,7 +1744,8 @@ def test_succeeded_progress_stays_full_on_later_passes() -> None:
 def _mid_run() -> FineTuneJobStatus:
     """Running, after a report with every in-flight figure."""
     metrics = {"train_loss": 1.25, "learning_rate": 2e-4, "grad_norm": 0.7}
-    plan = observe(make(), running_status(), at(10), batch_job=batch_job(), pods=running_pods(),
+    plan = observe(make(), running_status(), at(10), batch_job=make_batch_job(0).obj(),
+                   pods=[make_pod(0).obj()],
                    progress=report(step=50, total_steps=100, tokens_per_second=5321.0,
                                    eta_seconds=4320, metrics=metrics))  # fmt: skip
     assert plan.status.progress is not None and plan.status.progress.tokens_per_second
@@ -1911,9 +1756,9 @@ def _mid_run() -> FineTuneJobStatus:
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_a_finished_job_keeps_its_results_but_no_in_flight_figures(phase: str) -> None:
     ended = (
-        {"batch_job": batch_job(conditions=complete())}
+        {"batch_job": make_batch_job(0).complete().obj()}
         if phase == "Succeeded"
-        else {"batch_job": batch_job(), "pods": [pod(phase="Failed", containers=[terminated(1)])]}
+        else {"batch_job": make_batch_job(0).obj(), "pods": [make_pod(0).failed(1).obj()]}
     )
     job = make(runPolicy__maxRestarts=0)
     plan = observe(job, _mid_run(), at(20), **ended)
@@ -1927,16 +1772,20 @@ def test_a_finished_job_keeps_its_results_but_no_in_flight_figures(phase: str) -
 
 def test_input_the_trainer_refuses_fails_the_job_without_spending_restarts() -> None:
     said = f"{INVALID_INPUT_MARKER} /data/train.jsonl:2: column 'answer' is missing"
-    failed_pod = pod(0, phase="Failed", containers=[terminated(1, "Error", said)])
-    plan = observe(make(), running_status(), at(30), batch_job=batch_job(), pods=[failed_pod])
+    failed_pod = make_pod(0).failed(1, "Error", said).obj()
+    plan = observe(
+        make(), running_status(), at(30), batch_job=make_batch_job(0).obj(), pods=[failed_pod]
+    )
     assert plan.status.phase == "Failed"  # maxRestarts is 3: none is used
     assert plan.status.failure_reason == "InvalidInput" and plan.status.restarts == 0
     assert "/data/train.jsonl:2: column 'answer' is missing" in (plan.status.message or "")
     assert "a restart would fail the same way" in (plan.status.message or "")
     assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
     # Any other non-zero exit is still worth a restart.
-    other = pod(0, phase="Failed", containers=[terminated(1, "Error", "NCCL timeout")])
-    plan = observe(make(), running_status(), at(30), batch_job=batch_job(), pods=[other])
+    other = make_pod(0).failed(1, "Error", "NCCL timeout").obj()
+    plan = observe(
+        make(), running_status(), at(30), batch_job=make_batch_job(0).obj(), pods=[other]
+    )
     assert plan.status.phase == "Restarting"
 
 
@@ -1944,7 +1793,7 @@ def test_pods_the_job_controller_cannot_create_are_a_named_blocker() -> None:
     quota = (
         'pods "llama-0-0-x" is forbidden: exceeded quota: team-quota, requested: nvidia.com/gpu=8'
     )
-    plan = observe(make(), status(), at(30), batch_job=batch_job(), pods=[],
+    plan = observe(make(), status(), at(30), batch_job=make_batch_job(0).obj(), pods=[],
                    pod_create_failure=quota)  # fmt: skip
     assert plan.status.phase == "Pending"
     running = next(c for c in plan.status.conditions if c.type == "Running")

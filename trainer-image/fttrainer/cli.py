@@ -360,6 +360,11 @@ def _run(args: argparse.Namespace) -> int:
     if loaded is None:
         return invalid_input(complaints.getvalue())
     job = loaded.job
+    import torch
+
+    from .quiet import quiet_libraries
+
+    quiet_libraries(progress_bars=sys.stderr.isatty(), cuda=torch.cuda.is_available())
     from .data.prepare import DataError
     from .recipe import Recipe
 

@@ -50,7 +50,14 @@ from .rewards import build_rewards
 from .spectrum import apply_spectrum
 from .storage import LocalStore, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
-from .tracking import TrackerIds, TrackerRuns, environment, read_tracker_ids, tracker_env
+from .tracking import (
+    TrackerIds,
+    TrackerRuns,
+    environment,
+    read_tracker_ids,
+    registry_tags,
+    tracker_env,
+)
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -127,6 +134,8 @@ class Recipe:
         output = spec.output
         self.checkpoints = CheckpointStore(open_store(output.uri, s3=output.s3), job_identity(job))
         self.resumed_from: Path | None = None
+        self.saved: tuple[Path, dict[str, Any]] | None = None
+        """What save() left for publish(): the model to register and the final metrics."""
         # To the job's FineTuneJobProgress (rank 0 in a cluster); else a no-op.
         self.progress = progress if progress is not None else ProgressReporter.from_env()
 
@@ -453,9 +462,12 @@ class Recipe:
         if evaluator.prompts:
             comparison = evaluator.comparison(tuned)
             (self.output_dir / "model_comparison.json").write_text(json.dumps(comparison, indent=2))
+        registered = final_dir
         if self.spec.output.merge_adapter:
             with unsharded_loading(self.trainer.args):  # rank 0 alone: no ZeRO-3 zero.Init
-                result_file["merged_model"] = self._published(self._save_merged(final_dir))
+                registered = self._save_merged(final_dir)
+            result_file["merged_model"] = self._published(registered)
+        self.saved = (registered, result.final_metrics)
         if curve is not None:
             result_file["loss_curve"] = self._published(curve)
         if evaluator.prompts:
@@ -490,8 +502,19 @@ class Recipe:
                 commit_message=f"FineTuneJob {self.job.name}: {self.spec.method.type} "
                 f"{self.spec.trainer.type} fine-tune of {self.spec.model.name}",
             )
+        self._register(local=isinstance(store, LocalStore))
         self.progress.finish(model_uri=self._published(self.output_dir / "final"))
         return uploaded
+
+    def _register(self, *, local: bool) -> None:
+        """The published model as a version in the MLflow Model Registry (logging.mlflow)."""
+        if self.saved is None:
+            return
+        model_dir, metrics = self.saved
+        tags = registry_tags(self.job.name, self.job.metadata.namespace, self.spec, metrics)
+        self.tracker_runs.register_model(
+            model_dir, self._published(model_dir), local=local, tags=tags
+        )
 
     def _save_merged(self, adapter_dir: Path) -> Path:
         """Base + adapter merged into plain weights. The base is reloaded unquantized, so a

@@ -33,7 +33,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ftapi.v1alpha1 import LoggingSpec
+from ftapi.redaction import redact
+from ftapi.v1alpha1 import FineTuneJobSpec, LoggingSpec
 
 from .checkpoints import checkpoint_name
 
@@ -41,6 +42,8 @@ log = logging.getLogger("fttrainer")
 TRACKERS_FILE = "trackers.json"  # in each checkpoint folder: the runs it belongs to
 TENSORBOARD_DIR = "tensorboard"  # under the run's output directory, published with it
 FINAL_PREFIX = "final/"  # TensorBoard tag prefix of the final metrics
+REGISTERED_ARTIFACT = "model"  # a local output's final model, logged under the run
+OUTPUT_TAG = "finetune.dev/model-uri"  # a registered version: where the job published it
 
 
 def mlflow_run_name(logging_spec: LoggingSpec, job_name: str) -> str:
@@ -179,6 +182,67 @@ class TrackerRuns:
             for name, value in scalars.items():
                 writer.add_scalar(FINAL_PREFIX + name, value, step)
             writer.close()
+
+    def register_model(
+        self, model_dir: Path, published_uri: str, *, local: bool, tags: Mapping[str, str]
+    ) -> tuple[str, str] | None:
+        """The final model as a new version in the MLflow Model Registry: (name, version),
+        or None when mlflow is not reported to, registration is off, or it failed (the
+        model is published already; a registry error is a warning, not a failed job).
+
+        An S3 (or other remote) output is registered at `published_uri`, where the job put
+        it. A local output is first logged to the run's artifacts, since the registry
+        refuses a local path as a version's source. Registering twice for the same run and
+        source (a publish that ran again) returns the existing version."""
+        spec = self.logging_spec.mlflow
+        run_id = self.ids.get("mlflow")
+        if "mlflow" not in self.report_to or spec is None or not spec.register_model or not run_id:
+            return None
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        name = spec.registered_model or self.job_name
+        client = MlflowClient(tracking_uri=spec.tracking_uri)
+        try:
+            source = published_uri
+            if local:
+                client.log_artifacts(run_id, str(model_dir), artifact_path=REGISTERED_ARTIFACT)
+                source = f"runs:/{run_id}/{REGISTERED_ARTIFACT}"
+            for existing in client.search_model_versions(f"run_id='{run_id}'"):
+                if existing.name == name and existing.tags.get(OUTPUT_TAG) == published_uri:
+                    return name, str(existing.version)
+            try:
+                client.get_registered_model(name)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                client.create_registered_model(
+                    name, description=f"Fine-tuned by the FineTuneJob {self.job_name}."
+                )
+            version = client.create_model_version(
+                name, source=source, run_id=run_id, tags={**tags, OUTPUT_TAG: published_uri}
+            )
+        except MlflowException as error:
+            log.warning("mlflow: could not register the model as %r: %s", name, redact(str(error)))
+            return None
+        log.info("mlflow: registered %s version %s (%s)", name, version.version, published_uri)
+        return name, str(version.version)
+
+
+def registry_tags(
+    job_name: str, namespace: str | None, spec: FineTuneJobSpec, metrics: Mapping[str, Any]
+) -> dict[str, str]:
+    """What a registered version says about where it came from: the job, its base model,
+    method and trainer, and every final metric (`metric.<name>`)."""
+    tags = {
+        "finetune.dev/job": f"{namespace}/{job_name}" if namespace else job_name,
+        "finetune.dev/base-model": str(spec.model.name),
+        "finetune.dev/method": str(spec.method.type),
+        "finetune.dev/trainer": str(spec.trainer.type),
+    }
+    for key, value in final_scalars(metrics).items():
+        tags[f"metric.{mlflow_metric_name(key)}"] = repr(value)
+    return tags
 
 
 def wandb_init_args(env: Mapping[str, str]) -> dict[str, Any]:

@@ -33,6 +33,15 @@ class MlflowSpec(ApiModel):
     """Tags set on the run."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret key with MLFLOW_TRACKING_TOKEN, for servers that need one."""
+    register_model: bool = True
+    """Register the final model (the merged one when output.mergeAdapter is on, else the
+    adapter or the full weights) in the Model Registry as a new version, linked to the run
+    and tagged with the job, its output URI and its final metrics. An S3 output is
+    registered where it is (no copy); a local output is logged to the run's artifacts first
+    (the registry refuses local paths)."""
+    registered_model: Annotated[ShortText, Field(min_length=1, pattern=r"^[^/:]+$")] | None = None
+    """Registered model name (MLflow refuses `/` and `:` in it); unset: the FineTuneJob
+    name."""
 
 
 class WandbSpec(ApiModel):

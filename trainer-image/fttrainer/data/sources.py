@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fttrainer.redaction import redact
+from ftapi.redaction import redact
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Bounds on what one file may make the trainer hold: a field far larger than any sample

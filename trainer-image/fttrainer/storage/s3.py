@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftapi.redaction import redact
 from ftapi.v1alpha1 import S3Spec
-from fttrainer.redaction import redact
 from fttrainer.storage.base import (
     DELETE_BATCH,
     MAX_CONCURRENCY,
