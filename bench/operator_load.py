@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rate", type=float, default=10.0, help="creates per second; 0: as fast as possible")
     add("--nodes", type=int, default=128, help="extra kwok GPU nodes, 8 GPUs each (128)")
     add("--threads", type=int, default=16, help="client threads that make the creates (16)")
-    add("--workers", type=int, default=None, help="the operator's --workers (its default: 16)")
+    add("--workers", type=int, default=None, help="the operator's --workers (its default: 64)")
     add(
         "--operator-command",
         default=f"{sys.executable} -m ftoperator",

@@ -66,6 +66,8 @@ class Controller:
         self.cache = Cache()
         self.queue = WorkQueue(self.reconcile, workers=workers)
         self._written: dict[Key, dict[str, Any]] = {}  # the status writes not yet watched
+        # namespace -> (loop time, the FailedCreate Events read then, by Job name)
+        self._failure_reads: dict[str, tuple[float, asyncio.Future[dict[str, str]]]] = {}
         self.resync_seconds = 60.0
 
     # --- the pass -------------------------------------------------------------------------
@@ -146,14 +148,32 @@ class Controller:
         if age < CREATE_FAILURE_GRACE_SECONDS:  # pods normally appear within a second
             self.queue.add_after(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
             return
-        failure = await asyncio.to_thread(
-            self.kube.pod_create_failure, key[0], Names(key[1], attempt).batch_job
-        )
+        failure = (await self._create_failures_in(key[0])).get(Names(key[1], attempt).batch_job)
         if failure is None:
             self.cache.create_failures.pop(key, None)
         else:
             self.cache.create_failures[key] = failure
         self.queue.add_after(key, CREATE_FAILURE_POLL_SECONDS)
+
+    async def _create_failures_in(self, namespace: str) -> dict[str, str]:
+        """FailedCreate messages by Job name, read at most once per poll interval for each
+        namespace and shared by every job there that lacks pods: a burst of new jobs whose
+        pods the Job controller is slow to create would otherwise cost one list per job
+        every 10 s (1.9 lists per job in a burst of 1000)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        read = self._failure_reads.get(namespace)
+        stale = read is None or now - read[0] >= CREATE_FAILURE_POLL_SECONDS
+        if stale or (read is not None and read[1].done() and read[1].exception()):
+            for old in [n for n, (at, _) in self._failure_reads.items()
+                        if now - at >= 3 * CREATE_FAILURE_POLL_SECONDS]:  # fmt: skip
+                del self._failure_reads[old]
+            future = asyncio.ensure_future(
+                asyncio.to_thread(self.kube.pod_create_failures, namespace)
+            )
+            read = self._failure_reads[namespace] = (now, future)
+        assert read is not None
+        return await asyncio.shield(read[1])
 
     def _attempt_pods(self, key: Key, attempt: int) -> list[dict[str, Any]]:
         return [
@@ -250,8 +270,6 @@ class Controller:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
                                     event.message)  # fmt: skip
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
-        if plan.status.phase != (before.get("phase") or "Pending") or not before:
-            self.metrics.set_job_counts(self.phase_counts())
 
     async def _act(
         self, key: Key, job: FineTuneJob | None, action: Any, settings: Settings
@@ -299,14 +317,6 @@ class Controller:
         """Every FineTuneJob in the cache, with the status this operator last wrote when the
         watch has not brought it back yet (what /metrics reports)."""
         return [self._written.get(key) or body for key, body in self.cache.jobs.items()]
-
-    def phase_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for body in self.jobs_now():
-            status = body.get("status") or {}
-            phase = status.get("phase", "Pending")
-            counts[phase] = counts.get(phase, 0) + 1
-        return counts
 
 
 async def _gather_all(calls: Any) -> None:

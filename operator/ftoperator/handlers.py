@@ -11,7 +11,7 @@ the controller's workers do the rest (controller.py). kopf writes nothing to the
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -40,6 +40,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         settings.networking.request_timeout = 60
+        settings.persistence.diffbase_storage = NoDiffBase()
         controller.queue.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -91,6 +92,25 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         if was_lost == ready:  # readiness changed: the jobs with pods there must look again
             for key in cache.keys_on_nodes({name}):
                 queue.add(key)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds every watched object's "essence" (a deep copy of the whole body) on every
+    watch event, for change-detecting handlers (on.create/update/resume) to diff against.
+    This operator registers event handlers only, so that copy is never read; in a burst of
+    1000 FineTuneJobs (each bringing ~15 events of itself, its Job and its pod) it was 10 %
+    of the operator's CPU. Nothing is stored on the objects either way (no annotations)."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def _body(event: kopf.RawEvent) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -70,19 +69,83 @@ def server_message(error: ApiException) -> str:
     return str(message or error.reason or error.status)
 
 
+# Where each kind of child lives (its collection under /api or /apis).
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Job": "jobs",
+    "NetworkPolicy": "networkpolicies",
+    "Event": "events",
+    "Pod": "pods",
+    "FineTuneJobProgress": PROGRESS_PLURAL,
+    "FineTuneJob": PLURAL,
+}
+API_VERSIONS = {
+    "ConfigMap": "v1",
+    "Service": "v1",
+    "ServiceAccount": "v1",
+    "Event": "v1",
+    "Pod": "v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    "Job": "batch/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "FineTuneJobProgress": f"{GROUP}/{VERSION}",
+    "FineTuneJob": f"{GROUP}/{VERSION}",
+}
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML
+
+
+def collection(kind: str, namespace: str) -> str:
+    version = API_VERSIONS[kind]
+    root = "/api/v1" if version == "v1" else f"/apis/{version}"
+    return f"{root}/namespaces/{namespace}/{PLURALS[kind]}"
+
+
 class Kube:
+    """Plain JSON over the kubernetes client's connection pool and credentials.
+
+    The typed API methods validate a dict into a pydantic model, serialize it back and turn
+    the answer into models again: 4 ms of CPU per create against 1.9 ms for the same request
+    sent as JSON, and the operator is one Python process sharing its CPU with everything
+    else in a burst of new jobs. Objects here are the JSON the watches deliver."""
+
     def __init__(
         self, api: client.ApiClient, identity: str = "finetune-operator", metrics: Metrics = METRICS
     ) -> None:
         self.api = api
         self.identity = identity
         self.metrics = metrics
-        self.core = client.CoreV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.networking = client.NetworkingV1Api(api)
         self.requests = 0  # API calls made by this client (also finetune_api_requests_total)
+
+    def request(
+        self,
+        verb: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = JSON,
+    ) -> dict[str, Any]:
+        """One request; the answer's JSON. Raises ApiException (NotFoundException, ...) for
+        a status outside 2xx, with the server's Status as its body, as the typed client
+        does. `verb` is Kubernetes' (create, get, list, patch, delete), for the metric."""
+        self._count(verb)
+        headers = {"Accept": JSON, "Content-Type": content_type}
+        method, url, headers, payload, post = self.api.param_serialize(
+            method=method, resource_path=path, query_params=query or [],
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )[:5]  # fmt: skip
+        response = self.api.call_api(method, url, headers, payload, post)
+        text = cast(bytes, response.read()).decode("utf-8")  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return cast(dict[str, Any], json.loads(text) if text else {})
 
     def create(self, namespace: str, body: dict[str, Any], owner_uid: str | None = None) -> bool:
         """Create one child; False when this FineTuneJob's own child already existed.
@@ -90,21 +153,8 @@ class Kube:
         owner_uid: the FineTuneJob's UID, which an existing object must carry as its
         controller (None: no check, for callers that create objects of their own)."""
         kind, name = body["kind"], body["metadata"]["name"]
-        creators: dict[str, Callable[..., Any]] = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "ServiceAccount": self.core.create_namespaced_service_account,
-            "Role": self.rbac.create_namespaced_role,
-            "RoleBinding": self.rbac.create_namespaced_role_binding,
-            "Job": self.batch.create_namespaced_job,
-            "NetworkPolicy": self.networking.create_namespaced_network_policy,
-            "FineTuneJobProgress": lambda ns, obj: self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, ns, PROGRESS_PLURAL, obj
-            ),
-        }
-        self._count("create")
         try:
-            creators[kind](namespace, body)
+            self.request("create", "POST", collection(kind, namespace), body)
         except ApiException as error:
             if error.status in INVALID:
                 raise ChildError(
@@ -140,45 +190,25 @@ class Kube:
     def apply(self, namespace: str, body: dict[str, Any]) -> None:
         """Server-side apply of a child the job owns, as the one field manager that owns its
         fields (force: an edit by another manager is taken back)."""
-        appliers: dict[str, Callable[..., Any]] = {
-            "Role": self.rbac.patch_namespaced_role,
-            "RoleBinding": self.rbac.patch_namespaced_role_binding,
-            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
-        }
-        self._count("patch")
+        kind, name = body["kind"], body["metadata"]["name"]
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         try:
-            appliers[body["kind"]](
-                body["metadata"]["name"], namespace, body, field_manager=FIELD_MANAGER,
-                force=True, _content_type="application/apply-patch+yaml",
-            )  # fmt: skip
+            self.request("patch", "PATCH", f"{collection(kind, namespace)}/{name}", body,
+                         query, APPLY_PATCH)  # fmt: skip
         except ApiException as error:
             if error.status in INVALID:
                 raise ChildError(
                     "ChildRejected",
-                    f"the API server refused the repaired {body['kind']} "
-                    f"{body['metadata']['name']}: {server_message(error)}",
+                    f"the API server refused the repaired {kind} {name}: {server_message(error)}",
                 ) from None
             if namespace_going(error):
                 return
             raise
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """One child by kind and name (JSON as the watch delivers it); None when absent."""
-        readers: dict[str, Callable[..., Any]] = {
-            "ConfigMap": self.core.read_namespaced_config_map,
-            "Service": self.core.read_namespaced_service,
-            "ServiceAccount": self.core.read_namespaced_service_account,
-            "Role": self.rbac.read_namespaced_role,
-            "RoleBinding": self.rbac.read_namespaced_role_binding,
-            "Job": self.batch.read_namespaced_job,
-            "NetworkPolicy": self.networking.read_namespaced_network_policy,
-            "FineTuneJobProgress": lambda n, ns: self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, ns, PROGRESS_PLURAL, n
-            ),
-        }
-        self._count("get")
+        """One object by kind and name (JSON as the watch delivers it); None when absent."""
         try:
-            return self._plain(readers[kind](name, namespace))
+            return self.request("get", "GET", f"{collection(kind, namespace)}/{name}")
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -188,43 +218,42 @@ class Kube:
         return self.read("Job", namespace, name)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        self._count("list")
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
-        return [self._plain(pod) for pod in pods]
+        listed = self.request("list", "GET", collection("Pod", namespace),
+                              query=[("labelSelector", selector)])  # fmt: skip
+        return list(listed.get("items") or [])
 
-    def pod_create_failure(self, namespace: str, job_name: str) -> str | None:
-        """The newest FailedCreate Event the Job controller recorded on this Job: why its
-        pods do not exist (a ResourceQuota, a missing PriorityClass, Pod Security)."""
-        self._count("list")
-        selector = f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate"
-        events = self.core.list_namespaced_event(namespace, field_selector=selector).items
-        if not events:
-            return None
-        newest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or ""))
-        return str(newest.message or "FailedCreate")
+    def pod_create_failures(self, namespace: str) -> dict[str, str]:
+        """The newest FailedCreate Event the Job controller recorded on each Job of the
+        namespace, by Job name: why its pods do not exist (a ResourceQuota, a missing
+        PriorityClass, Pod Security). One list serves every job of the namespace."""
+        selector = "involvedObject.kind=Job,reason=FailedCreate"
+        listed = self.request("list", "GET", collection("Event", namespace),
+                              query=[("fieldSelector", selector)])  # fmt: skip
+        newest: dict[str, tuple[str, str]] = {}
+        for event in listed.get("items") or []:
+            job = str((event.get("involvedObject") or {}).get("name") or "")
+            when = str(event.get("lastTimestamp") or event.get("eventTime") or "")
+            if job not in newest or when >= newest[job][0]:
+                newest[job] = (when, str(event.get("message") or "FailedCreate"))
+        return {job: message for job, (_, message) in newest.items()}
 
     def _count(self, verb: str) -> None:
         self.requests += 1
         self.metrics.count_api_request(verb)
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        """A client model as the JSON the watch streams deliver (camelCase dicts)."""
-        plain = self.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
-        return cast(dict[str, Any], plain)
-
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete an attempt's Job and, in the background, its pods."""
-        self._count("delete")
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.request("delete", "DELETE", f"{collection('Job', namespace)}/{name}",
+                         {"propagationPolicy": "Background"})  # fmt: skip
         except ApiException as error:
             if error.status != 404:
                 raise
 
     def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
-        self._count("patch")
         try:
-            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+            self.request("patch", "PATCH", f"{collection('Job', namespace)}/{name}",
+                         {"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)  # fmt: skip
         except ApiException as error:
             if error.status not in (404, 422):  # gone, or finished (suspend no longer matters)
                 raise
@@ -234,23 +263,22 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Apply a JSON merge patch to status (merge_patch.py: null deletes a field); the
         object as stored after the write (None when the FineTuneJob is gone)."""
-        self._count("patch")
+        path = f"{collection('FineTuneJob', namespace)}/{name}/status"
         try:
-            result = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-            )
+            return self.request("patch", "PATCH", path, {"status": status},
+                                content_type=MERGE_PATCH)  # fmt: skip
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return cast(dict[str, Any], result)
 
     def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about a FineTuneJob (what `kubectl describe` lists). Best effort:
         an Event that cannot be written is logged, never retried."""
         meta = obj.get("metadata", {})
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).isoformat()
         event = {
+            "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta.get('name', 'finetunejob')}.",
                          "namespace": meta.get("namespace")},
             "involvedObject": {
@@ -259,23 +287,19 @@ class Kube:
                 "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
             },
             "type": type_, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
             "source": {"component": "finetune-operator"},
             "reportingComponent": "finetune.dev/operator", "reportingInstance": self.identity,
         }  # fmt: skip
-        self._count("create")
         try:
-            # The client validates a plain dict like its CoreV1Event model.
-            self.core.create_namespaced_event(meta.get("namespace"), event)  # type: ignore[arg-type]
+            self.request("create", "POST", collection("Event", meta.get("namespace", "")), event)
         except ApiException as error:
             log.warning("could not record the event %s: %s", reason, error.reason)
 
     def delete_finetunejob(self, namespace: str, name: str) -> None:
-        self._count("delete")
         try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
-            )
+            self.request("delete", "DELETE", f"{collection('FineTuneJob', namespace)}/{name}",
+                         {"propagationPolicy": "Background"})  # fmt: skip
         except ApiException as error:
             if error.status != 404:
                 raise

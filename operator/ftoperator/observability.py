@@ -1,6 +1,5 @@
 """Prometheus metrics and the probe endpoints, served on one port next to kopf.
 
-    METRICS.set_job_counts({"Running": 2, "Succeeded": 5})    # finetune_jobs{phase=...}
     with METRICS.time_reconcile():                            # finetune_reconcile_duration_seconds
         ...
     METRICS.count_reconcile_error("TemporaryError")           # finetune_reconcile_errors_total
@@ -28,12 +27,14 @@ Endpoints:
 The metrics live on their own CollectorRegistry (no process/GC collectors from the global
 one, and tests can build a fresh `Metrics()` each). `reason` labels must come from a small
 fixed set (an exception class name, a condition reason), never from object names.
+`finetune_jobs{phase}` and the per-job series are computed at scrape time from the cache
+(job_metrics.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import get_args
@@ -57,7 +58,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.jobs = Gauge("finetune_jobs", "FineTuneJobs by phase.", ["phase"], registry=r)
         self.reconcile_duration = Histogram(
             "finetune_reconcile_duration_seconds",
             "Time one reconcile of a FineTuneJob took.",
@@ -86,14 +86,6 @@ class Metrics:
             ["verb"],
             registry=r,
         )
-        self._phases_seen: set[str] = set(PHASES)
-        self.set_job_counts({})
-
-    def set_job_counts(self, counts: Mapping[str, int]) -> None:
-        """Set `finetune_jobs` to these counts; every phase not in `counts` drops to 0."""
-        self._phases_seen.update(counts)
-        for phase in self._phases_seen:
-            self.jobs.labels(phase=phase).set(counts.get(phase, 0))
 
     @contextmanager
     def time_reconcile(self) -> Iterator[None]:

@@ -111,6 +111,19 @@ def test_series_exist_exactly_while_their_job_exists() -> None:
     assert 'name="a"' in text and 'name="b"' not in text
 
 
+def test_jobs_are_counted_by_phase_and_an_emptied_phase_reads_zero() -> None:
+    def counts(jobs: list[dict[str, Any]]) -> dict[str, float]:
+        samples = scrape(jobs)
+        return {p: samples[("finetune_jobs", frozenset({("phase", p)}))] for p in PHASES}
+
+    assert counts([]) == dict.fromkeys(PHASES, 0)  # every phase exported from the start
+    jobs = [body("a", phase="Running"), body("b", phase="Running"), body("c"),
+            body("d", phase="Succeeded")]  # fmt: skip
+    assert counts(jobs) == {**dict.fromkeys(PHASES, 0), "Running": 2, "Pending": 1,
+                            "Succeeded": 1}  # fmt: skip
+    assert counts(jobs[2:]) == {**dict.fromkeys(PHASES, 0), "Pending": 1, "Succeeded": 1}
+
+
 def test_labels_come_from_the_spec_with_the_api_defaults() -> None:
     job = body("dpo", phase="Running")
     job["spec"]["method"] = {"type": "qlora"}

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from ftoperator.observability import PHASES, Metrics, ProbeServer, serve
+from ftoperator.observability import Metrics, ProbeServer, serve
 
 T = TypeVar("T")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -87,16 +87,12 @@ def test_metrics_show_what_the_operator_reported() -> None:
 
     async def scenario(server: ProbeServer) -> None:
         before = await scrape(server)
-        # Every phase is exported from the start, at 0, and nothing has been counted yet.
-        assert {p: value(before, "finetune_jobs", phase=p) for p in PHASES} == dict.fromkeys(
-            PHASES, 0
-        )
+        # Nothing has been counted yet.
         assert value(before, "finetune_operator_leader") == 0
         assert value(before, "finetune_restarts_total") == 0
         assert value(before, "finetune_jobs_created_total") == 0
         assert value(before, "finetune_reconcile_duration_seconds_count") == 0
 
-        metrics.set_job_counts({"Running": 2, "Succeeded": 5})
         metrics.observe_reconcile(0.2)
         metrics.observe_reconcile(3.0)
         metrics.count_reconcile_error("TemporaryError")
@@ -108,9 +104,6 @@ def test_metrics_show_what_the_operator_reported() -> None:
         metrics.set_leader(True)
         after = await scrape(server)
 
-        assert value(after, "finetune_jobs", phase="Running") == 2
-        assert value(after, "finetune_jobs", phase="Succeeded") == 5
-        assert value(after, "finetune_jobs", phase="Failed") == 0
         histogram = "finetune_reconcile_duration_seconds"
         assert value(after, f"{histogram}_count") == 2
         assert value(after, f"{histogram}_sum") == pytest.approx(3.2)
@@ -123,13 +116,8 @@ def test_metrics_show_what_the_operator_reported() -> None:
         assert value(after, "finetune_jobs_created_total") == 3
         assert value(after, "finetune_operator_leader") == 1
 
-        # A phase that emptied drops to 0 instead of keeping its last count.
-        metrics.set_job_counts({"Succeeded": 7, "Archived": 1})
         metrics.set_leader(False)
         later = await scrape(server)
-        assert value(later, "finetune_jobs", phase="Running") == 0
-        assert value(later, "finetune_jobs", phase="Succeeded") == 7
-        assert value(later, "finetune_jobs", phase="Archived") == 1
         assert value(later, "finetune_operator_leader") == 0
 
     with_server(scenario, metrics)

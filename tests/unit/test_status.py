@@ -28,6 +28,7 @@ from ftoperator.status import (
     SUCCEEDED,
     SUSPENDED,
     VALIDATED,
+    WAITING_FOR_PODS,
     CreateAttempt,
     DeleteJob,
     DeleteSelf,
@@ -340,11 +341,25 @@ def test_some_pods_not_running_is_pending_k_of_n(pods: list[dict[str, Any]], run
     )
     new = plan.status
     assert new.phase == "Pending"
-    assert new.message == f"{running} of 2 pod(s) running"
+    assert new.message == (f"{running} of 2 pod(s) running" if running else WAITING_FOR_PODS)
     assert (cond(new, RUNNING).status, cond(new, RUNNING).reason) == ("False", "Pending")
     assert new.start_time is None
     assert plan.actions == []
     assert plan.events == [Event("Normal", "Pending", new.message)]
+
+
+def test_a_created_job_whose_pods_have_not_started_needs_no_status_write() -> None:
+    """What the status says before the Job exists still holds once it exists with no pod
+    running: reconcile plans no change, so the operator writes nothing (a burst of new jobs
+    would otherwise cost one write and one watch event each)."""
+    job = make()
+    created = observe(job, FineTuneJobStatus(), T0).status
+    assert created.message == WAITING_FOR_PODS
+    later = T0 + timedelta(seconds=2)
+    for pods in ([], [make_pod(0).pending().obj()]):
+        plan = observe(job, created, later, batch_job=make_batch_job(0).obj(), pods=pods)
+        assert plan.status == created
+        assert plan.events == []
 
 
 def test_restarting_with_pods_starting_stays_restarting() -> None:
