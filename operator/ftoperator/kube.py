@@ -60,6 +60,13 @@ def namespace_going(error: ApiException) -> bool:
     return False
 
 
+def rejected_child(kind: str, name: str, error: ApiException, what: str = "") -> ChildError:
+    """A child the API server refused as invalid: it will refuse it again (ChildRejected)."""
+    return ChildError(
+        "ChildRejected", f"the API server refused the {what}{kind} {name}: {server_message(error)}"
+    )
+
+
 def server_message(error: ApiException) -> str:
     """The API server's own explanation (its Status message), else the HTTP reason."""
     try:
@@ -69,32 +76,19 @@ def server_message(error: ApiException) -> str:
     return str(message or error.reason or error.status)
 
 
-# Where each kind of child lives (its collection under /api or /apis).
-PLURALS = {
-    "ConfigMap": "configmaps",
-    "Service": "services",
-    "ServiceAccount": "serviceaccounts",
-    "Role": "roles",
-    "RoleBinding": "rolebindings",
-    "Job": "jobs",
-    "NetworkPolicy": "networkpolicies",
-    "Event": "events",
-    "Pod": "pods",
-    "FineTuneJobProgress": PROGRESS_PLURAL,
-    "FineTuneJob": PLURAL,
-}
-API_VERSIONS = {
-    "ConfigMap": "v1",
-    "Service": "v1",
-    "ServiceAccount": "v1",
-    "Event": "v1",
-    "Pod": "v1",
-    "Role": "rbac.authorization.k8s.io/v1",
-    "RoleBinding": "rbac.authorization.k8s.io/v1",
-    "Job": "batch/v1",
-    "NetworkPolicy": "networking.k8s.io/v1",
-    "FineTuneJobProgress": f"{GROUP}/{VERSION}",
-    "FineTuneJob": f"{GROUP}/{VERSION}",
+# Each kind the operator sends: (apiVersion, plural), i.e. where its collection lives.
+RESOURCES = {
+    "ConfigMap": ("v1", "configmaps"),
+    "Service": ("v1", "services"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Event": ("v1", "events"),
+    "Pod": ("v1", "pods"),
+    "Role": ("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Job": ("batch/v1", "jobs"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "FineTuneJobProgress": (f"{GROUP}/{VERSION}", PROGRESS_PLURAL),
+    "FineTuneJob": (f"{GROUP}/{VERSION}", PLURAL),
 }
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -102,9 +96,9 @@ APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML
 
 
 def collection(kind: str, namespace: str) -> str:
-    version = API_VERSIONS[kind]
+    version, plural = RESOURCES[kind]
     root = "/api/v1" if version == "v1" else f"/apis/{version}"
-    return f"{root}/namespaces/{namespace}/{PLURALS[kind]}"
+    return f"{root}/namespaces/{namespace}/{plural}"
 
 
 class Kube:
@@ -157,10 +151,7 @@ class Kube:
             self.request("create", "POST", collection(kind, namespace), body)
         except ApiException as error:
             if error.status in INVALID:
-                raise ChildError(
-                    "ChildRejected",
-                    f"the API server refused the {kind} {name}: {server_message(error)}",
-                ) from None
+                raise rejected_child(kind, name, error) from None
             if namespace_going(error):
                 # The namespace, and with it the job, is being deleted: nothing to create.
                 log.info("%s/%s: not created, the namespace is being deleted", namespace, name)
@@ -197,10 +188,7 @@ class Kube:
                          query, APPLY_PATCH)  # fmt: skip
         except ApiException as error:
             if error.status in INVALID:
-                raise ChildError(
-                    "ChildRejected",
-                    f"the API server refused the repaired {kind} {name}: {server_message(error)}",
-                ) from None
+                raise rejected_child(kind, name, error, "repaired ") from None
             if namespace_going(error):
                 return
             raise
