@@ -121,6 +121,9 @@ BENCH_TRAINER_ARGS ?=
 BENCH_STORAGE_ARGS ?=
 BENCH_OPERATOR_ARGS ?=
 
+gpu-kit: install ## wheels a lent GPU machine lacks (.gpu-kit/) for hack/gpu/run.sh: GPU tier + benchmarks
+	UV=$(UV) hack/gpu/kit.sh
+
 bench: ## run every benchmark (BENCH_TARGETS), one at a time
 	@for target in $(BENCH_TARGETS); do $(MAKE) $$target; done
 

@@ -217,6 +217,9 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("trainer.type", "dpo").set("dataset.format", "preference")
         .set("dataset.packing", True).obj(),
         "spec.dataset.packing", "only used by trainer.type sft"),
+    "padding-free with packing": (
+        make_job().set("dataset.packing", True).set("dataset.paddingFree", True).obj(),
+        "spec.dataset.paddingFree", "without dataset.packing"),
     "fp16 full fine-tune of fp16 weights": (
         make_job().set("method.type", "full").set("model.dtype", "float16")
         .set("training.precision", "fp16").obj(),

@@ -53,6 +53,7 @@ CHEAP_FORMS: dict[str, tuple[list[str], str]] = {
         "bench", "BENCH_TRAINER_ARGS=--help", "BENCH_STORAGE_ARGS=--help",
         "BENCH_OPERATOR_ARGS=--help"], "usage:"),
     "bench-trainer": (["bench-trainer", "BENCH_TRAINER_ARGS=--help"], "usage:"),
+    "gpu-kit": (["gpu-kit", "GPU_KIT=/tmp/fto-gpu-kit-test"], "gpu kit: 17 wheels"),
     "bench-storage": (["bench-storage", "BENCH_STORAGE_ARGS=--help"], "usage:"),
     "bench-operator": (["bench-operator", "BENCH_OPERATOR_ARGS=--help"], "usage:"),
 }  # fmt: skip

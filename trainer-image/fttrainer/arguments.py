@@ -11,6 +11,7 @@ from typing import Any
 
 from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
 
+from .attention import MODEL_ATTENTION
 from .distributed import strategy_kwargs
 
 
@@ -24,19 +25,49 @@ def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool
     return "bf16" if bf16_supported else "fp16"
 
 
-def resolve_attention(spec: FineTuneJobSpec, *, cuda: bool, flash_attn: bool) -> str | None:
-    """auto → flash_attention_2 on a GPU where the flash-attn package is installed, else
-    None (transformers' own choice: SDPA where the architecture supports it)."""
+def resolve_attention(
+    spec: FineTuneJobSpec, *, cuda: bool, flash_attn: bool, varlen: bool = False
+) -> str | None:
+    """auto → flash_attention_2 on a GPU where the flash-attn package is installed; else,
+    for padding-free batches on a GPU, torch's own varlen FlashAttention kernel
+    (attention.MODEL_ATTENTION: 3.6x faster than padded SDPA on an H100, docs/benchmarks.md);
+    else None (transformers' own choice: SDPA where the architecture supports it)."""
     attention = spec.model.attention
     if attention != "auto":
         return attention
-    return "flash_attention_2" if cuda and flash_attn else None
+    if cuda and flash_attn:
+        return "flash_attention_2"
+    if cuda and varlen and resolve_padding_free(spec, cuda=cuda):
+        return MODEL_ATTENTION
+    return None
 
 
-def resolve_gradient_checkpointing(spec: FineTuneJobSpec, *, cuda: bool) -> bool:
+def resolve_padding_free(spec: FineTuneJobSpec, *, cuda: bool) -> bool:
+    """Unset: on for SFT on a GPU without packing (packing has no padding to remove)."""
+    dataset = spec.dataset
+    if dataset.padding_free is not None:
+        return dataset.padding_free
+    return cuda and spec.trainer.type == "sft" and not dataset.packing
+
+
+def resolve_liger(spec: FineTuneJobSpec, *, cuda: bool, installed: bool) -> bool:
+    """Unset: on for GPU runs where liger-kernel is installed (its kernels are Triton)."""
+    liger = spec.training.liger_kernels
+    return liger if liger is not None else cuda and installed
+
+
+def resolve_gradient_checkpointing(
+    spec: FineTuneJobSpec, *, cuda: bool, fits_without: bool | None = None
+) -> bool:
+    """Unset: off on CPU and for prefix tuning (which it breaks); on a GPU, off when the
+    memory plan says the run fits the device without it (`fits_without`, see
+    fttrainer.plan.fits_without_checkpointing), else on. Recomputing activations costs a
+    third more compute per step."""
     if spec.training.gradient_checkpointing is not None:
         return spec.training.gradient_checkpointing
-    return cuda and spec.method.type != "prefix"
+    if not cuda or spec.method.type == "prefix":
+        return False
+    return not fits_without if fits_without is not None else True
 
 
 def trainer_config_kwargs(
@@ -47,6 +78,8 @@ def trainer_config_kwargs(
     bf16_supported: bool,
     progress_bar: bool = False,
     layer_classes: Sequence[str] = (),
+    liger_installed: bool = False,
+    fits_without_checkpointing: bool | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig).
 
@@ -58,12 +91,19 @@ def trainer_config_kwargs(
         cuda=cuda,
         bf16_supported=bf16_supported,
         layer_classes=layer_classes,
+        liger_installed=liger_installed,
+        fits_without_checkpointing=fits_without_checkpointing,
     )
     kwargs["disable_tqdm"] = not progress_bar
     trainer = spec.trainer
     if trainer.type == "sft":
         kwargs["packing"] = spec.dataset.packing
         kwargs["assistant_only_loss"] = responses_only(spec)
+        if resolve_padding_free(spec, cuda=cuda):
+            # Rows arrive tokenized and truncated to maxSeqLength (data/tokens.py); TRL
+            # refuses a max_length it would not enforce without packing.
+            kwargs["padding_free"] = True
+            kwargs["max_length"] = None
     elif trainer.type == "dpo":
         dpo = trainer.dpo or DpoSpec()
         kwargs.update(
@@ -102,11 +142,15 @@ def _common_kwargs(
     cuda: bool,
     bf16_supported: bool,
     layer_classes: Sequence[str] = (),
+    liger_installed: bool = False,
+    fits_without_checkpointing: bool | None = None,
 ) -> dict[str, Any]:
     """The TrainingArguments every TRL config shares."""
     training = spec.training
     precision = resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported)
-    checkpointing = resolve_gradient_checkpointing(spec, cuda=cuda)
+    checkpointing = resolve_gradient_checkpointing(
+        spec, cuda=cuda, fits_without=fits_without_checkpointing
+    )
     evaluation = spec.evaluation
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
@@ -137,7 +181,7 @@ def _common_kwargs(
         "save_steps": spec.output.save_steps,
         "save_total_limit": 1,
         "max_length": spec.dataset.max_seq_length,
-        "use_liger_kernel": training.liger_kernels,
+        "use_liger_kernel": resolve_liger(spec, cuda=cuda, installed=liger_installed),
         # One process per GPU under torchrun (DDP); the timeout covers slow rank-0 work.
         "ddp_timeout": spec.distributed.nccl_timeout_seconds,
     }

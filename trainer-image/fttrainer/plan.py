@@ -198,3 +198,17 @@ def _zero_stage(spec: FineTuneJobSpec) -> int:
 def _set(spec: FineTuneJobSpec, section: str, **changes: Any) -> FineTuneJobSpec:
     """A copy of the spec with some fields of one section changed (for what-if estimates)."""
     return spec.model_copy(update={section: getattr(spec, section).model_copy(update=changes)})
+
+
+CHECKPOINTING_MARGIN = 0.85
+"""Share of the device's memory the no-checkpointing estimate may fill: the estimate is
+±20%, and an out-of-memory error hours in costs more than the recompute."""
+
+
+def fits_without_checkpointing(
+    shape: ModelShape, spec: FineTuneJobSpec, budget: float
+) -> tuple[bool, float]:
+    """Whether the run fits `budget` bytes per device with activation checkpointing off
+    (the worst case: every batch maxSeqLength long), and the estimate it rests on."""
+    needed = estimate_memory(shape, _set(spec, "training", gradient_checkpointing=False)).total
+    return needed <= CHECKPOINTING_MARGIN * budget, needed

@@ -35,6 +35,8 @@ from .arguments import (
     trainer_config_kwargs,
 )
 from .artefacts import plot_loss_curve
+from .attention import MODEL_ATTENTION, torch_varlen_attention
+from .attention import register as register_attention
 from .callbacks import EarlyStopping
 from .checkpoint_store import CheckpointStore
 from .checkpoints import job_identity, parse_step
@@ -44,6 +46,7 @@ from .distributed import check_saved_weights, confirm_strategy, unsharded_loadin
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .hub import push_to_hub, push_token
+from .plan import ModelShape, fits_without_checkpointing
 from .progress import ProgressCallback, ProgressReporter
 from .resume import CheckpointUpload, restore, stop_at_max_steps
 from .rewards import build_rewards
@@ -206,11 +209,15 @@ class Recipe:
         }
         attention = resolve_attention(
             self.spec,
-            cuda=torch.cuda.is_available(),
+            cuda=self._hardware()["cuda"],
             flash_attn=importlib.util.find_spec("flash_attn") is not None,
+            varlen=torch_varlen_attention() is not None,
         )
+        if attention == MODEL_ATTENTION:
+            register_attention()
         if attention is not None:
             kwargs["attn_implementation"] = attention
+            log.info("attention: %s", attention)
         quantization = self.spec.method.effective_quantization()
         if quantization is not None:
             kwargs["quantization_config"] = self._quantization_config(quantization)
@@ -270,13 +277,21 @@ class Recipe:
         import trl
 
         assert self.data is not None
+        hardware = self._hardware()
         kwargs = trainer_config_kwargs(
             self.spec,
             output_dir=str(self.output_dir / "trainer"),
             progress_bar=self.progress_bar,
             layer_classes=getattr(self.model, "_no_split_modules", None) or (),
-            **self._hardware(),
+            liger_installed=importlib.util.find_spec("liger_kernel") is not None,
+            fits_without_checkpointing=self._fits_without_checkpointing(hardware["cuda"]),
+            **hardware,
         )
+        log.info(
+            "throughput: padding-free %s, liger kernels %s, activation checkpointing %s",
+            kwargs.get("padding_free", False), kwargs["use_liger_kernel"],
+            kwargs["activation_checkpointing"],
+        )  # fmt: skip
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         peft_kwargs = peft_config_kwargs(self.spec)
         extra: dict[str, Any] = {}
@@ -317,6 +332,25 @@ class Recipe:
             peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None,
             **extra,
         )
+
+    def _fits_without_checkpointing(self, cuda: bool) -> bool | None:
+        """The memory plan against this device's memory (what is free now plus what this
+        process already holds: the loaded weights are part of the estimate); None when
+        checkpointing is set explicitly or there is no GPU."""
+        if not cuda or self.spec.training.gradient_checkpointing is not None:
+            return None
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        budget = free + torch.cuda.memory_reserved()
+        model = self.spec.model
+        shape = ModelShape.from_pretrained(model.name, trust_remote_code=model.trust_remote_code)
+        fits, needed = fits_without_checkpointing(shape, self.spec, budget)
+        log.info(
+            "memory plan: %.1f GiB without activation checkpointing, %.1f GiB on this device",
+            needed / 2**30, budget / 2**30,
+        )  # fmt: skip
+        return fits
 
     def _hardware(self) -> dict[str, bool]:
         """What the precision choice depends on: a CUDA device (unless training.device says
@@ -521,7 +555,7 @@ class Recipe:
         QLoRA adapter merges into full-precision weights rather than into 4-bit ones."""
         import peft
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         model_spec = self.spec.model
         dtype = torch.float32 if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
@@ -533,6 +567,15 @@ class Recipe:
         if len(self.tokenizer) > embeddings.weight.shape[0]:
             base.resize_token_embeddings(len(self.tokenizer))
         merged = peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        if model_spec.dtype == "auto":
+            # Merged in float32 (no rounding of the small delta), saved in the checkpoint's
+            # own dtype: an 8B bf16 base gives a 16 GB merged model, not 32 GB.
+            saved = AutoConfig.from_pretrained(
+                model_spec.name, revision=model_spec.revision,
+                trust_remote_code=model_spec.trust_remote_code,
+            ).dtype  # fmt: skip
+            if isinstance(saved, torch.dtype) and saved.is_floating_point:
+                merged = merged.to(saved)
         merged_dir = self.output_dir / "merged"
         merged.save_pretrained(str(merged_dir))
         self.tokenizer.save_pretrained(str(merged_dir))

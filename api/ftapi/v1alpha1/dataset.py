@@ -175,6 +175,10 @@ class DatasetSpec(ApiModel):
     packing: bool = False
     """Pack several short samples into one maxSeqLength sequence (faster; no
     cross-contamination with padding-free attention)."""
+    padding_free: bool | None = None
+    """Concatenate a batch's rows instead of padding them to the longest, with attention
+    kept inside each row (FlashAttention's variable-length kernel). Same loss, no compute on
+    padding. Unset: on for SFT on a GPU without packing."""
     train_on_responses_only: bool | None = None
     """Compute the loss on assistant/response tokens only. Unset: on for formats with
     responses, off for plain_text. A batch with no trainable tokens fails the run."""

@@ -214,6 +214,15 @@ class FineTuneJobSpec(ApiModel):
             field=".dataset.packing",
         ),
         Rule(
+            cel="!has(self.dataset.paddingFree) || !self.dataset.paddingFree"
+            " || (self.trainer.type == 'sft' && !self.dataset.packing)",
+            message="dataset.paddingFree is for trainer.type sft without dataset.packing",
+            check=lambda s: (
+                not s.dataset.padding_free or (s.trainer.type == "sft" and not s.dataset.packing)
+            ),
+            field=".dataset.paddingFree",
+        ),
+        Rule(
             cel="!(self.model.dtype == 'float16' && self.training.precision == 'fp16'"
             f" && self.method.type in {cel_list(FULL_WEIGHT_METHODS)})",
             message="training.precision fp16 cannot update float16 weights (fp16 mixed "

@@ -7,7 +7,9 @@ from typing import Literal
 from ._base import ApiModel
 from .common import Dtype, SecretKeyRef, ShortText, Uri
 
-Attention = Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3"]
+Attention = Literal[
+    "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
+]
 
 
 class ModelSpec(ApiModel):

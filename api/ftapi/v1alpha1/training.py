@@ -82,9 +82,10 @@ class TrainingSpec(ApiModel):
     """Mixed precision: auto picks bf16 where supported, else fp16 on GPUs, fp32 on CPU."""
     device: Device = "auto"
     """Where local runs compute; in a cluster the operator's pod has the GPUs it asked for."""
-    liger_kernels: bool = False
-    """Use Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused cross-entropy) when
-    installed."""
+    liger_kernels: bool | None = None
+    """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy, which
+    never materialises the logits). Unset: on for GPU runs where liger-kernel is installed
+    (the trainer image has it)."""
     early_stopping: EarlyStopping | None = None
     """Stop early on a plateauing evaluation metric."""
 

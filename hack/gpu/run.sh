@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: install .gpu-kit, run the GPU test tier and the benchmarks,
+# print a table last; logs and JSON go to $OUT (the device tool brings them back).
+#
+#   device run:  bash hack/gpu/run.sh            (carry: .gpu-kit; make gpu-kit first)
+#   here (CPU):  OUT=/tmp/gpu-out bash hack/gpu/run.sh   (the tier skips, benches run tiny)
+#
+# GPU_STEPS selects what runs (default "versions tests attention trainer"); BENCH_ARGS are
+# passed to bench/trainer.py, ATTENTION_ARGS to bench/attention.py.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+OUT=${OUT:-$REPO/results/gpu}
+mkdir -p "$OUT"
+STEPS=${GPU_STEPS:-versions tests attention trainer}
+if [[ -z ${PYTHON:-} ]]; then  # the device has no .venv (it does not travel): its python3
+  PYTHON=python3
+  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
+fi
+# Several tests at a time share the GPU (small models); here they are all skipped anyway.
+command -v nvidia-smi >/dev/null && PYTEST_ARGS=${PYTEST_ARGS:--n 4 --dist load}
+SUMMARY=()
+note() { SUMMARY+=("$(printf '%-10s %s' "$1" "$2")"); }
+
+# The kit's wheels are cp312 (the device's Python); elsewhere the virtualenv has it all.
+if [[ $("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 12))') == True && -d .gpu-kit ]]
+then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .gpu-kit/*.whl > "$OUT/install.log" 2>&1 \
+    || { cat "$OUT/install.log"; exit 1; }
+  export PYTHONPATH=/tmp/site
+  note install "$(ls .gpu-kit/*.whl | wc -l) wheels from .gpu-kit"
+fi
+# The working tree's code wins over the kit's copy of it (edits need no new kit).
+export PYTHONPATH=$REPO/trainer-image:$REPO/api${PYTHONPATH:+:$PYTHONPATH}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+for step in $STEPS; do
+  started=$SECONDS
+  case $step in
+    versions)
+      { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+        "$PYTHON" - <<'PY'
+import importlib.metadata as m, platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| cuda",
+      torch.version.cuda, "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "-")
+for name in ("transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
+             "liger-kernel", "deepspeed", "triton", "pyarrow", "fsspec", "flash-attn"):
+    try:
+        print(f"{name} {m.version(name)}")
+    except m.PackageNotFoundError:
+        print(f"{name} -")
+PY
+      } > "$OUT/versions.txt" 2>&1
+      cat "$OUT/versions.txt"
+      note versions "$(head -2 "$OUT/versions.txt" | tr '\n' ' ')" ;;
+    tests)
+      "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -ra \
+        --junitxml="$OUT/gpu-tests.xml" ${PYTEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
+      tail -40 "$OUT/gpu-tests.log"
+      note tests "$(tail -1 "$OUT/gpu-tests.log")" ;;
+    attention)
+      "$PYTHON" bench/attention.py --json "$OUT/attention.json" ${ATTENTION_ARGS:-} \
+        > "$OUT/attention.log" 2>&1
+      cat "$OUT/attention.log"
+      note attention "$(grep -c ' ok$' "$OUT/attention.log") kernels correct; see attention.log" ;;
+    trainer)
+      "$PYTHON" bench/trainer.py --json "$OUT/trainer.json" --workdir /tmp/ftbench \
+        ${BENCH_ARGS:-} > "$OUT/trainer.log" 2>&1
+      tail -25 "$OUT/trainer.log"
+      note trainer "$(grep -E '^(PASS|FAIL)' "$OUT/trainer.log" | tr '\n' ';')" ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+  SUMMARY[-1]+=" ($((SECONDS - started)) s)"
+done
+echo
+echo "== hack/gpu/run.sh summary"
+printf '%s\n' "${SUMMARY[@]}"
