@@ -11,7 +11,8 @@ seq-len), and is checked against SDPA run row by row (the reference) before it i
   padded        what a padded batch costs: rows padded to the longest, SDPA with the mask
   sdpa-block    packed rows, SDPA with a dense block-diagonal causal mask
   flex          packed rows, torch's flex_attention with a block mask (compiled)
-  varlen        packed rows, torch.nn.attention.varlen (FlashAttention inside PyTorch)
+  varlen        packed rows, torch.nn.attention.varlen (FlashAttention inside PyTorch), as
+                the trainer calls it (fttrainer.attention)
   flash-attn    packed rows, flash_attn_varlen_func (only where the package is installed)
 
 Times are medians of --repeats after warm-up; ratios are against `padded`, measured in the
@@ -30,6 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fttrainer.attention import torch_varlen_attention
 
 SHAPES = {
     "tiny": {"heads": 4, "kv_heads": 2, "head_dim": 16, "seq_len": 128, "rows": 4},
@@ -116,7 +119,7 @@ def candidates(cu: list[int], device: str) -> dict[str, Callable[[Any, Any, Any]
             return out[0].transpose(0, 1)
 
         found["flex"] = flex
-    varlen = _torch_varlen()
+    varlen = torch_varlen_attention()
     if varlen is not None and device == "cuda":
         cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
         found["varlen"] = lambda q, k, v: varlen(q, k, v, cu_t, longest)
@@ -128,16 +131,6 @@ def candidates(cu: list[int], device: str) -> dict[str, Callable[[Any, Any, Any]
             q, k, v, cu_t, cu_t, longest, longest, causal=True
         )
     return found
-
-
-def _torch_varlen() -> Callable[..., Any] | None:
-    """torch.nn.attention.varlen's causal varlen attention, whichever signature this torch
-    has (is_causal in 2.10/2.11; window_size and enable_gqa later); None where absent."""
-    try:
-        from fttrainer.attention import torch_varlen_attention
-    except ImportError:
-        return None
-    return torch_varlen_attention()
 
 
 def _time(fn: Callable[[], Any], *, cuda: bool, repeats: int) -> float:

@@ -6,7 +6,8 @@ from typing import Any
 
 from kubernetes import client
 
-from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
+from ftapi.progress import REPORT_FIELD, ProgressReport
 from tests.integration.conftest import Cluster, eventually
 from tests.integration.operator_process import Operator
 
@@ -41,3 +42,11 @@ def wait_phase(
     except AssertionError as error:
         status = status_of(cluster, ns, name)
         raise AssertionError(f"{error}\nstatus: {status}\n{operator.log()}") from None
+
+
+def report_progress(cluster: Cluster, namespace: str, name: str, report: ProgressReport) -> None:
+    """Write a report to the job's FineTuneJobProgress, as the trainer's rank 0 does."""
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PROGRESS_PLURAL, f"{name}-progress",
+        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
+    )  # fmt: skip

@@ -18,7 +18,7 @@ from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.desired import LABEL_COMPONENT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import apply_job, status_of, wait_phase
+from tests.integration.finetunejobs import apply_job, report_progress, status_of, wait_phase
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -237,10 +237,7 @@ def test_forged_progress_changes_no_status(cluster: Cluster, operator: Operator,
     # Then the real trainer's report: once it shows, every earlier event was processed.
     real = ProgressReport(attempt=0, stage="training", step=7, total_steps=1000,
                           updated_at="2026-11-22T12:00:01Z")  # fmt: skip
-    _custom(cluster).patch_namespaced_custom_object(
-        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{name}-progress",
-        {REPORT_FIELD: real.model_dump_json(exclude_none=True)},
-    )  # fmt: skip
+    report_progress(cluster, ns, name, real)
     status = eventually(
         lambda: (s := _status(cluster, ns, name)).get("progress", {}).get("step") == 7 and s,
         what="the real report in status",

@@ -18,12 +18,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ftapi import contract, parse_job
-from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
-from ftapi.progress import REPORT_FIELD, ProgressReport
+from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.progress import ProgressReport
 from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import apply_job, read_ftj, status_of, wait_phase
+from tests.integration.finetunejobs import (
+    apply_job,
+    read_ftj,
+    report_progress,
+    status_of,
+    wait_phase,
+)
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
@@ -341,10 +347,7 @@ def test_trainer_progress_reaches_status_and_the_printer_columns(
                     "count": 2},
         updated_at="2026-11-21T12:00:00Z",
     )  # fmt: skip
-    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
-        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{name}-progress",
-        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
-    )  # fmt: skip
+    report_progress(cluster, ns, name, report)
     status = eventually(
         lambda: (s := _status(cluster, ns, name)).get("progress", {}).get("step") == 120 and s,
         timeout=30, what="progress in status",
@@ -404,10 +407,7 @@ def test_per_job_series_and_every_metric_the_dashboard_reads_are_in_a_real_scrap
         eta_seconds=600, metrics={"train_loss": 2.5, "eval_loss": 2.75, "eval_accuracy": 0.4},
         updated_at="2026-11-22T12:00:00Z",
     )  # fmt: skip
-    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
-        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{running}-progress",
-        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
-    )  # fmt: skip
+    report_progress(cluster, ns, running, report)
     _wait_phase(cluster, ns, broken, "Failed", operator, timeout=120)
     eventually(lambda: _status(cluster, ns, running).get("progress", {}).get("step") == 30,
                what="the report in status")  # fmt: skip
@@ -499,10 +499,7 @@ def test_a_steady_job_writes_nothing_and_a_finished_one_drops_in_flight_figures(
         eta_seconds=60, metrics={"train_loss": 1.5, "learning_rate": 1e-4, "grad_norm": 0.9},
         updated_at="2026-11-22T12:00:00Z",
     )  # fmt: skip
-    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
-        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{name}-progress",
-        {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
-    )  # fmt: skip
+    report_progress(cluster, ns, name, report)
     eventually(
         lambda: _status(cluster, ns, name).get("progress", {}).get("tokensPerSecond") == 812.0,
         what="the report in status",

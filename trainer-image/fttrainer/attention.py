@@ -83,6 +83,7 @@ def varlen_sdpa_forward(
 ) -> tuple[Any, None]:
     """transformers attention interface: (batch, heads, seq, dim) in, (batch, seq, heads,
     dim) out. Packed rows go to the varlen kernel; everything else to SDPA."""
+    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     attend = torch_varlen_attention()
@@ -90,7 +91,8 @@ def varlen_sdpa_forward(
     if attend is not None and attention_mask is None and query.is_cuda and not dropout:
         cu = kwargs.get("cu_seq_lens_q")
         if cu is not None and query.shape[0] == 1:
-            boundaries = (cu.to(device=query.device, dtype=_int32()), int(kwargs["max_length_q"]))
+            cu = cu.to(device=query.device, dtype=torch.int32)
+            boundaries = (cu, int(kwargs["max_length_q"]))
         elif query.shape[2] == key.shape[2]:  # no KV cache: a training or scoring forward
             boundaries = packed_boundaries(kwargs.get("position_ids"))
     if boundaries is None:
@@ -101,30 +103,12 @@ def varlen_sdpa_forward(
     assert attend is not None
     dtype = query.dtype
     # The kernel takes 16-bit inputs only; k-bit training keeps norms (so these) in float32.
-    half = dtype if dtype in _half_dtypes() else _bfloat16()
+    half = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     out = attend(
         query[0].transpose(0, 1).to(half), key[0].transpose(0, 1).to(half),
         value[0].transpose(0, 1).to(half), cu_seq, longest, scaling,
     )  # fmt: skip
     return out[None].to(dtype), None
-
-
-def _half_dtypes() -> tuple[Any, ...]:
-    import torch
-
-    return (torch.bfloat16, torch.float16)
-
-
-def _bfloat16() -> Any:
-    import torch
-
-    return torch.bfloat16
-
-
-def _int32() -> Any:
-    import torch
-
-    return torch.int32
 
 
 def varlen_sdpa_mask(*args: Any, **kwargs: Any) -> Any:
