@@ -26,6 +26,12 @@ with every job in flight, as after a real burst of submissions. Measured per pha
   CPU, RSS   the operator process: CPU seconds (utime+stime) and peak RSS (VmHWM) from /proc,
              sampled every 0.5 s; the API server's CPU seconds per job in both phases
 
+With --steady SECONDS, once the burst has settled, the steady state of a busy cluster: every
+job's trainer reports progress every --progress-every seconds (10), as the trainer does, for
+that long (patches of each job's FineTuneJobProgress, spread evenly); measured: the operator's
+CPU over the window (mean and busiest 5 s, % of one core; target < 100 %), its API requests
+per report and the reports reflected in status.
+
 Targets, printed as PASS/FAIL (exit status 0 either way unless --strict): every Job exists
 within 120 s of the first apply, p99 latency < 5 s, operator peak RSS < 300 MB. The ratios
 operator/raw are what to compare across machines: docs/benchmarks.md.
@@ -61,7 +67,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from ftapi import parse_job
-from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
+from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.desired import LABEL_JOB, Settings, desired
 from ftoperator.kube import Kube
 
@@ -77,6 +84,7 @@ GPUS_PER_NODE = 8
 TARGET_ALL_S = 120.0
 TARGET_P99_S = 5.0
 TARGET_RSS_MB = 300.0
+TARGET_STEADY_CPU_PERCENT = 100.0  # of one core
 WARMUP = "warmup"
 
 
@@ -324,6 +332,7 @@ class Phase:
     pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
     relisted: int = 0
     cleanup_s: float | None = None
+    steady: dict[str, float] = field(default_factory=dict)  # the --steady window's figures
 
     def latencies(self) -> list[float]:
         return [self.added[n] - t.applied for n, t in self.timings.items() if n in self.added]
@@ -402,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--settle", type=float, default=120, help="seconds to let the operator go quiet after")
     add("--skip-raw", action="store_true", help="only the operator phase (no baseline)")
+    add("--steady", type=float, default=0, help="then this many seconds of progress reports "
+        "from every job (0: none)")  # fmt: skip
+    add("--progress-every", type=float, default=10, help="seconds between one job's reports (10)")
     add("--json", type=Path, default=None, help="also write the results to this file")
     add("--keep-log", action="store_true", help="keep the operator's log (else removed on success)")
     add("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -455,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             args.json.write_text(json.dumps(document, indent=2))
         ok = True
-        checks = verdicts(phases[-1].summary())
+        checks = verdicts(phases[-1].summary(), phases[-1].steady or None)
         return 1 if args.strict and not all(passed for _, passed in checks) else 0
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr, flush=True)
@@ -779,6 +791,8 @@ def run_operator(
             phase.reconcile_mean_ms = (
                 (total - reconcile_before[1]) / (count - reconcile_before[0]) * 1000
             )
+        if args.steady > 0:
+            phase.steady = steady_state(api, namespace, names, args, port, sampler)
         phase.phases = ftj_phases(api, namespace)
         phase.pods = pod_phases(api, namespace)
         print(f"  quiet {phase.settled_after_s:.0f} s after the last Job; FineTuneJobs: "
@@ -794,6 +808,65 @@ def run_operator(
             operator.wait()
     phase.operator_peak_rss_mb = sampler.peak_rss_mb()
     return phase
+
+
+def steady_state(
+    api: client.ApiClient, namespace: str, names: list[str], args: argparse.Namespace,
+    port: int, sampler: Sampler,
+) -> dict[str, float]:  # fmt: skip
+    """Every job reports progress every args.progress_every seconds for args.steady seconds
+    (the reports of all jobs spread evenly over each interval); the operator's CPU, requests
+    and status writes over that window."""
+    custom = client.CustomObjectsApi(api)
+    per_second = len(names) / args.progress_every
+    count = max(1, int(args.steady * per_second))
+    print(f"  steady state: {len(names)} jobs report every {args.progress_every:g} s for "
+          f"{args.steady:g} s ({per_second:.0f} reports/s)", flush=True)  # fmt: skip
+    before, started = scrape(port), time.monotonic()
+    cpu_before = sampler.samples[-1][3] if sampler.samples else 0.0
+    failures: list[str] = []
+
+    def report(index: int) -> None:
+        due = started + index / per_second
+        time.sleep(max(0.0, due - time.monotonic()))
+        name, round_ = names[index % len(names)], index // len(names) + 1
+        body = ProgressReport(
+            stage="training", step=round_, total_steps=10_000, epoch=round_ / 10_000,
+            tokens_per_second=1000.0 + round_, eta_seconds=36_000 - round_,
+            metrics={"train_loss": 2.0 / round_, "learning_rate": 1e-4, "grad_norm": 1.0},
+            updated_at=time.time(),  # type: ignore[arg-type]
+        ).model_dump_json(exclude_none=True)  # fmt: skip
+        try:
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PROGRESS_PLURAL, f"{name}-progress", {REPORT_FIELD: body}
+            )
+        except ApiException as error:
+            failures.append(f"{name}: {error.status} {error.reason}")
+
+    with ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="report") as pool:
+        list(pool.map(report, range(count)))
+    ended = time.monotonic()
+    time.sleep(2)  # the last reports' passes
+    sampler.sample()
+    after = scrape(port)
+    seconds = ended - started
+    cpu = sampler.samples[-1][3] - cpu_before
+    requests = _requests(after, before)
+    result = {
+        "reports": float(count), "seconds": seconds, "failed_reports": float(len(failures)),
+        "operator_cpu_percent": cpu / (time.monotonic() - started) * 100,
+        "operator_max_cpu_percent": sampler.max_cpu_percent(started, ended) or 0.0,
+        "requests_per_report": sum(requests.values()) / count,
+        "status_writes_per_report": requests.get("patch", 0.0) / count,
+    }  # fmt: skip
+    steps = [
+        (i.get("status") or {}).get("progress", {}).get("step", 0)
+        for i in _list_raw(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+    ]
+    result["jobs_showing_the_last_step"] = float(
+        sum(1 for step in steps if step == count // len(names))
+    )
+    return result
 
 
 def _free_port() -> int:
@@ -901,7 +974,9 @@ ROWS = (
 )
 
 
-def verdicts(summary: dict[str, Any]) -> list[tuple[str, bool]]:
+def verdicts(
+    summary: dict[str, Any], steady: dict[str, float] | None = None
+) -> list[tuple[str, bool]]:
     def check(title: str, value: float | None, target: float, unit: str) -> tuple[str, bool]:
         ok = value is not None and value < target
         shown = "n/a" if value is None else f"{value:.3g} {unit}"
@@ -912,7 +987,8 @@ def verdicts(summary: dict[str, Any]) -> list[tuple[str, bool]]:
         check(f"every Job exists after{missing}", summary["all_s"], TARGET_ALL_S, "s"),
         check("p99 apply -> Job", summary["p99_s"], TARGET_P99_S, "s"),
         check("operator peak RSS", summary["operator_peak_rss_mb"], TARGET_RSS_MB, "MB"),
-    ]
+    ] + ([check("operator CPU in the steady state", steady["operator_cpu_percent"],
+                TARGET_STEADY_CPU_PERCENT, "% of one core")] if steady else [])  # fmt: skip
 
 
 def render(phases: list[Phase], args: argparse.Namespace) -> str:
@@ -955,7 +1031,18 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
     if raw and raw["p50_s"] and ours["p50_s"]:
         lines.append(f"operator p50 latency = {ours['p50_s'] / raw['p50_s']:.1f}x the raw "
                      f"API's; p99 {ours['p99_s'] / raw['p99_s']:.1f}x")  # fmt: skip
-    lines.extend(text for text, _ in verdicts(ours))
+    steady = next((p.steady for p in phases if p.steady), None)
+    if steady:
+        lines.append(
+            f"steady state: {steady['reports']:.0f} progress reports in {steady['seconds']:.0f} "
+            f"s ({steady['failed_reports']:.0f} failed); operator CPU "
+            f"{steady['operator_cpu_percent']:.0f} % of one core (busiest 5 s "
+            f"{steady['operator_max_cpu_percent']:.0f} %); API requests per report "
+            f"{steady['requests_per_report']:.2f} (status writes "
+            f"{steady['status_writes_per_report']:.2f}); {steady['jobs_showing_the_last_step']:.0f}"
+            " jobs show their last report's step"
+        )
+    lines.extend(text for text, _ in verdicts(ours, steady))
     return "\n".join(lines)
 
 

@@ -243,6 +243,24 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         "spec.resources.tolerations[0].tolerationSeconds", "only to effect NoExecute"),
     "name not a DNS label": (
         make_job("9-Lives").obj(), "", "DNS-1035"),
+    # Map keys have no schema in a CRD: rules check them (the API server refused them only
+    # when the operator created the pods, once).
+    "nodeSelector key with two slashes": (
+        make_job().set("resources.nodeSelector", {"pool/gpu/a100": "true"}).obj(),
+        "spec.resources.nodeSelector", "nodeSelector keys must be"),
+    "label key with a space": (
+        make_job().set("resources.labels", {"cost center": "nlp"}).obj(),
+        "spec.resources.labels", "label keys must be"),
+    "annotation key whose name is over 63 characters": (
+        make_job().set("resources.annotations", {"example.com/" + "n" * 64: "x"}).obj(),
+        "spec.resources.annotations", "annotation keys must be"),
+    "annotation key whose prefix is over 253 characters": (
+        make_job().set("resources.annotations", {"a" * 254 + "/n": "x"}).obj(),
+        "spec.resources.annotations", "annotation keys must be"),
+    "toleration key in capitals": (
+        make_job().set("resources.tolerations", [{"key": "Example.COM/spot",
+                       "operator": "Exists"}]).obj(),
+        "spec.resources.tolerations[0].key", "a taint key is"),
 }  # fmt: skip
 
 # Field-level checks (types, enums, bounds, unknown fields) come from the schema itself.
@@ -269,6 +287,18 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("logging", {"reportTo": ["mlflow"], "mlflow": {
             "trackingUri": "http://mlflow:5000", "registeredModel": "team/chat"}}).obj(),
         "spec.logging.mlflow.registeredModel", "must match"),
+    "label value over 63 characters": (
+        make_job().set("resources.labels", {"team": "t" * 64}).obj(),
+        "spec.resources.labels.team", "at most 63"),
+    "nodeSelector value with a slash": (
+        make_job().set("resources.nodeSelector", {"pool": "gpu/a100"}).obj(),
+        "spec.resources.nodeSelector.pool", "must match"),
+    "toleration value over 63 characters": (
+        make_job().set("resources.tolerations", [{"key": "spot", "value": "v" * 64}]).obj(),
+        "spec.resources.tolerations[0].value", "at most 63"),
+    "annotation value over 3584 characters": (
+        make_job().set("resources.annotations", {"note": "x" * 3585}).obj(),
+        "spec.resources.annotations.note", "at most 3584"),
     "bad secret name": (
         make_job().set("model.hfTokenSecretRef", {"name": "Bad_Name", "key": "t"}).obj(),
         "spec.model.hfTokenSecretRef.name", "must match"),

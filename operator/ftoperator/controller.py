@@ -69,6 +69,8 @@ class Controller:
         # namespace -> (loop time, the FailedCreate Events read then, by Job name)
         self._failure_reads: dict[str, tuple[float, asyncio.Future[dict[str, str]]]] = {}
         self.resync_seconds = 60.0
+        self.child_check_seconds = 300.0
+        self._children_checked: dict[Key, float] = {}  # key -> loop time of the last check
 
     # --- the pass -------------------------------------------------------------------------
 
@@ -76,6 +78,7 @@ class Controller:
         body = self._freshest(key)
         if body is None:
             self._written.pop(key, None)
+            self._children_checked.pop(key, None)
             return
         if body.get("metadata", {}).get("deletionTimestamp"):
             return  # garbage collection removes the children (owner references)
@@ -85,6 +88,7 @@ class Controller:
             await self._read_create_failure(key, body)
             job, plan = self.plan(key, body)
             await self._execute(key, body, job, plan)
+            await self._check_children(key, body, job, plan)
         except Exception as error:
             self.metrics.count_reconcile_error(type(error).__name__)
             raise
@@ -259,17 +263,66 @@ class Controller:
             for action in plan.actions:
                 await self._act(key, job, action, settings)
         except ChildError as error:
-            # Retrying cannot help (an invalid child, a name held by a stranger): the job
-            # fails with the API server's or the owner check's words, once.
-            ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
-            failed = rejected(plan.status, error.message, body.get("metadata", {}).get(
-                "generation"), datetime.now(UTC), error.reason, ttl)  # fmt: skip
-            await self._execute(key, {**body, "status": after}, job, failed)
+            await self._fail_child(key, {**body, "status": after}, job, plan.status, error)
             return
         for event in plan.events:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
                                     event.message)  # fmt: skip
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+
+    async def _fail_child(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        job: FineTuneJob | None,
+        status: FineTuneJobStatus,
+        error: ChildError,
+    ) -> None:
+        """Retrying cannot help (an invalid child, a name held by a stranger): the job fails
+        with the API server's or the owner check's words, once. `body` carries the status
+        as last written."""
+        ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
+        failed = rejected(status, error.message, body.get("metadata", {}).get("generation"),
+                          datetime.now(UTC), error.reason, ttl)  # fmt: skip
+        await self._execute(key, body, job, failed)
+
+    async def _check_children(
+        self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
+    ) -> None:
+        """While an attempt runs, its other children are verified every child_check_seconds
+        (one GET each when intact), not only when the next attempt is created: a Role or
+        RoleBinding deleted or edited mid-attempt would otherwise cut the trainer's progress
+        reports (or keep widened rights) until a restart that may never come. Deleted
+        children are created again, edited Roles/RoleBindings/NetworkPolicies put back
+        (drift.REPAIRABLE), a stranger's object under a child's name fails the job
+        (ChildConflict). The first check waits a full interval: the attempt's creation
+        verified them all."""
+        if job is None or plan.status.phase in TERMINAL_PHASES:
+            self._children_checked.pop(key, None)
+            return
+        now = asyncio.get_running_loop().time()
+        if any(isinstance(action, CreateAttempt) for action in plan.actions):
+            self._children_checked[key] = now
+            return
+        last = self._children_checked.setdefault(key, now)
+        if plan.actions or now - last < self.child_check_seconds:
+            return
+        attempt = plan.status.attempt
+        uid = job.metadata.uid or ""
+        jobs, _ = self._owned(key, uid, attempt)
+        if Names(key[1], attempt).batch_job not in jobs:
+            return  # not started (or torn down): its creation verifies the children
+        self._children_checked[key] = now
+        settings = with_recorded(self.settings, plan.status.settings)
+        *prerequisites, _ = desired(job, attempt=attempt, settings=settings).stages()
+        try:
+            for stage in prerequisites:
+                await _gather_all(
+                    asyncio.to_thread(self.kube.ensure, key[0], child, uid) for child in stage
+                )
+        except ChildError as error:
+            written = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            await self._fail_child(key, {**body, "status": written}, job, plan.status, error)
 
     async def _act(
         self, key: Key, job: FineTuneJob | None, action: Any, settings: Settings

@@ -165,6 +165,30 @@ class Kube:
         existing = self.read(kind, namespace, name)
         if existing is None:  # deleted since: the next pass creates it
             raise RuntimeError(f"{kind} {namespace}/{name} vanished while being verified")
+        self._verify(namespace, existing, body, owner_uid)
+        return False
+
+    def ensure(self, namespace: str, body: dict[str, Any], owner_uid: str) -> bool:
+        """Verify one child of a running attempt, read first (one GET when it is intact,
+        where create() would cost a refused POST and a GET): re-create it when it was
+        deleted, put it back when it was edited (REPAIRABLE kinds), ChildError when a
+        stranger's object took its name. True when it had to be created again."""
+        existing = self.read(body["kind"], namespace, body["metadata"]["name"])
+        if existing is None:
+            created = self.create(namespace, body, owner_uid)
+            if created:
+                log.warning("%s %s/%s was deleted: created it again",
+                            body["kind"], namespace, body["metadata"]["name"])  # fmt: skip
+            return created
+        self._verify(namespace, existing, body, owner_uid)
+        return False
+
+    def _verify(
+        self, namespace: str, existing: dict[str, Any], body: dict[str, Any], owner_uid: str
+    ) -> None:
+        """An existing child counts only when this FineTuneJob controls it; the kinds that
+        decide what the pods may do or who reaches them are put back when edited."""
+        kind, name = body["kind"], body["metadata"]["name"]
         if not owned_by(existing, owner_uid):
             raise ChildError(
                 "ChildConflict",
@@ -176,7 +200,6 @@ class Kube:
             log.warning("%s %s/%s was edited: putting back what the operator renders",
                         kind, namespace, name)  # fmt: skip
             self.apply(namespace, body)
-        return False
 
     def apply(self, namespace: str, body: dict[str, Any]) -> None:
         """Server-side apply of a child the job owns, as the one field manager that owns its

@@ -44,6 +44,7 @@ class Options:
     settings: Settings
     workers: int
     resync_seconds: float
+    child_check_seconds: float
     log_format: str
     log_level: str
     metrics_bind: str
@@ -74,14 +75,16 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         ("--scratch-size", "SCRATCH_SIZE", str, "size limit of each pod's /workspace"),
         ("--workers", "WORKERS", int, "FineTuneJobs reconciled concurrently"),
         ("--resync-seconds", "RESYNC_SECONDS", float, "look at every job at least this often"),
+        ("--child-check-seconds", "CHILD_CHECK_SECONDS", float,
+         "verify a running attempt's children (re-create, repair) this often"),
         ("--log-level", "LOG_LEVEL", str, "DEBUG, INFO, WARNING"),
         ("--metrics-bind", "METRICS_BIND", str, "address of /metrics, /healthz, /readyz"),
         ("--metrics-port", "METRICS_PORT", int, "port of /metrics, /healthz, /readyz; 0: none"),
-    ]
+    ]  # fmt: skip
     defaults_by_flag = {
         "DEFAULT_IMAGE": defaults.default_image, "SCRATCH_SIZE": defaults.scratch_size,
-        "WORKERS": "64", "RESYNC_SECONDS": "60", "LOG_LEVEL": "INFO",
-        "METRICS_BIND": "0.0.0.0", "METRICS_PORT": "8080",
+        "WORKERS": "64", "RESYNC_SECONDS": "60", "CHILD_CHECK_SECONDS": "300",
+        "LOG_LEVEL": "INFO", "METRICS_BIND": "0.0.0.0", "METRICS_PORT": "8080",
     }  # fmt: skip
     for flag, name, kind, text in flags:
         parser.add_argument(
@@ -183,6 +186,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         settings=settings,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
+        child_check_seconds=args.child_check_seconds,
         log_format=args.log_format,
         log_level=args.log_level.upper(),
         metrics_bind=args.metrics_bind,
@@ -249,6 +253,7 @@ async def run(options: Options) -> int:
     api = api_client(threads)
     controller = Controller(Kube(api, options.identity), options.settings, workers=options.workers)
     controller.resync_seconds = options.resync_seconds
+    controller.child_check_seconds = options.child_check_seconds
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     job_series = JobSeries(controller.jobs_now)

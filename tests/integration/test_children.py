@@ -171,13 +171,13 @@ def test_a_job_recreated_over_orphaned_children_does_not_take_them_over(
 
 # --- a child the API server refuses fails the job, once ---------------------------------
 
-# What the CRD cannot see (its rule table covers the rest): map keys and values, sizes
-# summed over a map.
+# What the CRD cannot see (its rule table covers the rest, map keys and values included):
+# what passes through as is (an affinity), sizes of what the operator renders.
+_BAD_TERM = {"matchExpressions": [{"key": "bad key!", "operator": "In", "values": ["x"]}]}
 REFUSED = {
-    "a label value over 63 characters": {"resources__labels": {"team": "x" * 64}},
-    "an invalid nodeSelector key": {"resources__nodeSelector": {"bad key!": "x"}},
-    "annotations over 256 KiB in all": {
-        "resources__annotations": {f"note-{i}": "x" * 4096 for i in range(64)}},
+    "an affinity with an invalid label key": {"resources__affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_BAD_TERM]}}}},
+    "a resolved config over 1 MiB": {"evaluation__prompts": ["x" * 4096] * 256},
 }  # fmt: skip
 
 
@@ -381,6 +381,76 @@ def test_every_documented_pod_field_reaches_a_running_pod(
         assert pods[0].metadata.labels["team"] == "nlp"
     finally:
         scheduling.delete_priority_class(priority)
+
+
+def _absent(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except client.exceptions.ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False
+
+
+def test_children_deleted_or_edited_mid_attempt_are_restored_without_a_restart(
+    cluster: Cluster, crd: Any, namespace: str, tmp_path: Any
+) -> None:
+    """While an attempt runs, its children are verified every --child-check-seconds: deleted
+    ones come back, an edited Role/RoleBinding/NetworkPolicy is put back, all without a new
+    attempt; a stranger's object under a child's name then fails the job (never adopted)."""
+    operator = Operator(
+        cluster, tmp_path / "checks.log", "--resync-seconds", "1", "--child-check-seconds", "2",
+        "--network-policy", namespaces=(namespace,),
+    )  # fmt: skip
+    core, rbac = client.CoreV1Api(cluster.api), client.RbacAuthorizationV1Api(cluster.api)
+    networking = client.NetworkingV1Api(cluster.api)
+    name, trainer = "watched", "watched-trainer"
+    try:
+        _apply(cluster, namespace, _manifest(name))
+        _wait(cluster, namespace, name, operator, "Running", timeout=90)
+        role_rules = rbac.read_namespaced_role(trainer, namespace).rules
+        policy_spec = networking.read_namespaced_network_policy(trainer, namespace).spec
+
+        rbac.delete_namespaced_role(trainer, namespace)
+        core.delete_namespaced_service_account(trainer, namespace)
+        _custom(cluster).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PROGRESS_PLURAL, f"{name}-progress")  # fmt: skip
+        mallory = {"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}
+        rbac.patch_namespaced_role_binding(trainer, namespace, {"subjects": [mallory]})
+        anywhere = {"spec": {"ingress": [{}]}}
+        networking.patch_namespaced_network_policy(trainer, namespace, anywhere)
+
+        def restored() -> bool:
+            binding = rbac.read_namespaced_role_binding(trainer, namespace)
+            policy = networking.read_namespaced_network_policy(trainer, namespace)
+            return (
+                not _absent(lambda: rbac.read_namespaced_role(trainer, namespace))
+                and not _absent(lambda: core.read_namespaced_service_account(trainer, namespace))
+                and not _absent(lambda: _custom(cluster).get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PROGRESS_PLURAL, f"{name}-progress"))
+                and [s.name for s in binding.subjects] == [trainer]
+                and policy.spec == policy_spec
+            )  # fmt: skip
+
+        eventually(restored, timeout=30, what="every child restored")
+        assert rbac.read_namespaced_role(trainer, namespace).rules == role_rules
+        status = _status(cluster, namespace, name)
+        assert (status["phase"], status.get("attempt", 0), status.get("restarts", 0)) == (
+            "Running", 0, 0)  # fmt: skip
+        assert read_job(cluster, namespace, f"{name}-1") is None
+
+        # The Service taken from the job (no owner: a stranger's, as if deleted and created
+        # again by someone else, without the race of a delete the check could answer first).
+        core.patch_namespaced_service(name, namespace, {"metadata": {"ownerReferences": None}})
+        status = _wait(cluster, namespace, name, operator, "Failed", timeout=30)
+        assert status["failureReason"] == "ChildConflict", status
+        assert f"a Service named {name} already exists" in status["message"]
+    finally:
+        operator.stop()
+    log = operator.log_path.read_text()
+    assert "Traceback" not in log, operator.log()
+    assert "was deleted: created it again" in log and "was edited: putting back" in log
 
 
 def test_an_edited_role_and_binding_are_put_back_at_the_next_attempt(

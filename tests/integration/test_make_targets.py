@@ -114,12 +114,16 @@ def test_quickstart_fine_tunes_the_tiny_model(tmp_path: Path) -> None:
 
 def test_the_operator_benchmark_runs_directly_as_its_docstring_says(cluster: Cluster) -> None:
     """`python bench/operator_load.py`, without the cluster's env sourced: it finds (or
-    starts) the local cluster and reads its kubeconfig itself. Tiny: 3 jobs, 2 nodes."""
+    starts) the local cluster and reads its kubeconfig itself. Tiny: 3 jobs, 2 nodes, and
+    2 s of the steady state (every job reporting progress every second)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "FTO_"))}
     done = subprocess.run(
         [sys.executable, "bench/operator_load.py", "--jobs", "3", "--rate", "0",
-         "--nodes", "2", "--settle", "1", "--timeout", "120"],
+         "--nodes", "2", "--settle", "1", "--timeout", "120", "--steady", "2",
+         "--progress-every", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False, env=env,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "raw API" in done.stdout and "3 Jobs" in done.stdout
+    assert "steady state: 6 progress reports" in done.stdout, done.stdout[-3000:]
+    assert "(0 failed)" in done.stdout and "3 jobs show their last report's step" in done.stdout

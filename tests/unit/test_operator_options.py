@@ -25,6 +25,8 @@ def test_defaults() -> None:
     assert options.settings == Settings()
     assert options.leader_election is True
     assert (options.metrics_port, options.workers, options.resync_seconds) == (8080, 64, 60.0)
+    assert options.child_check_seconds == 300.0
+    assert parse_options([], env={"FTO_CHILD_CHECK_SECONDS": "30"}).child_check_seconds == 30.0
 
 
 def test_environment_sets_what_flags_set_and_flags_win() -> None:

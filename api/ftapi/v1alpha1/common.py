@@ -44,6 +44,37 @@ ObjectName = Annotated[
 EnvName = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 ]
+# A label value (pod labels, nodeSelector, toleration values): what the API server admits.
+LabelValue = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
+]
+# A label or annotation key (a "qualified name"): an optional DNS-subdomain prefix of at most
+# 253 characters and '/', then a name of at most 63. Map keys have no schema of their own in
+# a CRD, so keys are checked by rules (qualified_key_rule): the structure by one regular
+# expression, the lengths by another (RE2 has no look-ahead to do both at once).
+_KEY_SHAPE = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_KEY_LENGTHS = r"^([^/]{1,253}/)?[^/]{1,63}$"
+QUALIFIED_KEY_HELP = (
+    "an optional DNS subdomain of at most 253 characters and '/', then a name of at most 63 "
+    "characters (letters, digits, '-', '_', '.', starting and ending with a letter or digit)"
+)
+
+
+def qualified_key(key: str) -> bool:
+    """Whether the API server admits `key` as a label or annotation key."""
+    return bool(re.match(_KEY_SHAPE, key) and re.match(_KEY_LENGTHS, key))
+
+
+def qualified_key_cel(expression: str) -> str:
+    """The CEL form of qualified_key() for a string expression."""
+    shape, lengths = (p.replace("\\", "\\\\") for p in (_KEY_SHAPE, _KEY_LENGTHS))
+    return f"{expression}.matches('{shape}') && {expression}.matches('{lengths}')"
+
+
 # Free text and identifiers; every string carries a bound so CEL cost estimates stay finite.
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 Text = Annotated[str, StringConstraints(max_length=4096)]
@@ -97,12 +128,13 @@ class EnvVar(ApiModel):
 class Toleration(ApiModel):
     """A core/v1 Toleration, so trainer pods may land on tainted (GPU, spot) nodes."""
 
-    key: ShortText | None = None
-    """Taint key to tolerate; empty with operator Exists tolerates every taint."""
+    key: Annotated[str, StringConstraints(max_length=317)] | None = None
+    """Taint key to tolerate (a label key); empty with operator Exists tolerates every
+    taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists matches any value; Equal matches `value`."""
-    value: ShortText | None = None
-    """Taint value to match when operator is Equal."""
+    value: LabelValue | None = None
+    """Taint value to match when operator is Equal (a label value)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
     toleration_seconds: Annotated[int, Field(ge=0)] | None = None
@@ -120,6 +152,12 @@ class Toleration(ApiModel):
             message="operator Exists takes no value",
             check=lambda t: t.operator != "Exists" or t.value is None,
             field=".value",
+        ),
+        Rule(
+            cel=f"!has(self.key) || {qualified_key_cel('self.key')}",
+            message=f"a taint key is {QUALIFIED_KEY_HELP}",
+            check=lambda t: t.key is None or qualified_key(t.key),
+            field=".key",
         ),
         Rule(
             cel="has(self.key) || self.operator == 'Exists'",

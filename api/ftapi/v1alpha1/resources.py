@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
+from pydantic.alias_generators import to_snake
 
 from ._base import ApiModel, Rule
-from .common import EnvVar, ObjectName, Quantity, ShortText, Text, Toleration
+from .common import (
+    QUALIFIED_KEY_HELP,
+    EnvVar,
+    LabelValue,
+    ObjectName,
+    Quantity,
+    Text,
+    Toleration,
+    qualified_key,
+    qualified_key_cel,
+)
 
 # Set by the operator for torchrun; a user value would silently break the rendezvous.
 RESERVED_ENV = (
@@ -30,6 +41,23 @@ ResourceName = Annotated[
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
     ),
 ]
+
+
+# Annotations of an object may total at most 256 KiB (keys and values): 64 keys of at most
+# 317 characters and 64 values of at most 3584 stay below it, with room for the operator's.
+MAX_ANNOTATIONS = 64
+AnnotationValue = Annotated[str, StringConstraints(max_length=3584)]
+
+
+def _keys_rule(field: str, what: str) -> Rule:
+    """Every key of the map `field` is one the API server admits as a label key."""
+    attribute = to_snake(field)
+    return Rule(
+        cel=f"self.{field}.all(k, {qualified_key_cel('k')})",
+        message=f"{what} keys must be {QUALIFIED_KEY_HELP}",
+        check=lambda r: all(qualified_key(k) for k in getattr(r, attribute)),
+        field=f".{field}",
+    )
 
 
 def _env_allowed(name: str) -> bool:
@@ -67,7 +95,7 @@ class ResourcesSpec(ApiModel):
     """Size of the memory-backed /dev/shm (data loader workers and NCCL need it), capped at
     the memory limit. Pages written there count towards the pod's memory: keep it well
     below `memory`."""
-    node_selector: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
+    node_selector: Annotated[dict[str, LabelValue], Field(max_length=64)] = {}
     """Node labels the pods require, e.g. a GPU pool or accelerator type."""
     tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
     """Taints the pods tolerate (GPU, spot pools)."""
@@ -97,10 +125,12 @@ class ResourcesSpec(ApiModel):
         ),
     ] = []
     """Extra environment for the trainer. torchrun's variables and FINETUNE_* are refused."""
-    labels: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
-    """Extra labels on the pods (cost allocation, policies)."""
-    annotations: Annotated[dict[str, Text], Field(max_length=64)] = {}
-    """Extra annotations on the pods."""
+    labels: Annotated[dict[str, LabelValue], Field(max_length=64)] = {}
+    """Extra labels on the pods (cost allocation, policies): label keys and values (at most
+    63 characters)."""
+    annotations: Annotated[dict[str, AnnotationValue], Field(max_length=MAX_ANNOTATIONS)] = {}
+    """Extra annotations on the pods: at most 64, values of at most 3584 characters (the
+    API server admits 256 KiB of annotations in all)."""
 
     rules = (
         Rule(
@@ -110,4 +140,7 @@ class ResourcesSpec(ApiModel):
             check=lambda r: all(_env_allowed(e.name) for e in r.env),
             field=".env",
         ),
+        _keys_rule("nodeSelector", "nodeSelector"),
+        _keys_rule("labels", "label"),
+        _keys_rule("annotations", "annotation"),
     )

@@ -93,7 +93,8 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
 - apiGroups: [""]
   resources: [configmaps, services, serviceaccounts]
   verbs: [create, get]
-# patch: a job's own Role and RoleBinding, if edited, are put back at its next attempt
+# patch: a job's own Role and RoleBinding, if edited, are put back (when an attempt starts,
+# then every operator.childCheckSeconds while it runs)
 # (server-side apply); a Role may only grant what the operator itself holds.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
