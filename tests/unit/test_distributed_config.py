@@ -35,7 +35,8 @@ def _kwargs(*, cuda: bool = True, bf16: bool = True, **changes: Any) -> dict[str
 
 
 def _fsdp(**changes: Any) -> dict[str, Any]:
-    return _kwargs(distributed__strategy="fsdp", **changes)
+    """FSDP for full-weight training (FSDP's own checkpointing applies)."""
+    return _kwargs(distributed__strategy="fsdp", method={"type": "full"}, **changes)
 
 
 def _ds(**changes: Any) -> dict[str, Any]:
@@ -89,6 +90,28 @@ def test_each_fsdp_knob_reaches_fsdp_config(
     kwargs = _fsdp(**changes)
     assert kwargs["fsdp_config"][key] == value
     assert kwargs["activation_checkpointing"] is False
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "prompt"])
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"distributed__fsdp": {"activationCheckpointing": True},
+          "training__gradientCheckpointing": False}],
+    ids=["resolved", "fsdp-knob"],
+)  # fmt: skip
+def test_fsdp_adapters_checkpoint_with_the_models_own_never_fsdps_wrapper(
+    method: str, changes: dict[str, Any]
+) -> None:
+    """FSDP's checkpoint_wrapper renames every parameter (`_checkpoint_wrapped_module.`),
+    which PEFT's save does not strip: the adapter was saved empty on an H100. Adapters get
+    the model's own checkpointing, whichever knob asked for it."""
+    kwargs = _kwargs(distributed__strategy="fsdp", method={"type": method}, **changes)
+    assert kwargs["fsdp_config"]["activation_checkpointing"] is False
+    assert kwargs["activation_checkpointing"] is True
+    off = _kwargs(distributed__strategy="fsdp", method={"type": method},
+                  training__gradientCheckpointing=False)  # fmt: skip
+    assert (off["fsdp_config"]["activation_checkpointing"], off["activation_checkpointing"]) == (
+        False, False)  # fmt: skip
 
 
 def test_fsdp_without_known_layer_classes_leaves_accelerate_its_fallback() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
+from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 from .attention import MODEL_ATTENTION
 from .distributed import strategy_kwargs
@@ -203,6 +204,7 @@ def _common_kwargs(
             optimizer=training.optimizer,
             cuda=cuda,
             layer_classes=layer_classes,
+            adapter=spec.method.type not in FULL_WEIGHT_METHODS,
         )
     )
     return kwargs

@@ -8,10 +8,15 @@ Checked against transformers 5.23
 
 Who does what:
 
-- **FSDP** is FSDP2 (`fully_shard`) through accelerate's plugin. Checkpointing uses FSDP's
-  own activation checkpointing: the TrainingArguments flavour re-gathers every layer's
-  parameters a second time in backward, and transformers refuses both at once. The final
-  save gathers a FULL_STATE_DICT on rank 0, so `final/` is an ordinary adapter or model.
+- **FSDP** is FSDP2 (`fully_shard`) through accelerate's plugin. Full-weight training
+  checkpoints with FSDP's own activation checkpointing (the TrainingArguments flavour
+  re-gathers every layer's parameters a second time in backward; transformers refuses both
+  at once). Adapter methods (LoRA family, prefix, prompt) checkpoint with the model's own
+  `gradient_checkpointing_enable` instead: FSDP's wraps each decoder layer in
+  `checkpoint_wrapper`, whose `_checkpoint_wrapped_module.` in every parameter name PEFT
+  0.21 does not strip when it saves, so the adapter came out empty (EmptyWeightsError on an
+  H100, 2026-11-22). The final save gathers a FULL_STATE_DICT on rank 0, so `final/` is an
+  ordinary adapter or model.
 - **DeepSpeed** gets a complete JSON config: ZeRO stage and offload from the spec,
   precision sections that agree with the resolved precision (transformers rejects a config
   whose bf16/fp16 disagree with its own flags), and "auto" wherever transformers knows the
@@ -74,11 +79,13 @@ def strategy_kwargs(
     optimizer: str,
     cuda: bool,
     layer_classes: Sequence[str] = (),
+    adapter: bool = False,
 ) -> dict[str, Any]:
     """TrainingArguments entries for distributed.strategy (DDP/auto need none of these).
 
     `checkpointing` is the resolved training.gradientCheckpointing: under FSDP it moves
-    into FSDP's own activation checkpointing and the TrainingArguments flag goes off.
+    into FSDP's own activation checkpointing and the TrainingArguments flag goes off, except
+    for `adapter` methods, where both kinds go to the model's own (module docstring).
     `layer_classes` are the model's decoder layer classes (its `_no_split_modules`)."""
     strategy = distributed.strategy
     if strategy == "fsdp":
@@ -91,12 +98,13 @@ def strategy_kwargs(
                 "process groups (use ddp or deepspeed on CPU)"
             )
         fsdp = distributed.fsdp or FsdpSpec()
+        recompute = checkpointing or fsdp.activation_checkpointing
         return {
             "fsdp": True,
             "fsdp_config": build_fsdp_config(
-                fsdp, checkpointing=checkpointing, layer_classes=layer_classes
+                fsdp, checkpointing=checkpointing, layer_classes=layer_classes, model_level=adapter
             ),
-            "activation_checkpointing": False,
+            "activation_checkpointing": recompute and adapter,
         }
     if strategy == "deepspeed":
         deepspeed = distributed.deepspeed or DeepSpeedSpec()
@@ -110,14 +118,20 @@ def strategy_kwargs(
 
 
 def build_fsdp_config(
-    fsdp: FsdpSpec, *, checkpointing: bool, layer_classes: Sequence[str] = ()
+    fsdp: FsdpSpec,
+    *,
+    checkpointing: bool,
+    layer_classes: Sequence[str] = (),
+    model_level: bool = False,
 ) -> dict[str, Any]:
-    """`fsdp_config` for TrainingArguments: FSDP2, one shard group per decoder layer."""
+    """`fsdp_config` for TrainingArguments: FSDP2, one shard group per decoder layer.
+    `model_level`: checkpointing is the model's own, never FSDP's wrapper (adapters)."""
     config: dict[str, Any] = {
         "version": 2,
         "reshard_after_forward": fsdp.reshard_after_forward,
         "cpu_offload": fsdp.cpu_offload,
-        "activation_checkpointing": fsdp.activation_checkpointing or checkpointing,
+        "activation_checkpointing": not model_level
+        and (fsdp.activation_checkpointing or checkpointing),
         # One file on rank 0 that from_pretrained/PeftModel read; SHARDED_STATE_DICT would
         # leave save_model writing nothing at all.
         "state_dict_type": "FULL_STATE_DICT",
