@@ -183,6 +183,7 @@ def _common_kwargs(
         "save_total_limit": 1,
         "max_length": spec.dataset.max_seq_length,
         "use_liger_kernel": resolve_liger(spec, cuda=cuda, installed=liger_installed),
+        "torch_compile": training.torch_compile,
         # One process per GPU under torchrun (DDP); the timeout covers slow rank-0 work.
         "ddp_timeout": spec.distributed.nccl_timeout_seconds,
     }

@@ -288,9 +288,9 @@ class Recipe:
             **hardware,
         )
         log.info(
-            "throughput: padding-free %s, liger kernels %s, activation checkpointing %s",
-            kwargs.get("padding_free", False), kwargs["use_liger_kernel"],
-            kwargs["activation_checkpointing"],
+            "throughput: padding-free %s, liger kernels %s, activation checkpointing %s, "
+            "torch.compile %s", kwargs.get("padding_free", False), kwargs["use_liger_kernel"],
+            kwargs["activation_checkpointing"], kwargs["torch_compile"],
         )  # fmt: skip
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         peft_kwargs = peft_config_kwargs(self.spec)

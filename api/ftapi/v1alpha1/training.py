@@ -76,8 +76,9 @@ class TrainingSpec(ApiModel):
     seed: Annotated[int, Field(ge=0)] = 42
     """Seed for initialisation, dropout and data order."""
     gradient_checkpointing: bool | None = None
-    """Recompute activations in backward to save memory. Unset: on for GPU runs (off for
-    prefix tuning, which it breaks)."""
+    """Recompute activations in backward to save memory (a third more compute per step).
+    Unset: on GPUs, on only when the memory plan says the run does not fit the device
+    without it; off on CPU and for prefix tuning, which it breaks."""
     precision: Precision = "auto"
     """Mixed precision: auto picks bf16 where supported, else fp16 on GPUs, fp32 on CPU."""
     device: Device = "auto"
@@ -86,6 +87,11 @@ class TrainingSpec(ApiModel):
     """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy, which
     never materialises the logits). Unset: on for GPU runs where liger-kernel is installed
     (the trainer image has it)."""
+    torch_compile: bool = False
+    """Compile the model with torch.compile (inductor). Opt-in: steps get faster after a
+    warm-up that takes minutes on large models, and padding-free batches, whose lengths
+    change every step, may recompile; the benchmark (bench/trainer.py) times steps after
+    its warm-up only."""
     early_stopping: EarlyStopping | None = None
     """Stop early on a plateauing evaluation metric."""
 
