@@ -87,8 +87,8 @@ class Controller:
             await self._read_through(key, body)
             await self._read_create_failure(key, body)
             job, plan = self.plan(key, body)
-            await self._execute(key, body, job, plan)
-            await self._check_children(key, body, job, plan)
+            if await self._execute(key, body, job, plan):
+                await self._check_children(key, body, job, plan)
         except Exception as error:
             self.metrics.count_reconcile_error(type(error).__name__)
             raise
@@ -248,7 +248,9 @@ class Controller:
 
     async def _execute(
         self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
-    ) -> None:
+    ) -> bool:
+        """Write the status, act, post the Events. False when the job is gone or failed on
+        a child here (nothing more to do in this pass)."""
         namespace, name = key
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -256,7 +258,7 @@ class Controller:
         if patch:
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
             if stored is None:
-                return
+                return False
             self._written[key] = stored
         try:
             settings = with_recorded(self.settings, plan.status.settings)
@@ -264,11 +266,12 @@ class Controller:
                 await self._act(key, job, action, settings)
         except ChildError as error:
             await self._fail_child(key, {**body, "status": after}, job, plan.status, error)
-            return
+            return False
         for event in plan.events:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
                                     event.message)  # fmt: skip
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+        return True
 
     async def _fail_child(
         self,
