@@ -130,15 +130,24 @@ def test_zero3_saving_without_gathering_fails_the_run(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "final" / "model.safetensors").exists()
 
 
-def test_fsdp_config_reaches_accelerates_fsdp2_plugin(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "fsdp_checkpointing"), [("full", True), ("lora", False)], ids=["full", "lora"]
+)
+def test_fsdp_config_reaches_accelerates_fsdp2_plugin(
+    tmp_path: Path, method: str, fsdp_checkpointing: bool
+) -> None:
     """No process group needed: transformers turns our fsdp_config into accelerate's
-    plugin arguments, and the plugin carries every knob (FSDP itself needs GPUs)."""
+    plugin arguments, and the plugin carries every knob (FSDP itself needs GPUs).
+    Checkpointing (the GPU default) is FSDP's for full weights, the model's own for
+    adapters (FSDP's wrapper made PEFT save an empty adapter), and transformers accepts
+    either without the other."""
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import CPUOffloadPolicy
     from transformers import TrainingArguments
 
     fsdp = {"strategy": "fsdp", "fsdp": {"cpuOffload": True, "reshardAfterForward": False}}
-    spec = parse_job(make_job().set("distributed", fsdp).obj()).spec
+    job = make_job().set("distributed", fsdp).set("method", {"type": method})
+    spec = parse_job(job.obj()).spec
     kwargs = trainer_config_kwargs(
         spec,
         output_dir=str(tmp_path),
@@ -155,8 +164,8 @@ def test_fsdp_config_reaches_accelerates_fsdp2_plugin(tmp_path: Path) -> None:
     assert plugin.fsdp_version == 2
     assert plugin.reshard_after_forward is False
     assert isinstance(plugin.cpu_offload, CPUOffloadPolicy)
-    assert plugin.activation_checkpointing is True  # the GPU default, FSDP's flavour
-    assert args.activation_checkpointing is False
+    assert plugin.activation_checkpointing is fsdp_checkpointing
+    assert args.activation_checkpointing is not fsdp_checkpointing
     assert "FULL_STATE_DICT" in str(plugin.state_dict_type)
     assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
 
