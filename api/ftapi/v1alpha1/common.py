@@ -51,8 +51,9 @@ LabelValue = Annotated[
 ]
 # A label or annotation key (a "qualified name"): an optional DNS-subdomain prefix of at most
 # 253 characters and '/', then a name of at most 63. Map keys have no schema of their own in
-# a CRD, so keys are checked by rules (qualified_key_rule): the structure by one regular
-# expression, the lengths by another (RE2 has no look-ahead to do both at once).
+# a CRD, so keys are checked by rules (ResourcesSpec's map rules, Toleration's key rule):
+# the structure by one regular expression, the lengths by another (RE2 has no look-ahead to
+# do both at once).
 _KEY_SHAPE = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
