@@ -265,7 +265,7 @@ class Controller:
             for action in plan.actions:
                 await self._act(key, job, action, settings)
         except ChildError as error:
-            await self._fail_child(key, {**body, "status": after}, job, plan.status, error)
+            await self._fail_child(key, body, job, plan.status, error)
             return False
         for event in plan.events:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
@@ -282,12 +282,13 @@ class Controller:
         error: ChildError,
     ) -> None:
         """Retrying cannot help (an invalid child, a name held by a stranger): the job fails
-        with the API server's or the owner check's words, once. `body` carries the status
-        as last written."""
+        with the API server's or the owner check's words, once. `status` is the one this
+        pass wrote, so the failure is patched over it."""
         ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
         failed = rejected(status, error.message, body.get("metadata", {}).get("generation"),
                           datetime.now(UTC), error.reason, ttl)  # fmt: skip
-        await self._execute(key, body, job, failed)
+        written = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await self._execute(key, {**body, "status": written}, job, failed)
 
     async def _check_children(
         self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
@@ -324,8 +325,7 @@ class Controller:
                     asyncio.to_thread(self.kube.ensure, key[0], child, uid) for child in stage
                 )
         except ChildError as error:
-            written = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-            await self._fail_child(key, {**body, "status": written}, job, plan.status, error)
+            await self._fail_child(key, body, job, plan.status, error)
 
     async def _act(
         self, key: Key, job: FineTuneJob | None, action: Any, settings: Settings

@@ -8,8 +8,17 @@ from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
+from tests.builders import JobBuilder, make_job
 from tests.integration.conftest import Cluster, eventually
 from tests.integration.operator_process import Operator
+
+# A kwok pod that keeps running long enough for a test to act on the job while it trains.
+LONG_RUN = {"finetune.dev/kwok-run-duration": "300s"}
+
+
+def long_running_job(name: str) -> JobBuilder:
+    """The minimal job on one GPU whose pod runs for 5 minutes."""
+    return make_job(name).set("resources", {"gpusPerNode": 1, "annotations": LONG_RUN})
 
 
 def apply_job(cluster: Cluster, ns: str, manifest: dict[str, Any]) -> dict[str, Any]:

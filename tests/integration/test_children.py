@@ -18,15 +18,21 @@ from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.desired import LABEL_COMPONENT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import apply_job, report_progress, status_of, wait_phase
+from tests.integration.finetunejobs import (
+    LONG_RUN,
+    apply_job,
+    long_running_job,
+    report_progress,
+    status_of,
+    wait_phase,
+)
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
-LONG_RUN = {"finetune.dev/kwok-run-duration": "300s"}
 
 
 def _manifest(name: str, **changes: Any) -> dict[str, Any]:
-    job = make_job(name).set("resources", {"gpusPerNode": 1, "annotations": LONG_RUN})
+    job = long_running_job(name)
     for path, value in changes.items():
         job.set(path.replace("__", "."), value)
     return job.obj()

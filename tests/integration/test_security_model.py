@@ -17,13 +17,11 @@ from kubernetes.client.exceptions import ApiException
 from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_KIND, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.desired import LABEL_JOB
-from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import apply_job, status_of, wait_phase
+from tests.integration.finetunejobs import apply_job, long_running_job, status_of, wait_phase
 from tests.integration.operator_process import Operator
 
 pytestmark = pytest.mark.integration
-LONG_RUN = {"finetune.dev/kwok-run-duration": "300s"}
 RUNNER, EDITOR = "alice-runs-jobs", "eve-edits"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 
@@ -59,7 +57,7 @@ def _forbidden(call: Callable[[], Any]) -> bool:
 
 
 def _manifest(name: str) -> dict[str, Any]:
-    return make_job(name).set("resources", {"gpusPerNode": 1, "annotations": LONG_RUN}).obj()
+    return dict(long_running_job(name).obj())
 
 
 def _attacks(

@@ -102,7 +102,7 @@ def strategy_kwargs(
         return {
             "fsdp": True,
             "fsdp_config": build_fsdp_config(
-                fsdp, checkpointing=checkpointing, layer_classes=layer_classes, model_level=adapter
+                fsdp, checkpointing=recompute and not adapter, layer_classes=layer_classes
             ),
             "activation_checkpointing": recompute and adapter,
         }
@@ -118,20 +118,16 @@ def strategy_kwargs(
 
 
 def build_fsdp_config(
-    fsdp: FsdpSpec,
-    *,
-    checkpointing: bool,
-    layer_classes: Sequence[str] = (),
-    model_level: bool = False,
+    fsdp: FsdpSpec, *, checkpointing: bool, layer_classes: Sequence[str] = ()
 ) -> dict[str, Any]:
     """`fsdp_config` for TrainingArguments: FSDP2, one shard group per decoder layer.
-    `model_level`: checkpointing is the model's own, never FSDP's wrapper (adapters)."""
+    `checkpointing`: FSDP's own activation checkpointing (strategy_kwargs decides which
+    kind applies)."""
     config: dict[str, Any] = {
         "version": 2,
         "reshard_after_forward": fsdp.reshard_after_forward,
         "cpu_offload": fsdp.cpu_offload,
-        "activation_checkpointing": not model_level
-        and (fsdp.activation_checkpointing or checkpointing),
+        "activation_checkpointing": checkpointing,
         # One file on rank 0 that from_pretrained/PeftModel read; SHARDED_STATE_DICT would
         # leave save_model writing nothing at all.
         "state_dict_type": "FULL_STATE_DICT",
