@@ -176,6 +176,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--json", type=Path, default=None, help="also write the results to this file")
     add("--keep", action="store_true", help="keep the work directory")
+    add(
+        "--sides",
+        choices=("both", "ours", "baseline"),
+        default="both",
+        help="which sides run (default both; one side prints no ratios)",
+    )
+    add(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="change our side's FineTuneJob, as `finetune run --set` does "
+        "(e.g. method.lora.dropout=0, training.gradientCheckpointing=true); repeatable",
+    )
+    add(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="GPU: profile 3 steps of each of our runs after the warm-up (torch.profiler); "
+        "append the kernel table and the share of wall time the GPU was busy to "
+        "DIR/profile.txt",
+    )
     return parser
 
 
@@ -215,13 +239,16 @@ def _bench(args: argparse.Namespace, workdir: Path) -> int:
         if args.warmup_steps is not None
         else max(1, info["steps"] // 10),
         "peak_tflops": args.peak_tflops or _peak_tflops(info["device_name"]),
+        "overrides": args.overrides,
+        "profile": str(args.profile.resolve()) if args.profile else None,
     }
     if not 1 <= config["warmup_steps"] < config["steps"]:
         raise SystemExit("--warmup-steps must be at least 1 and smaller than --steps")
     print(_describe(config), flush=True)
     runs: list[Run] = []
+    sides = SIDES if args.sides == "both" else (args.sides,)
     for repeat in range(args.repeats):
-        order = SIDES if repeat % 2 == 0 else SIDES[::-1]  # ABBA: drift hits both sides
+        order = sides if repeat % 2 == 0 else sides[::-1]  # ABBA: drift hits both sides
         for side in order:
             log = workdir / f"{side}-{repeat}.log"
             result, rusage_kib, seconds = _spawn("_run", {**config, "side": side}, log)
@@ -233,13 +260,18 @@ def _bench(args: argparse.Namespace, workdir: Path) -> int:
                 setup_s=result["setup_s"], process_s=seconds,
                 tokens_per_step=result["tokens_per_step"], final_loss=result["final_loss"],
                 mfu=_mfu(config, result["tokens_per_s"]),
-                extra={"rss_mib": rusage_kib / 1024, "train_s": result["train_s"]},
+                extra={
+                    "rss_mib": rusage_kib / 1024, "train_s": result["train_s"],
+                    "max_tokens_per_step": result["max_tokens_per_step"],
+                    "planned_peak_mib": result["planned_peak_mib"],
+                    "gpu_busy": result["gpu_busy"],
+                },
             )  # fmt: skip
             runs.append(run)
             print(
                 f"  {side:<8} #{repeat}: {run.tokens_per_s:9.0f} tokens/s "
                 f"({run.tokens_per_step:.0f} per step), peak {run.peak_memory_mib:.0f} MiB, "
-                f"setup {run.setup_s:.1f} s, process {run.process_s:.1f} s",
+                f"setup {run.setup_s:.1f} s, process {run.process_s:.1f} s" + _run_notes(run),
                 flush=True,
             )
     summary = _summarize(config, runs)
@@ -307,7 +339,23 @@ def _describe(config: dict[str, Any]) -> str:
         f"{config['steps']} steps ({config['warmup_steps']} untimed), "
         f"{config['rows']} rows of {config['mean_tokens']:.0f} tokens on average; "
         f"{device}{threads}"
+        + (f"; ours with --set {' '.join(config['overrides'])}" if config["overrides"] else "")
     )
+
+
+def _run_notes(run: Run) -> str:
+    """What a GPU run of ours adds: the memory plan's figure for its largest micro-batch,
+    and the share of the profiled steps' wall time that the GPU spent in kernels."""
+    notes = []
+    planned = run.extra.get("planned_peak_mib")
+    if planned:
+        notes.append(
+            f"planned {planned:.0f} MiB for {run.extra['max_tokens_per_step']} tokens "
+            f"({run.peak_memory_mib / planned:.2f}x)"
+        )
+    if run.extra.get("gpu_busy") is not None:
+        notes.append(f"GPU busy {100 * run.extra['gpu_busy']:.0f}% of profiled steps")
+    return "".join(f"; {note}" for note in notes)
 
 
 # (title, Run field, format, scale) of the summary table.
@@ -330,7 +378,7 @@ def _summarize(config: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
     keys = [key for _, key, _, _ in COLUMNS]
     sides = {side: {key: median(side, key) for key in keys} for side in SIDES}
     spread = {
-        side: [min(values), max(values)]
+        side: [min(values), max(values)] if values else None
         for side in SIDES
         for values in [[r.tokens_per_s for r in runs if r.side == side]]
     }
@@ -340,10 +388,13 @@ def _summarize(config: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
         for ours, base in [(sides["ours"][key], sides["baseline"][key])]
     }
     targets = GPU_TARGETS if config["cuda"] else CPU_TARGETS
-    checks = [("tokens/s ours/baseline", ratio["tokens_per_s"], ">=", targets.tokens_ratio)]
-    if targets.mfu is not None:
+    both = all(spread[side] for side in SIDES)
+    checks = []
+    if both:
+        checks.append(("tokens/s ours/baseline", ratio["tokens_per_s"], ">=", targets.tokens_ratio))
+    if targets.mfu is not None and spread["ours"]:
         checks.append(("MFU ours", sides["ours"]["mfu"], ">=", targets.mfu))
-    if targets.memory_ratio is not None:
+    if targets.memory_ratio is not None and both:
         checks.append(
             ("peak memory ours/baseline", ratio["peak_memory_mib"], "<=", targets.memory_ratio)
         )
@@ -368,6 +419,8 @@ def _render(config: dict[str, Any], summary: dict[str, Any]) -> str:
         f"{'':<21}{'(min..max)':>16}" + "".join(f"{title:>12}" for title, *_ in COLUMNS),
     ]
     for side in SIDES:
+        if not summary["spread"][side]:
+            continue
         low, high = summary["spread"][side]
         values = summary["sides"][side]
         lines.append(
@@ -378,10 +431,11 @@ def _render(config: dict[str, Any], summary: dict[str, Any]) -> str:
             )
         )
     ratio = summary["ratio"]
-    lines.append(
-        f"{'ratio ours/baseline':<21}{'':>16}"
-        + "".join(cell(ratio[key], ".2f") for _, key, _, _ in COLUMNS)
-    )
+    if all(summary["spread"][side] for side in SIDES):
+        lines.append(
+            f"{'ratio ours/baseline':<21}{'':>16}"
+            + "".join(cell(ratio[key], ".2f") for _, key, _, _ in COLUMNS)
+        )
     lines.append("")
     for check in summary["checks"]:
         verdict = "PASS" if check["pass"] else "FAIL"
@@ -418,6 +472,9 @@ def _prepare(config: dict[str, Any]) -> dict[str, Any]:
     workdir = Path(config["workdir"])
     model_dir = workdir / f"model-{shape_name}"
     tokenizer = build_tokenizer()
+    # A work directory reused across invocations (--workdir) keeps its model: the seeded
+    # random 8B weights are the same, and writing 16 GB again costs a minute of device time.
+    cached = (model_dir / "config.json").is_file() and any(model_dir.glob("*.safetensors"))
     if shape_name == "tiny":
         model = build_model("llama", tokenizer)
     else:
@@ -430,15 +487,16 @@ def _prepare(config: dict[str, Any]) -> dict[str, Any]:
             pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(SEED)
-        with torch.device("cuda" if cuda else "cpu"):
+        with torch.device("meta" if cached else "cuda" if cuda else "cpu"):
             model = AutoModelForCausalLM.from_config(llama, dtype=torch.bfloat16)
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight
     output = model.get_output_embeddings()
-    tied = output is not None and output.weight.data_ptr() == embedding.data_ptr()
+    tied = output is not None and output.weight is embedding
     matmul = total if tied else total - embedding.numel()
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    if not cached:
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
     rows = steps * batch_size
     data = workdir / "train.jsonl"
     lengths = _write_conversations(data, tokenizer, rows=rows, seq_len=seq_len)
@@ -491,6 +549,10 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     meter = _meter(config["warmup_steps"], config["steps"], cuda=config["cuda"])
     trainer.add_callback(meter)
     trainer.model.register_forward_pre_hook(meter.count, with_kwargs=True)
+    profiler = None
+    if config["profile"] and config["cuda"] and config["side"] == "ours":
+        profiler = _profiler(config)
+        trainer.add_callback(profiler)
     if config["cuda"]:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -499,8 +561,15 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     elapsed = meter.stop - meter.start
     cpu_elapsed = meter.cpu_stop - meter.cpu_start
     tokens, loss_tokens = int(meter.tokens), int(meter.loss_tokens)
+    max_tokens = max((int(t) for t in meter.micro_batch_tokens), default=0)
+    planned = None
+    if config["cuda"] and config["side"] == "ours":
+        planned = _planned_peak_mib(trainer, max_tokens)
     shutil.rmtree(output, ignore_errors=True)
     return {
+        "max_tokens_per_step": max_tokens,
+        "planned_peak_mib": planned,
+        "gpu_busy": profiler.busy if profiler else None,
         "tokens_per_s": tokens / elapsed,
         "cpu_tokens_per_s": tokens / cpu_elapsed if cpu_elapsed > 0 else None,
         "tokens_per_step": tokens / max(meter.steps, 1),
@@ -547,9 +616,83 @@ def _ours(config: dict[str, Any], output: Path) -> Any:
             "resources": {"gpusPerNode": 1 if config["cuda"] else 0},
         },
     }
+    if config["overrides"]:
+        from fttrainer.overrides import apply_overrides
+
+        manifest = apply_overrides(manifest, config["overrides"])
     recipe = Recipe(parse_job(manifest, "bench"), output)
     recipe.setup()
+    recipe.trainer.bench_spec = recipe.spec  # for the memory plan of this run
     return recipe.trainer
+
+
+def _planned_peak_mib(trainer: Any, tokens: int) -> float:
+    """`finetune plan`'s estimate for this run's largest micro-batch: activation memory
+    grows with the tokens in a micro-batch, so a padding-free batch of T tokens is planned
+    as one row of T. Checkpointing as the run resolved it."""
+    from fttrainer.plan import ModelShape, estimate_memory
+
+    spec = trainer.bench_spec
+    resolved = {
+        "batch_size": 1,
+        "gradient_checkpointing": bool(trainer.args.activation_checkpointing),
+        "liger_kernels": bool(trainer.args.use_liger_kernel),
+    }
+    training = spec.training.model_copy(update=resolved)
+    dataset = spec.dataset.model_copy(update={"max_seq_length": max(tokens, 1)})
+    spec = spec.model_copy(update={"training": training, "dataset": dataset})
+    shape = ModelShape.from_pretrained(spec.model.name)
+    return estimate_memory(shape, spec).total / 2**20
+
+
+def _profiler(config: dict[str, Any]) -> Any:
+    """A TrainerCallback that profiles 3 steps after the warm-up: the kernel table goes to
+    the --profile folder, and `busy` is the share of those steps' wall time the GPU spent
+    in kernels (the rest is launch overhead, Python, or waiting on the host)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    first, steps = config["warmup_steps"] + 1, 3
+    folder = Path(config["profile"])
+    folder.mkdir(parents=True, exist_ok=True)
+    name = " ".join(["ours", *config["overrides"]])
+
+    class Profile(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.prof: Any = None
+            self.started = 0.0
+            self.busy: float | None = None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step + 1 == first:
+                torch.cuda.synchronize()
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.prof is None or state.global_step != first + steps - 1:
+                return
+            torch.cuda.synchronize()
+            wall_us = (time.perf_counter() - self.started) * 1e6
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            # Kernels only: an operator's device time repeats that of the kernels it launched.
+            kernels_us = sum(
+                e.self_device_time_total for e in events if e.device_type != DeviceType.CPU
+            )
+            self.busy = kernels_us / wall_us
+            table = events.table(sort_by="self_device_time_total", row_limit=40)
+            with (folder / "profile.txt").open("a") as out:  # one file: $OUT returns few
+                out.write(
+                    f"== {name}: {steps} steps, wall {wall_us / 1e3:.1f} ms, kernels "
+                    f"{kernels_us / 1e3:.1f} ms ({100 * self.busy:.0f}% busy)\n{table}\n\n"
+                )
+            self.prof = None
+
+    return Profile()
 
 
 def _baseline(config: dict[str, Any], output: Path) -> Any:
@@ -600,6 +743,7 @@ def _meter(warmup: int, steps: int, *, cuda: bool) -> Any:
             # Counted where the batch lives and read once at the end: no sync per step.
             self.tokens: Any = 0
             self.loss_tokens: Any = 0
+            self.micro_batch_tokens: list[Any] = []  # every micro-batch, warm-up included
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == warmup:
@@ -610,13 +754,17 @@ def _meter(warmup: int, steps: int, *, cuda: bool) -> Any:
                     self.stop, self.cpu_stop, self.measuring = now(), time.process_time(), False
 
         def count(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if not self.measuring or not module.training:
+            if not module.training:
                 return
             ids = kwargs.get("input_ids", args[0] if args else None)
             mask = kwargs.get("attention_mask")
             labels = kwargs.get("labels")
             # Padded batches: the attention mask's ones; padding-free ones: every token.
-            self.tokens += mask.sum() if mask is not None else ids.numel()
+            tokens = mask.sum() if mask is not None else ids.numel()
+            self.micro_batch_tokens.append(tokens)
+            if not self.measuring:
+                return
+            self.tokens += tokens
             if labels is not None:
                 self.loss_tokens += (labels[..., 1:] != -100).sum()
 

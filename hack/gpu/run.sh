@@ -6,7 +6,9 @@
 #   here (CPU):  OUT=/tmp/gpu-out bash hack/gpu/run.sh   (the tier skips, benches run tiny)
 #
 # GPU_STEPS selects what runs (default "versions tests attention trainer"); BENCH_ARGS are
-# passed to bench/trainer.py, ATTENTION_ARGS to bench/attention.py.
+# passed to bench/trainer.py, ATTENTION_ARGS to bench/attention.py. The step "variants" runs
+# our side alone once per entry of GPU_VARIANTS (';'-separated; each entry is `default` or
+# space-separated PATH=VALUE changes for bench/trainer.py --set), profiling each run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -69,6 +71,18 @@ PY
         ${BENCH_ARGS:-} > "$OUT/trainer.log" 2>&1
       tail -25 "$OUT/trainer.log"
       note trainer "$(grep -E '^(PASS|FAIL)' "$OUT/trainer.log" | tr '\n' ';')" ;;
+    variants)
+      IFS=';' read -ra variants <<< "${GPU_VARIANTS:-default}"
+      for variant in "${variants[@]}"; do
+        sets=()
+        for change in $variant; do [[ $change == default ]] || sets+=(--set "$change"); done
+        echo "== variant: $variant" >> "$OUT/variants.log"
+        "$PYTHON" bench/trainer.py --sides ours --repeats 1 --workdir /tmp/ftbench \
+          --profile "$OUT" ${BENCH_ARGS:-} "${sets[@]}" >> "$OUT/variants.log" 2>&1 \
+          || echo "FAILED: $variant" >> "$OUT/variants.log"
+      done
+      grep -E '^(== variant|  ours|FAILED)' "$OUT/variants.log"
+      note variants "${#variants[@]} runs of ours; see variants.log and profile.txt" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
   SUMMARY[-1]+=" ($((SECONDS - started)) s)"
