@@ -15,6 +15,8 @@ REPO=$PWD
 OUT=${OUT:-$REPO/results/gpu}
 mkdir -p "$OUT"
 STEPS=${GPU_STEPS:-versions tests attention trainer}
+# Outside $OUT (which comes back): the 8B model written there once serves every bench run.
+BENCH_WORKDIR=${BENCH_WORKDIR:-/tmp/ftbench}
 if [[ -z ${PYTHON:-} ]]; then  # the device has no .venv (it does not travel): its python3
   PYTHON=python3
   [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
@@ -67,7 +69,7 @@ PY
       cat "$OUT/attention.log"
       note attention "$(grep -c ' ok$' "$OUT/attention.log") kernels correct; see attention.log" ;;
     trainer)
-      "$PYTHON" bench/trainer.py --json "$OUT/trainer.json" --workdir /tmp/ftbench \
+      "$PYTHON" bench/trainer.py --json "$OUT/trainer.json" --workdir "$BENCH_WORKDIR" \
         ${BENCH_ARGS:-} > "$OUT/trainer.log" 2>&1
       tail -25 "$OUT/trainer.log"
       note trainer "$(grep -E '^(PASS|FAIL)' "$OUT/trainer.log" | tr '\n' ';')" ;;
@@ -77,7 +79,7 @@ PY
         sets=()
         for change in $variant; do [[ $change == default ]] || sets+=(--set "$change"); done
         echo "== variant: $variant" >> "$OUT/variants.log"
-        "$PYTHON" bench/trainer.py --sides ours --repeats 1 --workdir /tmp/ftbench \
+        "$PYTHON" bench/trainer.py --sides ours --repeats 1 --workdir "$BENCH_WORKDIR" \
           --profile "$OUT" ${BENCH_ARGS:-} "${sets[@]}" >> "$OUT/variants.log" 2>&1 \
           || echo "FAILED: $variant" >> "$OUT/variants.log"
       done

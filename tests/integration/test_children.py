@@ -170,6 +170,14 @@ def test_a_job_recreated_over_orphaned_children_does_not_take_them_over(
         lambda: not (job := read_job(cluster, ns, f"{name}-0")).metadata.owner_references and job,
         what="the orphaned Job without owner",
     )
+    # The garbage collector orphans the children before it lets the old object go: wait
+    # until it is gone, as a user's create would have to.
+    eventually(
+        lambda: _absent(
+            lambda: _custom(cluster).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        ),
+        what="the deleted FineTuneJob gone",
+    )
     _apply(cluster, ns, _manifest(name))
     status = _wait(cluster, ns, name, operator, "Failed")
     assert status["failureReason"] == "ChildConflict", status

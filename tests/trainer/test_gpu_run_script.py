@@ -1,6 +1,7 @@
 """hack/gpu/run.sh, the one command a lent GPU machine runs, works here too (CPU): the GPU
 tier is collected and skipped with its reason, the attention benchmark checks its kernels,
-and the summary table comes last. No device minute goes to a broken script."""
+the variants step runs our side once per change, and the summary table comes last. No
+device minute goes to a broken script."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_gpu_script_runs_on_cpu(tmp_path: Path) -> None:
-    env = {**os.environ, "OUT": str(tmp_path), "GPU_STEPS": "versions tests attention"}
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_STEPS": "versions tests attention variants",
+           "GPU_VARIANTS": "training.batchSize=2", "BENCH_ARGS": "--steps 2",
+           "BENCH_WORKDIR": str(tmp_path / "bench")}  # fmt: skip
     done = subprocess.run(["bash", "hack/gpu/run.sh"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -22,3 +25,8 @@ def test_the_gpu_script_runs_on_cpu(tmp_path: Path) -> None:
     log = (tmp_path / "gpu-tests.log").read_text()
     assert "needs a CUDA GPU" in log
     assert (tmp_path / "attention.json").exists() and (tmp_path / "versions.txt").exists()
+    # One run of our side per variant, the variant's change applied (here on the tiny model).
+    assert "1 runs of ours" in summary
+    variants = (tmp_path / "variants.log").read_text()
+    assert "ours with --set training.batchSize=2" in variants and "FAILED" not in variants
+    assert "  ours     #0:" in variants

@@ -95,3 +95,30 @@ def test_attention_auto_prefers_flash_attention_on_a_gpu(
 
     spec = parse_job(make_job().set("model.attention", attention).obj()).spec
     assert resolve_attention(spec, cuda=cuda, flash_attn=flash_attn) == expected
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "cuda", "strategy", "expected"),
+    [
+        ("auto", True, "auto", "adamw_torch_fused"),  # one kernel for every parameter
+        ("auto", False, "auto", "adamw_torch"),
+        ("auto", True, "deepspeed", "adamw_torch_fused"),
+        ("adamw_torch", True, "auto", "adamw_torch"),  # an explicit choice stays
+        ("paged_adamw_8bit", True, "auto", "paged_adamw_8bit"),
+    ],
+)
+def test_optimizer_auto_is_fused_adamw_on_a_gpu(
+    optimizer: str, cuda: bool, strategy: str, expected: str
+) -> None:
+    job = make_job().set("training.optimizer", optimizer).set("distributed.strategy", strategy)
+    spec = parse_job(job.obj()).spec
+    kwargs = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=cuda, bf16_supported=cuda)
+    assert kwargs["optim"] == expected
+
+
+def test_deepspeed_cpu_offload_accepts_the_resolved_auto_optimizer() -> None:
+    job = make_job().set("distributed", {"strategy": "deepspeed",
+                                         "deepspeed": {"offloadOptimizer": "cpu"}})  # fmt: skip
+    spec = parse_job(job.obj()).spec
+    kwargs = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=True, bf16_supported=True)
+    assert kwargs["deepspeed"]["optimizer"]["type"] == "AdamW"

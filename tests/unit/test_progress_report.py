@@ -485,3 +485,25 @@ def test_callback_reports_a_checkpoint_only_once_committed_and_only_on_rank_0() 
     assert report.checkpoint == CheckpointReport(
         latest="s3://b/ck/id/checkpoint-2", step=2, count=1
     )
+
+
+def test_tokens_per_second_leaves_the_first_steps_warm_up_out_once_a_later_log_exists() -> None:
+    """The first logged step carries torch.compile, CUDA initialisation and the allocator
+    growing: 30 s for 500 tokens here, then 500 tokens/s. The rate counts from that first
+    log once a later one exists."""
+    reporter, _, clock = _reporter()
+    reporter.training_started(step=0, total_steps=100)
+    clock.t += 30
+    reporter.logged({"num_tokens": 500.0}, step=1)
+    assert reporter.report().tokens_per_second == pytest.approx(500 / 30)
+    clock.t += 10
+    reporter.logged({"num_tokens": 5500.0}, step=11)
+    assert reporter.report().tokens_per_second == 500.0
+    clock.t += 10
+    reporter.logged({"num_tokens": 10500.0}, step=21)
+    assert reporter.report().tokens_per_second == 500.0
+    # A new attempt measures afresh.
+    reporter.training_started(step=21, total_steps=100, tokens_seen=0.0)
+    clock.t += 20
+    reporter.logged({"num_tokens": 2000.0}, step=22)
+    assert reporter.report().tokens_per_second == 100.0

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftapi.v1alpha1 import DeepSpeedSpec, FineTuneJobSpec
-from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
+from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS, LORA_METHODS
 
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
+LORA_DROPOUT_BYTES = 4  # per adapted input feature and token: bf16 copy + mask, rounded up
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
         else method.type != "prefix"
     )
     per_layer = 34 * tokens * shape.hidden
+    if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
+        # PEFT keeps a dropped-out bf16 copy of each adapted layer's input and its mask
+        # for backward: 4 bytes per input feature (measured, tests/trainer/test_plan.py).
+        per_layer += LORA_DROPOUT_BYTES * tokens * _adapted_inputs(shape, spec) // shape.layers
     parts["activations"] = (
         (2 * tokens * shape.hidden * shape.layers + per_layer)
         if checkpointing
@@ -177,13 +182,21 @@ def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
         per_token = 2 * shape.layers * shape.hidden if method.type == "prefix" else shape.hidden
         return tokens * per_token
     lora = method.effective_lora()
-    names = lora.target_modules
-    targets = [
+    return sum(lora.r * (i + o) for i, o in _adapted_linears(shape, spec))
+
+
+def _adapted_linears(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer the LoRA-family adapter of the spec adapts."""
+    names = spec.method.effective_lora().target_modules
+    return [
         (i, o)
         for name, i, o in shape.linears
         if names == ["all-linear"] or any(name == t or name.endswith(f".{t}") for t in names)
     ]
-    return sum(lora.r * (i + o) for i, o in targets)
+
+
+def _adapted_inputs(shape: ModelShape, spec: FineTuneJobSpec) -> int:
+    return sum(i for i, _ in _adapted_linears(shape, spec))
 
 
 def _zero_stage(spec: FineTuneJobSpec) -> int:

@@ -312,6 +312,10 @@ class ProgressReporter:
         self.model_uri: str | None = None
         # This attempt's start (clock, step, token counters): the pace of the ETA and rate.
         self._began: tuple[float, int, dict[str, float]] | None = None
+        # (clock, counter) at this attempt's first log: the rate counts from there once a
+        # later log exists, so the first steps' warm-up (torch.compile, CUDA init, the
+        # allocator growing) does not drag it down for the rest of the run.
+        self._first_log: tuple[float, float] | None = None
         self._last_sent: float | None = None
 
     @classmethod
@@ -368,6 +372,7 @@ class ProgressReporter:
             step,
             {"num_tokens": 0.0, "num_input_tokens_seen": tokens_seen},
         )
+        self._first_log = None
         self._send()
 
     @_never_raises
@@ -455,12 +460,19 @@ class ProgressReporter:
         if self._began is None:
             return
         began, _, counted_from = self._began
-        elapsed = self.clock() - began
+        now = self.clock()
         for counter in TOKEN_COUNTERS:
             value = logs.get(counter)
-            if isinstance(value, int | float) and elapsed > 0:
-                self.tokens_per_second = max(float(value) - counted_from[counter], 0.0) / elapsed
-                return
+            if not isinstance(value, int | float):
+                continue
+            if self._first_log is None:
+                self._first_log = (now, float(value))
+                since, tokens = began, float(value) - counted_from[counter]
+            else:
+                since, tokens = self._first_log[0], float(value) - self._first_log[1]
+            if now > since:
+                self.tokens_per_second = max(tokens, 0.0) / (now - since)
+            return
 
     def _send(self, *, force: bool = False) -> None:
         now = self.clock()

@@ -289,8 +289,9 @@ class Recipe:
         )
         log.info(
             "throughput: padding-free %s, liger kernels %s, activation checkpointing %s, "
-            "torch.compile %s", kwargs.get("padding_free", False), kwargs["use_liger_kernel"],
-            kwargs["activation_checkpointing"], kwargs["torch_compile"],
+            "torch.compile %s, optimizer %s", kwargs.get("padding_free", False),
+            kwargs["use_liger_kernel"], kwargs["activation_checkpointing"],
+            kwargs["torch_compile"], kwargs["optim"],
         )  # fmt: skip
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         peft_kwargs = peft_config_kwargs(self.spec)

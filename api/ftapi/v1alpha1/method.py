@@ -40,8 +40,10 @@ class LoraSpec(ApiModel):
     """Rank of the update matrices."""
     alpha: Annotated[int, Field(ge=1, le=65536)] = 32
     """Scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rslora)."""
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
-    """Dropout on the LoRA input."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout on the LoRA input. Off by default (as in PEFT, torchtune and LLaMA-Factory):
+    above 0, every adapted layer keeps a dropped-out copy of its input and the mask for
+    backward, about half as much activation memory again without checkpointing."""
     target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=64)] = ["all-linear"]
     """Module names to adapt, matched exactly or as a dotted-name suffix (q_proj matches
     model.layers.0.self_attn.q_proj). `all-linear` on its own (the CLI's `auto`) adapts

@@ -49,7 +49,9 @@ class Progress(ApiModel):
     eta_seconds: Annotated[int, Field(ge=0)] | None = None
     """Estimated seconds until training ends."""
     tokens_per_second: Annotated[float, Field(ge=0.0)] | None = None
-    """Training throughput across all processes."""
+    """Training throughput across all processes, in this attempt, counted from its first
+    logged step once a later one exists (the first steps' warm-up, torch.compile's included,
+    is left out)."""
     summary: ShortText | None = None
     """Printable progress, e.g. "120/1000 (12%)" (the PROGRESS column)."""
     eta: ShortText | None = None

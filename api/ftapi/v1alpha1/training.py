@@ -19,6 +19,7 @@ Scheduler = Literal[
 ]
 # transformers' OptimizerNames; the 8-bit and paged ones come from bitsandbytes.
 Optimizer = Literal[
+    "auto",
     "adamw_torch",
     "adamw_torch_fused",
     "adamw_8bit",
@@ -71,8 +72,9 @@ class TrainingSpec(ApiModel):
     """AdamW weight decay."""
     max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
     """Gradient clipping norm (0 disables clipping)."""
-    optimizer: Optimizer = "adamw_torch"
-    """Optimizer; adamw_torch_fused is faster on GPUs, the 8-bit/paged ones save memory."""
+    optimizer: Optimizer = "auto"
+    """Optimizer. auto: adamw_torch_fused on GPUs (one kernel updates every parameter; the
+    Trainer's and TRL's default too), adamw_torch on CPU. The 8-bit/paged ones save memory."""
     seed: Annotated[int, Field(ge=0)] = 42
     """Seed for initialisation, dropout and data order."""
     gradient_checkpointing: bool | None = None
