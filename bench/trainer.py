@@ -196,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="GPU: profile 3 steps of each of our runs after the warm-up (torch.profiler); "
-        "append the kernel table and the share of wall time the GPU was busy to "
-        "DIR/profile.txt",
+        help="profile 3 steps of each of our runs (torch.profiler; inside the warm-up "
+        "when --warmup-steps is 5 or more, so tokens/s stays clean); append the kernel table "
+        "and the share of wall time the GPU was busy to DIR/profile.txt",
     )
     return parser
 
@@ -550,7 +550,7 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     trainer.add_callback(meter)
     trainer.model.register_forward_pre_hook(meter.count, with_kwargs=True)
     profiler = None
-    if config["profile"] and config["cuda"] and config["side"] == "ours":
+    if config["profile"] and config["side"] == "ours":
         profiler = _profiler(config)
         trainer.add_callback(profiler)
     if config["cuda"]:
@@ -636,7 +636,6 @@ def _planned_peak_mib(trainer: Any, tokens: int) -> float:
     resolved = {
         "batch_size": 1,
         "gradient_checkpointing": bool(trainer.args.activation_checkpointing),
-        "liger_kernels": bool(trainer.args.use_liger_kernel),
     }
     training = spec.training.model_copy(update=resolved)
     dataset = spec.dataset.model_copy(update={"max_seq_length": max(tokens, 1)})
@@ -646,15 +645,19 @@ def _planned_peak_mib(trainer: Any, tokens: int) -> float:
 
 
 def _profiler(config: dict[str, Any]) -> Any:
-    """A TrainerCallback that profiles 3 steps after the warm-up: the kernel table goes to
-    the --profile folder, and `busy` is the share of those steps' wall time the GPU spent
-    in kernels (the rest is launch overhead, Python, or waiting on the host)."""
+    """A TrainerCallback that profiles 3 steps: the kernel table goes to the --profile
+    folder, and `busy` is the share of those steps' wall time the GPU spent in kernels (the
+    rest is launch overhead, Python, or waiting on the host). With 5 or more warm-up steps
+    it profiles the last 3 but one of them (after the first step's compilation and warm-up,
+    and finished before the timed steps begin, so tokens/s carries no profiler overhead);
+    with fewer, the first 3 timed steps, and the run's tokens/s is flagged."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
-    first, steps = config["warmup_steps"] + 1, 3
+    warmup, steps, cuda = config["warmup_steps"], 3, config["cuda"]
+    first = warmup - steps if warmup >= steps + 2 else warmup + 1
     folder = Path(config["profile"])
     folder.mkdir(parents=True, exist_ok=True)
     name = " ".join(["ours", *config["overrides"]])
@@ -667,29 +670,44 @@ def _profiler(config: dict[str, Any]) -> Any:
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step + 1 == first:
-                torch.cuda.synchronize()
-                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                activities = [ProfilerActivity.CPU]
+                if cuda:
+                    torch.cuda.synchronize()
+                    activities.append(ProfilerActivity.CUDA)
+                self.prof = profile(activities=activities)
                 self.prof.__enter__()
                 self.started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.prof is None or state.global_step != first + steps - 1:
-                return
-            torch.cuda.synchronize()
+            if self.prof is not None and state.global_step == first + steps - 1:
+                self._finish(state.global_step)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # A run shorter than the window: close the profiler (one left running crashes
+            # the interpreter at exit) and report the steps it saw.
+            if self.prof is not None:
+                self._finish(state.global_step)
+
+        def _finish(self, last: int) -> None:
+            if cuda:
+                torch.cuda.synchronize()
             wall_us = (time.perf_counter() - self.started) * 1e6
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
-            # Kernels only: an operator's device time repeats that of the kernels it launched.
-            kernels_us = sum(
-                e.self_device_time_total for e in events if e.device_type != DeviceType.CPU
+            where = f"steps {first}-{last}" + (
+                " (timed: tokens/s includes the profiler)" if first > warmup else ""
             )
-            self.busy = kernels_us / wall_us
-            table = events.table(sort_by="self_device_time_total", row_limit=40)
-            with (folder / "profile.txt").open("a") as out:  # one file: $OUT returns few
-                out.write(
-                    f"== {name}: {steps} steps, wall {wall_us / 1e3:.1f} ms, kernels "
-                    f"{kernels_us / 1e3:.1f} ms ({100 * self.busy:.0f}% busy)\n{table}\n\n"
+            head = f"== {name}: {where}, wall {wall_us / 1e3:.1f} ms"
+            if cuda:
+                # Kernels only: an operator's device time repeats its kernels' time.
+                kernels_us = sum(
+                    e.self_device_time_total for e in events if e.device_type != DeviceType.CPU
                 )
+                self.busy = kernels_us / wall_us
+                head += f", kernels {kernels_us / 1e3:.1f} ms ({100 * self.busy:.0f}% busy)"
+            sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+            with (folder / "profile.txt").open("a") as out:  # one file: $OUT returns few
+                out.write(f"{head}\n{events.table(sort_by=sort, row_limit=40)}\n\n")
             self.prof = None
 
     return Profile()

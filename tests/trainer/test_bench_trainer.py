@@ -1,6 +1,6 @@
 """bench/trainer.py's options for exploring our side on a device (what a lent GPU's minutes go
-to): one side alone, `--set` changes to our FineTuneJob, a reused work directory. Run for
-real on the tiny model, 3 steps."""
+to): one side alone, `--set` changes to our FineTuneJob, a profile of 3 steps, a reused work
+directory. Run for real on the tiny model, a few steps."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_our_side_alone_with_set_changes_and_a_reused_model(tmp_path: Path) -> None:
     result = tmp_path / "ours.json"
-    done = _bench(tmp_path, "--set", "training.batchSize=2", "--json", str(result))
+    profiles = tmp_path / "profiles"
+    done = _bench(tmp_path, "--set", "training.batchSize=2", "--json", str(result),
+                  "--steps", "8", "--warmup-steps", "5", "--profile", str(profiles))  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     document = json.loads(result.read_text())
     assert [run["side"] for run in document["runs"]] == ["ours"]
@@ -31,6 +33,10 @@ def test_our_side_alone_with_set_changes_and_a_reused_model(tmp_path: Path) -> N
     assert document["config"]["overrides"] == ["training.batchSize=2"]
     assert "ratio" not in done.stdout and "tokens/s ours/baseline" not in done.stdout
     assert "--set training.batchSize=2" in done.stdout
+    # Profiled inside the warm-up (steps 2-4 of 5 untimed), so tokens/s is not flagged.
+    profile = (profiles / "profile.txt").read_text()
+    assert "== ours training.batchSize=2: steps 2-4, wall" in profile, profile[:500]
+    assert "aten::" in profile and "timed" not in profile
     model = next((tmp_path / "work").glob("model-*/model.safetensors"))
     written = model.stat().st_mtime_ns
 

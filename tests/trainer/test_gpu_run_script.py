@@ -30,3 +30,8 @@ def test_the_gpu_script_runs_on_cpu(tmp_path: Path) -> None:
     variants = (tmp_path / "variants.log").read_text()
     assert "ours with --set training.batchSize=2" in variants and "FAILED" not in variants
     assert "  ours     #0:" in variants
+    # 2 steps, 1 untimed: the profile window is cut short by the run's end and says so.
+    assert (
+        "steps 2-2 (timed: tokens/s includes the profiler)"
+        in (tmp_path / "profile.txt").read_text()
+    )
