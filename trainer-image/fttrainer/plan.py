@@ -112,10 +112,13 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
         else method.type != "prefix"
     )
     per_layer = 34 * tokens * shape.hidden
+    dropout_per_layer = 0
     if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
         # PEFT keeps a dropped-out bf16 copy of each adapted layer's input and its mask
         # for backward: 4 bytes per input feature (measured, tests/trainer/test_plan.py).
-        per_layer += LORA_DROPOUT_BYTES * tokens * _adapted_inputs(shape, spec) // shape.layers
+        dropout_per_layer = LORA_DROPOUT_BYTES * tokens * _adapted_inputs(shape, spec)
+        dropout_per_layer //= shape.layers
+        per_layer += dropout_per_layer
     parts["activations"] = (
         (2 * tokens * shape.hidden * shape.layers + per_layer)
         if checkpointing
@@ -124,8 +127,16 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
     parts["logits"] = tokens * shape.vocab * 4.0 * 2  # fp32 logits and their gradient
     parts["CUDA and framework"] = OVERHEAD_BYTES
     notes = []
-    if checkpointing:
-        notes.append("activation checkpointing on (the default for GPU runs)")
+    if checkpointing and training.gradient_checkpointing is None:
+        notes.append(
+            "activation checkpointing on; unset, a GPU run turns it off when the estimate "
+            "without it fits 85% of the device"
+        )
+    elif checkpointing:
+        notes.append("activation checkpointing on")
+    if dropout_per_layer and not checkpointing:
+        saved = dropout_per_layer * shape.layers / GIB
+        notes.append(f"LoRA dropout keeps {saved:.1f} GiB of activations; dropout 0 would not")
     return MemoryEstimate(parts, processes, trainable, notes)
 
 
