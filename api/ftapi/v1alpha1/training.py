@@ -17,7 +17,8 @@ Scheduler = Literal[
     "constant_with_warmup",
     "inverse_sqrt",
 ]
-# transformers' OptimizerNames; the 8-bit and paged ones come from bitsandbytes.
+# auto (resolved by the trainer), or one of transformers' OptimizerNames; the 8-bit and paged
+# ones come from bitsandbytes.
 Optimizer = Literal[
     "auto",
     "adamw_torch",
