@@ -545,7 +545,11 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     if not config["cuda"]:
         torch.set_num_threads(config["threads"])
     output = Path(tempfile.mkdtemp(prefix=f"{config['side']}-", dir=config["workdir"]))
-    trainer = _ours(config, output) if config["side"] == "ours" else _baseline(config, output)
+    spec = None  # ours: the FineTuneJob spec, for the memory plan of this run
+    if config["side"] == "ours":
+        trainer, spec = _ours(config, output)
+    else:
+        trainer = _baseline(config, output)
     meter = _meter(config["warmup_steps"], config["steps"], cuda=config["cuda"])
     trainer.add_callback(meter)
     trainer.model.register_forward_pre_hook(meter.count, with_kwargs=True)
@@ -563,8 +567,8 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     tokens, loss_tokens = int(meter.tokens), int(meter.loss_tokens)
     max_tokens = max((int(t) for t in meter.micro_batch_tokens), default=0)
     planned = None
-    if config["cuda"] and config["side"] == "ours":
-        planned = _planned_peak_mib(trainer, max_tokens)
+    if config["cuda"] and spec is not None:
+        planned = _planned_peak_mib(spec, trainer, max_tokens)
     shutil.rmtree(output, ignore_errors=True)
     return {
         "max_tokens_per_step": max_tokens,
@@ -582,7 +586,7 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ours(config: dict[str, Any], output: Path) -> Any:
+def _ours(config: dict[str, Any], output: Path) -> tuple[Any, Any]:
     """fttrainer's Recipe, set up the way `finetune run` sets it up."""
     from ftapi import parse_job
     from fttrainer.recipe import Recipe
@@ -622,24 +626,18 @@ def _ours(config: dict[str, Any], output: Path) -> Any:
         manifest = apply_overrides(manifest, config["overrides"])
     recipe = Recipe(parse_job(manifest, "bench"), output)
     recipe.setup()
-    recipe.trainer.bench_spec = recipe.spec  # for the memory plan of this run
-    return recipe.trainer
+    return recipe.trainer, recipe.spec
 
 
-def _planned_peak_mib(trainer: Any, tokens: int) -> float:
+def _planned_peak_mib(spec: Any, trainer: Any, tokens: int) -> float:
     """`finetune plan`'s estimate for this run's largest micro-batch: activation memory
     grows with the tokens in a micro-batch, so a padding-free batch of T tokens is planned
     as one row of T. Checkpointing as the run resolved it."""
-    from fttrainer.plan import ModelShape, estimate_memory
+    from fttrainer.plan import ModelShape, estimate_memory, with_changes
 
-    spec = trainer.bench_spec
-    resolved = {
-        "batch_size": 1,
-        "gradient_checkpointing": bool(trainer.args.activation_checkpointing),
-    }
-    training = spec.training.model_copy(update=resolved)
-    dataset = spec.dataset.model_copy(update={"max_seq_length": max(tokens, 1)})
-    spec = spec.model_copy(update={"training": training, "dataset": dataset})
+    checkpointing = bool(trainer.args.activation_checkpointing)
+    spec = with_changes(spec, "training", batch_size=1, gradient_checkpointing=checkpointing)
+    spec = with_changes(spec, "dataset", max_seq_length=max(tokens, 1))
     shape = ModelShape.from_pretrained(spec.model.name)
     return estimate_memory(shape, spec).total / 2**20
 

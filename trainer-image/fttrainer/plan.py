@@ -116,7 +116,8 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
     if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
         # PEFT keeps a dropped-out bf16 copy of each adapted layer's input and its mask
         # for backward: 4 bytes per input feature (measured, tests/trainer/test_plan.py).
-        dropout_per_layer = LORA_DROPOUT_BYTES * tokens * _adapted_inputs(shape, spec)
+        adapted_inputs = sum(i for i, _ in _adapted_linears(shape, spec))
+        dropout_per_layer = LORA_DROPOUT_BYTES * tokens * adapted_inputs
         dropout_per_layer //= shape.layers
         per_layer += dropout_per_layer
     parts["activations"] = (
@@ -149,16 +150,16 @@ def suggest(shape: ModelShape, spec: FineTuneJobSpec, budget_bytes: float) -> li
         return estimate_memory(shape, current).total <= budget_bytes
 
     if not fits() and current.training.gradient_checkpointing is False:
-        current = _set(current, "training", gradient_checkpointing=True)
+        current = with_changes(current, "training", gradient_checkpointing=True)
         suggestions.append("training.gradientCheckpointing=true")
     if not fits() and current.resources.gpus_per_node > 0 and current.processes() > 1:
-        current = _set(current, "distributed", strategy="deepspeed",
-                       deepspeed=DeepSpeedSpec(zero_stage=3))  # fmt: skip
+        current = with_changes(current, "distributed", strategy="deepspeed",
+                               deepspeed=DeepSpeedSpec(zero_stage=3))  # fmt: skip
         suggestions.append("distributed.strategy=deepspeed distributed.deepspeed.zeroStage=3")
     while not fits() and current.training.batch_size > 1:
         batch = current.training.batch_size // 2
         accumulation = current.training.gradient_accumulation_steps * 2
-        current = _set(
+        current = with_changes(
             current, "training", batch_size=batch, gradient_accumulation_steps=accumulation
         )
         suggestions.append(
@@ -166,10 +167,10 @@ def suggest(shape: ModelShape, spec: FineTuneJobSpec, budget_bytes: float) -> li
             "(same global batch)"
         )
     if not fits() and "8bit" not in current.training.optimizer:
-        current = _set(current, "training", optimizer="paged_adamw_8bit")
+        current = with_changes(current, "training", optimizer="paged_adamw_8bit")
         suggestions.append("training.optimizer=paged_adamw_8bit")
     if not fits() and current.method.type in ("lora", "dora"):
-        current = _set(current, "method", type="qlora", quantization=None)
+        current = with_changes(current, "method", type="qlora", quantization=None)
         suggestions.append("method.type=qlora (4-bit base)")
     if not fits():
         needed = math.ceil(estimate_memory(shape, current).total / GIB)
@@ -206,10 +207,6 @@ def _adapted_linears(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[int
     ]
 
 
-def _adapted_inputs(shape: ModelShape, spec: FineTuneJobSpec) -> int:
-    return sum(i for i, _ in _adapted_linears(shape, spec))
-
-
 def _zero_stage(spec: FineTuneJobSpec) -> int:
     distributed = spec.distributed
     if distributed.strategy == "deepspeed":
@@ -219,7 +216,7 @@ def _zero_stage(spec: FineTuneJobSpec) -> int:
     return 0
 
 
-def _set(spec: FineTuneJobSpec, section: str, **changes: Any) -> FineTuneJobSpec:
+def with_changes(spec: FineTuneJobSpec, section: str, **changes: Any) -> FineTuneJobSpec:
     """A copy of the spec with some fields of one section changed (for what-if estimates)."""
     return spec.model_copy(update={section: getattr(spec, section).model_copy(update=changes)})
 
@@ -234,5 +231,6 @@ def fits_without_checkpointing(
 ) -> tuple[bool, float]:
     """Whether the run fits `budget` bytes per device with activation checkpointing off
     (the worst case: every batch maxSeqLength long), and the estimate it rests on."""
-    needed = estimate_memory(shape, _set(spec, "training", gradient_checkpointing=False)).total
+    without = with_changes(spec, "training", gradient_checkpointing=False)
+    needed = estimate_memory(shape, without).total
     return needed <= CHECKPOINTING_MARGIN * budget, needed
