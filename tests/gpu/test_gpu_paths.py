@@ -203,3 +203,35 @@ def test_padding_free_varlen_gives_the_padded_loss(
     assert len({len(r["input_ids"]) for r in rows}) > 1  # real padding in the padded batch
     expected = _batch_loss(padded, rows)
     assert _batch_loss(packed, rows) == pytest.approx(expected, rel=2e-2)
+
+
+def test_the_memory_plan_checkpoints_only_the_layers_it_needs(
+    small_llama: Path, chat_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training.gradientCheckpointing unset, on a device that holds the run with 5 of its 8
+    layers checkpointed but not 4: exactly the first 5 recompute, and the run trains as
+    the plain path does. The device's free memory is the one thing set here (to that
+    budget); the plan, the Trainer and the kernels are real."""
+    import torch
+
+    from ftapi import parse_job
+    from fttrainer.activation_checkpointing import checkpointed_layers, decoder_layers
+    from fttrainer.plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
+    from tests.gpu.conftest import manifest
+
+    spec = parse_job(manifest(small_llama, chat_data, tmp_path)).spec
+    shape = ModelShape.from_pretrained(str(small_llama))
+    five, four = (estimate_memory(shape, spec, checkpointed_layers=n).total for n in (5, 4))
+    budget = (five + four) / 2 / CHECKPOINTING_MARGIN
+    total = torch.cuda.mem_get_info()[1]
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "mem_get_info",
+                      lambda *_: (int(budget) - torch.cuda.memory_reserved(), total))  # fmt: skip
+        partial = recipe(small_llama, chat_data, tmp_path / "partial")
+    assert checkpointed_layers(partial.trainer.model) == (5, 8)
+    flags = [layer.gradient_checkpointing for layer in decoder_layers(partial.trainer.model)]
+    assert flags == [True] * 5 + [False] * 3
+    plain = recipe(small_llama, chat_data, tmp_path / "plain",
+                   "training.gradientCheckpointing=false")  # fmt: skip
+    assert checkpointed_layers(plain.trainer.model) == (0, 8)
+    assert _losses(partial) == pytest.approx(_losses(plain), rel=2e-2)

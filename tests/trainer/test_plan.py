@@ -3,6 +3,7 @@ shapes match the published figures, and the suggestions make a too-big job fit."
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from ftapi import parse_job
-from fttrainer.plan import GIB, ModelShape, estimate_memory, suggest
+from fttrainer.plan import (
+    CHECKPOINTING_MARGIN,
+    GIB,
+    ModelShape,
+    checkpointed_layers_to_fit,
+    estimate_memory,
+    suggest,
+)
 from tests.builders import make_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +65,28 @@ def test_qlora_saves_the_base_weights_memory(shape: ModelShape) -> None:
     assert 3.0 * GIB < estimate_memory(shape, qlora).parts["weights"] < 4.0 * GIB
 
 
+def test_a_gpu_run_checkpoints_the_fewest_layers_that_fit(shape: ModelShape) -> None:
+    """Unset checkpointing on a GPU: none when everything fits, all when nothing does, and in
+    between the fewest layers whose estimate fits the margin of the device."""
+    spec = parse_job(make_job().set("training.batchSize", 8).obj()).spec  # 8 x 1024 tokens
+    by_layers = [estimate_memory(shape, spec, checkpointed_layers=n).total for n in range(33)]
+    # Each checkpointed layer keeps its input instead of its activations (34 -> 2 bytes per
+    # token and hidden unit): 8,192 tokens x 4,096 x 32 bytes = 1 GiB less per layer. The
+    # last one gains nothing: backward recomputes one layer's worth at a time anyway.
+    steps = [before - after for before, after in itertools.pairwise(by_layers)]
+    assert steps[:31] == pytest.approx([GIB] * 31)
+    assert steps[31] == -2 * 8192 * 4096
+    assert by_layers[32] == estimate_memory(shape, spec).total  # unset means all, as before
+
+    assert checkpointed_layers_to_fit(shape, spec, 1000 * GIB) == (0, by_layers[0])
+    assert checkpointed_layers_to_fit(shape, spec, 10 * GIB) == (32, by_layers[32])
+    assert checkpointed_layers_to_fit(shape, spec, by_layers[31] / CHECKPOINTING_MARGIN)[0] == 31
+    budget = by_layers[20] / CHECKPOINTING_MARGIN + 0.5 * GIB  # fits 20, not 19
+    assert checkpointed_layers_to_fit(shape, spec, budget) == (20, by_layers[20])
+    partial = estimate_memory(shape, spec, checkpointed_layers=20)
+    assert "activation checkpointing on 20 of 32 layers" in partial.notes
+
+
 def test_full_fine_tune_needs_sharding_and_suggestions_make_it_fit(shape: ModelShape) -> None:
     spec = parse_job(
         make_job().set("method.type", "full").set("resources", {"nodes": 1, "gpusPerNode": 8})
@@ -80,6 +110,9 @@ def test_plan_cli(llama2_7b: Path) -> None:
     assert "trainable parameters: 39,976,960" in result.stdout
     assert "does not fit 12 GiB; try, in this order:" in result.stdout
     assert "--set method.type=qlora (4-bit base)" in result.stdout
+    assert "gradientCheckpointing unset: on 12 GiB a GPU run checkpoints 32 of 32 layers" in (
+        result.stdout
+    )
 
 
 def test_the_plans_lora_dropout_memory_is_what_autograd_keeps(tmp_path: Path) -> None:

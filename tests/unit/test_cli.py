@@ -99,6 +99,32 @@ def test_validate_missing_file(tmp_path: Path) -> None:
     assert "No such file" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "flags", "message"),
+    [
+        ("latin.env", b"# mod\xe8le\nMODEL_NAME=x\n", [],
+         "latin.env: not UTF-8 text (byte 5: invalid continuation byte); save it as UTF-8"),
+        ("cp1252.yaml", b"model:\n  base_model: caf\xe9\n", [], "cp1252.yaml: not UTF-8 text"),
+        ("bad.env", b"MODEL_NAME=x\nthis line is bad\n", [],
+         "bad.env:2: expected KEY=value, got 'this line is bad'"),
+        ("cycle.env", b"CONFIG=cycle.env\nMODEL_NAME=x\n", [], "CONFIG includes form a cycle"),
+        ("include.env", b"CONFIG=missing.env\nMODEL_NAME=x\n", [],
+         "missing.env: No such file or directory"),
+        ("bad.toml", b'[fine_tuner]\nbase_model_id = "x\n', [], "bad.toml: not valid TOML"),
+        ("nested.yaml", b"model:\n  base_model: x\n", ["--model.base_model.x", "1"],
+         "--model.base_model.x: base_model is not a section"),
+    ],
+)  # fmt: skip
+def test_an_unreadable_config_is_one_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    name: str, content: bytes, flags: list[str], message: str,
+) -> None:  # fmt: skip
+    (tmp_path / name).write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", name, *flags]) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_formats_lists_every_format_with_an_example() -> None:
     from typing import get_args
 

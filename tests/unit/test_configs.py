@@ -145,6 +145,18 @@ def test_env_file_keys_includes_and_flags_over_the_file(tmp_path: Path) -> None:
     assert translation.run_directory == "./results/my_model/20261122_093005"
 
 
+def test_env_file_values_lose_their_quotes_and_comments(tmp_path: Path) -> None:
+    env = tmp_path / "quoted.env"
+    env.write_text(
+        "DATA_PATH=\"q.jsonl\"   # training data\nPROJECT_NAME='my # project'\n"
+        'OUTPUT_DIR=./out # where\nMODEL_NAME="a"b"\nEMPTY=\'\'\n'
+    )
+    assert flat.read_env_file(env) == {
+        "data_path": "q.jsonl", "project_name": "my # project", "output_dir": "./out",
+        "model_name": '"a"b"', "empty": "",
+    }  # fmt: skip
+
+
 def test_env_file_errors_name_the_line(tmp_path: Path) -> None:
     env = tmp_path / "bad.env"
     env.write_text("MODEL_NAME=x\nnot a setting\n")

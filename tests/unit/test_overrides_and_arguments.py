@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ftapi import parse_job
-from fttrainer.arguments import peft_config_kwargs, resolve_precision, trainer_config_kwargs
+from fttrainer.arguments import (
+    peft_config_kwargs,
+    resolve_partial_checkpointing,
+    resolve_precision,
+    trainer_config_kwargs,
+)
 from fttrainer.overrides import OverrideError, apply_overrides
 from tests.builders import make_job
 
@@ -71,9 +76,12 @@ def test_peft_configs() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [("no", "no"), ("off", "off"), ("true", True), ("False", False), ("3", 3), ("1e-4", 1e-4)],
-)
-def test_override_values_use_yaml_1_2_booleans(raw: str, value: object) -> None:
+    [("no", "no"), ("off", "off"), ("true", True), ("False", False), ("3", 3), ("1e-4", 1e-4),
+     # YAML 1.1 would read octal 14, base-60 90, 493 and 1000: 1.2 integers are decimal.
+     ("016", 16), ("1:30", "1:30"), ("0755", 755), ("1_000", "1_000"), ("0x10", 16),
+     ("0o17", 15), ("-2", -2), (".5", 0.5), ("2e5", 2e5)],
+)  # fmt: skip
+def test_override_values_use_yaml_1_2_scalars(raw: str, value: object) -> None:
     manifest = apply_overrides(make_job().obj(), [f"evaluation.strategy={raw}"])
     assert manifest["spec"]["evaluation"]["strategy"] == value
 
@@ -122,3 +130,38 @@ def test_deepspeed_cpu_offload_accepts_the_resolved_auto_optimizer() -> None:
     spec = parse_job(job.obj()).spec
     kwargs = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=True, bf16_supported=True)
     assert kwargs["deepspeed"]["optimizer"]["type"] == "AdamW"
+
+
+@pytest.mark.parametrize(
+    ("changes", "cuda", "planned", "checkpointing", "partial"),
+    [
+        ({}, True, 0, False, None),  # everything fits: no recompute
+        ({}, True, 10, True, 10),  # the first 10 of 32 layers
+        ({}, True, 32, True, None),  # all of them: the Trainer's own flag says it
+        ({}, True, None, True, None),  # no plan (cannot read the model): all, as TRL
+        ({}, False, None, False, None),  # CPU: off
+        ({"training.gradientCheckpointing": True}, True, None, True, None),  # explicit: all
+        ({"training.gradientCheckpointing": False}, True, None, False, None),
+        ({"method.type": "prefix"}, True, 10, False, None),  # breaks prefix tuning
+        ({"trainer.type": "dpo", "dataset.format": "preference"}, True, 10, True, None),
+        ({"distributed.strategy": "fsdp"}, True, 10, True, 10),  # LoRA: the model's own
+        ({"distributed.strategy": "fsdp", "method.type": "full"}, True, 10, True, None),
+        ({"distributed.strategy": "deepspeed"}, True, 10, True, 10),
+    ],
+)
+def test_the_memory_plan_decides_how_many_layers_recompute_on_a_gpu(
+    changes: dict[str, object], cuda: bool, planned: int | None, checkpointing: bool,
+    partial: int | None,
+) -> None:  # fmt: skip
+    job = make_job()
+    for path, value in changes.items():
+        job.set(path, value)
+    spec = parse_job(job.obj()).spec
+    kwargs = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=cuda, bf16_supported=cuda,
+                                   planned_checkpointed_layers=planned)  # fmt: skip
+    recompute = kwargs["activation_checkpointing"] or bool(
+        kwargs.get("fsdp_config", {}).get("activation_checkpointing")
+    )
+    assert recompute is checkpointing
+    layers = resolve_partial_checkpointing(spec, cuda=cuda, planned_layers=planned, layers=32)
+    assert layers == partial

@@ -67,17 +67,38 @@ def resolve_liger(spec: FineTuneJobSpec, *, cuda: bool, installed: bool) -> bool
 
 
 def resolve_gradient_checkpointing(
-    spec: FineTuneJobSpec, *, cuda: bool, fits_without: bool | None = None
+    spec: FineTuneJobSpec, *, cuda: bool, planned_layers: int | None = None
 ) -> bool:
-    """Unset: off on CPU and for prefix tuning (which it breaks); on a GPU, off when the
-    memory plan says the run fits the device without it (`fits_without`, see
-    fttrainer.plan.fits_without_checkpointing), else on. Recomputing activations costs a
-    third more compute per step."""
+    """Unset: off on CPU and for prefix tuning (which it breaks); on a GPU, on when the
+    memory plan checkpoints any layer to fit the device (`planned_layers`, see
+    fttrainer.plan.checkpointed_layers_to_fit), and on without a plan. Recomputing
+    activations costs a third more compute per step."""
     if spec.training.gradient_checkpointing is not None:
         return spec.training.gradient_checkpointing
     if not cuda or spec.method.type == "prefix":
         return False
-    return not fits_without if fits_without is not None else True
+    return planned_layers != 0 if planned_layers is not None else True
+
+
+def resolve_partial_checkpointing(
+    spec: FineTuneJobSpec, *, cuda: bool, planned_layers: int | None, layers: int
+) -> int | None:
+    """How many leading decoder layers stay checkpointed when the memory plan needs only
+    some of the model's `layers` (fttrainer.activation_checkpointing); None: all or none,
+    as resolve_gradient_checkpointing says. An explicit training.gradientCheckpointing
+    means every layer. SFT only: TRL's DPO and GRPO trainers switch checkpointing off and
+    on again around their reference and generation forwards
+    (trl.models.utils.disable_gradient_checkpointing), which checkpoints every layer again.
+    Not for full-weight FSDP, where FSDP's own wrapper checkpoints (fttrainer.distributed)."""
+    if not resolve_gradient_checkpointing(spec, cuda=cuda, planned_layers=planned_layers):
+        return None
+    if spec.training.gradient_checkpointing is not None or planned_layers is None:
+        return None
+    if spec.trainer.type != "sft" or not 0 < planned_layers < layers:
+        return None
+    if spec.distributed.strategy == "fsdp" and spec.method.type in FULL_WEIGHT_METHODS:
+        return None
+    return planned_layers
 
 
 def trainer_config_kwargs(
@@ -89,7 +110,7 @@ def trainer_config_kwargs(
     progress_bar: bool = False,
     layer_classes: Sequence[str] = (),
     liger_installed: bool = False,
-    fits_without_checkpointing: bool | None = None,
+    planned_checkpointed_layers: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig).
 
@@ -102,7 +123,7 @@ def trainer_config_kwargs(
         bf16_supported=bf16_supported,
         layer_classes=layer_classes,
         liger_installed=liger_installed,
-        fits_without_checkpointing=fits_without_checkpointing,
+        planned_checkpointed_layers=planned_checkpointed_layers,
     )
     kwargs["disable_tqdm"] = not progress_bar
     trainer = spec.trainer
@@ -153,13 +174,13 @@ def _common_kwargs(
     bf16_supported: bool,
     layer_classes: Sequence[str] = (),
     liger_installed: bool = False,
-    fits_without_checkpointing: bool | None = None,
+    planned_checkpointed_layers: int | None = None,
 ) -> dict[str, Any]:
     """The TrainingArguments every TRL config shares."""
     training = spec.training
     precision = resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported)
     checkpointing = resolve_gradient_checkpointing(
-        spec, cuda=cuda, fits_without=fits_without_checkpointing
+        spec, cuda=cuda, planned_layers=planned_checkpointed_layers
     )
     optimizer = resolve_optimizer(spec, cuda=cuda)
     evaluation = spec.evaluation

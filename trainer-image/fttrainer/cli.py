@@ -227,8 +227,8 @@ def _translate(args: argparse.Namespace) -> Any:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
-    except OSError as exc:
-        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:  # the file, or one it includes (CONFIG=base.env)
+        print(f"{exc.filename or args.file}: {exc.strerror}", file=sys.stderr)
         return None
     print(f"read {translation.source} as: {translation.style}", file=sys.stderr)
     for note in translation.notes:
@@ -460,7 +460,7 @@ def _plan(args: argparse.Namespace) -> int:
     print("resolved spec:")
     print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
     _validate_data(spec)
-    from .plan import GIB, ModelShape, estimate_memory, suggest
+    from .plan import GIB, ModelShape, checkpointed_layers_to_fit, estimate_memory, suggest
 
     try:
         shape = ModelShape.from_pretrained(
@@ -478,6 +478,12 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"  --set {change}")
     else:
         print(f"fits {args.gpu_memory:g} GiB per device")
+    if spec.training.gradient_checkpointing is None and spec.method.type != "prefix":
+        layers, needed = checkpointed_layers_to_fit(shape, spec, budget)
+        print(
+            f"gradientCheckpointing unset: on {args.gpu_memory:g} GiB a GPU run checkpoints "
+            f"{layers} of {shape.layers} layers ({needed / GIB:.1f} GiB)"
+        )
     return 0
 
 

@@ -37,25 +37,43 @@ def apply_overrides(manifest: dict[str, Any], assignments: list[str]) -> dict[st
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 scalars: only true/false are booleans (`--set evaluation.strategy=no` stays
-    "no"; YAML 1.1 turns no/yes/on/off into booleans) and 1e-4 is a float."""
+    """YAML 1.2 (core schema) scalars. Only true/false are booleans (`--set
+    evaluation.strategy=no` stays "no"; YAML 1.1 turns no/yes/on/off into booleans), 1e-4 is
+    a float, and integers are decimal unless they say 0o/0x: YAML 1.1 reads 016 as octal 14,
+    1:30 as 90 (base 60) and 1_000 as 1000."""
 
 
+_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-
-
-# YAML 1.2 floats: 1e-4 (no dot) is a number too.
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 
 
 def parse_value(raw: str) -> Any:

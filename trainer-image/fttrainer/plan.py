@@ -5,7 +5,9 @@ weights + trainable-parameter gradients + optimizer states (+ fp32 master copies
 activations + logits + a fixed CUDA/framework overhead, with ZeRO/FSDP dividing the shardable
 parts by the number of processes. Activations follow Korthikanti et al. (2022) for a
 transformer layer with flash/SDPA attention (no s^2 term): ~34·s·b·h bytes per layer in
-16-bit without checkpointing, ~2·s·b·h per layer plus one layer's worth with it.
+16-bit without checkpointing, ~2·s·b·h per checkpointed layer plus one layer's worth for the
+recompute. A GPU run checkpoints only as many layers as it needs to fit
+(`checkpointed_layers_to_fit`).
 
 It is an estimate (within ~20% on the architectures we tried), meant for planning, not a
 guarantee: allocator fragmentation and framework buffers vary.
@@ -23,6 +25,10 @@ from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS, LORA_METHODS
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
 LORA_DROPOUT_BYTES = 4  # per adapted input feature and token: bf16 copy + mask, rounded up
+CHECKPOINTING_MARGIN = 0.85
+"""Share of the device's memory a GPU run's estimate may fill when it leaves layers
+unchecked: the estimate is ±20%, and an out-of-memory error hours in costs more than the
+recompute."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,11 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
-def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
+def estimate_memory(
+    shape: ModelShape, spec: FineTuneJobSpec, *, checkpointed_layers: int | None = None
+) -> MemoryEstimate:
+    """`checkpointed_layers`: how many decoder layers recompute their activations; None
+    reads training.gradientCheckpointing (unset counts as on, except for prefix tuning)."""
     method = spec.method
     training = spec.training
     processes = spec.processes()
@@ -106,11 +116,15 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
     if full_weights and weight_bytes == 2.0 and zero > 0:
         parts["fp32 master weights"] = trainable * 4.0 / shard[1]
     tokens = training.batch_size * spec.dataset.max_seq_length
-    checkpointing = (
-        training.gradient_checkpointing
-        if training.gradient_checkpointing is not None
-        else method.type != "prefix"
-    )
+    if checkpointed_layers is None:
+        checkpointing = (
+            training.gradient_checkpointing
+            if training.gradient_checkpointing is not None
+            else method.type != "prefix"
+        )
+        checkpointed_layers = shape.layers if checkpointing else 0
+    checkpointed = min(max(checkpointed_layers, 0), shape.layers)
+    kept = shape.layers - checkpointed  # layers that keep their activations for backward
     per_layer = 34 * tokens * shape.hidden
     dropout_per_layer = 0
     if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
@@ -120,23 +134,26 @@ def estimate_memory(shape: ModelShape, spec: FineTuneJobSpec) -> MemoryEstimate:
         dropout_per_layer = LORA_DROPOUT_BYTES * tokens * adapted_inputs
         dropout_per_layer //= shape.layers
         per_layer += dropout_per_layer
-    parts["activations"] = (
-        (2 * tokens * shape.hidden * shape.layers + per_layer)
-        if checkpointing
-        else per_layer * shape.layers
+    # A checkpointed layer keeps its input. The unchecked layers are the last ones
+    # (fttrainer.activation_checkpointing): backward frees their activations before it
+    # recomputes the first checkpointed layer, so the peak holds one layer's worth either way.
+    parts["activations"] = checkpointed * 2 * tokens * shape.hidden + per_layer * (
+        max(kept, 1) if checkpointed else shape.layers
     )
     parts["logits"] = tokens * shape.vocab * 4.0 * 2  # fp32 logits and their gradient
     parts["CUDA and framework"] = OVERHEAD_BYTES
     notes = []
-    if checkpointing and training.gradient_checkpointing is None:
+    if checkpointed < shape.layers and checkpointed:
+        notes.append(f"activation checkpointing on {checkpointed} of {shape.layers} layers")
+    elif checkpointed and training.gradient_checkpointing is None:
         notes.append(
-            "activation checkpointing on; unset, a GPU run turns it off when the estimate "
-            "without it fits 85% of the device"
+            "activation checkpointing on; unset, a GPU run checkpoints only as many layers "
+            f"as it needs to fit {CHECKPOINTING_MARGIN:.0%} of the device (none when it fits)"
         )
-    elif checkpointing:
+    elif checkpointed:
         notes.append("activation checkpointing on")
-    if dropout_per_layer and not checkpointing:
-        saved = dropout_per_layer * shape.layers / GIB
+    if dropout_per_layer and kept:
+        saved = dropout_per_layer * kept / GIB
         notes.append(f"LoRA dropout keeps {saved:.1f} GiB of activations; dropout 0 would not")
     return MemoryEstimate(parts, processes, trainable, notes)
 
@@ -221,16 +238,16 @@ def with_changes(spec: FineTuneJobSpec, section: str, **changes: Any) -> FineTun
     return spec.model_copy(update={section: getattr(spec, section).model_copy(update=changes)})
 
 
-CHECKPOINTING_MARGIN = 0.85
-"""Share of the device's memory the no-checkpointing estimate may fill: the estimate is
-±20%, and an out-of-memory error hours in costs more than the recompute."""
-
-
-def fits_without_checkpointing(
+def checkpointed_layers_to_fit(
     shape: ModelShape, spec: FineTuneJobSpec, budget: float
-) -> tuple[bool, float]:
-    """Whether the run fits `budget` bytes per device with activation checkpointing off
-    (the worst case: every batch maxSeqLength long), and the estimate it rests on."""
-    without = with_changes(spec, "training", gradient_checkpointing=False)
-    needed = estimate_memory(shape, without).total
-    return needed <= CHECKPOINTING_MARGIN * budget, needed
+) -> tuple[int, float]:
+    """The fewest decoder layers to checkpoint for the run to fit CHECKPOINTING_MARGIN of
+    `budget` bytes per device (the worst case: every batch maxSeqLength long), and the
+    estimate it rests on; all of them when nothing fits. Each layer left unchecked spares
+    recomputing its forward, a third of its step for LoRA (fttrainer.activation_checkpointing)."""
+    needed = 0.0
+    for layers in range(shape.layers + 1):
+        needed = estimate_memory(shape, spec, checkpointed_layers=layers).total
+        if needed <= CHECKPOINTING_MARGIN * budget:
+            return layers, needed
+    return shape.layers, needed

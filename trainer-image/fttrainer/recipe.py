@@ -27,9 +27,11 @@ from typing import Any
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobSpec, SpectrumSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
+from .activation_checkpointing import CheckpointFirstLayers
 from .arguments import (
     peft_config_kwargs,
     resolve_attention,
+    resolve_partial_checkpointing,
     resolve_precision,
     responses_only,
     trainer_config_kwargs,
@@ -46,7 +48,7 @@ from .distributed import check_saved_weights, confirm_strategy, unsharded_loadin
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .hub import push_to_hub, push_token
-from .plan import ModelShape, fits_without_checkpointing
+from .plan import ModelShape, checkpointed_layers_to_fit
 from .progress import ProgressCallback, ProgressReporter
 from .resume import CheckpointUpload, restore, stop_at_max_steps
 from .rewards import build_rewards
@@ -278,13 +280,14 @@ class Recipe:
 
         assert self.data is not None
         hardware = self._hardware()
+        planned = self._checkpointing_plan(hardware["cuda"])
         kwargs = trainer_config_kwargs(
             self.spec,
             output_dir=str(self.output_dir / "trainer"),
             progress_bar=self.progress_bar,
             layer_classes=getattr(self.model, "_no_split_modules", None) or (),
             liger_installed=importlib.util.find_spec("liger_kernel") is not None,
-            fits_without_checkpointing=self._fits_without_checkpointing(hardware["cuda"]),
+            planned_checkpointed_layers=planned[0] if planned else None,
             **hardware,
         )
         log.info(
@@ -318,6 +321,12 @@ class Recipe:
             upload,
             ProgressCallback(self.progress, upload),
         ]
+        if planned is not None:
+            partial = resolve_partial_checkpointing(
+                self.spec, cuda=hardware["cuda"], planned_layers=planned[0], layers=planned[1]
+            )
+            if partial is not None:
+                callbacks.append(CheckpointFirstLayers(partial))
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
         assert self.evaluator is not None
@@ -334,10 +343,11 @@ class Recipe:
             **extra,
         )
 
-    def _fits_without_checkpointing(self, cuda: bool) -> bool | None:
-        """The memory plan against this device's memory (what is free now plus what this
-        process already holds: the loaded weights are part of the estimate); None when
-        checkpointing is set explicitly or there is no GPU."""
+    def _checkpointing_plan(self, cuda: bool) -> tuple[int, int] | None:
+        """(decoder layers to checkpoint, all of them): the memory plan against this
+        device's memory (what is free now plus what this process already holds: the loaded
+        weights are part of the estimate); None when checkpointing is set explicitly or
+        there is no GPU."""
         if not cuda or self.spec.training.gradient_checkpointing is not None:
             return None
         import torch
@@ -346,12 +356,12 @@ class Recipe:
         budget = free + torch.cuda.memory_reserved()
         model = self.spec.model
         shape = ModelShape.from_pretrained(model.name, trust_remote_code=model.trust_remote_code)
-        fits, needed = fits_without_checkpointing(shape, self.spec, budget)
+        layers, needed = checkpointed_layers_to_fit(shape, self.spec, budget)
         log.info(
-            "memory plan: %.1f GiB without activation checkpointing, %.1f GiB on this device",
-            needed / 2**30, budget / 2**30,
+            "memory plan: %.1f GiB with activation checkpointing on %d of %d layers, "
+            "%.1f GiB on this device", needed / 2**30, layers, shape.layers, budget / 2**30,
         )  # fmt: skip
-        return fits
+        return layers, shape.layers
 
     def _hardware(self) -> dict[str, bool]:
         """What the precision choice depends on: a CUDA device (unless training.device says

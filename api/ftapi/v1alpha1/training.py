@@ -80,8 +80,9 @@ class TrainingSpec(ApiModel):
     """Seed for initialisation, dropout and data order."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in backward to save memory (a third more compute per step).
-    Unset: on GPUs, on only when the memory plan says the run does not fit the device
-    without it; off on CPU and for prefix tuning, which it breaks."""
+    Unset: on GPUs the memory plan checkpoints only as many decoder layers as the run needs
+    to fit the device (none when it fits; SFT only, other trainers all or none); off on CPU
+    and for prefix tuning, which it breaks. true: every layer."""
     precision: Precision = "auto"
     """Mixed precision: auto picks bf16 where supported, else fp16 on GPUs, fp32 on CPU."""
     device: Device = "auto"

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from . import flat, hydra, manifest, toml_config, yaml_config
-from .base import ConfigError, Note, Translation
+from .base import ConfigError, Note, Translation, read_config_text
 
 __all__ = ["STYLES", "ConfigError", "Note", "StyleFlags", "Translation", "load_config"]
 
@@ -127,7 +127,7 @@ def _read_yaml(file: Path) -> Any:
     from ftapi.loading import InvalidSpecError
 
     try:
-        documents = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8-sig")) if d]
+        documents = [d for d in yaml.safe_load_all(read_config_text(file)) if d]
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     if len(documents) == 1:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from fttrainer.overrides import parse_value
@@ -31,6 +32,17 @@ RUN_NAME_TIME = "%Y%m%d-%H%M%S"
 
 class ConfigError(ValueError):
     """The config cannot be turned into a FineTuneJob (the message lists every problem)."""
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text (UTF-8, a byte-order mark allowed); a file in another encoding
+    is a ConfigError naming the file and the byte, not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ftapi.v1alpha1.method import MethodType
 
 from .base import (
     Builder,
+    ConfigError,
     Custom,
     KeyTable,
     To,
@@ -32,6 +33,7 @@ from .base import (
     model_directory_name,
     number,
     one_of,
+    read_config_text,
     target_modules,
     text,
     timestamp,
@@ -147,19 +149,21 @@ def read_env_file(path: Path, *, seen: tuple[Path, ...] = ()) -> dict[str, str]:
     resolved = path.resolve()
     if resolved in seen:
         chain = " -> ".join(str(p) for p in (*seen, resolved))
-        raise ValueError(f"{path}: CONFIG includes form a cycle ({chain})")
+        raise ConfigError(f"{path}: CONFIG includes form a cycle ({chain})")
     values: dict[str, str] = {}
     own: dict[str, str] = {}
-    for number_, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number_, line in enumerate(read_config_text(path).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.removeprefix("export ").partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{path}:{number_}: expected KEY=value, got {line[:80]!r}")
+            raise ConfigError(f"{path}:{number_}: expected KEY=value, got {line[:80]!r}")
         value = value.strip()
-        if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1:
-            value = value[1:-1]
+        quote = value[:1]
+        end = value.find(quote, 1) if quote in ("'", '"') else -1
+        if end > 0 and (not value[end + 1 :].strip() or value[end + 1 :].lstrip()[:1] == "#"):
+            value = value[1:end]  # a quoted value, perhaps followed by a comment
         elif " #" in value:  # an unquoted trailing comment
             value = value.split(" #", 1)[0].rstrip()
         own[key.strip().lower()] = value

@@ -19,6 +19,7 @@ from typing import Any
 from .base import (
     RUN_NAME_TIME,
     Builder,
+    ConfigError,
     Custom,
     KeyTable,
     To,
@@ -33,6 +34,7 @@ from .base import (
     model_directory_name,
     number,
     one_of,
+    read_config_text,
     stored,
     target_modules,
     text,
@@ -159,9 +161,9 @@ def looks_like(document: Any) -> bool:
 
 def read(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        return tomllib.loads(read_config_text(path))
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def translate(document: dict[str, Any], *, source: str, now: datetime) -> Translation:

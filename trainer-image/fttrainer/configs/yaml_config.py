@@ -20,6 +20,7 @@ from fttrainer.overrides import parse_value
 
 from .base import (
     Builder,
+    ConfigError,
     Custom,
     KeyTable,
     To,
@@ -219,7 +220,7 @@ def apply_overrides(document: dict[str, Any], overrides: dict[str, str]) -> dict
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ValueError(f"--{dotted}: {part} is not a section")
+                raise ConfigError(f"--{dotted}: {part} is not a section")
             node = child
         node[parts[-1]] = parse_value(raw)
     return result
