@@ -15,6 +15,10 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("resources.env", [{"name": "A", "value": "x",
                        "secretKeyRef": {"name": "s", "key": "k"}}]).obj(),
         "spec.resources.env[0].secretKeyRef", "not both"),
+    "literal credential in env": (
+        make_job().set("resources.env", [{"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+                       {"name": "HF_TOKEN", "value": "hf_literal"}]).obj(),
+        "spec.resources.env[1].value", "comes from secretKeyRef"),
     "split does not sum to 1": (
         make_job().set("dataset.split", {"train": 0.8, "validation": 0.1}).obj(),
         "spec.dataset.split", "sum to 1"),
@@ -302,4 +306,13 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "bad secret name": (
         make_job().set("model.hfTokenSecretRef", {"name": "Bad_Name", "key": "t"}).obj(),
         "spec.model.hfTokenSecretRef.name", "must match"),
+    # Beyond ten years a duration would overflow the operator's date arithmetic.
+    "ttl beyond ten years": (
+        make_job().set("runPolicy.ttlSecondsAfterFinished", 10**12).obj(),
+        "spec.runPolicy.ttlSecondsAfterFinished", "<= 315360000"),
+    "deadline beyond ten years": (
+        make_job().set("runPolicy.activeDeadlineSeconds", 10**12).obj(),
+        "spec.runPolicy.activeDeadlineSeconds", "<= 315360000"),
+    "seed beyond numpy's range": (
+        make_job().set("training.seed", 2**32).obj(), "spec.training.seed", "<= 4294967295"),
 }  # fmt: skip

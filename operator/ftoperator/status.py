@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from ftapi.contract import INVALID_INPUT_MARKER
 from ftapi.progress import ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from ftapi.v1alpha1.scheduling import MAX_SECONDS
 from ftapi.v1alpha1.status import (
     TERMINAL_PHASES,
     CheckpointStatus,
@@ -188,7 +189,7 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     # waits in a Kueue queue or suspended before it ever ran does not.
     started = status.start_time or _job_start(batch_job)
     if deadline is not None and started is not None:
-        remaining = (started + timedelta(seconds=deadline) - now).total_seconds()
+        remaining = (started + _seconds(deadline) - now).total_seconds()
         if remaining <= 0:
             message = f"the job ran longer than activeDeadlineSeconds ({deadline} s)"
             _fail(plan, Failure("DeadlineExceeded", message), generation, now)
@@ -491,11 +492,18 @@ def _pending_reason(pods: list[dict[str, Any]]) -> Failure | None:
     return None
 
 
+def _seconds(seconds: int) -> timedelta:
+    """A spec duration as a timedelta, capped at the API's maximum: an unparseable spec's
+    raw ttlSecondsAfterFinished reaches here unchecked, and a date overflow would fail every
+    reconcile pass of the job."""
+    return timedelta(seconds=min(seconds, MAX_SECONDS))
+
+
 def _ttl(ttl: int | None, plan: Plan, now: datetime) -> None:
     finished = plan.status.completion_time
     if ttl is None or finished is None:
         return
-    remaining = (finished + timedelta(seconds=ttl) - now).total_seconds()
+    remaining = (finished + _seconds(ttl) - now).total_seconds()
     if remaining <= 0:
         plan.actions.append(DeleteSelf())
     else:

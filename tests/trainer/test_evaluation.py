@@ -212,3 +212,30 @@ def test_harness_task_from_local_files_scores_the_model_in_memory(
     assert final["harness/tiny_capital/acc"] == 1.0  # trained to say Paris
     assert final["harness/tiny_capital/acc/base"] < 1.0
     assert "harness/tiny_capital/acc_stderr" in final
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        ({"harness": {"tasks": ["arc_easy", "arc_eazy"]}},
+         "lm-eval knows no task 'arc_eazy' (did you mean arc_easy"),
+        ({"promptsUri": "/nonexistent/prompts.txt"}, "/nonexistent/prompts.txt: no such file"),
+        ({"benchmarks": [{"name": "b", "uri": "/nonexistent/b.jsonl", "format": "mcq"}]},
+         "/nonexistent/b.jsonl: no such file"),
+    ],
+)  # fmt: skip
+def test_evaluation_inputs_that_cannot_work_are_refused_before_the_model_loads(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, evaluation: dict[str, Any], message: str
+) -> None:
+    """A typo in a harness task or a missing evaluation file is invalid input (ValueError:
+    exit 65, no restart), found at setup, not after training."""
+    job = (
+        make_job("evaluation").set("model.name", str(tiny_llama))
+        .set("dataset", {"train": {"uri": str(qa_data)}, "format": "qa"})
+        .set("evaluation", {"strategy": "no", **evaluation})
+        .set("output.uri", str(tmp_path / "published"))
+    )  # fmt: skip
+    recipe = Recipe(parse_job(job.obj()), tmp_path / "out")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        recipe.setup()
+    assert recipe.model is None  # refused before the weights were loaded

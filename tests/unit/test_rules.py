@@ -114,3 +114,55 @@ def _model_types(annotation: Any) -> Iterator[type[BaseModel]]:
 
 def test_builder_default_is_valid() -> None:
     assert parse_job(JobBuilder().obj()).spec.method.type == "lora"
+
+
+@pytest.mark.parametrize(
+    ("affinity", "phrase"),
+    [
+        ({"nodeAfinity": {}}, "unknown field(s) nodeAfinity"),
+        ({"nodeAffinity": "x"}, "nodeAffinity: expected an object"),
+        ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": "abc"}}}, "expected an object with a nodeSelectorTerms list"),
+        ({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [1]}},
+         "expected an object with a preference"),
+        ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"operator": "In"}]}]}}},
+         "matchExpressions: expected a list of objects with a key"),
+    ],
+)  # fmt: skip
+def test_a_malformed_affinity_is_refused_naming_the_problem(
+    affinity: dict[str, Any], phrase: str
+) -> None:
+    """The API server keeps affinity as it is (preserve-unknown-fields); the operator's
+    validation refuses a wrong shape with the job (an InvalidSpec status) instead of failing
+    on it while it checks the node-selector policy, or the API server pruning a typo."""
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(JobBuilder().set("resources.affinity", affinity).obj())
+    assert any(
+        e.path == "spec.resources.affinity" and phrase in e.message for e in caught.value.errors
+    ), caught.value.errors
+
+
+def test_a_well_formed_affinity_is_accepted() -> None:
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a100"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchFields": [
+                    {"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}}],
+        },
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+    }  # fmt: skip
+    job = parse_job(JobBuilder().set("resources.affinity", affinity).obj())
+    assert job.spec.resources.affinity == affinity
+
+
+def test_a_spectrum_pattern_that_does_not_compile_is_refused() -> None:
+    manifest = JobBuilder().set(
+        "method", {"type": "spectrum", "spectrum": {"targetParameters": ["q_proj", "(["]}}
+    )
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(manifest.obj())
+    assert any("[1] '([': not a regular expression" in e.message
+               for e in caught.value.errors), caught.value.errors  # fmt: skip

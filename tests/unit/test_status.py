@@ -1657,6 +1657,16 @@ def test_a_refused_job_is_deleted_by_its_ttl_like_any_finished_job(
     assert plan.status.phase == "Failed" and plan.status.completion_time == T0
 
 
+def test_a_refused_job_with_an_endless_ttl_is_refused_not_an_overflow() -> None:
+    """The raw manifest's ttlSecondsAfterFinished reaches rejected() unchecked: 10**12 s
+    would overflow a datetime and fail every pass of the job; it waits the API's maximum."""
+    from ftapi.v1alpha1.scheduling import MAX_SECONDS
+
+    plan = rejected(status(), "bad", GENERATION, T0, "InvalidSpec", 10**12)
+    assert plan.status.phase == "Failed"
+    assert plan.requeue_after == pytest.approx(MAX_SECONDS)
+
+
 def test_valid_again_after_invalid_live_edit_is_not_resurrected() -> None:
     failed_invalid = roundtrip(rejected(running_status(), "bad", GENERATION, T0).status)
     plan = observe(make(), failed_invalid, at(10))

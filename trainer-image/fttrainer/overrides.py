@@ -32,7 +32,10 @@ def apply_overrides(manifest: dict[str, Any], assignments: list[str]) -> dict[st
             if not isinstance(child, dict):
                 raise OverrideError(f"--set {path}: {part} is not a mapping")
             node = child
-        node[parts[-1]] = parse_value(raw)
+        try:
+            node[parts[-1]] = parse_value(raw)
+        except OverrideError as exc:
+            raise OverrideError(f"--set {path.strip()}: {exc}") from None
     return result
 
 
@@ -77,4 +80,11 @@ _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 
 
 def parse_value(raw: str) -> Any:
-    return yaml.load(raw, Loader=_Yaml12Loader) if raw.strip() else ""
+    """A command-line or .env value read as YAML 1.2 (`[a, b]` and `{bits: 4}` too)."""
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.load(raw, Loader=_Yaml12Loader)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not a YAML value"
+        raise OverrideError(f"{raw!r}: {problem} (quote it to mean a string)") from None

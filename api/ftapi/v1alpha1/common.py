@@ -102,6 +102,17 @@ class SecretKeyRef(ApiModel):
     """Key inside the Secret whose value is used."""
 
 
+CREDENTIAL_ENV_SUFFIXES = ("_TOKEN", "_SECRET", "_PASSWORD", "_API_KEY", "_ACCESS_KEY",
+                           "_ACCESS_KEY_ID")  # fmt: skip
+CREDENTIAL_ENV_NAMES = ("TOKEN", "SECRET", "PASSWORD", "API_KEY")
+
+
+def is_credential_env(name: str) -> bool:
+    """HF_TOKEN, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY, MLFLOW_TRACKING_PASSWORD... (not
+    TOKENIZERS_PARALLELISM)."""
+    return name.endswith(CREDENTIAL_ENV_SUFFIXES) or name in CREDENTIAL_ENV_NAMES
+
+
 class EnvVar(ApiModel):
     """An extra environment variable for the trainer container.
 
@@ -122,6 +133,18 @@ class EnvVar(ApiModel):
             message="set either value or secretKeyRef, not both",
             check=lambda e: not (is_set(e.value) and is_set(e.secret_key_ref)),
             field=".secretKeyRef",
+        ),
+        Rule(
+            cel="!has(self.value) || !("
+            + " || ".join(f"self.name.endsWith('{s}')" for s in CREDENTIAL_ENV_SUFFIXES)
+            + " || self.name in ["
+            + ", ".join(f"'{n}'" for n in CREDENTIAL_ENV_NAMES)
+            + "])",
+            message="a credential (a name ending in _TOKEN, _SECRET, _PASSWORD, _API_KEY, "
+            "_ACCESS_KEY or _ACCESS_KEY_ID) comes from secretKeyRef, never a literal value: "
+            "specs are readable by everyone who can list the job",
+            check=lambda e: not (is_set(e.value) and is_credential_env(e.name)),
+            field=".value",
         ),
     )
 

@@ -57,7 +57,7 @@ class Split(ApiModel):
     """Fraction held out for evaluation during training."""
     test: Ratio = 0.0
     """Fraction held out for the final test metrics."""
-    seed: Annotated[int, Field(ge=0)] = 42
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42  # numpy's range
     """Shuffle seed, so the same rows land in the same split on every run."""
 
     rules = (

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ._base import ApiModel, Rule, cel_list, is_set, only_for
 from .common import ShortText, Uri
@@ -108,6 +109,19 @@ class SpectrumSpec(ApiModel):
     target_parameters: Annotated[list[ModuleName], Field(max_length=1024)] = []
     """Explicit parameter-name regexes to unfreeze (e.g. from an earlier Spectrum scan);
     when set, no scan runs."""
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        """A pattern that does not compile would fail the run after the model is loaded."""
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(
+                    f"[{index}] {pattern!r}: not a regular expression: {error}"
+                ) from None
+        return patterns
 
     rules = (
         Rule(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_snake
 
 from ._base import ApiModel, Rule
@@ -102,7 +102,20 @@ class ResourcesSpec(ApiModel):
     affinity: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
-    """A core/v1 Affinity, passed to the pods as is."""
+    """A core/v1 Affinity, passed to the pods as is (its node affinity's shape is checked:
+    the operator reads the label keys it names)."""
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_shape(cls, affinity: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Unknown keys would be pruned by the API server when the Job is created (the
+        pods would land anywhere); a wrong shape would fail the Job's creation."""
+        if affinity is not None:
+            problem = affinity_problem(affinity)
+            if problem:
+                raise ValueError(problem)
+        return affinity
+
     priority_class_name: ObjectName | None = None
     """PriorityClass of the pods (preemption order)."""
     image: Text | None = None
@@ -144,3 +157,54 @@ class ResourcesSpec(ApiModel):
         _keys_rule("labels", "label"),
         _keys_rule("annotations", "annotation"),
     )
+
+
+_AFFINITY_KINDS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+_PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+
+
+def affinity_problem(affinity: dict[str, Any]) -> str | None:
+    """What is wrong with a core/v1 Affinity's shape (its kinds, and the node affinity the
+    operator's node-selector policy reads), or None."""
+    unknown = sorted(set(affinity) - set(_AFFINITY_KINDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)} (expected {', '.join(_AFFINITY_KINDS)})"
+    for kind in _AFFINITY_KINDS:
+        if kind in affinity and not isinstance(affinity[kind], dict):
+            return f"{kind}: expected an object"
+    node = affinity.get("nodeAffinity") or {}
+    unknown = sorted(set(node) - {_REQUIRED, _PREFERRED})
+    if unknown:
+        return f"nodeAffinity: unknown field(s) {', '.join(unknown)}"
+    terms: list[tuple[str, Any]] = []
+    required = node.get(_REQUIRED)
+    if required is not None:
+        if not isinstance(required, dict) or not isinstance(
+            required.get("nodeSelectorTerms"), list
+        ):
+            return f"nodeAffinity.{_REQUIRED}: expected an object with a nodeSelectorTerms list"
+        terms += [
+            (f"{_REQUIRED}.nodeSelectorTerms[{i}]", term)
+            for i, term in enumerate(required["nodeSelectorTerms"])
+        ]
+    preferred = node.get(_PREFERRED)
+    if preferred is not None:
+        if not isinstance(preferred, list):
+            return f"nodeAffinity.{_PREFERRED}: expected a list"
+        for i, item in enumerate(preferred):
+            if not isinstance(item, dict) or not isinstance(item.get("preference"), dict):
+                return f"nodeAffinity.{_PREFERRED}[{i}]: expected an object with a preference"
+            terms.append((f"{_PREFERRED}[{i}].preference", item["preference"]))
+    for where, term in terms:
+        if not isinstance(term, dict):
+            return f"nodeAffinity.{where}: expected an object"
+        for part in ("matchExpressions", "matchFields"):
+            expressions = term.get(part)
+            if expressions is None:
+                continue
+            if not isinstance(expressions, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("key"), str) for e in expressions
+            ):
+                return f"nodeAffinity.{where}.{part}: expected a list of objects with a key"
+    return None

@@ -13,6 +13,9 @@ QueueName = Annotated[
     str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ]
 
+# Ten years: longer durations mean "never" and would overflow date arithmetic.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+
 
 class SchedulingSpec(ApiModel):
     """Admission. Mutable on a live job."""
@@ -31,10 +34,10 @@ class RunPolicy(ApiModel):
     max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3
     """Whole-job restarts after a pod failure, preemption or node loss. Each restart resumes
     from the newest complete checkpoint."""
-    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    active_deadline_seconds: Annotated[int, Field(ge=1, le=MAX_SECONDS)] | None = None
     """Fail the job when it has been active this long, restarts included: counted from when
     it first ran, or until then from when its attempt's pods were created, so time stuck
     Pending (no node fits, an image that does not pull) counts; time queued (Kueue) or
     suspended before it first ran does not."""
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=MAX_SECONDS)] | None = None
     """Delete the FineTuneJob this long after it finished (output data stays)."""

@@ -76,7 +76,7 @@ class TrainingSpec(ApiModel):
     optimizer: Optimizer = "auto"
     """Optimizer. auto: adamw_torch_fused on GPUs (one kernel updates every parameter; the
     Trainer's and TRL's default too), adamw_torch on CPU. The 8-bit/paged ones save memory."""
-    seed: Annotated[int, Field(ge=0)] = 42
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42  # numpy's range
     """Seed for initialisation, dropout and data order."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in backward to save memory (a third more compute per step).

@@ -222,7 +222,10 @@ def apply_overrides(document: dict[str, Any], overrides: dict[str, str]) -> dict
             if not isinstance(child, dict):
                 raise ConfigError(f"--{dotted}: {part} is not a section")
             node = child
-        node[parts[-1]] = parse_value(raw)
+        try:
+            node[parts[-1]] = parse_value(raw)
+        except ValueError as exc:
+            raise ConfigError(f"--{dotted}: {exc}") from None
     return result
 
 

@@ -20,10 +20,10 @@ from typing import Any
 from ftapi.v1alpha1 import Columns, FineTuneJobSpec
 from fttrainer.data.formats import FormatContext, convert_row
 from fttrainer.data.prepare import PreparedData
-from fttrainer.data.sources import read_source
+from fttrainer.data.sources import DataSourceError, read_source
 
 from .comparison import answer_prompts, read_prompts
-from .harness import fetch_task_dir, run_harness
+from .harness import check_tasks, fetch_task_dir, run_harness
 from .metrics import LogHook, best_scores, bleu, perplexity_hook, rouge_l
 from .scoring import (
     exact_match,
@@ -61,9 +61,17 @@ class Evaluator:
         """Read the evaluation prompts, benchmarks and harness tasks (local or s3://)
         before the model is loaded: a missing or malformed file fails in seconds, not
         after minutes of loading weights."""
-        self.prompts = self._evaluation_prompts()
-        self.benchmarks = self._load_benchmarks()
-        self.harness_tasks = self._fetch_harness_tasks()
+        try:
+            self.prompts = self._evaluation_prompts()
+            self.benchmarks = self._load_benchmarks()
+            self.harness_tasks = self._fetch_harness_tasks()
+        except (DataSourceError, FileNotFoundError) as exc:
+            # A missing file or an unreadable one is the manifest's fault: invalid input
+            # (ValueError), not a failure a restart could fix.
+            raise ValueError(str(exc)) from None
+        harness = self.spec.evaluation.harness
+        if harness is not None:
+            check_tasks(harness, task_dir=self.harness_tasks)
 
     def _client_for(self, uri: str) -> Any:
         """The output's S3 client (its endpoint and credentials) for s3:// inputs."""

@@ -55,6 +55,27 @@ def run_harness(model: Any, tokenizer: Any, harness: HarnessSpec, *, task_dir: P
     return flatten_results(results["results"])
 
 
+def check_tasks(harness: HarnessSpec, *, task_dir: Path | None) -> None:
+    """Refuse task names lm-eval cannot resolve (its registry plus `includePath`) before
+    the model is loaded: a typo would otherwise fail the run after training, and every
+    restart would train again. Indexing the registry takes seconds."""
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(task_dir) if task_dir else None)
+    unknown = [task for task in harness.tasks if not manager.match_tasks([task])]
+    if unknown:
+        hints = []
+        for task in unknown:
+            close = difflib.get_close_matches(task, manager.all_tasks, n=3, cutoff=0.75)
+            hints.append(f"{task!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ValueError(
+            f"spec.evaluation.harness.tasks: lm-eval knows no task {', '.join(hints)}"
+            + ("" if task_dir else "; tasks of your own need harness.includePath")
+        )
+
+
 def flatten_results(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """lm-eval's {task: {"acc,none": 0.5, "alias": ...}} -> {"harness/task/acc": 0.5}.
 
