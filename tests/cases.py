@@ -37,6 +37,10 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("dataset.format", "plain_text")
         .set("dataset.trainOnResponsesOnly", True).obj(),
         "spec.dataset.trainOnResponsesOnly", "format with responses"),
+    "system prompt on plain text": (
+        make_job().set("dataset.format", "plain_text")
+        .set("dataset.systemPrompt", "You are X").obj(),
+        "spec.dataset.systemPrompt", "plain_text rows are trained as they are"),
     "response markers while responses-only is off": (
         make_job().set("dataset.trainOnResponsesOnly", False)
         .set("dataset.responseMarkers", {"instruction": "U:", "response": "A:"}).obj(),

@@ -4,6 +4,7 @@ shapes match the published figures, and the suggestions make a too-big job fit."
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,20 @@ def test_the_plan_says_what_lora_dropout_costs(shape: ModelShape) -> None:
     assert "LoRA dropout keeps 17.4 GiB of activations; dropout 0 would not" in notes
     without = estimate_memory(shape, parse_job(job.set("method.lora.dropout", 0).obj()).spec)
     assert not any("dropout" in note for note in without.notes)
+
+
+def test_plan_exits_1_when_the_data_has_bad_rows(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fttrainer.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
+    job = (make_job().set("model.name", str(tiny_llama))
+           .set("dataset", {"train": {"uri": str(data)}, "format": "qa"}))  # fmt: skip
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(json.dumps(job.obj()))
+    assert main(["plan", str(manifest)]) == 1
+    printed = capsys.readouterr()
+    assert "bad.jsonl:2" in printed.out + printed.err
+    assert "GPU memory per device" in printed.out  # the plan still prints

@@ -904,6 +904,23 @@ def test_samples_reach_trl_datasets_unchanged() -> None:
     assert dataset.features["answer"].dtype == "string"
 
 
+def test_columns_arrow_cannot_type_reach_trl_as_they_were() -> None:
+    """A reward column with a number on one row and a string on the next, or an integer
+    beyond 64 bits, has no Arrow type: as_dataset keeps those values as they were instead
+    of failing the run (GRPO's `answer` column, written by hand)."""
+    from fttrainer.data.prepare import as_dataset
+
+    samples = [
+        {"prompt": "2+2?", "answer": 4, "id": 123456789012345678901234, "score": 1},
+        {"prompt": "half of 1?", "answer": "1/2", "id": 7, "score": 0.5},
+        {"prompt": "none?", "answer": None, "id": None, "score": None},
+    ]
+    dataset = as_dataset(samples)
+    assert dataset["answer"] == [4, "1/2", None]
+    assert [str(value) for value in dataset["id"]] == ["123456789012345678901234", "7", "None"]
+    assert dataset["score"] == [1.0, 0.5, None]  # numbers alone keep an Arrow type
+
+
 @pytest.mark.parametrize(
     ("answer", "letter"), [("a", "A"), ("C)", "C"), ("B. because", "B"), (0, "A"), ("3", "D")]
 )

@@ -459,7 +459,7 @@ def _plan(args: argparse.Namespace) -> int:
     }
     print("resolved spec:")
     print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
-    _validate_data(spec)
+    data_status = _validate_data(spec)  # bad rows: the plan still prints, the exit is 1
     from .plan import GIB, ModelShape, checkpointed_layers_to_fit, estimate_memory, suggest
 
     try:
@@ -468,7 +468,7 @@ def _plan(args: argparse.Namespace) -> int:
         )
     except Exception as exc:  # hub unreachable, unknown architecture...
         print(f"memory estimate skipped: cannot read the config of {spec.model.name} ({exc})")
-        return 0
+        return data_status
     estimate = estimate_memory(shape, spec)
     print(estimate.render())
     budget = args.gpu_memory * GIB
@@ -484,7 +484,7 @@ def _plan(args: argparse.Namespace) -> int:
             f"gradientCheckpointing unset: on {args.gpu_memory:g} GiB a GPU run checkpoints "
             f"{layers} of {shape.layers} layers ({needed / GIB:.1f} GiB)"
         )
-    return 0
+    return data_status
 
 
 def _convert(args: argparse.Namespace) -> int:

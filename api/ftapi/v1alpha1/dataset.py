@@ -227,4 +227,11 @@ class DatasetSpec(ApiModel):
             check=lambda d: d.response_markers is None or d.train_on_responses_only is not False,
             field=".responseMarkers",
         ),
+        Rule(
+            cel="!has(self.systemPrompt) || self.format != 'plain_text'",
+            message="systemPrompt needs a format with turns: plain_text rows are trained as "
+            "they are",
+            check=lambda d: d.system_prompt is None or d.format != "plain_text",
+            field=".systemPrompt",
+        ),
     )

@@ -182,7 +182,7 @@ def as_dataset(samples: list[Sample]) -> Any:
     nested = {
         key: List(Json()) if all(isinstance(s.get(key), list | None) for s in samples) else Json()
         for key in columns
-        if any(_holds_objects(s.get(key)) for s in samples)
+        if any(_holds_objects(s.get(key)) for s in samples) or _no_arrow_type(key, samples)
     }
     flat = [key for key in columns if key not in nested]
     inferred = (
@@ -192,6 +192,23 @@ def as_dataset(samples: list[Sample]) -> Any:
     )
     features = Features({key: nested.get(key) or inferred[key] for key in columns})
     return Dataset.from_list(samples, features=features)
+
+
+def _no_arrow_type(key: str, samples: list[dict[str, Any]]) -> bool:
+    """Plain values Arrow cannot hold in one typed column: strings next to numbers (a
+    reward's `answer` of 4 on one row and "1/2" on the next) or integers beyond 64 bits."""
+    kinds = set()
+    for sample in samples:
+        value = sample.get(key)
+        if isinstance(value, bool):
+            kinds.add("bool")
+        elif isinstance(value, int | float):
+            kinds.add("number")
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                return True
+        elif value is not None:
+            kinds.add(type(value).__name__)
+    return len(kinds) > 1
 
 
 def _holds_objects(value: Any) -> bool:
