@@ -541,6 +541,57 @@ CALL_TURN = {"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]
 # (format, row, the start of the error message, exactly): the field first, in row terms.
 BAD: dict[str, tuple[str, Any, str]] = {
     "not an object": ("qa", ["q", "a"], "expected an object, got list"),
+    # A turn key nothing reads would drop what it meant: a turn not to learn from, a trace.
+    "a turn's weight": (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "bad", "weight": 0},
+            ]
+        },
+        "messages[1].weight: not supported (every assistant turn is trained",
+    ),
+    "a turn's reasoning": (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", "reasoning_content": "because"},
+            ]
+        },
+        "messages[1].reasoning_content: not supported (put the reasoning into content",
+    ),
+    "a legacy function call": (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "", "function_call": {"name": "f"}},
+            ]
+        },
+        "messages[1].function_call: not supported (the legacy OpenAI form: use tool_calls",
+    ),
+    "a user turn's name": (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "q", "name": "bob"},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        "messages[0].name: not supported (only tool turns carry a name",
+    ),
+    "a ShareGPT turn's weight": (
+        "sharegpt",
+        {
+            "conversations": [
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "bad", "weight": 0},
+            ]
+        },
+        "conversations[1].weight: not supported",
+    ),
     "missing output": ("instruction", {"instruction": "x"}, "column 'output' is missing"),
     "output that is a list, not text": (
         "instruction",
@@ -787,6 +838,15 @@ ODD_VALUES = [None, 3, True, "", "[", "[1]", [], [None], [1, [2]], {}, {"a": Non
 COLUMNS = ("text", "instruction", "output", "question", "answer", "choices", "messages",
            "conversations", "prompt", "completion", "chosen", "rejected", "tools",
            "system")  # fmt: skip
+
+
+def test_null_turn_keys_are_what_arrow_adds_and_are_accepted() -> None:
+    """Parquet and hub datasets give every turn each key any turn has, as null."""
+    row = {"messages": [
+        {"role": "user", "content": "q", "tool_calls": None, "name": None, "weight": None},
+        {"role": "assistant", "content": "a", "tool_calls": None, "name": None, "weight": None},
+    ]}  # fmt: skip
+    assert convert_row("messages", row, CTX) == [{"messages": _msgs((USER, "q"), (BOT, "a"))}]
 
 
 def test_every_format_is_registered() -> None:

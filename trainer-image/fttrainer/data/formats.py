@@ -164,6 +164,7 @@ def sharegpt_turns(turns: list[Any], name: str) -> list[Message]:
                 else ""
             )
             raise RowError(f"{where}: needs 'from' and 'value' (has {sorted(turn)}){hint}")
+        _refuse_unknown_keys(turn, ("from", "value"), where)
         speaker = str(turn["from"]).lower()
         role = SHAREGPT_ROLES.get(speaker)
         if role is None:
@@ -202,6 +203,7 @@ def chat_turns(turns: list[Any], name: str) -> list[Message]:
         role = turn.get("role")
         if role not in CHAT_ROLES:
             raise RowError(f"{where}.role: {_quote(role)} is not one of {', '.join(CHAT_ROLES)}")
+        _refuse_unknown_keys(turn, CHAT_TURN_KEYS[role == "tool"], where)
         message: Message = {"role": str(role)}
         calls = turn.get("tool_calls")
         if calls:
@@ -221,6 +223,30 @@ def chat_turns(turns: list[Any], name: str) -> list[Message]:
                     message[key] = str(turn[key])
         messages.append(message)
     return messages
+
+
+CHAT_TURN_KEYS = (("role", "content", "tool_calls"), ("role", "content", "tool_call_id", "name"))
+"""Keys a chat turn may carry: [other turns, tool turns]."""
+_TURN_KEY_HINTS = {
+    "weight": "every assistant turn is trained (with trainOnResponsesOnly, only those); "
+    "drop the turns not to learn from, or end the conversation before them",
+    "reasoning_content": "put the reasoning into content (e.g. <think>...</think> before the "
+    "answer) so the chat template renders it",
+    "thinking": "put the reasoning into content (e.g. <think>...</think> before the answer)",
+    "function_call": "the legacy OpenAI form: use tool_calls "
+    '[{"type": "function", "function": {"name": ..., "arguments": ...}}]',
+    "name": "only tool turns carry a name (the tool's)",
+}
+
+
+def _refuse_unknown_keys(turn: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """A turn key nothing reads would be dropped, and what it meant (a turn not to train on,
+    a reasoning trace, a call) lost without a word. Null values are allowed: Arrow gives every
+    turn of a Parquet/hub dataset each key any turn has."""
+    for key, value in turn.items():
+        if key not in known and value is not None:
+            hint = _TURN_KEY_HINTS.get(str(key), f"a turn has only {', '.join(known)}")
+            raise RowError(f"{where}.{key}: not supported ({hint})")
 
 
 @register("oasst")
