@@ -205,10 +205,14 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "evaluation without validation data": (
         make_job().set("dataset.split", {"train": 1.0}).obj(),
         "spec.evaluation.strategy", "needs validation data"),
-    "accuracy on plain text": (
+    "exact match on plain text": (
         make_job().set("dataset.format", "plain_text")
-        .set("evaluation.metrics", ["loss", "accuracy"]).obj(),
+        .set("evaluation.metrics", ["loss", "exact_match"]).obj(),
         "spec.evaluation.metrics", "mcq or qa"),
+    "accuracy on qa (nothing computes it)": (
+        make_job().set("dataset.format", "qa")
+        .set("evaluation.metrics", ["loss", "accuracy"]).obj(),
+        "spec.evaluation.metrics", "accuracy needs dataset.format mcq"),
     "bleu without reference answers": (
         make_job().set("dataset.format", "plain_text")
         .set("evaluation.metrics", ["loss", "bleu"]).obj(),

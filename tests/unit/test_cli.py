@@ -147,6 +147,28 @@ def test_set_wins_over_a_styles_default_but_not_over_the_users_own_key() -> None
     assert "steps is only used with strategy steps" in kept.stderr and "--eval_steps" in kept.stderr
 
 
+def test_convert_writes_what_validate_accepted(tmp_path: Path) -> None:
+    """The style default --set conflicts with is gone from the written manifest too."""
+    flags = ["--model_name", "./m", "--data_path", "s3://b/d.jsonl", "--dataset_type", "qa"]
+    out = tmp_path / "job.yaml"
+    converted = _finetune("convert", *flags, "--set", "evaluation.strategy=no", "-o", str(out))
+    assert converted.returncode == 0, converted.stderr
+    assert "steps" not in yaml.safe_load(out.read_text())["spec"]["evaluation"]
+    assert _finetune("validate", str(out)).returncode == 0
+
+
+def test_without_set_a_configs_own_errors_are_reported_as_they_are() -> None:
+    """No --set: no style default is dropped, and the error is the one the config has."""
+    flags = ["--model_name", "./m", "--data_path", "s3://b/d.jsonl", "--dataset_type", "qa",
+             "--val_path", "s3://b/v.jsonl", "--val_ratio", "0.2"]  # fmt: skip
+    result = _finetune("validate", *flags, "--spec-only")
+    assert result.returncode == 1
+    assert "split.validation must be 0 when a separate validation source is given" in (
+        result.stderr
+    )
+    assert "default dropped" not in result.stderr
+
+
 def test_run_with_an_invalid_config_says_so_where_the_operator_reads_it(tmp_path: Path) -> None:
     bad = make_job("bad").set("training.epochs", -1)
     path = tmp_path / "bad.yaml"

@@ -245,6 +245,7 @@ def _translate(args: argparse.Namespace) -> Any:
 class Loaded(NamedTuple):
     job: Any  # ftapi.FineTuneJob
     translation: Any  # configs.Translation
+    manifest: dict[str, Any]  # as translated, --set applied (not every default spelled out)
 
 
 def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
@@ -274,8 +275,8 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
             # blocks what the user set with --set (evaluation.strategy=no): drop it, retry.
             overridden = {a.partition("=")[0].removeprefix("spec.") for a in args.overrides}
             dropped = conflicting_defaults(translation.origin, exc.errors, overridden)
-            if not dropped:
-                raise
+            if not dropped or not overridden:
+                raise  # without --set, the errors are the config's own: report them
             for path in dropped:
                 _remove(manifest["spec"], path)
                 print(f"  info: {path}: the style's default dropped (it conflicts with --set)",
@@ -287,7 +288,7 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
             blamed = translation.blame(error.path.removeprefix("spec."))
             print(f"  {error}" + (f" (from {blamed})" if blamed else ""), file=sys.stderr)
         return None
-    return Loaded(job, translation)
+    return Loaded(job, translation, manifest)
 
 
 def conflicting_defaults(
@@ -494,10 +495,9 @@ def _convert(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     from .configs.render import render_manifest
-    from .overrides import apply_overrides
 
-    manifest = apply_overrides(loaded.translation.manifest, args.overrides)
-    text = render_manifest(manifest, loaded.translation)
+    # What was validated: --set applied, and the style's defaults it conflicted with gone.
+    text = render_manifest(loaded.manifest, loaded.translation)
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -25,7 +25,7 @@ from .training import TrainingSpec
 
 # dataset.format values SFT accepts: every format with a response, and plain text.
 SFT_FORMATS = ("plain_text", *FORMATS_WITH_RESPONSES)
-SCORED_FORMATS = ("mcq", "qa")  # formats with a ground truth to score accuracy against
+SCORED_FORMATS = ("mcq", "qa")  # formats with a ground truth to score exact match against
 # Processes in the job: torchrun starts one per GPU, or a single one on CPU nodes.
 _CEL_PROCESSES = (
     "self.resources.nodes * (self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1)"
@@ -167,13 +167,20 @@ class FineTuneJobSpec(ApiModel):
             field=".evaluation.strategy",
         ),
         Rule(
-            cel="!self.evaluation.metrics.exists(m, m == 'accuracy' || m == 'exact_match')"
+            cel="!self.evaluation.metrics.exists(m, m == 'exact_match')"
             f" || self.dataset.format in {cel_list(SCORED_FORMATS)}",
-            message="evaluation.metrics accuracy and exact_match need dataset.format mcq or qa",
+            message="evaluation.metrics exact_match needs dataset.format mcq or qa",
             check=lambda s: (
-                not ({"accuracy", "exact_match"} & set(s.evaluation.metrics))
-                or s.dataset.format in SCORED_FORMATS
+                "exact_match" not in s.evaluation.metrics or s.dataset.format in SCORED_FORMATS
             ),
+            field=".evaluation.metrics",
+        ),
+        Rule(
+            cel="!self.evaluation.metrics.exists(m, m == 'accuracy')"
+            " || self.dataset.format == 'mcq'",
+            message="evaluation.metrics accuracy needs dataset.format mcq (the chosen letter "
+            "is scored); for qa, exact_match scores the generated answer",
+            check=lambda s: "accuracy" not in s.evaluation.metrics or s.dataset.format == "mcq",
             field=".evaluation.metrics",
         ),
         Rule(
