@@ -76,11 +76,31 @@ def test_python_reward_from_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("reference", "error"),
     [("nocolon", "expected module:name"), ("/no/such.py:f", "no such file"),
-     ("json:not_a_function_here", "is not a function")],
+     ("json:not_a_function_here", "is not a function"),
+     ("nosuchmod:f", "cannot import nosuchmod")],
 )  # fmt: skip
 def test_python_reward_errors(reference: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         load_function(reference)
+
+
+def test_a_reward_file_that_fails_to_load_is_invalid_input(tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("import nothing_called_this\n")
+    with pytest.raises(ValueError, match=r"broken\.py fails to load: ModuleNotFoundError"):
+        load_function(f"{path}:f")
+
+
+def test_a_rewards_ground_truth_column_is_required_on_every_row() -> None:
+    """GRPO's exact_match reward reads `column` from each row: a row without it is a row
+    error (file and line in the data report), not a KeyError in the first training step."""
+    from ftapi.v1alpha1 import Columns
+    from fttrainer.data.formats import FormatContext, RowError, convert_row
+
+    context = FormatContext(Columns(), required=(("answer", "the exact_match reward"),))
+    assert convert_row("prompt_only", {"prompt": "2+2?", "answer": 4}, context)[0]["answer"] == 4
+    with pytest.raises(RowError, match="column 'answer' is missing \\(the exact_match reward"):
+        convert_row("prompt_only", {"prompt": "2+2?", "solution": 4}, context)
 
 
 def test_a_pattern_that_does_not_compile_is_refused_with_the_job() -> None:

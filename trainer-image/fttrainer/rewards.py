@@ -173,9 +173,17 @@ def load_function(reference: str) -> RewardFunc:
         if spec is None or spec.loader is None or not path.is_file():
             raise ValueError(f"reward function {reference!r}: no such file {path}")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: a syntax error, a failing import...
+            raise ValueError(f"reward function {reference!r}: {path} fails to load: "
+                             f"{type(exc).__name__}: {exc}") from None  # fmt: skip
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ValueError(f"reward function {reference!r}: cannot import {target} "
+                             f"({exc})") from None  # fmt: skip
     func = getattr(module, attribute, None)
     if not callable(func):
         raise ValueError(f"reward function {reference!r}: {attribute} is not a function")

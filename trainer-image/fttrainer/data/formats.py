@@ -67,10 +67,14 @@ class FormatContext:
     columns: Columns
     system_prompt: str | None = None
     system_prompt_mode: str = "override"
+    # prompt_only: column -> what reads it (GRPO rewards' ground truth), required per row.
+    required: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_spec(cls, spec: DatasetSpec) -> FormatContext:
-        return cls(spec.columns or Columns(), spec.system_prompt, spec.system_prompt_mode)
+    def from_spec(
+        cls, spec: DatasetSpec, required: tuple[tuple[str, str], ...] = ()
+    ) -> FormatContext:
+        return cls(spec.columns or Columns(), spec.system_prompt, spec.system_prompt_mode, required)
 
     def column(self, name: str, default: str | None = None) -> str:
         return getattr(self.columns, name) or default or name
@@ -443,6 +447,10 @@ def _prompt_only(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     prompt = _with_system(_as_messages(row[name], "user", name), row, ctx)
     # Every other column travels along: GRPO rewards read ground truth from them.
     extra = {k: v for k, v in row.items() if k not in (name, ctx.column("system"))}
+    for column, reader in ctx.required:
+        if extra.get(column) is None:
+            raise RowError(f"column {column!r} is missing ({reader} reads it; the row has "
+                           f"{sorted(row)})")  # fmt: skip
     return [{"prompt": prompt, **extra}]
 
 

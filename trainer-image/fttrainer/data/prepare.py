@@ -93,7 +93,13 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
         from fttrainer.storage import s3_client as storage_client
 
         s3_client = storage_client(spec.output.s3)
-    context = FormatContext.from_spec(dataset)
+    grpo = spec.trainer.grpo if spec.trainer.type == "grpo" else None
+    required = tuple(
+        (reward.column, f"the {reward.name or reward.type} reward")
+        for reward in (grpo.rewards if grpo else [])
+        if reward.column
+    )
+    context = FormatContext.from_spec(dataset, required)
     report = DataReport()
     problems: list[Problem] = []
     parts: dict[str, list[tuple[Sample, str]]] = {}
