@@ -54,12 +54,41 @@ def load_job(path: str | Path) -> FineTuneJob:
     return parse_job(read_manifest(path), str(path))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping, as kubectl and the API server do
+    (PyYAML keeps the last one, so `training:` written twice loses the first block without a
+    word). Keys a merge (`<<: *base`) brings in may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says what is wrong
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"the key {key!r} is given twice", key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """The documents of a YAML (or JSON) text, a key given twice being an error."""
+    return list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The one FineTuneJob document of a YAML/JSON file, unvalidated (other kinds ignored),
     for callers that change it before validation (`finetune --set`)."""
     path = Path(path)
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [d for d in load_yaml_documents(path.read_text()) if d is not None]
     except yaml.YAMLError as exc:
         raise InvalidSpecError([FieldError("", f"not valid YAML: {exc}")], str(path)) from None
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind", KIND) == KIND]

@@ -123,3 +123,25 @@ def test_the_pii_scan_is_skipped_when_it_is_off() -> None:
 
 def test_problem_is_still_located() -> None:
     assert str(Problem("f.jsonl:3", "bad")) == "f.jsonl:3: bad"
+
+
+def test_a_key_given_twice_is_a_problem_not_a_lost_value(tmp_path: Path) -> None:
+    """json keeps the last of two equal keys: the first value would vanish silently."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a"}\n{"text": "b", "text": "c"}\n')
+    data = read_file(rows)
+    assert [r.origin for r in data.rows] == [f"{rows}:1"]
+    assert [str(p) for p in data.problems] == [f"{rows}:2: the key 'text' is given twice"]
+    whole = tmp_path / "rows.json"
+    whole.write_text('[{"text": "a", "text": "b"}]')
+    with pytest.raises(DataSourceError, match="the key 'text' is given twice"):
+        read_file(whole)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("instruction,output,output\nq,a1,a2\n")
+    with pytest.raises(DataSourceError, match="rows.csv:1: the header names 'output' more"):
+        read_file(path)
+    path.write_text("instruction,output,,\nq,a,,\n")  # empty trailing headers (Excel)
+    assert len(read_file(path).rows) == 1

@@ -63,3 +63,19 @@ def test_paths_keep_fields_that_look_like_pydantic_tags() -> None:
     with pytest.raises(InvalidSpecError) as caught:
         parse_job(make_job().set("evaluation.strategy", "sometimes").obj())
     assert [e.path for e in caught.value.errors] == ["spec.evaluation.strategy"]
+
+
+def test_a_key_given_twice_is_an_error_as_in_kubectl(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: the first `training:` block would be lost."""
+    path = tmp_path / "job.yaml"
+    text = yaml.safe_dump(make_job().obj())
+    path.write_text(text + "spec:\n  training: {epochs: 3}\n")
+    with pytest.raises(InvalidSpecError, match="the key 'spec' is given twice"):
+        load_job(path)
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    from ftapi.loading import load_yaml_documents
+
+    (document,) = load_yaml_documents("base: &b {a: 1, b: 2}\nuse:\n  <<: *b\n  b: 3\n")
+    assert document["use"] == {"a": 1, "b": 3}

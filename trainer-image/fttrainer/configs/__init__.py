@@ -124,10 +124,10 @@ def _load_file(file: Path, flags: StyleFlags, *, now: datetime, cwd: Path | None
 
 def _read_yaml(file: Path) -> Any:
     from ftapi import read_manifest
-    from ftapi.loading import InvalidSpecError
+    from ftapi.loading import InvalidSpecError, load_yaml_documents
 
     try:
-        documents = [d for d in yaml.safe_load_all(read_config_text(file)) if d]
+        documents = [d for d in load_yaml_documents(read_config_text(file)) if d]
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     if len(documents) == 1:

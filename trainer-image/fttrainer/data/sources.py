@@ -32,6 +32,20 @@ class DataSourceError(RuntimeError):
     """The source as a whole cannot be read (missing file, unknown type, unreachable hub)."""
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object gives one key twice: json keeps the last value, losing the other."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook that refuses a key given twice."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(f"the key {key!r} is given twice")
+        result[key] = value
+    return result
+
+
 @dataclass(frozen=True)
 class Row:
     data: dict[str, Any]
@@ -100,9 +114,12 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, object_pairs_hook=unique_keys)
             except json.JSONDecodeError as exc:
                 yield Problem(origin, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            except DuplicateKeyError as exc:
+                yield Problem(origin, str(exc))
                 continue
             except RecursionError:
                 yield Problem(origin, f"JSON nested more than {MAX_DEPTH} levels deep")
@@ -135,7 +152,9 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8-sig"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
+    except DuplicateKeyError as exc:
+        raise DataSourceError(f"{label}: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         where = f"{label}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else label
         raise DataSourceError(f"{where}: not valid UTF-8 JSON: {exc}") from None
@@ -161,6 +180,13 @@ def _read_csv(path: Path, label: str) -> Iterator[Row | Problem]:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first header.
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            twice = sorted({name for name in header if name and header.count(name) > 1})
+            if twice:
+                raise DataSourceError(
+                    f"{label}:1: the header names {', '.join(map(repr, twice))} more than once "
+                    "(one of the columns would be lost)"
+                )
             records = iter(reader)
             while True:
                 try:
