@@ -434,3 +434,18 @@ def test_a_restart_after_the_final_checkpoint_trains_no_further(
     again = load_file(tmp_path / "again" / "final" / "adapter_model.safetensors")
     assert first.keys() == again.keys()
     assert all(first[name].equal(again[name]) for name in first)
+
+
+@pytest.mark.parametrize("name", ["/nonexistent/model", "./not-here", "~/not-here-either"])
+def test_a_model_path_that_does_not_exist_is_named_before_anything_loads(
+    qa_data: Path, tmp_path: Path, name: str
+) -> None:
+    """transformers would take the path for a hub id ("Repo id must be in the form...")."""
+    job = (
+        make_job()
+        .set("model.name", name)
+        .set("dataset", {"train": {"uri": str(qa_data)}, "format": "qa"})
+    )
+    recipe = Recipe(parse_job(job.obj()), tmp_path)
+    with pytest.raises(ValueError, match=f"spec.model.name: '{re.escape(name)}': no such dir"):
+        recipe.setup()

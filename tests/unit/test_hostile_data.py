@@ -141,7 +141,7 @@ def test_a_key_given_twice_is_a_problem_not_a_lost_value(tmp_path: Path) -> None
 def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("instruction,output,output\nq,a1,a2\n")
-    with pytest.raises(DataSourceError, match="rows.csv:1: the header names 'output' more"):
+    with pytest.raises(DataSourceError, match=r"rows\.csv:1: the header names 'output' more"):
         read_file(path)
     path.write_text("instruction,output,,\nq,a,,\n")  # empty trailing headers (Excel)
     assert len(read_file(path).rows) == 1

@@ -177,6 +177,10 @@ class Recipe:
         from transformers import AutoTokenizer
 
         model = self.spec.model
+        for where, name in (("model.name", model.name), ("model.tokenizer", model.tokenizer)):
+            if name and _names_a_missing_directory(name):
+                raise ValueError(f"spec.{where}: {name!r}: no such directory (a path; a hub "
+                                 "id looks like org/name)")  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(
             model.tokenizer or model.name,
             revision=model.revision,
@@ -595,3 +599,11 @@ class Recipe:
 
 def _step_of(checkpoint: Path | None) -> int | None:
     return None if checkpoint is None else parse_step(checkpoint.name)
+
+
+def _names_a_missing_directory(name: str) -> bool:
+    """An explicit path (/, ./, ../, ~) that is not a directory: transformers would take it
+    for a hub id and fail with "Repo id must be in the form 'repo_name'...", or try the
+    network."""
+    explicit = name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+    return explicit and not Path(name).expanduser().is_dir()
