@@ -106,6 +106,24 @@ def test_attention_auto_prefers_flash_attention_on_a_gpu(
 
 
 @pytest.mark.parametrize(
+    ("attention", "cuda", "flash_attn", "message"),
+    [
+        ("flash_attention_2", False, True, "flash_attention_2 needs a CUDA GPU"),
+        ("flash_attention_3", False, False, "flash_attention_3 needs a CUDA GPU"),
+        ("flash_attention_2", True, False, "needs the flash-attn package"),
+    ],
+)
+def test_flash_attention_where_it_cannot_load_is_invalid_input(
+    attention: str, cuda: bool, flash_attn: bool, message: str
+) -> None:
+    spec = parse_job(make_job().set("model.attention", attention).obj()).spec
+    from fttrainer.arguments import resolve_attention
+
+    with pytest.raises(ValueError, match=message):
+        resolve_attention(spec, cuda=cuda, flash_attn=flash_attn)
+
+
+@pytest.mark.parametrize(
     ("optimizer", "cuda", "strategy", "expected"),
     [
         ("auto", True, "auto", "adamw_torch_fused"),  # one kernel for every parameter

@@ -41,8 +41,17 @@ def resolve_attention(
     """auto → flash_attention_2 on a GPU where the flash-attn package is installed; else,
     for padding-free batches on a GPU, torch's own varlen FlashAttention kernel
     (attention.MODEL_ATTENTION: 3.6x faster than padded SDPA on an H100, docs/benchmarks.md);
-    else None (transformers' own choice: SDPA where the architecture supports it)."""
+    else None (transformers' own choice: SDPA where the architecture supports it). An
+    explicit FlashAttention where it cannot load is invalid input, not an ImportError."""
     attention = spec.model.attention
+    if attention.startswith("flash_attention") and not cuda:
+        raise ValueError(f"spec.model.attention {attention} needs a CUDA GPU (auto picks the "
+                         "fastest kernel this machine has)")  # fmt: skip
+    if attention == "flash_attention_2" and not flash_attn:
+        raise ValueError(
+            "spec.model.attention flash_attention_2 needs the flash-attn package, which this "
+            "image lacks (auto picks the fastest kernel it has)"
+        )
     if attention != "auto":
         return attention
     if cuda and flash_attn:
