@@ -19,6 +19,14 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("resources.env", [{"name": "TOKENIZERS_PARALLELISM", "value": "false"},
                        {"name": "HF_TOKEN", "value": "hf_literal"}]).obj(),
         "spec.resources.env[1].value", "comes from secretKeyRef"),
+    "credentials in the S3 endpoint": (
+        make_job().set("output", {"uri": "s3://b/p", "s3": {
+            "endpoint": "http://minioadmin:SuperSecret123@minio:9000"}}).obj(),
+        "spec.output.s3.endpoint", "may not carry credentials"),
+    "credentials in the MLflow tracking URI": (
+        make_job().set("logging", {"reportTo": ["mlflow"], "mlflow": {
+            "trackingUri": "https://alice:p4ssw0rd@mlflow.example.com"}}).obj(),
+        "spec.logging.mlflow.trackingUri", "may not carry credentials"),
     "split does not sum to 1": (
         make_job().set("dataset.split", {"train": 0.8, "validation": 0.1}).obj(),
         "spec.dataset.split", "sum to 1"),

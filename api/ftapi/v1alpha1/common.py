@@ -85,6 +85,22 @@ Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
+USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+"""A URL with user:password@ (or a token@) before the host: a credential in the spec."""
+
+
+def no_credentials_in_url(field: str, attribute: str) -> Rule:
+    """A URL field (`field` on the wire, `attribute` in Python) may not carry credentials:
+    specs are readable by everyone who may list the job, and appear in logs and status."""
+    return Rule(
+        cel=f"!has(self.{field}) || !self.{field}.matches('{USERINFO}')",
+        message=f"{field} may not carry credentials (user:password@): give them through "
+        "the field's Secret reference",
+        check=lambda o: not re.match(USERINFO, getattr(o, attribute) or ""),
+        field=f".{field}",
+    )
+
+
 class SecretRef(ApiModel):
     """A Secret in the FineTuneJob's namespace, used whole (its keys are documented where
     it is referenced). Secret values never enter the spec."""

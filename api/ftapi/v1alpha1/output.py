@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._base import ApiModel, Rule
-from .common import SecretKeyRef, SecretRef, ShortText, Text, Uri
+from .common import SecretKeyRef, SecretRef, ShortText, Text, Uri, no_credentials_in_url
 
 
 class S3Spec(ApiModel):
@@ -23,6 +23,8 @@ class S3Spec(ApiModel):
     credentials_secret_ref: SecretRef | None = None
     """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional AWS_SESSION_TOKEN)
     keys; unset: the pod's identity or the standard AWS environment."""
+
+    rules = (no_credentials_in_url("endpoint", "endpoint"),)
 
 
 class PushToHub(ApiModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._base import ApiModel, Rule
-from .common import SecretKeyRef, ShortText, Text
+from .common import SecretKeyRef, ShortText, Text, no_credentials_in_url
 
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
 # Environment variables the trackers' clients read their credentials from: the operator
@@ -42,6 +42,8 @@ class MlflowSpec(ApiModel):
     registered_model: Annotated[ShortText, Field(min_length=1, pattern=r"^[^/:]+$")] | None = None
     """Registered model name (MLflow refuses `/` and `:` in it); unset: the FineTuneJob
     name."""
+
+    rules = (no_credentials_in_url("trackingUri", "tracking_uri"),)
 
 
 class WandbSpec(ApiModel):
