@@ -9,27 +9,17 @@ from typing import Any
 
 import pytest
 
-from ftapi import parse_job
 from fttrainer.recipe import Recipe
-from tests.builders import make_job
+from tests.trainer.conftest import cpu_qa_recipe, step_losses
 
 
 def _train(
     model: Path, data: Path, output: Path, optimizer: str
 ) -> tuple[list[float], dict[str, Any], Recipe]:
-    job = parse_job(
-        make_job().set("model.name", str(model))
-        .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64})
-        .set("training", {"device": "cpu", "maxSteps": 6, "batchSize": 4, "seed": 5,
-                          "learningRate": 1e-2, "optimizer": optimizer})
-        .set("evaluation.strategy", "no").set("logging.steps", 1)
-        .set("output.uri", str(output / "published")).obj()
-    )  # fmt: skip
-    recipe = Recipe(job, output)
-    recipe.setup()
+    recipe = cpu_qa_recipe(model, data, output, maxSteps=6, seed=5, learningRate=1e-2,
+                           optimizer=optimizer)  # fmt: skip
     before = _adapter(recipe)
-    result = recipe.train()
-    return [m["loss"] for m in result.step_metrics if "loss" in m], before, recipe
+    return step_losses(recipe), before, recipe
 
 
 def _adapter(recipe: Recipe) -> dict[str, Any]:

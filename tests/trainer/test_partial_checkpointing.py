@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ftapi import parse_job
 from fttrainer.activation_checkpointing import (
     CheckpointFirstLayers,
     checkpointed_layers,
     decoder_layers,
 )
 from fttrainer.recipe import Recipe
-from tests.builders import make_job
+from tests.trainer.conftest import cpu_qa_recipe, step_losses
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +33,11 @@ def four_layer_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(
     model: Path, data: Path, output: Path, *, checkpointing: bool, first: int | None = None
 ) -> tuple[list[float], Recipe]:
-    job = parse_job(
-        make_job().set("model.name", str(model))
-        .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64})
-        .set("training", {"device": "cpu", "maxSteps": 4, "batchSize": 4, "seed": 3,
-                          "learningRate": 1e-2, "gradientCheckpointing": checkpointing})
-        .set("evaluation.strategy", "no").set("logging.steps", 1)
-        .set("output.uri", str(output / "published")).obj()
-    )  # fmt: skip
-    recipe = Recipe(job, output)
-    recipe.setup()
+    recipe = cpu_qa_recipe(model, data, output, learningRate=1e-2,
+                           gradientCheckpointing=checkpointing)  # fmt: skip
     if first is not None:
         recipe.trainer.add_callback(CheckpointFirstLayers(first))
-    result = recipe.train()
-    return [m["loss"] for m in result.step_metrics if "loss" in m], recipe
+    return step_losses(recipe), recipe
 
 
 def test_checkpointing_the_first_layers_trains_as_the_plain_path(

@@ -7,24 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ftapi import parse_job
 from fttrainer.recipe import Recipe
-from tests.builders import make_job
+from tests.trainer.conftest import cpu_qa_recipe, step_losses
 
 
 def _train(model: Path, data: Path, output: Path, *, compiled: bool) -> tuple[list[float], Recipe]:
-    job = parse_job(
-        make_job().set("model.name", str(model))
-        .set("dataset", {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64})
-        .set("training", {"device": "cpu", "maxSteps": 4, "batchSize": 4, "seed": 3,
-                          "torchCompile": compiled})
-        .set("evaluation.strategy", "no").set("logging.steps", 1)
-        .set("output.uri", str(output / "published")).obj()
-    )  # fmt: skip
-    recipe = Recipe(job, output)
-    recipe.setup()
-    result = recipe.train()
-    return [m["loss"] for m in result.step_metrics if "loss" in m], recipe
+    recipe = cpu_qa_recipe(model, data, output, torchCompile=compiled)
+    return step_losses(recipe), recipe
 
 
 def test_a_compiled_model_trains_to_the_eager_losses(
