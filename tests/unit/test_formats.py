@@ -108,6 +108,36 @@ GOOD: dict[str, tuple[str, dict[str, Any], FormatContext, list[dict[str, Any]]]]
         CTX,
         [{"messages": _msgs((USER, "hi"), (BOT, "yo"), (USER, "bye"), (BOT, "ok"))}],
     ),
+    "oasst: an unanswered follow-up keeps the answer before it; deleted replies go": (
+        "oasst",
+        {
+            "prompt": {
+                "role": "prompter",
+                "text": "Q",
+                "replies": [
+                    {
+                        "role": "assistant",
+                        "text": "A",
+                        "replies": [{"role": "prompter", "text": "follow-up nobody answered"}],
+                    },
+                    {
+                        "role": "assistant",
+                        "text": "spam",
+                        "deleted": True,
+                        "replies": [
+                            {
+                                "role": "prompter",
+                                "text": "?",
+                                "replies": [{"role": "assistant", "text": "under a deleted one"}],
+                            }
+                        ],
+                    },
+                ],
+            }
+        },
+        CTX,
+        [{"messages": _msgs((USER, "Q"), (BOT, "A"))}],
+    ),
     "oasst tree with two answers": (
         "oasst",
         {

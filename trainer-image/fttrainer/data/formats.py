@@ -496,7 +496,11 @@ def _checked(messages: list[Message], name: str = "messages") -> list[Message]:
     return messages
 
 
-def _walk_tree(node: Any, path: list[Message], paths: list[list[Message]], where: str) -> None:
+def _walk_tree(node: Any, path: list[Message], paths: list[list[Message]], where: str) -> bool:
+    """Add the conversations of `node`'s subtree to `paths`: each path that ends in an
+    assistant reply with no longer answered path below it (a follow-up question nobody
+    answered does not cost the answer before it). Deleted messages (`"deleted": true` in
+    OpenAssistant's exports) and what hangs below them are left out. True when it added any."""
     if not isinstance(node, Mapping) or "text" not in node:
         raise RowError(f"{where}: a message tree node needs 'text' and 'role', got {_quote(node)}")
     role = OASST_ROLES.get(str(node.get("role", "")).lower())
@@ -505,18 +509,20 @@ def _walk_tree(node: Any, path: list[Message], paths: list[list[Message]], where
             f"{where}.role: unknown role {_quote(node.get('role'))} (expected prompter or "
             "assistant)"
         )
+    if node.get("deleted") is True:
+        return False
     here = [*path, {"role": role, "content": _content(node["text"], f"{where}.text")}]
     replies = node.get("replies") or []
     if not isinstance(replies, list):
         raise RowError(f"{where}.replies: expected a list of nodes, got {_quote(replies)}")
-    if role == "assistant" and not any(
-        OASST_ROLES.get(str(r.get("role", "")).lower()) == "user"
-        for r in replies
-        if isinstance(r, Mapping)
-    ):
+    added = [_walk_tree(reply, here, paths, f"{where}.replies[{i}]")
+             for i, reply in enumerate(replies)]  # fmt: skip
+    if any(added):
+        return True
+    if role == "assistant":
         paths.append(here)
-    for i, reply in enumerate(replies):
-        _walk_tree(reply, here, paths, f"{where}.replies[{i}]")
+        return True
+    return False
 
 
 def _as_messages(value: Any, role: str, name: str) -> list[Message]:
