@@ -443,6 +443,25 @@ def test_hydra_format_families_pick_the_row_shape(
         assert spec["training"]["gradientCheckpointing"] is True
 
 
+def test_hydra_reads_the_columns_of_every_file_type_the_reader_takes(tmp_path: Path) -> None:
+    """Text lines, Parquet and {"data": [...]} JSON: the format comes from their columns,
+    not from a prompt_completion guess every row then fails."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fttrainer.configs.hydra import first_row_keys
+
+    (tmp_path / "corpus.txt").write_text("one line\nanother\n")
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "rows.parquet")
+    (tmp_path / "wrapped.json").write_text('{"data": [{"messages": []}]}')
+    assert first_row_keys(str(tmp_path / "corpus.txt")) == {"text"}
+    assert first_row_keys(str(tmp_path / "rows.parquet")) == {"text"}
+    assert first_row_keys(str(tmp_path / "wrapped.json")) == {"messages"}
+    flags = {"model": "./m", "dataset": str(tmp_path / "corpus.txt"), "trainer": "SFT"}
+    translation = load_config(None, StyleFlags(hydra=flags), now=NOW)
+    assert translation.manifest["spec"]["dataset"]["format"] == "plain_text"
+
+
 def test_hydra_report_to_wandb_gets_a_project() -> None:
     flags = {
         "model": "./m",

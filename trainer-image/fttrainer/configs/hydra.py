@@ -157,24 +157,33 @@ def _completion_length(builder: Builder, trainer: str) -> None:
 
 
 def first_row_keys(uri: str) -> set[str]:
-    """Column names of the first row of a local .jsonl/.json/.csv file (empty when the data
-    is remote or unreadable: the caller then assumes and says so)."""
+    """Column names of the first row of a local .jsonl/.json/.csv/.parquet/.txt file (as
+    fttrainer.data.sources reads them; empty when the data is remote or unreadable: the
+    caller then assumes and says so)."""
     path = Path(uri)
     try:
         if not path.is_file():
             return set()
         suffix = path.suffix.lower()
+        if suffix == ".txt":
+            return {"text"}  # one sample per line
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
         with path.open(encoding="utf-8-sig") as handle:
             if suffix == ".jsonl":
                 line = next((line for line in handle if line.strip()), "{}")
                 row = json.loads(line)
             elif suffix == ".json":
                 data = json.load(handle)
+                if isinstance(data, dict) and isinstance(data.get("data"), list):
+                    data = data["data"]  # {"data": [...]}, as the reader takes it
                 row = data[0] if isinstance(data, list) and data else data
             elif suffix == ".csv":
                 row = dict.fromkeys(next(csv.reader(handle), []))
             else:
                 return set()
-    except (OSError, ValueError, StopIteration):
+    except (OSError, ValueError, StopIteration, ImportError):
         return set()
     return set(row) if isinstance(row, dict) else set()
