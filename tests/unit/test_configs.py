@@ -374,6 +374,19 @@ def test_yaml_deepspeed_config_file_is_inlined(tmp_path: Path) -> None:
     assert deepspeed["deepspeed"]["config"]["wall_clock_breakdown"] is True
 
 
+def test_yaml_unquoted_no_means_the_choice_no(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1, as the tool itself reads its file) turns an unquoted `no` into
+    false: `mixed_precision: no` and `eval_strategy: no` still mean the choice "no"."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model:\n  base_model: ./m\ndataset:\n  train_path: d.jsonl\n  format: alpaca\n"
+        "training:\n  mixed_precision: no\nevaluation:\n  eval_strategy: no\n"
+    )
+    spec = _spec(load_config(config, StyleFlags(), now=NOW))
+    assert spec["training"]["precision"] == "fp32"
+    assert spec["evaluation"]["strategy"] == "no"
+
+
 def test_yaml_unknown_keys_and_sections(tmp_path: Path) -> None:
     translation = _yaml(
         tmp_path,

@@ -337,6 +337,11 @@ def one_of(choices: Mapping[str, Any]) -> Callable[[Any], Any]:
 
     def convert(value: Any) -> Any:
         key = str(value).strip()
+        if isinstance(value, bool):
+            # YAML 1.1 (PyYAML, the tools' own reader) reads an unquoted no/off as false:
+            # `mixed_precision: no` meant the choice "no".
+            key = "no" if not value and "no" in choices else key
+            key = "yes" if value and "yes" in choices else key
         for candidate in (key, key.lower()):
             if candidate in choices:
                 return choices[candidate]
