@@ -277,6 +277,31 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "annotation key whose prefix is over 253 characters": (
         make_job().set("resources.annotations", {"a" * 254 + "/n": "x"}).obj(),
         "spec.resources.annotations", "annotation keys must be"),
+    "label key ending in a newline": (
+        make_job().set("resources.labels", {"team\n": "a"}).obj(),
+        "spec.resources.labels", "label keys must be"),
+    "env replacing the model's token Secret": (
+        make_job().set("model.hfTokenSecretRef", {"name": "hf", "key": "token"})
+        .set("resources.env", [{"name": "HF_TOKEN", "secretKeyRef": {"name": "x", "key": "t"}}])
+        .obj(),
+        "spec.resources.env", "model.hfTokenSecretRef sets it"),
+    "env replacing the S3 credentials Secret": (
+        make_job().set("output", {"uri": "s3://b/p", "s3": {"credentialsSecretRef": {"name": "s"}}})
+        .set("resources.env", [{"name": "AWS_SESSION_TOKEN",
+                                "secretKeyRef": {"name": "x", "key": "t"}}]).obj(),
+        "spec.resources.env", "output.s3.credentialsSecretRef sets them"),
+    "env replacing the W&B key Secret": (
+        make_job().set("logging", {"reportTo": ["wandb"], "wandb": {
+            "project": "p", "apiKeySecretRef": {"name": "w", "key": "k"}}})
+        .set("resources.env", [{"name": "WANDB_API_KEY",
+                                "secretKeyRef": {"name": "x", "key": "t"}}]).obj(),
+        "spec.resources.env", "logging.wandb.apiKeySecretRef sets it"),
+    "env replacing the MLflow token Secret": (
+        make_job().set("logging", {"reportTo": ["mlflow"], "mlflow": {
+            "trackingUri": "http://mlflow:5000", "tokenSecretRef": {"name": "m", "key": "k"}}})
+        .set("resources.env", [{"name": "MLFLOW_TRACKING_TOKEN",
+                                "secretKeyRef": {"name": "x", "key": "t"}}]).obj(),
+        "spec.resources.env", "logging.mlflow.tokenSecretRef sets it"),
     "toleration key in capitals": (
         make_job().set("resources.tolerations", [{"key": "Example.COM/spot",
                        "operator": "Exists"}]).obj(),
@@ -331,4 +356,26 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         "spec.runPolicy.activeDeadlineSeconds", "<= 315360000"),
     "seed beyond numpy's range": (
         make_job().set("training.seed", 2**32).obj(), "spec.training.seed", "<= 4294967295"),
+    # What pydantic's lax mode would take and the API server does not.
+    "a string for an integer": (
+        make_job().set("training.batchSize", "8").obj(), "spec.training.batchSize",
+        "must be an integer"),
+    "a boolean for an integer": (
+        make_job().set("training.batchSize", True).obj(), "spec.training.batchSize",
+        "must be an integer"),
+    "a number for a string": (
+        make_job().set("model.revision", 2).obj(), "spec.model.revision", "must be a string"),
+    "a snake_case key": (
+        make_job().set("training.batch_size", 8).obj(), "spec.training.batch_size",
+        "unknown field"),
+    "a metric given twice": (
+        make_job().set("evaluation", {"strategy": "no", "metrics": ["loss", "loss"]}).obj(),
+        "spec.evaluation.metrics", "given twice"),
+    "a tracker given twice": (
+        make_job().set("logging", {"reportTo": ["tensorboard", "tensorboard"]}).obj(),
+        "spec.logging.reportTo", "given twice"),
+    "an env name given twice": (
+        make_job().set("resources.env", [{"name": "A", "value": "1"},
+                       {"name": "A", "value": "2"}]).obj(),
+        "spec.resources.env", "given twice"),
 }  # fmt: skip

@@ -23,3 +23,6 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Tokens travel only this way: never in the spec, the ConfigMap, logs or status.
 ENV_HF_TOKEN = "HF_TOKEN"  # model.hfTokenSecretRef (downloads; huggingface_hub reads it)
 ENV_HUB_PUSH_TOKEN = "FINETUNE_HUB_PUSH_TOKEN"  # output.pushToHub.tokenSecretRef
+# output.s3.credentialsSecretRef: keys of that Secret, each set as the variable of its name.
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,19 @@ def parse_job(manifest: Any, source: str = "") -> FineTuneJob:
             [FieldError("kind", f"expected {API_VERSION} {KIND}, found {found}")], source
         )
     try:
-        return FineTuneJob.model_validate(manifest)
+        return FineTuneJob.model_validate_json(
+            _as_json(manifest), strict=True, by_alias=True, by_name=False
+        )
     except ValidationError as exc:
         raise InvalidSpecError(field_errors(exc), source) from None
+
+
+def _as_json(manifest: dict[str, Any]) -> str:
+    """The manifest as the API server receives it from kubectl: JSON, so validation sees what
+    the server's schema sees. Strict JSON validation then refuses what the server refuses and
+    pydantic's lax mode would take: "8" or true for an integer, a snake_case key for a
+    camelCase field, .inf and .nan. YAML timestamps (unquoted dates) are strings there."""
+    return json.dumps(manifest, default=str)
 
 
 def load_job(path: str | Path) -> FineTuneJob:
@@ -76,6 +88,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     f"the key {key!r} is given twice", key_node.start_mark,
                 )  # fmt: skip
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) wants a dot in a float, so `learningRate: 1e-4` would be the string
+# "1e-4"; kubectl's YAML reads it as the number, and so does this loader.
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_yaml_documents(text: str) -> list[Any]:
@@ -128,6 +152,12 @@ _MESSAGES = {
     "model_type": "must be an object (a mapping)",
     "dict_type": "must be an object (a mapping)",
     "list_type": "must be a list",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
 }
 
 

@@ -24,7 +24,10 @@ INTRO = f"""# FineTuneJob API reference
 `apiVersion: {API_VERSION}`, `kind: {KIND}` (short name `ftj`). Every field below is also
 available through `kubectl explain finetunejob.spec...` once the CRD is installed.
 Cross-field rules are listed under the object they belong to; the API server enforces them
-on `kubectl apply`, and `finetune validate` enforces the same rules locally.
+on `kubectl apply`, and `finetune validate` enforces the same rules locally. Types are
+checked as strictly as the API server checks them: `"8"` or `true` is not an integer, a
+snake_case key is an unknown field, `.inf` and `.nan` are refused, and items of a set-like
+list (and `env` names) may not repeat.
 """
 
 

@@ -29,6 +29,8 @@ from ftapi.constants import (
     KIND,
     PROGRESS_KIND,
     PROGRESS_PLURAL,
+    S3_OPTIONAL_SECRET_KEYS,
+    S3_SECRET_KEYS,
 )
 
 # Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
@@ -43,8 +45,6 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_KEY = "job.yaml"
 _SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)
 RUN_AS_USER = 1000  # the trainer image's user (trainer-image/Dockerfile)
 
 

@@ -79,3 +79,38 @@ def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
 
     (document,) = load_yaml_documents("base: &b {a: 1, b: 2}\nuse:\n  <<: *b\n  b: 3\n")
     assert document["use"] == {"a": 1, "b": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-4", 1e-4), ("2E+3", 2000.0), ("-5e-6", -5e-6), ("1.5e-4", 1.5e-4), ("3", 3)],
+)
+def test_numbers_are_read_as_kubectl_reads_them(text: str, value: float) -> None:
+    """PyYAML (YAML 1.1) wants a dot in a float: `1e-4` would be a string, and strict
+    validation would then refuse `learningRate: 1e-4`, which kubectl sends as a number."""
+    from ftapi.loading import load_yaml_documents
+
+    (document,) = load_yaml_documents(f"x: {text}\n")
+    assert document["x"] == value and type(document["x"]) is type(value)
+
+
+def test_a_learning_rate_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(make_job().obj()).replace("spec:\n", "spec:\n  training:\n"
+                    "    learningRate: 1e-4\n", 1))  # fmt: skip
+    assert load_job(path).spec.training.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused(value: float) -> None:
+    """JSON cannot carry them to the API server; a local run must not take them either."""
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(make_job().set("training.weightDecay", value).obj())
+    assert [e.path for e in caught.value.errors] == ["spec.training.weightDecay"]
+
+
+def test_an_unquoted_date_is_a_string_as_kubectl_sends_it() -> None:
+    import datetime
+
+    job = parse_job(make_job().set("model.revision", datetime.date(2024, 5, 1)).obj())
+    assert job.spec.model.revision == "2024-05-01"

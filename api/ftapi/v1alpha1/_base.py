@@ -61,6 +61,7 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         validate_default=True,
+        allow_inf_nan=False,
     )
 
     rules: ClassVar[tuple[Rule, ...]] = ()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
@@ -18,7 +18,7 @@ QUANTITY_PATTERN = (
 
 
 def _check_quantity(value: int | str) -> int | str:
-    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
     return value
 
@@ -34,6 +34,40 @@ Quantity = Annotated[
         }
     ),
 ]
+
+
+_Item = TypeVar("_Item")
+
+
+def _no_duplicates(values: list[_Item]) -> list[_Item]:
+    seen: list[_Item] = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is given twice (the items form a set)")
+        seen.append(value)
+    return values
+
+
+def unique_by(key: str) -> AfterValidator:
+    """A map-typed list's refusal of two items with the same `key` (a one-word field), as
+    the API server does for x-kubernetes-list-type map."""
+
+    def check(items: list[_Item]) -> list[_Item]:
+        seen: set[object] = set()
+        for item in items:
+            value = getattr(item, key)
+            if value in seen:
+                raise ValueError(f"{key} {value!r} is given twice")
+            seen.add(value)
+        return items
+
+    return AfterValidator(check)
+
+
+SET_LIST = {"x-kubernetes-list-type": "set"}
+"""Schema marker of a list whose items are a set: the API server refuses a duplicate."""
+UniqueItems = AfterValidator(_no_duplicates)
+"""The same refusal for local runs (use together with SET_LIST)."""
 
 # Lower-case RFC 1123 names for Secrets, ConfigMaps, PriorityClasses...
 ObjectName = Annotated[
@@ -67,7 +101,8 @@ QUALIFIED_KEY_HELP = (
 
 def qualified_key(key: str) -> bool:
     """Whether the API server admits `key` as a label or annotation key."""
-    return bool(re.match(_KEY_SHAPE, key) and re.match(_KEY_LENGTHS, key))
+    # fullmatch: Python's `$` also matches before a final newline, RE2's (the server's) not.
+    return bool(re.fullmatch(_KEY_SHAPE, key) and re.fullmatch(_KEY_LENGTHS, key))
 
 
 def qualified_key_cel(expression: str) -> str:

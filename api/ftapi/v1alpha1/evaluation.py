@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._base import ApiModel, Rule, required_for
-from .common import ShortText, Text, Uri
+from .common import SET_LIST, ShortText, Text, UniqueItems, Uri
 
 Metric = Literal[
     "loss", "perplexity", "token_accuracy", "accuracy", "exact_match", "bleu", "rouge_l"
@@ -58,7 +58,7 @@ class EvaluationSpec(ApiModel):
     batch_size: Annotated[int, Field(ge=1, le=65536)] | None = None
     """Per-device evaluation batch size (default: training.batchSize)."""
     metrics: Annotated[
-        list[Metric], Field(max_length=8, json_schema_extra={"x-kubernetes-list-type": "set"})
+        list[Metric], Field(max_length=8, json_schema_extra=SET_LIST), UniqueItems
     ] = ["loss"]
     """Metrics reported for the validation set (eval_*) and the test set (test_*).
     loss and perplexity (exp of the loss, SFT only) at every evaluation; after training:

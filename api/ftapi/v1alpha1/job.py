@@ -7,7 +7,13 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict
 
-from ftapi.constants import MAX_NAME_LENGTH, NAME_PATTERN
+from ftapi.constants import (
+    ENV_HF_TOKEN,
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    S3_OPTIONAL_SECRET_KEYS,
+    S3_SECRET_KEYS,
+)
 
 from ._base import ApiModel, Rule, cel_list, is_set
 from .dataset import FORMATS_WITH_RESPONSES, DatasetSpec, Split
@@ -16,7 +22,7 @@ from .evaluation import EvaluationSpec
 from .method import FULL_WEIGHT_METHODS, LORA_METHODS, MethodSpec
 from .model import ModelSpec
 from .output import OutputSpec
-from .reporting import LoggingSpec
+from .reporting import MLFLOW_TOKEN_ENV, WANDB_KEY_ENV, LoggingSpec
 from .resources import ResourcesSpec
 from .scheduling import RunPolicy, SchedulingSpec
 from .status import FineTuneJobStatus
@@ -64,9 +70,52 @@ _DEFAULT_LEARNING_RATES = {
 }
 
 
+# Variables the operator fills from a Secret reference elsewhere in the spec. A resources.env
+# entry of the same name would come after it in the pod and silently replace that Secret.
+SECRET_FED_ENV = (
+    ("model.hfTokenSecretRef", (ENV_HF_TOKEN,)),
+    ("output.s3.credentialsSecretRef", S3_SECRET_KEYS + S3_OPTIONAL_SECRET_KEYS),
+    ("logging.mlflow.tokenSecretRef", (MLFLOW_TOKEN_ENV,)),
+    ("logging.wandb.apiKeySecretRef", (WANDB_KEY_ENV,)),
+)
+
+
+def _env_not_fed_by(path: str, names: tuple[str, ...]) -> Rule:
+    """Rule: resources.env does not name a variable that `path` (a Secret reference) sets."""
+    parts = path.split(".")
+    present = " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
+    listed = " || ".join(f"e.name == '{name}'" for name in names)
+
+    def check(spec: FineTuneJobSpec) -> bool:
+        node: object = spec
+        for part in parts:  # by wire name: to_snake("s3") is "s_3"
+            node = getattr(node, "__dict__", {}).get(_attribute(node, part))
+            if node is None:
+                return True
+        return not any(variable.name in names for variable in spec.resources.env)
+
+    return Rule(
+        cel=f"!({present}) || !self.resources.env.exists(e, {listed})",
+        message=f"resources.env may not set {_either(names)}: {path} sets "
+        f"{'it' if len(names) == 1 else 'them'} from its Secret "
+        "(remove the entry, or the reference)",
+        check=check,
+        field=".resources.env",
+    )
+
+
+def _attribute(model: object, wire_name: str) -> str | None:
+    fields = getattr(type(model), "model_fields", {})
+    return next((name for name, f in fields.items() if f.alias == wire_name), None)
+
+
+def _either(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
 def _name_ok(name: str | None) -> bool:
     return name is None or (
-        len(name) <= MAX_NAME_LENGTH and re.match(NAME_PATTERN, name) is not None
+        len(name) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, name) is not None
     )
 
 
@@ -290,6 +339,7 @@ class FineTuneJobSpec(ApiModel):
             ),
             field=".output.pushToHub",
         ),
+        *(_env_not_fed_by(path, names) for path, names in SECRET_FED_ENV),
     )
 
     def processes(self) -> int:

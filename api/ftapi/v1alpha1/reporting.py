@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._base import ApiModel, Rule
-from .common import SecretKeyRef, ShortText, Text, no_credentials_in_url
+from .common import SET_LIST, SecretKeyRef, ShortText, Text, UniqueItems, no_credentials_in_url
 
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
 # Environment variables the trackers' clients read their credentials from: the operator
@@ -75,7 +75,7 @@ class LoggingSpec(ApiModel):
     first_step: bool = True
     """Also log the very first step (catches a broken setup early)."""
     report_to: Annotated[
-        list[Tracker], Field(max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+        list[Tracker], Field(max_length=3, json_schema_extra=SET_LIST), UniqueItems
     ] = []
     """Experiment trackers to send metrics to (training and evaluation metrics as they are
     logged, then the final metrics). tensorboard writes under the output (tensorboard/)."""

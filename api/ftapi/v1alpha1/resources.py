@@ -18,6 +18,7 @@ from .common import (
     Toleration,
     qualified_key,
     qualified_key_cel,
+    unique_by,
 )
 
 # Set by the operator for torchrun; a user value would silently break the rendezvous.
@@ -136,6 +137,7 @@ class ResourcesSpec(ApiModel):
                 "x-kubernetes-list-map-keys": ["name"],
             },
         ),
+        unique_by("name"),
     ] = []
     """Extra environment for the trainer. torchrun's variables and FINETUNE_* are refused."""
     labels: Annotated[dict[str, LabelValue], Field(max_length=64)] = {}
