@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ftapi import parse_job
+from ftapi import InvalidSpecError, parse_job
 from fttrainer.arguments import trainer_config_kwargs
 from fttrainer.distributed import (
     EmptyWeightsError,
@@ -294,3 +294,55 @@ def test_sharded_full_models_are_read_through_their_index(tmp_path: Path) -> Non
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(EmptyWeightsError, match=r"1 of 2 .*\(b\)"):
         check_saved_weights(tmp_path)
+
+
+def test_a_top_level_typo_in_the_raw_config_is_an_error_with_the_nearest_key() -> None:
+    """DeepSpeed ignores keys it does not read: `zero_optimisation` would train without ZeRO."""
+    job = make_job().set("distributed", {"strategy": "deepspeed", "deepspeed": {"config": {
+        "zero_optimisation": {"stage": 3}, "bf16": {"enabled": True}}}})  # fmt: skip
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(job.obj())
+    (error,) = caught.value.errors
+    assert error.path == "spec.distributed.deepspeed.config"
+    assert "'zero_optimisation' is not a DeepSpeed config key" in error.message
+    assert "did you mean 'zero_optimization'" in error.message
+
+
+class _ReadRecorder(dict[str, Any]):
+    """A config dict that remembers every key looked up in it (get, [], in, keys())."""
+
+    def __init__(self, values: dict[str, Any], read: set[str]) -> None:
+        super().__init__(values)
+        self.read = read
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def keys(self) -> Any:
+        return self  # `key in config.keys()` is a lookup too
+
+
+def test_every_key_the_installed_deepspeed_reads_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traced, not copied: a DeepSpeed upgrade that reads a new key fails here instead of
+    making the API refuse a valid config."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from ftapi.v1alpha1.distributed import DEEPSPEED_CONFIG_KEYS
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    read: set[str] = set()
+    batch = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}
+    DeepSpeedConfig(_ReadRecorder({**batch, "train_batch_size": 1}, read))
+    assert len(read) > 40, f"the trace saw too little to mean anything: {sorted(read)}"
+    assert read <= DEEPSPEED_CONFIG_KEYS, sorted(read - DEEPSPEED_CONFIG_KEYS)
+    assert "zero_optimization" in read

@@ -2,11 +2,90 @@
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ._base import ApiModel, Rule, only_for
+
+# Every top-level key DeepSpeed reads from its config (traced from DeepSpeedConfig;
+# tests/unit/test_distributed_config.py fails when the installed DeepSpeed reads one more).
+# DeepSpeed ignores any other key, so `zero_optimisation` would train without ZeRO unnoticed.
+DEEPSPEED_CONFIG_KEYS = frozenset(
+    (
+        "activation_checkpointing",
+        "aio",
+        "amp",
+        "autotuning",
+        "bf16",
+        "bfloat16",
+        "checkpoint",
+        "comet",
+        "comms_logger",
+        "communication_data_type",
+        "compile",
+        "compression_training",
+        "csv_monitor",
+        "curriculum_learning",
+        "data_efficiency",
+        "data_types",
+        "dataloader_drop_last",
+        "datastates_ckpt",
+        "disable_allgather",
+        "disable_python_gc",
+        "dump_state",
+        "eigenvalue",
+        "elasticity",
+        "expert_parallel",
+        "flops_profiler",
+        "fp16",
+        "gradient_accumulation_steps",
+        "gradient_allreduce_op",
+        "gradient_clipping",
+        "gradient_predivide_factor",
+        "graph_harvesting",
+        "hybrid_engine",
+        "log_level",
+        "managed_gradient_accumulation",
+        "memory_breakdown",
+        "nebula",
+        "optimizer",
+        "pipeline",
+        "prescale_gradients",
+        "progressive_layer_drop",
+        "quantize_training",
+        "scheduler",
+        "seq_parallel_communication_data_type",
+        "sparse_attention",
+        "sparse_gradients",
+        "steps_per_print",
+        "tensor_parallel",
+        "tensorboard",
+        "timers",
+        "torch_autocast",
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "use_data_before_expert_parallelism",
+        "vocabulary_size",
+        "wall_clock_breakdown",
+        "wandb",
+        "weight_quantization",
+        "zero_allow_untested_optimizer",
+        "zero_force_ds_cpu_optimizer",
+        "zero_optimization",
+    )
+)
+
+
+def unknown_deepspeed_keys(config: dict[str, Any]) -> list[str]:
+    """One message per top-level key DeepSpeed would ignore, with the nearest known key."""
+    problems = []
+    for key in sorted(set(config) - DEEPSPEED_CONFIG_KEYS, key=str):
+        near = get_close_matches(str(key), DEEPSPEED_CONFIG_KEYS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        problems.append(f"{key!r} is not a DeepSpeed config key{hint}")
+    return problems
 
 
 class FsdpSpec(ApiModel):
@@ -34,7 +113,18 @@ class DeepSpeedSpec(ApiModel):
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """A full DeepSpeed JSON config (as YAML) merged over the generated one, for settings
-    not modelled here. "auto" values are filled in from the spec."""
+    not modelled here. "auto" values are filled in from the spec. A top-level key DeepSpeed
+    does not read is an error (DeepSpeed itself would ignore it)."""
+
+    @field_validator("config")
+    @classmethod
+    def _only_known_keys(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The API server cannot see inside a free-form object, so this check runs in the
+        operator (InvalidSpec status) and in `finetune validate`/`run`."""
+        problems = unknown_deepspeed_keys(config or {})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return config
 
     rules = (
         Rule(
