@@ -101,6 +101,27 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         make_job().set("trainer", {"type": "grpo", "grpo": {"rewards": [{"type": "python"}]}})
         .set("dataset.format", "prompt_only").obj(),
         "spec.trainer.grpo.rewards[0].function", "needs function"),
+    **{
+        f"{field} on a {kind} reward": (
+            make_job().set("trainer", {"type": "grpo", "grpo": {"rewards": [reward]}})
+            .set("dataset.format", "prompt_only").obj(),
+            f"spec.trainer.grpo.rewards[0].{field}", f"{field} is only used by type")
+        for field, kind, reward in (
+            ("pattern", "contains", {"type": "contains", "text": "x", "pattern": "^<think>"}),
+            ("column", "regex", {"type": "regex", "pattern": "x", "column": "answer"}),
+            ("text", "exact_match", {"type": "exact_match", "column": "a", "text": "x"}),
+            ("maxLength", "json", {"type": "json", "maxLength": 100}),
+            ("function", "length", {"type": "length", "maxLength": 9, "function": "m:f"}),
+        )
+    },
+    **{
+        f"{field} on 8-bit quantization": (
+            make_job().set("method", {"type": "lora", "quantization": {"bits": 8, field: value}})
+            .obj(),
+            f"spec.method.quantization.{field}", "only used by 4-bit quantization")
+        for field, value in (("type", "fp4"), ("computeDtype", "float16"),
+                             ("doubleQuant", False), ("quantStorage", "uint8"))
+    },
     "dpo settings on sft": (
         make_job().set("trainer", {"type": "sft", "dpo": {"beta": 0.2}}).obj(),
         "spec.trainer.dpo", "only used by type dpo"),

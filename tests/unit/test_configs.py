@@ -328,7 +328,6 @@ def test_yaml_quantization_names_precedence_and_overrides(tmp_path: Path) -> Non
         "type": "fp4",
         "computeDtype": "float16",
         "doubleQuant": False,
-        "quantStorage": "auto",
     }
     assert spec["training"]["precision"] == "fp32" and spec["training"]["ligerKernels"] is True
     assert spec["training"]["gradientAccumulationSteps"] == 16

@@ -43,7 +43,7 @@ def test_qlora_without_quantization_means_4bit_nf4() -> None:
     method = parse_job(make_job().set("method.type", "qlora").obj()).spec.method
     quant = method.effective_quantization()
     assert quant is not None
-    assert (quant.bits, quant.type, quant.double_quant) == (4, "nf4", True)
+    assert (quant.bits, quant.four_bit_type, quant.uses_double_quant) == (4, "nf4", True)
     lora_method = parse_job(make_job().obj()).spec.method
     assert lora_method.effective_quantization() is None
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ftapi import parse_job
 from fttrainer.arguments import (
+    bitsandbytes_kwargs,
     peft_config_kwargs,
     resolve_partial_checkpointing,
     resolve_precision,
@@ -183,3 +186,61 @@ def test_the_memory_plan_decides_how_many_layers_recompute_on_a_gpu(
     assert recompute is checkpointing
     layers = resolve_partial_checkpointing(spec, cuda=cuda, planned_layers=planned, layers=32)
     assert layers == partial
+
+
+FOUR_BIT_DEFAULTS = {
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+    "bnb_4bit_compute_dtype": "bf16",
+    "bnb_4bit_quant_storage": "uint8",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "distributed", "expected"),
+    [
+        ({"type": "lora"}, {}, None),
+        ({"type": "qlora"}, {}, FOUR_BIT_DEFAULTS),
+        ({"type": "lora", "quantization": {"bits": 8}}, {}, {"load_in_8bit": True}),
+        (
+            {"type": "qlora", "quantization": {"type": "fp4", "doubleQuant": False,
+                                               "computeDtype": "float16"}},
+            {},
+            {**FOUR_BIT_DEFAULTS, "bnb_4bit_quant_type": "fp4",
+             "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "float16"},
+        ),
+        # Sharded strategies store the packed weights in the compute dtype.
+        ({"type": "qlora"}, {"strategy": "fsdp"},
+         {**FOUR_BIT_DEFAULTS, "bnb_4bit_quant_storage": "bf16"}),
+        ({"type": "qlora"}, {"strategy": "deepspeed", "deepspeed": {"zeroStage": 3}},
+         {**FOUR_BIT_DEFAULTS, "bnb_4bit_quant_storage": "bf16"}),
+        ({"type": "qlora"}, {"strategy": "deepspeed", "deepspeed": {"zeroStage": 2}},
+         FOUR_BIT_DEFAULTS),
+        ({"type": "qlora", "quantization": {"quantStorage": "float32"}}, {"strategy": "fsdp"},
+         {**FOUR_BIT_DEFAULTS, "bnb_4bit_quant_storage": "float32"}),
+    ],
+)  # fmt: skip
+def test_bitsandbytes_arguments(
+    method: dict[str, Any], distributed: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    job = make_job().set("method", method).set("resources.gpusPerNode", 2)
+    if distributed:
+        job.set("distributed", distributed)
+    assert bitsandbytes_kwargs(parse_job(job.obj()).spec, precision="bf16") == expected
+
+
+def test_the_bitsandbytes_arguments_build_a_real_config() -> None:
+    """transformers' own class takes them (it refuses unknown names and wrong types)."""
+    from transformers import BitsAndBytesConfig
+
+    from fttrainer.recipe import torch_dtype
+
+    kwargs = bitsandbytes_kwargs(parse_job(make_job().set("method.type", "qlora").obj()).spec,
+                                 precision="bf16")  # fmt: skip
+    assert kwargs is not None
+    for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+        kwargs[key] = torch_dtype(kwargs[key])
+    config = BitsAndBytesConfig(**kwargs)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert str(config.bnb_4bit_compute_dtype) == "torch.bfloat16"

@@ -26,6 +26,34 @@ def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool
     return "bf16" if bf16_supported else "fp16"
 
 
+def bitsandbytes_kwargs(spec: FineTuneJobSpec, *, precision: str) -> dict[str, Any] | None:
+    """BitsAndBytesConfig arguments for the spec's quantization (dtypes by name), or None.
+
+    `precision` is the resolved training precision: the 4-bit compute dtype follows it
+    unless set. Under FSDP or ZeRO-3 packed weights are stored in the compute dtype, so
+    the quantized base is sharded like any other parameter instead of replicated."""
+    quantization = spec.method.effective_quantization()
+    if quantization is None:
+        return None
+    if quantization.bits == 8:
+        return {"load_in_8bit": True}
+    chosen = quantization.compute_dtype
+    compute: str = precision if chosen in (None, "auto") else chosen
+    deepspeed = spec.distributed.deepspeed
+    sharded = spec.distributed.strategy == "fsdp" or (
+        deepspeed is not None and deepspeed.zero_stage == 3
+    )
+    stored = quantization.quant_storage
+    storage: str = stored if stored not in (None, "auto") else compute if sharded else "uint8"
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": quantization.four_bit_type,
+        "bnb_4bit_use_double_quant": quantization.uses_double_quant,
+        "bnb_4bit_compute_dtype": compute,
+        "bnb_4bit_quant_storage": storage,
+    }
+
+
 def resolve_optimizer(spec: FineTuneJobSpec, *, cuda: bool) -> str:
     """auto → adamw_torch_fused on a GPU (one kernel for all parameters instead of a few per
     tensor), adamw_torch on CPU, where the fused kernel gains nothing measurable."""

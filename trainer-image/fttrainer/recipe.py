@@ -29,6 +29,7 @@ from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 from .activation_checkpointing import CheckpointFirstLayers
 from .arguments import (
+    bitsandbytes_kwargs,
     peft_config_kwargs,
     resolve_attention,
     resolve_partial_checkpointing,
@@ -226,7 +227,7 @@ class Recipe:
             log.info("attention: %s", attention)
         quantization = self.spec.method.effective_quantization()
         if quantization is not None:
-            kwargs["quantization_config"] = self._quantization_config(quantization)
+            kwargs["quantization_config"] = self._quantization_config()
         model: Any = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
@@ -251,32 +252,16 @@ class Recipe:
             model = peft.PeftModel.from_pretrained(model, method.adapter.uri, is_trainable=True)
         return model
 
-    def _quantization_config(self, quantization: Any) -> Any:
-        import torch
+    def _quantization_config(self) -> Any:
         from transformers import BitsAndBytesConfig
 
         precision = resolve_precision(self.spec, **self._hardware())
-        compute = torch_dtype(
-            precision if quantization.compute_dtype == "auto" else quantization.compute_dtype
-        )
-        if quantization.bits == 8:
-            return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
-        sharded = self.spec.distributed.strategy == "fsdp" or (
-            self.spec.distributed.deepspeed is not None
-            and self.spec.distributed.deepspeed.zero_stage == 3
-        )
-        storage = quantization.quant_storage
-        if storage == "auto":
-            storage_dtype = compute if sharded else torch.uint8
-        else:
-            storage_dtype = torch_dtype(storage)
-        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
-            load_in_4bit=True,
-            bnb_4bit_quant_type=quantization.type,
-            bnb_4bit_use_double_quant=quantization.double_quant,
-            bnb_4bit_compute_dtype=compute,
-            bnb_4bit_quant_storage=storage_dtype,
-        )
+        kwargs = bitsandbytes_kwargs(self.spec, precision=precision)
+        assert kwargs is not None
+        for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            if key in kwargs:
+                kwargs[key] = torch_dtype(kwargs[key])
+        return BitsAndBytesConfig(**kwargs)  # type: ignore[no-untyped-call]
 
     def _setup_trainer(self) -> Any:
         import peft

@@ -108,13 +108,15 @@ def cel_list(values: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(f"'{value}'" for value in values) + "]"
 
 
-def only_for(block: str, selector: str, values: tuple[str, ...]) -> Rule:
-    """Rule: the optional settings block `block` is set only when `selector` is one of
-    `values` (e.g. `lora` settings only for LoRA methods), so no setting is silently ignored."""
+def only_for(block: str, selector: str, values: tuple[str, ...], *, noun: str = "settings") -> Rule:
+    """Rule: the optional settings block (or field) `block` is set only when `selector` is
+    one of `values` (e.g. `lora` settings only for LoRA methods), so no setting is silently
+    ignored."""
     block_attr, selector_attr = to_snake(block), to_snake(selector)
+    subject = f"{block} {noun} are" if noun else f"{block} is"
     return Rule(
         cel=f"!has(self.{block}) || {_cel_is_one_of(selector, values)}",
-        message=f"{block} settings are only used by {selector} {_spoken(values)}",
+        message=f"{subject} only used by {selector} {_spoken(values)}",
         check=lambda obj: getattr(obj, block_attr) is None or getattr(obj, selector_attr) in values,
         field=f".{block}",
     )

@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
+from pydantic.alias_generators import to_snake
 
 from ._base import ApiModel, Rule, cel_list, is_set, only_for
 from .common import ShortText, Uri
@@ -71,20 +72,48 @@ class LoraSpec(ApiModel):
     )
 
 
+def _four_bit_only(field: str) -> Rule:
+    """Rule: `field` of a quantization block is set only with bits 4 (LLM.int8 reads none
+    of the 4-bit settings, so an 8-bit block with them would drop them silently)."""
+    attribute = to_snake(field)
+    return Rule(
+        cel=f"self.bits == 4 || !has(self.{field})",
+        message=f"{field} is only used by 4-bit quantization (bitsandbytes' 8-bit LLM.int8 "
+        "has no such setting): remove it, or use bits 4",
+        check=lambda q: q.bits == 4 or getattr(q, attribute) is None,
+        field=f".{field}",
+    )
+
+
 class QuantizationSpec(ApiModel):
     """bitsandbytes quantization of the frozen base weights (QLoRA = 4-bit + LoRA)."""
 
     bits: Literal[4, 8] = 4
     """4 (NF4/FP4, QLoRA) or 8 (LLM.int8)."""
-    type: Literal["nf4", "fp4"] = "nf4"
-    """4-bit data type; nf4 suits normally distributed weights (the QLoRA paper's choice)."""
-    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """dtype the dequantized weights are computed in; auto follows training.precision."""
-    double_quant: bool = True
-    """4-bit only: also quantize the quantization constants (~0.4 bits per parameter)."""
-    quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = "auto"
-    """4-bit only: the dtype packed weights are stored in. auto: the compute dtype under
-    FSDP or ZeRO-3 (so the quantized base is sharded, not replicated), else uint8."""
+    type: Literal["nf4", "fp4"] | None = None
+    """4-bit only: the data type; unset: nf4, which suits normally distributed weights (the
+    QLoRA paper's choice)."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
+    """4-bit only: dtype the dequantized weights are computed in; unset or auto: follows
+    training.precision (LLM.int8 computes its outliers in float16 regardless)."""
+    double_quant: bool | None = None
+    """4-bit only: also quantize the quantization constants (~0.4 bits per parameter);
+    unset: true."""
+    quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] | None = None
+    """4-bit only: the dtype packed weights are stored in. Unset or auto: the compute dtype
+    under FSDP or ZeRO-3 (so the quantized base is sharded, not replicated), else uint8."""
+
+    rules = tuple(
+        _four_bit_only(field) for field in ("type", "computeDtype", "doubleQuant", "quantStorage")
+    )
+
+    @property
+    def four_bit_type(self) -> str:
+        return self.type or "nf4"
+
+    @property
+    def uses_double_quant(self) -> bool:
+        return self.double_quant is not False
 
 
 class AdapterSpec(ApiModel):

@@ -112,6 +112,17 @@ class Reward(ApiModel):
             "python",
             "a python reward needs function (module:name or file.py:name)",
         ),
+        # Another type's field would be ignored: `type: contains` with `pattern` scores text.
+        *(
+            only_for(field, "type", types, noun="")
+            for field, types in (
+                ("pattern", ("regex",)),
+                ("column", ("exact_match", "contains")),
+                ("text", ("contains",)),
+                ("maxLength", ("length",)),
+                ("function", ("python",)),
+            )
+        ),
     )
 
 
