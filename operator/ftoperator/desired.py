@@ -110,9 +110,9 @@ def gpu_resource_of(job: FineTuneJob, settings: Settings) -> str:
 
 def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
     """(reason, message) when the operator refuses to run this job, else None: its policy
-    settings, and what cannot work in any cluster (local paths). The CRD cannot know a
-    cluster's policy nor tell a hub id from a path: this is checked before every attempt
-    is created and reported in the job's status."""
+    settings, and what cannot work in any cluster (local paths, a device the pods lack).
+    The CRD cannot know a cluster's policy nor tell a hub id from a path: this is checked
+    before every attempt is created and reported in the job's status."""
     resources = job.spec.resources
     image = image_of(job, settings)
     allowed = settings.allowed_registries
@@ -132,6 +132,9 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             f"priority class {resources.priority_class_name} is not allowed "
             f"(allowed: {', '.join(classes)})"
         )
+    mismatch = device_mismatch(job)
+    if mismatch:
+        return "DeviceMismatch", mismatch
     local = local_paths(job)
     if local:
         return "LocalPath", (
@@ -146,6 +149,29 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
         return "NodeSelectorNotAllowed", (
             f"selecting nodes by {', '.join(refused)} is not allowed (allowed keys: "
             f"{', '.join(keys)}): spec.resources.nodeSelector and node affinity may use only those"
+        )
+    return None
+
+
+def device_mismatch(job: FineTuneJob) -> str | None:
+    """training.device against the pods' GPUs: a pod trains where the device says, so `cpu`
+    beside requested GPUs leaves them idle (and billed), and `cuda` without any fails over
+    to the CPU. Pods run on Linux, which has no MPS."""
+    device, gpus = job.spec.training.device, job.spec.resources.gpus_per_node
+    if device == "mps":
+        return (
+            "spec.training.device mps: pods run on Linux nodes, which have no MPS; use auto "
+            "(the GPUs spec.resources.gpusPerNode requests, else the CPU)"
+        )
+    if device == "cpu" and gpus > 0:
+        return (
+            f"spec.training.device cpu would leave the {gpus} GPU(s) each pod requests idle: "
+            "set spec.resources.gpusPerNode 0 for a CPU run, or training.device auto"
+        )
+    if device == "cuda" and gpus == 0:
+        return (
+            "spec.training.device cuda, but spec.resources.gpusPerNode is 0: the pods get no "
+            "GPU; request GPUs, or set training.device auto or cpu"
         )
     return None
 

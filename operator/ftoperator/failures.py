@@ -63,6 +63,9 @@ REASONS: tuple[Reason, ...] = (
            "the PriorityClass is not in the operator's `--allowed-priority-classes`"),
     Reason("NodeSelectorNotAllowed", "job", False, 9,
            "a nodeSelector or node-affinity key is not in `--allowed-node-selector-keys`"),
+    Reason("DeviceMismatch", "job", False, 9,
+           "`training.device` does not match the pods: cpu beside requested GPUs, cuda with "
+           "`gpusPerNode: 0`, or mps (pods run on Linux)"),
     Reason("LocalPath", "job", False, 9,
            "the output, data, model or prompts name this machine's files, which no pod has "
            "(`finetune run` takes them)"),

@@ -246,3 +246,24 @@ def test_hub_ids_s3_and_paths_in_the_image_are_not_local() -> None:
     manifest["spec"]["dataset"]["validation"] = {"uri": "hf://org/data"}
     manifest["spec"]["evaluation"] = {"promptsUri": "/opt/prompts.txt"}  # baked into the image
     assert policy_violation(parse_job(manifest), Settings()) is None
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "refused"),
+    [
+        ("auto", 0, False), ("auto", 8, False), ("cuda", 8, False), ("cpu", 0, False),
+        ("cpu", 1, True),  # the requested GPU would sit idle
+        ("cuda", 0, True),  # no GPU in the pod
+        ("mps", 0, True), ("mps", 1, True),  # pods run on Linux
+    ],
+)  # fmt: skip
+def test_a_training_device_the_pods_do_not_match_is_refused(
+    device: str, gpus: int, refused: bool
+) -> None:
+    job = make_job("j").set("training.device", device).set("resources.gpusPerNode", gpus)
+    verdict = policy_violation(parse_job(job.obj()), Settings())
+    if not refused:
+        assert verdict is None
+        return
+    assert verdict is not None and verdict[0] == "DeviceMismatch", verdict
+    assert f"spec.training.device {device}" in verdict[1]

@@ -10,6 +10,7 @@ from ftapi import parse_job
 from fttrainer.arguments import (
     bitsandbytes_kwargs,
     peft_config_kwargs,
+    resolve_device,
     resolve_partial_checkpointing,
     resolve_precision,
     trainer_config_kwargs,
@@ -244,3 +245,31 @@ def test_the_bitsandbytes_arguments_build_a_real_config() -> None:
     config = BitsAndBytesConfig(**kwargs)
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
     assert str(config.bnb_4bit_compute_dtype) == "torch.bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "mps", "expected"),
+    [
+        ("auto", True, False, "cuda"),
+        ("auto", False, False, "cpu"),
+        ("auto", False, True, "cpu"),  # auto never picks MPS
+        ("cuda", True, False, "cuda"),
+        ("cuda", False, True, "cpu"),  # not there: CPU, with a warning from the recipe
+        ("mps", True, True, "mps"),  # asked for: MPS even beside a CUDA GPU
+        ("mps", True, False, "cpu"),
+        ("cpu", True, True, "cpu"),
+    ],
+)
+def test_training_device(device: str, cuda: bool, mps: bool, expected: str) -> None:
+    spec = parse_job(make_job().set("training.device", device).obj()).spec
+    assert resolve_device(spec, cuda_available=cuda, mps_available=mps) == expected
+
+
+def test_mps_trains_on_the_accelerator_not_the_cpu() -> None:
+    """The Trainer picks MPS by itself unless use_cpu is set, which CPU runs need."""
+    spec = parse_job(make_job().set("training.device", "mps").obj()).spec
+    on_mps = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=False, bf16_supported=False,
+                                   mps=True)  # fmt: skip
+    on_cpu = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=False, bf16_supported=False)
+    assert (on_mps["use_cpu"], on_cpu["use_cpu"]) == (False, True)
+    assert on_mps["optim"] == "adamw_torch" and not on_mps["bf16"]

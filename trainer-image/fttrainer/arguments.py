@@ -16,6 +16,17 @@ from .attention import MODEL_ATTENTION
 from .distributed import strategy_kwargs
 
 
+def resolve_device(spec: FineTuneJobSpec, *, cuda_available: bool, mps_available: bool) -> str:
+    """training.device → where the run computes: cuda, mps or cpu. auto takes CUDA when
+    there is a GPU and never MPS (several training ops still fall back to the CPU there);
+    a device asked for that is not there leaves the CPU (the caller warns)."""
+    device = spec.training.device
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    available = {"cuda": cuda_available, "mps": mps_available, "cpu": True}
+    return device if available[device] else "cpu"
+
+
 def resolve_precision(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool) -> str:
     """auto → bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
     precision = spec.training.precision
@@ -144,6 +155,7 @@ def trainer_config_kwargs(
     output_dir: str,
     cuda: bool,
     bf16_supported: bool,
+    mps: bool = False,
     progress_bar: bool = False,
     layer_classes: Sequence[str] = (),
     liger_installed: bool = False,
@@ -152,12 +164,14 @@ def trainer_config_kwargs(
     """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig).
 
     `layer_classes`: the model's decoder layer classes (`_no_split_modules`), the units
-    FSDP shards and checkpoints."""
+    FSDP shards and checkpoints. `mps`: train on Apple's GPU (training.device mps, where
+    there is one); every GPU-only default stays off there."""
     kwargs = _common_kwargs(
         spec,
         output_dir=output_dir,
         cuda=cuda,
         bf16_supported=bf16_supported,
+        mps=mps,
         layer_classes=layer_classes,
         liger_installed=liger_installed,
         planned_checkpointed_layers=planned_checkpointed_layers,
@@ -209,6 +223,7 @@ def _common_kwargs(
     output_dir: str,
     cuda: bool,
     bf16_supported: bool,
+    mps: bool = False,
     layer_classes: Sequence[str] = (),
     liger_installed: bool = False,
     planned_checkpointed_layers: int | None = None,
@@ -237,7 +252,7 @@ def _common_kwargs(
         "data_seed": training.seed,
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
-        "use_cpu": not cuda,
+        "use_cpu": not (cuda or mps),
         "activation_checkpointing": checkpointing,
         "logging_steps": spec.logging.steps,
         "logging_first_step": spec.logging.first_step,

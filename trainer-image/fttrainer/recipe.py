@@ -16,6 +16,7 @@ DPO or GRPO.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -32,6 +33,7 @@ from .arguments import (
     bitsandbytes_kwargs,
     peft_config_kwargs,
     resolve_attention,
+    resolve_device,
     resolve_partial_checkpointing,
     resolve_precision,
     responses_only,
@@ -277,6 +279,7 @@ class Recipe:
             layer_classes=getattr(self.model, "_no_split_modules", None) or (),
             liger_installed=importlib.util.find_spec("liger_kernel") is not None,
             planned_checkpointed_layers=planned[0] if planned else None,
+            mps=self._device == "mps",
             **hardware,
         )
         log.info(
@@ -357,12 +360,23 @@ class Recipe:
         cpu), and bf16 support on it."""
         import torch
 
-        device = self.spec.training.device
-        available = torch.cuda.is_available()
-        if device in ("cuda", "mps") and not available:
-            log.warning("training.device %s: no such device here; training on CPU", device)
-        cuda = available and device != "cpu"
+        cuda = self._device == "cuda"
         return {"cuda": cuda, "bf16_supported": cuda and torch.cuda.is_bf16_supported()}
+
+    @functools.cached_property
+    def _device(self) -> str:
+        """cuda, mps or cpu (decided once: the fallback warning is given once)."""
+        import torch
+
+        device = resolve_device(
+            self.spec,
+            cuda_available=torch.cuda.is_available(),
+            mps_available=torch.backends.mps.is_available(),
+        )
+        wanted = self.spec.training.device
+        if wanted not in ("auto", device):
+            log.warning("training.device %s: no such device here; training on CPU", wanted)
+        return device
 
     @property
     def _pretokenized(self) -> bool:

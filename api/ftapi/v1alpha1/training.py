@@ -86,7 +86,9 @@ class TrainingSpec(ApiModel):
     precision: Precision = "auto"
     """Mixed precision: auto picks bf16 where supported, else fp16 on GPUs, fp32 on CPU."""
     device: Device = "auto"
-    """Where local runs compute; in a cluster the operator's pod has the GPUs it asked for."""
+    """Where local runs compute. auto: CUDA when there is a GPU, else the CPU; mps (Apple's
+    GPU) only when asked for. A device that is not there falls back to the CPU with a
+    warning. In a cluster the operator's pod has the GPUs it asked for."""
     liger_kernels: bool | None = None
     """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy, which
     never materialises the logits). Unset: on for GPU runs where liger-kernel is installed
