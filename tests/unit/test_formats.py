@@ -48,6 +48,12 @@ GOOD: dict[str, tuple[str, dict[str, Any], FormatContext, list[dict[str, Any]]]]
         FormatContext(Columns(question="q", answer="a", system="sys")),
         [{"messages": _msgs(("system", "Be exact."), (USER, "2+2?"), (BOT, "4"))}],
     ),
+    "qa answers that are numbers or booleans, spelt as JSON spells them": (
+        "qa",
+        {"question": "Is 7 prime? And 2+2?", "answer": True, "system": 4},
+        CTX,
+        [{"messages": _msgs(("system", "4"), (USER, "Is 7 prime? And 2+2?"), (BOT, "true"))}],
+    ),
     "system prompt override replaces the row's": (
         "qa",
         {"question": "q", "answer": "a", "system": "row"},
@@ -571,6 +577,33 @@ CALL_TURN = {"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]
 # (format, row, the start of the error message, exactly): the field first, in row terms.
 BAD: dict[str, tuple[str, Any, str]] = {
     "not an object": ("qa", ["q", "a"], "expected an object, got list"),
+    "an mcq answer naming two choices": (
+        "mcq",
+        {"question": "q", "choices": ["x", "y", "z"], "answer": "A, C"},
+        "answer: 'A, C' names more than one choice",
+    ),
+    "an mcq answer naming two choices with and": (
+        "mcq",
+        {"question": "q", "choices": ["x", "y"], "answer": "a and b"},
+        "answer: 'a and b' names more than one choice",
+    ),
+    "a preference pair without a preference": (
+        "preference",
+        {"prompt": "q", "chosen": "same", "rejected": "same"},
+        "rejected: the same completion as chosen",
+    ),
+    # NaN and Infinity are how a missing value leaves pandas or json.dumps, not an answer.
+    "a NaN answer": ("qa", {"question": "q", "answer": float("nan")}, "answer: nan is not text"),
+    "an infinite turn": (
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": float("inf")},
+            ]
+        },
+        "messages[1].content: inf is not text",
+    ),
     # A turn key nothing reads would drop what it meant: a turn not to learn from, a trace.
     "a turn's weight": (
         "messages",
@@ -1012,8 +1045,10 @@ def test_columns_arrow_cannot_type_reach_trl_as_they_were() -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "letter"), [("a", "A"), ("C)", "C"), ("B. because", "B"), (0, "A"), ("3", "D")]
-)
+    ("answer", "letter"),
+    [("a", "A"), ("C)", "C"), ("B. because", "B"), (0, "A"), ("3", "D"),
+     ("A) Paris, France", "A"), ("D, I think", "D")],
+)  # fmt: skip
 def test_answer_letter(answer: Any, letter: str) -> None:
     assert answer_letter(answer, 4) == letter
 

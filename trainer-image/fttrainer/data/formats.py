@@ -26,6 +26,8 @@ characters. Pure functions, no tokenizer: chat templates are applied later.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -304,6 +306,11 @@ def _preference(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
                     f"{name}: the completion must start with an assistant turn, "
                     f"not {completion[0]['role']!r}"
                 )
+        if chosen == rejected:
+            raise RowError(
+                f"{names.rejected}: the same completion as {names.chosen} (a pair without a "
+                "preference teaches nothing: its DPO loss is log 2 whatever the model does)"
+            )
     except RowError as error:
         raise RowError(
             f"{error} [read as the {layout} layout ({PREFERENCE_LAYOUTS[layout]}) because {why}]"
@@ -454,6 +461,10 @@ def _prompt_only(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     return [{"prompt": prompt, **extra}]
 
 
+# What follows a first letter when the answer lists several: "A, B", "A and C", "B/D".
+_SECOND_LETTER = re.compile(r"\s*(?:[,;/&+]|\bAND\b|\bOR\b)\s*(?:AND\s+|OR\s+)?(?P<letter>[A-Z])\b")
+
+
 def answer_letter(answer: Any, n_choices: int, *, name: str = "answer") -> str:
     """An MCQ answer given as a letter ("c", "C)", "C. text") or an index (2 or "2") → "C"."""
     if isinstance(answer, bool) or answer is None:
@@ -465,6 +476,12 @@ def answer_letter(answer: Any, n_choices: int, *, name: str = "answer") -> str:
         return LETTERS[index]
     text = str(answer).strip().upper()
     if text and text[0] in LETTERS[:n_choices] and (len(text) == 1 or not text[1].isalpha()):
+        other = _SECOND_LETTER.match(text[1:])
+        if other and other["letter"] in LETTERS[:n_choices]:
+            raise RowError(
+                f"{name}: {_quote(answer)} names more than one choice; an mcq row has one "
+                "correct answer"
+            )
         return text[0]
     raise RowError(
         f"{name}: {_quote(answer)} is not a letter A-{LETTERS[n_choices - 1]} or an index"
@@ -652,7 +669,7 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+        return _scalar_text(value, where)
     if isinstance(value, list) and all(
         isinstance(p, Mapping) and p.get("type") == "text" for p in value
     ):
@@ -724,8 +741,13 @@ def _optional_text(row: Mapping[str, Any], name: str) -> str:
 
 
 def _scalar_text(value: Any, name: str) -> str:
-    """Text, or a number/boolean written as text; a list or object is an error, not its
-    Python repr trained on."""
-    if isinstance(value, str | int | float | bool):
+    """Text, or a number/boolean written as text (as JSON spells it: true, not Python's
+    True); a list or object is an error, not its Python repr trained on, and so is NaN or
+    Infinity, which is how a missing value leaves pandas or json.dumps."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowError(f"{name}: {value} is not text (a missing value?)")
+    if isinstance(value, str | int | float):
         return str(value)
     raise RowError(f"{name}: expected text, got {_quote(value)}")
