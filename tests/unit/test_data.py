@@ -44,6 +44,24 @@ def test_non_utf8_line_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     assert raw.problems[0].origin.endswith(":2") and "not UTF-8" in raw.problems[0].message
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("d.csv", b"question,answer\nq1,a1\nq2,a2\nq3,caf\xe9\n"),
+        ("d.json", b'[{"text": "a"},\n {"text": "b"},\n {"text": "c"},\n {"text": "caf\xe9"}]'),
+    ],
+)
+def test_a_file_read_whole_that_is_not_utf8_names_the_line(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    """Latin-1 from Excel: the decoder fails on a chunk, the user needs the line."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataSourceError) as caught:
+        read_file(path)
+    assert str(caught.value).startswith(f"{path}:4: not UTF-8 (invalid continuation byte")
+
+
 def test_csv_json_txt_and_parquet(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -155,9 +155,10 @@ def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
         value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
     except DuplicateKeyError as exc:
         raise DataSourceError(f"{label}: {exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f"{label}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else label
-        raise DataSourceError(f"{where}: not valid UTF-8 JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, label, exc) from None
+    except json.JSONDecodeError as exc:
+        raise DataSourceError(f"{label}:{exc.lineno}: not valid JSON: {exc}") from None
     except RecursionError:
         raise DataSourceError(f"{label}: JSON nested too deeply") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
@@ -202,7 +203,22 @@ def _read_csv(path: Path, label: str) -> Iterator[Row | Problem]:
                     continue
                 yield Row(dict(record), origin)
     except UnicodeDecodeError as exc:
-        raise DataSourceError(f"{label}: not UTF-8 ({exc.reason})") from None
+        raise _not_utf8(path, label, exc) from None
+
+
+def _not_utf8(path: Path, label: str, error: UnicodeDecodeError) -> DataSourceError:
+    """A whole-file decoding error, located at its line: the decoder sees chunks, not lines
+    (a newline byte never occurs inside a UTF-8 character, so lines decode on their own)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return DataSourceError(
+                    f"{label}:{number}: not UTF-8 ({exc.reason} at byte {exc.start} of the "
+                    "line): save the file as UTF-8"
+                )
+    return DataSourceError(f"{label}: not UTF-8 ({error.reason})")
 
 
 def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
