@@ -485,6 +485,23 @@ def test_hydra_report_to_wandb_gets_a_project() -> None:
     assert spec["logging"]["reportTo"] == ["wandb"] and spec["logging"]["wandb"]["project"]
 
 
+def test_styles_that_evaluate_only_given_data_train_on_every_row_without_it(
+    tmp_path: Path,
+) -> None:
+    """The API's default holds 10% out for evaluation; these tools train on all of it."""
+    flags = {"model": "./m", "dataset": "hf://org/d", "format": "conversational"}
+    hydra_run = load_config(None, StyleFlags(hydra=flags), now=NOW)
+    toml_run = _toml(tmp_path, BASE_TOML)
+    for translation in (hydra_run, toml_run):
+        job = parse_job(translation.manifest)
+        assert job.spec.evaluation.strategy == "no"
+        assert job.spec.effective_split().train == 1.0
+        assert any("every row trains" in m for m in _notes(translation, "info").values())
+    with_validation = _toml(tmp_path, BASE_TOML + 'validation_data_id = "data/val.jsonl"\n')
+    job = parse_job(with_validation.manifest)
+    assert job.spec.evaluation.strategy != "no" and job.spec.dataset.validation is not None
+
+
 # --- detection ---------------------------------------------------------------------------
 
 

@@ -205,6 +205,17 @@ class Builder:
         if not self.has(path):
             self.set(path, value, key, weak=True)
 
+    def no_holdout_without_validation(self, key: str, tool: str) -> None:
+        """Tools that evaluate only on a validation set they are given train on every row
+        without one; the API's default would hold 10% out for evaluation instead."""
+        if not self.has("dataset.validation.uri") and not self.has("evaluation.strategy"):
+            self.setdefault("evaluation.strategy", "no", f"default of {tool}")
+            self.info(
+                key,
+                "not given: every row trains and nothing is evaluated during training, as "
+                f"{tool} does (give validation data, or set dataset.split, to evaluate)",
+            )
+
     def info(self, key: str, message: str) -> None:
         self.notes.append(Note(key, message, "info"))
 

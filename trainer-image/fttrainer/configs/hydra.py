@@ -105,6 +105,7 @@ def translate(values: dict[str, Any], *, source: str, now: datetime) -> Translat
     _format(builder, trainer)
     _completion_length(builder, trainer)
     complete_trackers(builder, "--report-to")
+    builder.no_holdout_without_validation("--dataset", "TRL's script")
     name = job_name(model_directory_name(str(builder.get("model.name", "model"))))
     builder.manifest["metadata"]["name"] = name
     builder.set("output.uri", f"results/{name}", "default of the Hydra style", weak=True)

@@ -204,6 +204,7 @@ def _finish(builder: Builder, now: datetime) -> None:
     if not builder.has("dataset.train.uri"):
         builder.error("[fine_tuner] training_data_id", "required: the training dataset")
     _method(builder, take)
+    builder.no_holdout_without_validation("[fine_tuner] validation_data_id", "the TOML style")
     question_key, question = take("question_column", "question")
     answer_key, answer = take("ground_truth_column", "answer")
     builder.set("dataset.format", "qa", "[fine_tuner] question_column", weak=True)
