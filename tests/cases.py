@@ -301,28 +301,25 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "label key ending in a newline": (
         make_job().set("resources.labels", {"team\n": "a"}).obj(),
         "spec.resources.labels", "label keys must be"),
-    "env replacing the model's token Secret": (
-        make_job().set("model.hfTokenSecretRef", {"name": "hf", "key": "token"})
-        .set("resources.env", [{"name": "HF_TOKEN", "secretKeyRef": {"name": "x", "key": "t"}}])
-        .obj(),
-        "spec.resources.env", "model.hfTokenSecretRef sets it"),
-    "env replacing the S3 credentials Secret": (
-        make_job().set("output", {"uri": "s3://b/p", "s3": {"credentialsSecretRef": {"name": "s"}}})
-        .set("resources.env", [{"name": "AWS_SESSION_TOKEN",
-                                "secretKeyRef": {"name": "x", "key": "t"}}]).obj(),
-        "spec.resources.env", "output.s3.credentialsSecretRef sets them"),
-    "env replacing the W&B key Secret": (
-        make_job().set("logging", {"reportTo": ["wandb"], "wandb": {
-            "project": "p", "apiKeySecretRef": {"name": "w", "key": "k"}}})
-        .set("resources.env", [{"name": "WANDB_API_KEY",
-                                "secretKeyRef": {"name": "x", "key": "t"}}]).obj(),
-        "spec.resources.env", "logging.wandb.apiKeySecretRef sets it"),
-    "env replacing the MLflow token Secret": (
-        make_job().set("logging", {"reportTo": ["mlflow"], "mlflow": {
-            "trackingUri": "http://mlflow:5000", "tokenSecretRef": {"name": "m", "key": "k"}}})
-        .set("resources.env", [{"name": "MLFLOW_TRACKING_TOKEN",
-                                "secretKeyRef": {"name": "x", "key": "t"}}]).obj(),
-        "spec.resources.env", "logging.mlflow.tokenSecretRef sets it"),
+    **{
+        f"env replacing the Secret of {reference}": (
+            make_job().set(section, block)
+            .set("resources.env", [{"name": name, "secretKeyRef": {"name": "x", "key": "t"}}])
+            .obj(),
+            "spec.resources.env", f"{reference} sets")
+        for reference, section, block, name in (
+            ("model.hfTokenSecretRef", "model.hfTokenSecretRef", {"name": "hf", "key": "t"},
+             "HF_TOKEN"),
+            ("output.s3.credentialsSecretRef", "output",
+             {"uri": "s3://b/p", "s3": {"credentialsSecretRef": {"name": "s"}}},
+             "AWS_SESSION_TOKEN"),
+            ("logging.wandb.apiKeySecretRef", "logging", {"reportTo": ["wandb"], "wandb": {
+                "project": "p", "apiKeySecretRef": {"name": "w", "key": "k"}}}, "WANDB_API_KEY"),
+            ("logging.mlflow.tokenSecretRef", "logging", {"reportTo": ["mlflow"], "mlflow": {
+                "trackingUri": "http://mlflow:5000", "tokenSecretRef": {"name": "m", "key": "k"}}},
+             "MLFLOW_TRACKING_TOKEN"),
+        )
+    },
     "toleration key in capitals": (
         make_job().set("resources.tolerations", [{"key": "Example.COM/spot",
                        "operator": "Exists"}]).obj(),
