@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftapi.v1alpha1.dataset import COLUMN_FORMATS
 from tests.builders import make_job
 
 GRPO = {"rewards": [{"type": "json"}]}
@@ -121,6 +122,13 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
             f"spec.method.quantization.{field}", "only used by 4-bit quantization")
         for field, value in (("type", "fp4"), ("computeDtype", "float16"),
                              ("doubleQuant", False), ("quantStorage", "uint8"))
+    },
+    **{
+        f"columns.{column} for a format that does not read it": (
+            make_job().set("dataset.format", fmt).set("dataset.columns", {column: "c"}).obj(),
+            f"spec.dataset.columns.{column}", f"columns.{column} is only read by format")
+        for column, formats in COLUMN_FORMATS.items()
+        for fmt in ["plain_text" if "plain_text" not in formats else "qa"]
     },
     "dpo settings on sft": (
         make_job().set("trainer", {"type": "sft", "dpo": {"beta": 0.2}}).obj(),

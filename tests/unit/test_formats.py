@@ -1064,3 +1064,51 @@ def test_an_unforeseen_exception_in_a_converter_is_a_row_error(
     monkeypatch.setitem(FORMATS, "qa", broken)
     with pytest.raises(RowError, match=r"^cannot read the row as qa \(KeyError: 'missing'\)$"):
         convert_row("qa", {"question": "q"}, CTX)
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+SHAREGPT = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+# A row per format with every column it may read, at the default names.
+FULL_ROWS: dict[str, dict[str, Any]] = {
+    "plain_text": {"text": "t"},
+    "instruction": {"instruction": "i", "input": "x", "output": "o", "system": "s"},
+    "qa": {"question": "q", "answer": "a", "system": "s"},
+    "mcq": {"question": "q", "choices": ["x", "y"], "answer": "B", "system": "s"},
+    "messages": {"messages": _msgs((USER, "q"), (BOT, "a")), "tools": [TOOL], "system": "s"},
+    "sharegpt": {"conversations": SHAREGPT, "tools": [TOOL], "system": "s"},
+    "oasst": {"messages": {"role": "prompter", "text": "q", "replies": [
+        {"role": "assistant", "text": "a"}]}, "system": "s"},
+    "preference": {"prompt": "p", "chosen": "c", "rejected": "r", "tools": [TOOL], "system": "s"},
+    "prompt_only": {"prompt": "p", "system": "s", "answer": "4"},
+    "prompt_completion": {"prompt": _msgs((USER, "q")), "completion": _msgs((BOT, "a")),
+                          "tools": [TOOL], "system": "s"},
+}  # fmt: skip
+DEFAULT_NAME = {
+    ("messages", "sharegpt"): "conversations",
+    ("messages", "preference"): "conversations",
+}
+EXTRA_ROWS = {("messages", "preference"): {
+    "conversations": SHAREGPT[:1], "chosen": SHAREGPT[1], "rejected": {"from": "gpt", "value": "b"}
+}}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", sorted(FULL_ROWS))
+def test_the_api_allows_columns_entries_exactly_for_the_formats_that_read_them(fmt: str) -> None:
+    """COLUMN_FORMATS (the API's rule) against the converters: renaming a column the
+    format reads, with its `columns` entry, changes nothing; one it does not read is
+    not looked at (so the API is right to refuse naming it)."""
+    from ftapi.v1alpha1.dataset import COLUMN_FORMATS
+
+    assert set(COLUMN_FORMATS) == set(Columns.model_fields)
+    for column, formats in COLUMN_FORMATS.items():
+        row = EXTRA_ROWS.get((column, fmt), FULL_ROWS[fmt])
+        default = DEFAULT_NAME.get((column, fmt), column)
+        expected = convert_row(fmt, row, CTX)
+        renamed = {("renamed" if k == default else k): v for k, v in row.items()}
+        if fmt in formats:
+            assert default in row, (column, fmt)
+            mapped = FormatContext(Columns(**{column: "renamed"}))
+            assert convert_row(fmt, renamed, mapped) == expected, (column, fmt)
+        else:
+            mapped = FormatContext(Columns(**{column: "elsewhere"}))
+            assert convert_row(fmt, row, mapped) == expected, (column, fmt)

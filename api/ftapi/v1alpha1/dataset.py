@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
@@ -78,7 +78,7 @@ class Split(ApiModel):
 
 class Columns(ApiModel):
     """Column names in your files, when they differ from the format's defaults (shown in
-    brackets). Only the columns the format uses are read."""
+    brackets). Naming a column the format does not read is an error."""
 
     text: Column | None = None
     """plain_text: the text column [text]."""
@@ -114,6 +114,41 @@ class Columns(ApiModel):
     """preference: the preferred completion [chosen]."""
     rejected: Column | None = None
     """preference: the dispreferred completion [rejected]."""
+
+
+ALL_FORMATS: tuple[str, ...] = get_args(DatasetFormat)
+# Which formats read each entry of `columns` (formats.py in the trainer): an entry for
+# another format would be ignored, and the rows read from the default column instead.
+COLUMN_FORMATS: dict[str, tuple[str, ...]] = {
+    "text": ("plain_text",),
+    "instruction": ("instruction",),
+    "input": ("instruction",),
+    "output": ("instruction",),
+    "question": ("qa", "mcq"),
+    "choices": ("mcq",),
+    "answer": ("qa", "mcq"),
+    "system": tuple(f for f in ALL_FORMATS if f != "plain_text"),
+    "messages": ("messages", "sharegpt", "oasst", "preference"),
+    "tools": ("messages", "sharegpt", "preference", "prompt_completion"),
+    "prompt": ("preference", "prompt_only", "prompt_completion"),
+    "completion": ("prompt_completion",),
+    "chosen": ("preference",),
+    "rejected": ("preference",),
+}
+
+
+def _column_read_by_format(column: str) -> Rule:
+    """Rule: `columns.<column>` is set only for a format that reads it."""
+    formats = COLUMN_FORMATS[column]
+    return Rule(
+        cel=f"!has(self.columns) || !has(self.columns.{column})"
+        f" || self.format in {cel_list(formats)}",
+        message=f"columns.{column} is only read by format {', '.join(formats)}",
+        check=lambda d: (
+            d.columns is None or getattr(d.columns, column) is None or d.format in formats
+        ),
+        field=f".columns.{column}",
+    )
 
 
 class ResponseMarkers(ApiModel):
@@ -234,4 +269,5 @@ class DatasetSpec(ApiModel):
             check=lambda d: d.system_prompt is None or d.format != "plain_text",
             field=".systemPrompt",
         ),
+        *(_column_read_by_format(column) for column in COLUMN_FORMATS),
     )
