@@ -116,7 +116,7 @@ def only_for(block: str, selector: str, values: tuple[str, ...], *, noun: str = 
     subject = f"{block} {noun} are" if noun else f"{block} is"
     return Rule(
         cel=f"!has(self.{block}) || {_cel_is_one_of(selector, values)}",
-        message=f"{subject} only used by {selector} {_spoken(values)}",
+        message=f"{subject} only used by {selector} {spoken_list(values)}",
         check=lambda obj: getattr(obj, block_attr) is None or getattr(obj, selector_attr) in values,
         field=f".{block}",
     )
@@ -139,7 +139,7 @@ def _cel_is_one_of(selector: str, values: tuple[str, ...]) -> str:
     return f"self.{selector} in {cel_list(values)}"
 
 
-def _spoken(values: tuple[str, ...]) -> str:
+def spoken_list(values: tuple[str, ...]) -> str:
     return values[0] if len(values) == 1 else ", ".join(values[:-1]) + f" or {values[-1]}"
 
 

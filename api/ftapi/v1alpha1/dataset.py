@@ -6,7 +6,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
-from ._base import ApiModel, Rule, cel_list, is_set
+from ._base import ApiModel, Rule, cel_list, is_set, spoken_list
 from .common import LongText, ShortText, Text, Uri
 
 DatasetFormat = Literal[
@@ -143,7 +143,7 @@ def _column_read_by_format(column: str) -> Rule:
     return Rule(
         cel=f"!has(self.columns) || !has(self.columns.{column})"
         f" || self.format in {cel_list(formats)}",
-        message=f"columns.{column} is only read by format {', '.join(formats)}",
+        message=f"columns.{column} is only read by format {spoken_list(formats)}",
         check=lambda d: (
             d.columns is None or getattr(d.columns, column) is None or d.format in formats
         ),

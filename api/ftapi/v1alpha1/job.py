@@ -15,7 +15,7 @@ from ftapi.constants import (
     S3_SECRET_KEYS,
 )
 
-from ._base import ApiModel, Rule, cel_list, is_set
+from ._base import ApiModel, Rule, cel_list, is_set, spoken_list
 from .dataset import FORMATS_WITH_RESPONSES, DatasetSpec, Split
 from .distributed import DistributedSpec
 from .evaluation import EvaluationSpec
@@ -96,7 +96,7 @@ def _env_not_fed_by(path: str, names: tuple[str, ...]) -> Rule:
 
     return Rule(
         cel=f"!({present}) || !self.resources.env.exists(e, {listed})",
-        message=f"resources.env may not set {_either(names)}: {path} sets "
+        message=f"resources.env may not set {spoken_list(names)}: {path} sets "
         f"{'it' if len(names) == 1 else 'them'} from its Secret "
         "(remove the entry, or the reference)",
         check=check,
@@ -107,10 +107,6 @@ def _env_not_fed_by(path: str, names: tuple[str, ...]) -> Rule:
 def _attribute(model: object, wire_name: str) -> str | None:
     fields = getattr(type(model), "model_fields", {})
     return next((name for name, f in fields.items() if f.alias == wire_name), None)
-
-
-def _either(names: tuple[str, ...]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" or {names[-1]}"
 
 
 def _name_ok(name: str | None) -> bool:
