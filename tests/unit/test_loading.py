@@ -83,11 +83,14 @@ def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1e-4", 1e-4), ("2E+3", 2000.0), ("-5e-6", -5e-6), ("1.5e-4", 1.5e-4), ("3", 3)],
-)
-def test_numbers_are_read_as_kubectl_reads_them(text: str, value: float) -> None:
+    [("1e-4", 1e-4), ("2E+3", 2000.0), ("-5e-6", -5e-6), ("1.5e-4", 1.5e-4), ("3", 3),
+     ("08", 8.0), ("1:30", "1:30"), ("2024-05-01", "2024-05-01"),
+     ("2024-05-01T10:00:00Z", "2024-05-01T10:00:00Z"), ("yes", True)],
+)  # fmt: skip
+def test_scalars_are_read_as_kubectl_reads_them(text: str, value: object) -> None:
     """PyYAML (YAML 1.1) wants a dot in a float: `1e-4` would be a string, and strict
-    validation would then refuse `learningRate: 1e-4`, which kubectl sends as a number."""
+    validation would then refuse `learningRate: 1e-4`, which kubectl sends as a number.
+    Base-60 `1:30` and dates are strings to kubectl (go-yaml v2), not 90 and a date."""
     from ftapi.loading import load_yaml_documents
 
     (document,) = load_yaml_documents(f"x: {text}\n")
