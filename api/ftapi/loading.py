@@ -94,25 +94,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 # needs no dot (`learningRate: 1e-4` is a number, not the string "1e-4"), `1:30` is a
 # string (not 90, base 60), and an unquoted date stays the text it is (go-yaml hands
 # timestamps to untyped fields as strings).
-_REPLACED = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"),
-)
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
+def replace_scalar_resolvers(
+    loader: type[yaml.SafeLoader], tags: tuple[str, ...], resolvers: list[tuple[str, str, str]]
+) -> None:
+    """Give `loader` PyYAML's implicit resolvers less those of `tags`, plus `resolvers`
+    (tag, regular expression, the characters a match may start with): how a plain scalar
+    becomes a number, a boolean or a date is all in these."""
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in entries if tag not in tags]
+        for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for tag, regexp, first in resolvers:
+        loader.add_implicit_resolver(tag, re.compile(regexp), list(first))
+
+
+INT, FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+replace_scalar_resolvers(
+    _UniqueKeyLoader,
+    (INT, FLOAT, "tag:yaml.org,2002:timestamp"),
+    [
+        (INT, r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$",
+         "-+0123456789"),
+        (FLOAT, r"^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?"
+                r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+    ],
+)  # fmt: skip
 
 
 def load_yaml_documents(text: str) -> list[Any]:

@@ -36,6 +36,7 @@ from ftapi.constants import (
 # Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
 from ftapi.progress import ENV_ATTEMPT, ENV_NAMESPACE, ENV_PROGRESS_NAME
 from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
+from ftapi.v1alpha1.model import is_relative_path
 from ftapi.v1alpha1.status import OperatorSettingsUsed
 
 MANAGED_BY = "finetune-operator"
@@ -195,12 +196,11 @@ def local_paths(job: FineTuneJob) -> list[str]:
     for where, uri in named:
         if uri and "://" not in uri and not uri.startswith("/"):
             found.append(f"{where} {uri!r} is a relative path")
-    # Hub ids look like relative paths ("org/name"): only an explicit ./ ../ ~ is local.
     hub_named = [("spec.model.name", spec.model.name)]
     if spec.method.adapter is not None:
         hub_named.append(("spec.method.adapter.uri", spec.method.adapter.uri))
     for where, uri in hub_named:
-        if uri.startswith(("./", "../", "~")) or uri in (".", ".."):
+        if is_relative_path(uri):
             found.append(f"{where} {uri!r} is a relative path")
     return found
 

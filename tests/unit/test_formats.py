@@ -28,6 +28,11 @@ def _msgs(*turns: tuple[str, str]) -> list[dict[str, str]]:
     return [{"role": role, "content": content} for role, content in turns]
 
 
+def _chat(reply: dict[str, Any], user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A messages row: a user turn "q" (with `user`'s extra keys), then `reply`."""
+    return {"messages": [{"role": USER, "content": "q", **(user or {})}, {"role": BOT, **reply}]}
+
+
 GOOD: dict[str, tuple[str, dict[str, Any], FormatContext, list[dict[str, Any]]]] = {
     "plain text": ("plain_text", {"text": "once upon a time"}, CTX, [{"text": "once upon a time"}]),
     "alpaca without input": (
@@ -596,53 +601,28 @@ BAD: dict[str, tuple[str, Any, str]] = {
     "a NaN answer": ("qa", {"question": "q", "answer": float("nan")}, "answer: nan is not text"),
     "an infinite turn": (
         "messages",
-        {
-            "messages": [
-                {"role": "user", "content": "q"},
-                {"role": "assistant", "content": float("inf")},
-            ]
-        },
+        _chat({"content": float("inf")}),
         "messages[1].content: inf is not text",
     ),
     # A turn key nothing reads would drop what it meant: a turn not to learn from, a trace.
     "a turn's weight": (
         "messages",
-        {
-            "messages": [
-                {"role": "user", "content": "q"},
-                {"role": "assistant", "content": "bad", "weight": 0},
-            ]
-        },
+        _chat({"content": "bad", "weight": 0}),
         "messages[1].weight: not supported (every assistant turn is trained",
     ),
     "a turn's reasoning": (
         "messages",
-        {
-            "messages": [
-                {"role": "user", "content": "q"},
-                {"role": "assistant", "content": "a", "reasoning_content": "because"},
-            ]
-        },
+        _chat({"content": "a", "reasoning_content": "because"}),
         "messages[1].reasoning_content: not supported (put the reasoning into content",
     ),
     "a legacy function call": (
         "messages",
-        {
-            "messages": [
-                {"role": "user", "content": "q"},
-                {"role": "assistant", "content": "", "function_call": {"name": "f"}},
-            ]
-        },
+        _chat({"content": "", "function_call": {"name": "f"}}),
         "messages[1].function_call: not supported (the legacy OpenAI form: use tool_calls",
     ),
     "a user turn's name": (
         "messages",
-        {
-            "messages": [
-                {"role": "user", "content": "q", "name": "bob"},
-                {"role": "assistant", "content": "a"},
-            ]
-        },
+        _chat({"content": "a"}, user={"name": "bob"}),
         "messages[0].name: not supported (only tool turns carry a name",
     ),
     "a ShareGPT turn's weight": (

@@ -7,10 +7,11 @@ Values are parsed as YAML scalars/collections, so `--set training.epochs=2` give
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 import yaml
+
+from ftapi.loading import FLOAT, INT, replace_scalar_resolvers
 
 
 class OverrideError(ValueError):
@@ -46,27 +47,17 @@ class _Yaml12Loader(yaml.SafeLoader):
     1:30 as 90 (base 60) and 1_000 as 1000."""
 
 
-_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-    list("-+0123456789"),
-)
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
+BOOL = "tag:yaml.org,2002:bool"
+replace_scalar_resolvers(
+    _Yaml12Loader,
+    (BOOL, INT, FLOAT),
+    [
+        (BOOL, r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        (INT, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        (FLOAT, r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+    ],
+)  # fmt: skip
 
 
 def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
@@ -76,7 +67,7 @@ def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     return int(text, 10)
 
 
-_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+_Yaml12Loader.add_constructor(INT, _yaml12_int)
 
 
 def parse_value(raw: str) -> Any:

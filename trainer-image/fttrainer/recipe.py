@@ -27,6 +27,7 @@ from typing import Any
 
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobSpec, SpectrumSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
+from ftapi.v1alpha1.model import is_relative_path
 
 from .activation_checkpointing import CheckpointFirstLayers
 from .arguments import (
@@ -604,5 +605,5 @@ def _names_a_missing_directory(name: str) -> bool:
     """An explicit path (/, ./, ../, ~) that is not a directory: transformers would take it
     for a hub id and fail with "Repo id must be in the form 'repo_name'...", or try the
     network."""
-    explicit = name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+    explicit = name.startswith("/") or is_relative_path(name)
     return explicit and not Path(name).expanduser().is_dir()

@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
+from pydantic.alias_generators import to_snake
 
 from ._base import ApiModel, Rule, is_set
 
@@ -39,26 +40,18 @@ Quantity = Annotated[
 _Item = TypeVar("_Item")
 
 
-def _no_duplicates(values: list[_Item]) -> list[_Item]:
-    seen: list[_Item] = []
-    for value in values:
-        if value in seen:
-            raise ValueError(f"{value!r} is given twice (the items form a set)")
-        seen.append(value)
-    return values
-
-
-def unique_by(key: str) -> AfterValidator:
-    """A map-typed list's refusal of two items with the same `key` (a one-word field), as
-    the API server does for x-kubernetes-list-type map."""
+def unique_by(key: str | None) -> AfterValidator:
+    """The API server's refusal of a repeated item in a list of x-kubernetes-list-type set
+    (`key` None: the items themselves) or map (`key`: the one-word field keying it)."""
 
     def check(items: list[_Item]) -> list[_Item]:
-        seen: set[object] = set()
+        seen: list[object] = []
         for item in items:
-            value = getattr(item, key)
+            value = item if key is None else getattr(item, key)
             if value in seen:
-                raise ValueError(f"{key} {value!r} is given twice")
-            seen.add(value)
+                what = f"{value!r} is given twice (the items form a set)"
+                raise ValueError(what if key is None else f"{key} {value!r} is given twice")
+            seen.append(value)
         return items
 
     return AfterValidator(check)
@@ -66,7 +59,7 @@ def unique_by(key: str) -> AfterValidator:
 
 SET_LIST = {"x-kubernetes-list-type": "set"}
 """Schema marker of a list whose items are a set: the API server refuses a duplicate."""
-UniqueItems = AfterValidator(_no_duplicates)
+UniqueItems = unique_by(None)
 """The same refusal for local runs (use together with SET_LIST)."""
 
 # Lower-case RFC 1123 names for Secrets, ConfigMaps, PriorityClasses...
@@ -124,9 +117,10 @@ USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
 """A URL with user:password@ (or a token@) before the host: a credential in the spec."""
 
 
-def no_credentials_in_url(field: str, attribute: str) -> Rule:
-    """A URL field (`field` on the wire, `attribute` in Python) may not carry credentials:
-    specs are readable by everyone who may list the job, and appear in logs and status."""
+def no_credentials_in_url(field: str) -> Rule:
+    """A URL field (`field` on the wire) may not carry credentials: specs are readable by
+    everyone who may list the job, and appear in logs and status."""
+    attribute = to_snake(field)
     return Rule(
         cel=f"!has(self.{field}) || !self.{field}.matches('{USERINFO}')",
         message=f"{field} may not carry credentials (user:password@): give them through "

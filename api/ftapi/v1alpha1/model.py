@@ -7,6 +7,13 @@ from typing import Literal
 from ._base import ApiModel
 from .common import Dtype, SecretKeyRef, ShortText, Uri
 
+
+def is_relative_path(name: str) -> bool:
+    """Whether a model, tokenizer or adapter name is a relative local path. Hub ids look
+    like relative paths ("org/name"), so only an explicit ./ ../ ~ (or . and ..) is one."""
+    return name.startswith(("./", "../", "~")) or name in (".", "..")
+
+
 Attention = Literal[
     "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
 ]

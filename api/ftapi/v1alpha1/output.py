@@ -24,7 +24,7 @@ class S3Spec(ApiModel):
     """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional AWS_SESSION_TOKEN)
     keys; unset: the pod's identity or the standard AWS environment."""
 
-    rules = (no_credentials_in_url("endpoint", "endpoint"),)
+    rules = (no_credentials_in_url("endpoint"),)
 
 
 class PushToHub(ApiModel):

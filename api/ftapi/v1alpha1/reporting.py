@@ -43,7 +43,7 @@ class MlflowSpec(ApiModel):
     """Registered model name (MLflow refuses `/` and `:` in it); unset: the FineTuneJob
     name."""
 
-    rules = (no_credentials_in_url("trackingUri", "tracking_uri"),)
+    rules = (no_credentials_in_url("trackingUri"),)
 
 
 class WandbSpec(ApiModel):

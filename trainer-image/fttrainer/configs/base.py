@@ -209,7 +209,7 @@ class Builder:
         """Tools that evaluate only on a validation set they are given train on every row
         without one; the API's default would hold 10% out for evaluation instead."""
         if not self.has("dataset.validation.uri") and not self.has("evaluation.strategy"):
-            self.setdefault("evaluation.strategy", "no", f"default of {tool}")
+            self.set("evaluation.strategy", "no", f"default of {tool}", weak=True)
             self.info(
                 key,
                 "not given: every row trains and nothing is evaluated during training, as "
