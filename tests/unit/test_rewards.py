@@ -116,7 +116,7 @@ def test_a_pattern_that_does_not_compile_is_refused_with_the_job() -> None:
     )
     with pytest.raises(InvalidSpecError) as caught:
         parse_job(job.obj())
-    assert "spec.trainer.grpo.rewards[0].pattern: not a valid regular expression" in str(
+    assert "spec.trainer.grpo.rewards[0].pattern: '(<a>': not a valid regular expression" in str(
         caught.value
     )
 

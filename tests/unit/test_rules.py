@@ -164,5 +164,5 @@ def test_a_spectrum_pattern_that_does_not_compile_is_refused() -> None:
     )
     with pytest.raises(InvalidSpecError) as caught:
         parse_job(manifest.obj())
-    assert any("[1] '([': not a regular expression" in e.message
+    assert any("[1] '([': not a valid regular expression" in e.message
                for e in caught.value.errors), caught.value.errors  # fmt: skip

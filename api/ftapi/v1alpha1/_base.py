@@ -9,6 +9,7 @@ rule's CEL next to its Python twin on a table of manifests, so the two cannot dr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -146,3 +147,13 @@ def spoken_list(values: tuple[str, ...]) -> str:
 def is_set(value: object) -> bool:
     """`has()` in CEL: the field is present (defaults count as present, None does not)."""
     return value is not None
+
+
+def compiled(pattern: str, flags: int = 0) -> str:
+    """`pattern` if Python's re compiles it, else ValueError: the trainer compiles it only
+    after the model has loaded, so the job is refused instead."""
+    try:
+        re.compile(pattern, flags)
+    except re.error as error:
+        raise ValueError(f"{pattern!r}: not a valid regular expression: {error}") from None
+    return pattern

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic.alias_generators import to_snake
 
-from ._base import ApiModel, Rule, cel_list, is_set, only_for
+from ._base import ApiModel, Rule, cel_list, compiled, is_set, only_for
 from .common import ShortText, Uri
 
 MethodType = Literal["full", "lora", "qlora", "dora", "adapter", "spectrum", "prefix", "prompt"]
@@ -142,14 +141,11 @@ class SpectrumSpec(ApiModel):
     @field_validator("target_parameters")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        """A pattern that does not compile would fail the run after the model is loaded."""
         for index, pattern in enumerate(patterns):
             try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(
-                    f"[{index}] {pattern!r}: not a regular expression: {error}"
-                ) from None
+                compiled(pattern)
+            except ValueError as error:
+                raise ValueError(f"[{index}] {error}") from None
         return patterns
 
     rules = (

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from ._base import ApiModel, Rule, is_set, only_for, required_for
+from ._base import ApiModel, Rule, compiled, is_set, only_for, required_for
 from .common import ShortText, Text, Uri
 
 TrainerType = Literal["sft", "dpo", "grpo"]
@@ -82,14 +82,7 @@ class Reward(ApiModel):
     @field_validator("pattern")
     @classmethod
     def _pattern_compiles(cls, pattern: str | None) -> str | None:
-        """A pattern that does not compile would fail the run only once GRPO starts, after
-        the model is loaded on GPUs: refuse it with the job instead."""
-        if pattern is not None:
-            try:
-                re.compile(pattern, re.DOTALL)
-            except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from None
-        return pattern
+        return None if pattern is None else compiled(pattern, re.DOTALL)
 
     rules = (
         required_for("pattern", "type", "regex", "a regex reward needs pattern"),
