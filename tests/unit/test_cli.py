@@ -77,6 +77,31 @@ def test_convert_writes_a_manifest_with_the_notes_as_comments(tmp_path: Path) ->
     assert again.returncode == 0 and "as: FineTuneJob manifest" in again.stderr
 
 
+@pytest.mark.parametrize(
+    ("distributed", "refusal"),
+    [
+        ({"strategy": "deepspeed", "deepspeed": {"zeroStage": 3}}, None),
+        ({"strategy": "deepspeed", "deepspeed": {"zeroStage": 3, "config": {
+            "zero_optimization": {"stage3_max_live_parameters": 1e9, "sub_group": 1}}}},
+         "spec.distributed.deepspeed.config.zero_optimization.sub_group: Extra inputs"),
+        ({"strategy": "fsdp"}, None),  # the pods have GPUs (gpusPerNode defaults to 1)
+        ({"strategy": "fsdp"}, "distributed.strategy fsdp needs GPUs"),
+    ],
+)  # fmt: skip
+def test_validate_runs_the_checks_a_run_starts_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], distributed: dict[str, object],
+    refusal: str | None,
+) -> None:  # fmt: skip
+    job = make_job("ds").set("distributed", distributed)
+    if refusal and "fsdp" in refusal:
+        job.set("resources.gpusPerNode", 0)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job.obj()))
+    assert main(["validate", str(path), "--spec-only"]) == (1 if refusal else 0)
+    if refusal:
+        assert refusal in capsys.readouterr().err
+
+
 def test_validate_accepts_an_example(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(repo / "examples" / "dpo.yaml")]) == 0
     assert "valid FineTuneJob 'zephyr-dpo' (dpo + lora" in capsys.readouterr().out
@@ -167,6 +192,43 @@ def test_without_set_a_configs_own_errors_are_reported_as_they_are() -> None:
         result.stderr
     )
     assert "default dropped" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("distributed", "refusal"),
+    [
+        ({"strategy": "deepspeed", "deepspeed": {"config": {"zero_optimization": {
+            "overlap_comm": True, "contiguous_gradient": True}}}},
+         "spec.distributed.deepspeed.config.zero_optimization.contiguous_gradient: Extra inputs "
+         "are not permitted"),
+        ({"strategy": "fsdp"}, "distributed.strategy fsdp needs GPUs"),
+    ],
+)  # fmt: skip
+def test_run_refuses_distributed_settings_before_loading_anything(
+    tmp_path: Path, distributed: dict[str, object], refusal: str
+) -> None:
+    """DeepSpeed and accelerate would refuse these only once training starts, after the data
+    and the model: the model here does not exist, so any later check would say that first."""
+    job = (
+        make_job("early")
+        .set("model.name", str(tmp_path / "no-such-model"))
+        .set("dataset.train.uri", str(tmp_path / "no-such-data.jsonl"))
+        .set("training.device", "cpu")
+        .set("distributed", distributed)
+        .set("output.uri", str(tmp_path / "out"))
+        .set("resources.gpusPerNode", 0)
+    )
+    path = tmp_path / "early.yaml"
+    path.write_text(yaml.safe_dump(job.obj()))
+    log = tmp_path / "termination-log"
+    log.touch()
+    result = subprocess.run(
+        [sys.executable, "-m", "fttrainer.cli", "run", str(path)], capture_output=True,
+        text=True, check=False, env={**os.environ, ENV_TERMINATION_LOG: str(log)},
+    )  # fmt: skip
+    assert result.returncode == EXIT_INVALID_INPUT, result.stderr
+    assert refusal in result.stderr
+    assert refusal in log.read_text()
 
 
 def test_run_with_an_invalid_config_says_so_where_the_operator_reads_it(tmp_path: Path) -> None:

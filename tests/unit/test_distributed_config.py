@@ -346,3 +346,45 @@ def test_every_key_the_installed_deepspeed_reads_is_known(monkeypatch: pytest.Mo
     assert len(read) > 40, f"the trace saw too little to mean anything: {sorted(read)}"
     assert read <= DEEPSPEED_CONFIG_KEYS, sorted(read - DEEPSPEED_CONFIG_KEYS)
     assert "zero_optimization" in read
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # A nested typo DeepSpeed would have refused only inside deepspeed.initialize.
+        ({"zero_optimization": {"stgae": 2}},
+         "spec.distributed.deepspeed.config.zero_optimization.stgae: Extra inputs are not"),
+        ({"zero_optimization": {"offload_optimizer": {"device": "gpu"}}},
+         "spec.distributed.deepspeed.config.zero_optimization.offload_optimizer.device: "
+         "Input should be 'none', 'cpu' or 'nvme'"),
+        ({"tensorboard": {"enabled": True, "outptu_path": "tb"}},
+         "spec.distributed.deepspeed.config.tensorboard.outptu_path: Extra inputs"),
+        ({"zero_optimization": {"stage": 7}}, "zero_optimization.stage: Input should be 0, 1"),
+    ],
+)  # fmt: skip
+def test_deepspeed_refusals_name_the_key_before_training(
+    raw: dict[str, Any], expected: str
+) -> None:
+    from fttrainer.distributed import check_deepspeed_config
+
+    config = _ds(distributed__deepspeed={"config": raw})
+    with pytest.raises(ValueError, match="DeepSpeed refuses the config") as refused:
+        check_deepspeed_config(config)
+    assert expected in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "deepspeed",
+    [{"zeroStage": 0}, {"zeroStage": 1, "offloadOptimizer": "cpu"}, {"zeroStage": 2},
+     {"zeroStage": 3, "offloadOptimizer": "cpu", "offloadParameters": "cpu"},
+     {"zeroStage": 3, "config": {"zero_optimization": {"overlap_comm": True,
+                                                       "stage3_max_live_parameters": "auto"}}}],
+)  # fmt: skip
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_every_generated_deepspeed_config_passes_the_check(
+    deepspeed: dict[str, Any], precision: str
+) -> None:
+    """The "auto" values are left for transformers: the check must not refuse our own."""
+    from fttrainer.distributed import check_deepspeed_config
+
+    check_deepspeed_config(_ds(distributed__deepspeed=deepspeed, training__precision=precision))

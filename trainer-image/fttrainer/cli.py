@@ -327,9 +327,31 @@ def _validate(args: argparse.Namespace) -> int:
         f"{loaded.translation.source}: valid FineTuneJob {job.name!r} "
         f"({spec.trainer.type} + {spec.method.type} on {spec.model.name})"
     )
-    if args.spec_only:
-        return 0
+    failed = _check_distributed(spec)
+    if failed or args.spec_only:
+        return failed
     return _validate_data(spec)
+
+
+def _check_distributed(spec: Any) -> int:
+    """What the trainer checks as a run starts (FSDP needs GPUs, DeepSpeed's own parser over
+    the merged config), for the pods' hardware: GPUs when the spec gives them some."""
+    from .arguments import resolve_optimizer, resolve_precision
+    from .distributed import check_distributed
+
+    device = spec.training.device
+    cuda = device == "cuda" or (device == "auto" and spec.resources.gpus_per_node > 0)
+    try:
+        check_distributed(
+            spec.distributed,
+            precision=resolve_precision(spec, cuda=cuda, bf16_supported=cuda),
+            optimizer=resolve_optimizer(spec, cuda=cuda),
+            cuda=cuda,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

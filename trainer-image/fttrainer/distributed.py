@@ -193,6 +193,69 @@ def build_deepspeed_config(
     return merged
 
 
+def check_distributed(
+    distributed: DistributedSpec, *, precision: str, optimizer: str, cuda: bool
+) -> None:
+    """The distributed settings as the TrainingArguments will get them, checked before the
+    data and the model load: FSDP on CPU, or a DeepSpeed config DeepSpeed refuses, would
+    otherwise fail only when training starts, minutes later. Raises ValueError."""
+    kwargs = strategy_kwargs(
+        distributed, precision=precision, checkpointing=False, optimizer=optimizer, cuda=cuda
+    )
+    if "deepspeed" in kwargs:
+        check_deepspeed_config(kwargs["deepspeed"])
+
+
+def check_deepspeed_config(config: Mapping[str, Any]) -> None:
+    """Run DeepSpeed's own parser over the merged config now, not when training starts.
+
+    DeepSpeed reads its config only inside `deepspeed.initialize`, after the data and the
+    model have loaded, so a misspelt nested key (`zero_optimization.stgae`) or a bad value
+    (`offload_optimizer.device: gpu`) cost minutes and then a restart that failed the same
+    way. Its section models forbid unknown keys (and skip the "auto" values transformers
+    fills in later), so this finds every key it would refuse. Raises ValueError naming the
+    key under spec.distributed.deepspeed.config."""
+    from deepspeed.runtime.config import (
+        DeepSpeedConfig,
+        DeepSpeedConfigError,
+        _reject_removed_config_keys,
+    )
+    from pydantic import ValidationError
+
+    where = "spec.distributed.deepspeed.config"
+    try:
+        _reject_removed_config_keys(config)
+        # The section parsing of DeepSpeedConfig.__init__ without its batch-size arithmetic
+        # (which needs the "auto" values) and without a process group.
+        DeepSpeedConfig.__new__(DeepSpeedConfig)._initialize_params(copy.deepcopy(config))
+    except ValidationError as exc:
+        problems = [f"{_locate(where, config, e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("DeepSpeed refuses the config: " + "; ".join(problems)) from None
+    except (DeepSpeedConfigError, ValueError, TypeError, KeyError, AssertionError) as exc:
+        raise ValueError(f"{where}: DeepSpeed refuses the config: {exc}") from None
+
+
+def _locate(where: str, config: Mapping[str, Any], loc: Sequence[int | str]) -> str:
+    """The full key path of a pydantic error location, which starts at the section model
+    (`stgae` for zero_optimization.stgae): the one path in the config that ends with it,
+    else the location as given."""
+    tail = tuple(str(part) for part in loc)
+    if not tail:
+        return where
+    matches = [path for path in _key_paths(config) if path[-len(tail) :] == tail]
+    return ".".join((where, *(matches[0] if len(matches) == 1 else tail)))
+
+
+def _key_paths(
+    config: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    for key, value in config.items():
+        path = (*prefix, str(key))
+        yield path
+        if isinstance(value, Mapping):
+            yield from _key_paths(value, path)
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """`override` over `base`: mappings merge key by key, anything else is replaced whole
     (lists included: a DeepSpeed list is one value, not a set of items to union)."""

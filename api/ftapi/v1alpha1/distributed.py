@@ -114,7 +114,8 @@ class DeepSpeedSpec(ApiModel):
     )
     """A full DeepSpeed JSON config (as YAML) merged over the generated one, for settings
     not modelled here. "auto" values are filled in from the spec. A top-level key DeepSpeed
-    does not read is an error (DeepSpeed itself would ignore it)."""
+    does not read is an error (DeepSpeed itself would ignore it); the trainer runs
+    DeepSpeed's own parser over the nested sections before it loads anything."""
 
     @field_validator("config")
     @classmethod
