@@ -636,6 +636,23 @@ BAD: dict[str, tuple[str, Any, str]] = {
         "conversations[1].weight: not supported",
     ),
     "missing output": ("instruction", {"instruction": "x"}, "column 'output' is missing"),
+    # A gap in a Parquet or JSON export: the column is there, its value is not.
+    "null output": (
+        "instruction",
+        {"instruction": "x", "output": None},
+        "column 'output' is empty (null)",
+    ),
+    "null messages": ("messages", {"messages": None}, "column 'messages' is empty (null)"),
+    "null rejected": (
+        "preference",
+        {"prompt": "p", "chosen": "a", "rejected": None},
+        "column 'rejected' is empty (null); preference rows have one of:",
+    ),
+    "mcq options that are broken JSON": (
+        "mcq",
+        {"question": "q", "choices": '["a", "b"', "answer": "A"},
+        'choices: not a JSON list of options: \'["a", "b"\'',
+    ),
     "output that is a list, not text": (
         "instruction",
         {"instruction": "x", "output": ["a", "b"]},

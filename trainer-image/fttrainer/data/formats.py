@@ -263,7 +263,7 @@ def _oasst(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     name = ctx.columns.messages or next((n for n in ("prompt", "messages") if n in row), None)
     root = row if name is None else row.get(name)
     if root is None:
-        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+        raise _missing(row, name)
     paths: list[list[Message]] = []
     _walk_tree(root, [], paths, name or "the row")
     if not paths:
@@ -288,10 +288,8 @@ def _preference(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     names = _PreferenceNames.of(ctx)
     for needed in (names.chosen, names.rejected):
         if row.get(needed) is None:
-            raise RowError(
-                f"column {needed!r} is missing (the row has {sorted(row)}; preference rows "
-                f"have one of: {'; '.join(PREFERENCE_LAYOUTS.values())})"
-            )
+            layouts = "; ".join(PREFERENCE_LAYOUTS.values())
+            raise _missing(row, needed, f"preference rows have one of: {layouts}")
     if row.get(names.prompt) is not None:
         layout, why = "explicit", f"the row has a {names.prompt!r} column"
     elif row.get(names.conversations) is not None:
@@ -419,7 +417,7 @@ def _prompt_completion(row: Mapping[str, Any], ctx: FormatContext) -> list[Sampl
     prompt_name, completion_name = ctx.column("prompt"), ctx.column("completion")
     for needed in (prompt_name, completion_name):
         if row.get(needed) is None:
-            raise RowError(f"column {needed!r} is missing (the row has {sorted(row)})")
+            raise _missing(row, needed)
     prompt, completion = row[prompt_name], row[completion_name]
     if isinstance(prompt, str) and isinstance(completion, str):
         system = _optional_text(row, ctx.column("system"))
@@ -450,7 +448,7 @@ def _prompt_completion(row: Mapping[str, Any], ctx: FormatContext) -> list[Sampl
 def _prompt_only(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     name = ctx.column("prompt")
     if row.get(name) is None:
-        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+        raise _missing(row, name)
     prompt = _with_system(_as_messages(row[name], "user", name), row, ctx)
     # Every other column travels along: GRPO rewards read ground truth from them.
     extra = {k: v for k, v in row.items() if k not in (name, ctx.column("system"))}
@@ -695,11 +693,14 @@ def _cut(text: str) -> str:
 def _choices(row: Mapping[str, Any], name: str) -> list[str]:
     value = row.get(name)
     if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
-        value = _json_or_none(value)  # a CSV cell holding the options as JSON
+        parsed = _json_or_none(value)  # a CSV cell holding the options as JSON
+        if parsed is None:
+            raise RowError(f"{name}: not a JSON list of options: {_quote(value)}")
+        value = parsed
     if isinstance(value, Mapping):  # {"A": "...", "B": "..."}
         value = [value[k] for k in sorted(value, key=str)]
     if value is None:
-        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+        raise _missing(row, name)
     if not isinstance(value, list) or len(value) < 2:
         raise RowError(f"{name}: must list at least two options, got {_quote(value)}")
     if len(value) > len(LETTERS):
@@ -711,7 +712,7 @@ def _turn_list(row: Mapping[str, Any], name: str) -> list[Any]:
     """A column of turns: a list, or a JSON string of one (CSV cells, some exports)."""
     value = row.get(name)
     if value is None:
-        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+        raise _missing(row, name)
     if isinstance(value, str) and value.lstrip().startswith("["):
         parsed = _json_or_none(value)
         if parsed is None:
@@ -729,9 +730,18 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
+def _missing(row: Mapping[str, Any], name: str | None, hint: str = "") -> RowError:
+    """A required column the row lacks: absent, or present but null (a gap in a Parquet or
+    JSON export), which "missing" alone would leave the user puzzled by."""
+    if name in row:
+        return RowError(f"column {name!r} is empty (null)" + (f"; {hint}" if hint else ""))
+    listed = f"the row has {sorted(row)}" + (f"; {hint}" if hint else "")
+    return RowError(f"column {name!r} is missing ({listed})")
+
+
 def _text(row: Mapping[str, Any], name: str) -> str:
     if name not in row or row[name] is None:
-        raise RowError(f"column {name!r} is missing (the row has {sorted(row)})")
+        raise _missing(row, name)
     return _scalar_text(row[name], name)
 
 
