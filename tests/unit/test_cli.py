@@ -194,6 +194,22 @@ def test_without_set_a_configs_own_errors_are_reported_as_they_are() -> None:
     assert "default dropped" not in result.stderr
 
 
+def _run_in_a_pod(
+    manifest: dict[str, object], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`finetune run` as the pod runs it: with a termination log (what the kubelet mounts at
+    /dev/termination-log). The result, and what the operator would read from the log."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    log = tmp_path / "termination-log"
+    log.touch()
+    result = subprocess.run(
+        [sys.executable, "-m", "fttrainer.cli", "run", str(path)], capture_output=True,
+        text=True, check=False, env={**os.environ, ENV_TERMINATION_LOG: str(log)},
+    )  # fmt: skip
+    return result, log.read_text()
+
+
 @pytest.mark.parametrize(
     ("distributed", "refusal"),
     [
@@ -218,31 +234,15 @@ def test_run_refuses_distributed_settings_before_loading_anything(
         .set("output.uri", str(tmp_path / "out"))
         .set("resources.gpusPerNode", 0)
     )
-    path = tmp_path / "early.yaml"
-    path.write_text(yaml.safe_dump(job.obj()))
-    log = tmp_path / "termination-log"
-    log.touch()
-    result = subprocess.run(
-        [sys.executable, "-m", "fttrainer.cli", "run", str(path)], capture_output=True,
-        text=True, check=False, env={**os.environ, ENV_TERMINATION_LOG: str(log)},
-    )  # fmt: skip
+    result, message = _run_in_a_pod(job.obj(), tmp_path)
     assert result.returncode == EXIT_INVALID_INPUT, result.stderr
     assert refusal in result.stderr
-    assert refusal in log.read_text()
+    assert refusal in message
 
 
 def test_run_with_an_invalid_config_says_so_where_the_operator_reads_it(tmp_path: Path) -> None:
-    bad = make_job("bad").set("training.epochs", -1)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad.obj()))
-    log = tmp_path / "termination-log"
-    log.touch()
-    result = subprocess.run(
-        [sys.executable, "-m", "fttrainer.cli", "run", str(path)], capture_output=True,
-        text=True, check=False, env={**os.environ, ENV_TERMINATION_LOG: str(log)},
-    )  # fmt: skip
+    result, message = _run_in_a_pod(make_job("bad").set("training.epochs", -1).obj(), tmp_path)
     assert result.returncode == EXIT_INVALID_INPUT
     assert "spec.training.epochs: must be > 0.0 (got -1)" in result.stderr
-    message = log.read_text()
     assert message.startswith(INVALID_INPUT_MARKER)
     assert "spec.training.epochs: must be > 0.0 (got -1)" in message
