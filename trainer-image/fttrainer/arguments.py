@@ -13,7 +13,7 @@ from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
 from .attention import MODEL_ATTENTION
-from .distributed import strategy_kwargs
+from .distributed import check_deepspeed_config, strategy_kwargs
 
 
 def resolve_device(spec: FineTuneJobSpec, *, cuda_available: bool, mps_available: bool) -> str:
@@ -215,6 +215,21 @@ def trainer_config_kwargs(
             reward_weights=[reward.weight for reward in grpo.rewards],
         )
     return kwargs
+
+
+def check_strategy(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool) -> None:
+    """The distributed settings as `trainer_config_kwargs` will pass them, checked before the
+    data and the model load: FSDP on CPU, or a DeepSpeed config DeepSpeed refuses, would
+    otherwise fail only when training starts, minutes later. Raises ValueError."""
+    kwargs = strategy_kwargs(
+        spec.distributed,
+        precision=resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported),
+        checkpointing=False,
+        optimizer=resolve_optimizer(spec, cuda=cuda),
+        cuda=cuda,
+    )
+    if "deepspeed" in kwargs:
+        check_deepspeed_config(kwargs["deepspeed"])
 
 
 def _common_kwargs(

@@ -336,18 +336,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _check_distributed(spec: Any) -> int:
     """What the trainer checks as a run starts (FSDP needs GPUs, DeepSpeed's own parser over
     the merged config), for the pods' hardware: GPUs when the spec gives them some."""
-    from .arguments import resolve_optimizer, resolve_precision
-    from .distributed import check_distributed
+    from .arguments import check_strategy
 
     device = spec.training.device
     cuda = device == "cuda" or (device == "auto" and spec.resources.gpus_per_node > 0)
     try:
-        check_distributed(
-            spec.distributed,
-            precision=resolve_precision(spec, cuda=cuda, bf16_supported=cuda),
-            optimizer=resolve_optimizer(spec, cuda=cuda),
-            cuda=cuda,
-        )
+        check_strategy(spec, cuda=cuda, bf16_supported=cuda)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -193,19 +193,6 @@ def build_deepspeed_config(
     return merged
 
 
-def check_distributed(
-    distributed: DistributedSpec, *, precision: str, optimizer: str, cuda: bool
-) -> None:
-    """The distributed settings as the TrainingArguments will get them, checked before the
-    data and the model load: FSDP on CPU, or a DeepSpeed config DeepSpeed refuses, would
-    otherwise fail only when training starts, minutes later. Raises ValueError."""
-    kwargs = strategy_kwargs(
-        distributed, precision=precision, checkpointing=False, optimizer=optimizer, cuda=cuda
-    )
-    if "deepspeed" in kwargs:
-        check_deepspeed_config(kwargs["deepspeed"])
-
-
 def check_deepspeed_config(config: Mapping[str, Any]) -> None:
     """Run DeepSpeed's own parser over the merged config now, not when training starts.
 

@@ -32,10 +32,10 @@ from ftapi.v1alpha1.model import is_relative_path
 from .activation_checkpointing import CheckpointFirstLayers
 from .arguments import (
     bitsandbytes_kwargs,
+    check_strategy,
     peft_config_kwargs,
     resolve_attention,
     resolve_device,
-    resolve_optimizer,
     resolve_partial_checkpointing,
     resolve_precision,
     responses_only,
@@ -49,12 +49,7 @@ from .checkpoint_store import CheckpointStore
 from .checkpoints import job_identity, parse_step
 from .data.prepare import PreparedData, as_dataset, prepare_data
 from .data.tokens import TokenReport, check_tokens
-from .distributed import (
-    check_distributed,
-    check_saved_weights,
-    confirm_strategy,
-    unsharded_loading,
-)
+from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .hub import push_to_hub, push_token
@@ -156,7 +151,7 @@ class Recipe:
 
     def setup(self) -> None:
         self.progress.report_stage("starting")  # the pod is up: setup may take minutes
-        self._check_strategy()
+        check_strategy(self.spec, **self._hardware())  # seconds, before data and model
         # Data first: a bad row should fail the run before minutes go into loading a model.
         self.data = prepare_data(self.spec)
         log.info("%s", self.data.report.render())
@@ -183,15 +178,6 @@ class Recipe:
         with environment(self.tracker_env):
             self.trainer = self._setup_trainer()
         log.info("distributed: %s", confirm_strategy(self.trainer, self.spec.distributed))
-
-    def _check_strategy(self) -> None:
-        hardware = self._hardware()
-        check_distributed(
-            self.spec.distributed,
-            precision=resolve_precision(self.spec, **hardware),
-            optimizer=resolve_optimizer(self.spec, cuda=hardware["cuda"]),
-            cuda=hardware["cuda"],
-        )
 
     def _setup_tokenizer(self) -> Any:
         from transformers import AutoTokenizer

@@ -740,7 +740,7 @@ def _missing(row: Mapping[str, Any], name: str | None, hint: str = "") -> RowErr
 
 
 def _text(row: Mapping[str, Any], name: str) -> str:
-    if name not in row or row[name] is None:
+    if row.get(name) is None:
         raise _missing(row, name)
     return _scalar_text(row[name], name)
 
