@@ -25,9 +25,13 @@ from tests.helm.chart import render
 from tests.integration.conftest import REPO, Cluster
 from tests.ports import free_port
 
-NAMESPACE_PREFIX = "op-"
-RELEASE = "fto-tests"
-RELEASE_NAMESPACE = "fto-operator-tests"
+# Under pytest-xdist each worker runs its own operators: their namespaces, ServiceAccount
+# and ClusterRoles carry the worker's id, so that no two operators reconcile the same jobs.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_SUFFIX = f"-{_WORKER}" if _WORKER else ""
+NAMESPACE_PREFIX = f"op{_SUFFIX}-"
+RELEASE = f"fto-tests{_SUFFIX}"
+RELEASE_NAMESPACE = f"fto-operator-tests{_SUFFIX}"
 
 
 class Operator:

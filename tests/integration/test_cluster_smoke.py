@@ -162,6 +162,7 @@ def test_injected_preemption(cluster: Cluster, namespace: str) -> None:
     eventually(lambda: _job_condition(cluster, namespace, "spot", "Failed"), what="Job Failed")
 
 
+@pytest.mark.serial  # the API server goes away for every test meanwhile
 def test_objects_survive_an_apiserver_restart(cluster: Cluster, namespace: str) -> None:
     core = client.CoreV1Api(cluster.api)
     body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="kept"), data={"k": "v"})

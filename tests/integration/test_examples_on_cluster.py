@@ -22,7 +22,8 @@ from ftoperator.desired import LABEL_JOB, Settings, gpu_resource_of, local_paths
 from tests.integration.conftest import REPO, Cluster, eventually, read_job
 from tests.integration.operator_process import Operator
 
-pytestmark = pytest.mark.integration
+# serial: the extra pools' nodes come and go, and other tests' GPU pods could land there.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 EXTRA_NODES = {
     # name: (labels, taints, GPUs)

@@ -455,6 +455,7 @@ def test_per_job_series_and_every_metric_the_dashboard_reads_are_in_a_real_scrap
                .decode(), what="the deleted job's series gone")  # fmt: skip
 
 
+@pytest.mark.serial  # a node other tests' pods run on goes NotReady
 def test_a_lost_node_restarts_the_attempt_elsewhere(
     cluster: Cluster, operator: Operator, ns: str
 ) -> None:

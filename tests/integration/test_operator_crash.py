@@ -42,7 +42,9 @@ from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, fresh_namespace
 from tests.integration.operator_process import Operator
 
-pytestmark = pytest.mark.integration
+# serial: 50 jobs fill the GPU pool that other tests' pods need, and the crash timings
+# assume an otherwise quiet cluster.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SEED = int(os.environ.get("FTO_CRASH_SEED", "20240611"))
 MIN_KILLS = 8
