@@ -61,8 +61,11 @@ unit: install ## unit tests only (no cluster), the Helm chart's included
 integration: install tools ## tests against the local control plane and S3 server
 	$(BIN)/pytest tests/integration
 
-test: install lint tools ## lint + the whole test suite (unit, then integration on a local cluster)
-	$(BIN)/pytest
+# hack/test.sh builds the Go tools in the background while lint and the tiers without a
+# cluster run, then the integration tier; FTO_TEST_WORKERS / FTO_INTEGRATION_WORKERS set the
+# pytest-xdist workers. `$(BIN)/pytest` alone still runs every tier in one process.
+test: ## set up, lint, and run every test tier (what CI runs; prints each step's time)
+	hack/test.sh
 
 tools: ## build etcd, Kubernetes, kwok, helm and MinIO from their Go modules (cached, pinned)
 	hack/build.sh

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `make test` (and so CI): lint and every test tier, with the slow parts side by side.
+#
+#   lane "tools"  (background)  hack/build.sh (the Go tools) -> hack/cluster-up.sh ->
+#                               integration tests on N workers -> the `serial` ones alone
+#   lane "checks" (foreground)  make install -> ruff, mypy, hadolint -> unit, trainer and gpu
+#                               tiers on N workers -> helm lint + the helm tier (need helm)
+#
+# The Go builds (the longest single step on a new machine) start first, so their module
+# downloads overlap `uv sync` and their compiles overlap lint and the tests that need no
+# cluster; the integration tier starts the moment the tools are there. A failing step does
+# not stop the others (CI shows every failure at once); the exit status is non-zero if any
+# step failed. Each step's time is printed as it ends and again in a table at the end.
+#
+# Environment:
+#   FTO_TEST_WORKERS         pytest-xdist workers for the tiers without a cluster (default 2)
+#   FTO_INTEGRATION_WORKERS  workers for the integration tier (default 4: its tests mostly
+#                            wait on the API server and kwok, so more workers than CPUs pay)
+#   FTO_TEST_LOGS            where each lane's log goes (default: a temporary directory)
+#   PYTEST_ARGS              extra pytest arguments for every tier (e.g. "-x")
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=lib.sh
+source hack/lib.sh
+
+CHECK_WORKERS="${FTO_TEST_WORKERS:-2}"
+INTEGRATION_WORKERS="${FTO_INTEGRATION_WORKERS:-4}"
+LOGS="${FTO_TEST_LOGS:-$(mktemp -d -t fto-test.XXXXXX)}"
+mkdir -p "$LOGS"
+BIN=.venv/bin
+T0=$(date +%s)
+# One torch thread per test process: the workers (and the Go compiler) share two cores,
+# and oversubscribed torch threads spin instead of working.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+read -r -a EXTRA <<<"${PYTEST_ARGS:-}"
+PYTEST_COMMON=(-p no:cacheprovider --durations=15 "${EXTRA[@]}")
+
+# step NAME COMMAND...: runs it, appends "lane|name|start|seconds|rc" to the timing file.
+step() {
+  local name="$1" start rc
+  shift
+  start=$(date +%s)
+  echo "==> [$LANE] $name ($(($(date +%s) - T0))s after start)"
+  "$@"
+  rc=$?
+  echo "<== [$LANE] $name: $(($(date +%s) - start))s, exit $rc"
+  echo "$LANE|$name|$((start - T0))|$(($(date +%s) - start))|$rc" >>"$LOGS/steps"
+  return "$rc"
+}
+
+tools_lane() {
+  LANE=tools
+  local had_cluster=0
+  step "go tools (hack/build.sh)" hack/build.sh || return 1
+  # The venv comes from the other lane; its pytest is needed from here on.
+  while [[ ! -f "$LOGS/installed" ]]; do
+    [[ -f "$LOGS/install-failed" ]] && return 1
+    sleep 2
+  done
+  hack/cluster-up.sh status >/dev/null 2>&1 && had_cluster=1
+  step "cluster up" hack/cluster-up.sh >/dev/null || return 1
+  step "integration (${INTEGRATION_WORKERS} workers)" "$BIN/pytest" tests/integration \
+    -m "not serial" -n "$INTEGRATION_WORKERS" --dist loadfile "${PYTEST_COMMON[@]}"
+  local rc=$?
+  step "integration, serial" "$BIN/pytest" tests/integration -m serial "${PYTEST_COMMON[@]}"
+  rc=$((rc | $?))
+  if [[ $had_cluster == 0 && -z "${FTO_KEEP_CLUSTER:-}" ]]; then
+    step "cluster down" hack/cluster-down.sh >/dev/null || rc=1
+  fi
+  return "$rc"
+}
+
+checks_lane() {
+  LANE=checks
+  local rc=0
+  if step install make --no-print-directory install; then
+    touch "$LOGS/installed"
+  else
+    touch "$LOGS/install-failed"
+    return 1
+  fi
+  step "ruff" bash -c "$BIN/ruff check . && $BIN/ruff format --check ." || rc=1
+  step "mypy" "$BIN/mypy" || rc=1
+  step "hadolint" make --no-print-directory lint-docker || rc=1
+  step "unit, trainer, gpu (${CHECK_WORKERS} workers)" "$BIN/pytest" tests/unit tests/trainer \
+    tests/gpu -n "$CHECK_WORKERS" --dist worksteal "${PYTEST_COMMON[@]}" || rc=1
+  # helm: built by the other lane or, if it has not got there yet, here (the build lock
+  # makes one wait for the other).
+  step "helm lint" bash -c 'hack/build.sh helm 2>/dev/null && \
+    "$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator' || rc=1
+  step "helm tier" "$BIN/pytest" tests/helm "${PYTEST_COMMON[@]}" || rc=1
+  return "$rc"
+}
+
+rm -f "$LOGS/steps" "$LOGS/installed" "$LOGS/install-failed"
+echo "make test: logs in $LOGS; the tools lane's log is printed when it ends"
+tools_lane >"$LOGS/tools.log" 2>&1 &
+tools_pid=$!
+# The tools lane is the critical path (Go builds, then the integration tier, whose leases
+# and timeouts want a responsive machine): the checks lane takes the CPU it leaves over.
+renice -n 10 -p $$ >/dev/null 2>&1 || true
+checks_lane
+checks_rc=$?
+wait "$tools_pid"
+tools_rc=$?
+echo
+echo "================================ tools lane log ================================"
+cat "$LOGS/tools.log"
+echo
+echo "================================ step times ===================================="
+printf '%-7s %-36s %8s %8s %5s\n' lane step start_s took_s exit
+sort -t'|' -k3,3n "$LOGS/steps" | while IFS='|' read -r lane name start took rc; do
+  printf '%-7s %-36s %8s %8s %5s\n' "$lane" "$name" "$start" "$took" "$rc"
+done
+echo "total: $(($(date +%s) - T0))s"
+if [[ $checks_rc != 0 || $tools_rc != 0 ]]; then
+  echo "make test: FAILED (see the steps with a non-zero exit above)" >&2
+  exit 1
+fi
