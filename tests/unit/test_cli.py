@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,27 @@ def test_validate_reports_each_field(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "spec.training.epochs: must be > 0.0 (got -1)" in result.stderr
     assert "spec.method.quantization.bits: qlora needs 4-bit" in result.stderr
+
+
+def test_validate_answers_in_seconds_on_a_parquet_decompression_bomb(tmp_path: Path) -> None:
+    """1 KB on disk, 4 GiB decoded: refused with the file and row group, in bounded time and
+    memory (the whole file was decoded into rows before)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "bomb.parquet"
+    text = pa.DictionaryArray.from_arrays(np.zeros(1024, dtype=np.int32), pa.array(["x" * 2**22]))
+    pq.write_table(pa.table({"text": text}), data, compression="zstd",
+                   dictionary_pagesize_limit=2**23, row_group_size=512)  # fmt: skip
+    path = tmp_path / "job.yaml"
+    job = make_job("bomb").set("dataset.train.uri", str(data)).set("dataset.format", "plain_text")
+    path.write_text(yaml.safe_dump(job.obj()))
+    started = time.monotonic()
+    result = _finetune("validate", str(path))
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    assert f"{data}:row group 0: the file decodes to more than 256.0 MiB" in result.stderr
 
 
 def test_validate_missing_file(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,19 +82,115 @@ def test_parquet_timestamps_do_not_break_the_checks(tmp_path: Path) -> None:
     assert findings.duplicates == [f"{path}:row 1"]
 
 
-def test_a_parquet_file_that_expands_too_far_is_refused_before_it_is_read(
+def _one_value_repeated(path: Path, value: str, rows: int, **write: Any) -> None:
+    """A parquet file of one text column holding `value` in every row, dictionary-encoded
+    (the value is stored once): a few hundred bytes on disk, rows x len(value) decoded."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    column = pa.DictionaryArray.from_arrays(np.zeros(rows, dtype=np.int32), pa.array([value]))
+    pq.write_table(pa.table({"text": column}), path, compression="zstd",
+                   dictionary_pagesize_limit=2 * len(value), **write)  # fmt: skip
+
+
+def test_a_parquet_file_that_decodes_far_beyond_its_size_is_refused_in_time(
+    tmp_path: Path,
+) -> None:
+    """Its metadata is honest and small (one dictionary page): only counting what the rows
+    hold before decoding them finds the 4 GiB; the second row group is never read."""
+    path = tmp_path / "bomb.parquet"
+    _one_value_repeated(path, "x" * 2**22, 1024, row_group_size=512)
+    assert path.stat().st_size < 4096
+    started = time.monotonic()
+    with pytest.raises(DataSourceError) as refused:
+        read_file(path)
+    assert time.monotonic() - started < 10
+    assert str(refused.value).startswith(f"{path}:row group 0: the file decodes to more than")
+    assert "refused as a decompression bomb" in str(refused.value)
+
+
+def test_parquet_sizes_it_declares_are_checked_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(sources, "MIN_PARQUET_BYTES", 2_000_000)
+    pages = tmp_path / "pages.parquet"  # plain pages: the metadata says 10 MB uncompressed
+    pq.write_table(pa.table({"text": ["a" * 10_000] * 1_000}), pages, row_group_size=100,
+                   compression="zstd", use_dictionary=False)  # fmt: skip
+    assert pages.stat().st_size < 20_000
+    with pytest.raises(DataSourceError, match=r"pages.parquet:row group \d+: the file declares"):
+        read_file(pages)
+    numbers = tmp_path / "numbers.parquet"  # a constant column: rows x 8 bytes
+    pq.write_table(pa.table({"n": np.zeros(1_000_000, dtype=np.int64)}), numbers,
+                   compression="zstd")  # fmt: skip
+    with pytest.raises(DataSourceError, match=r"numbers.parquet:row group 0: the file declares"):
+        read_file(numbers)
+
+
+def test_nested_chat_rows_are_sized_before_they_are_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """messages[].content is a text leaf inside lists of structs: it is read as a dictionary
+    too, and each row is sized from its messages."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(sources, "MIN_PARQUET_BYTES", 5_000_000)
+    path = tmp_path / "chat.parquet"
+    turn = [{"role": "user", "content": "y" * 100_000}] * 8
+    pq.write_table(pa.table({"messages": [turn] * 20, "id": list(range(20))}), path,
+                   compression="zstd")  # fmt: skip
+    with pytest.raises(DataSourceError, match=r"chat.parquet:row group 0: the file decodes to"):
+        read_file(path)
+    monkeypatch.setattr(sources, "MIN_PARQUET_BYTES", 50_000_000)  # 16 MB: read, unchanged
+    rows = read_file(path).rows
+    assert [r.data for r in rows] == pq.read_table(path).to_pylist()
+    assert rows[19].origin == f"{path}:row 19"
+
+
+def test_a_parquet_row_over_the_row_bound_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = tmp_path / "bomb.parquet"
-    table = pa.table({"text": ["a" * 10_000] * 1_000})  # 10 MB of one repeated value
-    pq.write_table(table, path, row_group_size=100, compression="zstd")
-    assert path.stat().st_size < 200_000  # small on disk
-    monkeypatch.setattr(sources, "MAX_PARQUET_BYTES", 2_000_000)
-    with pytest.raises(DataSourceError, match=r"bomb.parquet:row group \d+: the file expands"):
+    monkeypatch.setattr(sources, "MAX_FIELD_BYTES", 1000)
+    path = tmp_path / "rows.parquet"
+    texts = ["short"] * 5 + ["z" * 5000] + ["short"] * 5
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=4)
+    with pytest.raises(DataSourceError) as refused:
         read_file(path)
+    assert str(refused.value) == (
+        f"{path}:row 5 (row group 1): the row decodes to 4.9 KiB, more than the 1000 bytes "
+        "a row may hold"
+    )
+
+
+def test_parquet_rows_read_as_pyarrow_reads_them(tmp_path: Path) -> None:
+    """Row groups, nulls, nested structs, maps, binary and timestamps: the bounded reader
+    gives what pyarrow gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("meta", pa.map_(pa.string(), pa.string())), ("blob", pa.binary()),
+        ("at", pa.timestamp("us")), ("score", pa.float64()),
+    ])  # fmt: skip
+    stamp = datetime(2026, 11, 24)
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": None if i % 3 else f"a{i}"}],
+             "meta": [("k", str(i))], "blob": b"\x00" * (i % 4), "at": stamp, "score": i / 2}
+            for i in range(1000)]  # fmt: skip
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=300)
+    read = read_file(path).rows
+    assert [r.data for r in read] == pq.read_table(path).to_pylist()
+    assert [r.origin for r in read[298:302]] == [f"{path}:row {i}" for i in range(298, 302)]
 
 
 def test_a_file_that_is_not_parquet_is_a_source_error(tmp_path: Path) -> None:

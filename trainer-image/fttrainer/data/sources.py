@@ -18,13 +18,17 @@ from typing import Any
 from ftapi.redaction import redact
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
-# Bounds on what one file may make the trainer hold: a field far larger than any sample
-# (the csv module's own default, 128 KiB, refuses long documents), nesting deeper than any
-# chat (deeper JSON crashes recursive code later: RecursionError), and a parquet file's
-# uncompressed size (a few compressed MB can expand to many GB).
+# Bounds on what one file may make the trainer hold: a field (or parquet row) far larger
+# than any sample (the csv module's own default, 128 KiB, refuses long documents), nesting
+# deeper than any chat (deeper JSON crashes recursive code later: RecursionError), and what
+# a parquet file may decode to: a few compressed KB of one repeated value (dictionary
+# encoding, zstd) can decode to many GB, so the bound follows the size on disk; any file
+# may decode to MIN_PARQUET_BYTES, and larger real text compresses far less than 100x.
 MAX_FIELD_BYTES = 64 * 2**20
 MAX_DEPTH = 64
-MAX_PARQUET_BYTES = 8 * 2**30
+MAX_PARQUET_EXPANSION = 100
+MIN_PARQUET_BYTES = 256 * 2**20
+PARQUET_BATCH_ROWS = 64
 BOM = "\ufeff"
 
 
@@ -221,43 +225,149 @@ def _not_utf8(path: Path, label: str, error: UnicodeDecodeError) -> DataSourceEr
     return DataSourceError(f"{label}: not UTF-8 ({error.reason})")
 
 
+def parquet_budget(size_on_disk: int) -> int:
+    """The most bytes a parquet file of this size may decode to."""
+    return max(MIN_PARQUET_BYTES, MAX_PARQUET_EXPANSION * size_on_disk)
+
+
 def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
+    """Row group by row group, each one's decoded size counted before it is decoded: text
+    columns are read as dictionaries (one repeated value is held once), their rows sized
+    from the dictionary, and only a group within the file's budget and the per-row bound
+    is turned into Python rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    size = path.stat().st_size
+    budget = parquet_budget(size)
+
+    def too_big(group: int, what: str) -> DataSourceError:
+        return DataSourceError(
+            f"{label}:row group {group}: the file {what} more than {_mib(budget)} "
+            f"({MAX_PARQUET_EXPANSION}x its {_mib(size)} on disk, at least "
+            f"{_mib(MIN_PARQUET_BYTES)}): refused as a decompression bomb. Real data this "
+            "repetitive reads fine as JSONL; or split the file into several."
+        )
+
     try:
-        parquet = pq.ParquetFile(path)
+        schema = pq.read_schema(path)
+        # Every text leaf, nested ones too (messages.list.element.content), is read as a
+        # dictionary: one repeated value is held once until the rows are sized.
+        leaves = pq.ParquetFile(path).schema
+        text = [leaves.column(i).path for i in range(len(leaves))
+                if leaves.column(i).physical_type == "BYTE_ARRAY"]  # fmt: skip
+        parquet = pq.ParquetFile(path, read_dictionary=text)
     except (pa.ArrowException, OSError) as exc:
         raise DataSourceError(f"{label}: not a readable parquet file ({exc})") from None
     metadata = parquet.metadata
-    expanded = 0
+    # What the file says about itself, before anything is read: its pages' sizes, and its
+    # row count times the width of the columns that are not text (a constant column of a
+    # billion integers is a few bytes of run-length encoding).
+    fixed_width = sum(_width(field.type) for field in schema if not _is_text(field.type))
+    declared = 0
     for group in range(metadata.num_row_groups):
-        expanded += metadata.row_group(group).total_byte_size
-        if expanded > MAX_PARQUET_BYTES:
-            raise DataSourceError(
-                f"{label}:row group {group}: the file expands to more than "
-                f"{MAX_PARQUET_BYTES / 2**30:g} GiB uncompressed; split it into several files"
-            )
-    # Decoded in batches, counting what they hold: dictionary-encoded columns look small in
-    # the metadata and expand only when decoded.
-    starts = [0]
-    for group in range(metadata.num_row_groups):
-        starts.append(starts[-1] + metadata.row_group(group).num_rows)
+        chunks = metadata.row_group(group)
+        pages = sum(chunks.column(c).total_uncompressed_size for c in range(chunks.num_columns))
+        declared += max(pages, chunks.num_rows * fixed_width)
+        if declared > budget:
+            raise too_big(group, "declares")
     index, held = 0, 0
     try:
-        for batch in parquet.iter_batches(batch_size=1024):
-            held += batch.nbytes
-            if held > MAX_PARQUET_BYTES:
-                group = max(g for g, start in enumerate(starts[:-1]) if start <= index)
-                raise DataSourceError(
-                    f"{label}:row group {group}: the file expands to more than "
-                    f"{MAX_PARQUET_BYTES / 2**30:g} GiB decoded; split it into several files"
-                )
-            for record in batch.to_pylist():
-                yield Row(record, f"{label}:row {index}")
-                index += 1
+        for group in range(metadata.num_row_groups):
+            table = parquet.read_row_group(group, use_threads=False)
+            sizes = _decoded_row_sizes(table)
+            for offset, row_size in enumerate(sizes):
+                held += row_size
+                if held > budget:
+                    raise too_big(group, "decodes to")
+                if row_size > MAX_FIELD_BYTES:
+                    raise DataSourceError(
+                        f"{label}:row {index + offset} (row group {group}): the row decodes "
+                        f"to {_mib(row_size)}, more than the {_mib(MAX_FIELD_BYTES)} a row "
+                        "may hold"
+                    )
+            plain = pa.table(
+                [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                 for c in table.columns],
+                names=table.column_names,
+            )  # fmt: skip
+            del table
+            for batch in plain.to_batches(max_chunksize=1024):
+                for record in batch.to_pylist():
+                    yield Row(record, f"{label}:row {index}")
+                    index += 1
     except (pa.ArrowException, OSError) as exc:
         raise DataSourceError(f"{label}:row {index}: {exc}") from None
+
+
+def _decoded_row_sizes(table: Any) -> list[int]:
+    """Bytes each row of a row group holds once decoded, counted without decoding it."""
+    import numpy as np
+
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for column in table.columns:
+        sizes += np.concatenate(
+            [_array_row_sizes(part) for part in column.chunks] or [np.zeros(0, np.int64)]
+        )
+    return [int(size) for size in sizes]
+
+
+def _array_row_sizes(array: Any) -> Any:
+    """Per-element decoded bytes of an arrow array: dictionary text by its values'
+    lengths, lists and structs by what they hold (rows found with list_parent_indices)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        if _is_text(kind.value_type):
+            lengths = pc.binary_length(array.dictionary).take(array.indices)
+            return pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return _array_row_sizes(array.dictionary_decode())
+    if _is_text(kind):
+        return (
+            pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        )
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = array.values.slice(offsets[0], offsets[-1] - offsets[0])  # a map's: entries
+        parents = np.repeat(np.arange(len(array)), np.diff(offsets))
+        held = np.bincount(parents, weights=_array_row_sizes(values), minlength=len(array))
+        return held.astype(np.int64) + 8
+    if pa.types.is_struct(kind):
+        sizes = np.zeros(len(array), dtype=np.int64)
+        for field in array.flatten():
+            sizes += _array_row_sizes(field)
+        return sizes
+    return np.full(len(array), _width(kind), dtype=np.int64)
+
+
+def _width(kind: Any) -> int:
+    """Bytes per row of a decoded column that is not text (nested columns: at least one
+    offset)."""
+    import pyarrow as pa
+
+    try:
+        return max(1, int(kind.bit_width) // 8)
+    except ValueError:  # not fixed width: lists, structs, maps
+        return 8 if pa.types.is_nested(kind) else 1
+
+
+def _is_text(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    )  # fmt: skip
+
+
+def _mib(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _read_txt(path: Path, label: str) -> Iterator[Row | Problem]:
