@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Print the cache bin dirs of the pinned components as a PATH fragment, or use it to
 # extend PATH:
-#   hack/bin-path.sh                  -> /…/kubernetes-v1.36.3/bin:/…/helm-v3.22.0/bin:…
+#   hack/bin-path.sh                  -> /…/kubernetes-v1.36.3/bin:/…/helm-v3.21.4/bin:…
 #   export PATH="$(hack/bin-path.sh):$PATH"
 #   source hack/bin-path.sh           # (sourced) prepends them to PATH in the current shell
 #   hack/bin-path.sh kubectl          -> absolute path of one binary

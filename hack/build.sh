@@ -5,8 +5,8 @@
 # the same machine reuses earlier builds. A build goes to a temporary folder and is moved
 # into place only when complete; a lock file serialises concurrent runs.
 #
-# Usage: hack/build.sh [component ...]      components: etcd kubernetes kwok helm minio
-#                                           (default: all of them)
+# Usage: hack/build.sh [component ...]      components: kubernetes helm kwok etcd minio
+#                                           (default: all of them, in that order)
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
 #   FTO_BUILD_P=N       go build -p (default: number of CPUs, i.e. Go's default)
@@ -86,6 +86,13 @@ build_one() {
     die "$c: $moddir/go.mod does not require $(component_module "$c") $v from versions.env (run hack/update-modules.sh $c)"
 
   mkdir -p "$FTO_CACHE"
+  if [[ " ${FTO_SHARES_KUBERNETES[*]} " == *" $c "* ]] && ! component_built kubernetes; then
+    # Built in another process right now? Wait for it: its compiled packages are most of
+    # this build (a build started alone still works, it only compiles more).
+    exec 8>"$FTO_CACHE/.build-kubernetes.lock"
+    flock 8
+    exec 8>&-
+  fi
   exec 9>"$FTO_CACHE/.build-$c.lock"
   flock 9
   if [[ "${FTO_REBUILD:-0}" != 1 ]] && component_built "$c"; then

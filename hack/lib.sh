@@ -8,7 +8,12 @@ source "$HACK_DIR/versions.env"
 FTO_CACHE="${FTO_CACHE:-$HOME/.cache/finetune-operator}"
 FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
 
-FTO_COMPONENTS=(etcd kubernetes kwok helm minio)
+# Also the build order: kubernetes first, so helm and kwok (whose wrapper modules take the
+# kubernetes wrapper's module versions) find most of their packages compiled; helm next,
+# which the tests without a cluster need.
+FTO_COMPONENTS=(kubernetes helm kwok etcd minio)
+# Components whose wrapper modules are aligned with hack/modules/kubernetes.
+FTO_SHARES_KUBERNETES=(helm kwok)
 
 component_version() {
   case "$1" in

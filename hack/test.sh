@@ -58,7 +58,10 @@ tools_lane() {
     sleep 2
   done
   hack/cluster-up.sh status >/dev/null 2>&1 && had_cluster=1
-  step "cluster up" hack/cluster-up.sh >/dev/null || return 1
+  # Twice the default GPU nodes: four workers' jobs share the pools (a cluster that was
+  # already up is reused as it is).
+  FTO_A100_NODES="${FTO_A100_NODES:-8}" FTO_H100_NODES="${FTO_H100_NODES:-4}" \
+    step "cluster up" hack/cluster-up.sh >/dev/null || return 1
   step "integration (${INTEGRATION_WORKERS} workers)" "$BIN/pytest" tests/integration \
     -m "not serial" -n "$INTEGRATION_WORKERS" --dist loadfile "${PYTEST_COMMON[@]}"
   local rc=$?

@@ -3,7 +3,8 @@
 # Run after changing a pin; commit the resulting go.mod/go.sum/tools.go files.
 #
 # Usage: hack/update-modules.sh [component ...]   (default: all)
-#   components: etcd kubernetes kwok helm minio
+#   components: etcd kubernetes kwok helm minio (kwok and helm take versions from the
+#   kubernetes wrapper: regenerate them after it)
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -34,14 +35,44 @@ write_module() { # name module version go-directive pkg...
   echo "wrote $dir (go.mod, go.sum, tools.go)" >&2
 }
 
+# align_with_kubernetes name [keep-regex]: replace every module that the component shares
+# with the kubernetes wrapper by the version the kubernetes wrapper uses, so that `go build`
+# finds those packages already compiled (same module versions => same build-cache keys):
+# kwok and helm then compile little more than their own code (measured in hack/README.md).
+# Modules matching keep-regex stay at the component's own version (helm needs a newer
+# OpenTelemetry than Kubernetes 1.36 ships).
+align_with_kubernetes() {
+  local name="$1" keep="${2:-^$}" dir="$HACK_DIR/modules/$1" kube="$HACK_DIR/modules/kubernetes"
+  local mod ver lines
+  mod="$(awk '$1=="require"{print $2; exit}' "$dir/go.mod")"
+  ver="$(awk '$1=="require"{print $3; exit}' "$dir/go.mod")"
+  lines="$(join <(cd "$dir" && go list -m -f '{{.Path}}' all | sort) \
+    <(cd "$kube" && GOFLAGS=-mod=readonly go list -m \
+      -f '{{.Path}} {{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' all | sort) |
+    awk -v keep="$keep" '$2 != "" && $1 !~ keep && $1 !~ /^finetune[.]dev[/]/ {
+      printf "\t%s => %s %s\n", $1, $1, $2 }')"
+  [[ -n "$lines" ]] || { echo "$name: shares no module with hack/modules/kubernetes?" >&2; exit 1; }
+  printf '\n// Shared with hack/modules/kubernetes: built at its versions (hack/update-modules.sh).\nreplace (\n%s\n)\n' \
+    "$lines" >>"$dir/go.mod"
+  (cd "$dir" && go mod tidy)
+  local got
+  got="$(cd "$dir" && go list -m -f '{{.Version}}' "$mod")"
+  [[ "$got" == "$ver" ]] || { echo "$name: $mod resolved to $got, not $ver" >&2; exit 1; }
+  echo "aligned $dir with hack/modules/kubernetes" >&2
+}
+
 components=("$@")
 [[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" 1.26.0 go.etcd.io/etcd/server/v3 ;;
     kubernetes) "$HACK_DIR/gen-k8s-replaces.sh" "$KUBERNETES_VERSION" ;;
-    kwok) write_module kwok sigs.k8s.io/kwok "$KWOK_VERSION" 1.26.0 sigs.k8s.io/kwok/cmd/kwok ;;
-    helm) write_module helm helm.sh/helm/v3 "$HELM_VERSION" 1.26.0 helm.sh/helm/v3/cmd/helm ;;
+    kwok)
+      write_module kwok sigs.k8s.io/kwok "$KWOK_VERSION" 1.26.0 sigs.k8s.io/kwok/cmd/kwok
+      align_with_kubernetes kwok ;;
+    helm)
+      write_module helm helm.sh/helm/v3 "$HELM_VERSION" 1.26.0 helm.sh/helm/v3/cmd/helm
+      align_with_kubernetes helm '^go[.]opentelemetry[.]io/' ;;
     minio) write_module minio github.com/minio/minio "$MINIO_VERSION" 1.26.0 github.com/minio/minio ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac

@@ -327,6 +327,8 @@ def test_pods_the_job_controller_cannot_create_are_explained(
     assert any(e.reason == "FailedCreate" for e in _events(cluster, ns, name))
 
 
+# serial: its priority class (value 1000) lets the scheduler preempt other tests' pods.
+@pytest.mark.serial
 def test_every_documented_pod_field_reaches_a_running_pod(
     cluster: Cluster, operator: Operator, ns: str
 ) -> None:
