@@ -328,6 +328,15 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
              "MLFLOW_TRACKING_TOKEN"),
         )
     },
+    "GPU resource in the kubernetes.io domain": (
+        make_job().set("resources.gpuResourceName", "kubernetes.io/gpu").obj(),
+        "spec.resources.gpuResourceName", "not in the kubernetes.io domain"),
+    "GPU resource named as a quota": (
+        make_job().set("resources.gpuResourceName", "requests.nvidia.com/gpu").obj(),
+        "spec.resources.gpuResourceName", "not starting with requests."),
+    "GPU resource name over 63 characters": (
+        make_job().set("resources.gpuResourceName", "nvidia.com/" + "g" * 64).obj(),
+        "spec.resources.gpuResourceName", "a name of at most 63"),
     "toleration key in capitals": (
         make_job().set("resources.tolerations", [{"key": "Example.COM/spot",
                        "operator": "Exists"}]).obj(),
@@ -344,6 +353,24 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "missing model": (make_job().without("model").obj(), "spec.model", "required"),
     "bad quantity": (
         make_job().set("resources.memory", "lots").obj(), "spec.resources.memory", "quantity"),
+    "negative CPU": (
+        make_job().set("resources.cpu", "-4").obj(), "spec.resources.cpu", "more than 0"),
+    "negative CPU as a number": (
+        make_job().set("resources.cpu", -4).obj(), "spec.resources.cpu", "more than 0"),
+    "zero memory": (
+        make_job().set("resources.memory", "0Gi").obj(), "spec.resources.memory", "more than 0"),
+    "zero shared memory": (
+        make_job().set("resources.sharedMemory", 0).obj(), "spec.resources.sharedMemory",
+        "more than 0"),
+    "negative memory in exponent form": (
+        make_job().set("resources.memory", "-1e9").obj(), "spec.resources.memory",
+        "more than 0"),
+    "GPU resource that is a core resource": (
+        make_job().set("resources.gpuResourceName", "memory").obj(),
+        "spec.resources.gpuResourceName", "must match"),
+    "GPU resource domain with an empty label": (
+        make_job().set("resources.gpuResourceName", "nvidia..com/gpu").obj(),
+        "spec.resources.gpuResourceName", "must match"),
     "negative gpus": (
         make_job().set("resources.gpusPerNode", -1).obj(), "spec.resources.gpusPerNode", ">= 0"),
     "ratio above one": (

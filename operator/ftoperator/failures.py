@@ -73,6 +73,11 @@ REASONS: tuple[Reason, ...] = (
            "the API server refused one of the job's objects as invalid (400/413/422: e.g. a "
            "label value or nodeSelector key it does not accept); the message is the server's "
            "own, and retrying would not change it"),
+    Reason("PodRejected", "job", False, 9,
+           "the API server refused the Job controller's pods as invalid (a value the CRD "
+           "cannot check, e.g. a quantity Kubernetes cannot represent); the message is the "
+           "server's own, the Job is stopped, and no restart is spent: every pod would be "
+           "refused the same way"),
     Reason("ChildConflict", "job", False, 9,
            "an object the job needs (`<job>-config`, `<job>-trainer`, `<job>-<attempt>`, ...) "
            "already exists and is not this job's (its controller ownerReference names another "
@@ -98,3 +103,9 @@ def rank(name: str) -> int:
     own status.reason) rank with exit codes."""
     found = BY_NAME.get(name)
     return found.rank if found is not None else BY_NAME["ExitCode"].rank
+
+
+def refused_as_invalid(create_failure: str) -> bool:
+    """A FailedCreate whose pods the API server's validation refused ("Pod ... is invalid:
+    ..."): unlike a quota or a missing PriorityClass, waiting cannot change it."""
+    return " is invalid: " in create_failure

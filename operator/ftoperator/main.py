@@ -27,6 +27,9 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from ftapi.v1alpha1.common import check_quantity
+from ftapi.v1alpha1.resources import is_extended_resource_name
+
 from .controller import Controller
 from .desired import Settings
 from .handlers import register
@@ -162,6 +165,18 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
             raise ValueError("not a list of objects")
     except ValueError as error:
         parser.error(f"--gpu-tolerations must be a JSON list of tolerations: {error}")
+    # Settings that end up in every pod: refused here, not by the API server at each job.
+    for flag, value in (("--default-cpu", args.default_cpu),
+                        ("--default-memory", args.default_memory),
+                        ("--scratch-size", args.scratch_size)):  # fmt: skip
+        if value:
+            try:
+                check_quantity(value)
+            except ValueError as error:
+                parser.error(f"{flag}: {error}")
+    if not is_extended_resource_name(args.gpu_resource_name):
+        parser.error(f"--gpu-resource-name: {args.gpu_resource_name!r} is not an extended "
+                     "resource name such as nvidia.com/gpu or amd.com/gpu")  # fmt: skip
     namespaces = args.namespaces
     if namespaces is None:
         namespaces = [n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()]

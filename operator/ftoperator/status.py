@@ -41,7 +41,7 @@ from ftapi.v1alpha1.status import (
 
 from . import failures
 from .desired import Names
-from .failures import BLOCKERS, DISRUPTIONS, FINAL
+from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
 
 log = logging.getLogger("ftoperator")
 
@@ -238,7 +238,13 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
             status.message = "resuming"
         return _finish(plan, previous, generation)
 
-    _active(status, job, observed.pods, generation, now, observed.pod_create_failure)
+    create_failure = observed.pod_create_failure
+    if create_failure and refused_as_invalid(create_failure) and not observed.pods:
+        message = f"the API server refuses the job's pods: {create_failure}"
+        _fail(plan, Failure("PodRejected", message), generation, now)
+        plan.actions.append(SuspendJob(names.batch_job, True))  # the Job controller retries
+        return _finish(plan, previous, generation)
+    _active(status, job, observed.pods, generation, now, create_failure)
     return _finish(plan, previous, generation)
 
 

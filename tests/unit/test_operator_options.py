@@ -65,6 +65,25 @@ def test_bad_gpu_tolerations_stop_the_operator_with_a_message(
     assert "--gpu-tolerations must be a JSON list" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--default-cpu", "-4"], "--default-cpu: must be more than 0 (got '-4')"),
+        (["--default-memory", "0"], "--default-memory: must be more than 0"),
+        (["--scratch-size", "lots"], "--scratch-size: 'lots' is not a Kubernetes quantity"),
+        (["--gpu-resource-name", "memory"], "--gpu-resource-name: 'memory' is not an extended"),
+        (["--gpu-resource-name", "kubernetes.io/gpu"], "is not an extended resource name"),
+    ],
+)
+def test_settings_every_pod_would_carry_are_checked_at_start(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API server would refuse each in every job's pods: the operator refuses to start."""
+    with pytest.raises(SystemExit):
+        parse_options(flags, env={})
+    assert message in capsys.readouterr().err
+
+
 def test_allowed_registries_refuse_other_images() -> None:
     settings = Settings(default_image="registry.internal/ml/trainer:1",
                         allowed_registries=("registry.internal/ml/",))  # fmt: skip

@@ -1824,3 +1824,18 @@ def test_pods_the_job_controller_cannot_create_are_a_named_blocker() -> None:
     running = next(c for c in plan.status.conditions if c.type == "Running")
     assert running.reason == "FailedCreate" and "exceeded quota: team-quota" in running.message
     assert [e.reason for e in plan.events if e.type == "Warning"] == ["FailedCreate"]
+
+
+def test_pods_the_api_server_refuses_as_invalid_fail_the_job_at_once() -> None:
+    """No quota or PriorityClass will turn up to fix it: Failed with the server's words, an
+    Event, the Job suspended (its controller would retry the creation forever)."""
+    invalid = ('Error creating: Pod "llama-0-0-x" is invalid: spec.containers[0].resources.'
+               'requests[cpu]: Invalid value: "1e1000": must be a valid quantity')  # fmt: skip
+    plan = observe(make(), status(), at(30), batch_job=make_batch_job(0).obj(), pods=[],
+                   pod_create_failure=invalid)  # fmt: skip
+    assert plan.status.phase == "Failed" and plan.status.failure_reason == "PodRejected"
+    assert "requests[cpu]: Invalid value" in (plan.status.message or "")
+    assert SuspendJob("llama-0", True) in plan.actions
+    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    (event,) = [e for e in plan.events if e.type == "Warning"]
+    assert event.reason == "PodRejected" and "is invalid" in event.message

@@ -11,30 +11,46 @@ from pydantic.alias_generators import to_snake
 from ._base import ApiModel, Rule, is_set
 
 # Kubernetes resource.Quantity ("8", "500m", "32Gi"): YAML gives an int for `cpu: 8`, so the
-# schema is int-or-string, as in core/v1.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+# schema is int-or-string, as in core/v1. The API's quantities (CPU, memory, /dev/shm) are
+# sizes of something a pod gets: more than 0. Kubernetes refuses a negative one only when it
+# creates the pod (and takes 0 as "no limit" for memory and tmpfs), so the sign is part of
+# the pattern: no "-", and a digit other than 0 before any exponent or suffix.
+_QUANTITY_SUFFIX = r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))" + _QUANTITY_SUFFIX
+POSITIVE_QUANTITY_PATTERN = (
+    r"^\+?(([0-9]*[1-9][0-9]*(\.[0-9]*)?)|([0-9]*\.[0-9]*[1-9][0-9]*))" + _QUANTITY_SUFFIX
 )
 
 
-def _check_quantity(value: int | str) -> int | str:
-    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+def check_quantity(value: int | str) -> int | str:
+    """A quantity more than 0, or ValueError saying what is wrong with it (shared with the
+    operator's settings, e.g. --default-memory)."""
+    if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
-    return value
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"must be more than 0 (got {value})")
+        return value
+    if re.fullmatch(POSITIVE_QUANTITY_PATTERN, value):
+        return value
+    if re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"must be more than 0 (got {value!r})")
+    raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
 
 
 Quantity = Annotated[
     int | str,
-    AfterValidator(_check_quantity),
+    AfterValidator(check_quantity),
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
+            "pattern": POSITIVE_QUANTITY_PATTERN,
+            "minimum": 1,
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
+"""A Kubernetes quantity more than 0."""
 
 
 _Item = TypeVar("_Item")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator
@@ -34,14 +35,34 @@ RESERVED_ENV = (
     "TORCHELASTIC_RUN_ID",
 )
 RESERVED_ENV_PREFIXES = ("PET_", "TORCHELASTIC_", "FINETUNE_")
-# An extended resource (GPUs are one): always domain-prefixed, e.g. nvidia.com/gpu.
-ResourceName = Annotated[
-    str,
-    StringConstraints(
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
-    ),
-]
+# An extended resource (GPUs are one): a DNS subdomain, "/", a name, e.g. nvidia.com/gpu.
+RESOURCE_NAME_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
+)
+ResourceName = Annotated[str, StringConstraints(max_length=253, pattern=RESOURCE_NAME_PATTERN)]
+# What else the API server's pod validation asks of an extended resource name
+# (IsExtendedResourceName): not in the kubernetes.io domain (cpu, memory, ... live there),
+# no "requests." prefix (quota's convention), and "requests.<name>" a qualified name: a
+# domain of at most 244 characters, a name of at most 63.
+_EXTENDED_CEL = (
+    "!has(self.gpuResourceName) || (!self.gpuResourceName.contains('kubernetes.io/')"
+    " && !self.gpuResourceName.startsWith('requests.')"
+    " && self.gpuResourceName.matches('^[^/]{1,244}/[^/]{1,63}$'))"
+)
+
+
+def _extended_resource(name: str | None) -> bool:
+    """The rule above in Python (the ResourceName pattern is checked on its own)."""
+    if name is None:
+        return True
+    domain, _, resource = name.partition("/")
+    return (
+        "kubernetes.io/" not in name
+        and not name.startswith("requests.")
+        and 1 <= len(domain) <= 244
+        and 1 <= len(resource) <= 63
+    )
 
 
 # Annotations of an object may total at most 256 KiB (keys and values): 64 keys of at most
@@ -72,6 +93,15 @@ _RESERVED_CEL = (
     + "".join(f" && !e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
     + ")"
 )
+
+
+def is_extended_resource_name(name: str) -> bool:
+    """Pattern and rule together: what the operator's --gpu-resource-name must be."""
+    return (
+        len(name) <= 253
+        and re.fullmatch(RESOURCE_NAME_PATTERN, name) is not None
+        and _extended_resource(name)
+    )
 
 
 class ResourcesSpec(ApiModel):
@@ -154,6 +184,14 @@ class ResourcesSpec(ApiModel):
             "WORLD_SIZE, MASTER_ADDR, ...) or FINETUNE_*: the operator sets them",
             check=lambda r: all(_env_allowed(e.name) for e in r.env),
             field=".env",
+        ),
+        Rule(
+            cel=_EXTENDED_CEL,
+            message="must be an extended resource name such as nvidia.com/gpu: not in the "
+            "kubernetes.io domain (cpu and memory are set by their own fields), not starting "
+            "with requests., a domain of at most 244 and a name of at most 63 characters",
+            check=lambda r: _extended_resource(r.gpu_resource_name),
+            field=".gpuResourceName",
         ),
         _keys_rule("nodeSelector", "nodeSelector"),
         _keys_rule("labels", "label"),
