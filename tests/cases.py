@@ -371,6 +371,9 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "GPU resource domain with an empty label": (
         make_job().set("resources.gpuResourceName", "nvidia..com/gpu").obj(),
         "spec.resources.gpuResourceName", "must match"),
+    "image with a trailing space": (
+        make_job().set("resources.image", "registry.example/trainer:1 ").obj(),
+        "spec.resources.image", "must match"),
     "negative gpus": (
         make_job().set("resources.gpusPerNode", -1).obj(), "spec.resources.gpusPerNode", ">= 0"),
     "ratio above one": (

@@ -174,6 +174,9 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
                 check_quantity(value)
             except ValueError as error:
                 parser.error(f"{flag}: {error}")
+    if args.default_image != args.default_image.strip() or not args.default_image:
+        parser.error(f"--default-image: {args.default_image!r} is empty or has whitespace "
+                     "around it (the API server refuses such a pod)")  # fmt: skip
     if not is_extended_resource_name(args.gpu_resource_name):
         parser.error(f"--gpu-resource-name: {args.gpu_resource_name!r} is not an extended "
                      "resource name such as nvidia.com/gpu or amd.com/gpu")  # fmt: skip

@@ -327,6 +327,30 @@ def test_pods_the_job_controller_cannot_create_are_explained(
     assert any(e.reason == "FailedCreate" for e in _events(cluster, ns, name))
 
 
+def test_pods_the_api_server_refuses_fail_the_job_within_seconds(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    """A case the CRD cannot see, on purpose: the namespace's LimitRange gives each container
+    a CPU limit of 1 (pods only, not a Job's template), below the job's request of 2. The
+    Job is accepted; every pod is refused as invalid, forever: the job fails with the API
+    server's words, an Event, and its Job suspended, instead of waiting in Pending."""
+    client.CoreV1Api(cluster.api).create_namespaced_limit_range(ns, {
+        "metadata": {"name": "small-containers"},
+        "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}})  # fmt: skip
+    name = "over-limit"
+    since = _log_size(operator)
+    started = time.monotonic()
+    _apply(cluster, ns, _manifest(name, resources__cpu="2"))
+    status = _wait(cluster, ns, name, operator, "Failed", timeout=60)
+    assert time.monotonic() - started < 30, "PodRejected is read from the first FailedCreate"
+    assert status["failureReason"] == "PodRejected", status
+    assert "must be less than or equal to cpu limit of 1" in status["message"], status
+    assert any(e.reason == "PodRejected" for e in _events(cluster, ns, name))
+    batch_job = read_job(cluster, ns, f"{name}-0")
+    assert batch_job is not None and batch_job.spec.suspend, "the Job controller stops trying"
+    assert "Traceback" not in _new_log(operator, since)
+
+
 # serial: its priority class (value 1000) lets the scheduler preempt other tests' pods.
 @pytest.mark.serial
 def test_every_documented_pod_field_reaches_a_running_pod(

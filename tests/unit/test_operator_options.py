@@ -73,6 +73,7 @@ def test_bad_gpu_tolerations_stop_the_operator_with_a_message(
         (["--scratch-size", "lots"], "--scratch-size: 'lots' is not a Kubernetes quantity"),
         (["--gpu-resource-name", "memory"], "--gpu-resource-name: 'memory' is not an extended"),
         (["--gpu-resource-name", "kubernetes.io/gpu"], "is not an extended resource name"),
+        (["--default-image", "registry.example/trainer:1 "], "--default-image: 'registry"),
     ],
 )
 def test_settings_every_pod_would_carry_are_checked_at_start(

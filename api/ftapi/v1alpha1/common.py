@@ -123,6 +123,9 @@ def qualified_key_cel(expression: str) -> str:
 # Free text and identifiers; every string carries a bound so CEL cost estimates stay finite.
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 Text = Annotated[str, StringConstraints(max_length=4096)]
+# A container image reference: the API server refuses a pod (not a Job's template) whose
+# image has leading or trailing whitespace, so it would pass the Job and fail every pod.
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^\S(.*\S)?$")]
 LongText = Annotated[str, StringConstraints(max_length=65536)]
 # Where data lives: a local path, s3://bucket/key, or hf://org/name.
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]

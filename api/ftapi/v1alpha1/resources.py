@@ -12,10 +12,10 @@ from ._base import ApiModel, Rule
 from .common import (
     QUALIFIED_KEY_HELP,
     EnvVar,
+    ImageRef,
     LabelValue,
     ObjectName,
     Quantity,
-    Text,
     Toleration,
     qualified_key,
     qualified_key_cel,
@@ -149,7 +149,7 @@ class ResourcesSpec(ApiModel):
 
     priority_class_name: ObjectName | None = None
     """PriorityClass of the pods (preemption order)."""
-    image: Text | None = None
+    image: ImageRef | None = None
     """Trainer image; unset: the operator's default."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     """Image pull policy; unset: the Kubernetes default."""
