@@ -345,7 +345,8 @@ def test_pods_the_api_server_refuses_fail_the_job_within_seconds(
     assert time.monotonic() - started < 30, "PodRejected is read from the first FailedCreate"
     assert status["failureReason"] == "PodRejected", status
     assert "must be less than or equal to cpu limit of 1" in status["message"], status
-    assert any(e.reason == "PodRejected" for e in _events(cluster, ns, name))
+    eventually(lambda: any(e.reason == "PodRejected" for e in _events(cluster, ns, name)),
+               timeout=10, what="the PodRejected Event")  # fmt: skip
     batch_job = read_job(cluster, ns, f"{name}-0")
     assert batch_job is not None and batch_job.spec.suspend, "the Job controller stops trying"
     assert "Traceback" not in _new_log(operator, since)
