@@ -362,6 +362,12 @@ FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "zero shared memory": (
         make_job().set("resources.sharedMemory", 0).obj(), "spec.resources.sharedMemory",
         "more than 0"),
+    "an exponent the API server chokes on": (
+        make_job().set("resources.cpu", "1e99999999999").obj(), "spec.resources.cpu",
+        "exponents of at most two digits"),
+    "a quantity of a thousand digits": (
+        make_job().set("resources.memory", "9" * 1000).obj(), "spec.resources.memory",
+        "longer than 64"),
     "negative memory in exponent form": (
         make_job().set("resources.memory", "-1e9").obj(), "spec.resources.memory",
         "more than 0"),

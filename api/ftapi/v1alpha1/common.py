@@ -14,28 +14,35 @@ from ._base import ApiModel, Rule, is_set
 # schema is int-or-string, as in core/v1. The API's quantities (CPU, memory, /dev/shm) are
 # sizes of something a pod gets: more than 0. Kubernetes refuses a negative one only when it
 # creates the pod (and takes 0 as "no limit" for memory and tmpfs), so the sign is part of
-# the pattern: no "-", and a digit other than 0 before any exponent or suffix.
-_QUANTITY_SUFFIX = r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))" + _QUANTITY_SUFFIX
+# the pattern: no "-", and a digit other than 0 before any exponent or suffix. Exponents
+# have at most two digits and the whole at most 64 characters: Kubernetes' own grammar takes
+# any exponent, and the API server spends over a minute on a Job with cpu "1e99999999999"
+# (measured: the request times out), while no quantity past 2^63 means anything to it.
+_QUANTITY_SUFFIX = r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,2}))?$"
+QUANTITY_PATTERN = r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))" + _QUANTITY_SUFFIX
 POSITIVE_QUANTITY_PATTERN = (
     r"^\+?(([0-9]*[1-9][0-9]*(\.[0-9]*)?)|([0-9]*\.[0-9]*[1-9][0-9]*))" + _QUANTITY_SUFFIX
 )
+MAX_QUANTITY_LENGTH = 64
 
 
 def check_quantity(value: int | str) -> int | str:
     """A quantity more than 0, or ValueError saying what is wrong with it (shared with the
     operator's settings, e.g. --default-memory)."""
+    example = "(e.g. 8, 500m, 64Gi, 1e9; exponents of at most two digits)"
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+        raise ValueError(f"{value!r} is not a Kubernetes quantity {example}")
     if isinstance(value, int):
         if value < 1:
             raise ValueError(f"must be more than 0 (got {value})")
         return value
+    if len(value) > MAX_QUANTITY_LENGTH:
+        raise ValueError(f"is longer than {MAX_QUANTITY_LENGTH} characters")
     if re.fullmatch(POSITIVE_QUANTITY_PATTERN, value):
         return value
     if re.fullmatch(QUANTITY_PATTERN, value):
         raise ValueError(f"must be more than 0 (got {value!r})")
-    raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
+    raise ValueError(f"{value!r} is not a Kubernetes quantity {example}")
 
 
 Quantity = Annotated[
@@ -45,6 +52,7 @@ Quantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": POSITIVE_QUANTITY_PATTERN,
+            "maxLength": MAX_QUANTITY_LENGTH,
             "minimum": 1,
             "x-kubernetes-int-or-string": True,
         }
