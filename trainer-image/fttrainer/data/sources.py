@@ -314,7 +314,7 @@ def _decoded_row_sizes(table: Any) -> list[int]:
 
 def _array_row_sizes(array: Any) -> Any:
     """Per-element decoded bytes of an arrow array: dictionary text by its values'
-    lengths, lists and structs by what they hold (rows found with list_parent_indices)."""
+    lengths, lists, maps and structs by what they hold (each value's row from the offsets)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
