@@ -70,6 +70,21 @@ def test_deeply_nested_json_is_a_located_problem(tmp_path: Path) -> None:
         read_file(whole)
 
 
+def test_a_number_too_long_for_python_is_a_located_problem(tmp_path: Path) -> None:
+    """json hands integers to int(), which refuses more than 4300 digits with a ValueError
+    that is not a JSON error: it crashed the read."""
+    digits = "1" * 5000
+    lines = tmp_path / "numbers.jsonl"
+    lines.write_text(f'{{"text": "fine"}}\n{{"text": "x", "id": {digits}}}\n')
+    data = read_file(lines)
+    assert [r.origin for r in data.rows] == [f"{lines}:1"]
+    assert [str(p) for p in data.problems] == [f"{lines}:2: a number of 5000 digits (at most 4300)"]
+    whole = tmp_path / "numbers.json"
+    whole.write_text(f'[{{"text": "x", "id": {digits}}}]')
+    with pytest.raises(DataSourceError, match=r"numbers\.json: a number of 5000 digits"):
+        read_file(whole)
+
+
 def test_parquet_timestamps_do_not_break_the_checks(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

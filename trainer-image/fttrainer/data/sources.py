@@ -36,8 +36,28 @@ class DataSourceError(RuntimeError):
     """The source as a whole cannot be read (missing file, unknown type, unreachable hub)."""
 
 
-class DuplicateKeyError(ValueError):
+class JsonValueError(ValueError):
+    """A JSON value json would take but the trainer refuses (raised by the parse hooks)."""
+
+
+class DuplicateKeyError(JsonValueError):
     """A JSON object gives one key twice: json keeps the last value, losing the other."""
+
+
+# Python refuses to convert integers of more digits (a ValueError that is not a JSON error).
+MAX_INT_DIGITS = 4300
+
+
+def bounded_int(text: str) -> int:
+    """json's parse_int: an integer, or JsonValueError for one too long to convert."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise JsonValueError(f"a number of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def loads(text: str) -> Any:
+    """json.loads with the trainer's refusals: a key given twice, an integer too long."""
+    return json.loads(text, object_pairs_hook=unique_keys, parse_int=bounded_int)
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -118,11 +138,11 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line, object_pairs_hook=unique_keys)
+                value = loads(line)
             except json.JSONDecodeError as exc:
                 yield Problem(origin, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
-            except DuplicateKeyError as exc:
+            except JsonValueError as exc:
                 yield Problem(origin, str(exc))
                 continue
             except RecursionError:
@@ -156,8 +176,8 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
-    except DuplicateKeyError as exc:
+        value = loads(path.read_text(encoding="utf-8-sig"))
+    except JsonValueError as exc:
         raise DataSourceError(f"{label}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, label, exc) from None
