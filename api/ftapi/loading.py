@@ -66,10 +66,66 @@ def load_job(path: str | Path) -> FineTuneJob:
     return parse_job(read_manifest(path), str(path))
 
 
+# Values a document may expand to through aliases (`*name` repeats what `&name` marks):
+# nine aliases of nine aliases, nine levels deep, are a few hundred bytes that expand to
+# 387 million strings ("billion laughs"); `finetune validate` spent minutes on one. kubectl
+# (go-yaml) refuses excessive aliasing too. A manifest or config holds a few hundred values.
+MAX_YAML_VALUES = 1_000_000
+
+
+def expanded_size(root: yaml.Node) -> int | None:
+    """How many nodes the document has once every alias is expanded, counted once per
+    distinct node (so in time linear in what was written); None for a recursive alias."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return None
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML that refuses a key given twice in one mapping, as kubectl and the API server do
     (PyYAML keeps the last one, so `training:` written twice loses the first block without a
-    word). Keys a merge (`<<: *base`) brings in may still be overridden."""
+    word). Keys a merge (`<<: *base`) brings in may still be overridden. A document that
+    expands to more than MAX_YAML_VALUES values through aliases, or holds a recursive one,
+    is refused before anything is built from it."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None:
+            size = expanded_size(node)
+            if size is None or size > MAX_YAML_VALUES:
+                what = (
+                    "an alias inside the value it names (a recursive alias)"
+                    if size is None
+                    else f"more than {MAX_YAML_VALUES:,} values once its aliases (*name) "
+                    "are expanded"
+                )
+                raise yaml.composer.ComposerError(
+                    "while reading a document", node.start_mark, f"it holds {what}", None
+                )
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -81,6 +81,33 @@ def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     assert document["use"] == {"a": 1, "b": 3}
 
 
+def test_aliases_that_expand_past_a_million_values_are_refused_at_once(tmp_path: Path) -> None:
+    """Nine aliases of nine, nine levels deep: 400 bytes that expand to 387 million strings.
+    `finetune validate` spent over a minute on it (then was killed); now it is refused while
+    the YAML is read, before anything is built from it."""
+    import time
+
+    levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text(yaml.safe_dump(make_job().obj()) + "laughs:\n" + "\n".join(levels) + "\n")
+    started = time.monotonic()
+    with pytest.raises(InvalidSpecError) as caught:
+        load_job(path)
+    assert time.monotonic() - started < 5
+    assert "laughs.yaml" in str(caught.value)
+    assert "more than 1,000,000 values once its aliases (*name) are expanded" in str(caught.value)
+
+
+def test_a_recursive_alias_is_refused_and_ordinary_anchors_are_read() -> None:
+    from ftapi.loading import load_yaml_documents
+
+    with pytest.raises(yaml.YAMLError, match="a recursive alias"):
+        load_yaml_documents("spec:\n  x: &a [1, *a]\n")
+    (document,) = load_yaml_documents("a: &a [1, 2]\nb: [*a, *a]\nc: *a\n")
+    assert document == {"a": [1, 2], "b": [[1, 2], [1, 2]], "c": [1, 2]}
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [("1e-4", 1e-4), ("2E+3", 2000.0), ("-5e-6", -5e-6), ("1.5e-4", 1.5e-4), ("3", 3),
