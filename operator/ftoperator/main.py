@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from ftapi.v1alpha1.common import check_quantity
+from ftapi.v1alpha1.common import IMAGE_PATTERN, check_quantity
 from ftapi.v1alpha1.resources import is_extended_resource_name
 
 from .controller import Controller
@@ -174,7 +175,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
                 check_quantity(value)
             except ValueError as error:
                 parser.error(f"{flag}: {error}")
-    if args.default_image != args.default_image.strip() or not args.default_image:
+    if not re.fullmatch(IMAGE_PATTERN, args.default_image):
         parser.error(f"--default-image: {args.default_image!r} is empty or has whitespace "
                      "around it (the API server refuses such a pod)")  # fmt: skip
     if not is_extended_resource_name(args.gpu_resource_name):

@@ -133,7 +133,8 @@ ShortText = Annotated[str, StringConstraints(max_length=256)]
 Text = Annotated[str, StringConstraints(max_length=4096)]
 # A container image reference: the API server refuses a pod (not a Job's template) whose
 # image has leading or trailing whitespace, so it would pass the Job and fail every pod.
-ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^\S(.*\S)?$")]
+IMAGE_PATTERN = r"^\S(.*\S)?$"
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=IMAGE_PATTERN)]
 LongText = Annotated[str, StringConstraints(max_length=65536)]
 # Where data lives: a local path, s3://bucket/key, or hf://org/name.
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]

@@ -270,10 +270,10 @@ def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
         )
 
     try:
-        schema = pq.read_schema(path)
+        plain_reader = pq.ParquetFile(path)
+        schema, leaves = plain_reader.schema_arrow, plain_reader.schema
         # Every text leaf, nested ones too (messages.list.element.content), is read as a
         # dictionary: one repeated value is held once until the rows are sized.
-        leaves = pq.ParquetFile(path).schema
         text = [leaves.column(i).path for i in range(len(leaves))
                 if leaves.column(i).physical_type == "BYTE_ARRAY"]  # fmt: skip
         parquet = pq.ParquetFile(path, read_dictionary=text)
