@@ -6,7 +6,10 @@
 # into place only when complete; a lock file serialises concurrent runs.
 #
 # Usage: hack/build.sh [component ...]      components: kubernetes helm kwok etcd minio
+#                                           kubelet containerd runc cni buildkit coredns
 #                                           (default: all of them, in that order)
+#        hack/build.sh control-plane        the first five (what the integration tier needs)
+#        hack/build.sh node                 the last six (the real node, the image builder)
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
 #   FTO_BUILD_P=N       go build -p (default: number of CPUs, i.e. Go's default)
@@ -52,6 +55,16 @@ ldflags_for() {
       for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
         flags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kminor"
       done ;;
+    kubelet) flags="$(ldflags_for kubernetes)" ;;
+    containerd)
+      flags+=" -X github.com/containerd/containerd/v2/version.Version=$v"
+      flags+=" -X github.com/containerd/containerd/v2/version.Revision=module-$v" ;;
+    runc) flags+=" -X main.version=${v#v} -X main.gitCommit=module-$v" ;;
+    cni) flags+=" -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$v" ;;
+    buildkit)
+      flags+=" -X github.com/moby/buildkit/version.Version=$v"
+      flags+=" -X github.com/moby/buildkit/version.Revision=module-$v" ;;
+    coredns) flags+=" -X github.com/coredns/coredns/coremain.GitCommit=module-$v" ;;
     minio)
       # pseudo-version v0.0.0-YYYYMMDDhhmmss-<12 hex>
       local ts="${v#v0.0.0-}"; local commit="${ts#*-}"; ts="${ts%%-*}"
@@ -73,6 +86,32 @@ packages_for() {
     kwok) echo sigs.k8s.io/kwok/cmd/kwok ;;
     helm) echo helm.sh/helm/v3/cmd/helm ;;
     minio) echo github.com/minio/minio ;;
+    kubelet) echo k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy ;;
+    containerd) echo github.com/containerd/containerd/v2/cmd/containerd \
+      github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+      github.com/containerd/containerd/v2/cmd/ctr ;;
+    runc) echo github.com/opencontainers/runc ;;
+    cni) echo github.com/containernetworking/plugins/plugins/main/bridge \
+      github.com/containernetworking/plugins/plugins/ipam/host-local \
+      github.com/containernetworking/plugins/plugins/main/loopback ;;
+    buildkit) echo github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl ;;
+    coredns) echo ./cmd/coredns ;;
+  esac
+}
+
+# Extra `go build` settings: runc applies seccomp profiles through libseccomp (cgo, with
+# Debian's libseccomp-dev: hack/host-packages.sh); everything else is static and cgo-free.
+build_env_for() {
+  case "$1" in
+    runc) echo "CGO_ENABLED=1" ;;
+    *) echo "CGO_ENABLED=0" ;;
+  esac
+}
+build_tags_for() {
+  case "$1" in
+    runc) echo "seccomp urfave_cli_no_docs" ;;
+    containerd) echo "no_btrfs no_devmapper no_zfs" ;;
+    *) echo "" ;;
   esac
 }
 
@@ -80,7 +119,7 @@ build_one() {
   local c="$1" v dir moddir tmp start end rc
   v="$(component_version "$c")"
   dir="$(component_dir "$c")"
-  moddir="$HACK_DIR/modules/$c"
+  moddir="$(component_moddir "$c")"
   [[ -f "$moddir/go.mod" && -f "$moddir/go.sum" ]] || die "$c: $moddir/go.mod or go.sum missing (run hack/update-modules.sh $c)"
   grep -Eq "^[[:space:]]*(require[[:space:]]+)?$(component_module "$c")[[:space:]]+$v([[:space:]]|\$)" "$moddir/go.mod" ||
     die "$c: $moddir/go.mod does not require $(component_module "$c") $v from versions.env (run hack/update-modules.sh $c)"
@@ -103,17 +142,23 @@ build_one() {
 
   tmp="$dir.tmp.$$"
   rm -rf "$tmp"; mkdir -p "$tmp/bin"
+  # runc links Debian's libseccomp (cgo): its headers come from libseccomp-dev.
+  [[ "$c" != runc ]] || "$HACK_DIR/host-packages.sh" || die "runc: Debian packages missing"
   local pkgs ldflags out
   pkgs="$(packages_for "$c")"
   ldflags="$(ldflags_for "$c")"
   if [[ "$c" == etcd ]]; then out="$tmp/bin/etcd"; else out="$tmp/bin/"; fi
+  local tags env
+  tags="$(build_tags_for "$c")"
+  env="$(build_env_for "$c")"
   log "$c $v: building $(component_binaries "$c") (log: $tmp/build.log)"
   start=$(date +%s)
   local timer=()
   [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f 'maxrss_kb=%M elapsed_s=%e cpu_user_s=%U cpu_sys_s=%S' -o "$tmp/time.txt")
   set +e
   # shellcheck disable=SC2086  # $pkgs is a list of package paths
-  (cd "$moddir" && go mod download && "${timer[@]}" go build -p "$BUILD_P" -ldflags "$ldflags" -o "$out" $pkgs) >"$tmp/build.log" 2>&1
+  (cd "$moddir" && go mod download && env "$env" "${timer[@]}" go build -p "$BUILD_P" \
+    ${tags:+-tags "$tags"} -ldflags "$ldflags" -o "$out" $pkgs) >"$tmp/build.log" 2>&1
   rc=$?
   set -e
   end=$(date +%s)
@@ -147,6 +192,10 @@ build_one() {
 main() {
   local comps=("$@") c failed=() t0
   [[ ${#comps[@]} -gt 0 ]] || comps=("${FTO_COMPONENTS[@]}")
+  case "${comps[*]}" in
+    control-plane) comps=("${FTO_CONTROL_PLANE[@]}") ;;
+    node) comps=("${FTO_NODE_COMPONENTS[@]}") ;;
+  esac
   for c in "${comps[@]}"; do component_version "$c" >/dev/null || exit 2; done
   t0=$(date +%s)
   # One at a time: on a 2-core machine parallel component builds only fight over the CPUs

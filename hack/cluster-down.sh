@@ -28,6 +28,12 @@ fi
 
 
 # Reverse start order: clients first, etcd last. All get SIGTERM together per group.
+# The real node first (its pods, shims and mounts), its network last.
+node=0
+if [[ $EUID -eq 0 && "$(cat /run/fto-node/owner 2>/dev/null)" == "$STATE" ]]; then
+  node=1
+  "$HACK_DIR/cluster-up.sh" node-down || log "stopping the real node failed (see above)"
+fi
 groups=("kwok kube-scheduler kube-controller-manager" "kube-apiserver" "etcd minio")
 for group in "${groups[@]}"; do
   declare -A waiting=()
@@ -77,6 +83,10 @@ if [[ -f "$STATE/ports.env" ]]; then
     ss -Hltnp | grep -E ":($(IFS='|'; echo "${busy[*]}"))\b" >&2 || true
     die "ports still listening: ${busy[*]}"
   fi
+fi
+
+if [[ $node == 1 ]]; then
+  "$HACK_DIR/cluster-up.sh" network-down
 fi
 
 if [[ $purge == 1 ]]; then

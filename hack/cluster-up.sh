@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start a real Kubernetes control plane + kwok fake GPU nodes + an S3 server on 127.0.0.1,
-# for integration tests. Idempotent: components that are already running and healthy are
+# Start a real Kubernetes control plane + kwok fake GPU nodes + an S3 server, and (as root)
+# a real node: kubelet, containerd, kube-proxy and CoreDNS (hack/node.sh), for integration
+# and end-to-end tests. Idempotent: components that are already running and healthy are
 # reused, missing or dead ones are (re)started.
 #
 # Usage:
@@ -9,6 +10,8 @@
 #   hack/cluster-up.sh restart-apiserver --with-clients
 #                                         ... and then restart controller-manager, scheduler, kwok
 #   hack/cluster-up.sh status             show what runs (exit 1 if something is down)
+#   hack/cluster-up.sh node-down          stop the real node (hack/cluster-down.sh calls it)
+#   hack/cluster-up.sh builder            only containerd + BuildKit (hack/images.sh calls it)
 #
 # Environment:
 #   FTO_STATE       state dir (default ${FTO_CACHE:-~/.cache/finetune-operator}/cluster)
@@ -17,6 +20,9 @@
 #   FTO_CPU_NODES / FTO_A100_NODES / FTO_H100_NODES   fake node counts (default 2 / 4 / 2)
 #   FTO_KWOK_LOG_LEVEL  kwok log level (DEBUG, INFO, WARN, ERROR; default WARN; INFO logs
 #                       every stage transition and lease renewal)
+#   FTO_NODE        the real node: 1 (required), 0 (left out), auto (default: when root).
+#                   With it the API server and MinIO listen on 10.244.0.1 (the pods' bridge)
+#                   instead of 127.0.0.1; the env file and kubeconfig say which.
 #
 # Afterwards:  source "$FTO_STATE/env"   (KUBECONFIG, FTO_S3_ENDPOINT, AWS_* ...)
 # shellcheck disable=SC1091  # state files (ports.env, ...) exist only at run time
@@ -33,6 +39,9 @@ KCFGS="$STATE/kubeconfigs"
 SERVICE_CIDR=10.96.0.0/16
 KUBERNETES_SVC_IP=10.96.0.1
 S3_REGION=us-east-1
+# shellcheck source=node.sh
+source "$HACK_DIR/node.sh"
+HOST_IP="$(host_ip)"
 
 K_APISERVER="$(fto_bin kube-apiserver)"
 K_KCM="$(fto_bin kube-controller-manager)"
@@ -123,7 +132,9 @@ pick_port() { # VAR: set VAR to a free port below the ephemeral range (32768+), 
 }
 
 setup_ports() {
-  local names=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT S3_PORT S3_CONSOLE_PORT) n changed=0
+  local names=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT S3_PORT S3_CONSOLE_PORT
+    KUBELET_PORT KUBELET_HEALTHZ_PORT KUBE_PROXY_HEALTHZ_PORT KUBE_PROXY_METRICS_PORT
+    COREDNS_READY_PORT COREDNS_HEALTH_PORT) n changed=0
   PICKED=()
   [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
   for n in "${names[@]}"; do [[ -n "${!n:-}" ]] && PICKED+=("${!n}"); done
@@ -154,6 +165,9 @@ port_owner_component() {
     KCM_PORT) echo kube-controller-manager ;;
     SCHED_PORT) echo kube-scheduler ;;
     S3_PORT | S3_CONSOLE_PORT) echo minio ;;
+    KUBELET_PORT | KUBELET_HEALTHZ_PORT) echo kubelet ;;
+    KUBE_PROXY_HEALTHZ_PORT | KUBE_PROXY_METRICS_PORT) echo kube-proxy ;;
+    COREDNS_READY_PORT | COREDNS_HEALTH_PORT) echo coredns ;;
   esac
 }
 
@@ -185,11 +199,16 @@ setup_pki() {
   # kube-controller-manager/kube-scheduler from logging a missing requestheader CA forever
   gen_ca front-proxy-ca finetune-operator-test-front-proxy-ca
   gen_client_cert front-proxy-client front-proxy-client "" front-proxy-ca
+  # A certificate from before the real node existed lacks its address: make a new one.
+  if [[ -f "$PKI/apiserver.crt" ]] && ! openssl x509 -noout -ext subjectAltName -in "$PKI/apiserver.crt" |
+    grep -q "IP Address:$NODE_HOST_IP"; then
+    rm -f "$PKI/apiserver.crt"
+  fi
   if [[ ! -f "$PKI/apiserver.crt" ]]; then
     openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/apiserver.key" -subj "/CN=kube-apiserver" -out "$PKI/apiserver.csr" 2>/dev/null
     openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
       -extfile <(printf '%s\n' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
-        "subjectAltName=IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local") \
+        "subjectAltName=IP:127.0.0.1,IP:$NODE_HOST_IP,IP:$KUBERNETES_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local") \
       -out "$PKI/apiserver.crt" 2>/dev/null
     rm -f "$PKI/apiserver.csr"
   fi
@@ -198,6 +217,8 @@ setup_pki() {
   gen_client_cert kube-controller-manager system:kube-controller-manager ""
   gen_client_cert kube-scheduler system:kube-scheduler ""
   gen_client_cert kwok kwok-controller system:masters
+  # the API server's identity towards kubelets (logs, exec; RBAC in hack/node.sh)
+  gen_client_cert apiserver-kubelet-client kube-apiserver-kubelet-client ""
   if [[ ! -f "$PKI/sa.key" ]]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -214,7 +235,7 @@ kind: Config
 clusters:
 - name: fto
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$HOST_IP:$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
 users:
 - name: $n
@@ -256,11 +277,11 @@ setup_s3_credentials() {
 etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
 apiserver_ready() {
   curl -fsS --max-time 3 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-    "https://127.0.0.1:$APISERVER_PORT/readyz" | grep -q '^ok$'
+    "https://$HOST_IP:$APISERVER_PORT/readyz" | grep -q '^ok$'
 }
 kcm_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" | grep -q '^ok$'; }
 sched_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$SCHED_PORT/healthz" | grep -q '^ok$'; }
-s3_ready() { curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$S3_PORT/minio/health/ready"; }
+s3_ready() { curl -fsS --max-time 2 -o /dev/null "http://$HOST_IP:$S3_PORT/minio/health/ready"; }
 kc() { "$KUBECTL" --kubeconfig "$STATE/kubeconfig" --request-timeout=10s "$@"; }
 default_sa_exists() { kc get serviceaccount default -n default -o name; }
 nodes_ready() {
@@ -291,8 +312,12 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # With a real node, the `kubernetes` Service's endpoint is the bridge address (pods reach
+  # the API server through kube-proxy); without one there is no pod to reach it.
+  local reconciler=none
+  [[ "$HOST_IP" == 127.0.0.1 ]] || reconciler=lease
   start_proc kube-apiserver "$K_APISERVER" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address="$HOST_IP" --advertise-address="$HOST_IP" --secure-port="$APISERVER_PORT" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
@@ -305,7 +330,11 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
-    --endpoint-reconciler-type=none \
+    --endpoint-reconciler-type="$reconciler" \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$PKI/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP \
     --shutdown-watch-termination-grace-period=3s \
     --allow-privileged=true --profiling=false
 }
@@ -358,7 +387,7 @@ start_minio() {
     MINIO_BROWSER=off MINIO_UPDATE=off MINIO_SITE_REGION="$S3_REGION" \
     MINIO_CI_CD=1 \
     start_proc minio "$MINIO" server "$STATE/s3" \
-    --address "127.0.0.1:$S3_PORT" --console-address "127.0.0.1:$S3_CONSOLE_PORT" --quiet --anonymous
+    --address "$HOST_IP:$S3_PORT" --console-address "127.0.0.1:$S3_CONSOLE_PORT" --quiet --anonymous
 }
 
 # ---------------------------------------------------------------- fake nodes
@@ -471,14 +500,18 @@ create_nodes() {
 write_env() {
   local bins
   bins="$(component_bin_dir kubernetes):$(component_bin_dir helm):$(component_bin_dir kwok):$(component_bin_dir etcd):$(component_bin_dir minio)"
+  if node_enabled; then bins+=":$(component_bin_dir kubelet):$(component_bin_dir containerd):$(component_bin_dir buildkit)"; fi
   umask 077
   cat >"$STATE/env.tmp" <<EOF
 # Written by hack/cluster-up.sh; source it: . "$STATE/env"
 export FTO_STATE="$STATE"
 export KUBECONFIG="$STATE/kubeconfig"
-export FTO_APISERVER="https://127.0.0.1:$APISERVER_PORT"
-export FTO_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
-export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
+export FTO_APISERVER="https://$HOST_IP:$APISERVER_PORT"
+export FTO_S3_ENDPOINT="http://$HOST_IP:$S3_PORT"
+export AWS_ENDPOINT_URL_S3="http://$HOST_IP:$S3_PORT"
+export FTO_NODE_NAME="$(node_enabled && echo "$NODE_NAME")"
+export FTO_BUILDKIT_ADDR="$(node_enabled && echo "unix://$BUILDKIT_SOCK")"
+export FTO_CONTAINERD_ADDR="$(node_enabled && echo "$CONTAINERD_SOCK")"
 export AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY"
 export AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
 export AWS_REGION="$S3_REGION"
@@ -494,13 +527,23 @@ EOF
 
 up() {
   local t0=$SECONDS
-  "$HACK_DIR/build.sh" etcd kubernetes kwok minio helm
+  "$HACK_DIR/build.sh" control-plane
   mkdir -p "$STATE" "$LOGS" "$PIDS"
   exec 8>"$STATE/.up.lock"
   flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
   STARTED=()
   setup_ports
   setup_pki
+  # The node switched on or off since the running components started: they listen on the
+  # other address, so start them all again.
+  if [[ "$(cat "$STATE/host-ip" 2>/dev/null || echo 127.0.0.1)" != "$HOST_IP" ]]; then
+    local n
+    for n in coredns kube-proxy kubelet kwok kube-scheduler kube-controller-manager kube-apiserver minio; do
+      if pid_of "$n" >/dev/null; then log "the API server's address is now $HOST_IP: restarting $n"; stop_proc "$n" 30; fi
+    done
+  fi
+  if node_enabled; then node_network; fi
+  echo "$HOST_IP" >"$STATE/host-ip"
   setup_kubeconfigs
   setup_s3_credentials
 
@@ -508,20 +551,26 @@ up() {
   start_etcd
   wait_until etcd "etcd /health on 127.0.0.1:$ETCD_PORT" "$TIMEOUT" etcd_healthy
   start_apiserver
-  wait_until kube-apiserver "kube-apiserver /readyz on 127.0.0.1:$APISERVER_PORT" "$TIMEOUT" apiserver_ready
+  wait_until kube-apiserver "kube-apiserver /readyz on $HOST_IP:$APISERVER_PORT" "$TIMEOUT" apiserver_ready
   start_controllers
   create_nodes
   wait_until kube-controller-manager "kube-controller-manager /healthz on 127.0.0.1:$KCM_PORT" "$TIMEOUT" kcm_healthy
   wait_until kube-scheduler "kube-scheduler /healthz on 127.0.0.1:$SCHED_PORT" "$TIMEOUT" sched_healthy
   wait_until kwok "all $(node_names | wc -l) fake nodes Ready" "$TIMEOUT" nodes_ready
   wait_until kube-controller-manager "ServiceAccount default/default (token + serviceaccount controllers)" "$TIMEOUT" default_sa_exists
-  wait_until minio "S3 /minio/health/ready on 127.0.0.1:$S3_PORT" "$TIMEOUT" s3_ready
+  wait_until minio "S3 /minio/health/ready on $HOST_IP:$S3_PORT" "$TIMEOUT" s3_ready
+  if node_enabled; then
+    node_up
+  else
+    log "no real node (FTO_NODE=${FTO_NODE:-auto}, not root or switched off): kwok nodes only"
+  fi
   write_env
   log "cluster ready in $((SECONDS - t0))s (started: ${STARTED[*]:-nothing, all were running})"
   cat <<EOF
 
-  Kubernetes $KUBERNETES_VERSION API:  https://127.0.0.1:$APISERVER_PORT   (admin kubeconfig: $STATE/kubeconfig)
-  S3 (MinIO):                 http://127.0.0.1:$S3_PORT       (credentials in $STATE/env)
+  Kubernetes $KUBERNETES_VERSION API:  https://$HOST_IP:$APISERVER_PORT   (admin kubeconfig: $STATE/kubeconfig)
+  S3 (MinIO):                 http://$HOST_IP:$S3_PORT       (credentials in $STATE/env)
+  Real node:                  $(node_enabled && echo "$NODE_NAME (taint $NODE_TAINT, label $NODE_POOL_LABEL)" || echo "none (FTO_NODE=0 or not root)")
   Logs:                       $LOGS/<component>.log
 
   source $STATE/env      # KUBECONFIG, FTO_S3_ENDPOINT, AWS_*, PATH with kubectl/helm
@@ -542,7 +591,7 @@ restart_apiserver() {
   stop_proc kube-apiserver 30
   wait_until - "port $APISERVER_PORT released" 30 port_free "$APISERVER_PORT"
   start_apiserver
-  wait_until kube-apiserver "kube-apiserver /readyz on 127.0.0.1:$APISERVER_PORT" "$TIMEOUT" apiserver_ready
+  wait_until kube-apiserver "kube-apiserver /readyz on $HOST_IP:$APISERVER_PORT" "$TIMEOUT" apiserver_ready
   log "kube-apiserver restarted in $((SECONDS - t0))s"
   if [[ "${1:-}" == --with-clients ]]; then
     # kube-controller-manager, kube-scheduler and kwok reconnect by themselves, but their
@@ -560,16 +609,45 @@ restart_apiserver() {
 status() {
   local n rc=0 pid
   [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio; do
+  local names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio)
+  if node_enabled; then names+=(containerd buildkitd kubelet kube-proxy coredns); fi
+  for n in "${names[@]}"; do
     if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
   done
   return $rc
 }
 
+# Used by hack/cluster-down.sh: the node's processes and pods before the control plane stops,
+# its bridge and iptables chains after.
+node_down_cmd() {
+  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+  node_down
+}
+
+# Only containerd and BuildKit (hack/images.sh): images can be built with no cluster running.
+builder_up() {
+  node_enabled || die "building images needs root (containerd, BuildKit); FTO_NODE=${FTO_NODE:-auto}: nothing was built"
+  "$HACK_DIR/build.sh" containerd runc cni buildkit
+  claim_node
+  mkdir -p "$STATE" "$LOGS" "$PIDS"
+  exec 8>"$STATE/.up.lock"
+  flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
+  STARTED=()
+  setup_ports
+  setup_pki
+  node_write_configs
+  start_containerd
+  start_buildkitd
+  printf 'BUILDKIT_ADDR=unix://%s\nCONTAINERD_ADDR=%s\n' "$BUILDKIT_SOCK" "$CONTAINERD_SOCK" >"$STATE/builder.env"
+}
+
 case "${1:-up}" in
   up) up ;;
+  builder) builder_up ;;
+  node-down) node_down_cmd ;;
+  network-down) node_network_down ;;
   restart-apiserver) restart_apiserver "${2:-}" ;;
   status) status ;;
   -h | --help | help) sed -n '2,20p' "$0" ;;
-  *) die "unknown command: $1 (use: up | restart-apiserver | status)" ;;
+  *) die "unknown command: $1 (use: up | builder | restart-apiserver | status | node-down | network-down)" ;;
 esac

@@ -10,10 +10,15 @@ FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
 
 # Also the build order: kubernetes first, so helm and kwok (whose wrapper modules take the
 # kubernetes wrapper's module versions) find most of their packages compiled; helm next,
-# which the tests without a cluster need.
-FTO_COMPONENTS=(kubernetes helm kwok etcd minio)
-# Components whose wrapper modules are aligned with hack/modules/kubernetes.
-FTO_SHARES_KUBERNETES=(helm kwok)
+# which the tests without a cluster need. The control plane's components come first
+# (FTO_CONTROL_PLANE: all that the integration tier needs), then the real node's and the
+# image builder's (FTO_NODE_COMPONENTS: hack/node-up.sh, hack/images.sh).
+FTO_CONTROL_PLANE=(kubernetes helm kwok etcd minio)
+FTO_NODE_COMPONENTS=(kubelet containerd runc cni buildkit coredns)
+FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}")
+# Components whose wrapper modules are aligned with hack/modules/kubernetes (their builds
+# wait for it when it is being built elsewhere).
+FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns)
 
 component_version() {
   case "$1" in
@@ -22,6 +27,12 @@ component_version() {
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;;
+    kubelet) echo "$KUBERNETES_VERSION" ;;
+    containerd) echo "$CONTAINERD_VERSION" ;;
+    runc) echo "$RUNC_VERSION" ;;
+    cni) echo "$CNI_PLUGINS_VERSION" ;;
+    buildkit) echo "$BUILDKIT_VERSION" ;;
+    coredns) echo "$COREDNS_VERSION" ;;
     *) echo "unknown component: $1" >&2; return 2 ;;
   esac
 }
@@ -33,7 +44,22 @@ component_module() {
     kwok) echo sigs.k8s.io/kwok ;;
     helm) echo helm.sh/helm/v3 ;;
     minio) echo github.com/minio/minio ;;
+    kubelet) echo k8s.io/kubernetes ;;
+    containerd) echo github.com/containerd/containerd/v2 ;;
+    runc) echo github.com/opencontainers/runc ;;
+    cni) echo github.com/containernetworking/plugins ;;
+    buildkit) echo github.com/moby/buildkit ;;
+    coredns) echo github.com/coredns/coredns ;;
     *) return 2 ;;
+  esac
+}
+
+# The wrapper module under hack/modules/ a component is built from (kubelet and kube-proxy
+# come from the same module as the control plane).
+component_moddir() {
+  case "$1" in
+    kubelet) echo "$HACK_DIR/modules/kubernetes" ;;
+    *) echo "$HACK_DIR/modules/$1" ;;
   esac
 }
 
@@ -44,6 +70,12 @@ component_binaries() {
     kwok) echo kwok ;;
     helm) echo helm ;;
     minio) echo minio ;;
+    kubelet) echo kubelet kube-proxy ;;
+    containerd) echo containerd containerd-shim-runc-v2 ctr ;;
+    runc) echo runc ;;
+    cni) echo bridge host-local loopback ;;
+    buildkit) echo buildkitd buildctl ;;
+    coredns) echo coredns ;;
     *) return 2 ;;
   esac
 }

@@ -3,8 +3,9 @@
 # Run after changing a pin; commit the resulting go.mod/go.sum/tools.go files.
 #
 # Usage: hack/update-modules.sh [component ...]   (default: all)
-#   components: etcd kubernetes kwok helm minio (kwok and helm take versions from the
-#   kubernetes wrapper: regenerate them after it)
+#   components: etcd kubernetes kwok helm minio containerd runc cni buildkit coredns
+#   (kwok, helm, containerd, cni and coredns take versions from the kubernetes wrapper,
+#   buildkit from containerd's: regenerate them after those)
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -41,28 +42,40 @@ write_module() { # name module version go-directive pkg...
 # kwok and helm then compile little more than their own code (measured in hack/README.md).
 # Modules matching keep-regex stay at the component's own version (helm needs a newer
 # OpenTelemetry than Kubernetes 1.36 ships).
-align_with_kubernetes() {
-  local name="$1" keep="${2:-^$}" dir="$HACK_DIR/modules/$1" kube="$HACK_DIR/modules/kubernetes"
-  local mod ver lines
+align_with_kubernetes() { align_with kubernetes "$@"; }
+
+# align_with base name [keep-regex]: the same against any other wrapper module (buildkit
+# takes containerd's versions, which took Kubernetes'). With ALIGN_UP_ONLY=1 a shared module
+# is only ever moved to a newer version, never an older one: containerd, BuildKit and CoreDNS
+# use packages that older versions of their dependencies lack.
+align_with() {
+  local base="$1"; shift
+  local name="$1" keep="${2:-^$}" dir="$HACK_DIR/modules/$1" kube="$HACK_DIR/modules/$base"
+  local mod ver lines="" path own theirs
   mod="$(awk '$1=="require"{print $2; exit}' "$dir/go.mod")"
   ver="$(awk '$1=="require"{print $3; exit}' "$dir/go.mod")"
-  lines="$(join <(cd "$dir" && go list -m -f '{{.Path}}' all | sort) \
+  while read -r path own theirs; do
+    [[ -n "$theirs" && ! "$path" =~ $keep && "$path" != finetune.dev/* ]] || continue
+    if [[ "${ALIGN_UP_ONLY:-0}" == 1 ]] && ! printf '%s\n%s\n' "$own" "$theirs" | sort -V -C; then
+      continue # theirs is older than ours
+    fi
+    lines+="$(printf '\t%s => %s %s' "$path" "$path" "$theirs")"$'\n'
+  done < <(join <(cd "$dir" && go list -m -f '{{.Path}} {{.Version}}' all | sort) \
     <(cd "$kube" && GOFLAGS=-mod=readonly go list -m \
-      -f '{{.Path}} {{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' all | sort) |
-    awk -v keep="$keep" '$2 != "" && $1 !~ keep && $1 !~ /^finetune[.]dev[/]/ {
-      printf "\t%s => %s %s\n", $1, $1, $2 }')"
-  [[ -n "$lines" ]] || { echo "$name: shares no module with hack/modules/kubernetes?" >&2; exit 1; }
-  printf '\n// Shared with hack/modules/kubernetes: built at its versions (hack/update-modules.sh).\nreplace (\n%s\n)\n' \
+      -f '{{.Path}} {{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' all | sort))
+  lines="${lines%$'\n'}"
+  [[ -n "$lines" ]] || { echo "$name: shares no module with hack/modules/$base?" >&2; exit 1; }
+  printf '\n// Shared with hack/modules/%s: built at its versions (hack/update-modules.sh).\nreplace (\n%s\n)\n' "$base" \
     "$lines" >>"$dir/go.mod"
   (cd "$dir" && go mod tidy)
   local got
   got="$(cd "$dir" && go list -m -f '{{.Version}}' "$mod")"
   [[ "$got" == "$ver" ]] || { echo "$name: $mod resolved to $got, not $ver" >&2; exit 1; }
-  echo "aligned $dir with hack/modules/kubernetes" >&2
+  echo "aligned $dir with hack/modules/$base" >&2
 }
 
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" 1.26.0 go.etcd.io/etcd/server/v3 ;;
@@ -74,6 +87,29 @@ for c in "${components[@]}"; do
       write_module helm helm.sh/helm/v3 "$HELM_VERSION" 1.26.0 helm.sh/helm/v3/cmd/helm
       align_with_kubernetes helm '^go[.]opentelemetry[.]io/' ;;
     minio) write_module minio github.com/minio/minio "$MINIO_VERSION" 1.26.0 github.com/minio/minio ;;
+    containerd)
+      write_module containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION" 1.26.0 \
+        github.com/containerd/containerd/v2/cmd/containerd \
+        github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+        github.com/containerd/containerd/v2/cmd/ctr
+      ALIGN_UP_ONLY=1 align_with_kubernetes containerd ;;
+    runc) write_module runc github.com/opencontainers/runc "$RUNC_VERSION" 1.26.0 github.com/opencontainers/runc ;;
+    cni)
+      write_module cni github.com/containernetworking/plugins "$CNI_PLUGINS_VERSION" 1.26.0 \
+        github.com/containernetworking/plugins/plugins/main/bridge \
+        github.com/containernetworking/plugins/plugins/main/loopback \
+        github.com/containernetworking/plugins/plugins/ipam/host-local
+      ALIGN_UP_ONLY=1 align_with_kubernetes cni ;;
+    buildkit)
+      write_module buildkit github.com/moby/buildkit "$BUILDKIT_VERSION" 1.26.0 \
+        github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
+      ALIGN_UP_ONLY=1 align_with containerd buildkit ;;
+    coredns)
+      # Our own main (cmd/coredns/main.go, kept) with only the plugins a cluster's DNS needs:
+      # CoreDNS's stock binary compiles every plugin, cloud DNS SDKs included.
+      write_module coredns github.com/coredns/coredns "$COREDNS_VERSION" 1.26.0 \
+        github.com/coredns/coredns/coremain
+      ALIGN_UP_ONLY=1 align_with_kubernetes coredns ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -51,27 +51,37 @@ def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
     return steps[last_from:]
 
 
+def expand(text: str, args: dict[str, str]) -> str:
+    for name, value in args.items():
+        text = text.replace("${" + name + "}", value).replace("$" + name, value)
+    return text
+
+
 def global_args(dockerfile: Path) -> dict[str, str]:
-    """ARG defaults declared before the first FROM (the ones FROM lines may use)."""
-    args = {}
+    """ARG defaults declared before the first FROM (the ones FROM lines may use); a default
+    may use the ARGs above it."""
+    args: dict[str, str] = {}
     for keyword, rest in instructions(dockerfile):
         if keyword == "FROM":
             break
         if keyword == "ARG" and "=" in rest:
             name, _, value = rest.partition("=")
-            args[name] = value.strip("\"'")
+            args[name] = expand(value.strip("\"'"), args)
     return args
 
 
 def base_images(dockerfile: Path) -> list[str]:
     args = global_args(dockerfile)
+    stages: set[str] = set()
     images = []
     for keyword, rest in instructions(dockerfile):
         if keyword == "FROM":
-            image = rest.split()[0]
-            for name, value in args.items():
-                image = image.replace("${" + name + "}", value).replace("$" + name, value)
-            images.append(image)
+            words = rest.split()
+            image = expand(words[0], args)
+            if image not in stages:  # `FROM builder AS app` builds on a stage, not an image
+                images.append(image)
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.add(words[2])
     return images
 
 

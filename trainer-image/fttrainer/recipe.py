@@ -53,6 +53,7 @@ from .distributed import check_saved_weights, confirm_strategy, unsharded_loadin
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .hub import push_to_hub, push_token
+from .model_sources import localized
 from .plan import ModelShape, checkpointed_layers_to_fit
 from .progress import ProgressCallback, ProgressReporter
 from .resume import CheckpointUpload, restore, stop_at_max_steps
@@ -128,6 +129,7 @@ class Recipe:
             push_token()  # no token: fail now, not after hours of training
         self.job = job
         self.spec = spec
+        self.source_model = spec.model.name  # before setup() localizes an s3:// one
         self.output_dir = output_dir
         self.progress_bar = progress_bar
         self.data: PreparedData | None = None
@@ -155,6 +157,9 @@ class Recipe:
         # Data first: a bad row should fail the run before minutes go into loading a model.
         self.data = prepare_data(self.spec)
         log.info("%s", self.data.report.render())
+        # An s3:// model, tokenizer or adapter is fetched now (transformers loads local
+        # folders and hub ids only); reports keep naming the spec's own source.
+        self.spec = localized(self.spec)
         # The tokenizer decides how conversations render; pad must differ from eos.
         self.tokenizer = self._setup_tokenizer()
         # Token checks need the tokenizer but not the model: still cheap to fail here.
@@ -551,7 +556,7 @@ class Recipe:
                 output.push_to_hub,
                 self.output_dir / "final",
                 commit_message=f"FineTuneJob {self.job.name}: {self.spec.method.type} "
-                f"{self.spec.trainer.type} fine-tune of {self.spec.model.name}",
+                f"{self.spec.trainer.type} fine-tune of {self.source_model}",
             )
         self._register(local=isinstance(store, LocalStore))
         self.progress.finish(model_uri=self._published(self.output_dir / "final"))

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Build the trainer and operator images from their Dockerfiles with BuildKit, into the local
+# cluster's containerd (namespace k8s.io), where the real node's kubelet runs them with no
+# registry in between. `make images` calls it when no Docker engine is reachable.
+#
+# The Dockerfiles' default bases come from Docker Hub and ghcr.io, which this machine cannot
+# reach, so by default (FTO_IMAGE_BASES=local) the bases are made here and passed as build
+# arguments:
+#   fto.local/debian-python:bookworm-<recipe>   Debian 12 from Debian's archive (mmdebstrap:
+#                       python3 3.11, ca-certificates, tini, gcc, libc6-dev), /usr/local/bin/python3
+#   fto.local/uv:<version>                      the uv binary `make install` pinned (UV_VERSION)
+# and the trainer uses the base's Python (PYTHON=/usr/bin/python3) instead of downloading
+# one. Everything in uv.lock still comes from PyPI, by hash. The Debian base trusts this
+# machine's extra certificate authorities (/usr/local/share/ca-certificates), so its builds
+# reach PyPI through the same TLS proxy as the machine's own pip and uv do. FTO_IMAGE_BASES=public builds
+# exactly as `docker build` would (the registries must be reachable).
+#
+# Usage: hack/images.sh [bases] [trainer] [operator]     (default: all three)
+#   TRAINER_IMAGE   default finetune-trainer:dev
+#   OPERATOR_IMAGE  default finetune-operator:dev
+#   FTO_IMAGE_BUILD_ARGS  extra build arguments, e.g. "DEEPSPEED_BUILD_OPS=CPU_ADAM"
+# Prints each image's build time and size. Needs root (containerd, BuildKit) and starts them
+# (hack/cluster-up.sh builder) when they are not running.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+REPO="$(cd "$HACK_DIR/.." && pwd)"
+
+TRAINER_IMAGE="${TRAINER_IMAGE:-finetune-trainer:dev}"
+OPERATOR_IMAGE="${OPERATOR_IMAGE:-finetune-operator:dev}"
+BASES="${FTO_IMAGE_BASES:-local}"
+UV_VERSION="$(sed -n 's/^UV_VERSION := //p' "$REPO/Makefile")"
+UV_BIN="$FTO_CACHE/uv-$UV_VERSION/bin"
+IMAGES_CACHE="$FTO_CACHE/images"
+BUILDKIT_KEEP_MB="${FTO_BUILDKIT_KEEP_MB:-16000}"
+# What the Debian base holds; its hash names the image, so a changed list makes a new one.
+DEBIAN_SUITE=bookworm
+DEBIAN_MIRROR="${FTO_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_INCLUDE="python3,ca-certificates,tini,gcc,libc6-dev"
+
+"$HACK_DIR/cluster-up.sh" builder >&2
+# shellcheck disable=SC1091
+source "$FTO_STATE/builder.env" # BUILDKIT_ADDR, CONTAINERD_ADDR
+BUILDCTL="$(fto_bin buildctl)"
+CTR="$(fto_bin ctr)"
+
+image_present() { "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls -q "name==$1" 2>/dev/null | grep -q .; }
+image_size() { # bytes of the unpacked image (what a node's disk holds)
+  "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$1" 2>/dev/null | awk 'NR==2{print $4, $5}'
+}
+
+# normalize NAME: what containerd and the kubelet call an image ("finetune-trainer:dev" is
+# docker.io/library/finetune-trainer:dev to both).
+normalize() {
+  local n="$1"
+  [[ "$n" == */* ]] || n="library/$n"
+  [[ "${n%%/*}" == *.* || "${n%%/*}" == *:* || "${n%%/*}" == localhost ]] || n="docker.io/$n"
+  echo "$n"
+}
+
+build() { # name context dockerfile-dir dockerfile [build-arg ...]
+  local name="$1" ctx="$2" dfdir="$3" df="$4"; shift 4
+  local opts=() a t0=$SECONDS
+  for a in "$@"; do opts+=(--opt "build-arg:$a"); done
+  log "building $name ($dfdir/$df)"
+  # image-resolve-mode=local: a FROM image already in the node's store (our bases) is used
+  # as it is; anything else is pulled as usual. Uncompressed layers: the image is unpacked
+  # into the same containerd right away, so compressing them would only cost minutes of CPU.
+  "$BUILDCTL" --addr "$BUILDKIT_ADDR" build --progress=plain \
+    --frontend dockerfile.v0 --local context="$ctx" --local dockerfile="$dfdir" \
+    --opt filename="$df" --opt image-resolve-mode=local "${opts[@]}" \
+    --output "type=image,name=$(normalize "$name"),unpack=true,compression=uncompressed,oci-mediatypes=true"
+  log "built $name in $((SECONDS - t0))s ($(image_size "$(normalize "$name")"))"
+  release_disk
+}
+
+# What a build leaves behind: the image that a name pointed to before (the CRI plugin keeps
+# it under its ID, sha256:...), cache mounts, and build cache beyond BUILDKIT_KEEP_MB.
+release_disk() {
+  local named ref target
+  named=" $("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls 2>/dev/null |
+    awk 'NR>1 && $1 !~ /^sha256:/ {printf "%s ", $3}')"
+  while read -r ref target; do
+    [[ "$named" == *" $target "* ]] || "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$ref" >/dev/null 2>&1 || true
+  done < <("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls 2>/dev/null | awk 'NR>1 && $1 ~ /^sha256:/ {print $1, $3}')
+  "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune --filter type==exec.cachemount >/dev/null
+  "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune --keep-storage "$BUILDKIT_KEEP_MB" >/dev/null
+}
+
+debian_base() {
+  local recipe tag tar ctx
+  recipe="$(printf '%s\n' "$DEBIAN_SUITE" "$DEBIAN_INCLUDE" "$(cat "$HACK_DIR/images/debian-python.Dockerfile")" \
+    "$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null)" | sha256sum | cut -c1-12)"
+  tag="fto.local/debian-python:$DEBIAN_SUITE-$recipe"
+  DEBIAN_BASE="$tag"
+  image_present "$tag" && return 0
+  "$HACK_DIR/host-packages.sh"
+  tar="$IMAGES_CACHE/debian-$DEBIAN_SUITE-$(printf '%s\n' "$DEBIAN_INCLUDE" | sha256sum | cut -c1-12).tar"
+  if [[ ! -f "$tar" ]]; then
+    mkdir -p "$IMAGES_CACHE"
+    log "mmdebstrap $DEBIAN_SUITE ($DEBIAN_INCLUDE) from $DEBIAN_MIRROR"
+    mmdebstrap --quiet --format=tar --variant=minbase --include="$DEBIAN_INCLUDE" --skip=output/dev \
+      --aptopt='Acquire::Retries "3"' "$DEBIAN_SUITE" "$tar.tmp" "$DEBIAN_MIRROR"
+    mv "$tar.tmp" "$tar"
+  fi
+  ctx="$IMAGES_CACHE/debian-context"
+  rm -rf "$ctx"; mkdir -p "$ctx"
+  ln "$tar" "$ctx/rootfs.tar" 2>/dev/null || cp "$tar" "$ctx/rootfs.tar"
+  mkdir -p "$ctx/extra-ca"
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/extra-ca/" 2>/dev/null || true
+  build "$tag" "$ctx" "$HACK_DIR/images" debian-python.Dockerfile
+  rm -rf "$ctx"
+}
+
+uv_base() {
+  local tag="fto.local/uv:$UV_VERSION" ctx
+  UV_BASE="$tag"
+  image_present "$tag" && return 0
+  [[ -x "$UV_BIN/uv" ]] || make -C "$REPO" install >&2
+  ctx="$IMAGES_CACHE/uv-context"
+  rm -rf "$ctx"; mkdir -p "$ctx"
+  cp "$UV_BIN/uv" "$UV_BIN/uvx" "$ctx/"
+  build "$tag" "$ctx" "$HACK_DIR/images" uv.Dockerfile
+  rm -rf "$ctx"
+}
+
+main() {
+  local targets=("$@") t extra=() base_args=()
+  [[ ${#targets[@]} -gt 0 ]] || targets=(bases trainer operator)
+  # shellcheck disable=SC2206  # a list of KEY=VALUE words
+  [[ -z "${FTO_IMAGE_BUILD_ARGS:-}" ]] || extra=(${FTO_IMAGE_BUILD_ARGS})
+  case "$BASES" in
+    local)
+      debian_base
+      uv_base
+      # UV_NO_CACHE: no 14 GB uv cache mount on this machine's disk (trainer/Dockerfile)
+      base_args=("UV_IMAGE=$UV_BASE" "UV_NO_CACHE=1") ;;
+    public) ;;
+    *) die "FTO_IMAGE_BASES must be local or public (got '$BASES')" ;;
+  esac
+  for t in "${targets[@]}"; do
+    case "$t" in
+      bases) ;;
+      trainer)
+        local args=("${base_args[@]}")
+        [[ "$BASES" == public ]] || args+=("BUILDER_IMAGE=$DEBIAN_BASE" "RUNTIME_IMAGE=$DEBIAN_BASE" "PYTHON=/usr/bin/python3")
+        build "$TRAINER_IMAGE" "$REPO" "$REPO/trainer-image" Dockerfile "${args[@]}" "${extra[@]}" ;;
+      operator)
+        local args=("${base_args[@]}")
+        [[ "$BASES" == public ]] || args+=("PYTHON_IMAGE=$DEBIAN_BASE")
+        build "$OPERATOR_IMAGE" "$REPO" "$REPO/operator" Dockerfile "${args[@]}" "${extra[@]}" ;;
+      *) die "unknown image: $t (use: bases trainer operator)" ;;
+    esac
+  done
+}
+
+main "$@"
