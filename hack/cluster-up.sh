@@ -20,7 +20,8 @@
 #   FTO_CPU_NODES / FTO_A100_NODES / FTO_H100_NODES   fake node counts (default 2 / 4 / 2)
 #   FTO_KWOK_LOG_LEVEL  kwok log level (DEBUG, INFO, WARN, ERROR; default WARN; INFO logs
 #                       every stage transition and lease renewal)
-#   FTO_NODE        the real node: 1 (required), 0 (left out), auto (default: when root).
+#   FTO_NODE        the real node: 1 (required), 0 (left out), auto (default: when root),
+#                   later (its network now, the node on a later cluster-up).
 #                   With it the API server and MinIO listen on 10.244.0.1 (the pods' bridge)
 #                   instead of 127.0.0.1; the env file and kubeconfig say which.
 #
@@ -509,7 +510,7 @@ export KUBECONFIG="$STATE/kubeconfig"
 export FTO_APISERVER="https://$HOST_IP:$APISERVER_PORT"
 export FTO_S3_ENDPOINT="http://$HOST_IP:$S3_PORT"
 export AWS_ENDPOINT_URL_S3="http://$HOST_IP:$S3_PORT"
-export FTO_NODE_NAME="$(node_enabled && echo "$NODE_NAME")"
+export FTO_NODE_NAME="$(node_enabled && ! node_deferred && echo "$NODE_NAME")"
 export FTO_BUILDKIT_ADDR="$(node_enabled && echo "unix://$BUILDKIT_SOCK")"
 export FTO_CONTAINERD_ADDR="$(node_enabled && echo "$CONTAINERD_SOCK")"
 export AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY"
@@ -559,7 +560,9 @@ up() {
   wait_until kwok "all $(node_names | wc -l) fake nodes Ready" "$TIMEOUT" nodes_ready
   wait_until kube-controller-manager "ServiceAccount default/default (token + serviceaccount controllers)" "$TIMEOUT" default_sa_exists
   wait_until minio "S3 /minio/health/ready on $HOST_IP:$S3_PORT" "$TIMEOUT" s3_ready
-  if node_enabled; then
+  if node_deferred; then
+    log "the real node comes later (FTO_NODE=later): its network is up, the node is not"
+  elif node_enabled; then
     node_up
   else
     log "no real node (FTO_NODE=${FTO_NODE:-auto}, not root or switched off): kwok nodes only"
@@ -610,7 +613,7 @@ status() {
   local n rc=0 pid
   [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
   local names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio)
-  if node_enabled; then names+=(containerd buildkitd kubelet kube-proxy coredns); fi
+  if node_enabled && ! node_deferred; then names+=(containerd buildkitd kubelet kube-proxy coredns); fi
   for n in "${names[@]}"; do
     if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
   done

@@ -39,15 +39,17 @@ PAUSE_IMAGE=fto.local/pause:3.10.2
 BUILDKIT_KEEP_MB="${FTO_BUILDKIT_KEEP_MB:-16000}"
 
 # Whether this run has a real node: FTO_NODE=1 requires it, 0 leaves it out, auto (the
-# default) has it when running as root.
+# default) has it when running as root. later: its network and addresses now, the node
+# itself on a later cluster-up without it (`make test` runs the integration tier first).
 node_enabled() {
   case "${FTO_NODE:-auto}" in
-    1) [[ $EUID -eq 0 ]] || die "FTO_NODE=1: the real node needs root (kubelet, containerd, iptables)"; return 0 ;;
+    1 | later) [[ $EUID -eq 0 ]] || die "FTO_NODE=${FTO_NODE}: the real node needs root (kubelet, containerd, iptables)"; return 0 ;;
     0) return 1 ;;
     auto) [[ $EUID -eq 0 ]] ;;
-    *) die "FTO_NODE must be 0, 1 or auto (got '$FTO_NODE')" ;;
+    *) die "FTO_NODE must be 0, 1, auto or later (got '$FTO_NODE')" ;;
   esac
 }
+node_deferred() { [[ "${FTO_NODE:-auto}" == later ]]; }
 
 # The node is the machine's: the state directory that runs it is written in NODE_OWNER, and
 # another state (a second cluster, a test's temporary HOME) neither starts a second node nor

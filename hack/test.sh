@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # `make test` (and so CI): lint and every test tier, with the slow parts side by side.
 #
-#   lane "tools"  (background)  hack/build.sh (the Go tools) -> hack/cluster-up.sh ->
-#                               integration tests on N workers -> the `serial` ones alone
+#   lane "tools"  (background)  hack/build.sh control-plane -> hack/cluster-up.sh (the real
+#                               node's network, not the node) -> integration tests on N
+#                               workers -> the `serial` ones alone -> the real node (once the
+#                               other lane has built the images) -> the e2e tier
 #   lane "checks" (foreground)  make install -> ruff, mypy, hadolint -> unit, trainer and gpu
-#                               tiers on N workers -> helm lint + the helm tier (need helm)
+#                               tiers on N workers -> helm lint + the helm tier (need helm) ->
+#                               the node's Go tools -> both images (hack/images.sh)
 #
-# The Go builds (the longest single step on a new machine) start first, so their module
-# downloads overlap `uv sync` and their compiles overlap lint and the tests that need no
-# cluster; the integration tier starts the moment the tools are there. A failing step does
+# The control plane's Go builds start first, so their module downloads overlap `uv sync` and
+# their compiles overlap lint and the tests that need no cluster; the integration tier starts
+# the moment they are there, while the other lane builds the node's tools and the images. A failing step does
 # not stop the others (CI shows every failure at once); the exit status is non-zero if any
 # step failed. Each step's time is printed as it ends and again in a table at the end.
 #
@@ -18,6 +21,8 @@
 #                            wait on the API server and kwok, so more workers than CPUs pay)
 #   FTO_TEST_LOGS            where each lane's log goes (default: a temporary directory)
 #   PYTEST_ARGS              extra pytest arguments for every tier (e.g. "-x")
+#   FTO_NODE=0               no real node: the e2e tier and the images are left out (they
+#                            need root); every other step runs
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=lib.sh
@@ -34,6 +39,11 @@ T0=$(date +%s)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 read -r -a EXTRA <<<"${PYTEST_ARGS:-}"
 PYTEST_COMMON=(-p no:cacheprovider --durations=15 "${EXTRA[@]}")
+# This script starts and stops the cluster; the tiers' fixtures must leave it up.
+export FTO_KEEP_CLUSTER=1
+# The real node: on unless FTO_NODE=0 (hack/node.sh), and then the e2e tier must run.
+NODE=1
+[[ "${FTO_NODE:-auto}" == 0 || $EUID -ne 0 ]] && NODE=0
 
 # step NAME COMMAND...: runs it, appends "lane|name|start|seconds|rc" to the timing file.
 step() {
@@ -51,7 +61,7 @@ step() {
 tools_lane() {
   LANE=tools
   local had_cluster=0
-  step "go tools (hack/build.sh)" hack/build.sh || return 1
+  step "go tools (control plane)" hack/build.sh control-plane || return 1
   # The venv comes from the other lane; its pytest is needed from here on.
   while [[ ! -f "$LOGS/installed" ]]; do
     [[ -f "$LOGS/install-failed" ]] && return 1
@@ -60,13 +70,29 @@ tools_lane() {
   hack/cluster-up.sh status >/dev/null 2>&1 && had_cluster=1
   # Twice the default GPU nodes: four workers' jobs share the pools (a cluster that was
   # already up is reused as it is).
-  FTO_A100_NODES="${FTO_A100_NODES:-8}" FTO_H100_NODES="${FTO_H100_NODES:-4}" \
-    step "cluster up" hack/cluster-up.sh >/dev/null || return 1
+  # FTO_NODE=later: the API server and MinIO listen on the node's bridge from the start;
+  # the node itself joins before the e2e tier.
+  local node_mode=0
+  [[ $NODE == 1 ]] && node_mode=later
+  export FTO_A100_NODES="${FTO_A100_NODES:-8}" FTO_H100_NODES="${FTO_H100_NODES:-4}"
+  export FTO_NODE=$node_mode # for the tiers' own cluster-up calls too
+  step "cluster up" hack/cluster-up.sh >/dev/null || return 1
   step "integration (${INTEGRATION_WORKERS} workers)" "$BIN/pytest" tests/integration \
     -m "not serial" -n "$INTEGRATION_WORKERS" --dist loadfile "${PYTEST_COMMON[@]}"
   local rc=$?
   step "integration, serial" "$BIN/pytest" tests/integration -m serial "${PYTEST_COMMON[@]}"
   rc=$((rc | $?))
+  if [[ $NODE == 1 ]]; then
+    # The images come from the other lane (hack/images.sh would build them here otherwise).
+    while [[ ! -f "$LOGS/images-done" && ! -f "$LOGS/install-failed" ]]; do sleep 2; done
+    export FTO_NODE=1
+    if step "real node up" hack/cluster-up.sh >/dev/null; then
+      FTO_E2E_REQUIRED=1 step "e2e" "$BIN/pytest" tests/e2e "${PYTEST_COMMON[@]}"
+      rc=$((rc | $?))
+    else
+      rc=1
+    fi
+  fi
   if [[ $had_cluster == 0 && -z "${FTO_KEEP_CLUSTER:-}" ]]; then
     step "cluster down" hack/cluster-down.sh >/dev/null || rc=1
   fi
@@ -92,10 +118,15 @@ checks_lane() {
   step "helm lint" bash -c 'hack/build.sh helm 2>/dev/null && \
     "$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator' || rc=1
   step "helm tier" "$BIN/pytest" tests/helm "${PYTEST_COMMON[@]}" || rc=1
+  if [[ $NODE == 1 ]]; then
+    step "go tools (real node)" hack/build.sh node || rc=1
+    step "images" make --no-print-directory images DOCKER=false || rc=1
+    touch "$LOGS/images-done"
+  fi
   return "$rc"
 }
 
-rm -f "$LOGS/steps" "$LOGS/installed" "$LOGS/install-failed"
+rm -f "$LOGS/steps" "$LOGS/installed" "$LOGS/install-failed" "$LOGS/images-done"
 echo "make test: logs in $LOGS; the tools lane's log is printed when it ends"
 tools_lane >"$LOGS/tools.log" 2>&1 &
 tools_pid=$!
