@@ -609,14 +609,24 @@ restart_apiserver() {
   fi
 }
 
+# Exit 0 when the control plane runs (what every tier needs); the real node's parts are
+# listed too, and count only where the node is required (FTO_NODE=1).
 status() {
   local n rc=0 pid
   [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
-  local names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio)
-  if node_enabled && ! node_deferred; then names+=(containerd buildkitd kubelet kube-proxy coredns); fi
-  for n in "${names[@]}"; do
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio; do
     if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
   done
+  if node_enabled && ! node_deferred; then
+    for n in containerd buildkitd kubelet kube-proxy coredns; do
+      if pid="$(pid_of "$n")"; then
+        printf '%-24s running  pid %s\n' "$n" "$pid"
+      else
+        printf '%-24s DOWN (real node)\n' "$n"
+        [[ "${FTO_NODE:-auto}" == 1 ]] && rc=1
+      fi
+    done
+  fi
   return $rc
 }
 

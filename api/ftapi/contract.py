@@ -50,6 +50,12 @@ TERMINATION_LOG = "/dev/termination-log"
 ENV_TERMINATION_LOG = "FINETUNE_TERMINATION_LOG"  # another path (tests; kubelet's default)
 INVALID_INPUT_MARKER = "finetune: invalid input:"
 EXIT_INVALID_INPUT = 65
+# The trainer was asked to stop (SIGTERM: preemption, node drain, deletion), saved a
+# checkpoint at the next step boundary and exited: 128 + SIGTERM, as a shell reports it. The
+# run is not finished; a restart resumes from that checkpoint.
+EXIT_STOPPED = 143
+# torchrun's grace for its workers after it forwards SIGTERM (seconds; its default is 30).
+ENV_TORCHRUN_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 # The image's default arguments: one node, every visible GPU (torchrun counts them).
 DEFAULT_COMMAND = (
     TORCHRUN, "--nproc-per-node", "gpu", "-m", TRAINER_MODULE, TRAINER_COMMAND, JOB_CONFIG_PATH,

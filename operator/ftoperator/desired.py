@@ -492,6 +492,9 @@ def _pod_spec(job: FineTuneJob, names: Names, settings: Settings, account: str) 
         container["imagePullPolicy"] = resources.image_pull_policy
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM, then this long to save a checkpoint at the next step boundary (the trainer's
+        # graceful stop); torchrun waits for its workers almost as long (_env).
+        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
         "subdomain": names.service,
         "serviceAccountName": account,
         "securityContext": {
@@ -575,6 +578,12 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
         {"name": ENV_PROGRESS_NAME, "value": names.progress},
         {"name": ENV_ATTEMPT, "value": str(names.attempt)},
         {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # torchrun forwards SIGTERM to its workers and kills them after this many seconds (its
+        # default, 30): the grace period less a margin for torchrun's own exit.
+        {
+            "name": contract.ENV_TORCHRUN_SHUTDOWN_TIMEOUT,
+            "value": str(shutdown_timeout(spec.run_policy.termination_grace_period_seconds)),
+        },
     ]
     s3 = spec.output.s3
     if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
@@ -596,6 +605,12 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
         else:
             env.append({"name": variable.name, "value": variable.value or ""})
     return env
+
+
+def shutdown_timeout(grace_seconds: int) -> int:
+    """How long torchrun lets its workers finish after forwarding SIGTERM: the pod's grace
+    period less 5 s, so that torchrun exits (and says so) before the kubelet kills it."""
+    return max(1, grace_seconds - 5)
 
 
 def _secret_ref_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:

@@ -28,13 +28,13 @@ import pytest
 from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, VERSION
-from tests.integration.conftest import (  # noqa: F401  (fixtures shared with the integration tier)
+from tests.integration.conftest import (  # noqa: F401  (the crd fixture is shared)
     REPO,
     Cluster,
-    cluster,
     crd,
     eventually,
     fresh_namespace,
+    running_cluster,
 )
 
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "finetune-trainer:dev")
@@ -55,6 +55,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.parent == here:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The local cluster with its real node (FTO_NODE=1 unless the environment says; it
+    needs root: without, the cluster has no node and the `node` fixture skips)."""
+    with running_cluster(node="1" if os.geteuid() == 0 else "0") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -240,3 +248,41 @@ def operator_release(
             print(f"--- operator log (in-cluster) ---\n{log[-5000:]}")
             release.helm("uninstall", release.name, "--wait", "--timeout", "120s", check=False)
             assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
+
+
+def qa_rows(count: int) -> str:
+    rows = [
+        {"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(count)
+    ]
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def cpu_job(
+    name: str, model: str, data: str, bucket: Bucket, secret: str, *, steps: int,
+    save_steps: int, log_every: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A LoRA FineTuneJob of the tiny model on the real node's CPU, in and out of MinIO."""
+    return {
+        "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": model},
+            "dataset": {"train": {"uri": data}, "format": "qa", "maxSeqLength": 64},
+            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16}},
+            "training": {"maxSteps": steps, "batchSize": 4, "learningRate": 1e-2,
+                         "device": "cpu", "seed": 7},
+            "evaluation": {"strategy": "no"},
+            "logging": {"steps": log_every},
+            "output": {"uri": f"s3://{bucket.name}/{name}", "saveSteps": save_steps,
+                       "s3": bucket.s3_spec(secret)},
+            "resources": {"gpusPerNode": 0, **POD_RESOURCES, **LOCAL_NODE},
+        },
+    }  # fmt: skip
+
+
+def pod_logs(release: Release, name: str) -> str:
+    """What the job's pods said (for a failure message)."""
+    return release.cluster.kubectl(
+        "logs", "-n", release.jobs, "-l", f"finetune.dev/job-name={name}", "--tail=60",
+        "--prefix", check=False,
+    )[-6000:]  # fmt: skip

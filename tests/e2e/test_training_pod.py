@@ -17,12 +17,13 @@ import yaml
 
 from fttrainer.tiny import save_tiny_model
 from tests.e2e.conftest import (
-    LOCAL_NODE,
-    POD_RESOURCES,
     Bucket,
     Release,
+    cpu_job,
     create_finetunejob,
     phase_is,
+    pod_logs,
+    qa_rows,
 )
 from tests.integration.conftest import eventually
 
@@ -30,46 +31,6 @@ from tests.integration.conftest import eventually
 # the run half-way in `kubectl get ftj`.
 STEPS = 500
 LOG_EVERY = 10
-
-
-def qa_rows(count: int) -> str:
-    rows = [
-        {"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(count)
-    ]
-    return "".join(json.dumps(row) + "\n" for row in rows)
-
-
-def manifest(name: str, model: str, data: str, bucket: Bucket, secret: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": model},
-            "dataset": {"train": {"uri": data}, "format": "qa", "maxSeqLength": 64},
-            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16}},
-            "training": {"maxSteps": STEPS, "batchSize": 4, "learningRate": 1e-2, "device": "cpu",
-                         "seed": 7},
-            "evaluation": {"strategy": "no"},
-            "logging": {"steps": LOG_EVERY},
-            "output": {"uri": f"s3://{bucket.name}/{name}", "saveSteps": 100,
-                       "s3": bucket.s3_spec(secret)},
-            "resources": {"gpusPerNode": 0, **POD_RESOURCES, **LOCAL_NODE},
-        },
-    }  # fmt: skip
-
-
-def pod_logs(release: Release, name: str) -> str:
-    """What the job's pods said (for a failure message)."""
-    return release.cluster.kubectl(
-        "logs",
-        "-n",
-        release.jobs,
-        "-l",
-        f"finetune.dev/job-name={name}",
-        "--tail=60",
-        "--prefix",
-        check=False,
-    )[-6000:]
 
 
 def table_row(table: str) -> dict[str, str]:
@@ -95,7 +56,8 @@ def test_a_cpu_job_trains_in_the_trainer_image_and_matches_a_local_run(
     model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny-llama")
     data = bucket.put_text("data/qa.jsonl", qa_rows(64))
     secret = bucket.credentials_secret(ns, f"s3-{bucket.name}")
-    job = manifest(name, model, data, bucket, secret)
+    job = cpu_job(name, model, data, bucket, secret, steps=STEPS, save_steps=100,
+                  log_every=LOG_EVERY)  # fmt: skip
     create_finetunejob(cluster, ns, job)
 
     # While it runs, `kubectl get ftj` (the CRD's printer columns) shows the real run: a

@@ -96,16 +96,20 @@ def read_env_file(path: Path) -> dict[str, str]:
     return dict(found)
 
 
-def _hack(*args: str) -> subprocess.CompletedProcess[str]:
+def _hack(*args: str, node: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FTO_NODE": os.environ.get("FTO_NODE", node)}
     return subprocess.run(
-        [str(HACK / args[0]), *args[1:]], capture_output=True, text=True, check=False
+        [str(HACK / args[0]), *args[1:]], capture_output=True, text=True, check=False, env=env
     )
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    already_running = _hack("cluster-up.sh", "status").returncode == 0
-    up = _hack("cluster-up.sh")
+@contextmanager
+def running_cluster(node: str) -> Iterator[Cluster]:
+    """The local cluster, started unless it runs, and stopped afterwards only if started
+    here. `node`: hack/node.sh's FTO_NODE when the environment sets none (the integration
+    tier: "later", the node's addresses without the node; the e2e tier: "1")."""
+    already_running = _hack("cluster-up.sh", "status", node=node).returncode == 0
+    up = _hack("cluster-up.sh", node=node)
     if up.returncode != 0:
         pytest.fail(f"hack/cluster-up.sh failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}")
     state = Path(os.environ.get("FTO_STATE", Path.home() / ".cache/finetune-operator/cluster"))
@@ -114,8 +118,14 @@ def cluster() -> Iterator[Cluster]:
     yield Cluster(env=env, api=api)
     api.close()
     if not already_running and not os.environ.get("FTO_KEEP_CLUSTER"):
-        down = _hack("cluster-down.sh")
+        down = _hack("cluster-down.sh", node=node)
         assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with running_cluster(node="later") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -227,3 +227,15 @@ def test_integer_quantities_are_rendered_as_strings() -> None:
     assert resources["requests"] == {"nvidia.com/gpu": "8", "cpu": "64", "memory": "4294967296"}
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["sizeLimit"] == "2147483648"
+
+
+@pytest.mark.parametrize(("grace", "torchrun_wait"), [(None, "115"), (600, "595"), (3, "1")])
+def test_the_grace_period_gives_torchrun_time_to_let_the_trainer_save(
+    grace: int | None, torchrun_wait: str
+) -> None:
+    changes = {} if grace is None else {"runPolicy__terminationGracePeriodSeconds": grace}
+    children = _children(**changes)
+    # The pod's grace period (default 120 s) and torchrun's wait for its workers after it
+    # forwards SIGTERM (a little less, so torchrun ends before the kubelet kills it).
+    assert _pod(children)["terminationGracePeriodSeconds"] == (grace or 120)
+    assert _env(children)[contract.ENV_TORCHRUN_SHUTDOWN_TIMEOUT] == torchrun_wait

@@ -396,7 +396,15 @@ def _run(args: argparse.Namespace) -> int:
     except (DataError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return invalid_input(str(exc))
-    result = recipe.train()
+    from ftapi.contract import EXIT_STOPPED
+
+    from .graceful_stop import Stopped
+
+    try:
+        result = recipe.train()
+    except Stopped as stopped:
+        print(f"{stopped}: a new run of this job resumes from it", file=sys.stderr)
+        return EXIT_STOPPED
     final_dir = recipe.save(result)
     from .storage import StorageError
 

@@ -52,6 +52,7 @@ from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
+from .graceful_stop import GracefulStop, Stopped
 from .hub import push_to_hub, push_token
 from .model_sources import localized
 from .plan import ModelShape, checkpointed_layers_to_fit
@@ -130,6 +131,7 @@ class Recipe:
         self.job = job
         self.spec = spec
         self.source_model = spec.model.name  # before setup() localizes an s3:// one
+        self.graceful = GracefulStop()
         self.output_dir = output_dir
         self.progress_bar = progress_bar
         self.data: PreparedData | None = None
@@ -153,6 +155,9 @@ class Recipe:
 
     def setup(self) -> None:
         self.progress.report_stage("starting")  # the pod is up: setup may take minutes
+        # From here a SIGTERM waits for a step boundary (before the first step, nothing is
+        # lost: the run stops there, see GracefulStop).
+        self.graceful.install()
         check_strategy(self.spec, **self._hardware())  # seconds, before data and model
         # Data first: a bad row should fail the run before minutes go into loading a model.
         self.data = prepare_data(self.spec)
@@ -320,6 +325,7 @@ class Recipe:
             TrackerIds(self.tracker_runs),
             upload,
             ProgressCallback(self.progress, upload),
+            self.graceful,  # SIGTERM: save at the end of the step, then stop
         ]
         if planned is not None:
             partial = resolve_partial_checkpointing(
@@ -422,6 +428,8 @@ class Recipe:
             try:
                 with environment(callbacks_env):
                     result = self._train()
+            except Stopped:
+                raise  # the runs go on in the attempt that resumes from the checkpoint
             except BaseException:
                 if main:
                     try:  # mark the runs failed; never hide the error that failed the run
@@ -442,6 +450,7 @@ class Recipe:
             self.trainer.add_callback(EarlyStopping(early.metric, early.patience, early.threshold))
         stop_at_max_steps(self.trainer)
         outcome = self.trainer.train(resume_from_checkpoint=self.resumed_from)
+        self.graceful.raise_if_stopped()  # not finished: no final model, no result
         self.progress.report_stage("evaluating")  # final evaluation and task scores
         history = list(self.trainer.state.log_history)
         step_metrics = [h for h in history if "loss" in h]

@@ -27,9 +27,14 @@ class SchedulingSpec(ApiModel):
     """Stop the job's pods (checkpoint progress is kept) until set back to false."""
 
 
+# A pod asked to stop (spot reclaim, node drain, preemption) gets this long by default: one
+# step and one checkpoint upload; the kubelet's own default, 30 s, is often too short for that.
+DEFAULT_GRACE_SECONDS = 120
+
+
 class RunPolicy(ApiModel):
-    """Failure handling and cleanup. maxRestarts and ttlSecondsAfterFinished may change on a
-    live job."""
+    """Failure handling and cleanup. maxRestarts, ttlSecondsAfterFinished and
+    terminationGracePeriodSeconds may change on a live job (the last from the next attempt)."""
 
     max_restarts: Annotated[int, Field(ge=0, le=1000)] = 3
     """Whole-job restarts after a pod failure, preemption or node loss. Each restart resumes
@@ -41,3 +46,8 @@ class RunPolicy(ApiModel):
     suspended before it first ran does not."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=MAX_SECONDS)] | None = None
     """Delete the FineTuneJob this long after it finished (output data stays)."""
+    termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = DEFAULT_GRACE_SECONDS
+    """Seconds a pod that is asked to stop (preemption, node drain, spot reclaim, deletion)
+    has before it is killed: on SIGTERM the trainer finishes its step, saves and uploads a
+    checkpoint and exits, so the restart loses at most that step. Leave room for one step
+    and one checkpoint upload."""
