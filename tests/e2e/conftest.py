@@ -66,7 +66,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def node(cluster: Cluster) -> str:  # noqa: F811
+def node(cluster: Cluster) -> str:
     """The real node's name; skips (or fails, under FTO_E2E_REQUIRED=1) without one."""
     name = cluster.env.get("FTO_NODE_NAME", "")
     if not name:
@@ -77,7 +77,7 @@ def node(cluster: Cluster) -> str:  # noqa: F811
     return name
 
 
-def containerd_images(cluster: Cluster) -> set[str]:  # noqa: F811
+def containerd_images(cluster: Cluster) -> set[str]:
     listed = subprocess.run(
         ["ctr", "--address", cluster.env["FTO_CONTAINERD_ADDR"], "-n", "k8s.io",
          "images", "ls", "-q"],
@@ -97,7 +97,7 @@ def normalized(image: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def images(cluster: Cluster, node: str) -> dict[str, str]:  # noqa: F811
+def images(cluster: Cluster, node: str) -> dict[str, str]:
     """The trainer and operator images, in the node's containerd (hack/images.sh builds them
     there when missing: minutes the first time)."""
     wanted = {"trainer": TRAINER_IMAGE, "operator": OPERATOR_IMAGE}
@@ -111,7 +111,7 @@ def images(cluster: Cluster, node: str) -> dict[str, str]:  # noqa: F811
 
 
 @pytest.fixture
-def e2e_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:  # noqa: F811
+def e2e_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     with fresh_namespace(cluster, f"e2e-{uuid.uuid4().hex[:10]}") as name:
         yield name
 
@@ -119,7 +119,7 @@ def e2e_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[
 class Bucket:
     """A fresh MinIO bucket and the Secret that lets a namespace's pods use it."""
 
-    def __init__(self, cluster: Cluster, name: str) -> None:  # noqa: F811
+    def __init__(self, cluster: Cluster, name: str) -> None:
         self.cluster = cluster
         self.name = name
         self.s3 = cluster.s3()
@@ -160,11 +160,11 @@ class Bucket:
 
 
 @pytest.fixture
-def bucket(cluster: Cluster) -> Bucket:  # noqa: F811
+def bucket(cluster: Cluster) -> Bucket:
     return Bucket(cluster, f"e2e-{uuid.uuid4().hex[:12]}")
 
 
-def finetunejob(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:  # noqa: F811
+def finetunejob(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(
         client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name
@@ -172,13 +172,13 @@ def finetunejob(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]: 
     )
 
 
-def create_finetunejob(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> None:  # noqa: F811
+def create_finetunejob(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> None:
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, manifest
     )
 
 
-def phase_is(cluster: Cluster, namespace: str, name: str, *phases: str) -> Any:  # noqa: F811
+def phase_is(cluster: Cluster, namespace: str, name: str, *phases: str) -> Any:
     """The FineTuneJob's status once its phase is one of `phases` (for `eventually`)."""
     status = finetunejob(cluster, namespace, name).get("status") or {}
     return status if status.get("phase") in phases else None
@@ -188,7 +188,7 @@ class Release:
     """The chart installed with the built operator image: one release for the tier, watching
     one namespace (`jobs`) where the tests' FineTuneJobs run."""
 
-    def __init__(self, cluster: Cluster, system: str, jobs: str, image: str) -> None:  # noqa: F811
+    def __init__(self, cluster: Cluster, system: str, jobs: str, image: str) -> None:
         self.cluster = cluster
         self.name = f"fto-{system.rsplit('-', 1)[-1]}"
         self.namespace = system
@@ -228,7 +228,7 @@ class Release:
 
 @pytest.fixture(scope="session")
 def operator_release(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     crd: dict[str, Any],  # noqa: F811
     images: dict[str, str],
 ) -> Iterator[Release]:
