@@ -19,6 +19,8 @@
 #   TRAINER_IMAGE   default finetune-trainer:dev
 #   OPERATOR_IMAGE  default finetune-operator:dev
 #   FTO_IMAGE_BUILD_ARGS  extra build arguments, e.g. "DEEPSPEED_BUILD_OPS=CPU_ADAM"
+#   FTO_REBUILD=1   build even when the image's inputs (Dockerfile, context files, build
+#                   arguments, bases) are those it was built from
 # Prints each image's build time and size. Needs root (containerd, BuildKit) and starts them
 # (hack/cluster-up.sh builder) when they are not running.
 set -euo pipefail
@@ -31,7 +33,6 @@ BASES="${FTO_IMAGE_BASES:-local}"
 UV_VERSION="$(sed -n 's/^UV_VERSION := //p' "$REPO/Makefile")"
 UV_BIN="$FTO_CACHE/uv-$UV_VERSION/bin"
 IMAGES_CACHE="$FTO_CACHE/images"
-BUILDKIT_KEEP_MB="${FTO_BUILDKIT_KEEP_MB:-16000}"
 # What the Debian base holds; its hash names the image, so a changed list makes a new one.
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${FTO_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -70,11 +71,13 @@ build() { # name context dockerfile-dir dockerfile [build-arg ...]
     --opt filename="$df" --opt image-resolve-mode=local "${opts[@]}" \
     --output "type=image,name=$(normalize "$name"),unpack=true,compression=uncompressed,oci-mediatypes=true"
   log "built $name in $((SECONDS - t0))s ($(image_size "$(normalize "$name")"))"
-  release_disk
 }
 
-# What a build leaves behind: the image that a name pointed to before (the CRI plugin keeps
-# it under its ID, sha256:...), cache mounts, and build cache beyond BUILDKIT_KEEP_MB.
+# What builds leave behind: the images that the names pointed to before (the CRI plugin
+# keeps them under their IDs, sha256:...) and BuildKit's whole cache. The trainer's builder
+# stage alone is 7 GB, and BuildKit's cache shares snapshots with the images it exported, so
+# no keep-this-much policy frees what a rebuild left; an image whose inputs did not change is
+# not rebuilt at all instead (up_to_date), so a clean cache costs only real rebuilds.
 release_disk() {
   local named ref target
   named=" $("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls 2>/dev/null |
@@ -82,8 +85,8 @@ release_disk() {
   while read -r ref target; do
     [[ "$named" == *" $target "* ]] || "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$ref" >/dev/null 2>&1 || true
   done < <("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls 2>/dev/null | awk 'NR>1 && $1 ~ /^sha256:/ {print $1, $3}')
-  "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune --filter type==exec.cachemount >/dev/null
-  "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune --keep-storage "$BUILDKIT_KEEP_MB" >/dev/null
+  "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune-histories >/dev/null
+  "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune --all >/dev/null
 }
 
 debian_base() {
@@ -123,6 +126,51 @@ uv_base() {
   rm -rf "$ctx"
 }
 
+# inputs_of DOCKERFILE ARG...: a digest of everything a build reads: the Dockerfile, the
+# context's files (.dockerignore lets only these in: pyproject.toml, uv.lock, api/,
+# operator/, trainer-image/), the build arguments and the base images' IDs.
+inputs_of() {
+  local dockerfile="$1"; shift
+  {
+    echo "$dockerfile"; cat "$dockerfile"
+    printf '%s\n' "$@"
+    (cd "$REPO" && git ls-files -co --exclude-standard -- pyproject.toml uv.lock api operator trainer-image |
+      grep -Ev '(__pycache__|\.pyc$|\.egg-info)' | sort | xargs -d '\n' sha256sum)
+  } | sha256sum | cut -c1-16
+}
+
+# up_to_date NAME INPUTS: the image exists and was built from exactly these inputs.
+up_to_date() {
+  local stamp="$IMAGES_CACHE/$(normalize "$1" | tr '/:' '__').inputs" id
+  id="$("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize "$1")" 2>/dev/null |
+    awk 'NR==2{print $3}')"
+  [[ -n "$id" && "$(cat "$stamp" 2>/dev/null)" == "$2 $id" ]]
+}
+
+stamp() { # NAME INPUTS: remember what the image now in the store was built from
+  local id
+  id="$("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize "$1")" 2>/dev/null |
+    awk 'NR==2{print $3}')"
+  mkdir -p "$IMAGES_CACHE"
+  echo "$2 $id" >"$IMAGES_CACHE/$(normalize "$1" | tr '/:' '__').inputs"
+}
+
+# product NAME DOCKERFILE-DIR ARG...: build unless up to date.
+product() {
+  local name="$1" dir="$2"; shift 2
+  local inputs
+  inputs="$(inputs_of "$dir/Dockerfile" "$@")"
+  if [[ "${FTO_REBUILD:-0}" != 1 ]] && up_to_date "$name" "$inputs"; then
+    log "$name: up to date (inputs $inputs), not rebuilt"
+    return 0
+  fi
+  build "$name" "$REPO" "$dir" Dockerfile "$@"
+  stamp "$name" "$inputs"
+  BUILT=1
+}
+
+BUILT=0
+
 main() {
   local targets=("$@") t extra=() base_args=()
   [[ ${#targets[@]} -gt 0 ]] || targets=(bases trainer operator)
@@ -143,14 +191,15 @@ main() {
       trainer)
         local args=("${base_args[@]}")
         [[ "$BASES" == public ]] || args+=("BUILDER_IMAGE=$DEBIAN_BASE" "RUNTIME_IMAGE=$DEBIAN_BASE" "PYTHON=/usr/bin/python3")
-        build "$TRAINER_IMAGE" "$REPO" "$REPO/trainer-image" Dockerfile "${args[@]}" "${extra[@]}" ;;
+        product "$TRAINER_IMAGE" "$REPO/trainer-image" "${args[@]}" "${extra[@]}" ;;
       operator)
         local args=("${base_args[@]}")
         [[ "$BASES" == public ]] || args+=("PYTHON_IMAGE=$DEBIAN_BASE")
-        build "$OPERATOR_IMAGE" "$REPO" "$REPO/operator" Dockerfile "${args[@]}" "${extra[@]}" ;;
+        product "$OPERATOR_IMAGE" "$REPO/operator" "${args[@]}" "${extra[@]}" ;;
       *) die "unknown image: $t (use: bases trainer operator)" ;;
     esac
   done
+  if [[ $BUILT == 1 ]]; then release_disk; fi
 }
 
 main "$@"

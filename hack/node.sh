@@ -34,8 +34,8 @@ BUILDKIT_ROOT="$FTO_CACHE/buildkit"
 CONTAINERD_SOCK="$NODE_RUN/containerd/containerd.sock"
 BUILDKIT_SOCK="$NODE_RUN/buildkit/buildkitd.sock"
 PAUSE_IMAGE=fto.local/pause:3.10.2
-# BuildKit's own cache (layers of earlier builds) is trimmed to this after builds: the trainer
-# image's builder stage alone is ~7 GB (docs/install.md, "Disk").
+# BuildKit's own garbage collection keeps at most this much build cache (hack/images.sh also
+# drops what its run did not use): the trainer image's builder stage alone is ~7 GB.
 BUILDKIT_KEEP_MB="${FTO_BUILDKIT_KEEP_MB:-16000}"
 
 # Whether this run has a real node: FTO_NODE=1 requires it, 0 leaves it out, auto (the
@@ -351,7 +351,15 @@ start_buildkitd() {
   # The containerd worker: images built here land in the node's image store (namespace
   # k8s.io), where the kubelet finds them without a registry. RUN steps use the host's
   # network (package registries), not the pods' bridge.
+  # Build history pins each build's results (7 GB per trainer image): keep only the last few.
+  write_if_changed "$NODE_STATE/buildkitd.toml" <<EOF
+# Written by hack/cluster-up.sh (hack/node.sh).
+[history]
+  maxAge = 3600
+  maxEntries = 4
+EOF
   PATH="$(node_path)" start_proc buildkitd "$(fto_bin buildkitd)" \
+    --config "$NODE_STATE/buildkitd.toml" \
     --root "$BUILDKIT_ROOT" --addr "unix://$BUILDKIT_SOCK" \
     --oci-worker=false --containerd-worker=true \
     --containerd-worker-addr "$CONTAINERD_SOCK" --containerd-worker-namespace k8s.io \

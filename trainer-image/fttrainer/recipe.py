@@ -151,7 +151,11 @@ class Recipe:
         self.saved: tuple[Path, dict[str, Any]] | None = None
         """What save() left for publish(): the model to register and the final metrics."""
         # To the job's FineTuneJobProgress (rank 0 in a cluster); else a no-op.
-        self.progress = progress if progress is not None else ProgressReporter.from_env()
+        self.progress = (
+            progress
+            if progress is not None
+            else ProgressReporter.from_env(interval=spec.logging.status_interval_seconds)
+        )
 
     def setup(self) -> None:
         self.progress.report_stage("starting")  # the pod is up: setup may take minutes

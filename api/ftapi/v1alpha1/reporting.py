@@ -74,6 +74,10 @@ class LoggingSpec(ApiModel):
     """Log every N optimizer steps."""
     first_step: bool = True
     """Also log the very first step (catches a broken setup early)."""
+    status_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 15
+    """How often, at most, the trainer reports its progress (step, loss, ETA) to the
+    FineTuneJob's status; it also reports at each checkpoint and at the end. Lower for
+    fresher status on short jobs, higher for fewer API writes from many."""
     report_to: Annotated[
         list[Tracker], Field(max_length=3, json_schema_extra=SET_LIST), UniqueItems
     ] = []
