@@ -22,7 +22,7 @@ CRD := crds/finetune.dev_finetunejobs.yaml
 PROGRESS_CRD := crds/finetune.dev_finetunejobprogresses.yaml
 API_REFERENCE := docs/api-reference.md
 
-.PHONY: help install lint fmt crds test unit integration quickstart run-operator tools cluster-up cluster-down clean
+.PHONY: help install lint fmt crds test unit integration e2e quickstart quickstart-cluster run-operator tools cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ unit: install ## unit tests only (no cluster), the Helm chart's included
 integration: install tools ## tests against the local control plane and S3 server
 	$(BIN)/pytest tests/integration
 
+e2e: install ## the built images on the local cluster's real node (root; builds what is missing)
+	FTO_E2E_REQUIRED=1 $(BIN)/pytest tests/e2e
+
 # hack/test.sh builds the Go tools in the background while lint and the tiers without a
 # cluster run, then the integration tier; FTO_TEST_WORKERS / FTO_INTEGRATION_WORKERS set the
 # pytest-xdist workers. `$(BIN)/pytest` alone still runs every tier in one process.
@@ -83,6 +86,9 @@ quickstart: install ## fine-tune a tiny model locally on CPU (about a minute)
 	@test -f .quickstart/tiny-llama/config.json || $(BIN)/python -m fttrainer.tiny --arch llama --output .quickstart/tiny-llama
 	$(BIN)/finetune validate examples/quickstart-cpu.yaml
 	$(BIN)/finetune run examples/quickstart-cpu.yaml --output $(QUICKSTART_OUTPUT)
+
+quickstart-cluster: install ## the quick start as a real pod on the local cluster's node (root; builds the images, installs the operator)
+	hack/quickstart-cluster.sh
 
 run-operator: install ## the operator against your current kubeconfig (RUN_OPERATOR_ARGS, e.g. --namespace team-a)
 	$(BIN)/python -m ftoperator $(RUN_OPERATOR_ARGS)

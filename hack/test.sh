@@ -40,6 +40,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 read -r -a EXTRA <<<"${PYTEST_ARGS:-}"
 PYTEST_COMMON=(-p no:cacheprovider --durations=15 "${EXTRA[@]}")
 # This script starts and stops the cluster; the tiers' fixtures must leave it up.
+KEEP_CLUSTER="${FTO_KEEP_CLUSTER:-}"
 export FTO_KEEP_CLUSTER=1
 # The real node: on unless FTO_NODE=0 (hack/node.sh), and then the e2e tier must run.
 NODE=1
@@ -93,7 +94,7 @@ tools_lane() {
       rc=1
     fi
   fi
-  if [[ $had_cluster == 0 && -z "${FTO_KEEP_CLUSTER:-}" ]]; then
+  if [[ $had_cluster == 0 && -z "$KEEP_CLUSTER" ]]; then
     step "cluster down" hack/cluster-down.sh >/dev/null || rc=1
   fi
   return "$rc"

@@ -32,7 +32,12 @@ T = TypeVar("T")
 # The longest modules, first: `make test` hands whole modules to its xdist workers in this
 # order (--dist loadfile), and one that starts last finishes last (test_resume alone takes
 # about 6 minutes, longer than the rest of the parallel part shared by the other workers).
-LONGEST_FIRST = ("test_resume.py", "test_make_targets.py", "test_helm_install.py")
+LONGEST_FIRST = (
+    "test_resume.py",
+    "test_make_targets.py",
+    "test_helm_install.py",
+    "test_graceful_stop.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

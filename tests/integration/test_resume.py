@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ftapi import contract, load_job
+from ftapi import load_job
 from fttrainer.checkpoint_store import CheckpointStore
 from fttrainer.checkpoints import job_identity
 from fttrainer.storage import open_store
@@ -240,43 +240,4 @@ def test_resume_is_exact_for_each_trainer_and_method(
     second = Attempt(job, tmp_path / "second", env)
     assert second.finish() == 0, "".join(second.log[-40:])
     assert any("resuming from" in line and "checkpoint-4" in line for line in second.log)
-    _assert_same_curve(_losses(tmp_path / "second"), reference)
-
-
-def test_sigterm_saves_at_the_next_step_and_the_restart_loses_nothing(
-    cluster: Cluster, model: Path, bucket: str, tmp_path: Path
-) -> None:
-    """SIGTERM (what a pod gets on preemption or a node drain): the step that is running ends,
-    its checkpoint is uploaded, the process exits with EXIT_STOPPED without publishing, and
-    the next run resumes from that step, on the same curve as an uninterrupted run."""
-    env = _env(cluster)
-    steps = 40
-    reference = _run_uninterrupted(
-        _job(tmp_path, model, cluster, f"s3://{bucket}/sigterm-reference", steps=steps,
-             variant="lora"), tmp_path / "reference", env,
-    )  # fmt: skip
-    uri = f"s3://{bucket}/sigterm"
-    job = _job(tmp_path, model, cluster, uri, steps=steps, variant="lora")
-    # No periodic checkpoint before the signal: the one that is there is SIGTERM's.
-    manifest = yaml.safe_load(job.read_text())
-    manifest["spec"]["output"]["saveSteps"] = 1000
-    job.write_text(yaml.safe_dump(manifest))
-    first = Attempt(job, tmp_path / "first", env)
-    assert first.wait_for("{'loss'", count=5), "".join(first.log[-40:])
-    logged = sum("{'loss'" in line for line in first.log)
-    first.process.send_signal(signal.SIGTERM)
-    assert first.finish() == contract.EXIT_STOPPED, "".join(first.log[-40:])
-    stopped = [line for line in first.log if "stopped on SIGTERM after saving" in line]
-    assert stopped, "".join(first.log[-40:])
-    step = int(stopped[0].split("checkpoint of step ")[1].split(":")[0])
-    # The step that was running when the signal came (the next one, if it came between two).
-    assert logged <= step <= logged + 2, (logged, step)
-    assert not (tmp_path / "first" / "final").exists()  # not finished: nothing published
-    store = CheckpointStore(open_store(uri, client=cluster.s3()), job_identity(load_job(job)))
-    assert [m.step for m in store.complete()] == [step]
-
-    second = Attempt(job, tmp_path / "second", env)
-    assert second.finish() == 0, "".join(second.log[-40:])
-    result = json.loads((tmp_path / "second" / "result.json").read_text())
-    assert result["resumed_from_step"] == step
     _assert_same_curve(_losses(tmp_path / "second"), reference)

@@ -1,0 +1,117 @@
+"""What a real kubelet does to a broken job, and what the FineTuneJob then says: a clear
+reason in status and an Event, and no retry loop.
+
+- a memory limit far too small: the kernel's OOM killer, seen as OOMKilled;
+- an image that does not exist: ErrImagePull/ImagePullBackOff, the job waiting with that
+  reason (a registry on 127.0.0.1:1 refuses at once: nothing leaves the machine);
+- a bad data row: the trainer's own message, from the container's termination log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from fttrainer.tiny import save_tiny_model
+from tests.e2e.conftest import (
+    Bucket,
+    Release,
+    cpu_job,
+    create_finetunejob,
+    finetunejob,
+    phase_is,
+    qa_rows,
+)
+from tests.integration.conftest import eventually
+
+
+def _job(release: Release, bucket: Bucket, tmp_path: Path, name: str, data: str) -> dict[str, Any]:
+    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny")
+    secret = bucket.credentials_secret(release.jobs, f"s3-{bucket.name}")
+    job = cpu_job(name, model, data, bucket, secret, steps=20, save_steps=10, log_every=10)
+    job["spec"]["runPolicy"] = {"maxRestarts": 0}
+    return job
+
+
+@pytest.fixture
+def cleanup(operator_release: Release) -> Iterator[list[str]]:
+    """FineTuneJobs to delete after the test: a pod waiting on its image holds its CPU."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        operator_release.cluster.kubectl(
+            "delete", "finetunejob", "-n", operator_release.jobs, name, "--wait=false",
+            check=False,
+        )  # fmt: skip
+
+
+def _events(release: Release, name: str) -> list[str]:
+    events = (
+        client.CoreV1Api(release.cluster.api)
+        .list_namespaced_event(
+            release.jobs,
+            field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob",
+        )
+        .items
+    )
+    return [f"{e.reason}: {e.message}" for e in events]
+
+
+def test_a_memory_limit_far_too_small_is_oomkilled_and_said_so(
+    operator_release: Release, bucket: Bucket, tmp_path: Path, cleanup: list[str]
+) -> None:
+    release, name = operator_release, "too-small"
+    job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", qa_rows(16)))
+    job["spec"]["resources"].update({"memory": "96Mi", "sharedMemory": "16Mi"})
+    cleanup.append(name)
+    create_finetunejob(release.cluster, release.jobs, job)
+    status = eventually(lambda: phase_is(release.cluster, release.jobs, name, "Failed"),
+                        timeout=240, what="the job to fail")  # fmt: skip
+    assert status["failureReason"] == "OOMKilled", status
+    assert status.get("restarts", 0) == 0
+    assert any("OOMKilled" in e for e in _events(release, name)), _events(release, name)
+
+
+def test_an_image_that_does_not_exist_waits_with_the_reason_in_status(
+    operator_release: Release, bucket: Bucket, tmp_path: Path, cleanup: list[str]
+) -> None:
+    release, name = operator_release, "no-image"
+    job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", qa_rows(16)))
+    job["spec"]["resources"]["image"] = "127.0.0.1:1/fto/missing:1"
+    cleanup.append(name)
+    create_finetunejob(release.cluster, release.jobs, job)
+
+    def waiting() -> dict[str, Any] | None:
+        status = finetunejob(release.cluster, release.jobs, name).get("status") or {}
+        text = json.dumps(status)
+        return status if "ImagePullBackOff" in text or "ErrImagePull" in text else None
+
+    status = eventually(waiting, timeout=180, what="the pull failure in status")
+    assert status["phase"] in ("Pending", "Failed"), status
+    assert "127.0.0.1:1/fto/missing:1" in json.dumps(status), status
+    assert any("ImagePull" in e or "ErrImagePull" in e for e in _events(release, name)), _events(
+        release, name
+    )
+    # No retry loop: the job has not been restarted over it.
+    assert status.get("restarts", 0) == 0
+
+
+def test_a_bad_data_row_fails_with_the_trainers_own_message(
+    operator_release: Release, bucket: Bucket, tmp_path: Path, cleanup: list[str]
+) -> None:
+    release, name = operator_release, "bad-row"
+    rows = qa_rows(16) + '{"question": "What is 2 plus 2?"}\n'  # no answer: line 17
+    job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", rows))
+    cleanup.append(name)
+    create_finetunejob(release.cluster, release.jobs, job)
+    status = eventually(lambda: phase_is(release.cluster, release.jobs, name, "Failed"),
+                        timeout=240, what="the job to fail")  # fmt: skip
+    assert status["failureReason"] == "InvalidInput", status
+    # The file, the line and the field, as the trainer said them.
+    assert "qa.jsonl" in status["message"] and "17" in status["message"], status["message"]
+    assert "answer" in status["message"], status["message"]
+    assert status.get("restarts", 0) == 0
