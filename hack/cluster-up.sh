@@ -104,7 +104,10 @@ wait_until() { # name description timeout command...
   local name="$1" what="$2" t="$3"; shift 3
   local deadline=$((SECONDS + t))
   until "$@" >/dev/null 2>&1; do
-    if [[ "$name" != - ]] && ! pid_of "$name" >/dev/null; then
+    # kill -0 on the PID we started, not pid_of: right after the fork, before setsid execs
+    # the binary, its command line is still this script's (seen under load: a kubelet that
+    # was starting fine reported as exited).
+    if [[ "$name" != - ]] && ! kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null || echo none)" 2>/dev/null; then
       fail_with_log "$name" "$name exited while waiting for: $what"
     fi
     if ((SECONDS >= deadline)); then
