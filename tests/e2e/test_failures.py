@@ -66,7 +66,7 @@ def test_a_memory_limit_far_too_small_is_oomkilled_and_said_so(
 ) -> None:
     release, name = operator_release, "too-small"
     job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", qa_rows(16)))
-    job["spec"]["resources"].update({"memory": "96Mi", "sharedMemory": "16Mi"})
+    job["spec"]["resources"].update({"memory": "40Mi", "sharedMemory": "8Mi"})
     cleanup.append(name)
     create_finetunejob(release.cluster, release.jobs, job)
     status = eventually(lambda: phase_is(release.cluster, release.jobs, name, "Failed"),
