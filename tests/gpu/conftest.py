@@ -27,14 +27,13 @@ def cuda_available() -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
-    skip = None if cuda_available() else pytest.mark.skip(
-        reason="needs a CUDA GPU (run on a GPU machine: hack/gpu/run.sh)"
-    )  # fmt: skip
+    skip = pytest.mark.skipif(
+        not cuda_available(), reason="needs a CUDA GPU (run on a GPU machine: hack/gpu/run.sh)"
+    )
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.gpu)
-            if skip is not None:
-                item.add_marker(skip)
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
