@@ -529,15 +529,21 @@ EOF
 
 # ---------------------------------------------------------------- main
 
-up() {
-  local t0=$SECONDS
-  "$HACK_DIR/build.sh" control-plane
+# begin COMPONENT...: build them, then hold the state's lock (released when this script
+# exits), with its ports and certificates in place.
+begin() {
+  "$HACK_DIR/build.sh" "$@"
   mkdir -p "$STATE" "$LOGS" "$PIDS"
   exec 8>"$STATE/.up.lock"
   flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
   STARTED=()
   setup_ports
   setup_pki
+}
+
+up() {
+  local t0=$SECONDS
+  begin control-plane
   # The node switched on or off since the running components started: they listen on the
   # other address, so start them all again.
   if [[ "$(cat "$STATE/host-ip" 2>/dev/null || echo 127.0.0.1)" != "$HOST_IP" ]]; then
@@ -643,14 +649,8 @@ node_down_cmd() {
 # Only containerd and BuildKit (hack/images.sh): images can be built with no cluster running.
 builder_up() {
   node_enabled || die "building images needs root (containerd, BuildKit); FTO_NODE=${FTO_NODE:-auto}: nothing was built"
-  "$HACK_DIR/build.sh" containerd runc cni buildkit
+  begin containerd runc cni buildkit
   claim_node
-  mkdir -p "$STATE" "$LOGS" "$PIDS"
-  exec 8>"$STATE/.up.lock"
-  flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
-  STARTED=()
-  setup_ports
-  setup_pki
   node_write_configs
   start_containerd
   start_buildkitd

@@ -44,7 +44,13 @@ source "$FTO_STATE/builder.env" # BUILDKIT_ADDR, CONTAINERD_ADDR
 BUILDCTL="$(fto_bin buildctl)"
 CTR="$(fto_bin ctr)"
 
-image_present() { "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls -q "name==$1" 2>/dev/null | grep -q .; }
+# image_id NAME: the ID (config digest) of the image NAME in the node's store, or nothing.
+image_id() {
+  "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize "$1")" 2>/dev/null |
+    awk 'NR==2{print $3}'
+}
+
+image_present() { [[ -n "$(image_id "$1")" ]]; }
 image_size() { # bytes of the unpacked image (what a node's disk holds)
   "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$1" 2>/dev/null | awk 'NR==2{print $4, $5}'
 }
@@ -141,18 +147,16 @@ inputs_of() {
 
 # up_to_date NAME INPUTS: the image exists and was built from exactly these inputs.
 up_to_date() {
-  local stamp="$IMAGES_CACHE/$(normalize "$1" | tr '/:' '__').inputs" id
-  id="$("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize "$1")" 2>/dev/null |
-    awk 'NR==2{print $3}')"
-  [[ -n "$id" && "$(cat "$stamp" 2>/dev/null)" == "$2 $id" ]]
+  local id
+  id="$(image_id "$1")"
+  [[ -n "$id" && "$(cat "$(stamp_file "$1")" 2>/dev/null)" == "$2 $id" ]]
 }
 
+stamp_file() { echo "$IMAGES_CACHE/$(normalize "$1" | tr '/:' '__').inputs"; }
+
 stamp() { # NAME INPUTS: remember what the image now in the store was built from
-  local id
-  id="$("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize "$1")" 2>/dev/null |
-    awk 'NR==2{print $3}')"
   mkdir -p "$IMAGES_CACHE"
-  echo "$2 $id" >"$IMAGES_CACHE/$(normalize "$1" | tr '/:' '__').inputs"
+  echo "$2 $(image_id "$1")" >"$(stamp_file "$1")"
 }
 
 # product NAME DOCKERFILE-DIR ARG...: build unless up to date.

@@ -28,6 +28,7 @@ import pytest
 from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, VERSION
+from fttrainer.tiny import save_tiny_model
 from tests.integration.conftest import (  # noqa: F401  (the crd fixture is shared)
     REPO,
     Cluster,
@@ -87,13 +88,16 @@ def node(cluster: Cluster) -> str:
     return name
 
 
-def containerd_images(cluster: Cluster) -> set[str]:
-    listed = subprocess.run(
-        ["ctr", "--address", cluster.env["FTO_CONTAINERD_ADDR"], "-n", "k8s.io",
-         "images", "ls", "-q"],
+def ctr(cluster: Cluster, *args: str) -> str:
+    """`ctr` against the node's containerd, in the kubelet's namespace (k8s.io)."""
+    return subprocess.run(
+        ["ctr", "--address", cluster.env["FTO_CONTAINERD_ADDR"], "-n", "k8s.io", *args],
         env={**os.environ, "PATH": cluster.path}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return set(listed.stdout.split())
+    ).stdout  # fmt: skip
+
+
+def containerd_images(cluster: Cluster) -> set[str]:
+    return set(ctr(cluster, "images", "ls", "-q").split())
 
 
 def normalized(image: str) -> str:
@@ -297,3 +301,54 @@ def pod_logs(release: Release, name: str) -> str:
         "logs", "-n", release.jobs, "-l", f"finetune.dev/job-name={name}", "--tail=60",
         "--prefix", check=False,
     )[-6000:]  # fmt: skip
+
+
+def tiny_cpu_job(
+    release: Release, bucket: Bucket, tmp_path: Path, name: str, *, data: str | None = None,
+    steps: int, save_steps: int, log_every: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The tiny model and the data (`data`, else 64 QA rows) in the bucket, its Secret in the
+    jobs' namespace, and cpu_job's manifest over them (not created yet)."""
+    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny")
+    data_uri = bucket.put_text("data/qa.jsonl", qa_rows(64) if data is None else data)
+    secret = bucket.credentials_secret(release.jobs, f"s3-{bucket.name}")
+    return cpu_job(name, model, data_uri, bucket, secret, steps=steps, save_steps=save_steps,
+                   log_every=log_every)  # fmt: skip
+
+
+def job_pods(release: Release, name: str) -> list[dict[str, Any]]:
+    """The FineTuneJob's pods (every attempt's), as `kubectl get -o json` items."""
+    out = release.cluster.kubectl(
+        "get", "pods", "-n", release.jobs, "-l", f"finetune.dev/job-name={name}", "-o", "json"
+    )
+    return list(json.loads(out)["items"])
+
+
+def training_pod(release: Release, name: str) -> dict[str, Any] | None:
+    """The job's running pod once its log shows a logged loss (training under way), for
+    `eventually`; fails at once when the job has ended."""
+    status = finetunejob(release.cluster, release.jobs, name).get("status") or {}
+    assert status.get("phase") not in ("Failed", "Succeeded"), (
+        f"{status}\n{pod_logs(release, name)}"
+    )
+    running = [p for p in job_pods(release, name) if p["status"].get("phase") == "Running"]
+    if not running:
+        return None
+    log = release.cluster.kubectl(
+        "logs", "-n", release.jobs, running[0]["metadata"]["name"], check=False
+    )
+    return running[0] if "{'loss'" in log else None
+
+
+def run_pod(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> tuple[Any, str]:
+    """Create the pod, wait for it to end: (the pod as it ended, its log)."""
+    core = client.CoreV1Api(cluster.api)
+    name = pod["metadata"]["name"]
+    core.create_namespaced_pod(namespace, pod)
+
+    def ended() -> Any:
+        found = core.read_namespaced_pod(name, namespace)
+        return found if found.status.phase in ("Succeeded", "Failed") else None
+
+    done = eventually(ended, timeout=120, what=f"pod {name} to end")
+    return done, core.read_namespaced_pod_log(name, namespace)

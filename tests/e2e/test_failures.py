@@ -16,23 +16,21 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from fttrainer.tiny import save_tiny_model
 from tests.e2e.conftest import (
     Bucket,
     Release,
-    cpu_job,
     create_finetunejob,
     finetunejob,
     phase_is,
     qa_rows,
+    tiny_cpu_job,
 )
 from tests.integration.conftest import eventually
 
 
 def _job(release: Release, bucket: Bucket, tmp_path: Path, name: str, data: str) -> dict[str, Any]:
-    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny")
-    secret = bucket.credentials_secret(release.jobs, f"s3-{bucket.name}")
-    job = cpu_job(name, model, data, bucket, secret, steps=20, save_steps=10, log_every=10)
+    job = tiny_cpu_job(release, bucket, tmp_path, name, data=data, steps=20, save_steps=10,
+                       log_every=10)  # fmt: skip
     job["spec"]["runPolicy"] = {"maxRestarts": 0}
     return job
 
@@ -65,7 +63,7 @@ def test_a_memory_limit_far_too_small_is_oomkilled_and_said_so(
     operator_release: Release, bucket: Bucket, tmp_path: Path, cleanup: list[str]
 ) -> None:
     release, name = operator_release, "too-small"
-    job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", qa_rows(16)))
+    job = _job(release, bucket, tmp_path, name, qa_rows(16))
     job["spec"]["resources"].update({"memory": "40Mi", "sharedMemory": "8Mi"})
     cleanup.append(name)
     create_finetunejob(release.cluster, release.jobs, job)
@@ -80,7 +78,7 @@ def test_an_image_that_does_not_exist_waits_with_the_reason_in_status(
     operator_release: Release, bucket: Bucket, tmp_path: Path, cleanup: list[str]
 ) -> None:
     release, name = operator_release, "no-image"
-    job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", qa_rows(16)))
+    job = _job(release, bucket, tmp_path, name, qa_rows(16))
     job["spec"]["resources"]["image"] = "127.0.0.1:1/fto/missing:1"
     cleanup.append(name)
     create_finetunejob(release.cluster, release.jobs, job)
@@ -105,7 +103,7 @@ def test_a_bad_data_row_fails_with_the_trainers_own_message(
 ) -> None:
     release, name = operator_release, "bad-row"
     rows = qa_rows(16) + '{"question": "What is 2 plus 2?"}\n'  # no answer: line 17
-    job = _job(release, bucket, tmp_path, name, bucket.put_text("data/qa.jsonl", rows))
+    job = _job(release, bucket, tmp_path, name, rows)
     cleanup.append(name)
     create_finetunejob(release.cluster, release.jobs, job)
     status = eventually(lambda: phase_is(release.cluster, release.jobs, name, "Failed"),

@@ -4,15 +4,13 @@ reported."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from typing import Any
 
 import pytest
-from kubernetes import client
 
-from tests.e2e.conftest import LOCAL_NODE, normalized
-from tests.integration.conftest import Cluster, eventually
+from tests.e2e.conftest import LOCAL_NODE, ctr, normalized, run_pod
+from tests.integration.conftest import Cluster
 
 # The images' own ENTRYPOINTs run (args only): the trainer's (tini, then
 # fttrainer.entrypoint) prepares /workspace, a volume under the read-only root, then execs
@@ -24,11 +22,7 @@ ARGS = {
 
 
 def _image_size(cluster: Cluster, image: str) -> str:
-    listed = subprocess.run(
-        ["ctr", "--address", cluster.env["FTO_CONTAINERD_ADDR"], "-n", "k8s.io", "images", "ls",
-         f"name=={normalized(image)}"],
-        env={"PATH": cluster.path}, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
+    listed = ctr(cluster, "images", "ls", f"name=={normalized(image)}").splitlines()
     return " ".join(listed[1].split()[3:5])
 
 
@@ -56,15 +50,7 @@ def test_the_image_runs_as_1000_with_a_read_only_root(
             "volumes": [{"name": "workspace", "emptyDir": {}}],
         },
     }  # fmt: skip
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespaced_pod(e2e_namespace, pod)
-
-    def finished() -> Any:
-        found = core.read_namespaced_pod(name, e2e_namespace)
-        return found if found.status.phase in ("Succeeded", "Failed") else None
-
-    done = eventually(finished, timeout=120, what=f"the {which} image's pod")
-    log = core.read_namespaced_pod_log(name, e2e_namespace)
+    done, log = run_pod(cluster, e2e_namespace, pod)
     assert done.status.phase == "Succeeded", log[-3000:]
     assert expected in log, log[-3000:]
     # The image's own user: runAsNonRoot held without a runAsUser in the pod.

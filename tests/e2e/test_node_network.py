@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from kubernetes import client
-
-from tests.e2e.conftest import LOCAL_NODE, TRAINER_IMAGE
-from tests.integration.conftest import Cluster, eventually
+from tests.e2e.conftest import LOCAL_NODE, TRAINER_IMAGE, run_pod
+from tests.integration.conftest import Cluster
 
 PROBE = r"""
 import json, socket, sys
@@ -89,15 +87,8 @@ def test_a_pod_reaches_the_cluster_and_nothing_beyond_this_machine(
             }],
         },
     }  # fmt: skip
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespaced_pod(e2e_namespace, pod)
-
-    def finished() -> str:
-        phase = core.read_namespaced_pod(name, e2e_namespace).status.phase
-        return phase if phase in ("Succeeded", "Failed") else ""
-
-    assert eventually(finished, timeout=120, what="the probe pod") == "Succeeded"
-    log = core.read_namespaced_pod_log(name, e2e_namespace)
+    done, log = run_pod(cluster, e2e_namespace, pod)
+    assert done.status.phase == "Succeeded", log[-3000:]
     (line,) = [x for x in log.splitlines() if x.startswith("RESULT ")]
     result = json.loads(line.removeprefix("RESULT "))
     assert result["apiserver via its Service"] == "connected", result  # DNS, kube-proxy

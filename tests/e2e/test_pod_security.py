@@ -7,17 +7,13 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
-from fttrainer.tiny import save_tiny_model
 from tests.e2e.conftest import (
     Bucket,
     Release,
-    cpu_job,
     create_finetunejob,
-    finetunejob,
-    pod_logs,
-    qa_rows,
+    tiny_cpu_job,
+    training_pod,
 )
 from tests.integration.conftest import eventually
 
@@ -44,25 +40,11 @@ def test_the_runtime_enforces_the_training_pods_security(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
     cluster, ns, name = operator_release.cluster, operator_release.jobs, "locked-down"
-    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny")
-    data = bucket.put_text("data/qa.jsonl", qa_rows(64))
-    secret = bucket.credentials_secret(ns, f"s3-{bucket.name}")
-    job = cpu_job(name, model, data, bucket, secret, steps=100_000, save_steps=100_000,
-                  log_every=10)  # fmt: skip
+    job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=100_000,
+                       save_steps=100_000, log_every=10)  # fmt: skip
     create_finetunejob(cluster, ns, job)
-    selector = f"finetune.dev/job-name={name}"
-
-    def training_pod() -> dict[str, Any] | None:
-        status = finetunejob(cluster, ns, name).get("status") or {}
-        assert status.get("phase") != "Failed", f"{status}\n{pod_logs(operator_release, name)}"
-        pods = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))
-        running = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
-        if not running:
-            return None
-        log = cluster.kubectl("logs", "-n", ns, running[0]["metadata"]["name"], check=False)
-        return running[0] if "{'loss'" in log else None
-
-    pod = eventually(training_pod, timeout=300, interval=1.0, what="the pod training")
+    pod = eventually(lambda: training_pod(operator_release, name), timeout=300, interval=1.0,
+                     what="the pod training")  # fmt: skip
     out = cluster.kubectl("exec", "-n", ns, pod["metadata"]["name"], "-c", "trainer", "--",
                           "python", "-c", CHECKS)  # fmt: skip
     (line,) = [x for x in out.splitlines() if x.startswith("CHECKS ")]

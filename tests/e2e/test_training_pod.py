@@ -5,7 +5,6 @@ manifest run locally with `finetune run` gives the same losses, step for step.""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,15 +14,14 @@ from typing import Any
 
 import yaml
 
-from fttrainer.tiny import save_tiny_model
 from tests.e2e.conftest import (
     Bucket,
     Release,
-    cpu_job,
     create_finetunejob,
+    job_pods,
     phase_is,
     pod_logs,
-    qa_rows,
+    tiny_cpu_job,
 )
 from tests.integration.conftest import eventually
 
@@ -53,11 +51,8 @@ def test_a_cpu_job_trains_in_the_trainer_image_and_matches_a_local_run(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
     cluster, ns, name = operator_release.cluster, operator_release.jobs, "tiny-lora"
-    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny-llama")
-    data = bucket.put_text("data/qa.jsonl", qa_rows(64))
-    secret = bucket.credentials_secret(ns, f"s3-{bucket.name}")
-    job = cpu_job(name, model, data, bucket, secret, steps=STEPS, save_steps=100,
-                  log_every=LOG_EVERY)  # fmt: skip
+    job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS, save_steps=100,
+                       log_every=LOG_EVERY)  # fmt: skip
     create_finetunejob(cluster, ns, job)
 
     # While it runs, `kubectl get ftj` (the CRD's printer columns) shows the real run: a
@@ -80,9 +75,7 @@ def test_a_cpu_job_trains_in_the_trainer_image_and_matches_a_local_run(
     assert status["progress"]["summary"] == f"{STEPS}/{STEPS} (100%)"
 
     # The pod was the trainer image's, on the real node; its log is the trainer's.
-    pods = cluster.kubectl("get", "pods", "-n", ns, "-l", f"finetune.dev/job-name={name}",
-                           "-o", "json")  # fmt: skip
-    (pod,) = json.loads(pods)["items"]
+    (pod,) = job_pods(operator_release, name)
     assert pod["spec"]["nodeName"] == cluster.env["FTO_NODE_NAME"]
     assert pod["status"]["containerStatuses"][0]["image"].endswith("finetune-trainer:dev")
     log = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"])

@@ -4,18 +4,16 @@ and only rank 0 publishes the results."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from fttrainer.tiny import save_tiny_model
 from tests.e2e.conftest import (
     Bucket,
     Release,
-    cpu_job,
     create_finetunejob,
+    job_pods,
     phase_is,
     pod_logs,
-    qa_rows,
+    tiny_cpu_job,
 )
 from tests.integration.conftest import eventually
 
@@ -26,19 +24,15 @@ def test_two_pods_rendezvous_by_dns_and_train_as_two_ranks(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
     cluster, ns, name = operator_release.cluster, operator_release.jobs, "two-nodes"
-    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny")
-    data = bucket.put_text("data/qa.jsonl", qa_rows(64))
-    secret = bucket.credentials_secret(ns, f"s3-{bucket.name}")
-    job = cpu_job(name, model, data, bucket, secret, steps=STEPS, save_steps=10, log_every=5)
+    job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS, save_steps=10,
+                       log_every=5)  # fmt: skip
     job["spec"]["resources"]["nodes"] = 2
     create_finetunejob(cluster, ns, job)
     status = eventually(lambda: phase_is(cluster, ns, name, "Succeeded", "Failed"),
                         timeout=480, interval=1.0, what="the job to finish")  # fmt: skip
     assert status["phase"] == "Succeeded", pod_logs(operator_release, name)
 
-    selector = f"finetune.dev/job-name={name}"
-    pods = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))
-    pods = pods["items"]
+    pods = job_pods(operator_release, name)
     by_rank = {
         int(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]): p
         for p in pods
