@@ -262,8 +262,29 @@ def api_client(connections: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def quiet_watch_close(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: everything goes to asyncio's default handler except one
+    error of kopf 1.45's at exit. When a watch stream is still open as the loop closes,
+    asyncio closes kopf's `infinite_watch` generator and sometimes gets "generator didn't stop
+    after athrow()" from it (its pause-waiter `finally` awaits while being closed): nothing is
+    lost (the cleanup has run, the Lease is released), but it printed an ERROR traceback on a
+    normal stop. That one is logged at DEBUG; any other error keeps its traceback."""
+    asyncgen = context.get("asyncgen")
+    code = getattr(asyncgen, "ag_code", None)
+    if (
+        code is not None
+        and code.co_name == "infinite_watch"
+        and "kopf" in code.co_filename
+        and isinstance(context.get("exception"), RuntimeError)
+    ):
+        log.debug("kopf's watch stream closed at exit: %s", context.get("exception"))
+        return
+    loop.default_exception_handler(context)
+
+
 async def run(options: Options) -> int:
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(quiet_watch_close)
     threads = max(8, options.workers * 2)
     loop.set_default_executor(ThreadPoolExecutor(max_workers=threads))
     stop = asyncio.Event()

@@ -28,6 +28,8 @@ def test_a_deleted_pod_saves_on_sigterm_and_the_restart_resumes_from_that_step(
     # No periodic checkpoint within the run: the one a restart finds is SIGTERM's.
     job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS,
                        save_steps=100_000, log_every=10)  # fmt: skip
+    # The first loss in the log is step 10's (not step 1's), so the SIGTERM comes after it.
+    job["spec"]["logging"]["firstStep"] = False
     create_finetunejob(cluster, ns, job)
 
     pod = eventually(lambda: training_pod(operator_release, name), timeout=300, interval=0.5,
