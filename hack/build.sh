@@ -6,10 +6,11 @@
 # into place only when complete; a lock file serialises concurrent runs.
 #
 # Usage: hack/build.sh [component ...]      components: kubernetes helm kwok etcd minio
-#                                           kubelet containerd runc cni buildkit coredns
+#                                           kubelet containerd runc cni buildkit coredns kueue
 #                                           (default: all of them, in that order)
 #        hack/build.sh control-plane        the first five (what the integration tier needs)
-#        hack/build.sh node                 the last six (the real node, the image builder)
+#        hack/build.sh node                 the next six (the real node, the image builder)
+#        hack/build.sh platform             Kueue (its CRDs and webhook manifests with it)
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
 #   FTO_BUILD_P=N       go build -p (default: number of CPUs, i.e. Go's default)
@@ -65,6 +66,9 @@ ldflags_for() {
       flags+=" -X github.com/moby/buildkit/version.Version=$v"
       flags+=" -X github.com/moby/buildkit/version.Revision=module-$v" ;;
     coredns) flags+=" -X github.com/coredns/coredns/coremain.GitCommit=module-$v" ;;
+    kueue)
+      flags+=" -X sigs.k8s.io/kueue/pkg/version.GitVersion=$v"
+      flags+=" -X sigs.k8s.io/kueue/pkg/version.GitCommit=module-$v" ;;
     minio)
       # pseudo-version v0.0.0-YYYYMMDDhhmmss-<12 hex>
       local ts="${v#v0.0.0-}"; local commit="${ts#*-}"; ts="${ts%%-*}"
@@ -96,6 +100,7 @@ packages_for() {
       github.com/containernetworking/plugins/plugins/main/loopback ;;
     buildkit) echo github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl ;;
     coredns) echo ./cmd/coredns ;;
+    kueue) echo sigs.k8s.io/kueue/cmd/kueue ;;
   esac
 }
 
@@ -168,6 +173,14 @@ build_one() {
     exec 9>&-
     return 1
   fi
+  # Kueue's CRDs and webhook configurations come with its binary, from the same module.
+  if [[ "$c" == kueue ]]; then
+    local src
+    src="$(cd "$moddir" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+    mkdir -p "$tmp/config"
+    cp "$src"/config/components/crd/bases/*.yaml "$src/config/components/webhook/manifests.yaml" "$tmp/config/"
+    chmod -R u+w "$tmp/config"
+  fi
   {
     echo "component=$c"
     echo "version=$v"
@@ -195,6 +208,7 @@ main() {
   case "${comps[*]}" in
     control-plane) comps=("${FTO_CONTROL_PLANE[@]}") ;;
     node) comps=("${FTO_NODE_COMPONENTS[@]}") ;;
+    platform) comps=("${FTO_PLATFORM[@]}") ;;
   esac
   for c in "${comps[@]}"; do component_version "$c" >/dev/null || exit 2; done
   t0=$(date +%s)

@@ -12,13 +12,15 @@ FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
 # kubernetes wrapper's module versions) find most of their packages compiled; helm next,
 # which the tests without a cluster need. The control plane's components come first
 # (FTO_CONTROL_PLANE: all that the integration tier needs), then the real node's and the
-# image builder's (FTO_NODE_COMPONENTS: hack/node-up.sh, hack/images.sh).
+# image builder's (FTO_NODE_COMPONENTS: hack/node-up.sh, hack/images.sh), then the platform
+# the serial integration tests run beside the operator (FTO_PLATFORM: Kueue).
 FTO_CONTROL_PLANE=(kubernetes helm kwok etcd minio)
 FTO_NODE_COMPONENTS=(kubelet containerd runc cni buildkit coredns)
-FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}")
+FTO_PLATFORM=(kueue)
+FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}" "${FTO_PLATFORM[@]}")
 # Components whose wrapper modules are aligned with hack/modules/kubernetes (their builds
 # wait for it when it is being built elsewhere).
-FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns)
+FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns kueue)
 
 component_version() {
   case "$1" in
@@ -33,6 +35,7 @@ component_version() {
     cni) echo "$CNI_PLUGINS_VERSION" ;;
     buildkit) echo "$BUILDKIT_VERSION" ;;
     coredns) echo "$COREDNS_VERSION" ;;
+    kueue) echo "$KUEUE_VERSION" ;;
     *) echo "unknown component: $1" >&2; return 2 ;;
   esac
 }
@@ -50,6 +53,7 @@ component_module() {
     cni) echo github.com/containernetworking/plugins ;;
     buildkit) echo github.com/moby/buildkit ;;
     coredns) echo github.com/coredns/coredns ;;
+    kueue) echo sigs.k8s.io/kueue ;;
     *) return 2 ;;
   esac
 }
@@ -76,6 +80,7 @@ component_binaries() {
     cni) echo bridge host-local loopback ;;
     buildkit) echo buildkitd buildctl ;;
     coredns) echo coredns ;;
+    kueue) echo kueue ;;
     *) return 2 ;;
   esac
 }

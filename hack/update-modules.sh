@@ -3,7 +3,7 @@
 # Run after changing a pin; commit the resulting go.mod/go.sum/tools.go files.
 #
 # Usage: hack/update-modules.sh [component ...]   (default: all)
-#   components: etcd kubernetes kwok helm minio containerd runc cni buildkit coredns
+#   components: etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue
 #   (kwok, helm, containerd, cni and coredns take versions from the kubernetes wrapper,
 #   buildkit from containerd's: regenerate them after those)
 set -euo pipefail
@@ -56,6 +56,8 @@ align_with() {
   ver="$(awk '$1=="require"{print $3; exit}' "$dir/go.mod")"
   while read -r path own theirs; do
     [[ -n "$theirs" && ! "$path" =~ $keep && "$path" != finetune.dev/* ]] || continue
+    grep -Eq "^[[:space:]]*$path =>" "$dir/go.mod" && continue # replaced already
+
     if [[ "${ALIGN_UP_ONLY:-0}" == 1 ]] && ! printf '%s\n%s\n' "$own" "$theirs" | sort -V -C; then
       continue # theirs is older than ours
     fi
@@ -74,8 +76,21 @@ align_with() {
   echo "aligned $dir with hack/modules/$base" >&2
 }
 
+# with_kubernetes_staging name: a component that requires k8s.io/kubernetes itself (Kueue
+# imports its scheduler's helpers) needs the same replaces as the kubernetes wrapper: that
+# module's go.mod requires every staging module as v0.0.0, which no proxy serves.
+with_kubernetes_staging() {
+  local dir="$HACK_DIR/modules/$1"
+  {
+    printf '\n// k8s.io/kubernetes and its staging modules, as hack/modules/kubernetes has them.\n'
+    sed -n '/^replace (/,/^)/p' "$HACK_DIR/modules/kubernetes/go.mod" |
+      sed "s|^)\$|\tk8s.io/kubernetes => k8s.io/kubernetes $KUBERNETES_VERSION\n)|"
+  } >>"$dir/go.mod"
+  (cd "$dir" && go mod tidy)
+}
+
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" 1.26.0 go.etcd.io/etcd/server/v3 ;;
@@ -110,6 +125,10 @@ for c in "${components[@]}"; do
       write_module coredns github.com/coredns/coredns "$COREDNS_VERSION" 1.26.0 \
         github.com/coredns/coredns/coremain
       ALIGN_UP_ONLY=1 align_with_kubernetes coredns ;;
+    kueue)
+      write_module kueue sigs.k8s.io/kueue "$KUEUE_VERSION" 1.26.0 sigs.k8s.io/kueue/cmd/kueue
+      with_kubernetes_staging kueue
+      ALIGN_UP_ONLY=1 align_with_kubernetes kueue ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -24,6 +24,8 @@ from pydantic import ValidationError
 
 from ftapi.progress import ProgressReport
 
+from .kueue import QueueState
+
 log = logging.getLogger("ftoperator")
 
 Key = tuple[str, str]  # (namespace, FineTuneJob name)
@@ -42,6 +44,8 @@ class Cache:
     create_failures: dict[Key, str] = field(default_factory=dict)
     """Why the Job controller cannot create a job's pods (its FailedCreate Events), read
     only while a Job lacks pods."""
+    queue_states: dict[Key, QueueState] = field(default_factory=dict)
+    """Why Kueue holds a queued job (its Workload's conditions), read only while it waits."""
 
     def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
         if body is None:

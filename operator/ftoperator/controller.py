@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -38,6 +39,7 @@ from .desired import (
     with_recorded,
 )
 from .kube import ChildError, Kube, owned_by
+from .kueue import owned_workload, queue_state
 from .merge_patch import merge_patch
 from .observability import METRICS, Metrics
 from .status import (
@@ -52,8 +54,13 @@ from .status import (
 )
 
 log = logging.getLogger("ftoperator")
+T = TypeVar("T")
 CREATE_FAILURE_POLL_SECONDS = 10.0
 CREATE_FAILURE_GRACE_SECONDS = 5.0
+# A queued job asks Kueue why it waits every QUEUE_POLL_SECONDS; one list of a namespace's
+# Workloads serves all its queued jobs for QUEUE_READ_SECONDS.
+QUEUE_POLL_SECONDS = 30.0
+QUEUE_READ_SECONDS = 5.0
 
 
 class Controller:
@@ -66,8 +73,8 @@ class Controller:
         self.cache = Cache()
         self.queue = WorkQueue(self.reconcile, workers=workers)
         self._written: dict[Key, dict[str, Any]] = {}  # the status writes not yet watched
-        # namespace -> (loop time, the FailedCreate Events read then, by Job name)
-        self._failure_reads: dict[str, tuple[float, asyncio.Future[dict[str, str]]]] = {}
+        # (what, namespace) -> (loop time, the read made then): _shared_read
+        self._shared_reads: dict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = {}
         self.resync_seconds = 60.0
         self.child_check_seconds = 300.0
         self._children_checked: dict[Key, float] = {}  # key -> loop time of the last check
@@ -86,6 +93,7 @@ class Controller:
         try:
             await self._read_through(key, body)
             await self._read_create_failure(key, body)
+            await self._read_queue_state(key, body)
             job, plan = self.plan(key, body)
             if await self._execute(key, body, job, plan):
                 await self._check_children(key, body, job, plan)
@@ -160,24 +168,65 @@ class Controller:
         self.queue.add_after(key, CREATE_FAILURE_POLL_SECONDS)
 
     async def _create_failures_in(self, namespace: str) -> dict[str, str]:
-        """FailedCreate messages by Job name, read at most once per poll interval for each
-        namespace and shared by every job there that lacks pods: a burst of new jobs whose
-        pods the Job controller is slow to create would otherwise cost one list per job
-        every 10 s (1.9 lists per job in a burst of 1000)."""
+        """FailedCreate messages by Job name, shared by every job there that lacks pods: a
+        burst of new jobs whose pods the Job controller is slow to create would otherwise
+        cost one list per job every 10 s (1.9 lists per job in a burst of 1000)."""
+        return await self._shared_read(
+            "FailedCreate", namespace, self.kube.pod_create_failures, CREATE_FAILURE_POLL_SECONDS
+        )
+
+    async def _read_queue_state(self, key: Key, body: dict[str, Any]) -> None:
+        """While the attempt's Job waits suspended in a Kueue queue, ask Kueue why (its
+        Workload's conditions: over quota, preempted) and look again now and then: the Job
+        itself only says "suspended"."""
+        status = body.get("status") or {}
+        scheduling = (body.get("spec") or {}).get("scheduling") or {}
+        attempt = status.get("attempt", 0)
+        uid = body.get("metadata", {}).get("uid", "")
+        batch_job = self._owned(key, uid, attempt)[0].get(Names(key[1], attempt).batch_job)
+        waiting = (
+            scheduling.get("queueName")
+            and not scheduling.get("suspend")
+            and status.get("phase") not in TERMINAL_PHASES
+            and batch_job is not None
+            and (batch_job.get("spec") or {}).get("suspend")
+        )
+        if not waiting:
+            self.cache.queue_states.pop(key, None)
+            return
+        assert batch_job is not None
+        workloads = await self._shared_read(
+            "Workload", key[0], self.kube.workloads, QUEUE_READ_SECONDS
+        )
+        job_uid = str(batch_job.get("metadata", {}).get("uid") or "")
+        workload = owned_workload(workloads, job_uid)
+        state = queue_state(workload)
+        if state is None:
+            self.cache.queue_states.pop(key, None)
+        else:
+            self.cache.queue_states[key] = state
+        # A Workload without a verdict yet (just created, or the read predates an eviction):
+        # look again as soon as a fresh read can be made; otherwise now and then.
+        soon = workload is not None and state is None
+        self.queue.add_after(key, QUEUE_READ_SECONDS + 0.5 if soon else QUEUE_POLL_SECONDS)
+
+    async def _shared_read(
+        self, what: str, namespace: str, read: Callable[[str], T], fresh_seconds: float
+    ) -> T:
+        """One read of `what` per namespace every `fresh_seconds`, shared by every job there
+        that asks meanwhile (and retried at once after a failed read)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        read = self._failure_reads.get(namespace)
-        stale = read is None or now - read[0] >= CREATE_FAILURE_POLL_SECONDS
-        if stale or (read is not None and read[1].done() and read[1].exception()):
-            for old in [n for n, (at, _) in self._failure_reads.items()
-                        if now - at >= 3 * CREATE_FAILURE_POLL_SECONDS]:  # fmt: skip
-                del self._failure_reads[old]
-            future = asyncio.ensure_future(
-                asyncio.to_thread(self.kube.pod_create_failures, namespace)
-            )
-            read = self._failure_reads[namespace] = (now, future)
-        assert read is not None
-        return await asyncio.shield(read[1])
+        slot = (what, namespace)
+        held = self._shared_reads.get(slot)
+        stale = held is None or now - held[0] >= fresh_seconds
+        if stale or (held is not None and held[1].done() and held[1].exception()):
+            for old in [s for s, (at, _) in self._shared_reads.items() if now - at >= 60.0]:
+                del self._shared_reads[old]  # namespaces nobody asked about for a minute
+            future: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(read, namespace))
+            held = self._shared_reads[slot] = (now, future)
+        assert held is not None
+        return cast(T, await asyncio.shield(held[1]))
 
     def _attempt_pods(self, key: Key, attempt: int) -> list[dict[str, Any]]:
         return [
@@ -228,6 +277,7 @@ class Controller:
             progress=self.cache.progress_of(key),
             lost_nodes=frozenset(self.cache.lost_nodes),
             pod_create_failure=self.cache.create_failures.get(key),
+            queue_state=self.cache.queue_states.get(key),
         )
         generation = body.get("metadata", {}).get("generation")
         if job is None:

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 
 from .drift import REPAIRABLE, drifted
+from .kueue import WORKLOAD_API
 from .observability import METRICS, Metrics
 
 log = logging.getLogger("ftoperator")
@@ -89,6 +90,7 @@ RESOURCES = {
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     "FineTuneJobProgress": (f"{GROUP}/{VERSION}", PROGRESS_PLURAL),
     "FineTuneJob": (f"{GROUP}/{VERSION}", PLURAL),
+    "Workload": (WORKLOAD_API, "workloads"),
 }
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -247,6 +249,17 @@ class Kube:
             if job not in newest or when >= newest[job][0]:
                 newest[job] = (when, str(event.get("message") or "FailedCreate"))
         return {job: message for job, (_, message) in newest.items()}
+
+    def workloads(self, namespace: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads in the namespace (one list serves every queued job there); none
+        when Kueue is not installed (404) or the chart's rule for them is missing (403)."""
+        try:
+            listed = self.request("list", "GET", collection("Workload", namespace))
+        except ApiException as error:
+            if error.status in (403, 404):
+                return []
+            raise
+        return list(listed.get("items") or [])
 
     def _count(self, verb: str) -> None:
         self.requests += 1

@@ -42,6 +42,7 @@ from ftapi.v1alpha1.status import (
 from . import failures
 from .desired import Names
 from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
+from .kueue import QueueState
 
 log = logging.getLogger("ftoperator")
 
@@ -102,6 +103,8 @@ class Observed:
     pod_create_failure: str | None = None
     """Why the Job controller could not create the current attempt's pods (its latest
     FailedCreate Event: a ResourceQuota, a missing PriorityClass, Pod Security), if any."""
+    queue_state: QueueState | None = None
+    """Why Kueue holds the current attempt's suspended Job (its Workload), if it says."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     _set_suspended(status, False, generation, now)
     if job_suspended:
         if scheduling.queue_name:  # Kueue admits the Job by unsuspending it
-            _waiting(status, job, generation, now)
+            _waiting(status, job, generation, now, observed.queue_state)
         else:  # the user resumed a suspended job
             plan.actions.append(SuspendJob(names.batch_job, False))
             status.phase = "Pending"
@@ -426,8 +429,9 @@ def _succeed(
 
 
 def _waiting(
-    status: FineTuneJobStatus, job: FineTuneJob, generation: int | None, now: datetime
-) -> None:
+    status: FineTuneJobStatus, job: FineTuneJob, generation: int | None, now: datetime,
+    queued: QueueState | None = None,
+) -> None:  # fmt: skip
     scheduling = job.spec.scheduling
     if scheduling.suspend:
         status.phase, status.message = "Suspended", "suspended (spec.scheduling.suspend)"
@@ -435,9 +439,13 @@ def _waiting(
     elif scheduling.queue_name:
         status.phase = "Queued"
         status.message = f"waiting for Kueue to admit it (queue {scheduling.queue_name})"
+        if queued is not None:
+            status.message += f": {queued.message}"
     else:
         status.phase, status.message = "Pending", WAITING_FOR_PODS
     reason = {"Suspended": "Suspended", "Queued": "Queued"}.get(status.phase, "Pending")
+    if status.phase == "Queued" and queued is not None:
+        reason = queued.reason
     _condition(status, RUNNING, "False", reason, status.message, generation, now)
 
 

@@ -266,23 +266,6 @@ def test_suspend_stops_the_pods_and_resume_finishes(
     assert _condition(status, "Suspended")["status"] == "False"
 
 
-def test_a_kueue_queued_job_waits_for_admission(
-    cluster: Cluster, operator: Operator, ns: str
-) -> None:
-    name = "queued"
-    _apply(cluster, ns, _manifest(name, scheduling={"queueName": "team-a"}))
-    status = _wait_phase(cluster, ns, name, "Queued", operator)
-    job = eventually(lambda: read_job(cluster, ns, f"{name}-0"), what="Job")
-    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
-    assert job.spec.suspend is True
-    assert "team-a" in status["message"]
-    # What Kueue does on admission: unsuspend the Job.
-    client.BatchV1Api(cluster.api).patch_namespaced_job(
-        f"{name}-0", ns, {"spec": {"suspend": False}}
-    )
-    _wait_phase(cluster, ns, name, "Succeeded", operator)
-
-
 @pytest.mark.parametrize(
     ("resources", "deadline", "stuck"),
     [

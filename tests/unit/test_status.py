@@ -20,6 +20,7 @@ from ftapi.progress import CheckpointReport, ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import Condition
 from ftoperator.desired import LABEL_ATTEMPT, Names
+from ftoperator.kueue import QueueState
 from ftoperator.status import (
     FAILED,
     MAX_ADDITIONAL_METRICS,
@@ -1839,3 +1840,31 @@ def test_pods_the_api_server_refuses_as_invalid_fail_the_job_at_once() -> None:
     assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
     (event,) = [e for e in plan.events if e.type == "Warning"]
     assert event.reason == "PodRejected" and "is invalid" in event.message
+
+
+# === Kueue =============================================================================
+
+
+@pytest.mark.parametrize(
+    ("queued", "reason", "said"),
+    [
+        (None, "Queued", "waiting for Kueue to admit it (queue team-q)"),
+        (QueueState("Queued", "Kueue: insufficient quota"), "Queued",
+         "waiting for Kueue to admit it (queue team-q): Kueue: insufficient quota"),
+        (QueueState("Preempted", "preempted by Kueue: for a higher priority"), "Preempted",
+         "waiting for Kueue to admit it (queue team-q): preempted by Kueue: for a higher priority"),
+    ],
+    ids=["no-word-yet", "over-quota", "preempted"],
+)  # fmt: skip
+def test_a_job_kueue_holds_is_queued_with_kueues_reason_and_no_restart(
+    queued: QueueState | None, reason: str, said: str
+) -> None:
+    previous = running_status()  # a preemption comes after it ran
+    plan = observe(make(scheduling__queueName="team-q"), previous, at(30),
+                   batch_job=make_batch_job(0, suspend=True).obj(), queue_state=queued)  # fmt: skip
+    new = plan.status
+    assert (new.phase, new.message) == ("Queued", said)
+    assert (cond(new, RUNNING).status, cond(new, RUNNING).reason) == ("False", reason)
+    # Kueue suspends and unsuspends the same Job: no new attempt, no restart spent.
+    assert (new.attempt, new.restarts) == (0, 0)
+    assert not any(isinstance(a, CreateAttempt | DeleteJob | SuspendJob) for a in plan.actions)

@@ -86,6 +86,11 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# Why a queued job waits (spec.scheduling.queueName): Kueue's Workload for its Job, listed
+# only while the Job is suspended in a queue. Nothing happens without Kueue installed.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
 # Each job's resolved-config ConfigMap (immutable), its rendezvous Service, the training pods'
 # ServiceAccount, Role and RoleBinding. get: an object that already exists is read once to
 # check that this job owns it (never adopted otherwise). No list/watch, update or delete:
