@@ -6,6 +6,14 @@ The status goes first: it records the attempt being started or torn down, so an 
 killed between two writes picks up where it stopped, and a crash can never make it create
 an attempt twice (children's names are deterministic; creating an existing one is a no-op).
 
+One exception: a new job's first status ("Pending, waiting for the pods") is held back for
+up to FIRST_STATUS_GRACE_SECONDS after its children are created, and written as "Running"
+at once when the pods start within that time. A status that is replaced a second later tells
+no one anything, and it is the most expensive request of a job's start (the API server
+validates and stores the whole object again). Nothing is lost when the operator dies
+meanwhile: attempt 0 is what an empty status means, its children's creates are idempotent,
+and the settings the first attempt used are read back from its Job (desired.settings_of).
+
 The cache may lag behind the operator's own status write by one watch event; the object
 that write returned is kept and used until the watch has caught up (by resourceVersion),
 so a pass never plans from a status older than one it wrote itself.
@@ -35,6 +43,7 @@ from .desired import (
     Settings,
     desired,
     policy_violation,
+    settings_of,
     settings_used,
     with_recorded,
 )
@@ -43,6 +52,7 @@ from .kueue import owned_workload, queue_state
 from .merge_patch import merge_patch
 from .observability import METRICS, Metrics
 from .status import (
+    WAITING_FOR_PODS,
     CreateAttempt,
     DeleteJob,
     DeleteSelf,
@@ -61,6 +71,8 @@ CREATE_FAILURE_GRACE_SECONDS = 5.0
 # Workloads serves all its queued jobs for QUEUE_READ_SECONDS.
 QUEUE_POLL_SECONDS = 30.0
 QUEUE_READ_SECONDS = 5.0
+# How long a new job's first status may wait for its pods to start (see the module).
+FIRST_STATUS_GRACE_SECONDS = 5.0
 
 
 class Controller:
@@ -73,6 +85,9 @@ class Controller:
         self.cache = Cache()
         self.queue = WorkQueue(self.reconcile, workers=workers)
         self._written: dict[Key, dict[str, Any]] = {}  # the status writes not yet watched
+        # A new job's first status, planned but held back: key -> (loop time due, status).
+        self._held: dict[Key, tuple[float, dict[str, Any]]] = {}
+        self.first_status_grace_seconds = FIRST_STATUS_GRACE_SECONDS
         # (what, namespace) -> (loop time, the read made then): _shared_read
         self._shared_reads: dict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = {}
         self.resync_seconds = 60.0
@@ -82,20 +97,23 @@ class Controller:
     # --- the pass -------------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> None:
-        body = self._freshest(key)
-        if body is None:
+        stored = self._freshest(key)
+        if stored is None:
             self._written.pop(key, None)
+            self._held.pop(key, None)
             self._children_checked.pop(key, None)
             return
-        if body.get("metadata", {}).get("deletionTimestamp"):
+        if stored.get("metadata", {}).get("deletionTimestamp"):
+            self._held.pop(key, None)
             return  # garbage collection removes the children (owner references)
+        body = self._with_held_status(key, stored)
         started = time.monotonic()
         try:
             await self._read_through(key, body)
             await self._read_create_failure(key, body)
             await self._read_queue_state(key, body)
             job, plan = self.plan(key, body)
-            if await self._execute(key, body, job, plan):
+            if await self._execute(key, stored, job, plan):
                 await self._check_children(key, body, job, plan)
         except Exception as error:
             self.metrics.count_reconcile_error(type(error).__name__)
@@ -291,22 +309,32 @@ class Controller:
             reason, message = refused
             return job, rejected(status, message, generation, now, reason, ttl)
         plan = reconcile(job, observed)
-        if plan.status.settings is None and any(isinstance(a, CreateAttempt) for a in plan.actions):
-            # Written with the status, before the first child exists (docs/install.md).
-            plan.status.settings = settings_used(job, self.settings)
+        if plan.status.settings is None:
+            # Recorded with the first status (docs/install.md): what the attempt's Job was
+            # made with when it exists (an operator that died before writing the first
+            # status, then started with other settings), else what it is about to be.
+            if observed.batch_job is not None:
+                plan.status.settings = settings_of(observed.batch_job)
+            elif any(isinstance(a, CreateAttempt) for a in plan.actions):
+                plan.status.settings = settings_used(job, self.settings)
         return job, plan
 
     async def _execute(
         self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
     ) -> bool:
-        """Write the status, act, post the Events. False when the job is gone or failed on
-        a child here (nothing more to do in this pass)."""
+        """Write the status (or hold a new job's first one back: _hold), act, post the
+        Events. `body` is the object as stored (its status is what the patch is made
+        against). False when the job is gone or failed on a child here (nothing more to do
+        in this pass)."""
         namespace, name = key
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         patch = merge_patch(before, after)
+        if patch and self._hold(key, before, plan, after):
+            patch = {}
         if patch:
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
+            self._held.pop(key, None)
             if stored is None:
                 return False
             self._written[key] = stored
@@ -337,7 +365,8 @@ class Controller:
         ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
         failed = rejected(status, error.message, body.get("metadata", {}).get("generation"),
                           datetime.now(UTC), error.reason, ttl)  # fmt: skip
-        written = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        held = self._held.pop(key, None)
+        written = {} if held else status.model_dump(mode="json", by_alias=True, exclude_none=True)
         await self._execute(key, {**body, "status": written}, job, failed)
 
     async def _check_children(
@@ -405,6 +434,35 @@ class Controller:
             log.info("%s/%s: ttlSecondsAfterFinished passed: deleting it", namespace, name)
             await asyncio.to_thread(self.kube.delete_finetunejob, namespace, name)
 
+    def _hold(self, key: Key, stored: dict[str, Any], plan: Plan, planned: dict[str, Any]) -> bool:
+        """Whether to hold back this pass's status write: only a new job's first status
+        while it would say "Pending, waiting for the pods" and its grace has not run out
+        (the module's docstring). Held, it is what the next passes plan from, and a look is
+        scheduled for when the grace ends."""
+        if stored or plan.status.attempt != 0 or plan.status.phase != "Pending":
+            return False
+        if plan.status.message != WAITING_FOR_PODS:  # a reason the user must read: now
+            return False
+        now = asyncio.get_running_loop().time()
+        due = self._held.get(key, (now + self.first_status_grace_seconds, {}))[0]
+        if now >= due:
+            return False
+        self._held[key] = (due, planned)
+        self.queue.add_after(key, due - now + 0.05)
+        return True
+
+    def _with_held_status(self, key: Key, stored: dict[str, Any]) -> dict[str, Any]:
+        """The object to plan from: as stored, or with the first status this operator holds
+        back for it (as long as nothing has been stored since: another operator's write, a
+        leader change, wins)."""
+        held = self._held.get(key)
+        if held is None:
+            return stored
+        if stored.get("status"):
+            self._held.pop(key, None)
+            return stored
+        return {**stored, "status": held[1]}
+
     def _freshest(self, key: Key) -> dict[str, Any] | None:
         watched = self.cache.jobs.get(key)
         written = self._written.get(key)
@@ -422,7 +480,10 @@ class Controller:
     def jobs_now(self) -> list[dict[str, Any]]:
         """Every FineTuneJob in the cache, with the status this operator last wrote when the
         watch has not brought it back yet (what /metrics reports)."""
-        return [self._written.get(key) or body for key, body in self.cache.jobs.items()]
+        return [
+            self._written.get(key) or self._with_held_status(key, body)
+            for key, body in self.cache.jobs.items()
+        ]
 
 
 async def _gather_all(calls: Any) -> None:

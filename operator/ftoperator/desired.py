@@ -47,6 +47,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_KEY = "job.yaml"
 _SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 RUN_AS_USER = 1000  # the trainer image's user (trainer-image/Dockerfile)
+ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"  # boto3's: the operator's default S3 endpoint
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,23 @@ def settings_used(job: FineTuneJob, settings: Settings) -> OperatorSettingsUsed:
     return OperatorSettingsUsed(
         image=image_of(job, settings), s3_endpoint=settings.default_s3_endpoint
     )
+
+
+def settings_of(batch_job: dict[str, Any]) -> OperatorSettingsUsed | None:
+    """The settings a Job was made with, read back from its trainer container (the image,
+    and the default S3 endpoint when it was given one): settings_used's inverse, for a job
+    whose first status was never written. None when the Job has no trainer container."""
+    spec = batch_job.get("spec", {}).get("template", {}).get("spec", {})
+    for container in spec.get("containers") or []:
+        if container.get("name") != "trainer" or not container.get("image"):
+            continue
+        endpoint = next(
+            (e.get("value") for e in container.get("env") or []
+             if e.get("name") == ENV_S3_ENDPOINT and e.get("value")),
+            None,
+        )  # fmt: skip
+        return OperatorSettingsUsed(image=container["image"], s3_endpoint=endpoint)
+    return None
 
 
 def with_recorded(settings: Settings, used: OperatorSettingsUsed | None) -> Settings:
@@ -587,7 +605,7 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
     ]
     s3 = spec.output.s3
     if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.default_s3_endpoint})
+        env.append({"name": ENV_S3_ENDPOINT, "value": settings.default_s3_endpoint})
     if s3 is not None and s3.credentials_secret_ref is not None:
         secret = s3.credentials_secret_ref.name
         env += [_secret_env(key, secret, key) for key in S3_SECRET_KEYS]

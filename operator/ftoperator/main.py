@@ -31,7 +31,7 @@ from kubernetes import client, config
 from ftapi.v1alpha1.common import IMAGE_PATTERN, check_quantity
 from ftapi.v1alpha1.resources import is_extended_resource_name
 
-from .controller import Controller
+from .controller import FIRST_STATUS_GRACE_SECONDS, Controller
 from .desired import Settings
 from .handlers import register
 from .job_metrics import JobSeries
@@ -49,6 +49,7 @@ class Options:
     workers: int
     resync_seconds: float
     child_check_seconds: float
+    first_status_grace_seconds: float
     log_format: str
     log_level: str
     metrics_bind: str
@@ -81,6 +82,9 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         ("--resync-seconds", "RESYNC_SECONDS", float, "look at every job at least this often"),
         ("--child-check-seconds", "CHILD_CHECK_SECONDS", float,
          "verify a running attempt's children (re-create, repair) this often"),
+        ("--first-status-grace-seconds", "FIRST_STATUS_GRACE_SECONDS", float,
+         "a new job's first status waits this long for its pods: Running is then written "
+         "at once, without a Pending before it; 0: write Pending at once"),
         ("--log-level", "LOG_LEVEL", str, "DEBUG, INFO, WARNING"),
         ("--metrics-bind", "METRICS_BIND", str, "address of /metrics, /healthz, /readyz"),
         ("--metrics-port", "METRICS_PORT", int, "port of /metrics, /healthz, /readyz; 0: none"),
@@ -88,6 +92,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
     defaults_by_flag = {
         "DEFAULT_IMAGE": defaults.default_image, "SCRATCH_SIZE": defaults.scratch_size,
         "WORKERS": "64", "RESYNC_SECONDS": "60", "CHILD_CHECK_SECONDS": "300",
+        "FIRST_STATUS_GRACE_SECONDS": str(FIRST_STATUS_GRACE_SECONDS),
         "LOG_LEVEL": "INFO", "METRICS_BIND": "0.0.0.0", "METRICS_PORT": "8080",
     }  # fmt: skip
     for flag, name, kind, text in flags:
@@ -166,6 +171,8 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
             raise ValueError("not a list of objects")
     except ValueError as error:
         parser.error(f"--gpu-tolerations must be a JSON list of tolerations: {error}")
+    if not 0 <= args.first_status_grace_seconds <= 60:
+        parser.error("--first-status-grace-seconds must be between 0 and 60")
     # Settings that end up in every pod: refused here, not by the API server at each job.
     for flag, value in (("--default-cpu", args.default_cpu),
                         ("--default-memory", args.default_memory),
@@ -206,6 +213,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         workers=args.workers,
         resync_seconds=args.resync_seconds,
         child_check_seconds=args.child_check_seconds,
+        first_status_grace_seconds=args.first_status_grace_seconds,
         log_format=args.log_format,
         log_level=args.log_level.upper(),
         metrics_bind=args.metrics_bind,
@@ -294,6 +302,7 @@ async def run(options: Options) -> int:
     controller = Controller(Kube(api, options.identity), options.settings, workers=options.workers)
     controller.resync_seconds = options.resync_seconds
     controller.child_check_seconds = options.child_check_seconds
+    controller.first_status_grace_seconds = options.first_status_grace_seconds
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     job_series = JobSeries(controller.jobs_now)

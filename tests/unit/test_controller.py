@@ -5,13 +5,14 @@ instead of their exit code that way), and how it refuses jobs before reconciling
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
 
 from ftapi import parse_job
 from ftoperator.controller import Controller, pods_behind
-from ftoperator.desired import Settings, desired, with_recorded
+from ftoperator.desired import Settings, desired, settings_of, with_recorded
 from ftoperator.kube import Kube
 from ftoperator.status import CreateAttempt, DeleteSelf
 from tests.builders import make_job
@@ -124,3 +125,111 @@ def test_the_first_attempt_records_the_operator_settings_and_restarts_keep_them(
                       "phase": "Restarting", "attempt": 1, "restarts": 1}  # fmt: skip
     _, restart = upgraded.plan(("ns", "pinned"), body)
     assert restart.status.settings == recorded  # never overwritten
+
+
+# --- a new job's first status waits for its pods (controller.py's docstring) ------------------
+
+
+@pytest.mark.parametrize(
+    ("spec_endpoint", "default_endpoint", "recorded_endpoint"),
+    [(None, "http://minio.storage:9000", "http://minio.storage:9000"),
+     (None, None, None),
+     # The spec's own endpoint: the default was not given to the pods (and does not matter).
+     ("http://own:9000", "http://minio.storage:9000", None)],
+    ids=["default-endpoint", "no-endpoint", "own-endpoint"],
+)  # fmt: skip
+def test_the_settings_a_job_was_made_with_are_read_back_from_it(
+    spec_endpoint: str | None, default_endpoint: str | None, recorded_endpoint: str | None
+) -> None:
+    job = make_job("made")
+    if spec_endpoint:
+        job.set("output.s3", {"endpoint": spec_endpoint})
+    settings = Settings(default_image="registry.internal/ml/trainer:1.0",
+                        default_s3_endpoint=default_endpoint)  # fmt: skip
+    batch_job = desired(parse_job(job.obj()), attempt=0, settings=settings).job
+    used = settings_of(batch_job)
+    assert used is not None
+    assert (used.image, used.s3_endpoint) == ("registry.internal/ml/trainer:1.0", recorded_endpoint)
+    # What a later attempt made with them runs the same image against the same storage.
+    again = desired(parse_job(job.obj()), attempt=1, settings=with_recorded(Settings(), used))
+    assert _trainer(again.job)["image"] == _trainer(batch_job)["image"]
+    assert _env(again.job).get("AWS_ENDPOINT_URL_S3") == _env(batch_job).get("AWS_ENDPOINT_URL_S3")
+    assert settings_of({"spec": {"template": {"spec": {"containers": []}}}}) is None
+
+
+def _trainer(batch_job: dict[str, Any]) -> dict[str, Any]:
+    (container,) = batch_job["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _env(batch_job: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in _trainer(batch_job)["env"]}
+
+
+def test_a_job_whose_first_status_was_never_written_records_what_its_job_runs() -> None:
+    """The operator died after creating attempt 0, before its held first status, and came
+    back with another default image: the status records the image the Job runs."""
+    job = make_job("orphan")
+    old = Settings(default_image="registry.internal/ml/trainer:1.0")
+    batch_job = desired(parse_job(job.obj()), attempt=0, settings=old).job
+    batch_job["metadata"]["uid"] = "job-uid"
+    body = _body(job.obj())
+    body["metadata"]["uid"] = "ftj-uid"
+    batch_job["metadata"]["ownerReferences"] = [{"uid": "ftj-uid", "controller": True}]
+    restarted = _controller(default_image="registry.internal/ml/trainer:2.0")
+    restarted.cache.observe_child("Job", ("ns", "orphan"), batch_job["metadata"]["name"], batch_job)
+    _, plan = restarted.plan(("ns", "orphan"), body)
+    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    assert plan.status.settings is not None
+    assert plan.status.settings.image == "registry.internal/ml/trainer:1.0"
+
+
+def _held_pass(controller: Controller, stored: dict[str, Any], plan: Any) -> bool:
+    planned = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return controller._hold(("ns", "new"), stored, plan, planned)
+
+
+def test_a_new_jobs_pending_status_is_held_until_its_grace_ends() -> None:
+    async def run() -> None:
+        controller = _controller()
+        controller.first_status_grace_seconds = 0.2
+        body = _body(make_job("new").obj())
+        _, plan = controller.plan(("ns", "new"), body)
+        assert plan.status.phase == "Pending" and any(
+            isinstance(a, CreateAttempt) for a in plan.actions
+        )
+        assert _held_pass(controller, {}, plan)  # the first pass: held
+        # The next passes plan from the held status (attempt, settings, conditions)...
+        held = controller._with_held_status(("ns", "new"), body)
+        assert held["status"]["settings"]["image"] == plan.status.settings.image  # type: ignore[union-attr]
+        assert {c["type"] for c in held["status"]["conditions"]} >= {"ResourcesCreated"}
+        assert _held_pass(controller, {}, plan)  # still within the grace
+        await asyncio.sleep(0.25)
+        assert not _held_pass(controller, {}, plan)  # the grace is over: written
+        # Something stored meanwhile (another operator's write) wins over what is held.
+        stored = {**body, "status": {"phase": "Running"}}
+        assert controller._with_held_status(("ns", "new"), stored) is stored
+        assert ("ns", "new") not in controller._held
+
+    asyncio.run(run())
+
+
+def test_only_a_new_jobs_plain_pending_is_held() -> None:
+    async def run() -> None:
+        controller = _controller()
+        body = _body(make_job("new").obj())
+        _, plan = controller.plan(("ns", "new"), body)
+        assert not _held_pass(controller, {"phase": "Pending"}, plan)  # a status is stored
+        blocked = plan.status.model_copy(deep=True)
+        blocked.message = "pod new-0-0 cannot be scheduled: 0/3 nodes are available"
+        assert not _held_pass(controller, {}, type(plan)(status=blocked))  # a reason: now
+        restart = plan.status.model_copy(deep=True)
+        restart.attempt = 1
+        assert not _held_pass(controller, {}, type(plan)(status=restart))  # status first
+        failed = plan.status.model_copy(deep=True)
+        failed.phase = "Failed"
+        assert not _held_pass(controller, {}, type(plan)(status=failed))
+        controller.first_status_grace_seconds = 0
+        assert not _held_pass(controller, {}, plan)  # --first-status-grace-seconds 0
+
+    asyncio.run(run())
