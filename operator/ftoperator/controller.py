@@ -8,7 +8,8 @@ an attempt twice (children's names are deterministic; creating an existing one i
 
 One exception: a new job's first status ("Pending, waiting for the pods") is held back for
 up to FIRST_STATUS_GRACE_SECONDS after its children are created, and written as "Running"
-at once when the pods start within that time. A status that is replaced a second later tells
+at once when the pods start within that time (its "Created" Event, held with it, is then
+left out: the "Running" Event names the attempt). A status that is replaced a second later tells
 no one anything, and it is the most expensive request of a job's start (the API server
 validates and stores the whole object again). Nothing is lost when the operator dies
 meanwhile: attempt 0 is what an empty status means, its children's creates are idempotent,
@@ -25,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -56,6 +58,7 @@ from .status import (
     CreateAttempt,
     DeleteJob,
     DeleteSelf,
+    Event,
     Observed,
     Plan,
     SuspendJob,
@@ -75,6 +78,22 @@ QUEUE_READ_SECONDS = 5.0
 FIRST_STATUS_GRACE_SECONDS = 5.0
 
 
+@dataclass
+class Held:
+    """A new job's first status, held back until its pods start or `due` (loop time)."""
+
+    due: float
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def events_to_tell(self, phase: str | None) -> list[Event]:
+        """The Events held with it, when the status is finally written: "Created" says
+        nothing the "Running" Event posted with it does not (one Event fewer per job)."""
+        if phase == "Running":
+            return [e for e in self.events if e.reason != "Created"]
+        return list(self.events)
+
+
 class Controller:
     def __init__(
         self, kube: Kube, settings: Settings, *, workers: int = 64, metrics: Metrics = METRICS
@@ -85,8 +104,8 @@ class Controller:
         self.cache = Cache()
         self.queue = WorkQueue(self.reconcile, workers=workers)
         self._written: dict[Key, dict[str, Any]] = {}  # the status writes not yet watched
-        # A new job's first status, planned but held back: key -> (loop time due, status).
-        self._held: dict[Key, tuple[float, dict[str, Any]]] = {}
+        # A new job's first status, planned but held back (with its Events).
+        self._held: dict[Key, Held] = {}
         self.first_status_grace_seconds = FIRST_STATUS_GRACE_SECONDS
         # (what, namespace) -> (loop time, the read made then): _shared_read
         self._shared_reads: dict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = {}
@@ -330,11 +349,13 @@ class Controller:
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         patch = merge_patch(before, after)
-        if patch and self._hold(key, before, plan, after):
-            patch = {}
-        if patch:
+        held = bool(patch) and self._hold(key, before, plan, after)
+        events = [] if held else plan.events
+        if patch and not held:
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
-            self._held.pop(key, None)
+            released = self._held.pop(key, None)
+            if released is not None:
+                events = released.events_to_tell(plan.status.phase) + events
             if stored is None:
                 return False
             self._written[key] = stored
@@ -345,7 +366,7 @@ class Controller:
         except ChildError as error:
             await self._fail_child(key, body, job, plan.status, error)
             return False
-        for event in plan.events:
+        for event in events:
             await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
                                     event.message)  # fmt: skip
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
@@ -365,7 +386,7 @@ class Controller:
         ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
         failed = rejected(status, error.message, body.get("metadata", {}).get("generation"),
                           datetime.now(UTC), error.reason, ttl)  # fmt: skip
-        held = self._held.pop(key, None)
+        held = key in self._held  # then nothing was stored yet
         written = {} if held else status.model_dump(mode="json", by_alias=True, exclude_none=True)
         await self._execute(key, {**body, "status": written}, job, failed)
 
@@ -444,11 +465,13 @@ class Controller:
         if plan.status.message != WAITING_FOR_PODS:  # a reason the user must read: now
             return False
         now = asyncio.get_running_loop().time()
-        due = self._held.get(key, (now + self.first_status_grace_seconds, {}))[0]
-        if now >= due:
+        held = self._held.get(key) or Held(due=now + self.first_status_grace_seconds)
+        if now >= held.due:
             return False
-        self._held[key] = (due, planned)
-        self.queue.add_after(key, due - now + 0.05)
+        held.status = planned
+        held.events += [e for e in plan.events if e not in held.events]  # told once
+        self._held[key] = held
+        self.queue.add_after(key, held.due - now + 0.05)
         return True
 
     def _with_held_status(self, key: Key, stored: dict[str, Any]) -> dict[str, Any]:
@@ -461,7 +484,7 @@ class Controller:
         if stored.get("status"):
             self._held.pop(key, None)
             return stored
-        return {**stored, "status": held[1]}
+        return {**stored, "status": held.status}
 
     def _freshest(self, key: Key) -> dict[str, Any] | None:
         watched = self.cache.jobs.get(key)

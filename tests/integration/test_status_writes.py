@@ -83,6 +83,11 @@ def test_a_job_whose_pods_start_in_time_is_first_written_running(
         }  # fmt: skip
         assert first["settings"]["image"] == "registry.test/trainer:1"
         assert first["attempt"] == 0 and first["observedGeneration"] == 1
+        # One Event for the start, as one status write: "Running" (no "Created" before it).
+        events = client.CoreV1Api(cluster.api).list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
+        )
+        assert [e.reason for e in events.items] == ["Running"], events.items  # fmt: skip
 
         # A job whose pod cannot be scheduled: the reason is news, written long before the
         # grace ends.

@@ -204,6 +204,11 @@ def test_a_new_jobs_pending_status_is_held_until_its_grace_ends() -> None:
         assert held["status"]["settings"]["image"] == plan.status.settings.image  # type: ignore[union-attr]
         assert {c["type"] for c in held["status"]["conditions"]} >= {"ResourcesCreated"}
         assert _held_pass(controller, {}, plan)  # still within the grace
+        # Its Events wait with it; "Created" is left out when the status is Running.
+        held_events = controller._held[("ns", "new")]
+        assert [e.reason for e in held_events.events] == ["Created"]  # once, not per pass
+        assert held_events.events_to_tell("Running") == []
+        assert [e.reason for e in held_events.events_to_tell("Pending")] == ["Created"]
         await asyncio.sleep(0.25)
         assert not _held_pass(controller, {}, plan)  # the grace is over: written
         # Something stored meanwhile (another operator's write) wins over what is held.
