@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ def build_openapi_schema() -> dict[str, Any]:
     props["kind"] = _bare(props["kind"])
     schema["required"] = ["spec"]
     spec = schema["properties"]["spec"]["properties"]
+    _checked_at_create_only(schema["properties"]["spec"], FineTuneJobSpec.immutable)
     for name in FineTuneJobSpec.immutable:
         field = spec[to_camel(name)]
         rule = {
@@ -145,6 +147,50 @@ def build_openapi_schema() -> dict[str, Any]:
         field[CEL_RULES_KEY] = [*field.get(CEL_RULES_KEY, []), rule]
         spec[to_camel(name)] = _ordered(field)
     return schema
+
+
+# A rule so marked is evaluated when the object is created and skipped on every update:
+# `oldSelf` has a value only on an update (optionalOldSelf), and `||` stops there.
+CREATE_ONLY = "oldSelf.hasValue() || "
+_MUTABLE_REFERENCE = re.compile(r"\bself\.(scheduling|runPolicy)\b")
+
+
+def _checked_at_create_only(spec: dict[str, Any], immutable: tuple[str, ...]) -> None:
+    """Mark the spec's rules that can only fail at create as create-only (CREATE_ONLY).
+
+    The API server runs every rule of the whole object on every write, the operator's
+    status writes included (apiextensions' status strategy; ratcheting only turns the
+    errors of unchanged fields into warnings): 90-odd spec rules per status write. A rule
+    that reads only fields that `self == oldSelf` keeps from changing gives on an update
+    the answer it gave at create, where it passed; so it runs at create only. The same
+    manifests are refused (the rule tables, tests/cases.py, run against the API server);
+    rules reading scheduling or runPolicy, which may change, run on every write as before."""
+    for rule in spec.get(CEL_RULES_KEY, []):
+        if not _MUTABLE_REFERENCE.search(rule["rule"]):
+            _make_create_only(rule)
+    for name in immutable:
+        _mark_subtree(spec["properties"][to_camel(name)])
+
+
+def _mark_subtree(node: dict[str, Any]) -> None:
+    """The rules of a node and of what the API server can correlate with its old value:
+    object properties, map values, items of a list keyed as a map (an atomic list's items
+    have no oldSelf; their rules run on every write, as before)."""
+    for rule in node.get(CEL_RULES_KEY, []):
+        _make_create_only(rule)
+    for child in node.get("properties", {}).values():
+        _mark_subtree(child)
+    if isinstance(node.get("additionalProperties"), dict):
+        _mark_subtree(node["additionalProperties"])
+    if isinstance(node.get("items"), dict) and node.get("x-kubernetes-list-type") == "map":
+        _mark_subtree(node["items"])
+
+
+def _make_create_only(rule: dict[str, Any]) -> None:
+    if "oldSelf" in rule["rule"]:  # a transition rule already: it is about updates
+        return
+    rule["rule"] = f"{CREATE_ONLY}({rule['rule']})"
+    rule["optionalOldSelf"] = True
 
 
 def build_progress_crd() -> dict[str, Any]:

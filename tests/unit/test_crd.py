@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic.alias_generators import to_camel
 
 from ftapi import API_VERSION, KIND, FineTuneJob
 from ftapi.crd import (
     CRD_FILE,
+    CREATE_ONLY,
     PROGRESS_CRD_FILE,
+    _checked_at_create_only,
     build_crd,
     build_openapi_schema,
     main,
@@ -20,7 +24,7 @@ from ftapi.crd import (
 )
 from ftapi.progress import MAX_REPORT_LENGTH
 from ftapi.reference import render_reference
-from ftapi.v1alpha1 import TrainingSpec
+from ftapi.v1alpha1 import FineTuneJobSpec, TrainingSpec
 from tests.builders import make_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,3 +213,63 @@ def test_api_reference_is_up_to_date(repo: Path) -> None:
 def test_api_identity_constants_match_the_model() -> None:
     job = FineTuneJob.model_validate(make_job().obj())
     assert (job.api_version, job.kind) == (API_VERSION, KIND)
+
+
+def test_rules_that_cannot_fail_on_an_update_run_at_create_only(schema: dict[str, Any]) -> None:
+    """Every write runs every rule of the object, status writes too: a rule that reads only
+    fields `self == oldSelf` keeps is guarded to run at create only (crd.CREATE_ONLY). A rule
+    reading a mutable field, an atomic list's item rules (no oldSelf there) and the
+    immutability rules themselves run on every write."""
+    spec = schema["properties"]["spec"]
+    immutable = {to_camel(name) for name in FineTuneJobSpec.immutable}
+    guarded = unguarded = 0
+    for path, node, correlated in _correlated(spec, "spec"):
+        for rule in node.get("x-kubernetes-validations", []):
+            top = path.split(".")[1] if "." in path else ""
+            expected = (
+                rule["rule"] != "self == oldSelf"
+                and correlated
+                and (top in immutable or (path == "spec" and not re.search(
+                    r"self\.(scheduling|runPolicy)", rule["rule"])))
+            )  # fmt: skip
+            if expected:
+                assert rule["rule"].startswith(CREATE_ONLY + "("), (path, rule)
+                assert rule["optionalOldSelf"] is True
+                guarded += 1
+            else:
+                assert not rule["rule"].startswith(CREATE_ONLY), (path, rule)
+                assert "optionalOldSelf" not in rule
+                unguarded += 1
+    assert guarded > 60 and unguarded >= len(immutable), (guarded, unguarded)
+    for scheduled in ("scheduling", "runPolicy"):
+        for _, node in _walk(spec["properties"][scheduled]):
+            assert not any("optionalOldSelf" in r for r in node.get("x-kubernetes-validations", []))
+
+
+def _correlated(
+    node: dict[str, Any], path: str, correlated: bool = True
+) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """_walk, and whether the API server has an oldSelf there: not below an atomic list."""
+    yield path, node, correlated
+    for name, child in node.get("properties", {}).items():
+        yield from _correlated(child, f"{path}.{name}", correlated)
+    if isinstance(node.get("items"), dict):
+        keyed = node.get("x-kubernetes-list-type") == "map"
+        yield from _correlated(node["items"], f"{path}[]", correlated and keyed)
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _correlated(node["additionalProperties"], f"{path}{{}}", correlated)
+
+
+def test_a_spec_rule_reading_a_mutable_field_is_not_guarded() -> None:
+    spec = {
+        "x-kubernetes-validations": [
+            {"rule": "self.scheduling.suspend || self.trainer.type == 'sft'", "message": "m"},
+            {"rule": "self.trainer.type == 'sft'", "message": "m"},
+        ],
+        "properties": {"trainer": {"type": "object"}, "scheduling": {"type": "object"}},
+    }
+    _checked_at_create_only(spec, ("trainer",))
+    first, second = spec["x-kubernetes-validations"]
+    assert "optionalOldSelf" not in first
+    assert second == {"rule": f"{CREATE_ONLY}(self.trainer.type == 'sft')", "message": "m",
+                      "optionalOldSelf": True}  # fmt: skip
