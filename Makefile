@@ -145,6 +145,6 @@ bench-storage: install tools ## checkpoint upload: our storage layer vs a plain 
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/storage.py $(BENCH_STORAGE_ARGS)
 
-bench-operator: install tools ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client (docs/benchmarks.md)
+bench-operator: install tools ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client and Kubeflow Trainer (docs/benchmarks.md)
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/operator_load.py $(BENCH_OPERATOR_ARGS)

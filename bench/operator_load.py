@@ -1,17 +1,23 @@
-"""The operator at scale: FineTuneJobs applied -> batch Jobs created, against a plain client.
+"""The operator at scale: FineTuneJobs applied -> batch Jobs created, against a plain client
+and against Kubeflow Trainer.
 
     make bench-operator                                   # 1000 jobs at 10/s, 128 extra GPU nodes
-    .venv/bin/python bench/operator_load.py --jobs 100 --nodes 16 --rate 10   # quick (about 1 min)
+    .venv/bin/python bench/operator_load.py --jobs 100 --nodes 16 --rate 10   # quick (about 3 min)
     .venv/bin/python bench/operator_load.py --jobs 1000 --rate 0 --json op.json   # unpaced burst
 
 Runs on the local cluster (hack/cluster-up.sh; started when KUBECONFIG is not set). Adds
 --nodes kwok GPU nodes (bench-gpu-NNN, 8 GPUs each, tainted so that only the benchmark's pods
-land there), then two phases, one after the other, each in a fresh namespace:
+land there), then three phases, one after the other, each in a fresh namespace that is
+deleted (and waited for) before the next:
 
   raw API   the baseline: a plain client loop (threads, the kubernetes client through
             ftoperator.kube.Kube) creates for each job exactly the objects the operator would
             (ftoperator.desired: 2 ConfigMaps, Service, ServiceAccount, Role, RoleBinding, then
             the Job), pre-rendered, at the same rate. What the API server costs by itself.
+  Kubeflow  the peer: Kubeflow Trainer's controller manager and JobSet's, built from their Go
+            modules (hack/build.sh kubeflow) and run as processes (tests/kubeflow_process.py);
+            the loop creates TrainJobs at the same rate against a ClusterTrainingRuntime made
+            from the Trainer's torch-distributed one, TrainJob -> JobSet -> Job.
   operator  `python -m ftoperator` as a subprocess (default settings, one namespace); the loop
             creates FineTuneJobs at the same rate and the operator does the rest.
 
@@ -19,12 +25,16 @@ Every job asks for 1 node x 1 GPU; its pod keeps running (--run-duration), so th
 with every job in flight, as after a real burst of submissions. Measured per phase:
 
   latency    the Job's ADDED event on a watch this script holds, minus the return of the job's
-             first create call (operator: the FineTuneJob; raw: its first child): p50/p90/p99/max
+             first create call (operator: the FineTuneJob; Kubeflow: the TrainJob; raw: its
+             first child): p50/p90/p99/max
   all Jobs   first create call started -> the last Job's ADDED event; jobs / that = throughput
   requests   operator: its finetune_api_requests_total (/metrics) over the phase, per job, when
-             every Job exists and again once it is quiet; raw: 7 creates per job
-  CPU, RSS   the operator process: CPU seconds (utime+stime) and peak RSS (VmHWM) from /proc,
-             sampled every 0.5 s; the API server's CPU seconds per job in both phases
+             every Job exists and again once it is quiet; Kubeflow: both managers'
+             rest_client_requests_total (every request their clients send, watches included);
+             raw: 7 creates per job
+  CPU, RSS   the controller processes (the operator; the Trainer and JobSet together, and each
+             alone): CPU seconds (utime+stime) and peak RSS (VmHWM) from /proc, sampled every
+             0.5 s; the API server's CPU seconds per job in every phase
 
 With --steady SECONDS, once the burst has settled, the steady state of a busy cluster: every
 job's trainer reports progress every --progress-every seconds (10), as the trainer does, for
@@ -33,13 +43,16 @@ CPU over the window (mean and busiest 5 s, % of one core; target < 100 %), its A
 per report, and how long until every job's status shows its last report.
 
 Targets, printed as PASS/FAIL (exit status 0 either way unless --strict): every Job exists
-within 120 s of the first apply, p99 latency < 5 s, operator peak RSS < 300 MB. The ratios
-operator/raw are what to compare across machines: docs/benchmarks.md.
+within 120 s of the first apply, p99 latency < 5 s, operator peak RSS < 300 MB; and ours <=
+Kubeflow Trainer's on every Job after, p50, p99, API server CPU per job, requests per job,
+controller RSS and controller CPU. The ratios are what to compare across machines:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import fcntl
 import json
 import math
@@ -71,6 +84,13 @@ from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.desired import LABEL_JOB, Settings, desired
 from ftoperator.kube import Kube
+
+# The repository root, for tests.*: the controller processes the Kubeflow phase runs are the
+# test tiers' (tests/controller_process.py says why they live there).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from tests.controller_process import read_metrics
+from tests.kubeflow_process import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = [
@@ -197,10 +217,11 @@ def cluster_pid(component: str) -> int | None:
 
 
 class Sampler:
-    """Samples a process's RSS and CPU time every `interval` seconds in a thread."""
+    """Samples the RSS and CPU time of processes (summed) every `interval` seconds in a
+    thread. Peak RSS is the sum of their peaks (VmHWM)."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        self.pid = pid
+    def __init__(self, *pids: int, interval: float = 0.5) -> None:
+        self.pids = pids
         self.samples: list[tuple[float, int, int, float]] = []  # time, rss, hwm (KiB), cpu s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -213,9 +234,19 @@ class Sampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
-        memory, cpu = memory_kib(self.pid), cpu_seconds(self.pid)
-        if memory is not None and cpu is not None:
-            self.samples.append((time.monotonic(), *memory, cpu))
+        memories = [memory_kib(pid) for pid in self.pids]
+        cpus = [cpu_seconds(pid) for pid in self.pids]
+        if None in memories or None in cpus:
+            return  # a process has ended
+        self.samples.append((
+            time.monotonic(), sum(m[0] for m in memories if m), sum(m[1] for m in memories if m),
+            sum(c for c in cpus if c is not None),
+        ))  # fmt: skip
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds so far (a fresh sample)."""
+        self.sample()
+        return self.samples[-1][3] if self.samples else None
 
     def stop(self) -> None:
         self.sample()
@@ -238,17 +269,19 @@ class Sampler:
 
 
 class JobWatch:
-    """Holds a watch on the namespace's Jobs (those with the finetune.dev/job-name label) and
+    """Holds a watch on the namespace's Jobs that carry `label` (the operator's: its
+    finetune.dev/job-name; JobSet's: jobset.sigs.k8s.io/jobset-name, the TrainJob's name) and
     records when each one's ADDED event arrived, by that label's value."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, label: str = LABEL_JOB) -> None:
         self.batch = client.BatchV1Api(api)
         self.namespace = namespace
+        self.label = label
         self.added: dict[str, float] = {}
         self.relisted = 0  # Jobs seen by a re-list after the watch broke (time is approximate)
         self._changed = threading.Condition()
         self._stop = threading.Event()
-        listed = self.batch.list_namespaced_job(namespace, label_selector=LABEL_JOB)
+        listed = self.batch.list_namespaced_job(namespace, label_selector=label)
         self._version = listed.metadata.resource_version
         self._thread = threading.Thread(target=self._run, name="job-watch", daemon=True)
         self._thread.start()
@@ -257,7 +290,7 @@ class JobWatch:
         while not self._stop.is_set():
             try:
                 events = watch.Watch().stream(
-                    self.batch.list_namespaced_job, self.namespace, label_selector=LABEL_JOB,
+                    self.batch.list_namespaced_job, self.namespace, label_selector=self.label,
                     resource_version=self._version, allow_watch_bookmarks=True,
                     timeout_seconds=10, deserialize=False,
                 )  # fmt: skip
@@ -268,7 +301,7 @@ class JobWatch:
                         raise RuntimeError(obj.get("message", "watch error"))
                     self._version = obj["metadata"]["resourceVersion"]
                     if event["type"] == "ADDED":
-                        self._record(obj["metadata"]["labels"][LABEL_JOB], arrived)
+                        self._record(obj["metadata"]["labels"][self.label], arrived)
             except Exception as error:  # expired (410) or broken: list again, then watch on
                 if self._stop.is_set():
                     return
@@ -276,13 +309,13 @@ class JobWatch:
                 time.sleep(0.5)
                 with suppress(Exception):
                     listed = self.batch.list_namespaced_job(
-                        self.namespace, label_selector=LABEL_JOB, _preload_content=False
+                        self.namespace, label_selector=self.label, _preload_content=False
                     )
                     body = json.loads(listed.data)
                     for job in body["items"]:
-                        if job["metadata"]["labels"][LABEL_JOB] not in self.added:
+                        if job["metadata"]["labels"][self.label] not in self.added:
                             self.relisted += 1
-                            self._record(job["metadata"]["labels"][LABEL_JOB], time.monotonic())
+                            self._record(job["metadata"]["labels"][self.label], time.monotonic())
                     self._version = body["metadata"]["resourceVersion"]
 
     def _record(self, name: str, arrived: float) -> None:
@@ -323,10 +356,12 @@ class Phase:
     apiserver_cpu_s: float | None = None
     bench_cpu_s: float | None = None
     load: tuple[float, float] = (0.0, 0.0)
-    operator_cpu_s: float | None = None
-    operator_cpu_settled_s: float | None = None
-    operator_peak_rss_mb: float | None = None
-    operator_max_cpu_percent: float | None = None
+    # The controllers' processes (the operator; the Trainer's and JobSet's managers together):
+    controller_cpu_s: float | None = None
+    controller_cpu_settled_s: float | None = None
+    controller_peak_rss_mb: float | None = None
+    controller_max_cpu_percent: float | None = None
+    controllers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # each alone
     reconcile_mean_ms: float | None = None
     phases: dict[str, int] = field(default_factory=dict)  # FineTuneJob phases at the end
     pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
@@ -369,11 +404,12 @@ class Phase:
             "apiserver_cpu_ms_per_job": _ms(self.apiserver_cpu_s / self.jobs)
             if self.apiserver_cpu_s is not None else None,
             "bench_cpu_s": self.bench_cpu_s,
-            "operator_cpu_s": self.operator_cpu_s,
-            "operator_cpu_percent": self.operator_cpu_s / all_s * 100
-            if self.operator_cpu_s is not None and all_s else None,
-            "operator_max_cpu_percent": self.operator_max_cpu_percent,
-            "operator_peak_rss_mb": self.operator_peak_rss_mb,
+            "controller_cpu_s": self.controller_cpu_s,
+            "controller_cpu_percent": self.controller_cpu_s / all_s * 100
+            if self.controller_cpu_s is not None and all_s else None,
+            "controller_max_cpu_percent": self.controller_max_cpu_percent,
+            "controller_peak_rss_mb": self.controller_peak_rss_mb,
+            "pods_running": self.pods.get("Running"),
         }  # fmt: skip
 
 
@@ -388,7 +424,8 @@ def _ms(seconds: float | None) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/operator_load.py",
-        description="FineTuneJob apply -> Job created at scale: the operator vs a plain client.",
+        description="FineTuneJob apply -> Job created at scale: the operator vs a plain client "
+        "and vs Kubeflow Trainer.",
     )
     add = parser.add_argument
     add("--jobs", type=int, default=1000, help="FineTuneJobs (and raw jobs) to create (1000)")
@@ -410,12 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the Jobs after the last apply",
     )
     add("--settle", type=float, default=120, help="seconds to let the operator go quiet after")
-    add("--skip-raw", action="store_true", help="only the operator phase (no baseline)")
+    add("--skip-raw", action="store_true", help="no raw API phase (the plain client)")
+    add("--skip-kubeflow", action="store_true", help="no Kubeflow Trainer phase (the peer)")
     add("--steady", type=float, default=0, help="then this many seconds of progress reports "
         "from every job (0: none)")  # fmt: skip
     add("--progress-every", type=float, default=10, help="seconds between one job's reports (10)")
     add("--json", type=Path, default=None, help="also write the results to this file")
-    add("--keep-log", action="store_true", help="keep the operator's log (else removed on success)")
+    add("--keep-log", action="store_true",
+        help="keep the controllers' logs (else removed on success)")  # fmt: skip
     add("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser
 
@@ -448,13 +487,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.rate or 'max'}/s, {args.threads} client threads, {args.nodes} extra "
               f"GPU nodes, pods run {args.run_duration}", flush=True)  # fmt: skip
         phases: list[Phase] = []
-        if not args.skip_raw:
-            namespace = f"ftbench-raw-{run_id}"
+        # One after the other, each in its own namespace, deleted (and waited for) before the
+        # next: every phase finds the GPUs free.
+        runs = [("raw", run_raw, args.skip_raw), ("kubeflow", run_kubeflow, args.skip_kubeflow)]
+        for short, run, skipped in runs:
+            if skipped:
+                continue
+            namespace = f"ftbench-{short}-{run_id}"
             namespaces.append(namespace)
-            raw = run_raw(api, namespace, args)
-            phases.append(raw)
-            raw.cleanup_s = delete_namespace(api, namespace, wait=900)
-            print(f"  deleted {namespace} in {raw.cleanup_s:.0f} s", flush=True)
+            phase = run(api, namespace, args, workdir)
+            phases.append(phase)
+            phase.cleanup_s = delete_namespace(api, namespace, wait=900)
+            print(f"  deleted {namespace} in {phase.cleanup_s:.0f} s", flush=True)
             namespaces.remove(namespace)
         namespace = f"ftbench-op-{run_id}"
         namespaces.append(namespace)
@@ -468,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(document, indent=2))
         ok = True
         checks = verdicts(phases[-1].summary(), phases[-1].steady or None)
+        checks += peer_verdicts(phases[-1].summary(), _summary(phases, "Kubeflow"))
         return 1 if args.strict and not all(passed for _, passed in checks) else 0
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr, flush=True)
@@ -477,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         if ok and not args.keep_log:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(f"operator log kept in {workdir}", file=sys.stderr)
+            print(f"controller logs kept in {workdir}", file=sys.stderr)
         print(f"total {time.monotonic() - started:.0f} s, load average {_load()}")
 
 
@@ -519,14 +564,17 @@ def connect(threads: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def kubectl(*args: str) -> str:
+def kubectl(*args: str, check: bool = True, input: str | None = None) -> str:
     path = os.pathsep.join([os.environ.get("FTO_BIN_PATH", ""), os.environ.get("PATH", "")])
     binary = shutil.which("kubectl", path=path)
     if binary is None:
         raise SystemExit("kubectl not found (source the cluster's env file)")
-    return subprocess.run(
-        [binary, *args], check=True, capture_output=True, text=True
-    ).stdout  # fmt: skip
+    done = subprocess.run(
+        [binary, *args], check=False, capture_output=True, text=True, input=input
+    )  # fmt: skip
+    if check and done.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args[:3])} ...: {done.stderr.strip()}")
+    return done.stdout
 
 
 def prepare(api: client.ApiClient, nodes: int) -> None:
@@ -539,6 +587,11 @@ def prepare(api: client.ApiClient, nodes: int) -> None:
     for leftover in core.list_namespace(label_selector=BENCH_LABEL).items:
         print(f"deleting the namespace {leftover.metadata.name} of an earlier run", flush=True)
         delete_namespace(api, leftover.metadata.name, wait=0)
+    # A run killed in its Kubeflow phase leaves that phase's webhooks (they only match the
+    # bench's namespaces and JobSet's pods) and its runtime.
+    kubectl("delete", "mutatingwebhookconfigurations,validatingwebhookconfigurations",
+            "-l", BENCH_LABEL, "--ignore-not-found", check=False)  # fmt: skip
+    delete_runtime()
     names = [f"bench-gpu-{i:03d}" for i in range(nodes)]
     existing = {n.metadata.name for n in core.list_node(label_selector=BENCH_LABEL).items}
     for extra in sorted(existing - set(names)):
@@ -681,7 +734,9 @@ def wait_created(watcher: JobWatch, phase: Phase, timeout: float) -> None:
     phase.relisted = watcher.relisted
 
 
-def run_raw(api: client.ApiClient, namespace: str, args: argparse.Namespace) -> Phase:
+def run_raw(
+    api: client.ApiClient, namespace: str, args: argparse.Namespace, workdir: Path
+) -> Phase:
     print(f"raw API: a client loop creates each job's objects itself, in {namespace}", flush=True)
     create_namespace(api, namespace)
     kube = Kube(api, "bench")
@@ -718,6 +773,93 @@ def run_raw(api: client.ApiClient, namespace: str, args: argparse.Namespace) -> 
     return phase
 
 
+@dataclass
+class Counters:
+    """How a phase reads its controllers' API requests: `read` returns their counters now,
+    `requests(now, before)` the requests between two readings by kind (verb or method)."""
+
+    read: Callable[[], dict[str, float]]
+    requests: Callable[[dict[str, float], dict[str, float]], dict[str, float]]
+
+    def total(self, now: dict[str, float]) -> float:
+        return sum(self.requests(now, {}).values())
+
+
+@dataclass
+class Drive:
+    """What drive() saw: the counters before the burst and once quiet, and when it ran."""
+
+    before: dict[str, float]
+    settled: dict[str, float]
+    first: float
+    done: float
+
+
+def drive(
+    phase: Phase, args: argparse.Namespace, create: Callable[[str], Timing], watcher: JobWatch,
+    counters: Counters, samplers: dict[str, Sampler], what: str,
+) -> Drive:  # fmt: skip
+    """The part every controller phase shares: one warm-up job end to end (the controllers'
+    watches are up before the clock starts), the burst (measured), then until the request
+    counters have not moved for 10 s (at most --settle s). `samplers` has "all" (every
+    controller process together) and, where there are several, one per process."""
+    total = samplers["all"]
+    warm = time.monotonic()
+    create(WARMUP)
+    if not watcher.wait_for({WARMUP}, time.monotonic() + 120):
+        raise SystemExit(f"{what} created no Job for {WARMUP} in 120 s")
+    rss = total.samples[-1][1] / 1024 if total.samples else float("nan")
+    print(f"  {what} up (RSS {rss:.0f} MiB), first Job in {time.monotonic() - warm:.1f} s",
+          flush=True)  # fmt: skip
+    before = counters.read()
+    cpu_before = {name: sampler.cpu_s() for name, sampler in samplers.items()}
+    names = job_names(args.jobs)
+    with measured(phase):
+        first = time.monotonic()
+        paced(names, args.rate, args.threads, create, phase)
+        wait_created(watcher, phase, args.timeout)
+    done = time.monotonic()
+    settled = counters.read()
+    phase.requests = counters.requests(settled, before)
+    cpu_created = {name: sampler.cpu_s() for name, sampler in samplers.items()}
+    # Then until it is quiet: the pods start, the statuses follow.
+    settle_started = time.monotonic()
+    quiet_since = time.monotonic()
+    while time.monotonic() - settle_started < args.settle:
+        time.sleep(2)
+        now = counters.read()
+        if counters.total(now) != counters.total(settled):
+            quiet_since, settled = time.monotonic(), now
+        elif time.monotonic() - quiet_since >= 10:
+            break
+    phase.settled_after_s = quiet_since - done
+    phase.requests_settled = counters.requests(settled, before)
+    for name, sampler in samplers.items():
+        cpu_s, cpu_settled_s = _delta(cpu_created[name], cpu_before[name]), _delta(
+            sampler.cpu_s(), cpu_before[name])  # fmt: skip
+        max_percent = sampler.max_cpu_percent(first, done)
+        if name == "all":
+            phase.controller_cpu_s, phase.controller_cpu_settled_s = cpu_s, cpu_settled_s
+            phase.controller_max_cpu_percent = max_percent
+        else:
+            phase.controllers[name] = {"cpu_s": cpu_s, "cpu_settled_s": cpu_settled_s,
+                                       "max_cpu_percent": max_percent}  # fmt: skip
+    return Drive(before=before, settled=settled, first=first, done=done)
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+def _stop_samplers(phase: Phase, samplers: dict[str, Sampler]) -> None:
+    for name, sampler in samplers.items():
+        sampler.stop()
+        if name == "all":
+            phase.controller_peak_rss_mb = sampler.peak_rss_mb()
+        else:
+            phase.controllers.setdefault(name, {})["peak_rss_mb"] = sampler.peak_rss_mb()
+
+
 def run_operator(
     api: client.ApiClient, namespace: str, args: argparse.Namespace, workdir: Path
 ) -> Phase:
@@ -725,7 +867,7 @@ def run_operator(
     create_namespace(api, namespace)
     custom = client.CustomObjectsApi(api)
     phase = Phase("operator", args.jobs)
-    port = _free_port()
+    port = free_port()
     # As the operator image sets it (operator/Dockerfile): two malloc arenas, not one per thread.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
     command = [
@@ -739,7 +881,7 @@ def run_operator(
         operator = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
         )
-    sampler = Sampler(operator.pid)
+    samplers = {"all": Sampler(operator.pid)}
     watcher = JobWatch(api, namespace)
 
     def create(name: str) -> Timing:
@@ -749,65 +891,156 @@ def run_operator(
         return Timing(started=started, applied=time.monotonic())
 
     try:
-        # Ready, then one job end to end: kopf's watches are up before the clock starts.
         _wait_http(f"http://127.0.0.1:{port}/readyz", operator, log, timeout=60)
-        warm = time.monotonic()
-        create(WARMUP)
-        if not watcher.wait_for({WARMUP}, time.monotonic() + 120):
-            raise SystemExit(f"the operator created no Job for {WARMUP} in 120 s; log {log}")
-        rss = sampler.samples[-1][1] / 1024 if sampler.samples else float("nan")
-        print(f"  operator up (RSS {rss:.0f} MiB), first Job in {time.monotonic() - warm:.1f} s",
-              flush=True)  # fmt: skip
-        before, cpu_before = scrape(port), cpu_seconds(operator.pid)
-        reconcile_before = _reconcile(before)
-        names = job_names(args.jobs)
-        with measured(phase):
-            first = time.monotonic()
-            paced(names, args.rate, args.threads, create, phase)
-            wait_created(watcher, phase, args.timeout)
-        done = time.monotonic()
-        at_created, cpu_created = scrape(port), cpu_seconds(operator.pid)
-        phase.requests = _requests(at_created, before)
-        if cpu_before is not None and cpu_created is not None:
-            phase.operator_cpu_s = cpu_created - cpu_before
-        phase.operator_max_cpu_percent = sampler.max_cpu_percent(first, done)
-        # Then until it is quiet: the pods start, the statuses follow.
-        settled, settle_started = at_created, time.monotonic()
-        quiet_since = time.monotonic()
-        while time.monotonic() - settle_started < args.settle:
-            time.sleep(2)
-            now = scrape(port)
-            if _total(now) != _total(settled):
-                quiet_since, settled = time.monotonic(), now
-            elif time.monotonic() - quiet_since >= 10:
-                break
-        phase.settled_after_s = quiet_since - done
-        phase.requests_settled = _requests(settled, before)
-        cpu_settled = cpu_seconds(operator.pid)
-        if cpu_before is not None and cpu_settled is not None:
-            phase.operator_cpu_settled_s = cpu_settled - cpu_before
-        count, total = _reconcile(settled)
-        if count > reconcile_before[0]:
+        seen = drive(phase, args, create, watcher, Counters(lambda: scrape(port), _requests),
+                     samplers, "operator")  # fmt: skip
+        reconciled = [_reconcile(m) for m in (seen.before, seen.settled)]
+        if reconciled[1][0] > reconciled[0][0]:
             phase.reconcile_mean_ms = (
-                (total - reconcile_before[1]) / (count - reconcile_before[0]) * 1000
+                (reconciled[1][1] - reconciled[0][1]) / (reconciled[1][0] - reconciled[0][0]) * 1000
             )
         if args.steady > 0:
-            phase.steady = steady_state(api, namespace, names, args, port, sampler)
+            phase.steady = steady_state(api, namespace, job_names(args.jobs), args, port,
+                                        samplers["all"])  # fmt: skip
         phase.phases = ftj_phases(api, namespace)
         phase.pods = pod_phases(api, namespace)
         print(f"  quiet {phase.settled_after_s:.0f} s after the last Job; FineTuneJobs: "
               f"{_counts(phase.phases)}; pods: {_counts(phase.pods)}", flush=True)  # fmt: skip
     finally:
         watcher.stop()
-        sampler.stop()
+        _stop_samplers(phase, samplers)
         operator.terminate()
         try:
             operator.wait(timeout=30)
         except subprocess.TimeoutExpired:
             operator.kill()
             operator.wait()
-    phase.operator_peak_rss_mb = sampler.peak_rss_mb()
     return phase
+
+
+# --------------------------------------------------------------------------------------------
+# The peer: Kubeflow Trainer (TrainJobs -> JobSets -> Jobs)
+
+RUNTIME = "fto-bench-torch"  # the ClusterTrainingRuntime this script applies
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def kubeflow_runtime(torch_runtime: dict[str, Any], run_duration: str) -> dict[str, Any]:
+    """The Trainer's own torch-distributed ClusterTrainingRuntime (its manifests/base/runtimes),
+    placed as the FineTuneJobs are, by the platform team that owns the runtime: the bench
+    pool's nodeSelector, its toleration and the GPU taint's (the operator adds that one to
+    every GPU pod), and the kwok run duration on the pod."""
+    runtime = copy.deepcopy(torch_runtime)
+    runtime["metadata"] = {
+        "name": RUNTIME,
+        "labels": {**torch_runtime["metadata"].get("labels", {}), BENCH_LABEL: "true"},
+    }
+    for replicated in runtime["spec"]["template"]["spec"]["replicatedJobs"]:
+        pod = replicated["template"]["spec"]["template"]
+        annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})
+        annotations["finetune.dev/kwok-run-duration"] = run_duration
+        pod["spec"]["nodeSelector"] = {"finetune.dev/pool": POOL}
+        pod["spec"]["tolerations"] = [
+            {"key": BENCH_LABEL, "operator": "Exists", "effect": "NoSchedule"},
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+        ]
+    return runtime
+
+
+def trainjob(name: str, namespace: str) -> dict[str, Any]:
+    """The FineTuneJob's counterpart: 1 node x 1 GPU on the benchmark's runtime."""
+    group = TRAINER_API.split("/")[0]
+    return {
+        "apiVersion": TRAINER_API,
+        "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "runtimeRef": {"name": RUNTIME, "apiGroup": group, "kind": "ClusterTrainingRuntime"},
+            "trainer": {"numNodes": 1, "resourcesPerNode": {"limits": {GPU_RESOURCE: "1"}}},
+        },
+    }
+
+
+def run_kubeflow(
+    api: client.ApiClient, namespace: str, args: argparse.Namespace, workdir: Path
+) -> Phase:
+    print(f"Kubeflow Trainer: TrainJobs in {namespace}, trainer-controller-manager + jobset",
+          flush=True)  # fmt: skip
+    create_namespace(api, namespace)
+    custom = client.CustomObjectsApi(api)
+    phase = Phase("Kubeflow", args.jobs)
+    group, version = TRAINER_API.split("/")
+    peer = Kubeflow(kubectl, os.environ["KUBECONFIG"], workdir / "kubeflow",
+                    namespace_selector={BENCH_LABEL: "true"},
+                    labels={BENCH_LABEL: "true"})  # fmt: skip
+    samplers: dict[str, Sampler] = {}
+    watcher = None
+    try:
+        runtime = kubeflow_runtime(peer.torch_runtime(), args.run_duration)
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                input=json.dumps(runtime))  # fmt: skip
+        samplers = {"all": Sampler(*peer.pids.values())}
+        samplers.update({name: Sampler(pid) for name, pid in peer.pids.items()})
+        watcher = JobWatch(api, namespace, label=JOBSET_NAME_LABEL)
+
+        def create(name: str) -> Timing:
+            body = trainjob(name, namespace)
+            started = time.monotonic()
+            custom.create_namespaced_custom_object(group, version, namespace, "trainjobs", body)
+            return Timing(started=started, applied=time.monotonic())
+
+        def read() -> dict[str, float]:
+            return {f"{controller} {method}": count
+                    for controller, methods in peer.requests().items()
+                    for method, count in methods.items()}  # fmt: skip
+
+        drive(phase, args, create, watcher, Counters(read, _difference), samplers,
+              "Kubeflow Trainer")  # fmt: skip
+        phase.pods = pod_phases(api, namespace, JOBSET_NAME_LABEL)
+        print(f"  {lineage(api, namespace)} Jobs of JobSets of TrainJobs; quiet "
+              f"{phase.settled_after_s:.0f} s after the last Job; pods: {_counts(phase.pods)}",
+              flush=True)  # fmt: skip
+    except BaseException:
+        print(peer.log()[-4000:], file=sys.stderr)
+        raise
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        _stop_samplers(phase, samplers)
+        delete_runtime()
+        peer.stop()
+    return phase
+
+
+def delete_runtime() -> None:
+    """The bench's ClusterTrainingRuntime, if any, also when no Trainer runs to drop the
+    resource-in-use finalizer it adds while TrainJobs use the runtime."""
+    kubectl("patch", "clustertrainingruntime", RUNTIME, "--type=merge",
+            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+    kubectl("delete", "clustertrainingruntime", RUNTIME, "--ignore-not-found", "--wait=false",
+            check=False)  # fmt: skip
+
+
+def lineage(api: client.ApiClient, namespace: str) -> int:
+    """The benchmark's Jobs (not the warm-up's) owned by a JobSet that a TrainJob of the same
+    name owns: what the Trainer and JobSet made of the TrainJobs."""
+    jobsets = _list_raw(client.CustomObjectsApi(api).list_namespaced_custom_object,
+                        "jobset.x-k8s.io", "v1alpha2", namespace, "jobsets")  # fmt: skip
+
+    def owned_by(obj: dict[str, Any], kind: str, names: set[str]) -> bool:
+        owners = obj["metadata"].get("ownerReferences", [])
+        return any(o["kind"] == kind and o["name"] in names for o in owners)
+
+    of_trainjobs = {j["metadata"]["name"] for j in jobsets
+                    if owned_by(j, "TrainJob", {j["metadata"]["name"]})}  # fmt: skip
+    jobs = _list_raw(client.BatchV1Api(api).list_namespaced_job, namespace,
+                     label_selector=JOBSET_NAME_LABEL)  # fmt: skip
+    return sum(1 for job in jobs if job["metadata"]["labels"][JOBSET_NAME_LABEL] != WARMUP
+               and owned_by(job, "JobSet", of_trainjobs))  # fmt: skip
+
+
+def _difference(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {key: value - before.get(key, 0.0) for key, value in now.items()}
 
 
 def steady_state(
@@ -876,14 +1109,6 @@ def steady_state(
     }  # fmt: skip
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -899,15 +1124,7 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
 
 def scrape(port: int) -> dict[str, float]:
     """The operator's /metrics as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with suppress(ValueError):
-                values[name] = float(value)
-    return values
+    return read_metrics(f"http://127.0.0.1:{port}/metrics")
 
 
 def _requests(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -917,10 +1134,6 @@ def _requests(now: dict[str, float], before: dict[str, float]) -> dict[str, floa
         for key, value in now.items()
         if key.startswith(prefix)
     }
-
-
-def _total(metrics: dict[str, float]) -> float:
-    return sum(_requests(metrics, {}).values())
 
 
 def _reconcile(metrics: dict[str, float]) -> tuple[float, float]:
@@ -947,9 +1160,11 @@ def ftj_phases(api: client.ApiClient, namespace: str) -> dict[str, int]:
     return dict(Counter((i.get("status") or {}).get("phase", "(none)") for i in items))
 
 
-def pod_phases(api: client.ApiClient, namespace: str) -> dict[str, int]:
+def pod_phases(api: client.ApiClient, namespace: str, label: str = LABEL_JOB) -> dict[str, int]:
+    """The phases of the namespace's pods but the warm-up job's (named by `label`)."""
     items = _list_raw(client.CoreV1Api(api).list_namespaced_pod, namespace)
-    return dict(Counter(i["status"].get("phase", "?") for i in items))
+    return dict(Counter(i["status"].get("phase", "?") for i in items
+                        if (i["metadata"].get("labels") or {}).get(label) != WARMUP))  # fmt: skip
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -974,11 +1189,18 @@ ROWS = (
     ("  ... once quiet", "requests_settled_per_job", ".2f"),
     ("API server CPU ms per job", "apiserver_cpu_ms_per_job", ".1f"),
     ("this script's CPU s", "bench_cpu_s", ".1f"),
-    ("operator CPU s", "operator_cpu_s", ".1f"),
-    ("operator CPU % (mean)", "operator_cpu_percent", ".0f"),
-    ("operator CPU % (max 5 s)", "operator_max_cpu_percent", ".0f"),
-    ("operator peak RSS (MB)", "operator_peak_rss_mb", ".0f"),
+    ("controller CPU s", "controller_cpu_s", ".1f"),
+    ("controller CPU % (mean)", "controller_cpu_percent", ".0f"),
+    ("controller CPU % (max 5 s)", "controller_max_cpu_percent", ".0f"),
+    ("controller peak RSS (MB)", "controller_peak_rss_mb", ".0f"),
+    ("pods Running at the end", "pods_running", ".0f"),
 )
+# The issue's targets against the peer: ours <= Kubeflow Trainer on each of these rows.
+PEER_KEYS = ("all_s", "p50_s", "p99_s", "apiserver_cpu_ms_per_job", "requests_per_job",
+             "controller_peak_rss_mb", "controller_cpu_s")  # fmt: skip
+# Columns: the phases in the order they run, then the ratios of ours to each other phase.
+PHASES = ("raw API", "Kubeflow", "operator")
+RATIOS = (("op/raw", "raw API"), ("op/Kubeflow", "Kubeflow"))
 
 
 def verdicts(
@@ -993,43 +1215,56 @@ def verdicts(
     return [
         check(f"every Job exists after{missing}", summary["all_s"], TARGET_ALL_S, "s"),
         check("p99 apply -> Job", summary["p99_s"], TARGET_P99_S, "s"),
-        check("operator peak RSS", summary["operator_peak_rss_mb"], TARGET_RSS_MB, "MB"),
+        check("operator peak RSS", summary["controller_peak_rss_mb"], TARGET_RSS_MB, "MB"),
     ] + ([check("operator CPU in the steady state", steady["operator_cpu_percent"],
                 TARGET_STEADY_CPU_PERCENT, "% of one core")] if steady else [])  # fmt: skip
 
 
+def peer_verdicts(ours: dict[str, Any], peer: dict[str, Any] | None) -> list[tuple[str, bool]]:
+    """ours <= Kubeflow Trainer on every PEER_KEYS row (none without the Kubeflow phase)."""
+    if peer is None:
+        return []
+    titles = {key: title for title, key, _ in ROWS}
+    out = []
+    for key in PEER_KEYS:
+        value, theirs = ours.get(key), peer.get(key)
+        ok = value is not None and theirs is not None and value <= theirs
+        shown = " vs ".join("n/a" if v is None else f"{v:.3g}" for v in (value, theirs))
+        out.append((f"{'PASS' if ok else 'FAIL'}  {titles[key]} <= Kubeflow Trainer's: {shown}",
+                    ok))  # fmt: skip
+    return out
+
+
+def _summary(phases: list[Phase], name: str) -> dict[str, Any] | None:
+    return next((p.summary() for p in phases if p.name == name), None)
+
+
 def render(phases: list[Phase], args: argparse.Namespace) -> str:
     summaries = {p.name: p.summary() for p in phases}
-    raw, ours = summaries.get("raw API"), summaries["operator"]
+    raw, peer, ours = (summaries.get(name) for name in PHASES)
+    assert ours is not None
 
     def cell(value: Any, fmt: str) -> str:
         return f"{'-' if value is None else format(value, fmt):>12}"
 
+    shown = [(name, summaries[name]) for name in PHASES if name in summaries]
+    ratios = [(title, summaries[name]) for title, name in RATIOS if name in summaries]
     lines = ["", f"{args.jobs} jobs at {args.rate or 'max'}/s; load average now {_load()}",
-             f"{'':<28}{'raw API':>12}{'operator':>12}{'op/raw':>12}"]  # fmt: skip
+             f"{'':<28}" + "".join(f"{title:>12}" for title, _ in shown + ratios)]  # fmt: skip
     for title, key, fmt in ROWS:
-        base, value = (raw or {}).get(key), ours.get(key)
-        ratio = value / base if isinstance(value, float) and base else None
-        lines.append(f"{title:<28}{cell(base, fmt)}{cell(value, fmt)}{cell(ratio, '.2f')}")
+        value = ours.get(key)
+        row = "".join(cell(summary.get(key), fmt) for _, summary in shown)
+        for _, base in ratios:
+            ratio = value / base[key] if isinstance(value, float) and base.get(key) else None
+            row += cell(ratio, ".2f")
+        lines.append(f"{title:<28}{row}")
     if raw:
         lines.append(
             f"raw: Job create returned -> ADDED on the watch p50 {raw['delivery_p50_ms']:.0f} "
             f"ms, p99 {raw['delivery_p99_ms']:.0f} ms"
         )
     for phase in phases:
-        note = f"load {phase.load[0]:.1f} -> {phase.load[1]:.1f}"
-        if phase.errors:
-            note += f"; {len(phase.errors)} failed creates, first: {phase.errors[0]}"
-        if phase.relisted:
-            note += f"; {phase.relisted} Jobs seen by a re-list (watch broke)"
-        if phase.reconcile_mean_ms is not None:
-            note += f"; mean reconcile {phase.reconcile_mean_ms:.0f} ms"
-        if phase.requests_settled:
-            verbs = ", ".join(
-                f"{v} {n / phase.jobs:.2f}" for v, n in sorted(phase.requests_settled.items())
-            )
-            note += f"; requests per job by verb: {verbs}"
-        lines.append(f"{phase.name}: {note}")
+        lines.append(f"{phase.name}: {_note(phase)}")
     lines.append("")
     if raw and raw["throughput"] and ours["throughput"]:
         paced_note = f" (both paced at {args.rate:g}/s: 100% = kept up)" if args.rate else ""
@@ -1051,8 +1286,30 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
             f"report {steady['reflected_after_s']:.1f} s after it ({steady['jobs_behind']:.0f} "
             "still behind)"
         )
-    lines.extend(text for text, _ in verdicts(ours, steady))
+    lines.extend(text for text, _ in verdicts(ours, steady) + peer_verdicts(ours, peer))
     return "\n".join(lines)
+
+
+def _note(phase: Phase) -> str:
+    """A phase's line under the table: load, failures, and where its requests and CPU went."""
+    note = f"load {phase.load[0]:.1f} -> {phase.load[1]:.1f}"
+    if phase.errors:
+        note += f"; {len(phase.errors)} failed creates, first: {phase.errors[0]}"
+    if phase.relisted:
+        note += f"; {phase.relisted} Jobs seen by a re-list (watch broke)"
+    if phase.reconcile_mean_ms is not None:
+        note += f"; mean reconcile {phase.reconcile_mean_ms:.0f} ms"
+    if phase.requests_settled:
+        verbs = ", ".join(
+            f"{v} {n / phase.jobs:.2f}" for v, n in sorted(phase.requests_settled.items())
+        )
+        by = "controller and method" if phase.controllers else "verb"
+        note += f"; requests per job by {by}: {verbs}"
+    for name, figures in sorted(phase.controllers.items()):
+        cpu, peak = figures.get("cpu_s"), figures.get("peak_rss_mb")
+        note += (f"; {name}: CPU {'-' if cpu is None else f'{cpu:.1f}'} s, peak RSS "
+                 f"{'-' if peak is None else f'{peak:.0f}'} MB")  # fmt: skip
+    return note
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@
 #
 # Usage: hack/build.sh [component ...]      components: kubernetes helm kwok etcd minio
 #                                           kubelet containerd runc cni buildkit coredns kueue
-#                                           (default: all of them, in that order)
+#                                           kubeflow (default: all of them, in that order)
 #        hack/build.sh control-plane        the first five (what the integration tier needs)
 #        hack/build.sh node                 the next six (the real node, the image builder)
-#        hack/build.sh platform             Kueue (its CRDs and webhook manifests with it)
+#        hack/build.sh platform             Kueue, Kubeflow Trainer + JobSet (their CRDs and
+#                                           webhook manifests with them)
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
 #   FTO_BUILD_P=N       go build -p (default: number of CPUs, i.e. Go's default)
@@ -69,6 +70,9 @@ ldflags_for() {
     kueue)
       flags+=" -X sigs.k8s.io/kueue/pkg/version.GitVersion=$v"
       flags+=" -X sigs.k8s.io/kueue/pkg/version.GitCommit=module-$v" ;;
+    kubeflow) # the Trainer's manager has no version variables; JobSet logs its own at start
+      flags+=" -X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION"
+      flags+=" -X sigs.k8s.io/jobset/pkg/version.GitCommit=module-$JOBSET_VERSION" ;;
     minio)
       # pseudo-version v0.0.0-YYYYMMDDhhmmss-<12 hex>
       local ts="${v#v0.0.0-}"; local commit="${ts#*-}"; ts="${ts%%-*}"
@@ -101,6 +105,9 @@ packages_for() {
     buildkit) echo github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl ;;
     coredns) echo ./cmd/coredns ;;
     kueue) echo sigs.k8s.io/kueue/cmd/kueue ;;
+    # One `go build` for both (shared packages compile once); `-o dir/` names JobSet's
+    # binary after its module's last element, `jobset`.
+    kubeflow) echo github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager sigs.k8s.io/jobset ;;
   esac
 }
 
@@ -126,8 +133,11 @@ build_one() {
   dir="$(component_dir "$c")"
   moddir="$(component_moddir "$c")"
   [[ -f "$moddir/go.mod" && -f "$moddir/go.sum" ]] || die "$c: $moddir/go.mod or go.sum missing (run hack/update-modules.sh $c)"
-  grep -Eq "^[[:space:]]*(require[[:space:]]+)?$(component_module "$c")[[:space:]]+$v([[:space:]]|\$)" "$moddir/go.mod" ||
-    die "$c: $moddir/go.mod does not require $(component_module "$c") $v from versions.env (run hack/update-modules.sh $c)"
+  local pin_mod pin_ver
+  while read -r pin_mod pin_ver; do
+    grep -Eq "^[[:space:]]*(require[[:space:]]+)?$pin_mod[[:space:]]+$pin_ver([[:space:]]|\$)" "$moddir/go.mod" ||
+      die "$c: $moddir/go.mod does not require $pin_mod $pin_ver from versions.env (run hack/update-modules.sh $c)"
+  done < <(component_pins "$c")
 
   mkdir -p "$FTO_CACHE"
   if [[ " ${FTO_SHARES_KUBERNETES[*]} " == *" $c "* ]] && ! component_built kubernetes; then
@@ -179,6 +189,23 @@ build_one() {
     src="$(cd "$moddir" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
     mkdir -p "$tmp/config"
     cp "$src"/config/components/crd/bases/*.yaml "$src/config/components/webhook/manifests.yaml" "$tmp/config/"
+    chmod -R u+w "$tmp/config"
+  fi
+  # Kubeflow Trainer's and JobSet's likewise (tests/kubeflow_process.py, the benchmark):
+  # config/{trainer,jobset}/ with crds/, webhooks.yaml, their shipped manager Configuration,
+  # and the Trainer's torch runtime that the benchmark's runtime is made from.
+  if [[ "$c" == kubeflow ]]; then
+    local trainer jobset
+    trainer="$(cd "$moddir" && go list -m -f '{{.Dir}}' github.com/kubeflow/trainer/v2)"
+    jobset="$(cd "$moddir" && go list -m -f '{{.Dir}}' sigs.k8s.io/jobset)"
+    mkdir -p "$tmp/config/trainer/crds" "$tmp/config/jobset/crds"
+    cp "$trainer"/manifests/base/crds/trainer.kubeflow.org_*.yaml "$tmp/config/trainer/crds/"
+    cp "$trainer/manifests/base/webhook/manifests.yaml" "$tmp/config/trainer/webhooks.yaml"
+    cp "$trainer/manifests/base/manager/controller_manager_config.yaml" "$tmp/config/trainer/configuration.yaml"
+    cp "$trainer/manifests/base/runtimes/torch_distributed.yaml" "$tmp/config/trainer/"
+    cp "$jobset"/config/components/crd/bases/*.yaml "$tmp/config/jobset/crds/"
+    cp "$jobset/config/components/webhook/manifests.yaml" "$tmp/config/jobset/webhooks.yaml"
+    cp "$jobset/config/components/manager/controller_manager_config.yaml" "$tmp/config/jobset/configuration.yaml"
     chmod -R u+w "$tmp/config"
   fi
   {

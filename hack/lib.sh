@@ -13,14 +13,15 @@ FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
 # which the tests without a cluster need. The control plane's components come first
 # (FTO_CONTROL_PLANE: all that the integration tier needs), then the real node's and the
 # image builder's (FTO_NODE_COMPONENTS: hack/node-up.sh, hack/images.sh), then the platform
-# the serial integration tests run beside the operator (FTO_PLATFORM: Kueue).
+# the serial integration tests and the operator benchmark run beside the operator
+# (FTO_PLATFORM: Kueue; Kubeflow Trainer and JobSet, the benchmark's peer).
 FTO_CONTROL_PLANE=(kubernetes helm kwok etcd minio)
 FTO_NODE_COMPONENTS=(kubelet containerd runc cni buildkit coredns)
-FTO_PLATFORM=(kueue)
+FTO_PLATFORM=(kueue kubeflow)
 FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}" "${FTO_PLATFORM[@]}")
 # Components whose wrapper modules are aligned with hack/modules/kubernetes (their builds
 # wait for it when it is being built elsewhere).
-FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns kueue)
+FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns kueue kubeflow)
 
 component_version() {
   case "$1" in
@@ -36,6 +37,8 @@ component_version() {
     buildkit) echo "$BUILDKIT_VERSION" ;;
     coredns) echo "$COREDNS_VERSION" ;;
     kueue) echo "$KUEUE_VERSION" ;;
+    # Two modules in one wrapper: both pins name its cache folder.
+    kubeflow) echo "$KUBEFLOW_TRAINER_VERSION-jobset-$JOBSET_VERSION" ;;
     *) echo "unknown component: $1" >&2; return 2 ;;
   esac
 }
@@ -54,7 +57,18 @@ component_module() {
     buildkit) echo github.com/moby/buildkit ;;
     coredns) echo github.com/coredns/coredns ;;
     kueue) echo sigs.k8s.io/kueue ;;
+    kubeflow) echo github.com/kubeflow/trainer/v2 ;;
     *) return 2 ;;
+  esac
+}
+
+# The "module version" pairs a component's wrapper go.mod must require (build.sh checks them):
+# its module at its pin, and for kubeflow JobSet's too.
+component_pins() {
+  case "$1" in
+    kubeflow) printf '%s %s\n' github.com/kubeflow/trainer/v2 "$KUBEFLOW_TRAINER_VERSION" \
+      sigs.k8s.io/jobset "$JOBSET_VERSION" ;;
+    *) printf '%s %s\n' "$(component_module "$1")" "$(component_version "$1")" ;;
   esac
 }
 
@@ -81,6 +95,7 @@ component_binaries() {
     buildkit) echo buildkitd buildctl ;;
     coredns) echo coredns ;;
     kueue) echo kueue ;;
+    kubeflow) echo trainer-controller-manager jobset ;;
     *) return 2 ;;
   esac
 }

@@ -119,8 +119,9 @@ checks_lane() {
   step "helm lint" bash -c 'hack/build.sh helm 2>/dev/null && \
     "$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator' || rc=1
   step "helm tier" "$BIN/pytest" tests/helm "${PYTEST_COMMON[@]}" || rc=1
-  # Kueue, for the serial tier's test_kueue.py (its fixture builds it when it gets there
-  # first; the build lock makes one wait for the other).
+  # Kueue, for the serial tier's test_kueue.py, and Kubeflow Trainer + JobSet, for its
+  # operator benchmark test (each builds what it needs when it gets there first; the build
+  # locks make one wait for the other).
   step "go tools (platform)" hack/build.sh platform || rc=1
   if [[ $NODE == 1 ]]; then
     step "go tools (real node)" hack/build.sh node || rc=1

@@ -4,6 +4,7 @@
 #
 # Usage: hack/update-modules.sh [component ...]   (default: all)
 #   components: etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue
+#               kubeflow
 #   (kwok, helm, containerd, cni and coredns take versions from the kubernetes wrapper,
 #   buildkit from containerd's: regenerate them after those)
 set -euo pipefail
@@ -52,8 +53,8 @@ align_with() {
   local base="$1"; shift
   local name="$1" keep="${2:-^$}" dir="$HACK_DIR/modules/$1" kube="$HACK_DIR/modules/$base"
   local mod ver lines="" path own theirs
-  mod="$(awk '$1=="require"{print $2; exit}' "$dir/go.mod")"
-  ver="$(awk '$1=="require"{print $3; exit}' "$dir/go.mod")"
+  # The pinned module: the first required (a block's first line when tidy made one).
+  read -r mod ver < <(awk '$1=="require"{if ($2=="(") {getline; print $1, $2} else print $2, $3; exit}' "$dir/go.mod")
   while read -r path own theirs; do
     [[ -n "$theirs" && ! "$path" =~ $keep && "$path" != finetune.dev/* ]] || continue
     grep -Eq "^[[:space:]]*$path =>" "$dir/go.mod" && continue # replaced already
@@ -90,7 +91,7 @@ with_kubernetes_staging() {
 }
 
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue kubeflow)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" 1.26.0 go.etcd.io/etcd/server/v3 ;;
@@ -129,6 +130,16 @@ for c in "${components[@]}"; do
       write_module kueue sigs.k8s.io/kueue "$KUEUE_VERSION" 1.26.0 sigs.k8s.io/kueue/cmd/kueue
       with_kubernetes_staging kueue
       ALIGN_UP_ONLY=1 align_with_kubernetes kueue ;;
+    kubeflow)
+      # Kubeflow Trainer's manager and the JobSet controller it requires, in one wrapper: the
+      # Trainer's go.mod pins JobSet, so both build at versions that were released together.
+      # JobSet's command is its module root (main.go).
+      write_module kubeflow github.com/kubeflow/trainer/v2 "$KUBEFLOW_TRAINER_VERSION" 1.26.0 \
+        github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager sigs.k8s.io/jobset
+      ALIGN_UP_ONLY=1 align_with_kubernetes kubeflow
+      got="$(cd "$HACK_DIR/modules/kubeflow" && go list -m -f '{{.Version}}' sigs.k8s.io/jobset)"
+      [[ "$got" == "$JOBSET_VERSION" ]] ||
+        { echo "kubeflow: sigs.k8s.io/jobset resolved to $got, not $JOBSET_VERSION" >&2; exit 1; } ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done
