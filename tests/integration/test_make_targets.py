@@ -78,8 +78,11 @@ def test_every_target_has_a_cheap_form_here() -> None:
     assert set(_targets()) == covered
 
 
-# `make crds` rewrites crds/ while tests on other workers may be reading it.
-_SERIAL_TARGETS = {"crds"}
+# `make crds` rewrites crds/ while tests on other workers may be reading it. `make tools`
+# builds every Go tool: serial, so that in `make test` the other lane has mostly built them
+# by then (it waits on their build locks otherwise: on a fresh machine, minutes).
+_SERIAL_TARGETS = {"crds", "tools"}
+_TIMEOUTS = {"tools": 1800.0}
 
 
 @pytest.mark.parametrize(
@@ -88,7 +91,7 @@ _SERIAL_TARGETS = {"crds"}
 )
 def test_target_runs(cluster: Cluster, target: str) -> None:
     args, shows = CHEAP_FORMS[target]
-    done = _make(*args)
+    done = _make(*args, timeout=_TIMEOUTS.get(target, 600))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert shows in done.stdout + done.stderr
     if target == "bench":  # all three benchmarks, one after another
