@@ -386,7 +386,8 @@ class Controller:
         ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
         failed = rejected(status, error.message, body.get("metadata", {}).get("generation"),
                           datetime.now(UTC), error.reason, ttl)  # fmt: skip
-        held = key in self._held  # then nothing was stored yet
+        # Held: nothing was stored yet; its Events ("Created") were not true after all.
+        held = self._held.pop(key, None)
         written = {} if held else status.model_dump(mode="json", by_alias=True, exclude_none=True)
         await self._execute(key, {**body, "status": written}, job, failed)
 
@@ -447,6 +448,8 @@ class Controller:
                 self.metrics.count_job_created()
                 if action.attempt > 0:
                     self.metrics.count_restart()
+            elif action.attempt == 0:
+                await self._adopt_settings(key, batch_job["metadata"]["name"])
         elif isinstance(action, DeleteJob):
             await asyncio.to_thread(self.kube.delete_job, namespace, action.name)
         elif isinstance(action, SuspendJob):
@@ -454,6 +457,27 @@ class Controller:
         elif isinstance(action, DeleteSelf):
             log.info("%s/%s: ttlSecondsAfterFinished passed: deleting it", namespace, name)
             await asyncio.to_thread(self.kube.delete_finetunejob, namespace, name)
+
+    async def _adopt_settings(self, key: Key, batch_job_name: str) -> None:
+        """Attempt 0's Job already existed (an operator that died before writing the first
+        status, its watch not caught up yet): record the settings it was made with, not
+        today's (docs/install.md: restarts run what the first attempt ran)."""
+        namespace, name = key
+        existing = await asyncio.to_thread(self.kube.get_job, namespace, batch_job_name)
+        used = settings_of(existing) if existing is not None else None
+        if used is None:
+            return
+        recorded = used.model_dump(mode="json", by_alias=True, exclude_none=True)
+        held = self._held.get(key)
+        if held is not None:
+            held.status["settings"] = recorded
+            return
+        body = self._written.get(key) or self.cache.jobs.get(key) or {}
+        if (body.get("status") or {}).get("settings") != recorded:
+            patch = {"settings": recorded}
+            stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
+            if stored is not None:
+                self._written[key] = stored
 
     def _hold(self, key: Key, stored: dict[str, Any], plan: Plan, planned: dict[str, Any]) -> bool:
         """Whether to hold back this pass's status write: only a new job's first status

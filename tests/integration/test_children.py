@@ -324,7 +324,9 @@ def test_pods_the_job_controller_cannot_create_are_explained(
     status = eventually(blocked, timeout=60, what="the FailedCreate blocker")
     assert status["phase"] == "Pending"
     assert "exceeded quota: no-gpus" in status["message"], status
-    assert any(e.reason == "FailedCreate" for e in _events(cluster, ns, name))
+    # The Events follow the status write (status first, then actions, then Events).
+    eventually(lambda: any(e.reason == "FailedCreate" for e in _events(cluster, ns, name)),
+               timeout=30, what="the FailedCreate Event")  # fmt: skip
 
 
 def test_pods_the_api_server_refuses_fail_the_job_within_seconds(
