@@ -152,7 +152,6 @@ def build_openapi_schema() -> dict[str, Any]:
 # A rule so marked is evaluated when the object is created and skipped on every update:
 # `oldSelf` has a value only on an update (optionalOldSelf), and `||` stops there.
 CREATE_ONLY = "oldSelf.hasValue() || "
-_MUTABLE_REFERENCE = re.compile(r"\bself\.(scheduling|runPolicy)\b")
 
 
 def _checked_at_create_only(spec: dict[str, Any], immutable: tuple[str, ...]) -> None:
@@ -164,12 +163,16 @@ def _checked_at_create_only(spec: dict[str, Any], immutable: tuple[str, ...]) ->
     that reads only fields that `self == oldSelf` keeps from changing gives on an update
     the answer it gave at create, where it passed; so it runs at create only. The same
     manifests are refused (the rule tables, tests/cases.py, run against the API server);
-    rules reading scheduling or runPolicy, which may change, run on every write as before."""
+    rules reading the fields that may change (scheduling, runPolicy: every spec field not in
+    `immutable`) run on every write as before."""
+    fixed = {to_camel(name) for name in immutable}
+    mutable = "|".join(sorted(set(spec["properties"]) - fixed))
+    reads_mutable = re.compile(rf"\bself\.({mutable})\b")
     for rule in spec.get(CEL_RULES_KEY, []):
-        if not _MUTABLE_REFERENCE.search(rule["rule"]):
+        if not reads_mutable.search(rule["rule"]):
             _make_create_only(rule)
-    for name in immutable:
-        _mark_subtree(spec["properties"][to_camel(name)])
+    for name in fixed:
+        _mark_subtree(spec["properties"][name])
 
 
 def _mark_subtree(node: dict[str, Any]) -> None:
