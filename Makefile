@@ -58,7 +58,8 @@ crds: install ## regenerate crds/ and the API reference from the pydantic models
 unit: install ## unit tests only (no cluster), the Helm chart's included
 	$(BIN)/pytest tests/unit tests/helm
 
-integration: install tools ## tests against the local control plane and S3 server
+integration: install ## tests against the local control plane and S3 server (builds the control plane, Kueue, Kubeflow Trainer)
+	hack/build.sh control-plane platform
 	$(BIN)/pytest tests/integration
 
 e2e: install ## the built images on the local cluster's real node (root; builds what is missing)
@@ -70,10 +71,12 @@ e2e: install ## the built images on the local cluster's real node (root; builds 
 test: ## set up, lint, and run every test tier (what CI runs; prints each step's time)
 	hack/test.sh
 
-tools: ## build etcd, Kubernetes, kwok, helm and MinIO from their Go modules (cached, pinned)
+# Each target builds only what it runs (hack/build.sh skips what is cached): cluster-up the
+# control plane (and, as root, the real node's tools), not Kueue or Kubeflow Trainer.
+tools: ## build every Go tool: control plane, real node, Kueue, Kubeflow Trainer (cached, pinned)
 	hack/build.sh
 
-cluster-up: tools ## start the local control plane, fake GPU nodes and S3 on 127.0.0.1
+cluster-up: ## start the local control plane, fake GPU nodes and S3 (builds what it needs first)
 	hack/cluster-up.sh
 
 cluster-down: ## stop everything cluster-up started
@@ -141,10 +144,10 @@ bench: ## run every benchmark (BENCH_TARGETS), one at a time
 bench-trainer: install ## our trainer vs plain TRL SFTTrainer: tokens/s, peak memory, MFU (docs/benchmarks.md)
 	$(BIN)/python bench/trainer.py $(BENCH_TRAINER_ARGS)
 
-bench-storage: install tools ## checkpoint upload: our storage layer vs a plain boto3 loop vs a raw copy (docs/storage.md)
+bench-storage: install ## checkpoint upload: our storage layer vs a plain boto3 loop vs a raw copy (docs/storage.md)
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/storage.py $(BENCH_STORAGE_ARGS)
 
-bench-operator: install tools ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client and Kubeflow Trainer (docs/benchmarks.md)
+bench-operator: install ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client and Kubeflow Trainer (docs/benchmarks.md)
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/operator_load.py $(BENCH_OPERATOR_ARGS)

@@ -12,6 +12,7 @@
 #        hack/build.sh node                 the next six (the real node, the image builder)
 #        hack/build.sh platform             Kueue, Kubeflow Trainer + JobSet (their CRDs and
 #                                           webhook manifests with them)
+#        groups and components mix: hack/build.sh control-plane platform
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
 #   FTO_BUILD_P=N       go build -p (default: number of CPUs, i.e. Go's default)
@@ -230,13 +231,17 @@ build_one() {
 }
 
 main() {
-  local comps=("$@") c failed=() t0
-  [[ ${#comps[@]} -gt 0 ]] || comps=("${FTO_COMPONENTS[@]}")
-  case "${comps[*]}" in
-    control-plane) comps=("${FTO_CONTROL_PLANE[@]}") ;;
-    node) comps=("${FTO_NODE_COMPONENTS[@]}") ;;
-    platform) comps=("${FTO_PLATFORM[@]}") ;;
-  esac
+  local comps=() c failed=() t0
+  [[ $# -gt 0 ]] || set -- "${FTO_COMPONENTS[@]}"
+  # Groups expand in place and may be mixed with components: `control-plane platform`.
+  for c in "$@"; do
+    case "$c" in
+      control-plane) comps+=("${FTO_CONTROL_PLANE[@]}") ;;
+      node) comps+=("${FTO_NODE_COMPONENTS[@]}") ;;
+      platform) comps+=("${FTO_PLATFORM[@]}") ;;
+      *) comps+=("$c") ;;
+    esac
+  done
   for c in "${comps[@]}"; do component_version "$c" >/dev/null || exit 2; done
   t0=$(date +%s)
   # One at a time: on a 2-core machine parallel component builds only fight over the CPUs

@@ -81,6 +81,12 @@ tools_lane() {
   step "integration (${INTEGRATION_WORKERS} workers)" "$BIN/pytest" tests/integration \
     -m "not serial" -n "$INTEGRATION_WORKERS" --dist loadfile "${PYTEST_COMMON[@]}"
   local rc=$?
+  # The serial tier runs Kueue and Kubeflow Trainer (and `make tools`, which wants every
+  # tool): they are built here, before it, or waited for when the other lane is building
+  # them (the build locks), so that no test waits on a build inside its own time limit.
+  local prerequisites=(platform)
+  [[ $NODE == 1 ]] && prerequisites+=(node)
+  step "go tools (${prerequisites[*]})" hack/build.sh "${prerequisites[@]}" || rc=1
   step "integration, serial" "$BIN/pytest" tests/integration -m serial "${PYTEST_COMMON[@]}"
   rc=$((rc | $?))
   if [[ $NODE == 1 ]]; then
@@ -131,7 +137,19 @@ checks_lane() {
   return "$rc"
 }
 
+# The machine's CPU use, sampled every 5 s ("seconds busy_ticks all_ticks" from /proc/stat):
+# each step's share of the machine in the table at the end says whether the run waited on
+# the CPUs or on something else.
+sample_cpu() {
+  while :; do
+    awk -v t="$(($(date +%s) - T0))" '/^cpu /{b=$2+$3+$4+$7+$8; print t, b, b+$5+$6; exit}' /proc/stat
+    sleep 5
+  done >"$LOGS/cpu"
+}
 rm -f "$LOGS/steps" "$LOGS/installed" "$LOGS/install-failed" "$LOGS/images-done"
+touch "$LOGS/t0"
+sample_cpu &
+sampler_pid=$!
 echo "make test: logs in $LOGS; the tools lane's log is printed when it ends"
 tools_lane >"$LOGS/tools.log" 2>&1 &
 tools_pid=$!
@@ -146,12 +164,23 @@ echo
 echo "================================ tools lane log ================================"
 cat "$LOGS/tools.log"
 echo
+kill "$sampler_pid" 2>/dev/null
 echo "================================ step times ===================================="
-printf '%-7s %-36s %8s %8s %5s\n' lane step start_s took_s exit
+# cpu%: the whole machine's CPU use while the step ran (both lanes; 100 = every core busy).
+printf '%-7s %-36s %8s %8s %5s %5s\n' lane step start_s took_s exit cpu%
 sort -t'|' -k3,3n "$LOGS/steps" | while IFS='|' read -r lane name start took rc; do
-  printf '%-7s %-36s %8s %8s %5s\n' "$lane" "$name" "$start" "$took" "$rc"
+  cpu="$(awk -v a="$start" -v b="$((start + took))" '
+    $1 <= a { b0 = $2; t0 = $3 } $1 <= b { b1 = $2; t1 = $3 }
+    END { if (t1 > t0) printf "%d", 100 * (b1 - b0) / (t1 - t0); else print "-" }' "$LOGS/cpu")"
+  printf '%-7s %-36s %8s %8s %5s %5s\n' "$lane" "$name" "$start" "$took" "$rc" "$cpu"
 done
-echo "total: $(($(date +%s) - T0))s"
+echo "total: $(($(date +%s) - T0))s, the machine's CPUs $(awk 'NR==1{b0=$2;t0=$3} {b=$2;t=$3} END{if (t>t0) printf "%d", 100*(b-b0)/(t-t0)}' "$LOGS/cpu")% busy"
+# What each Go tool's build took (a new machine builds them all; a cached one none).
+for info in "${FTO_CACHE:-$HOME/.cache/finetune-operator}"/*/build-info.txt; do
+  [[ -f "$info" && "$info" -nt "$LOGS/t0" ]] || continue
+  awk -F= '/^component=/{c=$2} /^build_seconds=/{s=$2} /maxrss_kb/{u=$0; sub(/.*cpu_user_s=/, "", u); sub(/ .*/, "", u)}
+    END { printf "go build: %-11s %5ss wall, %6ss user CPU\n", c, s, u }' "$info"
+done
 if [[ $checks_rc != 0 || $tools_rc != 0 ]]; then
   echo "make test: FAILED (see the steps with a non-zero exit above)" >&2
   exit 1

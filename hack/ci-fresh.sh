@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# What CI meets on a machine it has never seen, on this one: a fresh clone of HEAD with
+# ../shared beside it, run with an empty HOME, so every cache a new machine lacks is empty:
+# the Go tools and images (~/.cache/finetune-operator), Go's module and build caches
+# (~/go/pkg/mod, ~/.cache/go-build), uv's and pip's (~/.cache/uv, ~/.cache/pip) and the
+# pinned uv itself. What stays is what a new machine of this kind has before the session
+# starts: Go, Python (pyenv's, through PYENV_ROOT), git, and the Debian packages already
+# installed (hack/host-packages.sh installs the rest; `apt-get remove` them first to see that
+# too).
+#
+# Usage: hack/ci-fresh.sh [--dir DIR] [--keep] [-- COMMAND...]
+#   --dir DIR   where the clone and the empty HOME go (default: a new folder under /var/tmp);
+#               a DIR kept from an earlier run is reused as it is: its caches are then warm,
+#               which is how to measure the cached run on the same machine
+#   --keep      keep DIR afterwards (default: removed when COMMAND succeeded; the caches
+#               hold ~15 GB)
+#   COMMAND     what to run in the clone (default: bash .ci/run, as CI does)
+# Prints the clone's commit, then COMMAND's output (also in DIR/ci.log), then the wall time.
+# Stop any local cluster first (make cluster-down): the real node is the machine's, and a
+# second cluster cannot start it.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+DIR="" KEEP=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) DIR="$2"; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    --) shift; break ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "hack/ci-fresh.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ $# -gt 0 ]] || set -- bash .ci/run
+[[ -d "$REPO/../shared" ]] || { echo "hack/ci-fresh.sh: $REPO/../shared is missing (CI has it beside the clone)" >&2; exit 2; }
+if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]]; then
+  echo "hack/ci-fresh.sh: note: uncommitted changes are not in the clone (it is HEAD, as CI's is)" >&2
+fi
+
+if [[ -z "$DIR" ]]; then DIR="$(mktemp -d /var/tmp/fto-ci-fresh.XXXXXX)"; fi
+mkdir -p "$DIR/home"
+DIR="$(cd "$DIR" && pwd)"
+if [[ ! -d "$DIR/main/.git" ]]; then
+  git clone --quiet "$REPO" "$DIR/main"
+else
+  git -C "$DIR/main" fetch --quiet "$REPO" HEAD && git -C "$DIR/main" checkout --quiet --detach FETCH_HEAD
+fi
+ln -sfn "$(cd "$REPO/../shared" && pwd)" "$DIR/shared"
+[[ -f "$HOME/.gitconfig" && ! -f "$DIR/home/.gitconfig" ]] && cp "$HOME/.gitconfig" "$DIR/home/"
+
+# pyenv's shims find their Pythons through PYENV_ROOT (default ~/.pyenv, i.e. the old HOME).
+pyenv_root=""
+command -v pyenv >/dev/null 2>&1 && pyenv_root="$(pyenv root)"
+
+echo "hack/ci-fresh.sh: $(git -C "$DIR/main" log -1 --format='%h %s' | cut -c1-100)"
+echo "hack/ci-fresh.sh: clone $DIR/main, HOME $DIR/home, running: $*"
+start=$(date +%s)
+set +e
+(
+  cd "$DIR/main"
+  # Nothing of this machine's caches or cluster may leak in through the environment.
+  unset GOCACHE GOMODCACHE GOPATH GOFLAGS XDG_CACHE_HOME UV_CACHE_DIR PIP_CACHE_DIR \
+    FTO_CACHE FTO_STATE KUBECONFIG VIRTUAL_ENV
+  export HOME="$DIR/home" CI=true
+  [[ -z "$pyenv_root" ]] || export PYENV_ROOT="$pyenv_root"
+  "$@"
+) 2>&1 | tee "$DIR/ci.log"
+rc=${PIPESTATUS[0]}
+set -e
+took=$(($(date +%s) - start))
+echo "hack/ci-fresh.sh: exit $rc after ${took}s ($((took / 60)) min $((took % 60)) s); log $DIR/ci.log"
+if [[ $rc == 0 && $KEEP == 0 ]] && ! findmnt -rn -o TARGET | grep -q "^$DIR/"; then
+  rm -rf "$DIR"
+else
+  echo "hack/ci-fresh.sh: kept $DIR (remove it when done: it holds the run's caches)"
+fi
+exit "$rc"
