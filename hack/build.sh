@@ -23,7 +23,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_cmds go flock
 export GOTOOLCHAIN=local   # never download another toolchain
 export CGO_ENABLED=0       # static binaries, as the upstream release builds are
-export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
+# -dwarf=false: the linker strips the debug information anyway (-ldflags -s -w), so the
+# compiler need not make it; the same binaries, 13 % less compile time (helm from an empty
+# GOCACHE: 130 -> 113 user CPU-s, 84 -> 73 s wall; hack/README.md).
+export GOFLAGS="-trimpath -buildvcs=false -mod=readonly -gcflags=all=-dwarf=false"
 BUILD_P="${FTO_BUILD_P:-$(nproc)}"
 
 # The module's publication time (from the module proxy's .info) doubles as build date,
@@ -220,6 +223,7 @@ build_one() {
     [[ -f "$tmp/time.txt" ]] && tail -n 1 "$tmp/time.txt"
     echo "go_sum_sha256=$(sha256sum "$moddir/go.sum" | cut -d' ' -f1)"
     echo "ldflags=$ldflags"
+    echo "goflags=$GOFLAGS"
   } >"$tmp/build-info.txt"
   rm -f "$tmp/time.txt"
   rm -rf "$dir"

@@ -3,17 +3,19 @@
 #
 #   lane "tools"  (background)  hack/build.sh control-plane -> hack/cluster-up.sh (the real
 #                               node's network, not the node) -> integration tests on N
-#                               workers -> the `serial` ones alone -> the real node (once the
-#                               other lane has built the images) -> the e2e tier
+#                               workers -> Kueue's and Kubeflow Trainer's Go tools -> the
+#                               `serial` tests alone -> the real node (once the other lane has
+#                               built the images) -> the e2e tier
 #   lane "checks" (foreground)  make install -> ruff, mypy, hadolint -> unit, trainer and gpu
 #                               tiers on N workers -> helm lint + the helm tier (need helm) ->
 #                               the node's Go tools -> both images (hack/images.sh)
 #
 # The control plane's Go builds start first, so their module downloads overlap `uv sync` and
 # their compiles overlap lint and the tests that need no cluster; the integration tier starts
-# the moment they are there, while the other lane builds the node's tools and the images. A failing step does
-# not stop the others (CI shows every failure at once); the exit status is non-zero if any
-# step failed. Each step's time is printed as it ends and again in a table at the end.
+# the moment they are there. Every tier's tools are built by a step before it, never inside a
+# test's time limit. A failing step does not stop the others (CI shows every failure at
+# once); the exit status is non-zero if any step failed. Each step's time is printed as it
+# ends, and again in a table at the end with the machine's CPU use while it ran.
 #
 # Environment:
 #   FTO_TEST_WORKERS         pytest-xdist workers for the tiers without a cluster (default 2)
@@ -82,11 +84,14 @@ tools_lane() {
     -m "not serial" -n "$INTEGRATION_WORKERS" --dist loadfile "${PYTEST_COMMON[@]}"
   local rc=$?
   # The serial tier runs Kueue and Kubeflow Trainer (and `make tools`, which wants every
-  # tool): they are built here, before it, or waited for when the other lane is building
-  # them (the build locks), so that no test waits on a build inside its own time limit.
-  local prerequisites=(platform)
-  [[ $NODE == 1 ]] && prerequisites+=(node)
-  step "go tools (${prerequisites[*]})" hack/build.sh "${prerequisites[@]}" || rc=1
+  # tool): this lane builds them before it, while the other lane builds the node's tools for
+  # its images (two builds side by side fill two cores better than one: its links and module
+  # downloads leave one idle), then waits for those (build locks), so that no test waits on
+  # a build inside its own time limit.
+  step "go tools (platform)" hack/build.sh platform || rc=1
+  if [[ $NODE == 1 ]]; then
+    step "go tools (real node: wait)" hack/build.sh node || rc=1
+  fi
   step "integration, serial" "$BIN/pytest" tests/integration -m serial "${PYTEST_COMMON[@]}"
   rc=$((rc | $?))
   if [[ $NODE == 1 ]]; then
@@ -125,10 +130,9 @@ checks_lane() {
   step "helm lint" bash -c 'hack/build.sh helm 2>/dev/null && \
     "$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator' || rc=1
   step "helm tier" "$BIN/pytest" tests/helm "${PYTEST_COMMON[@]}" || rc=1
-  # Kueue, for the serial tier's test_kueue.py, and Kubeflow Trainer + JobSet, for its
-  # operator benchmark test (each builds what it needs when it gets there first; the build
-  # locks make one wait for the other).
-  step "go tools (platform)" hack/build.sh platform || rc=1
+  # The node's tools, for the images and the e2e tier (the other lane builds Kueue and
+  # Kubeflow Trainer meanwhile; whichever lane gets to a tool first builds it, the build
+  # locks make the other wait).
   if [[ $NODE == 1 ]]; then
     step "go tools (real node)" hack/build.sh node || rc=1
     step "images" make --no-print-directory images DOCKER=false || rc=1

@@ -79,8 +79,8 @@ def test_every_target_has_a_cheap_form_here() -> None:
 
 
 # `make crds` rewrites crds/ while tests on other workers may be reading it. `make tools`
-# builds every Go tool: serial, so that in `make test` the other lane has mostly built them
-# by then (it waits on their build locks otherwise: on a fresh machine, minutes).
+# builds every Go tool: serial, because `make test` builds them all in steps before the
+# serial tier (hack/test.sh), so here it only finds them (a bare `pytest` run may build).
 _SERIAL_TARGETS = {"crds", "tools"}
 _TIMEOUTS = {"tools": 1800.0}
 # Targets that need the cluster, not the platform around it: they neither build nor wait on
