@@ -10,8 +10,8 @@
 #
 # Usage: hack/ci-fresh.sh [--dir DIR] [--keep] [-- COMMAND...]
 #   --dir DIR   where the clone and the empty HOME go (default: a new folder under /var/tmp);
-#               a DIR kept from an earlier run is reused as it is: its caches are then warm,
-#               which is how to measure the cached run on the same machine
+#               in a DIR kept from an earlier run the clone is new but HOME is kept: its
+#               caches are then warm, which is how to measure the cached run on this machine
 #   --keep      keep DIR afterwards (default: removed when COMMAND succeeded; the caches
 #               hold ~15 GB)
 #   COMMAND     what to run in the clone (default: bash .ci/run, as CI does)
@@ -40,11 +40,9 @@ fi
 if [[ -z "$DIR" ]]; then DIR="$(mktemp -d /var/tmp/fto-ci-fresh.XXXXXX)"; fi
 mkdir -p "$DIR/home"
 DIR="$(cd "$DIR" && pwd)"
-if [[ ! -d "$DIR/main/.git" ]]; then
-  git clone --quiet "$REPO" "$DIR/main"
-else
-  git -C "$DIR/main" fetch --quiet "$REPO" HEAD && git -C "$DIR/main" checkout --quiet --detach FETCH_HEAD
-fi
+# Always a new clone (CI's is), even in a kept DIR: only HOME's caches carry over.
+rm -rf "$DIR/main"
+git clone --quiet "$REPO" "$DIR/main"
 ln -sfn "$(cd "$REPO/../shared" && pwd)" "$DIR/shared"
 [[ -f "$HOME/.gitconfig" && ! -f "$DIR/home/.gitconfig" ]] && cp "$HOME/.gitconfig" "$DIR/home/"
 

@@ -90,7 +90,7 @@ tools_lane() {
   # a build inside its own time limit.
   step "go tools (platform)" hack/build.sh platform || rc=1
   if [[ $NODE == 1 ]]; then
-    step "go tools (real node: wait)" hack/build.sh node || rc=1
+    step "go tools (real node)" hack/build.sh node || rc=1
   fi
   step "integration, serial" "$BIN/pytest" tests/integration -m serial "${PYTEST_COMMON[@]}"
   rc=$((rc | $?))

@@ -69,3 +69,13 @@ def test_a_success_removes_the_folder_unless_kept(tmp_path: Path) -> None:
     done = _run(tmp_path, "true")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_kept_folder_gets_a_new_clone_and_keeps_its_home(tmp_path: Path) -> None:
+    """The cached run: HOME's caches carry over, the clone does not (CI's is always new)."""
+    leftover = "touch leftover-in-clone; mkdir -p $HOME/.cache/kept"
+    assert _run(tmp_path, "bash", "-c", leftover, keep=True).returncode == 0
+    done = _run(tmp_path, "bash", "-c", "ls -A; ls -A $HOME/.cache", keep=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "leftover-in-clone" not in done.stdout
+    assert "kept" in done.stdout
