@@ -84,10 +84,9 @@ tools_lane() {
     -m "not serial" -n "$INTEGRATION_WORKERS" --dist loadfile "${PYTEST_COMMON[@]}"
   local rc=$?
   # The serial tier runs Kueue and Kubeflow Trainer (and `make tools`, which wants every
-  # tool): this lane builds them before it, while the other lane builds the node's tools for
-  # its images (two builds side by side fill two cores better than one: its links and module
-  # downloads leave one idle), then waits for those (build locks), so that no test waits on
-  # a build inside its own time limit.
+  # tool): this lane builds them before it, and the node's tools too unless the other lane
+  # (which needs them for its images) got there first and builds them now: the build locks
+  # make one lane wait for the other. No test waits on a build inside its own time limit.
   step "go tools (platform)" hack/build.sh platform || rc=1
   if [[ $NODE == 1 ]]; then
     step "go tools (real node)" hack/build.sh node || rc=1
@@ -130,9 +129,9 @@ checks_lane() {
   step "helm lint" bash -c 'hack/build.sh helm 2>/dev/null && \
     "$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator' || rc=1
   step "helm tier" "$BIN/pytest" tests/helm "${PYTEST_COMMON[@]}" || rc=1
-  # The node's tools, for the images and the e2e tier (the other lane builds Kueue and
-  # Kubeflow Trainer meanwhile; whichever lane gets to a tool first builds it, the build
-  # locks make the other wait).
+  # The node's tools, for the images and the e2e tier: whichever lane gets to them first
+  # builds them, the other waits on the build locks (on a new machine the tools lane, which
+  # needs them for its serial tier, usually has them built by now).
   if [[ $NODE == 1 ]]; then
     step "go tools (real node)" hack/build.sh node || rc=1
     step "images" make --no-print-directory images DOCKER=false || rc=1
