@@ -168,16 +168,21 @@ echo "================================ tools lane log ==========================
 cat "$LOGS/tools.log"
 echo
 kill "$sampler_pid" 2>/dev/null
+# cpu_share FROM TO: the whole machine's CPU use (%, 100 = every core busy) between two
+# offsets in seconds, from the samples; "-" when no two samples lie between them.
+cpu_share() {
+  awk -v a="$1" -v b="$2" '
+    NR == 1 || $1 <= a { b0 = $2; t0 = $3 } $1 <= b { b1 = $2; t1 = $3 }
+    END { if (t1 > t0) printf "%d", 100 * (b1 - b0) / (t1 - t0); else print "-" }' "$LOGS/cpu"
+}
 echo "================================ step times ===================================="
-# cpu%: the whole machine's CPU use while the step ran (both lanes; 100 = every core busy).
 printf '%-7s %-36s %8s %8s %5s %5s\n' lane step start_s took_s exit cpu%
 sort -t'|' -k3,3n "$LOGS/steps" | while IFS='|' read -r lane name start took rc; do
-  cpu="$(awk -v a="$start" -v b="$((start + took))" '
-    $1 <= a { b0 = $2; t0 = $3 } $1 <= b { b1 = $2; t1 = $3 }
-    END { if (t1 > t0) printf "%d", 100 * (b1 - b0) / (t1 - t0); else print "-" }' "$LOGS/cpu")"
-  printf '%-7s %-36s %8s %8s %5s %5s\n' "$lane" "$name" "$start" "$took" "$rc" "$cpu"
+  printf '%-7s %-36s %8s %8s %5s %5s\n' "$lane" "$name" "$start" "$took" "$rc" \
+    "$(cpu_share "$start" "$((start + took))")"
 done
-echo "total: $(($(date +%s) - T0))s, the machine's CPUs $(awk 'NR==1{b0=$2;t0=$3} {b=$2;t=$3} END{if (t>t0) printf "%d", 100*(b-b0)/(t-t0)}' "$LOGS/cpu")% busy"
+end=$(($(date +%s) - T0))
+echo "total: ${end}s, the machine's CPUs $(cpu_share 0 "$end")% busy"
 # What each Go tool's build took (a new machine builds them all; a cached one none).
 for info in "${FTO_CACHE:-$HOME/.cache/finetune-operator}"/*/build-info.txt; do
   [[ -f "$info" && "$info" -nt "$LOGS/t0" ]] || continue
