@@ -15,12 +15,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 from kubernetes import client, config
+
+from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 HACK = REPO / "hack"
@@ -143,7 +146,28 @@ def crd(cluster: Cluster) -> dict[str, Any]:
         "wait", "--for=condition=Established", "--timeout=60s",
         "crd/finetunejobs.finetune.dev", "crd/finetunejobprogresses.finetune.dev",
     )  # fmt: skip
+    for plural in (PLURAL, PROGRESS_PLURAL):
+        eventually(partial(_watch_served, cluster, plural), what=f"a watch of {plural}")
     return dict(yaml.safe_load(CRD_PATH.read_text()))
+
+
+def _watch_served(cluster: Cluster, plural: str) -> bool:
+    """Established is not served: a new CRD's watch cache answers watches with 429 "storage
+    is (re)initializing" until its first list is done, and kopf logs the retried watch as an
+    ERROR in the operator log that tests read."""
+    custom = client.CustomObjectsApi(cluster.api)
+    try:
+        response = custom.list_cluster_custom_object(
+            GROUP, VERSION, plural, watch=True, timeout_seconds=1,
+            _preload_content=False,
+        )  # fmt: skip
+    except client.exceptions.ApiException as error:
+        if error.status == 429:
+            return False
+        raise
+    response.read()
+    response.release_conn()
+    return True
 
 
 @pytest.fixture
