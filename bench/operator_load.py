@@ -12,7 +12,7 @@ deleted (and waited for) before the next:
 
   raw API   the baseline: a plain client loop (threads, the kubernetes client through
             ftoperator.kube.Kube) creates for each job exactly the objects the operator would
-            (ftoperator.desired: 2 ConfigMaps, Service, ServiceAccount, Role, RoleBinding, then
+            (ftoperator.children: 2 ConfigMaps, Service, ServiceAccount, Role, RoleBinding, then
             the Job), pre-rendered, at the same rate. What the API server costs by itself.
   Kubeflow  the peer: Kubeflow Trainer's controller manager and JobSet's, built from their Go
             modules (hack/build.sh kubeflow) and run as processes (tests/kubeflow_process.py);
@@ -82,7 +82,8 @@ from kubernetes.client.exceptions import ApiException
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
-from ftoperator.desired import LABEL_JOB, Settings, desired
+from ftoperator.children import LABEL_JOB, build_children
+from ftoperator.config import Settings
 from ftoperator.kube import Kube
 
 # The repository root, for tests.*: the controller processes the Kubeflow phase runs are the
@@ -743,7 +744,7 @@ def run_raw(
     settings = Settings()
     names = job_names(args.jobs)
     children = {
-        name: desired(parse_job(manifest(name, namespace, args.run_duration)), attempt=0,
+        name: build_children(parse_job(manifest(name, namespace, args.run_duration)), attempt=0,
                       settings=settings).all()
         for name in names
     }  # fmt: skip

@@ -15,7 +15,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB, Names
+from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB, Names
 
 # A fixed clock: every timestamp a builder writes is T0 plus some seconds, so tests can say
 # what "now" is relative to them.

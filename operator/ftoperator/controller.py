@@ -13,7 +13,7 @@ left out: the "Running" Event names the attempt). A status that is replaced a se
 no one anything, and it is the most expensive request of a job's start (the API server
 validates and stores the whole object again). Nothing is lost when the operator dies
 meanwhile: attempt 0 is what an empty status means, its children's creates are idempotent,
-and the settings the first attempt used are read back from its Job (desired.settings_of).
+and the settings the first attempt used are read back from its Job (config.settings_of).
 
 The cache may lag behind the operator's own status write by one watch event; the object
 that write returned is kept and used until the watch has caught up (by resourceVersion),
@@ -38,22 +38,13 @@ from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
 from .cache import Cache, Key, WorkQueue
-from .desired import (
-    LABEL_ATTEMPT,
-    LABEL_JOB,
-    Names,
-    Settings,
-    desired,
-    policy_violation,
-    settings_of,
-    settings_used,
-    with_recorded,
-)
+from .children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
+from .config import DEFAULTS, Settings, settings_of, settings_used, with_recorded
 from .kube import ChildError, Kube, owned_by
 from .kueue import owned_workload, queue_state
 from .merge_patch import merge_patch
 from .observability import METRICS, Metrics
-from .status import (
+from .planner import (
     WAITING_FOR_PODS,
     CreateAttempt,
     DeleteJob,
@@ -65,6 +56,7 @@ from .status import (
     reconcile,
     rejected,
 )
+from .policy import policy_violation
 
 log = logging.getLogger("ftoperator")
 T = TypeVar("T")
@@ -75,7 +67,7 @@ CREATE_FAILURE_GRACE_SECONDS = 5.0
 QUEUE_POLL_SECONDS = 30.0
 QUEUE_READ_SECONDS = 5.0
 # How long a new job's first status may wait for its pods to start (see the module).
-FIRST_STATUS_GRACE_SECONDS = 5.0
+FIRST_STATUS_GRACE_SECONDS = float(DEFAULTS["first-status-grace-seconds"])
 
 
 @dataclass
@@ -109,8 +101,8 @@ class Controller:
         self.first_status_grace_seconds = FIRST_STATUS_GRACE_SECONDS
         # (what, namespace) -> (loop time, the read made then): _shared_read
         self._shared_reads: dict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = {}
-        self.resync_seconds = 60.0
-        self.child_check_seconds = 300.0
+        self.resync_seconds = float(DEFAULTS["resync-seconds"])
+        self.child_check_seconds = float(DEFAULTS["child-check-seconds"])
         self._children_checked: dict[Key, float] = {}  # key -> loop time of the last check
 
     # --- the pass -------------------------------------------------------------------------
@@ -419,7 +411,7 @@ class Controller:
             return  # not started (or torn down): its creation verifies the children
         self._children_checked[key] = now
         settings = with_recorded(self.settings, plan.status.settings)
-        *prerequisites, _ = desired(job, attempt=attempt, settings=settings).stages()
+        *prerequisites, _ = build_children(job, attempt=attempt, settings=settings).stages()
         try:
             for stage in prerequisites:
                 await _gather_all(
@@ -435,9 +427,9 @@ class Controller:
         if isinstance(action, CreateAttempt):
             if job is None:  # never planned for an unparsable spec
                 return
-            children = desired(job, attempt=action.attempt, settings=settings)
+            children = build_children(job, attempt=action.attempt, settings=settings)
             uid = job.metadata.uid
-            # Stage by stage (desired.Children.stages); within a stage, all at once. Every
+            # Stage by stage (children.Children.stages); within a stage, all at once. Every
             # child is verified as this job's, on every attempt (a deleted one is re-created).
             *prerequisites, (batch_job,) = children.stages()
             for stage in prerequisites:

@@ -20,8 +20,8 @@ from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD
 
 from .cache import node_ready
+from .children import LABEL_JOB, Names
 from .controller import Controller
-from .desired import LABEL_JOB, Names
 
 log = logging.getLogger("ftoperator")
 

@@ -1,38 +1,31 @@
-"""`python -m ftoperator` / `finetune-operator`: settings, logging, leader election, kopf.
+"""`python -m ftoperator` / `finetune-operator`: starts logging, leader election and kopf.
 
     finetune-operator --namespace team-a --namespace team-b   # or 'team-*', or none: all
     finetune-operator --default-image registry/trainer:0.1.0 --log-format json
 
-Every flag has an environment variable (FTO_*), which is how the Helm chart sets them.
+Every flag has an environment variable (FTO_*), which is how the Helm chart sets them
+(config.py: the flags, their defaults, and what they are parsed into).
 Only the replica holding the Lease reconciles; the others wait, ready to take over. SIGTERM
 stops the watches, lets running passes finish and releases the Lease at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
-import re
 import signal
-import socket
 import sys
-import uuid
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
-from ftapi.v1alpha1.common import IMAGE_PATTERN, check_quantity
-from ftapi.v1alpha1.resources import is_extended_resource_name
-
-from .controller import FIRST_STATUS_GRACE_SECONDS, Controller
-from .desired import Settings
+from .config import Options, parse_options
+from .controller import Controller
 from .handlers import register
 from .job_metrics import JobSeries
 from .kube import Kube
@@ -40,193 +33,6 @@ from .leader import LeaderElector
 from .observability import METRICS, serve
 
 log = logging.getLogger("ftoperator")
-
-
-@dataclass(frozen=True)
-class Options:
-    namespaces: tuple[str, ...]
-    settings: Settings
-    workers: int
-    resync_seconds: float
-    child_check_seconds: float
-    first_status_grace_seconds: float
-    log_format: str
-    log_level: str
-    metrics_bind: str
-    metrics_port: int
-    leader_election: bool
-    lease_name: str
-    lease_namespace: str
-    identity: str
-
-
-def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> Options:
-    env = dict(os.environ if env is None else env)
-    defaults = Settings()
-
-    def get(name: str, default: str) -> str:
-        return env.get(f"FTO_{name}", default)
-
-    parser = argparse.ArgumentParser(
-        prog="finetune-operator", description="Runs FineTuneJobs as torchrun batch Jobs."
-    )
-    parser.add_argument(
-        "--namespace", action="append", dest="namespaces", default=None,
-        help="namespace (or glob like 'team-*') to watch; repeat for several; none: all "
-             "[FTO_NAMESPACES, comma-separated]",
-    )  # fmt: skip
-    flags: list[tuple[str, str, type, str]] = [
-        ("--default-image", "DEFAULT_IMAGE", str, "trainer image for jobs that name none"),
-        ("--scratch-size", "SCRATCH_SIZE", str, "size limit of each pod's /workspace"),
-        ("--workers", "WORKERS", int, "FineTuneJobs reconciled concurrently"),
-        ("--resync-seconds", "RESYNC_SECONDS", float, "look at every job at least this often"),
-        ("--child-check-seconds", "CHILD_CHECK_SECONDS", float,
-         "verify a running attempt's children (re-create, repair) this often"),
-        ("--first-status-grace-seconds", "FIRST_STATUS_GRACE_SECONDS", float,
-         "a new job's first status waits this long for its pods: Running is then written "
-         "at once, without a Pending before it; 0: write Pending at once"),
-        ("--log-level", "LOG_LEVEL", str, "DEBUG, INFO, WARNING"),
-        ("--metrics-bind", "METRICS_BIND", str, "address of /metrics, /healthz, /readyz"),
-        ("--metrics-port", "METRICS_PORT", int, "port of /metrics, /healthz, /readyz; 0: none"),
-    ]  # fmt: skip
-    defaults_by_flag = {
-        "DEFAULT_IMAGE": defaults.default_image, "SCRATCH_SIZE": defaults.scratch_size,
-        "WORKERS": "64", "RESYNC_SECONDS": "60", "CHILD_CHECK_SECONDS": "300",
-        "FIRST_STATUS_GRACE_SECONDS": str(FIRST_STATUS_GRACE_SECONDS),
-        "LOG_LEVEL": "INFO", "METRICS_BIND": "0.0.0.0", "METRICS_PORT": "8080",
-    }  # fmt: skip
-    for flag, name, kind, text in flags:
-        parser.add_argument(
-            flag, type=kind, default=kind(get(name, defaults_by_flag[name])),
-            help=f"{text} [FTO_{name}]",
-        )  # fmt: skip
-    parser.add_argument(
-        "--allowed-registries", default=get("ALLOWED_REGISTRIES", ""),
-        help="comma-separated image prefixes jobs may use; empty: any [FTO_ALLOWED_REGISTRIES]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--default-s3-endpoint", default=get("DEFAULT_S3_ENDPOINT", ""),
-        help="S3 endpoint for jobs that name none [FTO_DEFAULT_S3_ENDPOINT]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--gpu-resource-name", default=get("GPU_RESOURCE_NAME", defaults.gpu_resource_name),
-        help="GPU resource for jobs that name none, e.g. amd.com/gpu [FTO_GPU_RESOURCE_NAME]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--gpu-tolerations",
-        default=get("GPU_TOLERATIONS", "[]"),
-        help="JSON list of tolerations added to GPU pods, e.g. a spot pool's taint "
-        "[FTO_GPU_TOLERATIONS]",
-    )
-    parser.add_argument(
-        "--default-cpu", default=get("DEFAULT_CPU", ""),
-        help="CPU request of pods whose spec names none, e.g. 8 [FTO_DEFAULT_CPU]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--default-memory", default=get("DEFAULT_MEMORY", ""),
-        help="memory request and limit of pods whose spec names none, e.g. 64Gi "
-             "[FTO_DEFAULT_MEMORY]",
-    )  # fmt: skip
-    policy_switches = [
-        ("--cpu-limits", "CPU_LIMITS",
-         "also set a CPU limit equal to the request (for quotas on limits.cpu)"),
-        ("--forbid-service-account-name", "FORBID_SERVICE_ACCOUNT_NAME",
-         "refuse jobs that set resources.serviceAccountName"),
-        ("--network-policy", "NETWORK_POLICY",
-         "give each job a NetworkPolicy: its pods accept traffic only from each other"),
-    ]  # fmt: skip
-    for flag, name, text in policy_switches:
-        parser.add_argument(
-            flag, action=argparse.BooleanOptionalAction,
-            default=get(name, "false").lower() == "true", help=f"{text} [FTO_{name}]",
-        )  # fmt: skip
-    parser.add_argument(
-        "--allowed-priority-classes", default=get("ALLOWED_PRIORITY_CLASSES", ""),
-        help="comma-separated PriorityClasses jobs may name; empty: any "
-             "[FTO_ALLOWED_PRIORITY_CLASSES]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--allowed-node-selector-keys", default=get("ALLOWED_NODE_SELECTOR_KEYS", ""),
-        help="comma-separated node label keys jobs may select on (nodeSelector, node "
-             "affinity); empty: any [FTO_ALLOWED_NODE_SELECTOR_KEYS]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--log-format", choices=("json", "text"), default=get("LOG_FORMAT", "text"),
-        help="[FTO_LOG_FORMAT]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--leader-election", action=argparse.BooleanOptionalAction,
-        default=get("LEADER_ELECTION", "true").lower() == "true",
-        help="hold a Lease so that only one replica reconciles [FTO_LEADER_ELECTION]",
-    )  # fmt: skip
-    parser.add_argument("--lease-name", default=get("LEASE_NAME", "finetune-operator-leader"))
-    parser.add_argument(
-        "--lease-namespace", default=get("LEASE_NAMESPACE", env.get("POD_NAMESPACE", "default")),
-        help="[FTO_LEASE_NAMESPACE, else POD_NAMESPACE]",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        tolerations = json.loads(args.gpu_tolerations)
-        if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
-            raise ValueError("not a list of objects")
-    except ValueError as error:
-        parser.error(f"--gpu-tolerations must be a JSON list of tolerations: {error}")
-    if not 0 <= args.first_status_grace_seconds <= 60:
-        parser.error("--first-status-grace-seconds must be between 0 and 60")
-    # Settings that end up in every pod: refused here, not by the API server at each job.
-    for flag, value in (("--default-cpu", args.default_cpu),
-                        ("--default-memory", args.default_memory),
-                        ("--scratch-size", args.scratch_size)):  # fmt: skip
-        if value:
-            try:
-                check_quantity(value)
-            except ValueError as error:
-                parser.error(f"{flag}: {error}")
-    if not re.fullmatch(IMAGE_PATTERN, args.default_image):
-        parser.error(f"--default-image: {args.default_image!r} is empty or has whitespace "
-                     "around it (the API server refuses such a pod)")  # fmt: skip
-    if not is_extended_resource_name(args.gpu_resource_name):
-        parser.error(f"--gpu-resource-name: {args.gpu_resource_name!r} is not an extended "
-                     "resource name such as nvidia.com/gpu or amd.com/gpu")  # fmt: skip
-    namespaces = args.namespaces
-    if namespaces is None:
-        namespaces = [n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()]
-    pod = env.get("POD_NAME") or socket.gethostname()
-    settings = Settings(
-        default_image=args.default_image,
-        scratch_size=args.scratch_size,
-        default_s3_endpoint=args.default_s3_endpoint or None,
-        allowed_registries=_listed(args.allowed_registries),
-        gpu_resource_name=args.gpu_resource_name,
-        gpu_tolerations=tuple(tolerations),
-        default_cpu=args.default_cpu or None,
-        cpu_limits=args.cpu_limits,
-        default_memory=args.default_memory or None,
-        forbid_service_account_name=args.forbid_service_account_name,
-        allowed_priority_classes=_listed(args.allowed_priority_classes),
-        allowed_node_selector_keys=_listed(args.allowed_node_selector_keys),
-        network_policy=args.network_policy,
-    )
-    return Options(
-        namespaces=tuple(namespaces),
-        settings=settings,
-        workers=args.workers,
-        resync_seconds=args.resync_seconds,
-        child_check_seconds=args.child_check_seconds,
-        first_status_grace_seconds=args.first_status_grace_seconds,
-        log_format=args.log_format,
-        log_level=args.log_level.upper(),
-        metrics_bind=args.metrics_bind,
-        metrics_port=args.metrics_port,
-        leader_election=args.leader_election,
-        lease_name=args.lease_name,
-        lease_namespace=args.lease_namespace,
-        identity=f"{pod}_{uuid.uuid4().hex[:8]}",
-    )
-
-
-def _listed(value: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 class JsonFormatter(logging.Formatter):

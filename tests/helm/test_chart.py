@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ftoperator.desired import Settings
-from ftoperator.main import parse_options
+from ftoperator.config import Settings, parse_options
 from tests.helm.chart import (
     CHART,
     REPO,

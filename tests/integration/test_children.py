@@ -15,7 +15,7 @@ from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, PROGRESS_KIND, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
-from ftoperator.desired import LABEL_COMPONENT, LABEL_JOB
+from ftoperator.children import LABEL_COMPONENT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
 from tests.integration.finetunejobs import (

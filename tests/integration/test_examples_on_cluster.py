@@ -18,7 +18,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
-from ftoperator.desired import LABEL_JOB, Settings, gpu_resource_of, local_paths
+from ftoperator.children import LABEL_JOB
+from ftoperator.config import Settings, gpu_resource_of
+from ftoperator.policy import local_paths
 from tests.integration.conftest import REPO, Cluster, eventually, read_job
 from tests.integration.operator_process import Operator
 

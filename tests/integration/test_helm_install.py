@@ -31,7 +31,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, PLURAL, VERSION
-from ftoperator.desired import LABEL_JOB
+from ftoperator.children import LABEL_JOB
 from tests.helm.chart import CHART, helm
 from tests.integration.conftest import REPO, Cluster, eventually
 from tests.ports import free_port

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from ftoperator.desired import LABEL_JOB
+from ftoperator.children import LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, fresh_namespace
 from tests.integration.finetunejobs import apply_job, status_of, wait_phase

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from ftapi import contract, parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftapi.progress import ProgressReport
-from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
+from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, read_job
 from tests.integration.finetunejobs import (

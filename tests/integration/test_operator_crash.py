@@ -1,6 +1,6 @@
 """Crash safety: the operator SIGKILLed at random moments while 50 FineTuneJobs progress.
 
-What the status-first design (controller.py, status.py) promises, checked end to end:
+What the status-first design (controller.py, planner.py) promises, checked end to end:
 an operator killed between any two of its writes and started again never creates an attempt
 twice (no Job name ADDED with two uids), never skips or adds an attempt (each FineTuneJob's
 Jobs are exactly <name>-0 .. <name>-<restarts>), never loses a FineTuneJob, and every job
@@ -37,7 +37,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, PLURAL, VERSION
-from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB
+from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually, fresh_namespace
 from tests.integration.operator_process import Operator

@@ -1,5 +1,5 @@
 """The progress channel on the real API server: the trainer pod's own credentials (the
-ServiceAccount, Role and RoleBinding that desired() renders) let it write its
+ServiceAccount, Role and RoleBinding that build_children() renders) let it write its
 FineTuneJobProgress object, and nothing else.
 
 There is no kubelet here: the test plays the pod, with a token from the TokenRequest API
@@ -22,7 +22,8 @@ from kubernetes import client, utils
 from ftapi import parse_job
 from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
 from ftapi.progress import ENV_NAMESPACE, REPORT_FIELD, ProgressReport
-from ftoperator.desired import Children, Settings, desired
+from ftoperator.children import Children, build_children
+from ftoperator.config import Settings
 from fttrainer.progress import KubeError, KubeTarget, ProgressObjectSink, ProgressReporter
 from tests.builders import make_job
 from tests.integration.conftest import Cluster, eventually
@@ -61,7 +62,7 @@ def _container_env(children: Children, namespace: str) -> dict[str, str]:
 @pytest.fixture
 def pod(cluster: Cluster, crd: Any, namespace: str, tmp_path: Path) -> Pod:
     job = parse_job(make_job("chat-tune").set("metadata.namespace", namespace).obj())
-    children = desired(job, attempt=ATTEMPT, settings=Settings())
+    children = build_children(job, attempt=ATTEMPT, settings=Settings())
     assert children.service_account is not None
     _custom(cluster).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PROGRESS_PLURAL, children.progress

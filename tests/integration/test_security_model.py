@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_KIND, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
-from ftoperator.desired import LABEL_JOB
+from ftoperator.children import LABEL_JOB
 from tests.integration.conftest import Cluster, eventually, read_job
 from tests.integration.finetunejobs import apply_job, long_running_job, status_of, wait_phase
 from tests.integration.operator_process import Operator

@@ -16,7 +16,8 @@ import yaml
 
 from bench import operator_load as bench
 from ftapi import parse_job
-from ftoperator.desired import Settings, desired
+from ftoperator.children import build_children
+from ftoperator.config import Settings
 from tests.controller_process import webhooks_at_url
 from tests.kubeflow_process import (
     JOBSET_NAME_LABEL,
@@ -65,7 +66,9 @@ webhooks:
 
 def _ftj_pod() -> dict[str, Any]:
     job = parse_job(bench.manifest("bench-0001", "ns", "1h"))
-    pod: dict[str, Any] = desired(job, attempt=0, settings=Settings()).job["spec"]["template"]
+    pod: dict[str, Any] = build_children(job, attempt=0, settings=Settings()).job["spec"][
+        "template"
+    ]
     return pod
 
 

@@ -1,6 +1,6 @@
 """The pod and Job builders: what they build reads, to the operator's code, as what they say.
 
-test_status.py trusts them; a builder that drifted (a label, a field name, a phase) would
+test_planner.py trusts them; a builder that drifted (a label, a field name, a phase) would
 make its tests pass or fail for the wrong reason.
 """
 
@@ -9,14 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from ftapi import parse_job
-from ftoperator.desired import LABEL_ATTEMPT, LABEL_JOB, Settings, desired
-from ftoperator.status import Failure, attempt_failure, pod_failure
+from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB, build_children
+from ftoperator.config import Settings
+from ftoperator.planner import Failure, attempt_failure, pod_failure
 from tests.builders import make_batch_job, make_job, make_pod
 
 
 def test_the_built_job_and_pods_carry_the_names_and_labels_the_operator_gives_its_own() -> None:
     finetune = make_job("llama").set("metadata.namespace", "team-a").set("resources.nodes", 2)
-    real = desired(parse_job(finetune.obj()), attempt=2, settings=Settings(default_image="x")).job
+    real = build_children(
+        parse_job(finetune.obj()), attempt=2, settings=Settings(default_image="x")
+    ).job
     built = make_batch_job(2, nodes=2).obj()
     for key in ("name", "namespace"):
         assert built["metadata"][key] == real["metadata"][key]

@@ -11,10 +11,11 @@ from typing import Any, cast
 import pytest
 
 from ftapi import parse_job
+from ftoperator.children import build_children
+from ftoperator.config import Settings, settings_of, with_recorded
 from ftoperator.controller import Controller, pods_behind
-from ftoperator.desired import Settings, desired, settings_of, with_recorded
 from ftoperator.kube import Kube
-from ftoperator.status import CreateAttempt, DeleteSelf
+from ftoperator.planner import CreateAttempt, DeleteSelf
 from tests.builders import make_job
 
 
@@ -115,7 +116,7 @@ def test_the_first_attempt_records_the_operator_settings_and_restarts_keep_them(
     upgraded = _controller(default_image="registry.internal/ml/trainer:2.0",
                            default_s3_endpoint="http://ceph.storage:7480")  # fmt: skip
     used = with_recorded(upgraded.settings, recorded)
-    children = desired(parse_job(job.obj()), attempt=1, settings=used)
+    children = build_children(parse_job(job.obj()), attempt=1, settings=used)
     (container,) = children.job["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.internal/ml/trainer:1.0"
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -146,12 +147,14 @@ def test_the_settings_a_job_was_made_with_are_read_back_from_it(
         job.set("output.s3", {"endpoint": spec_endpoint})
     settings = Settings(default_image="registry.internal/ml/trainer:1.0",
                         default_s3_endpoint=default_endpoint)  # fmt: skip
-    batch_job = desired(parse_job(job.obj()), attempt=0, settings=settings).job
+    batch_job = build_children(parse_job(job.obj()), attempt=0, settings=settings).job
     used = settings_of(batch_job)
     assert used is not None
     assert (used.image, used.s3_endpoint) == ("registry.internal/ml/trainer:1.0", recorded_endpoint)
     # What a later attempt made with them runs the same image against the same storage.
-    again = desired(parse_job(job.obj()), attempt=1, settings=with_recorded(Settings(), used))
+    again = build_children(
+        parse_job(job.obj()), attempt=1, settings=with_recorded(Settings(), used)
+    )
     assert _trainer(again.job)["image"] == _trainer(batch_job)["image"]
     assert _env(again.job).get("AWS_ENDPOINT_URL_S3") == _env(batch_job).get("AWS_ENDPOINT_URL_S3")
     assert settings_of({"spec": {"template": {"spec": {"containers": []}}}}) is None
@@ -171,7 +174,7 @@ def test_a_job_whose_first_status_was_never_written_records_what_its_job_runs() 
     back with another default image: the status records the image the Job runs."""
     job = make_job("orphan")
     old = Settings(default_image="registry.internal/ml/trainer:1.0")
-    batch_job = desired(parse_job(job.obj()), attempt=0, settings=old).job
+    batch_job = build_children(parse_job(job.obj()), attempt=0, settings=old).job
     batch_job["metadata"]["uid"] = "job-uid"
     body = _body(job.obj())
     body["metadata"]["uid"] = "ftj-uid"

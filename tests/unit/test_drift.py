@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
-from ftoperator.desired import Settings, desired
+from ftoperator.children import build_children
+from ftoperator.config import Settings
 from ftoperator.drift import drifted
 from tests.builders import make_job
 
-CHILDREN = desired(
+CHILDREN = build_children(
     parse_job(make_job("j").set("metadata.uid", "u1").obj()), attempt=0, settings=Settings()
 )
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ftoperator import failures
-from ftoperator.status import DISRUPTION_REASONS
+from ftoperator.planner import DISRUPTION_REASONS
 
 REPO = Path(__file__).resolve().parents[2]
 # A reason is a capitalised string literal constructed, returned or defaulted (not tested

@@ -10,9 +10,11 @@ import pytest
 
 from ftapi import parse_job
 from ftapi.v1alpha1 import FineTuneJobStatus
-from ftoperator.desired import Settings, desired, policy_violation
-from ftoperator.main import JsonFormatter, parse_options
-from ftoperator.status import rejected
+from ftoperator.children import build_children
+from ftoperator.config import Settings, parse_options
+from ftoperator.main import JsonFormatter
+from ftoperator.planner import rejected
+from ftoperator.policy import policy_violation
 from tests.builders import make_job
 
 SPOT = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
@@ -105,7 +107,7 @@ def test_default_s3_endpoint_reaches_pods_whose_spec_names_none() -> None:
     settings = Settings(default_s3_endpoint="http://minio.storage:9000")
 
     def endpoint(job: dict[str, object]) -> str | None:
-        env = desired(parse_job(job), attempt=0, settings=settings).job["spec"]["template"][
+        env = build_children(parse_job(job), attempt=0, settings=settings).job["spec"]["template"][
             "spec"]["containers"][0]["env"]  # fmt: skip
         return next((e["value"] for e in env if e["name"] == "AWS_ENDPOINT_URL_S3"), None)
 
@@ -127,7 +129,7 @@ def test_the_operators_gpu_resource_applies_when_the_job_names_none() -> None:
     amd = Settings(gpu_resource_name="amd.com/gpu")
 
     def limits(job: dict[str, object]) -> dict[str, str]:
-        children = desired(parse_job(job), attempt=0, settings=amd)
+        children = build_children(parse_job(job), attempt=0, settings=amd)
         container = children.job["spec"]["template"]["spec"]["containers"][0]
         return dict(container["resources"]["limits"])
 
@@ -157,7 +159,7 @@ def test_the_operators_gpu_resource_applies_when_the_job_names_none() -> None:
 def test_allowed_registries_match_at_a_path_boundary(
     image: str, prefix: str, allowed: bool
 ) -> None:
-    from ftoperator.desired import image_allowed
+    from ftoperator.policy import image_allowed
 
     assert image_allowed(image, prefix) is allowed
 
@@ -217,19 +219,19 @@ def test_platform_policies_admit_what_they_allow() -> None:
 
 def test_default_resources_limits_shm_cap_and_network_policy() -> None:
     settings = Settings(default_cpu="8", default_memory="32Gi", network_policy=True)
-    children = desired(parse_job(make_job("j").obj()), attempt=0, settings=settings)
+    children = build_children(parse_job(make_job("j").obj()), attempt=0, settings=settings)
     pod = children.job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"]["requests"]["cpu"] == "8"
     assert "cpu" not in container["resources"]["limits"]  # no throttling unless asked
     assert container["resources"]["limits"]["memory"] == "32Gi"
-    limited = desired(parse_job(make_job("j").obj()), attempt=0,
+    limited = build_children(parse_job(make_job("j").obj()), attempt=0,
                       settings=Settings(default_cpu="8", cpu_limits=True))  # fmt: skip
     assert limited.job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
         "cpu"] == "8"  # fmt: skip
     # /dev/shm (16Gi by default) is capped at the memory limit: its pages count against it.
     small = parse_job(make_job("j").set("resources.memory", "8Gi").obj())
-    shm = next(v for v in desired(small, attempt=0, settings=Settings()).job["spec"][
+    shm = next(v for v in build_children(small, attempt=0, settings=Settings()).job["spec"][
         "template"]["spec"]["volumes"] if v["name"] == "dshm")  # fmt: skip
     assert shm["emptyDir"]["sizeLimit"] == "8Gi"
     (policy,) = children.extra

@@ -35,12 +35,11 @@ from ftapi.v1alpha1.status import (
     Condition,
     ConditionStatus,
     Metrics,
-    Phase,
     Progress,
 )
 
 from . import failures
-from .desired import Names
+from .children import Names
 from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
 from .kueue import QueueState
 
@@ -685,7 +684,3 @@ def _new_blockers(previous: FineTuneJobStatus, status: FineTuneJobStatus) -> lis
     if before is not None and before.reason == now_running.reason:
         return []
     return [Event("Warning", now_running.reason, now_running.message)]
-
-
-def phase_of(status: dict[str, Any] | None) -> Phase:
-    return FineTuneJobStatus.model_validate(status or {}).phase

@@ -19,9 +19,9 @@ from ftapi.contract import INVALID_INPUT_MARKER
 from ftapi.progress import CheckpointReport, ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import Condition
-from ftoperator.desired import LABEL_ATTEMPT, Names
+from ftoperator.children import LABEL_ATTEMPT, Names
 from ftoperator.kueue import QueueState
-from ftoperator.status import (
+from ftoperator.planner import (
     FAILED,
     MAX_ADDITIONAL_METRICS,
     RESOURCES_CREATED,

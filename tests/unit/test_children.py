@@ -1,4 +1,4 @@
-"""desired(): the objects one FineTuneJob attempt needs, read without a cluster."""
+"""build_children(): the objects one FineTuneJob attempt needs, read without a cluster."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import pytest
 import yaml
 
 from ftapi import contract, parse_job
-from ftoperator.desired import (
-    KUEUE_QUEUE_LABEL,
-    LABEL_ATTEMPT,
-    LABEL_JOB,
-    Settings,
-    desired,
-)
+from ftoperator.children import KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB, build_children
+from ftoperator.config import Settings
 from tests.builders import make_job
 
 SETTINGS = Settings(default_image="registry.example/trainer:1")
@@ -25,7 +20,7 @@ def _children(attempt: int = 0, **changes: Any) -> Any:
     job = make_job("llama").set("metadata.namespace", "team-a").set("metadata.uid", UID)
     for path, value in changes.items():
         job.set(path.replace("__", "."), value)
-    return desired(parse_job(job.obj()), attempt=attempt, settings=SETTINGS)
+    return build_children(parse_job(job.obj()), attempt=attempt, settings=SETTINGS)
 
 
 def _pod(children: Any) -> dict[str, Any]:
@@ -208,13 +203,13 @@ def test_gpu_pods_tolerate_the_gpu_taint_and_the_operators_pool_tolerations() ->
     spot = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
             "effect": "NoSchedule"}  # fmt: skip
     settings = Settings(gpu_tolerations=(spot,))
-    gpu = desired(parse_job(make_job("g").set("resources.gpusPerNode", 8).obj()), attempt=0,
+    gpu = build_children(parse_job(make_job("g").set("resources.gpusPerNode", 8).obj()), attempt=0,
                   settings=settings)  # fmt: skip
     assert _pod(gpu)["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
         spot,
     ]
-    cpu = desired(parse_job(make_job("c").set("resources.gpusPerNode", 0).obj()), attempt=0,
+    cpu = build_children(parse_job(make_job("c").set("resources.gpusPerNode", 0).obj()), attempt=0,
                   settings=settings)  # fmt: skip
     assert "tolerations" not in _pod(cpu)
 

@@ -1,0 +1,191 @@
+"""The trainer pod: torchrun's command, the GPU and memory requests, where it may run, which
+Secrets become which environment variables (values never: only `secretKeyRef`s) and the
+security context (non-root, no privilege escalation, read-only root, no capabilities)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftapi import contract
+from ftapi.constants import (
+    ENV_HF_TOKEN,
+    ENV_HUB_PUSH_TOKEN,
+    S3_OPTIONAL_SECRET_KEYS,
+    S3_SECRET_KEYS,
+)
+
+# Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
+from ftapi.progress import ENV_ATTEMPT, ENV_NAMESPACE, ENV_PROGRESS_NAME
+from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
+from ftoperator.config import ENV_S3_ENDPOINT, Settings, gpu_resource_of, image_of
+
+from .naming import Names
+
+RUN_AS_USER = 1000  # the trainer image's user (trainer-image/Dockerfile)
+
+
+def build_pod_spec(
+    job: FineTuneJob, names: Names, settings: Settings, account: str
+) -> dict[str, Any]:
+    resources = job.spec.resources
+    gpus = resources.gpus_per_node
+    gpu_resource = gpu_resource_of(job, settings)
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if gpus:
+        requests[gpu_resource] = limits[gpu_resource] = str(gpus)  # a quantity
+    # Quantities are strings in the Kubernetes API. The memory limit equals the request
+    # (a trainer's memory is not burstable); a CPU limit only where the operator asks.
+    cpu = str(resources.cpu) if resources.cpu is not None else settings.default_cpu
+    memory = str(resources.memory) if resources.memory is not None else settings.default_memory
+    if cpu:
+        requests["cpu"] = cpu
+        if settings.cpu_limits:
+            limits["cpu"] = cpu
+    if memory:
+        requests["memory"] = limits["memory"] = memory
+    container = {
+        "name": "trainer",
+        "image": image_of(job, settings),
+        "args": contract.torchrun_command(
+            nnodes=resources.nodes,
+            nproc_per_node=max(gpus, 1),
+            node_rank="$(JOB_COMPLETION_INDEX)",
+            master_addr=names.master_addr,
+        ),
+        "env": _env(job, names, settings),
+        "resources": {"requests": requests, "limits": limits},
+        "ports": [{"name": "torchrun", "containerPort": contract.MASTER_PORT}],
+        # A crash's last log lines become the termination message, so the status and the
+        # Event say why (a Python traceback, an NCCL error) without anyone reading logs.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "config", "mountPath": contract.JOB_CONFIG_DIR, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "workspace", "mountPath": contract.WORKSPACE},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if resources.image_pull_policy:
+        container["imagePullPolicy"] = resources.image_pull_policy
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # SIGTERM, then this long to save a checkpoint at the next step boundary (the trainer's
+        # graceful stop); torchrun waits for its workers almost as long (_env).
+        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
+        "subdomain": names.service,
+        "serviceAccountName": account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config}},
+            {
+                "name": "dshm",
+                "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory(job, memory)},
+            },
+            {"name": "workspace", "emptyDir": {"sizeLimit": settings.scratch_size}},
+        ],
+    }
+    if resources.node_selector:
+        pod["nodeSelector"] = dict(resources.node_selector)
+    tolerations = [
+        t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
+    ]
+    if gpus:
+        own = {"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+        tolerations += [dict(t) for t in (own, *settings.gpu_tolerations) if t not in tolerations]
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if resources.affinity:
+        pod["affinity"] = resources.affinity
+    if resources.priority_class_name:
+        pod["priorityClassName"] = resources.priority_class_name
+    if resources.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in resources.image_pull_secrets]
+    return pod
+
+
+def shared_memory(job: FineTuneJob, memory_limit: str | None) -> str:
+    """/dev/shm's size, at most the memory limit: pages there count against it, so a larger
+    tmpfs only moves the failure from a clear ENOSPC to an OOM kill."""
+    wanted = str(job.spec.resources.shared_memory)
+    if memory_limit and quantity_bytes(memory_limit) < quantity_bytes(wanted):
+        return memory_limit
+    return wanted
+
+
+_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "m": 10**-3, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes memory quantity in bytes ("64Gi", "500M", "1e9", "1048576")."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * _SUFFIXES[suffix]
+    return float(quantity)
+
+
+def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, Any]]:
+    """Operator-set variables first, then Secret references, then the user's own."""
+    spec = job.spec
+    env: list[dict[str, Any]] = [
+        {"name": ENV_PROGRESS_NAME, "value": names.progress},
+        {"name": ENV_ATTEMPT, "value": str(names.attempt)},
+        {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # torchrun forwards SIGTERM to its workers and kills them after this many seconds (its
+        # default, 30): the grace period less a margin for torchrun's own exit.
+        {
+            "name": contract.ENV_TORCHRUN_SHUTDOWN_TIMEOUT,
+            "value": str(shutdown_timeout(spec.run_policy.termination_grace_period_seconds)),
+        },
+    ]
+    s3 = spec.output.s3
+    if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
+        env.append({"name": ENV_S3_ENDPOINT, "value": settings.default_s3_endpoint})
+    if s3 is not None and s3.credentials_secret_ref is not None:
+        secret = s3.credentials_secret_ref.name
+        env += [_secret_env(key, secret, key) for key in S3_SECRET_KEYS]
+        env += [_secret_env(key, secret, key, optional=True) for key in S3_OPTIONAL_SECRET_KEYS]
+    if spec.model.hf_token_secret_ref is not None:
+        env.append(_secret_ref_env(ENV_HF_TOKEN, spec.model.hf_token_secret_ref))
+    push = spec.output.push_to_hub
+    if push is not None and push.token_secret_ref is not None:
+        env.append(_secret_ref_env(ENV_HUB_PUSH_TOKEN, push.token_secret_ref))
+    for name, ref in spec.logging.secret_env().items():
+        env.append(_secret_ref_env(name, ref))
+    for variable in spec.resources.env:
+        if variable.secret_key_ref is not None:  # core/v1 nests it under valueFrom
+            env.append(_secret_ref_env(variable.name, variable.secret_key_ref))
+        else:
+            env.append({"name": variable.name, "value": variable.value or ""})
+    return env
+
+
+def shutdown_timeout(grace_seconds: int) -> int:
+    """How long torchrun lets its workers finish after forwarding SIGTERM: the pod's grace
+    period less 5 s, so that torchrun exits (and says so) before the kubelet kills it."""
+    return max(1, grace_seconds - 5)
+
+
+def _secret_ref_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return _secret_env(name, ref.name, ref.key)
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    selector: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        selector["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": selector}}
