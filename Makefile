@@ -37,9 +37,10 @@ $(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)
 
-lint: install ## ruff (lint + format check), mypy --strict (API, operator, trainer), hadolint, helm lint
+lint: install ## ruff (lint + format check), the import layers, mypy --strict (API, operator, trainer), hadolint, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(MAKE) lint-docker
 	hack/build.sh helm >/dev/null

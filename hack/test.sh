@@ -6,9 +6,10 @@
 #                               workers -> Kueue's and Kubeflow Trainer's Go tools -> the
 #                               `serial` tests alone -> the real node (once the other lane has
 #                               built the images) -> the e2e tier
-#   lane "checks" (foreground)  make install -> ruff, mypy, hadolint -> unit, trainer and gpu
-#                               tiers on N workers -> helm lint + the helm tier (need helm) ->
-#                               the node's Go tools -> both images (hack/images.sh)
+#   lane "checks" (foreground)  make install -> ruff, import layers, mypy, hadolint -> unit,
+#                               trainer and gpu tiers on N workers -> helm lint + the helm
+#                               tier (need helm) -> the node's Go tools -> both images
+#                               (hack/images.sh)
 #
 # The control plane's Go builds start first, so their module downloads overlap `uv sync` and
 # their compiles overlap lint and the tests that need no cluster; the integration tier starts
@@ -120,6 +121,7 @@ checks_lane() {
     return 1
   fi
   step "ruff" bash -c "$BIN/ruff check . && $BIN/ruff format --check ." || rc=1
+  step "import layers" "$BIN/lint-imports" --no-cache || rc=1
   step "mypy" "$BIN/mypy" || rc=1
   step "hadolint" make --no-print-directory lint-docker || rc=1
   step "unit, trainer, gpu (${CHECK_WORKERS} workers)" "$BIN/pytest" tests/unit tests/trainer \
