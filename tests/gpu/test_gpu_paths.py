@@ -215,8 +215,8 @@ def test_the_memory_plan_checkpoints_only_the_layers_it_needs(
     import torch
 
     from ftapi import parse_job
-    from fttrainer.activation_checkpointing import checkpointed_layers, decoder_layers
-    from fttrainer.plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
+    from fttrainer.memory_plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
+    from fttrainer.recompute import checkpointed_layers, decoder_layers
     from tests.gpu.conftest import manifest
 
     spec = parse_job(manifest(small_llama, chat_data, tmp_path)).spec

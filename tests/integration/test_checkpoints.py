@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ftapi.v1alpha1 import S3Spec
-from fttrainer.checkpoint_store import CheckpointError, CheckpointStore
-from fttrainer.checkpoints import MANIFEST
+from fttrainer.checkpointing.protocol import MANIFEST
+from fttrainer.checkpointing.store import CheckpointError, CheckpointStore
 from fttrainer.storage import LocalStore, Store, open_store, s3_client
 from tests.integration.conftest import Cluster
 

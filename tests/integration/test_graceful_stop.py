@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from ftapi import contract, load_job
-from fttrainer.checkpoint_store import CheckpointStore
-from fttrainer.checkpoints import job_identity
+from fttrainer.checkpointing.protocol import job_identity
+from fttrainer.checkpointing.store import CheckpointStore
 from fttrainer.storage import open_store
 from tests.integration.conftest import Cluster
 from tests.integration.test_resume import (  # noqa: F401  (module fixtures: model, bucket)

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from ftapi import load_job
-from fttrainer.checkpoint_store import CheckpointStore
-from fttrainer.checkpoints import job_identity
+from fttrainer.checkpointing.protocol import job_identity
+from fttrainer.checkpointing.store import CheckpointStore
 from fttrainer.storage import open_store
 from fttrainer.tiny import save_tiny_model
 from tests.integration.conftest import Cluster

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftapi import parse_job
-from fttrainer.checkpoints import (
+from fttrainer.checkpointing.protocol import (
     MANIFEST,
     FileEntry,
     Listing,

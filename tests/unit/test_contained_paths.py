@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from fttrainer.checkpoint_store import CheckpointError, CheckpointStore
-from fttrainer.checkpoints import FileEntry, Manifest
+from fttrainer.checkpointing.protocol import FileEntry, Manifest
+from fttrainer.checkpointing.store import CheckpointError, CheckpointStore
 from fttrainer.storage import LocalStore, S3Store, StorageError, contained
 
 ESCAPES = {

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fttrainer.graceful_stop import GracefulStop, Stopped
+from fttrainer.callbacks import GracefulStop, Stopped
 
 
 def _control() -> SimpleNamespace:

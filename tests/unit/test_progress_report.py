@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from ftapi.progress import REPORT_FIELD, CheckpointReport, ProgressReport
+from fttrainer.callbacks import ProgressCallback
 from fttrainer.progress import (
     MERGE_PATCH,
     KubeError,
     KubeTarget,
-    ProgressCallback,
     ProgressObjectSink,
     ProgressReporter,
     metrics_from_logs,

@@ -119,7 +119,7 @@ def resolve_gradient_checkpointing(
 ) -> bool:
     """Unset: off on CPU and for prefix tuning (which it breaks); on a GPU, on when the
     memory plan checkpoints any layer to fit the device (`planned_layers`, see
-    fttrainer.plan.checkpointed_layers_to_fit), and on without a plan. Recomputing
+    fttrainer.memory_plan.checkpointed_layers_to_fit), and on without a plan. Recomputing
     activations costs a third more compute per step."""
     if spec.training.gradient_checkpointing is not None:
         return spec.training.gradient_checkpointing
@@ -132,7 +132,7 @@ def resolve_partial_checkpointing(
     spec: FineTuneJobSpec, *, cuda: bool, planned_layers: int | None, layers: int
 ) -> int | None:
     """How many leading decoder layers stay checkpointed when the memory plan needs only
-    some of the model's `layers` (fttrainer.activation_checkpointing); None: all or none,
+    some of the model's `layers` (fttrainer.recompute); None: all or none,
     as resolve_gradient_checkpointing says. An explicit training.gradientCheckpointing
     means every layer. SFT only: TRL's DPO and GRPO trainers switch checkpointing off and
     on again around their reference and generation forwards
@@ -274,7 +274,7 @@ def _common_kwargs(
         "report_to": list(spec.logging.report_to),
         "eval_strategy": evaluation.strategy,
         # The Trainer writes checkpoint-<step>/ locally (weights, optimizer, scheduler, RNG,
-        # trainer state); resume.CheckpointUpload then publishes it with a manifest. One
+        # trainer state); callbacks.CheckpointUpload then publishes it with a manifest. One
         # local copy is enough: the output location keeps saveTotalLimit of them.
         "save_strategy": "steps",
         "save_steps": spec.output.save_steps,

@@ -1,10 +1,103 @@
-"""Trainer callbacks of our own."""
+"""Every TrainerCallback of ours, in one place: each is a thin adapter from the Trainer's
+events to the module that does the work.
+
+The recipe adds them in this order, and the order matters (callbacks run in the order they
+were added, so on_save of one sees what the ones before it did):
+
+    TrackerIds            write the tracker runs' ids into the checkpoint (tracking.py) ...
+    CheckpointUpload      ... before it is uploaded and its manifest committed (checkpointing/)
+    ProgressCallback      ... and only then reported in the job's status (progress.py)
+    GracefulStop          SIGTERM: save at the end of this step, then stop
+    RecomputeFirstLayers  activation recompute on the first N decoder layers only (recompute.py)
+    EarlyStopping         stop when the watched evaluation metric stops improving (joins
+                          after the base evaluation)
+
+Stopping on SIGTERM at a step boundary, with a checkpoint, so a restart loses one step:
+
+Kubernetes asks a pod to stop with SIGTERM (preemption, a node drain, a spot reclaim, the
+job's deletion) and kills it after the pod's grace period (spec.runPolicy.
+terminationGracePeriodSeconds). torchrun forwards the signal to its workers and waits for
+them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, which the operator sets from the grace period).
+
+In each worker the handler only sets a flag. At the end of the step that is running, the
+ranks agree (one all-reduce of the flags: a signal may reach one node only, and saving is
+collective), save a checkpoint through the usual path (the Trainer writes it, CheckpointUpload
+uploads it and commits its manifest), and stop training. The run then exits with
+EXIT_STOPPED instead of publishing a final model: it is not finished, and the next attempt
+resumes from that checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from transformers import TrainerCallback
+
+from .checkpointing.protocol import Manifest, best, checkpoint_name
+from .checkpointing.resume import barrier, gathered, metrics_at
+from .checkpointing.store import CheckpointStore
+from .progress import ProgressReporter
+from .recompute import decoder_layers
+from .tracking import TRACKERS_FILE, TrackerRuns
+
+log = logging.getLogger("fttrainer")
+
+
+class Stopped(Exception):
+    """Training stopped on SIGTERM after saving the checkpoint of `step`."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped on SIGTERM after saving the checkpoint of step {step}")
+        self.step = step
+
+
+class GracefulStop(TrainerCallback):
+    """Turns SIGTERM into "save at the end of this step, then stop"."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+
+    def install(self) -> None:
+        """Handle SIGTERM in this process (only the main thread may set handlers)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self.stopped_at is None and _anyone(self.requested):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+            log.warning("stopping at step %d: its checkpoint is saved next", state.global_step)
+
+    def raise_if_stopped(self) -> None:
+        """After Trainer.train() returned: a stopped run must not go on to publish."""
+        if self.stopped_at is not None:
+            raise Stopped(self.stopped_at)
+
+
+def _anyone(flag: bool) -> bool:
+    """True on every rank when it is True on any (one small all-reduce per step)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 class EarlyStopping(TrainerCallback):
@@ -39,3 +132,132 @@ class EarlyStopping(TrainerCallback):
         if self.misses >= self.patience:
             control.should_training_stop = True
             self.stopped_at = state.global_step
+
+
+class RecomputeFirstLayers(TrainerCallback):
+    """Leave activation checkpointing on for the first `layers` decoder layers only.
+
+    The Trainer switches checkpointing on in `train()`, before `on_train_begin` (also on
+    resume), so the flags set here are the ones training runs with."""
+
+    def __init__(self, layers: int) -> None:
+        self.layers = layers
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs.get("model")
+        blocks = decoder_layers(model) if model is not None else []
+        if not any(block.gradient_checkpointing for block in blocks):
+            log.warning(
+                "activation checkpointing of %d layers asked, but no decoder layer of this "
+                "model is checkpointed: leaving it as it is", self.layers,
+            )  # fmt: skip
+            return
+        for index, block in enumerate(blocks):
+            block.gradient_checkpointing = index < self.layers
+        log.info(
+            "activation checkpointing on the first %d of %d decoder layers",
+            min(self.layers, len(blocks)), len(blocks),
+        )  # fmt: skip
+
+
+class TrackerIds(TrainerCallback):
+    """Records the tracker runs' ids in each checkpoint before CheckpointUpload uploads it
+    (so it must come before that callback)."""
+
+    def __init__(self, runs: TrackerRuns) -> None:
+        self.runs = runs
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if state.is_world_process_zero and self.runs.ids:
+            folder = Path(args.output_dir) / checkpoint_name(state.global_step)
+            (folder / TRACKERS_FILE).write_text(json.dumps(self.runs.ids, sort_keys=True))
+
+
+class CheckpointUpload(TrainerCallback):
+    """After the Trainer writes checkpoint-<step>/ locally: upload, manifest, retention."""
+
+    def __init__(self, checkpoints: CheckpointStore, keep: int, *, keep_best: bool) -> None:
+        self.checkpoints = checkpoints
+        self.keep = keep
+        self.keep_best = keep_best  # output.finalModel best: retention spares the best one
+        # Rank 0, for the progress report: the newest committed checkpoint, and how many
+        # complete ones retention kept.
+        self.latest: Manifest | None = None
+        self.kept = 0
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        step = state.global_step
+        folder = Path(args.output_dir) / checkpoint_name(step)
+        uploaded = []
+        if state.is_local_process_zero:
+            log.info("uploading %s", folder.name)
+            uploaded = self.checkpoints.upload_files(step, folder)
+        uploaded = gathered(uploaded)
+        if state.is_world_process_zero:
+            self.latest = self.checkpoints.save(
+                step, folder, metrics=metrics_at(state.log_history, step), epoch=state.epoch,
+                uploaded=uploaded,
+            )  # fmt: skip
+            complete = self.checkpoints.complete()
+            protect = best(complete) if self.keep_best else None
+            doomed = self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
+            self.kept = sum(1 for manifest in complete if manifest.step not in doomed)
+        barrier()  # no rank runs ahead into a step whose checkpoint is not committed
+
+
+class ProgressCallback(TrainerCallback):
+    """Feeds the Trainer's events to the reporter, on the world's rank 0 only.
+
+    Add it after CheckpointUpload: callbacks run in the order they were added, and a
+    checkpoint is reported only once its manifest is written."""
+
+    def __init__(self, reporter: ProgressReporter, upload: CheckpointUpload | None = None) -> None:
+        self.reporter = reporter
+        self.upload = upload
+
+    def _reporting(self, state: Any) -> bool:
+        return self.reporter.enabled and bool(state.is_world_process_zero)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self._reporting(state):
+            self.reporter.training_started(
+                step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                tokens_seen=float(getattr(state, "num_input_tokens_seen", 0) or 0),
+            )  # fmt: skip
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self._reporting(state):
+            # The flow callbacks (before ours) have decided what follows this step.
+            follows = control.should_log or control.should_evaluate or control.should_save
+            self.reporter.stepped(step=state.global_step, epoch=state.epoch, send=not follows)
+            self._evaluation_next(control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self._reporting(state):
+            self._evaluation_next(control)
+
+    def _evaluation_next(self, control: Any) -> None:
+        """The flow callbacks decided to evaluate now: say so, an evaluation can take long.
+        on_evaluate turns the stage back to training."""
+        if control.should_evaluate and self.reporter.stage == "training":
+            self.reporter.report_stage("evaluating")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+        if self._reporting(state) and logs:
+            self.reporter.logged(logs, step=state.global_step, epoch=state.epoch)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
+                    **_: Any) -> None:  # fmt: skip
+        if self._reporting(state) and metrics:
+            self.reporter.evaluated(metrics, step=state.global_step, epoch=state.epoch)
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if not self._reporting(state) or self.upload is None or self.upload.latest is None:
+            return
+        latest = self.upload.latest
+        uri = f"{self.upload.checkpoints.uri}/{checkpoint_name(latest.step)}"
+        self.reporter.checkpointed(uri=uri, step=latest.step, count=self.upload.kept)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self._reporting(state):
+            self.reporter.stepped(step=state.global_step, epoch=state.epoch, force=True)

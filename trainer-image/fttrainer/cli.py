@@ -398,7 +398,7 @@ def _run(args: argparse.Namespace) -> int:
         return invalid_input(str(exc))
     from ftapi.contract import EXIT_STOPPED
 
-    from .graceful_stop import Stopped
+    from .callbacks import Stopped
 
     try:
         result = recipe.train()
@@ -485,7 +485,7 @@ def _plan(args: argparse.Namespace) -> int:
     print("resolved spec:")
     print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
     data_status = _validate_data(spec)  # bad rows: the plan still prints, the exit is 1
-    from .plan import GIB, ModelShape, checkpointed_layers_to_fit, estimate_memory, suggest
+    from .memory_plan import GIB, ModelShape, checkpointed_layers_to_fit, estimate_memory, suggest
 
     try:
         shape = ModelShape.from_pretrained(

@@ -6,7 +6,7 @@ once at each committed checkpoint, each evaluation, each stage change (saving,
 publishing) and at the end ("done", with the published model's URI).
 
     reporter = ProgressReporter.from_env()      # a no-op unless the operator set the env
-    trainer.add_callback(ProgressCallback(reporter, upload))   # after CheckpointUpload
+    trainer.add_callback(ProgressCallback(reporter, upload))  # callbacks.py
     reporter.report_stage("saving")
     reporter.finish(model_uri="s3://bucket/run/final")
 
@@ -35,10 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol
 from urllib.parse import quote
-
-from transformers import TrainerCallback
 
 from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
 from ftapi.progress import (
@@ -51,11 +49,6 @@ from ftapi.progress import (
     ProgressReport,
     Stage,
 )
-
-from .checkpoints import checkpoint_name
-
-if TYPE_CHECKING:
-    from .resume import CheckpointUpload
 
 log = logging.getLogger("fttrainer")
 P = ParamSpec("P")
@@ -481,61 +474,3 @@ class ProgressReporter:
         self._last_sent = now
         assert self._sender is not None
         self._sender.submit(self.report())
-
-
-class ProgressCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
-    """Feeds the Trainer's events to the reporter, on the world's rank 0 only.
-
-    Add it after CheckpointUpload: callbacks run in the order they were added, and a
-    checkpoint is reported only once its manifest is written."""
-
-    def __init__(self, reporter: ProgressReporter, upload: CheckpointUpload | None = None) -> None:
-        self.reporter = reporter
-        self.upload = upload
-
-    def _reporting(self, state: Any) -> bool:
-        return self.reporter.enabled and bool(state.is_world_process_zero)
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if self._reporting(state):
-            self.reporter.training_started(
-                step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
-                tokens_seen=float(getattr(state, "num_input_tokens_seen", 0) or 0),
-            )  # fmt: skip
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if self._reporting(state):
-            # The flow callbacks (before ours) have decided what follows this step.
-            follows = control.should_log or control.should_evaluate or control.should_save
-            self.reporter.stepped(step=state.global_step, epoch=state.epoch, send=not follows)
-            self._evaluation_next(control)
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if self._reporting(state):
-            self._evaluation_next(control)
-
-    def _evaluation_next(self, control: Any) -> None:
-        """The flow callbacks decided to evaluate now: say so, an evaluation can take long.
-        on_evaluate turns the stage back to training."""
-        if control.should_evaluate and self.reporter.stage == "training":
-            self.reporter.report_stage("evaluating")
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
-        if self._reporting(state) and logs:
-            self.reporter.logged(logs, step=state.global_step, epoch=state.epoch)
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
-                    **_: Any) -> None:  # fmt: skip
-        if self._reporting(state) and metrics:
-            self.reporter.evaluated(metrics, step=state.global_step, epoch=state.epoch)
-
-    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if not self._reporting(state) or self.upload is None or self.upload.latest is None:
-            return
-        latest = self.upload.latest
-        uri = f"{self.upload.checkpoints.uri}/{checkpoint_name(latest.step)}"
-        self.reporter.checkpointed(uri=uri, step=latest.step, count=self.upload.kept)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if self._reporting(state):
-            self.reporter.stepped(step=state.global_step, epoch=state.epoch, force=True)

@@ -29,7 +29,6 @@ from ftapi.v1alpha1 import FineTuneJob, FineTuneJobSpec, SpectrumSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 from ftapi.v1alpha1.model import is_relative_path
 
-from .activation_checkpointing import CheckpointFirstLayers
 from .arguments import (
     bitsandbytes_kwargs,
     check_strategy,
@@ -44,26 +43,32 @@ from .arguments import (
 from .artefacts import plot_loss_curve
 from .attention import MODEL_ATTENTION, torch_varlen_attention
 from .attention import register as register_attention
-from .callbacks import EarlyStopping
-from .checkpoint_store import CheckpointStore
-from .checkpoints import job_identity, parse_step
+from .callbacks import (
+    CheckpointUpload,
+    EarlyStopping,
+    GracefulStop,
+    ProgressCallback,
+    RecomputeFirstLayers,
+    Stopped,
+    TrackerIds,
+)
+from .checkpointing.protocol import job_identity, parse_step
+from .checkpointing.resume import restore, stop_at_max_steps
+from .checkpointing.store import CheckpointStore
 from .data.prepare import PreparedData, as_dataset, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
-from .graceful_stop import GracefulStop, Stopped
 from .hub import push_to_hub, push_token
+from .memory_plan import ModelShape, checkpointed_layers_to_fit
 from .model_sources import localized
-from .plan import ModelShape, checkpointed_layers_to_fit
-from .progress import ProgressCallback, ProgressReporter
-from .resume import CheckpointUpload, restore, stop_at_max_steps
+from .progress import ProgressReporter
 from .rewards import build_rewards
 from .spectrum import apply_spectrum
 from .storage import LocalStore, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
 from .tracking import (
-    TrackerIds,
     TrackerRuns,
     environment,
     read_tracker_ids,
@@ -336,7 +341,7 @@ class Recipe:
                 self.spec, cuda=hardware["cuda"], planned_layers=planned[0], layers=planned[1]
             )
             if partial is not None:
-                callbacks.append(CheckpointFirstLayers(partial))
+                callbacks.append(RecomputeFirstLayers(partial))
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         trainer_type = getattr(trl, trainer_class)
         assert self.evaluator is not None

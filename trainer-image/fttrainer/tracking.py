@@ -11,7 +11,7 @@ decides what they see and owns the runs' lifetime:
   final metrics are logged. transformers' MLflow callback ends its run when training ends,
   so the test-set evaluation and the scores computed after training would otherwise be lost
   (or, with MLflow, land in a stray run that the next log call opens implicitly).
-- `TrackerIds` writes the runs' ids into every checkpoint (trackers.json), so an attempt
+- `callbacks.TrackerIds` writes the runs' ids into every checkpoint (trackers.json), so an attempt
   that resumes from a checkpoint continues the same MLflow and W&B runs (`read_tracker_ids`)
   instead of starting a new run per restart.
 
@@ -31,12 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from ftapi.redaction import redact
 from ftapi.v1alpha1 import FineTuneJobSpec, LoggingSpec
-
-from .checkpoints import checkpoint_name
 
 log = logging.getLogger("fttrainer")
 TRACKERS_FILE = "trackers.json"  # in each checkpoint folder: the runs it belongs to
@@ -273,19 +269,6 @@ def _reopen_mlflow_run(run_id: str | None) -> Any:
         return None
     log.info("mlflow: continuing run %s", run_id)
     return run
-
-
-class TrackerIds(TrainerCallback):
-    """Records the tracker runs' ids in each checkpoint before CheckpointUpload uploads it
-    (so it must come before that callback)."""
-
-    def __init__(self, runs: TrackerRuns) -> None:
-        self.runs = runs
-
-    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if state.is_world_process_zero and self.runs.ids:
-            folder = Path(args.output_dir) / checkpoint_name(state.global_step)
-            (folder / TRACKERS_FILE).write_text(json.dumps(self.runs.ids, sort_keys=True))
 
 
 def read_tracker_ids(checkpoint: Path | None) -> dict[str, str]:

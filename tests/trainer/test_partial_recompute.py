@@ -1,5 +1,5 @@
 """A GPU run whose memory plan needs activation checkpointing on only some decoder layers
-leaves the others unchecked (fttrainer.activation_checkpointing). The plan decides on GPUs
+leaves the others unchecked (fttrainer.recompute). The plan decides on GPUs
 only (tests/gpu covers that wiring); here the same callback runs on CPU on a run with
 checkpointing on, as the recipe adds it."""
 
@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fttrainer.activation_checkpointing import (
-    CheckpointFirstLayers,
-    checkpointed_layers,
-    decoder_layers,
-)
+from fttrainer.callbacks import RecomputeFirstLayers
 from fttrainer.recipe import Recipe
+from fttrainer.recompute import checkpointed_layers, decoder_layers
 from tests.trainer.conftest import cpu_qa_recipe, step_losses
 
 
@@ -36,7 +33,7 @@ def _train(
     recipe = cpu_qa_recipe(model, data, output, learningRate=1e-2,
                            gradientCheckpointing=checkpointing)  # fmt: skip
     if first is not None:
-        recipe.trainer.add_callback(CheckpointFirstLayers(first))
+        recipe.trainer.add_callback(RecomputeFirstLayers(first))
     return step_losses(recipe), recipe
 
 
@@ -58,7 +55,7 @@ def test_checkpointing_the_first_layers_trains_as_the_plain_path(
 def test_each_layer_left_unchecked_keeps_its_activations(four_layer_llama: Path) -> None:
     """The bytes autograd keeps for backward in one training forward, with 0 to 4 layers
     checkpointed: each checkpointed layer drops the same amount (one layer's activations),
-    which is what the plan counts per layer (fttrainer.plan.estimate_memory)."""
+    which is what the plan counts per layer (fttrainer.memory_plan.estimate_memory)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -71,7 +68,7 @@ def test_each_layer_left_unchecked_keeps_its_activations(four_layer_llama: Path)
 
     def saved_bytes(first: int) -> int:
         model.activation_checkpointing_enable()  # what the Trainer does before the callback
-        CheckpointFirstLayers(first).on_train_begin(None, None, None, model=model)
+        RecomputeFirstLayers(first).on_train_begin(None, None, None, model=model)
         assert checkpointed_layers(model) == (first, 4)
         storages: dict[int, int] = {}
 

@@ -1,5 +1,6 @@
-"""Checkpoints in the training loop: upload each one the Trainer writes, and resume from the
-newest complete one when a run starts again (after a kill, a preemption, a node loss).
+"""Checkpoints in the training loop: resume from the newest complete one when a run starts
+again (after a kill, a preemption, a node loss), and the collective steps with which
+callbacks.CheckpointUpload uploads each one the Trainer writes.
 
 What a resume restores is what transformers' Trainer saves in checkpoint-<step>/: the
 weights (the adapter for PEFT methods), optimizer and scheduler state, the RNG states of
@@ -18,31 +19,30 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from fttrainer.storage import ObjectInfo
 
-from .checkpoint_store import CheckpointStore
-from .checkpoints import Manifest, best, checkpoint_name
-from .storage import ObjectInfo
+from .protocol import checkpoint_name
+from .store import CheckpointStore
 
 log = logging.getLogger("fttrainer")
 
 
-def _distributed() -> bool:
+def distributed() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _barrier() -> None:
-    if _distributed():
+def barrier() -> None:
+    if distributed():
         import torch.distributed as dist
 
         dist.barrier()
 
 
-def _from_rank_zero(value: Any) -> Any:
+def from_rank_zero(value: Any) -> Any:
     """Rank 0's value (any picklable object) on every rank: all ranks take one decision."""
-    if not _distributed():
+    if not distributed():
         return value
     import torch.distributed as dist
 
@@ -51,8 +51,8 @@ def _from_rank_zero(value: Any) -> Any:
     return box[0]
 
 
-def _gathered(infos: list[ObjectInfo]) -> list[ObjectInfo]:
-    if not _distributed():
+def gathered(infos: list[ObjectInfo]) -> list[ObjectInfo]:
+    if not distributed():
         return infos
     import torch.distributed as dist
 
@@ -80,14 +80,14 @@ def restore(
         else:
             newest = checkpoints.newest()
     # Rank 0's manifest itself: the other nodes download exactly it, without listing again.
-    newest = _from_rank_zero(newest)
+    newest = from_rank_zero(newest)
     if newest is None:
         return None
     folder = local_dir / checkpoint_name(newest.step)
     if local_main:
         checkpoints.download(newest, local_dir)
         log.info("resuming from %s/%s (step %d)", checkpoints.uri, folder.name, newest.step)
-    _barrier()
+    barrier()
     return folder
 
 
@@ -110,39 +110,7 @@ def stop_at_max_steps(trainer: Any) -> None:
     trainer._run_epoch = guarded
 
 
-class CheckpointUpload(TrainerCallback):
-    """After the Trainer writes checkpoint-<step>/ locally: upload, manifest, retention."""
-
-    def __init__(self, checkpoints: CheckpointStore, keep: int, *, keep_best: bool) -> None:
-        self.checkpoints = checkpoints
-        self.keep = keep
-        self.keep_best = keep_best  # output.finalModel best: retention spares the best one
-        # Rank 0, for the progress report: the newest committed checkpoint, and how many
-        # complete ones retention kept.
-        self.latest: Manifest | None = None
-        self.kept = 0
-
-    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        step = state.global_step
-        folder = Path(args.output_dir) / checkpoint_name(step)
-        uploaded = []
-        if state.is_local_process_zero:
-            log.info("uploading %s", folder.name)
-            uploaded = self.checkpoints.upload_files(step, folder)
-        uploaded = _gathered(uploaded)
-        if state.is_world_process_zero:
-            self.latest = self.checkpoints.save(
-                step, folder, metrics=_metrics_at(state.log_history, step), epoch=state.epoch,
-                uploaded=uploaded,
-            )  # fmt: skip
-            complete = self.checkpoints.complete()
-            protect = best(complete) if self.keep_best else None
-            doomed = self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
-            self.kept = sum(1 for manifest in complete if manifest.step not in doomed)
-        _barrier()  # no rank runs ahead into a step whose checkpoint is not committed
-
-
-def _metrics_at(history: list[dict[str, Any]], step: int) -> dict[str, float]:
+def metrics_at(history: list[dict[str, Any]], step: int) -> dict[str, float]:
     """The latest training loss, and the evaluation loss when it was measured at this very
     step (the Trainer evaluates before it saves): only those make a checkpoint "best"."""
     metrics = {}

@@ -129,13 +129,13 @@ def estimate_memory(
     dropout_per_layer = 0
     if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
         # PEFT keeps a dropped-out bf16 copy of each adapted layer's input and its mask
-        # for backward: 4 bytes per input feature (measured, tests/trainer/test_plan.py).
+        # for backward: 4 bytes per input feature (measured, tests/trainer/test_memory_plan.py).
         adapted_inputs = sum(i for i, _ in _adapted_linears(shape, spec))
         dropout_per_layer = LORA_DROPOUT_BYTES * tokens * adapted_inputs
         dropout_per_layer //= shape.layers
         per_layer += dropout_per_layer
     # A checkpointed layer keeps its input. The unchecked layers are the last ones
-    # (fttrainer.activation_checkpointing): backward frees their activations before it
+    # (fttrainer.recompute): backward frees their activations before it
     # recomputes the first checkpointed layer, so the peak holds one layer's worth either way.
     parts["activations"] = checkpointed * 2 * tokens * shape.hidden + per_layer * (
         max(kept, 1) if checkpointed else shape.layers
@@ -244,7 +244,7 @@ def checkpointed_layers_to_fit(
     """The fewest decoder layers to checkpoint for the run to fit CHECKPOINTING_MARGIN of
     `budget` bytes per device (the worst case: every batch maxSeqLength long), and the
     estimate it rests on; all of them when nothing fits. Each layer left unchecked spares
-    recomputing its forward, a third of its step for LoRA (fttrainer.activation_checkpointing)."""
+    recomputing its forward, a third of its step for LoRA (fttrainer.recompute)."""
     needed = 0.0
     for layers in range(shape.layers + 1):
         needed = estimate_memory(shape, spec, checkpointed_layers=layers).total

@@ -14,7 +14,7 @@ fingerprint of what makes weights and optimizer state incompatible (model, data,
 trainer). Training hyperparameters are left out on purpose: raising maxSteps and running
 again continues the same run.
 
-Everything here is pure (no storage, no torch): the storage side is in checkpoint_store.py.
+Everything here is pure (no storage, no torch): the storage side is in store.py.
 """
 
 from __future__ import annotations

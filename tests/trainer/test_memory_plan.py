@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ftapi import parse_job
-from fttrainer.plan import (
+from fttrainer.memory_plan import (
     CHECKPOINTING_MARGIN,
     GIB,
     ModelShape,

@@ -1,4 +1,4 @@
-"""The checkpoint protocol on a store (S3 or a local directory); rules in checkpoints.py.
+"""The checkpoint protocol on a store (S3 or a local directory); rules in protocol.py.
 
 checkpoints = CheckpointStore(open_store(output.uri, s3=output.s3), job_identity(job))
 newest = checkpoints.newest()                 # a Manifest, or None to start afresh
@@ -14,7 +14,9 @@ import json
 import logging
 from pathlib import Path
 
-from .checkpoints import (
+from fttrainer.storage import ObjectInfo, StorageError, Store, contained
+
+from .protocol import (
     CHECKPOINTS,
     MANIFEST,
     FileEntry,
@@ -25,7 +27,6 @@ from .checkpoints import (
     missing_files,
     retention,
 )
-from .storage import ObjectInfo, StorageError, Store, contained
 
 log = logging.getLogger("fttrainer")
 DONE = "DONE.json"
@@ -54,7 +55,7 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ reading
     def complete(self, listing: Listing | None = None) -> list[Manifest]:
-        """Every checkpoint that counts, newest first (see checkpoints.py for the rules)."""
+        """Every checkpoint that counts, newest first (see protocol.py for the rules)."""
         listing = listing or self._listing()
         found = []
         for step in listing.with_manifest():
