@@ -31,13 +31,14 @@ $(UV):
 	$(PYTHON) -m venv $(CACHE)/uv-$(UV_VERSION)
 	$(CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject.toml trainer-image/pyproject.toml | $(UV)
+$(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject.toml trainer-image/pyproject.toml \
+		testkit/pyproject.toml | $(UV)
 	$(UV) sync --locked --all-packages
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)
 
-lint: install ## ruff (lint + format check), the import layers, mypy --strict (API, operator, trainer), hadolint, helm lint
+lint: install ## ruff (lint + format check), the import layers, mypy --strict (API, operator, trainer, test kit), hadolint, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache

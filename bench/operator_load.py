@@ -15,7 +15,7 @@ deleted (and waited for) before the next:
             (ftoperator.children: 2 ConfigMaps, Service, ServiceAccount, Role, RoleBinding, then
             the Job), pre-rendered, at the same rate. What the API server costs by itself.
   Kubeflow  the peer: Kubeflow Trainer's controller manager and JobSet's, built from their Go
-            modules (hack/build.sh kubeflow) and run as processes (tests/kubeflow_process.py);
+            modules (hack/build.sh kubeflow) and run as processes (testkit/fttestkit/kubeflow.py);
             the loop creates TrainJobs at the same rate against a ClusterTrainingRuntime made
             from the Trainer's torch-distributed one, TrainJob -> JobSet -> Job.
   operator  `python -m ftoperator` as a subprocess (default settings, one namespace); the loop
@@ -66,7 +66,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -85,15 +84,12 @@ from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.children import LABEL_JOB, build_children
 from ftoperator.config import Settings
 from ftoperator.kube import Kube
+from fttestkit.controllers import read_metrics
+from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow
+from fttestkit.paths import REPO
+from fttestkit.ports import free_port
+from fttestkit.process import ManagedProcess, http_ok
 
-# The repository root, for tests.*: the controller processes the Kubeflow phase runs are the
-# test tiers' (tests/controller_process.py says why they live there).
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from tests.controller_process import read_metrics
-from tests.kubeflow_process import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow
-from tests.ports import free_port
-
-REPO = Path(__file__).resolve().parents[1]
 CRDS = [
     REPO / "crds" / f"finetune.dev_{plural}.yaml"
     for plural in ("finetunejobs", "finetunejobprogresses")
@@ -155,7 +151,7 @@ def bench_node(name: str, zone: str) -> dict[str, Any]:
 
 
 def manifest(name: str, namespace: str, run_duration: str) -> dict[str, Any]:
-    """The smallest FineTuneJob (tests/builders.py), 1 node x 1 GPU on the benchmark's nodes."""
+    """The smallest FineTuneJob (fttestkit.builders), 1 node x 1 GPU on the benchmark's nodes."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
@@ -877,12 +873,9 @@ def run_operator(
     ]  # fmt: skip
     if args.workers:
         command += ["--workers", str(args.workers)]
-    log = workdir / "operator.log"
-    with log.open("wb") as out:
-        operator = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
-        )
-    samplers = {"all": Sampler(operator.pid)}
+    operator = ManagedProcess("operator", workdir / "operator.log")
+    operator.start(command, env=env, cwd=REPO)
+    samplers = {"all": Sampler(operator.pid)}  # from the start: the import and startup count
     watcher = JobWatch(api, namespace)
 
     def create(name: str) -> Timing:
@@ -892,7 +885,7 @@ def run_operator(
         return Timing(started=started, applied=time.monotonic())
 
     try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", operator, log, timeout=60)
+        operator.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 60, "ready")
         seen = drive(phase, args, create, watcher, Counters(lambda: scrape(port), _requests),
                      samplers, "operator")  # fmt: skip
         reconciled = [_reconcile(m) for m in (seen.before, seen.settled)]
@@ -910,12 +903,7 @@ def run_operator(
     finally:
         watcher.stop()
         _stop_samplers(phase, samplers)
-        operator.terminate()
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
+        operator.stop()
     return phase
 
 
@@ -1108,19 +1096,6 @@ def steady_state(
         "status_writes_per_report": requests.get("patch", 0.0) / count,
         "reflected_after_s": time.monotonic() - ended, "jobs_behind": float(behind),
     }  # fmt: skip
-
-
-def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.stderr.write(log.read_text(errors="replace")[-4000:])
-            raise SystemExit(f"the operator exited ({process.returncode}); log {log}")
-        with suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.3)
-    raise SystemExit(f"{url} did not answer in {timeout:.0f} s; log {log}")
 
 
 def scrape(port: int) -> dict[str, float]:

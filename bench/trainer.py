@@ -43,8 +43,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fttestkit.paths import REPO
+
 PROCESS_START = time.monotonic()  # a worker's setup time counts its imports
-REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "
 SIDES = ("ours", "baseline")
 # Peak dense bf16 tensor FLOP/s (no sparsity) by device-name substring, most specific first.

@@ -198,7 +198,7 @@ build_one() {
     cp "$src"/config/components/crd/bases/*.yaml "$src/config/components/webhook/manifests.yaml" "$tmp/config/"
     chmod -R u+w "$tmp/config"
   fi
-  # Kubeflow Trainer's and JobSet's likewise (tests/kubeflow_process.py, the benchmark):
+  # Kubeflow Trainer's and JobSet's likewise (testkit/fttestkit/kubeflow.py, the benchmark):
   # config/{trainer,jobset}/ with crds/, webhooks.yaml, their shipped manager Configuration,
   # and the Trainer's torch runtime that the benchmark's runtime is made from.
   if [[ "$c" == kubeflow ]]; then

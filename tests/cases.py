@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftapi.v1alpha1.dataset import COLUMN_FORMATS
-from tests.builders import make_job
+from fttestkit.builders import make_job
 
 GRPO = {"rewards": [{"type": "json"}]}
 

@@ -1,14 +1,3 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration: the kit's fixtures (fttestkit.plugin), for every tier."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def repo() -> Path:
-    return REPO
+pytest_plugins = ["fttestkit.plugin"]

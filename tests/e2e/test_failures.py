@@ -16,16 +16,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.e2e.conftest import (
-    Bucket,
-    Release,
-    create_finetunejob,
-    finetunejob,
-    phase_is,
-    qa_rows,
-    tiny_cpu_job,
-)
-from tests.integration.conftest import eventually
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, qa_rows, tiny_cpu_job
 
 
 def _job(release: Release, bucket: Bucket, tmp_path: Path, name: str, data: str) -> dict[str, Any]:
@@ -42,7 +36,7 @@ def cleanup(operator_release: Release) -> Iterator[list[str]]:
     yield names
     for name in names:
         operator_release.cluster.kubectl(
-            "delete", "finetunejob", "-n", operator_release.jobs, name, "--wait=false",
+            "delete", "finetunejob", "-n", operator_release.watched, name, "--wait=false",
             check=False,
         )  # fmt: skip
 
@@ -51,7 +45,7 @@ def _events(release: Release, name: str) -> list[str]:
     events = (
         client.CoreV1Api(release.cluster.api)
         .list_namespaced_event(
-            release.jobs,
+            release.watched,
             field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob",
         )
         .items
@@ -66,13 +60,13 @@ def test_a_memory_limit_far_too_small_is_oomkilled_and_said_so(
     job = _job(release, bucket, tmp_path, name, qa_rows(16))
     job["spec"]["resources"].update({"memory": "40Mi", "sharedMemory": "8Mi"})
     cleanup.append(name)
-    create_finetunejob(release.cluster, release.jobs, job)
+    create_ftj(release.cluster, release.watched, job)
     # How long the kernel takes to kill it varies. Likely why: page cache is charged to the
     # cgroup that reads a file first, so when the image's Python and torch files are not
     # already cached for another pod, this pod thrashes on reclaim before its heap passes
     # the limit. Measured on a 2-core machine in two `make test` runs: 11 s and 164 s; once
     # over 240 s under load.
-    status = eventually(lambda: phase_is(release.cluster, release.jobs, name, "Failed"),
+    status = eventually(lambda: phase_is(release.cluster, release.watched, name, "Failed"),
                         timeout=480, what="the job to fail")  # fmt: skip
     assert status["failureReason"] == "OOMKilled", status
     assert status.get("restarts", 0) == 0
@@ -86,10 +80,10 @@ def test_an_image_that_does_not_exist_waits_with_the_reason_in_status(
     job = _job(release, bucket, tmp_path, name, qa_rows(16))
     job["spec"]["resources"]["image"] = "127.0.0.1:1/fto/missing:1"
     cleanup.append(name)
-    create_finetunejob(release.cluster, release.jobs, job)
+    create_ftj(release.cluster, release.watched, job)
 
     def waiting() -> dict[str, Any] | None:
-        status = finetunejob(release.cluster, release.jobs, name).get("status") or {}
+        status = read_ftj(release.cluster, release.watched, name).get("status") or {}
         text = json.dumps(status)
         return status if "ImagePullBackOff" in text or "ErrImagePull" in text else None
 
@@ -110,8 +104,8 @@ def test_a_bad_data_row_fails_with_the_trainers_own_message(
     rows = qa_rows(16) + '{"question": "What is 2 plus 2?"}\n'  # no answer: line 17
     job = _job(release, bucket, tmp_path, name, rows)
     cleanup.append(name)
-    create_finetunejob(release.cluster, release.jobs, job)
-    status = eventually(lambda: phase_is(release.cluster, release.jobs, name, "Failed"),
+    create_ftj(release.cluster, release.watched, job)
+    status = eventually(lambda: phase_is(release.cluster, release.watched, name, "Failed"),
                         timeout=240, what="the job to fail")  # fmt: skip
     assert status["failureReason"] == "InvalidInput", status
     # The file, the line and the field, as the trainer said them.

@@ -2,7 +2,7 @@
 SIGTERM (Kueue suspends the Job, the Job controller stops its pod) makes the trainer save a
 checkpoint, and when the quota is free again the same attempt resumes from that step.
 
-Real Kueue (tests/integration/kueue_process.py) with a ClusterQueue over the local node's
+Real Kueue (testkit/fttestkit/kueue.py) with a ClusterQueue over the local node's
 CPU: one training pod fits its quota. The operator runs in-cluster under the chart's RBAC.
 """
 
@@ -15,18 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import (
-    Bucket,
-    Release,
-    create_finetunejob,
-    finetunejob,
-    phase_is,
-    pod_logs,
-    tiny_cpu_job,
-    training_pod,
-)
-from tests.integration.conftest import Cluster, eventually
-from tests.integration.kueue_process import API, Kueue
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
+from fttestkit.kueue import API, Kueue
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, pod_logs, tiny_cpu_job, training_pod
 
 FLAVOR, CLUSTER_QUEUE, QUEUE = "fto-e2e-local", "fto-e2e-cpu", "e2e-training"
 LOW, HIGH = "fto-e2e-low", "fto-e2e-high"
@@ -44,14 +37,14 @@ def queue(
     objects: list[dict[str, Any]] = [
         {"apiVersion": API, "kind": "ResourceFlavor", "metadata": {"name": FLAVOR},
          "spec": {"nodeLabels": {"finetune.dev/pool": "local"}}},
-        # One training pod's CPU and memory (tests/e2e/conftest.py POD_RESOURCES).
+        # One training pod's CPU and memory (tests/e2e/realnode.py POD_RESOURCES).
         {"apiVersion": API, "kind": "ClusterQueue", "metadata": {"name": CLUSTER_QUEUE},
          "spec": {"namespaceSelector": {},
                   "preemption": {"withinClusterQueue": "LowerPriority"},
                   "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [
                       {"name": FLAVOR, "resources": quota}]}]}},
         {"apiVersion": API, "kind": "LocalQueue",
-         "metadata": {"name": QUEUE, "namespace": operator_release.jobs},
+         "metadata": {"name": QUEUE, "namespace": operator_release.watched},
          "spec": {"clusterQueue": CLUSTER_QUEUE}},
         {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
          "metadata": {"name": LOW}, "value": 10},
@@ -74,13 +67,13 @@ def queue(
 def test_kueue_preempts_a_training_pod_and_the_readmitted_job_resumes_from_its_checkpoint(
     operator_release: Release, bucket: Bucket, queue: str, tmp_path: Path
 ) -> None:
-    cluster, ns = operator_release.cluster, operator_release.jobs
+    cluster, ns = operator_release.cluster, operator_release.watched
     low = tiny_cpu_job(operator_release, bucket, tmp_path, "low", steps=STEPS,
                        save_steps=100_000, log_every=10)  # fmt: skip
     low["spec"]["logging"]["firstStep"] = False  # its first logged loss is step 10's
     low["spec"]["scheduling"] = {"queueName": queue}
     low["spec"]["resources"]["priorityClassName"] = LOW
-    create_finetunejob(cluster, ns, low)
+    create_ftj(cluster, ns, low)
     eventually(lambda: training_pod(operator_release, "low"), timeout=300, interval=0.5,
                what="low's first loss")  # fmt: skip
 
@@ -89,10 +82,10 @@ def test_kueue_preempts_a_training_pod_and_the_readmitted_job_resumes_from_its_c
     high["spec"]["training"]["maxSteps"] = 20
     high["spec"]["output"]["uri"] = f"s3://{bucket.name}/high"
     high["spec"]["resources"]["priorityClassName"] = HIGH
-    create_finetunejob(cluster, ns, high)
+    create_ftj(cluster, ns, high)
 
     def preempted() -> dict[str, Any]:
-        status = finetunejob(cluster, ns, "low").get("status") or {}
+        status = read_ftj(cluster, ns, "low").get("status") or {}
         running = [c for c in status.get("conditions", []) if c["type"] == "Running"]
         return status if running and running[0]["reason"] == "Preempted" else {}
 

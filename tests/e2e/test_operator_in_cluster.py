@@ -7,8 +7,8 @@ import urllib.request
 
 from kubernetes import client
 
-from tests.e2e.conftest import Release
-from tests.integration.conftest import eventually
+from fttestkit.cluster import eventually
+from fttestkit.release import Release
 
 
 def test_the_chart_runs_the_operator_image_under_its_account_and_it_leads(

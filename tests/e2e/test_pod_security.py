@@ -8,14 +8,10 @@ import base64
 import json
 from pathlib import Path
 
-from tests.e2e.conftest import (
-    Bucket,
-    Release,
-    create_finetunejob,
-    tiny_cpu_job,
-    training_pod,
-)
-from tests.integration.conftest import eventually
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, tiny_cpu_job, training_pod
 
 CHECKS = r"""
 import json, os
@@ -39,10 +35,10 @@ print("CHECKS " + json.dumps({
 def test_the_runtime_enforces_the_training_pods_security(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
-    cluster, ns, name = operator_release.cluster, operator_release.jobs, "locked-down"
+    cluster, ns, name = operator_release.cluster, operator_release.watched, "locked-down"
     job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=100_000,
                        save_steps=100_000, log_every=10)  # fmt: skip
-    create_finetunejob(cluster, ns, job)
+    create_ftj(cluster, ns, job)
     pod = eventually(lambda: training_pod(operator_release, name), timeout=300, interval=1.0,
                      what="the pod training")  # fmt: skip
     out = cluster.kubectl("exec", "-n", ns, pod["metadata"]["name"], "-c", "trainer", "--",

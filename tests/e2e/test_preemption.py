@@ -6,17 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.conftest import (
-    Bucket,
-    Release,
-    create_finetunejob,
-    finetunejob,
-    phase_is,
-    pod_logs,
-    tiny_cpu_job,
-    training_pod,
-)
-from tests.integration.conftest import eventually
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, pod_logs, tiny_cpu_job, training_pod
 
 STEPS = 400  # the deletion comes at the first logged loss (step 10), well before the end
 
@@ -24,18 +17,18 @@ STEPS = 400  # the deletion comes at the first logged loss (step 10), well befor
 def test_a_deleted_pod_saves_on_sigterm_and_the_restart_resumes_from_that_step(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
-    cluster, ns, name = operator_release.cluster, operator_release.jobs, "preempted"
+    cluster, ns, name = operator_release.cluster, operator_release.watched, "preempted"
     # No periodic checkpoint within the run: the one a restart finds is SIGTERM's.
     job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS,
                        save_steps=100_000, log_every=10)  # fmt: skip
     # The first loss in the log is step 10's (not step 1's), so the SIGTERM comes after it.
     job["spec"]["logging"]["firstStep"] = False
-    create_finetunejob(cluster, ns, job)
+    create_ftj(cluster, ns, job)
 
     pod = eventually(lambda: training_pod(operator_release, name), timeout=300, interval=0.5,
                      what="a training pod's first loss")  # fmt: skip
     # What the status had reported by now: the restart must not start before it.
-    reported = ((finetunejob(cluster, ns, name).get("status") or {}).get("progress") or {}).get(
+    reported = ((read_ftj(cluster, ns, name).get("status") or {}).get("progress") or {}).get(
         "step"
     ) or 0
     assert pod["spec"]["terminationGracePeriodSeconds"] == 120

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.e2e.conftest import REPO
-from tests.integration.conftest import Cluster
+from fttestkit.cluster import Cluster
+from fttestkit.paths import REPO
 
 
 def test_make_quickstart_cluster_trains_in_a_pod_and_shows_it(

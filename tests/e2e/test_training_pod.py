@@ -14,16 +14,10 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.conftest import (
-    Bucket,
-    Release,
-    create_finetunejob,
-    job_pods,
-    phase_is,
-    pod_logs,
-    tiny_cpu_job,
-)
-from tests.integration.conftest import eventually
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj, phase_is
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, job_pods, pod_logs, tiny_cpu_job
 
 # Long enough (~30 s on one CPU) for the trainer's progress reports (one every 15 s) to show
 # the run half-way in `kubectl get ftj`.
@@ -50,10 +44,10 @@ def step_losses(metrics: list[dict[str, Any]]) -> dict[int, float]:
 def test_a_cpu_job_trains_in_the_trainer_image_and_matches_a_local_run(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
-    cluster, ns, name = operator_release.cluster, operator_release.jobs, "tiny-lora"
+    cluster, ns, name = operator_release.cluster, operator_release.watched, "tiny-lora"
     job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS, save_steps=100,
                        log_every=LOG_EVERY)  # fmt: skip
-    create_finetunejob(cluster, ns, job)
+    create_ftj(cluster, ns, job)
 
     # While it runs, `kubectl get ftj` (the CRD's printer columns) shows the real run: a
     # step count, a loss and an ETA.

@@ -6,16 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.conftest import (
-    Bucket,
-    Release,
-    create_finetunejob,
-    job_pods,
-    phase_is,
-    pod_logs,
-    tiny_cpu_job,
-)
-from tests.integration.conftest import eventually
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj, phase_is
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, job_pods, pod_logs, tiny_cpu_job
 
 STEPS = 20
 
@@ -23,11 +17,11 @@ STEPS = 20
 def test_two_pods_rendezvous_by_dns_and_train_as_two_ranks(
     operator_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
-    cluster, ns, name = operator_release.cluster, operator_release.jobs, "two-nodes"
+    cluster, ns, name = operator_release.cluster, operator_release.watched, "two-nodes"
     job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS, save_steps=10,
                        log_every=5)  # fmt: skip
     job["spec"]["resources"]["nodes"] = 2
-    create_finetunejob(cluster, ns, job)
+    create_ftj(cluster, ns, job)
     status = eventually(lambda: phase_is(cluster, ns, name, "Succeeded", "Failed"),
                         timeout=480, interval=1.0, what="the job to finish")  # fmt: skip
     assert status["phase"] == "Succeeded", pod_logs(operator_release, name)

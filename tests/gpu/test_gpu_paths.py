@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.conftest import assert_adapter_trained, finetune, load_safetensors, recipe
+from tests.gpu.runs import assert_adapter_trained, finetune, load_safetensors, recipe
 
 
 def _losses(run: object) -> list[float]:
@@ -217,7 +217,7 @@ def test_the_memory_plan_checkpoints_only_the_layers_it_needs(
     from ftapi import parse_job
     from fttrainer.memory_plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
     from fttrainer.recompute import checkpointed_layers, decoder_layers
-    from tests.gpu.conftest import manifest
+    from tests.gpu.runs import manifest
 
     spec = parse_job(manifest(small_llama, chat_data, tmp_path)).spec
     shape = ModelShape.from_pretrained(str(small_llama))

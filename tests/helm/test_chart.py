@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ftoperator.config import Settings, parse_options
-from tests.helm.chart import (
+from fttestkit.chart import (
     CHART,
     REPO,
     Grants,

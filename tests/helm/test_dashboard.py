@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ftoperator.job_metrics import JobSeries
 from ftoperator.observability import Metrics
-from tests.builders import make_job
+from fttestkit.builders import make_job
+from fttestkit.chart import REPO, of_kind, render
 from tests.dashboard import DASHBOARD, dashboard, documented_panels, metric_names, panels, parse
 from tests.dashboard import queries as dashboard_queries
-from tests.helm.chart import REPO, of_kind, render
 
 DASHBOARD_NAME = "finetune-operator-dashboard"
 

@@ -14,9 +14,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ftapi import GROUP, PLURAL, VERSION, parse_job
-from tests.builders import make_job
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster
+from fttestkit.paths import REPO
 from tests.cases import FIELD_CASES, RULE_CASES
-from tests.integration.conftest import REPO, Cluster
 
 pytestmark = pytest.mark.integration
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from ftapi.v1alpha1 import S3Spec
+from fttestkit.cluster import Cluster
 from fttrainer.checkpointing.protocol import MANIFEST
 from fttrainer.checkpointing.store import CheckpointError, CheckpointStore
 from fttrainer.storage import LocalStore, Store, open_store, s3_client
-from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 

@@ -16,17 +16,17 @@ from kubernetes import client
 from ftapi.constants import GROUP, PLURAL, PROGRESS_KIND, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.children import LABEL_COMPONENT, LABEL_JOB
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import (
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually, read_job
+from fttestkit.finetunejobs import (
     LONG_RUN,
-    apply_job,
+    create_ftj,
     long_running_job,
     report_progress,
     status_of,
     wait_phase,
 )
-from tests.integration.operator_process import Operator
+from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def _custom(cluster: Cluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api)
 
 
-_apply, _status = apply_job, status_of
+_apply, _status = create_ftj, status_of
 
 
 def _wait(

@@ -19,7 +19,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from kubernetes import client
 
-from tests.integration.conftest import HACK, Cluster, eventually
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.paths import HACK
 
 pytestmark = pytest.mark.integration
 GPU = "nvidia.com/gpu"

@@ -21,8 +21,9 @@ from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.children import LABEL_JOB
 from ftoperator.config import Settings, gpu_resource_of
 from ftoperator.policy import local_paths
-from tests.integration.conftest import REPO, Cluster, eventually, read_job
-from tests.integration.operator_process import Operator
+from fttestkit.cluster import Cluster, eventually, read_job
+from fttestkit.operator import Operator
+from fttestkit.paths import REPO
 
 # serial: the extra pools' nodes come and go, and other tests' GPU pods could land there.
 pytestmark = [pytest.mark.integration, pytest.mark.serial]

@@ -14,19 +14,17 @@ import pytest
 import yaml
 
 from ftapi import contract, load_job
+from fttestkit.cluster import Cluster
 from fttrainer.checkpointing.protocol import job_identity
 from fttrainer.checkpointing.store import CheckpointStore
 from fttrainer.storage import open_store
-from tests.integration.conftest import Cluster
-from tests.integration.test_resume import (  # noqa: F401  (module fixtures: model, bucket)
+from tests.integration.training_runs import (
     Attempt,
-    _assert_same_curve,
-    _env,
-    _job,
-    _losses,
-    _run_uninterrupted,
-    bucket,
-    model,
+    assert_same_curve,
+    losses,
+    run_env,
+    run_uninterrupted,
+    write_job,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,21 +32,22 @@ pytestmark = pytest.mark.integration
 
 def test_sigterm_saves_at_the_next_step_and_the_restart_loses_nothing(
     cluster: Cluster,
-    model: Path,  # noqa: F811  (test_resume's module fixtures)
-    bucket: str,  # noqa: F811
+    tiny_llama: Path,
+    s3_bucket: str,
     tmp_path: Path,
 ) -> None:
     """SIGTERM (what a pod gets on preemption or a node drain): the step that is running ends,
     its checkpoint is uploaded, the process exits with EXIT_STOPPED without publishing, and
     the next run resumes from that step, on the same curve as an uninterrupted run."""
-    env = _env(cluster)
+    env = run_env(cluster)
     steps = 40
-    reference = _run_uninterrupted(
-        _job(tmp_path, model, cluster, f"s3://{bucket}/sigterm-reference", steps=steps,
-             variant="lora"), tmp_path / "reference", env,
-    )  # fmt: skip
-    uri = f"s3://{bucket}/sigterm"
-    job = _job(tmp_path, model, cluster, uri, steps=steps, variant="lora")
+    reference_uri = f"s3://{s3_bucket}/sigterm-reference"
+    reference_job = write_job(
+        tmp_path, tiny_llama, cluster, reference_uri, steps=steps, variant="lora"
+    )
+    reference = run_uninterrupted(reference_job, tmp_path / "reference", env)
+    uri = f"s3://{s3_bucket}/sigterm"
+    job = write_job(tmp_path, tiny_llama, cluster, uri, steps=steps, variant="lora")
     # No periodic checkpoint before the signal: the one that is there is SIGTERM's.
     manifest = yaml.safe_load(job.read_text())
     manifest["spec"]["output"]["saveSteps"] = 1000
@@ -71,4 +70,4 @@ def test_sigterm_saves_at_the_next_step_and_the_restart_loses_nothing(
     assert second.finish() == 0, "".join(second.log[-40:])
     result = json.loads((tmp_path / "second" / "result.json").read_text())
     assert result["resumed_from_step"] == step
-    _assert_same_curve(_losses(tmp_path / "second"), reference)
+    assert_same_curve(losses(tmp_path / "second"), reference)

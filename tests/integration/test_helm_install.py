@@ -16,10 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +29,12 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.children import LABEL_JOB
-from tests.helm.chart import CHART, helm
-from tests.integration.conftest import REPO, Cluster, eventually
-from tests.ports import free_port
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.finetunejobs import create_ftj, find_ftj, wait_phase
+from fttestkit.paths import REPO
+from fttestkit.ports import free_port
+from fttestkit.process import ManagedProcess, http_ok
+from fttestkit.release import Release
 
 pytestmark = pytest.mark.integration
 CRD_NAME = "finetunejobs.finetune.dev"
@@ -42,103 +42,38 @@ EXAMPLE = REPO / "examples" / "quickstart-cpu.yaml"
 PERMISSION_PROBLEM = re.compile(r"forbidden|unauthorized|not enough permissions|\(40[13]\)", re.I)
 
 
-class Release:
-    """One Helm release of the chart, the namespaces it lives in and watches, and its values."""
-
-    def __init__(self, cluster: Cluster, tmp: Path) -> None:
-        suffix = uuid.uuid4().hex[:8]
-        self.cluster = cluster
-        self.tmp = tmp
-        self.name = f"fto-{suffix}"
-        self.namespace = f"fth-system-{suffix}"  # the release (operator, SA, Lease)
-        self.watched = f"fth-jobs-{suffix}"  # where FineTuneJobs run
-        self.fullname = f"{self.name}-finetune-operator"
-        self.values: dict[str, Any] = {
-            "watchNamespaces": [self.watched],
-            # Never pulled: kwok fakes the pod.
-            "image": {"repository": "registry.invalid/finetune-operator", "tag": "test"},
-            "operator": {
-                "defaultImage": "registry.invalid/ml/trainer:1.0",
-                "allowedRegistries": ["registry.invalid/ml/"],
-                "logFormat": "json",
-                "resyncSeconds": 10,
-            },
-        }
-        self.installed = False
-
-    def helm(self, *args: str, values: dict[str, Any] | None = None, check: bool = True) -> str:
-        env = {**os.environ, **self.cluster.env, "PATH": self.cluster.path}
-        return helm(*args, "--namespace", self.namespace, values=values, env=env, check=check)
-
-    def install_or_upgrade(self, command: str, wait: bool = True) -> str:
-        waiting = ["--wait", "--timeout", "180s"] if wait else []
-        out = self.helm(command, self.name, str(CHART), *waiting, values=self.values)
-        self.installed = True
-        return out
-
-    def uninstall(self) -> str:
-        out = self.helm("uninstall", self.name, "--wait", "--timeout", "120s")
-        self.installed = False
-        return out
-
-    def deployment(self) -> Any:
-        return client.AppsV1Api(self.cluster.api).read_namespaced_deployment(
-            self.fullname, self.namespace
-        )
-
-    def operator_env(self) -> dict[str, str]:
-        """The installed Deployment's container env, the downward API resolved as the kubelet
-        would for the Deployment's (kwok) pod."""
-        deployment = self.deployment()
-        pods = eventually(
-            lambda: client.CoreV1Api(self.cluster.api).list_namespaced_pod(
-                self.namespace, label_selector=f"app.kubernetes.io/instance={self.name}"
-            ).items,
-            what="the operator's (kwok) pod",
-        )  # fmt: skip
-        pod = max(pods, key=lambda p: p.metadata.creation_timestamp)  # the newest
-        fields = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace}
-        env: dict[str, str] = {}
-        for var in deployment.spec.template.spec.containers[0].env:
-            if var.value_from is not None:
-                env[var.name] = fields[var.value_from.field_ref.field_path]
-            else:
-                env[var.name] = var.value or ""
-        return env
-
-    def service_account_kubeconfig(self) -> Path:
-        """A kubeconfig holding a token of the chart's ServiceAccount (TokenRequest API)."""
-        deployment = self.deployment()
-        account = deployment.spec.template.spec.service_account_name
-        token = client.CoreV1Api(self.cluster.api).create_namespaced_service_account_token(
-            account, self.namespace, {"spec": {"expirationSeconds": 3600}}
-        )
-        admin = yaml.safe_load(Path(self.cluster.kubeconfig).read_text())
-        ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
-        path = self.tmp / "operator-kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-            "clusters": [{"name": "local", "cluster": {
-                "server": self.cluster.env["FTO_APISERVER"],
-                "certificate-authority-data": ca}}],
-            "users": [{"name": account, "user": {"token": token.status.token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": account}}],
-        }))  # fmt: skip
-        return path
+def _new_release(cluster: Cluster) -> Release:
+    """A release watching one namespace of its own (names never repeat)."""
+    suffix = uuid.uuid4().hex[:8]
+    watched = f"fth-jobs-{suffix}"  # where FineTuneJobs run
+    values: dict[str, Any] = {
+        "watchNamespaces": [watched],
+        # Never pulled: kwok fakes the pod.
+        "image": {"repository": "registry.invalid/finetune-operator", "tag": "test"},
+        "operator": {
+            "defaultImage": "registry.invalid/ml/trainer:1.0",
+            "allowedRegistries": ["registry.invalid/ml/"],
+            "logFormat": "json",
+            "resyncSeconds": 10,
+        },
+    }
+    return Release(
+        cluster, name=f"fto-{suffix}", namespace=f"fth-system-{suffix}", watched=watched,
+        values=values,
+    )  # fmt: skip
 
 
-class LocalOperator:
+class LocalOperator(ManagedProcess):
     """`python -m ftoperator` with nothing but the chart's env and ServiceAccount: no flags."""
 
-    def __init__(self, release: Release, kubeconfig: Path) -> None:
+    def __init__(self, release: Release, kubeconfig: Path, log: Path) -> None:
+        super().__init__("operator", log)
         self.release = release
         self.kubeconfig = kubeconfig
-        self.log_path = release.tmp / "operator.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.chart_env: dict[str, str] = {}
 
-    def start(self) -> None:
+    def start_as_deployed(self) -> None:
         self.chart_env = self.release.operator_env()
         self.port = free_port()
         inherited = {k: v for k, v in os.environ.items()
@@ -148,43 +83,21 @@ class LocalOperator:
             "FTO_METRICS_BIND": "127.0.0.1", "FTO_METRICS_PORT": str(self.port),
             "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
         }  # fmt: skip
-        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ftoperator"],
-            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        self.start(
+            [sys.executable, "-m", "ftoperator"], env=env, cwd=REPO,
+            ready=lambda: http_ok(f"http://127.0.0.1:{self.port}/readyz"), timeout=60,
         )  # fmt: skip
-        eventually(self._ready, timeout=60, what=f"/readyz of the operator\n{self.log()}")
 
-    def _ready(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, self.log()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM, as a rollout stops the old pod: passes finish, the Lease is released."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self, since_start: bool = False) -> str:
-        if not self.log_path.exists():
-            return ""
-        text = self.log_path.read_bytes()[self.offset if since_start else 0 :]
-        return text.decode(errors="replace")
+    def log(self, *, since_start: bool = False, tail: int | None = None) -> str:
+        """The whole log by default: tests read every JSON line of it."""
+        return super().log(since_start=since_start, tail=tail)
 
     def permission_problems(self) -> list[str]:
         return [line for line in self.log().splitlines() if PERMISSION_PROBLEM.search(line)]
 
 
-def _release(cluster: Cluster, tmp: Path) -> Iterator[Release]:
-    made = Release(cluster, tmp)
+def _release(cluster: Cluster) -> Iterator[Release]:
+    made = _new_release(cluster)
     core = client.CoreV1Api(cluster.api)
     for namespace in (made.namespace, made.watched):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
@@ -196,30 +109,34 @@ def _release(cluster: Cluster, tmp: Path) -> Iterator[Release]:
         )  # fmt: skip
     yield made
     if made.installed:
-        made.helm("uninstall", made.name, check=False)
+        made.uninstall(check=False)
     for namespace in (made.namespace, made.watched):
         core.delete_namespace(namespace, propagation_policy="Background")
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    yield from _release(cluster, tmp_path_factory.mktemp("helm"))
+def release(cluster: Cluster) -> Iterator[Release]:
+    yield from _release(cluster)
 
 
 @pytest.fixture
-def cluster_wide(cluster: Cluster, tmp_path: Path) -> Iterator[Release]:
+def cluster_wide(cluster: Cluster) -> Iterator[Release]:
     """A second release, with the defaults: every namespace (nothing runs it: see below)."""
-    for made in _release(cluster, tmp_path):
+    for made in _release(cluster):
         made.values["watchNamespaces"] = []
         yield made
 
 
 @pytest.fixture(scope="module")
-def local_operator(release: Release) -> Iterator[LocalOperator]:
+def local_operator(
+    release: Release, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalOperator]:
     if not release.installed:
         release.install_or_upgrade("install")
-    running = LocalOperator(release, release.service_account_kubeconfig())
-    running.start()
+    tmp = tmp_path_factory.mktemp("helm")
+    kubeconfig = release.service_account_kubeconfig(tmp / "operator-kubeconfig")
+    running = LocalOperator(release, kubeconfig, tmp / "operator.log")
+    running.start_as_deployed()
     yield running
     running.stop()
     print(running.log()[-4000:])
@@ -239,41 +156,6 @@ def _example(name: str, run_duration: str | None = None) -> dict[str, Any]:
         resources = manifest["spec"].setdefault("resources", {})
         resources["annotations"] = {"finetune.dev/kwok-run-duration": run_duration}
     return manifest
-
-
-def _create(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    created: dict[str, Any] = client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, manifest
-    )
-    return created
-
-
-def _ftj(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return found
-
-
-def _wait_phase(
-    cluster: Cluster, namespace: str, name: str, phase: str, operator: LocalOperator,
-    timeout: float = 300,
-) -> dict[str, Any]:  # fmt: skip
-    def status() -> dict[str, Any]:
-        return (_ftj(cluster, namespace, name) or {}).get("status") or {}
-
-    try:
-        return eventually(
-            lambda: (s := status()).get("phase") == phase and s, timeout=timeout,
-            what=f"{name} {phase}",
-        )  # fmt: skip
-    except AssertionError as error:
-        raise AssertionError(f"{error}\nstatus: {status()}\n{operator.log()[-4000:]}") from None
 
 
 def _job_image(cluster: Cluster, namespace: str, name: str) -> str:
@@ -361,8 +243,10 @@ def test_the_operator_runs_with_the_charts_account_and_env_and_a_job_succeeds(
     )
     assert lease.startswith(env["POD_NAME"] + "_")
     # The example, as a user applies it, into the watched namespace.
-    _create(cluster, release.watched, _example("quickstart"))
-    status = _wait_phase(cluster, release.watched, "quickstart", "Succeeded", local_operator)
+    create_ftj(cluster, release.watched, _example("quickstart"))
+    status = wait_phase(
+        cluster, release.watched, "quickstart", "Succeeded", local_operator, timeout=300
+    )
     assert status["modelUri"].startswith("s3://models/quickstart")
     # The chart's default trainer image (an allowed registry) reached the job's pods, and the
     # pods' progress-only Role could be created (RBAC escalation check passed).
@@ -382,8 +266,8 @@ def test_an_image_outside_the_allowed_registries_is_refused_and_its_ttl_still_ap
     manifest = _example(name)
     manifest["spec"].setdefault("resources", {})["image"] = "docker.io/someone/trainer:latest"
     manifest["spec"].setdefault("runPolicy", {})["ttlSecondsAfterFinished"] = 8
-    _create(cluster, release.watched, manifest)
-    status = _wait_phase(cluster, release.watched, name, "Failed", local_operator, timeout=60)
+    create_ftj(cluster, release.watched, manifest)
+    status = wait_phase(cluster, release.watched, name, "Failed", local_operator, timeout=60)
     assert status["failureReason"] == "ImageNotAllowed"
     assert "registry.invalid/ml/" in status["message"]
     # Refused before anything ran: no Job, no pod, not even the job's other children.
@@ -396,7 +280,7 @@ def test_an_image_outside_the_allowed_registries_is_refused_and_its_ttl_still_ap
     )
     assert [(e.type, e.reason) for e in events.items] == [("Warning", "ImageNotAllowed")]
     # A refused job is a finished one: its TTL deletes it as it would a failed run.
-    eventually(lambda: _ftj(cluster, release.watched, name) is None, timeout=60,
+    eventually(lambda: find_ftj(cluster, release.watched, name) is None, timeout=60,
                what="the refused FineTuneJob deleted by its TTL")  # fmt: skip
 
 
@@ -416,8 +300,8 @@ def test_upgrade_while_a_job_runs_keeps_the_job_and_applies_the_new_values(
     cluster: Cluster, release: Release, local_operator: LocalOperator
 ) -> None:
     name = "long-run"
-    created = _create(cluster, release.watched, _example(name, run_duration="45s"))
-    _wait_phase(cluster, release.watched, name, "Running", local_operator)
+    created = create_ftj(cluster, release.watched, _example(name, run_duration="45s"))
+    wait_phase(cluster, release.watched, name, "Running", local_operator, timeout=300)
     batch = client.BatchV1Api(cluster.api)
     before = batch.read_namespaced_job(f"{name}-0", release.watched)
     release.values["operator"] |= {"defaultImage": "registry.invalid/ml/trainer:2.0",
@@ -428,7 +312,7 @@ def test_upgrade_while_a_job_runs_keeps_the_job_and_applies_the_new_values(
     # The rollout, done by hand: the old process stops (SIGTERM), a new one starts with the
     # upgraded Deployment's env.
     local_operator.stop()
-    local_operator.start()
+    local_operator.start_as_deployed()
     assert local_operator.chart_env["FTO_DEFAULT_IMAGE"] == "registry.invalid/ml/trainer:2.0"
     assert local_operator.chart_env["FTO_LOG_FORMAT"] == "text"
     # The new operator took over a job whose pod was still running.
@@ -436,9 +320,9 @@ def test_upgrade_while_a_job_runs_keeps_the_job_and_applies_the_new_values(
     assert running.active == 1 and not running.succeeded, (
         "the job finished before the new operator started: the test proves nothing"
     )
-    status = _wait_phase(cluster, release.watched, name, "Succeeded", local_operator)
+    status = wait_phase(cluster, release.watched, name, "Succeeded", local_operator, timeout=300)
     # The same FineTuneJob, the same attempt's Job, no restart, the image it started with.
-    found = _ftj(cluster, release.watched, name)
+    found = find_ftj(cluster, release.watched, name)
     assert found is not None and found["metadata"]["uid"] == created["metadata"]["uid"]
     assert (status.get("restarts", 0), status.get("attempt", 0)) == (0, 0)
     assert batch.read_namespaced_job(f"{name}-0", release.watched).metadata.uid == (
@@ -446,8 +330,8 @@ def test_upgrade_while_a_job_runs_keeps_the_job_and_applies_the_new_values(
     )
     assert _job_image(cluster, release.watched, name) == "registry.invalid/ml/trainer:1.0"
     # New jobs get the new default image; the new process logs text.
-    _create(cluster, release.watched, _example("after-upgrade"))
-    _wait_phase(cluster, release.watched, "after-upgrade", "Succeeded", local_operator)
+    create_ftj(cluster, release.watched, _example("after-upgrade"))
+    wait_phase(cluster, release.watched, "after-upgrade", "Succeeded", local_operator, timeout=300)
     assert _job_image(cluster, release.watched, "after-upgrade") == (
         "registry.invalid/ml/trainer:2.0"
     )
@@ -459,8 +343,8 @@ def test_upgrade_while_a_job_runs_keeps_the_job_and_applies_the_new_values(
 def test_uninstall_keeps_the_crd_and_the_finetunejobs(
     cluster: Cluster, release: Release, local_operator: LocalOperator
 ) -> None:
-    _create(cluster, release.watched, _example("kept"))
-    _wait_phase(cluster, release.watched, "kept", "Succeeded", local_operator)
+    create_ftj(cluster, release.watched, _example("kept"))
+    wait_phase(cluster, release.watched, "kept", "Succeeded", local_operator, timeout=300)
     before = client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
         GROUP, VERSION, release.watched, PLURAL
     )["items"]

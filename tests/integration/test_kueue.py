@@ -1,4 +1,4 @@
-"""FineTuneJobs queued by a real Kueue (tests/integration/kueue_process.py) against a
+"""FineTuneJobs queued by a real Kueue (testkit/fttestkit/kueue.py) against a
 ClusterQueue's GPU quota on the kwok H100 pool: jobs beyond the quota wait Queued with
 Kueue's reason in their status, a finished job frees its quota for the next, a two-node job
 is admitted whole or not at all, and a higher-priority job preempts a lower one, which runs
@@ -21,11 +21,11 @@ import pytest
 from kubernetes import client
 
 from ftoperator.children import LABEL_JOB
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually, fresh_namespace
-from tests.integration.finetunejobs import apply_job, status_of, wait_phase
-from tests.integration.kueue_process import API, Kueue
-from tests.integration.operator_process import NAMESPACE_PREFIX, Operator
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually, fresh_namespace
+from fttestkit.finetunejobs import create_ftj, status_of, wait_phase
+from fttestkit.kueue import API, Kueue
+from fttestkit.operator import NAMESPACE_PREFIX, Operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 FLAVOR, CLUSTER_QUEUE = "fto-tests-h100", "fto-tests-gpu"
@@ -110,10 +110,10 @@ def test_the_quota_holds_jobs_back_admits_a_gang_whole_and_frees_when_one_ends(
     cluster: Cluster, operator: Operator, queues: tuple[str, str]
 ) -> None:
     team_a, team_b = queues
-    apply_job(cluster, team_a, _job("first", "team-a", nodes=1, seconds=25))
+    create_ftj(cluster, team_a, _job("first", "team-a", nodes=1, seconds=25))
     wait_phase(cluster, team_a, "first", "Running", operator)
     # 8 of the 16 GPUs are taken: a two-node job (16) must wait, with none of its pods.
-    apply_job(cluster, team_b, _job("gang", "team-b", nodes=2, seconds=3))
+    create_ftj(cluster, team_b, _job("gang", "team-b", nodes=2, seconds=3))
     status = eventually(
         lambda: _queued_with_kueues_reason(cluster, team_b, "gang"),
         timeout=60, what=f"gang Queued with Kueue's reason\n{operator.log()}",
@@ -136,9 +136,9 @@ def test_a_higher_priority_job_preempts_and_the_preempted_one_runs_again_when_re
     cluster: Cluster, operator: Operator, queues: tuple[str, str]
 ) -> None:
     team_a, team_b = queues
-    apply_job(cluster, team_a, _job("low", "team-a", nodes=2, seconds=30))
+    create_ftj(cluster, team_a, _job("low", "team-a", nodes=2, seconds=30))
     wait_phase(cluster, team_a, "low", "Running", operator)
-    apply_job(cluster, team_b, _job("high", "team-b", nodes=1, seconds=15, priority=HIGH))
+    create_ftj(cluster, team_b, _job("high", "team-b", nodes=1, seconds=15, priority=HIGH))
 
     def preempted() -> dict[str, Any]:
         status = status_of(cluster, team_a, "low")
@@ -161,7 +161,7 @@ def test_a_higher_priority_job_preempts_and_the_preempted_one_runs_again_when_re
 def test_the_kueue_adapter_refuses_nothing_it_does_not_serve(tmp_path: Path) -> None:
     """Only the webhooks Kueue serves with the Job integration alone are registered: a
     webhook left in for the pod integration would refuse every pod of the cluster."""
-    from tests.integration.kueue_process import kueue_dir, webhook_configurations
+    from fttestkit.kueue import kueue_dir, webhook_configurations
 
     manifests = (kueue_dir() / "config/manifests.yaml").read_text()
     configurations = webhook_configurations(manifests, "https://127.0.0.1:1", "Y2E=")

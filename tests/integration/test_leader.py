@@ -18,7 +18,7 @@ import urllib3
 from kubernetes import client
 
 from ftoperator.leader import LeaderElector, LeaseRecord, LeaseTimings
-from tests.integration.conftest import Cluster
+from fttestkit.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

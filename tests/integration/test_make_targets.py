@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, Cluster
+from fttestkit.cluster import Cluster
+from fttestkit.paths import REPO
 
 pytestmark = pytest.mark.integration
 MAKEFILE = REPO / "Makefile"

@@ -21,16 +21,10 @@ from ftapi import contract, parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftapi.progress import ProgressReport
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import (
-    apply_job,
-    read_ftj,
-    report_progress,
-    status_of,
-    wait_phase,
-)
-from tests.integration.operator_process import Operator
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually, read_job
+from fttestkit.finetunejobs import create_ftj, read_ftj, report_progress, status_of, wait_phase
+from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
 GPU_POOLS = {"a100-pool", "h100-pool"}
@@ -43,7 +37,7 @@ def _manifest(name: str, **changes: Any) -> dict[str, Any]:
     return job.obj()
 
 
-_apply, _ftj, _status, _wait_phase = apply_job, read_ftj, status_of, wait_phase
+_apply, _ftj, _status, _wait_phase = create_ftj, read_ftj, status_of, wait_phase
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:

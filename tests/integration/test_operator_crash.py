@@ -38,9 +38,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually, fresh_namespace
-from tests.integration.operator_process import Operator
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually, fresh_namespace
+from fttestkit.operator import Operator
 
 # serial: 50 jobs fill the GPU pool that other tests' pods need, and the crash timings
 # assume an otherwise quiet cluster.

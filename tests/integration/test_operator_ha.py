@@ -15,9 +15,9 @@ import pytest
 from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, VERSION
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually, fresh_namespace
-from tests.integration.operator_process import Operator
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually, fresh_namespace
+from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
 LEASE = "ha-test-leader"

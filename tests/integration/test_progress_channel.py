@@ -8,7 +8,6 @@ There is no kubelet here: the test plays the pod, with a token from the TokenReq
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from kubernetes import client, utils
 
 from ftapi import parse_job
@@ -24,9 +22,10 @@ from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
 from ftapi.progress import ENV_NAMESPACE, REPORT_FIELD, ProgressReport
 from ftoperator.children import Children, build_children
 from ftoperator.config import Settings
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.kubeconfig import write_pod_identity
 from fttrainer.progress import KubeError, KubeTarget, ProgressObjectSink, ProgressReporter
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually
 
 pytestmark = pytest.mark.integration
 ATTEMPT = 2
@@ -70,18 +69,8 @@ def pod(cluster: Cluster, crd: Any, namespace: str, tmp_path: Path) -> Pod:
     for obj in (children.service_account, children.role, children.role_binding):
         utils.create_from_dict(cluster.api, obj)
     account = children.service_account["metadata"]["name"]
-    token = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
-        account,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
-        ),
-    )
     # What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount.
-    kubeconfig = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    ca = base64.b64decode(kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"])
-    (tmp_path / "token").write_text(token.status.token)
-    (tmp_path / "ca.crt").write_bytes(ca)
+    write_pod_identity(cluster, account, namespace, tmp_path, seconds=600)
     server = urlsplit(cluster.api.configuration.host)
     environ = {
         **_container_env(children, namespace),

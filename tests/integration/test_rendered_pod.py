@@ -34,10 +34,11 @@ from kubernetes import client
 
 from ftapi import contract
 from ftapi.constants import GROUP, PLURAL, VERSION
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.kubeconfig import write_pod_identity
+from fttestkit.operator import Operator
+from fttestkit.ports import free_port
 from fttrainer.tiny import save_tiny_model
-from tests.integration.conftest import Cluster, eventually
-from tests.integration.operator_process import Operator
-from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 STEPS = 6
@@ -130,17 +131,11 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     assert args[0] == contract.TORCHRUN and str(etc / "job.yaml") in args
 
     # The pod's identity: a token for its ServiceAccount, the API server's CA.
-    account = tmp_path / "serviceaccount"
-    account.mkdir()
-    token = core.create_namespaced_service_account_token(
-        template.service_account_name, ns,
-        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=3600)),
-    )  # fmt: skip
-    (account / "token").write_text(token.status.token)
+    account = write_pod_identity(
+        cluster, template.service_account_name, ns, tmp_path / "serviceaccount"
+    )
     kubeconfig = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     cluster_entry = kubeconfig["clusters"][0]["cluster"]
-    (account / "ca.crt").write_bytes(base64.b64decode(cluster_entry["certificate-authority-data"]))
     server = urlparse(cluster_entry["server"])
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

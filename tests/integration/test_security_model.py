@@ -17,9 +17,9 @@ from kubernetes.client.exceptions import ApiException
 from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_KIND, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
 from ftoperator.children import LABEL_JOB
-from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import apply_job, long_running_job, status_of, wait_phase
-from tests.integration.operator_process import Operator
+from fttestkit.cluster import Cluster, eventually, read_job
+from fttestkit.finetunejobs import create_ftj, long_running_job, status_of, wait_phase
+from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
 RUNNER, EDITOR = "alice-runs-jobs", "eve-edits"
@@ -96,7 +96,7 @@ def test_neither_a_job_runner_nor_an_editor_can_touch_another_job_or_gain_rights
     # The runner's own job, created with the runner's rights: the operator acts on it.
     runner = client.CustomObjectsApi(_as(cluster, RUNNER))
     runner.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _manifest("alice"))
-    victim = apply_job(cluster, ns, _manifest("bob"))
+    victim = create_ftj(cluster, ns, _manifest("bob"))
     wait_phase(cluster, ns, "alice", "Running", operator)
     wait_phase(cluster, ns, "bob", "Running", operator)
     before = status_of(cluster, ns, "bob")

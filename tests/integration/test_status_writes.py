@@ -14,10 +14,10 @@ import pytest
 from kubernetes import client, watch
 
 from ftapi.constants import GROUP, PLURAL, VERSION
-from tests.builders import make_job
-from tests.integration.conftest import Cluster, eventually, read_job
-from tests.integration.finetunejobs import LONG_RUN, apply_job, status_of, wait_phase
-from tests.integration.operator_process import Operator
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster, eventually, read_job
+from fttestkit.finetunejobs import LONG_RUN, create_ftj, status_of, wait_phase
+from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_a_job_whose_pods_start_in_time_is_first_written_running(
                         namespaces=(namespace,))  # fmt: skip
     try:
         name = "quick"
-        created = apply_job(cluster, namespace, make_job(name).set(
+        created = create_ftj(cluster, namespace, make_job(name).set(
             "resources", {"gpusPerNode": 1, "annotations": LONG_RUN}).obj())  # fmt: skip
         history = StatusHistory(cluster, namespace, name, created["metadata"]["resourceVersion"])
         wait_phase(cluster, namespace, name, "Running", operator, timeout=90)
@@ -91,7 +91,7 @@ def test_a_job_whose_pods_start_in_time_is_first_written_running(
 
         # A job whose pod cannot be scheduled: the reason is news, written long before the
         # grace ends.
-        stuck = apply_job(cluster, namespace, make_job("stuck").set(
+        stuck = create_ftj(cluster, namespace, make_job("stuck").set(
             "resources", {"gpusPerNode": 1, "nodeSelector": {"finetune.dev/pool": "none"}}
         ).obj())  # fmt: skip
         stuck_history = StatusHistory(cluster, namespace, "stuck",
@@ -125,7 +125,7 @@ def test_an_operator_killed_before_the_first_status_loses_nothing(
                      "registry.test/trainer:1", namespaces=(namespace,))  # fmt: skip
     name = "orphan"
     try:
-        created = apply_job(cluster, namespace, make_job(name).set(
+        created = create_ftj(cluster, namespace, make_job(name).set(
             "resources", {"gpusPerNode": 1, "annotations": LONG_RUN}).obj())  # fmt: skip
         job = eventually(lambda: read_job(cluster, namespace, f"{name}-0"), timeout=60,
                          interval=0.1, what="the attempt's Job")  # fmt: skip

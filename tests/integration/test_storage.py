@@ -22,6 +22,8 @@ import pytest
 from botocore.config import Config
 
 from ftapi.v1alpha1 import S3Spec
+from fttestkit.cluster import Cluster
+from fttestkit.paths import REPO
 from fttrainer.storage import (
     LocalStore,
     NotFoundError,
@@ -30,7 +32,6 @@ from fttrainer.storage import (
     StorageError,
     open_store,
 )
-from tests.integration.conftest import REPO, Cluster
 
 pytestmark = pytest.mark.integration
 

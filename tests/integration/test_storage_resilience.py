@@ -15,11 +15,9 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,62 +29,43 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ftapi.v1alpha1 import S3Spec
+from fttestkit.paths import HACK
+from fttestkit.ports import free_port
+from fttestkit.process import ManagedProcess, http_ok
 from fttrainer.storage import S3Store, StorageError, open_store, s3_client
-from tests.integration.conftest import HACK
-from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 OUTAGE_SECONDS = 30
 
 
-class MinioServer:
+class MinioServer(ManagedProcess):
     """One MinIO process we own: killed and restarted on the same port and data dir."""
 
     def __init__(self, data: Path, log: Path) -> None:
-        self.data, self.log = data, log
+        super().__init__("minio", log)
+        self.data = data
         self.port, self.console_port = free_port(), free_port()
         self.user = "fto-test-" + uuid.uuid4().hex[:8]
         self.password = secrets.token_hex(16)
         self.region = "eu-central-1"  # not the client's default, to exercise redirects
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        binary = _minio_binary()
+    def start_server(self) -> None:
         env = {
             **os.environ, "MINIO_ROOT_USER": self.user, "MINIO_ROOT_PASSWORD": self.password,
             "MINIO_SITE_REGION": self.region, "MINIO_BROWSER": "off", "MINIO_UPDATE": "off",
             "MINIO_CI_CD": "1",
         }  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "server", str(self.data), "--address", f"127.0.0.1:{self.port}",
-                 "--console-address", f"127.0.0.1:{self.console_port}", "--quiet"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"minio exited: {self.log.read_text()[-2000:]}")
-            try:
-                url = f"{self.endpoint}/minio/health/ready"
-                with urllib.request.urlopen(url, timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"minio did not get ready: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
+        self.start(
+            [_minio_binary(), "server", str(self.data), "--address", f"127.0.0.1:{self.port}",
+             "--console-address", f"127.0.0.1:{self.console_port}", "--quiet"],
+            env=env, new_session=True, timeout=60,
+            ready=lambda: http_ok(f"{self.endpoint}/minio/health/ready"),
+        )  # fmt: skip
 
     def client(self) -> Any:
         return boto3.session.Session().client(
@@ -110,7 +89,7 @@ def _minio_binary() -> str:
 def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
     root = tmp_path_factory.mktemp("minio")
     server = MinioServer(root / "data", root / "minio.log")
-    server.start()
+    server.start_server()
     yield server
     server.kill()
     shutil.rmtree(root, ignore_errors=True)  # hundreds of MB; pytest would keep them
@@ -205,7 +184,7 @@ def test_upload_survives_a_30s_outage(
     client.killed.set()
     time.sleep(OUTAGE_SECONDS)
     assert thread.is_alive(), f"the upload gave up during the outage: {outcome}"
-    minio.start()
+    minio.start_server()
     thread.join(120)
 
     assert not thread.is_alive(), "the upload did not finish after the server came back"
@@ -248,7 +227,7 @@ def test_outage_beyond_the_deadline_fails_clearly_and_leaves_no_object(
     assert f"{minio.endpoint} kept failing for" in str(error)
     assert "connection refused" in str(error)
     assert outcome["seconds"] < 60
-    minio.start()
+    minio.start_server()
     listed = admin.list_objects_v2(Bucket="ckpt").get("Contents", [])
     assert listed == []  # the parts that went up never became an object
 

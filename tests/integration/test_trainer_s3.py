@@ -12,9 +12,9 @@ import pytest
 from botocore.config import Config
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
+from fttestkit.cluster import Cluster
 from fttrainer.data.prepare import DataError, prepare_data
-from tests.builders import make_job
-from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 

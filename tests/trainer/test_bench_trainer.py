@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from fttestkit.paths import REPO
 
 
 def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

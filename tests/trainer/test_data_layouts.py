@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
 from fttrainer.data.catalog import LAYOUTS, Layout, trained_parts
 from fttrainer.data.prepare import DataError
 from fttrainer.recipe import Recipe
 from fttrainer.templates import CHAT_TEMPLATE
-from tests.builders import make_job
 
 TRAINERS = {
     "preference": {"type": "dpo"},

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from fttestkit.paths import REPO
+from fttestkit.ports import free_port
 from fttrainer.tiny import save_tiny_model
-from tests.ports import free_port
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_two_process_ddp_run(tmp_path: Path) -> None:

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
+from fttestkit.paths import REPO
+from fttestkit.ports import free_port
 from fttrainer.arguments import trainer_config_kwargs
 from fttrainer.distributed import unsharded_loading
 from fttrainer.tiny import build_model, build_tokenizer, save_tiny_model
-from tests.builders import make_job
-from tests.ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 LORA_R = 8  # examples/quickstart-cpu.yaml
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
 from fttrainer.recipe import Recipe
-from tests.builders import make_job
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:

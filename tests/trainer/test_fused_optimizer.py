@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fttrainer.recipe import Recipe
-from tests.trainer.conftest import cpu_qa_recipe, step_losses
+from tests.trainer.recipes import cpu_qa_recipe, step_losses
 
 
 def _train(

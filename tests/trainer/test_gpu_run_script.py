@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from fttestkit.paths import REPO
 
 
 def test_the_gpu_script_runs_on_cpu(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
+from fttestkit.paths import REPO
 from fttrainer.memory_plan import (
     CHECKPOINTING_MARGIN,
     GIB,
@@ -20,9 +22,6 @@ from fttrainer.memory_plan import (
     estimate_memory,
     suggest,
 )
-from tests.builders import make_job
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
 from fttrainer.recipe import Recipe
-from tests.builders import make_job
 
 
 def _recipe(model: Path, data: Path, output: Path, padding_free: bool) -> Recipe:

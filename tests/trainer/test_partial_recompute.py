@@ -13,7 +13,7 @@ import pytest
 from fttrainer.callbacks import RecomputeFirstLayers
 from fttrainer.recipe import Recipe
 from fttrainer.recompute import checkpointed_layers, decoder_layers
-from tests.trainer.conftest import cpu_qa_recipe, step_losses
+from tests.trainer.recipes import cpu_qa_recipe, step_losses
 
 
 @pytest.fixture(scope="module")

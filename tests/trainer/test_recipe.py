@@ -14,11 +14,10 @@ import pytest
 
 from ftapi import parse_job
 from ftapi.contract import ENV_TERMINATION_LOG, EXIT_INVALID_INPUT, INVALID_INPUT_MARKER
+from fttestkit.builders import make_job
+from fttestkit.paths import REPO
 from fttrainer.recipe import Recipe
 from fttrainer.tiny import save_tiny_model
-from tests.builders import make_job
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(model: Path, data: Path, out: Path, **changes: Any) -> tuple[Recipe, Any]:

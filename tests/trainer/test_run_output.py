@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from fttestkit.builders import make_job
 from fttrainer.cli import main
-from tests.builders import make_job
 
 
 def _job(tmp_path: Path, model: Path, data: Path, output: Path) -> Path:

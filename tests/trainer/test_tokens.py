@@ -10,10 +10,10 @@ import pytest
 
 from ftapi import parse_job
 from ftapi.v1alpha1 import ResponseMarkers
+from fttestkit.builders import make_job
 from fttrainer.data.tokens import IGNORE, Encoding, encode, response_spans
 from fttrainer.recipe import Recipe
 from fttrainer.templates import CHAT_TEMPLATE
-from tests.builders import make_job
 
 # ChatML as older templates write it: no {% generation %} markers, so the tokenizer cannot
 # tell which tokens are the assistant's.

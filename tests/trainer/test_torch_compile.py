@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fttrainer.recipe import Recipe
-from tests.trainer.conftest import cpu_qa_recipe, step_losses
+from tests.trainer.recipes import cpu_qa_recipe, step_losses
 
 
 def _train(model: Path, data: Path, output: Path, *, compiled: bool) -> tuple[list[float], Recipe]:

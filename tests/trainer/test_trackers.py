@@ -22,8 +22,8 @@ import pytest
 from transformers import TrainerCallback
 
 from ftapi import parse_job
+from fttestkit.builders import make_job
 from fttrainer.recipe import Recipe
-from tests.builders import make_job
 
 # What the trackers create by default: mlflow's ./mlflow.db and ./mlruns, ./wandb, and
 # TensorBoard's <output_dir>/runs.

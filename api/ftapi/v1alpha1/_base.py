@@ -3,7 +3,7 @@
 A cross-field rule is written once, as a `Rule` holding both its CEL expression (which
 the generated CRD gives to the API server as an `x-kubernetes-validations` entry, so
 `kubectl apply` refuses the manifest) and the same predicate in Python (which pydantic
-runs for local runs and inside the operator). `tests/unit/test_rules.py` evaluates every
+runs for local runs and inside the operator). `tests/unit/api/test_rules.py` evaluates every
 rule's CEL next to its Python twin on a table of manifests, so the two cannot drift.
 """
 

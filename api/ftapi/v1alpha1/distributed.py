@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from ._base import ApiModel, Rule, only_for
 
 # Every top-level key DeepSpeed reads from its config (traced from DeepSpeedConfig;
-# tests/unit/test_distributed_config.py fails when the installed DeepSpeed reads one more).
+# tests/unit/trainer/test_distributed_config.py fails when the installed DeepSpeed reads one more).
 # DeepSpeed ignores any other key, so `zero_optimisation` would train without ZeRO unnoticed.
 DEEPSPEED_CONFIG_KEYS = frozenset(
     (

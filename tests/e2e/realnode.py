@@ -1,0 +1,213 @@
+"""What the e2e tests run on the real node: the images in its containerd, pods placed on it,
+the operator installed in the cluster by the chart (Release), FineTuneJobs of the trainer
+image reading a tiny model and data from MinIO (Bucket), and what they left (pods, logs).
+The fixtures that make these are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.finetunejobs import read_ftj
+from fttestkit.release import Release
+from fttrainer.tiny import save_tiny_model
+
+TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "finetune-trainer:dev")
+
+
+OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "finetune-operator:dev")
+
+
+# What puts a pod on the real node (hack/node.sh's taint and label).
+LOCAL_NODE: dict[str, Any] = {
+    "nodeSelector": {"finetune.dev/pool": "local"},
+    "tolerations": [
+        {"key": "finetune.dev/local-node", "operator": "Exists", "effect": "NoSchedule"}
+    ],
+}
+
+
+# A trainer pod's share of the 2-CPU node: two of them (nodes: 2) and the operators'
+# 100m each must fit at once.
+POD_RESOURCES = {"cpu": "800m", "memory": "3Gi", "sharedMemory": "256Mi"}
+
+
+def node_possible() -> bool:
+    """A real node can run here: as root, unless FTO_NODE=0 leaves it out (hack/node.sh)."""
+    return os.geteuid() == 0 and os.environ.get("FTO_NODE") != "0"
+
+
+def ctr(cluster: Cluster, *args: str) -> str:
+    """`ctr` against the node's containerd, in the kubelet's namespace (k8s.io)."""
+    return subprocess.run(
+        ["ctr", "--address", cluster.env["FTO_CONTAINERD_ADDR"], "-n", "k8s.io", *args],
+        env={**os.environ, "PATH": cluster.path}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def containerd_images(cluster: Cluster) -> set[str]:
+    return set(ctr(cluster, "images", "ls", "-q").split())
+
+
+def normalized(image: str) -> str:
+    """containerd's (and the kubelet's) name for an image reference."""
+    if "/" not in image:
+        image = f"library/{image}"
+    first = image.split("/")[0]
+    if "." not in first and ":" not in first and first != "localhost":
+        image = f"docker.io/{image}"
+    return image
+
+
+class Bucket:
+    """A fresh MinIO bucket and the Secret that lets a namespace's pods use it."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.s3 = cluster.s3()
+        self.s3.create_bucket(Bucket=name)
+
+    def put_dir(self, local: Path, prefix: str) -> str:
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                key = f"{prefix}/{path.relative_to(local).as_posix()}"
+                self.s3.upload_file(str(path), self.name, key)
+        return f"s3://{self.name}/{prefix}"
+
+    def put_text(self, key: str, text: str) -> str:
+        self.s3.put_object(Bucket=self.name, Key=key, Body=text.encode())
+        return f"s3://{self.name}/{key}"
+
+    def keys(self, prefix: str) -> set[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.s3.get_object(Bucket=self.name, Key=key)["Body"].read())
+
+    def credentials_secret(self, namespace: str, name: str = "s3-credentials") -> str:
+        client.CoreV1Api(self.cluster.api).create_namespaced_secret(namespace, {
+            "metadata": {"name": name},
+            "stringData": {"AWS_ACCESS_KEY_ID": self.cluster.env["AWS_ACCESS_KEY_ID"],
+                           "AWS_SECRET_ACCESS_KEY": self.cluster.env["AWS_SECRET_ACCESS_KEY"]},
+        })  # fmt: skip
+        return name
+
+    def s3_spec(self, secret: str) -> dict[str, Any]:
+        """output.s3 for a pod: the bridge address the pods reach MinIO on."""
+        return {
+            "endpoint": self.cluster.env["FTO_S3_ENDPOINT"], "forcePathStyle": True,
+            "region": self.cluster.env["AWS_REGION"], "credentialsSecretRef": {"name": secret},
+        }  # fmt: skip
+
+
+def operator_release(cluster: Cluster, system: str, jobs: str, image: str) -> Release:
+    """The chart with the built operator image, on the real node, watching `jobs`."""
+    repository, _, tag = image.rpartition(":")
+    values: dict[str, Any] = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "watchNamespaces": [jobs],
+        "operator": {"defaultImage": TRAINER_IMAGE, "resyncSeconds": 10, "logFormat": "text"},
+        **LOCAL_NODE,
+    }
+    return Release(
+        cluster, name=f"fto-{system.rsplit('-', 1)[-1]}", namespace=system, watched=jobs,
+        values=values,
+    )  # fmt: skip
+
+
+def qa_rows(count: int) -> str:
+    rows = [
+        {"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(count)
+    ]
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def cpu_job(
+    name: str, model: str, data: str, bucket: Bucket, secret: str, *, steps: int,
+    save_steps: int, log_every: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A LoRA FineTuneJob of the tiny model on the real node's CPU, in and out of MinIO."""
+    return {
+        "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": model},
+            "dataset": {"train": {"uri": data}, "format": "qa", "maxSeqLength": 64},
+            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16}},
+            "training": {"maxSteps": steps, "batchSize": 4, "learningRate": 1e-2,
+                         "device": "cpu", "seed": 7},
+            "evaluation": {"strategy": "no"},
+            # Reports every 2 s (not 15): a run of seconds shows its progress half-way.
+            "logging": {"steps": log_every, "statusIntervalSeconds": 2},
+            "output": {"uri": f"s3://{bucket.name}/{name}", "saveSteps": save_steps,
+                       "s3": bucket.s3_spec(secret)},
+            "resources": {"gpusPerNode": 0, **POD_RESOURCES, **LOCAL_NODE},
+        },
+    }  # fmt: skip
+
+
+def pod_logs(release: Release, name: str) -> str:
+    """What the job's pods said (for a failure message)."""
+    return release.cluster.kubectl(
+        "logs", "-n", release.watched, "-l", f"finetune.dev/job-name={name}", "--tail=60",
+        "--prefix", check=False,
+    )[-6000:]  # fmt: skip
+
+
+def tiny_cpu_job(
+    release: Release, bucket: Bucket, tmp_path: Path, name: str, *, data: str | None = None,
+    steps: int, save_steps: int, log_every: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The tiny model and the data (`data`, else 64 QA rows) in the bucket, its Secret in the
+    jobs' namespace, and cpu_job's manifest over them (not created yet)."""
+    model = bucket.put_dir(save_tiny_model("llama", tmp_path / "tiny-llama"), "models/tiny")
+    data_uri = bucket.put_text("data/qa.jsonl", qa_rows(64) if data is None else data)
+    secret = bucket.credentials_secret(release.watched, f"s3-{bucket.name}")
+    return cpu_job(name, model, data_uri, bucket, secret, steps=steps, save_steps=save_steps,
+                   log_every=log_every)  # fmt: skip
+
+
+def job_pods(release: Release, name: str) -> list[dict[str, Any]]:
+    """The FineTuneJob's pods (every attempt's), as `kubectl get -o json` items."""
+    out = release.cluster.kubectl(
+        "get", "pods", "-n", release.watched, "-l", f"finetune.dev/job-name={name}", "-o", "json"
+    )
+    return list(json.loads(out)["items"])
+
+
+def training_pod(release: Release, name: str) -> dict[str, Any] | None:
+    """The job's running pod once its log shows a logged loss (training under way), for
+    `eventually`; fails at once when the job has ended."""
+    status = read_ftj(release.cluster, release.watched, name).get("status") or {}
+    assert status.get("phase") not in ("Failed", "Succeeded"), (
+        f"{status}\n{pod_logs(release, name)}"
+    )
+    running = [p for p in job_pods(release, name) if p["status"].get("phase") == "Running"]
+    if not running:
+        return None
+    log = release.cluster.kubectl(
+        "logs", "-n", release.watched, running[0]["metadata"]["name"], check=False
+    )
+    return running[0] if "{'loss'" in log else None
+
+
+def run_pod(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> tuple[Any, str]:
+    """Create the pod, wait for it to end: (the pod as it ended, its log)."""
+    core = client.CoreV1Api(cluster.api)
+    name = pod["metadata"]["name"]
+    core.create_namespaced_pod(namespace, pod)
+
+    def ended() -> Any:
+        found = core.read_namespaced_pod(name, namespace)
+        return found if found.status.phase in ("Succeeded", "Failed") else None
+
+    done = eventually(ended, timeout=120, what=f"pod {name} to end")
+    return done, core.read_namespaced_pod_log(name, namespace)

@@ -1,0 +1,243 @@
+"""The controller's own decisions, apart from the pure reconcile(): when it distrusts its
+cache and asks the API server (pods_behind: the operator restarted and the Job's watch event
+arrived before its pods'; a crash test found failures reported as BackoffLimitExceeded
+instead of their exit code that way), and how it refuses jobs before reconciling them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from ftapi import parse_job
+from ftoperator.children import build_children
+from ftoperator.config import Settings, settings_of, with_recorded
+from ftoperator.controller import Controller, pods_behind
+from ftoperator.kube import Kube
+from ftoperator.planner import CreateAttempt, DeleteSelf
+from fttestkit.builders import make_job
+
+
+def _job(active: int = 0, succeeded: int = 0, failed: int = 0, *, condition: str | None = None,
+         uncounted_failed: int = 0) -> dict[str, Any]:  # fmt: skip
+    status: dict[str, Any] = {"active": active, "succeeded": succeeded, "failed": failed}
+    if condition:
+        status["conditions"] = [{"type": condition, "status": "True"}]
+    if uncounted_failed:
+        status["uncountedTerminatedPods"] = {
+            "failed": [f"uid-{i}" for i in range(uncounted_failed)]
+        }
+    return {"status": status}
+
+
+def _pod(phase: str) -> dict[str, Any]:
+    return {"status": {"phase": phase}}
+
+
+@pytest.mark.parametrize(
+    ("job", "cached", "behind"),
+    [
+        (_job(), [], False),  # no pods yet, none known
+        (_job(active=2), [_pod("Running"), _pod("Running")], False),
+        (_job(active=2), [_pod("Running")], True),  # one pod's event is late
+        (_job(active=2), [], True),  # right after a restart: Job seen, pods not yet
+        (_job(failed=1, condition="Failed"), [], True),
+        (_job(failed=1, condition="Failed"), [_pod("Failed")], False),
+        (_job(active=1, condition="FailureTarget"), [_pod("Running")], True),  # failure not seen
+        (_job(uncounted_failed=1), [], True),
+        (_job(succeeded=2, condition="Complete"), [_pod("Succeeded"), _pod("Succeeded")], False),
+    ],
+    ids=["empty", "in-step", "one-late", "all-late", "failed-unseen", "failed-seen",
+         "failure-target", "uncounted", "complete"],
+)  # fmt: skip
+def test_pods_behind(job: dict[str, Any], cached: list[dict[str, Any]], behind: bool) -> None:
+    assert pods_behind(job, cached) is behind
+
+
+# --- refused jobs: the controller reads their TTL (found in review: they were never deleted) --
+
+
+def _controller(**settings: Any) -> Controller:
+    return Controller(cast(Kube, None), Settings(**settings))  # plan() never calls the API
+
+
+def _body(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {**manifest, "metadata": {**manifest["metadata"], "namespace": "ns", "generation": 1}}
+
+
+@pytest.mark.parametrize("ttl", [None, 0, 600])
+def test_a_spec_that_does_not_parse_is_refused_and_its_raw_ttl_applies(ttl: int | None) -> None:
+    job = make_job("odd").set("method.lora.notAField", 1)  # the CRD would prune it; an old one
+    if ttl is not None:
+        job.set("runPolicy.ttlSecondsAfterFinished", ttl)
+    parsed, plan = _controller().plan(("ns", "odd"), _body(job.obj()))
+    assert parsed is None
+    assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "InvalidSpec")
+    assert "notAField" in (plan.status.message or "")
+    assert plan.actions == ([DeleteSelf()] if ttl == 0 else [])
+    assert plan.requeue_after == (pytest.approx(600, abs=5) if ttl == 600 else None)
+
+
+def test_an_image_the_policy_refuses_fails_without_children_and_its_ttl_applies() -> None:
+    job = make_job("foreign").set("resources.image", "docker.io/x/trainer:1")
+    job.set("runPolicy.ttlSecondsAfterFinished", 0)
+    controller = _controller(allowed_registries=("registry.internal/ml/",))
+    parsed, plan = controller.plan(("ns", "foreign"), _body(job.obj()))
+    assert parsed is not None
+    assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "ImageNotAllowed")
+    assert plan.actions == [DeleteSelf()]  # and no CreateAttempt
+
+
+def test_the_image_policy_applies_to_every_attempt() -> None:
+    """A restart after the allow-list changed creates no new attempt from a refused image;
+    a Job that already runs is left alone."""
+    job = make_job("later").set("resources.image", "registry.internal/ml-sandbox/trainer:1")
+    controller = _controller(allowed_registries=("registry.internal/ml",))
+    body = _body(job.obj())
+    body["status"] = {"phase": "Restarting", "attempt": 1, "restarts": 1}
+    _, plan = controller.plan(("ns", "later"), body)
+    assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "ImageNotAllowed")
+    assert not any(type(a).__name__ == "CreateAttempt" for a in plan.actions)
+
+
+def test_the_first_attempt_records_the_operator_settings_and_restarts_keep_them() -> None:
+    job = make_job("pinned")
+    first = _controller(default_image="registry.internal/ml/trainer:1.0",
+                        default_s3_endpoint="http://minio.storage:9000")  # fmt: skip
+    _, plan = first.plan(("ns", "pinned"), _body(job.obj()))
+    assert any(isinstance(a, CreateAttempt) for a in plan.actions)
+    recorded = plan.status.settings
+    assert recorded is not None
+    assert (recorded.image, recorded.s3_endpoint) == (
+        "registry.internal/ml/trainer:1.0", "http://minio.storage:9000",
+    )  # fmt: skip
+    # After an operator upgrade with new defaults, a restart runs what the job started with.
+    upgraded = _controller(default_image="registry.internal/ml/trainer:2.0",
+                           default_s3_endpoint="http://ceph.storage:7480")  # fmt: skip
+    used = with_recorded(upgraded.settings, recorded)
+    children = build_children(parse_job(job.obj()), attempt=1, settings=used)
+    (container,) = children.job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.internal/ml/trainer:1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.storage:9000"
+    body = _body(job.obj())
+    body["status"] = {**plan.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+                      "phase": "Restarting", "attempt": 1, "restarts": 1}  # fmt: skip
+    _, restart = upgraded.plan(("ns", "pinned"), body)
+    assert restart.status.settings == recorded  # never overwritten
+
+
+# --- a new job's first status waits for its pods (controller.py's docstring) ------------------
+
+
+@pytest.mark.parametrize(
+    ("spec_endpoint", "default_endpoint", "recorded_endpoint"),
+    [(None, "http://minio.storage:9000", "http://minio.storage:9000"),
+     (None, None, None),
+     # The spec's own endpoint: the default was not given to the pods (and does not matter).
+     ("http://own:9000", "http://minio.storage:9000", None)],
+    ids=["default-endpoint", "no-endpoint", "own-endpoint"],
+)  # fmt: skip
+def test_the_settings_a_job_was_made_with_are_read_back_from_it(
+    spec_endpoint: str | None, default_endpoint: str | None, recorded_endpoint: str | None
+) -> None:
+    job = make_job("made")
+    if spec_endpoint:
+        job.set("output.s3", {"endpoint": spec_endpoint})
+    settings = Settings(default_image="registry.internal/ml/trainer:1.0",
+                        default_s3_endpoint=default_endpoint)  # fmt: skip
+    batch_job = build_children(parse_job(job.obj()), attempt=0, settings=settings).job
+    used = settings_of(batch_job)
+    assert used is not None
+    assert (used.image, used.s3_endpoint) == ("registry.internal/ml/trainer:1.0", recorded_endpoint)
+    # What a later attempt made with them runs the same image against the same storage.
+    again = build_children(
+        parse_job(job.obj()), attempt=1, settings=with_recorded(Settings(), used)
+    )
+    assert _trainer(again.job)["image"] == _trainer(batch_job)["image"]
+    assert _env(again.job).get("AWS_ENDPOINT_URL_S3") == _env(batch_job).get("AWS_ENDPOINT_URL_S3")
+    assert settings_of({"spec": {"template": {"spec": {"containers": []}}}}) is None
+
+
+def _trainer(batch_job: dict[str, Any]) -> dict[str, Any]:
+    (container,) = batch_job["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _env(batch_job: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in _trainer(batch_job)["env"]}
+
+
+def test_a_job_whose_first_status_was_never_written_records_what_its_job_runs() -> None:
+    """The operator died after creating attempt 0, before its held first status, and came
+    back with another default image: the status records the image the Job runs."""
+    job = make_job("orphan")
+    old = Settings(default_image="registry.internal/ml/trainer:1.0")
+    batch_job = build_children(parse_job(job.obj()), attempt=0, settings=old).job
+    batch_job["metadata"]["uid"] = "job-uid"
+    body = _body(job.obj())
+    body["metadata"]["uid"] = "ftj-uid"
+    batch_job["metadata"]["ownerReferences"] = [{"uid": "ftj-uid", "controller": True}]
+    restarted = _controller(default_image="registry.internal/ml/trainer:2.0")
+    restarted.cache.observe_child("Job", ("ns", "orphan"), batch_job["metadata"]["name"], batch_job)
+    _, plan = restarted.plan(("ns", "orphan"), body)
+    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    assert plan.status.settings is not None
+    assert plan.status.settings.image == "registry.internal/ml/trainer:1.0"
+
+
+def _held_pass(controller: Controller, stored: dict[str, Any], plan: Any) -> bool:
+    planned = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return controller._hold(("ns", "new"), stored, plan, planned)
+
+
+def test_a_new_jobs_pending_status_is_held_until_its_grace_ends() -> None:
+    async def run() -> None:
+        controller = _controller()
+        controller.first_status_grace_seconds = 0.2
+        body = _body(make_job("new").obj())
+        _, plan = controller.plan(("ns", "new"), body)
+        assert plan.status.phase == "Pending" and any(
+            isinstance(a, CreateAttempt) for a in plan.actions
+        )
+        assert _held_pass(controller, {}, plan)  # the first pass: held
+        # The next passes plan from the held status (attempt, settings, conditions)...
+        held = controller._with_held_status(("ns", "new"), body)
+        assert held["status"]["settings"]["image"] == plan.status.settings.image  # type: ignore[union-attr]
+        assert {c["type"] for c in held["status"]["conditions"]} >= {"ResourcesCreated"}
+        assert _held_pass(controller, {}, plan)  # still within the grace
+        # Its Events wait with it; "Created" is left out when the status is Running.
+        held_events = controller._held[("ns", "new")]
+        assert [e.reason for e in held_events.events] == ["Created"]  # once, not per pass
+        assert held_events.events_to_tell("Running") == []
+        assert [e.reason for e in held_events.events_to_tell("Pending")] == ["Created"]
+        await asyncio.sleep(0.25)
+        assert not _held_pass(controller, {}, plan)  # the grace is over: written
+        # Something stored meanwhile (another operator's write) wins over what is held.
+        stored = {**body, "status": {"phase": "Running"}}
+        assert controller._with_held_status(("ns", "new"), stored) is stored
+        assert ("ns", "new") not in controller._held
+
+    asyncio.run(run())
+
+
+def test_only_a_new_jobs_plain_pending_is_held() -> None:
+    async def run() -> None:
+        controller = _controller()
+        body = _body(make_job("new").obj())
+        _, plan = controller.plan(("ns", "new"), body)
+        assert not _held_pass(controller, {"phase": "Pending"}, plan)  # a status is stored
+        blocked = plan.status.model_copy(deep=True)
+        blocked.message = "pod new-0-0 cannot be scheduled: 0/3 nodes are available"
+        assert not _held_pass(controller, {}, type(plan)(status=blocked))  # a reason: now
+        restart = plan.status.model_copy(deep=True)
+        restart.attempt = 1
+        assert not _held_pass(controller, {}, type(plan)(status=restart))  # status first
+        failed = plan.status.model_copy(deep=True)
+        failed.phase = "Failed"
+        assert not _held_pass(controller, {}, type(plan)(status=failed))
+        controller.first_status_grace_seconds = 0
+        assert not _held_pass(controller, {}, plan)  # --first-status-grace-seconds 0
+
+    asyncio.run(run())

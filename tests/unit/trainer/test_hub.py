@@ -1,0 +1,93 @@
+"""output.pushToHub error paths (no Hub is reachable here): the token is required before
+training starts, and neither an unreachable endpoint nor a refusal leaks it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from ftapi import parse_job
+from fttestkit.builders import make_job
+
+SECRET = "hf_not_a_real_token_0123456789"
+PUSH = """
+import sys
+from pathlib import Path
+from ftapi.v1alpha1 import PushToHub
+from fttrainer.hub import HubError, push_to_hub
+try:
+    push_to_hub(PushToHub(repoId="team/model"), Path(sys.argv[1]), commit_message="m")
+except HubError as error:
+    print("HubError:", error)
+"""
+
+
+def _push(folder: Path, endpoint: str, **env: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "FINETUNE_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", PUSH, str(folder)],
+        env={**environ, "HF_ENDPOINT": endpoint, **env},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return result.stdout + result.stderr
+
+
+class _Refuse(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.send_response(401)
+        self.end_headers()
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_hub() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "adapter_config.json").write_text("{}")
+    return tmp_path
+
+
+def test_no_token_is_a_clear_error(folder: Path) -> None:
+    output = _push(folder, "http://127.0.0.1:9")
+    assert "HubError: output.pushToHub needs a token with write access" in output
+
+
+def test_unreachable_hub_names_the_endpoint_not_the_token(folder: Path) -> None:
+    output = _push(folder, "http://127.0.0.1:9", FINETUNE_HUB_PUSH_TOKEN=SECRET)
+    assert "HubError: pushToHub team/model: cannot reach http://127.0.0.1:9" in output
+    assert SECRET not in output
+
+
+def test_refused_push_says_what_the_hub_answered(folder: Path, refusing_hub: str) -> None:
+    output = _push(folder, refusing_hub, HF_TOKEN=SECRET)
+    assert "HubError: pushToHub team/model: the Hub answered 401" in output
+    assert SECRET not in output
+
+
+def test_recipe_refuses_to_start_without_a_push_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fttrainer.hub import HubError
+    from fttrainer.recipe import Recipe
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("FINETUNE_HUB_PUSH_TOKEN", raising=False)
+    push = {"repoId": "team/model", "tokenSecretRef": {"name": "hub", "key": "token"}}
+    job = parse_job(make_job().set("output.pushToHub", push).obj())
+    with pytest.raises(HubError, match="needs a token"):
+        Recipe(job, Path("/nonexistent"))
