@@ -12,7 +12,7 @@ FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
 # kubernetes wrapper's module versions) find most of their packages compiled; helm next,
 # which the tests without a cluster need. The control plane's components come first
 # (FTO_CONTROL_PLANE: all that the integration tier needs), then the real node's and the
-# image builder's (FTO_NODE_COMPONENTS: hack/node-up.sh, hack/images.sh), then the platform
+# image builder's (FTO_NODE_COMPONENTS: hack/node.sh, hack/images.sh), then the platform
 # the serial integration tests and the operator benchmark run beside the operator
 # (FTO_PLATFORM: Kueue; Kubeflow Trainer and JobSet, the benchmark's peer).
 FTO_CONTROL_PLANE=(kubernetes helm kwok etcd minio)
@@ -22,6 +22,16 @@ FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}" "${FTO_PLA
 # Components whose wrapper modules are aligned with hack/modules/kubernetes (their builds
 # wait for it when it is being built elsewhere).
 FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns kueue kubeflow)
+
+# node_left_out_reason UID FTO_NODE: why a run has no real node (and so no images and no
+# e2e tier), empty when it has one. Said at the start and the end of `make test`.
+node_left_out_reason() {
+  if [[ $1 -ne 0 ]]; then
+    echo "not root (the kubelet, containerd, runc and the node's iptables rules need it)"
+  elif [[ "${2:-auto}" == 0 ]]; then
+    echo "FTO_NODE=0"
+  fi
+}
 
 component_version() {
   case "$1" in

@@ -9,21 +9,23 @@
 #   fto-br0       a Linux bridge with NODE_HOST_IP; pods get 10.244.0.0/24 behind it (CNI
 #                 bridge + host-local). The API server and MinIO listen on NODE_HOST_IP
 #                 (not 0.0.0.0), so pods reach them and nothing outside the machine does.
-#   routes        `unreachable` routes for the whole pod range (10.244.0.0/16) and the
-#                 Service range: a packet for an address no pod or kube-proxy rule owns is
-#                 refused here instead of following the default route off the machine.
+#   routes        `unreachable` routes for the whole pod range (10.244.0.0/16), kwok's fake
+#                 pods' range (10.245.0.0/16) and the Service range: a packet for an address
+#                 no pod or kube-proxy rule owns is refused here instead of following the
+#                 default route off the machine.
 #   FTO-FORWARD   pods may talk to pods; anything a pod sends to another interface (the
 #                 internet) and anything forwarded into the pods from outside is dropped.
 #                 No masquerade (the CNI plugin's ipMasq is off).
 #   FTO-INPUT     pods may reach the host only on the API server's, MinIO's and DNS ports.
 # Cgroups: this machine's kernel mounts every controller in cgroup v1 (cgroup2 has none), so
-# the kubelet runs with failCgroupV1: false and the cgroupfs driver (docs/operations.md).
+# the kubelet runs with failCgroupV1: false and the cgroupfs driver (hack/README.md, "Cgroups").
 
 NODE_NAME=fto-node
 NODE_BRIDGE=fto-br0
 NODE_HOST_IP=10.244.0.1
 NODE_POD_CIDR=10.244.0.0/24
 CLUSTER_POD_CIDR=10.244.0.0/16
+KWOK_POD_CIDR=10.245.0.0/16  # hack/kwok/kwok.yaml's cidr: fake pods never share a real one's address
 NODE_TAINT=finetune.dev/local-node
 NODE_POOL_LABEL=finetune.dev/pool=local
 # Runtime state (sockets, container state): one node per machine, short socket paths.
@@ -93,6 +95,7 @@ node_network() {
   ip addr replace "$NODE_HOST_IP/24" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   ip route replace unreachable "$CLUSTER_POD_CIDR"
+  ip route replace unreachable "$KWOK_POD_CIDR"
   ip route replace unreachable "$SERVICE_CIDR"
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1
@@ -121,6 +124,7 @@ node_network_down() {
     iptables -w -X "$ch" 2>/dev/null || true
   done
   ip route del unreachable "$CLUSTER_POD_CIDR" 2>/dev/null || true
+  ip route del unreachable "$KWOK_POD_CIDR" 2>/dev/null || true
   ip route del unreachable "$SERVICE_CIDR" 2>/dev/null || true
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
   rm -f "$NODE_OWNER"
@@ -422,6 +426,11 @@ node_up() {
   start_coredns
 }
 
+# shim_pattern SOCKET: the `pkill -f` pattern of every runc shim of the containerd at SOCKET,
+# whatever the namespace (k8s.io, BuildKit's): containerd starts them as
+# `containerd-shim-runc-v2 -namespace NS -id ID -address SOCKET`.
+shim_pattern() { echo "containerd-shim-runc-v2 .*-address $1( |\$)"; }
+
 # Stop the node's processes and what they leave behind: the pods' processes (their cgroups),
 # the containerd shims, mounts under the kubelet's directory and the pods' network namespaces.
 node_down() {
@@ -434,7 +443,10 @@ node_down() {
   procs="$(cat /sys/fs/cgroup/pids/kubepods/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/cgroup.procs \
     /sys/fs/cgroup/pids/kubepods/*/*/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/*/*/cgroup.procs 2>/dev/null || true)"
   for pid in $procs; do kill -KILL "$pid" 2>/dev/null || true; done
-  pkill -KILL -f "containerd-shim-runc-v2 -namespace k8s.io -address $CONTAINERD_SOCK" 2>/dev/null || true
+  local shims
+  shims="$(shim_pattern "$CONTAINERD_SOCK")"
+  pkill -KILL -f "$shims" 2>/dev/null || true
+  for _ in $(seq 1 50); do pgrep -f "$shims" >/dev/null || break; sleep 0.1; done
   stop_proc containerd 30
   local d="$NODE_STATE"
   grep -oE " ($d/kubelet|$NODE_RUN)[^ ]*" /proc/self/mounts | sort -r | while read -r m; do

@@ -46,8 +46,14 @@ PYTEST_COMMON=(-p no:cacheprovider --durations=15 "${EXTRA[@]}")
 KEEP_CLUSTER="${FTO_KEEP_CLUSTER:-}"
 export FTO_KEEP_CLUSTER=1
 # The real node: on unless FTO_NODE=0 (hack/node.sh), and then the e2e tier must run.
+LEFT_OUT="$(node_left_out_reason "$EUID" "${FTO_NODE:-auto}")"
 NODE=1
-[[ "${FTO_NODE:-auto}" == 0 || $EUID -ne 0 ]] && NODE=0
+[[ -n "$LEFT_OUT" ]] && NODE=0
+# left_out: says, first and last, what this run does not test and why (never silently).
+left_out() {
+  [[ -n "$LEFT_OUT" ]] || return 0
+  echo "make test: the real node, both images and the e2e tier are LEFT OUT: $LEFT_OUT" >&2
+}
 
 # step NAME COMMAND...: runs it, appends "lane|name|start|seconds|rc" to the timing file.
 step() {
@@ -106,7 +112,11 @@ tools_lane() {
     fi
   fi
   if [[ $had_cluster == 0 && -z "$KEEP_CLUSTER" ]]; then
-    step "cluster down" hack/cluster-down.sh >/dev/null || rc=1
+    # The run's cluster goes with it: its etcd holds what the tests left (a namespace still
+    # terminating, its FineTuneJobs "Running"), which the next cluster-up would bring back.
+    # The components' logs stay with the run's.
+    cp -r "$FTO_STATE/logs" "$LOGS/cluster-logs" 2>/dev/null || true
+    step "cluster down" hack/cluster-down.sh --purge >/dev/null || rc=1
   fi
   return "$rc"
 }
@@ -156,6 +166,7 @@ touch "$LOGS/t0"
 sample_cpu &
 sampler_pid=$!
 echo "make test: logs in $LOGS; the tools lane's log is printed when it ends"
+left_out
 tools_lane >"$LOGS/tools.log" 2>&1 &
 tools_pid=$!
 # The tools lane is the critical path (Go builds, then the integration tier, whose leases
@@ -191,6 +202,7 @@ for info in "${FTO_CACHE:-$HOME/.cache/finetune-operator}"/*/build-info.txt; do
   awk -F= '/^component=/{c=$2} /^build_seconds=/{s=$2} /maxrss_kb/{u=$0; sub(/.*cpu_user_s=/, "", u); sub(/ .*/, "", u)}
     END { printf "go build: %-11s %5ss wall, %6ss user CPU\n", c, s, u }' "$info"
 done
+left_out
 if [[ $checks_rc != 0 || $tools_rc != 0 ]]; then
   echo "make test: FAILED (see the steps with a non-zero exit above)" >&2
   exit 1

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tests.e2e.conftest import LOCAL_NODE, TRAINER_IMAGE, run_pod
-from tests.integration.conftest import Cluster
+from fttestkit.cluster import Cluster
+from tests.e2e.realnode import LOCAL_NODE, TRAINER_IMAGE, run_pod
 
 PROBE = r"""
 import json, socket, sys
@@ -67,6 +67,7 @@ def test_a_pod_reaches_the_cluster_and_nothing_beyond_this_machine(
         "minio": [s3.hostname, s3.port],
         "the internet": ["1.1.1.1", 443],
         "a pod address nobody has": ["10.244.3.3", 80],
+        "a fake (kwok) pod's address": ["10.245.3.3", 80],
         "a Service address nobody has": ["10.96.203.203", 443],
         "the host's kubelet port": [apiserver.hostname, int(ports(cluster)["KUBELET_PORT"])],
     }
@@ -93,8 +94,8 @@ def test_a_pod_reaches_the_cluster_and_nothing_beyond_this_machine(
     result = json.loads(line.removeprefix("RESULT "))
     assert result["apiserver via its Service"] == "connected", result  # DNS, kube-proxy
     assert result["minio"] == "connected", result
-    for refused in ("the internet", "a pod address nobody has", "a Service address nobody has",
-                    "the host's kubelet port"):  # fmt: skip
+    for refused in ("the internet", "a pod address nobody has", "a fake (kwok) pod's address",
+                    "a Service address nobody has", "the host's kubelet port"):  # fmt: skip
         assert result[refused] != "connected", (refused, result)
     assert result["resolve pypi.org"] != "resolved", result  # no forwarding DNS
     # The SYN to the internet was dropped here, by our rule (not merely unanswered), and so

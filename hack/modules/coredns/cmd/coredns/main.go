@@ -1,5 +1,5 @@
 // Command coredns is the local cluster's DNS server: CoreDNS with only the plugins a
-// cluster's DNS needs (hack/node-up.sh writes its Corefile). CoreDNS's own binary compiles
+// cluster's DNS needs (hack/node.sh writes its Corefile). CoreDNS's own binary compiles
 // every plugin, the cloud DNS SDKs included; this is CoreDNS's documented way to build
 // a smaller one (a main that sets dnsserver.Directives and imports the plugins it lists).
 package main
