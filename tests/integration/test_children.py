@@ -21,6 +21,7 @@ from fttestkit.cluster import Cluster, eventually, read_job
 from fttestkit.finetunejobs import (
     LONG_RUN,
     create_ftj,
+    find_ftj,
     long_running_job,
     report_progress,
     status_of,
@@ -172,12 +173,7 @@ def test_a_job_recreated_over_orphaned_children_does_not_take_them_over(
     )
     # The garbage collector orphans the children before it lets the old object go: wait
     # until it is gone, as a user's create would have to.
-    eventually(
-        lambda: _absent(
-            lambda: _custom(cluster).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        ),
-        what="the deleted FineTuneJob gone",
-    )
+    eventually(lambda: find_ftj(cluster, ns, name) is None, what="the deleted FineTuneJob gone")
     _apply(cluster, ns, _manifest(name))
     status = _wait(cluster, ns, name, operator, "Failed")
     assert status["failureReason"] == "ChildConflict", status

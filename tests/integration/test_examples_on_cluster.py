@@ -17,11 +17,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ftapi import parse_job
-from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.children import LABEL_JOB
 from ftoperator.config import Settings, gpu_resource_of
 from ftoperator.policy import local_paths
 from fttestkit.cluster import Cluster, eventually, read_job
+from fttestkit.finetunejobs import create_ftj, status_of
 from fttestkit.operator import Operator
 from fttestkit.paths import REPO
 
@@ -88,12 +88,10 @@ def test_example_runs_on_the_cluster(
     job = parse_job(manifest)
     name = job.name
     resources = job.spec.resources
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, manifest
-    )
+    create_ftj(cluster, ns, manifest)
     if local_paths(job):  # a local-run example (quickstart-cpu): refused, nothing created
         status = eventually(
-            lambda: (s := _status(cluster, ns, name)).get("phase") == "Failed" and s,
+            lambda: (s := status_of(cluster, ns, name)).get("phase") == "Failed" and s,
             what=f"{name} refused",
         )  # fmt: skip
         assert status["failureReason"] == "LocalPath", status
@@ -122,16 +120,8 @@ def test_example_runs_on_the_cluster(
         for key, value in resources.node_selector.items():
             assert labels.get(key) == value
     status = eventually(
-        lambda: (s := _status(cluster, ns, name)).get("phase") in ("Succeeded", "Failed") and s,
+        lambda: (s := status_of(cluster, ns, name)).get("phase") in ("Succeeded", "Failed") and s,
         timeout=120, what=f"{name} finished",
     )  # fmt: skip
     assert status["phase"] == "Succeeded", (status, operator.log())
     assert status["modelUri"].startswith(job.spec.output.uri.rstrip("/"))
-
-
-def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    found = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, name
-    )
-    status: dict[str, Any] = found.get("status") or {}
-    return status

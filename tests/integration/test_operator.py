@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from ftapi import contract, parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
@@ -23,7 +22,14 @@ from ftapi.progress import ProgressReport
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually, read_job
-from fttestkit.finetunejobs import create_ftj, read_ftj, report_progress, status_of, wait_phase
+from fttestkit.finetunejobs import (
+    create_ftj,
+    find_ftj,
+    read_ftj,
+    report_progress,
+    status_of,
+    wait_phase,
+)
 from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
@@ -292,14 +298,9 @@ def test_ttl_deletes_a_finished_job_and_its_children(
     name = "short-lived"
     _apply(cluster, ns, _manifest(name, runPolicy={"ttlSecondsAfterFinished": 2}))
     _wait_phase(cluster, ns, name, "Succeeded", operator)
-    api = client.CustomObjectsApi(cluster.api)
 
     def gone() -> bool:
-        try:
-            api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        except ApiException as error:
-            return error.status == 404
-        return False
+        return find_ftj(cluster, ns, name) is None
 
     eventually(gone, timeout=30, what="the FineTuneJob deleted by its TTL")
     # Garbage collection follows the owner references.

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
-from ftapi.constants import GROUP, PLURAL, VERSION
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually, fresh_namespace
+from fttestkit.finetunejobs import create_ftj, phase_is
 from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
@@ -40,12 +39,10 @@ def _leads(operator: Operator) -> bool:
 
 def _run_job(cluster: Cluster, ns: str, name: str, leader: Operator) -> None:
     manifest = make_job(name).set("resources", {"gpusPerNode": 1}).obj()
-    api = client.CustomObjectsApi(cluster.api)
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
+    create_ftj(cluster, ns, manifest)
 
     def succeeded() -> bool:
-        status = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status")
-        return bool(status) and status.get("phase") == "Succeeded"
+        return phase_is(cluster, ns, name, "Succeeded") is not None
 
     try:
         eventually(succeeded, timeout=90, what=f"{name} Succeeded")

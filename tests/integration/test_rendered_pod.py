@@ -33,8 +33,8 @@ import yaml
 from kubernetes import client
 
 from ftapi import contract
-from ftapi.constants import GROUP, PLURAL, VERSION
 from fttestkit.cluster import Cluster, eventually
+from fttestkit.finetunejobs import create_ftj, status_of
 from fttestkit.kubeconfig import write_pod_identity
 from fttestkit.operator import Operator
 from fttestkit.ports import free_port
@@ -101,9 +101,7 @@ def test_the_rendered_pod_trains_and_reports_to_status(
                 "finetune.dev/kwok-run-duration": "600s"}},
         },
     }  # fmt: skip
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, manifest
-    )
+    create_ftj(cluster, ns, manifest)
     batch = client.BatchV1Api(cluster.api)
     job = eventually(
         lambda: batch.list_namespaced_job(ns, label_selector=f"finetune.dev/job-name={name}").items,
@@ -156,12 +154,11 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="out/")
     keys = {o["Key"] for o in listed.get("Contents", [])}
     assert "out/result.json" in keys and "out/final/adapter_model.safetensors" in keys
-    # The trainer's reports reached the FineTuneJob's status through the operator.
-    api = client.CustomObjectsApi(cluster.api)
 
+    # The trainer's reports reached the FineTuneJob's status through the operator.
     def reported() -> dict[str, Any] | None:
-        status = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status")
-        progress = (status or {}).get("progress") or {}
+        status = status_of(cluster, ns, name)
+        progress = status.get("progress") or {}
         return status if progress.get("step") == STEPS else None
 
     status = eventually(reported, timeout=60, what="the trainer's last report in status")
