@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stop everything hack/cluster-up.sh started, by the PIDs it recorded in the state dir.
-# Waits for each process to exit (SIGTERM, then SIGKILL after a timeout) and checks that
-# none of the cluster's ports is still listening.
+# Stop everything hack/cluster-up.sh started, by the PIDs it recorded in the state dir
+# (lib.sh's stop_procs: SIGTERM, then SIGKILL after a timeout; node.sh's node_down for the
+# real node) and check that none of the cluster's ports is still listening.
 #
 # Usage: hack/cluster-down.sh [--purge]
 #   --purge   also delete the state dir (etcd data, S3 data, certificates, logs)
@@ -10,8 +10,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-STATE="$FTO_STATE"
-PIDS="$STATE/pids"
+use_state "$FTO_STATE"
+# shellcheck source=node.sh
+source "$HACK_DIR/node.sh"
 purge=0
 for a in "$@"; do
   case "$a" in
@@ -27,49 +28,21 @@ if [[ ! -d "$STATE" ]]; then
 fi
 
 
-# Reverse start order: clients first, etcd last. All get SIGTERM together per group.
-# The real node first (its pods, shims and mounts), its network last.
+# The real node first (its pods, shims and mounts), its network last; then the control
+# plane in reverse start order: clients first, etcd last, each group stopped together.
 node=0
-if [[ $EUID -eq 0 && "$(cat /run/fto-node/owner 2>/dev/null)" == "$STATE" ]]; then
+if [[ $EUID -eq 0 ]] && owns_node; then
   node=1
-  "$HACK_DIR/cluster-up.sh" node-down || log "stopping the real node failed (see above)"
+  load_ports
+  node_down || log "stopping the real node failed (see above)"
 fi
-groups=("kwok kube-scheduler kube-controller-manager" "kube-apiserver" "etcd minio")
-for group in "${groups[@]}"; do
-  declare -A waiting=()
-  for n in $group; do
-    if pid="$(pid_of "$n")"; then
-      kill -TERM "$pid" 2>/dev/null || true
-      waiting[$n]=$pid
-      log "$n: SIGTERM sent (pid $pid)"
-    fi
-    rm -f "$PIDS/$n.pid"
-  done
-  deadline=$((SECONDS + 30))
-  while [[ ${#waiting[@]} -gt 0 ]]; do
-    for n in "${!waiting[@]}"; do
-      if ! kill -0 "${waiting[$n]}" 2>/dev/null; then
-        log "$n: stopped"
-        unset "waiting[$n]"
-      fi
-    done
-    [[ ${#waiting[@]} -eq 0 ]] && break
-    if ((SECONDS >= deadline)); then
-      for n in "${!waiting[@]}"; do
-        log "$n: did not stop within 30s, sending SIGKILL"
-        kill -KILL "${waiting[$n]}" 2>/dev/null || true
-      done
-      sleep 1
-      break
-    fi
-    sleep 0.2
-  done
-  unset waiting
-done
+stop_procs 30 kwok kube-scheduler kube-controller-manager
+stop_procs 30 kube-apiserver
+stop_procs 30 etcd minio
 
 # Nothing of ours may still listen.
 if [[ -f "$STATE/ports.env" ]]; then
-  source "$STATE/ports.env"
+  load_ports
   busy=()
   for p in "${ETCD_PORT:-}" "${ETCD_PEER_PORT:-}" "${APISERVER_PORT:-}" "${KCM_PORT:-}" "${SCHED_PORT:-}" "${S3_PORT:-}" "${S3_CONSOLE_PORT:-}"; do
     [[ -n "$p" ]] || continue
@@ -86,7 +59,7 @@ if [[ -f "$STATE/ports.env" ]]; then
 fi
 
 if [[ $node == 1 ]]; then
-  "$HACK_DIR/cluster-up.sh" network-down
+  node_network_down
 fi
 
 if [[ $purge == 1 ]]; then

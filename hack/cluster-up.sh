@@ -10,7 +10,6 @@
 #   hack/cluster-up.sh restart-apiserver --with-clients
 #                                         ... and then restart controller-manager, scheduler, kwok
 #   hack/cluster-up.sh status             show what runs (exit 1 if something is down)
-#   hack/cluster-up.sh node-down          stop the real node (hack/cluster-down.sh calls it)
 #   hack/cluster-up.sh builder            only containerd + BuildKit (hack/images.sh calls it)
 #
 # Environment:
@@ -31,14 +30,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 require_cmds openssl curl ss setsid flock base64 awk
-STATE="$FTO_STATE"
-TIMEOUT="${FTO_UP_TIMEOUT:-120}"
-PKI="$STATE/pki"
-LOGS="$STATE/logs"
-PIDS="$STATE/pids"
-KCFGS="$STATE/kubeconfigs"
-SERVICE_CIDR=10.96.0.0/16
-KUBERNETES_SVC_IP=10.96.0.1
+use_state "$FTO_STATE"
 S3_REGION=us-east-1
 # shellcheck source=node.sh
 source "$HACK_DIR/node.sh"
@@ -47,153 +39,13 @@ HOST_IP="$(host_ip)"
 K_APISERVER="$(fto_bin kube-apiserver)"
 K_KCM="$(fto_bin kube-controller-manager)"
 K_SCHED="$(fto_bin kube-scheduler)"
-KUBECTL="$(fto_bin kubectl)"
 ETCD="$(fto_bin etcd)"
 KWOK="$(fto_bin kwok)"
 MINIO="$(fto_bin minio)"
 
-# ---------------------------------------------------------------- processes
-
-
-start_proc() { # name binary args... (env vars for the process must already be exported)
-  local name="$1" bin="$2"; shift 2
-  if pid_of "$name" >/dev/null; then
-    log "$name: already running (pid $(pid_of "$name"))"
-    return 0
-  fi
-  mkdir -p "$LOGS" "$PIDS"
-  [[ -f "$LOGS/$name.log" ]] && mv -f "$LOGS/$name.log" "$LOGS/$name.log.prev"
-  # setsid: own session, so the caller's Ctrl-C / process-group kill does not take it down;
-  # all fds redirected, so callers that capture our output do not hang on the daemon.
-  # 8>&-: the daemon must not inherit the lock fd, or it would hold the lock forever.
-  setsid "$bin" "$@" </dev/null >"$LOGS/$name.log" 2>&1 8>&- &
-  local pid=$!
-  echo "$pid" >"$PIDS/$name.pid"
-  echo "$bin" >"$PIDS/$name.bin"
-  log "$name: started (pid $pid, log $LOGS/$name.log)"
-  STARTED+=("$name")
-}
-
-stop_proc() { # name [timeout]
-  local name="$1" t="${2:-30}" pid i
-  pid="$(pid_of "$name")" || { rm -f "$PIDS/$name.pid"; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < t * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name: still alive after ${t}s, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.5
-  fi
-  rm -f "$PIDS/$name.pid"
-}
-
-fail_with_log() { # name message
-  log "ERROR: $2"
-  if [[ -f "$LOGS/$1.log" ]]; then
-    echo "----- last 40 lines of $LOGS/$1.log -----" >&2
-    tail -n 40 "$LOGS/$1.log" >&2
-    echo "-----" >&2
-  fi
-  exit 1
-}
-
-wait_until() { # name description timeout command...
-  local name="$1" what="$2" t="$3"; shift 3
-  local deadline=$((SECONDS + t))
-  until "$@" >/dev/null 2>&1; do
-    # kill -0 on the PID we started, not pid_of: right after the fork, before setsid execs
-    # the binary, its command line is still this script's (seen under load: a kubelet that
-    # was starting fine reported as exited).
-    if [[ "$name" != - ]] && ! kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null || echo none)" 2>/dev/null; then
-      fail_with_log "$name" "$name exited while waiting for: $what"
-    fi
-    if ((SECONDS >= deadline)); then
-      fail_with_log "$name" "timed out after ${t}s waiting for: $what"
-    fi
-    sleep 0.5
-  done
-}
-
-# ---------------------------------------------------------------- ports
-
-port_free() { ! ss -Hltn "( sport = :$1 )" 2>/dev/null | grep -q .; }
-
-pick_port() { # VAR: set VAR to a free port below the ephemeral range (32768+), so outgoing
-  # connections never take it; never one already picked for another component
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 10000))
-    if port_free "$p" && [[ " ${PICKED[*]:-} " != *" $p "* ]]; then
-      PICKED+=("$p")
-      printf -v "$1" '%s' "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-setup_ports() {
-  local names=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT S3_PORT S3_CONSOLE_PORT
-    KUBELET_PORT KUBELET_HEALTHZ_PORT KUBE_PROXY_HEALTHZ_PORT KUBE_PROXY_METRICS_PORT
-    COREDNS_READY_PORT COREDNS_HEALTH_PORT) n changed=0
-  PICKED=()
-  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
-  for n in "${names[@]}"; do [[ -n "${!n:-}" ]] && PICKED+=("${!n}"); done
-  for n in "${names[@]}"; do
-    if [[ -z "${!n:-}" ]]; then
-      pick_port "$n"; changed=1
-    fi
-  done
-  # A port taken by someone else while we were down: pick another one (the kubeconfig and
-  # env file are rewritten below, so callers must re-source them after a cluster-down).
-  local owner
-  for n in "${names[@]}"; do
-    owner="$(port_owner_component "$n")"
-    if ! pid_of "$owner" >/dev/null && ! port_free "${!n}"; then
-      log "port ${!n} ($n) is in use by another process; picking a new one"
-      pick_port "$n"; changed=1
-    fi
-  done
-  if [[ $changed == 1 || ! -f "$STATE/ports.env" ]]; then
-    for n in "${names[@]}"; do echo "$n=${!n}"; done >"$STATE/ports.env"
-  fi
-}
-
-port_owner_component() {
-  case "$1" in
-    ETCD_PORT | ETCD_PEER_PORT) echo etcd ;;
-    APISERVER_PORT) echo kube-apiserver ;;
-    KCM_PORT) echo kube-controller-manager ;;
-    SCHED_PORT) echo kube-scheduler ;;
-    S3_PORT | S3_CONSOLE_PORT) echo minio ;;
-    KUBELET_PORT | KUBELET_HEALTHZ_PORT) echo kubelet ;;
-    KUBE_PROXY_HEALTHZ_PORT | KUBE_PROXY_METRICS_PORT) echo kube-proxy ;;
-    COREDNS_READY_PORT | COREDNS_HEALTH_PORT) echo coredns ;;
-  esac
-}
-
 # ---------------------------------------------------------------- certificates, kubeconfigs
 
-gen_ca() { # name CN
-  [[ -f "$PKI/$1.crt" ]] && return 0
-  openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$PKI/$1.key" -days 3650 \
-    -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$PKI/$1.crt" 2>/dev/null
-}
 
-gen_client_cert() { # name CN O [ca-name]
-  local n="$1" cn="$2" o="$3" ca="${4:-ca}" subj="/CN=$2"
-  [[ -n "$o" ]] && subj="/O=$o/CN=$cn"
-  [[ -f "$PKI/$n.crt" ]] && return 0
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$n.key" -subj "$subj" -out "$PKI/$n.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$n.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial -days 3650 \
-    -extfile <(printf 'keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n') \
-    -out "$PKI/$n.crt" 2>/dev/null
-  rm -f "$PKI/$n.csr"
-}
 
 setup_pki() {
   mkdir -p "$PKI"; chmod 700 "$PKI"
@@ -230,38 +82,14 @@ setup_pki() {
   chmod 600 "$PKI"/*.key
 }
 
-write_kubeconfig() { # file user-cert-name
-  local f="$1" n="$2"
-  umask 077
-  cat >"$f.tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: fto
-  cluster:
-    server: https://$HOST_IP:$APISERVER_PORT
-    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
-users:
-- name: $n
-  user:
-    client-certificate-data: $(base64 -w0 <"$PKI/$n.crt")
-    client-key-data: $(base64 -w0 <"$PKI/$n.key")
-contexts:
-- name: fto
-  context:
-    cluster: fto
-    user: $n
-current-context: fto
-EOF
-  mv -f "$f.tmp" "$f"
-  umask 022
-}
 
 setup_kubeconfigs() {
   mkdir -p "$KCFGS"
-  write_kubeconfig "$STATE/kubeconfig" admin
+  write_kubeconfig "$STATE/kubeconfig" admin "https://$HOST_IP:$APISERVER_PORT"
   local n
-  for n in kube-controller-manager kube-scheduler kwok; do write_kubeconfig "$KCFGS/$n" "$n"; done
+  for n in kube-controller-manager kube-scheduler kwok; do
+    write_kubeconfig "$KCFGS/$n" "$n" "https://$HOST_IP:$APISERVER_PORT"
+  done
 }
 
 setup_s3_credentials() {
@@ -286,7 +114,6 @@ apiserver_ready() {
 kcm_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" | grep -q '^ok$'; }
 sched_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$SCHED_PORT/healthz" | grep -q '^ok$'; }
 s3_ready() { curl -fsS --max-time 2 -o /dev/null "http://$HOST_IP:$S3_PORT/minio/health/ready"; }
-kc() { "$KUBECTL" --kubeconfig "$STATE/kubeconfig" --request-timeout=10s "$@"; }
 default_sa_exists() { kc get serviceaccount default -n default -o name; }
 nodes_ready() {
   # every fake node Ready=True, without node.kubernetes.io/{not-ready,unreachable} taints, and
@@ -622,7 +449,7 @@ restart_apiserver() {
 # listed too, and count only where the node is required (FTO_NODE=1).
 status() {
   local n rc=0 pid
-  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+  load_ports
   for n in etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio; do
     if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
   done
@@ -639,13 +466,6 @@ status() {
   return $rc
 }
 
-# Used by hack/cluster-down.sh: the node's processes and pods before the control plane stops,
-# its bridge and iptables chains after.
-node_down_cmd() {
-  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
-  node_down
-}
-
 # Only containerd and BuildKit (hack/images.sh): images can be built with no cluster running.
 builder_up() {
   node_enabled || die "building images needs root (containerd, BuildKit); FTO_NODE=${FTO_NODE:-auto}: nothing was built"
@@ -660,10 +480,8 @@ builder_up() {
 case "${1:-up}" in
   up) up ;;
   builder) builder_up ;;
-  node-down) node_down_cmd ;;
-  network-down) node_network_down ;;
   restart-apiserver) restart_apiserver "${2:-}" ;;
   status) status ;;
   -h | --help | help) sed -n '2,20p' "$0" ;;
-  *) die "unknown command: $1 (use: up | builder | restart-apiserver | status | node-down | network-down)" ;;
+  *) die "unknown command: $1 (use: up | builder | restart-apiserver | status)" ;;
 esac

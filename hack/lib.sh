@@ -143,7 +143,7 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # PID of a component started by cluster-up.sh if it is running (and really runs the binary
-# we started: guards against PID reuse), else nothing. Needs $PIDS (the state's pids dir).
+# we started: guards against PID reuse), else nothing. Needs use_state (below) first.
 pid_of() {
   local f="$PIDS/$1.pid" pid
   [[ -f "$f" ]] || return 1
@@ -153,3 +153,231 @@ pid_of() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(cat "$PIDS/$1.bin" 2>/dev/null || echo /nonexistent)" || return 1
   echo "$pid"
 }
+
+# ---------------------------------------------------------------- the cluster's state
+# Scripts that work on a cluster (cluster-up.sh, cluster-down.sh, node.sh's functions) name
+# its state directory first: use_state DIR sets STATE and its parts, which the functions
+# below read. Nothing else sets them.
+
+# use_state DIR: STATE=DIR, PKI (certificates), LOGS (components' logs), PIDS (their PIDs),
+# KCFGS (their kubeconfigs), TIMEOUT (seconds each readiness wait may take).
+use_state() {
+  STATE="$1"
+  PKI="$STATE/pki"
+  LOGS="$STATE/logs"
+  PIDS="$STATE/pids"
+  KCFGS="$STATE/kubeconfigs"
+  TIMEOUT="${FTO_UP_TIMEOUT:-120}"
+}
+
+# The Service range and the API server's ClusterIP in it (the pods' ranges: node.sh).
+SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SVC_IP=10.96.0.1
+
+# load_ports: the state's ports (FTO_PORT_NAMES below), when the cluster has picked them.
+load_ports() { if [[ -f "$STATE/ports.env" ]]; then source "$STATE/ports.env"; fi; }
+
+# ---------------------------------------------------------------- processes
+# A component runs as a daemon in its own session, its PID and binary in $PIDS, its log in
+# $LOGS; pid_of (above) finds it again.
+
+start_proc() { # name binary args... (env vars for the process must already be exported)
+  local name="$1" bin="$2"; shift 2
+  if pid_of "$name" >/dev/null; then
+    log "$name: already running (pid $(pid_of "$name"))"
+    return 0
+  fi
+  mkdir -p "$LOGS" "$PIDS"
+  [[ -f "$LOGS/$name.log" ]] && mv -f "$LOGS/$name.log" "$LOGS/$name.log.prev"
+  # setsid: own session, so the caller's Ctrl-C / process-group kill does not take it down;
+  # all fds redirected, so callers that capture our output do not hang on the daemon.
+  # 8>&-: the daemon must not inherit the lock fd, or it would hold the lock forever.
+  setsid "$bin" "$@" </dev/null >"$LOGS/$name.log" 2>&1 8>&- &
+  local pid=$!
+  echo "$pid" >"$PIDS/$name.pid"
+  echo "$bin" >"$PIDS/$name.bin"
+  log "$name: started (pid $pid, log $LOGS/$name.log)"
+  STARTED+=("$name")
+}
+
+stop_proc() { # name [timeout]
+  local name="$1" t="${2:-30}" pid i
+  pid="$(pid_of "$name")" || { rm -f "$PIDS/$name.pid"; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < t * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: still alive after ${t}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+fail_with_log() { # name message
+  log "ERROR: $2"
+  if [[ -f "$LOGS/$1.log" ]]; then
+    echo "----- last 40 lines of $LOGS/$1.log -----" >&2
+    tail -n 40 "$LOGS/$1.log" >&2
+    echo "-----" >&2
+  fi
+  exit 1
+}
+
+wait_until() { # name description timeout command...
+  local name="$1" what="$2" t="$3"; shift 3
+  local deadline=$((SECONDS + t))
+  until "$@" >/dev/null 2>&1; do
+    # kill -0 on the PID we started, not pid_of: right after the fork, before setsid execs
+    # the binary, its command line is still this script's (seen under load: a kubelet that
+    # was starting fine reported as exited).
+    if [[ "$name" != - ]] && ! kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null || echo none)" 2>/dev/null; then
+      fail_with_log "$name" "$name exited while waiting for: $what"
+    fi
+    if ((SECONDS >= deadline)); then
+      fail_with_log "$name" "timed out after ${t}s waiting for: $what"
+    fi
+    sleep 0.5
+  done
+}
+
+# stop_procs TIMEOUT NAME...: SIGTERM to all of them at once, SIGKILL to those still alive
+# after TIMEOUT seconds (components that shut down together, e.g. the control plane's clients).
+stop_procs() {
+  local t="$1" n pid i alive
+  shift
+  local -A waiting=()
+  for n in "$@"; do
+    if pid="$(pid_of "$n")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      waiting[$n]=$pid
+      log "$n: SIGTERM sent (pid $pid)"
+    fi
+    rm -f "$PIDS/$n.pid"
+  done
+  for ((i = 0; i < t * 5; i++)); do
+    alive=0
+    for n in "${!waiting[@]}"; do if kill -0 "${waiting[$n]}" 2>/dev/null; then alive=1; fi; done
+    [[ $alive == 0 ]] && break
+    sleep 0.2
+  done
+  for n in "${!waiting[@]}"; do
+    if kill -0 "${waiting[$n]}" 2>/dev/null; then
+      log "$n: did not stop within ${t}s, sending SIGKILL"
+      kill -KILL "${waiting[$n]}" 2>/dev/null || true
+    else
+      log "$n: stopped"
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- ports
+# Every port the cluster listens on, picked once and kept in $STATE/ports.env.
+FTO_PORT_NAMES=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT S3_PORT S3_CONSOLE_PORT
+  KUBELET_PORT KUBELET_HEALTHZ_PORT KUBE_PROXY_HEALTHZ_PORT KUBE_PROXY_METRICS_PORT
+  COREDNS_READY_PORT COREDNS_HEALTH_PORT)
+
+port_free() { ! ss -Hltn "( sport = :$1 )" 2>/dev/null | grep -q .; }
+
+pick_port() { # VAR: set VAR to a free port below the ephemeral range (32768+), so outgoing
+  # connections never take it; never one already picked for another component
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 10000))
+    if port_free "$p" && [[ " ${PICKED[*]:-} " != *" $p "* ]]; then
+      PICKED+=("$p")
+      printf -v "$1" '%s' "$p"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+setup_ports() {
+  local names=("${FTO_PORT_NAMES[@]}") n changed=0
+  PICKED=()
+  [[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+  for n in "${names[@]}"; do [[ -n "${!n:-}" ]] && PICKED+=("${!n}"); done
+  for n in "${names[@]}"; do
+    if [[ -z "${!n:-}" ]]; then
+      pick_port "$n"; changed=1
+    fi
+  done
+  # A port taken by someone else while we were down: pick another one (the kubeconfig and
+  # env file are rewritten below, so callers must re-source them after a cluster-down).
+  local owner
+  for n in "${names[@]}"; do
+    owner="$(port_owner_component "$n")"
+    if ! pid_of "$owner" >/dev/null && ! port_free "${!n}"; then
+      log "port ${!n} ($n) is in use by another process; picking a new one"
+      pick_port "$n"; changed=1
+    fi
+  done
+  if [[ $changed == 1 || ! -f "$STATE/ports.env" ]]; then
+    for n in "${names[@]}"; do echo "$n=${!n}"; done >"$STATE/ports.env"
+  fi
+}
+
+port_owner_component() {
+  case "$1" in
+    ETCD_PORT | ETCD_PEER_PORT) echo etcd ;;
+    APISERVER_PORT) echo kube-apiserver ;;
+    KCM_PORT) echo kube-controller-manager ;;
+    SCHED_PORT) echo kube-scheduler ;;
+    S3_PORT | S3_CONSOLE_PORT) echo minio ;;
+    KUBELET_PORT | KUBELET_HEALTHZ_PORT) echo kubelet ;;
+    KUBE_PROXY_HEALTHZ_PORT | KUBE_PROXY_METRICS_PORT) echo kube-proxy ;;
+    COREDNS_READY_PORT | COREDNS_HEALTH_PORT) echo coredns ;;
+  esac
+}
+
+# ---------------------------------------------------------------- certificates, kubeconfigs
+
+gen_ca() { # name CN
+  [[ -f "$PKI/$1.crt" ]] && return 0
+  openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$PKI/$1.key" -days 3650 \
+    -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$PKI/$1.crt" 2>/dev/null
+}
+
+gen_client_cert() { # name CN O [ca-name]
+  local n="$1" cn="$2" o="$3" ca="${4:-ca}" subj="/CN=$2"
+  [[ -n "$o" ]] && subj="/O=$o/CN=$cn"
+  [[ -f "$PKI/$n.crt" ]] && return 0
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$n.key" -subj "$subj" -out "$PKI/$n.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/$n.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial -days 3650 \
+    -extfile <(printf 'keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n') \
+    -out "$PKI/$n.crt" 2>/dev/null
+  rm -f "$PKI/$n.csr"
+}
+
+write_kubeconfig() { # file user-cert-name server (https://host:port)
+  local f="$1" n="$2" server="$3"
+  umask 077
+  cat >"$f.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fto
+  cluster:
+    server: $server
+    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
+users:
+- name: $n
+  user:
+    client-certificate-data: $(base64 -w0 <"$PKI/$n.crt")
+    client-key-data: $(base64 -w0 <"$PKI/$n.key")
+contexts:
+- name: fto
+  context:
+    cluster: fto
+    user: $n
+current-context: fto
+EOF
+  mv -f "$f.tmp" "$f"
+  umask 022
+}
+
+kc() { "$(fto_bin kubectl)" --kubeconfig "$STATE/kubeconfig" --request-timeout=10s "$@"; }

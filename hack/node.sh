@@ -1,9 +1,11 @@
 # shellcheck shell=bash
 # The local cluster's real node: kubelet + containerd + runc, a CNI bridge, kube-proxy and
-# CoreDNS on this machine, beside kwok's fake nodes. Sourced by hack/cluster-up.sh (it uses
-# that script's start_proc, wait_until, gen_client_cert, kc, $PKI, $STATE ...); defines
-# functions only. One real node per machine: the bridge, its addresses and the iptables
-# chains below are the machine's.
+# CoreDNS on this machine, beside kwok's fake nodes. Source it after hack/lib.sh and
+# `use_state DIR` (the cluster's state: its certificates, kubeconfigs, PIDs and ports.env);
+# it uses only lib.sh's functions (start_proc, wait_until, gen_client_cert, kc, ...) and
+# defines variables and functions only. hack/cluster-up.sh and hack/cluster-down.sh source
+# it. One real node per machine: the bridge, its addresses and the iptables chains below
+# are the machine's.
 #
 # Network (all of it stays on this machine):
 #   fto-br0       a Linux bridge with NODE_HOST_IP; pods get 10.244.0.0/24 behind it (CNI
@@ -146,7 +148,9 @@ node_certs() {
   fi
   chmod 600 "$PKI"/*.key
   local n
-  for n in kubelet kube-proxy coredns; do write_kubeconfig "$KCFGS/$n" "$n"; done
+  for n in kubelet kube-proxy coredns; do
+    write_kubeconfig "$KCFGS/$n" "$n" "https://$(host_ip):$APISERVER_PORT"
+  done
 }
 
 node_write_configs() {

@@ -1,4 +1,4 @@
-"""The local cluster's address ranges (hack/node.sh, hack/kwok/kwok.yaml, hack/cluster-up.sh)
+"""The local cluster's address ranges (hack/node.sh, hack/kwok/kwok.yaml, hack/lib.sh)
 are disjoint: a fake (kwok) pod never gets a real pod's address, neither a Service's, and
 every range a packet could be sent to is routed `unreachable` on this machine, both set up
 and taken down."""
@@ -24,7 +24,7 @@ def test_fake_pods_real_pods_and_services_never_share_an_address() -> None:
     fake = ipaddress.ip_network(kwok)
     real = ipaddress.ip_network(_shell_value("node.sh", "CLUSTER_POD_CIDR"))
     node = ipaddress.ip_network(_shell_value("node.sh", "NODE_POD_CIDR"))
-    services = ipaddress.ip_network(_shell_value("cluster-up.sh", "SERVICE_CIDR"))
+    services = ipaddress.ip_network(_shell_value("lib.sh", "SERVICE_CIDR"))
     assert fake == ipaddress.ip_network(_shell_value("node.sh", "KWOK_POD_CIDR"))
     assert node.subnet_of(real)
     for one, other in ((fake, real), (fake, services), (real, services)):

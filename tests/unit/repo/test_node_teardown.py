@@ -12,8 +12,9 @@ from fttestkit.paths import REPO
 
 
 def _pattern(socket: str) -> str:
+    script = "source hack/lib.sh && use_state /nonexistent && source hack/node.sh"
     return subprocess.run(
-        ["bash", "-c", f'source hack/lib.sh && source hack/node.sh && shim_pattern "{socket}"'],
+        ["bash", "-c", f'{script} && shim_pattern "{socket}"'],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
 
