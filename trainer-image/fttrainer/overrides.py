@@ -27,17 +27,33 @@ def apply_overrides(manifest: dict[str, Any], assignments: list[str]) -> dict[st
         parts = path.strip().split(".")
         if parts[0] not in ("spec", "metadata"):
             parts.insert(0, "spec")
-        node = result
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise OverrideError(f"--set {path}: {part} is not a mapping")
-            node = child
         try:
-            node[parts[-1]] = parse_value(raw)
+            set_path(result, parts, parse_value(raw))
+        except NotAMapping as exc:
+            raise OverrideError(f"--set {path}: {exc.part} is not a mapping") from None
         except OverrideError as exc:
             raise OverrideError(f"--set {path.strip()}: {exc}") from None
     return result
+
+
+class NotAMapping(ValueError):
+    """set_path met a value where the path needs a mapping."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__(f"{part} is not a mapping")
+        self.part = part
+
+
+def set_path(document: dict[str, Any], parts: list[str], value: Any) -> None:
+    """document[parts[0]][parts[1]]... = value, making the mappings on the way (both the
+    `--set a.b=c` overrides and the YAML configs' `--section.key value` flags)."""
+    node = document
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise NotAMapping(part)
+        node = child
+    node[parts[-1]] = value
 
 
 class _Yaml12Loader(yaml.SafeLoader):

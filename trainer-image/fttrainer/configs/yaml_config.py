@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fttrainer.overrides import parse_value
+from fttrainer.overrides import NotAMapping, parse_value, set_path
 
 from .base import (
     Builder,
@@ -215,15 +215,10 @@ def apply_overrides(document: dict[str, Any], overrides: dict[str, str]) -> dict
     """`--training.learning_rate 1e-4` style overrides, values parsed as YAML scalars."""
     result: dict[str, Any] = json.loads(json.dumps(document))
     for dotted, raw in overrides.items():
-        node = result
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--{dotted}: {part} is not a section")
-            node = child
         try:
-            node[parts[-1]] = parse_value(raw)
+            set_path(result, dotted.split("."), parse_value(raw))
+        except NotAMapping as exc:
+            raise ConfigError(f"--{dotted}: {exc.part} is not a section") from None
         except ValueError as exc:
             raise ConfigError(f"--{dotted}: {exc}") from None
     return result
