@@ -10,7 +10,7 @@
 #   hack/cluster-up.sh restart-apiserver --with-clients
 #                                         ... and then restart controller-manager, scheduler, kwok
 #   hack/cluster-up.sh status             show what runs (exit 1 if something is down)
-#   hack/cluster-up.sh builder            only containerd + BuildKit (hack/images.sh calls it)
+#   hack/cluster-up.sh builder            only containerd + BuildKit (node.sh's builder_up, as hack/images.sh runs it)
 #
 # Environment:
 #   FTO_STATE       state dir (default ${FTO_CACHE:-~/.cache/finetune-operator}/cluster)
@@ -47,40 +47,6 @@ MINIO="$(fto_bin minio)"
 
 
 
-setup_pki() {
-  mkdir -p "$PKI"; chmod 700 "$PKI"
-  [[ -f "$PKI/ca.crt" ]] || log "generating certificates and keys in $PKI"
-  gen_ca ca finetune-operator-test-ca
-  # front proxy (request-header authentication for aggregated API servers); also stops
-  # kube-controller-manager/kube-scheduler from logging a missing requestheader CA forever
-  gen_ca front-proxy-ca finetune-operator-test-front-proxy-ca
-  gen_client_cert front-proxy-client front-proxy-client "" front-proxy-ca
-  # A certificate from before the real node existed lacks its address: make a new one.
-  if [[ -f "$PKI/apiserver.crt" ]] && ! openssl x509 -noout -ext subjectAltName -in "$PKI/apiserver.crt" |
-    grep -q "IP Address:$NODE_HOST_IP"; then
-    rm -f "$PKI/apiserver.crt"
-  fi
-  if [[ ! -f "$PKI/apiserver.crt" ]]; then
-    openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/apiserver.key" -subj "/CN=kube-apiserver" -out "$PKI/apiserver.csr" 2>/dev/null
-    openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
-      -extfile <(printf '%s\n' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
-        "subjectAltName=IP:127.0.0.1,IP:$NODE_HOST_IP,IP:$KUBERNETES_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local") \
-      -out "$PKI/apiserver.crt" 2>/dev/null
-    rm -f "$PKI/apiserver.csr"
-  fi
-  # client identities; system:masters = cluster-admin without any RBAC objects
-  gen_client_cert admin fto-admin system:masters
-  gen_client_cert kube-controller-manager system:kube-controller-manager ""
-  gen_client_cert kube-scheduler system:kube-scheduler ""
-  gen_client_cert kwok kwok-controller system:masters
-  # the API server's identity towards kubelets (logs, exec; RBAC in hack/node.sh)
-  gen_client_cert apiserver-kubelet-client kube-apiserver-kubelet-client ""
-  if [[ ! -f "$PKI/sa.key" ]]; then
-    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
-    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
-  fi
-  chmod 600 "$PKI"/*.key
-}
 
 
 setup_kubeconfigs() {
@@ -356,17 +322,6 @@ EOF
 
 # ---------------------------------------------------------------- main
 
-# begin COMPONENT...: build them, then hold the state's lock (released when this script
-# exits), with its ports and certificates in place.
-begin() {
-  "$HACK_DIR/build.sh" "$@"
-  mkdir -p "$STATE" "$LOGS" "$PIDS"
-  exec 8>"$STATE/.up.lock"
-  flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
-  STARTED=()
-  setup_ports
-  setup_pki
-}
 
 up() {
   local t0=$SECONDS
@@ -436,7 +391,7 @@ restart_apiserver() {
     # kube-controller-manager, kube-scheduler and kwok reconnect by themselves, but their
     # informers can take 20-40 s to catch up after a restart; restarting them is faster.
     log "restarting kube-controller-manager, kube-scheduler and kwok too"
-    stop_proc kwok 30; stop_proc kube-scheduler 30; stop_proc kube-controller-manager 30
+    stop_procs 30 kwok kube-scheduler kube-controller-manager
     start_controllers
     wait_until kube-controller-manager "kube-controller-manager /healthz" "$TIMEOUT" kcm_healthy
     wait_until kube-scheduler "kube-scheduler /healthz" "$TIMEOUT" sched_healthy
@@ -466,16 +421,6 @@ status() {
   return $rc
 }
 
-# Only containerd and BuildKit (hack/images.sh): images can be built with no cluster running.
-builder_up() {
-  node_enabled || die "building images needs root (containerd, BuildKit); FTO_NODE=${FTO_NODE:-auto}: nothing was built"
-  begin containerd runc cni buildkit
-  claim_node
-  node_write_configs
-  start_containerd
-  start_buildkitd
-  printf 'BUILDKIT_ADDR=unix://%s\nCONTAINERD_ADDR=%s\n' "$BUILDKIT_SOCK" "$CONTAINERD_SOCK" >"$STATE/builder.env"
-}
 
 case "${1:-up}" in
   up) up ;;

@@ -22,7 +22,7 @@
 #   FTO_REBUILD=1   build even when the image's inputs (Dockerfile, context files, build
 #                   arguments, bases) are those it was built from
 # Prints each image's build time and size. Needs root (containerd, BuildKit) and starts them
-# (hack/cluster-up.sh builder) when they are not running.
+# (node.sh's builder_up) when they are not running.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPO="$(cd "$HACK_DIR/.." && pwd)"
@@ -38,7 +38,13 @@ DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${FTO_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_INCLUDE="python3,ca-certificates,tini,gcc,libc6-dev"
 
-"$HACK_DIR/cluster-up.sh" builder >&2
+# containerd and BuildKit, in a subshell: it holds the cluster state's lock only that long.
+(
+  use_state "$FTO_STATE"
+  # shellcheck source=node.sh
+  source "$HACK_DIR/node.sh"
+  builder_up
+) >&2
 # shellcheck disable=SC1091
 source "$FTO_STATE/builder.env" # BUILDKIT_ADDR, CONTAINERD_ADDR
 BUILDCTL="$(fto_bin buildctl)"

@@ -174,6 +174,19 @@ use_state() {
 SERVICE_CIDR=10.96.0.0/16
 KUBERNETES_SVC_IP=10.96.0.1
 
+# begin COMPONENT...: build them, then hold the state's lock (released when the calling
+# process exits: call it in a subshell to hold it less long), with its ports and
+# certificates in place.
+begin() {
+  "$HACK_DIR/build.sh" "$@"
+  mkdir -p "$STATE" "$LOGS" "$PIDS"
+  exec 8>"$STATE/.up.lock"
+  flock -w 600 8 || die "another hack/cluster-up.sh holds $STATE/.up.lock"
+  STARTED=()
+  setup_ports
+  setup_pki
+}
+
 # load_ports: the state's ports (FTO_PORT_NAMES below), when the cluster has picked them.
 load_ports() { if [[ -f "$STATE/ports.env" ]]; then source "$STATE/ports.env"; fi; }
 
@@ -200,21 +213,8 @@ start_proc() { # name binary args... (env vars for the process must already be e
   STARTED+=("$name")
 }
 
-stop_proc() { # name [timeout]
-  local name="$1" t="${2:-30}" pid i
-  pid="$(pid_of "$name")" || { rm -f "$PIDS/$name.pid"; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < t * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name: still alive after ${t}s, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.5
-  fi
-  rm -f "$PIDS/$name.pid"
-}
+# stop_proc NAME [TIMEOUT]: stop_procs (below) for one component (default 30 s).
+stop_proc() { stop_procs "${2:-30}" "$1"; }
 
 fail_with_log() { # name message
   log "ERROR: $2"
@@ -263,14 +263,17 @@ stop_procs() {
     [[ $alive == 0 ]] && break
     sleep 0.2
   done
+  local killed=0
   for n in "${!waiting[@]}"; do
     if kill -0 "${waiting[$n]}" 2>/dev/null; then
       log "$n: did not stop within ${t}s, sending SIGKILL"
       kill -KILL "${waiting[$n]}" 2>/dev/null || true
+      killed=1
     else
       log "$n: stopped"
     fi
   done
+  if [[ $killed == 1 ]]; then sleep 0.5; fi
 }
 
 # ---------------------------------------------------------------- ports
@@ -381,3 +384,40 @@ EOF
 }
 
 kc() { "$(fto_bin kubectl)" --kubeconfig "$STATE/kubeconfig" --request-timeout=10s "$@"; }
+
+# setup_pki: the cluster's CA, the API server's serving certificate (for 127.0.0.1, the
+# node's bridge address and the kubernetes Service) and the components' client identities.
+setup_pki() {
+  mkdir -p "$PKI"; chmod 700 "$PKI"
+  [[ -f "$PKI/ca.crt" ]] || log "generating certificates and keys in $PKI"
+  gen_ca ca finetune-operator-test-ca
+  # front proxy (request-header authentication for aggregated API servers); also stops
+  # kube-controller-manager/kube-scheduler from logging a missing requestheader CA forever
+  gen_ca front-proxy-ca finetune-operator-test-front-proxy-ca
+  gen_client_cert front-proxy-client front-proxy-client "" front-proxy-ca
+  # A certificate from before the real node existed lacks its address: make a new one.
+  if [[ -f "$PKI/apiserver.crt" ]] && ! openssl x509 -noout -ext subjectAltName -in "$PKI/apiserver.crt" |
+    grep -q "IP Address:$NODE_HOST_IP"; then
+    rm -f "$PKI/apiserver.crt"
+  fi
+  if [[ ! -f "$PKI/apiserver.crt" ]]; then
+    openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/apiserver.key" -subj "/CN=kube-apiserver" -out "$PKI/apiserver.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
+      -extfile <(printf '%s\n' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+        "subjectAltName=IP:127.0.0.1,IP:$NODE_HOST_IP,IP:$KUBERNETES_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local") \
+      -out "$PKI/apiserver.crt" 2>/dev/null
+    rm -f "$PKI/apiserver.csr"
+  fi
+  # client identities; system:masters = cluster-admin without any RBAC objects
+  gen_client_cert admin fto-admin system:masters
+  gen_client_cert kube-controller-manager system:kube-controller-manager ""
+  gen_client_cert kube-scheduler system:kube-scheduler ""
+  gen_client_cert kwok kwok-controller system:masters
+  # the API server's identity towards kubelets (logs, exec; RBAC in hack/node.sh)
+  gen_client_cert apiserver-kubelet-client kube-apiserver-kubelet-client ""
+  if [[ ! -f "$PKI/sa.key" ]]; then
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  fi
+  chmod 600 "$PKI"/*.key
+}

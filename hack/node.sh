@@ -461,3 +461,15 @@ node_down() {
   rm -rf "$d/cni/ipam"
   "$(fto_bin kube-proxy)" --cleanup >/dev/null 2>&1 || true
 }
+
+# builder_up: only containerd and BuildKit (hack/images.sh; `hack/cluster-up.sh builder`):
+# images can be built with no cluster running.
+builder_up() {
+  node_enabled || die "building images needs root (containerd, BuildKit); FTO_NODE=${FTO_NODE:-auto}: nothing was built"
+  begin containerd runc cni buildkit
+  claim_node
+  node_write_configs
+  start_containerd
+  start_buildkitd
+  printf 'BUILDKIT_ADDR=unix://%s\nCONTAINERD_ADDR=%s\n' "$BUILDKIT_SOCK" "$CONTAINERD_SOCK" >"$STATE/builder.env"
+}
