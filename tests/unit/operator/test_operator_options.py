@@ -4,6 +4,7 @@ them), and the platform policies they switch on."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -11,11 +12,12 @@ import pytest
 from ftapi import parse_job
 from ftapi.v1alpha1 import FineTuneJobStatus
 from ftoperator.children import build_children
-from ftoperator.config import Settings, parse_options
+from ftoperator.config import FLAGS, Flag, Settings, parse_options
 from ftoperator.main import JsonFormatter
 from ftoperator.planner import rejected
 from ftoperator.policy import policy_violation
 from fttestkit.builders import make_job
+from fttestkit.paths import REPO
 
 SPOT = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
         "effect": "NoSchedule"}  # fmt: skip
@@ -289,3 +291,33 @@ def test_a_training_device_the_pods_do_not_match_is_refused(
         return
     assert verdict is not None and verdict[0] == "DeviceMismatch", verdict
     assert f"spec.training.device {device}" in verdict[1]
+
+
+# docs/operator.md's "Running it" table, read back: every flag of config.FLAGS is there with
+# its variable and the same default (the table's words: on/off for switches, any/none for
+# empty lists and values).
+_WORDS = {"on": "true", "off": "false", "any": "", "none": ""}
+
+
+def _documented_flags() -> dict[str, tuple[str, str]]:
+    """flag name -> (its table row's Environment cell, its default in the table)."""
+    text = (REPO / "docs" / "operator.md").read_text()
+    table = text[text.index("| Flag | Environment | Default |") :].split("\n\n", 1)[0]
+    found = {}
+    for row in table.splitlines()[2:]:
+        flags_cell, env_cell, default_cell = (c.strip() for c in row.strip("|").split("|")[:3])
+        names = re.findall(r"`--(?:\[no-\])?([a-z0-9-]+)`", flags_cell)
+        defaults = [d.strip().strip("`") for d in default_cell.split(",")]
+        for index, name in enumerate(names):
+            default = defaults[index] if len(defaults) == len(names) else defaults[0]
+            found[name] = (env_cell, _WORDS.get(default, default))
+    return found
+
+
+@pytest.mark.parametrize("flag", FLAGS, ids=lambda flag: flag.name)
+def test_every_flag_is_documented_with_its_variable_and_default(flag: Flag) -> None:
+    documented = _documented_flags()
+    assert flag.name in documented, f"--{flag.name} is not in docs/operator.md's table"
+    env_cell, default = documented[flag.name]
+    assert flag.env in env_cell, (flag.env, env_cell)
+    assert default == flag.default, (flag.name, default, flag.default)
