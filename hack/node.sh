@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The local cluster's real node: kubelet + containerd + runc, a CNI bridge, kube-proxy and
 # CoreDNS on this machine, beside kwok's fake nodes. Source it after hack/lib.sh and
-# `use_state DIR` (the cluster's state: its certificates, kubeconfigs, PIDs and ports.env);
+# `use_state DIR` (the cluster's state: certificates, kubeconfigs, PIDs, ports, node files);
 # it uses only lib.sh's functions (start_proc, wait_until, gen_client_cert, kc, ...) and
 # defines variables and functions only. hack/cluster-up.sh and hack/cluster-down.sh source
 # it. One real node per machine: the bridge, its addresses and the iptables chains below
@@ -57,14 +57,29 @@ node_deferred() { [[ "${FTO_NODE:-auto}" == later ]]; }
 
 # The node is the machine's: the state directory that runs it is written in NODE_OWNER, and
 # another state (a second cluster, a test's temporary HOME) neither starts a second node nor
-# takes this one down.
+# takes this one down while any of its processes runs.
 NODE_OWNER="$NODE_RUN/owner"
+NODE_PROCS=(containerd buildkitd kubelet kube-proxy coredns)
 node_owner() { cat "$NODE_OWNER" 2>/dev/null || true; }
+# node_runs_in OWNER: whether any node process started by the state OWNER still runs. A run
+# killed outright (a CI job's timeout, a lost session) leaves OWNER and its PID files behind
+# with nothing running: that claim is stale.
+node_runs_in() {
+  local n
+  for n in "${NODE_PROCS[@]}"; do
+    (PIDS="$1/pids" && pid_of "$n" >/dev/null) && return 0
+  done
+  return 1
+}
 claim_node() {
   local owner
   owner="$(node_owner)"
   if [[ -n "$owner" && "$owner" != "$STATE" && -d "$owner" ]]; then
-    die "the real node belongs to the cluster in $owner: stop it first (FTO_STATE=$owner hack/cluster-down.sh) or run this one with FTO_NODE=0"
+    if node_runs_in "$owner"; then
+      die "the real node belongs to the cluster in $owner: stop it first (FTO_STATE=$owner hack/cluster-down.sh) or run this one with FTO_NODE=0"
+    fi
+    log "the real node's last owner ($owner) was killed without stopping it: clearing what it left (pods, mounts, network namespaces)"
+    (use_state "$owner" && node_down)
   fi
   mkdir -p "$NODE_RUN"
   echo "$STATE" >"$NODE_OWNER"
@@ -83,8 +98,6 @@ write_if_changed() {
 
 # The address the API server and MinIO listen on.
 host_ip() { if node_enabled; then echo "$NODE_HOST_IP"; else echo 127.0.0.1; fi; }
-
-NODE_STATE="$STATE/node"
 
 # ---------------------------------------------------------------- network
 
@@ -453,7 +466,7 @@ node_down() {
   for _ in $(seq 1 50); do pgrep -f "$shims" >/dev/null || break; sleep 0.1; done
   stop_proc containerd 30
   local d="$NODE_STATE"
-  grep -oE " ($d/kubelet|$NODE_RUN)[^ ]*" /proc/self/mounts | sort -r | while read -r m; do
+  { grep -oE " ($d/kubelet|$NODE_RUN)[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
   local ns

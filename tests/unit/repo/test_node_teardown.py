@@ -42,3 +42,37 @@ def test_the_shim_pattern_kills_this_containerds_shims_in_any_namespace(tmp_path
         for process in (*ours, theirs):
             process.kill()
             process.wait()
+
+
+def _node_runs_in(owner: Path) -> bool:
+    script = "source hack/lib.sh && use_state /nonexistent && source hack/node.sh"
+    result = subprocess.run(
+        ["bash", "-c", f'{script} && node_runs_in "{owner}"'], cwd=REPO, check=False
+    )
+    return result.returncode == 0
+
+
+def test_a_node_whose_processes_all_died_is_a_stale_claim(tmp_path: Path) -> None:
+    """A run killed outright (a lost session, a CI timeout) leaves the node's owner file and
+    PID files behind: the next cluster takes the node over instead of refusing to start."""
+    owner = tmp_path / "cluster"
+    pids = owner / "pids"
+    pids.mkdir(parents=True)
+    assert not _node_runs_in(owner), "no PID files: nothing runs"
+
+    gone = subprocess.Popen(["sleep", "0"])
+    gone.wait()
+    (pids / "kubelet.pid").write_text(f"{gone.pid}\n")
+    (pids / "kubelet.bin").write_text("sleep")
+    assert not _node_runs_in(owner), "the kubelet's PID is dead"
+
+    other = subprocess.Popen(["sleep", "120"])  # a live PID that runs another binary
+    try:
+        (pids / "containerd.pid").write_text(f"{other.pid}\n")
+        (pids / "containerd.bin").write_text("/nonexistent/containerd")
+        assert not _node_runs_in(owner), "a reused PID is not the node's containerd"
+        (pids / "containerd.bin").write_text("sleep")
+        assert _node_runs_in(owner), "the owner's containerd still runs"
+    finally:
+        other.kill()
+        other.wait()
