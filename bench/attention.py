@@ -12,7 +12,7 @@ seq-len), and is checked against SDPA run row by row (the reference) before it i
   sdpa-block    packed rows, SDPA with a dense block-diagonal causal mask
   flex          packed rows, torch's flex_attention with a block mask (compiled)
   varlen        packed rows, torch.nn.attention.varlen (FlashAttention inside PyTorch), as
-                the trainer calls it (fttrainer.attention)
+                the trainer calls it (fttrainer.model.attention)
   flash-attn    packed rows, flash_attn_varlen_func (only where the package is installed)
 
 Times are medians of --repeats after warm-up; ratios are against `padded`, measured in the
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fttrainer.attention import torch_varlen_attention
+from fttrainer.model.attention import torch_varlen_attention
 
 SHAPES = {
     "tiny": {"heads": 4, "kv_heads": 2, "head_dim": 16, "seq_len": 128, "rows": 4},

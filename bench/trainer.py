@@ -634,8 +634,8 @@ def _planned_peak_mib(spec: Any, trainer: Any, tokens: int) -> float:
     """`finetune plan`'s estimate for this run's largest micro-batch: activation memory
     grows with the tokens in a micro-batch, so a padding-free batch of T tokens is planned
     as one row of T. Checkpointing as the run had it: the layers that recomputed."""
-    from fttrainer.memory_plan import ModelShape, estimate_memory, with_changes
-    from fttrainer.recompute import checkpointed_layers
+    from fttrainer.model.memory_plan import ModelShape, estimate_memory, with_changes
+    from fttrainer.model.recompute import checkpointed_layers
 
     spec = with_changes(spec, "training", batch_size=1)
     spec = with_changes(spec, "dataset", max_seq_length=max(tokens, 1))

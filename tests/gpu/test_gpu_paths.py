@@ -80,7 +80,7 @@ def test_spectrum_unfreezes_a_fraction(small_llama: Path, chat_data: Path, tmp_p
 def test_attention_kernels_train(
     small_llama: Path, chat_data: Path, tmp_path: Path, attention: str
 ) -> None:
-    from fttrainer.attention import MODEL_ATTENTION
+    from fttrainer.model.attention import MODEL_ATTENTION
 
     run = recipe(small_llama, chat_data, tmp_path, f"model.attention={attention}")
     expected = MODEL_ATTENTION if attention == "auto" else attention
@@ -192,7 +192,7 @@ def test_padding_free_varlen_gives_the_padded_loss(
 ) -> None:
     """The default on a GPU (rows concatenated, torch's varlen FlashAttention) computes
     the loss SDPA computes on the same rows padded."""
-    from fttrainer.attention import MODEL_ATTENTION
+    from fttrainer.model.attention import MODEL_ATTENTION
 
     packed = recipe(small_llama, chat_data, tmp_path / "packed", train=False)
     assert packed.model.config._attn_implementation == MODEL_ATTENTION
@@ -215,8 +215,8 @@ def test_the_memory_plan_checkpoints_only_the_layers_it_needs(
     import torch
 
     from ftapi import parse_job
-    from fttrainer.memory_plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
-    from fttrainer.recompute import checkpointed_layers, decoder_layers
+    from fttrainer.model.memory_plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
+    from fttrainer.model.recompute import checkpointed_layers, decoder_layers
     from tests.gpu.runs import manifest
 
     spec = parse_job(manifest(small_llama, chat_data, tmp_path)).spec

@@ -14,7 +14,7 @@ import pytest
 from ftapi import parse_job
 from fttestkit.builders import make_job
 from fttestkit.paths import REPO
-from fttrainer.memory_plan import (
+from fttrainer.model.memory_plan import (
     CHECKPOINTING_MARGIN,
     GIB,
     ModelShape,

@@ -1,5 +1,5 @@
 """A GPU run whose memory plan needs activation checkpointing on only some decoder layers
-leaves the others unchecked (fttrainer.recompute). The plan decides on GPUs
+leaves the others unchecked (fttrainer.model.recompute). The plan decides on GPUs
 only (tests/gpu covers that wiring); here the same callback runs on CPU on a run with
 checkpointing on, as the recipe adds it."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fttrainer.callbacks import RecomputeFirstLayers
+from fttrainer.model.recompute import checkpointed_layers, decoder_layers
 from fttrainer.recipe import Recipe
-from fttrainer.recompute import checkpointed_layers, decoder_layers
 from tests.trainer.recipes import cpu_qa_recipe, step_losses
 
 
@@ -55,7 +55,7 @@ def test_checkpointing_the_first_layers_trains_as_the_plain_path(
 def test_each_layer_left_unchecked_keeps_its_activations(four_layer_llama: Path) -> None:
     """The bytes autograd keeps for backward in one training forward, with 0 to 4 layers
     checkpointed: each checkpointed layer drops the same amount (one layer's activations),
-    which is what the plan counts per layer (fttrainer.memory_plan.estimate_memory)."""
+    which is what the plan counts per layer (fttrainer.model.memory_plan.estimate_memory)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

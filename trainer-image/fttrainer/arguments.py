@@ -12,8 +12,8 @@ from typing import Any
 from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 
-from .attention import MODEL_ATTENTION
 from .distributed import check_deepspeed_config, strategy_kwargs
+from .model.attention import MODEL_ATTENTION
 
 
 def resolve_device(spec: FineTuneJobSpec, *, cuda_available: bool, mps_available: bool) -> str:
@@ -119,7 +119,7 @@ def resolve_gradient_checkpointing(
 ) -> bool:
     """Unset: off on CPU and for prefix tuning (which it breaks); on a GPU, on when the
     memory plan checkpoints any layer to fit the device (`planned_layers`, see
-    fttrainer.memory_plan.checkpointed_layers_to_fit), and on without a plan. Recomputing
+    fttrainer.model.memory_plan.checkpointed_layers_to_fit), and on without a plan. Recomputing
     activations costs a third more compute per step."""
     if spec.training.gradient_checkpointing is not None:
         return spec.training.gradient_checkpointing
@@ -132,7 +132,7 @@ def resolve_partial_checkpointing(
     spec: FineTuneJobSpec, *, cuda: bool, planned_layers: int | None, layers: int
 ) -> int | None:
     """How many leading decoder layers stay checkpointed when the memory plan needs only
-    some of the model's `layers` (fttrainer.recompute); None: all or none,
+    some of the model's `layers` (fttrainer.model.recompute); None: all or none,
     as resolve_gradient_checkpointing says. An explicit training.gradientCheckpointing
     means every layer. SFT only: TRL's DPO and GRPO trainers switch checkpointing off and
     on again around their reference and generation forwards

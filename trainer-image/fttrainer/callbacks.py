@@ -8,7 +8,8 @@ were added, so on_save of one sees what the ones before it did):
     CheckpointUpload      ... before it is uploaded and its manifest committed (checkpointing/)
     ProgressCallback      ... and only then reported in the job's status (progress.py)
     GracefulStop          SIGTERM: save at the end of this step, then stop
-    RecomputeFirstLayers  activation recompute on the first N decoder layers only (recompute.py)
+    RecomputeFirstLayers  activation recompute on the first N decoder layers only
+                          (model/recompute.py)
     EarlyStopping         stop when the watched evaluation metric stops improving (joins
                           after the base evaluation)
 
@@ -42,8 +43,8 @@ from transformers import TrainerCallback
 from .checkpointing.protocol import Manifest, best, checkpoint_name
 from .checkpointing.resume import barrier, gathered, metrics_at
 from .checkpointing.store import CheckpointStore
+from .model.recompute import decoder_layers
 from .progress import ProgressReporter
-from .recompute import decoder_layers
 from .tracking import TRACKERS_FILE, TrackerRuns
 
 log = logging.getLogger("fttrainer")

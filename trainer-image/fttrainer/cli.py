@@ -485,7 +485,13 @@ def _plan(args: argparse.Namespace) -> int:
     print("resolved spec:")
     print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
     data_status = _validate_data(spec)  # bad rows: the plan still prints, the exit is 1
-    from .memory_plan import GIB, ModelShape, checkpointed_layers_to_fit, estimate_memory, suggest
+    from .model.memory_plan import (
+        GIB,
+        ModelShape,
+        checkpointed_layers_to_fit,
+        estimate_memory,
+        suggest,
+    )
 
     try:
         shape = ModelShape.from_pretrained(

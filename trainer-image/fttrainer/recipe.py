@@ -41,8 +41,6 @@ from .arguments import (
     trainer_config_kwargs,
 )
 from .artefacts import plot_loss_curve
-from .attention import MODEL_ATTENTION, torch_varlen_attention
-from .attention import register as register_attention
 from .callbacks import (
     CheckpointUpload,
     EarlyStopping,
@@ -61,11 +59,13 @@ from .distributed import check_saved_weights, confirm_strategy, unsharded_loadin
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .hub import push_to_hub, push_token
-from .memory_plan import ModelShape, checkpointed_layers_to_fit
-from .model_sources import localized
+from .model.attention import MODEL_ATTENTION, torch_varlen_attention
+from .model.attention import register as register_attention
+from .model.memory_plan import ModelShape, checkpointed_layers_to_fit
+from .model.sources import localized
+from .model.spectrum import apply_spectrum
 from .progress import ProgressReporter
 from .rewards import build_rewards
-from .spectrum import apply_spectrum
 from .storage import LocalStore, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
 from .tracking import (

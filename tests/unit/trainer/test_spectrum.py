@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftapi.v1alpha1 import SpectrumSpec
-from fttrainer.spectrum import MatrixScore, matrix_snr, module_type, select_parameters
+from fttrainer.model.spectrum import MatrixScore, matrix_snr, module_type, select_parameters
 
 
 def test_module_type_strips_the_layer_index() -> None:

@@ -8,5 +8,5 @@
 
 The Trainer's side (upload after each save, then report it) is callbacks.CheckpointUpload.
 Activation checkpointing, which trades compute for memory inside a step and has nothing to
-do with these, is recompute.py.
+do with these, is model/recompute.py.
 """

@@ -6,7 +6,7 @@ transformers checkpoints every decoder layer or none (its `every_n_layers` steps
 weight gradients, backward costs about one forward, so recomputing a layer's forward adds a
 third to that layer's step. A GPU run with training.gradientCheckpointing unset asks the
 memory plan for the fewest layers to checkpoint that fit the device
-(fttrainer.memory_plan.checkpointed_layers_to_fit, decided in fttrainer.arguments); when
+(fttrainer.model.memory_plan.checkpointed_layers_to_fit, decided in fttrainer.arguments); when
 that is some but not all, `callbacks.RecomputeFirstLayers` leaves only the first that many
 checkpointed once the Trainer has switched checkpointing on everywhere. Megatron-LM's block
 recompute (`--recompute-num-layers`) makes the same trade.

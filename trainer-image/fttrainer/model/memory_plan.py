@@ -135,7 +135,7 @@ def estimate_memory(
         dropout_per_layer //= shape.layers
         per_layer += dropout_per_layer
     # A checkpointed layer keeps its input. The unchecked layers are the last ones
-    # (fttrainer.recompute): backward frees their activations before it
+    # (fttrainer.model.recompute): backward frees their activations before it
     # recomputes the first checkpointed layer, so the peak holds one layer's worth either way.
     parts["activations"] = checkpointed * 2 * tokens * shape.hidden + per_layer * (
         max(kept, 1) if checkpointed else shape.layers
@@ -244,7 +244,7 @@ def checkpointed_layers_to_fit(
     """The fewest decoder layers to checkpoint for the run to fit CHECKPOINTING_MARGIN of
     `budget` bytes per device (the worst case: every batch maxSeqLength long), and the
     estimate it rests on; all of them when nothing fits. Each layer left unchecked spares
-    recomputing its forward, a third of its step for LoRA (fttrainer.recompute)."""
+    recomputing its forward, a third of its step for LoRA (fttrainer.model.recompute)."""
     needed = 0.0
     for layers in range(shape.layers + 1):
         needed = estimate_memory(shape, spec, checkpointed_layers=layers).total

@@ -18,8 +18,7 @@ import shutil
 from pathlib import Path
 
 from ftapi.v1alpha1 import FineTuneJobSpec, S3Spec
-
-from .storage import open_store
+from fttrainer.storage import open_store
 
 log = logging.getLogger(__name__)
 COMPLETE = ".finetune-complete"
