@@ -1,5 +1,6 @@
 """A process a test or a benchmark starts and must not leave behind: the operator, a Go
-controller manager, the operator as a Helm release would run it, a benchmark's peer.
+controller manager, the operator as a Helm release would run it, a benchmark's peer, an
+MLflow tracking server.
 
     process = ManagedProcess("operator", tmp / "operator.log")
     process.start([sys.executable, "-m", "ftoperator"], env=env,
@@ -13,6 +14,9 @@ not ready in time: a harness never hangs on a process that died.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -41,16 +45,19 @@ class ManagedProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.offset = 0  # the log's size when the current process started
         self.starts = 0
+        self.own_group = False  # started in its own session: signals reach its whole group
 
     def start(
         self, command: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None,
         ready: Callable[[], bool] | None = None, timeout: float = 120, new_session: bool = False,
     ) -> None:  # fmt: skip
         """Spawn `command` and, given a `ready` probe, wait until it answers True.
-        `new_session`: its own session, out of reach of a signal to the test's group."""
+        `new_session`: its own session, out of reach of a signal to the test's group; stop()
+        and kill() then signal its whole group (a server's workers, a launcher's children)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.starts += 1
+        self.own_group = new_session
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 list(command), stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
@@ -87,11 +94,19 @@ class ManagedProcess:
         decoded = text.decode(errors="replace")
         return decoded if tail is None else decoded[-tail:]
 
+    def _signal(self, number: signal.Signals) -> None:
+        assert self.process is not None
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):  # the group is gone already
+                os.killpg(self.process.pid, number)
+        else:
+            self.process.send_signal(number)
+
     def kill(self) -> None:
         """SIGKILL: no cleanup (a crash, an OOM kill, a lost node)."""
         if self.running():
             assert self.process is not None
-            self.process.kill()
+            self._signal(signal.SIGKILL)
             self.process.wait(timeout=30)
 
     def stop(self, grace: float = 30) -> None:
@@ -99,9 +114,9 @@ class ManagedProcess:
         if not self.running():
             return
         assert self.process is not None
-        self.process.terminate()
+        self._signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal(signal.SIGKILL)
             self.process.wait(timeout=10)

@@ -6,15 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +17,8 @@ from transformers import TrainerCallback
 
 from ftapi import parse_job
 from fttestkit.builders import make_job
+from fttestkit.ports import free_port
+from fttestkit.process import ManagedProcess, http_ok
 from fttrainer.recipe import Recipe
 
 # What the trackers create by default: mlflow's ./mlflow.db and ./mlruns, ./wandb, and
@@ -264,17 +260,10 @@ def test_a_resumed_attempt_continues_the_same_mlflow_and_wandb_runs(
     assert ids == {recorded["wandb"]}
 
 
-@dataclass
-class _Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _mlflow_process(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[_Server | None]:
+) -> Iterator[tuple[ManagedProcess, str] | None]:
     """`mlflow server` on a free loopback port (SQLite store, local artifact directory),
     started with the module's first test when an MLflow test is selected: its imports take
     a while, so it boots while the other trackers' tests train."""
@@ -283,50 +272,29 @@ def _mlflow_process(
         yield None
         return
     root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = root / "server.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts")],
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
-        )  # fmt: skip
+    port = free_port()
+    server = ManagedProcess("mlflow server", root / "server.log")
+    server.start(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
+        new_session=True,  # stop() then reaches uvicorn's worker too
+    )  # fmt: skip
     try:
-        yield _Server(f"http://127.0.0.1:{port}", process, log)
+        yield server, f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # uvicorn's worker is in the same group
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(_mlflow_process: _Server | None) -> str:
-    """The server's URL, once /health answers."""
+def mlflow_server(_mlflow_process: tuple[ManagedProcess, str] | None) -> str:
+    """The server's URL, once /health answers (a loaded 2-core machine needs minutes for
+    MLflow's imports)."""
     assert _mlflow_process is not None
-    _wait_healthy(_mlflow_process)
-    return _mlflow_process.url
-
-
-def _wait_healthy(server: _Server) -> None:
-    deadline = time.monotonic() + 300  # a loaded 2-core machine needs minutes for imports
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            log = server.log.read_text()[-3000:]
-            pytest.fail(f"mlflow server exited {server.process.returncode}:\n{log}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after 300 s:\n{server.log.read_text()[-3000:]}")
+    server, url = _mlflow_process
+    server.wait_until(lambda: http_ok(f"{url}/health"), 300, "healthy")
+    return url
 
 
 # W&B writes an offline run as a LevelDB-style log of protobuf records (the format
