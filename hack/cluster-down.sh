@@ -33,7 +33,6 @@ fi
 node=0
 if [[ $EUID -eq 0 ]] && owns_node; then
   node=1
-  load_ports
   node_down || log "stopping the real node failed (see above)"
 fi
 stop_procs 30 kwok kube-scheduler kube-controller-manager
@@ -42,7 +41,6 @@ stop_procs 30 etcd minio
 
 # Nothing of ours may still listen.
 if [[ -f "$STATE/ports.env" ]]; then
-  load_ports
   busy=()
   for p in "${ETCD_PORT:-}" "${ETCD_PEER_PORT:-}" "${APISERVER_PORT:-}" "${KCM_PORT:-}" "${SCHED_PORT:-}" "${S3_PORT:-}" "${S3_CONSOLE_PORT:-}"; do
     [[ -n "$p" ]] || continue

@@ -404,7 +404,6 @@ restart_apiserver() {
 # listed too, and count only where the node is required (FTO_NODE=1).
 status() {
   local n rc=0 pid
-  load_ports
   for n in etcd kube-apiserver kube-controller-manager kube-scheduler kwok minio; do
     if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
   done

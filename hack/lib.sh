@@ -160,14 +160,17 @@ pid_of() {
 # below read. Nothing else sets them.
 
 # use_state DIR: STATE=DIR, PKI (certificates), LOGS (components' logs), PIDS (their PIDs),
-# KCFGS (their kubeconfigs), TIMEOUT (seconds each readiness wait may take).
+# KCFGS (their kubeconfigs), NODE_STATE (the real node's files), TIMEOUT (seconds each readiness wait may take), and the ports
+# the cluster picked (FTO_PORT_NAMES below: APISERVER_PORT, ...) once it has picked them.
 use_state() {
   STATE="$1"
   PKI="$STATE/pki"
   LOGS="$STATE/logs"
   PIDS="$STATE/pids"
   KCFGS="$STATE/kubeconfigs"
+  NODE_STATE="$STATE/node"
   TIMEOUT="${FTO_UP_TIMEOUT:-120}"
+  if [[ -f "$STATE/ports.env" ]]; then source "$STATE/ports.env"; fi
 }
 
 # The Service range and the API server's ClusterIP in it (the pods' ranges: node.sh).
@@ -186,9 +189,6 @@ begin() {
   setup_ports
   setup_pki
 }
-
-# load_ports: the state's ports (FTO_PORT_NAMES below), when the cluster has picked them.
-load_ports() { if [[ -f "$STATE/ports.env" ]]; then source "$STATE/ports.env"; fi; }
 
 # ---------------------------------------------------------------- processes
 # A component runs as a daemon in its own session, its PID and binary in $PIDS, its log in

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from fttestkit.cluster import Cluster, fresh_namespace, running_cluster
+from fttestkit.cluster import Cluster, fresh_namespace, running_cluster, unique
 from fttestkit.paths import REPO
 from fttestkit.release import Release
 from tests.e2e.realnode import (
@@ -88,7 +88,7 @@ def images(cluster: Cluster, node: str) -> dict[str, str]:
 
 @pytest.fixture
 def e2e_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    with fresh_namespace(cluster, f"e2e-{uuid.uuid4().hex[:10]}") as name:
+    with fresh_namespace(cluster, unique("e2e-", request)) as name:  # names the test
         yield name
 
 
