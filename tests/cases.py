@@ -191,6 +191,13 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "early stopping without evaluation": (
         make_job().set("training.earlyStopping", {}).set("evaluation.strategy", "no").obj(),
         "spec.training.earlyStopping", "evaluation.strategy"),
+    "skip on non-finite with deepspeed": (
+        make_job().set("training.onNonFinite", "skip")
+        .set("distributed.strategy", "deepspeed").obj(),
+        "spec.training.onNonFinite", "DeepSpeed"),
+    "rollback factor without rollback": (
+        make_job().set("training.rollbackLearningRateFactor", 0.5).obj(),
+        "spec.training.rollbackLearningRateFactor", "onNonFinite rollback"),
     "gradient checkpointing with prefix tuning": (
         make_job().set("method.type", "prefix").set("training.gradientCheckpointing", True).obj(),
         "spec.training.gradientCheckpointing", "prefix"),

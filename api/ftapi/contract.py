@@ -15,6 +15,8 @@ completion index (an env var of the pod) before the process starts; no shell is 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 TORCHRUN = "torchrun"
 # torchrun -m <TRAINER_MODULE> <TRAINER_COMMAND> <config>: `finetune run` as a module.
 TRAINER_MODULE = "fttrainer.cli"
@@ -41,15 +43,46 @@ WRITABLE_DIRECTORIES = (
     "MPLCONFIGDIR",
     "WANDB_DIR",
 )
-# A failure that a restart would repeat (a data row, a config the trainer refuses): the
-# trainer writes INVALID_INPUT_MARKER and its message to the container's termination log,
-# which survives torchrun (whose own exit code is 1 whatever its worker's), and exits with
-# EXIT_INVALID_INPUT (sysexits' EX_DATAERR). The operator then fails the job at once
-# (reason InvalidInput) instead of spending restarts on fresh GPU nodes.
+# The trainer's verdicts on its own run. It writes the verdict's marker and its message to
+# the container's termination log, which survives torchrun (whose own exit code is 1 whatever
+# its worker's), and exits with the verdict's code (what a local `finetune run` returns). The
+# operator reads the marker and ends the attempt with the verdict's reason: at once and for
+# good where a restart would repeat the failure, or restarting where a restart is the cure.
 TERMINATION_LOG = "/dev/termination-log"
 ENV_TERMINATION_LOG = "FINETUNE_TERMINATION_LOG"  # another path (tests; kubelet's default)
-INVALID_INPUT_MARKER = "finetune: invalid input:"
-EXIT_INVALID_INPUT = 65
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: str
+    """The job's failure reason (ftoperator.failures.REASONS has its row)."""
+    marker: str
+    """What opens the termination message."""
+    exit_code: int
+    restart: bool
+    """Whether a restart (counted against maxRestarts) can cure it."""
+
+
+# A data row or a config the trainer refuses (sysexits' EX_DATAERR): no restart is spent on
+# fresh GPU nodes to fail the same way.
+INVALID_INPUT = Verdict("InvalidInput", "finetune: invalid input:", 65, restart=False)
+# training.onNonFinite stop, or skip/rollback past training.nonFiniteLimit.
+DIVERGED = Verdict("Diverged", "finetune: diverged:", 66, restart=False)
+# training.onNonFinite rollback: a restart resumes from the newest checkpoint (only finite
+# weights are ever saved) with the learning rate lowered as the spec asks (EX_TEMPFAIL).
+ROLLED_BACK = Verdict("RolledBack", "finetune: rolled back:", 75, restart=True)
+# The results are in output.uri, but a publish step refused them for good (the Hub answered
+# 401/403/404: a token without write access, a repository that cannot be created): a restart
+# would be refused the same way (EX_NOPERM). Other publish errors exit 1 and are retried; the
+# restart resumes from the final checkpoint and trains nothing again.
+PUBLISH_FAILED = Verdict("PublishFailed", "finetune: publish failed:", 77, restart=False)
+# No progress within runPolicy.stallDetection's deadlines: the process wrote its threads'
+# stacks to its log and exited (124, as timeout(1) does); the restart resumes from the newest
+# checkpoint.
+STALLED = Verdict("Stalled", "finetune: stalled:", 124, restart=True)
+VERDICTS = (INVALID_INPUT, DIVERGED, ROLLED_BACK, PUBLISH_FAILED, STALLED)
+INVALID_INPUT_MARKER = INVALID_INPUT.marker
+EXIT_INVALID_INPUT = INVALID_INPUT.exit_code
 # The trainer was asked to stop (SIGTERM: preemption, node drain, deletion), saved a
 # checkpoint at the next step boundary and exited: 128 + SIGTERM, as a shell reports it. The
 # run is not finished; a restart resumes from that checkpoint.

@@ -21,12 +21,14 @@ A report carries its attempt, so a late write from a torn-down attempt is recogn
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .v1alpha1._base import ApiModel
+from .v1alpha1.common import NonFinite
 
 REPORT_FIELD = "report"
 """The FineTuneJobProgress field holding the JSON of a ProgressReport."""
@@ -40,6 +42,13 @@ ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 REPORT_INTERVAL_SECONDS = 15.0
 
 Stage = Literal["starting", "training", "evaluating", "saving", "publishing", "done"]
+
+
+def spelled(value: float) -> NonFinite:
+    """A non-finite value as the report and the status spell it."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
 
 
 class CheckpointReport(ApiModel):
@@ -64,6 +73,11 @@ class ProgressReport(ApiModel):
     metrics: dict[str, float] = {}
     """Latest scalars by the trainer's names: train_loss, eval_loss, eval_accuracy,
     learning_rate, grad_norm, reward, ..."""
+    non_finite: dict[str, NonFinite] = {}
+    """Metrics whose latest value was NaN or infinite, by the same names: shown as such,
+    never replaced by an older finite value (`metrics` then leaves the name out)."""
+    skipped_steps: Annotated[int, Field(ge=0)] = 0
+    """Steps whose batch updated nothing for a non-finite loss (training.onNonFinite skip)."""
     checkpoint: CheckpointReport | None = None
     model_uri: str | None = None
     """Set once the final model is published."""

@@ -44,6 +44,25 @@ REASONS: tuple[Reason, ...] = (
            "the trainer refused its input (a bad data row, a config it cannot run): it wrote "
            "its reason to the container's termination log and exited with 65; no restart is "
            "spent, since every restart would fail the same way"),
+    Reason("Diverged", "attempt", False, 2,
+           "the training loss or gradient norm became NaN or infinite "
+           "(`training.onNonFinite` stop, or skip/rollback past `training.nonFiniteLimit`); "
+           "the message names the step and the last finite loss. No checkpoint holds the "
+           "non-finite weights; lower the learning rate or fix the data, then resubmit"),
+    Reason("RolledBack", "attempt", True, 2,
+           "`training.onNonFinite: rollback`: the loss became non-finite and the attempt "
+           "restarts from the newest checkpoint (the message says which step and the "
+           "learning rate it resumes with)"),
+    Reason("PublishFailed", "attempt", False, 2,
+           "training finished and the results are in `output.uri` (`status.modelUri`), but "
+           "a publish step refused them for good (the Hub answered 401, 403 or 404: a token "
+           "without write access, a repository that cannot be created); no restart is spent "
+           "and nothing is trained again"),
+    Reason("Stalled", "attempt", True, 2,
+           "the trainer made no progress within `runPolicy.stallDetection`'s deadlines (a "
+           "deadlocked data loader, a collective a rank never joined, a read that never "
+           "returned): it wrote every thread's stack to its log and exited; the restart "
+           "resumes from the newest checkpoint"),
     Reason("ExitCode", "attempt", True, 2,
            "a container exited non-zero; the message has the code and the last line of its "
            "termination message"),

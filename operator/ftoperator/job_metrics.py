@@ -169,12 +169,16 @@ def job_families(bodies: Iterable[dict[str, Any]], now: datetime) -> list[Metric
             phase.add_metric([*labels, name], 1.0 if name == current else 0.0)
         if current == "Failed":
             failed.add_metric([*labels, str(status.get("failureReason") or "Unknown")], 1.0)
+        metrics = status.get("metrics") or {}
+        non_finite = _non_finite(metrics)
         for family, spec in zip(gauges, _STATUS_GAUGES, strict=True):
             value = _number(_dig(status, spec.path))
             value = spec.default if value is None else value
+            if spec.path[0] == "metrics":  # NaN as NaN: Prometheus carries it
+                value = non_finite.get(_OWN_SERIES[spec.path[1]], value)
             if value is not None:
                 family.add_metric(labels, value * spec.scale)
-        for key, value in _other_metrics(status.get("metrics") or {}):
+        for key, value in _other_metrics(metrics):
             metric.add_metric([*labels, key], value)
         gpus.add_metric(labels, float(gpus_requested(body)))
         used.add_metric(labels, gpu_seconds(body, now))
@@ -204,9 +208,18 @@ class JobSeries(Collector):
         return iter(())
 
 
+def _non_finite(metrics: dict[str, Any]) -> dict[str, float]:
+    """status.metrics.nonFinite as numbers (NaN, inf), by the trainer's names."""
+    found = metrics.get("nonFinite") or {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): float(v) for k, v in found.items() if v in ("NaN", "Infinity", "-Infinity")}
+
+
 def _other_metrics(metrics: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    non_finite = _non_finite(metrics)
     for key, name in _NAMED_METRICS.items():
-        value = _number(metrics.get(key))
+        value = non_finite.get(name, _number(metrics.get(key)))
         if value is not None:
             yield name, value
     additional = metrics.get("additional") or {}

@@ -25,9 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftapi.contract import INVALID_INPUT_MARKER
+from ftapi.contract import INVALID_INPUT, VERDICTS
 from ftapi.progress import ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from ftapi.v1alpha1.common import NonFinite
 from ftapi.v1alpha1.scheduling import MAX_SECONDS
 from ftapi.v1alpha1.status import (
     TERMINAL_PHASES,
@@ -298,6 +299,10 @@ def _pod_name(pod: dict[str, Any]) -> str:
     return str(pod.get("metadata", {}).get("name", ""))
 
 
+# How a verdict's message is introduced in the job's status.
+VERDICT_WORDS = {INVALID_INPUT.reason: "the trainer refused its input: "}
+
+
 def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -> Failure | None:
     name = pod.get("metadata", {}).get("name", "?")
     pod_status = pod.get("status", {})
@@ -319,9 +324,11 @@ def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -
             continue
         code = terminated.get("exitCode")
         said = terminated.get("message") or ""
-        if said.startswith(INVALID_INPUT_MARKER):  # the trainer's own verdict (termination.py)
-            words = said.removeprefix(INVALID_INPUT_MARKER).strip()[:MAX_DETAIL]
-            return Failure("InvalidInput", f"pod {name}: the trainer refused its input: {words}")
+        verdict = next((v for v in VERDICTS if said.startswith(v.marker)), None)
+        if verdict is not None:  # the trainer's own verdict (fttrainer/termination.py)
+            words = said.removeprefix(verdict.marker).strip()[:MAX_DETAIL]
+            what = VERDICT_WORDS.get(verdict.reason, "")
+            return Failure(verdict.reason, f"pod {name}: {what}{words}")
         detail = said.strip().splitlines()
         tail = f": {detail[-1][-MAX_DETAIL:]}" if detail else ""
         if terminated.get("reason") == "OOMKilled":
@@ -553,12 +560,24 @@ def _copy_progress(
         updated_at=report.updated_at,
     )  # fmt: skip
     _summarise(progress)
+    progress.loss = _loss_text(report)
+    progress.skipped_steps = report.skipped_steps or None
     status.progress = progress
-    if report.metrics:
-        status.metrics = metrics_from(report.metrics)
+    if report.metrics or report.non_finite:
+        status.metrics = metrics_from(report.metrics, report.non_finite)
 
 
-def metrics_from(values: dict[str, float]) -> Metrics:
+def _loss_text(report: ProgressReport) -> str | None:
+    """The LOSS column: the latest training loss, NaN or Infinity included."""
+    if "train_loss" in report.non_finite:
+        return report.non_finite["train_loss"]
+    loss = report.metrics.get("train_loss")
+    return f"{loss:.4g}" if loss is not None and math.isfinite(loss) else None
+
+
+def metrics_from(
+    values: dict[str, float], non_finite: dict[str, NonFinite] | None = None
+) -> Metrics:
     known: dict[str, float] = {}
     additional: dict[str, float] = {}
     for name, value in sorted(values.items()):
@@ -568,7 +587,8 @@ def metrics_from(values: dict[str, float]) -> Metrics:
             known.setdefault(METRIC_FIELDS[name], value)
         elif len(additional) < MAX_ADDITIONAL_METRICS:
             additional[name] = value
-    return Metrics(**known, additional=additional)
+    shown = dict(sorted((non_finite or {}).items())[:MAX_ADDITIONAL_METRICS])
+    return Metrics(**known, additional=additional, non_finite=shown)
 
 
 def _summarise(progress: Progress) -> None:

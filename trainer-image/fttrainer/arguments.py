@@ -271,6 +271,10 @@ def _common_kwargs(
         "activation_checkpointing": checkpointing,
         "logging_steps": spec.logging.steps,
         "logging_first_step": spec.logging.first_step,
+        # A NaN loss is logged as NaN, never as the running mean (divergence.py acts on it;
+        # a skipped batch is left out of the logged mean there), and a NaN validation loss
+        # is not averaged away.
+        "logging_nan_inf_filter": False,
         "report_to": list(spec.logging.report_to),
         "eval_strategy": evaluation.strategy,
         # The Trainer writes checkpoint-<step>/ locally (weights, optimizer, scheduler, RNG,

@@ -4,6 +4,11 @@ events to the module that does the work.
 The recipe adds them in this order, and the order matters (callbacks run in the order they
 were added, so on_save of one sees what the ones before it did):
 
+    StallWatch            the phase and progress the stall watchdog holds to its deadlines
+                          (watchdog.py)
+    NonFiniteGuard        a NaN/inf loss or gradient before the optimizer step, and a
+                          checkpoint with non-finite weights, before anything saves it
+                          (divergence.py) ...
     TrackerIds            write the tracker runs' ids into the checkpoint (tracking.py) ...
     CheckpointUpload      ... before it is uploaded and its manifest committed (checkpointing/)
     ProgressCallback      ... and only then reported in the job's status (progress.py)
@@ -32,20 +37,34 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
 from .checkpointing.protocol import Manifest, best, checkpoint_name
 from .checkpointing.resume import barrier, gathered, metrics_at
 from .checkpointing.store import CheckpointStore
+from .divergence import (
+    Diverged,
+    LossWatch,
+    RollBack,
+    decide,
+    describe,
+    gradients_finite,
+    optimizer_tensors,
+    tensors_finite,
+)
+from .faults import Faults
 from .model.recompute import decoder_layers
 from .progress import ProgressReporter
 from .tracking import TRACKERS_FILE, TrackerRuns
+from .watchdog import Watchdog
 
 log = logging.getLogger("fttrainer")
 
@@ -132,6 +151,7 @@ class EarlyStopping(TrainerCallback):
         self.misses += 1
         if self.misses >= self.patience:
             control.should_training_stop = True
+            control.should_save = True  # the end of training is a checkpoint (CheckpointUpload)
             self.stopped_at = state.global_step
 
 
@@ -161,6 +181,176 @@ class RecomputeFirstLayers(TrainerCallback):
         )  # fmt: skip
 
 
+class RollbackRecorder(Protocol):
+    def __call__(self, *, step: int, resume_from: int | None, message: str) -> None: ...
+
+
+class NonFiniteGuard(TrainerCallback):
+    """training.onNonFinite on every rank: before each optimizer step, whether any rank's
+    losses or gradients were not finite (one all-reduce), and the action `decide` picks;
+    before each checkpoint is uploaded, whether the weights and optimizer state it holds
+    are finite (never a resume point otherwise). Add it first: its on_save must run before
+    CheckpointUpload's."""
+
+    def __init__(
+        self, watch: LossWatch, reporter: ProgressReporter, *, action: str, limit: int,
+        learning_rate_factor: float, record_rollback: RollbackRecorder, faults: Faults,
+    ) -> None:  # fmt: skip
+        self.watch = watch
+        self.faults = faults
+        self.reporter = reporter
+        self.action = action
+        self.limit = limit
+        self.learning_rate_factor = learning_rate_factor
+        self.record_rollback = record_rollback
+        self.rollbacks = 0  # earlier attempts' (prepare)
+        self.skipped_in_a_row = 0
+        self.skipped = 0
+        self.last_finite: tuple[int, float] | None = None
+        self.last_checkpoint: int | None = None
+
+    def prepare(self, *, rollbacks: int, resumed_step: int | None) -> None:
+        """Before training: the rollbacks earlier attempts made (from the checkpoint store)
+        and the step this attempt resumes from."""
+        self.rollbacks = rollbacks
+        self.last_checkpoint = resumed_step
+        if rollbacks:
+            self.faults.nan_steps = frozenset()  # the test fault strikes once per job
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None,
+                       lr_scheduler: Any = None, **_: Any) -> None:  # fmt: skip
+        """After a rollback the learning rate is lowered here: the optimizer and scheduler
+        were just restored from the checkpoint with the old one."""
+        factor = self.learning_rate_factor**self.rollbacks
+        if factor == 1.0 or optimizer is None:
+            return
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        for name in ("base_lrs", "_last_lr"):  # what the schedule scales, what is logged
+            if isinstance(getattr(lr_scheduler, name, None), list):
+                setattr(lr_scheduler, name, [lr * factor for lr in getattr(lr_scheduler, name)])
+        log.warning("rollback %d: learning rate x%g (training.rollbackLearningRateFactor)",
+                    self.rollbacks, factor)  # fmt: skip
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
+                              optimizer: Any = None, **_: Any) -> None:  # fmt: skip
+        step = state.global_step + 1
+        losses = self.watch.take()
+        loss = sum(losses) / len(losses) if losses else math.nan
+        values = {"train_loss": loss}
+        if model is not None and not gradients_finite(model.parameters()):
+            values["grad_norm"] = math.nan
+        if not _anyone(not all(math.isfinite(v) for v in values.values())):
+            self.skipped_in_a_row = 0
+            if losses:
+                self.last_finite = (step, loss)
+            return
+        if all(math.isfinite(v) for v in values.values()):
+            values = {}  # finite here: another rank's were not
+        self._act(step, values, state, optimizer=optimizer, model=model)
+
+    def _act(self, step: int, values: dict[str, float], state: Any, *, optimizer: Any,
+             model: Any) -> None:  # fmt: skip
+        what = describe(values) or "not finite on another rank"
+        choice = decide(self.action, skipped_in_a_row=self.skipped_in_a_row,
+                        rollbacks=self.rollbacks, limit=self.limit)  # fmt: skip
+        if choice == "skip" and self.last_finite is None:
+            choice = "stop"  # no finite step yet in this attempt: nothing to go on from
+        main = bool(state.is_world_process_zero)
+        if choice == "skip":
+            for holder in (optimizer, model):
+                if holder is not None:
+                    holder.zero_grad(set_to_none=True)  # the optimizer skips what has no grad
+            self.skipped_in_a_row += 1
+            self.skipped += 1
+            log.warning("step %d: %s: its batch is skipped (%d in a row, %d in all; "
+                        "training.nonFiniteLimit %d)", step, what, self.skipped_in_a_row,
+                        self.skipped, self.limit)  # fmt: skip
+            if main:
+                self.reporter.non_finite_step(values, step=step, skipped=True)
+            return
+        last = (f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
+                if self.last_finite else "no finite loss in this attempt")  # fmt: skip
+        message = f"step {step}: {what} ({last})"
+        if self.action == "skip" and self.skipped_in_a_row >= self.limit:
+            message += f"; {self.skipped_in_a_row} steps skipped in a row before it"
+        elif self.action == "skip":
+            message += "; no finite step in this attempt to go on from"
+        self._fail(step, message, values, choice, main)
+
+    def _fail(self, step: int, message: str, values: dict[str, float], choice: str,
+              main: bool) -> None:  # fmt: skip
+        if choice == "rollback":
+            message += (f"; rolling back to checkpoint step {self.last_checkpoint} "
+                        f"({self.rollbacks + 1} of {self.limit})"
+                        if self.last_checkpoint is not None else
+                        "; rolling back to the start (no checkpoint yet)")  # fmt: skip
+            if main:
+                self.record_rollback(step=step, resume_from=self.last_checkpoint,
+                                     message=message)  # fmt: skip
+        elif self.action == "rollback":
+            message += f"; {self.rollbacks} rollbacks already (training.nonFiniteLimit)"
+        log.error("%s", message)
+        if main:
+            self.reporter.non_finite_step(values, step=step, skipped=False, flush=True)
+        raise RollBack(message) if choice == "rollback" else Diverged(message)
+
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None,
+                optimizer: Any = None, **_: Any) -> None:  # fmt: skip
+        step = state.global_step
+        finite = (model is None or tensors_finite(model.parameters())) and (
+            optimizer is None or tensors_finite(optimizer_tensors(optimizer))
+        )
+        if not _anyone(not finite):
+            self.last_checkpoint = step
+            return
+        folder = Path(args.output_dir) / checkpoint_name(step)
+        if state.is_local_process_zero:
+            shutil.rmtree(folder, ignore_errors=True)  # never uploaded, never resumed from
+        choice = "rollback" if self.action == "rollback" and self.rollbacks < self.limit else "stop"
+        message = (f"step {step}: the weights or optimizer state are not finite; checkpoint "
+                   f"{folder.name} was not saved")  # fmt: skip
+        self._fail(step, message, {}, choice, bool(state.is_world_process_zero))
+
+
+class StallWatch(TrainerCallback):
+    """Tells the process's Watchdog (watchdog.py) which phase training is in: each step's
+    end, and an evaluation or a checkpoint from when the flow callbacks decide on one. Only
+    between on_train_begin and on_train_end: the base evaluation before training belongs to
+    the startup phase, the final one to the recipe's own "evaluating"."""
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        self.watchdog = watchdog
+        self.training = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.training = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.watchdog.stepped(state.global_step)
+        if control.should_evaluate:
+            self.watchdog.enter("evaluating")
+        elif control.should_save:
+            self.watchdog.enter("saving")
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if not self.training:
+            return
+        if control.should_save:
+            self.watchdog.enter("saving")
+        else:
+            self.watchdog.resume()
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self.training:
+            self.watchdog.resume()
+
+
 class TrackerIds(TrainerCallback):
     """Records the tracker runs' ids in each checkpoint before CheckpointUpload uploads it
     (so it must come before that callback)."""
@@ -185,6 +375,12 @@ class CheckpointUpload(TrainerCallback):
         # complete ones retention kept.
         self.latest: Manifest | None = None
         self.kept = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        """Training always ends on a checkpoint: a restart after it (a publish that failed,
+        a kill while evaluating) resumes there and trains nothing again."""
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_save = True
 
     def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         step = state.global_step

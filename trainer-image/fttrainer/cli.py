@@ -390,21 +390,31 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.update(single_process_rendezvous(os.environ))
     output = chosen["dir"]
     output.mkdir(parents=True, exist_ok=True)
+    from .hub import HubError
+
     try:
         recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
         recipe.setup()
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, HubError) as exc:
         print(exc, file=sys.stderr)
         return invalid_input(str(exc))
-    from ftapi.contract import EXIT_STOPPED
+    from ftapi.contract import DIVERGED, EXIT_STOPPED, PUBLISH_FAILED, ROLLED_BACK
 
     from .callbacks import Stopped
+    from .divergence import Diverged, RollBack
+    from .termination import record
 
     try:
         result = recipe.train()
     except Stopped as stopped:
         print(f"{stopped}: a new run of this job resumes from it", file=sys.stderr)
         return EXIT_STOPPED
+    except Diverged as exc:
+        print(f"diverged: {exc}", file=sys.stderr)
+        return record(DIVERGED, str(exc))
+    except RollBack as exc:
+        print(f"rolled back: {exc}: run it again (the same command) to resume", file=sys.stderr)
+        return record(ROLLED_BACK, str(exc))
     final_dir = recipe.save(result)
     from .storage import StorageError
 
@@ -413,6 +423,13 @@ def _run(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"training finished but the results could not be published: {exc}", file=sys.stderr)
         print(f"they are still in {output}", file=sys.stderr)
+        return 1
+    except HubError as exc:
+        where = f"{job.spec.output.uri.rstrip('/')}/final"
+        print(f"training finished, the model is in {where}, but {exc}", file=sys.stderr)
+        if exc.permanent:  # a restart would be refused the same way
+            return record(PUBLISH_FAILED, f"{exc}; the model is in {where}")
+        print("a new run of this job publishes again without training", file=sys.stderr)
         return 1
     if published and recipe.is_main_process:
         print(f"published {len(published)} files to {job.spec.output.uri}")

@@ -17,7 +17,16 @@ log = logging.getLogger("fttrainer")
 
 
 class HubError(RuntimeError):
-    """The Hub refused or could not be reached; said in words, without the token."""
+    """The Hub refused or could not be reached; said in words, without the token.
+    `permanent`: a refusal that trying again would meet again (401, 403, 404, no token)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# What the Hub answers for a token without rights or a repository it will not create.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 409, 422})
 
 
 def push_token() -> str:
@@ -25,7 +34,8 @@ def push_token() -> str:
     if not token:
         raise HubError(
             f"output.pushToHub needs a token with write access: set {ENV_HUB_PUSH_TOKEN} "
-            f"or {ENV_HF_TOKEN} (in a cluster: output.pushToHub.tokenSecretRef)"
+            f"or {ENV_HF_TOKEN} (in a cluster: output.pushToHub.tokenSecretRef)",
+            permanent=True,
         )
     return token
 
@@ -44,11 +54,15 @@ def push_to_hub(push: PushToHub, folder: Path, *, commit_message: str) -> str:
         )
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
-        raise HubError(f"pushToHub {push.repo_id}: the Hub answered {status}") from None
+        raise HubError(
+            f"pushToHub {push.repo_id}: the Hub answered {status}",
+            permanent=status in PERMANENT_STATUSES,
+        ) from None
     except Exception as error:  # DNS, refused connection, TLS (httpx): unreachable
         raise HubError(
             f"pushToHub {push.repo_id}: cannot reach {api.endpoint}"
-            f" ({type(error).__name__}: {error})"
+            f" ({type(error).__name__}: {error})",
+            permanent=False,
         ) from None
     log.info("pushed %s to %s", folder, push.repo_id)
     return str(commit.commit_url)

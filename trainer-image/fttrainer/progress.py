@@ -48,7 +48,9 @@ from ftapi.progress import (
     CheckpointReport,
     ProgressReport,
     Stage,
+    spelled,
 )
+from ftapi.v1alpha1.common import NonFinite
 
 log = logging.getLogger("fttrainer")
 P = ParamSpec("P")
@@ -81,18 +83,24 @@ TOKEN_COUNTERS = ("num_tokens", "num_input_tokens_seen")
 
 
 def metrics_from_logs(logs: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar metrics of one Trainer log (or final metrics), by their report names.
+    """The finite scalar metrics of one Trainer log (or final metrics), by their report
+    names (non_finite_from_logs has the others: JSON has no NaN)."""
+    return {k: v for k, v in _scalars(logs).items() if math.isfinite(v)}
 
-    Non-numbers and non-finite values are dropped: JSON has no NaN, and a report the
-    operator cannot parse would hide every other value too."""
+
+def non_finite_from_logs(logs: Mapping[str, Any]) -> dict[str, NonFinite]:
+    """The metrics of one log that are NaN or infinite, spelled as JSON readers expect."""
+    return {k: spelled(v) for k, v in _scalars(logs).items() if not math.isfinite(v)}
+
+
+def _scalars(logs: Mapping[str, Any]) -> dict[str, float]:
     found = {}
     for key, value in logs.items():
         if key in SKIPPED or key.endswith(SKIPPED_SUFFIXES):
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if math.isfinite(value):
-            found[RENAMED.get(key, key)] = float(value)
+        found[RENAMED.get(key, key)] = float(value)
     return found
 
 
@@ -301,6 +309,8 @@ class ProgressReporter:
         self.epoch: float | None = None
         self.tokens_per_second: float | None = None
         self.metrics: dict[str, float] = {}
+        self.non_finite: dict[str, NonFinite] = {}
+        self.skipped_steps = 0
         self.checkpoint: CheckpointReport | None = None
         self.model_uri: str | None = None
         # This attempt's start (clock, step, token counters): the pace of the ETA and rate.
@@ -381,7 +391,7 @@ class ProgressReporter:
     @_never_raises
     def logged(self, logs: Mapping[str, Any], *, step: int, epoch: float | None = None) -> None:
         self.step, self.epoch = step, epoch if epoch is not None else self.epoch
-        self.metrics.update(metrics_from_logs(logs))
+        self._update_metrics(logs)
         self._measure_tokens(logs)
         self._send()
 
@@ -390,7 +400,7 @@ class ProgressReporter:
         self, metrics: Mapping[str, Any], *, step: int, epoch: float | None = None
     ) -> None:
         self.step, self.epoch = step, epoch if epoch is not None else self.epoch
-        self.metrics.update(metrics_from_logs(metrics))
+        self._update_metrics(metrics)
         if self.stage == "evaluating":
             self.stage = "training"
         self._send(force=True)
@@ -404,7 +414,42 @@ class ProgressReporter:
     def report_stage(self, stage: Stage, metrics: Mapping[str, Any] | None = None) -> None:
         """A stage change (evaluating, saving, publishing), with the metrics known then."""
         self.stage = stage
-        self.metrics.update(metrics_from_logs(metrics or {}))
+        self._update_metrics(metrics or {})
+        self._send(force=True)
+
+    @_never_raises
+    def non_finite_step(
+        self, values: Mapping[str, float], *, step: int, skipped: bool, flush: bool = False
+    ) -> None:
+        """A step whose loss or gradient norm was not finite (skipped: its batch updated
+        nothing), sent at once; flush when the process ends right after (Diverged)."""
+        self.step = step
+        for name, value in values.items():  # report names already (train_loss, grad_norm)
+            if math.isfinite(value):
+                self.metrics[name] = value
+                self.non_finite.pop(name, None)
+            else:
+                self.non_finite[name] = spelled(value)
+                self.metrics.pop(name, None)
+        self.skipped_steps += int(skipped)
+        self._send(force=True)
+        if flush and not self.flush():
+            log.warning("the last progress report was not sent in time")
+
+    def _update_metrics(self, logs: Mapping[str, Any]) -> None:
+        """The newest value of each metric wins, finite or not."""
+        finite, non_finite = metrics_from_logs(logs), non_finite_from_logs(logs)
+        for name in finite:
+            self.non_finite.pop(name, None)
+        for name in non_finite:
+            self.metrics.pop(name, None)
+        self.metrics.update(finite)
+        self.non_finite.update(non_finite)
+
+    @_never_raises
+    def published(self, *, model_uri: str) -> None:
+        """The final model is in output.uri (later publish steps may still fail)."""
+        self.model_uri = model_uri
         self._send(force=True)
 
     @_never_raises
@@ -432,6 +477,8 @@ class ProgressReporter:
             tokens_per_second=self.tokens_per_second,
             eta_seconds=self._eta(),
             metrics=dict(self.metrics),
+            non_finite=dict(self.non_finite),
+            skipped_steps=self.skipped_steps,
             checkpoint=self.checkpoint,
             model_uri=self.model_uri,
             updated_at=self.now(),

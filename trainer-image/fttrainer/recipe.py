@@ -45,8 +45,10 @@ from .callbacks import (
     CheckpointUpload,
     EarlyStopping,
     GracefulStop,
+    NonFiniteGuard,
     ProgressCallback,
     RecomputeFirstLayers,
+    StallWatch,
     Stopped,
     TrackerIds,
 )
@@ -56,8 +58,10 @@ from .checkpointing.store import CheckpointStore
 from .data.prepare import PreparedData, as_dataset, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
+from .divergence import LossWatch, RollBack, with_loss_watch
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
+from .faults import Faults, with_faults
 from .hub import push_to_hub, push_token
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
@@ -75,6 +79,7 @@ from .tracking import (
     registry_tags,
     tracker_env,
 )
+from .watchdog import Watchdog
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -133,6 +138,9 @@ class Recipe:
             raise ValueError("not implemented yet in the trainer: " + "; ".join(missing))
         if spec.output.push_to_hub is not None:
             push_token()  # no token: fail now, not after hours of training
+        # From here on, a run that stops making progress is stopped with its stacks.
+        self.watchdog = Watchdog(spec.run_policy.stall_detection).start()
+        self.faults = Faults.from_env()
         self.job = job
         self.spec = spec
         self.source_model = spec.model.name  # before setup() localizes an s3:// one
@@ -330,7 +338,17 @@ class Recipe:
         )
         # The tracker run ids go into the checkpoint before it is uploaded. Progress after
         # the upload: a checkpoint is reported once its manifest is written.
+        training = self.spec.training
+        self.loss_watch = LossWatch()
+        self.non_finite_guard = NonFiniteGuard(
+            self.loss_watch, self.progress, action=training.on_non_finite,
+            limit=training.non_finite_limit,
+            learning_rate_factor=training.rollback_learning_rate_factor,
+            record_rollback=self._record_rollback, faults=self.faults,
+        )  # fmt: skip
         callbacks: list[Any] = [
+            StallWatch(self.watchdog),
+            self.non_finite_guard,  # before the upload: a non-finite checkpoint never is
             TrackerIds(self.tracker_runs),
             upload,
             ProgressCallback(self.progress, upload),
@@ -343,7 +361,9 @@ class Recipe:
             if partial is not None:
                 callbacks.append(RecomputeFirstLayers(partial))
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
-        trainer_type = getattr(trl, trainer_class)
+        trainer_type = with_faults(
+            with_loss_watch(getattr(trl, trainer_class), self.loss_watch), self.faults
+        )
         assert self.evaluator is not None
         hooks = self.evaluator.log_hooks()  # perplexity, MCQ scores at every evaluation
         if hooks:
@@ -432,12 +452,15 @@ class Recipe:
             main=main,
             local_main=bool(self.trainer.is_local_process_zero()),
         )
+        self.non_finite_guard.prepare(
+            rollbacks=len(self.checkpoints.rollbacks()), resumed_step=_step_of(self.resumed_from)
+        )
         with environment(self.tracker_env):
             callbacks_env = runs.start(read_tracker_ids(self.resumed_from)) if main else {}
             try:
                 with environment(callbacks_env):
                     result = self._train()
-            except Stopped:
+            except (Stopped, RollBack):
                 raise  # the runs go on in the attempt that resumes from the checkpoint
             except BaseException:
                 if main:
@@ -460,6 +483,7 @@ class Recipe:
         stop_at_max_steps(self.trainer)
         outcome = self.trainer.train(resume_from_checkpoint=self.resumed_from)
         self.graceful.raise_if_stopped()  # not finished: no final model, no result
+        self.watchdog.enter("evaluating")
         self.progress.report_stage("evaluating")  # final evaluation and task scores
         history = list(self.trainer.state.log_history)
         step_metrics = [h for h in history if "loss" in h]
@@ -491,6 +515,7 @@ class Recipe:
 
         Every rank calls save_model (sharded strategies gather through it); only rank 0
         writes the rest."""
+        self.watchdog.enter("saving")  # the final save, then publish
         self.progress.report_stage("saving", result.final_metrics)
         final_dir = self.output_dir / "final"
         self.trainer.save_model(str(final_dir))
@@ -551,6 +576,13 @@ class Recipe:
         (self.output_dir / "result.json").write_text(json.dumps(result_file, indent=2))
         return final_dir
 
+    def _record_rollback(self, *, step: int, resume_from: int | None, message: str) -> None:
+        """training.onNonFinite rollback (rank 0): the attempt that restarts reads it."""
+        self.checkpoints.record_rollback({
+            "at_step": step, "resume_from": resume_from, "message": message,
+            "learning_rate_factor": self.spec.training.rollback_learning_rate_factor,
+        })  # fmt: skip
+
     def _published(self, path: Path) -> str:
         relative = path.relative_to(self.output_dir).as_posix()
         return f"{self.spec.output.uri.rstrip('/')}/{relative}"
@@ -567,8 +599,8 @@ class Recipe:
         else:
             # The same store (and S3 client) the checkpoints go to: output.uri.
             uploaded = upload_tree(store, self.output_dir, "", skip=("trainer",))
-        # Results are out: the same job started again is a new run, not a resume.
-        self.checkpoints.mark_done(self.trainer.state.global_step)
+        final_uri = self._published(self.output_dir / "final")
+        self.progress.published(model_uri=final_uri)  # named in status whatever follows
         if output.push_to_hub is not None:
             push_to_hub(
                 output.push_to_hub,
@@ -577,7 +609,12 @@ class Recipe:
                 f"{self.spec.trainer.type} fine-tune of {self.source_model}",
             )
         self._register(local=isinstance(store, LocalStore))
-        self.progress.finish(model_uri=self._published(self.output_dir / "final"))
+        # Last, once every publish step is done: the same job started again is then a new
+        # run. Until then a restart resumes from the final checkpoint (training ends on
+        # one), evaluates and publishes again, and trains nothing.
+        self.checkpoints.mark_done(self.trainer.state.global_step)
+        self.progress.finish(model_uri=final_uri)
+        self.watchdog.close()
         return uploaded
 
     def _register(self, *, local: bool) -> None:

@@ -25,6 +25,9 @@ POSITIVE_QUANTITY_PATTERN = (
 )
 MAX_QUANTITY_LENGTH = 64
 
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+"""A metric's value that JSON cannot carry as a number, spelled as JavaScript does."""
+
 
 def check_quantity(value: int | str) -> int | str:
     """A quantity more than 0, or ValueError saying what is wrong with it (shared with the

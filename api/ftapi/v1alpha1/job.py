@@ -177,6 +177,15 @@ class FineTuneJobSpec(ApiModel):
             field=".output.mergeAdapter",
         ),
         Rule(
+            cel="self.training.onNonFinite != 'skip' || self.distributed.strategy != 'deepspeed'",
+            message="training.onNonFinite skip cannot work with DeepSpeed, which steps its "
+            "optimizer inside backward; use stop or rollback",
+            check=lambda s: (
+                s.training.on_non_finite != "skip" or s.distributed.strategy != "deepspeed"
+            ),
+            field=".training.onNonFinite",
+        ),
+        Rule(
             cel="!has(self.training.earlyStopping) || self.evaluation.strategy != 'no'",
             message="training.earlyStopping needs evaluation.strategy steps or epoch",
             check=lambda s: s.training.early_stopping is None or s.evaluation.strategy != "no",

@@ -32,6 +32,28 @@ class SchedulingSpec(ApiModel):
 DEFAULT_GRACE_SECONDS = 120
 
 
+class StallDetection(ApiModel):
+    """How long the trainer may go without progress before it is called stalled: each
+    process then writes the Python stacks of all its threads to its log and exits, and the
+    job restarts from its newest checkpoint (reason Stalled, counted against maxRestarts).
+    The defaults are far above what a healthy run takes."""
+
+    enabled: bool = True
+    """Off: a hung run holds its GPUs until activeDeadlineSeconds, if set."""
+    step_time_factor: Annotated[float, Field(ge=2.0, le=1000.0)] = 20.0
+    """After the first step, no optimizer step may take longer than this many times the
+    median step of this attempt..."""
+    minimum_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 900
+    """... nor less than this (a slow step among fast ones is not a stall)."""
+    startup_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 7200
+    """From the start of the process to the end of its first optimizer step: downloading
+    and loading the model, tokenizing, the base evaluation, compiling, the first step."""
+    evaluation_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 7200
+    """Each evaluation during training, and the final one with its task scores."""
+    checkpoint_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 3600
+    """Each checkpoint's save and upload, and the final save and publish."""
+
+
 class RunPolicy(ApiModel):
     """Failure handling and cleanup. maxRestarts, ttlSecondsAfterFinished and
     terminationGracePeriodSeconds may change on a live job (the last from the next attempt)."""
@@ -46,6 +68,9 @@ class RunPolicy(ApiModel):
     suspended before it first ran does not."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=MAX_SECONDS)] | None = None
     """Delete the FineTuneJob this long after it finished (output data stays)."""
+    stall_detection: StallDetection = StallDetection()
+    """A run that stops making progress (a deadlocked data loader, a collective one rank never
+    joins, a storage read that never returns) is stopped with its stacks and restarted."""
     termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = DEFAULT_GRACE_SECONDS
     """Seconds a pod that is asked to stop (preemption, node drain, spot reclaim, deletion)
     has before it is killed: on SIGTERM the trainer finishes its step, saves and uploads a

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._base import ApiModel
-from .common import ShortText, Text, Uri
+from .common import NonFinite, ShortText, Text, Uri
 
 Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
@@ -54,6 +54,11 @@ class Progress(ApiModel):
     is left out)."""
     summary: ShortText | None = None
     """Printable progress, e.g. "120/1000 (12%)" (the PROGRESS column)."""
+    loss: ShortText | None = None
+    """Printable latest training loss, e.g. "1.234" (the LOSS column): NaN or Infinity when
+    it was not finite, which metrics.trainLoss, a number, cannot hold."""
+    skipped_steps: Annotated[int, Field(ge=0)] | None = None
+    """Steps whose batch updated nothing for a non-finite loss (training.onNonFinite skip)."""
     eta: ShortText | None = None
     """Printable ETA, e.g. "1h12m" (the ETA column)."""
     updated_at: datetime | None = None
@@ -79,6 +84,10 @@ class Metrics(ApiModel):
     """Mean total reward (GRPO)."""
     additional: Annotated[dict[str, float], Field(max_length=64)] = {}
     """Other scalar metrics (test set, benchmarks, per-reward means)."""
+    non_finite: Annotated[dict[str, NonFinite], Field(max_length=64)] = {}
+    """Metrics whose latest value was NaN or infinite, by the trainer's names (train_loss,
+    grad_norm, eval_loss, ...): their number fields above are then left empty rather than
+    showing an older finite value."""
 
 
 class OperatorSettingsUsed(ApiModel):

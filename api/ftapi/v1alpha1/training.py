@@ -33,6 +33,7 @@ Optimizer = Literal[
     "rmsprop",
 ]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+NonFiniteAction = Literal["stop", "skip", "rollback"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
@@ -100,6 +101,20 @@ class TrainingSpec(ApiModel):
     its warm-up only."""
     early_stopping: EarlyStopping | None = None
     """Stop early on a plateauing evaluation metric."""
+    on_non_finite: NonFiniteAction = "stop"
+    """What a NaN or infinite training loss or gradient norm does. Every rank sees it at the
+    step it happens, before the optimizer applies it, and it is logged and reported as NaN
+    or inf, never averaged away. stop: the job fails with reason Diverged, naming the step
+    and the last finite loss. skip: that step's batch updates nothing and is counted; more
+    than nonFiniteLimit skipped in a row fail the job as Diverged (not with DeepSpeed, which
+    steps its optimizer inside backward). rollback: the run restarts from its newest
+    checkpoint (checkpoints are only written from finite weights) with the learning rate
+    times rollbackLearningRateFactor, at most nonFiniteLimit times, then fails as Diverged."""
+    non_finite_limit: Annotated[int, Field(ge=1, le=1000)] = 3
+    """skip: batches skipped in a row before the job fails; rollback: rollbacks allowed."""
+    rollback_learning_rate_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """rollback: the learning rate is multiplied by this at each rollback (0.5 halves it);
+    1 keeps it."""
 
     rules = (
         Rule(
@@ -107,5 +122,11 @@ class TrainingSpec(ApiModel):
             message="set warmupRatio or warmupSteps, not both",
             check=lambda t: not (is_set(t.warmup_ratio) and is_set(t.warmup_steps)),
             field=".warmupSteps",
+        ),
+        Rule(
+            cel="self.onNonFinite == 'rollback' || self.rollbackLearningRateFactor == 1.0",
+            message="rollbackLearningRateFactor applies to onNonFinite rollback only",
+            check=lambda t: t.on_non_finite == "rollback" or t.rollback_learning_rate_factor == 1.0,
+            field=".rollbackLearningRateFactor",
         ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from ftapi.contract import VERDICTS
 from ftoperator import failures
 from ftoperator.planner import DISRUPTION_REASONS
 from fttestkit.paths import REPO
@@ -46,4 +47,11 @@ def test_ranks_put_root_causes_first() -> None:
     order = sorted(("ExitCode", "OOMKilled", "NodeLost"), key=failures.rank)
     assert order == ["NodeLost", "OOMKilled", "ExitCode"]
     assert failures.rank("SomethingNew") == failures.rank("ExitCode")
-    assert {"InvalidInput"} == failures.FINAL
+    # The trainer's verdicts that a restart cannot cure are the only final attempt reasons.
+    assert {v.reason for v in VERDICTS if not v.restart} == failures.FINAL
+
+
+def test_every_trainer_verdict_has_a_reason_that_restarts_as_the_contract_says() -> None:
+    for verdict in VERDICTS:
+        reason = failures.BY_NAME[verdict.reason]
+        assert (reason.scope, reason.retryable) == ("attempt", verdict.restart), verdict

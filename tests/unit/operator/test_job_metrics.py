@@ -6,6 +6,7 @@ parsed back, so these tests see what Prometheus would.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,6 +91,18 @@ def test_a_failed_job_carries_its_reason_and_stops_accruing_gpu_time() -> None:
     assert samples[("finetune_job_failed", labels("broken", reason="OOMKilled"))] == 1
     assert samples[("finetune_job_gpu_seconds_total", labels("broken"))] == 1800
     assert samples[("finetune_job_phase", labels("broken", phase="Failed"))] == 1
+
+
+def test_a_non_finite_loss_is_exported_as_nan_not_as_the_last_finite_one() -> None:
+    diverged = body(
+        "nan", phase="Failed", failureReason="Diverged",
+        metrics={"evalLoss": 1.9, "nonFinite": {"train_loss": "NaN", "grad_norm": "Infinity"}},
+    )  # fmt: skip
+    samples = scrape([diverged])
+    assert math.isnan(samples[("finetune_job_train_loss", labels("nan"))])
+    assert samples[("finetune_job_eval_loss", labels("nan"))] == 1.9
+    assert samples[("finetune_job_metric", labels("nan", metric="grad_norm"))] == math.inf
+    assert samples[("finetune_job_failed", labels("nan", reason="Diverged"))] == 1
 
 
 def test_a_new_job_is_pending_with_no_progress_series() -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
-from ftapi.contract import INVALID_INPUT_MARKER
+from ftapi.contract import INVALID_INPUT_MARKER, VERDICTS
+from ftapi.contract import Verdict as TrainerVerdict
 from ftapi.progress import CheckpointReport, ProgressReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import Condition
@@ -1370,9 +1371,12 @@ def test_metrics_from(
     values: dict[str, float], known: dict[str, float], additional: dict[str, float]
 ) -> None:
     metrics = metrics_from(values)
-    fields = metrics.model_dump(by_alias=False, exclude_none=True, exclude={"additional"})
+    fields = metrics.model_dump(
+        by_alias=False, exclude_none=True, exclude={"additional", "non_finite"}
+    )
     assert fields == known
     assert metrics.additional == additional
+    assert metrics.non_finite == {}
 
 
 def test_metrics_keep_at_most_64_additional() -> None:
@@ -1813,6 +1817,40 @@ def test_input_the_trainer_refuses_fails_the_job_without_spending_restarts() -> 
         make(), running_status(), at(30), batch_job=make_batch_job(0).obj(), pods=[other]
     )
     assert plan.status.phase == "Restarting"
+
+
+@pytest.mark.parametrize("verdict", VERDICTS, ids=[v.reason for v in VERDICTS])
+def test_the_trainers_verdict_ends_the_attempt_with_its_reason(verdict: TrainerVerdict) -> None:
+    """ftapi.contract.VERDICTS: InvalidInput, Diverged and PublishFailed spend no restart
+    (the same run would end the same way), RolledBack restarts from a checkpoint."""
+    said = f"{verdict.marker} step 7: train_loss NaN (last finite loss 2.31 at step 6)"
+    plan = observe(make(), running_status(), at(30), batch_job=make_batch_job(0).obj(),
+                   pods=[make_pod(0).failed(1, "Error", said).obj()])  # fmt: skip
+    assert "step 7: train_loss NaN (last finite loss 2.31 at step 6)" in (plan.status.message or "")
+    if verdict.restart:
+        assert plan.status.phase == "Restarting"
+    else:
+        assert (plan.status.phase, plan.status.failure_reason) == ("Failed", verdict.reason)
+        assert plan.status.restarts == 0
+
+
+def test_a_non_finite_loss_is_shown_as_such_never_as_the_last_finite_one() -> None:
+    def shown(progress: ProgressReport) -> FineTuneJobStatus:
+        plan = observe(make(), running_status(), at(60), batch_job=make_batch_job(0).obj(),
+                       pods=[make_pod(0).obj()], progress=progress)  # fmt: skip
+        roundtrip(plan.status)
+        return plan.status
+
+    finite = shown(report(step=6, metrics={"train_loss": 2.3104, "grad_norm": 0.5}))
+    assert finite.progress is not None and finite.progress.loss == "2.31"
+    diverged = shown(
+        report(step=7, metrics={}, non_finite={"train_loss": "NaN", "grad_norm": "Infinity"})
+    )
+    assert diverged.progress is not None and diverged.progress.loss == "NaN"
+    assert diverged.metrics is not None and diverged.metrics.train_loss is None
+    assert diverged.metrics.non_finite == {"grad_norm": "Infinity", "train_loss": "NaN"}
+    skipping = shown(report(step=9, metrics={"train_loss": 2.2}, skipped_steps=2))
+    assert skipping.progress is not None and skipping.progress.skipped_steps == 2
 
 
 def test_pods_the_job_controller_cannot_create_are_a_named_blocker() -> None:

@@ -26,6 +26,7 @@ from fttrainer.progress import (
     ProgressObjectSink,
     ProgressReporter,
     metrics_from_logs,
+    non_finite_from_logs,
 )
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -100,7 +101,7 @@ METRIC_CASES = {
         {"eval_accuracy": 0.75, "benchmark/arith": 0.5, "eval_loss/base": 3.0,
          "test_loss": 1.1},
     ),
-    "non-finite and non-numeric values are dropped (JSON has no NaN)": (
+    "non-finite values go to non_finite_from_logs, non-numeric ones are dropped": (
         {"loss": math.nan, "grad_norm": math.inf, "note": "x", "flag": True, "count": 3},
         {"count": 3.0},
     ),
@@ -129,6 +130,8 @@ def test_a_report_on_the_wire_has_the_contracts_camel_case_fields_and_no_percent
         "tokensPerSecond": 400.0,
         "etaSeconds": 180,
         "metrics": {"train_loss": 2.0},
+        "nonFinite": {},
+        "skippedSteps": 0,
         "checkpoint": {"latest": "s3://b/run/checkpoints/uid/checkpoint-10", "step": 10,
                        "count": 1},
         "updatedAt": "2026-05-01T12:00:00Z",
@@ -205,6 +208,25 @@ def test_later_metrics_replace_earlier_ones_and_the_rest_stays() -> None:
     assert sent.reports[-1].metrics == {
         "eval_loss": 3.0, "train_loss": 1.5, "learning_rate": 5e-4,
     }  # fmt: skip
+
+
+def test_a_non_finite_metric_is_reported_as_such_and_hides_the_older_finite_value() -> None:
+    reporter, sent, clock = _reporter()
+    reporter.training_started(step=0, total_steps=10)
+    reporter.logged({"loss": 2.0, "grad_norm": 0.5, "learning_rate": 1e-3}, step=3)
+    reporter.non_finite_step({"train_loss": math.nan, "grad_norm": -math.inf}, step=4,
+                             skipped=True)  # fmt: skip
+    report = sent.reports[-1]  # sent at once, whatever the interval
+    assert report.non_finite == {"train_loss": "NaN", "grad_norm": "-Infinity"}
+    assert report.metrics == {"learning_rate": 1e-3}  # never the old 2.0 shown as current
+    assert (report.step, report.skipped_steps) == (4, 1)
+    assert '"train_loss":"NaN"' in report.model_dump_json(by_alias=True)  # valid JSON
+    clock.t += 20
+    reporter.logged({"loss": 1.9, "grad_norm": 0.4}, step=5)
+    report = sent.reports[-1]
+    assert report.non_finite == {} and report.metrics["train_loss"] == 1.9
+    assert report.skipped_steps == 1  # counted for the whole attempt
+    assert non_finite_from_logs({"eval_loss": math.inf, "loss": 1.0}) == {"eval_loss": "Infinity"}
 
 
 # ---------------------------------------------------------------------- when it sends

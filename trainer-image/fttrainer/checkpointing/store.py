@@ -30,6 +30,9 @@ from .protocol import (
 
 log = logging.getLogger("fttrainer")
 DONE = "DONE.json"
+# training.onNonFinite rollback: one entry per rollback of this run, so a restarted attempt
+# knows how many there were (the limit, the lowered learning rate). A new run clears it.
+ROLLBACKS = "ROLLBACKS.json"
 
 
 class CheckpointError(RuntimeError):
@@ -160,6 +163,18 @@ class CheckpointStore:
 
     def done(self) -> bool:
         return self.store.stat(f"{self.root}/{DONE}") is not None
+
+    def rollbacks(self) -> list[dict[str, object]]:
+        """This run's rollbacks, oldest first."""
+        key = f"{self.root}/{ROLLBACKS}"
+        if self.store.stat(key) is None:
+            return []
+        entries = json.loads(self.store.read_bytes(key))
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def record_rollback(self, entry: dict[str, object]) -> None:
+        entries = [*self.rollbacks(), entry]
+        self.store.write_bytes(f"{self.root}/{ROLLBACKS}", json.dumps(entries, indent=1).encode())
 
     def clear(self) -> None:
         """Remove a finished run's checkpoints before a new run of the same job writes its

@@ -1,0 +1,104 @@
+"""training.onNonFinite on real tiny-model runs: a NaN loss injected at one step (the
+FINETUNE_FAULT_NAN_AT_STEP test hook makes that step's loss NaN before backward, so its
+gradients are NaN as a real divergence's are) is caught at that step and acted on: stop
+fails the run (Diverged) with no checkpoint from that step on; skip trains on and counts
+it; rollback exits for a restart, and the restart resumes from the checkpoint before it
+with the lowered learning rate and finishes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ftapi.contract import DIVERGED, ROLLED_BACK
+from fttrainer.checkpointing.protocol import CHECKPOINTS
+from fttrainer.checkpointing.store import ROLLBACKS
+from fttrainer.faults import ENV_FAULT_NAN_AT_STEP
+from tests.trainer.recipes import committed_steps, cpu_qa_recipe, run_quickstart
+
+
+def _run(model: Path, data: Path, out: Path, nan_at: str, *settings: str) -> tuple[
+    subprocess.CompletedProcess[str], str
+]:  # fmt: skip
+    """A 6-step run saving every 2 steps, with a NaN loss at the steps `nan_at` names."""
+    return run_quickstart(model, data, out, "training.maxSteps=6", "logging.steps=1",
+                          "output.saveSteps=2", *settings,
+                          env={ENV_FAULT_NAN_AT_STEP: nan_at})  # fmt: skip
+
+
+def test_stop_fails_the_run_at_the_nan_step_with_no_checkpoint_after_it(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result, said = _run(tiny_llama, qa_data, out, "4")
+    assert result.returncode == DIVERGED.exit_code, result.stderr[-3000:]
+    # Named as it was, with the last finite loss: never a mean, never 0.
+    assert "diverged: step 4: train_loss NaN" in result.stderr
+    assert "last finite loss" in result.stderr and "at step 3" in result.stderr
+    assert said.startswith(DIVERGED.marker) and "step 4: train_loss NaN" in said
+    assert committed_steps(out) == [2]  # step 4's checkpoint was never written
+    assert not (out / "final").exists() and "done:" not in result.stdout
+
+
+def test_skip_trains_on_and_counts_the_skipped_step(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_FAULT_NAN_AT_STEP, "3")
+    recipe = cpu_qa_recipe(tiny_llama, qa_data, tmp_path, maxSteps=6, onNonFinite="skip")
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if p.requires_grad}
+    result = recipe.train()
+    guard = recipe.non_finite_guard
+    assert (guard.skipped, recipe.trainer.state.global_step) == (1, 6)
+    losses = [m["loss"] for m in result.step_metrics if "loss" in m]
+    # Every logged loss is finite: the skipped batch counts as the step before it, and the
+    # average of the run is a real number.
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert losses[2] == pytest.approx(losses[1])
+    assert math.isfinite(result.final_metrics["train_loss"])
+    after = dict(recipe.model.named_parameters())
+    assert all(bool(after[n].isfinite().all()) for n in before)
+    assert any(not bool((after[n] == before[n]).all()) for n in before)  # it trained
+
+
+def test_skip_gives_up_after_the_limit_in_a_row(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """Steps 3 and 4 are NaN: one skip is allowed (nonFiniteLimit 1), the second in a row
+    fails the run."""
+    out = tmp_path / "run"
+    result, said = _run(tiny_llama, qa_data, out, "3,4", "training.onNonFinite=skip",
+                        "training.nonFiniteLimit=1")  # fmt: skip
+    assert result.returncode == DIVERGED.exit_code, result.stderr[-3000:]
+    assert "step 3: train_loss NaN, grad_norm NaN: its batch is skipped (1 in a row" in (
+        result.stderr
+    )
+    assert "step 4: train_loss NaN" in said and "1 steps skipped in a row before it" in said
+
+
+def test_rollback_restarts_from_the_checkpoint_before_the_nan_with_a_lower_rate(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    settings = ("training.onNonFinite=rollback", "training.rollbackLearningRateFactor=0.5")
+    first, said = _run(tiny_llama, qa_data, out, "5", *settings)
+    assert first.returncode == ROLLED_BACK.exit_code, first.stderr[-3000:]
+    assert said.startswith(ROLLED_BACK.marker)
+    assert "step 5: train_loss NaN" in said and "rolling back to checkpoint step 4" in said
+    assert committed_steps(out) == [2, 4]
+    (record,) = json.loads(next(out.glob(f"{CHECKPOINTS}/*/{ROLLBACKS}")).read_text())
+    assert (record["at_step"], record["resume_from"]) == (5, 4)
+
+    # The restart (same command, as the operator's next attempt runs it): the hook has
+    # fired for this job already, the rate is halved, the run finishes.
+    second, _ = _run(tiny_llama, qa_data, out, "5", *settings)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "rollback 1: learning rate x0.5" in second.stderr
+    steps = json.loads((out / "step_metrics.json").read_text())
+    assert [m["step"] for m in steps if "loss" in m][-2:] == [5, 6]
+    assert all(math.isfinite(m["loss"]) for m in steps if "loss" in m)
+    rates = {m["step"]: m["learning_rate"] for m in steps if "learning_rate" in m}
+    assert rates[5] < 0.6 * rates[4]  # halved (and the linear schedule went on)

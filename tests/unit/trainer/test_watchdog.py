@@ -1,0 +1,83 @@
+"""The stall watchdog's deadlines (runPolicy.stallDetection) and when it fires, on a fake
+clock; the real hang is in tests/trainer/test_stalls.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ftapi.v1alpha1.scheduling import StallDetection
+from fttrainer.watchdog import Deadlines, Watchdog, innermost_frames
+
+SPEC = StallDetection(minimum_seconds=60, step_time_factor=10, startup_seconds=600,
+                      evaluation_seconds=300, checkpoint_seconds=120)  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_each_phase_has_its_own_deadline_and_steps_follow_their_median() -> None:
+    deadlines = Deadlines(SPEC)
+    assert (deadlines.of("starting"), deadlines.of("evaluating"), deadlines.of("saving")) == (
+        600, 300, 120,
+    )  # fmt: skip
+    assert deadlines.of("step") == 60  # no step yet: the floor
+    deadlines.step_seconds += [2.0, 30.0, 3.0]
+    assert deadlines.of("step") == 60  # 10 x the median 3 s is under the floor
+    deadlines.step_seconds += [20.0, 20.0]
+    assert deadlines.of("step") == 200  # 10 x the median 20 s
+    assert "median step 20 s" in deadlines.explain("step")
+
+
+def test_the_deadline_counts_from_the_phase_and_only_whole_steps_set_the_pace() -> None:
+    clock = Clock()
+    dog = Watchdog(SPEC, clock=clock)
+    clock.t = 590
+    assert dog.overdue() is None  # loading and the first step: 600 s
+    clock.t = 601
+    assert "the first optimizer step has not ended after 601 s" in (dog.overdue() or "")
+    dog.stepped(1)  # the first step's time is startup, not a step's pace
+    assert dog.deadlines.step_seconds == []
+    clock.t += 5
+    dog.stepped(2)
+    assert dog.deadlines.step_seconds == [5]
+    dog.enter("evaluating")
+    clock.t += 299
+    assert dog.overdue() is None  # an evaluation far longer than a step is no stall
+    dog.enter("step")
+    clock.t += 61
+    reason = dog.overdue() or ""
+    assert "optimizer step 3 has not ended after 61 s (deadline 60 s" in reason
+
+
+def test_the_watchdog_thread_fires_once_naming_where_the_thread_waits() -> None:
+    fired: list[str] = []
+    blocked = threading.Event()
+
+    def stuck_here() -> None:
+        blocked.wait(30)
+
+    worker = threading.Thread(target=stuck_here, daemon=True)
+    worker.start()
+    dog = Watchdog(StallDetection(startup_seconds=10), poll=0.05, on_stall=fired.append)
+    dog.main_thread = worker  # the thread it names
+    dog.since -= 11
+    dog.start()
+    deadline = time.monotonic() + 10
+    while not fired and time.monotonic() < deadline:
+        time.sleep(0.05)
+    blocked.set()
+    assert len(fired) == 1 and "the first optimizer step has not ended" in fired[0]
+    assert "stuck_here" in fired[0]
+    # Called on itself, the innermost frame is innermost_frames' own.
+    assert innermost_frames(threading.current_thread()).startswith("stuck in watchdog.py")
+
+
+def test_a_disabled_watchdog_starts_no_thread() -> None:
+    dog = Watchdog(StallDetection(enabled=False)).start()
+    assert dog._thread is None

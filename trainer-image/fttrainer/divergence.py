@@ -1,0 +1,135 @@
+"""NaN and infinite losses: caught on every rank at the step they happen, before the
+optimizer applies them, and acted on as `training.onNonFinite` says.
+
+transformers, left to itself, replaces a NaN step loss by the running mean in the log
+(`logging_nan_inf_filter`), steps the optimizer with NaN gradients, saves the NaN weights
+as the next checkpoint and ends the run successfully. Here:
+
+- `with_loss_watch(trainer_class, watch)` notes each micro-batch's loss (a tensor: no
+  device sync per micro-batch);
+- callbacks.NonFiniteGuard, just before each optimizer step, asks every rank whether its
+  losses or its gradients held a non-finite value (one small all-reduce) and `decide`s:
+  skip the step (its gradients dropped, so the optimizer updates nothing), stop (Diverged),
+  or roll back (RolledBack: the restart resumes from the newest checkpoint). Checkpoints
+  are checked too: weights or optimizer state that are not finite are never saved.
+
+Rollbacks are counted across attempts in the checkpoint store (checkpointing/store.py's
+rollback record), which is also where the lowered learning rate comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ftapi.progress import spelled
+
+log = logging.getLogger("fttrainer")
+
+Action = Literal["skip", "stop", "rollback"]
+
+
+class Diverged(RuntimeError):
+    """The run cannot go on: the loss or gradients are not finite and the spec says stop
+    (or its skips or rollbacks ran out)."""
+
+
+class RollBack(RuntimeError):
+    """The run restarts from its newest checkpoint (training.onNonFinite rollback)."""
+
+
+def decide(action: str, *, skipped_in_a_row: int, rollbacks: int, limit: int) -> Action:
+    """What a non-finite step does, given what came before it. `skipped_in_a_row` and
+    `rollbacks` count the earlier ones: skip allows `limit` in a row, rollback `limit` in all."""
+    if action == "skip":
+        return "skip" if skipped_in_a_row < limit else "stop"
+    if action == "rollback":
+        return "rollback" if rollbacks < limit else "stop"
+    return "stop"
+
+
+@dataclass
+class LossWatch:
+    """What the micro-batches since the last optimizer step said about their losses."""
+
+    losses: list[Any] = field(default_factory=list)
+    """This window's loss tensors (detached), read once per optimizer step."""
+    last_finite: Any = None
+    """The newest finite micro-batch loss (a device tensor), what the log counts instead."""
+
+    def take(self) -> list[float]:
+        """The window's losses as numbers (one device sync per optimizer step), emptied."""
+        values = [float(loss.float().mean().item()) for loss in self.losses]
+        self.losses.clear()
+        return values
+
+
+def with_loss_watch(trainer_class: type, watch: LossWatch) -> type:
+    """`trainer_class` whose micro-batch losses `watch` sees (training_step's return is the
+    loss that was backpropagated)."""
+
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        loss = super(watched, self).training_step(*args, **kwargs)  # type: ignore[arg-type]
+        loss = loss.detach()
+        watch.losses.append(loss)
+        # What the logged mean adds for a non-finite micro-batch (skipped, or the run ends
+        # at this step): the last finite one, on the device (no sync). transformers resets
+        # its running sum by subtracting it from itself, so a NaN added there would stay;
+        # before any finite loss there is nothing to add, and NonFiniteGuard stops the run.
+        previous = loss if watch.last_finite is None else watch.last_finite
+        watch.last_finite = torch.where(torch.isfinite(loss), loss, previous)
+        return watch.last_finite
+
+    watched: type = type(trainer_class.__name__, (trainer_class,), {"training_step": training_step})
+    return watched
+
+
+def gradients_finite(parameters: Iterable[Any]) -> bool:
+    """Whether this rank's gradients are all finite (its shards' under FSDP; DeepSpeed keeps
+    them out of reach, and the loss check covers it). One fused norm per device and dtype."""
+    import torch
+
+    grads = [_local(p.grad) for p in parameters if getattr(p, "grad", None) is not None]
+    return _all_finite(grads, torch)
+
+
+def tensors_finite(tensors: Iterable[Any]) -> bool:
+    """Whether every floating-point tensor given is finite (weights, optimizer state)."""
+    import torch
+
+    found = [_local(t) for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
+    return _all_finite(found, torch)
+
+
+def optimizer_tensors(optimizer: Any) -> Iterable[Any]:
+    """The optimizer's state tensors (Adam's moments, ...)."""
+    state = getattr(getattr(optimizer, "optimizer", optimizer), "state", {})
+    for entry in state.values():
+        if isinstance(entry, Mapping):
+            yield from entry.values()
+
+
+def _local(tensor: Any) -> Any:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _all_finite(tensors: list[Any], torch: Any) -> bool:
+    groups: dict[tuple[Any, Any], list[Any]] = {}
+    for t in tensors:
+        if t.numel():
+            groups.setdefault((t.device, t.dtype), []).append(t)
+    for group in groups.values():
+        norms = torch._foreach_norm(group, ord=math.inf)  # max |x|: inf or NaN if any is
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            return False
+    return True
+
+
+def describe(values: Mapping[str, float]) -> str:
+    """`train_loss NaN, grad_norm Infinity`: what was not finite, as the status spells it."""
+    return ", ".join(f"{k} {spelled(v)}" for k, v in values.items() if not math.isfinite(v))

@@ -1,0 +1,176 @@
+"""A run that stops making progress is stopped, with the stacks that say where.
+
+Each process (each rank) runs one Watchdog thread. The training thread tells it which phase
+it is in and when progress happened (callbacks.StallWatch: an optimizer step ended, an
+evaluation or a checkpoint began or ended); the watchdog holds each phase to its deadline
+from runPolicy.stallDetection:
+
+    starting     process start -> the end of the first optimizer step   startupSeconds
+    step         each later step: stepTimeFactor x this attempt's median step,
+                 at least minimumSeconds
+    evaluating   each evaluation (the final one and its task scores too)  evaluationSeconds
+    saving       each checkpoint's save and upload, the final save and publish
+                                                                         checkpointSeconds
+
+Past the deadline it writes the Python stacks of every thread (faulthandler: no lock, no
+allocation, so it works when the training thread holds the GIL in C code or a lock) to
+stderr, records the Stalled verdict with the stuck thread's innermost frames where the
+operator reads it (termination.py), and ends the process at once (os._exit: a hung thread
+would block a normal exit). The operator restarts the job from its newest checkpoint.
+
+A rank blocked before a collective leaves the others waiting inside it: every rank's
+watchdog fires, and the stacks name the collective on the waiting ranks and the blocking
+call on the blocked one.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ftapi.contract import STALLED
+from ftapi.v1alpha1.scheduling import StallDetection
+
+from .termination import record
+
+log = logging.getLogger("fttrainer")
+
+Phase = Literal["starting", "step", "evaluating", "saving"]
+
+# How many of the stuck thread's innermost frames the termination message names.
+FRAMES_NAMED = 4
+
+
+@dataclass
+class Deadlines:
+    """runPolicy.stallDetection as the watchdog applies it (pure: tested without threads)."""
+
+    spec: StallDetection
+    step_seconds: list[float] = field(default_factory=list)
+
+    def of(self, phase: Phase) -> float:
+        if phase == "starting":
+            return float(self.spec.startup_seconds)
+        if phase == "evaluating":
+            return float(self.spec.evaluation_seconds)
+        if phase == "saving":
+            return float(self.spec.checkpoint_seconds)
+        median = statistics.median(self.step_seconds) if self.step_seconds else 0.0
+        return max(float(self.spec.minimum_seconds), self.spec.step_time_factor * median)
+
+    def explain(self, phase: Phase) -> str:
+        if phase == "starting":
+            return "runPolicy.stallDetection.startupSeconds"
+        if phase == "evaluating":
+            return "runPolicy.stallDetection.evaluationSeconds"
+        if phase == "saving":
+            return "runPolicy.stallDetection.checkpointSeconds"
+        median = statistics.median(self.step_seconds) if self.step_seconds else 0.0
+        return (f"stepTimeFactor {self.spec.step_time_factor:g} x the median step "
+                f"{median:.3g} s, at least minimumSeconds {self.spec.minimum_seconds}")  # fmt: skip
+
+
+class Watchdog:
+    """One per process; `enter` and `stepped` are called from the training thread."""
+
+    def __init__(
+        self, spec: StallDetection, *, clock: Callable[[], float] = time.monotonic,
+        on_stall: Callable[[str], None] | None = None, poll: float = 1.0,
+    ) -> None:  # fmt: skip
+        self.deadlines = Deadlines(spec)
+        self.enabled = spec.enabled
+        self.clock = clock
+        self.poll = poll
+        self.on_stall = on_stall or _stop_process
+        self.phase: Phase = "starting"
+        self.since = clock()
+        self.step = 0
+        self.main_thread = threading.main_thread()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Watchdog:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="fttrainer-watchdog",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def enter(self, phase: Phase) -> None:
+        """A new phase starts now (its own deadline)."""
+        with self._lock:
+            self.phase, self.since = phase, self.clock()
+
+    def resume(self) -> None:
+        """An evaluation or a checkpoint during training ended: the next step starts now
+        (or, before the first step ended, the startup phase goes on from where it was)."""
+        with self._lock:
+            if self.phase != "starting":
+                self.phase, self.since = "step", self.clock()
+
+    def stepped(self, step: int) -> None:
+        """An optimizer step ended: the next one starts now."""
+        with self._lock:
+            now = self.clock()
+            if self.phase == "step":  # a whole step, not the end of the startup phase
+                self.deadlines.step_seconds.append(now - self.since)
+                del self.deadlines.step_seconds[:-1000]  # the median of the recent ones
+            self.phase, self.since, self.step = "step", now, step
+
+    def overdue(self) -> str | None:
+        """Why the current phase is past its deadline, or None."""
+        with self._lock:
+            waited = self.clock() - self.since
+            deadline = self.deadlines.of(self.phase)
+            if waited <= deadline:
+                return None
+            what = {
+                "starting": "the first optimizer step has not ended",
+                "step": f"optimizer step {self.step + 1} has not ended",
+                "evaluating": "the evaluation has not ended",
+                "saving": "the checkpoint save and upload have not ended",
+            }[self.phase]
+            return (f"{what} after {waited:.0f} s (deadline {deadline:.0f} s: "
+                    f"{self.deadlines.explain(self.phase)})")  # fmt: skip
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll):
+            reason = self.overdue()
+            if reason is not None:
+                self.on_stall(f"{reason}; {innermost_frames(self.main_thread)}")
+                return
+
+
+def innermost_frames(thread: threading.Thread, count: int = FRAMES_NAMED) -> str:
+    """`stuck in file.py:12 fn <- file.py:40 caller ...`: where the thread waits."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "the training thread is gone"
+    stack = traceback.extract_stack(frame)[-count:]
+    named = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(stack)]
+    return "stuck in " + " <- ".join(named)
+
+
+def _stop_process(reason: str) -> None:
+    """Stacks to the log, the verdict where the operator reads it, then exit at once."""
+    rank = os.environ.get("RANK", "0")
+    sys.stderr.write(f"\nfinetune: stalled (rank {rank}): {reason}\n"
+                     "the stacks of every thread of this process follow:\n")  # fmt: skip
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    code = record(STALLED, f"rank {rank}: {reason}")
+    os._exit(code)
