@@ -41,6 +41,14 @@ ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 # status lags the trainer by about this much.
 REPORT_INTERVAL_SECONDS = 15.0
 
+
+def heartbeat_seconds(minimum_seconds: int) -> float:
+    """How often a running trainer re-sends its report when nothing new happened (a long
+    evaluation, an upload): at least five times within runPolicy.stallDetection's
+    minimumSeconds, after which the operator calls a silent trainer stalled."""
+    return min(60.0, max(1.0, minimum_seconds / 5))
+
+
 Stage = Literal["starting", "training", "evaluating", "saving", "publishing", "done"]
 
 

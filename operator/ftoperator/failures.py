@@ -61,7 +61,8 @@ REASONS: tuple[Reason, ...] = (
     Reason("Stalled", "attempt", True, 2,
            "the trainer made no progress within `runPolicy.stallDetection`'s deadlines (a "
            "deadlocked data loader, a collective a rank never joined, a read that never "
-           "returned): it wrote every thread's stack to its log and exited; the restart "
+           "returned: it wrote every thread's stack to its log and exited), or it sent no "
+           "progress report for `minimumSeconds` (a stopped or frozen process); the restart "
            "resumes from the newest checkpoint"),
     Reason("ExitCode", "attempt", True, 2,
            "a container exited non-zero; the message has the code and the last line of its "

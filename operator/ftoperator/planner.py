@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftapi.contract import INVALID_INPUT, VERDICTS
-from ftapi.progress import ProgressReport
+from ftapi.progress import ProgressReport, heartbeat_seconds
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.common import NonFinite
 from ftapi.v1alpha1.scheduling import MAX_SECONDS
@@ -215,6 +215,10 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     # Pods a suspension stops (exit 143) are not failures: only the Job's verdict counts then.
     pods = [] if job_suspended else observed.pods
     failure = attempt_failure(batch_job, pods, observed.lost_nodes)
+    if failure is None and not job_suspended:
+        failure, wait = report_silence(job, observed.progress, status.attempt, now)
+        if wait is not None:
+            plan.requeue_after = min(wait, plan.requeue_after or wait)
     if failure is not None:
         _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
         return _finish(plan, previous, generation)
@@ -249,6 +253,30 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
         return _finish(plan, previous, generation)
     _active(status, job, observed.pods, generation, now, create_failure)
     return _finish(plan, previous, generation)
+
+
+def report_silence(
+    job: FineTuneJob, report: ProgressReport | None, attempt: int, now: datetime
+) -> tuple[Failure | None, float | None]:
+    """Stalled when this attempt's trainer, having reported, has been silent longer than
+    runPolicy.stallDetection.minimumSeconds: a running trainer re-sends its report at least
+    every ftapi.progress.heartbeat_seconds, so silence means a stopped or frozen process
+    (one whose threads cannot run, which its own watchdog cannot catch either). Else the
+    seconds until that would be so, to look again then."""
+    spec = job.spec.run_policy.stall_detection
+    if not spec.enabled or report is None or report.attempt != attempt or report.stage == "done":
+        return None, None
+    silent = (now - report.updated_at).total_seconds()
+    if silent <= spec.minimum_seconds:
+        return None, spec.minimum_seconds - silent + 1.0
+    message = (
+        f"no progress report from the trainer for {silent:.0f} s (runPolicy.stallDetection."
+        f"minimumSeconds {spec.minimum_seconds}; a running trainer reports at least every "
+        f"{heartbeat_seconds(spec.minimum_seconds):g} s): the last one was at step "
+        f"{report.step}, stage {report.stage}, at {report.updated_at:%H:%M:%S}Z; the "
+        f"process is stopped or frozen"
+    )
+    return Failure("Stalled", message), None
 
 
 def attempt_failure(
@@ -386,8 +414,8 @@ def _attempt_failed(
     reason = failure.reason
     message = f"{what}; no restarts left (maxRestarts {limit})" if limit else what
     if final:
-        message = (f"{what}; not restarted: a restart would fail the same way (fix the "
-                   "input, then create the job again)")  # fmt: skip
+        message = (f"{what}; not restarted: a restart would fail the same way (fix its "
+                   "cause, then create the job again)")  # fmt: skip
     _fail(plan, Failure(reason, message), generation, now)
     if stop:  # the attempt's other pods; the Job and its failed pods stay for their logs
         plan.actions.append(SuspendJob(names.batch_job, True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -246,7 +247,7 @@ def test_forged_progress_changes_no_status(cluster: Cluster, operator: Operator,
         "data": {"progress.json": forged}})  # fmt: skip
     # Then the real trainer's report: once it shows, every earlier event was processed.
     real = ProgressReport(attempt=0, stage="training", step=7, total_steps=1000,
-                          updated_at="2026-11-22T12:00:01Z")  # fmt: skip
+                          updated_at=datetime.now(UTC))  # fmt: skip
     report_progress(cluster, ns, name, real)
     status = eventually(
         lambda: (s := _status(cluster, ns, name)).get("progress", {}).get("step") == 7 and s,

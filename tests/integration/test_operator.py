@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -324,7 +325,7 @@ def test_trainer_progress_reaches_status_and_the_printer_columns(
                  "eval_bleu": 31.0},
         checkpoint={"latest": "s3://models/tiny/checkpoints/x/checkpoint-100", "step": 100,
                     "count": 2},
-        updated_at="2026-11-21T12:00:00Z",
+        updated_at=datetime.now(UTC),
     )  # fmt: skip
     report_progress(cluster, ns, name, report)
     status = eventually(
@@ -384,7 +385,7 @@ def test_per_job_series_and_every_metric_the_dashboard_reads_are_in_a_real_scrap
     report = ProgressReport(
         attempt=0, stage="training", step=30, total_steps=120, tokens_per_second=2048.0,
         eta_seconds=600, metrics={"train_loss": 2.5, "eval_loss": 2.75, "eval_accuracy": 0.4},
-        updated_at="2026-11-22T12:00:00Z",
+        updated_at=datetime.now(UTC),
     )  # fmt: skip
     report_progress(cluster, ns, running, report)
     _wait_phase(cluster, ns, broken, "Failed", operator, timeout=120)
@@ -477,7 +478,7 @@ def test_a_steady_job_writes_nothing_and_a_finished_one_drops_in_flight_figures(
     report = ProgressReport(
         attempt=0, stage="training", step=40, total_steps=100, tokens_per_second=812.0,
         eta_seconds=60, metrics={"train_loss": 1.5, "learning_rate": 1e-4, "grad_norm": 0.9},
-        updated_at="2026-11-22T12:00:00Z",
+        updated_at=datetime.now(UTC),
     )  # fmt: skip
     report_progress(cluster, ns, name, report)
     eventually(

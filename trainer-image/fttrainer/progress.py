@@ -199,13 +199,25 @@ class ProgressObjectSink:
         self.target.request("PATCH", self.path, {REPORT_FIELD: document}, content_type=MERGE_PATCH)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class _Sender:
     """Delivers reports to a sink, off the training thread when `background`: one worker
     thread, one slot, the newest report wins (a burst of events costs one request)."""
 
-    def __init__(self, sink: Sink, *, background: bool) -> None:
+    def __init__(
+        self, sink: Sink, *, background: bool, heartbeat: float | None = None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:  # fmt: skip
         self.sink = sink
         self.background = background
+        self.heartbeat = heartbeat
+        """Re-send the last report, newly dated, after this many idle seconds (None: never):
+        the operator takes a silent trainer for a stopped one."""
+        self.now = now
+        self._last: ProgressReport | None = None
         self.sent = 0
         self.failures = 0
         self._pending: ProgressReport | None = None
@@ -236,8 +248,15 @@ class _Sender:
     def _work(self) -> None:
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._pending is not None)
-                report, self._pending = self._pending, None
+                arrived = self._condition.wait_for(
+                    lambda: self._pending is not None, self.heartbeat
+                )
+                if arrived:
+                    report, self._pending = self._pending, None
+                elif self._last is not None and self._last.stage != "done":
+                    report = self._last.model_copy(update={"updated_at": self.now()})
+                else:
+                    continue
                 self._busy = True
             try:
                 assert report is not None
@@ -248,6 +267,7 @@ class _Sender:
                     self._condition.notify_all()
 
     def _deliver(self, report: ProgressReport) -> None:
+        self._last = report
         try:
             self.sink.send(report)
         except Exception as error:  # anything: reporting must never stop training
@@ -277,10 +297,6 @@ def _never_raises(
     return guarded
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class ProgressReporter:
     """What rank 0 knows about the run, and when to tell.
 
@@ -297,8 +313,12 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = _utc_now,
         background: bool = True,
+        heartbeat: float | None = None,
     ) -> None:
-        self._sender = _Sender(sink, background=background) if sink is not None else None
+        self._sender = (
+            _Sender(sink, background=background, heartbeat=heartbeat, now=now)
+            if sink is not None else None
+        )  # fmt: skip
         self.attempt = attempt
         self.interval = interval
         self.clock = clock

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftapi.progress import heartbeat_seconds
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobSpec, SpectrumSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 from ftapi.v1alpha1.model import is_relative_path
@@ -167,7 +168,10 @@ class Recipe:
         self.progress = (
             progress
             if progress is not None
-            else ProgressReporter.from_env(interval=spec.logging.status_interval_seconds)
+            else ProgressReporter.from_env(
+                interval=spec.logging.status_interval_seconds,
+                heartbeat=heartbeat_seconds(spec.run_policy.stall_detection.minimum_seconds),
+            )
         )
 
     def setup(self) -> None:

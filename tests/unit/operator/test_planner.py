@@ -1834,6 +1834,35 @@ def test_the_trainers_verdict_ends_the_attempt_with_its_reason(verdict: TrainerV
         assert plan.status.restarts == 0
 
 
+def test_a_trainer_silent_past_its_deadline_is_stalled_and_restarted() -> None:
+    """A stopped or frozen trainer cannot report (a running one re-sends its report at least
+    every heartbeat): silence past runPolicy.stallDetection.minimumSeconds ends the attempt
+    as Stalled, and the operator looks again when the deadline would pass."""
+    job = make(runPolicy__stallDetection__minimumSeconds=120)
+
+    def plan_at(seconds: float, attempt: int = 0, stage: str = "training") -> Plan:
+        progress = report(attempt, step=41).model_copy(update={"stage": stage})  # at T0
+        return observe(job, running_status(), at(seconds), batch_job=make_batch_job(0).obj(),
+                       pods=[make_pod(0).obj()], progress=progress)  # fmt: skip
+
+    quiet = plan_at(100)
+    assert quiet.status.phase == "Running" and quiet.requeue_after == pytest.approx(21)
+    stalled = plan_at(121)
+    assert stalled.status.phase == "Restarting" and stalled.status.restarts == 1
+    running = next(c for c in stalled.status.conditions if c.type == "Running")
+    assert running.reason == "Stalled"
+    assert "no progress report from the trainer for 121 s" in running.message
+    assert "at step 41, stage training" in running.message
+    assert any(isinstance(a, DeleteJob) for a in stalled.actions)
+    # Not this attempt's report, a finished trainer, or detection off: no verdict.
+    assert plan_at(500, attempt=1).status.phase == "Running"
+    assert plan_at(500, stage="done").status.phase != "Restarting"
+    off = make(runPolicy__stallDetection__enabled=False)
+    plan = observe(off, running_status(), at(5000), batch_job=make_batch_job(0).obj(),
+                   pods=[make_pod(0).obj()], progress=report(step=41))  # fmt: skip
+    assert plan.status.phase == "Running"
+
+
 def test_a_non_finite_loss_is_shown_as_such_never_as_the_last_finite_one() -> None:
     def shown(progress: ProgressReport) -> FineTuneJobStatus:
         plan = observe(make(), running_status(), at(60), batch_job=make_batch_job(0).obj(),

@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -328,6 +328,26 @@ def test_a_disabled_reporter_does_nothing() -> None:
     assert (reporter.stage, reporter.step, reporter.metrics, reporter.model_uri) == (
         "starting", 0, {}, None,
     )  # fmt: skip
+
+
+def test_a_quiet_trainer_re_sends_its_report_newly_dated_until_done() -> None:
+    """The heartbeat that tells the operator the process still runs through a long
+    evaluation or upload (ftapi.progress.heartbeat_seconds)."""
+    collect = Collect()
+    times = iter(NOW + timedelta(seconds=i) for i in range(10_000))
+    reporter = ProgressReporter(collect, now=lambda: next(times), heartbeat=0.05)
+    reporter.training_started(step=3, total_steps=10)
+    deadline = time.monotonic() + 10
+    while len(collect.reports) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    beats = collect.reports[1:4]
+    assert len(beats) == 3 and {r.step for r in beats} == {3}
+    stamps = [r.updated_at for r in collect.reports[:4]]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 4
+    reporter.finish(model_uri="s3://b/final")
+    sent = len(collect.reports)
+    time.sleep(0.3)
+    assert len(collect.reports) == sent and collect.reports[-1].stage == "done"
 
 
 # ---------------------------------------------------------------------- never breaks training
