@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -230,6 +231,59 @@ def test_outage_beyond_the_deadline_fails_clearly_and_leaves_no_object(
     minio.start_server()
     listed = admin.list_objects_v2(Bucket="ckpt").get("Contents", [])
     assert listed == []  # the parts that went up never became an object
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A TCP server that accepts every connection and never answers a byte."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.timeout(120)
+def test_an_endpoint_that_never_answers_ends_with_a_reason_within_the_deadlines(
+    silent_endpoint: str, monkeypatch: pytest.MonkeyPatch, scratch: Path
+) -> None:
+    """Connections succeed, answers never come: each request is cut at the read timeout
+    (botocore tries 3 times), the store retries until its deadline, then fails naming the
+    endpoint and why; an upload, a read and a listing alike."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    spec = S3Spec(endpoint=silent_endpoint, force_path_style=True, region="us-east-1")
+    store = S3Store("ckpt", "run", s3_client(spec, read_timeout=2), retry_deadline=5)
+    source = scratch / "small.bin"
+    source.write_bytes(b"x" * 1024)
+    calls = (
+        lambda: store.upload_file(source, "small.bin"),
+        lambda: store.read_bytes("DONE.json"),
+        lambda: store.list("checkpoints/"),
+    )
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(StorageError) as raised:
+            call()
+        took = time.monotonic() - started
+        assert 5 <= took < 40, took  # 3 x 2 s per request, past the 5 s deadline: not a hang
+        assert silent_endpoint in str(raised.value)
+        assert "no answer within the read timeout" in str(raised.value)
 
 
 def test_many_files_and_one_large_one_with_checksums(

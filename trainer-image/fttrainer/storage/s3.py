@@ -66,7 +66,15 @@ WRONG_REGION = frozenset({
 _ANSWERED: set[str] = set()
 
 
-def s3_client(s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY) -> Any:
+# How long one request waits for the server's answer (an endpoint that accepts and never
+# answers is bounded by this x botocore's 3 attempts, then by S3Store's retry deadline).
+READ_TIMEOUT = 30.0
+
+
+def s3_client(
+    s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY,
+    read_timeout: float = READ_TIMEOUT,
+) -> Any:  # fmt: skip
     """A boto3 S3 client for the spec's endpoint, region and addressing style; credentials
     and anything unset come from the standard AWS environment (AWS_ENDPOINT_URL_S3 too)."""
     import boto3
@@ -90,7 +98,7 @@ def s3_client(s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY) -
         # Short blips are botocore's; the long outages are ours (S3Store._retrying).
         retries={"mode": "standard", "total_max_attempts": 3},
         connect_timeout=5,
-        read_timeout=30,
+        read_timeout=read_timeout,
         tcp_keepalive=True,
         max_pool_connections=concurrency + 4,
         s3=s3_options,

@@ -1,0 +1,64 @@
+"""A trainer that stops (SIGSTOP through `kubectl exec`: a frozen process, whose own watchdog
+cannot fire either) goes silent; the operator calls it Stalled within
+runPolicy.stallDetection.minimumSeconds, deletes its pods, and the restart resumes from the
+last checkpoint and succeeds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, pod_logs, tiny_cpu_job, training_pod
+
+STEPS = 300
+SILENCE = 20  # minimumSeconds: the trainer re-sends its report every 4 s
+
+
+def test_a_frozen_trainer_is_stalled_and_the_restart_resumes_from_its_checkpoint(
+    operator_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    cluster, ns, name = operator_release.cluster, operator_release.watched, "frozen"
+    job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=STEPS, save_steps=10,
+                       log_every=10)  # fmt: skip
+    job["spec"]["runPolicy"] = {"terminationGracePeriodSeconds": 10,
+                                "stallDetection": {"minimumSeconds": SILENCE}}  # fmt: skip
+    create_ftj(cluster, ns, job)
+
+    def checkpointed() -> dict[str, object] | None:
+        status = read_ftj(cluster, ns, name).get("status") or {}
+        assert status.get("phase") not in ("Failed", "Succeeded"), pod_logs(operator_release, name)
+        return status if (status.get("checkpoint") or {}).get("step") else None
+
+    eventually(checkpointed, timeout=300, interval=0.5, what="a committed checkpoint")
+    pod = training_pod(operator_release, name)
+    assert pod is not None
+    # Every process of the container but its init (tini) and this shell: torchrun, the worker.
+    cluster.kubectl("exec", "-n", ns, pod["metadata"]["name"], "-c", "trainer", "--",
+                    "sh", "-c", "kill -s STOP -1")  # fmt: skip
+    stopped_at = time.monotonic()
+    before = read_ftj(cluster, ns, name)["status"]
+    frozen_step = before["progress"]["step"]
+
+    def stalled() -> dict[str, object] | None:
+        status = read_ftj(cluster, ns, name).get("status") or {}
+        running = [c for c in status.get("conditions", []) if c["type"] == "Running"]
+        return status if running and running[0]["reason"] == "Stalled" else None
+
+    seen = eventually(stalled, timeout=SILENCE + 60, interval=0.5, what="Stalled")
+    detected = time.monotonic() - stopped_at
+    assert SILENCE - 5 <= detected <= SILENCE + 30, detected
+    assert "no progress report from the trainer for" in str(seen["conditions"])
+
+    status = eventually(lambda: phase_is(cluster, ns, name, "Succeeded", "Failed"),
+                        timeout=600, interval=1.0, what="the job to finish")  # fmt: skip
+    assert status["phase"] == "Succeeded", pod_logs(operator_release, name)
+    assert status.get("restarts", 0) == 1, status
+    resumed = bucket.get_json(f"{name}/result.json")["resumed_from_step"]
+    assert resumed is not None and 10 <= resumed <= frozen_step, (resumed, frozen_step)
+    assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == STEPS
+    print(f"stalled: detected {detected:.1f} s after SIGSTOP (minimumSeconds {SILENCE}); "
+          f"frozen at step {frozen_step}, resumed from {resumed}: "
+          f"{frozen_step - resumed} steps lost")  # fmt: skip
