@@ -191,6 +191,10 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "early stopping without evaluation": (
         make_job().set("training.earlyStopping", {}).set("evaluation.strategy", "no").obj(),
         "spec.training.earlyStopping", "evaluation.strategy"),
+    "fail if worse without evaluation": (
+        make_job().set("evaluation.failIfWorseThanBase", True).set("evaluation.strategy", "no")
+        .obj(),
+        "spec.evaluation.failIfWorseThanBase", "compareBase true"),
     "skip on non-finite with deepspeed": (
         make_job().set("training.onNonFinite", "skip")
         .set("distributed.strategy", "deepspeed").obj(),

@@ -80,7 +80,10 @@ PUBLISH_FAILED = Verdict("PublishFailed", "finetune: publish failed:", 77, resta
 # stacks to its log and exited (124, as timeout(1) does); the restart resumes from the newest
 # checkpoint.
 STALLED = Verdict("Stalled", "finetune: stalled:", 124, restart=True)
-VERDICTS = (INVALID_INPUT, DIVERGED, ROLLED_BACK, PUBLISH_FAILED, STALLED)
+# evaluation.failIfWorseThanBase: the validation loss after training is above the base
+# model's; the model was published for inspection (EX_SOFTWARE's neighbour, 67).
+WORSE_THAN_BASE = Verdict("WorseThanBase", "finetune: worse than base:", 67, restart=False)
+VERDICTS = (INVALID_INPUT, DIVERGED, ROLLED_BACK, PUBLISH_FAILED, STALLED, WORSE_THAN_BASE)
 INVALID_INPUT_MARKER = INVALID_INPUT.marker
 EXIT_INVALID_INPUT = INVALID_INPUT.exit_code
 # The trainer was asked to stop (SIGTERM: preemption, node drain, deletion), saved a

@@ -64,6 +64,9 @@ REASONS: tuple[Reason, ...] = (
            "returned: it wrote every thread's stack to its log and exited), or it sent no "
            "progress report for `minimumSeconds` (a stopped or frozen process); the restart "
            "resumes from the newest checkpoint"),
+    Reason("WorseThanBase", "attempt", False, 2,
+           "`evaluation.failIfWorseThanBase`: the validation loss after training is above the "
+           "base model's (the message has both); the model was published for inspection"),
     Reason("ExitCode", "attempt", True, 2,
            "a container exited non-zero; the message has the code and the last line of its "
            "termination message"),

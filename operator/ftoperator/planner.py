@@ -53,6 +53,7 @@ RUNNING = "Running"
 SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
+IMPROVED = "Improved"
 
 # Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
 STOPPED_EXIT_CODES = {143, 137}
@@ -460,6 +461,25 @@ def _succeed(
     _condition(status, SUCCEEDED, "True", "Completed", status.message, generation, now)
     _condition(status, RUNNING, "False", "Completed", status.message, generation, now)
     _condition(status, FAILED, "False", "Completed", status.message, generation, now)
+    _judge_improvement(plan, generation, now)
+
+
+def _judge_improvement(plan: Plan, generation: int | None, now: datetime) -> None:
+    """Improved: the validation loss after training against the base model's (both are in
+    the final metrics when evaluation.compareBase); worse is a Warning Event too."""
+    metrics = plan.status.metrics
+    before = metrics.additional.get("eval_loss/base") if metrics else None
+    after = metrics.eval_loss if metrics else None
+    if before is None or after is None:
+        return
+    if after > before:
+        message = (f"the validation loss after training ({after:.4g}) is worse than before "
+                   f"it ({before:.4g})")  # fmt: skip
+        _condition(plan.status, IMPROVED, "False", "WorseThanBase", message, generation, now)
+        plan.events.append(Event("Warning", "WorseThanBase", message))
+    else:
+        message = f"the validation loss went from {before:.4g} before training to {after:.4g}"
+        _condition(plan.status, IMPROVED, "True", "BetterThanBase", message, generation, now)
 
 
 def _waiting(

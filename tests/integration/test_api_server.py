@@ -100,7 +100,8 @@ def test_printer_columns_and_kubectl_wait(
     status = {
         "phase": "Succeeded",
         "restarts": 1,
-        "progress": {"step": 120, "totalSteps": 120, "summary": "120/120 (100%)", "eta": "0s"},
+        "progress": {"step": 120, "totalSteps": 120, "summary": "120/120 (100%)", "eta": "0s",
+                     "loss": "1.25"},
         "metrics": {"trainLoss": 1.25},
         "conditions": [
             {"type": "Succeeded", "status": "True", "reason": "TrainingComplete",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from ftapi.contract import DIVERGED, ROLLED_BACK
+from ftapi.contract import DIVERGED, ROLLED_BACK, WORSE_THAN_BASE
 from fttrainer.checkpointing.protocol import CHECKPOINTS
 from fttrainer.checkpointing.store import ROLLBACKS
 from fttrainer.faults import ENV_FAULT_NAN_AT_STEP
@@ -102,3 +103,23 @@ def test_rollback_restarts_from_the_checkpoint_before_the_nan_with_a_lower_rate(
     assert all(math.isfinite(m["loss"]) for m in steps if "loss" in m)
     rates = {m["step"]: m["learning_rate"] for m in steps if "learning_rate" in m}
     assert rates[5] < 0.6 * rates[4]  # halved (and the linear schedule went on)
+
+
+def test_a_learning_rate_two_orders_too_high_ends_worse_than_base_and_fails_if_asked(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """As a new user typed it: a full fine-tune at learning rate 1.0. The validation loss
+    after training is above the base model's: a warning naming both, and with
+    evaluation.failIfWorseThanBase the WorseThanBase verdict, the model published."""
+    out = tmp_path / "run"
+    result, said = run_quickstart(
+        tiny_llama, qa_data, out, "method={type: full}", "training.learningRate=1.0",
+        "training.maxSteps=8", "evaluation.strategy=epoch",
+        "evaluation.failIfWorseThanBase=true",
+    )  # fmt: skip
+    assert result.returncode == WORSE_THAN_BASE.exit_code, result.stderr[-3000:]
+    figures = re.search(r"after training \(([\d.]+)\) is worse than before it \(([\d.]+)\)", said)
+    assert figures and float(figures.group(1)) > float(figures.group(2)), said
+    assert said.startswith(WORSE_THAN_BASE.marker) and f"the model is in {out}/final" in said
+    assert "warning: the validation loss after training" in result.stderr
+    assert (out / "final" / "model.safetensors").is_file()  # published for inspection

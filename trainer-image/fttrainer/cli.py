@@ -398,7 +398,13 @@ def _run(args: argparse.Namespace) -> int:
     except (DataError, ValueError, HubError) as exc:
         print(exc, file=sys.stderr)
         return invalid_input(str(exc))
-    from ftapi.contract import DIVERGED, EXIT_STOPPED, PUBLISH_FAILED, ROLLED_BACK
+    from ftapi.contract import (
+        DIVERGED,
+        EXIT_STOPPED,
+        PUBLISH_FAILED,
+        ROLLED_BACK,
+        WORSE_THAN_BASE,
+    )
 
     from .callbacks import Stopped
     from .divergence import Diverged, RollBack
@@ -436,6 +442,12 @@ def _run(args: argparse.Namespace) -> int:
     if recipe.is_main_process:
         for line in before_after(result.final_metrics):
             print(line)
+        worse = worse_than_base(result.final_metrics)
+        if worse is not None:
+            print(f"warning: {worse}", file=sys.stderr)
+            if job.spec.evaluation.fail_if_worse_than_base:
+                where = f"{job.spec.output.uri.rstrip('/')}/final"
+                return record(WORSE_THAN_BASE, f"{worse}; the model is in {where}")
         print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
     return 0
 
@@ -480,6 +492,17 @@ def before_after(metrics: dict[str, Any]) -> list[str]:
         if name != key and isinstance(before, (int, float)) and isinstance(after, (int, float)):
             lines.append(f"{name}: {before:.4f} before, {after:.4f} after")
     return lines
+
+
+def worse_than_base(metrics: dict[str, Any]) -> str | None:
+    """Why the fine-tuned model is worse than the base on the validation loss, or None."""
+    before, after = metrics.get("eval_loss/base"), metrics.get("eval_loss")
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return None
+    if not after > before:
+        return None
+    return (f"the validation loss after training ({after:.4g}) is worse than before it "
+            f"({before:.4g})")  # fmt: skip
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -71,6 +71,10 @@ class EvaluationSpec(ApiModel):
     compare_base: bool = True
     """Score the base model too, before training, on the same samples, benchmarks and
     harness tasks (`<metric>/base` in final_metrics.json). false halves evaluation time."""
+    fail_if_worse_than_base: bool = False
+    """A validation loss after training above the one before it ends the job as Failed
+    (WorseThanBase), the model published for inspection. Off: the job succeeds with the
+    condition Improved=False and a Warning Event naming both figures."""
     prompts: Annotated[list[Text], Field(max_length=256)] = []
     """Prompts answered by the base and the fine-tuned model after training
     (model_comparison.json)."""

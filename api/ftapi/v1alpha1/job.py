@@ -186,6 +186,17 @@ class FineTuneJobSpec(ApiModel):
             field=".training.onNonFinite",
         ),
         Rule(
+            cel="!self.evaluation.failIfWorseThanBase || (self.evaluation.compareBase"
+            " && self.evaluation.strategy != 'no')",
+            message="evaluation.failIfWorseThanBase needs the validation loss before and after "
+            "training: evaluation.compareBase true and evaluation.strategy steps or epoch",
+            check=lambda s: (
+                not s.evaluation.fail_if_worse_than_base
+                or (s.evaluation.compare_base and s.evaluation.strategy != "no")
+            ),
+            field=".evaluation.failIfWorseThanBase",
+        ),
+        Rule(
             cel="!has(self.training.earlyStopping) || self.evaluation.strategy != 'no'",
             message="training.earlyStopping needs evaluation.strategy steps or epoch",
             check=lambda s: s.training.early_stopping is None or s.evaluation.strategy != "no",

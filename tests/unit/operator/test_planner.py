@@ -1863,6 +1863,32 @@ def test_a_trainer_silent_past_its_deadline_is_stalled_and_restarted() -> None:
     assert plan.status.phase == "Running"
 
 
+@pytest.mark.parametrize(("after", "improved"), [(8.98, "False"), (5.5, "True")])
+def test_success_judges_the_validation_loss_against_the_base_models(
+    after: float, improved: str
+) -> None:
+    """The quick start with a learning rate two orders too high ended at 8.98 against 6.06
+    before training and printed done: it still succeeds, but says so."""
+    progress = report(
+        step=20,
+        total_steps=20,
+        metrics={"eval_loss": after, "eval_loss/base": 6.06, "train_loss": 9.0},
+    )
+    plan = observe(make(), running_status(), at(60),
+                   batch_job=make_batch_job(0).complete().obj(), progress=progress)  # fmt: skip
+    assert plan.status.phase == "Succeeded"
+    condition = next(c for c in plan.status.conditions if c.type == "Improved")
+    assert condition.status == improved
+    assert "6.06" in condition.message and f"{after:.4g}" in condition.message
+    warnings = [e for e in plan.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == (["WorseThanBase"] if improved == "False" else [])
+    # Without a base evaluation there is nothing to judge.
+    bare = report(step=20, total_steps=20, metrics={"eval_loss": after})
+    plan = observe(make(), running_status(), at(60),
+                   batch_job=make_batch_job(0).complete().obj(), progress=bare)  # fmt: skip
+    assert all(c.type != "Improved" for c in plan.status.conditions)
+
+
 def test_a_non_finite_loss_is_shown_as_such_never_as_the_last_finite_one() -> None:
     def shown(progress: ProgressReport) -> FineTuneJobStatus:
         plan = observe(make(), running_status(), at(60), batch_job=make_batch_job(0).obj(),
