@@ -4,7 +4,7 @@ events to the module that does the work.
 The recipe adds them in this order, and the order matters (callbacks run in the order they
 were added, so on_save of one sees what the ones before it did):
 
-    StallWatch            the phase and progress the stall watchdog holds to its deadlines
+    StallWatch            when training runs and each step's end, for the stall watchdog
                           (watchdog.py)
     NonFiniteGuard        a NaN/inf loss or gradient before the optimizer step, and a
                           checkpoint with non-finite weights, before anything saves it
@@ -316,39 +316,20 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class StallWatch(TrainerCallback):
-    """Tells the process's Watchdog (watchdog.py) which phase training is in: each step's
-    end, and an evaluation or a checkpoint from when the flow callbacks decide on one. Only
-    between on_train_begin and on_train_end: the base evaluation before training belongs to
-    the startup phase, the final one to the recipe's own "evaluating"."""
+    """Tells the process's Watchdog (watchdog.py) when training runs and each step's end;
+    evaluations and checkpoint saves are phases of their own (watchdog.with_stall_watch)."""
 
     def __init__(self, watchdog: Watchdog) -> None:
         self.watchdog = watchdog
-        self.training = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.training = True
+        self.watchdog.training = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.training = False
+        self.watchdog.training = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.watchdog.stepped(state.global_step)
-        if control.should_evaluate:
-            self.watchdog.enter("evaluating")
-        elif control.should_save:
-            self.watchdog.enter("saving")
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if not self.training:
-            return
-        if control.should_save:
-            self.watchdog.enter("saving")
-        else:
-            self.watchdog.resume()
-
-    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if self.training:
-            self.watchdog.resume()
 
 
 class TrackerIds(TrainerCallback):

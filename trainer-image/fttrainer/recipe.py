@@ -80,7 +80,7 @@ from .tracking import (
     registry_tags,
     tracker_env,
 )
-from .watchdog import Watchdog
+from .watchdog import Watchdog, with_stall_watch
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -365,8 +365,10 @@ class Recipe:
             if partial is not None:
                 callbacks.append(RecomputeFirstLayers(partial))
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
-        trainer_type = with_faults(
-            with_loss_watch(getattr(trl, trainer_class), self.loss_watch), self.faults
+        # The stall watch outermost: an evaluation's phase begins before anything in it.
+        trainer_type = with_stall_watch(
+            with_faults(with_loss_watch(getattr(trl, trainer_class), self.loss_watch), self.faults),
+            self.watchdog,
         )
         assert self.evaluator is not None
         hooks = self.evaluator.log_hooks()  # perplexity, MCQ scores at every evaluation

@@ -35,7 +35,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ftapi.contract import STALLED
 from ftapi.v1alpha1.scheduling import StallDetection
@@ -92,7 +92,8 @@ class Watchdog:
         self.poll = poll
         self.on_stall = on_stall or _stop_process
         self.phase: Phase = "starting"
-        self.since = clock()
+        self.since = self.began = clock()
+        self.training = False  # between the Trainer's on_train_begin and on_train_end
         self.step = 0
         self.main_thread = threading.main_thread()
         self._lock = threading.Lock()
@@ -116,10 +117,12 @@ class Watchdog:
 
     def resume(self) -> None:
         """An evaluation or a checkpoint during training ended: the next step starts now
-        (or, before the first step ended, the startup phase goes on from where it was)."""
+        (or, before the first step ended, the startup phase goes on from its start)."""
         with self._lock:
-            if self.phase != "starting":
+            if self.step > 0:
                 self.phase, self.since = "step", self.clock()
+            else:
+                self.phase, self.since = "starting", self.began
 
     def stepped(self, step: int) -> None:
         """An optimizer step ended: the next one starts now."""
@@ -174,3 +177,32 @@ def _stop_process(reason: str) -> None:
     sys.stderr.flush()
     code = record(STALLED, f"rank {rank}: {reason}")
     os._exit(code)
+
+
+def with_stall_watch(trainer_class: type, watchdog: Watchdog) -> type:
+    """`trainer_class` whose evaluations and checkpoint saves during training are phases of
+    their own for `watchdog`, whoever decided on them (the save steps, the last step, a
+    SIGTERM, early stopping). Outside training (the base and final evaluations) the recipe
+    sets the phase."""
+
+    def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not watchdog.training:
+            return super(watched, self).evaluate(*args, **kwargs)  # type: ignore[arg-type]
+        watchdog.enter("evaluating")
+        try:
+            return super(watched, self).evaluate(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            watchdog.resume()
+
+    def _save_checkpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
+        watchdog.enter("saving")
+        try:
+            return super(watched, self)._save_checkpoint(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            watchdog.resume()
+
+    watched: type = type(
+        trainer_class.__name__, (trainer_class,),
+        {"evaluate": evaluate, "_save_checkpoint": _save_checkpoint},
+    )  # fmt: skip
+    return watched

@@ -7,7 +7,7 @@ import threading
 import time
 
 from ftapi.v1alpha1.scheduling import StallDetection
-from fttrainer.watchdog import Deadlines, Watchdog, innermost_frames
+from fttrainer.watchdog import Deadlines, Watchdog, innermost_frames, with_stall_watch
 
 SPEC = StallDetection(minimum_seconds=60, step_time_factor=10, startup_seconds=600,
                       evaluation_seconds=300, checkpoint_seconds=120)  # fmt: skip
@@ -81,3 +81,23 @@ def test_the_watchdog_thread_fires_once_naming_where_the_thread_waits() -> None:
 def test_a_disabled_watchdog_starts_no_thread() -> None:
     dog = Watchdog(StallDetection(enabled=False)).start()
     assert dog._thread is None
+
+
+def test_evaluations_and_saves_during_training_are_phases_of_their_own() -> None:
+    dog = Watchdog(SPEC, clock=Clock())
+
+    class Trainer:
+        def evaluate(self) -> str:
+            return dog.phase
+
+        def _save_checkpoint(self, model: object, trial: object) -> str:
+            return dog.phase
+
+    trainer = with_stall_watch(Trainer, dog)()
+    assert trainer.evaluate() == "starting"  # the base evaluation, before training
+    dog.training = True
+    assert trainer._save_checkpoint(None, None) == "saving"
+    assert dog.phase == "starting"  # no step yet: startup goes on from its start
+    dog.stepped(1)
+    assert trainer.evaluate() == "evaluating" and dog.phase == "step"
+    assert trainer._save_checkpoint(None, None) == "saving" and dog.phase == "step"
