@@ -394,6 +394,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
+        recipe.watchdog.start()  # a run that stops making progress is stopped, with its stacks
         recipe.setup()
     except (DataError, ValueError, HubError) as exc:
         print(exc, file=sys.stderr)

@@ -139,8 +139,9 @@ class Recipe:
             raise ValueError("not implemented yet in the trainer: " + "; ".join(missing))
         if spec.output.push_to_hub is not None:
             push_token()  # no token: fail now, not after hours of training
-        # From here on, a run that stops making progress is stopped with its stacks.
-        self.watchdog = Watchdog(spec.run_policy.stall_detection).start()
+        # Phases from here on; `finetune run` starts its thread (one process, one run: a
+        # Recipe used as a library, as the tests do, is never stopped by it).
+        self.watchdog = Watchdog(spec.run_policy.stall_detection)
         self.faults = Faults.from_env()
         self.job = job
         self.spec = spec

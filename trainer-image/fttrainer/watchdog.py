@@ -1,9 +1,10 @@
 """A run that stops making progress is stopped, with the stacks that say where.
 
-Each process (each rank) runs one Watchdog thread. The training thread tells it which phase
-it is in and when progress happened (callbacks.StallWatch: an optimizer step ended, an
-evaluation or a checkpoint began or ended); the watchdog holds each phase to its deadline
-from runPolicy.stallDetection:
+Each `finetune run` process (each rank) runs one Watchdog thread. The training thread
+tells it which phase it is in and when progress happened (callbacks.StallWatch: training
+began, an optimizer step ended; with_stall_watch: an evaluation or a checkpoint save during
+training; the recipe: the final evaluation, save and publish); the watchdog holds each phase
+to its deadline from runPolicy.stallDetection:
 
     starting     process start -> the end of the first optimizer step   startupSeconds
     step         each later step: stepTimeFactor x this attempt's median step,
