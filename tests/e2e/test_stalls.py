@@ -35,9 +35,11 @@ def test_a_frozen_trainer_is_stalled_and_the_restart_resumes_from_its_checkpoint
     eventually(checkpointed, timeout=300, interval=0.5, what="a committed checkpoint")
     pod = training_pod(operator_release, name)
     assert pod is not None
-    # Every process of the container but its init (tini) and this shell: torchrun, the worker.
+    # kill(-1): every process of the container's PID namespace but its init (tini) and the
+    # caller: torchrun and its worker.
+    freeze = "import os, signal; os.kill(-1, signal.SIGSTOP)"
     cluster.kubectl("exec", "-n", ns, pod["metadata"]["name"], "-c", "trainer", "--",
-                    "sh", "-c", "kill -s STOP -1")  # fmt: skip
+                    "python", "-c", freeze)  # fmt: skip
     stopped_at = time.monotonic()
     before = read_ftj(cluster, ns, name)["status"]
     frozen_step = before["progress"]["step"]
