@@ -119,3 +119,12 @@ def torchrun_command(
         "--master-port", str(master_port),
         "-m", TRAINER_MODULE, TRAINER_COMMAND, config, "--output", output,
     ]  # fmt: skip
+
+
+def worse_than_base(before: float | None, after: float | None) -> str | None:
+    """Why a fine-tuned model is worse than its base on the validation loss (the words of
+    the WorseThanBase verdict, condition and Event), or None."""
+    if before is None or after is None or not after > before:
+        return None
+    return (f"the validation loss after training ({after:.4g}) is worse than before it "
+            f"({before:.4g})")  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftapi.contract import INVALID_INPUT, VERDICTS
+from ftapi.contract import INVALID_INPUT, VERDICTS, worse_than_base
 from ftapi.progress import ProgressReport, heartbeat_seconds
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.common import NonFinite
@@ -472,9 +472,8 @@ def _judge_improvement(plan: Plan, generation: int | None, now: datetime) -> Non
     after = metrics.eval_loss if metrics else None
     if before is None or after is None:
         return
-    if after > before:
-        message = (f"the validation loss after training ({after:.4g}) is worse than before "
-                   f"it ({before:.4g})")  # fmt: skip
+    message = worse_than_base(before, after)
+    if message is not None:
         _condition(plan.status, IMPROVED, "False", "WorseThanBase", message, generation, now)
         plan.events.append(Event("Warning", "WorseThanBase", message))
     else:

@@ -405,6 +405,7 @@ def _run(args: argparse.Namespace) -> int:
         PUBLISH_FAILED,
         ROLLED_BACK,
         WORSE_THAN_BASE,
+        worse_than_base,
     )
 
     from .callbacks import Stopped
@@ -443,7 +444,10 @@ def _run(args: argparse.Namespace) -> int:
     if recipe.is_main_process:
         for line in before_after(result.final_metrics):
             print(line)
-        worse = worse_than_base(result.final_metrics)
+        final = result.final_metrics
+        worse = worse_than_base(
+            _number(final.get("eval_loss/base")), _number(final.get("eval_loss"))
+        )
         if worse is not None:
             print(f"warning: {worse}", file=sys.stderr)
             if job.spec.evaluation.fail_if_worse_than_base:
@@ -495,15 +499,8 @@ def before_after(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def worse_than_base(metrics: dict[str, Any]) -> str | None:
-    """Why the fine-tuned model is worse than the base on the validation loss, or None."""
-    before, after = metrics.get("eval_loss/base"), metrics.get("eval_loss")
-    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
-        return None
-    if not after > before:
-        return None
-    return (f"the validation loss after training ({after:.4g}) is worse than before it "
-            f"({before:.4g})")  # fmt: skip
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _plan(args: argparse.Namespace) -> int:

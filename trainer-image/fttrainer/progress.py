@@ -444,27 +444,24 @@ class ProgressReporter:
         """A step whose loss or gradient norm was not finite (skipped: its batch updated
         nothing), sent at once; flush when the process ends right after (Diverged)."""
         self.step = step
-        for name, value in values.items():  # report names already (train_loss, grad_norm)
-            if math.isfinite(value):
-                self.metrics[name] = value
-                self.non_finite.pop(name, None)
-            else:
-                self.non_finite[name] = spelled(value)
-                self.metrics.pop(name, None)
+        self._merge(values)  # report names already (train_loss, grad_norm)
         self.skipped_steps += int(skipped)
         self._send(force=True)
         if flush and not self.flush():
             log.warning("the last progress report was not sent in time")
 
     def _update_metrics(self, logs: Mapping[str, Any]) -> None:
+        self._merge(_scalars(logs))
+
+    def _merge(self, values: Mapping[str, float]) -> None:
         """The newest value of each metric wins, finite or not."""
-        finite, non_finite = metrics_from_logs(logs), non_finite_from_logs(logs)
-        for name in finite:
-            self.non_finite.pop(name, None)
-        for name in non_finite:
-            self.metrics.pop(name, None)
-        self.metrics.update(finite)
-        self.non_finite.update(non_finite)
+        for name, value in values.items():
+            if math.isfinite(value):
+                self.metrics[name] = value
+                self.non_finite.pop(name, None)
+            else:
+                self.non_finite[name] = spelled(value)
+                self.metrics.pop(name, None)
 
     @_never_raises
     def published(self, *, model_uri: str) -> None:

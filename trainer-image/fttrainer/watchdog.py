@@ -58,6 +58,10 @@ class Deadlines:
     spec: StallDetection
     step_seconds: list[float] = field(default_factory=list)
 
+    @property
+    def median_step(self) -> float:
+        return statistics.median(self.step_seconds) if self.step_seconds else 0.0
+
     def of(self, phase: Phase) -> float:
         if phase == "starting":
             return float(self.spec.startup_seconds)
@@ -65,8 +69,7 @@ class Deadlines:
             return float(self.spec.evaluation_seconds)
         if phase == "saving":
             return float(self.spec.checkpoint_seconds)
-        median = statistics.median(self.step_seconds) if self.step_seconds else 0.0
-        return max(float(self.spec.minimum_seconds), self.spec.step_time_factor * median)
+        return max(float(self.spec.minimum_seconds), self.spec.step_time_factor * self.median_step)
 
     def explain(self, phase: Phase) -> str:
         if phase == "starting":
@@ -75,9 +78,9 @@ class Deadlines:
             return "runPolicy.stallDetection.evaluationSeconds"
         if phase == "saving":
             return "runPolicy.stallDetection.checkpointSeconds"
-        median = statistics.median(self.step_seconds) if self.step_seconds else 0.0
         return (f"stepTimeFactor {self.spec.step_time_factor:g} x the median step "
-                f"{median:.3g} s, at least minimumSeconds {self.spec.minimum_seconds}")  # fmt: skip
+                f"{self.median_step:.3g} s, at least minimumSeconds "
+                f"{self.spec.minimum_seconds}")  # fmt: skip
 
 
 class Watchdog:
