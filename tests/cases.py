@@ -202,6 +202,9 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "rollback factor without rollback": (
         make_job().set("training.rollbackLearningRateFactor", 0.5).obj(),
         "spec.training.rollbackLearningRateFactor", "onNonFinite rollback"),
+    "loss spike factor below 1.5": (
+        make_job().set("training.lossSpikeFactor", 1.2).obj(),
+        "spec.training.lossSpikeFactor", "0 (off) or at least 1.5"),
     "gradient checkpointing with prefix tuning": (
         make_job().set("method.type", "prefix").set("training.gradientCheckpointing", True).obj(),
         "spec.training.gradientCheckpointing", "prefix"),

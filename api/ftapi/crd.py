@@ -37,7 +37,15 @@ from .constants import (
     SINGULAR,
     VERSION,
 )
-from .progress import MAX_REPORT_LENGTH, REPORT_FIELD, ProgressReport
+from .progress import (
+    MAX_RANK_REPORT_LENGTH,
+    MAX_RANKS,
+    MAX_REPORT_LENGTH,
+    RANKS_FIELD,
+    REPORT_FIELD,
+    ProgressReport,
+    RankReport,
+)
 from .v1alpha1 import FineTuneJob, FineTuneJobSpec
 from .v1alpha1._base import CEL_RULES_KEY
 
@@ -215,6 +223,13 @@ def build_progress_crd() -> dict[str, Any]:
                 "type": "string",
                 "maxLength": MAX_REPORT_LENGTH,
                 "description": f"JSON of the trainer's latest report. {report_doc}",
+            },
+            RANKS_FIELD: {
+                "type": "object",
+                "maxProperties": MAX_RANKS,
+                "additionalProperties": {"type": "string", "maxLength": MAX_RANK_REPORT_LENGTH},
+                "description": "Each rank's own report (JSON), by its rank. "
+                + _paragraphs(RankReport.__doc__ or ""),
             },
         },
     }

@@ -15,8 +15,15 @@ object named `<job>-progress` whose controller ownerReference carries the job's 
 neither a labelled look-alike nor the orphan of a deleted job with the same name is read.
 
 The environment the operator gives the pod says where to write:
-FINETUNE_PROGRESS_NAME (the object's name), FINETUNE_NAMESPACE, FINETUNE_ATTEMPT.
+FINETUNE_PROGRESS_NAME (the object's name), FINETUNE_NAMESPACE, FINETUNE_ATTEMPT, and who
+writes: FINETUNE_POD_NAME, FINETUNE_NODE_NAME (the downward API).
 A report carries its attempt, so a late write from a torn-down attempt is recognisable.
+
+Every rank (rank 0 too) also writes a small `RankReport` under `ranks.<rank>` of the same
+object (a JSON merge patch touches that key only) at least every `heartbeat_seconds`: its
+step, the median wall time and compute time of its recent steps, and when its last step
+ended. From them the operator names the ranks that went quiet when a job stalls, and the
+ranks that compute slower than the others (stragglers: ftoperator.stragglers).
 """
 
 from __future__ import annotations
@@ -29,14 +36,21 @@ from pydantic import Field
 
 from .v1alpha1._base import ApiModel
 from .v1alpha1.common import NonFinite
+from .v1alpha1.status import MAX_WARNINGS, RunWarning
 
 REPORT_FIELD = "report"
 """The FineTuneJobProgress field holding the JSON of a ProgressReport."""
 MAX_REPORT_LENGTH = 65536
 """Bound of that field (the CRD enforces it): a report is a few hundred bytes."""
+RANKS_FIELD = "ranks"
+"""The FineTuneJobProgress field mapping each rank (a decimal string) to its RankReport."""
+MAX_RANK_REPORT_LENGTH = 4096
+MAX_RANKS = 16384
 ENV_PROGRESS_NAME = "FINETUNE_PROGRESS_NAME"
 ENV_NAMESPACE = "FINETUNE_NAMESPACE"
 ENV_ATTEMPT = "FINETUNE_ATTEMPT"
+ENV_POD_NAME = "FINETUNE_POD_NAME"
+ENV_NODE_NAME = "FINETUNE_NODE_NAME"
 # How often the trainer reports at most (plus at each checkpoint and at the end): the
 # status lags the trainer by about this much.
 REPORT_INTERVAL_SECONDS = 15.0
@@ -86,7 +100,31 @@ class ProgressReport(ApiModel):
     never replaced by an older finite value (`metrics` then leaves the name out)."""
     skipped_steps: Annotated[int, Field(ge=0)] = 0
     """Steps whose batch updated nothing for a non-finite loss (training.onNonFinite skip)."""
+    warnings: Annotated[list[RunWarning], Field(max_length=MAX_WARNINGS)] = []
+    """The newest warnings of this attempt, oldest first."""
     checkpoint: CheckpointReport | None = None
     model_uri: str | None = None
     """Set once the final model is published."""
+    updated_at: datetime
+
+
+class RankReport(ApiModel):
+    """One rank's liveness and pace, written by that rank's own process."""
+
+    attempt: Annotated[int, Field(ge=0)] = 0
+    rank: Annotated[int, Field(ge=0)]
+    pod: Annotated[str, Field(max_length=253)] | None = None
+    node: Annotated[str, Field(max_length=253)] | None = None
+    step: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps this rank has ended."""
+    stepped_at: datetime | None = None
+    """When its last optimizer step ended."""
+    step_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    """Median wall time of its recent steps (about the same on every rank: the collectives
+    make the fast ranks wait for the slow one)."""
+    compute_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    """Median time of its recent steps' forward passes, with no collective inside them under
+    data parallelism (ddp): what tells a slow rank from the ranks waiting for it."""
+    done: bool = False
+    """The process ended its part of the run (no more reports will come)."""
     updated_at: datetime

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftapi.progress import ProgressReport
+from ftapi.progress import ProgressReport, RankReport
 
 from .kueue import QueueState
 
@@ -40,6 +40,8 @@ class Cache:
     progress: dict[Key, tuple[str, ProgressReport]] = field(default_factory=dict)
     """The trainer's last report (parsed once, when its FineTuneJobProgress changes), with
     the UID of the FineTuneJob that owns the object it came from."""
+    ranks: dict[Key, dict[int, RankReport]] = field(default_factory=dict)
+    """Each rank's own last report, from the same object (read with `progress`)."""
     lost_nodes: set[str] = field(default_factory=set)
     create_failures: dict[Key, str] = field(default_factory=dict)
     """Why the Job controller cannot create a job's pods (its FailedCreate Events), read
@@ -64,7 +66,9 @@ class Cache:
         else:
             children[name] = slim(body)
 
-    def observe_progress(self, key: Key, text: str | None, owner_uid: str = "") -> None:
+    def observe_progress(
+        self, key: Key, text: str | None, owner_uid: str = "", ranks: Any = None
+    ) -> None:
         report = None
         if text:
             try:
@@ -73,8 +77,10 @@ class Cache:
                 log.warning("ignoring a malformed progress report for %s/%s", *key)
         if report is None:
             self.progress.pop(key, None)
+            self.ranks.pop(key, None)
         else:
             self.progress[key] = (owner_uid, report)
+            self.ranks[key] = rank_reports(ranks, key)
 
     def progress_of(self, key: Key) -> ProgressReport | None:
         """The last report of this FineTuneJob itself: from an object its UID owns (not
@@ -82,6 +88,10 @@ class Cache:
         uid = (self.jobs.get(key) or {}).get("metadata", {}).get("uid")
         owner_uid, report = self.progress.get(key, ("", None))
         return report if uid and owner_uid == uid else None
+
+    def ranks_of(self, key: Key) -> dict[int, RankReport]:
+        """Each rank's last report, from the same object as progress_of (else none)."""
+        return self.ranks.get(key, {}) if self.progress_of(key) is not None else {}
 
     def observe_node(self, name: str, ready: bool) -> None:
         if ready:
@@ -198,3 +208,21 @@ class WorkQueue:
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+
+
+def rank_reports(found: Any, key: Key) -> dict[int, RankReport]:
+    """The `ranks` map of a FineTuneJobProgress, parsed; an entry that does not parse, or
+    whose key is not its own rank, is logged and left out."""
+    reports: dict[int, RankReport] = {}
+    if not isinstance(found, dict):
+        return reports
+    for name, text in found.items():
+        try:
+            report = RankReport.model_validate_json(text if isinstance(text, str) else "")
+        except ValidationError:
+            report = None
+        if report is None or str(report.rank) != name:
+            log.warning("ignoring a malformed rank report %r for %s/%s", name, *key)
+            continue
+        reports[report.rank] = report
+    return reports

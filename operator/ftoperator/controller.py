@@ -304,6 +304,7 @@ class Controller:
             pods=attempt_pods,
             other_jobs=sorted(others),
             progress=self.cache.progress_of(key),
+            ranks=self.cache.ranks_of(key),
             lost_nodes=frozenset(self.cache.lost_nodes),
             pod_create_failure=self.cache.create_failures.get(key),
             queue_state=self.cache.queue_states.get(key),

@@ -17,7 +17,7 @@ from typing import Any, cast
 import kopf
 
 from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
-from ftapi.progress import REPORT_FIELD
+from ftapi.progress import RANKS_FIELD, REPORT_FIELD
 
 from .cache import node_ready
 from .children import LABEL_JOB, Names
@@ -81,7 +81,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
             return
         key = (namespace or "", owner[0])
         deleted = event.get("type") == "DELETED"
-        cache.observe_progress(key, None if deleted else body.get(REPORT_FIELD), owner[1])
+        report, ranks = (None, None) if deleted else (body.get(REPORT_FIELD), body.get(RANKS_FIELD))
+        cache.observe_progress(key, report, owner[1], ranks)
         queue.add(key)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)

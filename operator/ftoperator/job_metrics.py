@@ -21,6 +21,17 @@ can select one job, or sum by namespace, without a join:
     finetune_job_gpus                    GPUs requested (nodes x gpusPerNode)
     finetune_job_gpu_seconds_total       GPUs x wall time since the first attempt started
                                          running, until the job finished
+    finetune_job_stragglers              ranks computing slower than the others now
+                                         (status.stragglers)
+
+While a job runs, from its ranks' own reports (ftapi.progress.RankReport):
+
+    finetune_job_seconds_since_last_step since any rank of the attempt last ended a step:
+                                         a hang shows as a line climbing until the stall
+                                         deadline
+    finetune_job_rank_step_seconds{rank} median wall time of the rank's recent steps
+    finetune_job_rank_compute_seconds{rank}  median forward time of its recent steps (a
+                                         straggler stands out here, not in step time)
 
 Why at scrape time from the cache rather than gauges set by reconciles: a series then exists
 exactly while its FineTuneJob exists (deleting the job removes every series of it, nothing
@@ -32,12 +43,12 @@ replicas counts each job once.
 
 Cardinality: about 25 series per job plus one per reported extra metric (at most 64), for
 every FineTuneJob that exists, finished ones included, until it is deleted
-(`runPolicy.ttlSecondsAfterFinished` bounds that).
+(`runPolicy.ttlSecondsAfterFinished` bounds that); two more per rank while a job runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +56,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ftapi.progress import RankReport
 from ftapi.redaction import redact
 from ftapi.v1alpha1.method import MethodSpec
 from ftapi.v1alpha1.resources import ResourcesSpec
@@ -136,7 +148,17 @@ def gpu_seconds(body: dict[str, Any], now: datetime) -> float:
     return gpus_requested(body) * max((ended - started).total_seconds(), 0.0)
 
 
-def job_families(bodies: Iterable[dict[str, Any]], now: datetime) -> list[Metric]:
+Ranks = Callable[[tuple[str, str]], Mapping[int, RankReport]]
+"""(namespace, name) -> that job's rank reports."""
+
+
+def _no_ranks(key: tuple[str, str]) -> Mapping[int, RankReport]:
+    return {}
+
+
+def job_families(
+    bodies: Iterable[dict[str, Any]], now: datetime, ranks: Ranks = _no_ranks
+) -> list[Metric]:
     """Every per-job family, for the FineTuneJobs given (raw objects as the API returns),
     and `finetune_jobs{phase}`, the count by phase (every phase, 0 when none is in it)."""
     counts = dict.fromkeys(PHASES, 0)
@@ -160,6 +182,19 @@ def job_families(bodies: Iterable[dict[str, Any]], now: datetime) -> list[Metric
     used = CounterMetricFamily(
         "finetune_job_gpu_seconds", "GPUs x seconds since the first attempt started running.",
         labels=list(LABELS))  # fmt: skip
+    stragglers = GaugeMetricFamily(
+        "finetune_job_stragglers", "Ranks computing slower than the others now.",
+        labels=list(LABELS))  # fmt: skip
+    since_step = GaugeMetricFamily(
+        "finetune_job_seconds_since_last_step",
+        "Seconds since any rank of the running attempt last ended an optimizer step.",
+        labels=list(LABELS))  # fmt: skip
+    rank_step = GaugeMetricFamily(
+        "finetune_job_rank_step_seconds", "Median wall time of a rank's recent steps.",
+        labels=[*LABELS, "rank"])  # fmt: skip
+    rank_compute = GaugeMetricFamily(
+        "finetune_job_rank_compute_seconds",
+        "Median forward-pass time of a rank's recent steps.", labels=[*LABELS, "rank"])  # fmt: skip
     for body in bodies:
         labels = job_labels(body)
         status = body.get("status") or {}
@@ -182,10 +217,25 @@ def job_families(bodies: Iterable[dict[str, Any]], now: datetime) -> list[Metric
             metric.add_metric([*labels, key], value)
         gpus.add_metric(labels, float(gpus_requested(body)))
         used.add_metric(labels, gpu_seconds(body, now))
+        found = status.get("stragglers")
+        stragglers.add_metric(labels, float(len(found) if isinstance(found, list) else 0))
+        if current == "Running":
+            attempt = _number(status.get("attempt")) or 0
+            running = [r for r in ranks((labels[0], labels[1])).values() if r.attempt == attempt]
+            stepped = [r.stepped_at for r in running if r.stepped_at is not None]
+            if stepped:
+                since_step.add_metric(labels, max((now - max(stepped)).total_seconds(), 0.0))
+            for report in running:
+                rank = [*labels, str(report.rank)]
+                if report.step_seconds is not None:
+                    rank_step.add_metric(rank, report.step_seconds)
+                if report.compute_seconds is not None:
+                    rank_compute.add_metric(rank, report.compute_seconds)
     by_phase = GaugeMetricFamily("finetune_jobs", "FineTuneJobs by phase.", labels=["phase"])
     for name, count in counts.items():
         by_phase.add_metric([name], float(count))
-    return [by_phase, phase, failed, *gauges, metric, gpus, used]
+    return [by_phase, phase, failed, *gauges, metric, gpus, used, stragglers, since_step,
+            rank_step, rank_compute]  # fmt: skip
 
 
 class JobSeries(Collector):
@@ -195,12 +245,14 @@ class JobSeries(Collector):
         self,
         jobs: Callable[[], Iterable[dict[str, Any]]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ranks: Ranks = _no_ranks,
     ) -> None:
         self._jobs = jobs
         self._clock = clock
+        self._ranks = ranks
 
     def collect(self) -> Iterator[Metric]:
-        yield from job_families(list(self._jobs()), self._clock())
+        yield from job_families(list(self._jobs()), self._clock(), self._ranks)
 
     def describe(self) -> Iterator[Metric]:
         """Nothing up front: registering must not read the cache (it may be empty yet), and

@@ -111,7 +111,7 @@ async def run(options: Options) -> int:
     controller.first_status_grace_seconds = options.first_status_grace_seconds
     registry = kopf.OperatorRegistry()
     register(registry, controller)
-    job_series = JobSeries(controller.jobs_now)
+    job_series = JobSeries(controller.jobs_now, ranks=controller.cache.ranks_of)
     METRICS.registry.register(job_series)
     server = None
     if options.metrics_port:

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftapi.contract import INVALID_INPUT, VERDICTS, worse_than_base
-from ftapi.progress import ProgressReport, heartbeat_seconds
+from ftapi.progress import ProgressReport, RankReport, heartbeat_seconds
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.common import NonFinite
 from ftapi.v1alpha1.scheduling import MAX_SECONDS
@@ -43,6 +43,7 @@ from . import failures
 from .children import Names
 from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
 from .kueue import QueueState
+from .ranks import current, quiet_ranks, straggler_message, track_stragglers, where
 
 log = logging.getLogger("ftoperator")
 
@@ -99,6 +100,8 @@ class Observed:
     other_jobs: list[str] = field(default_factory=list)
     """Names of this FineTuneJob's Jobs from other attempts that still exist."""
     progress: ProgressReport | None = None
+    ranks: dict[int, RankReport] = field(default_factory=dict)
+    """Each rank's own last report (liveness and pace), by rank."""
     lost_nodes: frozenset[str] = frozenset()
     """Nodes that are NotReady or gone: their pods will not finish."""
     pod_create_failure: str | None = None
@@ -217,9 +220,9 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     pods = [] if job_suspended else observed.pods
     failure = attempt_failure(batch_job, pods, observed.lost_nodes)
     if failure is None and not job_suspended:
-        failure, wait = report_silence(job, observed.progress, status.attempt, now)
-        if wait is not None:
-            plan.requeue_after = min(wait, plan.requeue_after or wait)
+        failure, wait = report_silence(job, observed.progress, observed.ranks, status.attempt,
+                                       now)  # fmt: skip
+        _look_again(plan, wait)
     if failure is not None:
         _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
         return _finish(plan, previous, generation)
@@ -253,30 +256,73 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
         plan.actions.append(SuspendJob(names.batch_job, True))  # the Job controller retries
         return _finish(plan, previous, generation)
     _active(status, job, observed.pods, generation, now, create_failure)
+    _warnings(plan, observed.progress)
+    _stragglers(plan, job, observed.ranks, now)
     return _finish(plan, previous, generation)
 
 
+def _look_again(plan: Plan, seconds: float | None) -> None:
+    if seconds is not None:
+        plan.requeue_after = min(seconds, plan.requeue_after or seconds)
+
+
+def _warnings(plan: Plan, report: ProgressReport | None) -> None:
+    """The current attempt's warnings (loss spikes) into status, each new one an Event."""
+    status = plan.status
+    if report is None or report.attempt != status.attempt:
+        return
+    seen = {(w.reason, w.step, w.message) for w in status.warnings}
+    for warning in report.warnings:
+        if (warning.reason, warning.step, warning.message) not in seen:
+            plan.events.append(Event("Warning", warning.reason, warning.message))
+    status.warnings = [w.model_copy() for w in report.warnings]
+
+
+def _stragglers(plan: Plan, job: FineTuneJob, ranks: dict[int, RankReport], now: datetime) -> None:
+    """status.stragglers, and a Warning Event for each rank slow for windowSeconds on end."""
+    spec = job.spec.run_policy.straggler_detection
+    found = track_stragglers(plan.status.stragglers, ranks, plan.status.attempt, spec, now)
+    plan.status.stragglers = found.now
+    for straggler in found.due:
+        plan.events.append(Event("Warning", "Straggler", straggler_message(straggler, spec)))
+    _look_again(plan, found.look_again)
+
+
 def report_silence(
-    job: FineTuneJob, report: ProgressReport | None, attempt: int, now: datetime
-) -> tuple[Failure | None, float | None]:
+    job: FineTuneJob, report: ProgressReport | None, ranks: dict[int, RankReport],
+    attempt: int, now: datetime,
+) -> tuple[Failure | None, float | None]:  # fmt: skip
     """Stalled when this attempt's trainer, having reported, has been silent longer than
-    runPolicy.stallDetection.minimumSeconds: a running trainer re-sends its report at least
-    every ftapi.progress.heartbeat_seconds, so silence means a stopped or frozen process
-    (one whose threads cannot run, which its own watchdog cannot catch either). Else the
-    seconds until that would be so, to look again then."""
+    runPolicy.stallDetection.minimumSeconds: rank 0's progress report, or any rank's own
+    report (ranks.py). A running trainer re-sends them at least every
+    ftapi.progress.heartbeat_seconds from a thread of its own, so silence means a stopped or
+    frozen process (one whose threads cannot run, which its own watchdog cannot catch
+    either). Else the seconds until that could be so, to look again then."""
     spec = job.spec.run_policy.stall_detection
     if not spec.enabled or report is None or report.attempt != attempt or report.stage == "done":
         return None, None
+    limit = spec.minimum_seconds
+    quiet = quiet_ranks(ranks, attempt, now, limit)
     silent = (now - report.updated_at).total_seconds()
-    if silent <= spec.minimum_seconds:
-        return None, spec.minimum_seconds - silent + 1.0
-    message = (
-        f"no progress report from the trainer for {silent:.0f} s (runPolicy.stallDetection."
-        f"minimumSeconds {spec.minimum_seconds}; a running trainer reports at least every "
-        f"{heartbeat_seconds(spec.minimum_seconds):g} s): the last one was at step "
-        f"{report.step}, stage {report.stage}, at {report.updated_at:%H:%M:%S}Z; the "
-        f"process is stopped or frozen"
-    )
+    if silent <= limit and not quiet:
+        ages = [(now - r.updated_at).total_seconds() for r in current(ranks, attempt).values()
+                if not r.done]  # fmt: skip
+        return None, limit - max([silent, *ages]) + 1.0
+    every = f"a running trainer reports at least every {heartbeat_seconds(limit):g} s"
+    if quiet:
+        named = "; ".join(
+            f"{where(r)} silent for {(now - r.updated_at).total_seconds():.0f} s, last at step "
+            f"{r.step}" for r in quiet
+        )  # fmt: skip
+        message = (f"{named} (runPolicy.stallDetection.minimumSeconds {limit}; {every}): "
+                   f"the process is stopped or frozen; rank 0 was at step {report.step}, "
+                   f"stage {report.stage}")  # fmt: skip
+    else:
+        message = (
+            f"no progress report from the trainer for {silent:.0f} s (runPolicy.stallDetection."
+            f"minimumSeconds {limit}; {every}): the last one was at step {report.step}, stage "
+            f"{report.stage}, at {report.updated_at:%H:%M:%S}Z; the process is stopped or frozen"
+        )
     return Failure("Stalled", message), None
 
 
@@ -404,6 +450,7 @@ def _attempt_failed(
     if status.restarts < limit and not final:
         status.restarts += 1
         status.attempt += 1
+        status.stragglers = []  # the new attempt's ranks are measured afresh
         status.phase = "Restarting"
         status.message = (
             f"{what}; restart {status.restarts} of {limit} resumes from the newest checkpoint"
@@ -430,6 +477,7 @@ def _settle(status: FineTuneJobStatus) -> None:
         status.progress.eta_seconds = status.progress.eta = None
     if status.metrics is not None:
         status.metrics.learning_rate = status.metrics.grad_norm = None
+    status.stragglers = []
 
 
 def _fail(plan: Plan, failure: Failure, generation: int | None, now: datetime) -> None:

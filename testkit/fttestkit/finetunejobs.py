@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from kubernetes import client
 
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
-from ftapi.progress import REPORT_FIELD, ProgressReport
+from ftapi.progress import RANKS_FIELD, REPORT_FIELD, ProgressReport, RankReport
 from fttestkit.builders import JobBuilder, make_job
 from fttestkit.cluster import Cluster, eventually
 
@@ -80,4 +80,12 @@ def report_progress(cluster: Cluster, namespace: str, name: str, report: Progres
     client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PROGRESS_PLURAL, f"{name}-progress",
         {REPORT_FIELD: report.model_dump_json(exclude_none=True)},
+    )  # fmt: skip
+
+
+def report_ranks(cluster: Cluster, namespace: str, name: str, *reports: RankReport) -> None:
+    """Write ranks' own reports to the job's FineTuneJobProgress, as each rank does."""
+    ranks = {str(r.rank): r.model_dump_json(by_alias=True, exclude_none=True) for r in reports}
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PROGRESS_PLURAL, f"{name}-progress", {RANKS_FIELD: ranks},
     )  # fmt: skip

@@ -74,15 +74,16 @@ def node(cluster: Cluster) -> str:
 
 @pytest.fixture(scope="session")
 def images(cluster: Cluster, node: str) -> dict[str, str]:
-    """The trainer and operator images, in the node's containerd (hack/images.sh builds them
-    there when missing: minutes the first time)."""
+    """The trainer and operator images of this working tree, in the node's containerd:
+    hack/images.sh builds them there when missing or built from other sources (minutes the
+    first time; seconds to see they are up to date), so a test never runs stale code."""
     wanted = {"trainer": TRAINER_IMAGE, "operator": OPERATOR_IMAGE}
-    if not {normalized(i) for i in wanted.values()} <= containerd_images(cluster):
-        built = subprocess.run(
-            [str(REPO / "hack" / "images.sh")], capture_output=True, text=True, check=False,
-            env={**os.environ, "TRAINER_IMAGE": TRAINER_IMAGE, "OPERATOR_IMAGE": OPERATOR_IMAGE},
-        )  # fmt: skip
-        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    built = subprocess.run(
+        [str(REPO / "hack" / "images.sh")], capture_output=True, text=True, check=False,
+        env={**os.environ, "TRAINER_IMAGE": TRAINER_IMAGE, "OPERATOR_IMAGE": OPERATOR_IMAGE},
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert {normalized(i) for i in wanted.values()} <= containerd_images(cluster)
     return wanted
 
 

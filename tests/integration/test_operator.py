@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +19,8 @@ from kubernetes import client
 
 from ftapi import contract, parse_job
 from ftapi.constants import GROUP, PLURAL, VERSION
-from ftapi.progress import ProgressReport
+from ftapi.progress import ProgressReport, RankReport
+from ftapi.v1alpha1.status import RunWarning
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually, read_job
@@ -28,6 +29,7 @@ from fttestkit.finetunejobs import (
     find_ftj,
     read_ftj,
     report_progress,
+    report_ranks,
     status_of,
     wait_phase,
 )
@@ -349,6 +351,72 @@ def test_trainer_progress_reaches_status_and_the_printer_columns(
         "LOSS",
     ]
     assert "Running" in row and "120/1000 (12%)" in row and "1.25" in row and "1h12m" in row
+
+
+def test_ranks_reports_name_a_straggler_a_spike_and_a_quiet_rank(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    """What the ranks' own reports and rank 0's warnings become: a Straggler Warning Event
+    naming the slow rank's pod and node once it was slow for windowSeconds, a LossSpike
+    Event, per-rank series in a scrape; and a rank that went quiet ends the attempt as
+    Stalled, named."""
+    import urllib.request
+
+    name, quiet = "straggling", "quiet-rank"
+    long_run = {"finetune.dev/kwok-run-duration": "300s"}
+    _apply(cluster, ns, _manifest(name, runPolicy={"stragglerDetection": {"windowSeconds": 10}},
+                                  resources__annotations=long_run))  # fmt: skip
+    _apply(cluster, ns, _manifest(quiet, runPolicy={"stallDetection": {"minimumSeconds": 10}},
+                                  resources__annotations=long_run))  # fmt: skip
+    _wait_phase(cluster, ns, name, "Running", operator)
+    _wait_phase(cluster, ns, quiet, "Running", operator)
+    began = datetime.now(UTC)
+    spike = RunWarning(reason="LossSpike", step=12, message="step 12: training loss 44.5 is 7.3x")
+    report_progress(cluster, ns, name, ProgressReport(
+        attempt=0, stage="training", step=12, warnings=[spike], updated_at=began))  # fmt: skip
+    pods = {p.metadata.labels["batch.kubernetes.io/job-completion-index"]: p
+            for p in _pods(cluster, ns, name)}  # fmt: skip
+
+    def ranks(now: datetime) -> list[RankReport]:
+        return [RankReport(rank=r, pod=pods[str(r)].metadata.name,
+                           node=pods[str(r)].spec.node_name, step=12, stepped_at=now,
+                           step_seconds=2.0, compute_seconds=3.0 if r else 1.0, updated_at=now)
+                for r in (0, 1)]  # fmt: skip
+
+    report_ranks(cluster, ns, name, *ranks(began))
+
+    def straggler() -> Any:
+        found = [e for e in _event_objects(cluster, ns, name) if e.reason == "Straggler"]
+        if not found:  # the ranks keep reporting, as live ones do
+            report_ranks(cluster, ns, name, *ranks(datetime.now(UTC)))
+        return found
+
+    (event,) = eventually(straggler, timeout=60, interval=2, what="the Straggler event")
+    assert event.type == "Warning"
+    assert (f"rank 1 (pod {pods['1'].metadata.name} on node {pods['1'].spec.node_name}) "
+            "computes 3x slower") in event.message  # fmt: skip
+    status = _status(cluster, ns, name)
+    assert [(s["rank"], s["warned"]) for s in status["stragglers"]] == [(1, True)]
+    assert status["warnings"] == [{"reason": "LossSpike", "step": 12, "message": spike.message}]
+    spikes = [e for e in _event_objects(cluster, ns, name) if e.reason == "LossSpike"]
+    assert len(spikes) == 1 and spikes[0].type == "Warning" and spikes[0].message == spike.message
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics", timeout=5).read()
+    assert re.search(rf'finetune_job_rank_compute_seconds{{[^}}]*name="{name}"[^}}]*rank="1"'
+                     r"[^}]*} 3\.0", text.decode())  # fmt: skip
+    assert "finetune_job_stragglers{" in text.decode()
+
+    # The quiet job: rank 0 keeps reporting, rank 1 stopped 30 s ago.
+    now = datetime.now(UTC)
+    report_progress(cluster, ns, quiet, ProgressReport(attempt=0, stage="training", step=5,
+                                                       updated_at=now))  # fmt: skip
+    report_ranks(cluster, ns, quiet, RankReport(rank=0, step=5, updated_at=now),
+                 RankReport(rank=1, pod="quiet-rank-0-1", step=4,
+                            updated_at=now - timedelta(seconds=30)))  # fmt: skip
+    restarted = eventually(lambda: (s := _status(cluster, ns, quiet)).get("restarts") and s,
+                           timeout=30, what="the Stalled restart")  # fmt: skip
+    assert restarted["restarts"] == 1
+    messages = [e.message for e in _event_objects(cluster, ns, quiet) if e.reason == "Restarting"]
+    assert any("(Stalled): rank 1 (pod quiet-rank-0-1) silent for" in m for m in messages), messages
 
 
 def test_metrics_and_health_endpoints(operator: Operator) -> None:

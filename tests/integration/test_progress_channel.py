@@ -19,13 +19,22 @@ from kubernetes import client, utils
 
 from ftapi import parse_job
 from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
-from ftapi.progress import ENV_NAMESPACE, REPORT_FIELD, ProgressReport
+from ftapi.progress import (
+    ENV_NAMESPACE,
+    ENV_NODE_NAME,
+    ENV_POD_NAME,
+    RANKS_FIELD,
+    REPORT_FIELD,
+    ProgressReport,
+    RankReport,
+)
 from ftoperator.children import Children, build_children
 from ftoperator.config import Settings
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually
 from fttestkit.kubeconfig import write_pod_identity
 from fttrainer.progress import KubeError, KubeTarget, ProgressObjectSink, ProgressReporter
+from fttrainer.ranks import RankReporter
 
 pytestmark = pytest.mark.integration
 ATTEMPT = 2
@@ -143,6 +152,35 @@ def test_the_trainer_reports_to_its_own_progress_object_with_its_own_token(
     stored = _read(cluster, namespace, name)
     assert set(stored) == {"apiVersion", "kind", "metadata", REPORT_FIELD}
     assert stored["metadata"]["labels"] == pod.children.progress["metadata"]["labels"]
+
+
+def test_every_rank_writes_its_own_report_beside_rank_0s(
+    cluster: Cluster, namespace: str, pod: Pod
+) -> None:
+    """Each rank patches ranks.<rank> of the same object with the pod's token; the merge
+    patches leave each other's keys and rank 0's report alone, and the CRD keeps them (an
+    undeclared field would be pruned silently)."""
+    progress = ProgressReporter.from_env({**pod.environ, "RANK": "0"}, account_dir=pod.account_dir)
+    progress.training_started(step=0, total_steps=10)
+    assert progress.flush(10)
+    reporters = [
+        RankReporter.from_env({**pod.environ, "RANK": str(rank), ENV_POD_NAME: f"chat-tune-{rank}",
+                               ENV_NODE_NAME: "gpu-a"}, account_dir=pod.account_dir)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    for number, reporter in enumerate(reporters):
+        assert reporter.enabled and reporter.rank == number and reporter.attempt == ATTEMPT
+        reporter.started()
+        reporter.stepped(3, step_seconds=1.5, compute_seconds=0.4 * (number + 1))
+        reporter.finish()
+        assert reporter._sender is not None and reporter._sender.failures == 0
+    stored = _read(cluster, namespace, pod.progress)
+    assert sorted(stored[RANKS_FIELD]) == ["0", "1"]
+    ranks = {k: RankReport.model_validate_json(v) for k, v in stored[RANKS_FIELD].items()}
+    assert (ranks["1"].rank, ranks["1"].pod, ranks["1"].node, ranks["1"].done) == (
+        1, "chat-tune-1", "gpu-a", True)  # fmt: skip
+    assert ranks["1"].compute_seconds == pytest.approx(0.8)
+    assert _read_progress(cluster, namespace, pod.progress).stage == "training"
 
 
 def test_the_trainers_token_can_do_nothing_else(cluster: Cluster, namespace: str, pod: Pod) -> None:

@@ -13,6 +13,7 @@ from ftapi import parse_job
 from ftapi.contract import ENV_TERMINATION_LOG
 from fttestkit.builders import make_job
 from fttestkit.paths import REPO
+from fttestkit.ports import free_port
 from fttrainer.checkpointing.protocol import CHECKPOINTS, MANIFEST
 from fttrainer.recipe import Recipe
 
@@ -38,11 +39,13 @@ def step_losses(recipe: Recipe) -> list[float]:
 
 
 def run_quickstart(
-    model: Path, data: Path, out: Path, *settings: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.CompletedProcess[str], str]:
+    model: Path, data: Path, out: Path, *settings: str, env: dict[str, str] | None = None,
+    processes: int = 1,
+) -> tuple[subprocess.CompletedProcess[str], str]:  # fmt: skip
     """`finetune run` of the quick start on `model` and QA `data` (5 steps of 4 rows unless
     `settings`, more `--set`s, say otherwise) into `out`, as a pod runs it: with a
-    termination log, whose text is returned with the process."""
+    termination log, whose text is returned with the process; under torchrun (DDP over gloo)
+    with several `processes`."""
     log = out.parent / f"{out.name}-termination-log"
     log.write_text("")
     sets = [
@@ -51,8 +54,14 @@ def run_quickstart(
         "evaluation.strategy=no", *settings,
     ]  # fmt: skip
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "FINETUNE_"))}
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node",
+                    str(processes), "--master-addr", "127.0.0.1", "--master-port",
+                    str(free_port())]  # fmt: skip
+        environ["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "fttrainer.cli", "run", str(REPO / "examples/quickstart-cpu.yaml"),
+        [*launcher, "-m", "fttrainer.cli", "run", str(REPO / "examples/quickstart-cpu.yaml"),
          *(a for s in sets for a in ("--set", s)), "--output", str(out)],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=900,
         env={**environ, ENV_TERMINATION_LOG: str(log), **(env or {})},

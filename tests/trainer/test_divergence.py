@@ -123,3 +123,9 @@ def test_a_learning_rate_two_orders_too_high_ends_worse_than_base_and_fails_if_a
     assert said.startswith(WORSE_THAN_BASE.marker) and f"the model is in {out}/final" in said
     assert "warning: the validation loss after training" in result.stderr
     assert (out / "final" / "model.safetensors").is_file()  # published for inspection
+    # The jump is named when it happens (training.lossSpikeFactor 3: a Warning Event in a
+    # cluster), long before the final evaluation.
+    spike = re.search(r"loss spike: step (\d+): training loss ([\d.]+) is ([\d.]+)x its moving "
+                      r"average ([\d.]+)", result.stderr)  # fmt: skip
+    assert spike, result.stderr[-3000:]
+    print(f"loss spike at step {spike.group(1)}: {spike.group(2)} against {spike.group(4)}")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ftapi.contract import STALLED
-from fttrainer.faults import ENV_ATTEMPT, ENV_FAULT_SLEEP
+from fttrainer.faults import ENV_ATTEMPT, ENV_FAULT_FREEZE_AT_STEP, ENV_FAULT_RANK, ENV_FAULT_SLEEP
 from tests.trainer.recipes import committed_steps, run_quickstart
 
 FAST = (
@@ -63,3 +63,44 @@ def test_a_slow_first_step_and_slow_evaluations_are_not_stalls(
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("test fault: sleeping 12 s at eval") >= 3
     assert "stalled" not in result.stderr and said == ""
+
+
+def test_a_rank_blocked_before_a_collective_stops_the_gang_with_the_waiting_stack(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """Two ranks under torchrun: rank 1 freezes at the start of step 3 (SIGSTOP: its own
+    watchdog cannot run, as in a hung driver call), so rank 0 waits in that step's first
+    collective (DDP broadcasts the module buffers before the forward pass). Rank 0's
+    watchdog fires, its stack names the collective, and the gang stops (torchrun kills the
+    frozen rank). The next attempt resumes from the last checkpoint and finishes."""
+    out = tmp_path / "run"
+    faults = {ENV_FAULT_FREEZE_AT_STEP: "3", ENV_FAULT_RANK: "1"}
+    began = time.monotonic()
+    hung, said = run_quickstart(tiny_llama, qa_data, out, FAST, "output.saveSteps=2",
+                                env=faults, processes=2)  # fmt: skip
+    took = time.monotonic() - began
+    assert hung.returncode != 0 and took < 300, hung.stderr[-3000:]
+    log = hung.stderr
+    stalled = re.search(r"finetune: stalled \(rank 0\): optimizer step 3 has not ended after "
+                        r"(\d+) s \(deadline 10 s", log)  # fmt: skip
+    assert stalled and 10 <= int(stalled.group(1)) <= 15, log[-4000:]
+    assert "stalled (rank 1)" not in log
+    waiting = log[stalled.start() :]
+    collective = r'File ".*torch/(nn/parallel/distributed|distributed/)\S*", line \d+ in \w+'
+    assert re.search(collective, waiting), waiting[-4000:]
+    # The flight recorder's last collectives in the log, and in the verdict the innermost
+    # frames and the collective rank 0 waits in, which rank 1 never joined.
+    assert "the last collectives of this rank (PyTorch's flight recorder)" in waiting
+    assert said.startswith(STALLED.marker) and "rank 0: " in said and "distributed" in said, said
+    assert re.search(r"in flight: gloo:\w+ #\d+ of \S+, .*not completed", said), said
+    assert committed_steps(out) == [2]
+
+    again, _ = run_quickstart(tiny_llama, qa_data, out, FAST, "output.saveSteps=2",
+                              env={**faults, ENV_ATTEMPT: "1"}, processes=2)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(step 2)" in again.stderr
+    assert committed_steps(out)[-1] == 5
+    print(
+        f"blocked rank: rank 0 stopped after {stalled.group(1)} s (deadline 10 s); "
+        f"the run took {took:.0f} s; resumed from step 2 (step 3 lost)"
+    )

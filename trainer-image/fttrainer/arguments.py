@@ -286,8 +286,8 @@ def _common_kwargs(
         "max_length": spec.dataset.max_seq_length,
         "use_liger_kernel": resolve_liger(spec, cuda=cuda, installed=liger_installed),
         "torch_compile": training.torch_compile,
-        # One process per GPU under torchrun (DDP); the timeout covers slow rank-0 work.
-        "ddp_timeout": spec.distributed.nccl_timeout_seconds,
+        # One process per GPU under torchrun (DDP): the collective timeout.
+        "ddp_timeout": collective_timeout(spec),
     }
     if spec.method.type not in ("prefix", "prompt"):
         # Every trainable parameter takes part in each step: skip DDP's unused-parameter scan.
@@ -360,3 +360,18 @@ def peft_config_kwargs(spec: FineTuneJobSpec) -> tuple[str, dict[str, Any]] | No
             kwargs["prompt_tuning_init_text"] = prompt.init_text
         return "PromptTuningConfig", kwargs
     return None
+
+
+# PyTorch's default collective timeout, kept when stall detection is off.
+TORCH_COLLECTIVE_TIMEOUT = 1800
+
+
+def collective_timeout(spec: FineTuneJobSpec) -> int:
+    """distributed.ncclTimeoutSeconds, else above every stall deadline: a rank waiting in a
+    collective for a rank that is still within its phase's deadline (rank 0 tokenizing or
+    uploading alone) must not be aborted; a rank waiting for a stuck one is stopped by its
+    own watchdog first, with its stacks, which a collective timeout does not give."""
+    if spec.distributed.nccl_timeout_seconds is not None:
+        return spec.distributed.nccl_timeout_seconds
+    stall = spec.run_policy.stall_detection
+    return stall.longest_seconds() + 60 if stall.enabled else TORCH_COLLECTIVE_TIMEOUT

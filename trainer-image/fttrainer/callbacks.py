@@ -5,10 +5,10 @@ The recipe adds them in this order, and the order matters (callbacks run in the 
 were added, so on_save of one sees what the ones before it did):
 
     StallWatch            when training runs and each step's end, for the stall watchdog
-                          (watchdog.py)
-    NonFiniteGuard        a NaN/inf loss or gradient before the optimizer step, and a
-                          checkpoint with non-finite weights, before anything saves it
-                          (divergence.py) ...
+                          (watchdog.py) and this rank's report (ranks.py)
+    NonFiniteGuard        a NaN/inf loss or gradient before the optimizer step (and loss
+                          spikes), and a checkpoint with non-finite weights, before
+                          anything saves it (divergence.py) ...
     TrackerIds            write the tracker runs' ids into the checkpoint (tracking.py) ...
     CheckpointUpload      ... before it is uploaded and its manifest committed (checkpointing/)
     ProgressCallback      ... and only then reported in the job's status (progress.py)
@@ -54,6 +54,7 @@ from .divergence import (
     Diverged,
     LossWatch,
     RollBack,
+    SpikeWatch,
     decide,
     describe,
     gradients_finite,
@@ -63,6 +64,7 @@ from .divergence import (
 from .faults import Faults
 from .model.recompute import decoder_layers
 from .progress import ProgressReporter
+from .ranks import ComputeTimer, RankReporter
 from .tracking import TRACKERS_FILE, TrackerRuns
 from .watchdog import Watchdog
 
@@ -195,8 +197,10 @@ class NonFiniteGuard(TrainerCallback):
     def __init__(
         self, watch: LossWatch, reporter: ProgressReporter, *, action: str, limit: int,
         learning_rate_factor: float, record_rollback: RollbackRecorder, faults: Faults,
+        spikes: SpikeWatch | None = None,
     ) -> None:  # fmt: skip
         self.watch = watch
+        self.spikes = spikes or SpikeWatch(0.0)
         self.faults = faults
         self.reporter = reporter
         self.action = action
@@ -246,10 +250,21 @@ class NonFiniteGuard(TrainerCallback):
             self.skipped_in_a_row = 0
             if losses:
                 self.last_finite = (step, loss)
+                self._spike(step, loss, main=bool(state.is_world_process_zero))
             return
         if all(math.isfinite(v) for v in values.values()):
             values = {}  # finite here: another rank's were not
         self._act(step, values, state, optimizer=optimizer, model=model)
+
+    def _spike(self, step: int, loss: float, *, main: bool) -> None:
+        average = self.spikes.observe(loss)
+        if average is None or not main:
+            return
+        message = (f"step {step}: training loss {loss:.4g} is {loss / average:.1f}x its "
+                   f"moving average {average:.4g} (training.lossSpikeFactor "
+                   f"{self.spikes.factor:g}); a learning rate too high often shows so")  # fmt: skip
+        log.warning("loss spike: %s", message)
+        self.reporter.warned(reason="LossSpike", step=step, message=message)
 
     def _act(self, step: int, values: dict[str, float], state: Any, *, optimizer: Any,
              model: Any) -> None:  # fmt: skip
@@ -316,11 +331,14 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class StallWatch(TrainerCallback):
-    """Tells the process's Watchdog (watchdog.py) when training runs and each step's end;
-    evaluations and checkpoint saves are phases of their own (watchdog.with_stall_watch)."""
+    """Tells the process's Watchdog (watchdog.py) when training runs and each step's end
+    (evaluations and checkpoint saves are phases of their own: watchdog.with_stall_watch),
+    and this rank's report (ranks.py) each step's wall and forward time."""
 
-    def __init__(self, watchdog: Watchdog) -> None:
+    def __init__(self, watchdog: Watchdog, ranks: RankReporter, timer: ComputeTimer) -> None:
         self.watchdog = watchdog
+        self.ranks = ranks
+        self.timer = timer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.watchdog.training = True
@@ -329,7 +347,8 @@ class StallWatch(TrainerCallback):
         self.watchdog.training = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.watchdog.stepped(state.global_step)
+        took = self.watchdog.stepped(state.global_step)
+        self.ranks.stepped(state.global_step, step_seconds=took, compute_seconds=self.timer.take())
 
 
 class TrackerIds(TrainerCallback):

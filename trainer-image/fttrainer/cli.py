@@ -439,6 +439,7 @@ def _run(args: argparse.Namespace) -> int:
             return record(PUBLISH_FAILED, f"{exc}; the model is in {where}")
         print("a new run of this job publishes again without training", file=sys.stderr)
         return 1
+    recipe.ranks.finish()  # this rank's part is over: its silence from now on is no stall
     if published and recipe.is_main_process:
         print(f"published {len(published)} files to {job.spec.output.uri}")
     if recipe.is_main_process:

@@ -4,8 +4,15 @@
                                         before backward, so the gradients are NaN too, as
                                         in a real divergence; not after a rollback
     FINETUNE_FAULT_SLEEP=3:600,eval:20  sleep in the training thread: inside that step's
-                                        forward, or at the start of each evaluation; first
-                                        attempt only (FINETUNE_ATTEMPT unset or 0)
+                                        forward, or at the start of each evaluation;
+                                        `every:0.2` in every forward; first attempt only
+                                        (FINETUNE_ATTEMPT unset or 0)
+    FINETUNE_FAULT_FREEZE_AT_STEP=3     the process stops itself (SIGSTOP) at the start of
+                                        that step: frozen whole, as in a hung driver call
+                                        holding the GIL (its own watchdog cannot run);
+                                        first attempt only
+    FINETUNE_FAULT_RANK=1               the faults strike this rank only (a rank blocked
+                                        before a collective, a straggler)
 
 They go through the same code a real NaN or hang would: divergence.py and watchdog.py see
 nothing special.
@@ -16,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +33,8 @@ log = logging.getLogger("fttrainer")
 
 ENV_FAULT_NAN_AT_STEP = "FINETUNE_FAULT_NAN_AT_STEP"
 ENV_FAULT_SLEEP = "FINETUNE_FAULT_SLEEP"
+ENV_FAULT_FREEZE_AT_STEP = "FINETUNE_FAULT_FREEZE_AT_STEP"
+ENV_FAULT_RANK = "FINETUNE_FAULT_RANK"
 ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 
 
@@ -32,29 +42,46 @@ ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 class Faults:
     nan_steps: frozenset[int] = frozenset()
     sleeps: dict[str, float] = field(default_factory=dict)
+    logged: set[str] = field(default_factory=set)
+    freeze_step: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
+        rank = environ.get(ENV_FAULT_RANK, "")
+        if rank and rank != environ.get("RANK", "0"):
+            return cls()
         nan = environ.get(ENV_FAULT_NAN_AT_STEP, "")
         faults = cls(nan_steps=frozenset(int(v) for v in nan.split(",") if v.strip()))
         if environ.get(ENV_ATTEMPT, "0") in ("", "0"):
+            freeze = environ.get(ENV_FAULT_FREEZE_AT_STEP, "").strip()
+            faults.freeze_step = int(freeze) if freeze else None
             for item in environ.get(ENV_FAULT_SLEEP, "").split(","):
                 where, _, seconds = item.strip().partition(":")
                 if where and seconds:
                     faults.sleeps[where] = float(seconds)
-        if faults.nan_steps or faults.sleeps:
-            log.warning("test faults on: NaN loss at steps %s, sleeps %s",
-                        sorted(faults.nan_steps), faults.sleeps)  # fmt: skip
+        if faults.nan_steps or faults.sleeps or faults.freeze_step:
+            log.warning("test faults on: NaN loss at steps %s, sleeps %s, freeze at step %s",
+                        sorted(faults.nan_steps), faults.sleeps, faults.freeze_step)  # fmt: skip
         return faults
 
     def sleep(self, where: str) -> None:
-        """Once per step (a step may run several forwards), at every evaluation."""
+        """Once per step (a step may run several forwards), at every evaluation, in every
+        forward ("every")."""
         seconds = self.sleeps.get(where)
-        if where != "eval":
+        if where not in ("eval", "every"):
             self.sleeps.pop(where, None)
         if seconds:
-            log.warning("test fault: sleeping %g s at %s", seconds, where)
+            if where not in self.logged:
+                log.warning("test fault: sleeping %g s at %s", seconds, where)
+            if where == "every":
+                self.logged.add(where)
             _sleep_for_tests(seconds)
+
+    def freeze(self, step: int) -> None:
+        if step == self.freeze_step:
+            self.freeze_step = None
+            log.warning("test fault: the process stops itself (SIGSTOP) at step %d", step)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _sleep_for_tests(seconds: float) -> None:
@@ -67,7 +94,9 @@ def with_faults(trainer_class: type, faults: Faults) -> type:
 
     def compute_loss(self: Any, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.state.global_step + 1
+        faults.freeze(step)
         faults.sleep(str(step))
+        faults.sleep("every")
         result = super(faulty, self).compute_loss(model, inputs, *args, **kwargs)  # type: ignore[arg-type]
         if step not in faults.nan_steps:
             return result

@@ -51,6 +51,7 @@ from ftapi.progress import (
     spelled,
 )
 from ftapi.v1alpha1.common import NonFinite
+from ftapi.v1alpha1.status import MAX_WARNINGS, RunWarning
 
 log = logging.getLogger("fttrainer")
 P = ParamSpec("P")
@@ -178,7 +179,7 @@ def _status_message(error: urllib.error.HTTPError) -> str:
 
 
 class Sink(Protocol):
-    def send(self, report: ProgressReport) -> None: ...
+    def send(self, report: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -199,17 +200,52 @@ class ProgressObjectSink:
         self.target.request("PATCH", self.path, {REPORT_FIELD: document}, content_type=MERGE_PATCH)
 
 
+def progress_object(
+    environ: Mapping[str, str], account_dir: Path | None = None
+) -> tuple[KubeTarget, str, str] | None:
+    """Where this pod reports (the API server, the namespace, the object's name), or None:
+    for local runs (no FINETUNE_PROGRESS_NAME) and outside a cluster (logged)."""
+    name = environ.get(ENV_PROGRESS_NAME)
+    if not name:
+        return None
+    namespace = environ.get(ENV_NAMESPACE)
+    try:
+        if not namespace:
+            raise KubeError(None, f"{ENV_NAMESPACE} is unset")
+        if account_dir is None:
+            account_dir = Path(environ.get(ENV_SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR)
+        target = KubeTarget.from_cluster(environ, account_dir)
+    except KubeError as error:
+        log.warning("progress reporting off: %s", error)
+        return None
+    return target, namespace, name
+
+
+def attempt_of(environ: Mapping[str, str]) -> int:
+    try:
+        return max(int(environ.get(ENV_ATTEMPT, "0")), 0)
+    except ValueError:
+        return 0
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Sender:
+class Dated(Protocol):
+    updated_at: datetime
+
+    def model_copy(self, *, update: dict[str, Any]) -> Any: ...
+
+
+class Sender:
     """Delivers reports to a sink, off the training thread when `background`: one worker
     thread, one slot, the newest report wins (a burst of events costs one request)."""
 
     def __init__(
         self, sink: Sink, *, background: bool, heartbeat: float | None = None,
         now: Callable[[], datetime] = _utc_now,
+        final: Callable[[Any], bool] = lambda report: report.stage == "done",
     ) -> None:  # fmt: skip
         self.sink = sink
         self.background = background
@@ -217,15 +253,17 @@ class _Sender:
         """Re-send the last report, newly dated, after this many idle seconds (None: never):
         the operator takes a silent trainer for a stopped one."""
         self.now = now
-        self._last: ProgressReport | None = None
+        self.final = final
+        """A report after which nothing is re-sent (the process is about to end)."""
+        self._last: Dated | None = None
         self.sent = 0
         self.failures = 0
-        self._pending: ProgressReport | None = None
+        self._pending: Dated | None = None
         self._busy = False
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def submit(self, report: ProgressReport) -> None:
+    def submit(self, report: Dated) -> None:
         if not self.background:
             self._deliver(report)
             return
@@ -253,7 +291,7 @@ class _Sender:
                 )
                 if arrived:
                     report, self._pending = self._pending, None
-                elif self._last is not None and self._last.stage != "done":
+                elif self._last is not None and not self.final(self._last):
                     report = self._last.model_copy(update={"updated_at": self.now()})
                 else:
                     continue
@@ -266,7 +304,7 @@ class _Sender:
                     self._busy = False
                     self._condition.notify_all()
 
-    def _deliver(self, report: ProgressReport) -> None:
+    def _deliver(self, report: Dated) -> None:
         self._last = report
         try:
             self.sink.send(report)
@@ -316,7 +354,7 @@ class ProgressReporter:
         heartbeat: float | None = None,
     ) -> None:
         self._sender = (
-            _Sender(sink, background=background, heartbeat=heartbeat, now=now)
+            Sender(sink, background=background, heartbeat=heartbeat, now=now)
             if sink is not None else None
         )  # fmt: skip
         self.attempt = attempt
@@ -331,6 +369,7 @@ class ProgressReporter:
         self.metrics: dict[str, float] = {}
         self.non_finite: dict[str, NonFinite] = {}
         self.skipped_steps = 0
+        self.warnings: list[RunWarning] = []
         self.checkpoint: CheckpointReport | None = None
         self.model_uri: str | None = None
         # This attempt's start (clock, step, token counters): the pace of the ETA and rate.
@@ -350,24 +389,14 @@ class ProgressReporter:
     ) -> ProgressReporter:
         """A reporter to the progress object the operator named, or a no-op: for local runs
         (no FINETUNE_PROGRESS_NAME), on every rank but 0, and outside a cluster."""
-        name = environ.get(ENV_PROGRESS_NAME)
-        if not name or environ.get("RANK", "0") != "0":
+        if environ.get("RANK", "0") != "0":
             return cls(None)
-        namespace = environ.get(ENV_NAMESPACE)
-        try:
-            if not namespace:
-                raise KubeError(None, f"{ENV_NAMESPACE} is unset")
-            if account_dir is None:
-                account_dir = Path(environ.get(ENV_SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR)
-            target = KubeTarget.from_cluster(environ, account_dir)
-        except KubeError as error:
-            log.warning("progress reporting off: %s", error)
+        found = progress_object(environ, account_dir)
+        if found is None:
             return cls(None)
-        try:
-            attempt = int(environ.get(ENV_ATTEMPT, "0"))
-        except ValueError:
-            attempt = 0
-        return cls(ProgressObjectSink(target, namespace, name), attempt=max(attempt, 0), **kwargs)
+        target, namespace, name = found
+        return cls(ProgressObjectSink(target, namespace, name), attempt=attempt_of(environ),
+                   **kwargs)  # fmt: skip
 
     @property
     def enabled(self) -> bool:
@@ -464,6 +493,14 @@ class ProgressReporter:
                 self.metrics.pop(name, None)
 
     @_never_raises
+    def warned(self, *, reason: str, step: int, message: str) -> None:
+        """Something to look at that does not stop the run (a loss spike): sent at once,
+        the operator makes it an Event."""
+        warning = RunWarning(reason=reason, step=step, message=message[:1024])
+        self.warnings = [*self.warnings, warning][-MAX_WARNINGS:]
+        self._send(force=True)
+
+    @_never_raises
     def published(self, *, model_uri: str) -> None:
         """The final model is in output.uri (later publish steps may still fail)."""
         self.model_uri = model_uri
@@ -496,6 +533,7 @@ class ProgressReporter:
             metrics=dict(self.metrics),
             non_finite=dict(self.non_finite),
             skipped_steps=self.skipped_steps,
+            warnings=list(self.warnings),
             checkpoint=self.checkpoint,
             model_uri=self.model_uri,
             updated_at=self.now(),

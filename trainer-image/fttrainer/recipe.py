@@ -59,7 +59,7 @@ from .checkpointing.store import CheckpointStore
 from .data.prepare import PreparedData, as_dataset, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
-from .divergence import LossWatch, RollBack, with_loss_watch
+from .divergence import LossWatch, RollBack, SpikeWatch, with_loss_watch
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .faults import Faults, with_faults
@@ -70,6 +70,7 @@ from .model.memory_plan import ModelShape, checkpointed_layers_to_fit
 from .model.sources import localized
 from .model.spectrum import apply_spectrum
 from .progress import ProgressReporter
+from .ranks import ComputeTimer, RankReporter, with_compute_timing
 from .rewards import build_rewards
 from .storage import LocalStore, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
@@ -174,9 +175,15 @@ class Recipe:
                 heartbeat=heartbeat_seconds(spec.run_policy.stall_detection.minimum_seconds),
             )
         )
+        # Every rank's own liveness and pace (the operator names quiet and slow ranks).
+        self.ranks = RankReporter.from_env(
+            interval=heartbeat_seconds(spec.run_policy.stall_detection.minimum_seconds)
+        )
+        self.compute_timer = ComputeTimer()
 
     def setup(self) -> None:
         self.progress.report_stage("starting")  # the pod is up: setup may take minutes
+        self.ranks.started()
         # From here a SIGTERM waits for a step boundary (before the first step, nothing is
         # lost: the run stops there, see GracefulStop).
         self.graceful.install()
@@ -350,9 +357,11 @@ class Recipe:
             limit=training.non_finite_limit,
             learning_rate_factor=training.rollback_learning_rate_factor,
             record_rollback=self._record_rollback, faults=self.faults,
+            spikes=SpikeWatch(0.0 if self.spec.trainer.type == "grpo"
+                              else training.loss_spike_factor),
         )  # fmt: skip
         callbacks: list[Any] = [
-            StallWatch(self.watchdog),
+            StallWatch(self.watchdog, self.ranks, self.compute_timer),
             self.non_finite_guard,  # before the upload: a non-finite checkpoint never is
             TrackerIds(self.tracker_runs),
             upload,
@@ -367,8 +376,9 @@ class Recipe:
                 callbacks.append(RecomputeFirstLayers(partial))
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
         # The stall watch outermost: an evaluation's phase begins before anything in it.
+        watched = with_loss_watch(getattr(trl, trainer_class), self.loss_watch)
         trainer_type = with_stall_watch(
-            with_faults(with_loss_watch(getattr(trl, trainer_class), self.loss_watch), self.faults),
+            with_compute_timing(with_faults(watched, self.faults), self.compute_timer),
             self.watchdog,
         )
         assert self.evaluator is not None

@@ -15,7 +15,9 @@ to its deadline from runPolicy.stallDetection:
 
 Past the deadline it writes the Python stacks of every thread (faulthandler: no lock, no
 allocation, so it works when the training thread holds the GIL in C code or a lock) to
-stderr, records the Stalled verdict with the stuck thread's innermost frames where the
+stderr, then, in a distributed run, the last collectives of PyTorch's flight recorder (NCCL
+or gloo: which ones this rank started and which never completed), records the Stalled
+verdict with the stuck thread's innermost frames and the collective in flight where the
 operator reads it (termination.py), and ends the process at once (os._exit: a hung thread
 would block a normal exit). The operator restarts the job from its newest checkpoint.
 
@@ -27,6 +29,7 @@ call on the blocked one.
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import os
 import statistics
@@ -128,14 +131,18 @@ class Watchdog:
             else:
                 self.phase, self.since = "starting", self.began
 
-    def stepped(self, step: int) -> None:
-        """An optimizer step ended: the next one starts now."""
+    def stepped(self, step: int) -> float | None:
+        """An optimizer step ended: the next one starts now. Its wall time (None for the
+        first, whose time is the startup's)."""
         with self._lock:
             now = self.clock()
+            took = None
             if self.phase == "step":  # a whole step, not the end of the startup phase
-                self.deadlines.step_seconds.append(now - self.since)
+                took = now - self.since
+                self.deadlines.step_seconds.append(took)
                 del self.deadlines.step_seconds[:-1000]  # the median of the recent ones
             self.phase, self.since, self.step = "step", now, step
+            return took
 
     def overdue(self) -> str | None:
         """Why the current phase is past its deadline, or None."""
@@ -179,8 +186,60 @@ def _stop_process(reason: str) -> None:
     sys.stderr.flush()
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     sys.stderr.flush()
+    entries = recorded_collectives()
+    if entries:
+        sys.stderr.write("the last collectives of this rank (PyTorch's flight recorder), "
+                         "oldest first:\n" + "".join(f"  {describe_collective(e)}\n"
+                                                     for e in entries))  # fmt: skip
+        sys.stderr.flush()
+        waiting = [describe_collective(e) for e in entries if not e.get("retired")]
+        if waiting:
+            reason += f"; in flight: {waiting[-1]}"
     code = record(STALLED, f"rank {rank}: {reason}")
     os._exit(code)
+
+
+# How many of the flight recorder's newest entries the log shows.
+COLLECTIVES_SHOWN = 8
+
+
+def recorded_collectives(timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The newest entries of PyTorch's flight recorder for this rank's default process group
+    (NCCL or gloo), or none outside a distributed run. Read from a helper thread within
+    `timeout`: the process must end even if the dump itself hangs."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    distributed = torch.distributed
+    if not distributed.is_available() or not distributed.is_initialized():
+        return []
+    found: list[dict[str, Any]] = []
+
+    def dump() -> None:
+        c10d = torch._C._distributed_c10d
+        backend = str(distributed.get_backend())
+        if backend == "nccl":
+            raw = c10d._dump_nccl_trace_json(includeCollectives=True, onlyActive=False)
+        else:
+            raw = c10d._dump_fr_trace_json(includeCollectives=True, onlyActive=False,
+                                           backend=backend)  # fmt: skip
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        found.extend(json.loads(text).get("entries") or [])
+
+    reader = threading.Thread(target=dump, name="flight-recorder-dump", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found[-COLLECTIVES_SHOWN:]
+
+
+def describe_collective(entry: dict[str, Any]) -> str:
+    """`gloo:all_reduce #2 of default_pg, sizes [[4]], scheduled, not completed`."""
+    group = entry.get("process_group") or ["", ""]
+    name = group[1] if isinstance(group, list) and len(group) > 1 else group
+    done = "completed" if entry.get("retired") else "not completed"
+    return (f"{entry.get('profiling_name', '?')} #{entry.get('collective_seq_id', '?')} of "
+            f"{name}, sizes {entry.get('input_sizes', '?')}, {entry.get('state', '?')}, "
+            f"{done}")  # fmt: skip
 
 
 def with_stall_watch(trainer_class: type, watchdog: Watchdog) -> type:

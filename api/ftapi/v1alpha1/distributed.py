@@ -152,8 +152,11 @@ class DistributedSpec(ApiModel):
     """FSDP settings (strategy fsdp; defaults when omitted)."""
     deepspeed: DeepSpeedSpec | None = None
     """DeepSpeed settings (strategy deepspeed; defaults when omitted)."""
-    nccl_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 1800
-    """Collective timeout; raise it when a rank does long work (e.g. tokenizing) alone."""
+    nccl_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] | None = None
+    """Collective timeout. Unset: the longest deadline of runPolicy.stallDetection plus a
+    minute (7260 s with its defaults), so that a rank waiting for a stuck one is stopped by
+    the stall watchdog, which dumps every thread's stack, rather than by this timeout; 1800
+    (PyTorch's default) when stall detection is off."""
 
     rules = (
         only_for("fsdp", "strategy", ("fsdp",)),

@@ -53,6 +53,29 @@ class StallDetection(ApiModel):
     checkpoint_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 3600
     """Each checkpoint's save and upload, and the final save and publish."""
 
+    def longest_seconds(self) -> int:
+        """The longest any phase may last: how long a rank may wait in a collective for
+        another rank that is still within its deadline (distributed.ncclTimeoutSeconds'
+        default follows it, so the watchdog, which names the stuck call, fires first)."""
+        return max(self.minimum_seconds, self.startup_seconds, self.evaluation_seconds,
+                   self.checkpoint_seconds)  # fmt: skip
+
+
+class StragglerDetection(ApiModel):
+    """A rank that computes slower than the others (a throttled or faulty GPU, a noisy
+    neighbour) slows every rank, since each step waits for the slowest. Each rank reports
+    the median time of its recent forward passes; a rank slower than the median of the
+    others by `factor`, for `windowSeconds` on end, gets a Warning Event (reason Straggler)
+    naming its pod and node, and is listed in status.stragglers. Nothing is restarted: move
+    the job off that node (cordon it, or delete the pod to reschedule) if it lasts."""
+
+    enabled: bool = True
+    """Off: no straggler warnings (the per-rank metrics stay)."""
+    factor: Annotated[float, Field(ge=1.1, le=100.0)] = 1.5
+    """How many times slower than the median of the other ranks a rank must be."""
+    window_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 600
+    """For how long on end before the warning (a slow step or two is no straggler)."""
+
 
 class RunPolicy(ApiModel):
     """Failure handling and cleanup. maxRestarts, ttlSecondsAfterFinished and
@@ -71,6 +94,8 @@ class RunPolicy(ApiModel):
     stall_detection: StallDetection = StallDetection()
     """A run that stops making progress (a deadlocked data loader, a collective one rank never
     joins, a storage read that never returns) is stopped with its stacks and restarted."""
+    straggler_detection: StragglerDetection = StragglerDetection()
+    """A rank slower than the others is named in a Warning Event (never restarted)."""
     termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = DEFAULT_GRACE_SECONDS
     """Seconds a pod that is asked to stop (preemption, node drain, spot reclaim, deletion)
     has before it is killed: on SIGTERM the trainer finishes its step, saves and uploads a

@@ -90,6 +90,35 @@ class Metrics(ApiModel):
     showing an older finite value."""
 
 
+class RunWarning(ApiModel):
+    """Something to look at that did not stop the run (a loss spike): also an Event."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Z][A-Za-z]*$")]
+    """CamelCase, the Event's reason: LossSpike."""
+    step: Annotated[int, Field(ge=0)]
+    """The optimizer step it happened at."""
+    message: Annotated[str, Field(max_length=1024)]
+
+
+MAX_WARNINGS = 10
+"""Warnings kept (the newest), in the trainer's report and in the status."""
+
+
+class Straggler(ApiModel):
+    """A rank computing slower than the others (runPolicy.stragglerDetection)."""
+
+    rank: Annotated[int, Field(ge=0)]
+    pod: ShortText | None = None
+    node: ShortText | None = None
+    """Where it runs: the node to look at (cordon it if it lasts)."""
+    ratio: Annotated[float, Field(ge=0.0)]
+    """Its recent forward pass time over the median of the other ranks'."""
+    since: datetime
+    """When it was first seen that slow (the Warning Event comes windowSeconds later)."""
+    warned: bool = False
+    """Whether its Warning Event was sent."""
+
+
 class OperatorSettingsUsed(ApiModel):
     """Operator-wide defaults resolved for this job (its spec may name its own)."""
 
@@ -130,6 +159,10 @@ class FineTuneJobStatus(ApiModel):
     """Latest metrics."""
     checkpoint: CheckpointStatus | None = None
     """Checkpoints written."""
+    warnings: Annotated[list[RunWarning], Field(max_length=MAX_WARNINGS)] = []
+    """The newest warnings the trainer reported in the current attempt (loss spikes)."""
+    stragglers: Annotated[list[Straggler], Field(max_length=64)] = []
+    """Ranks that compute slower than the others now (runPolicy.stragglerDetection)."""
     model_uri: Uri | None = None
     """Where the final model/adapter is (set when training succeeded)."""
     restarts: Annotated[int, Field(ge=0)] = 0

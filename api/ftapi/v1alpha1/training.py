@@ -116,7 +116,19 @@ class TrainingSpec(ApiModel):
     """rollback: the learning rate is multiplied by this at each rollback (0.5 halves it);
     1 keeps it."""
 
+    loss_spike_factor: Annotated[float, Field(ge=0.0, le=1000.0)] = 3.0
+    """A training step whose loss is above this many times the moving average of the steps
+    before it, and at least 1 above it, is a loss spike: a Warning Event (reason LossSpike)
+    and a line in the log; training goes on. Often the first sign of a learning rate set too
+    high. 0 turns it off; ignored for GRPO, whose loss is not a measure of fit."""
+
     rules = (
+        Rule(
+            cel="self.lossSpikeFactor == 0.0 || self.lossSpikeFactor >= 1.5",
+            message="lossSpikeFactor is 0 (off) or at least 1.5",
+            check=lambda t: t.loss_spike_factor == 0.0 or t.loss_spike_factor >= 1.5,
+            field=".lossSpikeFactor",
+        ),
         Rule(
             cel="!(has(self.warmupRatio) && has(self.warmupSteps))",
             message="set warmupRatio or warmupSteps, not both",

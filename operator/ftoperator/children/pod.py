@@ -15,7 +15,13 @@ from ftapi.constants import (
 )
 
 # Environment the operator sets for the trainer (FINETUNE_* is refused in spec.resources.env).
-from ftapi.progress import ENV_ATTEMPT, ENV_NAMESPACE, ENV_PROGRESS_NAME
+from ftapi.progress import (
+    ENV_ATTEMPT,
+    ENV_NAMESPACE,
+    ENV_NODE_NAME,
+    ENV_POD_NAME,
+    ENV_PROGRESS_NAME,
+)
 from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
 from ftoperator.config import ENV_S3_ENDPOINT, Settings, gpu_resource_of, image_of
 
@@ -138,6 +144,16 @@ def quantity_bytes(quantity: str) -> float:
     return float(quantity)
 
 
+# NCCL's flight recorder: the last collectives of each rank, kept in memory and dumped to
+# the pod's workspace when a collective times out (and by the stall watchdog, watchdog.py), so a
+# hang names the collective and the rank that never joined it. A few MB of host memory.
+NCCL_FLIGHT_RECORDER = {
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+    "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": f"{contract.WORKSPACE}/nccl_trace_rank_",
+}
+
+
 def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, Any]]:
     """Operator-set variables first, then Secret references, then the user's own."""
     spec = job.spec
@@ -145,6 +161,9 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
         {"name": ENV_PROGRESS_NAME, "value": names.progress},
         {"name": ENV_ATTEMPT, "value": str(names.attempt)},
         {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # Who reports (each rank's report names its pod and node: stragglers, quiet ranks).
+        {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": ENV_NODE_NAME, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         # torchrun forwards SIGTERM to its workers and kills them after this many seconds (its
         # default, 30): the grace period less a margin for torchrun's own exit.
         {
@@ -152,6 +171,8 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
             "value": str(shutdown_timeout(spec.run_policy.termination_grace_period_seconds)),
         },
     ]
+    if spec.resources.gpus_per_node:
+        env += [{"name": k, "value": v} for k, v in NCCL_FLIGHT_RECORDER.items()]
     s3 = spec.output.s3
     if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
         env.append({"name": ENV_S3_ENDPOINT, "value": settings.default_s3_endpoint})

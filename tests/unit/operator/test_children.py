@@ -152,6 +152,20 @@ def test_credentials_are_secret_references_only() -> None:
     assert config["metadata"]["uid"] == UID
 
 
+def test_each_rank_knows_its_pod_and_node_and_gpu_pods_keep_an_nccl_flight_record() -> None:
+    """Rank reports name the pod and node (stragglers, quiet ranks); on GPUs NCCL's flight
+    recorder keeps the last collectives and dumps them into the writable workspace when
+    one times out."""
+    cpu = _env(_children(resources__gpusPerNode=0))
+    assert cpu["FINETUNE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert cpu["FINETUNE_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert "TORCH_NCCL_TRACE_BUFFER_SIZE" not in cpu
+    gpu = _env(_children(resources__gpusPerNode=2))
+    assert int(gpu["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0
+    assert gpu["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert gpu["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith("/workspace/")
+
+
 def test_resolved_config_is_the_full_spec_the_trainer_parses() -> None:
     children = _children(training__epochs=2)
     config = yaml.safe_load(children.config["data"]["job.yaml"])

@@ -7,13 +7,14 @@ parsed back, so these tests see what Prometheus would.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ftapi.progress import RankReport
 from ftoperator.job_metrics import MODEL_LABEL_MAX, JobSeries
 from ftoperator.observability import PHASES
 from fttestkit.builders import make_job
@@ -28,10 +29,14 @@ def body(name: str, namespace: str = "team-a", **status: Any) -> dict[str, Any]:
     return job
 
 
-def scrape(jobs: list[dict[str, Any]]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(
+    jobs: list[dict[str, Any]], ranks: dict[tuple[str, str], dict[int, RankReport]] | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of the exposition, keyed by (sample name, labels)."""
     registry = CollectorRegistry()
-    registry.register(JobSeries(lambda: jobs, clock=lambda: NOW))
+    found = ranks or {}
+    registry.register(JobSeries(lambda: jobs, clock=lambda: NOW,
+                                ranks=lambda key: found.get(key, {})))  # fmt: skip
     text = generate_latest(registry).decode()
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -158,3 +163,30 @@ def test_junk_in_a_status_is_skipped_not_raised() -> None:
     assert ("finetune_job_step", labels("odd")) not in samples
     assert ("finetune_job_train_loss", labels("odd")) not in samples
     assert samples[("finetune_job_gpu_seconds_total", labels("odd"))] == 0
+
+
+def test_a_running_job_shows_each_ranks_pace_and_the_time_since_its_last_step() -> None:
+    """From the ranks' own reports: a hang shows as seconds-since-last-step climbing, a
+    straggler as one rank's compute time above the others'."""
+
+    def rank(number: int, compute: float, attempt: int = 1) -> RankReport:
+        return RankReport(rank=number, attempt=attempt, step=40, step_seconds=2.0,
+                          compute_seconds=compute, stepped_at=NOW - timedelta(seconds=30 + number),
+                          updated_at=NOW)  # fmt: skip
+
+    straggler = {"rank": 1, "ratio": 2.0, "since": "2026-01-01T11:00:00Z"}
+    running = body("llama", phase="Running", attempt=1, stragglers=[straggler])
+    finished = body("done", phase="Succeeded", attempt=1)
+    ranks = {("team-a", "llama"): {0: rank(0, 0.5), 1: rank(1, 1.0), 2: rank(2, 9.0, attempt=0)},
+             ("team-a", "done"): {0: rank(0, 0.5)}}  # fmt: skip
+    samples = scrape([running, finished], ranks)
+    assert samples[("finetune_job_seconds_since_last_step", labels("llama"))] == 30.0
+    assert samples[("finetune_job_rank_compute_seconds", labels("llama", rank="1"))] == 1.0
+    assert samples[("finetune_job_rank_step_seconds", labels("llama", rank="0"))] == 2.0
+    assert samples[("finetune_job_stragglers", labels("llama"))] == 1.0
+    assert samples[("finetune_job_stragglers", labels("done"))] == 0.0
+    # An earlier attempt's rank, and a finished job, have no per-rank series.
+    assert ("finetune_job_rank_compute_seconds", labels("llama", rank="2")) not in samples
+    assert not [k for k in samples if k[0].startswith("finetune_job_rank") and
+                ("name", "done") in k[1]]  # fmt: skip
+    assert ("finetune_job_seconds_since_last_step", labels("done")) not in samples

@@ -17,9 +17,9 @@ import pytest
 from ftapi import parse_job
 from ftapi.contract import INVALID_INPUT_MARKER, VERDICTS
 from ftapi.contract import Verdict as TrainerVerdict
-from ftapi.progress import CheckpointReport, ProgressReport
+from ftapi.progress import CheckpointReport, ProgressReport, RankReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
-from ftapi.v1alpha1.status import Condition
+from ftapi.v1alpha1.status import Condition, RunWarning
 from ftoperator.children import LABEL_ATTEMPT, Names
 from ftoperator.kueue import QueueState
 from ftoperator.planner import (
@@ -1861,6 +1861,92 @@ def test_a_trainer_silent_past_its_deadline_is_stalled_and_restarted() -> None:
     plan = observe(off, running_status(), at(5000), batch_job=make_batch_job(0).obj(),
                    pods=[make_pod(0).obj()], progress=report(step=41))  # fmt: skip
     assert plan.status.phase == "Running"
+
+
+def rank(number: int, seconds: float = 0, **fields: Any) -> RankReport:
+    """Rank `number`'s own report, sent at T0 + seconds, from pod llama-0-<n> on gpu-<n>."""
+    fields = {"step": 41, **fields}
+    return RankReport(rank=number, pod=f"llama-0-{number}", node=f"gpu-{number}",
+                      updated_at=at(seconds), **fields)  # fmt: skip
+
+
+def test_a_stall_names_the_ranks_that_went_quiet() -> None:
+    """Rank 0 waits in a collective and keeps reporting (its heartbeat thread runs); rank 1
+    was stopped: the verdict names rank 1, its pod and node, and its last step."""
+    job = make(runPolicy__stallDetection__minimumSeconds=120)
+
+    def plan_at(seconds: float, ranks: dict[int, RankReport]) -> Plan:
+        return observe(job, running_status(), at(seconds), batch_job=make_batch_job(0).obj(),
+                       pods=[make_pod(0).obj(), make_pod(1).obj()],
+                       progress=report(step=41).model_copy(update={"updated_at": at(seconds)}),
+                       ranks=ranks)  # fmt: skip
+
+    ranks = {0: rank(0, 200), 1: rank(1, 60, step=40)}
+    waiting = plan_at(150, ranks)
+    assert waiting.status.phase == "Running"
+    assert waiting.requeue_after == pytest.approx(120 - 90 + 1)  # when rank 1 would be late
+    stalled = plan_at(200, ranks)
+    assert stalled.status.phase == "Restarting"
+    message = cond(stalled.status, "Running").message
+    assert "rank 1 (pod llama-0-1 on node gpu-1) silent for 140 s, last at step 40" in message
+    assert "rank 0 (" not in message and "rank 0 was at step 41" in message
+    # A rank that ended its part (rank 0 still publishing) is not quiet; nor another
+    # attempt's rank.
+    done = {0: rank(0, 500), 1: rank(1, 0, done=True), 2: rank(2, 0).model_copy(
+        update={"attempt": 1})}  # fmt: skip
+    assert plan_at(500, done).status.phase == "Running"
+
+
+def test_a_rank_slow_for_the_window_gets_one_warning_naming_its_pod_and_node() -> None:
+    job = make(runPolicy__stragglerDetection__windowSeconds=300)
+    world = World(job, running_status())
+    world.jobs[job_name(0)] = make_batch_job(0).obj()
+    world.run(0, nodes=4)
+
+    def pass_at(seconds: float, slow: float) -> Plan:
+        ranks = {r: rank(r, seconds, compute_seconds=1.0) for r in range(4)}
+        ranks[2] = rank(2, seconds, compute_seconds=slow)
+        world.progress = report(step=41).model_copy(update={"updated_at": at(seconds)})
+        return reconcile(world.job, Observed(**{**world.observed(at(seconds)).__dict__,
+                                                "ranks": ranks}))  # fmt: skip
+
+    def step(seconds: float, slow: float) -> Plan:
+        plan = pass_at(seconds, slow)
+        world.status = roundtrip(plan.status)
+        return plan
+
+    first = step(10, 2.0)
+    assert [(s.rank, s.node, s.ratio) for s in first.status.stragglers] == [(2, "gpu-2", 2.0)]
+    assert not [e for e in first.events if e.reason == "Straggler"]
+    assert first.requeue_after == pytest.approx(301)
+    later = step(250, 2.1)
+    assert later.status.stragglers[0].since == at(10)  # still the same episode
+    due = step(310, 2.0)
+    events = [e for e in due.events if e.reason == "Straggler"]
+    assert len(events) == 1 and events[0].type == "Warning"
+    assert "rank 2 (pod llama-0-2 on node gpu-2) computes 2x slower" in events[0].message
+    assert not [e for e in step(400, 2.0).events if e.reason == "Straggler"]  # once
+    # 1.4x is within the default factor 1.5: no longer a straggler.
+    assert step(500, 1.4).status.stragglers == []
+    # Off: nothing.
+    world.job = make(runPolicy__stragglerDetection__enabled=False)
+    assert step(900, 5.0).status.stragglers == []
+
+
+def test_each_new_warning_of_the_trainer_is_one_event_and_kept_in_status() -> None:
+    spike = RunWarning(reason="LossSpike", step=7, message="step 7: training loss 44.5 is 5x")
+
+    def plan_with(previous: FineTuneJobStatus, warnings: list[RunWarning]) -> Plan:
+        progress = report(step=8, warnings=warnings)
+        return observe(make(), previous, at(60), batch_job=make_batch_job(0).obj(),
+                       pods=[make_pod(0).obj()], progress=progress)  # fmt: skip
+
+    first = plan_with(running_status(), [spike])
+    assert [(e.type, e.reason, e.message) for e in first.events
+            if e.reason == "LossSpike"] == [("Warning", "LossSpike", spike.message)]  # fmt: skip
+    assert roundtrip(first.status).warnings == [spike]
+    again = plan_with(roundtrip(first.status), [spike])
+    assert not [e for e in again.events if e.reason == "LossSpike"]
 
 
 @pytest.mark.parametrize(("after", "improved"), [(8.98, "False"), (5.5, "True")])

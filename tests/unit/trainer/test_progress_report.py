@@ -132,6 +132,7 @@ def test_a_report_on_the_wire_has_the_contracts_camel_case_fields_and_no_percent
         "metrics": {"train_loss": 2.0},
         "nonFinite": {},
         "skippedSteps": 0,
+        "warnings": [],
         "checkpoint": {"latest": "s3://b/run/checkpoints/uid/checkpoint-10", "step": 10,
                        "count": 1},
         "updatedAt": "2026-05-01T12:00:00Z",

@@ -7,7 +7,14 @@ import threading
 import time
 
 from ftapi.v1alpha1.scheduling import StallDetection
-from fttrainer.watchdog import Deadlines, Watchdog, innermost_frames, with_stall_watch
+from fttrainer.watchdog import (
+    Deadlines,
+    Watchdog,
+    describe_collective,
+    innermost_frames,
+    recorded_collectives,
+    with_stall_watch,
+)
 
 SPEC = StallDetection(minimum_seconds=60, step_time_factor=10, startup_seconds=600,
                       evaluation_seconds=300, checkpoint_seconds=120)  # fmt: skip
@@ -101,3 +108,14 @@ def test_evaluations_and_saves_during_training_are_phases_of_their_own() -> None
     dog.stepped(1)
     assert trainer.evaluate() == "evaluating" and dog.phase == "step"
     assert trainer._save_checkpoint(None, None) == "saving" and dog.phase == "step"
+
+
+def test_a_flight_recorder_entry_reads_as_one_line() -> None:
+    entry = {"profiling_name": "nccl:all_reduce", "collective_seq_id": 41,
+             "process_group": ["0", "default_pg"], "input_sizes": [[4096]],
+             "state": "started", "retired": False}  # fmt: skip
+    assert describe_collective(entry) == (
+        "nccl:all_reduce #41 of default_pg, sizes [[4096]], started, not completed"
+    )
+    assert describe_collective({"retired": True}).endswith(", completed")
+    assert recorded_collectives() == []  # not a distributed run

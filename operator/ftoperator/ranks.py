@@ -1,0 +1,118 @@
+"""What the ranks' own reports (ftapi.progress.RankReport) tell the operator. Pure.
+
+    quiet_ranks(ranks, attempt, now, seconds)   the ranks silent for longer than `seconds`
+    slow_ranks(ranks, attempt, factor)          rank -> how many times slower it computes
+                                                than the median of the others
+    track_stragglers(previous, ranks, ...)      status.stragglers next, and which of them
+                                                have been slow for windowSeconds on end
+                                                (their Warning Event is due)
+
+Every rank re-sends its report at least every ftapi.progress.heartbeat_seconds from a thread
+of its own, so a rank waiting in a collective keeps reporting and a stopped or frozen one
+goes quiet: a hang names the rank that caused it. A rank's compute time is its forward
+passes' (no collective inside them under data parallelism), so a rank that the others wait
+for stands out while all step times look alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from ftapi.progress import RankReport
+from ftapi.v1alpha1.scheduling import StragglerDetection
+from ftapi.v1alpha1.status import Straggler
+
+# The fewest ranks with a compute time before one can be called slower than the others.
+MIN_RANKS = 2
+
+
+def current(ranks: Mapping[int, RankReport], attempt: int) -> dict[int, RankReport]:
+    """The reports of this attempt's ranks (a torn-down attempt's late writes left out)."""
+    return {rank: report for rank, report in ranks.items() if report.attempt == attempt}
+
+
+def quiet_ranks(
+    ranks: Mapping[int, RankReport], attempt: int, now: datetime, seconds: float
+) -> list[RankReport]:
+    """This attempt's ranks that have not reported for longer than `seconds` and have not
+    said they are done, by rank."""
+    return [
+        report
+        for _, report in sorted(current(ranks, attempt).items())
+        if not report.done and (now - report.updated_at).total_seconds() > seconds
+    ]
+
+
+def where(report: RankReport) -> str:
+    """`rank 1 (pod p on node n)`: what a message names."""
+    at = [f"pod {report.pod}" if report.pod else "", f"node {report.node}" if report.node else ""]
+    place = " on ".join(part for part in at if part)
+    return f"rank {report.rank} ({place})" if place else f"rank {report.rank}"
+
+
+def slow_ranks(ranks: Mapping[int, RankReport], attempt: int, factor: float) -> dict[int, float]:
+    """Rank -> its compute time over the median of the other ranks', for the ranks slower
+    than `factor` times that (finished ranks left out)."""
+    timed = {
+        rank: report.compute_seconds
+        for rank, report in current(ranks, attempt).items()
+        if report.compute_seconds and not report.done
+    }
+    if len(timed) < MIN_RANKS:
+        return {}
+    found = {}
+    for rank, seconds in timed.items():
+        others = statistics.median(v for r, v in timed.items() if r != rank)
+        if others > 0 and seconds > factor * others:
+            found[rank] = round(seconds / others, 2)
+    return found
+
+
+@dataclass(frozen=True)
+class Stragglers:
+    now: list[Straggler]
+    """status.stragglers next: slow ranks, each with when it was first seen slow."""
+    due: list[Straggler]
+    """Those slow for windowSeconds on end whose Warning Event was not sent yet."""
+    look_again: float | None
+    """Seconds until the next one becomes due (None: none pending)."""
+
+
+def track_stragglers(
+    previous: list[Straggler], ranks: Mapping[int, RankReport], attempt: int,
+    spec: StragglerDetection, now: datetime,
+) -> Stragglers:  # fmt: skip
+    if not spec.enabled:
+        return Stragglers([], [], None)
+    reports = current(ranks, attempt)
+    before = {s.rank: s for s in previous}
+    found, due, waits = [], [], []
+    for rank, ratio in sorted(slow_ranks(ranks, attempt, spec.factor).items()):
+        report, old = reports[rank], before.get(rank)
+        since = old.since if old is not None else now
+        warned = old.warned if old is not None else False
+        elapsed = (now - since).total_seconds()
+        straggler = Straggler(rank=rank, pod=report.pod, node=report.node, ratio=ratio,
+                              since=since, warned=warned)  # fmt: skip
+        if not warned and elapsed >= spec.window_seconds:
+            straggler.warned = True
+            due.append(straggler)
+        elif not warned:
+            waits.append(spec.window_seconds - elapsed)
+        found.append(straggler)
+    return Stragglers(found, due, min(waits) + 1.0 if waits else None)
+
+
+def straggler_message(straggler: Straggler, spec: StragglerDetection) -> str:
+    place = where(RankReport(rank=straggler.rank, pod=straggler.pod, node=straggler.node,
+                             updated_at=straggler.since))  # fmt: skip
+    return (
+        f"{place} computes {straggler.ratio:g}x slower than the median of the other ranks "
+        f"since {straggler.since:%H:%M:%S}Z (runPolicy.stragglerDetection factor "
+        f"{spec.factor:g}, windowSeconds {spec.window_seconds}); every step waits for it. "
+        "If it lasts, cordon that node and delete the pod: the job restarts (one of "
+        "runPolicy.maxRestarts) from its newest checkpoint on the other nodes"
+    )

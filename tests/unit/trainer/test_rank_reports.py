@@ -1,0 +1,165 @@
+"""Each rank's own report (fttrainer/ranks.py), loss spikes (divergence.SpikeWatch), the
+collective timeout and the rank-scoped test faults. The real multi-rank runs are in
+tests/trainer/test_distributed.py and tests/e2e/test_stalls.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftapi import parse_job
+from ftapi.progress import RankReport
+from fttestkit.builders import make_job
+from fttrainer.arguments import TORCH_COLLECTIVE_TIMEOUT, collective_timeout
+from fttrainer.divergence import SpikeWatch
+from fttrainer.faults import Faults
+from fttrainer.ranks import ComputeTimer, RankReporter, RankSink
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.reports: list[RankReport] = []
+        self.arrived = threading.Event()
+
+    def send(self, report: RankReport) -> None:
+        self.reports.append(report)
+        self.arrived.set()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_rank_reports_its_step_and_the_medians_of_its_recent_steps() -> None:
+    sink, clock = Collect(), Clock()
+    reporter = RankReporter(sink, rank=3, attempt=2, pod="job-2-1", node="gpu-7", interval=60,
+                            clock=clock, now=lambda: NOW)  # fmt: skip
+    reporter.started()
+    for step, (wall, compute) in enumerate([(None, 0.5), (2.0, 0.5), (2.2, 0.6), (9.0, 0.7)], 1):
+        clock.t += 1
+        reporter.stepped(step, step_seconds=wall, compute_seconds=compute)
+    assert reporter._sender is not None and reporter._sender.flush(5)
+    assert len(sink.reports) == 1  # the start; steps wait for the interval
+    report = reporter.report()
+    assert (report.rank, report.attempt, report.pod, report.node, report.step) == (
+        3, 2, "job-2-1", "gpu-7", 4)  # fmt: skip
+    assert report.step_seconds == 2.2 and report.compute_seconds == 0.55
+    assert report.stepped_at == NOW and not report.done
+    clock.t += 60
+    reporter.stepped(5, step_seconds=2.0, compute_seconds=0.5)
+    assert reporter._sender.flush(5) and sink.reports[-1].step == 5
+
+
+def test_a_rank_keeps_reporting_while_it_waits_and_stops_once_done() -> None:
+    """The heartbeat thread re-sends the last report, newly dated, while the training thread
+    is stuck (in a collective, an evaluation); after `finish` nothing more is sent (the
+    operator does not take a finished rank's silence for a stall)."""
+    sink = Collect()
+    times = iter(NOW + timedelta(seconds=s) for s in range(10_000))
+    reporter = RankReporter(sink, rank=1, interval=0.05, now=lambda: next(times))
+    reporter.started()
+    deadline = time.monotonic() + 5
+    while len(sink.reports) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(sink.reports) >= 3
+    assert sink.reports[-1].updated_at > sink.reports[0].updated_at
+    reporter.finish()
+    assert sink.reports[-1].done
+    count = len(sink.reports)
+    time.sleep(0.3)
+    assert len(sink.reports) == count
+
+
+def test_a_rank_report_is_a_merge_patch_of_its_own_key(tmp_path: Path) -> None:
+    sent: list[tuple[str, str, Any, str]] = []
+
+    class Target:
+        def request(self, method: str, path: str, body: Any, *, content_type: str) -> None:
+            sent.append((method, path, body, content_type))
+
+    sink = RankSink(Target(), "team-a", "job-progress", 5)  # type: ignore[arg-type]
+    sink.send(RankReport(rank=5, step=7, updated_at=NOW))
+    ((method, path, body, content_type),) = sent
+    assert (method, content_type) == ("PATCH", "application/merge-patch+json")
+    assert path.endswith("/namespaces/team-a/finetunejobprogresses/job-progress")
+    assert list(body) == ["ranks"] and list(body["ranks"]) == ["5"]
+    assert RankReport.model_validate_json(body["ranks"]["5"]).step == 7
+
+
+def test_from_env_outside_a_cluster_is_a_no_op() -> None:
+    reporter = RankReporter.from_env({})
+    reporter.started()
+    reporter.stepped(1, step_seconds=1.0, compute_seconds=1.0)
+    reporter.finish()
+    assert not reporter.enabled
+
+
+def test_the_compute_timer_counts_the_forward_passes_of_each_step() -> None:
+    clock = Clock()
+    timer = ComputeTimer(clock)
+    assert timer.take() is None  # nothing timed
+    for seconds in (0.25, 0.5):  # two micro-batches
+        started = timer.begin(None)
+        clock.t += seconds
+        timer.end(started)
+    assert timer.take() == 0.75
+    assert timer.take() is None
+
+
+SPIKES = {
+    "a steady fall is no spike": ([6.0, 5.5, 5.0, 4.6, 4.2, 4.0, 3.8, 3.6, 3.5, 3.4, 3.3, 3.2], []),
+    "a learning rate far too high: 6.07 then 44.5": ([6.07, 44.5, 40.0, 13.5], [1]),
+    "late noise of small batches is no spike": ([0.2] * 10 + [0.7, 0.15, 0.9], []),
+    "two episodes, two spikes": ([2.0] * 11 + [9.0, 2.0] + [2.0] * 12 + [9.0], [11, 25]),
+}
+
+
+@pytest.mark.parametrize(("losses", "spiking"), SPIKES.values(), ids=SPIKES.keys())
+def test_loss_spikes(losses: list[float], spiking: list[int]) -> None:
+    watch = SpikeWatch(3.0)
+    found = [i for i, loss in enumerate(losses) if watch.observe(loss) is not None]
+    assert found == spiking
+
+
+def test_loss_spike_detection_off_and_non_finite_losses() -> None:
+    off = SpikeWatch(0.0)
+    assert all(off.observe(v) is None for v in [1.0] * 20 + [100.0])
+    watch = SpikeWatch(3.0)
+    for _ in range(11):
+        watch.observe(1.0)
+    assert watch.observe(float("nan")) is None  # divergence.py's business
+    assert watch.observe(10.0) == pytest.approx(1.0)
+
+
+def test_the_collective_timeout_follows_the_stall_deadlines() -> None:
+    def spec(**sets: Any) -> Any:
+        builder = make_job()
+        for path, value in sets.items():
+            builder.set(path.replace("__", "."), value)
+        return parse_job(builder.obj()).spec
+
+    assert collective_timeout(spec()) == 7200 + 60  # above every phase's deadline
+    assert collective_timeout(spec(runPolicy__stallDetection={
+        "minimumSeconds": 60, "startupSeconds": 300, "evaluationSeconds": 600,
+        "checkpointSeconds": 120})) == 660  # fmt: skip
+    assert collective_timeout(spec(runPolicy__stallDetection__enabled=False)) == (
+        TORCH_COLLECTIVE_TIMEOUT)  # fmt: skip
+    assert collective_timeout(spec(distributed__ncclTimeoutSeconds=900)) == 900
+
+
+def test_faults_can_strike_one_rank_only() -> None:
+    environ = {"FINETUNE_FAULT_SLEEP": "3:600", "FINETUNE_FAULT_RANK": "1"}
+    assert Faults.from_env({**environ, "RANK": "1"}).sleeps == {"3": 600.0}
+    assert Faults.from_env({**environ, "RANK": "0"}).sleeps == {}
+    assert Faults.from_env({"FINETUNE_FAULT_SLEEP": "every:0.1"}).sleeps == {"every": 0.1}

@@ -1,0 +1,212 @@
+"""Each rank's own report: that it is alive, and how fast it computes.
+
+Rank 0's ProgressReport (progress.py) tells the operator how the run goes; it cannot tell
+which rank went quiet when a job hangs, nor which rank the others wait for. So every rank
+(rank 0 too) writes a small RankReport (ftapi.progress) under `ranks.<rank>` of the job's
+FineTuneJobProgress: when it starts, at most every heartbeat after a step, and re-sent
+(newly dated) at every heartbeat while nothing happens, from a thread of its own: a rank
+waiting in a collective still reports, a stopped process does not.
+
+What it measures per optimizer step:
+
+- the step's wall time (from the watchdog, which leaves evaluations and saves out): about
+  the same on every rank, since each collective waits for the slowest;
+- the step's forward passes (ComputeTimer, around compute_loss): under data parallelism
+  no collective runs inside a forward pass, so this is the rank's own speed. On a GPU it
+  is timed with CUDA events, read once the step's loss was synchronised (divergence.py
+  reads it before every optimizer step), so no extra device sync is added.
+
+The operator compares the ranks (ftoperator.stragglers) and names a slow one's pod and node.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
+from ftapi.progress import ENV_NODE_NAME, ENV_POD_NAME, RANKS_FIELD, RankReport
+
+from .progress import (
+    FINISH_TIMEOUT_SECONDS,
+    MERGE_PATCH,
+    KubeTarget,
+    Sender,
+    _utc_now,
+    attempt_of,
+    progress_object,
+)
+
+# How many recent steps the reported medians cover.
+WINDOW_STEPS = 32
+
+
+class RankSink:
+    """Writes one rank's report under ranks.<rank> (a merge patch leaves the others)."""
+
+    def __init__(self, target: KubeTarget, namespace: str, name: str, rank: int) -> None:
+        self.target, self.rank = target, rank
+        namespace, name = quote(namespace, safe=""), quote(name, safe="")
+        self.path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PROGRESS_PLURAL}/{name}"
+
+    def send(self, report: RankReport) -> None:
+        document = report.model_dump_json(by_alias=True, exclude_none=True)
+        body = {RANKS_FIELD: {str(self.rank): document}}
+        self.target.request("PATCH", self.path, body, content_type=MERGE_PATCH)
+
+
+class RankReporter:
+    """One per process. `stepped` is called from the training thread and never blocks."""
+
+    def __init__(
+        self, sink: Any | None, *, rank: int = 0, attempt: int = 0, pod: str | None = None,
+        node: str | None = None, interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = _utc_now,
+    ) -> None:  # fmt: skip
+        self._sender: Sender | None = None
+        if sink is not None:
+            self._sender = Sender(sink, background=True, heartbeat=interval, now=now,
+                                  final=lambda report: report.done)  # fmt: skip
+        self.rank, self.attempt, self.pod, self.node = rank, attempt, pod, node
+        self.interval = interval
+        self.clock, self.now = clock, now
+        self.step = 0
+        self.stepped_at: datetime | None = None
+        self.step_seconds: deque[float] = deque(maxlen=WINDOW_STEPS)
+        self.compute_seconds: deque[float] = deque(maxlen=WINDOW_STEPS)
+        self.done = False
+        self._last_sent: float | None = None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] = os.environ, account_dir: Path | None = None,
+        **kwargs: Any,
+    ) -> RankReporter:  # fmt: skip
+        """A reporter to the job's progress object, or a no-op outside a cluster."""
+        found = progress_object(environ, account_dir)
+        if found is None:
+            return cls(None)
+        target, namespace, name = found
+        rank = int(environ.get("RANK", "0") or 0)
+        return cls(
+            RankSink(target, namespace, name, rank), rank=rank, attempt=attempt_of(environ),
+            pod=environ.get(ENV_POD_NAME) or None, node=environ.get(ENV_NODE_NAME) or None,
+            **kwargs,
+        )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return self._sender is not None
+
+    def started(self) -> None:
+        """The process is up (its silence from now on is a stall)."""
+        self._send(force=True)
+
+    def stepped(
+        self, step: int, *, step_seconds: float | None, compute_seconds: float | None
+    ) -> None:
+        self.step, self.stepped_at = step, self.now()
+        if step_seconds is not None:
+            self.step_seconds.append(step_seconds)
+        if compute_seconds is not None:
+            self.compute_seconds.append(compute_seconds)
+        self._send()
+
+    def finish(self, timeout: float = FINISH_TIMEOUT_SECONDS) -> None:
+        """This process's part of the run is over: no more reports (the others may still
+        publish, which is not a silence)."""
+        self.done = True
+        self._send(force=True)
+        if self._sender is not None:
+            self._sender.flush(timeout)
+
+    def report(self) -> RankReport:
+        return RankReport(
+            attempt=self.attempt, rank=self.rank, pod=self.pod, node=self.node,
+            step=self.step, stepped_at=self.stepped_at,
+            step_seconds=_median(self.step_seconds),
+            compute_seconds=_median(self.compute_seconds),
+            done=self.done, updated_at=self.now(),
+        )  # fmt: skip
+
+    def _send(self, *, force: bool = False) -> None:
+        if self._sender is None:
+            return
+        now = self.clock()
+        if not force and self._last_sent is not None and now - self._last_sent < self.interval:
+            return
+        self._last_sent = now
+        self._sender.submit(self.report())
+
+
+def _median(values: deque[float]) -> float | None:
+    return round(statistics.median(values), 6) if values else None
+
+
+class ComputeTimer:
+    """The time this rank spends in training forward passes, per optimizer step."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self._seconds = 0.0
+        self._counted = False
+        self._events: list[tuple[Any, Any]] = []  # CUDA (start, end) pairs not yet read
+
+    def begin(self, device: Any) -> Any:
+        if getattr(device, "type", None) == "cuda":
+            import torch
+
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            start.record()
+            return start
+        return self.clock()
+
+    def end(self, started: Any) -> None:
+        if isinstance(started, float):
+            self._seconds += self.clock() - started
+            self._counted = True
+            return
+        import torch
+
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end.record()
+        self._events.append((started, end))
+
+    def take(self) -> float | None:
+        """The forward time of the steps since the last call (None: none was timed). CUDA
+        pairs still running are left for the next call."""
+        waiting = []
+        for start, end in self._events:
+            if end.query():
+                self._seconds += start.elapsed_time(end) / 1000.0
+                self._counted = True
+            else:
+                waiting.append((start, end))
+        self._events = waiting
+        seconds = self._seconds if self._counted else None
+        self._seconds, self._counted = 0.0, False
+        return seconds
+
+
+def with_compute_timing(trainer_class: type, timer: ComputeTimer) -> type:
+    """`trainer_class` whose training forward passes `timer` times (evaluation's are not:
+    the model is in eval mode then)."""
+
+    def compute_loss(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(model, "training", False):
+            return super(timed, self).compute_loss(model, *args, **kwargs)  # type: ignore[arg-type]
+        started = timer.begin(getattr(self.args, "device", None))
+        try:
+            return super(timed, self).compute_loss(model, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            timer.end(started)
+
+    timed: type = type(trainer_class.__name__, (trainer_class,), {"compute_loss": compute_loss})
+    return timed
