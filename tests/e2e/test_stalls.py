@@ -80,7 +80,7 @@ def test_one_frozen_rank_of_two_pods_is_named_and_the_gang_restarts(
     node); the whole gang restarts and the job succeeds. stepTimeFactor is high here so that
     rank 0's own watchdog, which would also stop the gang, does not fire first."""
     cluster, ns, name = operator_release.cluster, operator_release.watched, "frozen-rank"
-    job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=120, save_steps=10,
+    job = tiny_cpu_job(operator_release, bucket, tmp_path, name, steps=60, save_steps=10,
                        log_every=10)  # fmt: skip
     job["spec"]["resources"]["nodes"] = 2
     job["spec"]["runPolicy"] = {"terminationGracePeriodSeconds": 10, "stallDetection": {

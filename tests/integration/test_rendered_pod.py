@@ -8,7 +8,8 @@ kwok has no containers, so this test plays the kubelet for pod 0 of the Job:
   /workspace -> a scratch folder), the rendezvous host `<job>-0-0.<job>` mapped to 127.0.0.1
   (there is no cluster DNS here) and the port to a free one;
 - env: every variable as rendered, `secretKeyRef`s resolved from the Secrets in the
-  namespace, `fieldRef: metadata.namespace` from the namespace; plus what a kubelet gives a
+  namespace, the `fieldRef`s (namespace, pod name, node name) from pod 0 as kwok runs it;
+  plus what a kubelet gives a
   pod: KUBERNETES_SERVICE_HOST/PORT and the ServiceAccount's token (from the TokenRequest
   API) and CA, in a folder named by FINETUNE_SERVICE_ACCOUNT_DIR;
 - the model is a tiny one on local disk (the image would have it, or fetch it from a hub).
@@ -33,6 +34,8 @@ import yaml
 from kubernetes import client
 
 from ftapi import contract
+from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
+from ftapi.progress import RANKS_FIELD, RankReport
 from fttestkit.cluster import Cluster, eventually
 from fttestkit.finetunejobs import create_ftj, status_of
 from fttestkit.kubeconfig import write_pod_identity
@@ -44,7 +47,9 @@ pytestmark = pytest.mark.integration
 STEPS = 6
 
 
-def _env(container: Any, ns: str, core: client.CoreV1Api) -> dict[str, str]:
+def _env(container: Any, ns: str, core: client.CoreV1Api, pod: Any) -> dict[str, str]:
+    fields = {"metadata.namespace": ns, "metadata.name": pod.metadata.name,
+              "spec.nodeName": pod.spec.node_name}  # fmt: skip
     env: dict[str, str] = {}
     for variable in container.env or []:
         if variable.value is not None:
@@ -52,8 +57,7 @@ def _env(container: Any, ns: str, core: client.CoreV1Api) -> dict[str, str]:
             continue
         source = variable.value_from
         if source.field_ref is not None:
-            assert source.field_ref.field_path == "metadata.namespace"
-            env[variable.name] = ns
+            env[variable.name] = fields[source.field_ref.field_path]
         elif source.secret_key_ref is not None:
             ref = source.secret_key_ref
             data = core.read_namespaced_secret(ref.name, ns).data or {}
@@ -109,6 +113,12 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     )[0]  # fmt: skip
     template = job.spec.template.spec
     container = template.containers[0]
+    selector = f"job-name={job.metadata.name}"
+    pod = eventually(
+        lambda: [p for p in core.list_namespaced_pod(ns, label_selector=selector).items
+                 if p.spec.node_name],
+        what="pod 0 on a kwok node",
+    )[0]  # fmt: skip
 
     # The pod's files: the config ConfigMap at /etc/finetune, a scratch /workspace.
     config = core.read_namespaced_config_map(f"{name}-config", ns).data
@@ -138,7 +148,7 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "HOME": str(workspace), "OMP_NUM_THREADS": "1",
-        **_env(container, ns, core),
+        **_env(container, ns, core, pod),
         "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
         "KUBERNETES_SERVICE_PORT": str(server.port),
         "FINETUNE_SERVICE_ACCOUNT_DIR": str(account),
@@ -167,3 +177,10 @@ def test_the_rendered_pod_trains_and_reports_to_status(
     assert status["checkpoint"]["step"] == STEPS
     assert status["checkpoint"]["latest"].startswith(f"s3://{bucket}/out/checkpoints/")
     assert status["modelUri"] == f"s3://{bucket}/out/final"
+    # Rank 0's own report (liveness and pace) names the pod and node, and its end.
+    progress = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+        GROUP, VERSION, ns, PROGRESS_PLURAL, f"{name}-progress")  # fmt: skip
+    rank = RankReport.model_validate_json(progress[RANKS_FIELD]["0"])
+    assert (rank.pod, rank.node, rank.step, rank.done) == (
+        pod.metadata.name, pod.spec.node_name, STEPS, True)  # fmt: skip
+    assert rank.step_seconds and rank.compute_seconds and rank.compute_seconds > 0

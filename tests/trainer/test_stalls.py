@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from ftapi.contract import STALLED
+from ftapi.contract import ENV_TORCHRUN_SHUTDOWN_TIMEOUT, STALLED
 from fttrainer.faults import ENV_ATTEMPT, ENV_FAULT_FREEZE_AT_STEP, ENV_FAULT_RANK, ENV_FAULT_SLEEP
 from tests.trainer.recipes import committed_steps, run_quickstart
 
@@ -74,7 +74,9 @@ def test_a_rank_blocked_before_a_collective_stops_the_gang_with_the_waiting_stac
     watchdog fires, its stack names the collective, and the gang stops (torchrun kills the
     frozen rank). The next attempt resumes from the last checkpoint and finishes."""
     out = tmp_path / "run"
-    faults = {ENV_FAULT_FREEZE_AT_STEP: "3", ENV_FAULT_RANK: "1"}
+    # torchrun kills the frozen rank (SIGTERM waits while it is stopped) after 5 s, not 30.
+    faults = {ENV_FAULT_FREEZE_AT_STEP: "3", ENV_FAULT_RANK: "1",
+              ENV_TORCHRUN_SHUTDOWN_TIMEOUT: "5"}  # fmt: skip
     began = time.monotonic()
     hung, said = run_quickstart(tiny_llama, qa_data, out, FAST, "output.saveSteps=2",
                                 env=faults, processes=2)  # fmt: skip
