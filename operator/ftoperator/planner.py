@@ -311,8 +311,8 @@ def report_silence(
     every = f"a running trainer reports at least every {heartbeat_seconds(limit):g} s"
     if quiet:
         named = "; ".join(
-            f"{where(r)} silent for {(now - r.updated_at).total_seconds():.0f} s, last at step "
-            f"{r.step}" for r in quiet
+            f"{where(r)} silent for {(now - r.updated_at).total_seconds():.0f} s, its last "
+            f"report at step {r.step}" for r in quiet
         )  # fmt: skip
         message = (f"{named} (runPolicy.stallDetection.minimumSeconds {limit}; {every}): "
                    f"the process is stopped or frozen; rank 0 was at step {report.step}, "

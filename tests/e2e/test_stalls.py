@@ -8,13 +8,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fttestkit.cluster import eventually
+from fttestkit.cluster import Cluster, eventually
 from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
 from fttestkit.release import Release
 from tests.e2e.realnode import Bucket, job_pods, pod_logs, tiny_cpu_job, training_pod
 
 STEPS = 300
 SILENCE = 20  # minimumSeconds: the trainer re-sends its report every 4 s
+
+
+def restarting_events(cluster: Cluster, ns: str, name: str) -> str:
+    """The messages of the job's Restarting Events (posted right after the status write)."""
+    return cluster.kubectl("get", "events", "-n", ns, "--field-selector",
+                           f"involvedObject.name={name},reason=Restarting", "-o",
+                           "jsonpath={.items[*].message}")  # fmt: skip
 
 
 def test_a_frozen_trainer_is_stalled_and_the_restart_resumes_from_its_checkpoint(
@@ -53,9 +60,8 @@ def test_a_frozen_trainer_is_stalled_and_the_restart_resumes_from_its_checkpoint
     eventually(restarted, timeout=SILENCE + 60, interval=0.5, what="the restart")
     detected = time.monotonic() - stopped_at
     assert SILENCE - 5 <= detected <= SILENCE + 30, detected
-    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
-                             f"involvedObject.name={name},reason=Restarting", "-o",
-                             "jsonpath={.items[*].message}")  # fmt: skip
+    events = eventually(lambda: restarting_events(cluster, ns, name), timeout=30,
+                        what="the Restarting event")  # fmt: skip
     # Every rank reports on its own (through the pod's own Role): the verdict names it.
     frozen_rank = f"failed (Stalled): rank 0 (pod {pod['metadata']['name']} on node "
     assert frozen_rank in events, events
@@ -107,9 +113,8 @@ def test_one_frozen_rank_of_two_pods_is_named_and_the_gang_restarts(
 
     eventually(restarted, timeout=SILENCE + 60, interval=0.5, what="the restart")
     detected = time.monotonic() - stopped_at
-    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
-                             f"involvedObject.name={name},reason=Restarting", "-o",
-                             "jsonpath={.items[*].message}")  # fmt: skip
+    events = eventually(lambda: restarting_events(cluster, ns, name), timeout=30,
+                        what="the Restarting event")  # fmt: skip
     named = f"failed (Stalled): rank 1 (pod {pod['metadata']['name']} on node "
     assert named in events and "rank 0 (" not in events, events
     status = eventually(lambda: phase_is(cluster, ns, name, "Succeeded", "Failed"),

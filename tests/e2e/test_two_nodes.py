@@ -4,8 +4,10 @@ and only rank 0 publishes the results."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from ftapi.progress import RankReport
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is
 from fttestkit.release import Release
@@ -47,3 +49,18 @@ def test_two_pods_rendezvous_by_dns_and_train_as_two_ranks(
         assert "2 process(es)" in log, (rank, log[-3000:])  # both ranks in one process group
     assert "published" in logs[0] and "published" not in logs[1], logs[1][-3000:]
     assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == STEPS
+    # Each rank reported on its own, from its own pod, to the end; with the default stall,
+    # straggler and loss-spike settings a healthy run draws no warning and no restart.
+    progress = json.loads(cluster.kubectl("get", "finetunejobprogresses", "-n", ns,
+                                          f"{name}-progress", "-o", "json"))  # fmt: skip
+    ranks = {int(k): RankReport.model_validate_json(v) for k, v in progress["ranks"].items()}
+    assert sorted(ranks) == [0, 1]
+    for rank, report in ranks.items():
+        assert (report.pod, report.done, report.step) == (
+            by_rank[rank]["metadata"]["name"], True, STEPS)  # fmt: skip
+        assert report.compute_seconds and report.compute_seconds > 0
+    assert status.get("restarts", 0) == 0, status
+    warnings = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
+                               f"involvedObject.name={name},type=Warning", "-o",
+                               "jsonpath={.items[*].reason}")  # fmt: skip
+    assert not {"Restarting", "Straggler", "LossSpike"} & set(warnings.split()), warnings

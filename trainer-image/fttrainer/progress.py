@@ -246,6 +246,7 @@ class Sender:
         self, sink: Sink, *, background: bool, heartbeat: float | None = None,
         now: Callable[[], datetime] = _utc_now,
         final: Callable[[Any], bool] = lambda report: report.stage == "done",
+        current: Callable[[], Dated] | None = None,
     ) -> None:  # fmt: skip
         self.sink = sink
         self.background = background
@@ -254,6 +255,9 @@ class Sender:
         the operator takes a silent trainer for a stopped one."""
         self.now = now
         self.final = final
+        self.current = current
+        """What a heartbeat sends: the sender's current state (None: the last report sent,
+        newly dated)."""
         """A report after which nothing is re-sent (the process is about to end)."""
         self._last: Dated | None = None
         self.sent = 0
@@ -292,7 +296,7 @@ class Sender:
                 if arrived:
                     report, self._pending = self._pending, None
                 elif self._last is not None and not self.final(self._last):
-                    report = self._last.model_copy(update={"updated_at": self.now()})
+                    report = self._heartbeat(self._last)
                 else:
                     continue
                 self._busy = True
@@ -303,6 +307,12 @@ class Sender:
                 with self._condition:
                     self._busy = False
                     self._condition.notify_all()
+
+    def _heartbeat(self, last: Dated) -> Dated:
+        if self.current is not None:
+            return self.current()
+        dated: Dated = last.model_copy(update={"updated_at": self.now()})
+        return dated
 
     def _deliver(self, report: Dated) -> None:
         self._last = report

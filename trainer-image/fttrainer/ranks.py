@@ -72,8 +72,9 @@ class RankReporter:
     ) -> None:  # fmt: skip
         self._sender: Sender | None = None
         if sink is not None:
+            # A heartbeat sends the current state: the step reached since the last report.
             self._sender = Sender(sink, background=True, heartbeat=interval, now=now,
-                                  final=lambda report: report.done)  # fmt: skip
+                                  final=lambda r: r.done, current=self.report)  # fmt: skip
         self.rank, self.attempt, self.pod, self.node = rank, attempt, pod, node
         self.interval = interval
         self.clock, self.now = clock, now
@@ -81,6 +82,8 @@ class RankReporter:
         self.stepped_at: datetime | None = None
         self.step_seconds: deque[float] = deque(maxlen=WINDOW_STEPS)
         self.compute_seconds: deque[float] = deque(maxlen=WINDOW_STEPS)
+        # Their medians, computed on the training thread: the heartbeat thread reads these.
+        self._medians: tuple[float | None, float | None] = (None, None)
         self.done = False
         self._last_sent: float | None = None
 
@@ -112,12 +115,14 @@ class RankReporter:
     def stepped(
         self, step: int, *, step_seconds: float | None, compute_seconds: float | None
     ) -> None:
-        self.step, self.stepped_at = step, self.now()
+        first = self.stepped_at is None
         if step_seconds is not None:
             self.step_seconds.append(step_seconds)
         if compute_seconds is not None:
             self.compute_seconds.append(compute_seconds)
-        self._send()
+        self._medians = (_median(self.step_seconds), _median(self.compute_seconds))
+        self.step, self.stepped_at = step, self.now()
+        self._send(force=first)  # the first step at once: the rank is past its startup
 
     def finish(self, timeout: float = FINISH_TIMEOUT_SECONDS) -> None:
         """This process's part of the run is over: no more reports (the others may still
@@ -131,8 +136,7 @@ class RankReporter:
         return RankReport(
             attempt=self.attempt, rank=self.rank, pod=self.pod, node=self.node,
             step=self.step, stepped_at=self.stepped_at,
-            step_seconds=_median(self.step_seconds),
-            compute_seconds=_median(self.compute_seconds),
+            step_seconds=self._medians[0], compute_seconds=self._medians[1],
             done=self.done, updated_at=self.now(),
         )  # fmt: skip
 

@@ -1888,7 +1888,8 @@ def test_a_stall_names_the_ranks_that_went_quiet() -> None:
     stalled = plan_at(200, ranks)
     assert stalled.status.phase == "Restarting"
     message = cond(stalled.status, "Running").message
-    assert "rank 1 (pod llama-0-1 on node gpu-1) silent for 140 s, last at step 40" in message
+    named = "rank 1 (pod llama-0-1 on node gpu-1) silent for 140 s, its last report at step 40"
+    assert named in message
     assert "rank 0 (" not in message and "rank 0 was at step 41" in message
     # A rank that ended its part (rank 0 still publishing) is not quiet; nor another
     # attempt's rank.

@@ -50,7 +50,10 @@ def test_a_rank_reports_its_step_and_the_medians_of_its_recent_steps() -> None:
         clock.t += 1
         reporter.stepped(step, step_seconds=wall, compute_seconds=compute)
     assert reporter._sender is not None and reporter._sender.flush(5)
-    assert len(sink.reports) == 1  # the start; steps wait for the interval
+    # The start (unless the first step replaced it before it left: one slot, newest wins)
+    # and the first step at once; the other steps wait for the interval.
+    steps = [r.step for r in sink.reports]
+    assert steps[-1] == 1 and set(steps) <= {0, 1}, steps
     report = reporter.report()
     assert (report.rank, report.attempt, report.pod, report.node, report.step) == (
         3, 2, "job-2-1", "gpu-7", 4)  # fmt: skip
@@ -62,9 +65,11 @@ def test_a_rank_reports_its_step_and_the_medians_of_its_recent_steps() -> None:
 
 
 def test_a_rank_keeps_reporting_while_it_waits_and_stops_once_done() -> None:
-    """The heartbeat thread re-sends the last report, newly dated, while the training thread
-    is stuck (in a collective, an evaluation); after `finish` nothing more is sent (the
-    operator does not take a finished rank's silence for a stall)."""
+    """The heartbeat thread sends the current state, newly dated, while the training thread
+    is stuck (in a collective, an evaluation) or between reports, so the step it names is
+    the one reached (steps inside one interval are not sent themselves); after `finish`
+    nothing more is sent (the operator does not take a finished rank's silence for a
+    stall)."""
     sink = Collect()
     times = iter(NOW + timedelta(seconds=s) for s in range(10_000))
     reporter = RankReporter(sink, rank=1, interval=0.05, now=lambda: next(times))
@@ -74,6 +79,13 @@ def test_a_rank_keeps_reporting_while_it_waits_and_stops_once_done() -> None:
         time.sleep(0.02)
     assert len(sink.reports) >= 3
     assert sink.reports[-1].updated_at > sink.reports[0].updated_at
+    reporter.interval = 3600.0  # no step is sent itself from here
+    reporter.stepped(1, step_seconds=None, compute_seconds=0.5)
+    reporter.stepped(2, step_seconds=1.0, compute_seconds=0.5)
+    deadline = time.monotonic() + 5
+    while sink.reports[-1].step != 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (sink.reports[-1].step, sink.reports[-1].step_seconds) == (2, 1.0)
     reporter.finish()
     assert sink.reports[-1].done
     count = len(sink.reports)
