@@ -43,7 +43,7 @@ from . import failures
 from .children import Names
 from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
 from .kueue import QueueState
-from .ranks import current, quiet_ranks, straggler_message, track_stragglers, where
+from .ranks import silences, straggler_message, track_stragglers, where
 
 log = logging.getLogger("ftoperator")
 
@@ -302,17 +302,16 @@ def report_silence(
     if not spec.enabled or report is None or report.attempt != attempt or report.stage == "done":
         return None, None
     limit = spec.minimum_seconds
-    quiet = quiet_ranks(ranks, attempt, now, limit)
+    live = silences(ranks, attempt, now)
+    quiet = [(r, seconds) for r, seconds in live if seconds > limit]
     silent = (now - report.updated_at).total_seconds()
     if silent <= limit and not quiet:
-        ages = [(now - r.updated_at).total_seconds() for r in current(ranks, attempt).values()
-                if not r.done]  # fmt: skip
-        return None, limit - max([silent, *ages]) + 1.0
+        return None, limit - max([silent, *(seconds for _, seconds in live)]) + 1.0
     every = f"a running trainer reports at least every {heartbeat_seconds(limit):g} s"
     if quiet:
         named = "; ".join(
-            f"{where(r)} silent for {(now - r.updated_at).total_seconds():.0f} s, its last "
-            f"report at step {r.step}" for r in quiet
+            f"{where(r.rank, r.pod, r.node)} silent for {seconds:.0f} s, its last report at "
+            f"step {r.step}" for r, seconds in quiet
         )  # fmt: skip
         message = (f"{named} (runPolicy.stallDetection.minimumSeconds {limit}; {every}): "
                    f"the process is stopped or frozen; rank 0 was at step {report.step}, "

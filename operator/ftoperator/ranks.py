@@ -1,6 +1,7 @@
 """What the ranks' own reports (ftapi.progress.RankReport) tell the operator. Pure.
 
-    quiet_ranks(ranks, attempt, now, seconds)   the ranks silent for longer than `seconds`
+    silences(ranks, attempt, now)               each live rank, with the seconds since its
+                                                last report (past minimumSeconds: Stalled)
     slow_ranks(ranks, attempt, factor)          rank -> how many times slower it computes
                                                 than the median of the others
     track_stragglers(previous, ranks, ...)      status.stragglers next, and which of them
@@ -34,23 +35,23 @@ def current(ranks: Mapping[int, RankReport], attempt: int) -> dict[int, RankRepo
     return {rank: report for rank, report in ranks.items() if report.attempt == attempt}
 
 
-def quiet_ranks(
-    ranks: Mapping[int, RankReport], attempt: int, now: datetime, seconds: float
-) -> list[RankReport]:
-    """This attempt's ranks that have not reported for longer than `seconds` and have not
-    said they are done, by rank."""
+def silences(
+    ranks: Mapping[int, RankReport], attempt: int, now: datetime
+) -> list[tuple[RankReport, float]]:
+    """This attempt's ranks that have not said they are done, by rank, each with the
+    seconds since its last report."""
     return [
-        report
+        (report, (now - report.updated_at).total_seconds())
         for _, report in sorted(current(ranks, attempt).items())
-        if not report.done and (now - report.updated_at).total_seconds() > seconds
+        if not report.done
     ]
 
 
-def where(report: RankReport) -> str:
+def where(rank: int, pod: str | None, node: str | None) -> str:
     """`rank 1 (pod p on node n)`: what a message names."""
-    at = [f"pod {report.pod}" if report.pod else "", f"node {report.node}" if report.node else ""]
+    at = [f"pod {pod}" if pod else "", f"node {node}" if node else ""]
     place = " on ".join(part for part in at if part)
-    return f"rank {report.rank} ({place})" if place else f"rank {report.rank}"
+    return f"rank {rank} ({place})" if place else f"rank {rank}"
 
 
 def slow_ranks(ranks: Mapping[int, RankReport], attempt: int, factor: float) -> dict[int, float]:
@@ -107,8 +108,7 @@ def track_stragglers(
 
 
 def straggler_message(straggler: Straggler, spec: StragglerDetection) -> str:
-    place = where(RankReport(rank=straggler.rank, pod=straggler.pod, node=straggler.node,
-                             updated_at=straggler.since))  # fmt: skip
+    place = where(straggler.rank, straggler.pod, straggler.node)
     return (
         f"{place} computes {straggler.ratio:g}x slower than the median of the other ranks "
         f"since {straggler.since:%H:%M:%S}Z (runPolicy.stragglerDetection factor "

@@ -251,14 +251,14 @@ class Sender:
         self.sink = sink
         self.background = background
         self.heartbeat = heartbeat
-        """Re-send the last report, newly dated, after this many idle seconds (None: never):
-        the operator takes a silent trainer for a stopped one."""
+        """Send again (see `current`) after this many idle seconds (None: never): the
+        operator takes a silent trainer for a stopped one."""
         self.now = now
         self.final = final
+        """A report after which nothing is re-sent (the process is about to end)."""
         self.current = current
         """What a heartbeat sends: the sender's current state (None: the last report sent,
         newly dated)."""
-        """A report after which nothing is re-sent (the process is about to end)."""
         self._last: Dated | None = None
         self.sent = 0
         self.failures = 0

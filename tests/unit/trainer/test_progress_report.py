@@ -28,27 +28,10 @@ from fttrainer.progress import (
     metrics_from_logs,
     non_finite_from_logs,
 )
+from tests.unit.trainer.fakes import Collect, ManualClock
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "secret-token-that-must-never-be-logged"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class Collect:
-    """A sink that keeps what it is sent."""
-
-    def __init__(self) -> None:
-        self.reports: list[ProgressReport] = []
-
-    def send(self, report: ProgressReport) -> None:
-        self.reports.append(report)
 
 
 class Failing:
@@ -60,8 +43,8 @@ class Failing:
         raise KubeError(403, "finetunejobprogresses is forbidden")
 
 
-def _reporter(sink: Any = None, **kwargs: Any) -> tuple[ProgressReporter, Collect, Clock]:
-    collect, clock = Collect(), Clock()
+def _reporter(sink: Any = None, **kwargs: Any) -> tuple[ProgressReporter, Collect, ManualClock]:
+    collect, clock = Collect(), ManualClock(1000.0)
     reporter = ProgressReporter(
         sink if sink is not None else collect, clock=clock, now=lambda: NOW,
         background=False, **kwargs,

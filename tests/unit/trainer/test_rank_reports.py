@@ -4,7 +4,6 @@ tests/trainer/test_distributed.py and tests/e2e/test_stalls.py."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,30 +18,13 @@ from fttrainer.arguments import TORCH_COLLECTIVE_TIMEOUT, collective_timeout
 from fttrainer.divergence import SpikeWatch
 from fttrainer.faults import Faults
 from fttrainer.ranks import ComputeTimer, RankReporter, RankSink
+from tests.unit.trainer.fakes import Collect, ManualClock
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.reports: list[RankReport] = []
-        self.arrived = threading.Event()
-
-    def send(self, report: RankReport) -> None:
-        self.reports.append(report)
-        self.arrived.set()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_rank_reports_its_step_and_the_medians_of_its_recent_steps() -> None:
-    sink, clock = Collect(), Clock()
+    sink, clock = Collect(), ManualClock(100.0)
     reporter = RankReporter(sink, rank=3, attempt=2, pod="job-2-1", node="gpu-7", interval=60,
                             clock=clock, now=lambda: NOW)  # fmt: skip
     reporter.started()
@@ -118,7 +100,7 @@ def test_from_env_outside_a_cluster_is_a_no_op() -> None:
 
 
 def test_the_compute_timer_counts_the_forward_passes_of_each_step() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     timer = ComputeTimer(clock)
     assert timer.take() is None  # nothing timed
     for seconds in (0.25, 0.5):  # two micro-batches

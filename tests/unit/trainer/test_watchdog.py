@@ -15,17 +15,10 @@ from fttrainer.watchdog import (
     recorded_collectives,
     with_stall_watch,
 )
+from tests.unit.trainer.fakes import ManualClock
 
 SPEC = StallDetection(minimum_seconds=60, step_time_factor=10, startup_seconds=600,
                       evaluation_seconds=300, checkpoint_seconds=120)  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_each_phase_has_its_own_deadline_and_steps_follow_their_median() -> None:
@@ -42,7 +35,7 @@ def test_each_phase_has_its_own_deadline_and_steps_follow_their_median() -> None
 
 
 def test_the_deadline_counts_from_the_phase_and_only_whole_steps_set_the_pace() -> None:
-    clock = Clock()
+    clock = ManualClock()
     dog = Watchdog(SPEC, clock=clock)
     clock.t = 590
     assert dog.overdue() is None  # loading and the first step: 600 s
@@ -91,7 +84,7 @@ def test_a_disabled_watchdog_starts_no_thread() -> None:
 
 
 def test_evaluations_and_saves_during_training_are_phases_of_their_own() -> None:
-    dog = Watchdog(SPEC, clock=Clock())
+    dog = Watchdog(SPEC, clock=ManualClock())
 
     class Trainer:
         def evaluate(self) -> str:
