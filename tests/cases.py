@@ -5,10 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftapi.v1alpha1.common import is_credential_env
 from ftapi.v1alpha1.dataset import COLUMN_FORMATS
+from ftapi.v1alpha1.redirects import REDIRECT_GROUPS
 from fttestkit.builders import make_job
 
 GRPO = {"rewards": [{"type": "json"}]}
+# Names of the families redirects.py refuses by pattern (its exact names are all tried).
+REDIRECT_SAMPLES = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT", "KUBEFLOW_TRAINER_SERVER_URL", "https_proxy",
+    "HTTPS_PROXY", "No_Proxy", "ALL_PROXY", "all_proxy", "WANDB_HTTP_PROXY", "grpc_proxy",
+    "FSSPEC_HF_ENDPOINT", "FSSPEC_S3", "AWS_CSM_HOST", "AWS_CSM_ENABLED", "DATABRICKS_HOST",
+    "DATABRICKS_OIDC_TOKEN_FILEPATH", "KUBEFLOW_TRAINER_SERVER_TOKEN",
+    "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "AZURE_FEDERATED_TOKEN_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "CLOUDSDK_CONFIG",
+)  # fmt: skip
+
+
+def redirect_env(name: str, value: str) -> dict[str, Any]:
+    """An env entry setting `name`: a literal, or (a credential's name) a Secret key, so
+    that only the redirect rule breaks."""
+    if is_credential_env(name):
+        return {"name": name, "secretKeyRef": {"name": "s", "key": "k"}}
+    return {"name": name, "value": value}
+
 
 # id -> (manifest, the path an error must name, a phrase the message must contain)
 RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
@@ -173,6 +195,29 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "master address in env": (
         make_job().set("resources.env", [{"name": "MASTER_ADDR", "value": "x"}]).obj(),
         "spec.resources.env", "torchrun"),
+    **{
+        f"{name} in env": (
+            make_job().set("resources.env", [redirect_env(name, "https://elsewhere")]).obj(),
+            "spec.resources.env", group.what)
+        for group in REDIRECT_GROUPS
+        for name in (*group.names, *(s for s in REDIRECT_SAMPLES if group.refuses(s)))
+    },
+    **{
+        f"env value {value!r}": (
+            make_job().set("resources.env", [{"name": "A", "value": value}]).obj(),
+            "spec.resources.env", "may not reference other variables")
+        for value in ("$(HF_TOKEN)", "x-$(AWS_SECRET_ACCESS_KEY)-y", "$$$(A)")
+    },
+    "hub endpoint not a URL": (
+        make_job().set("model.hubEndpoint", "hub.internal").obj(),
+        "spec.model.hubEndpoint", "http(s) URL"),
+    "hub endpoint with a query": (
+        make_job().set("model.hubEndpoint", "https://hub.internal/?token=x").obj(),
+        "spec.model.hubEndpoint", "http(s) URL"),
+    "wandb server with credentials": (
+        make_job().set("logging", {"reportTo": ["wandb"], "wandb": {
+            "project": "p", "baseUrl": "https://user:pw@wandb.internal"}}).obj(),
+        "spec.logging.wandb.baseUrl", "http(s) URL"),
     "warmup ratio and steps": (
         make_job().set("training.warmupRatio", 0.1).set("training.warmupSteps", 10).obj(),
         "spec.training.warmupSteps", "not both"),

@@ -23,6 +23,14 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Tokens travel only this way: never in the spec, the ConfigMap, logs or status.
 ENV_HF_TOKEN = "HF_TOKEN"  # model.hfTokenSecretRef (downloads; huggingface_hub reads it)
 ENV_HUB_PUSH_TOKEN = "FINETUNE_HUB_PUSH_TOKEN"  # output.pushToHub.tokenSecretRef
+# model.hubEndpoint (else the operator's default Hub): huggingface_hub and datasets read it
+# once, at import, so it is set before either is imported (operator: the pod's env).
+ENV_HUB_ENDPOINT = "HF_ENDPOINT"
+# huggingface_hub falls back to a token file ($HF_HOME/token) when HF_TOKEN is unset: pods
+# point it at an empty file, so that no HF_HOME, XDG_CACHE_HOME or HOME can make it send
+# another file (the ServiceAccount token) as the Hub token.
+ENV_HUB_TOKEN_PATH = "HF_TOKEN_PATH"
+NO_TOKEN_FILE = "/dev/null"
 # output.s3.credentialsSecretRef: keys of that Secret, each set as the variable of its name.
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)

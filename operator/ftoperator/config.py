@@ -24,12 +24,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ftapi.constants import ENV_HUB_ENDPOINT
 from ftapi.v1alpha1 import FineTuneJob
-from ftapi.v1alpha1.common import IMAGE_PATTERN, check_quantity
+from ftapi.v1alpha1.common import IMAGE_PATTERN, SERVER_URL, check_quantity
 from ftapi.v1alpha1.resources import is_extended_resource_name
 from ftapi.v1alpha1.status import OperatorSettingsUsed
 
 ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"  # boto3's: how pods get the default S3 endpoint
+# The proxy variables, in both spellings: Python's clients read either, curl and Go only
+# some (curl ignores an upper-case HTTP_PROXY, Go reads upper-case first).
+PROXY_ENV = {"http": ("HTTP_PROXY", "http_proxy"), "https": ("HTTPS_PROXY", "https_proxy"),
+             "no": ("NO_PROXY", "no_proxy")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,12 @@ FLAGS: tuple[Flag, ...] = (
          "trainer image for jobs that name none"),
     Flag("scratch-size", "100Gi", "size limit of each pod's /workspace"),
     Flag("default-s3-endpoint", "", "S3 endpoint for jobs that name none"),
+    Flag("default-hub-endpoint", "",
+         "Hugging Face Hub (a private Hub or mirror) for jobs that name none; empty: "
+         "huggingface.co"),
+    Flag("http-proxy", "", "HTTP proxy given to every training pod (HTTP_PROXY)"),
+    Flag("https-proxy", "", "HTTPS proxy given to every training pod (HTTPS_PROXY)"),
+    Flag("no-proxy", "", "hosts every training pod reaches without the proxy (NO_PROXY)"),
     Flag("gpu-resource-name", "nvidia.com/gpu",
          "GPU resource for jobs that name none, e.g. amd.com/gpu"),
     Flag("gpu-tolerations", "[]",
@@ -68,6 +79,18 @@ FLAGS: tuple[Flag, ...] = (
     # The platform's admission policy (policy.py).
     Flag("allowed-registries", "",
          "comma-separated image prefixes jobs may use; empty: any", "list"),
+    Flag("allowed-s3-endpoints", "",
+         "comma-separated S3 endpoint URLs jobs may name in output.s3.endpoint; empty: any",
+         "list"),
+    Flag("allowed-tracker-urls", "",
+         "comma-separated MLflow tracking URIs and W&B server URLs jobs may name; empty: any",
+         "list"),
+    Flag("allowed-hub-endpoints", "",
+         "comma-separated Hugging Face Hub URLs jobs may name in model.hubEndpoint; empty: "
+         "any", "list"),
+    Flag("forbid-trust-remote-code", "false",
+         "refuse jobs that set model.trustRemoteCode (it runs the model repository's code "
+         "beside the job's credentials)", "switch"),
     Flag("forbid-service-account-name", "false",
          "refuse jobs that set resources.serviceAccountName", "switch"),
     Flag("allowed-priority-classes", "",
@@ -107,9 +130,25 @@ class Settings:
     default_s3_endpoint: str | None = None
     """S3 endpoint for jobs whose spec names none (a MinIO or Ceph service in the cluster):
     given to the pods as AWS_ENDPOINT_URL_S3, which boto3 reads."""
+    default_hub_endpoint: str | None = None
+    """Hugging Face Hub for jobs whose spec names none (a private Hub or a mirror): given to
+    the pods as HF_ENDPOINT."""
+    proxies: tuple[tuple[str, str], ...] = ()
+    """("http" | "https" | "no", value): the proxies every training pod gets (the only way
+    a pod gets one: resources.env may not set them)."""
     allowed_registries: tuple[str, ...] = ()
     """Registries or repository paths jobs' images must come from (e.g.
     "registry.internal/ml"), matched at a path boundary; empty: any image."""
+    allowed_s3_endpoints: tuple[str, ...] = ()
+    """S3 endpoints jobs may name (output.s3.endpoint), matched as URL prefixes
+    (policy.url_allowed); empty: any. An unset endpoint (the default) is always allowed."""
+    allowed_tracker_urls: tuple[str, ...] = ()
+    """MLflow tracking URIs and W&B servers jobs may name; empty: any."""
+    allowed_hub_endpoints: tuple[str, ...] = ()
+    """Hugging Face Hubs jobs may name (model.hubEndpoint); empty: any."""
+    forbid_trust_remote_code: bool = False
+    """Refuse jobs that set model.trustRemoteCode: the repository's code runs in the pod,
+    beside every credential the job references."""
     gpu_resource_name: str = DEFAULTS["gpu-resource-name"]
     """For jobs whose spec names none (an AMD cluster: amd.com/gpu)."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
@@ -193,7 +232,21 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         default_image=args.default_image,
         scratch_size=args.scratch_size,
         default_s3_endpoint=args.default_s3_endpoint or None,
+        default_hub_endpoint=args.default_hub_endpoint or None,
+        proxies=tuple(
+            (kind, value)
+            for kind, value in (
+                ("http", args.http_proxy),
+                ("https", args.https_proxy),
+                ("no", args.no_proxy),
+            )
+            if value
+        ),
         allowed_registries=_listed(args.allowed_registries),
+        allowed_s3_endpoints=_listed(args.allowed_s3_endpoints),
+        allowed_tracker_urls=_listed(args.allowed_tracker_urls),
+        allowed_hub_endpoints=_listed(args.allowed_hub_endpoints),
+        forbid_trust_remote_code=args.forbid_trust_remote_code,
         gpu_resource_name=args.gpu_resource_name,
         gpu_tolerations=tuple(tolerations),
         default_cpu=args.default_cpu or None,
@@ -246,6 +299,16 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[di
     if not re.fullmatch(IMAGE_PATTERN, args.default_image):
         parser.error(f"--default-image: {args.default_image!r} is empty or has whitespace "
                      "around it (the API server refuses such a pod)")  # fmt: skip
+    for flag, value in (("--default-hub-endpoint", args.default_hub_endpoint),
+                        ("--default-s3-endpoint", args.default_s3_endpoint)):  # fmt: skip
+        if value and not re.match(SERVER_URL, value):
+            parser.error(f"{flag}: {value!r} is not an http(s) URL such as https://host:port")
+    for flag, listed in (("--allowed-s3-endpoints", args.allowed_s3_endpoints),
+                         ("--allowed-tracker-urls", args.allowed_tracker_urls),
+                         ("--allowed-hub-endpoints", args.allowed_hub_endpoints)):  # fmt: skip
+        for entry in _listed(listed):
+            if "://" not in entry:
+                parser.error(f"{flag}: {entry!r} is not a URL (scheme://host[:port][/path])")
     if not is_extended_resource_name(args.gpu_resource_name):
         parser.error(f"--gpu-resource-name: {args.gpu_resource_name!r} is not an extended "
                      "resource name such as nvidia.com/gpu or amd.com/gpu")  # fmt: skip
@@ -266,24 +329,25 @@ def gpu_resource_of(job: FineTuneJob, settings: Settings) -> str:
 def settings_used(job: FineTuneJob, settings: Settings) -> OperatorSettingsUsed:
     """What a job's first attempt takes from the operator's settings (recorded in status)."""
     return OperatorSettingsUsed(
-        image=image_of(job, settings), s3_endpoint=settings.default_s3_endpoint
+        image=image_of(job, settings),
+        s3_endpoint=settings.default_s3_endpoint,
+        hub_endpoint=settings.default_hub_endpoint,
     )
 
 
 def settings_of(batch_job: dict[str, Any]) -> OperatorSettingsUsed | None:
     """The settings a Job was made with, read back from its trainer container (the image,
-    and the default S3 endpoint when it was given one): settings_used's inverse, for a job
+    and the default S3 endpoint and Hub when it was given them): settings_used's inverse, for a job
     whose first status was never written. None when the Job has no trainer container."""
     spec = batch_job.get("spec", {}).get("template", {}).get("spec", {})
     for container in spec.get("containers") or []:
         if container.get("name") != "trainer" or not container.get("image"):
             continue
-        endpoint = next(
-            (e.get("value") for e in container.get("env") or []
-             if e.get("name") == ENV_S3_ENDPOINT and e.get("value")),
-            None,
+        values = {e.get("name"): e.get("value") for e in container.get("env") or []}
+        return OperatorSettingsUsed(
+            image=container["image"], s3_endpoint=values.get(ENV_S3_ENDPOINT) or None,
+            hub_endpoint=values.get(ENV_HUB_ENDPOINT) or None,
         )  # fmt: skip
-        return OperatorSettingsUsed(image=container["image"], s3_endpoint=endpoint)
     return None
 
 
@@ -291,4 +355,7 @@ def with_recorded(settings: Settings, used: OperatorSettingsUsed | None) -> Sett
     """The settings for a later attempt: the recorded image and endpoint win over today's."""
     if used is None:
         return settings
-    return replace(settings, default_image=used.image, default_s3_endpoint=used.s3_endpoint)
+    return replace(
+        settings, default_image=used.image, default_s3_endpoint=used.s3_endpoint,
+        default_hub_endpoint=used.hub_endpoint,
+    )  # fmt: skip

@@ -2,12 +2,15 @@
 
     refusal = policy_violation(job, settings)   # (reason, message) or None
 
-The CRD cannot know a cluster's policy (allowed registries, PriorityClasses, node label
-keys, per-job ServiceAccounts) nor tell a hub id from a relative path: the controller checks
-these before every attempt and fails the job with the reason, never retrying it.
+The CRD cannot know a cluster's policy (allowed registries, the servers a job's credentials
+may go to, trustRemoteCode, PriorityClasses, node label keys, per-job ServiceAccounts) nor
+tell a hub id from a relative path: the controller checks these before every attempt and
+fails the job with the reason, never retrying it.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from ftapi.v1alpha1 import FineTuneJob
 from ftapi.v1alpha1.model import is_relative_path
@@ -27,6 +30,15 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
         return "ImageNotAllowed", (
             f"image {image} is not from an allowed registry ({', '.join(allowed)}): "
             "set spec.resources.image to one, or ask your platform team"
+        )
+    endpoint = endpoint_violation(job, settings)
+    if endpoint:
+        return endpoint
+    if settings.forbid_trust_remote_code and job.spec.model.trust_remote_code:
+        return "TrustRemoteCodeNotAllowed", (
+            "spec.model.trustRemoteCode is not allowed by this operator's settings "
+            "(forbidTrustRemoteCode: the model repository's code would run beside the job's "
+            "credentials): remove it, or ask your platform team"
         )
     if settings.forbid_service_account_name and resources.service_account_name:
         return "ServiceAccountNotAllowed", (
@@ -58,6 +70,74 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             f"{', '.join(keys)}): spec.resources.nodeSelector and node affinity may use only those"
         )
     return None
+
+
+def named_servers(job: FineTuneJob) -> list[tuple[str, str, str, str]]:
+    """(reason, spec field, URL, setting) for every server the spec names that a credential
+    of the job goes to. Unset fields name none: the platform's default (the operator's
+    default endpoint or Hub) or the service's own (AWS, huggingface.co, W&B's cloud)."""
+    spec = job.spec
+    named = []
+    if spec.output.s3 is not None and spec.output.s3.endpoint:
+        named.append(("S3EndpointNotAllowed", "spec.output.s3.endpoint",
+                      spec.output.s3.endpoint, "allowedS3Endpoints"))  # fmt: skip
+    if spec.logging.mlflow is not None:
+        named.append(("TrackerNotAllowed", "spec.logging.mlflow.trackingUri",
+                      spec.logging.mlflow.tracking_uri, "allowedTrackerUrls"))  # fmt: skip
+    if spec.logging.wandb is not None and spec.logging.wandb.base_url:
+        named.append(("TrackerNotAllowed", "spec.logging.wandb.baseUrl",
+                      spec.logging.wandb.base_url, "allowedTrackerUrls"))  # fmt: skip
+    if spec.model.hub_endpoint:
+        named.append(("HubEndpointNotAllowed", "spec.model.hubEndpoint",
+                      spec.model.hub_endpoint, "allowedHubEndpoints"))  # fmt: skip
+    return named
+
+
+def endpoint_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
+    """The first server the spec names outside the operator's allow-list for it."""
+    lists = {
+        "allowedS3Endpoints": settings.allowed_s3_endpoints,
+        "allowedTrackerUrls": settings.allowed_tracker_urls,
+        "allowedHubEndpoints": settings.allowed_hub_endpoints,
+    }
+    for reason, field, url, setting in named_servers(job):
+        allowed = lists[setting]
+        if allowed and not any(url_allowed(url, entry) for entry in allowed):
+            return reason, (
+                f"{field} {url} is not allowed by this operator's {setting} "
+                f"({', '.join(allowed)}): name one of them, leave the field unset for the "
+                "platform's default, or ask your platform team"
+            )
+    return None
+
+
+def url_allowed(url: str, entry: str) -> bool:
+    """`url` is the server `entry` names, or under its path: same scheme, host and port
+    (the scheme's default when absent), and the entry's path a prefix at a "/" boundary. So
+    https://mlflow.internal admits https://mlflow.internal/team-a but neither
+    https://mlflow.internal.example.com, https://mlflow.internal:8443, nor
+    http://mlflow.internal; a URL with user:password@ never matches."""
+    try:
+        have, want = urlsplit(url), urlsplit(entry)
+        have_port, want_port = _port(have.scheme, have.port), _port(want.scheme, want.port)
+    except ValueError:  # an unparsable port
+        return False
+    if have.username is not None or have.password is not None:
+        return False
+    if any(part in (".", "..") or "%" in part for part in have.path.split("/")):
+        return False  # /team-a/../team-b, or encoded: compared as written, not as resolved
+    if (have.scheme.lower(), (have.hostname or ""), have_port) != (
+        want.scheme.lower(),
+        (want.hostname or ""),
+        want_port,
+    ):
+        return False
+    prefix = want.path.rstrip("/")
+    return not prefix or have.path == prefix or have.path.startswith(prefix + "/")
+
+
+def _port(scheme: str, port: int | None) -> int | None:
+    return port if port is not None else {"http": 80, "https": 443}.get(scheme.lower())
 
 
 def device_mismatch(job: FineTuneJob) -> str | None:

@@ -4,7 +4,8 @@ from the final checkpoint and publishes again without training, and a refusal th
 repeat (the Hub's 403) ends the run as PublishFailed with the model kept in output.uri.
 
 No Hub is reachable here: a local HTTP server stands in for the Hub's API and answers every
-request with the status the test sets (HF_ENDPOINT points the client at it)."""
+request with the status the test sets; the job's model.hubEndpoint points the client at it
+(the trainer sets HF_ENDPOINT from it before huggingface_hub is imported)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def _run(model: Path, data: Path, out: Path, endpoint: str) -> tuple[
     subprocess.CompletedProcess[str], str
 ]:  # fmt: skip
     push = "output.pushToHub={repoId: team/model, tokenSecretRef: {name: hub, key: token}}"
-    env = {"HF_ENDPOINT": endpoint, "FINETUNE_HUB_PUSH_TOKEN": TOKEN}
-    return run_quickstart(model, data, out, "output.saveSteps=2", push, env=env)
+    env = {"FINETUNE_HUB_PUSH_TOKEN": TOKEN}
+    hub = f"model.hubEndpoint={endpoint}"
+    return run_quickstart(model, data, out, "output.saveSteps=2", push, hub, env=env)
 
 
 def test_a_failed_publish_is_retried_without_training_and_a_refusal_fails_it(

@@ -377,6 +377,10 @@ def _run(args: argparse.Namespace) -> int:
     if loaded is None:
         return invalid_input(complaints.getvalue())
     job = loaded.job
+    if job.spec.model.hub_endpoint:  # before huggingface_hub and datasets read it, at import
+        from ftapi.constants import ENV_HUB_ENDPOINT
+
+        os.environ[ENV_HUB_ENDPOINT] = job.spec.model.hub_endpoint
     import torch
 
     from .quiet import quiet_libraries

@@ -78,6 +78,8 @@ def tracker_env(logging_spec: LoggingSpec, *, job_name: str, output_dir: Path) -
             env["WANDB_TAGS"] = ",".join(wandb.tags)
         if wandb.mode:
             env["WANDB_MODE"] = wandb.mode
+        if wandb.base_url:
+            env["WANDB_BASE_URL"] = wandb.base_url
         # The model goes to output.uri, not to W&B artifacts; no gradient hooks.
         env["WANDB_LOG_MODEL"] = "false"
         env["WANDB_WATCH"] = "false"
@@ -251,6 +253,8 @@ def wandb_init_args(env: Mapping[str, str]) -> dict[str, Any]:
     args: dict[str, Any] = {arg: env[name] for name, arg in names.items() if env.get(name)}
     if env.get("WANDB_TAGS"):
         args["tags"] = env["WANDB_TAGS"].split(",")
+    if env.get("WANDB_BASE_URL"):
+        args["settings"] = {"base_url": env["WANDB_BASE_URL"]}
     return args
 
 

@@ -148,6 +148,26 @@ USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
 """A URL with user:password@ (or a token@) before the host: a credential in the spec."""
 
 
+# An http(s) URL of a server: scheme, host (and port), optional path; nothing else (no
+# user:password@, query or fragment).
+SERVER_URL = r"^https?://[^/?#@ ]+(/[^?#@ ]*)?$"
+
+
+def server_url(field: str, example: str) -> Rule:
+    """A field naming a server the job's credentials go to is a plain http(s) URL: what the
+    operator's allow-lists can match (ftoperator.policy)."""
+    attribute = to_snake(field)
+    return Rule(
+        cel=f"!has(self.{field}) || self.{field}.matches('{SERVER_URL}')",
+        message=f"{field} must be an http(s) URL such as {example} (no credentials, query or "
+        "fragment)",
+        check=lambda o: (
+            getattr(o, attribute) is None or re.match(SERVER_URL, getattr(o, attribute)) is not None
+        ),
+        field=f".{field}",
+    )
+
+
 def no_credentials_in_url(field: str) -> Rule:
     """A URL field (`field` on the wire) may not carry credentials: specs are readable by
     everyone who may list the job, and appear in logs and status."""

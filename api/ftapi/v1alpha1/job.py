@@ -74,7 +74,11 @@ _DEFAULT_LEARNING_RATES = {
 # entry of the same name would come after it in the pod and silently replace that Secret.
 SECRET_FED_ENV = (
     ("model.hfTokenSecretRef", (ENV_HF_TOKEN,)),
-    ("output.s3.credentialsSecretRef", S3_SECRET_KEYS + S3_OPTIONAL_SECRET_KEYS),
+    # botocore reads AWS_SECURITY_TOKEN before AWS_SESSION_TOKEN: it would replace it too.
+    (
+        "output.s3.credentialsSecretRef",
+        S3_SECRET_KEYS + S3_OPTIONAL_SECRET_KEYS + ("AWS_SECURITY_TOKEN",),
+    ),
     ("logging.mlflow.tokenSecretRef", (MLFLOW_TOKEN_ENV,)),
     ("logging.wandb.apiKeySecretRef", (WANDB_KEY_ENV,)),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ._base import ApiModel
-from .common import Dtype, SecretKeyRef, ShortText, Uri
+from .common import Dtype, SecretKeyRef, ShortText, Text, Uri, server_url
 
 
 def is_relative_path(name: str) -> bool:
@@ -42,3 +42,11 @@ class ModelSpec(ApiModel):
     hf_token_secret_ref: SecretKeyRef | None = None
     """Secret key holding a Hugging Face token, for gated or private models (and for
     output.pushToHub unless it names its own)."""
+    hub_endpoint: Text | None = None
+    """The Hugging Face Hub the model, hf:// datasets and output.pushToHub use, and the
+    only host the Hub token is sent to: a private Hub or a mirror, e.g.
+    https://hub.internal. Unset: the operator's default (operator.defaultHubEndpoint), else
+    https://huggingface.co. The operator's allowedHubEndpoints governs it; the HF_ENDPOINT
+    variable is refused in resources.env."""
+
+    rules = (server_url("hubEndpoint", "https://hub.internal"),)

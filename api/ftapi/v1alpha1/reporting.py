@@ -7,7 +7,15 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ._base import ApiModel, Rule
-from .common import SET_LIST, SecretKeyRef, ShortText, Text, UniqueItems, no_credentials_in_url
+from .common import (
+    SET_LIST,
+    SecretKeyRef,
+    ShortText,
+    Text,
+    UniqueItems,
+    no_credentials_in_url,
+    server_url,
+)
 
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
 # Environment variables the trackers' clients read their credentials from: the operator
@@ -20,7 +28,9 @@ class MlflowSpec(ApiModel):
     """MLflow tracking."""
 
     tracking_uri: Text
-    """Tracking server URL (or file:/ path)."""
+    """Tracking server URL (or file:/ path), the only host the token is sent to (and the
+    Model Registry's too). The operator's allowedTrackerUrls governs it; MLFLOW_TRACKING_URI
+    and MLFLOW_REGISTRY_URI are refused in resources.env."""
     experiment: ShortText = "finetune"
     """Experiment name (created when missing)."""
     run_name: ShortText | None = None
@@ -64,6 +74,12 @@ class WandbSpec(ApiModel):
     `wandb sync`, for clusters without access to W&B; unset: W&B's default (online)."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key with the W&B API key."""
+    base_url: Text | None = None
+    """A self-hosted or dedicated W&B server, e.g. https://wandb.internal, and the only host
+    the API key is sent to; unset: W&B's cloud (https://api.wandb.ai). The operator's
+    allowedTrackerUrls governs it; WANDB_BASE_URL is refused in resources.env."""
+
+    rules = (server_url("baseUrl", "https://wandb.internal"),)
 
 
 class LoggingSpec(ApiModel):

@@ -21,6 +21,13 @@ from .common import (
     qualified_key_cel,
     unique_by,
 )
+from .redirects import (
+    REDIRECT_GROUPS,
+    REFERENCE_MESSAGE,
+    VARIABLE_REFERENCE,
+    RedirectGroup,
+    references_variable,
+)
 
 # Set by the operator for torchrun; a user value would silently break the rendezvous.
 RESERVED_ENV = (
@@ -93,6 +100,18 @@ _RESERVED_CEL = (
     + "".join(f" && !e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
     + ")"
 )
+
+
+def _redirect_rule(group: RedirectGroup) -> Rule:
+    """resources.env sets no variable of `group` (redirects.py)."""
+    refused = [f"e.name in [{', '.join(repr(n) for n in group.names)}]"] if group.names else []
+    refused += [f"e.name.matches('^(?:{p})$')" for p in group.patterns]
+    return Rule(
+        cel=f"self.env.all(e, !({' || '.join(refused)}))",
+        message=group.message(),
+        check=lambda r: not any(group.refuses(e.name) for e in r.env),
+        field=".env",
+    )
 
 
 def is_extended_resource_name(name: str) -> bool:
@@ -169,7 +188,9 @@ class ResourcesSpec(ApiModel):
         ),
         unique_by("name"),
     ] = []
-    """Extra environment for the trainer. torchrun's variables and FINETUNE_* are refused."""
+    """Extra environment for the trainer. Refused: torchrun's variables and FINETUNE_* (the
+    operator sets them), variables that move a credential elsewhere (endpoints, proxies, TLS
+    trust, credential files: use the spec field the message names) and $(NAME) references."""
     labels: Annotated[dict[str, LabelValue], Field(max_length=64)] = {}
     """Extra labels on the pods (cost allocation, policies): label keys and values (at most
     63 characters)."""
@@ -192,6 +213,13 @@ class ResourcesSpec(ApiModel):
             "with requests., a domain of at most 244 and a name of at most 63 characters",
             check=lambda r: _extended_resource(r.gpu_resource_name),
             field=".gpuResourceName",
+        ),
+        *(_redirect_rule(group) for group in REDIRECT_GROUPS),
+        Rule(
+            cel=f"self.env.all(e, !has(e.value) || !e.value.matches('{VARIABLE_REFERENCE}'))",
+            message=REFERENCE_MESSAGE,
+            check=lambda r: not any(references_variable(e.value) for e in r.env),
+            field=".env",
         ),
         _keys_rule("nodeSelector", "nodeSelector"),
         _keys_rule("labels", "label"),

@@ -128,6 +128,9 @@ class OperatorSettingsUsed(ApiModel):
     s3_endpoint: Text | None = None
     """The S3 endpoint given to the pods when the spec names none (the operator's default
     endpoint at the first attempt); absent when there is none."""
+    hub_endpoint: Text | None = None
+    """The Hugging Face Hub given to the pods when the spec names none (the operator's
+    default at the first attempt); absent when there is none."""
 
 
 class CheckpointStatus(ApiModel):

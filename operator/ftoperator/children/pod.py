@@ -9,7 +9,10 @@ from typing import Any
 from ftapi import contract
 from ftapi.constants import (
     ENV_HF_TOKEN,
+    ENV_HUB_ENDPOINT,
     ENV_HUB_PUSH_TOKEN,
+    ENV_HUB_TOKEN_PATH,
+    NO_TOKEN_FILE,
     S3_OPTIONAL_SECRET_KEYS,
     S3_SECRET_KEYS,
 )
@@ -23,7 +26,13 @@ from ftapi.progress import (
     ENV_PROGRESS_NAME,
 )
 from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
-from ftoperator.config import ENV_S3_ENDPOINT, Settings, gpu_resource_of, image_of
+from ftoperator.config import (
+    ENV_S3_ENDPOINT,
+    PROXY_ENV,
+    Settings,
+    gpu_resource_of,
+    image_of,
+)
 
 from .naming import Names
 
@@ -85,6 +94,9 @@ def build_pod_spec(
         "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
         "subdomain": names.service,
         "serviceAccountName": account,
+        # No <SERVICE>_HOST/_PORT variables from the namespace's Services: whoever may create
+        # a Service there would otherwise add to the trainer's environment (redirects.py).
+        "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -176,6 +188,12 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
     s3 = spec.output.s3
     if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
         env.append({"name": ENV_S3_ENDPOINT, "value": settings.default_s3_endpoint})
+    env.append({"name": ENV_HUB_TOKEN_PATH, "value": NO_TOKEN_FILE})
+    hub = spec.model.hub_endpoint or settings.default_hub_endpoint
+    if hub:
+        env.append({"name": ENV_HUB_ENDPOINT, "value": hub})
+    for kind, value in settings.proxies:
+        env += [{"name": name, "value": value} for name in PROXY_ENV[kind]]
     if s3 is not None and s3.credentials_secret_ref is not None:
         secret = s3.credentials_secret_ref.name
         env += [_secret_env(key, secret, key) for key in S3_SECRET_KEYS]

@@ -35,7 +35,7 @@ def test_the_docs_list_exactly_the_failure_reasons_and_blockers() -> None:
         name
         for row in table.splitlines()
         if row.startswith("| `")
-        for name in re.findall(r"`([A-Za-z]+)`", row.split("|")[1])
+        for name in re.findall(r"`([A-Za-z0-9]+)`", row.split("|")[1])
     }
     ending = {r.name for r in failures.REASONS if r.scope != "blocker"}
     assert documented == ending

@@ -101,12 +101,14 @@ def test_wandb_is_given_every_setting_explicitly() -> None:
     logging = _logging(
         reportTo=["wandb"],
         wandb={"project": "ft", "entity": "acme", "group": "sweep", "tags": ["a", "b"],
-               "mode": "offline"},
+               "mode": "offline", "baseUrl": "https://wandb.internal"},
     )  # fmt: skip
     env = tracker_env(logging, job_name="job-1", output_dir=OUT)
+    assert env["WANDB_BASE_URL"] == "https://wandb.internal"
     assert wandb_init_args(env) == {
         "project": "ft", "name": "job-1", "dir": "/results/job-1", "entity": "acme",
         "group": "sweep", "mode": "offline", "tags": ["a", "b"],
+        "settings": {"base_url": "https://wandb.internal"},
     }  # fmt: skip
     assert wandb_init_args({}) == {}
 

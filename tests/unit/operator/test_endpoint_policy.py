@@ -1,0 +1,181 @@
+"""The servers a job's credentials may go to are the platform's choice: the allow-lists
+(--allowed-s3-endpoints, --allowed-tracker-urls, --allowed-hub-endpoints), how a URL is
+matched against them, --forbid-trust-remote-code, and the Hub and proxies the pods get."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ftapi import parse_job
+from ftoperator.children import build_children
+from ftoperator.config import Settings, parse_options, settings_of, settings_used, with_recorded
+from ftoperator.policy import policy_violation, url_allowed
+from fttestkit.builders import JobBuilder, make_job
+
+MLFLOW = {"reportTo": ["mlflow"], "mlflow": {"trackingUri": "https://mlflow.internal/team-a"}}
+WANDB = {"reportTo": ["wandb"], "wandb": {"project": "p", "baseUrl": "https://wandb.internal"}}
+LISTS = Settings(
+    allowed_s3_endpoints=("http://minio.storage:9000",),
+    allowed_tracker_urls=("https://mlflow.internal", "https://wandb.internal"),
+    allowed_hub_endpoints=("https://hub.internal/",),
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "entry", "allowed"),
+    [
+        ("https://mlflow.internal", "https://mlflow.internal", True),
+        ("https://mlflow.internal/team-a", "https://mlflow.internal", True),
+        ("https://MLflow.Internal:443/x", "https://mlflow.internal/", True),
+        ("http://minio.storage:9000", "http://minio.storage:9000/", True),
+        ("https://mlflow.internal/team-a/x", "https://mlflow.internal/team-a", True),
+        ("file:///tmp/mlruns/a", "file:///tmp/mlruns", True),
+        # Another host that starts like it, another port, another scheme.
+        ("https://mlflow.internal.example.com", "https://mlflow.internal", False),
+        ("https://mlflow.internal:8443", "https://mlflow.internal", False),
+        ("http://mlflow.internal", "https://mlflow.internal", False),
+        ("http://minio.storage:9001", "http://minio.storage:9000", False),
+        # A path prefix ends at a "/"; a path that climbs out of it is not under it.
+        ("https://mlflow.internal/team-ab", "https://mlflow.internal/team-a", False),
+        ("https://mlflow.internal/team-a/../team-b", "https://mlflow.internal/team-a", False),
+        ("https://mlflow.internal/team-a/%2e%2e/team-b", "https://mlflow.internal/team-a", False),
+        # Credentials in the URL, or an unparsable port, never match.
+        ("https://mlflow.internal@evil.example", "https://mlflow.internal", False),
+        ("https://user@mlflow.internal", "https://mlflow.internal", False),
+        ("http://minio.storage:port", "http://minio.storage", False),
+    ],
+)
+def test_a_url_is_allowed_only_on_the_entrys_server_and_under_its_path(
+    url: str, entry: str, allowed: bool
+) -> None:
+    assert url_allowed(url, entry) is allowed
+
+
+def _refusal(job: JobBuilder, settings: Settings = LISTS) -> tuple[str, str] | None:
+    return policy_violation(parse_job(job.obj()), settings)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "reason", "field", "setting"),
+    [
+        ("output", {"uri": "s3://b/p", "s3": {"endpoint": "https://s3.attacker.example"}},
+         "S3EndpointNotAllowed", "spec.output.s3.endpoint", "allowedS3Endpoints"),
+        ("logging", {**MLFLOW, "mlflow": {"trackingUri": "https://mlflow.attacker.example"}},
+         "TrackerNotAllowed", "spec.logging.mlflow.trackingUri", "allowedTrackerUrls"),
+        ("logging", {**WANDB, "wandb": {"project": "p", "baseUrl": "https://attacker.example"}},
+         "TrackerNotAllowed", "spec.logging.wandb.baseUrl", "allowedTrackerUrls"),
+        ("model.hubEndpoint", "https://hub.attacker.example", "HubEndpointNotAllowed",
+         "spec.model.hubEndpoint", "allowedHubEndpoints"),
+    ],
+)  # fmt: skip
+def test_a_server_outside_the_allow_list_fails_the_job_naming_the_field_and_setting(
+    section: str, value: Any, reason: str, field: str, setting: str
+) -> None:
+    refused = _refusal(make_job("a").set(section, value))
+    assert refused is not None and refused[0] == reason, refused
+    assert field in refused[1] and setting in refused[1] and "attacker.example" in refused[1]
+    assert _refusal(make_job("a").set(section, value), Settings()) is None  # no list: any
+
+
+def test_allowed_servers_and_unset_fields_pass() -> None:
+    allowed = (
+        make_job("a")
+        .set("output", {"uri": "s3://b/p", "s3": {"endpoint": "http://minio.storage:9000"}})
+        .set("logging", MLFLOW)
+        .set("model.hubEndpoint", "https://hub.internal")
+    )
+    assert _refusal(allowed) is None
+    assert _refusal(make_job("a").set("logging", WANDB)) is None
+    # Unset: the platform's default, or the service's own (AWS, huggingface.co, W&B's cloud).
+    unset = make_job("a").set("output", {"uri": "s3://b/p"}).set("logging", {
+        "reportTo": ["wandb"], "wandb": {"project": "p"}})  # fmt: skip
+    assert _refusal(unset) is None
+
+
+def test_trust_remote_code_is_refused_only_when_the_operator_forbids_it() -> None:
+    job = make_job("a").set("model.trustRemoteCode", True)
+    refused = _refusal(job, Settings(forbid_trust_remote_code=True))
+    assert refused is not None and refused[0] == "TrustRemoteCodeNotAllowed"
+    assert "forbidTrustRemoteCode" in refused[1]
+    assert _refusal(job, Settings()) is None
+    assert _refusal(make_job("a"), Settings(forbid_trust_remote_code=True)) is None
+
+
+def test_the_namespaces_services_add_no_variables_to_the_pods() -> None:
+    children = build_children(parse_job(make_job("a").obj()), attempt=0, settings=Settings())
+    assert children.job["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def _env(job: JobBuilder, settings: Settings) -> dict[str, str]:
+    children = build_children(parse_job(job.obj()), attempt=0, settings=settings)
+    container = children.job["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_the_pods_get_the_jobs_hub_else_the_operators_and_the_platforms_proxies() -> None:
+    settings = Settings(
+        default_hub_endpoint="https://mirror.internal",
+        proxies=(("https", "http://proxy.internal:3128"), ("no", ".svc,10.0.0.0/8")),
+    )
+    env = _env(make_job("a"), settings)
+    assert env["HF_ENDPOINT"] == "https://mirror.internal"
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == "http://proxy.internal:3128"
+    assert env["NO_PROXY"] == env["no_proxy"] == ".svc,10.0.0.0/8"
+    assert "HTTP_PROXY" not in env and "http_proxy" not in env  # not set: not given
+    own = _env(make_job("a").set("model.hubEndpoint", "https://hub.internal"), settings)
+    assert own["HF_ENDPOINT"] == "https://hub.internal"
+    assert "HF_ENDPOINT" not in _env(make_job("a"), Settings())  # huggingface_hub's default
+    # No token file: HF_HOME (the user's to set) cannot make another file the Hub token.
+    assert _env(make_job("a"), Settings())["HF_TOKEN_PATH"] == "/dev/null"
+
+
+def test_the_default_hub_of_the_first_attempt_is_kept_by_later_ones() -> None:
+    job = parse_job(make_job("a").obj())
+    first = Settings(default_hub_endpoint="https://mirror.internal")
+    used = settings_used(job, first)
+    assert used.hub_endpoint == "https://mirror.internal"
+    later = with_recorded(Settings(default_hub_endpoint="https://other.internal"), used)
+    assert later.default_hub_endpoint == "https://mirror.internal"
+    batch_job = build_children(job, attempt=0, settings=first).job
+    read_back = settings_of(batch_job)
+    assert read_back is not None and read_back.hub_endpoint == "https://mirror.internal"
+
+
+def test_the_settings_come_from_flags_and_their_variables() -> None:
+    env = {
+        "FTO_ALLOWED_S3_ENDPOINTS": "http://minio.storage:9000, https://s3.internal",
+        "FTO_ALLOWED_TRACKER_URLS": "https://mlflow.internal",
+        "FTO_ALLOWED_HUB_ENDPOINTS": "https://hub.internal",
+        "FTO_DEFAULT_HUB_ENDPOINT": "https://hub.internal",
+        "FTO_FORBID_TRUST_REMOTE_CODE": "true",
+        "FTO_HTTPS_PROXY": "http://proxy:3128",
+    }
+    settings = parse_options([], env=env).settings
+    assert settings.allowed_s3_endpoints == ("http://minio.storage:9000", "https://s3.internal")
+    assert settings.allowed_tracker_urls == ("https://mlflow.internal",)
+    assert settings.allowed_hub_endpoints == ("https://hub.internal",)
+    assert settings.default_hub_endpoint == "https://hub.internal"
+    assert settings.forbid_trust_remote_code is True
+    assert settings.proxies == (("https", "http://proxy:3128"),)
+    assert parse_options(["--no-forbid-trust-remote-code"], env=env).settings == Settings(
+        **{**settings.__dict__, "forbid_trust_remote_code": False}
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--default-hub-endpoint", "hub.internal"], "--default-hub-endpoint"),
+        (["--default-hub-endpoint", "https://u:p@hub.internal"], "--default-hub-endpoint"),
+        (["--allowed-s3-endpoints", "minio:9000"], "--allowed-s3-endpoints"),
+        (["--allowed-tracker-urls", "https://ok,mlflow.internal"], "--allowed-tracker-urls"),
+    ],
+)
+def test_a_setting_that_is_not_a_url_stops_the_operator_at_start(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_options(flags, env={})
+    assert message in capsys.readouterr().err

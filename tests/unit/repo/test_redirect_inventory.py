@@ -1,0 +1,84 @@
+"""The list of refused environment variables (ftapi.v1alpha1.redirects) is complete for the
+libraries this project installs: every variable their source reads (fttestkit.env_inventory)
+whose name looks like an endpoint, a proxy, TLS trust or a credential source is either
+refused or reviewed here with a reason. A library upgrade that reads a new such variable
+fails this test until someone decides which it is; a reviewed name no library reads any
+more fails it too, so the review stays the libraries' current list.
+
+The name test is deliberately wide (PATH, DIR, FILE, KEY... match); names that move a
+credential without such a word (HUGGINGFACE_CO_STAGING, AWS_CSM_ENABLED,
+MLFLOW_DEPLOYMENTS_TARGET) were found by reading the code, and are refused by name.
+"""
+
+from __future__ import annotations
+
+import re
+import sysconfig
+from pathlib import Path
+
+from ftapi.v1alpha1.redirects import redirect_group
+from fttestkit.env_inventory import environment_names
+
+LOOKS_LIKE_A_DESTINATION = re.compile(
+    r"URL|URI|ENDPOINT|HOST|PROXY|PROXIES|CA_|_CA|CERT|BUNDLE|SSL|TLS|VERIFY|INSECURE|TOKEN|"
+    r"KEY|SECRET|CREDENTIAL|PROFILE|CONFIG|FILE|PATH|HOME|DIR|SERVER|ADDR|PORT|DOMAIN|"
+    r"REGISTRY|BASE|NETRC|AUTH|IDENTITY|ROLE|METADATA|OIDC|STAGING|CSM|SIGV4|GATEWAY|TARGET|"
+    r"SOCKET|SETTINGS",
+    re.IGNORECASE,
+)
+# Why a reviewed variable may stay the user's (the second column of reviewed_env.tsv).
+REASONS = {
+    "local-path": "a local cache, log or output directory (or a binary's path); chooses no "
+    "server and no credential (the Hub token file is pinned: HF_TOKEN_PATH)",
+    "server-side": "read only by the MLflow server, gateway or deployment tooling, which the "
+    "trainer does not run",
+    "tuning": "a compute, parallelism, timeout or size setting",
+    "credential-value": "a credential itself, which the user may give from their own Secret "
+    "(one a spec field feeds is refused by that field's rule); it chooses no destination",
+    "wandb-local": "a setting of the local wandb-core process (its transport, buffering)",
+    "aws-on-aws": "AWS behaviour that keeps requests on AWS's own hosts (region, FIPS, "
+    "dual-stack, regional STS)",
+    "metadata": "run metadata, names and UI links; no request carries a credential there",
+    "monitor-scrape": "a local metrics endpoint wandb-core scrapes, without a credential",
+    "no-platform-token": "a login or sandbox setting that sends no credential of the job",
+    "otel-export": "an OpenTelemetry export target; it carries only headers the user sets",
+    "server-chosen": "presigned-URL transfers whose hosts the (allowed) tracking server picks",
+    "same-host": "an identifier or mode that keeps the same host",
+    "unused-provider": "an LLM provider for MLflow's judges, which the trainer never calls",
+}
+REVIEWED = Path(__file__).with_name("reviewed_env.tsv")
+
+
+def _reviewed() -> dict[str, str]:
+    rows = [line.split("\t") for line in REVIEWED.read_text().splitlines()]
+    return {row[0]: row[1] for row in rows if row and not row[0].startswith("#")}
+
+
+def test_every_variable_that_could_move_a_credential_is_refused_or_reviewed() -> None:
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    read = environment_names(site_packages)
+    assert len(read) > 500, f"the scan found only {len(read)} names in {site_packages}"
+    candidates = {n for n in read if LOOKS_LIKE_A_DESTINATION.search(n)}
+    open_ = {n: read[n] for n in sorted(candidates) if redirect_group(n) is None}
+    reviewed = _reviewed()
+    unreviewed = {n: where for n, where in open_.items() if n not in reviewed}
+    assert not unreviewed, (
+        "variables the libraries read that look like an endpoint or credential source: refuse "
+        f"them in redirects.py or review them in {REVIEWED.name}: {unreviewed}"
+    )
+    stale = sorted(set(reviewed) - set(open_))
+    assert not stale, f"reviewed, but no library reads them (or now refused): {stale}"
+    unknown = {n: r for n, r in reviewed.items() if r not in REASONS}
+    assert not unknown, f"reasons without a legend: {unknown}"
+
+
+def test_the_scan_sees_the_variables_known_to_move_credentials() -> None:
+    """The scan's patterns still match the libraries' code: the names whose redirection was
+    read by hand are among what it finds (a scan that found nothing would pass above)."""
+    read = environment_names(Path(sysconfig.get_paths()["purelib"]))
+    known = ["HF_ENDPOINT", "HF_TOKEN_PATH", "HUGGINGFACE_CO_STAGING", "AWS_CONFIG_FILE",
+             "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE",
+             "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_INSECURE_TLS", "WANDB_BASE_URL",
+             "WANDB__PROXIES", "KUBEFLOW_TRAINER_SERVER_URL"]  # fmt: skip
+    assert [n for n in known if n not in read] == []
+    assert all(redirect_group(n) is not None for n in known)
