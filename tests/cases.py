@@ -211,6 +211,12 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "hub endpoint not a URL": (
         make_job().set("model.hubEndpoint", "hub.internal").obj(),
         "spec.model.hubEndpoint", "http(s) URL"),
+    "hub endpoint with a variable reference": (
+        make_job().set("model.hubEndpoint", "https://hub.internal/$(HF_TOKEN)").obj(),
+        "spec.model.hubEndpoint", "http(s) URL"),
+    "hub endpoint with a newline": (
+        make_job().set("model.hubEndpoint", "https://hub.internal\nx").obj(),
+        "spec.model.hubEndpoint", "http(s) URL"),
     "hub endpoint with a query": (
         make_job().set("model.hubEndpoint", "https://hub.internal/?token=x").obj(),
         "spec.model.hubEndpoint", "http(s) URL"),

@@ -88,9 +88,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("allowed-hub-endpoints", "",
          "comma-separated Hugging Face Hub URLs jobs may name in model.hubEndpoint; empty: "
          "any", "list"),
-    Flag("forbid-trust-remote-code", "false",
-         "refuse jobs that set model.trustRemoteCode (it runs the model repository's code "
-         "beside the job's credentials)", "switch"),
+    Flag("allowed-secret-names", "",
+         "comma-separated Secret name patterns (globs, e.g. finetune-*) jobs may reference; "
+         "empty: any", "list"),
+    Flag("forbid-job-code", "false",
+         "refuse jobs that bring code: model.trustRemoteCode, python rewards, a harness "
+         "includePath (it would run beside the job's credentials)", "switch"),
     Flag("forbid-service-account-name", "false",
          "refuse jobs that set resources.serviceAccountName", "switch"),
     Flag("allowed-priority-classes", "",
@@ -146,9 +149,14 @@ class Settings:
     """MLflow tracking URIs and W&B servers jobs may name; empty: any."""
     allowed_hub_endpoints: tuple[str, ...] = ()
     """Hugging Face Hubs jobs may name (model.hubEndpoint); empty: any."""
-    forbid_trust_remote_code: bool = False
-    """Refuse jobs that set model.trustRemoteCode: the repository's code runs in the pod,
-    beside every credential the job references."""
+    allowed_secret_names: tuple[str, ...] = ()
+    """Secret names (shell globs) jobs may reference, in the credential fields and
+    resources.env; empty: any Secret of the namespace. Name the Secrets meant for jobs
+    alike, and a job cannot load the others into its pods."""
+    forbid_job_code: bool = False
+    """Refuse jobs that bring code (policy.job_code): model.trustRemoteCode, python GRPO
+    rewards, an lm-eval includePath. It runs in the pod, beside every credential the job
+    references, and could send them anywhere."""
     gpu_resource_name: str = DEFAULTS["gpu-resource-name"]
     """For jobs whose spec names none (an AMD cluster: amd.com/gpu)."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
@@ -246,7 +254,8 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_s3_endpoints=_listed(args.allowed_s3_endpoints),
         allowed_tracker_urls=_listed(args.allowed_tracker_urls),
         allowed_hub_endpoints=_listed(args.allowed_hub_endpoints),
-        forbid_trust_remote_code=args.forbid_trust_remote_code,
+        allowed_secret_names=_listed(args.allowed_secret_names),
+        forbid_job_code=args.forbid_job_code,
         gpu_resource_name=args.gpu_resource_name,
         gpu_tolerations=tuple(tolerations),
         default_cpu=args.default_cpu or None,
@@ -301,7 +310,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[di
                      "around it (the API server refuses such a pod)")  # fmt: skip
     for flag, value in (("--default-hub-endpoint", args.default_hub_endpoint),
                         ("--default-s3-endpoint", args.default_s3_endpoint)):  # fmt: skip
-        if value and not re.match(SERVER_URL, value):
+        if value and not re.fullmatch(SERVER_URL, value):
             parser.error(f"{flag}: {value!r} is not an http(s) URL such as https://host:port")
     for flag, listed in (("--allowed-s3-endpoints", args.allowed_s3_endpoints),
                          ("--allowed-tracker-urls", args.allowed_tracker_urls),
@@ -331,11 +340,13 @@ def settings_used(job: FineTuneJob, settings: Settings) -> OperatorSettingsUsed:
     return OperatorSettingsUsed(
         image=image_of(job, settings),
         s3_endpoint=settings.default_s3_endpoint,
-        hub_endpoint=settings.default_hub_endpoint,
+        hub_endpoint=None if job.spec.model.hub_endpoint else settings.default_hub_endpoint,
     )
 
 
-def settings_of(batch_job: dict[str, Any]) -> OperatorSettingsUsed | None:
+def settings_of(
+    batch_job: dict[str, Any], named_hub: str | None = None
+) -> OperatorSettingsUsed | None:
     """The settings a Job was made with, read back from its trainer container (the image,
     and the default S3 endpoint and Hub when it was given them): settings_used's inverse, for a job
     whose first status was never written. None when the Job has no trainer container."""
@@ -346,7 +357,8 @@ def settings_of(batch_job: dict[str, Any]) -> OperatorSettingsUsed | None:
         values = {e.get("name"): e.get("value") for e in container.get("env") or []}
         return OperatorSettingsUsed(
             image=container["image"], s3_endpoint=values.get(ENV_S3_ENDPOINT) or None,
-            hub_endpoint=values.get(ENV_HUB_ENDPOINT) or None,
+            # HF_ENDPOINT is the operator's default only when the spec names no Hub.
+            hub_endpoint=None if named_hub else values.get(ENV_HUB_ENDPOINT) or None,
         )  # fmt: skip
     return None
 

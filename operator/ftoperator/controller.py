@@ -326,7 +326,7 @@ class Controller:
             # made with when it exists (an operator that died before writing the first
             # status, then started with other settings), else what it is about to be.
             if observed.batch_job is not None:
-                plan.status.settings = settings_of(observed.batch_job)
+                plan.status.settings = settings_of(observed.batch_job, job.spec.model.hub_endpoint)
             elif any(isinstance(a, CreateAttempt) for a in plan.actions):
                 plan.status.settings = settings_used(job, self.settings)
         return job, plan
@@ -457,7 +457,9 @@ class Controller:
         today's (docs/install.md: restarts run what the first attempt ran)."""
         namespace, name = key
         existing = await asyncio.to_thread(self.kube.get_job, namespace, batch_job_name)
-        used = settings_of(existing) if existing is not None else None
+        spec = (self.cache.jobs.get(key) or {}).get("spec") or {}
+        named_hub = (spec.get("model") or {}).get("hubEndpoint")
+        used = settings_of(existing, named_hub) if existing is not None else None
         if used is None:
             return
         recorded = used.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -86,8 +86,11 @@ REASONS: tuple[Reason, ...] = (
            "the PriorityClass is not in the operator's `--allowed-priority-classes`"),
     Reason("NodeSelectorNotAllowed", "job", False, 9,
            "a nodeSelector or node-affinity key is not in `--allowed-node-selector-keys`"),
-    Reason("TrustRemoteCodeNotAllowed", "job", False, 9,
-           "`model.trustRemoteCode` is set and the operator forbids it"),
+    Reason("JobCodeNotAllowed", "job", False, 9,
+           "the job brings code (trustRemoteCode, python rewards, a harness includePath) and "
+           "the operator forbids it"),
+    Reason("SecretNotAllowed", "job", False, 9,
+           "a Secret the spec references is not in `--allowed-secret-names`"),
     Reason("S3EndpointNotAllowed", "job", False, 9,
            "`output.s3.endpoint` is not in the operator's `--allowed-s3-endpoints`"),
     Reason("TrackerNotAllowed", "job", False, 9,

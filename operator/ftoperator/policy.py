@@ -10,9 +10,11 @@ fails the job with the reason, never retrying it.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from ftapi.v1alpha1 import FineTuneJob
+from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
 
 from .config import Settings, image_of
@@ -31,14 +33,15 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             f"image {image} is not from an allowed registry ({', '.join(allowed)}): "
             "set spec.resources.image to one, or ask your platform team"
         )
-    endpoint = endpoint_violation(job, settings)
+    endpoint = endpoint_violation(job, settings) or secret_violation(job, settings)
     if endpoint:
         return endpoint
-    if settings.forbid_trust_remote_code and job.spec.model.trust_remote_code:
-        return "TrustRemoteCodeNotAllowed", (
-            "spec.model.trustRemoteCode is not allowed by this operator's settings "
-            "(forbidTrustRemoteCode: the model repository's code would run beside the job's "
-            "credentials): remove it, or ask your platform team"
+    code = job_code(job) if settings.forbid_job_code else []
+    if code:
+        return "JobCodeNotAllowed", (
+            f"{'; '.join(code)}: not allowed by this operator's settings (forbidJobCode: "
+            "code that comes with a job, not with the trainer image, would run beside the "
+            "job's credentials): remove it, or ask your platform team"
         )
     if settings.forbid_service_account_name and resources.service_account_name:
         return "ServiceAccountNotAllowed", (
@@ -72,43 +75,149 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
     return None
 
 
-def named_servers(job: FineTuneJob) -> list[tuple[str, str, str, str]]:
-    """(reason, spec field, URL, setting) for every server the spec names that a credential
-    of the job goes to. Unset fields name none: the platform's default (the operator's
-    default endpoint or Hub) or the service's own (AWS, huggingface.co, W&B's cloud)."""
+def job_code(job: FineTuneJob) -> list[str]:
+    """The fields that make the trainer run code the job brings (from the Hub, from its
+    data, or from a file or module it names), which sees every credential of the job."""
     spec = job.spec
-    named = []
-    if spec.output.s3 is not None and spec.output.s3.endpoint:
-        named.append(("S3EndpointNotAllowed", "spec.output.s3.endpoint",
-                      spec.output.s3.endpoint, "allowedS3Endpoints"))  # fmt: skip
+    found = []
+    if spec.model.trust_remote_code:
+        found.append("spec.model.trustRemoteCode runs the model repository's code")
+    for i, reward in enumerate(spec.trainer.grpo.rewards if spec.trainer.grpo else []):
+        if reward.type == "python":
+            found.append(f"spec.trainer.grpo.rewards[{i}] runs the python function "
+                         f"{reward.function}")  # fmt: skip
+    harness = spec.evaluation.harness
+    if harness is not None and harness.include_path:
+        found.append("spec.evaluation.harness.includePath loads task files, whose !function "
+                     "entries run python")  # fmt: skip
+    return found
+
+
+# Where a job's credentials go when it names no server and the operator has no default:
+# the services' own. An allow-list that does not hold them refuses such a job.
+PUBLIC_HUB = "https://huggingface.co"
+PUBLIC_WANDB = "https://api.wandb.ai"
+PUBLIC_S3 = "https://s3.amazonaws.com"
+
+
+def servers_used(job: FineTuneJob, settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(reason, what, URL, setting) for every server a credential of the job may go to.
+    A field left unset means the operator's default (the platform's own choice, never
+    refused), else the service's public one (PUBLIC_*), which the allow-list must hold."""
+    spec = job.spec
+    used = []
+    s3 = spec.output.s3
+    if s3 is not None and s3.endpoint:
+        used.append(("S3EndpointNotAllowed", "spec.output.s3.endpoint", s3.endpoint,
+                     "allowedS3Endpoints"))  # fmt: skip
+    elif uses_s3(job) and not settings.default_s3_endpoint:
+        used.append(("S3EndpointNotAllowed", "spec.output.s3.endpoint is unset, so AWS S3",
+                     PUBLIC_S3, "allowedS3Endpoints"))  # fmt: skip
     if spec.logging.mlflow is not None:
-        named.append(("TrackerNotAllowed", "spec.logging.mlflow.trackingUri",
-                      spec.logging.mlflow.tracking_uri, "allowedTrackerUrls"))  # fmt: skip
-    if spec.logging.wandb is not None and spec.logging.wandb.base_url:
-        named.append(("TrackerNotAllowed", "spec.logging.wandb.baseUrl",
-                      spec.logging.wandb.base_url, "allowedTrackerUrls"))  # fmt: skip
+        used.append(("TrackerNotAllowed", "spec.logging.mlflow.trackingUri",
+                     spec.logging.mlflow.tracking_uri, "allowedTrackerUrls"))  # fmt: skip
+    wandb = spec.logging.wandb
+    if wandb is not None and wandb.base_url:
+        used.append(("TrackerNotAllowed", "spec.logging.wandb.baseUrl", wandb.base_url,
+                     "allowedTrackerUrls"))  # fmt: skip
+    elif wandb is not None:
+        used.append(("TrackerNotAllowed", "spec.logging.wandb.baseUrl is unset, so W&B's cloud",
+                     PUBLIC_WANDB, "allowedTrackerUrls"))  # fmt: skip
     if spec.model.hub_endpoint:
-        named.append(("HubEndpointNotAllowed", "spec.model.hubEndpoint",
-                      spec.model.hub_endpoint, "allowedHubEndpoints"))  # fmt: skip
-    return named
+        used.append(("HubEndpointNotAllowed", "spec.model.hubEndpoint", spec.model.hub_endpoint,
+                     "allowedHubEndpoints"))  # fmt: skip
+    elif uses_hub(job) and not settings.default_hub_endpoint:
+        used.append(("HubEndpointNotAllowed", "spec.model.hubEndpoint is unset, so the Hub",
+                     PUBLIC_HUB, "allowedHubEndpoints"))  # fmt: skip
+    return used
+
+
+def uses_s3(job: FineTuneJob) -> bool:
+    return any(uri.startswith("s3://") for uri in _uris(job))
+
+
+def uses_hub(job: FineTuneJob) -> bool:
+    """Whether the job may reach the Hub: a model, tokenizer or adapter named by a hub id
+    (neither s3:// nor an absolute path), hf:// data, publishing, or harness tasks (their
+    data comes from the Hub)."""
+    spec = job.spec
+    named = [spec.model.name, spec.model.tokenizer]
+    if spec.method.adapter is not None:
+        named.append(spec.method.adapter.uri)
+    hub_ids = any(n and not n.startswith(("s3://", "/")) for n in named)
+    hf_data = any(uri.startswith("hf://") for uri in _uris(job))
+    return (
+        hub_ids
+        or hf_data
+        or spec.output.push_to_hub is not None
+        or (spec.evaluation.harness is not None)
+    )
+
+
+def _uris(job: FineTuneJob) -> list[str]:
+    """Every location the job reads or writes."""
+    spec = job.spec
+    uris = [spec.output.uri, spec.model.name, spec.model.tokenizer or ""]
+    uris += [s.uri for s in (spec.dataset.train, spec.dataset.validation, spec.dataset.test)
+             if s is not None and s.uri]  # fmt: skip
+    if spec.method.adapter is not None:
+        uris.append(spec.method.adapter.uri)
+    uris += [spec.evaluation.prompts_uri or ""] + [b.uri for b in spec.evaluation.benchmarks]
+    if spec.evaluation.harness is not None:
+        uris.append(spec.evaluation.harness.include_path or "")
+    return uris
 
 
 def endpoint_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
-    """The first server the spec names outside the operator's allow-list for it."""
+    """The first server the job would send a credential to outside the operator's
+    allow-list for it."""
     lists = {
         "allowedS3Endpoints": settings.allowed_s3_endpoints,
         "allowedTrackerUrls": settings.allowed_tracker_urls,
         "allowedHubEndpoints": settings.allowed_hub_endpoints,
     }
-    for reason, field, url, setting in named_servers(job):
+    for reason, what, url, setting in servers_used(job, settings):
         allowed = lists[setting]
         if allowed and not any(url_allowed(url, entry) for entry in allowed):
             return reason, (
-                f"{field} {url} is not allowed by this operator's {setting} "
-                f"({', '.join(allowed)}): name one of them, leave the field unset for the "
-                "platform's default, or ask your platform team"
+                f"{what} {url} is not allowed by this operator's {setting} "
+                f"({', '.join(allowed)}): name one of them, or ask your platform team"
             )
     return None
+
+
+def secret_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
+    """A Secret the spec references whose name no --allowed-secret-names pattern admits."""
+    patterns = settings.allowed_secret_names
+    if not patterns:
+        return None
+    refused = [f"{field} ({name})" for field, name in secret_references(job)
+               if not any(fnmatchcase(name, p) for p in patterns)]  # fmt: skip
+    if not refused:
+        return None
+    return "SecretNotAllowed", (
+        f"{', '.join(refused)}: only Secrets named {', '.join(patterns)} may be used by jobs "
+        "(allowedSecretNames): use one of those, or ask your platform team"
+    )
+
+
+def secret_references(job: FineTuneJob) -> list[tuple[str, str]]:
+    """(spec field, Secret name) for every Secret whose values reach the pods."""
+    spec = job.spec
+    refs: list[tuple[str, SecretRef | SecretKeyRef | None]] = [
+        ("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref),
+        ("spec.output.s3.credentialsSecretRef",
+         spec.output.s3.credentials_secret_ref if spec.output.s3 else None),
+        ("spec.output.pushToHub.tokenSecretRef",
+         spec.output.push_to_hub.token_secret_ref if spec.output.push_to_hub else None),
+        ("spec.logging.mlflow.tokenSecretRef",
+         spec.logging.mlflow.token_secret_ref if spec.logging.mlflow else None),
+        ("spec.logging.wandb.apiKeySecretRef",
+         spec.logging.wandb.api_key_secret_ref if spec.logging.wandb else None),
+    ]  # fmt: skip
+    refs += [(f"spec.resources.env[{i}].secretKeyRef", e.secret_key_ref)
+             for i, e in enumerate(spec.resources.env)]  # fmt: skip
+    return [(field, ref.name) for field, ref in refs if ref is not None]
 
 
 def url_allowed(url: str, entry: str) -> bool:

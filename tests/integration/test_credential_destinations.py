@@ -9,7 +9,8 @@ operator under the chart's rights):
   takes away, with the setting's reason and no Job, and runs the job that names only
   allowed servers, its pods given the Hub it named;
 - with the defaults, the same jobs run: their Jobs carry what they asked for (the servers,
-  the ServiceAccount, a Secret the user cannot read, the node selection, tolerations).
+  the ServiceAccount, a Secret the user cannot read, the node selection), and tolerations,
+  which no setting restricts.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ ALLOWED = {
 }  # fmt: skip
 POLICY = (
     "--default-image", "registry.test/trainer:1",
+    # The platform's defaults: a job that names no server uses these (always allowed).
+    "--default-s3-endpoint", ALLOWED["s3"], "--default-hub-endpoint", ALLOWED["hub"],
     "--allowed-registries", ALLOWED["registry"],
     "--allowed-s3-endpoints", ALLOWED["s3"],
     "--allowed-tracker-urls", ALLOWED["tracker"],
     "--allowed-hub-endpoints", ALLOWED["hub"],
-    "--forbid-trust-remote-code", "--forbid-service-account-name",
+    "--forbid-job-code", "--forbid-service-account-name",
+    "--allowed-secret-names", "finetune-*",
     "--allowed-priority-classes", ALLOWED["class"],
     "--allowed-node-selector-keys", ALLOWED["key"],
 )  # fmt: skip
@@ -103,9 +107,13 @@ ROWS: dict[str, tuple[JobBuilder, str, tuple[str, str]]] = {
         _asks("hub").set("model.hubEndpoint", ELSEWHERE)
         .set("model.hfTokenSecretRef", {"name": "team-b-hub", "key": "token"}),
         "HubEndpointNotAllowed", ("env", f"HF_ENDPOINT={ELSEWHERE}")),
+    "any Secret of the namespace": (
+        _asks("secret").set("resources.env", [
+            {"name": "TEAM_B", "secretKeyRef": {"name": "team-b-hub", "key": "token"}}]),
+        "SecretNotAllowed", ("secret", "team-b-hub")),
     "the model repository's code": (
         _asks("remote").set("model.trustRemoteCode", True),
-        "TrustRemoteCodeNotAllowed", ("config", "trustRemoteCode: true")),
+        "JobCodeNotAllowed", ("config", "trustRemoteCode: true")),
     "any ServiceAccount": (
         _asks("account").set("resources.serviceAccountName", "default"),
         "ServiceAccountNotAllowed", ("account", "default")),
@@ -135,6 +143,9 @@ def _carries(cluster: Cluster, ns: str, name: str, what: str, expected: str) -> 
         return bool(pod.priority_class_name == expected)
     if what == "selector":
         return expected in (pod.node_selector or {})
+    if what == "secret":
+        refs = [e.value_from.secret_key_ref for e in trainer.env or [] if e.value_from]
+        return any(r is not None and r.name == expected for r in refs)
     config = client.CoreV1Api(cluster.api).read_namespaced_config_map(f"{name}-config", ns)
     return any(expected in text for text in (config.data or {}).values())
 
@@ -205,21 +216,17 @@ def test_with_the_defaults_each_row_is_what_the_job_gets(
     try:
         for job, _, _ in ROWS.values():
             _create(runner, namespace, job)
-        # No setting takes these away: a Secret of the namespace the user cannot read, and
-        # tolerations (an admission policy restricts those).
-        secret = long_running_job("secret").set("resources.env", [
-            {"name": "TEAM_B", "secretKeyRef": {"name": "team-b-hub", "key": "token"}}
-        ]).set("resources.tolerations", [{"key": "dedicated", "operator": "Exists"}])  # fmt: skip
-        _create(runner, namespace, secret)
+        # No setting takes this away: tolerations (an admission policy restricts those).
+        tolerant = long_running_job("tolerant").set("resources.tolerations", [
+            {"key": "dedicated", "operator": "Exists"}])  # fmt: skip
+        _create(runner, namespace, tolerant)
         for row, (job, _, (what, expected)) in ROWS.items():
             name = job.obj()["metadata"]["name"]
             eventually(lambda n=name, w=what, e=expected: _carries(cluster, namespace, n, w, e),
                        timeout=60, what=f"{row}: {name}'s Job carrying {expected}")  # fmt: skip
             assert status_of(cluster, namespace, name).get("failureReason") is None, row
-        job = eventually(lambda: read_job(cluster, namespace, "secret-0"), timeout=60)
-        pod = job.spec.template.spec
-        refs = [e.value_from.secret_key_ref for e in pod.containers[0].env if e.value_from]
-        assert any(r is not None and r.name == "team-b-hub" for r in refs)
-        assert any(t.key == "dedicated" for t in pod.tolerations or [])
+        job = eventually(lambda: read_job(cluster, namespace, "tolerant-0"), timeout=60)
+        tolerations = job.spec.template.spec.tolerations or []
+        assert any(t.key == "dedicated" for t in tolerations)
     finally:
         operator.stop()

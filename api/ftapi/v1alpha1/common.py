@@ -149,8 +149,13 @@ USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
 
 
 # An http(s) URL of a server: scheme, host (and port), optional path; nothing else (no
-# user:password@, query or fragment).
-SERVER_URL = r"^https?://[^/?#@ ]+(/[^?#@ ]*)?$"
+# user:password@, query or fragment, and no $: the kubelet would expand $(VAR) in it).
+SERVER_URL = "^https?://[^/?#@$ \t\r\n]+(/[^?#@$ \t\r\n]*)?$"
+
+
+def _cel_escaped(text: str) -> str:
+    """`text` inside a CEL string literal (its control characters as escapes)."""
+    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def server_url(field: str, example: str) -> Rule:
@@ -158,11 +163,12 @@ def server_url(field: str, example: str) -> Rule:
     operator's allow-lists can match (ftoperator.policy)."""
     attribute = to_snake(field)
     return Rule(
-        cel=f"!has(self.{field}) || self.{field}.matches('{SERVER_URL}')",
+        cel=f"!has(self.{field}) || self.{field}.matches('{_cel_escaped(SERVER_URL)}')",
         message=f"{field} must be an http(s) URL such as {example} (no credentials, query or "
         "fragment)",
         check=lambda o: (
-            getattr(o, attribute) is None or re.match(SERVER_URL, getattr(o, attribute)) is not None
+            getattr(o, attribute) is None
+            or re.fullmatch(SERVER_URL, getattr(o, attribute)) is not None
         ),
         field=f".{field}",
     )

@@ -43,8 +43,9 @@ class ModelSpec(ApiModel):
     """Secret key holding a Hugging Face token, for gated or private models (and for
     output.pushToHub unless it names its own)."""
     hub_endpoint: Text | None = None
-    """The Hugging Face Hub the model, hf:// datasets and output.pushToHub use, and the
-    only host the Hub token is sent to: a private Hub or a mirror, e.g.
+    """The Hugging Face Hub the model, hf:// datasets and output.pushToHub use, and where
+    the Hub token is sent (huggingface_hub also sends it to huggingface.co's own hosts
+    when the Hub redirects there): a private Hub or a mirror, e.g.
     https://hub.internal. Unset: the operator's default (operator.defaultHubEndpoint), else
     https://huggingface.co. The operator's allowedHubEndpoints governs it; the HF_ENDPOINT
     variable is refused in resources.env."""

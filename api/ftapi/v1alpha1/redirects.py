@@ -50,19 +50,14 @@ class RedirectGroup:
         )
 
 
+# fmt: off
 REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
     RedirectGroup(
         what="the Hugging Face Hub's endpoint or token source",
         names=(
-            "HF_ENDPOINT",
-            "HUGGINGFACE_CO_STAGING",
-            "HF_INFERENCE_ENDPOINT",
-            "HF_TOKEN_PATH",
-            "HF_OIDC_RESOURCE",
-            "ACTIONS_ID_TOKEN_REQUEST_URL",
-            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-            "HF_XET_CLIENT_UNIX_SOCKET_PATH",
-            "HF_XET_DATA_DEFAULT_CAS_ENDPOINT",
+            "HF_ENDPOINT", "HUGGINGFACE_CO_STAGING", "HF_INFERENCE_ENDPOINT", "HF_TOKEN_PATH",
+            "HF_OIDC_RESOURCE", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "HF_XET_CLIENT_UNIX_SOCKET_PATH", "HF_XET_DATA_DEFAULT_CAS_ENDPOINT",
             "HF_XET_DEFAULT_CAS_ENDPOINT",
         ),
         patterns=(r"FSSPEC_[A-Za-z0-9_]+",),  # fsspec's defaults per protocol (hf://, s3://)
@@ -73,28 +68,14 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
     RedirectGroup(
         what="where AWS clients send S3 credentials or fetch them",
         names=(
-            "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-            "AWS_CONFIG_FILE",
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "AWS_CREDENTIAL_FILE",
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_ROLE_ARN",
-            "AWS_ROLE_SESSION_NAME",
-            "AWS_DATA_PATH",
-            "AWS_LOGIN_CACHE_DIRECTORY",
-            "BOTO_CONFIG",
-            "AWS_S3_ENDPOINT_URL",
-            "S3_ENDPOINT",
-            "MLFLOW_S3_ENDPOINT_URL",
+            "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE", "AWS_CREDENTIAL_FILE", "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+            "AWS_ROLE_SESSION_NAME", "AWS_DATA_PATH", "AWS_LOGIN_CACHE_DIRECTORY", "BOTO_CONFIG",
+            "AWS_S3_ENDPOINT_URL", "S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL",
         ),
-        patterns=(
-            r"AWS_ENDPOINT_URL(_[A-Za-z0-9_]+)?",
-            r"AWS_CONTAINER_[A-Za-z0-9_]+",
-            r"AWS_EC2_METADATA_[A-Za-z0-9_]+",
-            r"AWS_CSM_[A-Za-z0-9_]+",
-        ),
+        patterns=(r"AWS_ENDPOINT_URL(_[A-Za-z0-9_]+)?", r"AWS_CONTAINER_[A-Za-z0-9_]+",
+                  r"AWS_EC2_METADATA_[A-Za-z0-9_]+", r"AWS_CSM_[A-Za-z0-9_]+"),
         instead="Use spec.output.s3.endpoint (the operator's allowedS3Endpoints governs it) "
         "and output.s3.credentialsSecretRef, or the pod's ServiceAccount "
         "(resources.serviceAccountName).",
@@ -103,25 +84,13 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
     RedirectGroup(
         what="the trackers' servers or credential sources",
         names=(
-            "MLFLOW_TRACKING_URI",
-            "MLFLOW_REGISTRY_URI",
-            "MLFLOW_TRACKING_AUTH",
-            "MLFLOW_TRACKING_AWS_SIGV4",
-            "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-            "MLFLOW_GATEWAY_URI",
-            "MLFLOW_DEPLOYMENTS_TARGET",
-            "MLFLOW_KERBEROS_TICKET_CACHE",
-            "KUBE_MLFLOW_TRACKING_URI",
-            "WANDB_BASE_URL",
-            "WANDB_APP_URL",
-            "WANDB_IDENTITY_TOKEN_FILE",
-            "WANDB_CREDENTIALS_FILE",
-            "WANDB_CONFIG_DIR",
-            "WANDB_SETTINGS_SYSTEM",
-            "DB_MODEL_SERVING_HOST_URL",
-            "DB_DEPENDENCY_OAUTH_CACHE",
-            "DB_DEPENDENCY_OAUTH_CACHE_EXPIRY_TS",
-            "SERVING_CREDENTIALS_DIR",
+            "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_AUTH",
+            "MLFLOW_TRACKING_AWS_SIGV4", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+            "MLFLOW_GATEWAY_URI", "MLFLOW_DEPLOYMENTS_TARGET", "MLFLOW_KERBEROS_TICKET_CACHE",
+            "KUBE_MLFLOW_TRACKING_URI", "WANDB_BASE_URL", "WANDB_APP_URL",
+            "WANDB_IDENTITY_TOKEN_FILE", "WANDB_CREDENTIALS_FILE", "WANDB_CONFIG_DIR",
+            "WANDB_SETTINGS_SYSTEM", "DB_MODEL_SERVING_HOST_URL", "DB_DEPENDENCY_OAUTH_CACHE",
+            "DB_DEPENDENCY_OAUTH_CACHE_EXPIRY_TS", "SERVING_CREDENTIALS_DIR",
         ),
         patterns=(r"DATABRICKS_[A-Za-z0-9_]+", r"KUBEFLOW_TRAINER_[A-Za-z0-9_]+"),
         instead="Use spec.logging.mlflow.trackingUri or spec.logging.wandb.baseUrl (the "
@@ -139,20 +108,10 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
     RedirectGroup(
         what="whom the clients trust as a server (TLS)",
         names=(
-            "SSL_CERT_FILE",
-            "SSL_CERT_DIR",
-            "REQUESTS_CA_BUNDLE",
-            "CURL_CA_BUNDLE",
-            "AWS_CA_BUNDLE",
-            "SSLKEYLOGFILE",
-            "PYTHONHTTPSVERIFY",
-            "MLFLOW_TRACKING_INSECURE_TLS",
-            "MLFLOW_TRACKING_SERVER_CERT_PATH",
-            "MLFLOW_S3_IGNORE_TLS",
-            "WANDB_INSECURE_DISABLE_SSL",
-            "OPENSSL_CONF",
-            "OPENSSL_MODULES",
-            "OPENSSL_ENGINES",
+            "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+            "AWS_CA_BUNDLE", "SSLKEYLOGFILE", "PYTHONHTTPSVERIFY", "MLFLOW_TRACKING_INSECURE_TLS",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_IGNORE_TLS",
+            "WANDB_INSECURE_DISABLE_SSL", "OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES",
             "GODEBUG",
         ),
         patterns=(),
@@ -161,13 +120,8 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
     RedirectGroup(
         what="the pod's identity or another cloud's credentials",
         names=("KUBECONFIG", "SYSTEM_ACCESSTOKEN", "SYSTEM_TEAMFOUNDATIONCOLLECTIONURI"),
-        patterns=(
-            r"KUBERNETES_[A-Za-z0-9_]+",
-            r"AZURE_[A-Za-z0-9_]+",
-            r"GOOGLE_[A-Za-z0-9_]+",
-            r"GCE_METADATA_[A-Za-z0-9_]+",
-            r"CLOUDSDK_[A-Za-z0-9_]+",
-        ),
+        patterns=(r"KUBERNETES_[A-Za-z0-9_]+", r"AZURE_[A-Za-z0-9_]+", r"GOOGLE_[A-Za-z0-9_]+",
+                  r"GCE_METADATA_[A-Za-z0-9_]+", r"CLOUDSDK_[A-Za-z0-9_]+"),
         instead="The pods' identity is their ServiceAccount (resources.serviceAccountName, "
         "which the operator's forbidServiceAccountName governs).",
         families=("KUBERNETES_*", "AZURE_*", "GOOGLE_*", "GCE_METADATA_*", "CLOUDSDK_*"),
@@ -175,23 +129,17 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
     RedirectGroup(
         what="where credentials and code are loaded from",
         names=(
-            "NETRC",
-            "HOME",
-            "XDG_CONFIG_HOME",
-            "LD_PRELOAD",
-            "LD_LIBRARY_PATH",
-            "LD_AUDIT",
-            "PYTHONPATH",
-            "PYTHONHOME",
-            "PYTHONUSERBASE",
-            "PYTHONSTARTUP",
-            "BASH_ENV",
+            "NETRC", "HOME", "XDG_CONFIG_HOME", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT",
+            "GCONV_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP",
+            "PYTHONPYCACHEPREFIX", "BASH_ENV", "HF_MODULES_CACHE", "TRITON_CACHE_DIR",
+            "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
         ),
         patterns=(),
         instead="A pod reads configuration and code only from the trainer image; put what a "
         "job needs in its spec, or in the image.",
     ),
 )
+# fmt: on
 
 # `$(NAME)` in a value copies another variable, the Secret-fed ones included, into this one
 # (the kubelet expands it); `$$(` is the escape, kept literal.

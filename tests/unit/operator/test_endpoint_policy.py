@@ -1,9 +1,10 @@
 """The servers a job's credentials may go to are the platform's choice: the allow-lists
 (--allowed-s3-endpoints, --allowed-tracker-urls, --allowed-hub-endpoints), how a URL is
-matched against them, --forbid-trust-remote-code, and the Hub and proxies the pods get."""
+matched against them, --forbid-job-code, and the Hub and proxies the pods get."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,6 +21,10 @@ LISTS = Settings(
     allowed_s3_endpoints=("http://minio.storage:9000",),
     allowed_tracker_urls=("https://mlflow.internal", "https://wandb.internal"),
     allowed_hub_endpoints=("https://hub.internal/",),
+    # The platform's defaults, which a job that names no server gets (make_job's model is a
+    # hub id, its data and output on S3).
+    default_s3_endpoint="http://minio.storage:9000",
+    default_hub_endpoint="https://hub.internal",
 )
 
 
@@ -79,7 +84,7 @@ def test_a_server_outside_the_allow_list_fails_the_job_naming_the_field_and_sett
     assert _refusal(make_job("a").set(section, value), Settings()) is None  # no list: any
 
 
-def test_allowed_servers_and_unset_fields_pass() -> None:
+def test_allowed_servers_and_unset_fields_with_a_default_pass() -> None:
     allowed = (
         make_job("a")
         .set("output", {"uri": "s3://b/p", "s3": {"endpoint": "http://minio.storage:9000"}})
@@ -88,19 +93,86 @@ def test_allowed_servers_and_unset_fields_pass() -> None:
     )
     assert _refusal(allowed) is None
     assert _refusal(make_job("a").set("logging", WANDB)) is None
-    # Unset: the platform's default, or the service's own (AWS, huggingface.co, W&B's cloud).
-    unset = make_job("a").set("output", {"uri": "s3://b/p"}).set("logging", {
-        "reportTo": ["wandb"], "wandb": {"project": "p"}})  # fmt: skip
-    assert _refusal(unset) is None
+    assert _refusal(make_job("a")) is None  # the operator's default S3 endpoint and Hub
 
 
-def test_trust_remote_code_is_refused_only_when_the_operator_forbids_it() -> None:
-    job = make_job("a").set("model.trustRemoteCode", True)
-    refused = _refusal(job, Settings(forbid_trust_remote_code=True))
-    assert refused is not None and refused[0] == "TrustRemoteCodeNotAllowed"
-    assert "forbidTrustRemoteCode" in refused[1]
+MINIO = {"uri": "s3://b/p", "s3": {"endpoint": "http://minio.storage:9000"}}
+
+
+@pytest.mark.parametrize(
+    ("job", "reason", "public"),
+    [
+        (make_job("a").set("model.name", "/models/local").set("dataset.train.uri", "/d.jsonl")
+         .set("output.uri", "s3://models/a"), "S3EndpointNotAllowed", "https://s3.amazonaws.com"),
+        (make_job("a").set("output", MINIO), "HubEndpointNotAllowed", "https://huggingface.co"),
+        (make_job("a").set("model.hubEndpoint", "https://hub.internal").set("output", MINIO)
+         .set("logging", {"reportTo": ["wandb"], "wandb": {"project": "p"}}),
+         "TrackerNotAllowed", "https://api.wandb.ai"),
+    ],
+)  # fmt: skip
+def test_an_unset_field_without_a_default_means_the_public_service_which_the_list_must_hold(
+    job: JobBuilder, reason: str, public: str
+) -> None:
+    no_defaults = replace(LISTS, default_s3_endpoint=None, default_hub_endpoint=None)
+    refused = _refusal(job, no_defaults)
+    assert refused is not None and refused[0] == reason, refused
+    assert public in refused[1] and "is unset" in refused[1]
+    field = {"S3EndpointNotAllowed": "allowed_s3_endpoints",
+             "HubEndpointNotAllowed": "allowed_hub_endpoints",
+             "TrackerNotAllowed": "allowed_tracker_urls"}[reason]  # fmt: skip
+    listed = replace(no_defaults, **{field: (*getattr(no_defaults, field), public)})
+    assert _refusal(job, listed) is None  # listed: allowed
+
+
+def test_a_job_that_reaches_no_hub_is_not_held_to_the_hub_list() -> None:
+    local = make_job("a").set("model.name", "/models/local").set("output", MINIO)
+    assert _refusal(local, Settings(allowed_hub_endpoints=("https://hub.internal",))) is None
+
+
+def test_only_secrets_whose_names_the_operator_allows_may_be_referenced() -> None:
+    settings = Settings(allowed_secret_names=("finetune-*", "shared-hub"))
+    fine = (make_job("a").set("model.hfTokenSecretRef", {"name": "shared-hub", "key": "t"})
+            .set("resources.env", [{"name": "X", "secretKeyRef": {"name": "finetune-x",
+                                                                  "key": "k"}}]))  # fmt: skip
+    assert _refusal(fine, settings) is None
+    for field, value, named in [
+        ("model.hfTokenSecretRef", {"name": "team-b-hub", "key": "t"},
+         "spec.model.hfTokenSecretRef (team-b-hub)"),
+        ("output", {"uri": "s3://b/p", "s3": {"credentialsSecretRef": {"name": "prod-s3"}}},
+         "spec.output.s3.credentialsSecretRef (prod-s3)"),
+        ("resources.env", [{"name": "A", "value": "1"}, {"name": "B", "secretKeyRef": {
+            "name": "db-password", "key": "p"}}], "spec.resources.env[1].secretKeyRef"),
+        ("logging", {"reportTo": ["wandb"], "wandb": {"project": "p", "apiKeySecretRef": {
+            "name": "wandb", "key": "k"}}}, "spec.logging.wandb.apiKeySecretRef (wandb)"),
+    ]:  # fmt: skip
+        refused = _refusal(make_job("a").set(field, value), settings)
+        assert refused is not None and refused[0] == "SecretNotAllowed", (field, refused)
+        assert named in refused[1] and "allowedSecretNames" in refused[1]
+        assert _refusal(make_job("a").set(field, value), Settings()) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("model.trustRemoteCode", True, "spec.model.trustRemoteCode"),
+        ("trainer", {"type": "grpo", "grpo": {"rewards": [{"type": "json"}, {
+            "type": "python", "function": "rewards.py:score"}]}},
+         "spec.trainer.grpo.rewards[1]"),
+        ("evaluation.harness", {"tasks": ["mine"], "includePath": "s3://tasks/mine"},
+         "spec.evaluation.harness.includePath"),
+    ],
+)  # fmt: skip
+def test_code_a_job_brings_is_refused_only_when_the_operator_forbids_it(
+    field: str, value: Any, named: str
+) -> None:
+    job = make_job("a").set(field, value)
+    if field == "trainer":
+        job = job.set("dataset.format", "prompt_only")
+    refused = _refusal(job, Settings(forbid_job_code=True))
+    assert refused is not None and refused[0] == "JobCodeNotAllowed", refused
+    assert named in refused[1] and "forbidJobCode" in refused[1]
     assert _refusal(job, Settings()) is None
-    assert _refusal(make_job("a"), Settings(forbid_trust_remote_code=True)) is None
+    assert _refusal(make_job("a"), Settings(forbid_job_code=True)) is None
 
 
 def test_the_namespaces_services_add_no_variables_to_the_pods() -> None:
@@ -141,6 +213,12 @@ def test_the_default_hub_of_the_first_attempt_is_kept_by_later_ones() -> None:
     batch_job = build_children(job, attempt=0, settings=first).job
     read_back = settings_of(batch_job)
     assert read_back is not None and read_back.hub_endpoint == "https://mirror.internal"
+    # A Hub the spec names is the job's, not the operator's default.
+    own = parse_job(make_job("a").set("model.hubEndpoint", "https://hub.internal").obj())
+    assert settings_used(own, first).hub_endpoint is None
+    own_job = build_children(own, attempt=0, settings=first).job
+    back = settings_of(own_job, "https://hub.internal")
+    assert back is not None and back.hub_endpoint is None
 
 
 def test_the_settings_come_from_flags_and_their_variables() -> None:
@@ -149,7 +227,7 @@ def test_the_settings_come_from_flags_and_their_variables() -> None:
         "FTO_ALLOWED_TRACKER_URLS": "https://mlflow.internal",
         "FTO_ALLOWED_HUB_ENDPOINTS": "https://hub.internal",
         "FTO_DEFAULT_HUB_ENDPOINT": "https://hub.internal",
-        "FTO_FORBID_TRUST_REMOTE_CODE": "true",
+        "FTO_FORBID_JOB_CODE": "true",
         "FTO_HTTPS_PROXY": "http://proxy:3128",
     }
     settings = parse_options([], env=env).settings
@@ -157,10 +235,10 @@ def test_the_settings_come_from_flags_and_their_variables() -> None:
     assert settings.allowed_tracker_urls == ("https://mlflow.internal",)
     assert settings.allowed_hub_endpoints == ("https://hub.internal",)
     assert settings.default_hub_endpoint == "https://hub.internal"
-    assert settings.forbid_trust_remote_code is True
+    assert settings.forbid_job_code is True
     assert settings.proxies == (("https", "http://proxy:3128"),)
-    assert parse_options(["--no-forbid-trust-remote-code"], env=env).settings == Settings(
-        **{**settings.__dict__, "forbid_trust_remote_code": False}
+    assert parse_options(["--no-forbid-job-code"], env=env).settings == Settings(
+        **{**settings.__dict__, "forbid_job_code": False}
     )
 
 
@@ -169,6 +247,8 @@ def test_the_settings_come_from_flags_and_their_variables() -> None:
     [
         (["--default-hub-endpoint", "hub.internal"], "--default-hub-endpoint"),
         (["--default-hub-endpoint", "https://u:p@hub.internal"], "--default-hub-endpoint"),
+        (["--default-s3-endpoint", "http://minio:9000?x"], "--default-s3-endpoint"),
+        (["--default-hub-endpoint", "https://hub.internal\n"], "--default-hub-endpoint"),
         (["--allowed-s3-endpoints", "minio:9000"], "--allowed-s3-endpoints"),
         (["--allowed-tracker-urls", "https://ok,mlflow.internal"], "--allowed-tracker-urls"),
     ],
