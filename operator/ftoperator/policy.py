@@ -3,9 +3,9 @@
     refusal = policy_violation(job, settings)   # (reason, message) or None
 
 The CRD cannot know a cluster's policy (allowed registries, the servers a job's credentials
-may go to, trustRemoteCode, PriorityClasses, node label keys, per-job ServiceAccounts) nor
-tell a hub id from a relative path: the controller checks these before every attempt and
-fails the job with the reason, never retrying it.
+may go to, the Secrets it may reference, code it may bring, PriorityClasses, node label
+keys, per-job ServiceAccounts) nor tell a hub id from a relative path: the controller
+checks these before every attempt and fails the job with the reason, never retrying it.
 """
 
 from __future__ import annotations
