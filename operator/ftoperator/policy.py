@@ -154,15 +154,27 @@ def uses_hub(job: FineTuneJob) -> bool:
     )
 
 
+def data_locations(job: FineTuneJob) -> list[tuple[str, str | None]]:
+    """(spec field, URI) of the data the job reads: its splits, prompts and benchmarks."""
+    spec = job.spec
+    data = [("train", spec.dataset.train), ("validation", spec.dataset.validation),
+            ("test", spec.dataset.test)]  # fmt: skip
+    named: list[tuple[str, str | None]] = [
+        (f"spec.dataset.{split}.uri", s.uri) for split, s in data if s is not None
+    ]
+    named += [("spec.evaluation.promptsUri", spec.evaluation.prompts_uri)]
+    named += [(f"spec.evaluation.benchmarks[{i}].uri", b.uri)
+              for i, b in enumerate(spec.evaluation.benchmarks)]  # fmt: skip
+    return named
+
+
 def _uris(job: FineTuneJob) -> list[str]:
     """Every location the job reads or writes."""
     spec = job.spec
     uris = [spec.output.uri, spec.model.name, spec.model.tokenizer or ""]
-    uris += [s.uri for s in (spec.dataset.train, spec.dataset.validation, spec.dataset.test)
-             if s is not None and s.uri]  # fmt: skip
+    uris += [uri or "" for _, uri in data_locations(job)]
     if spec.method.adapter is not None:
         uris.append(spec.method.adapter.uri)
-    uris += [spec.evaluation.prompts_uri or ""] + [b.uri for b in spec.evaluation.benchmarks]
     if spec.evaluation.harness is not None:
         uris.append(spec.evaluation.harness.include_path or "")
     return uris
@@ -280,15 +292,7 @@ def local_paths(job: FineTuneJob) -> list[str]:
     found = []
     if "://" not in spec.output.uri:
         found.append(f"spec.output.uri {spec.output.uri!r} is a local directory")
-    data = [("train", spec.dataset.train), ("validation", spec.dataset.validation),
-            ("test", spec.dataset.test)]  # fmt: skip
-    named: list[tuple[str, str | None]] = [
-        (f"spec.dataset.{split}.uri", s.uri) for split, s in data if s is not None
-    ]
-    named += [("spec.evaluation.promptsUri", spec.evaluation.prompts_uri)]
-    named += [(f"spec.evaluation.benchmarks[{i}].uri", b.uri)
-              for i, b in enumerate(spec.evaluation.benchmarks)]  # fmt: skip
-    for where, uri in named:
+    for where, uri in data_locations(job):
         if uri and "://" not in uri and not uri.startswith("/"):
             found.append(f"{where} {uri!r} is a relative path")
     hub_named = [("spec.model.name", spec.model.name)]

@@ -28,11 +28,11 @@ from fttestkit.builders import JobBuilder
 from fttestkit.cluster import Cluster, eventually, read_job
 from fttestkit.finetunejobs import long_running_job, status_of, wait_phase
 from fttestkit.operator import Operator
+from fttestkit.users import bind, grant_runner_role, impersonating
 from tests.cases import REDIRECT_SAMPLES, redirect_env
 
 pytestmark = pytest.mark.integration
 RUNNER = "carol-runs-jobs"
-RBAC_GROUP = "rbac.authorization.k8s.io"
 ALLOWED = {
     "s3": "http://minio.storage:9000", "tracker": "https://mlflow.internal",
     "hub": "https://hub.internal", "registry": "registry.test/", "key": "finetune.dev/pool",
@@ -57,21 +57,11 @@ ELSEWHERE = "https://collector.attacker.example"
 def _runner(cluster: Cluster, ns: str) -> client.CustomObjectsApi:
     """The API as a user whose only rights are on FineTuneJobs in `ns` (plus Secrets of
     their own: none here, so the Secret below is one they cannot read)."""
-    rbac = client.RbacAuthorizationV1Api(cluster.api)
-    rbac.create_namespaced_role(ns, {
-        "metadata": {"name": "finetune-runner"},
-        "rules": [{"apiGroups": [GROUP], "resources": [PLURAL],
-                   "verbs": ["create", "get", "list", "watch", "delete"]}],
-    })  # fmt: skip
-    rbac.create_namespaced_role_binding(ns, {
-        "metadata": {"name": RUNNER},
-        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "finetune-runner"},
-        "subjects": [{"kind": "User", "name": RUNNER, "apiGroup": RBAC_GROUP}],
-    })  # fmt: skip
+    grant_runner_role(cluster, ns)
+    bind(cluster, ns, RUNNER)
     client.CoreV1Api(cluster.api).create_namespaced_secret(ns, {
         "metadata": {"name": "team-b-hub"}, "stringData": {"token": "hf_team_b"}})  # fmt: skip
-    api = client.ApiClient(cluster.api.configuration)
-    api.set_default_header("Impersonate-User", RUNNER)
+    api = impersonating(cluster, RUNNER)
     assert not client.AuthorizationV1Api(api).create_self_subject_access_review({
         "spec": {"resourceAttributes": {"namespace": ns, "verb": "get", "resource": "secrets"}}
     }).status.allowed  # fmt: skip

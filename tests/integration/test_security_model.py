@@ -20,32 +20,16 @@ from ftoperator.children import LABEL_JOB
 from fttestkit.cluster import Cluster, eventually, read_job
 from fttestkit.finetunejobs import create_ftj, long_running_job, status_of, wait_phase
 from fttestkit.operator import Operator
+from fttestkit.users import RBAC_GROUP, bind, grant_runner_role, impersonating
 
 pytestmark = pytest.mark.integration
 RUNNER, EDITOR = "alice-runs-jobs", "eve-edits"
-RBAC_GROUP = "rbac.authorization.k8s.io"
-
-
-def _as(cluster: Cluster, user: str) -> client.ApiClient:
-    """The admin's connection, impersonating `user` (the API server authorizes as them)."""
-    api = client.ApiClient(cluster.api.configuration)
-    api.set_default_header("Impersonate-User", user)
-    return api
 
 
 def _grant(cluster: Cluster, ns: str) -> None:
-    rbac = client.RbacAuthorizationV1Api(cluster.api)
-    rbac.create_namespaced_role(ns, {
-        "metadata": {"name": "finetune-runner"},
-        "rules": [{"apiGroups": [GROUP], "resources": [PLURAL],
-                   "verbs": ["create", "get", "list", "watch", "delete"]}],
-    })  # fmt: skip
-    for user, kind, role in ((RUNNER, "Role", "finetune-runner"), (EDITOR, "ClusterRole", "edit")):
-        rbac.create_namespaced_role_binding(ns, {
-            "metadata": {"name": user},
-            "roleRef": {"apiGroup": RBAC_GROUP, "kind": kind, "name": role},
-            "subjects": [{"kind": "User", "name": user, "apiGroup": RBAC_GROUP}],
-        })  # fmt: skip
+    grant_runner_role(cluster, ns)
+    bind(cluster, ns, RUNNER)
+    bind(cluster, ns, EDITOR, "ClusterRole", "edit")
 
 
 def _forbidden(call: Callable[[], Any]) -> bool:
@@ -94,7 +78,7 @@ def test_neither_a_job_runner_nor_an_editor_can_touch_another_job_or_gain_rights
 ) -> None:
     _grant(cluster, ns)
     # The runner's own job, created with the runner's rights: the operator acts on it.
-    runner = client.CustomObjectsApi(_as(cluster, RUNNER))
+    runner = client.CustomObjectsApi(impersonating(cluster, RUNNER))
     runner.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _manifest("alice"))
     victim = create_ftj(cluster, ns, _manifest("bob"))
     wait_phase(cluster, ns, "alice", "Running", operator)
@@ -108,13 +92,13 @@ def test_neither_a_job_runner_nor_an_editor_can_touch_another_job_or_gain_rights
     owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": "bob",
              "uid": victim["metadata"]["uid"], "controller": True}  # fmt: skip
     for user in (RUNNER, EDITOR):
-        attempts = _attacks(_as(cluster, user), ns, user, forged, owner)
+        attempts = _attacks(impersonating(cluster, user), ns, user, forged, owner)
         allowed = [what for what, call in attempts.items() if not _forbidden(call)]
         assert allowed == [], f"{user} may {allowed}"
 
     # The old channel: a ConfigMap labelled with bob's name, which `edit` may create, is no
     # longer read at all.
-    client.CoreV1Api(_as(cluster, EDITOR)).create_namespaced_config_map(ns, {
+    client.CoreV1Api(impersonating(cluster, EDITOR)).create_namespaced_config_map(ns, {
         "metadata": {"name": "bob-progress-forged", "labels": {LABEL_JOB: "bob"}},
         "data": {"report": forged},
     })  # fmt: skip

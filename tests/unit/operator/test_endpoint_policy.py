@@ -240,22 +240,3 @@ def test_the_settings_come_from_flags_and_their_variables() -> None:
     assert parse_options(["--no-forbid-job-code"], env=env).settings == Settings(
         **{**settings.__dict__, "forbid_job_code": False}
     )
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--default-hub-endpoint", "hub.internal"], "--default-hub-endpoint"),
-        (["--default-hub-endpoint", "https://u:p@hub.internal"], "--default-hub-endpoint"),
-        (["--default-s3-endpoint", "http://minio:9000?x"], "--default-s3-endpoint"),
-        (["--default-hub-endpoint", "https://hub.internal\n"], "--default-hub-endpoint"),
-        (["--allowed-s3-endpoints", "minio:9000"], "--allowed-s3-endpoints"),
-        (["--allowed-tracker-urls", "https://ok,mlflow.internal"], "--allowed-tracker-urls"),
-    ],
-)
-def test_a_setting_that_is_not_a_url_stops_the_operator_at_start(
-    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit):
-        parse_options(flags, env={})
-    assert message in capsys.readouterr().err

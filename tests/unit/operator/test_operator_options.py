@@ -78,6 +78,13 @@ def test_bad_gpu_tolerations_stop_the_operator_with_a_message(
         (["--gpu-resource-name", "memory"], "--gpu-resource-name: 'memory' is not an extended"),
         (["--gpu-resource-name", "kubernetes.io/gpu"], "is not an extended resource name"),
         (["--default-image", "registry.example/trainer:1 "], "--default-image: 'registry"),
+        # The servers: plain URLs, or the allow-lists could not match them.
+        (["--default-hub-endpoint", "hub.internal"], "--default-hub-endpoint"),
+        (["--default-hub-endpoint", "https://u:p@hub.internal"], "--default-hub-endpoint"),
+        (["--default-s3-endpoint", "http://minio:9000?x"], "--default-s3-endpoint"),
+        (["--default-hub-endpoint", "https://hub.internal\n"], "--default-hub-endpoint"),
+        (["--allowed-s3-endpoints", "minio:9000"], "--allowed-s3-endpoints"),
+        (["--allowed-tracker-urls", "https://ok,mlflow.internal"], "--allowed-tracker-urls"),
     ],
 )
 def test_settings_every_pod_would_carry_are_checked_at_start(
