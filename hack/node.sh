@@ -394,8 +394,12 @@ EOF
 build_pause_image() {
   pause_image_present && return 0
   local src ctx
-  src="$(cd "$HACK_DIR/modules/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
-  [[ -f "$src" ]] || (cd "$HACK_DIR/modules/kubernetes" && go mod download k8s.io/kubernetes)
+  # The binaries may be cached while Go's module cache is not (a cleaned or new GOMODCACHE):
+  # `go mod download` fetches the source then, and is a no-op otherwise.
+  src="$(cd "$HACK_DIR/modules/kubernetes" && go mod download k8s.io/kubernetes &&
+    go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c" ||
+    die "cannot download k8s.io/kubernetes $KUBERNETES_VERSION for the pause image's source"
+  [[ -f "$src" ]] || die "the pause image's source is missing: $src"
   ctx="$NODE_STATE/pause-build"
   rm -rf "$ctx"; mkdir -p "$ctx"
   gcc -Os -Wall -Werror -static -DVERSION="v3.10.2-$KUBERNETES_VERSION" -o "$ctx/pause" "$src"
