@@ -15,6 +15,7 @@ completion index (an env var of the pod) before the process starts; no shell is 
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 
 TORCHRUN = "torchrun"
@@ -25,6 +26,32 @@ TRAINER_COMMAND = "run"
 JOB_CONFIG_DIR = "/etc/finetune"
 JOB_CONFIG_PATH = f"{JOB_CONFIG_DIR}/job.yaml"
 MASTER_PORT = 29500
+# The version of what the operator and the trainer hand each other: the job's ConfigMap
+# (JOB_CONFIG_PATH) and the progress report (ftapi.progress). It changes only when one of
+# them changes incompatibly; within a version, changes are additions (a new field whose
+# absence or default means what it meant before), and a reader of an older release
+# handles them as follows (ftapi.skew; docs/install.md, "Version skew"):
+#   ConfigMap  the operator writes only the spec fields that differ from their defaults, so
+#              an older trainer sees a newer field only when the job uses it, and then
+#              refuses the job (InvalidInput) naming the field and the release that wrote it.
+#   report     the operator ignores report fields it does not know; a report it cannot read
+#              at all is named in the job's ProgressReadable condition, never dropped quietly.
+CONTRACT = 1
+ANNOTATION_CONTRACT = "finetune.dev/contract"
+
+
+def release(package: str) -> str:
+    """ "finetune-operator 0.2.0": a package of this project and its installed version, as
+    skew messages name the two sides."""
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{package} (version unknown)"
+
+
+"""In the ConfigMap's job.yaml metadata: the CONTRACT its writer speaks."""
+ANNOTATION_WRITTEN_BY = "finetune.dev/written-by"
+"""In the ConfigMap's job.yaml metadata: the operator release that wrote it."""
 # The one writable directory the image needs (an emptyDir when the root fs is read-only).
 WORKSPACE = "/workspace"
 # Where a pod's run writes its results before publishing them: the same path on every

@@ -202,7 +202,7 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     """pydantic's errors as dotted manifest paths; cross-field rules name their own field."""
     result: list[FieldError] = []
     for error in exc.errors():
-        base = _dotted(error["loc"])
+        base = dotted(error["loc"])
         ctx = error.get("ctx") or {}
         if error["type"] == "cross_field":
             for field, message in ctx["violations"]:
@@ -212,9 +212,10 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     return result
 
 
+UNKNOWN_FIELD = "unknown field"
 # pydantic's wording for the common cases, in the terms `kubectl` users know.
 _MESSAGES = {
-    "extra_forbidden": "unknown field",
+    "extra_forbidden": UNKNOWN_FIELD,
     "missing": "required field is missing",
     "greater_than_equal": "must be >= {ge}",
     "greater_than": "must be > {gt}",
@@ -251,13 +252,22 @@ _BRANCH_TAGS = {"int", "str", "float", "bool", "list", "dict"}
 _BRANCH_PREFIXES = ("function-", "union[", "json-or-python[", "constrained-", "lax-or-strict[")
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
+def manifest_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """pydantic's location of an error as manifest keys and list indexes (its names for
+    union branches left out)."""
+    return tuple(
+        part
+        for part in loc
+        if isinstance(part, int) or not (part in _BRANCH_TAGS or part.startswith(_BRANCH_PREFIXES))
+    )
+
+
+def dotted(loc: tuple[int | str, ...]) -> str:
+    """spec.dataset.eval[0].uri: a manifest location as users write it."""
     path = ""
-    for part in loc:
+    for part in manifest_loc(loc):
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in _BRANCH_TAGS or part.startswith(_BRANCH_PREFIXES):
-            continue  # pydantic's names for union branches, not manifest keys
         else:
             path += f".{part}" if path else part
     return path

@@ -28,12 +28,16 @@ ranks that compute slower than the others (stragglers: ftoperator.stragglers).
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from .contract import CONTRACT
+from .loading import field_errors
+from .skew import parse_lenient
 from .v1alpha1._base import ApiModel
 from .v1alpha1.common import NonFinite
 from .v1alpha1.status import MAX_WARNINGS, RunWarning
@@ -84,6 +88,8 @@ class CheckpointReport(ApiModel):
 class ProgressReport(ApiModel):
     """What the trainer knows and the operator shows. Unknown values are left out."""
 
+    contract: Annotated[int, Field(ge=1)] = CONTRACT
+    """The contract version its writer speaks (ftapi.contract.CONTRACT)."""
     attempt: Annotated[int, Field(ge=0)] = 0
     stage: Stage = "starting"
     step: Annotated[int, Field(ge=0)] = 0
@@ -128,3 +134,34 @@ class RankReport(ApiModel):
     done: bool = False
     """The process ended its part of the run (no more reports will come)."""
     updated_at: datetime
+
+
+class UnreadableReport(ValueError):
+    """A report the operator cannot use (not JSON, a wrong value, another contract)."""
+
+
+def read_report(text: str) -> ProgressReport:
+    """A trainer's report as the operator reads it: fields a newer trainer added are left
+    out; anything else wrong raises UnreadableReport saying what."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise UnreadableReport(f"not JSON: {error}") from None
+    contract = data.get("contract", CONTRACT) if isinstance(data, dict) else CONTRACT
+    if contract != CONTRACT:
+        raise UnreadableReport(
+            f"the trainer writes contract {contract!r}, this operator reads {CONTRACT}: run "
+            "a trainer image and an operator of releases that share a contract"
+        )
+    try:
+        return parse_lenient(ProgressReport, data)[0]
+    except ValidationError as error:
+        raise UnreadableReport("; ".join(str(e) for e in field_errors(error))) from None
+
+
+def read_rank_report(text: str) -> RankReport:
+    """One rank's report, read as leniently as read_report."""
+    try:
+        return parse_lenient(RankReport, json.loads(text))[0]
+    except (ValueError, ValidationError) as error:
+        raise UnreadableReport(str(error)) from None

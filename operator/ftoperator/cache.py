@@ -20,9 +20,13 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from ftapi.progress import ProgressReport, RankReport
+from ftapi.progress import (
+    ProgressReport,
+    RankReport,
+    UnreadableReport,
+    read_rank_report,
+    read_report,
+)
 
 from .kueue import QueueState
 
@@ -42,6 +46,9 @@ class Cache:
     the UID of the FineTuneJob that owns the object it came from."""
     ranks: dict[Key, dict[int, RankReport]] = field(default_factory=dict)
     """Each rank's own last report, from the same object (read with `progress`)."""
+    progress_errors: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    """Why the newest report could not be read (with its owner's UID): the last readable
+    one stays in `progress`, and the status says the reports stopped being readable."""
     lost_nodes: set[str] = field(default_factory=set)
     create_failures: dict[Key, str] = field(default_factory=dict)
     """Why the Job controller cannot create a job's pods (its FailedCreate Events), read
@@ -69,25 +76,35 @@ class Cache:
     def observe_progress(
         self, key: Key, text: str | None, owner_uid: str = "", ranks: Any = None
     ) -> None:
-        report = None
-        if text:
-            try:
-                report = ProgressReport.model_validate_json(text)
-            except ValidationError:
-                log.warning("ignoring a malformed progress report for %s/%s", *key)
-        if report is None:
+        if not text:
             self.progress.pop(key, None)
             self.ranks.pop(key, None)
-        else:
-            self.progress[key] = (owner_uid, report)
-            self.ranks[key] = rank_reports(ranks, key)
+            self.progress_errors.pop(key, None)
+            return
+        try:
+            report = read_report(text)
+        except UnreadableReport as error:
+            log.warning("unreadable progress report for %s/%s: %s", *key, error)
+            self.progress_errors[key] = (owner_uid, str(error))
+            return
+        self.progress_errors.pop(key, None)
+        self.progress[key] = (owner_uid, report)
+        self.ranks[key] = rank_reports(ranks, key)
 
     def progress_of(self, key: Key) -> ProgressReport | None:
         """The last report of this FineTuneJob itself: from an object its UID owns (not
         one left by a deleted job of the same name, nor one pointing at another job)."""
-        uid = (self.jobs.get(key) or {}).get("metadata", {}).get("uid")
         owner_uid, report = self.progress.get(key, ("", None))
-        return report if uid and owner_uid == uid else None
+        return report if self._owns(key, owner_uid) else None
+
+    def progress_error_of(self, key: Key) -> str | None:
+        """Why this job's newest report could not be read, if it could not."""
+        owner_uid, error = self.progress_errors.get(key, ("", None))
+        return error if self._owns(key, owner_uid) else None
+
+    def _owns(self, key: Key, owner_uid: str) -> bool:
+        uid = (self.jobs.get(key) or {}).get("metadata", {}).get("uid")
+        return bool(uid) and owner_uid == uid
 
     def ranks_of(self, key: Key) -> dict[int, RankReport]:
         """Each rank's last report, from the same object as progress_of (else none)."""
@@ -218,8 +235,8 @@ def rank_reports(found: Any, key: Key) -> dict[int, RankReport]:
         return reports
     for name, text in found.items():
         try:
-            report = RankReport.model_validate_json(text if isinstance(text, str) else "")
-        except ValidationError:
+            report = read_rank_report(text if isinstance(text, str) else "")
+        except UnreadableReport:
             report = None
         if report is None or str(report.rank) != name:
             log.warning("ignoring a malformed rank report %r for %s/%s", name, *key)

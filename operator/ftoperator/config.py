@@ -25,11 +25,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ftapi.constants import ENV_HUB_ENDPOINT
+from ftapi.contract import release
 from ftapi.v1alpha1 import FineTuneJob
 from ftapi.v1alpha1.common import IMAGE_PATTERN, SERVER_URL, check_quantity
 from ftapi.v1alpha1.resources import is_extended_resource_name
 from ftapi.v1alpha1.status import OperatorSettingsUsed
 
+# This operator's release, as its status messages and Events name it (version skew).
+OPERATOR = release("finetune-operator")
 ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"  # boto3's: how pods get the default S3 endpoint
 # The proxy variables, in both spellings: Python's clients read either, curl and Go only
 # some (curl ignores an upper-case HTTP_PROXY, Go reads upper-case first).

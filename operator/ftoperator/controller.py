@@ -32,14 +32,15 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from ftapi import parse_job
+from ftapi.constants import VERSION
 from ftapi.loading import InvalidSpecError
+from ftapi.skew import Loc, NewerFields, newer_fields, parse_lenient, parse_stored_job
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
 from .cache import Cache, Key, WorkQueue
 from .children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
-from .config import DEFAULTS, Settings, settings_of, settings_used, with_recorded
+from .config import DEFAULTS, OPERATOR, Settings, settings_of, settings_used, with_recorded
 from .kube import ChildError, Kube, owned_by
 from .kueue import owned_workload, queue_state
 from .merge_patch import merge_patch
@@ -53,6 +54,8 @@ from .planner import (
     Observed,
     Plan,
     SuspendJob,
+    held_for_newer_operator,
+    note_newer_fields,
     reconcile,
     rejected,
 )
@@ -104,6 +107,18 @@ class Controller:
         self.resync_seconds = float(DEFAULTS["resync-seconds"])
         self.child_check_seconds = float(DEFAULTS["child-check-seconds"])
         self._children_checked: dict[Key, float] = {}  # key -> loop time of the last check
+        # The stored CRD's schema (the served version's openAPIV3Schema), from its watch:
+        # what a field newer than this code defaults to (ftapi.skew).
+        self.crd_schema: dict[str, Any] | None = None
+
+    def observe_crd(self, crd: dict[str, Any] | None) -> None:
+        """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
+        at again, since what its newer fields hold may now read differently."""
+        schema = served_schema(crd)
+        if schema != self.crd_schema:
+            self.crd_schema = schema
+            for key in list(self.cache.jobs):
+                self.queue.add(key)
 
     # --- the pass -------------------------------------------------------------------------
 
@@ -286,9 +301,12 @@ class Controller:
 
     def plan(self, key: Key, body: dict[str, Any]) -> tuple[FineTuneJob | None, Plan]:
         """The parsed spec (None when it does not parse) and the plan for it."""
-        status = FineTuneJobStatus.model_validate(body.get("status") or {})
+        # Lenient: a newer operator (before a rollback) may have written fields this one
+        # does not know; they are its own output, and the next write keeps them.
+        status = parse_lenient(FineTuneJobStatus, body.get("status") or {})[0]
         now = datetime.now(UTC)
-        job, invalid = _parse(body)
+        job, invalid, unknown = _parse(body)
+        newer = newer_fields(body, unknown, self.crd_schema) if unknown else NewerFields()
         names = Names(key[1], status.attempt)
         uid = body.get("metadata", {}).get("uid", "")
         batch_jobs, attempt_pods = self._owned(key, uid, status.attempt)
@@ -308,6 +326,7 @@ class Controller:
             lost_nodes=frozenset(self.cache.lost_nodes),
             pod_create_failure=self.cache.create_failures.get(key),
             queue_state=self.cache.queue_states.get(key),
+            progress_error=self.cache.progress_error_of(key),
         )
         generation = body.get("metadata", {}).get("generation")
         if job is None:
@@ -320,7 +339,11 @@ class Controller:
             ttl = job.spec.run_policy.ttl_seconds_after_finished
             reason, message = refused
             return job, rejected(status, message, generation, now, reason, ttl)
+        if newer.set and names.batch_job not in batch_jobs and status.phase not in TERMINAL_PHASES:
+            return job, held_for_newer_operator(status, newer, OPERATOR, generation, now)
         plan = reconcile(job, observed)
+        if newer:
+            note_newer_fields(plan, status, newer, OPERATOR, generation, now)
         if plan.status.settings is None:
             # Recorded with the first status (docs/install.md): what the attempt's Job was
             # made with when it exists (an operator that died before writing the first
@@ -552,12 +575,15 @@ def pods_behind(job: dict[str, Any], cached: list[dict[str, Any]]) -> bool:
     return failed and not any(p.get("status", {}).get("phase") == "Failed" for p in cached)
 
 
-def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
+def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None, list[Loc]]:
+    """The stored job, or why it is invalid; and where it holds fields newer than this code
+    (ftapi.skew)."""
     manifest = {k: v for k, v in body.items() if k != "status"}
     try:
-        return parse_job(manifest), None
+        job, unknown = parse_stored_job(manifest)
+        return job, None, unknown
     except (InvalidSpecError, ValidationError, ValueError) as error:
-        return None, str(error)[:2000]
+        return None, str(error)[:2000], []
 
 
 def _raw_ttl(body: dict[str, Any]) -> int | None:
@@ -582,3 +608,12 @@ def _version(body: dict[str, Any]) -> int:
         return int(body.get("metadata", {}).get("resourceVersion", 0))
     except ValueError:
         return 0
+
+
+def served_schema(crd: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The openAPIV3Schema of this operator's API version in a CRD object (None if absent)."""
+    for version in ((crd or {}).get("spec") or {}).get("versions") or []:
+        if version.get("name") == VERSION:
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            return schema if isinstance(schema, dict) else None
+    return None

@@ -121,6 +121,10 @@ REASONS: tuple[Reason, ...] = (
     Reason("CreateContainerConfigError", "blocker", True, 9,
            "a container cannot start, e.g. a Secret or key a `secretKeyRef` names is missing"),
     Reason("CreateContainerError", "blocker", True, 9, "the runtime cannot create a container"),
+    Reason("NeedsNewerOperator", "blocker", True, 9,
+           "the spec sets fields that this operator is too old to know (the CRD is newer: an "
+           "upgrade under way, or a rollback); no attempt starts until an operator that knows "
+           "them runs, or the fields are removed. A running attempt is left alone"),
     Reason("FailedCreate", "blocker", True, 9,
            "the Job controller cannot create the pods (a ResourceQuota, a missing "
            "PriorityClass, Pod Security); the message is its own"),

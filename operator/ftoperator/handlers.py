@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import kopf
 
-from ftapi.constants import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
+from ftapi.constants import CRD_NAME, GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import RANKS_FIELD, REPORT_FIELD
 
 from .cache import node_ready
@@ -84,6 +84,13 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         report, ranks = (None, None) if deleted else (body.get(REPORT_FIELD), body.get(RANKS_FIELD))
         cache.observe_progress(key, report, owner[1], ranks)
         queue.add(key)
+
+    # The stored CRD, for what a field newer than this operator defaults to (ftapi.skew).
+    # The chart's ClusterRole already lets kopf list and watch CRDs (its resource discovery).
+    @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+                   field="metadata.name", value=CRD_NAME, registry=registry)  # fmt: skip
+    async def crd(event: kopf.RawEvent, **_: Any) -> None:
+        controller.observe_crd(None if event.get("type") == "DELETED" else _body(event))
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node(event: kopf.RawEvent, name: str, **_: Any) -> None:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from ftapi.contract import INVALID_INPUT, VERDICTS, worse_than_base
 from ftapi.progress import ProgressReport, RankReport, heartbeat_seconds
+from ftapi.skew import NewerFields
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.common import NonFinite
 from ftapi.v1alpha1.scheduling import MAX_SECONDS
@@ -55,6 +56,11 @@ SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 IMPROVED = "Improved"
+PROGRESS_READABLE = "ProgressReadable"
+# Reasons of version skew (ftapi.skew).
+NEEDS_NEWER_OPERATOR = "NeedsNewerOperator"
+NEWER_FIELDS_IGNORED = "NewerFieldsIgnored"
+PROGRESS_UNREADABLE = "ProgressUnreadable"
 
 # Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
 STOPPED_EXIT_CODES = {143, 137}
@@ -109,6 +115,8 @@ class Observed:
     FailedCreate Event: a ResourceQuota, a missing PriorityClass, Pod Security), if any."""
     queue_state: QueueState | None = None
     """Why Kueue holds the current attempt's suspended Job (its Workload), if it says."""
+    progress_error: str | None = None
+    """Why the trainer's newest report could not be read (`progress` is the last readable)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,7 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
 
     _condition(status, VALIDATED, "True", "Valid", "the spec is valid", generation, now)
     _copy_progress(status, observed.progress)
+    _progress_readable(plan, previous, observed.progress_error, generation, now)
     plan.actions += [DeleteJob(name) for name in observed.other_jobs]
 
     batch_job = observed.batch_job
@@ -259,6 +268,28 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     _warnings(plan, observed.progress)
     _stragglers(plan, job, observed.ranks, now)
     return _finish(plan, previous, generation)
+
+
+def _progress_readable(
+    plan: Plan, previous: FineTuneJobStatus, error: str | None, generation: int | None,
+    now: datetime,
+) -> None:  # fmt: skip
+    """A report the operator cannot read freezes the progress it shows: the condition says
+    so (and an Event, once), rather than a log line only the platform team sees."""
+    before = _find(previous, PROGRESS_READABLE)
+    if error is None:
+        if before is not None and before.status == "False":
+            _condition(plan.status, PROGRESS_READABLE, "True", "Readable",
+                       "the trainer's reports are read again", generation, now)  # fmt: skip
+        return
+    message = (
+        f"the trainer's newest progress report cannot be read ({error}); the status "
+        "shows the last one that could"
+    )
+    _condition(plan.status, PROGRESS_READABLE, "False", PROGRESS_UNREADABLE, message,
+               generation, now)  # fmt: skip
+    if before is None or before.status != "False":
+        plan.events.append(Event("Warning", PROGRESS_UNREADABLE, message))
 
 
 def _look_again(plan: Plan, seconds: float | None) -> None:
@@ -433,6 +464,60 @@ def rejected(
         _fail(plan, Failure(reason, message), generation, now)
     _ttl(ttl, plan, now)
     return _finish(plan, previous, generation)
+
+
+def held_for_newer_operator(
+    previous: FineTuneJobStatus, newer: NewerFields, operator: str, generation: int | None,
+    now: datetime,
+) -> Plan:  # fmt: skip
+    """No attempt starts: the spec asks for something (`newer.set`) that this operator does
+    not know. Not a failure: an operator that knows the fields picks the job up as it is."""
+    plan = Plan(status=previous.model_copy(deep=True))
+    status = plan.status
+    message = needs_newer_operator(newer, operator)
+    _condition(status, VALIDATED, "False", NEEDS_NEWER_OPERATOR, message, generation, now)
+    _condition(status, RUNNING, "False", NEEDS_NEWER_OPERATOR, message, generation, now)
+    status.phase, status.message = "Pending", message
+    return _finish(plan, previous, generation)
+
+
+def note_newer_fields(
+    plan: Plan, previous: FineTuneJobStatus, newer: NewerFields, operator: str,
+    generation: int | None, now: datetime,
+) -> None:  # fmt: skip
+    """The plan of a job whose spec holds fields newer than this operator: those holding the
+    CRD's default mean "as before" and are ignored; an attempt already running goes on as
+    it was made (by an operator that knew the fields), but none is started while fields
+    this operator does not know are set (the next pass holds the job instead)."""
+    if plan.status.phase in TERMINAL_PHASES:
+        return
+    if newer.set:
+        plan.actions = [a for a in plan.actions if not isinstance(a, CreateAttempt)]
+        message = needs_newer_operator(newer, operator) + "; the running attempt goes on"
+    else:
+        one = len(newer.at_default) == 1
+        message = (
+            f"{_spoken(newer.at_default)} {'is' if one else 'are'} newer than this operator "
+            f"({operator}) and {'holds' if one else 'hold'} the CRD's default: ignored (a "
+            "field added to the API defaults to the behaviour from before it)"
+        )
+    _condition(plan.status, VALIDATED, "True", NEWER_FIELDS_IGNORED, message, generation, now)
+    was = _find(previous, VALIDATED)
+    if was is None or was.message != message:
+        plan.events.append(Event("Warning" if newer.set else "Normal", NEWER_FIELDS_IGNORED,
+                                 message))  # fmt: skip
+
+
+def needs_newer_operator(newer: NewerFields, operator: str) -> str:
+    return (
+        f"the spec sets {_spoken(newer.set)}, newer than this operator ({operator}): no attempt"
+        " starts until an operator that knows them runs (finish the upgrade), or they are "
+        "removed from the spec"
+    )
+
+
+def _spoken(paths: tuple[str, ...]) -> str:
+    return ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
 
 
 # --- transitions ------------------------------------------------------------------------
@@ -738,8 +823,9 @@ def _condition(
     status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
 
 
-_CONDITION_ORDER = {t: i for i, t in enumerate(
-    (VALIDATED, RESOURCES_CREATED, SUSPENDED, RUNNING, SUCCEEDED, FAILED))}  # fmt: skip
+_CONDITION_ORDER = {t: i for i, t in enumerate((
+    VALIDATED, RESOURCES_CREATED, SUSPENDED, RUNNING, PROGRESS_READABLE, SUCCEEDED, FAILED,
+))}  # fmt: skip
 
 
 def _find(status: FineTuneJobStatus, type_: str) -> Condition | None:

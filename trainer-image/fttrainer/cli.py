@@ -253,6 +253,8 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
     output location); prints the errors, naming the user's own keys, and returns None when
     it is not valid. `output(manifest, translation)` may move the output before validation."""
     from ftapi import InvalidSpecError, parse_job
+    from ftapi.contract import release
+    from ftapi.skew import contract_refusal, older_reader_hint
 
     from .overrides import OverrideError, apply_overrides
 
@@ -268,6 +270,9 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
         output(manifest, translation)
     os.environ.update(translation.environment)
     try:
+        refusal = contract_refusal(manifest, release("finetune-trainer"))
+        if refusal is not None:
+            raise InvalidSpecError([refusal], translation.source)
         try:
             job = parse_job(manifest, translation.source)
         except InvalidSpecError as exc:
@@ -287,6 +292,9 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
         for error in exc.errors:
             blamed = translation.blame(error.path.removeprefix("spec."))
             print(f"  {error}" + (f" (from {blamed})" if blamed else ""), file=sys.stderr)
+        hint = older_reader_hint(manifest, exc.errors, release("finetune-trainer"))
+        if hint:
+            print(f"  {hint}", file=sys.stderr)
         return None
     return Loaded(job, translation, manifest)
 

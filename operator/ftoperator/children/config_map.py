@@ -7,7 +7,9 @@ from typing import Any
 import yaml
 
 from ftapi.constants import API_VERSION, KIND
+from ftapi.contract import ANNOTATION_CONTRACT, ANNOTATION_WRITTEN_BY, CONTRACT
 from ftapi.v1alpha1 import FineTuneJob
+from ftoperator.config import OPERATOR
 
 from .naming import Meta, Names
 
@@ -28,8 +30,10 @@ def build_config_map(job: FineTuneJob, names: Names, meta: Meta) -> dict[str, An
 
 
 def resolved_config(job: FineTuneJob) -> str:
-    """The manifest the trainer runs: every default filled in, nothing secret (the spec
-    holds only Secret references), the uid kept so checkpoints are tied to this job."""
+    """The manifest the trainer runs: the spec fields that differ from their defaults
+    (contract.CONTRACT: an older trainer image, pinned by a job, then sees a field newer
+    than itself only when the job uses it), nothing secret (the spec holds only Secret
+    references), the uid kept so checkpoints are tied to this job, and who wrote it."""
     metadata = {
         key: value
         for key, value in {
@@ -37,6 +41,7 @@ def resolved_config(job: FineTuneJob) -> str:
             "namespace": job.metadata.namespace,
             "uid": job.metadata.uid,
             "generation": job.metadata.generation,
+            "annotations": {ANNOTATION_CONTRACT: str(CONTRACT), ANNOTATION_WRITTEN_BY: OPERATOR},
         }.items()
         if value is not None
     }
@@ -44,7 +49,9 @@ def resolved_config(job: FineTuneJob) -> str:
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": metadata,
-        "spec": job.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec": job.spec.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude_defaults=True
+        ),
     }
     # libyaml's emitter when PyYAML has it (its wheels do): the same YAML, 10x less CPU,
     # which a burst of new jobs pays once each.

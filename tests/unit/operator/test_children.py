@@ -166,7 +166,7 @@ def test_each_rank_knows_its_pod_and_node_and_gpu_pods_keep_an_nccl_flight_recor
     assert gpu["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith("/workspace/")
 
 
-def test_resolved_config_is_the_full_spec_the_trainer_parses() -> None:
+def test_resolved_config_is_the_spec_the_trainer_parses() -> None:
     children = _children(training__epochs=2)
     config = yaml.safe_load(children.config["data"]["job.yaml"])
     job = parse_job(config)

@@ -68,13 +68,14 @@ def _body(manifest: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("ttl", [None, 0, 600])
 def test_a_spec_that_does_not_parse_is_refused_and_its_raw_ttl_applies(ttl: int | None) -> None:
-    job = make_job("odd").set("method.lora.notAField", 1)  # the CRD would prune it; an old one
+    # A value the CRD schema cannot check (here: only a rule of another layer refuses it).
+    job = make_job("odd").set("method.lora.r", -1)
     if ttl is not None:
         job.set("runPolicy.ttlSecondsAfterFinished", ttl)
     parsed, plan = _controller().plan(("ns", "odd"), _body(job.obj()))
     assert parsed is None
     assert (plan.status.phase, plan.status.failure_reason) == ("Failed", "InvalidSpec")
-    assert "notAField" in (plan.status.message or "")
+    assert "spec.method.lora.r" in (plan.status.message or "")
     assert plan.actions == ([DeleteSelf()] if ttl == 0 else [])
     assert plan.requeue_after == (pytest.approx(600, abs=5) if ttl == 600 else None)
 

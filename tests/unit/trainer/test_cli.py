@@ -268,3 +268,27 @@ def test_run_with_an_invalid_config_says_so_where_the_operator_reads_it(tmp_path
     assert "spec.training.epochs: must be > 0.0 (got -1)" in result.stderr
     assert message.startswith(INVALID_INPUT_MARKER)
     assert "spec.training.epochs: must be > 0.0 (got -1)" in message
+
+
+def test_a_config_from_a_newer_operator_is_refused_naming_both_releases(tmp_path: Path) -> None:
+    """An older trainer image (pinned by a job) given a ConfigMap that uses a field it
+    predates: InvalidInput that names the field, the operator release that wrote it, and
+    the cure; a config of another contract is refused the same way."""
+    from ftapi.contract import ANNOTATION_CONTRACT, ANNOTATION_WRITTEN_BY, CONTRACT
+
+    annotations = {
+        ANNOTATION_CONTRACT: str(CONTRACT),
+        ANNOTATION_WRITTEN_BY: "finetune-operator 9.9",
+    }
+    newer = make_job("skew").set("training.newKnob", 5).obj()
+    newer["metadata"]["annotations"] = annotations
+    result, message = _run_in_a_pod(newer, tmp_path)
+    assert result.returncode == EXIT_INVALID_INPUT
+    assert "spec.training.newKnob: unknown field" in result.stderr
+    assert "written by finetune-operator 9.9" in result.stderr
+    assert message.startswith(INVALID_INPUT_MARKER) and "finetune-operator 9.9" in message
+    other = make_job("skew").obj()
+    other["metadata"]["annotations"] = {**annotations, ANNOTATION_CONTRACT: str(CONTRACT + 1)}
+    result, message = _run_in_a_pod(other, tmp_path)
+    assert result.returncode == EXIT_INVALID_INPUT
+    assert f"for contract {CONTRACT + 1}" in message

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ftapi.contract import CONTRACT
 from ftapi.progress import REPORT_FIELD, CheckpointReport, ProgressReport
 from fttrainer.callbacks import ProgressCallback
 from fttrainer.progress import (
@@ -105,6 +106,7 @@ def test_a_report_on_the_wire_has_the_contracts_camel_case_fields_and_no_percent
     reporter.checkpointed(uri="s3://b/run/checkpoints/uid/checkpoint-10", step=10, count=1)
     wire = json.loads(sent.reports[-1].model_dump_json(by_alias=True, exclude_none=True))
     assert wire == {
+        "contract": CONTRACT,
         "attempt": 2,
         "stage": "training",
         "step": 10,

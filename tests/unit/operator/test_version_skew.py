@@ -1,0 +1,134 @@
+"""The operator's side of version skew: stored jobs with fields newer than itself, and
+progress reports it cannot read (ftapi.skew, planner.held_for_newer_operator)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import yaml
+
+from ftapi import parse_job
+from ftapi.contract import ANNOTATION_CONTRACT, ANNOTATION_WRITTEN_BY, CONTRACT
+from ftoperator.children import build_children
+from ftoperator.config import OPERATOR, Settings
+from ftoperator.controller import Controller
+from ftoperator.kube import Kube
+from ftoperator.planner import CreateAttempt, Plan
+from fttestkit.builders import make_batch_job, make_job
+from fttestkit.skew import newer_crd, with_fields, with_newer_defaults
+
+KEY = ("ns", "new")
+UID = "ftj-uid"
+
+
+def _controller() -> Controller:
+    controller = Controller(cast(Kube, None), Settings())  # plan() never calls the API
+    controller.observe_crd(newer_crd())
+    return controller
+
+
+def _stored(
+    values: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body = with_newer_defaults(make_job("new").obj())
+    body = with_fields(body, {"metadata.namespace": "ns", "metadata.generation": 1,
+                              "metadata.uid": UID, **(values or {})})  # fmt: skip
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def _condition(plan: Plan, type_: str) -> tuple[str, str, str]:
+    found = next(c for c in plan.status.conditions if c.type == type_)
+    return found.status, found.reason, found.message
+
+
+def test_newer_fields_at_their_default_are_ignored_and_said_once() -> None:
+    controller = _controller()
+    job, plan = controller.plan(KEY, _stored())
+    assert job is not None
+    assert CreateAttempt(0) in plan.actions  # the job starts as it would have before
+    status, reason, message = _condition(plan, "Validated")
+    assert (status, reason) == ("True", "NewerFieldsIgnored")
+    assert "spec.training.newKnob" in message and "spec.newBlock" in message
+    assert OPERATOR in message
+    assert [e.type for e in plan.events if e.reason == "NewerFieldsIgnored"] == ["Normal"]
+    # The next pass (status written) does not repeat the Event.
+    written = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    _, again = controller.plan(KEY, _stored(status=written))
+    assert not [e for e in again.events if e.reason == "NewerFieldsIgnored"]
+
+
+def test_a_set_newer_field_holds_the_job_without_failing_it() -> None:
+    controller = _controller()
+    job, plan = controller.plan(KEY, _stored({"spec.training.newKnob": 5}))
+    assert job is not None
+    assert plan.actions == []  # nothing created
+    assert plan.status.phase == "Pending"
+    status, reason, message = _condition(plan, "Running")
+    assert (status, reason) == ("False", "NeedsNewerOperator")
+    assert "spec.training.newKnob" in message and "spec.newBlock" not in message
+    assert [e.type for e in plan.events if e.reason == "NeedsNewerOperator"] == ["Warning"]
+    written = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    _, again = controller.plan(KEY, _stored({"spec.training.newKnob": 5}, status=written))
+    assert again.actions == [] and not [e for e in again.events if e.type == "Warning"]
+    # A newer operator (one that knows the field) would start it: here, with the field
+    # removed from the spec, this one does.
+    _, removed = controller.plan(KEY, _stored(status=written))
+    assert CreateAttempt(0) in removed.actions
+
+
+def test_an_attempt_already_running_goes_on_but_no_new_one_starts() -> None:
+    controller = _controller()
+    running = make_batch_job(0, owner="new", namespace="ns").obj()
+    running["metadata"]["ownerReferences"] = [{"uid": UID, "controller": True}]
+    controller.cache.observe_child("Job", KEY, running["metadata"]["name"], running)
+    status = {"phase": "Running", "attempt": 0}
+    job, plan = controller.plan(KEY, _stored({"spec.training.newKnob": 5}, status=status))
+    assert job is not None and plan.status.phase != "Failed"
+    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    _, reason, message = _condition(plan, "Validated")
+    assert reason == "NewerFieldsIgnored" and "the running attempt goes on" in message
+
+
+def test_without_the_crd_a_newer_field_holds_the_job() -> None:
+    controller = Controller(cast(Kube, None), Settings())
+    _, plan = controller.plan(KEY, _stored())
+    assert plan.actions == [] and _condition(plan, "Running")[1] == "NeedsNewerOperator"
+
+
+def test_an_unreadable_report_is_named_in_a_condition_and_the_last_readable_one_stays() -> None:
+    controller = _controller()
+    body = with_fields(make_job("new").obj(), {"metadata.namespace": "ns", "metadata.uid": UID,
+                                                "metadata.generation": 1})  # fmt: skip
+    controller.cache.observe_job(KEY, body)
+    good = {"attempt": 0, "stage": "training", "step": 7, "updatedAt": "2026-11-25T00:00:00Z"}
+    controller.cache.observe_progress(KEY, json.dumps(good), UID)
+    controller.cache.observe_progress(KEY, json.dumps({**good, "contract": CONTRACT + 1}), UID)
+    assert controller.cache.progress_of(KEY) is not None
+    status = {"phase": "Running", "attempt": 0}
+    _, plan = controller.plan(KEY, {**body, "status": status})
+    state, reason, message = _condition(plan, "ProgressReadable")
+    assert (state, reason) == ("False", "ProgressUnreadable")
+    assert f"contract {CONTRACT + 1}" in message
+    assert plan.status.progress is not None and plan.status.progress.step == 7
+    assert [e.reason for e in plan.events].count("ProgressUnreadable") == 1
+    # Readable again: the condition says so.
+    controller.cache.observe_progress(KEY, json.dumps({**good, "step": 8}), UID)
+    written = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    _, later = controller.plan(KEY, {**body, "status": written})
+    assert _condition(later, "ProgressReadable")[:2] == ("True", "Readable")
+
+
+def test_the_config_map_holds_only_what_differs_from_the_defaults_and_who_wrote_it() -> None:
+    job = parse_job(make_job("new").set("training.epochs", 2).obj())
+    config = yaml.safe_load(
+        build_children(job, attempt=0, settings=Settings()).config["data"]["job.yaml"]
+    )
+    assert config["metadata"]["annotations"] == {ANNOTATION_CONTRACT: str(CONTRACT),
+                                                 ANNOTATION_WRITTEN_BY: OPERATOR}  # fmt: skip
+    assert config["spec"]["training"] == {"epochs": 2}  # no default spelled out
+    assert "runPolicy" not in config["spec"]
+    # The trainer reads it back to the very same spec.
+    assert parse_job(config).spec == job.spec
