@@ -31,7 +31,7 @@ def test_a_stored_job_with_newer_fields_parses_and_says_where_they_are() -> None
     # The same manifest given to the CLI is still an error (a user's typo there).
     from ftapi import parse_job
 
-    with pytest.raises(InvalidSpecError, match="spec.training.newKnob: unknown field"):
+    with pytest.raises(InvalidSpecError, match=r"spec\.training\.newKnob: unknown field"):
         parse_job(stored)
 
 
