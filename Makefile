@@ -38,7 +38,7 @@ $(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)
 
-lint: install ## ruff (lint + format check), the import layers, mypy --strict (API, operator, trainer, test kit), hadolint, helm lint
+lint: install ## ruff (lint + format check), the import layers, mypy --strict (API, operator, trainer, test kit), hadolint, helm lint, actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
@@ -46,6 +46,11 @@ lint: install ## ruff (lint + format check), the import layers, mypy --strict (A
 	$(MAKE) lint-docker
 	hack/build.sh helm >/dev/null
 	"$$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator
+	$(MAKE) lint-workflows
+
+lint-workflows: ## actionlint on .github/workflows (built from its Go module)
+	@hack/build.sh actionlint >/dev/null
+	"$$(hack/bin-path.sh actionlint)" .github/workflows/*.yaml
 
 fmt: install ## format and autofix
 	$(BIN)/ruff format .
@@ -111,7 +116,7 @@ DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
 DOCKERFILES := trainer-image/Dockerfile operator/Dockerfile
 
-.PHONY: lint-docker images bench bench-trainer bench-storage bench-operator
+.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-storage bench-operator
 
 lint-docker: install ## hadolint both Dockerfiles (rules and their exceptions: .hadolint.yaml)
 	$(BIN)/hadolint --config .hadolint.yaml $(DOCKERFILES)
@@ -128,6 +133,12 @@ images: ## build the trainer and operator images (docker build, else BuildKit in
 	  echo "make images: no Docker engine ('$(DOCKER) info' failed): building with BuildKit into the local node (hack/images.sh)" >&2; \
 	  TRAINER_IMAGE=$(TRAINER_IMAGE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) hack/images.sh; \
 	fi
+
+# The release a platform team installs: both images and the chart (its images pinned by
+# digest) pushed to REGISTRY (hack/release.sh; with the local cluster up, REGISTRY=$FTO_REGISTRY
+# is its registry: hack/registry.sh). Prints each artifact's digest and size.
+release: ## build and push both images and the chart: make release VERSION=0.2.0 REGISTRY=registry.internal/ml
+	@VERSION=$(VERSION) REGISTRY=$(REGISTRY) hack/release.sh
 
 # --- benchmarks ---------------------------------------------------------------------------
 # `make bench` runs every benchmark in BENCH_TARGETS one after another (never in parallel:

@@ -12,6 +12,7 @@
 #        hack/build.sh node                 the next six (the real node, the image builder)
 #        hack/build.sh platform             Kueue, Kubeflow Trainer + JobSet (their CRDs and
 #                                           webhook manifests with them)
+#        hack/build.sh lint                 actionlint (`make lint`)
 #        groups and components mix: hack/build.sh control-plane platform
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
@@ -74,6 +75,10 @@ ldflags_for() {
       flags+=" -X github.com/moby/buildkit/version.Version=$v"
       flags+=" -X github.com/moby/buildkit/version.Revision=module-$v" ;;
     coredns) flags+=" -X github.com/coredns/coredns/coremain.GitCommit=module-$v" ;;
+    actionlint) flags+=" -X github.com/rhysd/actionlint.version=$v" ;;
+    registry)
+      flags+=" -X github.com/distribution/distribution/v3/version.version=$v"
+      flags+=" -X github.com/distribution/distribution/v3/version.revision=module-$v" ;;
     kueue)
       flags+=" -X sigs.k8s.io/kueue/pkg/version.GitVersion=$v"
       flags+=" -X sigs.k8s.io/kueue/pkg/version.GitCommit=module-$v" ;;
@@ -111,6 +116,8 @@ packages_for() {
       github.com/containernetworking/plugins/plugins/main/loopback ;;
     buildkit) echo github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl ;;
     coredns) echo ./cmd/coredns ;;
+    registry) echo github.com/distribution/distribution/v3/cmd/registry ./cmd/htpasswd ;;
+    actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
     kueue) echo sigs.k8s.io/kueue/cmd/kueue ;;
     # One `go build` for both (shared packages compile once); `-o dir/` names JobSet's
     # binary after its module's last element, `jobset`.
@@ -246,6 +253,7 @@ main() {
       control-plane) comps+=("${FTO_CONTROL_PLANE[@]}") ;;
       node) comps+=("${FTO_NODE_COMPONENTS[@]}") ;;
       platform) comps+=("${FTO_PLATFORM[@]}") ;;
+      lint) comps+=("${FTO_LINT[@]}") ;;
       *) comps+=("$c") ;;
     esac
   done

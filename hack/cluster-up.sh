@@ -309,6 +309,9 @@ export AWS_ENDPOINT_URL_S3="http://$HOST_IP:$S3_PORT"
 export FTO_NODE_NAME="$(node_enabled && ! node_deferred && echo "$NODE_NAME")"
 export FTO_BUILDKIT_ADDR="$(node_enabled && echo "unix://$BUILDKIT_SOCK")"
 export FTO_CONTAINERD_ADDR="$(node_enabled && echo "$CONTAINERD_SOCK")"
+export FTO_REGISTRY="$(node_enabled && ! node_deferred && registry_addr)"
+export FTO_REGISTRY_CA="$(node_enabled && ! node_deferred && echo "$PKI/ca.crt")"
+export FTO_REGISTRY_AUTH="$(node_enabled && ! node_deferred && echo "$(registry_dir)/auth.json")"
 export AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY"
 export AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
 export AWS_REGION="$S3_REGION"
@@ -365,6 +368,7 @@ up() {
   Kubernetes $KUBERNETES_VERSION API:  https://$HOST_IP:$APISERVER_PORT   (admin kubeconfig: $STATE/kubeconfig)
   S3 (MinIO):                 http://$HOST_IP:$S3_PORT       (credentials in $STATE/env)
   Real node:                  $(node_enabled && echo "$NODE_NAME (taint $NODE_TAINT, label $NODE_POOL_LABEL)" || echo "none (FTO_NODE=0 or not root)")
+  Registry:                   $(node_enabled && ! node_deferred && echo "https://$(registry_addr) (user $REGISTRY_USER; CA, auth: FTO_REGISTRY_CA, FTO_REGISTRY_AUTH)" || echo "none (comes with the real node)")
   Logs:                       $LOGS/<component>.log
 
   source $STATE/env      # KUBECONFIG, FTO_S3_ENDPOINT, AWS_*, PATH with kubectl/helm
@@ -408,7 +412,7 @@ status() {
     if pid="$(pid_of "$n")"; then printf '%-24s running  pid %s\n' "$n" "$pid"; else printf '%-24s DOWN\n' "$n"; rc=1; fi
   done
   if node_enabled && ! node_deferred; then
-    for n in containerd buildkitd kubelet kube-proxy coredns; do
+    for n in containerd registry buildkitd kubelet kube-proxy coredns; do
       if pid="$(pid_of "$n")"; then
         printf '%-24s running  pid %s\n' "$n" "$pid"
       else

@@ -19,6 +19,8 @@
 #   TRAINER_IMAGE   default finetune-trainer:dev
 #   OPERATOR_IMAGE  default finetune-operator:dev
 #   FTO_IMAGE_BUILD_ARGS  extra build arguments, e.g. "DEEPSPEED_BUILD_OPS=CPU_ADAM"
+#   FTO_IMAGE_LABELS      labels for both images' configs, e.g. "org.opencontainers.image.version=1.0.0"
+#                         (hack/release.sh sets the OCI ones)
 #   FTO_REBUILD=1   build even when the image's inputs (Dockerfile, context files, build
 #                   arguments, bases) are those it was built from
 # Prints each image's build time and size. Needs root (containerd, BuildKit) and starts them
@@ -52,7 +54,7 @@ CTR="$(fto_bin ctr)"
 
 # image_id NAME: the ID (config digest) of the image NAME in the node's store, or nothing.
 image_id() {
-  "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize "$1")" 2>/dev/null |
+  "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize_image "$1")" 2>/dev/null |
     awk 'NR==2{print $3}'
 }
 
@@ -61,19 +63,12 @@ image_size() { # bytes of the unpacked image (what a node's disk holds)
   "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$1" 2>/dev/null | awk 'NR==2{print $4, $5}'
 }
 
-# normalize NAME: what containerd and the kubelet call an image ("finetune-trainer:dev" is
-# docker.io/library/finetune-trainer:dev to both).
-normalize() {
-  local n="$1"
-  [[ "$n" == */* ]] || n="library/$n"
-  [[ "${n%%/*}" == *.* || "${n%%/*}" == *:* || "${n%%/*}" == localhost ]] || n="docker.io/$n"
-  echo "$n"
-}
 
 build() { # name context dockerfile-dir dockerfile [build-arg ...]
   local name="$1" ctx="$2" dfdir="$3" df="$4"; shift 4
   local opts=() a t0=$SECONDS
   for a in "$@"; do opts+=(--opt "build-arg:$a"); done
+  for a in ${FTO_IMAGE_LABELS:-}; do opts+=(--opt "label:$a"); done
   log "building $name ($dfdir/$df)"
   # image-resolve-mode=local: a FROM image already in the node's store (our bases) is used
   # as it is; anything else is pulled as usual. Uncompressed layers: the image is unpacked
@@ -81,8 +76,8 @@ build() { # name context dockerfile-dir dockerfile [build-arg ...]
   "$BUILDCTL" --addr "$BUILDKIT_ADDR" build --progress=plain \
     --frontend dockerfile.v0 --local context="$ctx" --local dockerfile="$dfdir" \
     --opt filename="$df" --opt image-resolve-mode=local "${opts[@]}" \
-    --output "type=image,name=$(normalize "$name"),unpack=true,compression=uncompressed,oci-mediatypes=true"
-  log "built $name in $((SECONDS - t0))s ($(image_size "$(normalize "$name")"))"
+    --output "type=image,name=$(normalize_image "$name"),unpack=true,compression=uncompressed,oci-mediatypes=true"
+  log "built $name in $((SECONDS - t0))s ($(image_size "$(normalize_image "$name")"))"
 }
 
 # What builds leave behind: the images that the names pointed to before (the CRI plugin
@@ -158,7 +153,7 @@ up_to_date() {
   [[ -n "$id" && "$(cat "$(stamp_file "$1")" 2>/dev/null)" == "$2 $id" ]]
 }
 
-stamp_file() { echo "$IMAGES_CACHE/$(normalize "$1" | tr '/:' '__').inputs"; }
+stamp_file() { echo "$IMAGES_CACHE/$(normalize_image "$1" | tr '/:' '__').inputs"; }
 
 stamp() { # NAME INPUTS: remember what the image now in the store was built from
   mkdir -p "$IMAGES_CACHE"
@@ -169,7 +164,8 @@ stamp() { # NAME INPUTS: remember what the image now in the store was built from
 product() {
   local name="$1" dir="$2"; shift 2
   local inputs
-  inputs="$(inputs_of "$dir/Dockerfile" "$@")"
+  # shellcheck disable=SC2086  # FTO_IMAGE_LABELS is a list of KEY=VALUE words
+  inputs="$(inputs_of "$dir/Dockerfile" "$@" ${FTO_IMAGE_LABELS:-})"
   if [[ "${FTO_REBUILD:-0}" != 1 ]] && up_to_date "$name" "$inputs"; then
     log "$name: up to date (inputs $inputs), not rebuilt"
     return 0

@@ -16,9 +16,10 @@ FTO_STATE="${FTO_STATE:-$FTO_CACHE/cluster}"
 # the serial integration tests and the operator benchmark run beside the operator
 # (FTO_PLATFORM: Kueue; Kubeflow Trainer and JobSet, the benchmark's peer).
 FTO_CONTROL_PLANE=(kubernetes helm kwok etcd minio)
-FTO_NODE_COMPONENTS=(kubelet containerd runc cni buildkit coredns)
+FTO_NODE_COMPONENTS=(kubelet containerd runc cni buildkit coredns registry)
 FTO_PLATFORM=(kueue kubeflow)
-FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}" "${FTO_PLATFORM[@]}")
+FTO_LINT=(actionlint)
+FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}" "${FTO_PLATFORM[@]}" "${FTO_LINT[@]}")
 # Components whose wrapper modules are aligned with hack/modules/kubernetes (their builds
 # wait for it when it is being built elsewhere).
 FTO_SHARES_KUBERNETES=(helm kwok kubelet containerd cni buildkit coredns kueue kubeflow)
@@ -46,6 +47,8 @@ component_version() {
     cni) echo "$CNI_PLUGINS_VERSION" ;;
     buildkit) echo "$BUILDKIT_VERSION" ;;
     coredns) echo "$COREDNS_VERSION" ;;
+    registry) echo "$DISTRIBUTION_VERSION" ;;
+    actionlint) echo "$ACTIONLINT_VERSION" ;;
     kueue) echo "$KUEUE_VERSION" ;;
     # Two modules in one wrapper: both pins name its cache folder.
     kubeflow) echo "$KUBEFLOW_TRAINER_VERSION-jobset-$JOBSET_VERSION" ;;
@@ -66,6 +69,8 @@ component_module() {
     cni) echo github.com/containernetworking/plugins ;;
     buildkit) echo github.com/moby/buildkit ;;
     coredns) echo github.com/coredns/coredns ;;
+    registry) echo github.com/distribution/distribution/v3 ;;
+    actionlint) echo github.com/rhysd/actionlint ;;
     kueue) echo sigs.k8s.io/kueue ;;
     kubeflow) echo github.com/kubeflow/trainer/v2 ;;
     *) return 2 ;;
@@ -104,6 +109,8 @@ component_binaries() {
     cni) echo bridge host-local loopback ;;
     buildkit) echo buildkitd buildctl ;;
     coredns) echo coredns ;;
+    registry) echo registry htpasswd ;;
+    actionlint) echo actionlint ;;
     kueue) echo kueue ;;
     kubeflow) echo trainer-controller-manager jobset ;;
     *) return 2 ;;
@@ -131,6 +138,15 @@ fto_bin() {
   done
   echo "no component builds $1" >&2
   return 2
+}
+
+# normalize_image NAME: what containerd and the kubelet call an image ("finetune-trainer:dev" is
+# docker.io/library/finetune-trainer:dev to both).
+normalize_image() {
+  local n="$1"
+  [[ "$n" == */* ]] || n="library/$n"
+  [[ "${n%%/*}" == *.* || "${n%%/*}" == *:* || "${n%%/*}" == localhost ]] || n="docker.io/$n"
+  echo "$n"
 }
 
 require_cmds() { # cmd... : fail early with a clear message
@@ -280,7 +296,7 @@ stop_procs() {
 # Every port the cluster listens on, picked once and kept in $STATE/ports.env.
 FTO_PORT_NAMES=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT S3_PORT S3_CONSOLE_PORT
   KUBELET_PORT KUBELET_HEALTHZ_PORT KUBE_PROXY_HEALTHZ_PORT KUBE_PROXY_METRICS_PORT
-  COREDNS_READY_PORT COREDNS_HEALTH_PORT)
+  COREDNS_READY_PORT COREDNS_HEALTH_PORT REGISTRY_PORT)
 
 port_free() { ! ss -Hltn "( sport = :$1 )" 2>/dev/null | grep -q .; }
 
@@ -333,6 +349,7 @@ port_owner_component() {
     KUBELET_PORT | KUBELET_HEALTHZ_PORT) echo kubelet ;;
     KUBE_PROXY_HEALTHZ_PORT | KUBE_PROXY_METRICS_PORT) echo kube-proxy ;;
     COREDNS_READY_PORT | COREDNS_HEALTH_PORT) echo coredns ;;
+    REGISTRY_PORT) echo registry ;;
   esac
 }
 

@@ -210,6 +210,9 @@ state = '$NODE_RUN/containerd'
     snapshotter = 'overlayfs'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = '$PAUSE_IMAGE'
+    # hosts.toml per registry (the local one's: hack/registry.sh)
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '$d/certs.d'
 
   [plugins.'io.containerd.cri.v1.runtime']
     # This machine's root lacks CAP_SYS_RESOURCE (it runs in a VM sandbox), so no process
@@ -231,6 +234,7 @@ state = '$NODE_RUN/containerd'
     stream_server_address = '127.0.0.1'
     stream_server_port = '0'
 EOF
+  [[ -z "${REGISTRY_PORT:-}" ]] || registry_hosts_toml
   write_if_changed "$d/kubelet.yaml" <<EOF
 # Written by hack/cluster-up.sh (hack/node.sh).
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -378,6 +382,7 @@ start_buildkitd() {
 [history]
   maxAge = 3600
   maxEntries = 4
+$([[ -z "${REGISTRY_PORT:-}" ]] || printf '\n# The local registry (hack/registry.sh), for pushes.\n[registry."%s"]\n  ca = ["%s"]\n' "$(registry_addr)" "$PKI/ca.crt")
 EOF
   PATH="$(node_path)" start_proc buildkitd "$(fto_bin buildkitd)" \
     --config "$NODE_STATE/buildkitd.toml" \
@@ -440,6 +445,7 @@ node_up() {
   node_write_configs
   node_rbac
   start_containerd
+  start_registry
   start_buildkitd
   build_pause_image
   start_kubelet
@@ -457,7 +463,7 @@ shim_pattern() { echo "containerd-shim-runc-v2 .*-address $1( |\$)"; }
 node_down() {
   owns_node || { log "the real node is not this cluster's ($(node_owner)): left alone"; return 0; }
   local n pid
-  for n in coredns kube-proxy kubelet buildkitd; do stop_proc "$n" 30; done
+  for n in coredns kube-proxy kubelet buildkitd registry; do stop_proc "$n" 30; done
   # Every process in a pod cgroup, then the shims (they would restart nothing without
   # containerd, but hold mounts).
   local procs
@@ -490,3 +496,6 @@ builder_up() {
   start_buildkitd
   printf 'BUILDKIT_ADDR=unix://%s\nCONTAINERD_ADDR=%s\n' "$BUILDKIT_SOCK" "$CONTAINERD_SOCK" >"$STATE/builder.env"
 }
+
+# shellcheck source=registry.sh
+source "$HACK_DIR/registry.sh"

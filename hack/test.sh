@@ -134,6 +134,7 @@ checks_lane() {
   step "import layers" "$BIN/lint-imports" --no-cache || rc=1
   step "mypy" "$BIN/mypy" || rc=1
   step "hadolint" make --no-print-directory lint-docker || rc=1
+  step "actionlint" make --no-print-directory lint-workflows || rc=1
   step "unit, trainer, gpu (${CHECK_WORKERS} workers)" "$BIN/pytest" tests/unit tests/trainer \
     tests/gpu -n "$CHECK_WORKERS" --dist worksteal "${PYTEST_COMMON[@]}" || rc=1
   # helm: built by the other lane or, if it has not got there yet, here (the build lock

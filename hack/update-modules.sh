@@ -91,7 +91,7 @@ with_kubernetes_staging() {
 }
 
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue kubeflow)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns registry kueue kubeflow actionlint)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" 1.26.0 go.etcd.io/etcd/server/v3 ;;
@@ -126,6 +126,14 @@ for c in "${components[@]}"; do
       write_module coredns github.com/coredns/coredns "$COREDNS_VERSION" 1.26.0 \
         github.com/coredns/coredns/coremain
       ALIGN_UP_ONLY=1 align_with_kubernetes coredns ;;
+    registry)
+      # The registry, and our own htpasswd (cmd/htpasswd/main.go, kept): the registry's
+      # htpasswd auth takes bcrypt entries only, which no tool on the machine writes.
+      write_module registry github.com/distribution/distribution/v3 "$DISTRIBUTION_VERSION" 1.26.0 \
+        github.com/distribution/distribution/v3/cmd/registry golang.org/x/crypto/bcrypt ;;
+    actionlint)
+      write_module actionlint github.com/rhysd/actionlint "$ACTIONLINT_VERSION" 1.26.0 \
+        github.com/rhysd/actionlint/cmd/actionlint ;;
     kueue)
       write_module kueue sigs.k8s.io/kueue "$KUEUE_VERSION" 1.26.0 sigs.k8s.io/kueue/cmd/kueue
       with_kubernetes_staging kueue

@@ -28,8 +28,12 @@ class Release:
 
     def __init__(
         self, cluster: Cluster, *, name: str, namespace: str, watched: str,
-        values: dict[str, Any],
+        values: dict[str, Any], chart: str = str(CHART), chart_args: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
+        self.chart = chart
+        """This tree's chart folder, or a released one (oci://REGISTRY/charts/...)."""
+        self.chart_args = chart_args
+        """What installing it takes besides (--version, --ca-file, --registry-config)."""
         self.cluster = cluster
         self.name = name
         self.namespace = namespace
@@ -44,7 +48,8 @@ class Release:
 
     def install_or_upgrade(self, command: str = "install", wait: bool = True) -> str:
         waiting = ["--wait", "--timeout", "180s"] if wait else []
-        out = self.helm(command, self.name, str(CHART), *waiting, values=self.values)
+        out = self.helm(command, self.name, self.chart, *self.chart_args, *waiting,
+                        values=self.values)  # fmt: skip
         self.installed = True
         return out
 

@@ -4,7 +4,9 @@ The local cluster (hack/cluster-up.sh) has one real node beside kwok's fake ones
 containerd, runc, a CNI bridge, kube-proxy and CoreDNS (hack/node.sh). The node carries the
 taint finetune.dev/local-node and the label finetune.dev/pool=local, so the integration tier's
 pods never land on it and these tests' pods always do (LOCAL_NODE below). The images are
-built into the node's containerd by hack/images.sh (`make images`), so nothing is pulled.
+built into the node's containerd by hack/images.sh (`make images`), so most tests pull
+nothing; test_release_install.py and test_registry.py push them to the cluster's registry
+(hack/registry.sh) and have the kubelet pull them from there.
 
 The operator runs in the cluster, installed by the Helm chart (`operator_release`), under the
 chart's ServiceAccount and RBAC; FineTuneJobs run as real pods of the trainer image, reading

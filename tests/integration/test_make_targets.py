@@ -48,6 +48,7 @@ CHEAP_FORMS: dict[str, tuple[list[str], str]] = {
     "tools": (["tools"], ""),
     "cluster-up": (["cluster-up"], ""),
     "lint-docker": (["lint-docker"], ""),
+    "lint-workflows": (["lint-workflows"], "actionlint"),
     "crds": (["crds"], "api-reference"),
     "run-operator": (["run-operator", "RUN_OPERATOR_ARGS=--help"], "usage: finetune-operator"),
     "bench": ([
@@ -73,9 +74,10 @@ DRY_RUN: dict[str, str] = {
 
 
 def test_every_target_has_a_cheap_form_here() -> None:
-    # quickstart-cluster and images run for real in the e2e tier
-    # (tests/e2e/test_quickstart_cluster.py; hack/test.sh's images step).
-    covered = {*CHEAP_FORMS, *DRY_RUN, "quickstart", "images", "quickstart-cluster"}
+    # quickstart-cluster, images and release run for real in the e2e tier
+    # (tests/e2e/test_quickstart_cluster.py; hack/test.sh's images step;
+    # tests/e2e/test_release_install.py), release's refusals below.
+    covered = {*CHEAP_FORMS, *DRY_RUN, "quickstart", "images", "quickstart-cluster", "release"}
     assert set(_targets()) == covered
 
 
@@ -116,6 +118,21 @@ def test_target_recipe(target: str) -> None:
     done = _make("-n", target)
     assert done.returncode == 0, done.stderr
     assert DRY_RUN[target] in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "set VERSION"),
+        (["VERSION=1.0"], "VERSION must be semantic"),
+        (["VERSION=1.0.0"], "set REGISTRY"),
+        (["VERSION=1.0.0", "REGISTRY=https://registry.internal/ml"], "without a scheme"),
+    ],
+)
+def test_release_refuses_what_it_cannot_publish_before_building(args: list[str], said: str) -> None:
+    done = _make("release", *args)
+    assert done.returncode != 0
+    assert said in done.stderr
 
 
 def test_images_says_plainly_that_nothing_was_built() -> None:
