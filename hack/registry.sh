@@ -32,7 +32,7 @@ registry_certs() {
     grep -q "IP Address:127.0.0.1"; then
     rm -f "$PKI/registry.crt"
   fi
-  [[ -f "$PKI/registry.crt" ]] && return 0
+  [[ -f "$PKI/registry.crt" && -f "$PKI/registry.key" ]] && return 0
   openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/registry.key" -subj "/CN=fto-registry" \
     -out "$PKI/registry.csr" 2>/dev/null
   openssl x509 -req -in "$PKI/registry.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
@@ -43,10 +43,11 @@ registry_certs() {
 }
 
 registry_credentials() {
-  local dir auth
+  local dir auth mask
   dir="$(registry_dir)"
   mkdir -p "$dir/data"
   chmod 700 "$dir"
+  mask="$(umask)"
   umask 077
   [[ -f "$dir/credentials.env" ]] ||
     printf 'REGISTRY_PASSWORD=%s\nREGISTRY_HTTP_SECRET=%s\n' "$(openssl rand -hex 16)" \
@@ -56,12 +57,13 @@ registry_credentials() {
   printf '%s\n' "$REGISTRY_PASSWORD" | "$(fto_bin htpasswd)" "$REGISTRY_USER" >"$dir/htpasswd"
   auth="$(printf '%s:%s' "$REGISTRY_USER" "$REGISTRY_PASSWORD" | base64 -w0)"
   printf '{"auths": {"%s": {"auth": "%s"}}}\n' "$(registry_addr)" "$auth" >"$dir/auth.json"
-  umask 022
+  umask "$mask"
 }
 
 registry_config() {
-  local dir
+  local dir mask
   dir="$(registry_dir)"
+  mask="$(umask)"
   umask 077
   write_if_changed "$dir/config.yml" <<EOF
 # Written by hack/cluster-up.sh (hack/registry.sh).
@@ -86,7 +88,7 @@ auth:
     realm: fto-registry
     path: $dir/htpasswd
 EOF
-  umask 022
+  umask "$mask"
 }
 
 # registry_hosts_toml: the node's containerd trusts the registry through the cluster's CA

@@ -79,12 +79,28 @@ source "$FTO_STATE/builder.env" # CONTAINERD_ADDR
 CTR=(ctr_quiet --address "$CONTAINERD_ADDR" -n k8s.io)
 # ctr, without containerd's client-side deprecation notice (cgroup v1) on every call.
 ctr_quiet() { "$(fto_bin ctr)" "$@" 2> >(grep -v 'DEPRECATION' >&2); }
-HOSTS_DIR="$(mktemp -d)"
+HOSTS_DIR="$(mktemp -d)" # 0700: it may hold the registry's credentials (below)
 trap 'rm -rf "$HOSTS_DIR"' EXIT
-if [[ -n "${REGISTRY_CA:-}" ]]; then
-  mkdir -p "$HOSTS_DIR/$HOST"
-  printf 'server = "https://%s"\n\n[host."https://%s"]\n  capabilities = ["pull", "resolve", "push"]\n  ca = "%s"\n' \
-    "$HOST" "$HOST" "$REGISTRY_CA" >"$HOSTS_DIR/$HOST/hosts.toml"
+# How ctr gets the credentials without putting them on its command line (where `ps` shows
+# them): a registry that asks for Basic auth (Distribution with htpasswd, Harbor, Artifactory,
+# Nexus) gets them as a header from hosts.toml, a private file; one that hands out tokens
+# (ghcr.io, Docker Hub, ECR) only takes them through ctr's --user, which the release then
+# says out loud.
+challenge="$(curl -sS -o /dev/null -D - --max-time 10 ${REGISTRY_CA:+--cacert "$REGISTRY_CA"} \
+  "https://$HOST/v2/" 2>/dev/null | tr -d '\r' | sed -n 's/^[Ww][Ww][Ww]-[Aa]uthenticate: //p' | head -1)"
+CREDENTIALS=()
+mkdir -p "$HOSTS_DIR/$HOST"
+{
+  printf 'server = "https://%s"\n\n[host."https://%s"]\n  capabilities = ["pull", "resolve", "push"]\n' "$HOST" "$HOST"
+  [[ -z "${REGISTRY_CA:-}" ]] || printf '  ca = "%s"\n' "$REGISTRY_CA"
+  if [[ "$challenge" == [Bb]asic* ]]; then
+    printf '  [host."https://%s".header]\n    Authorization = ["Basic %s"]\n' "$HOST" \
+      "$(printf '%s' "$USER_PASSWORD" | base64 -w0)"
+  fi
+} >"$HOSTS_DIR/$HOST/hosts.toml"
+if [[ "$challenge" != [Bb]asic* ]]; then
+  log "warning: $HOST asks for ${challenge%% *} auth: the password goes to ctr on its command line"
+  CREDENTIALS=(--user "$USER_PASSWORD")
 fi
 
 declare -A DIGEST SIZE
@@ -93,7 +109,7 @@ push_image() { # release-name
   ref="$1"
   name="$(normalize_image "$ref")"
   log "pushing $ref"
-  "${CTR[@]}" images push --hosts-dir "$HOSTS_DIR" --user "$USER_PASSWORD" "$name" >/dev/null
+  "${CTR[@]}" images push --hosts-dir "$HOSTS_DIR" "${CREDENTIALS[@]}" "$name" >/dev/null
   read -r DIGEST["$ref"] SIZE["$ref"] < <("${CTR[@]}" images ls "name==$name" | awk 'NR==2{print $3, $4 $5}')
   "${CTR[@]}" images rm "$name" >/dev/null
 }

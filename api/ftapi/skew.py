@@ -74,6 +74,26 @@ def without(data: Any, locations: list[Loc]) -> Any:
     return result
 
 
+def kept(target: dict[str, Any], source: dict[str, Any], locations: list[Loc]) -> dict[str, Any]:
+    """`target` with the values `source` holds at `locations` put back: what a lenient read
+    left out (a newer release's status fields) is written back as it was, not deleted."""
+    result = copy.deepcopy(target)
+    for loc in locations:
+        try:
+            value = value_at(source, loc)
+        except (KeyError, IndexError, TypeError):
+            continue
+        node: Any = result
+        for part in loc[:-1]:
+            if not isinstance(node, dict) or not isinstance(part, str):
+                node = None
+                break
+            node = node.setdefault(part, {})
+        if isinstance(node, dict) and isinstance(loc[-1], str):
+            node[loc[-1]] = copy.deepcopy(value)
+    return result
+
+
 def value_at(data: Any, loc: Loc) -> Any:
     for part in loc:
         data = data[part]

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from ftapi.constants import VERSION
 from ftapi.loading import InvalidSpecError
-from ftapi.skew import Loc, NewerFields, newer_fields, parse_lenient, parse_stored_job
+from ftapi.skew import Loc, NewerFields, kept, newer_fields, parse_lenient, parse_stored_job
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
@@ -110,6 +110,8 @@ class Controller:
         # The stored CRD's schema (the served version's openAPIV3Schema), from its watch:
         # what a field newer than this code defaults to (ftapi.skew).
         self.crd_schema: dict[str, Any] | None = None
+        # Where a job's stored status holds fields newer than this code (written back as is).
+        self._unknown_status: dict[Key, list[Loc]] = {}
 
     def observe_crd(self, crd: dict[str, Any] | None) -> None:
         """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
@@ -128,6 +130,7 @@ class Controller:
             self._written.pop(key, None)
             self._held.pop(key, None)
             self._children_checked.pop(key, None)
+            self._unknown_status.pop(key, None)
             return
         if stored.get("metadata", {}).get("deletionTimestamp"):
             self._held.pop(key, None)
@@ -302,10 +305,19 @@ class Controller:
     def plan(self, key: Key, body: dict[str, Any]) -> tuple[FineTuneJob | None, Plan]:
         """The parsed spec (None when it does not parse) and the plan for it."""
         # Lenient: a newer operator (before a rollback) may have written fields this one
-        # does not know; they are its own output, and the next write keeps them.
-        status = parse_lenient(FineTuneJobStatus, body.get("status") or {})[0]
+        # does not know; _execute writes them back as they were.
+        status, unknown_status = parse_lenient(FineTuneJobStatus, body.get("status") or {})
+        if unknown_status:
+            self._unknown_status[key] = unknown_status
+        else:
+            self._unknown_status.pop(key, None)
         now = datetime.now(UTC)
         job, invalid, unknown = _parse(body)
+        if unknown and self.crd_schema is None:
+            # The CRD's watch has not delivered yet (the operator just started): what the
+            # newer fields hold cannot be judged, so nothing changes until it has.
+            log.info("%s/%s: fields newer than this operator; waiting for the CRD", *key)
+            return job, Plan(status=status.model_copy(deep=True), requeue_after=2.0)
         newer = newer_fields(body, unknown, self.crd_schema) if unknown else NewerFields()
         names = Names(key[1], status.attempt)
         uid = body.get("metadata", {}).get("uid", "")
@@ -364,6 +376,8 @@ class Controller:
         namespace, name = key
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if key in self._unknown_status:
+            after = kept(after, before, self._unknown_status[key])
         patch = merge_patch(before, after)
         held = bool(patch) and self._hold(key, before, plan, after)
         events = [] if held else plan.events

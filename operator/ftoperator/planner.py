@@ -491,8 +491,20 @@ def note_newer_fields(
     this operator does not know are set (the next pass holds the job instead)."""
     if plan.status.phase in TERMINAL_PHASES:
         return
-    if newer.set:
+    if newer.set and any(isinstance(a, CreateAttempt) for a in plan.actions):
+        # The attempt ended and a restart was planned: the old one is torn down as planned,
+        # the new one waits (the restart stays counted).
         plan.actions = [a for a in plan.actions if not isinstance(a, CreateAttempt)]
+        message = needs_newer_operator(newer, operator)
+        plan.status.phase = "Pending"
+        plan.status.message = message
+        for type_ in (VALIDATED, RUNNING):
+            _condition(plan.status, type_, "False", NEEDS_NEWER_OPERATOR, message, generation, now)
+        was = _find(previous, RUNNING)
+        if was is None or was.reason != NEEDS_NEWER_OPERATOR:
+            plan.events.append(Event("Warning", NEEDS_NEWER_OPERATOR, message))
+        return
+    if newer.set:
         message = needs_newer_operator(newer, operator) + "; the running attempt goes on"
     else:
         one = len(newer.at_default) == 1

@@ -14,7 +14,7 @@ from ftoperator.children import build_children
 from ftoperator.config import OPERATOR, Settings
 from ftoperator.controller import Controller
 from ftoperator.kube import Kube
-from ftoperator.planner import CreateAttempt, Plan
+from ftoperator.planner import CreateAttempt, DeleteJob, Plan
 from fttestkit.builders import make_batch_job, make_job
 from fttestkit.skew import newer_crd, with_fields, with_newer_defaults
 
@@ -79,23 +79,53 @@ def test_a_set_newer_field_holds_the_job_without_failing_it() -> None:
     assert CreateAttempt(0) in removed.actions
 
 
-def test_an_attempt_already_running_goes_on_but_no_new_one_starts() -> None:
-    controller = _controller()
-    running = make_batch_job(0, owner="new", namespace="ns").obj()
+def _owned_job(controller: Controller, *, failed: bool = False) -> None:
+    batch_job = make_batch_job(0, owner="new", namespace="ns")
+    running = (batch_job.failed() if failed else batch_job).obj()
     running["metadata"]["ownerReferences"] = [{"uid": UID, "controller": True}]
     controller.cache.observe_child("Job", KEY, running["metadata"]["name"], running)
+
+
+def test_an_attempt_already_running_goes_on() -> None:
+    controller = _controller()
+    _owned_job(controller)
     status = {"phase": "Running", "attempt": 0}
     job, plan = controller.plan(KEY, _stored({"spec.training.newKnob": 5}, status=status))
-    assert job is not None and plan.status.phase != "Failed"
-    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    assert job is not None and plan.actions == []  # its Job is left alone
+    assert _condition(plan, "Running")[1] != "NeedsNewerOperator"  # not held
     _, reason, message = _condition(plan, "Validated")
     assert reason == "NewerFieldsIgnored" and "the running attempt goes on" in message
 
 
-def test_without_the_crd_a_newer_field_holds_the_job() -> None:
-    controller = Controller(cast(Kube, None), Settings())
-    _, plan = controller.plan(KEY, _stored())
-    assert plan.actions == [] and _condition(plan, "Running")[1] == "NeedsNewerOperator"
+def test_a_restart_under_a_set_newer_field_tears_the_attempt_down_and_waits() -> None:
+    controller = _controller()
+    _owned_job(controller, failed=True)
+    status = {"phase": "Running", "attempt": 0}
+    _, plan = controller.plan(KEY, _stored({"spec.training.newKnob": 5}, status=status))
+    assert not any(isinstance(a, CreateAttempt) for a in plan.actions)
+    assert any(isinstance(a, DeleteJob) for a in plan.actions)  # the failed attempt goes
+    assert (plan.status.phase, plan.status.attempt, plan.status.restarts) == ("Pending", 1, 1)
+    assert _condition(plan, "Running")[1] == "NeedsNewerOperator"
+    assert "goes on" not in (plan.status.message or "")
+    assert [e.reason for e in plan.events].count("NeedsNewerOperator") == 1
+
+
+def test_before_the_crd_is_read_nothing_changes_and_the_job_is_looked_at_again() -> None:
+    controller = Controller(cast(Kube, None), Settings())  # no CRD event yet
+    status = {"phase": "Suspended", "attempt": 0}
+    _, plan = controller.plan(KEY, _stored(status=status))
+    assert plan.actions == [] and plan.events == []
+    assert plan.status.phase == "Suspended" and plan.requeue_after is not None
+
+
+def test_a_rollback_writes_a_newer_operators_status_fields_back_as_they_were() -> None:
+    from ftapi.skew import kept
+
+    stored = {"phase": "Running", "attempt": 0, "newerSummary": {"x": 1}}
+    controller = _controller()
+    controller.plan(KEY, _stored(status=stored))
+    assert controller._unknown_status[KEY] == [("newerSummary",)]
+    assert kept({"phase": "Running"}, stored, [("newerSummary",)])["newerSummary"] == {"x": 1}
 
 
 def test_an_unreadable_report_is_named_in_a_condition_and_the_last_readable_one_stays() -> None:
