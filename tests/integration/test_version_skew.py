@@ -57,6 +57,17 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
+def _wait_reason(cluster: Cluster, ns: str, name: str, type_: str, reason: str) -> dict[str, Any]:
+    """The job's status once its `type_` condition has `reason`."""
+
+    def reached() -> dict[str, Any] | None:
+        status = status_of(cluster, ns, name)
+        return status if _condition(status, type_).get("reason") == reason else None
+
+    found: dict[str, Any] = eventually(reached, timeout=60, what=f"{name}: {reason}")
+    return found
+
+
 def _events(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str, str]]:
     events = client.CoreV1Api(cluster.api).list_namespaced_event(
         ns, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
@@ -80,15 +91,7 @@ def test_an_operator_older_than_the_crd_runs_waiting_jobs_and_holds_newer_asks(
         stored = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "waiting")
         assert stored["spec"]["training"]["newKnob"] == 1  # the API server defaults it
 
-        def ignored() -> dict[str, Any] | None:
-            status = status_of(cluster, ns, "waiting")
-            return (
-                status
-                if _condition(status, "Validated").get("reason") == "NewerFieldsIgnored"
-                else None
-            )
-
-        status = eventually(ignored, timeout=60, what="NewerFieldsIgnored")
+        status = _wait_reason(cluster, ns, "waiting", "Validated", "NewerFieldsIgnored")
         assert status["phase"] == "Suspended"
         assert "spec.training.newKnob" in _condition(status, "Validated")["message"]
         assert any(r == "NewerFieldsIgnored" for _, r, _ in _events(cluster, ns, "waiting"))
@@ -112,15 +115,7 @@ def test_an_operator_older_than_the_crd_runs_waiting_jobs_and_holds_newer_asks(
         asks = long_running_job("asks").set("training.newKnob", 5).obj()
         create_ftj(cluster, ns, asks)
 
-        def held() -> dict[str, Any] | None:
-            status = status_of(cluster, ns, "asks")
-            return (
-                status
-                if _condition(status, "Running").get("reason") == "NeedsNewerOperator"
-                else None
-            )
-
-        status = eventually(held, timeout=60, what="NeedsNewerOperator")
+        status = _wait_reason(cluster, ns, "asks", "Running", "NeedsNewerOperator")
         assert status["phase"] == "Pending"
         assert "spec.training.newKnob" in status["message"]
         jobs = client.BatchV1Api(cluster.api).list_namespaced_job(
