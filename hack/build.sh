@@ -13,6 +13,8 @@
 #        hack/build.sh platform             Kueue, Kubeflow Trainer + JobSet (their CRDs and
 #                                           webhook manifests with them)
 #        hack/build.sh lint                 actionlint (`make lint`)
+#        hack/build.sh oldest               the oldest supported control plane
+#                                           (kubernetes-oldest: `make test-kube-oldest`)
 #        groups and components mix: hack/build.sh control-plane platform
 #   FTO_CACHE=...       cache root (default ~/.cache/finetune-operator)
 #   FTO_REBUILD=1       rebuild even when present
@@ -45,9 +47,9 @@ ldflags_for() {
   case "$c" in
     etcd)
       flags+=" -X go.etcd.io/etcd/api/v3/version.GitSHA=module-$v" ;;
-    kubernetes)
+    kubernetes | kubernetes-oldest)
       local minor="${v#v1.}"; minor="${minor%%.*}"
-      t="$(module_time k8s.io/kubernetes "$v" kubernetes)"; t="${t:-1970-01-01T00:00:00Z}"
+      t="$(module_time k8s.io/kubernetes "$v" "$c")"; t="${t:-1970-01-01T00:00:00Z}"
       for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         flags+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor"
         flags+=" -X $p.gitTreeState=clean -X $p.buildDate=$t -X $p.gitCommit="
@@ -103,6 +105,9 @@ packages_for() {
     etcd) echo go.etcd.io/etcd/server/v3 ;;
     kubernetes) echo k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ;;
+    kubernetes-oldest) echo k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubectl ;;
     kwok) echo sigs.k8s.io/kwok/cmd/kwok ;;
     helm) echo helm.sh/helm/v3/cmd/helm ;;
     minio) echo github.com/minio/minio ;;
@@ -254,6 +259,7 @@ main() {
       node) comps+=("${FTO_NODE_COMPONENTS[@]}") ;;
       platform) comps+=("${FTO_PLATFORM[@]}") ;;
       lint) comps+=("${FTO_LINT[@]}") ;;
+      oldest) comps+=("${FTO_OLDEST[@]}") ;;
       *) comps+=("$c") ;;
     esac
   done

@@ -23,6 +23,12 @@
 #                   later (its network now, the node on a later cluster-up).
 #                   With it the API server and MinIO listen on 10.244.0.1 (the pods' bridge)
 #                   instead of 127.0.0.1; the env file and kubeconfig say which.
+#   FTO_KUBERNETES  the control plane's version: pinned (default, KUBERNETES_VERSION) or
+#                   oldest (KUBERNETES_OLDEST_VERSION, `make test-kube-oldest`; kwok nodes
+#                   only, since a kubelet must not be newer than its API server), with
+#                   the kubectl of that minor; kwok, etcd, helm and the rest stay at their
+#                   pins. Build it first:
+#                   hack/build.sh oldest
 #
 # Afterwards:  source "$FTO_STATE/env"   (KUBECONFIG, FTO_S3_ENDPOINT, AWS_* ...)
 # shellcheck disable=SC1091  # state files (ports.env, ...) exist only at run time
@@ -36,9 +42,20 @@ S3_REGION=us-east-1
 source "$HACK_DIR/node.sh"
 HOST_IP="$(host_ip)"
 
-K_APISERVER="$(fto_bin kube-apiserver)"
-K_KCM="$(fto_bin kube-controller-manager)"
-K_SCHED="$(fto_bin kube-scheduler)"
+case "${FTO_KUBERNETES:-pinned}" in
+  pinned) CONTROL_PLANE=kubernetes ;;
+  oldest)
+    CONTROL_PLANE=kubernetes-oldest
+    [[ "${FTO_NODE:-auto}" == 0 ]] ||
+      die "FTO_KUBERNETES=oldest runs kwok nodes only: set FTO_NODE=0 (the real node's kubelet is $KUBERNETES_VERSION, newer than a $KUBERNETES_OLDEST_VERSION API server)" ;;
+  *) die "FTO_KUBERNETES=${FTO_KUBERNETES}: use pinned or oldest" ;;
+esac
+CONTROL_PLANE_VERSION="$(component_version "$CONTROL_PLANE")"
+K_APISERVER="$(component_bin_dir "$CONTROL_PLANE")/kube-apiserver"
+K_KCM="$(component_bin_dir "$CONTROL_PLANE")/kube-controller-manager"
+K_SCHED="$(component_bin_dir "$CONTROL_PLANE")/kube-scheduler"
+[[ "${1:-up}" != up ]] || component_built "$CONTROL_PLANE" ||
+  die "the $CONTROL_PLANE $CONTROL_PLANE_VERSION control plane is not built (hack/build.sh $CONTROL_PLANE)"
 ETCD="$(fto_bin etcd)"
 KWOK="$(fto_bin kwok)"
 MINIO="$(fto_bin minio)"
@@ -296,7 +313,8 @@ create_nodes() {
 
 write_env() {
   local bins
-  bins="$(component_bin_dir kubernetes):$(component_bin_dir helm):$(component_bin_dir kwok):$(component_bin_dir etcd):$(component_bin_dir minio)"
+  # The control plane's kubectl first: kubectl supports one minor of skew either way.
+  bins="$(component_bin_dir "$CONTROL_PLANE"):$(component_bin_dir kubernetes):$(component_bin_dir helm):$(component_bin_dir kwok):$(component_bin_dir etcd):$(component_bin_dir minio)"
   if node_enabled; then bins+=":$(component_bin_dir kubelet):$(component_bin_dir containerd):$(component_bin_dir buildkit)"; fi
   umask 077
   cat >"$STATE/env.tmp" <<EOF
@@ -317,7 +335,8 @@ export AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
 export AWS_REGION="$S3_REGION"
 export AWS_DEFAULT_REGION="$S3_REGION"
 export FTO_BIN_PATH="$bins"
-case ":\$PATH:" in *":$(component_bin_dir kubernetes):"*) ;; *) export PATH="$bins:\$PATH" ;; esac
+export FTO_KUBERNETES_VERSION="$CONTROL_PLANE_VERSION"
+case ":\$PATH:" in *":$(component_bin_dir "$CONTROL_PLANE"):"*) ;; *) export PATH="$bins:\$PATH" ;; esac
 EOF
   mv -f "$STATE/env.tmp" "$STATE/env"
   umask 022
@@ -339,6 +358,15 @@ up() {
   fi
   if node_enabled; then node_network; fi
   echo "$HOST_IP" >"$STATE/host-ip"
+  # Another control plane version than the running one (FTO_KUBERNETES changed): its
+  # processes go, etcd's data stays (the newer API server reads what the older one wrote).
+  if [[ "$(cat "$STATE/kubernetes-version" 2>/dev/null || echo "$KUBERNETES_VERSION")" != "$CONTROL_PLANE_VERSION" ]]; then
+    local p
+    for p in kube-scheduler kube-controller-manager kube-apiserver; do
+      if pid_of "$p" >/dev/null; then log "the control plane is now $CONTROL_PLANE_VERSION: restarting $p"; stop_proc "$p" 30; fi
+    done
+  fi
+  echo "$CONTROL_PLANE_VERSION" >"$STATE/kubernetes-version"
   setup_kubeconfigs
   setup_s3_credentials
 
@@ -365,7 +393,7 @@ up() {
   log "cluster ready in $((SECONDS - t0))s (started: ${STARTED[*]:-nothing, all were running})"
   cat <<EOF
 
-  Kubernetes $KUBERNETES_VERSION API:  https://$HOST_IP:$APISERVER_PORT   (admin kubeconfig: $STATE/kubeconfig)
+  Kubernetes $CONTROL_PLANE_VERSION API:  https://$HOST_IP:$APISERVER_PORT   (admin kubeconfig: $STATE/kubeconfig)
   S3 (MinIO):                 http://$HOST_IP:$S3_PORT       (credentials in $STATE/env)
   Real node:                  $(node_enabled && echo "$NODE_NAME (taint $NODE_TAINT, label $NODE_POOL_LABEL)" || echo "none (FTO_NODE=0 or not root)")
   Registry:                   $(node_enabled && ! node_deferred && echo "https://$(registry_addr) (user $REGISTRY_USER; CA, auth: FTO_REGISTRY_CA, FTO_REGISTRY_AUTH)" || echo "none (comes with the real node)")

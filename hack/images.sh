@@ -25,9 +25,11 @@
 #                   arguments, bases) are those it was built from
 # Prints each image's build time and size. Needs root (containerd, BuildKit) and starts them
 # (node.sh's builder_up) when they are not running.
+#   FTO_IMAGE_SOURCE  the checkout the images are built from (default: this one; hack/release.sh
+#                   sets it to release an older commit's operator, e.g. in tests/e2e/test_upgrade.py)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-REPO="$(cd "$HACK_DIR/.." && pwd)"
+REPO="$(cd "${FTO_IMAGE_SOURCE:-$HACK_DIR/..}" && pwd)"
 
 TRAINER_IMAGE="${TRAINER_IMAGE:-finetune-trainer:dev}"
 OPERATOR_IMAGE="${OPERATOR_IMAGE:-finetune-operator:dev}"

@@ -19,6 +19,9 @@ FTO_CONTROL_PLANE=(kubernetes helm kwok etcd minio)
 FTO_NODE_COMPONENTS=(kubelet containerd runc cni buildkit coredns registry)
 FTO_PLATFORM=(kueue kubeflow)
 FTO_LINT=(actionlint)
+# Built only by `make test-kube-oldest` (hack/test-kube-oldest.sh): the oldest supported
+# control plane. Not in FTO_COMPONENTS, so `fto_bin kube-apiserver` always means the pinned one.
+FTO_OLDEST=(kubernetes-oldest)
 FTO_COMPONENTS=("${FTO_CONTROL_PLANE[@]}" "${FTO_NODE_COMPONENTS[@]}" "${FTO_PLATFORM[@]}" "${FTO_LINT[@]}")
 # Components whose wrapper modules are aligned with hack/modules/kubernetes (their builds
 # wait for it when it is being built elsewhere).
@@ -38,6 +41,7 @@ component_version() {
   case "$1" in
     etcd) echo "$ETCD_VERSION" ;;
     kubernetes) echo "$KUBERNETES_VERSION" ;;
+    kubernetes-oldest) echo "$KUBERNETES_OLDEST_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;;
@@ -59,7 +63,7 @@ component_version() {
 component_module() {
   case "$1" in
     etcd) echo go.etcd.io/etcd/server/v3 ;;
-    kubernetes) echo k8s.io/kubernetes ;;
+    kubernetes | kubernetes-oldest) echo k8s.io/kubernetes ;;
     kwok) echo sigs.k8s.io/kwok ;;
     helm) echo helm.sh/helm/v3 ;;
     minio) echo github.com/minio/minio ;;
@@ -100,6 +104,7 @@ component_binaries() {
   case "$1" in
     etcd) echo etcd ;;
     kubernetes) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
+    kubernetes-oldest) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
     kwok) echo kwok ;;
     helm) echo helm ;;
     minio) echo minio ;;

@@ -7,11 +7,12 @@
 #
 # Usage: hack/package-chart.sh VERSION REGISTRY OPERATOR_DIGEST TRAINER_DIGEST OUT_DIR
 #   prints the package's path. HELM: the helm binary (default: the pinned build, else PATH's).
+#   FTO_CHART_SOURCE: the checkout whose chart is packed (default: this one).
 set -euo pipefail
-[[ $# -eq 5 ]] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $# -eq 5 ]] || { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 VERSION="$1" REGISTRY="$2" OPERATOR_DIGEST="$3" TRAINER_DIGEST="$4" OUT="$5"
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HACK_DIR/.." && pwd)"
+REPO="$(cd "${FTO_CHART_SOURCE:-$HACK_DIR/..}" && pwd)"
 if [[ -z "${HELM:-}" ]]; then
   HELM="$("$HACK_DIR/bin-path.sh" helm 2>/dev/null || true)"
   [[ -x "$HELM" ]] || HELM="$(command -v helm)"

@@ -21,6 +21,13 @@
 #   REGISTRY_CA          a CA bundle to trust for the registry (default: the local cluster's
 #                        FTO_REGISTRY_CA for its registry, else the system's)
 #   FTO_RELEASE_OUT      where the chart package and summary.json go (default: dist/)
+#   FTO_RELEASE_SOURCE   the checkout whose operator image and chart are released (default:
+#                        this one): an older commit's `git worktree`, as the upgrade test
+#                        releases the previous version (tests/e2e/test_upgrade.py)
+#   FTO_RELEASE_TRAINER_DIGEST
+#                        sha256:... of a trainer image already in REGISTRY/trainer: pinned by
+#                        the chart instead of building and pushing one (a release whose trainer
+#                        did not change; the trainer image is gigabytes)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPO="$(cd "$HACK_DIR/.." && pwd)"
@@ -33,6 +40,11 @@ REPO="$(cd "$HACK_DIR/.." && pwd)"
   die "REGISTRY is host[:port][/path], without a scheme or a trailing slash: got '$REGISTRY'"
 HOST="${REGISTRY%%/*}"
 OUT="${FTO_RELEASE_OUT:-$REPO/dist}"
+SRC="$(cd "${FTO_RELEASE_SOURCE:-$REPO}" && pwd)"
+git -C "$SRC" rev-parse --verify -q HEAD >/dev/null || die "FTO_RELEASE_SOURCE=$SRC is not a git checkout"
+REUSED_TRAINER="${FTO_RELEASE_TRAINER_DIGEST:-}"
+[[ -z "$REUSED_TRAINER" || "$REUSED_TRAINER" =~ ^sha256:[0-9a-f]{64}$ ]] ||
+  die "FTO_RELEASE_TRAINER_DIGEST must be sha256:<64 hex>: got '$REUSED_TRAINER'"
 mkdir -p "$OUT"
 
 # The local cluster's registry: its credentials and CA, unless told otherwise.
@@ -59,8 +71,8 @@ PY
 [[ -n "$USER_PASSWORD" ]] || die "$REGISTRY_AUTH holds no credentials for $HOST"
 
 # What the commit says: the release's time (SOURCE_DATE_EPOCH) and a dirty tree warning.
-export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct)}"
-if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]]; then
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$SRC" log -1 --format=%ct)}"
+if [[ -n "$(git -C "$SRC" status --porcelain --untracked-files=no)" ]]; then
   log "warning: the tree has uncommitted changes; the release holds them"
 fi
 
@@ -68,12 +80,14 @@ fi
 # say which release and commit they are (the layers are the `make images` build's, cached;
 # the labels make their own image IDs, so a node that ran the local builds tells them apart),
 # pushed, and the names removed from the node: what runs the release pulls it.
-COMMIT="$(git -C "$REPO" rev-parse HEAD)"
+COMMIT="$(git -C "$SRC" rev-parse HEAD)"
 OPERATOR_REF="$REGISTRY/operator:$VERSION"
 TRAINER_REF="$REGISTRY/trainer:$VERSION"
-TRAINER_IMAGE="$TRAINER_REF" OPERATOR_IMAGE="$OPERATOR_REF" \
+BUILD=(operator trainer)
+[[ -z "$REUSED_TRAINER" ]] || { BUILD=(operator); TRAINER_REF="$REGISTRY/trainer@$REUSED_TRAINER"; }
+TRAINER_IMAGE="$TRAINER_REF" OPERATOR_IMAGE="$OPERATOR_REF" FTO_IMAGE_SOURCE="$SRC" \
   FTO_IMAGE_LABELS="org.opencontainers.image.version=$VERSION org.opencontainers.image.revision=$COMMIT org.opencontainers.image.source=https://github.com/finetune-operator/finetune-operator" \
-  "$HACK_DIR/images.sh" >&2
+  "$HACK_DIR/images.sh" "${BUILD[@]}" >&2
 # shellcheck disable=SC1091
 source "$FTO_STATE/builder.env" # CONTAINERD_ADDR
 CTR=(ctr_quiet --address "$CONTAINERD_ADDR" -n k8s.io)
@@ -113,12 +127,29 @@ push_image() { # release-name
   read -r DIGEST["$ref"] SIZE["$ref"] < <("${CTR[@]}" images ls "name==$name" | awk 'NR==2{print $3, $4 $5}')
   "${CTR[@]}" images rm "$name" >/dev/null
 }
+# reused_image REF DIGEST: the registry holds the manifest (a Basic-auth registry is asked; a
+# token registry's answer needs its token dance, so it is taken on trust, said out loud).
+reused_image() {
+  local path="${REGISTRY#"$HOST"}" code
+  path="${path#/}"
+  if [[ "$challenge" != [Bb]asic* ]]; then
+    log "warning: $HOST asks for ${challenge%% *} auth: not checked that it holds trainer@$2"
+  else
+    code="$(printf 'Authorization: Basic %s\n' "$(printf '%s' "$USER_PASSWORD" | base64 -w0)" |
+      curl -sS -o /dev/null -w '%{http_code}' --max-time 20 -I -H @- ${REGISTRY_CA:+--cacert "$REGISTRY_CA"} \
+        -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json' \
+        "https://$HOST/v2/${path:+$path/}trainer/manifests/$2")"
+    [[ "$code" == 200 ]] || die "FTO_RELEASE_TRAINER_DIGEST: $HOST answers $code for ${path:+$path/}trainer@$2"
+  fi
+  DIGEST["$1"]="$2"
+  SIZE["$1"]="(reused)"
+}
 push_image "$OPERATOR_REF"
-push_image "$TRAINER_REF"
+if [[ -n "$REUSED_TRAINER" ]]; then reused_image "$TRAINER_REF" "$REUSED_TRAINER"; else push_image "$TRAINER_REF"; fi
 
 # 2. The chart, pinned to the pushed images by digest (hack/package-chart.sh), pushed.
 HELM="$(fto_bin helm)"
-CHART_TGZ="$(HELM="$HELM" "$HACK_DIR/package-chart.sh" "$VERSION" "$REGISTRY" \
+CHART_TGZ="$(HELM="$HELM" FTO_CHART_SOURCE="$SRC" "$HACK_DIR/package-chart.sh" "$VERSION" "$REGISTRY" \
   "${DIGEST[$OPERATOR_REF]}" "${DIGEST[$TRAINER_REF]}" "$OUT")"
 HELM_PUSH=("$HELM" push "$CHART_TGZ" "oci://$REGISTRY/charts" --registry-config "$REGISTRY_AUTH")
 [[ -n "${REGISTRY_CA:-}" ]] && HELM_PUSH+=(--ca-file "$REGISTRY_CA")
@@ -131,7 +162,7 @@ import json
 summary = {
     "version": "$VERSION",
     "sourceDateEpoch": $SOURCE_DATE_EPOCH,
-    "commit": "$(git -C "$REPO" rev-parse HEAD)",
+    "commit": "$COMMIT",
     "images": {
         "$OPERATOR_REF": {"digest": "${DIGEST[$OPERATOR_REF]}", "size": "${SIZE[$OPERATOR_REF]}"},
         "$TRAINER_REF": {"digest": "${DIGEST[$TRAINER_REF]}", "size": "${SIZE[$TRAINER_REF]}"},
@@ -143,7 +174,7 @@ json.dump(summary, open("$OUT/summary.json", "w"), indent=2)
 PY
 cat <<EOF
 
-release $VERSION (commit $(git -C "$REPO" rev-parse --short HEAD), SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)
+release $VERSION (commit $(git -C "$SRC" rev-parse --short HEAD), SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)
   $OPERATOR_REF  ${DIGEST[$OPERATOR_REF]}  ${SIZE[$OPERATOR_REF]}
   $TRAINER_REF  ${DIGEST[$TRAINER_REF]}  ${SIZE[$TRAINER_REF]}
   oci://$REGISTRY/charts/finetune-operator:$VERSION  $CHART_DIGEST

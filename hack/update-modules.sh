@@ -3,7 +3,7 @@
 # Run after changing a pin; commit the resulting go.mod/go.sum/tools.go files.
 #
 # Usage: hack/update-modules.sh [component ...]   (default: all)
-#   components: etcd kubernetes kwok helm minio containerd runc cni buildkit coredns kueue
+#   components: etcd kubernetes kubernetes-oldest kwok helm minio containerd runc cni buildkit coredns kueue
 #               kubeflow
 #   (kwok, helm, containerd, cni and coredns take versions from the kubernetes wrapper,
 #   buildkit from containerd's: regenerate them after those)
@@ -91,11 +91,12 @@ with_kubernetes_staging() {
 }
 
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kwok helm minio containerd runc cni buildkit coredns registry kueue kubeflow actionlint)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kubernetes kubernetes-oldest kwok helm minio containerd runc cni buildkit coredns registry kueue kubeflow actionlint)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) write_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" 1.26.0 go.etcd.io/etcd/server/v3 ;;
     kubernetes) "$HACK_DIR/gen-k8s-replaces.sh" "$KUBERNETES_VERSION" ;;
+    kubernetes-oldest) "$HACK_DIR/gen-k8s-replaces.sh" --oldest ;;
     kwok)
       write_module kwok sigs.k8s.io/kwok "$KWOK_VERSION" 1.26.0 sigs.k8s.io/kwok/cmd/kwok
       align_with_kubernetes kwok ;;

@@ -13,7 +13,10 @@ schema is newer than its own models:
   any other value asks for something this operator cannot do, and the job waits for a newer
   operator (docs/install.md, "Version skew").
 - Its **status** and the trainer's **progress reports** may carry fields a newer operator or
-  trainer added: they are read leniently (`parse_lenient`), unknown fields left out.
+  trainer added: they are read leniently (`parse_lenient`), unknown fields left out. A status
+  may also hold a value this code cannot read (a phase or a range a newer release added):
+  `read_status` leaves that field out and says which, and the operator leaves such a job
+  alone rather than act on a state it cannot read.
 
 A manifest a user gives the CLI (`finetune validate`, `finetune run`) is still strict: there
 a field this code does not know is the user's mistake, and an error.
@@ -38,7 +41,7 @@ from .loading import (
     manifest_loc,
     parse_job,
 )
-from .v1alpha1 import FineTuneJob
+from .v1alpha1 import FineTuneJob, FineTuneJobStatus
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[int | str, ...]
@@ -115,6 +118,37 @@ def parse_lenient(model: type[M], data: Any, **validate: Any) -> tuple[M, list[L
             ignored += unknown
             data = without(data, unknown)
     return model.model_validate_json(json.dumps(data, default=str), **validate), ignored
+
+
+def read_status(data: dict[str, Any]) -> tuple[FineTuneJobStatus, list[Loc], list[FieldError]]:
+    """A stored status as this code can read it: (the status, the locations left out, the
+    values it could not read). Unknown fields are left out where they are; a field holding a
+    value this code rejects (a newer release's phase, say) is left out whole, at the top
+    level of the status (a bad item of a list takes the list). Both kinds are returned as
+    locations, for `kept`; the second also as errors, since what the status says is then
+    not fully known."""
+    left_out: list[Loc] = []
+    unreadable: list[FieldError] = []
+    for _ in range(_ROUNDS):
+        try:
+            status = FineTuneJobStatus.model_validate_json(json.dumps(data, default=str))
+            return status, left_out, unreadable
+        except ValidationError as error:
+            dropped: list[Loc] = []
+            for item in error.errors():
+                loc = manifest_loc(item["loc"])
+                if not loc:  # the status is not even an object
+                    raise
+                if item["type"] == "extra_forbidden":
+                    dropped.append(loc)
+                elif loc[:1] not in dropped:
+                    dropped.append(loc[:1])
+                    said = f"{item.get('input')!r}: {item['msg']}"
+                    unreadable.append(FieldError(f"status.{dotted(item['loc'])}", said))
+            left_out += [loc for loc in dropped if loc not in left_out]
+            data = without(data, dropped)
+    status = FineTuneJobStatus.model_validate_json(json.dumps(data, default=str))
+    return status, left_out, unreadable
 
 
 def parse_stored_job(manifest: dict[str, Any]) -> tuple[FineTuneJob, list[Loc]]:

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from ftapi.constants import VERSION
 from ftapi.loading import InvalidSpecError
-from ftapi.skew import Loc, NewerFields, kept, newer_fields, parse_lenient, parse_stored_job
+from ftapi.skew import Loc, NewerFields, kept, newer_fields, parse_stored_job, read_status
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
@@ -46,6 +46,7 @@ from .kueue import owned_workload, queue_state
 from .merge_patch import merge_patch
 from .observability import METRICS, Metrics
 from .planner import (
+    NEEDS_NEWER_OPERATOR,
     WAITING_FOR_PODS,
     CreateAttempt,
     DeleteJob,
@@ -58,6 +59,7 @@ from .planner import (
     note_newer_fields,
     reconcile,
     rejected,
+    status_needs_newer_operator,
 )
 from .policy import policy_violation
 
@@ -112,6 +114,8 @@ class Controller:
         self.crd_schema: dict[str, Any] | None = None
         # Where a job's stored status holds fields newer than this code (written back as is).
         self._unknown_status: dict[Key, list[Loc]] = {}
+        # The message told (Event) for a job whose status holds values this code cannot read.
+        self._told_unreadable: dict[Key, str] = {}
 
     def observe_crd(self, crd: dict[str, Any] | None) -> None:
         """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
@@ -131,6 +135,7 @@ class Controller:
             self._held.pop(key, None)
             self._children_checked.pop(key, None)
             self._unknown_status.pop(key, None)
+            self._told_unreadable.pop(key, None)
             return
         if stored.get("metadata", {}).get("deletionTimestamp"):
             self._held.pop(key, None)
@@ -304,15 +309,24 @@ class Controller:
 
     def plan(self, key: Key, body: dict[str, Any]) -> tuple[FineTuneJob | None, Plan]:
         """The parsed spec (None when it does not parse) and the plan for it."""
-        # Lenient: a newer operator (before a rollback) may have written fields this one
-        # does not know; _execute writes them back as they were.
-        status, unknown_status = parse_lenient(FineTuneJobStatus, body.get("status") or {})
+        # Lenient: a newer operator (before a rollback) may have written fields or values
+        # this one does not know; _execute writes them back as they were.
+        status, unknown_status, unreadable = read_status(body.get("status") or {})
         if unknown_status:
             self._unknown_status[key] = unknown_status
         else:
             self._unknown_status.pop(key, None)
         now = datetime.now(UTC)
         job, invalid, unknown = _parse(body)
+        if unreadable:
+            # Acting on a state it cannot read could restart a job that runs or end one
+            # that is done: the job is left as it is, and the reason told once.
+            message = status_needs_newer_operator(unreadable, OPERATOR)
+            told, self._told_unreadable[key] = self._told_unreadable.get(key), message
+            events = [] if told == message else [Event("Warning", NEEDS_NEWER_OPERATOR, message)]
+            log.warning("%s/%s: %s", *key, message)
+            return job, Plan(status=status.model_copy(deep=True), events=events)
+        self._told_unreadable.pop(key, None)
         if unknown and self.crd_schema is None:
             # The CRD's watch has not delivered yet (the operator just started): what the
             # newer fields hold cannot be judged, so nothing changes until it has.

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftapi.contract import INVALID_INPUT, VERDICTS, worse_than_base
+from ftapi.loading import FieldError
 from ftapi.progress import ProgressReport, RankReport, heartbeat_seconds
 from ftapi.skew import NewerFields
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
@@ -525,6 +526,15 @@ def needs_newer_operator(newer: NewerFields, operator: str) -> str:
         f"the spec sets {_spoken(newer.set)}, newer than this operator ({operator}): no attempt"
         " starts until an operator that knows them runs (finish the upgrade), or they are "
         "removed from the spec"
+    )
+
+
+def status_needs_newer_operator(unreadable: list[FieldError], operator: str) -> str:
+    """Why a job whose stored status this operator cannot read is left alone."""
+    return (
+        f"the status holds {'; '.join(map(str, unreadable))}: written by an operator newer "
+        f"than this one ({operator}), after a rollback? The job is left as it is (its pods "
+        "run on) until an operator that reads its status runs"
     )
 
 

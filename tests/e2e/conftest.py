@@ -35,6 +35,7 @@ from tests.e2e.realnode import (
     TRAINER_IMAGE,
     Bucket,
     containerd_images,
+    make_release,
     node_possible,
     normalized,
 )
@@ -87,6 +88,14 @@ def images(cluster: Cluster, node: str) -> dict[str, str]:
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert {normalized(i) for i in wanted.values()} <= containerd_images(cluster)
     return wanted
+
+
+@pytest.fixture(scope="session")
+def released(cluster: Cluster, node: str, images: dict[str, str]) -> dict[str, Any]:
+    """`make release` of this tree into the cluster's registry, under a fresh path (once:
+    tests/e2e/test_release_install.py installs it, tests/e2e/test_upgrade.py upgrades to it)."""
+    registry = f"{cluster.env['FTO_REGISTRY']}/e2e-{uuid.uuid4().hex[:6]}"
+    return make_release(cluster, registry, f"0.0.0-e2e.{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture

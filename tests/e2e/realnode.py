@@ -5,16 +5,21 @@ The fixtures that make these are in conftest.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from fttestkit.cluster import Cluster, eventually
+from fttestkit.cluster import Cluster, eventually, fresh_namespace
 from fttestkit.finetunejobs import read_ftj
+from fttestkit.paths import REPO
 from fttestkit.release import Release
 from fttrainer.tiny import save_tiny_model
 
@@ -121,6 +126,78 @@ def operator_release(cluster: Cluster, system: str, jobs: str, image: str) -> Re
         cluster, name=f"fto-{system.rsplit('-', 1)[-1]}", namespace=system, watched=jobs,
         values=values,
     )  # fmt: skip
+
+
+def pull_secret(cluster: Cluster, namespace: str, name: str, auths: dict[str, Any]) -> None:
+    """A kubernetes.io/dockerconfigjson Secret holding `auths` (a config.json's "auths")."""
+    document = base64.b64encode(json.dumps({"auths": auths}).encode()).decode()
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, {
+        "metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": document},
+    })  # fmt: skip
+
+
+def registry_auths(cluster: Cluster) -> dict[str, Any]:
+    """The cluster registry's credentials, as a config.json's "auths"."""
+    config = json.loads(Path(cluster.env["FTO_REGISTRY_AUTH"]).read_text())
+    auths: dict[str, Any] = config["auths"]
+    return auths
+
+
+@contextmanager
+def registry_release(
+    cluster: Cluster, registry: str, version: str, prefix: str
+) -> Iterator[Release]:
+    """The operator installed as a user installs it: `helm install oci://REGISTRY/charts/...
+    --version VERSION` into fresh namespaces, each holding the pull Secret `registry`, with
+    `operator.allowedRegistries` naming REGISTRY. Uninstalled afterwards; its log must hold
+    no traceback."""
+    suffix = uuid.uuid4().hex[:6]
+    with (
+        fresh_namespace(cluster, f"{prefix}-system-{suffix}") as system,
+        fresh_namespace(cluster, f"{prefix}-jobs-{suffix}") as jobs,
+    ):
+        for namespace in (system, jobs):
+            pull_secret(cluster, namespace, "registry", registry_auths(cluster))
+        values: dict[str, Any] = {
+            "imagePullSecrets": [{"name": "registry"}],
+            "watchNamespaces": [jobs],
+            "operator": {"allowedRegistries": [f"{registry}/"], "resyncSeconds": 10},
+            **LOCAL_NODE,
+        }
+        release = Release(
+            cluster, name=f"{prefix}-{suffix}", namespace=system, watched=jobs, values=values,
+            chart=f"oci://{registry}/charts/finetune-operator",
+            chart_args=("--version", version, "--ca-file", cluster.env["FTO_REGISTRY_CA"],
+                        "--registry-config", cluster.env["FTO_REGISTRY_AUTH"]),
+        )  # fmt: skip
+        release.install_or_upgrade("install")
+        try:
+            yield release
+        finally:
+            log = release.logs()
+            release.uninstall(check=False)
+            assert "Traceback" not in log, log[-6000:]
+
+
+def make_release(
+    cluster: Cluster, registry: str, version: str, **env: str
+) -> dict[str, Any]:  # fmt: skip
+    """`make release VERSION=version REGISTRY=registry` (hack/release.sh, its environment
+    extended by `env`): its summary.json, after checking that it printed every digest."""
+    out = Path(cluster.env["FTO_STATE"]) / f"release-{version}-{uuid.uuid4().hex[:6]}"
+    done = subprocess.run(
+        ["make", "--no-print-directory", "release", f"VERSION={version}", f"REGISTRY={registry}"],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=1200,
+        env={**os.environ, **cluster.env, "PATH": cluster.path, "FTO_RELEASE_OUT": str(out), **env},
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    assert f"release {version}" in done.stdout
+    for image in summary["images"].values():  # the summary prints each digest
+        assert image["digest"].startswith("sha256:") and image["digest"] in done.stdout
+    assert summary["chart"]["digest"].startswith("sha256:")
+    return {"registry": registry, "version": version, "log": done.stderr, **summary}
 
 
 def qa_rows(count: int) -> str:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
-import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +15,18 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from fttestkit.cluster import Cluster, eventually, fresh_namespace
+from fttestkit.cluster import Cluster, eventually
 from fttestkit.finetunejobs import create_ftj, wait_phase
-from fttestkit.paths import REPO
 from fttestkit.release import Release
-from tests.e2e.realnode import LOCAL_NODE, Bucket, containerd_images, normalized, tiny_cpu_job
+from tests.e2e.realnode import (
+    Bucket,
+    containerd_images,
+    normalized,
+    pull_secret,
+    registry_auths,
+    registry_release,
+    tiny_cpu_job,
+)
 
 
 def _events(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tuple[str, str]]:
@@ -31,14 +34,6 @@ def _events(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tupl
         namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
     )
     return [(e.reason, e.message or "") for e in found.items]
-
-
-def _pull_secret(cluster: Cluster, namespace: str, name: str, auths: dict[str, Any]) -> None:
-    document = base64.b64encode(json.dumps({"auths": auths}).encode()).decode()
-    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, {
-        "metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": document},
-    })  # fmt: skip
 
 
 def _renamed(job: dict[str, Any], name: str) -> dict[str, Any]:
@@ -49,58 +44,15 @@ def _renamed(job: dict[str, Any], name: str) -> dict[str, Any]:
     return other
 
 
-@pytest.fixture(scope="module")
-def released(cluster: Cluster, node: str, images: dict[str, str]) -> dict[str, Any]:
-    """`make release` of this tree into the cluster's registry, under a fresh path."""
-    registry = f"{cluster.env['FTO_REGISTRY']}/e2e-{uuid.uuid4().hex[:6]}"
-    version = f"0.0.0-e2e.{uuid.uuid4().hex[:6]}"
-    out = Path(cluster.env["FTO_STATE"]) / f"release-{version}"
-    env = {**os.environ, **cluster.env, "PATH": cluster.path, "FTO_RELEASE_OUT": str(out)}
-    done = subprocess.run(
-        ["make", "--no-print-directory", "release", f"VERSION={version}", f"REGISTRY={registry}"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200,
-    )  # fmt: skip
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
-    assert f"release {version}" in done.stdout
-    for image in summary["images"].values():  # the summary prints each digest
-        assert image["digest"].startswith("sha256:") and image["digest"] in done.stdout
-    assert summary["chart"]["digest"].startswith("sha256:")
-    return {"registry": registry, "version": version, **summary}
-
-
 @pytest.fixture
 def installed(cluster: Cluster, released: dict[str, Any]) -> Iterator[Release]:
     registry, version = released["registry"], released["version"]
-    auth = json.loads(Path(cluster.env["FTO_REGISTRY_AUTH"]).read_text())["auths"]
-    suffix = uuid.uuid4().hex[:6]
-    with (
-        fresh_namespace(cluster, f"e2e-rel-system-{suffix}") as system,
-        fresh_namespace(cluster, f"e2e-rel-jobs-{suffix}") as jobs,
-    ):
-        for namespace in (system, jobs):
-            _pull_secret(cluster, namespace, "registry", auth)
-        wrong = {k: {"auth": base64.b64encode(b"fto:wrong").decode()} for k in auth}
-        _pull_secret(cluster, jobs, "registry-wrong", wrong)
-        values: dict[str, Any] = {
-            "imagePullSecrets": [{"name": "registry"}],
-            "watchNamespaces": [jobs],
-            "operator": {"allowedRegistries": [f"{registry}/"], "resyncSeconds": 10},
-            **LOCAL_NODE,
+    with registry_release(cluster, registry, version, "e2e-rel") as release:
+        wrong = {
+            k: {"auth": base64.b64encode(b"fto:wrong").decode()} for k in registry_auths(cluster)
         }
-        release = Release(
-            cluster, name=f"fto-rel-{suffix}", namespace=system, watched=jobs, values=values,
-            chart=f"oci://{registry}/charts/finetune-operator",
-            chart_args=("--version", version, "--ca-file", cluster.env["FTO_REGISTRY_CA"],
-                        "--registry-config", cluster.env["FTO_REGISTRY_AUTH"]),
-        )  # fmt: skip
-        release.install_or_upgrade("install")
-        try:
-            yield release
-        finally:
-            log = release.logs()
-            release.uninstall(check=False)
-            assert "Traceback" not in log, log[-6000:]
+        pull_secret(cluster, release.watched, "registry-wrong", wrong)
+        yield release
 
 
 def test_released_artifacts_install_from_the_registry_and_the_kubelet_pulls_them(

@@ -58,6 +58,8 @@ CHEAP_FORMS: dict[str, tuple[list[str], str]] = {
     "gpu-kit": (["gpu-kit", "GPU_KIT=/tmp/fto-gpu-kit-test"], "gpu kit: 17 wheels"),
     "bench-storage": (["bench-storage", "BENCH_STORAGE_ARGS=--help"], "usage:"),
     "bench-operator": (["bench-operator", "BENCH_OPERATOR_ARGS=--help"], "usage:"),
+    # Run for real once per change of the CRD or the chart (its result is in the notes).
+    "test-kube-oldest": (["test-kube-oldest", "PLAN=1"], "test: tests/integration/"),
 }  # fmt: skip
 # Running these would stop or rewrite what the suite stands on: their recipe is checked.
 DRY_RUN: dict[str, str] = {
@@ -127,12 +129,43 @@ def test_target_recipe(target: str) -> None:
         (["VERSION=1.0"], "VERSION must be semantic"),
         (["VERSION=1.0.0"], "set REGISTRY"),
         (["VERSION=1.0.0", "REGISTRY=https://registry.internal/ml"], "without a scheme"),
+        (
+            ["VERSION=1.0.0", "REGISTRY=registry.internal/ml", "FTO_RELEASE_TRAINER_DIGEST=latest"],
+            "must be sha256:<64 hex>",
+        ),
+        (
+            ["VERSION=1.0.0", "REGISTRY=registry.internal/ml", "FTO_RELEASE_SOURCE=/"],
+            "is not a git checkout",
+        ),
     ],
 )
 def test_release_refuses_what_it_cannot_publish_before_building(args: list[str], said: str) -> None:
     done = _make("release", *args)
     assert done.returncode != 0
     assert said in done.stderr
+
+
+def test_the_oldest_kubernetes_plan_names_its_pin_and_real_tests() -> None:
+    done = _make("test-kube-oldest", "PLAN=1")
+    assert done.returncode == 0, done.stderr
+    pinned = (REPO / "hack/versions.env").read_text()
+    pin = re.search(r"^KUBERNETES_OLDEST_VERSION=(\S+)$", pinned, re.M)
+    assert pin is not None
+    assert f"kubernetes: {pin.group(1)} " in done.stdout
+    tests = re.findall(r"^test: (\S+)$", done.stdout, flags=re.MULTILINE)
+    assert "tests/integration/test_api_server.py" in tests
+    assert all((REPO / t).is_file() for t in tests), tests
+
+
+def test_the_oldest_control_plane_refuses_a_real_node(tmp_path: Path) -> None:
+    # A v1.36 kubelet under a v1.33 API server is outside Kubernetes' skew policy.
+    done = subprocess.run(
+        [str(REPO / "hack/cluster-up.sh")], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "FTO_KUBERNETES": "oldest", "FTO_NODE": "1", "FTO_STATE": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "FTO_KUBERNETES=oldest runs kwok nodes only" in done.stderr
+    assert not (tmp_path / "kubeconfig").exists()
 
 
 def test_images_says_plainly_that_nothing_was_built() -> None:

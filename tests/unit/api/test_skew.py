@@ -122,3 +122,20 @@ def test_an_older_trainer_names_the_newer_operator_when_a_field_is_unknown() -> 
     assert older_reader_hint(make_job("a").obj(), unknown, "finetune-trainer 0.1.0") is None
     other = [FieldError("spec.training.epochs", "must be > 0")]
     assert older_reader_hint(_written(), other, "finetune-trainer 0.1.0") is None
+
+
+def test_read_status_leaves_out_what_it_cannot_read_and_says_which() -> None:
+    from ftapi.skew import read_status
+
+    condition = {"type": "Running", "status": "True", "reason": "Has Spaces",
+                 "lastTransitionTime": "2026-11-25T00:00:00Z"}  # fmt: skip
+    stored = {"phase": "Draining", "restarts": 2, "newer": {"a": 1},
+              "progress": {"step": 5, "newerRate": 1.0}, "conditions": [condition]}  # fmt: skip
+    status, left_out, unreadable = read_status(stored)
+    assert status.restarts == 2 and status.progress is not None and status.progress.step == 5
+    # Unknown fields where they are; a bad value takes its top-level field (a list whole).
+    assert sorted(left_out) == [("conditions",), ("newer",), ("phase",), ("progress", "newerRate")]
+    assert [e.path for e in unreadable] == ["status.phase", "status.conditions[0].reason"]
+    assert "'Draining'" in str(unreadable[0])
+    # Only newer fields: nothing unreadable.
+    assert read_status({"phase": "Running", "newer": 1})[2] == []

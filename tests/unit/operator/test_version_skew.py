@@ -128,6 +128,32 @@ def test_a_rollback_writes_a_newer_operators_status_fields_back_as_they_were() -
     assert kept({"phase": "Running"}, stored, [("newerSummary",)])["newerSummary"] == {"x": 1}
 
 
+def test_a_status_value_from_a_newer_operator_leaves_the_job_alone_and_is_said_once() -> None:
+    from ftapi.skew import kept
+
+    # A newer operator's phase (after a rollback), on a job whose attempt Job is gone: read
+    # as "Pending", this operator would start a new attempt; it must not act at all.
+    stored = {"phase": "Draining", "attempt": 1, "restarts": 1, "message": "draining node x"}
+    controller = _controller()
+    job, plan = controller.plan(KEY, _stored(status=stored))
+    assert job is not None
+    assert plan.actions == []
+    (event,) = plan.events
+    assert (event.type, event.reason) == ("Warning", "NeedsNewerOperator")
+    assert "status.phase" in event.message and "'Draining'" in event.message
+    assert OPERATOR in event.message
+    # What _execute writes back is what was stored: nothing of the newer status is lost.
+    after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert kept(after, stored, controller._unknown_status[KEY])["phase"] == "Draining"
+    assert plan.status.attempt == 1 and plan.status.restarts == 1
+    # Said once, not at every pass; a readable status ends the hold.
+    _, again = controller.plan(KEY, _stored(status=stored))
+    assert again.actions == [] and again.events == []
+    _, readable = controller.plan(KEY, _stored(status={**stored, "phase": "Running"}))
+    assert KEY not in controller._told_unreadable
+    assert "NeedsNewerOperator" not in [e.reason for e in readable.events]
+
+
 def test_an_unreadable_report_is_named_in_a_condition_and_the_last_readable_one_stays() -> None:
     controller = _controller()
     body = with_fields(make_job("new").obj(), {"metadata.namespace": "ns", "metadata.uid": UID,

@@ -32,6 +32,9 @@ def test_ci_runs_dot_ci_run_with_shared_beside_the_clone() -> None:
         s.get("with", {}).get("path") for s in _steps(workflow) if "checkout" in s.get("uses", "")
     }
     assert paths == {"main", "shared"}
+    # tests/e2e/test_upgrade.py releases an older commit of the project: it needs the history.
+    (main,) = [s for s in _steps(workflow) if s.get("with", {}).get("path") == "main"]
+    assert main["with"]["fetch-depth"] == 0
 
 
 def test_the_release_publishes_where_the_chart_points() -> None:
