@@ -26,6 +26,12 @@ PACKAGES = (
     "botocore", "boto3", "s3transfer", "mlflow", "wandb", "requests", "urllib3", "httpx",
     "httpx2", "httpcore2", "aiohttp", "fsspec", "certifi", "tensorboard", "databricks",
     "google", "truststore",
+    # What else the trainer image runs: a variable that loads code or a cache from a path
+    # would run what a job downloaded there (its model or data folder).
+    "torch", "triton", "deepspeed", "lm_eval", "nltk", "bitsandbytes", "matplotlib",
+    "safetensors", "tokenizers", "pyarrow", "tqdm", "sympy", "networkx", "numpy", "scipy",
+    "sklearn", "pandas", "sacrebleu", "rouge_score", "jinja2", "filelock", "multiprocess",
+    "dill", "psutil",
 )  # fmt: skip
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _QUOTE = r"[rbuRBU]?['\"]"

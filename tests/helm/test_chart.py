@@ -146,6 +146,11 @@ def test_operator_settings_reach_the_operator() -> None:
         "operator": {
             "defaultImage": "registry.internal/ml/trainer:1.2",
             "allowedRegistries": ["registry.internal/ml/", "ghcr.io/acme/"],
+            "allowedS3Endpoints": ["http://minio.storage:9000"],
+            "allowedTrackerUrls": ["https://mlflow.internal/", "https://wandb.internal"],
+            "allowedHubEndpoints": ["https://hub.internal"],
+            "allowedSecretNames": ["team-hub", "team-s3"],
+            "forbidJobCode": True,
             "defaultS3Endpoint": "http://minio.storage:9000",
             "gpuTolerations": [SPOT],
             "gpuResourceName": "amd.com/gpu",
@@ -163,6 +168,11 @@ def test_operator_settings_reach_the_operator() -> None:
     assert options.settings == Settings(
         default_image="registry.internal/ml/trainer:1.2",
         allowed_registries=("registry.internal/ml/", "ghcr.io/acme/"),
+        allowed_s3_endpoints=("http://minio.storage:9000",),
+        allowed_tracker_urls=("https://mlflow.internal/", "https://wandb.internal"),
+        allowed_hub_endpoints=("https://hub.internal",),
+        allowed_secret_names=("team-hub", "team-s3"),
+        forbid_job_code=True,
         default_s3_endpoint="http://minio.storage:9000",
         gpu_tolerations=(SPOT,),
         gpu_resource_name="amd.com/gpu",

@@ -153,8 +153,10 @@ def test_the_api_server_refuses_every_variable_that_moves_a_credential(
                 _create(runner, namespace, job)
             assert caught.value.status == 422, (name, caught.value.body)
             assert group.what in caught.value.body, (name, caught.value.body)
+            # ... and says what to use instead (the spec field, the setting, the image).
+            assert group.instead[:40] in caught.value.body, (name, caught.value.body)
             tried += 1
-    assert tried >= 90  # every exact name, and samples of every family
+    assert tried >= 160  # every exact name, and samples of every family
     # A copy of a Secret-fed variable into another one.
     copy = long_running_job("copy").set("model.hfTokenSecretRef", {
         "name": "team-b-hub", "key": "token"}).set("resources.env", [

@@ -78,9 +78,25 @@ DEEPSPEED_CONFIG_KEYS = frozenset(
 )
 
 
-def unknown_deepspeed_keys(config: dict[str, Any]) -> list[str]:
-    """One message per top-level key DeepSpeed would ignore, with the nearest known key."""
-    problems = []
+# DeepSpeed sections that send what they record, and the credentials the pods hold for it
+# (WANDB_API_KEY, COMET_API_KEY), to a service that no operator setting governs: the spec's
+# own fields do it where the allow-lists apply (operator allowedTrackerUrls).
+DEEPSPEED_SENDING_KEYS = {
+    "wandb": "use spec.logging.wandb (its baseUrl is governed by allowedTrackerUrls)",
+    "comet": "use spec.logging.mlflow or spec.logging.wandb (governed by allowedTrackerUrls)",
+    "nebula": "checkpoints go to spec.output (governed by allowedS3Endpoints)",
+}
+
+
+def deepspeed_config_problems(config: dict[str, Any]) -> list[str]:
+    """One message per top-level key DeepSpeed would ignore, with the nearest known key, and
+    per key that would send data (and credentials) where the platform's settings do not
+    reach."""
+    problems = [
+        f"{key!r} sends to a service no operator setting governs: {instead}"
+        for key, instead in DEEPSPEED_SENDING_KEYS.items()
+        if key in config
+    ]
     for key in sorted(set(config) - DEEPSPEED_CONFIG_KEYS, key=str):
         near = get_close_matches(str(key), DEEPSPEED_CONFIG_KEYS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -122,7 +138,7 @@ class DeepSpeedSpec(ApiModel):
     def _only_known_keys(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
         """The API server cannot see inside a free-form object, so this check runs in the
         operator (InvalidSpec status) and in `finetune validate`/`run`."""
-        problems = unknown_deepspeed_keys(config or {})
+        problems = deepspeed_config_problems(config or {})
         if problems:
             raise ValueError("; ".join(problems))
         return config

@@ -133,6 +133,28 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
             "GCONV_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP",
             "PYTHONPYCACHEPREFIX", "BASH_ENV", "HF_MODULES_CACHE", "TRITON_CACHE_DIR",
             "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
+            # Programs, libraries, headers and toolchains the trainer runs or compiles
+            # against (DeepSpeed's and torch's JIT builds, Triton, Inductor): a path there
+            # runs whatever the job downloaded to it (its model or data folder).
+            "PATH", "CUDA_HOME", "CUDA_PATH", "CUDA_INC_PATH", "CUDNN_HOME", "CUDNN_PATH",
+            "ROCM_HOME", "ROCM_PATH", "HIP_PATH", "NCCL_HOME", "NCCL_EP_HOME",
+            "NVSHMEM_LIB_DIR", "ROCSHMEM_LIB_DIR", "NVTOOLSEXT_PATH", "CUTLASS_PATH",
+            "LEVEL_ZERO_V1_SDK_PATH", "WINDOWS_CUDA_HOME", "CPATH", "C_INCLUDE_PATH",
+            "CPLUS_INCLUDE_PATH", "LIBRARY_PATH", "TRITON_HOME", "TRITON_PTXAS_PATH",
+            "TRITON_LIBDEVICE_PATH", "TRITON_HSA_RUNTIME_PATH", "TORCHINDUCTOR_CUTLASS_DIR",
+            "TORCHINDUCTOR_CK_DIR", "TORCH_CUSTOM_PYTHONPATH", "TORCHELASTIC_ETCD_BINARY_PATH",
+            "CLASSPATH", "NLTK_ALLOW_UNSAFE_CLASSPATH", "WEKAHOME", "MEGATRON_PATH",
+            # Where compiled kernels, pickled caches, hub code and config files that name
+            # modules are read from (each the default of another: TMPDIR holds Inductor's
+            # and Triton's caches, XDG_CACHE_HOME torch's extensions).
+            "TMPDIR", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_DATA_DIRS", "XDG_CONFIG_DIRS",
+            "XDG_STATE_HOME", "TORCH_HOME", "MPLCONFIGDIR", "FLYDSL_RUNTIME_CACHE_DIR",
+            "QUACK_CACHE_DIR", "LM_HARNESS_CACHE_PATH", "DS_ENV_FILE",
+            "TORCH_COMPILE_OVERRIDE_INDUCTOR_CONFIGS", "TORCH_COMPILE_OVERRIDE_DYNAMO_CONFIGS",
+            # Caches and downloads from a server of the user's choosing.
+            "TORCHINDUCTOR_REDIS_HOST", "TORCHINDUCTOR_REDIS_PORT", "TORCHINDUCTOR_REDIS_URL",
+            "TORCHINDUCTOR_AUTOGRAD_REMOTE_CACHE", "NLTK_DOWNLOAD_URL",
+            "NLTK_ALLOW_PROXIED_URLOPEN",
         ),
         patterns=(),
         instead="A pod reads configuration and code only from the trainer image; put what a "

@@ -45,7 +45,13 @@ REASONS = {
     "otel-export": "an OpenTelemetry export target; it carries only headers the user sets",
     "server-chosen": "presigned-URL transfers whose hosts the (allowed) tracking server picks",
     "same-host": "an identifier or mode that keeps the same host",
-    "unused-provider": "an LLM provider for MLflow's judges, which the trainer never calls",
+    "unused-provider": "an LLM provider (MLflow's judges, lm-eval's API models) the trainer "
+    "never calls: its evaluation runs the job's own model in process",
+    "build-time": "read only when a package builds native code at install time (numpy's "
+    "distutils, pyarrow's build helpers), never by the trainer at run time",
+    "diagnostic": "read only by an environment report (ds_report, collect_env)",
+    "windows-only": "a Windows or macOS setting; the trainer image is Linux",
+    "test-only": "read only by the library's own test runner",
 }
 REVIEWED = Path(__file__).with_name("reviewed_env.tsv")
 
@@ -63,7 +69,7 @@ def _reviewed() -> dict[str, str]:
 
 def test_every_variable_that_could_move_a_credential_is_refused_or_reviewed() -> None:
     read = _read()
-    assert len(read) > 500, f"the scan found only {len(read)} names"
+    assert len(read) > 1500, f"the scan found only {len(read)} names"
     candidates = {n for n in read if LOOKS_LIKE_A_DESTINATION.search(n)}
     open_ = {n: read[n] for n in sorted(candidates) if redirect_group(n) is None}
     reviewed = _reviewed()
@@ -85,6 +91,9 @@ def test_the_scan_sees_the_variables_known_to_move_credentials() -> None:
     known = ["HF_ENDPOINT", "HF_TOKEN_PATH", "HUGGINGFACE_CO_STAGING", "AWS_CONFIG_FILE",
              "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE",
              "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_INSECURE_TLS", "WANDB_BASE_URL",
-             "WANDB__PROXIES", "KUBEFLOW_TRAINER_SERVER_URL"]  # fmt: skip
+             "WANDB__PROXIES", "KUBEFLOW_TRAINER_SERVER_URL",
+             # what loads code from a path or a server (torch, Triton, lm-eval, NLTK)
+             "TORCH_CUSTOM_PYTHONPATH", "TRITON_PTXAS_PATH", "TORCHINDUCTOR_REDIS_HOST",
+             "LM_HARNESS_CACHE_PATH", "NLTK_DOWNLOAD_URL", "MPLCONFIGDIR"]  # fmt: skip
     assert [n for n in known if n not in read] == []
     assert all(redirect_group(n) is not None for n in known)

@@ -308,6 +308,24 @@ def test_a_top_level_typo_in_the_raw_config_is_an_error_with_the_nearest_key() -
     assert "did you mean 'zero_optimization'" in error.message
 
 
+@pytest.mark.parametrize("key", ["wandb", "comet", "nebula"])
+def test_a_deepspeed_section_that_sends_elsewhere_is_refused_naming_the_field(key: str) -> None:
+    """DeepSpeed's own W&B and Comet monitors would send metrics, with the key the pods hold,
+    to a server allowedTrackerUrls does not govern (Nebula: checkpoints, to Azure)."""
+    job = make_job().set("distributed", {"strategy": "deepspeed", "deepspeed": {"config": {
+        key: {"enabled": True}}}})  # fmt: skip
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_job(job.obj())
+    (error,) = caught.value.errors
+    assert error.path == "spec.distributed.deepspeed.config"
+    assert f"{key!r} sends to a service no operator setting governs" in error.message
+    assert "spec.logging" in error.message or "spec.output" in error.message
+    # The other monitors write only local files: still accepted.
+    local = make_job().set("distributed", {"strategy": "deepspeed", "deepspeed": {"config": {
+        "tensorboard": {"enabled": True}, "csv_monitor": {"enabled": True}}}})  # fmt: skip
+    parse_job(local.obj())
+
+
 class _ReadRecorder(dict[str, Any]):
     """A config dict that remembers every key looked up in it (get, [], in, keys())."""
 
