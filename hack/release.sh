@@ -76,18 +76,26 @@ if [[ -n "$(git -C "$SRC" status --porcelain --untracked-files=no)" ]]; then
   log "warning: the tree has uncommitted changes; the release holds them"
 fi
 
-# 1. The images: built from this tree under the release's names, with the OCI labels that
-# say which release and commit they are (the layers are the `make images` build's, cached;
-# the labels make their own image IDs, so a node that ran the local builds tells them apart),
-# pushed, and the names removed from the node: what runs the release pulls it.
+# 1. The images: the `make images` build of the source (nothing is rebuilt when it is up to
+# date), then the same layers under the release's names with the OCI labels that say which
+# release and commit they are (the labels make their own image IDs, so a node that ran the
+# local builds tells them apart), pushed, and the names removed from the node: what runs the
+# release pulls it.
 COMMIT="$(git -C "$SRC" rev-parse HEAD)"
 OPERATOR_REF="$REGISTRY/operator:$VERSION"
 TRAINER_REF="$REGISTRY/trainer:$VERSION"
 BUILD=(operator trainer)
 [[ -z "$REUSED_TRAINER" ]] || { BUILD=(operator); TRAINER_REF="$REGISTRY/trainer@$REUSED_TRAINER"; }
-TRAINER_IMAGE="$TRAINER_REF" OPERATOR_IMAGE="$OPERATOR_REF" FTO_IMAGE_SOURCE="$SRC" \
-  FTO_IMAGE_LABELS="org.opencontainers.image.version=$VERSION org.opencontainers.image.revision=$COMMIT org.opencontainers.image.source=https://github.com/finetune-operator/finetune-operator" \
+if [[ "$SRC" == "$REPO" ]]; then
+  DEV_TRAINER="${TRAINER_IMAGE:-finetune-trainer:dev}" DEV_OPERATOR="${OPERATOR_IMAGE:-finetune-operator:dev}"
+else # another checkout's build must not replace this one's
+  DEV_TRAINER="finetune-trainer:src-${COMMIT:0:12}" DEV_OPERATOR="finetune-operator:src-${COMMIT:0:12}"
+fi
+TRAINER_IMAGE="$DEV_TRAINER" OPERATOR_IMAGE="$DEV_OPERATOR" FTO_IMAGE_SOURCE="$SRC" \
   "$HACK_DIR/images.sh" "${BUILD[@]}" >&2
+LABELS="org.opencontainers.image.version=$VERSION org.opencontainers.image.revision=$COMMIT org.opencontainers.image.source=https://github.com/finetune-operator/finetune-operator"
+FTO_IMAGE_LABELS="$LABELS" "$HACK_DIR/images.sh" label "$DEV_OPERATOR" "$OPERATOR_REF" >&2
+[[ -n "$REUSED_TRAINER" ]] || FTO_IMAGE_LABELS="$LABELS" "$HACK_DIR/images.sh" label "$DEV_TRAINER" "$TRAINER_REF" >&2
 # shellcheck disable=SC1091
 source "$FTO_STATE/builder.env" # CONTAINERD_ADDR
 CTR=(ctr_quiet --address "$CONTAINERD_ADDR" -n k8s.io)
@@ -146,6 +154,11 @@ reused_image() {
 }
 push_image "$OPERATOR_REF"
 if [[ -n "$REUSED_TRAINER" ]]; then reused_image "$TRAINER_REF" "$REUSED_TRAINER"; else push_image "$TRAINER_REF"; fi
+if [[ "$SRC" != "$REPO" ]]; then # the other checkout's local build is not kept
+  for image in "$DEV_OPERATOR" "$DEV_TRAINER"; do
+    "${CTR[@]}" images rm "$(normalize_image "$image")" >/dev/null 2>&1 || true
+  done
+fi
 
 # 2. The chart, pinned to the pushed images by digest (hack/package-chart.sh), pushed.
 HELM="$(fto_bin helm)"

@@ -6,6 +6,7 @@ The fixtures that make these are in conftest.py."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import subprocess
@@ -250,6 +251,15 @@ def tiny_cpu_job(
     secret = bucket.credentials_secret(release.watched, f"s3-{bucket.name}")
     return cpu_job(name, model, data_uri, bucket, secret, steps=steps, save_steps=save_steps,
                    log_every=log_every)  # fmt: skip
+
+
+def renamed(job: dict[str, Any], name: str) -> dict[str, Any]:
+    """The same FineTuneJob manifest under another name, writing under its own output
+    prefix (beside the original's)."""
+    other = copy.deepcopy(job)
+    other["metadata"]["name"] = name
+    other["spec"]["output"]["uri"] = other["spec"]["output"]["uri"].rsplit("/", 1)[0] + f"/{name}"
+    return other
 
 
 def job_pods(release: Release, name: str) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ reason in status and an Event, and no retry loop.
 - a memory limit far too small: the kernel's OOM killer, seen as OOMKilled;
 - an image that does not exist: ErrImagePull/ImagePullBackOff, the job waiting with that
   reason (a registry on 127.0.0.1:1 refuses at once: nothing leaves the machine);
-- a bad data row: the trainer's own message, from the container's termination log."""
+- a bad data row: the trainer's own message, from the container's termination log;
+- a Hub that refuses the push (a stand-in Hub in a pod answering 403): PublishFailed, no
+  restart, the model kept in S3 and named in status.modelUri."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from kubernetes import client
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
 from fttestkit.release import Release
-from tests.e2e.realnode import Bucket, qa_rows, tiny_cpu_job
+from tests.e2e.realnode import LOCAL_NODE, Bucket, pod_logs, qa_rows, tiny_cpu_job
 
 
 def _job(release: Release, bucket: Bucket, tmp_path: Path, name: str, data: str) -> dict[str, Any]:
@@ -112,3 +114,91 @@ def test_a_bad_data_row_fails_with_the_trainers_own_message(
     assert "qa.jsonl" in status["message"] and "17" in status["message"], status["message"]
     assert "answer" in status["message"], status["message"]
     assert status.get("restarts", 0) == 0
+
+
+# A stand-in for the Hub's API (none is reachable here): every request is logged and answered
+# 403, as the Hub answers a token that may not write to the repository.
+HUB_STAND_IN = """
+import http.server
+class Hub(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        print("HUB", self.command, self.path, flush=True)
+        self.send_response(403)
+        self.end_headers()
+    do_GET = do_POST = do_PUT = do_HEAD = answer
+http.server.HTTPServer(("", 8080), Hub).serve_forever()
+"""
+HUB_TOKEN = "hf_e2e_not_a_real_token_0123456789"
+
+
+def _hub_stand_in(release: Release, images: dict[str, str]) -> str:
+    """A pod and Service answering every Hub request with 403; its URL."""
+    core = client.CoreV1Api(release.cluster.api)
+    labels = {"app": "hub-stand-in"}
+    core.create_namespaced_pod(release.watched, {
+        "metadata": {"name": "hub-stand-in", "labels": labels},
+        "spec": {
+            **LOCAL_NODE, "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "hub", "image": images["trainer"], "imagePullPolicy": "Never",
+                "args": ["python", "-c", HUB_STAND_IN],
+                "ports": [{"containerPort": 8080}],
+                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                "volumeMounts": [{"name": "workspace", "mountPath": "/workspace"}],
+                "securityContext": {"readOnlyRootFilesystem": True,
+                                    "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+            "volumes": [{"name": "workspace", "emptyDir": {}}],
+        },
+    })  # fmt: skip
+    core.create_namespaced_service(release.watched, {
+        "metadata": {"name": "hub-stand-in"},
+        "spec": {"selector": labels, "ports": [{"port": 8080, "targetPort": 8080}]},
+    })  # fmt: skip
+
+    def ready() -> bool:
+        pod = core.read_namespaced_pod("hub-stand-in", release.watched)
+        return any(c.ready for c in pod.status.container_statuses or [])
+
+    eventually(ready, timeout=120, what="the stand-in Hub ready")
+    return f"http://hub-stand-in.{release.watched}.svc.cluster.local:8080"
+
+
+def test_a_hub_that_refuses_the_push_fails_the_job_with_the_model_kept_in_s3(
+    operator_release: Release, images: dict[str, str], bucket: Bucket, tmp_path: Path,
+    cleanup: list[str],
+) -> None:  # fmt: skip
+    release, name = operator_release, "push-refused"
+    endpoint = _hub_stand_in(release, images)
+    cleanup.append(name)
+    core = client.CoreV1Api(release.cluster.api)
+    core.create_namespaced_secret(release.watched, {
+        "metadata": {"name": "hub-token"}, "stringData": {"token": HUB_TOKEN}})  # fmt: skip
+    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=4, save_steps=2, log_every=1)
+    job["spec"]["model"]["hubEndpoint"] = endpoint
+    job["spec"]["output"]["pushToHub"] = {
+        "repoId": "team/model",
+        "tokenSecretRef": {"name": "hub-token", "key": "token"},
+    }
+    create_ftj(release.cluster, release.watched, job)
+    try:
+        status = eventually(
+            lambda: phase_is(release.cluster, release.watched, name, "Failed", "Succeeded"),
+            timeout=480, what="the job to end",
+        )  # fmt: skip
+        hub_log = core.read_namespaced_pod_log("hub-stand-in", release.watched)
+    finally:
+        core.delete_namespaced_pod("hub-stand-in", release.watched, grace_period_seconds=0)
+    assert status["phase"] == "Failed", status
+    assert status["failureReason"] == "PublishFailed", status
+    assert "403" in status["message"], status["message"]
+    assert status.get("restarts", 0) == 0  # a refusal is not retried
+    assert "HUB " in hub_log  # the push reached the stand-in and was refused there
+    # The trained model is kept where the job writes, and the status says where.
+    final = f"s3://{bucket.name}/{name}/final"
+    assert status["modelUri"] == final, status
+    assert any(k.endswith("adapter_model.safetensors") for k in bucket.keys(f"{name}/final/"))
+    assert HUB_TOKEN not in json.dumps(status) + pod_logs(release, name)

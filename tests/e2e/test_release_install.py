@@ -7,7 +7,6 @@ ImageNotAllowed; a job whose pull Secret is wrong says why within seconds."""
 from __future__ import annotations
 
 import base64
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.e2e.realnode import (
     pull_secret,
     registry_auths,
     registry_release,
+    renamed,
     tiny_cpu_job,
 )
 
@@ -34,14 +34,6 @@ def _events(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tupl
         namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
     )
     return [(e.reason, e.message or "") for e in found.items]
-
-
-def _renamed(job: dict[str, Any], name: str) -> dict[str, Any]:
-    """The same job under another name, writing under its own output prefix."""
-    other = copy.deepcopy(job)
-    other["metadata"]["name"] = name
-    other["spec"]["output"]["uri"] = other["spec"]["output"]["uri"].rsplit("/", 1)[0] + f"/{name}"
-    return other
 
 
 @pytest.fixture
@@ -85,14 +77,14 @@ def test_released_artifacts_install_from_the_registry_and_the_kubelet_pulls_them
     assert any(r == "Pulling" and registry in m for r, m in pulled), pulled
 
     # Another registry's image: refused before anything is created.
-    foreign = _renamed(job, "foreign")
+    foreign = renamed(job, "foreign")
     foreign["spec"]["resources"]["image"] = "docker.io/someone/trainer:1"
     create_ftj(cluster, installed.watched, foreign)
     status = wait_phase(cluster, installed.watched, "foreign", "Failed", timeout=60)
     assert status["failureReason"] == "ImageNotAllowed", status
 
     # A wrong pull Secret: the job says so within seconds, in its own status.
-    refused = _renamed(job, "wrong-secret")
+    refused = renamed(job, "wrong-secret")
     refused["spec"]["resources"]["imagePullSecrets"] = ["registry-wrong"]
     create_ftj(cluster, installed.watched, refused)
 

@@ -72,8 +72,10 @@ def previous(
     finally:
         subprocess.run([*git, "remove", "--force", str(source)], check=False, capture_output=True)
     assert summary["commit"] == PREVIOUS_COMMIT
-    # Only the operator was built, from the older source.
+    # Only the operator was built, from the older source, then labelled as the release.
+    assert f"building finetune-operator:src-{PREVIOUS_COMMIT[:12]}" in summary["log"]
     assert f"building {released['registry']}/operator:{PREVIOUS_VERSION}" in summary["log"]
+    assert "finetune-trainer:src-" not in summary["log"]
     assert f"/trainer:{PREVIOUS_VERSION}" not in summary["log"]
     return {**summary, "crds": work / "crds"}
 

@@ -18,7 +18,7 @@ from tests.trainer.recipes import committed_steps, run_quickstart
 
 FAST = (
     "runPolicy.stallDetection={minimumSeconds: 10, stepTimeFactor: 3, startupSeconds: 300, "
-    "evaluationSeconds: 60, checkpointSeconds: 60}"
+    "firstStepSeconds: 120, evaluationSeconds: 60, checkpointSeconds: 60}"
 )
 
 
@@ -52,15 +52,16 @@ def test_a_hung_step_is_stopped_with_its_stack_and_the_restart_resumes(
 def test_a_slow_first_step_and_slow_evaluations_are_not_stalls(
     tiny_llama: Path, qa_data: Path, tmp_path: Path
 ) -> None:
-    """Each sleeps 12 s, past minimumSeconds (10) but inside its own phase's budget: the
-    first step in startupSeconds, each evaluation (the base one, at steps 2 and 4) in
-    evaluationSeconds."""
+    """A 60 s first step (as a compile or a first collective may take) and 12 s evaluations
+    (the base one, at steps 2 and 4), all past minimumSeconds (10) but each inside its own
+    phase's budget: firstStepSeconds, evaluationSeconds."""
     out = tmp_path / "run"
     result, said = run_quickstart(
         tiny_llama, qa_data, out, FAST, "training.maxSteps=4", "evaluation.strategy=steps",
-        "evaluation.steps=2", env={ENV_FAULT_SLEEP: "1:12,eval:12"},
+        "evaluation.steps=2", env={ENV_FAULT_SLEEP: "1:60,eval:12"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "test fault: sleeping 60 s at 1" in result.stderr
     assert result.stderr.count("test fault: sleeping 12 s at eval") >= 3
     assert "stalled" not in result.stderr and said == ""
 

@@ -341,7 +341,7 @@ class StallWatch(TrainerCallback):
         self.timer = timer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.watchdog.training = True
+        self.watchdog.began_training()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.watchdog.training = False

@@ -4,9 +4,11 @@ Each `finetune run` process (each rank) runs one Watchdog thread. The training t
 tells it which phase it is in and when progress happened (callbacks.StallWatch: training
 began, an optimizer step ended; with_stall_watch: an evaluation or a checkpoint save during
 training; the recipe: the final evaluation, save and publish); the watchdog holds each phase
-to its deadline from runPolicy.stallDetection:
+to its deadline from runPolicy.stallDetection (an evaluation or a save inside the starting
+or first-step phase pauses that phase's clock: each has its own budget):
 
-    starting     process start -> the end of the first optimizer step   startupSeconds
+    starting     process start -> the start of training (model and data)  startupSeconds
+    first-step   the start of training -> the end of the first step      firstStepSeconds
     step         each later step: stepTimeFactor x this attempt's median step,
                  at least minimumSeconds
     evaluating   each evaluation (the final one and its task scores too)  evaluationSeconds
@@ -48,7 +50,7 @@ from .termination import record
 
 log = logging.getLogger("fttrainer")
 
-Phase = Literal["starting", "step", "evaluating", "saving"]
+Phase = Literal["starting", "first-step", "step", "evaluating", "saving"]
 
 # How many of the stuck thread's innermost frames the termination message names.
 FRAMES_NAMED = 4
@@ -68,6 +70,8 @@ class Deadlines:
     def of(self, phase: Phase) -> float:
         if phase == "starting":
             return float(self.spec.startup_seconds)
+        if phase == "first-step":
+            return float(self.spec.first_step_seconds)
         if phase == "evaluating":
             return float(self.spec.evaluation_seconds)
         if phase == "saving":
@@ -77,6 +81,8 @@ class Deadlines:
     def explain(self, phase: Phase) -> str:
         if phase == "starting":
             return "runPolicy.stallDetection.startupSeconds"
+        if phase == "first-step":
+            return "runPolicy.stallDetection.firstStepSeconds"
         if phase == "evaluating":
             return "runPolicy.stallDetection.evaluationSeconds"
         if phase == "saving":
@@ -99,9 +105,12 @@ class Watchdog:
         self.poll = poll
         self.on_stall = on_stall or _stop_process
         self.phase: Phase = "starting"
-        self.since = self.began = clock()
+        self.since = clock()
         self.training = False  # between the Trainer's on_train_begin and on_train_end
         self.step = 0
+        # The starting or first-step phase an evaluation or a save interrupted, and how
+        # long it had run: resume() goes on with it from there.
+        self._paused: tuple[Phase, float] | None = None
         self.main_thread = threading.main_thread()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -120,16 +129,30 @@ class Watchdog:
     def enter(self, phase: Phase) -> None:
         """A new phase starts now (its own deadline)."""
         with self._lock:
-            self.phase, self.since = phase, self.clock()
+            now = self.clock()
+            if self.phase in ("starting", "first-step") and phase in ("evaluating", "saving"):
+                self._paused = (self.phase, now - self.since)
+            self.phase, self.since = phase, now
+
+    def began_training(self) -> None:
+        """The Trainer's on_train_begin: loading is over, the first step's budget starts."""
+        with self._lock:
+            self.training = True
+            if self.step == 0:
+                self.phase, self.since, self._paused = "first-step", self.clock(), None
 
     def resume(self) -> None:
-        """An evaluation or a checkpoint during training ended: the next step starts now
-        (or, before the first step ended, the startup phase goes on from its start)."""
+        """An evaluation or a checkpoint ended: the next step starts now, or the starting
+        or first-step phase it interrupted goes on where it was."""
         with self._lock:
+            now = self.clock()
             if self.step > 0:
-                self.phase, self.since = "step", self.clock()
+                self.phase, self.since = "step", now
+            elif self._paused is not None:
+                phase, ran = self._paused
+                self.phase, self.since, self._paused = phase, now - ran, None
             else:
-                self.phase, self.since = "starting", self.began
+                self.phase, self.since = "starting", now
 
     def stepped(self, step: int) -> float | None:
         """An optimizer step ended: the next one starts now. Its wall time (None for the
@@ -152,7 +175,8 @@ class Watchdog:
             if waited <= deadline:
                 return None
             what = {
-                "starting": "the first optimizer step has not ended",
+                "starting": "training has not started (loading the model and data)",
+                "first-step": "the first optimizer step has not ended",
                 "step": f"optimizer step {self.step + 1} has not ended",
                 "evaluating": "the evaluation has not ended",
                 "saving": "the checkpoint save and upload have not ended",
@@ -243,13 +267,14 @@ def describe_collective(entry: dict[str, Any]) -> str:
 
 
 def with_stall_watch(trainer_class: type, watchdog: Watchdog) -> type:
-    """`trainer_class` whose evaluations and checkpoint saves during training are phases of
-    their own for `watchdog`, whoever decided on them (the save steps, the last step, a
-    SIGTERM, early stopping). Outside training (the base and final evaluations) the recipe
-    sets the phase."""
+    """`trainer_class` whose evaluations and checkpoint saves are phases of their own for
+    `watchdog`, whoever decided on them (the base evaluation, the save steps, the last step,
+    a SIGTERM, early stopping). After training the recipe sets the phase (the final
+    evaluation and its task scores, the final save and publish)."""
 
     def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not watchdog.training:
+        if not watchdog.training and watchdog.phase != "starting":
+            # The final evaluation: the recipe set the phase for it and its task scores.
             return super(watched, self).evaluate(*args, **kwargs)  # type: ignore[arg-type]
         watchdog.enter("evaluating")
         try:

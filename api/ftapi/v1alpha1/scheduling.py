@@ -46,8 +46,12 @@ class StallDetection(ApiModel):
     minimum_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 900
     """... nor less than this (a slow step among fast ones is not a stall)."""
     startup_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 7200
-    """From the start of the process to the end of its first optimizer step: downloading
-    and loading the model, tokenizing, the base evaluation, compiling, the first step."""
+    """From the start of the process to the start of training: downloading and loading the
+    model, quantizing it, reading and tokenizing the data (an evaluation before training
+    has its own budget, evaluationSeconds, and is not counted here)."""
+    first_step_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 3600
+    """From the start of training to the end of the first optimizer step: the first
+    batches, torch.compile's and DeepSpeed's kernel builds, the first collectives."""
     evaluation_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 7200
     """Each evaluation during training, and the final one with its task scores."""
     checkpoint_seconds: Annotated[int, Field(ge=10, le=MAX_SECONDS)] = 3600
@@ -57,8 +61,8 @@ class StallDetection(ApiModel):
         """The longest any phase may last: how long a rank may wait in a collective for
         another rank that is still within its deadline (distributed.ncclTimeoutSeconds'
         default follows it, so the watchdog, which names the stuck call, fires first)."""
-        return max(self.minimum_seconds, self.startup_seconds, self.evaluation_seconds,
-                   self.checkpoint_seconds)  # fmt: skip
+        return max(self.minimum_seconds, self.startup_seconds, self.first_step_seconds,
+                   self.evaluation_seconds, self.checkpoint_seconds)  # fmt: skip
 
 
 class StragglerDetection(ApiModel):

@@ -145,8 +145,11 @@ def test_the_collective_timeout_follows_the_stall_deadlines() -> None:
 
     assert collective_timeout(spec()) == 7200 + 60  # above every phase's deadline
     assert collective_timeout(spec(runPolicy__stallDetection={
-        "minimumSeconds": 60, "startupSeconds": 300, "evaluationSeconds": 600,
-        "checkpointSeconds": 120})) == 660  # fmt: skip
+        "minimumSeconds": 60, "startupSeconds": 300, "firstStepSeconds": 200,
+        "evaluationSeconds": 600, "checkpointSeconds": 120})) == 660  # fmt: skip
+    assert (
+        collective_timeout(spec(runPolicy__stallDetection={"firstStepSeconds": 9000})) == 9000 + 60
+    )  # the first step's budget counts too
     assert collective_timeout(spec(runPolicy__stallDetection__enabled=False)) == (
         TORCH_COLLECTIVE_TIMEOUT)  # fmt: skip
     assert collective_timeout(spec(distributed__ncclTimeoutSeconds=900)) == 900

@@ -18,14 +18,15 @@ from fttrainer.watchdog import (
 from tests.unit.trainer.fakes import ManualClock
 
 SPEC = StallDetection(minimum_seconds=60, step_time_factor=10, startup_seconds=600,
-                      evaluation_seconds=300, checkpoint_seconds=120)  # fmt: skip
+                      first_step_seconds=400, evaluation_seconds=300,
+                      checkpoint_seconds=120)  # fmt: skip
 
 
 def test_each_phase_has_its_own_deadline_and_steps_follow_their_median() -> None:
     deadlines = Deadlines(SPEC)
-    assert (deadlines.of("starting"), deadlines.of("evaluating"), deadlines.of("saving")) == (
-        600, 300, 120,
-    )  # fmt: skip
+    assert [deadlines.of(p) for p in ("starting", "first-step", "evaluating", "saving")] == [
+        600, 400, 300, 120,
+    ]  # fmt: skip
     assert deadlines.of("step") == 60  # no step yet: the floor
     deadlines.step_seconds += [2.0, 30.0, 3.0]
     assert deadlines.of("step") == 60  # 10 x the median 3 s is under the floor
@@ -38,10 +39,19 @@ def test_the_deadline_counts_from_the_phase_and_only_whole_steps_set_the_pace() 
     clock = ManualClock()
     dog = Watchdog(SPEC, clock=clock)
     clock.t = 590
-    assert dog.overdue() is None  # loading and the first step: 600 s
+    assert dog.overdue() is None  # loading the model and data: 600 s
     clock.t = 601
-    assert "the first optimizer step has not ended after 601 s" in (dog.overdue() or "")
-    dog.stepped(1)  # the first step's time is startup, not a step's pace
+    assert "training has not started (loading the model and data) after 601 s" in (
+        dog.overdue() or ""
+    )
+    dog.began_training()  # the first step has its own budget from here
+    clock.t += 399
+    assert dog.overdue() is None
+    clock.t += 2
+    assert "the first optimizer step has not ended after 401 s (deadline 400 s" in (
+        dog.overdue() or ""
+    )
+    dog.stepped(1)  # the first step's time is its own, not a step's pace
     assert dog.deadlines.step_seconds == []
     clock.t += 5
     dog.stepped(2)
@@ -55,6 +65,29 @@ def test_the_deadline_counts_from_the_phase_and_only_whole_steps_set_the_pace() 
     assert "optimizer step 3 has not ended after 61 s (deadline 60 s" in reason
 
 
+def test_an_evaluation_or_save_before_the_first_step_pauses_that_phases_clock() -> None:
+    clock = ManualClock()
+    dog = Watchdog(SPEC, clock=clock)
+    clock.t = 500  # 500 s of loading
+    dog.enter("evaluating")  # the base evaluation: 290 s, within its own 300
+    clock.t += 290
+    assert dog.overdue() is None
+    dog.resume()
+    assert dog.phase == "starting"
+    clock.t += 99
+    assert dog.overdue() is None  # 599 s of loading, the evaluation not counted
+    clock.t += 2
+    assert "after 601 s (deadline 600 s" in (dog.overdue() or "")
+    dog.began_training()
+    clock.t += 300
+    dog.enter("saving")  # a checkpoint (a SIGTERM) before the first step ended
+    clock.t += 110
+    dog.resume()
+    assert dog.phase == "first-step" and dog.overdue() is None
+    clock.t += 101
+    assert "the first optimizer step has not ended after 401 s" in (dog.overdue() or "")
+
+
 def test_the_watchdog_thread_fires_once_naming_where_the_thread_waits() -> None:
     fired: list[str] = []
     blocked = threading.Event()
@@ -64,7 +97,8 @@ def test_the_watchdog_thread_fires_once_naming_where_the_thread_waits() -> None:
 
     worker = threading.Thread(target=stuck_here, daemon=True)
     worker.start()
-    dog = Watchdog(StallDetection(startup_seconds=10), poll=0.05, on_stall=fired.append)
+    dog = Watchdog(StallDetection(first_step_seconds=10), poll=0.05, on_stall=fired.append)
+    dog.began_training()
     dog.main_thread = worker  # the thread it names
     dog.since -= 11
     dog.start()
@@ -94,13 +128,18 @@ def test_evaluations_and_saves_during_training_are_phases_of_their_own() -> None
             return dog.phase
 
     trainer = with_stall_watch(Trainer, dog)()
-    assert trainer.evaluate() == "starting"  # the base evaluation, before training
-    dog.training = True
+    assert trainer.evaluate() == "evaluating"  # the base evaluation, before training
+    assert dog.phase == "starting"  # loading goes on where it was
+    dog.began_training()
     assert trainer._save_checkpoint(None, None) == "saving"
-    assert dog.phase == "starting"  # no step yet: startup goes on from its start
+    assert dog.phase == "first-step"  # no step yet: the first step goes on
     dog.stepped(1)
     assert trainer.evaluate() == "evaluating" and dog.phase == "step"
     assert trainer._save_checkpoint(None, None) == "saving" and dog.phase == "step"
+    # After training the recipe sets the phase (the final evaluation, its task scores).
+    dog.training = False
+    dog.enter("evaluating")
+    assert trainer.evaluate() == "evaluating" and dog.phase == "evaluating"
 
 
 def test_a_flight_recorder_entry_reads_as_one_line() -> None:
