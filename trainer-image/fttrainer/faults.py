@@ -94,11 +94,15 @@ def with_faults(trainer_class: type, faults: Faults) -> type:
 
     def compute_loss(self: Any, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.state.global_step + 1
-        faults.freeze(step)
-        faults.sleep(str(step))
+        # The step faults strike a training step's forward, never an evaluation's (the base
+        # evaluation computes its losses before step 1).
+        training = bool(getattr(model, "training", True))
+        if training:
+            faults.freeze(step)
+            faults.sleep(str(step))
         faults.sleep("every")
         result = super(faulty, self).compute_loss(model, inputs, *args, **kwargs)  # type: ignore[arg-type]
-        if step not in faults.nan_steps:
+        if not training or step not in faults.nan_steps:
             return result
         if isinstance(result, tuple):
             return (result[0] * math.nan, *result[1:])
