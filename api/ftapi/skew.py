@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,21 +104,30 @@ def value_at(data: Any, loc: Loc) -> Any:
     return data
 
 
-def parse_lenient(model: type[M], data: Any, **validate: Any) -> tuple[M, list[Loc]]:
-    """`model` validated from JSON-shaped `data` (as the API server delivers it), leaving out
-    the fields the model does not know and returning where they were. Any other error raises
-    ValidationError as usual."""
+def _stripped(
+    model: type[M], data: Any, left_out_of: Callable[[ValidationError], list[Loc] | None],
+    **validate: Any,
+) -> tuple[M, list[Loc]]:  # fmt: skip
+    """`model` validated from JSON-shaped `data`, leaving out what `left_out_of` names for
+    each error and trying again (None: the error stands); and where it left things out."""
     ignored: list[Loc] = []
     for _ in range(_ROUNDS):
         try:
             return model.model_validate_json(json.dumps(data, default=str), **validate), ignored
         except ValidationError as error:
-            unknown = unknown_locations(error)
-            if not unknown:
+            dropped = left_out_of(error)
+            if not dropped:
                 raise
-            ignored += unknown
-            data = without(data, unknown)
+            ignored += [loc for loc in dropped if loc not in ignored]
+            data = without(data, dropped)
     return model.model_validate_json(json.dumps(data, default=str), **validate), ignored
+
+
+def parse_lenient(model: type[M], data: Any, **validate: Any) -> tuple[M, list[Loc]]:
+    """`model` validated from JSON-shaped `data` (as the API server delivers it), leaving out
+    the fields the model does not know and returning where they were. Any other error raises
+    ValidationError as usual."""
+    return _stripped(model, data, unknown_locations, **validate)
 
 
 def read_status(data: dict[str, Any]) -> tuple[FineTuneJobStatus, list[Loc], list[FieldError]]:
@@ -127,27 +137,23 @@ def read_status(data: dict[str, Any]) -> tuple[FineTuneJobStatus, list[Loc], lis
     level of the status (a bad item of a list takes the list). Both kinds are returned as
     locations, for `kept`; the second also as errors, since what the status says is then
     not fully known."""
-    left_out: list[Loc] = []
     unreadable: list[FieldError] = []
-    for _ in range(_ROUNDS):
-        try:
-            status = FineTuneJobStatus.model_validate_json(json.dumps(data, default=str))
-            return status, left_out, unreadable
-        except ValidationError as error:
-            dropped: list[Loc] = []
-            for item in error.errors():
-                loc = manifest_loc(item["loc"])
-                if not loc:  # the status is not even an object
-                    raise
-                if item["type"] == "extra_forbidden":
-                    dropped.append(loc)
-                elif loc[:1] not in dropped:
-                    dropped.append(loc[:1])
-                    said = f"{item.get('input')!r}: {item['msg']}"
-                    unreadable.append(FieldError(f"status.{dotted(item['loc'])}", said))
-            left_out += [loc for loc in dropped if loc not in left_out]
-            data = without(data, dropped)
-    status = FineTuneJobStatus.model_validate_json(json.dumps(data, default=str))
+
+    def left_out_of(error: ValidationError) -> list[Loc] | None:
+        dropped: list[Loc] = []
+        for item in error.errors():
+            loc = manifest_loc(item["loc"])
+            if not loc:  # the status is not even an object
+                return None
+            if item["type"] == "extra_forbidden":
+                dropped.append(loc)
+            elif loc[:1] not in dropped:
+                dropped.append(loc[:1])
+                said = f"{item.get('input')!r}: {item['msg']}"
+                unreadable.append(FieldError(f"status.{dotted(item['loc'])}", said))
+        return dropped
+
+    status, left_out = _stripped(FineTuneJobStatus, data, left_out_of)
     return status, left_out, unreadable
 
 

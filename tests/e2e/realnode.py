@@ -129,6 +129,14 @@ def operator_release(cluster: Cluster, system: str, jobs: str, image: str) -> Re
     )  # fmt: skip
 
 
+def object_events(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tuple[str, str]]:
+    """(reason, message) of every Event about the object `kind`/`name`."""
+    found = client.CoreV1Api(cluster.api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
+    )
+    return [(e.reason, e.message or "") for e in found.items]
+
+
 def pull_secret(cluster: Cluster, namespace: str, name: str, auths: dict[str, Any]) -> None:
     """A kubernetes.io/dockerconfigjson Secret holding `auths` (a config.json's "auths")."""
     document = base64.b64encode(json.dumps({"auths": auths}).encode()).decode()

@@ -13,20 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kubernetes import client
-
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is
 from fttestkit.release import Release
-from tests.e2e.realnode import Bucket, pod_logs, tiny_cpu_job
-
-
-def _events(release: Release, name: str) -> list[tuple[str, str]]:
-    selector = f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
-    found = client.CoreV1Api(release.cluster.api).list_namespaced_event(
-        release.watched, field_selector=selector
-    )
-    return [(e.reason, e.message or "") for e in found.items]
+from tests.e2e.realnode import Bucket, object_events, pod_logs, tiny_cpu_job
 
 
 def test_a_learning_rate_two_orders_too_high_warns_of_the_spike_and_ends_not_improved(
@@ -45,7 +35,7 @@ def test_a_learning_rate_two_orders_too_high_warns_of_the_spike_and_ends_not_imp
     assert status["phase"] == "Succeeded", pod_logs(release, name)
     improved = next(c for c in status["conditions"] if c["type"] == "Improved")
     assert (improved["status"], improved["reason"]) == ("False", "WorseThanBase"), improved
-    events = _events(release, name)
+    events = object_events(cluster, ns, "FineTuneJob", name)
     assert any(r == "WorseThanBase" for r, _ in events), events
     spikes = [m for r, m in events if r == "LossSpike"]
     assert spikes and "step" in spikes[0], events

@@ -21,19 +21,13 @@ from tests.e2e.realnode import (
     Bucket,
     containerd_images,
     normalized,
+    object_events,
     pull_secret,
     registry_auths,
     registry_release,
     renamed,
     tiny_cpu_job,
 )
-
-
-def _events(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tuple[str, str]]:
-    found = client.CoreV1Api(cluster.api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
-    )
-    return [(e.reason, e.message or "") for e in found.items]
 
 
 @pytest.fixture
@@ -59,7 +53,7 @@ def test_released_artifacts_install_from_the_registry_and_the_kubelet_pulls_them
     pod = eventually(installed.pod, what="the operator's pod Running")
     (container,) = pod.spec.containers
     assert container.image == f"{registry}/operator@{released['images'][operator_ref]['digest']}"
-    events = _events(cluster, installed.namespace, "Pod", pod.metadata.name)
+    events = object_events(cluster, installed.namespace, "Pod", pod.metadata.name)
     assert any(r == "Pulled" and registry in m for r, m in events), events
     assert installed.operator_env()["FTO_DEFAULT_IMAGE"] == trainer  # pinned by digest
 
@@ -73,7 +67,9 @@ def test_released_artifacts_install_from_the_registry_and_the_kubelet_pulls_them
     core = client.CoreV1Api(cluster.api)
     selector = "finetune.dev/job-name=from-registry"
     pods = core.list_namespaced_pod(installed.watched, label_selector=selector).items
-    pulled = [e for p in pods for e in _events(cluster, installed.watched, "Pod", p.metadata.name)]
+    pulled = [
+        e for p in pods for e in object_events(cluster, installed.watched, "Pod", p.metadata.name)
+    ]
     assert any(r == "Pulling" and registry in m for r, m in pulled), pulled
 
     # Another registry's image: refused before anything is created.
