@@ -71,11 +71,39 @@ trap 'rm -rf "$BUILD"' EXIT
 DS_BUILD_OPS=0 "$UV" build --quiet --wheel --no-build-isolation --python .venv/bin/python \
   --out-dir "$KIT" "$BUILD"/deepspeed-*.tar.gz
 
+# The unsloth side's own packages (hack/gpu/run.sh installs them into a site directory of their
+# own, beside the kit's peft and bitsandbytes). Unsloth's wheel carries its web UI ("studio",
+# 82 MB unpacked), which training never imports: dropped, as bitsandbytes' other CUDAs are.
+UNSLOTH_PACKAGES=$(grep -m1 "^UNSLOTH_PACKAGES=" hack/gpu/versions.env | cut -d= -f2- | tr -d '"')
+mkdir -p "$KIT/unsloth"
+# shellcheck disable=SC2086  # one word per package
+"$UV" tool run --quiet --from "pip==$PIP_VERSION" pip download --quiet --no-deps \
+  --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+  -d "$KIT/unsloth" $UNSLOTH_PACKAGES
+.venv/bin/python - "$KIT/unsloth" <<'PY'
+import sys, zipfile
+from pathlib import Path
+wheel = next(Path(sys.argv[1]).glob("unsloth-*.whl"))
+slim = wheel.with_suffix(".slim")
+with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as dst:
+    for item in src.infolist():
+        if item.filename.startswith("studio/"):
+            continue
+        data = src.read(item)
+        if item.filename.endswith(".dist-info/RECORD"):
+            lines = data.decode().splitlines()
+            data = ("\n".join(l for l in lines if not l.startswith("studio/")) + "\n").encode()
+        dst.writestr(item, data)
+slim.replace(wheel)
+PY
+
 # Our packages (pure Python).
 for package in api trainer-image; do
   "$UV" build --quiet --wheel --out-dir "$KIT" "$package"
 done
 
 ls -l "$KIT"
-total=$(du -cb "$KIT"/*.whl | tail -1 | cut -f1)
-echo "gpu kit: $(ls "$KIT"/*.whl | wc -l) wheels, $((total / 1024 / 1024)) MiB in $KIT"
+total=$(du -cb "$KIT"/*.whl "$KIT"/unsloth/*.whl | tail -1 | cut -f1)
+echo "gpu kit: $(ls "$KIT"/*.whl "$KIT"/unsloth/*.whl | wc -l) wheels, $((total / 1024 / 1024)) MiB in $KIT"

@@ -6,7 +6,11 @@
 #   here (CPU):  OUT=/tmp/gpu-out bash hack/gpu/run.sh   (the tier skips, benches run tiny)
 #
 # GPU_STEPS selects what runs (default "versions tests attention trainer"); BENCH_ARGS are
-# passed to bench/trainer.py, ATTENTION_ARGS to bench/attention.py. The step "variants" runs
+# passed to bench/trainer.py, ATTENTION_ARGS to bench/attention.py. BENCH_RUNS, if set, is a
+# ';'-separated list of argument strings: the step "trainer" then runs the bench once per
+# entry (BENCH_ARGS first in each), writing trainer-N.json, all logs in trainer.log. The step
+# "prepare" writes the bench's model and data in the background (--prepare-only) while the
+# next steps run (the GPU tier, say); the step "trainer" waits for it. The step "variants" runs
 # our side alone once per entry of GPU_VARIANTS (';'-separated; each entry is `default` or
 # space-separated PATH=VALUE changes for bench/trainer.py --set), profiling each run.
 set -uo pipefail
@@ -30,10 +34,25 @@ note() { SUMMARY+=("$(printf '%-10s %s' "$1" "$2")"); }
 if [[ $("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 12))') == True && -d .gpu-kit ]]
 then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .gpu-kit/*.whl > "$OUT/install.log" 2>&1 \
-    || { cat "$OUT/install.log"; exit 1; }
+    --target /tmp/site .gpu-kit/*.whl > /tmp/install.log 2>&1 \
+    || { cat /tmp/install.log; exit 1; }
   export PYTHONPATH=/tmp/site
   note install "$(ls .gpu-kit/*.whl | wc -l) wheels from .gpu-kit"
+  # The unsloth side: its pins (transformers <= 5.17, TRL <= 1.15) clash with ours, so it
+  # gets a site of its own over the device's transformers, with the kit's PEFT and
+  # bitsandbytes; bench/trainer.py gives it this PYTHONPATH (FTBENCH_PYTHONPATH_UNSLOTH).
+  if compgen -G ".gpu-kit/unsloth/*.whl" >/dev/null; then
+    shared=()
+    for name in peft bitsandbytes dill multiprocess pydantic pydantic_core annotated_types \
+                typing_inspection; do
+      shared+=(.gpu-kit/"$name"-[0-9]*.whl)
+    done
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site-unsloth .gpu-kit/unsloth/*.whl "${shared[@]}" \
+      > /tmp/install-unsloth.log 2>&1 \
+      && export FTBENCH_PYTHONPATH_UNSLOTH=/tmp/site-unsloth UNSLOTH_DISABLE_STATISTICS=1 \
+      || tail -5 /tmp/install-unsloth.log
+  fi
 fi
 # The working tree's code wins over the kit's copy of it (edits need no new kit).
 export PYTHONPATH=$REPO/trainer-image:$REPO/api${PYTHONPATH:+:$PYTHONPATH}
@@ -55,12 +74,16 @@ for name in ("transformers", "trl", "peft", "accelerate", "datasets", "bitsandby
     except m.PackageNotFoundError:
         print(f"{name} -")
 PY
+        [[ -n ${FTBENCH_PYTHONPATH_UNSLOTH:-} ]] && PYTHONPATH=$FTBENCH_PYTHONPATH_UNSLOTH \
+          "$PYTHON" -c 'import importlib.metadata as m
+for n in ("unsloth", "unsloth_zoo", "trl", "transformers", "datasets"): print("unsloth env:", n, m.version(n))'
       } > "$OUT/versions.txt" 2>&1
       cat "$OUT/versions.txt"
       note versions "$(head -2 "$OUT/versions.txt" | tr '\n' ' ')" ;;
     tests)
-      "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -ra \
-        --junitxml="$OUT/gpu-tests.xml" ${PYTEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
+      # GPU_TESTS_TIMEOUT (seconds) caps the tier inside a short lease; 0: no cap.
+      timeout "${GPU_TESTS_TIMEOUT:-0}" "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -ra --durations=10 \
+        ${PYTEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
       tail -40 "$OUT/gpu-tests.log"
       note tests "$(tail -1 "$OUT/gpu-tests.log")" ;;
     attention)
@@ -68,11 +91,27 @@ PY
         > "$OUT/attention.log" 2>&1
       cat "$OUT/attention.log"
       note attention "$(grep -c ' ok$' "$OUT/attention.log") kernels correct; see attention.log" ;;
+    prepare)
+      "$PYTHON" bench/trainer.py --prepare-only --workdir "$BENCH_WORKDIR" ${BENCH_ARGS:-} \
+        > /tmp/prepare.log 2>&1 &
+      PREPARING=$!
+      note prepare "started in the background" ;;
     trainer)
-      "$PYTHON" bench/trainer.py --json "$OUT/trainer.json" --workdir "$BENCH_WORKDIR" \
-        ${BENCH_ARGS:-} > "$OUT/trainer.log" 2>&1
-      tail -25 "$OUT/trainer.log"
-      note trainer "$(grep -E '^(PASS|FAIL)' "$OUT/trainer.log" | tr '\n' ';')" ;;
+      if [[ -n ${PREPARING:-} ]]; then
+        wait "$PREPARING" || { tail -20 /tmp/prepare.log; note prepare "FAILED"; }
+        PREPARING=
+      fi
+      if [[ -n ${BENCH_RUNS:-} ]]; then IFS=';' read -ra runs <<< "$BENCH_RUNS"; else runs=(""); fi
+      for i in "${!runs[@]}"; do
+        name=trainer; [[ ${#runs[@]} -gt 1 ]] && name=trainer-$i
+        # shellcheck disable=SC2086  # word-split argument strings
+        # One log for every entry ($OUT brings back at most 8 files), written as it goes.
+        echo "== $name: ${BENCH_ARGS:-} ${runs[$i]}" >> "$OUT/trainer.log"
+        "$PYTHON" bench/trainer.py --json "$OUT/$name.json" --workdir "$BENCH_WORKDIR" \
+          ${BENCH_ARGS:-} ${runs[$i]} 2>&1 | tee "/tmp/$name.log" >> "$OUT/trainer.log"
+        tail -25 "/tmp/$name.log"
+        note "$name" "$(grep -E '^(PASS|FAIL)' "/tmp/$name.log" | tr '\n' ';')"
+      done ;;
     variants)
       IFS=';' read -ra variants <<< "${GPU_VARIANTS:-default}"
       for variant in "${variants[@]}"; do
