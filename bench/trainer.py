@@ -120,6 +120,7 @@ class Run:
     tokens_per_step: float
     final_loss: float | None
     mfu: float | None = None
+    mfu_attention: float | None = None  # attention's FLOPs counted too (NeMo's convention)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -323,12 +324,15 @@ def _bench(args: argparse.Namespace, workdir: Path) -> int:
                 setup_s=result["setup_s"], process_s=seconds,
                 tokens_per_step=result["tokens_per_step"], final_loss=result["final_loss"],
                 mfu=_mfu(config, result["tokens_per_s"]),
+                mfu_attention=_mfu(config, result["tokens_per_s"], attention=True),
                 extra={
                     "rss_mib": rusage_kib / 1024, "train_s": result["train_s"],
                     "max_tokens_per_step": result["max_tokens_per_step"],
                     "planned_peak_mib": result["planned_peak_mib"],
                     "gpu_busy": result["gpu_busy"],
                     "settings": result["settings"],
+                    "forwards_per_step": result["forwards_per_step"],
+                    "rows_per_step": result["rows_per_step"],
                 },
             )  # fmt: skip
             runs.append(run)
@@ -432,12 +436,18 @@ def _peak_tflops(device_name: str | None) -> float | None:
     return next((t for name, t in PEAK_BF16_TFLOPS if name in device_name), None)
 
 
-def _mfu(config: dict[str, Any], tokens_per_s: float) -> float | None:
+def _mfu(config: dict[str, Any], tokens_per_s: float, *, attention: bool = False) -> float | None:
+    """Model FLOPs utilisation. Per token: forward 2N and backward 2N (activation gradients);
+    full fine-tuning adds 2N for the weight gradients, which frozen LoRA/QLoRA bases do not
+    need. With `attention`, also the causal attention products, as NeMo AutoModel and
+    Megatron count them: per layer a row of n tokens costs 2*d*n^2 forward (QK^T and AV,
+    lower triangle only), 3x that with the backward, so 6*L*d*(sum n^2 / sum n) per token
+    over the bench's rows. Neither counts checkpointing's recomputation: useful work only."""
     if not config["cuda"] or not config["peak_tflops"]:
         return None
-    # Forward 2N and backward 2N (activation gradients); full fine-tuning adds 2N for the
-    # weight gradients, which frozen LoRA/QLoRA bases do not need.
     per_token = (6 if config["method"] == "full" else 4) * config["params_matmul"]
+    if attention:
+        per_token += config["attention_flops_per_token"]
     return float(tokens_per_s * per_token / (config["peak_tflops"] * 1e12))
 
 
@@ -479,6 +489,7 @@ COLUMNS = (
     ("setup s", "setup_s", ".1f", 1),
     ("process s", "process_s", ".1f", 1),
     ("MFU %", "mfu", ".1f", 100),
+    ("+attn %", "mfu_attention", ".1f", 100),
 )
 
 
@@ -619,7 +630,12 @@ def _prepare(config: dict[str, Any]) -> dict[str, Any]:
     rows = steps * batch_size
     data = workdir / "train.jsonl"
     lengths = _write_conversations(data, tokenizer, rows=rows, seq_len=seq_len)
+    text = model.config.get_text_config()
+    attention_flops = (
+        6 * text.num_hidden_layers * text.hidden_size * (sum(n * n for n in lengths) / sum(lengths))
+    )
     return {
+        "attention_flops_per_token": attention_flops,
         "model_shape": shape_name, "model_dir": str(model_dir), "data": str(data),
         "seq_len": seq_len, "batch_size": batch_size, "steps": steps, "rows": rows,
         "mean_tokens": sum(lengths) / len(lengths), "params_total": total,
@@ -698,6 +714,7 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
     elapsed = meter.stop - meter.start
     cpu_elapsed = meter.cpu_stop - meter.cpu_start
     tokens, loss_tokens = int(meter.tokens), int(meter.loss_tokens)
+    measured_steps = max(meter.steps, 1)
     max_tokens = max((int(t) for t in meter.micro_batch_tokens), default=0)
     planned = None
     if config["cuda"] and spec is not None:
@@ -710,7 +727,11 @@ def _run(config: dict[str, Any]) -> dict[str, Any]:
         "settings": settings,
         "tokens_per_s": tokens / elapsed,
         "cpu_tokens_per_s": tokens / cpu_elapsed if cpu_elapsed > 0 else None,
-        "tokens_per_step": tokens / max(meter.steps, 1),
+        "tokens_per_step": tokens / measured_steps,
+        # A side whose tokens per step differ from the others' on the same data ran more
+        # forwards or more rows per step: these say which.
+        "forwards_per_step": meter.forwards / measured_steps,
+        "rows_per_step": int(meter.rows) / measured_steps,
         "loss_tokens_per_s": loss_tokens / elapsed,
         "train_s": elapsed,
         "setup_s": setup_s,
@@ -989,6 +1010,8 @@ def _meter(warmup: int, steps: int, *, cuda: bool) -> Any:
             self.tokens: Any = 0
             self.loss_tokens: Any = 0
             self.micro_batch_tokens: list[Any] = []  # every micro-batch, warm-up included
+            self.forwards = 0
+            self.rows: Any = 0
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == warmup:
@@ -1009,6 +1032,12 @@ def _meter(warmup: int, steps: int, *, cuda: bool) -> Any:
             self.micro_batch_tokens.append(tokens)
             if not self.measuring:
                 return
+            self.forwards += 1
+            positions = kwargs.get("position_ids")
+            if mask is None and positions is not None and ids.shape[0] == 1:
+                self.rows += (positions == 0).sum()  # a padding-free row restarts at 0
+            else:
+                self.rows += ids.shape[0]
             self.tokens += tokens
             if labels is not None:
                 self.loss_tokens += (labels[..., 1:] != -100).sum()

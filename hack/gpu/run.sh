@@ -50,12 +50,12 @@ then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site-unsloth .gpu-kit/unsloth/*.whl "${shared[@]}" \
       > /tmp/install-unsloth.log 2>&1 \
-      && export FTBENCH_PYTHONPATH_UNSLOTH=/tmp/site-unsloth UNSLOTH_DISABLE_STATISTICS=1 \
+      && export FTBENCH_PYTHONPATH_UNSLOTH=$REPO/testkit:/tmp/site-unsloth UNSLOTH_DISABLE_STATISTICS=1 \
       || tail -5 /tmp/install-unsloth.log
   fi
 fi
 # The working tree's code wins over the kit's copy of it (edits need no new kit).
-export PYTHONPATH=$REPO/trainer-image:$REPO/api${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$REPO/testkit:$REPO/trainer-image:$REPO/api${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 for step in $STEPS; do
@@ -82,7 +82,9 @@ for n in ("unsloth", "unsloth_zoo", "trl", "transformers", "datasets"): print("u
       note versions "$(head -2 "$OUT/versions.txt" | tr '\n' ' ')" ;;
     tests)
       # GPU_TESTS_TIMEOUT (seconds) caps the tier inside a short lease; 0: no cap.
-      timeout "${GPU_TESTS_TIMEOUT:-0}" "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -ra --durations=10 \
+      # --confcutdir: the tier needs none of the cluster fixtures tests/conftest.py loads (and
+      # the device lacks the kubernetes client they import).
+      timeout "${GPU_TESTS_TIMEOUT:-0}" "$PYTHON" -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -ra --durations=10 --confcutdir=tests/gpu \
         ${PYTEST_ARGS:-} > "$OUT/gpu-tests.log" 2>&1
       tail -40 "$OUT/gpu-tests.log"
       note tests "$(tail -1 "$OUT/gpu-tests.log")" ;;

@@ -45,3 +45,59 @@ def test_our_side_alone_with_set_changes_and_a_reused_model(tmp_path: Path) -> N
     assert done.returncode != 0
     assert "notAField" in done.stdout + done.stderr
     assert model.stat().st_mtime_ns == written
+
+
+def test_every_peer_trains_the_same_batches_in_abba_order(tmp_path: Path) -> None:
+    """The default sides on CPU: ours, TRL's quick start and TRL tuned, interleaved ABBA; each
+    side's real settings recorded; every side saw the same tokens per step (same data, same
+    batches), which is what makes their tokens/s comparable."""
+    result = tmp_path / "bench.json"
+    done = _bench(tmp_path, "--sides", "ours,trl,trl-tuned", "--repeats", "2",
+                  "--json", str(result))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document = json.loads(result.read_text())
+    runs = document["runs"]
+    assert [r["side"] for r in runs] == ["ours", "trl", "trl-tuned", "trl-tuned", "trl", "ours"]
+    settings = {r["side"]: r["extra"]["settings"] for r in runs}
+    assert settings["trl"]["gradient_checkpointing"] is True  # TRL's default
+    assert settings["trl-tuned"]["gradient_checkpointing"] is False
+    assert settings["trl-tuned"]["optimizer"] == "adamw_torch_fused"
+    per_step = {round(r["tokens_per_step"]) for r in runs}
+    assert len(per_step) == 1, per_step
+    assert {r["extra"]["forwards_per_step"] for r in runs} == {1.0}
+    assert {r["extra"]["rows_per_step"] for r in runs} == {8.0}
+    summary = document["summary"]
+    assert set(summary["ratios"]) == {"trl", "trl-tuned"}
+    best = max(("trl", "trl-tuned"), key=lambda side: summary["sides"][side]["tokens_per_s"])
+    assert summary["best_peer"] == best
+    assert summary["checks"][0]["check"] == f"tokens/s ours/{best} (best peer)"
+    assert f"ratio ours/{best}" in done.stdout and "(best peer)" in done.stdout
+
+
+def test_a_side_that_cannot_run_is_recorded_and_the_rest_still_run(tmp_path: Path) -> None:
+    """Unsloth refuses a machine without CUDA: its error is in the JSON and the output, its
+    later repeats are skipped, ours still runs both repeats, and the exit status says a side
+    failed. A run past --run-timeout is killed and said so."""
+    result = tmp_path / "bench.json"
+    done = _bench(tmp_path, "--sides", "ours,unsloth", "--repeats", "2", "--json", str(result))
+    assert done.returncode == 1
+    document = json.loads(result.read_text())
+    assert [r["side"] for r in document["runs"]] == ["ours", "ours"]
+    assert "needs a CUDA GPU" in document["config"]["failed"]["unsloth"]
+    assert "needs a CUDA GPU" in document["config"]["failed_logs"]["unsloth"]
+    assert "FAILED  unsloth: exit 1: the unsloth side needs a CUDA GPU" in done.stdout
+
+    done = _bench(tmp_path, "--run-timeout", "1", "--json", str(result))
+    assert done.returncode == 1
+    assert "ours: killed after 1 s (--run-timeout)" in done.stdout
+    assert json.loads(result.read_text())["runs"] == []
+
+
+def test_sides_are_named_once_each_from_the_known_ones(tmp_path: Path) -> None:
+    done = _bench(tmp_path, "--sides", "ours,vllm")
+    assert done.returncode == 2 and "unknown: vllm" in done.stderr
+    done = _bench(tmp_path, "--sides", "ours,ours")
+    assert done.returncode == 2 and "name sides once each" in done.stderr
+    done = _bench(tmp_path, "--prepare-only", "--model-shape", "tiny")
+    assert done.returncode == 0 and "prepared" in done.stdout
+    assert next((tmp_path / "work").glob("model-tiny/*.safetensors"))
