@@ -89,6 +89,9 @@ REASONS: tuple[Reason, ...] = (
     Reason("JobCodeNotAllowed", "job", False, 9,
            "the job brings code (trustRemoteCode, python rewards, a harness includePath) and "
            "the operator forbids it"),
+    Reason("InvalidTestFaults", "job", False, 9,
+           "an operator started for tests (FTO_TEST_FAULTS) cannot read the job's "
+           "`finetune.dev/test-faults` annotation (ftoperator/test_faults.py)"),
     Reason("SecretNotAllowed", "job", False, 9,
            "a Secret the spec references is not in `--allowed-secret-names`"),
     Reason("S3EndpointNotAllowed", "job", False, 9,

@@ -18,6 +18,7 @@ from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
 
 from .config import Settings, image_of
+from .test_faults import faults_violation
 
 
 def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
@@ -72,7 +73,7 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             f"selecting nodes by {', '.join(refused)} is not allowed (allowed keys: "
             f"{', '.join(keys)}): spec.resources.nodeSelector and node affinity may use only those"
         )
-    return None
+    return faults_violation(job, settings.test_faults)
 
 
 def job_code(job: FineTuneJob) -> list[str]:

@@ -5,9 +5,8 @@ model's; the FineTuneJob says both: a LossSpike Warning Event naming the step, a
 Improved condition False (reason WorseThanBase, with its Warning Event). Failing such a run
 is a setting (evaluation.failIfWorseThanBase), off by default, so the job succeeds.
 
-(A NaN at a chosen step needs the trainer's test hook, FINETUNE_FAULT_NAN_AT_STEP, which a
-FineTuneJob cannot set: FINETUNE_* are the operator's. The NaN verdicts run in
-tests/trainer/test_divergence.py, and their reasons in the operator's unit tests.)"""
+(A NaN at a chosen step, through the operator: tests/e2e/test_faults.py, with the trainer's
+test hook that only a test cluster's operator passes on.)"""
 
 from __future__ import annotations
 

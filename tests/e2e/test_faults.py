@@ -1,0 +1,166 @@
+"""Faults at a chosen step, through the whole stack: the trainer's test hooks
+(fttrainer/faults.py) reach real training pods on the real node through the
+`finetune.dev/test-faults` annotation, which only an operator started with
+FTO_TEST_FAULTS=true copies (ftoperator/test_faults.py; the chart cannot set it, so the
+release is switched for this module with `kubectl set env` and switched back after).
+
+  - NaN at step 5 with onNonFinite stop: Failed as Diverged, the step and the NaN named, and
+    no checkpoint at or after it; with rollback: one RolledBack restart from the checkpoint
+    before it at a halved learning rate, then Succeeded.
+  - Two pods, rank 1 a straggler (0.3 s more in every forward) that then freezes at the
+    start of a step: the Straggler warning names rank 1 while it is slow; rank 0, blocked in
+    the collective rank 1 never joins, is stopped by its watchdog, and the Restarting Event
+    names the collective; the gang restarts from the last checkpoint and succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fttestkit.cluster import eventually
+from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
+from fttestkit.release import Release
+from tests.e2e.realnode import Bucket, object_events, pod_logs, tiny_cpu_job
+
+ANNOTATION = "finetune.dev/test-faults"
+
+
+@pytest.fixture(scope="module")
+def faulty_release(operator_release: Release) -> Iterator[Release]:
+    """The session's release with FTO_TEST_FAULTS=true for this module's tests."""
+    release = operator_release
+    deployment = f"deployment/{release.fullname}"
+
+    def set_env(change: str) -> None:
+        release.cluster.kubectl("set", "env", "-n", release.namespace, deployment, change)
+        release.cluster.kubectl("rollout", "status", "-n", release.namespace, deployment,
+                                "--timeout=180s")  # fmt: skip
+
+    set_env("FTO_TEST_FAULTS=true")
+    try:
+        yield release
+    finally:
+        set_env("FTO_TEST_FAULTS-")
+
+
+def _with_faults(job: dict[str, Any], **faults: str) -> dict[str, Any]:
+    job["metadata"]["annotations"] = {ANNOTATION: json.dumps(faults)}
+    return job
+
+
+def _ended(release: Release, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = eventually(
+        lambda: phase_is(release.cluster, release.watched, name, "Failed", "Succeeded"),
+        timeout=600, interval=1.0, what=f"{name} to end",
+    )  # fmt: skip
+    return status
+
+
+def test_a_nan_step_stops_the_job_as_diverged_with_no_checkpoint_after_it(
+    faulty_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    release, name = faulty_release, "nan-stop"
+    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=8, save_steps=2, log_every=1)
+    create_ftj(release.cluster, release.watched, _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP="5"))
+    status = _ended(release, name)
+    assert status["phase"] == "Failed", pod_logs(release, name)
+    assert status["failureReason"] == "Diverged", status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "step 5: train_loss NaN" in failed["message"], failed
+    assert "last finite loss" in failed["message"], failed
+    assert status.get("restarts", 0) == 0, status  # a restart cannot cure it
+    assert status["checkpoint"]["step"] == 4, status["checkpoint"]
+    assert not [k for k in bucket.keys(f"{name}/") if "checkpoint-6" in k or "/final/" in k]
+    print(f"NaN at step 5, stop: {failed['message'][:200]}")
+
+
+def test_a_nan_step_with_rollback_restarts_before_it_at_a_lower_rate_and_succeeds(
+    faulty_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    release, name = faulty_release, "nan-rollback"
+    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=8, save_steps=2, log_every=1)
+    job["spec"]["training"].update(onNonFinite="rollback", rollbackLearningRateFactor=0.5)
+    create_ftj(release.cluster, release.watched, _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP="5"))
+    status = _ended(release, name)
+    assert status["phase"] == "Succeeded", pod_logs(release, name)
+    assert status.get("restarts", 0) == 1, status
+    events = object_events(release.cluster, release.watched, "FineTuneJob", name)
+    rolled = [m for r, m in events if r == "Restarting" and "RolledBack" in m]
+    assert rolled and "step 5: train_loss NaN" in rolled[0], events
+    assert "rolling back to checkpoint step 4" in rolled[0], rolled
+    assert bucket.get_json(f"{name}/result.json")["resumed_from_step"] == 4
+    steps = bucket.get_json(f"{name}/step_metrics.json")
+    rates = {m["step"]: m["learning_rate"] for m in steps if "learning_rate" in m}
+    assert rates[5] < 0.6 * rates[4], rates  # halved after the rollback
+    losses = [m["loss"] for m in steps if "loss" in m]
+    assert all(loss == loss for loss in losses), losses  # no NaN reached the record
+    assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == 8
+    print(f"NaN at step 5, rollback: {rolled[0][:200]}")
+
+
+STRAGGLER_WINDOW = 10  # stragglerDetection.windowSeconds
+FREEZE_AT = 80
+STEPS = 120
+
+
+def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
+    faulty_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    release, cluster, ns, name = (faulty_release, faulty_release.cluster,
+                                  faulty_release.watched, "straggler")  # fmt: skip
+    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=STEPS, save_steps=10,
+                       log_every=10)  # fmt: skip
+    job["spec"]["resources"]["nodes"] = 2
+    job["spec"]["runPolicy"] = {
+        "terminationGracePeriodSeconds": 10,
+        "stragglerDetection": {"windowSeconds": STRAGGLER_WINDOW},
+        # Rank 0's watchdog stops a step that takes 15 s (its steps take well under 1 s).
+        "stallDetection": {"minimumSeconds": 15},
+    }
+    _with_faults(job, FINETUNE_FAULT_RANK="1", FINETUNE_FAULT_SLEEP="every:0.3",
+                 FINETUNE_FAULT_FREEZE_AT_STEP=str(FREEZE_AT))  # fmt: skip
+    create_ftj(cluster, ns, job)
+
+    def straggler_named() -> str | None:
+        status = read_ftj(cluster, ns, name).get("status") or {}
+        assert status.get("restarts", 0) == 0, f"restarted before the warning: {status}"
+        assert status.get("phase") not in ("Failed", "Succeeded"), pod_logs(release, name)
+        warned = [m for r, m in object_events(cluster, ns, "FineTuneJob", name)
+                  if r == "Straggler"]  # fmt: skip
+        return warned[0] if warned else None
+
+    warning = eventually(straggler_named, timeout=300, interval=1.0, what="the Straggler warning")
+    assert re.match(r"rank 1 \(pod \S+ on node \S+\) computes [\d.]+x slower", warning), warning
+    listed = read_ftj(cluster, ns, name)["status"].get("stragglers") or []
+    assert [s["rank"] for s in listed] == [1], listed
+
+    def restarted() -> dict[str, Any] | None:
+        status = read_ftj(cluster, ns, name).get("status") or {}
+        return status if status.get("restarts", 0) >= 1 else None
+
+    began = time.monotonic()
+    eventually(restarted, timeout=300, interval=0.5, what="the restart")
+    restarting = eventually(
+        lambda: [m for r, m in object_events(cluster, ns, "FineTuneJob", name)
+                 if r == "Restarting"],
+        timeout=30, what="the Restarting event",
+    )  # fmt: skip
+    verdict = restarting[0]
+    # Rank 0 waited in a collective rank 1 never joined: its watchdog's verdict names it.
+    assert "Stalled" in verdict and "rank 0" in verdict, verdict
+    assert "distributed" in verdict or "gloo" in verdict, verdict
+    status = _ended(release, name)
+    assert status["phase"] == "Succeeded", pod_logs(release, name)
+    assert status.get("restarts", 0) == 1, status
+    resumed = bucket.get_json(f"{name}/result.json")["resumed_from_step"]
+    assert resumed is not None and FREEZE_AT - 10 <= resumed < FREEZE_AT, resumed
+    assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == STEPS
+    print(f"straggler: {warning[:120]}; restart {time.monotonic() - began:.0f} s after the "
+          f"warning; verdict: {verdict[:300]}; resumed from {resumed}")  # fmt: skip
