@@ -114,6 +114,10 @@ class ProgressReport(ApiModel):
     updated_at: datetime
 
 
+# The longest stall text a rank report carries (a report is a few hundred bytes otherwise).
+STALL_REPORT_CHARS = 4000
+
+
 class RankReport(ApiModel):
     """One rank's liveness and pace, written by that rank's own process."""
 
@@ -133,6 +137,10 @@ class RankReport(ApiModel):
     data parallelism (ddp): what tells a slow rank from the ranks waiting for it."""
     done: bool = False
     """The process ended its part of the run (no more reports will come)."""
+    stalled: Annotated[str, Field(max_length=STALL_REPORT_CHARS)] | None = None
+    """This rank's watchdog stopped it (its last report): the deadline it missed, the
+    collective in flight, then its training thread's stack, innermost frame first. Every
+    thread's stack is in the pod's log; this one outlives the pod."""
     updated_at: datetime
 
 

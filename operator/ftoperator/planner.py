@@ -45,7 +45,7 @@ from . import failures
 from .children import Names
 from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
 from .kueue import QueueState
-from .ranks import silences, straggler_message, track_stragglers, where
+from .ranks import other_stalls, silences, straggler_message, track_stragglers, where
 
 log = logging.getLogger("ftoperator")
 
@@ -229,6 +229,9 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     # Pods a suspension stops (exit 143) are not failures: only the Job's verdict counts then.
     pods = [] if job_suspended else observed.pods
     failure = attempt_failure(batch_job, pods, observed.lost_nodes)
+    if failure is not None and failure.reason == "Stalled":  # every rank that stalled
+        also = other_stalls(observed.ranks, status.attempt, failure.message)
+        failure = Failure(failure.reason, failure.message + also)
     if failure is None and not job_suspended:
         failure, wait = report_silence(job, observed.progress, observed.ranks, status.attempt,
                                        now)  # fmt: skip

@@ -7,6 +7,9 @@
     track_stragglers(previous, ranks, ...)      status.stragglers next, and which of them
                                                 have been slow for windowSeconds on end
                                                 (their Warning Event is due)
+    other_stalls(ranks, attempt, verdict)       the ranks whose watchdog also stopped them
+                                                (their last report's `stalled`), for a
+                                                Stalled verdict that names one rank
 
 Every rank re-sends its report at least every ftapi.progress.heartbeat_seconds from a thread
 of its own, so a rank waiting in a collective keeps reporting and a stopped or frozen one
@@ -45,6 +48,23 @@ def silences(
         for _, report in sorted(current(ranks, attempt).items())
         if not report.done
     ]
+
+
+# How much of another rank's stall verdict a failure message repeats (its first line; the
+# whole text and stack stay in its report).
+OTHER_STALL_CHARS = 300
+
+
+def other_stalls(ranks: Mapping[int, RankReport], attempt: int, verdict: str) -> str:
+    """`; also stopped by its watchdog: rank 1 (pod p on node n): <its verdict>` for every
+    rank of this attempt whose last report says its watchdog stopped it and that `verdict`
+    (one rank's termination message) does not name already; empty when none."""
+    others = [
+        f"{where(r.rank, r.pod, r.node)}: {r.stalled.splitlines()[0][:OTHER_STALL_CHARS]}"
+        for r in sorted(current(ranks, attempt).values(), key=lambda r: r.rank)
+        if r.stalled and f"rank {r.rank}:" not in verdict
+    ]
+    return f"; also stopped by its watchdog: {'; '.join(others)}" if others else ""
 
 
 def where(rank: int, pod: str | None, node: str | None) -> str:

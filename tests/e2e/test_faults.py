@@ -6,7 +6,8 @@ release is switched for this module with `kubectl set env` and switched back aft
 
   - NaN at step 5 with onNonFinite stop: Failed as Diverged, the step and the NaN named, and
     no checkpoint at or after it; with rollback: one RolledBack restart from the checkpoint
-    before it at a halved learning rate, then Succeeded.
+    before it at a halved learning rate, then Succeeded; with skip: the batch counted in
+    status.progress.skippedSteps, and Succeeded.
   - Two pods, rank 1 a straggler (0.3 s more in every forward) that then freezes at the
     start of a step: the Straggler warning names rank 1 while it is slow; rank 0, blocked in
     the collective rank 1 never joins, is stopped by its watchdog, and the Restarting Event
@@ -78,7 +79,25 @@ def test_a_nan_step_stops_the_job_as_diverged_with_no_checkpoint_after_it(
     assert status.get("restarts", 0) == 0, status  # a restart cannot cure it
     assert status["checkpoint"]["step"] == 4, status["checkpoint"]
     assert not [k for k in bucket.keys(f"{name}/") if "checkpoint-6" in k or "/final/" in k]
+    # Shown as NaN, never as the last finite loss (nor dropped).
+    assert status["progress"]["loss"] == "NaN", status["progress"]
+    assert "train_loss" in status["metrics"]["nonFinite"], status["metrics"]
+    assert status["metrics"].get("trainLoss") is None, status["metrics"]
     print(f"NaN at step 5, stop: {failed['message'][:200]}")
+
+
+def test_a_nan_step_with_skip_is_counted_and_the_job_succeeds(
+    faulty_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    release, name = faulty_release, "nan-skip"
+    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=8, save_steps=4, log_every=1)
+    job["spec"]["training"]["onNonFinite"] = "skip"
+    create_ftj(release.cluster, release.watched, _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP="3"))
+    status = _ended(release, name)
+    assert status["phase"] == "Succeeded", pod_logs(release, name)
+    assert status["progress"]["skippedSteps"] == 1, status["progress"]
+    assert status.get("restarts", 0) == 0, status
+    assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == 8
 
 
 def test_a_nan_step_with_rollback_restarts_before_it_at_a_lower_rate_and_succeeds(

@@ -32,7 +32,13 @@ from typing import Any
 from urllib.parse import quote
 
 from ftapi.constants import GROUP, PROGRESS_PLURAL, VERSION
-from ftapi.progress import ENV_NODE_NAME, ENV_POD_NAME, RANKS_FIELD, RankReport
+from ftapi.progress import (
+    ENV_NODE_NAME,
+    ENV_POD_NAME,
+    RANKS_FIELD,
+    STALL_REPORT_CHARS,
+    RankReport,
+)
 
 from .progress import (
     FINISH_TIMEOUT_SECONDS,
@@ -46,6 +52,8 @@ from .progress import (
 
 # How many recent steps the reported medians cover.
 WINDOW_STEPS = 32
+# How long a stalled process waits for its last report before it exits.
+STALL_REPORT_TIMEOUT_SECONDS = 5.0
 
 
 class RankSink:
@@ -85,6 +93,7 @@ class RankReporter:
         # Their medians, computed on the training thread: the heartbeat thread reads these.
         self._medians: tuple[float | None, float | None] = (None, None)
         self.done = False
+        self.stall: str | None = None
         self._last_sent: float | None = None
 
     @classmethod
@@ -132,12 +141,20 @@ class RankReporter:
         if self._sender is not None:
             self._sender.flush(timeout)
 
+    def stalled(self, text: str, timeout: float = STALL_REPORT_TIMEOUT_SECONDS) -> None:
+        """The watchdog stops this process: its verdict and stack go out in one last report,
+        waited for at most `timeout` (the process exits next, whether it was sent or not)."""
+        self.stall = text[-STALL_REPORT_CHARS:] if len(text) > STALL_REPORT_CHARS else text
+        self._send(force=True)
+        if self._sender is not None:
+            self._sender.flush(timeout)
+
     def report(self) -> RankReport:
         return RankReport(
             attempt=self.attempt, rank=self.rank, pod=self.pod, node=self.node,
             step=self.step, stepped_at=self.stepped_at,
             step_seconds=self._medians[0], compute_seconds=self._medians[1],
-            done=self.done, updated_at=self.now(),
+            done=self.done, stalled=self.stall, updated_at=self.now(),
         )  # fmt: skip
 
     def _send(self, *, force: bool = False) -> None:

@@ -179,6 +179,8 @@ class Recipe:
         self.ranks = RankReporter.from_env(
             interval=heartbeat_seconds(spec.run_policy.stall_detection.minimum_seconds)
         )
+        if self.ranks.enabled:  # a stall's verdict and stack in this rank's last report
+            self.watchdog.report_stall = self.ranks.stalled
         self.compute_timer = ComputeTimer()
 
     def setup(self) -> None:

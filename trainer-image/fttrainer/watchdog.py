@@ -103,7 +103,10 @@ class Watchdog:
         self.enabled = spec.enabled
         self.clock = clock
         self.poll = poll
-        self.on_stall = on_stall or _stop_process
+        self.on_stall = on_stall or self._stop_process
+        # Where the verdict and the training thread's stack go before the process exits
+        # besides the log (the recipe: this rank's report, ranks.RankReporter.stalled).
+        self.report_stall: Callable[[str], None] | None = None
         self.phase: Phase = "starting"
         self.since = clock()
         self.training = False  # between the Trainer's on_train_begin and on_train_end
@@ -184,6 +187,10 @@ class Watchdog:
             return (f"{what} after {waited:.0f} s (deadline {deadline:.0f} s: "
                     f"{self.deadlines.explain(self.phase)})")  # fmt: skip
 
+    def _stop_process(self, reason: str) -> None:
+        _stop_process(reason, report=self.report_stall,
+                      stack=lambda: thread_stack(self.main_thread))  # fmt: skip
+
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):
             reason = self.overdue()
@@ -202,8 +209,21 @@ def innermost_frames(thread: threading.Thread, count: int = FRAMES_NAMED) -> str
     return "stuck in " + " <- ".join(named)
 
 
-def _stop_process(reason: str) -> None:
-    """Stacks to the log, the verdict where the operator reads it, then exit at once."""
+def thread_stack(thread: threading.Thread) -> str:
+    """The thread's stack, innermost frame first, one `file.py:12 fn` per line."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "the training thread is gone"
+    stack = traceback.extract_stack(frame)
+    return "\n".join(f"  {f.filename}:{f.lineno} {f.name}" for f in reversed(stack))
+
+
+def _stop_process(
+    reason: str, *, report: Callable[[str], None] | None = None,
+    stack: Callable[[], str] | None = None,
+) -> None:  # fmt: skip
+    """Stacks to the log, the verdict and the training thread's stack to the rank's
+    report, the verdict where the operator reads it, then exit at once."""
     rank = os.environ.get("RANK", "0")
     sys.stderr.write(f"\nfinetune: stalled (rank {rank}): {reason}\n"
                      "the stacks of every thread of this process follow:\n")  # fmt: skip
@@ -219,6 +239,12 @@ def _stop_process(reason: str) -> None:
         waiting = [describe_collective(e) for e in entries if not e.get("retired")]
         if waiting:
             reason += f"; in flight: {waiting[-1]}"
+    if report is not None:
+        text = f"{reason}\nstack of the training thread, innermost first:\n"
+        try:
+            report(text + (stack() if stack else ""))
+        except Exception as error:  # exiting either way: say it, go on
+            sys.stderr.write(f"finetune: the stall report was not sent: {error}\n")
     code = record(STALLED, f"rank {rank}: {reason}")
     os._exit(code)
 

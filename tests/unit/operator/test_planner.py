@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
-from ftapi.contract import INVALID_INPUT_MARKER, VERDICTS
+from ftapi.contract import INVALID_INPUT_MARKER, STALLED, VERDICTS
 from ftapi.contract import Verdict as TrainerVerdict
 from ftapi.progress import CheckpointReport, ProgressReport, RankReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
@@ -2048,3 +2048,27 @@ def test_a_job_kueue_holds_is_queued_with_kueues_reason_and_no_restart(
     # Kueue suspends and unsuspends the same Job: no new attempt, no restart spent.
     assert (new.attempt, new.restarts) == (0, 0)
     assert not any(isinstance(a, CreateAttempt | DeleteJob | SuspendJob) for a in plan.actions)
+
+
+def test_a_stall_verdict_names_every_rank_whose_watchdog_stopped_it() -> None:
+    """Rank 0's termination message is the verdict; rank 1's watchdog fired too and said so
+    in its last report (its verdict and stack): the message names both, rank 0 once."""
+    job = make(runPolicy__stallDetection__minimumSeconds=120)
+    said = f"{STALLED.marker} rank 0: optimizer step 41 has not ended after 16 s; in flight: gloo"
+    pods = [make_pod(0).failed(STALLED.exit_code, "Error", said).obj(), make_pod(1).obj()]
+    ranks = {
+        0: rank(0, 10, stalled="optimizer step 41 has not ended after 16 s\nstack: ..."),
+        1: rank(1, 10, stalled="optimizer step 41 has not ended after 15 s; in flight: gloo"
+                               ":broadcast #80\nstack of the training thread:\n  a.py:1 f"),
+        2: rank(2, 10, stalled="from another attempt").model_copy(update={"attempt": 1}),
+    }  # fmt: skip
+    plan = observe(job, running_status(), at(20), batch_job=make_batch_job(0).obj(), pods=pods,
+                   progress=report(step=41), ranks=ranks)  # fmt: skip
+    assert plan.status.phase == "Restarting"
+    message = cond(plan.status, "Running").message
+    assert "rank 0: optimizer step 41 has not ended after 16 s" in message, message
+    also = ("also stopped by its watchdog: rank 1 (pod llama-0-1 on node gpu-1): optimizer "
+            "step 41 has not ended after 15 s; in flight: gloo:broadcast #80")  # fmt: skip
+    assert also in message, message
+    assert "stack" not in message and "another attempt" not in message
+    assert message.count("rank 0") == 1

@@ -60,9 +60,7 @@ def test_only_an_operator_started_for_tests_copies_the_faults_into_the_pods() ->
         ('{"FINETUNE_ATTEMPT": "3"}', "FINETUNE_ATTEMPT not FINETUNE_FAULT_*"),
     ],
 )
-def test_an_unreadable_annotation_is_refused_with_its_reason(
-    annotation: str, says: str
-) -> None:
+def test_an_unreadable_annotation_is_refused_with_its_reason(annotation: str, says: str) -> None:
     on = Settings(test_faults=True)
     refused = policy_violation(_job(annotation), on)
     assert refused is not None and refused[0] == "InvalidTestFaults", refused

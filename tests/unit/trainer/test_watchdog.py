@@ -3,10 +3,17 @@ clock; the real hang is in tests/trainer/test_stalls.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+from ftapi.contract import ENV_TERMINATION_LOG, STALLED
+from ftapi.progress import RankReport
 from ftapi.v1alpha1.scheduling import StallDetection
+from fttestkit.paths import REPO
 from fttrainer.watchdog import (
     Deadlines,
     Watchdog,
@@ -151,3 +158,51 @@ def test_a_flight_recorder_entry_reads_as_one_line() -> None:
     )
     assert describe_collective({"retired": True}).endswith(", completed")
     assert recorded_collectives() == []  # not a distributed run
+
+
+STALLING = r"""
+import json, sys, threading, time
+from datetime import UTC, datetime
+from ftapi.v1alpha1.scheduling import StallDetection
+from fttrainer.ranks import RankReporter
+from fttrainer.watchdog import Watchdog
+
+class FileSink:  # what RankSink would PATCH, written where the test reads it
+    def send(self, report):
+        with open(sys.argv[1], "a") as out:
+            out.write(report.model_dump_json(by_alias=True, exclude_none=True) + "\n")
+
+reporter = RankReporter(FileSink(), rank=1, attempt=0, pod="p-1", node="n-1", interval=3600)
+dog = Watchdog(StallDetection(first_step_seconds=10), poll=0.05)
+dog.report_stall = reporter.stalled
+dog.began_training()
+dog.since -= 11
+dog.start()
+
+def waiting_in_a_collective():
+    time.sleep(30)
+
+waiting_in_a_collective()
+"""
+
+
+def test_a_stall_sends_its_verdict_and_stack_in_the_ranks_last_report(tmp_path: Path) -> None:
+    """The real stop path, in its own process (it ends with os._exit): the stacks go to the
+    log, the verdict to the termination message, and the verdict with the training
+    thread's stack, innermost frame first, in the rank's last report, before it exits."""
+    reports, termination = tmp_path / "reports.jsonl", tmp_path / "termination-log"
+    termination.touch()
+    path = os.pathsep.join(str(REPO / p) for p in ("api", "trainer-image"))
+    env = {**os.environ, ENV_TERMINATION_LOG: str(termination), "RANK": "1", "PYTHONPATH": path}
+    done = subprocess.run([sys.executable, "-c", STALLING, str(reports)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == STALLED.exit_code, done.stderr[-3000:]
+    assert "finetune: stalled (rank 1): the first optimizer step has not ended" in done.stderr
+    last = RankReport.model_validate_json(reports.read_text().splitlines()[-1])
+    assert last.rank == 1 and last.stalled is not None and not last.done
+    verdict, _, stack = last.stalled.partition("\nstack of the training thread, innermost first:")
+    assert verdict.startswith("the first optimizer step has not ended after 1")
+    frames = stack.strip().splitlines()
+    assert frames[0].strip().endswith("waiting_in_a_collective"), frames  # time.sleep is C
+    assert frames[1].strip().endswith("<module>"), frames
+    assert termination.read_text().startswith(STALLED.marker)
