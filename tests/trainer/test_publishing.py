@@ -1,7 +1,8 @@
 """Publishing is idempotent: DONE.json is written only after every publish step, a publish
 error that may pass (the Hub unreachable, a 5xx) exits 1 and the next run of the job resumes
-from the final checkpoint and publishes again without training, and a refusal that would
-repeat (the Hub's 403) ends the run as PublishFailed with the model kept in output.uri.
+from the final checkpoint and publishes again without training (so does a run killed in the
+middle of the push), and a refusal that would repeat (the Hub's 403) ends the run as
+PublishFailed with the model kept in output.uri.
 
 No Hub is reachable here: a local HTTP server stands in for the Hub's API and answers every
 request with the status the test sets; the job's model.hubEndpoint points the client at it
@@ -9,8 +10,11 @@ request with the status the test sets; the job's model.hubEndpoint points the cl
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -83,3 +87,63 @@ def test_a_failed_publish_is_retried_without_training_and_a_refusal_fails_it(
     assert said.startswith(PUBLISH_FAILED.marker)
     assert "the Hub answered 403" in said and f"the model is in {out}/final" in said
     assert not (job_dir / DONE).exists() and TOKEN not in second.stderr + said
+
+
+def _kill_run(out: Path) -> None:
+    """SIGKILL the `finetune run` writing to `out` (found by its command line)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"fttrainer.cli" in args and str(out).encode() in args:
+            os.kill(int(cmdline.parent.name), signal.SIGKILL)
+
+
+def test_a_kill_in_the_middle_of_the_push_resumes_the_publish_not_the_training(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path, hub: tuple[type[_Hub], str]
+) -> None:
+    """The pod dies (SIGKILL: a node lost, a preemption past its grace) while the Hub push is
+    under way: the Hub stand-in holds the first request open until the process is gone. The
+    next run resumes from the final checkpoint and goes straight to publishing (here to a
+    refusal, which ends it), training nothing again."""
+    handler, endpoint = hub
+    out = tmp_path / "run"
+    release = threading.Event()
+    real_post = handler.do_POST
+
+    pushes: list[str] = []
+
+    def held_open(self: _Hub) -> None:
+        if (out / "final").is_dir():  # the push, after training (not the start's checks)
+            pushes.append(self.path)
+            release.wait(120)  # it hangs here until the test lets go
+        real_post(self)
+
+    handler.do_POST = handler.do_GET = handler.do_PUT = held_open  # type: ignore[method-assign]
+    finished: list[subprocess.CompletedProcess[str]] = []
+    runner = threading.Thread(target=lambda: finished.append(_run(tiny_llama, qa_data, out,
+                                                                  endpoint)[0]))  # fmt: skip
+    runner.start()
+    deadline = time.monotonic() + 300
+    while not pushes and runner.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pushes, finished[0].stderr[-3000:] if finished else "no push began"
+    _kill_run(out)
+    runner.join(60)
+    release.set()
+    (killed,) = finished
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    job_dir = next((out / CHECKPOINTS).iterdir())
+    assert not (job_dir / DONE).exists()
+    final = job_dir / "checkpoint-5" / MANIFEST
+    committed = final.read_bytes()
+
+    handler.do_POST = handler.do_GET = handler.do_PUT = real_post  # type: ignore[method-assign]
+    handler.status = 403
+    again, said = _run(tiny_llama, qa_data, out, endpoint)
+    assert again.returncode == PUBLISH_FAILED.exit_code, again.stderr[-3000:]
+    assert "resuming from" in again.stderr and "(step 5)" in again.stderr
+    assert final.read_bytes() == committed  # not trained, not checkpointed again
+    assert "the Hub answered 403" in said
+    print(f"killed while the Hub held {pushes[0]}; the rerun resumed at step 5 and published")
