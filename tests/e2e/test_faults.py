@@ -8,10 +8,11 @@ release is switched for this module with `kubectl set env` and switched back aft
     no checkpoint at or after it; with rollback: one RolledBack restart from the checkpoint
     before it at a halved learning rate, then Succeeded; with skip: the batch counted in
     status.progress.skippedSteps, and Succeeded.
-  - Two pods, rank 1 a straggler (0.3 s more in every forward) that then freezes at the
-    start of a step: the Straggler warning names rank 1 while it is slow; rank 0, blocked in
-    the collective rank 1 never joins, is stopped by its watchdog, and the Restarting Event
-    names the collective; the gang restarts from the last checkpoint and succeeds.
+  - Two pods, rank 1 a straggler (0.3 s more in every forward) that then sleeps 600 s in one
+    step: the Straggler warning names rank 1 while it is slow; rank 0, blocked in the
+    all-reduce rank 1 never joins, and rank 1 are both stopped by their watchdogs, and the
+    Restarting Event names both and the collective; the gang restarts from the last
+    checkpoint and succeeds.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def test_a_nan_step_with_rollback_restarts_before_it_at_a_lower_rate_and_succeed
 
 
 STRAGGLER_WINDOW = 10  # stragglerDetection.windowSeconds
-FREEZE_AT = 80
+BLOCKED_AT = 80
 STEPS = 120
 
 
@@ -143,8 +144,10 @@ def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
         # Rank 0's watchdog stops a step that takes 15 s (its steps take well under 1 s).
         "stallDetection": {"minimumSeconds": 15},
     }
-    _with_faults(job, FINETUNE_FAULT_RANK="1", FINETUNE_FAULT_SLEEP="every:0.3",
-                 FINETUNE_FAULT_FREEZE_AT_STEP=str(FREEZE_AT))  # fmt: skip
+    # Rank 1 sleeps (its threads run, so it keeps reporting: not a silence) in every forward,
+    # then 600 s in step BLOCKED_AT's: rank 0 waits in that step's gradient all-reduce.
+    _with_faults(job, FINETUNE_FAULT_RANK="1",
+                 FINETUNE_FAULT_SLEEP=f"every:0.3,{BLOCKED_AT}:600")  # fmt: skip
     create_ftj(cluster, ns, job)
 
     def straggler_named() -> str | None:
@@ -172,14 +175,18 @@ def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
         timeout=30, what="the Restarting event",
     )  # fmt: skip
     verdict = restarting[0]
-    # Rank 0 waited in a collective rank 1 never joined: its watchdog's verdict names it.
-    assert "Stalled" in verdict and "rank 0" in verdict, verdict
-    assert "distributed" in verdict or "gloo" in verdict, verdict
+    # Both watchdogs fired: rank 1's in its sleep, rank 0's in the all-reduce rank 1 never
+    # joined, which the flight recorder names. One verdict is the termination message read,
+    # the other comes from that rank's last report ("also stopped by its watchdog").
+    assert "Stalled" in verdict and "also stopped by its watchdog" in verdict, verdict
+    assert "rank 0" in verdict and "rank 1" in verdict, verdict
+    assert f"optimizer step {BLOCKED_AT} has not ended" in verdict, verdict
+    assert re.search(r"in flight: gloo:\w+", verdict), verdict
     status = _ended(release, name)
     assert status["phase"] == "Succeeded", pod_logs(release, name)
     assert status.get("restarts", 0) == 1, status
     resumed = bucket.get_json(f"{name}/result.json")["resumed_from_step"]
-    assert resumed is not None and FREEZE_AT - 10 <= resumed < FREEZE_AT, resumed
+    assert resumed is not None and BLOCKED_AT - 10 <= resumed < BLOCKED_AT, resumed
     assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == STEPS
     print(f"straggler: {warning[:120]}; restart {time.monotonic() - began:.0f} s after the "
           f"warning; verdict: {verdict[:300]}; resumed from {resumed}")  # fmt: skip

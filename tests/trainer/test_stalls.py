@@ -71,9 +71,10 @@ def test_a_rank_blocked_before_a_collective_stops_the_gang_with_the_waiting_stac
 ) -> None:
     """Two ranks under torchrun: rank 1 freezes at the start of step 3 (SIGSTOP: its own
     watchdog cannot run, as in a hung driver call), so rank 0 waits in that step's first
-    collective (DDP broadcasts the module buffers before the forward pass). Rank 0's
-    watchdog fires, its stack names the collective, and the gang stops (torchrun kills the
-    frozen rank). The next attempt resumes from the last checkpoint and finishes."""
+    collective (the all-gather of the batch's token count the loss is normalised by; DDP's
+    buffer broadcast before the forward is off, arguments.py). Rank 0's watchdog fires, its
+    stack and the flight recorder name the collective, and the gang stops (torchrun kills
+    the frozen rank). The next attempt resumes from the last checkpoint and finishes."""
     out = tmp_path / "run"
     # torchrun kills the frozen rank (SIGTERM waits while it is stopped) after 5 s, not 30.
     faults = {ENV_FAULT_FREEZE_AT_STEP: "3", ENV_FAULT_RANK: "1",

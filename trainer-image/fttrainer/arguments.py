@@ -288,6 +288,12 @@ def _common_kwargs(
         "torch_compile": training.torch_compile,
         # One process per GPU under torchrun (DDP): the collective timeout.
         "ddp_timeout": collective_timeout(spec),
+        # No buffer broadcast before every forward (DDP's default without checkpointing):
+        # the buffers of the models trained here (rotary frequencies, masks) are the same
+        # on every rank by construction, and the broadcast is a collective inside each
+        # forward, which costs a round trip per step and puts the wait for a slow rank
+        # inside the fast ranks' forward time, where ranks.py looks for stragglers.
+        "ddp_broadcast_buffers": False,
     }
     if spec.method.type not in ("prefix", "prompt"):
         # Every trainable parameter takes part in each step: skip DDP's unused-parameter scan.

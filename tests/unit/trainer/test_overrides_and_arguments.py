@@ -49,6 +49,9 @@ def test_cpu_run_turns_off_what_trl_enables_by_default() -> None:
     assert kwargs["activation_checkpointing"] is False
     assert kwargs["learning_rate"] == 2e-4
     assert kwargs["assistant_only_loss"] is True  # instruction data: responses only
+    # No DDP buffer broadcast in each forward (it would hide stragglers: ranks.py; the real
+    # straggler is named through the operator in tests/e2e/test_faults.py).
+    assert kwargs["ddp_broadcast_buffers"] is False
 
 
 def test_hyperparameters_map_onto_trl_names() -> None:
