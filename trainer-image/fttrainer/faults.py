@@ -4,9 +4,10 @@
                                         before backward, so the gradients are NaN too, as
                                         in a real divergence; not after a rollback
     FINETUNE_FAULT_SLEEP=3:600,eval:20  sleep in the training thread: inside that step's
-                                        forward, or at the start of each evaluation;
-                                        `every:0.2` in every forward; first attempt only
-                                        (FINETUNE_ATTEMPT unset or 0)
+                                        model forward, or at the start of each evaluation;
+                                        `every:0.2` in every training forward (a slow
+                                        rank); first attempt only (FINETUNE_ATTEMPT unset
+                                        or 0)
     FINETUNE_FAULT_FREEZE_AT_STEP=3     the process stops itself (SIGSTOP) at the start of
                                         that step: frozen whole, as in a hung driver call
                                         holding the GIL (its own watchdog cannot run);
@@ -92,15 +93,25 @@ def _sleep_for_tests(seconds: float) -> None:
 def with_faults(trainer_class: type, faults: Faults) -> type:
     """`trainer_class` with the faults applied where a real fault would strike."""
 
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        super(faulty, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
+        trainer = self
+
+        def strike(module: Any, args: Any) -> None:
+            # Inside the model's forward (where a slow or hung device would be, and where
+            # ranks.ComputeTimer measures), a training forward's only: the base evaluation
+            # computes its losses before step 1.
+            if module.training:
+                step = trainer.state.global_step + 1
+                faults.freeze(step)
+                faults.sleep(str(step))
+                faults.sleep("every")
+
+        self.model.register_forward_pre_hook(strike)
+
     def compute_loss(self: Any, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.state.global_step + 1
-        # The step faults strike a training step's forward, never an evaluation's (the base
-        # evaluation computes its losses before step 1).
         training = bool(getattr(model, "training", True))
-        if training:
-            faults.freeze(step)
-            faults.sleep(str(step))
-        faults.sleep("every")
         result = super(faulty, self).compute_loss(model, inputs, *args, **kwargs)  # type: ignore[arg-type]
         if not training or step not in faults.nan_steps:
             return result
@@ -114,6 +125,6 @@ def with_faults(trainer_class: type, faults: Faults) -> type:
 
     faulty: type = type(
         trainer_class.__name__, (trainer_class,),
-        {"compute_loss": compute_loss, "evaluate": evaluate},
+        {"__init__": __init__, "compute_loss": compute_loss, "evaluate": evaluate},
     )  # fmt: skip
     return faulty

@@ -180,6 +180,26 @@ class ComputeTimer:
         self._counted = False
         self._events: list[tuple[Any, Any]] = []  # CUDA (start, end) pairs not yet read
 
+    def attach(self, model: Any) -> None:
+        """Time `model`'s training forward passes themselves, through forward hooks on the
+        unwrapped model: not the trainer's compute_loss around them, where the collectives
+        of a distributed run (DDP's buffer broadcast, TRL's metric all-gathers) would add
+        the wait for the slowest rank to every rank's time. The pre-hook goes first, so
+        what other pre-hooks do (the test faults' sleeps) counts as this rank's compute."""
+        started: list[Any] = []
+
+        def before(module: Any, args: Any) -> None:
+            if module.training:
+                parameter = next(module.parameters(), None)
+                started.append(self.begin(getattr(parameter, "device", None)))
+
+        def after(module: Any, args: Any, output: Any) -> None:
+            if started:
+                self.end(started.pop())
+
+        model.register_forward_pre_hook(before, prepend=True)
+        model.register_forward_hook(after)
+
     def begin(self, device: Any) -> Any:
         if getattr(device, "type", None) == "cuda":
             import torch
@@ -217,17 +237,13 @@ class ComputeTimer:
 
 
 def with_compute_timing(trainer_class: type, timer: ComputeTimer) -> type:
-    """`trainer_class` whose training forward passes `timer` times (evaluation's are not:
-    the model is in eval mode then)."""
+    """`trainer_class` whose model's training forward passes `timer` times (evaluation's
+    are not: the model is in eval mode then), attached once the trainer has wrapped the
+    model (PEFT) and before it is prepared for distribution (DDP wraps it later)."""
 
-    def compute_loss(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(model, "training", False):
-            return super(timed, self).compute_loss(model, *args, **kwargs)  # type: ignore[arg-type]
-        started = timer.begin(getattr(self.args, "device", None))
-        try:
-            return super(timed, self).compute_loss(model, *args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            timer.end(started)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        super(timed, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
+        timer.attach(self.model)
 
-    timed: type = type(trainer_class.__name__, (trainer_class,), {"compute_loss": compute_loss})
+    timed: type = type(trainer_class.__name__, (trainer_class,), {"__init__": __init__})
     return timed

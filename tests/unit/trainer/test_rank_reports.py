@@ -111,6 +111,30 @@ def test_the_compute_timer_counts_the_forward_passes_of_each_step() -> None:
     assert timer.take() is None
 
 
+def test_the_compute_timer_times_the_models_training_forward_and_nothing_around_it() -> None:
+    """Attached to a real module: what happens inside its training forward counts (here a
+    later pre-hook's delay, as the test faults' sleep), what happens around it does not (a
+    collective before or after the forward, as DDP's or TRL's), nor an evaluation's."""
+    import torch
+
+    clock = ManualClock(0.0)
+    timer = ComputeTimer(clock)
+    model = torch.nn.Linear(2, 2)
+    timer.attach(model)
+
+    def slow_device(module: Any, args: Any) -> None:
+        clock.t += 0.3  # registered after the timer's hook: inside the timed forward
+
+    model.register_forward_pre_hook(slow_device)
+    clock.t += 5.0  # waiting for the other ranks before the forward: not compute
+    model(torch.ones(1, 2))
+    clock.t += 7.0  # and after it
+    assert timer.take() == pytest.approx(0.3)
+    model.eval()
+    model(torch.ones(1, 2))
+    assert timer.take() is None
+
+
 SPIKES = {
     "a steady fall is no spike": ([6.0, 5.5, 5.0, 4.6, 4.2, 4.0, 3.8, 3.6, 3.5, 3.4, 3.3, 3.2], []),
     "a learning rate far too high: 6.07 then 44.5": ([6.07, 44.5, 40.0, 13.5], [1]),
