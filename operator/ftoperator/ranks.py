@@ -50,9 +50,10 @@ def silences(
     ]
 
 
-# How much of another rank's stall verdict a failure message repeats (its first line; the
-# whole text and stack stay in its report).
-OTHER_STALL_CHARS = 300
+# How much of another rank's stall verdict a failure message repeats (its first line, its
+# middle cut first: the deadline opens it, the collective in flight ends it; the whole text
+# and the stack stay in its report).
+OTHER_STALL_CHARS = 600
 
 
 def other_stalls(ranks: Mapping[int, RankReport], attempt: int, verdict: str) -> str:
@@ -60,11 +61,19 @@ def other_stalls(ranks: Mapping[int, RankReport], attempt: int, verdict: str) ->
     rank of this attempt whose last report says its watchdog stopped it and that `verdict`
     (one rank's termination message) does not name already; empty when none."""
     others = [
-        f"{where(r.rank, r.pod, r.node)}: {r.stalled.splitlines()[0][:OTHER_STALL_CHARS]}"
+        f"{where(r.rank, r.pod, r.node)}: {_ends(r.stalled.splitlines()[0], OTHER_STALL_CHARS)}"
         for r in sorted(current(ranks, attempt).values(), key=lambda r: r.rank)
         if r.stalled and f"rank {r.rank}:" not in verdict
     ]
     return f"; also stopped by its watchdog: {'; '.join(others)}" if others else ""
+
+
+def _ends(text: str, limit: int) -> str:
+    """`text`, or its first and last parts with " ... " between, in `limit` characters."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 5) // 3
+    return f"{text[:head]} ... {text[len(text) - (limit - 5 - head):]}"
 
 
 def where(rank: int, pod: str | None, node: str | None) -> str:

@@ -29,7 +29,7 @@ import pytest
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
 from fttestkit.release import Release
-from tests.e2e.realnode import Bucket, object_events, pod_logs, tiny_cpu_job
+from tests.e2e.realnode import Bucket, object_events, pod_logs, renamed, tiny_cpu_job
 
 ANNOTATION = "finetune.dev/test-faults"
 
@@ -65,69 +65,70 @@ def _ended(release: Release, name: str) -> dict[str, Any]:
     return status
 
 
-def test_a_nan_step_stops_the_job_as_diverged_with_no_checkpoint_after_it(
+def _nan_job(base: dict[str, Any], name: str, at: int, **training: Any) -> dict[str, Any]:
+    """`base` (the tiny job) renamed, with a NaN loss at step `at`; 500m of CPU, so that
+    three run at once on the real node."""
+    job = renamed(base, name)
+    job["spec"]["training"].update(training)
+    job["spec"]["resources"]["cpu"] = "500m"
+    return _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP=str(at))
+
+
+def test_a_nan_step_stops_skips_or_rolls_back_as_the_job_says(
     faulty_release: Release, bucket: Bucket, tmp_path: Path
 ) -> None:
-    release, name = faulty_release, "nan-stop"
-    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=8, save_steps=2, log_every=1)
-    create_ftj(release.cluster, release.watched, _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP="5"))
-    status = _ended(release, name)
-    assert status["phase"] == "Failed", pod_logs(release, name)
+    release, cluster, ns = faulty_release, faulty_release.cluster, faulty_release.watched
+    base = tiny_cpu_job(release, bucket, tmp_path, "nan", steps=8, save_steps=2, log_every=1)
+    for job in (
+        _nan_job(base, "nan-stop", 5),
+        _nan_job(base, "nan-skip", 3, onNonFinite="skip"),
+        _nan_job(base, "nan-rollback", 5, onNonFinite="rollback", rollbackLearningRateFactor=0.5),
+    ):
+        create_ftj(cluster, ns, job)
+
+    # stop: Failed as Diverged at step 5, nothing kept from it, the loss shown as NaN.
+    status = _ended(release, "nan-stop")
+    assert status["phase"] == "Failed", pod_logs(release, "nan-stop")
     assert status["failureReason"] == "Diverged", status
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert "step 5: train_loss NaN" in failed["message"], failed
     assert "last finite loss" in failed["message"], failed
     assert status.get("restarts", 0) == 0, status  # a restart cannot cure it
     assert status["checkpoint"]["step"] == 4, status["checkpoint"]
-    assert not [k for k in bucket.keys(f"{name}/") if "checkpoint-6" in k or "/final/" in k]
-    # Shown as NaN, never as the last finite loss (nor dropped).
-    assert status["progress"]["loss"] == "NaN", status["progress"]
+    assert not [k for k in bucket.keys("nan-stop/") if "checkpoint-6" in k or "/final/" in k]
+    assert status["progress"]["loss"] == "NaN", status["progress"]  # never the last finite
     assert "train_loss" in status["metrics"]["nonFinite"], status["metrics"]
     assert status["metrics"].get("trainLoss") is None, status["metrics"]
     print(f"NaN at step 5, stop: {failed['message'][:200]}")
 
-
-def test_a_nan_step_with_skip_is_counted_and_the_job_succeeds(
-    faulty_release: Release, bucket: Bucket, tmp_path: Path
-) -> None:
-    release, name = faulty_release, "nan-skip"
-    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=8, save_steps=4, log_every=1)
-    job["spec"]["training"]["onNonFinite"] = "skip"
-    create_ftj(release.cluster, release.watched, _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP="3"))
-    status = _ended(release, name)
-    assert status["phase"] == "Succeeded", pod_logs(release, name)
+    # skip: the batch counted, the run goes on.
+    status = _ended(release, "nan-skip")
+    assert status["phase"] == "Succeeded", pod_logs(release, "nan-skip")
     assert status["progress"]["skippedSteps"] == 1, status["progress"]
     assert status.get("restarts", 0) == 0, status
-    assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == 8
+    assert bucket.get_json("nan-skip/final_metrics.json")["global_step"] == 8
 
-
-def test_a_nan_step_with_rollback_restarts_before_it_at_a_lower_rate_and_succeeds(
-    faulty_release: Release, bucket: Bucket, tmp_path: Path
-) -> None:
-    release, name = faulty_release, "nan-rollback"
-    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=8, save_steps=2, log_every=1)
-    job["spec"]["training"].update(onNonFinite="rollback", rollbackLearningRateFactor=0.5)
-    create_ftj(release.cluster, release.watched, _with_faults(job, FINETUNE_FAULT_NAN_AT_STEP="5"))
-    status = _ended(release, name)
-    assert status["phase"] == "Succeeded", pod_logs(release, name)
+    # rollback: one restart from the checkpoint before it, at half the learning rate.
+    status = _ended(release, "nan-rollback")
+    assert status["phase"] == "Succeeded", pod_logs(release, "nan-rollback")
     assert status.get("restarts", 0) == 1, status
-    events = object_events(release.cluster, release.watched, "FineTuneJob", name)
+    events = object_events(cluster, ns, "FineTuneJob", "nan-rollback")
     rolled = [m for r, m in events if r == "Restarting" and "RolledBack" in m]
     assert rolled and "step 5: train_loss NaN" in rolled[0], events
     assert "rolling back to checkpoint step 4" in rolled[0], rolled
-    assert bucket.get_json(f"{name}/result.json")["resumed_from_step"] == 4
-    steps = bucket.get_json(f"{name}/step_metrics.json")
+    assert bucket.get_json("nan-rollback/result.json")["resumed_from_step"] == 4
+    steps = bucket.get_json("nan-rollback/step_metrics.json")
     rates = {m["step"]: m["learning_rate"] for m in steps if "learning_rate" in m}
     assert rates[5] < 0.6 * rates[4], rates  # halved after the rollback
     losses = [m["loss"] for m in steps if "loss" in m]
     assert all(loss == loss for loss in losses), losses  # no NaN reached the record
-    assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == 8
+    assert bucket.get_json("nan-rollback/final_metrics.json")["global_step"] == 8
     print(f"NaN at step 5, rollback: {rolled[0][:200]}")
 
 
 STRAGGLER_WINDOW = 10  # stragglerDetection.windowSeconds
 BLOCKED_AT = 80
-STEPS = 120
+STEPS = 100
 
 
 def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(

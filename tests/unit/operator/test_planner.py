@@ -2072,3 +2072,13 @@ def test_a_stall_verdict_names_every_rank_whose_watchdog_stopped_it() -> None:
     assert also in message, message
     assert "stack" not in message and "another attempt" not in message
     assert message.count("rank 0") == 1
+    # A long verdict keeps its two ends: the deadline and the collective in flight.
+    frames = " <- ".join(f"file{i}.py:{i} fn{i}" for i in range(60))
+    long = f"optimizer step 41 has not ended after 15 s; stuck in {frames}; in flight: gloo:x #9"
+    ranks[1] = rank(1, 10, stalled=long)
+    plan = observe(job, running_status(), at(20), batch_job=make_batch_job(0).obj(), pods=pods,
+                   progress=report(step=41), ranks=ranks)  # fmt: skip
+    message = cond(plan.status, "Running").message
+    assert "rank 1 (pod llama-0-1 on node gpu-1): optimizer step 41 has not ended" in message
+    assert " ... " in message and "in flight: gloo:x #9" in message, message
+    assert "fn30" not in message
