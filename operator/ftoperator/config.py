@@ -31,7 +31,7 @@ from ftapi.v1alpha1.common import IMAGE_PATTERN, SERVER_URL, check_quantity
 from ftapi.v1alpha1.resources import is_extended_resource_name
 from ftapi.v1alpha1.status import OperatorSettingsUsed
 
-from . import test_faults
+from . import fault_hooks
 
 # This operator's release, as its status messages and Events name it (version skew).
 OPERATOR = release("finetune-operator")
@@ -187,7 +187,7 @@ class Settings:
     """Give each job a NetworkPolicy admitting traffic to its pods only from its own pods
     (the torchrun rendezvous and NCCL ports are closed to the rest of the cluster)."""
     test_faults: bool = False
-    """Copy a job's finetune.dev/test-faults annotation into its pods (test_faults.py): for
+    """Copy a job's finetune.dev/test-faults annotation into its pods (fault_hooks.py): for
     test clusters only, so FTO_TEST_FAULTS alone turns it on (no flag, not in the chart)."""
 
 
@@ -273,7 +273,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_priority_classes=_listed(args.allowed_priority_classes),
         allowed_node_selector_keys=_listed(args.allowed_node_selector_keys),
         network_policy=args.network_policy,
-        test_faults=test_faults.enabled(dict(env)),
+        test_faults=fault_hooks.enabled(dict(env)),
     )
     return Options(
         namespaces=tuple(namespaces),

@@ -91,7 +91,7 @@ REASONS: tuple[Reason, ...] = (
            "the operator forbids it"),
     Reason("InvalidTestFaults", "job", False, 9,
            "an operator started for tests (FTO_TEST_FAULTS) cannot read the job's "
-           "`finetune.dev/test-faults` annotation (ftoperator/test_faults.py)"),
+           "`finetune.dev/test-faults` annotation (ftoperator/fault_hooks.py)"),
     Reason("SecretNotAllowed", "job", False, 9,
            "a Secret the spec references is not in `--allowed-secret-names`"),
     Reason("S3EndpointNotAllowed", "job", False, 9,

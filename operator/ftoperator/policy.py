@@ -18,7 +18,7 @@ from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
 
 from .config import Settings, image_of
-from .test_faults import faults_violation
+from .fault_hooks import faults_violation
 
 
 def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:

@@ -73,7 +73,7 @@ def _ends(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = (limit - 5) // 3
-    return f"{text[:head]} ... {text[len(text) - (limit - 5 - head):]}"
+    return f"{text[:head]} ... {text[len(text) - (limit - 5 - head) :]}"
 
 
 def where(rank: int, pod: str | None, node: str | None) -> str:

@@ -33,7 +33,7 @@ from ftoperator.config import (
     gpu_resource_of,
     image_of,
 )
-from ftoperator.test_faults import fault_env
+from ftoperator.fault_hooks import fault_env
 
 from .naming import Names
 
@@ -186,7 +186,7 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
     ]
     if spec.resources.gpus_per_node:
         env += [{"name": k, "value": v} for k, v in NCCL_FLIGHT_RECORDER.items()]
-    env += fault_env(job, settings.test_faults)  # a test cluster's only (test_faults.py)
+    env += fault_env(job, settings.test_faults)  # a test cluster's only (fault_hooks.py)
     s3 = spec.output.s3
     if settings.default_s3_endpoint and (s3 is None or not s3.endpoint):
         env.append({"name": ENV_S3_ENDPOINT, "value": settings.default_s3_endpoint})
