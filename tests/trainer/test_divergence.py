@@ -18,7 +18,7 @@ import pytest
 from ftapi.contract import DIVERGED, ROLLED_BACK, WORSE_THAN_BASE
 from fttrainer.checkpointing.protocol import CHECKPOINTS
 from fttrainer.checkpointing.store import ROLLBACKS
-from fttrainer.faults import ENV_FAULT_NAN_AT_STEP
+from fttrainer.faults import ENV_FAULT_NAN_AT_STEP, ENV_FAULT_NAN_WEIGHTS_AT_STEP
 from tests.trainer.recipes import committed_steps, cpu_qa_recipe, run_quickstart
 
 
@@ -43,6 +43,24 @@ def test_stop_fails_the_run_at_the_nan_step_with_no_checkpoint_after_it(
     assert said.startswith(DIVERGED.marker) and "step 4: train_loss NaN" in said
     assert committed_steps(out) == [2]  # step 4's checkpoint was never written
     assert not (out / "final").exists() and "done:" not in result.stdout
+
+
+def test_weights_that_turn_nan_under_a_finite_loss_are_never_checkpointed(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """Step 4's update leaves a weight NaN while its loss was finite (the loss check cannot
+    see it yet): the checkpoint guard finds it when step 4's checkpoint is saved, deletes
+    that checkpoint before it is uploaded, and stops the run as Diverged."""
+    out = tmp_path / "run"
+    result, said = run_quickstart(tiny_llama, qa_data, out, "training.maxSteps=6",
+                                  "logging.steps=1", "output.saveSteps=2",
+                                  env={ENV_FAULT_NAN_WEIGHTS_AT_STEP: "4"})  # fmt: skip
+    assert result.returncode == DIVERGED.exit_code, result.stderr[-3000:]
+    assert "test fault: a trainable weight is NaN after step 4" in result.stderr
+    message = "step 4: the weights or optimizer state are not finite; checkpoint checkpoint-4 "
+    assert said.startswith(DIVERGED.marker) and message + "was not saved" in said, said
+    assert committed_steps(out) == [2]
+    assert not (out / "checkpoint-4").exists() and not (out / "final").exists()
 
 
 def test_skip_trains_on_and_counts_the_skipped_step(

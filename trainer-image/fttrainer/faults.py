@@ -12,6 +12,11 @@
                                         that step: frozen whole, as in a hung driver call
                                         holding the GIL (its own watchdog cannot run);
                                         first attempt only
+    FINETUNE_FAULT_NAN_WEIGHTS_AT_STEP=4
+                                        after that optimizer step, one trainable weight is
+                                        NaN while the step's loss was finite (a bad update
+                                        the loss does not show yet): the checkpoint guard's
+                                        case; first attempt only
     FINETUNE_FAULT_RANK=1               the faults strike this rank only (a rank blocked
                                         before a collective, a straggler)
 
@@ -36,6 +41,7 @@ ENV_FAULT_NAN_AT_STEP = "FINETUNE_FAULT_NAN_AT_STEP"
 ENV_FAULT_SLEEP = "FINETUNE_FAULT_SLEEP"
 ENV_FAULT_FREEZE_AT_STEP = "FINETUNE_FAULT_FREEZE_AT_STEP"
 ENV_FAULT_RANK = "FINETUNE_FAULT_RANK"
+ENV_FAULT_NAN_WEIGHTS_AT_STEP = "FINETUNE_FAULT_NAN_WEIGHTS_AT_STEP"
 ENV_ATTEMPT = "FINETUNE_ATTEMPT"
 
 
@@ -45,6 +51,7 @@ class Faults:
     sleeps: dict[str, float] = field(default_factory=dict)
     logged: set[str] = field(default_factory=set)
     freeze_step: int | None = None
+    nan_weights_step: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
@@ -56,13 +63,16 @@ class Faults:
         if environ.get(ENV_ATTEMPT, "0") in ("", "0"):
             freeze = environ.get(ENV_FAULT_FREEZE_AT_STEP, "").strip()
             faults.freeze_step = int(freeze) if freeze else None
+            weights = environ.get(ENV_FAULT_NAN_WEIGHTS_AT_STEP, "").strip()
+            faults.nan_weights_step = int(weights) if weights else None
             for item in environ.get(ENV_FAULT_SLEEP, "").split(","):
                 where, _, seconds = item.strip().partition(":")
                 if where and seconds:
                     faults.sleeps[where] = float(seconds)
-        if faults.nan_steps or faults.sleeps or faults.freeze_step:
-            log.warning("test faults on: NaN loss at steps %s, sleeps %s, freeze at step %s",
-                        sorted(faults.nan_steps), faults.sleeps, faults.freeze_step)  # fmt: skip
+        if faults.nan_steps or faults.sleeps or faults.freeze_step or faults.nan_weights_step:
+            log.warning("test faults on: NaN loss at steps %s, sleeps %s, freeze at step %s, "
+                        "NaN weights after step %s", sorted(faults.nan_steps), faults.sleeps,
+                        faults.freeze_step, faults.nan_weights_step)  # fmt: skip
         return faults
 
     def sleep(self, where: str) -> None:
@@ -90,6 +100,26 @@ def _sleep_for_tests(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _poison_weights(faults: Faults) -> Any:
+    """A callback that makes one trainable weight NaN at the end of the chosen step (after
+    the optimizer step, before that step's checkpoint is saved)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class PoisonWeights(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
+                        **_: Any) -> None:  # fmt: skip
+            if model is None or state.global_step != faults.nan_weights_step:
+                return
+            faults.nan_weights_step = None
+            weight = next(p for p in model.parameters() if p.requires_grad)
+            with torch.no_grad():
+                weight.view(-1)[0] = math.nan
+            log.warning("test fault: a trainable weight is NaN after step %d", state.global_step)
+
+    return PoisonWeights()
+
+
 def with_faults(trainer_class: type, faults: Faults) -> type:
     """`trainer_class` with the faults applied where a real fault would strike."""
 
@@ -108,6 +138,8 @@ def with_faults(trainer_class: type, faults: Faults) -> type:
                 faults.sleep("every")
 
         self.model.register_forward_pre_hook(strike)
+        if faults.nan_weights_step is not None:
+            self.add_callback(_poison_weights(faults))
 
     def compute_loss(self: Any, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.state.global_step + 1
