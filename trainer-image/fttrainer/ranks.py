@@ -144,7 +144,7 @@ class RankReporter:
     def stalled(self, text: str, timeout: float = STALL_REPORT_TIMEOUT_SECONDS) -> None:
         """The watchdog stops this process: its verdict and stack go out in one last report,
         waited for at most `timeout` (the process exits next, whether it was sent or not)."""
-        self.stall = text[-STALL_REPORT_CHARS:] if len(text) > STALL_REPORT_CHARS else text
+        self.stall = text[:STALL_REPORT_CHARS]  # the verdict and the innermost frames first
         self._send(force=True)
         if self._sender is not None:
             self._sender.flush(timeout)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ftapi import parse_job
-from ftapi.progress import RankReport
+from ftapi.progress import STALL_REPORT_CHARS, RankReport
 from fttestkit.builders import make_job
 from fttrainer.arguments import TORCH_COLLECTIVE_TIMEOUT, collective_timeout
 from fttrainer.divergence import SpikeWatch
@@ -184,3 +184,14 @@ def test_faults_can_strike_one_rank_only() -> None:
     assert Faults.from_env({**environ, "RANK": "1"}).sleeps == {"3": 600.0}
     assert Faults.from_env({**environ, "RANK": "0"}).sleeps == {}
     assert Faults.from_env({"FINETUNE_FAULT_SLEEP": "every:0.1"}).sleeps == {"every": 0.1}
+
+
+def test_a_stall_report_keeps_the_verdict_and_the_innermost_frames() -> None:
+    sink = Collect()
+    reporter = RankReporter(sink, rank=2, interval=3600, now=lambda: NOW)
+    frames = "\n".join(f"  frame{i}.py:{i} fn{i}" for i in range(1000))  # innermost first
+    reporter.stalled(f"optimizer step 9 has not ended after 20 s\n{frames}", timeout=5)
+    last = sink.reports[-1]
+    assert last.stalled is not None and len(last.stalled) == STALL_REPORT_CHARS
+    assert last.stalled.startswith("optimizer step 9 has not ended after 20 s\n  frame0.py:0")
+    assert "fn999" not in last.stalled and not last.done
