@@ -202,7 +202,9 @@ def test_a_child_the_api_server_refuses_fails_the_job_with_its_words(
     status = _wait(cluster, ns, name, operator, "Failed")
     assert status["failureReason"] == "ChildRejected", status
     assert "the API server refused the" in status["message"]
-    assert any(e.reason == "ChildRejected" for e in _events(cluster, ns, name))
+    # The Event is posted right after the status write: wait for it, not for luck.
+    eventually(lambda: any(e.reason == "ChildRejected" for e in _events(cluster, ns, name)),
+               timeout=30, what="the ChildRejected Event")  # fmt: skip
     # Failed is final: no retry loop (the old behaviour: a pass every 5 s, forever).
     version = _custom(cluster).get_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, name)["metadata"]["resourceVersion"]  # fmt: skip
