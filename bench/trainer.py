@@ -787,7 +787,7 @@ def _ours(config: dict[str, Any], output: Path) -> tuple[Any, Any]:
             "training": training,
             "evaluation": {"strategy": "no"},
             "logging": {"steps": 10},
-            # One checkpoint, after the last (timed) step: the baseline saves none.
+            # One checkpoint, after the last (timed) step: the peers save none.
             "output": {"uri": str(output / "published"), "saveSteps": config["steps"]},
             "resources": {"gpusPerNode": 1 if config["cuda"] else 0},
         },
