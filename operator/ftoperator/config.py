@@ -273,7 +273,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_priority_classes=_listed(args.allowed_priority_classes),
         allowed_node_selector_keys=_listed(args.allowed_node_selector_keys),
         network_policy=args.network_policy,
-        test_faults=fault_hooks.enabled(dict(env)),
+        test_faults=fault_hooks.enabled(env),
     )
     return Options(
         namespaces=tuple(namespaces),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ftapi.v1alpha1 import FineTuneJob
@@ -30,7 +31,7 @@ ANNOTATION = "finetune.dev/test-faults"
 FAULT_NAME = re.compile(r"FINETUNE_FAULT_[A-Z0-9_]+")
 
 
-def enabled(environ: dict[str, str]) -> bool:
+def enabled(environ: Mapping[str, str]) -> bool:
     return environ.get(ENV_TEST_FAULTS, "").strip().lower() == "true"
 
 

@@ -103,7 +103,7 @@ class Watchdog:
         self.enabled = spec.enabled
         self.clock = clock
         self.poll = poll
-        self.on_stall = on_stall or self._stop_process
+        self.on_stall = on_stall or self._stop_reporting
         # Where the verdict and the training thread's stack go before the process exits
         # besides the log (the recipe: this rank's report, ranks.RankReporter.stalled).
         self.report_stall: Callable[[str], None] | None = None
@@ -187,7 +187,7 @@ class Watchdog:
             return (f"{what} after {waited:.0f} s (deadline {deadline:.0f} s: "
                     f"{self.deadlines.explain(self.phase)})")  # fmt: skip
 
-    def _stop_process(self, reason: str) -> None:
+    def _stop_reporting(self, reason: str) -> None:
         _stop_process(reason, report=self.report_stall,
                       stack=lambda: thread_stack(self.main_thread))  # fmt: skip
 
@@ -199,23 +199,27 @@ class Watchdog:
                 return
 
 
+def _frames(thread: threading.Thread) -> list[traceback.FrameSummary] | None:
+    """The thread's frames, innermost first; None when it is gone."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return None if frame is None else list(reversed(traceback.extract_stack(frame)))
+
+
 def innermost_frames(thread: threading.Thread, count: int = FRAMES_NAMED) -> str:
     """`stuck in file.py:12 fn <- file.py:40 caller ...`: where the thread waits."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    if frame is None:
+    frames = _frames(thread)
+    if frames is None:
         return "the training thread is gone"
-    stack = traceback.extract_stack(frame)[-count:]
-    named = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(stack)]
+    named = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in frames[:count]]
     return "stuck in " + " <- ".join(named)
 
 
 def thread_stack(thread: threading.Thread) -> str:
     """The thread's stack, innermost frame first, one `file.py:12 fn` per line."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    if frame is None:
+    frames = _frames(thread)
+    if frames is None:
         return "the training thread is gone"
-    stack = traceback.extract_stack(frame)
-    return "\n".join(f"  {f.filename}:{f.lineno} {f.name}" for f in reversed(stack))
+    return "\n".join(f"  {f.filename}:{f.lineno} {f.name}" for f in frames)
 
 
 def _stop_process(
