@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@\"']+@")
+# A scheme is short (RFC 3986 sets no bound; real ones are under 32): unbounded, a long line
+# of letters without "://" would cost quadratic time, and kept logs redact every line.
+USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^\s/@\"']+@")
 MAX_QUOTED = 500
 
 

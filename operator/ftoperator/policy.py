@@ -13,6 +13,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
+from ftapi.locations import data_locations
 from ftapi.v1alpha1 import FineTuneJob
 from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
@@ -153,20 +154,6 @@ def uses_hub(job: FineTuneJob) -> bool:
         or spec.output.push_to_hub is not None
         or (spec.evaluation.harness is not None)
     )
-
-
-def data_locations(job: FineTuneJob) -> list[tuple[str, str | None]]:
-    """(spec field, URI) of the data the job reads: its splits, prompts and benchmarks."""
-    spec = job.spec
-    data = [("train", spec.dataset.train), ("validation", spec.dataset.validation),
-            ("test", spec.dataset.test)]  # fmt: skip
-    named: list[tuple[str, str | None]] = [
-        (f"spec.dataset.{split}.uri", s.uri) for split, s in data if s is not None
-    ]
-    named += [("spec.evaluation.promptsUri", spec.evaluation.prompts_uri)]
-    named += [(f"spec.evaluation.benchmarks[{i}].uri", b.uri)
-              for i, b in enumerate(spec.evaluation.benchmarks)]  # fmt: skip
-    return named
 
 
 def _uris(job: FineTuneJob) -> list[str]:

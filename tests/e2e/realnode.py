@@ -306,3 +306,45 @@ def run_pod(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> tuple[Any,
 
     done = eventually(ended, timeout=120, what=f"pod {name} to end")
     return done, core.read_namespaced_pod_log(name, namespace)
+
+
+class FinetuneCli:
+    """`finetune` at a user's terminal against the local cluster: the cluster's kubeconfig,
+    its S3 keys in the environment, a client config naming the jobs' namespace (and, given a
+    bucket and its Secret, a staging location and the job defaults that put a submitted
+    local manifest on the real node, as hack/quickstart-cluster.sh writes them)."""
+
+    def __init__(
+        self, release: Release, home: Path, *, bucket: Bucket | None = None, secret: str = ""
+    ) -> None:
+        self.release = release
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "client.yaml"
+        env = release.cluster.env
+        settings: dict[str, Any] = {
+            "namespace": release.watched,
+            "s3": {"endpoint": env["FTO_S3_ENDPOINT"], "region": env["AWS_REGION"],
+                   "forcePathStyle": True},
+        }  # fmt: skip
+        if bucket is not None:
+            settings["staging"] = f"s3://{bucket.name}/staging"
+            settings["jobDefaults"] = {
+                "output": {"s3": bucket.s3_spec(secret)},
+                "resources": {**POD_RESOURCES, **LOCAL_NODE},
+                "logging": {"statusIntervalSeconds": 2},
+            }
+        config.write_text(json.dumps(settings))
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))},
+            **env, "PATH": release.cluster.path, "HOME": str(home), "FINETUNE_CONFIG": str(config),
+        }  # fmt: skip
+        self.command = str(REPO / ".venv/bin/finetune")
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.command, *args], cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=timeout, check=False)  # fmt: skip
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """A command left running (`finetune logs -f`)."""
+        return subprocess.Popen([self.command, *args], cwd=REPO, env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip

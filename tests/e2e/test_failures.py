@@ -21,7 +21,15 @@ from kubernetes import client
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
 from fttestkit.release import Release
-from tests.e2e.realnode import LOCAL_NODE, Bucket, pod_logs, qa_rows, tiny_cpu_job
+from tests.e2e.realnode import (
+    LOCAL_NODE,
+    Bucket,
+    FinetuneCli,
+    job_pods,
+    pod_logs,
+    qa_rows,
+    tiny_cpu_job,
+)
 
 
 def _job(release: Release, bucket: Bucket, tmp_path: Path, name: str, data: str) -> dict[str, Any]:
@@ -97,6 +105,15 @@ def test_an_image_that_does_not_exist_waits_with_the_reason_in_status(
     )
     # No retry loop: the job has not been restarted over it.
     assert status.get("restarts", 0) == 0
+    # `finetune cancel` ends it: suspended, its pod gone, `finetune wait` says so (exit 3).
+    finetune = FinetuneCli(release, tmp_path / "home")
+    cancelled = finetune.run("cancel", name, "--yes")
+    assert cancelled.returncode == 0, cancelled.stderr
+    eventually(lambda: phase_is(release.cluster, release.watched, name, "Suspended"),
+               timeout=60, what="the job suspended")  # fmt: skip
+    eventually(lambda: not job_pods(release, name), timeout=60, what="its pod gone")
+    waited = finetune.run("wait", name, "--timeout", "10")
+    assert waited.returncode == 3, waited.stdout + waited.stderr
 
 
 def test_a_bad_data_row_fails_with_the_trainers_own_message(
@@ -114,6 +131,13 @@ def test_a_bad_data_row_fails_with_the_trainers_own_message(
     assert "qa.jsonl" in status["message"] and "17" in status["message"], status["message"]
     assert "answer" in status["message"], status["message"]
     assert status.get("restarts", 0) == 0
+    # The client says the same: `finetune wait` fails with the reason, the log has the row.
+    finetune = FinetuneCli(release, tmp_path / "home")
+    waited = finetune.run("wait", name)
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    assert f"{name} Failed: InvalidInput: " in waited.stderr and "qa.jsonl" in waited.stderr
+    logged = finetune.run("logs", name)
+    assert logged.returncode == 0 and "qa.jsonl" in logged.stdout, logged.stdout + logged.stderr
 
 
 # A stand-in for the Hub's API (none is reachable here): every request is logged and answered

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ftclient.kube import USER_RULES
 from ftoperator.config import Settings, parse_options
 from fttestkit.chart import (
     CHART,
@@ -326,7 +327,7 @@ def test_no_secrets_no_wildcards_and_only_the_operators_service_account(
 
 def test_cluster_wide_rbac_is_the_documented_table() -> None:
     objects = render()
-    cluster_role = only(objects, "ClusterRole")
+    cluster_role = only(objects, "ClusterRole", "finetune-operator")
     assert grants(cluster_role["rules"]) == documented(NAMESPACED | CLUSTER_READS)
     assert (
         only(objects, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
@@ -357,7 +358,7 @@ def test_watch_namespaces_rbac_is_a_role_per_namespace_and_cluster_reads_only() 
         )  # fmt: skip
         assert binding["roleRef"]["kind"] == "Role"
     # Cluster-wide: read-only, cluster-scoped kinds only (nothing namespaced leaks out).
-    cluster_role = only(objects, "ClusterRole")
+    cluster_role = only(objects, "ClusterRole", "finetune-operator")
     assert grants(cluster_role["rules"]) == documented(CLUSTER_READS | {NAMESPACES})
     assert all(
         set(verbs) <= {"get", "list", "watch"} for verbs in grants(cluster_role["rules"]).values()
@@ -383,6 +384,29 @@ def test_the_lease_role_names_the_lease_the_operator_uses() -> None:
     objects = render({"operator": {"leaderElection": {"enabled": False}}})
     assert not [r for r in of_kind(objects, "Role") if "leader" in r["metadata"]["name"]]
     assert operator_options(objects).leader_election is False
+
+
+def test_users_get_finetunejob_rights_through_kubernetes_default_roles() -> None:
+    """Namespace editors can do all the client does (ftclient.kube.USER_RULES: the first rule
+    is this chart's, the second comes with `edit` itself); viewers can read jobs. Nothing
+    else is granted, and nobody is bound: Kubernetes aggregates these into its own roles."""
+    objects = render()
+    edit = only(objects, "ClusterRole", "finetune-operator-edit")
+    view = only(objects, "ClusterRole", "finetune-operator-view")
+    labels = edit["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    (rule,) = edit["rules"]
+    needed = USER_RULES[0]
+    assert (rule["apiGroups"], rule["resources"]) == (needed["apiGroups"], needed["resources"])
+    assert set(needed["verbs"]) <= set(rule["verbs"])
+    ((read),) = view["rules"]
+    assert (read["resources"], set(read["verbs"])) == (["finetunejobs"], {"get", "list", "watch"})
+    bound = {b["roleRef"]["name"] for b in of_kind(objects, "ClusterRoleBinding")}
+    assert not bound & {"finetune-operator-edit", "finetune-operator-view"}
+    off = render({"rbac": {"aggregateToDefaultRoles": False}})
+    assert [r["metadata"]["name"] for r in of_kind(off, "ClusterRole")] == ["finetune-operator"]
 
 
 def test_rbac_off_renders_no_roles_and_an_existing_service_account_can_be_used() -> None:

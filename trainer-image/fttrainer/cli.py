@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    validate = _command(
+    validate = config_command(
         commands, "validate", _validate,
         "check a config against the API (same rules as the API server) and read its data",
         "Check a config; print every problem with its field path (and the key you wrote).",
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--spec-only", action="store_true", help="check the config but do not read the data"
     )
-    run = _command(
+    run = config_command(
         commands, "run", _run, "fine-tune locally, exactly as the config says",
         "Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
     )  # fmt: skip
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where the results go (default: the config's output, e.g. spec.output.uri)",
     )
-    plan = _command(
+    plan = config_command(
         commands, "plan", _plan,
         "show the resolved config, the data statistics and GPU memory per device",
         "Resolve defaults, check the data, and estimate GPU memory per device "
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-memory", type=float, default=80.0, metavar="GIB",
         help="GPU memory to fit, in GiB (default 80: an A100/H100 80GB)",
     )  # fmt: skip
-    convert = _command(
+    convert = config_command(
         commands, "convert", _convert,
         "write the FineTuneJob manifest equivalent to a config (for kubectl apply)",
         "Translate a config of any style into a FineTuneJob manifest; keys with no place "
@@ -90,13 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every dataset.format, with an example row and what it becomes.",
     )  # fmt: skip
     formats.set_defaults(handler=_formats)
+    add_plugin_commands(commands)
     return parser
 
 
-def _command(
+PLUGIN_GROUP = "finetune.commands"
+
+
+def add_plugin_commands(commands: Any) -> None:
+    """The commands other installed packages add (entry points in PLUGIN_GROUP, each a
+    function taking the subparsers): the cluster client's submit, status, logs, ... when
+    finetune-client is installed. The trainer image has none, and imports no cluster client."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
+
+
+def config_command(
     commands: Any, name: str, handler: Any, summary: str, description: str
 ) -> argparse.ArgumentParser:
-    """A subcommand taking a config (file and/or style flags) and --set overrides."""
+    """A subcommand taking a config (file and/or style flags) and --set overrides (also for
+    the commands other packages add: `finetune submit`)."""
     from .configs import flat, hydra
 
     command: argparse.ArgumentParser = commands.add_parser(
@@ -326,19 +341,27 @@ def _remove(spec: dict[str, Any], path: str) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    return 0 if checked(args) is not None else 1
+
+
+def checked(args: argparse.Namespace) -> Loaded | None:
+    """`finetune validate` as a function (what it prints, it prints): the loaded job when the
+    config, its distributed settings and (unless --spec-only or remote) its data are valid.
+    `finetune submit` calls it before anything leaves the machine."""
     loaded = _load(args)
     if loaded is None:
-        return 1
+        return None
     job = loaded.job
     spec = job.spec
     print(
         f"{loaded.translation.source}: valid FineTuneJob {job.name!r} "
         f"({spec.trainer.type} + {spec.method.type} on {spec.model.name})"
     )
-    failed = _check_distributed(spec)
-    if failed or args.spec_only:
-        return failed
-    return _validate_data(spec)
+    if _check_distributed(spec):
+        return None
+    if getattr(args, "spec_only", False) or _validate_data(spec) == 0:
+        return loaded
+    return None
 
 
 def _check_distributed(spec: Any) -> int:

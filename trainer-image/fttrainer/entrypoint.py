@@ -25,6 +25,9 @@ Why this shape:
   with one emptyDir mounted at /workspace, which starts empty: without this step TMPDIR
   would not exist and tempfile would fall back to the read-only /tmp.
 - torchrun's `-m fttrainer.cli run <config>` runs the same `finetune run` as a laptop does.
+- In a pod the operator made whose job writes to S3, the entrypoint does not exec: it runs
+  the command with its output through a pipe, copied to stdout and kept under the job's
+  output location (fttrainer.logship), so a failed attempt's log outlives its pods.
 
 The constants and the command renderer live in ftapi.contract, which the operator imports
 too (its image has no torch and no fttrainer); tests check the Dockerfile against them.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ftapi.contract import (  # noqa: F401  (re-exported: the image's contract)
     DEFAULT_COMMAND,
@@ -47,6 +51,8 @@ from ftapi.contract import (  # noqa: F401  (re-exported: the image's contract)
     WRITABLE_DIRECTORIES,
     torchrun_command,
 )
+
+ENV_JOB_CONFIG = "FINETUNE_JOB_CONFIG"  # another job config path (tests)
 
 
 def prepare_directories(environ: Mapping[str, str]) -> list[str]:
@@ -82,12 +88,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     sys.stdout.flush()
+    target = _log_target()
+    if target is not None:
+        from .logship import run_keeping_log, s3_put
+
+        return run_keeping_log(args, s3_put(target), os.environ)
     try:
         os.execvp(args[0], args)
     except OSError as exc:
         print(f"fttrainer.entrypoint: cannot run {args[0]}: {exc.strerror}", file=sys.stderr)
         return 127
     return 0  # not reached: exec replaced this process
+
+
+def _log_target() -> Any:
+    """Where to keep this pod's log; None (exec as before) outside an operator's pod, and
+    when the job config cannot be read (the trainer then says why, as it always has)."""
+    from .logship import shipping_target
+
+    try:
+        return shipping_target(os.environ, os.environ.get(ENV_JOB_CONFIG, JOB_CONFIG_PATH))
+    except Exception as exc:
+        print(f"fttrainer.entrypoint: this pod's log is not kept: {exc}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -337,7 +337,9 @@ class Recipe:
         extra: dict[str, Any] = {}
         if self.spec.trainer.type == "grpo":
             assert self.spec.trainer.grpo is not None
-            extra["reward_funcs"], _ = build_rewards(self.spec.trainer.grpo.rewards)
+            extra["reward_funcs"], _ = build_rewards(
+                self.spec.trainer.grpo.rewards, self.spec.output.s3
+            )
         train, validation = self._datasets()
         if self._pretokenized:
             # Our labels already carry the responses-only mask and the truncation; TRL

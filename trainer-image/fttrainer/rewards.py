@@ -10,25 +10,30 @@ so a reasoning trace does not count against exact_match or json.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ftapi.v1alpha1 import Reward
+from ftapi.v1alpha1 import Reward, S3Spec
 
 RewardFunc = Callable[..., list[float]]
 log = logging.getLogger("fttrainer")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def build_rewards(rewards: list[Reward]) -> tuple[list[RewardFunc], list[float]]:
-    """The callables and their weights, in declaration order."""
-    funcs = [_build(reward) for reward in rewards]
+def build_rewards(
+    rewards: list[Reward], s3: S3Spec | None = None
+) -> tuple[list[RewardFunc], list[float]]:
+    """The callables and their weights, in declaration order. `s3`: how to reach a python
+    reward file named by an s3:// URI (where `finetune submit` uploads a local one)."""
+    funcs = [_build(reward, s3) for reward in rewards]
     return funcs, [reward.weight for reward in rewards]
 
 
@@ -59,11 +64,11 @@ def answers_match(answer: str, truth: Any) -> bool:
     return False
 
 
-def _build(reward: Reward) -> RewardFunc:
+def _build(reward: Reward, s3: S3Spec | None) -> RewardFunc:
     name = reward.name or reward.type
     if reward.type == "python":
         assert reward.function is not None
-        func = load_function(reward.function)
+        func = load_function(reward.function, s3=s3)
     else:
         func = _BUILTINS[reward.type](reward)
     if reward.name or reward.type != "python":
@@ -162,11 +167,14 @@ _BUILTINS: dict[str, Callable[[Reward], RewardFunc]] = {
 }
 
 
-def load_function(reference: str) -> RewardFunc:
-    """`package.module:name` (importable) or `path/to/file.py:name`."""
+def load_function(reference: str, *, s3: S3Spec | None = None) -> RewardFunc:
+    """`package.module:name` (importable), `path/to/file.py:name`, or
+    `s3://bucket/key/file.py:name` (downloaded first)."""
     target, sep, attribute = reference.rpartition(":")
-    if not sep or not target or not attribute:
+    if not sep or not target or not attribute or target == "s3":
         raise ValueError(f"reward function {reference!r}: expected module:name or file.py:name")
+    if target.startswith("s3://") and target.endswith(".py"):
+        target = fetch_reward_file(target, s3, reference)
     if target.endswith(".py"):
         path = Path(target)
         spec = importlib.util.spec_from_file_location(f"finetune_reward_{path.stem}", path)
@@ -188,6 +196,26 @@ def load_function(reference: str) -> RewardFunc:
     if not callable(func):
         raise ValueError(f"reward function {reference!r}: {attribute} is not a function")
     return func  # type: ignore[no-any-return]
+
+
+def fetch_reward_file(uri: str, s3: S3Spec | None, reference: str) -> str:
+    """The reward file at `uri`, downloaded under TMPDIR (per URI: the uploads are
+    content-addressed, so one URI is one content); its local path."""
+    from fttrainer.storage import StorageError, open_store
+
+    parent, _, name = uri.rpartition("/")
+    folder = (
+        Path(tempfile.gettempdir())
+        / "finetune-rewards"
+        / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    )
+    try:
+        data = open_store(parent, s3=s3).read_bytes(name)
+    except StorageError as exc:
+        raise ValueError(f"reward function {reference!r}: cannot read {uri}: {exc}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return str(folder / name)
 
 
 def _column(columns: dict[str, Any], name: str | None, size: int) -> list[Any]:
