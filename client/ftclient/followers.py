@@ -46,7 +46,7 @@ class ProgressPrinter:
                 return None
             status = job.get("status") or {}
             progress = status.get("progress") or {}
-            if progress.get("summary") or progress.get("step"):  # where it got, then what
+            if progress.get("step"):  # where it got (once a step is done), then what
                 self._progress(job, progress, line)  # happened (Succeeded comes last)
                 line = progress_line(job)
             if phase_of(job) != phase:
