@@ -11,7 +11,7 @@ from ftapi.progress import RankReport
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is
 from fttestkit.release import Release
-from tests.e2e.realnode import Bucket, job_pods, pod_logs, tiny_cpu_job
+from tests.e2e.realnode import Bucket, FinetuneCli, job_pods, pod_logs, tiny_cpu_job
 
 STEPS = 20
 
@@ -48,6 +48,14 @@ def test_two_pods_rendezvous_by_dns_and_train_as_two_ranks(
     for rank, log in logs.items():
         assert "2 process(es)" in log, (rank, log[-3000:])  # both ranks in one process group
     assert "published" in logs[0] and "published" not in logs[1], logs[1][-3000:]
+    # `finetune logs --all`: both pods' logs, each line labelled with its rank.
+    shown = FinetuneCli(operator_release, tmp_path / "home").run("logs", name, "--all")
+    assert shown.returncode == 0, shown.stderr
+    printed = shown.stdout.split("\n")  # lines end at \n only (progress bars write \r)
+    by_label = {rank: [line.removeprefix(f"[rank {rank}] ") for line in printed
+                       if line.startswith(f"[rank {rank}] ")] for rank in (0, 1)}  # fmt: skip
+    for rank, log in logs.items():
+        assert by_label[rank] == log.rstrip("\n").split("\n"), (rank, shown.stdout[-2000:])
     assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == STEPS
     # Each rank reported on its own, from its own pod, to the end; with the default stall,
     # straggler and loss-spike settings a healthy run draws no warning and no restart.

@@ -273,6 +273,17 @@ def test_the_python_client_submits_waits_and_reads_metrics(
         assert handle.status().phase == "Pending"
         output = user.job("from-python")["spec"]["output"]["uri"]
         bucket, prefix = output.removeprefix("s3://").split("/", 1)
+        s3 = user.cluster.s3()
+        assert handle.metrics() == []  # nothing logged yet
+        # While it runs: the newest checkpoint's history (the trainer's trainer_state.json).
+        history = [{"step": 2, "loss": 2.5}, {"step": 4, "loss": 2.25}]
+        checkpoint = f"{prefix}/checkpoints/run/checkpoint-4"
+        s3.put_object(Bucket=bucket, Key=f"{checkpoint}/trainer_state.json",
+                      Body=json.dumps({"global_step": 4, "log_history": history}))  # fmt: skip
+        user.set_status("from-python", {"phase": "Running", "checkpoint": {
+            "latest": f"s3://{bucket}/{checkpoint}", "step": 4, "count": 1}})  # fmt: skip
+        assert handle.metrics() == history
+        # Once it has finished: the published step and epoch metrics.
         steps = [{"step": 5, "loss": 2.0, "epoch": 0.5}, {"step": 10, "loss": 1.5, "epoch": 1.0}]
         user.cluster.s3().put_object(
             Bucket=bucket, Key=f"{prefix}/step_metrics.json", Body=json.dumps(steps)
