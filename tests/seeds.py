@@ -166,7 +166,6 @@ def _toml_examples(workdir: Path, model: str) -> list[Example]:
         text = text.replace(
             "https://your-mlflow-tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"
         )
-        text = text.replace("push_to_hub = true", "push_to_hub = false")
         if "[fine_tuner]" not in text:
             text = "[fine_tuner]\n" + text if "[mlflow]" not in text else text
         if "base_model_id" not in text:

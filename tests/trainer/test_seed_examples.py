@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from ftapi import parse_job
+from fttestkit.hub import StandInHub
 from fttrainer.cli import main, parse_arguments
 from fttrainer.configs import StyleFlags, load_config
 from tests.seeds import Example, seed_examples
@@ -52,13 +53,23 @@ def _inside(directory: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def _finetune(args: list[str], *, fresh_process: bool = False) -> tuple[int, str, str]:
+@pytest.fixture(scope="module")
+def hub() -> Iterator[StandInHub]:
+    """Where the examples that push to the Hub (seed 001's `push_to_hub = true`) push."""
+    with StandInHub() as running:
+        yield running
+
+
+def _finetune(
+    args: list[str], *, fresh_process: bool = False, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """`finetune ARGS` in the current directory: in this process (fast), or in a fresh one
-    for DeepSpeed runs (DeepSpeed keeps process-wide state after a run)."""
+    for DeepSpeed runs (DeepSpeed keeps process-wide state after a run) and Hub pushes
+    (huggingface_hub reads its endpoint when imported)."""
     if fresh_process:
         done = subprocess.run(
             [sys.executable, "-m", "fttrainer.cli", *args], capture_output=True, text=True,
-            check=False, timeout=900,
+            check=False, timeout=900, env={**os.environ, **(env or {})},
         )  # fmt: skip
         return done.returncode, done.stdout, done.stderr
     out, err = io.StringIO(), io.StringIO()
@@ -74,19 +85,31 @@ def _final_dir(stdout: str) -> Path:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_seed_example_runs_as_is_and_converts(name: str, examples: dict[str, Example]) -> None:
+def test_seed_example_runs_as_is_and_converts(
+    name: str, examples: dict[str, Example], hub: StandInHub
+) -> None:
     example = examples[name]
     with _inside(example.cwd):
         direct = load_config(*_split(example.args))
         direct.raise_errors()
         deepspeed = direct.manifest["spec"].get("distributed", {}).get("strategy") == "deepspeed"
+        push = direct.manifest["spec"].get("output", {}).get("pushToHub")
+        hub_env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_stand_in_token_0123456789",
+                   "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
 
-        code, stdout, stderr = _finetune(["run", *example.args, *CAP], fresh_process=deepspeed)
+        code, stdout, stderr = _finetune(["run", *example.args, *CAP],
+                                         fresh_process=deepspeed or push is not None,
+                                         env=hub_env if push else None)  # fmt: skip
         assert code == 0, stderr[-3000:]
         assert f"as: {direct.style}" in stderr
         final = _final_dir(stdout)
         weights = {p.name for p in final.iterdir()}
         assert weights & {"adapter_model.safetensors", "model.safetensors"}, weights
+        if push is not None:  # pushed, unchanged, to the repository the style derives
+            pushed = hub.files(f"stand-in-user/{push['repoId']}")
+            assert {n: pushed.get(n) for n in weights} == {
+                n: (final / n).read_bytes() for n in weights
+            }, sorted(pushed)
         run_dir = final.parent
         if direct.run_directory is not None:  # the tool's own layout, and only there
             expected = direct.run_directory.rsplit("/", 1)[0]

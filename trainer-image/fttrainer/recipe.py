@@ -623,9 +623,12 @@ class Recipe:
         final_uri = self._published(self.output_dir / "final")
         self.progress.published(model_uri=final_uri)  # named in status whatever follows
         if output.push_to_hub is not None:
+            folders = {"": self.output_dir / "final"}
+            if (self.output_dir / "merged").is_dir():
+                folders["merged"] = self.output_dir / "merged"
             push_to_hub(
                 output.push_to_hub,
-                self.output_dir / "final",
+                folders,
                 commit_message=f"FineTuneJob {self.job.name}: {self.spec.method.type} "
                 f"{self.spec.trainer.type} fine-tune of {self.source_model}",
             )

@@ -28,10 +28,11 @@ class S3Spec(ApiModel):
 
 
 class PushToHub(ApiModel):
-    """Publish the final model to the Hugging Face Hub."""
+    """Publish the final model (and the merged one) to the Hugging Face Hub, in one commit."""
 
-    repo_id: Annotated[str, Field(min_length=3, max_length=256, pattern=r"^[\w.-]+/[\w.-]+$")]
-    """Target repository, org/name."""
+    repo_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^([\w.-]+/)?[\w.-]+$")]
+    """Target repository, org/name; a bare name is created in the token owner's namespace.
+    The final model goes to its root, the merged one (output.mergeAdapter) under merged/."""
     private: bool = True
     """Create the repository private."""
     token_secret_ref: SecretKeyRef | None = None

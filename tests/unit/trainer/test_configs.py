@@ -287,11 +287,24 @@ def test_toml_mlflow_run_names_as_the_tool_builds_them(
 
 
 def test_toml_errors(tmp_path: Path) -> None:
-    translation = _toml(tmp_path, BASE_TOML + "push_to_hub = true\nranks = 4\n[mlfow]\nx = 1\n")
+    translation = _toml(tmp_path, BASE_TOML + "ranks = 4\n[mlfow]\nx = 1\n")
     errors = _notes(translation, "error")
-    assert "pushToHub.repoId" in errors["[fine_tuner] push_to_hub"]
     assert "did you mean [fine_tuner] rank" in errors["[fine_tuner] ranks"]
     assert "did you mean [mlflow]" in errors["[mlfow]"]
+
+
+def test_toml_push_to_hub_names_a_repository_after_the_job(tmp_path: Path) -> None:
+    """The TOML style's `push_to_hub = true` names no repository; the tool pushes to the
+    token owner's namespace. The job's name + -finetuned, a bare repoId, does the same."""
+    translation = _toml(tmp_path, BASE_TOML + "push_to_hub = true\n")
+    push = translation.manifest["spec"]["output"]["pushToHub"]
+    name = translation.manifest["metadata"]["name"]
+    assert push == {"repoId": f"{name}-finetuned",
+                    "tokenSecretRef": {"name": "hf-token", "key": "HF_TOKEN"}}  # fmt: skip
+    info = _notes(translation, "info")["[fine_tuner] push_to_hub"]
+    assert f"<the token owner>/{name}-finetuned" in info and "pushToHub.repoId" in info
+    off = _toml(tmp_path, BASE_TOML + "push_to_hub = false\n")
+    assert "pushToHub" not in off.manifest["spec"].get("output", {})
 
 
 # --- nested YAML -------------------------------------------------------------------------

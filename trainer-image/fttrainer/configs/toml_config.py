@@ -93,12 +93,28 @@ def _loftq(builder: Builder, key: str, value: Any) -> None:
 
 
 def _push_to_hub(builder: Builder, key: str, value: Any) -> None:
+    """The style names no repository: `_hub_repository` derives one once the job's name is
+    known (the tool pushes to the token owner's namespace, as a bare repoId does)."""
     if boolean(value):
-        builder.error(
-            key,
-            "this style does not name the Hub repository: add "
-            "--set output.pushToHub.repoId=<org/name> (or push_to_hub = false)",
-        )
+        builder.extra["push_to_hub"] = (key, True)
+
+
+HUB_SUFFIX = "-finetuned"
+# The tool reads its token from the environment; a FineTuneJob names a Secret for the pods
+# (locally, HF_TOKEN or FINETUNE_HUB_PUSH_TOKEN is read as before).
+HUB_TOKEN_SECRET = {"name": "hf-token", "key": "HF_TOKEN"}
+
+
+def _hub_repository(builder: Builder, name: str) -> None:
+    key, push = builder.extra.get("push_to_hub", ("", False))
+    if not push:
+        return
+    repository = f"{name}{HUB_SUFFIX}"
+    builder.set("output.pushToHub.repoId", repository, key)
+    builder.set("output.pushToHub.tokenSecretRef", HUB_TOKEN_SECRET, key)
+    builder.info(key, f"pushes to <the token owner>/{repository} (the job's name + {HUB_SUFFIX}; "
+                      "--set output.pushToHub.repoId=<org/name> to choose), with HF_TOKEN "
+                      "(in a cluster: the Secret hf-token, key HF_TOKEN)")  # fmt: skip
 
 
 FINE_TUNER: KeyTable = {
@@ -182,6 +198,7 @@ def translate(document: dict[str, Any], *, source: str, now: datetime) -> Transl
     model = str(builder.get("model.name", "model"))
     name = job_name(model_directory_name(model))
     builder.manifest["metadata"]["name"] = name
+    _hub_repository(builder, name)
     root = f"results/{name}"
     builder.spec.setdefault("output", {})["uri"] = root
     return builder.translation(STYLE, source, run_directory=f"{root}/{timestamp(now)}")
