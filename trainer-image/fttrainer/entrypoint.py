@@ -88,11 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     sys.stdout.flush()
-    target = _log_target()
-    if target is not None:
-        from .logship import run_keeping_log, s3_put
+    put = _log_writer()
+    if put is not None:
+        from .logship import run_keeping_log
 
-        return run_keeping_log(args, s3_put(target), os.environ)
+        try:
+            return run_keeping_log(args, put, os.environ)
+        except OSError as exc:  # the command itself cannot start: as exec would say it
+            print(f"fttrainer.entrypoint: cannot run {args[0]}: {exc.strerror}", file=sys.stderr)
+            return 127
     try:
         os.execvp(args[0], args)
     except OSError as exc:
@@ -101,13 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0  # not reached: exec replaced this process
 
 
-def _log_target() -> Any:
-    """Where to keep this pod's log; None (exec as before) outside an operator's pod, and
-    when the job config cannot be read (the trainer then says why, as it always has)."""
-    from .logship import shipping_target
+def _log_writer() -> Any:
+    """How to keep this pod's log; None (exec as before) outside an operator's pod, and when
+    the job config or its S3 settings cannot be read (the trainer then says why, as it
+    always has)."""
+    from .logship import s3_put, shipping_target
 
     try:
-        return shipping_target(os.environ, os.environ.get(ENV_JOB_CONFIG, JOB_CONFIG_PATH))
+        target = shipping_target(os.environ, os.environ.get(ENV_JOB_CONFIG, JOB_CONFIG_PATH))
+        return None if target is None else s3_put(target)
     except Exception as exc:
         print(f"fttrainer.entrypoint: this pod's log is not kept: {exc}", file=sys.stderr)
         return None

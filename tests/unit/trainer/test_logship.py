@@ -5,6 +5,7 @@ tests/integration/test_client.py."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -140,3 +141,21 @@ def test_logs_are_kept_only_in_an_operator_pod_writing_to_s3(tmp_path: Path) -> 
     )
     assert shipping_target({"FINETUNE_ATTEMPT": "0"}, str(config)) is None
     assert shipping_target({"FINETUNE_ATTEMPT": "0"}, str(tmp_path / "absent.yaml")) is None
+
+
+def test_a_command_that_cannot_start_exits_127_as_exec_would(tmp_path: Path) -> None:
+    """The entrypoint keeping a log (an operator's pod writing to S3) still says why its
+    command did not start, with the shell's status."""
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "apiVersion: finetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: j}\n"
+        "spec: {model: {name: m/m}, dataset: {train: {uri: s3://b/d.jsonl}}, "
+        "output: {uri: 's3://b/out'}}\n"
+    )
+    environ = {**os.environ, "FINETUNE_ATTEMPT": "0", "FINETUNE_JOB_CONFIG": str(config),
+               "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "AWS_REGION": "us-east-1"}  # fmt: skip
+    command = [sys.executable, "-m", "fttrainer.entrypoint", "no-such-command-x"]
+    done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 127, done.stderr
+    assert "cannot run no-such-command-x" in done.stderr
