@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import ClientError, JobFailedError, NotFoundError, WaitTimeout
+from .errors import ClientError
 from .status import EXIT_CODES, EXIT_DELETED, EXIT_TIMEOUT
 
 EXIT_ERROR = 2
@@ -327,6 +327,3 @@ def _wait(args: argparse.Namespace) -> int:
         print(f"FineTuneJob {args.name} was deleted", file=sys.stderr)
         return EXIT_DELETED
     return _final(job)
-
-
-__all__ = ["JobFailedError", "NotFoundError", "WaitTimeout", "register"]

@@ -21,7 +21,6 @@ from .config import ClientConfig, load_config
 from .errors import ClientError, JobFailedError, NotFoundError, WaitTimeout
 from .kube import Kube
 from .logs import LogFollower, wait_for
-from .staging import Progress
 from .status import phase_of
 from .store import read_text, s3_client, s3_error
 from .submit import Submitted, Submitter
@@ -77,12 +76,11 @@ class Client:
         """Validate, upload local paths, apply. `job`: a manifest path (any config style), a
         dict, or a FineTuneJob."""
         checked = checked or check(job, overrides)
-        submitter = Submitter(self.kube, self.config, staging=self.staging, s3=self._s3)
+        submitter = Submitter(self.kube, self.config, staging=self.staging, s3=self.s3)
         submitted = submitter.submit(
             checked.job, checked.manifest, source=checked.source, name=name, dry_run=dry_run,
             progress=progress,
         )  # fmt: skip
-        self._s3 = submitter._s3
         return Handle(self, submitted.name, submitted=submitted)
 
     def job(self, name: str) -> Handle:
@@ -183,6 +181,3 @@ class Handle:
             self.client.kube.delete(self.name)
         else:
             self.client.kube.suspend(self.name)
-
-
-__all__ = ["Client", "Handle", "Progress"]

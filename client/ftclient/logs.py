@@ -244,27 +244,18 @@ class LogFollower:
 
 
 def wait_for(
-    kube: Kube, name: str, *, timeout: float | None, poll: float = POLL_SECONDS,
-    on_change: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any] | None:  # fmt: skip
+    kube: Kube, name: str, *, timeout: float | None, poll: float = POLL_SECONDS
+) -> dict[str, Any] | None:
     """The job once it has ended (status.ended); None when it was deleted; raises
     TimeoutError after `timeout` seconds."""
     from .status import ended
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    seen = None
     while True:
         try:
             job = kube.get(name)
         except NotFoundError:
             return None
-        key = (
-            (job.get("status") or {}).get("phase"),
-            ((job.get("status") or {}).get("progress") or {}).get("summary"),
-        )
-        if on_change is not None and key != seen:
-            on_change(job)
-            seen = key
         if ended(job):
             return job
         if deadline is not None and time.monotonic() >= deadline:

@@ -30,6 +30,7 @@ from ftapi.v1alpha1 import FineTuneJob
 
 from .errors import StagingError
 from .manifests import set_field
+from .store import split_uri
 
 MiB = 1024 * 1024
 # Folders a model or data directory carries that are no part of it.
@@ -82,7 +83,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     """(bucket, prefix) of s3://bucket/prefix; the prefix without slashes at either end."""
     if not uri.startswith("s3://"):
         raise StagingError(f"the staging location {uri!r} is not an s3:// URI")
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    bucket, prefix = split_uri(uri)
     if not bucket:
         raise StagingError(f"the staging location {uri!r} names no bucket")
     return bucket, prefix.strip("/")

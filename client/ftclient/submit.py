@@ -106,20 +106,16 @@ class Submitter:
     def __init__(
         self, kube: Kube, config: ClientConfig, *, staging: str | None = None,
         base: Path | None = None, hash_cache: Path | None = HASH_CACHE,
-        s3: Any = None,
+        s3: Callable[[], Any] | None = None,
     ) -> None:  # fmt: skip
+        """`s3()` gives the S3 client, made on first use (a manifest with nothing local
+        needs none): the Client's own, so one client serves submit, logs and metrics."""
         self.kube = kube
         self.config = config
         self.staging = staging or config.staging
         self.base = base or Path.cwd()
         self.hashes = HashCache(hash_cache.expanduser() if hash_cache else None)
-        self._s3 = s3
-
-    @property
-    def s3(self) -> Any:
-        if self._s3 is None:
-            self._s3 = s3_client(self.config.s3)
-        return self._s3
+        self.s3 = s3 or (lambda: s3_client(config.s3))
 
     def submit(
         self, job: FineTuneJob, manifest: dict[str, Any], *, source: str, name: str | None = None,
@@ -150,7 +146,7 @@ class Submitter:
                 )
             staged = plan_staging(found, self.staging, self.hashes)
             self.hashes.save()
-            stager = Stager(self.s3)
+            stager = Stager(self.s3())
             try:
                 if dry_run:
                     _, report = stager.missing(staged)
@@ -161,7 +157,7 @@ class Submitter:
             except ClientError:
                 raise
             except Exception as exc:
-                raise s3_error(f"uploading to {self.staging}", exc, self.s3) from None
+                raise s3_error(f"uploading to {self.staging}", exc, self.s3()) from None
             rewrite(prepared, staged)
         check_applied(prepared, source)
         submitted = Submitted(

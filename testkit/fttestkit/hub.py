@@ -16,8 +16,6 @@ import base64
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -157,9 +155,3 @@ class StandInHub:
 
     def files(self, repo: str) -> dict[str, bytes]:
         return dict(self.state.repos.get(repo, {}))
-
-
-@contextmanager
-def stand_in_hub() -> Iterator[StandInHub]:
-    with StandInHub() as hub:
-        yield hub
