@@ -18,7 +18,8 @@
 #   FTO-FORWARD   pods may talk to pods; anything a pod sends to another interface (the
 #                 internet) and anything forwarded into the pods from outside is dropped.
 #                 No masquerade (the CNI plugin's ipMasq is off).
-#   FTO-INPUT     pods may reach the host only on the API server's, MinIO's and DNS ports.
+#   FTO-INPUT     pods may reach the host only on the API server's, MinIO's, the registry's
+#                 (hack/registry.sh) and DNS ports.
 # Cgroups: this machine's kernel mounts every controller in cgroup v1 (cgroup2 has none), so
 # the kubelet runs with failCgroupV1: false and the cgroupfs driver (hack/README.md, "Cgroups").
 
@@ -122,9 +123,9 @@ node_network() {
   iptables -w -A FTO-FORWARD -i "$NODE_BRIDGE" -m comment --comment "fto: pod traffic never leaves the machine" -j DROP
   iptables -w -A FTO-FORWARD -o "$NODE_BRIDGE" -m comment --comment "fto: nothing from outside reaches the pods" -j DROP
   iptables -w -A FTO-INPUT -i "$NODE_BRIDGE" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-  iptables -w -A FTO-INPUT -i "$NODE_BRIDGE" -p tcp -m multiport --dports "$APISERVER_PORT,$S3_PORT,53" -j ACCEPT
+  iptables -w -A FTO-INPUT -i "$NODE_BRIDGE" -p tcp -m multiport --dports "$APISERVER_PORT,$S3_PORT,$REGISTRY_PORT,53" -j ACCEPT
   iptables -w -A FTO-INPUT -i "$NODE_BRIDGE" -p udp --dport 53 -j ACCEPT
-  iptables -w -A FTO-INPUT -i "$NODE_BRIDGE" -m comment --comment "fto: pods reach the host only on its API server, S3 and DNS ports" -j DROP
+  iptables -w -A FTO-INPUT -i "$NODE_BRIDGE" -m comment --comment "fto: pods reach the host only on its API server, S3, registry and DNS ports" -j DROP
   iptables -w -C FORWARD -j FTO-FORWARD 2>/dev/null || iptables -w -I FORWARD 1 -j FTO-FORWARD
   iptables -w -C INPUT -j FTO-INPUT 2>/dev/null || iptables -w -I INPUT 1 -j FTO-INPUT
 }

@@ -4,8 +4,10 @@
 # chart (`make release`), and let the kubelet pull them. Source it after hack/lib.sh,
 # `use_state DIR` and hack/node.sh (node_up starts it with the real node).
 #
-#   address   127.0.0.1:$REGISTRY_PORT only: the node's containerd, BuildKit and helm all run
-#             on this machine; nothing else can reach it.
+#   address   $NODE_HOST_IP:$REGISTRY_PORT only (the node's bridge): the node's containerd,
+#             BuildKit and helm run on this machine, and trainer pods push models to it
+#             (output.oci: FTO-INPUT admits the port from the bridge); nothing outside the
+#             machine can reach it.
 #   TLS       a serving certificate from the cluster's CA ($PKI/registry.crt); containerd
 #             trusts it through hosts.toml ($NODE_STATE/certs.d), BuildKit through its
 #             config, clients through $PKI/ca.crt (FTO_REGISTRY_CA in the env file).
@@ -18,7 +20,7 @@
 REGISTRY_USER=fto
 
 registry_dir() { echo "$STATE/registry"; }
-registry_addr() { echo "127.0.0.1:$REGISTRY_PORT"; }
+registry_addr() { echo "$NODE_HOST_IP:$REGISTRY_PORT"; }
 registry_ready() {
   # Up and asking for credentials: /v2/ answers 401 without them.
   local code
@@ -29,7 +31,7 @@ registry_ready() {
 
 registry_certs() {
   if [[ -f "$PKI/registry.crt" ]] && ! openssl x509 -noout -ext subjectAltName -in "$PKI/registry.crt" |
-    grep -q "IP Address:127.0.0.1"; then
+    grep -q "IP Address:$NODE_HOST_IP"; then
     rm -f "$PKI/registry.crt"
   fi
   [[ -f "$PKI/registry.crt" && -f "$PKI/registry.key" ]] && return 0
@@ -37,7 +39,7 @@ registry_certs() {
     -out "$PKI/registry.csr" 2>/dev/null
   openssl x509 -req -in "$PKI/registry.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
     -days 3650 -extfile <(printf '%s\n' 'keyUsage=critical,digitalSignature,keyEncipherment' \
-      'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost') \
+      'extendedKeyUsage=serverAuth' 'subjectAltName=IP:'"$NODE_HOST_IP"',IP:127.0.0.1,DNS:localhost') \
     -out "$PKI/registry.crt" 2>/dev/null
   rm -f "$PKI/registry.csr"
 }

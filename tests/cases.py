@@ -262,6 +262,28 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "push to hub without token": (
         make_job().set("output.pushToHub", {"repoId": "org/name"}).obj(),
         "spec.output.pushToHub", "needs a token"),
+    "oci push reference with a digest": (
+        make_job().set("output.oci", {"reference": "oci://r.example/m@sha256:" + "a" * 64}).obj(),
+        "spec.output.oci.reference", "no digest"),
+    "oci push reference in upper case": (
+        make_job().set("output.oci", {"reference": "oci://r.example:5000/Team/Model:v1"}).obj(),
+        "spec.output.oci.reference", "lowercase"),
+    "oci model without a repository": (
+        make_job().set("model.name", "oci://r.example").obj(),
+        "spec.model.name", "oci://registry[:port]/repository"),
+    "oci tokenizer with a short digest": (
+        make_job().set("model.tokenizer", "oci://r.example/tok@sha256:abc").obj(),
+        "spec.model.tokenizer", "oci://registry[:port]/repository"),
+    "oci adapter with a space": (
+        make_job().set("method", {"type": "adapter", "adapter": {"uri": "oci://r/a b:v1"}}).obj(),
+        "spec.method.adapter.uri", "oci://registry[:port]/repository"),
+    "revision of an oci model": (
+        make_job().set("model.name", "oci://r.example/base:v1").set("model.revision", "main")
+        .obj(),
+        "spec.model.revision", "by its digest"),
+    "registry access without an oci source": (
+        make_job().set("model.registry", {"plainHttp": True}).obj(),
+        "spec.model.registry", "none is one"),
     "all-linear mixed with names": (
         make_job().set("method.lora", {"targetModules": ["all-linear", "q_proj"]}).obj(),
         "spec.method.lora.targetModules", "list it alone"),

@@ -31,6 +31,13 @@ ENV_HUB_ENDPOINT = "HF_ENDPOINT"
 # another file (the ServiceAccount token) as the Hub token.
 ENV_HUB_TOKEN_PATH = "HF_TOKEN_PATH"
 NO_TOKEN_FILE = "/dev/null"
+# OCI registries (output.oci, model.registry): a kubernetes.io/dockerconfigjson Secret's
+# .dockerconfigjson, and the PEM CA bundle from a ConfigMap key, one pair per direction.
+ENV_OCI_PUSH_SECRET = "FINETUNE_OCI_PUSH_SECRET"
+ENV_OCI_PUSH_CA = "FINETUNE_OCI_PUSH_CA"
+ENV_OCI_PULL_SECRET = "FINETUNE_OCI_PULL_SECRET"
+ENV_OCI_PULL_CA = "FINETUNE_OCI_PULL_CA"
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
 # output.s3.credentialsSecretRef: keys of that Secret, each set as the variable of its name.
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)

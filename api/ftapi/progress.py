@@ -111,6 +111,10 @@ class ProgressReport(ApiModel):
     checkpoint: CheckpointReport | None = None
     model_uri: str | None = None
     """Set once the final model is published."""
+    model_image: str | None = None
+    """Set once output.oci pushed the final model: oci://...:tag@sha256:digest."""
+    merged_model_image: str | None = None
+    """Set once output.oci pushed the merged model."""
     updated_at: datetime
 
 

@@ -610,6 +610,9 @@ def _succeed(
     status.completion_time = now
     status.model_uri = (progress.model_uri if progress else None) or _final_uri(job)
     status.message = f"training finished; model at {status.model_uri}"
+    if progress is not None and progress.model_image and len(progress.model_image) <= MAX_URI:
+        status.model_image = progress.model_image
+        status.message += f" and {progress.model_image}"
     _settle(status)
     if status.progress is not None and status.progress.total_steps:
         status.progress.step = status.progress.total_steps
@@ -756,6 +759,10 @@ def _copy_progress(
         return
     if report.model_uri and len(report.model_uri) <= MAX_URI:
         status.model_uri = report.model_uri
+    if report.model_image and len(report.model_image) <= MAX_URI:
+        status.model_image = report.model_image
+    if report.merged_model_image and len(report.merged_model_image) <= MAX_URI:
+        status.merged_model_image = report.merged_model_image
     if not counts:
         return
     progress = Progress(

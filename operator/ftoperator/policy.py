@@ -35,6 +35,13 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             f"image {image} is not from an allowed registry ({', '.join(allowed)}): "
             "set spec.resources.image to one, or ask your platform team"
         )
+    for where, uri in oci_references(job):
+        if allowed and not any(image_allowed(uri.removeprefix("oci://"), p) for p in allowed):
+            return "ImageNotAllowed", (
+                f"{where} {uri} is not in an allowed registry ({', '.join(allowed)}): models "
+                "are pushed to and pulled from the registries images may come from; use one, "
+                "or ask your platform team"
+            )
     endpoint = endpoint_violation(job, settings) or secret_violation(job, settings)
     if endpoint:
         return endpoint
@@ -75,6 +82,18 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             f"{', '.join(keys)}): spec.resources.nodeSelector and node affinity may use only those"
         )
     return faults_violation(job, settings.test_faults)
+
+
+def oci_references(job: FineTuneJob) -> list[tuple[str, str]]:
+    """(spec field, oci:// reference) for every image the trainer pushes or pulls a model
+    with, and so sends the registry credentials to."""
+    spec = job.spec
+    named = [("spec.model.name", spec.model.name), ("spec.model.tokenizer", spec.model.tokenizer)]
+    if spec.method.adapter is not None:
+        named.append(("spec.method.adapter.uri", spec.method.adapter.uri))
+    if spec.output.oci is not None:
+        named.append(("spec.output.oci.reference", spec.output.oci.reference))
+    return [(where, uri) for where, uri in named if uri and uri.startswith("oci://")]
 
 
 def job_code(job: FineTuneJob) -> list[str]:
@@ -146,7 +165,7 @@ def uses_hub(job: FineTuneJob) -> bool:
     named = [spec.model.name, spec.model.tokenizer]
     if spec.method.adapter is not None:
         named.append(spec.method.adapter.uri)
-    hub_ids = any(n and not n.startswith(("s3://", "/")) for n in named)
+    hub_ids = any(n and not n.startswith(("s3://", "oci://", "/")) for n in named)
     hf_data = any(uri.startswith("hf://") for uri in _uris(job))
     return (
         hub_ids
@@ -210,6 +229,10 @@ def secret_references(job: FineTuneJob) -> list[tuple[str, str]]:
          spec.output.s3.credentials_secret_ref if spec.output.s3 else None),
         ("spec.output.pushToHub.tokenSecretRef",
          spec.output.push_to_hub.token_secret_ref if spec.output.push_to_hub else None),
+        ("spec.output.oci.credentialsSecretRef",
+         spec.output.oci.credentials_secret_ref if spec.output.oci else None),
+        ("spec.model.registry.credentialsSecretRef",
+         spec.model.registry.credentials_secret_ref if spec.model.registry else None),
         ("spec.logging.mlflow.tokenSecretRef",
          spec.logging.mlflow.token_secret_ref if spec.logging.mlflow else None),
         ("spec.logging.wandb.apiKeySecretRef",

@@ -65,6 +65,7 @@ def test_a_pod_reaches_the_cluster_and_nothing_beyond_this_machine(
     targets = {
         "apiserver via its Service": ["kubernetes.default.svc.cluster.local", 443],
         "minio": [s3.hostname, s3.port],
+        "the registry": [apiserver.hostname, int(ports(cluster)["REGISTRY_PORT"])],
         "the internet": ["1.1.1.1", 443],
         "a pod address nobody has": ["10.244.3.3", 80],
         "a fake (kwok) pod's address": ["10.245.3.3", 80],
@@ -94,6 +95,7 @@ def test_a_pod_reaches_the_cluster_and_nothing_beyond_this_machine(
     result = json.loads(line.removeprefix("RESULT "))
     assert result["apiserver via its Service"] == "connected", result  # DNS, kube-proxy
     assert result["minio"] == "connected", result
+    assert result["the registry"] == "connected", result  # output.oci pushes from pods
     for refused in ("the internet", "a pod address nobody has", "a fake (kwok) pod's address",
                     "a Service address nobody has", "the host's kubelet port"):  # fmt: skip
         assert result[refused] != "connected", (refused, result)
@@ -104,5 +106,5 @@ def test_a_pod_reaches_the_cluster_and_nothing_beyond_this_machine(
     assert after["pod traffic never leaves the machine"] > before.get(
         "pod traffic never leaves the machine", 0
     ), (before, after)
-    key = "pods reach the host only on its API server, S3 and DNS ports"
+    key = "pods reach the host only on its API server, S3, registry and DNS ports"
     assert after[key] > before.get(key, 0), (before, after)

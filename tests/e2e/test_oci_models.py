@@ -2,22 +2,45 @@
 registry (TLS, htpasswd), pulled back file for file, and mounted by a plain pod with a
 Kubernetes `image` volume on the real node (containerd 2.3, Kubernetes 1.36: ImageVolume is
 GA), where transformers loads it and computes the same logits as from the folder it came
-from. The FineTuneJob side (output.oci, model.name: oci://) builds on this."""
+from. Then the FineTuneJob side: output.oci from a trainer pod (the adapter and the merged
+model, with their lineage, digests in status), model.name: oci:// as a second job's base, a
+refused push that keeps the model in S3, and the same locally with `finetune run`."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import yaml
+from kubernetes import client
 
-from fttestkit.cluster import Cluster
+from fttestkit.cluster import Cluster, eventually
+from fttestkit.finetunejobs import create_ftj, phase_is
+from fttestkit.release import Release
+from fttrainer.lineage import tree_digest
+from fttrainer.model.sources import pulled_digest
 from fttrainer.oci import OciError, Registry, docker_auth, pull_model, push_model
 from fttrainer.tiny import save_tiny_model
-from tests.e2e.realnode import LOCAL_NODE, pull_secret, registry_auths, run_pod
+from tests.e2e.realnode import (
+    LOCAL_NODE,
+    Bucket,
+    pod_logs,
+    pull_secret,
+    qa_rows,
+    registry_auths,
+    renamed,
+    run_pod,
+    tiny_cpu_job,
+)
 
 PROMPT = [1, 5, 9, 12, 3, 7]
 LOGITS = f"""
@@ -93,3 +116,157 @@ def test_a_model_pushed_as_an_image_pulls_back_whole_and_a_pod_mounts_it_as_a_vo
     with torch.no_grad():
         local = model(torch.tensor([PROMPT])).logits[0, -1]
     assert torch.allclose(torch.tensor(served), local, atol=1e-5), (served[:5], local[:5])
+
+
+def _registry(cluster: Cluster) -> Registry:
+    """A client with the cluster registry's credentials, trusting the cluster's CA."""
+    address = cluster.env["FTO_REGISTRY"]
+    return Registry(address, docker_auth({"auths": registry_auths(cluster)}, address),
+                    ca_file=cluster.env["FTO_REGISTRY_CA"])  # fmt: skip
+
+
+def _s3_sha256s(bucket: Bucket, prefix: str) -> dict[str, str]:
+    """sha256 of every object under prefix/, by its path below it."""
+    found = {}
+    for key in sorted(bucket.keys(prefix + "/")):
+        body = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        found[key.removeprefix(prefix + "/")] = hashlib.sha256(body).hexdigest()
+    return found
+
+
+def _registry_access(cluster: Cluster, namespace: str, secret: str, auths: dict[str, Any]
+                     ) -> dict[str, Any]:  # fmt: skip
+    """A dockerconfigjson Secret with `auths` and a ConfigMap with the registry's CA in the
+    jobs' namespace: the spec's output.oci / model.registry access to them."""
+    pull_secret(cluster, namespace, secret, auths)
+    ca = f"{secret}-ca"
+    client.CoreV1Api(cluster.api).create_namespaced_config_map(namespace, {
+        "metadata": {"name": ca},
+        "data": {"ca.crt": Path(cluster.env["FTO_REGISTRY_CA"]).read_text()},
+    })  # fmt: skip
+    return {"credentialsSecretRef": {"name": secret},
+            "caConfigMapRef": {"name": ca, "key": "ca.crt"}}  # fmt: skip
+
+
+def test_a_job_pushes_its_adapter_and_merged_model_with_lineage_and_another_trains_on_it(
+    operator_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    release, cluster, ns = operator_release, operator_release.cluster, operator_release.watched
+    address = cluster.env["FTO_REGISTRY"]
+    repository = f"e2e-tuned/{uuid.uuid4().hex[:8]}"
+    access = _registry_access(cluster, ns, "registry-push", registry_auths(cluster))
+    job = tiny_cpu_job(release, bucket, tmp_path, "oci-push", steps=4, save_steps=4,
+                       log_every=1)  # fmt: skip
+    job["spec"]["output"]["mergeAdapter"] = True
+    job["spec"]["output"]["oci"] = {"reference": f"oci://{address}/{repository}:v1", **access}
+    create_ftj(cluster, ns, job)
+    status = eventually(lambda: phase_is(cluster, ns, "oci-push", "Failed", "Succeeded"),
+                        timeout=480, interval=2.0, what="the pushing job to end")  # fmt: skip
+    assert status["phase"] == "Succeeded", f"{status}\n{pod_logs(release, 'oci-push')}"
+    image, merged = status["modelImage"], status["mergedModelImage"]
+    assert image.startswith(f"oci://{address}/{repository}:v1@sha256:"), status
+    assert merged.startswith(f"oci://{address}/{repository}:v1-merged@sha256:"), status
+    assert image in status["message"]
+
+    # What the registry holds is what S3 holds, file for file, under the digests in status.
+    registry = _registry(cluster)
+    notes = {}
+    for pinned, folder, content in ((image, "final", "adapter"),
+                                    (merged, "merged", "merged-model")):  # fmt: skip
+        digest = pinned.rsplit("@", 1)[1]
+        assert pull_model(pinned, tmp_path / folder, registry) == digest
+        assert _sha256s(tmp_path / folder) == _s3_sha256s(bucket, f"oci-push/{folder}")
+        manifest, _ = registry.get_manifest(repository, digest)
+        notes[folder] = manifest["annotations"]
+        assert notes[folder]["dev.finetune.content"] == content
+    lineage = notes["final"]
+    assert lineage["dev.finetune.job"] == f"{ns}/oci-push"
+    assert lineage["dev.finetune.base-model"] == job["spec"]["model"]["name"]
+    assert lineage["dev.finetune.base-model.digest"] == tree_digest(tmp_path / "tiny-llama")
+    data_sha = hashlib.sha256(qa_rows(64).encode()).hexdigest()
+    data_uri = job["spec"]["dataset"]["train"]["uri"]
+    assert json.loads(lineage["dev.finetune.datasets"]) == [
+        {"uri": data_uri, "sha256": f"sha256:{data_sha}"}
+    ]
+    assert json.loads(lineage["dev.finetune.spec"])["output"]["oci"]["reference"].endswith(":v1")
+    assert lineage["dev.finetune.spec.sha256"].startswith("sha256:")
+    assert "train_loss" in json.loads(lineage["dev.finetune.metrics"])
+    assert lineage["dev.finetune.operator.version"].startswith("finetune-operator")
+    assert lineage["dev.finetune.trainer.version"].startswith("finetune-trainer")
+    result = bucket.get_json("oci-push/result.json")
+    assert result["images"] == {"final": image, "merged": merged}
+
+    # A second job starts from the merged image (model.name: oci://, tag and digest) and
+    # continues the first one's adapter from its image (method.adapter.uri: oci://), and
+    # pushes with a credential the registry refuses: PublishFailed at once, no restart, its
+    # trained adapter kept in S3 and named in status.
+    wrong = {address: {"auth": base64.b64encode(b"fto:not-the-password").decode()}}
+    refused = _registry_access(cluster, ns, "registry-wrong", wrong)
+    second = renamed(job, "oci-base")
+    second["spec"]["model"] = {"name": merged, "registry": access}
+    second["spec"]["method"] = {"type": "adapter", "adapter": {"uri": image}}
+    second["spec"]["output"].pop("mergeAdapter")
+    second["spec"]["output"]["oci"] = {"reference": f"oci://{address}/{repository}:v2", **refused}
+    create_ftj(cluster, ns, second)
+    status = eventually(lambda: phase_is(cluster, ns, "oci-base", "Failed", "Succeeded"),
+                        timeout=480, interval=2.0, what="the second job to end")  # fmt: skip
+    logs = cluster.kubectl("logs", "-n", ns, "-l", "finetune.dev/job-name=oci-base",
+                           "--tail=-1", check=False)  # fmt: skip
+    assert status["phase"] == "Failed", f"{status}\n{logs}"
+    assert status["failureReason"] == "PublishFailed", status
+    assert "the credentials were refused" in status["message"], status
+    assert status.get("restarts", 0) == 0, status
+    assert status["modelUri"] == f"s3://{bucket.name}/oci-base/final", status
+    assert "adapter_model.safetensors" in _s3_sha256s(bucket, "oci-base/final")
+    assert f"model.name: {merged} ->" in logs, logs  # pulled from the registry, then trained
+    assert f"method.adapter.uri: {image} ->" in logs, logs
+    assert "modelImage" not in status
+
+
+def test_finetune_run_pushes_from_a_laptop_and_a_second_run_starts_from_the_image(
+    cluster: Cluster, node: str, tmp_path: Path
+) -> None:
+    """Locally the registry's credentials come from the Docker config (DOCKER_CONFIG) and its
+    CA from SSL_CERT_FILE, as docker and oras users have them."""
+    address = cluster.env["FTO_REGISTRY"]
+    repository = f"e2e-local/{uuid.uuid4().hex[:8]}"
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(Path(cluster.env["FTO_REGISTRY_AUTH"]).read_text())
+    env = {**os.environ, "DOCKER_CONFIG": str(docker), "SSL_CERT_FILE": cluster.env[
+        "FTO_REGISTRY_CA"], "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
+    data = tmp_path / "qa.jsonl"
+    data.write_text(qa_rows(16))
+
+    def run(name: str, model: str, output: dict[str, Any]) -> str:
+        manifest = {
+            "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": name},
+            "spec": {
+                "model": {"name": model}, "method": {"type": "full"},
+                "dataset": {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64},
+                "training": {"maxSteps": 2, "batchSize": 4, "device": "cpu", "seed": 7},
+                "evaluation": {"strategy": "no"}, "output": {**output, "saveSteps": 2},
+            },
+        }  # fmt: skip
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        done = subprocess.run([sys.executable, "-m", "fttrainer.cli", "run", str(path)],
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    model = save_tiny_model("llama", tmp_path / "tiny")
+    pushed = {"reference": f"oci://{address}/{repository}:v1"}
+    run("local-push", str(model), {"uri": str(tmp_path / "first"), "oci": pushed})
+    image = json.loads((tmp_path / "first" / "result.json").read_text())["images"]["final"]
+    assert image.startswith(f"oci://{address}/{repository}:v1@sha256:")
+    registry = _registry(cluster)
+    assert pull_model(image, tmp_path / "pulled", registry) == image.rsplit("@", 1)[1]
+    assert _sha256s(tmp_path / "pulled") == _sha256s(tmp_path / "first" / "final")
+    # The tag, not the digest: it resolves to the pushed image, fetched once into the cache.
+    log = run("local-base", f"oci://{address}/{repository}:v1", {"uri": str(tmp_path / "second")})
+    assert f"model.name: oci://{address}/{repository}:v1 ->" in log, log[-3000:]
+    (copy,) = [p for p in (tmp_path / "cache" / "finetune" / "models").iterdir() if p.is_dir()]
+    assert pulled_digest(copy) == image.rsplit("@", 1)[1]
+    assert (tmp_path / "second" / "final" / "model.safetensors").is_file()

@@ -426,12 +426,13 @@ def _run(args: argparse.Namespace) -> int:
     output = chosen["dir"]
     output.mkdir(parents=True, exist_ok=True)
     from .hub import HubError
+    from .oci import OciError
 
     try:
         recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
         recipe.watchdog.start()  # a run that stops making progress is stopped, with its stacks
         recipe.setup()
-    except (DataError, ValueError, HubError) as exc:
+    except (DataError, ValueError, HubError, OciError) as exc:
         print(exc, file=sys.stderr)
         return invalid_input(str(exc))
     from ftapi.contract import (
@@ -467,7 +468,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"training finished but the results could not be published: {exc}", file=sys.stderr)
         print(f"they are still in {output}", file=sys.stderr)
         return 1
-    except HubError as exc:
+    except (HubError, OciError) as exc:  # output.pushToHub, output.oci
         where = f"{job.spec.output.uri.rstrip('/')}/final"
         print(f"training finished, the model is in {where}, but {exc}", file=sys.stderr)
         if exc.permanent:  # a restart would be refused the same way

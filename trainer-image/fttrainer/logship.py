@@ -11,6 +11,9 @@ or stops training: a store that is down or slow costs kept log, not steps.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
 import re
 import signal
@@ -44,7 +47,30 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
     values = {
         v for k, v in environ.items() if CREDENTIAL_NAME.search(k) and len(v) >= SHORTEST_SECRET
     }
+    for value in list(values):  # a registry Secret's parts, as a library might quote them
+        values.update(p for p in docker_config_secrets(value) if len(p) >= SHORTEST_SECRET)
     return sorted(values, key=len, reverse=True)
+
+
+def docker_config_secrets(text: str) -> list[str]:
+    """The credentials inside a Docker config (a dockerconfigjson Secret's value): each
+    entry's auth (base64 user:password), its decoded password, password and identity token."""
+    if not text.lstrip().startswith("{"):
+        return []
+    try:
+        auths = json.loads(text).get("auths") or {}
+    except (ValueError, AttributeError):
+        return []
+    found = []
+    for entry in auths.values() if isinstance(auths, dict) else []:
+        if not isinstance(entry, dict):
+            continue
+        for key in ("auth", "password", "identitytoken", "registrytoken"):
+            if isinstance(entry.get(key), str):
+                found.append(entry[key])
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            found.append(base64.b64decode(entry.get("auth") or "").decode().partition(":")[2])
+    return [value for value in found if value]
 
 
 def make_redactor(secrets: Sequence[str]) -> Callable[[bytes], bytes]:

@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftapi.constants import DOCKER_CONFIG_KEY
+from fttrainer.storage.paths import sha256_file
+
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -103,6 +106,47 @@ def docker_auth(config: Mapping[str, Any], registry: str) -> tuple[str, str] | N
     return None
 
 
+def local_docker_config() -> dict[str, Any]:
+    """The Docker config a local run uses ($DOCKER_CONFIG/config.json, else
+    ~/.docker/config.json), as docker, oras and crane read it; {} when there is none."""
+    folder = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OciError(f"{path}: cannot read the Docker config ({exc})", permanent=True) from None
+    return config if isinstance(config, dict) else {}
+
+
+def connect(uri: str, *, secret_env: str, ca_env: str, plain_http: bool = False) -> Registry:
+    """A client for the registry of `uri`, with the credentials of that direction: in a pod
+    the operator puts the dockerconfigjson Secret in `secret_env` and the CA in `ca_env`;
+    a local run without them reads the local Docker config."""
+    reference = parse_reference(uri)
+    text = os.environ.get(secret_env)
+    if text:
+        try:
+            config = json.loads(text)
+        except ValueError:
+            raise OciError(
+                f"{uri}: the registry Secret's {DOCKER_CONFIG_KEY} is not JSON (expected a "
+                "kubernetes.io/dockerconfigjson Secret: kubectl create secret docker-registry)",
+                permanent=True,
+            ) from None
+    else:
+        config = local_docker_config()
+    credentials = docker_auth(config if isinstance(config, dict) else {}, reference.registry)
+    if text and credentials is None:
+        raise OciError(
+            f"{uri}: the registry Secret has no entry for {reference.registry} in its auths",
+            permanent=True,
+        )
+    return Registry(reference.registry, credentials, ca_data=os.environ.get(ca_env) or None,
+                    plain_http=plain_http)  # fmt: skip
+
+
 def _deterministic(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
@@ -139,21 +183,13 @@ def write_layer(folder: Path, files: list[Path], out: Path) -> tuple[str, int]:
             info = _deterministic(tar.gettarinfo(str(path), f"{ROOT}/{relative.as_posix()}"))
             with open(path, "rb") as reader:
                 tar.addfile(info, reader)
-    return _sha256_file(out), out.stat().st_size
+    return "sha256:" + sha256_file(out), out.stat().st_size
 
 
 def _dir_info(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE
     return info
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while chunk := reader.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 @dataclass
@@ -164,6 +200,8 @@ class Registry:
     registry: str
     credentials: tuple[str, str] | None = None
     ca_file: str | None = None
+    ca_data: str | None = None
+    """PEM certificates to trust (a ConfigMap's value), besides or instead of ca_file."""
     plain_http: bool = False
     _token: str | None = field(default=None, repr=False)
 
@@ -172,7 +210,9 @@ class Registry:
 
         import httpx
 
-        verify: Any = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+        verify: Any = True
+        if self.ca_file or self.ca_data:
+            verify = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
         scheme = "http" if self.plain_http else "https"
         self.base = f"{scheme}://{self.registry}"
         self.http = httpx.Client(verify=verify, timeout=TIMEOUT, follow_redirects=True)

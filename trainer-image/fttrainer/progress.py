@@ -382,6 +382,8 @@ class ProgressReporter:
         self.warnings: list[RunWarning] = []
         self.checkpoint: CheckpointReport | None = None
         self.model_uri: str | None = None
+        self.model_image: str | None = None
+        self.merged_model_image: str | None = None
         # This attempt's start (clock, step, token counters): the pace of the ETA and rate.
         self._began: tuple[float, int, dict[str, float]] | None = None
         # (clock, counter) at this attempt's first log: the rate counts from there once a
@@ -517,6 +519,12 @@ class ProgressReporter:
         self._send(force=True)
 
     @_never_raises
+    def pushed_images(self, *, model_image: str, merged_model_image: str | None) -> None:
+        """output.oci pushed the final (and merged) model: pinned references for status."""
+        self.model_image, self.merged_model_image = model_image, merged_model_image
+        self._send(force=True)
+
+    @_never_raises
     def finish(self, *, model_uri: str, timeout: float = FINISH_TIMEOUT_SECONDS) -> None:
         """Stage done: the final model is at model_uri. Waits (at most timeout) for the
         report to leave, since the process ends right after."""
@@ -546,6 +554,8 @@ class ProgressReporter:
             warnings=list(self.warnings),
             checkpoint=self.checkpoint,
             model_uri=self.model_uri,
+            model_image=self.model_image,
+            merged_model_image=self.merged_model_image,
             updated_at=self.now(),
         )
 

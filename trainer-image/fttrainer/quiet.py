@@ -22,6 +22,9 @@ import warnings
 # bitsandbytes tries an optional faster CPU 4-bit kernel from the `kernels` package at
 # import, on every machine with AVX-512 BF16, and warns when it is absent; its fallback works.
 BITSANDBYTES_CPU_KERNELS = "bitsandbytes.backends.cpu.ops"
+# httpx logs every request at INFO ("HTTP Request: PUT http://...  201 Created"): the Hub
+# and registry pushes would print one line per blob; their outcome is logged by us.
+HTTP_CLIENT = "httpx"
 # transformers 5 deprecated the attribute that TRL and PEFT still read internally.
 LIBRARY_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
 
@@ -31,6 +34,7 @@ def quiet_libraries(*, progress_bars: bool, cuda: bool) -> None:
     `progress_bars`: stderr is a terminal (bars are noise in a log file, one line each
     update); `cuda`: a GPU is visible (DeepSpeed then detects it without a word)."""
     logging.getLogger(BITSANDBYTES_CPU_KERNELS).setLevel(logging.ERROR)
+    logging.getLogger(HTTP_CLIENT).setLevel(logging.WARNING)
     if not cuda:
         # Named, DeepSpeed skips its detection and the warning that it found no GPU.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

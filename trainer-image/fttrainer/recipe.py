@@ -29,6 +29,7 @@ from ftapi.progress import heartbeat_seconds
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobSpec, SpectrumSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
 from ftapi.v1alpha1.model import is_relative_path
+from ftapi.v1alpha1.registry import merged_reference
 
 from .arguments import (
     bitsandbytes_kwargs,
@@ -140,6 +141,13 @@ class Recipe:
             raise ValueError("not implemented yet in the trainer: " + "; ".join(missing))
         if spec.output.push_to_hub is not None:
             push_token()  # no token: fail now, not after hours of training
+        if spec.output.oci is not None:  # an unreadable registry Secret, likewise
+            from ftapi.constants import ENV_OCI_PUSH_CA, ENV_OCI_PUSH_SECRET
+
+            from .oci import connect
+
+            connect(spec.output.oci.reference, secret_env=ENV_OCI_PUSH_SECRET,
+                    ca_env=ENV_OCI_PUSH_CA).close()  # fmt: skip
         # Phases from here on; `finetune run` starts its thread (one process, one run: a
         # Recipe used as a library, as the tests do, is never stopped by it).
         self.watchdog = Watchdog(spec.run_policy.stall_detection)
@@ -632,7 +640,8 @@ class Recipe:
                 commit_message=f"FineTuneJob {self.job.name}: {self.spec.method.type} "
                 f"{self.spec.trainer.type} fine-tune of {self.source_model}",
             )
-        self._register(local=isinstance(store, LocalStore))
+        images = self._push_images() if output.oci is not None else {}
+        self._register(local=isinstance(store, LocalStore), images=images)
         # Last, once every publish step is done: the same job started again is then a new
         # run. Until then a restart resumes from the final checkpoint (training ends on
         # one), evaluates and publishes again, and trains nothing.
@@ -641,12 +650,70 @@ class Recipe:
         self.watchdog.close()
         return uploaded
 
-    def _register(self, *, local: bool) -> None:
+    def _push_images(self) -> dict[str, str]:
+        """output.oci: final/ (and merged/) as images with their lineage; {folder: the image
+        pinned by digest}, also in status (model_image) and result.json."""
+        from ftapi.constants import ENV_OCI_PUSH_CA, ENV_OCI_PUSH_SECRET
+        from ftapi.contract import release
+
+        from .lineage import BaseModel, Content, image_annotations
+        from .oci import connect, push_model
+
+        oci = self.spec.output.oci
+        assert oci is not None and self.saved is not None
+        full = self.spec.method.type in FULL_WEIGHT_METHODS
+        targets: list[tuple[str, str, Content]] = [
+            ("final", oci.reference, "model" if full else "adapter")
+        ]
+        if (self.output_dir / "merged").is_dir():
+            targets.append(("merged", merged_reference(oci.reference), "merged-model"))
+        base = BaseModel(self.source_model, self.spec.model.revision, self._base_digest())
+        assert self.data is not None
+        client = connect(oci.reference, secret_env=ENV_OCI_PUSH_SECRET, ca_env=ENV_OCI_PUSH_CA,
+                         plain_http=oci.plain_http)  # fmt: skip
+        pushed: dict[str, str] = {}
+        try:
+            for folder, reference, content in targets:
+                notes = image_annotations(
+                    self.job, content=content, base=base, data=self.data.report.digests,
+                    metrics=self.saved[1], trainer_release=release("finetune-trainer"),
+                )  # fmt: skip
+                digest = push_model(self.output_dir / folder, reference, client, annotations=notes)
+                pushed[folder] = f"{reference}@{digest}"
+                log.info("pushed %s/ to %s", folder, pushed[folder])
+        finally:
+            client.close()
+        self.progress.pushed_images(model_image=pushed["final"],
+                                    merged_model_image=pushed.get("merged"))  # fmt: skip
+        result_path = self.output_dir / "result.json"
+        result = json.loads(result_path.read_text())
+        result["images"] = pushed
+        result_path.write_text(json.dumps(result, indent=2))
+        self.checkpoints.store.write_bytes("result.json", result_path.read_bytes())
+        return pushed
+
+    def _base_digest(self) -> str | None:
+        """What pins the base model's bytes: the digest of the oci:// image it came from,
+        the sha256 of its folder's files (local or s3://), or the Hub commit it loaded."""
+        from .lineage import tree_digest
+        from .model.sources import pulled_digest
+
+        local = Path(self.spec.model.name)  # localized by setup(): s3:// and oci:// are here
+        if self.source_model.startswith("oci://"):
+            return pulled_digest(local)
+        if local.is_dir():
+            return tree_digest(local)
+        config = getattr(self.model, "config", None)
+        commit = getattr(config, "_commit_hash", None)
+        return str(commit) if commit else None
+
+    def _register(self, *, local: bool, images: dict[str, str]) -> None:
         """The published model as a version in the MLflow Model Registry (logging.mlflow)."""
         if self.saved is None:
             return
         model_dir, metrics = self.saved
-        tags = registry_tags(self.job.name, self.job.metadata.namespace, self.spec, metrics)
+        tags = registry_tags(self.job.name, self.job.metadata.namespace, self.spec, metrics,
+                             image=images.get(model_dir.name))  # final/ or merged/  # fmt: skip
         self.tracker_runs.register_model(
             model_dir, self._published(model_dir), local=local, tags=tags
         )

@@ -228,16 +228,20 @@ class TrackerRuns:
 
 
 def registry_tags(
-    job_name: str, namespace: str | None, spec: FineTuneJobSpec, metrics: Mapping[str, Any]
-) -> dict[str, str]:
+    job_name: str, namespace: str | None, spec: FineTuneJobSpec, metrics: Mapping[str, Any],
+    *, image: str | None = None,
+) -> dict[str, str]:  # fmt: skip
     """What a registered version says about where it came from: the job, its base model,
-    method and trainer, and every final metric (`metric.<name>`)."""
+    method and trainer, every final metric (`metric.<name>`), and the OCI image output.oci
+    pushed of the registered folder, pinned by digest."""
     tags = {
         "finetune.dev/job": f"{namespace}/{job_name}" if namespace else job_name,
         "finetune.dev/base-model": str(spec.model.name),
         "finetune.dev/method": str(spec.method.type),
         "finetune.dev/trainer": str(spec.trainer.type),
     }
+    if image:
+        tags["finetune.dev/image"] = image
     for key, value in final_scalars(metrics).items():
         tags[f"metric.{mlflow_metric_name(key)}"] = repr(value)
     return tags

@@ -359,6 +359,25 @@ class FineTuneJobSpec(ApiModel):
             ),
             field=".output.pushToHub",
         ),
+        Rule(
+            cel="!has(self.model.registry) || self.model.name.startsWith('oci://')"
+            " || (has(self.model.tokenizer) && self.model.tokenizer.startsWith('oci://'))"
+            " || (has(self.method.adapter) && self.method.adapter.uri.startsWith('oci://'))",
+            message="model.registry is for an oci:// model.name, model.tokenizer or "
+            "method.adapter.uri, and none is one: remove it",
+            check=lambda s: (
+                s.model.registry is None
+                or any(
+                    (uri or "").startswith("oci://")
+                    for uri in (
+                        s.model.name,
+                        s.model.tokenizer,
+                        s.method.adapter.uri if s.method.adapter else None,
+                    )
+                )
+            ),
+            field=".model.registry",
+        ),
         *(_env_not_fed_by(path, names) for path, names in SECRET_FED_ENV),
     )
 

@@ -9,6 +9,7 @@ from pydantic.alias_generators import to_snake
 
 from ._base import ApiModel, Rule, cel_list, compiled, is_set, only_for
 from .common import ShortText, Uri
+from .registry import oci_reference_rule
 
 MethodType = Literal["full", "lora", "qlora", "dora", "adapter", "spectrum", "prefix", "prompt"]
 # Methods that train LoRA matrices (adapter = continue training existing LoRA weights).
@@ -119,7 +120,10 @@ class AdapterSpec(ApiModel):
     """Existing adapter weights to continue from."""
 
     uri: Uri
-    """Directory (local, s3:// or hub id) with adapter_config.json and adapter weights."""
+    """Directory (local, s3://, oci:// or hub id) with adapter_config.json and adapter
+    weights (an oci:// image with them under models/, reached with model.registry)."""
+
+    rules = (oci_reference_rule("uri", optional=False),)
 
 
 class SpectrumSpec(ApiModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._base import ApiModel
+from ._base import ApiModel, Rule
 from .common import Dtype, SecretKeyRef, ShortText, Text, Uri, server_url
+from .registry import RegistryAccess, oci_reference_rule
 
 
 def is_relative_path(name: str) -> bool:
@@ -24,11 +25,14 @@ class ModelSpec(ApiModel):
     model repository unless `trustRemoteCode` is explicitly turned on."""
 
     name: Uri
-    """Hub id (org/name), local directory, or s3://bucket/prefix holding a saved model."""
+    """Hub id (org/name), local directory, s3://bucket/prefix holding a saved model, or
+    oci://registry/repository[:tag][@sha256:digest]: an image whose models/ folder holds it
+    (what output.oci pushes)."""
     tokenizer: Uri | None = None
-    """Tokenizer to use when it differs from the model (hub id, path or s3:// URI)."""
+    """Tokenizer to use when it differs from the model (hub id, path, s3:// or oci://)."""
     revision: ShortText | None = None
-    """Hub branch, tag or commit to pin the model to. Pin it for reproducible runs."""
+    """Hub branch, tag or commit to pin the model to. Pin it for reproducible runs (an
+    oci:// model is pinned by its @sha256: digest instead)."""
     dtype: Dtype = "auto"
     """Weight dtype to load in. auto: float32 for full/spectrum unless DeepSpeed or FSDP keeps
     float32 master weights (bf16 updates would be lost to rounding), else bfloat16 on GPUs
@@ -50,4 +54,19 @@ class ModelSpec(ApiModel):
     https://huggingface.co. The operator's allowedHubEndpoints governs it; the HF_ENDPOINT
     variable is refused in resources.env."""
 
-    rules = (server_url("hubEndpoint", "https://hub.internal"),)
+    registry: RegistryAccess | None = None
+    """How to reach the registry of an oci:// name, tokenizer or method.adapter.uri
+    (credentials, CA, plain HTTP)."""
+
+    rules = (
+        server_url("hubEndpoint", "https://hub.internal"),
+        oci_reference_rule("name", optional=False),
+        oci_reference_rule("tokenizer"),
+        Rule(
+            cel="!has(self.revision) || !self.name.startsWith('oci://')",
+            message="revision pins a Hub model; pin an oci:// model by its digest "
+            "(oci://registry/repository@sha256:...)",
+            check=lambda m: m.revision is None or not m.name.startswith("oci://"),
+            field=".revision",
+        ),
+    )

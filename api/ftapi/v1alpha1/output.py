@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ._base import ApiModel, Rule
 from .common import SecretKeyRef, SecretRef, ShortText, Text, Uri, no_credentials_in_url
+from .registry import OciOutput
 
 
 class S3Spec(ApiModel):
@@ -57,6 +58,10 @@ class OutputSpec(ApiModel):
     """Also save the base model with the LoRA adapter merged in (LoRA methods only)."""
     push_to_hub: PushToHub | None = None
     """Also publish the final model to the Hugging Face Hub."""
+    oci: OciOutput | None = None
+    """Also push the final model (and the merged one) to an OCI registry as an image that
+    serving mounts (KServe, a Kubernetes image volume); the digest goes into
+    status.modelImage."""
 
     rules = (
         Rule(

@@ -168,6 +168,11 @@ class FineTuneJobStatus(ApiModel):
     """Ranks that compute slower than the others now (runPolicy.stragglerDetection)."""
     model_uri: Uri | None = None
     """Where the final model/adapter is (set when training succeeded)."""
+    model_image: Uri | None = None
+    """The final model as pushed by output.oci: oci://registry/repository:tag@sha256:digest
+    (the digest pins exactly what was pushed)."""
+    merged_model_image: Uri | None = None
+    """The merged model (output.mergeAdapter) as pushed by output.oci, the same way."""
     restarts: Annotated[int, Field(ge=0)] = 0
     """Whole-job restarts so far."""
     attempt: Annotated[int, Field(ge=0)] = 0

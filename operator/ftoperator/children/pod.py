@@ -8,10 +8,15 @@ from typing import Any
 
 from ftapi import contract
 from ftapi.constants import (
+    DOCKER_CONFIG_KEY,
     ENV_HF_TOKEN,
     ENV_HUB_ENDPOINT,
     ENV_HUB_PUSH_TOKEN,
     ENV_HUB_TOKEN_PATH,
+    ENV_OCI_PULL_CA,
+    ENV_OCI_PULL_SECRET,
+    ENV_OCI_PUSH_CA,
+    ENV_OCI_PUSH_SECRET,
     NO_TOKEN_FILE,
     S3_OPTIONAL_SECRET_KEYS,
     S3_SECRET_KEYS,
@@ -26,6 +31,7 @@ from ftapi.progress import (
     ENV_PROGRESS_NAME,
 )
 from ftapi.v1alpha1 import FineTuneJob, SecretKeyRef
+from ftapi.v1alpha1.registry import RegistryAccess
 from ftoperator.config import (
     ENV_S3_ENDPOINT,
     PROXY_ENV,
@@ -205,6 +211,10 @@ def _env(job: FineTuneJob, names: Names, settings: Settings) -> list[dict[str, A
     push = spec.output.push_to_hub
     if push is not None and push.token_secret_ref is not None:
         env.append(_secret_ref_env(ENV_HUB_PUSH_TOKEN, push.token_secret_ref))
+    if spec.output.oci is not None:
+        env += _registry_env(spec.output.oci, ENV_OCI_PUSH_SECRET, ENV_OCI_PUSH_CA)
+    if spec.model.registry is not None:
+        env += _registry_env(spec.model.registry, ENV_OCI_PULL_SECRET, ENV_OCI_PULL_CA)
     for name, ref in spec.logging.secret_env().items():
         env.append(_secret_ref_env(name, ref))
     for variable in spec.resources.env:
@@ -219,6 +229,19 @@ def shutdown_timeout(grace_seconds: int) -> int:
     """How long torchrun lets its workers finish after forwarding SIGTERM: the pod's grace
     period less 5 s, so that torchrun exits (and says so) before the kubelet kills it."""
     return max(1, grace_seconds - 5)
+
+
+def _registry_env(access: RegistryAccess, secret_env: str, ca_env: str) -> list[dict[str, Any]]:
+    """An OCI registry's dockerconfigjson Secret and CA ConfigMap key, as the trainer reads
+    them (fttrainer.oci.connect)."""
+    env = []
+    if access.credentials_secret_ref is not None:
+        env.append(_secret_env(secret_env, access.credentials_secret_ref.name, DOCKER_CONFIG_KEY))
+    ca = access.ca_config_map_ref
+    if ca is not None:
+        selector = {"name": ca.name, "key": ca.key}
+        env.append({"name": ca_env, "valueFrom": {"configMapKeyRef": selector}})
+    return env
 
 
 def _secret_ref_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from ftapi import FineTuneJob, InvalidSpecError, parse_job
 from ftapi.v1alpha1 import ApiModel, Rule
 from ftapi.v1alpha1._base import SKIP_RULES
-from fttestkit.builders import JobBuilder
+from fttestkit.builders import JobBuilder, make_job
 from tests.cases import FIELD_CASES, RULE_CASES
 
 
@@ -166,3 +166,17 @@ def test_a_spectrum_pattern_that_does_not_compile_is_refused() -> None:
         parse_job(manifest.obj())
     assert any("[1] '([': not a valid regular expression" in e.message
                for e in caught.value.errors), caught.value.errors  # fmt: skip
+
+
+def test_well_formed_oci_references_pass_both_layers_and_the_merged_tag_follows_the_tag() -> None:
+    from ftapi.v1alpha1.registry import merged_reference
+
+    digest = "sha256:" + "0" * 64
+    job = (make_job().set("model.name", f"oci://registry.internal:5000/base/llama-3__8b:v1@{digest}")
+           .set("model.tokenizer", "oci://r.example/tok")
+           .set("model.registry", {"plainHttp": True})
+           .set("output.oci", {"reference": "oci://10.0.0.1:5000/t.a/tuned:run_7.1"}))  # fmt: skip
+    parsed = FineTuneJob.model_validate(job.obj())
+    assert _compare_cel_with_python(parsed) == []
+    assert merged_reference("oci://r:5000/a/m:v1") == "oci://r:5000/a/m:v1-merged"
+    assert merged_reference("oci://r.example/m") == "oci://r.example/m:latest-merged"

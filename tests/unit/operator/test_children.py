@@ -248,3 +248,29 @@ def test_the_grace_period_gives_torchrun_time_to_let_the_trainer_save(
     # forwards SIGTERM (a little less, so torchrun ends before the kubelet kills it).
     assert _pod(children)["terminationGracePeriodSeconds"] == (grace or 120)
     assert _env(children)[contract.ENV_TORCHRUN_SHUTDOWN_TIMEOUT] == torchrun_wait
+
+
+def test_registry_credentials_and_ca_reach_the_pod_as_references_per_direction() -> None:
+    """output.oci pushes with its dockerconfigjson Secret, an oci:// model is pulled with
+    model.registry's: each by reference, never a value, and nothing when unset."""
+    children = _children(
+        model__name="oci://registry.internal/base/llama:v1",
+        model__registry={"credentialsSecretRef": {"name": "pull"}},
+        output={"uri": "s3://b/p", "oci": {
+            "reference": "oci://registry.internal/tuned/llama:v2",
+            "credentialsSecretRef": {"name": "push"},
+            "caConfigMapRef": {"name": "registry-ca", "key": "ca.crt"}}},
+    )  # fmt: skip
+    env = _env(children)
+    assert env["FINETUNE_OCI_PUSH_SECRET"] == {
+        "secretKeyRef": {"name": "push", "key": ".dockerconfigjson"}
+    }
+    assert env["FINETUNE_OCI_PUSH_CA"] == {
+        "configMapKeyRef": {"name": "registry-ca", "key": "ca.crt"}
+    }
+    assert env["FINETUNE_OCI_PULL_SECRET"] == {
+        "secretKeyRef": {"name": "pull", "key": ".dockerconfigjson"}
+    }
+    assert "FINETUNE_OCI_PULL_CA" not in env
+    plain = _env(_children())
+    assert not [name for name in plain if name.startswith("FINETUNE_OCI_")]

@@ -240,3 +240,32 @@ def test_the_settings_come_from_flags_and_their_variables() -> None:
     assert parse_options(["--no-forbid-job-code"], env=env).settings == Settings(
         **{**settings.__dict__, "forbid_job_code": False}
     )
+
+
+def test_models_are_pushed_and_pulled_only_with_registries_images_may_come_from() -> None:
+    """allowedRegistries governs every oci:// reference as it does the trainer image: the
+    registry Secret goes there. An oci:// model is not a Hub id (no Hub list applies)."""
+    settings = Settings(allowed_registries=("registry.internal/ml",),
+                        default_image="registry.internal/ml/trainer:1")  # fmt: skip
+
+    def job() -> JobBuilder:
+        return (make_job("a").set("model.name", "oci://registry.internal/ml/base:v1")
+                .set("output", MINIO | {"oci": {
+                    "reference": "oci://registry.internal/ml/tuned:v1"}}))  # fmt: skip
+
+    assert _refusal(job(), settings) is None
+    for field, value, named in [
+        ("output.oci", {"reference": "oci://registry.internal/ml-sandbox/tuned:v1"},
+         "spec.output.oci.reference oci://registry.internal/ml-sandbox/tuned:v1"),
+        ("model.name", "oci://attacker.example/ml/base:v1",
+         "spec.model.name oci://attacker.example/ml/base:v1"),
+    ]:  # fmt: skip
+        refused = _refusal(job().set(field, value), settings)
+        assert refused is not None and refused[0] == "ImageNotAllowed", (field, refused)
+        assert named in refused[1], refused
+    # No Hub: an oci:// model is no hub id, so a Hub allow-list without a default is not asked.
+    assert _refusal(job(), Settings(allowed_hub_endpoints=("https://hub.internal",))) is None
+    refused = _refusal(job().set("model.registry", {"credentialsSecretRef": {
+        "name": "team-b-registry"}}), Settings(allowed_secret_names=("finetune-*",)))  # fmt: skip
+    assert refused is not None and refused[0] == "SecretNotAllowed"
+    assert "spec.model.registry.credentialsSecretRef (team-b-registry)" in refused[1]

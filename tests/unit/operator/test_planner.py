@@ -876,6 +876,26 @@ def test_complete_job_succeeds(
     assert plan.events == [Event("Normal", "Succeeded", new.message or "")]
 
 
+def test_a_pushed_image_is_in_status_pinned_by_digest_and_named_in_the_message() -> None:
+    image = "oci://r.example:5000/tuned/llama:v1@sha256:" + "a" * 64
+    merged = "oci://r.example:5000/tuned/llama:v1-merged@sha256:" + "b" * 64
+    plan = observe(
+        make(output__uri="s3://models/tiny"), running_status(), at(3600),
+        batch_job=make_batch_job(0).complete().obj(), pods=[make_pod(0).succeeded().obj()],
+        progress=report(step=10, model_uri="s3://models/tiny/final", model_image=image,
+                        merged_model_image=merged),
+    )  # fmt: skip
+    new = plan.status
+    assert (new.phase, new.model_image, new.merged_model_image) == ("Succeeded", image, merged)
+    assert image in (new.message or "")
+    without = observe(
+        make(output__uri="s3://models/tiny"), running_status(), at(3600),
+        batch_job=make_batch_job(0).complete().obj(), pods=[make_pod(0).succeeded().obj()],
+        progress=report(step=10, model_uri="s3://models/tiny/final"),
+    ).status  # fmt: skip
+    assert (without.model_image, without.merged_model_image) == (None, None)
+
+
 def test_success_criteria_met_alone_is_success() -> None:
     met = make_batch_job(0).condition(
         "SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"

@@ -5,6 +5,8 @@ tests/integration/test_client.py."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +50,18 @@ def test_secrets_and_url_credentials_never_reach_the_kept_log() -> None:
     log.feed(b"key=s3cr3t-value-123 token hf_abcdefgh at http://user:pw@minio:9000/b /usr/bin\n")
     ((_, content),) = log.take()
     assert content == b"key=[redacted] token [redacted] at http://minio:9000/b /usr/bin\n"
+
+
+def test_a_registry_secrets_password_and_auth_never_reach_the_kept_log() -> None:
+    """output.oci's dockerconfigjson arrives whole in one variable; a library that quotes the
+    password or the base64 auth it built from it is redacted too."""
+    auth = base64.b64encode(b"robot:pa55-word-xyz").decode()
+    config = json.dumps({"auths": {"r.example:5000": {"auth": auth}}})
+    secrets = secret_values({"FINETUNE_OCI_PUSH_SECRET": config})
+    log = KeptLog(make_redactor(secrets))
+    log.feed(f"Authorization: Basic {auth}; password pa55-word-xyz\n".encode())
+    ((_, content),) = log.take()
+    assert content == b"Authorization: Basic [redacted]; password [redacted]\n"
 
 
 def test_past_the_cap_the_head_and_the_end_are_kept_and_the_gap_is_said() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -79,3 +80,74 @@ def test_extraction_refuses_what_leaves_models_or_is_not_a_file(tmp_path: Path) 
     assert not (tmp_path / "escape").exists()
     _extract(_tar(tmp_path / "good.tar", [_file("models/a/b.bin")]), tmp_path / "out", "oci://r/m")
     assert (tmp_path / "out/a/b.bin").read_bytes() == b"x"
+
+
+def test_a_pods_registry_secret_gives_the_credentials_and_a_local_run_reads_docker_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fttrainer.oci import connect
+
+    auth = base64.b64encode(b"robot:from-secret").decode()
+    monkeypatch.setenv("PUSH", json.dumps({"auths": {"r.io:5000": {"auth": auth}}}))
+    client = connect("oci://r.io:5000/m:v1", secret_env="PUSH", ca_env="NO_CA")
+    assert (client.credentials, client.base) == (("robot", "from-secret"), "https://r.io:5000")
+    client.close()
+    # The Secret holds another registry: said, not an anonymous push that fails later.
+    with pytest.raises(OciError, match=r"no entry for other\.io") as missing:
+        connect("oci://other.io/m:v1", secret_env="PUSH", ca_env="NO_CA")
+    assert missing.value.permanent
+    monkeypatch.setenv("PUSH", "not json")
+    with pytest.raises(OciError, match=r"not JSON .*dockerconfigjson"):
+        connect("oci://r.io:5000/m:v1", secret_env="PUSH", ca_env="NO_CA")
+    # No Secret (a local run): the Docker config, as docker and oras read it.
+    monkeypatch.delenv("PUSH")
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {"r.io:5000": {
+        "username": "me", "password": "local"}}}))  # fmt: skip
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    local = connect("oci://r.io:5000/m:v1", secret_env="PUSH", ca_env="NO_CA", plain_http=True)
+    assert (local.credentials, local.base) == (("me", "local"), "http://r.io:5000")
+    local.close()
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    anonymous = connect("oci://r.io:5000/m:v1", secret_env="PUSH", ca_env="NO_CA")
+    assert anonymous.credentials is None
+    anonymous.close()
+
+
+def test_lineage_names_the_base_the_data_the_spec_the_metrics_and_the_releases(
+    tmp_path: Path,
+) -> None:
+    from ftapi import parse_job
+    from fttestkit.builders import make_job
+    from fttrainer.lineage import BaseModel, image_annotations, spec_digest, tree_digest
+
+    written_by = {"finetune.dev/written-by": "op 1.2"}
+    job = parse_job(make_job("tuned").set("metadata.namespace", "team-a")
+                    .set("metadata.annotations", written_by).obj())  # fmt: skip
+    base = BaseModel("s3://models/llama", None, "sha256:" + "b" * 64)
+    notes = image_annotations(
+        job, content="adapter", base=base, data={"s3://d/train.jsonl": "sha256:" + "c" * 64},
+        metrics={"train_loss": 1.5, "eval_loss": float("nan"), "epoch": 2, "note": "x"},
+        trainer_release="finetune-trainer 0.3.0",
+    )  # fmt: skip
+    assert notes["dev.finetune.job"] == "team-a/tuned"
+    assert notes["dev.finetune.content"] == "adapter"
+    assert notes["dev.finetune.base-model"] == "s3://models/llama"
+    assert notes["dev.finetune.base-model.digest"] == "sha256:" + "b" * 64
+    assert json.loads(notes["dev.finetune.datasets"]) == [
+        {"uri": "s3://d/train.jsonl", "sha256": "sha256:" + "c" * 64}]  # fmt: skip
+    assert notes["dev.finetune.spec.sha256"] == spec_digest(job)
+    assert json.loads(notes["dev.finetune.spec"]) == job.spec.to_dict()
+    assert json.loads(notes["dev.finetune.metrics"]) == {"train_loss": 1.5, "epoch": 2.0}
+    assert notes["dev.finetune.trainer.version"] == "finetune-trainer 0.3.0"
+    assert notes["dev.finetune.operator.version"] == "op 1.2"
+    assert all(isinstance(v, str) for v in notes.values())
+    # Another spec, another hash; the same files wherever they are, the same tree digest.
+    other = parse_job(make_job("tuned").set("training.learningRate", 0.5).obj())
+    assert spec_digest(other) != spec_digest(job)
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "w.bin").write_bytes(b"weights")
+        (folder / ".finetune-complete").write_text(str(folder))  # a cache marker: not content
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    (tmp_path / "b" / "sub" / "w.bin").write_bytes(b"other")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "b")

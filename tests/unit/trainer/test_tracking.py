@@ -130,3 +130,16 @@ def test_a_checkpoint_names_its_tracker_runs(
         (tmp_path / TRACKERS_FILE).write_text(content)
     assert read_tracker_ids(tmp_path) == ids
     assert read_tracker_ids(None) == {}
+
+
+def test_a_registered_version_names_its_job_base_metrics_and_pushed_image() -> None:
+    from fttrainer.tracking import registry_tags
+
+    spec = parse_job(make_job("chat").set("model.name", "org/base").obj()).spec
+    image = "oci://r.example/tuned/chat:v1-merged@sha256:" + "d" * 64
+    tags = registry_tags("chat", "team-a", spec, {"eval_loss": 1.25, "note": "x"}, image=image)
+    assert tags["finetune.dev/job"] == "team-a/chat"
+    assert tags["finetune.dev/base-model"] == "org/base"
+    assert tags["finetune.dev/image"] == image
+    assert tags["metric.eval_loss"] == "1.25"
+    assert "finetune.dev/image" not in registry_tags("chat", None, spec, {})

@@ -9,12 +9,12 @@ checkpoints.retain(keep=2)                    # oldest complete ones beyond keep
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 from fttrainer.storage import ObjectInfo, StorageError, Store, contained
+from fttrainer.storage.paths import sha256_file
 
 from .protocol import (
     CHECKPOINTS,
@@ -101,7 +101,7 @@ class CheckpointStore:
             except StorageError as error:
                 raise CheckpointError(str(error)) from None
             self.store.download_file(self._key(manifest.step, entry.path), destination)
-            if _sha256(destination) != entry.sha256:
+            if sha256_file(destination) != entry.sha256:
                 raise CheckpointError(
                     f"{self.uri}/{checkpoint_name(manifest.step)}/{entry.path}: "
                     "content differs from its manifest"
@@ -182,11 +182,3 @@ class CheckpointStore:
         keys = [o.key for o in self.store.list(f"{self.root}/")]
         self.store.delete([k for k in keys if k.endswith(f"/{MANIFEST}") or k.endswith(DONE)])
         self.store.delete([k for k in keys if not k.endswith(MANIFEST) and not k.endswith(DONE)])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -36,6 +36,7 @@ class DataError(RuntimeError):
 @dataclass
 class DataReport:
     sources: dict[str, int] = field(default_factory=dict)  # uri -> rows read
+    digests: dict[str, str | None] = field(default_factory=dict)  # uri -> sha256 of the file
     samples: int = 0
     findings: Findings = field(default_factory=Findings)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> samples dropped
@@ -113,6 +114,7 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
             problems.append(Problem(source.uri, str(exc).removeprefix(f"{source.uri}: ")))
             continue
         report.sources[source.uri] = len(raw.rows) + len(raw.problems)
+        report.digests[source.uri] = raw.sha256
         problems.extend(raw.problems)
         converted: list[Located] = []
         for row in raw.rows:

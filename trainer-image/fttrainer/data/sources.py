@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftapi.redaction import redact
+from fttrainer.storage.paths import sha256_file
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Bounds on what one file may make the trainer hold: a field (or parquet row) far larger
@@ -89,6 +90,8 @@ class Problem:
 class RawData:
     rows: list[Row]
     problems: list[Problem]
+    sha256: str | None = None
+    """The file's content hash (lineage: output.oci's annotations); None for hf:// data."""
 
 
 def read_source(uri: str, *, split: str | None = None, s3_client: Any = None) -> RawData:
@@ -121,7 +124,7 @@ def read_file(path: Path, *, label: str | None = None) -> RawData:
             rows.append(item)
         else:
             problems.append(item)
-    return RawData(rows, problems)
+    return RawData(rows, problems, "sha256:" + sha256_file(path))
 
 
 def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:

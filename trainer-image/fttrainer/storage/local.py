@@ -20,7 +20,7 @@ from fttrainer.storage.base import (
     ObjectInfo,
     StorageError,
 )
-from fttrainer.storage.paths import _folder, _sha256_file, _walk, contained
+from fttrainer.storage.paths import _folder, _walk, contained, sha256_file
 
 
 @dataclass
@@ -38,7 +38,7 @@ class LocalStore:
         target = self.root / key
         with _local(f"copy {source} to {target}"):
             if target.exists() and os.path.samefile(source, target):
-                digest = _sha256_file(source) if checksum else None
+                digest = sha256_file(source) if checksum else None
                 return ObjectInfo(key, source.stat().st_size, digest)
             size, digest = _copy_atomic(source, target, checksum=checksum)
         return ObjectInfo(key, size, digest)

@@ -30,7 +30,9 @@ def _walk(source: Path, prefix: str, skip: Collection[str]) -> list[tuple[Path, 
     return files
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex), read in 8 MiB blocks: checkpoint manifests, OCI layers,
+    data and model lineage all hash this way."""
     hasher = hashlib.sha256()
     with open(path, "rb") as reader:
         while chunk := reader.read(8 * MiB):
