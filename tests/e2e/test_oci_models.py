@@ -223,13 +223,17 @@ def test_a_job_pushes_its_adapter_and_merged_model_with_lineage_and_another_trai
     assert "modelImage" not in status
 
 
-def test_finetune_run_pushes_from_a_laptop_and_a_second_run_starts_from_the_image(
+def test_finetune_run_trains_on_an_image_and_pushes_one_from_a_laptop(
     cluster: Cluster, node: str, tmp_path: Path
 ) -> None:
-    """Locally the registry's credentials come from the Docker config (DOCKER_CONFIG) and its
-    CA from SSL_CERT_FILE, as docker and oras users have them."""
+    """One local run both ways: model.name is an oci:// tag (resolved to its digest, pulled
+    into the cache), output.oci pushes the result. Locally the registry's credentials come
+    from the Docker config (DOCKER_CONFIG) and its CA from SSL_CERT_FILE, as docker and
+    oras users have them."""
     address = cluster.env["FTO_REGISTRY"]
     repository = f"e2e-local/{uuid.uuid4().hex[:8]}"
+    base = push_model(save_tiny_model("llama", tmp_path / "tiny"),
+                      f"oci://{address}/{repository}:base", _registry(cluster))  # fmt: skip
     docker = tmp_path / "docker"
     docker.mkdir()
     (docker / "config.json").write_text(Path(cluster.env["FTO_REGISTRY_AUTH"]).read_text())
@@ -237,36 +241,33 @@ def test_finetune_run_pushes_from_a_laptop_and_a_second_run_starts_from_the_imag
         "FTO_REGISTRY_CA"], "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
     data = tmp_path / "qa.jsonl"
     data.write_text(qa_rows(16))
-
-    def run(name: str, model: str, output: dict[str, Any]) -> str:
-        manifest = {
-            "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
-            "metadata": {"name": name},
-            "spec": {
-                "model": {"name": model}, "method": {"type": "full"},
-                "dataset": {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64},
-                "training": {"maxSteps": 2, "batchSize": 4, "device": "cpu", "seed": 7},
-                "evaluation": {"strategy": "no"}, "output": {**output, "saveSteps": 2},
-            },
-        }  # fmt: skip
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(manifest))
-        done = subprocess.run([sys.executable, "-m", "fttrainer.cli", "run", str(path)],
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done.stdout + done.stderr
-
-    model = save_tiny_model("llama", tmp_path / "tiny")
-    pushed = {"reference": f"oci://{address}/{repository}:v1"}
-    run("local-push", str(model), {"uri": str(tmp_path / "first"), "oci": pushed})
-    image = json.loads((tmp_path / "first" / "result.json").read_text())["images"]["final"]
+    manifest = {
+        "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": "local-oci"},
+        "spec": {
+            "model": {"name": f"oci://{address}/{repository}:base"}, "method": {"type": "full"},
+            "dataset": {"train": {"uri": str(data)}, "format": "qa", "maxSeqLength": 64},
+            "training": {"maxSteps": 2, "batchSize": 4, "device": "cpu", "seed": 7},
+            "evaluation": {"strategy": "no"},
+            "output": {"uri": str(tmp_path / "out"), "saveSteps": 2,
+                       "oci": {"reference": f"oci://{address}/{repository}:v1"}},
+        },
+    }  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    done = subprocess.run([sys.executable, "-m", "fttrainer.cli", "run", str(path)],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert f"model.name: oci://{address}/{repository}:base ->" in log, log[-3000:]
+    (copy,) = [p for p in (tmp_path / "cache" / "finetune" / "models").iterdir() if p.is_dir()]
+    assert pulled_digest(copy) == base
+    image = json.loads((tmp_path / "out" / "result.json").read_text())["images"]["final"]
     assert image.startswith(f"oci://{address}/{repository}:v1@sha256:")
     registry = _registry(cluster)
     assert pull_model(image, tmp_path / "pulled", registry) == image.rsplit("@", 1)[1]
-    assert _sha256s(tmp_path / "pulled") == _sha256s(tmp_path / "first" / "final")
-    # The tag, not the digest: it resolves to the pushed image, fetched once into the cache.
-    log = run("local-base", f"oci://{address}/{repository}:v1", {"uri": str(tmp_path / "second")})
-    assert f"model.name: oci://{address}/{repository}:v1 ->" in log, log[-3000:]
-    (copy,) = [p for p in (tmp_path / "cache" / "finetune" / "models").iterdir() if p.is_dir()]
-    assert pulled_digest(copy) == image.rsplit("@", 1)[1]
-    assert (tmp_path / "second" / "final" / "model.safetensors").is_file()
+    assert _sha256s(tmp_path / "pulled") == _sha256s(tmp_path / "out" / "final")
+    manifest_pushed, _ = registry.get_manifest(repository, image.rsplit("@", 1)[1])
+    notes = manifest_pushed["annotations"]
+    assert (notes["dev.finetune.content"], notes["dev.finetune.base-model.digest"]) == (
+        "model", base)  # fmt: skip

@@ -426,13 +426,12 @@ def _run(args: argparse.Namespace) -> int:
     output = chosen["dir"]
     output.mkdir(parents=True, exist_ok=True)
     from .hub import HubError
-    from .oci import OciError
 
     try:
         recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
         recipe.watchdog.start()  # a run that stops making progress is stopped, with its stacks
         recipe.setup()
-    except (DataError, ValueError, HubError, OciError) as exc:
+    except (DataError, ValueError, HubError) as exc:
         print(exc, file=sys.stderr)
         return invalid_input(str(exc))
     from ftapi.contract import (
@@ -460,6 +459,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"rolled back: {exc}: run it again (the same command) to resume", file=sys.stderr)
         return record(ROLLED_BACK, str(exc))
     final_dir = recipe.save(result)
+    from .oci import OciError
     from .storage import StorageError
 
     try:

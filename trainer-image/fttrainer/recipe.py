@@ -144,10 +144,13 @@ class Recipe:
         if spec.output.oci is not None:  # an unreadable registry Secret, likewise
             from ftapi.constants import ENV_OCI_PUSH_CA, ENV_OCI_PUSH_SECRET
 
-            from .oci import connect
+            from .oci import OciError, connect
 
-            connect(spec.output.oci.reference, secret_env=ENV_OCI_PUSH_SECRET,
-                    ca_env=ENV_OCI_PUSH_CA).close()  # fmt: skip
+            try:
+                connect(spec.output.oci.reference, secret_env=ENV_OCI_PUSH_SECRET,
+                        ca_env=ENV_OCI_PUSH_CA).close()  # fmt: skip
+            except OciError as exc:  # connect() makes no request: only the Secret is wrong
+                raise ValueError(f"spec.output.oci: {exc}") from None
         # Phases from here on; `finetune run` starts its thread (one process, one run: a
         # Recipe used as a library, as the tests do, is never stopped by it).
         self.watchdog = Watchdog(spec.run_policy.stall_detection)

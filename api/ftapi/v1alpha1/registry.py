@@ -16,7 +16,8 @@ from .common import ObjectName, SecretRef
 # (lowercase path components joined by ., _, __ or dashes). A pushed tag leaves room for the
 # merged model's "-merged" suffix (tags are at most 128 characters).
 _HOST = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
-_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+# No backslashes in these patterns: CEL string literals would read them as escapes.
+_COMPONENT = r"[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*"
 _REPOSITORY = f"{_COMPONENT}(/{_COMPONENT})*"
 OCI_PUSH_REFERENCE = f"^oci://{_HOST}/{_REPOSITORY}(:[A-Za-z0-9_][A-Za-z0-9._-]{{0,120}})?$"
 """Where output.oci pushes: a tag (or none: latest), never a digest (that is the result)."""

@@ -151,3 +151,22 @@ def test_lineage_names_the_base_the_data_the_spec_the_metrics_and_the_releases(
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     (tmp_path / "b" / "sub" / "w.bin").write_bytes(b"other")
     assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "b")
+
+
+def test_an_unreachable_registry_is_retried_and_a_bad_secret_is_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """model.name: oci:// when the registry cannot be reached (nothing listens on port 1)
+    stays an OciError, so the attempt fails and a restart tries again; a Secret that cannot
+    work is a ValueError naming the field (the run's InvalidInput, never retried)."""
+    from ftapi.v1alpha1.registry import RegistryAccess
+    from fttrainer.model.sources import fetch_image
+
+    plain = RegistryAccess(plain_http=True)
+    with pytest.raises(OciError, match=r"cannot reach 127\.0\.0\.1:1") as unreachable:
+        fetch_image("oci://127.0.0.1:1/m:v1", registry=plain, root=tmp_path, field="model.name")
+    assert not unreachable.value.permanent
+    monkeypatch.setenv("FINETUNE_OCI_PULL_SECRET", json.dumps({"auths": {}}))
+    with pytest.raises(ValueError, match=r"^spec\.model\.name: .*no entry for 127\.0\.0\.1:1"):
+        fetch_image("oci://127.0.0.1:1/m:v1", registry=plain, root=tmp_path, field="model.name")
+    assert not any(tmp_path.iterdir())  # nothing half-written is left to be taken for a model

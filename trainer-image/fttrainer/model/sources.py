@@ -69,7 +69,9 @@ def fetch_image(uri: str, *, registry: RegistryAccess | None, root: Path, field:
         finally:
             client.close()
     except OciError as exc:
-        raise ValueError(f"spec.{field}: {exc}") from None
+        if not exc.permanent:
+            raise  # the registry unreachable: the attempt fails and a restart tries again
+        raise ValueError(f"spec.{field}: {exc}") from None  # refused, missing: bad input
 
 
 def pulled_digest(folder: Path) -> str | None:
