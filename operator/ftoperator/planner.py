@@ -610,9 +610,8 @@ def _succeed(
     status.completion_time = now
     status.model_uri = (progress.model_uri if progress else None) or _final_uri(job)
     status.message = f"training finished; model at {status.model_uri}"
-    if progress is not None and progress.model_image and len(progress.model_image) <= MAX_URI:
-        status.model_image = progress.model_image
-        status.message += f" and {progress.model_image}"
+    if status.model_image:  # this attempt's report, copied by _copy_progress
+        status.message += f" and {status.model_image}"
     _settle(status)
     if status.progress is not None and status.progress.total_steps:
         status.progress.step = status.progress.total_steps

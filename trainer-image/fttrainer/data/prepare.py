@@ -36,7 +36,7 @@ class DataError(RuntimeError):
 @dataclass
 class DataReport:
     sources: dict[str, int] = field(default_factory=dict)  # uri -> rows read
-    digests: dict[str, str | None] = field(default_factory=dict)  # uri -> sha256 of the file
+    digests: dict[str, str | None] = field(default_factory=dict)  # uri -> sha256 (output.oci)
     samples: int = 0
     findings: Findings = field(default_factory=Findings)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> samples dropped
@@ -109,7 +109,8 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
         if source is None:
             continue
         try:
-            raw = read_source(source.uri, split=source.split, s3_client=s3_client)
+            raw = read_source(source.uri, split=source.split, s3_client=s3_client,
+                              digest=spec.output.oci is not None)  # fmt: skip
         except DataSourceError as exc:
             problems.append(Problem(source.uri, str(exc).removeprefix(f"{source.uri}: ")))
             continue

@@ -91,19 +91,23 @@ class RawData:
     rows: list[Row]
     problems: list[Problem]
     sha256: str | None = None
-    """The file's content hash (lineage: output.oci's annotations); None for hf:// data."""
+    """The file's content hash when asked for (lineage: output.oci's annotations); None for
+    hf:// data."""
 
 
-def read_source(uri: str, *, split: str | None = None, s3_client: Any = None) -> RawData:
-    """All rows of one source; `s3_client` is a boto3 client for s3:// URIs."""
+def read_source(
+    uri: str, *, split: str | None = None, s3_client: Any = None, digest: bool = False
+) -> RawData:
+    """All rows of one source; `s3_client` is a boto3 client for s3:// URIs. `digest`: also
+    hash the file (one more read of it; only output.oci's lineage asks)."""
     if uri.startswith("hf://"):
         return _read_hub(uri.removeprefix("hf://"), split or "train")
     if uri.startswith("s3://"):
-        return _read_s3(uri, s3_client)
-    return read_file(Path(uri), label=uri)
+        return _read_s3(uri, s3_client, digest=digest)
+    return read_file(Path(uri), label=uri, digest=digest)
 
 
-def read_file(path: Path, *, label: str | None = None) -> RawData:
+def read_file(path: Path, *, label: str | None = None, digest: bool = False) -> RawData:
     label = label or str(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -124,7 +128,7 @@ def read_file(path: Path, *, label: str | None = None) -> RawData:
             rows.append(item)
         else:
             problems.append(item)
-    return RawData(rows, problems, "sha256:" + sha256_file(path))
+    return RawData(rows, problems, "sha256:" + sha256_file(path) if digest else None)
 
 
 def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
@@ -405,7 +409,7 @@ def _read_txt(path: Path, label: str) -> Iterator[Row | Problem]:
                 yield Row({"text": line}, f"{label}:{number}")
 
 
-def _read_s3(uri: str, s3_client: Any) -> RawData:
+def _read_s3(uri: str, s3_client: Any, *, digest: bool) -> RawData:
     if s3_client is None:
         raise DataSourceError(f"{uri}: no S3 client configured")
     bucket, _, key = uri.removeprefix("s3://").partition("/")
@@ -415,7 +419,7 @@ def _read_s3(uri: str, s3_client: Any) -> RawData:
             s3_client.download_file(bucket, key, str(local))
         except Exception as exc:  # botocore's errors carry the useful text
             raise DataSourceError(f"{uri}: cannot download: {redact(str(exc))}") from None
-        return read_file(local, label=uri)
+        return read_file(local, label=uri, digest=digest)
 
 
 def _read_hub(name: str, split: str) -> RawData:
