@@ -71,6 +71,9 @@ CREATE_FAILURE_GRACE_SECONDS = 5.0
 # Workloads serves all its queued jobs for QUEUE_READ_SECONDS.
 QUEUE_POLL_SECONDS = 30.0
 QUEUE_READ_SECONDS = 5.0
+# A Job held from its create's answer (Cache.observe_created_job) is read from the API
+# server when its watch event has not come after this long: deleted at once, or a watch broken.
+UNCONFIRMED_JOB_SECONDS = 30.0
 # How long a new job's first status may wait for its pods to start (see the module).
 FIRST_STATUS_GRACE_SECONDS = float(DEFAULTS["first-status-grace-seconds"])
 
@@ -173,8 +176,12 @@ class Controller:
         attempt = status.get("attempt", 0)
         name = Names(key[1], attempt).batch_job
         job = self.cache.batch_jobs.get(key, {}).get(name)
-        if job is None:
+        # One held from its create's answer is trusted while its watch event may still come.
+        if job is None or self.cache.unconfirmed_for(key, name) > UNCONFIRMED_JOB_SECONDS:
+            held = job is not None
             job = await asyncio.to_thread(self.kube.get_job, key[0], name)
+            if held and job is None:  # deleted before any watch event: forget it
+                self.cache.observe_child("Job", key, name, None)
             if job is None or not owned_by(job, body["metadata"].get("uid", "")):
                 return  # absent, or a stranger's (the create will say ChildConflict)
             self.cache.observe_child("Job", key, name, job)
@@ -488,7 +495,9 @@ class Controller:
                 await _gather_all(
                     asyncio.to_thread(self.kube.create, namespace, c, uid) for c in stage
                 )
-            if await asyncio.to_thread(self.kube.create, namespace, batch_job, uid):
+            created = await asyncio.to_thread(self.kube.create_object, namespace, batch_job, uid)
+            if created is not None:
+                self.cache.observe_created_job(key, batch_job["metadata"]["name"], created)
                 self.metrics.count_job_created()
                 if action.attempt > 0:
                     self.metrics.count_restart()

@@ -148,27 +148,31 @@ class Kube:
 
         owner_uid: the FineTuneJob's UID, which an existing object must carry as its
         controller (None: no check, for callers that create objects of their own)."""
+        return self.create_object(namespace, body, owner_uid) is not None
+
+    def create_object(
+        self, namespace: str, body: dict[str, Any], owner_uid: str | None = None
+    ) -> dict[str, Any] | None:
+        """create(), returning the object as the API server stored it (None: it existed)."""
         kind, name = body["kind"], body["metadata"]["name"]
         try:
-            self.request("create", "POST", collection(kind, namespace), body)
+            return self.request("create", "POST", collection(kind, namespace), body)
         except ApiException as error:
             if error.status in INVALID:
                 raise rejected_child(kind, name, error) from None
             if namespace_going(error):
                 # The namespace, and with it the job, is being deleted: nothing to create.
                 log.info("%s/%s: not created, the namespace is being deleted", namespace, name)
-                return False
+                return None
             if error.status != 409:
                 raise
-        else:
-            return True
         if owner_uid is None:
-            return False
+            return None
         existing = self.read(kind, namespace, name)
         if existing is None:  # deleted since: the next pass creates it
             raise RuntimeError(f"{kind} {namespace}/{name} vanished while being verified")
         self._verify(namespace, existing, body, owner_uid)
-        return False
+        return None
 
     def ensure(self, namespace: str, body: dict[str, Any], owner_uid: str) -> bool:
         """Verify one child of a running attempt, read first (one GET when it is intact,

@@ -9,7 +9,8 @@ URL, /readyz on a free loopback port, the cluster's admin kubeconfig (in a clust
 its ServiceAccount; the rights do not change what they do). Their Configurations are the
 shipped ones (the Trainer's TrainJob concurrency 5 and client QPS 50/burst 100, JobSet's QPS
 500/burst 500) with what a host process needs instead: no leader election, no certificate
-management (the certificates are ours), loopback addresses. The Trainer runs with the flags
+management (the certificates are ours), loopback addresses. `tuning(workers)` is what the
+benchmark's second, tuned peer changes on top (see there). The Trainer runs with the flags
 its Deployment has (`--zap-log-level=2`), JobSet with none (its Deployment's only flag,
 `--leader-elect`, is off here).
 
@@ -50,6 +51,36 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 METRICS_READER = "fto-kubeflow-metrics"
 METRICS_NAMESPACE = "default"
 REQUESTS_METRIC = "rest_client_requests_total{"
+TRAINJOB_KIND = "TrainJob.trainer.kubeflow.org"
+# The tuned peer's client limits: out of reach at this scale (a 2-core API server serves well
+# under 1000 requests/s), as the operator's client has no rate limit at all.
+TUNED_QPS = 5000.0
+TUNED_BURST = 5000
+
+
+def tuning(workers: int) -> dict[str, dict[str, Any]]:
+    """What the tuned peer changes in each manager's shipped Configuration, to match the
+    operator's parallelism: the Trainer reconciles `workers` TrainJobs at once (the operator's
+    --workers), and neither client is rate-limited in effect. JobSet's reconcile concurrency
+    stays 1: v0.12.0 has no setting for it (its SetupWithManager sets no
+    MaxConcurrentReconciles and its Configuration has no controller section)."""
+    connection = {"qps": TUNED_QPS, "burst": TUNED_BURST}
+    return {
+        "trainer": {"controller": {"groupKindConcurrency": {TRAINJOB_KIND: workers}},
+                    "clientConnection": connection},
+        "jobset": {"clientConnection": connection},
+    }  # fmt: skip
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it, mappings merged key by key (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def trainer_configuration(
@@ -131,8 +162,12 @@ class Kubeflow:
     def __init__(
         self, kubectl: Kubectl, kubeconfig: str, workdir: Path, *,
         namespace_selector: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+        tuned: dict[str, dict[str, Any]] | None = None,
     ) -> None:  # fmt: skip
+        """`tuned`: changes to each manager's shipped Configuration, by "trainer" and
+        "jobset" (tuning()); none: as shipped."""
         self.kubectl = kubectl
+        tuned = tuned or {}
         self.labels = dict(labels or {})
         self.dir = component_dir("kubeflow", build=True)
         config = self.dir / "config"
@@ -152,7 +187,8 @@ class Kubeflow:
             # JobSet first: the Trainer's JobSets go through JobSet's webhooks.
             jobset_config = workdir / "jobset.yaml"
             jobset_config.write_text(yaml.safe_dump(jobset_configuration(
-                yaml.safe_load((config / "jobset/configuration.yaml").read_text()),
+                merged(yaml.safe_load((config / "jobset/configuration.yaml").read_text()),
+                       tuned.get("jobset", {})),
                 webhook_port=self.jobset.webhook_port, health_port=self.jobset.health_port,
                 metrics_port=self.metrics_ports["jobset"],
                 cert_dir=self.jobset.cert_dir)))  # fmt: skip
@@ -163,7 +199,8 @@ class Kubeflow:
             ), probe="/mutate-jobset-x-k8s-io-v1alpha2-jobset")  # fmt: skip
             trainer_config = workdir / "trainer.yaml"
             trainer_config.write_text(yaml.safe_dump(trainer_configuration(
-                yaml.safe_load((config / "trainer/configuration.yaml").read_text()),
+                merged(yaml.safe_load((config / "trainer/configuration.yaml").read_text()),
+                       tuned.get("trainer", {})),
                 webhook_port=self.trainer.webhook_port, health_port=self.trainer.health_port,
                 metrics_port=self.metrics_ports["trainer"])))  # fmt: skip
             self.trainer.start([str(self.dir / "bin/trainer-controller-manager"),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fttestkit.cluster import Cluster
 from fttestkit.paths import REPO
@@ -188,10 +190,12 @@ def test_quickstart_fine_tunes_the_tiny_model(tmp_path: Path) -> None:
 @pytest.mark.serial  # its kwok nodes come and go while other tests list the nodes
 def test_the_operator_benchmark_runs_directly_as_its_docstring_says(cluster: Cluster) -> None:
     """`python bench/operator_load.py`, without the cluster's env sourced: it finds (or
-    starts) the local cluster and reads its kubeconfig itself. Tiny: 3 jobs, 2 nodes, and
-    2 s of the steady state (every job reporting progress every second). All three phases
-    run: the Kubeflow one with the real Trainer and JobSet managers (built if missing), whose
-    Jobs must come from JobSets that come from the TrainJobs, and whose webhooks are gone
+    starts) the local cluster and reads its kubeconfig itself. Every phase at its smallest:
+    the create cost alone (5 creates), then 3 jobs on 2 nodes in each of raw, Kubeflow as
+    shipped, Kubeflow tuned and the operator, and 2 s of the steady state (every job
+    reporting progress every second). The Kubeflow phases run the real Trainer and JobSet
+    managers (built if missing), whose Jobs must come from JobSets that come from the
+    TrainJobs, with the shipped and the tuned Configuration each, and whose webhooks are gone
     afterwards (they would refuse objects with no process behind them)."""
     # Not the cluster's env file; FTO_NODE stays (how the tier runs cluster-up: as root its
     # default would bring the real node into a cluster that runs without it).
@@ -199,19 +203,35 @@ def test_the_operator_benchmark_runs_directly_as_its_docstring_says(cluster: Clu
            if not k.startswith(("KUBE", "FTO_")) or k == "FTO_NODE"}  # fmt: skip
     done = subprocess.run(
         [sys.executable, "bench/operator_load.py", "--jobs", "3", "--rate", "0",
-         "--nodes", "2", "--settle", "1", "--timeout", "120", "--steady", "2",
-         "--progress-every", "1"],
+         "--nodes", "2", "--settle", "30", "--quiet", "2", "--idle", "1", "--timeout", "120",
+         "--create-cost", "5", "--max-load", "1000", "--steady", "2", "--progress-every", "1",
+         "--keep-log"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False, env=env,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "raw API" in done.stdout and "3 Jobs" in done.stdout
-    assert "3 Jobs of JobSets of TrainJobs" in done.stdout, done.stdout[-3000:]
-    header = next(line for line in done.stdout.splitlines() if "op/Kubeflow" in line)
-    assert header.split() == ["raw", "API", "Kubeflow", "operator", "op/raw", "op/Kubeflow"]
+    kept = Path(done.stderr.split("controller logs kept in ", 1)[1].split()[0])
+    try:
+        # The tuned peer's Trainer reconciled as many TrainJobs at once as the operator's
+        # workers, with no client limit in effect; the shipped one as it ships.
+        configs = {kind: yaml.safe_load((kept / f"{kind}-0/trainer.yaml").read_text())
+                   for kind in ("kubeflow", "kubeflow-tuned")}  # fmt: skip
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+    trainjobs = "TrainJob.trainer.kubeflow.org"
+    concurrency = {kind: config["controller"]["groupKindConcurrency"][trainjobs]
+                   for kind, config in configs.items()}  # fmt: skip
+    assert concurrency == {"kubeflow": 5, "kubeflow-tuned": 64}
+    assert configs["kubeflow-tuned"]["clientConnection"]["qps"] >= 5000
+    assert "a FineTuneJob create alone" in done.stdout
+    assert "raw API" in done.stdout and "3 Jobs;" in done.stdout
+    assert done.stdout.count("3 Jobs of JobSets of TrainJobs") == 2, done.stdout[-3000:]
+    header = next(line for line in done.stdout.splitlines() if "op/tuned" in line)
+    assert header.split() == ["raw", "kubeflow", "kubeflow-tuned", "operator", "op/raw",
+                              "op/tuned"]  # fmt: skip
     running = next(line for line in done.stdout.splitlines() if line.startswith("pods Running"))
-    # Both controllers' pods ran (the raw phase looks before its pods can have started).
-    assert running.split()[-4:-2] == ["3", "3"], running
-    assert "API requests per job <= Kubeflow Trainer's" in done.stdout
+    # Every phase's window lasted until its pods ran (the raw one's too).
+    assert running.split()[-6:-2] == ["3", "3", "3", "3"], running
+    assert "API requests per job <= 1.2x kubeflow-tuned's" in done.stdout
     hooks = cluster.kubectl("get", "mutatingwebhookconfigurations,validatingwebhookconfigurations",
                             "-l", "finetune.dev/bench", "-o", "name")  # fmt: skip
     assert hooks.strip() == "", hooks

@@ -12,18 +12,22 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bench import operator_load as bench
 from ftapi import parse_job
 from ftoperator.children import build_children
 from ftoperator.config import Settings
+from fttestkit import bench_report as report
 from fttestkit.controllers import webhooks_at_url
 from fttestkit.kubeflow import (
     JOBSET_NAME_LABEL,
     jobset_configuration,
+    merged,
     requests_by_method,
     trainer_configuration,
+    tuning,
     webhook_scope,
 )
 
@@ -169,36 +173,152 @@ def test_client_requests_are_summed_by_method() -> None:
     assert requests_by_method(metrics) == {"GET": 4.0, "POST": 2.0}
 
 
-def _phase(name: str, latency: float, *, cpu: float | None, rss: float | None) -> bench.Phase:
-    phase = bench.Phase(name, 2)
+def _phase(
+    name: str, latency: float, *, cpu: float | None, rss: float | None, repeat: int = 0
+) -> bench.Phase:
+    phase = bench.Phase(name, 2, repeat=repeat)
     for i, job in enumerate(("bench-0000", "bench-0001")):
         # The raw loop also records its Job's own create call.
-        created = i + 0.05 if name == "raw API" else None
+        created = i + 0.05 if name == "raw" else None
         phase.timings[job] = bench.Timing(started=float(i), applied=i + 0.01, job_created=created)
-        phase.added[job] = i + 0.01 + latency
+        phase.added[job] = i + latency
     phase.requests = {"create": 14.0}
-    phase.apiserver_cpu_s = 0.1
+    phase.apiserver_cpu_s, phase.window_s = 0.1, 5.0
     phase.controller_cpu_s, phase.controller_peak_rss_mb = cpu, rss
     phase.pods = {"Running": 2}
     return phase
 
 
-def test_the_table_has_a_column_per_phase_and_ours_against_each() -> None:
-    raw = _phase("raw API", 0.1, cpu=None, rss=None)
-    peer = _phase("Kubeflow", 2.0, cpu=4.0, rss=120.0)
-    peer.controllers = {
+def _args(**changes: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{"jobs": 2, "rate": 0, "max_load": 2.0, **changes})
+
+
+def test_latency_runs_from_the_moment_the_create_request_was_sent() -> None:
+    # Not from when the call returned: a slow create is part of what the submitter waits.
+    phase = _phase("operator", 1.0, cpu=1.0, rss=1.0)
+    phase.timings["bench-0000"].applied = 0.9
+    assert phase.latencies() == [1.0, 1.0]
+    assert phase.summary()["call_p99_ms"] == 900
+
+
+def test_the_table_has_a_column_per_phase_and_ours_against_the_tuned_peer() -> None:
+    raw = _phase("raw", 0.1, cpu=None, rss=None)
+    shipped = _phase("kubeflow", 4.0, cpu=4.0, rss=120.0)
+    tuned = _phase("kubeflow-tuned", 2.0, cpu=4.0, rss=120.0)
+    tuned.controllers = {
         "jobset": {"cpu_s": 1.0, "peak_rss_mb": 50.0},
         "trainer-controller-manager": {"cpu_s": 3.0, "peak_rss_mb": 70.0},
     }
     ours = _phase("operator", 1.0, cpu=2.0, rss=200.0)
-    text = bench.render([raw, peer, ours], argparse.Namespace(jobs=2, rate=0))
-    header = next(line for line in text.splitlines() if "raw API" in line and "op/raw" in line)
-    assert header.split() == ["raw", "API", "Kubeflow", "operator", "op/raw", "op/Kubeflow"]
-    p50 = next(line for line in text.splitlines() if line.startswith("apply -> Job p50"))
-    assert p50.split()[-5:] == ["0.100", "2.000", "1.000", "10.00", "0.50"]
+    text = report.render([ours, raw, tuned, shipped], _args(), None)
+    header = next(line for line in text.splitlines() if "op/raw" in line)
+    # Columns in a fixed order whatever order the phases ran in; ratios to raw and the peer.
+    assert header.split() == ["raw", "kubeflow", "kubeflow-tuned", "operator", "op/raw",
+                              "op/tuned"]  # fmt: skip
+    p50 = next(line for line in text.splitlines() if line.startswith("create sent -> Job p50"))
+    assert p50.split()[-6:] == ["0.100", "4.000", "2.000", "1.000", "10.00", "0.50"]
+    assert "one run (no spread)" in text
     assert "jobset: CPU 1.0 s, peak RSS 50 MB" in text
-    assert "PASS  apply -> Job p99 (s) <= Kubeflow Trainer's: 1 vs 2" in text
-    assert "FAIL  controller peak RSS (MB) <= Kubeflow Trainer's: 200 vs 120" in text
-    # Without the peer: the two-column table and no comparison with it.
-    text = bench.render([raw, ours], argparse.Namespace(jobs=2, rate=0))
-    assert "Kubeflow" not in text
+    assert (
+        "MET           create sent -> Job p99 (s) <= kubeflow-tuned's: ours 1.000 vs 2.000" in text
+    )
+    assert ("MISSED        controller peak RSS (MB) <= kubeflow-tuned's (compared, not a "
+            "target): ours 200 vs 120") in text  # fmt: skip
+    assert "API requests per job <= 1.2x kubeflow-tuned's: ours 7.00 vs 8.40" in text
+    assert report.missed([raw, shipped, tuned, ours]) == []  # RSS is not a target
+    # Without the tuned peer, the one as shipped; without either, no comparison.
+    assert "op/kubeflow" in report.render([raw, shipped, ours], _args(), None)
+    text = report.render([raw, ours], _args(), None)
+    assert "kubeflow" not in text and "<=" not in text
+
+
+def test_repeats_show_min_median_max_and_a_verdict_needs_more_than_the_noise() -> None:
+    runs = []
+    for repeat, (ours_s, peer_s) in enumerate(((1.0, 1.1), (1.4, 1.2), (1.2, 1.6))):
+        runs += [_phase("operator", ours_s, cpu=1.0, rss=1.0, repeat=repeat),
+                 _phase("kubeflow-tuned", peer_s, cpu=1.0, rss=1.0, repeat=repeat)]  # fmt: skip
+    text = report.render(runs, _args(), None)
+    assert "3 repeat(s), the phase order rotated" in text
+    row = next(line for line in text.splitlines() if line.startswith("create sent -> Job p99"))
+    assert "1.200 (1.000..1.400)" in row and "1.200 (1.100..1.600)" in row
+    # Equal medians, overlapping ranges: within noise, and not counted as missed.
+    assert "WITHIN NOISE  create sent -> Job p99 (s)" in text
+    assert report.missed(runs) == []
+
+
+def test_verdicts() -> None:
+    def s(*values: float) -> report.Spread:
+        spread = report.Spread.of(values)
+        assert spread is not None
+        return spread
+
+    assert report.verdict(s(1, 2, 3), s(4, 5, 6)) == report.MET  # worst beats best
+    assert report.verdict(s(4, 5, 6), s(1, 2, 3)) == report.MISSED
+    # Overlapping, medians 1 apart, ranges 2 wide: noise; 3 apart: a difference.
+    assert report.verdict(s(1, 3, 3), s(2, 4, 4)) == report.NOISE
+    assert report.verdict(s(1, 2, 3), s(2.5, 5, 5)) == report.MET
+    assert report.verdict(s(2.5, 5, 5), s(1, 2, 3)) == report.MISSED
+    assert report.verdict(s(2), s(2)) == report.NOISE  # one run each, a tie
+    assert report.verdict(s(2), s(3)) == report.MET
+    assert s(3, None, 1) == report.Spread(1, 2, 3, 2)  # type: ignore[arg-type]
+    assert report.Spread.of([None]) is None
+
+
+def test_a_target_missed_beyond_the_noise_fails_a_strict_run() -> None:
+    ours = _phase("operator", 3.0, cpu=9.0, rss=1.0)
+    peer = _phase("kubeflow-tuned", 1.0, cpu=1.0, rss=1.0)
+    assert report.missed([ours, peer]) == [
+        "every Job exists after (s)", "create sent -> Job p99 (s)", "controller CPU s",
+    ]  # fmt: skip
+    slow = _phase("operator", 6.0, cpu=1.0, rss=400.0)
+    failed = report.missed([slow])
+    assert any(f.startswith("FAIL  p99 create sent -> Job") for f in failed)
+    assert any(f.startswith("FAIL  operator peak RSS") for f in failed)
+
+
+def test_the_phase_order_rotates_with_every_repeat() -> None:
+    kinds = bench.phase_kinds(bench.build_parser().parse_args([]))
+    assert kinds == ["raw", "kubeflow", "kubeflow-tuned", "operator"]
+    orders = [bench.rotated(kinds, r) for r in range(4)]
+    assert orders[1] == ["kubeflow", "kubeflow-tuned", "operator", "raw"]
+    # Every phase runs once in every position.
+    assert all(sorted(order[i] for order in orders) == sorted(kinds) for i in range(4))
+    assert bench.rotated(kinds, 4) == kinds
+    args = bench.build_parser().parse_args(["--skip-raw", "--kubeflow", "tuned"])
+    assert bench.phase_kinds(args) == ["kubeflow-tuned", "operator"]
+    assert bench.phase_kinds(bench.build_parser().parse_args(["--skip-kubeflow"])) == [
+        "raw", "operator"]  # fmt: skip
+
+
+def test_the_tuned_peer_matches_the_operators_parallelism_and_keeps_the_rest() -> None:
+    shipped = {"controller": {"groupKindConcurrency": {
+        "TrainJob.trainer.kubeflow.org": 5, "ClusterTrainingRuntime.trainer.kubeflow.org": 1}},
+        "clientConnection": {"qps": 50, "burst": 100}, "statusServer": {"qps": 5}}  # fmt: skip
+    changes = tuning(64)
+    trainer = merged(shipped, changes["trainer"])
+    assert trainer["controller"]["groupKindConcurrency"] == {
+        "TrainJob.trainer.kubeflow.org": 64,
+        "ClusterTrainingRuntime.trainer.kubeflow.org": 1,
+    }
+    assert trainer["clientConnection"] == {"qps": 5000.0, "burst": 5000}
+    assert trainer["statusServer"] == {"qps": 5}
+    assert shipped["clientConnection"] == {"qps": 50, "burst": 100}  # a copy
+    jobset = merged({"leaderElection": {"leaderElect": True}}, changes["jobset"])
+    assert jobset == {"leaderElection": {"leaderElect": True},
+                      "clientConnection": {"qps": 5000.0, "burst": 5000}}  # fmt: skip
+    # The operator's own default is what the tuned Trainer matches when --workers is unset.
+    assert bench.DEFAULT_WORKERS == 64
+
+
+def test_a_busy_machine_is_refused_before_anything_starts() -> None:
+    with pytest.raises(SystemExit) as refused:
+        bench.main(["--max-load", "-1", "--load-wait", "0"])
+    assert "the machine is busy: load average" in str(refused.value)
+    assert "--ignore-load" in str(refused.value)
+
+
+def test_cpu_at_a_moment_is_interpolated_between_samples() -> None:
+    sampler = bench.Sampler.__new__(bench.Sampler)
+    sampler.samples = [(10.0, 0, 0, 1.0), (11.0, 0, 0, 3.0)]
+    assert sampler.cpu_at(10.5) == 2.0
+    assert sampler.cpu_at(9.0) == 1.0 and sampler.cpu_at(12.0) == 3.0
