@@ -40,7 +40,8 @@ the last change of its controllers' request counters (their last status write) o
 pods' phases (kwok starts them), whichever is later, once neither has moved for --quiet
 seconds. Controllers' phases first run one warm-up job end to end and wait until quiet.
 Before each burst, --idle seconds of nothing give the idle baseline: the API server's CPU
-rate then, times the window, is subtracted from its CPU over the window.
+rate then (the quieter half of it), times the window, is subtracted from its CPU over the
+window.
 
   latency    the Job's ADDED event on a watch this script holds, minus the moment the job's
              first create request was sent (operator: the FineTuneJob; Kubeflow: the
@@ -959,12 +960,15 @@ def run_phase(api: client.ApiClient, namespace: str, phase: Phase, args: argpars
             print(f"  {setup.what} up (RSS {rss:.0f} MiB), first Job in "
                   f"{time.monotonic() - warm:.1f} s", flush=True)  # fmt: skip
             settle(setup.counters, pods, args.quiet, 60)
+        # The baseline is the quieter half of the idle time: a transient in one half (the
+        # garbage collector finishing the previous phase's objects) is not the baseline.
         idle_from = time.monotonic()
         time.sleep(args.idle)
         idle_to = time.monotonic()
-        phase.apiserver_idle_percent = _rate(apiserver, idle_from, idle_to) * 100
+        halves = ((idle_from, (idle_from + idle_to) / 2), ((idle_from + idle_to) / 2, idle_to))
+        phase.apiserver_idle_percent = min(_rate(apiserver, *h) for h in halves) * 100
         if controllers is not None:
-            phase.controller_idle_percent = _rate(controllers, idle_from, idle_to) * 100
+            phase.controller_idle_percent = min(_rate(controllers, *h) for h in halves) * 100
         before = setup.counters.read() if setup.counters else {}
         with measured(phase):
             first = time.monotonic()
