@@ -43,6 +43,7 @@ from fttestkit.controllers import (
     webhooks_at_url,
 )
 from fttestkit.ports import free_port
+from fttrainer.distributed import deep_merge as merged
 
 TRAINER_API = "trainer.kubeflow.org/v1alpha1"
 # JobSet names a JobSet's Jobs <jobset>-<replicatedJob>-<index> and labels them with this;
@@ -70,17 +71,6 @@ def tuning(workers: int) -> dict[str, dict[str, Any]]:
                     "clientConnection": connection},
         "jobset": {"clientConnection": connection},
     }  # fmt: skip
-
-
-def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `changes` laid over it, mappings merged key by key (a copy)."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def trainer_configuration(
