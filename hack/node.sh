@@ -366,13 +366,38 @@ pause_image_present() { ctr_ -n k8s.io images ls -q "name==$PAUSE_IMAGE" | grep 
 
 node_path() { echo "$(component_bin_dir containerd):$(component_bin_dir runc):$PATH"; }
 
+# Each containerd store gets an ID when it is made; BuildKit's state records the ID of the
+# store its cache lives in. BuildKit's records point at that store's snapshots and leases:
+# kept beside a new store (the old one deleted to free disk), every cached step fails with
+# "parent snapshot ... does not exist" (CI, 2026-11-26), so such state is dropped instead.
+STORE_ID_FILE=fto-store-id
+
+# claim_store: give the containerd store its ID if it has none, and drop BuildKit's state if
+# it was made with another store (not while buildkitd runs on it).
+claim_store() {
+  local store_id
+  mkdir -p "$NODE_CONTAINERD_ROOT"
+  [[ -s "$NODE_CONTAINERD_ROOT/$STORE_ID_FILE" ]] ||
+    cat /proc/sys/kernel/random/uuid >"$NODE_CONTAINERD_ROOT/$STORE_ID_FILE"
+  store_id="$(cat "$NODE_CONTAINERD_ROOT/$STORE_ID_FILE")"
+  if ! pid_of buildkitd >/dev/null && [[ -d "$BUILDKIT_ROOT" ]] &&
+    [[ "$(cat "$BUILDKIT_ROOT/$STORE_ID_FILE" 2>/dev/null)" != "$store_id" ]]; then
+    log "buildkitd: its state ($BUILDKIT_ROOT) belongs to another containerd store: dropped"
+    rm -rf "$BUILDKIT_ROOT"
+  fi
+  mkdir -p "$BUILDKIT_ROOT"
+  echo "$store_id" >"$BUILDKIT_ROOT/$STORE_ID_FILE"
+}
+
 start_containerd() {
+  claim_store
   mkdir -p "$NODE_CONTAINERD_ROOT" "$NODE_RUN/containerd"
   PATH="$(node_path)" start_proc containerd "$(fto_bin containerd)" --config "$NODE_STATE/containerd.toml"
   wait_until containerd "containerd on $CONTAINERD_SOCK" "$TIMEOUT" containerd_ready
 }
 
 start_buildkitd() {
+  claim_store
   mkdir -p "$BUILDKIT_ROOT" "$NODE_RUN/buildkit"
   # The containerd worker: images built here land in the node's image store (namespace
   # k8s.io), where the kubelet finds them without a registry. RUN steps use the host's

@@ -76,3 +76,28 @@ def test_a_node_whose_processes_all_died_is_a_stale_claim(tmp_path: Path) -> Non
     finally:
         other.kill()
         other.wait()
+
+
+def _claim_store(cache: Path) -> str:
+    script = "source hack/lib.sh && use_state /nonexistent && source hack/node.sh && claim_store"
+    return subprocess.run(
+        ["bash", "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cache), "FTO_CACHE": str(cache)},
+    ).stderr  # fmt: skip
+
+
+def test_buildkits_state_is_dropped_when_its_containerd_store_was_replaced(tmp_path: Path) -> None:
+    """BuildKit's cache records name snapshots of the containerd store it was made with: kept
+    beside a new store (the old deleted to free disk), every cached build step failed with
+    "parent snapshot ... does not exist" (CI, 2026-11-26)."""
+    store, buildkit = tmp_path / "node-containerd", tmp_path / "buildkit"
+    _claim_store(tmp_path)
+    (buildkit / "cache.db").write_text("records of this store")
+    _claim_store(tmp_path)
+    assert (buildkit / "cache.db").exists(), "the same store: BuildKit's cache is kept"
+
+    subprocess.run(["rm", "-rf", str(store)], check=True)  # what freeing the disk did
+    said = _claim_store(tmp_path)
+    assert not (buildkit / "cache.db").exists(), "state of a deleted store was kept"
+    assert "belongs to another containerd store" in said
+    assert (buildkit / "fto-store-id").read_text() == (store / "fto-store-id").read_text()
