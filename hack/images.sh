@@ -57,10 +57,20 @@ source "$FTO_STATE/builder.env" # BUILDKIT_ADDR, CONTAINERD_ADDR
 BUILDCTL="$(fto_bin buildctl)"
 CTR="$(fto_bin ctr)"
 
-# image_id NAME: the ID (config digest) of the image NAME in the node's store, or nothing.
+# image_id NAME: the ID (manifest digest) of the image NAME in the node's store, or nothing
+# when it is missing or incomplete. An image record can outlive its layers (a build or a
+# garbage collection cut short: CI, 2026-11-26, where a base "present" had 1 of its 4 blobs
+# and every build FROM it failed); such an image is built again, not trusted.
 image_id() {
-  "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$(normalize_image "$1")" 2>/dev/null |
-    awk 'NR==2{print $3}'
+  local name id status
+  name="$(normalize_image "$1")"
+  read -r _ _ id status _ < <("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images check "name==$name" 2>/dev/null |
+    awk 'NR==2') || true
+  if [[ -n "${id:-}" && "$status" != complete ]]; then
+    log "$name: incomplete in the node's store ($status): built again"
+    return 0
+  fi
+  echo "${id:-}"
 }
 
 image_present() { [[ -n "$(image_id "$1")" ]]; }

@@ -129,6 +129,10 @@ def test_a_nan_step_stops_skips_or_rolls_back_as_the_job_says(
 STRAGGLER_WINDOW = 10  # stragglerDetection.windowSeconds
 BLOCKED_AT = 80
 STEPS = 100
+# Rank 1's sleep in every forward: BLOCKED_AT of them are the time the operator has to name
+# it (windowSeconds, then reports every 3 s and a reconcile). At 0.3 s (24 s in all) a fresh
+# CI run of 2026-11-26, its two CPUs shared by four lanes, saw the gang stop first.
+SLOW_FORWARD_SECONDS = 0.5
 
 
 def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
@@ -148,7 +152,7 @@ def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
     # Rank 1 sleeps (its threads run, so it keeps reporting: not a silence) in every forward,
     # then 600 s in step BLOCKED_AT's: rank 0 waits in that step's gradient all-reduce.
     _with_faults(job, FINETUNE_FAULT_RANK="1",
-                 FINETUNE_FAULT_SLEEP=f"every:0.3,{BLOCKED_AT}:600")  # fmt: skip
+                 FINETUNE_FAULT_SLEEP=f"every:{SLOW_FORWARD_SECONDS},{BLOCKED_AT}:600")  # fmt: skip
     create_ftj(cluster, ns, job)
 
     def straggler_named() -> str | None:

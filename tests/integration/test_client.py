@@ -334,11 +334,18 @@ def test_a_staged_python_reward_file_loads_from_s3(
     assert func(["p"], ["abc", "de"]) == [3, 2]
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches a command typed at a terminal. A command a script starts with `&` (the
+    test run itself, when CI starts it so) inherits SIGINT ignored, and Python then leaves it
+    ignored: the fresh CI run of 2026-11-26 waited 30 s for an exit that could not come."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_submit_follow_detaches_on_ctrl_c_and_the_job_goes_on(user: User) -> None:
     follow = subprocess.Popen(
         [str(Path(sys.executable).parent / "finetune"), "submit", QUICKSTART, "--name", "followed",
          "--follow"], cwd=REPO, env=user.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_as_in_a_terminal,
     )  # fmt: skip
     assert follow.stdout is not None
     lines = []
