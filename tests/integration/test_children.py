@@ -482,12 +482,14 @@ def test_children_deleted_or_edited_mid_attempt_are_restored_without_a_restart(
             "Running", 0, 0)  # fmt: skip
         assert read_job(cluster, namespace, f"{name}-1") is None
 
-        # The Service taken from the job (no owner: a stranger's, as if deleted and created
-        # again by someone else, without the race of a delete the check could answer first).
-        core.patch_namespaced_service(name, namespace, {"metadata": {"ownerReferences": None}})
+        # The ServiceAccount taken from the job (no owner: a stranger's, as if deleted and
+        # created again by someone else, without the race of a delete the check could answer
+        # first).
+        unowned = {"metadata": {"ownerReferences": None}}
+        core.patch_namespaced_service_account(trainer, namespace, unowned)
         status = _wait(cluster, namespace, name, operator, "Failed", timeout=30)
         assert status["failureReason"] == "ChildConflict", status
-        assert f"a Service named {name} already exists" in status["message"]
+        assert f"a ServiceAccount named {trainer} already exists" in status["message"]
     finally:
         operator.stop()
     log = operator.log_path.read_text()

@@ -2,8 +2,8 @@
 
     children = build_children(job, attempt=0, settings=Settings(default_image="..."))
     children.job          # the Indexed batch/v1 Job running torchrun, one pod per node
-    children.all()        # config ConfigMap, FineTuneJobProgress, headless Service,
-                          # ServiceAccount, Role, RoleBinding, Job
+    children.all()        # config ConfigMap, FineTuneJobProgress, headless Service
+                          # (multi-node jobs), ServiceAccount, Role, RoleBinding, Job
     children.stages()     # the same, in the order the API server needs them created
 
 Everything a pod needs is decided here, so a unit test can read it without a cluster:
@@ -63,7 +63,8 @@ __all__ = [
 class Children:
     config: dict[str, Any]
     progress: dict[str, Any]
-    service: dict[str, Any]
+    service: dict[str, Any] | None
+    """The rendezvous Service of a multi-node job (rendezvous.py); None for one node."""
     service_account: dict[str, Any] | None
     role: dict[str, Any]
     role_binding: dict[str, Any]
@@ -76,9 +77,8 @@ class Children:
         RoleBinding waits for its Role: an operator without the `bind` verb may bind a Role
         only by holding its rules, which the API server checks by reading the Role (a 404
         while it does not exist yet). The Job comes last: what its pods reference exists."""
-        first = [self.config, self.progress, self.service]
-        if self.service_account is not None:
-            first.append(self.service_account)
+        first = [self.config, self.progress]
+        first += [c for c in (self.service, self.service_account) if c is not None]
         return [[*first, self.role], [self.role_binding, *self.extra], [self.job]]
 
     def all(self) -> list[dict[str, Any]]:

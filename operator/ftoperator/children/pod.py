@@ -42,6 +42,7 @@ from ftoperator.config import (
 from ftoperator.fault_hooks import fault_env
 
 from .naming import Names
+from .rendezvous import across_nodes, master_addr
 
 RUN_AS_USER = 1000  # the trainer image's user (trainer-image/Dockerfile)
 
@@ -73,7 +74,7 @@ def build_pod_spec(
             nnodes=resources.nodes,
             nproc_per_node=max(gpus, 1),
             node_rank="$(JOB_COMPLETION_INDEX)",
-            master_addr=names.master_addr,
+            master_addr=master_addr(job, names),
         ),
         "env": _env(job, names, settings),
         "resources": {"requests": requests, "limits": limits},
@@ -99,7 +100,6 @@ def build_pod_spec(
         # SIGTERM, then this long to save a checkpoint at the next step boundary (the trainer's
         # graceful stop); torchrun waits for its workers almost as long (_env).
         "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
-        "subdomain": names.service,
         "serviceAccountName": account,
         # No <SERVICE>_HOST/_PORT variables from the namespace's Services: whoever may create
         # a Service there would otherwise add to the trainer's environment (redirects.py).
@@ -121,6 +121,8 @@ def build_pod_spec(
             {"name": "workspace", "emptyDir": {"sizeLimit": settings.scratch_size}},
         ],
     }
+    if across_nodes(job):  # pod 0 is <job>-<attempt>-0.<service> to the other pods
+        pod["subdomain"] = names.service
     if resources.node_selector:
         pod["nodeSelector"] = dict(resources.node_selector)
     tolerations = [

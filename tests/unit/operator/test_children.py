@@ -35,7 +35,7 @@ def _env(children: Any) -> dict[str, Any]:
 
 
 def test_every_child_is_owned_labelled_and_namespaced() -> None:
-    children = _children()
+    children = _children(resources__nodes=2)
     stages = [[o["kind"] for o in stage] for stage in children.stages()]
     # The RoleBinding only after its Role (the API server reads the Role to admit a binding
     # by an operator without `bind`), the Job last.
@@ -62,12 +62,17 @@ def test_indexed_job_runs_torchrun_across_the_nodes(nodes: int, gpus: int, nproc
     )  # fmt: skip
     assert spec["backoffLimit"] == 0
     pod = _pod(children)
-    assert pod["subdomain"] == children.service["metadata"]["name"] == "llama"
     assert pod["restartPolicy"] == "Never"
     args = pod["containers"][0]["args"]
+    if nodes > 1:  # the other pods find pod 0 through the headless Service
+        assert pod["subdomain"] == children.service["metadata"]["name"] == "llama"
+        master = "llama-3-0.llama"
+    else:  # one pod: its agent rendezvouses with itself, no Service, no DNS
+        assert "subdomain" not in pod and children.service is None
+        master = "127.0.0.1"
     assert args == contract.torchrun_command(
         nnodes=nodes, nproc_per_node=nproc, node_rank="$(JOB_COMPLETION_INDEX)",
-        master_addr="llama-3-0.llama",
+        master_addr=master,
     )  # fmt: skip
     limits = pod["containers"][0]["resources"]["limits"]
     assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)  # a quantity string
@@ -206,8 +211,16 @@ def test_kueue_and_suspend_create_the_job_suspended(
     assert job["metadata"]["labels"].get(KUEUE_QUEUE_LABEL) == queue
 
 
+def test_a_single_node_job_has_no_rendezvous_service() -> None:
+    """One create fewer per job (docs/benchmarks.md, "Requests per job")."""
+    kinds = [o["kind"] for o in _children().all()]
+    assert "Service" not in kinds
+    assert kinds == ["ConfigMap", "FineTuneJobProgress", "ServiceAccount", "Role",
+                     "RoleBinding", "Job"]  # fmt: skip
+
+
 def test_service_is_headless_and_resolves_unready_pods() -> None:
-    service = _children().service
+    service = _children(resources__nodes=2).service
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == {LABEL_JOB: "llama"}

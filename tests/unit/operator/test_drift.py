@@ -12,9 +12,10 @@ from ftoperator.config import Settings
 from ftoperator.drift import drifted
 from fttestkit.builders import make_job
 
-CHILDREN = build_children(
-    parse_job(make_job("j").set("metadata.uid", "u1").obj()), attempt=0, settings=Settings()
-)
+CHILDREN = build_children(  # two nodes: a rendezvous Service among the children
+    parse_job(make_job("j").set("metadata.uid", "u1").set("resources.nodes", 2).obj()),
+    attempt=0, settings=Settings(),
+)  # fmt: skip
 
 
 def _stored(obj: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def _stored(obj: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 def test_as_created_with_server_defaults_is_not_drift() -> None:
     service = CHILDREN.service
+    assert service is not None
     ports = [{**service["spec"]["ports"][0], "protocol": "TCP", "targetPort": 29500}]
     defaults = {**service["spec"], "ports": ports, "sessionAffinity": "None", "type": "ClusterIP"}
     assert not drifted(_stored(service, spec=defaults), service)
