@@ -168,3 +168,27 @@ def test_split_is_deterministic_and_complete() -> None:
     assert first == split_samples(samples, spec)
     assert [len(part) for part in first] == [35, 10, 5]
     assert sorted(s["text"] for part in first for s in part) == sorted(s["text"] for s in samples)
+
+
+def test_an_s3_endpoint_that_keeps_failing_is_no_bad_row_and_may_be_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pod that could not connect to its S3 server was once failed for good (InvalidInput,
+    "1 bad row"): a connection failure is retried, then ends as a failure a restart may cure.
+    A real client against a port nothing listens on: connection refused, every time."""
+    import boto3
+    from botocore.config import Config
+
+    from fttestkit.ports import free_port
+    from fttrainer.data import sources
+
+    client = boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
+        aws_access_key_id="k", aws_secret_access_key="s",
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=1),
+    )  # fmt: skip
+    monkeypatch.setattr(sources, "DOWNLOAD_DEADLINE", 2.0)
+    with pytest.raises(sources.DataUnavailableError, match="a restart tries again") as raised:
+        sources.read_source("s3://data/train.jsonl", s3_client=client)
+    assert not isinstance(raised.value, DataSourceError)  # not the InvalidInput verdict
+    assert "s3://data/train.jsonl: cannot download" in str(raised.value)

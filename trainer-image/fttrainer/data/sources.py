@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 
 from ftapi.redaction import redact
 from fttrainer.storage.paths import sha256_file
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Bounds on what one file may make the trainer hold: a field (or parquet row) far larger
@@ -35,6 +39,17 @@ BOM = "\ufeff"
 
 class DataSourceError(RuntimeError):
     """The source as a whole cannot be read (missing file, unknown type, unreachable hub)."""
+
+
+class DataUnavailableError(RuntimeError):
+    """The data's S3 endpoint kept failing (no connection, timeouts, 5xx) for
+    DOWNLOAD_DEADLINE: nothing is wrong with the data, so this is no DataSourceError (an
+    InvalidInput verdict, never restarted) but a failure a restart may cure. A pod that
+    could not connect to its S3 server for 15 s was once failed for good as "1 bad row"."""
+
+
+DOWNLOAD_DEADLINE = 120.0
+"""Seconds a data download is retried through transient failures."""
 
 
 class JsonValueError(ValueError):
@@ -409,16 +424,38 @@ def _read_txt(path: Path, label: str) -> Iterator[Row | Problem]:
                 yield Row({"text": line}, f"{label}:{number}")
 
 
+def _download(uri: str, s3_client: Any, bucket: str, key: str, local: Path) -> None:
+    from fttrainer.storage.s3 import is_transient
+
+    started = time.monotonic()
+    tries = 0
+    while True:
+        try:
+            s3_client.download_file(bucket, key, str(local))
+            return
+        except Exception as exc:  # botocore's errors carry the useful text
+            said = redact(str(exc))
+            if not is_transient(exc):
+                raise DataSourceError(f"{uri}: cannot download: {said}") from None
+            waited = time.monotonic() - started
+            if waited >= DOWNLOAD_DEADLINE:
+                raise DataUnavailableError(
+                    f"{uri}: cannot download: {said} (still failing after {waited:.0f} s; "
+                    "the data was not read, a restart tries again)"
+                ) from None
+            tries += 1
+            log.warning("%s: cannot download (%s); retrying for up to %.0f s more", uri, said,
+                        DOWNLOAD_DEADLINE - waited)  # fmt: skip
+            time.sleep(min(DOWNLOAD_DEADLINE - waited, min(10.0, 0.5 * 2**tries)))
+
+
 def _read_s3(uri: str, s3_client: Any, *, digest: bool) -> RawData:
     if s3_client is None:
         raise DataSourceError(f"{uri}: no S3 client configured")
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / Path(key).name
-        try:
-            s3_client.download_file(bucket, key, str(local))
-        except Exception as exc:  # botocore's errors carry the useful text
-            raise DataSourceError(f"{uri}: cannot download: {redact(str(exc))}") from None
+        _download(uri, s3_client, bucket, key, local)
         return read_file(local, label=uri, digest=digest)
 
 

@@ -244,7 +244,7 @@ class S3Store:
             except Exception as error:
                 if _answered(error):
                     _ANSWERED.add(endpoint)
-                if not _is_transient(error):
+                if not is_transient(error):
                     raise _explain(action, error, self) from None
                 now = time.monotonic()
                 failing_since = failing_since or now
@@ -527,7 +527,8 @@ class _KnownSize:
         pass
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
+    """A failure a later try may not meet (no connection, a timeout, throttling, a 5xx)."""
     from botocore.exceptions import (
         ClientError,
         ConnectionError,
@@ -588,7 +589,7 @@ def _explain(action: str, error: BaseException, store: S3Store, *, waited: float
             reason = f"{code or status}: {details.get('Message', '')}".rstrip(": ")
     elif waited and endpoint in _ANSWERED:
         reason = f"the S3 endpoint {endpoint} kept failing for {waited:.0f} s ({_describe(error)})"
-    elif _is_transient(error):
+    elif is_transient(error):
         reason = (f"cannot reach the S3 endpoint {endpoint} ({_describe(error)}); "
                   "check output.s3.endpoint")  # fmt: skip
     else:
