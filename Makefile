@@ -121,7 +121,7 @@ DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
 DOCKERFILES := trainer-image/Dockerfile operator/Dockerfile
 
-.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-storage bench-operator
+.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-storage bench-operator bench-realnode
 
 lint-docker: install ## hadolint both Dockerfiles (rules and their exceptions: .hadolint.yaml)
 	$(BIN)/hadolint --config .hadolint.yaml $(DOCKERFILES)
@@ -148,10 +148,11 @@ release: ## build and push both images and the chart: make release VERSION=0.2.0
 # --- benchmarks ---------------------------------------------------------------------------
 # `make bench` runs every benchmark in BENCH_TARGETS one after another (never in parallel:
 # they measure throughput). Add a bench-<thing> target below and append it here.
-BENCH_TARGETS := bench-trainer bench-storage bench-operator
+BENCH_TARGETS := bench-trainer bench-storage bench-operator bench-realnode
 BENCH_TRAINER_ARGS ?=
 BENCH_STORAGE_ARGS ?=
 BENCH_OPERATOR_ARGS ?=
+BENCH_REALNODE_ARGS ?=
 
 gpu-kit: install ## wheels a lent GPU machine lacks (.gpu-kit/) for hack/gpu/run.sh: GPU tier + benchmarks
 	UV=$(UV) hack/gpu/kit.sh
@@ -169,3 +170,7 @@ bench-storage: install ## checkpoint upload: our storage layer vs a plain boto3 
 bench-operator: install ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client and Kubeflow Trainer (docs/benchmarks.md)
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/operator_load.py $(BENCH_OPERATOR_ARGS)
+
+bench-realnode: install ## 20 CPU jobs on the real node: apply -> first step and -> done, operator vs Kubeflow Trainer tuned (docs/benchmarks.md; root)
+	hack/cluster-up.sh >/dev/null
+	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/realnode_latency.py $(BENCH_REALNODE_ARGS)

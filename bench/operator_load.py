@@ -15,7 +15,7 @@ rotated each time (raw, kubeflow, kubeflow-tuned, operator; then kubeflow, ..., 
   raw             the baseline: a plain client loop (threads, the kubernetes client through
                   ftoperator.kube.Kube) creates for each job exactly the objects the operator
                   would (ftoperator.children: the config ConfigMap, FineTuneJobProgress,
-                  Service, ServiceAccount, Role, RoleBinding, then the Job), pre-rendered, at
+                  ServiceAccount, Role, RoleBinding, then the Job), pre-rendered, at
                   the same rate. What the API server costs by itself.
   kubeflow        Kubeflow Trainer's controller manager and JobSet's, built from their Go
                   modules (hack/build.sh kubeflow), run as processes with their shipped
@@ -49,7 +49,7 @@ window.
   all Jobs   first create request -> the last Job's ADDED event; jobs / that = throughput
   requests   over the window, per job. Operator: its finetune_api_requests_total (/metrics);
              Kubeflow: both managers' rest_client_requests_total (every request their
-             clients send, watches included); raw: 7 creates per job
+             clients send, watches included); raw: 6 creates per job
   CPU, RSS   the controller processes (the operator; the Trainer and JobSet together, and each
              alone): CPU seconds (utime+stime) over the window and peak RSS (VmHWM), from
              /proc, sampled every 0.5 s; the API server's CPU seconds per job, less the idle
