@@ -80,7 +80,6 @@ import copy
 import fcntl
 import functools
 import json
-import math
 import os
 import re
 import shlex
@@ -110,8 +109,10 @@ from ftoperator.children import LABEL_JOB, build_children
 from ftoperator.config import DEFAULTS, Settings
 from ftoperator.kube import Kube
 from fttestkit import bench_report as report
+from fttestkit.bench_report import percentile
 from fttestkit.controllers import read_metrics
 from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, tuning
+from fttestkit.kubeflow import delete_runtime as kubeflow_delete_runtime
 from fttestkit.paths import REPO
 from fttestkit.ports import free_port
 from fttestkit.process import ManagedProcess, http_ok
@@ -196,14 +197,6 @@ def manifest(name: str, namespace: str, run_duration: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # Measuring
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -1230,12 +1223,8 @@ def run_kubeflow(
 
 
 def delete_runtime() -> None:
-    """The bench's ClusterTrainingRuntime, if any, also when no Trainer runs to drop the
-    resource-in-use finalizer it adds while TrainJobs use the runtime."""
-    kubectl("patch", "clustertrainingruntime", RUNTIME, "--type=merge",
-            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
-    kubectl("delete", "clustertrainingruntime", RUNTIME, "--ignore-not-found", "--wait=false",
-            check=False)  # fmt: skip
+    """The bench's ClusterTrainingRuntime, if any (fttestkit.kubeflow.delete_runtime)."""
+    kubeflow_delete_runtime(kubectl, RUNTIME)
 
 
 def lineage(api: client.ApiClient, namespace: str) -> int:

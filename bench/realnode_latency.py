@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import re
 import subprocess
@@ -64,7 +63,7 @@ from ftoperator.children import LABEL_JOB, build_children
 from ftoperator.config import Settings
 from fttestkit import bench_report as report
 from fttestkit.cluster import Cluster, install_crds, read_env_file
-from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, tuning
+from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, delete_runtime, tuning
 from fttestkit.operator import Operator
 from fttestkit.paths import REPO
 from fttestkit.realnode import TRAINER_IMAGE, Bucket, cpu_job, qa_rows
@@ -111,10 +110,9 @@ class Side:
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    """Nearest rank: with 20 jobs, p99 is the slowest."""
-    if not values:
-        return None
-    return round(values[max(0, math.ceil(len(values) * q) - 1)], 3)
+    """Nearest rank (with 20 jobs, p99 is the slowest), to the millisecond."""
+    found = report.percentile(values, q * 100)
+    return None if found is None else round(found, 3)
 
 
 def _wall(stamp: str) -> float:
@@ -247,10 +245,7 @@ class Bench:
             self._phase(namespace, names, result, create, lambda n: f"{JOBSET_NAME_LABEL}={n}",
                         self._trainjob_ended, peer.log)  # fmt: skip
         finally:
-            self.cluster.kubectl("patch", "clustertrainingruntime", RUNTIME, "--type=merge",
-                                 "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
-            self.cluster.kubectl("delete", "clustertrainingruntime", RUNTIME,
-                                 "--ignore-not-found", "--wait=false", check=False)  # fmt: skip
+            delete_runtime(self.cluster.kubectl, RUNTIME)
             peer.stop()
 
     def _trainjob_ended(self, namespace: str, name: str) -> bool:

@@ -146,6 +146,15 @@ def requests_by_method(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def delete_runtime(kubectl: Kubectl, name: str) -> None:
+    """A ClusterTrainingRuntime, also when no Trainer runs to drop the resource-in-use
+    finalizer it adds while TrainJobs use the runtime."""
+    kubectl("patch", "clustertrainingruntime", name, "--type=merge",
+            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+    kubectl("delete", "clustertrainingruntime", name, "--ignore-not-found", "--wait=false",
+            check=False)  # fmt: skip
+
+
 class Kubeflow:
     """JobSet's and the Trainer's managers running, their CRDs and webhooks registered."""
 
