@@ -55,6 +55,27 @@ def phase_is(cluster: Cluster, ns: str, name: str, *phases: str) -> dict[str, An
     return status if status.get("phase") in phases else None
 
 
+def job_events(cluster: Cluster, ns: str, name: str) -> list[Any]:
+    """The core/v1 Events about the FineTuneJob `name`, oldest first as the API lists them."""
+    found = client.CoreV1Api(cluster.api).list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
+    )
+    return list(found.items)
+
+
+def wait_events(
+    cluster: Cluster, ns: str, name: str, reason: str, timeout: float = 30
+) -> list[Any]:  # fmt: skip
+    """The job's Events once one has `reason`. The operator posts a pass's Events after its
+    status write and its actions, so a status a test has seen may not have its Event yet."""
+
+    def told() -> list[Any] | None:
+        found = job_events(cluster, ns, name)
+        return found if any(e.reason == reason for e in found) else None
+
+    return eventually(told, timeout=timeout, what=f"a {reason} Event about {name}")
+
+
 class HasLog(Protocol):
     def log(self) -> str: ...
 

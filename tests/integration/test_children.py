@@ -23,9 +23,11 @@ from fttestkit.finetunejobs import (
     LONG_RUN,
     create_ftj,
     find_ftj,
+    job_events,
     long_running_job,
     report_progress,
     status_of,
+    wait_events,
     wait_phase,
 )
 from fttestkit.operator import Operator
@@ -51,12 +53,6 @@ def _wait(
     cluster: Cluster, ns: str, name: str, operator: Operator, phase: str, timeout: float = 60
 ) -> dict[str, Any]:
     return wait_phase(cluster, ns, name, phase, operator, timeout)
-
-
-def _events(cluster: Cluster, ns: str, name: str) -> list[Any]:
-    selector = f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
-    return list(client.CoreV1Api(cluster.api).list_namespaced_event(
-        ns, field_selector=selector).items)  # fmt: skip
 
 
 def _new_log(operator: Operator, since: int) -> str:
@@ -155,7 +151,7 @@ def test_a_child_name_held_by_a_stranger_fails_the_job_and_the_stranger_is_untou
     assert read_stranger() == before  # neither adopted nor changed
     if kind != "Job":
         assert read_job(cluster, ns, f"{name}-0") is None  # no pods run
-    assert any(e.reason == "ChildConflict" for e in _events(cluster, ns, name))
+    wait_events(cluster, ns, name, "ChildConflict")
 
 
 def test_a_job_recreated_over_orphaned_children_does_not_take_them_over(
@@ -203,7 +199,7 @@ def test_a_child_the_api_server_refuses_fails_the_job_with_its_words(
     assert status["failureReason"] == "ChildRejected", status
     assert "the API server refused the" in status["message"]
     # The Event is posted right after the status write: wait for it, not for luck.
-    eventually(lambda: any(e.reason == "ChildRejected" for e in _events(cluster, ns, name)),
+    eventually(lambda: any(e.reason == "ChildRejected" for e in job_events(cluster, ns, name)),
                timeout=30, what="the ChildRejected Event")  # fmt: skip
     # Failed is final: no retry loop (the old behaviour: a pass every 5 s, forever).
     version = _custom(cluster).get_namespaced_custom_object(
@@ -324,7 +320,7 @@ def test_pods_the_job_controller_cannot_create_are_explained(
     assert status["phase"] == "Pending"
     assert "exceeded quota: no-gpus" in status["message"], status
     # The Events follow the status write (status first, then actions, then Events).
-    eventually(lambda: any(e.reason == "FailedCreate" for e in _events(cluster, ns, name)),
+    eventually(lambda: any(e.reason == "FailedCreate" for e in job_events(cluster, ns, name)),
                timeout=30, what="the FailedCreate Event")  # fmt: skip
 
 
@@ -346,7 +342,7 @@ def test_pods_the_api_server_refuses_fail_the_job_within_seconds(
     assert time.monotonic() - started < 30, "PodRejected is read from the first FailedCreate"
     assert status["failureReason"] == "PodRejected", status
     assert "must be less than or equal to cpu limit of 1" in status["message"], status
-    eventually(lambda: any(e.reason == "PodRejected" for e in _events(cluster, ns, name)),
+    eventually(lambda: any(e.reason == "PodRejected" for e in job_events(cluster, ns, name)),
                timeout=10, what="the PodRejected Event")  # fmt: skip
     batch_job = read_job(cluster, ns, f"{name}-0")
     assert batch_job is not None and batch_job.spec.suspend, "the Job controller stops trying"

@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from ftapi.constants import GROUP, PLURAL, VERSION
 from ftoperator.children import LABEL_JOB
 from fttestkit.cluster import Cluster, eventually
-from fttestkit.finetunejobs import create_ftj, find_ftj, wait_phase
+from fttestkit.finetunejobs import create_ftj, find_ftj, wait_events, wait_phase
 from fttestkit.paths import REPO
 from fttestkit.ports import free_port
 from fttestkit.process import ManagedProcess, http_ok
@@ -275,10 +275,8 @@ def test_an_image_outside_the_allowed_registries_is_refused_and_its_ttl_still_ap
     batch, core = client.BatchV1Api(cluster.api), client.CoreV1Api(cluster.api)
     assert batch.list_namespaced_job(release.watched, label_selector=selector).items == []
     assert core.list_namespaced_config_map(release.watched, label_selector=selector).items == []
-    events = core.list_namespaced_event(
-        release.watched, field_selector=f"involvedObject.name={name}"
-    )
-    assert [(e.type, e.reason) for e in events.items] == [("Warning", "ImageNotAllowed")]
+    events = wait_events(cluster, release.watched, name, "ImageNotAllowed")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ImageNotAllowed")]
     # A refused job is a finished one: its TTL deletes it as it would a failed run.
     eventually(lambda: find_ftj(cluster, release.watched, name) is None, timeout=60,
                what="the refused FineTuneJob deleted by its TTL")  # fmt: skip

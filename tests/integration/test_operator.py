@@ -27,10 +27,12 @@ from fttestkit.cluster import Cluster, eventually, read_job
 from fttestkit.finetunejobs import (
     create_ftj,
     find_ftj,
+    job_events,
     read_ftj,
     report_progress,
     report_ranks,
     status_of,
+    wait_events,
     wait_phase,
 )
 from fttestkit.operator import Operator
@@ -62,15 +64,8 @@ def _pods(cluster: Cluster, ns: str, name: str, attempt: int | None = None) -> l
     )
 
 
-def _event_objects(cluster: Cluster, ns: str, name: str) -> list[Any]:
-    events = client.CoreV1Api(cluster.api).list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
-    )
-    return list(events.items)
-
-
 def _events(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
-    return [(e.type, e.reason) for e in _event_objects(cluster, ns, name)]
+    return [(e.type, e.reason) for e in job_events(cluster, ns, name)]
 
 
 def test_a_job_becomes_an_indexed_torchrun_job_on_the_gpu_pool_and_succeeds(
@@ -160,7 +155,9 @@ def test_a_failed_pod_restarts_the_whole_attempt_which_then_succeeds(
     assert status["restarts"] == 1 and status["attempt"] == 1
     eventually(lambda: read_job(cluster, ns, f"{name}-0") is None, what="attempt 0 torn down")
     assert read_job(cluster, ns, f"{name}-1") is not None
-    restarting = [e for e in _event_objects(cluster, ns, name) if e.reason == "Restarting"]
+    restarting = [
+        e for e in wait_events(cluster, ns, name, "Restarting") if e.reason == "Restarting"
+    ]
     assert len(restarting) == 1 and f"({reason})" in restarting[0].message
 
 
@@ -386,7 +383,7 @@ def test_ranks_reports_name_a_straggler_a_spike_and_a_quiet_rank(
     report_ranks(cluster, ns, name, *ranks(began))
 
     def straggler() -> Any:
-        found = [e for e in _event_objects(cluster, ns, name) if e.reason == "Straggler"]
+        found = [e for e in job_events(cluster, ns, name) if e.reason == "Straggler"]
         if not found:  # the ranks keep reporting, as live ones do
             report_ranks(cluster, ns, name, *ranks(datetime.now(UTC)))
         return found
@@ -398,7 +395,7 @@ def test_ranks_reports_name_a_straggler_a_spike_and_a_quiet_rank(
     status = _status(cluster, ns, name)
     assert [(s["rank"], s["warned"]) for s in status["stragglers"]] == [(1, True)]
     assert status["warnings"] == [{"reason": "LossSpike", "step": 12, "message": spike.message}]
-    spikes = [e for e in _event_objects(cluster, ns, name) if e.reason == "LossSpike"]
+    spikes = [e for e in job_events(cluster, ns, name) if e.reason == "LossSpike"]
     assert len(spikes) == 1 and spikes[0].type == "Warning" and spikes[0].message == spike.message
     text = urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics", timeout=5).read()
     assert re.search(rf'finetune_job_rank_compute_seconds{{[^}}]*name="{name}"[^}}]*rank="1"'
@@ -415,7 +412,8 @@ def test_ranks_reports_name_a_straggler_a_spike_and_a_quiet_rank(
     restarted = eventually(lambda: (s := _status(cluster, ns, quiet)).get("restarts") and s,
                            timeout=30, what="the Stalled restart")  # fmt: skip
     assert restarted["restarts"] == 1
-    messages = [e.message for e in _event_objects(cluster, ns, quiet) if e.reason == "Restarting"]
+    messages = [e.message for e in wait_events(cluster, ns, quiet, "Restarting")
+                if e.reason == "Restarting"]  # fmt: skip
     assert any("(Stalled): rank 1 (pod quiet-rank-0-1) silent for" in m for m in messages), messages
 
 
@@ -524,7 +522,9 @@ def test_a_lost_node_restarts_the_attempt_elsewhere(
     finally:
         core.patch_node(lost, {"metadata": {"annotations": {"finetune.dev/kwok-node": None}}})
     assert status["restarts"] == 1
-    restarting = [e for e in _event_objects(cluster, ns, name) if e.reason == "Restarting"]
+    restarting = [
+        e for e in wait_events(cluster, ns, name, "Restarting") if e.reason == "Restarting"
+    ]
     assert "(NodeLost)" in restarting[0].message and lost in restarting[0].message
     (second,) = _pods(cluster, ns, name, 1)
     assert second.spec.node_name != lost

@@ -17,7 +17,7 @@ from kubernetes import client, watch
 from ftapi.constants import GROUP, PLURAL, VERSION
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually, read_job
-from fttestkit.finetunejobs import LONG_RUN, create_ftj, status_of, wait_phase
+from fttestkit.finetunejobs import LONG_RUN, create_ftj, status_of, wait_events, wait_phase
 from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
@@ -88,10 +88,8 @@ def test_a_job_whose_pods_start_in_time_is_first_written_running(
         assert first["settings"]["image"] == "registry.test/trainer:1"
         assert first["attempt"] == 0 and first["observedGeneration"] == 1
         # One Event for the start, as one status write: "Running" (no "Created" before it).
-        events = client.CoreV1Api(cluster.api).list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
-        )
-        assert [e.reason for e in events.items] == ["Running"], events.items  # fmt: skip
+        events = wait_events(cluster, namespace, name, "Running")
+        assert [e.reason for e in events] == ["Running"], events
 
         # A job whose pod cannot be scheduled: the reason is news, written as soon as the
         # scheduler gives it, before the grace ends (a held status would arrive 60 s after the

@@ -26,7 +26,13 @@ from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD
 from ftoperator.children import LABEL_JOB
 from fttestkit.cluster import Cluster, eventually, fresh_namespace, install_crds, unique
-from fttestkit.finetunejobs import create_ftj, long_running_job, status_of, wait_phase
+from fttestkit.finetunejobs import (
+    create_ftj,
+    long_running_job,
+    status_of,
+    wait_events,
+    wait_phase,
+)
 from fttestkit.operator import Operator
 from fttestkit.skew import newer_crd
 
@@ -68,13 +74,6 @@ def _wait_reason(cluster: Cluster, ns: str, name: str, type_: str, reason: str) 
     return found
 
 
-def _events(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str, str]]:
-    events = client.CoreV1Api(cluster.api).list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob"
-    )
-    return [(e.type, e.reason, e.message) for e in events.items]
-
-
 def test_an_operator_older_than_the_crd_runs_waiting_jobs_and_holds_newer_asks(
     cluster: Cluster, skew_ns: str, crd_restored: None, tmp_path: Path
 ) -> None:
@@ -94,7 +93,7 @@ def test_an_operator_older_than_the_crd_runs_waiting_jobs_and_holds_newer_asks(
         status = _wait_reason(cluster, ns, "waiting", "Validated", "NewerFieldsIgnored")
         assert status["phase"] == "Suspended"
         assert "spec.training.newKnob" in _condition(status, "Validated")["message"]
-        assert any(r == "NewerFieldsIgnored" for _, r, _ in _events(cluster, ns, "waiting"))
+        wait_events(cluster, ns, "waiting", "NewerFieldsIgnored")
 
         custom.patch_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, "waiting", {"spec": {"scheduling": {"suspend": False}}}
@@ -122,9 +121,9 @@ def test_an_operator_older_than_the_crd_runs_waiting_jobs_and_holds_newer_asks(
             ns, label_selector=f"{LABEL_JOB}=asks"
         )
         assert jobs.items == []  # nothing was created for it
-        assert ("Warning", "NeedsNewerOperator") in {
-            (t, r) for t, r, _ in _events(cluster, ns, "asks")
-        }
+        (asked,) = [e for e in wait_events(cluster, ns, "asks", "NeedsNewerOperator")
+                    if e.reason == "NeedsNewerOperator"]  # fmt: skip
+        assert asked.type == "Warning"
         assert "Traceback" not in operator.log()
     finally:
         operator.stop()
