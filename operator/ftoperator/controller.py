@@ -119,6 +119,8 @@ class Controller:
         self._unknown_status: dict[Key, list[Loc]] = {}
         # The message told (Event) for a job whose status holds values this code cannot read.
         self._told_unreadable: dict[Key, str] = {}
+        # The last parse of each job's spec, with what it was parsed from (_parse_once).
+        self._parsed: dict[Key, tuple[tuple[Any, ...], Parsed]] = {}
 
     def observe_crd(self, crd: dict[str, Any] | None) -> None:
         """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
@@ -139,6 +141,7 @@ class Controller:
             self._children_checked.pop(key, None)
             self._unknown_status.pop(key, None)
             self._told_unreadable.pop(key, None)
+            self._parsed.pop(key, None)
             return
         if stored.get("metadata", {}).get("deletionTimestamp"):
             self._held.pop(key, None)
@@ -324,7 +327,7 @@ class Controller:
         else:
             self._unknown_status.pop(key, None)
         now = datetime.now(UTC)
-        job, invalid, unknown = _parse(body)
+        job, invalid, unknown = self._parse_once(key, body)
         if unreadable:
             # Acting on a state it cannot read could restart a job that runs or end one
             # that is done: the job is left as it is, and the reason told once.
@@ -386,6 +389,20 @@ class Controller:
             elif any(isinstance(a, CreateAttempt) for a in plan.actions):
                 plan.status.settings = settings_used(job, self.settings)
         return job, plan
+
+    def _parse_once(self, key: Key, body: dict[str, Any]) -> Parsed:
+        """_parse, again only when what it reads changed: a job's spec and identity change
+        rarely, its status and resourceVersion on every write, and validating the whole
+        spec was 8 % of the operator's CPU in a burst (a pass per watch event). The cache's
+        bodies are replaced per watch event, never edited, so comparing against the parts
+        kept from the last parse is exact."""
+        signature = _parsed_from(body)
+        held = self._parsed.get(key)
+        if held is not None and held[0] == signature:
+            return held[1]
+        parsed = _parse(_manifest_of(signature))
+        self._parsed[key] = (signature, parsed)
+        return parsed
 
     async def _execute(
         self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
@@ -612,10 +629,30 @@ def pods_behind(job: dict[str, Any], cached: list[dict[str, Any]]) -> bool:
     return failed and not any(p.get("status", {}).get("phase") == "Failed" for p in cached)
 
 
-def _parse(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None, list[Loc]]:
-    """The stored job, or why it is invalid; and where it holds fields newer than this code
-    (ftapi.skew)."""
-    manifest = {k: v for k, v in body.items() if k != "status"}
+Parsed = tuple[FineTuneJob | None, str | None, list[Loc]]
+# What of a stored object's metadata the FineTuneJob model reads (ftapi's ObjectMeta); the
+# rest (resourceVersion, managedFields, ...) changes with every write and means nothing to it.
+PARSED_METADATA = ("name", "generateName", "namespace", "labels", "annotations", "generation",
+                   "uid")  # fmt: skip
+
+
+def _parsed_from(body: dict[str, Any]) -> tuple[Any, ...]:
+    """The parts of a stored FineTuneJob its parse depends on: everything but its status
+    and the metadata the model does not read."""
+    metadata = body.get("metadata") or {}
+    kept = {k: metadata[k] for k in PARSED_METADATA if k in metadata}
+    rest = tuple(sorted((k, v) for k, v in body.items() if k not in ("status", "metadata")))
+    return (kept, rest)
+
+
+def _manifest_of(signature: tuple[Any, ...]) -> dict[str, Any]:
+    kept, rest = signature
+    return {**dict(rest), "metadata": kept}
+
+
+def _parse(manifest: dict[str, Any]) -> Parsed:
+    """The stored job (without its status), or why it is invalid; and where it holds fields
+    newer than this code (ftapi.skew)."""
     try:
         job, unknown = parse_stored_job(manifest)
         return job, None, unknown

@@ -255,9 +255,10 @@ class JobSeries(Collector):
         yield from job_families(list(self._jobs()), self._clock(), self._ranks)
 
     def describe(self) -> Iterator[Metric]:
-        """Nothing up front: registering must not read the cache (it may be empty yet), and
-        no other collector of the registry declares these names."""
-        return iter(())
+        """The families' names, with no samples: registering must not read the cache (it
+        may be empty yet). Declared, so that a scrape asking for other names only
+        (`/metrics?name[]=...`) does not render every job's series."""
+        return iter(job_families([], self._clock()))
 
 
 def _non_finite(metrics: dict[str, Any]) -> dict[str, float]:

@@ -142,7 +142,12 @@ async def serve(
 
     async def metrics_page(request: web.Request) -> web.Response:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encode(metrics.registry), headers={"Content-Type": content_type})
+        # `?name[]=a&name[]=b`: only those series, as prometheus_client's own exposition
+        # serves them. Only the collectors that own them run: a reader of a few counters
+        # does not pay for rendering every job's series.
+        names = request.query.getall("name[]", [])
+        registry = metrics.registry.restricted_registry(names) if names else metrics.registry
+        return web.Response(body=encode(registry), headers={"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return _probe(health, "healthz")

@@ -314,3 +314,41 @@ def test_a_held_job_no_watch_event_confirms_is_read_back_and_forgotten_when_gone
     assert server.reads == [f"get {name}"]
     assert name not in controller.cache.batch_jobs.get(key, {})
     assert (key, name) not in controller.cache.unconfirmed
+
+
+# --- the parse kept between passes ---------------------------------------------------------
+
+
+def test_a_pass_parses_the_spec_again_only_when_what_the_parse_reads_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Status writes and resourceVersions change every pass and leave the parse as it was; an
+    edit of the spec, a label or an annotation is seen by the very next pass."""
+    import ftoperator.controller as controller_module
+
+    parses: list[dict[str, Any]] = []
+    real = controller_module._parse
+
+    def counted(manifest: dict[str, Any]) -> Any:
+        parses.append(manifest)
+        return real(manifest)
+
+    monkeypatch.setattr(controller_module, "_parse", counted)
+    controller, key = _controller(), ("ns", "kept")
+    body = _body(make_job("kept").set("training.maxSteps", 10).obj())
+    body["metadata"].update(uid="u-1", resourceVersion="1")
+    first, _ = controller.plan(key, body)
+    assert first is not None and first.spec.training.max_steps == 10
+
+    written = {**body, "status": {"phase": "Running"},
+               "metadata": {**body["metadata"], "resourceVersion": "2"}}  # fmt: skip
+    assert controller.plan(key, written)[0] is first
+    assert len(parses) == 1
+
+    edited = {**written, "spec": {**written["spec"], "training": {"maxSteps": 20}},
+              "metadata": {**written["metadata"], "generation": 2}}  # fmt: skip
+    again, _ = controller.plan(key, edited)
+    assert again is not None and again.spec.training.max_steps == 20
+    labelled = {**edited, "metadata": {**edited["metadata"], "labels": {"team": "a"}}}
+    assert (controller.plan(key, labelled)[0] or first).metadata.labels == {"team": "a"}
+    assert len(parses) == 3

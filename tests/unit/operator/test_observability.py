@@ -11,7 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from ftoperator.job_metrics import JobSeries
 from ftoperator.observability import Metrics, ProbeServer, serve
+from fttestkit.builders import make_job
 
 T = TypeVar("T")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -188,3 +190,38 @@ def test_a_check_that_raises_means_not_ready() -> None:
         return (await get(server, "/readyz"))[0], (await get(server, "/healthz"))[0]
 
     assert with_server(scenario, health=broken, ready=broken) == (503, 503)
+
+
+def test_a_scrape_naming_its_series_gets_only_those_and_renders_no_job() -> None:
+    """`?name[]=`, as prometheus_client's own exposition serves it: a reader of a few
+    counters (a benchmark polling each second) does not pay for every job's series."""
+    metrics = Metrics()
+    job = make_job("llama").set("metadata.namespace", "team-a").obj()
+    job["status"] = {"phase": "Running"}
+    rendered: list[int] = []
+
+    def jobs() -> list[dict[str, Any]]:
+        rendered.append(1)
+        return [job]
+
+    metrics.registry.register(JobSeries(jobs))
+    metrics.count_job_created()
+
+    async def scenario(server: ProbeServer) -> tuple[Samples, int, Samples, Samples]:
+        status, _, text = await get(
+            server, "/metrics?name[]=finetune_jobs_created_total&name[]=finetune_restarts_total"
+        )
+        assert status == 200
+        named, calls = parse(text), len(rendered)
+        per_job = parse((await get(server, "/metrics?name[]=finetune_job_phase"))[2])
+        return named, calls, per_job, await scrape(server)
+
+    named, calls, per_job, everything = with_server(scenario, metrics)
+    assert named == {("finetune_jobs_created_total", frozenset()): 1.0,
+                     ("finetune_restarts_total", frozenset()): 0.0}  # fmt: skip
+    assert calls == 0  # the job series' collector never ran
+    assert {name for name, _ in per_job} == {"finetune_job_phase"}
+    running = [labels for (_, labels), v in per_job.items() if v == 1.0]
+    assert [dict(labels)["phase"] for labels in running] == ["Running"]
+    assert len(rendered) == 2  # the named one and the whole page
+    assert set(named) | set(per_job) <= set(everything)
