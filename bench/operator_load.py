@@ -442,6 +442,7 @@ class Phase:
     controller_max_cpu_percent: float | None = None
     controllers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # each alone
     reconcile_mean_ms: float | None = None
+    watch_events: dict[str, float] = field(default_factory=dict)  # the operator's, by kind
     phases: dict[str, int] = field(default_factory=dict)  # FineTuneJob phases at the end
     pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
     relisted: int = 0
@@ -1079,7 +1080,9 @@ def run_operator(
         counters = Counters(lambda: scrape(port), _requests)
         before = run_phase(api, namespace, phase, args,
                            Setup(LABEL_JOB, create, counters, samplers, "operator"))  # fmt: skip
-        reconciled = [_reconcile(m) for m in (before, scrape(port))]
+        after = scrape(port)
+        reconciled = [_reconcile(m) for m in (before, after)]
+        phase.watch_events = _increase_by(after, before, "finetune_watch_events_total", "kind")
         if reconciled[1][0] > reconciled[0][0]:
             phase.reconcile_mean_ms = (
                 (reconciled[1][1] - reconciled[0][1]) / (reconciled[1][0] - reconciled[0][0]) * 1000
@@ -1320,7 +1323,7 @@ def steady_state(
 # settles, cost the operator seconds of CPU no Prometheus scraping every 30 s would). The
 # Kubeflow managers' pages hold no per-job series.
 SCRAPED = ("finetune_api_requests_total", "finetune_reconcile_duration_seconds_count",
-           "finetune_reconcile_duration_seconds_sum")  # fmt: skip
+           "finetune_reconcile_duration_seconds_sum", "finetune_watch_events_total")  # fmt: skip
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -1330,9 +1333,16 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def _requests(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    prefix = "finetune_api_requests_total{"
+    return _increase_by(now, before, "finetune_api_requests_total", "verb")
+
+
+def _increase_by(
+    now: dict[str, float], before: dict[str, float], counter: str, label: str
+) -> dict[str, float]:
+    """How much each series of `counter` grew between two scrapes, by its `label`."""
+    prefix = counter + "{"
     return {
-        re.sub(r'.*verb="([^"]*)".*', r"\1", key): value - before.get(key, 0.0)
+        re.sub(rf'.*{label}="([^"]*)".*', r"\1", key): value - before.get(key, 0.0)
         for key, value in now.items()
         if key.startswith(prefix)
     }

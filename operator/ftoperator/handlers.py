@@ -27,7 +27,7 @@ log = logging.getLogger("ftoperator")
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    cache, queue = controller.cache, controller.queue
+    cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -49,6 +49,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+        count(KIND)
         key = (namespace or "", name)
         deleted = event.get("type") == "DELETED"
         cache.observe_job(key, None if deleted else _body(event))
@@ -60,6 +61,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
             event: kopf.RawEvent, namespace: str | None, name: str, labels: Mapping[str, str],
             **_: Any,
         ) -> None:  # fmt: skip
+            count(kind)
             key = (namespace or "", labels[LABEL_JOB])
             deleted = event.get("type") == "DELETED"
             cache.observe_child(kind, key, name, None if deleted else _body(event))
@@ -75,6 +77,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     async def progress(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         # Tied to its job by the controller ownerReference and the name the operator gave
         # it, never by labels; the controller also checks the owner's UID (cache.py).
+        count("FineTuneJobProgress")
         body = _body(event)
         owner = _controller(body)
         if owner is None or name != Names(owner[0], 0).progress:
@@ -90,10 +93,12 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                    field="metadata.name", value=CRD_NAME, registry=registry)  # fmt: skip
     async def crd(event: kopf.RawEvent, **_: Any) -> None:
+        count("CustomResourceDefinition")
         controller.observe_crd(None if event.get("type") == "DELETED" else _body(event))
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node(event: kopf.RawEvent, name: str, **_: Any) -> None:
+        count("Node")
         ready = event.get("type") != "DELETED" and node_ready(_body(event))
         was_lost = name in cache.lost_nodes
         cache.observe_node(name, ready)

@@ -86,6 +86,13 @@ class Metrics:
             ["verb"],
             registry=r,
         )
+        self.watch_events = Counter(
+            "finetune_watch_events",
+            "Watch events the operator received, by the kind of object (each one is decoded, "
+            "cached and makes a pass of its FineTuneJob: the bulk of the operator's CPU).",
+            ["kind"],
+            registry=r,
+        )
 
     @contextmanager
     def time_reconcile(self) -> Iterator[None]:
@@ -113,6 +120,9 @@ class Metrics:
         """One request to the API server; `verb` is Kubernetes' (create, get, list, patch,
         delete)."""
         self.api_requests.labels(verb=verb).inc()
+
+    def count_watch_event(self, kind: str) -> None:
+        self.watch_events.labels(kind=kind).inc()
 
 
 METRICS = Metrics()

@@ -74,6 +74,7 @@ class PhaseLike(Protocol):
     errors: list[str]
     relisted: int
     reconcile_mean_ms: float | None
+    watch_events: dict[str, float]
     requests: dict[str, float]
     controllers: dict[str, dict[str, float | None]]
     steady: dict[str, float]
@@ -286,6 +287,10 @@ def note(phase: PhaseLike) -> str:
         shown = ", ".join(f"{k} {n / phase.jobs:.2f}" for k, n in sorted(phase.requests.items())
                           if round(n / phase.jobs, 2))  # fmt: skip
         text += f"; requests per job by {by}: {shown}"
+    if phase.watch_events:
+        shown = ", ".join(f"{k} {n / phase.jobs:.2f}" for k, n in sorted(phase.watch_events.items())
+                          if round(n / phase.jobs, 2))  # fmt: skip
+        text += f"; watch events per job by kind: {shown}"
     for name, figures in sorted(phase.controllers.items()):
         cpu, peak = figures.get("cpu_s"), figures.get("peak_rss_mb")
         text += (f"; {name}: CPU {'-' if cpu is None else f'{cpu:.1f}'} s, peak RSS "

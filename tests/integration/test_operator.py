@@ -417,9 +417,12 @@ def test_ranks_reports_name_a_straggler_a_spike_and_a_quiet_rank(
     assert any("(Stalled): rank 1 (pod quiet-rank-0-1) silent for" in m for m in messages), messages
 
 
-def test_metrics_and_health_endpoints(operator: Operator) -> None:
+def test_metrics_and_health_endpoints(cluster: Cluster, operator: Operator, ns: str) -> None:
     import urllib.request
 
+    # Its own job, so that it passes alone as after the others.
+    _apply(cluster, ns, _manifest("counted"))
+    _wait_phase(cluster, ns, "counted", "Running", operator)
     base = f"http://127.0.0.1:{operator.port}"
     assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
     text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
@@ -484,6 +487,12 @@ def test_per_job_series_and_every_metric_the_dashboard_reads_are_in_a_real_scrap
                   and s.labels.get("name") == running)  # fmt: skip
     assert (labels["method"], labels["trainer"], labels["model"]) == ("lora", "sft",
                                                                       "org/base-model")  # fmt: skip
+    # What the watches delivered, by kind: these jobs' own objects at least.
+    watched = {
+        s.labels["kind"]: s.value for s in samples if s.name == "finetune_watch_events_total"
+    }
+    assert all(watched.get(k, 0) >= 2 for k in ("FineTuneJob", "Job", "Pod")), watched
+    assert watched.get("FineTuneJobProgress", 0) >= 1, watched  # the report written above
 
     sampled = {s.name for s in samples}
     declared = set(re.findall(r"^# TYPE (\S+)", text, flags=re.MULTILINE))

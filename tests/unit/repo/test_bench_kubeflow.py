@@ -210,7 +210,9 @@ def test_the_table_has_a_column_per_phase_and_ours_against_the_tuned_peer() -> N
         "trainer-controller-manager": {"cpu_s": 3.0, "peak_rss_mb": 70.0},
     }
     ours = _phase("operator", 1.0, cpu=2.0, rss=200.0)
+    ours.watch_events = {"FineTuneJob": 6.0, "Pod": 8.0, "Node": 0.0}
     text = report.render([ours, raw, tuned, shipped], _args(), None)
+    assert "watch events per job by kind: FineTuneJob 3.00, Pod 4.00" in text
     header = next(line for line in text.splitlines() if "op/raw" in line)
     # Columns in a fixed order whatever order the phases ran in; ratios to raw and the peer.
     assert header.split() == ["raw", "kubeflow", "kubeflow-tuned", "operator", "op/raw",
