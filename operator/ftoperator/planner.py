@@ -45,7 +45,14 @@ from . import failures
 from .children import Names
 from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
 from .kueue import QueueState
-from .ranks import other_stalls, silences, straggler_message, track_stragglers, where
+from .ranks import (
+    other_stalls,
+    peer_stalls_due,
+    silences,
+    straggler_message,
+    track_stragglers,
+    where,
+)
 
 log = logging.getLogger("ftoperator")
 
@@ -230,6 +237,11 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     pods = [] if job_suspended else observed.pods
     failure = attempt_failure(batch_job, pods, observed.lost_nodes)
     if failure is not None and failure.reason == "Stalled":  # every rank that stalled
+        wait = peer_stalls_due(observed.ranks, status.attempt, failure.message,
+                               _first_failed_at(pods), now)  # fmt: skip
+        if wait is not None:  # the others' watchdogs are about to say what they waited on
+            _look_again(plan, wait)
+            return _finish(plan, previous, generation)
         also = other_stalls(observed.ranks, status.attempt, failure.message)
         failure = Failure(failure.reason, failure.message + also)
     if failure is None and not job_suspended:
@@ -294,6 +306,18 @@ def _progress_readable(
                generation, now)  # fmt: skip
     if before is None or before.status != "False":
         plan.events.append(Event("Warning", PROGRESS_UNREADABLE, message))
+
+
+def _first_failed_at(pods: list[dict[str, Any]]) -> datetime | None:
+    """When the first of these pods' containers ended in failure (its finishedAt)."""
+    ended = [
+        parsed
+        for pod in pods
+        for container in (pod.get("status") or {}).get("containerStatuses") or []
+        if ((container.get("state") or {}).get("terminated") or {}).get("exitCode")
+        and (parsed := _timestamp(container["state"]["terminated"].get("finishedAt")))
+    ]
+    return min(ended, default=None)
 
 
 def _look_again(plan: Plan, seconds: float | None) -> None:
@@ -574,6 +598,10 @@ def _attempt_failed(
         message = (f"{what}; not restarted: a restart would fail the same way (fix its "
                    "cause, then create the job again)")  # fmt: skip
     _fail(plan, Failure(reason, message), generation, now)
+    if reason == "PublishFailed" and status.model_uri is None:
+        # The trainer says so only once the final model is in output.uri; its report naming
+        # it may reach the operator after the pod's failure (then it is copied as a late one).
+        status.model_uri = _final_uri(job)
     if stop:  # the attempt's other pods; the Job and its failed pods stay for their logs
         plan.actions.append(SuspendJob(names.batch_job, True))
 
@@ -867,7 +895,11 @@ def _job_start(batch_job: dict[str, Any] | None) -> datetime | None:
     """When the Job controller started the Job's pods (it clears this on suspension)."""
     if batch_job is None or batch_job.get("spec", {}).get("suspend"):
         return None
-    stamp = batch_job.get("status", {}).get("startTime")
+    return _timestamp(batch_job.get("status", {}).get("startTime"))
+
+
+def _timestamp(stamp: Any) -> datetime | None:
+    """An API timestamp (RFC 3339, `Z`), None when absent or unreadable."""
     if not stamp:
         return None
     try:

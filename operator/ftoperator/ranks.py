@@ -68,6 +68,30 @@ def other_stalls(ranks: Mapping[int, RankReport], attempt: int, verdict: str) ->
     return f"; also stopped by its watchdog: {'; '.join(others)}" if others else ""
 
 
+# How long a Stalled verdict waits for the gang's other watchdogs after the first rank's pod
+# failed: each fires at its own deadline, seconds apart (more on a busy node), and the one
+# waiting in a collective names what is in flight, the most useful line of the verdict.
+PEER_STALL_GRACE_SECONDS = 10.0
+
+
+def peer_stalls_due(
+    ranks: Mapping[int, RankReport], attempt: int, verdict: str, failed_at: datetime | None,
+    now: datetime,
+) -> float | None:  # fmt: skip
+    """Seconds to wait before ending the attempt on `verdict` (one rank's Stalled
+    termination message, its pod failed at `failed_at`): while another rank of the attempt
+    has neither said it stalled nor finished, for PEER_STALL_GRACE_SECONDS at most. None:
+    decide now."""
+    if failed_at is None:
+        return None
+    left = PEER_STALL_GRACE_SECONDS - (now - failed_at).total_seconds()
+    pending = [
+        r for r in current(ranks, attempt).values()
+        if not r.done and not r.stalled and f"rank {r.rank}:" not in verdict
+    ]  # fmt: skip
+    return left if left > 0 and pending else None
+
+
 def _ends(text: str, limit: int) -> str:
     """`text`, or its first and last parts with " ... " between, in `limit` characters."""
     if len(text) <= limit:

@@ -513,10 +513,14 @@ class ProgressReporter:
         self._send(force=True)
 
     @_never_raises
-    def published(self, *, model_uri: str) -> None:
-        """The final model is in output.uri (later publish steps may still fail)."""
+    def published(self, *, model_uri: str, timeout: float = FINISH_TIMEOUT_SECONDS) -> None:
+        """The final model is in output.uri. Waits (at most timeout) for the report to
+        leave: a publish step after it may fail and end the process at once, and status
+        must name where the model is."""
         self.model_uri = model_uri
         self._send(force=True)
+        if not self.flush(timeout):
+            log.warning("the report naming the final model was not sent within %.0fs", timeout)
 
     @_never_raises
     def pushed_images(self, *, model_image: str, merged_model_image: str | None) -> None:

@@ -46,6 +46,7 @@ from ftoperator.planner import (
     reconcile,
     rejected,
 )
+from ftoperator.ranks import PEER_STALL_GRACE_SECONDS
 from fttestkit.builders import T0, BatchJobBuilder, make_batch_job, make_job, make_pod, stamp
 
 NAME = "llama"
@@ -1852,6 +1853,10 @@ def test_the_trainers_verdict_ends_the_attempt_with_its_reason(verdict: TrainerV
     else:
         assert (plan.status.phase, plan.status.failure_reason) == ("Failed", verdict.reason)
         assert plan.status.restarts == 0
+    # A refused publish comes after the final model is in output.uri: status names it even
+    # when the report that says so has not arrived yet.
+    published = plan.status.model_uri == f"{make().spec.output.uri.rstrip('/')}/final"
+    assert published is (verdict.reason == "PublishFailed")
 
 
 def test_a_trainer_silent_past_its_deadline_is_stalled_and_restarted() -> None:
@@ -2102,3 +2107,33 @@ def test_a_stall_verdict_names_every_rank_whose_watchdog_stopped_it() -> None:
     assert "rank 1 (pod llama-0-1 on node gpu-1): optimizer step 41 has not ended" in message
     assert " ... " in message and "in flight: gloo:x #9" in message, message
     assert "fn30" not in message
+
+
+def test_a_stall_verdict_waits_briefly_for_the_other_ranks_watchdogs() -> None:
+    """Rank 0's pod failed Stalled at T0+10 while rank 1 had not said anything yet: its
+    watchdog fires seconds later (the one that names the collective in flight), so the
+    verdict waits for it, PEER_STALL_GRACE_SECONDS at most, then decides without it."""
+    job = make(runPolicy__stallDetection__minimumSeconds=120)
+    said = f"{STALLED.marker} rank 0: optimizer step 41 has not ended after 16 s"
+    pods = [make_pod(0).failed(STALLED.exit_code, "Error", said, finished=10).obj(),
+            make_pod(1).obj()]  # fmt: skip
+    quiet = {0: rank(0, 9), 1: rank(1, 9)}
+    stalled = {**quiet, 1: rank(1, 12, stalled="optimizer step 41 has not ended after 15 s; "
+                                               "in flight: gloo:allreduce #80")}  # fmt: skip
+
+    def plan_at(seconds: float, ranks: dict[int, RankReport]) -> Plan:
+        return observe(job, running_status(), at(seconds), batch_job=make_batch_job(0).obj(),
+                       pods=pods, progress=report(step=41), ranks=ranks)  # fmt: skip
+
+    waiting = plan_at(13, quiet)
+    assert waiting.status.phase == "Running" and waiting.status.restarts == 0
+    assert waiting.requeue_after == pytest.approx(PEER_STALL_GRACE_SECONDS - 3)
+    assert not waiting.actions
+    told = plan_at(13, stalled)
+    assert told.status.phase == "Restarting"
+    assert "also stopped by its watchdog: rank 1" in (told.status.message or "")
+    assert "in flight: gloo:allreduce #80" in (told.status.message or "")
+    late = plan_at(10 + PEER_STALL_GRACE_SECONDS + 1, quiet)
+    assert late.status.phase == "Restarting" and "also stopped" not in (late.status.message or "")
+    done = {**quiet, 1: rank(1, 12, done=True)}  # nothing more to hear from it
+    assert plan_at(13, done).status.phase == "Restarting"

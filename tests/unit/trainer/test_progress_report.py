@@ -160,6 +160,24 @@ def test_the_done_report_has_no_eta_and_names_the_model() -> None:
     )  # fmt: skip
 
 
+class SlowCollect(Collect):
+    """A sink whose every write takes a while (an API server under load)."""
+
+    def send(self, report: Any) -> None:
+        time.sleep(0.2)
+        super().send(report)
+
+
+def test_the_report_naming_the_final_model_has_left_before_the_publish_steps_go_on() -> None:
+    """A push refused right after (PublishFailed) ends the process at once: the status must
+    still say where the model is."""
+    slow = SlowCollect()
+    reporter = ProgressReporter(slow, now=lambda: NOW)  # the background sender, as in a run
+    reporter.training_started(step=0, total_steps=4)
+    reporter.published(model_uri="s3://b/run/final")
+    assert slow.reports and slow.reports[-1].model_uri == "s3://b/run/final"
+
+
 TOKEN_CASES = {
     "trl num_tokens counts from zero in each attempt": ({"num_tokens": 5000.0}, 0.0, 500.0),
     "transformers' counter is restored on resume: from where it stood": (
