@@ -352,3 +352,8 @@ def test_a_pass_parses_the_spec_again_only_when_what_the_parse_reads_changed(
     labelled = {**edited, "metadata": {**edited["metadata"], "labels": {"team": "a"}}}
     assert (controller.plan(key, labelled)[0] or first).metadata.labels == {"team": "a"}
     assert len(parses) == 3
+    # A finished job's parse is not kept (its memory, for the few passes it has left).
+    finished = {**labelled, "status": {"phase": "Succeeded", "attempt": 0}}
+    controller.plan(key, finished)  # the kept parse serves, then is dropped
+    controller.plan(key, finished)
+    assert len(parses) == 4
