@@ -44,6 +44,7 @@ import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200, help="per side, seconds")
     parser.add_argument("--json", type=Path, help="write every job's figures here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     env = read_env_file(STATE / "env")
     if not env.get("FTO_NODE_NAME"):
         raise SystemExit("no real node in the local cluster: hack/cluster-up.sh runs one as root")
@@ -408,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [s.summary() for s in sides], "table": table,
         }, indent=2))  # fmt: skip
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the controllers and deletes namespaces as Ctrl-C
 
 
 if __name__ == "__main__":
