@@ -84,7 +84,9 @@ def peer_stalls_due(
     decide now."""
     if failed_at is None:
         return None
-    left = PEER_STALL_GRACE_SECONDS - (now - failed_at).total_seconds()
+    # At most the grace from now, whatever the node's clock says.
+    left = min(PEER_STALL_GRACE_SECONDS - (now - failed_at).total_seconds(),
+               PEER_STALL_GRACE_SECONDS)  # fmt: skip
     pending = [
         r for r in current(ranks, attempt).values()
         if not r.done and not r.stalled and f"rank {r.rank}:" not in verdict

@@ -2135,5 +2135,7 @@ def test_a_stall_verdict_waits_briefly_for_the_other_ranks_watchdogs() -> None:
     assert "in flight: gloo:allreduce #80" in (told.status.message or "")
     late = plan_at(10 + PEER_STALL_GRACE_SECONDS + 1, quiet)
     assert late.status.phase == "Restarting" and "also stopped" not in (late.status.message or "")
+    # A node clock ahead of the operator's never makes it wait longer than the grace.
+    assert plan_at(5, quiet).requeue_after == pytest.approx(PEER_STALL_GRACE_SECONDS)
     done = {**quiet, 1: rank(1, 12, done=True)}  # nothing more to hear from it
     assert plan_at(13, done).status.phase == "Restarting"
