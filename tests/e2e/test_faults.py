@@ -180,13 +180,21 @@ def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
         timeout=30, what="the Restarting event",
     )  # fmt: skip
     verdict = restarting[0]
-    # Both watchdogs fired: rank 1's in its sleep, rank 0's in the all-reduce rank 1 never
-    # joined, which the flight recorder names. One verdict is the termination message read,
-    # the other comes from that rank's last report ("also stopped by its watchdog").
-    assert "Stalled" in verdict and "also stopped by its watchdog" in verdict, verdict
-    assert "rank 0" in verdict and "rank 1" in verdict, verdict
+    assert "Stalled" in verdict and "rank 1" in verdict, verdict
     assert f"optimizer step {BLOCKED_AT} has not ended" in verdict, verdict
-    assert re.search(r"in flight: gloo:\w+", verdict), verdict
+    # Both ranks' watchdogs have the same deadline (15 s from the same step's start). When
+    # rank 0's fires first, both stall: rank 0 in the all-reduce rank 1 never joined (the
+    # flight recorder names it), rank 1 in its sleep, and the verdict names both (one from
+    # the termination message, the other from its last report). When rank 1's fires first,
+    # its exit breaks rank 0's all-reduce before rank 0's deadline: the verdict is rank 1's
+    # alone. Two CI runs of 2026-11-26/27 took the second branch, the operator's wait for the
+    # other watchdogs (ranks.PEER_STALL_GRACE_SECONDS) notwithstanding; which one comes first
+    # is a race this test cannot fix, so each branch is checked for what it must say.
+    if "also stopped by its watchdog" in verdict:
+        assert "rank 0" in verdict, verdict
+        assert re.search(r"in flight: gloo:\w+", verdict), verdict
+    else:
+        assert "stuck in faults.py" in verdict, verdict  # rank 1's own stack: its sleep
     status = _ended(release, name)
     assert status["phase"] == "Succeeded", pod_logs(release, name)
     assert status.get("restarts", 0) == 1, status
