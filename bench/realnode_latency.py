@@ -32,7 +32,8 @@ Per job, from the moment its create request was sent (wall clock, as the node's 
 and every job's final_metrics.json in the bucket says it ran --steps steps (else the run
 fails: both sides must have done the work). With --repeats N the order of the two sides is
 rotated; each row is median (min..max) over the repeats of that repeat's p50 or p99, with
-the met / missed / within-noise verdict of fttestkit.bench_report. Each phase starts its
+the met / missed / within-noise verdict of fttestkit.bench_report. --json also keeps the
+pod logs (kubelet timestamps) of each phase's slowest first steps. Each phase starts its
 controllers, runs one job end to end unreported (the warm-up), then the measured ones.
 docs/benchmarks.md has the results.
 """
@@ -78,6 +79,7 @@ RUNTIME = "fto-realnode-bench"
 SHARED_CONFIG = "shared-config"
 FIRST_STEP = re.compile(r"^(\S+) \{'loss'")
 WORKERS = 64  # the operator's default; the tuned Trainer's TrainJob concurrency
+SLOWEST_LOGS = 3  # pod logs kept in --json per side and repeat, the slowest first steps
 STATE = Path(os.environ.get("FTO_STATE", Path.home() / ".cache/finetune-operator/cluster"))
 
 
@@ -90,6 +92,8 @@ class Side:
     done: dict[str, float] = field(default_factory=dict)
     retried: dict[str, int] = field(default_factory=dict)
     """Jobs whose first pod failed and whose controller ran another."""
+    logs: dict[str, str] = field(default_factory=dict)
+    """Each job's pod log with the kubelet's timestamps: where the slowest spent their time."""
 
     def latencies(self, which: dict[str, float]) -> list[float]:
         return sorted(which[job] - self.sent[job] for job in which)
@@ -107,6 +111,8 @@ class Side:
                   for which in (self.started, self.first_step, self.done)]
             for job, sent in self.sent.items()
         }  # fmt: skip
+        slowest = sorted(self.first_step, key=lambda job: self.sent[job] - self.first_step[job])
+        rows["slowest_logs"] = {job: self.logs.get(job, "") for job in slowest[:SLOWEST_LOGS]}
         return rows
 
 
@@ -306,6 +312,7 @@ class Bench:
         stamps = [m.group(1) for m in map(FIRST_STEP.match, lines) if m]
         if not stamps:
             raise SystemExit(f"{namespace}/{pod.metadata.name}: no step logged:\n{log[-3000:]}")
+        result.logs[name] = log
         result.started[name] = _wall(lines[0].split(" ", 1)[0])
         result.first_step[name] = _wall(stamps[0])
         owner = pod.metadata.owner_references[0].name

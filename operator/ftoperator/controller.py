@@ -62,6 +62,7 @@ from .planner import (
     status_needs_newer_operator,
 )
 from .policy import policy_violation
+from .timestamps import api_time
 
 log = logging.getLogger("ftoperator")
 T = TypeVar("T")
@@ -677,10 +678,8 @@ def _raw_ttl(body: dict[str, Any]) -> int | None:
 
 
 def _age_seconds(obj: dict[str, Any]) -> float:
-    created = obj.get("metadata", {}).get("creationTimestamp")
-    try:
-        born = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-    except ValueError:
+    born = api_time(obj.get("metadata", {}).get("creationTimestamp"))
+    if born is None:
         return float("inf")  # unknown: old enough
     return (datetime.now(UTC) - born).total_seconds()
 

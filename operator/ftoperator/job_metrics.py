@@ -64,6 +64,7 @@ from ftapi.v1alpha1.status import FineTuneJobStatus
 from ftapi.v1alpha1.trainer import TrainerSpec
 
 from .observability import PHASES
+from .timestamps import api_time
 
 LABELS = ("namespace", "name", "method", "trainer", "model")
 MODEL_LABEL_MAX = 128
@@ -141,10 +142,10 @@ def gpu_seconds(body: dict[str, Any], now: datetime) -> float:
     allocation figure (restarts and the pending time between attempts count), which is what
     a GPU-hours budget is charged for."""
     status = body.get("status") or {}
-    started = _time(status.get("startTime"))
+    started = api_time(status.get("startTime"))
     if started is None:
         return 0.0
-    ended = _time(status.get("completionTime")) or now
+    ended = api_time(status.get("completionTime")) or now
     return gpus_requested(body) * max((ended - started).total_seconds(), 0.0)
 
 
@@ -296,13 +297,3 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

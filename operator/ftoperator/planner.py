@@ -53,6 +53,7 @@ from .ranks import (
     track_stragglers,
     where,
 )
+from .timestamps import api_time
 
 log = logging.getLogger("ftoperator")
 
@@ -315,7 +316,7 @@ def _first_failed_at(pods: list[dict[str, Any]]) -> datetime | None:
         for pod in pods
         for container in (pod.get("status") or {}).get("containerStatuses") or []
         if ((container.get("state") or {}).get("terminated") or {}).get("exitCode")
-        and (parsed := _timestamp(container["state"]["terminated"].get("finishedAt")))
+        and (parsed := api_time(container["state"]["terminated"].get("finishedAt")))
     ]
     return min(ended, default=None)
 
@@ -895,17 +896,7 @@ def _job_start(batch_job: dict[str, Any] | None) -> datetime | None:
     """When the Job controller started the Job's pods (it clears this on suspension)."""
     if batch_job is None or batch_job.get("spec", {}).get("suspend"):
         return None
-    return _timestamp(batch_job.get("status", {}).get("startTime"))
-
-
-def _timestamp(stamp: Any) -> datetime | None:
-    """An API timestamp (RFC 3339, `Z`), None when absent or unreadable."""
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    return api_time(batch_job.get("status", {}).get("startTime"))
 
 
 def _finished(batch_job: dict[str, Any]) -> bool:

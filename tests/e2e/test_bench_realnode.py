@@ -32,5 +32,8 @@ def test_the_real_node_benchmark_runs_both_sides_at_its_smallest(
         # complete after that step (whole seconds: completionTime's resolution).
         assert 0 < started < step < finished + 1, (side, run)
         assert run["jobs"] == 1 and run["first_step_s"] == [step], (side, run)
+        # The slowest jobs' pod logs are kept, to see where their time went.
+        (log,) = run["slowest_logs"].values()
+        assert "{'loss'" in log and log.split(" ", 1)[0].endswith("Z"), (side, log[-1000:])
     assert "| first step p50 s |" in done.stdout, done.stdout
     print(done.stdout[-1500:])

@@ -425,7 +425,7 @@ def _read_txt(path: Path, label: str) -> Iterator[Row | Problem]:
 
 
 def _download(uri: str, s3_client: Any, bucket: str, key: str, local: Path) -> None:
-    from fttrainer.storage.s3 import is_transient
+    from fttrainer.storage.s3 import backoff_delay, is_transient
 
     started = time.monotonic()
     tries = 0
@@ -443,10 +443,10 @@ def _download(uri: str, s3_client: Any, bucket: str, key: str, local: Path) -> N
                     f"{uri}: cannot download: {said} (still failing after {waited:.0f} s; "
                     "the data was not read, a restart tries again)"
                 ) from None
-            tries += 1
             log.warning("%s: cannot download (%s); retrying for up to %.0f s more", uri, said,
                         DOWNLOAD_DEADLINE - waited)  # fmt: skip
-            time.sleep(min(DOWNLOAD_DEADLINE - waited, min(10.0, 0.5 * 2**tries)))
+            time.sleep(backoff_delay(tries, DOWNLOAD_DEADLINE - waited))
+            tries += 1
 
 
 def _read_s3(uri: str, s3_client: Any, *, digest: bool) -> RawData:

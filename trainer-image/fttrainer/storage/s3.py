@@ -253,7 +253,7 @@ class S3Store:
                 waited = now - failing_since
                 if waited >= limit:
                     raise _explain(action, error, self, waited=waited) from None
-                delay = min(limit - waited, min(10.0, 0.5 * 2**tries) * random.uniform(0.5, 1.0))
+                delay = backoff_delay(tries, limit - waited)
                 tries += 1
                 level = logging.WARNING if tries == 1 else logging.DEBUG
                 log.log(level, "%s: %s; retrying for up to %.0f s more", action,
@@ -525,6 +525,13 @@ class _KnownSize:
 
     def on_done(self, **_: Any) -> None:
         pass
+
+
+def backoff_delay(tries: int, remaining: float) -> float:
+    """The wait before try `tries + 1`: 0.5 s doubling to 10 s, with jitter so that ranks
+    failing together do not retry together, never past the deadline's `remaining`."""
+    grown: float = min(10.0, 0.5 * 2.0**tries)
+    return max(0.0, min(remaining, grown * random.uniform(0.5, 1.0)))
 
 
 def is_transient(error: BaseException) -> bool:
