@@ -437,9 +437,10 @@ class Controller:
                 return False
             self._written[key] = stored
         try:
-            settings = with_recorded(self.settings, plan.status.settings)
-            for action in plan.actions:
-                await self._act(key, job, action, settings)
+            if plan.actions:  # most passes act on nothing: no copy of the settings for them
+                settings = with_recorded(self.settings, plan.status.settings)
+                for action in plan.actions:
+                    await self._act(key, job, action, settings)
         except ChildError as error:
             await self._fail_child(key, body, job, plan.status, error)
             return False

@@ -24,6 +24,8 @@ from .children import LABEL_JOB, Names
 from .controller import Controller
 
 log = logging.getLogger("ftoperator")
+# (API group, plural) of the children whose watches ask for LABEL_JOB server-side.
+CHILD_WATCHES = (("batch", "jobs"), ("", "pods"))
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
@@ -41,6 +43,10 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         settings.watching.client_timeout = 300
         settings.networking.request_timeout = 60
         settings.persistence.diffbase_storage = NoDiffBase()
+        # Only this operator's Jobs and pods, filtered by the API server: kopf's `labels=`
+        # filters after the watch has delivered and decoded every Job and pod of the cluster.
+        for group, plural in CHILD_WATCHES:
+            settings.watching.label_selectors[group, "v1", plural] = LABEL_JOB
         controller.queue.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -61,17 +67,19 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
             event: kopf.RawEvent, namespace: str | None, name: str, labels: Mapping[str, str],
             **_: Any,
         ) -> None:  # fmt: skip
-            count(kind)
-            key = (namespace or "", labels[LABEL_JOB])
+            count(kind)  # before the check below: what the API server sent
+            job = labels.get(LABEL_JOB)
+            if job is None:  # not ours (the watch's label selector should never send one)
+                return
+            key = (namespace or "", job)
             deleted = event.get("type") == "DELETED"
             cache.observe_child(kind, key, name, None if deleted else _body(event))
             queue.add(key)
 
         return observe
 
-    selector = {LABEL_JOB: kopf.PRESENT}
-    kopf.on.event("batch", "v1", "jobs", labels=selector, registry=registry)(child("Job"))
-    kopf.on.event("", "v1", "pods", labels=selector, registry=registry)(child("Pod"))
+    kopf.on.event("batch", "v1", "jobs", registry=registry)(child("Job"))
+    kopf.on.event("", "v1", "pods", registry=registry)(child("Pod"))
 
     @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, registry=registry)
     async def progress(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:

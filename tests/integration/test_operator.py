@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from fttestkit.finetunejobs import (
     wait_phase,
 )
 from fttestkit.operator import Operator
+from fttestkit.process import http_ok
 
 pytestmark = pytest.mark.integration
 GPU_POOLS = {"a100-pool", "h100-pool"}
@@ -415,6 +417,79 @@ def test_ranks_reports_name_a_straggler_a_spike_and_a_quiet_rank(
     messages = [e.message for e in wait_events(cluster, ns, quiet, "Restarting")
                 if e.reason == "Restarting"]  # fmt: skip
     assert any("(Stalled): rank 1 (pod quiet-rank-0-1) silent for" in m for m in messages), messages
+
+
+def _watch_events(operator: Operator) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{operator.port}/metrics?name[]=finetune_watch_events_total"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {s.labels["kind"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "finetune_watch_events_total"}  # fmt: skip
+
+
+def test_the_watches_bring_only_the_operators_own_jobs_and_pods(
+    cluster: Cluster, ns: str, tmp_path: Path
+) -> None:
+    """Jobs and pods are watched with a label selector the API server applies: a cluster's
+    other workloads never reach the operator (kopf's `labels=` filter would decode each of
+    their events first, and keep a memory per object)."""
+    batch, core = client.BatchV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    secure = {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {"name": "c", "image": "registry.invalid/none:0", "securityContext": secure}
+
+    def job(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "suspend": True,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [container]}},
+            },
+        }
+
+    def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        # Bound to no real node: no scheduler, no kubelet, only the events made here.
+        return {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": "fto-no-such-node", "containers": [container]},
+        }
+
+    watching = Operator(cluster, tmp_path / "operator.log", namespaces=(ns,))
+    try:
+        watching.wait_until(lambda: http_ok(f"http://127.0.0.1:{watching.port}/healthz"), 60,
+                            "serving /healthz")  # fmt: skip
+        before = _watch_events(watching)
+        batch.create_namespaced_job(ns, job("outsider", {"app": "other"}))
+        core.create_namespaced_pod(ns, pod("outsider", {"app": "other"}))
+        for touch in range(5):  # 6 events each, were they delivered
+            patch = {"metadata": {"labels": {"touch": str(touch)}}}
+            batch.patch_namespaced_job("outsider", ns, patch)
+            core.patch_namespaced_pod("outsider", ns, patch)
+        # Then one of each with the label: on the same watch streams, after the outsiders'.
+        ours = {LABEL_JOB: "no-such-finetunejob"}
+        batch.create_namespaced_job(ns, job("ours", ours))
+        core.create_namespaced_pod(ns, pod("ours", ours))
+
+        def grew() -> dict[str, float] | None:
+            now = _watch_events(watching)
+            grown = {k: now.get(k, 0) - before.get(k, 0) for k in ("Job", "Pod")}
+            return grown if all(grown.values()) else None
+
+        grown = eventually(grew, timeout=30, what="the labelled Job's and pod's events")
+        time.sleep(2)  # anything still on its way
+        grown = {k: _watch_events(watching).get(k, 0) - before.get(k, 0) for k in grown}
+        # The labelled ones' ADDED (a status update at most), none of the outsiders' six.
+        assert all(1 <= n <= 2 for n in grown.values()), grown
+    finally:
+        watching.stop()
 
 
 def test_metrics_and_health_endpoints(cluster: Cluster, operator: Operator, ns: str) -> None:
