@@ -84,7 +84,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -115,7 +114,7 @@ from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, tuning
 from fttestkit.kubeflow import delete_runtime as kubeflow_delete_runtime
 from fttestkit.paths import REPO
 from fttestkit.ports import free_port
-from fttestkit.process import ManagedProcess, http_ok
+from fttestkit.process import ManagedProcess, http_ok, sigterm_as_ctrl_c
 
 CRDS = [
     REPO / "crds" / f"finetune.dev_{plural}.yaml"
@@ -629,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"another bench/operator_load.py runs on this cluster ({lock.name})"
         ) from None
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_as_ctrl_c()
     run_id = uuid.uuid4().hex[:6]
     namespaces: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="ftbench-operator-"))
@@ -685,10 +684,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"controller logs kept in {workdir}", file=sys.stderr)
         print(f"total {time.monotonic() - started:.0f} s, load average {_load()}")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
 
 
 def _load() -> str:

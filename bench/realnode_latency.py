@@ -45,7 +45,6 @@ import copy
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from fttestkit.cluster import Cluster, install_crds, read_env_file
 from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, delete_runtime, tuning
 from fttestkit.operator import Operator
 from fttestkit.paths import REPO
+from fttestkit.process import sigterm_as_ctrl_c
 from fttestkit.realnode import TRAINER_IMAGE, Bucket, cpu_job, qa_rows
 from fttrainer.tiny import save_tiny_model
 
@@ -111,8 +111,9 @@ class Side:
                   for which in (self.started, self.first_step, self.done)]
             for job, sent in self.sent.items()
         }  # fmt: skip
-        slowest = sorted(self.first_step, key=lambda job: self.sent[job] - self.first_step[job])
-        rows["slowest_logs"] = {job: self.logs.get(job, "") for job in slowest[:SLOWEST_LOGS]}
+        slowest = sorted(self.first_step, key=lambda job: self.first_step[job] - self.sent[job],
+                         reverse=True)  # fmt: skip
+        rows["slowest_logs"] = {job: self.logs[job] for job in slowest[:SLOWEST_LOGS]}
         return rows
 
 
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200, help="per side, seconds")
     parser.add_argument("--json", type=Path, help="write every job's figures here")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_as_ctrl_c()
     env = read_env_file(STATE / "env")
     if not env.get("FTO_NODE_NAME"):
         raise SystemExit("no real node in the local cluster: hack/cluster-up.sh runs one as root")
@@ -417,10 +418,6 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [s.summary() for s in sides], "table": table,
         }, indent=2))  # fmt: skip
     return 0
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the controllers and deletes namespaces as Ctrl-C
 
 
 if __name__ == "__main__":

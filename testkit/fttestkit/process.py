@@ -26,6 +26,16 @@ from pathlib import Path
 LOG_TAIL = 6000  # characters of the log a failure shows
 
 
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM raises KeyboardInterrupt in this process, so that a script's Ctrl-C clean-up
+    (its managed processes stopped, its namespaces deleted) also runs when it is killed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def http_ok(url: str) -> bool:
     """The URL answers 200 (a /readyz or /healthz probe)."""
     try:

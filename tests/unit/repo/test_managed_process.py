@@ -60,3 +60,23 @@ def test_a_start_that_exits_first_fails_with_its_log(tmp_path: Path) -> None:
             [sys.executable, "-c", "import sys; print('no config'); sys.exit(3)"],
             env=dict(os.environ), ready=lambda: False, timeout=60,
         )  # fmt: skip
+
+
+def test_a_script_killed_with_sigterm_runs_its_ctrl_c_clean_up(tmp_path: Path) -> None:
+    """The benchmarks stop their controllers and delete their namespaces on Ctrl-C; a kill
+    (SIGTERM, as `timeout` or a CI runner sends) must do the same, not leave them running."""
+    import subprocess
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from fttestkit.process import sigterm_as_ctrl_c\n"
+        "sigterm_as_ctrl_c()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('cleaned up')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "cleaned up", done
