@@ -99,21 +99,24 @@ class Cache:
 
     def observe_progress(
         self, key: Key, text: str | None, owner_uid: str = "", ranks: Any = None
-    ) -> None:
+    ) -> bool:
+        """Whether the cache changed: a job's FineTuneJobProgress is created without a
+        report (by the operator, with the job's other children), and that event alone is
+        no reason to look at the job again."""
         if not text:
-            self.progress.pop(key, None)
-            self.ranks.pop(key, None)
-            self.progress_errors.pop(key, None)
-            return
+            held = (self.progress.pop(key, None), self.ranks.pop(key, None),
+                    self.progress_errors.pop(key, None))  # fmt: skip
+            return held != (None, None, None)
         try:
             report = read_report(text)
         except UnreadableReport as error:
             log.warning("unreadable progress report for %s/%s: %s", *key, error)
             self.progress_errors[key] = (owner_uid, str(error))
-            return
+            return True
         self.progress_errors.pop(key, None)
         self.progress[key] = (owner_uid, report)
         self.ranks[key] = rank_reports(ranks, key)
+        return True
 
     def progress_of(self, key: Key) -> ProgressReport | None:
         """The last report of this FineTuneJob itself: from an object its UID owns (not
@@ -188,6 +191,7 @@ class WorkQueue:
         self._dirty: set[Hashable] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._batched: dict[Hashable, asyncio.TimerHandle] = {}  # add_batched's
         self._failures: dict[Hashable, int] = {}
 
     def add(self, key: Hashable) -> None:
@@ -208,6 +212,31 @@ class WorkQueue:
             existing.cancel()
         self._timers[key] = loop.call_at(due, self._fire, key)
 
+    def add_batched(self, key: Hashable, seconds: float) -> None:
+        """Process key within `seconds`, once for every change seen meanwhile: the Job
+        controller batches a Job's pod events for a second (syncJobBatchPeriod), and a
+        job's pods and Job change several times within one (created, scheduled, started,
+        counted). A key already queued sees the change anyway; a pass that starts before
+        the batch is due sees it too and takes the batch's place. Never withdrawn by
+        look_after, so a change seen during a pass is still looked at afterwards."""
+        if key in self._queued or key in self._batched:
+            return
+        self._batched[key] = asyncio.get_running_loop().call_later(
+            max(0.0, seconds), self._fire_batched, key
+        )
+
+    def _fire_batched(self, key: Hashable) -> None:
+        self._batched.pop(key, None)
+        self.add(key)
+
+    def look_after(self, key: Hashable, seconds: float) -> None:
+        """Look at key again in `seconds`, in place of any look asked for before: a pass
+        says when it next needs one, and what an earlier pass wanted may be moot."""
+        existing = self._timers.pop(key, None)
+        if existing is not None:
+            existing.cancel()
+        self.add_after(key, seconds)
+
     def _fire(self, key: Hashable) -> None:
         self._timers.pop(key, None)
         self.add(key)
@@ -216,7 +245,7 @@ class WorkQueue:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._batched.values()]:
             timer.cancel()
         for task in self._tasks:
             task.cancel()
@@ -230,6 +259,9 @@ class WorkQueue:
             key = await self._queue.get()
             self._queued.discard(key)
             self._processing.add(key)
+            batched = self._batched.pop(key, None)
+            if batched is not None:  # this pass sees what the batch was waiting to show
+                batched.cancel()
             try:
                 await self.handler(key)
             except asyncio.CancelledError:

@@ -32,13 +32,13 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from ftapi.constants import VERSION
+from ftapi.constants import KIND, VERSION
 from ftapi.loading import InvalidSpecError
 from ftapi.skew import Loc, NewerFields, kept, newer_fields, parse_stored_job, read_status
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
-from .cache import Cache, Key, WorkQueue
+from .cache import Cache, Key, WorkQueue, slim
 from .children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
 from .config import DEFAULTS, OPERATOR, Settings, settings_of, settings_used, with_recorded
 from .kube import ChildError, Kube, owned_by
@@ -122,6 +122,10 @@ class Controller:
         self._told_unreadable: dict[Key, str] = {}
         # The last parse of each job's spec, with what it was parsed from (_parse_once).
         self._parsed: dict[Key, tuple[tuple[Any, ...], Parsed]] = {}
+        # The soonest look again each pass under way wants (_look_in), in seconds.
+        self._looks: dict[Key, float] = {}
+        # The objects each job's last pass planned from: (kind, name) -> resourceVersion.
+        self._planned: dict[Key, dict[tuple[str, str], str]] = {}
 
     def observe_crd(self, crd: dict[str, Any] | None) -> None:
         """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
@@ -143,16 +147,19 @@ class Controller:
             self._unknown_status.pop(key, None)
             self._told_unreadable.pop(key, None)
             self._parsed.pop(key, None)
+            self._planned.pop(key, None)
             return
         if stored.get("metadata", {}).get("deletionTimestamp"):
             self._held.pop(key, None)
             return  # garbage collection removes the children (owner references)
         body = self._with_held_status(key, stored)
         started = time.monotonic()
+        self._looks[key] = self.resync_seconds
         try:
             await self._read_through(key, body)
             await self._read_create_failure(key, body)
             await self._read_queue_state(key, body)
+            self._planned[key] = self._versions(key, stored)
             job, plan = self.plan(key, body)
             if await self._execute(key, stored, job, plan):
                 await self._check_children(key, body, job, plan)
@@ -161,10 +168,20 @@ class Controller:
             raise
         finally:
             self.metrics.observe_reconcile(time.monotonic() - started)
-        delay = self.resync_seconds
+            delay = self._looks.pop(key)
         if plan.requeue_after is not None:
             delay = min(delay, plan.requeue_after + 0.5)
-        self.queue.add_after(key, delay)
+        held = self._held.get(key)
+        if held is not None:  # its grace ends: written then, whatever else happens
+            delay = min(delay, held.due - asyncio.get_running_loop().time() + 0.05)
+        # Replacing the look the last pass asked for: a reason it had (pods missing, a status
+        # held back) that is gone now costs no pass (a quarter of a burst's passes were these).
+        self.queue.look_after(key, delay)
+
+    def _look_in(self, key: Key, seconds: float) -> None:
+        """This pass wants another look at the job within `seconds` (reconcile asks for the
+        soonest of what its steps wanted)."""
+        self._looks[key] = min(self._looks.get(key, seconds), seconds)
 
     async def _read_through(self, key: Key, body: dict[str, Any]) -> None:
         """Ask the API server when the cache is behind: the current attempt's Job is not in
@@ -221,14 +238,14 @@ class Controller:
         assert batch_job is not None
         age = _age_seconds(batch_job)
         if age < CREATE_FAILURE_GRACE_SECONDS:  # pods normally appear within a second
-            self.queue.add_after(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
+            self._look_in(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
             return
         failure = (await self._create_failures_in(key[0])).get(Names(key[1], attempt).batch_job)
         if failure is None:
             self.cache.create_failures.pop(key, None)
         else:
             self.cache.create_failures[key] = failure
-        self.queue.add_after(key, CREATE_FAILURE_POLL_SECONDS)
+        self._look_in(key, CREATE_FAILURE_POLL_SECONDS)
 
     async def _create_failures_in(self, namespace: str) -> dict[str, str]:
         """FailedCreate messages by Job name, shared by every job there that lacks pods: a
@@ -271,7 +288,7 @@ class Controller:
         # A Workload without a verdict yet (just created, or the read predates an eviction):
         # look again as soon as a fresh read can be made; otherwise now and then.
         soon = workload is not None and state is None
-        self.queue.add_after(key, QUEUE_READ_SECONDS + 0.5 if soon else QUEUE_POLL_SECONDS)
+        self._look_in(key, QUEUE_READ_SECONDS + 0.5 if soon else QUEUE_POLL_SECONDS)
 
     async def _shared_read(
         self, what: str, namespace: str, read: Callable[[str], T], fresh_seconds: float
@@ -297,6 +314,27 @@ class Controller:
             for pod in self.cache.pods.get(key, {}).values()
             if pod.get("metadata", {}).get("labels", {}).get(LABEL_ATTEMPT) == str(attempt)
         ]
+
+    def planned_from(self, key: Key, kind: str, name: str, body: dict[str, Any]) -> bool:
+        """Whether this job's last pass (done, or under way) planned from this very object:
+        the watch event of the operator's own status write, or of a Job held from its
+        create's answer, or of pods a pass listed, then shows nothing new, and queuing the
+        job for it would only plan the same again (a fifth of a burst's passes). Any other
+        change brings an event of its own, and time-based looks come from timers."""
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        return bool(version) and self._planned.get(key, {}).get((kind, name)) == version
+
+    def _versions(self, key: Key, stored: dict[str, Any]) -> dict[tuple[str, str], str]:
+        """What a pass plans from, for planned_from: the FineTuneJob as stored (unless it is
+        a write of ours with an older spec, which no event shows), its Jobs and pods."""
+        versions = {
+            (kind, name): str(child.get("metadata", {}).get("resourceVersion") or "")
+            for kind, group in (("Job", self.cache.batch_jobs), ("Pod", self.cache.pods))
+            for name, child in group.get(key, {}).items()
+        }
+        if stored is self.cache.jobs.get(key) or stored is self._written.get(key):
+            versions[KIND, key[1]] = str(stored.get("metadata", {}).get("resourceVersion") or "")
+        return versions
 
     def _owned(
         self, key: Key, uid: str, attempt: int
@@ -375,13 +413,14 @@ class Controller:
         if job is None:
             ttl = _raw_ttl(body)
             return None, rejected(status, invalid or "invalid spec", generation, now, ttl=ttl)
-        refused = policy_violation(job, with_recorded(self.settings, status.settings))
         # Checked before every attempt is created (a restart after the allow-list changed
         # too), never against a Job that already runs.
-        if refused is not None and names.batch_job not in batch_jobs:
-            ttl = job.spec.run_policy.ttl_seconds_after_finished
-            reason, message = refused
-            return job, rejected(status, message, generation, now, reason, ttl)
+        if names.batch_job not in batch_jobs:
+            refused = policy_violation(job, with_recorded(self.settings, status.settings))
+            if refused is not None:
+                ttl = job.spec.run_policy.ttl_seconds_after_finished
+                reason, message = refused
+                return job, rejected(status, message, generation, now, reason, ttl)
         if newer.set and names.batch_job not in batch_jobs and status.phase not in TERMINAL_PHASES:
             return job, held_for_newer_operator(status, newer, OPERATOR, generation, now)
         plan = reconcile(job, observed)
@@ -435,7 +474,7 @@ class Controller:
                 events = released.events_to_tell(plan.status.phase) + events
             if stored is None:
                 return False
-            self._written[key] = stored
+            self._written[key] = slim(stored)
         try:
             if plan.actions:  # most passes act on nothing: no copy of the settings for them
                 settings = with_recorded(self.settings, plan.status.settings)
@@ -559,13 +598,13 @@ class Controller:
             patch = {"settings": recorded}
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
             if stored is not None:
-                self._written[key] = stored
+                self._written[key] = slim(stored)
 
     def _hold(self, key: Key, stored: dict[str, Any], plan: Plan, planned: dict[str, Any]) -> bool:
         """Whether to hold back this pass's status write: only a new job's first status
         while it would say "Pending, waiting for the pods" and its grace has not run out
-        (the module's docstring). Held, it is what the next passes plan from, and a look is
-        scheduled for when the grace ends."""
+        (the module's docstring). Held, it is what the next passes plan from, and each pass
+        asks for a look when the grace ends (reconcile)."""
         if stored or plan.status.attempt != 0 or plan.status.phase != "Pending":
             return False
         if plan.status.message != WAITING_FOR_PODS:  # a reason the user must read: now
@@ -577,7 +616,6 @@ class Controller:
         held.status = planned
         held.events += [e for e in plan.events if e not in held.events]  # told once
         self._held[key] = held
-        self.queue.add_after(key, held.due - now + 0.05)
         return True
 
     def _with_held_status(self, key: Key, stored: dict[str, Any]) -> dict[str, Any]:
@@ -602,6 +640,8 @@ class Controller:
             return watched
         if _version(written) > _version(watched):
             # Our write's result, with the spec as the watch last saw it.
+            if written.get("spec") == watched.get("spec"):
+                return written
             return {**written, "spec": watched.get("spec", written.get("spec"))}
         self._written.pop(key, None)
         return watched

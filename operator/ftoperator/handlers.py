@@ -1,7 +1,10 @@
-"""kopf's part: watch streams in, cache updates and queued keys out. No decisions here.
+"""Watch streams in, cache updates and queued keys out. No decisions here.
 
-The handlers are coroutines on purpose: kopf runs plain functions in worker threads, and
-the cache and the queue belong to the event loop (no locks, no races with the passes).
+kopf watches the FineTuneJobs, their FineTuneJobProgress objects, the nodes and the CRD;
+the Jobs and pods, a job's busiest events, come from informers (informer.py), started and
+stopped with kopf. The handlers are coroutines on purpose: kopf runs plain functions in
+worker threads, and the cache and the queue belong to the event loop (no locks, no races
+with the passes); the informers deliver on the loop too.
 
 Each watched kind feeds the controller's cache and queues the FineTuneJob it belongs to;
 the controller's workers do the rest (controller.py). kopf writes nothing to the objects
@@ -10,11 +13,14 @@ the controller's workers do the rest (controller.py). kopf writes nothing to the
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import kopf
+from kopf._cogs.structs.references import NamespaceName, match_namespace
+from kubernetes import client
 
 from ftapi.constants import CRD_NAME, GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import RANKS_FIELD, REPORT_FIELD
@@ -22,14 +28,28 @@ from ftapi.progress import RANKS_FIELD, REPORT_FIELD
 from .cache import node_ready
 from .children import LABEL_JOB, Names
 from .controller import Controller
+from .informer import Deliver, Informer
+from .kube import collection
 
 log = logging.getLogger("ftoperator")
-# (API group, plural) of the children whose watches ask for LABEL_JOB server-side.
-CHILD_WATCHES = (("batch", "jobs"), ("", "pods"))
+# The children watched by informers, only those labelled with their FineTuneJob (the API
+# server filters: the cluster's other workloads are never sent).
+CHILD_KINDS = ("Job", "Pod")
+# A job's Job and pod events start a pass within this long, one pass for all of them
+# (WorkQueue.add_batched): 6.7 events per job at its start, 2 to 3 passes.
+CHILD_BATCH_SECONDS = 1.0
 
 
-def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+def register(
+    registry: kopf.OperatorRegistry,
+    controller: Controller,
+    configuration: client.Configuration,
+    namespaces: Sequence[str] = (),
+) -> None:
+    """`namespaces`: as kopf's (names or globs; none: every namespace)."""
     cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
+    informers = child_informers(configuration, namespaces, controller)
+    running: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -43,14 +63,14 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         settings.watching.client_timeout = 300
         settings.networking.request_timeout = 60
         settings.persistence.diffbase_storage = NoDiffBase()
-        # Only this operator's Jobs and pods, filtered by the API server: kopf's `labels=`
-        # filters after the watch has delivered and decoded every Job and pod of the cluster.
-        for group, plural in CHILD_WATCHES:
-            settings.watching.label_selectors[group, "v1", plural] = LABEL_JOB
         controller.queue.start()
+        running.extend(asyncio.create_task(informer.run()) for informer in informers)
 
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         await controller.queue.stop()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
@@ -59,27 +79,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         key = (namespace or "", name)
         deleted = event.get("type") == "DELETED"
         cache.observe_job(key, None if deleted else _body(event))
-        if not deleted:
+        if not deleted and not controller.planned_from(key, KIND, name, _body(event)):
             queue.add(key)
-
-    def child(kind: str) -> Callable[..., Awaitable[None]]:
-        async def observe(
-            event: kopf.RawEvent, namespace: str | None, name: str, labels: Mapping[str, str],
-            **_: Any,
-        ) -> None:  # fmt: skip
-            count(kind)  # before the check below: what the API server sent
-            job = labels.get(LABEL_JOB)
-            if job is None:  # not ours (the watch's label selector should never send one)
-                return
-            key = (namespace or "", job)
-            deleted = event.get("type") == "DELETED"
-            cache.observe_child(kind, key, name, None if deleted else _body(event))
-            queue.add(key)
-
-        return observe
-
-    kopf.on.event("batch", "v1", "jobs", registry=registry)(child("Job"))
-    kopf.on.event("", "v1", "pods", registry=registry)(child("Pod"))
 
     @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, registry=registry)
     async def progress(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
@@ -93,8 +94,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         key = (namespace or "", owner[0])
         deleted = event.get("type") == "DELETED"
         report, ranks = (None, None) if deleted else (body.get(REPORT_FIELD), body.get(RANKS_FIELD))
-        cache.observe_progress(key, report, owner[1], ranks)
-        queue.add(key)
+        if cache.observe_progress(key, report, owner[1], ranks):
+            queue.add(key)
 
     # The stored CRD, for what a field newer than this operator defaults to (ftapi.skew).
     # The chart's ClusterRole already lets kopf list and watch CRDs (its resource discovery).
@@ -113,6 +114,48 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         if was_lost == ready:  # readiness changed: the jobs with pods there must look again
             for key in cache.keys_on_nodes({name}):
                 queue.add(key)
+
+
+def child_observer(kind: str, controller: Controller) -> Deliver:
+    """What an informer of `kind` delivers to: the cache, and a batched pass of the job."""
+    cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
+
+    def observe(event: str, body: dict[str, Any]) -> None:
+        count(kind)  # before the check below: what the API server sent
+        metadata = body.get("metadata") or {}
+        job = (metadata.get("labels") or {}).get(LABEL_JOB)
+        if job is None:  # not ours (the watch's label selector never sends one)
+            return
+        key, name = (metadata.get("namespace") or "", job), str(metadata.get("name"))
+        deleted = event == "DELETED"
+        cache.observe_child(kind, key, name, None if deleted else body)
+        if deleted or not controller.planned_from(key, kind, name, body):
+            queue.add_batched(key, CHILD_BATCH_SECONDS)
+
+    return observe
+
+
+def child_informers(
+    configuration: client.Configuration, namespaces: Sequence[str], controller: Controller
+) -> list[Informer]:
+    """One informer per child kind and watched namespace; for globs (or none), one per kind
+    for every namespace, delivering only what the globs match (kopf's own matching)."""
+    plain = all(not set(pattern) & set("*?!,") for pattern in namespaces)
+    scopes: list[str | None] = list(namespaces) if namespaces and plain else [None]
+
+    def accept(namespace: str) -> bool:
+        name = NamespaceName(namespace)
+        return any(match_namespace(name, pattern) for pattern in namespaces)
+
+    filtered = accept if namespaces and not plain else None
+    informers = []
+    for kind in CHILD_KINDS:
+        observe = child_observer(kind, controller)
+        for scope in scopes:
+            path = collection(kind, scope)
+            informer = Informer(configuration, kind, path, LABEL_JOB, observe, accept=filtered)
+            informers.append(informer)
+    return informers
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

@@ -97,10 +97,11 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML
 
 
-def collection(kind: str, namespace: str) -> str:
+def collection(kind: str, namespace: str | None) -> str:
+    """The URL path of a kind's objects in a namespace (None: in every namespace)."""
     version, plural = RESOURCES[kind]
     root = "/api/v1" if version == "v1" else f"/apis/{version}"
-    return f"{root}/namespaces/{namespace}/{plural}"
+    return f"{root}/namespaces/{namespace}/{plural}" if namespace else f"{root}/{plural}"
 
 
 class Kube:

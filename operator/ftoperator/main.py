@@ -110,7 +110,7 @@ async def run(options: Options) -> int:
     controller.child_check_seconds = options.child_check_seconds
     controller.first_status_grace_seconds = options.first_status_grace_seconds
     registry = kopf.OperatorRegistry()
-    register(registry, controller)
+    register(registry, controller, api.configuration, options.namespaces)
     job_series = JobSeries(controller.jobs_now, ranks=controller.cache.ranks_of)
     METRICS.registry.register(job_series)
     server = None

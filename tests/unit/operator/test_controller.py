@@ -6,12 +6,13 @@ instead of their exit code that way), and how it refuses jobs before reconciling
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 
 from ftapi import parse_job
-from ftoperator.children import Names, build_children
+from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
 from ftoperator.config import Settings, settings_of, with_recorded
 from ftoperator.controller import UNCONFIRMED_JOB_SECONDS, Controller, pods_behind
 from ftoperator.kube import Kube
@@ -357,3 +358,109 @@ def test_a_pass_parses_the_spec_again_only_when_what_the_parse_reads_changed(
     controller.plan(key, finished)  # the kept parse serves, then is dropped
     controller.plan(key, finished)
     assert len(parses) == 4
+
+
+# --- which events cost a pass, and which looks a pass asks for (issue 43) -------------------
+
+
+class _Stored(_ApiServer):
+    """_ApiServer that also stores status writes (with a new resourceVersion) and has no
+    FailedCreate Events to tell."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__()
+        self.job = job
+        self.version = 100
+
+    def create_object(
+        self, namespace: str, body: dict[str, Any], owner_uid: str | None = None
+    ) -> dict[str, Any]:
+        stored = super().create_object(namespace, body, owner_uid)
+        stored["metadata"]["creationTimestamp"] = datetime.now(UTC).isoformat()
+        return stored
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        status = merge_patch_apply(self.job.get("status") or {}, patch)
+        metadata = {**self.job["metadata"], "resourceVersion": str(self.version)}
+        self.job = {**self.job, "status": status, "metadata": metadata}
+        return self.job
+
+    def pod_create_failures(self, namespace: str) -> dict[str, str]:
+        return {}
+
+    def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        return None
+
+
+def merge_patch_apply(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies a status merge patch."""
+    out = dict(target)
+    for field, value in patch.items():
+        if value is None:
+            out.pop(field, None)
+        elif isinstance(value, dict) and isinstance(out.get(field), dict):
+            out[field] = merge_patch_apply(out[field], value)
+        else:
+            out[field] = value
+    return out
+
+
+def _running_pod(name: str, job_uid: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "resourceVersion": "9",
+                     "labels": {LABEL_JOB: "new", LABEL_ATTEMPT: "0"},
+                     "ownerReferences": [{"uid": job_uid, "controller": True}]},
+        "spec": {"nodeName": "node-1"},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "trainer", "ready": True, "state": {"running": {}}}]},
+    }  # fmt: skip
+
+
+def test_a_pass_asks_only_for_the_looks_it_still_needs_and_echoes_cost_no_pass() -> None:
+    async def run() -> None:
+        manifest = _body(make_job("new").obj())
+        manifest["metadata"].update(uid="ftj-uid", resourceVersion="1")
+        server = _Stored(manifest)
+        controller = Controller(cast(Kube, server), Settings(default_image="img:1"))
+        controller.resync_seconds = 60.0
+        key, name = ("ns", "new"), Names("new", 0).batch_job
+        loop = asyncio.get_running_loop()
+
+        def look() -> float:
+            return controller.queue._timers[key].when() - loop.time()
+
+        controller.cache.observe_job(key, manifest)
+        await controller.reconcile(key)  # creates the attempt; its first status is held
+        assert controller.planned_from(key, "FineTuneJob", "new", manifest)
+        held_job = controller.cache.batch_jobs[key][name]
+        # The Job's watch event shows what the pass held from the create's answer after
+        # planning: it costs a pass, the one that plans with it.
+        assert not controller.planned_from(key, "Job", name, held_job)
+        await controller.reconcile(key)
+        assert controller.planned_from(key, "Job", name, held_job)
+        assert not controller.planned_from(key, "Job", name, {"metadata": {"resourceVersion": "8"}})
+        # No pods yet and the status held: looks within the grace (5 s), not at the resync.
+        assert 4.0 < look() < 6.0
+
+        # The pod starts: the status is written at once, and nothing is left to look for soon.
+        controller.cache.observe_child("Pod", key, "new-0-0", _running_pod("new-0-0", "job-uid"))
+        await controller.reconcile(key)
+        assert server.job["status"]["phase"] == "Running"
+        assert 59.0 < look() <= 60.0
+        # The watch event of that write: the pass that wrote planned from the older object,
+        # so it costs one pass; after that pass, the same write's event costs none.
+        echo = server.job
+        assert not controller.planned_from(key, "FineTuneJob", "new", echo)
+        await controller.reconcile(key)
+        assert controller.planned_from(key, "FineTuneJob", "new", echo)
+        # A write whose spec is not the one the watch last showed (an edit on its way): the
+        # pass plans from the watched spec, so that write's event is not taken as seen.
+        edited = {**echo, "spec": {**echo["spec"], "training": {"maxSteps": 7}}}
+        controller._written[key] = echo
+        older = {**echo["metadata"], "resourceVersion": "50"}
+        controller.cache.observe_job(key, {**edited, "metadata": older})
+        await controller.reconcile(key)
+        assert not controller.planned_from(key, "FineTuneJob", "new", echo)
+
+    asyncio.run(run())

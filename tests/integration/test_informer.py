@@ -1,0 +1,125 @@
+"""The informers of a job's Jobs and pods (ftoperator.informer) against the real API server:
+what a list and a watch deliver, the watch taken up again where the server ended it, what
+vanished while nothing watched, and objects larger than a stream reader's line limit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubernetes import client
+
+from ftoperator.children import LABEL_JOB
+from ftoperator.informer import Informer
+from ftoperator.kube import collection
+from fttestkit.cluster import Cluster
+
+SECURE = {
+    "runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+}  # fmt: skip
+
+
+def _pod(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> Any:
+    # Bound to no real node: no scheduler, no kubelet, only the changes made here.
+    return {
+        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+        "spec": {"nodeName": "fto-no-such-node", "containers": [
+            {"name": "c", "image": "registry.invalid/none:0", "securityContext": SECURE}]},
+    }  # fmt: skip
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, event: str, body: dict[str, Any]) -> None:
+        self.events.append((event, body["metadata"]["name"], body))
+
+    def names(self, event: str) -> list[str]:
+        return [name for kind, name, _ in self.events if kind == event]
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def _run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(body())
+
+
+def test_an_informer_lists_watches_resumes_and_reports_what_vanished_meanwhile(
+    cluster: Cluster, ns: str
+) -> None:
+    core = client.CoreV1Api(cluster.api)
+    ours = {LABEL_JOB: "some-job"}
+    core.create_namespaced_pod(ns, _pod("before", ours))
+    core.create_namespaced_pod(ns, _pod("stranger", {"app": "other"}))
+    seen = Recorder()
+    # The server ends each watch after 1 s: the informer must watch on from where it was.
+    informer = Informer(cluster.api.configuration, "Pod", collection("Pod", ns), LABEL_JOB,
+                        seen, server_timeout=1)  # fmt: skip
+
+    async def first() -> None:
+        task = asyncio.create_task(informer.run())
+        await _until(lambda: "before" in seen.names("ADDED"), "the listed pod")
+        listed = next(body for _, name, body in seen.events if name == "before")
+        assert listed["kind"] == "Pod" and listed["apiVersion"] == "v1"  # set on list items
+        await asyncio.sleep(2.5)  # two streams ended by the server
+        await asyncio.to_thread(core.create_namespaced_pod, ns, _pod("during", ours))
+        patch = {"metadata": {"annotations": {"step": "1"}}}
+        await asyncio.to_thread(core.patch_namespaced_pod, "during", ns, patch)
+        await _until(lambda: "during" in seen.names("MODIFIED"), "the watched change")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _run(first)
+    assert informer.lists == 1  # watched on after each end, never listed again
+    assert seen.names("ADDED").count("during") == 1  # once, though three streams ran
+    assert "stranger" not in {name for _, name, _ in seen.events}  # the API server filtered
+
+    # While nothing watches: one pod deleted, one created, one unchanged.
+    core.delete_namespaced_pod("before", ns, grace_period_seconds=0)
+    core.create_namespaced_pod(ns, _pod("after", ours))
+    seen.events.clear()
+
+    async def second() -> None:
+        task = asyncio.create_task(informer.run())
+        await _until(lambda: "before" in seen.names("DELETED"), "the vanished pod")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _run(second)
+    assert informer.lists == 2
+    assert seen.names("ADDED") == ["after"]  # "during" was delivered before, unchanged since
+    assert seen.names("DELETED") == ["before"]
+
+
+def test_an_informer_delivers_objects_longer_than_a_stream_readers_line(
+    cluster: Cluster, ns: str
+) -> None:
+    """aiohttp's line reader refuses lines over 64 KiB; a pod with large annotations (a
+    ConfigMap-sized value, say) is one such line of the watch stream."""
+    core = client.CoreV1Api(cluster.api)
+    seen = Recorder()
+    informer = Informer(cluster.api.configuration, "Pod", collection("Pod", ns), LABEL_JOB, seen)
+    large = "x" * 200_000
+
+    async def run() -> None:
+        task = asyncio.create_task(informer.run())
+        await asyncio.sleep(1.0)  # listed (nothing yet), watching
+        await asyncio.to_thread(core.create_namespaced_pod, ns,
+                                _pod("large", {LABEL_JOB: "j"}, {"big": large}))  # fmt: skip
+        await _until(lambda: "large" in seen.names("ADDED"), "the large pod")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _run(run)
+    body = next(body for _, name, body in seen.events if name == "large")
+    assert body["metadata"]["annotations"]["big"] == large
+    assert informer.lists == 1  # from the watch stream, not a list after an error
