@@ -433,9 +433,9 @@ def _watch_events(operator: Operator) -> dict[str, float]:
 def test_the_watches_bring_only_the_operators_own_jobs_and_pods(
     cluster: Cluster, ns: str, tmp_path: Path
 ) -> None:
-    """Jobs and pods are watched with a label selector the API server applies: a cluster's
-    other workloads never reach the operator (kopf's `labels=` filter would decode each of
-    their events first, and keep a memory per object)."""
+    """Jobs and pods are watched (informer.py) with a label selector the API server applies:
+    a cluster's other workloads never reach the operator (a filter in the operator would
+    decode each of their events first)."""
     batch, core = client.BatchV1Api(cluster.api), client.CoreV1Api(cluster.api)
     secure = {
         "runAsNonRoot": True,
