@@ -125,7 +125,7 @@ class Controller:
         # The soonest look again each pass under way wants (_look_in), in seconds.
         self._looks: dict[Key, float] = {}
         # The objects each job's last pass planned from: (kind, name) -> resourceVersion.
-        self._planned: dict[Key, dict[tuple[str, str], str]] = {}
+        self._planned: dict[Key, dict[tuple[str, str], int]] = {}
 
     def observe_crd(self, crd: dict[str, Any] | None) -> None:
         """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
@@ -321,19 +321,19 @@ class Controller:
         create's answer, or of pods a pass listed, then shows nothing new, and queuing the
         job for it would only plan the same again (a fifth of a burst's passes). Any other
         change brings an event of its own, and time-based looks come from timers."""
-        version = (body.get("metadata") or {}).get("resourceVersion")
-        return bool(version) and self._planned.get(key, {}).get((kind, name)) == version
+        version = _version(body)
+        return version > 0 and self._planned.get(key, {}).get((kind, name)) == version
 
-    def _versions(self, key: Key, stored: dict[str, Any]) -> dict[tuple[str, str], str]:
+    def _versions(self, key: Key, stored: dict[str, Any]) -> dict[tuple[str, str], int]:
         """What a pass plans from, for planned_from: the FineTuneJob as stored (unless it is
         a write of ours with an older spec, which no event shows), its Jobs and pods."""
         versions = {
-            (kind, name): str(child.get("metadata", {}).get("resourceVersion") or "")
+            (kind, name): _version(child)
             for kind, group in (("Job", self.cache.batch_jobs), ("Pod", self.cache.pods))
             for name, child in group.get(key, {}).items()
         }
         if stored is self.cache.jobs.get(key) or stored is self._written.get(key):
-            versions[KIND, key[1]] = str(stored.get("metadata", {}).get("resourceVersion") or "")
+            versions[KIND, key[1]] = _version(stored)
         return versions
 
     def _owned(
