@@ -4,6 +4,7 @@ and against Kubeflow Trainer, as shipped and tuned.
     make bench-operator                                   # 1000 jobs at 10/s, 128 extra GPU nodes
     .venv/bin/python bench/operator_load.py --jobs 100 --nodes 16 --rate 10   # quick
     .venv/bin/python bench/operator_load.py --jobs 1000 --rate 0 --repeats 3 --json op.json
+    .venv/bin/python bench/operator_load.py --jobs 1000 --rate 0 --repeats 3 --resume op.json
 
 Runs on the local cluster (hack/cluster-up.sh; started when KUBECONFIG is not set). Adds
 --nodes kwok GPU nodes (bench-gpu-NNN, 8 GPUs each, tainted so that only the benchmark's pods
@@ -31,6 +32,10 @@ rotated each time (raw, kubeflow, kubeflow-tuned, operator; then kubeflow, ..., 
                   threads and connections, no client rate limit), watching every namespace as
                   the Helm chart's default does and as Kubeflow's managers do; the loop creates
                   FineTuneJobs at the same rate and the operator does the rest.
+
+--json is written after every phase; --resume FILE goes on from the phase runs FILE holds
+(a run cut short, or more repeats of the same settings), so a long run can take several
+sittings: each phase is whole in itself (its own namespace, window and idle baseline).
 
 Every job asks for 1 node x 1 GPU; its pod keeps running (--run-duration), so the cluster ends
 with every job in flight, as after a real burst of submissions.
@@ -575,7 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steady", type=float, default=0, help="then this many seconds of progress reports "
         "from every job (0: none)")  # fmt: skip
     add("--progress-every", type=float, default=10, help="seconds between one job's reports (10)")
-    add("--json", type=Path, default=None, help="also write the results to this file")
+    add("--json", type=Path, default=None,
+        help="also write the results to this file, after every phase")  # fmt: skip
+    add("--resume", type=Path, default=None,
+        help="go on from the phases an earlier run (the same settings; --repeats may be "
+        "higher) wrote to this --json file, writing on to it (or to --json): a long run in "
+        "several sittings")  # fmt: skip
     add("--keep-log", action="store_true",
         help="keep the controllers' logs (else removed on success)")  # fmt: skip
     add("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -591,12 +601,45 @@ def phase_kinds(args: argparse.Namespace) -> list[str]:
     return [*kinds, "operator"]
 
 
+def pending(kinds: list[str], repeats: int,
+            done: set[tuple[int, str]]) -> list[tuple[int, int, str]]:  # fmt: skip
+    """(repeat, position, phase) for every phase run still to do, in the order they run;
+    `done` holds the (repeat, phase) pairs a resumed run has already."""
+    return [(repeat, position, kind) for repeat in range(repeats)
+            for position, kind in enumerate(rotated(kinds, repeat))
+            if (repeat, kind) not in done]  # fmt: skip
+
+
 def rotated(kinds: list[str], repeat: int) -> list[str]:
     """Repeat r runs the phases starting from the r-th: each phase runs first, second, ...
     in turn, so that what the previous phase leaves behind (garbage collection, a warm API
     server cache, the load average) does not always favour the same one."""
     shift = repeat % len(kinds)
     return kinds[shift:] + kinds[:shift]
+
+
+# What a resumed run must share with the run it goes on from: what shapes a phase's figures.
+RESUME_KEYS = ("jobs", "rate", "nodes", "threads", "workers", "run_duration", "kubeflow",
+               "skip_raw", "skip_kubeflow", "operator_command", "timeout", "settle", "quiet",
+               "idle", "steady", "progress_every")  # fmt: skip
+
+
+def resumed(path: Path, args: argparse.Namespace) -> tuple[list[report.RecordedPhase], Any]:
+    """The phase runs and create cost an earlier run wrote to `path`; refuses a file whose
+    run had other settings (its figures would not fold into the same rows)."""
+    doc = json.loads(path.read_text())
+    differ = [f"--{k.replace('_', '-')} {doc['args'].get(k)} (now {getattr(args, k)})"
+              for k in RESUME_KEYS if doc["args"].get(k) != str(getattr(args, k))]  # fmt: skip
+    if differ:
+        raise SystemExit(f"--resume {path}: that run had other settings: {', '.join(differ)}")
+    return report.recorded(doc), doc["create_cost"]
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Replaced whole (a rename), so that a run killed mid-write keeps the last one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(doc, indent=2))
+    partial.replace(path)
 
 
 def wait_for_load(max_load: float, wait: float) -> float:
@@ -611,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1 or args.nodes < 1 or args.rate < 0 or args.repeats < 1:
         raise SystemExit("--jobs, --nodes and --repeats must be >= 1, --rate >= 0")
+    phases: list[report.PhaseLike] = []
+    cost = None
+    if args.resume:
+        phases, cost = resumed(args.resume, args)
+        args.json = args.json or args.resume
+        print(f"resuming {args.resume}: {len(phases)} phase runs done", flush=True)
+    done = {(phase.repeat, phase.name) for phase in phases}
     load = wait_for_load(args.max_load, args.load_wait)
     if load > args.max_load and not args.ignore_load:
         raise SystemExit(f"the machine is busy: load average {load:.2f} > --max-load "
@@ -645,32 +695,31 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.rate or 'max'}/s, {args.threads} client threads, {args.nodes} extra "
               f"GPU nodes, pods run {args.run_duration}; phases {', '.join(kinds)} x "
               f"{args.repeats}", flush=True)  # fmt: skip
-        cost = None
-        if args.create_cost:
+        if args.create_cost and not done:
             namespace = f"ftbench-cc-{run_id}"
             namespaces.append(namespace)
             cost = create_cost(api, namespace, args.create_cost, args.threads)
             delete_namespace(api, namespace, wait=300)
             namespaces.remove(namespace)
-        phases: list[Phase] = []
         # One after the other, each in its own namespace, deleted (and waited for) before the
         # next: every phase finds the GPUs free and the API server with only its own objects.
-        for repeat in range(args.repeats):
-            for position, kind in enumerate(rotated(kinds, repeat)):
-                load = wait_for_load(args.max_load, args.load_wait)
-                namespace = f"ftbench-{kind}-{run_id}-{repeat}"
-                namespaces.append(namespace)
-                print(f"[repeat {repeat + 1}/{args.repeats}, load {load:.1f}] ", end="")
-                phase = runners[kind](api, namespace, args, workdir / f"{kind}-{repeat}")
-                phase.repeat, phase.position = repeat, position
-                phase.loaded = load > args.max_load
-                phases.append(phase)
-                phase.cleanup_s = delete_namespace(api, namespace, wait=900)
-                print(f"  deleted {namespace} in {phase.cleanup_s:.0f} s", flush=True)
-                namespaces.remove(namespace)
+        for repeat, position, kind in pending(kinds, args.repeats, done):
+            load = wait_for_load(args.max_load, args.load_wait)
+            namespace = f"ftbench-{kind}-{run_id}-{repeat}"
+            namespaces.append(namespace)
+            print(f"[repeat {repeat + 1}/{args.repeats}, load {load:.1f}] ", end="")
+            phase = runners[kind](api, namespace, args, workdir / f"{kind}-{repeat}")
+            phase.repeat, phase.position = repeat, position
+            phase.loaded = load > args.max_load
+            phases.append(phase)
+            phase.cleanup_s = delete_namespace(api, namespace, wait=900)
+            print(f"  deleted {namespace} in {phase.cleanup_s:.0f} s", flush=True)
+            namespaces.remove(namespace)
+            if args.json:
+                write_json(args.json, report.document(phases, args, cost, complete=False))
         print(report.render(phases, args, cost))
         if args.json:
-            args.json.write_text(json.dumps(report.document(phases, args, cost), indent=2))
+            write_json(args.json, report.document(phases, args, cost))
         ok = True
         missed = report.missed(phases)
         return 1 if args.strict and missed else 0
@@ -727,8 +776,10 @@ def prepare(api: client.ApiClient, nodes: int) -> None:
     kubectl("wait", "--for", "condition=Established", "--timeout=60s",
             "crd/finetunejobs.finetune.dev", "crd/finetunejobprogresses.finetune.dev")  # fmt: skip
     for leftover in core.list_namespace(label_selector=BENCH_LABEL).items:
+        # Waited for: a killed 3000-job phase leaves thousands of objects whose deletion
+        # would otherwise run inside the next phase's window.
         print(f"deleting the namespace {leftover.metadata.name} of an earlier run", flush=True)
-        delete_namespace(api, leftover.metadata.name, wait=0)
+        delete_namespace(api, leftover.metadata.name, wait=900)
     # A run killed in its Kubeflow phase leaves that phase's webhooks (they only match the
     # bench's namespaces and JobSet's pods) and its runtime.
     kubectl("delete", "mutatingwebhookconfigurations,validatingwebhookconfigurations",

@@ -19,7 +19,7 @@ import argparse
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 MET, MISSED, NOISE = "met", "missed", "within noise"
@@ -277,7 +277,8 @@ def note(phase: PhaseLike) -> str:
     if phase.loaded:
         text += " LOADED"
     if phase.errors:
-        text += f"; {len(phase.errors)} failed creates, first: {phase.errors[0]}"
+        failed = phase.summary()["errors"]  # a recorded phase keeps only the first errors
+        text += f"; {failed} failed creates, first: {phase.errors[0]}"
     if phase.relisted:
         text += f"; {phase.relisted} Jobs seen by a re-list (watch broke)"
     if phase.reconcile_mean_ms is not None:
@@ -298,13 +299,20 @@ def note(phase: PhaseLike) -> str:
     return text
 
 
-def document(phases: Sequence[PhaseLike], args: argparse.Namespace,
-             cost: dict[str, float | None] | None) -> dict[str, Any]:  # fmt: skip
-    """--json: the arguments, every phase run's summary, the spreads and the verdicts."""
+def document(
+    phases: Sequence[PhaseLike],
+    args: argparse.Namespace,
+    cost: dict[str, float | None] | None,
+    complete: bool = True,
+) -> dict[str, Any]:
+    """--json: the arguments, every phase run's summary, the spreads and the verdicts.
+    Written after every phase (`complete` false until the last), so that a run cut short
+    keeps what it measured and `--resume` can go on from it (recorded())."""
     table = spreads(phases)
     peer = peer_name(list(table))
     return {
         "args": {k: str(v) for k, v in vars(args).items()},
+        "complete": complete,
         "create_cost": cost,
         "runs": [
             {
@@ -312,10 +320,14 @@ def document(phases: Sequence[PhaseLike], args: argparse.Namespace,
                 "repeat": p.repeat,
                 "position": p.position,
                 "loaded": p.loaded,
+                "load": list(p.load),
                 "summary": p.summary(),
                 "requests": p.requests,
                 "controllers": p.controllers,
                 "steady": p.steady,
+                "relisted": p.relisted,
+                "reconcile_mean_ms": p.reconcile_mean_ms,
+                "watch_events": p.watch_events,
                 "errors": p.errors[:20],
             }
             for p in phases
@@ -331,3 +343,49 @@ def document(phases: Sequence[PhaseLike], args: argparse.Namespace,
         ],
         "checks": [{"text": text, "passed": ok} for text, ok in absolute_checks(phases)],
     }
+
+
+@dataclass
+class RecordedPhase:
+    """A phase run read back from a --json document: all that the report reads of it."""
+
+    name: str
+    jobs: int
+    repeat: int
+    position: int
+    loaded: bool
+    load: tuple[float, float]
+    errors: list[str]
+    relisted: int
+    reconcile_mean_ms: float | None
+    watch_events: dict[str, float]
+    requests: dict[str, float]
+    controllers: dict[str, dict[str, float | None]]
+    steady: dict[str, float]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return self.figures
+
+
+def recorded(doc: dict[str, Any]) -> list[RecordedPhase]:
+    """The phase runs of a document() (--resume), in the order they ran."""
+    return [
+        RecordedPhase(
+            name=run["phase"],
+            jobs=int(run["summary"]["jobs"]),
+            repeat=int(run["repeat"]),
+            position=int(run["position"]),
+            loaded=bool(run["loaded"]),
+            load=(float(run["load"][0]), float(run["load"][1])),
+            errors=list(run["errors"]),
+            relisted=int(run["relisted"]),
+            reconcile_mean_ms=run["reconcile_mean_ms"],
+            watch_events=dict(run["watch_events"]),
+            requests=dict(run["requests"]),
+            controllers=dict(run["controllers"]),
+            steady=dict(run["steady"]),
+            figures=dict(run["summary"]),
+        )
+        for run in doc["runs"]
+    ]

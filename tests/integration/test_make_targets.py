@@ -190,7 +190,9 @@ def test_quickstart_fine_tunes_the_tiny_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.serial  # its kwok nodes come and go while other tests list the nodes
-def test_the_operator_benchmark_runs_directly_as_its_docstring_says(cluster: Cluster) -> None:
+def test_the_operator_benchmark_runs_directly_as_its_docstring_says(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     """`python bench/operator_load.py`, without the cluster's env sourced: it finds (or
     starts) the local cluster and reads its kubeconfig itself. Every phase at its smallest:
     the create cost alone (5 creates), then 3 jobs on 2 nodes in each of raw, Kubeflow as
@@ -198,16 +200,19 @@ def test_the_operator_benchmark_runs_directly_as_its_docstring_says(cluster: Clu
     reporting progress every second). The Kubeflow phases run the real Trainer and JobSet
     managers (built if missing), whose Jobs must come from JobSets that come from the
     TrainJobs, with the shipped and the tuned Configuration each, and whose webhooks are gone
-    afterwards (they would refuse objects with no process behind them)."""
+    afterwards (they would refuse objects with no process behind them). Then --resume of
+    its --json: nothing left to run, the same report."""
     # Not the cluster's env file; FTO_NODE stays (how the tier runs cluster-up: as root its
     # default would bring the real node into a cluster that runs without it).
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KUBE", "FTO_")) or k == "FTO_NODE"}  # fmt: skip
+    command = [sys.executable, "bench/operator_load.py", "--jobs", "3", "--rate", "0",
+               "--nodes", "2", "--settle", "30", "--quiet", "2", "--idle", "1", "--timeout",
+               "120", "--create-cost", "5", "--max-load", "1000", "--steady", "2",
+               "--progress-every", "1"]  # fmt: skip
+    saved = tmp_path / "run.json"
     done = subprocess.run(
-        [sys.executable, "bench/operator_load.py", "--jobs", "3", "--rate", "0",
-         "--nodes", "2", "--settle", "30", "--quiet", "2", "--idle", "1", "--timeout", "120",
-         "--create-cost", "5", "--max-load", "1000", "--steady", "2", "--progress-every", "1",
-         "--keep-log"],
+        [*command, "--keep-log", "--json", str(saved)],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False, env=env,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
@@ -239,3 +244,9 @@ def test_the_operator_benchmark_runs_directly_as_its_docstring_says(cluster: Clu
     assert hooks.strip() == "", hooks
     assert "steady state: 6 progress reports" in done.stdout, done.stdout[-3000:]
     assert "(0 failed)" in done.stdout and "(0 still behind)" in done.stdout
+    again = subprocess.run([*command, "--resume", str(saved)], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, check=False, env=env)  # fmt: skip
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "4 phase runs done" in again.stdout and "[repeat" not in again.stdout
+    table = done.stdout[done.stdout.index("\n3 jobs at max/s") :].split("\ntotal ")[0]
+    assert table in again.stdout

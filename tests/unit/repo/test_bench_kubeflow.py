@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,49 @@ def test_cpu_at_a_moment_is_interpolated_between_samples() -> None:
     sampler.samples = [(10.0, 0, 0, 1.0), (11.0, 0, 0, 3.0)]
     assert sampler.cpu_at(10.5) == 2.0
     assert sampler.cpu_at(9.0) == 1.0 and sampler.cpu_at(12.0) == 3.0
+
+
+def test_a_run_read_back_from_its_json_renders_the_same_report(tmp_path: Path) -> None:
+    """--resume folds an earlier run's phases into the report as if they had run now."""
+    args = bench.build_parser().parse_args(["--jobs", "2", "--rate", "0"])
+    ours = _phase("operator", 1.0, cpu=2.0, rss=200.0)
+    ours.watch_events, ours.relisted, ours.reconcile_mean_ms = {"Pod": 8.0}, 3, 12.0
+    ours.errors = [f"create {i}: 500" for i in range(30)]
+    ours.load = (1.5, 1.75)
+    peer = _phase("kubeflow-tuned", 2.0, cpu=4.0, rss=120.0, repeat=1)
+    peer.position = 2
+    peer.controllers = {"jobset": {"cpu_s": 1.0, "peak_rss_mb": 50.0}}
+    runs: list[report.PhaseLike] = [ours, peer]
+    cost = {"sequential_p50_ms": 6.0, "burst_p50_ms": 50.0, "burst_p99_ms": 300.0,
+            "burst_per_s": 170.0}  # fmt: skip
+    path = tmp_path / "run.json"
+    bench.write_json(path, report.document(runs, args, cost, complete=False))
+    back, back_cost = bench.resumed(path, args)
+    assert [(p.name, p.repeat, p.position) for p in back] == [
+        ("operator", 0, 0), ("kubeflow-tuned", 1, 2)]  # fmt: skip
+    assert back_cost == cost
+    assert report.render(back, args, back_cost) == report.render(runs, args, cost)
+    assert "30 failed creates" in report.render(back, args, back_cost)  # 20 kept, 30 counted
+    assert json.loads(path.read_text())["complete"] is False
+    assert not path.with_name("run.json.partial").exists()
+
+
+def test_a_resumed_run_does_only_what_is_left_and_only_with_the_same_settings(
+    tmp_path: Path,
+) -> None:
+    kinds = ["raw", "kubeflow-tuned", "operator"]
+    assert bench.pending(kinds, 2, set()) == [
+        (0, 0, "raw"), (0, 1, "kubeflow-tuned"), (0, 2, "operator"),
+        (1, 0, "kubeflow-tuned"), (1, 1, "operator"), (1, 2, "raw")]  # fmt: skip
+    # Cut short in repeat 2 after its first phase: the rest keep their rotated places.
+    done = {(0, "raw"), (0, "kubeflow-tuned"), (0, "operator"), (1, "kubeflow-tuned")}
+    assert bench.pending(kinds, 2, done) == [(1, 1, "operator"), (1, 2, "raw")]
+    assert bench.pending(kinds, 1, done) == []
+    path = tmp_path / "run.json"
+    args = bench.build_parser().parse_args(["--jobs", "3000", "--nodes", "384"])
+    bench.write_json(path, report.document([_phase("raw", 0.1, cpu=None, rss=None)], args, None))
+    more = bench.build_parser().parse_args(["--jobs", "3000", "--nodes", "384", "--repeats", "3"])
+    assert len(bench.resumed(path, more)[0]) == 1  # more repeats of the same run: fine
+    other = bench.build_parser().parse_args(["--jobs", "1000", "--nodes", "384"])
+    with pytest.raises(SystemExit, match=r"other settings: --jobs 3000 \(now 1000\)"):
+        bench.resumed(path, other)
