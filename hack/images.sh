@@ -193,9 +193,17 @@ product() {
     log "$name: up to date (inputs $inputs), not rebuilt"
     return 0
   fi
+  # The image it replaces is out of date whatever happens: its name goes first, so that its
+  # layers (7 GB for the trainer's, as many again unpacked) can be collected while the new
+  # one builds. Kept, they once ran a rebuild out of disk on a machine that had room for
+  # one trainer image and one build, not two (2026-11-27).
+  if image_present "$name"; then
+    log "$name: out of date: removing the old image before the build"
+    "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$(normalize_image "$name")" >/dev/null
+  fi
+  BUILT=1 # the cache is released even if the build fails (main's trap)
   build "$name" "$REPO" "$dir" Dockerfile "$@"
   stamp "$name" "$inputs"
-  BUILT=1
 }
 
 BUILT=0
@@ -232,6 +240,9 @@ main() {
     public) ;;
     *) die "FTO_IMAGE_BASES must be local or public (got '$BASES')" ;;
   esac
+  # What a build left behind is released whether it succeeded or not: a failed build's
+  # stages (7 GB for the trainer's builder) would otherwise stay until the next success.
+  trap '[[ $BUILT == 1 ]] && release_disk' EXIT
   for t in "${targets[@]}"; do
     case "$t" in
       bases) ;;
@@ -246,7 +257,6 @@ main() {
       *) die "unknown image: $t (use: bases trainer operator)" ;;
     esac
   done
-  if [[ $BUILT == 1 ]]; then release_disk; fi
 }
 
 main "$@"

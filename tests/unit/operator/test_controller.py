@@ -6,12 +6,16 @@ instead of their exit code that way), and how it refuses jobs before reconciling
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 
 from ftapi import parse_job
+from ftoperator import controller as controller_module
+from ftoperator.cache import Cache, compact
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
 from ftoperator.config import Settings, settings_of, with_recorded
 from ftoperator.controller import UNCONFIRMED_JOB_SECONDS, Controller, pods_behind
@@ -171,6 +175,70 @@ def _env(batch_job: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value") for e in _trainer(batch_job)["env"]}
 
 
+def test_the_cache_keeps_of_a_job_and_its_pod_what_the_passes_read() -> None:
+    """slim_child: the status and metadata whole, the settings still readable from the Job,
+    the pod's node; the pod template's bulk dropped (two thirds of a running job's cache)."""
+    settings = Settings(default_image="registry.internal/ml/trainer:1.0",
+                        default_s3_endpoint="http://minio.storage:9000")  # fmt: skip
+    batch_job = build_children(parse_job(make_job("kept").obj()), attempt=0,
+                               settings=settings).job  # fmt: skip
+    batch_job["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
+    batch_job["spec"]["suspend"] = True
+    batch_job["status"] = {"active": 1, "conditions": [{"type": "Suspended", "status": "True"}]}
+    template = batch_job["spec"]["template"]
+    pod = {"metadata": {**template["metadata"], "name": "kept-0-abc"},
+           "spec": {**template["spec"], "nodeName": "gpu-1"},
+           "status": {"phase": "Running", "containerStatuses": [{"name": "trainer"}]}}  # fmt: skip
+    key, name = ("ns", "kept"), batch_job["metadata"]["name"]
+    cache = Cache()
+    cache.observe_child("Job", key, name, batch_job)
+    cache.observe_child("Pod", key, "kept-0-abc", pod)
+    kept, kept_pod = cache.batch_jobs[key][name], cache.pods[key]["kept-0-abc"]
+    assert settings_of(kept) == settings_of(batch_job) is not None
+    assert kept["status"] == batch_job["status"] and kept["spec"]["suspend"] is True
+    assert kept["spec"]["parallelism"] == batch_job["spec"]["parallelism"]
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["labels"] == batch_job["metadata"]["labels"]
+    assert "volumes" not in json.dumps(kept)
+    assert len(json.dumps(kept)) < len(json.dumps(batch_job)) / 2
+    assert kept_pod == {**pod, "spec": {"nodeName": "gpu-1"}}
+    assert cache.keys_on_nodes({"gpu-1"}) == [key]
+    # A Job held from its create's answer is kept the same way.
+    cache.observe_created_job(("ns", "other"), name, batch_job)
+    assert cache.batch_jobs["ns", "other"][name] == kept
+
+
+def test_cached_objects_share_their_keys_and_short_strings() -> None:
+    """compact(): each watch event is decoded on its own; kept, 3000 jobs' objects held
+    3000 copies of every key and label. Shared, the values are the same."""
+    text = json.dumps({"metadata": {"name": "a" * 50, "labels": {"finetune.dev/job-name": "x"}},
+                       "status": {"phase": "Running", "active": 1, "ok": True}})  # fmt: skip
+    first, second = compact(json.loads(text)), compact(json.loads(text))
+    assert first == second == json.loads(text)
+    assert next(iter(first)) is next(iter(second))  # "metadata"
+    assert first["status"]["phase"] is second["status"]["phase"]
+    (label,) = first["metadata"]["labels"]
+    assert label is next(iter(second["metadata"]["labels"]))
+    assert first["metadata"]["name"] is not second["metadata"]["name"]  # long: not shared
+    assert compact(json.loads(text)) is not compact(json.loads(text))  # copies
+
+
+def test_only_the_most_recently_used_parses_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "PARSE_CACHE_SIZE", 2)
+    controller = Controller(cast(Kube, _ApiServer()), Settings(default_image="img:1"))
+    bodies = {name: _body(make_job(name).obj()) for name in ("a", "b", "c")}
+    parsed_a = controller._parse_once(("ns", "a"), bodies["a"])[0]
+    controller._parse_once(("ns", "b"), bodies["b"])
+    # A status write brings a new body with an equal spec: no parse again, and the kept
+    # signature is the new body's (the old body's copy of the spec can go).
+    again = {**bodies["a"], "spec": copy.deepcopy(bodies["a"]["spec"]), "status": {"attempt": 0}}
+    assert controller._parse_once(("ns", "a"), again)[0] is parsed_a
+    assert dict(controller._parsed["ns", "a"][0][1])["spec"] is again["spec"]
+    controller._parse_once(("ns", "c"), bodies["c"])  # over the size: b, least recently used
+    assert list(controller._parsed) == [("ns", "a"), ("ns", "c")]
+    assert controller._parse_once(("ns", "b"), bodies["b"])[0] is not None  # parsed again
+
+
 def test_a_job_whose_first_status_was_never_written_records_what_its_job_runs() -> None:
     """The operator died after creating attempt 0, before its held first status, and came
     back with another default image: the status records the image the Job runs."""
@@ -296,7 +364,7 @@ def test_a_job_just_created_is_not_read_back_until_its_watch_event_is_late() -> 
     assert controller.cache.unconfirmed_for(key, name) == 0.0
     # A watch event that came before the create's answer is kept (it is as new or newer).
     controller.cache.observe_created_job(key, name, {"metadata": {"name": name}})
-    assert controller.cache.batch_jobs[key][name] is watched
+    assert controller.cache.batch_jobs[key][name]["status"] == watched["status"]
 
 
 def test_a_held_job_no_watch_event_confirms_is_read_back_and_forgotten_when_gone() -> None:
