@@ -109,8 +109,9 @@ FLAGS: tuple[Flag, ...] = (
     # How the process runs (Options).
     Flag("workers", "64", "FineTuneJobs reconciled concurrently", int),
     Flag("resync-seconds", "60", "look at every job at least this often", float),
-    Flag("child-check-seconds", "300",
-         "verify a running attempt's children (re-create, repair) this often", float),
+    Flag("child-check-seconds", "0",
+         "also verify a running attempt's children (re-create, repair) this often; 0: only "
+         "when their watch shows one edited or deleted", float),
     Flag("first-status-grace-seconds", "5",
          "a new job's first status waits this long for its pods: Running is then written "
          "at once, without a Pending before it; 0: write Pending at once", float),

@@ -115,6 +115,9 @@ class Controller:
         self.resync_seconds = float(DEFAULTS["resync-seconds"])
         self.child_check_seconds = float(DEFAULTS["child-check-seconds"])
         self._children_checked: dict[Key, float] = {}  # key -> loop time of the last check
+        # The jobs one of whose prerequisites changed or vanished (child_changed): checked
+        # by their next pass.
+        self._children_changed: set[Key] = set()
         # The stored CRD's schema (the served version's openAPIV3Schema), from its watch:
         # what a field newer than this code defaults to (ftapi.skew).
         self.crd_schema: dict[str, Any] | None = None
@@ -146,6 +149,7 @@ class Controller:
             self._written.pop(key, None)
             self._held.pop(key, None)
             self._children_checked.pop(key, None)
+            self._children_changed.discard(key)
             self._unknown_status.pop(key, None)
             self._told_unreadable.pop(key, None)
             self._parsed.pop(key, None)
@@ -325,6 +329,22 @@ class Controller:
         change brings an event of its own, and time-based looks come from timers."""
         version = _version(body)
         return version > 0 and self._planned.get(key, {}).get((kind, name)) == version
+
+    def child_changed(self, key: Key, event: str, body: dict[str, Any]) -> bool:
+        """A watch event of one of the job's prerequisites (its ConfigMap, Service,
+        ServiceAccount, Role, RoleBinding, NetworkPolicy, progress object): whether the job
+        must be looked at, its children then verified by the pass (_check_children). Its
+        creation (ADDED, this job's own) is not; an edit or a deletion is, and so is an
+        object of a stranger under a child's name. A job that is gone or finished has
+        nothing to verify."""
+        stored = self.cache.jobs.get(key)
+        if stored is None or (stored.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            return False
+        uid = str((stored.get("metadata") or {}).get("uid") or "")
+        if event == "ADDED" and owned_by(body, uid):
+            return False
+        self._children_changed.add(key)
+        return True
 
     def _versions(self, key: Key, stored: dict[str, Any]) -> dict[tuple[str, str], int]:
         """What a pass plans from, for planned_from: the FineTuneJob as stored (unless it is
@@ -521,27 +541,32 @@ class Controller:
     async def _check_children(
         self, key: Key, body: dict[str, Any], job: FineTuneJob | None, plan: Plan
     ) -> None:
-        """While an attempt runs, its other children are verified every child_check_seconds
-        (one GET each when intact), not only when the next attempt is created: a Role or
-        RoleBinding deleted or edited mid-attempt would otherwise cut the trainer's progress
-        reports (or keep widened rights) until a restart that may never come. Deleted
-        children are created again, edited Roles/RoleBindings/NetworkPolicies put back
-        (drift.REPAIRABLE), a stranger's object under a child's name fails the job
-        (ChildConflict). The first check waits a full interval: the attempt's creation
-        verified them all."""
+        """While an attempt runs, its other children are verified (one GET each when intact)
+        when the watch saw one of them change or vanish (child_changed), and every
+        child_check_seconds when that is set, not only when the next attempt is created: a
+        Role or RoleBinding deleted or edited mid-attempt would otherwise cut the trainer's
+        progress reports (or keep widened rights) until a restart that may never come.
+        Deleted children are created again, edited Roles/RoleBindings/NetworkPolicies put
+        back (drift.REPAIRABLE), a stranger's object under a child's name fails the job
+        (ChildConflict). An attempt's creation verifies them all (so does the next one)."""
         if job is None or plan.status.phase in TERMINAL_PHASES:
             self._children_checked.pop(key, None)
+            self._children_changed.discard(key)
             return
         now = asyncio.get_running_loop().time()
         if any(isinstance(action, CreateAttempt) for action in plan.actions):
             self._children_checked[key] = now
+            self._children_changed.discard(key)
             return
         last = self._children_checked.setdefault(key, now)
-        if plan.actions or now - last < self.child_check_seconds:
+        every = self.child_check_seconds
+        due = key in self._children_changed or (every > 0 and now - last >= every)
+        if plan.actions or not due:
             return
         attempt = plan.status.attempt
         uid = job.metadata.uid or ""
         jobs, _ = self._owned(key, uid, attempt)
+        self._children_changed.discard(key)  # a change from now on brings another look
         if Names(key[1], attempt).batch_job not in jobs:
             return  # not started (or torn down): its creation verifies the children
         self._children_checked[key] = now
@@ -554,6 +579,9 @@ class Controller:
                 )
         except ChildError as error:
             await self._fail_child(key, body, job, plan.status, error)
+        except Exception:
+            self._children_changed.add(key)  # not verified: the pass's retry checks again
+            raise
 
     async def _act(
         self, key: Key, job: FineTuneJob | None, action: Any, settings: Settings

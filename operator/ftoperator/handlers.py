@@ -2,9 +2,11 @@
 
 kopf watches the FineTuneJobs, their FineTuneJobProgress objects, the nodes and the CRD;
 the Jobs and pods, a job's busiest events, come from informers (informer.py), started and
-stopped with kopf. The handlers are coroutines on purpose: kopf runs plain functions in
-worker threads, and the cache and the queue belong to the event loop (no locks, no races
-with the passes); the informers deliver on the loop too.
+stopped with kopf, and so do the metadata of the job's other children (ConfigMap, Service,
+ServiceAccount, Role, RoleBinding, NetworkPolicy), so that one edited or deleted while the
+attempt runs is put back at once, with no periodic reads. The handlers are coroutines on
+purpose: kopf runs plain functions in worker threads, and the cache and the queue belong to
+the event loop (no locks, no races with the passes); the informers deliver on the loop too.
 
 Each watched kind feeds the controller's cache and queues the FineTuneJob it belongs to;
 the controller's workers do the rest (controller.py). kopf writes nothing to the objects
@@ -35,6 +37,10 @@ log = logging.getLogger("ftoperator")
 # The children watched by informers, only those labelled with their FineTuneJob (the API
 # server filters: the cluster's other workloads are never sent).
 CHILD_KINDS = ("Job", "Pod")
+# The attempt's prerequisites (children.Children.stages), watched for their metadata only:
+# a change or deletion is all the controller needs to hear of (Controller.child_changed).
+# The NetworkPolicy only where the operator creates them (--network-policy).
+PREREQUISITE_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
 # A job's Job and pod events start a pass within this long, one pass for all of them
 # (WorkQueue.add_batched): 6.7 events per job at its start, 2 to 3 passes.
 CHILD_BATCH_SECONDS = 1.0
@@ -94,7 +100,9 @@ def register(
         key = (namespace or "", owner[0])
         deleted = event.get("type") == "DELETED"
         report, ranks = (None, None) if deleted else (body.get(REPORT_FIELD), body.get(RANKS_FIELD))
-        if cache.observe_progress(key, report, owner[1], ranks):
+        changed = cache.observe_progress(key, report, owner[1], ranks)
+        # The trainer's reports are not edits; a deletion is (a prerequisite of the attempt).
+        if (deleted and controller.child_changed(key, "DELETED", body)) or changed:
             queue.add(key)
 
     # The stored CRD, for what a field newer than this operator defaults to (ftapi.skew).
@@ -135,11 +143,30 @@ def child_observer(kind: str, controller: Controller) -> Deliver:
     return observe
 
 
+def prerequisite_observer(kind: str, controller: Controller) -> Deliver:
+    """What an informer of a prerequisite's metadata delivers to: a batched pass of the job
+    when the controller must verify its children."""
+    queue, count = controller.queue, controller.metrics.count_watch_event
+
+    def observe(event: str, body: dict[str, Any]) -> None:
+        count(kind)
+        metadata = body.get("metadata") or {}
+        job = (metadata.get("labels") or {}).get(LABEL_JOB)
+        if job is None:
+            return
+        key = (metadata.get("namespace") or "", job)
+        if controller.child_changed(key, event, body):
+            queue.add_batched(key, CHILD_BATCH_SECONDS)
+
+    return observe
+
+
 def child_informers(
     configuration: client.Configuration, namespaces: Sequence[str], controller: Controller
 ) -> list[Informer]:
     """One informer per child kind and watched namespace; for globs (or none), one per kind
-    for every namespace, delivering only what the globs match (kopf's own matching)."""
+    for every namespace, delivering only what the globs match (kopf's own matching). The
+    Jobs and pods whole, into the cache; the prerequisites' metadata only."""
     plain = all(not set(pattern) & set("*?!,") for pattern in namespaces)
     scopes: list[str | None] = list(namespaces) if namespaces and plain else [None]
 
@@ -148,13 +175,17 @@ def child_informers(
         return any(match_namespace(name, pattern) for pattern in namespaces)
 
     filtered = accept if namespaces and not plain else None
+    prerequisites: tuple[str, ...] = PREREQUISITE_KINDS
+    if controller.settings.network_policy:
+        prerequisites += ("NetworkPolicy",)
     informers = []
-    for kind in CHILD_KINDS:
-        observe = child_observer(kind, controller)
+    for kind in (*CHILD_KINDS, *prerequisites):
+        whole = kind in CHILD_KINDS
+        observe = (child_observer if whole else prerequisite_observer)(kind, controller)
         for scope in scopes:
             path = collection(kind, scope)
-            informer = Informer(configuration, kind, path, LABEL_JOB, observe, accept=filtered)
-            informers.append(informer)
+            informers.append(Informer(configuration, kind, path, LABEL_JOB, observe,
+                                      accept=filtered, metadata_only=not whole))  # fmt: skip
     return informers
 
 

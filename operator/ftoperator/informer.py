@@ -12,9 +12,14 @@ One Informer per kind and namespace (or one for all namespaces): it lists the ob
 carry the label selector, page by page, then watches from the list's resourceVersion with
 bookmarks. A stream the server ends (timeoutSeconds) is watched again from the last version
 seen; an expired version (410 Gone) or any error makes it list again, after a backoff for
-errors, and objects that vanished meanwhile are delivered as DELETED (what kopf's re-listing
-does not do). Requests use the kubernetes client's configuration: its server, CA, client
-certificate and bearer token (read again, and so refreshed, on every request).
+errors: objects changed meanwhile are delivered as MODIFIED, those that vanished as DELETED
+(what kopf's re-listing does not do). Requests use the kubernetes client's configuration: its
+server, CA, client certificate and bearer token (read again, and so refreshed, on every
+request).
+
+`metadata_only` asks the API server for the objects' metadata alone (PartialObjectMetadata, as
+client-go's metadata informers do): enough to know that a child changed or vanished, without
+its contents crossing the wire or being parsed here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import json
 import logging
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -34,6 +40,7 @@ log = logging.getLogger("ftoperator")
 Deliver = Callable[[str, dict[str, Any]], None]  # (ADDED/MODIFIED/DELETED, the object)
 PAGE = 500
 MAX_BACKOFF_SECONDS = 30.0
+_METADATA = "application/json;as={};g=meta.k8s.io;v=v1,application/json"
 
 
 class Expired(Exception):
@@ -55,10 +62,12 @@ class Informer:
         *,
         accept: Callable[[str], bool] | None = None,
         server_timeout: int = 270,
+        metadata_only: bool = False,
     ) -> None:
         """`collection`: the URL path of the objects (`/api/v1/pods`, or a namespace's);
         `accept`: which namespaces to deliver (all when None); `kind` and the collection's
-        API version are set on listed objects (a list's items carry neither)."""
+        API version are set on listed objects (a list's items carry neither). `selector`
+        is the label selector's key (the objects that carry it are delivered)."""
         self.configuration = configuration
         self.kind = kind
         self.collection = collection
@@ -67,8 +76,9 @@ class Informer:
         self.deliver = deliver
         self.accept = accept
         self.server_timeout = server_timeout
-        # (namespace, name) -> (resourceVersion, the object's metadata stub for DELETED)
-        self.known: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self.metadata_only = metadata_only
+        # (namespace, name) -> (resourceVersion, the selector's label value, for DELETED)
+        self.known: dict[tuple[str, str], tuple[str, str]] = {}
         self.lists = 0  # how often it listed (the first list, then after errors or 410s)
 
     async def run(self) -> None:
@@ -104,21 +114,25 @@ class Informer:
             params = {"labelSelector": self.selector, "limit": str(PAGE)}
             if cont:
                 params["continue"] = cont
-            async with session.get(self._url(), params=params, headers=self._headers()) as answer:
+            headers = self._headers("PartialObjectMetadataList")
+            async with session.get(self._url(), params=params, headers=headers) as answer:
                 if answer.status == 410:  # the continue token expired: start over
                     raise Expired()
                 page = await _json(answer)
             for item in page.get("items") or []:
-                item.setdefault("kind", self.kind)
-                item.setdefault("apiVersion", self.api_version)
-                listed.add(_ref(item))
-                self._observe("ADDED", item)
+                if not self.metadata_only:  # PartialObjectMetadata is what those say
+                    item.setdefault("kind", self.kind)
+                    item.setdefault("apiVersion", self.api_version)
+                ref = _ref(item)
+                listed.add(ref)
+                self._observe("MODIFIED" if ref in self.known else "ADDED", item)
             metadata = page.get("metadata") or {}
             cont = str(metadata.get("continue") or "")
             if not cont:
                 break
         for ref in [ref for ref in self.known if ref not in listed]:
-            _, stub = self.known.pop(ref)
+            _, value = self.known.pop(ref)
+            stub = {"namespace": ref[0], "name": ref[1], "labels": {self.selector: value}}
             self.deliver("DELETED", {"kind": self.kind, "metadata": stub})
         return str(metadata.get("resourceVersion") or "")
 
@@ -128,7 +142,8 @@ class Informer:
             "watch": "true", "resourceVersion": version, "allowWatchBookmarks": "true",
             "timeoutSeconds": str(self.server_timeout), "labelSelector": self.selector,
         }  # fmt: skip
-        async with session.get(self._url(), params=params, headers=self._headers()) as answer:
+        headers = self._headers("PartialObjectMetadata")
+        async with session.get(self._url(), params=params, headers=headers) as answer:
             if answer.status == 410:
                 raise Expired()
             if answer.status != 200:
@@ -157,16 +172,19 @@ class Informer:
             held = self.known.get(ref)
             if held is not None and held[0] == version:
                 return  # a list's copy of what was already delivered
-            stub = {"name": ref[1], "namespace": ref[0], "labels": metadata.get("labels") or {}}
-            self.known[ref] = (version, stub)
+            # Interned: a job's children share its name (and all their namespace).
+            value = sys.intern(str((metadata.get("labels") or {}).get(self.selector, "")))
+            self.known[(sys.intern(ref[0]), ref[1])] = (version, value)
         self.deliver(kind, obj)
 
     def _url(self) -> str:
         return f"{self.configuration.host}{self.collection}"
 
-    def _headers(self) -> dict[str, str]:
-        """Accept JSON; the bearer token as the client has it now (refreshed by its hook)."""
-        headers = {"Accept": "application/json"}
+    def _headers(self, metadata_as: str) -> dict[str, str]:
+        """Accept JSON (the metadata alone as `metadata_as`, when metadata_only); the bearer
+        token as the client has it now (refreshed by its hook)."""
+        accept = _METADATA.format(metadata_as) if self.metadata_only else "application/json"
+        headers = {"Accept": accept}
         settings = cast(dict[str, dict[str, Any]], self.configuration.auth_settings())
         for setting in settings.values():
             if setting.get("in") == "header" and setting.get("value"):

@@ -434,13 +434,13 @@ def _absent(read: Callable[[], Any]) -> bool:
 def test_children_deleted_or_edited_mid_attempt_are_restored_without_a_restart(
     cluster: Cluster, crd: Any, namespace: str, tmp_path: Any
 ) -> None:
-    """While an attempt runs, its children are verified every --child-check-seconds: deleted
-    ones come back, an edited Role/RoleBinding/NetworkPolicy is put back, all without a new
+    """While an attempt runs, its children are verified when their watch shows one edited or
+    deleted (no periodic check: --child-check-seconds is 0, the resync 60 s): deleted ones
+    come back, an edited Role/RoleBinding/NetworkPolicy is put back, all without a new
     attempt; a stranger's object under a child's name then fails the job (never adopted)."""
     operator = Operator(
-        cluster, tmp_path / "checks.log", "--resync-seconds", "1", "--child-check-seconds", "2",
-        "--network-policy", namespaces=(namespace,),
-    )  # fmt: skip
+        cluster, tmp_path / "checks.log", "--network-policy", namespaces=(namespace,)
+    )
     core, rbac = client.CoreV1Api(cluster.api), client.RbacAuthorizationV1Api(cluster.api)
     networking = client.NetworkingV1Api(cluster.api)
     name, trainer = "watched", "watched-trainer"

@@ -123,3 +123,56 @@ def test_an_informer_delivers_objects_longer_than_a_stream_readers_line(
     body = next(body for _, name, body in seen.events if name == "large")
     assert body["metadata"]["annotations"]["big"] == large
     assert informer.lists == 1  # from the watch stream, not a list after an error
+
+
+def test_a_metadata_informer_delivers_metadata_only_and_what_changed_while_away(
+    cluster: Cluster, ns: str
+) -> None:
+    """The prerequisites' informers (handlers.PREREQUISITE_KINDS): the API server sends the
+    metadata alone (a ConfigMap's data never reaches the operator); a change made while
+    nothing watched is delivered as MODIFIED by the next list, a deletion as DELETED with
+    the job's label."""
+    core = client.CoreV1Api(cluster.api)
+    secret_ish = "not for the operator"
+
+    def config_map(name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": {LABEL_JOB: "some-job"}},
+                "data": {"config.yaml": secret_ish}}  # fmt: skip
+
+    core.create_namespaced_config_map(ns, config_map("kept"))
+    core.create_namespaced_config_map(ns, config_map("edited"))
+    core.create_namespaced_config_map(ns, config_map("deleted"))
+    seen = Recorder()
+    informer = Informer(cluster.api.configuration, "ConfigMap", collection("ConfigMap", ns),
+                        LABEL_JOB, seen, server_timeout=1, metadata_only=True)  # fmt: skip
+
+    async def watch(until: Callable[[], bool], what: str) -> None:
+        task = asyncio.create_task(informer.run())
+        await _until(until, what)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def first() -> None:
+        async def change() -> None:
+            await asyncio.sleep(1.5)  # a watch stream ended by the server, watched on
+            patch = {"metadata": {"annotations": {"a": "1"}}}
+            await asyncio.to_thread(core.patch_namespaced_config_map, "kept", ns, patch)
+
+        changing = asyncio.create_task(change())
+        await watch(lambda: "kept" in seen.names("MODIFIED"), "the watched change")
+        await changing
+
+    _run(first)
+    assert sorted(seen.names("ADDED")) == ["deleted", "edited", "kept"]
+    assert all(body["kind"] == "PartialObjectMetadata" and "data" not in body
+               for _, _, body in seen.events), seen.events  # fmt: skip
+    assert secret_ish not in repr(seen.events)
+
+    core.patch_namespaced_config_map("edited", ns, {"metadata": {"labels": {"x": "y"}}})
+    core.delete_namespaced_config_map("deleted", ns)
+    seen.events.clear()
+    _run(lambda: watch(lambda: bool(seen.names("DELETED")), "the vanished ConfigMap"))
+    assert (seen.names("MODIFIED"), seen.names("ADDED")) == (["edited"], [])
+    (deleted,) = [body for event, _, body in seen.events if event == "DELETED"]
+    assert deleted["metadata"]["labels"] == {LABEL_JOB: "some-job"}
+    assert informer.lists == 2

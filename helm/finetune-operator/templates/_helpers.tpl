@@ -92,28 +92,30 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
   resources: [workloads]
   verbs: [list]
 # Each job's resolved-config ConfigMap (immutable), its rendezvous Service, the training pods'
-# ServiceAccount, Role and RoleBinding. get: an object that already exists is read once to
-# check that this job owns it (never adopted otherwise). No list/watch, update or delete:
-# no ConfigMap of the cluster can be read in bulk or changed.
+# ServiceAccount, Role and RoleBinding. get: an object that already exists is read to check
+# that this job owns it (never adopted otherwise). list/watch: the operator watches the
+# metadata of those labelled with their job (the API server filters by label), so that one
+# edited or deleted while the attempt runs is put back. No update or delete: no ConfigMap of
+# the cluster can be changed.
 - apiGroups: [""]
   resources: [configmaps, services, serviceaccounts]
-  verbs: [create, get]
-# patch: a job's own Role and RoleBinding, if edited, are put back (when an attempt starts,
-# then every operator.childCheckSeconds while it runs)
-# (server-side apply); a Role may only grant what the operator itself holds.
+  verbs: [create, get, list, watch]
+# patch: a job's own Role and RoleBinding, if edited, are put back (server-side apply; when
+# an attempt starts, and when their watch shows the edit); a Role may only grant what the
+# operator itself holds.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create, get, patch]
+  verbs: [create, get, list, watch, patch]
 # Events on FineTuneJobs; list: the Job controller's FailedCreate Events on a Job whose
 # pods do not appear (a quota, a missing PriorityClass), read into the job's status.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch, list]
 {{- if .Values.operator.networkPolicy }}
-# operator.networkPolicy: each job's NetworkPolicy (get, patch: as for Roles above).
+# operator.networkPolicy: each job's NetworkPolicy (get, list, watch, patch: as for Roles above).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [create, get, patch]
+  verbs: [create, get, list, watch, patch]
 {{- end }}
 {{- end }}
 

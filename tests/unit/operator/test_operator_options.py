@@ -29,7 +29,7 @@ def test_defaults() -> None:
     assert options.settings == Settings()
     assert options.leader_election is True
     assert (options.metrics_port, options.workers, options.resync_seconds) == (8080, 64, 60.0)
-    assert options.child_check_seconds == 300.0
+    assert options.child_check_seconds == 0.0  # the watches of the children only
     assert parse_options([], env={"FTO_CHILD_CHECK_SECONDS": "30"}).child_check_seconds == 30.0
 
 
