@@ -435,7 +435,9 @@ def test_a_restart_after_the_final_checkpoint_trains_no_further(
     assert all(first[name].equal(again[name]) for name in first)
 
 
-@pytest.mark.parametrize("name", ["/nonexistent/model", "./not-here", "~/not-here-either"])
+@pytest.mark.parametrize(
+    "name", ["/nonexistent/model", "./not-here", "~/not-here-either", ".quickstart/not-here"]
+)
 def test_a_model_path_that_does_not_exist_is_named_before_anything_loads(
     qa_data: Path, tmp_path: Path, name: str
 ) -> None:

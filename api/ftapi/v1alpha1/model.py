@@ -11,8 +11,11 @@ from .registry import RegistryAccess, oci_reference_rule
 
 def is_relative_path(name: str) -> bool:
     """Whether a model, tokenizer or adapter name is a relative local path. Hub ids look
-    like relative paths ("org/name"), so only an explicit ./ ../ ~ (or . and ..) is one."""
-    return name.startswith(("./", "../", "~")) or name in (".", "..")
+    like relative paths ("org/name"), so only an explicit ./ ../ ~ (or . and ..) is one, and
+    a name starting with a dot (".quickstart/tiny-llama"), which no hub id or organisation
+    can: taken for a hub id, it failed every attempt with the hub's "Repo id must use
+    alphanumeric chars" instead of saying that the folder is missing."""
+    return name.startswith((".", "~"))
 
 
 Attention = Literal[

@@ -63,6 +63,12 @@ def test_a_missing_local_path_is_a_problem_but_a_missing_hub_id_is_not(workdir: 
         "spec.dataset.train.uri: 'data/missing.jsonl' does not exist on this machine",
         "spec.model.name: './models/gone' does not exist on this machine",
     ]
+    # A name starting with a dot is a path (no hub id can): the quick start's model before
+    # `python -m fttrainer.tiny` wrote it.
+    job = parse_job(manifest(model={"name": ".quickstart/tiny-llama"}))
+    assert local_locations(job, workdir)[1] == [
+        "spec.model.name: '.quickstart/tiny-llama' does not exist on this machine"
+    ]
 
 
 def test_a_python_reward_file_is_staged_and_keeps_its_function_name(workdir: Path) -> None:

@@ -259,6 +259,8 @@ LOCAL = {
     "relative prompts": ({"evaluation": {"promptsUri": "prompts.txt"}},
                          "spec.evaluation.promptsUri"),
     "a model in the current folder": ({"model": {"name": "./my-model"}}, "spec.model.name"),
+    # No hub id starts with a dot: the quick start's manifest applied as it is.
+    "a model in a dot folder": ({"model": {"name": ".quickstart/tiny-llama"}}, "spec.model.name"),
 }  # fmt: skip
 
 
