@@ -5,7 +5,6 @@ until it ends, and plots the loss from `.metrics()`."""
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -15,6 +14,7 @@ from nbclient import NotebookClient
 from fttestkit.finetunejobs import read_ftj
 from fttestkit.paths import REPO
 from fttestkit.release import Release
+from fttrainer.tiny import save_tiny_model
 from tests.e2e.realnode import Bucket, FinetuneCli
 
 NOTEBOOK = REPO / "examples/quickstart-cluster.ipynb"
@@ -26,8 +26,7 @@ def test_the_notebook_submits_the_quickstart_follows_it_and_plots_its_loss(
     # The tiny model `make quickstart-cluster` writes before the notebook runs (its first
     # cell says so); from a fresh clone nothing else may have written it yet.
     if not (REPO / ".quickstart/tiny-llama/config.json").is_file():
-        subprocess.run([str(REPO / ".venv/bin/python"), "-m", "fttrainer.tiny", "--arch", "llama",
-                        "--output", str(REPO / ".quickstart/tiny-llama")], check=True)  # fmt: skip
+        save_tiny_model("llama", REPO / ".quickstart/tiny-llama")
     secret = bucket.credentials_secret(operator_release.watched, f"s3-{bucket.name}")
     user = FinetuneCli(operator_release, tmp_path / "home", bucket=bucket, secret=secret)
     for key, value in user.env.items():  # the kernel inherits the environment
