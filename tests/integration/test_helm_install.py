@@ -148,8 +148,9 @@ def local_operator(
 def _example(name: str, run_duration: str | None = None) -> dict[str, Any]:
     manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     manifest["metadata"]["name"] = name
-    # The quickstart is a local run; in a cluster the model, data and results live in S3 (the operator
-    # refuses local paths: LocalPath). kwok plays the pods, nothing is read or written.
+    # The quickstart is a local run; in a cluster the model, data and results live in S3
+    # (the operator refuses local paths: LocalPath). kwok plays the pods, nothing is read
+    # or written.
     manifest["spec"]["model"]["name"] = "s3://models/tiny-llama"
     manifest["spec"]["dataset"]["train"]["uri"] = "s3://data/quickstart.jsonl"
     manifest["spec"]["output"]["uri"] = f"s3://models/{name}"
