@@ -17,6 +17,7 @@ job that keeps failing costs ever fewer requests and log lines instead of a stea
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import sys
 import time
@@ -31,8 +32,10 @@ from ftapi.progress import (
     read_rank_report,
     read_report,
 )
+from ftapi.skew import defaulted
 
 from .kueue import QueueState
+from .merge_patch import apply_merge_patch
 
 log = logging.getLogger("ftoperator")
 
@@ -164,6 +167,25 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
         body = {**body, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
     compacted: dict[str, Any] = compact(body)
     return compacted
+
+
+def as_written(
+    body: dict[str, Any],
+    status_patch: dict[str, Any],
+    metadata: dict[str, Any],
+    status_schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A FineTuneJob as a status write of this operator left it: `body`, the object the
+    patch was made against, with the patch applied to its status, the CRD's defaults of
+    `status_schema` filled in (as the API server fills them: `restarts: 0` where the patch
+    had none) and the metadata the API server answered (its new resourceVersion). What the
+    API server stored, unless someone else wrote the status in between: then the watch
+    brings the stored object, newer than this, soon after (Controller._freshest)."""
+    metadata = {k: v for k, v in metadata.items() if k != "managedFields"}
+    status = apply_merge_patch(body.get("status") or {}, status_patch)
+    if status_schema is not None:  # defaulted() fills in place: a copy, not the cache's
+        status = defaulted(status_schema, copy.deepcopy(status))
+    return {**body, "metadata": compact(metadata), "status": compact(status)}
 
 
 # Strings up to this long are shared between the cached objects (compact).

@@ -38,7 +38,7 @@ from ftapi.skew import Loc, NewerFields, kept, newer_fields, parse_stored_job, r
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
-from .cache import Cache, Key, WorkQueue, slim
+from .cache import Cache, Key, WorkQueue, as_written
 from .children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
 from .config import DEFAULTS, OPERATOR, Settings, settings_of, settings_used, with_recorded
 from .kube import ChildError, Kube, owned_by
@@ -77,8 +77,8 @@ QUEUE_READ_SECONDS = 5.0
 UNCONFIRMED_JOB_SECONDS = 30.0
 # How long a new job's first status may wait for its pods to start (see the module).
 FIRST_STATUS_GRACE_SECONDS = float(DEFAULTS["first-status-grace-seconds"])
-# The parses kept (_parse_once), the most recently used: about 26 KB each in Python objects.
-PARSE_CACHE_SIZE = 512
+# The parses kept (_parse_once), the most recently used: about 17 KB each in Python objects.
+PARSE_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -464,11 +464,11 @@ class Controller:
         spec was 8 % of the operator's CPU in a burst (a pass per watch event). The cache's
         bodies are replaced per watch event, never edited, so comparing against the parts
         kept from the last parse is exact. The price is memory: a parsed job holds every
-        default of the spec (about 26 KB in Python objects), so only the PARSE_CACHE_SIZE
-        most recently used are kept (the passes of a job come close together: its start,
-        its pods' events, its end; a parse again costs 0.1 ms), and a finished job's is
-        dropped (plan). Kept for every job, they were a quarter of the operator's memory
-        at 3000 running jobs."""
+        default of the spec (about 17 KB in Python objects), so only the PARSE_CACHE_SIZE
+        most recently used are kept, and a finished job's is dropped (plan). With 512 kept,
+        a burst of 3000 jobs parsed again on nearly every pass (a job's passes spread over
+        more than 512 other jobs' when the burst queues up): 10 % of the operator's CPU,
+        0.3 ms a parse; 4096 cost 48 MB of peak RSS there (docs/benchmarks.md)."""
         signature = _parsed_from(body)
         held = self._parsed.pop(key, None)
         if held is not None and held[0] == signature:
@@ -504,7 +504,7 @@ class Controller:
                 events = released.events_to_tell(plan.status.phase) + events
             if stored is None:
                 return False
-            self._written[key] = slim(stored)
+            self._written[key] = as_written(body, patch, stored, self._status_schema())
         try:
             if plan.actions:  # most passes act on nothing: no copy of the settings for them
                 settings = with_recorded(self.settings, plan.status.settings)
@@ -636,7 +636,13 @@ class Controller:
             patch = {"settings": recorded}
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
             if stored is not None:
-                self._written[key] = slim(stored)
+                self._written[key] = as_written(body, patch, stored, self._status_schema())
+
+    def _status_schema(self) -> dict[str, Any] | None:
+        """The stored CRD's schema of the status (its defaults: cache.as_written); None
+        until the CRD's watch has delivered."""
+        status = ((self.crd_schema or {}).get("properties") or {}).get("status")
+        return status if isinstance(status, dict) else None
 
     def _hold(self, key: Key, stored: dict[str, Any], plan: Plan, planned: dict[str, Any]) -> bool:
         """Whether to hold back this pass's status write: only a new job's first status

@@ -1,12 +1,13 @@
 """Watch streams in, cache updates and queued keys out. No decisions here.
 
-kopf watches the FineTuneJobs, their FineTuneJobProgress objects, the nodes and the CRD;
-the Jobs and pods, a job's busiest events, come from informers (informer.py), started and
-stopped with kopf, and so do the metadata of the job's other children (ConfigMap, Service,
-ServiceAccount, Role, RoleBinding, NetworkPolicy), so that one edited or deleted while the
-attempt runs is put back at once, with no periodic reads. The handlers are coroutines on
-purpose: kopf runs plain functions in worker threads, and the cache and the queue belong to
-the event loop (no locks, no races with the passes); the informers deliver on the loop too.
+The FineTuneJobs, their FineTuneJobProgress objects, Jobs and pods come from informers
+(informer.py: kopf's handling of each event cost more than the rest of its reading), started
+and stopped with kopf, and so do the metadata of the job's other children (ConfigMap,
+Service, ServiceAccount, Role, RoleBinding, NetworkPolicy), so that one edited or deleted
+while the attempt runs is put back at once, with no periodic reads. kopf watches the nodes
+and the CRD. Its handlers are coroutines on purpose: kopf runs plain functions in worker
+threads, and the cache and the queue belong to the event loop (no locks, no races with the
+passes); the informers deliver on the loop too.
 
 Each watched kind feeds the controller's cache and queues the FineTuneJob it belongs to;
 the controller's workers do the rest (controller.py). kopf writes nothing to the objects
@@ -24,7 +25,7 @@ import kopf
 from kopf._cogs.structs.references import NamespaceName, match_namespace
 from kubernetes import client
 
-from ftapi.constants import CRD_NAME, GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
+from ftapi.constants import CRD_NAME, GROUP, KIND
 from ftapi.progress import RANKS_FIELD, REPORT_FIELD
 
 from .cache import node_ready
@@ -54,7 +55,7 @@ def register(
 ) -> None:
     """`namespaces`: as kopf's (names or globs; none: every namespace)."""
     cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
-    informers = child_informers(configuration, namespaces, controller)
+    informers = watch_informers(configuration, namespaces, controller)
     running: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
@@ -79,32 +80,6 @@ def register(
         await asyncio.gather(*running, return_exceptions=True)
         await controller.queue.stop()
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-        count(KIND)
-        key = (namespace or "", name)
-        deleted = event.get("type") == "DELETED"
-        cache.observe_job(key, None if deleted else _body(event))
-        if not deleted and not controller.planned_from(key, KIND, name, _body(event)):
-            queue.add(key)
-
-    @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, registry=registry)
-    async def progress(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-        # Tied to its job by the controller ownerReference and the name the operator gave
-        # it, never by labels; the controller also checks the owner's UID (cache.py).
-        count("FineTuneJobProgress")
-        body = _body(event)
-        owner = _controller(body)
-        if owner is None or name != Names(owner[0], 0).progress:
-            return
-        key = (namespace or "", owner[0])
-        deleted = event.get("type") == "DELETED"
-        report, ranks = (None, None) if deleted else (body.get(REPORT_FIELD), body.get(RANKS_FIELD))
-        changed = cache.observe_progress(key, report, owner[1], ranks)
-        # The trainer's reports are not edits; a deletion is (a prerequisite of the attempt).
-        if (deleted and controller.child_changed(key, "DELETED", body)) or changed:
-            queue.add(key)
-
     # The stored CRD, for what a field newer than this operator defaults to (ftapi.skew).
     # The chart's ClusterRole already lets kopf list and watch CRDs (its resource discovery).
     @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
@@ -122,6 +97,46 @@ def register(
         if was_lost == ready:  # readiness changed: the jobs with pods there must look again
             for key in cache.keys_on_nodes({name}):
                 queue.add(key)
+
+
+def job_observer(controller: Controller) -> Deliver:
+    """What the FineTuneJobs' informer delivers to: the cache, and a pass of the job unless
+    the event is what its last pass planned from (the echo of its own status write)."""
+    cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
+
+    def observe(event: str, body: dict[str, Any]) -> None:
+        count(KIND)
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+        deleted = event == "DELETED"
+        cache.observe_job(key, None if deleted else body)
+        if not deleted and not controller.planned_from(key, KIND, key[1], body):
+            queue.add(key)
+
+    return observe
+
+
+def progress_observer(controller: Controller) -> Deliver:
+    """What the FineTuneJobProgress objects' informer delivers to. Tied to its job by the
+    controller ownerReference and the name the operator gave it, never by labels; the
+    controller also checks the owner's UID (cache.py)."""
+    cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
+
+    def observe(event: str, body: dict[str, Any]) -> None:
+        count("FineTuneJobProgress")
+        metadata = body.get("metadata") or {}
+        owner = _controller(body)
+        if owner is None or metadata.get("name") != Names(owner[0], 0).progress:
+            return
+        key = (str(metadata.get("namespace") or ""), owner[0])
+        deleted = event == "DELETED"
+        report, ranks = (None, None) if deleted else (body.get(REPORT_FIELD), body.get(RANKS_FIELD))
+        changed = cache.observe_progress(key, report, owner[1], ranks)
+        # The trainer's reports are not edits; a deletion is (a prerequisite of the attempt).
+        if (deleted and controller.child_changed(key, "DELETED", body)) or changed:
+            queue.add(key)
+
+    return observe
 
 
 def child_observer(kind: str, controller: Controller) -> Deliver:
@@ -161,12 +176,13 @@ def prerequisite_observer(kind: str, controller: Controller) -> Deliver:
     return observe
 
 
-def child_informers(
+def watch_informers(
     configuration: client.Configuration, namespaces: Sequence[str], controller: Controller
 ) -> list[Informer]:
-    """One informer per child kind and watched namespace; for globs (or none), one per kind
-    for every namespace, delivering only what the globs match (kopf's own matching). The
-    Jobs and pods whole, into the cache; the prerequisites' metadata only."""
+    """One informer per kind and watched namespace; for globs (or none), one per kind for
+    every namespace, delivering only what the globs match (kopf's own matching). The
+    FineTuneJobs and their progress objects whole, all of them; the Jobs and pods whole,
+    those labelled with their FineTuneJob; the prerequisites' metadata only, labelled."""
     plain = all(not set(pattern) & set("*?!,") for pattern in namespaces)
     scopes: list[str | None] = list(namespaces) if namespaces and plain else [None]
 
@@ -178,15 +194,27 @@ def child_informers(
     prerequisites: tuple[str, ...] = PREREQUISITE_KINDS
     if controller.settings.network_policy:
         prerequisites += ("NetworkPolicy",)
-    informers = []
-    for kind in (*CHILD_KINDS, *prerequisites):
-        whole = kind in CHILD_KINDS
-        observe = (child_observer if whole else prerequisite_observer)(kind, controller)
-        for scope in scopes:
-            path = collection(kind, scope)
-            informers.append(Informer(configuration, kind, path, LABEL_JOB, observe,
-                                      accept=filtered, metadata_only=not whole))  # fmt: skip
-    return informers
+    # (kind, label selector, where its events go, metadata only)
+    watched: list[tuple[str, str | None, Deliver, bool]] = [
+        (KIND, None, job_observer(controller), False),
+        ("FineTuneJobProgress", None, progress_observer(controller), False),
+        *((kind, LABEL_JOB, child_observer(kind, controller), False) for kind in CHILD_KINDS),
+        *((kind, LABEL_JOB, prerequisite_observer(kind, controller), True)
+          for kind in prerequisites),
+    ]  # fmt: skip
+    return [
+        Informer(
+            configuration,
+            kind,
+            collection(kind, scope),
+            selector,
+            observe,
+            accept=filtered,
+            metadata_only=metadata_only,
+        )
+        for kind, selector, observe, metadata_only in watched
+        for scope in scopes
+    ]
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

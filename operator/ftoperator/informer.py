@@ -1,21 +1,22 @@
-"""The watches of a FineTuneJob's Jobs and pods: list, then watch, as client-go's informers do.
+"""The operator's watches: list, then watch, as client-go's informers do.
 
-kopf watches the FineTuneJobs (and their progress objects, the nodes, the CRD); the Jobs and
-pods are watched here. A job's start brings about seven events of its children (the pod
-created, scheduled, started; its Job counting it), and kopf's handling of one event (its
-causes, the kwargs of a handler, a logger, a worker task per object) costs about 0.85 ms of
-CPU more than reading it here does: measured side by side on the same 9,200 events, 1.19
-against 0.33 ms per event (docs/benchmarks.md). That was a third of the operator's CPU in a
-burst of new jobs.
+The FineTuneJobs, their FineTuneJobProgress objects, Jobs and pods are watched here; kopf
+keeps the nodes and the CRD (a few events a day) and runs the operator's lifecycle. kopf's
+handling of one event (its causes, the kwargs of a handler, a logger, a worker task per
+object) costs about 0.85 ms of CPU more than reading it here does: measured side by side on
+the same 9,200 events, 1.19 against 0.33 ms per event (docs/benchmarks.md). For the Jobs and
+pods (about seven events per job at its start) that was a third of the operator's CPU in a
+burst of new jobs; for the FineTuneJobs and their progress objects (about five per job: the
+create, the status writes, the deletion) a tenth at 3000 jobs.
 
-One Informer per kind and namespace (or one for all namespaces): it lists the objects that
-carry the label selector, page by page, then watches from the list's resourceVersion with
-bookmarks. A stream the server ends (timeoutSeconds) is watched again from the last version
-seen; an expired version (410 Gone) or any error makes it list again, after a backoff for
-errors: objects changed meanwhile are delivered as MODIFIED, those that vanished as DELETED
-(what kopf's re-listing does not do). Requests use the kubernetes client's configuration: its
-server, CA, client certificate and bearer token (read again, and so refreshed, on every
-request).
+One Informer per kind and namespace (or one for all namespaces): it lists the objects (those
+that carry the label selector, when one is given), page by page, then watches from the
+list's resourceVersion with bookmarks. A stream the server ends (timeoutSeconds) is watched
+again from the last version seen; an expired version (410 Gone) or any error makes it list
+again, after a backoff for errors: objects changed meanwhile are delivered as MODIFIED, those
+that vanished as DELETED (what kopf's re-listing does not do). Requests use the kubernetes
+client's configuration: its server, CA, client certificate and bearer token (read again, and
+so refreshed, on every request).
 
 `metadata_only` asks the API server for the objects' metadata alone (PartialObjectMetadata, as
 client-go's metadata informers do): enough to know that a child changed or vanished, without
@@ -35,12 +36,13 @@ from typing import Any, cast
 import aiohttp
 from kubernetes import client
 
+from .kube import JSON, PARTIAL_METADATA
+
 log = logging.getLogger("ftoperator")
 
 Deliver = Callable[[str, dict[str, Any]], None]  # (ADDED/MODIFIED/DELETED, the object)
 PAGE = 500
 MAX_BACKOFF_SECONDS = 30.0
-_METADATA = "application/json;as={};g=meta.k8s.io;v=v1,application/json"
 
 
 class Expired(Exception):
@@ -57,7 +59,7 @@ class Informer:
         configuration: client.Configuration,
         kind: str,
         collection: str,
-        selector: str,
+        selector: str | None,
         deliver: Deliver,
         *,
         accept: Callable[[str], bool] | None = None,
@@ -67,7 +69,8 @@ class Informer:
         """`collection`: the URL path of the objects (`/api/v1/pods`, or a namespace's);
         `accept`: which namespaces to deliver (all when None); `kind` and the collection's
         API version are set on listed objects (a list's items carry neither). `selector`
-        is the label selector's key (the objects that carry it are delivered)."""
+        is the label selector's key (the objects that carry it are delivered; None: every
+        object)."""
         self.configuration = configuration
         self.kind = kind
         self.collection = collection
@@ -111,7 +114,7 @@ class Informer:
         listed: set[tuple[str, str]] = set()
         cont = ""
         while True:
-            params = {"labelSelector": self.selector, "limit": str(PAGE)}
+            params = {"limit": str(PAGE), **self._selecting()}
             if cont:
                 params["continue"] = cont
             headers = self._headers("PartialObjectMetadataList")
@@ -132,15 +135,18 @@ class Informer:
                 break
         for ref in [ref for ref in self.known if ref not in listed]:
             _, value = self.known.pop(ref)
-            stub = {"namespace": ref[0], "name": ref[1], "labels": {self.selector: value}}
-            self.deliver("DELETED", {"kind": self.kind, "metadata": stub})
+            stub: dict[str, Any] = {"namespace": ref[0], "name": ref[1]}
+            if self.selector is not None:
+                stub["labels"] = {self.selector: value}
+            self.deliver("DELETED", {"kind": self.kind, "apiVersion": self.api_version,
+                                     "metadata": stub})  # fmt: skip
         return str(metadata.get("resourceVersion") or "")
 
     async def _watch(self, session: aiohttp.ClientSession, version: str) -> str:
         """Deliver the stream's events until the server ends it; the last version seen."""
         params = {
             "watch": "true", "resourceVersion": version, "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(self.server_timeout), "labelSelector": self.selector,
+            "timeoutSeconds": str(self.server_timeout), **self._selecting(),
         }  # fmt: skip
         headers = self._headers("PartialObjectMetadata")
         async with session.get(self._url(), params=params, headers=headers) as answer:
@@ -173,9 +179,13 @@ class Informer:
             if held is not None and held[0] == version:
                 return  # a list's copy of what was already delivered
             # Interned: a job's children share its name (and all their namespace).
-            value = sys.intern(str((metadata.get("labels") or {}).get(self.selector, "")))
+            labels = metadata.get("labels") or {}
+            value = sys.intern(str(labels.get(self.selector, ""))) if self.selector else ""
             self.known[(sys.intern(ref[0]), ref[1])] = (version, value)
         self.deliver(kind, obj)
+
+    def _selecting(self) -> dict[str, str]:
+        return {} if self.selector is None else {"labelSelector": self.selector}
 
     def _url(self) -> str:
         return f"{self.configuration.host}{self.collection}"
@@ -183,7 +193,7 @@ class Informer:
     def _headers(self, metadata_as: str) -> dict[str, str]:
         """Accept JSON (the metadata alone as `metadata_as`, when metadata_only); the bearer
         token as the client has it now (refreshed by its hook)."""
-        accept = _METADATA.format(metadata_as) if self.metadata_only else "application/json"
+        accept = PARTIAL_METADATA.format(metadata_as) if self.metadata_only else JSON
         headers = {"Accept": accept}
         settings = cast(dict[str, dict[str, Any]], self.configuration.auth_settings())
         for setting in settings.values():

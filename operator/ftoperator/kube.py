@@ -93,6 +93,10 @@ RESOURCES = {
     "Workload": (WORKLOAD_API, "workloads"),
 }
 JSON = "application/json"
+# An answer (or a watch's objects) with the metadata alone, as client-go's metadata client
+# asks: .format("PartialObjectMetadata") for one object, "PartialObjectMetadataList" for a
+# list; plain JSON where a server cannot.
+PARTIAL_METADATA = "application/json;as={};g=meta.k8s.io;v=v1,application/json"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML
 
@@ -128,12 +132,13 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = JSON,
+        accept: str = JSON,
     ) -> dict[str, Any]:
         """One request; the answer's JSON. Raises ApiException (NotFoundException, ...) for
         a status outside 2xx, with the server's Status as its body, as the typed client
         does. `verb` is Kubernetes' (create, get, list, patch, delete), for the metric."""
         self._count(verb)
-        headers = {"Accept": JSON, "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         method, url, headers, payload, post = self.api.param_serialize(
             method=method, resource_path=path, query_params=query or [],
             header_params=headers, body=body, auth_settings=["BearerToken"],
@@ -291,11 +296,19 @@ class Kube:
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any] | None:
         """Apply a JSON merge patch to status (merge_patch.py: null deletes a field); the
-        object as stored after the write (None when the FineTuneJob is gone)."""
+        object's metadata as stored after the write (None when the FineTuneJob is gone).
+
+        Only the metadata is asked back (PartialObjectMetadata): the whole object, spec and
+        status this process had just sent, was decoded for nothing but its resourceVersion,
+        5 % of the operator's CPU at 3000 jobs. The caller applies the patch itself
+        (cache.as_written)."""
         path = f"{collection('FineTuneJob', namespace)}/{name}/status"
         try:
-            return self.request("patch", "PATCH", path, {"status": status},
-                                content_type=MERGE_PATCH)  # fmt: skip
+            answer = self.request(
+                "patch", "PATCH", path, {"status": status}, content_type=MERGE_PATCH,
+                accept=PARTIAL_METADATA.format("PartialObjectMetadata"),
+            )  # fmt: skip
+            return cast(dict[str, Any], answer.get("metadata") or {})
         except ApiException as error:
             if error.status == 404:
                 return None

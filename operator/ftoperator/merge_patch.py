@@ -1,4 +1,4 @@
-"""The JSON merge patch (RFC 7386) that turns one status into another. Pure.
+"""The JSON merge patch (RFC 7386) that turns one status into another, and its application. Pure.
 
 The operator computes each job's whole status and writes only the difference. A merge patch
 of the new status alone would keep every field the new one no longer has (the API server
@@ -23,3 +23,18 @@ def merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
         elif key not in before or old != value:
             patch[key] = value
     return patch
+
+
+def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`target` with `patch` applied, as the API server applies it (RFC 7386: null deletes a
+    key, an object merges key by key, anything else replaces). `target` is not changed."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict):
+            old = result.get(key)
+            result[key] = apply_merge_patch(old if isinstance(old, dict) else {}, value)
+        else:
+            result[key] = value
+    return result

@@ -1,4 +1,4 @@
-"""The informers of a job's Jobs and pods (ftoperator.informer) against the real API server:
+"""The operator's informers (ftoperator.informer) against the real API server:
 what a list and a watch deliver, the watch taken up again where the server ended it, what
 vanished while nothing watched, and objects larger than a stream reader's line limit."""
 
@@ -10,10 +10,13 @@ from typing import Any
 
 from kubernetes import client
 
+from ftapi.constants import GROUP, KIND, PLURAL, VERSION
 from ftoperator.children import LABEL_JOB
 from ftoperator.informer import Informer
 from ftoperator.kube import collection
+from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster
+from fttestkit.finetunejobs import create_ftj
 
 SECURE = {
     "runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
@@ -176,3 +179,37 @@ def test_a_metadata_informer_delivers_metadata_only_and_what_changed_while_away(
     (deleted,) = [body for event, _, body in seen.events if event == "DELETED"]
     assert deleted["metadata"]["labels"] == {LABEL_JOB: "some-job"}
     assert informer.lists == 2
+
+
+def test_an_informer_without_a_selector_delivers_every_finetunejob_and_what_vanished(
+    cluster: Cluster, ns: str
+) -> None:
+    """The FineTuneJobs' informer (handlers.watch_informers) selects no label: every job in
+    the namespace, labelled or not, whole; one deleted while nothing watched comes back as
+    DELETED with its name."""
+    create_ftj(cluster, ns, make_job("plain").obj())
+    labelled = make_job("labelled").obj()
+    labelled["metadata"]["labels"] = {"team": "a"}
+    create_ftj(cluster, ns, labelled)
+    seen = Recorder()
+    informer = Informer(cluster.api.configuration, KIND, collection(KIND, ns), None, seen)
+
+    async def watch_until(what: str, check: Callable[[], bool]) -> None:
+        task = asyncio.create_task(informer.run())
+        await _until(check, what)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _run(lambda: watch_until("both jobs", lambda: len(seen.names("ADDED")) == 2))
+    assert sorted(seen.names("ADDED")) == ["labelled", "plain"]
+    body = next(body for _, name, body in seen.events if name == "plain")
+    assert body["kind"] == KIND and body["apiVersion"] == f"{GROUP}/{VERSION}"
+    assert body["spec"]["model"]["name"]  # whole, not its metadata alone
+
+    custom = client.CustomObjectsApi(cluster.api)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "plain")
+    seen.events.clear()
+    _run(lambda: watch_until("the vanished job", lambda: bool(seen.names("DELETED"))))
+    assert seen.names("DELETED") == ["plain"] and seen.names("ADDED") == []
+    gone = seen.events[0][2]
+    assert gone["metadata"] == {"namespace": ns, "name": "plain"} and gone["kind"] == KIND

@@ -6,6 +6,7 @@ status is written loses nothing (no second Job, the first attempt's settings kep
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,10 +15,20 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from ftapi.constants import GROUP, PLURAL, VERSION
+from ftapi.constants import CRD_NAME, GROUP, PLURAL, VERSION
+from ftoperator.cache import as_written, slim
+from ftoperator.controller import served_schema
+from ftoperator.kube import Kube
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually, read_job
-from fttestkit.finetunejobs import LONG_RUN, create_ftj, status_of, wait_events, wait_phase
+from fttestkit.finetunejobs import (
+    LONG_RUN,
+    create_ftj,
+    read_ftj,
+    status_of,
+    wait_events,
+    wait_phase,
+)
 from fttestkit.operator import Operator
 
 pytestmark = pytest.mark.integration
@@ -150,3 +161,38 @@ def test_an_operator_killed_before_the_first_status_loses_nothing(
         assert again.metadata.owner_references[0].uid == created["metadata"]["uid"]
     finally:
         second.stop()
+
+
+def test_a_status_write_answers_with_the_metadata_alone_and_the_patch_applied_is_whats_stored(
+    cluster: Cluster, ns: str
+) -> None:
+    """Kube.patch_status asks for the metadata back (PartialObjectMetadata), not the object
+    it just wrote; the controller keeps the patch applied to the status it was made against
+    (cache.as_written) until the watch brings the stored object. Both must agree with the
+    API server: a nested field deleted by null, a list replaced, a new resourceVersion."""
+    created = create_ftj(cluster, ns, make_job("written").obj())
+    kube = Kube(cluster.api)
+    body = slim(created)
+    crd = client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(CRD_NAME)
+    schema = served_schema(cluster.api.sanitize_for_serialization(crd))
+    assert schema is not None
+    status_schema = schema["properties"]["status"]  # its defaults: restarts 0, ...
+    for patch in (
+        {"phase": "Running", "attempt": 0, "progress": {"step": 3, "tokensPerSecond": 9.5},
+         "conditions": [{"type": "Running", "status": "True", "reason": "PodsRunning",
+                         "lastTransitionTime": "2026-11-27T00:00:00Z", "message": "up"}]},
+        {"phase": "Succeeded", "progress": {"tokensPerSecond": None}, "conditions": []},
+    ):  # fmt: skip
+        answer = kube.patch_status(ns, "written", patch)
+        assert answer is not None
+        assert "spec" not in answer and "status" not in answer  # metadata, not the object
+        assert answer["name"] == "written" and answer["uid"] == created["metadata"]["uid"]
+        body = as_written(body, patch, answer, status_schema)
+        stored = read_ftj(cluster, ns, "written")
+        assert body["status"] == stored["status"]
+        assert body["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+        assert body["spec"] == stored["spec"] and "managedFields" not in body["metadata"]
+    assert body["status"]["phase"] == "Succeeded" and body["status"]["progress"] == {"step": 3}
+    # The CRD's defaults were filled in as the API server fills them (none were sent).
+    assert body["status"]["restarts"] == 0 and "restarts" not in json.dumps(patch)
+    assert kube.patch_status(ns, "no-such-job", {"phase": "Running"}) is None

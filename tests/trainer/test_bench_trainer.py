@@ -12,10 +12,10 @@ from pathlib import Path
 from fttestkit.paths import REPO
 
 
-def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _bench(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "bench/trainer.py", "--workdir", str(tmp_path / "work"),
                "--steps", "3", "--repeats", "1", "--sides", "ours", *args]  # fmt: skip
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           check=False)  # fmt: skip
 
 
@@ -52,8 +52,10 @@ def test_every_peer_trains_the_same_batches_in_abba_order(tmp_path: Path) -> Non
     side's real settings recorded; every side saw the same tokens per step (same data, same
     batches), which is what makes their tokens/s comparable."""
     result = tmp_path / "bench.json"
+    # Six processes, each importing torch, transformers and TRL (40 s apiece on a new
+    # machine's first CI run, beside the Go builds): 600 s was not enough there.
     done = _bench(tmp_path, "--sides", "ours,trl,trl-tuned", "--repeats", "2",
-                  "--json", str(result))  # fmt: skip
+                  "--json", str(result), timeout=1200)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     document = json.loads(result.read_text())
     runs = document["runs"]

@@ -15,7 +15,7 @@ import pytest
 
 from ftapi import parse_job
 from ftoperator import controller as controller_module
-from ftoperator.cache import Cache, compact
+from ftoperator.cache import Cache, as_written, compact
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
 from ftoperator.config import Settings, settings_of, with_recorded
 from ftoperator.controller import UNCONFIRMED_JOB_SECONDS, Controller, pods_behind
@@ -221,6 +221,31 @@ def test_cached_objects_share_their_keys_and_short_strings() -> None:
     assert label is next(iter(second["metadata"]["labels"]))
     assert first["metadata"]["name"] is not second["metadata"]["name"]  # long: not shared
     assert compact(json.loads(text)) is not compact(json.loads(text))  # copies
+
+
+def test_a_status_write_is_kept_as_the_patch_applied_with_the_answers_metadata() -> None:
+    """Kube.patch_status answers with the metadata alone; what the passes plan from until
+    the watch catches up is the body written against, its status patched, the new
+    metadata without managedFields, the spec the same object (not a copy)."""
+    body = _body(make_job("a").obj())
+    body["metadata"].update(uid="u", resourceVersion="5")
+    body["status"] = {"phase": "Pending", "attempt": 0, "message": "waiting"}
+    answer = {**body["metadata"], "resourceVersion": "9", "managedFields": [{"manager": "x"}]}
+    written = as_written(body, {"phase": "Running", "message": None}, answer)
+    assert written["status"] == {"phase": "Running", "attempt": 0}
+    assert written["metadata"] == {**body["metadata"], "resourceVersion": "9"}
+    assert written["spec"] is body["spec"]
+    assert body["status"]["phase"] == "Pending"  # the cached body is not changed
+    # With the CRD's status schema, its defaults are filled in as the API server does, in
+    # a copy: the cached body's nested objects stay as they were.
+    body["status"]["progress"] = {"step": 3}
+    schema = {"properties": {"restarts": {"type": "integer", "default": 0},
+                             "progress": {"type": "object", "properties": {
+                                 "percent": {"type": "number", "default": 0.0}}}}}  # fmt: skip
+    written = as_written(body, {"phase": "Running"}, answer, schema)
+    assert written["status"]["restarts"] == 0
+    assert written["status"]["progress"] == {"step": 3, "percent": 0.0}
+    assert body["status"]["progress"] == {"step": 3} and "restarts" not in body["status"]
 
 
 def test_only_the_most_recently_used_parses_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -452,7 +477,7 @@ class _Stored(_ApiServer):
         status = merge_patch_apply(self.job.get("status") or {}, patch)
         metadata = {**self.job["metadata"], "resourceVersion": str(self.version)}
         self.job = {**self.job, "status": status, "metadata": metadata}
-        return self.job
+        return metadata  # as Kube.patch_status: the metadata alone
 
     def pod_create_failures(self, namespace: str) -> dict[str, str]:
         return {}

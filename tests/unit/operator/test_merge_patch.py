@@ -1,12 +1,14 @@
-"""merge_patch(before, after): the RFC 7386 patch that the API server turns back into `after`."""
+"""merge_patch(before, after): the RFC 7386 patch that the API server turns back into `after`;
+apply_merge_patch: what the API server makes of it (the status a write of ours left)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
-from ftoperator.merge_patch import merge_patch
+from ftoperator.merge_patch import apply_merge_patch, merge_patch
 
 
 def apply(target: Any, patch: Any) -> Any:
@@ -53,3 +55,21 @@ def test_merge_patch(case: str) -> None:
     patch = merge_patch(before, after)
     assert patch == expected
     assert apply(before, patch) == after
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_apply_merge_patch_turns_before_into_after_and_changes_nothing_given(case: str) -> None:
+    before, after, _ = CASES[case]
+    kept = copy.deepcopy(before)
+    patch = merge_patch(before, after)
+    assert apply_merge_patch(before, patch) == after == apply(before, patch)
+    assert before == kept
+
+
+def test_apply_merge_patch_as_rfc_7386_says() -> None:
+    """A patch this operator's merge_patch never makes, the RFC's own cases: nulls inside an
+    object that replaces a scalar are dropped, and applying to a missing key makes it."""
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "x": 1}
+    patch = {"a": "z", "c": {"f": None}, "x": {"y": None, "w": 2}, "n": {"m": [1, None]}}
+    expected = {"a": "z", "c": {"d": "e"}, "x": {"w": 2}, "n": {"m": [1, None]}}
+    assert apply_merge_patch(target, patch) == expected == apply(target, patch)
