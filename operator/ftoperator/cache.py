@@ -36,6 +36,7 @@ from ftapi.skew import defaulted
 
 from .kueue import QueueState
 from .merge_patch import apply_merge_patch
+from .nodes import NodeHealth
 
 log = logging.getLogger("ftoperator")
 
@@ -56,7 +57,8 @@ class Cache:
     progress_errors: dict[Key, tuple[str, str]] = field(default_factory=dict)
     """Why the newest report could not be read (with its owner's UID): the last readable
     one stays in `progress`, and the status says the reports stopped being readable."""
-    lost_nodes: set[str] = field(default_factory=set)
+    nodes: NodeHealth = field(default_factory=NodeHealth)
+    """Which nodes are NotReady or gone, and since when (nodes.py)."""
     create_failures: dict[Key, str] = field(default_factory=dict)
     """Why the Job controller cannot create a job's pods (its FailedCreate Events), read
     only while a Job lacks pods."""
@@ -142,12 +144,6 @@ class Cache:
     def ranks_of(self, key: Key) -> dict[int, RankReport]:
         """Each rank's last report, from the same object as progress_of (else none)."""
         return self.ranks.get(key, {}) if self.progress_of(key) is not None else {}
-
-    def observe_node(self, name: str, ready: bool) -> None:
-        if ready:
-            self.lost_nodes.discard(name)
-        else:
-            self.lost_nodes.add(name)
 
     def keys_on_nodes(self, nodes: set[str]) -> list[Key]:
         """FineTuneJobs with a pod on one of these nodes (to look at when a node changes)."""

@@ -112,6 +112,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("child-check-seconds", "0",
          "also verify a running attempt's children (re-create, repair) this often; 0: only "
          "when their watch shows one edited or deleted", float),
+    Flag("node-lost-seconds", "60",
+         "a node NotReady this long is lost: the attempts with pods there restart (NodeLost); "
+         "a deleted node at once; none while most nodes are NotReady at once", float),
     Flag("first-status-grace-seconds", "5",
          "a new job's first status waits this long for its pods: Running is then written "
          "at once, without a Pending before it; 0: write Pending at once", float),
@@ -201,6 +204,7 @@ class Options:
     workers: int
     resync_seconds: float
     child_check_seconds: float
+    node_lost_seconds: float
     first_status_grace_seconds: float
     log_format: str
     log_level: str
@@ -282,6 +286,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         workers=args.workers,
         resync_seconds=args.resync_seconds,
         child_check_seconds=args.child_check_seconds,
+        node_lost_seconds=args.node_lost_seconds,
         first_status_grace_seconds=args.first_status_grace_seconds,
         log_format=args.log_format,
         log_level=args.log_level.upper(),

@@ -426,7 +426,7 @@ class Controller:
             other_jobs=sorted(others),
             progress=self.cache.progress_of(key),
             ranks=self.cache.ranks_of(key),
-            lost_nodes=frozenset(self.cache.lost_nodes),
+            lost_nodes=self.cache.nodes.lost(time.monotonic()),
             pod_create_failure=self.cache.create_failures.get(key),
             queue_state=self.cache.queue_states.get(key),
             progress_error=self.cache.progress_error_of(key),

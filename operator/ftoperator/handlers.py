@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -91,12 +92,16 @@ def register(
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node(event: kopf.RawEvent, name: str, **_: Any) -> None:
         count("Node")
-        ready = event.get("type") != "DELETED" and node_ready(_body(event))
-        was_lost = name in cache.lost_nodes
-        cache.observe_node(name, ready)
-        if was_lost == ready:  # readiness changed: the jobs with pods there must look again
+        ready = None if event.get("type") == "DELETED" else node_ready(_body(event))
+        nodes = cache.nodes
+        if nodes.observe(name, ready, time.monotonic()):
+            # The jobs with pods there look again: at once when it is deleted or Ready
+            # again, when it would count as lost when it turned NotReady (nodes.py).
             for key in cache.keys_on_nodes({name}):
-                queue.add(key)
+                if ready is False:
+                    queue.add_after(key, nodes.lost_after + 0.5)
+                else:
+                    queue.add(key)
 
 
 def job_observer(controller: Controller) -> Deliver:

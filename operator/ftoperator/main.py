@@ -108,6 +108,7 @@ async def run(options: Options) -> int:
     controller = Controller(Kube(api, options.identity), options.settings, workers=options.workers)
     controller.resync_seconds = options.resync_seconds
     controller.child_check_seconds = options.child_check_seconds
+    controller.cache.nodes.lost_after = options.node_lost_seconds
     controller.first_status_grace_seconds = options.first_status_grace_seconds
     registry = kopf.OperatorRegistry()
     register(registry, controller, api.configuration, options.namespaces)

@@ -58,7 +58,9 @@ class Operator(ManagedProcess):
         self.start(
             [sys.executable, "-m", "ftoperator", *watched,
              "--no-leader-election", "--metrics-bind", "127.0.0.1",
-             "--metrics-port", str(self.port), "--resync-seconds", "10", *self.extra],
+             "--metrics-port", str(self.port), "--resync-seconds", "10",
+             # 60 s by default: the lost-node test would wait that long for its restart.
+             "--node-lost-seconds", "10", *self.extra],
             env=env, cwd=REPO,
         )  # fmt: skip
 

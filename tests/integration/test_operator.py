@@ -590,9 +590,10 @@ def test_a_lost_node_restarts_the_attempt_elsewhere(
     cluster: Cluster, operator: Operator, ns: str
 ) -> None:
     """The node under a running pod goes NotReady (its kubelet stops answering): the attempt
-    is given up at once, NodeLost, and the next one runs on another node."""
+    is kept through the grace (`--node-lost-seconds`, 10 s for the tests' operator), then
+    given up, NodeLost, and the next one runs on another node."""
     name = "stranded"
-    run_for = {"finetune.dev/kwok-run-duration": "20s"}
+    run_for = {"finetune.dev/kwok-run-duration": "30s"}
     _apply(cluster, ns, _manifest(name, resources={"gpusPerNode": 8, "annotations": run_for}))
     pod = eventually(
         lambda: [p for p in _pods(cluster, ns, name, 0) if p.status.phase == "Running"] or None,
@@ -602,6 +603,10 @@ def test_a_lost_node_restarts_the_attempt_elsewhere(
     lost = pod.spec.node_name
     core.patch_node(lost, {"metadata": {"annotations": {"finetune.dev/kwok-node": "not-ready"}}})
     try:
+        eventually(lambda: not _node_ready(core, lost), what=f"{lost} NotReady")
+        time.sleep(5)  # within the grace: the attempt runs on
+        assert read_ftj(cluster, ns, name).get("status", {}).get("restarts", 0) == 0
+        assert _pods(cluster, ns, name, 0)
         status = _wait_phase(cluster, ns, name, "Succeeded", operator, timeout=120)
     finally:
         core.patch_node(lost, {"metadata": {"annotations": {"finetune.dev/kwok-node": None}}})
