@@ -199,12 +199,16 @@ def watch_informers(
     prerequisites: tuple[str, ...] = PREREQUISITE_KINDS
     if controller.settings.network_policy:
         prerequisites += ("NetworkPolicy",)
-    # (kind, label selector, where its events go, metadata only)
-    watched: list[tuple[str, str | None, Deliver, bool]] = [
-        (KIND, None, job_observer(controller), False),
-        ("FineTuneJobProgress", None, progress_observer(controller), False),
-        *((kind, LABEL_JOB, child_observer(kind, controller), False) for kind in CHILD_KINDS),
-        *((kind, LABEL_JOB, prerequisite_observer(kind, controller), True)
+    # (kind, label selector, where its events go, metadata only, kept for a vanished one)
+    watched: list[tuple[str, str | None, Deliver, bool, tuple[str, ...]]] = [
+        (KIND, None, job_observer(controller), False, ()),
+        # progress_observer ties a progress object to its job by its ownerReference, so one
+        # deleted while the watch was down is delivered with it.
+        ("FineTuneJobProgress", None, progress_observer(controller), False,
+         ("ownerReferences",)),
+        *((kind, LABEL_JOB, child_observer(kind, controller), False, ())
+          for kind in CHILD_KINDS),
+        *((kind, LABEL_JOB, prerequisite_observer(kind, controller), True, ())
           for kind in prerequisites),
     ]  # fmt: skip
     return [
@@ -216,8 +220,9 @@ def watch_informers(
             observe,
             accept=filtered,
             metadata_only=metadata_only,
+            keep=keep,
         )
-        for kind, selector, observe, metadata_only in watched
+        for kind, selector, observe, metadata_only, keep in watched
         for scope in scopes
     ]
 

@@ -65,12 +65,15 @@ class Informer:
         accept: Callable[[str], bool] | None = None,
         server_timeout: int = 270,
         metadata_only: bool = False,
+        keep: tuple[str, ...] = (),
     ) -> None:
         """`collection`: the URL path of the objects (`/api/v1/pods`, or a namespace's);
         `accept`: which namespaces to deliver (all when None); `kind` and the collection's
         API version are set on listed objects (a list's items carry neither). `selector`
         is the label selector's key (the objects that carry it are delivered; None: every
-        object)."""
+        object). `keep`: the metadata fields remembered of each object for the DELETED
+        stub of one that vanished while nothing watched (client-go's last known state),
+        e.g. the ownerReferences an observer ties the object to its job by."""
         self.configuration = configuration
         self.kind = kind
         self.collection = collection
@@ -80,8 +83,10 @@ class Informer:
         self.accept = accept
         self.server_timeout = server_timeout
         self.metadata_only = metadata_only
-        # (namespace, name) -> (resourceVersion, the selector's label value, for DELETED)
-        self.known: dict[tuple[str, str], tuple[str, str]] = {}
+        self.keep = keep
+        # (namespace, name) -> (resourceVersion, the selector's label value and the kept
+        # metadata, for DELETED)
+        self.known: dict[tuple[str, str], tuple[str, str, dict[str, Any] | None]] = {}
         self.lists = 0  # how often it listed (the first list, then after errors or 410s)
 
     async def run(self) -> None:
@@ -134,8 +139,8 @@ class Informer:
             if not cont:
                 break
         for ref in [ref for ref in self.known if ref not in listed]:
-            _, value = self.known.pop(ref)
-            stub: dict[str, Any] = {"namespace": ref[0], "name": ref[1]}
+            _, value, kept = self.known.pop(ref)
+            stub: dict[str, Any] = {**(kept or {}), "namespace": ref[0], "name": ref[1]}
             if self.selector is not None:
                 stub["labels"] = {self.selector: value}
             self.deliver("DELETED", {"kind": self.kind, "apiVersion": self.api_version,
@@ -181,7 +186,8 @@ class Informer:
             # Interned: a job's children share its name (and all their namespace).
             labels = metadata.get("labels") or {}
             value = sys.intern(str(labels.get(self.selector, ""))) if self.selector else ""
-            self.known[(sys.intern(ref[0]), ref[1])] = (version, value)
+            kept = {key: metadata[key] for key in self.keep if key in metadata} or None
+            self.known[(sys.intern(ref[0]), ref[1])] = (version, value, kept)
         self.deliver(kind, obj)
 
     def _selecting(self) -> dict[str, str]:

@@ -213,3 +213,58 @@ def test_an_informer_without_a_selector_delivers_every_finetunejob_and_what_vani
     assert seen.names("DELETED") == ["plain"] and seen.names("ADDED") == []
     gone = seen.events[0][2]
     assert gone["metadata"] == {"namespace": ns, "name": "plain"} and gone["kind"] == KIND
+
+
+def test_a_progress_object_gone_while_nothing_watched_comes_back_with_its_owner(
+    cluster: Cluster, ns: str
+) -> None:
+    """The progress objects' informer keeps each one's ownerReferences (handlers.
+    watch_informers, `keep`): one deleted while the watch was down (here by the garbage
+    collector, its FineTuneJob deleted) is delivered as DELETED with them, which is what
+    progress_observer ties it to its job by. An object that had none gets none."""
+    job = create_ftj(cluster, ns, make_job("owner").obj())
+    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": "owner",
+             "uid": job["metadata"]["uid"], "controller": True,
+             "blockOwnerDeletion": True}  # fmt: skip
+    custom = client.CustomObjectsApi(cluster.api)
+    for name, owners in (("owned", [owner]), ("orphan", None)):
+        metadata: dict[str, Any] = {"name": name}
+        if owners:
+            metadata["ownerReferences"] = owners
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "finetunejobprogresses",
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJobProgress",
+             "metadata": metadata},
+        )  # fmt: skip
+    seen = Recorder()
+    informer = Informer(
+        cluster.api.configuration, "FineTuneJobProgress",
+        collection("FineTuneJobProgress", ns), None, seen, keep=("ownerReferences",),
+    )  # fmt: skip
+
+    async def watch_until(what: str, check: Callable[[], bool]) -> None:
+        task = asyncio.create_task(informer.run())
+        await _until(check, what)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _run(lambda: watch_until("both", lambda: len(seen.names("ADDED")) == 2))
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "owner",
+                                           body={"propagationPolicy": "Foreground"})  # fmt: skip
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobprogresses", "orphan")
+
+    async def gone() -> None:  # the garbage collector deletes the owned one
+        for _ in range(300):
+            names = {item["metadata"]["name"] for item in custom.list_namespaced_custom_object(
+                GROUP, VERSION, ns, "finetunejobprogresses")["items"]}  # fmt: skip
+            if not names:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"still there: {names}")
+
+    _run(gone)
+    seen.events.clear()
+    _run(lambda: watch_until("both vanished", lambda: len(seen.names("DELETED")) == 2))
+    stubs = {name: body["metadata"] for _, name, body in seen.events}
+    assert stubs["owned"] == {"namespace": ns, "name": "owned", "ownerReferences": [owner]}
+    assert stubs["orphan"] == {"namespace": ns, "name": "orphan"}
