@@ -16,8 +16,8 @@ from fttestkit.paths import REPO
 def test_the_gpu_script_runs_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path),
            "GPU_STEPS": "versions prepare tests attention trainer variants",
-           "GPU_VARIANTS": "training.batchSize=2", "BENCH_ARGS": "--steps 2",
-           "BENCH_RUNS": "--sides ours,trl-tuned;--sides ours,unsloth",
+           "GPU_VARIANTS": "training.batchSize=2", "BENCH_ARGS": "--steps 2 --repeats 1",
+           "BENCH_RUNS": "--sides ours,trl-tuned;--sides unsloth",
            "BENCH_WORKDIR": str(tmp_path / "bench")}  # fmt: skip
     done = subprocess.run(["bash", "hack/gpu/run.sh"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600, check=False)  # fmt: skip
@@ -38,7 +38,7 @@ def test_the_gpu_script_runs_on_cpu(tmp_path: Path) -> None:
     assert "prepare    started in the background" in summary
     assert (tmp_path / "trainer-0.json").exists() and (tmp_path / "trainer-1.json").exists()
     log = (tmp_path / "trainer.log").read_text()
-    assert "== trainer-0: --steps 2 --sides ours,trl-tuned" in log
+    assert "== trainer-0: --steps 2 --repeats 1 --sides ours,trl-tuned" in log
     assert "ratio ours/trl-tuned" in log
     assert "FAILED  unsloth" in log  # no CUDA here: recorded, and the script went on
     # 2 steps, 1 untimed: the profile window is cut short by the run's end and says so.
