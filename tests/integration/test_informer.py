@@ -56,6 +56,14 @@ def _run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(body())
 
 
+async def _watch_until(informer: Informer, what: str, check: Callable[[], bool]) -> None:
+    """Run the informer until check() holds, then stop it (nothing watches afterwards)."""
+    task = asyncio.create_task(informer.run())
+    await _until(check, what)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def test_an_informer_lists_watches_resumes_and_reports_what_vanished_meanwhile(
     cluster: Cluster, ns: str
 ) -> None:
@@ -194,13 +202,7 @@ def test_an_informer_without_a_selector_delivers_every_finetunejob_and_what_vani
     seen = Recorder()
     informer = Informer(cluster.api.configuration, KIND, collection(KIND, ns), None, seen)
 
-    async def watch_until(what: str, check: Callable[[], bool]) -> None:
-        task = asyncio.create_task(informer.run())
-        await _until(check, what)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    _run(lambda: watch_until("both jobs", lambda: len(seen.names("ADDED")) == 2))
+    _run(lambda: _watch_until(informer, "both jobs", lambda: len(seen.names("ADDED")) == 2))
     assert sorted(seen.names("ADDED")) == ["labelled", "plain"]
     body = next(body for _, name, body in seen.events if name == "plain")
     assert body["kind"] == KIND and body["apiVersion"] == f"{GROUP}/{VERSION}"
@@ -209,7 +211,7 @@ def test_an_informer_without_a_selector_delivers_every_finetunejob_and_what_vani
     custom = client.CustomObjectsApi(cluster.api)
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "plain")
     seen.events.clear()
-    _run(lambda: watch_until("the vanished job", lambda: bool(seen.names("DELETED"))))
+    _run(lambda: _watch_until(informer, "the vanished job", lambda: bool(seen.names("DELETED"))))
     assert seen.names("DELETED") == ["plain"] and seen.names("ADDED") == []
     gone = seen.events[0][2]
     assert gone["metadata"] == {"namespace": ns, "name": "plain"} and gone["kind"] == KIND
@@ -242,13 +244,7 @@ def test_a_progress_object_gone_while_nothing_watched_comes_back_with_its_owner(
         collection("FineTuneJobProgress", ns), None, seen, keep=("ownerReferences",),
     )  # fmt: skip
 
-    async def watch_until(what: str, check: Callable[[], bool]) -> None:
-        task = asyncio.create_task(informer.run())
-        await _until(check, what)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    _run(lambda: watch_until("both", lambda: len(seen.names("ADDED")) == 2))
+    _run(lambda: _watch_until(informer, "both", lambda: len(seen.names("ADDED")) == 2))
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "owner",
                                            body={"propagationPolicy": "Foreground"})  # fmt: skip
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobprogresses", "orphan")
@@ -264,7 +260,7 @@ def test_a_progress_object_gone_while_nothing_watched_comes_back_with_its_owner(
 
     _run(gone)
     seen.events.clear()
-    _run(lambda: watch_until("both vanished", lambda: len(seen.names("DELETED")) == 2))
+    _run(lambda: _watch_until(informer, "both vanished", lambda: len(seen.names("DELETED")) == 2))
     stubs = {name: body["metadata"] for _, name, body in seen.events}
     assert stubs["owned"] == {"namespace": ns, "name": "owned", "ownerReferences": [owner]}
     assert stubs["orphan"] == {"namespace": ns, "name": "orphan"}
