@@ -34,8 +34,13 @@ def test_a_learning_rate_two_orders_too_high_warns_of_the_spike_and_ends_not_imp
     assert status["phase"] == "Succeeded", pod_logs(release, name)
     improved = next(c for c in status["conditions"] if c["type"] == "Improved")
     assert (improved["status"], improved["reason"]) == ("False", "WorseThanBase"), improved
-    events = object_events(cluster, ns, "FineTuneJob", name)
-    assert any(r == "WorseThanBase" for r, _ in events), events
+
+    # The Events follow the status write that ended the job: wait for them too.
+    def told_worse() -> list[tuple[str, str]] | None:
+        events = object_events(cluster, ns, "FineTuneJob", name)
+        return events if any(r == "WorseThanBase" for r, _ in events) else None
+
+    events = eventually(told_worse, timeout=30, what="the WorseThanBase Event")
     spikes = [m for r, m in events if r == "LossSpike"]
     assert spikes and "step" in spikes[0], events
     print(f"lr 1.0: {spikes[0]}; {improved['message']}")

@@ -80,7 +80,8 @@ def test_a_memory_limit_far_too_small_is_oomkilled_and_said_so(
                         timeout=480, what="the job to fail")  # fmt: skip
     assert status["failureReason"] == "OOMKilled", status
     assert status.get("restarts", 0) == 0
-    assert any("OOMKilled" in e for e in _events(release, name)), _events(release, name)
+    eventually(lambda: any("OOMKilled" in e for e in _events(release, name)),
+               timeout=30, what="an Event naming the OOM kill")  # fmt: skip
 
 
 def test_an_image_that_does_not_exist_waits_with_the_reason_in_status(
@@ -100,9 +101,9 @@ def test_an_image_that_does_not_exist_waits_with_the_reason_in_status(
     status = eventually(waiting, timeout=180, what="the pull failure in status")
     assert status["phase"] in ("Pending", "Failed"), status
     assert "127.0.0.1:1/fto/missing:1" in json.dumps(status), status
-    assert any("ImagePull" in e or "ErrImagePull" in e for e in _events(release, name)), _events(
-        release, name
-    )
+    # The operator writes the status first and posts its Events after: wait for them too.
+    eventually(lambda: any("ImagePull" in e for e in _events(release, name)),
+               timeout=30, what="an Event naming the pull failure")  # fmt: skip
     # No retry loop: the job has not been restarted over it.
     assert status.get("restarts", 0) == 0
     # `finetune cancel` ends it: suspended, its pod gone, `finetune wait` says so (exit 3).
