@@ -67,6 +67,12 @@ class Cache:
     unconfirmed: dict[tuple[Key, str], float] = field(default_factory=dict)
     """Jobs held from their create's answer whose watch event has not come yet, with the
     monotonic time of the create (observe_created_job)."""
+    on_node: dict[str, dict[Key, int]] = field(default_factory=dict)
+    """node -> the jobs with pods bound there (how many pods each): a node's change looks
+    at its jobs without a scan of every pod (at 3000 jobs, 1.2 % of the operator's CPU
+    went to that scan when the nodes came and went)."""
+    pod_node: dict[tuple[Key, str], str] = field(default_factory=dict)
+    """(job, pod name) -> the node the pod is bound to (what on_node counts)."""
 
     def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
         if body is None:
@@ -86,6 +92,28 @@ class Cache:
                 group.pop(key, None)
         else:
             children[name] = slim_child(kind, body)
+        if kind == "Pod":
+            node = None if body is None else (body.get("spec") or {}).get("nodeName")
+            self._bind(key, name, str(node) if node else None)
+
+    def _bind(self, key: Key, pod: str, node: str | None) -> None:
+        """Keep on_node in step with one pod's node (None: unbound or deleted)."""
+        before = self.pod_node.get((key, pod))
+        if before == node:
+            return
+        if before is not None:
+            counts = self.on_node[before]
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
+                if not counts:
+                    del self.on_node[before]
+        if node is None:
+            self.pod_node.pop((key, pod), None)
+        else:
+            self.pod_node[(key, pod)] = node
+            counts = self.on_node.setdefault(node, {})
+            counts[key] = counts.get(key, 0) + 1
 
     def observe_created_job(self, key: Key, name: str, body: dict[str, Any]) -> None:
         """A Job this process has just created, as the API server answered the create: held
@@ -147,11 +175,7 @@ class Cache:
 
     def keys_on_nodes(self, nodes: set[str]) -> list[Key]:
         """FineTuneJobs with a pod on one of these nodes (to look at when a node changes)."""
-        return [
-            key
-            for key, pods in self.pods.items()
-            if any(p.get("spec", {}).get("nodeName") in nodes for p in pods.values())
-        ]
+        return list(dict.fromkeys(key for node in nodes for key in self.on_node.get(node, ())))
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from .planner import (
     Observed,
     Plan,
     SuspendJob,
+    editable,
     held_for_newer_operator,
     note_newer_fields,
     reconcile,
@@ -402,13 +403,13 @@ class Controller:
             told, self._told_unreadable[key] = self._told_unreadable.get(key), message
             events = [] if told == message else [Event("Warning", NEEDS_NEWER_OPERATOR, message)]
             log.warning("%s/%s: %s", *key, message)
-            return job, Plan(status=status.model_copy(deep=True), events=events)
+            return job, Plan(status=editable(status), events=events)
         self._told_unreadable.pop(key, None)
         if unknown and self.crd_schema is None:
             # The CRD's watch has not delivered yet (the operator just started): what the
             # newer fields hold cannot be judged, so nothing changes until it has.
             log.info("%s/%s: fields newer than this operator; waiting for the CRD", *key)
-            return job, Plan(status=status.model_copy(deep=True), requeue_after=2.0)
+            return job, Plan(status=editable(status), requeue_after=2.0)
         newer = newer_fields(body, unknown, self.crd_schema) if unknown else NewerFields()
         names = Names(key[1], status.attempt)
         uid = body.get("metadata", {}).get("uid", "")

@@ -1,11 +1,11 @@
 """Watch streams in, cache updates and queued keys out. No decisions here.
 
-The FineTuneJobs, their FineTuneJobProgress objects, Jobs and pods come from informers
-(informer.py: kopf's handling of each event cost more than the rest of its reading), started
-and stopped with kopf, and so do the metadata of the job's other children (ConfigMap,
-Service, ServiceAccount, Role, RoleBinding, NetworkPolicy), so that one edited or deleted
-while the attempt runs is put back at once, with no periodic reads. kopf watches the nodes
-and the CRD. Its handlers are coroutines on purpose: kopf runs plain functions in worker
+The FineTuneJobs, their FineTuneJobProgress objects, Jobs, pods and the nodes come from
+informers (informer.py: kopf's handling of each event cost more than the rest of its
+reading), started and stopped with kopf, and so do the metadata of the job's other children
+(ConfigMap, Service, ServiceAccount, Role, RoleBinding, NetworkPolicy), so that one edited or
+deleted while the attempt runs is put back at once, with no periodic reads. kopf watches the
+CRD. Its handlers are coroutines on purpose: kopf runs plain functions in worker
 threads, and the cache and the queue belong to the event loop (no locks, no races with the
 passes); the informers deliver on the loop too.
 
@@ -55,7 +55,7 @@ def register(
     namespaces: Sequence[str] = (),
 ) -> None:
     """`namespaces`: as kopf's (names or globs; none: every namespace)."""
-    cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
+    count = controller.metrics.count_watch_event
     informers = watch_informers(configuration, namespaces, controller)
     running: list[asyncio.Task[None]] = []
 
@@ -88,20 +88,6 @@ def register(
     async def crd(event: kopf.RawEvent, **_: Any) -> None:
         count("CustomResourceDefinition")
         controller.observe_crd(None if event.get("type") == "DELETED" else _body(event))
-
-    @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def node(event: kopf.RawEvent, name: str, **_: Any) -> None:
-        count("Node")
-        ready = None if event.get("type") == "DELETED" else node_ready(_body(event))
-        nodes = cache.nodes
-        if nodes.observe(name, ready, time.monotonic()):
-            # The jobs with pods there look again: at once when it is deleted or Ready
-            # again, when it would count as lost when it turned NotReady (nodes.py).
-            for key in cache.keys_on_nodes({name}):
-                if ready is False:
-                    queue.add_after(key, nodes.lost_after + 0.5)
-                else:
-                    queue.add(key)
 
 
 def job_observer(controller: Controller) -> Deliver:
@@ -163,6 +149,27 @@ def child_observer(kind: str, controller: Controller) -> Deliver:
     return observe
 
 
+def node_observer(controller: Controller) -> Deliver:
+    """What the nodes' informer delivers to: each node's readiness (nodes.py), and a pass of
+    the jobs with pods on one whose readiness changed: at once when it was deleted or is
+    Ready again, when it would count as lost when it turned NotReady."""
+    cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
+
+    def observe(event: str, body: dict[str, Any]) -> None:
+        count("Node")
+        name = str((body.get("metadata") or {}).get("name") or "")
+        ready = None if event == "DELETED" else node_ready(body)
+        nodes = cache.nodes
+        if nodes.observe(name, ready, time.monotonic()):
+            for key in cache.keys_on_nodes({name}):
+                if ready is False:
+                    queue.add_after(key, nodes.lost_after + 0.5)
+                else:
+                    queue.add(key)
+
+    return observe
+
+
 def prerequisite_observer(kind: str, controller: Controller) -> Deliver:
     """What an informer of a prerequisite's metadata delivers to: a batched pass of the job
     when the controller must verify its children."""
@@ -211,6 +218,10 @@ def watch_informers(
         *((kind, LABEL_JOB, prerequisite_observer(kind, controller), True, ())
           for kind in prerequisites),
     ]  # fmt: skip
+    # The nodes are the cluster's, whatever namespaces are watched: all of them, whole (the
+    # readiness is in their status).
+    nodes = Informer(configuration, "Node", collection("Node", None), None,
+                     node_observer(controller))  # fmt: skip
     return [
         Informer(
             configuration,
@@ -224,7 +235,7 @@ def watch_informers(
         )
         for kind, selector, observe, metadata_only, keep in watched
         for scope in scopes
-    ]
+    ] + [nodes]
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

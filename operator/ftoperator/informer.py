@@ -1,7 +1,8 @@
 """The operator's watches: list, then watch, as client-go's informers do.
 
-The FineTuneJobs, their FineTuneJobProgress objects, Jobs and pods are watched here; kopf
-keeps the nodes and the CRD (a few events a day) and runs the operator's lifecycle. kopf's
+The FineTuneJobs, their FineTuneJobProgress objects, Jobs, pods and nodes are watched here;
+kopf keeps the CRD (a few events a day) and runs the operator's lifecycle. (The nodes moved
+here too: at 3000 jobs on 384 kwok nodes, 1.4 node events came per job.) kopf's
 handling of one event (its causes, the kwargs of a handler, a logger, a worker task per
 object) costs about 0.85 ms of CPU more than reading it here does: measured side by side on
 the same 9,200 events, 1.19 against 0.33 ms per event (docs/benchmarks.md). For the Jobs and
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
+import orjson
 from kubernetes import client
 
 from .kube import JSON, PARTIAL_METADATA
@@ -160,7 +162,7 @@ class Informer:
             if answer.status != 200:
                 await _json(answer)  # raises WatchError with the server's message
             async for line in _lines(answer.content):
-                event = json.loads(line)
+                event = orjson.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:
@@ -228,7 +230,7 @@ async def _lines(stream: aiohttp.StreamReader) -> Any:
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:
             if end > start:
-                yield bytes(buffer[start:end])
+                yield buffer[start:end]  # a copy; orjson reads a bytearray as it is
             start = end + 1
         del buffer[:start]
     if buffer.strip():
@@ -236,14 +238,15 @@ async def _lines(stream: aiohttp.StreamReader) -> Any:
 
 
 async def _json(answer: aiohttp.ClientResponse) -> dict[str, Any]:
-    text = await answer.text()
+    data = await answer.read()
     if not 200 <= answer.status <= 299:
+        text = data.decode("utf-8", errors="replace")
         try:
             message = json.loads(text).get("message") or text
         except (ValueError, AttributeError):
             message = text
         raise WatchError(f"{answer.status} {answer.reason}: {message}"[:500])
-    return dict(json.loads(text))
+    return dict(orjson.loads(data))
 
 
 def _ref(obj: dict[str, Any]) -> tuple[str, str]:

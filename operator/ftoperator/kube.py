@@ -16,6 +16,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -84,6 +85,7 @@ RESOURCES = {
     "ServiceAccount": ("v1", "serviceaccounts"),
     "Event": ("v1", "events"),
     "Pod": ("v1", "pods"),
+    "Node": ("v1", "nodes"),
     "Role": ("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("batch/v1", "jobs"),
@@ -144,25 +146,30 @@ class Kube:
             header_params=headers, body=body, auth_settings=["BearerToken"],
         )[:5]  # fmt: skip
         response = self.api.call_api(method, url, headers, payload, post)
-        text = cast(bytes, response.read()).decode("utf-8")  # type: ignore[no-untyped-call]
+        data = cast(bytes, response.read())  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
+            text = data.decode("utf-8", errors="replace")
             raise ApiException.from_response(http_resp=response, body=text, data=None)
-        return cast(dict[str, Any], json.loads(text) if text else {})
+        return cast(dict[str, Any], orjson.loads(data) if data else {})
 
     def create(self, namespace: str, body: dict[str, Any], owner_uid: str | None = None) -> bool:
         """Create one child; False when this FineTuneJob's own child already existed.
 
         owner_uid: the FineTuneJob's UID, which an existing object must carry as its
         controller (None: no check, for callers that create objects of their own)."""
-        return self.create_object(namespace, body, owner_uid) is not None
+        # Its metadata back, not the whole object: nothing here reads the rest.
+        metadata = PARTIAL_METADATA.format("PartialObjectMetadata")
+        return self.create_object(namespace, body, owner_uid, accept=metadata) is not None
 
     def create_object(
-        self, namespace: str, body: dict[str, Any], owner_uid: str | None = None
-    ) -> dict[str, Any] | None:
+        self, namespace: str, body: dict[str, Any], owner_uid: str | None = None,
+        accept: str = JSON,
+    ) -> dict[str, Any] | None:  # fmt: skip
         """create(), returning the object as the API server stored it (None: it existed)."""
         kind, name = body["kind"], body["metadata"]["name"]
         try:
-            return self.request("create", "POST", collection(kind, namespace), body)
+            return self.request("create", "POST", collection(kind, namespace), body,
+                                accept=accept)  # fmt: skip
         except ApiException as error:
             if error.status in INVALID:
                 raise rejected_child(kind, name, error) from None

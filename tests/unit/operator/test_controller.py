@@ -208,6 +208,30 @@ def test_the_cache_keeps_of_a_job_and_its_pod_what_the_passes_read() -> None:
     assert cache.batch_jobs["ns", "other"][name] == kept
 
 
+def test_the_jobs_on_a_node_follow_their_pods_binding_and_deletion() -> None:
+    """keys_on_nodes reads an index kept by observe_child: it must drop a job when its last
+    pod there goes, and keep it while another of its pods is still bound there."""
+    cache = Cache()
+    a, b = ("ns", "a"), ("ns", "b")
+
+    def pod(node: str | None) -> dict[str, Any]:
+        return {"metadata": {"name": "p"}, "spec": {"nodeName": node} if node else {}}
+
+    cache.observe_child("Pod", a, "a-0-0", pod(None))  # pending: bound nowhere
+    assert cache.keys_on_nodes({"n1"}) == []
+    cache.observe_child("Pod", a, "a-0-0", pod("n1"))
+    cache.observe_child("Pod", a, "a-0-1", pod("n1"))
+    cache.observe_child("Pod", b, "b-0-0", pod("n2"))
+    assert cache.keys_on_nodes({"n1"}) == [a]
+    assert sorted(cache.keys_on_nodes({"n1", "n2", "n3"})) == [a, b]
+    cache.observe_child("Pod", a, "a-0-0", None)  # one of a's two pods on n1 deleted
+    assert cache.keys_on_nodes({"n1"}) == [a]
+    cache.observe_child("Pod", a, "a-0-1", None)
+    assert cache.keys_on_nodes({"n1"}) == []
+    cache.observe_child("Pod", b, "b-0-0", None)
+    assert cache.on_node == {} and cache.pod_node == {}
+
+
 def test_cached_objects_share_their_keys_and_short_strings() -> None:
     """compact(): each watch event is decoded on its own; kept, 3000 jobs' objects held
     3000 copies of every key and label. Shared, the values are the same."""
