@@ -244,6 +244,11 @@ main() {
   # stages (7 GB for the trainer's builder) would otherwise stay until the next success.
   trap '[[ $BUILT == 1 ]] && release_disk' EXIT
   for t in "${targets[@]}"; do
+    # The bases are looked for again before each image (and built again if gone): when a
+    # trainer build fills the disk, the kubelet's eviction (nodefs.available < 2Gi) deletes
+    # the node's unused images, the bases with them, and the next build found none (seen
+    # 2026-11-28: "lookup fto.local: no such host" for the operator's build).
+    if [[ "$BASES" == local && "$t" != bases ]]; then debian_base; uv_base; fi
     case "$t" in
       bases) ;;
       trainer)
