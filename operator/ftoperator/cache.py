@@ -68,11 +68,9 @@ class Cache:
     """Jobs held from their create's answer whose watch event has not come yet, with the
     monotonic time of the create (observe_created_job)."""
     on_node: dict[str, dict[Key, int]] = field(default_factory=dict)
-    """node -> the jobs with pods bound there (how many pods each): a node's change looks
-    at its jobs without a scan of every pod (at 3000 jobs, 1.2 % of the operator's CPU
-    went to that scan when the nodes came and went)."""
-    pod_node: dict[tuple[Key, str], str] = field(default_factory=dict)
-    """(job, pod name) -> the node the pod is bound to (what on_node counts)."""
+    """node -> the jobs with pods bound there (how many pods each), kept from the cached
+    pods' nodeName: a node's change looks at its jobs without a scan of every pod (at 3000
+    jobs, 1.2 % of the operator's CPU went to that scan when the nodes came and went)."""
 
     def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
         if body is None:
@@ -86,6 +84,7 @@ class Cache:
         if kind == "Job":
             self.unconfirmed.pop((key, name), None)
         children = group.setdefault(key, {})
+        before = children.get(name)
         if body is None:
             children.pop(name, None)
             if not children:
@@ -93,12 +92,11 @@ class Cache:
         else:
             children[name] = slim_child(kind, body)
         if kind == "Pod":
-            node = None if body is None else (body.get("spec") or {}).get("nodeName")
-            self._bind(key, name, str(node) if node else None)
+            self._rebind(key, _node_of(before), _node_of(body))
 
-    def _bind(self, key: Key, pod: str, node: str | None) -> None:
-        """Keep on_node in step with one pod's node (None: unbound or deleted)."""
-        before = self.pod_node.get((key, pod))
+    def _rebind(self, key: Key, before: str | None, node: str | None) -> None:
+        """Keep on_node in step with one pod of `key` moving from `before` to `node` (None:
+        unbound, or not there)."""
         if before == node:
             return
         if before is not None:
@@ -108,10 +106,7 @@ class Cache:
                 del counts[key]
                 if not counts:
                     del self.on_node[before]
-        if node is None:
-            self.pod_node.pop((key, pod), None)
-        else:
-            self.pod_node[(key, pod)] = node
+        if node is not None:
             counts = self.on_node.setdefault(node, {})
             counts[key] = counts.get(key, 0) + 1
 
@@ -176,6 +171,11 @@ class Cache:
     def keys_on_nodes(self, nodes: set[str]) -> list[Key]:
         """FineTuneJobs with a pod on one of these nodes (to look at when a node changes)."""
         return list(dict.fromkeys(key for node in nodes for key in self.on_node.get(node, ())))
+
+
+def _node_of(pod: dict[str, Any] | None) -> str | None:
+    node = ((pod or {}).get("spec") or {}).get("nodeName")
+    return str(node) if node else None
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:

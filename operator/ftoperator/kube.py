@@ -99,6 +99,7 @@ JSON = "application/json"
 # asks: .format("PartialObjectMetadata") for one object, "PartialObjectMetadataList" for a
 # list; plain JSON where a server cannot.
 PARTIAL_METADATA = "application/json;as={};g=meta.k8s.io;v=v1,application/json"
+METADATA_ONLY = PARTIAL_METADATA.format("PartialObjectMetadata")  # one object's answer
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML
 
@@ -158,8 +159,7 @@ class Kube:
         owner_uid: the FineTuneJob's UID, which an existing object must carry as its
         controller (None: no check, for callers that create objects of their own)."""
         # Its metadata back, not the whole object: nothing here reads the rest.
-        metadata = PARTIAL_METADATA.format("PartialObjectMetadata")
-        return self.create_object(namespace, body, owner_uid, accept=metadata) is not None
+        return self.create_object(namespace, body, owner_uid, accept=METADATA_ONLY) is not None
 
     def create_object(
         self, namespace: str, body: dict[str, Any], owner_uid: str | None = None,
@@ -313,7 +313,7 @@ class Kube:
         try:
             answer = self.request(
                 "patch", "PATCH", path, {"status": status}, content_type=MERGE_PATCH,
-                accept=PARTIAL_METADATA.format("PartialObjectMetadata"),
+                accept=METADATA_ONLY,
             )  # fmt: skip
             return cast(dict[str, Any], answer.get("metadata") or {})
         except ApiException as error:

@@ -229,7 +229,7 @@ def test_the_jobs_on_a_node_follow_their_pods_binding_and_deletion() -> None:
     cache.observe_child("Pod", a, "a-0-1", None)
     assert cache.keys_on_nodes({"n1"}) == []
     cache.observe_child("Pod", b, "b-0-0", None)
-    assert cache.on_node == {} and cache.pod_node == {}
+    assert cache.on_node == {}
 
 
 def test_cached_objects_share_their_keys_and_short_strings() -> None:
