@@ -6,10 +6,10 @@
 #                               workers -> Kueue's and Kubeflow Trainer's Go tools -> the
 #                               `serial` tests alone -> the real node (once the other lane has
 #                               built the images) -> the e2e tier
-#   lane "checks" (foreground)  make install -> ruff, import layers, mypy, hadolint -> unit,
+#   lane "checks" (foreground)  make install -> ruff, import layers, mypy, hadolint -> the
+#                               node's Go tools -> both images (hack/images.sh) -> unit,
 #                               trainer and gpu tiers on N workers -> helm lint + the helm
-#                               tier (need helm) -> the node's Go tools -> both images
-#                               (hack/images.sh)
+#                               tier (need helm)
 #
 # The control plane's Go builds start first, so their module downloads overlap `uv sync` and
 # their compiles overlap lint and the tests that need no cluster; the integration tier starts
@@ -143,6 +143,15 @@ checks_lane() {
     step "mypy" "$BIN/mypy" || rc=1
   step "hadolint" make --no-print-directory lint-docker || rc=1
   step "actionlint" make --no-print-directory lint-workflows || rc=1
+  # The node's tools and both images, before the unit tiers: the e2e tier (the last and
+  # longest step of the other lane) waits on the images, and built last here they held it
+  # back ~6 minutes after the serial tier had ended (CI, 2026-11-28). Whichever lane gets to
+  # the node's tools first builds them, the other waits on the build locks.
+  if [[ $NODE == 1 ]]; then
+    step "go tools (real node)" hack/build.sh node || rc=1
+    step "images" make --no-print-directory images DOCKER=false || rc=1
+    touch "$LOGS/images-done"
+  fi
   step "unit, trainer, gpu (${CHECK_WORKERS} workers)" "$BIN/pytest" tests/unit tests/trainer \
     tests/gpu -n "$CHECK_WORKERS" --dist worksteal "${PYTEST_COMMON[@]}" || rc=1
   # helm: built by the other lane or, if it has not got there yet, here (the build lock
@@ -150,14 +159,6 @@ checks_lane() {
   step "helm lint" bash -c 'hack/build.sh helm 2>/dev/null && \
     "$(hack/bin-path.sh helm)" lint --strict helm/finetune-operator' || rc=1
   step "helm tier" "$BIN/pytest" tests/helm "${PYTEST_COMMON[@]}" || rc=1
-  # The node's tools, for the images and the e2e tier: whichever lane gets to them first
-  # builds them, the other waits on the build locks (on a new machine the tools lane, which
-  # needs them for its serial tier, usually has them built by now).
-  if [[ $NODE == 1 ]]; then
-    step "go tools (real node)" hack/build.sh node || rc=1
-    step "images" make --no-print-directory images DOCKER=false || rc=1
-    touch "$LOGS/images-done"
-  fi
   return "$rc"
 }
 

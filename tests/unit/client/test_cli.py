@@ -81,9 +81,17 @@ def test_submit_refuses_what_validate_refuses_in_its_words_before_touching_anyth
 def test_an_unreachable_cluster_fails_in_seconds_and_says_which(
     nowhere: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # submit validates first (the data report loads the tokenizer): that part is timed alone,
+    # warm, so what is bounded is the cluster's part, not a loaded machine's imports (CI,
+    # 2026-11-28: 31 s in all at 97 % CPU, nearly all of it before the first connection).
+    assert main(["validate", "examples/quickstart-cpu.yaml"]) == 0
+    started = time.monotonic()
+    assert main(["validate", "examples/quickstart-cpu.yaml"]) == 0
+    validating = time.monotonic() - started
+    capsys.readouterr()
     started = time.monotonic()
     assert main(["submit", "examples/quickstart-cpu.yaml"]) == 2
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started - validating < 10
     err = capsys.readouterr().err
     assert "finetune submit: the cluster at https://127.0.0.1:1 (context ctx) did not answer" in err
     for command in (["status", "j"], ["list"], ["wait", "j"], ["logs", "j"]):
