@@ -56,16 +56,32 @@ left_out() {
 }
 
 # step NAME COMMAND...: runs it, appends "lane|name|start|seconds|rc" to the timing file.
+# Its output also goes to a file of its own, whose end is printed again at the end of the
+# run when it failed: CI's report keeps a run's first and last lines, and a failed step's
+# reason in the middle of a 90-minute log was lost (the images, CI 2026-11-28).
 step() {
-  local name="$1" start rc
+  local name="$1" start rc log
   shift
   start=$(date +%s)
+  log="$LOGS/step.$LANE.$(printf '%s' "$name" | tr -c 'a-zA-Z0-9' '-').log"
+  : >"$log"
   echo "==> [$LANE] $name ($(($(date +%s) - T0))s after start)"
-  "$@"
+  # Process substitutions, not a pipe: a daemon the step starts (the cluster's) may keep
+  # its output open, and a pipe would wait for it to end.
+  "$@" > >(tee -a "$log") 2> >(tee -a "$log" >&2)
   rc=$?
   echo "<== [$LANE] $name: $(($(date +%s) - start))s, exit $rc"
-  echo "$LANE|$name|$((start - T0))|$(($(date +%s) - start))|$rc" >>"$LOGS/steps"
+  echo "$LANE|$name|$((start - T0))|$(($(date +%s) - start))|$rc|$log" >>"$LOGS/steps"
   return "$rc"
+}
+
+# failed_steps_output: the last lines each failed step printed, in the order they started.
+failed_steps_output() {
+  sort -t'|' -k3,3n "$LOGS/steps" | while IFS='|' read -r lane name _ _ rc log; do
+    [[ $rc == 0 ]] && continue
+    echo "========== the end of a failed step's output: [$lane] $name (exit $rc) =========="
+    tail -n 40 "$log" | cut -c1-300
+  done
 }
 
 tools_lane() {
@@ -198,9 +214,10 @@ cpu_share() {
     NR == 1 || $1 <= a { b0 = $2; t0 = $3 } $1 <= b { b1 = $2; t1 = $3 }
     END { if (t1 > t0) printf "%d", 100 * (b1 - b0) / (t1 - t0); else print "-" }' "$LOGS/cpu"
 }
+failed_steps_output
 echo "================================ step times ===================================="
 printf '%-7s %-36s %8s %8s %5s %5s\n' lane step start_s took_s exit cpu%
-sort -t'|' -k3,3n "$LOGS/steps" | while IFS='|' read -r lane name start took rc; do
+sort -t'|' -k3,3n "$LOGS/steps" | while IFS='|' read -r lane name start took rc _; do
   printf '%-7s %-36s %8s %8s %5s %5s\n' "$lane" "$name" "$start" "$took" "$rc" \
     "$(cpu_share "$start" "$((start + took))")"
 done

@@ -4,9 +4,13 @@ leaves the real node out says so, and why."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import time
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +54,42 @@ def test_make_test_says_why_it_leaves_the_node_images_and_e2e_out(
     script = (REPO / "hack" / "test.sh").read_text()
     # Said first and last: before the lanes start and after the step table.
     assert script.count("\nleft_out\n") == 2, "left_out is not called at the start and the end"
+
+
+def _function(name: str) -> str:
+    match = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", SCRIPT, re.M | re.S)
+    assert match, f"{name} is not defined in hack/test.sh"
+    return match.group(0)
+
+
+def test_a_failed_steps_last_lines_are_printed_again_and_a_daemon_does_not_hold_its_step(
+    tmp_path: Path,
+) -> None:
+    """CI's report keeps a run's first and last lines: a failed step's reason, printed in
+    the middle, must come again at the end. A step that leaves a daemon behind (the
+    cluster's) must still end when its command does."""
+    script = "\n".join(
+        [
+            f"LOGS={tmp_path}; T0=$(date +%s); LANE=checks",
+            _function("step"),
+            _function("failed_steps_output"),
+            f"step 'starts a daemon' bash -c '(sleep 60 & echo $! >{tmp_path}/daemon)'",
+            "step 'fails' bash -c 'seq 1 100; echo the reason >&2; exit 3'",
+            "step 'passes' echo fine",
+            "sleep 0.5; failed_steps_output",
+        ]
+    )
+    out, err = tmp_path / "out", tmp_path / "err"
+    started = time.monotonic()
+    try:
+        # Files, as the lanes' logs are: a pipe would stay open as long as the daemon.
+        with out.open("w") as stdout, err.open("w") as stderr:
+            subprocess.run(["bash", "-c", script], stdout=stdout, stderr=stderr, timeout=30)
+        assert time.monotonic() - started < 20, "a step waited for the daemon it started"
+    finally:
+        os.kill(int((tmp_path / "daemon").read_text()), signal.SIGTERM)
+    end = out.read_text().split("the end of a failed step's output")
+    assert len(end) == 2, out.read_text()  # only the failed step
+    assert "[checks] fails (exit 3)" in end[1]
+    assert "100\n" in end[1] and "the reason" in end[1] and "\n50\n" not in end[1]
+    assert "the reason" in err.read_text()  # and it still reached the lane's own stderr
