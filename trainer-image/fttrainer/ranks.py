@@ -197,8 +197,15 @@ class ComputeTimer:
             if started:
                 self.end(started.pop())
 
-        model.register_forward_pre_hook(before, prepend=True)
-        model.register_forward_hook(after)
+        import torch
+
+        # torch.compile (training.torchCompile) traces module hooks into its graph: a clock
+        # read there is a constant of the trace, and each step's start time fails a guard
+        # (a recompile per step, seen in the compiled model's test). They run eagerly.
+        eager_before = torch.compiler.disable(before)  # type: ignore[no-untyped-call]
+        eager_after = torch.compiler.disable(after)  # type: ignore[no-untyped-call]
+        model.register_forward_pre_hook(eager_before, prepend=True)
+        model.register_forward_hook(eager_after)
 
     def begin(self, device: Any) -> Any:
         if getattr(device, "type", None) == "cuda":

@@ -135,6 +135,35 @@ def test_the_compute_timer_times_the_models_training_forward_and_nothing_around_
     assert timer.take() is None
 
 
+def test_under_torch_compile_the_timer_hooks_run_eagerly_and_time_every_step() -> None:
+    """training.torchCompile wraps the model in torch.compile, which traces module hooks into
+    its graph: a clock read there would be a constant of the trace, and each step's start
+    time a failed guard (a recompile per step). The timer's hooks stay out of the graph."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    clock = ManualClock(0.0)
+    timer = ComputeTimer(clock)
+    model = torch.nn.Linear(2, 2)
+    timer.attach(model)
+    compiled = torch.compile(model, backend="eager")
+
+    def slow_device(module: Any, args: Any) -> None:
+        clock.t += 0.3
+
+    model.register_forward_pre_hook(slow_device)
+    compiled(torch.ones(1, 2))
+    assert timer.take() == pytest.approx(0.3)
+    first = (counters["frames"]["total"], counters["stats"]["unique_graphs"])
+    for _ in range(3):
+        compiled(torch.ones(1, 2))
+        assert timer.take() == pytest.approx(0.3)
+    # Traced, the hooks compiled a new graph at each of these steps (1, 2, 3 graphs).
+    assert (counters["frames"]["total"], counters["stats"]["unique_graphs"]) == first
+
+
 SPIKES = {
     "a steady fall is no spike": ([6.0, 5.5, 5.0, 4.6, 4.2, 4.0, 3.8, 3.6, 3.5, 3.4, 3.3, 3.2], []),
     "a learning rate far too high: 6.07 then 44.5": ([6.07, 44.5, 40.0, 13.5], [1]),
