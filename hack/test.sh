@@ -55,7 +55,7 @@ left_out() {
   echo "make test: the real node, both images and the e2e tier are LEFT OUT: $LEFT_OUT" >&2
 }
 
-# step NAME COMMAND...: runs it, appends "lane|name|start|seconds|rc" to the timing file.
+# step NAME COMMAND...: runs it, appends "lane|name|start|seconds|rc|log" to the timing file.
 # Its output also goes to a file of its own, whose end is printed again at the end of the
 # run when it failed: CI's report keeps a run's first and last lines, and a failed step's
 # reason in the middle of a 90-minute log was lost (the images, CI 2026-11-28).
