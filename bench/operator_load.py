@@ -16,8 +16,9 @@ rotated each time (raw, kubeflow, kubeflow-tuned, operator; then kubeflow, ..., 
   raw             the baseline: a plain client loop (threads, the kubernetes client through
                   ftoperator.kube.Kube) creates for each job exactly the objects the operator
                   would (ftoperator.children: the config ConfigMap, FineTuneJobProgress,
-                  ServiceAccount, Role, RoleBinding, then the Job), pre-rendered, at
-                  the same rate. What the API server costs by itself.
+                  then the Job; with --trainer-identity job also a ServiceAccount, Role and
+                  RoleBinding per job, else the namespace's shared three once, before the
+                  burst), pre-rendered, at the same rate. What the API server costs by itself.
   kubeflow        Kubeflow Trainer's controller manager and JobSet's, built from their Go
                   modules (hack/build.sh kubeflow), run as processes with their shipped
                   Configurations (testkit/fttestkit/kubeflow.py); the loop creates TrainJobs at
@@ -54,7 +55,8 @@ window.
   all Jobs   first create request -> the last Job's ADDED event; jobs / that = throughput
   requests   over the window, per job. Operator: its finetune_api_requests_total (/metrics);
              Kubeflow: both managers' rest_client_requests_total (every request their
-             clients send, watches included); raw: 6 creates per job
+             clients send, watches included); raw: its creates per job (3, 6 with
+             --trainer-identity job)
   CPU, RSS   the controller processes (the operator; the Trainer and JobSet together, and each
              alone): CPU seconds (utime+stime) over the window and peak RSS (VmHWM), from
              /proc, sampled every 0.5 s; the API server's CPU seconds per job, less the idle
@@ -109,11 +111,12 @@ from kubernetes.client.exceptions import ApiException
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
 from ftapi.progress import REPORT_FIELD, ProgressReport
-from ftoperator.children import LABEL_JOB, build_children
+from ftoperator.children import LABEL_JOB, build_children, build_namespace_identity
 from ftoperator.config import DEFAULTS, Settings
 from ftoperator.kube import Kube
 from fttestkit import bench_report as report
 from fttestkit.bench_report import percentile
+from fttestkit.chart import render
 from fttestkit.controllers import read_metrics
 from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, tuning
 from fttestkit.kubeflow import delete_runtime as kubeflow_delete_runtime
@@ -131,6 +134,7 @@ POOL = "bench"  # finetune.dev/pool of the benchmark's nodes (the jobs select it
 GPUS_PER_NODE = 8
 WARMUP = "warmup"
 DEFAULT_WORKERS = int(DEFAULTS["workers"])
+TRAINER_POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
         "leader-election flags are appended; it watches every namespace, as Kubeflow's "
         "managers do (default: this Python's -m ftoperator)",
     )
+    add("--trainer-identity", choices=("namespace", "job"), default="namespace",
+        help="the trainer pods' identity: shared by a namespace's jobs under the Helm chart's "
+        "ValidatingAdmissionPolicy (applied by this script), as the chart installs the "
+        "operator, or one per job, the operator's default without the chart "
+        "(namespace)")  # fmt: skip
     add("--run-duration", default="1h", help="how long each pod runs (kwok; Go duration)")
     add("--timeout", type=float, default=300,
         help="seconds to wait for the Jobs after the last apply")  # fmt: skip
@@ -621,7 +630,7 @@ def rotated(kinds: list[str], repeat: int) -> list[str]:
 # What a resumed run must share with the run it goes on from: what shapes a phase's figures.
 RESUME_KEYS = ("jobs", "rate", "nodes", "threads", "workers", "run_duration", "kubeflow",
                "skip_raw", "skip_kubeflow", "operator_command", "timeout", "settle", "quiet",
-               "idle", "steady", "progress_every")  # fmt: skip
+               "idle", "steady", "progress_every", "trainer_identity")  # fmt: skip
 
 
 def resumed(path: Path, args: argparse.Namespace) -> tuple[list[report.RecordedPhase], Any]:
@@ -809,6 +818,18 @@ def prepare(api: client.ApiClient, nodes: int) -> None:
 def _node_ready(node: Any) -> bool:
     conditions = node.status.conditions or []
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def trainer_policy(api: client.ApiClient, args: argparse.Namespace) -> str | None:
+    """With --trainer-identity namespace: the Helm chart's trainer policy and its binding,
+    applied as `helm install` creates them (release "bench"); their name. None: per job."""
+    if args.trainer_identity != "namespace":
+        return None
+    kube = Kube(api, "bench")
+    objects = [o for o in render(release="bench") if o["kind"] in TRAINER_POLICY_KINDS]
+    for body in objects:
+        kube.apply("", body)
+    return str(objects[0]["metadata"]["name"])
 
 
 def create_namespace(api: client.ApiClient, name: str) -> None:
@@ -1065,7 +1086,10 @@ def run_raw(
     print(f"raw API: a client loop creates each job's objects itself, in {namespace}", flush=True)
     create_namespace(api, namespace)
     kube = Kube(api, "bench")
-    settings = Settings()
+    settings = Settings(trainer_policy=trainer_policy(api, args))
+    if settings.trainer_policy:  # the namespace's identity, once, as the operator makes it
+        for body in build_namespace_identity(namespace):
+            kube.create(namespace, body)
     names = job_names(args.jobs)
     children = {
         name: build_children(parse_job(manifest(name, namespace, args.run_duration)), attempt=0,
@@ -1111,6 +1135,9 @@ def run_operator(
     ]  # fmt: skip
     if args.workers:
         command += ["--workers", str(args.workers)]
+    policy = trainer_policy(api, args)
+    if policy:
+        command += ["--trainer-policy", policy]
     operator = ManagedProcess("operator", workdir / "operator.log")
     operator.start(command, env=env, cwd=REPO)
     samplers = {"all": Sampler(operator.pid)}  # from the start: the import and startup count

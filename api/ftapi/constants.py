@@ -14,6 +14,10 @@ PROGRESS_KIND = "FineTuneJobProgress"
 PROGRESS_PLURAL = "finetunejobprogresses"
 PROGRESS_SINGULAR = "finetunejobprogress"
 PROGRESS_CRD_NAME = f"{PROGRESS_PLURAL}.{GROUP}"
+# The trainer pods' identity shared by a namespace's jobs (the operator's --trainer-policy):
+# a ServiceAccount, Role and RoleBinding of this name, whose only right, patching progress
+# objects, the chart's ValidatingAdmissionPolicy narrows to the pod's own job.
+TRAINER_ACCOUNT = "finetune-trainer"
 # Child Job/Service/pod hostnames embed the job name plus attempt and index suffixes, and a
 # Service name must be a DNS-1035 label (max 63), so FineTuneJob names are kept shorter.
 MAX_NAME_LENGTH = 42

@@ -81,6 +81,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("network-policy", "false",
          "give each job a NetworkPolicy: its pods accept traffic only from each other",
          "switch"),
+    Flag("trainer-policy", "",
+         "name of the ValidatingAdmissionPolicy (and its binding) that confines each trainer "
+         "pod to its own job's progress object; when it is bound, a namespace's jobs share "
+         "one trainer ServiceAccount, Role and RoleBinding (finetune-trainer) instead of "
+         "three of each per job; empty, or not bound: per job"),
     # The platform's admission policy (policy.py).
     Flag("allowed-registries", "",
          "comma-separated image prefixes jobs may use; empty: any", "list"),
@@ -190,6 +195,9 @@ class Settings:
     network_policy: bool = False
     """Give each job a NetworkPolicy admitting traffic to its pods only from its own pods
     (the torchrun rendezvous and NCCL ports are closed to the rest of the cluster)."""
+    trainer_policy: str | None = None
+    """The ValidatingAdmissionPolicy confining the shared trainer identity (children.access);
+    set only once main.py found it bound, None: a per-job identity."""
     test_faults: bool = False
     """Copy a job's finetune.dev/test-faults annotation into its pods (fault_hooks.py): for
     test clusters only, so FTO_TEST_FAULTS alone turns it on (no flag, not in the chart)."""
@@ -278,6 +286,7 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_priority_classes=_listed(args.allowed_priority_classes),
         allowed_node_selector_keys=_listed(args.allowed_node_selector_keys),
         network_policy=args.network_policy,
+        trainer_policy=args.trainer_policy or None,
         test_faults=fault_hooks.enabled(env),
     )
     return Options(

@@ -39,7 +39,14 @@ from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
 from .cache import Cache, Key, WorkQueue, as_written
-from .children import LABEL_ATTEMPT, LABEL_JOB, Names, build_children
+from .children import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    Children,
+    Names,
+    build_children,
+    build_namespace_identity,
+)
 from .config import DEFAULTS, OPERATOR, Settings, settings_of, settings_used, with_recorded
 from .kube import ChildError, Kube, owned_by
 from .kueue import owned_workload, queue_state
@@ -80,6 +87,9 @@ UNCONFIRMED_JOB_SECONDS = 30.0
 FIRST_STATUS_GRACE_SECONDS = float(DEFAULTS["first-status-grace-seconds"])
 # The parses kept (_parse_once), the most recently used: about 17 KB each in Python objects.
 PARSE_CACHE_SIZE = 4096
+# A namespace's shared trainer identity is made sure of (three GETs) at most this often, by
+# the attempts created or checked then: one deleted meanwhile is made again within a minute.
+IDENTITY_FRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -314,6 +324,18 @@ class Controller:
             held = self._shared_reads[slot] = (now, future)
         assert held is not None
         return cast(T, await asyncio.shield(held[1]))
+
+    async def _ensure_identity(self, namespace: str, children: Children) -> None:
+        """The namespace's shared trainer identity (children.access), made sure of once per
+        namespace every IDENTITY_FRESH_SECONDS for all its jobs: three GETs, where a per-job
+        identity costs three creates and three watch events per job."""
+        if children.shared_identity:
+            await self._shared_read("identity", namespace, self._make_identity,
+                                    IDENTITY_FRESH_SECONDS)  # fmt: skip
+
+    def _make_identity(self, namespace: str) -> None:
+        for body in build_namespace_identity(namespace):  # the RoleBinding after its Role
+            self.kube.ensure_shared(namespace, body)
 
     def _attempt_pods(self, key: Key, attempt: int) -> list[dict[str, Any]]:
         return [
@@ -572,8 +594,10 @@ class Controller:
             return  # not started (or torn down): its creation verifies the children
         self._children_checked[key] = now
         settings = with_recorded(self.settings, plan.status.settings)
-        *prerequisites, _ = build_children(job, attempt=attempt, settings=settings).stages()
+        children = build_children(job, attempt=attempt, settings=settings)
+        *prerequisites, _ = children.stages()
         try:
+            await self._ensure_identity(key[0], children)
             for stage in prerequisites:
                 await _gather_all(
                     asyncio.to_thread(self.kube.ensure, key[0], child, uid) for child in stage
@@ -596,6 +620,7 @@ class Controller:
             # Stage by stage (children.Children.stages); within a stage, all at once. Every
             # child is verified as this job's, on every attempt (a deleted one is re-created).
             *prerequisites, (batch_job,) = children.stages()
+            await self._ensure_identity(namespace, children)
             for stage in prerequisites:
                 await _gather_all(
                     asyncio.to_thread(self.kube.create, namespace, c, uid) for c in stage

@@ -78,6 +78,7 @@ def server_message(error: ApiException) -> str:
     return str(message or error.reason or error.status)
 
 
+ADMISSION_API = "admissionregistration.k8s.io/v1"
 # Each kind the operator sends: (apiVersion, plural), i.e. where its collection lives.
 RESOURCES = {
     "ConfigMap": ("v1", "configmaps"),
@@ -93,6 +94,8 @@ RESOURCES = {
     "FineTuneJobProgress": (f"{GROUP}/{VERSION}", PROGRESS_PLURAL),
     "FineTuneJob": (f"{GROUP}/{VERSION}", PLURAL),
     "Workload": (WORKLOAD_API, "workloads"),
+    "ValidatingAdmissionPolicy": (ADMISSION_API, "validatingadmissionpolicies"),
+    "ValidatingAdmissionPolicyBinding": (ADMISSION_API, "validatingadmissionpolicybindings"),
 }
 JSON = "application/json"
 # An answer (or a watch's objects) with the metadata alone, as client-go's metadata client
@@ -235,10 +238,57 @@ class Kube:
                 return
             raise
 
+    def ensure_shared(self, namespace: str, body: dict[str, Any]) -> None:
+        """Make sure of an object several jobs share (the namespace's trainer identity): read
+        first, created when absent, put back when edited (REPAIRABLE kinds). One the operator
+        did not make (no managed-by label of ours) is never taken over: ChildError, since a
+        stranger's Role under the shared name would decide what every trainer may do."""
+        kind, name = body["kind"], body["metadata"]["name"]
+        existing = self.read(kind, namespace, name)
+        if existing is None:
+            try:
+                self.request("create", "POST", collection(kind, namespace), body,
+                             accept=METADATA_ONLY)  # fmt: skip
+            except ApiException as error:
+                if error.status in INVALID:
+                    raise rejected_child(kind, name, error) from None
+                if namespace_going(error) or error.status == 409:  # 409: another worker's
+                    return
+                raise
+            log.info("%s %s/%s created (shared by the namespace's jobs)", kind, namespace, name)
+            return
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        ours = body["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+        if labels.get("app.kubernetes.io/managed-by") != ours:
+            raise ChildError(
+                "ChildConflict",
+                f"a {kind} named {name} already exists in {namespace} and was not made by "
+                f"the operator (no app.kubernetes.io/managed-by: {ours} label): the trainer "
+                "pods of this namespace would run with it. Delete or rename it",
+            )
+        if kind in REPAIRABLE and drifted(existing, body):
+            log.warning("%s %s/%s was edited: putting back what the operator renders",
+                        kind, namespace, name)  # fmt: skip
+            self.apply(namespace, body)
+
+    def admission_policy_bound(self, name: str) -> bool:
+        """Whether the ValidatingAdmissionPolicy `name` exists and a binding of the same name
+        enforces it (Deny). False when either is missing or unreadable (no rights)."""
+        try:
+            policy = self.read("ValidatingAdmissionPolicy", "", name)
+            binding = self.read("ValidatingAdmissionPolicyBinding", "", name)
+        except ApiException as error:
+            if error.status == 403:
+                return False
+            raise
+        spec = (binding or {}).get("spec") or {}
+        return (policy is not None and spec.get("policyName") == name
+                and "Deny" in (spec.get("validationActions") or []))  # fmt: skip
+
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One object by kind and name (JSON as the watch delivers it); None when absent."""
         try:
-            return self.request("get", "GET", f"{collection(kind, namespace)}/{name}")
+            return self.request("get", "GET", f"{collection(kind, namespace or None)}/{name}")
         except ApiException as error:
             if error.status == 404:
                 return None

@@ -19,12 +19,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
-from .config import Options, parse_options
+from .config import Options, Settings, parse_options
 from .controller import Controller
 from .handlers import register
 from .job_metrics import JobSeries
@@ -96,6 +97,22 @@ def quiet_watch_close(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
     loop.default_exception_handler(context)
 
 
+def confirmed_trainer_policy(kube: Kube, settings: Settings) -> Settings:
+    """The settings with `trainer_policy` kept only when that ValidatingAdmissionPolicy is
+    bound: without it the shared trainer identity's Role would let any trainer pod of a
+    namespace write every job's progress there, so the jobs get a per-job identity instead."""
+    name = settings.trainer_policy
+    if not name:
+        return settings
+    if kube.admission_policy_bound(name):
+        log.info("trainer pods share their namespace's identity, confined by the "
+                 "ValidatingAdmissionPolicy %s", name)  # fmt: skip
+        return settings
+    log.warning("--trainer-policy %s: no such ValidatingAdmissionPolicy bound with Deny (or "
+                "no right to read it): each job gets its own trainer identity", name)  # fmt: skip
+    return replace(settings, trainer_policy=None)
+
+
 async def run(options: Options) -> int:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(quiet_watch_close)
@@ -105,7 +122,9 @@ async def run(options: Options) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     api = api_client(threads)
-    controller = Controller(Kube(api, options.identity), options.settings, workers=options.workers)
+    kube = Kube(api, options.identity)
+    settings = await asyncio.to_thread(confirmed_trainer_policy, kube, options.settings)
+    controller = Controller(kube, settings, workers=options.workers)
     controller.resync_seconds = options.resync_seconds
     controller.child_check_seconds = options.child_check_seconds
     controller.cache.nodes.lost_after = options.node_lost_seconds

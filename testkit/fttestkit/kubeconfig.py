@@ -19,10 +19,21 @@ from .cluster import Cluster
 
 
 def service_account_token(
-    cluster: Cluster, account: str, namespace: str, *, seconds: int = 3600
-) -> str:
+    cluster: Cluster, account: str, namespace: str, *, seconds: int = 3600,
+    pod: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """pod: bind the token to this pod (as the kubelet's projected tokens are), so that its
+    user info carries the pod's name and UID."""
+    bound = None
+    if pod is not None:
+        meta = pod["metadata"]
+        bound = client.V1BoundObjectReference(
+            kind="Pod", api_version="v1", name=meta["name"], uid=meta["uid"]
+        )
     request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+        spec=client.V1TokenRequestSpec(
+            audiences=[], expiration_seconds=seconds, bound_object_ref=bound
+        )
     )
     answer: Any = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
         account, namespace, request
@@ -36,10 +47,12 @@ def _admin_cluster_entry(cluster: Cluster) -> dict[str, Any]:
 
 
 def write_kubeconfig(
-    cluster: Cluster, account: str, namespace: str, path: Path, *, seconds: int = 3600
-) -> Path:
-    """A kubeconfig at `path` that authenticates as the ServiceAccount."""
-    token = service_account_token(cluster, account, namespace, seconds=seconds)
+    cluster: Cluster, account: str, namespace: str, path: Path, *, seconds: int = 3600,
+    pod: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """A kubeconfig at `path` that authenticates as the ServiceAccount (with a token bound
+    to `pod`, as that pod's own)."""
+    token = service_account_token(cluster, account, namespace, seconds=seconds, pod=pod)
     ca = _admin_cluster_entry(cluster)["certificate-authority-data"]
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "sa",

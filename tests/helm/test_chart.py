@@ -37,8 +37,12 @@ RELEASE_NS = "finetune-system"
 SA = "finetune-operator"
 LEASES = ("coordination.k8s.io", "leases")
 NAMESPACES = ("", "namespaces")
-# Cluster-scoped reads every mode needs (nodes: node loss; CRDs: kopf's resource discovery).
-CLUSTER_READS = {("", "nodes"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+# Cluster-scoped reads every mode needs (nodes: node loss; CRDs: kopf's resource discovery;
+# the trainer policy, at start).
+ADMISSION = "admissionregistration.k8s.io"
+CLUSTER_READS = {("", "nodes"), ("apiextensions.k8s.io", "customresourcedefinitions"),
+                 (ADMISSION, "validatingadmissionpolicies"),
+                 (ADMISSION, "validatingadmissionpolicybindings")}  # fmt: skip
 # What is granted per watched namespace (or cluster-wide): everything else in the table.
 NAMESPACED = set(documented_grants()) - CLUSTER_READS - {LEASES, NAMESPACES}
 SPOT = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
@@ -119,7 +123,8 @@ def test_defaults_run_the_operator_cluster_wide_with_json_logs_and_leader_electi
     objects = render()
     options = operator_options(objects)
     assert options.namespaces == ()  # all namespaces
-    assert options.settings == Settings()  # the operator's own defaults, nothing else
+    # The operator's own defaults, and the chart's trainer policy (trainer-policy.yaml).
+    assert options.settings == Settings(trainer_policy="finetune-operator-trainer-progress")
     assert (options.log_format, options.log_level) == ("json", "INFO")
     assert options.leader_election is True
     assert (options.lease_name, options.lease_namespace) == (
@@ -178,6 +183,7 @@ def test_operator_settings_reach_the_operator() -> None:
         gpu_tolerations=(SPOT,),
         gpu_resource_name="amd.com/gpu",
         scratch_size="200Gi",
+        trainer_policy="finetune-operator-trainer-progress",
     )
     assert (options.workers, options.resync_seconds) == (4, 30.0)
     assert (options.log_format, options.log_level) == ("text", "DEBUG")
@@ -422,6 +428,31 @@ def test_rbac_off_renders_no_roles_and_an_existing_service_account_can_be_used()
     }
     pod = only(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "platform-sa"
+
+
+def test_the_trainer_policy_is_rendered_bound_and_named_to_the_operator_or_not_at_all() -> None:
+    """The operator shares a namespace's trainer identity only under this policy (main.py
+    checks it is bound): the chart renders both together, or neither."""
+    objects = render(release="ft")
+    policy = only(objects, "ValidatingAdmissionPolicy")
+    name = policy["metadata"]["name"]
+    assert name == "ft-finetune-operator-trainer-progress"
+    binding = only(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["metadata"]["name"] == name
+    assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (match,) = policy["spec"]["matchConditions"]
+    assert ":finetune-trainer" in match["expression"]  # the shared account's name
+    assert operator_options(objects).settings.trainer_policy == name
+    rules = only(objects, "ClusterRole", "ft-finetune-operator")["rules"]
+    (admission,) = [r for r in rules if r["apiGroups"] == [ADMISSION]]
+    assert (admission["resourceNames"], admission["verbs"]) == ([name], ["get"])
+    off = render({"operator": {"sharedTrainerIdentity": False}}, release="ft")
+    assert not of_kind(off, "ValidatingAdmissionPolicy")
+    assert not of_kind(off, "ValidatingAdmissionPolicyBinding")
+    assert operator_options(off).settings.trainer_policy is None
+    rules = only(off, "ClusterRole", "ft-finetune-operator")["rules"]
+    assert not [r for r in rules if r["apiGroups"] == [ADMISSION]]
 
 
 # --- bad values fail at install -------------------------------------------------------------

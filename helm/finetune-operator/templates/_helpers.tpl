@@ -129,6 +129,13 @@ apply. No Secrets, no wildcards. tests/helm/test_chart.py asserts these exact ve
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- if .Values.operator.sharedTrainerIdentity }}
+# At start: whether the trainer policy is there and bound (--trainer-policy); this one only.
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingadmissionpolicies, validatingadmissionpolicybindings]
+  resourceNames: [{{ include "finetune-operator.trainerPolicy" . }}]
+  verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/*
@@ -139,4 +146,9 @@ exist (and when one is created or deleted). Cluster-wide, kopf never reads names
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+{{- end }}
+
+{{/* The ValidatingAdmissionPolicy (and binding) confining the shared trainer identity. */}}
+{{- define "finetune-operator.trainerPolicy" -}}
+{{- printf "%s-trainer-progress" (include "finetune-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -3,7 +3,8 @@
     children = build_children(job, attempt=0, settings=Settings(default_image="..."))
     children.job          # the Indexed batch/v1 Job running torchrun, one pod per node
     children.all()        # config ConfigMap, FineTuneJobProgress, headless Service
-                          # (multi-node jobs), ServiceAccount, Role, RoleBinding, Job
+                          # (multi-node jobs), ServiceAccount, Role, RoleBinding (per-job
+                          # identity), Job
     children.stages()     # the same, in the order the API server needs them created
 
 Everything a pod needs is decided here, so a unit test can read it without a cluster:
@@ -21,11 +22,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftapi.constants import API_VERSION, KIND
+from ftapi.constants import API_VERSION, KIND, TRAINER_ACCOUNT
 from ftapi.v1alpha1 import FineTuneJob
 from ftoperator.config import Settings
 
-from .access import build_network_policy, build_role, build_role_binding, build_service_account
+from .access import (
+    build_namespace_identity,
+    build_network_policy,
+    build_role,
+    build_role_binding,
+    build_service_account,
+)
 from .batch_job import build_batch_job
 from .config_map import CONFIG_KEY, build_config_map, resolved_config
 from .naming import (
@@ -51,6 +58,7 @@ __all__ = [
     "Children",
     "Names",
     "build_children",
+    "build_namespace_identity",
     "dumps",
     "quantity_bytes",
     "resolved_config",
@@ -66,9 +74,14 @@ class Children:
     service: dict[str, Any] | None
     """The rendezvous Service of a multi-node job (rendezvous.py); None for one node."""
     service_account: dict[str, Any] | None
-    role: dict[str, Any]
-    role_binding: dict[str, Any]
+    """None where the job names its own account or uses its namespace's (shared_identity)."""
+    role: dict[str, Any] | None
+    role_binding: dict[str, Any] | None
+    """Role and RoleBinding: None under the namespace's shared identity."""
     job: dict[str, Any]
+    shared_identity: bool = False
+    """The pods run as the namespace's `finetune-trainer` (access.build_namespace_identity),
+    which the operator makes sure of before the first stage."""
     extra: list[dict[str, Any]] = field(default_factory=list)
     """Optional children (the NetworkPolicy), created with the RoleBinding."""
 
@@ -77,9 +90,10 @@ class Children:
         RoleBinding waits for its Role: an operator without the `bind` verb may bind a Role
         only by holding its rules, which the API server checks by reading the Role (a 404
         while it does not exist yet). The Job comes last: what its pods reference exists."""
-        first = [self.config, self.progress]
-        first += [c for c in (self.service, self.service_account) if c is not None]
-        return [[*first, self.role], [self.role_binding, *self.extra], [self.job]]
+        first = [self.config, self.progress, self.service, self.service_account, self.role]
+        second = [self.role_binding, *self.extra]
+        stages = [[c for c in stage if c is not None] for stage in (first, second)]
+        return [*(stage for stage in stages if stage), [self.job]]
 
     def all(self) -> list[dict[str, Any]]:
         return [obj for stage in self.stages() for obj in stage]
@@ -103,8 +117,11 @@ def build_children(job: FineTuneJob, *, attempt: int, settings: Settings) -> Chi
             metadata["ownerReferences"] = [owner]
         return metadata
 
-    resources = job.spec.resources
-    account = resources.service_account_name or names.trainer
+    named = job.spec.resources.service_account_name
+    # A job naming its own account keeps a per-job Role bound to it: the shared identity's
+    # policy narrows only the shared account's writes.
+    shared = bool(settings.trainer_policy) and not named
+    account = named or (TRAINER_ACCOUNT if shared else names.trainer)
     extra = [build_network_policy(job, meta(names.trainer, "trainer"))] if (
         settings.network_policy) else []  # fmt: skip
     return Children(
@@ -112,12 +129,11 @@ def build_children(job: FineTuneJob, *, attempt: int, settings: Settings) -> Chi
         config=build_config_map(job, names, meta),
         progress=build_progress(names, meta),
         service=build_service(job, names, meta),
-        service_account=None
-        if resources.service_account_name
-        else build_service_account(names, meta),
-        role=build_role(names, meta),
-        role_binding=build_role_binding(names, meta, account, namespace),
+        service_account=None if named or shared else build_service_account(names, meta),
+        role=None if shared else build_role(names, meta),
+        role_binding=None if shared else build_role_binding(names, meta, account, namespace),
         job=build_batch_job(job, names, settings, meta, account),
+        shared_identity=shared,
     )
 
 

@@ -1,54 +1,77 @@
-"""Who the trainer pods are and what they may reach: the per-job ServiceAccount, a Role
-whose only right is its own progress object, the RoleBinding, and optionally a
-NetworkPolicy that admits traffic only from the job's own pods."""
+"""Who the trainer pods are and what they may reach: the trainer's ServiceAccount, a Role
+whose only right is the job's progress object, the RoleBinding, and optionally a
+NetworkPolicy that admits traffic only from the job's own pods.
+
+Two shapes of the identity (docs/operator.md, "The trainer's identity"):
+- per job (the default): `<job>-trainer`, the Role naming the job's progress object
+  (`resourceNames`), owned by the FineTuneJob: three creates and three watch events per job;
+- per namespace (`--trainer-policy`, the Helm chart's default): `finetune-trainer`, made once
+  per namespace and shared by its jobs, the Role allowing `patch` on every progress object
+  of the namespace, which the chart's ValidatingAdmissionPolicy (the
+  chart's templates/trainer-policy.yaml) narrows to the progress object of the job whose pod the
+  token is bound to. The operator takes this shape only when it finds that policy bound
+  (main.py), so the Role alone never widens what a pod may write."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ftapi.constants import GROUP, PROGRESS_PLURAL
+from ftapi.constants import GROUP, PROGRESS_PLURAL, TRAINER_ACCOUNT
 from ftapi.v1alpha1 import FineTuneJob
 
-from .naming import LABEL_JOB, Meta, Names
+from .naming import LABEL_COMPONENT, LABEL_JOB, MANAGED_BY, Meta, Names
+
+RBAC = "rbac.authorization.k8s.io"
 
 
 def build_service_account(names: Names, meta: Meta) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": meta(names.trainer, "trainer"),
-        "automountServiceAccountToken": True,
-    }
+    return _service_account(meta(names.trainer, "trainer"))
 
 
 def build_role(names: Names, meta: Meta) -> dict[str, Any]:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": meta(names.trainer, "trainer"),
-        # The trainer's only right: update its own progress object.
-        "rules": [
-            {
-                "apiGroups": [GROUP],
-                "resources": [PROGRESS_PLURAL],
-                "resourceNames": [names.progress],
-                "verbs": ["get", "patch", "update"],
-            }
-        ],
-    }
+    # The trainer's only right: update its own progress object.
+    rule = {"apiGroups": [GROUP], "resources": [PROGRESS_PLURAL],
+            "resourceNames": [names.progress], "verbs": ["get", "patch", "update"]}  # fmt: skip
+    return {"apiVersion": f"{RBAC}/v1", "kind": "Role",
+            "metadata": meta(names.trainer, "trainer"), "rules": [rule]}  # fmt: skip
 
 
 def build_role_binding(
     names: Names, meta: Meta, account: str, namespace: str | None
 ) -> dict[str, Any]:
+    return _role_binding(meta(names.trainer, "trainer"), names.trainer, account, namespace)
+
+
+def build_namespace_identity(namespace: str) -> list[dict[str, Any]]:
+    """The shared trainer identity of one namespace: ServiceAccount, Role, RoleBinding, in
+    creation order (the RoleBinding after its Role: see Children.stages). No owner: every
+    job of the namespace uses them, and they outlive each."""
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_COMPONENT: "trainer"}
+    meta = {"name": TRAINER_ACCOUNT, "namespace": namespace, "labels": labels}
+    # patch only: what the trainer sends (fttrainer.progress); no get, so that a pod
+    # cannot read the other jobs' progress either.
+    rule = {"apiGroups": [GROUP], "resources": [PROGRESS_PLURAL], "verbs": ["patch"]}
+    role = {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": dict(meta), "rules": [rule]}
+    binding = _role_binding(dict(meta), TRAINER_ACCOUNT, TRAINER_ACCOUNT, namespace)
+    return [_service_account(dict(meta)), role, binding]
+
+
+def _service_account(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
+            "automountServiceAccountToken": True}  # fmt: skip
+
+
+def _role_binding(
+    metadata: dict[str, Any], role: str, account: str, namespace: str | None
+) -> dict[str, Any]:
     subject = {"kind": "ServiceAccount", "name": account}
     if namespace:
         subject["namespace"] = namespace
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "apiVersion": f"{RBAC}/v1",
         "kind": "RoleBinding",
-        "metadata": meta(names.trainer, "trainer"),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.trainer},
+        "metadata": metadata,
+        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": role},
         "subjects": [subject],
     }
 

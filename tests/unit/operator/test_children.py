@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import yaml
 
 from ftapi import contract, parse_job
-from ftoperator.children import KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_JOB, build_children
+from ftoperator.children import (
+    KUEUE_QUEUE_LABEL,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    build_children,
+    build_namespace_identity,
+)
 from ftoperator.config import Settings
 from fttestkit.builders import make_job
 
@@ -197,6 +204,45 @@ def test_trainer_may_only_update_its_own_progress() -> None:
     assert own.service_account is None
     assert _pod(own)["serviceAccountName"] == "irsa-trainer"
     assert own.role_binding["subjects"][0]["name"] == "irsa-trainer"
+
+
+def test_under_the_trainer_policy_the_pods_run_as_the_namespaces_shared_identity() -> None:
+    """Three creates fewer per job (docs/benchmarks.md, "Requests per job"); the shared
+    Role's breadth is narrowed by the chart's policy (test_trainer_identity.py, integration)."""
+    job = make_job("llama").set("metadata.namespace", "team-a").set("metadata.uid", UID)
+    shared = replace(SETTINGS, trainer_policy="fto-trainer-progress")
+    children = build_children(parse_job(job.obj()), attempt=1, settings=shared)
+    assert children.shared_identity is True
+    assert (children.service_account, children.role, children.role_binding) == (None,) * 3
+    assert [[o["kind"] for o in stage] for stage in children.stages()] == [
+        ["ConfigMap", "FineTuneJobProgress"], ["Job"]]  # fmt: skip
+    assert _pod(children)["serviceAccountName"] == "finetune-trainer"
+    # A job naming its own account keeps a per-job Role naming its own progress object.
+    own = job.set("spec.resources.serviceAccountName", "irsa-trainer")
+    named = build_children(parse_job(own.obj()), attempt=1, settings=shared)
+    assert named.shared_identity is False and named.service_account is None
+    assert named.role["rules"][0]["resourceNames"] == ["llama-progress"]
+    assert named.role_binding["subjects"][0]["name"] == "irsa-trainer"
+    assert _pod(named)["serviceAccountName"] == "irsa-trainer"
+
+
+def test_the_shared_identity_may_only_patch_progress_objects_and_has_no_owner() -> None:
+    account, role, binding = build_namespace_identity("team-a")
+    assert [o["kind"] for o in (account, role, binding)] == [
+        "ServiceAccount", "Role", "RoleBinding"]  # fmt: skip
+    for obj in (account, role, binding):
+        meta = obj["metadata"]
+        assert (meta["name"], meta["namespace"]) == ("finetune-trainer", "team-a")
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "finetune-operator"
+        assert "ownerReferences" not in meta  # shared: no job's deletion takes it
+    # No get: a pod cannot read the other jobs' progress; no update/create/delete either.
+    rule = {"apiGroups": ["finetune.dev"], "resources": ["finetunejobprogresses"]}
+    assert role["rules"] == [{**rule, "verbs": ["patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "finetune-trainer"}  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "finetune-trainer", "namespace": "team-a"}
+    ]
 
 
 @pytest.mark.parametrize(
