@@ -255,10 +255,12 @@ def test_the_operator_runs_with_the_charts_account_and_env_and_a_job_succeeds(
     )
     assert status["modelUri"].startswith("s3://models/quickstart")
     # The chart's default trainer image (an allowed registry) reached the job's pods, and the
-    # pods' progress-only Role could be created (RBAC escalation check passed).
+    # pods' progress-only Role could be created (RBAC escalation check passed): the
+    # namespace's shared one, since the operator found the chart's trainer policy bound.
     assert _job_image(cluster, release.watched, "quickstart") == "registry.invalid/ml/trainer:1.0"
     rbac = client.RbacAuthorizationV1Api(cluster.api)
-    rbac.read_namespaced_role("quickstart-trainer", release.watched)
+    rbac.read_namespaced_role("finetune-trainer", release.watched)
+    assert "share their namespace's identity" in local_operator.log()
     # JSON logs, as the chart asks, and not one permission problem.
     lines = [line for line in local_operator.log().splitlines() if line.startswith("{")]
     assert lines and all(json.loads(line)["level"] for line in lines)

@@ -176,7 +176,8 @@ class ResourcesSpec(ApiModel):
     """Secrets (type dockerconfigjson) for pulling a private trainer image."""
     service_account_name: ObjectName | None = None
     """Run the pods as this existing ServiceAccount (e.g. one bound to an IAM role for S3)
-    instead of the per-job one the operator creates."""
+    instead of the trainer account the operator provides (the namespace's finetune-trainer,
+    or one per job)."""
     env: Annotated[
         list[EnvVar],
         Field(
