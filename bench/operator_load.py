@@ -450,6 +450,7 @@ class Phase:
     controller_max_cpu_percent: float | None = None
     controllers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # each alone
     reconcile_mean_ms: float | None = None
+    passes: float | None = None  # the operator's passes (reconciles) over the window
     watch_events: dict[str, float] = field(default_factory=dict)  # the operator's, by kind
     phases: dict[str, int] = field(default_factory=dict)  # FineTuneJob phases at the end
     pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
@@ -1156,6 +1157,7 @@ def run_operator(
         after = scrape(port)
         reconciled = [_reconcile(m) for m in (before, after)]
         phase.watch_events = _increase_by(after, before, "finetune_watch_events_total", "kind")
+        phase.passes = reconciled[1][0] - reconciled[0][0]
         if reconciled[1][0] > reconciled[0][0]:
             phase.reconcile_mean_ms = (
                 (reconciled[1][1] - reconciled[0][1]) / (reconciled[1][0] - reconciled[0][0]) * 1000

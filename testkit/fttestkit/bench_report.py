@@ -74,6 +74,7 @@ class PhaseLike(Protocol):
     errors: list[str]
     relisted: int
     reconcile_mean_ms: float | None
+    passes: float | None
     watch_events: dict[str, float]
     requests: dict[str, float]
     controllers: dict[str, dict[str, float | None]]
@@ -283,6 +284,8 @@ def note(phase: PhaseLike) -> str:
         text += f"; {phase.relisted} Jobs seen by a re-list (watch broke)"
     if phase.reconcile_mean_ms is not None:
         text += f"; mean reconcile {phase.reconcile_mean_ms:.0f} ms"
+    if phase.passes is not None:
+        text += f"; {phase.passes / phase.jobs:.1f} passes per job"
     if phase.requests:
         by = "controller and method" if phase.controllers else "verb"
         shown = ", ".join(f"{k} {n / phase.jobs:.2f}" for k, n in sorted(phase.requests.items())
@@ -327,6 +330,7 @@ def document(
                 "steady": p.steady,
                 "relisted": p.relisted,
                 "reconcile_mean_ms": p.reconcile_mean_ms,
+                "passes": p.passes,
                 "watch_events": p.watch_events,
                 "errors": p.errors[:20],
             }
@@ -363,6 +367,7 @@ class RecordedPhase:
     controllers: dict[str, dict[str, float | None]]
     steady: dict[str, float]
     figures: dict[str, Any] = field(default_factory=dict)
+    passes: float | None = None  # not in the files of runs before 2026-11-28
 
     def summary(self) -> dict[str, Any]:
         return self.figures
@@ -381,6 +386,7 @@ def recorded(doc: dict[str, Any]) -> list[RecordedPhase]:
             errors=list(run["errors"]),
             relisted=int(run["relisted"]),
             reconcile_mean_ms=run["reconcile_mean_ms"],
+            passes=run.get("passes"),
             watch_events=dict(run["watch_events"]),
             requests=dict(run["requests"]),
             controllers=dict(run["controllers"]),

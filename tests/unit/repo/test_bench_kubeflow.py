@@ -332,6 +332,7 @@ def test_a_run_read_back_from_its_json_renders_the_same_report(tmp_path: Path) -
     args = bench.build_parser().parse_args(["--jobs", "2", "--rate", "0"])
     ours = _phase("operator", 1.0, cpu=2.0, rss=200.0)
     ours.watch_events, ours.relisted, ours.reconcile_mean_ms = {"Pod": 8.0}, 3, 12.0
+    ours.passes = 15.0
     ours.errors = [f"create {i}: 500" for i in range(30)]
     ours.load = (1.5, 1.75)
     peer = _phase("kubeflow-tuned", 2.0, cpu=4.0, rss=120.0, repeat=1)
@@ -348,6 +349,7 @@ def test_a_run_read_back_from_its_json_renders_the_same_report(tmp_path: Path) -
     assert back_cost == cost
     assert report.render(back, args, back_cost) == report.render(runs, args, cost)
     assert "30 failed creates" in report.render(back, args, back_cost)  # 20 kept, 30 counted
+    assert "7.5 passes per job" in report.render(back, args, back_cost)
     assert json.loads(path.read_text())["complete"] is False
     assert not path.with_name("run.json.partial").exists()
 
