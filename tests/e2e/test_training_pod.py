@@ -72,6 +72,10 @@ def test_a_cpu_job_trains_in_the_trainer_image_and_matches_a_local_run(
     (pod,) = job_pods(operator_release, name)
     assert pod["spec"]["nodeName"] == cluster.env["FTO_NODE_NAME"]
     assert pod["status"]["containerStatuses"][0]["image"].endswith("finetune-trainer:dev")
+    # Under the chart's default it ran as the namespace's shared trainer identity, and its
+    # progress reports above passed the chart's ValidatingAdmissionPolicy with the pod's own
+    # token (docs/operator.md, "The trainer's identity").
+    assert pod["spec"]["serviceAccountName"] == "finetune-trainer"
     log = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"])
     assert f"{STEPS}/{STEPS}" in log or f"'step': {STEPS}" in log or "train_loss" in log, log[
         -3000:
