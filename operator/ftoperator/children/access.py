@@ -7,10 +7,10 @@ Two shapes of the identity (docs/operator.md, "The trainer's identity"):
   (`resourceNames`), owned by the FineTuneJob: three creates and three watch events per job;
 - per namespace (`--trainer-policy`, the Helm chart's default): `finetune-trainer`, made once
   per namespace and shared by its jobs, the Role allowing `patch` on every progress object
-  of the namespace, which the chart's ValidatingAdmissionPolicy (the
-  chart's templates/trainer-policy.yaml) narrows to the progress object of the job whose pod the
-  token is bound to. The operator takes this shape only when it finds that policy bound
-  (main.py), so the Role alone never widens what a pod may write."""
+  of the namespace, which the chart's ValidatingAdmissionPolicy (templates/trainer-policy.yaml)
+  narrows to the progress object of the job whose pod the token is bound to. The operator
+  takes this shape only when it finds that policy bound (main.py), so the Role alone never
+  widens what a pod may write."""
 
 from __future__ import annotations
 
@@ -46,14 +46,17 @@ def build_namespace_identity(namespace: str) -> list[dict[str, Any]]:
     """The shared trainer identity of one namespace: ServiceAccount, Role, RoleBinding, in
     creation order (the RoleBinding after its Role: see Children.stages). No owner: every
     job of the namespace uses them, and they outlive each."""
-    labels = {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_COMPONENT: "trainer"}
-    meta = {"name": TRAINER_ACCOUNT, "namespace": namespace, "labels": labels}
+
+    def meta() -> dict[str, Any]:
+        labels = {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_COMPONENT: "trainer"}
+        return {"name": TRAINER_ACCOUNT, "namespace": namespace, "labels": labels}
+
     # patch only: what the trainer sends (fttrainer.progress); no get, so that a pod
     # cannot read the other jobs' progress either.
     rule = {"apiGroups": [GROUP], "resources": [PROGRESS_PLURAL], "verbs": ["patch"]}
-    role = {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": dict(meta), "rules": [rule]}
-    binding = _role_binding(dict(meta), TRAINER_ACCOUNT, TRAINER_ACCOUNT, namespace)
-    return [_service_account(dict(meta)), role, binding]
+    role = {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": meta(), "rules": [rule]}
+    binding = _role_binding(meta(), TRAINER_ACCOUNT, TRAINER_ACCOUNT, namespace)
+    return [_service_account(meta()), role, binding]
 
 
 def _service_account(metadata: dict[str, Any]) -> dict[str, Any]:
