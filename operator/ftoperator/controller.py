@@ -142,6 +142,11 @@ class Controller:
         self._looks: dict[Key, float] = {}
         # The objects each job's last pass planned from: (kind, name) -> resourceVersion.
         self._planned: dict[Key, dict[tuple[str, str], int]] = {}
+        # The jobs whose Job lacks pods past the grace, by namespace (key -> Job name), and
+        # each namespace's poll of their FailedCreate Events (_poll_create_failures).
+        self._awaiting_pods: dict[str, dict[Key, str]] = {}
+        self._polls: dict[str, asyncio.TimerHandle] = {}
+        self._poll_tasks: set[asyncio.Task[None]] = set()
 
     def observe_crd(self, crd: dict[str, Any] | None) -> None:
         """The FineTuneJob CRD changed (an upgrade applied a newer one): every job is looked
@@ -165,6 +170,7 @@ class Controller:
             self._told_unreadable.pop(key, None)
             self._parsed.pop(key, None)
             self._planned.pop(key, None)
+            self._stop_awaiting(key)
             return
         if stored.get("metadata", {}).get("deletionTimestamp"):
             self._held.pop(key, None)
@@ -251,18 +257,82 @@ class Controller:
         )
         if not missing:
             self.cache.create_failures.pop(key, None)
+            self._stop_awaiting(key)
             return
         assert batch_job is not None
         age = _age_seconds(batch_job)
         if age < CREATE_FAILURE_GRACE_SECONDS:  # pods normally appear within a second
             self._look_in(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
             return
-        failure = (await self._create_failures_in(key[0])).get(Names(key[1], attempt).batch_job)
+        job_name = Names(key[1], attempt).batch_job
+        self._set_create_failure(key, (await self._create_failures_in(key[0])).get(job_name))
+        # From now on the namespace's poll reads it for every such job, and queues this one
+        # only when its reason changes (_poll_create_failures): a pass per job every
+        # CREATE_FAILURE_POLL_SECONDS while the Job controller is slow to create the pods
+        # is what a 3000-job burst's 23 passes per job had beyond its ~12 watch events.
+        self._await_pods(key, job_name)
+
+    def _set_create_failure(self, key: Key, failure: str | None) -> bool:
+        """Keep the job's FailedCreate reason; whether it changed."""
+        if failure == self.cache.create_failures.get(key):
+            return False
         if failure is None:
             self.cache.create_failures.pop(key, None)
         else:
             self.cache.create_failures[key] = failure
-        self._look_in(key, CREATE_FAILURE_POLL_SECONDS)
+        return True
+
+    def _await_pods(self, key: Key, job_name: str) -> None:
+        """The job's Job lacks pods past the grace: the namespace's poll watches for why."""
+        namespace = key[0]
+        self._awaiting_pods.setdefault(namespace, {})[key] = job_name
+        if namespace not in self._polls:
+            loop = asyncio.get_running_loop()
+            self._polls[namespace] = loop.call_later(
+                CREATE_FAILURE_POLL_SECONDS, self._start_poll, namespace
+            )
+
+    def _stop_awaiting(self, key: Key) -> None:
+        awaiting = self._awaiting_pods.get(key[0])
+        if awaiting is not None:
+            awaiting.pop(key, None)
+
+    def _start_poll(self, namespace: str) -> None:
+        self._polls.pop(namespace, None)
+        task = asyncio.ensure_future(self._poll_create_failures(namespace))
+        self._poll_tasks.add(task)
+        task.add_done_callback(self._poll_tasks.discard)
+
+    async def _poll_create_failures(self, namespace: str) -> None:
+        """One read of the namespace's FailedCreate Events for all its jobs still lacking
+        pods; a pass only for those whose reason changed. Again every
+        CREATE_FAILURE_POLL_SECONDS while any is left (their passes drop them once the pods
+        exist, or the job is gone or finished)."""
+        awaiting = self._awaiting_pods.get(namespace) or {}
+        if awaiting:
+            try:
+                failures = await self._create_failures_in(namespace)
+            except Exception as error:  # the next poll reads again
+                log.warning("%s: reading FailedCreate Events failed: %s", namespace, error)
+            else:
+                for key, job_name in list(awaiting.items()):
+                    if self._set_create_failure(key, failures.get(job_name)):
+                        self.queue.add(key)
+        if self._awaiting_pods.get(namespace):
+            self._polls[namespace] = asyncio.get_running_loop().call_later(
+                CREATE_FAILURE_POLL_SECONDS, self._start_poll, namespace
+            )
+        else:
+            self._awaiting_pods.pop(namespace, None)
+
+    async def stop(self) -> None:
+        """Stop the namespaces' polls, then the workers."""
+        for timer in self._polls.values():
+            timer.cancel()
+        for task in self._poll_tasks:
+            task.cancel()
+        await asyncio.gather(*self._poll_tasks, return_exceptions=True)
+        await self.queue.stop()
 
     async def _create_failures_in(self, namespace: str) -> dict[str, str]:
         """FailedCreate messages by Job name, shared by every job there that lacks pods: a

@@ -79,7 +79,7 @@ def register(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        await controller.queue.stop()
+        await controller.stop()
 
     # The stored CRD, for what a field newer than this operator defaults to (ftapi.skew).
     # The chart's ClusterRole already lets kopf list and watch CRDs (its resource discovery).
