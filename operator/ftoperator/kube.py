@@ -246,16 +246,10 @@ class Kube:
         kind, name = body["kind"], body["metadata"]["name"]
         existing = self.read(kind, namespace, name)
         if existing is None:
-            try:
-                self.request("create", "POST", collection(kind, namespace), body,
-                             accept=METADATA_ONLY)  # fmt: skip
-            except ApiException as error:
-                if error.status in INVALID:
-                    raise rejected_child(kind, name, error) from None
-                if namespace_going(error) or error.status == 409:  # 409: another worker's
-                    return
-                raise
-            log.info("%s %s/%s created (shared by the namespace's jobs)", kind, namespace, name)
+            # No owner to verify: one created meanwhile (409) is read again at the next check.
+            if self.create_object(namespace, body, None, accept=METADATA_ONLY) is not None:
+                log.info("%s %s/%s created (shared by the namespace's jobs)", kind, namespace,
+                         name)  # fmt: skip
             return
         labels = (existing.get("metadata") or {}).get("labels") or {}
         ours = body["metadata"]["labels"]["app.kubernetes.io/managed-by"]
