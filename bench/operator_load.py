@@ -116,7 +116,7 @@ from ftoperator.config import DEFAULTS, Settings
 from ftoperator.kube import Kube
 from fttestkit import bench_report as report
 from fttestkit.bench_report import percentile
-from fttestkit.chart import render
+from fttestkit.chart import trainer_policy_objects
 from fttestkit.controllers import read_metrics
 from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, tuning
 from fttestkit.kubeflow import delete_runtime as kubeflow_delete_runtime
@@ -134,7 +134,6 @@ POOL = "bench"  # finetune.dev/pool of the benchmark's nodes (the jobs select it
 GPUS_PER_NODE = 8
 WARMUP = "warmup"
 DEFAULT_WORKERS = int(DEFAULTS["workers"])
-TRAINER_POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 # --------------------------------------------------------------------------------------------
@@ -827,7 +826,7 @@ def trainer_policy(api: client.ApiClient, args: argparse.Namespace) -> str | Non
     if args.trainer_identity != "namespace":
         return None
     kube = Kube(api, "bench")
-    objects = [o for o in render(release="bench") if o["kind"] in TRAINER_POLICY_KINDS]
+    objects = trainer_policy_objects("bench")
     for body in objects:
         kube.apply("", body)
     return str(objects[0]["metadata"]["name"])

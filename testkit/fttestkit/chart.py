@@ -120,3 +120,14 @@ def documented_grants() -> Grants:
 
 def _run(args: list[str]) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
+def trainer_policy_objects(
+    release: str, namespace: str = "finetune-system"
+) -> list[dict[str, Any]]:
+    """The chart's trainer ValidatingAdmissionPolicy and its binding (trainer-policy.yaml), as
+    `helm install` creates them: the policy first, the name of both its metadata.name."""
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    objects = [o for o in render(release=release, namespace=namespace) if o["kind"] in kinds]
+    assert [o["kind"] for o in objects] == list(kinds), objects
+    return objects

@@ -19,23 +19,20 @@ from kubernetes.client.exceptions import ApiException
 from ftapi.constants import GROUP, PROGRESS_PLURAL, TRAINER_ACCOUNT, VERSION
 from ftapi.progress import REPORT_FIELD
 from ftoperator.children import LABEL_JOB
-from fttestkit.chart import render
+from fttestkit.chart import trainer_policy_objects
 from fttestkit.cluster import Cluster, eventually, fresh_namespace, read_job, unique
 from fttestkit.finetunejobs import create_ftj, long_running_job, wait_phase
 from fttestkit.kubeconfig import write_kubeconfig
 from fttestkit.operator import RELEASE, RELEASE_NAMESPACE, Operator
 
 pytestmark = pytest.mark.integration
-POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 @pytest.fixture(scope="module")
 def policy(cluster: Cluster) -> Iterator[str]:
     """The chart's trainer policy and binding, as `helm install` creates them (removed after:
     no other test's pods run as finetune-trainer)."""
-    objects = [o for o in render(release=RELEASE, namespace=RELEASE_NAMESPACE)
-               if o["kind"] in POLICY_KINDS]  # fmt: skip
-    assert len(objects) == 2
+    objects = trainer_policy_objects(RELEASE, RELEASE_NAMESPACE)
     text = yaml.safe_dump_all(objects)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
     yield objects[0]["metadata"]["name"]
