@@ -76,7 +76,11 @@ def test_a_failed_steps_last_lines_are_printed_again_and_a_daemon_does_not_hold_
             f"step 'starts a daemon' bash -c '(sleep 60 & echo $! >{tmp_path}/daemon)'",
             "step 'fails' bash -c 'seq 1 100; echo the reason >&2; exit 3'",
             "step 'passes' echo fine",
-            "sleep 0.5; failed_steps_output",
+            # The step's tee processes write on their own time (a loaded machine may take
+            # seconds); the real run reads the logs long after its lanes end.
+            f"for _ in $(seq 200); do grep -q 'the reason' {tmp_path}/step.checks.fails.log"
+            " && break; sleep 0.05; done",
+            "failed_steps_output",
         ]
     )
     out, err = tmp_path / "out", tmp_path / "err"
