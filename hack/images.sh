@@ -10,7 +10,10 @@
 #                       python3 3.11, ca-certificates, tini, gcc, libc6-dev), /usr/local/bin/python3
 #   fto.local/uv:<version>                      the uv binary `make install` pinned (UV_VERSION)
 # and the trainer uses the base's Python (PYTHON=/usr/bin/python3) instead of downloading
-# one. Everything in uv.lock still comes from PyPI, by hash. The Debian base trusts this
+# one. Everything in uv.lock still comes from PyPI, by hash. The trainer's virtualenv is an
+# image of its own, fto.local/finetune-trainer-deps:<digest of the lock, the workspace's
+# pyproject files, the Dockerfile and the build arguments> (its Dockerfile's `deps` stage),
+# built when that digest changes; the trainer image is built on it (DEPS_IMAGE). The Debian base trusts this
 # machine's extra certificate authorities (/usr/local/share/ca-certificates), so its builds
 # reach PyPI through the same TLS proxy as the machine's own pip and uv do. FTO_IMAGE_BASES=public builds
 # exactly as `docker build` would (the registries must be reachable).
@@ -84,7 +87,8 @@ build() { # name context dockerfile-dir dockerfile [build-arg ...]
   local opts=() a t0=$SECONDS
   for a in "$@"; do opts+=(--opt "build-arg:$a"); done
   for a in ${FTO_IMAGE_LABELS:-}; do opts+=(--opt "label:$a"); done
-  log "building $name ($dfdir/$df)"
+  [[ -z "${BUILD_TARGET:-}" ]] || opts+=(--opt "target=$BUILD_TARGET")
+  log "building $name ($dfdir/$df${BUILD_TARGET:+, stage $BUILD_TARGET})"
   # image-resolve-mode=local: a FROM image already in the node's store (our bases) is used
   # as it is; anything else is pulled as usual. Uncompressed layers: the image is unpacked
   # into the same containerd right away, so compressing them would only cost minutes of CPU.
@@ -206,6 +210,37 @@ product() {
   stamp "$name" "$inputs"
 }
 
+# deps_image DOCKERFILE-DIR ARG...: the name of an image of the Dockerfile's `deps` stage (the
+# runtime base with the locked virtualenv: 7 GB, 6-12 minutes to build and export), built
+# when missing. Its tag is a digest of all that stage reads (the Dockerfile, the lock, the
+# workspace's pyproject files, the build arguments), so a code change reuses it and builds
+# only the layers above it: the step that every CI run of a changed commit paid in full.
+# The images of other digests go first: each holds gigabytes the new build needs.
+deps_image() {
+  local dir="$1"; shift
+  local inputs name ref
+  inputs="$({
+    echo "$dir/Dockerfile"; cat "$dir/Dockerfile"
+    printf '%s\n' "$@"
+    (cd "$REPO" && sha256sum pyproject.toml uv.lock api/pyproject.toml operator/pyproject.toml \
+      trainer-image/pyproject.toml)
+  } | sha256sum | cut -c1-16)"
+  name="fto.local/$(basename "$(normalize_image "$TRAINER_IMAGE")" | cut -d: -f1)-deps:$inputs"
+  DEPS_IMAGE="$name"
+  [[ "${FTO_REBUILD:-0}" != 1 ]] && image_present "$name" && return 0
+  while read -r ref; do
+    log "$ref: other inputs: removed before the build"
+    "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$ref" >/dev/null
+  done < <("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls -q 2>/dev/null |
+    grep -F "${name%:*}:" | grep -vxF "$(normalize_image "$name")" || true)
+  # What was built on the old one is out of date too (product would remove it next).
+  image_present "$TRAINER_IMAGE" &&
+    "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$(normalize_image "$TRAINER_IMAGE")" >/dev/null
+  BUILT=1
+  # No labels: they belong to the product, and would make a release build its own deps.
+  FTO_IMAGE_LABELS="" BUILD_TARGET=deps build "$name" "$REPO" "$dir" Dockerfile "$@"
+}
+
 BUILT=0
 
 # label IMAGE NAME: NAME is IMAGE with FTO_IMAGE_LABELS, built FROM it (resolved from the
@@ -254,6 +289,11 @@ main() {
       trainer)
         local args=("${base_args[@]}")
         [[ "$BASES" == public ]] || args+=("BUILDER_IMAGE=$DEBIAN_BASE" "RUNTIME_IMAGE=$DEBIAN_BASE" "PYTHON=/usr/bin/python3")
+        # A source without the deps stage (an older commit's, FTO_IMAGE_SOURCE) builds whole.
+        if grep -q '^ARG DEPS_IMAGE=' "$REPO/trainer-image/Dockerfile"; then
+          deps_image "$REPO/trainer-image" "${args[@]}" "${extra[@]}"
+          args+=("DEPS_IMAGE=$DEPS_IMAGE")
+        fi
         product "$TRAINER_IMAGE" "$REPO/trainer-image" "${args[@]}" "${extra[@]}" ;;
       operator)
         local args=("${base_args[@]}")
