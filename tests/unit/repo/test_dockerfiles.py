@@ -293,3 +293,53 @@ def test_build_context_holds_what_the_dockerfiles_copy() -> None:
             for source in shlex.split(rest)[:-1]:
                 assert source.split("/")[0] in allowed, f"{dockerfile.name}: {source}"
                 assert (REPO / source).exists(), source
+
+
+def stages(dockerfile: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each named stage's instructions, its FROM first."""
+    named: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, rest in instructions(dockerfile):
+        if keyword == "FROM":
+            current = []
+            words = rest.split()
+            if len(words) == 3 and words[1].upper() == "AS":
+                named[words[2]] = current
+        current.append((keyword, rest))
+    return named
+
+
+def test_the_trainer_deps_image_is_named_after_everything_its_stages_copy() -> None:
+    """hack/images.sh builds the `deps` stage once per digest and reuses it for every code
+    change: a file the stages under it copy from the context but the digest leaves out would
+    leave a stale virtualenv in every image built after that file changed."""
+    trainer = stages(TRAINER)
+    assert global_args(TRAINER)["DEPS_IMAGE"] == "deps"
+    # The image's last stages build on the deps image, and nothing else of the builder.
+    for stage in ("app", "runtime"):
+        assert trainer[stage][0][1].split()[0] == "${DEPS_IMAGE}", stage
+        assert not any("--from=builder" in rest for _, rest in trainer[stage]), stage
+    # What deps reads: its own COPYs and those of the stages it copies from.
+    read: set[str] = set()
+    todo, seen = ["deps"], set()
+    while todo:
+        stage = todo.pop()
+        seen.add(stage)
+        base = expand(trainer[stage][0][1].split()[0], global_args(TRAINER))
+        todo += [base] if base in trainer and base not in seen else []
+        for keyword, rest in trainer[stage][1:]:
+            if keyword != "COPY":
+                continue
+            sources = [w for w in shlex.split(rest) if not w.startswith("--")][:-1]
+            source_stage = re.search(r"--from=(\S+)", rest)
+            if source_stage is None:
+                read.update(sources)
+            elif source_stage.group(1) in trainer and source_stage.group(1) not in seen:
+                todo.append(source_stage.group(1))
+    assert read, "the deps stage reads no files of the context"
+    script = (REPO / "hack" / "images.sh").read_text()
+    digest = re.search(r"^deps_image\(\) \{\n.*?^\}", script, re.M | re.S)
+    assert digest, "deps_image is not defined in hack/images.sh"
+    hashed = re.search(r"sha256sum ([^)|]*)\)", digest.group(0))
+    assert hashed
+    assert read <= set(hashed.group(1).replace("\\\n", " ").split()), read
