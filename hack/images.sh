@@ -219,8 +219,9 @@ product() {
 deps_image() {
   local dir="$1"; shift
   local inputs name ref
+  # Contents only, not the checkout's path: every fresh clone (CI's) shares the image.
   inputs="$({
-    echo "$dir/Dockerfile"; cat "$dir/Dockerfile"
+    cat "$dir/Dockerfile"
     printf '%s\n' "$@"
     (cd "$REPO" && sha256sum pyproject.toml uv.lock api/pyproject.toml operator/pyproject.toml \
       trainer-image/pyproject.toml)
