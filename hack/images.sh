@@ -77,6 +77,7 @@ image_id() {
 }
 
 image_present() { [[ -n "$(image_id "$1")" ]]; }
+remove_image() { "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$(normalize_image "$1")" >/dev/null; }
 image_size() { # bytes of the unpacked image (what a node's disk holds)
   "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls "name==$1" 2>/dev/null | awk 'NR==2{print $4, $5}'
 }
@@ -203,7 +204,7 @@ product() {
   # one trainer image and one build, not two (2026-11-27).
   if image_present "$name"; then
     log "$name: out of date: removing the old image before the build"
-    "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$(normalize_image "$name")" >/dev/null
+    remove_image "$name"
   fi
   BUILT=1 # the cache is released even if the build fails (main's trap)
   build "$name" "$REPO" "$dir" Dockerfile "$@"
@@ -231,12 +232,11 @@ deps_image() {
   [[ "${FTO_REBUILD:-0}" != 1 ]] && image_present "$name" && return 0
   while read -r ref; do
     log "$ref: other inputs: removed before the build"
-    "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$ref" >/dev/null
+    remove_image "$ref"
   done < <("$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images ls -q 2>/dev/null |
     grep -F "${name%:*}:" | grep -vxF "$(normalize_image "$name")" || true)
   # What was built on the old one is out of date too (product would remove it next).
-  image_present "$TRAINER_IMAGE" &&
-    "$CTR" --address "$CONTAINERD_ADDR" -n k8s.io images rm "$(normalize_image "$TRAINER_IMAGE")" >/dev/null
+  image_present "$TRAINER_IMAGE" && remove_image "$TRAINER_IMAGE"
   BUILT=1
   # No labels: they belong to the product, and would make a release build its own deps.
   FTO_IMAGE_LABELS="" BUILD_TARGET=deps build "$name" "$REPO" "$dir" Dockerfile "$@"
