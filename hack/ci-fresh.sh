@@ -40,6 +40,15 @@ fi
 if [[ -z "$DIR" ]]; then DIR="$(mktemp -d /var/tmp/fto-ci-fresh.XXXXXX)"; fi
 mkdir -p "$DIR/home"
 DIR="$(cd "$DIR" && pwd)"
+# A run's new HOME fills to ~35 GB (Go's module cache 4.5, its build cache 7.8, uv's 6.6, the
+# node's containerd and the Go tools 16; 2026-11-28), beside whatever this machine's own HOME
+# holds: with 43 GB free, the images ran out of disk 32 minutes in. Refuse rather than fail late.
+need_gb="${FTO_CI_FRESH_MIN_GB:-45}"
+free_gb=$(($(df --output=avail -k "$DIR" | tail -1) / 1024 / 1024))
+if ((free_gb < need_gb)); then
+  echo "hack/ci-fresh.sh: only ${free_gb} GB free under $DIR; a run needs ~${need_gb} GB (FTO_CI_FRESH_MIN_GB to change)" >&2
+  exit 2
+fi
 # Always a new clone (CI's is), even in a kept DIR: only HOME's caches carry over.
 rm -rf "$DIR/main"
 git clone --quiet "$REPO" "$DIR/main"

@@ -28,8 +28,11 @@ echo "kubeconfig=${KUBECONFIG:-}"
 """
 
 
-def _run(tmp_path: Path, *command: str, keep: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GOMODCACHE": "/nonexistent/leak", "KUBECONFIG": "/leak"}
+def _run(
+    tmp_path: Path, *command: str, keep: bool = False, min_gb: str = "0"
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GOMODCACHE": "/nonexistent/leak", "KUBECONFIG": "/leak",
+           "FTO_CI_FRESH_MIN_GB": min_gb}  # fmt: skip
     args = [str(SCRIPT), "--dir", str(tmp_path / "fresh"), *(["--keep"] if keep else [])]
     return subprocess.run(
         [*args, "--", *command], capture_output=True, text=True, timeout=300, env=env,
@@ -79,3 +82,12 @@ def test_a_kept_folder_gets_a_new_clone_and_keeps_its_home(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert "leftover-in-clone" not in done.stdout
     assert "kept" in done.stdout
+
+
+def test_too_little_disk_is_refused_before_the_clone(tmp_path: Path) -> None:
+    """A run's HOME fills to ~35 GB: with too little free it stops at once, saying so, instead
+    of failing half an hour in (the images, 2026-11-28)."""
+    done = _run(tmp_path, "touch", "ran", min_gb="1000000")
+    assert done.returncode == 2
+    assert "GB free under" in done.stderr and "FTO_CI_FRESH_MIN_GB" in done.stderr
+    assert not (tmp_path / "fresh" / "main").exists()
