@@ -31,9 +31,13 @@ $(UV):
 	$(PYTHON) -m venv $(CACHE)/uv-$(UV_VERSION)
 	$(CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
 
+# --compile-bytecode: the libraries' .pyc are written once, here. Python writes them on first
+# import otherwise, but not where PYTHONDONTWRITEBYTECODE is set, as it is on this project's
+# development machines (where hack/ci-fresh.sh measures CI): there every process compiled
+# torch, transformers and peft again, and `import fttrainer.recipe` took 22 CPU-s, not 11.
 $(VENV)/.installed: uv.lock pyproject.toml api/pyproject.toml operator/pyproject.toml trainer-image/pyproject.toml client/pyproject.toml \
 		testkit/pyproject.toml | $(UV)
-	$(UV) sync --locked --all-packages
+	$(UV) sync --locked --all-packages --compile-bytecode
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (uv.lock)

@@ -97,3 +97,25 @@ def test_a_failed_steps_last_lines_are_printed_again_and_a_daemon_does_not_hold_
     assert "[checks] fails (exit 3)" in end[1]
     assert "100\n" in end[1] and "the reason" in end[1] and "\n50\n" not in end[1]
     assert "the reason" in err.read_text()  # and it still reached the lane's own stderr
+
+
+def test_the_libraries_are_compiled_once_at_install() -> None:
+    """`make install` writes the libraries' .pyc: where PYTHONDONTWRITEBYTECODE is set (this
+    project's machines), every process compiled torch, transformers and peft from source
+    again without them, about 11 CPU-s per trainer process."""
+    code = (
+        "import importlib.util, os, sys\n"
+        "import torch, transformers.modeling_utils as m, peft\n"
+        "for mod in (torch, m, peft):\n"
+        "    pyc = importlib.util.cache_from_source(mod.__file__)\n"
+        "    print(mod.__name__, os.path.exists(pyc))\n"
+    )
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
+        check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    assert done.stdout.split() == [
+        "torch", "True", "transformers.modeling_utils", "True", "peft", "True"
+    ], done.stdout  # fmt: skip
+    # And hack/test.sh lets Python write the clone's own (and pytest's rewritten tests').
+    assert re.search(r"^unset PYTHONDONTWRITEBYTECODE$", SCRIPT, re.M)
