@@ -104,7 +104,7 @@ def test_the_libraries_are_compiled_once_at_install() -> None:
     project's machines), every process compiled torch, transformers and peft from source
     again without them, about 11 CPU-s per trainer process."""
     code = (
-        "import importlib.util, os, sys\n"
+        "import importlib.util, os\n"
         "import torch, transformers.modeling_utils as m, peft\n"
         "for mod in (torch, m, peft):\n"
         "    pyc = importlib.util.cache_from_source(mod.__file__)\n"
