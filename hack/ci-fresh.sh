@@ -47,6 +47,7 @@ need_gb="${FTO_CI_FRESH_MIN_GB:-45}"
 free_gb=$(($(df --output=avail -k "$DIR" | tail -1) / 1024 / 1024))
 if ((free_gb < need_gb)); then
   echo "hack/ci-fresh.sh: only ${free_gb} GB free under $DIR; a run needs ~${need_gb} GB (FTO_CI_FRESH_MIN_GB to change)" >&2
+  rmdir "$DIR/home" "$DIR" 2>/dev/null || true # only what this call made and left empty
   exit 2
 fi
 # Always a new clone (CI's is), even in a kept DIR: only HOME's caches carry over.
