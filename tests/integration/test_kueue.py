@@ -27,7 +27,7 @@ from fttestkit.finetunejobs import create_ftj, status_of, wait_phase
 from fttestkit.kueue import API, Kueue
 from fttestkit.operator import NAMESPACE_PREFIX, Operator
 
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.platform]
 FLAVOR, CLUSTER_QUEUE = "fto-tests-h100", "fto-tests-gpu"
 LOW, HIGH = "fto-tests-low", "fto-tests-high"
 

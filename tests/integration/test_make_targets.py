@@ -91,6 +91,8 @@ def test_every_target_has_a_cheap_form_here() -> None:
 # builds every Go tool: serial, because `make test` builds them all in steps before the
 # serial tier (hack/test.sh), so here it only finds them (a bare `pytest` run may build).
 _SERIAL_TARGETS = {"crds", "tools"}
+# `make tools` finds (or builds) Kueue's and Kubeflow Trainer's tools too.
+_PLATFORM_TARGETS = {"tools"}
 _TIMEOUTS = {"tools": 1800.0}
 # Targets that need the cluster, not the platform around it: they neither build nor wait on
 # Kueue or Kubeflow Trainer (on a new machine `make test`'s other lane may be building those
@@ -99,9 +101,15 @@ _BUILD_ONLY_THE_CLUSTER = {"cluster-up", "bench", "bench-storage", "bench-operat
                            "bench-realnode"}  # fmt: skip
 
 
+def _marks(target: str) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.serial] * (target in _SERIAL_TARGETS) + [pytest.mark.platform] * (
+        target in _PLATFORM_TARGETS
+    )
+
+
 @pytest.mark.parametrize(
     "target",
-    [pytest.param(t, marks=[pytest.mark.serial] * (t in _SERIAL_TARGETS)) for t in CHEAP_FORMS],
+    [pytest.param(t, marks=_marks(t)) for t in CHEAP_FORMS],
 )
 def test_target_runs(cluster: Cluster, target: str) -> None:
     args, shows = CHEAP_FORMS[target]
@@ -190,6 +198,7 @@ def test_quickstart_fine_tunes_the_tiny_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.serial  # its kwok nodes come and go while other tests list the nodes
+@pytest.mark.platform  # Kubeflow Trainer and JobSet, as shipped and tuned
 def test_the_operator_benchmark_runs_directly_as_its_docstring_says(
     cluster: Cluster, tmp_path: Path
 ) -> None:

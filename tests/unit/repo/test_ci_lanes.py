@@ -27,10 +27,34 @@ def test_every_testpath_runs_in_a_lane() -> None:
     assert set(testpaths) <= in_lanes, set(testpaths) - in_lanes
 
 
-def test_the_integration_tier_runs_both_halves_of_the_serial_marker() -> None:
-    """The parallel run leaves the `serial` tests out; the second run must take exactly them."""
+def test_the_integration_tier_runs_every_part_of_the_serial_marker() -> None:
+    """The parallel run leaves the `serial` tests out; the two serial runs after it take
+    exactly them: first those that need no Kueue or Kubeflow Trainer, then the `platform`
+    ones, once the background build of those tools has ended."""
     assert '-m "not serial"' in SCRIPT
-    assert re.search(r"pytest\"? tests/integration -m serial\b", SCRIPT)
+    serial = SCRIPT.index('-m "serial and not platform"')
+    waited = SCRIPT.index('wait "$platform_build"')
+    platform = SCRIPT.index('-m "serial and platform"')
+    assert serial < waited < platform
+    assert SCRIPT.index('step "go tools (platform)" hack/build.sh platform') < serial
+
+
+def test_the_serial_tests_that_run_kueue_or_kubeflow_are_marked_platform() -> None:
+    """A `platform` test left unmarked would run before its tools are built (and build them
+    inside its own time limit); one marked needlessly would only wait longer."""
+    collected = subprocess.run(
+        [".venv/bin/pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/integration", "-m", "serial and platform"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    ids = {line for line in collected.splitlines() if "::" in line}
+    kueue = {i for i in ids if i.startswith("tests/integration/test_kueue.py::")}
+    assert len(kueue) >= 3, collected[-2000:]
+    make_targets = "tests/integration/test_make_targets.py::"
+    assert ids - kueue == {
+        f"{make_targets}test_target_runs[tools]",
+        f"{make_targets}test_the_operator_benchmark_runs_directly_as_its_docstring_says",
+    }, collected[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -76,10 +100,12 @@ def test_a_failed_steps_last_lines_are_printed_again_and_a_daemon_does_not_hold_
             f"step 'starts a daemon' bash -c '(sleep 60 & echo $! >{tmp_path}/daemon)'",
             "step 'fails' bash -c 'seq 1 100; echo the reason >&2; exit 3'",
             "step 'passes' echo fine",
-            # The step's tee processes write on their own time (a loaded machine may take
-            # seconds); the real run reads the logs long after its lanes end.
-            f"for _ in $(seq 200); do grep -q 'the reason' {tmp_path}/step.checks.fails.log"
-            " && break; sleep 0.05; done",
+            # The step's tee processes (one for stdout, one for stderr) write on their own
+            # time (a loaded machine may take seconds); the real run reads the logs long
+            # after its lanes end. Both must have written: waiting for stderr's line alone
+            # once read the log before stdout's last line was in it.
+            f"log={tmp_path}/step.checks.fails.log; for _ in $(seq 200); do"
+            " grep -q 'the reason' $log && grep -qx 100 $log && break; sleep 0.05; done",
             "failed_steps_output",
         ]
     )
