@@ -88,8 +88,9 @@ def test_every_target_has_a_cheap_form_here() -> None:
 
 
 # `make crds` rewrites crds/ while tests on other workers may be reading it. `make tools`
-# builds every Go tool: serial, because `make test` builds them all in steps before the
-# serial tier (hack/test.sh), so here it only finds them (a bare `pytest` run may build).
+# builds every Go tool: serial and `platform`, because `make test` builds them all in steps
+# before the serial tier's `platform` part (hack/test.sh), so here it only finds them (a bare
+# `pytest` run may build).
 _SERIAL_TARGETS = {"crds", "tools"}
 # `make tools` finds (or builds) Kueue's and Kubeflow Trainer's tools too.
 _PLATFORM_TARGETS = {"tools"}
