@@ -107,6 +107,7 @@ from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from ftapi import parse_job
 from ftapi.constants import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
@@ -451,6 +452,7 @@ class Phase:
     reconcile_mean_ms: float | None = None
     passes: float | None = None  # the operator's passes (reconciles) over the window
     watch_events: dict[str, float] = field(default_factory=dict)  # the operator's, by kind
+    gc_seconds: dict[str, float] = field(default_factory=dict)  # its collector's, by generation
     phases: dict[str, int] = field(default_factory=dict)  # FineTuneJob phases at the end
     pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
     relisted: int = 0
@@ -721,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
             phase.repeat, phase.position = repeat, position
             phase.loaded = load > args.max_load
             phases.append(phase)
+            if args.json:  # kept even when its deletion below fails
+                write_json(args.json, report.document(phases, args, cost, complete=False))
             phase.cleanup_s = delete_namespace(api, namespace, wait=900)
             print(f"  deleted {namespace} in {phase.cleanup_s:.0f} s", flush=True)
             namespaces.remove(namespace)
@@ -854,10 +858,14 @@ def delete_namespace(api: client.ApiClient, name: str, wait: float) -> float:
     each): left to the namespace controller, a thousand pods are deleted gracefully and
     their Jobs' dependents one by one by the garbage collector, at the controller-manager's
     client rate (20/s), which took 207 s for 1000 jobs. Only once the phase's controllers
-    have stopped (no Job is made again) and nothing of the phase is measured any more."""
+    have stopped (no Job is made again) and nothing of the phase is measured any more.
+
+    A busy API server may not finish deleting thousands of Jobs within its request timeout
+    (60 s) and closes the connection (urllib3's HTTPError): the namespace's deletion below
+    then removes what is left, more slowly."""
     core = client.CoreV1Api(api)
     started = time.monotonic()
-    with suppress(ApiException):
+    with suppress(ApiException, HTTPError):
         client.BatchV1Api(api).delete_collection_namespaced_job(
             name, propagation_policy="Background"
         )
@@ -886,7 +894,7 @@ def cleanup(api: client.ApiClient, namespaces: list[str], args: argparse.Namespa
         try:
             seconds = delete_namespace(api, name, wait=600)
             print(f"  deleted {name} ({seconds:.0f} s)", flush=True)
-        except (ApiException, KeyboardInterrupt) as error:
+        except (ApiException, HTTPError, KeyboardInterrupt) as error:
             print(f"could not delete {name} ({error!r}); delete it by hand", file=sys.stderr)
     try:
         core.delete_collection_node(label_selector=BENCH_LABEL)
@@ -1156,6 +1164,8 @@ def run_operator(
         after = scrape(port)
         reconciled = [_reconcile(m) for m in (before, after)]
         phase.watch_events = _increase_by(after, before, "finetune_watch_events_total", "kind")
+        phase.gc_seconds = _increase_by(after, before, "finetune_operator_gc_seconds_total",
+                                        "generation")  # fmt: skip
         phase.passes = reconciled[1][0] - reconciled[0][0]
         if reconciled[1][0] > reconciled[0][0]:
             phase.reconcile_mean_ms = (
@@ -1397,7 +1407,8 @@ def steady_state(
 # settles, cost the operator seconds of CPU no Prometheus scraping every 30 s would). The
 # Kubeflow managers' pages hold no per-job series.
 SCRAPED = ("finetune_api_requests_total", "finetune_reconcile_duration_seconds_count",
-           "finetune_reconcile_duration_seconds_sum", "finetune_watch_events_total")  # fmt: skip
+           "finetune_reconcile_duration_seconds_sum", "finetune_watch_events_total",
+           "finetune_operator_gc_seconds_total")  # fmt: skip
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from . import gc_policy
 from .config import Options, Settings, parse_options
 from .controller import Controller
 from .handlers import register
@@ -194,4 +195,6 @@ async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
     configure_logging(options)
+    gc_policy.observe(METRICS.observe_gc)  # first: tune's own full collection counts too
+    gc_policy.tune()
     sys.exit(asyncio.run(run(options)))

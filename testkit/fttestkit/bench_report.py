@@ -76,6 +76,7 @@ class PhaseLike(Protocol):
     reconcile_mean_ms: float | None
     passes: float | None
     watch_events: dict[str, float]
+    gc_seconds: dict[str, float]
     requests: dict[str, float]
     controllers: dict[str, dict[str, float | None]]
     steady: dict[str, float]
@@ -295,6 +296,9 @@ def note(phase: PhaseLike) -> str:
         shown = ", ".join(f"{k} {n / phase.jobs:.2f}" for k, n in sorted(phase.watch_events.items())
                           if round(n / phase.jobs, 2))  # fmt: skip
         text += f"; watch events per job by kind: {shown}"
+    if phase.gc_seconds:
+        text += (f"; garbage collector {sum(phase.gc_seconds.values()):.1f} s (full "
+                 f"collections {phase.gc_seconds.get('2', 0.0):.1f} s)")  # fmt: skip
     for name, figures in sorted(phase.controllers.items()):
         cpu, peak = figures.get("cpu_s"), figures.get("peak_rss_mb")
         text += (f"; {name}: CPU {'-' if cpu is None else f'{cpu:.1f}'} s, peak RSS "
@@ -332,6 +336,7 @@ def document(
                 "reconcile_mean_ms": p.reconcile_mean_ms,
                 "passes": p.passes,
                 "watch_events": p.watch_events,
+                "gc_seconds": p.gc_seconds,
                 "errors": p.errors[:20],
             }
             for p in phases
@@ -368,6 +373,7 @@ class RecordedPhase:
     steady: dict[str, float]
     figures: dict[str, Any] = field(default_factory=dict)
     passes: float | None = None  # not in the files of runs before 2026-11-28
+    gc_seconds: dict[str, float] = field(default_factory=dict)  # nor this before 11-29
 
     def summary(self) -> dict[str, Any]:
         return self.figures
@@ -388,6 +394,7 @@ def recorded(doc: dict[str, Any]) -> list[RecordedPhase]:
             reconcile_mean_ms=run["reconcile_mean_ms"],
             passes=run.get("passes"),
             watch_events=dict(run["watch_events"]),
+            gc_seconds=dict(run.get("gc_seconds") or {}),
             requests=dict(run["requests"]),
             controllers=dict(run["controllers"]),
             steady=dict(run["steady"]),

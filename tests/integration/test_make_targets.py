@@ -240,6 +240,8 @@ def test_the_operator_benchmark_runs_directly_as_its_docstring_says(
     assert concurrency == {"kubeflow": 5, "kubeflow-tuned": 64}
     assert configs["kubeflow-tuned"]["clientConnection"]["qps"] >= 5000
     assert "a FineTuneJob create alone" in done.stdout
+    # The operator's own collector time (finetune_operator_gc_seconds_total) over its window.
+    assert re.search(r"garbage collector \d+\.\d s \(full collections \d+\.\d s\)", done.stdout)
     assert "raw API" in done.stdout and "3 Jobs;" in done.stdout
     assert done.stdout.count("3 Jobs of JobSets of TrainJobs") == 2, done.stdout[-3000:]
     header = next(line for line in done.stdout.splitlines() if "op/tuned" in line)

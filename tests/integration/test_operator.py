@@ -504,6 +504,11 @@ def test_metrics_and_health_endpoints(cluster: Cluster, operator: Operator, ns: 
     created = re.search(r"^finetune_jobs_created_total (\S+)$", text, flags=re.MULTILINE)
     assert created is not None and float(created.group(1)) >= 1, text[:2000]
     assert "finetune_reconcile_duration_seconds_count" in text
+    # The collector's time (gc_policy.observe, registered by main before gc_policy.tune,
+    # whose full collection at the start is the first it records).
+    full = re.search(r'^finetune_operator_gc_seconds_total{generation="2"} (\S+)$', text,
+                     flags=re.MULTILINE)  # fmt: skip
+    assert full is not None and float(full.group(1)) > 0, text[:2000]
 
 
 # Counted only when they happen: a healthy run has no failed pass to show.

@@ -212,8 +212,10 @@ def test_the_table_has_a_column_per_phase_and_ours_against_the_tuned_peer() -> N
     }
     ours = _phase("operator", 1.0, cpu=2.0, rss=200.0)
     ours.watch_events = {"FineTuneJob": 6.0, "Pod": 8.0, "Node": 0.0}
+    ours.gc_seconds = {"0": 0.5, "1": 0.25, "2": 1.0}
     text = report.render([ours, raw, tuned, shipped], _args(), None)
     assert "watch events per job by kind: FineTuneJob 3.00, Pod 4.00" in text
+    assert "garbage collector 1.8 s (full collections 1.0 s)" in text
     header = next(line for line in text.splitlines() if "op/raw" in line)
     # Columns in a fixed order whatever order the phases ran in; ratios to raw and the peer.
     assert header.split() == ["raw", "kubeflow", "kubeflow-tuned", "operator", "op/raw",
@@ -333,6 +335,7 @@ def test_a_run_read_back_from_its_json_renders_the_same_report(tmp_path: Path) -
     ours = _phase("operator", 1.0, cpu=2.0, rss=200.0)
     ours.watch_events, ours.relisted, ours.reconcile_mean_ms = {"Pod": 8.0}, 3, 12.0
     ours.passes = 15.0
+    ours.gc_seconds = {"0": 0.5, "2": 2.0}
     ours.errors = [f"create {i}: 500" for i in range(30)]
     ours.load = (1.5, 1.75)
     peer = _phase("kubeflow-tuned", 2.0, cpu=4.0, rss=120.0, repeat=1)
@@ -350,6 +353,7 @@ def test_a_run_read_back_from_its_json_renders_the_same_report(tmp_path: Path) -
     assert report.render(back, args, back_cost) == report.render(runs, args, cost)
     assert "30 failed creates" in report.render(back, args, back_cost)  # 20 kept, 30 counted
     assert "7.5 passes per job" in report.render(back, args, back_cost)
+    assert "garbage collector 2.5 s (full collections 2.0 s)" in report.render(back, args, cost)
     assert json.loads(path.read_text())["complete"] is False
     assert not path.with_name("run.json.partial").exists()
 
