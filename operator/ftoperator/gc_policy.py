@@ -20,7 +20,7 @@ So, once the operator has imported everything:
   follow at CPython's ratios (10 and 10), so a full collection comes after 1,000,000.
   Short-lived cycles (exceptions' tracebacks, asyncio's and aiohttp's objects) are still
   collected, a little later.
-In the same benchmark the collector then took 1.7 s (266 young, 23 middle and 2 full
+In the same benchmark the collector then took 1.8 s (266 young, 23 middle and 2 full
 collections) and the operator's peak RSS did not change (257 MB).
 
 What the collector costs is the metric finetune_operator_gc_seconds_total{generation}.

@@ -7,7 +7,7 @@
     METRICS.count_job_created()                               # finetune_jobs_created_total
     METRICS.set_leader(True)                                  # finetune_operator_leader
     METRICS.count_api_request("create")                       # finetune_api_requests_total
-    METRICS.observe_gc(2, 0.25)                     # finetune_operator_gc_seconds_total
+    METRICS.observe_gc(2, 0.25)                               # finetune_operator_gc_seconds_total
 
     server = await serve("0.0.0.0", 8080, health=lambda: True, ready=lambda: ready.is_set())
     server.port                                               # the bound port (useful with 0)
