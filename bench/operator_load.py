@@ -61,6 +61,8 @@ window.
              alone): CPU seconds (utime+stime) over the window and peak RSS (VmHWM), from
              /proc, sampled every 0.5 s; the API server's CPU seconds per job, less the idle
              baseline
+  collector  the operator's garbage collector over the window, by generation: its
+             finetune_operator_gc_seconds_total (ftoperator/gc_policy.py)
 
 The load average: the run refuses to start while the 1-minute load average is above
 --max-load (default: the CPU count) after --load-wait seconds, and waits for it before every
