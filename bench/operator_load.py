@@ -458,7 +458,6 @@ class Phase:
     phases: dict[str, int] = field(default_factory=dict)  # FineTuneJob phases at the end
     pods: dict[str, int] = field(default_factory=dict)  # pod phases at the end
     relisted: int = 0
-    cleanup_s: float | None = None
     steady: dict[str, float] = field(default_factory=dict)  # the --steady window's figures
 
     def latencies(self) -> list[float]:
@@ -725,13 +724,11 @@ def main(argv: list[str] | None = None) -> int:
             phase.repeat, phase.position = repeat, position
             phase.loaded = load > args.max_load
             phases.append(phase)
-            if args.json:  # kept even when its deletion below fails
+            if args.json:  # before the deletion below, which may fail
                 write_json(args.json, report.document(phases, args, cost, complete=False))
-            phase.cleanup_s = delete_namespace(api, namespace, wait=900)
-            print(f"  deleted {namespace} in {phase.cleanup_s:.0f} s", flush=True)
+            seconds = delete_namespace(api, namespace, wait=900)
+            print(f"  deleted {namespace} in {seconds:.0f} s", flush=True)
             namespaces.remove(namespace)
-            if args.json:
-                write_json(args.json, report.document(phases, args, cost, complete=False))
         print(report.render(phases, args, cost))
         if args.json:
             write_json(args.json, report.document(phases, args, cost))
