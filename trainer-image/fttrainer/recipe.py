@@ -57,7 +57,7 @@ from .callbacks import (
 from .checkpointing.protocol import job_identity, parse_step
 from .checkpointing.resume import restore, stop_at_max_steps
 from .checkpointing.store import CheckpointStore
-from .data.prepare import PreparedData, as_dataset, prepare_data
+from .data.prepare import PreparedData, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .divergence import LossWatch, RollBack, SpikeWatch, with_loss_watch
@@ -460,17 +460,13 @@ class Recipe:
         return self.spec.trainer.type == "sft" and report is not None and "train" in report.encoded
 
     def _datasets(self) -> tuple[Any, Any]:
-        from datasets import Dataset
-
-        assert self.data is not None and self.token_report is not None
-        if self._pretokenized:
-            encoded = self.token_report.encoded
-            train = Dataset.from_list(encoded["train"])
-            validation = encoded.get("validation") or None
-            return train, Dataset.from_list(validation) if validation else None
-        # DPO/GRPO rows keep their turns, tools and tool-call arguments exactly (as JSON).
-        validation = self.data.validation
-        return as_dataset(self.data.train), as_dataset(validation) if validation else None
+        """The train and validation datasets TRL gets: mapped from the node's prepared data
+        (SFT: our tokens; DPO/GRPO: the samples, typed losslessly by data/typed.py)."""
+        report = self.token_report
+        assert report is not None
+        datasets = report.encoded if self._pretokenized else report.typed
+        validation = datasets.get("validation")
+        return datasets["train"], validation if validation is not None and len(validation) else None
 
     def train(self) -> RunResult:
         """Train, evaluate, score; the tracker runs (rank 0) cover all of it and end with

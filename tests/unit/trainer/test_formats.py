@@ -993,7 +993,7 @@ def test_a_bad_row_is_reported_with_file_line_and_field(tmp_path: Path) -> None:
 def test_samples_reach_trl_datasets_unchanged() -> None:
     """Arrow would merge the argument objects of different tools into one struct (nulls for
     the other tools' arguments): as_dataset keeps every sample as it was."""
-    from fttrainer.data.prepare import as_dataset
+    from fttrainer.data.typed import as_dataset
 
     samples = [
         {
@@ -1028,7 +1028,7 @@ def test_columns_arrow_cannot_type_reach_trl_as_they_were() -> None:
     """A reward column with a number on one row and a string on the next, or an integer
     beyond 64 bits, has no Arrow type: as_dataset keeps those values as they were instead
     of failing the run (GRPO's `answer` column, written by hand)."""
-    from fttrainer.data.prepare import as_dataset
+    from fttrainer.data.typed import as_dataset
 
     samples = [
         {"prompt": "2+2?", "answer": 4, "id": 123456789012345678901234, "score": 1},

@@ -6,6 +6,7 @@ responses, rows with PII) and whether PII fails the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -83,27 +84,52 @@ def pii_kinds(text: str) -> list[str]:
     return kinds
 
 
-def inspect(samples: list[tuple[dict[str, Any], str]], *, scan_pii: bool = True) -> Findings:
-    """Check (sample, origin) pairs; returns where each problem was seen. scan_pii: off
-    when `dataset.cleaning.pii` is off (the scan is the costliest check)."""
-    findings = Findings()
-    seen: set[str] = set()
-    for sample, origin in samples:
+class Inspector:
+    """The checks, one sample at a time: what the streamed preparation (data/prepare.py)
+    runs on each sample as it passes. Duplicates are found by 16-byte hashes of the
+    samples, never by keeping the samples: `duplicate_positions()` once all are added."""
+
+    def __init__(self, *, scan_pii: bool = True) -> None:
+        self.findings = Findings()
+        self.scan_pii = scan_pii
+        self._hashes = bytearray()
+
+    def add(self, sample: dict[str, Any], origin: str) -> None:
         # default=str: parquet timestamps, dates and decimals are not JSON types.
         key = json.dumps(sample, sort_keys=True, ensure_ascii=False, default=str)
-        if key in seen:
-            findings.duplicates.append(origin)
-        seen.add(key)
+        self._hashes += hashlib.blake2b(key.encode(), digest_size=16).digest()
+        findings = self.findings
         response = response_text(sample)
         if response is not None and not response.strip():
             findings.empty.append(origin)
         text = sample_text(sample)
         if "\ufffd" in text or CONTROL.search(text):
             findings.encoding.append(origin)
-        for kind in pii_kinds(text) if scan_pii else ():
+        for kind in pii_kinds(text) if self.scan_pii else ():
             findings.pii.setdefault(kind, []).append(origin)
         if "answer_letter" in sample:
             findings.labels[str(sample["answer_letter"])] += 1
+
+    def duplicate_positions(self) -> Any:
+        """The positions (in the order added) of the samples equal to an earlier one."""
+        import numpy as np
+
+        hashes = np.frombuffer(bytes(self._hashes), dtype=np.uint64).reshape(-1, 2)
+        duplicate = np.ones(len(hashes), dtype=bool)
+        if len(hashes):
+            _, first = np.unique(hashes, axis=0, return_index=True)
+            duplicate[first] = False
+        return np.flatnonzero(duplicate)
+
+
+def inspect(samples: list[tuple[dict[str, Any], str]], *, scan_pii: bool = True) -> Findings:
+    """Check (sample, origin) pairs; returns where each problem was seen. scan_pii: off
+    when `dataset.cleaning.pii` is off (the scan is the costliest check)."""
+    inspector = Inspector(scan_pii=scan_pii)
+    for sample, origin in samples:
+        inspector.add(sample, origin)
+    findings = inspector.findings
+    findings.duplicates = [samples[int(i)][1] for i in inspector.duplicate_positions()]
     return findings
 
 

@@ -761,3 +761,44 @@ def _scalar_text(value: Any, name: str) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     raise RowError(f"{name}: expected text, got {_quote(value)}")
+
+
+# -- what a converted sample holds (read by the checks and the token checks) ------------
+
+
+def sample_tools(sample: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tool definitions a sample is rendered with: SFT conversations and preference
+    pairs carry them (data/formats.py); a prompt-only row's `tools` column is a reward
+    column (TRL's GRPO takes its tools as Python functions, not per row)."""
+    tools = sample.get("tools")
+    rendered = "messages" in sample or "chosen" in sample
+    return tools if rendered and isinstance(tools, list) and tools else None
+
+
+def sample_turns(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation a sample renders to (a preference pair: prompt + chosen)."""
+    if "messages" in sample:
+        return list(sample["messages"])
+    prompt = sample.get("prompt")
+    if not isinstance(prompt, list):
+        return []
+    return [*prompt, *sample.get("chosen", [])]
+
+
+def tool_call_names(sample: dict[str, Any]) -> list[str]:
+    """The names of the tools a sample's rendered conversation calls."""
+    return [
+        call["function"]["name"]
+        for turn in sample_turns(sample)
+        if isinstance(turn, dict)
+        for call in turn.get("tool_calls") or []
+    ]
+
+
+def trained_call_names(sample: dict[str, Any]) -> list[str]:
+    """The tool calls of an SFT sample's answers (not of the prompt part of a
+    prompt_completion conversation, which is context)."""
+    if "messages" not in sample:
+        return []
+    answers = sample["messages"][sample.get("completion_start") or 0 :]
+    return tool_call_names({"messages": answers})

@@ -1,23 +1,61 @@
-"""Load → convert → check → clean → split: the data a trainer gets, and the report of it.
+"""Load → convert → check → clean → split, streamed into the job's prepared samples
+(data/prepared.py), and the report of them.
 
-prepared = prepare_data(spec)           # raises DataError listing every bad row
-prepared.report.render()                # what `finetune validate` prints
+    prepared = prepare_data(spec)           # raises DataError listing every bad row
+    prepared.report.render()                # what `finetune validate` prints
+    prepared.train                          # the samples, read from the mapped Arrow
+
+Rows are read, converted and checked a batch at a time and written as they pass; the checks
+keep their findings (origins) and a 16-byte hash per sample for deduplication, and the split
+an 8-byte position per training sample: what memory holds besides one batch. The result is
+kept on the node under a key of everything that decides it (the files' digests, the dataset
+settings), so `finetune validate`, every rank and a restarted attempt share one preparation.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
+import logging
 import random
-from dataclasses import dataclass, field
+import shutil
+import time
+import uuid
+from array import array
+from itertools import islice
+from pathlib import Path
 from typing import Any, TypeVar
 
-from ftapi.v1alpha1 import FineTuneJobSpec
+from ftapi.v1alpha1 import DataSource, FineTuneJobSpec
+from fttrainer.node_cache import cache_root, cached_folder, folder_for
+from fttrainer.storage.paths import sha256_file
 
-from .cleaning import Findings, inspect
-from .formats import FormatContext, RowError, Sample, convert_row
-from .sources import DataSourceError, Problem, read_source
+from .cleaning import Inspector
+from .formats import (
+    FormatContext,
+    RowError,
+    convert_row,
+    sample_tools,
+    tool_call_names,
+    trained_call_names,
+)
+from .prepared import (
+    BATCH,
+    FORMAT_VERSION,
+    PARTS,
+    DataReport,
+    PreparedData,
+    read_arrow,
+    samples_schema,
+    write_arrow,
+)
+from .sources import DataSourceError, Problem, Row, opened_source
 
+log = logging.getLogger(__name__)
 MAX_LISTED = 20  # origins shown per finding in the report
 T = TypeVar("T")
+
+__all__ = ["DataError", "DataReport", "PreparedData", "prepare_data", "split_samples"]
 
 
 class DataError(RuntimeError):
@@ -33,102 +71,129 @@ class DataError(RuntimeError):
         super().__init__(f"{len(problems)} bad row(s) in the data:\n{shown}{more}")
 
 
-@dataclass
-class DataReport:
-    sources: dict[str, int] = field(default_factory=dict)  # uri -> rows read
-    digests: dict[str, str | None] = field(default_factory=dict)  # uri -> sha256 (output.oci)
-    samples: int = 0
-    findings: Findings = field(default_factory=Findings)
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> samples dropped
-    splits: dict[str, int] = field(default_factory=dict)  # train/validation/test -> samples
-
-    def render(self) -> str:
-        lines = ["data report:"]
-        for uri, count in self.sources.items():
-            lines.append(f"  {uri}: {count} rows")
-        lines.append(f"  samples after conversion: {self.samples}")
-        f = self.findings
-        for name, origins in (
-            ("exact duplicates", f.duplicates),
-            ("empty responses", f.empty),
-            ("encoding problems (U+FFFD or control characters)", f.encoding),
-            *((f"PII ({kind})", origins) for kind, origins in sorted(f.pii.items())),
-        ):
-            if origins:
-                listed = ", ".join(origins[:5]) + (" ..." if len(origins) > 5 else "")
-                lines.append(f"  {name}: {len(origins)} ({listed})")
-        if f.labels:
-            balance = ", ".join(f"{k}: {v}" for k, v in sorted(f.labels.items()))
-            lines.append(f"  answer balance: {balance}")
-        for reason, count in self.dropped.items():
-            lines.append(f"  dropped ({reason}): {count}")
-        lines.append("  split: " + ", ".join(f"{k} {v}" for k, v in self.splits.items()))
-        return "\n".join(lines)
-
-
-Located = tuple[Sample, str]  # a sample and where it came from (file:line)
-
-
-@dataclass
-class PreparedData:
-    parts: dict[str, list[Located]]  # train / validation / test
-    report: DataReport
-
-    @property
-    def train(self) -> list[Sample]:
-        return [sample for sample, _ in self.parts["train"]]
-
-    @property
-    def validation(self) -> list[Sample]:
-        return [sample for sample, _ in self.parts["validation"]]
-
-    @property
-    def test(self) -> list[Sample]:
-        return [sample for sample, _ in self.parts["test"]]
-
-
-def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedData:
+def prepare_data(
+    spec: FineTuneJobSpec, *, s3_client: Any = None, root: Path | None = None
+) -> PreparedData:
+    """The job's prepared samples: found on this node, or made now (one process of the node
+    makes them, the others wait). `root`: where prepared data is kept (the node cache)."""
     dataset = spec.dataset
-    sources = [s for s in (dataset.train, dataset.validation, dataset.test) if s]
-    if s3_client is None and any(s.uri.startswith("s3://") for s in sources):
+    sources = [(part, source) for part, source in
+               zip(PARTS, (dataset.train, dataset.validation, dataset.test), strict=True)
+               if source is not None]  # fmt: skip
+    if s3_client is None and any(s.uri.startswith("s3://") for _, s in sources):
         from fttrainer.storage import s3_client as storage_client
 
         s3_client = storage_client(spec.output.s3)
+    started = time.monotonic()
+    identity = data_identity(spec, sources, s3_client)
+    key = identity if identity is not None else f"unidentified {uuid.uuid4()}"
+    target = folder_for(root or cache_root("data"), "samples", key)
+
+    def fill(partial: Path) -> str:
+        _prepare(spec, sources, s3_client, partial)
+        return key
+
+    folder, filled = cached_folder(target, fill)
+    if identity is None:  # nothing could find it again: removed when this process ends
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    data = PreparedData.open(folder, reused=not filled)
+    verb = "prepared" if filled else "reused"
+    log.info("data: %s %s in %.1f s", verb, folder, time.monotonic() - started)
+    return data
+
+
+def data_identity(
+    spec: FineTuneJobSpec, sources: list[tuple[str, DataSource]], s3_client: Any
+) -> str | None:
+    """What decides the prepared samples, as text: the dataset settings, the split, what the
+    rewards read, and each file's content (a local file's sha256, an S3 object's ETag and
+    size); None when a source cannot be pinned (hf://, an S3 object that cannot be asked):
+    such data is prepared every time."""
+    lines = [
+        f"format {FORMAT_VERSION}",
+        spec.dataset.model_dump_json(),
+        spec.effective_split().model_dump_json(),
+        json.dumps(_required_columns(spec)),
+        f"trainer {spec.trainer.type} digests {spec.output.oci is not None}",
+    ]
+    for part, source in sources:
+        pinned = _source_identity(source.uri, s3_client)
+        if pinned is None:
+            return None
+        lines.append(f"{part} {source.uri} {source.split} {pinned}")
+    return "\n".join(lines)
+
+
+def _source_identity(uri: str, s3_client: Any) -> str | None:
+    if uri.startswith("hf://"):
+        return None
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        try:
+            head = s3_client.head_object(Bucket=bucket, Key=key)
+        except Exception:  # the download says what is wrong, with its retries
+            return None
+        return f"etag {head.get('ETag')} size {head.get('ContentLength')}"
+    path = Path(uri)
+    return f"sha256 {sha256_file(path)}" if path.is_file() else None
+
+
+def _required_columns(spec: FineTuneJobSpec) -> tuple[tuple[str, str], ...]:
+    """prompt_only columns the GRPO rewards read, with what reads them (for the message)."""
     grpo = spec.trainer.grpo if spec.trainer.type == "grpo" else None
-    required = tuple(
+    return tuple(
         (reward.column, f"the {reward.name or reward.type} reward")
         for reward in (grpo.rewards if grpo else [])
         if reward.column
     )
-    context = FormatContext.from_spec(dataset, required)
+
+
+def _prepare(
+    spec: FineTuneJobSpec, sources: list[tuple[str, DataSource]], s3_client: Any, folder: Path
+) -> None:
+    """Scan every source into scan.arrow (converted, checked), then write the parts."""
+    import numpy as np
+
+    dataset = spec.dataset
+    context = FormatContext.from_spec(dataset, _required_columns(spec))
+    inspector = Inspector(scan_pii=dataset.cleaning.pii != "off")
     report = DataReport()
     problems: list[Problem] = []
-    parts: dict[str, list[tuple[Sample, str]]] = {}
-    for part, source in (("train", dataset.train), ("validation", dataset.validation),
-                         ("test", dataset.test)):  # fmt: skip
-        if source is None:
-            continue
-        try:
-            raw = read_source(source.uri, split=source.split, s3_client=s3_client,
-                              digest=spec.output.oci is not None)  # fmt: skip
-        except DataSourceError as exc:
-            problems.append(Problem(source.uri, str(exc).removeprefix(f"{source.uri}: ")))
-            continue
-        report.sources[source.uri] = len(raw.rows) + len(raw.problems)
-        report.digests[source.uri] = raw.sha256
-        problems.extend(raw.problems)
-        converted: list[Located] = []
-        for row in raw.rows:
+    spans: dict[str, tuple[int, int]] = {}  # part -> its source's samples in the scan
+    scan_path = folder / "scan.arrow"
+    written = 0
+
+    def batches(source: DataSource, unread: list[Problem], unconverted: list[Problem]) -> Any:
+        nonlocal written
+        rows = 0
+        with opened_source(source.uri, split=source.split, s3_client=s3_client) as (items, local):
+            while chunk := list(islice(items, BATCH)):
+                rows += len(chunk)
+                batch = _converted(chunk, dataset.format, context, inspector, unread, unconverted)
+                written += len(batch["sample"])
+                yield batch
+            digest = "sha256:" + sha256_file(local) if spec.output.oci and local else None
+        report.sources[source.uri] = rows
+        report.digests[source.uri] = digest
+
+    def scanned() -> Any:
+        for part, source in sources:
+            start = written
+            unread: list[Problem] = []  # lines that do not parse, then rows that do not convert
+            unconverted: list[Problem] = []
             try:
-                converted.extend(
-                    (s, row.origin) for s in convert_row(dataset.format, row.data, context)
-                )
-            except RowError as exc:
-                problems.append(Problem(row.origin, str(exc)))
-        parts[part] = converted
-    all_samples = [pair for pairs in parts.values() for pair in pairs]
-    report.samples = len(all_samples)
-    report.findings = inspect(all_samples, scan_pii=dataset.cleaning.pii != "off")
+                yield from batches(source, unread, unconverted)
+                problems.extend(unread + unconverted)
+            except DataSourceError as exc:  # the source as a whole: its rows are not listed
+                problems.append(Problem(source.uri, str(exc).removeprefix(f"{source.uri}: ")))
+            spans[part] = (start, written)
+
+    write_arrow(scan_path, samples_schema(), scanned())
+    scan = read_arrow(scan_path)
+    report.samples = scan.num_rows
+    report.findings = inspector.findings
+    duplicates = inspector.duplicate_positions()
+    report.findings.duplicates = scan.column("origin").take(duplicates).to_pylist()
     if problems:
         raise DataError(problems, report)
     if dataset.cleaning.pii == "fail" and report.findings.pii:
@@ -136,30 +201,102 @@ def prepare_data(spec: FineTuneJobSpec, *, s3_client: Any = None) -> PreparedDat
             Problem(o, f"contains {kind}") for kind, os in report.findings.pii.items() for o in os
         ]
         raise DataError(located, report)
-    drop = _drop_set(report, spec)
-    kept = {part: [p for p in pairs if p[1] not in drop] for part, pairs in parts.items()}
-    train, validation, test = split_samples(kept.get("train", []), spec)
-    validation += kept.get("validation", [])
-    test += kept.get("test", [])
-    if not train:
+    kept = _kept(scan, _drop_set(report, spec))
+    in_train = np.flatnonzero(kept[slice(*spans["train"])]) + spans["train"][0]
+    train, validation, test = split_positions(len(in_train), spec)
+    rows = {
+        "train": in_train[train],
+        "validation": in_train[validation],
+        "test": in_train[test],
+    }
+    for part in ("validation", "test"):
+        if part in spans:
+            declared = np.flatnonzero(kept[slice(*spans[part])]) + spans[part][0]
+            rows[part] = np.concatenate([rows[part], declared])
+    if not len(rows["train"]):
         raise DataError([Problem(dataset.train.uri, "no training samples left")], report)
-    report.splits = {"train": len(train), "validation": len(validation), "test": len(test)}
-    return PreparedData({"train": train, "validation": validation, "test": test}, report)
+    for part, positions in rows.items():
+        chunks = (scan.take(positions[i : i + BATCH]) for i in range(0, len(positions), BATCH))
+        write_arrow(folder / f"{part}.arrow", samples_schema(),
+                    (b for chunk in chunks for b in chunk.to_batches()))  # fmt: skip
+    del scan
+    scan_path.unlink()
+    report.splits = {part: len(positions) for part, positions in rows.items()}
+    (folder / "report.json").write_text(report.to_json())
+
+
+def _converted(
+    chunk: list[Row | Problem],
+    fmt: str,
+    context: FormatContext,
+    inspector: Inspector,
+    unread: list[Problem],
+    unconverted: list[Problem],
+) -> dict[str, list[Any]]:
+    """A chunk of rows as converted samples (columns of samples_schema), each checked;
+    a row that does not convert is a problem at its file and line."""
+    columns: dict[str, list[Any]] = {name: [] for name in samples_schema().names}
+    for item in chunk:
+        if isinstance(item, Problem):
+            unread.append(item)
+            continue
+        try:
+            samples = convert_row(fmt, item.data, context)
+        except RowError as exc:
+            unconverted.append(Problem(item.origin, str(exc)))
+            continue
+        for sample in samples:
+            inspector.add(sample, item.origin)
+            # default=str: what JSON has no type for (parquet timestamps) becomes text.
+            columns["sample"].append(json.dumps(sample, ensure_ascii=False, default=str))
+            columns["origin"].append(item.origin)
+            columns["tools"].append(sample_tools(sample) is not None)
+            columns["calls"].append(bool(tool_call_names(sample)))
+            columns["trained_calls"].append(bool(trained_call_names(sample)))
+    return columns
+
+
+def _kept(scan: Any, drop: set[str]) -> Any:
+    """Per scanned sample: not dropped (cleaning drops by origin, as the report lists)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not drop:
+        return np.ones(scan.num_rows, dtype=bool)
+    dropped = pc.is_in(scan.column("origin"), value_set=pa.array(sorted(drop), pa.string()))
+    return ~dropped.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def split_positions(n: int, spec: FineTuneJobSpec) -> tuple[Any, Any, Any]:
+    """Deterministic split of n samples by ratio and seed, as positions (train in order,
+    validation and test in shuffled order): the same rows land in the same part each run.
+    The shuffle is `random.Random(seed).shuffle`'s, on 8-byte integers, not a list of
+    Python ints."""
+    import numpy as np
+
+    split = spec.effective_split()
+    order = array("q", range(n))
+    randbelow = random.Random(split.seed)._randbelow  # type: ignore[attr-defined]  # shuffle's own
+    for i in reversed(range(1, n)):
+        j = randbelow(i + 1)
+        order[i], order[j] = order[j], order[i]
+    n_validation = round(n * split.validation)
+    n_test = round(n * split.test)
+    if split.validation > 0 and n_validation == 0 and n > 1:
+        n_validation = 1
+    shuffled = np.frombuffer(order, dtype=np.int64)
+    validation = shuffled[:n_validation]
+    test = shuffled[n_validation : n_validation + n_test]
+    train = np.sort(shuffled[n_validation + n_test :])
+    return train, validation, test
 
 
 def split_samples(samples: list[T], spec: FineTuneJobSpec) -> tuple[list[T], list[T], list[T]]:
-    """Deterministic split by ratio and seed: the same rows land in the same part each run."""
-    split = spec.effective_split()
-    order = list(range(len(samples)))
-    random.Random(split.seed).shuffle(order)
-    n_validation = round(len(samples) * split.validation)
-    n_test = round(len(samples) * split.test)
-    if split.validation > 0 and n_validation == 0 and len(samples) > 1:
-        n_validation = 1
-    validation = [samples[i] for i in order[:n_validation]]
-    test = [samples[i] for i in order[n_validation : n_validation + n_test]]
-    train = [samples[i] for i in sorted(order[n_validation + n_test :])]
-    return train, validation, test
+    """`split_positions` applied to a list."""
+    return tuple(  # type: ignore[return-value]
+        [samples[int(i)] for i in positions] for positions in split_positions(len(samples), spec)
+    )
 
 
 def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
@@ -175,54 +312,3 @@ def _drop_set(report: DataReport, spec: FineTuneJobSpec) -> set[str]:
             report.dropped[reason] = len(set(origins) - drop)
             drop.update(origins)
     return drop
-
-
-def as_dataset(samples: list[Sample]) -> Any:
-    """A `datasets.Dataset` of samples, lossless. `Dataset.from_list` gives every row one
-    Arrow schema: turns gain each other's keys as nulls and, worse, tool-call arguments and
-    tool schemas of different functions are merged field by field (`{"city": "Paris"}`
-    next to `{"n": 3}` reads back as `{"city": "Paris", "n": None}`), which the chat
-    template then renders. Columns holding lists or objects (conversations, tools, nested
-    reward columns with objects) are stored as JSON instead and read back exactly as they
-    were."""
-    from datasets import Dataset, Features, Json, List
-
-    columns = list(dict.fromkeys(key for sample in samples for key in sample))
-    nested = {
-        key: List(Json()) if all(isinstance(s.get(key), list | None) for s in samples) else Json()
-        for key in columns
-        if any(_holds_objects(s.get(key)) for s in samples) or _no_arrow_type(key, samples)
-    }
-    flat = [key for key in columns if key not in nested]
-    inferred = (
-        Dataset.from_list([{key: s.get(key) for key in flat} for s in samples]).features
-        if flat
-        else {}
-    )
-    features = Features({key: nested.get(key) or inferred[key] for key in columns})
-    return Dataset.from_list(samples, features=features)
-
-
-def _no_arrow_type(key: str, samples: list[dict[str, Any]]) -> bool:
-    """Plain values Arrow cannot hold in one typed column: strings next to numbers (a
-    reward's `answer` of 4 on one row and "1/2" on the next) or integers beyond 64 bits."""
-    kinds = set()
-    for sample in samples:
-        value = sample.get(key)
-        if isinstance(value, bool):
-            kinds.add("bool")
-        elif isinstance(value, int | float):
-            kinds.add("number")
-            if isinstance(value, int) and not -(2**63) <= value < 2**63:
-                return True
-        elif value is not None:
-            kinds.add(type(value).__name__)
-    return len(kinds) > 1
-
-
-def _holds_objects(value: Any) -> bool:
-    """An object, or a list with one: what Arrow would merge into one struct type (lists of
-    plain values keep their Arrow type, so "5" stays a string)."""
-    return isinstance(value, dict) or (
-        isinstance(value, list) and any(isinstance(item, dict) for item in value)
-    )

@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,16 +114,54 @@ class RawData:
 def read_source(
     uri: str, *, split: str | None = None, s3_client: Any = None, digest: bool = False
 ) -> RawData:
-    """All rows of one source; `s3_client` is a boto3 client for s3:// URIs. `digest`: also
-    hash the file (one more read of it; only output.oci's lineage asks)."""
+    """All rows of one source, in memory (small inputs: evaluation prompts, benchmarks);
+    `s3_client` is a boto3 client for s3:// URIs. `digest`: also hash the file (one more
+    read of it; only output.oci's lineage asks). Training data streams instead
+    (`opened_source`, data/prepare.py)."""
     if uri.startswith("hf://"):
-        return _read_hub(uri.removeprefix("hf://"), split or "train")
-    if uri.startswith("s3://"):
-        return _read_s3(uri, s3_client, digest=digest)
-    return read_file(Path(uri), label=uri, digest=digest)
+        with opened_source(uri, split=split) as (items, _):
+            return RawData([item for item in items if isinstance(item, Row)], [])
+    with opened_source(uri, split=split, s3_client=s3_client) as (_, local):
+        assert local is not None
+        return read_file(local, label=uri, digest=digest)
+
+
+@contextmanager
+def opened_source(
+    uri: str, *, split: str | None = None, s3_client: Any = None
+) -> Iterator[tuple[Iterator[Row | Problem], Path | None]]:
+    """(the source's rows and problems, one at a time; its local file, None for hf://).
+    An s3:// object is downloaded to a temporary file that lives as long as the context.
+    A source that cannot be read at all raises DataSourceError, here or while iterating."""
+    if uri.startswith("hf://"):
+        yield _read_hub(uri.removeprefix("hf://"), split or "train"), None
+    elif uri.startswith("s3://"):
+        if s3_client is None:
+            raise DataSourceError(f"{uri}: no S3 client configured")
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / Path(key).name
+            _download(uri, s3_client, bucket, key, local)
+            yield iter_file(local, label=uri), local
+    else:
+        yield iter_file(Path(uri), label=uri), Path(uri)
 
 
 def read_file(path: Path, *, label: str | None = None, digest: bool = False) -> RawData:
+    """All rows of one local file, in memory (see `read_source`)."""
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    for item in iter_file(path, label=label):
+        if isinstance(item, Row):
+            rows.append(item)
+        else:
+            problems.append(item)
+    return RawData(rows, problems, "sha256:" + sha256_file(path) if digest else None)
+
+
+def iter_file(path: Path, *, label: str | None = None) -> Iterator[Row | Problem]:
+    """The rows and problems of one local file, one at a time. The type and the file's
+    existence are checked at once, before the first row."""
     label = label or str(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -136,14 +175,7 @@ def read_file(path: Path, *, label: str | None = None, digest: bool = False) -> 
         ".parquet": _read_parquet,
         ".txt": _read_txt,
     }
-    rows: list[Row] = []
-    problems: list[Problem] = []
-    for item in readers[suffix](path, label):
-        if isinstance(item, Row):
-            rows.append(item)
-        else:
-            problems.append(item)
-    return RawData(rows, problems, "sha256:" + sha256_file(path) if digest else None)
+    return readers[suffix](path, label)
 
 
 def _read_jsonl(path: Path, label: str) -> Iterator[Row | Problem]:
@@ -449,17 +481,7 @@ def _download(uri: str, s3_client: Any, bucket: str, key: str, local: Path) -> N
             tries += 1
 
 
-def _read_s3(uri: str, s3_client: Any, *, digest: bool) -> RawData:
-    if s3_client is None:
-        raise DataSourceError(f"{uri}: no S3 client configured")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    with tempfile.TemporaryDirectory() as scratch:
-        local = Path(scratch) / Path(key).name
-        _download(uri, s3_client, bucket, key, local)
-        return read_file(local, label=uri, digest=digest)
-
-
-def _read_hub(name: str, split: str) -> RawData:
+def _read_hub(name: str, split: str) -> Iterator[Row | Problem]:
     try:
         import datasets
 
@@ -470,4 +492,4 @@ def _read_hub(name: str, split: str) -> RawData:
             f"({redact(str(exc))}). "
             "Without network access to the Hub, copy the data to s3:// or a local file."
         ) from None
-    return RawData([Row(dict(r), f"hf://{name}[{split}]:row {i}") for i, r in enumerate(table)], [])
+    return (Row(dict(r), f"hf://{name}[{split}]:row {i}") for i, r in enumerate(table))

@@ -14,19 +14,33 @@ Two silent failures of fine-tuning stacks are made loud here:
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+import logging
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
 
 from ftapi.v1alpha1 import DatasetSpec, FineTuneJobSpec, ResponseMarkers
+from fttrainer.node_cache import cached_folder, folder_for
 
-from .prepare import DataError, Located, PreparedData
+from .formats import sample_tools, sample_turns, trained_call_names
+from .prepare import DataError
+from .prepared import BATCH, FORMAT_VERSION, PreparedData, Samples, read_arrow, write_arrow
 from .sources import Problem
+from .typed import write_typed
 
+log = logging.getLogger(__name__)
 Encoded = dict[str, list[int]]  # input_ids and labels (-100 where the loss is off)
 IGNORE = -100
+SHARD = 4096
+"""Samples below which tokenizing stays in this process (a worker costs a process start)."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +63,12 @@ class TokenReport:
     mean: float = 0.0
     overlong: dict[str, list[str]] = field(default_factory=dict)  # part -> origins
     action: str = "truncate"
-    # For SFT: each kept sample as the trainer consumes it (truncated, labels masked), so
-    # TRL need not tokenize again behind a main-process-first barrier.
-    encoded: dict[str, list[Encoded]] = field(default_factory=dict)
+    # For SFT: each kept sample as the trainer consumes it (truncated, labels masked), a
+    # mapped `datasets.Dataset` per part, so TRL need not tokenize again.
+    encoded: dict[str, Any] = field(default_factory=dict, repr=False)
+    # For DPO and GRPO: the kept samples in typed columns (data/typed.py), likewise mapped.
+    typed: dict[str, Any] = field(default_factory=dict, repr=False)
+    reused: bool = False  # found complete on this node: nothing was tokenized now
 
     def render(self) -> str:
         count = sum(len(v) for v in self.overlong.values())
@@ -62,69 +79,288 @@ class TokenReport:
         return line
 
 
+@dataclass
+class _Tally:
+    """What one range of samples gave: the token report's parts, and its problems."""
+
+    longest: int = 0
+    total: int = 0
+    count: int = 0
+    overlong: list[str] = field(default_factory=list)
+    unrenderable: list[Problem] = field(default_factory=list)
+    untrainable: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """Everything tokenizing a range of samples needs besides the tokenizer: with it, what
+    each worker process is started with (module globals, set once per worker)."""
+
+    spec: FineTuneJobSpec
+    encoding: Encoding
+    source: str
+    sft: bool
+
+
+_TOKENIZER: Any = None
+_WORK: _Work | None = None
+
+
 def check_tokens(
-    data: PreparedData, spec: FineTuneJobSpec, tokenizer: Any, *, responses_only: bool
+    data: PreparedData,
+    spec: FineTuneJobSpec,
+    tokenizer: Any,
+    *,
+    responses_only: bool,
 ) -> TokenReport:
-    """Measure every sample; apply the overlong policy in place; fail on untrainable ones."""
-    limit = spec.dataset.max_seq_length
-    report = TokenReport(action=spec.dataset.overlong)
+    """Measure every sample; apply the overlong policy; fail on untrainable ones. The
+    result (SFT: input_ids and labels; the rows kept) is kept on the node beside the
+    prepared samples, under a key of the samples, the tokenizer and the token settings: a
+    restarted attempt, and every other rank of the node, reads it instead."""
     encoding = Encoding.of(spec.dataset, responses_only=responses_only)
     _check_special_tokens(encoding, tokenizer)
-    source = template_source(spec, tokenizer)
-    check_tool_rendering(data, tokenizer, source)
-    lengths: list[int] = []
-    untrainable: list[Problem] = []
-    unrenderable: list[Problem] = []
-    calls_checked = not responses_only
-    for part, located in data.parts.items():
-        kept: list[Located] = []
-        encoded: list[Encoded] = []
-        for sample, origin in located:
-            try:
-                ids, labels = encode(sample, tokenizer, encoding)
-            except (TemplateError, TypeError, KeyError) as error:  # the template's own
-                unrenderable.append(Problem(origin, f"{source} cannot render it: {error}"))
-                continue
-            if not calls_checked and labels is not None and trained_call_names(sample):
-                check_trained_calls(sample, tokenizer, labels, source)
-                calls_checked = True
-            length = len(ids)
-            trainable = None if labels is None else sum(1 for x in labels[:limit] if x != -100)
-            lengths.append(length)
-            if length > limit:
-                report.overlong.setdefault(part, []).append(origin)
-                if spec.dataset.overlong == "drop":
-                    continue
-            if trainable == 0 and spec.dataset.overlong != "fail":
-                why = (
-                    f"no trainable tokens within maxSeqLength {limit} (the answer is cut off)"
-                    if length > limit
-                    else "no trainable tokens: the chat template marks no assistant turn"
-                    " (give dataset.responseMarkers, or a chat template with generation markers)"
-                )
-                untrainable.append(Problem(origin, why))
-            kept.append((sample, origin))
-            if labels is not None:
-                encoded.append({"input_ids": ids[:limit], "labels": labels[:limit]})
-        data.parts[part] = kept
-        if len(encoded) == len(kept):
-            report.encoded[part] = encoded
+    work = _Work(spec, encoding, template_source(spec, tokenizer), spec.trainer.type == "sft")
+    key = "\n".join([
+        f"format {FORMAT_VERSION}", data.folder.name, tokenizer_fingerprint(tokenizer),
+        f"responses_only {responses_only} trainer {spec.trainer.type}",
+        spec.dataset.model_dump_json(),
+    ])  # fmt: skip
+    started = time.monotonic()
+
+    def fill(partial: Path) -> str:
+        _tokenize(data, work, tokenizer, partial)
+        return key
+
+    folder, filled = cached_folder(folder_for(data.folder.parent, "tokens", key), fill)
+    report = _open(folder, data, sft=work.sft)
+    report.reused = not filled
+    verb = "tokenized" if filled else "reused"
+    log.info("data: %s %s in %.1f s", verb, folder, time.monotonic() - started)
+    return report
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What decides how a tokenizer encodes: its vocabulary and rules (the fast
+    tokenizer's whole definition), its chat template and special tokens."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    settings = [
+        type(tokenizer).__name__, tokenizer.chat_template, len(tokenizer),
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        tokenizer.special_tokens_map, getattr(tokenizer, "add_bos_token", None),
+        getattr(tokenizer, "add_eos_token", None), getattr(tokenizer, "is_fast", None),
+    ]  # fmt: skip
+    digest.update(json.dumps(settings, default=str, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _open(folder: Path, data: PreparedData, *, sft: bool) -> TokenReport:
+    import numpy as np
+    from datasets import Dataset
+
+    fields = json.loads((folder / "tokens.json").read_text())
+    report = TokenReport(**fields)
+    for part in data.report.splits:
+        data.kept[part] = np.load(folder / f"{part}.rows.npy", mmap_mode="r")
+        if (folder / f"{part}.arrow").is_file():
+            datasets = report.encoded if sft else report.typed
+            datasets[part] = Dataset.from_file(str(folder / f"{part}.arrow"))
+    return report
+
+
+def _tokenize(data: PreparedData, work: _Work, tokenizer: Any, folder: Path) -> None:
+    """Tokenize every part into `folder`, in parallel workers for large data; raise
+    DataError for samples that cannot be trained on, as the policy says."""
+    import numpy as np
+
+    spec = work.spec
+    _check_representatives(data, work, tokenizer)
+    size = _shard_size(data)
+    ranges = [
+        (part, start, min(start + size, count))
+        for part, count in data.report.splits.items()
+        for start in range(0, count, size)
+    ]
+    jobs = [
+        (str(data.folder), part, start, stop, str(folder / f"{part}-{start}.arrow"))
+        for part, start, stop in ranges
+    ]
+    workers = min(len(jobs), usable_cpus()) if sum(data.report.splits.values()) > SHARD else 1
+    if workers > 1:
+        # spawn, not fork: this process has threads (the watchdog, torch's, the tokenizer's)
+        # whose locks a forked child would inherit held.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, _start_worker, (tokenizer, work)) as pool:
+            tallies = pool.starmap(_tokenize_range, jobs, chunksize=1)
+    else:
+        _start_worker(tokenizer, work)
+        try:
+            tallies = [_tokenize_range(*job) for job in jobs]
+        finally:
+            _start_worker(None, None)
+    unrenderable = [p for t in tallies for p in t.unrenderable]
     if unrenderable:
         raise DataError(unrenderable)
-    report.longest = max(lengths, default=0)
-    report.mean = sum(lengths) / len(lengths) if lengths else 0.0
-    if spec.dataset.overlong == "fail" and report.overlong:
+    limit = spec.dataset.max_seq_length
+    overlong: dict[str, list[str]] = {}
+    for (part, _, _), tally in zip(ranges, tallies, strict=True):
+        if tally.overlong:
+            overlong.setdefault(part, []).extend(tally.overlong)
+    if spec.dataset.overlong == "fail" and overlong:
         problems = [
             Problem(origin, f"longer than maxSeqLength {limit} tokens")
-            for origins in report.overlong.values()
+            for origins in overlong.values()
             for origin in origins
         ]
         raise DataError(problems)
+    untrainable = [p for t in tallies for p in t.untrainable]
     if untrainable:
         raise DataError(untrainable)
-    if not data.parts["train"]:
-        raise DataError([Problem(spec.dataset.train.uri, "no training samples left")])
-    return report
+    for part in data.report.splits:
+        shards = [folder / f"{part}-{start}.arrow" for p, start, _ in ranges if p == part]
+        tables = [read_arrow(shard) for shard in shards]
+        rows = np.concatenate([t.column("row").to_numpy() for t in tables] or [np.zeros(0, int)])
+        np.save(folder / f"{part}.rows.npy", rows)
+        if work.sft:
+            schema = _encoded_schema()
+            encoded = (b.select(schema.names) for t in tables for b in t.to_batches())
+            write_arrow(folder / f"{part}.arrow", schema, encoded)
+        elif len(rows):
+            write_typed(folder / f"{part}.arrow", Samples(data.table(part), rows).batches)
+        del tables
+        for shard in shards:
+            shard.unlink()
+        if part == "train" and not len(rows):
+            raise DataError([Problem(spec.dataset.train.uri, "no training samples left")])
+    count = sum(t.count for t in tallies)
+    report = TokenReport(
+        longest=max((t.longest for t in tallies), default=0),
+        mean=sum(t.total for t in tallies) / count if count else 0.0,
+        overlong=overlong,
+        action=spec.dataset.overlong,
+    )
+    (folder / "tokens.json").write_text(
+        json.dumps({k: v for k, v in asdict(report).items() if k not in ("encoded", "reused")})
+    )
+
+
+def _start_worker(tokenizer: Any, work: _Work | None) -> None:
+    global _TOKENIZER, _WORK
+    _TOKENIZER, _WORK = tokenizer, work
+
+
+def _shard_size(data: PreparedData) -> int:
+    total = sum(data.report.splits.values())
+    return max(SHARD, math.ceil(total / usable_cpus()))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, bounded by its cgroup's quota (a pod's
+    CPU limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
+def _encoded_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
+
+
+def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: str) -> _Tally:
+    """Samples [start, stop) of a part: measured, encoded, checked; the kept ones written to
+    `out` (their row, and for SFT input_ids and labels), the rest tallied."""
+    import pyarrow as pa
+
+    tokenizer, work = _TOKENIZER, _WORK
+    assert work is not None
+    limit, policy = work.spec.dataset.max_seq_length, work.spec.dataset.overlong
+    table = read_arrow(Path(samples_folder) / f"{part}.arrow").slice(start, stop - start)
+    schema = pa.schema([("row", pa.int64())])
+    if work.sft:
+        schema = pa.schema([*schema, *_encoded_schema()])
+    tally = _Tally()
+
+    def batches() -> Any:
+        row = start
+        for batch in table.to_batches(max_chunksize=BATCH):
+            columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+            texts = batch.column("sample").to_pylist()
+            origins = batch.column("origin").to_pylist()
+            for text, origin in zip(texts, origins, strict=True):
+                row += 1
+                sample = json.loads(text)
+                try:
+                    ids, labels = encode(sample, tokenizer, work.encoding)
+                except (TemplateError, TypeError, KeyError) as error:  # the template's own
+                    message = f"{work.source} cannot render it: {error}"
+                    tally.unrenderable.append(Problem(origin, message))
+                    continue
+                length = len(ids)
+                tally.longest = max(tally.longest, length)
+                tally.total += length
+                tally.count += 1
+                if length > limit:
+                    tally.overlong.append(origin)
+                    if policy == "drop":
+                        continue
+                trainable = (
+                    None if labels is None else sum(1 for x in labels[:limit] if x != IGNORE)
+                )
+                if trainable == 0 and policy != "fail":
+                    why = (
+                        f"no trainable tokens within maxSeqLength {limit} (the answer is cut off)"
+                        if length > limit
+                        else "no trainable tokens: the chat template marks no assistant turn"
+                        " (give dataset.responseMarkers, or a chat template with generation "
+                        "markers)"
+                    )
+                    tally.untrainable.append(Problem(origin, why))
+                columns["row"].append(row - 1)
+                if work.sft:
+                    assert labels is not None, "an SFT sample is always labelled"
+                    columns["input_ids"].append(ids[:limit])
+                    columns["labels"].append(labels[:limit])
+            yield columns
+
+    write_arrow(Path(out), schema, batches())
+    return tally
+
+
+def _check_representatives(data: PreparedData, work: _Work, tokenizer: Any) -> None:
+    """The checks one sample answers for all: tool definitions and calls reach the rendered
+    text, and (loss on responses only) the answers' calls are trained."""
+    check_tool_rendering(data, tokenizer, work.source)
+    if not work.encoding.responses_only or not work.sft:
+        return
+    for sample in _flagged(data, "trained_calls"):
+        try:
+            _, labels = encode(sample, tokenizer, work.encoding)
+        except (TemplateError, TypeError, KeyError):
+            continue  # reported with its file and line by the pass over every sample
+        assert labels is not None
+        check_trained_calls(sample, tokenizer, labels, work.source)
+        return
+
+
+def _flagged(data: PreparedData, flag: str) -> Any:
+    """The samples with a flag of samples_schema set, parts in order."""
+    import numpy as np
+
+    for part in data.report.splits:
+        table = data.table(part)
+        for position in np.flatnonzero(table.column(flag).to_numpy(zero_copy_only=False)):
+            yield json.loads(table.column("sample")[int(position)].as_py())
 
 
 def template_source(spec: FineTuneJobSpec, tokenizer: Any) -> str:
@@ -138,44 +374,6 @@ def template_source(spec: FineTuneJobSpec, tokenizer: Any) -> str:
     return f"the chat template of {spec.model.tokenizer or spec.model.name}"
 
 
-def sample_tools(sample: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tool definitions a sample is rendered with: SFT conversations and preference
-    pairs carry them (data/formats.py); a prompt-only row's `tools` column is a reward
-    column (TRL's GRPO takes its tools as Python functions, not per row)."""
-    tools = sample.get("tools")
-    rendered = "messages" in sample or "chosen" in sample
-    return tools if rendered and isinstance(tools, list) and tools else None
-
-
-def sample_turns(sample: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation a sample renders to (a preference pair: prompt + chosen)."""
-    if "messages" in sample:
-        return list(sample["messages"])
-    prompt = sample.get("prompt")
-    if not isinstance(prompt, list):
-        return []
-    return [*prompt, *sample.get("chosen", [])]
-
-
-def tool_call_names(sample: dict[str, Any]) -> list[str]:
-    """The names of the tools a sample's rendered conversation calls."""
-    return [
-        call["function"]["name"]
-        for turn in sample_turns(sample)
-        if isinstance(turn, dict)
-        for call in turn.get("tool_calls") or []
-    ]
-
-
-def trained_call_names(sample: dict[str, Any]) -> list[str]:
-    """The tool calls of an SFT sample's answers (not of the prompt part of a
-    prompt_completion conversation, which is context)."""
-    if "messages" not in sample:
-        return []
-    answers = sample["messages"][sample.get("completion_start") or 0 :]
-    return tool_call_names({"messages": answers})
-
-
 def check_tool_rendering(data: PreparedData, tokenizer: Any, source: str) -> None:
     """Tool definitions and tool calls must reach the rendered text: a template that ignores
     them would train the model on answers without the calls (the silent loss this check
@@ -183,9 +381,8 @@ def check_tool_rendering(data: PreparedData, tokenizer: Any, source: str) -> Non
     tool's name must appear in the text rendered with `tools=` more often than without
     them (a name the conversation mentions is no proof), and each call's name and argument
     names more often than in the conversation rendered with its calls left out."""
-    samples = [sample for located in data.parts.values() for sample, _ in located]
-    with_tools = next((s for s in samples if sample_tools(s)), None)
-    with_calls = next((s for s in samples if tool_call_names(s)), None)
+    with_tools = next(iter(_flagged(data, "tools")), None)
+    with_calls = next(iter(_flagged(data, "calls")), None)
     if with_tools is not None:
         listed = sample_tools(with_tools) or []
         messages = sample_turns(with_tools)

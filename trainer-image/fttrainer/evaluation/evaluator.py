@@ -14,6 +14,7 @@ what is scored when (the base before training, the same samples after) live in o
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ class Evaluator:
         step: int,
         before: dict[str, float],
         *,
-        encoded_test: list[Any] | None = None,
+        encoded_test: Any = None,
     ) -> dict[str, Any]:
         """The final weights' metrics, the best of each evaluation metric during training,
         the task scores, the base's scores as `<name>/base`, and the test split's."""
@@ -161,7 +162,9 @@ class Evaluator:
         if self.data.test and self.spec.trainer.type == "sft":
             from datasets import Dataset
 
-            test = Dataset.from_list(encoded_test or self.data.test)
+            test = encoded_test
+            if test is None:
+                test = Dataset.from_list(list(self.data.test))
             final.update(trainer.evaluate(eval_dataset=test, metric_key_prefix="test"))
         return final
 
@@ -196,9 +199,9 @@ class Evaluator:
             )  # fmt: skip
         return scores
 
-    def _scored_splits(self) -> list[tuple[str, list[Any]]]:
+    def _scored_splits(self) -> list[tuple[str, Sequence[Any]]]:
         """(metric prefix, samples): validation when evaluating, test when there is one."""
-        splits = []
+        splits: list[tuple[str, Sequence[Any]]] = []
         if self.data.validation and self.spec.evaluation.strategy != "no":
             splits.append(("eval", self.data.validation))
         if self.data.test and self.spec.trainer.type == "sft":
@@ -206,7 +209,7 @@ class Evaluator:
         return splits
 
     def _sample_scores(
-        self, model: Any, prefix: str, samples: list[Any]
+        self, model: Any, prefix: str, samples: Sequence[Any]
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """The task metrics of one split, and what they were computed from."""
         evaluation, fmt = self.spec.evaluation, self.spec.dataset.format
@@ -238,7 +241,7 @@ class Evaluator:
             ]
         return scores, details
 
-    def _score(self, model: Any, fmt: str, samples: list[Any]) -> float:
+    def _score(self, model: Any, fmt: str, samples: Sequence[Any]) -> float:
         if fmt == "mcq":
             return mcq_accuracy(model, self.tokenizer, samples)
         max_new_tokens = self.spec.evaluation.max_new_tokens

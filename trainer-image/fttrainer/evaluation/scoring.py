@@ -12,6 +12,7 @@ numbers).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fttrainer.data.formats import LETTERS, Sample
@@ -42,7 +43,7 @@ def _plain(sample: Sample) -> bool:
     return isinstance(sample.get("completion"), str)
 
 
-def mcq_predictions(model: Any, tokenizer: Any, samples: list[Sample]) -> list[str]:
+def mcq_predictions(model: Any, tokenizer: Any, samples: Sequence[Sample]) -> list[str]:
     """Per sample, the option letter the model finds most likely to start its answer."""
     import torch
 
@@ -57,16 +58,16 @@ def mcq_predictions(model: Any, tokenizer: Any, samples: list[Sample]) -> list[s
     return predictions
 
 
-def mcq_scores(model: Any, tokenizer: Any, samples: list[Sample]) -> ClassificationScores:
+def mcq_scores(model: Any, tokenizer: Any, samples: Sequence[Sample]) -> ClassificationScores:
     references = [str(sample["answer_letter"]) for sample in samples]
     return classification_scores(references, mcq_predictions(model, tokenizer, samples))
 
 
-def mcq_accuracy(model: Any, tokenizer: Any, samples: list[Sample]) -> float:
+def mcq_accuracy(model: Any, tokenizer: Any, samples: Sequence[Sample]) -> float:
     return mcq_scores(model, tokenizer, samples).accuracy
 
 
-def generate_answers(model: Any, tokenizer: Any, samples: list[Sample], *,
+def generate_answers(model: Any, tokenizer: Any, samples: Sequence[Sample], *,
                      max_new_tokens: int) -> list[str]:  # fmt: skip
     """Greedy answers to each sample's conversation (its final answer left out)."""
     with inference(model):
@@ -90,7 +91,7 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     return hits / len(references) if references else 0.0
 
 
-def qa_exact_match(model: Any, tokenizer: Any, samples: list[Sample], *,
+def qa_exact_match(model: Any, tokenizer: Any, samples: Sequence[Sample], *,
                    max_new_tokens: int) -> float:  # fmt: skip
     answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens)
     return exact_match(answers, [reference_answer(sample) for sample in samples])

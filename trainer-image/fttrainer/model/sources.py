@@ -12,26 +12,22 @@ and the copy is kept by digest: a tag pushed again is fetched again.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from ftapi.constants import ENV_OCI_PULL_CA, ENV_OCI_PULL_SECRET
 from ftapi.v1alpha1 import FineTuneJobSpec, S3Spec
 from ftapi.v1alpha1.registry import RegistryAccess
+from fttrainer import node_cache
+from fttrainer.node_cache import COMPLETE, cached_folder, folder_for
 from fttrainer.storage import open_store
 
 log = logging.getLogger(__name__)
-COMPLETE = ".finetune-complete"
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "finetune" / "models"
+    return node_cache.cache_root("models")
 
 
 def fetch(uri: str, *, s3: S3Spec | None, root: Path, field: str) -> Path:
@@ -86,21 +82,8 @@ def _cached(uri: str, key: str, *, root: Path, field: str,
     """`root`/<name>-<hash of key>, filled by `download` (which returns the marker's text)
     unless a complete copy is there; one process of the machine downloads, the rest wait."""
     name = uri.split("@")[0].rstrip("/").rsplit("/", 1)[-1].replace(":", "-") or "model"
-    target = root / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (target / COMPLETE).is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other local processes wait for this one
-        if (target / COMPLETE).is_file():
-            return target
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        marker = download(partial)
-        (partial / COMPLETE).write_text(marker + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+    target, filled = cached_folder(folder_for(root, name, key), download)
+    if filled:
         files = sum(1 for p in target.rglob("*") if p.is_file()) - 1
         log.info("%s: %s -> %s (%d files)", field, uri, target, files)
     return target
