@@ -125,7 +125,7 @@ DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
 DOCKERFILES := trainer-image/Dockerfile operator/Dockerfile
 
-.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-storage bench-operator bench-realnode
+.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-data bench-storage bench-operator bench-realnode
 
 lint-docker: install ## hadolint both Dockerfiles (rules and their exceptions: .hadolint.yaml)
 	$(BIN)/hadolint --config .hadolint.yaml $(DOCKERFILES)
@@ -152,7 +152,7 @@ release: ## build and push both images and the chart: make release VERSION=0.2.0
 # --- benchmarks ---------------------------------------------------------------------------
 # `make bench` runs every benchmark in BENCH_TARGETS one after another (never in parallel:
 # they measure throughput). Add a bench-<thing> target below and append it here.
-BENCH_TARGETS := bench-trainer bench-storage bench-operator bench-realnode
+BENCH_TARGETS := bench-trainer bench-data bench-storage bench-operator bench-realnode
 BENCH_TRAINER_ARGS ?=
 BENCH_STORAGE_ARGS ?=
 BENCH_OPERATOR_ARGS ?=
@@ -166,6 +166,9 @@ bench: ## run every benchmark (BENCH_TARGETS), one at a time
 
 bench-trainer: install ## our trainer vs plain TRL SFTTrainer: tokens/s, peak memory, MFU (docs/benchmarks.md)
 	$(BIN)/python bench/trainer.py $(BENCH_TRAINER_ARGS)
+
+bench-data: install ## 500,000 chat rows: our data path (1 rank, 2 ranks, a restart) vs TRL SFTTrainer: time, memory (docs/benchmarks.md)
+	$(BIN)/python bench/data.py $(BENCH_DATA_ARGS)
 
 bench-storage: install ## checkpoint upload: our storage layer vs a plain boto3 loop vs a raw copy (docs/storage.md)
 	hack/cluster-up.sh >/dev/null

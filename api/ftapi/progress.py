@@ -40,7 +40,7 @@ from .loading import field_errors
 from .skew import parse_lenient
 from .v1alpha1._base import ApiModel
 from .v1alpha1.common import NonFinite
-from .v1alpha1.status import MAX_WARNINGS, RunWarning
+from .v1alpha1.status import MAX_WARNINGS, RunWarning, Startup
 
 REPORT_FIELD = "report"
 """The FineTuneJobProgress field holding the JSON of a ProgressReport."""
@@ -109,6 +109,8 @@ class ProgressReport(ApiModel):
     warnings: Annotated[list[RunWarning], Field(max_length=MAX_WARNINGS)] = []
     """The newest warnings of this attempt, oldest first."""
     checkpoint: CheckpointReport | None = None
+    startup: Startup | None = None
+    """Set at the end of the attempt's first step."""
     model_uri: str | None = None
     """Set once the final model is published."""
     model_image: str | None = None

@@ -14,6 +14,9 @@ can select one job, or sum by namespace, without a join:
     finetune_job_step / _total_steps     optimizer steps done / planned
     finetune_job_eta_seconds             while running
     finetune_job_tokens_per_second       while running
+    finetune_job_startup_seconds         the latest attempt's start to its first step's end,
+    finetune_job_startup_data_seconds    and of it the data's and the model's share
+    finetune_job_startup_model_seconds   (status.startup)
     finetune_job_train_loss / _eval_loss the last values the trainer reported
     finetune_job_metric{metric}          every other reported metric (eval_accuracy, reward,
                                          learning_rate, the MCQ scores, ...: at most 64 a job)
@@ -110,6 +113,12 @@ _STATUS_GAUGES = (
            ("metrics", "trainLoss")),
     _Gauge("finetune_job_eval_loss", "Last evaluation loss the trainer reported.",
            ("metrics", "evalLoss")),
+    _Gauge("finetune_job_startup_data_seconds", "Seconds the latest attempt spent preparing "
+           "its data before the first step (status.startup).", ("startup", "dataSeconds")),
+    _Gauge("finetune_job_startup_model_seconds", "Seconds the latest attempt spent on the "
+           "model and trainer before the first step.", ("startup", "modelSeconds")),
+    _Gauge("finetune_job_startup_seconds", "Seconds from the latest attempt's trainer start "
+           "to the end of its first step.", ("startup", "totalSeconds")),
     _Gauge("finetune_job_restarts", "Whole-job restarts so far.", ("restarts",),
            default=float(FineTuneJobStatus.model_fields["restarts"].default)),
 )  # fmt: skip

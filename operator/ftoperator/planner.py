@@ -798,6 +798,8 @@ def _copy_progress(
         status.model_image = report.model_image
     if report.merged_model_image and len(report.merged_model_image) <= MAX_URI:
         status.merged_model_image = report.merged_model_image
+    if report.startup is not None:
+        status.startup = report.startup
     if not counts:
         return
     progress = Progress(

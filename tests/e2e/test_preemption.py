@@ -1,6 +1,7 @@
 """A training pod deleted mid-run (what a preemption, a node drain or a spot reclaim does):
 the kubelet's SIGTERM makes the trainer save a checkpoint at the end of its step within the
-grace period, the operator restarts the job, and the new attempt resumes from that step.
+grace period, the operator restarts the job, and the new attempt resumes from that step,
+on the data attempt 0 prepared (kept in the job's output store), not reading a row again.
 
 Seen through the client, as a user follows it: `finetune submit`, then `finetune logs -f`
 started before the pod exists, which shows the training and goes on across the restart;
@@ -64,6 +65,10 @@ def test_a_deleted_pod_saves_on_sigterm_and_the_restart_resumes_from_that_step(
     assert resumed is not None and resumed >= max(reported, 10), (resumed, reported)
     final = bucket.get_json(f"{name}/final_metrics.json")
     assert final["global_step"] == STEPS
+    # The new pod's scratch is empty: it took the data attempt 0 prepared from the output
+    # store (output.uri/prepared/) and read no row; status and result.json say so.
+    assert result["startup"]["dataReused"] is True, result["startup"]
+    assert status["startup"]["dataReused"] is True, status.get("startup")
 
     # `logs -f` (waiting from before the job existed): attempt 0's training, then attempt
     # 1's, and it ended with the job.
@@ -72,6 +77,9 @@ def test_a_deleted_pod_saves_on_sigterm_and_the_restart_resumes_from_that_step(
     turn = next(i for i, line in enumerate(lines) if line.startswith("[finetune: attempt 1"))
     assert any("'loss'" in line for line in lines[:turn]), followed[-3000:]
     assert any("SIGTERM: saving a checkpoint" in line for line in lines[:turn])
+    assert any("data: prepared " in line for line in lines[:turn]), followed[-3000:]
+    assert any("data: reused " in line for line in lines[turn:]), followed[-3000:]
+    assert not any("data: prepared " in line for line in lines[turn:])
     assert any(f"'global_step': {STEPS}" in line or "'train_runtime'" in line
                for line in lines[turn:]), followed[-3000:]  # fmt: skip
 

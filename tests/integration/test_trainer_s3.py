@@ -71,3 +71,33 @@ def test_evaluation_prompts_and_benchmarks_come_from_s3_before_the_model_loads(
     assert evaluator.prompts == ["What is LoRA?", "Why QLoRA?"]
     fmt, samples = evaluator.benchmarks["arith"]
     assert fmt == "mcq" and len(samples) == 1
+
+
+def test_prepared_data_is_kept_in_the_output_store_for_the_other_nodes(
+    s3_bucket: tuple[Any, str, str], tmp_path: Path
+) -> None:
+    """One node prepares and keeps a copy under output.uri/prepared/, marker last; another
+    node (an attempt restarted elsewhere) downloads it instead of reading a row; a copy
+    without its marker is never taken."""
+    from fttrainer.node_cache import COMPLETE
+    from fttrainer.storage import open_store
+
+    s3, bucket, endpoint = s3_bucket
+    rows = "".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(30))
+    s3.put_object(Bucket=bucket, Key="qa/train.jsonl", Body=rows.encode())
+    output = {"uri": f"s3://{bucket}/out", "s3": {"endpoint": endpoint, "forcePathStyle": True}}
+    job = make_job().set("dataset", {"train": {"uri": f"s3://{bucket}/qa/train.jsonl"},
+                                     "format": "qa"})  # fmt: skip
+    spec = parse_job(job.set("output", output).obj()).spec
+    mirror = open_store(f"s3://{bucket}/out/prepared", s3=spec.output.s3)
+    first = prepare_data(spec, root=tmp_path / "node-a", mirror=mirror)
+    assert not first.reused
+    keys = {o.key for o in mirror.list()}
+    assert f"{first.folder.name}/{COMPLETE}" in keys
+    assert f"{first.folder.name}/train.arrow" in keys
+    second = prepare_data(spec, root=tmp_path / "node-b", mirror=mirror)
+    assert second.reused and second.folder.name == first.folder.name
+    assert list(second.train) == list(first.train) and second.report == first.report
+    mirror.delete([f"{first.folder.name}/{COMPLETE}"])
+    third = prepare_data(spec, root=tmp_path / "node-c", mirror=mirror)
+    assert not third.reused and list(third.train) == list(first.train)

@@ -166,6 +166,13 @@ def test_a_second_setup_reuses_what_the_first_prepared(
     assert again.data is not None and again.token_report is not None
     assert again.data.reused and again.token_report.reused
     assert again.data.folder == first.data.folder
+    # status.startup and result.json say so: the data took no time the second time.
+    assert first.startup_clock.startup.data_reused is False
+    assert again.startup_clock.startup.data_reused is True
+    again.train()
+    startup = again.startup_clock.startup
+    assert startup.first_step_seconds is not None and startup.total_seconds is not None
+    assert startup.total_seconds > (startup.data_seconds or 0) + (startup.model_seconds or 0)
     assert (
         again.token_report.encoded["train"]["input_ids"]
         == (first.token_report.encoded["train"]["input_ids"])
@@ -201,3 +208,24 @@ def test_a_half_written_folder_is_never_read(tiny_llama: Path, tmp_path: Path) -
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         first.folder.name
     ]
+
+
+def test_another_node_downloads_the_tokens_from_the_output_store(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """The tokens folder, like the samples', is kept in the mirror (the output store) and
+    taken from it by a node that lacks it (tests/integration/test_trainer_s3.py: on S3)."""
+    from fttrainer.storage import open_store
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _chat_rows(80)))
+    job = _job(data, tiny_llama, maxSeqLength=512)
+    tokenizer = Recipe(job, tmp_path)._setup_tokenizer()
+    mirror = open_store(str(tmp_path / "output" / "prepared"))
+    made = {}
+    for node in ("a", "b"):
+        prepared = prepare_data(job.spec, root=tmp_path / node, mirror=mirror)
+        report = check_tokens(prepared, job.spec, tokenizer, responses_only=True, mirror=mirror)
+        made[node] = (prepared.reused, report.reused, report.encoded["train"]["labels"])
+    assert made["a"][:2] == (False, False) and made["b"][:2] == (True, True)
+    assert made["b"][2] == made["a"][2]

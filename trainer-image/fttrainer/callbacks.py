@@ -65,6 +65,7 @@ from .faults import Faults
 from .model.recompute import decoder_layers
 from .progress import ProgressReporter
 from .ranks import ComputeTimer, RankReporter
+from .startup import StartupClock
 from .tracking import TRACKERS_FILE, TrackerRuns
 from .watchdog import Watchdog
 
@@ -400,6 +401,28 @@ class CheckpointUpload(TrainerCallback):
             doomed = self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
             self.kept = sum(1 for manifest in complete if manifest.step not in doomed)
         barrier()  # no rank runs ahead into a step whose checkpoint is not committed
+
+
+class FirstStep(TrainerCallback):
+    """Times the first optimizer step of the attempt, then reports where the time before it
+    went (status.startup, result.json)."""
+
+    def __init__(self, clock: StartupClock, reporter: ProgressReporter) -> None:
+        self.clock = clock
+        self.reporter = reporter
+        self.done = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.clock.training_started()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        startup = self.clock.first_step_done()
+        log.info("startup: %s", startup.to_dict())
+        if state.is_world_process_zero:
+            self.reporter.started_up(startup)
 
 
 class ProgressCallback(TrainerCallback):

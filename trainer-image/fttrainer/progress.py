@@ -51,7 +51,7 @@ from ftapi.progress import (
     spelled,
 )
 from ftapi.v1alpha1.common import NonFinite
-from ftapi.v1alpha1.status import MAX_WARNINGS, RunWarning
+from ftapi.v1alpha1.status import MAX_WARNINGS, RunWarning, Startup
 
 log = logging.getLogger("fttrainer")
 P = ParamSpec("P")
@@ -382,6 +382,7 @@ class ProgressReporter:
         self.warnings: list[RunWarning] = []
         self.checkpoint: CheckpointReport | None = None
         self.model_uri: str | None = None
+        self.startup: Startup | None = None
         self.model_image: str | None = None
         self.merged_model_image: str | None = None
         # This attempt's start (clock, step, token counters): the pace of the ETA and rate.
@@ -448,6 +449,12 @@ class ProgressReporter:
         self.step, self.epoch = step, epoch if epoch is not None else self.epoch
         if send:
             self._send(force=force)
+
+    @_never_raises
+    def started_up(self, startup: Startup) -> None:
+        """The first step is done: where the time before it went (status.startup)."""
+        self.startup = startup
+        self._send(force=True)
 
     @_never_raises
     def logged(self, logs: Mapping[str, Any], *, step: int, epoch: float | None = None) -> None:
@@ -557,6 +564,7 @@ class ProgressReporter:
             skipped_steps=self.skipped_steps,
             warnings=list(self.warnings),
             checkpoint=self.checkpoint,
+            startup=self.startup,
             model_uri=self.model_uri,
             model_image=self.model_image,
             merged_model_image=self.merged_model_image,

@@ -46,6 +46,7 @@ from .artefacts import plot_loss_curve
 from .callbacks import (
     CheckpointUpload,
     EarlyStopping,
+    FirstStep,
     GracefulStop,
     NonFiniteGuard,
     ProgressCallback,
@@ -73,7 +74,8 @@ from .model.spectrum import apply_spectrum
 from .progress import ProgressReporter
 from .ranks import ComputeTimer, RankReporter, with_compute_timing
 from .rewards import build_rewards
-from .storage import LocalStore, open_store, upload_tree
+from .startup import StartupClock
+from .storage import LocalStore, Store, open_store, upload_tree
 from .templates import CHAT_TEMPLATE
 from .tracking import (
     TrackerRuns,
@@ -193,6 +195,7 @@ class Recipe:
         if self.ranks.enabled:  # a stall's verdict and stack in this rank's last report
             self.watchdog.report_stall = self.ranks.stalled
         self.compute_timer = ComputeTimer()
+        self.startup_clock = StartupClock()  # where the time before the first step goes
 
     def setup(self) -> None:
         self.progress.report_stage("starting")  # the pod is up: setup may take minutes
@@ -202,7 +205,8 @@ class Recipe:
         self.graceful.install()
         check_strategy(self.spec, **self._hardware())  # seconds, before data and model
         # Data first: a bad row should fail the run before minutes go into loading a model.
-        self.data = prepare_data(self.spec)
+        with self.startup_clock.data():
+            self.data = prepare_data(self.spec, mirror=self._data_mirror)
         log.info("%s", self.data.report.render())
         # An s3:// model, tokenizer or adapter is fetched now (transformers loads local
         # folders and hub ids only); reports keep naming the spec's own source.
@@ -210,12 +214,14 @@ class Recipe:
         # The tokenizer decides how conversations render; pad must differ from eos.
         self.tokenizer = self._setup_tokenizer()
         # Token checks need the tokenizer but not the model: still cheap to fail here.
-        self.token_report = check_tokens(
-            self.data,
-            self.spec,
-            self.tokenizer,
-            responses_only=self.spec.trainer.type == "sft" and responses_only(self.spec),
-        )
+        with self.startup_clock.data():
+            self.token_report = check_tokens(
+                self.data,
+                self.spec,
+                self.tokenizer,
+                responses_only=self.spec.trainer.type == "sft" and responses_only(self.spec),
+                mirror=self._data_mirror,
+            )
         log.info("%s", self.token_report.render())
         # The evaluation's own inputs (prompts, benchmarks, harness tasks): read before the
         # model loads, so that a bad one fails in seconds.
@@ -230,6 +236,7 @@ class Recipe:
         with environment(self.tracker_env):
             self.trainer = self._setup_trainer()
         log.info("distributed: %s", confirm_strategy(self.trainer, self.spec.distributed))
+        self.startup_clock.setup_done(data_reused=self.data.reused and self.token_report.reused)
 
     def _setup_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -382,6 +389,7 @@ class Recipe:
             upload,
             ProgressCallback(self.progress, upload),
             self.graceful,  # SIGTERM: save at the end of the step, then stop
+            FirstStep(self.startup_clock, self.progress),
         ]
         if planned is not None:
             partial = resolve_partial_checkpointing(
@@ -452,6 +460,16 @@ class Recipe:
         if wanted not in ("auto", device):
             log.warning("training.device %s: no such device here; training on CPU", wanted)
         return device
+
+    @functools.cached_property
+    def _data_mirror(self) -> Store | None:
+        """Where the prepared data is kept for the job's other nodes and restarted attempts:
+        `prepared/` of an s3:// output location (a local one is this machine's: its node
+        cache already serves)."""
+        output = self.spec.output
+        if not output.uri.startswith("s3://"):
+            return None
+        return open_store(f"{output.uri.rstrip('/')}/prepared", s3=output.s3)
 
     @property
     def _pretokenized(self) -> bool:
@@ -582,6 +600,7 @@ class Recipe:
             "trainer": self.spec.trainer.type,
             "metrics": result.final_metrics,
             "data": self.data.report.splits,
+            "startup": self.startup_clock.startup.to_dict(),
         }
         curve = plot_loss_curve(
             result.step_metrics, epoch_metrics, self.output_dir / "loss_curve.png"

@@ -65,6 +65,25 @@ class Progress(ApiModel):
     """When the trainer last reported."""
 
 
+class Startup(ApiModel):
+    """Where the time before the first training step went, in this attempt, in seconds: so
+    a slow start shows whether the data, the model or the first step took it."""
+
+    data_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    """Reading, converting, checking and tokenizing the data, or finding it already
+    prepared on the node (dataReused)."""
+    data_reused: bool | None = None
+    """The prepared data of an earlier attempt (or of another rank) was read: no row was."""
+    model_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    """The rest of the setup: the tokenizer, fetching and loading the model, the method,
+    the evaluation inputs and the base model's answers, the trainer."""
+    first_step_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    """From the start of training (checkpoint restore included) to the end of the first
+    optimizer step."""
+    total_seconds: Annotated[float, Field(ge=0.0)] | None = None
+    """From the trainer process's start (imports included) to the end of the first step."""
+
+
 class Metrics(ApiModel):
     """Latest metrics."""
 
@@ -158,6 +177,8 @@ class FineTuneJobStatus(ApiModel):
     """The most useful sentence about the current state."""
     progress: Progress | None = None
     """Training progress."""
+    startup: Startup | None = None
+    """Where the time before the first step went, in the latest attempt that took one."""
     metrics: Metrics | None = None
     """Latest metrics."""
     checkpoint: CheckpointStatus | None = None

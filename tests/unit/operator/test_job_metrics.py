@@ -61,6 +61,8 @@ def test_a_running_job_reports_its_progress_loss_and_throughput() -> None:
                   "tokensPerSecond": 1234.5},
         metrics={"trainLoss": 1.75, "evalLoss": 1.9, "learningRate": 2e-4,
                  "additional": {"mcq_accuracy": 0.62}},
+        startup={"dataSeconds": 41.5, "dataReused": False, "modelSeconds": 12.0,
+                 "firstStepSeconds": 3.0, "totalSeconds": 70.0},
     )  # fmt: skip
     running["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 4}
     samples = scrape([running])
@@ -73,6 +75,9 @@ def test_a_running_job_reports_its_progress_loss_and_throughput() -> None:
     assert samples[("finetune_job_train_loss", one)] == 1.75
     assert samples[("finetune_job_eval_loss", one)] == 1.9
     assert samples[("finetune_job_restarts", one)] == 2
+    assert samples[("finetune_job_startup_data_seconds", one)] == 41.5
+    assert samples[("finetune_job_startup_model_seconds", one)] == 12.0
+    assert samples[("finetune_job_startup_seconds", one)] == 70.0
     assert samples[("finetune_job_gpus", one)] == 8
     # 8 GPUs for the hour since the first attempt started.
     assert samples[("finetune_job_gpu_seconds_total", one)] == 8 * 3600

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from ftapi.v1alpha1 import DataSource, FineTuneJobSpec
 from fttrainer.node_cache import cache_root, cached_folder, folder_for
+from fttrainer.storage import Store
 from fttrainer.storage.paths import sha256_file
 
 from .cleaning import Inspector
@@ -72,10 +73,15 @@ class DataError(RuntimeError):
 
 
 def prepare_data(
-    spec: FineTuneJobSpec, *, s3_client: Any = None, root: Path | None = None
+    spec: FineTuneJobSpec,
+    *,
+    s3_client: Any = None,
+    root: Path | None = None,
+    mirror: Store | None = None,
 ) -> PreparedData:
-    """The job's prepared samples: found on this node, or made now (one process of the node
-    makes them, the others wait). `root`: where prepared data is kept (the node cache)."""
+    """The job's prepared samples: found on this node (or in `mirror`, the job's output
+    store), or made now (one process of the node makes them, the others wait). `root`: where
+    prepared data is kept (the node cache)."""
     dataset = spec.dataset
     sources = [(part, source) for part, source in
                zip(PARTS, (dataset.train, dataset.validation, dataset.test), strict=True)
@@ -93,10 +99,10 @@ def prepare_data(
         _prepare(spec, sources, s3_client, partial)
         return key
 
-    folder, filled = cached_folder(target, fill)
+    folder, filled = cached_folder(target, fill, mirror=mirror if identity is not None else None)
     if identity is None:  # nothing could find it again: removed when this process ends
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    data = PreparedData.open(folder, reused=not filled)
+    data = PreparedData.open(folder, reused=not filled, pinned=identity is not None)
     verb = "prepared" if filled else "reused"
     log.info("data: %s %s in %.1f s", verb, folder, time.monotonic() - started)
     return data

@@ -164,13 +164,14 @@ class PreparedData:
     folder: Path
     report: DataReport
     reused: bool = False  # found complete on this node: no row was read now
+    pinned: bool = True  # its key pins the data (not hf://): it may be kept and mirrored
     kept: dict[str, Any] = field(default_factory=dict)  # part -> rows kept by token checks
     _tables: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, folder: Path, *, reused: bool = False) -> PreparedData:
+    def open(cls, folder: Path, *, reused: bool = False, pinned: bool = True) -> PreparedData:
         report = DataReport.from_json((folder / "report.json").read_text())
-        return cls(folder, report, reused)
+        return cls(folder, report, reused, pinned)
 
     def table(self, part: str) -> Any:
         if part not in self._tables:

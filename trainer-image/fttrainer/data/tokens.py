@@ -14,12 +14,14 @@ Two silent failures of fine-tuning stacks are made loud here:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from jinja2 import TemplateError
 
 from ftapi.v1alpha1 import DatasetSpec, FineTuneJobSpec, ResponseMarkers
 from fttrainer.node_cache import cached_folder, folder_for
+from fttrainer.storage import Store
 
 from .formats import sample_tools, sample_turns, trained_call_names
 from .prepare import DataError
@@ -112,11 +115,13 @@ def check_tokens(
     tokenizer: Any,
     *,
     responses_only: bool,
+    mirror: Store | None = None,
 ) -> TokenReport:
     """Measure every sample; apply the overlong policy; fail on untrainable ones. The
     result (SFT: input_ids and labels; the rows kept) is kept on the node beside the
     prepared samples, under a key of the samples, the tokenizer and the token settings: a
-    restarted attempt, and every other rank of the node, reads it instead."""
+    restarted attempt, and every other rank of the node, reads it instead (or downloads it
+    from `mirror`, the job's output store, where the node that made it put a copy)."""
     encoding = Encoding.of(spec.dataset, responses_only=responses_only)
     _check_special_tokens(encoding, tokenizer)
     work = _Work(spec, encoding, template_source(spec, tokenizer), spec.trainer.type == "sft")
@@ -131,7 +136,10 @@ def check_tokens(
         _tokenize(data, work, tokenizer, partial)
         return key
 
-    folder, filled = cached_folder(folder_for(data.folder.parent, "tokens", key), fill)
+    target = folder_for(data.folder.parent, "tokens", key)
+    folder, filled = cached_folder(target, fill, mirror=mirror if data.pinned else None)
+    if not data.pinned:  # made from data nothing can find again: gone with this process
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     report = _open(folder, data, sft=work.sft)
     report.reused = not filled
     verb = "tokenized" if filled else "reused"
