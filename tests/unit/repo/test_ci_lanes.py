@@ -98,7 +98,10 @@ def test_a_failed_steps_last_lines_are_printed_again_and_a_daemon_does_not_hold_
             _function("step"),
             _function("failed_steps_output"),
             f"step 'starts a daemon' bash -c '(sleep 60 & echo $! >{tmp_path}/daemon)'",
-            "step 'fails' bash -c 'seq 1 100; echo the reason >&2; exit 3'",
+            # The reason comes a moment after the numbers, as a failing command's last words
+            # do: the two tee processes must not append it before stdout's lines (a loaded
+            # machine once had it land first, out of the printed tail).
+            "step 'fails' bash -c 'seq 1 100; sleep 1; echo the reason >&2; exit 3'",
             "step 'passes' echo fine",
             # The step's tee processes (one for stdout, one for stderr) write on their own
             # time (a loaded machine may take seconds); the real run reads the logs long
