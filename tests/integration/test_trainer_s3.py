@@ -86,8 +86,9 @@ def test_prepared_data_is_kept_in_the_output_store_for_the_other_nodes(
     rows = "".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(30))
     s3.put_object(Bucket=bucket, Key="qa/train.jsonl", Body=rows.encode())
     output = {"uri": f"s3://{bucket}/out", "s3": {"endpoint": endpoint, "forcePathStyle": True}}
-    job = make_job().set("dataset", {"train": {"uri": f"s3://{bucket}/qa/train.jsonl"},
-                                     "format": "qa"})  # fmt: skip
+    job = make_job().set(
+        "dataset", {"train": {"uri": f"s3://{bucket}/qa/train.jsonl"}, "format": "qa"}
+    )
     spec = parse_job(job.set("output", output).obj()).spec
     mirror = open_store(f"s3://{bucket}/out/prepared", s3=spec.output.s3)
     first = prepare_data(spec, root=tmp_path / "node-a", mirror=mirror)

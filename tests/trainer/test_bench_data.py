@@ -14,10 +14,26 @@ from fttestkit.paths import REPO
 def test_the_data_benchmark_measures_each_side_and_the_restart_reuses(tmp_path: Path) -> None:
     result = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "bench/data.py", "--rows", "300", "--repeats", "1", "--sides",
-         "ours,ours-again,trl", "--workdir", str(tmp_path / "work"), "--json", str(result)],
-        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/data.py",
+            "--rows",
+            "300",
+            "--repeats",
+            "1",
+            "--sides",
+            "ours,ours-again,trl",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(result),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     document = json.loads(result.read_text())
     runs = {run["side"]: run for run in document["runs"]}

@@ -58,8 +58,11 @@ def _reference(spec: FineTuneJobSpec, tokenizer: Any) -> dict[str, list[Any]]:
     standard library's shuffle, encoded and held to maxSeqLength."""
     raw = read_file(Path(spec.dataset.train.uri), label=spec.dataset.train.uri)
     context = FormatContext.from_spec(spec.dataset)
-    located = [(s, row.origin) for row in raw.rows
-               for s in convert_row(spec.dataset.format, row.data, context)]  # fmt: skip
+    located = [
+        (s, row.origin)
+        for row in raw.rows
+        for s in convert_row(spec.dataset.format, row.data, context)
+    ]
     findings = inspect(located)
     drop = set(findings.duplicates) | set(findings.empty)
     kept = [pair for pair in located if pair[1] not in drop]
@@ -136,12 +139,14 @@ def test_a_preference_dataset_reaches_dpo_as_its_samples(
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     job = (
-        make_job().set("model.name", str(tiny_llama))
+        make_job()
+        .set("model.name", str(tiny_llama))
         .set("dataset", {"train": {"uri": str(data)}, "format": "preference"})
-        .set("trainer", {"type": "dpo"}).set("evaluation.strategy", "no")
+        .set("trainer", {"type": "dpo"})
+        .set("evaluation.strategy", "no")
         .set("training", {"device": "cpu", "maxSteps": 1, "batchSize": 2})
         .set("output.uri", str(tmp_path / "published"))
-    )  # fmt: skip
+    )
     recipe = Recipe(parse_job(job.obj()), tmp_path / "out")
     recipe.setup()
     assert recipe.token_report is not None
@@ -178,8 +183,9 @@ def test_a_second_setup_reuses_what_the_first_prepared(
         == (first.token_report.encoded["train"]["input_ids"])
     )
     spec = first.spec
-    longer = spec.model_copy(update={"dataset": spec.dataset.model_copy(
-        update={"max_seq_length": 32})})  # fmt: skip
+    longer = spec.model_copy(
+        update={"dataset": spec.dataset.model_copy(update={"max_seq_length": 32})}
+    )
     data = prepare_data(longer)
     assert not check_tokens(data, longer, first.tokenizer, responses_only=True).reused
     first.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"

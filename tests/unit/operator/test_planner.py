@@ -890,39 +890,68 @@ def test_a_pushed_image_is_in_status_pinned_by_digest_and_named_in_the_message()
     assert (new.phase, new.model_image, new.merged_model_image) == ("Succeeded", image, merged)
     assert image in (new.message or "")
     without = observe(
-        make(output__uri="s3://models/tiny"), running_status(), at(3600),
-        batch_job=make_batch_job(0).complete().obj(), pods=[make_pod(0).succeeded().obj()],
+        make(output__uri="s3://models/tiny"),
+        running_status(),
+        at(3600),
+        batch_job=make_batch_job(0).complete().obj(),
+        pods=[make_pod(0).succeeded().obj()],
         progress=report(step=10, model_uri="s3://models/tiny/final"),
-    ).status  # fmt: skip
+    ).status
     assert (without.model_image, without.merged_model_image) == (None, None)
 
 
 def test_where_the_start_went_is_in_status_until_a_later_attempt_takes_its_first_step() -> None:
-    first = Startup(data_seconds=80.5, data_reused=False, model_seconds=20.0,
-                    first_step_seconds=4.0, total_seconds=120.0)  # fmt: skip
+    first = Startup(
+        data_seconds=80.5,
+        data_reused=False,
+        model_seconds=20.0,
+        first_step_seconds=4.0,
+        total_seconds=120.0,
+    )
     running = observe(
-        make(), running_status(), at(60), batch_job=make_batch_job(0).obj(),
-        pods=[make_pod(0).obj()], progress=report(step=1, startup=first),
-    ).status  # fmt: skip
+        make(),
+        running_status(),
+        at(60),
+        batch_job=make_batch_job(0).obj(),
+        pods=[make_pod(0).obj()],
+        progress=report(step=1, startup=first),
+    ).status
     assert running.startup == first
     # Attempt 1 runs; until its first step its report has no startup: attempt 0's stays.
     restarted = running.model_copy(update={"attempt": 1})
     again = observe(
-        make(), restarted, at(600), batch_job=make_batch_job(1).obj(),
-        pods=[make_pod(0, attempt=1).obj()], progress=report(attempt=1, step=1),
-    ).status  # fmt: skip
+        make(),
+        restarted,
+        at(600),
+        batch_job=make_batch_job(1).obj(),
+        pods=[make_pod(0, attempt=1).obj()],
+        progress=report(attempt=1, step=1),
+    ).status
     assert again.startup == first
-    second = Startup(data_seconds=0.4, data_reused=True, model_seconds=19.0,
-                     first_step_seconds=4.0, total_seconds=35.0)  # fmt: skip
+    second = Startup(
+        data_seconds=0.4,
+        data_reused=True,
+        model_seconds=19.0,
+        first_step_seconds=4.0,
+        total_seconds=35.0,
+    )
     stale = observe(
-        make(), restarted, at(600), batch_job=make_batch_job(1).obj(),
-        pods=[make_pod(0, attempt=1).obj()], progress=report(attempt=0, startup=second),
-    ).status  # fmt: skip
+        make(),
+        restarted,
+        at(600),
+        batch_job=make_batch_job(1).obj(),
+        pods=[make_pod(0, attempt=1).obj()],
+        progress=report(attempt=0, startup=second),
+    ).status
     assert stale.startup == first  # a late report of another attempt is not taken
     taken = observe(
-        make(), restarted, at(600), batch_job=make_batch_job(1).obj(),
-        pods=[make_pod(0, attempt=1).obj()], progress=report(attempt=1, startup=second),
-    ).status  # fmt: skip
+        make(),
+        restarted,
+        at(600),
+        batch_job=make_batch_job(1).obj(),
+        pods=[make_pod(0, attempt=1).obj()],
+        progress=report(attempt=1, startup=second),
+    ).status
     assert taken.startup == second
 
 

@@ -165,12 +165,22 @@ def test_the_first_step_reports_where_the_time_before_it_went() -> None:
 
     reporter, sent, _ = _reporter()
     reporter.training_started(step=0, total_steps=10)
-    startup = Startup(data_seconds=3.5, data_reused=True, model_seconds=9.0,
-                      first_step_seconds=1.2, total_seconds=30.0)  # fmt: skip
+    startup = Startup(
+        data_seconds=3.5,
+        data_reused=True,
+        model_seconds=9.0,
+        first_step_seconds=1.2,
+        total_seconds=30.0,
+    )
     reporter.started_up(startup)
     wire = sent.reports[-1].to_dict()
-    assert wire["startup"] == {"dataSeconds": 3.5, "dataReused": True, "modelSeconds": 9.0,
-                               "firstStepSeconds": 1.2, "totalSeconds": 30.0}  # fmt: skip
+    assert wire["startup"] == {
+        "dataSeconds": 3.5,
+        "dataReused": True,
+        "modelSeconds": 9.0,
+        "firstStepSeconds": 1.2,
+        "totalSeconds": 30.0,
+    }
 
 
 class SlowCollect(Collect):

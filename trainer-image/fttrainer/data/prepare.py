@@ -83,9 +83,13 @@ def prepare_data(
     store), or made now (one process of the node makes them, the others wait). `root`: where
     prepared data is kept (the node cache)."""
     dataset = spec.dataset
-    sources = [(part, source) for part, source in
-               zip(PARTS, (dataset.train, dataset.validation, dataset.test), strict=True)
-               if source is not None]  # fmt: skip
+    sources = [
+        (part, source)
+        for part, source in zip(
+            PARTS, (dataset.train, dataset.validation, dataset.test), strict=True
+        )
+        if source is not None
+    ]
     if s3_client is None and any(s.uri.startswith("s3://") for _, s in sources):
         from fttrainer.storage import s3_client as storage_client
 
@@ -223,8 +227,11 @@ def _prepare(
         raise DataError([Problem(dataset.train.uri, "no training samples left")], report)
     for part, positions in rows.items():
         chunks = (scan.take(positions[i : i + BATCH]) for i in range(0, len(positions), BATCH))
-        write_arrow(folder / f"{part}.arrow", samples_schema(),
-                    (b for chunk in chunks for b in chunk.to_batches()))  # fmt: skip
+        write_arrow(
+            folder / f"{part}.arrow",
+            samples_schema(),
+            (b for chunk in chunks for b in chunk.to_batches()),
+        )
     del scan
     scan_path.unlink()
     report.splits = {part: len(positions) for part, positions in rows.items()}

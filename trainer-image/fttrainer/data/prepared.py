@@ -36,13 +36,15 @@ BATCH = 1024  # samples read, converted or written at a time
 def samples_schema() -> Any:
     import pyarrow as pa
 
-    return pa.schema([
-        ("sample", pa.large_string()),  # the sample as JSON: exact, whatever its shape
-        ("origin", pa.string()),  # file:line
-        ("tools", pa.bool_()),  # it carries tool definitions
-        ("calls", pa.bool_()),  # its conversation calls tools
-        ("trained_calls", pa.bool_()),  # its answers call tools
-    ])  # fmt: skip
+    return pa.schema(
+        [
+            ("sample", pa.large_string()),  # the sample as JSON: exact, whatever its shape
+            ("origin", pa.string()),  # file:line
+            ("tools", pa.bool_()),  # it carries tool definitions
+            ("calls", pa.bool_()),  # its conversation calls tools
+            ("trained_calls", pa.bool_()),  # its answers call tools
+        ]
+    )
 
 
 def write_arrow(path: Path, schema: Any, batches: Iterable[Any]) -> int:

@@ -125,11 +125,15 @@ def check_tokens(
     encoding = Encoding.of(spec.dataset, responses_only=responses_only)
     _check_special_tokens(encoding, tokenizer)
     work = _Work(spec, encoding, template_source(spec, tokenizer), spec.trainer.type == "sft")
-    key = "\n".join([
-        f"format {FORMAT_VERSION}", data.folder.name, tokenizer_fingerprint(tokenizer),
-        f"responses_only {responses_only} trainer {spec.trainer.type}",
-        spec.dataset.model_dump_json(),
-    ])  # fmt: skip
+    key = "\n".join(
+        [
+            f"format {FORMAT_VERSION}",
+            data.folder.name,
+            tokenizer_fingerprint(tokenizer),
+            f"responses_only {responses_only} trainer {spec.trainer.type}",
+            spec.dataset.model_dump_json(),
+        ]
+    )
     started = time.monotonic()
 
     def fill(partial: Path) -> str:
@@ -157,11 +161,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     else:
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     settings = [
-        type(tokenizer).__name__, tokenizer.chat_template, len(tokenizer),
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-        tokenizer.special_tokens_map, getattr(tokenizer, "add_bos_token", None),
-        getattr(tokenizer, "add_eos_token", None), getattr(tokenizer, "is_fast", None),
-    ]  # fmt: skip
+        type(tokenizer).__name__,
+        tokenizer.chat_template,
+        len(tokenizer),
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.special_tokens_map,
+        getattr(tokenizer, "add_bos_token", None),
+        getattr(tokenizer, "add_eos_token", None),
+        getattr(tokenizer, "is_fast", None),
+    ]
     digest.update(json.dumps(settings, default=str, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -566,10 +576,11 @@ def _mask_by_markers(
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     labels = [
-        token if any(start <= begin and end <= stop for start, stop in spans) and end > begin
+        token
+        if any(start <= begin and end <= stop for start, stop in spans) and end > begin
         else IGNORE
         for token, (begin, end) in zip(ids, encoded["offset_mapping"], strict=True)
-    ]  # fmt: skip
+    ]
     return ids, labels
 
 

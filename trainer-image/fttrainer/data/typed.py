@@ -57,11 +57,20 @@ def typed_features(batches: Batches) -> Any:
         for key, column in columns.items():
             for sample in batch:
                 column.add(sample.get(key))
-    nested = {key: List(Json()) if column.lists else Json()
-              for key, column in columns.items() if column.as_json}  # fmt: skip
+    nested = {
+        key: List(Json()) if column.lists else Json()
+        for key, column in columns.items()
+        if column.as_json
+    }
     flat = [key for key in columns if key not in nested]
-    schemas = [pa.Table.from_pylist([{key: s.get(key) for key in flat} for s in batch]).schema
-               for batch in batches()] if flat else []  # fmt: skip
+    schemas = (
+        [
+            pa.Table.from_pylist([{key: s.get(key) for key in flat} for s in batch]).schema
+            for batch in batches()
+        ]
+        if flat
+        else []
+    )
     inferred = (
         Features.from_arrow_schema(pa.unify_schemas(schemas, promote_options="permissive"))
         if schemas
