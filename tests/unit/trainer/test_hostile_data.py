@@ -257,3 +257,41 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
         read_file(path)
     path.write_text("instruction,output,,\nq,a,,\n")  # empty trailing headers (Excel)
     assert len(read_file(path).rows) == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_a_json_array_is_read_item_by_item_across_any_chunk_boundary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Each item is parsed when its text is there, never the whole file: the reader has
+    consumed the first chunks, not the file, when the first row comes out."""
+    monkeypatch.setattr(sources._JsonArray, "CHUNK", chunk)
+    items: list[Any] = [{"q": "é\n" * i, "n": 10**i, "x": [1.5, None, True]} for i in range(40)]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([*items, 7], indent=1))
+    data = read_file(path)
+    assert [r.data for r in data.rows] == items
+    assert [str(p) for p in data.problems] == [f"{path}:item 40: expected an object, got int"]
+    with path.open() as handle:
+        first = next(iter(sources._JsonArray(handle, str(path))))
+        assert first == items[0] and handle.tell() < path.stat().st_size / 4
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[{"a": 1},\n]', r":2: not valid JSON: Expecting value"),
+        ('[\n{"a": 1}\n{"b": 2}]', r":3: not valid JSON: Expecting ',' delimiter"),
+        ('[{"a": 1},\n{"b": 2}', r":2: not valid JSON: Expecting '\]'"),
+        ('[{"a": 1}]\n\nx', r":3: not valid JSON: Extra data"),
+        ('{"a": 1}', r"expected a list of objects"),
+    ],
+)
+def test_a_broken_json_array_is_refused_at_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, error: str
+) -> None:
+    monkeypatch.setattr(sources._JsonArray, "CHUNK", 2)
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(DataSourceError, match=f"broken.json{error}" if error[0] == ":" else error):
+        read_file(path)

@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 from array import array
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,7 @@ from .prepared import (
     PreparedData,
     read_arrow,
     samples_schema,
+    stream_arrow,
     write_arrow,
 )
 from .sources import DataSourceError, Problem, Row, opened_source
@@ -198,12 +200,10 @@ def _prepare(
                 problems.append(Problem(source.uri, str(exc).removeprefix(f"{source.uri}: ")))
             spans[part] = (start, written)
 
-    write_arrow(scan_path, samples_schema(), scanned())
-    scan = read_arrow(scan_path)
-    report.samples = scan.num_rows
+    report.samples = write_arrow(scan_path, samples_schema(), scanned())
     report.findings = inspector.findings
-    duplicates = inspector.duplicate_positions()
-    report.findings.duplicates = scan.column("origin").take(duplicates).to_pylist()
+    duplicates = _taken(scan_path, inspector.duplicate_positions())
+    report.findings.duplicates = [o for batch in duplicates for o in batch["origin"].to_pylist()]
     if problems:
         raise DataError(problems, report)
     if dataset.cleaning.pii == "fail" and report.findings.pii:
@@ -211,7 +211,7 @@ def _prepare(
             Problem(o, f"contains {kind}") for kind, os in report.findings.pii.items() for o in os
         ]
         raise DataError(located, report)
-    kept = _kept(scan, _drop_set(report, spec))
+    kept = _kept(scan_path, _drop_set(report, spec), report.samples)
     in_train = np.flatnonzero(kept[slice(*spans["train"])]) + spans["train"][0]
     train, validation, test = split_positions(len(in_train), spec)
     rows = {
@@ -226,13 +226,7 @@ def _prepare(
     if not len(rows["train"]):
         raise DataError([Problem(dataset.train.uri, "no training samples left")], report)
     for part, positions in rows.items():
-        chunks = (scan.take(positions[i : i + BATCH]) for i in range(0, len(positions), BATCH))
-        write_arrow(
-            folder / f"{part}.arrow",
-            samples_schema(),
-            (b for chunk in chunks for b in chunk.to_batches()),
-        )
-    del scan
+        _write_part(scan_path, positions, folder / f"{part}.arrow")
     scan_path.unlink()
     report.splits = {part: len(positions) for part, positions in rows.items()}
     (folder / "report.json").write_text(report.to_json())
@@ -269,16 +263,62 @@ def _converted(
     return columns
 
 
-def _kept(scan: Any, drop: set[str]) -> Any:
+def _kept(scan_path: Path, drop: set[str], samples: int) -> Any:
     """Per scanned sample: not dropped (cleaning drops by origin, as the report lists)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if not drop:
-        return np.ones(scan.num_rows, dtype=bool)
-    dropped = pc.is_in(scan.column("origin"), value_set=pa.array(sorted(drop), pa.string()))
-    return ~dropped.to_numpy(zero_copy_only=False).astype(bool)
+        return np.ones(samples, dtype=bool)
+    value_set = pa.array(sorted(drop), pa.string())
+    dropped = [
+        pc.is_in(batch.column("origin"), value_set=value_set).to_numpy(zero_copy_only=False)
+        for batch in stream_arrow(scan_path)
+    ]
+    return ~np.concatenate(dropped).astype(bool)
+
+
+def _taken(scan_path: Path, positions: Any) -> Iterator[Any]:
+    """The scan's rows at `positions` (ascending), batch by batch, in one streamed pass:
+    the scan is never mapped, so no page of it stays resident in this process."""
+    import numpy as np
+
+    offset = 0
+    for batch in stream_arrow(scan_path):
+        end = offset + batch.num_rows
+        low, high = np.searchsorted(positions, [offset, end])
+        if high > low:
+            yield batch.take(positions[low:high] - offset)
+        offset = end
+
+
+def _write_part(scan_path: Path, positions: Any, path: Path) -> None:
+    """The scan's rows at `positions`, in that order, written to `path`. A part in
+    shuffled order (validation, test) is written in the scan's order first, then reordered
+    from that file, mapped: only the part's own pages are read."""
+    import numpy as np
+
+    order = np.argsort(positions, kind="stable")
+    if np.array_equal(order, np.arange(len(positions))):
+        write_arrow(path, samples_schema(), _taken(scan_path, positions))
+        return
+    in_scan_order = path.with_suffix(".unordered")
+    write_arrow(in_scan_order, samples_schema(), _taken(scan_path, positions[order]))
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(len(order))  # where each wanted row is in scan order
+    table = read_arrow(in_scan_order)
+    write_arrow(
+        path,
+        samples_schema(),
+        (
+            b
+            for i in range(0, len(ranks), BATCH)
+            for b in table.take(ranks[i : i + BATCH]).to_batches()
+        ),
+    )
+    del table
+    in_scan_order.unlink()
 
 
 def split_positions(n: int, spec: FineTuneJobSpec) -> tuple[Any, Any, Any]:

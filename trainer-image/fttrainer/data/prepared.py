@@ -71,6 +71,15 @@ def read_arrow(path: Path) -> Any:
         return pa.ipc.open_stream(source).read_all()
 
 
+def stream_arrow(path: Path) -> Iterator[Any]:
+    """The record batches of an Arrow stream file, read one at a time into memory: a pass
+    over a file leaves none of its pages mapped into this process, as read_arrow would."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
 class Samples(Sequence[Sample]):
     """A part's samples, decoded from the mapped table as they are read: a sequence the
     evaluation iterates like a list. `rows`: the rows kept (token checks), else all."""

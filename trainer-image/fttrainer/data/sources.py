@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 from ftapi.redaction import redact
 from fttrainer.storage.paths import sha256_file
@@ -230,8 +231,21 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 
 def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
+    """A JSON array of objects, one item parsed at a time (memory holds one item and a
+    chunk of text, whatever the file's size); any other document (the {"data": [...]}
+    wrapper) is parsed whole."""
     try:
-        value = loads(path.read_text(encoding="utf-8-sig"))
+        with path.open(encoding="utf-8-sig") as handle:
+            items = _JsonArray(handle, label)
+            values = items if items.is_array() else _whole_json_rows(items.rest(), label)
+            for index, item in enumerate(values):
+                origin = f"{label}:item {index}"
+                if isinstance(item, dict) and too_deep(item):
+                    yield Problem(origin, f"JSON nested more than {MAX_DEPTH} levels deep")
+                elif isinstance(item, dict):
+                    yield Row(item, origin)
+                else:
+                    yield Problem(origin, f"expected an object, got {type(item).__name__}")
     except JsonValueError as exc:
         raise DataSourceError(f"{label}: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -240,18 +254,102 @@ def _read_json(path: Path, label: str) -> Iterator[Row | Problem]:
         raise DataSourceError(f"{label}:{exc.lineno}: not valid JSON: {exc}") from None
     except RecursionError:
         raise DataSourceError(f"{label}: JSON nested too deeply") from None
+
+
+def _whole_json_rows(text: str, label: str) -> list[Any]:
+    value = loads(text)
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
     if not isinstance(value, list):
         raise DataSourceError(f"{label}: expected a list of objects (or {{'data': [...]}})")
-    for index, item in enumerate(value):
-        origin = f"{label}:item {index}"
-        if isinstance(item, dict) and too_deep(item):
-            yield Problem(origin, f"JSON nested more than {MAX_DEPTH} levels deep")
-        elif isinstance(item, dict):
-            yield Row(item, origin)
-        else:
-            yield Problem(origin, f"expected an object, got {type(item).__name__}")
+    return value
+
+
+class _JsonArray:
+    """The items of a top-level JSON array read from a text stream, chunk by chunk; an
+    error names the line of the whole file, as json's would."""
+
+    CHUNK = 2**20
+    SPACE = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, handle: TextIO, label: str) -> None:
+        self._handle, self._label = handle, label
+        self._decoder = json.JSONDecoder(object_pairs_hook=unique_keys, parse_int=bounded_int)
+        self._text, self._pos, self._lines_before, self._eof = "", 0, 0, False
+
+    def is_array(self) -> bool:
+        return self._next_char() == "["
+
+    def rest(self) -> str:
+        """What is left of the document, read whole."""
+        return self._text[self._pos :] + self._handle.read()
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.is_array():
+            self._fail("Expecting '['")
+        self._pos += 1
+        char = self._next_char()
+        while char != "]":
+            yield self._item()
+            char = self._next_char()
+            if char == ",":
+                self._pos += 1
+                self._next_char()
+            elif char != "]":
+                self._fail("Expecting ',' delimiter" if char else "Expecting ']'")
+        self._pos += 1
+        if self._next_char():
+            self._fail("Extra data")
+
+    def _item(self) -> Any:
+        """The value at the position; more text is read while it may be cut off (a value
+        that ends where the text does may go on: `12` of `123`)."""
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._text, self._pos)
+            except json.JSONDecodeError as exc:
+                if self._more():
+                    continue
+                self._fail(exc.msg, exc.pos)
+            if end < len(self._text) or not self._more():
+                self._pos = end
+                return value
+
+    def _more(self) -> bool:
+        """Read a chunk, dropping the text before the position; False at the end. An item
+        larger than a row may be is refused rather than read on."""
+        if self._eof:
+            return False
+        if len(self._text) - self._pos > MAX_FIELD_BYTES:
+            raise DataSourceError(
+                f"{self._label}:{self._line(self._pos)}: an item of the array is larger than "
+                f"{_mib(MAX_FIELD_BYTES)}, more than a row may hold (or the JSON is not valid)"
+            )
+        chunk = self._handle.read(self.CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        self._lines_before += self._text.count("\n", 0, self._pos)
+        self._text, self._pos = self._text[self._pos :] + chunk, 0
+        return True
+
+    def _next_char(self) -> str:
+        """The next character that is not white space ("" at the end), reading as needed."""
+        while True:
+            match = self.SPACE.match(self._text, self._pos)
+            assert match is not None  # the pattern matches the empty string
+            self._pos = match.end()
+            if self._pos < len(self._text):
+                return self._text[self._pos]
+            if not self._more():
+                return ""
+
+    def _line(self, pos: int) -> int:
+        return self._lines_before + self._text.count("\n", 0, pos) + 1
+
+    def _fail(self, message: str, pos: int | None = None) -> NoReturn:
+        at = self._pos if pos is None else pos
+        raise DataSourceError(f"{self._label}:{self._line(at)}: not valid JSON: {message}")
 
 
 def _read_csv(path: Path, label: str) -> Iterator[Row | Problem]:

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ from fttrainer.storage import Store
 
 from .formats import sample_tools, sample_turns, trained_call_names
 from .prepare import DataError
-from .prepared import BATCH, FORMAT_VERSION, PreparedData, Samples, read_arrow, write_arrow
+from .prepared import (
+    BATCH,
+    FORMAT_VERSION,
+    PreparedData,
+    Samples,
+    read_arrow,
+    stream_arrow,
+    write_arrow,
+)
 from .sources import Problem
 from .typed import write_typed
 
@@ -240,16 +249,18 @@ def _tokenize(data: PreparedData, work: _Work, tokenizer: Any, folder: Path) -> 
         raise DataError(untrainable)
     for part in data.report.splits:
         shards = [folder / f"{part}-{start}.arrow" for p, start, _ in ranges if p == part]
-        tables = [read_arrow(shard) for shard in shards]
-        rows = np.concatenate([t.column("row").to_numpy() for t in tables] or [np.zeros(0, int)])
-        np.save(folder / f"{part}.rows.npy", rows)
+        kept: list[Any] = []  # the kept rows, batch by batch
         if work.sft:
             schema = _encoded_schema()
-            encoded = (b.select(schema.names) for t in tables for b in t.to_batches())
+            encoded = (b.select(schema.names) for b in _shard_batches(shards, kept))
             write_arrow(folder / f"{part}.arrow", schema, encoded)
-        elif len(rows):
+        else:
+            for _ in _shard_batches(shards, kept):
+                pass
+        rows = np.concatenate(kept or [np.zeros(0, np.int64)])
+        np.save(folder / f"{part}.rows.npy", rows)
+        if not work.sft and len(rows):
             write_typed(folder / f"{part}.arrow", Samples(data.table(part), rows).batches)
-        del tables
         for shard in shards:
             shard.unlink()
         if part == "train" and not len(rows):
@@ -264,6 +275,15 @@ def _tokenize(data: PreparedData, work: _Work, tokenizer: Any, folder: Path) -> 
     (folder / "tokens.json").write_text(
         json.dumps({k: v for k, v in asdict(report).items() if k not in ("encoded", "reused")})
     )
+
+
+def _shard_batches(shards: list[Path], kept: list[Any]) -> Iterator[Any]:
+    """The workers' shards' batches in order, streamed (not mapped: the merge leaves no page
+    of them resident); each batch's kept rows appended to `kept`."""
+    for shard in shards:
+        for batch in stream_arrow(shard):
+            kept.append(batch.column("row").to_numpy().copy())  # a view would hold the batch
+            yield batch
 
 
 def _start_worker(tokenizer: Any, work: _Work | None) -> None:
