@@ -192,3 +192,33 @@ def test_an_s3_endpoint_that_keeps_failing_is_no_bad_row_and_may_be_restarted(
         sources.read_source("s3://data/train.jsonl", s3_client=client)
     assert not isinstance(raised.value, DataSourceError)  # not the InvalidInput verdict
     assert "s3://data/train.jsonl: cannot download" in str(raised.value)
+
+
+def test_prepared_files_are_streamed_not_mapped_where_a_pass_reads_them_whole(
+    tmp_path: Path,
+) -> None:
+    """A mapped file's pages stay resident in the process that read them (RSS that grows
+    with the rows): the passes over a whole file stream it instead, and read the same rows."""
+    import numpy as np
+    import pyarrow as pa
+
+    from fttrainer.data.prepared import read_arrow, stream_rows, stream_taken, write_arrow
+
+    path = tmp_path / "part.arrow"
+    schema = pa.schema([("n", pa.int64())])
+    write_arrow(path, schema, ({"n": list(range(i, i + 7))} for i in range(0, 70, 7)))
+
+    def mapped() -> bool:
+        return str(path) in Path("/proc/self/maps").read_text()
+
+    rows = stream_rows(path, 5, 40, size=4)
+    first = next(rows)
+    assert first.to_pydict() == {"n": [5, 6]} and not mapped()
+    assert [n for b in [first, *rows] for n in b.column("n").to_pylist()] == list(range(5, 40))
+    assert max(len(b) for b in stream_rows(path, 0, 70, size=4)) == 4
+    positions = np.array([0, 6, 7, 8, 41, 69])
+    taken = stream_taken(path, positions)
+    assert next(taken).column("n").to_pylist() == [0, 6] and not mapped()
+    assert [n for b in taken for n in b.column("n").to_pylist()] == [7, 8, 41, 69]
+    table = read_arrow(path)  # the control: a table for random access is mapped
+    assert mapped() and table.num_rows == 70

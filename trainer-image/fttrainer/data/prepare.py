@@ -22,7 +22,6 @@ import shutil
 import time
 import uuid
 from array import array
-from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +49,7 @@ from .prepared import (
     read_arrow,
     samples_schema,
     stream_arrow,
+    stream_taken,
     write_arrow,
 )
 from .sources import DataSourceError, Problem, Row, opened_source
@@ -202,7 +202,7 @@ def _prepare(
 
     report.samples = write_arrow(scan_path, samples_schema(), scanned())
     report.findings = inspector.findings
-    duplicates = _taken(scan_path, inspector.duplicate_positions())
+    duplicates = stream_taken(scan_path, inspector.duplicate_positions())
     report.findings.duplicates = [o for batch in duplicates for o in batch["origin"].to_pylist()]
     if problems:
         raise DataError(problems, report)
@@ -279,20 +279,6 @@ def _kept(scan_path: Path, drop: set[str], samples: int) -> Any:
     return ~np.concatenate(dropped).astype(bool)
 
 
-def _taken(scan_path: Path, positions: Any) -> Iterator[Any]:
-    """The scan's rows at `positions` (ascending), batch by batch, in one streamed pass:
-    the scan is never mapped, so no page of it stays resident in this process."""
-    import numpy as np
-
-    offset = 0
-    for batch in stream_arrow(scan_path):
-        end = offset + batch.num_rows
-        low, high = np.searchsorted(positions, [offset, end])
-        if high > low:
-            yield batch.take(positions[low:high] - offset)
-        offset = end
-
-
 def _write_part(scan_path: Path, positions: Any, path: Path) -> None:
     """The scan's rows at `positions`, in that order, written to `path`. A part in
     shuffled order (validation, test) is written in the scan's order first, then reordered
@@ -301,10 +287,10 @@ def _write_part(scan_path: Path, positions: Any, path: Path) -> None:
 
     order = np.argsort(positions, kind="stable")
     if np.array_equal(order, np.arange(len(positions))):
-        write_arrow(path, samples_schema(), _taken(scan_path, positions))
+        write_arrow(path, samples_schema(), stream_taken(scan_path, positions))
         return
     in_scan_order = path.with_suffix(".unordered")
-    write_arrow(in_scan_order, samples_schema(), _taken(scan_path, positions[order]))
+    write_arrow(in_scan_order, samples_schema(), stream_taken(scan_path, positions[order]))
     ranks = np.empty_like(order)
     ranks[order] = np.arange(len(order))  # where each wanted row is in scan order
     table = read_arrow(in_scan_order)

@@ -80,6 +80,34 @@ def stream_arrow(path: Path) -> Iterator[Any]:
         yield from pa.ipc.open_stream(source)
 
 
+def stream_rows(path: Path, start: int, stop: int, size: int = BATCH) -> Iterator[Any]:
+    """Rows [start, stop) of an Arrow stream file, `size` at a time, streamed as
+    stream_arrow does (the batches before `start` are read and let go)."""
+    offset = 0
+    for batch in stream_arrow(path):
+        end = offset + batch.num_rows
+        low, high = max(start, offset), min(stop, end)
+        for first in range(low, high, size):
+            yield batch.slice(first - offset, min(size, high - first))
+        offset = end
+        if offset >= stop:
+            return
+
+
+def stream_taken(path: Path, positions: Any) -> Iterator[Any]:
+    """The rows at `positions` (ascending) of an Arrow stream file, batch by batch, in one
+    pass streamed as stream_arrow does."""
+    import numpy as np
+
+    offset = 0
+    for batch in stream_arrow(path):
+        end = offset + batch.num_rows
+        low, high = np.searchsorted(positions, [offset, end])
+        if high > low:
+            yield batch.take(positions[low:high] - offset)
+        offset = end
+
+
 class Samples(Sequence[Sample]):
     """A part's samples, decoded from the mapped table as they are read: a sequence the
     evaluation iterates like a list. `rows`: the rows kept (token checks), else all."""

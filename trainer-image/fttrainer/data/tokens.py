@@ -25,6 +25,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,11 @@ from fttrainer.storage import Store
 from .formats import sample_tools, sample_turns, trained_call_names
 from .prepare import DataError
 from .prepared import (
-    BATCH,
     FORMAT_VERSION,
     PreparedData,
-    Samples,
-    read_arrow,
     stream_arrow,
+    stream_rows,
+    stream_taken,
     write_arrow,
 )
 from .sources import Problem
@@ -260,7 +260,7 @@ def _tokenize(data: PreparedData, work: _Work, tokenizer: Any, folder: Path) -> 
         rows = np.concatenate(kept or [np.zeros(0, np.int64)])
         np.save(folder / f"{part}.rows.npy", rows)
         if not work.sft and len(rows):
-            write_typed(folder / f"{part}.arrow", Samples(data.table(part), rows).batches)
+            write_typed(folder / f"{part}.arrow", partial(_kept_samples, data, part, rows))
         for shard in shards:
             shard.unlink()
         if part == "train" and not len(rows):
@@ -275,6 +275,13 @@ def _tokenize(data: PreparedData, work: _Work, tokenizer: Any, folder: Path) -> 
     (folder / "tokens.json").write_text(
         json.dumps({k: v for k, v in asdict(report).items() if k not in ("encoded", "reused")})
     )
+
+
+def _kept_samples(data: PreparedData, part: str, rows: Any) -> Iterator[list[Any]]:
+    """A part's kept samples (rows ascending), decoded a batch at a time from the streamed
+    file."""
+    for batch in stream_taken(data.folder / f"{part}.arrow", rows):
+        yield [json.loads(text) for text in batch.column("sample").to_pylist()]
 
 
 def _shard_batches(shards: list[Path], kept: list[Any]) -> Iterator[Any]:
@@ -323,7 +330,6 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
     tokenizer, work = _TOKENIZER, _WORK
     assert work is not None
     limit, policy = work.spec.dataset.max_seq_length, work.spec.dataset.overlong
-    table = read_arrow(Path(samples_folder) / f"{part}.arrow").slice(start, stop - start)
     schema = pa.schema([("row", pa.int64())])
     if work.sft:
         schema = pa.schema([*schema, *_encoded_schema()])
@@ -331,7 +337,7 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
 
     def batches() -> Any:
         row = start
-        for batch in table.to_batches(max_chunksize=BATCH):
+        for batch in stream_rows(Path(samples_folder) / f"{part}.arrow", start, stop):
             columns: dict[str, list[Any]] = {name: [] for name in schema.names}
             texts = batch.column("sample").to_pylist()
             origins = batch.column("origin").to_pylist()
