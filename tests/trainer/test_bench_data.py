@@ -40,7 +40,10 @@ def test_the_data_benchmark_measures_each_side_and_the_restart_reuses(tmp_path: 
     assert set(runs) == {"ours", "ours-again", "trl"}
     for run in runs.values():
         assert run["ok"] and 0 < run["first_step_s"] <= run["second_step_s"], run
-        assert run["peak_tree_mb"] > 100  # torch alone is more: the sampler saw the process
+        # torch alone is more: the sampler saw the process, and the three figures differ as
+        # they must (PSS splits shared pages; anonymous pages leave out mapped files). Each
+        # is its own peak, read a moment apart: RSS may trail PSS by what grew between.
+        assert 1.05 * run["peak_rss_mb"] >= run["peak_pss_mb"] > run["peak_anon_mb"] > 100, run
     logs = {side: (tmp_path / "work" / f"{side}-0" / "log.txt").read_text() for side in runs}
     assert "data: prepared " in logs["ours"] and "data: reused " not in logs["ours"]
     assert "data: reused " in logs["ours-again"] and "data: prepared " not in logs["ours-again"]
