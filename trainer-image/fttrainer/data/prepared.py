@@ -1,14 +1,16 @@
 """The prepared form of a job's data: Arrow files on the node's scratch, written once per
-node and memory-mapped by every rank (nothing about a row stays in a Python object longer
-than its batch).
+node and memory-mapped by every rank for training (nothing about a row stays in a Python
+object longer than its batch). A pass over a whole file streams it instead (stream_arrow):
+mapped pages stay in the reader's RSS.
 
     XDG_CACHE_HOME/finetune/data/
       samples-<key>/     data/prepare.py: read, converted, checked, cleaned and split
         train.arrow validation.arrow test.arrow   sample (JSON), origin, tool flags
         report.json                               the data report
       tokens-<key>/      data/tokens.py: tokenized for one tokenizer and token settings
-        train.arrow ...  SFT: input_ids, labels; DPO/GRPO: the sample's typed columns; row
-        tokens.json                               the token report, the rows kept
+        train.arrow ...  SFT: input_ids, labels; DPO/GRPO: the sample's typed columns
+        train.rows.npy ...                        the rows the token checks kept
+        tokens.json                               the token report
 
 The keys hash what decides the contents (node_cache.py makes the folders, under a lock, with
 a completion marker written last), so a restarted attempt finds them and starts training
