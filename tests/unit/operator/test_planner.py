@@ -919,15 +919,18 @@ def test_where_the_start_went_is_in_status_until_a_later_attempt_takes_its_first
     assert running.startup == first
     # Attempt 1 runs; until its first step its report has no startup: attempt 0's stays.
     restarted = running.model_copy(update={"attempt": 1})
-    again = observe(
-        make(),
-        restarted,
-        at(600),
-        batch_job=make_batch_job(1).obj(),
-        pods=[make_pod(0, attempt=1).obj()],
-        progress=report(attempt=1, step=1),
-    ).status
-    assert again.startup == first
+
+    def during_attempt_1(progress: ProgressReport) -> FineTuneJobStatus:
+        return observe(
+            make(),
+            restarted,
+            at(600),
+            batch_job=make_batch_job(1).obj(),
+            pods=[make_pod(0, attempt=1).obj()],
+            progress=progress,
+        ).status
+
+    assert during_attempt_1(report(attempt=1, step=1)).startup == first
     second = Startup(
         data_seconds=0.4,
         data_reused=True,
@@ -935,24 +938,9 @@ def test_where_the_start_went_is_in_status_until_a_later_attempt_takes_its_first
         first_step_seconds=4.0,
         total_seconds=35.0,
     )
-    stale = observe(
-        make(),
-        restarted,
-        at(600),
-        batch_job=make_batch_job(1).obj(),
-        pods=[make_pod(0, attempt=1).obj()],
-        progress=report(attempt=0, startup=second),
-    ).status
-    assert stale.startup == first  # a late report of another attempt is not taken
-    taken = observe(
-        make(),
-        restarted,
-        at(600),
-        batch_job=make_batch_job(1).obj(),
-        pods=[make_pod(0, attempt=1).obj()],
-        progress=report(attempt=1, startup=second),
-    ).status
-    assert taken.startup == second
+    # A late report of another attempt is not taken.
+    assert during_attempt_1(report(attempt=0, startup=second)).startup == first
+    assert during_attempt_1(report(attempt=1, startup=second)).startup == second
 
 
 def test_success_criteria_met_alone_is_success() -> None:
