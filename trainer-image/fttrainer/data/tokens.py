@@ -218,17 +218,19 @@ def _tokenize(data: PreparedData, work: _Work, tokenizer: Any, folder: Path) -> 
     ]
     workers = min(len(jobs), usable_cpus()) if sum(data.report.splits.values()) > SHARD else 1
     if workers > 1:
-        # spawn, not fork: this process has threads (the watchdog, torch's, the tokenizer's)
-        # whose locks a forked child would inherit held.
+        # This process is one of the workers (every `workers`-th job), the others are
+        # spawned: spawn, not fork, since this process has threads (the watchdog, torch's,
+        # the tokenizer's) whose locks a forked child would inherit held.
+        here = set(range(0, len(jobs), workers))
         context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, _start_worker, (tokenizer, work)) as pool:
-            tallies = pool.starmap(_tokenize_range, jobs, chunksize=1)
+        with context.Pool(workers - 1, _start_worker, (tokenizer, work)) as pool:
+            spawned = [j for i, j in enumerate(jobs) if i not in here]
+            pending = pool.starmap_async(_tokenize_range, spawned, chunksize=1)
+            own = iter(_tokenize_here(tokenizer, work, [jobs[i] for i in sorted(here)]))
+            others = iter(pending.get())
+            tallies = [next(own) if i in here else next(others) for i in range(len(jobs))]
     else:
-        _start_worker(tokenizer, work)
-        try:
-            tallies = [_tokenize_range(*job) for job in jobs]
-        finally:
-            _start_worker(None, None)
+        tallies = _tokenize_here(tokenizer, work, jobs)
     unrenderable = [p for t in tallies for p in t.unrenderable]
     if unrenderable:
         raise DataError(unrenderable)
@@ -291,6 +293,15 @@ def _shard_batches(shards: list[Path], kept: list[Any]) -> Iterator[Any]:
         for batch in stream_arrow(shard):
             kept.append(batch.column("row").to_numpy().copy())  # a view would hold the batch
             yield batch
+
+
+def _tokenize_here(tokenizer: Any, work: _Work, jobs: list[Any]) -> list[_Tally]:
+    """Jobs run in this process, as a worker would run them."""
+    _start_worker(tokenizer, work)
+    try:
+        return [_tokenize_range(*job) for job in jobs]
+    finally:
+        _start_worker(None, None)
 
 
 def _start_worker(tokenizer: Any, work: _Work | None) -> None:
