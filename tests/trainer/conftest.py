@@ -1,4 +1,4 @@
-"""Shared fixtures of the trainer tier: a tiny random-weight Llama and a learnable QA set."""
+"""Shared fixtures of the trainer tier: tiny random-weight models and a learnable QA set."""
 
 from __future__ import annotations
 
@@ -22,3 +22,17 @@ def qa_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(40)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fttrainer.tiny's model of each family (a transformers model type), built when a test
+    first asks for it."""
+    root = tmp_path_factory.mktemp("families")
+
+    class Built(dict[str, Path]):
+        def __missing__(self, arch: str) -> Path:
+            self[arch] = save_tiny_model(arch, root / arch)
+            return self[arch]
+
+    return Built()

@@ -187,3 +187,44 @@ def test_plan_exits_1_when_the_data_has_bad_rows(
     printed = capsys.readouterr()
     assert "bad.jsonl:2" in printed.out + printed.err
     assert "GPU memory per device" in printed.out  # the plan still prints
+
+
+@pytest.mark.parametrize(
+    ("config", "total", "active"),
+    [
+        # Qwen3-30B-A3B: 30.5B parameters, 3.3B active (its model card).
+        ({"model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+          "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
+          "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+          "num_experts_per_tok": 8, "vocab_size": 151936}, 30.5e9, 3.3e9),
+        # gpt-oss-20b: 20.9B parameters, 3.6B active (OpenAI's model card, which leaves the
+        # input embedding out of the active count; Qwen's counts it, as this plan does).
+        ({"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880,
+          "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8,
+          "head_dim": 64, "num_local_experts": 32, "num_experts_per_tok": 4,
+          "vocab_size": 201088}, 20.9e9, 3.6e9 + 201088 * 2880),
+    ],
+)  # fmt: skip
+def test_a_mixture_of_experts_counts_its_experts_and_active_share(
+    config: dict[str, object], total: float, active: float, tmp_path: Path
+) -> None:
+    from transformers import AutoConfig
+
+    from fttrainer.model.adapters import resolve_targets
+    from fttrainer.model.meta import meta_model
+    from fttrainer.model.moe import moe_config
+
+    model_type = config.pop("model_type")
+    AutoConfig.for_model(model_type, **config).save_pretrained(tmp_path)
+    shape = ModelShape.from_pretrained(str(tmp_path))
+    assert shape.parameters == pytest.approx(total, rel=0.01)
+    assert shape.active_parameters == pytest.approx(active, rel=0.03)
+    spec = parse_job(make_job().obj()).spec  # LoRA r=16, all-linear
+    estimate = estimate_memory(shape, spec)
+    meta = meta_model(str(tmp_path))
+    # The plan counts what the trainer will adapt: the attention and every expert.
+    assert (
+        estimate.trainable
+        == resolve_targets(meta, spec, moe_config(meta.config, meta)).lora_parameters
+    )
+    assert any("mixture of experts" in note for note in estimate.notes)

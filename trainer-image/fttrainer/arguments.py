@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ftapi.v1alpha1 import DpoSpec, FineTuneJobSpec
-from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS
+from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS, LORA_SETTINGS_METHODS
 
 from .distributed import check_deepspeed_config, strategy_kwargs
+from .model.adapters import Targets, peft_targets
 from .model.attention import MODEL_ATTENTION
+from .model.moe import MoeConfig
 
 
 def resolve_device(spec: FineTuneJobSpec, *, cuda_available: bool, mps_available: bool) -> str:
@@ -327,19 +329,27 @@ def responses_only(spec: FineTuneJobSpec) -> bool:
     return dataset.format != "plain_text"
 
 
-def peft_config_kwargs(spec: FineTuneJobSpec) -> tuple[str, dict[str, Any]] | None:
-    """(PEFT config class name, its kwargs), or None when no adapter is trained."""
+def peft_config_kwargs(
+    spec: FineTuneJobSpec, targets: Targets | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """(PEFT config class name, its kwargs), or None when no adapter is trained. `targets`:
+    what the LoRA adapts, resolved against the loaded model (fttrainer.model.adapters);
+    without them, the spec's names as they are."""
     method = spec.method
     if method.type in ("lora", "qlora", "dora"):
         lora = method.effective_lora()
-        targets: str | list[str] = (
-            "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
-        )
+        named: dict[str, Any] = {
+            "target_modules": "all-linear"
+            if lora.target_modules == ["all-linear"]
+            else list(lora.target_modules)
+        }
+        if targets is not None:
+            named = peft_targets(targets, r=lora.r, alpha=lora.alpha)
         kwargs: dict[str, Any] = {
             "r": lora.r,
             "lora_alpha": lora.alpha,
             "lora_dropout": lora.dropout,
-            "target_modules": targets,
+            **named,
             "bias": lora.bias,
             "use_rslora": lora.rslora,
             "use_dora": method.type == "dora",
@@ -366,6 +376,21 @@ def peft_config_kwargs(spec: FineTuneJobSpec) -> tuple[str, dict[str, Any]] | No
             kwargs["prompt_tuning_init_text"] = prompt.init_text
         return "PromptTuningConfig", kwargs
     return None
+
+
+def router_loss_kwargs(spec: FineTuneJobSpec, moe: MoeConfig | None) -> dict[str, Any]:
+    """TRL's router_aux_loss_coef (SFT and DPO). A frozen router's load-balancing loss
+    would only push the adapters to reroute tokens, so it is off (0) for every method but
+    full fine-tuning (TRL's default there: the model's own coefficient) and a LoRA with
+    lora.trainRouter (the spec's coefficient, else the model's)."""
+    method = spec.method
+    if moe is None or spec.trainer.type == "grpo" or method.type == "full":
+        return {}
+    lora = method.effective_lora()
+    if method.type in LORA_SETTINGS_METHODS and lora.train_router:
+        coef = lora.router_aux_loss_coef
+        return {"router_aux_loss_coef": moe.aux_loss_coef if coef is None else coef}
+    return {"router_aux_loss_coef": 0.0}
 
 
 # PyTorch's default collective timeout, kept when stall detection is off.

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Check a config; print every problem with its field path (and the key you wrote).",
     )  # fmt: skip
     validate.add_argument(
-        "--spec-only", action="store_true", help="check the config but do not read the data"
+        "--spec-only",
+        action="store_true",
+        help="check the config but do not read the data or the model's config",
     )
     run = config_command(
         commands, "run", _run, "fine-tune locally, exactly as the config says",
@@ -346,7 +348,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def checked(args: argparse.Namespace) -> Loaded | None:
     """`finetune validate` as a function (what it prints, it prints): the loaded job when the
-    config, its distributed settings and (unless --spec-only or remote) its data are valid.
+    config, its distributed settings and (unless --spec-only) the model's config (where it
+    is here) and the data (unless remote) are valid.
     `finetune submit` calls it before anything leaves the machine."""
     loaded = _load(args)
     if loaded is None:
@@ -359,9 +362,11 @@ def checked(args: argparse.Namespace) -> Loaded | None:
     )
     if _check_distributed(spec):
         return None
-    if getattr(args, "spec_only", False) or _validate_data(spec) == 0:
+    if getattr(args, "spec_only", False):
         return loaded
-    return None
+    data_valid = _validate_data(spec) == 0
+    model_valid = _check_model(spec) == 0
+    return loaded if data_valid and model_valid else None
 
 
 def _check_distributed(spec: Any) -> int:
@@ -377,6 +382,31 @@ def _check_distributed(spec: Any) -> int:
         print(exc, file=sys.stderr)
         return 1
     return 0
+
+
+def _check_model(spec: Any) -> int:
+    """What the trainer reads from the model's config before its weights (its kind, what
+    the adapter adapts, a method it cannot serve), where the config is here: a folder or
+    the hub cache (an s3:// or uncached hub model is read when the run starts)."""
+    from .model.adapters import plan_model
+    from .model.meta import meta_model
+
+    model = spec.model
+    if model.name.startswith("s3://"):
+        return 0
+    try:
+        meta = meta_model(model.name, revision=model.revision,
+                          trust_remote_code=model.trust_remote_code, local_only=True)  # fmt: skip
+    except Exception as exc:  # not cached, an unknown architecture, remote code refused
+        print(f"model: not read here ({type(exc).__name__}); checked when the run starts")
+        return 0
+    plan = plan_model(meta, spec)
+    print(f"model: {plan.kind}")
+    if plan.targets is not None:
+        print(plan.targets.render())
+    for reason in plan.refused:
+        print(f"spec.method: {reason}", file=sys.stderr)
+    return 1 if plan.refused else 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,11 +16,13 @@ DPO or GRPO.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from .arguments import (
     resolve_partial_checkpointing,
     resolve_precision,
     responses_only,
+    router_loss_kwargs,
     trainer_config_kwargs,
 )
 from .artefacts import plot_loss_curve
@@ -66,9 +69,12 @@ from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .faults import Faults, with_faults
 from .hub import push_to_hub, push_token
+from .model.adapters import ModelPlan, plan_model, resolve_targets
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
 from .model.memory_plan import ModelShape, checkpointed_layers_to_fit
+from .model.meta import meta_model
+from .model.moe import routers
 from .model.sources import localized
 from .model.spectrum import apply_spectrum
 from .progress import ProgressReporter
@@ -169,6 +175,7 @@ class Recipe:
         self.trainer: Any = None
         self.token_report: TokenReport | None = None
         self.evaluator: Evaluator | None = None
+        self.plan = ModelPlan(moe=None, targets=None, refused=[], kind="not read yet")
         # What the trackers in logging.reportTo read; no credentials (those come from Secrets).
         self.tracker_env = tracker_env(
             spec.logging, job_name=job.name, output_dir=output_dir.absolute()
@@ -227,6 +234,9 @@ class Recipe:
         # model loads, so that a bad one fails in seconds.
         self.evaluator = Evaluator(self.spec, self.tokenizer, self.data, self.output_dir)
         self.evaluator.load_inputs()
+        # The model as its config describes it: a method it cannot serve fails here, in
+        # seconds, before its weights are read.
+        self.plan = self._plan_model()
         self.model = self._setup_model()
         # Everything measured besides the loss, "before" first: the base model's answers to
         # the evaluation prompts and its task scores, while the weights are still the base's.
@@ -262,6 +272,20 @@ class Recipe:
             tokenizer.chat_template = CHAT_TEMPLATE
             log.info("the tokenizer has no chat template: using ChatML")
         return tokenizer
+
+    def _plan_model(self) -> ModelPlan:
+        model = self.spec.model
+        plan = plan_model(
+            meta_model(model.name, revision=model.revision,
+                       trust_remote_code=model.trust_remote_code),
+            self.spec,
+        )  # fmt: skip
+        if plan.refused:
+            raise ValueError("spec.method: " + "; ".join(plan.refused))
+        log.info("model: %s", plan.kind)
+        if plan.targets is not None:
+            log.info("%s", plan.targets.render())
+        return plan
 
     def _setup_model(self) -> Any:
         import torch
@@ -305,7 +329,8 @@ class Recipe:
                 model, use_gradient_checkpointing=bool(self.spec.training.gradient_checkpointing)
             )
         if method.type == "spectrum":
-            trainable = apply_spectrum(model, method.spectrum or SpectrumSpec())
+            frozen = routers(model, self.plan.moe) if self.plan.moe else []
+            trainable = apply_spectrum(model, method.spectrum or SpectrumSpec(), frozen=frozen)
             log.info(
                 "spectrum: training %d matrices:\n  %s", len(trainable), "\n  ".join(trainable)
             )
@@ -351,7 +376,13 @@ class Recipe:
             kwargs["torch_compile"], kwargs["optim"],
         )  # fmt: skip
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
-        peft_kwargs = peft_config_kwargs(self.spec)
+        # What the adapter adapts, on the loaded model (the plan's names, now with weights).
+        targets = None
+        if self.plan.targets is not None:
+            targets = resolve_targets(self.model, self.spec, self.plan.moe)
+            self.plan = dataclasses.replace(self.plan, targets=targets)
+        peft_kwargs = peft_config_kwargs(self.spec, targets)
+        kwargs.update(router_loss_kwargs(self.spec, self.plan.moe))
         extra: dict[str, Any] = {}
         if self.spec.trainer.type == "grpo":
             assert self.spec.trainer.grpo is not None
@@ -408,15 +439,21 @@ class Recipe:
         hooks = self.evaluator.log_hooks()  # perplexity, MCQ scores at every evaluation
         if hooks:
             trainer_type = with_log_hooks(trainer_type, hooks)
-        return trainer_type(
-            model=self.model,
-            args=getattr(trl, config_class)(**kwargs),
-            train_dataset=train,
-            eval_dataset=validation if self.spec.evaluation.strategy != "no" else None,
-            processing_class=self.tokenizer,
-            peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1]) if peft_kwargs else None,
-            **extra,
-        )
+        with warnings.catch_warnings():
+            # PEFT checks alpha_pattern against the modules it wraps, not the parameters: the
+            # fused gate/up experts' pattern applies and is reported as unmatched.
+            warnings.filterwarnings("ignore", "The following alpha_pattern keys did not match")
+            return trainer_type(
+                model=self.model,
+                args=getattr(trl, config_class)(**kwargs),
+                train_dataset=train,
+                eval_dataset=validation if self.spec.evaluation.strategy != "no" else None,
+                processing_class=self.tokenizer,
+                peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1])
+                if peft_kwargs
+                else None,
+                **extra,
+            )
 
     def _checkpointing_plan(self, cuda: bool) -> tuple[int, int] | None:
         """(decoder layers to checkpoint, all of them): the memory plan against this
@@ -602,6 +639,8 @@ class Recipe:
             "data": self.data.report.splits,
             "startup": self.startup_clock.startup.to_dict(),
         }
+        if self.plan.targets is not None:
+            result_file["adapter"] = self.plan.targets.summary()
         curve = plot_loss_curve(
             result.step_metrics, epoch_metrics, self.output_dir / "loss_curve.png"
         )
@@ -738,7 +777,9 @@ class Recipe:
 
     def _save_merged(self, adapter_dir: Path) -> Path:
         """Base + adapter merged into plain weights. The base is reloaded unquantized, so a
-        QLoRA adapter merges into full-precision weights rather than into 4-bit ones."""
+        QLoRA adapter merges into full-precision weights rather than into 4-bit ones; a base
+        saved already quantized (bitsandbytes, the `-bnb-4bit` checkpoints) is dequantized
+        first, and the merged model is a plain one in its compute dtype."""
         import peft
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -749,6 +790,9 @@ class Recipe:
             model_spec.name, revision=model_spec.revision, dtype=dtype,
             trust_remote_code=model_spec.trust_remote_code,
         )  # fmt: skip
+        prequantized = getattr(base, "hf_quantizer", None) is not None
+        if prequantized:
+            base = base.dequantize()
         embeddings: Any = base.get_input_embeddings()
         if len(self.tokenizer) > embeddings.weight.shape[0]:
             base.resize_token_embeddings(len(self.tokenizer))
@@ -763,7 +807,8 @@ class Recipe:
             if isinstance(saved, torch.dtype) and saved.is_floating_point:
                 merged = merged.to(saved)
         merged_dir = self.output_dir / "merged"
-        merged.save_pretrained(str(merged_dir))
+        # A dequantized base cannot be saved back in its checkpoint's (quantized) layout.
+        merged.save_pretrained(str(merged_dir), save_original_format=not prequantized)
         self.tokenizer.save_pretrained(str(merged_dir))
         return merged_dir
 

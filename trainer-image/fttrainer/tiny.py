@@ -1,8 +1,9 @@
 """Tiny random-weight models of real architectures, with a tokenizer trained on the spot.
 
 No model hub is needed: the quick start and the tests fine-tune these. They are real
-transformers models (Llama, GPT-2, Qwen2), so every code path (PEFT target modules, chat
-templates, quantization config, saving) is the one a 7B model takes, just ~100k parameters.
+transformers models (Llama, GPT-2, Qwen2, and the mixture-of-experts families), so every code
+path (PEFT target modules, chat templates, quantization config, saving) is the one a 7B
+model takes, just ~100k parameters.
 
     python -m fttrainer.tiny --arch llama --output .quickstart/tiny-llama
 """
@@ -16,7 +17,42 @@ from typing import Any
 
 from .templates import CHAT_TEMPLATE
 
-ARCHITECTURES = ("llama", "gpt2", "qwen2")
+DENSE_ARCHITECTURES = (
+    "llama", "gpt2", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "olmo2",
+    "gpt_neox",
+)  # fmt: skip
+# Mixture-of-experts families (transformers model types), each with a dense first layer or
+# shared experts where the family has them, so every kind of MLP is in the tiny model.
+MOE_ARCHITECTURES = (
+    "qwen3_moe", "qwen2_moe", "mixtral", "gpt_oss", "deepseek_v3", "olmoe", "llama4_text",
+    "granitemoe", "phimoe", "glm4_moe", "ernie4_5_moe", "qwen3_next", "jamba", "dbrx",
+)  # fmt: skip
+ARCHITECTURES = DENSE_ARCHITECTURES + MOE_ARCHITECTURES
+# A tiny size for every field any family has (set where the family's config has the field).
+TINY = {
+    "hidden_size": 64, "intermediate_size": 64, "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32, "intermediate_size_mlp": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "max_position_embeddings": 1024, "num_local_experts": 4, "num_experts": 4,
+    "n_routed_experts": 4, "moe_num_experts": 4, "num_experts_per_tok": 2, "moe_k": 2,
+    "n_shared_experts": 1, "moe_num_shared_experts": 1, "first_k_dense_replace": 1,
+    "moe_layer_start_index": 1, "n_group": 1, "topk_group": 1, "kv_lora_rank": 16,
+    "q_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 16,
+    "sliding_window": 16, "linear_num_value_heads": 4, "linear_num_key_heads": 2,
+    "linear_key_head_dim": 16, "linear_value_head_dim": 16, "use_mamba_kernels": False,
+    "mamba_d_state": 8, "mamba_dt_rank": 8, "attn_layer_period": 2, "attn_layer_offset": 1,
+    "expert_layer_period": 1, "expert_layer_offset": 0, "tie_word_embeddings": False,
+}  # fmt: skip
+TINY_FAMILY = {  # what a family needs besides: per-layer kinds, MLA's one K/V per head
+    "gpt_oss": {"layer_types": ["sliding_attention", "full_attention"]},
+    "qwen3_next": {"layer_types": ["linear_attention", "full_attention"]},
+    "deepseek_v3": {"num_key_value_heads": 4},
+}
+TINY_DBRX = {  # DBRX nests its settings; transformers 5.23 reads rope_theta and clip_qkv
+    "d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 1024,
+    "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+    "ffn_config": {"ffn_hidden_size": 32, "moe_num_experts": 4, "moe_top_k": 2},
+}  # fmt: skip
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 DEFAULT_CORPUS = (
@@ -80,10 +116,25 @@ def build_model(
         )  # fmt: skip
     elif arch == "gpt2":
         config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=1024, **ids)
+    elif arch in ARCHITECTURES:
+        config = family_config(arch, ids)
     else:
         raise ValueError(f"unknown architecture {arch!r}: choose from {ARCHITECTURES}")
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+
+
+def family_config(arch: str, ids: dict[str, Any]) -> Any:
+    """A two-layer config of the family `arch` (a transformers model type); four experts,
+    two per token, for a mixture of experts."""
+    from transformers import AutoConfig
+
+    if arch == "dbrx":
+        return AutoConfig.for_model(arch, **TINY_DBRX, **ids)
+    defaults = AutoConfig.for_model(arch)
+    kwargs = {k: v for k, v in TINY.items() if hasattr(defaults, k)}
+    kwargs.update(TINY_FAMILY.get(arch, {}))
+    return AutoConfig.for_model(arch, **kwargs, **ids)
 
 
 def save_tiny_model(arch: str, output: Path, *, corpus: Iterable[str] = DEFAULT_CORPUS) -> Path:

@@ -59,8 +59,22 @@ class LoraSpec(ApiModel):
     """Rank-stabilised LoRA: scale by alpha/sqrt(r), which keeps large ranks stable."""
     loftq: LoftQ | None = None
     """Initialise with LoftQ (use instead of, not with, a 4-bit quantized base)."""
+    train_router: bool = False
+    """Mixture-of-experts models: also adapt the routers (off: the routers stay frozen, as
+    the MoE recipes of Unsloth and NeMo AutoModel keep them). When on, the router's
+    load-balancing loss is added to the training loss, weighted by routerAuxLossCoef."""
+    router_aux_loss_coef: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    """With trainRouter: the weight of the router's load-balancing loss; unset: the
+    model's own (router_aux_loss_coef in its config, 0.001 for most families)."""
 
     rules = (
+        Rule(
+            cel="!has(self.routerAuxLossCoef) || self.trainRouter",
+            message="routerAuxLossCoef weights the loss of a trained router: set trainRouter: "
+            "true, or remove it",
+            check=lambda lora: lora.router_aux_loss_coef is None or lora.train_router,
+            field=".routerAuxLossCoef",
+        ),
         Rule(
             cel="!('all-linear' in self.targetModules) || size(self.targetModules) == 1",
             message="all-linear already names every linear layer: list it alone",

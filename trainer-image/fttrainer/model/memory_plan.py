@@ -22,6 +22,10 @@ from typing import Any
 from ftapi.v1alpha1 import DeepSpeedSpec, FineTuneJobSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS, LORA_METHODS
 
+from .adapters import names_expert, parameter_lora_size
+from .meta import meta_model
+from .moe import expert_parameters, moe_config, routers
+
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
 LORA_DROPOUT_BYTES = 4  # per adapted input feature and token: bf16 copy + mask, rounded up
@@ -40,21 +44,35 @@ class ModelShape:
     hidden: int
     vocab: int
     linears: tuple[tuple[str, int, int], ...]  # (name, in, out) of every Linear in the blocks
+    experts: tuple[tuple[str, int, int, int], ...] = ()
+    """(name, experts, dim 1, dim 2) of every fused expert matrix of an MoE model."""
+    per_token: int = 0
+    """Experts each token is routed to (0: a dense model)."""
 
     @classmethod
     def from_pretrained(cls, name: str, *, trust_remote_code: bool = False) -> ModelShape:
         """Instantiate on the meta device: exact shapes, no memory, no weights read."""
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        return cls.of(meta_model(name, trust_remote_code=trust_remote_code))
 
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
+    @classmethod
+    def of(cls, model: Any) -> ModelShape:
+        """The shape of `model` (meta-device or loaded)."""
+        import torch
+
+        config = model.config
+        moe = moe_config(config, model)
+        skipped = tuple(f"{r}." for r in routers(model, moe)) if moe else ()
         linears = tuple(
             (n, m.in_features, m.out_features)
             for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+            if isinstance(m, torch.nn.Linear)
+            and "lm_head" not in n
+            and not f"{n}.".startswith(skipped)
         )
+        shapes = dict(model.named_parameters())
+        experts = tuple(
+            (n, *(int(d) for d in shapes[n].shape)) for n in expert_parameters(model, moe)
+        ) if moe else ()  # fmt: skip
         hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
         layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
         return cls(
@@ -63,7 +81,18 @@ class ModelShape:
             hidden=hidden,
             vocab=int(config.vocab_size),
             linears=linears,
+            experts=experts,  # type: ignore[arg-type]
+            per_token=(moe.per_token or moe.experts) if moe else 0,
         )
+
+    @property
+    def active_parameters(self) -> int:
+        """Parameters a token passes through: all but the experts it is not routed to."""
+        if not self.experts:
+            return self.parameters
+        expert = sum(e * a * b for _, e, a, b in self.experts)
+        count = self.experts[0][1]
+        return self.parameters - expert + expert * min(self.per_token, count) // count
 
 
 @dataclass
@@ -152,6 +181,13 @@ def estimate_memory(
         )
     elif checkpointed:
         notes.append("activation checkpointing on")
+    if shape.experts:
+        notes.append(
+            f"mixture of experts: {shape.experts[0][1]} experts, {shape.per_token} per token; "
+            f"~{shape.active_parameters:,} of {shape.parameters:,} parameters active per "
+            "token, every expert's weights held; activations as for a dense model of the "
+            "same hidden size"
+        )
     if dropout_per_layer and kept:
         saved = dropout_per_layer * kept / GIB
         notes.append(f"LoRA dropout keeps {saved:.1f} GiB of activations; dropout 0 would not")
@@ -201,7 +237,9 @@ def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
         return shape.parameters
     if method.type == "spectrum":
         fraction = (method.spectrum.effective_top_fraction() if method.spectrum else 0.25) or 0.25
-        return int(sum(i * o for _, i, o in shape.linears) * fraction)
+        matrices = sum(i * o for _, i, o in shape.linears)
+        matrices += sum(e * a * b for _, e, a, b in shape.experts)
+        return int(matrices * fraction)
     if method.type in ("prefix", "prompt"):
         tokens = (
             method.effective_prefix().num_virtual_tokens
@@ -211,7 +249,15 @@ def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
         per_token = 2 * shape.layers * shape.hidden if method.type == "prefix" else shape.hidden
         return tokens * per_token
     lora = method.effective_lora()
-    return sum(lora.r * (i + o) for i, o in _adapted_linears(shape, spec))
+    names = lora.target_modules
+    experts = [
+        (name, e, a, b)
+        for name, e, a, b in shape.experts
+        if names == ["all-linear"] or any(names_expert(name, [t], set()) for t in names)
+    ]
+    return sum(lora.r * (i + o) for i, o in _adapted_linears(shape, spec)) + sum(
+        parameter_lora_size((e, a, b), lora.r, name) for name, e, a, b in experts
+    )
 
 
 def _adapted_linears(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[int, int]]:

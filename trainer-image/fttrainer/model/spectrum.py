@@ -6,13 +6,16 @@ sigma * (sqrt(m) + sqrt(n)), with the noise scale sigma estimated robustly from 
 spread (interquartile range) of the entries. Singular values above the edge are signal,
 those below noise; SNR = signal mass / noise mass. Within each module type (q_proj,
 mlp.down_proj, ...) the matrices are ranked by SNR and the top fraction (or all above a
-threshold) are unfrozen; everything else stays frozen.
+threshold) are unfrozen; everything else stays frozen. In a mixture-of-experts model a
+fused expert parameter (experts x out x in) is one matrix scored by its experts' mean SNR,
+and the routers are never selected (they stay as trained, as with LoRA).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +52,22 @@ def matrix_snr(weight: Any) -> float:
     return signal / max(noise, 1e-12)
 
 
-def score_matrices(model: Any) -> list[MatrixScore]:
-    """SNR of every 2-D weight inside the transformer blocks (embeddings and head excluded)."""
+def score_matrices(model: Any, frozen: Sequence[str] = ()) -> list[MatrixScore]:
+    """SNR of every weight matrix inside the transformer blocks (embeddings and head
+    excluded), and of every fused expert parameter (experts x out x in) as the mean of its
+    experts' SNRs; nothing inside the `frozen` modules (an MoE model's routers)."""
+    inside = tuple(f"{name}." for name in frozen)
     scores = []
     for name, parameter in model.named_parameters():
-        if parameter.ndim != 2 or not LAYER_INDEX.search(name) or not name.endswith(".weight"):
+        if not LAYER_INDEX.search(name) or name.startswith(inside):
             continue
-        scores.append(MatrixScore(name, module_type(name), matrix_snr(parameter)))
+        if parameter.ndim == 2 and name.endswith(".weight"):
+            snr = matrix_snr(parameter)
+        elif parameter.ndim == 3:
+            snr = sum(matrix_snr(expert) for expert in parameter) / parameter.shape[0]
+        else:
+            continue
+        scores.append(MatrixScore(name, module_type(name), snr))
     return scores
 
 
@@ -71,13 +83,14 @@ def select_parameters(scores: list[MatrixScore], spectrum: SpectrumSpec) -> list
     return chosen
 
 
-def apply_spectrum(model: Any, spectrum: SpectrumSpec) -> list[str]:
-    """Freeze everything but the selected matrices; returns what stays trainable."""
+def apply_spectrum(model: Any, spectrum: SpectrumSpec, *, frozen: Sequence[str] = ()) -> list[str]:
+    """Freeze everything but the selected matrices; returns what stays trainable. SNR
+    selection never picks inside `frozen` modules (explicit targetParameters may)."""
     if spectrum.target_parameters:
         patterns = [re.compile(p) for p in spectrum.target_parameters]
         names = [n for n, _ in model.named_parameters() if any(p.search(n) for p in patterns)]
     else:
-        names = select_parameters(score_matrices(model), spectrum)
+        names = select_parameters(score_matrices(model, frozen), spectrum)
     if not names:
         raise ValueError("spectrum selected no parameters: lower snrThreshold or fix the patterns")
     selected = set(names)
