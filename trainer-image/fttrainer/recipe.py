@@ -106,6 +106,8 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, TORCH_DTYPES[name])
 
 
+UNPLANNED = "not read yet"
+"""ModelPlan.kind until the model is read."""
 # trainer.type -> (TRL config class, TRL trainer class)
 TRAINERS = {
     "sft": ("SFTConfig", "SFTTrainer"),
@@ -175,7 +177,7 @@ class Recipe:
         self.trainer: Any = None
         self.token_report: TokenReport | None = None
         self.evaluator: Evaluator | None = None
-        self.plan = ModelPlan(moe=None, targets=None, refused=[], kind="not read yet")
+        self.plan = ModelPlan(moe=None, targets=None, refused=[], kind=UNPLANNED)
         # What the trackers in logging.reportTo read; no credentials (those come from Secrets).
         self.tracker_env = tracker_env(
             spec.logging, job_name=job.name, output_dir=output_dir.absolute()
@@ -238,6 +240,8 @@ class Recipe:
         # seconds, before its weights are read.
         self.plan = self._plan_model()
         self.model = self._setup_model()
+        if self.plan.kind == UNPLANNED:  # planned on the loaded model instead, still pre-training
+            self.plan = self._plan_model(self.model)
         # Everything measured besides the loss, "before" first: the base model's answers to
         # the evaluation prompts and its task scores, while the weights are still the base's.
         self.evaluator.before_training(self.model)
@@ -273,13 +277,19 @@ class Recipe:
             log.info("the tokenizer has no chat template: using ChatML")
         return tokenizer
 
-    def _plan_model(self) -> ModelPlan:
+    def _plan_model(self, loaded: Any = None) -> ModelPlan:
+        """The plan on the model built from its config on the meta device, or on `loaded`
+        where a model cannot be built so (then the refusals come after loading, still
+        before any step)."""
         model = self.spec.model
-        plan = plan_model(
-            meta_model(model.name, revision=model.revision,
-                       trust_remote_code=model.trust_remote_code),
-            self.spec,
-        )  # fmt: skip
+        if loaded is None:
+            try:
+                loaded = meta_model(model.name, revision=model.revision,
+                                    trust_remote_code=model.trust_remote_code)  # fmt: skip
+            except Exception as exc:  # an architecture that cannot be built on meta
+                log.warning("model: not built from its config (%s); planned once loaded", exc)
+                return dataclasses.replace(self.plan, kind=UNPLANNED)
+        plan = plan_model(loaded, self.spec)
         if plan.refused:
             raise ValueError("spec.method: " + "; ".join(plan.refused))
         log.info("model: %s", plan.kind)

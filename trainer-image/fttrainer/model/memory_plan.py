@@ -9,6 +9,9 @@ transformer layer with flash/SDPA attention (no s^2 term): ~34·s·b·h bytes pe
 recompute. A GPU run checkpoints only as many layers as it needs to fit
 (`checkpointed_layers_to_fit`).
 
+A mixture of experts holds every expert's weights, and its LoRA has r per expert in each
+fused expert matrix; its activations are counted as a dense model's of the same hidden size.
+
 It is an estimate (within ~20% on the architectures we tried), meant for planning, not a
 guarantee: allocator fragmentation and framework buffers vary.
 """
@@ -253,7 +256,7 @@ def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
     experts = [
         (name, e, a, b)
         for name, e, a, b in shape.experts
-        if names == ["all-linear"] or any(names_expert(name, [t], set()) for t in names)
+        if names == ["all-linear"] or names_expert(name, list(names), set())
     ]
     return sum(lora.r * (i + o) for i, o in _adapted_linears(shape, spec)) + sum(
         parameter_lora_size((e, a, b), lora.r, name) for name, e, a, b in experts
