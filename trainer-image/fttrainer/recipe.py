@@ -802,7 +802,7 @@ class Recipe:
         )  # fmt: skip
         prequantized = getattr(base, "hf_quantizer", None) is not None
         if prequantized:
-            base = base.dequantize()
+            base = base.dequantize()  # type: ignore[no-untyped-call]
         embeddings: Any = base.get_input_embeddings()
         if len(self.tokenizer) > embeddings.weight.shape[0]:
             base.resize_token_embeddings(len(self.tokenizer))

@@ -43,7 +43,8 @@ TINY = {
     "mamba_d_state": 8, "mamba_dt_rank": 8, "attn_layer_period": 2, "attn_layer_offset": 1,
     "expert_layer_period": 1, "expert_layer_offset": 0, "tie_word_embeddings": False,
 }  # fmt: skip
-TINY_FAMILY = {  # what a family needs besides: per-layer kinds, MLA's one K/V per head
+# What a family needs besides: per-layer kinds, MLA's one K/V per head.
+TINY_FAMILY: dict[str, dict[str, Any]] = {
     "gpt_oss": {"layer_types": ["sliding_attention", "full_attention"]},
     "qwen3_next": {"layer_types": ["linear_attention", "full_attention"]},
     "deepseek_v3": {"num_key_value_heads": 4},
@@ -132,7 +133,7 @@ def family_config(arch: str, ids: dict[str, Any]) -> Any:
     if arch == "dbrx":
         return AutoConfig.for_model(arch, **TINY_DBRX, **ids)
     defaults = AutoConfig.for_model(arch)
-    kwargs = {k: v for k, v in TINY.items() if hasattr(defaults, k)}
+    kwargs: dict[str, Any] = {k: v for k, v in TINY.items() if hasattr(defaults, k)}
     kwargs.update(TINY_FAMILY.get(arch, {}))
     return AutoConfig.for_model(arch, **kwargs, **ids)
 

@@ -15,7 +15,6 @@ PEFT leaves alone, and an adapter saved this way loads back the same.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -291,12 +290,17 @@ def _weight_read_directly(model: Any, name: str) -> bool:
     )
 
 
-@functools.cache
+_SOURCES: dict[type, str] = {}
+
+
 def _class_source(cls: type) -> str:
-    try:
-        return inspect.getsource(cls)
-    except (OSError, TypeError):
-        return ""
+    """The class's source, once per class (inspect parses the whole module each time)."""
+    if cls not in _SOURCES:
+        try:
+            _SOURCES[cls] = inspect.getsource(cls)
+        except (OSError, TypeError):
+            _SOURCES[cls] = ""
+    return _SOURCES[cls]
 
 
 def _fan(module: Any, conv1d: type) -> tuple[int, int]:

@@ -82,7 +82,7 @@ def routers(model: Any, moe: MoeConfig) -> list[str]:
     """Names of the router modules: instances of the recorded classes small enough to be a
     router (an experts x hidden matrix, a bias and a score correction), which leaves out
     JetMoE's attention, also recorded as routing."""
-    classes = router_classes(model)
+    classes: tuple[Any, ...] = router_classes(model)
     if not classes:
         return []
     hidden = int(getattr(text_config(model.config), "hidden_size", 0) or 0)
