@@ -85,6 +85,9 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "lora settings on full": (
         make_job().set("method", {"type": "full", "lora": {"r": 8}}).obj(),
         "spec.method.lora", "only used by type lora"),
+    "router loss weight without a trained router": (
+        make_job().set("method", {"type": "lora", "lora": {"routerAuxLossCoef": 0.01}}).obj(),
+        "spec.method.lora.routerAuxLossCoef", "weights the loss of a trained router"),
     "loftq with qlora": (
         make_job().set("method", {"type": "qlora", "lora": {"loftq": {"bits": 4}}}).obj(),
         "spec.method.lora.loftq", "replaces quantizing"),

@@ -87,6 +87,7 @@ def test_flat_defaults_are_the_tools_own() -> None:
         "modulesToSave": [],
         "bias": "none",
         "rslora": False,
+        "trainRouter": False,
     }
     assert spec["dataset"]["split"] == {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 42}
     assert (spec["evaluation"]["strategy"], spec["evaluation"]["steps"]) == ("steps", 100)

@@ -10,7 +10,8 @@ recompute. A GPU run checkpoints only as many layers as it needs to fit
 (`checkpointed_layers_to_fit`).
 
 A mixture of experts holds every expert's weights, and its LoRA has r per expert in each
-fused expert matrix; its activations are counted as a dense model's of the same hidden size.
+fused expert matrix; its activations are counted as a dense model's of the same hidden size,
+which reads low (docs/trainer.md, the memory plan).
 
 It is an estimate (within ~20% on the architectures we tried), meant for planning, not a
 guarantee: allocator fragmentation and framework buffers vary.
@@ -188,8 +189,8 @@ def estimate_memory(
         notes.append(
             f"mixture of experts: {shape.experts[0][1]} experts, {shape.per_token} per token; "
             f"~{shape.active_parameters:,} of {shape.parameters:,} parameters active per "
-            "token, every expert's weights held; activations as for a dense model of the "
-            "same hidden size"
+            "token, every expert's weights held; activations counted as a dense model's, "
+            "which reads low for MoE layers (2.6-5x that measured on CPU): leave a margin"
         )
     if dropout_per_layer and kept:
         saved = dropout_per_layer * kept / GIB
