@@ -25,10 +25,12 @@ SECURE = {
 
 
 def _pod(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> Any:
-    # Bound to no real node: no scheduler, no kubelet, only the changes made here.
+    # Left to a scheduler that does not exist: no scheduler, no kubelet, only the changes
+    # made here. (Bound to a missing node instead, the pod GC deletes it after 40 s, which a
+    # loaded machine reaches before the test deletes it itself.)
     return {
         "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
-        "spec": {"nodeName": "fto-no-such-node", "containers": [
+        "spec": {"schedulerName": "fto-no-such-scheduler", "containers": [
             {"name": "c", "image": "registry.invalid/none:0", "securityContext": SECURE}]},
     }  # fmt: skip
 

@@ -10,7 +10,13 @@ PEFT gets explicit names, never the `all-linear` shorthand: on the MoE families 
 layout changed in transformers 5 PEFT rewrites its targets (it adds the router and drops
 every dense and shared-expert MLP named gate_proj/up_proj/down_proj). Linear layers with
 those names in an MoE model are therefore adapted through their weight parameter, which
-PEFT leaves alone, and an adapter saved this way loads back the same.
+PEFT leaves alone, and an adapter saved this way loads back the same. A linear layer whose
+weight the model's code reads as a tensor (Jamba's `dt_proj`) is never adapted: no LoRA
+form would run there.
+
+`plan_model` also holds what the architecture, or TRL and PEFT on it, cannot serve whatever
+the targets (prefix tuning without plain keys and values, layouts TRL 1.16 does not read):
+every refusal is decided here, before the weights load.
 """
 
 from __future__ import annotations
