@@ -395,8 +395,12 @@ def _check_model(spec: Any) -> int:
     if model.name.startswith("s3://"):
         return 0
     try:
-        meta = meta_model(model.name, revision=model.revision,
-                          trust_remote_code=model.trust_remote_code, local_only=True)  # fmt: skip
+        meta = meta_model(
+            model.name,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            local_only=True,
+        )
     except Exception as exc:  # not cached, an unknown architecture, remote code refused
         print(f"model: not read here ({type(exc).__name__}); checked when the run starts")
         return 0

@@ -69,7 +69,7 @@ from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .faults import Faults, with_faults
 from .hub import push_to_hub, push_token
-from .model.adapters import ModelPlan, plan_model, resolve_targets
+from .model.adapters import ModelPlan, plan_model
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
 from .model.memory_plan import ModelShape, checkpointed_layers_to_fit
@@ -284,8 +284,9 @@ class Recipe:
         model = self.spec.model
         if loaded is None:
             try:
-                loaded = meta_model(model.name, revision=model.revision,
-                                    trust_remote_code=model.trust_remote_code)  # fmt: skip
+                loaded = meta_model(
+                    model.name, revision=model.revision, trust_remote_code=model.trust_remote_code
+                )
             except Exception as exc:  # an architecture that cannot be built on meta
                 log.warning("model: not built from its config (%s); planned once loaded", exc)
                 return dataclasses.replace(self.plan, kind=UNPLANNED)
@@ -386,12 +387,8 @@ class Recipe:
             kwargs["torch_compile"], kwargs["optim"],
         )  # fmt: skip
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
-        # What the adapter adapts, on the loaded model (the plan's names, now with weights).
-        targets = None
-        if self.plan.targets is not None:
-            targets = resolve_targets(self.model, self.spec, self.plan.moe)
-            self.plan = dataclasses.replace(self.plan, targets=targets)
-        peft_kwargs = peft_config_kwargs(self.spec, targets)
+        # What the adapter adapts: the plan's names, the loaded model's too.
+        peft_kwargs = peft_config_kwargs(self.spec, self.plan.targets)
         kwargs.update(router_loss_kwargs(self.spec, self.plan.moe))
         extra: dict[str, Any] = {}
         if self.spec.trainer.type == "grpo":

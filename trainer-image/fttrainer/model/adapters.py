@@ -3,8 +3,8 @@
 `all-linear` means every linear layer but the output head and, in a mixture-of-experts
 model, every expert matrix; the routers stay frozen unless `lora.trainRouter`. The same
 resolution runs on the meta-device model before any weight is read (so a method the model
-cannot serve is refused then, and `finetune validate` shows what will be adapted) and on
-the loaded model, whose result goes to PEFT.
+cannot serve is refused then, and `finetune validate` shows what will be adapted); its names
+are the loaded model's, and go to PEFT as they are.
 
 PEFT gets explicit names, never the `all-linear` shorthand: on the MoE families whose
 layout changed in transformers 5 PEFT rewrites its targets (it adds the router and drops
@@ -33,8 +33,13 @@ from .moe import MoeConfig, expert_parameters, moe_config, routers, text_config
 # Linear layers PEFT renames in an MoE model (the v4 names of fused experts and routers).
 PEFT_REWRITTEN = frozenset({"gate", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"})
 # v4 names users list for the expert projections, now fused into these 3-D parameters.
-EXPERT_ALIASES = {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "w1": "gate_up_proj",
-                  "w3": "gate_up_proj", "w2": "down_proj"}  # fmt: skip
+EXPERT_ALIASES = {
+    "gate_proj": "gate_up_proj",
+    "up_proj": "gate_up_proj",
+    "w1": "gate_up_proj",
+    "w3": "gate_up_proj",
+    "w2": "down_proj",
+}
 FUSED_GATE_UP = "gate_up_proj"
 """Gate and up projections in one matrix: its rank and alpha are doubled, so each keeps
 the rank a dense model's separate gate_proj and up_proj adapters have (as PEFT does when it
@@ -215,8 +220,10 @@ def refusals(targets: Targets, spec: FineTuneJobSpec, moe: MoeConfig | None) -> 
     lora = method.effective_lora()
     found: list[str] = []
     if not targets.modules and not targets.parameters:
-        found.append(f"lora.targetModules {list(lora.target_modules)} match no linear layer "
-                     "or expert matrix of this model")  # fmt: skip
+        found.append(
+            f"lora.targetModules {list(lora.target_modules)} match no linear layer "
+            "or expert matrix of this model"
+        )
     elif lora.target_modules == ["all-linear"] and targets.block_share < ALL_LINEAR_MINIMUM_SHARE:
         found.append(
             f"all-linear reaches only {targets.block_share:.0%} of this model's decoder weights "
@@ -259,8 +266,10 @@ def refusals(targets: Targets, spec: FineTuneJobSpec, moe: MoeConfig | None) -> 
                 "leave the router frozen"
             )
         elif spec.trainer.type == "grpo":
-            found.append("lora.trainRouter with trainer grpo: GRPO's loss has no router "
-                         "load-balancing term; leave the router frozen")  # fmt: skip
+            found.append(
+                "lora.trainRouter with trainer grpo: GRPO's loss has no router "
+                "load-balancing term; leave the router frozen"
+            )
     return found
 
 

@@ -74,9 +74,11 @@ class ModelShape:
             and not f"{n}.".startswith(skipped)
         )
         shapes = dict(model.named_parameters())
-        experts = tuple(
-            (n, *(int(d) for d in shapes[n].shape)) for n in expert_parameters(model, moe)
-        ) if moe else ()  # fmt: skip
+        experts = (
+            tuple((n, *(int(d) for d in shapes[n].shape)) for n in expert_parameters(model, moe))
+            if moe
+            else ()
+        )
         hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
         layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
         return cls(
