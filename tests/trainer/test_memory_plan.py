@@ -228,3 +228,129 @@ def test_a_mixture_of_experts_counts_its_experts_and_active_share(
         == resolve_targets(meta, spec, moe_config(meta.config, meta)).lora_parameters
     )
     assert any("mixture of experts" in note for note in estimate.notes)
+
+
+MOE_SHAPES = {
+    "qwen3_moe": {"moe_intermediate_size": 256, "num_experts": 8},
+    "mixtral": {"intermediate_size": 512, "num_local_experts": 8},
+    # A clamped SwiGLU with biases: its gate keeps twice SwiGLU's bytes.
+    "gpt_oss": {"intermediate_size": 256, "num_local_experts": 8,
+                "layer_types": ["full_attention"] * 2},
+    # Multi-head latent attention, a shared expert, grouped routing.
+    "deepseek_v3": {"moe_intermediate_size": 256, "n_routed_experts": 8, "n_shared_experts": 1,
+                    "first_k_dense_replace": 0, "n_group": 1, "topk_group": 1,
+                    "num_key_value_heads": 4, "q_lora_rank": 64, "kv_lora_rank": 32,
+                    "qk_rope_head_dim": 16, "head_dim": 16, "qk_nope_head_dim": 32,
+                    "v_head_dim": 32},
+}  # fmt: skip
+
+
+def _saved_outside_weights(model: object, tokens: int) -> int:
+    """Bytes autograd saves in one bf16-autocast forward of `tokens` random ids, the model's
+    own weights left out (saved by reference, they cost nothing more)."""
+    import torch
+
+    assert isinstance(model, torch.nn.Module)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, 512, (1, tokens))
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor),
+    ):
+        model(input_ids=ids, labels=ids)
+    return sum(storages.values())
+
+
+def _layer_bytes(
+    model_type: str, config: dict[str, object], tokens: int, targets: list[str], tmp_path: Path
+) -> tuple[int, float]:
+    """(measured, planned) bytes of activations one decoder layer adds: the bytes autograd
+    saves in a 16-bit forward (weights left out: they are the model's own), and the plan's
+    activation part, each for two layers less one. The adapter is the trainer's: targets
+    resolved by `plan_model`, PEFT's config from `peft_config_kwargs`."""
+    import peft
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fttrainer.arguments import peft_config_kwargs
+    from fttrainer.model.adapters import plan_model
+
+    job = (
+        make_job()
+        .set("training.batchSize", 1)
+        .set("dataset.maxSeqLength", tokens)
+        .set("training.gradientCheckpointing", False)
+        .set("method.lora", {"dropout": 0, "targetModules": targets})
+    )
+    spec = parse_job(job.obj()).spec
+    measured, planned = [], []
+    for layers in (1, 2):
+        values = dict(config, num_hidden_layers=layers)
+        if "layer_types" in values:
+            values["layer_types"] = values["layer_types"][:layers]  # type: ignore[index]
+        folder = tmp_path / f"{model_type}-{layers}"  # rewritten by every call
+        AutoConfig.for_model(model_type, **values).save_pretrained(folder)
+        torch.manual_seed(0)
+        config_read = AutoConfig.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_config(config_read, dtype=torch.bfloat16)
+        name, kwargs = peft_config_kwargs(spec, plan_model(model, spec).targets)
+        model = peft.get_peft_model(model, getattr(peft, name)(**kwargs))
+        measured.append(_saved_outside_weights(model, tokens))
+        shape = ModelShape.from_pretrained(str(folder))
+        planned.append(estimate_memory(shape, spec).parts["activations"])
+    return measured[1] - measured[0], planned[1] - planned[0]
+
+
+@pytest.mark.parametrize("model_type", list(MOE_SHAPES))
+def test_the_plans_moe_activations_are_what_autograd_keeps(model_type: str, tmp_path: Path) -> None:
+    """An MoE layer's activations, measured as the bytes autograd saves (bf16, CPU, the
+    trainer's LoRA), against the plan, each within 10%: (1) what a token keeps per expert it
+    is routed to (2 against 4 experts per token), with the experts adapted (all-linear) and
+    frozen (o_proj only); (2) the token-independent part LoRA on the experts adds (the
+    merged expert weights; fitted over two sequence lengths, against o_proj only). (3) The
+    whole layer reads no lower against the measurement than the dense formula does on a
+    dense Llama."""
+    base = {
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "vocab_size": 512,
+    }
+    config = {**base, **MOE_SHAPES[model_type]}
+    short, long = 128, 256
+    layer: dict[tuple[str, int, int], tuple[int, float]] = {}
+    for target in ("all-linear", "o_proj"):
+        for per_token, tokens in ((2, short), (2, long), (4, long)):
+            values = {**config, "num_experts_per_tok": per_token}
+            layer[target, per_token, tokens] = _layer_bytes(
+                model_type, values, tokens, [target], tmp_path
+            )
+
+    def routed(target: str, side: int) -> float:
+        return layer[target, 4, long][side] - layer[target, 2, long][side]
+
+    def fixed(target: str, side: int) -> float:
+        slope = (layer[target, 2, long][side] - layer[target, 2, short][side]) / (long - short)
+        return layer[target, 2, short][side] - slope * short
+
+    for target in ("all-linear", "o_proj"):
+        assert routed(target, 1) == pytest.approx(routed(target, 0), rel=0.1), target
+    assert routed("o_proj", 0) < routed("all-linear", 0)  # frozen experts keep no inputs
+    merged_measured = fixed("all-linear", 0) - fixed("o_proj", 0)
+    merged_planned = fixed("all-linear", 1) - fixed("o_proj", 1)
+    assert merged_measured > 0
+    assert merged_planned == pytest.approx(merged_measured, rel=0.1)
+
+    measured, planned = layer["all-linear", 2, long]
+    dense_measured, dense_planned = _layer_bytes("llama", base, long, ["all-linear"], tmp_path)
+    assert planned / measured >= dense_planned / dense_measured

@@ -10,8 +10,9 @@ recompute. A GPU run checkpoints only as many layers as it needs to fit
 (`checkpointed_layers_to_fit`).
 
 A mixture of experts holds every expert's weights, and its LoRA has r per expert in each
-fused expert matrix; its activations are counted as a dense model's of the same hidden size,
-which reads low (docs/trainer.md, the memory plan).
+fused expert matrix. An MoE layer keeps a dense layer's activations plus, per token and
+expert it is routed to, what transformers' grouped experts save (`moe.routed_token_bytes`),
+and, when LoRA adapts the experts, the merged expert weights PEFT builds for the forward.
 
 It is an estimate (within ~20% on the architectures we tried), meant for planning, not a
 guarantee: allocator fragmentation and framework buffers vary.
@@ -26,9 +27,9 @@ from typing import Any
 from ftapi.v1alpha1 import DeepSpeedSpec, FineTuneJobSpec
 from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS, LORA_METHODS
 
-from .adapters import names_expert, parameter_lora_size
+from .adapters import PEFT_REWRITTEN, names_expert, parameter_lora_size
 from .meta import meta_model
-from .moe import expert_parameters, moe_config, routers
+from .moe import expert_parameters, moe_config, routed_token_bytes, routers
 
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
@@ -52,6 +53,19 @@ class ModelShape:
     """(name, experts, dim 1, dim 2) of every fused expert matrix of an MoE model."""
     per_token: int = 0
     """Experts each token is routed to (0: a dense model)."""
+    routed_bytes: tuple[int, int] = (0, 0)
+    """Bytes an MoE layer keeps for backward per token and expert it is routed to, with
+    the experts frozen and with them trained (`moe.routed_token_bytes`)."""
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers with fused experts (DeepSeek's first layers are dense)."""
+        return len({name.rpartition(".")[0] for name, *_ in self.experts})
+
+    @property
+    def expert_weights(self) -> int:
+        """Parameters in the fused expert matrices."""
+        return sum(e * a * b for _, e, a, b in self.experts)
 
     @classmethod
     def from_pretrained(cls, name: str, *, trust_remote_code: bool = False) -> ModelShape:
@@ -89,6 +103,14 @@ class ModelShape:
             linears=linears,
             experts=experts,  # type: ignore[arg-type]
             per_token=(moe.per_token or moe.experts) if moe else 0,
+            routed_bytes=(
+                (
+                    routed_token_bytes(model, moe, trained=False),
+                    routed_token_bytes(model, moe, trained=True),
+                )
+                if moe
+                else (0, 0)
+            ),
         )
 
     @property
@@ -96,7 +118,7 @@ class ModelShape:
         """Parameters a token passes through: all but the experts it is not routed to."""
         if not self.experts:
             return self.parameters
-        expert = sum(e * a * b for _, e, a, b in self.experts)
+        expert = self.expert_weights
         count = self.experts[0][1]
         return self.parameters - expert + expert * min(self.per_token, count) // count
 
@@ -143,8 +165,11 @@ def estimate_memory(
     if training.optimizer == "sgd":
         optimizer_bytes = 4.0
     shard = {stage: (processes if zero >= stage else 1) for stage in (1, 2, 3)}
+    # bitsandbytes quantizes linear layers only: fused experts stay in the compute dtype.
+    unquantized = shape.expert_weights * 2.0 if quantization is not None else 0.0
+    quantized = shape.parameters - (shape.expert_weights if quantization is not None else 0)
     parts = {
-        "weights": shape.parameters * weight_bytes / shard[3],
+        "weights": (quantized * weight_bytes + unquantized) / shard[3],
         "gradients": trainable * (4.0 if full_weights else 2.0) / shard[2],
         "optimizer states": trainable * optimizer_bytes / shard[1],
     }
@@ -165,15 +190,19 @@ def estimate_memory(
     if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
         # PEFT keeps a dropped-out bf16 copy of each adapted layer's input and its mask
         # for backward: 4 bytes per input feature (measured, tests/trainer/test_memory_plan.py).
-        adapted_inputs = sum(i for i, _ in _adapted_linears(shape, spec))
+        adapted_inputs = sum(i for _, i, _ in _adapted_linears(shape, spec))
         dropout_per_layer = LORA_DROPOUT_BYTES * tokens * adapted_inputs
         dropout_per_layer //= shape.layers
         per_layer += dropout_per_layer
+    per_layer += _merged_linear_bytes(shape, spec) // shape.layers
     # A checkpointed layer keeps its input. The unchecked layers are the last ones
     # (fttrainer.model.recompute): backward frees their activations before it
     # recomputes the first checkpointed layer, so the peak holds one layer's worth either way.
-    parts["activations"] = checkpointed * 2 * tokens * shape.hidden + per_layer * (
-        max(kept, 1) if checkpointed else shape.layers
+    held = max(kept, 1) if checkpointed else shape.layers
+    parts["activations"] = (
+        checkpointed * 2 * tokens * shape.hidden
+        + per_layer * held
+        + _moe_layer_bytes(shape, spec, tokens) * min(held, shape.moe_layers)
     )
     parts["logits"] = tokens * shape.vocab * 4.0 * 2  # fp32 logits and their gradient
     parts["CUDA and framework"] = OVERHEAD_BYTES
@@ -191,8 +220,13 @@ def estimate_memory(
         notes.append(
             f"mixture of experts: {shape.experts[0][1]} experts, {shape.per_token} per token; "
             f"~{shape.active_parameters:,} of {shape.parameters:,} parameters active per "
-            "token, every expert's weights held; activations counted as a dense model's, "
-            "which reads low for MoE layers (2.6-5x that measured on CPU): leave a margin"
+            f"token, every expert's weights held; an MoE layer keeps "
+            f"{shape.routed_bytes[_experts_train(shape, spec)]:,} bytes per token and routed expert"
+            + (
+                ", and a merged copy of its LoRA-adapted experts while its activations are held"
+                if _adapted_experts(shape, spec)
+                else ""
+            )
         )
     if dropout_per_layer and kept:
         saved = dropout_per_layer * kept / GIB
@@ -255,25 +289,66 @@ def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
         per_token = 2 * shape.layers * shape.hidden if method.type == "prefix" else shape.hidden
         return tokens * per_token
     lora = method.effective_lora()
-    names = lora.target_modules
-    experts = [
-        (name, e, a, b)
-        for name, e, a, b in shape.experts
-        if names == ["all-linear"] or names_expert(name, list(names), set())
-    ]
-    return sum(lora.r * (i + o) for i, o in _adapted_linears(shape, spec)) + sum(
-        parameter_lora_size((e, a, b), lora.r, name) for name, e, a, b in experts
+    return sum(lora.r * (i + o) for _, i, o in _adapted_linears(shape, spec)) + sum(
+        parameter_lora_size((e, a, b), lora.r, name)
+        for name, e, a, b in _adapted_experts(shape, spec)
     )
 
 
-def _adapted_linears(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[int, int]]:
-    """(in, out) of every linear layer the LoRA-family adapter of the spec adapts."""
+def _adapted_experts(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[str, int, int, int]]:
+    """The fused expert matrices the LoRA-family adapter of the spec adapts."""
+    if spec.method.type not in LORA_METHODS:
+        return []
+    names = list(spec.method.effective_lora().target_modules)
+    return [
+        (name, e, a, b)
+        for name, e, a, b in shape.experts
+        if names == ["all-linear"] or names_expert(name, names, set())
+    ]
+
+
+def _experts_train(shape: ModelShape, spec: FineTuneJobSpec) -> bool:
+    return spec.method.type in FULL_WEIGHT_METHODS or bool(_adapted_experts(shape, spec))
+
+
+def _moe_layer_bytes(shape: ModelShape, spec: FineTuneJobSpec, tokens: int) -> float:
+    """What an MoE layer keeps beyond a dense layer's activations: the routed experts'
+    tensors (fewer when the experts are frozen), and with LoRA on the experts the merged
+    weights (W + BA, 16-bit) PEFT's parameter wrapper builds for the forward, with the
+    16-bit copies of their adapters, which the grouped matmul saves for backward."""
+    if not shape.moe_layers:
+        return 0.0
+    routed = tokens * shape.per_token * shape.routed_bytes[_experts_train(shape, spec)]
+    adapted = _adapted_experts(shape, spec)
+    if not adapted:
+        return float(routed)
+    r = spec.method.effective_lora().r
+    merged = sum(e * a * b + parameter_lora_size((e, a, b), r, n) for n, e, a, b in adapted)
+    return routed + 2.0 * merged / shape.moe_layers
+
+
+def _adapted_linears(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[str, int, int]]:
+    """(name, in, out) of every linear layer the LoRA-family adapter of the spec adapts."""
     names = spec.method.effective_lora().target_modules
     return [
-        (i, o)
+        (name, i, o)
         for name, i, o in shape.linears
         if names == ["all-linear"] or any(name == t or name.endswith(f".{t}") for t in names)
     ]
+
+
+def _merged_linear_bytes(shape: ModelShape, spec: FineTuneJobSpec) -> int:
+    """The merged 16-bit weights and adapter copies of the linear layers an MoE model's
+    adapter adapts through their weight (fttrainer.model.adapters, PEFT_REWRITTEN: shared
+    experts, dense MLPs), which autograd keeps like the experts'."""
+    if not shape.experts or spec.method.type not in LORA_METHODS:
+        return 0
+    r = spec.method.effective_lora().r
+    return sum(
+        2 * (i * o + r * (i + o))
+        for name, i, o in _adapted_linears(shape, spec)
+        if name.rsplit(".", 1)[-1] in PEFT_REWRITTEN
+    )
 
 
 def _zero_stage(spec: FineTuneJobSpec) -> int:

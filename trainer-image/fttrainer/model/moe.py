@@ -118,3 +118,54 @@ def _first_int(config: Any, fields: tuple[str, ...]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def routed_token_bytes(model: Any, moe: MoeConfig, *, trained: bool, dtype_bytes: int = 2) -> int:
+    """Bytes autograd keeps in one MoE layer for each (token, expert it is routed to) pair,
+    in a 16-bit forward of transformers' grouped experts: what the experts' gate function
+    saves and the expert output the routing weight scales, and, when the experts train
+    (an adapter on them, or full weights), the inputs of both grouped matmuls, which their
+    weight gradients need. The gate is run on the meta device to count what it saves, so a
+    family's own activation (gpt-oss's clamped SwiGLU keeps twice SwiGLU's) is read, not
+    assumed. 0 when the model has no fused experts."""
+    shapes = dict(model.named_parameters())
+    names = expert_parameters(model, moe)
+    if not names:
+        return 0
+    hidden = int(getattr(text_config(model.config), "hidden_size", 0) or 0)
+    module_name = names[0].rpartition(".")[0]
+    experts = model.get_submodule(module_name)
+    in_layer = [n for n in names if n.rpartition(".")[0] == module_name]
+    first, last = (tuple(int(d) for d in shapes[n].shape[1:]) for n in (in_layer[0], in_layer[-1]))
+    up_width = first[1] if first[0] == hidden else first[0]
+    intermediate = last[1] if last[0] == hidden else last[0]
+    gate = getattr(experts, "_apply_gate", None) if getattr(experts, "has_gate", False) else None
+    activation = gate or getattr(experts, "act_fn", None)
+    gate_bytes = 3 * intermediate * dtype_bytes  # SwiGLU: gate, up, act(gate)
+    if activation is not None:
+        gate_bytes = _saved_bytes(activation, up_width if gate else intermediate, dtype_bytes)
+    inputs = (hidden + intermediate) * dtype_bytes if trained else 0
+    return hidden * dtype_bytes + gate_bytes + inputs
+
+
+def _saved_bytes(function: Any, width: int, dtype_bytes: int) -> int:
+    """Bytes autograd saves when `function` runs on one row of `width` 16-bit values, counted
+    on the meta device (nothing allocated); a view saved counts as the tensor it views."""
+    import torch
+
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor._base if tensor._base is not None else tensor
+        saved[id(base)] = base.numel() * base.element_size()
+        kept.append(base)  # alive until counted, so no id is reused
+        return tensor
+
+    kept: list[torch.Tensor] = []
+    row = torch.empty(1, width, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            function(row)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return 3 * width * dtype_bytes // 2  # a gate meta tensors cannot run: SwiGLU's
+    return sum(saved.values()) * dtype_bytes // 2
