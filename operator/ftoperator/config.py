@@ -32,6 +32,7 @@ from ftapi.v1alpha1.resources import is_extended_resource_name
 from ftapi.v1alpha1.status import OperatorSettingsUsed
 
 from . import fault_hooks
+from .allowed_env import DEFAULT_ALLOWED_ENV
 
 # This operator's release, as its status messages and Events name it (version skew).
 OPERATOR = release("finetune-operator")
@@ -104,6 +105,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("forbid-job-code", "false",
          "refuse jobs that bring code: model.trustRemoteCode, python rewards, a harness "
          "includePath (it would run beside the job's credentials)", "switch"),
+    Flag("restrict-env", "false",
+         "admit in resources.env only the names --allowed-env lists (forbid-job-code implies "
+         "it); off: the API server's deny-list alone", "switch"),
+    Flag("allowed-env", ",".join(DEFAULT_ALLOWED_ENV),
+         "comma-separated variable names and globs jobs may set in resources.env when "
+         "restricted (default: knobs that name no path, library, plugin, host or credential)",
+         "list"),
     Flag("forbid-service-account-name", "false",
          "refuse jobs that set resources.serviceAccountName", "switch"),
     Flag("allowed-priority-classes", "",
@@ -171,6 +179,11 @@ class Settings:
     """Refuse jobs that bring code (policy.job_code): model.trustRemoteCode, python GRPO
     rewards, an lm-eval includePath. It runs in the pod, beside every credential the job
     references, and could send them anywhere."""
+    restrict_env: bool = False
+    """Admit in resources.env only the names allowed_env lists (allowed_env.py); implied by
+    forbid_job_code. Off, the API server's deny-list alone governs it."""
+    allowed_env: tuple[str, ...] = DEFAULT_ALLOWED_ENV
+    """Variable names and shell globs jobs may set when the environment is restricted."""
     gpu_resource_name: str = DEFAULTS["gpu-resource-name"]
     """For jobs whose spec names none (an AMD cluster: amd.com/gpu)."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
@@ -277,6 +290,8 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_hub_endpoints=_listed(args.allowed_hub_endpoints),
         allowed_secret_names=_listed(args.allowed_secret_names),
         forbid_job_code=args.forbid_job_code,
+        restrict_env=args.restrict_env,
+        allowed_env=_listed(args.allowed_env),
         gpu_resource_name=args.gpu_resource_name,
         gpu_tolerations=tuple(tolerations),
         default_cpu=args.default_cpu or None,

@@ -89,6 +89,9 @@ REASONS: tuple[Reason, ...] = (
     Reason("JobCodeNotAllowed", "job", False, 9,
            "the job brings code (trustRemoteCode, python rewards, a harness includePath) and "
            "the operator forbids it"),
+    Reason("EnvNotAllowed", "job", False, 9,
+           "`resources.env` sets a variable the operator's `--allowed-env` does not list "
+           "(`--restrict-env`, or `--forbid-job-code`)"),
     Reason("InvalidTestFaults", "job", False, 9,
            "an operator started for tests (FTO_TEST_FAULTS) cannot read the job's "
            "`finetune.dev/test-faults` annotation (ftoperator/fault_hooks.py)"),

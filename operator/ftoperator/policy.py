@@ -3,9 +3,10 @@
     refusal = policy_violation(job, settings)   # (reason, message) or None
 
 The CRD cannot know a cluster's policy (allowed registries, the servers a job's credentials
-may go to, the Secrets it may reference, code it may bring, PriorityClasses, node label
-keys, per-job ServiceAccounts) nor tell a hub id from a relative path: the controller
-checks these before every attempt and fails the job with the reason, never retrying it.
+may go to, the Secrets it may reference, code it may bring, the environment it may set,
+PriorityClasses, node label keys, per-job ServiceAccounts) nor tell a hub id from a
+relative path: the controller checks these before every attempt and fails the job with the
+reason, never retrying it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ftapi.v1alpha1 import FineTuneJob
 from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
 
+from .allowed_env import env_allowed
 from .config import Settings, image_of
 from .fault_hooks import faults_violation
 
@@ -52,6 +54,9 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             "code that comes with a job, not with the trainer image, would run beside the "
             "job's credentials): remove it, or ask your platform team"
         )
+    env = env_violation(job, settings)
+    if env:
+        return env
     if settings.forbid_service_account_name and resources.service_account_name:
         return "ServiceAccountNotAllowed", (
             "spec.resources.serviceAccountName is not allowed by this operator's settings "
@@ -203,6 +208,24 @@ def endpoint_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] 
                 f"({', '.join(allowed)}): name one of them, or ask your platform team"
             )
     return None
+
+
+def env_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
+    """Variables of resources.env that allowedEnv does not list, when the environment is
+    restricted (restrictEnv, or forbidJobCode: a loader variable runs code too)."""
+    if not (settings.restrict_env or settings.forbid_job_code):
+        return None
+    allowed = settings.allowed_env
+    refused = [e.name for e in job.spec.resources.env if not env_allowed(e.name, allowed)]
+    if not refused:
+        return None
+    why = "restrictEnv" if settings.restrict_env else "forbidJobCode"
+    examples = ", ".join(allowed[:4]) + (", ..." if len(allowed) > 4 else "")
+    return "EnvNotAllowed", (
+        f"spec.resources.env sets {', '.join(refused)}: not in this operator's allowedEnv "
+        f"({why}: a job may set only the {len(allowed)} names and patterns it lists, such as "
+        f"{examples or 'none'}): remove them, or ask your platform team"
+    )
 
 
 def secret_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:

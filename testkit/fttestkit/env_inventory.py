@@ -11,13 +11,26 @@ huggingface_hub's constants, datasets' config, wandb's env.py, any `*ENV* = "X"`
 field of wandb's Settings (wandb reads WANDB_<FIELD>, and WANDB_X_<F> / WANDB__<F> for x_<f>).
 
 What it cannot see, reviewed by hand in redirects.py: names built at run time
-(AWS_ENDPOINT_URL_<SERVICE>, FSSPEC_<PROTOCOL>_<ARG>), names read by compiled code (the
-hf_xet and wandb-core binaries, OpenSSL), and the standard library's (*_proxy, HOME).
+(AWS_ENDPOINT_URL_<SERVICE>, FSSPEC_<PROTOCOL>_<ARG>) and the standard library's (*_proxy,
+HOME).
+
+Compiled code (CUDA, NCCL, cuDNN, cuBLAS, NVSHMEM, torch's C++ side, Triton's launcher, the
+hf_xet and wandb-core binaries) is read too, for the names that load something:
+
+    names = loader_names(site_packages)           # {name: "package/lib/libx.so"}
+
+every upper-case word in a shared library's string sections (.rodata*, .dynstr, .data*)
+that names a library, a plugin, an injection hook, a preload, a search path, a toolchain
+root, an executable or a config file. A compiled library keeps the names it passes to
+getenv as such strings; the word test is wide (error codes and symbols match too), and
+what is not refused is reviewed by hand.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
+import struct
 from pathlib import Path
 
 # The packages that send a credential somewhere, and the HTTP stacks they send it with.
@@ -114,3 +127,64 @@ def _wandb_settings(text: str) -> list[str]:
         if field.startswith("x_"):
             names.append(f"WANDB__{field[2:].upper()}")
     return names
+
+
+LOADS = re.compile(
+    r"INJECTION|PLUGIN|PRELOAD|LIB|^LD_|_PATHS?$|_HOME$|_EXECUTABLE|CONF_FILE$|CONFIG_FILE$"
+)
+"""A name that may load code or configuration from where it points."""
+_KEYWORDS = re.compile(rb"INJECTION|PLUGIN|PRELOAD|LIB|LD_|PATH|HOME|EXECUTABLE|CONF")
+_WORD_BYTE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
+_STRING_SECTIONS = (b".rodata", b".dynstr", b".data")
+
+
+def loader_names(site_packages: Path) -> dict[str, str]:
+    """Upper-case words matching LOADS in the string sections of every shared library
+    under `site_packages`, with the first library found in."""
+    found: dict[str, str] = {}
+    for path in sorted(site_packages.rglob("*.so*")):
+        if not path.is_file() or path.stat().st_size < 4096:
+            continue
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for start, size in _string_sections(m):
+                for word in _upper_words(m[start : start + size]):
+                    if LOADS.search(word):
+                        found.setdefault(word, str(path.relative_to(site_packages)))
+    return found
+
+
+def _string_sections(elf: mmap.mmap) -> list[tuple[int, int]]:
+    """(offset, size) of a 64-bit little-endian ELF file's string-holding sections."""
+    if elf[:6] != b"\x7fELF\x02\x01":
+        return []
+    (table,) = struct.unpack_from("<Q", elf, 0x28)
+    entry, count, names = struct.unpack_from("<HHH", elf, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", elf, table + i * entry) for i in range(count)]
+    name_base = headers[names][4]
+    sections = []
+    for name_at, kind, _, _, offset, size in headers:
+        start = name_base + name_at
+        name = elf[start : elf.find(b"\0", start)]
+        if kind != 8 and name.startswith(_STRING_SECTIONS):  # 8: SHT_NOBITS (.bss)
+            sections.append((offset, size))
+    return sections
+
+
+def _upper_words(blob: bytes) -> set[str]:
+    """Whole words of [A-Z0-9_] around each keyword, starting with a letter, holding an
+    underscore, and not part of a mixed-case identifier."""
+    words = set()
+    for hit in _KEYWORDS.finditer(blob):
+        start = end = hit.start()
+        while start > 0 and blob[start - 1] in _WORD_BYTE:
+            start -= 1
+        while end < len(blob) and blob[end] in _WORD_BYTE:
+            end += 1
+        mixed = (start > 0 and blob[start - 1] in _LOWER) or (
+            end < len(blob) and blob[end] in _LOWER
+        )
+        word = blob[start:end]
+        if not mixed and word[:1].isalpha() and b"_" in word:
+            words.add(word.decode())
+    return words

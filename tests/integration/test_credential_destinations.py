@@ -7,7 +7,7 @@ operator under the chart's rights):
   references, naming the spec field to use instead;
 - with every policy setting on, the operator fails each job that asks for what a setting
   takes away, with the setting's reason and no Job, and runs the job that names only
-  allowed servers, its pods given the Hub it named;
+  allowed servers and sets only allowed variables, its pods given the Hub it named;
 - with the defaults, the same jobs run: their Jobs carry what they asked for (the servers,
   the ServiceAccount, a Secret the user cannot read, the node selection), and tolerations,
   which no setting restricts.
@@ -101,6 +101,9 @@ ROWS: dict[str, tuple[JobBuilder, str, tuple[str, str]]] = {
         _asks("secret").set("resources.env", [
             {"name": "TEAM_B", "secretKeyRef": {"name": "team-b-hub", "key": "token"}}]),
         "SecretNotAllowed", ("secret", "team-b-hub")),
+    "any environment variable the deny-list misses": (
+        _asks("env").set("resources.env", [{"name": "MY_TOOL_CONFIG", "value": "x"}]),
+        "EnvNotAllowed", ("env", "MY_TOOL_CONFIG=x")),
     "the model repository's code": (
         _asks("remote").set("model.trustRemoteCode", True),
         "JobCodeNotAllowed", ("config", "trustRemoteCode: true")),
@@ -187,6 +190,7 @@ def test_with_every_setting_on_each_row_is_refused_and_allowed_servers_run(
                 "trackingUri": ALLOWED["tracker"] + "/team-a"}})
             .set("model.hubEndpoint", ALLOWED["hub"])
             .set("resources.nodeSelector", {ALLOWED["key"]: "a100"})
+            .set("resources.env", [{"name": "NCCL_DEBUG", "value": "INFO"}])
         )  # fmt: skip
         _create(runner, namespace, allowed)
         for row, (job, reason, _) in ROWS.items():
@@ -196,6 +200,8 @@ def test_with_every_setting_on_each_row_is_refused_and_allowed_servers_run(
             assert read_job(cluster, namespace, f"{name}-0") is None, row
         wait_phase(cluster, namespace, "allowed", "Running", operator, timeout=90)
         assert _carries(cluster, namespace, "allowed", "env", f"HF_ENDPOINT={ALLOWED['hub']}")
+        # forbidJobCode restricts the environment to allowedEnv's list, which holds it.
+        assert _carries(cluster, namespace, "allowed", "env", "NCCL_DEBUG=INFO")
     finally:
         operator.stop()
 

@@ -13,8 +13,14 @@ another endpoint, a spec field names it and the operator's allow-lists govern it
 How the list was made, and how it stays complete: tests/unit/repo/test_redirect_inventory.py
 reads every environment variable name the trainer image's network clients read (from their
 installed source) and fails on any name that looks like an endpoint, a proxy, TLS trust or a
-credential source and is neither refused here nor listed there as reviewed with a reason. A
-library upgrade that adds such a variable fails that test until it is classified.
+credential source and is neither refused here nor listed there as reviewed with a reason;
+and every upper-case word in the image's shared libraries (CUDA, NCCL, cuDNN, torch's C++
+side, Triton) that names a library, a plugin, an injection hook, a path or a config file
+(fttestkit.env_inventory.loader_names), the same way. A library upgrade that adds such a
+variable fails that test until it is classified.
+
+This list is the second line: an operator with `allowedEnv` (or forbidJobCode) admits only
+the names it lists (ftoperator.policy), so a name missed here is refused there.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
             "AWS_CA_BUNDLE", "SSLKEYLOGFILE", "PYTHONHTTPSVERIFY", "MLFLOW_TRACKING_INSECURE_TLS",
             "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_IGNORE_TLS",
             "WANDB_INSECURE_DISABLE_SSL", "OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES",
-            "GODEBUG",
+            "GODEBUG", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "GRPC_SYSTEM_SSL_ROOTS_DIR",
         ),
         patterns=(),
         instead="The trainer image's CA bundle is the platform's (build it into the image).",
@@ -159,6 +165,33 @@ REDIRECT_GROUPS: tuple[RedirectGroup, ...] = (
         patterns=(),
         instead="A pod reads configuration and code only from the trainer image; put what a "
         "job needs in its spec, or in the image.",
+    ),
+    RedirectGroup(
+        what="libraries, plugins or hooks the compiled runtimes load",
+        # CUDA, NCCL, NVSHMEM, cuFile, NVBLAS, Triton's launcher and libhdfs load a shared
+        # library, a plugin, a profiler hook or a config file naming one from these.
+        names=(
+            "CUFILE_ENV_PATH_JSON", "NVSHMEM_CUDA_PATH", "PYTORCH_KERNEL_CACHE_PATH",
+            "PERFWORKS_SASS_DISASM_EXECUTABLE_PATH", "LLVM_SYMBOLIZER_PATH", "CUTLASS_HOME",
+            "GDRCOPY_HOME", "MPI_HOME", "PMIX_HOME", "SHMEM_HOME", "UCX_HOME", "HADOOP_HOME",
+            "JAVA_HOME", "ARROW_HOME", "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "SO_PATH",
+            "XL_MODEL_WEIGHTS_PARAM_CONFIG_PATH", "LUA_INIT",
+            # What NVRTC, cuDNN's and Triton's kernel compilers read headers and modules from.
+            "EDG_MODULES_PATH", "CPPCX_INCLUDE_PATH", "CPPCLI_PORTABLE_ASSEMBLY_PATH",
+            "SUBQUADRATIC_OPS_DEBUG_INCLUDE_PATHS", "TRITON_CUPTI_INCLUDE_PATH",
+        ),
+        patterns=(
+            r"[A-Z0-9_]*INJECTION[A-Z0-9_]*_PATH",  # CUDA_/NVTX_/CASK_INJECTION64_PATH
+            r"[A-Z0-9_]*PLUGIN[A-Z0-9_]*",  # NCCL_NET/TUNER/PROFILER/ENV_PLUGIN, ...
+            r"[A-Z0-9_]*PRELOAD[A-Z0-9_]*",
+            r"(?:[A-Z0-9_]*_)?LD_[A-Z0-9_]+",  # LD_PRELOAD, LD_AUDIT, MIC_LD_LIBRARY_PATH
+            r"(?:[A-Z0-9_]*_)?LIB[A-Z0-9_]*",  # NCCL_IBVERBS_LIB, NVBLAS_CPU_BLAS_LIB, ...
+            r"[A-Z0-9_]*_CONF(?:IG)?_FILE",  # NCCL_CONF_FILE sets any NCCL_* (its plugins)
+            r"LUA_C?PATH(?:_[0-9_]+)?",  # lupa's Lua loads modules and C libraries from these
+        ),
+        instead="The trainer image's runtimes load only the image's own libraries.",
+        families=("*INJECTION*_PATH", "*PLUGIN*", "*PRELOAD*", "*LD_*", "*LIB*", "*_CONF_FILE",
+                  "*_CONFIG_FILE"),
     ),
 )
 # fmt: on

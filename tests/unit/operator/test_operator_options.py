@@ -11,6 +11,7 @@ import pytest
 
 from ftapi import parse_job
 from ftapi.v1alpha1 import FineTuneJobStatus
+from ftoperator.allowed_env import DEFAULT_ALLOWED_ENV
 from ftoperator.children import build_children
 from ftoperator.config import FLAGS, Flag, Settings, parse_options
 from ftoperator.main import JsonFormatter
@@ -305,7 +306,8 @@ def test_a_training_device_the_pods_do_not_match_is_refused(
 # docs/operator.md's "Running it" table, read back: every flag of config.FLAGS is there with
 # its variable and the same default (the table's words: on/off for switches, any/none for
 # empty lists and values).
-_WORDS = {"on": "true", "off": "false", "any": "", "none": ""}
+_WORDS = {"on": "true", "off": "false", "any": "", "none": "",
+          "the allowed_env.py list": ",".join(DEFAULT_ALLOWED_ENV)}  # fmt: skip
 
 
 def _documented_flags() -> dict[str, tuple[str, str]]:

@@ -1,7 +1,9 @@
 """The list of refused environment variables (ftapi.v1alpha1.redirects) is complete for the
 libraries this project installs: every variable their source reads (fttestkit.env_inventory)
-whose name looks like an endpoint, a proxy, TLS trust or a credential source is either
-refused or reviewed here with a reason. A library upgrade that reads a new such variable
+whose name looks like an endpoint, a proxy, TLS trust or a credential source, and every
+name in their compiled libraries that names a library, a plugin, a hook, a path or a config
+file (what CUDA, NCCL, cuDNN, torch's C++ side and Triton load), is either refused or
+reviewed here with a reason. A library upgrade that reads a new such variable
 fails this test until someone decides which it is; a reviewed name no library reads any
 more fails it too, so the review stays the libraries' current list.
 
@@ -18,7 +20,7 @@ from functools import cache
 from pathlib import Path
 
 from ftapi.v1alpha1.redirects import redirect_group
-from fttestkit.env_inventory import environment_names
+from fttestkit.env_inventory import environment_names, loader_names
 
 LOOKS_LIKE_A_DESTINATION = re.compile(
     r"URL|URI|ENDPOINT|HOST|PROXY|PROXIES|CA_|_CA|CERT|BUNDLE|SSL|TLS|VERIFY|INSECURE|TOKEN|"
@@ -54,6 +56,14 @@ REASONS = {
     "test-only": "read only by the library's own test runner",
 }
 REVIEWED = Path(__file__).with_name("reviewed_env.tsv")
+# Why a name found in a compiled library may stay the user's (reviewed_native_env.tsv).
+NATIVE_REASONS = {
+    "not-a-variable": "an error code, enum, macro, section or symbol name among the "
+    "library's strings: no getenv reads it",
+    "output-path": "where a log, dump or reproducer is written: nothing is loaded from it",
+    "tuning": "an allocator or debug setting of the C++ runtime; loads nothing",
+}
+REVIEWED_NATIVE = Path(__file__).with_name("reviewed_native_env.tsv")
 
 
 @cache
@@ -62,8 +72,13 @@ def _read() -> dict[str, str]:
     return environment_names(Path(sysconfig.get_paths()["purelib"]))
 
 
-def _reviewed() -> dict[str, str]:
-    rows = [line.split("\t") for line in REVIEWED.read_text().splitlines()]
+@cache
+def _loaders() -> dict[str, str]:
+    return loader_names(Path(sysconfig.get_paths()["purelib"]))
+
+
+def _reviewed(path: Path = REVIEWED) -> dict[str, str]:
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
     return {row[0]: row[1] for row in rows if row and not row[0].startswith("#")}
 
 
@@ -97,3 +112,33 @@ def test_the_scan_sees_the_variables_known_to_move_credentials() -> None:
              "LM_HARNESS_CACHE_PATH", "NLTK_DOWNLOAD_URL", "MPLCONFIGDIR"]  # fmt: skip
     assert [n for n in known if n not in read] == []
     assert all(redirect_group(n) is not None for n in known)
+
+
+def test_every_name_compiled_code_loads_from_is_refused_or_reviewed() -> None:
+    found = _loaders()
+    assert len(found) > 150, f"the scan of the shared libraries found only {len(found)} names"
+    open_ = {n: found[n] for n in sorted(found) if redirect_group(n) is None}
+    reviewed = _reviewed(REVIEWED_NATIVE)
+    unreviewed = {n: where for n, where in open_.items() if n not in reviewed}
+    assert not unreviewed, (
+        "names in the image's shared libraries that may load a library, a plugin or a file: "
+        f"refuse them in redirects.py or review them in {REVIEWED_NATIVE.name}: {unreviewed}"
+    )
+    stale = sorted(set(reviewed) - set(open_))
+    assert not stale, f"reviewed, but no library holds them (or now refused): {stale}"
+    unknown = {n: r for n, r in reviewed.items() if r not in NATIVE_REASONS}
+    assert not unknown, f"reasons without a legend: {unknown}"
+
+
+def test_the_scan_sees_the_loader_variables_of_cuda_and_nccl() -> None:
+    """The compiled code's hooks are among what the scan finds, and refused; CUDA's own
+    (CUDA_INJECTION64_PATH) lives in the driver, which the image does not ship, and is
+    refused by its family."""
+    found = _loaders()
+    known = ["NVTX_INJECTION64_PATH", "CASK_INJECTION64_PATH", "NCCL_NET_PLUGIN",
+             "NCCL_TUNER_PLUGIN", "NCCL_PROFILER_PLUGIN", "NCCL_ENV_PLUGIN", "NCCL_CONF_FILE",
+             "NCCL_IBVERBS_LIB", "NVSHMEM_BOOTSTRAP_PLUGIN", "TRITON_PLUGIN_PATHS",
+             "LLVM_PASS_PLUGIN_PATH", "PYTORCH_KERNEL_CACHE_PATH", "LD_LIBRARY_PATH"]  # fmt: skip
+    assert [n for n in known if n not in found] == []
+    refused = [*known, "CUDA_INJECTION64_PATH", "LD_PRELOAD", "LUA_CPATH"]
+    assert [n for n in refused if redirect_group(n) is None] == []
