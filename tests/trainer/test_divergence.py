@@ -72,12 +72,16 @@ def test_skip_trains_on_and_counts_the_skipped_step(
     result = recipe.train()
     guard = recipe.non_finite_guard
     assert (guard.skipped, recipe.trainer.state.global_step) == (1, 6)
-    losses = [m["loss"] for m in result.step_metrics if "loss" in m]
-    # Every logged loss is finite: the skipped batch counts as the step before it, and the
-    # average of the run is a real number.
-    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
-    assert losses[2] == pytest.approx(losses[1])
-    assert math.isfinite(result.final_metrics["train_loss"])
+    logged = {m["step"]: m for m in result.step_metrics if "loss" in m or "skipped_steps" in m}
+    # The skipped step is logged as what it was: no loss, counted; the others' losses are
+    # their own, finite (never the step before's).
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    assert "loss" not in logged[3] and logged[3]["skipped_steps"] == 1
+    assert all(math.isfinite(logged[s]["loss"]) and "skipped_steps" not in logged[s]
+               for s in (1, 2, 4, 5, 6))  # fmt: skip
+    trained = [logged[s]["loss"] for s in (1, 2, 4, 5, 6)]
+    # The run's mean loss is the trained steps' (logged every step here).
+    assert result.final_metrics["train_loss"] == pytest.approx(sum(trained) / 5, rel=1e-6)
     after = dict(recipe.model.named_parameters())
     assert all(bool(after[n].isfinite().all()) for n in before)
     assert any(not bool((after[n] == before[n]).all()) for n in before)  # it trained

@@ -110,6 +110,19 @@ class GracefulStop(TrainerCallback):
             raise Stopped(self.stopped_at)
 
 
+def _mean(value: float) -> float:
+    """The mean of `value` over the ranks (the Trainer logs the ranks' mean loss)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(total.item()) / dist.get_world_size()
+
+
 def _anyone(flag: bool) -> bool:
     """True on every rank when it is True on any (one small all-reduce per step)."""
     import torch
@@ -226,6 +239,7 @@ class NonFiniteGuard(TrainerCallback):
                        lr_scheduler: Any = None, **_: Any) -> None:  # fmt: skip
         """After a rollback the learning rate is lowered here: the optimizer and scheduler
         were just restored from the checkpoint with the old one."""
+        self.watch.logged_step = state.global_step  # a resumed run logs from its step
         factor = self.learning_rate_factor**self.rollbacks
         if factor == 1.0 or optimizer is None:
             return
@@ -281,6 +295,8 @@ class NonFiniteGuard(TrainerCallback):
                     holder.zero_grad(set_to_none=True)  # the optimizer skips what has no grad
             self.skipped_in_a_row += 1
             self.skipped += 1
+            added = sum(float(value.float().mean().item()) for value in self.watch.step_returned)
+            self.watch.skipped(_mean(added))
             log.warning("step %d: %s: its batch is skipped (%d in a row, %d in all; "
                         "training.nonFiniteLimit %d)", step, what, self.skipped_in_a_row,
                         self.skipped, self.limit)  # fmt: skip

@@ -56,23 +56,74 @@ def decide(action: str, *, skipped_in_a_row: int, rollbacks: int, limit: int) ->
 
 @dataclass
 class LossWatch:
-    """What the micro-batches since the last optimizer step said about their losses."""
+    """What the micro-batches since the last optimizer step said about their losses, and
+    what the steps skipped since the last log added to the logged loss."""
 
     losses: list[Any] = field(default_factory=list)
     """This window's loss tensors (detached), read once per optimizer step."""
+    returned: list[Any] = field(default_factory=list)
+    """What training_step returned for them (what the Trainer's running sum added)."""
     last_finite: Any = None
-    """The newest finite micro-batch loss (a device tensor), what the log counts instead."""
+    """The newest finite micro-batch loss (a device tensor), what the running sum adds
+    instead of a non-finite one (a NaN added there would stay: see with_loss_watch)."""
+    step_returned: list[Any] = field(default_factory=list)
+    """`returned` of the step `take` last read: what a skipped step added to the sum."""
+    skipped_steps: int = 0
+    """Steps skipped since the last logged loss."""
+    skipped_sum: float = 0.0
+    """What they added to the Trainer's running loss sum (all ranks' mean)."""
+    logged_step: int = 0
+    """The step of the last logged loss: the window the next one averages starts there."""
+    skipped_total: int = 0
+    skipped_total_sum: float = 0.0
+    """The same for the whole attempt (its mean train_loss)."""
 
     def take(self) -> list[float]:
         """The window's losses as numbers (one device sync per optimizer step), emptied."""
         values = [float(loss.float().mean().item()) for loss in self.losses]
         self.losses.clear()
+        self.step_returned, self.returned = self.returned, []
         return values
+
+    def skipped(self, added: float) -> None:
+        """The step `take` last read was skipped; it added `added` to the running sum."""
+        self.skipped_steps += 1
+        self.skipped_sum += added
+        self.skipped_total += 1
+        self.skipped_total_sum += added
+
+    def mean_loss(self, mean: float, steps: int) -> float:
+        """The Trainer's mean loss over `steps` steps of this attempt without the skipped
+        ones' (NaN when every step was skipped)."""
+        trained = steps - self.skipped_total
+        if not self.skipped_total:
+            return mean
+        return (mean * steps - self.skipped_total_sum) / trained if trained > 0 else math.nan
+
+    def corrected(self, logs: dict[str, Any], step: int) -> dict[str, Any]:
+        """The Trainer's log for the steps up to `step`, with the skipped ones taken out of
+        its loss: the mean of the steps that trained, or no loss when none did, and
+        `skipped_steps` counting them. A skipped step never reads as its neighbours' loss."""
+        if "loss" not in logs:
+            return logs
+        steps = step - self.logged_step
+        self.logged_step = step
+        if not self.skipped_steps:
+            return logs
+        logs = dict(logs)
+        trained = steps - self.skipped_steps
+        if trained > 0:
+            logs["loss"] = (logs["loss"] * steps - self.skipped_sum) / trained
+        else:
+            del logs["loss"]
+        logs["skipped_steps"] = self.skipped_steps
+        self.skipped_steps, self.skipped_sum = 0, 0.0
+        return logs
 
 
 def with_loss_watch(trainer_class: type, watch: LossWatch) -> type:
     """`trainer_class` whose micro-batch losses `watch` sees (training_step's return is the
-    loss that was backpropagated)."""
+    loss that was backpropagated), and whose logs leave the skipped steps' out."""
 
     def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
         import torch
@@ -80,15 +131,23 @@ def with_loss_watch(trainer_class: type, watch: LossWatch) -> type:
         loss = super(watched, self).training_step(*args, **kwargs)  # type: ignore[arg-type]
         loss = loss.detach()
         watch.losses.append(loss)
-        # What the logged mean adds for a non-finite micro-batch (skipped, or the run ends
-        # at this step): the last finite one, on the device (no sync). transformers resets
-        # its running sum by subtracting it from itself, so a NaN added there would stay;
-        # before any finite loss there is nothing to add, and NonFiniteGuard stops the run.
+        # What the running sum adds for a non-finite micro-batch: the last finite one, on
+        # the device (no sync). transformers resets its running sum by subtracting it from
+        # itself, so a NaN added there would stay; what a skipped step added is taken out
+        # of the log again (LossWatch.corrected). Before any finite loss there is nothing
+        # to add, and NonFiniteGuard stops the run.
         previous = loss if watch.last_finite is None else watch.last_finite
         watch.last_finite = torch.where(torch.isfinite(loss), loss, previous)
+        watch.returned.append(watch.last_finite)
         return watch.last_finite
 
-    watched: type = type(trainer_class.__name__, (trainer_class,), {"training_step": training_step})
+    def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        logs = watch.corrected(logs, self.state.global_step)
+        return super(watched, self).log(logs, *args, **kwargs)  # type: ignore[arg-type]
+
+    watched: type = type(
+        trainer_class.__name__, (trainer_class,), {"training_step": training_step, "log": log}
+    )
     return watched
 
 

@@ -576,11 +576,16 @@ class Recipe:
         self.watchdog.enter("evaluating")
         self.progress.report_stage("evaluating")  # final evaluation and task scores
         history = list(self.trainer.state.log_history)
-        step_metrics = [h for h in history if "loss" in h]
-        train_loss = outcome.training_loss
-        if outcome.global_step == _step_of(self.resumed_from) and step_metrics:
+        # A step skipped for a non-finite loss is a record too: no loss, skipped_steps.
+        step_metrics = [h for h in history if "loss" in h or "skipped_steps" in h]
+        losses = [h["loss"] for h in step_metrics if "loss" in h]
+        started_at = _step_of(self.resumed_from) or 0
+        train_loss = self.loss_watch.mean_loss(
+            outcome.training_loss, outcome.global_step - started_at
+        )
+        if outcome.global_step == _step_of(self.resumed_from) and losses:
             # Resumed from the final checkpoint: no step ran now, the run's losses are history.
-            train_loss = sum(h["loss"] for h in step_metrics) / len(step_metrics)
+            train_loss = sum(losses) / len(losses)
         final = {
             "train_loss": train_loss,
             "global_step": outcome.global_step,

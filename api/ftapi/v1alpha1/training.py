@@ -105,8 +105,9 @@ class TrainingSpec(ApiModel):
     """What a NaN or infinite training loss or gradient norm does. Every rank sees it at the
     step it happens, before the optimizer applies it, and it is logged and reported as NaN
     or inf, never averaged away. stop: the job fails with reason Diverged, naming the step
-    and the last finite loss. skip: that step's batch updates nothing and is counted; more
-    than nonFiniteLimit skipped in a row fail the job as Diverged (not with DeepSpeed, which
+    and the last finite loss. skip: that step's batch updates nothing and is counted; its
+    log has no loss (skipped_steps counts it), never a neighbour's; more than
+    nonFiniteLimit skipped in a row fail the job as Diverged (not with DeepSpeed, which
     steps its optimizer inside backward). rollback: the run restarts from its newest
     checkpoint (checkpoints are only written from finite weights) with the learning rate
     times rollbackLearningRateFactor, at most nonFiniteLimit times, then fails as Diverged."""

@@ -14,6 +14,7 @@ import torch
 
 from fttrainer.checkpointing.store import CheckpointStore
 from fttrainer.divergence import (
+    LossWatch,
     decide,
     describe,
     gradients_finite,
@@ -91,3 +92,22 @@ def test_rollbacks_are_recorded_per_run_and_cleared_with_it(tmp_path: Path) -> N
     checkpoints.mark_done(10)
     checkpoints.clear()  # a new run of the same job starts with none
     assert checkpoints.rollbacks() == []
+
+
+def test_a_log_leaves_the_skipped_steps_loss_out_and_counts_them() -> None:
+    """The Trainer's logged loss is its running sum over the steps since the last log; a
+    skipped step added its last finite loss (2.0 here) to it, which is taken out again."""
+    watch = LossWatch(logged_step=10)
+    watch.skipped(2.0)
+    # Steps 11-14: losses 1, (skipped), 1, 1 -> the Trainer logs (1 + 2 + 1 + 1) / 4.
+    logs = watch.corrected({"loss": 5.0 / 4, "grad_norm": 0.5}, 14)
+    assert logs == {"loss": pytest.approx(1.0), "grad_norm": 0.5, "skipped_steps": 1}
+    assert watch.corrected({"loss": 0.9}, 15) == {"loss": 0.9}  # the next window is its own
+    # A window of skipped steps alone has no loss.
+    watch.skipped(2.0)
+    assert watch.corrected({"loss": 2.0, "learning_rate": 1e-4}, 16) == {
+        "learning_rate": 1e-4, "skipped_steps": 1}  # fmt: skip
+    assert watch.corrected({"train_runtime": 3.0}, 16) == {"train_runtime": 3.0}
+    # The attempt's mean: six steps, two skipped, each of which added 2.0.
+    assert watch.mean_loss((5.0 + 0.9 + 2.0 + 1.1) / 6, 6) == pytest.approx((3.0 + 0.9 + 1.1) / 4)
+    assert LossWatch().mean_loss(1.5, 3) == 1.5
