@@ -112,6 +112,14 @@ FLAGS: tuple[Flag, ...] = (
          "comma-separated variable names and globs jobs may set in resources.env when "
          "restricted (default: knobs that name no path, library, plugin, host or credential)",
          "list"),
+    Flag("plain-http-registries", "*",
+         "comma-separated registry hosts (host[:port], globs) jobs may reach over plain HTTP "
+         "(output.oci.plainHttp, model.registry.plainHttp: the registry credential crosses "
+         "the network in clear); empty: none", "list"),
+    Flag("allowed-ca-config-maps", "*",
+         "comma-separated ConfigMap names (globs) jobs may name as a registry's CA "
+         "(caConfigMapRef: whom the trainer trusts to be the registry); empty: none, the "
+         "trainer image's trust store only", "list"),
     Flag("forbid-service-account-name", "false",
          "refuse jobs that set resources.serviceAccountName", "switch"),
     Flag("allowed-priority-classes", "",
@@ -184,6 +192,13 @@ class Settings:
     forbid_job_code. Off, the API server's deny-list alone governs it."""
     allowed_env: tuple[str, ...] = DEFAULT_ALLOWED_ENV
     """Variable names and shell globs jobs may set when the environment is restricted."""
+    plain_http_registries: tuple[str, ...] = ("*",)
+    """Registry hosts (host[:port], shell globs) jobs may reach over plain HTTP; empty:
+    none. Over plain HTTP the registry credential crosses the network in clear."""
+    allowed_ca_config_maps: tuple[str, ...] = ("*",)
+    """ConfigMaps (name globs) jobs may name as a registry's CA; empty: none (the trainer
+    image's trust store). The CA decides whom the trainer trusts to be the registry, and
+    so where the registry credential goes."""
     gpu_resource_name: str = DEFAULTS["gpu-resource-name"]
     """For jobs whose spec names none (an AMD cluster: amd.com/gpu)."""
     gpu_tolerations: tuple[dict[str, Any], ...] = ()
@@ -291,6 +306,8 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         allowed_secret_names=_listed(args.allowed_secret_names),
         forbid_job_code=args.forbid_job_code,
         restrict_env=args.restrict_env,
+        plain_http_registries=_listed(args.plain_http_registries),
+        allowed_ca_config_maps=_listed(args.allowed_ca_config_maps),
         allowed_env=_listed(args.allowed_env),
         gpu_resource_name=args.gpu_resource_name,
         gpu_tolerations=tuple(tolerations),

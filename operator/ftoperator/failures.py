@@ -89,6 +89,11 @@ REASONS: tuple[Reason, ...] = (
     Reason("JobCodeNotAllowed", "job", False, 9,
            "the job brings code (trustRemoteCode, python rewards, a harness includePath) and "
            "the operator forbids it"),
+    Reason("PlainHttpNotAllowed", "job", False, 9,
+           "`plainHttp` names a registry the operator's `--plain-http-registries` does not "
+           "admit (the registry credential would cross the network in clear)"),
+    Reason("CaConfigMapNotAllowed", "job", False, 9,
+           "a registry's `caConfigMapRef` is not in the operator's `--allowed-ca-config-maps`"),
     Reason("EnvNotAllowed", "job", False, 9,
            "`resources.env` sets a variable the operator's `--allowed-env` does not list "
            "(`--restrict-env`, or `--forbid-job-code`)"),
@@ -96,7 +101,8 @@ REASONS: tuple[Reason, ...] = (
            "an operator started for tests (FTO_TEST_FAULTS) cannot read the job's "
            "`finetune.dev/test-faults` annotation (ftoperator/fault_hooks.py)"),
     Reason("SecretNotAllowed", "job", False, 9,
-           "a Secret the spec references is not in `--allowed-secret-names`"),
+           "a Secret the spec references (imagePullSecrets too) is not in "
+           "`--allowed-secret-names`"),
     Reason("S3EndpointNotAllowed", "job", False, 9,
            "`output.s3.endpoint` is not in the operator's `--allowed-s3-endpoints`"),
     Reason("TrackerNotAllowed", "job", False, 9,

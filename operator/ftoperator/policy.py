@@ -18,6 +18,7 @@ from ftapi.locations import data_locations
 from ftapi.v1alpha1 import FineTuneJob
 from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
+from ftapi.v1alpha1.registry import RegistryAccess
 
 from .allowed_env import env_allowed
 from .config import Settings, image_of
@@ -54,6 +55,9 @@ def policy_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
             "code that comes with a job, not with the trainer image, would run beside the "
             "job's credentials): remove it, or ask your platform team"
         )
+    registry = registry_trust_violation(job, settings)
+    if registry:
+        return registry
     env = env_violation(job, settings)
     if env:
         return env
@@ -210,6 +214,55 @@ def endpoint_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] 
     return None
 
 
+def registry_trust_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
+    """A registry the job would reach over plain HTTP, or trust by a CA ConfigMap, that the
+    operator's plainHttpRegistries or allowedCaConfigMaps does not admit."""
+    for where, access, hosts in registry_accesses(job):
+        if access.plain_http:
+            refused = [h for h in hosts if not _globbed(h, settings.plain_http_registries)]
+            if refused:
+                return "PlainHttpNotAllowed", (
+                    f"{where}.plainHttp would send the registry credential to "
+                    f"{', '.join(refused)} in clear; this operator's plainHttpRegistries "
+                    f"admits {_listing(settings.plain_http_registries)}: use TLS, or ask "
+                    "your platform team"
+                )
+        ca = access.ca_config_map_ref
+        if ca is not None and not _globbed(ca.name, settings.allowed_ca_config_maps):
+            return "CaConfigMapNotAllowed", (
+                f"{where}.caConfigMapRef ({ca.name}) would choose whom the trainer trusts to "
+                "be the registry; this operator's allowedCaConfigMaps admits "
+                f"{_listing(settings.allowed_ca_config_maps)}: leave it unset (the trainer "
+                "image's trust store), or ask your platform team"
+            )
+    return None
+
+
+def registry_accesses(job: FineTuneJob) -> list[tuple[str, RegistryAccess, list[str]]]:
+    """(spec field, how it reaches a registry, the registry hosts it reaches so) for
+    output.oci and model.registry (every oci:// model, tokenizer or adapter)."""
+    spec = job.spec
+    found: list[tuple[str, RegistryAccess, list[str]]] = []
+    if spec.output.oci is not None:
+        found.append(("spec.output.oci", spec.output.oci, [_host(spec.output.oci.reference)]))
+    if spec.model.registry is not None:
+        pulled = [uri for where, uri in oci_references(job) if where != "spec.output.oci.reference"]
+        found.append(("spec.model.registry", spec.model.registry, [_host(u) for u in pulled]))
+    return found
+
+
+def _host(reference: str) -> str:
+    return reference.removeprefix("oci://").split("/", 1)[0]
+
+
+def _globbed(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def _listing(patterns: tuple[str, ...]) -> str:
+    return ", ".join(patterns) if patterns else "none"
+
+
 def env_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | None:
     """Variables of resources.env that allowedEnv does not list, when the environment is
     restricted (restrictEnv, or forbidJobCode: a loader variable runs code too)."""
@@ -244,7 +297,8 @@ def secret_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
 
 
 def secret_references(job: FineTuneJob) -> list[tuple[str, str]]:
-    """(spec field, Secret name) for every Secret whose values reach the pods."""
+    """(spec field, Secret name) for every Secret the job names: whose values reach the
+    pods, and the image pull secrets the kubelet uses for them."""
     spec = job.spec
     refs: list[tuple[str, SecretRef | SecretKeyRef | None]] = [
         ("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref),
@@ -261,9 +315,12 @@ def secret_references(job: FineTuneJob) -> list[tuple[str, str]]:
         ("spec.logging.wandb.apiKeySecretRef",
          spec.logging.wandb.api_key_secret_ref if spec.logging.wandb else None),
     ]  # fmt: skip
+    # A pull secret reaches the kubelet, not the pods, but it is a Secret the job names.
+    named = [(f"spec.resources.imagePullSecrets[{i}]", n)
+             for i, n in enumerate(spec.resources.image_pull_secrets)]  # fmt: skip
     refs += [(f"spec.resources.env[{i}].secretKeyRef", e.secret_key_ref)
              for i, e in enumerate(spec.resources.env)]  # fmt: skip
-    return [(field, ref.name) for field, ref in refs if ref is not None]
+    return named + [(field, ref.name) for field, ref in refs if ref is not None]
 
 
 def url_allowed(url: str, entry: str) -> bool:

@@ -50,6 +50,8 @@ POLICY = (
     "--allowed-secret-names", "finetune-*",
     "--allowed-priority-classes", ALLOWED["class"],
     "--allowed-node-selector-keys", ALLOWED["key"],
+    "--plain-http-registries", "registry.cluster.local:5000",
+    "--allowed-ca-config-maps", "kube-root-ca.crt",
 )  # fmt: skip
 ELSEWHERE = "https://collector.attacker.example"
 
@@ -104,6 +106,17 @@ ROWS: dict[str, tuple[JobBuilder, str, tuple[str, str]]] = {
     "any environment variable the deny-list misses": (
         _asks("env").set("resources.env", [{"name": "MY_TOOL_CONFIG", "value": "x"}]),
         "EnvNotAllowed", ("env", "MY_TOOL_CONFIG=x")),
+    "any registry over plain HTTP": (
+        _asks("plain").set("output.oci", {"reference": "oci://registry.test/models/a:1",
+                                          "plainHttp": True}),
+        "PlainHttpNotAllowed", ("config", "plainHttp: true")),
+    "any CA for a registry": (
+        _asks("ca").set("output.oci", {"reference": "oci://registry.test/models/a:1",
+                                       "caConfigMapRef": {"name": "my-ca", "key": "ca.crt"}}),
+        "CaConfigMapNotAllowed", ("ca", "my-ca")),
+    "any Secret as an image pull secret": (
+        _asks("pull").set("resources.imagePullSecrets", ["team-b-hub"]),
+        "SecretNotAllowed", ("pull", "team-b-hub")),
     "the model repository's code": (
         _asks("remote").set("model.trustRemoteCode", True),
         "JobCodeNotAllowed", ("config", "trustRemoteCode: true")),
@@ -136,6 +149,11 @@ def _carries(cluster: Cluster, ns: str, name: str, what: str, expected: str) -> 
         return bool(pod.priority_class_name == expected)
     if what == "selector":
         return expected in (pod.node_selector or {})
+    if what == "pull":
+        return expected in [s.name for s in pod.image_pull_secrets or []]
+    if what == "ca":
+        refs = [e.value_from.config_map_key_ref for e in trainer.env or [] if e.value_from]
+        return any(r is not None and r.name == expected for r in refs)
     if what == "secret":
         refs = [e.value_from.secret_key_ref for e in trainer.env or [] if e.value_from]
         return any(r is not None and r.name == expected for r in refs)
