@@ -25,6 +25,7 @@ TRAINER_COMMAND = "run"
 # Where the operator mounts the resolved FineTuneJob (a ConfigMap with one key).
 JOB_CONFIG_DIR = "/etc/finetune"
 JOB_CONFIG_PATH = f"{JOB_CONFIG_DIR}/job.yaml"
+TRAINER_CONTAINER = "trainer"  # the container of a trainer pod that runs torchrun
 MASTER_PORT = 29500
 # The version of what the operator and the trainer hand each other: the job's ConfigMap
 # (JOB_CONFIG_PATH) and the progress report (ftapi.progress). It changes only when one of

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ftapi.constants import ENV_HUB_ENDPOINT
-from ftapi.contract import release
+from ftapi.contract import TRAINER_CONTAINER, release
 from ftapi.v1alpha1 import FineTuneJob
 from ftapi.v1alpha1.common import IMAGE_PATTERN, SERVER_URL, check_quantity
 from ftapi.v1alpha1.resources import is_extended_resource_name
@@ -408,7 +408,7 @@ def settings_of(
     whose first status was never written. None when the Job has no trainer container."""
     spec = batch_job.get("spec", {}).get("template", {}).get("spec", {})
     for container in spec.get("containers") or []:
-        if container.get("name") != "trainer" or not container.get("image"):
+        if container.get("name") != TRAINER_CONTAINER or not container.get("image"):
             continue
         values = {e.get("name"): e.get("value") for e in container.get("env") or []}
         return OperatorSettingsUsed(

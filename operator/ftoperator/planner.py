@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftapi.contract import INVALID_INPUT, VERDICTS, worse_than_base
+from ftapi.contract import INVALID_INPUT, TRAINER_CONTAINER, VERDICTS, worse_than_base
 from ftapi.loading import FieldError
 from ftapi.progress import ProgressReport, RankReport, heartbeat_seconds
 from ftapi.skew import NewerFields
@@ -256,6 +256,10 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
         failure, wait = report_silence(job, observed.progress, observed.ranks, status.attempt,
                                        now)  # fmt: skip
         _look_again(plan, wait)
+    if failure is None and not job_suspended:
+        failure, wait = first_report_overdue(job, observed.progress, observed.pods,
+                                             status.attempt, now)  # fmt: skip
+        _look_again(plan, wait)
     if failure is not None:
         _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
         return _finish(plan, previous, generation)
@@ -390,6 +394,55 @@ def report_silence(
             f"{report.stage}, at {report.updated_at:%H:%M:%S}Z; the process is stopped or frozen"
         )
     return Failure("Stalled", message), None
+
+
+def first_report_overdue(
+    job: FineTuneJob, report: ProgressReport | None, pods: list[dict[str, Any]], attempt: int,
+    now: datetime,
+) -> tuple[Failure | None, float | None]:  # fmt: skip
+    """Stalled when this attempt's pods have all been running longer than
+    runPolicy.stallDetection.startupSeconds plus a margin with no progress report from it.
+    The trainer's own watchdog, started before its imports, stops a process still starting
+    at startupSeconds and names the phase; this catches what it cannot: torchrun waiting in
+    its rendezvous before any worker runs, a process whose threads cannot run. The clock
+    starts when the last pod's trainer container started (a gang waiting for its last pod
+    to be scheduled is not stalled). Else the seconds until that could be so."""
+    spec = job.spec.run_policy.stall_detection
+    if not spec.enabled or (report is not None and report.attempt == attempt):
+        return None, None
+    nodes = job.spec.resources.nodes
+    started = [t for pod in pods if (t := _trainer_started_at(pod)) is not None]
+    if len(started) < nodes:
+        return None, None
+    limit = spec.startup_seconds + first_report_margin(spec.minimum_seconds)
+    waited = (now - max(started)).total_seconds()
+    if waited <= limit:
+        return None, limit - waited + 1.0
+    message = (
+        f"no progress report from the trainer {waited:.0f} s after its pods started "
+        f"(runPolicy.stallDetection.startupSeconds {spec.startup_seconds} + "
+        f"{first_report_margin(spec.minimum_seconds):g} s): the trainer's own watchdog, "
+        "which names the phase, did not stop it either, so it is stuck where that cannot "
+        "run: torchrun's rendezvous before its workers start (a peer that never joins), or a "
+        "process whose threads cannot run"
+    )
+    return Failure("Stalled", message), None
+
+
+def first_report_margin(minimum_seconds: int) -> float:
+    """What the operator waits past startupSeconds before calling a silent new attempt
+    stalled: time for the trainer's watchdog, which fires at startupSeconds, to write its
+    stacks and verdict and end the pod (its verdict names the phase; the operator's cannot)."""
+    return float(min(minimum_seconds, 120))
+
+
+def _trainer_started_at(pod: dict[str, Any]) -> datetime | None:
+    """When the pod's trainer container started running (None: not running)."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == TRAINER_CONTAINER:
+            running = (container.get("state") or {}).get("running") or {}
+            return api_time(running.get("startedAt"))
+    return None
 
 
 def attempt_failure(

@@ -186,6 +186,12 @@ class PodBuilder:
         self._reason: str | None = None
         self._message: str | None = None
         self._deleting = False
+        self._started = 0.0
+
+    def started(self, seconds: float) -> Self:
+        """The trainer container started running `seconds` after T0 (default T0)."""
+        self._started = seconds
+        return self
 
     def on(self, node: str) -> Self:
         self._node = node
@@ -302,7 +308,7 @@ class PodBuilder:
                 "ready": True,
                 "restartCount": 0,
                 "image": IMAGE,
-                "state": {"running": {"startedAt": stamp()}},
+                "state": {"running": {"startedAt": stamp(self._started)}},
             }
         conditions = copy.deepcopy(self._conditions)
         if running:

@@ -13,6 +13,8 @@ release is switched for this module with `kubectl set env` and switched back aft
     all-reduce rank 1 never joins, and rank 1 are both stopped by their watchdogs, and the
     Restarting Event names both and the collective; the gang restarts from the last
     checkpoint and succeeds.
+  - A trainer that hangs in its imports, before its first report: its own watchdog, started
+    before them, stops it at startupSeconds, naming the imports; the operator restarts it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 from fttestkit.cluster import eventually
 from fttestkit.finetunejobs import create_ftj, phase_is, read_ftj
 from fttestkit.release import Release
-from tests.e2e.realnode import Bucket, object_events, pod_logs, renamed, tiny_cpu_job
+from tests.e2e.realnode import Bucket, job_pods, object_events, pod_logs, renamed, tiny_cpu_job
 
 ANNOTATION = "finetune.dev/test-faults"
 
@@ -203,3 +205,48 @@ def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
     assert bucket.get_json(f"{name}/final_metrics.json")["global_step"] == STEPS
     print(f"straggler: {warning[:120]}; restart {time.monotonic() - began:.0f} s after the "
           f"warning; verdict: {verdict[:300]}; resumed from {resumed}")  # fmt: skip
+
+
+STARTUP_SECONDS = 60
+
+
+def test_a_trainer_that_hangs_in_its_imports_is_stalled_and_restarted(
+    faulty_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    release, cluster, ns, name = (faulty_release, faulty_release.cluster,
+                                  faulty_release.watched, "hung-imports")  # fmt: skip
+    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=5)
+    job["spec"]["runPolicy"] = {"terminationGracePeriodSeconds": 10,
+                                "stallDetection": {"startupSeconds": STARTUP_SECONDS}}  # fmt: skip
+    _with_faults(job, FINETUNE_FAULT_SLEEP="imports:600")
+    create_ftj(cluster, ns, job)
+
+    def started() -> float | None:
+        for pod in job_pods(release, name):
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                if (container.get("state") or {}).get("running"):
+                    return time.monotonic()
+        return None
+
+    running_at = eventually(started, timeout=300, interval=0.5, what="the trainer running")
+
+    def restarted() -> dict[str, Any] | None:
+        status = read_ftj(cluster, ns, name).get("status") or {}
+        assert status.get("phase") not in ("Failed", "Succeeded"), pod_logs(release, name)
+        return status if status.get("restarts", 0) >= 1 else None
+
+    eventually(restarted, timeout=STARTUP_SECONDS + 120, interval=0.5, what="the restart")
+    detected = time.monotonic() - running_at
+    verdict = eventually(
+        lambda: [m for r, m in object_events(cluster, ns, "FineTuneJob", name)
+                 if r == "Restarting"],
+        timeout=30, what="the Restarting event",
+    )[0]  # fmt: skip
+    assert "Stalled" in verdict, verdict
+    assert "training has not started (it was importing torch" in verdict, verdict
+    assert STARTUP_SECONDS - 5 <= detected <= STARTUP_SECONDS + 60, detected
+    cluster.kubectl("delete", "finetunejob", "-n", ns, name, "--wait=false")
+    print(
+        f"hung in its imports: Stalled and restarted {detected:.1f} s after the trainer "
+        f"started (startupSeconds {STARTUP_SECONDS})"
+    )

@@ -49,6 +49,29 @@ def test_a_hung_step_is_stopped_with_its_stack_and_the_restart_resumes(
     assert committed_steps(out)[-1] == 5
 
 
+def test_a_process_that_hangs_in_its_imports_is_stopped_and_says_so(
+    tiny_llama: Path, qa_data: Path, tmp_path: Path
+) -> None:
+    """The watchdog starts before torch is imported: a hang there (here the test fault's
+    sleep) ends at startupSeconds with the verdict naming what the process was doing."""
+    began = time.monotonic()
+    hung, said = run_quickstart(
+        tiny_llama,
+        qa_data,
+        tmp_path / "run",
+        "runPolicy.stallDetection.startupSeconds=10",
+        env={ENV_FAULT_SLEEP: "imports:3600"},
+    )
+    took = time.monotonic() - began
+    assert hung.returncode == STALLED.exit_code, hung.stderr[-3000:]
+    assert took < 60, "the hang was not cut short"
+    assert said.startswith(STALLED.marker), said
+    doing = r"training has not started \(it was importing torch and the training libraries\)"
+    detected = re.search(doing + r" after (\d+) s \(deadline 10 s", said)
+    assert detected and 10 <= int(detected.group(1)) <= 15, said
+    assert "_sleep_for_tests" in said
+
+
 def test_a_slow_first_step_and_slow_evaluations_are_not_stalls(
     tiny_llama: Path, qa_data: Path, tmp_path: Path
 ) -> None:

@@ -446,6 +446,15 @@ def _run(args: argparse.Namespace) -> int:
         from ftapi.constants import ENV_HUB_ENDPOINT
 
         os.environ[ENV_HUB_ENDPOINT] = job.spec.model.hub_endpoint
+    # Before the heavy imports: a process that hangs importing, initialising CUDA or
+    # joining the other ranks is stopped at startupSeconds too, and says where.
+    from .watchdog import Watchdog
+
+    watchdog = Watchdog(job.spec.run_policy.stall_detection).start()
+    watchdog.note("importing torch and the training libraries")
+    from .faults import Faults
+
+    Faults.from_env().sleep("imports")  # a test's hang while importing
     import torch
 
     from .quiet import quiet_libraries
@@ -462,8 +471,8 @@ def _run(args: argparse.Namespace) -> int:
     from .hub import HubError
 
     try:
-        recipe = Recipe(job, output, progress_bar=sys.stderr.isatty())
-        recipe.watchdog.start()  # a run that stops making progress is stopped, with its stacks
+        watchdog.note("checking the job")
+        recipe = Recipe(job, output, progress_bar=sys.stderr.isatty(), watchdog=watchdog)
         recipe.setup()
     except (DataError, ValueError, HubError) as exc:
         print(exc, file=sys.stderr)

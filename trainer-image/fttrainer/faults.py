@@ -6,8 +6,9 @@
     FINETUNE_FAULT_SLEEP=3:600,eval:20  sleep in the training thread: inside that step's
                                         model forward, or at the start of each evaluation;
                                         `every:0.2` in every training forward (a slow
-                                        rank); first attempt only (FINETUNE_ATTEMPT unset
-                                        or 0)
+                                        rank); `imports:600` before `finetune run` imports
+                                        torch (a hang before the first report); first
+                                        attempt only (FINETUNE_ATTEMPT unset or 0)
     FINETUNE_FAULT_FREEZE_AT_STEP=3     the process stops itself (SIGSTOP) at the start of
                                         that step: frozen whole, as in a hung driver call
                                         holding the GIL (its own watchdog cannot run);

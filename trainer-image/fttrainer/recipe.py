@@ -144,6 +144,7 @@ class Recipe:
         *,
         progress_bar: bool = False,
         progress: ProgressReporter | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         spec = job.spec
         missing = not_implemented(spec)
@@ -161,9 +162,9 @@ class Recipe:
                         ca_env=ENV_OCI_PUSH_CA).close()  # fmt: skip
             except OciError as exc:  # connect() makes no request: only the Secret is wrong
                 raise ValueError(f"spec.output.oci: {exc}") from None
-        # Phases from here on; `finetune run` starts its thread (one process, one run: a
-        # Recipe used as a library, as the tests do, is never stopped by it).
-        self.watchdog = Watchdog(spec.run_policy.stall_detection)
+        # Phases from here on; `finetune run` gives one it started before its imports (one
+        # process, one run: a Recipe used as a library, as the tests do, is never stopped).
+        self.watchdog = watchdog or Watchdog(spec.run_policy.stall_detection)
         self.faults = Faults.from_env()
         self.job = job
         self.spec = spec
@@ -212,13 +213,16 @@ class Recipe:
         # From here a SIGTERM waits for a step boundary (before the first step, nothing is
         # lost: the run stops there, see GracefulStop).
         self.graceful.install()
+        self.watchdog.note("checking the devices")
         check_strategy(self.spec, **self._hardware())  # seconds, before data and model
         # Data first: a bad row should fail the run before minutes go into loading a model.
+        self.watchdog.note("reading and preparing the data")
         with self.startup_clock.data():
             self.data = prepare_data(self.spec, mirror=self._data_mirror)
         log.info("%s", self.data.report.render())
         # An s3:// model, tokenizer or adapter is fetched now (transformers loads local
         # folders and hub ids only); reports keep naming the spec's own source.
+        self.watchdog.note("downloading the model")
         self.spec = localized(self.spec)
         # The tokenizer decides how conversations render; pad must differ from eos.
         self.tokenizer = self._setup_tokenizer()
@@ -238,7 +242,9 @@ class Recipe:
         self.evaluator.load_inputs()
         # The model as its config describes it: a method it cannot serve fails here, in
         # seconds, before its weights are read.
+        self.watchdog.note("reading the model's config")
         self.plan = self._plan_model()
+        self.watchdog.note("loading the model")
         self.model = self._setup_model()
         if self.plan.kind == UNPLANNED:  # planned on the loaded model instead, still pre-training
             self.plan = self._plan_model(self.model)
@@ -247,6 +253,7 @@ class Recipe:
         self.evaluator.before_training(self.model)
         # The trackers' callbacks read their settings from the environment (TensorBoard
         # when the trainer creates it, MLflow and W&B when training starts).
+        self.watchdog.note("creating the trainer and joining the other ranks")
         with environment(self.tracker_env):
             self.trainer = self._setup_trainer()
         log.info("distributed: %s", confirm_strategy(self.trainer, self.spec.distributed))

@@ -1,13 +1,16 @@
 """A run that stops making progress is stopped, with the stacks that say where.
 
-Each `finetune run` process (each rank) runs one Watchdog thread. The training thread
+Each `finetune run` process (each rank) runs one Watchdog thread, started before the heavy
+imports (torch, transformers), so a process that hangs while importing, initialising CUDA
+or joining the other ranks is stopped too. The training thread
 tells it which phase it is in and when progress happened (callbacks.StallWatch: training
 began, an optimizer step ended; with_stall_watch: an evaluation or a checkpoint save during
 training; the recipe: the final evaluation, save and publish); the watchdog holds each phase
 to its deadline from runPolicy.stallDetection (an evaluation or a save inside the starting
 or first-step phase pauses that phase's clock: each has its own budget):
 
-    starting     process start -> the start of training (model and data)  startupSeconds
+    starting     process start -> the start of training (imports, rendezvous,
+                 model and data; `note` says which)                       startupSeconds
     first-step   the start of training -> the end of the first step      firstStepSeconds
     step         each later step: stepTimeFactor x this attempt's median step,
                  at least minimumSeconds
@@ -109,6 +112,8 @@ class Watchdog:
         self.report_stall: Callable[[str], None] | None = None
         self.phase: Phase = "starting"
         self.since = clock()
+        self.doing = "loading the model and data"
+        """What the starting phase is doing (`note`): named when it runs past its deadline."""
         self.training = False  # between the Trainer's on_train_begin and on_train_end
         self.step = 0
         # The starting or first-step phase an evaluation or a save interrupted, and how
@@ -136,6 +141,12 @@ class Watchdog:
             if self.phase in ("starting", "first-step") and phase in ("evaluating", "saving"):
                 self._paused = (self.phase, now - self.since)
             self.phase, self.since = phase, now
+
+    def note(self, doing: str) -> None:
+        """What the starting phase does now (importing the libraries, joining the other
+        ranks, downloading the model...): the verdict names it. The clock goes on."""
+        with self._lock:
+            self.doing = doing
 
     def began_training(self) -> None:
         """The Trainer's on_train_begin: loading is over, the first step's budget starts."""
@@ -178,7 +189,7 @@ class Watchdog:
             if waited <= deadline:
                 return None
             what = {
-                "starting": "training has not started (loading the model and data)",
+                "starting": f"training has not started (it was {self.doing})",
                 "first-step": "the first optimizer step has not ended",
                 "step": f"optimizer step {self.step + 1} has not ended",
                 "evaluating": "the evaluation has not ended",

@@ -68,7 +68,7 @@ def build_pod_spec(
     if memory:
         requests["memory"] = limits["memory"] = memory
     container = {
-        "name": "trainer",
+        "name": contract.TRAINER_CONTAINER,
         "image": image_of(job, settings),
         "args": contract.torchrun_command(
             nnodes=resources.nodes,

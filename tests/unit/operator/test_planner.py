@@ -47,7 +47,15 @@ from ftoperator.planner import (
     rejected,
 )
 from ftoperator.ranks import PEER_STALL_GRACE_SECONDS
-from fttestkit.builders import T0, BatchJobBuilder, make_batch_job, make_job, make_pod, stamp
+from fttestkit.builders import (
+    T0,
+    BatchJobBuilder,
+    PodBuilder,
+    make_batch_job,
+    make_job,
+    make_pod,
+    stamp,
+)
 
 NAME = "llama"
 GENERATION = 3
@@ -1104,7 +1112,8 @@ def test_ttl_after_finished(
 
 
 def test_ttl_does_not_apply_to_a_live_job() -> None:
-    job = make(runPolicy__ttlSecondsAfterFinished=0)
+    # Days into a run (no stall detection here: it would call the silence a stall).
+    job = make(runPolicy__ttlSecondsAfterFinished=0, runPolicy__stallDetection__enabled=False)
     plan = observe(
         job,
         running_status(),
@@ -1931,6 +1940,39 @@ def test_a_trainer_silent_past_its_deadline_is_stalled_and_restarted() -> None:
     off = make(runPolicy__stallDetection__enabled=False)
     plan = observe(off, running_status(), at(5000), batch_job=make_batch_job(0).obj(),
                    pods=[make_pod(0).obj()], progress=report(step=41))  # fmt: skip
+    assert plan.status.phase == "Running"
+
+
+def test_a_trainer_that_never_reports_is_stalled_past_its_startup_budget() -> None:
+    """No report from this attempt: once every pod's trainer runs, startupSeconds plus a
+    margin (the trainer's watchdog fires at startupSeconds and names the phase) bound the
+    wait for the first report. A gang still waiting for a pod is not stalled."""
+    job = make(resources__nodes=2, runPolicy__stallDetection__startupSeconds=60,
+               runPolicy__stallDetection__minimumSeconds=30)  # fmt: skip
+
+    def plan_at(seconds: float, *pods: PodBuilder, progress: ProgressReport | None = None) -> Plan:
+        return observe(job, running_status(), at(seconds), batch_job=make_batch_job(0).obj(),
+                       pods=[p.obj() for p in pods], progress=progress)  # fmt: skip
+
+    both = (make_pod(0), make_pod(1).started(50))  # the last one started at T0 + 50 s
+    waiting = plan_at(1000, make_pod(0), make_pod(1).pending())
+    assert waiting.status.phase == "Pending"  # not Restarting: the gang waits for its pod
+    early = plan_at(50 + 89, *both)
+    assert early.status.phase == "Running" and early.requeue_after == pytest.approx(2)
+    stalled = plan_at(50 + 91, *both)
+    assert stalled.status.phase == "Restarting"
+    running = next(c for c in stalled.status.conditions if c.type == "Running")
+    assert running.reason == "Stalled"
+    assert ("no progress report from the trainer 91 s after its pods started "
+            "(runPolicy.stallDetection.startupSeconds 60 + 30 s)") in running.message  # fmt: skip
+    assert "torchrun's rendezvous" in running.message
+    # A report from this attempt hands over to the silence check; an older one does not.
+    fresh = report(0, step=0).model_copy(update={"updated_at": at(140)})
+    assert plan_at(50 + 91, *both, progress=fresh).status.phase == "Running"
+    assert plan_at(50 + 91, *both, progress=report(1)).status.phase == "Restarting"
+    off = make(resources__nodes=2, runPolicy__stallDetection__enabled=False)
+    plan = observe(off, running_status(), at(10**5), batch_job=make_batch_job(0).obj(),
+                   pods=[p.obj() for p in both])  # fmt: skip
     assert plan.status.phase == "Running"
 
 

@@ -45,10 +45,13 @@ def test_each_phase_has_its_own_deadline_and_steps_follow_their_median() -> None
 def test_the_deadline_counts_from_the_phase_and_only_whole_steps_set_the_pace() -> None:
     clock = ManualClock()
     dog = Watchdog(SPEC, clock=clock)
+    dog.note("importing torch and the training libraries")
+    clock.t = 300
+    dog.note("downloading the model")  # what it does now; the clock goes on
     clock.t = 590
-    assert dog.overdue() is None  # loading the model and data: 600 s
+    assert dog.overdue() is None  # the starting phase: 600 s from the process's start
     clock.t = 601
-    assert "training has not started (loading the model and data) after 601 s" in (
+    assert "training has not started (it was downloading the model) after 601 s" in (
         dog.overdue() or ""
     )
     dog.began_training()  # the first step has its own budget from here
