@@ -131,3 +131,41 @@ def test_a_rank_blocked_before_a_collective_stops_the_gang_with_the_waiting_stac
         f"blocked rank: rank 0 stopped after {stalled.group(1)} s (deadline 10 s); "
         f"the run took {took:.0f} s; resumed from step 2 (step 3 lost)"
     )
+
+
+def test_the_collective_timeout_follows_the_phase_deadline(tmp_path: Path) -> None:
+    """On a real (gloo) process group: the default group's collective timeout is the
+    current phase's deadline plus a minute, so a collective stuck in a step ends within the
+    step's deadline even where the watchdog cannot run, not after the longest phase's."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from ftapi.v1alpha1.scheduling import StallDetection
+    from fttrainer.watchdog import CollectiveTimeout, Watchdog
+
+    spec = StallDetection(
+        minimumSeconds=30, startupSeconds=3000, firstStepSeconds=600, checkpointSeconds=400
+    )
+    store = f"file://{tmp_path / 'store'}"
+    longest = datetime.timedelta(seconds=3060)
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1, timeout=longest)
+    try:
+        backend = dist.group.WORLD._get_backend(torch.device("cpu"))
+
+        def timeout() -> float:
+            return float(backend.options._timeout.total_seconds())
+
+        dog = Watchdog(spec)
+        dog.on_deadline = CollectiveTimeout().follow
+        dog.began_training()
+        assert timeout() == 600 + 60
+        dog.stepped(1)
+        assert timeout() == 30 + 60  # minimumSeconds: no median step yet
+        dog.enter("saving")
+        assert timeout() == 400 + 60
+        dog.resume()
+        assert timeout() == 30 + 60
+    finally:
+        dist.destroy_process_group()

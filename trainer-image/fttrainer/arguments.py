@@ -398,10 +398,12 @@ TORCH_COLLECTIVE_TIMEOUT = 1800
 
 
 def collective_timeout(spec: FineTuneJobSpec) -> int:
-    """distributed.ncclTimeoutSeconds, else above every stall deadline: a rank waiting in a
-    collective for a rank that is still within its phase's deadline (rank 0 tokenizing or
-    uploading alone) must not be aborted; a rank waiting for a stuck one is stopped by its
-    own watchdog first, with its stacks, which a collective timeout does not give."""
+    """distributed.ncclTimeoutSeconds, else, when the process group is created, above every
+    stall deadline: a rank waiting in a collective for a rank that is still within its
+    phase's deadline (rank 0 tokenizing or uploading alone) must not be aborted; a rank
+    waiting for a stuck one is stopped by its own watchdog first, with its stacks, which a
+    collective timeout does not give. From the start of training it follows the phase
+    (watchdog.CollectiveTimeout)."""
     if spec.distributed.nccl_timeout_seconds is not None:
         return spec.distributed.nccl_timeout_seconds
     stall = spec.run_policy.stall_detection

@@ -90,7 +90,7 @@ from .tracking import (
     registry_tags,
     tracker_env,
 )
-from .watchdog import Watchdog, with_stall_watch
+from .watchdog import CollectiveTimeout, Watchdog, with_stall_watch
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -165,6 +165,9 @@ class Recipe:
         # Phases from here on; `finetune run` gives one it started before its imports (one
         # process, one run: a Recipe used as a library, as the tests do, is never stopped).
         self.watchdog = watchdog or Watchdog(spec.run_policy.stall_detection)
+        stall = spec.run_policy.stall_detection
+        if stall.enabled and spec.distributed.nccl_timeout_seconds is None:  # a backstop
+            self.watchdog.on_deadline = CollectiveTimeout().follow
         self.faults = Faults.from_env()
         self.job = job
         self.spec = spec

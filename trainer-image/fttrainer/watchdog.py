@@ -114,6 +114,9 @@ class Watchdog:
         self.since = clock()
         self.doing = "loading the model and data"
         """What the starting phase is doing (`note`): named when it runs past its deadline."""
+        self.on_deadline: Callable[[float], None] | None = None
+        """Told each new phase's deadline (CollectiveTimeout.follow)."""
+        self._told: float | None = None
         self.training = False  # between the Trainer's on_train_begin and on_train_end
         self.step = 0
         # The starting or first-step phase an evaluation or a save interrupted, and how
@@ -141,6 +144,7 @@ class Watchdog:
             if self.phase in ("starting", "first-step") and phase in ("evaluating", "saving"):
                 self._paused = (self.phase, now - self.since)
             self.phase, self.since = phase, now
+        self._tell()
 
     def note(self, doing: str) -> None:
         """What the starting phase does now (importing the libraries, joining the other
@@ -154,6 +158,7 @@ class Watchdog:
             self.training = True
             if self.step == 0:
                 self.phase, self.since, self._paused = "first-step", self.clock(), None
+        self._tell()
 
     def resume(self) -> None:
         """An evaluation or a checkpoint ended: the next step starts now, or the starting
@@ -167,6 +172,7 @@ class Watchdog:
                 self.phase, self.since, self._paused = phase, now - ran, None
             else:
                 self.phase, self.since = "starting", now
+        self._tell()
 
     def stepped(self, step: int) -> float | None:
         """An optimizer step ended: the next one starts now. Its wall time (None for the
@@ -179,7 +185,18 @@ class Watchdog:
                 self.deadlines.step_seconds.append(took)
                 del self.deadlines.step_seconds[:-1000]  # the median of the recent ones
             self.phase, self.since, self.step = "step", now, step
-            return took
+        self._tell()
+        return took
+
+    def _tell(self) -> None:
+        """on_deadline, when the current phase's deadline moved by a second or more."""
+        if self.on_deadline is None:
+            return
+        with self._lock:
+            deadline = self.deadlines.of(self.phase)
+        if self._told is None or abs(deadline - self._told) >= 1.0:
+            self._told = deadline
+            self.on_deadline(deadline)
 
     def overdue(self) -> str | None:
         """Why the current phase is past its deadline, or None."""
@@ -231,6 +248,25 @@ def thread_stack(thread: threading.Thread) -> str:
     if frames is None:
         return "the training thread is gone"
     return "\n".join(f"  {f.filename}:{f.lineno} {f.name}" for f in frames)
+
+
+class CollectiveTimeout:
+    """The default process group's collective timeout follows the watchdog: the current
+    phase's deadline plus MARGIN_SECONDS. The watchdog fires first, with every thread's
+    stack; the timeout is the backstop for a process whose watchdog cannot run, and a
+    collective stuck inside a training step ends within that step's deadline, not the
+    longest phase's (startupSeconds, 2 h by default). Sub-groups (FSDP's hybrid shards) keep
+    the timeout they were created with."""
+
+    MARGIN_SECONDS = 60
+
+    def follow(self, deadline: float) -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.set_timeout(datetime.timedelta(seconds=deadline + self.MARGIN_SECONDS))
 
 
 def _stop_process(

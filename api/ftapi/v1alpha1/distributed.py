@@ -169,9 +169,11 @@ class DistributedSpec(ApiModel):
     deepspeed: DeepSpeedSpec | None = None
     """DeepSpeed settings (strategy deepspeed; defaults when omitted)."""
     nccl_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] | None = None
-    """Collective timeout. Unset: the longest deadline of runPolicy.stallDetection plus a
-    minute (7260 s with its defaults), so that a rank waiting for a stuck one is stopped by
-    the stall watchdog, which dumps every thread's stack, rather than by this timeout; 1800
+    """Collective timeout, fixed. Unset: it follows runPolicy.stallDetection, the current
+    phase's deadline plus a minute (a training step's: stepTimeFactor x the median step, at
+    least minimumSeconds, + 60 s), so that the stall watchdog, which dumps every thread's
+    stack, stops a rank waiting for a stuck one first, and the timeout ends a collective
+    stuck in a step within that step's deadline where the watchdog cannot run; 1800
     (PyTorch's default) when stall detection is off."""
 
     rules = (
