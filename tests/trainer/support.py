@@ -28,14 +28,11 @@ REFUSALS = {
         "prefix: multi-head latent attention compresses the keys and values",
     "keys dbrx's config does not have":
         "PEFT's prompt learning cannot read DBRX's config (`n_heads`, `n_layers`)",
-    "does not name (a transformers layout TRL does not read)":
-        "TRL 1.16's SFT trainer cannot find `Llama4ForCausalLM`'s backbone "
-        "(`base_model_prefix` names no module)",
     "from config.num_experts":
         "TRL 1.16 computes the balancing loss from `config.num_experts`, which this config "
         "lacks; LoRA (router frozen) trains",
 }  # fmt: skip
-_IN_PLACE, _UNQUANTIZED, _LAYOUT, _RECURRENT, _MLA, _KEYS, _BACKBONE, _NUM_EXPERTS = REFUSALS
+_IN_PLACE, _UNQUANTIZED, _LAYOUT, _RECURRENT, _MLA, _KEYS, _NUM_EXPERTS = REFUSALS
 
 FAMILY_NAMES = {
     "llama": "Llama", "gpt2": "GPT-2", "qwen2": "Qwen2", "qwen3": "Qwen3",
@@ -57,7 +54,6 @@ MOE_EXCEPTIONS: dict[tuple[str, str], str] = {
     **{(arch, "prefix"): _RECURRENT for arch in ("qwen3_next", "jamba")},
     ("deepseek_v3", "prefix"): _MLA,
     **{(arch, "full"): _NUM_EXPERTS for arch in ("granitemoe", "phimoe")},
-    **{("llama4_text", method): _BACKBONE for method in METHODS},
 }
 
 

@@ -381,11 +381,14 @@ def peft_config_kwargs(
 def router_loss_kwargs(spec: FineTuneJobSpec, moe: MoeConfig | None) -> dict[str, Any]:
     """TRL's router_aux_loss_coef (SFT and DPO). A frozen router's load-balancing loss
     would only push the adapters to reroute tokens, so it is off (0) for every method but
-    full fine-tuning (TRL's default there: the model's own coefficient) and a LoRA with
-    lora.trainRouter (the spec's coefficient, else the model's)."""
+    full fine-tuning (TRL's default there: the model's own coefficient, off where the
+    model computes no such loss, as Llama 4's config carries one it never uses) and a LoRA
+    with lora.trainRouter (the spec's coefficient, else the model's)."""
     method = spec.method
-    if moe is None or spec.trainer.type == "grpo" or method.type == "full":
+    if moe is None or spec.trainer.type == "grpo":
         return {}
+    if method.type == "full":
+        return {} if moe.aux_loss_coef is not None else {"router_aux_loss_coef": 0.0}
     lora = method.effective_lora()
     if method.type in LORA_SETTINGS_METHODS and lora.train_router:
         coef = lora.router_aux_loss_coef

@@ -69,7 +69,7 @@ from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
 from .faults import Faults, with_faults
 from .hub import push_to_hub, push_token
-from .model.adapters import ModelPlan, plan_model
+from .model.adapters import ModelPlan, name_backbone, plan_model
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
 from .model.memory_plan import ModelShape, checkpointed_layers_to_fit
@@ -338,6 +338,7 @@ class Recipe:
         if quantization is not None:
             kwargs["quantization_config"] = self._quantization_config()
         model: Any = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
+        name_backbone(model)  # where TRL and PEFT look for the decoder (Llama 4)
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
         model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -96,6 +97,9 @@ def test_refusals(
         ({}, QWEN3_MOE, {"router_aux_loss_coef": 0.0}),  # frozen router
         ({"method.type": "prefix"}, QWEN3_MOE, {"router_aux_loss_coef": 0.0}),
         ({"method.type": "full"}, QWEN3_MOE, {}),  # TRL's default: the model's coefficient
+        # A model that computes no load-balancing loss (Llama 4): none to weigh.
+        ({"method.type": "full"}, replace(QWEN3_MOE, aux_loss_coef=None),
+         {"router_aux_loss_coef": 0.0}),
         ({"method.lora": {"trainRouter": True}}, QWEN3_MOE, {"router_aux_loss_coef": 0.001}),
         ({"method.lora": {"trainRouter": True, "routerAuxLossCoef": 0.02}}, QWEN3_MOE,
          {"router_aux_loss_coef": 0.02}),

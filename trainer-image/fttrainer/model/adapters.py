@@ -409,6 +409,20 @@ PEFT_PROMPT_KEYS = {
 }
 
 
+def name_backbone(model: Any) -> bool:
+    """Make `model.base_model` the decoder backbone where the class's base_model_prefix
+    names no module (Llama4ForCausalLM says language_model, keeps it at `.model`): TRL's
+    SFT loss and PEFT's prompt learning find the backbone through it. Set on the instance
+    only (nothing saved changes). False when no backbone is found."""
+    if model.base_model is not model:
+        return True
+    inner = getattr(model, "model", None)
+    if inner is None or inner is model or not hasattr(inner, "forward"):
+        return False
+    model.base_model_prefix = "model"
+    return model.base_model is inner
+
+
 def architecture_refusals(model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None) -> list[str]:
     """What the model's architecture, or TRL and PEFT on it, cannot serve whatever the
     adapter targets: each found where the run would otherwise fail after loading."""
@@ -417,7 +431,7 @@ def architecture_refusals(model: Any, spec: FineTuneJobSpec, moe: MoeConfig | No
     method = spec.method.type
     sft = spec.trainer.type == "sft"
     found: list[str] = []
-    if sft and model.base_model is model:
+    if sft and not name_backbone(model):
         found.append(
             f"{type(model).__name__} cannot be trained by TRL's SFT trainer: TRL computes the "
             f"loss from the model's backbone, which its base_model_prefix "
