@@ -14,7 +14,9 @@ release is switched for this module with `kubectl set env` and switched back aft
     Restarting Event names both and the collective; the gang restarts from the last
     checkpoint and succeeds.
   - A trainer that hangs in its imports, before its first report: its own watchdog, started
-    before them, stops it at startupSeconds, naming the imports; the operator restarts it.
+    before them, stops it at startupSeconds, naming the imports; one frozen there (no
+    thread runs) is called Stalled by the operator at startupSeconds plus a margin. Both
+    are restarted.
 """
 
 from __future__ import annotations
@@ -207,19 +209,20 @@ def test_a_straggler_is_named_then_its_blocked_collective_stops_the_gang(
           f"warning; verdict: {verdict[:300]}; resumed from {resumed}")  # fmt: skip
 
 
-STARTUP_SECONDS = 60
+STARTUP_SECONDS = 20
 
 
-def test_a_trainer_that_hangs_in_its_imports_is_stalled_and_restarted(
-    faulty_release: Release, bucket: Bucket, tmp_path: Path
-) -> None:
-    release, cluster, ns, name = (faulty_release, faulty_release.cluster,
-                                  faulty_release.watched, "hung-imports")  # fmt: skip
-    job = tiny_cpu_job(release, bucket, tmp_path, name, steps=5)
-    job["spec"]["runPolicy"] = {"terminationGracePeriodSeconds": 10,
-                                "stallDetection": {"startupSeconds": STARTUP_SECONDS}}  # fmt: skip
-    _with_faults(job, FINETUNE_FAULT_SLEEP="imports:600")
-    create_ftj(cluster, ns, job)
+def _hung_before_its_first_report(
+    release: Release, base: dict[str, Any], name: str, **faults: str
+) -> tuple[str, float]:
+    """`base` renamed, its first attempt hanging before its first report: (the Restarting
+    Event's message, seconds from its trainer's start to the restart). The job is deleted
+    then (its next attempt is not the point)."""
+    cluster, ns = release.cluster, release.watched
+    job = renamed(base, name)
+    job["spec"]["runPolicy"] = {"terminationGracePeriodSeconds": 5, "stallDetection": {
+        "startupSeconds": STARTUP_SECONDS, "minimumSeconds": 10}}  # fmt: skip
+    create_ftj(cluster, ns, _with_faults(job, **faults))
 
     def started() -> float | None:
         for pod in job_pods(release, name):
@@ -242,11 +245,31 @@ def test_a_trainer_that_hangs_in_its_imports_is_stalled_and_restarted(
                  if r == "Restarting"],
         timeout=30, what="the Restarting event",
     )[0]  # fmt: skip
+    cluster.kubectl("delete", "finetunejob", "-n", ns, name, "--wait=false")
+    return verdict, detected
+
+
+def test_a_trainer_that_hangs_before_its_first_report_is_stalled_and_restarted(
+    faulty_release: Release, bucket: Bucket, tmp_path: Path
+) -> None:
+    """Hung in its imports, the trainer's own watchdog (started before them) stops it at
+    startupSeconds and names the imports; frozen whole there (SIGSTOP: no thread of it
+    runs), the operator's bound on the first report, startupSeconds plus a margin
+    (minimumSeconds here), does."""
+    base = tiny_cpu_job(faulty_release, bucket, tmp_path, "hung", steps=5, save_steps=5,
+                        log_every=1)  # fmt: skip
+    verdict, detected = _hung_before_its_first_report(
+        faulty_release, base, "hung-imports", FINETUNE_FAULT_SLEEP="imports:600"
+    )
     assert "Stalled" in verdict, verdict
     assert "training has not started (it was importing torch" in verdict, verdict
     assert STARTUP_SECONDS - 5 <= detected <= STARTUP_SECONDS + 60, detected
-    cluster.kubectl("delete", "finetunejob", "-n", ns, name, "--wait=false")
-    print(
-        f"hung in its imports: Stalled and restarted {detected:.1f} s after the trainer "
-        f"started (startupSeconds {STARTUP_SECONDS})"
+    frozen, silent = _hung_before_its_first_report(
+        faulty_release, base, "frozen-imports", FINETUNE_FAULT_FREEZE_AT_STEP="imports"
     )
+    assert "Stalled" in frozen and "no progress report from the trainer" in frozen, frozen
+    assert f"startupSeconds {STARTUP_SECONDS} + 10 s" in frozen, frozen
+    assert STARTUP_SECONDS + 10 - 5 <= silent <= STARTUP_SECONDS + 10 + 60, silent
+    print(f"hung in its imports: restarted {detected:.1f} s after the trainer started (its "
+          f"watchdog, startupSeconds {STARTUP_SECONDS}); frozen there: {silent:.1f} s (the "
+          f"operator, startupSeconds + 10 s)")  # fmt: skip

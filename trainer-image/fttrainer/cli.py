@@ -454,7 +454,7 @@ def _run(args: argparse.Namespace) -> int:
     watchdog.note("importing torch and the training libraries")
     from .faults import Faults
 
-    Faults.from_env().sleep("imports")  # a test's hang while importing
+    Faults.from_env().before_imports()  # a test's hang or freeze there
     import torch
 
     from .quiet import quiet_libraries

@@ -12,7 +12,8 @@
     FINETUNE_FAULT_FREEZE_AT_STEP=3     the process stops itself (SIGSTOP) at the start of
                                         that step: frozen whole, as in a hung driver call
                                         holding the GIL (its own watchdog cannot run);
-                                        first attempt only
+                                        `imports`: before `finetune run` imports torch,
+                                        before its first report; first attempt only
     FINETUNE_FAULT_NAN_WEIGHTS_AT_STEP=4
                                         after that optimizer step, one trainable weight is
                                         NaN while the step's loss was finite (a bad update
@@ -52,6 +53,7 @@ class Faults:
     sleeps: dict[str, float] = field(default_factory=dict)
     logged: set[str] = field(default_factory=set)
     freeze_step: int | None = None
+    freeze_imports: bool = False
     nan_weights_step: int | None = None
 
     @classmethod
@@ -63,7 +65,8 @@ class Faults:
         faults = cls(nan_steps=frozenset(int(v) for v in nan.split(",") if v.strip()))
         if environ.get(ENV_ATTEMPT, "0") in ("", "0"):
             freeze = environ.get(ENV_FAULT_FREEZE_AT_STEP, "").strip()
-            faults.freeze_step = int(freeze) if freeze else None
+            faults.freeze_step = int(freeze) if freeze.isdigit() else None
+            faults.freeze_imports = freeze == "imports"
             weights = environ.get(ENV_FAULT_NAN_WEIGHTS_AT_STEP, "").strip()
             faults.nan_weights_step = int(weights) if weights else None
             for item in environ.get(ENV_FAULT_SLEEP, "").split(","):
@@ -88,6 +91,15 @@ class Faults:
             if where == "every":
                 self.logged.add(where)
             _sleep_for_tests(seconds)
+
+    def before_imports(self) -> None:
+        """The faults that strike before `finetune run` imports torch: a sleep (its watchdog
+        stops it), or a freeze (nothing in the process runs: the operator's bound on the
+        first report does)."""
+        if self.freeze_imports:
+            log.warning("test fault: the process stops itself (SIGSTOP) before its imports")
+            os.kill(os.getpid(), signal.SIGSTOP)
+        self.sleep("imports")
 
     def freeze(self, step: int) -> None:
         if step == self.freeze_step:
