@@ -1,1 +1,9 @@
-"""The FineTuneJob operator (kopf). Not implemented yet: it follows the API and trainer."""
+"""The FineTuneJob operator.
+
+kopf starts the process, runs its lifecycle (startup, liveness, shutdown) and watches the
+CRD. The operator's own informers (informer.py) watch FineTuneJobs, their
+FineTuneJobProgress objects, Jobs, pods and nodes into the cache (cache.py), whose work
+queue hands each FineTuneJob to one reconcile pass (controller.py): read the cache, decide
+(planner.py, policy.py), write the status, then create what children/ builds.
+docs/operator.md has the architecture and why it is built so.
+"""

@@ -1,7 +1,7 @@
 """What the operator has seen, and what it must look at again.
 
-`Cache` is an informer cache fed by the watches (kopf's for FineTuneJobs, progress objects
-and nodes; informer.py's for Jobs and pods): FineTuneJobs by (namespace, name), their Jobs,
+`Cache` is an informer cache fed by the watches (informer.py's: FineTuneJobs, progress
+objects, Jobs, pods and nodes): FineTuneJobs by (namespace, name), their Jobs,
 pods and progress reports grouped by owning FineTuneJob, and the nodes that are not ready.
 Reconciling reads only from here, so one pass costs no API reads. Jobs and pods are kept
 as the passes read them (slim_child), not whole.

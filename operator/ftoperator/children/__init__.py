@@ -10,7 +10,8 @@
 Everything a pod needs is decided here, so a unit test can read it without a cluster:
 torchrun's arguments, the GPU request, where the pods may run, which Secrets become which
 environment variables (values never: only `secretKeyRef`s), and the security context.
-The kopf handlers apply what this returns and never edit it.
+The controller (controller.Controller._act) applies what this returns and never edits
+it.
 
 A new kind of child gets a module here with its `build_...` function, a field in Children
 and its place in Children.stages().
