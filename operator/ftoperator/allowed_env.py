@@ -11,12 +11,10 @@ a mode, an interface or a name: the allocator, NCCL's and torch.distributed's de
 transports and network interfaces, thread counts, tokenizer parallelism, library verbosity,
 the trackers' project and run names. Nothing in it names a path, a library, a plugin, a
 host or a credential source (NCCL_DEBUG_FILE, NCCL_TOPO_FILE and every *_PLUGIN are left
-out). Entries are exact names or shell globs (fnmatch, case-sensitive).
+out). Entries are exact names or shell globs (policy.globbed, case-sensitive).
 """
 
 from __future__ import annotations
-
-from fnmatch import fnmatchcase
 
 # fmt: off
 DEFAULT_ALLOWED_ENV: tuple[str, ...] = (
@@ -55,8 +53,3 @@ DEFAULT_ALLOWED_ENV: tuple[str, ...] = (
     "MLFLOW_NESTED_RUN", "MLFLOW_TAGS", "MLFLOW_FLATTEN_PARAMS",
 )
 # fmt: on
-
-
-def env_allowed(name: str, allowed: tuple[str, ...]) -> bool:
-    """Whether `name` is one `allowed` lists (an exact name or a shell glob)."""
-    return any(fnmatchcase(name, entry) for entry in allowed)

@@ -257,8 +257,9 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
                                        now)  # fmt: skip
         _look_again(plan, wait)
     if failure is None and not job_suspended:
-        failure, wait = first_report_overdue(job, observed.progress, observed.pods,
-                                             status.attempt, now)  # fmt: skip
+        failure, wait = first_report_overdue(
+            job, observed.progress, observed.pods, status.attempt, now
+        )
         _look_again(plan, wait)
     if failure is not None:
         _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
@@ -397,9 +398,12 @@ def report_silence(
 
 
 def first_report_overdue(
-    job: FineTuneJob, report: ProgressReport | None, pods: list[dict[str, Any]], attempt: int,
+    job: FineTuneJob,
+    report: ProgressReport | None,
+    pods: list[dict[str, Any]],
+    attempt: int,
     now: datetime,
-) -> tuple[Failure | None, float | None]:  # fmt: skip
+) -> tuple[Failure | None, float | None]:
     """Stalled when this attempt's pods have all been running longer than
     runPolicy.stallDetection.startupSeconds plus a margin with no progress report from it.
     The trainer's own watchdog, started before its imports, stops a process still starting
@@ -414,14 +418,15 @@ def first_report_overdue(
     started = [t for pod in pods if (t := _trainer_started_at(pod)) is not None]
     if len(started) < nodes:
         return None, None
-    limit = spec.startup_seconds + first_report_margin(spec.minimum_seconds)
+    margin = first_report_margin(spec.minimum_seconds)
+    limit = spec.startup_seconds + margin
     waited = (now - max(started)).total_seconds()
     if waited <= limit:
         return None, limit - waited + 1.0
     message = (
         f"no progress report from the trainer {waited:.0f} s after its pods started "
         f"(runPolicy.stallDetection.startupSeconds {spec.startup_seconds} + "
-        f"{first_report_margin(spec.minimum_seconds):g} s): the trainer's own watchdog, "
+        f"{margin:g} s): the trainer's own watchdog, "
         "which names the phase, did not stop it either, so it is stuck where that cannot "
         "run: torchrun's rendezvous before its workers start (a peer that never joins), or a "
         "process whose threads cannot run"

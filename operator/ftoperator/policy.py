@@ -20,7 +20,6 @@ from ftapi.v1alpha1.common import SecretKeyRef, SecretRef
 from ftapi.v1alpha1.model import is_relative_path
 from ftapi.v1alpha1.registry import RegistryAccess
 
-from .allowed_env import env_allowed
 from .config import Settings, image_of
 from .fault_hooks import faults_violation
 
@@ -219,7 +218,7 @@ def registry_trust_violation(job: FineTuneJob, settings: Settings) -> tuple[str,
     operator's plainHttpRegistries or allowedCaConfigMaps does not admit."""
     for where, access, hosts in registry_accesses(job):
         if access.plain_http:
-            refused = [h for h in hosts if not _globbed(h, settings.plain_http_registries)]
+            refused = [h for h in hosts if not globbed(h, settings.plain_http_registries)]
             if refused:
                 return "PlainHttpNotAllowed", (
                     f"{where}.plainHttp would send the registry credential to "
@@ -228,7 +227,7 @@ def registry_trust_violation(job: FineTuneJob, settings: Settings) -> tuple[str,
                     "your platform team"
                 )
         ca = access.ca_config_map_ref
-        if ca is not None and not _globbed(ca.name, settings.allowed_ca_config_maps):
+        if ca is not None and not globbed(ca.name, settings.allowed_ca_config_maps):
             return "CaConfigMapNotAllowed", (
                 f"{where}.caConfigMapRef ({ca.name}) would choose whom the trainer trusts to "
                 "be the registry; this operator's allowedCaConfigMaps admits "
@@ -255,7 +254,8 @@ def _host(reference: str) -> str:
     return reference.removeprefix("oci://").split("/", 1)[0]
 
 
-def _globbed(name: str, patterns: tuple[str, ...]) -> bool:
+def globbed(name: str, patterns: tuple[str, ...]) -> bool:
+    """`name` matches one of the shell globs (case-sensitive, as Kubernetes names are)."""
     return any(fnmatchcase(name, p) for p in patterns)
 
 
@@ -269,7 +269,7 @@ def env_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | Non
     if not (settings.restrict_env or settings.forbid_job_code):
         return None
     allowed = settings.allowed_env
-    refused = [e.name for e in job.spec.resources.env if not env_allowed(e.name, allowed)]
+    refused = [e.name for e in job.spec.resources.env if not globbed(e.name, allowed)]
     if not refused:
         return None
     why = "restrictEnv" if settings.restrict_env else "forbidJobCode"
@@ -286,8 +286,9 @@ def secret_violation(job: FineTuneJob, settings: Settings) -> tuple[str, str] | 
     patterns = settings.allowed_secret_names
     if not patterns:
         return None
-    refused = [f"{field} ({name})" for field, name in secret_references(job)
-               if not any(fnmatchcase(name, p) for p in patterns)]  # fmt: skip
+    refused = [
+        f"{field} ({name})" for field, name in secret_references(job) if not globbed(name, patterns)
+    ]
     if not refused:
         return None
     return "SecretNotAllowed", (
@@ -316,8 +317,8 @@ def secret_references(job: FineTuneJob) -> list[tuple[str, str]]:
          spec.logging.wandb.api_key_secret_ref if spec.logging.wandb else None),
     ]  # fmt: skip
     # A pull secret reaches the kubelet, not the pods, but it is a Secret the job names.
-    named = [(f"spec.resources.imagePullSecrets[{i}]", n)
-             for i, n in enumerate(spec.resources.image_pull_secrets)]  # fmt: skip
+    pulls = enumerate(spec.resources.image_pull_secrets)
+    named = [(f"spec.resources.imagePullSecrets[{i}]", name) for i, name in pulls]
     refs += [(f"spec.resources.env[{i}].secretKeyRef", e.secret_key_ref)
              for i, e in enumerate(spec.resources.env)]  # fmt: skip
     return named + [(field, ref.name) for field, ref in refs if ref is not None]

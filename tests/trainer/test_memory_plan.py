@@ -135,20 +135,7 @@ def test_the_plans_lora_dropout_memory_is_what_autograd_keeps(tmp_path: Path) ->
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear",
                           task_type="CAUSAL_LM")  # fmt: skip
         model = get_peft_model(model, lora).train()
-        storages: dict[int, int] = {}
-
-        def keep(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        ids = torch.randint(0, 512, (1, tokens))
-        with (
-            torch.autocast("cpu", dtype=torch.bfloat16),
-            torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor),
-        ):
-            model(input_ids=ids, labels=ids)
-        return sum(storages.values())
+        return _saved_outside_weights(model, tokens)
 
     def planned(dropout: float) -> float:
         job = (make_job().set("method.lora.dropout", dropout).set("training.batchSize", 1)

@@ -110,30 +110,29 @@ class GracefulStop(TrainerCallback):
             raise Stopped(self.stopped_at)
 
 
-def _mean(value: float) -> float:
-    """The mean of `value` over the ranks (the Trainer logs the ranks' mean loss)."""
+def _reduced(value: float, op: str) -> tuple[float, int]:
+    """`value` reduced over the ranks by `op` ("sum" or "max"), and the number of ranks (1
+    outside a distributed run: the value as it is)."""
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return value
+        return value, 1
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return float(total.item()) / dist.get_world_size()
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return float(tensor.item()), dist.get_world_size()
+
+
+def _mean(value: float) -> float:
+    """The mean of `value` over the ranks (the Trainer logs the ranks' mean loss)."""
+    total, ranks = _reduced(value, "sum")
+    return total / ranks
 
 
 def _anyone(flag: bool) -> bool:
     """True on every rank when it is True on any (one small all-reduce per step)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(_reduced(1.0 if flag else 0.0, "max")[0])
 
 
 class EarlyStopping(TrainerCallback):

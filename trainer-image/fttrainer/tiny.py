@@ -18,15 +18,35 @@ from typing import Any
 from .templates import CHAT_TEMPLATE
 
 DENSE_ARCHITECTURES = (
-    "llama", "gpt2", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "olmo2",
+    "llama",
+    "gpt2",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
     "gpt_neox",
-)  # fmt: skip
+)
 # Mixture-of-experts families (transformers model types), each with a dense first layer or
 # shared experts where the family has them, so every kind of MLP is in the tiny model.
 MOE_ARCHITECTURES = (
-    "qwen3_moe", "qwen2_moe", "mixtral", "gpt_oss", "deepseek_v3", "olmoe", "llama4_text",
-    "granitemoe", "phimoe", "glm4_moe", "ernie4_5_moe", "qwen3_next", "jamba", "dbrx",
-)  # fmt: skip
+    "qwen3_moe",
+    "qwen2_moe",
+    "mixtral",
+    "gpt_oss",
+    "deepseek_v3",
+    "olmoe",
+    "llama4_text",
+    "granitemoe",
+    "phimoe",
+    "glm4_moe",
+    "ernie4_5_moe",
+    "qwen3_next",
+    "jamba",
+    "dbrx",
+)
 ARCHITECTURES = DENSE_ARCHITECTURES + MOE_ARCHITECTURES
 # A tiny size for every field any family has (set where the family's config has the field).
 TINY = {
@@ -50,10 +70,13 @@ TINY_FAMILY: dict[str, dict[str, Any]] = {
     "deepseek_v3": {"num_key_value_heads": 4},
 }
 TINY_DBRX = {  # DBRX nests its settings; transformers 5.23 reads rope_theta and clip_qkv
-    "d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 1024,
+    "d_model": 64,
+    "n_heads": 4,
+    "n_layers": 2,
+    "max_seq_len": 1024,
     "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
     "ffn_config": {"ffn_hidden_size": 32, "moe_num_experts": 4, "moe_top_k": 2},
-}  # fmt: skip
+}
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 DEFAULT_CORPUS = (

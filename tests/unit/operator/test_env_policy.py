@@ -10,9 +10,9 @@ import pytest
 
 from ftapi import parse_job
 from ftapi.v1alpha1.redirects import redirect_group
-from ftoperator.allowed_env import DEFAULT_ALLOWED_ENV, env_allowed
+from ftoperator.allowed_env import DEFAULT_ALLOWED_ENV
 from ftoperator.config import Settings, parse_options
-from ftoperator.policy import policy_violation
+from ftoperator.policy import globbed, policy_violation
 from fttestkit.builders import make_job
 from fttestkit.env_inventory import LOADS
 
@@ -51,7 +51,7 @@ def test_allowed_env_takes_names_and_globs() -> None:
     assert _refusal([{"name": "TEAM_A_MODE", "value": "1"}, KNOBS[0]], settings) is None
     refused = _refusal([{"name": "OMP_NUM_THREADS", "value": "4"}], settings)
     assert refused is not None and refused[0] == "EnvNotAllowed"
-    assert not env_allowed("team_a", ("TEAM_*",))  # case-sensitive, as the kubelet is
+    assert not globbed("team_a", ("TEAM_*",))  # case-sensitive, as the kubelet is
     # The default is the documented list.
     assert parse_options([], env={}).settings.allowed_env == DEFAULT_ALLOWED_ENV
 

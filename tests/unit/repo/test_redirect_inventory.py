@@ -82,21 +82,29 @@ def _reviewed(path: Path = REVIEWED) -> dict[str, str]:
     return {row[0]: row[1] for row in rows if row and not row[0].startswith("#")}
 
 
+def _assert_refused_or_reviewed(
+    candidates: dict[str, str], reviewed_file: Path, reasons: dict[str, str], what: str
+) -> None:
+    """Every candidate (name: where found) is refused or reviewed in `reviewed_file` with one
+    of `reasons`; no reviewed name is refused now or gone from the libraries."""
+    open_ = {n: candidates[n] for n in sorted(candidates) if redirect_group(n) is None}
+    reviewed = _reviewed(reviewed_file)
+    unreviewed = {n: where for n, where in open_.items() if n not in reviewed}
+    assert not unreviewed, (
+        f"{what}: refuse them in redirects.py or review them in {reviewed_file.name}: {unreviewed}"
+    )
+    stale = sorted(set(reviewed) - set(open_))
+    assert not stale, f"reviewed, but no library holds them (or now refused): {stale}"
+    unknown = {n: r for n, r in reviewed.items() if r not in reasons}
+    assert not unknown, f"reasons without a legend: {unknown}"
+
+
 def test_every_variable_that_could_move_a_credential_is_refused_or_reviewed() -> None:
     read = _read()
     assert len(read) > 1500, f"the scan found only {len(read)} names"
     candidates = {n for n in read if LOOKS_LIKE_A_DESTINATION.search(n)}
-    open_ = {n: read[n] for n in sorted(candidates) if redirect_group(n) is None}
-    reviewed = _reviewed()
-    unreviewed = {n: where for n, where in open_.items() if n not in reviewed}
-    assert not unreviewed, (
-        "variables the libraries read that look like an endpoint or credential source: refuse "
-        f"them in redirects.py or review them in {REVIEWED.name}: {unreviewed}"
-    )
-    stale = sorted(set(reviewed) - set(open_))
-    assert not stale, f"reviewed, but no library reads them (or now refused): {stale}"
-    unknown = {n: r for n, r in reviewed.items() if r not in REASONS}
-    assert not unknown, f"reasons without a legend: {unknown}"
+    what = "variables the libraries read that look like an endpoint or credential source"
+    _assert_refused_or_reviewed({n: read[n] for n in candidates}, REVIEWED, REASONS, what)
 
 
 def test_the_scan_sees_the_variables_known_to_move_credentials() -> None:
@@ -117,17 +125,8 @@ def test_the_scan_sees_the_variables_known_to_move_credentials() -> None:
 def test_every_name_compiled_code_loads_from_is_refused_or_reviewed() -> None:
     found = _loaders()
     assert len(found) > 150, f"the scan of the shared libraries found only {len(found)} names"
-    open_ = {n: found[n] for n in sorted(found) if redirect_group(n) is None}
-    reviewed = _reviewed(REVIEWED_NATIVE)
-    unreviewed = {n: where for n, where in open_.items() if n not in reviewed}
-    assert not unreviewed, (
-        "names in the image's shared libraries that may load a library, a plugin or a file: "
-        f"refuse them in redirects.py or review them in {REVIEWED_NATIVE.name}: {unreviewed}"
-    )
-    stale = sorted(set(reviewed) - set(open_))
-    assert not stale, f"reviewed, but no library holds them (or now refused): {stale}"
-    unknown = {n: r for n, r in reviewed.items() if r not in NATIVE_REASONS}
-    assert not unknown, f"reasons without a legend: {unknown}"
+    what = "names in the image's shared libraries that may load a library, a plugin or a file"
+    _assert_refused_or_reviewed(found, REVIEWED_NATIVE, NATIVE_REASONS, what)
 
 
 def test_the_scan_sees_the_loader_variables_of_cuda_and_nccl() -> None:

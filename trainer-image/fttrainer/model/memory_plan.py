@@ -103,14 +103,7 @@ class ModelShape:
             linears=linears,
             experts=experts,  # type: ignore[arg-type]
             per_token=(moe.per_token or moe.experts) if moe else 0,
-            routed_bytes=(
-                (
-                    routed_token_bytes(model, moe, trained=False),
-                    routed_token_bytes(model, moe, trained=True),
-                )
-                if moe
-                else (0, 0)
-            ),
+            routed_bytes=routed_token_bytes(model, moe) if moe else (0, 0),
         )
 
     @property

@@ -120,18 +120,19 @@ def _first_int(config: Any, fields: tuple[str, ...]) -> int | None:
     return None
 
 
-def routed_token_bytes(model: Any, moe: MoeConfig, *, trained: bool, dtype_bytes: int = 2) -> int:
+def routed_token_bytes(model: Any, moe: MoeConfig, *, dtype_bytes: int = 2) -> tuple[int, int]:
     """Bytes autograd keeps in one MoE layer for each (token, expert it is routed to) pair,
-    in a 16-bit forward of transformers' grouped experts: what the experts' gate function
-    saves and the expert output the routing weight scales, and, when the experts train
-    (an adapter on them, or full weights), the inputs of both grouped matmuls, which their
-    weight gradients need. The gate is run on the meta device to count what it saves, so a
-    family's own activation (gpt-oss's clamped SwiGLU keeps twice SwiGLU's) is read, not
-    assumed. 0 when the model has no fused experts."""
+    in a 16-bit forward of transformers' grouped experts, with the experts frozen and with
+    them trained: what the experts' gate function saves and the expert output the routing
+    weight scales, and, when the experts train (an adapter on them, or full weights), also
+    the inputs of both grouped matmuls, which their weight gradients need. The gate is run
+    on the meta device to count what it saves, so a family's own activation (gpt-oss's
+    clamped SwiGLU keeps twice SwiGLU's) is read, not assumed. (0, 0) when the model has
+    no fused experts."""
     shapes = dict(model.named_parameters())
     names = expert_parameters(model, moe)
     if not names:
-        return 0
+        return 0, 0
     hidden = int(getattr(text_config(model.config), "hidden_size", 0) or 0)
     module_name = names[0].rpartition(".")[0]
     experts = model.get_submodule(module_name)
@@ -144,8 +145,8 @@ def routed_token_bytes(model: Any, moe: MoeConfig, *, trained: bool, dtype_bytes
     gate_bytes = 3 * intermediate * dtype_bytes  # SwiGLU: gate, up, act(gate)
     if activation is not None:
         gate_bytes = _saved_bytes(activation, up_width if gate else intermediate, dtype_bytes)
-    inputs = (hidden + intermediate) * dtype_bytes if trained else 0
-    return hidden * dtype_bytes + gate_bytes + inputs
+    frozen = hidden * dtype_bytes + gate_bytes
+    return frozen, frozen + (hidden + intermediate) * dtype_bytes
 
 
 def _saved_bytes(function: Any, width: int, dtype_bytes: int) -> int:
