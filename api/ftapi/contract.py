@@ -122,8 +122,14 @@ EXIT_STOPPED = 143
 ENV_TORCHRUN_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 # The image's default arguments: one node, every visible GPU (torchrun counts them).
 DEFAULT_COMMAND = (
-    TORCHRUN, "--nproc-per-node", "gpu", "-m", TRAINER_MODULE, TRAINER_COMMAND, JOB_CONFIG_PATH,
-)  # fmt: skip
+    TORCHRUN,
+    "--nproc-per-node",
+    "gpu",
+    "-m",
+    TRAINER_MODULE,
+    TRAINER_COMMAND,
+    JOB_CONFIG_PATH,
+)
 
 
 def torchrun_command(
@@ -140,13 +146,23 @@ def torchrun_command(
     can pass "$(JOB_COMPLETION_INDEX)" for the kubelet to expand."""
     return [
         TORCHRUN,
-        "--nnodes", str(nnodes),
-        "--nproc-per-node", str(nproc_per_node),
-        "--node-rank", node_rank,
-        "--master-addr", master_addr,
-        "--master-port", str(master_port),
-        "-m", TRAINER_MODULE, TRAINER_COMMAND, config, "--output", output,
-    ]  # fmt: skip
+        "--nnodes",
+        str(nnodes),
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "--node-rank",
+        node_rank,
+        "--master-addr",
+        master_addr,
+        "--master-port",
+        str(master_port),
+        "-m",
+        TRAINER_MODULE,
+        TRAINER_COMMAND,
+        config,
+        "--output",
+        output,
+    ]
 
 
 def worse_than_base(before: float | None, after: float | None) -> str | None:
@@ -154,5 +170,6 @@ def worse_than_base(before: float | None, after: float | None) -> str | None:
     the WorseThanBase verdict, condition and Event), or None."""
     if before is None or after is None or not after > before:
         return None
-    return (f"the validation loss after training ({after:.4g}) is worse than before it "
-            f"({before:.4g})")  # fmt: skip
+    return (
+        f"the validation loss after training ({after:.4g}) is worse than before it ({before:.4g})"
+    )

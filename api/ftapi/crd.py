@@ -353,9 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="write the CRD to this file")
     parser.add_argument("--check", type=Path, help="fail if this file is out of date")
     parser.add_argument(
-        "--kind", choices=("job", "progress"), default="job",
+        "--kind",
+        choices=("job", "progress"),
+        default="job",
         help="which CRD: FineTuneJob (job) or FineTuneJobProgress (progress)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     rendered = render_crd(args.kind)
     if args.check:

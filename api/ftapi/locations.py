@@ -30,14 +30,19 @@ class Location:
 def data_locations(job: FineTuneJob) -> list[tuple[str, str | None]]:
     """(spec field, URI) of the data the job reads: its splits, prompts and benchmarks."""
     spec = job.spec
-    data = [("train", spec.dataset.train), ("validation", spec.dataset.validation),
-            ("test", spec.dataset.test)]  # fmt: skip
+    data = [
+        ("train", spec.dataset.train),
+        ("validation", spec.dataset.validation),
+        ("test", spec.dataset.test),
+    ]
     named: list[tuple[str, str | None]] = [
         (f"spec.dataset.{split}.uri", s.uri) for split, s in data if s is not None
     ]
     named += [("spec.evaluation.promptsUri", spec.evaluation.prompts_uri)]
-    named += [(f"spec.evaluation.benchmarks[{i}].uri", b.uri)
-              for i, b in enumerate(spec.evaluation.benchmarks)]  # fmt: skip
+    named += [
+        (f"spec.evaluation.benchmarks[{i}].uri", b.uri)
+        for i, b in enumerate(spec.evaluation.benchmarks)
+    ]
     return named
 
 

@@ -105,9 +105,11 @@ def value_at(data: Any, loc: Loc) -> Any:
 
 
 def _stripped(
-    model: type[M], data: Any, left_out_of: Callable[[ValidationError], list[Loc] | None],
+    model: type[M],
+    data: Any,
+    left_out_of: Callable[[ValidationError], list[Loc] | None],
     **validate: Any,
-) -> tuple[M, list[Loc]]:  # fmt: skip
+) -> tuple[M, list[Loc]]:
     """`model` validated from JSON-shaped `data`, leaving out what `left_out_of` names for
     each error and trying again (None: the error stands); and where it left things out."""
     ignored: list[Loc] = []

@@ -28,18 +28,21 @@ def register(commands: Any) -> None:
     from fttrainer.cli import config_command
 
     submit = config_command(
-        commands, "submit", _submit,
+        commands,
+        "submit",
+        _submit,
         "validate, upload local files to S3, and run the job on the cluster",
         "Validate a config exactly as `finetune validate` does, upload every local path it "
         "names to the staging location (by content: unchanged files are not uploaded again), "
         "rewrite them to s3:// URIs, and apply the FineTuneJob with server-side apply.",
-    )  # fmt: skip
+    )
     _cluster_flags(submit)
     submit.add_argument("--name", help="the FineTuneJob's name (default: the manifest's)")
     submit.add_argument(
-        "--staging", metavar="S3_URI",
+        "--staging",
+        metavar="S3_URI",
         help="where local files go (default: `staging:` in the client config)",
-    )  # fmt: skip
+    )
     mode = submit.add_mutually_exclusive_group()
     mode.add_argument(
         "--follow", action="store_true", help="follow it until it ends (Ctrl-C detaches)"
@@ -48,9 +51,10 @@ def register(commands: Any) -> None:
         "--detach", dest="follow", action="store_false", help="return once applied (default)"
     )
     submit.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="validate and show what would be uploaded and applied; change nothing",
-    )  # fmt: skip
+    )
 
     status = _simple(
         commands, "status", _status, "a job's phase, progress, loss, ETA, reason, Events"
@@ -65,9 +69,11 @@ def register(commands: Any) -> None:
     )
     logs.add_argument("name")
     logs.add_argument(
-        "-f", "--follow", action="store_true",
+        "-f",
+        "--follow",
+        action="store_true",
         help="follow the current attempt and the ones after it until the job ends",
-    )  # fmt: skip
+    )
     logs.add_argument(
         "--attempt", type=int, metavar="N", help="this attempt only (default: the current one)"
     )
@@ -83,9 +89,10 @@ def register(commands: Any) -> None:
     cancel = _simple(commands, "cancel", _cancel, "stop a job: suspend it (default) or delete it")
     cancel.add_argument("name")
     cancel.add_argument(
-        "--delete", action="store_true",
+        "--delete",
+        action="store_true",
         help="delete the FineTuneJob (its output and checkpoints stay in S3)",
-    )  # fmt: skip
+    )
     cancel.add_argument("-y", "--yes", action="store_true", help="do not ask")
 
     wait = _simple(commands, "wait", _wait, "wait for a job to end; the exit status says how")
@@ -109,18 +116,22 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-n", "--namespace", help="default: the client config's, else the context's")
     group.add_argument("--context", help="kubeconfig context (default: the current one)")
     group.add_argument(
-        "--client-config", type=Path, metavar="FILE",
+        "--client-config",
+        type=Path,
+        metavar="FILE",
         help="the client config (default: $FINETUNE_CONFIG, else ~/.config/finetune/config.yaml)",
-    )  # fmt: skip
+    )
 
 
 def _client(args: argparse.Namespace) -> Any:
     from .client import Client
 
     return Client(
-        context=args.context, namespace=args.namespace, config=args.client_config,
+        context=args.context,
+        namespace=args.namespace,
+        config=args.client_config,
         staging=getattr(args, "staging", None),
-    )  # fmt: skip
+    )
 
 
 def _guarded(handler: Any) -> Any:
@@ -149,9 +160,12 @@ def _submit(args: argparse.Namespace) -> int:
     client = _client(args)
     source = loaded.translation.source
     submitted = client.submit(
-        source, name=args.name, dry_run=args.dry_run,
-        checked=Checked(loaded.job, loaded.manifest, source, ""), progress=_upload_bar,
-    ).submitted  # fmt: skip
+        source,
+        name=args.name,
+        dry_run=args.dry_run,
+        checked=Checked(loaded.job, loaded.manifest, source, ""),
+        progress=_upload_bar,
+    ).submitted
     assert submitted is not None
     print(_where(submitted, dry_run=args.dry_run))
     if args.dry_run:
@@ -161,8 +175,10 @@ def _submit(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(submitted.manifest, sort_keys=False), end="")
         return 0
     if not args.follow:
-        print(f"follow it:  finetune logs {submitted.name} -f -n {submitted.namespace}   "
-              f"|   finetune status {submitted.name} -n {submitted.namespace}")  # fmt: skip
+        print(
+            f"follow it:  finetune logs {submitted.name} -f -n {submitted.namespace}   "
+            f"|   finetune status {submitted.name} -n {submitted.namespace}"
+        )
         return 0
     return _follow(client, submitted.name)
 
@@ -186,8 +202,10 @@ def _where(submitted: Any, *, dry_run: bool) -> str:
     else:
         lines.append(f"  output: {submitted.output_uri}")
     verb = "would apply" if dry_run else "applied"
-    lines.append(f"{verb} FineTuneJob {submitted.name} in namespace {submitted.namespace} "
-                 f"(context {submitted.context})")  # fmt: skip
+    lines.append(
+        f"{verb} FineTuneJob {submitted.name} in namespace {submitted.namespace} "
+        f"(context {submitted.context})"
+    )
     return "\n".join(lines)
 
 
@@ -204,8 +222,16 @@ def _upload_bar(total: int) -> Any:
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="uploading",
-               file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="uploading",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
     lock = threading.Lock()
 
     def advance(amount: int) -> None:
@@ -268,8 +294,9 @@ def _logs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         handle = Handle(client, args.name)  # with -f, a job about to be submitted is awaited
         try:
-            for line in handle.logs(follow=args.follow, attempt=args.attempt,
-                                    rank=None if args.all else args.rank):  # fmt: skip
+            for line in handle.logs(
+                follow=args.follow, attempt=args.attempt, rank=None if args.all else args.rank
+            ):
                 print(line, flush=True)
         except BrokenPipeError:  # | head
             return 0

@@ -32,17 +32,22 @@ class Client:
     what jobs keep (logs, metrics)."""
 
     def __init__(
-        self, context: str | None = None, namespace: str | None = None, *,
-        kubeconfig: str | None = None, config: ClientConfig | str | Path | None = None,
+        self,
+        context: str | None = None,
+        namespace: str | None = None,
+        *,
+        kubeconfig: str | None = None,
+        config: ClientConfig | str | Path | None = None,
         staging: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not isinstance(config, ClientConfig):
             config = load_config(Path(config) if config is not None else None)
         self.config = config
         self.kube = Kube(
-            context=context or config.context, namespace=namespace or config.namespace,
+            context=context or config.context,
+            namespace=namespace or config.namespace,
             kubeconfig=kubeconfig,
-        )  # fmt: skip
+        )
         self.staging = staging or config.staging
         self._s3: Any = None
 
@@ -69,18 +74,27 @@ class Client:
         return check(job, overrides)
 
     def submit(
-        self, job: JobSource, *, name: str | None = None, overrides: Sequence[str] = (),
-        dry_run: bool = False, checked: Checked | None = None,
+        self,
+        job: JobSource,
+        *,
+        name: str | None = None,
+        overrides: Sequence[str] = (),
+        dry_run: bool = False,
+        checked: Checked | None = None,
         progress: Any = None,
-    ) -> Handle:  # fmt: skip
+    ) -> Handle:
         """Validate, upload local paths, apply. `job`: a manifest path (any config style), a
         dict, or a FineTuneJob."""
         checked = checked or check(job, overrides)
         submitter = Submitter(self.kube, self.config, staging=self.staging, s3=self.s3)
         submitted = submitter.submit(
-            checked.job, checked.manifest, source=checked.source, name=name, dry_run=dry_run,
+            checked.job,
+            checked.manifest,
+            source=checked.source,
+            name=name,
+            dry_run=dry_run,
             progress=progress,
-        )  # fmt: skip
+        )
         return Handle(self, submitted.name, submitted=submitted)
 
     def job(self, name: str) -> Handle:
@@ -132,9 +146,13 @@ class Handle:
         return status
 
     def logs(
-        self, *, follow: bool = False, attempt: int | None = None, rank: int | None = 0,
+        self,
+        *,
+        follow: bool = False,
+        attempt: int | None = None,
+        rank: int | None = 0,
         stop: threading.Event | None = None,
-    ) -> Iterator[str]:  # fmt: skip
+    ) -> Iterator[str]:
         """The log's lines: the current attempt's (or `attempt`'s), from its pod or, once the
         pod is gone, from what the trainer kept. `rank` None: every rank, each line labelled."""
         if not follow:

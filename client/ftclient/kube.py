@@ -28,9 +28,12 @@ class Kube:
     """One namespace of one cluster."""
 
     def __init__(
-        self, *, context: str | None = None, namespace: str | None = None,
+        self,
+        *,
+        context: str | None = None,
+        namespace: str | None = None,
         kubeconfig: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         import os
 
         from kubernetes import client, config
@@ -97,9 +100,15 @@ class Kube:
         result: dict[str, Any] = self._call(
             f"applying FineTuneJob {name}",
             self.custom.patch_namespaced_custom_object,
-            GROUP, VERSION, self.namespace, PLURAL, name, manifest,
-            field_manager=FIELD_MANAGER, _content_type="application/apply-patch+yaml",
-        )  # fmt: skip
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            manifest,
+            field_manager=FIELD_MANAGER,
+            _content_type="application/apply-patch+yaml",
+        )
         return result
 
     def exists(self, name: str) -> bool:
@@ -111,46 +120,72 @@ class Kube:
 
     def get(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
-            f"reading FineTuneJob {name}", self.custom.get_namespaced_custom_object,
-            GROUP, VERSION, self.namespace, PLURAL, name,
-        )  # fmt: skip
+            f"reading FineTuneJob {name}",
+            self.custom.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+        )
         return result
 
     def list_jobs(self, *, all_namespaces: bool = False) -> list[dict[str, Any]]:
         if all_namespaces:
             found = self._call(
-                "listing FineTuneJobs", self.custom.list_cluster_custom_object,
-                GROUP, VERSION, PLURAL,
-            )  # fmt: skip
+                "listing FineTuneJobs",
+                self.custom.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                PLURAL,
+            )
         else:
             found = self._call(
-                "listing FineTuneJobs", self.custom.list_namespaced_custom_object,
-                GROUP, VERSION, self.namespace, PLURAL,
-            )  # fmt: skip
+                "listing FineTuneJobs",
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+            )
         items: list[dict[str, Any]] = found.get("items", [])
         return items
 
     def delete(self, name: str) -> None:
         self._call(
-            f"deleting FineTuneJob {name}", self.custom.delete_namespaced_custom_object,
-            GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Background",
-        )  # fmt: skip
+            f"deleting FineTuneJob {name}",
+            self.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            propagation_policy="Background",
+        )
 
     def suspend(self, name: str) -> dict[str, Any]:
         patch = {"spec": {"scheduling": {"suspend": True}}}
         result: dict[str, Any] = self._call(
-            f"suspending FineTuneJob {name}", self.custom.patch_namespaced_custom_object,
-            GROUP, VERSION, self.namespace, PLURAL, name, patch,
+            f"suspending FineTuneJob {name}",
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            patch,
             _content_type="application/merge-patch+json",
-        )  # fmt: skip
+        )
         return result
 
     def events(self, name: str) -> list[Any]:
         """The FineTuneJob's Events, oldest first."""
         found = self._call(
-            f"reading the Events of {name}", self.core.list_namespaced_event, self.namespace,
+            f"reading the Events of {name}",
+            self.core.list_namespaced_event,
+            self.namespace,
             field_selector=f"involvedObject.name={name},involvedObject.kind=FineTuneJob",
-        )  # fmt: skip
+        )
         return sorted(found.items, key=_event_time)
 
     def pods(self, name: str, attempt: int | None = None) -> list[Any]:
@@ -158,19 +193,25 @@ class Kube:
         if attempt is not None:
             selector += f",{LABEL_ATTEMPT}={attempt}"
         found = self._call(
-            f"listing the pods of {name}", self.core.list_namespaced_pod, self.namespace,
+            f"listing the pods of {name}",
+            self.core.list_namespaced_pod,
+            self.namespace,
             label_selector=selector,
-        )  # fmt: skip
+        )
         return list(found.items)
 
     def stream_log(self, pod: str, *, follow: bool) -> Iterator[str]:
         """The trainer container's log, line by line (to its end, or while it runs)."""
         response = self._call(
-            f"reading the log of pod {pod}", self.core.read_namespaced_pod_log, pod,
-            self.namespace, container=TRAINER_CONTAINER, follow=follow,
+            f"reading the log of pod {pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            self.namespace,
+            container=TRAINER_CONTAINER,
+            follow=follow,
             _preload_content=False,
             _request_timeout=(CONNECT_TIMEOUT, FOLLOW_TIMEOUT if follow else READ_TIMEOUT),
-        )  # fmt: skip
+        )
         pending = b""
         try:
             for chunk in response.stream(64 * 1024, decode_content=True):
@@ -228,7 +269,10 @@ def api_error(what: str, exc: Any, namespace: str) -> ClientError:
 # chart's `<release>-edit` ClusterRole (aggregated into Kubernetes' admin and edit roles), the
 # second with `edit` itself. The integration tests run the client with exactly these.
 USER_RULES: tuple[dict[str, list[str]], ...] = (
-    {"apiGroups": [GROUP], "resources": [PLURAL],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {
+        "apiGroups": [GROUP],
+        "resources": [PLURAL],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
     {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list"]},
-)  # fmt: skip
+)

@@ -97,9 +97,14 @@ class LogFollower:
         return self._s3
 
     def lines(
-        self, name: str, *, attempt: int | None = None, rank: int | None = 0,
-        follow: bool = False, stop: threading.Event | None = None,
-    ) -> Iterator[Line]:  # fmt: skip
+        self,
+        name: str,
+        *,
+        attempt: int | None = None,
+        rank: int | None = 0,
+        follow: bool = False,
+        stop: threading.Event | None = None,
+    ) -> Iterator[Line]:
         """`rank` None: every rank, each line labelled."""
         stop = stop or threading.Event()
         try:

@@ -57,10 +57,14 @@ def list_rows(
         progress = status.get("progress") or {}
         row = [job["metadata"].get("namespace", "")] if namespaces else []
         row += [
-            job["metadata"]["name"], phase_of(job), progress.get("summary") or "-",
-            progress.get("loss") or "-", progress.get("eta") or "-",
-            str(status.get("restarts", 0)), age(job["metadata"].get("creationTimestamp"), now),
-        ]  # fmt: skip
+            job["metadata"]["name"],
+            phase_of(job),
+            progress.get("summary") or "-",
+            progress.get("loss") or "-",
+            progress.get("eta") or "-",
+            str(status.get("restarts", 0)),
+            age(job["metadata"].get("creationTimestamp"), now),
+        ]
         rows.append(row)
     return rows
 

@@ -60,9 +60,14 @@ class Submitted:
 
 
 def prepare_manifest(
-    manifest: dict[str, Any], *, name: str | None, namespace: str, config: ClientConfig,
-    staging: str | None, now: float | None = None,
-) -> tuple[dict[str, Any], tuple[str, str] | None]:  # fmt: skip
+    manifest: dict[str, Any],
+    *,
+    name: str | None,
+    namespace: str,
+    config: ClientConfig,
+    staging: str | None,
+    now: float | None = None,
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """The manifest as it will be applied, before staging: named, in the namespace, the
     cluster's job defaults beneath it, a local output moved under the staging location
     (`outputs/<namespace>/<name>/<time>`: a pod cannot write to this machine). Pure."""
@@ -104,10 +109,15 @@ class Submitter:
     """Stages and applies one validated job."""
 
     def __init__(
-        self, kube: Kube, config: ClientConfig, *, staging: str | None = None,
-        base: Path | None = None, hash_cache: Path | None = HASH_CACHE,
+        self,
+        kube: Kube,
+        config: ClientConfig,
+        *,
+        staging: str | None = None,
+        base: Path | None = None,
+        hash_cache: Path | None = HASH_CACHE,
         s3: Callable[[], Any] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`s3()` gives the S3 client, made on first use (a manifest with nothing local
         needs none): the Client's own, so one client serves submit, logs and metrics."""
         self.kube = kube
@@ -118,9 +128,15 @@ class Submitter:
         self.s3 = s3 or (lambda: s3_client(config.s3))
 
     def submit(
-        self, job: FineTuneJob, manifest: dict[str, Any], *, source: str, name: str | None = None,
-        dry_run: bool = False, progress: Callable[[int], Progress | None] | None = None,
-    ) -> Submitted:  # fmt: skip
+        self,
+        job: FineTuneJob,
+        manifest: dict[str, Any],
+        *,
+        source: str,
+        name: str | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int], Progress | None] | None = None,
+    ) -> Submitted:
         """`progress(total_bytes)` gives the upload's byte callback (a progress bar)."""
         namespace = self.kube.namespace
         prepared, moved = prepare_manifest(

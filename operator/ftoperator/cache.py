@@ -135,8 +135,11 @@ class Cache:
         report (by the operator, with the job's other children), and that event alone is
         no reason to look at the job again."""
         if not text:
-            held = (self.progress.pop(key, None), self.ranks.pop(key, None),
-                    self.progress_errors.pop(key, None))  # fmt: skip
+            held = (
+                self.progress.pop(key, None),
+                self.ranks.pop(key, None),
+                self.progress_errors.pop(key, None),
+            )
             return held != (None, None, None)
         try:
             report = read_report(text)
@@ -253,10 +256,15 @@ def slim_child(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         template = spec.get("template")
         containers = ((template or {}).get("spec") or {}).get("containers")
         if isinstance(containers, list):
-            kept["template"] = {"spec": {"containers": [
-                {k: c[k] for k in _TEMPLATE_CONTAINER_FIELDS if k in c}
-                for c in containers if isinstance(c, dict)
-            ]}}  # fmt: skip
+            kept["template"] = {
+                "spec": {
+                    "containers": [
+                        {k: c[k] for k in _TEMPLATE_CONTAINER_FIELDS if k in c}
+                        for c in containers
+                        if isinstance(c, dict)
+                    ]
+                }
+            }
     return slim({**body, "spec": kept})
 
 

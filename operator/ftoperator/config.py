@@ -39,8 +39,11 @@ OPERATOR = release("finetune-operator")
 ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL_S3"  # boto3's: how pods get the default S3 endpoint
 # The proxy variables, in both spellings: Python's clients read either, curl and Go only
 # some (curl ignores an upper-case HTTP_PROXY, Go reads upper-case first).
-PROXY_ENV = {"http": ("HTTP_PROXY", "http_proxy"), "https": ("HTTPS_PROXY", "https_proxy"),
-             "no": ("NO_PROXY", "no_proxy")}  # fmt: skip
+PROXY_ENV = {
+    "http": ("HTTP_PROXY", "http_proxy"),
+    "https": ("HTTPS_PROXY", "https_proxy"),
+    "no": ("NO_PROXY", "no_proxy"),
+}
 
 
 @dataclass(frozen=True)
@@ -258,27 +261,33 @@ def parse_options(argv: Sequence[str] | None = None, env: dict[str, str] | None 
         prog="finetune-operator", description="Runs FineTuneJobs as torchrun batch Jobs."
     )
     parser.add_argument(
-        "--namespace", action="append", dest="namespaces", default=None,
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        default=None,
         help="namespace (or glob like 'team-*') to watch; repeat for several; none: all "
-             "[FTO_NAMESPACES, comma-separated]",
-    )  # fmt: skip
+        "[FTO_NAMESPACES, comma-separated]",
+    )
     for flag in FLAGS:
         raw = env.get(flag.env, flag.default)
         text = f"{flag.help} [{flag.env}]"
         if flag.kind == "switch":
             parser.add_argument(
-                f"--{flag.name}", action=argparse.BooleanOptionalAction,
-                default=raw.lower() == "true", help=text,
-            )  # fmt: skip
+                f"--{flag.name}",
+                action=argparse.BooleanOptionalAction,
+                default=raw.lower() == "true",
+                help=text,
+            )
         elif flag.kind == "list":
             parser.add_argument(f"--{flag.name}", default=raw, help=text)
         else:
             parser.add_argument(f"--{flag.name}", type=flag.kind, default=flag.kind(raw), help=text)
     lease_namespace = env.get("FTO_LEASE_NAMESPACE", env.get("POD_NAMESPACE", "default"))
     parser.add_argument(
-        "--lease-namespace", default=lease_namespace,
+        "--lease-namespace",
+        default=lease_namespace,
         help="the Lease's namespace [FTO_LEASE_NAMESPACE, else POD_NAMESPACE]",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     tolerations = _check(parser, args)
     namespaces = args.namespaces
@@ -353,30 +362,40 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[di
         parser.error(f"--log-format: {args.log_format!r} is neither json nor text")
     if not 0 <= args.first_status_grace_seconds <= 60:
         parser.error("--first-status-grace-seconds must be between 0 and 60")
-    for flag, value in (("--default-cpu", args.default_cpu),
-                        ("--default-memory", args.default_memory),
-                        ("--scratch-size", args.scratch_size)):  # fmt: skip
+    for flag, value in (
+        ("--default-cpu", args.default_cpu),
+        ("--default-memory", args.default_memory),
+        ("--scratch-size", args.scratch_size),
+    ):
         if value:
             try:
                 check_quantity(value)
             except ValueError as error:
                 parser.error(f"{flag}: {error}")
     if not re.fullmatch(IMAGE_PATTERN, args.default_image):
-        parser.error(f"--default-image: {args.default_image!r} is empty or has whitespace "
-                     "around it (the API server refuses such a pod)")  # fmt: skip
-    for flag, value in (("--default-hub-endpoint", args.default_hub_endpoint),
-                        ("--default-s3-endpoint", args.default_s3_endpoint)):  # fmt: skip
+        parser.error(
+            f"--default-image: {args.default_image!r} is empty or has whitespace "
+            "around it (the API server refuses such a pod)"
+        )
+    for flag, value in (
+        ("--default-hub-endpoint", args.default_hub_endpoint),
+        ("--default-s3-endpoint", args.default_s3_endpoint),
+    ):
         if value and not re.fullmatch(SERVER_URL, value):
             parser.error(f"{flag}: {value!r} is not an http(s) URL such as https://host:port")
-    for flag, listed in (("--allowed-s3-endpoints", args.allowed_s3_endpoints),
-                         ("--allowed-tracker-urls", args.allowed_tracker_urls),
-                         ("--allowed-hub-endpoints", args.allowed_hub_endpoints)):  # fmt: skip
+    for flag, listed in (
+        ("--allowed-s3-endpoints", args.allowed_s3_endpoints),
+        ("--allowed-tracker-urls", args.allowed_tracker_urls),
+        ("--allowed-hub-endpoints", args.allowed_hub_endpoints),
+    ):
         for entry in _listed(listed):
             if "://" not in entry:
                 parser.error(f"{flag}: {entry!r} is not a URL (scheme://host[:port][/path])")
     if not is_extended_resource_name(args.gpu_resource_name):
-        parser.error(f"--gpu-resource-name: {args.gpu_resource_name!r} is not an extended "
-                     "resource name such as nvidia.com/gpu or amd.com/gpu")  # fmt: skip
+        parser.error(
+            f"--gpu-resource-name: {args.gpu_resource_name!r} is not an extended "
+            "resource name such as nvidia.com/gpu or amd.com/gpu"
+        )
     return list(tolerations)
 
 
@@ -412,10 +431,11 @@ def settings_of(
             continue
         values = {e.get("name"): e.get("value") for e in container.get("env") or []}
         return OperatorSettingsUsed(
-            image=container["image"], s3_endpoint=values.get(ENV_S3_ENDPOINT) or None,
+            image=container["image"],
+            s3_endpoint=values.get(ENV_S3_ENDPOINT) or None,
             # HF_ENDPOINT is the operator's default only when the spec names no Hub.
             hub_endpoint=None if named_hub else values.get(ENV_HUB_ENDPOINT) or None,
-        )  # fmt: skip
+        )
     return None
 
 
@@ -424,6 +444,8 @@ def with_recorded(settings: Settings, used: OperatorSettingsUsed | None) -> Sett
     if used is None:
         return settings
     return replace(
-        settings, default_image=used.image, default_s3_endpoint=used.s3_endpoint,
+        settings,
+        default_image=used.image,
+        default_s3_endpoint=used.s3_endpoint,
         default_hub_endpoint=used.hub_endpoint,
-    )  # fmt: skip
+    )

@@ -400,8 +400,9 @@ class Controller:
         namespace every IDENTITY_FRESH_SECONDS for all its jobs: three GETs, where a per-job
         identity costs three creates and three watch events per job."""
         if children.shared_identity:
-            await self._shared_read("identity", namespace, self._make_identity,
-                                    IDENTITY_FRESH_SECONDS)  # fmt: skip
+            await self._shared_read(
+                "identity", namespace, self._make_identity, IDENTITY_FRESH_SECONDS
+            )
 
     def _make_identity(self, namespace: str) -> None:
         for body in build_namespace_identity(namespace):  # the RoleBinding after its Role
@@ -607,8 +608,9 @@ class Controller:
             await self._fail_child(key, body, job, plan.status, error)
             return False
         for event in events:
-            await asyncio.to_thread(self.kube.post_event, body, event.type, event.reason,
-                                    event.message)  # fmt: skip
+            await asyncio.to_thread(
+                self.kube.post_event, body, event.type, event.reason, event.message
+            )
             log.info("%s/%s: %s: %s", namespace, name, event.reason, event.message)
         return True
 
@@ -624,8 +626,14 @@ class Controller:
         with the API server's or the owner check's words, once. `status` is the one this
         pass wrote, so the failure is patched over it."""
         ttl = job.spec.run_policy.ttl_seconds_after_finished if job else _raw_ttl(body)
-        failed = rejected(status, error.message, body.get("metadata", {}).get("generation"),
-                          datetime.now(UTC), error.reason, ttl)  # fmt: skip
+        failed = rejected(
+            status,
+            error.message,
+            body.get("metadata", {}).get("generation"),
+            datetime.now(UTC),
+            error.reason,
+            ttl,
+        )
         # Held: nothing was stored yet; its Events ("Created") were not true after all.
         held = self._held.pop(key, None)
         written = {} if held else status.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -822,8 +830,15 @@ def pods_behind(job: dict[str, Any], cached: list[dict[str, Any]]) -> bool:
 Parsed = tuple[FineTuneJob | None, str | None, list[Loc]]
 # What of a stored object's metadata the FineTuneJob model reads (ftapi's ObjectMeta); the
 # rest (resourceVersion, managedFields, ...) changes with every write and means nothing to it.
-PARSED_METADATA = ("name", "generateName", "namespace", "labels", "annotations", "generation",
-                   "uid")  # fmt: skip
+PARSED_METADATA = (
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "generation",
+    "uid",
+)
 
 
 def _parsed_from(body: dict[str, Any]) -> tuple[Any, ...]:

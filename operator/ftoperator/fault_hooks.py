@@ -55,8 +55,9 @@ def read_faults(job: FineTuneJob) -> dict[str, str]:
         )
     strings = sorted(name for name, v in value.items() if not isinstance(v, str))
     if strings:
-        raise ValueError(f"annotation {ANNOTATION}: the values of {', '.join(strings)} "
-                         "must be strings")  # fmt: skip
+        raise ValueError(
+            f"annotation {ANNOTATION}: the values of {', '.join(strings)} must be strings"
+        )
     return dict(value)
 
 

@@ -83,8 +83,14 @@ def register(
 
     # The stored CRD, for what a field newer than this operator defaults to (ftapi.skew).
     # The chart's ClusterRole already lets kopf list and watch CRDs (its resource discovery).
-    @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
-                   field="metadata.name", value=CRD_NAME, registry=registry)  # fmt: skip
+    @kopf.on.event(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        field="metadata.name",
+        value=CRD_NAME,
+        registry=registry,
+    )
     async def crd(event: kopf.RawEvent, **_: Any) -> None:
         count("CustomResourceDefinition")
         controller.observe_crd(None if event.get("type") == "DELETED" else _body(event))
@@ -211,17 +217,18 @@ def watch_informers(
         (KIND, None, job_observer(controller), False, ()),
         # progress_observer ties a progress object to its job by its ownerReference, so one
         # deleted while the watch was down is delivered with it.
-        ("FineTuneJobProgress", None, progress_observer(controller), False,
-         ("ownerReferences",)),
-        *((kind, LABEL_JOB, child_observer(kind, controller), False, ())
-          for kind in CHILD_KINDS),
-        *((kind, LABEL_JOB, prerequisite_observer(kind, controller), True, ())
-          for kind in prerequisites),
-    ]  # fmt: skip
+        ("FineTuneJobProgress", None, progress_observer(controller), False, ("ownerReferences",)),
+        *((kind, LABEL_JOB, child_observer(kind, controller), False, ()) for kind in CHILD_KINDS),
+        *(
+            (kind, LABEL_JOB, prerequisite_observer(kind, controller), True, ())
+            for kind in prerequisites
+        ),
+    ]
     # The nodes are the cluster's, whatever namespaces are watched: all of them, whole (the
     # readiness is in their status).
-    nodes = Informer(configuration, "Node", collection("Node", None), None,
-                     node_observer(controller))  # fmt: skip
+    nodes = Informer(
+        configuration, "Node", collection("Node", None), None, node_observer(controller)
+    )
     return [
         Informer(
             configuration,

@@ -95,8 +95,9 @@ class Informer:
         """List and watch until cancelled."""
         version: str | None = None
         delay = 0.0
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
-                                        sock_read=self.server_timeout + 30)  # fmt: skip
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=30, sock_read=self.server_timeout + 30
+        )
         connector = aiohttp.TCPConnector(ssl=ssl_context(self.configuration))
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             while True:
@@ -109,8 +110,12 @@ class Informer:
                     version = None
                 except Exception as error:  # never ends silently: logged, listed again
                     delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
-                    log.warning("watching %s: %s; listing again in %.1f s",
-                                self.collection, error or type(error).__name__, delay)  # fmt: skip
+                    log.warning(
+                        "watching %s: %s; listing again in %.1f s",
+                        self.collection,
+                        error or type(error).__name__,
+                        delay,
+                    )
                     version = None
                     await asyncio.sleep(delay)
 
@@ -145,16 +150,20 @@ class Informer:
             stub: dict[str, Any] = {**(kept or {}), "namespace": ref[0], "name": ref[1]}
             if self.selector is not None:
                 stub["labels"] = {self.selector: value}
-            self.deliver("DELETED", {"kind": self.kind, "apiVersion": self.api_version,
-                                     "metadata": stub})  # fmt: skip
+            self.deliver(
+                "DELETED", {"kind": self.kind, "apiVersion": self.api_version, "metadata": stub}
+            )
         return str(metadata.get("resourceVersion") or "")
 
     async def _watch(self, session: aiohttp.ClientSession, version: str) -> str:
         """Deliver the stream's events until the server ends it; the last version seen."""
         params = {
-            "watch": "true", "resourceVersion": version, "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(self.server_timeout), **self._selecting(),
-        }  # fmt: skip
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self.server_timeout),
+            **self._selecting(),
+        }
         headers = self._headers("PartialObjectMetadata")
         async with session.get(self._url(), params=params, headers=headers) as answer:
             if answer.status == 410:

@@ -190,21 +190,30 @@ def job_families(
     )
     gpus = GaugeMetricFamily("finetune_job_gpus", "GPUs requested.", labels=list(LABELS))
     used = CounterMetricFamily(
-        "finetune_job_gpu_seconds", "GPUs x seconds since the first attempt started running.",
-        labels=list(LABELS))  # fmt: skip
+        "finetune_job_gpu_seconds",
+        "GPUs x seconds since the first attempt started running.",
+        labels=list(LABELS),
+    )
     stragglers = GaugeMetricFamily(
-        "finetune_job_stragglers", "Ranks computing slower than the others now.",
-        labels=list(LABELS))  # fmt: skip
+        "finetune_job_stragglers",
+        "Ranks computing slower than the others now.",
+        labels=list(LABELS),
+    )
     since_step = GaugeMetricFamily(
         "finetune_job_seconds_since_last_step",
         "Seconds since any rank of the running attempt last ended an optimizer step.",
-        labels=list(LABELS))  # fmt: skip
+        labels=list(LABELS),
+    )
     rank_step = GaugeMetricFamily(
-        "finetune_job_rank_step_seconds", "Median wall time of a rank's recent steps.",
-        labels=[*LABELS, "rank"])  # fmt: skip
+        "finetune_job_rank_step_seconds",
+        "Median wall time of a rank's recent steps.",
+        labels=[*LABELS, "rank"],
+    )
     rank_compute = GaugeMetricFamily(
         "finetune_job_rank_compute_seconds",
-        "Median forward-pass time of a rank's recent steps.", labels=[*LABELS, "rank"])  # fmt: skip
+        "Median forward-pass time of a rank's recent steps.",
+        labels=[*LABELS, "rank"],
+    )
     for body in bodies:
         labels = job_labels(body)
         status = body.get("status") or {}
@@ -244,8 +253,19 @@ def job_families(
     by_phase = GaugeMetricFamily("finetune_jobs", "FineTuneJobs by phase.", labels=["phase"])
     for name, count in counts.items():
         by_phase.add_metric([name], float(count))
-    return [by_phase, phase, failed, *gauges, metric, gpus, used, stragglers, since_step,
-            rank_step, rank_compute]  # fmt: skip
+    return [
+        by_phase,
+        phase,
+        failed,
+        *gauges,
+        metric,
+        gpus,
+        used,
+        stragglers,
+        since_step,
+        rank_step,
+        rank_compute,
+    ]
 
 
 class JobSeries(Collector):

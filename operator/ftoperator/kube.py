@@ -146,9 +146,13 @@ class Kube:
         self._count(verb)
         headers = {"Accept": accept, "Content-Type": content_type}
         method, url, headers, payload, post = self.api.param_serialize(
-            method=method, resource_path=path, query_params=query or [],
-            header_params=headers, body=body, auth_settings=["BearerToken"],
-        )[:5]  # fmt: skip
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )[:5]
         response = self.api.call_api(method, url, headers, payload, post)
         data = cast(bytes, response.read())  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
@@ -165,14 +169,16 @@ class Kube:
         return self.create_object(namespace, body, owner_uid, accept=METADATA_ONLY) is not None
 
     def create_object(
-        self, namespace: str, body: dict[str, Any], owner_uid: str | None = None,
+        self,
+        namespace: str,
+        body: dict[str, Any],
+        owner_uid: str | None = None,
         accept: str = JSON,
-    ) -> dict[str, Any] | None:  # fmt: skip
+    ) -> dict[str, Any] | None:
         """create(), returning the object as the API server stored it (None: it existed)."""
         kind, name = body["kind"], body["metadata"]["name"]
         try:
-            return self.request("create", "POST", collection(kind, namespace), body,
-                                accept=accept)  # fmt: skip
+            return self.request("create", "POST", collection(kind, namespace), body, accept=accept)
         except ApiException as error:
             if error.status in INVALID:
                 raise rejected_child(kind, name, error) from None
@@ -199,8 +205,12 @@ class Kube:
         if existing is None:
             created = self.create(namespace, body, owner_uid)
             if created:
-                log.warning("%s %s/%s was deleted: created it again",
-                            body["kind"], namespace, body["metadata"]["name"])  # fmt: skip
+                log.warning(
+                    "%s %s/%s was deleted: created it again",
+                    body["kind"],
+                    namespace,
+                    body["metadata"]["name"],
+                )
             return created
         self._verify(namespace, existing, body, owner_uid)
         return False
@@ -219,8 +229,9 @@ class Kube:
                 "operator never adopts it. Delete it, or give the job another name",
             )
         if kind in REPAIRABLE and drifted(existing, body):
-            log.warning("%s %s/%s was edited: putting back what the operator renders",
-                        kind, namespace, name)  # fmt: skip
+            log.warning(
+                "%s %s/%s was edited: putting back what the operator renders", kind, namespace, name
+            )
             self.apply(namespace, body)
 
     def apply(self, namespace: str, body: dict[str, Any]) -> None:
@@ -229,8 +240,9 @@ class Kube:
         kind, name = body["kind"], body["metadata"]["name"]
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         try:
-            self.request("patch", "PATCH", f"{collection(kind, namespace)}/{name}", body,
-                         query, APPLY_PATCH)  # fmt: skip
+            self.request(
+                "patch", "PATCH", f"{collection(kind, namespace)}/{name}", body, query, APPLY_PATCH
+            )
         except ApiException as error:
             if error.status in INVALID:
                 raise rejected_child(kind, name, error, "repaired ") from None
@@ -248,8 +260,7 @@ class Kube:
         if existing is None:
             # No owner to verify: one created meanwhile (409) is read again at the next check.
             if self.create_object(namespace, body, None, accept=METADATA_ONLY) is not None:
-                log.info("%s %s/%s created (shared by the namespace's jobs)", kind, namespace,
-                         name)  # fmt: skip
+                log.info("%s %s/%s created (shared by the namespace's jobs)", kind, namespace, name)
             return
         labels = (existing.get("metadata") or {}).get("labels") or {}
         ours = body["metadata"]["labels"]["app.kubernetes.io/managed-by"]
@@ -261,8 +272,9 @@ class Kube:
                 "pods of this namespace would run with it. Delete or rename it",
             )
         if kind in REPAIRABLE and drifted(existing, body):
-            log.warning("%s %s/%s was edited: putting back what the operator renders",
-                        kind, namespace, name)  # fmt: skip
+            log.warning(
+                "%s %s/%s was edited: putting back what the operator renders", kind, namespace, name
+            )
             self.apply(namespace, body)
 
     def admission_policy_bound(self, name: str) -> bool:
@@ -276,8 +288,11 @@ class Kube:
                 return False
             raise
         spec = (binding or {}).get("spec") or {}
-        return (policy is not None and spec.get("policyName") == name
-                and "Deny" in (spec.get("validationActions") or []))  # fmt: skip
+        return (
+            policy is not None
+            and spec.get("policyName") == name
+            and "Deny" in (spec.get("validationActions") or [])
+        )
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One object by kind and name (JSON as the watch delivers it); None when absent."""
@@ -292,8 +307,9 @@ class Kube:
         return self.read("Job", namespace, name)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        listed = self.request("list", "GET", collection("Pod", namespace),
-                              query=[("labelSelector", selector)])  # fmt: skip
+        listed = self.request(
+            "list", "GET", collection("Pod", namespace), query=[("labelSelector", selector)]
+        )
         return list(listed.get("items") or [])
 
     def pod_create_failures(self, namespace: str) -> dict[str, str]:
@@ -301,8 +317,9 @@ class Kube:
         namespace, by Job name: why its pods do not exist (a ResourceQuota, a missing
         PriorityClass, Pod Security). One list serves every job of the namespace."""
         selector = "involvedObject.kind=Job,reason=FailedCreate"
-        listed = self.request("list", "GET", collection("Event", namespace),
-                              query=[("fieldSelector", selector)])  # fmt: skip
+        listed = self.request(
+            "list", "GET", collection("Event", namespace), query=[("fieldSelector", selector)]
+        )
         newest: dict[str, tuple[str, str]] = {}
         for event in listed.get("items") or []:
             job = str((event.get("involvedObject") or {}).get("name") or "")
@@ -329,16 +346,25 @@ class Kube:
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete an attempt's Job and, in the background, its pods."""
         try:
-            self.request("delete", "DELETE", f"{collection('Job', namespace)}/{name}",
-                         {"propagationPolicy": "Background"})  # fmt: skip
+            self.request(
+                "delete",
+                "DELETE",
+                f"{collection('Job', namespace)}/{name}",
+                {"propagationPolicy": "Background"},
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
 
     def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         try:
-            self.request("patch", "PATCH", f"{collection('Job', namespace)}/{name}",
-                         {"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)  # fmt: skip
+            self.request(
+                "patch",
+                "PATCH",
+                f"{collection('Job', namespace)}/{name}",
+                {"spec": {"suspend": suspend}},
+                content_type=MERGE_PATCH,
+            )
         except ApiException as error:
             if error.status not in (404, 422):  # gone, or finished (suspend no longer matters)
                 raise
@@ -356,9 +382,13 @@ class Kube:
         path = f"{collection('FineTuneJob', namespace)}/{name}/status"
         try:
             answer = self.request(
-                "patch", "PATCH", path, {"status": status}, content_type=MERGE_PATCH,
+                "patch",
+                "PATCH",
+                path,
+                {"status": status},
+                content_type=MERGE_PATCH,
                 accept=METADATA_ONLY,
-            )  # fmt: skip
+            )
             return cast(dict[str, Any], answer.get("metadata") or {})
         except ApiException as error:
             if error.status == 404:
@@ -371,19 +401,30 @@ class Kube:
         meta = obj.get("metadata", {})
         now = datetime.now(UTC).isoformat()
         event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'finetunejob')}.",
-                         "namespace": meta.get("namespace")},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-                "name": meta.get("name"), "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name', 'finetunejob')}.",
+                "namespace": meta.get("namespace"),
             },
-            "type": type_, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
             "source": {"component": "finetune-operator"},
-            "reportingComponent": "finetune.dev/operator", "reportingInstance": self.identity,
-        }  # fmt: skip
+            "reportingComponent": "finetune.dev/operator",
+            "reportingInstance": self.identity,
+        }
         try:
             self.request("create", "POST", collection("Event", meta.get("namespace", "")), event)
         except ApiException as error:
@@ -391,8 +432,12 @@ class Kube:
 
     def delete_finetunejob(self, namespace: str, name: str) -> None:
         try:
-            self.request("delete", "DELETE", f"{collection('FineTuneJob', namespace)}/{name}",
-                         {"propagationPolicy": "Background"})  # fmt: skip
+            self.request(
+                "delete",
+                "DELETE",
+                f"{collection('FineTuneJob', namespace)}/{name}",
+                {"propagationPolicy": "Background"},
+            )
         except ApiException as error:
             if error.status != 404:
                 raise

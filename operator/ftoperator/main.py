@@ -106,11 +106,17 @@ def confirmed_trainer_policy(kube: Kube, settings: Settings) -> Settings:
     if not name:
         return settings
     if kube.admission_policy_bound(name):
-        log.info("trainer pods share their namespace's identity, confined by the "
-                 "ValidatingAdmissionPolicy %s", name)  # fmt: skip
+        log.info(
+            "trainer pods share their namespace's identity, confined by the "
+            "ValidatingAdmissionPolicy %s",
+            name,
+        )
         return settings
-    log.warning("--trainer-policy %s: no such ValidatingAdmissionPolicy bound with Deny (or "
-                "no right to read it): each job gets its own trainer identity", name)  # fmt: skip
+    log.warning(
+        "--trainer-policy %s: no such ValidatingAdmissionPolicy bound with Deny (or "
+        "no right to read it): each job gets its own trainer identity",
+        name,
+    )
     return replace(settings, trainer_policy=None)
 
 
@@ -142,14 +148,18 @@ async def run(options: Options) -> int:
     tasks: list[asyncio.Task[Any]] = []
     log.info(
         "finetune-operator starting: namespaces %s, default image %s",
-        ", ".join(options.namespaces) or "all", options.settings.default_image,
-    )  # fmt: skip
+        ", ".join(options.namespaces) or "all",
+        options.settings.default_image,
+    )
     try:
         if options.leader_election:
             elector = LeaderElector(
-                api, options.lease_namespace, options.lease_name, options.identity,
+                api,
+                options.lease_namespace,
+                options.lease_name,
+                options.identity,
                 on_change=METRICS.set_leader,
-            )  # fmt: skip
+            )
             if not await _first(elector.acquire(), stop.wait()):
                 return 0  # stopped while standing by
             tasks.append(asyncio.create_task(elector.renew_until_lost()))

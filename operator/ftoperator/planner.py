@@ -245,16 +245,16 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
     pods = [] if job_suspended else observed.pods
     failure = attempt_failure(batch_job, pods, observed.lost_nodes)
     if failure is not None and failure.reason == "Stalled":  # every rank that stalled
-        wait = peer_stalls_due(observed.ranks, status.attempt, failure.message,
-                               _first_failed_at(pods), now)  # fmt: skip
+        wait = peer_stalls_due(
+            observed.ranks, status.attempt, failure.message, _first_failed_at(pods), now
+        )
         if wait is not None:  # the others' watchdogs are about to say what they waited on
             _look_again(plan, wait)
             return _finish(plan, previous, generation)
         also = other_stalls(observed.ranks, status.attempt, failure.message)
         failure = Failure(failure.reason, failure.message + also)
     if failure is None and not job_suspended:
-        failure, wait = report_silence(job, observed.progress, observed.ranks, status.attempt,
-                                       now)  # fmt: skip
+        failure, wait = report_silence(job, observed.progress, observed.ranks, status.attempt, now)
         _look_again(plan, wait)
     if failure is None and not job_suspended:
         failure, wait = first_report_overdue(
@@ -300,23 +300,34 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
 
 
 def _progress_readable(
-    plan: Plan, previous: FineTuneJobStatus, error: str | None, generation: int | None,
+    plan: Plan,
+    previous: FineTuneJobStatus,
+    error: str | None,
+    generation: int | None,
     now: datetime,
-) -> None:  # fmt: skip
+) -> None:
     """A report the operator cannot read freezes the progress it shows: the condition says
     so (and an Event, once), rather than a log line only the platform team sees."""
     before = _find(previous, PROGRESS_READABLE)
     if error is None:
         if before is not None and before.status == "False":
-            _condition(plan.status, PROGRESS_READABLE, "True", "Readable",
-                       "the trainer's reports are read again", generation, now)  # fmt: skip
+            _condition(
+                plan.status,
+                PROGRESS_READABLE,
+                "True",
+                "Readable",
+                "the trainer's reports are read again",
+                generation,
+                now,
+            )
         return
     message = (
         f"the trainer's newest progress report cannot be read ({error}); the status "
         "shows the last one that could"
     )
-    _condition(plan.status, PROGRESS_READABLE, "False", PROGRESS_UNREADABLE, message,
-               generation, now)  # fmt: skip
+    _condition(
+        plan.status, PROGRESS_READABLE, "False", PROGRESS_UNREADABLE, message, generation, now
+    )
     if before is None or before.status != "False":
         plan.events.append(Event("Warning", PROGRESS_UNREADABLE, message))
 
@@ -361,9 +372,12 @@ def _stragglers(plan: Plan, job: FineTuneJob, ranks: dict[int, RankReport], now:
 
 
 def report_silence(
-    job: FineTuneJob, report: ProgressReport | None, ranks: dict[int, RankReport],
-    attempt: int, now: datetime,
-) -> tuple[Failure | None, float | None]:  # fmt: skip
+    job: FineTuneJob,
+    report: ProgressReport | None,
+    ranks: dict[int, RankReport],
+    attempt: int,
+    now: datetime,
+) -> tuple[Failure | None, float | None]:
     """Stalled when this attempt's trainer, having reported, has been silent longer than
     runPolicy.stallDetection.minimumSeconds: rank 0's progress report, or any rank's own
     report (ranks.py). A running trainer re-sends them at least every
@@ -383,11 +397,14 @@ def report_silence(
     if quiet:
         named = "; ".join(
             f"{where(r.rank, r.pod, r.node)} silent for {seconds:.0f} s, its last report at "
-            f"step {r.step}" for r, seconds in quiet
-        )  # fmt: skip
-        message = (f"{named} (runPolicy.stallDetection.minimumSeconds {limit}; {every}): "
-                   f"the process is stopped or frozen; rank 0 was at step {report.step}, "
-                   f"stage {report.stage}")  # fmt: skip
+            f"step {r.step}"
+            for r, seconds in quiet
+        )
+        message = (
+            f"{named} (runPolicy.stallDetection.minimumSeconds {limit}; {every}): "
+            f"the process is stopped or frozen; rank 0 was at step {report.step}, "
+            f"stage {report.stage}"
+        )
     else:
         message = (
             f"no progress report from the trainer for {silent:.0f} s (runPolicy.stallDetection."
@@ -537,16 +554,22 @@ def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -
                 f"(exit code {code}); lower the batch size or sequence length, or ask for "
                 f"more memory{tail}",
             )
-        return Failure("ExitCode", f"pod {name}: container {container.get('name')} exited "
-                                   f"with code {code}{tail}")  # fmt: skip
+        return Failure(
+            "ExitCode",
+            f"pod {name}: container {container.get('name')} exited with code {code}{tail}",
+        )
     reason = pod_status.get("reason") or "PodFailed"
     return Failure(reason, f"pod {name} failed: {pod_status.get('message') or reason}")
 
 
 def rejected(
-    previous: FineTuneJobStatus, message: str, generation: int | None, now: datetime,
-    reason: str = "InvalidSpec", ttl: int | None = None,
-) -> Plan:  # fmt: skip
+    previous: FineTuneJobStatus,
+    message: str,
+    generation: int | None,
+    now: datetime,
+    reason: str = "InvalidSpec",
+    ttl: int | None = None,
+) -> Plan:
     """A spec the CRD schema let through but the full validation (InvalidSpec) or the
     operator's policy (e.g. ImageNotAllowed) refuses: Failed, and no children, ever.
 
@@ -561,9 +584,12 @@ def rejected(
 
 
 def held_for_newer_operator(
-    previous: FineTuneJobStatus, newer: NewerFields, operator: str, generation: int | None,
+    previous: FineTuneJobStatus,
+    newer: NewerFields,
+    operator: str,
+    generation: int | None,
     now: datetime,
-) -> Plan:  # fmt: skip
+) -> Plan:
     """No attempt starts: the spec asks for something (`newer.set`) that this operator does
     not know. Not a failure: an operator that knows the fields picks the job up as it is."""
     plan = Plan(status=editable(previous))
@@ -576,9 +602,13 @@ def held_for_newer_operator(
 
 
 def note_newer_fields(
-    plan: Plan, previous: FineTuneJobStatus, newer: NewerFields, operator: str,
-    generation: int | None, now: datetime,
-) -> None:  # fmt: skip
+    plan: Plan,
+    previous: FineTuneJobStatus,
+    newer: NewerFields,
+    operator: str,
+    generation: int | None,
+    now: datetime,
+) -> None:
     """The plan of a job whose spec holds fields newer than this operator: those holding the
     CRD's default mean "as before" and are ignored; an attempt already running goes on as
     it was made (by an operator that knew the fields), but none is started while fields
@@ -610,8 +640,9 @@ def note_newer_fields(
     _condition(plan.status, VALIDATED, "True", NEWER_FIELDS_IGNORED, message, generation, now)
     was = _find(previous, VALIDATED)
     if was is None or was.message != message:
-        plan.events.append(Event("Warning" if newer.set else "Normal", NEWER_FIELDS_IGNORED,
-                                 message))  # fmt: skip
+        plan.events.append(
+            Event("Warning" if newer.set else "Normal", NEWER_FIELDS_IGNORED, message)
+        )
 
 
 def needs_newer_operator(newer: NewerFields, operator: str) -> str:
@@ -639,9 +670,15 @@ def _spoken(paths: tuple[str, ...]) -> str:
 
 
 def _attempt_failed(
-    plan: Plan, job: FineTuneJob, failure: Failure, names: Names, generation: int | None,
-    now: datetime, *, stop: bool,
-) -> None:  # fmt: skip
+    plan: Plan,
+    job: FineTuneJob,
+    failure: Failure,
+    names: Names,
+    generation: int | None,
+    now: datetime,
+    *,
+    stop: bool,
+) -> None:
     status = plan.status
     limit = job.spec.run_policy.max_restarts
     what = f"attempt {status.attempt} failed ({failure.reason}): {failure.message}"
@@ -661,8 +698,10 @@ def _attempt_failed(
     reason = failure.reason
     message = f"{what}; no restarts left (maxRestarts {limit})" if limit else what
     if final:
-        message = (f"{what}; not restarted: a restart would fail the same way (fix its "
-                   "cause, then create the job again)")  # fmt: skip
+        message = (
+            f"{what}; not restarted: a restart would fail the same way (fix its "
+            "cause, then create the job again)"
+        )
     _fail(plan, Failure(reason, message), generation, now)
     if reason == "PublishFailed" and status.model_uri is None:
         # The trainer says so only once the final model is in output.uri; its report naming
@@ -696,9 +735,12 @@ def _fail(plan: Plan, failure: Failure, generation: int | None, now: datetime) -
 
 
 def _succeed(
-    plan: Plan, job: FineTuneJob, progress: ProgressReport | None, generation: int | None,
+    plan: Plan,
+    job: FineTuneJob,
+    progress: ProgressReport | None,
+    generation: int | None,
     now: datetime,
-) -> None:  # fmt: skip
+) -> None:
     status = plan.status
     status.phase = "Succeeded"
     status.completion_time = now
@@ -735,9 +777,12 @@ def _judge_improvement(plan: Plan, generation: int | None, now: datetime) -> Non
 
 
 def _waiting(
-    status: FineTuneJobStatus, job: FineTuneJob, generation: int | None, now: datetime,
+    status: FineTuneJobStatus,
+    job: FineTuneJob,
+    generation: int | None,
+    now: datetime,
     queued: QueueState | None = None,
-) -> None:  # fmt: skip
+) -> None:
     scheduling = job.spec.scheduling
     if scheduling.suspend:
         status.phase, status.message = "Suspended", "suspended (spec.scheduling.suspend)"
@@ -756,9 +801,13 @@ def _waiting(
 
 
 def _active(
-    status: FineTuneJobStatus, job: FineTuneJob, pods: list[dict[str, Any]],
-    generation: int | None, now: datetime, create_failure: str | None = None,
-) -> None:  # fmt: skip
+    status: FineTuneJobStatus,
+    job: FineTuneJob,
+    pods: list[dict[str, Any]],
+    generation: int | None,
+    now: datetime,
+    create_failure: str | None = None,
+) -> None:
     nodes = job.spec.resources.nodes
     running = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
     if len(running) >= nodes:
@@ -843,9 +892,10 @@ def _copy_progress(
     if report.checkpoint is not None and report.checkpoint.latest:
         try:
             status.checkpoint = CheckpointStatus(
-                latest=report.checkpoint.latest, step=report.checkpoint.step,
+                latest=report.checkpoint.latest,
+                step=report.checkpoint.step,
                 count=report.checkpoint.count,
-            )  # fmt: skip
+            )
         except ValidationError:
             log.warning("ignoring a checkpoint URI the status cannot hold")
     if report.attempt != status.attempt:
@@ -861,10 +911,13 @@ def _copy_progress(
     if not counts:
         return
     progress = Progress(
-        step=report.step, total_steps=report.total_steps, epoch=report.epoch,
-        tokens_per_second=report.tokens_per_second, eta_seconds=report.eta_seconds,
+        step=report.step,
+        total_steps=report.total_steps,
+        epoch=report.epoch,
+        tokens_per_second=report.tokens_per_second,
+        eta_seconds=report.eta_seconds,
         updated_at=report.updated_at,
-    )  # fmt: skip
+    )
     _summarise(progress)
     progress.loss = _loss_text(report)
     progress.skipped_steps = report.skipped_steps or None
@@ -926,33 +979,67 @@ def _set_suspended(
     status: FineTuneJobStatus, suspended: bool, generation: int | None, now: datetime
 ) -> None:
     if suspended:
-        _condition(status, SUSPENDED, "True", "Suspended", "spec.scheduling.suspend is true",
-                   generation, now)  # fmt: skip
+        _condition(
+            status,
+            SUSPENDED,
+            "True",
+            "Suspended",
+            "spec.scheduling.suspend is true",
+            generation,
+            now,
+        )
     elif _find(status, SUSPENDED) is not None:
-        _condition(status, SUSPENDED, "False", "Resumed", "spec.scheduling.suspend is false",
-                   generation, now)  # fmt: skip
+        _condition(
+            status,
+            SUSPENDED,
+            "False",
+            "Resumed",
+            "spec.scheduling.suspend is false",
+            generation,
+            now,
+        )
 
 
 def _condition(
-    status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str,
-    generation: int | None, now: datetime,
-) -> None:  # fmt: skip
+    status: FineTuneJobStatus,
+    type_: str,
+    value: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> None:
     """Set one condition; its lastTransitionTime moves only when its status changes."""
     existing = _find(status, type_)
     transition = now
     if existing is not None and existing.status == value:
         transition = existing.last_transition_time
     condition = Condition(
-        type=type_, status=value, reason=reason, message=message[:32768],
-        last_transition_time=transition, observed_generation=generation,
-    )  # fmt: skip
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message[:32768],
+        last_transition_time=transition,
+        observed_generation=generation,
+    )
     status.conditions = [c for c in status.conditions if c.type != type_] + [condition]
     status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
 
 
-_CONDITION_ORDER = {t: i for i, t in enumerate((
-    VALIDATED, RESOURCES_CREATED, SUSPENDED, RUNNING, PROGRESS_READABLE, SUCCEEDED, FAILED,
-))}  # fmt: skip
+_CONDITION_ORDER = {
+    t: i
+    for i, t in enumerate(
+        (
+            VALIDATED,
+            RESOURCES_CREATED,
+            SUSPENDED,
+            RUNNING,
+            PROGRESS_READABLE,
+            SUCCEEDED,
+            FAILED,
+        )
+    )
+}
 
 
 def _find(status: FineTuneJobStatus, type_: str) -> Condition | None:

@@ -113,12 +113,15 @@ def job_code(job: FineTuneJob) -> list[str]:
         found.append("spec.model.trustRemoteCode runs the model repository's code")
     for i, reward in enumerate(spec.trainer.grpo.rewards if spec.trainer.grpo else []):
         if reward.type == "python":
-            found.append(f"spec.trainer.grpo.rewards[{i}] runs the python function "
-                         f"{reward.function}")  # fmt: skip
+            found.append(
+                f"spec.trainer.grpo.rewards[{i}] runs the python function {reward.function}"
+            )
     harness = spec.evaluation.harness
     if harness is not None and harness.include_path:
-        found.append("spec.evaluation.harness.includePath loads task files, whose !function "
-                     "entries run python")  # fmt: skip
+        found.append(
+            "spec.evaluation.harness.includePath loads task files, whose !function "
+            "entries run python"
+        )
     return found
 
 
@@ -137,27 +140,64 @@ def servers_used(job: FineTuneJob, settings: Settings) -> list[tuple[str, str, s
     used = []
     s3 = spec.output.s3
     if s3 is not None and s3.endpoint:
-        used.append(("S3EndpointNotAllowed", "spec.output.s3.endpoint", s3.endpoint,
-                     "allowedS3Endpoints"))  # fmt: skip
+        used.append(
+            ("S3EndpointNotAllowed", "spec.output.s3.endpoint", s3.endpoint, "allowedS3Endpoints")
+        )
     elif uses_s3(job) and not settings.default_s3_endpoint:
-        used.append(("S3EndpointNotAllowed", "spec.output.s3.endpoint is unset, so AWS S3",
-                     PUBLIC_S3, "allowedS3Endpoints"))  # fmt: skip
+        used.append(
+            (
+                "S3EndpointNotAllowed",
+                "spec.output.s3.endpoint is unset, so AWS S3",
+                PUBLIC_S3,
+                "allowedS3Endpoints",
+            )
+        )
     if spec.logging.mlflow is not None:
-        used.append(("TrackerNotAllowed", "spec.logging.mlflow.trackingUri",
-                     spec.logging.mlflow.tracking_uri, "allowedTrackerUrls"))  # fmt: skip
+        used.append(
+            (
+                "TrackerNotAllowed",
+                "spec.logging.mlflow.trackingUri",
+                spec.logging.mlflow.tracking_uri,
+                "allowedTrackerUrls",
+            )
+        )
     wandb = spec.logging.wandb
     if wandb is not None and wandb.base_url:
-        used.append(("TrackerNotAllowed", "spec.logging.wandb.baseUrl", wandb.base_url,
-                     "allowedTrackerUrls"))  # fmt: skip
+        used.append(
+            (
+                "TrackerNotAllowed",
+                "spec.logging.wandb.baseUrl",
+                wandb.base_url,
+                "allowedTrackerUrls",
+            )
+        )
     elif wandb is not None:
-        used.append(("TrackerNotAllowed", "spec.logging.wandb.baseUrl is unset, so W&B's cloud",
-                     PUBLIC_WANDB, "allowedTrackerUrls"))  # fmt: skip
+        used.append(
+            (
+                "TrackerNotAllowed",
+                "spec.logging.wandb.baseUrl is unset, so W&B's cloud",
+                PUBLIC_WANDB,
+                "allowedTrackerUrls",
+            )
+        )
     if spec.model.hub_endpoint:
-        used.append(("HubEndpointNotAllowed", "spec.model.hubEndpoint", spec.model.hub_endpoint,
-                     "allowedHubEndpoints"))  # fmt: skip
+        used.append(
+            (
+                "HubEndpointNotAllowed",
+                "spec.model.hubEndpoint",
+                spec.model.hub_endpoint,
+                "allowedHubEndpoints",
+            )
+        )
     elif uses_hub(job) and not settings.default_hub_endpoint:
-        used.append(("HubEndpointNotAllowed", "spec.model.hubEndpoint is unset, so the Hub",
-                     PUBLIC_HUB, "allowedHubEndpoints"))  # fmt: skip
+        used.append(
+            (
+                "HubEndpointNotAllowed",
+                "spec.model.hubEndpoint is unset, so the Hub",
+                PUBLIC_HUB,
+                "allowedHubEndpoints",
+            )
+        )
     return used
 
 
@@ -303,24 +343,38 @@ def secret_references(job: FineTuneJob) -> list[tuple[str, str]]:
     spec = job.spec
     refs: list[tuple[str, SecretRef | SecretKeyRef | None]] = [
         ("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref),
-        ("spec.output.s3.credentialsSecretRef",
-         spec.output.s3.credentials_secret_ref if spec.output.s3 else None),
-        ("spec.output.pushToHub.tokenSecretRef",
-         spec.output.push_to_hub.token_secret_ref if spec.output.push_to_hub else None),
-        ("spec.output.oci.credentialsSecretRef",
-         spec.output.oci.credentials_secret_ref if spec.output.oci else None),
-        ("spec.model.registry.credentialsSecretRef",
-         spec.model.registry.credentials_secret_ref if spec.model.registry else None),
-        ("spec.logging.mlflow.tokenSecretRef",
-         spec.logging.mlflow.token_secret_ref if spec.logging.mlflow else None),
-        ("spec.logging.wandb.apiKeySecretRef",
-         spec.logging.wandb.api_key_secret_ref if spec.logging.wandb else None),
-    ]  # fmt: skip
+        (
+            "spec.output.s3.credentialsSecretRef",
+            spec.output.s3.credentials_secret_ref if spec.output.s3 else None,
+        ),
+        (
+            "spec.output.pushToHub.tokenSecretRef",
+            spec.output.push_to_hub.token_secret_ref if spec.output.push_to_hub else None,
+        ),
+        (
+            "spec.output.oci.credentialsSecretRef",
+            spec.output.oci.credentials_secret_ref if spec.output.oci else None,
+        ),
+        (
+            "spec.model.registry.credentialsSecretRef",
+            spec.model.registry.credentials_secret_ref if spec.model.registry else None,
+        ),
+        (
+            "spec.logging.mlflow.tokenSecretRef",
+            spec.logging.mlflow.token_secret_ref if spec.logging.mlflow else None,
+        ),
+        (
+            "spec.logging.wandb.apiKeySecretRef",
+            spec.logging.wandb.api_key_secret_ref if spec.logging.wandb else None,
+        ),
+    ]
     # A pull secret reaches the kubelet, not the pods, but it is a Secret the job names.
     pulls = enumerate(spec.resources.image_pull_secrets)
     named = [(f"spec.resources.imagePullSecrets[{i}]", name) for i, name in pulls]
-    refs += [(f"spec.resources.env[{i}].secretKeyRef", e.secret_key_ref)
-             for i, e in enumerate(spec.resources.env)]  # fmt: skip
+    refs += [
+        (f"spec.resources.env[{i}].secretKeyRef", e.secret_key_ref)
+        for i, e in enumerate(spec.resources.env)
+    ]
     return named + [(field, ref.name) for field, ref in refs if ref is not None]
 
 

@@ -75,9 +75,12 @@ PEER_STALL_GRACE_SECONDS = 10.0
 
 
 def peer_stalls_due(
-    ranks: Mapping[int, RankReport], attempt: int, verdict: str, failed_at: datetime | None,
+    ranks: Mapping[int, RankReport],
+    attempt: int,
+    verdict: str,
+    failed_at: datetime | None,
     now: datetime,
-) -> float | None:  # fmt: skip
+) -> float | None:
     """Seconds to wait before ending the attempt on `verdict` (one rank's Stalled
     termination message, its pod failed at `failed_at`): while another rank of the attempt
     has neither said it stalled nor finished, for PEER_STALL_GRACE_SECONDS at most. None:
@@ -85,12 +88,14 @@ def peer_stalls_due(
     if failed_at is None:
         return None
     # At most the grace from now, whatever the node's clock says.
-    left = min(PEER_STALL_GRACE_SECONDS - (now - failed_at).total_seconds(),
-               PEER_STALL_GRACE_SECONDS)  # fmt: skip
+    left = min(
+        PEER_STALL_GRACE_SECONDS - (now - failed_at).total_seconds(), PEER_STALL_GRACE_SECONDS
+    )
     pending = [
-        r for r in current(ranks, attempt).values()
+        r
+        for r in current(ranks, attempt).values()
         if not r.done and not r.stalled and f"rank {r.rank}:" not in verdict
-    ]  # fmt: skip
+    ]
     return left if left > 0 and pending else None
 
 
@@ -138,9 +143,12 @@ class Stragglers:
 
 
 def track_stragglers(
-    previous: list[Straggler], ranks: Mapping[int, RankReport], attempt: int,
-    spec: StragglerDetection, now: datetime,
-) -> Stragglers:  # fmt: skip
+    previous: list[Straggler],
+    ranks: Mapping[int, RankReport],
+    attempt: int,
+    spec: StragglerDetection,
+    now: datetime,
+) -> Stragglers:
     if not spec.enabled:
         return Stragglers([], [], None)
     reports = current(ranks, attempt)
@@ -151,8 +159,9 @@ def track_stragglers(
         since = old.since if old is not None else now
         warned = old.warned if old is not None else False
         elapsed = (now - since).total_seconds()
-        straggler = Straggler(rank=rank, pod=report.pod, node=report.node, ratio=ratio,
-                              since=since, warned=warned)  # fmt: skip
+        straggler = Straggler(
+            rank=rank, pod=report.pod, node=report.node, ratio=ratio, since=since, warned=warned
+        )
         if not warned and elapsed >= spec.window_seconds:
             straggler.warned = True
             due.append(straggler)

@@ -86,8 +86,10 @@ def resolve_attention(
     explicit FlashAttention where it cannot load is invalid input, not an ImportError."""
     attention = spec.model.attention
     if attention.startswith("flash_attention") and not cuda:
-        raise ValueError(f"spec.model.attention {attention} needs a CUDA GPU (auto picks the "
-                         "fastest kernel this machine has)")  # fmt: skip
+        raise ValueError(
+            f"spec.model.attention {attention} needs a CUDA GPU (auto picks the "
+            "fastest kernel this machine has)"
+        )
     if attention == "flash_attention_2" and not flash_attn:
         raise ValueError(
             "spec.model.attention flash_attention_2 needs the flash-attn package, which this "

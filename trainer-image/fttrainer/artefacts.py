@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_loss_curve(step_metrics: list[dict[str, Any]], eval_metrics: list[dict[str, Any]],
-                    path: Path) -> Path | None:  # fmt: skip
+def plot_loss_curve(
+    step_metrics: list[dict[str, Any]], eval_metrics: list[dict[str, Any]], path: Path
+) -> Path | None:
     """A PNG of training (and validation) loss by step; None when nothing was logged."""
     train = [(m["step"], m["loss"]) for m in step_metrics if "loss" in m and "step" in m]
     if not train:

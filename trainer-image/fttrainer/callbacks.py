@@ -150,8 +150,9 @@ class EarlyStopping(TrainerCallback):
         self.misses = 0
         self.stopped_at: int | None = None
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
-                    **_: Any) -> None:  # fmt: skip
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **_: Any
+    ) -> None:
         value = (metrics or {}).get(self.metric)
         if value is None:
             return
@@ -185,15 +186,17 @@ class RecomputeFirstLayers(TrainerCallback):
         if not any(block.gradient_checkpointing for block in blocks):
             log.warning(
                 "activation checkpointing of %d layers asked, but no decoder layer of this "
-                "model is checkpointed: leaving it as it is", self.layers,
-            )  # fmt: skip
+                "model is checkpointed: leaving it as it is",
+                self.layers,
+            )
             return
         for index, block in enumerate(blocks):
             block.gradient_checkpointing = index < self.layers
         log.info(
             "activation checkpointing on the first %d of %d decoder layers",
-            min(self.layers, len(blocks)), len(blocks),
-        )  # fmt: skip
+            min(self.layers, len(blocks)),
+            len(blocks),
+        )
 
 
 class RollbackRecorder(Protocol):
@@ -208,10 +211,17 @@ class NonFiniteGuard(TrainerCallback):
     CheckpointUpload's."""
 
     def __init__(
-        self, watch: LossWatch, reporter: ProgressReporter, *, action: str, limit: int,
-        learning_rate_factor: float, record_rollback: RollbackRecorder, faults: Faults,
+        self,
+        watch: LossWatch,
+        reporter: ProgressReporter,
+        *,
+        action: str,
+        limit: int,
+        learning_rate_factor: float,
+        record_rollback: RollbackRecorder,
+        faults: Faults,
         spikes: SpikeWatch | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.watch = watch
         self.spikes = spikes or SpikeWatch(0.0)
         self.faults = faults
@@ -234,8 +244,15 @@ class NonFiniteGuard(TrainerCallback):
         if rollbacks:
             self.faults.nan_steps = frozenset()  # the test fault strikes once per job
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None,
-                       lr_scheduler: Any = None, **_: Any) -> None:  # fmt: skip
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **_: Any,
+    ) -> None:
         """After a rollback the learning rate is lowered here: the optimizer and scheduler
         were just restored from the checkpoint with the old one."""
         self.watch.logged_step = state.global_step  # a resumed run logs from its step
@@ -249,11 +266,21 @@ class NonFiniteGuard(TrainerCallback):
         for name in ("base_lrs", "_last_lr"):  # what the schedule scales, what is logged
             if isinstance(getattr(lr_scheduler, name, None), list):
                 setattr(lr_scheduler, name, [lr * factor for lr in getattr(lr_scheduler, name)])
-        log.warning("rollback %d: learning rate x%g (training.rollbackLearningRateFactor)",
-                    self.rollbacks, factor)  # fmt: skip
+        log.warning(
+            "rollback %d: learning rate x%g (training.rollbackLearningRateFactor)",
+            self.rollbacks,
+            factor,
+        )
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
-                              optimizer: Any = None, **_: Any) -> None:  # fmt: skip
+    def on_pre_optimizer_step(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        **_: Any,
+    ) -> None:
         step = state.global_step + 1
         losses = self.watch.take()
         loss = sum(losses) / len(losses) if losses else math.nan
@@ -274,17 +301,24 @@ class NonFiniteGuard(TrainerCallback):
         average = self.spikes.observe(loss)
         if average is None or not main:
             return
-        message = (f"step {step}: training loss {loss:.4g} is {loss / average:.1f}x its "
-                   f"moving average {average:.4g} (training.lossSpikeFactor "
-                   f"{self.spikes.factor:g}); a learning rate too high often shows so")  # fmt: skip
+        message = (
+            f"step {step}: training loss {loss:.4g} is {loss / average:.1f}x its "
+            f"moving average {average:.4g} (training.lossSpikeFactor "
+            f"{self.spikes.factor:g}); a learning rate too high often shows so"
+        )
         log.warning("loss spike: %s", message)
         self.reporter.warned(reason="LossSpike", step=step, message=message)
 
-    def _act(self, step: int, values: dict[str, float], state: Any, *, optimizer: Any,
-             model: Any) -> None:  # fmt: skip
+    def _act(
+        self, step: int, values: dict[str, float], state: Any, *, optimizer: Any, model: Any
+    ) -> None:
         what = describe(values) or "not finite on another rank"
-        choice = decide(self.action, skipped_in_a_row=self.skipped_in_a_row,
-                        rollbacks=self.rollbacks, limit=self.limit)  # fmt: skip
+        choice = decide(
+            self.action,
+            skipped_in_a_row=self.skipped_in_a_row,
+            rollbacks=self.rollbacks,
+            limit=self.limit,
+        )
         if choice == "skip" and self.last_finite is None:
             choice = "stop"  # no finite step yet in this attempt: nothing to go on from
         main = bool(state.is_world_process_zero)
@@ -296,14 +330,23 @@ class NonFiniteGuard(TrainerCallback):
             self.skipped += 1
             added = sum(float(value.float().mean().item()) for value in self.watch.step_returned)
             self.watch.skipped(_mean(added))
-            log.warning("step %d: %s: its batch is skipped (%d in a row, %d in all; "
-                        "training.nonFiniteLimit %d)", step, what, self.skipped_in_a_row,
-                        self.skipped, self.limit)  # fmt: skip
+            log.warning(
+                "step %d: %s: its batch is skipped (%d in a row, %d in all; "
+                "training.nonFiniteLimit %d)",
+                step,
+                what,
+                self.skipped_in_a_row,
+                self.skipped,
+                self.limit,
+            )
             if main:
                 self.reporter.non_finite_step(values, step=step, skipped=True)
             return
-        last = (f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
-                if self.last_finite else "no finite loss in this attempt")  # fmt: skip
+        last = (
+            f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
+            if self.last_finite
+            else "no finite loss in this attempt"
+        )
         message = f"step {step}: {what} ({last})"
         if self.action == "skip" and self.skipped_in_a_row >= self.limit:
             message += f"; {self.skipped_in_a_row} steps skipped in a row before it"
@@ -311,16 +354,18 @@ class NonFiniteGuard(TrainerCallback):
             message += "; no finite step in this attempt to go on from"
         self._fail(step, message, values, choice, main)
 
-    def _fail(self, step: int, message: str, values: dict[str, float], choice: str,
-              main: bool) -> None:  # fmt: skip
+    def _fail(
+        self, step: int, message: str, values: dict[str, float], choice: str, main: bool
+    ) -> None:
         if choice == "rollback":
-            message += (f"; rolling back to checkpoint step {self.last_checkpoint} "
-                        f"({self.rollbacks + 1} of {self.limit})"
-                        if self.last_checkpoint is not None else
-                        "; rolling back to the start (no checkpoint yet)")  # fmt: skip
+            message += (
+                f"; rolling back to checkpoint step {self.last_checkpoint} "
+                f"({self.rollbacks + 1} of {self.limit})"
+                if self.last_checkpoint is not None
+                else "; rolling back to the start (no checkpoint yet)"
+            )
             if main:
-                self.record_rollback(step=step, resume_from=self.last_checkpoint,
-                                     message=message)  # fmt: skip
+                self.record_rollback(step=step, resume_from=self.last_checkpoint, message=message)
         elif self.action == "rollback":
             message += f"; {self.rollbacks} rollbacks already (training.nonFiniteLimit)"
         log.error("%s", message)
@@ -328,8 +373,15 @@ class NonFiniteGuard(TrainerCallback):
             self.reporter.non_finite_step(values, step=step, skipped=False, flush=True)
         raise RollBack(message) if choice == "rollback" else Diverged(message)
 
-    def on_save(self, args: Any, state: Any, control: Any, model: Any = None,
-                optimizer: Any = None, **_: Any) -> None:  # fmt: skip
+    def on_save(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        **_: Any,
+    ) -> None:
         step = state.global_step
         finite = (model is None or tensors_finite(model.parameters())) and (
             optimizer is None or tensors_finite(optimizer_tensors(optimizer))
@@ -341,8 +393,10 @@ class NonFiniteGuard(TrainerCallback):
         if state.is_local_process_zero:
             shutil.rmtree(folder, ignore_errors=True)  # never uploaded, never resumed from
         choice = "rollback" if self.action == "rollback" and self.rollbacks < self.limit else "stop"
-        message = (f"step {step}: the weights or optimizer state are not finite; checkpoint "
-                   f"{folder.name} was not saved")  # fmt: skip
+        message = (
+            f"step {step}: the weights or optimizer state are not finite; checkpoint "
+            f"{folder.name} was not saved"
+        )
         self._fail(step, message, {}, choice, bool(state.is_world_process_zero))
 
 
@@ -408,9 +462,12 @@ class CheckpointUpload(TrainerCallback):
         uploaded = gathered(uploaded)
         if state.is_world_process_zero:
             self.latest = self.checkpoints.save(
-                step, folder, metrics=metrics_at(state.log_history, step), epoch=state.epoch,
+                step,
+                folder,
+                metrics=metrics_at(state.log_history, step),
+                epoch=state.epoch,
                 uploaded=uploaded,
-            )  # fmt: skip
+            )
             complete = self.checkpoints.complete()
             protect = best(complete) if self.keep_best else None
             doomed = self.checkpoints.retain(self.keep, protect=protect.step if protect else None)
@@ -456,9 +513,11 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         if self._reporting(state):
             self.reporter.training_started(
-                step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=state.epoch,
                 tokens_seen=float(getattr(state, "num_input_tokens_seen", 0) or 0),
-            )  # fmt: skip
+            )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         if self._reporting(state):
@@ -481,8 +540,9 @@ class ProgressCallback(TrainerCallback):
         if self._reporting(state) and logs:
             self.reporter.logged(logs, step=state.global_step, epoch=state.epoch)
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
-                    **_: Any) -> None:  # fmt: skip
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **_: Any
+    ) -> None:
         if self._reporting(state) and metrics:
             self.reporter.evaluated(metrics, step=state.global_step, epoch=state.epoch)
 

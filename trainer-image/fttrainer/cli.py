@@ -50,47 +50,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate = config_command(
-        commands, "validate", _validate,
+        commands,
+        "validate",
+        _validate,
         "check a config against the API (same rules as the API server) and read its data",
         "Check a config; print every problem with its field path (and the key you wrote).",
-    )  # fmt: skip
+    )
     validate.add_argument(
         "--spec-only",
         action="store_true",
         help="check the config but do not read the data or the model's config",
     )
     run = config_command(
-        commands, "run", _run, "fine-tune locally, exactly as the config says",
+        commands,
+        "run",
+        _run,
+        "fine-tune locally, exactly as the config says",
         "Run the training part of a FineTuneJob on this machine (CPU, or a GPU).",
-    )  # fmt: skip
+    )
     run.add_argument(
         "--output",
         type=Path,
         help="where the results go (default: the config's output, e.g. spec.output.uri)",
     )
     plan = config_command(
-        commands, "plan", _plan,
+        commands,
+        "plan",
+        _plan,
         "show the resolved config, the data statistics and GPU memory per device",
         "Resolve defaults, check the data, and estimate GPU memory per device "
         "(suggesting settings that fit --gpu-memory).",
-    )  # fmt: skip
+    )
     plan.add_argument(
-        "--gpu-memory", type=float, default=80.0, metavar="GIB",
+        "--gpu-memory",
+        type=float,
+        default=80.0,
+        metavar="GIB",
         help="GPU memory to fit, in GiB (default 80: an A100/H100 80GB)",
-    )  # fmt: skip
+    )
     convert = config_command(
-        commands, "convert", _convert,
+        commands,
+        "convert",
+        _convert,
         "write the FineTuneJob manifest equivalent to a config (for kubectl apply)",
         "Translate a config of any style into a FineTuneJob manifest; keys with no place "
         "in a FineTuneJob become comments.",
-    )  # fmt: skip
+    )
     convert.add_argument(
         "-o", "--output", type=Path, help="write the manifest here (default: standard output)"
     )
     formats = commands.add_parser(
-        "formats", help="show each dataset format with a one-row example and its rendering",
+        "formats",
+        help="show each dataset format with a one-row example and its rendering",
         description="Every dataset.format, with an example row and what it becomes.",
-    )  # fmt: skip
+    )
     formats.set_defaults(handler=_formats)
     add_plugin_commands(commands)
     return parser
@@ -137,15 +150,21 @@ def config_command(
     for key, (_, text) in {**flat.KEYS, **flat.ENV_ONLY}.items():
         if key != "config":
             group.add_argument(
-                flat.flag(key), dest=FLAT_PREFIX + key, metavar="V", default=argparse.SUPPRESS,
+                flat.flag(key),
+                dest=FLAT_PREFIX + key,
+                metavar="V",
+                default=argparse.SUPPRESS,
                 help=text,
-            )  # fmt: skip
+            )
     group = command.add_argument_group("Hydra-style flags (the TRL training script's)")
     for key, (_, text) in hydra.KEYS.items():
         group.add_argument(
-            hydra.flag(key), dest=HYDRA_PREFIX + key, metavar="V", default=argparse.SUPPRESS,
+            hydra.flag(key),
+            dest=HYDRA_PREFIX + key,
+            metavar="V",
+            default=argparse.SUPPRESS,
             help=text,
-        )  # fmt: skip
+        )
     command.add_argument_group(
         "nested YAML style",
         "--section.key VALUE overrides a key of the YAML config, e.g. "
@@ -301,8 +320,10 @@ def _load(args: argparse.Namespace, *, output: Any = None) -> Loaded | None:
                 raise  # without --set, the errors are the config's own: report them
             for path in dropped:
                 _remove(manifest["spec"], path)
-                print(f"  info: {path}: the style's default dropped (it conflicts with --set)",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"  info: {path}: the style's default dropped (it conflicts with --set)",
+                    file=sys.stderr,
+                )
             job = parse_job(manifest, translation.source)
     except InvalidSpecError as exc:
         print(f"{translation.source}: invalid FineTuneJob", file=sys.stderr)
@@ -559,8 +580,14 @@ def single_process_rendezvous(environ: Any) -> dict[str, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    return {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
 
 
 def is_remote(uri: str) -> bool:

@@ -174,8 +174,12 @@ class SpikeWatch:
             return None
         average = self.average
         self.average = loss if average is None else average + self.smoothing * (loss - average)
-        spike = (average is not None and average > 0 and loss > self.factor * average
-                 and loss - average >= self.min_rise)  # fmt: skip
+        spike = (
+            average is not None
+            and average > 0
+            and loss > self.factor * average
+            and loss - average >= self.min_rise
+        )
         first = spike and not self.spiking
         self.spiking = spike
         return average if first else None

@@ -74,9 +74,14 @@ class Faults:
                 if where and seconds:
                     faults.sleeps[where] = float(seconds)
         if faults.nan_steps or faults.sleeps or faults.freeze_step or faults.nan_weights_step:
-            log.warning("test faults on: NaN loss at steps %s, sleeps %s, freeze at step %s, "
-                        "NaN weights after step %s", sorted(faults.nan_steps), faults.sleeps,
-                        faults.freeze_step, faults.nan_weights_step)  # fmt: skip
+            log.warning(
+                "test faults on: NaN loss at steps %s, sleeps %s, freeze at step %s, "
+                "NaN weights after step %s",
+                sorted(faults.nan_steps),
+                faults.sleeps,
+                faults.freeze_step,
+                faults.nan_weights_step,
+            )
         return faults
 
     def sleep(self, where: str) -> None:
@@ -120,8 +125,9 @@ def _poison_weights(faults: Faults) -> Any:
     from transformers import TrainerCallback
 
     class PoisonWeights(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
-                        **_: Any) -> None:  # fmt: skip
+        def on_step_end(
+            self, args: Any, state: Any, control: Any, model: Any = None, **_: Any
+        ) -> None:
             if model is None or state.global_step != faults.nan_weights_step:
                 return
             faults.nan_weights_step = None
@@ -169,7 +175,8 @@ def with_faults(trainer_class: type, faults: Faults) -> type:
         return super(faulty, self).evaluate(*args, **kwargs)  # type: ignore[arg-type]
 
     faulty: type = type(
-        trainer_class.__name__, (trainer_class,),
+        trainer_class.__name__,
+        (trainer_class,),
         {"__init__": __init__, "compute_loss": compute_loss, "evaluate": evaluate},
-    )  # fmt: skip
+    )
     return faulty

@@ -72,9 +72,11 @@ def push_to_hub(push: PushToHub, folders: dict[str, Path], *, commit_message: st
     try:
         repo = api.create_repo(push.repo_id, private=push.private, exist_ok=True, repo_type="model")
         commit = api.create_commit(
-            repo_id=repo.repo_id, operations=operations, commit_message=commit_message,
+            repo_id=repo.repo_id,
+            operations=operations,
+            commit_message=commit_message,
             repo_type="model",
-        )  # fmt: skip
+        )
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         raise HubError(
@@ -87,6 +89,7 @@ def push_to_hub(push: PushToHub, folders: dict[str, Path], *, commit_message: st
             f" ({type(error).__name__}: {error})",
             permanent=False,
         ) from None
-    log.info("pushed %s to %s", ", ".join(f"{p or '.'}: {f}" for p, f in folders.items()),
-             repo.repo_id)  # fmt: skip
+    log.info(
+        "pushed %s to %s", ", ".join(f"{p or '.'}: {f}" for p, f in folders.items()), repo.repo_id
+    )
     return str(commit.commit_url)

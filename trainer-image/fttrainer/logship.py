@@ -252,16 +252,20 @@ def s3_put(target: Target) -> Callable[[str, bytes], None]:
     bucket, _, prefix = target.prefix.removeprefix("s3://").partition("/")
 
     def put(name: str, content: bytes) -> None:
-        client.put_object(Bucket=bucket, Key=prefix + name, Body=content,
-                          ContentType="text/plain; charset=utf-8")  # fmt: skip
+        client.put_object(
+            Bucket=bucket, Key=prefix + name, Body=content, ContentType="text/plain; charset=utf-8"
+        )
 
     return put
 
 
 def run_keeping_log(
-    command: Sequence[str], put: Callable[[str, bytes], None], environ: Mapping[str, str],
-    *, out: int = 1,
-) -> int:  # fmt: skip
+    command: Sequence[str],
+    put: Callable[[str, bytes], None],
+    environ: Mapping[str, str],
+    *,
+    out: int = 1,
+) -> int:
     """Run `command` with its stdout and stderr through this process: copied to `out` as they
     come and kept with `put`. Signals are passed on; the exit status is the command's (128 +
     the signal when a signal ended it, as a shell reports it)."""

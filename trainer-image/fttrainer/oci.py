@@ -143,8 +143,12 @@ def connect(uri: str, *, secret_env: str, ca_env: str, plain_http: bool = False)
             f"{uri}: the registry Secret has no entry for {reference.registry} in its auths",
             permanent=True,
         )
-    return Registry(reference.registry, credentials, ca_data=os.environ.get(ca_env) or None,
-                    plain_http=plain_http)  # fmt: skip
+    return Registry(
+        reference.registry,
+        credentials,
+        ca_data=os.environ.get(ca_env) or None,
+        plain_http=plain_http,
+    )
 
 
 def _deterministic(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -226,8 +230,16 @@ class Registry:
             headers["Authorization"] = self._token
         return headers
 
-    def request(self, method: str, url: str, *, what: str, ok: tuple[int, ...] = (200,),
-                headers: Mapping[str, str] | None = None, **kwargs: Any) -> Any:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        ok: tuple[int, ...] = (200,),
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         import httpx
 
         target = url if url.startswith("http") else self.base + url
@@ -238,13 +250,18 @@ class Registry:
                     method, target, headers=self._headers(headers), **kwargs
                 )
         except httpx.HTTPError as exc:
-            raise OciError(f"{what}: cannot reach {self.registry} ({type(exc).__name__}: {exc})",
-                           permanent=False) from None  # fmt: skip
+            raise OciError(
+                f"{what}: cannot reach {self.registry} ({type(exc).__name__}: {exc})",
+                permanent=False,
+            ) from None
         if response.status_code not in ok:
             detail = response.text[:300].replace("\n", " ").strip()
             if response.status_code == 401:
-                detail = ("the credentials were refused" if self.credentials
-                          else "it needs credentials, and none were given")  # fmt: skip
+                detail = (
+                    "the credentials were refused"
+                    if self.credentials
+                    else "it needs credentials, and none were given"
+                )
             raise OciError(
                 f"{what}: {self.registry} answered {response.status_code}: {detail}",
                 permanent=response.status_code in (400, 401, 403, 404, 405),
@@ -273,8 +290,12 @@ class Registry:
         return False
 
     def has_blob(self, repository: str, digest: str) -> bool:
-        response = self.request("HEAD", f"/v2/{repository}/blobs/{digest}", ok=(200, 404),
-                                what=f"looking up blob {digest[:19]}")  # fmt: skip
+        response = self.request(
+            "HEAD",
+            f"/v2/{repository}/blobs/{digest}",
+            ok=(200, 404),
+            what=f"looking up blob {digest[:19]}",
+        )
         return bool(response.status_code == 200)
 
     def put_blob(self, repository: str, path: Path, digest: str) -> None:
@@ -287,31 +308,47 @@ class Registry:
             while size - offset > CHUNK:
                 data = reader.read(CHUNK)
                 patched = self.request(
-                    "PATCH", location, ok=(202,), what=what, content=data,
-                    headers={"Content-Type": "application/octet-stream",
-                             "Content-Range": f"{offset}-{offset + len(data) - 1}"},
-                )  # fmt: skip
+                    "PATCH",
+                    location,
+                    ok=(202,),
+                    what=what,
+                    content=data,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + len(data) - 1}",
+                    },
+                )
                 location = _absolute(self.base, patched.headers["Location"])
                 offset += len(data)
             rest = reader.read()
         separator = "&" if "?" in location else "?"
         self.request(
-            "PUT", f"{location}{separator}digest={digest}", ok=(201,), what=what, content=rest,
+            "PUT",
+            f"{location}{separator}digest={digest}",
+            ok=(201,),
+            what=what,
+            content=rest,
             headers={"Content-Type": "application/octet-stream"},
-        )  # fmt: skip
+        )
 
     def put_manifest(self, repository: str, reference: str, manifest: bytes) -> str:
         response = self.request(
-            "PUT", f"/v2/{repository}/manifests/{reference}", ok=(201,), content=manifest,
-            headers={"Content-Type": MANIFEST}, what=f"pushing the manifest of {repository}",
-        )  # fmt: skip
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            ok=(201,),
+            content=manifest,
+            headers={"Content-Type": MANIFEST},
+            what=f"pushing the manifest of {repository}",
+        )
         return str(response.headers.get("Docker-Content-Digest") or _digest(manifest))
 
     def get_manifest(self, repository: str, reference: str) -> tuple[dict[str, Any], str]:
         response = self.request(
-            "GET", f"/v2/{repository}/manifests/{reference}", headers={"Accept": MANIFEST},
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            headers={"Accept": MANIFEST},
             what=f"reading the manifest of {repository}:{reference}",
-        )  # fmt: skip
+        )
         return json.loads(response.content), _digest(response.content)
 
     def blob_to(self, repository: str, digest: str, out: Path) -> None:
@@ -330,8 +367,10 @@ class Registry:
                     ):
                         continue
                     if response.status_code != 200:
-                        raise OciError(f"{what}: {self.registry} answered "
-                                       f"{response.status_code}", permanent=True)  # fmt: skip
+                        raise OciError(
+                            f"{what}: {self.registry} answered {response.status_code}",
+                            permanent=True,
+                        )
                     with open(out, "wb") as writer:
                         for chunk in response.iter_bytes(1024 * 1024):
                             hasher.update(chunk)
@@ -359,8 +398,12 @@ def _digest(data: bytes) -> str:
 
 
 def push_model(
-    folder: Path, uri: str, registry: Registry, *, annotations: Mapping[str, str] | None = None,
-) -> str:  # fmt: skip
+    folder: Path,
+    uri: str,
+    registry: Registry,
+    *,
+    annotations: Mapping[str, str] | None = None,
+) -> str:
     """Push `folder` as an image (see the module's docstring); the manifest's digest."""
     reference = parse_reference(uri)
     notes = dict(annotations or {})
@@ -373,21 +416,30 @@ def push_model(
                 registry.put_blob(reference.repository, out, digest)
             descriptors.append({"mediaType": LAYER, "digest": digest, "size": size})
             out.unlink()
-        config = json.dumps({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Labels": notes},
-            "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descriptors]},
-        }, sort_keys=True).encode()  # fmt: skip
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": notes},
+                "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descriptors]},
+            },
+            sort_keys=True,
+        ).encode()
         config_path = Path(scratch) / "config.json"
         config_path.write_bytes(config)
         config_digest = _digest(config)
         if not registry.has_blob(reference.repository, config_digest):
             registry.put_blob(reference.repository, config_path, config_digest)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": MANIFEST,
-        "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": descriptors, "annotations": notes,
-    }, sort_keys=True).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": descriptors,
+            "annotations": notes,
+        },
+        sort_keys=True,
+    ).encode()
     return registry.put_manifest(reference.repository, reference.target, manifest)
 
 
@@ -397,11 +449,13 @@ def pull_model(uri: str, target: Path, registry: Registry) -> str:
     reference = parse_reference(uri)
     manifest, digest = registry.get_manifest(reference.repository, reference.target)
     if reference.digest and digest != reference.digest:
-        raise OciError(f"{uri}: the registry sent a manifest of another digest ({digest})",
-                       permanent=True)  # fmt: skip
+        raise OciError(
+            f"{uri}: the registry sent a manifest of another digest ({digest})", permanent=True
+        )
     if manifest.get("mediaType", MANIFEST) != MANIFEST:
-        raise OciError(f"{uri}: not an OCI image manifest ({manifest.get('mediaType')})",
-                       permanent=True)  # fmt: skip
+        raise OciError(
+            f"{uri}: not an OCI image manifest ({manifest.get('mediaType')})", permanent=True
+        )
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="oci-pull-") as scratch:
         for layer in manifest.get("layers", []):

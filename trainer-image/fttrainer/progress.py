@@ -72,9 +72,15 @@ FINISH_TIMEOUT_SECONDS = 2 * REQUEST_TIMEOUT_SECONDS + 1.0
 RENAMED = {"loss": "train_loss"}
 # Bookkeeping, not metrics: the step, epoch and throughput have fields of their own.
 SKIPPED = {
-    "epoch", "step", "global_step", "total_flos", "train_loss", "num_tokens",
-    "num_input_tokens_seen", "train_runtime_seconds",
-}  # fmt: skip
+    "epoch",
+    "step",
+    "global_step",
+    "total_flos",
+    "train_loss",
+    "num_tokens",
+    "num_input_tokens_seen",
+    "train_runtime_seconds",
+}
 SKIPPED_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second", "_tokens_per_second")
 # Token counters, in order of preference, and where each counts from. TRL's trainers (SFT,
 # DPO, GRPO) log `num_tokens`, counted by the trainer object of this process, so from zero
@@ -243,11 +249,15 @@ class Sender:
     thread, one slot, the newest report wins (a burst of events costs one request)."""
 
     def __init__(
-        self, sink: Sink, *, background: bool, heartbeat: float | None = None,
+        self,
+        sink: Sink,
+        *,
+        background: bool,
+        heartbeat: float | None = None,
         now: Callable[[], datetime] = _utc_now,
         final: Callable[[Any], bool] = lambda report: report.stage == "done",
         current: Callable[[], Dated] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.sink = sink
         self.background = background
         self.heartbeat = heartbeat
@@ -365,8 +375,9 @@ class ProgressReporter:
     ) -> None:
         self._sender = (
             Sender(sink, background=background, heartbeat=heartbeat, now=now)
-            if sink is not None else None
-        )  # fmt: skip
+            if sink is not None
+            else None
+        )
         self.attempt = attempt
         self.interval = interval
         self.clock = clock
@@ -408,8 +419,9 @@ class ProgressReporter:
         if found is None:
             return cls(None)
         target, namespace, name = found
-        return cls(ProgressObjectSink(target, namespace, name), attempt=attempt_of(environ),
-                   **kwargs)  # fmt: skip
+        return cls(
+            ProgressObjectSink(target, namespace, name), attempt=attempt_of(environ), **kwargs
+        )
 
     @property
     def enabled(self) -> bool:
@@ -426,9 +438,13 @@ class ProgressReporter:
     # ------------------------------------------------------------------ events
     @_never_raises
     def training_started(
-        self, *, step: int, total_steps: int | None, epoch: float | None = None,
+        self,
+        *,
+        step: int,
+        total_steps: int | None,
+        epoch: float | None = None,
         tokens_seen: float = 0.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.stage = "training"
         self.step, self.epoch = step, epoch
         self.total_steps = total_steps if total_steps and total_steps > 0 else None

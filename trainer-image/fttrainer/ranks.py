@@ -74,15 +74,28 @@ class RankReporter:
     """One per process. `stepped` is called from the training thread and never blocks."""
 
     def __init__(
-        self, sink: Any | None, *, rank: int = 0, attempt: int = 0, pod: str | None = None,
-        node: str | None = None, interval: float = 60.0,
-        clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] = _utc_now,
-    ) -> None:  # fmt: skip
+        self,
+        sink: Any | None,
+        *,
+        rank: int = 0,
+        attempt: int = 0,
+        pod: str | None = None,
+        node: str | None = None,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._sender: Sender | None = None
         if sink is not None:
             # A heartbeat sends the current state: the step reached since the last report.
-            self._sender = Sender(sink, background=True, heartbeat=interval, now=now,
-                                  final=lambda r: r.done, current=self.report)  # fmt: skip
+            self._sender = Sender(
+                sink,
+                background=True,
+                heartbeat=interval,
+                now=now,
+                final=lambda r: r.done,
+                current=self.report,
+            )
         self.rank, self.attempt, self.pod, self.node = rank, attempt, pod, node
         self.interval = interval
         self.clock, self.now = clock, now
@@ -98,9 +111,11 @@ class RankReporter:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] = os.environ, account_dir: Path | None = None,
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        account_dir: Path | None = None,
         **kwargs: Any,
-    ) -> RankReporter:  # fmt: skip
+    ) -> RankReporter:
         """A reporter to the job's progress object, or a no-op outside a cluster."""
         found = progress_object(environ, account_dir)
         if found is None:
@@ -108,10 +123,13 @@ class RankReporter:
         target, namespace, name = found
         rank = int(environ.get("RANK", "0") or 0)
         return cls(
-            RankSink(target, namespace, name, rank), rank=rank, attempt=attempt_of(environ),
-            pod=environ.get(ENV_POD_NAME) or None, node=environ.get(ENV_NODE_NAME) or None,
+            RankSink(target, namespace, name, rank),
+            rank=rank,
+            attempt=attempt_of(environ),
+            pod=environ.get(ENV_POD_NAME) or None,
+            node=environ.get(ENV_NODE_NAME) or None,
             **kwargs,
-        )  # fmt: skip
+        )
 
     @property
     def enabled(self) -> bool:
@@ -151,11 +169,18 @@ class RankReporter:
 
     def report(self) -> RankReport:
         return RankReport(
-            attempt=self.attempt, rank=self.rank, pod=self.pod, node=self.node,
-            step=self.step, stepped_at=self.stepped_at,
-            step_seconds=self._medians[0], compute_seconds=self._medians[1],
-            done=self.done, stalled=self.stall, updated_at=self.now(),
-        )  # fmt: skip
+            attempt=self.attempt,
+            rank=self.rank,
+            pod=self.pod,
+            node=self.node,
+            step=self.step,
+            stepped_at=self.stepped_at,
+            step_seconds=self._medians[0],
+            compute_seconds=self._medians[1],
+            done=self.done,
+            stalled=self.stall,
+            updated_at=self.now(),
+        )
 
     def _send(self, *, force: bool = False) -> None:
         if self._sender is None:

@@ -95,9 +95,14 @@ from .watchdog import CollectiveTimeout, Watchdog, with_stall_watch
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
 TORCH_DTYPES = {
-    "bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "uint8": "uint8",
-    "bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
-}  # fmt: skip
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "float32": "float32",
+    "uint8": "uint8",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "fp32": "float32",
+}
 
 
 def torch_dtype(name: str) -> Any:
@@ -158,8 +163,11 @@ class Recipe:
             from .oci import OciError, connect
 
             try:
-                connect(spec.output.oci.reference, secret_env=ENV_OCI_PUSH_SECRET,
-                        ca_env=ENV_OCI_PUSH_CA).close()  # fmt: skip
+                connect(
+                    spec.output.oci.reference,
+                    secret_env=ENV_OCI_PUSH_SECRET,
+                    ca_env=ENV_OCI_PUSH_CA,
+                ).close()
             except OciError as exc:  # connect() makes no request: only the Secret is wrong
                 raise ValueError(f"spec.output.oci: {exc}") from None
         # Phases from here on; `finetune run` gives one it started before its imports (one
@@ -268,8 +276,10 @@ class Recipe:
         model = self.spec.model
         for where, name in (("model.name", model.name), ("model.tokenizer", model.tokenizer)):
             if name and _names_a_missing_directory(name):
-                raise ValueError(f"spec.{where}: {name!r}: no such directory (a path; a hub "
-                                 "id looks like org/name)")  # fmt: skip
+                raise ValueError(
+                    f"spec.{where}: {name!r}: no such directory (a path; a hub "
+                    "id looks like org/name)"
+                )
         tokenizer = AutoTokenizer.from_pretrained(
             model.tokenizer or model.name,
             revision=model.revision,
@@ -393,10 +403,13 @@ class Recipe:
         )
         log.info(
             "throughput: padding-free %s, liger kernels %s, activation checkpointing %s, "
-            "torch.compile %s, optimizer %s", kwargs.get("padding_free", False),
-            kwargs["use_liger_kernel"], kwargs["activation_checkpointing"],
-            kwargs["torch_compile"], kwargs["optim"],
-        )  # fmt: skip
+            "torch.compile %s, optimizer %s",
+            kwargs.get("padding_free", False),
+            kwargs["use_liger_kernel"],
+            kwargs["activation_checkpointing"],
+            kwargs["torch_compile"],
+            kwargs["optim"],
+        )
         config_class, trainer_class = TRAINERS[self.spec.trainer.type]
         # What the adapter adapts: the plan's names, the loaded model's too.
         peft_kwargs = peft_config_kwargs(self.spec, self.plan.targets)
@@ -424,13 +437,17 @@ class Recipe:
         training = self.spec.training
         self.loss_watch = LossWatch()
         self.non_finite_guard = NonFiniteGuard(
-            self.loss_watch, self.progress, action=training.on_non_finite,
+            self.loss_watch,
+            self.progress,
+            action=training.on_non_finite,
             limit=training.non_finite_limit,
             learning_rate_factor=training.rollback_learning_rate_factor,
-            record_rollback=self._record_rollback, faults=self.faults,
-            spikes=SpikeWatch(0.0 if self.spec.trainer.type == "grpo"
-                              else training.loss_spike_factor),
-        )  # fmt: skip
+            record_rollback=self._record_rollback,
+            faults=self.faults,
+            spikes=SpikeWatch(
+                0.0 if self.spec.trainer.type == "grpo" else training.loss_spike_factor
+            ),
+        )
         callbacks: list[Any] = [
             StallWatch(self.watchdog, self.ranks, self.compute_timer),
             self.non_finite_guard,  # before the upload: a non-finite checkpoint never is
@@ -489,8 +506,12 @@ class Recipe:
         layers, needed = checkpointed_layers_to_fit(shape, self.spec, budget)
         log.info(
             "memory plan: %.1f GiB with activation checkpointing on %d of %d layers, "
-            "%.1f GiB on this device", needed / 2**30, layers, shape.layers, budget / 2**30,
-        )  # fmt: skip
+            "%.1f GiB on this device",
+            needed / 2**30,
+            layers,
+            shape.layers,
+            budget / 2**30,
+        )
         return layers, shape.layers
 
     def _hardware(self) -> dict[str, bool]:
@@ -687,10 +708,14 @@ class Recipe:
 
     def _record_rollback(self, *, step: int, resume_from: int | None, message: str) -> None:
         """training.onNonFinite rollback (rank 0): the attempt that restarts reads it."""
-        self.checkpoints.record_rollback({
-            "at_step": step, "resume_from": resume_from, "message": message,
-            "learning_rate_factor": self.spec.training.rollback_learning_rate_factor,
-        })  # fmt: skip
+        self.checkpoints.record_rollback(
+            {
+                "at_step": step,
+                "resume_from": resume_from,
+                "message": message,
+                "learning_rate_factor": self.spec.training.rollback_learning_rate_factor,
+            }
+        )
 
     def _published(self, path: Path) -> str:
         relative = path.relative_to(self.output_dir).as_posix()
@@ -749,22 +774,31 @@ class Recipe:
             targets.append(("merged", merged_reference(oci.reference), "merged-model"))
         base = BaseModel(self.source_model, self.spec.model.revision, self._base_digest())
         assert self.data is not None
-        client = connect(oci.reference, secret_env=ENV_OCI_PUSH_SECRET, ca_env=ENV_OCI_PUSH_CA,
-                         plain_http=oci.plain_http)  # fmt: skip
+        client = connect(
+            oci.reference,
+            secret_env=ENV_OCI_PUSH_SECRET,
+            ca_env=ENV_OCI_PUSH_CA,
+            plain_http=oci.plain_http,
+        )
         pushed: dict[str, str] = {}
         try:
             for folder, reference, content in targets:
                 notes = image_annotations(
-                    self.job, content=content, base=base, data=self.data.report.digests,
-                    metrics=self.saved[1], trainer_release=release("finetune-trainer"),
-                )  # fmt: skip
+                    self.job,
+                    content=content,
+                    base=base,
+                    data=self.data.report.digests,
+                    metrics=self.saved[1],
+                    trainer_release=release("finetune-trainer"),
+                )
                 digest = push_model(self.output_dir / folder, reference, client, annotations=notes)
                 pushed[folder] = f"{reference}@{digest}"
                 log.info("pushed %s/ to %s", folder, pushed[folder])
         finally:
             client.close()
-        self.progress.pushed_images(model_image=pushed["final"],
-                                    merged_model_image=pushed.get("merged"))  # fmt: skip
+        self.progress.pushed_images(
+            model_image=pushed["final"], merged_model_image=pushed.get("merged")
+        )
         result_path = self.output_dir / "result.json"
         result = json.loads(result_path.read_text())
         result["images"] = pushed
@@ -792,8 +826,13 @@ class Recipe:
         if self.saved is None:
             return
         model_dir, metrics = self.saved
-        tags = registry_tags(self.job.name, self.job.metadata.namespace, self.spec, metrics,
-                             image=images.get(model_dir.name))  # final/ or merged/  # fmt: skip
+        tags = registry_tags(
+            self.job.name,
+            self.job.metadata.namespace,
+            self.spec,
+            metrics,
+            image=images.get(model_dir.name),
+        )  # final/ or merged/
         self.tracker_runs.register_model(
             model_dir, self._published(model_dir), local=local, tags=tags
         )
@@ -810,9 +849,11 @@ class Recipe:
         model_spec = self.spec.model
         dtype = torch.float32 if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
         base = AutoModelForCausalLM.from_pretrained(
-            model_spec.name, revision=model_spec.revision, dtype=dtype,
+            model_spec.name,
+            revision=model_spec.revision,
+            dtype=dtype,
             trust_remote_code=model_spec.trust_remote_code,
-        )  # fmt: skip
+        )
         prequantized = getattr(base, "hf_quantizer", None) is not None
         if prequantized:
             base = base.dequantize()  # type: ignore[no-untyped-call]
@@ -824,9 +865,10 @@ class Recipe:
             # Merged in float32 (no rounding of the small delta), saved in the checkpoint's
             # own dtype: an 8B bf16 base gives a 16 GB merged model, not 32 GB.
             saved = AutoConfig.from_pretrained(
-                model_spec.name, revision=model_spec.revision,
+                model_spec.name,
+                revision=model_spec.revision,
                 trust_remote_code=model_spec.trust_remote_code,
-            ).dtype  # fmt: skip
+            ).dtype
             if isinstance(saved, torch.dtype) and saved.is_floating_point:
                 merged = merged.to(saved)
         merged_dir = self.output_dir / "merged"

@@ -95,9 +95,13 @@ def _regex(reward: Reward) -> RewardFunc:
             return 1.0 if pattern.search(text, timeout=REGEX_TIMEOUT_SECONDS) else 0.0
         except TimeoutError:
             if not warned:
-                log.warning("reward %s: the pattern took over %.0f s on a completion of %d "
-                            "characters; such completions score 0", reward.name or "regex",
-                            REGEX_TIMEOUT_SECONDS, len(text))  # fmt: skip
+                log.warning(
+                    "reward %s: the pattern took over %.0f s on a completion of %d "
+                    "characters; such completions score 0",
+                    reward.name or "regex",
+                    REGEX_TIMEOUT_SECONDS,
+                    len(text),
+                )
                 warned = True
             return 0.0
 
@@ -184,14 +188,16 @@ def load_function(reference: str, *, s3: S3Spec | None = None) -> RewardFunc:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # the user's file: a syntax error, a failing import...
-            raise ValueError(f"reward function {reference!r}: {path} fails to load: "
-                             f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+            raise ValueError(
+                f"reward function {reference!r}: {path} fails to load: {type(exc).__name__}: {exc}"
+            ) from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise ValueError(f"reward function {reference!r}: cannot import {target} "
-                             f"({exc})") from None  # fmt: skip
+            raise ValueError(
+                f"reward function {reference!r}: cannot import {target} ({exc})"
+            ) from None
     func = getattr(module, attribute, None)
     if not callable(func):
         raise ValueError(f"reward function {reference!r}: {attribute} is not a function")

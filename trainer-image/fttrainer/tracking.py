@@ -228,9 +228,13 @@ class TrackerRuns:
 
 
 def registry_tags(
-    job_name: str, namespace: str | None, spec: FineTuneJobSpec, metrics: Mapping[str, Any],
-    *, image: str | None = None,
-) -> dict[str, str]:  # fmt: skip
+    job_name: str,
+    namespace: str | None,
+    spec: FineTuneJobSpec,
+    metrics: Mapping[str, Any],
+    *,
+    image: str | None = None,
+) -> dict[str, str]:
     """What a registered version says about where it came from: the job, its base model,
     method and trainer, every final metric (`metric.<name>`), and the OCI image output.oci
     pushed of the registered folder, pinned by digest."""
@@ -251,9 +255,13 @@ def wandb_init_args(env: Mapping[str, str]) -> dict[str, Any]:
     """tracker_env's W&B settings as wandb.init arguments. Explicit, as with MLflow: wandb
     reads its environment once per process, and a process may run several jobs (tests)."""
     names = {
-        "WANDB_PROJECT": "project", "WANDB_NAME": "name", "WANDB_DIR": "dir",
-        "WANDB_ENTITY": "entity", "WANDB_RUN_GROUP": "group", "WANDB_MODE": "mode",
-    }  # fmt: skip
+        "WANDB_PROJECT": "project",
+        "WANDB_NAME": "name",
+        "WANDB_DIR": "dir",
+        "WANDB_ENTITY": "entity",
+        "WANDB_RUN_GROUP": "group",
+        "WANDB_MODE": "mode",
+    }
     args: dict[str, Any] = {arg: env[name] for name, arg in names.items() if env.get(name)}
     if env.get("WANDB_TAGS"):
         args["tags"] = env["WANDB_TAGS"].split(",")

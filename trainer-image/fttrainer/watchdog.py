@@ -90,18 +90,24 @@ class Deadlines:
             return "runPolicy.stallDetection.evaluationSeconds"
         if phase == "saving":
             return "runPolicy.stallDetection.checkpointSeconds"
-        return (f"stepTimeFactor {self.spec.step_time_factor:g} x the median step "
-                f"{self.median_step:.3g} s, at least minimumSeconds "
-                f"{self.spec.minimum_seconds}")  # fmt: skip
+        return (
+            f"stepTimeFactor {self.spec.step_time_factor:g} x the median step "
+            f"{self.median_step:.3g} s, at least minimumSeconds "
+            f"{self.spec.minimum_seconds}"
+        )
 
 
 class Watchdog:
     """One per process; `enter` and `stepped` are called from the training thread."""
 
     def __init__(
-        self, spec: StallDetection, *, clock: Callable[[], float] = time.monotonic,
-        on_stall: Callable[[str], None] | None = None, poll: float = 1.0,
-    ) -> None:  # fmt: skip
+        self,
+        spec: StallDetection,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_stall: Callable[[str], None] | None = None,
+        poll: float = 1.0,
+    ) -> None:
         self.deadlines = Deadlines(spec)
         self.enabled = spec.enabled
         self.clock = clock
@@ -129,8 +135,9 @@ class Watchdog:
 
     def start(self) -> Watchdog:
         if self.enabled and self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="fttrainer-watchdog",
-                                            daemon=True)  # fmt: skip
+            self._thread = threading.Thread(
+                target=self._watch, name="fttrainer-watchdog", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -212,12 +219,15 @@ class Watchdog:
                 "evaluating": "the evaluation has not ended",
                 "saving": "the checkpoint save and upload have not ended",
             }[self.phase]
-            return (f"{what} after {waited:.0f} s (deadline {deadline:.0f} s: "
-                    f"{self.deadlines.explain(self.phase)})")  # fmt: skip
+            return (
+                f"{what} after {waited:.0f} s (deadline {deadline:.0f} s: "
+                f"{self.deadlines.explain(self.phase)})"
+            )
 
     def _stop_reporting(self, reason: str) -> None:
-        _stop_process(reason, report=self.report_stall,
-                      stack=lambda: thread_stack(self.main_thread))  # fmt: skip
+        _stop_process(
+            reason, report=self.report_stall, stack=lambda: thread_stack(self.main_thread)
+        )
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):
@@ -270,22 +280,27 @@ class CollectiveTimeout:
 
 
 def _stop_process(
-    reason: str, *, report: Callable[[str], None] | None = None,
+    reason: str,
+    *,
+    report: Callable[[str], None] | None = None,
     stack: Callable[[], str] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Stacks to the log, the verdict and the training thread's stack to the rank's
     report, the verdict where the operator reads it, then exit at once."""
     rank = os.environ.get("RANK", "0")
-    sys.stderr.write(f"\nfinetune: stalled (rank {rank}): {reason}\n"
-                     "the stacks of every thread of this process follow:\n")  # fmt: skip
+    sys.stderr.write(
+        f"\nfinetune: stalled (rank {rank}): {reason}\n"
+        "the stacks of every thread of this process follow:\n"
+    )
     sys.stderr.flush()
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     sys.stderr.flush()
     entries = recorded_collectives()
     if entries:
-        sys.stderr.write("the last collectives of this rank (PyTorch's flight recorder), "
-                         "oldest first:\n" + "".join(f"  {describe_collective(e)}\n"
-                                                     for e in entries))  # fmt: skip
+        sys.stderr.write(
+            "the last collectives of this rank (PyTorch's flight recorder), "
+            "oldest first:\n" + "".join(f"  {describe_collective(e)}\n" for e in entries)
+        )
         sys.stderr.flush()
         waiting = [describe_collective(e) for e in entries if not e.get("retired")]
         if waiting:
@@ -322,8 +337,9 @@ def recorded_collectives(timeout: float = 5.0) -> list[dict[str, Any]]:
         if backend == "nccl":
             raw = c10d._dump_nccl_trace_json(includeCollectives=True, onlyActive=False)
         else:
-            raw = c10d._dump_fr_trace_json(includeCollectives=True, onlyActive=False,
-                                           backend=backend)  # fmt: skip
+            raw = c10d._dump_fr_trace_json(
+                includeCollectives=True, onlyActive=False, backend=backend
+            )
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         found.extend(json.loads(text).get("entries") or [])
 
@@ -338,9 +354,11 @@ def describe_collective(entry: dict[str, Any]) -> str:
     group = entry.get("process_group") or ["", ""]
     name = group[1] if isinstance(group, list) and len(group) > 1 else group
     done = "completed" if entry.get("retired") else "not completed"
-    return (f"{entry.get('profiling_name', '?')} #{entry.get('collective_seq_id', '?')} of "
-            f"{name}, sizes {entry.get('input_sizes', '?')}, {entry.get('state', '?')}, "
-            f"{done}")  # fmt: skip
+    return (
+        f"{entry.get('profiling_name', '?')} #{entry.get('collective_seq_id', '?')} of "
+        f"{name}, sizes {entry.get('input_sizes', '?')}, {entry.get('state', '?')}, "
+        f"{done}"
+    )
 
 
 def with_stall_watch(trainer_class: type, watchdog: Watchdog) -> type:
@@ -367,7 +385,8 @@ def with_stall_watch(trainer_class: type, watchdog: Watchdog) -> type:
             watchdog.resume()
 
     watched: type = type(
-        trainer_class.__name__, (trainer_class,),
+        trainer_class.__name__,
+        (trainer_class,),
         {"evaluate": evaluate, "_save_checkpoint": _save_checkpoint},
-    )  # fmt: skip
+    )
     return watched

@@ -204,8 +204,14 @@ class SecretKeyRef(ApiModel):
     """Key inside the Secret whose value is used."""
 
 
-CREDENTIAL_ENV_SUFFIXES = ("_TOKEN", "_SECRET", "_PASSWORD", "_API_KEY", "_ACCESS_KEY",
-                           "_ACCESS_KEY_ID")  # fmt: skip
+CREDENTIAL_ENV_SUFFIXES = (
+    "_TOKEN",
+    "_SECRET",
+    "_PASSWORD",
+    "_API_KEY",
+    "_ACCESS_KEY",
+    "_ACCESS_KEY_ID",
+)
 CREDENTIAL_ENV_NAMES = ("TOKEN", "SECRET", "PASSWORD", "API_KEY")
 
 

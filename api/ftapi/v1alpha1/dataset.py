@@ -23,8 +23,14 @@ DatasetFormat = Literal[
 ]
 # Formats that have a prompt and a response, so "train on responses only" means something.
 FORMATS_WITH_RESPONSES = (
-    "instruction", "mcq", "qa", "sharegpt", "messages", "oasst", "prompt_completion",
-)  # fmt: skip
+    "instruction",
+    "mcq",
+    "qa",
+    "sharegpt",
+    "messages",
+    "oasst",
+    "prompt_completion",
+)
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 Column = Annotated[str, Field(min_length=1, max_length=256)]
 

@@ -11,7 +11,7 @@ from .common import SET_LIST, ShortText, Text, UniqueItems, Uri
 
 Metric = Literal[
     "loss", "perplexity", "token_accuracy", "accuracy", "exact_match", "bleu", "rouge_l"
-]  # fmt: skip
+]
 # Metrics scored by generating answers (greedy) rather than from one forward pass.
 GENERATION_METRICS = ("exact_match", "bleu", "rouge_l")
 

@@ -150,9 +150,17 @@ class FineTuneJobSpec(ApiModel):
     # What a running job may not change: a restart resumes checkpoints written under the old
     # values. scheduling and runPolicy stay mutable (suspend, maxRestarts, ttl, deadline).
     immutable: ClassVar[tuple[str, ...]] = (
-        "model", "dataset", "method", "trainer", "training", "distributed", "evaluation",
-        "output", "logging", "resources",
-    )  # fmt: skip
+        "model",
+        "dataset",
+        "method",
+        "trainer",
+        "training",
+        "distributed",
+        "evaluation",
+        "output",
+        "logging",
+        "resources",
+    )
 
     rules = (
         Rule(
@@ -400,10 +408,12 @@ class FineTuneJobSpec(ApiModel):
             return self.training.learning_rate
         method = self.method.type
         kind = (
-            "full" if method in FULL_WEIGHT_METHODS
-            else method if method in ("prefix", "prompt") and self.trainer.type == "sft"
+            "full"
+            if method in FULL_WEIGHT_METHODS
+            else method
+            if method in ("prefix", "prompt") and self.trainer.type == "sft"
             else "peft"
-        )  # fmt: skip
+        )
         return _DEFAULT_LEARNING_RATES[(self.trainer.type, kind)]
 
 

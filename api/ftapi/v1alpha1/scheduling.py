@@ -61,8 +61,13 @@ class StallDetection(ApiModel):
         """The longest any phase may last: how long a rank may wait in a collective for
         another rank that is still within its deadline (distributed.ncclTimeoutSeconds'
         default follows it, so the watchdog, which names the stuck call, fires first)."""
-        return max(self.minimum_seconds, self.startup_seconds, self.first_step_seconds,
-                   self.evaluation_seconds, self.checkpoint_seconds)  # fmt: skip
+        return max(
+            self.minimum_seconds,
+            self.startup_seconds,
+            self.first_step_seconds,
+            self.evaluation_seconds,
+            self.checkpoint_seconds,
+        )
 
 
 class StragglerDetection(ApiModel):

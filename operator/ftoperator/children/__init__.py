@@ -123,8 +123,11 @@ def build_children(job: FineTuneJob, *, attempt: int, settings: Settings) -> Chi
     # policy narrows only the shared account's writes.
     shared = bool(settings.trainer_policy) and not named
     account = named or (TRAINER_ACCOUNT if shared else names.trainer)
-    extra = [build_network_policy(job, meta(names.trainer, "trainer"))] if (
-        settings.network_policy) else []  # fmt: skip
+    extra = (
+        [build_network_policy(job, meta(names.trainer, "trainer"))]
+        if (settings.network_policy)
+        else []
+    )
     return Children(
         extra=extra,
         config=build_config_map(job, names, meta),

@@ -30,10 +30,18 @@ def build_service_account(names: Names, meta: Meta) -> dict[str, Any]:
 
 def build_role(names: Names, meta: Meta) -> dict[str, Any]:
     # The trainer's only right: update its own progress object.
-    rule = {"apiGroups": [GROUP], "resources": [PROGRESS_PLURAL],
-            "resourceNames": [names.progress], "verbs": ["get", "patch", "update"]}  # fmt: skip
-    return {"apiVersion": f"{RBAC}/v1", "kind": "Role",
-            "metadata": meta(names.trainer, "trainer"), "rules": [rule]}  # fmt: skip
+    rule = {
+        "apiGroups": [GROUP],
+        "resources": [PROGRESS_PLURAL],
+        "resourceNames": [names.progress],
+        "verbs": ["get", "patch", "update"],
+    }
+    return {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "Role",
+        "metadata": meta(names.trainer, "trainer"),
+        "rules": [rule],
+    }
 
 
 def build_role_binding(
@@ -60,8 +68,12 @@ def build_namespace_identity(namespace: str) -> list[dict[str, Any]]:
 
 
 def _service_account(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata,
-            "automountServiceAccountToken": True}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata,
+        "automountServiceAccountToken": True,
+    }
 
 
 def _role_binding(

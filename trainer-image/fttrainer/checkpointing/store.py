@@ -130,8 +130,11 @@ class CheckpointStore:
         self.store.write_bytes(self._key(step, MANIFEST), manifest.to_json().encode())
         log.info(
             "checkpoint %s: %d files, %.1f MB -> %s",
-            checkpoint_name(step), len(files), manifest.size / 1e6, self.uri,
-        )  # fmt: skip
+            checkpoint_name(step),
+            len(files),
+            manifest.size / 1e6,
+            self.uri,
+        )
         return manifest
 
     def upload_files(self, step: int, folder: Path) -> list[ObjectInfo]:

@@ -112,9 +112,12 @@ def _hub_repository(builder: Builder, name: str) -> None:
     repository = f"{name}{HUB_SUFFIX}"
     builder.set("output.pushToHub.repoId", repository, key)
     builder.set("output.pushToHub.tokenSecretRef", HUB_TOKEN_SECRET, key)
-    builder.info(key, f"pushes to <the token owner>/{repository} (the job's name + {HUB_SUFFIX}; "
-                      "--set output.pushToHub.repoId=<org/name> to choose), with HF_TOKEN "
-                      "(in a cluster: the Secret hf-token, key HF_TOKEN)")  # fmt: skip
+    builder.info(
+        key,
+        f"pushes to <the token owner>/{repository} (the job's name + {HUB_SUFFIX}; "
+        "--set output.pushToHub.repoId=<org/name> to choose), with HF_TOKEN "
+        "(in a cluster: the Secret hf-token, key HF_TOKEN)",
+    )
 
 
 FINE_TUNER: KeyTable = {

@@ -454,8 +454,9 @@ def _prompt_only(row: Mapping[str, Any], ctx: FormatContext) -> list[Sample]:
     extra = {k: v for k, v in row.items() if k not in (name, ctx.column("system"))}
     for column, reader in ctx.required:
         if extra.get(column) is None:
-            raise RowError(f"column {column!r} is missing ({reader} reads it; the row has "
-                           f"{sorted(row)})")  # fmt: skip
+            raise RowError(
+                f"column {column!r} is missing ({reader} reads it; the row has {sorted(row)})"
+            )
     return [{"prompt": prompt, **extra}]
 
 
@@ -530,8 +531,9 @@ def _walk_tree(node: Any, path: list[Message], paths: list[list[Message]], where
     replies = node.get("replies") or []
     if not isinstance(replies, list):
         raise RowError(f"{where}.replies: expected a list of nodes, got {_quote(replies)}")
-    added = [_walk_tree(reply, here, paths, f"{where}.replies[{i}]")
-             for i, reply in enumerate(replies)]  # fmt: skip
+    added = [
+        _walk_tree(reply, here, paths, f"{where}.replies[{i}]") for i, reply in enumerate(replies)
+    ]
     if any(added):
         return True
     if role == "assistant":

@@ -427,8 +427,11 @@ def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
         schema, leaves = plain_reader.schema_arrow, plain_reader.schema
         # Every text leaf, nested ones too (messages.list.element.content), is read as a
         # dictionary: one repeated value is held once until the rows are sized.
-        text = [leaves.column(i).path for i in range(len(leaves))
-                if leaves.column(i).physical_type == "BYTE_ARRAY"]  # fmt: skip
+        text = [
+            leaves.column(i).path
+            for i in range(len(leaves))
+            if leaves.column(i).physical_type == "BYTE_ARRAY"
+        ]
         parquet = pq.ParquetFile(path, read_dictionary=text)
     except (pa.ArrowException, OSError) as exc:
         raise DataSourceError(f"{label}: not a readable parquet file ({exc})") from None
@@ -460,10 +463,12 @@ def _read_parquet(path: Path, label: str) -> Iterator[Row | Problem]:
                         "may hold"
                     )
             plain = pa.table(
-                [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
-                 for c in table.columns],
+                [
+                    c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                    for c in table.columns
+                ],
                 names=table.column_names,
-            )  # fmt: skip
+            )
             del table
             for batch in plain.to_batches(max_chunksize=1024):
                 for record in batch.to_pylist():
@@ -531,9 +536,11 @@ def _is_text(kind: Any) -> bool:
     import pyarrow as pa
 
     return bool(
-        pa.types.is_string(kind) or pa.types.is_large_string(kind)
-        or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-    )  # fmt: skip
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    )
 
 
 def _mib(size: int) -> str:
@@ -574,8 +581,12 @@ def _download(uri: str, s3_client: Any, bucket: str, key: str, local: Path) -> N
                     f"{uri}: cannot download: {said} (still failing after {waited:.0f} s; "
                     "the data was not read, a restart tries again)"
                 ) from None
-            log.warning("%s: cannot download (%s); retrying for up to %.0f s more", uri, said,
-                        DOWNLOAD_DEADLINE - waited)  # fmt: skip
+            log.warning(
+                "%s: cannot download (%s); retrying for up to %.0f s more",
+                uri,
+                said,
+                DOWNLOAD_DEADLINE - waited,
+            )
             time.sleep(backoff_delay(tries, DOWNLOAD_DEADLINE - waited))
             tries += 1
 

@@ -449,8 +449,9 @@ def check_tool_rendering(data: PreparedData, tokenizer: Any, source: str) -> Non
         messages = sample_turns(with_calls)
         tools = sample_tools(with_calls)
         text = _render(tokenizer, messages, tools, source)
-        without = _render(tokenizer, [_without_calls(m) for m in messages], tools, source,
-                          baseline=True)  # fmt: skip
+        without = _render(
+            tokenizer, [_without_calls(m) for m in messages], tools, source, baseline=True
+        )
         wanted = [
             str(part)
             for m in messages

@@ -14,8 +14,9 @@ from fttrainer.data.sources import read_source
 from .generation import generate_answer, inference
 
 
-def answer_prompts(model: Any, tokenizer: Any, prompts: list[str], *,
-                   max_new_tokens: int) -> list[str]:  # fmt: skip
+def answer_prompts(
+    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int
+) -> list[str]:
     """Greedy answers to each prompt, asked as a user turn."""
     with inference(model):
         return [

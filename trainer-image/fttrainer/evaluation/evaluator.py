@@ -37,8 +37,15 @@ from .scoring import (
 )
 
 # What the untrained weights' validation pass reports next to the trained ones ("before").
-BASE_METRICS = ("eval_loss", "eval_mean_token_accuracy", "eval_perplexity", "eval_accuracy",
-                "eval_macro_f1", "eval_macro_precision", "eval_macro_recall")  # fmt: skip
+BASE_METRICS = (
+    "eval_loss",
+    "eval_mean_token_accuracy",
+    "eval_perplexity",
+    "eval_accuracy",
+    "eval_macro_f1",
+    "eval_macro_precision",
+    "eval_macro_recall",
+)
 
 
 class Evaluator:
@@ -194,9 +201,15 @@ class Evaluator:
         if harness is not None:
             batch_size = self.spec.evaluation.batch_size or self.spec.training.batch_size
             scores.update(
-                run_harness(model, self.tokenizer, harness, task_dir=self.harness_tasks,
-                            batch_size=batch_size, seed=self.spec.training.seed)
-            )  # fmt: skip
+                run_harness(
+                    model,
+                    self.tokenizer,
+                    harness,
+                    task_dir=self.harness_tasks,
+                    batch_size=batch_size,
+                    seed=self.spec.training.seed,
+                )
+            )
         return scores
 
     def _scored_splits(self) -> list[tuple[str, Sequence[Any]]]:
@@ -226,8 +239,9 @@ class Evaluator:
             # Generation is the slow part: at most generationLimit samples, the same ones
             # for the base and the tuned model.
             subset = samples[: evaluation.generation_limit]
-            answers = generate_answers(model, self.tokenizer, subset,
-                                       max_new_tokens=evaluation.max_new_tokens)  # fmt: skip
+            answers = generate_answers(
+                model, self.tokenizer, subset, max_new_tokens=evaluation.max_new_tokens
+            )
             references = [reference_answer(sample) for sample in subset]
             if "exact_match" in generated:
                 scores[f"{prefix}_exact_match"] = exact_match(answers, references)

@@ -40,13 +40,23 @@ def encode_prompt(
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
 
-def generate_answer(model: Any, tokenizer: Any, messages: list[dict[str, Any]] | str, *,
-                    max_new_tokens: int, tools: list[Any] | None = None) -> str:  # fmt: skip
+def generate_answer(
+    model: Any,
+    tokenizer: Any,
+    messages: list[dict[str, Any]] | str,
+    *,
+    max_new_tokens: int,
+    tools: list[Any] | None = None,
+) -> str:
     """Greedy answer, up to the end of the assistant's turn; call inside `inference(model)`."""
     inputs = encode_prompt(tokenizer, messages, tools=tools).to(model.device)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=stop_token_ids(model, tokenizer))  # fmt: skip
+    output = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
+    )
     new_tokens = output[0][inputs["input_ids"].shape[1] :]
     return str(tokenizer.decode(new_tokens, skip_special_tokens=True))
 

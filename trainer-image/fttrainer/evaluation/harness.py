@@ -27,8 +27,15 @@ log = logging.getLogger("fttrainer")
 DEFAULT_FILTER = "none"  # lm-eval's name for "no filter": left out of our metric names
 
 
-def run_harness(model: Any, tokenizer: Any, harness: HarnessSpec, *, task_dir: Path | None,
-                batch_size: int, seed: int) -> dict[str, float]:  # fmt: skip
+def run_harness(
+    model: Any,
+    tokenizer: Any,
+    harness: HarnessSpec,
+    *,
+    task_dir: Path | None,
+    batch_size: int,
+    seed: int,
+) -> dict[str, float]:
     """Run the harness tasks on `model`; flat `harness/<task>/<metric>` scores."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -62,8 +62,14 @@ def with_log_hooks(trainer_class: type, hooks: Sequence[LogHook]) -> type:
 
 # Evaluation metrics where lower is better (the rest: higher is better).
 LOWER_IS_BETTER = ("loss", "perplexity")
-NOT_SCORES = ("_runtime", "_samples_per_second", "_steps_per_second", "_num_tokens",
-              "_model_preparation_time", "_entropy")  # fmt: skip
+NOT_SCORES = (
+    "_runtime",
+    "_samples_per_second",
+    "_steps_per_second",
+    "_num_tokens",
+    "_model_preparation_time",
+    "_entropy",
+)
 
 
 def best_scores(history: Sequence[Mapping[str, Any]], prefix: str = "eval_") -> dict[str, float]:

@@ -67,8 +67,9 @@ def mcq_accuracy(model: Any, tokenizer: Any, samples: Sequence[Sample]) -> float
     return mcq_scores(model, tokenizer, samples).accuracy
 
 
-def generate_answers(model: Any, tokenizer: Any, samples: Sequence[Sample], *,
-                     max_new_tokens: int) -> list[str]:  # fmt: skip
+def generate_answers(
+    model: Any, tokenizer: Any, samples: Sequence[Sample], *, max_new_tokens: int
+) -> list[str]:
     """Greedy answers to each sample's conversation (its final answer left out)."""
     with inference(model):
         return [
@@ -91,8 +92,9 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     return hits / len(references) if references else 0.0
 
 
-def qa_exact_match(model: Any, tokenizer: Any, samples: Sequence[Sample], *,
-                   max_new_tokens: int) -> float:  # fmt: skip
+def qa_exact_match(
+    model: Any, tokenizer: Any, samples: Sequence[Sample], *, max_new_tokens: int
+) -> float:
     answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens)
     return exact_match(answers, [reference_answer(sample) for sample in samples])
 

@@ -40,8 +40,9 @@ def torch_varlen_attention() -> Callable[..., Any] | None:
         return None
     gqa = "enable_gqa" in parameters
 
-    def attend(q: Any, k: Any, v: Any, cu_seq: Any, max_len: int, scale: float | None = None
-               ) -> Any:  # fmt: skip
+    def attend(
+        q: Any, k: Any, v: Any, cu_seq: Any, max_len: int, scale: float | None = None
+    ) -> Any:
         groups = q.shape[1] // k.shape[1]
         extra = dict(causal)
         if groups > 1:
@@ -105,9 +106,13 @@ def varlen_sdpa_forward(
     # The kernel takes 16-bit inputs only; k-bit training keeps norms (so these) in float32.
     half = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     out = attend(
-        query[0].transpose(0, 1).to(half), key[0].transpose(0, 1).to(half),
-        value[0].transpose(0, 1).to(half), cu_seq, longest, scaling,
-    )  # fmt: skip
+        query[0].transpose(0, 1).to(half),
+        key[0].transpose(0, 1).to(half),
+        value[0].transpose(0, 1).to(half),
+        cu_seq,
+        longest,
+        scaling,
+    )
     return out[None].to(dtype), None
 
 

@@ -239,8 +239,9 @@ def suggest(shape: ModelShape, spec: FineTuneJobSpec, budget_bytes: float) -> li
         current = with_changes(current, "training", gradient_checkpointing=True)
         suggestions.append("training.gradientCheckpointing=true")
     if not fits() and current.resources.gpus_per_node > 0 and current.processes() > 1:
-        current = with_changes(current, "distributed", strategy="deepspeed",
-                               deepspeed=DeepSpeedSpec(zero_stage=3))  # fmt: skip
+        current = with_changes(
+            current, "distributed", strategy="deepspeed", deepspeed=DeepSpeedSpec(zero_stage=3)
+        )
         suggestions.append("distributed.strategy=deepspeed distributed.deepspeed.zeroStage=3")
     while not fits() and current.training.batch_size > 1:
         batch = current.training.batch_size // 2

@@ -47,12 +47,17 @@ def fetch_image(uri: str, *, registry: RegistryAccess | None, root: Path, field:
     from fttrainer.oci import OciError, connect, parse_reference, pull_model
 
     try:
-        client = connect(uri, secret_env=ENV_OCI_PULL_SECRET, ca_env=ENV_OCI_PULL_CA,
-                         plain_http=registry is not None and registry.plain_http)  # fmt: skip
+        client = connect(
+            uri,
+            secret_env=ENV_OCI_PULL_SECRET,
+            ca_env=ENV_OCI_PULL_CA,
+            plain_http=registry is not None and registry.plain_http,
+        )
         try:
             reference = parse_reference(uri)
-            digest = reference.digest or client.get_manifest(reference.repository,
-                                                             reference.target)[1]  # fmt: skip
+            digest = (
+                reference.digest or client.get_manifest(reference.repository, reference.target)[1]
+            )
             pinned = f"oci://{reference.registry}/{reference.repository}@{digest}"
 
             def download(partial: Path) -> str:
@@ -77,8 +82,7 @@ def pulled_digest(folder: Path) -> str | None:
     return lines[1] if len(lines) > 1 else None
 
 
-def _cached(uri: str, key: str, *, root: Path, field: str,
-            download: Callable[[Path], str]) -> Path:  # fmt: skip
+def _cached(uri: str, key: str, *, root: Path, field: str, download: Callable[[Path], str]) -> Path:
     """`root`/<name>-<hash of key>, filled by `download` (which returns the marker's text)
     unless a complete copy is there; one process of the machine downloads, the rest wait."""
     name = uri.split("@")[0].rstrip("/").rsplit("/", 1)[-1].replace(":", "-") or "model"
@@ -102,14 +106,20 @@ def localized(spec: FineTuneJobSpec, root: Path | None = None) -> FineTuneJobSpe
             return str(fetch_image(uri, registry=spec.model.registry, root=root, field=field))
         return uri
 
-    model = spec.model.model_copy(update={
-        "name": local(spec.model.name, "model.name"),
-        "tokenizer": local(spec.model.tokenizer, "model.tokenizer"),
-    })  # fmt: skip
+    model = spec.model.model_copy(
+        update={
+            "name": local(spec.model.name, "model.name"),
+            "tokenizer": local(spec.model.tokenizer, "model.tokenizer"),
+        }
+    )
     update: dict[str, object] = {"model": model}
     adapter = spec.method.adapter
     if adapter is not None and adapter.uri.startswith(("s3://", "oci://")):
-        update["method"] = spec.method.model_copy(update={
-            "adapter": adapter.model_copy(update={"uri": local(adapter.uri, "method.adapter.uri")})
-        })  # fmt: skip
+        update["method"] = spec.method.model_copy(
+            update={
+                "adapter": adapter.model_copy(
+                    update={"uri": local(adapter.uri, "method.adapter.uri")}
+                )
+            }
+        )
     return spec.model_copy(update=update)

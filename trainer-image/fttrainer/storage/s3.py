@@ -57,10 +57,15 @@ DENIED = {
     "InvalidToken": "access denied: the session token is not valid",
     "ExpiredToken": "access denied: the session token has expired",
 }
-WRONG_REGION = frozenset({
-    "AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException",
-    "InvalidRegion", "301",
-})  # fmt: skip
+WRONG_REGION = frozenset(
+    {
+        "AuthorizationHeaderMalformed",
+        "PermanentRedirect",
+        "IllegalLocationConstraintException",
+        "InvalidRegion",
+        "301",
+    }
+)
 # Endpoints that have answered at least once in this process: from then on, connection
 # errors mean an outage (retry for a long time), not a wrong address (fail fast).
 _ANSWERED: set[str] = set()
@@ -72,9 +77,11 @@ READ_TIMEOUT = 30.0
 
 
 def s3_client(
-    s3: S3Spec | None = None, *, concurrency: int = MAX_CONCURRENCY,
+    s3: S3Spec | None = None,
+    *,
+    concurrency: int = MAX_CONCURRENCY,
     read_timeout: float = READ_TIMEOUT,
-) -> Any:  # fmt: skip
+) -> Any:
     """A boto3 S3 client for the spec's endpoint, region and addressing style; credentials
     and anything unset come from the standard AWS environment (AWS_ENDPOINT_URL_S3 too)."""
     import boto3
@@ -144,9 +151,13 @@ class S3Store:
         seconds = time.monotonic() - started
         total = sum(i.size for i in infos)
         log.info(
-            "uploaded %d files (%.1f MB) to %s in %.1f s (%.0f MB/s)", len(infos), total / 1e6,
-            self._uri(prefix), seconds, total / 1e6 / max(seconds, 1e-9),
-        )  # fmt: skip
+            "uploaded %d files (%.1f MB) to %s in %.1f s (%.0f MB/s)",
+            len(infos),
+            total / 1e6,
+            self._uri(prefix),
+            seconds,
+            total / 1e6 / max(seconds, 1e-9),
+        )
         return sorted(infos)
 
     def download_file(self, key: str, destination: Path) -> None:
@@ -174,9 +185,13 @@ class S3Store:
         """One PUT (visible whole or not at all), checked by S3 against our SHA-256."""
         digest = hashlib.sha256(data).digest()
         self._call(
-            f"write {self._uri(key)}", "put_object", Bucket=self.bucket, Key=self._key(key),
-            Body=data, ChecksumSHA256=base64.b64encode(digest).decode(),
-        )  # fmt: skip
+            f"write {self._uri(key)}",
+            "put_object",
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ChecksumSHA256=base64.b64encode(digest).decode(),
+        )
         return ObjectInfo(key, len(data), digest.hex())
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -210,10 +225,11 @@ class S3Store:
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
             response = self._call(
-                f"delete {len(batch)} objects under {self.uri}", "delete_objects",
+                f"delete {len(batch)} objects under {self.uri}",
+                "delete_objects",
                 Bucket=self.bucket,
                 Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True},
-            )  # fmt: skip
+            )
             if errors := response.get("Errors"):
                 first = errors[0]
                 raise StorageError(
@@ -256,8 +272,13 @@ class S3Store:
                 delay = backoff_delay(tries, limit - waited)
                 tries += 1
                 level = logging.WARNING if tries == 1 else logging.DEBUG
-                log.log(level, "%s: %s; retrying for up to %.0f s more", action,
-                        _describe(error), limit - waited)  # fmt: skip
+                log.log(
+                    level,
+                    "%s: %s; retrying for up to %.0f s more",
+                    action,
+                    _describe(error),
+                    limit - waited,
+                )
                 if cancel is None:
                     time.sleep(delay)
                 elif cancel.wait(delay):
@@ -265,8 +286,11 @@ class S3Store:
             else:
                 _ANSWERED.add(endpoint)
                 if tries:
-                    log.info("%s: succeeded after %.0f s of failures", action,
-                             time.monotonic() - failing_since)  # fmt: skip
+                    log.info(
+                        "%s: succeeded after %.0f s of failures",
+                        action,
+                        time.monotonic() - failing_since,
+                    )
                 return result
 
     def _download(self, items: builtins.list[tuple[str, Path, int | None]], action: str) -> None:
@@ -275,9 +299,10 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
         config = TransferConfig(
-            multipart_threshold=self.multipart_threshold, multipart_chunksize=self.part_size,
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.part_size,
             max_concurrency=self.concurrency,
-        )  # fmt: skip
+        )
         remaining = items
 
         def attempt() -> None:
@@ -287,10 +312,14 @@ class S3Store:
                 futures = []
                 for key, destination, size in remaining:
                     destination.parent.mkdir(parents=True, exist_ok=True)
-                    futures.append(manager.download(
-                        self.bucket, self._key(key), str(destination),
-                        subscribers=[_KnownSize(size)] if size is not None else [],
-                    ))  # fmt: skip
+                    futures.append(
+                        manager.download(
+                            self.bucket,
+                            self._key(key),
+                            str(destination),
+                            subscribers=[_KnownSize(size)] if size is not None else [],
+                        )
+                    )
                 for item, future in zip(remaining, futures, strict=True):
                     try:
                         future.result()
@@ -381,9 +410,13 @@ class _Uploads:
                 hexdigest = digest.hex() if digest else None
                 return _Pending(path, key, len(data), [future], sha256=hexdigest)
             upload_id = store._call(
-                f"start uploading {path} to {uri}", "create_multipart_upload", self.cancel,
-                Bucket=store.bucket, Key=store._key(key), ChecksumAlgorithm="CRC32",
-            )["UploadId"]  # fmt: skip
+                f"start uploading {path} to {uri}",
+                "create_multipart_upload",
+                self.cancel,
+                Bucket=store.bucket,
+                Key=store._key(key),
+                ChecksumAlgorithm="CRC32",
+            )["UploadId"]
             self.open[key] = upload_id
             part_size = max(store.part_size, -(-size // MAX_PARTS // MiB) * MiB)
             hasher = hashlib.sha256() if self.checksum else None
@@ -417,10 +450,14 @@ class _Uploads:
             action = f"complete the upload of {pending.path} to {store._uri(key)}"
             try:
                 store._call(
-                    action, "complete_multipart_upload", self.cancel, Bucket=store.bucket,
-                    Key=store._key(key), UploadId=pending.upload_id,
+                    action,
+                    "complete_multipart_upload",
+                    self.cancel,
+                    Bucket=store.bucket,
+                    Key=store._key(key),
+                    UploadId=pending.upload_id,
                     MultipartUpload={"Parts": parts},
-                )  # fmt: skip
+                )
             except _UploadLost:
                 # A retried completion whose first try succeeded finds no upload: fine if
                 # the object is exactly the one we assembled.
@@ -432,8 +469,9 @@ class _Uploads:
             self.open.pop(key, None)
             if pending.restarts >= 2:
                 raise
-            log.warning("%s: the multipart upload was lost; starting the file again",
-                        store._uri(key))  # fmt: skip
+            log.warning(
+                "%s: the multipart upload was lost; starting the file again", store._uri(key)
+            )
             return self._finish(self._start(pending.path, key, pending.restarts + 1))
         except (_Cancelled, CancelledError):
             raise self.failure or StorageError("upload cancelled") from None
@@ -442,17 +480,28 @@ class _Uploads:
         store = self.store
         extra = {"ChecksumSHA256": base64.b64encode(digest).decode()} if digest else {}
         store._call(
-            f"upload to {store._uri(key)}", "put_object", self.cancel, Bucket=store.bucket,
-            Key=store._key(key), Body=data, **extra,
-        )  # fmt: skip
+            f"upload to {store._uri(key)}",
+            "put_object",
+            self.cancel,
+            Bucket=store.bucket,
+            Key=store._key(key),
+            Body=data,
+            **extra,
+        )
 
     def _put_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         store = self.store
         response = store._call(
-            f"upload part {number} of {store._uri(key)}", "upload_part", self.cancel,
-            Bucket=store.bucket, Key=store._key(key), UploadId=upload_id, PartNumber=number,
-            Body=data, ChecksumAlgorithm="CRC32",
-        )  # fmt: skip
+            f"upload part {number} of {store._uri(key)}",
+            "upload_part",
+            self.cancel,
+            Bucket=store.bucket,
+            Key=store._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="CRC32",
+        )
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if "ChecksumCRC32" in response:
             part["ChecksumCRC32"] = response["ChecksumCRC32"]
@@ -462,8 +511,13 @@ class _Uploads:
         """Is the object the one these parts make (size, and S3's multipart ETag)?"""
         store = self.store
         try:
-            head = store._call(f"look up {store._uri(key)}", "head_object", self.cancel,
-                               Bucket=store.bucket, Key=store._key(key))  # fmt: skip
+            head = store._call(
+                f"look up {store._uri(key)}",
+                "head_object",
+                self.cancel,
+                Bucket=store.bucket,
+                Key=store._key(key),
+            )
         except NotFoundError:
             return False
         md5s = b"".join(bytes.fromhex(p["ETag"].strip('"')) for p in parts)
@@ -507,8 +561,9 @@ class _Uploads:
                 log.warning(
                     "could not abort the unfinished multipart upload of %s (%s); it is not "
                     "visible, and a lifecycle rule (AbortIncompleteMultipartUpload) removes it",
-                    store._uri(key), _describe(error),
-                )  # fmt: skip
+                    store._uri(key),
+                    _describe(error),
+                )
 
 
 class _KnownSize:
@@ -571,8 +626,10 @@ def _explain(action: str, error: BaseException, store: S3Store, *, waited: float
 
     endpoint = _redact(str(store.client.meta.endpoint_url))
     if isinstance(error, NoCredentialsError | PartialCredentialsError):
-        reason = ("no S3 credentials found (set output.s3.credentialsSecretRef, or "
-                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")  # fmt: skip
+        reason = (
+            "no S3 credentials found (set output.s3.credentialsSecretRef, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     elif isinstance(error, ClientError):
         code, status = _code(error)
         details = error.response.get("Error", {})
@@ -588,8 +645,10 @@ def _explain(action: str, error: BaseException, store: S3Store, *, waited: float
             headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             actual = details.get("Region") or headers.get("x-amz-bucket-region")
             where = f" (it is in {actual})" if actual else ""
-            reason = (f"the bucket {store.bucket!r} is not in region "
-                      f"{store.client.meta.region_name}{where}: set output.s3.region")  # fmt: skip
+            reason = (
+                f"the bucket {store.bucket!r} is not in region "
+                f"{store.client.meta.region_name}{where}: set output.s3.region"
+            )
         elif waited:
             reason = f"{endpoint} kept failing for {waited:.0f} s ({code}, HTTP {status})"
         else:
@@ -597,8 +656,10 @@ def _explain(action: str, error: BaseException, store: S3Store, *, waited: float
     elif waited and endpoint in _ANSWERED:
         reason = f"the S3 endpoint {endpoint} kept failing for {waited:.0f} s ({_describe(error)})"
     elif is_transient(error):
-        reason = (f"cannot reach the S3 endpoint {endpoint} ({_describe(error)}); "
-                  "check output.s3.endpoint")  # fmt: skip
+        reason = (
+            f"cannot reach the S3 endpoint {endpoint} ({_describe(error)}); "
+            "check output.s3.endpoint"
+        )
     else:
         reason = f"{type(error).__name__}: {error}"
     return StorageError(f"cannot {action}: {reason}")
