@@ -38,7 +38,7 @@ from ftapi.skew import Loc, NewerFields, kept, newer_fields, parse_stored_job, r
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from ftapi.v1alpha1.status import TERMINAL_PHASES
 
-from .cache import Cache, Key, WorkQueue, as_written
+from .cache import Cache, Key, as_written
 from .children import (
     LABEL_ATTEMPT,
     LABEL_JOB,
@@ -71,6 +71,7 @@ from .planner import (
 )
 from .policy import policy_violation
 from .timestamps import api_time
+from .workqueue import WorkQueue
 
 log = logging.getLogger("ftoperator")
 T = TypeVar("T")
@@ -138,8 +139,8 @@ class Controller:
         self._told_unreadable: dict[Key, str] = {}
         # The last parse of each job's spec, with what it was parsed from (_parse_once).
         self._parsed: dict[Key, tuple[tuple[Any, ...], Parsed]] = {}
-        # The soonest look again each pass under way wants (_look_in), in seconds.
-        self._looks: dict[Key, float] = {}
+        # The soonest re-queue each pass under way wants (_requeue_after), in seconds.
+        self._requeues: dict[Key, float] = {}
         # The objects each job's last pass planned from: (kind, name) -> resourceVersion.
         self._planned: dict[Key, dict[tuple[str, str], int]] = {}
         # The jobs whose Job lacks pods past the grace, by namespace (key -> Job name), and
@@ -177,7 +178,7 @@ class Controller:
             return  # garbage collection removes the children (owner references)
         body = self._with_held_status(key, stored)
         started = time.monotonic()
-        self._looks[key] = self.resync_seconds
+        self._requeues[key] = self.resync_seconds
         try:
             await self._read_through(key, body)
             await self._read_create_failure(key, body)
@@ -191,20 +192,20 @@ class Controller:
             raise
         finally:
             self.metrics.observe_reconcile(time.monotonic() - started)
-            delay = self._looks.pop(key)
+            delay = self._requeues.pop(key)
         if plan.requeue_after is not None:
             delay = min(delay, plan.requeue_after + 0.5)
         held = self._held.get(key)
         if held is not None:  # its grace ends: written then, whatever else happens
             delay = min(delay, held.due - asyncio.get_running_loop().time() + 0.05)
-        # Replacing the look the last pass asked for: a reason it had (pods missing, a status
-        # held back) that is gone now costs no pass (a quarter of a burst's passes were these).
-        self.queue.look_after(key, delay)
+        # Replacing the re-queue the last pass asked for: a reason it had (pods missing, a
+        # status held back) that is gone now costs no pass (docs/operator.md).
+        self.queue.requeue_after(key, delay)
 
-    def _look_in(self, key: Key, seconds: float) -> None:
-        """This pass wants another look at the job within `seconds` (reconcile asks for the
+    def _requeue_after(self, key: Key, seconds: float) -> None:
+        """This pass wants the job re-queued within `seconds` (reconcile asks for the
         soonest of what its steps wanted)."""
-        self._looks[key] = min(self._looks.get(key, seconds), seconds)
+        self._requeues[key] = min(self._requeues.get(key, seconds), seconds)
 
     async def _read_through(self, key: Key, body: dict[str, Any]) -> None:
         """Ask the API server when the cache is behind: the current attempt's Job is not in
@@ -262,7 +263,7 @@ class Controller:
         assert batch_job is not None
         age = _age_seconds(batch_job)
         if age < CREATE_FAILURE_GRACE_SECONDS:  # pods normally appear within a second
-            self._look_in(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
+            self._requeue_after(key, CREATE_FAILURE_GRACE_SECONDS - age + 0.5)
             return
         job_name = Names(key[1], attempt).batch_job
         self._set_create_failure(key, (await self._create_failures_in(key[0])).get(job_name))
@@ -375,7 +376,7 @@ class Controller:
         # A Workload without a verdict yet (just created, or the read predates an eviction):
         # look again as soon as a fresh read can be made; otherwise now and then.
         soon = workload is not None and state is None
-        self._look_in(key, QUEUE_READ_SECONDS + 0.5 if soon else QUEUE_POLL_SECONDS)
+        self._requeue_after(key, QUEUE_READ_SECONDS + 0.5 if soon else QUEUE_POLL_SECONDS)
 
     async def _shared_read(
         self, what: str, namespace: str, read: Callable[[str], T], fresh_seconds: float

@@ -249,18 +249,18 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
             observed.ranks, status.attempt, failure.message, _first_failed_at(pods), now
         )
         if wait is not None:  # the others' watchdogs are about to say what they waited on
-            _look_again(plan, wait)
+            _requeue_after(plan, wait)
             return _finish(plan, previous, generation)
         also = other_stalls(observed.ranks, status.attempt, failure.message)
         failure = Failure(failure.reason, failure.message + also)
     if failure is None and not job_suspended:
         failure, wait = report_silence(job, observed.progress, observed.ranks, status.attempt, now)
-        _look_again(plan, wait)
+        _requeue_after(plan, wait)
     if failure is None and not job_suspended:
         failure, wait = first_report_overdue(
             job, observed.progress, observed.pods, status.attempt, now
         )
-        _look_again(plan, wait)
+        _requeue_after(plan, wait)
     if failure is not None:
         _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
         return _finish(plan, previous, generation)
@@ -344,7 +344,7 @@ def _first_failed_at(pods: list[dict[str, Any]]) -> datetime | None:
     return min(ended, default=None)
 
 
-def _look_again(plan: Plan, seconds: float | None) -> None:
+def _requeue_after(plan: Plan, seconds: float | None) -> None:
     if seconds is not None:
         plan.requeue_after = min(seconds, plan.requeue_after or seconds)
 
@@ -368,7 +368,7 @@ def _stragglers(plan: Plan, job: FineTuneJob, ranks: dict[int, RankReport], now:
     plan.status.stragglers = found.now
     for straggler in found.due:
         plan.events.append(Event("Warning", "Straggler", straggler_message(straggler, spec)))
-    _look_again(plan, found.look_again)
+    _requeue_after(plan, found.requeue_after)
 
 
 def report_silence(

@@ -138,7 +138,7 @@ class Stragglers:
     """status.stragglers next: slow ranks, each with when it was first seen slow."""
     due: list[Straggler]
     """Those slow for windowSeconds on end whose Warning Event was not sent yet."""
-    look_again: float | None
+    requeue_after: float | None
     """Seconds until the next one becomes due (None: none pending)."""
 
 

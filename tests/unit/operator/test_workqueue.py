@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from ftoperator.cache import WorkQueue
+from ftoperator.workqueue import WorkQueue
 
 
 def _queue(
@@ -63,7 +63,7 @@ def test_a_change_seen_during_a_pass_is_looked_at_after_it_whatever_the_pass_ask
             if len(passes) == 1:
                 queue.add_batched(key, 0.05)  # arrives while this pass runs
                 await asyncio.sleep(0.1)
-            queue.look_after(key, 60.0)  # as reconcile() does at its end
+            queue.requeue_after(key, 60.0)  # as reconcile() does at its end
 
         queue, passes = _queue(work)
         queue.add("ns/a")
@@ -77,8 +77,8 @@ def test_a_change_seen_during_a_pass_is_looked_at_after_it_whatever_the_pass_ask
 def test_each_pass_replaces_the_look_the_last_one_asked_for() -> None:
     async def run() -> None:
         queue, passes = _queue()
-        queue.look_after("ns/a", 0.1)  # a reason then (pods missing, say)...
-        queue.look_after("ns/a", 5.0)  # ...gone at the next pass: no look at 0.1 s
+        queue.requeue_after("ns/a", 0.1)  # a reason then (pods missing, say)...
+        queue.requeue_after("ns/a", 5.0)  # ...gone at the next pass: no look at 0.1 s
         await asyncio.sleep(0.3)
         assert passes == []
         queue.add_after("ns/a", 0.1)  # add_after keeps the earliest (the retry backoff)
