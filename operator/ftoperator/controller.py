@@ -67,9 +67,9 @@ from .planner import (
     note_newer_fields,
     reconcile,
     rejected,
-    status_needs_newer_operator,
 )
 from .policy import policy_violation
+from .status_format import status_needs_newer_operator
 from .timestamps import api_time
 from .workqueue import WorkQueue
 

@@ -1,4 +1,5 @@
-"""Every reason a FineTuneJob fails or waits, in one typed table.
+"""Every reason a FineTuneJob fails or waits, in one typed table, and how the pods and the
+Job are read for one (pod_failure, attempt_failure, pending_reason).
 
 The names are what users read (`status.failureReason`, the reasons of the Running and Failed
 conditions, Warning Events) and what automation matches on, so they are an API: they live
@@ -15,7 +16,9 @@ attempt fail at once. docs/operator.md's tables are held to this one by a test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from ftapi.contract import INVALID_INPUT, VERDICTS
 
 Scope = Literal["attempt", "job", "blocker"]
 
@@ -159,3 +162,165 @@ def refused_as_invalid(create_failure: str) -> bool:
     """A FailedCreate whose pods the API server's validation refused ("Pod ... is invalid:
     ..."): unlike a quota or a missing PriorityClass, waiting cannot change it."""
     return " is invalid: " in create_failure
+
+
+# --- classifying what the pods and the Job say -------------------------------------
+
+
+# Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
+STOPPED_EXIT_CODES = {143, 137}
+
+
+# Pod statuses that need the user's action before the pods can start.
+CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+
+
+MAX_DETAIL = 1000  # of a container's termination message, its end is kept
+
+
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+
+
+# Pod DisruptionTarget reasons -> what the user reads.
+DISRUPTION_REASONS = {
+    "PreemptionByScheduler": "Preempted",
+    "PreemptionByKubeScheduler": "Preempted",
+    "EvictionByEvictionAPI": "Evicted",
+    "TerminationByKubelet": "Evicted",
+    "DeletionByTaintManager": "NodeLost",
+    "DeletionByPodGC": "NodeLost",
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed."""
+
+    reason: str
+    message: str
+
+
+def attempt_failure(
+    batch_job: dict[str, Any], pods: list[dict[str, Any]], lost_nodes: frozenset[str] = frozenset()
+) -> Failure | None:
+    """The most telling reason the attempt cannot succeed, or None while it still can.
+
+    When one rank dies the others follow (torchrun's peers exit, the Job controller stops
+    the rest with SIGTERM), so the root cause is the disruption or OOM if there is one,
+    then a real exit code before the 143/137 of ranks that were stopped, then the earliest."""
+    found = []
+    for pod in pods:
+        failure = pod_failure(pod, lost_nodes)
+        if failure is not None:
+            found.append((_rank(failure, pod), _finished_at(pod), _pod_name(pod), failure))
+    if found:
+        return min(found, key=lambda f: f[:3])[3]
+    failed = job_condition(batch_job, "Failed") or job_condition(batch_job, "FailureTarget")
+    if failed is not None:
+        reason = failed.get("reason") or "BackoffLimitExceeded"
+        return Failure(reason, failed.get("message") or "the Job failed")
+    return None
+
+
+def _rank(failure: Failure, pod: dict[str, Any]) -> int:
+    """rank(), but a rank stopped from outside (143/137, or being deleted) is a
+    consequence: after any real exit code."""
+    if failure.reason in DISRUPTIONS or failure.reason == "OOMKilled":
+        return rank(failure.reason)
+    codes = {
+        (c.get("state", {}).get("terminated") or {}).get("exitCode")
+        for c in pod.get("status", {}).get("containerStatuses", [])
+    }
+    if pod.get("metadata", {}).get("deletionTimestamp") or codes & STOPPED_EXIT_CODES:
+        return rank("ExitCode") + 1
+    return rank(failure.reason)
+
+
+def _finished_at(pod: dict[str, Any]) -> str:
+    times = [
+        str((c.get("state", {}).get("terminated") or {}).get("finishedAt") or "~")
+        for c in pod.get("status", {}).get("containerStatuses", [])
+    ]
+    return min(times, default="~")
+
+
+def _pod_name(pod: dict[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", ""))
+
+
+# How a verdict's message is introduced in the job's status.
+VERDICT_WORDS = {INVALID_INPUT.reason: "the trainer refused its input: "}
+
+
+def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -> Failure | None:
+    name = pod.get("metadata", {}).get("name", "?")
+    pod_status = pod.get("status", {})
+    phase = pod_status.get("phase")
+    node = pod.get("spec", {}).get("nodeName")
+    if phase not in ("Succeeded", "Failed") and node and node in lost_nodes:
+        return Failure("NodeLost", f"pod {name}: node {node} is not ready")
+    if phase != "Failed":
+        return None
+    for condition in pod_status.get("conditions", []):
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = DISRUPTION_REASONS.get(condition.get("reason", ""), "Preempted")
+            detail = condition.get("message") or condition.get("reason", "")
+            where = f" on {node}" if node else ""
+            return Failure(reason, f"pod {name}{where}: {detail}".rstrip(": "))
+    for container in pod_status.get("containerStatuses", []):
+        terminated = container.get("state", {}).get("terminated")
+        if not terminated or terminated.get("exitCode", 0) == 0:
+            continue
+        code = terminated.get("exitCode")
+        said = terminated.get("message") or ""
+        verdict = next((v for v in VERDICTS if said.startswith(v.marker)), None)
+        if verdict is not None:  # the trainer's own verdict (fttrainer/termination.py)
+            words = said.removeprefix(verdict.marker).strip()[:MAX_DETAIL]
+            what = VERDICT_WORDS.get(verdict.reason, "")
+            return Failure(verdict.reason, f"pod {name}: {what}{words}")
+        detail = said.strip().splitlines()
+        tail = f": {detail[-1][-MAX_DETAIL:]}" if detail else ""
+        if terminated.get("reason") == "OOMKilled":
+            return Failure(
+                "OOMKilled",
+                f"pod {name}: container {container.get('name')} ran out of memory "
+                f"(exit code {code}); lower the batch size or sequence length, or ask for "
+                f"more memory{tail}",
+            )
+        return Failure(
+            "ExitCode",
+            f"pod {name}: container {container.get('name')} exited with code {code}{tail}",
+        )
+    reason = pod_status.get("reason") or "PodFailed"
+    return Failure(reason, f"pod {name} failed: {pod_status.get('message') or reason}")
+
+
+def pending_reason(pods: list[dict[str, Any]]) -> Failure | None:
+    """Why pods are not running yet, when it is something the user must act on."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        name = pod.get("metadata", {}).get("name", "?")
+        pod_status = pod.get("status", {})
+        for container in pod_status.get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            detail = waiting.get("message") or reason
+            if reason in IMAGE_PULL_REASONS:
+                return Failure("ImagePullBackOff", f"pod {name} cannot pull its image: {detail}")
+            if reason in CONFIG_REASONS:  # e.g. a Secret or key that a secretKeyRef names
+                return Failure(reason, f"pod {name} cannot start its container: {detail}")
+        for condition in pod_status.get("conditions", []):
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                detail = condition.get("message") or "no node fits"
+                return Failure("Unschedulable", f"pod {name} cannot be scheduled: {detail}")
+    return None
+
+
+def job_condition(batch_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for condition in batch_job.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return dict(condition)
+    return None

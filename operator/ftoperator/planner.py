@@ -17,33 +17,40 @@ A terminal job (Succeeded, Failed) never gets children again; only its TTL acts 
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
-from ftapi.contract import INVALID_INPUT, TRAINER_CONTAINER, VERDICTS, worse_than_base
-from ftapi.loading import FieldError
+from ftapi.contract import TRAINER_CONTAINER, worse_than_base
 from ftapi.progress import ProgressReport, RankReport, heartbeat_seconds
 from ftapi.skew import NewerFields
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
-from ftapi.v1alpha1.common import NonFinite
 from ftapi.v1alpha1.scheduling import MAX_SECONDS
 from ftapi.v1alpha1.status import (
+    CONDITION_TYPES,
+    FAILED,
+    IMPROVED,
+    PROGRESS_READABLE,
+    RESOURCES_CREATED,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
     TERMINAL_PHASES,
-    CheckpointStatus,
+    VALIDATED,
     Condition,
     ConditionStatus,
-    Metrics,
-    Progress,
 )
 
-from . import failures
 from .children import Names
-from .failures import BLOCKERS, DISRUPTIONS, FINAL, refused_as_invalid
+from .failures import (
+    BLOCKERS,
+    FINAL,
+    Failure,
+    attempt_failure,
+    job_condition,
+    pending_reason,
+    refused_as_invalid,
+)
 from .kueue import QueueState
 from .ranks import (
     other_stalls,
@@ -53,53 +60,16 @@ from .ranks import (
     track_stragglers,
     where,
 )
+from .status_format import copy_progress, needs_newer_operator, spoken, summarise
 from .timestamps import api_time
 
-log = logging.getLogger("ftoperator")
-
-# Condition types, each kept once in status.conditions.
-VALIDATED = "Validated"
-RESOURCES_CREATED = "ResourcesCreated"
-RUNNING = "Running"
-SUSPENDED = "Suspended"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-IMPROVED = "Improved"
-PROGRESS_READABLE = "ProgressReadable"
 # Reasons of version skew (ftapi.skew).
 NEEDS_NEWER_OPERATOR = "NeedsNewerOperator"
 NEWER_FIELDS_IGNORED = "NewerFieldsIgnored"
 PROGRESS_UNREADABLE = "ProgressUnreadable"
 
-# Exit codes of a process stopped from outside (SIGTERM, SIGKILL): a consequence, rarely a cause.
-STOPPED_EXIT_CODES = {143, 137}
-# Pod statuses that need the user's action before the pods can start.
-CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 WAITING_FOR_PODS = "waiting for the pods to start"
 MAX_MESSAGE = 4096  # the CRD's limit on status.message
-MAX_DETAIL = 1000  # of a container's termination message, its end is kept
-IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
-# Pod DisruptionTarget reasons -> what the user reads.
-DISRUPTION_REASONS = {
-    "PreemptionByScheduler": "Preempted",
-    "PreemptionByKubeScheduler": "Preempted",
-    "EvictionByEvictionAPI": "Evicted",
-    "TerminationByKubelet": "Evicted",
-    "DeletionByTaintManager": "NodeLost",
-    "DeletionByPodGC": "NodeLost",
-}
-METRIC_FIELDS = {
-    "train_loss": "train_loss",
-    "loss": "train_loss",
-    "eval_loss": "eval_loss",
-    "eval_accuracy": "eval_accuracy",
-    "eval_perplexity": "eval_perplexity",
-    "learning_rate": "learning_rate",
-    "grad_norm": "grad_norm",
-    "reward": "reward",
-}
-MAX_ADDITIONAL_METRICS = 64
-MAX_URI = 2048
 
 
 @dataclass(frozen=True)
@@ -168,14 +138,6 @@ class Plan:
     """Look again after this many seconds even if nothing changes (TTL, deadline)."""
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why an attempt failed."""
-
-    reason: str
-    message: str
-
-
 def editable(status: FineTuneJobStatus) -> FineTuneJobStatus:
     """A deep copy of `status` for a plan to change, the one it came from kept as it was:
     rebuilt from its dump, 2.6x faster than model_copy(deep=True)'s deepcopy (36 against
@@ -201,17 +163,17 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
         ):  # failed, but its pods were not stopped yet (an operator restart in between)
             plan.actions.append(SuspendJob(names.batch_job, True))
         # A late report still says where it stopped; a success keeps its 100 %.
-        _copy_progress(status, observed.progress, counts=previous.phase == "Failed")
+        copy_progress(status, observed.progress, counts=previous.phase == "Failed")
         _ttl(job.spec.run_policy.ttl_seconds_after_finished, plan, now)
         return _finish(plan, previous, generation)
 
     _condition(status, VALIDATED, "True", "Valid", "the spec is valid", generation, now)
-    _copy_progress(status, observed.progress)
+    copy_progress(status, observed.progress)
     _progress_readable(plan, previous, observed.progress_error, generation, now)
     plan.actions += [DeleteJob(name) for name in observed.other_jobs]
 
     batch_job = observed.batch_job
-    if batch_job is not None and _job_condition(batch_job, "Complete"):
+    if batch_job is not None and job_condition(batch_job, "Complete"):
         _succeed(plan, job, observed.progress, generation, now)
         return _finish(plan, previous, generation)
 
@@ -265,7 +227,7 @@ def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
         _attempt_failed(plan, job, failure, names, generation, now, stop=not _finished(batch_job))
         return _finish(plan, previous, generation)
 
-    if _job_condition(batch_job, "SuccessCriteriaMet"):
+    if job_condition(batch_job, "SuccessCriteriaMet"):
         _succeed(plan, job, observed.progress, generation, now)
         return _finish(plan, previous, generation)
 
@@ -467,101 +429,6 @@ def _trainer_started_at(pod: dict[str, Any]) -> datetime | None:
     return None
 
 
-def attempt_failure(
-    batch_job: dict[str, Any], pods: list[dict[str, Any]], lost_nodes: frozenset[str] = frozenset()
-) -> Failure | None:
-    """The most telling reason the attempt cannot succeed, or None while it still can.
-
-    When one rank dies the others follow (torchrun's peers exit, the Job controller stops
-    the rest with SIGTERM), so the root cause is the disruption or OOM if there is one,
-    then a real exit code before the 143/137 of ranks that were stopped, then the earliest."""
-    found = []
-    for pod in pods:
-        failure = pod_failure(pod, lost_nodes)
-        if failure is not None:
-            found.append((_rank(failure, pod), _finished_at(pod), _pod_name(pod), failure))
-    if found:
-        return min(found, key=lambda f: f[:3])[3]
-    failed = _job_condition(batch_job, "Failed") or _job_condition(batch_job, "FailureTarget")
-    if failed is not None:
-        reason = failed.get("reason") or "BackoffLimitExceeded"
-        return Failure(reason, failed.get("message") or "the Job failed")
-    return None
-
-
-def _rank(failure: Failure, pod: dict[str, Any]) -> int:
-    """failures.py's rank, but a rank stopped from outside (143/137, or being deleted) is a
-    consequence: after any real exit code."""
-    if failure.reason in DISRUPTIONS or failure.reason == "OOMKilled":
-        return failures.rank(failure.reason)
-    codes = {
-        (c.get("state", {}).get("terminated") or {}).get("exitCode")
-        for c in pod.get("status", {}).get("containerStatuses", [])
-    }
-    if pod.get("metadata", {}).get("deletionTimestamp") or codes & STOPPED_EXIT_CODES:
-        return failures.rank("ExitCode") + 1
-    return failures.rank(failure.reason)
-
-
-def _finished_at(pod: dict[str, Any]) -> str:
-    times = [
-        str((c.get("state", {}).get("terminated") or {}).get("finishedAt") or "~")
-        for c in pod.get("status", {}).get("containerStatuses", [])
-    ]
-    return min(times, default="~")
-
-
-def _pod_name(pod: dict[str, Any]) -> str:
-    return str(pod.get("metadata", {}).get("name", ""))
-
-
-# How a verdict's message is introduced in the job's status.
-VERDICT_WORDS = {INVALID_INPUT.reason: "the trainer refused its input: "}
-
-
-def pod_failure(pod: dict[str, Any], lost_nodes: frozenset[str] = frozenset()) -> Failure | None:
-    name = pod.get("metadata", {}).get("name", "?")
-    pod_status = pod.get("status", {})
-    phase = pod_status.get("phase")
-    node = pod.get("spec", {}).get("nodeName")
-    if phase not in ("Succeeded", "Failed") and node and node in lost_nodes:
-        return Failure("NodeLost", f"pod {name}: node {node} is not ready")
-    if phase != "Failed":
-        return None
-    for condition in pod_status.get("conditions", []):
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            reason = DISRUPTION_REASONS.get(condition.get("reason", ""), "Preempted")
-            detail = condition.get("message") or condition.get("reason", "")
-            where = f" on {node}" if node else ""
-            return Failure(reason, f"pod {name}{where}: {detail}".rstrip(": "))
-    for container in pod_status.get("containerStatuses", []):
-        terminated = container.get("state", {}).get("terminated")
-        if not terminated or terminated.get("exitCode", 0) == 0:
-            continue
-        code = terminated.get("exitCode")
-        said = terminated.get("message") or ""
-        verdict = next((v for v in VERDICTS if said.startswith(v.marker)), None)
-        if verdict is not None:  # the trainer's own verdict (fttrainer/termination.py)
-            words = said.removeprefix(verdict.marker).strip()[:MAX_DETAIL]
-            what = VERDICT_WORDS.get(verdict.reason, "")
-            return Failure(verdict.reason, f"pod {name}: {what}{words}")
-        detail = said.strip().splitlines()
-        tail = f": {detail[-1][-MAX_DETAIL:]}" if detail else ""
-        if terminated.get("reason") == "OOMKilled":
-            return Failure(
-                "OOMKilled",
-                f"pod {name}: container {container.get('name')} ran out of memory "
-                f"(exit code {code}); lower the batch size or sequence length, or ask for "
-                f"more memory{tail}",
-            )
-        return Failure(
-            "ExitCode",
-            f"pod {name}: container {container.get('name')} exited with code {code}{tail}",
-        )
-    reason = pod_status.get("reason") or "PodFailed"
-    return Failure(reason, f"pod {name} failed: {pod_status.get('message') or reason}")
-
-
 def rejected(
     previous: FineTuneJobStatus,
     message: str,
@@ -633,7 +500,7 @@ def note_newer_fields(
     else:
         one = len(newer.at_default) == 1
         message = (
-            f"{_spoken(newer.at_default)} {'is' if one else 'are'} newer than this operator "
+            f"{spoken(newer.at_default)} {'is' if one else 'are'} newer than this operator "
             f"({operator}) and {'holds' if one else 'hold'} the CRD's default: ignored (a "
             "field added to the API defaults to the behaviour from before it)"
         )
@@ -643,27 +510,6 @@ def note_newer_fields(
         plan.events.append(
             Event("Warning" if newer.set else "Normal", NEWER_FIELDS_IGNORED, message)
         )
-
-
-def needs_newer_operator(newer: NewerFields, operator: str) -> str:
-    return (
-        f"the spec sets {_spoken(newer.set)}, newer than this operator ({operator}): no attempt"
-        " starts until an operator that knows them runs (finish the upgrade), or they are "
-        "removed from the spec"
-    )
-
-
-def status_needs_newer_operator(unreadable: list[FieldError], operator: str) -> str:
-    """Why a job whose stored status this operator cannot read is left alone."""
-    return (
-        f"the status holds {'; '.join(map(str, unreadable))}: written by an operator newer "
-        f"than this one ({operator}), after a rollback? The job is left as it is (its pods "
-        "run on) until an operator that reads its status runs"
-    )
-
-
-def _spoken(paths: tuple[str, ...]) -> str:
-    return ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
 
 
 # --- transitions ------------------------------------------------------------------------
@@ -751,7 +597,7 @@ def _succeed(
     _settle(status)
     if status.progress is not None and status.progress.total_steps:
         status.progress.step = status.progress.total_steps
-        _summarise(status.progress)
+        summarise(status.progress)
         status.progress.eta_seconds, status.progress.eta = 0, "0s"
     _condition(status, SUCCEEDED, "True", "Completed", status.message, generation, now)
     _condition(status, RUNNING, "False", "Completed", status.message, generation, now)
@@ -817,7 +663,7 @@ def _active(
         status.message = f"training on {nodes} node(s), attempt {status.attempt}"
         _condition(status, RUNNING, "True", "PodsRunning", status.message, generation, now)
         return
-    blocked = _pending_reason(pods)
+    blocked = pending_reason(pods)
     if blocked is None and create_failure and len(pods) < nodes:
         blocked = Failure(
             "FailedCreate", f"the Job controller cannot create the pods: {create_failure}"
@@ -835,30 +681,6 @@ def _active(
         )
         reason = "Restarting" if status.phase == "Restarting" else "Pending"
         _condition(status, RUNNING, "False", reason, status.message, generation, now)
-
-
-def _pending_reason(pods: list[dict[str, Any]]) -> Failure | None:
-    """Why pods are not running yet, when it is something the user must act on."""
-    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
-        name = pod.get("metadata", {}).get("name", "?")
-        pod_status = pod.get("status", {})
-        for container in pod_status.get("containerStatuses", []):
-            waiting = container.get("state", {}).get("waiting") or {}
-            reason = waiting.get("reason")
-            detail = waiting.get("message") or reason
-            if reason in IMAGE_PULL_REASONS:
-                return Failure("ImagePullBackOff", f"pod {name} cannot pull its image: {detail}")
-            if reason in CONFIG_REASONS:  # e.g. a Secret or key that a secretKeyRef names
-                return Failure(reason, f"pod {name} cannot start its container: {detail}")
-        for condition in pod_status.get("conditions", []):
-            if (
-                condition.get("type") == "PodScheduled"
-                and condition.get("status") == "False"
-                and condition.get("reason") == "Unschedulable"
-            ):
-                detail = condition.get("message") or "no node fits"
-                return Failure("Unschedulable", f"pod {name} cannot be scheduled: {detail}")
-    return None
 
 
 def _seconds(seconds: int) -> timedelta:
@@ -880,99 +702,6 @@ def _ttl(ttl: int | None, plan: Plan, now: datetime) -> None:
 
 
 # --- status pieces ----------------------------------------------------------------------
-
-
-def _copy_progress(
-    status: FineTuneJobStatus, report: ProgressReport | None, *, counts: bool = True
-) -> None:
-    """The trainer's report into status. A report from an older attempt still carries valid
-    checkpoint facts; its step counts are kept until the new attempt reports."""
-    if report is None:
-        return
-    if report.checkpoint is not None and report.checkpoint.latest:
-        try:
-            status.checkpoint = CheckpointStatus(
-                latest=report.checkpoint.latest,
-                step=report.checkpoint.step,
-                count=report.checkpoint.count,
-            )
-        except ValidationError:
-            log.warning("ignoring a checkpoint URI the status cannot hold")
-    if report.attempt != status.attempt:
-        return
-    if report.model_uri and len(report.model_uri) <= MAX_URI:
-        status.model_uri = report.model_uri
-    if report.model_image and len(report.model_image) <= MAX_URI:
-        status.model_image = report.model_image
-    if report.merged_model_image and len(report.merged_model_image) <= MAX_URI:
-        status.merged_model_image = report.merged_model_image
-    if report.startup is not None:
-        status.startup = report.startup
-    if not counts:
-        return
-    progress = Progress(
-        step=report.step,
-        total_steps=report.total_steps,
-        epoch=report.epoch,
-        tokens_per_second=report.tokens_per_second,
-        eta_seconds=report.eta_seconds,
-        updated_at=report.updated_at,
-    )
-    _summarise(progress)
-    progress.loss = _loss_text(report)
-    progress.skipped_steps = report.skipped_steps or None
-    status.progress = progress
-    if report.metrics or report.non_finite:
-        status.metrics = metrics_from(report.metrics, report.non_finite)
-
-
-def _loss_text(report: ProgressReport) -> str | None:
-    """The LOSS column: the latest training loss, NaN or Infinity included."""
-    if "train_loss" in report.non_finite:
-        return report.non_finite["train_loss"]
-    loss = report.metrics.get("train_loss")
-    return f"{loss:.4g}" if loss is not None and math.isfinite(loss) else None
-
-
-def metrics_from(
-    values: dict[str, float], non_finite: dict[str, NonFinite] | None = None
-) -> Metrics:
-    known: dict[str, float] = {}
-    additional: dict[str, float] = {}
-    for name, value in sorted(values.items()):
-        if not math.isfinite(value):  # NaN/inf cannot be written to status (JSON)
-            continue
-        if name in METRIC_FIELDS:
-            known.setdefault(METRIC_FIELDS[name], value)
-        elif len(additional) < MAX_ADDITIONAL_METRICS:
-            additional[name] = value
-    shown = dict(sorted((non_finite or {}).items())[:MAX_ADDITIONAL_METRICS])
-    return Metrics(**known, additional=additional, non_finite=shown)
-
-
-def _summarise(progress: Progress) -> None:
-    total = progress.total_steps
-    if total:
-        # Rounded down: 9996/10000 is 99.9%, not a premature 100%.
-        progress.percent = min(100.0, math.floor(1000.0 * progress.step / total) / 10.0)
-        progress.summary = f"{progress.step}/{total} ({progress.percent:g}%)"
-    else:
-        progress.summary = str(progress.step)
-    if progress.eta_seconds is not None:
-        progress.eta = human_duration(progress.eta_seconds)
-
-
-def human_duration(seconds: int) -> str:
-    """1h12m, 3m20s, 45s: what the ETA column shows."""
-    hours, rest = divmod(max(0, int(seconds)), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours >= 24:
-        return f"{hours // 24}d{hours % 24}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def _set_suspended(
@@ -1023,23 +752,9 @@ def _condition(
         observed_generation=generation,
     )
     status.conditions = [c for c in status.conditions if c.type != type_] + [condition]
-    status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
-
-
-_CONDITION_ORDER = {
-    t: i
-    for i, t in enumerate(
-        (
-            VALIDATED,
-            RESOURCES_CREATED,
-            SUSPENDED,
-            RUNNING,
-            PROGRESS_READABLE,
-            SUCCEEDED,
-            FAILED,
-        )
+    status.conditions.sort(
+        key=lambda c: CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES else 99
     )
-}
 
 
 def _find(status: FineTuneJobStatus, type_: str) -> Condition | None:
@@ -1054,14 +769,7 @@ def _job_start(batch_job: dict[str, Any] | None) -> datetime | None:
 
 
 def _finished(batch_job: dict[str, Any]) -> bool:
-    return bool(_job_condition(batch_job, "Failed") or _job_condition(batch_job, "Complete"))
-
-
-def _job_condition(batch_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for condition in batch_job.get("status", {}).get("conditions", []) or []:
-        if condition.get("type") == type_ and condition.get("status") == "True":
-            return dict(condition)
-    return None
+    return bool(job_condition(batch_job, "Failed") or job_condition(batch_job, "Complete"))
 
 
 def _final_uri(job: FineTuneJob) -> str:

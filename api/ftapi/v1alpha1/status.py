@@ -14,12 +14,34 @@ Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Fail
 TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
 ConditionStatus = Literal["True", "False", "Unknown"]
 
+# The condition types the operator writes, each kept once in status.conditions, in this
+# order (what `kubectl describe` lists).
+VALIDATED = "Validated"
+RESOURCES_CREATED = "ResourcesCreated"
+SUSPENDED = "Suspended"
+RUNNING = "Running"
+PROGRESS_READABLE = "ProgressReadable"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+IMPROVED = "Improved"
+CONDITION_TYPES = (
+    VALIDATED,
+    RESOURCES_CREATED,
+    SUSPENDED,
+    RUNNING,
+    PROGRESS_READABLE,
+    SUCCEEDED,
+    FAILED,
+    IMPROVED,
+)
+
 
 class Condition(ApiModel):
     """A metav1.Condition: one aspect of the job's state, with why it is so."""
 
     type: Annotated[str, Field(min_length=1, max_length=316)]
-    """Validated, ResourcesCreated, Running, Succeeded, Failed, Suspended, ..."""
+    """Validated, ResourcesCreated, Suspended, Running, ProgressReadable, Succeeded, Failed,
+    Improved."""
     status: ConditionStatus
     """True, False or Unknown."""
     reason: Annotated[

@@ -7,7 +7,7 @@ import re
 
 from ftapi.contract import VERDICTS
 from ftoperator import failures
-from ftoperator.planner import DISRUPTION_REASONS
+from ftoperator.failures import DISRUPTION_REASONS
 from fttestkit.paths import REPO
 
 # A reason is a capitalised string literal constructed, returned or defaulted (not tested

@@ -19,34 +19,34 @@ from ftapi.contract import INVALID_INPUT_MARKER, STALLED, VERDICTS
 from ftapi.contract import Verdict as TrainerVerdict
 from ftapi.progress import CheckpointReport, ProgressReport, RankReport
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
-from ftapi.v1alpha1.status import Condition, RunWarning, Startup
-from ftoperator.children import LABEL_ATTEMPT, Names
-from ftoperator.kueue import QueueState
-from ftoperator.planner import (
+from ftapi.v1alpha1.status import (
     FAILED,
-    MAX_ADDITIONAL_METRICS,
     RESOURCES_CREATED,
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
     VALIDATED,
+    Condition,
+    RunWarning,
+    Startup,
+)
+from ftoperator.children import LABEL_ATTEMPT, Names
+from ftoperator.failures import Failure, attempt_failure, pod_failure
+from ftoperator.kueue import QueueState
+from ftoperator.planner import (
     WAITING_FOR_PODS,
     CreateAttempt,
     DeleteJob,
     DeleteSelf,
     Event,
-    Failure,
     Observed,
     Plan,
     SuspendJob,
-    attempt_failure,
-    human_duration,
-    metrics_from,
-    pod_failure,
     reconcile,
     rejected,
 )
 from ftoperator.ranks import PEER_STALL_GRACE_SECONDS
+from ftoperator.status_format import MAX_ADDITIONAL_METRICS, human_duration, metrics_from
 from fttestkit.builders import (
     T0,
     BatchJobBuilder,

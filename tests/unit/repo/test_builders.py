@@ -11,7 +11,7 @@ from typing import Any
 from ftapi import parse_job
 from ftoperator.children import LABEL_ATTEMPT, LABEL_JOB, build_children
 from ftoperator.config import Settings
-from ftoperator.planner import Failure, attempt_failure, pod_failure
+from ftoperator.failures import Failure, attempt_failure, pod_failure
 from fttestkit.builders import make_batch_job, make_job, make_pod
 
 
