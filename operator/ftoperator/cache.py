@@ -194,7 +194,7 @@ def as_written(
     `status_schema` filled in (as the API server fills them: `restarts: 0` where the patch
     had none) and the metadata the API server answered (its new resourceVersion). What the
     API server stored, unless someone else wrote the status in between: then the watch
-    brings the stored object, newer than this, soon after (Controller._freshest)."""
+    brings the stored object soon after (Controller._freshest)."""
     metadata = {k: v for k, v in metadata.items() if k != "managedFields"}
     status = apply_merge_patch(body.get("status") or {}, status_patch)
     if status_schema is not None:  # defaulted() fills in place: a copy, not the cache's

@@ -16,8 +16,13 @@ meanwhile: attempt 0 is what an empty status means, its children's creates are i
 and the settings the first attempt used are read back from its Job (config.settings_of).
 
 The cache may lag behind the operator's own status write by one watch event; the object
-that write returned is kept and used until the watch has caught up (by resourceVersion),
-so a pass never plans from a status older than one it wrote itself.
+that write returned is kept and used until the watch shows that very resourceVersion
+(compared for equality only: it is opaque), so a pass never plans from a status older than
+one it wrote itself.
+
+What the controller keeps of a job between passes is one JobState; reconcile() reads top
+to bottom: observe what the cache cannot answer, plan (planner.py decides), write the
+status and act (children/ renders, kube.py sends), verify the children, re-queue.
 """
 
 from __future__ import annotations
@@ -47,13 +52,12 @@ from .children import (
     build_children,
     build_namespace_identity,
 )
-from .config import DEFAULTS, OPERATOR, Settings, settings_of, settings_used, with_recorded
+from .config import DEFAULTS, OPERATOR, Settings, settings_of, with_recorded
 from .kube import ChildError, Kube, owned_by
 from .kueue import owned_workload, queue_state
 from .merge_patch import merge_patch
 from .observability import METRICS, Metrics
 from .planner import (
-    NEEDS_NEWER_OPERATOR,
     WAITING_FOR_PODS,
     CreateAttempt,
     DeleteJob,
@@ -61,14 +65,11 @@ from .planner import (
     Event,
     Observed,
     Plan,
+    Stored,
     SuspendJob,
-    editable,
-    held_for_newer_operator,
-    note_newer_fields,
-    reconcile,
+    decide,
     rejected,
 )
-from .policy import policy_violation
 from .status_format import status_needs_newer_operator
 from .timestamps import api_time
 from .workqueue import WorkQueue
@@ -91,6 +92,9 @@ PARSE_CACHE_SIZE = 4096
 # A namespace's shared trainer identity is made sure of (three GETs) at most this often, by
 # the attempts created or checked then: one deleted meanwhile is made again within a minute.
 IDENTITY_FRESH_SECONDS = 60.0
+# How long the object a status write returned is planned from while its watch event has
+# not come (Controller._freshest); past it, the watch is trusted (it may have listed again).
+WRITTEN_KEPT_SECONDS = 60.0
 
 
 @dataclass
@@ -109,6 +113,36 @@ class Held:
         return list(self.events)
 
 
+@dataclass(slots=True)
+class JobState:
+    """What the controller keeps of one FineTuneJob between its passes, in one place:
+    forgetting a job is one pop (Controller._forget)."""
+
+    written: dict[str, Any] | None = None
+    """The object this operator's last status write returned, until the watch has brought
+    it back (_freshest)."""
+    written_at: float = 0.0
+    """Monotonic time of that write."""
+    held: Held | None = None
+    """A new job's first status, planned but held back with its Events (_hold)."""
+    parsed: tuple[tuple[Any, ...], Parsed] | None = None
+    """The last parse of its spec, with what it was parsed from (_parse_once)."""
+    planned: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The objects its last pass planned from: (kind, name) -> resourceVersion."""
+    requeue: float = 0.0
+    """The soonest re-queue the pass under way wants (_requeue_after), in seconds."""
+    children_checked: float | None = None
+    """Loop time of the last verification of its children (_check_children)."""
+    children_changed: bool = False
+    """One of its prerequisites changed or vanished (child_changed): the next pass checks."""
+    unknown_status: list[Loc] = field(default_factory=list)
+    """Where its stored status holds fields newer than this code (written back as is)."""
+    told_unreadable: str | None = None
+    """The message told (Event) when its status holds values this code cannot read."""
+    awaiting_pods: str | None = None
+    """The name of its Job that lacks pods past the grace (_await_pods)."""
+
+
 class Controller:
     def __init__(
         self, kube: Kube, settings: Settings, *, workers: int = 64, metrics: Metrics = METRICS
@@ -118,34 +152,21 @@ class Controller:
         self.settings = settings
         self.cache = Cache()
         self.queue = WorkQueue(self.reconcile, workers=workers)
-        self._written: dict[Key, dict[str, Any]] = {}  # the status writes not yet watched
-        # A new job's first status, planned but held back (with its Events).
-        self._held: dict[Key, Held] = {}
+        self._jobs: dict[Key, JobState] = {}
         self.first_status_grace_seconds = FIRST_STATUS_GRACE_SECONDS
         # (what, namespace) -> (loop time, the read made then): _shared_read
         self._shared_reads: dict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = {}
         self.resync_seconds = float(DEFAULTS["resync-seconds"])
         self.child_check_seconds = float(DEFAULTS["child-check-seconds"])
-        self._children_checked: dict[Key, float] = {}  # key -> loop time of the last check
-        # The jobs one of whose prerequisites changed or vanished (child_changed): checked
-        # by their next pass.
-        self._children_changed: set[Key] = set()
         # The stored CRD's schema (the served version's openAPIV3Schema), from its watch:
         # what a field newer than this code defaults to (ftapi.skew).
         self.crd_schema: dict[str, Any] | None = None
-        # Where a job's stored status holds fields newer than this code (written back as is).
-        self._unknown_status: dict[Key, list[Loc]] = {}
-        # The message told (Event) for a job whose status holds values this code cannot read.
-        self._told_unreadable: dict[Key, str] = {}
-        # The last parse of each job's spec, with what it was parsed from (_parse_once).
-        self._parsed: dict[Key, tuple[tuple[Any, ...], Parsed]] = {}
-        # The soonest re-queue each pass under way wants (_requeue_after), in seconds.
-        self._requeues: dict[Key, float] = {}
-        # The objects each job's last pass planned from: (kind, name) -> resourceVersion.
-        self._planned: dict[Key, dict[tuple[str, str], int]] = {}
-        # The jobs whose Job lacks pods past the grace, by namespace (key -> Job name), and
-        # each namespace's poll of their FailedCreate Events (_poll_create_failures).
-        self._awaiting_pods: dict[str, dict[Key, str]] = {}
+        # The jobs whose parse is kept, the most recently used last (_parse_once); a key
+        # whose job was forgotten meanwhile is dropped when it comes first.
+        self._recent_parses: dict[Key, None] = {}
+        # The jobs whose Job lacks pods past the grace, by namespace, and each namespace's
+        # poll of their FailedCreate Events (_poll_create_failures).
+        self._awaiting_pods: dict[str, set[Key]] = {}
         self._polls: dict[str, asyncio.TimerHandle] = {}
         self._poll_tasks: set[asyncio.Task[None]] = set()
 
@@ -161,29 +182,22 @@ class Controller:
     # --- the pass -------------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> None:
+        """One pass: observe what the cache cannot answer, plan, write the status and act,
+        verify the children, re-queue."""
         stored = self._freshest(key)
         if stored is None:
-            self._written.pop(key, None)
-            self._held.pop(key, None)
-            self._children_checked.pop(key, None)
-            self._children_changed.discard(key)
-            self._unknown_status.pop(key, None)
-            self._told_unreadable.pop(key, None)
-            self._parsed.pop(key, None)
-            self._planned.pop(key, None)
-            self._stop_awaiting(key)
+            self._forget(key)
             return
+        state = self._state(key)
         if stored.get("metadata", {}).get("deletionTimestamp"):
-            self._held.pop(key, None)
+            state.held = None
             return  # garbage collection removes the children (owner references)
         body = self._with_held_status(key, stored)
         started = time.monotonic()
-        self._requeues[key] = self.resync_seconds
+        state.requeue = self.resync_seconds
         try:
-            await self._read_through(key, body)
-            await self._read_create_failure(key, body)
-            await self._read_queue_state(key, body)
-            self._planned[key] = self._versions(key, stored)
+            await self._observe(key, body)
+            state.planned = self._versions(key, stored)
             job, plan = self.plan(key, body)
             if await self._execute(key, stored, job, plan):
                 await self._check_children(key, body, job, plan)
@@ -192,12 +206,31 @@ class Controller:
             raise
         finally:
             self.metrics.observe_reconcile(time.monotonic() - started)
-            delay = self._requeues.pop(key)
+        self._requeue(key, state, plan)
+
+    def _state(self, key: Key) -> JobState:
+        return self._jobs.setdefault(key, JobState())
+
+    def _forget(self, key: Key) -> None:
+        """The job is gone: nothing of it is kept (its parse's place in _recent_parses and
+        its entry in a namespace's poll are dropped when next seen)."""
+        self._jobs.pop(key, None)
+
+    async def _observe(self, key: Key, body: dict[str, Any]) -> None:
+        """What the pass needs and the cache may not hold: the current attempt's Job and
+        pods when the cache is behind, why pods are missing, why Kueue holds the job."""
+        await self._read_through(key, body)
+        await self._read_create_failure(key, body)
+        await self._read_queue_state(key, body)
+
+    def _requeue(self, key: Key, state: JobState, plan: Plan) -> None:
+        """The next pass: the soonest of what the pass's steps and its plan asked for, and
+        of a held first status's grace."""
+        delay = state.requeue
         if plan.requeue_after is not None:
             delay = min(delay, plan.requeue_after + 0.5)
-        held = self._held.get(key)
-        if held is not None:  # its grace ends: written then, whatever else happens
-            delay = min(delay, held.due - asyncio.get_running_loop().time() + 0.05)
+        if state.held is not None:  # its grace ends: written then, whatever else happens
+            delay = min(delay, state.held.due - asyncio.get_running_loop().time() + 0.05)
         # Replacing the re-queue the last pass asked for: a reason it had (pods missing, a
         # status held back) that is gone now costs no pass (docs/operator.md).
         self.queue.requeue_after(key, delay)
@@ -205,7 +238,8 @@ class Controller:
     def _requeue_after(self, key: Key, seconds: float) -> None:
         """This pass wants the job re-queued within `seconds` (reconcile asks for the
         soonest of what its steps wanted)."""
-        self._requeues[key] = min(self._requeues.get(key, seconds), seconds)
+        state = self._state(key)
+        state.requeue = min(state.requeue, seconds)
 
     async def _read_through(self, key: Key, body: dict[str, Any]) -> None:
         """Ask the API server when the cache is behind: the current attempt's Job is not in
@@ -286,7 +320,8 @@ class Controller:
     def _await_pods(self, key: Key, job_name: str) -> None:
         """The job's Job lacks pods past the grace: the namespace's poll watches for why."""
         namespace = key[0]
-        self._awaiting_pods.setdefault(namespace, {})[key] = job_name
+        self._state(key).awaiting_pods = job_name
+        self._awaiting_pods.setdefault(namespace, set()).add(key)
         if namespace not in self._polls:
             loop = asyncio.get_running_loop()
             self._polls[namespace] = loop.call_later(
@@ -294,9 +329,12 @@ class Controller:
             )
 
     def _stop_awaiting(self, key: Key) -> None:
+        state = self._jobs.get(key)
+        if state is not None:
+            state.awaiting_pods = None
         awaiting = self._awaiting_pods.get(key[0])
         if awaiting is not None:
-            awaiting.pop(key, None)
+            awaiting.discard(key)
 
     def _start_poll(self, namespace: str) -> None:
         self._polls.pop(namespace, None)
@@ -309,15 +347,19 @@ class Controller:
         pods; a pass only for those whose reason changed. Again every
         CREATE_FAILURE_POLL_SECONDS while any is left (their passes drop them once the pods
         exist, or the job is gone or finished)."""
-        awaiting = self._awaiting_pods.get(namespace) or {}
+        awaiting = self._awaiting_pods.get(namespace) or set()
+        awaiting -= {key for key in awaiting if self._awaited_job(key) is None}  # forgotten
         if awaiting:
             try:
                 failures = await self._create_failures_in(namespace)
             except Exception as error:  # the next poll reads again
                 log.warning("%s: reading FailedCreate Events failed: %s", namespace, error)
             else:
-                for key, job_name in list(awaiting.items()):
-                    if self._set_create_failure(key, failures.get(job_name)):
+                for key in list(awaiting):
+                    job_name = self._awaited_job(key)
+                    if job_name is not None and self._set_create_failure(
+                        key, failures.get(job_name)
+                    ):
                         self.queue.add(key)
         if self._awaiting_pods.get(namespace):
             self._polls[namespace] = asyncio.get_running_loop().call_later(
@@ -325,6 +367,10 @@ class Controller:
             )
         else:
             self._awaiting_pods.pop(namespace, None)
+
+    def _awaited_job(self, key: Key) -> str | None:
+        state = self._jobs.get(key)
+        return state.awaiting_pods if state is not None else None
 
     async def stop(self) -> None:
         """Stop the namespaces' polls, then the workers."""
@@ -423,7 +469,8 @@ class Controller:
         job for it would only plan the same again (a fifth of a burst's passes). Any other
         change brings an event of its own, and time-based looks come from timers."""
         version = _version(body)
-        return version > 0 and self._planned.get(key, {}).get((kind, name)) == version
+        state = self._jobs.get(key)
+        return bool(version) and state is not None and state.planned.get((kind, name)) == version
 
     def child_changed(self, key: Key, event: str, body: dict[str, Any]) -> bool:
         """A watch event of one of the job's prerequisites (its ConfigMap, Service,
@@ -438,10 +485,10 @@ class Controller:
         uid = str((stored.get("metadata") or {}).get("uid") or "")
         if event == "ADDED" and owned_by(body, uid):
             return False
-        self._children_changed.add(key)
+        self._state(key).children_changed = True
         return True
 
-    def _versions(self, key: Key, stored: dict[str, Any]) -> dict[tuple[str, str], int]:
+    def _versions(self, key: Key, stored: dict[str, Any]) -> dict[tuple[str, str], str]:
         """What a pass plans from, for planned_from: the FineTuneJob as stored (unless it is
         a write of ours with an older spec, which no event shows), its Jobs and pods."""
         versions = {
@@ -449,7 +496,7 @@ class Controller:
             for kind, group in (("Job", self.cache.batch_jobs), ("Pod", self.cache.pods))
             for name, child in group.get(key, {}).items()
         }
-        if stored is self.cache.jobs.get(key) or stored is self._written.get(key):
+        if stored is self.cache.jobs.get(key) or stored is self._state(key).written:
             versions[KIND, key[1]] = _version(stored)
         return versions
 
@@ -477,34 +524,48 @@ class Controller:
         """The parsed spec (None when it does not parse) and the plan for it."""
         job, plan = self._plan(key, body)
         if plan.status.phase in TERMINAL_PHASES:  # few passes left: not worth its memory
-            self._parsed.pop(key, None)
+            self._state(key).parsed = None
         return job, plan
 
     def _plan(self, key: Key, body: dict[str, Any]) -> tuple[FineTuneJob | None, Plan]:
-        # Lenient: a newer operator (before a rollback) may have written fields or values
-        # this one does not know; _execute writes them back as they were.
-        status, unknown_status, unreadable = read_status(body.get("status") or {})
-        if unknown_status:
-            self._unknown_status[key] = unknown_status
-        else:
-            self._unknown_status.pop(key, None)
-        now = datetime.now(UTC)
+        """What the stored object and the cache say, handed to the planner, which decides.
+        Lenient: a newer operator (before a rollback) may have written fields or values
+        this one does not know; _execute writes them back as they were."""
+        state = self._state(key)
+        status, state.unknown_status, unreadable = read_status(body.get("status") or {})
         job, invalid, unknown = self._parse_once(key, body)
+        stored = Stored(
+            job=job,
+            invalid=invalid,
+            generation=body.get("metadata", {}).get("generation"),
+            raw_ttl=_raw_ttl(body),
+            unreadable=tuple(unreadable),
+            told_unreadable=state.told_unreadable,
+            newer=self._newer_fields(key, body, unknown),
+        )
+        plan = decide(stored, self._observed(key, body, status), self.settings, OPERATOR)
         if unreadable:
-            # Acting on a state it cannot read could restart a job that runs or end one
-            # that is done: the job is left as it is, and the reason told once.
-            message = status_needs_newer_operator(unreadable, OPERATOR)
-            told, self._told_unreadable[key] = self._told_unreadable.get(key), message
-            events = [] if told == message else [Event("Warning", NEEDS_NEWER_OPERATOR, message)]
-            log.warning("%s/%s: %s", *key, message)
-            return job, Plan(status=editable(status), events=events)
-        self._told_unreadable.pop(key, None)
-        if unknown and self.crd_schema is None:
-            # The CRD's watch has not delivered yet (the operator just started): what the
-            # newer fields hold cannot be judged, so nothing changes until it has.
+            state.told_unreadable = status_needs_newer_operator(unreadable, OPERATOR)
+            log.warning("%s/%s: %s", *key, state.told_unreadable)
+        else:
+            state.told_unreadable = None
+        return job, plan
+
+    def _newer_fields(
+        self, key: Key, body: dict[str, Any], unknown: list[Loc]
+    ) -> NewerFields | None:
+        """Where the spec holds fields newer than this code, judged against the stored
+        CRD's schema; None while that has not been seen (the operator just started)."""
+        if not unknown:
+            return NewerFields()
+        if self.crd_schema is None:
             log.info("%s/%s: fields newer than this operator; waiting for the CRD", *key)
-            return job, Plan(status=editable(status), requeue_after=2.0)
-        newer = newer_fields(body, unknown, self.crd_schema) if unknown else NewerFields()
+            return None
+        return newer_fields(body, unknown, self.crd_schema)
+
+    def _observed(self, key: Key, body: dict[str, Any], status: FineTuneJobStatus) -> Observed:
+        """What the cache holds of the job's world: its attempt's Job and pods (by owner),
+        the trainer's reports, lost nodes, why pods are missing or the job is queued."""
         names = Names(key[1], status.attempt)
         uid = body.get("metadata", {}).get("uid", "")
         batch_jobs, attempt_pods = self._owned(key, uid, status.attempt)
@@ -513,9 +574,9 @@ class Controller:
             for name, child in batch_jobs.items()
             if name != names.batch_job and not child.get("metadata", {}).get("deletionTimestamp")
         ]
-        observed = Observed(
+        return Observed(
             status=status,
-            now=now,
+            now=datetime.now(UTC),
             batch_job=batch_jobs.get(names.batch_job),
             pods=attempt_pods,
             other_jobs=sorted(others),
@@ -526,32 +587,6 @@ class Controller:
             queue_state=self.cache.queue_states.get(key),
             progress_error=self.cache.progress_error_of(key),
         )
-        generation = body.get("metadata", {}).get("generation")
-        if job is None:
-            ttl = _raw_ttl(body)
-            return None, rejected(status, invalid or "invalid spec", generation, now, ttl=ttl)
-        # Checked before every attempt is created (a restart after the allow-list changed
-        # too), never against a Job that already runs.
-        if names.batch_job not in batch_jobs:
-            refused = policy_violation(job, with_recorded(self.settings, status.settings))
-            if refused is not None:
-                ttl = job.spec.run_policy.ttl_seconds_after_finished
-                reason, message = refused
-                return job, rejected(status, message, generation, now, reason, ttl)
-        if newer.set and names.batch_job not in batch_jobs and status.phase not in TERMINAL_PHASES:
-            return job, held_for_newer_operator(status, newer, OPERATOR, generation, now)
-        plan = reconcile(job, observed)
-        if newer:
-            note_newer_fields(plan, status, newer, OPERATOR, generation, now)
-        if plan.status.settings is None:
-            # Recorded with the first status (docs/install.md): what the attempt's Job was
-            # made with when it exists (an operator that died before writing the first
-            # status, then started with other settings), else what it is about to be.
-            if observed.batch_job is not None:
-                plan.status.settings = settings_of(observed.batch_job, job.spec.model.hub_endpoint)
-            elif any(isinstance(a, CreateAttempt) for a in plan.actions):
-                plan.status.settings = settings_used(job, self.settings)
-        return job, plan
 
     def _parse_once(self, key: Key, body: dict[str, Any]) -> Parsed:
         """_parse, again only when what it reads changed: a job's spec and identity change
@@ -565,16 +600,22 @@ class Controller:
         more than 512 other jobs' when the burst queues up): 10 % of the operator's CPU,
         0.3 ms a parse; 4096 cost 48 MB of peak RSS there (docs/benchmarks.md)."""
         signature = _parsed_from(body)
-        held = self._parsed.pop(key, None)
+        state = self._state(key)
+        held = state.parsed
         if held is not None and held[0] == signature:
             parsed = held[1]
         else:
             parsed = _parse(_manifest_of(signature))
         # The signature of this body, not the last one's: an equal copy kept from a body the
         # cache has since replaced would hold a second copy of the spec.
-        self._parsed[key] = (signature, parsed)  # last: the most recently used
-        if len(self._parsed) > PARSE_CACHE_SIZE:
-            del self._parsed[next(iter(self._parsed))]
+        state.parsed = (signature, parsed)
+        self._recent_parses.pop(key, None)
+        self._recent_parses[key] = None  # last: the most recently used
+        if len(self._recent_parses) > PARSE_CACHE_SIZE:
+            oldest = next(iter(self._recent_parses))
+            del self._recent_parses[oldest]
+            if oldest in self._jobs:
+                self._jobs[oldest].parsed = None
         return parsed
 
     async def _execute(
@@ -587,19 +628,20 @@ class Controller:
         namespace, name = key
         before = body.get("status") or {}
         after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if key in self._unknown_status:
-            after = kept(after, before, self._unknown_status[key])
+        state = self._state(key)
+        if state.unknown_status:
+            after = kept(after, before, state.unknown_status)
         patch = merge_patch(before, after)
         held = bool(patch) and self._hold(key, before, plan, after)
         events = [] if held else plan.events
         if patch and not held:
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
-            released = self._held.pop(key, None)
+            released, state.held = state.held, None
             if released is not None:
                 events = released.events_to_tell(plan.status.phase) + events
             if stored is None:
                 return False
-            self._written[key] = as_written(body, patch, stored, self._status_schema())
+            self._wrote(state, as_written(body, patch, stored, self._status_schema()))
         try:
             if plan.actions:  # most passes act on nothing: no copy of the settings for them
                 settings = with_recorded(self.settings, plan.status.settings)
@@ -636,7 +678,8 @@ class Controller:
             ttl,
         )
         # Held: nothing was stored yet; its Events ("Created") were not true after all.
-        held = self._held.pop(key, None)
+        state = self._state(key)
+        held, state.held = state.held, None
         written = {} if held else status.model_dump(mode="json", by_alias=True, exclude_none=True)
         await self._execute(key, {**body, "status": written}, job, failed)
 
@@ -651,27 +694,27 @@ class Controller:
         Deleted children are created again, edited Roles/RoleBindings/NetworkPolicies put
         back (drift.REPAIRABLE), a stranger's object under a child's name fails the job
         (ChildConflict). An attempt's creation verifies them all (so does the next one)."""
+        state = self._state(key)
         if job is None or plan.status.phase in TERMINAL_PHASES:
-            self._children_checked.pop(key, None)
-            self._children_changed.discard(key)
+            state.children_checked, state.children_changed = None, False
             return
         now = asyncio.get_running_loop().time()
         if any(isinstance(action, CreateAttempt) for action in plan.actions):
-            self._children_checked[key] = now
-            self._children_changed.discard(key)
+            state.children_checked, state.children_changed = now, False
             return
-        last = self._children_checked.setdefault(key, now)
+        if state.children_checked is None:
+            state.children_checked = now
         every = self.child_check_seconds
-        due = key in self._children_changed or (every > 0 and now - last >= every)
+        due = state.children_changed or (every > 0 and now - state.children_checked >= every)
         if plan.actions or not due:
             return
         attempt = plan.status.attempt
         uid = job.metadata.uid or ""
         jobs, _ = self._owned(key, uid, attempt)
-        self._children_changed.discard(key)  # a change from now on brings another look
+        state.children_changed = False  # a change from now on brings another pass
         if Names(key[1], attempt).batch_job not in jobs:
             return  # not started (or torn down): its creation verifies the children
-        self._children_checked[key] = now
+        state.children_checked = now
         settings = with_recorded(self.settings, plan.status.settings)
         children = build_children(job, attempt=attempt, settings=settings)
         *prerequisites, _ = children.stages()
@@ -684,7 +727,7 @@ class Controller:
         except ChildError as error:
             await self._fail_child(key, body, job, plan.status, error)
         except Exception:
-            self._children_changed.add(key)  # not verified: the pass's retry checks again
+            state.children_changed = True  # not verified: the pass's retry checks again
             raise
 
     async def _act(
@@ -732,16 +775,16 @@ class Controller:
         if used is None:
             return
         recorded = used.model_dump(mode="json", by_alias=True, exclude_none=True)
-        held = self._held.get(key)
-        if held is not None:
-            held.status["settings"] = recorded
+        state = self._state(key)
+        if state.held is not None:
+            state.held.status["settings"] = recorded
             return
-        body = self._written.get(key) or self.cache.jobs.get(key) or {}
+        body = state.written or self.cache.jobs.get(key) or {}
         if (body.get("status") or {}).get("settings") != recorded:
             patch = {"settings": recorded}
             stored = await asyncio.to_thread(self.kube.patch_status, namespace, name, patch)
             if stored is not None:
-                self._written[key] = as_written(body, patch, stored, self._status_schema())
+                self._wrote(state, as_written(body, patch, stored, self._status_schema()))
 
     def _status_schema(self) -> dict[str, Any] | None:
         """The stored CRD's schema of the status (its defaults: cache.as_written); None
@@ -759,49 +802,63 @@ class Controller:
         if plan.status.message != WAITING_FOR_PODS:  # a reason the user must read: now
             return False
         now = asyncio.get_running_loop().time()
-        held = self._held.get(key) or Held(due=now + self.first_status_grace_seconds)
+        state = self._state(key)
+        held = state.held or Held(due=now + self.first_status_grace_seconds)
         if now >= held.due:
             return False
         held.status = planned
         held.events += [e for e in plan.events if e not in held.events]  # told once
-        self._held[key] = held
+        state.held = held
         return True
 
     def _with_held_status(self, key: Key, stored: dict[str, Any]) -> dict[str, Any]:
         """The object to plan from: as stored, or with the first status this operator holds
         back for it (as long as nothing has been stored since: another operator's write, a
         leader change, wins)."""
-        held = self._held.get(key)
-        if held is None:
+        state = self._jobs.get(key)
+        if state is None or state.held is None:
             return stored
         if stored.get("status"):
-            self._held.pop(key, None)
+            state.held = None
             return stored
-        return {**stored, "status": held.status}
+        return {**stored, "status": state.held.status}
+
+    def _wrote(self, state: JobState, written: dict[str, Any]) -> None:
+        state.written = written
+        state.written_at = time.monotonic()
 
     def _freshest(self, key: Key) -> dict[str, Any] | None:
+        """The object to plan from: as watched, or what this operator's last status write
+        returned (with the spec as watched) until the watch brings that write back.
+        resourceVersions are opaque: the watch has caught up when it shows the write's very
+        version (events come in order), and a write is trusted at most WRITTEN_KEPT_SECONDS
+        (a watch that listed again may never show that version)."""
         watched = self.cache.jobs.get(key)
-        written = self._written.get(key)
-        if watched is None or written is None:
+        state = self._jobs.get(key)
+        written = state.written if state is not None else None
+        if watched is None or state is None or written is None:
             return watched
-        if written["metadata"].get("uid") != watched["metadata"].get("uid"):
-            self._written.pop(key, None)  # deleted and created again under the same name
+        if (
+            written["metadata"].get("uid") != watched["metadata"].get("uid")  # made again
+            or _version(written) == _version(watched)
+            or time.monotonic() - state.written_at > WRITTEN_KEPT_SECONDS
+        ):
+            state.written = None
             return watched
-        if _version(written) > _version(watched):
-            # Our write's result, with the spec as the watch last saw it.
-            if written.get("spec") == watched.get("spec"):
-                return written
-            return {**written, "spec": watched.get("spec", written.get("spec"))}
-        self._written.pop(key, None)
-        return watched
+        if written.get("spec") == watched.get("spec"):
+            return written
+        return {**written, "spec": watched.get("spec", written.get("spec"))}
 
     def jobs_now(self) -> list[dict[str, Any]]:
         """Every FineTuneJob in the cache, with the status this operator last wrote when the
         watch has not brought it back yet (what /metrics reports)."""
-        return [
-            self._written.get(key) or self._with_held_status(key, body)
-            for key, body in self.cache.jobs.items()
-        ]
+        return [self._freshest_for_metrics(key, body) for key, body in self.cache.jobs.items()]
+
+    def _freshest_for_metrics(self, key: Key, watched: dict[str, Any]) -> dict[str, Any]:
+        state = self._jobs.get(key)
+        if state is not None and state.written is not None:
+            return state.written
+        return self._with_held_status(key, watched)
 
 
 async def _gather_all(calls: Any) -> None:
@@ -881,11 +938,9 @@ def _age_seconds(obj: dict[str, Any]) -> float:
     return (datetime.now(UTC) - born).total_seconds()
 
 
-def _version(body: dict[str, Any]) -> int:
-    try:
-        return int(body.get("metadata", {}).get("resourceVersion", 0))
-    except ValueError:
-        return 0
+def _version(body: dict[str, Any]) -> str:
+    """An object's resourceVersion: opaque, only ever compared for equality."""
+    return str(body.get("metadata", {}).get("resourceVersion") or "")
 
 
 def served_schema(crd: dict[str, Any] | None) -> dict[str, Any] | None:

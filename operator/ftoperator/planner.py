@@ -1,9 +1,15 @@
-"""reconcile(job, observed) -> Plan: the FineTuneJob's next status and what to do. Pure.
+"""decide(stored, observed, settings) -> Plan: the FineTuneJob's next status and what to do.
+Pure: every decision from what the controller observed to what it writes and does.
 
-    plan = reconcile(job, Observed(status=..., batch_job=..., pods=[...], now=...))
+    plan = decide(Stored(job=..., ...), Observed(status=..., batch_job=..., pods=[...], now=...),
+                  settings, operator)
     plan.status      # FineTuneJobStatus to write (phase, conditions, progress, restarts...)
     plan.actions     # CreateAttempt / DeleteJob / SuspendJob / DeleteSelf, in order
     plan.events      # one Event per transition
+
+decide() decides, in order: a status this operator cannot read (left alone), fields newer
+than it whose meaning it cannot judge yet (wait), a spec that does not parse or that the
+policy refuses (Failed), newer fields set (held), else the lifecycle (reconcile()).
 
 Level-triggered: the same observation always gives the same plan, so a handler may run it
 any number of times, and an operator killed halfway through a plan finds, on restart, the
@@ -22,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ftapi.contract import TRAINER_CONTAINER, worse_than_base
+from ftapi.loading import FieldError
 from ftapi.progress import ProgressReport, RankReport, heartbeat_seconds
 from ftapi.skew import NewerFields
 from ftapi.v1alpha1 import FineTuneJob, FineTuneJobStatus
@@ -42,6 +49,7 @@ from ftapi.v1alpha1.status import (
 )
 
 from .children import Names
+from .config import Settings, settings_of, settings_used, with_recorded
 from .failures import (
     BLOCKERS,
     FINAL,
@@ -52,6 +60,7 @@ from .failures import (
     refused_as_invalid,
 )
 from .kueue import QueueState
+from .policy import policy_violation
 from .ranks import (
     other_stalls,
     peer_stalls_due,
@@ -60,7 +69,13 @@ from .ranks import (
     track_stragglers,
     where,
 )
-from .status_format import copy_progress, needs_newer_operator, spoken, summarise
+from .status_format import (
+    copy_progress,
+    needs_newer_operator,
+    spoken,
+    status_needs_newer_operator,
+    summarise,
+)
 from .timestamps import api_time
 
 # Reasons of version skew (ftapi.skew).
@@ -138,6 +153,67 @@ class Plan:
     """Look again after this many seconds even if nothing changes (TTL, deadline)."""
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What the stored FineTuneJob says before any decision is made from it."""
+
+    job: FineTuneJob | None
+    """Its spec, parsed; None when it does not parse (`invalid` says why)."""
+    invalid: str | None = None
+    generation: int | None = None
+    raw_ttl: int | None = None
+    """ttlSecondsAfterFinished read from the raw manifest (for a spec that does not parse)."""
+    unreadable: tuple[FieldError, ...] = ()
+    """Values in its status this operator cannot read (an operator newer than it wrote them)."""
+    told_unreadable: str | None = None
+    """What was told (an Event) the last time its status could not be read."""
+    newer: NewerFields | None = field(default_factory=NewerFields)
+    """Where its spec holds fields newer than this operator; None while they cannot be
+    judged (the CRD's schema, which says their defaults, has not been seen yet)."""
+
+
+def decide(stored: Stored, observed: Observed, settings: Settings, operator: str) -> Plan:
+    """The job's next status and actions: every decision from what is observed (the
+    module's docstring lists them in order)."""
+    status, now, generation = observed.status, observed.now, stored.generation
+    if stored.unreadable:
+        # Acting on a state it cannot read could restart a job that runs or end one that
+        # is done: the job is left as it is, and the reason told once.
+        message = status_needs_newer_operator(list(stored.unreadable), operator)
+        told = stored.told_unreadable == message
+        events = [] if told else [Event("Warning", NEEDS_NEWER_OPERATOR, message)]
+        return Plan(status=editable(status), events=events)
+    if stored.newer is None:  # nothing changes until the CRD's watch has delivered
+        return Plan(status=editable(status), requeue_after=2.0)
+    job = stored.job
+    if job is None:
+        invalid = stored.invalid or "invalid spec"
+        return rejected(status, invalid, generation, now, ttl=stored.raw_ttl)
+    if observed.batch_job is None:
+        # Checked before every attempt is created (a restart after the allow-list changed
+        # too), never against a Job that already runs.
+        refused = policy_violation(job, with_recorded(settings, status.settings))
+        if refused is not None:
+            reason, message = refused
+            ttl = job.spec.run_policy.ttl_seconds_after_finished
+            return rejected(status, message, generation, now, reason, ttl)
+        if stored.newer.set and status.phase not in TERMINAL_PHASES:
+            return held_for_newer_operator(status, stored.newer, operator, generation, now)
+    planned = reconcile(job, observed)
+    if stored.newer:
+        note_newer_fields(planned, status, stored.newer, operator, generation, now)
+    if planned.status.settings is None:
+        # Recorded with the first status (docs/install.md): what the attempt's Job was made
+        # with when it exists (an operator that died before writing the first status, then
+        # started with other settings), else what it is about to be.
+        if observed.batch_job is not None:
+            hub = job.spec.model.hub_endpoint
+            planned.status.settings = settings_of(observed.batch_job, hub)
+        elif any(isinstance(a, CreateAttempt) for a in planned.actions):
+            planned.status.settings = settings_used(job, settings)
+    return planned
+
+
 def editable(status: FineTuneJobStatus) -> FineTuneJobStatus:
     """A deep copy of `status` for a plan to change, the one it came from kept as it was:
     rebuilt from its dump, 2.6x faster than model_copy(deep=True)'s deepcopy (36 against
@@ -146,6 +222,8 @@ def editable(status: FineTuneJobStatus) -> FineTuneJobStatus:
 
 
 def reconcile(job: FineTuneJob, observed: Observed) -> Plan:
+    """The lifecycle of a valid job the policy admits: phase, conditions, restarts,
+    progress and the actions on its attempts' Jobs."""
     previous = observed.status
     plan = Plan(status=editable(previous))
     status = plan.status

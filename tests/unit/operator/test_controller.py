@@ -272,6 +272,42 @@ def test_a_status_write_is_kept_as_the_patch_applied_with_the_answers_metadata()
     assert body["status"]["progress"] == {"step": 3} and "restarts" not in body["status"]
 
 
+def test_a_status_write_is_planned_from_until_the_watch_shows_its_very_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """resourceVersions are opaque: the object a status write returned is what passes plan
+    from until the watch shows that version, whatever the versions look like, and a watch
+    that never shows it (one that listed again) is trusted after WRITTEN_KEPT_SECONDS.
+    Forgetting a gone job drops all that is kept of it."""
+    clock = [1000.0]
+    monkeypatch.setattr(controller_module.time, "monotonic", lambda: clock[0])
+    controller = Controller(cast(Kube, _ApiServer()), Settings(default_image="img:1"))
+    key = ("ns", "a")
+    body = _body(make_job("a").obj())
+
+    def at(version: str, phase: str) -> dict[str, Any]:
+        metadata = {**body["metadata"], "resourceVersion": version}
+        return {**body, "metadata": metadata, "status": {"phase": phase}}
+
+    controller.cache.observe_job(key, at("9", "Pending"))  # an event from before the write
+    controller._wrote(controller._state(key), at("10", "Running"))
+    assert controller._freshest(key) == at("10", "Running")
+    controller.cache.observe_job(key, at("9x", "Pending"))  # not a number: still not ours
+    assert controller._freshest(key) == at("10", "Running")
+    controller.cache.observe_job(key, at("10", "Running"))  # the write's own event
+    assert controller._freshest(key) is controller.cache.jobs[key]
+    assert controller._jobs[key].written is None
+
+    controller._wrote(controller._state(key), at("12", "Succeeded"))
+    controller.cache.observe_job(key, at("11", "Running"))
+    clock[0] += controller_module.WRITTEN_KEPT_SECONDS + 1
+    assert controller._freshest(key) == at("11", "Running")  # the watch is trusted now
+
+    controller._state(key).held = controller_module.Held(due=0.0)
+    controller._forget(key)
+    assert key not in controller._jobs
+
+
 def test_only_the_most_recently_used_parses_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "PARSE_CACHE_SIZE", 2)
     controller = Controller(cast(Kube, _ApiServer()), Settings(default_image="img:1"))
@@ -282,9 +318,9 @@ def test_only_the_most_recently_used_parses_are_kept(monkeypatch: pytest.MonkeyP
     # signature is the new body's (the old body's copy of the spec can go).
     again = {**bodies["a"], "spec": copy.deepcopy(bodies["a"]["spec"]), "status": {"attempt": 0}}
     assert controller._parse_once(("ns", "a"), again)[0] is parsed_a
-    assert dict(controller._parsed["ns", "a"][0][1])["spec"] is again["spec"]
+    assert dict(controller._jobs["ns", "a"].parsed[0][1])["spec"] is again["spec"]
     controller._parse_once(("ns", "c"), bodies["c"])  # over the size: b, least recently used
-    assert list(controller._parsed) == [("ns", "a"), ("ns", "c")]
+    assert list(controller._recent_parses) == [("ns", "a"), ("ns", "c")]
     assert controller._parse_once(("ns", "b"), bodies["b"])[0] is not None  # parsed again
 
 
@@ -327,7 +363,7 @@ def test_a_new_jobs_pending_status_is_held_until_its_grace_ends() -> None:
         assert {c["type"] for c in held["status"]["conditions"]} >= {"ResourcesCreated"}
         assert _held_pass(controller, {}, plan)  # still within the grace
         # Its Events wait with it; "Created" is left out when the status is Running.
-        held_events = controller._held[("ns", "new")]
+        held_events = controller._jobs["ns", "new"].held
         assert [e.reason for e in held_events.events] == ["Created"]  # once, not per pass
         assert held_events.events_to_tell("Running") == []
         assert [e.reason for e in held_events.events_to_tell("Pending")] == ["Created"]
@@ -336,7 +372,7 @@ def test_a_new_jobs_pending_status_is_held_until_its_grace_ends() -> None:
         # Something stored meanwhile (another operator's write) wins over what is held.
         stored = {**body, "status": {"phase": "Running"}}
         assert controller._with_held_status(("ns", "new"), stored) is stored
-        assert ("ns", "new") not in controller._held
+        assert controller._jobs["ns", "new"].held is None
 
     asyncio.run(run())
 
@@ -574,7 +610,7 @@ def test_a_pass_asks_only_for_the_looks_it_still_needs_and_echoes_cost_no_pass()
         # A write whose spec is not the one the watch last showed (an edit on its way): the
         # pass plans from the watched spec, so that write's event is not taken as seen.
         edited = {**echo, "spec": {**echo["spec"], "training": {"maxSteps": 7}}}
-        controller._written[key] = echo
+        controller._jobs[key].written = echo
         older = {**echo["metadata"], "resourceVersion": "50"}
         controller.cache.observe_job(key, {**edited, "metadata": older})
         await controller.reconcile(key)
@@ -625,7 +661,8 @@ def test_jobs_lacking_pods_are_polled_once_per_namespace_and_passed_only_on_a_ne
         batch_job = controller.cache.batch_jobs[key][name]
         batch_job["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"  # past the grace
         await controller.reconcile(key)
-        assert controller._awaiting_pods == {"ns": {key: name}}
+        assert controller._awaiting_pods == {"ns": {key}}
+        assert controller._jobs[key].awaiting_pods == name
         queued()
         reads = server.reads
         await asyncio.sleep(0.2)  # polls, nothing new: no pass

@@ -124,7 +124,7 @@ def test_a_rollback_writes_a_newer_operators_status_fields_back_as_they_were() -
     stored = {"phase": "Running", "attempt": 0, "newerSummary": {"x": 1}}
     controller = _controller()
     controller.plan(KEY, _stored(status=stored))
-    assert controller._unknown_status[KEY] == [("newerSummary",)]
+    assert controller._jobs[KEY].unknown_status == [("newerSummary",)]
     assert kept({"phase": "Running"}, stored, [("newerSummary",)])["newerSummary"] == {"x": 1}
 
 
@@ -144,13 +144,13 @@ def test_a_status_value_from_a_newer_operator_leaves_the_job_alone_and_is_said_o
     assert OPERATOR in event.message
     # What _execute writes back is what was stored: nothing of the newer status is lost.
     after = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    assert kept(after, stored, controller._unknown_status[KEY])["phase"] == "Draining"
+    assert kept(after, stored, controller._jobs[KEY].unknown_status)["phase"] == "Draining"
     assert plan.status.attempt == 1 and plan.status.restarts == 1
     # Said once, not at every pass; a readable status ends the hold.
     _, again = controller.plan(KEY, _stored(status=stored))
     assert again.actions == [] and again.events == []
     _, readable = controller.plan(KEY, _stored(status={**stored, "phase": "Running"}))
-    assert KEY not in controller._told_unreadable
+    assert controller._jobs[KEY].told_unreadable is None
     assert "NeedsNewerOperator" not in [e.reason for e in readable.events]
 
 
