@@ -60,8 +60,8 @@ class Cache:
     monotonic time of the create (observe_created_job)."""
     on_node: dict[str, dict[Key, int]] = field(default_factory=dict)
     """node -> the jobs with pods bound there (how many pods each), kept from the cached
-    pods' nodeName: a node's change looks at its jobs without a scan of every pod (at 3000
-    jobs, 1.2 % of the operator's CPU went to that scan when the nodes came and went)."""
+    pods' nodeName, so that a node's change finds its jobs without scanning every pod: a
+    cost that grows with the jobs and recurs whenever nodes flap (docs/results/history.md)."""
 
     def observe_job(self, key: Key, body: dict[str, Any] | None) -> None:
         if body is None:
@@ -105,7 +105,7 @@ class Cache:
         """A Job this process has just created, as the API server answered the create: held
         until its watch event arrives (seconds later in a burst), so that the passes in
         between do not take the cache for behind and ask the API server (a GET and a pod
-        list per new job: 1.07 requests per job in a burst of 200). A watch event that came
+        list per new job; docs/results/history.md, "Requests per job"). A watch event that came
         first is as new or newer: it stays. One that never comes (the Job deleted at once,
         before this answer was held) is caught by unconfirmed_for()."""
         children = self.batch_jobs.setdefault(key, {})
@@ -174,8 +174,7 @@ def _node_of(pod: dict[str, Any] | None) -> str | None:
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
     """The object as the cache keeps it: without metadata.managedFields (nearly half of an
-    object's size, never read here: 1000 jobs' cache was 20 MB of JSON, 9 MB of it
-    managedFields), and compact()."""
+    object's size, and never read here; docs/results/history.md), and compact()."""
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and "managedFields" in metadata:
         body = {**body, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
@@ -208,10 +207,11 @@ _SHARED_STRING_LENGTH = 40
 
 def compact(value: Any) -> Any:
     """A copy of a decoded JSON value whose keys and short strings are shared with every
-    other cached object's (sys.intern). Each watch event is decoded on its own, so 3000
-    jobs' objects held 3000 copies of "metadata", "status", "Running", their label keys and
-    values...: interning took a FineTuneJob from 13 KB of Python objects to 6 KB, for 45 us
-    of CPU per event. Interned strings no longer referenced are freed (mortal)."""
+    other cached object's (sys.intern). Each watch event is decoded on its own, so every
+    job's objects would hold their own copies of "metadata", "status", "Running", their
+    label keys and values: sharing them halves a cached FineTuneJob for a little CPU per
+    event (docs/results/history.md). Interned strings no longer referenced are freed
+    (mortal)."""
     if isinstance(value, dict):
         return {_intern(k): compact(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -235,8 +235,8 @@ def slim_child(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     whole; of a pod's spec only nodeName (which node it runs on), of a Job's spec all but
     the pod template, and of that only the containers' name, image and env. The rest (the
     template's volumes, commands, resources, security contexts, tolerations; the pod's own
-    copy of all of them) is never read and was two thirds of what a running job held here,
-    which at 3000 jobs took the operator past its 300 MB."""
+    copy of all of them) is never read and was most of what a running job held here: kept,
+    it takes the operator past its memory target (docs/results/history.md)."""
     spec = body.get("spec")
     if not isinstance(spec, dict):
         return slim(body)

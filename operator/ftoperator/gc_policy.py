@@ -5,23 +5,22 @@ collection, less those freed, exceed 700; every 10th of those also collects gene
 and every 10th of those is a full collection, which visits every tracked object (when a
 quarter of the oldest generation is new). The operator's heap is mostly its informers'
 caches (the JSON of every job's pods, Jobs and FineTuneJob as dicts and lists), and
-every watch event replaces one object there. At 3000 jobs (bench/operator_load.py, the
-operator alone; docs/benchmarks.md) the collector took 9.2 s of the operator's 86 s of CPU:
-21 full collections of about 0.27 s (5.7 s), and 2,800 young ones (3.5 s) that each caught
-a pass's or a decoded event's objects in flight, which a moment later reference counting
-would have freed, and promoted them to be visited again in generation 1. Hardly any of
-that memory is cyclic: decoded JSON is freed when the next event replaces it.
+every watch event replaces one object there. At CPython's thresholds the collector is a
+real share of the operator's CPU at scale: full collections walk the whole cache, and the
+young ones catch a pass's or a decoded event's objects in flight, which a moment later
+reference counting would have freed, and promote them to be visited again in generation 1.
+Hardly any of that memory is cyclic: decoded JSON is freed when the next event replaces it.
 
 So, once the operator has imported everything:
-- `gc.freeze()`: what the imports made (about 88,000 objects: kubernetes' models, kopf,
-  pydantic's schemas) is moved to the permanent generation and never visited again;
+- `gc.freeze()`: what the imports made (kubernetes' models, kopf, pydantic's schemas) is
+  moved to the permanent generation and never visited again;
 - generation 0 is collected after a net 10,000 allocations instead of 700: what a pass
   allocates and drops is freed before a collection sees it, and the older generations
   follow at CPython's ratios (10 and 10), so a full collection comes after 1,000,000.
   Short-lived cycles (exceptions' tracebacks, asyncio's and aiohttp's objects) are still
   collected, a little later.
-In the same benchmark the collector then took 1.8 s (266 young, 23 middle and 2 full
-collections) and the operator's peak RSS did not change (257 MB).
+Together they cut the collector's CPU several-fold, at the same peak RSS
+(docs/results/history.md, "The garbage collector at 3000 jobs").
 
 What the collector costs is the metric finetune_operator_gc_seconds_total{generation}.
 """

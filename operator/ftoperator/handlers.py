@@ -44,7 +44,8 @@ CHILD_KINDS = ("Job", "Pod")
 # The NetworkPolicy only where the operator creates them (--network-policy).
 PREREQUISITE_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding")
 # A job's Job and pod events start a pass within this long, one pass for all of them
-# (WorkQueue.add_batched): 6.7 events per job at its start, 2 to 3 passes.
+# (WorkQueue.add_batched): a new job's first events cost a few passes, not one each
+# (docs/operator.md, "What costs a pass").
 CHILD_BATCH_SECONDS = 1.0
 
 
@@ -248,9 +249,9 @@ def watch_informers(
 class NoDiffBase(kopf.DiffBaseStorage):
     """kopf builds every watched object's "essence" (a deep copy of the whole body) on every
     watch event, for change-detecting handlers (on.create/update/resume) to diff against.
-    This operator registers event handlers only, so that copy is never read; in a burst of
-    1000 FineTuneJobs (each bringing ~15 events of itself, its Job and its pod) it was 10 %
-    of the operator's CPU. Nothing is stored on the objects either way (no annotations)."""
+    This operator registers event handlers only, so that copy is never read, and making it
+    for every event of a burst is CPU spent for nothing (docs/results/history.md). Nothing is
+    stored on the objects either way (no annotations)."""
 
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None

@@ -1,14 +1,11 @@
 """The operator's watches: list, then watch, as client-go's informers do.
 
 The FineTuneJobs, their FineTuneJobProgress objects, Jobs, pods and nodes are watched here;
-kopf keeps the CRD (a few events a day) and runs the operator's lifecycle. (The nodes moved
-here too: at 3000 jobs on 384 kwok nodes, 1.4 node events came per job.) kopf's
-handling of one event (its causes, the kwargs of a handler, a logger, a worker task per
-object) costs about 0.85 ms of CPU more than reading it here does: measured side by side on
-the same 9,200 events, 1.19 against 0.33 ms per event (docs/benchmarks.md). For the Jobs and
-pods (about seven events per job at its start) that was a third of the operator's CPU in a
-burst of new jobs; for the FineTuneJobs and their progress objects (about five per job: the
-create, the status writes, the deletion) a tenth at 3000 jobs.
+kopf keeps the CRD (a few events a day) and runs the operator's lifecycle. Not kopf for the
+rest, because its handling of one event (its causes, the kwargs of a handler, a logger, a
+worker task per object) costs several times what reading it here does, measured side by side
+(docs/results/history.md), and each job brings about a dozen such events, the nodes'
+heartbeats besides (docs/operator.md, "What it watches").
 
 One Informer per kind and namespace (or one for all namespaces): it lists the objects (those
 that carry the label selector, when one is given), page by page, then watches from the

@@ -39,10 +39,9 @@ While a job runs, from its ranks' own reports (ftapi.progress.RankReport):
 Why at scrape time from the cache rather than gauges set by reconciles: a series then exists
 exactly while its FineTuneJob exists (deleting the job removes every series of it, nothing
 stale is left behind after an operator restart) and costs nothing between scrapes (counting
-the phases at every phase change was O(jobs) per reconcile: 4 % of the operator's CPU in a
-burst of 1000 jobs). Only the
-leader has a cache, so a standby replica exports no job series and a dashboard summing over
-replicas counts each job once.
+the phases at every phase change was O(jobs) per reconcile, paid by every pass of a burst;
+docs/results/history.md). Only the leader has a cache, so a standby replica exports no job
+series and a dashboard summing over replicas counts each job once.
 
 Cardinality: about 25 series per job plus one per reported extra metric (at most 64), for
 every FineTuneJob that exists, finished ones included, until it is deleted

@@ -118,9 +118,9 @@ class Kube:
     """Plain JSON over the kubernetes client's connection pool and credentials.
 
     The typed API methods validate a dict into a pydantic model, serialize it back and turn
-    the answer into models again: 4 ms of CPU per create against 1.9 ms for the same request
-    sent as JSON, and the operator is one Python process sharing its CPU with everything
-    else in a burst of new jobs. Objects here are the JSON the watches deliver."""
+    the answer into models again, which costs more CPU than the request itself
+    (docs/results/history.md), and the operator is one Python process sharing its CPU with
+    everything else in a burst of new jobs. Objects here are the JSON the watches deliver."""
 
     def __init__(
         self, api: client.ApiClient, identity: str = "finetune-operator", metrics: Metrics = METRICS
@@ -376,8 +376,8 @@ class Kube:
         object's metadata as stored after the write (None when the FineTuneJob is gone).
 
         Only the metadata is asked back (PartialObjectMetadata): the whole object, spec and
-        status this process had just sent, was decoded for nothing but its resourceVersion,
-        5 % of the operator's CPU at 3000 jobs. The caller applies the patch itself
+        status this process had just sent, was decoded for nothing but its resourceVersion
+        (docs/operator.md, "Status writes"). The caller applies the patch itself
         (cache.as_written)."""
         path = f"{collection('FineTuneJob', namespace)}/{name}/status"
         try:

@@ -3,9 +3,8 @@
 A node is lost when it is deleted, or when it has been NotReady (or Unknown) for
 `--node-lost-seconds`. Not at its first NotReady: a kubelet restart, a slow heartbeat or an
 API server too busy to take one turns a node NotReady for seconds, and restarting every
-attempt there would throw away their steps since the last checkpoint for nothing. At 3000
-jobs on 384 kwok nodes sharing two cores with the control plane, heartbeats fell behind and
-the operator restarted 1949 running attempts in a minute (docs/benchmarks.md).
+attempt there would throw away their steps since the last checkpoint for nothing (as a
+benchmark's late kwok heartbeats once made it do: docs/results/history.md).
 
 Nor while most nodes are NotReady at once: then the trouble is the control plane's or the
 network's, not the nodes', and the node lifecycle controller stops evicting for the same

@@ -53,6 +53,6 @@ def resolved_config(job: FineTuneJob) -> str:
             mode="json", by_alias=True, exclude_none=True, exclude_defaults=True
         ),
     }
-    # libyaml's emitter when PyYAML has it (its wheels do): the same YAML, 10x less CPU,
-    # which a burst of new jobs pays once each.
+    # libyaml's emitter when PyYAML has it (its wheels do): the same YAML for far less CPU,
+    # which a burst of new jobs pays once each (docs/results/history.md).
     return yaml.dump(manifest, Dumper=_SAFE_DUMPER, sort_keys=False)

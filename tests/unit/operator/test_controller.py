@@ -636,8 +636,8 @@ def test_jobs_lacking_pods_are_polled_once_per_namespace_and_passed_only_on_a_ne
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each job looked again every 10 s while the Job controller had not created its pods
-    yet: in a 3000-job burst, 23 passes per job against ~12 watch events (docs/benchmarks.md).
-    The namespace's poll reads the FailedCreate Events for all of them, and queues a job only
+    yet, so a burst cost far more passes than watch events (docs/results/history.md). The
+    namespace's poll reads the FailedCreate Events for all of them, and queues a job only
     when its reason changes."""
     monkeypatch.setattr(controller_module, "CREATE_FAILURE_POLL_SECONDS", 0.05)
 
