@@ -302,9 +302,8 @@ class Controller:
         job_name = Names(key[1], attempt).batch_job
         self._set_create_failure(key, (await self._create_failures_in(key[0])).get(job_name))
         # From now on the namespace's poll reads it for every such job, and queues this one
-        # only when its reason changes (_poll_create_failures): a pass per job every
-        # CREATE_FAILURE_POLL_SECONDS while the Job controller is slow to create the pods
-        # is what a 3000-job burst's 23 passes per job had beyond its ~12 watch events.
+        # only when its reason changes (_poll_create_failures), not a pass per job every
+        # CREATE_FAILURE_POLL_SECONDS while the Job controller is slow to create the pods.
         self._await_pods(key, job_name)
 
     def _set_create_failure(self, key: Key, failure: str | None) -> bool:
@@ -384,7 +383,7 @@ class Controller:
     async def _create_failures_in(self, namespace: str) -> dict[str, str]:
         """FailedCreate messages by Job name, shared by every job there that lacks pods: a
         burst of new jobs whose pods the Job controller is slow to create would otherwise
-        cost one list per job every 10 s (1.9 lists per job in a burst of 1000)."""
+        cost one list per job every CREATE_FAILURE_POLL_SECONDS."""
         return await self._shared_read(
             "FailedCreate", namespace, self.kube.pod_create_failures, CREATE_FAILURE_POLL_SECONDS
         )
@@ -466,8 +465,8 @@ class Controller:
         """Whether this job's last pass (done, or under way) planned from this very object:
         the watch event of the operator's own status write, or of a Job held from its
         create's answer, or of pods a pass listed, then shows nothing new, and queuing the
-        job for it would only plan the same again (a fifth of a burst's passes). Any other
-        change brings an event of its own, and time-based looks come from timers."""
+        job for it would only plan the same again. Any other change brings an event of its
+        own, and time-based passes come from timers."""
         version = _version(body)
         state = self._jobs.get(key)
         return bool(version) and state is not None and state.planned.get((kind, name)) == version
@@ -591,14 +590,12 @@ class Controller:
     def _parse_once(self, key: Key, body: dict[str, Any]) -> Parsed:
         """_parse, again only when what it reads changed: a job's spec and identity change
         rarely, its status and resourceVersion on every write, and validating the whole
-        spec was 8 % of the operator's CPU in a burst (a pass per watch event). The cache's
-        bodies are replaced per watch event, never edited, so comparing against the parts
-        kept from the last parse is exact. The price is memory: a parsed job holds every
-        default of the spec (about 17 KB in Python objects), so only the PARSE_CACHE_SIZE
-        most recently used are kept, and a finished job's is dropped (plan). With 512 kept,
-        a burst of 3000 jobs parsed again on nearly every pass (a job's passes spread over
-        more than 512 other jobs' when the burst queues up): 10 % of the operator's CPU,
-        0.3 ms a parse; 4096 cost 48 MB of peak RSS there (docs/benchmarks.md)."""
+        spec on every pass costs more CPU than anything else in it. The cache's bodies are
+        replaced per watch event, never edited, so comparing against the parts kept from
+        the last parse is exact. The price is memory (a parsed job holds every default of
+        its spec), so only the PARSE_CACHE_SIZE most recently used are kept, sized so that
+        a burst's passes still find theirs, and a finished job's is dropped (plan); the
+        figures are in docs/results/history.md."""
         signature = _parsed_from(body)
         state = self._state(key)
         held = state.parsed
