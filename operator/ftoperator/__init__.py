@@ -1,10 +1,12 @@
-"""The FineTuneJob operator.
+"""The FineTuneJob operator: a kopf operator.
 
-kopf starts the process, runs its lifecycle (startup, liveness, shutdown) and watches the
-CRD. The operator's own informers (informer.py) watch FineTuneJobs, their
-FineTuneJobProgress objects, Jobs, pods and nodes into the cache (cache.py) and queue the
-FineTuneJob each event belongs to (workqueue.py); a worker runs one reconcile pass for it
-(controller.py): read the cache, decide (planner.py, policy.py), write the status, then
-create what children/ builds.
+    kopf handlers (handlers.py)     FineTuneJobs, the CRD; startup, liveness, shutdown
+    informers (informer.py)         Jobs, pods, progress objects, nodes, children's metadata
+        -> cache (cache.py)         what the passes read, no API reads
+        -> work queue (workqueue.py)   each FineTuneJob to one worker at a time
+    reconciler (controller.py)      one pass: observe, plan, write status, act, re-queue
+    planner (planner.py)            every decision, pure (policy.py, failures.py)
+    children (children/)            what a job's attempt creates, rendered purely
+
 docs/operator.md has the architecture and why it is built so.
 """

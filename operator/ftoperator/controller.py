@@ -636,7 +636,9 @@ class Controller:
             released, state.held = state.held, None
             if released is not None:
                 events = released.events_to_tell(plan.status.phase) + events
-            if stored is None:
+            if stored is None:  # gone: kopf does not tell of a job deleted while its
+                self.cache.observe_job(key, None)  # watch was down and listed again
+                self.queue.add(key)  # the next pass forgets it
                 return False
             self._wrote(state, as_written(body, patch, stored, self._status_schema()))
         try:

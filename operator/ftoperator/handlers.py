@@ -1,13 +1,16 @@
 """Watch streams in, cache updates and queued keys out. No decisions here.
 
-The FineTuneJobs, their FineTuneJobProgress objects, Jobs, pods and the nodes come from
-informers (informer.py: kopf's handling of each event cost more than the rest of its
-reading), started and stopped with kopf, and so do the metadata of the job's other children
-(ConfigMap, Service, ServiceAccount, Role, RoleBinding, NetworkPolicy), so that one edited or
-deleted while the attempt runs is put back at once, with no periodic reads. kopf watches the
-CRD. Its handlers are coroutines on purpose: kopf runs plain functions in worker
-threads, and the cache and the queue belong to the event loop (no locks, no races with the
-passes); the informers deliver on the loop too.
+kopf's handlers take the FineTuneJobs (an event handler: each event into the cache and the
+work queue) and the CRD, and run the lifecycle (login, startup, cleanup). The children, the
+trainer's FineTuneJobProgress objects and the nodes come from informers (informer.py)
+started and stopped with kopf: they bring about a dozen events per job (seven of its Job and
+pods at its start, the trainer's reports, the nodes' heartbeats), where kopf's handling of an
+event costs several times an informer's (docs/operator.md, "What it watches"). So do the
+metadata of the job's other children (ConfigMap, Service, ServiceAccount, Role, RoleBinding,
+NetworkPolicy), so that one edited or deleted while the attempt runs is put back at once,
+with no periodic reads. kopf's handlers are coroutines on purpose: kopf runs plain
+functions in worker threads, and the cache and the queue belong to the event loop (no locks,
+no races with the passes); the informers deliver on the loop too.
 
 Each watched kind feeds the controller's cache and queues the FineTuneJob it belongs to;
 the controller's workers do the rest (controller.py). kopf writes nothing to the objects
@@ -26,7 +29,7 @@ import kopf
 from kopf._cogs.structs.references import NamespaceName, match_namespace
 from kubernetes import client
 
-from ftapi.constants import CRD_NAME, GROUP, KIND
+from ftapi.constants import CRD_NAME, GROUP, KIND, PLURAL, VERSION
 from ftapi.progress import RANKS_FIELD, REPORT_FIELD
 
 from .cache import node_ready
@@ -75,6 +78,14 @@ def register(
         controller.queue.start()
         running.extend(asyncio.create_task(informer.run()) for informer in informers)
 
+    # The FineTuneJobs: kopf's watch, scoped to the namespaces kopf was given. Its initial
+    # list delivers events without a type: each is the job as it is (ADDED).
+    observe_job = job_observer(controller)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def finetunejob(event: kopf.RawEvent, **_: Any) -> None:
+        observe_job(str(event.get("type") or "ADDED"), _body(event))
+
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
         for task in running:
@@ -98,8 +109,8 @@ def register(
 
 
 def job_observer(controller: Controller) -> Deliver:
-    """What the FineTuneJobs' informer delivers to: the cache, and a pass of the job unless
-    the event is what its last pass planned from (the echo of its own status write)."""
+    """What kopf's FineTuneJob events go to: the cache, and a pass of the job unless the
+    event is what its last pass planned from (the echo of its own status write)."""
     cache, queue, count = controller.cache, controller.queue, controller.metrics.count_watch_event
 
     def observe(event: str, body: dict[str, Any]) -> None:
@@ -200,8 +211,8 @@ def watch_informers(
 ) -> list[Informer]:
     """One informer per kind and watched namespace; for globs (or none), one per kind for
     every namespace, delivering only what the globs match (kopf's own matching). The
-    FineTuneJobs and their progress objects whole, all of them; the Jobs and pods whole,
-    those labelled with their FineTuneJob; the prerequisites' metadata only, labelled."""
+    progress objects whole, all of them; the Jobs and pods whole, those labelled with their
+    FineTuneJob; the prerequisites' metadata only, labelled."""
     plain = all(not set(pattern) & set("*?!,") for pattern in namespaces)
     scopes: list[str | None] = list(namespaces) if namespaces and plain else [None]
 
@@ -215,7 +226,6 @@ def watch_informers(
         prerequisites += ("NetworkPolicy",)
     # (kind, label selector, where its events go, metadata only, kept for a vanished one)
     watched: list[tuple[str, str | None, Deliver, bool, tuple[str, ...]]] = [
-        (KIND, None, job_observer(controller), False, ()),
         # progress_observer ties a progress object to its job by its ownerReference, so one
         # deleted while the watch was down is delivered with it.
         ("FineTuneJobProgress", None, progress_observer(controller), False, ("ownerReferences",)),

@@ -194,9 +194,9 @@ def test_a_metadata_informer_delivers_metadata_only_and_what_changed_while_away(
 def test_an_informer_without_a_selector_delivers_every_finetunejob_and_what_vanished(
     cluster: Cluster, ns: str
 ) -> None:
-    """The FineTuneJobs' informer (handlers.watch_informers) selects no label: every job in
-    the namespace, labelled or not, whole; one deleted while nothing watched comes back as
-    DELETED with its name."""
+    """An informer that selects no label (as the progress objects' does, handlers.
+    watch_informers) delivers every object of its kind, labelled or not, whole; one deleted
+    while nothing watched comes back as DELETED with its name."""
     create_ftj(cluster, ns, make_job("plain").obj())
     labelled = make_job("labelled").obj()
     labelled["metadata"]["labels"] = {"team": "a"}

@@ -546,6 +546,38 @@ class _Stored(_ApiServer):
         return None
 
 
+class _Gone(_Stored):
+    """_Stored whose FineTuneJob was deleted: status writes answer 404 (None)."""
+
+    def patch_status(
+        self, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        return None
+
+
+def test_a_job_a_status_write_finds_gone_is_dropped_and_then_forgotten() -> None:
+    """kopf does not deliver as deleted a job that went while its watch was down and listed
+    again: the first status write that finds it gone drops it from the cache, and the pass
+    that follows forgets it."""
+
+    async def run() -> None:
+        job = make_job("ghost").set("resources.image", "docker.io/x/trainer:1")
+        manifest = _body(job.obj())
+        server = _Gone(manifest)
+        settings = Settings(default_image="img:1", allowed_registries=("registry.internal/",))
+        controller = Controller(cast(Kube, server), settings)
+        key = ("ns", "ghost")
+        controller.cache.observe_job(key, manifest)
+        await controller.reconcile(key)  # refused: Failed is written, and answers 404
+        assert key not in controller.cache.jobs
+        assert key in controller._jobs
+        await controller.reconcile(key)
+        assert key not in controller._jobs
+        await controller.stop()
+
+    asyncio.run(run())
+
+
 def merge_patch_apply(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """RFC 7386, as the API server applies a status merge patch."""
     out = dict(target)
