@@ -49,9 +49,13 @@ Before each burst, --idle seconds of nothing give the idle baseline: the API ser
 rate then (the quieter half of it), times the window, is subtracted from its CPU over the
 window.
 
-  latency    the Job's ADDED event on a watch this script holds, minus the moment the job's
-             first create request was sent (operator: the FineTuneJob; Kubeflow: the
-             TrainJob; raw: its first child): p50/p90/p99/max
+  due ->     the Job's ADDED event on a watch this script holds, minus the moment the pacing
+   Job       asked for the job's create (--rate; at 0, the burst's start): p50/p99/max, and
+             the first due create -> the last Job. The same arrival for every phase: what
+             the compared latency rows count.
+  sent ->    the same ADDED minus the moment the job's first create request was sent
+   Job       (operator: the FineTuneJob; Kubeflow: the TrainJob; raw: its first child):
+             shown, not compared (a client thread sends late when creates are slow)
   all Jobs   first create request -> the last Job's ADDED event; jobs / that = throughput
   requests   over the window, per job. Operator: its finetune_api_requests_total (/metrics);
              Kubeflow: both managers' rest_client_requests_total (every request their
@@ -418,9 +422,10 @@ class PodWatch(LabelledWatch):
 
 @dataclass
 class Timing:
-    started: float  # the job's first create request was sent: the latency clock starts here
+    started: float  # the job's first create request was sent
     applied: float  # ... and its call returned
     job_created: float | None = None  # raw: the Job's own create call returned
+    due: float | None = None  # when the pacing asked for it: the equal-arrival clock
 
 
 @dataclass
@@ -463,6 +468,15 @@ class Phase:
     def latencies(self) -> list[float]:
         return [self.added[n] - t.started for n, t in self.timings.items() if n in self.added]
 
+    def from_due(self) -> list[float]:
+        """Each job's Job ADDED after the moment the pacing asked for its create: the same
+        arrival for every phase, whatever a create costs or where a queue forms."""
+        return [
+            self.added[n] - t.due
+            for n, t in self.timings.items()
+            if n in self.added and t.due is not None
+        ]
+
     def watch_delivery(self) -> list[float]:
         return [
             self.added[n] - t.job_created
@@ -481,6 +495,11 @@ class Phase:
         total_requests = sum(self.requests.values())
         created = sum(self.requests_created.values())
         delivery = self.watch_delivery()
+        due = self.from_due()
+        dues = [t.due for t in self.timings.values() if t.due is not None]
+        due_all = (
+            max(self.added[n] for n in self.timings) - min(dues) if dues and not missing else None
+        )
         return {
             "jobs": self.jobs, "created": len(lat), "missing": missing, "errors": len(self.errors),
             "apply_rate": len(applied) / apply_s if apply_s else None,
@@ -490,6 +509,8 @@ class Phase:
             "delivery_p50_ms": _ms(percentile(delivery, 50)),
             "delivery_p99_ms": _ms(percentile(delivery, 99)),
             "all_s": all_s, "throughput": self.jobs / all_s if all_s else None,
+            "due_p50_s": percentile(due, 50), "due_p99_s": percentile(due, 99),
+            "due_max_s": max(due, default=None), "due_all_s": due_all,
             "window_s": self.window_s,
             "requests_per_job": total_requests / self.jobs if total_requests else None,
             "requests_created_per_job": created / self.jobs if created else None,
@@ -923,6 +944,7 @@ def paced(jobs: list[str], rate: float, threads: int, work: Callable[[str], Timi
             with lock:
                 phase.errors.append(f"{name}: {error!r}"[:500])
             return
+        timing.due = due
         with lock:
             phase.timings[name] = timing
             done = len(phase.timings)

@@ -29,6 +29,10 @@ ROWS = (
     ("apply rate achieved (/s)", "apply_rate", ".1f"),
     ("create call p50 (ms)", "call_p50_ms", ".0f"),
     ("create call p99 (ms)", "call_p99_ms", ".0f"),
+    ("due -> Job p50 (s)", "due_p50_s", ".3f"),
+    ("due -> Job p99 (s)", "due_p99_s", ".3f"),
+    ("due -> Job max (s)", "due_max_s", ".3f"),
+    ("first due -> every Job (s)", "due_all_s", ".1f"),
     ("create sent -> Job p50 (s)", "p50_s", ".3f"),
     ("create sent -> Job p90 (s)", "p90_s", ".3f"),
     ("create sent -> Job p99 (s)", "p99_s", ".3f"),
@@ -50,15 +54,25 @@ ROWS = (
 )
 TITLES = {key: title for title, key, _ in ROWS}
 FORMATS = {key: fmt for _, key, fmt in ROWS}
-# The targets against the peer (ours <= factor x the peer's), then rows compared
-# the same way but not targets.
-PEER_TARGETS = (("all_s", 1.0), ("p99_s", 1.0), ("apiserver_cpu_ms_per_job", 1.0),
-                ("controller_cpu_s", 1.0), ("requests_per_job", 1.2))  # fmt: skip
-PEER_COMPARED = (("p50_s", 1.0), ("controller_peak_rss_mb", 1.0))
+# The targets against the peer (ours <= factor x the peer's), then rows compared the same
+# way but not targets. Latency counts from each job's due time (the pacing's), the same
+# arrival for every side: the "create sent" rows start when a client thread got to send,
+# after queueing behind slower creates, and are shown, not compared (docs/benchmarks.md,
+# "Equal arrival").
+PEER_TARGETS = (
+    ("due_all_s", 1.0),
+    ("due_p99_s", 1.0),
+    ("apiserver_cpu_ms_per_job", 1.0),
+    ("controller_cpu_s", 1.0),
+    ("requests_per_job", 1.2),
+)
+PEER_COMPARED = (("due_p50_s", 1.0), ("controller_peak_rss_mb", 1.0))
 # Absolute targets on the operator's worst repeat: (title, key, below this)
-TARGETS = (("every Job exists after", "all_s", 120.0, "s"),
-           ("p99 create sent -> Job", "p99_s", 5.0, "s"),
-           ("operator peak RSS", "controller_peak_rss_mb", 300.0, "MB"))  # fmt: skip
+TARGETS = (
+    ("every Job exists after its first due create", "due_all_s", 120.0, "s"),
+    ("p99 due -> Job", "due_p99_s", 5.0, "s"),
+    ("operator peak RSS", "controller_peak_rss_mb", 300.0, "MB"),
+)
 TARGET_STEADY_CPU_PERCENT = 100.0  # of one core
 ORDER = ("raw", "kubeflow", "kubeflow-tuned", "operator")
 OURS = "operator"
@@ -189,7 +203,7 @@ def absolute_checks(phases: Sequence[PhaseLike]) -> list[tuple[str, bool]]:
         worst = max(known) if known and len(known) == len(values) else None
         ok = worst is not None and worst < limit
         missing = sum(p.summary()["missing"] for p in ours)
-        extra = f" ({missing} Jobs never appeared)" if key == "all_s" and missing else ""
+        extra = f" ({missing} Jobs never appeared)" if key in ("all_s", "due_all_s") and missing else ""
         shown = "n/a" if worst is None else f"{worst:.3g} {unit}"
         out.append((f"{'PASS' if ok else 'FAIL'}  {title}{extra}, worst repeat: {shown} "
                     f"(target < {limit:g} {unit})", ok))  # fmt: skip
