@@ -1,4 +1,5 @@
-"""A test cluster's way to give a job's pods the trainer's fault hooks (fttrainer.faults).
+"""A test cluster's way to give a job's pods the trainer's fault hooks
+(fttrainer.supervision.faults).
 
 The trainer reads FINETUNE_FAULT_* to make a step NaN, sleep or freeze, on one rank or all:
 how the end-to-end tests make a real run diverge, straggle or hang at a chosen step. A

@@ -1,5 +1,5 @@
 """Faults at a chosen step, through the whole stack: the trainer's test hooks
-(fttrainer/faults.py) reach real training pods on the real node through the
+(fttrainer/supervision/faults.py) reach real training pods on the real node through the
 `finetune.dev/test-faults` annotation, which only an operator started with
 FTO_TEST_FAULTS=true copies (ftoperator/fault_hooks.py; the chart cannot set it, so the
 release is switched for this module with `kubectl set env` and switched back after).

@@ -1,10 +1,10 @@
-"""A model as an OCI image (fttrainer.oci), the shape serving mounts: pushed to the cluster's
-registry (TLS, htpasswd), pulled back file for file, and mounted by a plain pod with a
-Kubernetes `image` volume on the real node (containerd 2.3, Kubernetes 1.36: ImageVolume is
-GA), where transformers loads it and computes the same logits as from the folder it came
-from. Then the FineTuneJob side: output.oci from a trainer pod (the adapter and the merged
-model, with their lineage, digests in status), model.name: oci:// as a second job's base, a
-refused push that keeps the model in S3, and the same locally with `finetune run`."""
+"""A model as an OCI image (fttrainer.publishing.oci), the shape serving mounts: pushed to the
+cluster's registry (TLS, htpasswd), pulled back file for file, and mounted by a plain pod with a
+Kubernetes `image` volume on the real node (containerd 2.3, Kubernetes 1.36: ImageVolume is GA),
+where transformers loads it and computes the same logits as from the folder it came from. Then the
+FineTuneJob side: output.oci from a trainer pod (the adapter and the merged model, with their
+lineage, digests in status), model.name: oci:// as a second job's base, a refused push that keeps
+the model in S3, and the same locally with `finetune run`."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from kubernetes import client
 from fttestkit.cluster import Cluster, eventually
 from fttestkit.finetunejobs import create_ftj, phase_is
 from fttestkit.release import Release
-from fttrainer.lineage import tree_digest
 from fttrainer.model.sources import pulled_digest
-from fttrainer.oci import OciError, Registry, docker_auth, pull_model, push_model
+from fttrainer.publishing.lineage import tree_digest
+from fttrainer.publishing.oci import OciError, Registry, docker_auth, pull_model, push_model
 from fttrainer.tiny import save_tiny_model
 from tests.e2e.realnode import (
     LOCAL_NODE,

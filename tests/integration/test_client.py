@@ -2,7 +2,7 @@
 against the real API server and S3 server, as a user whose only rights are
 ftclient.kube.USER_RULES (a ServiceAccount token, never the admin's kubeconfig). No operator
 runs here: the tests write the status the operator would write; the trainer pod's log is
-kept by the real entrypoint (fttrainer.logship) writing to the real S3 server. The whole
+kept by the real entrypoint (fttrainer.reporting.logship) writing to the real S3 server. The whole
 path with the operator and a real pod is tests/e2e/test_client_cluster.py."""
 
 from __future__ import annotations

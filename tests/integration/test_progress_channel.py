@@ -33,8 +33,8 @@ from ftoperator.config import Settings
 from fttestkit.builders import make_job
 from fttestkit.cluster import Cluster, eventually
 from fttestkit.kubeconfig import write_pod_identity
-from fttrainer.progress import KubeError, KubeTarget, ProgressObjectSink, ProgressReporter
-from fttrainer.ranks import RankReporter
+from fttrainer.reporting.progress import KubeError, KubeTarget, ProgressObjectSink, ProgressReporter
+from fttrainer.supervision.ranks import RankReporter
 
 pytestmark = pytest.mark.integration
 ATTEMPT = 2

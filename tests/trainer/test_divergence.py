@@ -18,7 +18,7 @@ import pytest
 from ftapi.contract import DIVERGED, ROLLED_BACK, WORSE_THAN_BASE
 from fttrainer.checkpointing.protocol import CHECKPOINTS
 from fttrainer.checkpointing.store import ROLLBACKS
-from fttrainer.faults import ENV_FAULT_NAN_AT_STEP, ENV_FAULT_NAN_WEIGHTS_AT_STEP
+from fttrainer.supervision.faults import ENV_FAULT_NAN_AT_STEP, ENV_FAULT_NAN_WEIGHTS_AT_STEP
 from tests.trainer.recipes import committed_steps, cpu_qa_recipe, run_quickstart
 
 

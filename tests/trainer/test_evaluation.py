@@ -122,7 +122,7 @@ def test_mcq_scores_at_every_evaluation_without_opting_in(tiny_llama: Path, tmp_
         .set("output.uri", str(out / "published"))
         .set("resources.gpusPerNode", 0)
     )
-    from fttrainer.progress import ProgressReport, ProgressReporter
+    from fttrainer.reporting.progress import ProgressReport, ProgressReporter
 
     reports: list[ProgressReport] = []
 

@@ -15,8 +15,8 @@ import pytest
 from ftapi import parse_job
 from ftapi.progress import REPORT_FIELD, ProgressReport
 from fttestkit.builders import make_job
-from fttrainer.progress import KubeTarget, ProgressObjectSink, ProgressReporter
 from fttrainer.recipe import Recipe
+from fttrainer.reporting.progress import KubeTarget, ProgressObjectSink, ProgressReporter
 
 STAGES = ["starting", "training", "evaluating", "saving", "publishing", "done"]
 PROGRESS_OBJECT = (

@@ -3,8 +3,8 @@ its deadline, the process writes every thread's stack (naming where it hangs) an
 the Stalled verdict, and the next attempt resumes from the last checkpoint and finishes; a
 slow first step and slow evaluations, each inside its own budget, are not stalls.
 
-The hang is the FINETUNE_FAULT_SLEEP test fault (fttrainer/faults.py): a sleep inside the
-step's forward, in the first attempt only."""
+The hang is the FINETUNE_FAULT_SLEEP test fault (fttrainer/supervision/faults.py): a sleep inside
+the step's forward, in the first attempt only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ import time
 from pathlib import Path
 
 from ftapi.contract import ENV_TORCHRUN_SHUTDOWN_TIMEOUT, STALLED
-from fttrainer.faults import ENV_ATTEMPT, ENV_FAULT_FREEZE_AT_STEP, ENV_FAULT_RANK, ENV_FAULT_SLEEP
+from fttrainer.supervision.faults import (
+    ENV_ATTEMPT,
+    ENV_FAULT_FREEZE_AT_STEP,
+    ENV_FAULT_RANK,
+    ENV_FAULT_SLEEP,
+)
 from tests.trainer.recipes import committed_steps, run_quickstart
 
 FAST = (
@@ -143,7 +148,7 @@ def test_the_collective_timeout_follows_the_phase_deadline(tmp_path: Path) -> No
     import torch.distributed as dist
 
     from ftapi.v1alpha1.scheduling import StallDetection
-    from fttrainer.watchdog import CollectiveTimeout, Watchdog
+    from fttrainer.supervision.watchdog import CollectiveTimeout, Watchdog
 
     spec = StallDetection(
         minimumSeconds=30, startupSeconds=3000, firstStepSeconds=600, checkpointSeconds=400

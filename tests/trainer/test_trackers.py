@@ -160,7 +160,7 @@ def test_an_s3_model_is_registered_where_it_is_once_per_run(
     from mlflow.tracking import MlflowClient
 
     from ftapi.v1alpha1 import LoggingSpec
-    from fttrainer.tracking import TrackerRuns
+    from fttrainer.reporting.tracking import TrackerRuns
 
     def runs(**mlflow: Any) -> TrackerRuns:
         spec = LoggingSpec.model_validate({"reportTo": ["mlflow"], "mlflow": {

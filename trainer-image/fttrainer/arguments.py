@@ -275,9 +275,9 @@ def _common_kwargs(
         "activation_checkpointing": checkpointing,
         "logging_steps": spec.logging.steps,
         "logging_first_step": spec.logging.first_step,
-        # A NaN loss is logged as NaN, never as the running mean (divergence.py acts on it;
-        # a skipped batch is left out of the logged mean there), and a NaN validation loss
-        # is not averaged away.
+        # A NaN loss is logged as NaN, never as the running mean (supervision/divergence.py
+        # acts on it; a skipped batch is left out of the logged mean there), and a NaN
+        # validation loss is not averaged away.
         "logging_nan_inf_filter": False,
         "report_to": list(spec.logging.report_to),
         "eval_strategy": evaluation.strategy,
@@ -296,7 +296,7 @@ def _common_kwargs(
         # the buffers of the models trained here (rotary frequencies, masks) are the same
         # on every rank by construction, and the broadcast is a collective inside each
         # forward, which costs a round trip per step and puts the wait for a slow rank
-        # inside the fast ranks' forward time, where ranks.py looks for stragglers.
+        # inside the fast ranks' forward time, where supervision/ranks.py looks for stragglers.
         "ddp_broadcast_buffers": False,
     }
     if spec.method.type not in ("prefix", "prompt"):

@@ -5,13 +5,14 @@ The recipe adds them in this order, and the order matters (callbacks run in the 
 were added, so on_save of one sees what the ones before it did):
 
     StallWatch            when training runs and each step's end, for the stall watchdog
-                          (watchdog.py) and this rank's report (ranks.py)
+                          (supervision/watchdog.py) and this rank's report (supervision/ranks.py)
     NonFiniteGuard        a NaN/inf loss or gradient before the optimizer step (and loss
                           spikes), and a checkpoint with non-finite weights, before
-                          anything saves it (divergence.py) ...
-    TrackerIds            write the tracker runs' ids into the checkpoint (tracking.py) ...
+                          anything saves it (supervision/divergence.py) ...
+    TrackerIds            write the tracker runs' ids into the checkpoint
+                          (reporting/tracking.py) ...
     CheckpointUpload      ... before it is uploaded and its manifest committed (checkpointing/)
-    ProgressCallback      ... and only then reported in the job's status (progress.py)
+    ProgressCallback      ... and only then reported in the job's status (reporting/progress.py)
     GracefulStop          SIGTERM: save at the end of this step, then stop
     RecomputeFirstLayers  activation recompute on the first N decoder layers only
                           (model/recompute.py)
@@ -50,7 +51,11 @@ from transformers import TrainerCallback
 from .checkpointing.protocol import Manifest, best, checkpoint_name
 from .checkpointing.resume import barrier, gathered, metrics_at
 from .checkpointing.store import CheckpointStore
-from .divergence import (
+from .model.recompute import decoder_layers
+from .reporting.progress import ProgressReporter
+from .reporting.tracking import TRACKERS_FILE, TrackerRuns
+from .startup import StartupClock
+from .supervision.divergence import (
     Diverged,
     LossWatch,
     RollBack,
@@ -61,13 +66,9 @@ from .divergence import (
     optimizer_tensors,
     tensors_finite,
 )
-from .faults import Faults
-from .model.recompute import decoder_layers
-from .progress import ProgressReporter
-from .ranks import ComputeTimer, RankReporter
-from .startup import StartupClock
-from .tracking import TRACKERS_FILE, TrackerRuns
-from .watchdog import Watchdog
+from .supervision.faults import Faults
+from .supervision.ranks import ComputeTimer, RankReporter
+from .supervision.watchdog import Watchdog
 
 log = logging.getLogger("fttrainer")
 
@@ -401,9 +402,9 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class StallWatch(TrainerCallback):
-    """Tells the process's Watchdog (watchdog.py) when training runs and each step's end
+    """Tells the process's Watchdog (supervision/watchdog.py) when training runs and each step's end
     (evaluations and checkpoint saves are phases of their own: watchdog.with_stall_watch),
-    and this rank's report (ranks.py) each step's wall and forward time."""
+    and this rank's report (supervision/ranks.py) each step's wall and forward time."""
 
     def __init__(self, watchdog: Watchdog, ranks: RankReporter, timer: ComputeTimer) -> None:
         self.watchdog = watchdog

@@ -469,11 +469,11 @@ def _run(args: argparse.Namespace) -> int:
         os.environ[ENV_HUB_ENDPOINT] = job.spec.model.hub_endpoint
     # Before the heavy imports: a process that hangs importing, initialising CUDA or
     # joining the other ranks is stopped at startupSeconds too, and says where.
-    from .watchdog import Watchdog
+    from .supervision.watchdog import Watchdog
 
     watchdog = Watchdog(job.spec.run_policy.stall_detection).start()
     watchdog.note("importing torch and the training libraries")
-    from .faults import Faults
+    from .supervision.faults import Faults
 
     Faults.from_env().before_imports()  # a test's hang or freeze there
     import torch
@@ -489,7 +489,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.update(single_process_rendezvous(os.environ))
     output = chosen["dir"]
     output.mkdir(parents=True, exist_ok=True)
-    from .hub import HubError
+    from .publishing.hub import HubError
 
     try:
         watchdog.note("checking the job")
@@ -508,7 +508,7 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     from .callbacks import Stopped
-    from .divergence import Diverged, RollBack
+    from .supervision.divergence import Diverged, RollBack
     from .termination import record
 
     try:
@@ -523,7 +523,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"rolled back: {exc}: run it again (the same command) to resume", file=sys.stderr)
         return record(ROLLED_BACK, str(exc))
     final_dir = recipe.save(result)
-    from .oci import OciError
+    from .publishing.oci import OciError
     from .storage import StorageError
 
     try:

@@ -27,7 +27,7 @@ Why this shape:
 - torchrun's `-m fttrainer.cli run <config>` runs the same `finetune run` as a laptop does.
 - In a pod the operator made whose job writes to S3, the entrypoint does not exec: it runs
   the command with its output through a pipe, copied to stdout and kept under the job's
-  output location (fttrainer.logship), so a failed attempt's log outlives its pods.
+  output location (fttrainer.reporting.logship), so a failed attempt's log outlives its pods.
 
 The constants and the command renderer live in ftapi.contract, which the operator imports
 too (its image has no torch and no fttrainer); tests check the Dockerfile against them.
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     put = _log_writer()
     if put is not None:
-        from .logship import run_keeping_log
+        from .reporting.logship import run_keeping_log
 
         try:
             return run_keeping_log(args, put, os.environ)
@@ -109,7 +109,7 @@ def _log_writer() -> Any:
     """How to keep this pod's log; None (exec as before) outside an operator's pod, and when
     the job config or its S3 settings cannot be read (the trainer then says why, as it
     always has)."""
-    from .logship import s3_put, shipping_target
+    from .reporting.logship import s3_put, shipping_target
 
     try:
         target = shipping_target(os.environ, os.environ.get(ENV_JOB_CONFIG, JOB_CONFIG_PATH))

@@ -8,7 +8,8 @@ Reads top to bottom, in dependency order:
     recipe.save(result)         # weights, tokenizer, metrics, comparison, loss curve, result.json
     recipe.publish()            # copy the results to output.uri (rank 0)
 
-In a cluster, rank 0 reports its progress to the operator all along (fttrainer/progress.py).
+In a cluster, rank 0 reports its progress to the operator all along
+(fttrainer/reporting/progress.py).
 
 Every method.type (full, lora, qlora, dora, adapter, spectrum, prefix, prompt) with SFT,
 DPO or GRPO.
@@ -64,11 +65,8 @@ from .checkpointing.store import CheckpointStore
 from .data.prepare import PreparedData, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
-from .divergence import LossWatch, RollBack, SpikeWatch, with_loss_watch
 from .evaluation import Evaluator
 from .evaluation.metrics import with_log_hooks
-from .faults import Faults, with_faults
-from .hub import push_to_hub, push_token
 from .model.adapters import ModelPlan, name_backbone, plan_model
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
@@ -77,20 +75,23 @@ from .model.meta import meta_model
 from .model.moe import routers
 from .model.sources import localized
 from .model.spectrum import apply_spectrum
-from .progress import ProgressReporter
-from .ranks import ComputeTimer, RankReporter, with_compute_timing
-from .rewards import build_rewards
-from .startup import StartupClock
-from .storage import LocalStore, Store, open_store, upload_tree
-from .templates import CHAT_TEMPLATE
-from .tracking import (
+from .publishing.hub import push_to_hub, push_token
+from .reporting.progress import ProgressReporter
+from .reporting.tracking import (
     TrackerRuns,
     environment,
     read_tracker_ids,
     registry_tags,
     tracker_env,
 )
-from .watchdog import CollectiveTimeout, Watchdog, with_stall_watch
+from .rewards import build_rewards
+from .startup import StartupClock
+from .storage import LocalStore, Store, open_store, upload_tree
+from .supervision.divergence import LossWatch, RollBack, SpikeWatch, with_loss_watch
+from .supervision.faults import Faults, with_faults
+from .supervision.ranks import ComputeTimer, RankReporter, with_compute_timing
+from .supervision.watchdog import CollectiveTimeout, Watchdog, with_stall_watch
+from .templates import CHAT_TEMPLATE
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -160,7 +161,7 @@ class Recipe:
         if spec.output.oci is not None:  # an unreadable registry Secret, likewise
             from ftapi.constants import ENV_OCI_PUSH_CA, ENV_OCI_PUSH_SECRET
 
-            from .oci import OciError, connect
+            from .publishing.oci import OciError, connect
 
             try:
                 connect(
@@ -761,8 +762,8 @@ class Recipe:
         from ftapi.constants import ENV_OCI_PUSH_CA, ENV_OCI_PUSH_SECRET
         from ftapi.contract import release
 
-        from .lineage import BaseModel, Content, image_annotations
-        from .oci import connect, push_model
+        from .publishing.lineage import BaseModel, Content, image_annotations
+        from .publishing.oci import connect, push_model
 
         oci = self.spec.output.oci
         assert oci is not None and self.saved is not None
@@ -809,8 +810,8 @@ class Recipe:
     def _base_digest(self) -> str | None:
         """What pins the base model's bytes: the digest of the oci:// image it came from,
         the sha256 of its folder's files (local or s3://), or the Hub commit it loaded."""
-        from .lineage import tree_digest
         from .model.sources import pulled_digest
+        from .publishing.lineage import tree_digest
 
         local = Path(self.spec.model.name)  # localized by setup(): s3:// and oci:// are here
         if self.source_model.startswith("oci://"):

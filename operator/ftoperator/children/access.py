@@ -59,7 +59,7 @@ def build_namespace_identity(namespace: str) -> list[dict[str, Any]]:
         labels = {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_COMPONENT: "trainer"}
         return {"name": TRAINER_ACCOUNT, "namespace": namespace, "labels": labels}
 
-    # patch only: what the trainer sends (fttrainer.progress); no get, so that a pod
+    # patch only: what the trainer sends (fttrainer.reporting.progress); no get, so that a pod
     # cannot read the other jobs' progress either.
     rule = {"apiGroups": [GROUP], "resources": [PROGRESS_PLURAL], "verbs": ["patch"]}
     role = {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": meta(), "rules": [rule]}

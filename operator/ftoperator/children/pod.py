@@ -235,7 +235,7 @@ def shutdown_timeout(grace_seconds: int) -> int:
 
 def _registry_env(access: RegistryAccess, secret_env: str, ca_env: str) -> list[dict[str, Any]]:
     """An OCI registry's dockerconfigjson Secret and CA ConfigMap key, as the trainer reads
-    them (fttrainer.oci.connect)."""
+    them (fttrainer.publishing.oci.connect)."""
     env = []
     if access.credentials_secret_ref is not None:
         env.append(_secret_env(secret_env, access.credentials_secret_ref.name, DOCKER_CONFIG_KEY))

@@ -274,7 +274,7 @@ def test_toml_mlflow_run_names_as_the_tool_builds_them(
     tmp_path: Path, mlflow: str, run_name: str
 ) -> None:
     from ftapi import parse_job
-    from fttrainer.tracking import mlflow_run_name
+    from fttrainer.reporting.tracking import mlflow_run_name
 
     translation = _toml(
         tmp_path,

@@ -1,4 +1,4 @@
-"""The pure parts of training.onNonFinite (fttrainer/divergence.py): which action a
+"""The pure parts of training.onNonFinite (fttrainer/supervision/divergence.py): which action a
 non-finite step gets, how finiteness of gradients, weights and optimizer state is read, and
 the rollback record a restarted attempt counts. The real runs are in
 tests/trainer/test_divergence.py."""
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fttrainer.checkpointing.store import CheckpointStore
-from fttrainer.divergence import (
+from fttrainer.storage import LocalStore
+from fttrainer.supervision.divergence import (
     LossWatch,
     decide,
     describe,
@@ -21,8 +22,7 @@ from fttrainer.divergence import (
     optimizer_tensors,
     tensors_finite,
 )
-from fttrainer.faults import ENV_FAULT_NAN_AT_STEP, ENV_FAULT_SLEEP, Faults
-from fttrainer.storage import LocalStore
+from fttrainer.supervision.faults import ENV_FAULT_NAN_AT_STEP, ENV_FAULT_SLEEP, Faults
 
 DECISIONS = {
     "stop stops": ("stop", 0, 0, 3, "stop"),

@@ -23,7 +23,7 @@ PUSH = """
 import json, sys
 from pathlib import Path
 from ftapi.v1alpha1 import PushToHub
-from fttrainer.hub import HubError, push_to_hub
+from fttrainer.publishing.hub import HubError, push_to_hub
 folders = {k: Path(v) for k, v in json.loads(sys.argv[1]).items()}
 try:
     print(push_to_hub(PushToHub(repoId=sys.argv[2]), folders, commit_message="tuned"))
@@ -89,7 +89,7 @@ def test_refused_push_says_what_the_hub_answered(folder: Path, refusing_hub: str
 
 
 def test_recipe_refuses_to_start_without_a_push_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fttrainer.hub import HubError
+    from fttrainer.publishing.hub import HubError
     from fttrainer.recipe import Recipe
 
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -1,5 +1,5 @@
-"""Keeping a pod's log (fttrainer.logship): whole lines in order, redacted, bounded to a head
-and a tail, written again after a store failure, and the command's exit status and signals
+"""Keeping a pod's log (fttrainer.reporting.logship): whole lines in order, redacted, bounded to a
+head and a tail, written again after a store failure, and the command's exit status and signals
 passed through. The writes go to a dict here; to the real S3 server in
 tests/integration/test_client.py."""
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ftapi.kept_logs import chunk_sequence
-from fttrainer.logship import (
+from fttrainer.reporting.logship import (
     KeptLog,
     Shipper,
     make_redactor,
@@ -121,7 +121,7 @@ def test_signals_are_passed_on_and_a_signal_death_reads_as_a_shell_says_it(tmp_p
     script = tmp_path / "run.py"
     script.write_text(
         "import os, signal, sys, time, subprocess\n"
-        "from fttrainer.logship import run_keeping_log\n"
+        "from fttrainer.reporting.logship import run_keeping_log\n"
         "child = [sys.executable, '-c', \"import signal, sys, time\\n"
         "signal.signal(signal.SIGTERM,\\n"
         "    lambda *a: (print('graceful stop', flush=True), sys.exit(3)))\\n"

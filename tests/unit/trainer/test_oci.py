@@ -1,6 +1,6 @@
-"""fttrainer.oci without a registry: references, Docker credentials, layers that are the same
-bytes for the same files, and extraction that refuses what would leave models/. The push,
-the pull and a kubelet mounting the image: tests/e2e/test_oci_models.py."""
+"""fttrainer.publishing.oci without a registry: references, Docker credentials, layers that are the
+same bytes for the same files, and extraction that refuses what would leave models/. The push, the
+pull and a kubelet mounting the image: tests/e2e/test_oci_models.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from fttrainer.oci import OciError, _extract, _layers, docker_auth, parse_reference, write_layer
+from fttrainer.publishing.oci import (
+    OciError,
+    _extract,
+    _layers,
+    docker_auth,
+    parse_reference,
+    write_layer,
+)
 
 
 def test_references_parse_and_bad_ones_are_refused() -> None:
@@ -85,7 +92,7 @@ def test_extraction_refuses_what_leaves_models_or_is_not_a_file(tmp_path: Path) 
 def test_a_pods_registry_secret_gives_the_credentials_and_a_local_run_reads_docker_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fttrainer.oci import connect
+    from fttrainer.publishing.oci import connect
 
     auth = base64.b64encode(b"robot:from-secret").decode()
     monkeypatch.setenv("PUSH", json.dumps({"auths": {"r.io:5000": {"auth": auth}}}))
@@ -118,7 +125,7 @@ def test_lineage_names_the_base_the_data_the_spec_the_metrics_and_the_releases(
 ) -> None:
     from ftapi import parse_job
     from fttestkit.builders import make_job
-    from fttrainer.lineage import BaseModel, image_annotations, spec_digest, tree_digest
+    from fttrainer.publishing.lineage import BaseModel, image_annotations, spec_digest, tree_digest
 
     written_by = {"finetune.dev/written-by": "op 1.2"}
     job = parse_job(make_job("tuned").set("metadata.namespace", "team-a")

@@ -20,7 +20,7 @@ import pytest
 from ftapi.contract import CONTRACT
 from ftapi.progress import REPORT_FIELD, CheckpointReport, ProgressReport
 from fttrainer.callbacks import ProgressCallback
-from fttrainer.progress import (
+from fttrainer.reporting.progress import (
     MERGE_PATCH,
     KubeError,
     KubeTarget,

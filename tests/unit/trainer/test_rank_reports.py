@@ -1,4 +1,4 @@
-"""Each rank's own report (fttrainer/ranks.py), loss spikes (divergence.SpikeWatch), the
+"""Each rank's own report (fttrainer/supervision/ranks.py), loss spikes (divergence.SpikeWatch), the
 collective timeout and the rank-scoped test faults. The real multi-rank runs are in
 tests/trainer/test_distributed.py and tests/e2e/test_stalls.py."""
 
@@ -15,9 +15,9 @@ from ftapi import parse_job
 from ftapi.progress import STALL_REPORT_CHARS, RankReport
 from fttestkit.builders import make_job
 from fttrainer.arguments import TORCH_COLLECTIVE_TIMEOUT, collective_timeout
-from fttrainer.divergence import SpikeWatch
-from fttrainer.faults import Faults
-from fttrainer.ranks import ComputeTimer, RankReporter, RankSink
+from fttrainer.supervision.divergence import SpikeWatch
+from fttrainer.supervision.faults import Faults
+from fttrainer.supervision.ranks import ComputeTimer, RankReporter, RankSink
 from tests.unit.trainer.fakes import Collect, ManualClock
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ import pytest
 from ftapi import parse_job
 from ftapi.v1alpha1 import LoggingSpec, SecretKeyRef
 from fttestkit.builders import make_job
-from fttrainer.tracking import (
+from fttrainer.reporting.tracking import (
     TRACKERS_FILE,
     environment,
     final_scalars,
@@ -133,7 +133,7 @@ def test_a_checkpoint_names_its_tracker_runs(
 
 
 def test_a_registered_version_names_its_job_base_metrics_and_pushed_image() -> None:
-    from fttrainer.tracking import registry_tags
+    from fttrainer.reporting.tracking import registry_tags
 
     spec = parse_job(make_job("chat").set("model.name", "org/base").obj()).spec
     image = "oci://r.example/tuned/chat:v1-merged@sha256:" + "d" * 64

@@ -14,7 +14,7 @@ from ftapi.contract import ENV_TERMINATION_LOG, STALLED
 from ftapi.progress import RankReport
 from ftapi.v1alpha1.scheduling import StallDetection
 from fttestkit.paths import REPO
-from fttrainer.watchdog import (
+from fttrainer.supervision.watchdog import (
     Deadlines,
     Watchdog,
     describe_collective,
@@ -167,8 +167,8 @@ STALLING = r"""
 import json, sys, threading, time
 from datetime import UTC, datetime
 from ftapi.v1alpha1.scheduling import StallDetection
-from fttrainer.ranks import RankReporter
-from fttrainer.watchdog import Watchdog
+from fttrainer.supervision.ranks import RankReporter
+from fttrainer.supervision.watchdog import Watchdog
 
 class FileSink:  # what RankSink would PATCH, written where the test reads it
     def send(self, report):

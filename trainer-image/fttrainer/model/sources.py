@@ -42,9 +42,9 @@ def fetch(uri: str, *, s3: S3Spec | None, root: Path, field: str) -> Path:
 
 
 def fetch_image(uri: str, *, registry: RegistryAccess | None, root: Path, field: str) -> Path:
-    """The local copy of the oci:// image `uri`'s models/ folder (fttrainer.oci), kept by the
-    digest its tag resolves to now."""
-    from fttrainer.oci import OciError, connect, parse_reference, pull_model
+    """The local copy of the oci:// image `uri`'s models/ folder (fttrainer.publishing.oci), kept by
+    the digest its tag resolves to now."""
+    from fttrainer.publishing.oci import OciError, connect, parse_reference, pull_model
 
     try:
         client = connect(

@@ -1,6 +1,6 @@
 """Each rank's own report: that it is alive, and how fast it computes.
 
-Rank 0's ProgressReport (progress.py) tells the operator how the run goes; it cannot tell
+Rank 0's ProgressReport (reporting/progress.py) tells the operator how the run goes; it cannot tell
 which rank went quiet when a job hangs, nor which rank the others wait for. So every rank
 (rank 0 too) writes a small RankReport (ftapi.progress) under `ranks.<rank>` of the job's
 FineTuneJobProgress: when it starts, at most every heartbeat after a step, and re-sent
@@ -39,8 +39,7 @@ from ftapi.progress import (
     STALL_REPORT_CHARS,
     RankReport,
 )
-
-from .progress import (
+from fttrainer.reporting.progress import (
     FINISH_TIMEOUT_SECONDS,
     MERGE_PATCH,
     KubeTarget,

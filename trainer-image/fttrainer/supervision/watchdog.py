@@ -48,8 +48,7 @@ from typing import Any, Literal
 
 from ftapi.contract import STALLED
 from ftapi.v1alpha1.scheduling import StallDetection
-
-from .termination import record
+from fttrainer.termination import record
 
 log = logging.getLogger("fttrainer")
 

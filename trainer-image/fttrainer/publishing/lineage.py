@@ -19,9 +19,8 @@ from typing import Any, Literal
 
 from ftapi.contract import ANNOTATION_WRITTEN_BY
 from ftapi.v1alpha1 import FineTuneJob
-
-from .storage.paths import sha256_file
-from .tracking import final_scalars
+from fttrainer.reporting.tracking import final_scalars
+from fttrainer.storage.paths import sha256_file
 
 PREFIX = "dev.finetune"
 # What the image holds: the adapter (PEFT methods' final/), a whole model (full fine-tuning's
