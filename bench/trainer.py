@@ -804,15 +804,15 @@ def _ours(config: dict[str, Any], output: Path) -> tuple[Any, Any]:
 def _planned_peak_mib(spec: Any, trainer: Any, tokens: int) -> float:
     """`finetune plan`'s estimate for this run's largest micro-batch: activation memory
     grows with the tokens in a micro-batch, so a padding-free batch of T tokens is planned
-    as one row of T. Checkpointing as the run had it: the layers that recomputed."""
+    as one row of T. Recompute as the run had it: the layers that recomputed."""
     from fttrainer.model.memory_plan import ModelShape, estimate_memory, with_changes
-    from fttrainer.model.recompute import checkpointed_layers
+    from fttrainer.model.recompute import recomputed_layers
 
     spec = with_changes(spec, "training", batch_size=1)
     spec = with_changes(spec, "dataset", max_seq_length=max(tokens, 1))
     shape = ModelShape.from_pretrained(spec.model.name)
-    recomputed, _ = checkpointed_layers(trainer.model)
-    return estimate_memory(shape, spec, checkpointed_layers=recomputed).total / 2**20
+    recomputed, _ = recomputed_layers(trainer.model)
+    return estimate_memory(shape, spec, recomputed_layers=recomputed).total / 2**20
 
 
 def _profiler(config: dict[str, Any]) -> Any:

@@ -215,23 +215,23 @@ def test_the_memory_plan_checkpoints_only_the_layers_it_needs(
     import torch
 
     from ftapi import parse_job
-    from fttrainer.model.memory_plan import CHECKPOINTING_MARGIN, ModelShape, estimate_memory
-    from fttrainer.model.recompute import checkpointed_layers, decoder_layers
+    from fttrainer.model.memory_plan import RECOMPUTE_MARGIN, ModelShape, estimate_memory
+    from fttrainer.model.recompute import decoder_layers, recomputed_layers
     from tests.gpu.runs import manifest
 
     spec = parse_job(manifest(small_llama, chat_data, tmp_path)).spec
     shape = ModelShape.from_pretrained(str(small_llama))
-    five, four = (estimate_memory(shape, spec, checkpointed_layers=n).total for n in (5, 4))
-    budget = (five + four) / 2 / CHECKPOINTING_MARGIN
+    five, four = (estimate_memory(shape, spec, recomputed_layers=n).total for n in (5, 4))
+    budget = (five + four) / 2 / RECOMPUTE_MARGIN
     total = torch.cuda.mem_get_info()[1]
     with monkeypatch.context() as patch:
         patch.setattr(torch.cuda, "mem_get_info",
                       lambda *_: (int(budget) - torch.cuda.memory_reserved(), total))  # fmt: skip
         partial = recipe(small_llama, chat_data, tmp_path / "partial")
-    assert checkpointed_layers(partial.trainer.model) == (5, 8)
+    assert recomputed_layers(partial.trainer.model) == (5, 8)
     flags = [layer.gradient_checkpointing for layer in decoder_layers(partial.trainer.model)]
     assert flags == [True] * 5 + [False] * 3
     plain = recipe(small_llama, chat_data, tmp_path / "plain",
                    "training.gradientCheckpointing=false")  # fmt: skip
-    assert checkpointed_layers(plain.trainer.model) == (0, 8)
+    assert recomputed_layers(plain.trainer.model) == (0, 8)
     assert _losses(partial) == pytest.approx(_losses(plain), rel=2e-2)

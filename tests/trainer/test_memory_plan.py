@@ -15,11 +15,11 @@ from ftapi import parse_job
 from fttestkit.builders import make_job
 from fttestkit.paths import REPO
 from fttrainer.model.memory_plan import (
-    CHECKPOINTING_MARGIN,
     GIB,
+    RECOMPUTE_MARGIN,
     ModelShape,
-    checkpointed_layers_to_fit,
     estimate_memory,
+    recomputed_layers_to_fit,
     suggest,
 )
 
@@ -69,7 +69,7 @@ def test_a_gpu_run_checkpoints_the_fewest_layers_that_fit(shape: ModelShape) -> 
     """Unset checkpointing on a GPU: none when everything fits, all when nothing does, and in
     between the fewest layers whose estimate fits the margin of the device."""
     spec = parse_job(make_job().set("training.batchSize", 8).obj()).spec  # 8 x 1024 tokens
-    by_layers = [estimate_memory(shape, spec, checkpointed_layers=n).total for n in range(33)]
+    by_layers = [estimate_memory(shape, spec, recomputed_layers=n).total for n in range(33)]
     # Each checkpointed layer keeps its input instead of its activations (34 -> 2 bytes per
     # token and hidden unit): 8,192 tokens x 4,096 x 32 bytes = 1 GiB less per layer. The
     # last one gains nothing: backward recomputes one layer's worth at a time anyway.
@@ -78,13 +78,13 @@ def test_a_gpu_run_checkpoints_the_fewest_layers_that_fit(shape: ModelShape) -> 
     assert steps[31] == -2 * 8192 * 4096
     assert by_layers[32] == estimate_memory(shape, spec).total  # unset means all, as before
 
-    assert checkpointed_layers_to_fit(shape, spec, 1000 * GIB) == (0, by_layers[0])
-    assert checkpointed_layers_to_fit(shape, spec, 10 * GIB) == (32, by_layers[32])
-    assert checkpointed_layers_to_fit(shape, spec, by_layers[31] / CHECKPOINTING_MARGIN)[0] == 31
-    budget = by_layers[20] / CHECKPOINTING_MARGIN + 0.5 * GIB  # fits 20, not 19
-    assert checkpointed_layers_to_fit(shape, spec, budget) == (20, by_layers[20])
-    partial = estimate_memory(shape, spec, checkpointed_layers=20)
-    assert "activation checkpointing on 20 of 32 layers" in partial.notes
+    assert recomputed_layers_to_fit(shape, spec, 1000 * GIB) == (0, by_layers[0])
+    assert recomputed_layers_to_fit(shape, spec, 10 * GIB) == (32, by_layers[32])
+    assert recomputed_layers_to_fit(shape, spec, by_layers[31] / RECOMPUTE_MARGIN)[0] == 31
+    budget = by_layers[20] / RECOMPUTE_MARGIN + 0.5 * GIB  # fits 20, not 19
+    assert recomputed_layers_to_fit(shape, spec, budget) == (20, by_layers[20])
+    partial = estimate_memory(shape, spec, recomputed_layers=20)
+    assert "activation recompute on 20 of 32 layers" in partial.notes
 
 
 def test_full_fine_tune_needs_sharding_and_suggestions_make_it_fit(shape: ModelShape) -> None:
@@ -110,7 +110,7 @@ def test_plan_cli(llama2_7b: Path) -> None:
     assert "trainable parameters: 39,976,960" in result.stdout
     assert "does not fit 12 GiB; try, in this order:" in result.stdout
     assert "--set method.type=qlora (4-bit base)" in result.stdout
-    assert "gradientCheckpointing unset: on 12 GiB a GPU run checkpoints 32 of 32 layers" in (
+    assert "gradientCheckpointing unset: on 12 GiB a GPU run recomputes 32 of 32 layers" in (
         result.stdout
     )
 

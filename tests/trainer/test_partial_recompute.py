@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fttrainer.callbacks import RecomputeFirstLayers
-from fttrainer.model.recompute import checkpointed_layers, decoder_layers
+from fttrainer.model.recompute import decoder_layers, recomputed_layers
 from fttrainer.recipe import Recipe
 from tests.trainer.recipes import cpu_qa_recipe, step_losses
 
@@ -44,8 +44,8 @@ def test_checkpointing_the_first_layers_trains_as_the_plain_path(
     partial, run = _train(
         four_layer_llama, qa_data, tmp_path / "partial", checkpointing=True, first=2
     )
-    assert checkpointed_layers(plain_run.trainer.model) == (0, 4)
-    assert checkpointed_layers(run.trainer.model) == (2, 4)
+    assert recomputed_layers(plain_run.trainer.model) == (0, 4)
+    assert recomputed_layers(run.trainer.model) == (2, 4)
     flags = [layer.gradient_checkpointing for layer in decoder_layers(run.trainer.model)]
     assert flags == [True, True, False, False]  # the first ones (module docstring)
     assert len(partial) == len(plain) == 4
@@ -69,7 +69,7 @@ def test_each_layer_left_unchecked_keeps_its_activations(four_layer_llama: Path)
     def saved_bytes(first: int) -> int:
         model.activation_checkpointing_enable()  # what the Trainer does before the callback
         RecomputeFirstLayers(first).on_train_begin(None, None, None, model=model)
-        assert checkpointed_layers(model) == (first, 4)
+        assert recomputed_layers(model) == (first, 4)
         storages: dict[int, int] = {}
 
         def keep(tensor: torch.Tensor) -> torch.Tensor:

@@ -118,13 +118,13 @@ def resolve_liger(spec: FineTuneJobSpec, *, cuda: bool, installed: bool) -> bool
     return liger if liger is not None else cuda and installed
 
 
-def resolve_gradient_checkpointing(
+def resolve_recompute(
     spec: FineTuneJobSpec, *, cuda: bool, planned_layers: int | None = None
 ) -> bool:
-    """Unset: off on CPU and for prefix tuning (which it breaks); on a GPU, on when the
-    memory plan checkpoints any layer to fit the device (`planned_layers`, see
-    fttrainer.model.memory_plan.checkpointed_layers_to_fit), and on without a plan. Recomputing
-    activations costs a third more compute per step."""
+    """Activation recompute (training.gradientCheckpointing). Unset: off on CPU and for
+    prefix tuning (which it breaks); on a GPU, on when the memory plan recomputes any layer to
+    fit the device (`planned_layers`, see fttrainer.model.memory_plan.recomputed_layers_to_fit),
+    and on without a plan. Recomputing activations costs a third more compute per step."""
     if spec.training.gradient_checkpointing is not None:
         return spec.training.gradient_checkpointing
     if not cuda or spec.method.type == "prefix":
@@ -132,17 +132,17 @@ def resolve_gradient_checkpointing(
     return planned_layers != 0 if planned_layers is not None else True
 
 
-def resolve_partial_checkpointing(
+def resolve_partial_recompute(
     spec: FineTuneJobSpec, *, cuda: bool, planned_layers: int | None, layers: int
 ) -> int | None:
-    """How many leading decoder layers stay checkpointed when the memory plan needs only
-    some of the model's `layers` (fttrainer.model.recompute); None: all or none,
-    as resolve_gradient_checkpointing says. An explicit training.gradientCheckpointing
-    means every layer. SFT only: TRL's DPO and GRPO trainers switch checkpointing off and
-    on again around their reference and generation forwards
-    (trl.models.utils.disable_gradient_checkpointing), which checkpoints every layer again.
-    Not for full-weight FSDP, where FSDP's own wrapper checkpoints (fttrainer.distributed)."""
-    if not resolve_gradient_checkpointing(spec, cuda=cuda, planned_layers=planned_layers):
+    """How many leading decoder layers keep recomputing when the memory plan needs only
+    some of the model's `layers` (fttrainer.model.recompute); None: all or none, as
+    resolve_recompute says. An explicit training.gradientCheckpointing means every layer.
+    SFT only: TRL's DPO and GRPO trainers switch recompute off and on again around their
+    reference and generation forwards
+    (trl.models.utils.disable_gradient_checkpointing), which recomputes every layer again.
+    Not for full-weight FSDP, where FSDP's own wrapper recomputes (fttrainer.distributed)."""
+    if not resolve_recompute(spec, cuda=cuda, planned_layers=planned_layers):
         return None
     if spec.training.gradient_checkpointing is not None or planned_layers is None:
         return None
@@ -163,12 +163,12 @@ def trainer_config_kwargs(
     progress_bar: bool = False,
     layer_classes: Sequence[str] = (),
     liger_installed: bool = False,
-    planned_checkpointed_layers: int | None = None,
+    planned_recomputed_layers: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the TRL config of spec.trainer.type (SFT/DPO/GRPOConfig).
 
     `layer_classes`: the model's decoder layer classes (`_no_split_modules`), the units
-    FSDP shards and checkpoints. `mps`: train on Apple's GPU (training.device mps, where
+    FSDP shards and recomputes. `mps`: train on Apple's GPU (training.device mps, where
     there is one); every GPU-only default stays off there."""
     kwargs = _common_kwargs(
         spec,
@@ -178,7 +178,7 @@ def trainer_config_kwargs(
         mps=mps,
         layer_classes=layer_classes,
         liger_installed=liger_installed,
-        planned_checkpointed_layers=planned_checkpointed_layers,
+        planned_recomputed_layers=planned_recomputed_layers,
     )
     kwargs["disable_tqdm"] = not progress_bar
     trainer = spec.trainer
@@ -228,7 +228,7 @@ def check_strategy(spec: FineTuneJobSpec, *, cuda: bool, bf16_supported: bool) -
     kwargs = strategy_kwargs(
         spec.distributed,
         precision=resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported),
-        checkpointing=False,
+        recompute=False,
         optimizer=resolve_optimizer(spec, cuda=cuda),
         cuda=cuda,
     )
@@ -245,14 +245,12 @@ def _common_kwargs(
     mps: bool = False,
     layer_classes: Sequence[str] = (),
     liger_installed: bool = False,
-    planned_checkpointed_layers: int | None = None,
+    planned_recomputed_layers: int | None = None,
 ) -> dict[str, Any]:
     """The TrainingArguments every TRL config shares."""
     training = spec.training
     precision = resolve_precision(spec, cuda=cuda, bf16_supported=bf16_supported)
-    checkpointing = resolve_gradient_checkpointing(
-        spec, cuda=cuda, planned_layers=planned_checkpointed_layers
-    )
+    recompute = resolve_recompute(spec, cuda=cuda, planned_layers=planned_recomputed_layers)
     optimizer = resolve_optimizer(spec, cuda=cuda)
     evaluation = spec.evaluation
     kwargs: dict[str, Any] = {
@@ -272,7 +270,7 @@ def _common_kwargs(
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "use_cpu": not (cuda or mps),
-        "activation_checkpointing": checkpointing,
+        "activation_checkpointing": recompute,
         "logging_steps": spec.logging.steps,
         "logging_first_step": spec.logging.first_step,
         # A NaN loss is logged as NaN, never as the running mean (supervision/divergence.py
@@ -292,7 +290,7 @@ def _common_kwargs(
         "torch_compile": training.torch_compile,
         # One process per GPU under torchrun (DDP): the collective timeout.
         "ddp_timeout": collective_timeout(spec),
-        # No buffer broadcast before every forward (DDP's default without checkpointing):
+        # No buffer broadcast before every forward (DDP's default without recompute):
         # the buffers of the models trained here (rotary frequencies, masks) are the same
         # on every rank by construction, and the broadcast is a collective inside each
         # forward, which costs a round trip per step and puts the wait for a slow rank
@@ -308,12 +306,12 @@ def _common_kwargs(
     if warmup:
         # transformers 5 has one knob: an int counts steps, a float < 1 is a ratio.
         kwargs["warmup_steps"] = warmup
-    # FSDP/DeepSpeed: their config, and the flags they take over (checkpointing, use_cpu).
+    # FSDP/DeepSpeed: their config, and the flags they take over (recompute, use_cpu).
     kwargs.update(
         strategy_kwargs(
             spec.distributed,
             precision=precision,
-            checkpointing=checkpointing,
+            recompute=recompute,
             optimizer=optimizer,
             cuda=cuda,
             layer_classes=layer_classes,

@@ -173,9 +173,9 @@ class EarlyStopping(TrainerCallback):
 
 
 class RecomputeFirstLayers(TrainerCallback):
-    """Leave activation checkpointing on for the first `layers` decoder layers only.
+    """Leave activation recompute on for the first `layers` decoder layers only.
 
-    The Trainer switches checkpointing on in `train()`, before `on_train_begin` (also on
+    The Trainer switches recompute on in `train()`, before `on_train_begin` (also on
     resume), so the flags set here are the ones training runs with."""
 
     def __init__(self, layers: int) -> None:
@@ -186,15 +186,15 @@ class RecomputeFirstLayers(TrainerCallback):
         blocks = decoder_layers(model) if model is not None else []
         if not any(block.gradient_checkpointing for block in blocks):
             log.warning(
-                "activation checkpointing of %d layers asked, but no decoder layer of this "
-                "model is checkpointed: leaving it as it is",
+                "activation recompute of %d layers asked, but no decoder layer of this "
+                "model recomputes: leaving it as it is",
                 self.layers,
             )
             return
         for index, block in enumerate(blocks):
             block.gradient_checkpointing = index < self.layers
         log.info(
-            "activation checkpointing on the first %d of %d decoder layers",
+            "activation recompute on the first %d of %d decoder layers",
             min(self.layers, len(blocks)),
             len(blocks),
         )

@@ -633,8 +633,8 @@ def _plan(args: argparse.Namespace) -> int:
     from .model.memory_plan import (
         GIB,
         ModelShape,
-        checkpointed_layers_to_fit,
         estimate_memory,
+        recomputed_layers_to_fit,
         suggest,
     )
 
@@ -655,9 +655,9 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         print(f"fits {args.gpu_memory:g} GiB per device")
     if spec.training.gradient_checkpointing is None and spec.method.type != "prefix":
-        layers, needed = checkpointed_layers_to_fit(shape, spec, budget)
+        layers, needed = recomputed_layers_to_fit(shape, spec, budget)
         print(
-            f"gradientCheckpointing unset: on {args.gpu_memory:g} GiB a GPU run checkpoints "
+            f"gradientCheckpointing unset: on {args.gpu_memory:g} GiB a GPU run recomputes "
             f"{layers} of {shape.layers} layers ({needed / GIB:.1f} GiB)"
         )
     return data_status

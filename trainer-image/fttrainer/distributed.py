@@ -9,9 +9,9 @@ Checked against transformers 5.23
 Who does what:
 
 - **FSDP** is FSDP2 (`fully_shard`) through accelerate's plugin. Full-weight training
-  checkpoints with FSDP's own activation checkpointing (the TrainingArguments flavour
-  re-gathers every layer's parameters a second time in backward; transformers refuses both
-  at once). Adapter methods (LoRA family, prefix, prompt) checkpoint with the model's own
+  recomputes activations with FSDP's own (`activation_checkpointing`; the TrainingArguments
+  flavour re-gathers every layer's parameters a second time in backward; transformers refuses
+  both at once). Adapter methods (LoRA family, prefix, prompt) recompute with the model's own
   `gradient_checkpointing_enable` instead: FSDP's wraps each decoder layer in
   `checkpoint_wrapper`, whose `_checkpoint_wrapped_module.` in every parameter name PEFT
   0.21 does not strip when it saves, so the adapter came out empty (EmptyWeightsError on an
@@ -21,7 +21,7 @@ Who does what:
   precision sections that agree with the resolved precision (transformers rejects a config
   whose bf16/fp16 disagree with its own flags), and "auto" wherever transformers knows the
   value (batch sizes, clipping, bucket sizes from the hidden size). The user's raw
-  `deepspeed.config` is merged over it and wins. Checkpointing stays the model's own
+  `deepspeed.config` is merged over it and wins. Activation recompute stays the model's own
   (`gradient_checkpointing_enable`): DeepSpeed's `activation_checkpointing` section only
   acts on models written against `deepspeed.checkpointing`, which transformers models are not.
 
@@ -75,7 +75,7 @@ def strategy_kwargs(
     distributed: DistributedSpec,
     *,
     precision: str,
-    checkpointing: bool,
+    recompute: bool,
     optimizer: str,
     cuda: bool,
     layer_classes: Sequence[str] = (),
@@ -83,8 +83,8 @@ def strategy_kwargs(
 ) -> dict[str, Any]:
     """TrainingArguments entries for distributed.strategy (DDP/auto need none of these).
 
-    `checkpointing` is the resolved training.gradientCheckpointing: under FSDP it moves
-    into FSDP's own activation checkpointing and the TrainingArguments flag goes off, except
+    `recompute` is the resolved training.gradientCheckpointing: under FSDP it moves
+    into FSDP's own activation recompute and the TrainingArguments flag goes off, except
     for `adapter` methods, where both kinds go to the model's own (module docstring).
     `layer_classes` are the model's decoder layer classes (its `_no_split_modules`)."""
     strategy = distributed.strategy
@@ -98,11 +98,11 @@ def strategy_kwargs(
                 "process groups (use ddp or deepspeed on CPU)"
             )
         fsdp = distributed.fsdp or FsdpSpec()
-        recompute = checkpointing or fsdp.activation_checkpointing
+        recompute = recompute or fsdp.activation_checkpointing
         return {
             "fsdp": True,
             "fsdp_config": build_fsdp_config(
-                fsdp, checkpointing=recompute and not adapter, layer_classes=layer_classes
+                fsdp, recompute=recompute and not adapter, layer_classes=layer_classes
             ),
             "activation_checkpointing": recompute and adapter,
         }
@@ -118,16 +118,16 @@ def strategy_kwargs(
 
 
 def build_fsdp_config(
-    fsdp: FsdpSpec, *, checkpointing: bool, layer_classes: Sequence[str] = ()
+    fsdp: FsdpSpec, *, recompute: bool, layer_classes: Sequence[str] = ()
 ) -> dict[str, Any]:
     """`fsdp_config` for TrainingArguments: FSDP2, one shard group per decoder layer.
-    `checkpointing`: FSDP's own activation checkpointing (strategy_kwargs decides which
+    `recompute`: FSDP's own activation recompute (strategy_kwargs decides which
     kind applies)."""
     config: dict[str, Any] = {
         "version": 2,
         "reshard_after_forward": fsdp.reshard_after_forward,
         "cpu_offload": fsdp.cpu_offload,
-        "activation_checkpointing": checkpointing,
+        "activation_checkpointing": recompute,
         # One file on rank 0 that from_pretrained/PeftModel read; SHARDED_STATE_DICT would
         # leave save_model writing nothing at all.
         "state_dict_type": "FULL_STATE_DICT",

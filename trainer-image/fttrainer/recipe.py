@@ -40,7 +40,7 @@ from .arguments import (
     peft_config_kwargs,
     resolve_attention,
     resolve_device,
-    resolve_partial_checkpointing,
+    resolve_partial_recompute,
     resolve_precision,
     responses_only,
     router_loss_kwargs,
@@ -70,7 +70,7 @@ from .evaluation.metrics import with_log_hooks
 from .model.adapters import ModelPlan, name_backbone, plan_model
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
-from .model.memory_plan import ModelShape, checkpointed_layers_to_fit
+from .model.memory_plan import ModelShape, recomputed_layers_to_fit
 from .model.meta import meta_model
 from .model.moe import routers
 from .model.sources import localized
@@ -391,19 +391,19 @@ class Recipe:
 
         assert self.data is not None
         hardware = self._hardware()
-        planned = self._checkpointing_plan(hardware["cuda"])
+        planned = self._recompute_plan(hardware["cuda"])
         kwargs = trainer_config_kwargs(
             self.spec,
             output_dir=str(self.output_dir / "trainer"),
             progress_bar=self.progress_bar,
             layer_classes=getattr(self.model, "_no_split_modules", None) or (),
             liger_installed=importlib.util.find_spec("liger_kernel") is not None,
-            planned_checkpointed_layers=planned[0] if planned else None,
+            planned_recomputed_layers=planned[0] if planned else None,
             mps=self._device == "mps",
             **hardware,
         )
         log.info(
-            "throughput: padding-free %s, liger kernels %s, activation checkpointing %s, "
+            "throughput: padding-free %s, liger kernels %s, activation recompute %s, "
             "torch.compile %s, optimizer %s",
             kwargs.get("padding_free", False),
             kwargs["use_liger_kernel"],
@@ -459,7 +459,7 @@ class Recipe:
             FirstStep(self.startup_clock, self.progress),
         ]
         if planned is not None:
-            partial = resolve_partial_checkpointing(
+            partial = resolve_partial_recompute(
                 self.spec, cuda=hardware["cuda"], planned_layers=planned[0], layers=planned[1]
             )
             if partial is not None:
@@ -491,11 +491,11 @@ class Recipe:
                 **extra,
             )
 
-    def _checkpointing_plan(self, cuda: bool) -> tuple[int, int] | None:
-        """(decoder layers to checkpoint, all of them): the memory plan against this
+    def _recompute_plan(self, cuda: bool) -> tuple[int, int] | None:
+        """(decoder layers to recompute, all of them): the memory plan against this
         device's memory (what is free now plus what this process already holds: the loaded
-        weights are part of the estimate); None when checkpointing is set explicitly or
-        there is no GPU."""
+        weights are part of the estimate); None when training.gradientCheckpointing is set
+        explicitly or there is no GPU."""
         if not cuda or self.spec.training.gradient_checkpointing is not None:
             return None
         import torch
@@ -504,9 +504,9 @@ class Recipe:
         budget = free + torch.cuda.memory_reserved()
         model = self.spec.model
         shape = ModelShape.from_pretrained(model.name, trust_remote_code=model.trust_remote_code)
-        layers, needed = checkpointed_layers_to_fit(shape, self.spec, budget)
+        layers, needed = recomputed_layers_to_fit(shape, self.spec, budget)
         log.info(
-            "memory plan: %.1f GiB with activation checkpointing on %d of %d layers, "
+            "memory plan: %.1f GiB with activation recompute on %d of %d layers, "
             "%.1f GiB on this device",
             needed / 2**30,
             layers,

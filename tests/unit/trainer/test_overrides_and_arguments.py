@@ -12,7 +12,7 @@ from fttrainer.arguments import (
     bitsandbytes_kwargs,
     peft_config_kwargs,
     resolve_device,
-    resolve_partial_checkpointing,
+    resolve_partial_recompute,
     resolve_precision,
     trainer_config_kwargs,
 )
@@ -183,12 +183,12 @@ def test_the_memory_plan_decides_how_many_layers_recompute_on_a_gpu(
         job.set(path, value)
     spec = parse_job(job.obj()).spec
     kwargs = trainer_config_kwargs(spec, output_dir="/tmp/x", cuda=cuda, bf16_supported=cuda,
-                                   planned_checkpointed_layers=planned)  # fmt: skip
+                                   planned_recomputed_layers=planned)  # fmt: skip
     recompute = kwargs["activation_checkpointing"] or bool(
         kwargs.get("fsdp_config", {}).get("activation_checkpointing")
     )
     assert recompute is checkpointing
-    layers = resolve_partial_checkpointing(spec, cuda=cuda, planned_layers=planned, layers=32)
+    layers = resolve_partial_recompute(spec, cuda=cuda, planned_layers=planned, layers=32)
     assert layers == partial
 
 

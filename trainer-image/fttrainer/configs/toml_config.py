@@ -60,13 +60,13 @@ SCHEDULERS = {
 }
 
 
-def _checkpointing(builder: Builder, key: str, value: Any) -> None:
+def _recompute(builder: Builder, key: str, value: Any) -> None:
     if isinstance(value, str) and value.strip().lower() == "unsloth":
         builder.set("training.gradientCheckpointing", True, key)
         builder.warn(
             key,
             '"unsloth" (its CPU-offloaded variant) runs as standard activation '
-            "checkpointing: same results, more GPU memory than Unsloth",
+            "recompute: same results, more GPU memory than Unsloth",
         )
     else:
         builder.set("training.gradientCheckpointing", boolean(value), key)
@@ -151,7 +151,7 @@ FINE_TUNER: KeyTable = {
     "optimizer": To("training.optimizer", text),
     "weight_decay": To("training.weightDecay", number),
     "seed": To("training.seed", integer),
-    "use_gradient_checkpointing": Custom(_checkpointing),
+    "use_gradient_checkpointing": Custom(_recompute),
     "use_flash_attention": Custom(flash_attention),
     "packing": To("dataset.packing", boolean),
     "train_on_responses_only": stored("train_on_responses_only", boolean),

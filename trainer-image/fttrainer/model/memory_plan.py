@@ -5,9 +5,9 @@ weights + trainable-parameter gradients + optimizer states (+ fp32 master copies
 activations + logits + a fixed CUDA/framework overhead, with ZeRO/FSDP dividing the shardable
 parts by the number of processes. Activations follow Korthikanti et al. (2022) for a
 transformer layer with flash/SDPA attention (no s^2 term): ~34·s·b·h bytes per layer in
-16-bit without checkpointing, ~2·s·b·h per checkpointed layer plus one layer's worth for the
-recompute. A GPU run checkpoints only as many layers as it needs to fit
-(`checkpointed_layers_to_fit`).
+16-bit without recompute, ~2·s·b·h per recomputed layer plus one layer's worth for the
+recompute. A GPU run recomputes only as many layers as it needs to fit
+(`recomputed_layers_to_fit`).
 
 A mixture of experts holds every expert's weights, and its LoRA has r per expert in each
 fused expert matrix. An MoE layer keeps a dense layer's activations plus, per token and
@@ -34,9 +34,9 @@ from .moe import expert_parameters, moe_config, routed_token_bytes, routers
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
 LORA_DROPOUT_BYTES = 4  # per adapted input feature and token: bf16 copy + mask, rounded up
-CHECKPOINTING_MARGIN = 0.85
-"""Share of the device's memory a GPU run's estimate may fill when it leaves layers
-unchecked: the estimate is ±20%, and an out-of-memory error hours in costs more than the
+RECOMPUTE_MARGIN = 0.85
+"""Share of the device's memory a GPU run's estimate may fill when it leaves layers out of
+recompute: the estimate is ±20%, and an out-of-memory error hours in costs more than the
 recompute."""
 
 
@@ -138,9 +138,9 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    shape: ModelShape, spec: FineTuneJobSpec, *, checkpointed_layers: int | None = None
+    shape: ModelShape, spec: FineTuneJobSpec, *, recomputed_layers: int | None = None
 ) -> MemoryEstimate:
-    """`checkpointed_layers`: how many decoder layers recompute their activations; None
+    """`recomputed_layers`: how many decoder layers recompute their activations; None
     reads training.gradientCheckpointing (unset counts as on, except for prefix tuning)."""
     method = spec.method
     training = spec.training
@@ -169,15 +169,15 @@ def estimate_memory(
     if full_weights and weight_bytes == 2.0 and zero > 0:
         parts["fp32 master weights"] = trainable * 4.0 / shard[1]
     tokens = training.batch_size * spec.dataset.max_seq_length
-    if checkpointed_layers is None:
-        checkpointing = (
+    if recomputed_layers is None:
+        recompute = (
             training.gradient_checkpointing
             if training.gradient_checkpointing is not None
             else method.type != "prefix"
         )
-        checkpointed_layers = shape.layers if checkpointing else 0
-    checkpointed = min(max(checkpointed_layers, 0), shape.layers)
-    kept = shape.layers - checkpointed  # layers that keep their activations for backward
+        recomputed_layers = shape.layers if recompute else 0
+    recomputed = min(max(recomputed_layers, 0), shape.layers)
+    kept = shape.layers - recomputed  # layers that keep their activations for backward
     per_layer = 34 * tokens * shape.hidden
     dropout_per_layer = 0
     if method.type in LORA_METHODS and method.effective_lora().dropout > 0:
@@ -188,27 +188,27 @@ def estimate_memory(
         dropout_per_layer //= shape.layers
         per_layer += dropout_per_layer
     per_layer += _merged_linear_bytes(shape, spec) // shape.layers
-    # A checkpointed layer keeps its input. The unchecked layers are the last ones
-    # (fttrainer.model.recompute): backward frees their activations before it
-    # recomputes the first checkpointed layer, so the peak holds one layer's worth either way.
-    held = max(kept, 1) if checkpointed else shape.layers
+    # A recomputed layer keeps its input. The layers left out of recompute are the last
+    # ones (fttrainer.model.recompute): backward frees their activations before it
+    # recomputes any layer, so the peak holds one layer's worth either way.
+    held = max(kept, 1) if recomputed else shape.layers
     parts["activations"] = (
-        checkpointed * 2 * tokens * shape.hidden
+        recomputed * 2 * tokens * shape.hidden
         + per_layer * held
         + _moe_layer_bytes(shape, spec, tokens) * min(held, shape.moe_layers)
     )
     parts["logits"] = tokens * shape.vocab * 4.0 * 2  # fp32 logits and their gradient
     parts["CUDA and framework"] = OVERHEAD_BYTES
     notes = []
-    if checkpointed < shape.layers and checkpointed:
-        notes.append(f"activation checkpointing on {checkpointed} of {shape.layers} layers")
-    elif checkpointed and training.gradient_checkpointing is None:
+    if recomputed < shape.layers and recomputed:
+        notes.append(f"activation recompute on {recomputed} of {shape.layers} layers")
+    elif recomputed and training.gradient_checkpointing is None:
         notes.append(
-            "activation checkpointing on; unset, a GPU run checkpoints only as many layers "
-            f"as it needs to fit {CHECKPOINTING_MARGIN:.0%} of the device (none when it fits)"
+            "activation recompute on; unset, a GPU run recomputes only as many layers "
+            f"as it needs to fit {RECOMPUTE_MARGIN:.0%} of the device (none when it fits)"
         )
-    elif checkpointed:
-        notes.append("activation checkpointing on")
+    elif recomputed:
+        notes.append("activation recompute on")
     if shape.experts:
         notes.append(
             f"mixture of experts: {shape.experts[0][1]} experts, {shape.per_token} per token; "
@@ -359,16 +359,16 @@ def with_changes(spec: FineTuneJobSpec, section: str, **changes: Any) -> FineTun
     return spec.model_copy(update={section: getattr(spec, section).model_copy(update=changes)})
 
 
-def checkpointed_layers_to_fit(
+def recomputed_layers_to_fit(
     shape: ModelShape, spec: FineTuneJobSpec, budget: float
 ) -> tuple[int, float]:
-    """The fewest decoder layers to checkpoint for the run to fit CHECKPOINTING_MARGIN of
+    """The fewest decoder layers to recompute for the run to fit RECOMPUTE_MARGIN of
     `budget` bytes per device (the worst case: every batch maxSeqLength long), and the
-    estimate it rests on; all of them when nothing fits. Each layer left unchecked spares
-    recomputing its forward, a third of its step for LoRA (fttrainer.model.recompute)."""
+    estimate it rests on; all of them when nothing fits. Each layer left out of recompute
+    spares recomputing its forward, a third of its step for LoRA (fttrainer.model.recompute)."""
     needed = 0.0
     for layers in range(shape.layers + 1):
-        needed = estimate_memory(shape, spec, checkpointed_layers=layers).total
-        if needed <= CHECKPOINTING_MARGIN * budget:
+        needed = estimate_memory(shape, spec, recomputed_layers=layers).total
+        if needed <= RECOMPUTE_MARGIN * budget:
             return layers, needed
     return shape.layers, needed
