@@ -434,8 +434,32 @@ def _check_model(spec: Any) -> int:
     return 1 if plan.refused else 0
 
 
+class _Ended(Exception):
+    """A step of `finetune run` ended it: the process exits with `code`, the reason printed
+    (and, for the operator, recorded in the termination log)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def _run(args: argparse.Namespace) -> int:
-    import logging
+    """`finetune run`: load -> build -> train -> save -> publish -> report, each a step
+    below; one that ends the run early raises _Ended with the exit code."""
+    try:
+        job, output = _load_job(args)
+        recipe = _build(job, output)
+        result = _train(recipe)
+        final_dir = recipe.save(result)
+        published = _publish(recipe, job, output)
+        return _report(recipe, job, result, final_dir, published)
+    except _Ended as ended:
+        return ended.code
+
+
+def _load_job(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The job, validated (any config style), and the local directory of its results."""
+    from .termination import invalid_input
 
     chosen: dict[str, Path] = {}
 
@@ -455,106 +479,125 @@ def _run(args: argparse.Namespace) -> int:
         else:
             chosen["dir"] = args.output or Path("results") / name / time.strftime("%Y%m%d_%H%M%S")
 
-    from .termination import invalid_input
-
     complaints = _Tee(sys.stderr)
     with contextlib.redirect_stderr(complaints):
         loaded = _load(args, output=place_output)
     if loaded is None:
-        return invalid_input(complaints.getvalue())
+        raise _Ended(invalid_input(complaints.getvalue()))
     job = loaded.job
     if job.spec.model.hub_endpoint:  # before huggingface_hub and datasets read it, at import
         from ftapi.constants import ENV_HUB_ENDPOINT
 
         os.environ[ENV_HUB_ENDPOINT] = job.spec.model.hub_endpoint
-    # Before the heavy imports: a process that hangs importing, initialising CUDA or
-    # joining the other ranks is stopped at startupSeconds too, and says where.
+    return job, chosen["dir"]
+
+
+def _build(job: Any, output: Path) -> Any:
+    """The Recipe, set up: model, data and trainer, checked before any step is trained.
+    The watchdog starts first, before the heavy imports: a process that hangs importing,
+    initialising CUDA or joining the other ranks is stopped at startupSeconds too, and
+    says where."""
+    import logging
+
+    from .supervision.faults import Faults
     from .supervision.watchdog import Watchdog
+    from .termination import invalid_input
 
     watchdog = Watchdog(job.spec.run_policy.stall_detection).start()
     watchdog.note("importing torch and the training libraries")
-    from .supervision.faults import Faults
-
     Faults.from_env().before_imports()  # a test's hang or freeze there
     import torch
 
-    from .quiet import quiet_libraries
-
-    quiet_libraries(progress_bars=sys.stderr.isatty(), cuda=torch.cuda.is_available())
     from .data.prepare import DataError
+    from .publishing.hub import HubError
+    from .quiet import quiet_libraries
     from .recipe import Recipe
 
+    quiet_libraries(progress_bars=sys.stderr.isatty(), cuda=torch.cuda.is_available())
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if job.spec.distributed.strategy in ("deepspeed", "fsdp"):
         os.environ.update(single_process_rendezvous(os.environ))
-    output = chosen["dir"]
     output.mkdir(parents=True, exist_ok=True)
-    from .publishing.hub import HubError
-
     try:
         watchdog.note("checking the job")
         recipe = Recipe(job, output, progress_bar=sys.stderr.isatty(), watchdog=watchdog)
         recipe.setup()
     except (DataError, ValueError, HubError) as exc:
         print(exc, file=sys.stderr)
-        return invalid_input(str(exc))
-    from ftapi.contract import (
-        DIVERGED,
-        EXIT_STOPPED,
-        PUBLISH_FAILED,
-        ROLLED_BACK,
-        WORSE_THAN_BASE,
-        worse_than_base,
-    )
+        raise _Ended(invalid_input(str(exc))) from exc
+    return recipe
+
+
+def _train(recipe: Any) -> Any:
+    """Train; a stop (a signal: resumed by the next run), a divergence or a rollback ends
+    the run with the code the operator reads."""
+    from ftapi.contract import DIVERGED, EXIT_STOPPED, ROLLED_BACK
 
     from .callbacks import Stopped
     from .supervision.divergence import Diverged, RollBack
     from .termination import record
 
     try:
-        result = recipe.train()
+        return recipe.train()
     except Stopped as stopped:
         print(f"{stopped}: a new run of this job resumes from it", file=sys.stderr)
-        return EXIT_STOPPED
+        raise _Ended(EXIT_STOPPED) from stopped
     except Diverged as exc:
         print(f"diverged: {exc}", file=sys.stderr)
-        return record(DIVERGED, str(exc))
+        raise _Ended(record(DIVERGED, str(exc))) from exc
     except RollBack as exc:
         print(f"rolled back: {exc}: run it again (the same command) to resume", file=sys.stderr)
-        return record(ROLLED_BACK, str(exc))
-    final_dir = recipe.save(result)
+        raise _Ended(record(ROLLED_BACK, str(exc))) from exc
+
+
+def _publish(recipe: Any, job: Any, output: Path) -> list[str]:
+    """Publish the saved results (output.uri, the Hub, OCI); what was published. A refusal
+    for good is recorded (PublishFailed); anything else leaves them to the next run."""
+    from ftapi.contract import PUBLISH_FAILED
+
+    from .publishing.hub import HubError
     from .publishing.oci import OciError
     from .storage import StorageError
+    from .termination import record
 
     try:
-        published = recipe.publish()
+        published: list[str] = recipe.publish()
     except StorageError as exc:
         print(f"training finished but the results could not be published: {exc}", file=sys.stderr)
         print(f"they are still in {output}", file=sys.stderr)
-        return 1
+        raise _Ended(1) from exc
     except (HubError, OciError) as exc:  # output.pushToHub, output.oci
         where = f"{job.spec.output.uri.rstrip('/')}/final"
         print(f"training finished, the model is in {where}, but {exc}", file=sys.stderr)
         if exc.permanent:  # a restart would be refused the same way
-            return record(PUBLISH_FAILED, f"{exc}; the model is in {where}")
+            raise _Ended(record(PUBLISH_FAILED, f"{exc}; the model is in {where}")) from exc
         print("a new run of this job publishes again without training", file=sys.stderr)
-        return 1
+        raise _Ended(1) from exc
     recipe.ranks.finish()  # this rank's part is over: its silence from now on is no stall
-    if published and recipe.is_main_process:
+    return published
+
+
+def _report(recipe: Any, job: Any, result: Any, final_dir: Path, published: list[str]) -> int:
+    """What the run did, on the main process: the metrics before and after, and whether
+    the model came out worse than the base (a failure when failIfWorseThanBase)."""
+    from ftapi.contract import WORSE_THAN_BASE, worse_than_base
+
+    from .termination import record
+
+    if not recipe.is_main_process:
+        return 0
+    if published:
         print(f"published {len(published)} files to {job.spec.output.uri}")
-    if recipe.is_main_process:
-        for line in before_after(result.final_metrics):
-            print(line)
-        final = result.final_metrics
-        worse = worse_than_base(
-            _number(final.get("eval_loss/base")), _number(final.get("eval_loss"))
-        )
-        if worse is not None:
-            print(f"warning: {worse}", file=sys.stderr)
-            if job.spec.evaluation.fail_if_worse_than_base:
-                where = f"{job.spec.output.uri.rstrip('/')}/final"
-                return record(WORSE_THAN_BASE, f"{worse}; the model is in {where}")
-        print(f"done: {final_dir} (train loss {result.final_metrics['train_loss']:.4f})")
+    for line in before_after(result.final_metrics):
+        print(line)
+    final = result.final_metrics
+    worse = worse_than_base(_number(final.get("eval_loss/base")), _number(final.get("eval_loss")))
+    if worse is not None:
+        print(f"warning: {worse}", file=sys.stderr)
+        if job.spec.evaluation.fail_if_worse_than_base:
+            where = f"{job.spec.output.uri.rstrip('/')}/final"
+            return record(WORSE_THAN_BASE, f"{worse}; the model is in {where}")
+    print(f"done: {final_dir} (train loss {final['train_loss']:.4f})")
     return 0
 
 
