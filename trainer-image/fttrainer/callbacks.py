@@ -403,7 +403,7 @@ class NonFiniteGuard(TrainerCallback):
 
 class StallWatch(TrainerCallback):
     """Tells the process's Watchdog (supervision/watchdog.py) when training runs and each step's end
-    (evaluations and checkpoint saves are phases of their own: watchdog.with_stall_watch),
+    (evaluations and checkpoint saves are phases of their own: trainer_class.FineTuneTrainer),
     and this rank's report (supervision/ranks.py) each step's wall and forward time."""
 
     def __init__(self, watchdog: Watchdog, ranks: RankReporter, timer: ComputeTimer) -> None:

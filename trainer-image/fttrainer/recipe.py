@@ -66,7 +66,6 @@ from .data.prepare import PreparedData, prepare_data
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .evaluation import Evaluator
-from .evaluation.metrics import with_log_hooks
 from .model.adapters import ModelPlan, name_backbone, plan_model
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
@@ -87,11 +86,12 @@ from .reporting.tracking import (
 from .rewards import build_rewards
 from .startup import StartupClock
 from .storage import LocalStore, Store, open_store, upload_tree
-from .supervision.divergence import LossWatch, RollBack, SpikeWatch, with_loss_watch
-from .supervision.faults import Faults, with_faults
-from .supervision.ranks import ComputeTimer, RankReporter, with_compute_timing
-from .supervision.watchdog import CollectiveTimeout, Watchdog, with_stall_watch
+from .supervision.divergence import LossWatch, RollBack, SpikeWatch
+from .supervision.faults import Faults
+from .supervision.ranks import ComputeTimer, RankReporter
+from .supervision.watchdog import CollectiveTimeout, Watchdog
 from .templates import CHAT_TEMPLATE
+from .trainer_class import TrainerHooks, trainer_class
 
 log = logging.getLogger("fttrainer")
 # Spec dtype and precision names -> torch dtype attribute names.
@@ -411,7 +411,7 @@ class Recipe:
             kwargs["torch_compile"],
             kwargs["optim"],
         )
-        config_class, trainer_class = TRAINERS[self.spec.trainer.type]
+        config_class, trainer_class_name = TRAINERS[self.spec.trainer.type]
         # What the adapter adapts: the plan's names, the loaded model's too.
         peft_kwargs = peft_config_kwargs(self.spec, self.plan.targets)
         kwargs.update(router_loss_kwargs(self.spec, self.plan.moe))
@@ -465,16 +465,14 @@ class Recipe:
             if partial is not None:
                 callbacks.append(RecomputeFirstLayers(partial))
         extra["callbacks"] = callbacks  # early stopping joins after the base evaluation
-        # The stall watch outermost: an evaluation's phase begins before anything in it.
-        watched = with_loss_watch(getattr(trl, trainer_class), self.loss_watch)
-        trainer_type = with_stall_watch(
-            with_compute_timing(with_faults(watched, self.faults), self.compute_timer),
-            self.watchdog,
-        )
         assert self.evaluator is not None
-        hooks = self.evaluator.log_hooks()  # perplexity, MCQ scores at every evaluation
-        if hooks:
-            trainer_type = with_log_hooks(trainer_type, hooks)
+        hooks = TrainerHooks(
+            watchdog=self.watchdog,
+            loss_watch=self.loss_watch,
+            compute_timer=self.compute_timer,
+            log_hooks=self.evaluator.log_hooks(),  # perplexity, MCQ scores at every evaluation
+        )
+        trainer_type = trainer_class(getattr(trl, trainer_class_name), hooks, self.faults)
         with warnings.catch_warnings():
             # PEFT checks alpha_pattern against the modules it wraps, not the parameters: the
             # fused gate/up experts' pattern applies and is reported as unmatched.

@@ -14,14 +14,16 @@ from ftapi.contract import ENV_TERMINATION_LOG, STALLED
 from ftapi.progress import RankReport
 from ftapi.v1alpha1.scheduling import StallDetection
 from fttestkit.paths import REPO
+from fttrainer.supervision.divergence import LossWatch
+from fttrainer.supervision.ranks import ComputeTimer
 from fttrainer.supervision.watchdog import (
     Deadlines,
     Watchdog,
     describe_collective,
     innermost_frames,
     recorded_collectives,
-    with_stall_watch,
 )
+from fttrainer.trainer_class import TrainerHooks, trainer_class
 from tests.unit.trainer.fakes import ManualClock
 
 SPEC = StallDetection(minimum_seconds=60, step_time_factor=10, startup_seconds=600,
@@ -128,16 +130,22 @@ def test_a_disabled_watchdog_starts_no_thread() -> None:
 
 
 def test_evaluations_and_saves_during_training_are_phases_of_their_own() -> None:
+    import torch
+
     dog = Watchdog(SPEC, clock=ManualClock())
 
     class Trainer:
+        model = torch.nn.Linear(1, 1)
+
         def evaluate(self) -> str:
             return dog.phase
 
         def _save_checkpoint(self, model: object, trial: object) -> str:
             return dog.phase
 
-    trainer = with_stall_watch(Trainer, dog)()
+    hooks = TrainerHooks(watchdog=dog, loss_watch=LossWatch(), compute_timer=ComputeTimer())
+    trainer = trainer_class(Trainer, hooks)()
+    assert type(trainer).__name__ == "FineTuneTrainer"
     assert trainer.evaluate() == "evaluating"  # the base evaluation, before training
     assert dog.phase == "starting"  # loading goes on where it was
     dog.began_training()

@@ -41,25 +41,6 @@ def perplexity_hook(trainer: Any, logs: dict[str, Any]) -> None:
     add_perplexity(logs)
 
 
-def with_log_hooks(trainer_class: type, hooks: Sequence[LogHook]) -> type:
-    """`trainer_class` whose logged evaluations are completed by `hooks(trainer, logs)`
-    (perplexity, MCQ scores) before anything sees them.
-
-    `Trainer.log` is the one hook every evaluation goes through before the history, the
-    trackers, the callbacks (the progress report) and the caller see it (its docstring
-    invites overriding it), so the extra metrics are in all of them, computed once. It runs
-    on every process, so a hook that runs the model works under ZeRO-3 and FSDP too (each
-    rank takes part in the forward passes)."""
-
-    def log(self: Any, logs: dict[str, float], start_time: float | None = None) -> None:
-        for hook in hooks:
-            hook(self, logs)
-        super(trainer, self).log(logs, start_time)  # type: ignore[arg-type]
-
-    trainer: type = type(trainer_class.__name__, (trainer_class,), {"log": log})
-    return trainer
-
-
 # Evaluation metrics where lower is better (the rest: higher is better).
 LOWER_IS_BETTER = ("loss", "perplexity")
 NOT_SCORES = (

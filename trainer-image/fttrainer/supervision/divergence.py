@@ -5,7 +5,7 @@ transformers, left to itself, replaces a NaN step loss by the running mean in th
 (`logging_nan_inf_filter`), steps the optimizer with NaN gradients, saves the NaN weights
 as the next checkpoint and ends the run successfully. Here:
 
-- `with_loss_watch(trainer_class, watch)` notes each micro-batch's loss (a tensor: no
+- `LossWatch.saw`, from FineTuneTrainer.training_step, notes each micro-batch's loss (a tensor: no
   device sync per micro-batch);
 - callbacks.NonFiniteGuard, just before each optimizer step, asks every rank whether its
   losses or its gradients held a non-finite value (one small all-reduce) and `decide`s:
@@ -65,7 +65,7 @@ class LossWatch:
     """What training_step returned for them (what the Trainer's running sum added)."""
     last_finite: Any = None
     """The newest finite micro-batch loss (a device tensor), what the running sum adds
-    instead of a non-finite one (a NaN added there would stay: see with_loss_watch)."""
+    instead of a non-finite one (a NaN added there would stay: see saw)."""
     step_returned: list[Any] = field(default_factory=list)
     """`returned` of the step `take` last read: what a skipped step added to the sum."""
     skipped_steps: int = 0
@@ -77,6 +77,22 @@ class LossWatch:
     skipped_total: int = 0
     skipped_total_sum: float = 0.0
     """The same for the whole attempt (its mean train_loss)."""
+
+    def saw(self, loss: Any) -> Any:
+        """A micro-batch's loss, as training_step returns it (the one backpropagated);
+        what the Trainer's running sum is to add for it: the last finite loss, on the device
+        (no sync), in place of a non-finite one. transformers resets its running sum by
+        subtracting it from itself, so a NaN added there would stay; what a skipped step
+        added is taken out of the log again (corrected). Before any finite loss there is
+        nothing to add, and NonFiniteGuard stops the run."""
+        import torch
+
+        loss = loss.detach()
+        self.losses.append(loss)
+        previous = loss if self.last_finite is None else self.last_finite
+        self.last_finite = torch.where(torch.isfinite(loss), loss, previous)
+        self.returned.append(self.last_finite)
+        return self.last_finite
 
     def take(self) -> list[float]:
         """The window's losses as numbers (one device sync per optimizer step), emptied."""
@@ -119,36 +135,6 @@ class LossWatch:
         logs["skipped_steps"] = self.skipped_steps
         self.skipped_steps, self.skipped_sum = 0, 0.0
         return logs
-
-
-def with_loss_watch(trainer_class: type, watch: LossWatch) -> type:
-    """`trainer_class` whose micro-batch losses `watch` sees (training_step's return is the
-    loss that was backpropagated), and whose logs leave the skipped steps' out."""
-
-    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        import torch
-
-        loss = super(watched, self).training_step(*args, **kwargs)  # type: ignore[arg-type]
-        loss = loss.detach()
-        watch.losses.append(loss)
-        # What the running sum adds for a non-finite micro-batch: the last finite one, on
-        # the device (no sync). transformers resets its running sum by subtracting it from
-        # itself, so a NaN added there would stay; what a skipped step added is taken out
-        # of the log again (LossWatch.corrected). Before any finite loss there is nothing
-        # to add, and NonFiniteGuard stops the run.
-        previous = loss if watch.last_finite is None else watch.last_finite
-        watch.last_finite = torch.where(torch.isfinite(loss), loss, previous)
-        watch.returned.append(watch.last_finite)
-        return watch.last_finite
-
-    def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        logs = watch.corrected(logs, self.state.global_step)
-        return super(watched, self).log(logs, *args, **kwargs)  # type: ignore[arg-type]
-
-    watched: type = type(
-        trainer_class.__name__, (trainer_class,), {"training_step": training_step, "log": log}
-    )
-    return watched
 
 
 @dataclass

@@ -84,6 +84,12 @@ class Faults:
             )
         return faults
 
+    @property
+    def active(self) -> bool:
+        """Whether a test set any fault that strikes inside training (trainer_class wraps
+        the trainer class only then)."""
+        return bool(self.nan_steps or self.sleeps or self.freeze_step or self.nan_weights_step)
+
     def sleep(self, where: str) -> None:
         """Once per step (a step may run several forwards), at every evaluation, in every
         forward ("every")."""

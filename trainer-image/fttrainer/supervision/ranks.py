@@ -265,16 +265,3 @@ class ComputeTimer:
         seconds = self._seconds if self._counted else None
         self._seconds, self._counted = 0.0, False
         return seconds
-
-
-def with_compute_timing(trainer_class: type, timer: ComputeTimer) -> type:
-    """`trainer_class` whose model's training forward passes `timer` times (evaluation's
-    are not: the model is in eval mode then), attached once the trainer has wrapped the
-    model (PEFT) and before it is prepared for distribution (DDP wraps it later)."""
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        super(timed, self).__init__(*args, **kwargs)  # type: ignore[arg-type]
-        timer.attach(self.model)
-
-    timed: type = type(trainer_class.__name__, (trainer_class,), {"__init__": __init__})
-    return timed

@@ -2,12 +2,12 @@
 
 Each `finetune run` process (each rank) runs one Watchdog thread, started before the heavy
 imports (torch, transformers), so a process that hangs while importing, initialising CUDA
-or joining the other ranks is stopped too. The training thread
-tells it which phase it is in and when progress happened (callbacks.StallWatch: training
-began, an optimizer step ended; with_stall_watch: an evaluation or a checkpoint save during
-training; the recipe: the final evaluation, save and publish); the watchdog holds each phase
-to its deadline from runPolicy.stallDetection (an evaluation or a save inside the starting
-or first-step phase pauses that phase's clock: each has its own budget):
+or joining the other ranks is stopped too. The training thread tells it which phase it is
+in and when progress happened (callbacks.StallWatch: training began, an optimizer step
+ended; FineTuneTrainer through phase_of: an evaluation or a checkpoint save during training;
+the recipe: the final evaluation, save and publish); the watchdog holds each phase to its
+deadline from runPolicy.stallDetection (an evaluation or a save inside the starting or
+first-step phase pauses that phase's clock: each has its own budget):
 
     starting     process start -> the start of training (imports, rendezvous,
                  model and data; `note` says which)                       startupSeconds
@@ -42,7 +42,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,6 +152,21 @@ class Watchdog:
                 self._paused = (self.phase, now - self.since)
             self.phase, self.since = phase, now
         self._tell()
+
+    @contextmanager
+    def phase_of(self, phase: Literal["evaluating", "saving"]) -> Iterator[None]:
+        """An evaluation or a checkpoint save as a phase of its own, whoever decided on it
+        (the base evaluation, the save steps, the last step, a SIGTERM, early stopping).
+        After training an evaluation runs in the phase the recipe set for it (the final
+        evaluation and its task scores)."""
+        if phase == "evaluating" and not self.training and self.phase != "starting":
+            yield
+            return
+        self.enter(phase)
+        try:
+            yield
+        finally:
+            self.resume()
 
     def note(self, doing: str) -> None:
         """What the starting phase does now (importing the libraries, joining the other
@@ -358,34 +374,3 @@ def describe_collective(entry: dict[str, Any]) -> str:
         f"{name}, sizes {entry.get('input_sizes', '?')}, {entry.get('state', '?')}, "
         f"{done}"
     )
-
-
-def with_stall_watch(trainer_class: type, watchdog: Watchdog) -> type:
-    """`trainer_class` whose evaluations and checkpoint saves are phases of their own for
-    `watchdog`, whoever decided on them (the base evaluation, the save steps, the last step,
-    a SIGTERM, early stopping). After training the recipe sets the phase (the final
-    evaluation and its task scores, the final save and publish)."""
-
-    def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not watchdog.training and watchdog.phase != "starting":
-            # The final evaluation: the recipe set the phase for it and its task scores.
-            return super(watched, self).evaluate(*args, **kwargs)  # type: ignore[arg-type]
-        watchdog.enter("evaluating")
-        try:
-            return super(watched, self).evaluate(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            watchdog.resume()
-
-    def _save_checkpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
-        watchdog.enter("saving")
-        try:
-            return super(watched, self)._save_checkpoint(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            watchdog.resume()
-
-    watched: type = type(
-        trainer_class.__name__,
-        (trainer_class,),
-        {"evaluate": evaluate, "_save_checkpoint": _save_checkpoint},
-    )
-    return watched
