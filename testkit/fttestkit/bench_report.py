@@ -203,7 +203,8 @@ def absolute_checks(phases: Sequence[PhaseLike]) -> list[tuple[str, bool]]:
         worst = max(known) if known and len(known) == len(values) else None
         ok = worst is not None and worst < limit
         missing = sum(p.summary()["missing"] for p in ours)
-        extra = f" ({missing} Jobs never appeared)" if key in ("all_s", "due_all_s") and missing else ""
+        counted = key in ("all_s", "due_all_s") and missing
+        extra = f" ({missing} Jobs never appeared)" if counted else ""
         shown = "n/a" if worst is None else f"{worst:.3g} {unit}"
         out.append((f"{'PASS' if ok else 'FAIL'}  {title}{extra}, worst repeat: {shown} "
                     f"(target < {limit:g} {unit})", ok))  # fmt: skip
