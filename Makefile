@@ -125,7 +125,7 @@ DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
 DOCKERFILES := trainer-image/Dockerfile operator/Dockerfile
 
-.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-data bench-storage bench-operator bench-realnode
+.PHONY: lint-docker lint-workflows images release bench bench-trainer bench-data bench-storage bench-create-cost bench-operator bench-realnode
 
 lint-docker: install ## hadolint both Dockerfiles (rules and their exceptions: .hadolint.yaml)
 	$(BIN)/hadolint --config .hadolint.yaml $(DOCKERFILES)
@@ -152,9 +152,10 @@ release: ## build and push both images and the chart: make release VERSION=0.2.0
 # --- benchmarks ---------------------------------------------------------------------------
 # `make bench` runs every benchmark in BENCH_TARGETS one after another (never in parallel:
 # they measure throughput). Add a bench-<thing> target below and append it here.
-BENCH_TARGETS := bench-trainer bench-data bench-storage bench-operator bench-realnode
+BENCH_TARGETS := bench-trainer bench-data bench-storage bench-create-cost bench-operator bench-realnode
 BENCH_TRAINER_ARGS ?=
 BENCH_STORAGE_ARGS ?=
+BENCH_CREATE_COST_ARGS ?=
 BENCH_OPERATOR_ARGS ?=
 BENCH_REALNODE_ARGS ?=
 
@@ -173,6 +174,10 @@ bench-data: install ## 500,000 chat rows: our data path (1 rank, 2 ranks, a rest
 bench-storage: install ## checkpoint upload: our storage layer vs a plain boto3 loop vs a raw copy (docs/storage.md)
 	hack/cluster-up.sh >/dev/null
 	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/storage.py $(BENCH_STORAGE_ARGS)
+
+bench-create-cost: install ## where a FineTuneJob create's time goes: CRD variants (no CEL, no defaults, ...) and TrainJob's (docs/benchmarks.md)
+	hack/cluster-up.sh >/dev/null
+	. "$${FTO_STATE:-$$HOME/.cache/finetune-operator/cluster}/env" && $(BIN)/python bench/create_cost.py $(BENCH_CREATE_COST_ARGS)
 
 bench-operator: install ## 1000 FineTuneJobs at 10/s on 128 fake GPU nodes: operator vs a plain client and Kubeflow Trainer (docs/benchmarks.md)
 	hack/cluster-up.sh >/dev/null

@@ -9,9 +9,10 @@ and against Kubeflow Trainer, as shipped and tuned.
 Runs on the local cluster (hack/cluster-up.sh; started when KUBECONFIG is not set). Adds
 --nodes kwok GPU nodes (bench-gpu-NNN, 8 GPUs each, tainted so that only the benchmark's pods
 land there). First, with no controller running, what a FineTuneJob create costs by itself
-(--create-cost). Then the phases, one after the other, each in a fresh namespace that is
-deleted (and waited for) before the next; with --repeats N all of them N times, the order
-rotated each time (raw, kubeflow, kubeflow-tuned, operator; then kubeflow, ..., raw; ...):
+(--create-cost; bench/create_cost.py takes that cost apart). Then the phases, one after
+the other, each in a fresh namespace that is deleted (and waited for) before the next;
+with --repeats N all of them N times, the order rotated each time (raw, kubeflow,
+kubeflow-tuned, operator; then kubeflow, ..., raw; ...):
 
   raw             the baseline: a plain client loop (threads, the kubernetes client through
                   ftoperator.kube.Kube) creates for each job exactly the objects the operator
@@ -125,6 +126,7 @@ from fttestkit import bench_report as report
 from fttestkit.bench_report import percentile
 from fttestkit.chart import trainer_policy_objects
 from fttestkit.controllers import read_metrics
+from fttestkit.create_cost import timed_creates
 from fttestkit.kubeflow import JOBSET_NAME_LABEL, TRAINER_API, Kubeflow, tuning
 from fttestkit.kubeflow import delete_runtime as kubeflow_delete_runtime
 from fttestkit.paths import REPO
@@ -1215,20 +1217,14 @@ def create_cost(
     out: dict[str, float | None] = {}
     for label, number, width in (("sequential", max(1, count // 5), 1),
                                  ("burst", count, threads)):  # fmt: skip
-        calls: list[float] = []
 
-        def one(index: int, label: str = label, calls: list[float] = calls) -> None:
+        def create(index: int, label: str = label) -> object:
             body = manifest(f"cost-{label[0]}{index:04d}", namespace, "1h")
-            started = time.perf_counter()
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            calls.append((time.perf_counter() - started) * 1000)
+            return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=width) as pool:
-            list(pool.map(one, range(number)))
-        out[f"{label}_p50_ms"] = percentile(calls, 50)
-        out[f"{label}_p99_ms"] = percentile(calls, 99)
-        out[f"{label}_per_s"] = number / (time.perf_counter() - started)
+        calls = timed_creates(create, number, width)
+        out[f"{label}_p50_ms"], out[f"{label}_p99_ms"] = calls.p50, calls.p99
+        out[f"{label}_per_s"] = calls.per_s
     print(f"  a FineTuneJob create alone: one by one p50 {out['sequential_p50_ms']:.1f} ms; "
           f"{count} at once p50 {out['burst_p50_ms']:.1f} ms, p99 {out['burst_p99_ms']:.1f} "
           f"ms, {out['burst_per_s']:.0f}/s", flush=True)  # fmt: skip

@@ -54,6 +54,7 @@ def test_the_serial_tests_that_run_kueue_or_kubeflow_are_marked_platform() -> No
     assert ids - kueue == {
         f"{make_targets}test_target_runs[tools]",
         f"{make_targets}test_the_operator_benchmark_runs_directly_as_its_docstring_says",
+        f"{make_targets}test_the_create_cost_benchmark_takes_the_create_apart",
     }, collected[-2000:]
 
 
