@@ -500,6 +500,7 @@ node_down() {
   shims="$(shim_pattern "$CONTAINERD_SOCK")"
   pkill -KILL -f "$shims" 2>/dev/null || true
   for _ in $(seq 1 50); do pgrep -f "$shims" >/dev/null || break; sleep 0.1; done
+  forget_pulled_images
   stop_proc containerd 30
   local d="$NODE_STATE"
   { grep -oE " ($d/kubelet|$NODE_RUN)[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do
@@ -509,6 +510,26 @@ node_down() {
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
   rm -rf "$d/cni/ipam"
   "$(fto_bin kube-proxy)" --cleanup >/dev/null 2>&1 || true
+}
+
+# The images the kubelet pulled from a local registry ($NODE_HOST_IP:PORT/...: `make
+# release`, the e2e tier's pushes, OCI models), and their IDs: that registry keeps them (in
+# its cluster's state) and serves them again; kept here too, every e2e run's trainer image
+# stayed behind (40 of them, 34 GB, on 2026-11-30). Images built here (hack/images.sh) stay.
+forget_pulled_images() {
+  containerd_ready >/dev/null 2>&1 || return 0
+  local listed named ref target
+  listed="$(ctr_ -n k8s.io images ls 2>/dev/null | awk 'NR>1 {print $1, $3}')"
+  while read -r ref target; do
+    if [[ "$ref" == "$NODE_HOST_IP:"* ]]; then ctr_ -n k8s.io images rm "$ref" >/dev/null 2>&1 || true; fi
+  done <<<"$listed"
+  named=" $(ctr_ -n k8s.io images ls 2>/dev/null | awk 'NR>1 && $1 !~ /^sha256:/ {printf "%s ", $3}')"
+  while read -r ref target; do
+    if [[ "$ref" == sha256:* && "$named" != *" $target "* ]]; then
+      ctr_ -n k8s.io images rm "$ref" >/dev/null 2>&1 || true
+    fi
+  done <<<"$listed"
+  return 0
 }
 
 # builder_up: only containerd and BuildKit (hack/images.sh; `hack/cluster-up.sh builder`):

@@ -101,3 +101,39 @@ def test_buildkits_state_is_dropped_when_its_containerd_store_was_replaced(tmp_p
     assert not (buildkit / "cache.db").exists(), "state of a deleted store was kept"
     assert "belongs to another containerd store" in said
     assert (buildkit / "fto-store-id").read_text() == (store / "fto-store-id").read_text()
+
+
+def test_teardown_forgets_the_images_pulled_from_local_registries(tmp_path: Path) -> None:
+    """What the kubelet pulled from a local registry goes with the node (that registry keeps
+    it), with the IDs only those names used; the images built here stay. Before, every e2e
+    run's trainer image (7 GB) stayed in the node's store. `ctr` is a stand-in that lists a
+    store and logs what is removed; the names and the ID column are ctr's."""
+    listing = "\n".join([
+        "REF TYPE DIGEST SIZE PLATFORMS LABELS",
+        "10.244.0.1:21599/e2e-af7ad9/trainer@sha256:aaa x sha256:m1 6.9GiB linux/amd64 -",
+        "10.244.0.1:22320/e2e-models/tiny-a3@sha256:bbb x sha256:m2 530KiB linux/amd64 -",
+        "docker.io/library/finetune-trainer:dev x sha256:m3 6.9GiB linux/amd64 -",
+        "sha256:id1 x sha256:m1 6.9GiB linux/amd64 -",
+        "sha256:id3 x sha256:m3 6.9GiB linux/amd64 -",
+    ])  # fmt: skip
+    store = tmp_path / "store"
+    store.write_text(listing + "\n")
+    removed = tmp_path / "removed"
+    fake = f"""
+containerd_ready() {{ return 0; }}
+ctr_() {{  # ctr_ -n k8s.io images ls|rm [REF]
+  case "$3 $4" in
+    "images ls") touch "{removed}"
+                 awk 'FILENAME == ARGV[1] {{gone[$1]; next}} !($1 in gone)' "{removed}" "{store}" ;;
+    "images rm") echo "$5" >> "{removed}" ;;
+  esac
+}}
+"""
+    script = "source hack/lib.sh && use_state /nonexistent && source hack/node.sh"
+    subprocess.run(["bash", "-c", f"{script}\n{fake}\nforget_pulled_images"], cwd=REPO,
+                   check=True)  # fmt: skip
+    assert removed.read_text().split() == [
+        "10.244.0.1:21599/e2e-af7ad9/trainer@sha256:aaa",
+        "10.244.0.1:22320/e2e-models/tiny-a3@sha256:bbb",
+        "sha256:id1",
+    ]
