@@ -738,10 +738,11 @@ def _validate_data(spec: Any) -> int:
     if remote:
         print(f"data not checked (remote: {', '.join(remote)})")
         return 0
-    from .data.prepare import DataError, prepare_data
+    from .data.prepare import DataError, prepare_data, refuse_images
 
     try:
         prepared = prepare_data(spec)
+        refuse_images(prepared, spec.dataset.train.uri)
     except DataError as exc:
         if exc.report is not None:
             print(exc.report.render())

@@ -62,7 +62,7 @@ from .callbacks import (
 from .checkpointing.protocol import job_identity, parse_step
 from .checkpointing.resume import restore, stop_at_max_steps
 from .checkpointing.store import CheckpointStore
-from .data.prepare import PreparedData, prepare_data
+from .data.prepare import PreparedData, prepare_data, refuse_images
 from .data.tokens import TokenReport, check_tokens
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .evaluation import Evaluator
@@ -232,6 +232,7 @@ class Recipe:
         with self.startup_clock.data():
             self.data = prepare_data(self.spec, mirror=self._data_mirror)
         log.info("%s", self.data.report.render())
+        refuse_images(self.data, self.spec.dataset.train.uri)
         # An s3:// model, tokenizer or adapter is fetched now (transformers loads local
         # folders and hub ids only); reports keep naming the spec's own source.
         self.watchdog.note("downloading the model")

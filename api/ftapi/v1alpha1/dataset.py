@@ -120,6 +120,11 @@ class Columns(ApiModel):
     """preference: the preferred completion [chosen]."""
     rejected: Column | None = None
     """preference: the dispreferred completion [rejected]."""
+    images: Column | None = None
+    """Formats with turns: the row's images, in the order of the `<image>` placeholders
+    (or bare `{"type": "image"}` parts) in its user turns [images]: paths beside the data
+    file, s3:// URIs or data: URLs. Content parts that carry their own image need no
+    column."""
 
 
 ALL_FORMATS: tuple[str, ...] = get_args(DatasetFormat)
@@ -140,6 +145,7 @@ COLUMN_FORMATS: dict[str, tuple[str, ...]] = {
     "completion": ("prompt_completion",),
     "chosen": ("preference",),
     "rejected": ("preference",),
+    "images": tuple(f for f in ALL_FORMATS if f not in ("plain_text", "oasst")),
 }
 
 

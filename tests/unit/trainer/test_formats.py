@@ -725,10 +725,15 @@ BAD: dict[str, tuple[str, Any, str]] = {
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]},
         "messages[1].content: missing (only a turn with tool_calls may omit it)",
     ),
-    "content that is an image part": (
+    "an image_url part not in OpenAI's shape": (
         "messages",
         {"messages": [{"role": "user", "content": [{"type": "image_url", "url": "u"}]}]},
-        "messages[0].content: expected text, got [{'type': 'image_url', 'url': 'u'}]",
+        "messages[0].content[0].image_url: expected {'url': ...}, got None",
+    ),
+    "an audio part": (
+        "messages",
+        {"messages": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]},
+        "messages[0].content[0].type: 'input_audio' is not a text, image or image_url part",
     ),
     "tool call on a user turn": (
         "messages",
@@ -1068,17 +1073,22 @@ SHAREGPT = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
 # A row per format with every column it may read, at the default names.
 FULL_ROWS: dict[str, dict[str, Any]] = {
     "plain_text": {"text": "t"},
-    "instruction": {"instruction": "i", "input": "x", "output": "o", "system": "s"},
-    "qa": {"question": "q", "answer": "a", "system": "s"},
-    "mcq": {"question": "q", "choices": ["x", "y"], "answer": "B", "system": "s"},
-    "messages": {"messages": _msgs((USER, "q"), (BOT, "a")), "tools": [TOOL], "system": "s"},
-    "sharegpt": {"conversations": SHAREGPT, "tools": [TOOL], "system": "s"},
+    "instruction": {"instruction": "<image>i", "input": "x", "output": "o", "system": "s",
+                    "images": ["a.png"]},
+    "qa": {"question": "<image>q", "answer": "a", "system": "s", "images": ["a.png"]},
+    "mcq": {"question": "<image>q", "choices": ["x", "y"], "answer": "B", "system": "s",
+            "images": ["a.png"]},
+    "messages": {"messages": _msgs((USER, "<image>q"), (BOT, "a")), "tools": [TOOL],
+                 "system": "s", "images": ["a.png"]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "<image>q"}, SHAREGPT[1]],
+                 "tools": [TOOL], "system": "s", "images": ["a.png"]},
     "oasst": {"messages": {"role": "prompter", "text": "q", "replies": [
         {"role": "assistant", "text": "a"}]}, "system": "s"},
-    "preference": {"prompt": "p", "chosen": "c", "rejected": "r", "tools": [TOOL], "system": "s"},
-    "prompt_only": {"prompt": "p", "system": "s", "answer": "4"},
-    "prompt_completion": {"prompt": _msgs((USER, "q")), "completion": _msgs((BOT, "a")),
-                          "tools": [TOOL], "system": "s"},
+    "preference": {"prompt": "<image>p", "chosen": "c", "rejected": "r", "tools": [TOOL],
+                   "system": "s", "images": ["a.png"]},
+    "prompt_only": {"prompt": "<image>p", "system": "s", "answer": "4", "images": ["a.png"]},
+    "prompt_completion": {"prompt": _msgs((USER, "<image>q")), "completion": _msgs((BOT, "a")),
+                          "tools": [TOOL], "system": "s", "images": ["a.png"]},
 }  # fmt: skip
 DEFAULT_NAME = {
     ("messages", "sharegpt"): "conversations",

@@ -18,6 +18,10 @@ object (a JSON string is parsed), and a tool definition is wrapped as
 `{"type": "function", "function": {...}}` when a row gives the bare function schema (the
 glaive / LLaMA-Factory layout).
 
+Images (data/images.py has the layouts): a sample that has any holds one `<image>`
+placeholder in its turns' text where each goes, and `images`, their references in that
+order; images go in user turns only (the model reads them, it does not write them).
+
 A row that cannot be converted raises `RowError` naming the field (`messages[2].role: ...`);
 the caller attaches the file and line. Values quoted in messages are cut to QUOTE
 characters. Pure functions, no tokenizer: chat templates are applied later.
@@ -29,10 +33,14 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from ftapi.v1alpha1 import Columns, DatasetSpec
+
+from . import images
+from .images import PLACEHOLDER, ImageError
 
 Message = dict[str, Any]
 Sample = dict[str, Any]
@@ -84,6 +92,9 @@ class FormatContext:
 
 Converter = Callable[[Mapping[str, Any], FormatContext], list[Sample]]
 FORMATS: dict[str, Converter] = {}
+# The image references of the row being converted, in the order its content parts give
+# them (_image_part); None outside convert_row, where no image is read.
+_ROW_IMAGES: ContextVar[list[str] | None] = ContextVar("row_images", default=None)
 
 
 def register(name: str) -> Callable[[Converter], Converter]:
@@ -102,14 +113,109 @@ def convert_row(fmt: str, row: Mapping[str, Any], context: FormatContext) -> lis
     whole data check."""
     if not isinstance(row, Mapping):
         raise RowError(f"expected an object, got {type(row).__name__}")
+    refs: list[str] = []
+    token = _ROW_IMAGES.set(refs)
     try:
-        return FORMATS[fmt](row, context)
+        return [with_images(s, refs, row, context) for s in FORMATS[fmt](row, context)]
     except RowError:
         raise
     except (TypeError, KeyError, AttributeError, IndexError, ValueError) as error:
         raise RowError(
             f"cannot read the row as {fmt} ({type(error).__name__}: {_cut(str(error))})"
         ) from None
+    finally:
+        _ROW_IMAGES.reset(token)
+
+
+# A sample's text fields that are turns (lists of messages) or plain strings, in order.
+_TURN_FIELDS = ("messages", "prompt", "chosen", "rejected", "completion")
+
+
+def with_images(
+    sample: Sample, refs: list[str], row: Mapping[str, Any], ctx: FormatContext
+) -> Sample:
+    """The sample with its images: `<image>` placeholders in its text and `images` in the
+    same order, taken from its content parts' own references (`refs`, which the marks in
+    its text index) or from the images column. A row without either is left as it is (a
+    literal `<image>` in a text-only row is text)."""
+    name = ctx.column("images")
+    if "text" in sample:  # plain_text reads its text column only
+        return sample
+    column = _image_column(row.get(name), name)
+    if not refs and not column:
+        return sample
+    texts = _texts(sample)
+    placeholders = sum(text.count(PLACEHOLDER) for _, _, text in texts)
+    marks = [i for _, _, text in texts for i in images.inline_marks(text)]
+    if refs and column:
+        raise RowError(
+            f"{name}: the row's content parts carry their own images too: give each image "
+            "once, in the parts or in the column"
+        )
+    if refs and placeholders:
+        raise RowError(
+            f"{placeholders} {PLACEHOLDER} placeholder(s) or bare image parts beside parts that "
+            f"carry their own image: with no {name!r} column, every image part needs its image"
+        )
+    if column and placeholders != len(column):
+        raise RowError(
+            f"{name}: {len(column)} image(s), but the turns hold {placeholders} {PLACEHOLDER} "
+            "placeholder(s) or bare image parts (one each, in order)"
+        )
+    for where, role, text in texts:
+        if role != "user" and (PLACEHOLDER in text or images.has_mark(text)):
+            raise RowError(
+                f"{where}: an image in a {role} turn: images go in user turns (the model "
+                "reads them, it does not write them)"
+            )
+    out = {k: v for k, v in sample.items() if k != name}
+    for key in _TURN_FIELDS:
+        value = out.get(key)
+        if isinstance(value, list):
+            out[key] = [_unmarked(turn) for turn in value]
+        elif isinstance(value, str):
+            out[key] = images.without_marks(value)
+    chosen = column or [refs[i] for i in marks]
+    if chosen:
+        out["images"] = chosen
+    return out
+
+
+def _texts(sample: Sample) -> list[tuple[str, str, str]]:
+    """(where, role, text) of every text in a sample that may hold an image."""
+    found: list[tuple[str, str, str]] = []
+    for key in _TURN_FIELDS:
+        value = sample.get(key)
+        if isinstance(value, str):
+            found.append((key, "assistant" if key == "completion" else "user", value))
+        elif isinstance(value, list):
+            for i, turn in enumerate(value):
+                if isinstance(turn, Mapping) and isinstance(turn.get("content"), str):
+                    found.append((f"{key}[{i}].content", str(turn["role"]), turn["content"]))
+    return found
+
+
+def _unmarked(turn: Any) -> Any:
+    if isinstance(turn, Mapping) and isinstance(turn.get("content"), str):
+        return {**turn, "content": images.without_marks(turn["content"])}
+    return turn
+
+
+def _image_column(value: Any, name: str) -> list[str]:
+    """The images column of a row: a list of references (or one), or a JSON string of a
+    list (CSV cells); empty when the row has none."""
+    if value is None or value == "" or value == []:
+        return []
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        parsed = _json_or_none(value)
+        if not isinstance(parsed, list):
+            raise RowError(f"{name}: not a JSON list of images: {_quote(value)}")
+        value = parsed
+    listed = value if isinstance(value, list) else [value]
+    try:
+        return [images.reference(v, f"{name}[{i}]") for i, v in enumerate(listed)]
+    except ImageError as error:
+        raise RowError(str(error)) from None
 
 
 @register("plain_text")
@@ -670,11 +776,30 @@ def _content(value: Any, where: str) -> str:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _scalar_text(value, where)
-    if isinstance(value, list) and all(
-        isinstance(p, Mapping) and p.get("type") == "text" for p in value
-    ):
-        return "".join(str(p.get("text", "")) for p in value)  # OpenAI content parts, text only
+    if isinstance(value, list) and value and all(isinstance(p, Mapping) for p in value):
+        return "".join(_part(p, f"{where}[{j}]") for j, p in enumerate(value))  # content parts
     raise RowError(f"{where}: expected text, got {_quote(value)}")
+
+
+def _part(part: Mapping[str, Any], where: str) -> str:
+    """A content part as text: its text, or an image's place in it."""
+    kind = part.get("type")
+    if kind == "text":
+        return str(part.get("text", ""))
+    if kind not in ("image", "image_url"):
+        raise RowError(f"{where}.type: {_quote(kind)} is not a text, image or image_url part")
+    refs = _ROW_IMAGES.get()
+    if refs is None:
+        raise RowError(f"{where}: an image where only text is read")
+    try:
+        ref = images.part_reference(part, where)
+    except ImageError as error:
+        raise RowError(str(error)) from None
+    if ref is None:
+        return PLACEHOLDER  # TRL's layout: its image is the next one in the images column
+    if ref not in refs:  # the same image read twice (a shared prompt) marks the same
+        refs.append(ref)
+    return images.inline(refs.index(ref))
 
 
 def _seq(value: Any, where: str) -> list[Any]:

@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 from array import array
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,9 +41,11 @@ from .formats import (
     tool_call_names,
     trained_call_names,
 )
+from .images import PLACEHOLDER, ImageKeeper
 from .prepared import (
     BATCH,
     FORMAT_VERSION,
+    IMAGES,
     PARTS,
     DataReport,
     PreparedData,
@@ -114,6 +117,18 @@ def prepare_data(
     return data
 
 
+def refuse_images(prepared: PreparedData, uri: str) -> None:
+    """Images in the rows, where training reads text only: refused before any model loads
+    (read as text, every image would become the characters `<image>`)."""
+    images = prepared.report.images
+    if images is not None:
+        why = (
+            f"the rows carry {images.count} image(s), and this trainer does not train "
+            f"vision-language models yet: each would be read as the text {PLACEHOLDER!r}"
+        )
+        raise DataError([Problem(uri, why)], prepared.report)
+
+
 def data_identity(
     spec: FineTuneJobSpec, sources: list[tuple[str, DataSource]], s3_client: Any
 ) -> str | None:
@@ -169,6 +184,7 @@ def _prepare(
     dataset = spec.dataset
     context = FormatContext.from_spec(dataset, _required_columns(spec))
     inspector = Inspector(scan_pii=dataset.cleaning.pii != "off")
+    keeper = ImageKeeper(folder / IMAGES, s3_client)
     report = DataReport()
     problems: list[Problem] = []
     spans: dict[str, tuple[int, int]] = {}  # part -> its source's samples in the scan
@@ -181,7 +197,15 @@ def _prepare(
         with opened_source(source.uri, split=source.split, s3_client=s3_client) as (items, local):
             while chunk := list(islice(items, BATCH)):
                 rows += len(chunk)
-                batch = _converted(chunk, dataset.format, context, inspector, unread, unconverted)
+                batch = _converted(
+                    chunk,
+                    dataset.format,
+                    context,
+                    inspector,
+                    unread,
+                    unconverted,
+                    lambda refs: keeper.digests(refs, source.uri),
+                )
                 written += len(batch["sample"])
                 yield batch
             digest = "sha256:" + sha256_file(local) if spec.output.oci and local else None
@@ -202,6 +226,7 @@ def _prepare(
 
     report.samples = write_arrow(scan_path, samples_schema(), scanned())
     report.findings = inspector.findings
+    report.images = keeper.counts if keeper.counts.count else None
     duplicates = stream_taken(scan_path, inspector.duplicate_positions())
     report.findings.duplicates = [o for batch in duplicates for o in batch["origin"].to_pylist()]
     if problems:
@@ -239,9 +264,11 @@ def _converted(
     inspector: Inspector,
     unread: list[Problem],
     unconverted: list[Problem],
+    kept_images: Callable[[list[str]], tuple[list[str], list[str]]],
 ) -> dict[str, list[Any]]:
-    """A chunk of rows as converted samples (columns of samples_schema), each checked;
-    a row that does not convert is a problem at its file and line."""
+    """A chunk of rows as converted samples (columns of samples_schema), each checked, its
+    images read, checked and kept (`kept_images`: references -> digests, problems); a row
+    that does not convert, or holds a bad image, is a problem at its file and line."""
     columns: dict[str, list[Any]] = {name: [] for name in samples_schema().names}
     for item in chunk:
         if isinstance(item, Problem):
@@ -252,6 +279,15 @@ def _converted(
         except RowError as exc:
             unconverted.append(Problem(item.origin, str(exc)))
             continue
+        bad = [
+            p
+            for sample in samples
+            if "images" in sample
+            for p in _with_digests(sample, kept_images)
+        ]
+        if bad:
+            unconverted.extend(Problem(item.origin, problem) for problem in bad)
+            continue
         for sample in samples:
             inspector.add(sample, item.origin)
             # default=str: what JSON has no type for (parquet timestamps) becomes text.
@@ -261,6 +297,16 @@ def _converted(
             columns["calls"].append(bool(tool_call_names(sample)))
             columns["trained_calls"].append(bool(trained_call_names(sample)))
     return columns
+
+
+def _with_digests(
+    sample: dict[str, Any], kept_images: Callable[[list[str]], tuple[list[str], list[str]]]
+) -> list[str]:
+    """The sample's image references replaced by the digests they are kept under; the
+    problems of those that are no usable image."""
+    digests, problems = kept_images(sample["images"])
+    sample["images"] = digests
+    return problems
 
 
 def _kept(scan_path: Path, drop: set[str], samples: int) -> Any:

@@ -6,6 +6,8 @@ mapped pages stay in the reader's RSS.
     XDG_CACHE_HOME/finetune/data/
       samples-<key>/     data/prepare.py: read, converted, checked, cleaned and split
         train.arrow validation.arrow test.arrow   sample (JSON), origin, tool flags
+        images/<sha256>                           each distinct image, as read (samples
+                                                  name theirs by digest: data/images.py)
         report.json                               the data report
       tokens-<key>/      data/tokens.py: tokenized for one tokenizer and token settings
         train.arrow ...  SFT: input_ids, labels; DPO/GRPO: the sample's typed columns
@@ -28,11 +30,13 @@ from typing import Any, overload
 
 from .cleaning import Findings
 from .formats import Sample
+from .images import ImageCounts
 
 PARTS = ("train", "validation", "test")
 FORMAT_VERSION = "1"
 """Part of every key: raised when what a prepared folder holds, or how it is made, changes."""
 BATCH = 1024  # samples read, converted or written at a time
+IMAGES = "images"  # the folder of a preparation's images, by digest
 
 
 def samples_schema() -> Any:
@@ -161,12 +165,15 @@ class DataReport:
     findings: Findings = field(default_factory=Findings)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> samples dropped
     splits: dict[str, int] = field(default_factory=dict)  # train/validation/test -> samples
+    images: ImageCounts | None = None  # the samples' images, when they have any
 
     def render(self) -> str:
         lines = ["data report:"]
         for uri, count in self.sources.items():
             lines.append(f"  {uri}: {count} rows")
         lines.append(f"  samples after conversion: {self.samples}")
+        if self.images is not None:
+            lines.append(f"  {self.images.render()}")
         f = self.findings
         for name, origins in (
             ("exact duplicates", f.duplicates),
@@ -195,7 +202,10 @@ class DataReport:
         fields = json.loads(text)
         findings = fields.pop("findings")
         findings["labels"] = Counter(findings["labels"])
-        return cls(findings=Findings(**findings), **fields)
+        images = fields.pop("images", None)
+        if images is not None:
+            images = ImageCounts(**{**images, "largest": tuple(images["largest"])})
+        return cls(findings=Findings(**findings), images=images, **fields)
 
 
 @dataclass
@@ -213,6 +223,10 @@ class PreparedData:
     def open(cls, folder: Path, *, reused: bool = False, pinned: bool = True) -> PreparedData:
         report = DataReport.from_json((folder / "report.json").read_text())
         return cls(folder, report, reused, pinned)
+
+    def image_path(self, digest: str) -> Path:
+        """Where the image a sample names by `digest` is kept."""
+        return self.folder / IMAGES / digest
 
     def table(self, part: str) -> Any:
         if part not in self._tables:
