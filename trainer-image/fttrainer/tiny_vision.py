@@ -1,0 +1,250 @@
+"""Tiny random-weight vision-language models of real families, with their processors built
+on the spot: the tiny BPE tokenizer with the family's image tokens, the family's own image
+processor (Pillow backend) sized so that one image is a handful of tokens, and the family's
+chat template as TRL bundles it (so that TRL's assistant-only loss knows it).
+
+No hub is needed: the trainer tests fine-tune these on generated images. The model is the
+family's real class (`AutoModelForImageTextToText`), so the vision tower, the projector and
+the language model are where a 4B checkpoint has them.
+
+    python -m fttrainer.tiny_vision --family gemma3 --output .quickstart/tiny-gemma3
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .tiny import DEFAULT_CORPUS
+
+# The families built here (transformers model types) and the tokens each one's processor
+# reads from its tokenizer.
+FAMILY_TOKENS: dict[str, dict[str, str]] = {
+    "gemma3": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+               "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+               "image_token": "<image_soft_token>"},
+    "idefics3": {"bos_token": "<|begin_of_text|>", "eos_token": "<end_of_utterance>",
+                 "pad_token": "<|pad|>", "image_token": "<image>",
+                 "fake_image_token": "<fake_token_around_image>",
+                 "global_image_token": "<global-img>"},
+    "mllama": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+               "pad_token": "<|finetune_right_pad_id|>", "image_token": "<|image|>"},
+}  # fmt: skip
+# Further special tokens the family's chat template writes.
+TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
+    "gemma3": ("<start_of_turn>", "<end_of_turn>"),
+    "idefics3": ("<|im_start|>",),
+    "mllama": ("<|start_header_id|>", "<|end_header_id|>", "<|python_tag|>"),
+}
+FAMILIES = tuple(FAMILY_TOKENS)
+IMAGE_TOKENS = 4  # image tokens one image becomes (Mllama: 1 in the text, via cross-attention)
+TEXT = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+}  # fmt: skip
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+# Llama 3.2 Vision's template as Meta ships it, with TRL's generation markers around the
+# assistant's turns (TRL bundles no Mllama template).
+MLLAMA_TEMPLATE = (
+    "{%- macro content(message) %}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '<|image|>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{%- endmacro %}"
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- content(message) + '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else %}{{- content(message) + '<|eot_id|>' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+@dataclass
+class TinyVision:
+    """A tiny vision-language model and the processor that feeds it."""
+
+    family: str
+    model: Any
+    processor: Any
+
+    def save(self, output: Path) -> Path:
+        output.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(output)
+        self.processor.save_pretrained(output)
+        return output
+
+
+def build_tokenizer(family: str, vocab_size: int = 512) -> Any:
+    """The tiny BPE tokenizer with `family`'s special tokens (each one id) and its
+    processor's tokens set as attributes (`image_token`, `boi_token`, ...)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    named = FAMILY_TOKENS[family]
+    specials = [*dict.fromkeys([*named.values(), *TEMPLATE_TOKENS[family]])]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(list(DEFAULT_CORPUS) * 20, trainer)
+    others = [t for t in specials if t not in named.values()]
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer, extra_special_tokens=others, **named
+    )
+
+
+def build(family: str, *, seed: int = 0) -> TinyVision:
+    """A tiny model of `family` with its processor."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    if family not in FAMILY_TOKENS:
+        raise ValueError(f"unknown family {family!r}: choose from {', '.join(FAMILIES)}")
+    tokenizer = build_tokenizer(family)
+    config, processor = _BUILDERS[family](tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)  # type: ignore[no-untyped-call]
+    return TinyVision(family, model, processor)
+
+
+def _ids(tokenizer: Any) -> dict[str, Any]:
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _gemma3(tokenizer: Any) -> tuple[Any, Any]:
+    from transformers.models.gemma3 import (
+        Gemma3Config,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
+    from trl.chat_template_utils import gemma3_chat_template
+
+    config = Gemma3Config(
+        text_config={
+            **TEXT,
+            **_ids(tokenizer),
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        vision_config={**VISION, "image_size": 32, "patch_size": 8, "vision_use_head": False},
+        mm_tokens_per_image=IMAGE_TOKENS,
+        boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        chat_template=gemma3_chat_template,
+        image_seq_length=IMAGE_TOKENS,
+    )
+    return config, processor
+
+
+def _idefics3(tokenizer: Any) -> tuple[Any, Any]:
+    from transformers.models.idefics3 import (
+        Idefics3Config,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+    from trl.chat_template_utils import idefics3_chat_template
+
+    config = Idefics3Config(
+        text_config={"model_type": "llama", **TEXT, **_ids(tokenizer)},
+        vision_config={**VISION, "image_size": 64, "patch_size": 16},  # 16 patches / 2^2 = 4
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(
+            size={"longest_edge": 64},
+            max_image_size={"longest_edge": 64},
+            do_image_splitting=False,
+        ),
+        tokenizer=tokenizer,
+        image_seq_len=IMAGE_TOKENS,
+        chat_template=idefics3_chat_template,
+    )
+    return config, processor
+
+
+def _mllama(tokenizer: Any) -> tuple[Any, Any]:
+    from transformers.models.mllama import (
+        MllamaConfig,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
+
+    config = MllamaConfig(
+        text_config={
+            **TEXT,
+            **_ids(tokenizer),
+            "num_hidden_layers": 3,
+            "cross_attention_layers": [1],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "attention_heads": 2,
+            "num_hidden_layers": 2,
+            "num_global_layers": 1,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+            "max_num_tiles": 1,
+            "supported_aspect_ratios": [[1, 1]],
+            "intermediate_layers_indices": [0],
+            "vision_output_dim": 64,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"),
+    )
+    processor = MllamaProcessor(
+        image_processor=MllamaImageProcessorPil(
+            size={"height": 32, "width": 32}, max_image_tiles=1
+        ),
+        tokenizer=tokenizer,
+        chat_template=MLLAMA_TEMPLATE,
+    )
+    return config, processor
+
+
+_BUILDERS = {"gemma3": _gemma3, "idefics3": _idefics3, "mllama": _mllama}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fttrainer.tiny_vision",
+        description="Write a tiny random-weight vision-language model and its processor.",
+    )
+    parser.add_argument("--family", choices=FAMILIES, default="gemma3")
+    parser.add_argument("--output", type=Path, required=True, help="directory to write")
+    args = parser.parse_args(argv)
+    print(build(args.family).save(args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
