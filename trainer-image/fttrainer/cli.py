@@ -739,10 +739,12 @@ def _validate_data(spec: Any) -> int:
         print(f"data not checked (remote: {', '.join(remote)})")
         return 0
     from .data.prepare import DataError, prepare_data, refuse_images
+    from .model.vision import reads_images
 
     try:
         prepared = prepare_data(spec)
-        refuse_images(prepared, spec.dataset.train.uri)
+        if reads_images(spec.model) is False:  # unknown: a model this machine cannot read
+            refuse_images(prepared, spec.dataset.train.uri, spec.model.name)
     except DataError as exc:
         if exc.report is not None:
             print(exc.report.render())

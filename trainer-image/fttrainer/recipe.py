@@ -64,16 +64,18 @@ from .checkpointing.resume import restore, stop_at_max_steps
 from .checkpointing.store import CheckpointStore
 from .data.prepare import PreparedData, prepare_data, refuse_images
 from .data.tokens import TokenReport, check_tokens
+from .data.vision_rows import vision_transform
 from .distributed import check_saved_weights, confirm_strategy, unsharded_loading
 from .evaluation import Evaluator
 from .model.adapters import ModelPlan, name_backbone, plan_model
 from .model.attention import MODEL_ATTENTION, torch_varlen_attention
 from .model.attention import register as register_attention
 from .model.memory_plan import ModelShape, recomputed_layers_to_fit
-from .model.meta import meta_model
+from .model.meta import meta_model, model_class
 from .model.moe import routers
 from .model.sources import localized
 from .model.spectrum import apply_spectrum
+from .model.vision import freeze, frozen_prefixes, is_vision_language
 from .publishing.hub import push_to_hub, push_token
 from .reporting.progress import ProgressReporter
 from .reporting.tracking import (
@@ -186,6 +188,9 @@ class Recipe:
         self.progress_bar = progress_bar
         self.data: PreparedData | None = None
         self.tokenizer: Any = None
+        # A vision-language model's processor (its tokenizer is self.tokenizer); None for a
+        # text-only model.
+        self.processor: Any = None
         self.model: Any = None
         self.trainer: Any = None
         self.token_report: TokenReport | None = None
@@ -232,13 +237,15 @@ class Recipe:
         with self.startup_clock.data():
             self.data = prepare_data(self.spec, mirror=self._data_mirror)
         log.info("%s", self.data.report.render())
-        refuse_images(self.data, self.spec.dataset.train.uri)
         # An s3:// model, tokenizer or adapter is fetched now (transformers loads local
         # folders and hub ids only); reports keep naming the spec's own source.
         self.watchdog.note("downloading the model")
         self.spec = localized(self.spec)
-        # The tokenizer decides how conversations render; pad must differ from eos.
+        # The tokenizer decides how conversations render; pad must differ from eos. A model
+        # that reads images comes with a processor, which holds its tokenizer.
         self.tokenizer = self._setup_tokenizer()
+        if self.processor is None:  # images in rows a text-only model would read as text
+            refuse_images(self.data, self.spec.dataset.train.uri, self.spec.model.name)
         # Token checks need the tokenizer but not the model: still cheap to fail here.
         with self.startup_clock.data():
             self.token_report = check_tokens(
@@ -247,6 +254,7 @@ class Recipe:
                 self.tokenizer,
                 responses_only=self.spec.trainer.type == "sft" and responses_only(self.spec),
                 mirror=self._data_mirror,
+                tokenized=self.processor is None,
             )
         log.info("%s", self.token_report.render())
         # The evaluation's own inputs (prompts, benchmarks, harness tasks): read before the
@@ -273,7 +281,7 @@ class Recipe:
         self.startup_clock.setup_done(data_reused=self.data.reused and self.token_report.reused)
 
     def _setup_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
         model = self.spec.model
         for where, name in (("model.name", model.name), ("model.tokenizer", model.tokenizer)):
@@ -282,11 +290,31 @@ class Recipe:
                     f"spec.{where}: {name!r}: no such directory (a path; a hub "
                     "id looks like org/name)"
                 )
-        tokenizer = AutoTokenizer.from_pretrained(
-            model.tokenizer or model.name,
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
-        )
+        source = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+        config = AutoConfig.from_pretrained(model.name, **source)
+        if is_vision_language(config):
+            frozen_prefixes(config)  # a family this trainer does not serve: refused now
+            self.processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                model.tokenizer or model.name, **source
+            )
+            tokenizer = self.processor.tokenizer
+            if self.spec.dataset.chat_template:
+                self.processor.chat_template = self.spec.dataset.chat_template
+            if not self.processor.chat_template:
+                raise ValueError(
+                    f"spec.model.name: {model.name!r}: its processor has no chat template "
+                    "(set dataset.chatTemplate): images are placed by the template"
+                )
+            # The family's template with generation markers, where TRL has one for it: what
+            # lets the loss cover the assistant's turns only (TRL would swap it in too).
+            from trl.chat_template_utils import get_training_chat_template
+
+            training = get_training_chat_template(self.processor)
+            if training is not None:
+                self.processor.chat_template = training
+            tokenizer.chat_template = self.processor.chat_template
+            return tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer or model.name, **source)
         if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             # pad == eos masks every eos out of the loss: the model never learns to stop.
             tokenizer.add_special_tokens({"pad_token": "<|finetune_pad|>"})
@@ -322,7 +350,7 @@ class Recipe:
 
     def _setup_model(self) -> Any:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig
 
         model_spec = self.spec.model
         dtype: Any = "auto" if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
@@ -349,11 +377,18 @@ class Recipe:
         quantization = self.spec.method.effective_quantization()
         if quantization is not None:
             kwargs["quantization_config"] = self._quantization_config()
-        model: Any = AutoModelForCausalLM.from_pretrained(model_spec.name, **kwargs)
+        config = AutoConfig.from_pretrained(
+            model_spec.name,
+            revision=model_spec.revision,
+            trust_remote_code=model_spec.trust_remote_code,
+        )
+        model: Any = model_class(config).from_pretrained(model_spec.name, **kwargs)
         name_backbone(model)  # where TRL and PEFT look for the decoder (Llama 4)
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
-        model.config.pad_token_id = self.tokenizer.pad_token_id
+        model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id
+        if self.processor is not None:  # the vision tower and projector stay as they are
+            freeze(model, frozen_prefixes(model.config))
         # Methods that are not a fresh PEFT config act on the loaded model here.
         method = self.spec.method
         if quantization is not None:
@@ -483,7 +518,7 @@ class Recipe:
                 args=getattr(trl, config_class)(**kwargs),
                 train_dataset=train,
                 eval_dataset=validation if self.spec.evaluation.strategy != "no" else None,
-                processing_class=self.tokenizer,
+                processing_class=self.processor or self.tokenizer,
                 peft_config=getattr(peft, peft_kwargs[0])(**peft_kwargs[1])
                 if peft_kwargs
                 else None,
@@ -559,8 +594,15 @@ class Recipe:
         report = self.token_report
         assert report is not None
         datasets = report.encoded if self._pretokenized else report.typed
-        validation = datasets.get("validation")
-        return datasets["train"], validation if validation is not None and len(validation) else None
+        train, validation = datasets["train"], datasets.get("validation")
+        if validation is not None and not len(validation):
+            validation = None
+        if self.processor is not None:  # pictures opened as batches are built
+            assert self.data is not None
+            transform = vision_transform(self.data.image_path)
+            train = train.with_transform(transform)
+            validation = validation.with_transform(transform) if validation is not None else None
+        return train, validation
 
     def train(self) -> RunResult:
         """Train, evaluate, score; the tracker runs (rank 0) cover all of it and end with
@@ -653,7 +695,7 @@ class Recipe:
         if not self.is_main_process:
             return final_dir
         check_saved_weights(final_dir)  # ZeRO-3 can save an adapter of empty tensors
-        self.tokenizer.save_pretrained(str(final_dir))
+        (self.processor or self.tokenizer).save_pretrained(str(final_dir))
         history = self.trainer.state.log_history
         epoch_metrics = [h for h in history if "eval_loss" in h]
         files = {
@@ -844,11 +886,16 @@ class Recipe:
         first, and the merged model is a plain one in its compute dtype."""
         import peft
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         model_spec = self.spec.model
         dtype = torch.float32 if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
-        base = AutoModelForCausalLM.from_pretrained(
+        config = AutoConfig.from_pretrained(
+            model_spec.name,
+            revision=model_spec.revision,
+            trust_remote_code=model_spec.trust_remote_code,
+        )
+        base = model_class(config).from_pretrained(
             model_spec.name,
             revision=model_spec.revision,
             dtype=dtype,
@@ -856,7 +903,7 @@ class Recipe:
         )
         prequantized = getattr(base, "hf_quantizer", None) is not None
         if prequantized:
-            base = base.dequantize()  # type: ignore[no-untyped-call]
+            base = base.dequantize()
         embeddings: Any = base.get_input_embeddings()
         if len(self.tokenizer) > embeddings.weight.shape[0]:
             base.resize_token_embeddings(len(self.tokenizer))
@@ -874,7 +921,7 @@ class Recipe:
         merged_dir = self.output_dir / "merged"
         # A dequantized base cannot be saved back in its checkpoint's (quantized) layout.
         merged.save_pretrained(str(merged_dir), save_original_format=not prequantized)
-        self.tokenizer.save_pretrained(str(merged_dir))
+        (self.processor or self.tokenizer).save_pretrained(str(merged_dir))
         return merged_dir
 
 

@@ -337,27 +337,39 @@ def test_every_bad_image_is_reported_with_file_line_and_reason(tmp_path: Path) -
     assert all(p.origin.startswith(str(path)) for p in caught.value.problems)
 
 
-def test_finetune_validate_reports_bad_images_and_refuses_training_images(
+def test_finetune_validate_refuses_images_for_a_text_only_model_and_reports_bad_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`finetune validate` gives a bad image's file:line as a run would; good images are
-    counted, then refused: this trainer does not train vision-language models yet, and read
-    as text each would be the characters `<image>`."""
+    """`finetune validate` reads the model's config: images for a model that reads text
+    only are refused (each would be read as the characters `<image>`), for a
+    vision-language model counted; a bad image gives its file:line as a run would."""
     import yaml
 
     from fttestkit.builders import make_job
     from fttrainer.cli import main
 
+    models = {}
+    for kind in ("llama", "idefics3"):  # a config is all validate reads of a model
+        models[kind] = tmp_path / kind
+        models[kind].mkdir()
+        (models[kind] / "config.json").write_text(json.dumps({"model_type": kind}))
     path = _vision_rows(tmp_path)
     job = tmp_path / "job.yaml"
     dataset = {"train": {"uri": str(path)}, "format": "messages"}
-    job.write_text(yaml.safe_dump(make_job().set("dataset", dataset).obj()))
-    assert main(["validate", str(job)]) == 1
+
+    def validate(model: Path) -> int:
+        job.write_text(yaml.safe_dump(
+            make_job().set("model.name", str(model)).set("dataset", dataset).obj()))  # fmt: skip
+        return main(["validate", str(job)])
+
+    assert validate(models["llama"]) == 1
     out, err = capsys.readouterr()
     assert "images: 4 in samples (3 distinct" in out
-    assert "the rows carry 4 image(s), and this trainer does not train vision-language" in err
+    assert f"the rows carry 4 image(s), and the model '{models['llama']}' reads text only" in err
+    assert validate(models["idefics3"]) == 0
+    assert "images: 4 in samples (3 distinct" in capsys.readouterr().out
     with path.open("a") as rows:
         gone = {"messages": [_user({"type": "image", "image": "img/gone.png"}), BOT]}
         rows.write(json.dumps(gone) + "\n")
-    assert main(["validate", str(job)]) == 1
+    assert validate(models["idefics3"]) == 1
     assert f"{path}:5: images[0] 'img/gone.png': not found" in capsys.readouterr().err

@@ -117,14 +117,14 @@ def prepare_data(
     return data
 
 
-def refuse_images(prepared: PreparedData, uri: str) -> None:
-    """Images in the rows, where training reads text only: refused before any model loads
-    (read as text, every image would become the characters `<image>`)."""
+def refuse_images(prepared: PreparedData, uri: str, model: str) -> None:
+    """Images in the rows of a run whose model reads text only: refused before the model
+    loads (read as text, every image would become the characters `<image>`)."""
     images = prepared.report.images
     if images is not None:
         why = (
-            f"the rows carry {images.count} image(s), and this trainer does not train "
-            f"vision-language models yet: each would be read as the text {PLACEHOLDER!r}"
+            f"the rows carry {images.count} image(s), and the model {model!r} reads text only "
+            f"(its config has no vision_config): each would be read as the text {PLACEHOLDER!r}"
         )
         raise DataError([Problem(uri, why)], prepared.report)
 

@@ -125,21 +125,25 @@ def check_tokens(
     *,
     responses_only: bool,
     mirror: Store | None = None,
+    tokenized: bool = True,
 ) -> TokenReport:
     """Measure every sample; apply the overlong policy; fail on untrainable ones. The
-    result (SFT: input_ids and labels; the rows kept) is kept on the node beside the
+    result (SFT: input_ids and labels, unless not `tokenized`: a vision-language model's
+    collator tokenizes its samples with their images, which then are kept typed as DPO's
+    are; the rows kept) is kept on the node beside the
     prepared samples, under a key of the samples, the tokenizer and the token settings: a
     restarted attempt, and every other rank of the node, reads it instead (or downloads it
     from `mirror`, the job's output store, where the node that made it put a copy)."""
     encoding = Encoding.of(spec.dataset, responses_only=responses_only)
     _check_special_tokens(encoding, tokenizer)
-    work = _Work(spec, encoding, template_source(spec, tokenizer), spec.trainer.type == "sft")
+    sft = spec.trainer.type == "sft" and tokenized
+    work = _Work(spec, encoding, template_source(spec, tokenizer), sft)
     key = "\n".join(
         [
             f"format {FORMAT_VERSION}",
             data.folder.name,
             tokenizer_fingerprint(tokenizer),
-            f"responses_only {responses_only} trainer {spec.trainer.type}",
+            f"responses_only {responses_only} trainer {spec.trainer.type} encoded {sft}",
             spec.dataset.model_dump_json(),
         ]
     )

@@ -29,6 +29,7 @@ from typing import Any
 from ftapi.v1alpha1 import FineTuneJobSpec
 
 from .moe import MoeConfig, expert_parameters, moe_config, routers, text_config
+from .vision import frozen_prefixes, under
 
 # Linear layers PEFT renames in an MoE model (the v4 names of fused experts and routers).
 PEFT_REWRITTEN = frozenset({"gate", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"})
@@ -119,8 +120,12 @@ class Targets:
         )
 
 
-def resolve_targets(model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None) -> Targets:
-    """The adapter's targets on `model` (meta-device or loaded) for the spec's LoRA."""
+def resolve_targets(
+    model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None, frozen: tuple[str, ...] = ()
+) -> Targets:
+    """The adapter's targets on `model` (meta-device or loaded) for the spec's LoRA; nothing
+    under `frozen` (a vision-language model's vision tower and projector: model/vision.py)
+    is adapted or counted in the decoder blocks' share."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
@@ -139,6 +144,8 @@ def resolve_targets(model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None) ->
     linear_shapes: dict[str, tuple[int, int]] = {}
     for name, module in model.named_modules():
         if not isinstance(module, kinds) or (all_linear and module is head):
+            continue
+        if under(name, frozen):
             continue
         if name in router_names or name.startswith(inside_router):
             continue  # a router (some are nn.Linear subclasses): only by lora.trainRouter
@@ -176,7 +183,7 @@ def resolve_targets(model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None) ->
     lora_parameters = sum(lora.r * (i + o) for i, o in (linear_shapes[m] for m in modules))
     for p in parameters:
         lora_parameters += parameter_lora_size(shapes[p].shape, lora.r, p)
-    block = {n: p for n, p in shapes.items() if LAYER_PREFIX.match(n)}
+    block = {n: p for n, p in shapes.items() if LAYER_PREFIX.match(n) and not under(n, frozen)}
     reached = {f"{m}.weight" for m in modules} | set(parameters)
     missed = sorted(
         (n for n in block if n not in reached and block[n].ndim >= 2),
@@ -395,8 +402,13 @@ def plan_model(model: Any, spec: FineTuneJobSpec) -> ModelPlan:
     moe = moe_config(model.config, model)
     targets = None
     refused = architecture_refusals(model, spec, moe)
+    try:
+        frozen = frozen_prefixes(model.config)
+    except ValueError as error:
+        refused.append(str(error))
+        frozen = ()
     if spec.method.type in LORA_SETTINGS_METHODS:
-        targets = resolve_targets(model, spec, moe)
+        targets = resolve_targets(model, spec, moe, frozen)
         refused += refusals(targets, spec, moe)
     return ModelPlan(moe=moe, targets=targets, refused=refused, kind=describe(moe, model))
 

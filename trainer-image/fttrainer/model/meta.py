@@ -13,13 +13,23 @@ def meta_model(
     trust_remote_code: bool = False,
     local_only: bool = False,
 ) -> Any:
-    """The causal LM `name` (a folder or hub id) built from its config on the meta device;
+    """The model `name` (a folder or hub id) built from its config on the meta device, as
+    the trainer loads it (a causal LM, or an image-text-to-text model when it reads images);
     `local_only`: from a folder or the hub cache, never the network."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(
         name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only
     )
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
+        return model_class(config).from_config(config, trust_remote_code=trust_remote_code)
+
+
+def model_class(config: Any) -> Any:
+    """The Auto class the trainer loads a model of this config with."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from .vision import is_vision_language
+
+    return AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM

@@ -1,0 +1,66 @@
+"""Prepared samples with images, as TRL's vision collators read them: each turn's text split
+at its `<image>` placeholders into text and `{"type": "image"}` parts, and `images` the
+pictures themselves, opened from the prepared folder when a batch is built (memory holds
+one batch of images, whatever the dataset's size).
+
+Parts carry only `type` and `text`: a part with any other key is read as an image by some
+processors' templates (Qwen's) and by transformers' loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .images import PLACEHOLDER
+
+TURN_FIELDS = ("messages", "prompt", "chosen", "rejected")
+
+
+def parts(text: str) -> list[dict[str, str]]:
+    """A turn's text as content parts, an image part at each placeholder."""
+    out: list[dict[str, str]] = []
+    for i, piece in enumerate(text.split(PLACEHOLDER)):
+        if i:
+            out.append({"type": "image"})
+        if piece:
+            out.append({"type": "text", "text": piece})
+    return out
+
+
+def as_vision_row(sample: dict[str, Any], image_path: Callable[[str], Path]) -> dict[str, Any]:
+    """One sample as TRL's vision collators read it (turns as parts, `images` opened as
+    RGB pictures in order)."""
+    from PIL import Image, ImageOps
+
+    row = dict(sample)
+    for key in TURN_FIELDS:
+        turns = row.get(key)
+        if isinstance(turns, list):
+            row[key] = [
+                {**turn, "content": parts(turn["content"])}
+                if isinstance(turn.get("content"), str)
+                else turn
+                for turn in turns
+            ]
+    pictures = []
+    for digest in sample.get("images") or []:
+        with Image.open(image_path(digest)) as image:
+            pictures.append(ImageOps.exif_transpose(image).convert("RGB"))
+    row["images"] = pictures
+    return row
+
+
+def vision_transform(
+    image_path: Callable[[str], Path],
+) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
+    """A `datasets` batch transform applying as_vision_row to every sample of a batch."""
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        keys = list(batch)
+        size = len(batch[keys[0]]) if keys else 0
+        rows = [as_vision_row({k: batch[k][i] for k in keys}, image_path) for i in range(size)]
+        return {k: [r.get(k) for r in rows] for k in {*keys, "images"}}
+
+    return transform
