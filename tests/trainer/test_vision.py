@@ -145,3 +145,40 @@ def test_full_fine_tuning_trains_the_language_model_and_leaves_the_image_path(
     assert losses[-1] < 0.5 * losses[0], losses
     after = dict(recipe.trainer.model.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def _preference_rows(folder: Path, count: int, seed: int) -> Path:
+    """The colour task as pairs: the right colour chosen, another rejected."""
+    rows = [json.loads(line) for line in _colour_rows(folder, count, seed).read_text().splitlines()]
+    pairs = []
+    for i, row in enumerate(rows):
+        right = row["messages"][1]["content"]
+        wrong = [c for c in COLOURS if c != right][i % 2]
+        pairs.append({"prompt": [row["messages"][0]],
+                      "chosen": [{"role": "assistant", "content": right}],
+                      "rejected": [{"role": "assistant", "content": wrong}]})  # fmt: skip
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+def test_dpo_with_images_prefers_the_right_colour(tmp_path: Path) -> None:
+    """DPO (LoRA on the language model) on picture/colour pairs: the loss falls from log 2
+    and the reward margin of the right colour grows."""
+    model = build("idefics3", corpus=CORPUS).save(tmp_path / "tiny-idefics3")
+    data = _preference_rows(tmp_path / "pairs", 48, seed=1)
+    job = parse_job(
+        make_job().set("model.name", str(model))
+        .set("dataset", {"train": {"uri": str(data)}, "format": "preference", "maxSeqLength": 128})
+        .set("trainer", {"type": "dpo", "dpo": {"beta": 0.5}}).set("method", LORA)
+        .set("training", {"device": "cpu", "maxSteps": 30, "batchSize": 8, "seed": 0,
+                          "learningRate": 5e-3})
+        .set("evaluation.strategy", "no").set("logging.steps", 5)
+        .set("output.uri", str(tmp_path / "published")).obj()
+    )  # fmt: skip
+    recipe = Recipe(job, tmp_path / "run")
+    recipe.setup()
+    logged = [m for m in recipe.train().step_metrics if "loss" in m]
+    assert logged[0]["loss"] == pytest.approx(0.693, abs=0.05)
+    assert logged[-1]["loss"] < 0.4, [m["loss"] for m in logged]
+    assert logged[-1]["rewards/margins"] > logged[0]["rewards/margins"] + 1.0

@@ -298,26 +298,14 @@ class Recipe:
                 model.tokenizer or model.name, **source
             )
             tokenizer = self.processor.tokenizer
-            if self.spec.dataset.chat_template:
-                self.processor.chat_template = self.spec.dataset.chat_template
-            if not self.processor.chat_template:
-                raise ValueError(
-                    f"spec.model.name: {model.name!r}: its processor has no chat template "
-                    "(set dataset.chatTemplate): images are placed by the template"
-                )
-            # The family's template with generation markers, where TRL has one for it: what
-            # lets the loss cover the assistant's turns only (TRL would swap it in too).
-            from trl.chat_template_utils import get_training_chat_template
-
-            training = get_training_chat_template(self.processor)
-            if training is not None:
-                self.processor.chat_template = training
-            tokenizer.chat_template = self.processor.chat_template
-            return tokenizer
-        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer or model.name, **source)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(model.tokenizer or model.name, **source)
         if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             # pad == eos masks every eos out of the loss: the model never learns to stop.
             tokenizer.add_special_tokens({"pad_token": "<|finetune_pad|>"})
+        if self.processor is not None:
+            self._set_processor_template(model.name)
+            return tokenizer
         if self.spec.dataset.chat_template:
             tokenizer.chat_template = self.spec.dataset.chat_template
         elif not tokenizer.chat_template and self.spec.dataset.use_chat_template is not False:
@@ -326,6 +314,25 @@ class Recipe:
             tokenizer.chat_template = CHAT_TEMPLATE
             log.info("the tokenizer has no chat template: using ChatML")
         return tokenizer
+
+    def _set_processor_template(self, name: str) -> None:
+        """The processor's chat template (it places the images): the spec's, else the
+        family's, with generation markers where TRL has them for the family (what lets the
+        loss cover the assistant's turns only; TRL would swap it in too)."""
+        from trl.chat_template_utils import get_training_chat_template
+
+        processor = self.processor
+        if self.spec.dataset.chat_template:
+            processor.chat_template = self.spec.dataset.chat_template
+        if not processor.chat_template:
+            raise ValueError(
+                f"spec.model.name: {name!r}: its processor has no chat template (set "
+                "dataset.chatTemplate): images are placed by the template"
+            )
+        training = get_training_chat_template(processor)
+        if training is not None:
+            processor.chat_template = training
+        processor.tokenizer.chat_template = processor.chat_template
 
     def _plan_model(self, loaded: Any = None) -> ModelPlan:
         """The plan on the model built from its config on the meta device, or on `loaded`
