@@ -373,3 +373,8 @@ def test_finetune_validate_refuses_images_for_a_text_only_model_and_reports_bad_
         rows.write(json.dumps(gone) + "\n")
     assert validate(models["idefics3"]) == 1
     assert f"{path}:5: images[0] 'img/gone.png': not found" in capsys.readouterr().err
+
+
+def test_an_empty_list_of_parts_is_empty_text_as_before() -> None:
+    (sample,) = convert_row("messages", {"messages": [{"role": "user", "content": []}, BOT]}, CTX)
+    assert sample == {"messages": [{"role": "user", "content": ""}, BOT]}

@@ -93,7 +93,7 @@ class FormatContext:
 Converter = Callable[[Mapping[str, Any], FormatContext], list[Sample]]
 FORMATS: dict[str, Converter] = {}
 # The image references of the row being converted, in the order its content parts give
-# them (_image_part); None outside convert_row, where no image is read.
+# them (_part); None outside convert_row, where no image is read.
 _ROW_IMAGES: ContextVar[list[str] | None] = ContextVar("row_images", default=None)
 
 
@@ -776,7 +776,7 @@ def _content(value: Any, where: str) -> str:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _scalar_text(value, where)
-    if isinstance(value, list) and value and all(isinstance(p, Mapping) for p in value):
+    if isinstance(value, list) and all(isinstance(p, Mapping) for p in value):
         return "".join(_part(p, f"{where}[{j}]") for j, p in enumerate(value))  # content parts
     raise RowError(f"{where}: expected text, got {_quote(value)}")
 
