@@ -32,7 +32,7 @@ import binascii
 import hashlib
 import io
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -180,8 +180,8 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Checked:
             if width * height > max_pixels:
                 raise ImageError(
                     f"{width} x {height} = {width * height:,} pixels, more than the "
-                    f"{max_pixels:,} allowed (vision.maxSourcePixels): a decompression bomb, "
-                    "or an image to scale down before training"
+                    f"{max_pixels:,} an image may have: a decompression bomb, or an image to "
+                    "scale down before training"
                 )
             if image.format not in FORMATS:
                 raise ImageError(f"a {image.format} image: one of {', '.join(FORMATS)} is read")
@@ -245,9 +245,14 @@ class ImageKeeper:
     digest in `folder` (images/<sha256>), counted for the report. A sample's references
     become digests; a bad image is an ImageError naming the reference and the reason."""
 
-    def __init__(self, folder: Path, s3_client: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self, folder: Path, s3_client: Callable[[], Any], max_pixels: int = DEFAULT_MAX_PIXELS
+    ):
+        """`s3_client`: makes the S3 client when an s3:// image is first read (the data
+        file itself may be local)."""
         self.folder = folder
-        self.s3_client = s3_client
+        self._s3_client = s3_client
+        self._s3: Any = None
         self.max_pixels = max_pixels
         self.counts = ImageCounts()
         self._seen: dict[str, Checked | ImageError] = {}
@@ -316,12 +321,14 @@ class ImageKeeper:
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if self._s3 is None:
+            self._s3 = self._s3_client()
         try:
-            head = self.s3_client.head_object(Bucket=bucket, Key=key)
+            head = self._s3.head_object(Bucket=bucket, Key=key)
             size = int(head.get("ContentLength") or 0)
             if size > MAX_BYTES:
                 raise ImageError(f"{size:,} bytes, more than the {MAX_BYTES:,} an image may have")
-            body: bytes = self.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            body: bytes = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             return body
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))

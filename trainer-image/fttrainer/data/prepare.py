@@ -96,9 +96,7 @@ def prepare_data(
         if source is not None
     ]
     if s3_client is None and any(s.uri.startswith("s3://") for _, s in sources):
-        from fttrainer.storage import s3_client as storage_client
-
-        s3_client = storage_client(spec.output.s3)
+        s3_client = _s3_client_of(spec)
     started = time.monotonic()
     identity = data_identity(spec, sources, s3_client)
     key = identity if identity is not None else f"unidentified {uuid.uuid4()}"
@@ -115,6 +113,13 @@ def prepare_data(
     verb = "prepared" if filled else "reused"
     log.info("data: %s %s in %.1f s", verb, folder, time.monotonic() - started)
     return data
+
+
+def _s3_client_of(spec: FineTuneJobSpec) -> Any:
+    """The job's S3 client (output.s3's endpoint and credentials), for s3:// data."""
+    from fttrainer.storage import s3_client
+
+    return s3_client(spec.output.s3)
 
 
 def refuse_images(prepared: PreparedData, uri: str, model: str) -> None:
@@ -184,7 +189,7 @@ def _prepare(
     dataset = spec.dataset
     context = FormatContext.from_spec(dataset, _required_columns(spec))
     inspector = Inspector(scan_pii=dataset.cleaning.pii != "off")
-    keeper = ImageKeeper(folder / IMAGES, s3_client)
+    keeper = ImageKeeper(folder / IMAGES, lambda: s3_client or _s3_client_of(spec))
     report = DataReport()
     problems: list[Problem] = []
     spans: dict[str, tuple[int, int]] = {}  # part -> its source's samples in the scan
