@@ -36,6 +36,9 @@ def test_a_tiny_family_reads_an_image_and_reloads(family: str, tmp_path: Path) -
     batch = processor(text=[text], images=[[_image((250, 0, 0))]], return_tensors="pt")
     image_id = tiny.model.config.image_token_id
     expected = 1 if family == "mllama" else IMAGE_TOKENS  # Mllama: cross-attention
+    if "image_grid_thw" in batch:  # Qwen keeps the aspect ratio: 48x40 is 3x2 merged patches
+        expected = int(batch["image_grid_thw"].prod()) // 4
+        assert expected == 6
     assert int((batch["input_ids"] == image_id).sum()) == expected
     out = tiny.model(**batch, labels=batch["input_ids"])
     assert math.isfinite(out.loss.item())
@@ -43,7 +46,7 @@ def test_a_tiny_family_reads_an_image_and_reloads(family: str, tmp_path: Path) -
     # The image reaches the loss: its path gets a gradient. At initialisation Gemma 3's
     # projection is zero (its projector's gradient is not) and Mllama's cross-attention
     # gates are (theirs is not).
-    path = ("vision", "projector", "connector", "cross_attn")
+    path = ("vision", "visual", "projector", "connector", "cross_attn")
     seen = [p.grad for n, p in tiny.model.named_parameters() if any(part in n for part in path)]
     assert seen and any(g is not None and bool(g.abs().sum() > 0) for g in seen)
 

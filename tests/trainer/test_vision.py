@@ -100,7 +100,7 @@ def test_lora_on_the_language_model_learns_the_colour_of_a_square(
     recipe = _recipe(model, colours, tmp_path / "run")
     trainable = [n for n, p in recipe.trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable), trainable[:5]
-    frozen = ("vision", "multi_modal_projector", "connector")
+    frozen = ("vision", "visual", "multi_modal_projector", "connector")
     assert not [n for n in trainable if any(part in n for part in frozen)]
     result = recipe.train()
     losses = [m["loss"] for m in result.step_metrics if "loss" in m]

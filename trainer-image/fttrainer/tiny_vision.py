@@ -32,12 +32,24 @@ FAMILY_TOKENS: dict[str, dict[str, str]] = {
                  "global_image_token": "<global-img>"},
     "mllama": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
                "pad_token": "<|finetune_right_pad_id|>", "image_token": "<|image|>"},
+    "qwen2_5_vl": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                   "image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                   "vision_start_token": "<|vision_start|>",
+                   "vision_end_token": "<|vision_end|>"},
+    "smolvlm": {"bos_token": "<|begin_of_text|>", "eos_token": "<end_of_utterance>",
+                "pad_token": "<|pad|>", "image_token": "<image>",
+                "fake_image_token": "<fake_token_around_image>",
+                "global_image_token": "<global-img>"},
 }  # fmt: skip
+FAMILY_TOKENS["qwen3_vl"] = FAMILY_TOKENS["qwen2_5_vl"]
 # Further special tokens the family's chat template writes.
 TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
     "gemma3": ("<start_of_turn>", "<end_of_turn>"),
     "idefics3": ("<|im_start|>",),
     "mllama": ("<|start_header_id|>", "<|end_header_id|>", "<|python_tag|>"),
+    "qwen2_5_vl": ("<|im_start|>",),
+    "qwen3_vl": ("<|im_start|>",),
+    "smolvlm": ("<|im_start|>",),
 }
 FAMILIES = tuple(FAMILY_TOKENS)
 IMAGE_TOKENS = 4  # image tokens one image becomes (Mllama: 1 in the text, via cross-attention)
@@ -54,6 +66,22 @@ VISION = {
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
 }
+# Qwen-VL: the vision tower's shape, each family's own settings, and rotary sections that sum
+# to the text head_dim / 2 (Qwen3-VL's interleaved).
+QWEN_VISION = {
+    "depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+    "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": TEXT["hidden_size"],
+}  # fmt: skip
+QWEN_PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16}
+QWEN_OWN: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": {"fullatt_block_indexes": [1]},
+    "qwen3_vl": {"num_position_embeddings": 16, "deepstack_visual_indexes": [0]},
+}
+QWEN_ROPE: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6},
+    "qwen3_vl": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True,
+                 "rope_theta": 5e6},
+}  # fmt: skip
 # Llama 3.2 Vision's template as Meta ships it, with TRL's generation markers around the
 # assistant's turns (TRL bundles no Mllama template).
 MLLAMA_TEMPLATE = (
@@ -253,7 +281,89 @@ def _mllama(tokenizer: Any) -> tuple[Any, Any]:
     return config, processor
 
 
-_BUILDERS = {"gemma3": _gemma3, "idefics3": _idefics3, "mllama": _mllama}
+def _qwen_vl(tokenizer: Any, family: str) -> tuple[Any, Any]:
+    """Qwen2.5-VL and Qwen3-VL: patches of `patch` pixels merged 2x2 into one token, so a
+    picture resized to 2x2 merged patches is 4 tokens; rotary sections sum to head_dim / 2."""
+    from transformers import AutoConfig
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+    from trl import chat_template_utils
+
+    qwen3 = family == "qwen3_vl"
+    patch = QWEN_PATCH[family]
+    side = patch * 2 * 2
+    vision = {**QWEN_VISION, **QWEN_OWN[family], "patch_size": patch}
+    if not qwen3:
+        vision["window_size"] = side
+    text = {**TEXT, **_ids(tokenizer), "head_dim": 16, "rope_parameters": QWEN_ROPE[family]}
+    config = AutoConfig.for_model(
+        family,
+        text_config=text,
+        vision_config=vision,
+        **{
+            f"{name}_id": tokenizer.convert_tokens_to_ids(FAMILY_TOKENS[family][name])
+            for name in ("image_token", "video_token", "vision_start_token", "vision_end_token")
+        },
+    )
+    processor_class, video_class = _qwen_processor_classes(qwen3)
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessorPil(
+            patch_size=patch, size={"shortest_edge": side * side, "longest_edge": side * side}
+        ),
+        tokenizer=tokenizer,
+        video_processor=video_class(patch_size=patch),
+        chat_template=getattr(chat_template_utils, f"{family}_chat_template"),
+    )
+    return config, processor
+
+
+def _qwen_processor_classes(qwen3: bool) -> tuple[Any, Any]:
+    if qwen3:
+        from transformers.models.qwen3_vl import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+        return Qwen3VLProcessor, Qwen3VLVideoProcessor
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
+
+    return Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+
+
+def _smolvlm(tokenizer: Any) -> tuple[Any, Any]:
+    from transformers.models.smolvlm import (
+        SmolVLMConfig,
+        SmolVLMImageProcessorPil,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+    from trl.chat_template_utils import smolvlm_chat_template
+
+    config = SmolVLMConfig(
+        text_config={"model_type": "llama", **TEXT, **_ids(tokenizer)},
+        vision_config={**VISION, "image_size": 64, "patch_size": 16},  # 16 patches / 2^2 = 4
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessorPil(
+            size={"longest_edge": 64},
+            max_image_size={"longest_edge": 64},
+            do_image_splitting=False,
+        ),
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(),
+        image_seq_len=IMAGE_TOKENS,
+        chat_template=smolvlm_chat_template,
+    )
+    return config, processor
+
+
+_BUILDERS = {
+    "gemma3": _gemma3,
+    "idefics3": _idefics3,
+    "mllama": _mllama,
+    "qwen2_5_vl": lambda tokenizer: _qwen_vl(tokenizer, "qwen2_5_vl"),
+    "qwen3_vl": lambda tokenizer: _qwen_vl(tokenizer, "qwen3_vl"),
+    "smolvlm": _smolvlm,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,13 @@ PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gemma3": (("model.vision_tower",), ("model.multi_modal_projector",)),
     "idefics3": (("model.vision_model",), ("model.connector",)),
     "mllama": (("model.vision_model",), ("model.multi_modal_projector",)),
+    # Qwen keeps its projector (the merger) inside the vision tower's module.
+    "qwen2_5_vl": (("model.visual",), ("model.visual.merger",)),
+    "qwen3_vl": (
+        ("model.visual",),
+        ("model.visual.merger", "model.visual.deepstack_merger_list"),
+    ),
+    "smolvlm": (("model.vision_model",), ("model.connector",)),
 }
 
 
