@@ -246,6 +246,12 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "merge a full fine-tune": (
         make_job().set("method.type", "full").set("output.mergeAdapter", True).obj(),
         "spec.output.mergeAdapter", "LoRA method.type"),
+    "a vision tower trained by prefix tuning": (
+        make_job().set("method.type", "prefix").set("vision.trainVisionTower", True).obj(),
+        "spec.vision", "need method.type full, lora"),
+    "a projector trained by spectrum": (
+        make_job().set("method.type", "spectrum").set("vision.trainProjector", True).obj(),
+        "spec.vision", "need method.type full, lora"),
     "early stopping without evaluation": (
         make_job().set("training.earlyStopping", {}).set("evaluation.strategy", "no").obj(),
         "spec.training.earlyStopping", "evaluation.strategy"),
@@ -439,6 +445,9 @@ RULE_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
 
 # Field-level checks (types, enums, bounds, unknown fields) come from the schema itself.
 FIELD_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
+    "images bounded below a patch": (
+        make_job().set("vision.maxImagePixels", 100).obj(),
+        "spec.vision.maxImagePixels", "must be >= 784"),
     "unknown field": (make_job().set("training.lr", 1).obj(), "spec.training.lr", "unknown field"),
     "unknown method": (
         make_job().set("method.type", "ia3").obj(), "spec.method.type", "must be one of"),

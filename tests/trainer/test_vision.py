@@ -62,10 +62,15 @@ LORA = {"type": "lora", "lora": {"r": 16, "alpha": 32}}
 
 
 def _recipe(
-    model: Path, data: Path, output: Path, method: dict[str, Any] = LORA, **training: Any
+    model: Path,
+    data: Path,
+    output: Path,
+    method: dict[str, Any] = LORA,
+    vision: dict[str, Any] | None = None,
+    **training: Any,
 ) -> Recipe:
     job = parse_job(
-        make_job().set("model.name", str(model))
+        make_job().set("model.name", str(model)).set("vision", vision or {})
         .set("dataset", {"train": {"uri": str(data)}, "format": "messages", "maxSeqLength": 128})
         .set("method", method)
         .set("training", {"device": "cpu", "maxSteps": 40, "batchSize": 8, "seed": 0,
@@ -147,6 +152,57 @@ def test_full_fine_tuning_trains_the_language_model_and_leaves_the_image_path(
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
+def test_spec_vision_adapts_the_tower_and_trains_the_projector_whole(
+    colours: Path, tmp_path: Path
+) -> None:
+    """Qwen2.5-VL keeps its projector (the merger) inside its tower's module: with both
+    trained under LoRA, the tower's linear layers get adapters, the merger none (it is
+    trained whole, and saved with the adapter), and the merger's weights move."""
+    import torch
+    from safetensors import safe_open
+
+    model = build("qwen2_5_vl", corpus=CORPUS).save(tmp_path / "tiny-qwen")
+    vision = {"trainVisionTower": True, "trainProjector": True}
+    recipe = _recipe(model, colours, tmp_path / "run", vision=vision, maxSteps=5)
+    named = dict(recipe.trainer.model.named_parameters())
+    trainable = [n for n, p in named.items() if p.requires_grad]
+    assert any(".visual.blocks." in n and "lora_" in n for n in trainable)
+    assert any(".language_model." in n and "lora_" in n for n in trainable)
+    merger = [n for n in trainable if ".visual.merger." in n]
+    assert merger and not [n for n in merger if "lora_" in n], merger
+    assert not [n for n in trainable if "patch_embed" in n]  # a convolution: not adapted
+    before = {n: named[n].detach().clone() for n in merger}
+    result = recipe.train()
+    after = dict(recipe.trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in merger)
+    recipe.save(result)
+    with safe_open(str(tmp_path / "run" / "final" / "adapter_model.safetensors"), "pt") as saved:
+        keys = list(saved.keys())
+    assert any("visual.merger." in k and "lora_" not in k for k in keys), keys[:10]
+
+
+def test_full_fine_tuning_trains_the_projector_when_asked_and_not_the_tower(
+    colours: Path, tmp_path: Path
+) -> None:
+    model = build("gemma3", corpus=CORPUS).save(tmp_path / "tiny-gemma3")
+    recipe = _recipe(model, colours, tmp_path / "run", {"type": "full"},
+                     {"trainProjector": True}, maxSteps=3, learningRate=1e-3)  # fmt: skip
+    named = dict(recipe.trainer.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert {n for n in named if n.startswith("model.multi_modal_projector.")} <= trainable
+    assert not [n for n in trainable if n.startswith("model.vision_tower.")]
+
+
+def test_vision_settings_on_a_text_only_model_are_refused_before_it_loads(
+    tiny_llama: Path, colours: Path, tmp_path: Path
+) -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "red"}]
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"messages": turns}) + "\n")
+    with pytest.raises(ValueError, match=r"vision.trainProjector set, but model type 'llama'"):
+        _recipe(tiny_llama, text, tmp_path / "run", vision={"trainProjector": True})
+
+
 def _preference_rows(folder: Path, count: int, seed: int) -> Path:
     """The colour task as pairs: the right colour chosen, another rejected."""
     rows = [json.loads(line) for line in _colour_rows(folder, count, seed).read_text().splitlines()]
@@ -182,3 +238,108 @@ def test_dpo_with_images_prefers_the_right_colour(tmp_path: Path) -> None:
     assert logged[0]["loss"] == pytest.approx(0.693, abs=0.05)
     assert logged[-1]["loss"] < 0.4, [m["loss"] for m in logged]
     assert logged[-1]["rewards/margins"] > logged[0]["rewards/margins"] + 1.0
+
+
+def _collated_lengths(recipe: Recipe) -> list[int]:
+    """Each training sample's length as TRL's vision collator will produce it: the
+    processor's own rendering of the turns with the pictures (the ground truth)."""
+    from fttrainer.data.vision_rows import as_vision_row
+
+    assert recipe.data is not None
+    lengths = []
+    for sample in recipe.data.train:
+        row = as_vision_row(sample, recipe.data.image_path, recipe.spec.vision.max_image_pixels)
+        from trl.data_utils import prepare_multimodal_messages
+
+        messages = prepare_multimodal_messages(row["messages"], images=row["images"])
+        out = recipe.processor.apply_chat_template(
+            [messages], tokenize=True, return_dict=True,
+            processor_kwargs={"add_special_tokens": False},
+        )  # fmt: skip
+        lengths.append(len(out["input_ids"][0]))
+    return lengths
+
+
+def _image_rows(folder: Path, images: list[int], answer: str = "red", scale: int = 1) -> Path:
+    """Rows with `images[i]` pictures each (of varied sizes, times `scale`) before the
+    question."""
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, count in enumerate(images):
+        parts: list[dict[str, Any]] = []
+        for j in range(count):
+            name = f"img/{i}-{j}.png"
+            size = (scale * (40 + 30 * j), scale * (90 - 20 * j))
+            Image.new("RGB", size, (200, 20, 20)).save(folder / name)
+            parts.append({"type": "image", "image": name})
+        parts.append({"type": "text", "text": QUESTION})
+        rows.append({"messages": [{"role": "user", "content": parts},
+                                  {"role": "assistant", "content": answer}]})  # fmt: skip
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_token_check_counts_each_image_as_the_processor_expands_it(
+    family: str, tmp_path: Path
+) -> None:
+    """The longest sample the token check reports is the longest the collator builds,
+    images expanded (Gemma 3: 4 soft tokens and markers each; Mllama: one)."""
+    model = build(family, corpus=CORPUS).save(tmp_path / f"tiny-{family}")
+    data = _image_rows(tmp_path / "rows", [0, 1, 3, 2])
+    recipe = _recipe(model, data, tmp_path / "run", maxSteps=1)
+    assert recipe.token_report is not None
+    lengths = _collated_lengths(recipe)
+    assert recipe.token_report.longest == max(lengths), lengths
+    assert recipe.token_report.mean == pytest.approx(sum(lengths) / len(lengths))
+
+
+def test_a_cut_inside_an_image_is_refused_and_a_cut_after_them_kept(tmp_path: Path) -> None:
+    """overlong truncate: a sample whose images reach past maxSeqLength is refused by its
+    line (the collator's cut would split an image); one cut in its answer is trained."""
+    from fttrainer.data.prepare import DataError
+
+    model = build("gemma3", corpus=CORPUS).save(tmp_path / "tiny-gemma3")
+    long_answer = " ".join(["red"] * 40)
+    data = _image_rows(tmp_path / "rows", [1, 1], answer=long_answer)
+    recipe = _recipe(model, data, tmp_path / "ok", maxSteps=1)
+    assert recipe.token_report is not None
+    assert recipe.token_report.longest > 30
+    job = recipe.job.model_dump(by_alias=True, mode="json")
+    job["spec"]["dataset"]["maxSeqLength"] = 30
+    Recipe(parse_job(job), tmp_path / "cut").setup()  # images end well before 30: cut kept
+
+    crowded = _image_rows(tmp_path / "crowded", [1, 5])
+    job["spec"]["dataset"]["train"]["uri"] = str(crowded)
+    with pytest.raises(DataError, match=r"train.jsonl:2: its images' tokens reach token \d+, past"):
+        Recipe(parse_job(job), tmp_path / "refused").setup()
+    job["spec"]["dataset"]["overlong"] = "drop"
+    dropped = Recipe(parse_job(job), tmp_path / "dropped")
+    dropped.setup()
+    assert dropped.token_report is not None
+    assert sum(len(v) for v in dropped.token_report.overlong.values()) == 1
+
+
+def test_max_image_pixels_bounds_what_a_picture_costs(tmp_path: Path) -> None:
+    """Qwen2.5-VL's tokens grow with the picture: with a processor that reads up to 112 x
+    112, vision.maxImagePixels 56 x 56 scales pictures down before it, and the token check
+    counts what the collator then builds."""
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+    tiny = build("qwen2_5_vl", corpus=CORPUS)
+    tiny.processor.image_processor = Qwen2VLImageProcessorPil(
+        patch_size=14, size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+    )
+    model = tiny.save(tmp_path / "tiny-qwen")
+    data = _image_rows(tmp_path / "rows", [1, 2], scale=4)
+    free = _recipe(model, data, tmp_path / "free", maxSteps=1)
+    bounded = _recipe(model, data, tmp_path / "bounded", vision={"maxImagePixels": 56 * 56},
+                      maxSteps=1)  # fmt: skip
+    for recipe in (free, bounded):
+        assert recipe.token_report is not None
+        assert recipe.token_report.longest == max(_collated_lengths(recipe))
+    assert free.token_report is not None and bounded.token_report is not None
+    assert bounded.token_report.longest < free.token_report.longest

@@ -355,8 +355,9 @@ def peft_config_kwargs(
             "use_dora": method.type == "dora",
             "task_type": "CAUSAL_LM",
         }
-        if lora.modules_to_save:
-            kwargs["modules_to_save"] = list(lora.modules_to_save)
+        saved = [*lora.modules_to_save, *kwargs.get("modules_to_save", [])]
+        if saved:
+            kwargs["modules_to_save"] = list(dict.fromkeys(saved))
         return "LoraConfig", kwargs
     if method.type == "prefix":
         prefix = method.effective_prefix()

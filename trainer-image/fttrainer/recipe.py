@@ -62,6 +62,7 @@ from .callbacks import (
 from .checkpointing.protocol import job_identity, parse_step
 from .checkpointing.resume import restore, stop_at_max_steps
 from .checkpointing.store import CheckpointStore
+from .data.image_tokens import ImageCosts, image_costs, stored_sizes
 from .data.prepare import PreparedData, prepare_data, refuse_images
 from .data.tokens import TokenReport, check_tokens
 from .data.vision_rows import vision_transform
@@ -75,7 +76,7 @@ from .model.meta import meta_model, model_class
 from .model.moe import routers
 from .model.sources import localized
 from .model.spectrum import apply_spectrum
-from .model.vision import freeze, frozen_prefixes, is_vision_language
+from .model.vision import freeze, is_vision_language, vision_parts
 from .publishing.hub import push_to_hub, push_token
 from .reporting.progress import ProgressReporter
 from .reporting.tracking import (
@@ -254,7 +255,7 @@ class Recipe:
                 self.tokenizer,
                 responses_only=self.spec.trainer.type == "sft" and responses_only(self.spec),
                 mirror=self._data_mirror,
-                tokenized=self.processor is None,
+                images=self._image_costs(),
             )
         log.info("%s", self.token_report.render())
         # The evaluation's own inputs (prompts, benchmarks, harness tasks): read before the
@@ -293,7 +294,7 @@ class Recipe:
         source = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
         config = AutoConfig.from_pretrained(model.name, **source)
         if is_vision_language(config):
-            frozen_prefixes(config)  # a family this trainer does not serve: refused now
+            vision_parts(config)  # a family this trainer does not serve: refused now
             self.processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
                 model.tokenizer or model.name, **source
             )
@@ -314,6 +315,15 @@ class Recipe:
             tokenizer.chat_template = CHAT_TEMPLATE
             log.info("the tokenizer has no chat template: using ChatML")
         return tokenizer
+
+    def _image_costs(self) -> ImageCosts | None:
+        """What each kept image costs in tokens, as this model's processor expands it at
+        vision.maxImagePixels; None for a text-only model."""
+        if self.processor is None:
+            return None
+        assert self.data is not None
+        sizes = stored_sizes(self.data.image_digests(), self.data.image_path)
+        return image_costs(self.processor, sizes, self.spec.vision.max_image_pixels)
 
     def _set_processor_template(self, name: str) -> None:
         """The processor's chat template (it places the images): the spec's, else the
@@ -394,8 +404,8 @@ class Recipe:
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
         model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id
-        if self.processor is not None:  # the vision tower and projector stay as they are
-            freeze(model, frozen_prefixes(model.config))
+        if self.processor is not None:  # the image side stays as loaded unless trained
+            freeze(model, vision_parts(model.config, self.spec.vision))
         # Methods that are not a fresh PEFT config act on the loaded model here.
         method = self.spec.method
         if quantization is not None:
@@ -606,7 +616,7 @@ class Recipe:
             validation = None
         if self.processor is not None:  # pictures opened as batches are built
             assert self.data is not None
-            transform = vision_transform(self.data.image_path)
+            transform = vision_transform(self.data.image_path, self.spec.vision.max_image_pixels)
             train = train.with_transform(transform)
             validation = validation.with_transform(transform) if validation is not None else None
         return train, validation

@@ -24,6 +24,7 @@ from .scheduling import RunPolicy, SchedulingSpec
 from .status import CheckpointStatus, Condition, FineTuneJobStatus, Metrics, Progress
 from .trainer import DpoSpec, GrpoSpec, Reward, TrainerSpec
 from .training import EarlyStopping, TrainingSpec
+from .vision import VisionSpec
 
 __all__ = [
     "AdapterSpec",
@@ -73,5 +74,6 @@ __all__ = [
     "Toleration",
     "TrainerSpec",
     "TrainingSpec",
+    "VisionSpec",
     "WandbSpec",
 ]

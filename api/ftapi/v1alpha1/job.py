@@ -28,9 +28,12 @@ from .scheduling import RunPolicy, SchedulingSpec
 from .status import FineTuneJobStatus
 from .trainer import TrainerSpec
 from .training import TrainingSpec
+from .vision import VisionSpec
 
 # dataset.format values SFT accepts: every format with a response, and plain text.
 SFT_FORMATS = ("plain_text", *FORMATS_WITH_RESPONSES)
+# Methods that can train a vision tower or a projector: LoRA on its linears, or every weight.
+VISION_TRAINING_METHODS = ("full", "lora", "qlora", "dora")
 SCORED_FORMATS = ("mcq", "qa")  # formats with a ground truth to score exact match against
 # Processes in the job: torchrun starts one per GPU, or a single one on CPU nodes.
 _CEL_PROCESSES = (
@@ -136,6 +139,9 @@ class FineTuneJobSpec(ApiModel):
     """Parallelism across processes: DDP, FSDP or DeepSpeed."""
     evaluation: EvaluationSpec = EvaluationSpec()
     """What is measured during and after training."""
+    vision: VisionSpec = VisionSpec()
+    """A vision-language model's image side: train its tower or projector, bound the
+    image size."""
     output: OutputSpec
     """Where checkpoints and the final model go."""
     logging: LoggingSpec = LoggingSpec()
@@ -157,6 +163,7 @@ class FineTuneJobSpec(ApiModel):
         "training",
         "distributed",
         "evaluation",
+        "vision",
         "output",
         "logging",
         "resources",
@@ -187,6 +194,17 @@ class FineTuneJobSpec(ApiModel):
             message="output.mergeAdapter needs a LoRA method.type (lora, qlora, dora, adapter)",
             check=lambda s: not s.output.merge_adapter or s.method.type in LORA_METHODS,
             field=".output.mergeAdapter",
+        ),
+        Rule(
+            cel="!(self.vision.trainVisionTower || self.vision.trainProjector)"
+            f" || self.method.type in {cel_list(VISION_TRAINING_METHODS)}",
+            message="vision.trainVisionTower and vision.trainProjector need method.type full, "
+            "lora, qlora or dora",
+            check=lambda s: (
+                not (s.vision.train_vision_tower or s.vision.train_projector)
+                or s.method.type in VISION_TRAINING_METHODS
+            ),
+            field=".vision",
         ),
         Rule(
             cel="self.training.onNonFinite != 'skip' || self.distributed.strategy != 'deepspeed'",

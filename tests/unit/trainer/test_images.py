@@ -378,3 +378,44 @@ def test_finetune_validate_refuses_images_for_a_text_only_model_and_reports_bad_
 def test_an_empty_list_of_parts_is_empty_text_as_before() -> None:
     (sample,) = convert_row("messages", {"messages": [{"role": "user", "content": []}, BOT]}, CTX)
     assert sample == {"messages": [{"role": "user", "content": ""}, BOT]}
+
+
+def test_finetune_validate_refuses_vision_settings_for_a_text_only_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """spec.vision on a model whose config has no vision_config is refused from the config,
+    before any weight: it would be ignored."""
+    import yaml
+
+    from fttestkit.builders import make_job
+    from fttrainer.cli import main
+
+    model = tmp_path / "llama"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    data = tmp_path / "text.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, BOT]}) + "\n")
+    job = tmp_path / "job.yaml"
+    dataset = {"train": {"uri": str(data)}, "format": "messages"}
+    manifest = make_job().set("model.name", str(model)).set("dataset", dataset)
+    job.write_text(yaml.safe_dump(manifest.set("vision.maxImagePixels", 1024).obj()))
+    assert main(["validate", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert "vision.maxImagePixels set, but model type 'llama' reads no images" in err
+    job.write_text(yaml.safe_dump(manifest.set("vision", {}).obj()))
+    assert main(["validate", str(job)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "bound", "expected"),
+    [((4000, 3000), 1_200_000, (1264, 948)), ((300, 200), 1_200_000, (300, 200)),
+     ((300, 200), None, (300, 200)), ((10_000, 10), 784, (784, 1))],
+)  # fmt: skip
+def test_fit_scales_down_to_the_bound_keeping_the_aspect_ratio(
+    size: tuple[int, int], bound: int | None, expected: tuple[int, int]
+) -> None:
+    from fttrainer.data.images import fit
+
+    got = fit(*size, bound)
+    assert got == expected
+    assert bound is None or got[0] * got[1] <= bound

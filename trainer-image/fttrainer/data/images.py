@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ftapi.v1alpha1.vision import MAX_IMAGE_PIXELS
+
 from .sources import DataUnavailableError
 
 PLACEHOLDER = "<image>"
@@ -45,7 +47,7 @@ PLACEHOLDER = "<image>"
 # convert_row moves the reference into the sample's `images` (formats.with_images).
 _INLINE = "\x00image:"
 _INLINE_RE = re.compile("\x00image:(?P<index>[0-9]+)\x00")
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb threshold
 FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")  # MPO: phones' JPEGs
 QUOTE = 80
 
@@ -161,6 +163,21 @@ def decode_data_url(url: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(f"{quote(url)}: not valid base64") from None
+
+
+def fit(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
+    """The size an image is read at under a pixel bound (vision.maxImagePixels): scaled
+    down, aspect ratio kept, when it has more pixels; as it is otherwise."""
+    if max_pixels is None or width * height <= max_pixels:
+        return width, height
+    scale = (max_pixels / (width * height)) ** 0.5
+    new_width, new_height = max(1, int(width * scale)), max(1, int(height * scale))
+    if new_width * new_height > max_pixels:  # a side held at one pixel: trim the other
+        if new_width > new_height:
+            new_width = max_pixels // new_height
+        else:
+            new_height = max_pixels // new_width
+    return new_width, new_height
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Checked:

@@ -228,6 +228,11 @@ class PreparedData:
         """Where the image a sample names by `digest` is kept."""
         return self.folder / IMAGES / digest
 
+    def image_digests(self) -> list[str]:
+        """Every kept image's digest (the samples of all parts name only these)."""
+        folder = self.folder / IMAGES
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
     def table(self, part: str) -> Any:
         if part not in self._tables:
             self._tables[part] = read_arrow(self.folder / f"{part}.arrow")

@@ -36,6 +36,7 @@ from fttrainer.node_cache import cached_folder, folder_for
 from fttrainer.storage import Store
 
 from .formats import sample_tools, sample_turns, trained_call_names
+from .image_tokens import ImageCosts, last_image_end
 from .prepare import DataError
 from .prepared import (
     FORMAT_VERSION,
@@ -47,6 +48,7 @@ from .prepared import (
 )
 from .sources import Problem
 from .typed import write_typed
+from .vision_rows import with_parts
 
 log = logging.getLogger(__name__)
 Encoded = dict[str, list[int]]  # input_ids and labels (-100 where the loss is off)
@@ -112,6 +114,7 @@ class _Work:
     encoding: Encoding
     source: str
     sft: bool
+    images: ImageCosts | None = None  # a vision-language model's: what each image costs
 
 
 _TOKENIZER: Any = None
@@ -125,25 +128,27 @@ def check_tokens(
     *,
     responses_only: bool,
     mirror: Store | None = None,
-    tokenized: bool = True,
+    images: ImageCosts | None = None,
 ) -> TokenReport:
-    """Measure every sample; apply the overlong policy; fail on untrainable ones. The
-    result (SFT: input_ids and labels, unless not `tokenized`: a vision-language model's
-    collator tokenizes its samples with their images, which then are kept typed as DPO's
-    are; the rows kept) is kept on the node beside the
+    """Measure every sample; apply the overlong policy; fail on untrainable ones. With
+    `images` (a vision-language model's processor reads the samples), each sample is
+    measured with its images' tokens, and SFT samples are kept typed as DPO's are (the
+    collator tokenizes them with their pictures). The result (SFT: input_ids and labels;
+    the rows kept) is kept on the node beside the
     prepared samples, under a key of the samples, the tokenizer and the token settings: a
     restarted attempt, and every other rank of the node, reads it instead (or downloads it
     from `mirror`, the job's output store, where the node that made it put a copy)."""
     encoding = Encoding.of(spec.dataset, responses_only=responses_only)
     _check_special_tokens(encoding, tokenizer)
-    sft = spec.trainer.type == "sft" and tokenized
-    work = _Work(spec, encoding, template_source(spec, tokenizer), sft)
+    sft = spec.trainer.type == "sft" and images is None
+    work = _Work(spec, encoding, template_source(spec, tokenizer), sft, images)
     key = "\n".join(
         [
             f"format {FORMAT_VERSION}",
             data.folder.name,
             tokenizer_fingerprint(tokenizer),
             f"responses_only {responses_only} trainer {spec.trainer.type} encoded {sft}",
+            f"images {images.fingerprint() if images else None}",
             spec.dataset.model_dump_json(),
         ]
     )
@@ -359,13 +364,16 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
             for text, origin in zip(texts, origins, strict=True):
                 row += 1
                 sample = json.loads(text)
+                pictures = (sample.get("images") or []) if work.images else []
+                if work.images:  # as the processor's template renders it
+                    sample = with_parts(sample)
                 try:
                     ids, labels = encode(sample, tokenizer, work.encoding)
                 except (TemplateError, TypeError, KeyError) as error:  # the template's own
                     message = f"{work.source} cannot render it: {error}"
                     tally.unrenderable.append(Problem(origin, message))
                     continue
-                length = len(ids)
+                length = len(ids) + (work.images.of(pictures) if work.images else 0)
                 tally.longest = max(tally.longest, length)
                 tally.total += length
                 tally.count += 1
@@ -373,6 +381,10 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
                     tally.overlong.append(origin)
                     if policy == "drop":
                         continue
+                    if policy == "truncate" and pictures and work.images:
+                        end = last_image_end(sample, tokenizer, work.images)
+                        if end > limit:  # the collator's cut would split an image
+                            tally.untrainable.append(Problem(origin, _cut_image(end, limit)))
                 trainable = (
                     None if labels is None else sum(1 for x in labels[:limit] if x != IGNORE)
                 )
@@ -394,6 +406,14 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
 
     write_arrow(Path(out), schema, batches())
     return tally
+
+
+def _cut_image(end: int, limit: int) -> str:
+    return (
+        f"its images' tokens reach token {end}, past maxSeqLength {limit}: truncating it "
+        "would cut an image (raise dataset.maxSeqLength, bound vision.maxImagePixels, or "
+        "set dataset.overlong drop)"
+    )
 
 
 def _check_representatives(data: PreparedData, work: _Work, tokenizer: Any) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .images import PLACEHOLDER
+from .images import PLACEHOLDER, fit
 
 TURN_FIELDS = ("messages", "prompt", "chosen", "rejected")
 
@@ -29,11 +29,9 @@ def parts(text: str) -> list[dict[str, str]]:
     return out
 
 
-def as_vision_row(sample: dict[str, Any], image_path: Callable[[str], Path]) -> dict[str, Any]:
-    """One sample as TRL's vision collators read it (turns as parts, `images` opened as
-    RGB pictures in order)."""
-    from PIL import Image, ImageOps
-
+def with_parts(sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample whose turns' text is split into parts at its placeholders: as the
+    processor's template renders it (some templates render only a list of parts)."""
     row = dict(sample)
     for key in TURN_FIELDS:
         turns = row.get(key)
@@ -44,23 +42,41 @@ def as_vision_row(sample: dict[str, Any], image_path: Callable[[str], Path]) -> 
                 else turn
                 for turn in turns
             ]
+    return row
+
+
+def as_vision_row(
+    sample: dict[str, Any], image_path: Callable[[str], Path], max_pixels: int | None = None
+) -> dict[str, Any]:
+    """One sample as TRL's vision collators read it (turns as parts, `images` opened as
+    RGB pictures in order, scaled down to `max_pixels` where they have more)."""
+    from PIL import Image, ImageOps
+
+    row = with_parts(sample)
     pictures = []
     for digest in sample.get("images") or []:
         with Image.open(image_path(digest)) as image:
-            pictures.append(ImageOps.exif_transpose(image).convert("RGB"))
+            picture = ImageOps.exif_transpose(image).convert("RGB")
+        size = fit(*picture.size, max_pixels)
+        if size != picture.size:
+            picture = picture.resize(size, Image.Resampling.BICUBIC)
+        pictures.append(picture)
     row["images"] = pictures
     return row
 
 
 def vision_transform(
-    image_path: Callable[[str], Path],
+    image_path: Callable[[str], Path], max_pixels: int | None = None
 ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
     """A `datasets` batch transform applying as_vision_row to every sample of a batch."""
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         keys = list(batch)
         size = len(batch[keys[0]]) if keys else 0
-        rows = [as_vision_row({k: batch[k][i] for k in keys}, image_path) for i in range(size)]
+        rows = [
+            as_vision_row({k: batch[k][i] for k in keys}, image_path, max_pixels)
+            for i in range(size)
+        ]
         return {k: [r.get(k) for r in rows] for k in {*keys, "images"}}
 
     return transform

@@ -29,7 +29,7 @@ from typing import Any
 from ftapi.v1alpha1 import FineTuneJobSpec
 
 from .moe import MoeConfig, expert_parameters, moe_config, routers, text_config
-from .vision import frozen_prefixes, under
+from .vision import TEXT_ONLY, Parts, vision_parts
 
 # Linear layers PEFT renames in an MoE model (the v4 names of fused experts and routers).
 PEFT_REWRITTEN = frozenset({"gate", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"})
@@ -83,6 +83,8 @@ class Targets:
     peft_parameters: tuple[str, ...] = field(default=())
     """`modules` and `parameters` as PEFT is given them: the shortest names that match
     exactly those in this model (layer-independent suffixes where they do)."""
+    saved: tuple[str, ...] = field(default=())
+    """Modules trained whole beside the adapter (a trained projector: spec.vision)."""
 
     @property
     def block_share(self) -> float:
@@ -121,11 +123,12 @@ class Targets:
 
 
 def resolve_targets(
-    model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None, frozen: tuple[str, ...] = ()
+    model: Any, spec: FineTuneJobSpec, moe: MoeConfig | None, parts: Parts = TEXT_ONLY
 ) -> Targets:
-    """The adapter's targets on `model` (meta-device or loaded) for the spec's LoRA; nothing
-    under `frozen` (a vision-language model's vision tower and projector: model/vision.py)
-    is adapted or counted in the decoder blocks' share."""
+    """The adapter's targets on `model` (meta-device or loaded) for the spec's LoRA; what
+    `parts` leaves unadapted (a vision-language model's projector, and its vision tower
+    unless trained: model/vision.py) is neither adapted nor counted in the decoder blocks'
+    share."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
@@ -145,7 +148,7 @@ def resolve_targets(
     for name, module in model.named_modules():
         if not isinstance(module, kinds) or (all_linear and module is head):
             continue
-        if under(name, frozen):
+        if parts.unadapted(name):
             continue
         if name in router_names or name.startswith(inside_router):
             continue  # a router (some are nn.Linear subclasses): only by lora.trainRouter
@@ -183,7 +186,7 @@ def resolve_targets(
     lora_parameters = sum(lora.r * (i + o) for i, o in (linear_shapes[m] for m in modules))
     for p in parameters:
         lora_parameters += parameter_lora_size(shapes[p].shape, lora.r, p)
-    block = {n: p for n, p in shapes.items() if LAYER_PREFIX.match(n) and not under(n, frozen)}
+    block = {n: p for n, p in shapes.items() if LAYER_PREFIX.match(n) and not parts.unadapted(n)}
     reached = {f"{m}.weight" for m in modules} | set(parameters)
     missed = sorted(
         (n for n in block if n not in reached and block[n].ndim >= 2),
@@ -204,13 +207,31 @@ def resolve_targets(
         missed=tuple(missed[:5]),
         bypassed=tuple(bypassed),
         unmatched=tuple(n for n in names if n not in matched and not all_linear),
+        saved=tuple(_whole_modules(model, parts.saved)),
     )
+
+
+def _whole_modules(model: Any, names: tuple[str, ...]) -> list[str]:
+    """`names` as PEFT's modules_to_save can wrap them: a module list (Qwen3-VL's deepstack
+    mergers) by its members, since the wrapper is called, never indexed."""
+    import torch
+
+    out: list[str] = []
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, torch.nn.ModuleList):
+            out += [f"{name}.{i}" for i in range(len(module))]
+        else:
+            out.append(name)
+    return out
 
 
 def peft_targets(targets: Targets, *, r: int, alpha: int) -> dict[str, Any]:
     """LoraConfig kwargs for `targets`: target_modules, target_parameters, and the fused
     gate/up matrices' doubled rank and alpha."""
     kwargs: dict[str, Any] = {"target_modules": list(targets.peft_modules) or None}
+    if targets.saved:
+        kwargs["modules_to_save"] = list(targets.saved)
     if targets.peft_parameters:
         kwargs["target_parameters"] = list(targets.peft_parameters)
         fused = [p for p in targets.peft_parameters if _leaf(p) == FUSED_GATE_UP]
@@ -403,12 +424,12 @@ def plan_model(model: Any, spec: FineTuneJobSpec) -> ModelPlan:
     targets = None
     refused = architecture_refusals(model, spec, moe)
     try:
-        frozen = frozen_prefixes(model.config)
+        parts = vision_parts(model.config, spec.vision)
     except ValueError as error:
         refused.append(str(error))
-        frozen = ()
+        parts = TEXT_ONLY
     if spec.method.type in LORA_SETTINGS_METHODS:
-        targets = resolve_targets(model, spec, moe, frozen)
+        targets = resolve_targets(model, spec, moe, parts)
         refused += refusals(targets, spec, moe)
     return ModelPlan(moe=moe, targets=targets, refused=refused, kind=describe(moe, model))
 
