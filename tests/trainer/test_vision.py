@@ -83,6 +83,15 @@ def _recipe(
     return recipe
 
 
+def _planned_trainable_is_trained(recipe: Recipe, model: Path) -> None:
+    """`finetune plan`'s count of trainable parameters is what the trainer trains."""
+    from fttrainer.model.memory_plan import ModelShape, estimate_memory
+
+    planned = estimate_memory(ModelShape.from_pretrained(str(model)), recipe.spec).trainable
+    trained = sum(p.numel() for p in recipe.trainer.model.parameters() if p.requires_grad)
+    assert planned == trained
+
+
 def _answer(model: Any, processor: Any, picture: Path) -> str:
     import torch
     from PIL import Image
@@ -107,6 +116,7 @@ def test_lora_on_the_language_model_learns_the_colour_of_a_square(
     assert trainable and all("lora_" in n for n in trainable), trainable[:5]
     frozen = ("vision", "visual", "multi_modal_projector", "connector")
     assert not [n for n in trainable if any(part in n for part in frozen)]
+    _planned_trainable_is_trained(recipe, model)
     result = recipe.train()
     losses = [m["loss"] for m in result.step_metrics if "loss" in m]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -144,6 +154,7 @@ def test_full_fine_tuning_trains_the_language_model_and_leaves_the_image_path(
     trainable = {n for n, p in named.items() if p.requires_grad}
     assert any(n.startswith("model.text_model.") for n in trainable)
     assert not [n for n in trainable if n.startswith(("model.vision_model.", "model.connector."))]
+    _planned_trainable_is_trained(recipe, model)
     before = {n: p.detach().clone() for n, p in named.items() if n.startswith("model.connector.")}
     result = recipe.train()
     losses = [m["loss"] for m in result.step_metrics if "loss" in m]
@@ -171,6 +182,7 @@ def test_spec_vision_adapts_the_tower_and_trains_the_projector_whole(
     merger = [n for n in trainable if ".visual.merger." in n]
     assert merger and not [n for n in merger if "lora_" in n], merger
     assert not [n for n in trainable if "patch_embed" in n]  # a convolution: not adapted
+    _planned_trainable_is_trained(recipe, model)
     before = {n: named[n].detach().clone() for n in merger}
     result = recipe.train()
     after = dict(recipe.trainer.model.named_parameters())
@@ -191,6 +203,7 @@ def test_full_fine_tuning_trains_the_projector_when_asked_and_not_the_tower(
     trainable = {n for n, p in named.items() if p.requires_grad}
     assert {n for n in named if n.startswith("model.multi_modal_projector.")} <= trainable
     assert not [n for n in trainable if n.startswith("model.vision_tower.")]
+    _planned_trainable_is_trained(recipe, model)
 
 
 def test_vision_settings_on_a_text_only_model_are_refused_before_it_loads(

@@ -14,6 +14,11 @@ fused expert matrix. An MoE layer keeps a dense layer's activations plus, per to
 expert it is routed to, what transformers' grouped experts save (`moe.routed_token_bytes`),
 and, when LoRA adapts the experts, the merged expert weights PEFT builds for the forward.
 
+A vision-language model's weights count whole; its language model is the decoder above
+(image tokens are within maxSeqLength: the token check counts them). Its vision tower's and
+projector's parameters train only as spec.vision says; a trained tower's activations are
+not estimated (a note says so).
+
 It is an estimate (within ~20% on the architectures we tried), meant for planning, not a
 guarantee: allocator fragmentation and framework buffers vary.
 """
@@ -30,6 +35,7 @@ from ftapi.v1alpha1.method import FULL_WEIGHT_METHODS, LORA_METHODS
 from .adapters import PEFT_REWRITTEN, names_expert, parameter_lora_size
 from .meta import meta_model
 from .moe import expert_parameters, moe_config, routed_token_bytes, routers
+from .vision import TEXT_ONLY, is_vision_language, under, vision_parts
 
 GIB = 1024**3
 OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS workspaces, NCCL buffers
@@ -56,6 +62,10 @@ class ModelShape:
     routed_bytes: tuple[int, int] = (0, 0)
     """Bytes an MoE layer keeps for backward per token and expert it is routed to, with
     the experts frozen and with them trained (`moe.routed_token_bytes`)."""
+    tower_linears: tuple[tuple[str, int, int], ...] = ()
+    """A vision-language model's vision tower's Linears (not in `linears`)."""
+    tower_parameters: int = 0
+    projector_parameters: int = 0
 
     @property
     def moe_layers(self) -> int:
@@ -79,31 +89,39 @@ class ModelShape:
 
         config = model.config
         moe = moe_config(config, model)
+        parts = vision_parts(config) if is_vision_language(config) else TEXT_ONLY
         skipped = tuple(f"{r}." for r in routers(model, moe)) if moe else ()
-        linears = tuple(
+        every = [
             (n, m.in_features, m.out_features)
             for n, m in model.named_modules()
             if isinstance(m, torch.nn.Linear)
             and "lm_head" not in n
             and not f"{n}.".startswith(skipped)
-        )
+        ]
+        linears = tuple(x for x in every if not parts.unadapted(x[0]))
         shapes = dict(model.named_parameters())
         experts = (
             tuple((n, *(int(d) for d in shapes[n].shape)) for n in expert_parameters(model, moe))
             if moe
             else ()
         )
-        hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
-        layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+        text = config.get_text_config()  # a vision-language model's language model
+        hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
+        layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0))
         return cls(
             parameters=sum(p.numel() for p in model.parameters()),
             layers=layers,
             hidden=hidden,
-            vocab=int(config.vocab_size),
+            vocab=int(text.vocab_size),
             linears=linears,
             experts=experts,  # type: ignore[arg-type]
             per_token=(moe.per_token or moe.experts) if moe else 0,
             routed_bytes=routed_token_bytes(model, moe) if moe else (0, 0),
+            tower_linears=tuple(x for x in every if parts.in_tower(x[0])),
+            tower_parameters=sum(int(p.numel()) for n, p in shapes.items() if parts.in_tower(n)),
+            projector_parameters=sum(
+                int(p.numel()) for n, p in shapes.items() if under(n, parts.projector)
+            ),
         )
 
     @property
@@ -221,6 +239,21 @@ def estimate_memory(
                 else ""
             )
         )
+    if shape.tower_parameters:
+        trained = [
+            name
+            for name, on in (
+                ("tower", spec.vision.train_vision_tower),
+                ("projector", spec.vision.train_projector),
+            )
+            if on
+        ]
+        notes.append(
+            f"vision-language: vision tower {shape.tower_parameters:,} and projector "
+            f"{shape.projector_parameters:,} parameters ({' and '.join(trained) or 'both'} "
+            f"{'trained' if trained else 'frozen'}); images' tokens are within maxSeqLength"
+            + ("; the tower's activations are not estimated" if "tower" in trained else "")
+        )
     if dropout_per_layer and kept:
         saved = dropout_per_layer * kept / GIB
         notes.append(f"LoRA dropout keeps {saved:.1f} GiB of activations; dropout 0 would not")
@@ -267,8 +300,11 @@ def suggest(shape: ModelShape, spec: FineTuneJobSpec, budget_bytes: float) -> li
 
 def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
     method = spec.method
+    vision = spec.vision
+    projector = shape.projector_parameters if vision.train_projector else 0
     if method.type == "full":
-        return shape.parameters
+        frozen = 0 if vision.train_vision_tower else shape.tower_parameters
+        return shape.parameters - frozen - (shape.projector_parameters - projector)
     if method.type == "spectrum":
         fraction = (method.spectrum.effective_top_fraction() if method.spectrum else 0.25) or 0.25
         matrices = sum(i * o for _, i, o in shape.linears)
@@ -283,9 +319,13 @@ def _trainable_parameters(shape: ModelShape, spec: FineTuneJobSpec) -> int:
         per_token = 2 * shape.layers * shape.hidden if method.type == "prefix" else shape.hidden
         return tokens * per_token
     lora = method.effective_lora()
-    return sum(lora.r * (i + o) for _, i, o in _adapted_linears(shape, spec)) + sum(
-        parameter_lora_size((e, a, b), lora.r, name)
-        for name, e, a, b in _adapted_experts(shape, spec)
+    return (
+        sum(lora.r * (i + o) for _, i, o in _adapted_linears(shape, spec))
+        + sum(
+            parameter_lora_size((e, a, b), lora.r, name)
+            for name, e, a, b in _adapted_experts(shape, spec)
+        )
+        + projector  # trained whole beside the adapter
     )
 
 
@@ -324,9 +364,10 @@ def _moe_layer_bytes(shape: ModelShape, spec: FineTuneJobSpec, tokens: int) -> f
 def _adapted_linears(shape: ModelShape, spec: FineTuneJobSpec) -> list[tuple[str, int, int]]:
     """(name, in, out) of every linear layer the LoRA-family adapter of the spec adapts."""
     names = spec.method.effective_lora().target_modules
+    tower = shape.tower_linears if spec.vision.train_vision_tower else ()
     return [
         (name, i, o)
-        for name, i, o in shape.linears
+        for name, i, o in (*shape.linears, *tower)
         if names == ["all-linear"] or any(name == t or name.endswith(f".{t}") for t in names)
     ]
 

@@ -70,6 +70,10 @@ class Parts:
             return not self.train_projector
         return under(name, self.tower) and not self.train_tower
 
+    def in_tower(self, name: str) -> bool:
+        """Whether a module or parameter is the vision tower's (its projector aside)."""
+        return under(name, self.tower) and not under(name, self.projector)
+
     def unadapted(self, name: str) -> bool:
         """Whether a module gets no LoRA adapter: a frozen tower, and the projector always
         (trained, it is trained whole: see `saved`)."""
