@@ -68,7 +68,7 @@ def test_evaluation_prompts_and_benchmarks_come_from_s3_before_the_model_loads(
         {"name": "arith", "uri": f"s3://{bucket}/bench/mcq.jsonl", "format": "mcq"}]})  # fmt: skip
     evaluator = Evaluator(parse_job(job.obj()).spec, None, None, Path("unused"))  # type: ignore[arg-type]
     evaluator.load_inputs()  # no model, no tokenizer: inputs come first
-    assert evaluator.prompts == ["What is LoRA?", "Why QLoRA?"]
+    assert [p.text for p in evaluator.prompts] == ["What is LoRA?", "Why QLoRA?"]
     fmt, samples = evaluator.benchmarks["arith"]
     assert fmt == "mcq" and len(samples) == 1
 
@@ -102,3 +102,64 @@ def test_prepared_data_is_kept_in_the_output_store_for_the_other_nodes(
     mirror.delete([f"{first.folder.name}/{COMPLETE}"])
     third = prepare_data(spec, root=tmp_path / "node-c", mirror=mirror)
     assert not third.reused and list(third.train) == list(first.train)
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (24, 16), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_images_of_an_s3_data_file_are_read_from_s3_and_checked(
+    s3_bucket: tuple[Any, str, str], tmp_path: Path
+) -> None:
+    """Paths beside an S3 data file and s3:// URIs are read from the real server, kept by
+    digest; a missing key and a path leaving the data file's folder are bad rows with
+    file:line. Evaluation prompts read theirs the same way."""
+    from fttrainer.evaluation.evaluator import Evaluator
+
+    s3, bucket, endpoint = s3_bucket
+    red, blue = _png((220, 20, 20)), _png((20, 20, 220))
+    s3.put_object(Bucket=bucket, Key="vis/img/red.png", Body=red)
+    s3.put_object(Bucket=bucket, Key="shared/blue.png", Body=blue)
+
+    def row(ref: str) -> str:
+        user = {"role": "user", "content": [{"type": "image", "image": ref},
+                                            {"type": "text", "text": "Colour?"}]}  # fmt: skip
+        return json.dumps({"messages": [user, {"role": "assistant", "content": "red"}]}) + "\n"
+
+    good = row("img/red.png") + row(f"s3://{bucket}/shared/blue.png") + row("img/red.png")
+    s3.put_object(Bucket=bucket, Key="vis/train.jsonl", Body=good.encode())
+    bad = good + row("img/gone.png") + row("../shared/blue.png")
+    s3.put_object(Bucket=bucket, Key="vis/bad.jsonl", Body=bad.encode())
+    output = {"uri": f"s3://{bucket}/out", "s3": {"endpoint": endpoint, "forcePathStyle": True}}
+
+    def spec(key: str) -> Any:
+        dataset = {"train": {"uri": f"s3://{bucket}/{key}"}, "format": "messages"}
+        return parse_job(make_job().set("dataset", dataset).set("output", output).obj()).spec
+
+    prepared = prepare_data(spec("vis/train.jsonl"))
+    images = prepared.report.images
+    assert images is not None and (images.count, images.distinct) == (3, 2)
+    kept = {prepared.image_path(d).read_bytes() for d in prepared.image_digests()}
+    assert kept == {red, blue}
+    with pytest.raises(DataError) as caught:
+        prepare_data(spec("vis/bad.jsonl"))
+    found = {p.origin: p.message for p in caught.value.problems}
+    assert set(found) == {f"s3://{bucket}/vis/bad.jsonl:4", f"s3://{bucket}/vis/bad.jsonl:5"}
+    assert f"not found (s3://{bucket}/vis/img/gone.png)" in found[f"s3://{bucket}/vis/bad.jsonl:4"]
+    assert "must stay under its folder" in found[f"s3://{bucket}/vis/bad.jsonl:5"]
+
+    prompts = json.dumps({"prompt": "Colour?", "images": ["img/red.png"]}) + "\n"
+    s3.put_object(Bucket=bucket, Key="vis/prompts.jsonl", Body=prompts.encode())
+    job = make_job().set("output", output)
+    job.set("evaluation.promptsUri", f"s3://{bucket}/vis/prompts.jsonl")
+    asked = parse_job(job.obj()).spec
+    evaluator = Evaluator(asked, None, None, tmp_path, processor=object())  # type: ignore[arg-type]
+    evaluator.load_inputs()
+    (prompt,) = evaluator.prompts
+    assert prompt.images == ("img/red.png",) and prompt.paths[0].read_bytes() == red

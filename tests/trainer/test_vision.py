@@ -67,15 +67,18 @@ def _recipe(
     output: Path,
     method: dict[str, Any] = LORA,
     vision: dict[str, Any] | None = None,
+    prompts: Path | None = None,
     **training: Any,
 ) -> Recipe:
+    evaluation = {"strategy": "no", **({"promptsUri": str(prompts)} if prompts else {})}
     job = parse_job(
         make_job().set("model.name", str(model)).set("vision", vision or {})
+        .set("evaluation", evaluation)
         .set("dataset", {"train": {"uri": str(data)}, "format": "messages", "maxSeqLength": 128})
         .set("method", method)
         .set("training", {"device": "cpu", "maxSteps": 40, "batchSize": 8, "seed": 0,
                           "learningRate": 5e-3, **training})
-        .set("evaluation.strategy", "no").set("logging.steps", 5)
+        .set("logging.steps", 5)
         .set("output", {"uri": str(output / "published"), "mergeAdapter": method == LORA}).obj()
     )  # fmt: skip
     recipe = Recipe(job, output)
@@ -111,7 +114,13 @@ def test_lora_on_the_language_model_learns_the_colour_of_a_square(
     family: str, colours: Path, tmp_path: Path
 ) -> None:
     model = build(family, corpus=CORPUS).save(tmp_path / f"tiny-{family}")
-    recipe = _recipe(model, colours, tmp_path / "run")
+    held_back = _colour_rows(tmp_path / "held", 6, seed=7)
+    rows = [json.loads(line) for line in held_back.read_text().splitlines()]
+    prompts = tmp_path / "held" / "prompts.jsonl"  # evaluation prompts with pictures
+    prompts.write_text("".join(
+        json.dumps({"prompt": QUESTION, "images": [row["messages"][0]["content"][0]["image"]]})
+        + "\n" for row in rows[:3]))  # fmt: skip
+    recipe = _recipe(model, colours, tmp_path / "run", prompts=prompts)
     trainable = [n for n, p in recipe.trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable), trainable[:5]
     frozen = ("vision", "visual", "multi_modal_projector", "connector")
@@ -131,8 +140,6 @@ def test_lora_on_the_language_model_learns_the_colour_of_a_square(
 
     tuned = AutoModelForImageTextToText.from_pretrained(merged)
     processor = AutoProcessor.from_pretrained(merged)
-    held_back = _colour_rows(tmp_path / "held", 6, seed=7)
-    rows = [json.loads(line) for line in held_back.read_text().splitlines()]
     answers = [
         _answer(tuned, processor, held_back.parent / row["messages"][0]["content"][0]["image"])
         for row in rows
@@ -140,6 +147,15 @@ def test_lora_on_the_language_model_learns_the_colour_of_a_square(
     expected = [row["messages"][1]["content"] for row in rows]
     right = sum(a.strip().startswith(e) for a, e in zip(answers, expected, strict=True))
     assert right >= 5, list(zip(answers, expected, strict=True))
+    # The evaluation prompts were answered with their pictures, before and after training.
+    compared = json.loads((tmp_path / "run" / "model_comparison.json").read_text())
+    assert [c["images"] for c in compared] == [
+        [row["messages"][0]["content"][0]["image"]] for row in rows[:3]
+    ]
+    tuned_right = sum(
+        c["fine_tuned"].strip().startswith(e) for c, e in zip(compared, expected, strict=False)
+    )
+    assert tuned_right >= 2, compared
 
 
 def test_full_fine_tuning_trains_the_language_model_and_leaves_the_image_path(

@@ -260,7 +260,9 @@ class Recipe:
         log.info("%s", self.token_report.render())
         # The evaluation's own inputs (prompts, benchmarks, harness tasks): read before the
         # model loads, so that a bad one fails in seconds.
-        self.evaluator = Evaluator(self.spec, self.tokenizer, self.data, self.output_dir)
+        self.evaluator = Evaluator(
+            self.spec, self.tokenizer, self.data, self.output_dir, self.processor
+        )
         self.evaluator.load_inputs()
         # The model as its config describes it: a method it cannot serve fails here, in
         # seconds, before its weights are read.

@@ -79,7 +79,9 @@ class EvaluationSpec(ApiModel):
     """Prompts answered by the base and the fine-tuned model after training
     (model_comparison.json)."""
     prompts_uri: Uri | None = None
-    """A file of such prompts (.txt one per line, or .jsonl with a prompt field)."""
+    """A file of such prompts (.txt one per line, or .jsonl with a prompt field). For a
+    vision-language model a row may carry `images` (paths beside the file, s3:// URIs or
+    data: URLs, as dataset rows do), checked before training."""
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 128
     """Tokens generated per prompt (greedy decoding)."""
     benchmarks: Annotated[list[Benchmark], Field(max_length=32)] = []

@@ -419,3 +419,45 @@ def test_fit_scales_down_to_the_bound_keeping_the_aspect_ratio(
     got = fit(*size, bound)
     assert got == expected
     assert bound is None or got[0] * got[1] <= bound
+
+
+def test_evaluation_prompts_with_images_are_checked_when_read(tmp_path: Path) -> None:
+    """promptsUri rows may carry images: each is checked when the prompts are read (before
+    the model loads), bad ones reported by file:line; a text-only model refuses them."""
+    from ftapi import parse_job
+    from fttestkit.builders import make_job
+    from fttrainer.data.prepare import DataError
+    from fttrainer.evaluation.evaluator import Evaluator
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "ok.png").write_bytes(_png())
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": "Colour?", "images": ["img/ok.png"]},
+        {"prompt": "Colour?", "images": ["img/gone.png"]},
+        {"prompt": "<image> and <image>?", "images": ["img/ok.png"]},
+        {"prompt": "Colour?", "images": "img/ok.png"},
+        {"prompt": "No picture."},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = parse_job(make_job().set("evaluation.promptsUri", str(prompts)).obj()).spec
+
+    def read(processor: Any) -> Evaluator:
+        evaluator = Evaluator(spec, None, None, tmp_path / "out", processor)  # type: ignore[arg-type]
+        evaluator.load_inputs()
+        return evaluator
+
+    with pytest.raises(DataError) as caught:
+        read(object())
+    found = {p.origin.rsplit(":", 1)[1]: p.message for p in caught.value.problems}
+    assert set(found) == {"2", "3", "4"}
+    assert "images[0] 'img/gone.png': not found" in found["2"]
+    assert "1 image(s), but the prompt holds 2 <image> placeholder(s)" in found["3"]
+    assert "expected a list of image references" in found["4"]
+
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in (rows[0], rows[4])))
+    kept = read(object()).prompts
+    assert [p.images for p in kept] == [("img/ok.png",), ()]
+    assert kept[0].paths[0].read_bytes() == _png()
+    with pytest.raises(ValueError, match=r"1 prompt\(s\) carry images, and the model"):
+        read(None)

@@ -50,19 +50,22 @@ def as_vision_row(
 ) -> dict[str, Any]:
     """One sample as TRL's vision collators read it (turns as parts, `images` opened as
     RGB pictures in order, scaled down to `max_pixels` where they have more)."""
+    row = with_parts(sample)
+    row["images"] = [open_picture(image_path(d), max_pixels) for d in sample.get("images") or []]
+    return row
+
+
+def open_picture(path: Path, max_pixels: int | None = None) -> Any:
+    """A kept image as the processor reads it: EXIF orientation applied, RGB, scaled down
+    to `max_pixels` where it has more."""
     from PIL import Image, ImageOps
 
-    row = with_parts(sample)
-    pictures = []
-    for digest in sample.get("images") or []:
-        with Image.open(image_path(digest)) as image:
-            picture = ImageOps.exif_transpose(image).convert("RGB")
-        size = fit(*picture.size, max_pixels)
-        if size != picture.size:
-            picture = picture.resize(size, Image.Resampling.BICUBIC)
-        pictures.append(picture)
-    row["images"] = pictures
-    return row
+    with Image.open(path) as image:
+        picture = ImageOps.exif_transpose(image).convert("RGB")
+    size = fit(*picture.size, max_pixels)
+    if size != picture.size:
+        picture = picture.resize(size, Image.Resampling.BICUBIC)
+    return picture
 
 
 def vision_transform(

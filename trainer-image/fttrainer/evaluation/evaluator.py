@@ -20,10 +20,11 @@ from typing import Any
 
 from ftapi.v1alpha1 import Columns, FineTuneJobSpec
 from fttrainer.data.formats import FormatContext, convert_row
+from fttrainer.data.images import ImageKeeper
 from fttrainer.data.prepare import PreparedData
 from fttrainer.data.sources import DataSourceError, read_source
 
-from .comparison import answer_prompts, read_prompts
+from .comparison import Prompt, answer_prompts, read_prompts
 from .harness import check_tasks, fetch_task_dir, run_harness
 from .metrics import LogHook, best_scores, bleu, perplexity_hook, rouge_l
 from .scoring import (
@@ -50,13 +51,20 @@ BASE_METRICS = (
 
 class Evaluator:
     def __init__(
-        self, spec: FineTuneJobSpec, tokenizer: Any, data: PreparedData, output_dir: Path
+        self,
+        spec: FineTuneJobSpec,
+        tokenizer: Any,
+        data: PreparedData,
+        output_dir: Path,
+        processor: Any = None,
     ) -> None:
+        """`processor`: a vision-language model's (prompts with images need one)."""
         self.spec = spec
         self.tokenizer = tokenizer
         self.data = data
         self.output_dir = output_dir
-        self.prompts: list[str] = []
+        self.processor = processor
+        self.prompts: list[Prompt] = []
         self.base_answers: list[str] = []
         self.benchmarks: dict[str, tuple[str, list[Any]]] = {}
         self.harness_tasks: Path | None = None
@@ -267,23 +275,43 @@ class Evaluator:
         """Greedy answers to the evaluation prompts (none: an empty list)."""
         if not self.prompts:
             return []
-        max_new_tokens = self.spec.evaluation.max_new_tokens
-        return answer_prompts(model, self.tokenizer, self.prompts, max_new_tokens=max_new_tokens)
+        return answer_prompts(
+            model,
+            self.tokenizer,
+            self.prompts,
+            max_new_tokens=self.spec.evaluation.max_new_tokens,
+            processor=self.processor,
+            max_pixels=self.spec.vision.max_image_pixels,
+        )
 
-    def comparison(self, tuned: list[str]) -> list[dict[str, str]]:
-        """model_comparison.json: each prompt with the base's and the tuned model's answer."""
-        return [
-            {"prompt": p, "base": b, "fine_tuned": t}
-            for p, b, t in zip(self.prompts, self.base_answers, tuned, strict=True)
-        ]
+    def comparison(self, tuned: list[str]) -> list[dict[str, Any]]:
+        """model_comparison.json: each prompt (and its images) with the base's and the
+        tuned model's answer."""
+        rows: list[dict[str, Any]] = []
+        for prompt, base, fine_tuned in zip(self.prompts, self.base_answers, tuned, strict=True):
+            images = {"images": list(prompt.images)} if prompt.images else {}
+            rows.append({"prompt": prompt.text, **images, "base": base, "fine_tuned": fine_tuned})
+        return rows
 
-    def _evaluation_prompts(self) -> list[str]:
+    def _evaluation_prompts(self) -> list[Prompt]:
         evaluation = self.spec.evaluation
-        prompts = list(evaluation.prompts)
-        if evaluation.prompts_uri:
-            uri = evaluation.prompts_uri
-            prompts += read_prompts(uri, self._client_for(uri))
+        prompts = [Prompt(text) for text in evaluation.prompts]
+        uri = evaluation.prompts_uri
+        if uri:
+            prompts += read_prompts(uri, self._client_for(uri), self._image_keeper)
+        pictured = sum(1 for p in prompts if p.images)
+        if pictured and self.processor is None:
+            raise ValueError(
+                f"evaluation.promptsUri: {pictured} prompt(s) carry images, and the model "
+                f"{self.spec.model.name!r} reads text only (its config has no vision_config)"
+            )
         return prompts
+
+    def _image_keeper(self) -> ImageKeeper:
+        """Where the prompts' images are checked and kept (one folder per rank), read from
+        S3 with the output's client, as the prompts are."""
+        scratch = self.output_dir / "trainer" / f"rank-{os.environ.get('RANK', '0')}"
+        return ImageKeeper(scratch / "prompt-images", lambda: self._client_for("s3://"))
 
     def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
         """name -> (format, samples), read once for the before and after scores."""

@@ -40,6 +40,14 @@ def encode_prompt(
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
 
+def encode_image_prompt(processor: Any, messages: list[dict[str, Any]]) -> Any:
+    """A conversation whose parts hold pictures, rendered by a vision-language model's
+    processor to end where the assistant's answer starts (pixels included)."""
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
 def generate_answer(
     model: Any,
     tokenizer: Any,
@@ -49,7 +57,13 @@ def generate_answer(
     tools: list[Any] | None = None,
 ) -> str:
     """Greedy answer, up to the end of the assistant's turn; call inside `inference(model)`."""
-    inputs = encode_prompt(tokenizer, messages, tools=tools).to(model.device)
+    inputs = encode_prompt(tokenizer, messages, tools=tools)
+    return decode_answer(model, tokenizer, inputs, max_new_tokens=max_new_tokens)
+
+
+def decode_answer(model: Any, tokenizer: Any, inputs: Any, *, max_new_tokens: int) -> str:
+    """Greedy answer to encoded `inputs`, up to the end of the assistant's turn."""
+    inputs = inputs.to(model.device)
     output = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
