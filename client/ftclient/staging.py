@@ -11,6 +11,12 @@ marked complete by `<staging>/trees/<digest>.staged`, written last. The same con
 lands at the same key, so re-submitting unchanged data uploads nothing, and a submit cut off
 halfway never leaves a folder a later one would take for complete (its marker is missing;
 the next submit uploads what is missing and writes it).
+
+A JSON or JSON Lines data file whose rows name images beside it (`img/1.png`, the relative
+paths the trainer resolves against the data file's folder) goes up as a tree of the file and
+those images, paths kept, so the trainer finds them beside the uploaded file; its key covers
+the images' content as well as the rows'. A referenced image missing here, or given as an
+absolute path, is refused with the file and line, before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ MiB = 1024 * 1024
 SKIPPED_DIRECTORIES = frozenset({".git", "__pycache__", ".cache", ".ipynb_checkpoints"})
 MARKER_SUFFIX = ".staged"
 PARALLEL_FILES = 8
+# Where the trainer reads a row's image references: a content part's "image" (or, ending in
+# an image suffix, its "url" or "path": also OpenAI's image_url.url) and the images column.
+IMAGE_KEYS = frozenset({"image", "images"})
+IMAGE_OR_FILE_KEYS = frozenset({"url", "path"})
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
+ROWS_WITH_IMAGES = (".jsonl", ".json")
 
 
 @dataclass(frozen=True)
@@ -161,12 +173,96 @@ def folder_files(root: Path) -> list[Path]:
     return files
 
 
-def plan_staging(locals_: Sequence[LocalPath], staging: str, hashes: HashCache) -> list[StagedPath]:
-    """Where each local path goes under `staging` (s3://bucket/prefix), by content."""
+def row_images(data_file: Path, columns: Iterable[str] = ()) -> tuple[list[Path], list[str]]:
+    """The images a JSON or JSON Lines data file's rows name by a path beside it (where the
+    trainer reads references: IMAGE_KEYS, IMAGE_OR_FILE_KEYS and the images column
+    `columns`), and the problems: one that does not exist here, an absolute path, a path
+    leaving the file's folder."""
+    folder = data_file.parent
+    keys = IMAGE_KEYS | set(columns)
+    found: dict[Path, None] = {}
+    problems: list[str] = []
+    for line, row in _rows(data_file):
+        for ref in _references(row, keys):
+            if "://" in ref or ref.startswith("data:"):
+                continue
+            where = f"{data_file}:{line}: {ref!r}"
+            path = Path(ref)
+            if path.is_absolute():
+                problems.append(f"{where}: an absolute path (make it relative to the data file)")
+                continue
+            resolved = (folder / path).resolve()
+            if not resolved.is_relative_to(folder.resolve()):
+                problems.append(f"{where}: leaves the data file's folder")
+            elif not resolved.is_file():
+                problems.append(f"{where}: does not exist on this machine")
+            else:
+                found[folder / path] = None
+    return list(found), problems
+
+
+def _rows(data_file: Path) -> Iterable[tuple[int, Any]]:
+    """(line, row) of a JSON Lines file, or (1, the document) of a JSON file; what does not
+    parse is skipped (the trainer reports it with its line)."""
+    with data_file.open(encoding="utf-8", errors="replace") as lines:
+        if data_file.suffix == ".json":
+            try:
+                yield 1, json.load(lines)
+            except ValueError:
+                return
+            return
+        for number, text in enumerate(lines, start=1):
+            try:
+                yield number, json.loads(text)
+            except ValueError:
+                continue
+
+
+def _references(value: Any, keys: set[str] | frozenset[str]) -> Iterable[str]:
+    """The strings under `keys` (and image-named ones under IMAGE_OR_FILE_KEYS), anywhere
+    in a row."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in keys:
+                named = [item] if isinstance(item, str) else item if isinstance(item, list) else []
+                yield from (ref for ref in named if isinstance(ref, str))
+            elif key in IMAGE_OR_FILE_KEYS and isinstance(item, str):
+                if item.lower().endswith(IMAGE_SUFFIXES):
+                    yield item
+            else:
+                yield from _references(item, keys)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item, keys)
+
+
+def plan_staging(
+    locals_: Sequence[LocalPath],
+    staging: str,
+    hashes: HashCache,
+    image_columns: Iterable[str] = (),
+) -> list[StagedPath]:
+    """Where each local path goes under `staging` (s3://bucket/prefix), by content.
+    `image_columns`: the job's images column (dataset.columns.images), if it names one."""
     bucket, prefix = split_s3_uri(staging)
     root = f"{prefix}/" if prefix else ""
     planned = []
     for local in locals_:
+        images: list[Path] = []
+        if local.path.is_file() and local.path.suffix in ROWS_WITH_IMAGES:
+            images, problems = row_images(local.path, image_columns)
+            if problems:
+                shown = "\n  ".join(problems[:10])
+                more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+                raise StagingError(
+                    f"{local.location.field}: images its rows name cannot be uploaded:\n"
+                    f"  {shown}{more}"
+                )
+        if images:  # the file and its images as one tree, paths kept
+            members = [local.path, *images]
+            top = local.path.parent
+            planned.append(_tree(local, members, top, bucket, root, hashes, local.path.name))
+            continue
         if local.path.is_file():
             digest = hashes.sha256(local.path)
             key = f"{root}blobs/{digest}/{local.path.name}"
@@ -178,20 +274,33 @@ def plan_staging(locals_: Sequence[LocalPath], staging: str, hashes: HashCache) 
         members = folder_files(local.path)
         if not members:
             raise StagingError(f"{local.location.field}: the folder {local.path} is empty")
-        relative = [m.relative_to(local.path).as_posix() for m in members]
-        shas = [hashes.sha256(m) for m in members]
-        tree = hashlib.sha256(
-            "".join(f"{name}\0{sha}\n" for name, sha in zip(relative, shas, strict=True)).encode()
-        ).hexdigest()
-        base = f"{root}trees/{tree}"
-        files = tuple(
-            StagedFile(m, f"{base}/{name}", m.stat().st_size)
-            for m, name in zip(members, relative, strict=True)
-        )
-        planned.append(
-            StagedPath(local, bucket, f"s3://{bucket}/{base}", files, marker=base + MARKER_SUFFIX)
-        )
+        planned.append(_tree(local, members, local.path, bucket, root, hashes))
     return planned
+
+
+def _tree(
+    local: LocalPath,
+    members: list[Path],
+    top: Path,
+    bucket: str,
+    root: str,
+    hashes: HashCache,
+    inside: str = "",
+) -> StagedPath:
+    """`members` (paths under `top`) as one tree keyed by their paths and content; the
+    manifest points at the tree, or at the file `inside` it."""
+    relative = [m.relative_to(top).as_posix() for m in members]
+    shas = [hashes.sha256(m) for m in members]
+    tree = hashlib.sha256(
+        "".join(f"{name}\0{sha}\n" for name, sha in zip(relative, shas, strict=True)).encode()
+    ).hexdigest()
+    base = f"{root}trees/{tree}"
+    files = tuple(
+        StagedFile(m, f"{base}/{name}", m.stat().st_size)
+        for m, name in zip(members, relative, strict=True)
+    )
+    uri = f"s3://{bucket}/{base}" + (f"/{inside}" if inside else "")
+    return StagedPath(local, bucket, uri, files, marker=base + MARKER_SUFFIX)
 
 
 def rewrite(manifest: dict[str, Any], staged: Iterable[StagedPath]) -> dict[str, Any]:

@@ -160,7 +160,9 @@ class Submitter:
                     f"{fields} name this machine's files: give a staging location to upload "
                     "them to (--staging s3://bucket/prefix, or `staging:` in the client config)"
                 )
-            staged = plan_staging(found, self.staging, self.hashes)
+            columns = job.spec.dataset.columns
+            column = columns.images if columns else None
+            staged = plan_staging(found, self.staging, self.hashes, [column] if column else [])
             self.hashes.save()
             stager = Stager(self.s3())
             try:

@@ -334,6 +334,50 @@ def test_a_staged_python_reward_file_loads_from_s3(
     assert func(["p"], ["abc", "de"]) == [3, 2]
 
 
+def test_staged_rows_with_images_are_read_by_the_trainer_from_s3(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submit's upload of a data file whose rows name images beside it: the trainer, given
+    the staged URI, finds each image beside the uploaded file on the real S3 server."""
+    from PIL import Image
+
+    from ftapi import parse_job
+    from ftclient.config import S3Access
+    from ftclient.staging import HashCache, Stager, local_locations, plan_staging
+    from ftclient.store import s3_client
+    from fttestkit.builders import make_job
+    from fttrainer.data.prepare import prepare_data
+
+    (tmp_path / "data/img").mkdir(parents=True)
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"data/img/{name}.png")
+    rows = [{"messages": [
+        {"role": "user", "content": [{"type": "image", "image": f"img/{name}.png"},
+                                     {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": name}]} for name in ("red", "blue", "red")]  # fmt: skip
+    (tmp_path / "data/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = {"train": {"uri": "data/train.jsonl"}, "format": "messages"}
+    job = parse_job(make_job().set("dataset", dataset).obj())
+    found, _ = local_locations(job, tmp_path)
+    (staged,) = plan_staging(found, f"s3://{user.bucket}/staging", HashCache(None))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, user.env[key])
+    endpoint = user.cluster.env["FTO_S3_ENDPOINT"]
+    access = S3Access(endpoint=endpoint, region="us-east-1", force_path_style=True)
+    report = Stager(s3_client(access)).upload([staged])
+    assert report.uploaded_files == 3  # the file and its two images
+
+    uploaded = {"train": {"uri": staged.uri}, "format": "messages"}
+    output = {"uri": f"s3://{user.bucket}/out", "s3": {"endpoint": endpoint,
+                                                      "forcePathStyle": True}}  # fmt: skip
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    prepared = prepare_data(
+        parse_job(make_job().set("dataset", uploaded).set("output", output).obj()).spec
+    )
+    images = prepared.report.images
+    assert images is not None and (images.count, images.distinct) == (3, 2)
+
+
 def _as_in_a_terminal() -> None:
     """Ctrl-C reaches a command typed at a terminal. A command a script starts with `&` (the
     test run itself, when CI starts it so) inherits SIGINT ignored, and Python then leaves it

@@ -851,6 +851,7 @@ class Recipe:
                     data=self.data.report.digests,
                     metrics=self.saved[1],
                     trainer_release=release("finetune-trainer"),
+                    images=self.data.image_digests(),
                 )
                 digest = push_model(self.output_dir / folder, reference, client, annotations=notes)
                 pushed[folder] = f"{reference}@{digest}"

@@ -171,3 +171,72 @@ def test_fields_are_set_by_their_spoken_path() -> None:
     set_field(document, "spec.rewards[1].f", "c")
     assert document == {"spec": {"rewards": [{"f": "a"}, {"f": "c"}]}}
     assert get_field(document, "spec.rewards[5].f") is None
+
+
+def _rows_with_images(folder: Path) -> Path:
+    """A chat data file naming images beside it: a content part, an images column, and
+    references submit leaves alone (an s3:// URI, a data: URL, text ending in .png)."""
+    (folder / "img/sub").mkdir(parents=True)
+    (folder / "img/a.png").write_bytes(b"\x89PNG a")
+    (folder / "img/sub/b.jpg").write_bytes(b"\xff\xd8 b")
+    (folder / "img/unused.png").write_bytes(b"not named by any row")
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "img/a.png"},
+                                                   {"type": "text", "text": "see x.png"}]},
+                      {"role": "assistant", "content": "red"}]},
+        {"images": ["img/sub/b.jpg", "s3://bucket/c.png", "data:image/png;base64,AAAA"],
+         "conversations": [{"from": "human", "value": "<image>?"}]},
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "img/a.png"}]}]},
+    ]  # fmt: skip
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_data_file_goes_up_with_the_images_its_rows_name(tmp_path: Path) -> None:
+    """The file and exactly the images its rows name beside it, paths kept, as one tree:
+    the trainer resolves them against the uploaded file's folder. The key follows the
+    images' bytes as well as the rows'."""
+    _rows_with_images(tmp_path / "data")
+    job = parse_job(manifest())
+    found, _ = local_locations(job, tmp_path)
+    (data,) = plan_staging(found, "s3://bucket/stage", HashCache(None))
+    base = data.uri.removeprefix("s3://bucket/").removesuffix("/train.jsonl")
+    assert base.startswith("stage/trees/") and data.marker == base + ".staged"
+    assert sorted(f.key.removeprefix(base + "/") for f in data.files) == [
+        "img/a.png", "img/sub/b.jpg", "train.jsonl"]  # fmt: skip
+    rewritten = rewrite(manifest(), [data])
+    assert get_field(rewritten, "spec.dataset.train.uri") == data.uri
+    (tmp_path / "data/img/a.png").write_bytes(b"\x89PNG changed")
+    (changed,) = plan_staging(found, "s3://bucket/stage", HashCache(None))
+    assert changed.uri != data.uri
+
+
+def test_images_that_cannot_go_up_are_refused_by_file_and_line(tmp_path: Path) -> None:
+    path = _rows_with_images(tmp_path / "data")
+    bad = [
+        {"images": ["img/gone.png"]},
+        {"images": [str(tmp_path / "data/img/a.png")]},
+        {"images": ["../outside.png"]},
+    ]
+    (tmp_path / "outside.png").write_bytes(b"x")
+    with path.open("a") as rows:
+        rows.write("{not json\n" + "".join(json.dumps(r) + "\n" for r in bad))
+    found, _ = local_locations(parse_job(manifest()), tmp_path)
+    with pytest.raises(StagingError) as caught:
+        plan_staging(found, "s3://bucket/stage", HashCache(None))
+    message = str(caught.value)
+    assert f"{path}:5: 'img/gone.png': does not exist on this machine" in message
+    assert f"{path}:6: '{tmp_path / 'data/img/a.png'}': an absolute path" in message
+    assert f"{path}:7: '../outside.png': leaves the data file's folder" in message
+
+
+def test_a_named_images_column_is_read_too(tmp_path: Path) -> None:
+    (tmp_path / "data/img").mkdir(parents=True)
+    (tmp_path / "data/img/a.png").write_bytes(b"a")
+    (tmp_path / "data/train.jsonl").write_text(json.dumps({"pics": ["img/a.png"]}) + "\n")
+    found, _ = local_locations(parse_job(manifest()), tmp_path)
+    (plain,) = plan_staging(found, "s3://bucket/stage", HashCache(None))
+    assert plain.marker is None  # no column named: a file alone
+    (tree,) = plan_staging(found, "s3://bucket/stage", HashCache(None), ["pics"])
+    assert sorted(f.source.name for f in tree.files) == ["a.png", "train.jsonl"]

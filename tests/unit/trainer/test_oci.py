@@ -160,6 +160,32 @@ def test_lineage_names_the_base_the_data_the_spec_the_metrics_and_the_releases(
     assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "b")
 
 
+def test_lineage_pins_the_set_of_images_the_data_held() -> None:
+    """A vision fine-tune's image carries its images' count and one digest of their set:
+    the same set in any order gives the same value, another set another; none, no key."""
+    import hashlib
+
+    from ftapi import parse_job
+    from fttestkit.builders import make_job
+    from fttrainer.publishing.lineage import BaseModel, image_annotations
+
+    job = parse_job(make_job("tuned").obj())
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+
+    def notes(images: list[str]) -> dict[str, str]:
+        return image_annotations(
+            job, content="adapter", base=BaseModel("m"), data={}, metrics={},
+            trainer_release="t", images=images,
+        )  # fmt: skip
+
+    pinned = json.loads(notes(digests)["dev.finetune.images"])
+    listing = "".join(f"{d}\n" for d in sorted(digests)).encode()
+    assert pinned == {"count": 3, "sha256": "sha256:" + hashlib.sha256(listing).hexdigest()}
+    assert json.loads(notes(digests[::-1])["dev.finetune.images"]) == pinned
+    assert json.loads(notes(digests[:2])["dev.finetune.images"]) != pinned
+    assert "dev.finetune.images" not in notes([])
+
+
 def test_an_unreachable_registry_is_retried_and_a_bad_secret_is_bad_input(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

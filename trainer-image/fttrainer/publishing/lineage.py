@@ -4,15 +4,16 @@
 
 Registries, `crane manifest` and `oras manifest fetch` show a manifest's annotations, and
 they travel with the digest that serving pins: which base model (and the digest, commit or
-content hash it was at), which data (each file's sha256), which spec (its hash and the spec
-itself), the final metrics, and the trainer and operator releases. Pure: the caller hashes.
+content hash it was at), which data (each file's sha256, and the set of images its rows
+hold), which spec (its hash and the spec itself), the final metrics, and the trainer and
+operator releases. Pure: the caller hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,13 @@ def tree_digest(folder: Path) -> str:
     return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+def image_set_digest(digests: Sequence[str]) -> str:
+    """sha256 over the sorted sha256 hex digests of a dataset's distinct images, one per
+    line: the set in one value (`ls images/ | sort | sha256sum` of a prepared folder)."""
+    lines = "".join(f"{d}\n" for d in sorted(digests))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
 def image_annotations(
     job: FineTuneJob,
     *,
@@ -61,8 +69,10 @@ def image_annotations(
     data: Mapping[str, str | None],
     metrics: Mapping[str, Any],
     trainer_release: str,
+    images: Sequence[str] = (),
 ) -> dict[str, str]:
-    """The manifest annotations of one pushed image (OCI's own keys where one fits)."""
+    """The manifest annotations of one pushed image (OCI's own keys where one fits).
+    `images`: the sha256 digests of the distinct images in the data (a vision fine-tune)."""
     spec = job.spec
     namespace = job.metadata.namespace
     job_name = f"{namespace}/{job.name}" if namespace else job.name
@@ -85,6 +95,10 @@ def image_annotations(
         f"{PREFIX}.metrics": _canonical(final_scalars(metrics)),
         f"{PREFIX}.trainer.version": trainer_release,
     }
+    if images:
+        notes[f"{PREFIX}.images"] = _canonical(
+            {"count": len(images), "sha256": image_set_digest(images)}
+        )
     if base.revision:
         notes[f"{PREFIX}.base-model.revision"] = base.revision
     if base.digest:
