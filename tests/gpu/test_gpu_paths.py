@@ -235,3 +235,26 @@ def test_the_memory_plan_checkpoints_only_the_layers_it_needs(
                    "training.gradientCheckpointing=false")  # fmt: skip
     assert recomputed_layers(plain.trainer.model) == (0, 8)
     assert _losses(partial) == pytest.approx(_losses(plain), rel=2e-2)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_qlora_of_a_vision_language_model(tmp_path: Path, family: str) -> None:
+    """QLoRA of a vision-language model on pictures: the language model's linears load in
+    4 bits under the adapter, the vision tower stays frozen, the loss falls."""
+    import bitsandbytes as bnb
+
+    from fttrainer.tiny_vision import build
+    from tests.trainer.test_vision import CORPUS, colour_rows
+
+    model = build(family, corpus=CORPUS).save(tmp_path / "tiny")
+    data = colour_rows(tmp_path / "rows", 48, seed=1)
+    run = recipe(model, data, tmp_path, "method.type=qlora", "training.maxSteps=40",
+                 "training.batchSize=8", "training.learningRate=5e-3",
+                 "dataset.maxSeqLength=128")  # fmt: skip
+    quantized = [n for n, m in run.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert any("language_model" in n for n in quantized), quantized[:5]
+    trainable = [n for n, p in run.trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and not [n for n in trainable if "visual" in n or "vision" in n]
+    losses = _losses(run)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert_adapter_trained(tmp_path / "out" / "final")

@@ -35,7 +35,7 @@ def _picture(path: Path, colour: tuple[int, int, int], rng: random.Random) -> No
     image.save(path, format=rng.choice(["PNG", "JPEG"]))
 
 
-def _colour_rows(folder: Path, count: int, seed: int) -> Path:
+def colour_rows(folder: Path, count: int, seed: int) -> Path:
     rng = random.Random(seed)
     (folder / "img").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -55,7 +55,7 @@ def _colour_rows(folder: Path, count: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _colour_rows(tmp_path_factory.mktemp("colours"), 48, seed=1)
+    return colour_rows(tmp_path_factory.mktemp("colours"), 48, seed=1)
 
 
 LORA = {"type": "lora", "lora": {"r": 16, "alpha": 32}}
@@ -114,7 +114,7 @@ def test_lora_on_the_language_model_learns_the_colour_of_a_square(
     family: str, colours: Path, tmp_path: Path
 ) -> None:
     model = build(family, corpus=CORPUS).save(tmp_path / f"tiny-{family}")
-    held_back = _colour_rows(tmp_path / "held", 6, seed=7)
+    held_back = colour_rows(tmp_path / "held", 6, seed=7)
     rows = [json.loads(line) for line in held_back.read_text().splitlines()]
     prompts = tmp_path / "held" / "prompts.jsonl"  # evaluation prompts with pictures
     prompts.write_text("".join(
@@ -234,7 +234,7 @@ def test_vision_settings_on_a_text_only_model_are_refused_before_it_loads(
 
 def _preference_rows(folder: Path, count: int, seed: int) -> Path:
     """The colour task as pairs: the right colour chosen, another rejected."""
-    rows = [json.loads(line) for line in _colour_rows(folder, count, seed).read_text().splitlines()]
+    rows = [json.loads(line) for line in colour_rows(folder, count, seed).read_text().splitlines()]
     pairs = []
     for i, row in enumerate(rows):
         right = row["messages"][1]["content"]
