@@ -192,6 +192,7 @@ class Recipe:
         # A vision-language model's processor (its tokenizer is self.tokenizer); None for a
         # text-only model.
         self.processor: Any = None
+        self._config: Any = None  # the base model's config (_model_config)
         self.model: Any = None
         self.trainer: Any = None
         self.token_report: TokenReport | None = None
@@ -283,8 +284,19 @@ class Recipe:
         log.info("distributed: %s", confirm_strategy(self.trainer, self.spec.distributed))
         self.startup_clock.setup_done(data_reused=self.data.reused and self.token_report.reused)
 
+    def _model_config(self) -> Any:
+        """The base model's config, read once (the spec's model is local by then)."""
+        if self._config is None:
+            from transformers import AutoConfig
+
+            model = self.spec.model
+            self._config = AutoConfig.from_pretrained(
+                model.name, revision=model.revision, trust_remote_code=model.trust_remote_code
+            )
+        return self._config
+
     def _setup_tokenizer(self) -> Any:
-        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+        from transformers import AutoProcessor, AutoTokenizer
 
         model = self.spec.model
         for where, name in (("model.name", model.name), ("model.tokenizer", model.tokenizer)):
@@ -294,7 +306,7 @@ class Recipe:
                     "id looks like org/name)"
                 )
         source = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
-        config = AutoConfig.from_pretrained(model.name, **source)
+        config = self._model_config()
         if is_vision_language(config):
             vision_parts(config)  # a family this trainer does not serve: refused now
             self.processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
@@ -369,7 +381,6 @@ class Recipe:
 
     def _setup_model(self) -> Any:
         import torch
-        from transformers import AutoConfig
 
         model_spec = self.spec.model
         dtype: Any = "auto" if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
@@ -396,12 +407,7 @@ class Recipe:
         quantization = self.spec.method.effective_quantization()
         if quantization is not None:
             kwargs["quantization_config"] = self._quantization_config()
-        config = AutoConfig.from_pretrained(
-            model_spec.name,
-            revision=model_spec.revision,
-            trust_remote_code=model_spec.trust_remote_code,
-        )
-        model: Any = model_class(config).from_pretrained(model_spec.name, **kwargs)
+        model: Any = model_class(self._model_config()).from_pretrained(model_spec.name, **kwargs)
         name_backbone(model)  # where TRL and PEFT look for the decoder (Llama 4)
         if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(self.tokenizer))
@@ -906,15 +912,10 @@ class Recipe:
         first, and the merged model is a plain one in its compute dtype."""
         import peft
         import torch
-        from transformers import AutoConfig
 
         model_spec = self.spec.model
         dtype = torch.float32 if model_spec.dtype == "auto" else torch_dtype(model_spec.dtype)
-        config = AutoConfig.from_pretrained(
-            model_spec.name,
-            revision=model_spec.revision,
-            trust_remote_code=model_spec.trust_remote_code,
-        )
+        config = self._model_config()
         base = model_class(config).from_pretrained(
             model_spec.name,
             revision=model_spec.revision,
@@ -931,11 +932,7 @@ class Recipe:
         if model_spec.dtype == "auto":
             # Merged in float32 (no rounding of the small delta), saved in the checkpoint's
             # own dtype: an 8B bf16 base gives a 16 GB merged model, not 32 GB.
-            saved = AutoConfig.from_pretrained(
-                model_spec.name,
-                revision=model_spec.revision,
-                trust_remote_code=model_spec.trust_remote_code,
-            ).dtype
+            saved = config.dtype
             if isinstance(saved, torch.dtype) and saved.is_floating_point:
                 merged = merged.to(saved)
         merged_dir = self.output_dir / "merged"
