@@ -372,3 +372,28 @@ def test_max_image_pixels_bounds_what_a_picture_costs(tmp_path: Path) -> None:
         assert recipe.token_report.longest == max(_collated_lengths(recipe))
     assert free.token_report is not None and bounded.token_report is not None
     assert bounded.token_report.longest < free.token_report.longest
+
+
+def test_finetune_plan_counts_the_tower_and_the_images_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`finetune plan` on a vision-language model: the tower and projector in the memory
+    estimate, and what each image of the data adds, as the token check counts it."""
+    import yaml
+
+    from fttrainer.cli import main
+    from fttrainer.data.image_tokens import image_costs
+
+    model = build("gemma3", corpus=CORPUS).save(tmp_path / "tiny-gemma3")
+    data = _image_rows(tmp_path / "rows", [1, 2])
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(
+        make_job().set("model.name", str(model)).set("evaluation.strategy", "no")
+        .set("dataset", {"train": {"uri": str(data)}, "format": "messages"}).obj()))  # fmt: skip
+    assert main(["plan", str(job)]) == 0
+    out = capsys.readouterr().out
+    from transformers import AutoProcessor
+
+    cost = image_costs(AutoProcessor.from_pretrained(model), [("a", (40, 90))], None).of(["a"])
+    assert f"image tokens: each image adds {cost}..{cost} tokens" in out, out[-1500:]
+    assert "note: vision-language: vision tower" in out

@@ -672,7 +672,8 @@ def _plan(args: argparse.Namespace) -> int:
     }
     print("resolved spec:")
     print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
-    data_status = _validate_data(spec)  # bad rows: the plan still prints, the exit is 1
+    # Bad rows: the plan still prints, the exit is 1.
+    data_status = _validate_data(spec, image_tokens=True)
     from .model.memory_plan import (
         GIB,
         ModelShape,
@@ -732,7 +733,9 @@ def _formats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_data(spec: Any) -> int:
+def _validate_data(spec: Any, *, image_tokens: bool = False) -> int:
+    """Prepare local data and print its report (bad rows: 1). `image_tokens`: also what
+    the images cost in tokens, when the model's processor is here (finetune plan)."""
     sources = [s for s in (spec.dataset.train, spec.dataset.validation, spec.dataset.test) if s]
     remote = [s.uri for s in sources if "://" in s.uri]
     if remote:
@@ -751,7 +754,38 @@ def _validate_data(spec: Any) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(prepared.report.render())
+    if image_tokens and prepared.image_digests():
+        print(_image_token_line(spec, prepared))
     return 0
+
+
+def _image_token_line(spec: Any, prepared: Any) -> str:
+    """What each image of the data adds to its sample, as the model's processor expands
+    it at vision.maxImagePixels (the token check counts the same)."""
+    from transformers import AutoProcessor
+
+    from .data.image_tokens import image_costs, stored_sizes
+
+    model = spec.model
+    try:
+        processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            model.tokenizer or model.name,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as exc:
+        return f"image tokens: not counted (no processor here: {type(exc).__name__})"
+    sizes = stored_sizes(prepared.image_digests(), prepared.image_path)
+    costs = image_costs(processor, sizes, spec.vision.max_image_pixels)
+    each = sorted(costs.per_image.values())
+    bound = spec.vision.max_image_pixels
+    return (
+        f"image tokens: each image adds {each[0]}..{each[-1]} tokens "
+        f"(median {each[len(each) // 2]}) to its sample"
+        + (f", pictures read at most {bound:,} pixels" if bound else "")
+        + "; maxSeqLength counts them"
+    )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class _Probe:
         """The probe with `images` placeholders, as the token check encodes it."""
         turn = {"role": "user", "content": parts(PLACEHOLDER * images + PROBE)}
         encoded = self.processor.tokenizer.apply_chat_template(
-            [turn], tokenize=True, return_dict=True
+            [turn], chat_template=self.processor.chat_template, tokenize=True, return_dict=True
         )
         return len(encoded["input_ids"])
 
