@@ -373,7 +373,10 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
                     message = f"{work.source} cannot render it: {error}"
                     tally.unrenderable.append(Problem(origin, message))
                     continue
-                length = len(ids) + (work.images.of(pictures) if work.images else 0)
+                # A sample's images come before the answers that follow them: those
+                # answers' tokens move right by the images' tokens.
+                shift = work.images.of(pictures) if work.images else 0
+                length = len(ids) + shift
                 tally.longest = max(tally.longest, length)
                 tally.total += length
                 tally.count += 1
@@ -385,8 +388,9 @@ def _tokenize_range(samples_folder: str, part: str, start: int, stop: int, out: 
                         end = last_image_end(sample, tokenizer, work.images)
                         if end > limit:  # the collator's cut would split an image
                             tally.untrainable.append(Problem(origin, _cut_image(end, limit)))
+                within = max(0, limit - shift)
                 trainable = (
-                    None if labels is None else sum(1 for x in labels[:limit] if x != IGNORE)
+                    None if labels is None else sum(1 for x in labels[:within] if x != IGNORE)
                 )
                 if trainable == 0 and policy != "fail":
                     why = (
