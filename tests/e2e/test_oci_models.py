@@ -33,6 +33,7 @@ from fttrainer.tiny import save_tiny_model
 from tests.e2e.realnode import (
     LOCAL_NODE,
     Bucket,
+    cpu_job,
     pod_logs,
     pull_secret,
     qa_rows,
@@ -41,6 +42,7 @@ from tests.e2e.realnode import (
     run_pod,
     tiny_cpu_job,
 )
+from tests.trainer.test_vision import CORPUS, QUESTION, colour_rows
 
 PROMPT = [1, 5, 9, 12, 3, 7]
 LOGITS = f"""
@@ -85,29 +87,10 @@ def test_a_model_pushed_as_an_image_pulls_back_whole_and_a_pod_mounts_it_as_a_vo
 
     # The serving shape: a plain pod mounts the image's models/ and loads it.
     pull_secret(cluster, e2e_namespace, "registry", auths)
-    pod, log = run_pod(cluster, e2e_namespace, {
-        "metadata": {"name": "serve-from-image"},
-        "spec": {
-            **LOCAL_NODE, "restartPolicy": "Never", "automountServiceAccountToken": False,
-            "imagePullSecrets": [{"name": "registry"}],
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "serve", "image": images["trainer"], "imagePullPolicy": "Never",
-                "args": ["python", "-c", LOGITS],
-                "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}},
-                "volumeMounts": [{"name": "model", "mountPath": "/model", "subPath": "models"},
-                                 {"name": "workspace", "mountPath": "/workspace"}],
-                "securityContext": {"readOnlyRootFilesystem": True,
-                                    "allowPrivilegeEscalation": False,
-                                    "capabilities": {"drop": ["ALL"]}},
-            }],
-            "volumes": [
-                {"name": "model", "image": {"reference": f"{address}/{repository}@{digest}",
-                                            "pullPolicy": "IfNotPresent"}},
-                {"name": "workspace", "emptyDir": {}},
-            ],
-        },
-    })  # fmt: skip
+    pod, log = run_pod(cluster, e2e_namespace, _serving_pod(
+        "serve-from-image", f"{address}/{repository}@{digest}", "registry", images["trainer"],
+        ["python", "-c", LOGITS],
+    ))  # fmt: skip
     assert pod.status.phase == "Succeeded", log[-3000:]
     served = json.loads(next(line for line in log.splitlines() if line.startswith("LOGITS "))[7:])
     from transformers import AutoModelForCausalLM
@@ -116,6 +99,34 @@ def test_a_model_pushed_as_an_image_pulls_back_whole_and_a_pod_mounts_it_as_a_vo
     with torch.no_grad():
         local = model(torch.tensor([PROMPT])).logits[0, -1]
     assert torch.allclose(torch.tensor(served), local, atol=1e-5), (served[:5], local[:5])
+
+
+def _serving_pod(
+    name: str, reference: str, pull: str, image: str, args: list[str]
+) -> dict[str, Any]:
+    """The serving shape: a plain, locked-down pod on the real node running `args` in
+    `image`, the model image `reference` (pulled with Secret `pull`) mounted at /model."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            **LOCAL_NODE, "restartPolicy": "Never", "automountServiceAccountToken": False,
+            "imagePullSecrets": [{"name": pull}],
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "serve", "image": image, "imagePullPolicy": "Never", "args": args,
+                "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}},
+                "volumeMounts": [{"name": "model", "mountPath": "/model", "subPath": "models"},
+                                 {"name": "workspace", "mountPath": "/workspace"}],
+                "securityContext": {"readOnlyRootFilesystem": True,
+                                    "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+            "volumes": [
+                {"name": "model", "image": {"reference": reference, "pullPolicy": "IfNotPresent"}},
+                {"name": "workspace", "emptyDir": {}},
+            ],
+        },
+    }  # fmt: skip
 
 
 def _registry(cluster: Cluster) -> Registry:
@@ -271,3 +282,77 @@ def test_finetune_run_trains_on_an_image_and_pushes_one_from_a_laptop(
     notes = manifest_pushed["annotations"]
     assert (notes["dev.finetune.content"], notes["dev.finetune.base-model.digest"]) == (
         "model", base)  # fmt: skip
+
+
+SERVE_VISION = """
+import base64, io, json, sys, torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+processor = AutoProcessor.from_pretrained("/model")
+model = AutoModelForImageTextToText.from_pretrained("/model", dtype=torch.float32).eval()
+answers = []
+for data in json.loads(sys.argv[1]):
+    image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    turn = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sys.argv[2]}]}
+    text = processor.apply_chat_template([turn], add_generation_prompt=True, tokenize=False)
+    batch = processor(text=[text], images=[[image]], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    new = out[0, batch["input_ids"].shape[1]:]
+    answers.append(processor.decode(new, skip_special_tokens=True).strip())
+print("ANSWERS " + json.dumps(answers))
+"""
+
+
+def test_a_vision_job_trains_on_uploaded_images_and_a_pod_serves_its_image(
+    operator_release: Release, bucket: Bucket, images: dict[str, str], tmp_path: Path
+) -> None:
+    """Rows with pictures on this machine go up as `finetune submit` stages them (the file
+    and its images as one tree); a trainer pod on the real node reads them from S3, tunes a
+    tiny Idefics3 with LoRA and pushes the merged model, its processor and the images'
+    lineage; a plain pod mounts that image and answers held-back pictures right."""
+    from ftapi import parse_job
+    from ftclient.staging import HashCache, Stager, local_locations, plan_staging
+    from fttrainer.tiny_vision import build
+
+    release, cluster, ns = operator_release, operator_release.cluster, operator_release.watched
+    address = cluster.env["FTO_REGISTRY"]
+    repository = f"e2e-vision/{uuid.uuid4().hex[:8]}"
+    access = _registry_access(cluster, ns, "registry-vision", registry_auths(cluster))
+    model = bucket.put_dir(build("idefics3", corpus=CORPUS).save(tmp_path / "tiny"), "vlm")
+    rows = colour_rows(tmp_path / "local", 48, seed=1)
+    secret = bucket.credentials_secret(ns, f"s3-{bucket.name}")
+    job = cpu_job("vision", model, str(rows), bucket, secret, steps=40, save_steps=40,
+                  log_every=5)  # fmt: skip
+    job["spec"]["dataset"] = {"train": {"uri": str(rows)}, "format": "messages",
+                              "maxSeqLength": 128}  # fmt: skip
+    job["spec"]["training"].update(batchSize=8, learningRate=5e-3, seed=0)
+    job["spec"]["output"]["mergeAdapter"] = True
+    job["spec"]["output"]["oci"] = {"reference": f"oci://{address}/{repository}:v1", **access}
+    found, problems = local_locations(parse_job(job), tmp_path)
+    assert not problems
+    (staged,) = plan_staging(found, f"s3://{bucket.name}/staging", HashCache(None))
+    assert len(staged.files) == 49  # the rows and their 48 pictures
+    Stager(bucket.s3).upload([staged])
+    job["spec"]["dataset"]["train"]["uri"] = staged.uri
+    create_ftj(cluster, ns, job)
+    status = eventually(lambda: phase_is(cluster, ns, "vision", "Failed", "Succeeded"),
+                        timeout=480, interval=2.0, what="the vision job to end")  # fmt: skip
+    assert status["phase"] == "Succeeded", f"{status}\n{pod_logs(release, 'vision')}"
+    digest = status["mergedModelImage"].rsplit("@", 1)[1]
+    manifest, _ = _registry(cluster).get_manifest(repository, digest)
+    assert json.loads(manifest["annotations"]["dev.finetune.images"])["count"] == 48
+
+    held = colour_rows(tmp_path / "held", 6, seed=7)
+    asked = [json.loads(line) for line in held.read_text().splitlines()]
+    pictures = [base64.b64encode((held.parent / r["messages"][0]["content"][0]["image"])
+                                 .read_bytes()).decode() for r in asked]  # fmt: skip
+    pod, log = run_pod(cluster, ns, _serving_pod(
+        "serve-vision", f"{address}/{repository}@{digest}", "registry-vision", images["trainer"],
+        ["python", "-c", SERVE_VISION, json.dumps(pictures), QUESTION],
+    ))  # fmt: skip
+    assert pod.status.phase == "Succeeded", log[-3000:]
+    answers = json.loads(next(line for line in log.splitlines() if line.startswith("ANSWERS "))[8:])
+    expected = [r["messages"][1]["content"] for r in asked]
+    right = sum(a.startswith(e) for a, e in zip(answers, expected, strict=True))
+    assert right >= 5, list(zip(answers, expected, strict=True))
