@@ -2,10 +2,10 @@
 
 A prepared sample holds one `<image>` placeholder per image, and the token check measures
 the sample with an image part there, as the template renders it; the processor then puts
-the family's image tokens in its place (Qwen-VL:
-one per 28 x 28 pixels, so thousands for a page scan; Gemma 3: 256 and its markers;
-Mllama: one, its pixels enter by cross-attention). Without these a sample could pass
-maxSeqLength as text and be cut inside an image when it is trained.
+the family's image tokens in its place (Qwen-VL: one per 28 x 28 pixels, so thousands for a
+page scan; Gemma 3: 256 and its markers; Mllama: one, its pixels enter by cross-attention).
+Without these a sample could pass maxSeqLength as text and be cut inside an image when it
+is trained.
 
 The cost is measured, not modelled: the processor renders a one-line conversation with a
 blank picture of each distinct size (after vision.maxImagePixels), and the difference from
