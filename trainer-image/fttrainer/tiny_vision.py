@@ -13,7 +13,7 @@ the language model are where a 4B checkpoint has them.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,14 @@ VISION = {
 # Qwen-VL: the vision tower's shape, each family's own settings, and rotary sections that sum
 # to the text head_dim / 2 (Qwen3-VL's interleaved).
 QWEN_VISION = {
-    "depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
-    "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": TEXT["hidden_size"],
-}  # fmt: skip
+    "depth": 2,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "out_hidden_size": TEXT["hidden_size"],
+}
 QWEN_PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16}
 QWEN_OWN: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": {"fullatt_block_indexes": [1]},
@@ -79,9 +84,13 @@ QWEN_OWN: dict[str, dict[str, Any]] = {
 }
 QWEN_ROPE: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6},
-    "qwen3_vl": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True,
-                 "rope_theta": 5e6},
-}  # fmt: skip
+    "qwen3_vl": {
+        "rope_type": "default",
+        "mrope_section": [4, 2, 2],
+        "mrope_interleaved": True,
+        "rope_theta": 5e6,
+    },
+}
 # Llama 3.2 Vision's template as Meta ships it, with TRL's generation markers around the
 # assistant's turns (TRL bundles no Mllama template).
 MLLAMA_TEMPLATE = (
@@ -215,31 +224,47 @@ def _gemma3(tokenizer: Any) -> tuple[Any, Any]:
     return config, processor
 
 
-def _idefics3(tokenizer: Any) -> tuple[Any, Any]:
-    from transformers.models.idefics3 import (
-        Idefics3Config,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-    )
-    from trl.chat_template_utils import idefics3_chat_template
+def _idefics3(tokenizer: Any, family: str = "idefics3") -> tuple[Any, Any]:
+    """Idefics3, and SmolVLM (its successor: the same layout, plus a video processor)."""
+    from transformers import AutoConfig
+    from trl import chat_template_utils
 
-    config = Idefics3Config(
+    config = AutoConfig.for_model(
+        family,
         text_config={"model_type": "llama", **TEXT, **_ids(tokenizer)},
         vision_config={**VISION, "image_size": 64, "patch_size": 16},  # 16 patches / 2^2 = 4
         scale_factor=2,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    processor = Idefics3Processor(
-        image_processor=Idefics3ImageProcessorPil(
+    image_class, processor_class, video = _idefics_classes(family)
+    processor = processor_class(
+        image_processor=image_class(
             size={"longest_edge": 64},
             max_image_size={"longest_edge": 64},
             do_image_splitting=False,
         ),
         tokenizer=tokenizer,
         image_seq_len=IMAGE_TOKENS,
-        chat_template=idefics3_chat_template,
+        chat_template=getattr(chat_template_utils, f"{family}_chat_template"),
+        **video,
     )
     return config, processor
+
+
+def _idefics_classes(family: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(image processor class, processor class, the processor's video argument)."""
+    if family == "smolvlm":
+        from transformers.models.smolvlm import (
+            SmolVLMImageProcessorPil,
+            SmolVLMProcessor,
+            SmolVLMVideoProcessor,
+        )
+
+        video = {"video_processor": SmolVLMVideoProcessor()}
+        return SmolVLMImageProcessorPil, SmolVLMProcessor, video
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil, Idefics3Processor
+
+    return Idefics3ImageProcessorPil, Idefics3Processor, {}
 
 
 def _mllama(tokenizer: Any) -> tuple[Any, Any]:
@@ -327,42 +352,13 @@ def _qwen_processor_classes(qwen3: bool) -> tuple[Any, Any]:
     return Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
 
 
-def _smolvlm(tokenizer: Any) -> tuple[Any, Any]:
-    from transformers.models.smolvlm import (
-        SmolVLMConfig,
-        SmolVLMImageProcessorPil,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
-    from trl.chat_template_utils import smolvlm_chat_template
-
-    config = SmolVLMConfig(
-        text_config={"model_type": "llama", **TEXT, **_ids(tokenizer)},
-        vision_config={**VISION, "image_size": 64, "patch_size": 16},  # 16 patches / 2^2 = 4
-        scale_factor=2,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessorPil(
-            size={"longest_edge": 64},
-            max_image_size={"longest_edge": 64},
-            do_image_splitting=False,
-        ),
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=IMAGE_TOKENS,
-        chat_template=smolvlm_chat_template,
-    )
-    return config, processor
-
-
-_BUILDERS = {
+_BUILDERS: dict[str, Callable[[Any], tuple[Any, Any]]] = {
     "gemma3": _gemma3,
     "idefics3": _idefics3,
     "mllama": _mllama,
     "qwen2_5_vl": lambda tokenizer: _qwen_vl(tokenizer, "qwen2_5_vl"),
     "qwen3_vl": lambda tokenizer: _qwen_vl(tokenizer, "qwen3_vl"),
-    "smolvlm": _smolvlm,
+    "smolvlm": lambda tokenizer: _idefics3(tokenizer, "smolvlm"),
 }
 
 

@@ -307,10 +307,14 @@ class Evaluator:
             )
         return prompts
 
+    def _scratch(self) -> Path:
+        """This rank's own folder (ranks on one node must not write the same files)."""
+        return self.output_dir / "trainer" / f"rank-{os.environ.get('RANK', '0')}"
+
     def _image_keeper(self) -> ImageKeeper:
         """Where the prompts' images are checked and kept (one folder per rank), read from
         S3 with the output's client, as the prompts are."""
-        scratch = self.output_dir / "trainer" / f"rank-{os.environ.get('RANK', '0')}"
+        scratch = self._scratch()
         return ImageKeeper(scratch / "prompt-images", lambda: self._client_for("s3://"))
 
     def _load_benchmarks(self) -> dict[str, tuple[str, list[Any]]]:
@@ -328,6 +332,4 @@ class Evaluator:
         harness = self.spec.evaluation.harness
         if harness is None or harness.include_path is None:
             return None
-        # One copy per process: ranks on one node must not write the same files at once.
-        scratch = self.output_dir / "trainer" / f"rank-{os.environ.get('RANK', '0')}"
-        return fetch_task_dir(harness.include_path, scratch, s3=self.spec.output.s3)
+        return fetch_task_dir(harness.include_path, self._scratch(), s3=self.spec.output.s3)
